@@ -1,0 +1,38 @@
+# touchline: the two set-up commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench install java lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[spark,test]'
+	touch $(STAMP)
+
+install: $(STAMP) java
+
+# pyspark 4.0 needs a Java 17 runtime; install it from Debian when missing.
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "installing Java 17 (openjdk-17-jre-headless) for the Spark engine"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null) \
+	  || { echo "could not install Java: Spark tests will be skipped"; }; }
+
+demo: install
+	$(VENV)/bin/touchline demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/run.py
+
+lint: install
+	$(VENV)/bin/ruff check touchline tests benchmarks
+
+clean:
+	rm -rf $(VENV) touchline.duckdb demo-output .pytest_cache

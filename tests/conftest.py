@@ -1,0 +1,77 @@
+"""Shared fixtures: ``con`` runs each table-logic test on DuckDB and on Spark (local mode)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ibis.backends import BaseBackend
+
+from touchline import engine
+from touchline.config import Settings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+ENGINES = [pytest.param("duckdb"), pytest.param("spark", marks=pytest.mark.spark)]
+
+
+def _spark_missing() -> str | None:
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        return "pyspark is not installed (pip install 'touchline[spark]')"
+    if shutil.which("java") is None:
+        return "no Java runtime on PATH (make install-java / apt-get install openjdk-17-jre-headless)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def spark_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseBackend]:
+    reason = _spark_missing()
+    if reason:
+        pytest.skip(reason)
+    settings = Settings(
+        database_url="spark://local[2]",
+        spark_warehouse_dir=tmp_path_factory.mktemp("spark-warehouse"),
+        spark_shuffle_partitions=2,
+    )
+    backend = engine.connect(settings=settings)
+    yield backend
+    backend._session.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=ENGINES)
+def con(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseBackend]:
+    """A fresh warehouse on each engine; Spark tables made by a test are dropped after it."""
+    if request.param == "duckdb":
+        backend = engine.connect(settings=Settings(database_url="duckdb://", temp_directory=tmp_path))
+        yield backend
+        backend.disconnect()
+        return
+    backend = request.getfixturevalue("spark_backend")
+    before = set(backend.list_tables())
+    yield backend
+    for name in set(backend.list_tables()) - before:
+        backend.drop_table(name, force=True)
+    for name in backend._session.catalog.listTables():  # type: ignore[attr-defined]
+        if name.isTemporary and name.name not in before:
+            backend._session.catalog.dropTempView(name.name)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def duck(tmp_path: Path) -> Iterator[BaseBackend]:
+    """A DuckDB warehouse file, for tests about the DuckDB engine only."""
+    backend = engine.connect(
+        settings=Settings(database_url=f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    )
+    yield backend
+    backend.disconnect()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    data = SHARED / "data"
+    if not data.is_dir():
+        pytest.skip(f"shared data folder {data} is absent (it sits beside the checkout)")
+    return data

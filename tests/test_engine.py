@@ -1,0 +1,81 @@
+"""The engine layer: both engines connect and the pinned-version pitfalls stay fixed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ibis
+import pandas as pd
+import pytest
+from ibis import _
+
+from touchline import engine, store
+from touchline.config import Settings
+from touchline.errors import ConfigError
+
+
+def test_group_by_sum_gives_same_answer_on_each_engine(con) -> None:
+    data = pd.DataFrame({"channel": ["a", "b", "a", None], "n": [1, 2, 3, 4]})
+    t = engine.load_table(con, "t_sum", data)
+    got = t.group_by("channel").aggregate(total=_.n.sum()).order_by("channel").to_pandas()
+    assert got.total.tolist() == [4, 2, 4]
+    assert got.channel.isna().tolist() == [False, False, True]
+
+
+def test_string_null_survives_upload_to_engine(con) -> None:
+    # ibis.memtable uploads turn string nulls into 'NaN' on Spark; load_table must not.
+    t = engine.load_table(con, "t_null", pd.DataFrame({"s": ["x", None]}))
+    assert t.s.isnull().sum().to_pyarrow().as_py() == 1
+    assert t.filter(t.s == "NaN").count().to_pyarrow().as_py() == 0
+
+
+def test_create_overwrite_and_drop_if_exists_work(con) -> None:
+    # ibis 12.0.0 with sqlglot >= 30.18 emits a bare DROP TABLE IF EXISTS that fails here.
+    engine.load_table(con, "t_over", pd.DataFrame({"a": [1]}))
+    engine.load_table(con, "t_over", pd.DataFrame({"a": [1, 2]}), overwrite=True)
+    assert con.table("t_over").count().to_pyarrow().as_py() == 2
+    con.drop_table("t_over", force=True)
+    con.drop_table("t_over", force=True)
+    assert "t_over" not in con.list_tables()
+
+
+def test_init_creates_every_canonical_table_once(con) -> None:
+    created = store.init(con)
+    assert set(store.TABLES) <= set(con.list_tables())
+    assert set(created) == set(store.TABLES)
+    assert store.init(con) == []
+    assert con.table("events").schema().names == store.EVENTS.schema.names
+
+
+def test_duckdb_spills_beside_the_warehouse_file(tmp_path: Path) -> None:
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb",
+                                           memory_limit="512MB"))
+    temp, limit = con.raw_sql(
+        "select current_setting('temp_directory'), current_setting('memory_limit')"
+    ).fetchone()
+    assert temp == str(tmp_path / "w.duckdb.tmp")
+    assert limit.startswith("488") or limit.startswith("512")
+    con.disconnect()
+
+
+def test_unknown_url_scheme_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="postgres://x"):
+        engine.connect("postgres://x", settings=Settings(database_url="duckdb://"))
+
+
+def test_settings_reject_bad_database_url(monkeypatch) -> None:
+    from touchline.config import load_settings
+
+    monkeypatch.setenv("TOUCHLINE_DATABASE_URL", "mysql://nope")
+    with pytest.raises(ConfigError, match="database_url"):
+        load_settings()
+
+
+def test_pins_hold() -> None:
+    import duckdb
+    import sqlglot
+
+    major_minor = tuple(int(x) for x in sqlglot.__version__.split(".")[:2])
+    assert major_minor < (30, 18), "ibis 12 breaks with sqlglot >= 30.18"
+    assert tuple(int(x) for x in duckdb.__version__.split(".")[:2]) < (2, 1)
+    assert ibis.__version__ == "12.0.0"

@@ -1,0 +1,147 @@
+"""The one engine layer: ``connect(url)`` for DuckDB or Spark, and every engine quirk.
+
+All table logic in touchline is written once as Ibis expressions. Differences between the
+engines that Ibis does not hide live here and nowhere else:
+
+* DuckDB spills to ``./.tmp`` of the working directory unless ``temp_directory`` is set: we
+  put it beside the warehouse file (or where the settings say) and pass ``memory_limit``.
+* Spark binds to 127.0.0.1 with the UI off, the session time zone is UTC and
+  ``spark.sql.warehouse.dir`` is a temporary folder (else ``./spark-warehouse`` is left behind).
+  ANSI mode is off so that failed casts and division by zero give NULL, as on DuckDB.
+* Uploading pandas data to Spark through ``ibis.memtable`` turns string nulls into the text
+  ``'NaN'``: :func:`load_table` goes through Parquet on Spark instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ibis
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from touchline.config import Settings, load_settings
+from touchline.errors import ConfigError, EngineError, MissingExtraError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from ibis.backends import BaseBackend
+
+log = logging.getLogger(__name__)
+
+SPARK_SCHEME = "spark://"
+DUCKDB_SCHEME = "duckdb://"
+
+
+def connect(url: str | None = None, settings: Settings | None = None) -> BaseBackend:
+    """Open the warehouse named by ``url`` (default: ``settings.database_url``).
+
+    ``duckdb:///path/to/file.duckdb`` opens (creating) one file, ``duckdb://`` an in-memory
+    database, ``spark://local[2]`` a local Spark session (needs the ``spark`` extra and Java 17).
+    """
+    settings = settings or load_settings()
+    url = url or settings.database_url
+    if url.startswith(DUCKDB_SCHEME):
+        # SQLAlchemy's convention: duckdb:///rel.duckdb is relative, duckdb:////abs/x absolute
+        return _connect_duckdb(url[len(DUCKDB_SCHEME) :].removeprefix("/"), settings)
+    if url.startswith(SPARK_SCHEME):
+        return _connect_spark(url[len(SPARK_SCHEME) :] or "local[2]", settings)
+    raise ConfigError(
+        f"database url {url!r} is not understood: use duckdb:///file.duckdb, duckdb:// or "
+        "spark://local[2]"
+    )
+
+
+def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:
+    config: dict[str, Any] = {}
+    if settings.memory_limit:
+        config["memory_limit"] = settings.memory_limit
+    if settings.threads:
+        config["threads"] = settings.threads
+    if path in ("", ":memory:"):
+        database = ":memory:"
+        temp = settings.temp_directory or Path(tempfile.gettempdir()) / "touchline-spill"
+    else:
+        file = Path(path).expanduser()
+        if file.parent and not file.parent.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+        database = str(file)
+        temp = settings.temp_directory or file.with_name(file.name + ".tmp")
+    config["temp_directory"] = str(temp)
+    try:
+        return ibis.duckdb.connect(database, **config)
+    except Exception as exc:  # duckdb raises its own IOException for locks and bad files
+        raise EngineError(f"cannot open DuckDB warehouse {database!r}: {exc}") from exc
+
+
+def _connect_spark(master: str, settings: Settings) -> BaseBackend:
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise MissingExtraError(
+            "the Spark engine needs pyspark: pip install 'touchline[spark]' (and Java 17)"
+        ) from exc
+    # Spark otherwise binds its block manager to the first non-loopback interface
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    warehouse = settings.spark_warehouse_dir or Path(tempfile.mkdtemp(prefix="touchline-spark-"))
+    builder = (
+        SparkSession.builder.master(master)
+        .appName("touchline")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.ansi.enabled", "false")
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.sql.warehouse.dir", str(warehouse))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.driver.extraJavaOptions", f"-Djava.io.tmpdir={warehouse}")
+    )
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:
+        raise EngineError(f"cannot start Spark ({master}): {exc}") from exc
+    session.sparkContext.setLogLevel("ERROR")
+    return ibis.pyspark.connect(session)
+
+
+def engine_name(con: BaseBackend) -> str:
+    """``"duckdb"`` or ``"spark"``: for messages and the few places that must know."""
+    return "spark" if con.name == "pyspark" else con.name
+
+
+def _scratch_dir(con: BaseBackend) -> Path:
+    conf = con._session.conf.get("spark.sql.warehouse.dir")  # type: ignore[attr-defined]
+    path = Path(str(conf).removeprefix("file:")) / "_uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_table(
+    con: BaseBackend, name: str, data: pa.Table | pd.DataFrame, *, overwrite: bool = True
+) -> ibis.Table:
+    """Create table ``name`` from in-memory data, the same way on every engine.
+
+    On Spark the data go through a Parquet file (see the module docstring for why).
+    """
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    if engine_name(con) == "spark":
+        path = _scratch_dir(con) / f"{name}-{uuid.uuid4().hex}.parquet"
+        pq.write_table(table, path)
+        return con.create_table(name, con.read_parquet(str(path)), overwrite=overwrite)
+    return con.create_table(name, table, overwrite=overwrite)
+
+
+def append(con: BaseBackend, name: str, data: pa.Table | ibis.Table) -> None:
+    """Append rows (Arrow data or an expression on ``con``) to table ``name``."""
+    if isinstance(data, pa.Table) and engine_name(con) == "spark":
+        path = _scratch_dir(con) / f"{name}-{uuid.uuid4().hex}.parquet"
+        pq.write_table(data, path)
+        data = con.read_parquet(str(path))
+    con.insert(name, data)

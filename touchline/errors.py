@@ -1,0 +1,56 @@
+"""Exceptions raised by touchline.
+
+Every message says what was wrong and where (file, line, field, setting), and what would be
+accepted instead. The builtin mixins let callers catch ``ValueError`` or ``ImportError`` as
+well as the touchline type.
+
+::
+
+    TouchlineError
+    ├── ConfigError(ValueError)          a setting is missing or has a bad value
+    ├── EngineError                      the engine is unreachable or lacks a feature
+    │   └── MissingExtraError(ImportError)  an optional extra (e.g. spark) is not installed
+    ├── SchemaError(ValueError)          a table lacks a column or has the wrong type
+    ├── InputError(ValueError)           an input file or payload cannot be read at all
+    │   └── MappingError                 a column mapping names a field that does not exist
+    ├── SimulationError(ValueError)      simulator parameters are out of range
+    └── UnknownModelError(ValueError)    an attribution model name is not registered
+"""
+
+from __future__ import annotations
+
+
+class TouchlineError(Exception):
+    """Base class of every error touchline raises on purpose."""
+
+
+class ConfigError(TouchlineError, ValueError):
+    """A setting is missing or has a bad value."""
+
+
+class EngineError(TouchlineError):
+    """The engine cannot be reached or lacks a feature touchline needs."""
+
+
+class MissingExtraError(EngineError, ImportError):
+    """An optional dependency group is not installed."""
+
+
+class SchemaError(TouchlineError, ValueError):
+    """A table lacks a required column or a column has the wrong type."""
+
+
+class InputError(TouchlineError, ValueError):
+    """An input file or payload cannot be read at all (not a per-row problem)."""
+
+
+class MappingError(InputError):
+    """A column mapping is malformed or names a column the input does not have."""
+
+
+class SimulationError(TouchlineError, ValueError):
+    """Simulator parameters are out of range."""
+
+
+class UnknownModelError(TouchlineError, ValueError):
+    """An attribution model name is not in the registry."""
