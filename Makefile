@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install java lint clean
+.PHONY: demo test bench install java browser lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[spark,test]'
 	touch $(STAMP)
 
-install: $(STAMP) java
+install: $(STAMP) java browser
 
 # pyspark 4.0 needs a Java 17 runtime; install it from Debian when missing.
 java:
@@ -21,6 +21,13 @@ java:
 	  echo "installing Java 17 (openjdk-17-jre-headless) for the Spark engine"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null) \
 	  || { echo "could not install Java: Spark tests will be skipped"; }; }
+
+# Browser tests drive Debian's chromium through Playwright (no browser downloads possible).
+browser:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || { echo "could not install chromium: browser tests will be skipped"; }; }
 
 demo: install
 	$(VENV)/bin/touchline demo
