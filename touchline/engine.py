@@ -138,6 +138,13 @@ def load_table(
     return con.create_table(name, table, overwrite=overwrite)
 
 
+def read_parquet_dir(con: BaseBackend, folder: Path) -> ibis.Table:
+    """All ``*.parquet`` files of one folder as one table (Spark reads folders, DuckDB globs)."""
+    if engine_name(con) == "spark":
+        return con.read_parquet(str(folder))
+    return con.read_parquet(str(folder / "*.parquet"))
+
+
 def append(con: BaseBackend, name: str, data: pa.Table | ibis.Table) -> None:
     """Append rows (Arrow data or an expression on ``con``) to table ``name``."""
     if isinstance(data, pa.Table) and engine_name(con) == "spark":

@@ -1,0 +1,273 @@
+"""File ingest: good rows land, bad rows become rejects with file, line and reason, and
+re-ingesting adds nothing. Table-writing tests run on DuckDB and Spark."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from touchline import store
+from touchline.collect.ingest import ingest_file
+from touchline.collect.mapping import load_mapping, normalise_name
+from touchline.config import Settings
+from touchline.errors import InputError, MappingError
+
+HEADER = "message_id,type,event,anonymous_id,user_id,timestamp,url,revenue"
+SETTINGS = Settings(database_url="duckdb://", max_line_bytes=4096, ingest_chunk_rows=300)
+
+
+def _good(i: int) -> str:
+    return f"m{i},track,Viewed,a{i % 97},,2025-03-0{1 + i % 9}T10:{i % 60:02d}:00Z,https://x.io/p{i},"
+
+
+# (reason_code, line text) for each kind of bad row; 37 in all
+BAD_KINDS: list[tuple[str, str]] = (
+    [("bad_timestamp", "b{n},track,Viewed,a1,,yesterday,,")] * 6
+    + [("missing_id", "b{n},track,Viewed,,,2025-03-01T10:00:00Z,,")] * 5
+    + [("wrong_field_count", "b{n},track,Viewed,a1")] * 5
+    + [("bad_number", "b{n},track,Buy,a1,,2025-03-01T10:00:00Z,,12 dollars")] * 5
+    + [("invalid_encoding", "b{n},track,Caf\udce9,a1,,2025-03-01T10:00:00Z,,")] * 4
+    + [("bad_type", "b{n},click,Viewed,a1,,2025-03-01T10:00:00Z,,")] * 4
+    + [("missing_event", "b{n},track,,a1,,2025-03-01T10:00:00Z,,")] * 4
+    + [("line_too_long", "b{n},track,Viewed,a1,,2025-03-01T10:00:00Z,https://x.io/?q=" + "x" * 5000 + ",")] * 2
+    + [("missing_type", "b{n},,Viewed,a1,,2025-03-01T10:00:00Z,,")] * 2
+)
+
+
+def write_messy_csv(path: Path) -> dict[int, str]:
+    """1,000 good rows with 37 bad ones spread through; returns {line: reason_code}."""
+    assert len(BAD_KINDS) == 37
+    lines, expected, good, bad = [HEADER], {}, 0, 0
+    while good < 1000 or bad < 37:
+        if bad < 37 and (good % 27 == 13 or good >= 1000):
+            code, text = BAD_KINDS[bad]
+            lines.append(text.format(n=bad))
+            expected[len(lines)] = code
+            bad += 1
+        lines.append(_good(good))
+        good += 1
+        if good > 1000:
+            lines.pop()
+            good -= 1
+    data = "\n".join(lines).encode("utf-8", errors="surrogateescape") + b"\n"
+    path.write_bytes(data)
+    return expected
+
+
+def _rejects(con) -> dict[int, str]:
+    got = con.table("rejects").select("line", "reason_code").to_pyarrow().to_pylist()
+    return {r["line"]: r["reason_code"] for r in got}
+
+
+def test_messy_csv_loads_good_rows_and_rejects_each_bad_one_with_its_line(con, tmp_path) -> None:
+    path = tmp_path / "events.csv"
+    expected = write_messy_csv(path)
+    result = ingest_file(con, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.rejected, result.duplicates) == (1000, 37, 0)
+    assert con.table("events").count().to_pyarrow().as_py() == 1000
+    assert _rejects(con) == expected
+    reasons = con.table("rejects").select("reason", "source", "step").to_pyarrow().to_pylist()
+    assert all(r["source"] == str(path) and r["step"] == "ingest:events" for r in reasons)
+    assert any("'yesterday' is not an ISO 8601 timestamp" in r["reason"] for r in reasons)
+
+    again = ingest_file(con, path, "events", settings=SETTINGS)
+    assert (again.loaded, again.duplicates) == (0, 1000)
+    assert con.table("events").count().to_pyarrow().as_py() == 1000
+    assert con.table("rejects").count().to_pyarrow().as_py() == 37
+    assert con.table("ingests").count().to_pyarrow().as_py() == 2
+
+
+def test_overlapping_file_adds_only_new_rows(con, tmp_path) -> None:
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("\n".join([HEADER, *(_good(i) for i in range(0, 60))]) + "\n")
+    second.write_text("\n".join([HEADER, *(_good(i) for i in range(40, 100))]) + "\n")
+    ingest_file(con, first, "events", settings=SETTINGS)
+    result = ingest_file(con, second, "events", settings=SETTINGS)
+    assert (result.loaded, result.duplicates) == (40, 20)
+    assert con.table("events").count().to_pyarrow().as_py() == 100
+
+
+def test_duplicate_inside_a_file_is_kept_once_and_explained(duck, tmp_path) -> None:
+    path = tmp_path / "dupes.csv"
+    path.write_text("\n".join([HEADER, _good(1), _good(2), _good(1)]) + "\n")
+    result = ingest_file(duck, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.duplicates) == (2, 1)
+    row = duck.table("rejects").to_pyarrow().to_pylist()[0]
+    assert (row["line"], row["reason_code"], row["ref"]) == (4, "duplicate_in_file", "m1")
+    assert "line 2" in row["reason"]
+
+
+def test_rows_without_message_id_dedupe_on_content(duck, tmp_path) -> None:
+    path = tmp_path / "noid.csv"
+    row = ",page,,a1,,2025-03-01T10:00:00Z,https://x.io/,"
+    path.write_text("\n".join([HEADER, row, row, row.replace("a1", "a2")]) + "\n")
+    result = ingest_file(duck, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.duplicates) == (2, 1)
+    ids = duck.table("events").message_id.to_pyarrow().to_pylist()
+    assert all(i.startswith("h-") and len(i) == 34 for i in ids)
+
+
+def write_messy_ndjson(path: Path) -> dict[int, str]:
+    base = {"type": "page", "anonymousId": "a1", "timestamp": "2025-03-01T10:00:00.000Z",
+            "context": {"page": {"url": "https://x.io/?utm_source=Google&gclid=G1"}}}
+    lines, expected = [], {}
+    for i in range(50):
+        lines.append(json.dumps({**base, "messageId": f"m{i}"}))
+    bad = ['{"type": "page", "anonymousId": ', "[1, 2, 3]",
+           json.dumps({**base, "messageId": "x1", "type": "track"}),
+           json.dumps({**base, "messageId": "x2", "timestamp": "03/01/2025 25:00"}),
+           "", json.dumps({**base, "messageId": "x3", "anonymousId": None})]
+    codes = ["invalid_json", "not_an_object", "missing_event", "bad_timestamp", None, "missing_id"]
+    for offset, (text, code) in enumerate(zip(bad, codes, strict=True)):
+        at = 10 + offset * 7
+        lines.insert(at, text)
+    for number, text in enumerate(lines, start=1):
+        if text in bad and codes[bad.index(text)]:
+            expected[number] = codes[bad.index(text)]
+    with gzip.open(path, "wt") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return expected
+
+
+def test_segment_ndjson_maps_context_and_rejects_bad_lines(con, tmp_path) -> None:
+    path = tmp_path / "events.ndjson.gz"
+    expected = write_messy_ndjson(path)
+    result = ingest_file(con, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.rejected) == (50, 5)
+    assert _rejects(con) == expected
+    row = con.table("events").filter(lambda t: t.message_id == "m0").to_pyarrow().to_pylist()[0]
+    assert (row["utm_source"], row["gclid"], row["type"]) == ("Google", "G1", "page")
+    assert json.loads(row["context"])["page"]["url"].startswith("https://x.io/")
+
+
+def test_parquet_keeps_types_and_row_numbers(con, tmp_path) -> None:
+    path = tmp_path / "spend.parquet"
+    table = pa.table({
+        "date": pa.array(["2025-01-01", "2025-01-02", "not a date"]),
+        "utm_source": ["google", "bing", "google"],
+        "cost": pa.array([10.5, None, 3.0]),
+        "clicks": pa.array([3, 4, 5], pa.int64()),
+    })
+    pq.write_table(table, path)
+    result = ingest_file(con, path, "spend", settings=SETTINGS)
+    assert (result.loaded, result.rejected) == (1, 2)
+    assert _rejects(con) == {2: "missing_cost", 3: "bad_date"}
+    got = con.table("spend").to_pyarrow().to_pylist()[0]
+    assert (str(got["date"]), got["cost"], got["clicks"]) == ("2025-01-01", 10.5, 3)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"\n\n", "no header"),
+        (b"a,b\n1,2\n", "missing column(s) ['message_id']"[:20]),
+    ],
+)
+def test_unreadable_files_raise_input_error_and_write_nothing(duck, tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    kind = "calls" if content.startswith(b"a,b") else "events"
+    with pytest.raises(InputError, match="missing column" if kind == "calls" else message):
+        ingest_file(duck, path, kind, settings=SETTINGS)
+    assert "calls" not in duck.list_tables() or duck.table("calls").count().execute() == 0
+
+
+def test_truncated_gzip_loads_nothing(duck, tmp_path) -> None:
+    full = gzip.compress(("\n".join([HEADER, *(_good(i) for i in range(5000))]) + "\n").encode())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(full[: len(full) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        ingest_file(duck, path, "events", settings=SETTINGS)
+    assert "events" not in duck.list_tables() or duck.table("events").count().execute() == 0
+
+
+def test_header_only_file_loads_zero_rows(duck, tmp_path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text(HEADER + "\n")
+    result = ingest_file(duck, path, "events", settings=SETTINGS)
+    assert (result.rows_read, result.loaded, result.rejected) == (0, 0, 0)
+
+
+def test_huge_line_is_rejected_without_reading_it_whole(duck, tmp_path) -> None:
+    path = tmp_path / "huge.ndjson"
+    with path.open("w") as handle:
+        handle.write('{"type":"page","anonymousId":"a","timestamp":"2025-01-01T00:00:00Z"}\n')
+        handle.write('{"type":"page","pad":"' + "x" * (8 << 20) + '"}\n')
+        handle.write('{"type":"page","anonymousId":"b","timestamp":"2025-01-01T00:00:00Z"}\n')
+    settings = Settings(database_url="duckdb://", max_line_bytes=1 << 20)
+    result = ingest_file(duck, path, "events", settings=settings)
+    assert (result.loaded, result.rejected) == (2, 1)
+    assert _rejects(duck) == {2: "line_too_long"}
+
+
+def test_mapping_file_renames_and_fills_defaults(duck, tmp_path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_text(
+        "clientId,page_url,timestamp,event_name\n"
+        "c1,https://x.io/?utm_medium=cpc,2025-02-23T10:00:00.123Z,page_viewed\n"
+    )
+    mapping_file = tmp_path / "map.toml"
+    mapping_file.write_text(
+        '[columns]\nanonymous_id = ["client_id", "clientId"]\nurl = "page_url"\n'
+        'event = "event_name"\n[defaults]\ntype = "track"\nsource = "web"\n'
+    )
+    canonical = {c.name for c in store.EVENTS.columns}
+    result = ingest_file(duck, path, "events", settings=SETTINGS,
+                         mapping=load_mapping(mapping_file, canonical=canonical))
+    assert result.loaded == 1
+    row = duck.table("events").to_pyarrow().to_pylist()[0]
+    assert (row["anonymous_id"], row["event"], row["utm_medium"], row["source"]) == (
+        "c1", "page_viewed", "cpc", "web")
+    assert row["timestamp"].microsecond == 123000
+
+
+def test_mapping_errors_name_the_file_and_key(tmp_path) -> None:
+    bad = tmp_path / "m.toml"
+    bad.write_text('[columns]\nnot_a_column = "x"\n')
+    with pytest.raises(MappingError, match="not_a_column"):
+        load_mapping(bad, canonical={"a"})
+    bad.write_text("[columns\n")
+    with pytest.raises(MappingError, match="not valid TOML"):
+        load_mapping(bad, canonical={"a"})
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("anonymousId", "anonymous_id"), ("Anonymous ID", "anonymous_id"),
+    ("utm-source", "utm_source"), ("sentAt", "sent_at"), ("li_fat_id", "li_fat_id"),
+])
+def test_normalise_name(name: str, expected: str) -> None:
+    assert normalise_name(name) == expected
+
+
+PUFFY_MAP = """
+[columns]
+anonymous_id = ["client_id", "clientId"]
+url = "page_url"
+event = "event_name"
+properties = "event_data"
+[defaults]
+type = "track"
+source = "web"
+"""
+
+
+def test_real_puffy_export_counts_match_its_source_notes(duck, tmp_path, shared_data) -> None:
+    files = sorted((shared_data / "puffy-ecommerce-events" / "raw").glob("*.csv.gz"))
+    mapping_file = tmp_path / "puffy.toml"
+    mapping_file.write_text(PUFFY_MAP)
+    mapping = load_mapping(mapping_file, canonical={c.name for c in store.EVENTS.columns})
+    settings = Settings(database_url="duckdb://")
+    results = [ingest_file(duck, f, "events", settings=settings, mapping=mapping) for f in files]
+    assert sum(r.rows_read for r in results) == 49_963  # SOURCE.md
+    missing_id = sum(r.rejects_by_reason["missing_id"] for r in results)
+    assert missing_id == 2_908  # "2,908 events with no id"
+    loaded = duck.table("events")
+    assert loaded.count().execute() == 49_963 - 2_908 - sum(r.duplicates for r in results)
+    assert loaded.filter(loaded.event == "checkout_completed").count().execute() == 294
+    assert loaded.filter(loaded.gclid.notnull()).count().execute() >= 8_000

@@ -1,0 +1,589 @@
+"""File ingest: read CSV / NDJSON / Parquet in chunks, type and check every field, keep what is
+good, send the rest to ``rejects`` with file, line, field and reason, and add nothing twice.
+
+How a file moves through here::
+
+    file ──readers.iter_chunks──▶ chunk (strings, line numbers, raw text)
+         ──_extract (JSON paths / column mapping)──▶ canonical columns as text
+         ──_validate (typed casts, required fields, kind rules)──▶ good rows │ rejects
+         ──staged as Parquet beside the warehouse──▶ commit: dedupe within the file, anti-join
+           against the table on its key, insert rows, rejects and the run record together.
+
+Parsing untyped input is edge work done by an in-process DuckDB on each chunk, whatever the
+warehouse engine; from the staged Parquet on, everything is Ibis on the warehouse connection,
+so the same commit runs on DuckDB and Spark. Nothing reaches the target table until the whole
+file has been read: a truncated or unreadable file leaves no half-written table behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import ibis
+import ibis.expr.datatypes as dt
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ibis import _
+
+from touchline import engine, store
+from touchline.collect import readers
+from touchline.collect.mapping import Mapping, normalise_name
+from touchline.config import Settings
+from touchline.errors import InputError
+
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
+CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid")
+UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
+_VALUE_SHOWN = 80
+_TYPE_CODES = {"Timestamp": "timestamp", "Date": "date", "Float64": "number",
+               "Int64": "integer", "Boolean": "boolean"}  # characters of a bad value quoted in a reject reason
+
+# Where each canonical events column lives in a Segment (or RudderStack) JSON export, in order
+# of preference. Columns not listed are looked up as "$.<name>" and "$.<camelCase>".
+SEGMENT_PATHS: dict[str, tuple[str, ...]] = {
+    "message_id": ("$.messageId", "$.message_id"),
+    "anonymous_id": ("$.anonymousId", "$.anonymous_id"),
+    "user_id": ("$.userId", "$.user_id"),
+    "group_id": ("$.groupId", "$.group_id"),
+    "previous_id": ("$.previousId", "$.previous_id"),
+    "original_timestamp": ("$.originalTimestamp", "$.original_timestamp"),
+    "sent_at": ("$.sentAt", "$.sent_at"),
+    "received_at": ("$.receivedAt", "$.received_at"),
+    "url": ("$.context.page.url", "$.properties.url"),
+    "path": ("$.context.page.path", "$.properties.path"),
+    "referrer": ("$.context.page.referrer", "$.properties.referrer"),
+    "title": ("$.context.page.title", "$.properties.title"),
+    "utm_source": ("$.context.campaign.source",),
+    "utm_medium": ("$.context.campaign.medium",),
+    "utm_campaign": ("$.context.campaign.name", "$.context.campaign.campaign"),
+    "utm_term": ("$.context.campaign.term",),
+    "utm_content": ("$.context.campaign.content",),
+    "utm_id": ("$.context.campaign.id",),
+    "email": ("$.traits.email", "$.context.traits.email", "$.properties.email"),
+    "phone": ("$.traits.phone", "$.context.traits.phone", "$.properties.phone"),
+    "user_agent": ("$.context.userAgent", "$.context.user_agent"),
+    "ip": ("$.context.ip",),
+    "revenue": ("$.properties.revenue", "$.properties.total"),
+    "currency": ("$.properties.currency",),
+    "properties": ("$.properties",),
+    "traits": ("$.traits", "$.context.traits"),
+    "context": ("$.context",),
+    "write_key": ("$.writeKey", "$.write_key"),
+}
+for _click in CLICK_IDS:
+    SEGMENT_PATHS[_click] = (f"$.context.campaign.{_click}", f"$.properties.{_click}")
+
+
+@dataclass
+class IngestResult:
+    """What one file's ingest did."""
+
+    path: str
+    kind: str
+    ingest_id: str
+    rows_read: int = 0
+    loaded: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    rejects_by_reason: Counter[str] = field(default_factory=Counter)
+    ignored_columns: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+ProgressCallback = Callable[[int], None]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _json_path(path: str) -> str:
+    if path.startswith("$"):
+        return path
+    return "$." + ".".join(_quote(p) for p in path.split("."))
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def _fingerprint(path: Path) -> str:
+    """Cheap identity of a file's content: size and the first and last MiB."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if size > 2 << 20:
+            handle.seek(-(1 << 20), 2)
+            digest.update(handle.read())
+    return digest.hexdigest()[:32]
+
+
+class _ChunkParser:
+    """Turns reader chunks into typed canonical rows and reject rows, on a private DuckDB."""
+
+    def __init__(
+        self,
+        spec: store.TableSpec,
+        fmt: str,
+        mapping: Mapping,
+        settings: Settings,
+        source_default: str | None,
+        ingest_id: str,
+    ) -> None:
+        self.spec, self.fmt, self.mapping, self.settings = spec, fmt, mapping, settings
+        self.ingest_id = ingest_id
+        self.source_default = source_default
+        self.db = duckdb.connect(":memory:")
+        self.db.execute("SET TimeZone = 'UTC'")
+        if settings.threads:
+            self.db.execute(f"SET threads = {int(settings.threads)}")
+        self._extract_sql: str | None = None
+        self._validate_sql: str | None = None
+        self.ignored: list[str] = []
+
+    # -- stage 1: canonical columns as text (or as typed Parquet columns) -------------------
+    def _build_extract(self, chunk_schema: pa.Schema, where: str) -> str:
+        spec, mapping = self.spec, self.mapping
+        names = [c.name for c in spec.columns]
+        exprs: dict[str, str] = {}
+        if self.fmt == "ndjson":
+            for name in names:
+                if name in mapping.columns:
+                    paths = tuple(_json_path(p) for p in mapping.columns[name])
+                elif spec.name == "events" and name in SEGMENT_PATHS:
+                    paths = SEGMENT_PATHS[name]
+                else:
+                    paths = tuple(dict.fromkeys((f"$.{name}", f"$.{_camel(name)}")))
+                parts = [f"json_extract_string(_obj, {_sql_str(p)})" for p in paths]
+                exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
+        else:
+            available = chunk_schema.names
+            used: set[str] = set()
+            for name in names:
+                sources = mapping.sources_for(name, available)
+                missing = [s for s in sources if s not in available]
+                if name in mapping.columns and len(missing) == len(sources):
+                    raise InputError(
+                        f"{where}: mapping {mapping.origin} maps {name} to {list(sources)}, but "
+                        f"the file has none of them; its columns are {available}"
+                    )
+                present = [s for s in sources if s in available]
+                used.update(present)
+                if present:
+                    parts = [self._as_text(s, chunk_schema.field(s).type, name) for s in present]
+                    exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
+            self.ignored = [c for c in available if c not in used]
+        for name, value in self.mapping.defaults.items():
+            exprs[name] = f"coalesce({exprs[name]}, {_sql_str(value)})" if name in exprs else (
+                _sql_str(value)
+            )
+        if "source" not in exprs and self.source_default and "source" in names:
+            exprs["source"] = _sql_str(self.source_default)
+        if spec.name == "events":
+            self._derive_event_fields(exprs)
+        missing = [r for r in spec.required if r not in exprs]
+        if spec.name == "events" and "timestamp" in missing and (
+            {"original_timestamp", "received_at"} & set(exprs)
+        ):
+            missing.remove("timestamp")
+        if missing and self.fmt != "ndjson":
+            raise InputError(
+                f"{where}: missing column(s) {missing} required for table {spec.name!r}; the "
+                f"file has {chunk_schema.names}. Rename them or map them with --map (see "
+                "docs/ingest.md)"
+            )
+        select = [f"CAST({exprs.get(n, 'NULL')} AS VARCHAR) AS {_quote('s_' + n)}" for n in names]
+        if self.fmt != "ndjson":
+            return f"SELECT _line, _raw, {', '.join(select)} FROM chunk"
+        # JSON functions raise on malformed input: extract only from lines that are objects
+        return (
+            f"SELECT _line, _raw, _json_ok, _json_type, {', '.join(select)} FROM ("
+            "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj FROM ("
+            "SELECT *, json_valid(line) AS _json_ok, "
+            "CASE WHEN json_valid(line) THEN json_type(line) END AS _json_type FROM chunk))"
+        )
+
+    def _as_text(self, column: str, arrow_type: pa.DataType, canonical: str) -> str:
+        ref = _quote(column)
+        if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+            return f"nullif(trim({ref}), '')"
+        if pa.types.is_timestamp(arrow_type) and arrow_type.tz:
+            return f"strftime(timezone('UTC', {ref}), '%Y-%m-%dT%H:%M:%S.%f')"
+        if pa.types.is_timestamp(arrow_type):
+            return f"strftime({ref}, '%Y-%m-%dT%H:%M:%S.%f')"
+        if pa.types.is_struct(arrow_type) or pa.types.is_list(arrow_type) or pa.types.is_map(
+            arrow_type
+        ):
+            return f"to_json({ref})::VARCHAR"
+        return f"CAST({ref} AS VARCHAR)"
+
+    @staticmethod
+    def _derive_event_fields(exprs: dict[str, str]) -> None:
+        """UTMs and click ids from the page URL's query when the payload lacks them."""
+        if "url" not in exprs:
+            return
+        url = exprs["url"]
+        for name in (*UTM_FIELDS, *CLICK_IDS):
+            param = f"try(url_decode(replace(nullif(regexp_extract({url}, "
+            param += f"'[?&#]{name}=([^&#]*)', 1), ''), '+', ' ')))"
+            exprs[name] = f"coalesce({exprs[name]}, {param})" if name in exprs else param
+
+    # -- stage 2: typed columns and the first problem of each row ---------------------------
+    def _typed(self, name: str, dtype: dt.DataType) -> tuple[str, str]:
+        """SQL for the typed value and for 'the raw value was given but did not parse'."""
+        raw = _quote("s_" + name)
+        if dtype.is_timestamp():
+            parsers = []
+            if self.mapping.timestamp_format:
+                fmt = _sql_str(self.mapping.timestamp_format)
+                parsers.append(f"try_strptime({raw}, {fmt})")
+            parsers += [
+                f"CASE WHEN regexp_full_match({raw}, '[0-9]{{9,10}}(\\.[0-9]+)?') "
+                f"THEN make_timestamp(CAST(CAST({raw} AS DOUBLE) * 1e6 AS BIGINT)) "
+                f"WHEN regexp_full_match({raw}, '[0-9]{{12,13}}') "
+                f"THEN make_timestamp(CAST({raw} AS BIGINT) * 1000) END",
+                f"timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ))",
+            ]
+            typed = f"coalesce({', '.join(parsers)})"
+            return typed, "an ISO 8601 timestamp, epoch seconds or epoch milliseconds"
+        if dtype.is_date():
+            typed = f"coalesce(TRY_CAST({raw} AS DATE), CAST(timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ)) AS DATE))"
+            return typed, "a date (YYYY-MM-DD)"
+        if dtype.is_floating():
+            typed = (
+                f"coalesce(TRY_CAST({raw} AS DOUBLE), CASE WHEN regexp_full_match({raw}, "
+                f"'-?[0-9]+,[0-9]+') THEN TRY_CAST(replace({raw}, ',', '.') AS DOUBLE) END)"
+            )
+            typed = f"CASE WHEN isfinite({typed}) THEN {typed} END"
+            return typed, "a number"
+        if dtype.is_integer():
+            as_double = f"TRY_CAST({raw} AS DOUBLE)"
+            typed = (
+                f"coalesce(TRY_CAST({raw} AS BIGINT), CASE WHEN {as_double} = round({as_double}) "
+                f"AND abs({as_double}) < 9e15 THEN CAST({as_double} AS BIGINT) END)"
+            )
+            return typed, "a whole number"
+        if dtype.is_boolean():
+            typed = (
+                f"CASE WHEN lower({raw}) IN ('true', 't', 'yes', 'y', '1') THEN true "
+                f"WHEN lower({raw}) IN ('false', 'f', 'no', 'n', '0') THEN false END"
+            )
+            return typed, "true/false, yes/no or 1/0"
+        return raw, ""
+
+    def _build_validate(self) -> str:
+        spec = self.spec
+        typed: dict[str, str] = {}
+        problems: list[tuple[str, str, str, str]] = []  # (condition, field, code, message)
+        if self.fmt == "ndjson":
+            problems.append(("NOT _json_ok", "", "invalid_json", "'line is not valid JSON'"))
+            problems.append((
+                "_json_type <> 'OBJECT'", "", "not_an_object",
+                "'line is JSON but not an object: ' || _json_type",
+            ))
+        for column in spec.columns:
+            expr, expected = self._typed(column.name, column.dtype)
+            typed[column.name] = expr
+            if expected:
+                raw = _quote("s_" + column.name)
+                shown = f"left({raw}, {_VALUE_SHOWN})"
+                problems.append((
+                    f"{raw} IS NOT NULL AND ({expr}) IS NULL",
+                    column.name,
+                    f"bad_{_TYPE_CODES[type(column.dtype).__name__]}",
+                    f"'field {column.name}: ''' || {shown} || ''' is not {expected}'",
+                ))
+        if spec.name == "events":
+            self._event_rules(typed, problems)
+        for name in spec.required:
+            if name == "timestamp" and spec.name == "events":
+                continue  # handled by the event rules (falls back to other clocks)
+            problems.append((
+                f"({typed[name]}) IS NULL", name, f"missing_{name}",
+                f"'required field {name} is missing or empty'",
+            ))
+        cases = " ".join(
+            f"WHEN {cond} THEN struct_pack(field := {_sql_str(fld)}, code := {_sql_str(code)}, "
+            f"message := {msg})"
+            for cond, fld, code, msg in problems
+        )
+        key = spec.key
+        content = ", ".join(
+            f"coalesce(CAST({typed[c.name]} AS VARCHAR), '')"
+            for c in spec.columns
+            if c.name not in (key, "ingest_id", "source", "row_hash")
+        )
+        content_hash = f"md5(concat_ws(chr(31), {content}))"
+        if key == "row_hash":
+            typed["row_hash"] = content_hash
+        elif key == "message_id":
+            typed[key] = f"coalesce({typed[key]}, 'h-' || {content_hash})"
+        typed["ingest_id"] = _sql_str(self.ingest_id)
+        columns = ", ".join(f"{typed[c.name]} AS {_quote(c.name)}" for c in spec.columns)
+        return f"SELECT _line, _raw, CASE {cases} END AS _problem, {columns} FROM extracted"
+
+    def _event_rules(self, typed: dict[str, str], problems: list[tuple[str, str, str, str]]) -> None:
+        typed["type"] = f"lower({typed['type']})"
+        typed["timestamp"] = (
+            f"coalesce({typed['timestamp']}, {typed['original_timestamp']}, {typed['received_at']})"
+        )
+        if self.settings.ip_truncate:
+            ip = typed["ip"]
+            typed["ip"] = (
+                f"CASE WHEN contains({ip}, ':') THEN regexp_extract({ip}, '^([^:]*:[^:]*:[^:]*)', 1)"
+                f" || '::' ELSE regexp_replace({ip}, '\\.[0-9]+$', '.0') END"
+            )
+        kinds = ", ".join(_sql_str(t) for t in EVENT_TYPES)
+        problems.extend([
+            (f"({typed['type']}) IS NULL", "type", "missing_type", "'required field type is missing'"),
+            (
+                f"({typed['type']}) NOT IN ({kinds})", "type", "bad_type",
+                f"'field type: ' || left({typed['type']}, {_VALUE_SHOWN}) || ' is not one of "
+                f"{', '.join(EVENT_TYPES)}'",
+            ),
+            (
+                f"({typed['timestamp']}) IS NULL", "timestamp", "missing_timestamp",
+                "'no timestamp, originalTimestamp or receivedAt'",
+            ),
+            (
+                f"({typed['anonymous_id']}) IS NULL AND ({typed['user_id']}) IS NULL",
+                "anonymous_id", "missing_id", "'neither anonymousId nor userId is given'",
+            ),
+            (
+                f"({typed['type']}) = 'track' AND ({typed['event']}) IS NULL", "event",
+                "missing_event", "'a track call needs an event name'",
+            ),
+        ])
+
+    def parse(self, chunk: readers.Chunk, where: str) -> tuple[pa.Table, pa.Table]:
+        """Return (good rows with ``_line``, reject rows) for one chunk."""
+        table = chunk.table.append_column("_line", pa.array(chunk.lines)).append_column(
+            "_raw", chunk.raw
+        )
+        self.db.register("chunk", table)
+        if self._extract_sql is None:
+            self._extract_sql = self._build_extract(chunk.table.schema, where)
+            self._validate_sql = self._build_validate()
+        self.db.execute(f"CREATE OR REPLACE TEMP TABLE extracted AS {self._extract_sql}")
+        self.db.execute(f"CREATE OR REPLACE TEMP TABLE validated AS {self._validate_sql}")
+        self.db.unregister("chunk")
+        names = ", ".join(_quote(c.name) for c in self.spec.columns)
+        good = self.db.execute(
+            f"SELECT {names}, _line FROM validated WHERE _problem IS NULL"
+        ).fetch_arrow_table()
+        bad = self.db.execute(
+            "SELECT _line AS line, _problem.field AS field, _problem.code AS reason_code, "
+            "_problem.message AS reason, "
+            "coalesce(_raw, left(CAST(to_json(validated) AS VARCHAR), 65536)) AS raw "
+            "FROM validated WHERE _problem IS NOT NULL"
+        ).fetch_arrow_table()
+        return good, bad
+
+
+def _structural_rejects(rejects: list[readers.Reject]) -> pa.Table:
+    return pa.table({
+        "line": pa.array([r.line for r in rejects], pa.int64()),
+        "field": pa.array([r.field for r in rejects], pa.string()),
+        "reason_code": pa.array([r.reason_code for r in rejects], pa.string()),
+        "reason": pa.array([r.reason for r in rejects], pa.string()),
+        "raw": pa.array([r.raw for r in rejects], pa.string()),
+    })
+
+
+def _staging_root(settings: Settings) -> Path:
+    url = settings.database_url
+    if url.startswith("duckdb://") and url.removeprefix("duckdb://").removeprefix("/"):
+        base = Path(url.removeprefix("duckdb://").removeprefix("/")).expanduser()
+        return base.with_name(base.name + ".staging")
+    return Path(tempfile.gettempdir()) / "touchline-staging"
+
+
+def ingest_file(
+    con: BaseBackend,
+    path: Path,
+    kind: str,
+    *,
+    settings: Settings,
+    mapping: Mapping | None = None,
+    fmt: str | None = None,
+    source: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> IngestResult:
+    """Load one file into table ``kind``; see the module docstring for the flow.
+
+    Raises :class:`InputError` for whole-file problems; then nothing is written.
+    """
+    if kind not in store.INGESTIBLE:
+        raise InputError(f"unknown kind {kind!r}; choose from {', '.join(store.INGESTIBLE)}")
+    started = time.perf_counter()
+    started_at = datetime.now(UTC).replace(tzinfo=None)
+    spec = store.TABLES[kind]
+    fmt = fmt or readers.detect_format(path)
+    mapping = mapping or Mapping()
+    ingest_id = uuid.uuid4().hex[:16]
+    result = IngestResult(str(path), kind, ingest_id)
+    fingerprint = _fingerprint(path) if path.exists() and path.is_file() else ""
+    staging = _staging_root(settings) / ingest_id
+    for part in ("rows", "rejects"):
+        (staging / part).mkdir(parents=True, exist_ok=True)
+    parser = _ChunkParser(spec, fmt, mapping, settings, source, ingest_id)
+    try:
+        parts = 0
+        for chunk in readers.iter_chunks(
+            path, fmt, chunk_rows=settings.ingest_chunk_rows, max_line_bytes=settings.max_line_bytes
+        ):
+            result.rows_read += len(chunk.lines) + len(chunk.rejects)
+            good, bad = parser.parse(chunk, str(path)) if len(chunk.lines) else (None, None)
+            if good is not None and good.num_rows:
+                pq.write_table(good, staging / "rows" / f"{parts:05d}.parquet")
+            rejects = [_structural_rejects(chunk.rejects)] if chunk.rejects else []
+            if bad is not None and bad.num_rows:
+                rejects.append(bad)
+            for i, table in enumerate(rejects):
+                pq.write_table(
+                    table.cast(_REJECT_STAGE), staging / "rejects" / f"{parts:05d}-{i}.parquet"
+                )
+            parts += 1
+            if progress:
+                progress(result.rows_read)
+        result.ignored_columns = parser.ignored
+        _commit(con, spec, staging, result, path, fingerprint, started_at)
+    finally:
+        parser.db.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+_REJECT_STAGE = pa.schema([
+    ("line", pa.int64()), ("field", pa.string()), ("reason_code", pa.string()),
+    ("reason", pa.string()), ("raw", pa.string()),
+])
+
+
+def _commit(
+    con: BaseBackend,
+    spec: store.TableSpec,
+    staging: Path,
+    result: IngestResult,
+    path: Path,
+    fingerprint: str,
+    started_at: datetime,
+) -> None:
+    """Dedupe the staged rows and write rows, rejects and the run record (one transaction on
+    DuckDB)."""
+    store.init(con)
+    step = f"ingest:{spec.name}"
+    target = con.table(spec.name)
+    names = [c.name for c in spec.columns]
+    has_rows = any((staging / "rows").iterdir())
+    has_rejects = any((staging / "rejects").iterdir())
+    duckdb_tx = engine.engine_name(con) == "duckdb"
+    if duckdb_tx:
+        con.raw_sql("BEGIN TRANSACTION")
+    try:
+        reject_parts: list[ibis.Table] = []
+        if has_rows:
+            staged = engine.read_parquet_dir(con, staging / "rows")
+            ranked = staged.mutate(
+                _rank=ibis.row_number().over(group_by=staged[spec.key], order_by=staged._line)
+            )
+            first = ranked.filter(_._rank == 0)
+            later = ranked.filter(_._rank > 0)
+            firsts = first.select(_key=first[spec.key], _first_line=first._line)
+            in_file_dupes = later.join(firsts, later[spec.key] == firsts._key)
+            new = first.anti_join(target, spec.key)
+            counts = (
+                ranked.aggregate(
+                    kept=(_._rank == 0).sum(), dupes=(_._rank > 0).sum()
+                ).to_pyarrow().to_pylist()[0]
+            )
+            loaded = new.count().to_pyarrow().as_py()
+            con.insert(spec.name, new.select(*names).cast(spec.schema))
+            result.loaded = int(loaded)
+            result.duplicates = int(counts["dupes"] or 0) + int(counts["kept"] or 0) - int(loaded)
+            reject_parts.append(
+                in_file_dupes.select(
+                    line=in_file_dupes._line,
+                    field=ibis.literal(spec.key),
+                    reason_code=ibis.literal("duplicate_in_file"),
+                    reason=ibis.literal(f"same {spec.key} as line ")
+                    + in_file_dupes._first_line.cast("string")
+                    + ibis.literal(" of this file; the first is kept"),
+                    raw=ibis.null("string"),
+                    ref=in_file_dupes[spec.key],
+                )
+            )
+        if has_rejects:
+            bad = engine.read_parquet_dir(con, staging / "rejects")
+            reject_parts.append(bad.mutate(ref=ibis.null("string")))
+        if reject_parts:
+            all_rejects = ibis.union(*reject_parts) if len(reject_parts) > 1 else reject_parts[0]
+            key = (
+                ibis.literal(f"{step}|{fingerprint}|")
+                + all_rejects.line.cast("string")
+                + ibis.literal("|")
+                + all_rejects.reason_code
+            )
+            rows = all_rejects.select(
+                reject_id=key.hexdigest("md5"),
+                step=ibis.literal(step),
+                source=ibis.literal(str(path)),
+                line=_.line,
+                field=_.field,
+                reason_code=_.reason_code,
+                reason=_.reason,
+                raw=_.raw,
+                ref=_.ref,
+                ingest_id=ibis.literal(result.ingest_id),
+                rejected_at=ibis.now().cast(dt.Timestamp()),
+            )
+            by_reason = rows.group_by("reason_code").aggregate(n=_.count()).to_pyarrow()
+            result.rejects_by_reason = Counter(
+                dict(zip(by_reason["reason_code"].to_pylist(), by_reason["n"].to_pylist(), strict=True))
+            )
+            result.rejected = sum(result.rejects_by_reason.values()) - result.rejects_by_reason.get(
+                "duplicate_in_file", 0
+            )
+            new_rejects = rows.anti_join(con.table("rejects"), "reject_id")
+            con.insert("rejects", new_rejects.cast(store.REJECTS.schema))
+        run = pa.table({
+            "ingest_id": [result.ingest_id], "kind": [spec.name], "path": [str(path)],
+            "file_size": [path.stat().st_size], "fingerprint": [fingerprint],
+            "rows_read": [result.rows_read], "loaded": [result.loaded],
+            "rejected": [result.rejected], "duplicates": [result.duplicates],
+            "started_at": [started_at],
+            "finished_at": [datetime.now(UTC).replace(tzinfo=None)],
+        }).cast(store.INGESTS.schema.to_pyarrow())
+        engine.append(con, "ingests", run)
+    except Exception:
+        if duckdb_tx:
+            con.raw_sql("ROLLBACK")
+        raise
+    if duckdb_tx:
+        con.raw_sql("COMMIT")
+
+

@@ -1,0 +1,307 @@
+"""Streaming readers for input files: CSV, NDJSON and Parquet, plain or gzip-compressed.
+
+Each reader yields :class:`Chunk` s of at most ``chunk_rows`` records, so memory does not grow
+with the file. Every record keeps its 1-based physical line number (CSV, NDJSON; the line a
+quoted multi-line CSV record starts on) or row number (Parquet), and its raw text, so that a
+record rejected later can be traced to file, line and field. Records that cannot even be split
+into fields (a CSV row with the wrong number of fields, undecodable bytes, a line longer than
+``max_line_bytes``) are returned as :class:`Reject` s of the chunk; nothing is skipped silently
+except blank lines, which hold no record.
+
+Whole-file problems (empty file, missing header, truncated gzip, not a Parquet file) raise
+:class:`~touchline.errors.InputError` naming the file and, where known, the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from touchline.errors import InputError
+
+GZIP_MAGIC = b"\x1f\x8b"
+RAW_KEEP_BYTES = 64 * 1024  # raw text kept in rejects
+FORMATS = ("csv", "ndjson", "parquet")
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record that could not be split into fields."""
+
+    line: int
+    reason_code: str
+    reason: str
+    raw: str
+    field: str | None = None
+
+
+@dataclass
+class Chunk:
+    """Up to ``chunk_rows`` records: string (or typed, for Parquet) columns, lines, raw text."""
+
+    table: pa.Table
+    lines: np.ndarray
+    raw: pa.Array
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def detect_format(path: Path) -> str:
+    """``csv``, ``ndjson`` or ``parquet`` from the name (``.csv.gz``, ``.jsonl``, ``.ndjson``...)."""
+    name = path.name.lower().removesuffix(".gz").removesuffix(".gzip")
+    if name.endswith((".csv", ".tsv", ".txt")):
+        return "csv"
+    if name.endswith((".ndjson", ".jsonl", ".json")):
+        return "ndjson"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise InputError(
+        f"{path}: cannot tell the format from the name; use a .csv, .ndjson/.jsonl or .parquet "
+        "name (optionally .gz) or pass --format"
+    )
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: is empty (0 bytes): nothing to ingest")
+    handle = path.open("rb")
+    magic = handle.read(2)
+    handle.seek(0)
+    if magic == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
+    return handle  # type: ignore[return-value]
+
+
+def _bounded_lines(
+    stream: io.BufferedIOBase, path: Path, max_line_bytes: int, too_long: list[int]
+) -> Iterator[bytes]:
+    """Yield physical lines (without the newline), never holding more than ``max_line_bytes``.
+
+    A longer line is consumed in pieces and replaced by an empty line; its number is appended
+    to ``too_long`` so the caller can reject it.
+    """
+    number = 0
+    try:
+        while True:
+            line = stream.readline(max_line_bytes + 1)
+            if not line:
+                return
+            number += 1
+            if len(line) > max_line_bytes and not line.endswith(b"\n"):
+                while True:  # skip the rest of the overlong line without keeping it
+                    rest = stream.readline(1 << 20)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+                too_long.append(number)
+                yield b""
+                continue
+            yield line.rstrip(b"\r\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise InputError(
+            f"{path}: compressed data is truncated or corrupt after line {number} ({exc}); "
+            "nothing from this file was loaded"
+        ) from None
+
+
+def _too_long(line: int, max_line_bytes: int) -> Reject:
+    return Reject(
+        line,
+        "line_too_long",
+        f"line is longer than the {max_line_bytes:,}-byte limit (settings.max_line_bytes)",
+        "",
+    )
+
+
+def _decode(raw: bytes) -> tuple[str, bool]:
+    try:
+        return raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), False
+
+
+def iter_csv(
+    path: Path, *, chunk_rows: int, max_line_bytes: int, delimiter: str | None = None
+) -> Iterator[Chunk]:
+    """CSV with a header row; all values come back as strings (typed later, with reasons).
+
+    The delimiter (comma, semicolon, tab or pipe) is sniffed from the header unless given.
+    A UTF-8 byte-order mark is dropped. Lines with bytes that are not UTF-8 are rejected as
+    ``invalid_encoding`` (convert the file, e.g. ``iconv -f latin1 -t utf-8``).
+    """
+    too_long: list[int] = []
+    stream = _open_binary(path)
+    lines = _bounded_lines(stream, path, max_line_bytes, too_long)
+    bad_encoding: set[int] = set()
+    state = {"n": 0}
+
+    def text_lines() -> Iterator[str]:
+        for raw in lines:
+            state["n"] += 1
+            text, ok = _decode(raw)
+            if not ok:
+                bad_encoding.add(state["n"])
+            if state["n"] == 1:
+                text = text.removeprefix("\ufeff")
+            yield text
+
+    text = text_lines()
+    header_line = next(text, None)
+    while header_line is not None and not header_line.strip():
+        header_line = next(text, None)
+    if header_line is None:
+        raise InputError(f"{path}: has no header line (only blank lines)")
+    if delimiter is None:
+        counts = {d: header_line.count(d) for d in (",", ";", "\t", "|")}
+        delimiter = max(counts, key=counts.__getitem__) if any(counts.values()) else ","
+    header = next(csv.reader([header_line], delimiter=delimiter))
+    header = [h.strip() for h in header]
+    if len(set(header)) != len(header) or any(not h for h in header):
+        dupes = sorted({h for h in header if header.count(h) > 1 or not h})
+        raise InputError(f"{path}: line 1: header has empty or repeated column names: {dupes}")
+    width = len(header)
+    csv.field_size_limit(max_line_bytes)
+    reader = csv.reader(text, delimiter=delimiter, strict=False)
+    rows: list[list[str]] = []
+    row_lines: list[int] = []
+    rejects: list[Reject] = []
+    last_line = state["n"]
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            start = last_line + 1
+            last_line = state["n"]
+            rejects.append(Reject(start, "malformed_csv", f"CSV syntax error: {exc}", ""))
+            continue
+        start, last_line = last_line + 1, state["n"]
+        span = range(start, last_line + 1)
+        if any(n in too_long for n in span):
+            rejects.append(_too_long(start, max_line_bytes))
+        elif not row or (len(row) == 1 and not row[0].strip() and width > 1):
+            pass  # a blank line holds no record
+        elif any(n in bad_encoding for n in span):
+            rejects.append(
+                Reject(start, "invalid_encoding", "line has bytes that are not valid UTF-8",
+                       delimiter.join(row)[:RAW_KEEP_BYTES])
+            )
+        elif len(row) != width:
+            rejects.append(
+                Reject(
+                    start,
+                    "wrong_field_count",
+                    f"expected {width} fields as in the header, found {len(row)}",
+                    delimiter.join(row)[:RAW_KEEP_BYTES],
+                )
+            )
+        else:
+            rows.append(row)
+            row_lines.append(start)
+        if len(rows) >= chunk_rows:
+            yield _csv_chunk(header, rows, row_lines, rejects, delimiter)
+            rows, row_lines, rejects = [], [], []
+    if rows or rejects:
+        yield _csv_chunk(header, rows, row_lines, rejects, delimiter)
+    elif last_line <= 1:
+        return
+
+
+def _csv_chunk(
+    header: list[str], rows: list[list[str]], lines: list[int], rejects: list[Reject], sep: str
+) -> Chunk:
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in header]
+    arrays = [pa.array(col, type=pa.string()) for col in columns]
+    table = pa.Table.from_arrays(arrays, names=header)
+    # empty strings are missing values in CSV exports
+    table = pa.Table.from_arrays(
+        [pa.compute.if_else(pa.compute.equal(c, ""), None, c) for c in table.columns],
+        names=header,
+    )
+    raw = pa.array([sep.join(r)[:RAW_KEEP_BYTES] for r in rows], type=pa.string())
+    return Chunk(table, np.asarray(lines, dtype=np.int64), raw, rejects)
+
+
+def iter_ndjson(path: Path, *, chunk_rows: int, max_line_bytes: int) -> Iterator[Chunk]:
+    """Newline-delimited JSON: one record a line; the table has one ``line`` text column.
+
+    JSON parsing and field extraction happen later, in the engine, on the whole chunk.
+    """
+    too_long: list[int] = []
+    stream = _open_binary(path)
+    texts: list[str] = []
+    numbers: list[int] = []
+    rejects: list[Reject] = []
+    number = 0
+    for raw in _bounded_lines(stream, path, max_line_bytes, too_long):
+        number += 1
+        if too_long and too_long[-1] == number:
+            rejects.append(_too_long(number, max_line_bytes))
+            too_long.pop()
+        elif raw.strip():
+            text, ok = _decode(raw)
+            if ok:
+                texts.append(text)
+                numbers.append(number)
+            else:
+                rejects.append(
+                    Reject(number, "invalid_encoding", "line has bytes that are not valid UTF-8",
+                           text[:RAW_KEEP_BYTES])
+                )
+        if len(texts) >= chunk_rows:
+            yield _line_chunk(texts, numbers, rejects)
+            texts, numbers, rejects = [], [], []
+    if texts or rejects:
+        yield _line_chunk(texts, numbers, rejects)
+
+
+def _line_chunk(texts: list[str], numbers: list[int], rejects: list[Reject]) -> Chunk:
+    line = pa.array(texts, type=pa.string())
+    return Chunk(pa.table({"line": line}), np.asarray(numbers, dtype=np.int64), line, rejects)
+
+
+def iter_parquet(path: Path, *, chunk_rows: int) -> Iterator[Chunk]:
+    """Parquet row groups in batches; ``lines`` are 1-based row numbers."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for non-Parquet bytes
+        raise InputError(f"{path}: is not a readable Parquet file ({exc})") from None
+    offset = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            table = pa.Table.from_batches([batch])
+            lines = np.arange(offset + 1, offset + table.num_rows + 1, dtype=np.int64)
+            offset += table.num_rows
+            yield Chunk(table, lines, pa.nulls(table.num_rows, pa.string()))
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"{path}: Parquet data is corrupt after row {offset} ({exc}); "
+            "nothing from this file was loaded"
+        ) from None
+
+
+def iter_chunks(
+    path: Path, fmt: str, *, chunk_rows: int, max_line_bytes: int
+) -> Iterator[Chunk]:
+    """Dispatch on format; see the readers above."""
+    if fmt == "csv":
+        return iter_csv(path, chunk_rows=chunk_rows, max_line_bytes=max_line_bytes)
+    if fmt == "ndjson":
+        return iter_ndjson(path, chunk_rows=chunk_rows, max_line_bytes=max_line_bytes)
+    if fmt == "parquet":
+        return iter_parquet(path, chunk_rows=chunk_rows)
+    raise InputError(f"{path}: unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
