@@ -145,6 +145,23 @@ def read_parquet_dir(con: BaseBackend, folder: Path) -> ibis.Table:
     return con.read_parquet(str(folder / "*.parquet"))
 
 
+def materialise(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
+    """Compute ``expr`` once into a session-scoped table, so several later queries reuse it.
+
+    DuckDB: a temporary table. Spark: Ibis has no temporary tables there, and a cached
+    temporary view that reads another one fails to resolve later, so a scratch table in the
+    warehouse. Drop it with :func:`drop_materialised`.
+    """
+    if engine_name(con) == "spark":
+        return con.create_table(name, expr, overwrite=True)
+    return con.create_table(name, expr, temp=True, overwrite=True)
+
+
+def drop_materialised(con: BaseBackend, name: str) -> None:
+    """Drop what :func:`materialise` made."""
+    con.drop_table(name, force=True)
+
+
 def append(con: BaseBackend, name: str, data: pa.Table | ibis.Table) -> None:
     """Append rows (Arrow data or an expression on ``con``) to table ``name``."""
     if isinstance(data, pa.Table) and engine_name(con) == "spark":

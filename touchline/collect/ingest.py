@@ -52,6 +52,8 @@ EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
 CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid")
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
 _VALUE_SHOWN = 80
+_SQL_TYPES = {"Timestamp": "TIMESTAMP", "Date": "DATE", "Float64": "DOUBLE",
+              "Int64": "BIGINT", "Boolean": "BOOLEAN"}
 _TYPE_CODES = {"Timestamp": "timestamp", "Date": "date", "Float64": "number",
                "Int64": "integer", "Boolean": "boolean"}  # characters of a bad value quoted in a reject reason
 
@@ -163,12 +165,14 @@ class _ChunkParser:
         self._extract_sql: str | None = None
         self._validate_sql: str | None = None
         self.ignored: list[str] = []
+        self.native: set[str] = set()  # canonical columns already typed in the input (Parquet)
 
     # -- stage 1: canonical columns as text (or as typed Parquet columns) -------------------
     def _build_extract(self, chunk_schema: pa.Schema, where: str) -> str:
         spec, mapping = self.spec, self.mapping
         names = [c.name for c in spec.columns]
         exprs: dict[str, str] = {}
+        json_paths: dict[str, int] = {}  # one parse per line: all paths in one call
         if self.fmt == "ndjson":
             for name in names:
                 if name in mapping.columns:
@@ -177,7 +181,7 @@ class _ChunkParser:
                     paths = SEGMENT_PATHS[name]
                 else:
                     paths = tuple(dict.fromkeys((f"$.{name}", f"$.{_camel(name)}")))
-                parts = [f"json_extract_string(_obj, {_sql_str(p)})" for p in paths]
+                parts = [f"_v[{json_paths.setdefault(p, len(json_paths) + 1)}]" for p in paths]
                 exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
         else:
             available = chunk_schema.names
@@ -192,7 +196,11 @@ class _ChunkParser:
                     )
                 present = [s for s in sources if s in available]
                 used.update(present)
-                if present:
+                if present and self._is_native(chunk_schema, present, spec.column(name).dtype):
+                    self.native.add(name)
+                    parts = [f"CAST({_quote(s)} AS {_SQL_TYPES[type(spec.column(name).dtype).__name__]})" for s in present]
+                    exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
+                elif present:
                     parts = [self._as_text(s, chunk_schema.field(s).type, name) for s in present]
                     exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
             self.ignored = [c for c in available if c not in used]
@@ -215,16 +223,38 @@ class _ChunkParser:
                 f"file has {chunk_schema.names}. Rename them or map them with --map (see "
                 "docs/ingest.md)"
             )
-        select = [f"CAST({exprs.get(n, 'NULL')} AS VARCHAR) AS {_quote('s_' + n)}" for n in names]
+        select = [
+            f"{exprs[n]} AS {_quote('s_' + n)}" if n in self.native
+            else f"CAST({exprs.get(n, 'NULL')} AS VARCHAR) AS {_quote('s_' + n)}"
+            for n in names
+        ]
         if self.fmt != "ndjson":
             return f"SELECT _line, _raw, {', '.join(select)} FROM chunk"
         # JSON functions raise on malformed input: extract only from lines that are objects
+        path_list = ", ".join(_sql_str(p) for p in json_paths)
         return (
             f"SELECT _line, _raw, _json_ok, _json_type, {', '.join(select)} FROM ("
+            f"SELECT *, json_extract_string(_obj, [{path_list}]) AS _v FROM ("
             "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj FROM ("
             "SELECT *, json_valid(line) AS _json_ok, "
-            "CASE WHEN json_valid(line) THEN json_type(line) END AS _json_type FROM chunk))"
+            "CASE WHEN json_valid(line) THEN json_type(line) END AS _json_type FROM chunk)))"
         )
+
+    @staticmethod
+    def _is_native(schema: pa.Schema, columns: list[str], dtype: dt.DataType) -> bool:
+        """Input columns that already hold the canonical type need no parsing."""
+        types = [schema.field(c).type for c in columns]
+        if dtype.is_timestamp():
+            return all(pa.types.is_timestamp(t) and not t.tz for t in types)
+        if dtype.is_floating():
+            return all(pa.types.is_floating(t) or pa.types.is_integer(t) for t in types)
+        if dtype.is_integer():
+            return all(pa.types.is_integer(t) for t in types)
+        if dtype.is_boolean():
+            return all(pa.types.is_boolean(t) for t in types)
+        if dtype.is_date():
+            return all(pa.types.is_date(t) for t in types)
+        return False
 
     def _as_text(self, column: str, arrow_type: pa.DataType, canonical: str) -> str:
         ref = _quote(column)
@@ -247,25 +277,29 @@ class _ChunkParser:
             return
         url = exprs["url"]
         for name in (*UTM_FIELDS, *CLICK_IDS):
-            param = f"try(url_decode(replace(nullif(regexp_extract({url}, "
-            param += f"'[?&#]{name}=([^&#]*)', 1), ''), '+', ' ')))"
+            param = f"CASE WHEN contains({url}, '{name}=') THEN "
+            param += f"try(url_decode(replace(nullif(regexp_extract({url}, "
+            param += f"'[?&#]{name}=([^&#]*)', 1), ''), '+', ' '))) END"
             exprs[name] = f"coalesce({exprs[name]}, {param})" if name in exprs else param
 
     # -- stage 2: typed columns and the first problem of each row ---------------------------
     def _typed(self, name: str, dtype: dt.DataType) -> tuple[str, str]:
         """SQL for the typed value and for 'the raw value was given but did not parse'."""
         raw = _quote("s_" + name)
+        if name in self.native:
+            return raw, ""
         if dtype.is_timestamp():
             parsers = []
             if self.mapping.timestamp_format:
                 fmt = _sql_str(self.mapping.timestamp_format)
                 parsers.append(f"try_strptime({raw}, {fmt})")
+            # coalesce is lazy: the common ISO case first, epoch numbers only where it failed
             parsers += [
+                f"timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ))",
                 f"CASE WHEN regexp_full_match({raw}, '[0-9]{{9,10}}(\\.[0-9]+)?') "
                 f"THEN make_timestamp(CAST(CAST({raw} AS DOUBLE) * 1e6 AS BIGINT)) "
                 f"WHEN regexp_full_match({raw}, '[0-9]{{12,13}}') "
                 f"THEN make_timestamp(CAST({raw} AS BIGINT) * 1000) END",
-                f"timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ))",
             ]
             typed = f"coalesce({', '.join(parsers)})"
             return typed, "an ISO 8601 timestamp, epoch seconds or epoch milliseconds"
@@ -295,7 +329,9 @@ class _ChunkParser:
         return raw, ""
 
     def _build_validate(self) -> str:
+        """Two levels: typed casts once (``t_*``), then problems and output over them."""
         spec = self.spec
+        casts: list[str] = []
         typed: dict[str, str] = {}
         problems: list[tuple[str, str, str, str]] = []  # (condition, field, code, message)
         if self.fmt == "ndjson":
@@ -306,12 +342,14 @@ class _ChunkParser:
             ))
         for column in spec.columns:
             expr, expected = self._typed(column.name, column.dtype)
-            typed[column.name] = expr
+            ref = _quote("t_" + column.name)
+            casts.append(f"{expr} AS {ref}")
+            typed[column.name] = ref
             if expected:
                 raw = _quote("s_" + column.name)
                 shown = f"left({raw}, {_VALUE_SHOWN})"
                 problems.append((
-                    f"{raw} IS NOT NULL AND ({expr}) IS NULL",
+                    f"{raw} IS NOT NULL AND {ref} IS NULL",
                     column.name,
                     f"bad_{_TYPE_CODES[type(column.dtype).__name__]}",
                     f"'field {column.name}: ''' || {shown} || ''' is not {expected}'",
@@ -343,7 +381,10 @@ class _ChunkParser:
             typed[key] = f"coalesce({typed[key]}, 'h-' || {content_hash})"
         typed["ingest_id"] = _sql_str(self.ingest_id)
         columns = ", ".join(f"{typed[c.name]} AS {_quote(c.name)}" for c in spec.columns)
-        return f"SELECT _line, _raw, CASE {cases} END AS _problem, {columns} FROM extracted"
+        return (
+            f"SELECT _line, _raw, CASE {cases} END AS _problem, {columns} FROM ("
+            f"SELECT *, {', '.join(casts)} FROM extracted)"
+        )
 
     def _event_rules(self, typed: dict[str, str], problems: list[tuple[str, str, str, str]]) -> None:
         typed["type"] = f"lower({typed['type']})"
@@ -502,29 +543,33 @@ def _commit(
     has_rows = any((staging / "rows").iterdir())
     has_rejects = any((staging / "rejects").iterdir())
     duckdb_tx = engine.engine_name(con) == "duckdb"
+    temps: list[str] = []
     if duckdb_tx:
         con.raw_sql("BEGIN TRANSACTION")
     try:
         reject_parts: list[ibis.Table] = []
         if has_rows:
             staged = engine.read_parquet_dir(con, staging / "rows")
-            ranked = staged.mutate(
-                _rank=ibis.row_number().over(group_by=staged[spec.key], order_by=staged._line)
+            # hash aggregates, not a sort: the first line of each key wins
+            firsts = engine.materialise(con, f"_tl_firsts_{result.ingest_id}", staged.group_by(
+                spec.key).aggregate(_first_line=staged._line.min(), _n=staged.count()))
+            temps.append(firsts.get_name())
+            keep = staged.join(
+                firsts, [spec.key, staged._line == firsts._first_line]
+            ).select(*names)
+            new = engine.materialise(
+                con, f"_tl_new_{result.ingest_id}", keep.anti_join(target, spec.key)
             )
-            first = ranked.filter(_._rank == 0)
-            later = ranked.filter(_._rank > 0)
-            firsts = first.select(_key=first[spec.key], _first_line=first._line)
-            in_file_dupes = later.join(firsts, later[spec.key] == firsts._key)
-            new = first.anti_join(target, spec.key)
-            counts = (
-                ranked.aggregate(
-                    kept=(_._rank == 0).sum(), dupes=(_._rank > 0).sum()
-                ).to_pyarrow().to_pylist()[0]
-            )
-            loaded = new.count().to_pyarrow().as_py()
+            temps.append(new.get_name())
+            totals = firsts.aggregate(rows=firsts._n.sum(), keys=firsts.count())
+            totals = totals.to_pyarrow().to_pylist()[0]
+            result.loaded = int(new.count().to_pyarrow().as_py())
             con.insert(spec.name, new.select(*names).cast(spec.schema))
-            result.loaded = int(loaded)
-            result.duplicates = int(counts["dupes"] or 0) + int(counts["kept"] or 0) - int(loaded)
+            result.duplicates = int(totals["rows"]) - result.loaded
+            repeated = firsts.filter(firsts._n > 1)
+            in_file_dupes = staged.join(repeated, spec.key).filter(
+                lambda t: t._line != t._first_line
+            )
             reject_parts.append(
                 in_file_dupes.select(
                     line=in_file_dupes._line,
@@ -583,6 +628,9 @@ def _commit(
         if duckdb_tx:
             con.raw_sql("ROLLBACK")
         raise
+    finally:
+        for name in temps:
+            engine.drop_materialised(con, name)
     if duckdb_tx:
         con.raw_sql("COMMIT")
 
