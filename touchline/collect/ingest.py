@@ -51,11 +51,11 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
 CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid")
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
-_VALUE_SHOWN = 80
+_VALUE_SHOWN = 80  # characters of a bad value quoted in a reject reason
 _SQL_TYPES = {"Timestamp": "TIMESTAMP", "Date": "DATE", "Float64": "DOUBLE",
               "Int64": "BIGINT", "Boolean": "BOOLEAN"}
 _TYPE_CODES = {"Timestamp": "timestamp", "Date": "date", "Float64": "number",
-               "Int64": "integer", "Boolean": "boolean"}  # characters of a bad value quoted in a reject reason
+               "Int64": "integer", "Boolean": "boolean"}
 
 # Where each canonical events column lives in a Segment (or RudderStack) JSON export, in order
 # of preference. Columns not listed are looked up as "$.<name>" and "$.<camelCase>".
