@@ -74,7 +74,9 @@ def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:
         temp = settings.temp_directory or file.with_name(file.name + ".tmp")
     config["temp_directory"] = str(temp)
     try:
-        return ibis.duckdb.connect(database, **config)
+        con = ibis.duckdb.connect(database, **config)
+        con.raw_sql("SET TimeZone = 'UTC'")  # naive timestamps are UTC everywhere
+        return con
     except Exception as exc:  # duckdb raises its own IOException for locks and bad files
         raise EngineError(f"cannot open DuckDB warehouse {database!r}: {exc}") from exc
 

@@ -158,10 +158,6 @@ class _ChunkParser:
         self.spec, self.fmt, self.mapping, self.settings = spec, fmt, mapping, settings
         self.ingest_id = ingest_id
         self.source_default = source_default
-        self.db = duckdb.connect(":memory:")
-        self.db.execute("SET TimeZone = 'UTC'")
-        if settings.threads:
-            self.db.execute(f"SET threads = {int(settings.threads)}")
         self._extract_sql: str | None = None
         self._validate_sql: str | None = None
         self.ignored: list[str] = []
@@ -210,8 +206,7 @@ class _ChunkParser:
             )
         if "source" not in exprs and self.source_default and "source" in names:
             exprs["source"] = _sql_str(self.source_default)
-        if spec.name == "events":
-            self._derive_event_fields(exprs)
+        url_params = self._derive_event_fields(exprs) if spec.name == "events" else ""
         missing = [r for r in spec.required if r not in exprs]
         if spec.name == "events" and "timestamp" in missing and (
             {"original_timestamp", "received_at"} & set(exprs)
@@ -229,16 +224,18 @@ class _ChunkParser:
             for n in names
         ]
         if self.fmt != "ndjson":
-            return f"SELECT _line, _raw, {', '.join(select)} FROM chunk"
+            return f"SELECT _line, _raw, {', '.join(select)} FROM {url_params}{{source}}" + (
+                ")" * url_params.count("(SELECT")
+            )
         # JSON functions raise on malformed input: extract only from lines that are objects
         path_list = ", ".join(_sql_str(p) for p in json_paths)
         return (
-            f"SELECT _line, _raw, _json_ok, _json_type, {', '.join(select)} FROM ("
+            f"SELECT _line, _raw, _json_ok, _json_type, {', '.join(select)} FROM {url_params}("
             f"SELECT *, json_extract_string(_obj, [{path_list}]) AS _v FROM ("
             "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj FROM ("
             "SELECT *, json_valid(line) AS _json_ok, "
-            "CASE WHEN json_valid(line) THEN json_type(line) END AS _json_type FROM chunk)))"
-        )
+            "CASE WHEN json_valid(line) THEN json_type(line) END AS _json_type FROM {source})))"
+        ) + ")" * url_params.count("(SELECT")
 
     @staticmethod
     def _is_native(schema: pa.Schema, columns: list[str], dtype: dt.DataType) -> bool:
@@ -271,16 +268,33 @@ class _ChunkParser:
         return f"CAST({ref} AS VARCHAR)"
 
     @staticmethod
-    def _derive_event_fields(exprs: dict[str, str]) -> None:
-        """UTMs and click ids from the page URL's query when the payload lacks them."""
+    def _derive_event_fields(exprs: dict[str, str]) -> str:
+        """UTMs and click ids from the page URL's query when the payload lacks them.
+
+        The query string is split once per row into (key, value) pairs (``_qp``), and each
+        parameter picked from that list: one regular expression a row instead of one a
+        parameter. Keys compare lower-cased; the first of repeated keys wins; values are
+        URL-decoded where they hold ``%`` or ``+`` (undecodable ones are kept as they are).
+        Returns the opening of the two sub-selects that compute the pairs, to wrap the source.
+        """
         if "url" not in exprs:
-            return
+            return ""
         url = exprs["url"]
+        pairs = (
+            f"CASE WHEN contains({url}, '?') THEN list_transform(string_split(regexp_extract("
+            f"{url}, '\\?([^#]*)', 1), '&'), x -> {{'k': lower(split_part(x, '=', 1)), "
+            "'v': split_part(x, '=', 2)}) END"
+        )
+        picks = []
         for name in (*UTM_FIELDS, *CLICK_IDS):
-            param = f"CASE WHEN contains({url}, '{name}=') THEN "
-            param += f"try(url_decode(replace(nullif(regexp_extract({url}, "
-            param += f"'[?&#]{name}=([^&#]*)', 1), ''), '+', ' '))) END"
+            picks.append(f"nullif(list_filter(_qp, x -> x.k = '{name}')[1].v, '') AS _p_{name}")
+            value = f"_p_{name}"
+            param = (
+                f"CASE WHEN regexp_matches({value}, '[%+]') THEN coalesce(try(url_decode("
+                f"replace({value}, '+', ' '))), {value}) ELSE {value} END"
+            )
             exprs[name] = f"coalesce({exprs[name]}, {param})" if name in exprs else param
+        return f"(SELECT *, {', '.join(picks)} FROM (SELECT *, {pairs} AS _qp FROM "
 
     # -- stage 2: typed columns and the first problem of each row ---------------------------
     def _typed(self, name: str, dtype: dt.DataType) -> tuple[str, str]:
@@ -381,9 +395,14 @@ class _ChunkParser:
             typed[key] = f"coalesce({typed[key]}, 'h-' || {content_hash})"
         typed["ingest_id"] = _sql_str(self.ingest_id)
         columns = ", ".join(f"{typed[c.name]} AS {_quote(c.name)}" for c in spec.columns)
+        outputs = ", ".join(_quote(c.name) for c in spec.columns)
         return (
+            # raw text is kept for rejected rows only: good rows do not need it
+            f"SELECT {outputs}, _line, _problem.field AS _pfield, _problem.code AS _pcode, "
+            "_problem.message AS _pmessage, CASE WHEN _problem IS NOT NULL THEN "
+            "left(coalesce(_raw, CAST(to_json(_checked) AS VARCHAR)), 65536) END AS _raw FROM ("
             f"SELECT _line, _raw, CASE {cases} END AS _problem, {columns} FROM ("
-            f"SELECT *, {', '.join(casts)} FROM extracted)"
+            f"SELECT *, {', '.join(casts)} FROM ({{extracted}}))) AS _checked"
         )
 
     def _event_rules(self, typed: dict[str, str], problems: list[tuple[str, str, str, str]]) -> None:
@@ -419,29 +438,17 @@ class _ChunkParser:
             ),
         ])
 
-    def parse(self, chunk: readers.Chunk, where: str) -> tuple[pa.Table, pa.Table]:
-        """Return (good rows with ``_line``, reject rows) for one chunk."""
-        table = chunk.table.append_column("_line", pa.array(chunk.lines)).append_column(
-            "_raw", chunk.raw
-        )
-        self.db.register("chunk", table)
+    def sql(self, schema: pa.Schema, source: str, where: str) -> str:
+        """The query that turns relation ``source`` (input columns + ``_line``, ``_raw``) into
+        staged rows: canonical typed columns, ``_line``, the first problem (``_pfield``,
+        ``_pcode``, ``_pmessage``, null when the row is good) and ``_raw`` for bad rows."""
         if self._extract_sql is None:
-            self._extract_sql = self._build_extract(chunk.table.schema, where)
+            self._extract_sql = self._build_extract(schema, where)
             self._validate_sql = self._build_validate()
-        self.db.execute(f"CREATE OR REPLACE TEMP TABLE extracted AS {self._extract_sql}")
-        self.db.execute(f"CREATE OR REPLACE TEMP TABLE validated AS {self._validate_sql}")
-        self.db.unregister("chunk")
-        names = ", ".join(_quote(c.name) for c in self.spec.columns)
-        good = self.db.execute(
-            f"SELECT {names}, _line FROM validated WHERE _problem IS NULL"
-        ).fetch_arrow_table()
-        bad = self.db.execute(
-            "SELECT _line AS line, _problem.field AS field, _problem.code AS reason_code, "
-            "_problem.message AS reason, "
-            "coalesce(_raw, left(CAST(to_json(validated) AS VARCHAR), 65536)) AS raw "
-            "FROM validated WHERE _problem IS NOT NULL"
-        ).fetch_arrow_table()
-        return good, bad
+        assert self._validate_sql is not None
+        return self._validate_sql.replace(
+            "{extracted}", self._extract_sql.replace("{source}", source)
+        )
 
 
 def _structural_rejects(rejects: list[readers.Reject]) -> pa.Table:
@@ -451,7 +458,95 @@ def _structural_rejects(rejects: list[readers.Reject]) -> pa.Table:
         "reason_code": pa.array([r.reason_code for r in rejects], pa.string()),
         "reason": pa.array([r.reason for r in rejects], pa.string()),
         "raw": pa.array([r.raw for r in rejects], pa.string()),
-    })
+    }).cast(_REJECT_STAGE)
+
+
+_REJECT_STAGE = pa.schema([
+    ("line", pa.int64()), ("field", pa.string()), ("reason_code", pa.string()),
+    ("reason", pa.string()), ("raw", pa.string()),
+])
+
+
+class _Stage:
+    """Where parsed rows wait until the whole file is read.
+
+    On a DuckDB warehouse the parser runs on the warehouse's own connection and stages into
+    temporary tables: no copy leaves the engine. Elsewhere (Spark) an in-process DuckDB parses
+    and the staged rows go to Parquet files that the warehouse then reads.
+    """
+
+    def __init__(self, con: BaseBackend, settings: Settings, ingest_id: str) -> None:
+        self.con, self.ingest_id = con, ingest_id
+        self.in_engine = engine.engine_name(con) == "duckdb"
+        if self.in_engine:
+            self.db: duckdb.DuckDBPyConnection = con.con  # type: ignore[attr-defined]
+            self.folder = None
+        else:
+            self.db = duckdb.connect(":memory:")
+            self.db.execute("SET TimeZone = 'UTC'")
+            if settings.threads:
+                self.db.execute(f"SET threads = {int(settings.threads)}")
+            self.folder = _staging_root(settings) / ingest_id
+            for part in ("rows", "rejects"):
+                (self.folder / part).mkdir(parents=True, exist_ok=True)
+        self.rows_name = f"_tl_rows_{ingest_id}"
+        self.rejects_name = f"_tl_rejects_{ingest_id}"
+        self.parts = 0
+        self.has_rows = self.has_rejects = False
+
+    def add_rows(self, query: str) -> None:
+        """Run a parse query and stage its result."""
+        if self.in_engine:
+            verb = "INSERT INTO" if self.has_rows else "CREATE TEMP TABLE"
+            self.db.execute(f"{verb} {self.rows_name} {'' if self.has_rows else 'AS'} {query}")
+        else:
+            assert self.folder is not None
+            table = self.db.execute(query).fetch_arrow_table()
+            pq.write_table(table, self.folder / "rows" / f"{self.parts:05d}.parquet")
+            self.parts += 1
+        self.has_rows = True
+
+    def add_rejects(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        if self.in_engine:
+            self.db.register("_tl_structural", table)
+            verb = "INSERT INTO" if self.has_rejects else "CREATE TEMP TABLE"
+            self.db.execute(
+                f"{verb} {self.rejects_name} {'' if self.has_rejects else 'AS'} "
+                "SELECT * FROM _tl_structural"
+            )
+            self.db.unregister("_tl_structural")
+        else:
+            assert self.folder is not None
+            pq.write_table(table, self.folder / "rejects" / f"{self.parts:05d}.parquet")
+            self.parts += 1
+        self.has_rejects = True
+
+    def rows(self) -> ibis.Table | None:
+        if not self.has_rows:
+            return None
+        if self.in_engine:
+            return self.con.table(self.rows_name)
+        assert self.folder is not None
+        return engine.read_parquet_dir(self.con, self.folder / "rows")
+
+    def rejects(self) -> ibis.Table | None:
+        if not self.has_rejects:
+            return None
+        if self.in_engine:
+            return self.con.table(self.rejects_name)
+        assert self.folder is not None
+        return engine.read_parquet_dir(self.con, self.folder / "rejects")
+
+    def close(self) -> None:
+        if self.in_engine:
+            for name in (self.rows_name, self.rejects_name):
+                self.db.execute(f"DROP TABLE IF EXISTS {name}")
+        else:
+            self.db.close()
+            assert self.folder is not None
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _staging_root(settings: Settings) -> Path:
@@ -487,48 +582,55 @@ def ingest_file(
     ingest_id = uuid.uuid4().hex[:16]
     result = IngestResult(str(path), kind, ingest_id)
     fingerprint = _fingerprint(path) if path.exists() and path.is_file() else ""
-    staging = _staging_root(settings) / ingest_id
-    for part in ("rows", "rejects"):
-        (staging / part).mkdir(parents=True, exist_ok=True)
+    store.init(con)
+    stage = _Stage(con, settings, ingest_id)
     parser = _ChunkParser(spec, fmt, mapping, settings, source, ingest_id)
     try:
-        parts = 0
-        for chunk in readers.iter_chunks(
-            path, fmt, chunk_rows=settings.ingest_chunk_rows, max_line_bytes=settings.max_line_bytes
-        ):
-            result.rows_read += len(chunk.lines) + len(chunk.rejects)
-            good, bad = parser.parse(chunk, str(path)) if len(chunk.lines) else (None, None)
-            if good is not None and good.num_rows:
-                pq.write_table(good, staging / "rows" / f"{parts:05d}.parquet")
-            rejects = [_structural_rejects(chunk.rejects)] if chunk.rejects else []
-            if bad is not None and bad.num_rows:
-                rejects.append(bad)
-            for i, table in enumerate(rejects):
-                pq.write_table(
-                    table.cast(_REJECT_STAGE), staging / "rejects" / f"{parts:05d}-{i}.parquet"
-                )
-            parts += 1
-            if progress:
-                progress(result.rows_read)
+        if fmt == "parquet" and stage.in_engine:
+            result.rows_read = _stage_parquet_in_engine(stage, parser, path)
+        else:
+            for chunk in readers.iter_chunks(
+                path, fmt, chunk_rows=settings.ingest_chunk_rows,
+                max_line_bytes=settings.max_line_bytes,
+            ):
+                result.rows_read += len(chunk.lines) + len(chunk.rejects)
+                if len(chunk.lines):
+                    table = chunk.table.append_column("_line", pa.array(chunk.lines))
+                    table = table.append_column("_raw", chunk.raw)
+                    stage.db.register("_tl_chunk", table)
+                    stage.add_rows(parser.sql(chunk.table.schema, "_tl_chunk", str(path)))
+                    stage.db.unregister("_tl_chunk")
+                if chunk.rejects:
+                    stage.add_rejects(_structural_rejects(chunk.rejects))
+                if progress:
+                    progress(result.rows_read)
         result.ignored_columns = parser.ignored
-        _commit(con, spec, staging, result, path, fingerprint, started_at)
+        _commit(con, spec, stage, result, path, fingerprint, started_at)
     finally:
-        parser.db.close()
-        shutil.rmtree(staging, ignore_errors=True)
+        stage.close()
     result.seconds = time.perf_counter() - started
     return result
 
 
-_REJECT_STAGE = pa.schema([
-    ("line", pa.int64()), ("field", pa.string()), ("reason_code", pa.string()),
-    ("reason", pa.string()), ("raw", pa.string()),
-])
+def _stage_parquet_in_engine(stage: _Stage, parser: _ChunkParser, path: Path) -> int:
+    """A Parquet file on a DuckDB warehouse: one streaming pass of DuckDB's own reader."""
+    schema = readers.parquet_schema(path)
+    literal = _sql_str(str(path))
+    source = (
+        f"(SELECT *, file_row_number + 1 AS _line, CAST(NULL AS VARCHAR) AS _raw "
+        f"FROM read_parquet({literal}, file_row_number = true))"
+    )
+    try:
+        stage.add_rows(parser.sql(schema, source, str(path)))
+    except duckdb.Error as exc:
+        raise InputError(f"{path}: cannot read Parquet data ({exc}); nothing was loaded") from None
+    return int(stage.db.execute(f"SELECT count(*) FROM {stage.rows_name}").fetchone()[0])
 
 
 def _commit(
     con: BaseBackend,
     spec: store.TableSpec,
-    staging: Path,
+    stage: _Stage,
     result: IngestResult,
     path: Path,
     fingerprint: str,
@@ -536,20 +638,24 @@ def _commit(
 ) -> None:
     """Dedupe the staged rows and write rows, rejects and the run record (one transaction on
     DuckDB)."""
-    store.init(con)
     step = f"ingest:{spec.name}"
     target = con.table(spec.name)
     names = [c.name for c in spec.columns]
-    has_rows = any((staging / "rows").iterdir())
-    has_rejects = any((staging / "rejects").iterdir())
+    staged_all, structural = stage.rows(), stage.rejects()
     duckdb_tx = engine.engine_name(con) == "duckdb"
     temps: list[str] = []
     if duckdb_tx:
         con.raw_sql("BEGIN TRANSACTION")
     try:
         reject_parts: list[ibis.Table] = []
-        if has_rows:
-            staged = engine.read_parquet_dir(con, staging / "rows")
+        if staged_all is not None:
+            reject_parts.append(
+                staged_all.filter(staged_all._pcode.notnull()).select(
+                    line=_._line, field=_._pfield, reason_code=_._pcode, reason=_._pmessage,
+                    raw=_._raw, ref=ibis.null("string"),
+                )
+            )
+            staged = staged_all.filter(staged_all._pcode.isnull())
             # hash aggregates, not a sort: the first line of each key wins
             firsts = engine.materialise(con, f"_tl_firsts_{result.ingest_id}", staged.group_by(
                 spec.key).aggregate(_first_line=staged._line.min(), _n=staged.count()))
@@ -582,9 +688,8 @@ def _commit(
                     ref=in_file_dupes[spec.key],
                 )
             )
-        if has_rejects:
-            bad = engine.read_parquet_dir(con, staging / "rejects")
-            reject_parts.append(bad.mutate(ref=ibis.null("string")))
+        if structural is not None:
+            reject_parts.append(structural.mutate(ref=ibis.null("string")))
         if reject_parts:
             all_rejects = ibis.union(*reject_parts) if len(reject_parts) > 1 else reject_parts[0]
             key = (

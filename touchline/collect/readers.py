@@ -272,6 +272,16 @@ def _line_chunk(texts: list[str], numbers: list[int], rejects: list[Reject]) -> 
     return Chunk(pa.table({"line": line}), np.asarray(numbers, dtype=np.int64), line, rejects)
 
 
+def parquet_schema(path: Path) -> pa.Schema:
+    """The Arrow schema of a Parquet file, or :class:`InputError` if it is not one."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    try:
+        return pq.read_schema(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for non-Parquet bytes
+        raise InputError(f"{path}: is not a readable Parquet file ({exc})") from None
+
+
 def iter_parquet(path: Path, *, chunk_rows: int) -> Iterator[Chunk]:
     """Parquet row groups in batches; ``lines`` are 1-based row numbers."""
     if not path.exists():
