@@ -1,0 +1,59 @@
+"""``touchline simulate``: the command-line door to :func:`touchline.simulate.simulate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from touchline.errors import TouchlineError
+from touchline.simulate import CHUNK_PEOPLE_DEFAULT, FORMATS, simulate
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``simulate`` command to ``app``."""
+
+    @app.command("simulate")
+    def simulate_command(
+        people: Annotated[int, typer.Option("--people", "-n", help="People to simulate.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the files.")],
+        seed: Annotated[int, typer.Option("--seed", "-s", help="Same seed, same bytes.")] = 7,
+        b2b: Annotated[bool, typer.Option("--b2b", help="Companies, stakeholders, deals.")] = False,
+        accounts: Annotated[
+            int | None, typer.Option("--accounts", help="Companies in B2B mode (people/5).")
+        ] = None,
+        fmt: Annotated[
+            str, typer.Option("--format", "-f", help=f"Events as {' | '.join(FORMATS)}.")
+        ] = "ndjson",
+        chunk_people: Annotated[
+            int, typer.Option("--chunk-people", help="People per chunk (bounds memory).")
+        ] = CHUNK_PEOPLE_DEFAULT,
+    ) -> None:
+        """Write realistic, deterministic data with a known right answer (truth.json)."""
+        console = Console()
+        try:
+            with console.status(f"simulating {people:,} people…"):
+                summary = simulate(people, seed, out, b2b=b2b, accounts=accounts, fmt=fmt,
+                                   chunk_people=chunk_people)
+        except TouchlineError as exc:
+            Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(code=2) from None
+        truth = json.loads((summary.out / "truth.json").read_text())
+        counts = truth["counts"]
+        table = Table("file", "bytes", title=f"simulated into {summary.out}")
+        for path in summary.files:
+            table.add_row(path.name, f"{path.stat().st_size:,}")
+        console.print(table)
+        console.print(
+            f"{counts['persons']:,} people"
+            + (f" in {counts['accounts']:,} accounts" if b2b else "")
+            + f", {counts['events_written']:,} events written ({counts['unique_events']:,} "
+            f"unique, {counts['bot_events']:,} bots, {counts['duplicate_events']:,} "
+            f"duplicates), {counts['conversions']:,} conversions, revenue "
+            f"{counts['revenue']:,.2f} USD in {summary.seconds:.1f} s "
+            f"({summary.events_per_second:,.0f} events/s)"
+        )

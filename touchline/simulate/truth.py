@@ -1,0 +1,236 @@
+"""Ground truth: what a perfect pipeline should recover from the simulated files.
+
+Accumulated chunk by chunk and written at the end:
+
+* ``truth.json``: counts (unique events, persons, sessions...), per-channel incremental
+  conversions and revenue from the counterfactual runs of :mod:`.model`, the mess counts and
+  the model's parameters;
+* ``paths.csv``: each journey's true channel path up to its first conversion (or its whole
+  path if it never converts), aggregated in the attribution path-file contract
+  ``path, conversions, value, nulls`` (channels joined by ``' > '``; ``value`` is the first
+  order's or deal's amount). In B2B mode a journey is an account: the touches of all its
+  stakeholders in time order.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from touchline.simulate import channels as ch
+from touchline.simulate import journeys as jr
+from touchline.simulate import mess, model
+from touchline.simulate.events import Rendered
+from touchline.simulate.population import Population
+
+PATH_SEPARATOR = " > "
+
+
+@dataclass
+class ChannelTruth:
+    """What one channel truly did, summed over journeys."""
+
+    incremental_conversions: float = 0.0
+    incremental_revenue: float = 0.0
+    expected_incremental_conversions: float = 0.0
+    touches: int = 0
+    conversions_with_channel: int = 0
+    spend: float = 0.0
+
+
+@dataclass
+class Truth:
+    """Counts and per-channel truth, accumulated over chunks."""
+
+    seed: int
+    people: int
+    b2b: bool
+    counts: Counter[str] = field(default_factory=Counter)
+    revenue: float = 0.0
+    first_order_revenue: float = 0.0
+    channels: dict[str, ChannelTruth] = field(
+        default_factory=lambda: {name: ChannelTruth() for name in ch.NAMES})
+    mess: Counter[str] = field(default_factory=Counter)
+    paths: dict[str, list[float]] = field(default_factory=dict)
+    journey_touches: list[np.ndarray] = field(default_factory=list)
+    journey_days: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, pop: Population, journeys: jr.Journeys, rendered: Rendered) -> None:
+        """Add one chunk."""
+        outcome, cf = journeys.outcome, journeys.counterfactuals
+        t = journeys.touches
+        c = self.counts
+        c["events_written"] += rendered.written
+        c["unique_events"] += rendered.human_events
+        c["bot_events"] += rendered.mess["bot_events"]
+        c["duplicate_events"] += (rendered.mess["duplicate_exact"]
+                                  + rendered.mess["duplicate_retried"])
+        c["persons"] += pop.people
+        c["identified_persons"] += int((journeys.person_identified >= 0).sum())
+        c["anonymous_ids"] += rendered.anonymous_ids
+        c["sessions"] += rendered.sessions
+        c["touches"] += len(t)
+        c["accounts"] += pop.units if pop.b2b else 0
+        c["journeys"] += pop.units
+        c["conversions"] += int(outcome.converted.sum())
+        c["orders"] += int((t.order > 0).sum())
+        c["repeat_orders" if not pop.b2b else "expansion_deals"] += int(
+            (outcome.repeat_values > 0).sum())
+        c["calls"] += int((t.channel == ch.PHONE).sum())
+        c["form_fills"] += int((t.form >= 0).sum())
+        self.revenue += float(outcome.revenue.sum())
+        self.first_order_revenue += float(outcome.first_value.sum())
+        self.mess.update(rendered.mess)
+
+        converted = outcome.converted
+        in_path = (t.phase == jr.PRE) | (t.phase == jr.NAVIGATIONAL)
+        seen = np.zeros((pop.units, len(ch.NAMES)), bool)
+        seen[t.unit[in_path], t.channel[in_path]] = True
+        touches = np.bincount(t.channel, minlength=len(ch.NAMES))
+        for i, name in enumerate(ch.NAMES):
+            truth = self.channels[name]
+            truth.incremental_conversions += float((converted & ~cf.converted[:, i]).sum())
+            truth.incremental_revenue += float((outcome.revenue - cf.revenue[:, i]).sum())
+            truth.expected_incremental_conversions += float(
+                (outcome.probability - cf.probability[:, i]).sum())
+            truth.touches += int(touches[i])
+            truth.conversions_with_channel += int((converted & seen[:, i]).sum())
+        self._add_paths(pop, journeys, in_path)
+        pre = t.phase == jr.PRE
+        self.journey_touches.append(np.bincount(t.unit[pre], minlength=pop.units))
+        self.journey_days.append((journeys.last_touch_time - journeys.first_touch_time) / jr.DAY_MS)
+
+    def _add_paths(self, pop: Population, journeys: jr.Journeys, in_path: np.ndarray) -> None:
+        t = journeys.touches
+        rows = np.nonzero(in_path)[0]  # already sorted by unit, then time
+        counts = np.bincount(t.unit[rows], minlength=pop.units)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+        names = pa.array(list(ch.NAMES), pa.string()).take(pa.array(t.channel[rows]))
+        path = pc.binary_join(pa.ListArray.from_arrays(offsets, names), PATH_SEPARATOR)
+        outcome = journeys.outcome
+        table = pa.table({
+            "path": path,
+            "conversions": pa.array(outcome.converted.astype(np.int64)),
+            "value": pa.array(outcome.first_value),
+            "nulls": pa.array((~outcome.converted).astype(np.int64)),
+        }).group_by("path").aggregate(
+            [("conversions", "sum"), ("value", "sum"), ("nulls", "sum")])
+        columns = table.to_pydict()
+        paths = self.paths
+        for p, conv, value, nulls in zip(columns["path"], columns["conversions_sum"],
+                                         columns["value_sum"], columns["nulls_sum"], strict=True):
+            entry = paths.get(p)
+            if entry is None:
+                paths[p] = [conv, value, nulls]
+            else:
+                entry[0] += conv
+                entry[1] += value
+                entry[2] += nulls
+
+    def write_paths(self, path: Path) -> int:
+        """Write ``paths.csv``, most frequent paths first; return the number of rows."""
+        rows = sorted(self.paths.items(), key=lambda kv: (-(kv[1][0] + kv[1][2]), kv[0]))
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["path", "conversions", "value", "nulls"])
+            for p, (conv, value, nulls) in rows:
+                writer.writerow([p, int(conv), f"{value:.2f}", int(nulls)])
+        return len(rows)
+
+    def medians(self) -> dict[str, float]:
+        """Median touches and days (first to last touch) per journey before the decision."""
+        touches = np.concatenate(self.journey_touches) if self.journey_touches else np.zeros(1)
+        days = np.concatenate(self.journey_days) if self.journey_days else np.zeros(1)
+        return {"median_touches_per_journey": float(np.median(touches)),
+                "median_journey_days": round(float(np.median(days)), 2)}
+
+    def document(self, *, files: dict[str, int], spend: dict[str, float]) -> dict[str, Any]:
+        """The truth.json document."""
+        counts: dict[str, float] = dict(sorted(self.counts.items()))
+        counts["revenue"] = round(self.revenue, 2)
+        counts["first_order_revenue"] = round(self.first_order_revenue, 2)
+        counts.update(self.medians())
+        channels = {}
+        for name, truth in self.channels.items():
+            truth.spend = spend.get(name, 0.0)
+            values = asdict(truth)
+            values["incremental_revenue"] = round(values["incremental_revenue"], 2)
+            values["expected_incremental_conversions"] = round(
+                values["expected_incremental_conversions"], 3)
+            channels[name] = values
+        return {
+            "seed": self.seed,
+            "people": self.people,
+            "b2b": self.b2b,
+            "counts": counts,
+            "channels": channels,
+            "mess": dict(sorted(self.mess.items())),
+            "files": files,
+            "model": model_description(b2b=self.b2b),
+            "definitions": DEFINITIONS,
+        }
+
+
+DEFINITIONS = {
+    "unique_events": "distinct messageIds of non-bot events (each cross-source form copy has "
+                     "its own id; unique touches = unique_events - mess.cross_source_forms)",
+    "events_written": "lines/rows in the events file, duplicates and bots included",
+    "persons": "real people simulated (bots excluded); identified_persons ever sent a userId",
+    "anonymous_ids": "distinct anonymousIds of non-bot events (devices that sent something)",
+    "sessions": "web visits: a 30-minute inactivity rule per anonymousId over non-bot events "
+                "by timestamp recovers them exactly (calls, webinars and CRM/forms/server "
+                "events without anonymousId are not sessions)",
+    "conversions": "journeys that converted (B2C: a person's first order; B2B: an account's "
+                   "first won deal)",
+    "revenue": "all orders (B2C) or won deals incl. expansions (B2B), in USD",
+    "incremental_conversions": "conversions(all channels) - conversions(channel removed), same "
+                               "random numbers (common random numbers)",
+    "expected_incremental_conversions": "the same in probability: sum of p - p(without c)",
+    "conversions_with_channel": "converting journeys whose path (paths.csv) contains the channel",
+    "touches": "visits, calls and webinars of the channel over the whole period",
+}
+
+
+def model_description(*, b2b: bool) -> dict[str, Any]:
+    """The causal model and its parameters, for truth.json."""
+    constants = model.B2B_MODEL if b2b else model.B2C_MODEL
+    timing = jr.B2B_TIMING if b2b else jr.B2C_TIMING
+    params = ch.parameters(b2b=b2b)
+    return {
+        "unit": "account" if b2b else "person",
+        "conversion": "p = sigmoid(base_logit + eta + sum_c effect_c * log(1 + N_c)), N_c = "
+                      "touches of c before the decision (account-wide in B2B), eta ~ "
+                      "N(0, propensity_sd^2); converted = U < p",
+        "value": "round(exp(value_log_mean + value_sigma * e + sum_c value_lift_c * [N_c > 0]))",
+        "repeats": "each of max_repeats repeat orders (B2B: expansion deals) happens if U_k < "
+                   "sigmoid(repeat_base_logit + sum_c retention_effect_c * log(1 + M_c)), M_c = "
+                   "touches after the first purchase",
+        "direct": f"a consequence: each non-direct touch causes a later direct visit with "
+                  f"probability {jr.FOLLOW_UP_SHARE}; removing a channel removes those visits; "
+                  f"{jr.NAVIGATIONAL_SHARE:.0%} of B2C converters buy in a final direct visit",
+        "counterfactual": "same people and random numbers, one channel removed at a time",
+        "constants": asdict(constants),
+        "timing": asdict(timing),
+        "channels": {
+            name: {k: float(v[i]) for k, v in params.items()}
+            for i, name in enumerate(ch.NAMES)
+        },
+        "zero_effect_channels": [n for i, n in enumerate(ch.NAMES)
+                                 if params["effect"][i] == params["value_lift"][i]
+                                 == params["retention_effect"][i] == 0],
+        "period_start": "2025-01-01T00:00:00Z",
+        "schema_change_at": "2025-07-01T00:00:00Z",
+        "bot_user_agent_pattern": mess.BOT_PATTERN,
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")
