@@ -172,7 +172,8 @@ def build_population(
     ip = text.concat(*[_ints(octets[:, k]) if k == 3 else text.concat(_ints(octets[:, k]), ".")
                        for k in range(4)])
 
-    user_id = text.scrambled_hex(person_global, 12, "usr_")
+    # B2B people get their own id space, so a B2C and a B2B data set can share a warehouse
+    user_id = text.scrambled_hex(person_global, 12, "usb_" if b2b else "usr_")
     first_idx = rng.integers(0, len(FIRST_NAMES), n_people)
     first_name = text.take(FIRST_NAMES, first_idx)
     if b2b:
