@@ -36,6 +36,8 @@ FORMATS = ("ndjson", "parquet", "both")
 CHUNK_PEOPLE_DEFAULT = 50_000
 MAX_PEOPLE = 200_000_000
 PEOPLE_PER_ACCOUNT_DEFAULT = 5
+ID_NAMESPACES = 16  # entity ids hold 16 bits of chunk key: 16 namespaces x 4096 chunks
+MAX_CHUNKS = 4096
 SIMULATED_DAYS = 900  # spend and Search Console cover this many days from 2025-01-01
 CSV_FILES = ("deals.csv", "calls.csv", "surveys.csv", "spend.csv", "search_console.csv")
 
@@ -148,6 +150,9 @@ def simulate(
     }
     first_person = 0
     try:
+        # entity ids (orders, calls, chats, answers) are unique per chunk key; the key also
+        # carries the seed and mode, so two data sets can share one warehouse
+        namespace = ((2 * seed + int(b2b)) % ID_NAMESPACES) * MAX_CHUNKS
         for number, (lo, hi) in enumerate(_chunks(sizes, chunk_people)):
             rng = np.random.default_rng([seed, 2, int(b2b), number])
             pop = population.build_population(
@@ -156,12 +161,12 @@ def simulate(
             first_person += pop.people
             chunk = journeys.build_journeys(pop, rng, params=params, constants=constants,
                                             timing=timing)
-            answers, reviews = sources.surveys(pop, chunk, rng, chunk=number)
-            rendered = events.render(pop, chunk, reviews, rng, chunk=number)
+            answers, reviews = sources.surveys(pop, chunk, rng, chunk=namespace + number)
+            rendered = events.render(pop, chunk, reviews, rng, chunk=namespace + number)
             rendered.mess["schema_change_user_agent"] += writers.schema_change_rows(rendered)
             event_writer.write(rendered)
             deals = sources.deals(pop, chunk, rng)
-            call_rows, spam = sources.calls(pop, chunk, rng, chunk=number)
+            call_rows, spam = sources.calls(pop, chunk, rng, chunk=namespace + number)
             rendered.mess["spam_calls"] += spam
             csv_writers["deals.csv"].write(deals)
             csv_writers["calls.csv"].write(call_rows)

@@ -174,7 +174,7 @@ def _phone_sales(pop: Population, journeys: Journeys) -> dict[str, pa.Array]:
     nulls = pa.nulls(n, pa.string())
     created = _iso(t.time[rows])
     return {
-        "deal_id": text.scrambled_hex(pop.person_global[t.person[rows]], 10, "dl_"),
+        "deal_id": text.scrambled_hex(pop.person_global[t.person[rows]], 10, "dlp_"),
         "account_id": nulls, "account_name": nulls, "account_domain": nulls,
         "contact_emails": pop.email.take(who), "stage": pa.array(["closed_won"] * n, pa.string()),
         "status": pa.array(["won"] * n, pa.string()), "amount": _numbers(t.order_value[rows]),
