@@ -214,7 +214,10 @@ def build_population(
         unit_account_id = unit_account_name = unit_domain = unit_industry = nulls
         unit_employees = np.zeros(n_units, np.int64)
         company = pa.nulls(n_people, pa.string())
-    national = 2_000_000_000 + (person_global * 2_654_435_761 + 12_345) % 8_000_000_000
+    # a bijection of the person number; B2B numbers are shifted so that B2C and B2B people
+    # of two data sets in one warehouse never share a phone
+    shift = 4_000_000_000 if b2b else 0
+    national = 2_000_000_000 + (person_global * 2_654_435_761 + 12_345 + shift) % 8_000_000_000
     phone_digits = text.digits(national, 10)
     return Population(
         b2b=b2b, person_global=person_global, person_unit=person_unit, person_rank=person_rank,
