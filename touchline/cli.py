@@ -28,7 +28,7 @@ DatabaseOption = Annotated[
 
 
 def _fail(exc: TouchlineError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}")
+    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -100,7 +100,7 @@ def ingest(
                 )
             except TouchlineError as exc:
                 failed += 1
-                err_console.print(f"[bold red]error:[/] {exc}")
+                err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
                 continue
         summary.add_row(str(path), f"{result.rows_read:,}", f"{result.loaded:,}",
                         f"{result.rejected:,}", f"{result.duplicates:,}", f"{result.seconds:.1f}")
@@ -119,6 +119,81 @@ def ingest(
 
 
 @app.command()
+def demo(
+    people: Annotated[int, typer.Option(help="B2C people to simulate.")] = 20_000,
+    b2b_people: Annotated[int, typer.Option(help="B2B stakeholders to simulate.")] = 3_000,
+    b2b_accounts: Annotated[int, typer.Option(help="B2B companies.")] = 300,
+    seed: Annotated[int, typer.Option(help="Simulation seed.")] = 7,
+    data: Annotated[Path, typer.Option(help="Folder for the simulated files.")] = Path(
+        "demo-data"),
+    database: DatabaseOption = None,
+) -> None:
+    """Simulate data with ground truth, load it, run every stage, and compare with the truth."""
+    from touchline.pipeline import run_demo
+
+    try:
+        settings = load_settings(**({"database_url": database} if database else {}))
+        report = run_demo(
+            settings, data_folder=data, people=people, b2b_people=b2b_people,
+            b2b_accounts=b2b_accounts, seed=seed,
+            progress=lambda message: err_console.print(f"[dim]… {message}[/]"),
+        )
+    except TouchlineError as exc:
+        raise _fail(exc) from None
+    _print_demo(report)
+
+
+def _print_demo(report: object) -> None:
+    from touchline.pipeline import DemoReport
+
+    assert isinstance(report, DemoReport)
+    loaded = Table("data set", "table", "loaded", "rejected", "duplicates",
+                   title="ingested (simulated files, as a user would load them)")
+    for dataset in report.datasets:
+        for kind, (rows, rejected, dupes) in dataset.ingested.items():
+            loaded.add_row(dataset.name, kind, f"{rows:,}", f"{rejected:,}", f"{dupes:,}")
+    console.print(loaded)
+    checks = Table("check", "touchline", "truth.json", "match", title="counts against the truth")
+    for dataset in report.datasets:
+        for label, got, want in dataset.checks:
+            checks.add_row(label, f"{got:,}", f"{want:,}", "[green]yes[/]" if got == want
+                           else "[red]no[/]")
+    console.print(checks)
+    if report.sessions_by_channel is not None:
+        sessions = Table("channel", "sessions", title="sessions by channel (prepared)")
+        for row in report.sessions_by_channel.itertuples(index=False):
+            sessions.add_row(str(row.channel), f"{row.sessions:,}")
+        console.print(sessions)
+    for dataset in report.datasets:
+        if dataset.comparison is None or dataset.ranking is None:
+            continue
+        frame = dataset.comparison
+        level = frame.columns[0]
+        models = [c for c in frame.columns if c != level]
+        truth = dataset.truth["channels"]
+        table = Table(level, "true incremental", *models,
+                      title=f"{dataset.name}: conversions credited by each model")
+        for row in frame.itertuples(index=False):
+            values = dict(zip(frame.columns, row, strict=True))
+            true = truth.get(values[level], {}).get("incremental_conversions")
+            table.add_row(str(values[level]), "" if true is None else f"{true:,.1f}",
+                          *(f"{values[m]:,.1f}" for m in models))
+        console.print(table)
+        ranking = Table("model", "L1 share distance", "worst channel", "Spearman",
+                        title=f"{dataset.name}: models ranked against the true incremental "
+                        "conversions (touchline evaluate)")
+        for row in dataset.ranking.itertuples(index=False):
+            ranking.add_row(row.model, f"{row.l1_share:.3f}", str(row.worst_channel),
+                            f"{row.spearman:.2f}")
+        console.print(ranking)
+    console.print(
+        f"[bold]results:[/] warehouse {report.database_url} (tables: events, rejects, "
+        f"touchpoints, sessions, persons, accounts...), simulated files and truth.json in "
+        f"{report.data_folder}/"
+    )
+
+
+@app.command()
 def tables(out: Annotated[Path | None, typer.Option(help="Write Markdown here.")] = None) -> None:
     """Print (or write) the documentation of the canonical tables."""
     text = store.tables_markdown()
@@ -126,6 +201,23 @@ def tables(out: Annotated[Path | None, typer.Option(help="Write Markdown here.")
         out.write_text(text + "\n")
     else:
         console.print(text, markup=False, highlight=False)
+
+
+from touchline.collect.commands import register as register_collect  # noqa: E402
+
+register_collect(app)
+
+from touchline.attribution.commands import register as register_attribution  # noqa: E402
+
+register_attribution(app)
+
+from touchline.prepare.commands import register as register_prepare  # noqa: E402
+
+register_prepare(app)
+
+from touchline.simulate.commands import register as register_simulate  # noqa: E402
+
+register_simulate(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

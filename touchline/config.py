@@ -72,6 +72,112 @@ class Settings(BaseSettings):
     )
     reporting_currency: str = Field("USD", description="rebuild: currency revenue is shown in.")
     ip_truncate: bool = Field(True, description="Zero the last IPv4 octet / IPv6 80 bits.")
+    # collector (touchline serve): see touchline/collect/
+    collector_host: str = Field("127.0.0.1", description="Address `touchline serve` binds to.")
+    collector_port: int = Field(8080, ge=1, le=65535, description="TCP port of the collector.")
+    collector_workers: int = Field(1, ge=1, description="Collector worker processes.")
+    spool_dir: Path = Field(
+        Path("touchline-spool"),
+        description="Append-only spool the collector acknowledges into; the loader empties it.",
+    )
+    spool_limit_bytes: int = Field(
+        1024**3, ge=1, description="Spool size in bytes beyond which requests get 503."
+    )
+    spool_min_free_bytes: int = Field(
+        256 * 1024**2, ge=0, description="Free disk bytes below which requests get 503."
+    )
+    spool_segment_bytes: int = Field(
+        64 * 1024**2, ge=1024, description="Bytes after which a worker starts a new segment."
+    )
+    load_interval_seconds: float = Field(
+        1.0, gt=0, description="Seconds between two loads of the spool into the warehouse."
+    )
+    load_batch_bytes: int = Field(
+        32 * 1024**2, ge=1024, description="Spool bytes loaded in one warehouse transaction."
+    )
+    cors_origins: list[str] = Field(
+        ["*"], description="Origins allowed to post to the collector from a browser."
+    )
+    tracker_respect_dnt: bool = Field(
+        False, description="t.js sends nothing when the browser's Do-Not-Track is on."
+    )
+    tracker_consent: str = Field(
+        "granted",
+        pattern="^(granted|pending|cookieless)$",
+        description="t.js default consent: granted, pending (no storage or sending until "
+        "consent) or cookieless (no storage, aggregate counts only).",
+    )
+    dni_pools: dict[str, list[str]] = Field(
+        {},
+        description="Tracking numbers by pool key: 'source/medium', 'source', 'medium' or "
+        "'default', e.g. {'google/cpc': ['+15550100001']}.",
+    )
+    dni_mode: str = Field(
+        "visitor",
+        pattern="^(visitor|channel)$",
+        description="visitor: a number is leased to one session at a time; channel: shared "
+        "by every visitor of the pool's channel.",
+    )
+    dni_lease_minutes: int = Field(30, ge=1, description="Minutes a number stays leased.")
+    dni_grace_minutes: int = Field(
+        60, ge=0, description="Minutes after a lease ended in which a call still matches it."
+    )
+    phone_region: str = Field("US", description="Region for numbers without a country code.")
+    call_conversion_seconds: int | None = Field(
+        60, ge=0, description="Answered calls this long count as conversions; None: never."
+    )
+    webhook_mappings_file: Path | None = Field(
+        None, description="TOML file of per-source webhook field mappings."
+    )
+    # prepare (touchline prepare): see touchline/prepare/
+    earliest_valid_timestamp: str = Field(
+        "2000-01-01", description="rebuild: touches before this UTC date are impossible."
+    )
+    future_tolerance_minutes: int = Field(
+        10, ge=0, description="rebuild: minutes a touch may lie after its receipt (or the run)."
+    )
+    clock_skew_flag_seconds: int = Field(
+        300, ge=0, description="rebuild: client clock skew above this is flagged in `audit`."
+    )
+    bot_hits_per_minute: int = Field(
+        200, ge=1, description="rebuild: a device with more hits in one minute is a bot."
+    )
+    session_new_on_campaign: bool = Field(
+        False, description="rebuild: a new campaign starts a new session (Matomo; not GA4)."
+    )
+    dedupe_link_seconds: dict[str, int] = Field(
+        {"Form Submitted": 600, "Chat Started": 600, "Call": 300, "Deal Created": 3600},
+        description="rebuild: event name -> seconds within which two sources' records of it "
+        "with the same e-mail, phone or URL are one touch.",
+    )
+    dedupe_source_priority: list[str] = Field(
+        ["web", "server", "forms", "chat", "calls", "crm", "import"],
+        description="rebuild: which system's record wins a cross-source duplicate (first wins).",
+    )
+    channel_rules_file: Path | None = Field(
+        None, description="rebuild: CSV of custom channel rules, evaluated before GA4's."
+    )
+    source_aliases_file: Path | None = Field(
+        None, description="rebuild: CSV alias,source extending the shipped source aliases."
+    )
+    currency_rates_file: Path | None = Field(
+        None, description="rebuild: CSV currency,rate (units of reporting currency per unit)."
+    )
+    own_domains: list[str] = Field(
+        [], description="rebuild: registrable domains whose referrers are internal."
+    )
+    identity_max_degree: int = Field(
+        25, ge=1, description="rebuild: an identifier linked to more ids than this is cut."
+    )
+    identity_max_component: int = Field(
+        500, ge=2, description="rebuild: larger identity components are split to devices."
+    )
+    identity_unlink: list[str] = Field(
+        [], description="rebuild: identifiers ('email:a@b.com', 'user:42') never to link on."
+    )
+    identity_max_iterations: int = Field(
+        40, ge=1, description="Label-propagation rounds before giving up (graph diameter)."
+    )
 
     @field_validator("database_url")
     @classmethod

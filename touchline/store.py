@@ -247,8 +247,212 @@ INGESTS = TableSpec(
     ),
 )
 
+WRITE_KEYS = TableSpec(
+    name="write_keys",
+    doc="API keys of the collector and the read API; only a SHA-256 hash of each key is kept.",
+    key="key_id",
+    columns=_cols(
+        ("key_id", S, "public id of the key (its first characters)"),
+        ("name", S, "what the key is for, e.g. web; stored as `events.write_key`"),
+        ("kind", S, "write (collect), read (read API) or admin"),
+        ("key_hash", S, "SHA-256 of the key, hex"),
+        ("created_at", TS, "when created"),
+        ("revoked_at", TS, "when revoked, else null"),
+    ),
+)
+
+NUMBER_LEASES = TableSpec(
+    name="number_leases",
+    doc="Dynamic number insertion: which tracking number was shown to which session, when.",
+    key="lease_id",
+    columns=_cols(
+        ("lease_id", S, "lease id"),
+        ("number", S, "tracking number in E.164; null when the pool was exhausted"),
+        ("pool", S, "pool key the number came from (source/medium, source, medium, default)"),
+        ("status", S, "leased, or exhausted (no free number: the site's number was shown)"),
+        ("anonymous_id", S, "visitor's anonymous id"),
+        ("session_id", S, "visitor's session id"),
+        ("utm_source", S, "session's utm_source"),
+        ("utm_medium", S, "session's utm_medium"),
+        ("utm_campaign", S, "session's utm_campaign"),
+        ("utm_term", S, "session's keyword"),
+        ("leased_at", TS, "lease start"),
+        ("expires_at", TS, "lease end (extended while the visitor stays)"),
+    ),
+)
+
+SPOOL_OFFSETS = TableSpec(
+    name="spool_offsets",
+    doc="Collector bookkeeping: bytes of each spool segment already loaded (same transaction "
+    "as the rows), so a crashed load resumes exactly where it committed.",
+    key="segment",
+    columns=_cols(
+        ("segment", S, "spool segment file name"),
+        ("loaded_bytes", I, "bytes of the segment loaded"),
+        ("updated_at", TS, "last load"),
+    ),
+)
+
+# ---- prepared tables: written (replaced whole) by `touchline prepare`, see touchline/prepare/
+TOUCHPOINTS = TableSpec(
+    name="touchpoints",
+    doc="One row per real touch after cleaning, deduplication and standardisation, with its "
+    "session's channel and entrance values, its person and account.",
+    key="touchpoint_id",
+    columns=_cols(
+        ("touchpoint_id", S, "message_id of the surviving record"),
+        ("occurred_at", TS, "when it happened (UTC, clock skew corrected)"),
+        ("type", S, "Segment type (page, track, identify, ...)"),
+        ("event", S, "track event name"),
+        ("recorded_by", S, "system that sent it (events.source: web, crm, calls, ...)"),
+        ("device_id", S, "typed id the touch was sessionised on: anon:<id>, user:<id>, ..."),
+        ("anonymous_id", S, "device/browser id"),
+        ("user_id", S, "known person id"),
+        ("person_id", S, "stitched person (identity graph component)"),
+        ("account_id", S, "company account of the person, if any"),
+        ("session_id", S, "session: <device_id>#<session_index>"),
+        ("session_index", I, "1-based session number on the device"),
+        ("channel", S, "channel group of the session (GA4 names plus touchline's)"),
+        ("channel_rule", S, "name of the channel rule that fired"),
+        ("source", S, "session entrance source (utm_source, click id, referrer or (direct))"),
+        ("medium", S, "session entrance medium"),
+        ("campaign", S, "session entrance campaign"),
+        ("term", S, "session entrance keyword (utm_term)"),
+        ("content", S, "session entrance utm_content"),
+        ("click_id_type", S, "google, microsoft, meta, display, linkedin or tiktok"),
+        ("click_id", S, "the click id value"),
+        ("landing_page", S, "normalised URL of the session's first page"),
+        ("page_url", S, "normalised page URL (tracking parameters stripped)"),
+        ("page_path", S, "path of page_url"),
+        ("referrer_host", S, "lower-case host of the referrer"),
+        ("email", S, "normalised e-mail (trimmed, lower case)"),
+        ("phone", S, "phone number in E.164"),
+        ("revenue", F, "revenue in the reporting currency"),
+        ("currency", S, "the reporting currency"),
+        ("revenue_original", F, "revenue as received"),
+        ("currency_original", S, "currency as received"),
+    ),
+)
+
+SESSIONS = TableSpec(
+    name="sessions",
+    doc="Visits: a device's touches with no gap longer than the session timeout (30 min).",
+    key="session_id",
+    columns=_cols(
+        ("session_id", S, "<device_id>#<session_index>"),
+        ("device_id", S, "typed device id"),
+        ("anonymous_id", S, "device/browser id"),
+        ("person_id", S, "stitched person"),
+        ("account_id", S, "company account"),
+        ("session_index", I, "1-based session number on the device"),
+        ("started_at", TS, "first touch"),
+        ("ended_at", TS, "last touch"),
+        ("duration_seconds", F, "ended_at - started_at"),
+        ("event_count", I, "touches in the session"),
+        ("pageview_count", I, "page and screen touches"),
+        ("conversion_count", I, "touches with revenue"),
+        ("revenue", F, "revenue in the reporting currency"),
+        ("landing_page", S, "normalised URL of the first touch"),
+        ("referrer_host", S, "referrer host of the first touch"),
+        ("source", S, "entrance source"),
+        ("medium", S, "entrance medium"),
+        ("campaign", S, "entrance campaign"),
+        ("term", S, "entrance keyword"),
+        ("content", S, "entrance utm_content"),
+        ("click_id_type", S, "click id kind on the first touch"),
+        ("channel", S, "channel group"),
+        ("channel_rule", S, "the rule that fired"),
+    ),
+)
+
+IDENTITIES = TableSpec(
+    name="identities",
+    doc="Identity graph nodes: every identifier (anon:, user:, email:, phone:) and its person.",
+    key="identifier",
+    columns=_cols(
+        ("identifier", S, "typed identifier, e.g. anon:<id>, user:<id>, email:<address>"),
+        ("kind", S, "anon, user, email, phone or msg"),
+        ("person_id", S, "the person (connected component) it belongs to"),
+        ("degree", I, "links kept"),
+        ("first_seen_at", TS, "first touch carrying it"),
+    ),
+)
+
+IDENTITY_LINKS = TableSpec(
+    name="identity_links",
+    doc="Identity graph edges with their evidence; cut links say why (over-merge guards).",
+    key="link_id",
+    columns=_cols(
+        ("link_id", S, "identifier_a|identifier_b"),
+        ("identifier_a", S, "lesser identifier"),
+        ("identifier_b", S, "greater identifier"),
+        ("evidence", S, "identify, alias, form_email, caller_id, crm_match or event"),
+        ("first_seen_at", TS, "first touch that showed the link"),
+        ("event_count", I, "touches that showed it"),
+        ("status", S, "linked or cut"),
+        ("reason", S, "why cut (max_degree, max_component, unlinked), else null"),
+    ),
+)
+
+PERSONS = TableSpec(
+    name="persons",
+    doc="People: connected components of the identity graph.",
+    key="person_id",
+    columns=_cols(
+        ("person_id", S, "p_ + 16 hex of md5(least identifier of the component)"),
+        ("user_id", S, "least user id, if known"),
+        ("email", S, "least e-mail, if known"),
+        ("account_id", S, "company account"),
+        ("identifier_count", I, "identifiers in the component"),
+        ("device_count", I, "devices (anon ids)"),
+        ("touch_count", I, "touchpoints"),
+        ("first_seen_at", TS, "first touch"),
+        ("last_seen_at", TS, "last touch"),
+    ),
+)
+
+ACCOUNTS = TableSpec(
+    name="accounts",
+    doc="Companies: CRM accounts, Segment groups, or business e-mail domains (free-mail excluded).",
+    key="account_id",
+    columns=_cols(
+        ("account_id", S, "crm:<id>, group:<id> or domain:<registrable domain>"),
+        ("account_name", S, "name from the CRM, else the domain"),
+        ("domain", S, "web or e-mail domain"),
+        ("account_source", S, "crm, group or email_domain"),
+        ("person_count", I, "people in the account"),
+        ("first_seen_at", TS, "first touch of any of its people"),
+    ),
+)
+
+AUDIT = TableSpec(
+    name="audit",
+    doc="Every value prepare changed: per row (clock skew) or per distinct value (UTM aliases, "
+    "e-mail and phone normalisation), with the step and reason.",
+    key="audit_id",
+    columns=_cols(
+        ("audit_id", S, "step|field|message_id or value"),
+        ("run_id", S, "prepare run"),
+        ("step", S, "prepare step that changed it"),
+        ("field", S, "column changed"),
+        ("reason_code", S, "stable code, e.g. source_alias, clock_skew"),
+        ("reason", S, "human sentence"),
+        ("message_id", S, "the row changed (row-level changes), else null"),
+        ("old_value", S, "value before"),
+        ("new_value", S, "value after"),
+        ("row_count", I, "rows changed this way"),
+        ("audited_at", TS, "when"),
+    ),
+)
+
+PREPARED = (TOUCHPOINTS, SESSIONS, IDENTITIES, IDENTITY_LINKS, PERSONS, ACCOUNTS, AUDIT)
+
 TABLES: dict[str, TableSpec] = {
-    t.name: t for t in (EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, REJECTS, INGESTS)
+    t.name: t
+    for t in (
+        EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, REJECTS, INGESTS,
+        WRITE_KEYS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED,
+    )
 }
 INGESTIBLE = ("events", "deals", "spend", "calls", "surveys", "search_console")
 

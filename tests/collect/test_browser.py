@@ -1,0 +1,189 @@
+"""t.js in a real browser: Debian's chromium driven by Playwright, page on another origin.
+
+Skipped when /usr/bin/chromium is absent (``make browser`` installs it; CI runs it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PAGES = Path(__file__).resolve().parents[2] / "tracker" / "test-pages"
+WAIT_MS = 10_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make browser)")
+
+
+class _PageHandler(SimpleHTTPRequestHandler):
+    """Serves the test page for any path (an SPA), with the collector URL and key filled in."""
+
+    def __init__(self, *args: object, collector: str, key: str, **kwargs: object) -> None:
+        self.collector, self.key = collector, key
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def do_GET(self) -> None:
+        html = (PAGES / "landing.html").read_text()
+        consent = parse_qs(urlsplit(self.path).query).get("consent", ["granted"])[0]
+        for name, value in (("COLLECTOR", self.collector), ("KEY", self.key), ("CONSENT", consent)):
+            html = html.replace("{{" + name + "}}", value)
+        body = html.encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the test output is the assertion."""
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path, start_collector: Callable[[Warehouse], LiveCollector]
+) -> Iterator[tuple[str, LiveCollector]]:
+    settings = make_settings(
+        tmp_path, dni_pools={"google/cpc": ["+1 555 010 0001", "+1 555 010 0002"]}
+    )
+    live = start_collector(make_warehouse(settings))
+    handler = partial(_PageHandler, collector=live.url, key=live.warehouse.write_key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", live
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_tracker_records_a_journey_in_chromium(site: tuple[str, LiveCollector]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, live = site
+    campaign = "utm_source=google&utm_medium=cpc&utm_campaign=spring&utm_term=crm&gclid=G123"
+    landing = f"{url}/landing?{campaign}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(landing)
+            page.wait_for_function(
+                "document.getElementById('phone').textContent === '+15550100001'", timeout=WAIT_MS
+            )
+            phone_href = page.get_attribute("#phone", "href")
+            page.click("#nav")
+            page.click("#cta")
+            page.fill("#email", " Ann@Example.com")
+            page.fill("#company", "Acme")
+            page.fill("#secret", "hunter2")
+            page.click("#submit")
+            page.wait_for_function("touchline && document.getElementById('lead').dataset.sent")
+            anonymous_id = page.evaluate("touchline.anonymousId()")
+            page.evaluate("touchline.flush()")
+            page.close()  # pagehide: anything still queued goes out by sendBeacon
+        finally:
+            browser.close()
+    assert phone_href == "tel:+15550100001"
+
+    live.warehouse.load()
+    rows = live.warehouse.query(
+        "SELECT type, event, path, referrer, utm_source, utm_medium, utm_campaign, utm_term, "
+        "gclid, email, anonymous_id, properties, context FROM events ORDER BY timestamp, type"
+    )
+    summary = [(r[0], r[1], r[2], r[4], r[5], r[6], r[7], r[8]) for r in rows]
+    session = ("google", "cpc", "spring", "crm", "G123")
+    assert summary == [
+        ("page", None, "/landing", *session),
+        ("page", None, "/pricing", *session),
+        ("track", "CTA Clicked", "/pricing", *session),
+        ("identify", None, "/pricing", *session),
+        ("track", "Form Submitted", "/pricing", *session),
+    ]
+    assert {r[10] for r in rows} == {anonymous_id}
+    assert rows[1][3] == landing  # the SPA page's referrer is the page before it
+    assert json.loads(rows[2][11])["cta"] == "book-demo"
+    assert rows[3][9] == "ann@example.com"
+    form = json.loads(rows[4][11])
+    assert form == {
+        "form": "demo-request",
+        "fields": {"email": "Ann@Example.com", "company": "Acme"},
+    }
+    sessions = {json.loads(r[12])["sessionId"] for r in rows}
+    assert len(sessions) == 1
+    assert live.warehouse.query(
+        "SELECT number, pool, status, anonymous_id, session_id, utm_term FROM number_leases"
+    ) == [("+15550100001", "google/cpc", "leased", anonymous_id, sessions.pop(), "crm")]
+
+
+STORAGE = "[document.cookie, Object.keys(localStorage).filter(k => k.startsWith('tl_')).length]"
+
+
+def test_pending_consent_stores_and_sends_nothing_until_granted(
+    site: tuple[str, LiveCollector],
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, live = site
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/landing?consent=pending&utm_source=news")
+            page.wait_for_function("window.touchline && touchline.loaded")
+            page.click("#cta")
+            before = page.evaluate(STORAGE)
+            page.wait_for_timeout(1_500)  # longer than t.js's 1 s flush timer
+            sent_before = live.app.stats["accepted"]
+            page.evaluate("touchline.consent('granted')")
+            page.wait_for_function("document.cookie.includes('tl_aid=')", timeout=WAIT_MS)
+            anonymous_id = page.evaluate("touchline.anonymousId()")
+            page.evaluate("touchline.flush()")
+            page.close()
+        finally:
+            browser.close()
+    assert (before, sent_before) == (["", 0], 0)
+    live.warehouse.load()
+    assert live.warehouse.query(
+        "SELECT type, event, anonymous_id, utm_source FROM events ORDER BY timestamp"
+    ) == [("page", None, anonymous_id, "news"), ("track", "CTA Clicked", anonymous_id, "news")]
+
+
+def test_cookieless_mode_counts_pages_without_storage(site: tuple[str, LiveCollector]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, live = site
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/landing?consent=cookieless")
+            page.wait_for_function("window.touchline && touchline.loaded")
+            page.click("#nav")
+            page.evaluate("touchline.flush()")
+            stored = page.evaluate(STORAGE)
+            page.close()
+        finally:
+            browser.close()
+    assert stored == ["", 0]
+    live.warehouse.load()
+    rows = live.warehouse.query("SELECT type, path, anonymous_id FROM events ORDER BY timestamp")
+    assert [(t, p) for t, p, _ in rows] == [("page", "/landing"), ("page", "/pricing")]
+    assert all(a.startswith("cookieless-") for _, _, a in rows)

@@ -1,0 +1,280 @@
+"""The Segment-compatible HTTP API over real HTTP: status codes, auth, limits, durability."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+
+import orjson
+import pytest
+from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
+
+from touchline.collect.segment import MAX_BATCH_BYTES, MAX_EVENT_BYTES
+
+
+def _track(message_id: str, **extra: object) -> dict[str, object]:
+    return {"event": "Signed Up", "anonymousId": "anon-1", "messageId": message_id, **extra}
+
+
+def test_single_track_is_acknowledged_and_loaded_with_server_receipt_time(
+    collector: LiveCollector,
+) -> None:
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/track", json=_track("m-1", properties={"revenue": 42}))
+    assert (response.status_code, response.json()) == (200, {"success": True})
+    collector.warehouse.load()
+    rows = collector.warehouse.query(
+        "SELECT message_id, type, event, revenue, write_key, source, received_at IS NOT NULL "
+        "FROM events"
+    )
+    assert rows == [("m-1", "track", "Signed Up", 42.0, "web", "web", True)]
+
+
+def test_write_key_in_a_text_plain_body_is_accepted_like_a_beacon(collector: LiveCollector) -> None:
+    body = orjson.dumps({"writeKey": collector.warehouse.write_key, **_track("m-beacon")})
+    with collector.client() as http:
+        response = http.post("/v1/track", content=body, headers={"content-type": "text/plain"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("auth", "code"),
+    [(None, "missing_write_key"), (("not-a-key", ""), "unknown_write_key")],
+)
+def test_missing_or_unknown_write_key_is_401_and_not_stored(
+    collector: LiveCollector, auth: tuple[str, str] | None, code: str
+) -> None:
+    with collector.client(auth=auth) as http:
+        response = http.post("/v1/track", json=_track("m-401"))
+    assert (response.status_code, response.json()["code"]) == (401, code)
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT count(*) FROM events") == [(0,)]
+    assert collector.warehouse.query("SELECT count(*) FROM rejects") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b'{"event": "x", "anonym', "bad_json"),
+        (orjson.dumps({"event": "Signed Up"}), "missing_id"),
+        (orjson.dumps({"event": "x", "userId": 17}), "bad_id"),
+        (orjson.dumps({"anonymousId": "a"}), "missing_event"),
+        (orjson.dumps({"event": "x", "anonymousId": "a", "timestamp": "soon"}), "bad_timestamp"),
+        (orjson.dumps(["not", "an", "object"]), "not_an_object"),
+    ],
+)
+def test_invalid_single_event_is_400_with_code_and_message(
+    collector: LiveCollector, body: bytes, code: str
+) -> None:
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/track", content=body)
+    assert response.status_code == 400
+    assert response.json()["code"] == code
+    assert response.json()["message"]
+
+
+def test_event_over_32_kb_is_400(collector: LiveCollector) -> None:
+    big = _track("m-big", properties={"blob": "x" * MAX_EVENT_BYTES})
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/track", json=big)
+    assert (response.status_code, response.json()["code"]) == (400, "event_too_large")
+
+
+def test_batch_over_500_kb_is_400(collector: LiveCollector) -> None:
+    batch = [
+        {"type": "track", **_track(f"m-{i}", properties={"blob": "x" * 20_000})} for i in range(30)
+    ]
+    assert len(orjson.dumps({"batch": batch})) > MAX_BATCH_BYTES
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/batch", json={"batch": batch})
+    assert (response.status_code, response.json()["code"]) == (400, "body_too_large")
+
+
+def test_batch_stores_good_events_and_rejects_bad_ones_with_reasons(
+    collector: LiveCollector,
+) -> None:
+    batch = [
+        {"type": "page", "anonymousId": "a", "messageId": "good-1"},
+        {"type": "track", "anonymousId": "a", "messageId": "bad-1"},
+        {"type": "track", "event": "Bought", "userId": "u", "messageId": "good-2"},
+        {"type": "launch", "anonymousId": "a"},
+    ]
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/batch", json={"batch": batch})
+    assert response.status_code == 200
+    assert response.json() == {"success": True, "accepted": 2, "rejected": 2}
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT message_id FROM events ORDER BY 1") == [
+        ("good-1",),
+        ("good-2",),
+    ]
+    assert collector.warehouse.query(
+        "SELECT source, line, field, reason_code FROM rejects ORDER BY line"
+    ) == [("/v1/batch", 2, "event", "missing_event"), ("/v1/batch", 4, "type", "bad_type")]
+
+
+def test_repeated_message_id_is_200_and_stored_once_counted_as_duplicate(
+    collector: LiveCollector,
+) -> None:
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        first = http.post("/v1/track", json=_track("m-dup"))
+        collector.warehouse.load()
+        second = http.post("/v1/track", json=_track("m-dup"))
+        third = http.post("/v1/track", json=_track("m-dup"))
+    assert [r.status_code for r in (first, second, third)] == [200, 200, 200]
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT count(*) FROM events") == [(1,)]
+    assert collector.warehouse.query(
+        "SELECT reason_code, ref, count(*) FROM rejects GROUP BY ALL"
+    ) == [("duplicate", "m-dup", 2)]
+
+
+def test_gzip_batch_with_shared_context_is_unpacked(collector: LiveCollector) -> None:
+    body = {
+        "batch": [{"type": "page", "anonymousId": "a", "messageId": "gz-1"}],
+        "context": {"page": {"url": "https://shop.example/p?utm_source=news&gclid=G1"}},
+    }
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post(
+            "/v1/batch",
+            content=gzip.compress(orjson.dumps(body)),
+            headers={"content-encoding": "gzip", "content-type": "application/json"},
+        )
+    assert response.status_code == 200
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT path, utm_source, gclid FROM events") == [
+        ("/p", "news", "G1")
+    ]
+
+
+def test_truncated_gzip_is_400(collector: LiveCollector) -> None:
+    packed = gzip.compress(orjson.dumps(_track("m-gz")))
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post(
+            "/v1/track", content=packed[:-12], headers={"content-encoding": "gzip"}
+        )
+    assert (response.status_code, response.json()["code"]) == (400, "bad_gzip")
+
+
+def test_client_ip_is_stored_truncated(collector: LiveCollector) -> None:
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        http.post("/v1/track", json=_track("m-ip", context={"ip": "203.0.113.77"}))
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT ip, context FROM events") == [("203.0.113.0", "{}")]
+
+
+def test_cors_preflight_allows_the_page_origin(collector: LiveCollector) -> None:
+    origin = "https://shop.example"
+    with collector.client() as http:
+        response = http.options(
+            "/v1/batch",
+            headers={"origin": origin, "access-control-request-method": "POST"},
+        )
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == origin
+    assert "Content-Type" in response.headers["access-control-allow-headers"]
+
+
+def test_full_spool_answers_503_with_retry_after(
+    tmp_path: object, start_collector: Callable[[Warehouse], LiveCollector]
+) -> None:
+    from pathlib import Path
+
+    wh = make_warehouse(make_settings(Path(str(tmp_path)), spool_limit_bytes=1))
+    live = start_collector(wh)
+    with live.client(auth=(wh.write_key, "")) as http:
+        first = http.post("/v1/track", json=_track("m-first"))  # the empty spool is under 1 byte
+        responses = [http.post("/v1/track", json=_track(f"m-{i}")) for i in range(3)]
+        refused = [r for r in responses if r.status_code == 503]
+    assert first.status_code == 200
+    assert refused, "the spool is over its 1-byte limit"
+    assert refused[0].headers["retry-after"] == "5"
+    assert refused[0].json()["code"] == "overloaded"
+
+
+def test_unknown_route_is_404_json(collector: LiveCollector) -> None:
+    with collector.client() as http:
+        response = http.post("/v2/track", json={})
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
+
+
+def test_tracker_is_served_with_defaults(collector: LiveCollector) -> None:
+    with collector.client() as http:
+        response = http.get("/t.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/javascript")
+    assert response.text.startswith('var __touchline_defaults={"dnt":false,"consent":"granted"}')
+    assert len(gzip.compress(response.content)) < 5 * 1024
+
+
+def test_every_message_type_has_its_endpoint(collector: LiveCollector) -> None:
+    calls = {
+        "/v1/page": {"anonymousId": "a", "name": "Home"},
+        "/v1/screen": {"anonymousId": "a", "name": "Home"},
+        "/v1/identify": {"userId": "u", "traits": {"email": "Ann@Example.com"}},
+        "/v1/alias": {"userId": "u", "previousId": "a"},
+        "/v1/group": {"userId": "u", "groupId": "acme"},
+    }
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        codes = [http.post(path, json=body).status_code for path, body in calls.items()]
+    assert codes == [200] * 5
+    collector.warehouse.load()
+    assert collector.warehouse.query(
+        "SELECT type, email, group_id, previous_id FROM events ORDER BY type"
+    ) == [
+        ("alias", None, None, "a"),
+        ("group", None, "acme", None),
+        ("identify", "ann@example.com", None, None),
+        ("page", None, None, None),
+        ("screen", None, None, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({"authorization": "Basic !!!notbase64"}, 401, "bad_authorization"),
+        ({"content-encoding": "br"}, 400, "bad_encoding"),
+    ],
+)
+def test_garbage_headers_are_client_errors(
+    collector: LiveCollector, headers: dict[str, str], status: int, code: str
+) -> None:
+    with collector.client() as http:
+        response = http.post("/v1/track", content=b"{}", headers=headers)
+    assert (response.status_code, response.json()["code"]) == (status, code)
+
+
+def test_valid_batch_without_message_ids_is_stored_once_when_retried(
+    collector: LiveCollector,
+) -> None:
+    body = {
+        "batch": [
+            {"type": "page", "anonymousId": "a", "timestamp": "2025-03-01T10:00:00Z"},
+            {
+                "type": "track",
+                "event": "Bought",
+                "userId": "u",
+                "timestamp": "2025-03-01T10:01:00Z",
+                "context": {"ip": "198.51.100.23"},
+            },
+        ],
+        "context": {"library": {"name": "analytics-python"}},
+        "sentAt": "2025-03-01T10:02:00Z",
+    }
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        first = http.post("/v1/batch", json=body)
+        retry = http.post("/v1/batch", json=body)
+    assert [first.status_code, retry.status_code] == [200, 200]
+    collector.warehouse.load()
+    rows = collector.warehouse.query(
+        "SELECT type, ip, sent_at, context, write_key FROM events ORDER BY timestamp"
+    )
+    assert [(t, ip, str(sent), key) for t, ip, sent, _, key in rows] == [
+        ("page", "127.0.0.0", "2025-03-01 10:02:00", "web"),
+        ("track", "198.51.100.0", "2025-03-01 10:02:00", "web"),
+    ]
+    assert all(orjson.loads(r[3])["library"] == {"name": "analytics-python"} for r in rows)
+    assert collector.warehouse.query("SELECT reason_code, count(*) FROM rejects GROUP BY 1") == [
+        ("duplicate", 2)
+    ]

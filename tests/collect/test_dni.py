@@ -1,0 +1,220 @@
+"""Call tracking: number leases, and calls matched to the session that saw the number."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
+from ibis.backends import BaseBackend
+
+from touchline import engine, store
+from touchline.collect.dni import LeaseBook, match_calls, match_new_calls, to_e164, with_e164
+from touchline.config import Settings
+from touchline.errors import ConfigError
+
+T0 = 1_700_000_000.0  # a fixed clock for the lease book
+GOOGLE = {"utm_source": "google", "utm_medium": "cpc", "utm_term": "crm"}
+
+
+def _book(tmp_path: Path, numbers: list[str], **kwargs: object) -> LeaseBook:
+    return LeaseBook(
+        tmp_path / "leases.sqlite",
+        {"google/cpc": numbers, "default": ["+15550109999"]},
+        lease_minutes=30,
+        grace_minutes=60,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_to_e164_normalises_national_and_international_forms() -> None:
+    assert to_e164("(555) 010-0001", "US") == "+15550100001"
+    assert to_e164("+44 20 7946 0018", "US") == "+442079460018"
+    assert to_e164("020 7946 0018", "GB") == "+442079460018"
+    assert to_e164("call me", "US") is None
+
+
+def test_visitor_leases_are_exclusive_renewed_and_exhausted(tmp_path: Path) -> None:
+    book = _book(tmp_path, ["+1 555 010 0001", "+1 555 010 0002"])
+    a = book.lease(anonymous_id="a", session_id="s-a", utm=GOOGLE, now=T0)
+    b = book.lease(anonymous_id="b", session_id="s-b", utm=GOOGLE, now=T0 + 1)
+    a_again = book.lease(anonymous_id="a", session_id="s-a", utm=GOOGLE, now=T0 + 600)
+    c = book.lease(anonymous_id="c", session_id="s-c", utm=GOOGLE, now=T0 + 2)
+    assert a is not None and b is not None and a_again is not None and c is not None
+    assert (a.number, b.number) == ("+15550100001", "+15550100002")
+    assert (a_again.lease_id, a_again.expires_at) == (a.lease_id, T0 + 600 + 1800)
+    assert (c.number, c.status) == (None, "exhausted")
+
+
+def test_a_number_is_reused_only_after_the_grace_period(tmp_path: Path) -> None:
+    book = _book(tmp_path, ["+15550100001"])
+    first = book.lease(anonymous_id="a", session_id="s-a", utm=GOOGLE, now=T0)
+    in_grace = book.lease(anonymous_id="b", session_id="s-b", utm=GOOGLE, now=T0 + 1800 + 60)
+    after = book.lease(anonymous_id="c", session_id="s-c", utm=GOOGLE, now=T0 + 1800 + 3601)
+    assert first is not None and in_grace is not None and after is not None
+    assert (in_grace.status, after.number) == ("exhausted", "+15550100001")
+
+
+def test_pool_choice_falls_back_from_source_medium_to_default(tmp_path: Path) -> None:
+    book = _book(tmp_path, ["+15550100001"])
+    assert book.pool_for("Google", "CPC") == "google/cpc"
+    assert book.pool_for("bing", "cpc") == "default"
+    lease = book.lease(anonymous_id="a", session_id="s", utm={"utm_source": "bing"}, now=T0)
+    assert lease is not None and lease.number == "+15550109999"
+
+
+def test_channel_mode_shares_the_pool_number(tmp_path: Path) -> None:
+    book = _book(tmp_path, ["+15550100001"], mode="channel")
+    numbers = {
+        lease.number
+        for s in ("s1", "s2", "s3")
+        if (lease := book.lease(anonymous_id=s, session_id=s, utm=GOOGLE, now=T0))
+    }
+    assert numbers == {"+15550100001"}
+
+
+def test_bad_pool_number_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not phone numbers"):
+        LeaseBook(tmp_path / "l.sqlite", {"default": ["not a number"]})
+
+
+def _at(minutes: float) -> datetime:
+    return datetime(2025, 3, 1, 12, 0) + timedelta(minutes=minutes)
+
+
+def _leases() -> pa.Table:
+    rows = [
+        # lease_id, number, status, session, source, start, end (minutes after noon)
+        ("L1", "+15550100001", "leased", "s1", "google", 0, 30),
+        ("L2", "+15550100002", "leased", "s2", "bing", 0, 30),
+        ("L3", "+15550100003", "leased", "s3", "fb", 0, 30),
+        ("L4", "+15550100003", "leased", "s4", "fb", 10, 40),
+        ("L5", None, "exhausted", "s5", "google", 5, 5),
+    ]
+    columns = {c.name: [] for c in store.NUMBER_LEASES.columns}  # type: ignore[var-annotated]
+    for lease_id, number, status, session, source, start, end in rows:
+        values = {
+            "lease_id": lease_id,
+            "number": number,
+            "pool": source,
+            "status": status,
+            "anonymous_id": f"anon-{session}",
+            "session_id": session,
+            "utm_source": source,
+            "utm_medium": "cpc",
+            "utm_term": f"kw-{session}",
+            "leased_at": _at(start),
+            "expires_at": _at(end),
+        }
+        for name in columns:
+            columns[name].append(values.get(name))
+    return pa.table(columns, schema=store.NUMBER_LEASES.schema.to_pyarrow())
+
+
+def _calls() -> pa.Table:
+    return pa.table(
+        {
+            "call_id": ["c-in", "c-grace", "c-two", "c-none", "c-late"],
+            "caller_number": [
+                "(555) 123-4567",
+                "555 123 9999",
+                "+1 555 123 0000",
+                "x",
+                "5551230001",
+            ],
+            "tracking_number": [
+                "(555) 010-0001",
+                "555-010-0002",
+                "+15550100003",
+                "+15550100009",
+                "5550100001",
+            ],
+            "started_at": [_at(10), _at(50), _at(20), _at(10), _at(200)],
+            "duration_seconds": [120, 30, 300, 10, 90],
+            "answered": [True, True, True, False, True],
+            "outcome": ["lead", None, "sale", None, None],
+        }
+    )
+
+
+def test_calls_match_covering_expired_ambiguous_and_missing_leases(con: BaseBackend) -> None:
+    leases = engine.load_table(con, "number_leases", _leases())
+    calls = engine.load_table(con, "calls_e164", with_e164(_calls(), "US"))
+    got = (
+        match_calls(calls, leases, grace=timedelta(minutes=60))
+        .select("call_id", "match_status", "session_id", "utm_source", "utm_term")
+        .order_by("call_id")
+        .to_pyarrow()
+        .to_pylist()
+    )
+    assert [tuple(r.values()) for r in got] == [
+        ("c-grace", "expired", "s2", "bing", "kw-s2"),
+        ("c-in", "matched", "s1", "google", "kw-s1"),
+        ("c-late", "unmatched", None, None, None),
+        ("c-none", "unmatched", None, None, None),
+        ("c-two", "ambiguous", "s4", "fb", "kw-s4"),
+    ]
+
+
+def test_new_calls_become_touches_once(duck: BaseBackend) -> None:
+    store.init(duck)
+    engine.append(duck, "number_leases", _leases())
+    calls = (
+        _calls()
+        .append_column("source", pa.array(["calls"] * 5))
+        .append_column("ingest_id", pa.array(["t"] * 5))
+    )
+    engine.append(duck, "calls", calls.cast(store.CALLS.schema.to_pyarrow()))
+    settings = Settings(dni_grace_minutes=60, call_conversion_seconds=60, phone_region="US")
+    first = match_new_calls(duck, settings)
+    second = match_new_calls(duck, settings)
+    assert first == {
+        "matched": 1,
+        "expired": 1,
+        "ambiguous": 1,
+        "unmatched": 2,
+        "pool_exhausted": 1,
+    }
+    assert second == {"pool_exhausted": 1}
+    rows = duck.con.execute(  # type: ignore[attr-defined]
+        "SELECT message_id, event, anonymous_id, utm_source, phone, properties FROM events "
+        "WHERE message_id = 'call:c-in'"
+    ).fetchall()
+    message_id, event, anonymous_id, source, phone, properties = rows[0]
+    assert (message_id, event, anonymous_id, source, phone) == (
+        "call:c-in",
+        "Phone Call",
+        "anon-s1",
+        "google",
+        "+15551234567",
+    )
+    assert json.loads(properties)["conversion"] is True
+    assert duck.table("events").count().execute() == 5
+
+
+def test_lease_endpoint_hands_out_numbers(
+    tmp_path: Path, start_collector: Callable[[Warehouse], LiveCollector]
+) -> None:
+    settings = make_settings(tmp_path, dni_pools={"google/cpc": ["+15550100001"]})
+    live = start_collector(make_warehouse(settings))
+    body = {
+        "sessionId": "s1",
+        "anonymousId": "a1",
+        "campaign": {"source": "google", "medium": "cpc"},
+    }
+    with live.client(auth=(live.warehouse.write_key, "")) as http:
+        first = http.post("/v1/dni/lease", json=body).json()
+        second = http.post("/v1/dni/lease", json={**body, "sessionId": "s2"}).json()
+        missing = http.post("/v1/dni/lease", json={"anonymousId": "a1"})
+    assert (first["number"], first["status"]) == ("+15550100001", "leased")
+    assert (second["number"], second["status"]) == (None, "exhausted")
+    assert (missing.status_code, missing.json()["code"]) == (400, "missing_session")
+    live.warehouse.load()
+    assert live.warehouse.query("SELECT session_id, status FROM number_leases ORDER BY 1") == [
+        ("s1", "leased"),
+        ("s2", "exhausted"),
+    ]

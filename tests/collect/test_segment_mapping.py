@@ -1,0 +1,145 @@
+"""Segment JSON → canonical ``events``: the vectorised mapping and the per-message checks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from touchline.collect.segment import check_message, map_segment, truncate_ip
+from touchline.store import EVENTS, REJECTS
+
+
+def _map(*messages: object) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    raw = [m if isinstance(m, str) or m is None else orjson.dumps(m).decode() for m in messages]
+    split = map_segment(
+        pa.table({"raw": pa.array(raw, pa.string())}), source="f.ndjson", ingest_id="i1"
+    )
+    assert split.events.schema == EVENTS.schema.to_pyarrow()
+    assert split.rejects.schema == REJECTS.schema.to_pyarrow()
+    return split.events.to_pylist(), split.rejects.to_pylist()
+
+
+PAGE = {
+    "type": "page",
+    "messageId": "m1",
+    "anonymousId": "a1",
+    "timestamp": "2025-03-01T10:00:00.250+01:00",
+    "sentAt": "2025-03-01T09:00:01Z",
+    "receivedAt": "2025-03-01T09:00:02Z",
+    "context": {
+        "ip": "2001:db8:85a3::8a2e:370:7334",
+        "userAgent": "Mozilla/5.0",
+        "page": {
+            "url": "https://acme.example/pricing?utm_source=Google&utm_medium=cpc&utm_term=crm+tool&msclkid=M1",
+            "referrer": "https://www.google.com/",
+            "title": "Pricing",
+        },
+        "campaign": {"name": "Spring Sale", "source": "google-ads"},
+    },
+    "properties": {"total": "99.5", "currency": "eur"},
+}
+
+
+def test_page_fields_come_from_context_campaign_first_then_the_url() -> None:
+    [row], rejects = _map(PAGE)
+    assert rejects == []
+    assert {k: row[k] for k in ("path", "referrer", "title", "user_agent", "ip")} == {
+        "path": "/pricing",
+        "referrer": "https://www.google.com/",
+        "title": "Pricing",
+        "user_agent": "Mozilla/5.0",
+        "ip": "2001:db8:85a3::",
+    }
+    assert {
+        k: row[k] for k in ("utm_source", "utm_medium", "utm_campaign", "utm_term", "msclkid")
+    } == {
+        "utm_source": "google-ads",
+        "utm_medium": "cpc",
+        "utm_campaign": "Spring Sale",
+        "utm_term": "crm tool",
+        "msclkid": "M1",
+    }
+    assert (row["timestamp"], row["sent_at"]) == (
+        datetime(2025, 3, 1, 9, 0, 0, 250000),
+        datetime(2025, 3, 1, 9, 0, 1),
+    )
+    assert (row["revenue"], row["currency"], row["source"], row["ingest_id"]) == (
+        99.5,
+        "EUR",
+        "import",
+        "i1",
+    )
+    assert "ip" not in orjson.loads(row["context"])  # kept only truncated, in `ip`
+
+
+def test_email_and_phone_come_from_traits_and_missing_ids_get_a_content_hash() -> None:
+    identify = {
+        "type": "identify",
+        "userId": "u1",
+        "timestamp": "2025-03-01T10:00:00Z",
+        "traits": {"email": " Ann@Example.COM ", "phone": "+1 555 0100"},
+    }
+    [row], _ = _map(identify)
+    assert (row["email"], row["phone"], row["user_id"]) == ("ann@example.com", "+1 555 0100", "u1")
+    assert str(row["message_id"]).startswith("md5:")
+    assert orjson.loads(row["traits"]) == identify["traits"]
+
+
+def test_bad_lines_become_rejects_with_line_and_reason() -> None:
+    ok = {
+        "type": "track",
+        "event": "x",
+        "anonymousId": "a",
+        "messageId": "ok",
+        "timestamp": "2025-03-01T10:00:00Z",
+    }
+    events, rejects = _map(
+        ok,
+        "{not json",
+        {"type": "launch", "timestamp": "2025-03-01T10:00:00Z"},
+        {"type": "track", "event": "x", "timestamp": "yesterday"},
+        {"type": "track", "event": "x"},
+        ok,
+        None,
+    )
+    assert [e["message_id"] for e in events] == ["ok"]
+    assert [(r["line"], r["reason_code"], r["field"], r["ref"]) for r in rejects] == [
+        (2, "bad_json", "raw", None),
+        (3, "bad_type", "type", None),
+        (4, "bad_timestamp", "timestamp", None),
+        (5, "missing_timestamp", "timestamp", None),
+        (6, "duplicate", "messageId", "ok"),
+        (7, "bad_json", "raw", None),
+    ]
+    assert {r["source"] for r in rejects} == {"f.ndjson"}
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ({"type": "track", "anonymousId": "a", "event": "x"}, None),
+        ({"type": "track", "anonymousId": "a"}, "missing_event"),
+        ({"type": "track", "event": "x"}, "missing_id"),
+        ({"type": "track", "event": "x", "userId": ""}, "missing_id"),
+        ({"type": "track", "event": "x", "anonymousId": 5}, "bad_id"),
+        ({"type": "alias", "userId": "u"}, "missing_previous_id"),
+        ({"type": "group", "userId": "u"}, "missing_group_id"),
+        ({"type": "page", "userId": "u", "messageId": 12}, "bad_message_id"),
+        ({"type": "page", "userId": "u", "properties": []}, "bad_field"),
+        ({"type": "page", "userId": "u", "sentAt": "13/13/2025"}, "bad_timestamp"),
+        ({"type": "jump", "userId": "u"}, "bad_type"),
+        ("text", "not_an_object"),
+    ],
+)
+def test_check_message_names_the_first_problem(message: object, code: str | None) -> None:
+    problem = check_message(message)
+    assert (problem.code if problem else None) == code
+
+
+def test_truncate_ip_zeroes_the_host_part() -> None:
+    assert truncate_ip("192.0.2.255") == "192.0.2.0"
+    assert truncate_ip("2001:db8:1:2:3:4:5:6") == "2001:db8:1::"
+    assert truncate_ip("localhost") is None

@@ -1,0 +1,130 @@
+"""Webhooks: declarative per-source mappings turn chat/form/CRM payloads into canonical rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
+
+from touchline.collect.webhooks import load_mappings, map_payload
+from touchline.errors import ConfigError
+
+MAPPINGS = """
+[sources.livechat]
+kind = "event"
+type = "track"
+event = "Chat Started"
+[sources.livechat.fields]
+messageId = "chat.id"
+anonymousId = "visitor.touchline_id"
+timestamp = "chat.started_at"
+"traits.email" = "visitor.email"
+"properties.chat_id" = "chat.id"
+
+[sources.hubspot]
+kind = "deal"
+[sources.hubspot.fields]
+deal_id = "objectId"
+account_name = "properties.company"
+stage = "properties.dealstage"
+status = "properties.status"
+amount = "properties.amount"
+currency = "properties.currency"
+created_at = "properties.createdate"
+updated_at = "occurredAt"
+"""
+
+CHAT = {
+    "chat": {"id": "chat-9", "started_at": "2025-03-01T10:00:00Z"},
+    "visitor": {"touchline_id": "anon-7", "email": "John@Example.com"},
+}
+
+
+def _deal(stage: str, updated: str) -> dict[str, object]:
+    return {
+        "objectId": 4711,
+        "occurredAt": updated,
+        "properties": {
+            "company": "Acme",
+            "dealstage": stage,
+            "status": "won" if stage == "closedwon" else "open",
+            "amount": "1200.50",
+            "currency": "EUR",
+            "createdate": "2025-02-01T09:00:00Z",
+        },
+    }
+
+
+@pytest.fixture
+def hooked(tmp_path: Path, start_collector: Callable[[Warehouse], LiveCollector]) -> LiveCollector:
+    path = tmp_path / "webhooks.toml"
+    path.write_text(MAPPINGS)
+    return start_collector(make_warehouse(make_settings(tmp_path, webhook_mappings_file=path)))
+
+
+def test_mapping_builds_a_segment_message_from_dotted_paths(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text(MAPPINGS)
+    message = map_payload(load_mappings(path)["livechat"], CHAT)
+    assert message == {
+        "type": "track",
+        "event": "Chat Started",
+        "messageId": "chat-9",
+        "anonymousId": "anon-7",
+        "timestamp": "2025-03-01T10:00:00Z",
+        "traits": {"email": "John@Example.com"},
+        "properties": {"chat_id": "chat-9"},
+    }
+
+
+def test_deal_mapping_with_unknown_column_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_text('[sources.crm]\nkind = "deal"\n[sources.crm.fields]\ndeal_value = "x"\n')
+    with pytest.raises(ConfigError, match="deal_value"):
+        load_mappings(path)
+
+
+def test_chat_webhook_becomes_an_event_with_the_source_name(hooked: LiveCollector) -> None:
+    key = hooked.warehouse.write_key
+    with hooked.client() as http:
+        response = http.post(f"/v1/webhooks/livechat?key={key}", json=CHAT)
+        unknown = http.post(f"/v1/webhooks/drift?key={key}", json=CHAT)
+        invalid = http.post(f"/v1/webhooks/livechat?key={key}", json={"chat": {}})
+    assert response.json() == {"success": True, "accepted": 1, "rejected": 0}
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_source")
+    assert (invalid.status_code, invalid.json()["code"]) == (400, "missing_id")
+    hooked.warehouse.load()
+    assert hooked.warehouse.query(
+        "SELECT message_id, event, anonymous_id, email, source, timestamp FROM events"
+    ) == [
+        (
+            "chat-9",
+            "Chat Started",
+            "anon-7",
+            "john@example.com",
+            "livechat",
+            datetime(2025, 3, 1, 10, 0),
+        )
+    ]
+
+
+def test_crm_deal_updates_add_deal_snapshots_once(hooked: LiveCollector) -> None:
+    key = hooked.warehouse.write_key
+    with hooked.client(auth=(key, "")) as http:
+        for payload in (
+            _deal("qualified", "2025-02-10T09:00:00Z"),
+            _deal("closedwon", "2025-03-10T09:00:00Z"),
+            _deal("closedwon", "2025-03-10T09:00:00Z"),  # a redelivered webhook
+        ):
+            assert http.post("/v1/webhooks/hubspot", json=payload).status_code == 200
+    hooked.warehouse.load()
+    assert hooked.warehouse.query(
+        "SELECT deal_id, account_name, stage, status, amount, currency, source FROM deals "
+        "ORDER BY updated_at"
+    ) == [
+        ("4711", "Acme", "qualified", "open", 1200.5, "EUR", "hubspot"),
+        ("4711", "Acme", "closedwon", "won", 1200.5, "EUR", "hubspot"),
+    ]

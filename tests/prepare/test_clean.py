@@ -1,0 +1,86 @@
+"""clean steps: each drops exactly the rows it should, with its reason; kept + rejected = input."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from touchline.prepare import clean
+from touchline.prepare.base import Split
+
+from .conftest import NOW, working
+
+
+def ids(table) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(table.message_id.to_pandas().tolist())
+
+
+def assert_partition(split: Split, total: int) -> None:
+    assert split.kept.count().execute() + split.rejected.count().execute() == total
+
+
+def test_drop_missing_ids_rejects_rows_without_message_id_or_any_identity(db) -> None:  # type: ignore[no-untyped-def]
+    events = working(db, [
+        {"anonymous_id": "a", "timestamp": "09:00"},
+        {"message_id": None, "anonymous_id": "a", "timestamp": "09:00"},
+        {"timestamp": "09:00"},
+        {"email": "x@y.com", "timestamp": "09:00"},
+    ])
+    split = clean.drop_missing_ids(events)
+    assert ids(split.kept) == ["m1", "m4"]
+    got = split.rejected.select("message_id", "reason_code").to_pandas()
+    assert sorted(got.reason_code) == ["missing_message_id", "no_identity"]
+    assert_partition(split, 4)
+
+
+def test_clock_skew_uses_received_minus_client_interval_and_flags_large_skew(db) -> None:  # type: ignore[no-untyped-def]
+    events = working(db, [
+        # client clock 10 minutes slow: event 10 s before the send, received at 10:10:10
+        {"anonymous_id": "a", "timestamp": "10:00", "original_timestamp": "10:00:00",
+         "sent_at": "10:00:10", "received_at": "10:10:10"},
+        {"anonymous_id": "b", "timestamp": "10:00", "original_timestamp": "10:00:00",
+         "sent_at": "10:00:10", "received_at": "10:00:11"},
+        {"anonymous_id": "c", "timestamp": "10:00", "received_at": "10:00:11"},
+    ])
+    fixed, audit = clean.correct_clock_skew(events, flag_seconds=300)
+    got = fixed.order_by("message_id").timestamp.to_pandas().tolist()
+    assert got == [datetime(2025, 3, 3, 10, 10, 0), datetime(2025, 3, 3, 10, 0, 1),
+                   datetime(2025, 3, 3, 10, 0, 0)]
+    rows = audit.order_by("message_id").to_pandas()
+    assert rows.message_id.tolist() == ["m1", "m2"]
+    assert rows.reason_code.tolist() == ["large_clock_skew", "clock_skew"]
+
+
+def test_impossible_and_future_timestamps_are_dropped_within_tolerance(db) -> None:  # type: ignore[no-untyped-def]
+    events = working(db, [
+        {"anonymous_id": "a", "timestamp": "1970-01-01 00:00:00"},
+        {"anonymous_id": "a", "timestamp": None},
+        {"anonymous_id": "a", "timestamp": "2099-01-01 00:00:00"},
+        {"anonymous_id": "a", "timestamp": "10:05", "received_at": "10:00"},
+        {"anonymous_id": "a", "timestamp": "10:20", "received_at": "10:00"},
+        {"anonymous_id": "a", "timestamp": "10:00"},
+    ])
+    first = clean.drop_impossible_timestamps(events, earliest=datetime(2000, 1, 1))
+    assert ids(first.rejected) == ["m1", "m2"]
+    second = clean.drop_future_timestamps(first.kept, now=NOW, tolerance=timedelta(minutes=10))
+    assert ids(second.rejected) == ["m3", "m5"]
+    assert ids(second.kept) == ["m4", "m6"]
+    assert_partition(first, 6)
+    assert_partition(second, 4)
+
+
+def test_crawler_user_agents_come_from_the_maintained_list() -> None:
+    agents = ["Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+              "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/120.0 Safari/537.36", "python-requests/2.31", "curl/8.0"]
+    assert clean.bot_user_agents(agents) == [agents[0], agents[2], agents[3]]
+
+
+def test_drop_bot_bursts_removes_every_hit_of_a_device_over_the_rate(db) -> None:  # type: ignore[no-untyped-def]
+    rows = [{"anonymous_id": "script", "timestamp": f"10:00:{i % 60:02d}"} for i in range(12)]
+    rows += [{"anonymous_id": "script", "timestamp": "11:00"},
+             {"anonymous_id": "human", "timestamp": "10:00:01"},
+             {"anonymous_id": "human", "timestamp": "10:00:30"}]
+    split = clean.drop_bot_bursts(working(db, rows), max_per_minute=10)
+    assert split.kept.anonymous_id.to_pandas().tolist() == ["human", "human"]
+    assert split.rejected.count().execute() == 13
+    assert set(split.rejected.reason_code.to_pandas()) == {"bot_behaviour"}

@@ -1,0 +1,44 @@
+"""dedupe: exact copies and the same touch from two systems become one row with a pointer."""
+
+from __future__ import annotations
+
+from touchline.prepare import dedupe, standardise
+
+from .conftest import working
+
+FORM = {"type": "track", "event": "Form Submitted"}
+
+
+def test_exact_duplicates_keep_the_earliest_copy_and_point_to_it(db) -> None:  # type: ignore[no-untyped-def]
+    events = working(db, [
+        {"message_id": "x", "anonymous_id": "a", "timestamp": "09:00:05", "url": "late"},
+        {"message_id": "x", "anonymous_id": "a", "timestamp": "09:00:00", "url": "first"},
+        {"message_id": "x", "anonymous_id": "a", "timestamp": "09:00:10", "url": "later"},
+        {"message_id": "y", "anonymous_id": "a", "timestamp": "09:01"},
+    ])
+    split = dedupe.dedupe_exact(events)
+    kept = split.kept.order_by("message_id").select("message_id", "url").to_pandas()
+    assert kept.values.tolist() == [["x", "first"], ["y", None]]
+    rejected = split.rejected.to_pandas()
+    assert sorted(rejected.url) == ["late", "later"]
+    assert set(rejected.ref) == {"x"} and set(rejected.reason_code) == {"duplicate_message_id"}
+
+
+def test_same_form_from_two_systems_within_tolerance_is_one_touch(db) -> None:  # type: ignore[no-untyped-def]
+    events = working(db, [
+        {**FORM, "anonymous_id": "a", "timestamp": "11:05", "email": "ann@acme.com"},
+        {**FORM, "user_id": "u1", "timestamp": "11:06", "email": "ann@acme.com", "source": "crm"},
+        {**FORM, "user_id": "u1", "timestamp": "13:00", "email": "ann@acme.com", "source": "crm"},
+        {**FORM, "anonymous_id": "a", "timestamp": "11:07", "email": "ann@acme.com"},
+        {"type": "track", "event": "Call", "timestamp": "12:00", "phone": "+12025550143",
+         "source": "calls"},
+        {"type": "track", "event": "Call", "timestamp": "12:02", "phone": "+12025550143",
+         "source": "crm"},
+    ])
+    events, _ = standardise.standardise_urls(events)
+    split = dedupe.link_cross_source(
+        events, link_seconds={"Form Submitted": 600, "Call": 300},
+        priority=["web", "calls", "crm"])
+    assert sorted(split.kept.message_id.to_pandas()) == ["m1", "m3", "m4", "m5"]
+    got = split.rejected.order_by("message_id").select("message_id", "ref").to_pandas()
+    assert got.values.tolist() == [["m2", "m1"], ["m6", "m5"]]

@@ -1,0 +1,145 @@
+"""run_prepare end to end: identity graph, accounts, idempotence, incremental = full rebuild,
+nothing dropped without a reason, the same result on DuckDB and Spark, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from touchline import engine, store
+from touchline.config import Settings
+from touchline.prepare import STEPS, run_prepare
+
+from .conftest import NOW, arrow_table, event_rows, load
+
+FORM = {"type": "track", "event": "Form Submitted"}
+SCENARIO = [
+    # ann: paid search landing, later organic visit and a form; a CRM copy of the form
+    {"anonymous_id": "a1", "timestamp": "09:00", "url": "https://shop.com/?gclid=g1",
+     "gclid": "g1"},
+    {"anonymous_id": "a1", "timestamp": "09:10", "url": "https://shop.com/pricing/",
+     "referrer": "https://shop.com/"},
+    {"anonymous_id": "a1", "timestamp": "11:00", "url": "https://shop.com/",
+     "referrer": "https://www.google.co.uk/"},
+    {**FORM, "anonymous_id": "a1", "timestamp": "11:05", "email": " Ann@Acme.com ",
+     "url": "https://shop.com/contact"},
+    {**FORM, "user_id": "u1", "timestamp": "11:06", "email": "ann@acme.com", "source": "crm"},
+    # ann's phone, identified as u1
+    {"anonymous_id": "a2", "type": "identify", "user_id": "u1", "timestamp": "10:02"},
+    {"anonymous_id": "a2", "timestamp": "10:01", "url": "https://shop.com/?utm_source=FB&utm_medium=paid_social",
+     "utm_source": "FB", "utm_medium": "paid_social", "revenue": 20.0, "currency": "EUR"},
+    # bob: a gmail user from a facebook referral, and a copy of his message
+    {"anonymous_id": "b1", "timestamp": "10:00", "referrer": "https://l.facebook.com/x",
+     "url": "https://shop.com/?fbclid=zz", "fbclid": "zz", "email": "bob@gmail.com"},
+    {"message_id": "m8", "anonymous_id": "b1", "timestamp": "10:00:05", "url": "late copy"},
+    # carol at acme: a business domain without CRM
+    {"anonymous_id": "c1", "timestamp": "12:00", "email": "carol@beta.io"},
+    # junk
+    {"anonymous_id": "bot", "timestamp": "09:00",
+     "user_agent": "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)"},
+    {"anonymous_id": "z", "timestamp": "1970-01-01 00:00:00"},
+    {"timestamp": "09:00"},
+]
+DEALS = [{"deal_id": "d1", "account_id": "A1", "account_name": "Acme",
+          "contact_emails": "ann@acme.com;dan@acme.com", "created_at": "2025-03-05 00:00:00"}]
+RUN_COLUMNS = {"run_id", "audited_at", "rejected_at", "ingest_id"}
+
+
+def setup(con, rows=SCENARIO):  # type: ignore[no-untyped-def]
+    load(con, rows)
+    engine.load_table(con, "deals", arrow_table(store.DEALS, DEALS))
+
+
+def snapshot(con) -> dict[str, pd.DataFrame]:  # type: ignore[no-untyped-def]
+    out = {}
+    for spec in (*store.PREPARED, store.REJECTS):
+        frame = con.table(spec.name).to_pandas()
+        frame = frame[[c for c in frame.columns if c not in RUN_COLUMNS and c != "raw"]]
+        frame = frame.astype(object).where(frame.notna(), None)  # NaN (DuckDB) vs None (Spark)
+        out[spec.name] = frame.sort_values(list(frame.columns), key=lambda c: c.astype(str)
+                                           ).reset_index(drop=True)
+    return out
+
+
+def test_prepare_builds_every_table_with_hand_computed_counts(db, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    setup(db)
+    result = run_prepare(db, settings, now=NOW)
+    assert result.rejects_by_reason == {
+        "no_identity": 1, "impossible_timestamp": 1, "bot_user_agent": 1,
+        "duplicate_message_id": 1, "cross_source_duplicate": 1}
+    # kept + rejected = input
+    assert result.counts["touchpoints"] + sum(result.rejects_by_reason.values()) == len(SCENARIO)
+    assert [s.name for s in result.steps] == [s.name for s in STEPS]
+    sessions = db.table("sessions").to_pandas().set_index("session_id")
+    assert sessions.channel.to_dict() == {
+        "anon:a1#1": "Paid Search", "anon:a1#2": "Organic Search", "anon:a2#1": "Paid Social",
+        "anon:b1#1": "Organic Social", "anon:c1#1": "Direct"}
+    assert sessions.loc["anon:a1#1", "pageview_count"] == 2
+    persons = db.table("persons").to_pandas()
+    assert len(persons) == 3  # ann (a1, a2, u1, e-mail), bob, carol
+    ann = persons[persons.user_id == "u1"].iloc[0]
+    assert (ann.device_count, ann.email, ann.account_id) == (2, "ann@acme.com", "crm:A1")
+    accounts = db.table("accounts").to_pandas().set_index("account_id")
+    assert accounts.account_source.to_dict() == {"crm:A1": "crm", "domain:beta.io": "email_domain"}
+    links = db.table("identity_links").to_pandas()
+    crm = links[links.link_id == "email:ann@acme.com|user:u1"].iloc[0]
+    assert crm.evidence == "crm_match"  # from the CRM copy dropped as a duplicate touch
+    touch = db.table("touchpoints").filter(lambda t: t.revenue.notnull()).to_pandas().iloc[0]
+    assert round(touch.revenue, 2) == 20.70 and touch.currency == "USD"
+
+
+def test_rerun_is_idempotent_and_incremental_equals_full_rebuild(db, settings) -> None:  # type: ignore[no-untyped-def]
+    day1 = [r for r in SCENARIO if str(r["timestamp"]) < "11:00"]
+    setup(db, day1)
+    run_prepare(db, settings, now=NOW)
+    setup(db)  # the rest of the day arrives
+    run_prepare(db, settings, now=NOW)
+    incremental = snapshot(db)
+    run_prepare(db, settings, now=NOW)
+    assert_frames_equal(snapshot(db), incremental)
+
+
+def test_identity_guards_cut_hubs_and_unlinking_splits(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rows = [{"anonymous_id": f"d{i}", "timestamp": "09:00", "email": "help@vendor.com"}
+            for i in range(4)]
+    rows += [{"anonymous_id": "x1", "type": "identify", "user_id": "ux", "timestamp": "09:00"},
+             {"anonymous_id": "x2", "type": "identify", "user_id": "ux", "timestamp": "09:00"}]
+    load(db, rows)
+    capped = Settings(database_url="duckdb://", temp_directory=tmp_path, identity_max_degree=3)
+    run_prepare(db, capped, now=NOW)
+    links = db.table("identity_links").to_pandas()
+    assert set(links[links.identifier_b == "email:help@vendor.com"].reason) == {"max_degree"}
+    assert db.table("persons").count().execute() == 4 + 1 + 1  # 4 devices, the e-mail, ux
+    unlinked = capped.model_copy(update={"identity_unlink": ["user:ux"]})
+    run_prepare(db, unlinked, now=NOW)
+    assert db.table("persons").count().execute() == 4 + 1 + 3
+
+
+def assert_frames_equal(left: dict[str, pd.DataFrame], right: dict[str, pd.DataFrame]) -> None:
+    assert left.keys() == right.keys()
+    for name in left:
+        pd.testing.assert_frame_equal(left[name], right[name], check_dtype=False,
+                                      obj=f"table {name}")
+
+
+def test_duckdb_and_spark_prepare_identically(con, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    reference = engine.connect(settings=settings)
+    setup(reference)
+    run_prepare(reference, settings, now=NOW)
+    setup(con)
+    run_prepare(con, settings, now=NOW)
+    assert_frames_equal(snapshot(con), snapshot(reference))
+
+
+def test_cli_prepare_prints_tables(tmp_path: Path) -> None:
+    from touchline.cli import app
+
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    con = engine.connect(url, settings=Settings(database_url=url))
+    con.create_table("events", arrow_table(store.EVENTS, event_rows(SCENARIO[:3])))
+    con.disconnect()
+    result = CliRunner().invoke(app, ["prepare", "--database", url])
+    assert result.exit_code == 0, result.output
+    assert "touchpoints" in result.output and "drop_bot_user_agents" in result.output

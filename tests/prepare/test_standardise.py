@@ -1,0 +1,96 @@
+"""standardise steps: hand-computed spellings for UTMs, URLs, contacts and currencies."""
+
+from __future__ import annotations
+
+import ibis
+import pytest
+
+from touchline.prepare import reference, standardise
+
+from .conftest import working
+
+URL_CASES = [
+    ("HTTPS://Shop.COM/Pricing/?utm_source=x&plan=pro#top", "https://shop.com/Pricing?plan=pro"),
+    ("https://shop.com/?gclid=abc", "https://shop.com"),
+    ("https://shop.com/a?x=1&fbclid=f&y=2", "https://shop.com/a?x=1&y=2"),
+    ("https://shop.com/a?_gax=1", "https://shop.com/a?_gax=1"),
+    ("/relative/path/?utm_medium=cpc", "/relative/path"),
+    ("not a url", "not a url"),
+    (None, None),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), URL_CASES)
+def test_normalise_url(db, raw: str | None, expected: str | None) -> None:  # type: ignore[no-untyped-def]
+    got = db.execute(standardise.normalise_url(ibis.literal(raw, type="string")))
+    assert (None if got is None or got != got else got) == expected
+
+
+def test_utm_fields_are_trimmed_lowered_and_aliased_with_an_audit(db) -> None:  # type: ignore[no-untyped-def]
+    events = working(db, [
+        {"anonymous_id": "a", "timestamp": "09:00", "utm_source": " Google ", "utm_medium": "CPC"},
+        {"anonymous_id": "a", "timestamp": "09:01", "utm_source": "FB",
+         "utm_medium": "Paid-Search"},
+        {"anonymous_id": "a", "timestamp": "09:02", "utm_source": "", "utm_campaign": "Spring 🌸"},
+    ])
+    out, audit = standardise.standardise_utm(
+        events, source_aliases=reference.aliases("source"),
+        medium_aliases=reference.aliases("medium"))
+    got = out.order_by("message_id").select("utm_source", "utm_medium", "utm_campaign").to_pandas()
+    assert got.utm_source.tolist() == ["google", "facebook", None]
+    assert got.utm_medium.tolist() == ["cpc", "cpc", None]
+    assert got.utm_campaign.tolist()[2] == "spring 🌸"
+    rows = {(r.field, r.old_value, r.new_value, r.reason_code)
+            for r in audit.to_pandas().itertuples()}
+    assert ("utm_source", "FB", "facebook", "utm_source_alias") in rows
+    assert ("utm_source", "", None, "empty_value") in rows
+    assert ("utm_medium", "Paid-Search", "cpc", "utm_medium_alias") in rows
+
+
+def test_urls_give_path_referrer_host_and_click_id_even_for_huge_referrers(db) -> None:  # type: ignore[no-untyped-def]
+    huge = "https://Blog.Example.org/" + "x" * 10_000
+    events = working(db, [
+        {"anonymous_id": "a", "timestamp": "09:00", "url": "https://shop.com/p/?gclid=g",
+         "gclid": "g", "referrer": huge},
+        {"anonymous_id": "a", "timestamp": "09:01", "url": "https://shop.com", "fbclid": "f",
+         "referrer": "android-app://com.google"},
+    ])
+    out, audit = standardise.standardise_urls(events)
+    got = out.order_by("message_id").to_pandas()
+    assert got.page_url.tolist() == ["https://shop.com/p", "https://shop.com"]
+    assert got.page_path.tolist() == ["/p", "/"]
+    assert got.referrer_host.tolist() == ["blog.example.org", "com.google"]
+    assert got.click_id_type.tolist() == ["google", "meta"]
+    assert audit.row_count.to_pandas().tolist() == [1]
+
+
+def test_contacts_become_lower_case_emails_and_e164_phones(db) -> None:  # type: ignore[no-untyped-def]
+    events = working(db, [
+        {"anonymous_id": "a", "timestamp": "09:00", "email": " Ann@Acme.COM ",
+         "phone": "(202) 555-0143"},
+        {"anonymous_id": "a", "timestamp": "09:01", "email": "not-an-email", "phone": "call me"},
+        {"anonymous_id": "a", "timestamp": "09:02", "phone": "+44 20 7946 0958"},
+    ])
+    phones = db.create_table("phones", standardise.e164_table(
+        ["(202) 555-0143", "call me", "+44 20 7946 0958"], "US"))
+    out, audit = standardise.standardise_contacts(events, phones)
+    got = out.order_by("message_id").select("email", "phone").to_pandas()
+    assert got.email.tolist() == ["ann@acme.com", None, None]
+    assert got.phone.tolist() == ["+12025550143", None, "+442079460958"]
+    counts = {r.reason_code: r.row_count for r in audit.to_pandas().itertuples()}
+    assert counts == {"email_normalised": 1, "invalid_email": 1, "phone_normalised": 2,
+                      "invalid_phone": 1}
+
+
+def test_revenue_is_converted_to_the_reporting_currency(db) -> None:  # type: ignore[no-untyped-def]
+    events = working(db, [
+        {"anonymous_id": "a", "timestamp": "09:00", "revenue": 100.0, "currency": "eur"},
+        {"anonymous_id": "a", "timestamp": "09:01", "revenue": 50.0},
+        {"anonymous_id": "a", "timestamp": "09:02", "revenue": 10.0, "currency": "XXX"},
+    ])
+    rates = {"EUR": 1.035 / 1.0, "USD": 1.0}
+    out, audit = standardise.convert_currency(events, rates=rates, reporting="USD")
+    got = out.order_by("message_id").revenue.to_pandas().tolist()
+    assert got[:2] == pytest.approx([103.5, 50.0])
+    assert got[2] != got[2]  # unknown currency: null, never 1:1
+    assert audit.to_pandas()[["old_value", "row_count"]].values.tolist() == [["XXX", 1]]

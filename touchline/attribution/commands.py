@@ -1,0 +1,292 @@
+"""CLI commands of attribution: ``attribute`` and ``evaluate``, the contract other tools use.
+
+Registered on the main Typer app by :func:`register`; like the rest of the CLI, only this layer
+prints. ``--format json`` prints::
+
+    {"model": ..., "params": {...}, "total_conversions": ..., "total_value": ...,
+     "channels": [{"channel": ..., "conversions": ..., "value": ..., ...}]}
+
+and with ``--model all`` each channel carries ``{"conversions": {model: ...}, "value": {...}}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from touchline.attribution.compare import attribute as attribute_paths
+from touchline.attribution.compare import compare
+from touchline.attribution.evaluate import evaluate as evaluate_models
+from touchline.attribution.evaluate import load_truth
+from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, read_path_file
+from touchline.attribution.registry import MODELS, lookup
+from touchline.errors import ConfigError, TouchlineError
+
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+FORMATS = ("table", "json", "csv")
+ALL_MODELS = "all"
+
+
+def _fail(exc: TouchlineError) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+    return typer.Exit(code=2)
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs: JSON values (numbers, true, lists) or text; ``a,b`` is a list."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param {pair!r}: expected key=value, e.g. half_life_days=3")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = [part.strip() for part in raw.split(",")] if "," in raw else raw
+        params[key.strip()] = value
+    return params
+
+
+def _read(paths_file: Path, sep: str, level: str) -> PathSet:
+    column = "path"
+    if level != "channel":
+        import pyarrow.parquet as pq
+
+        if paths_file.suffix.lower() in (".parquet", ".pq"):
+            names = pq.read_schema(paths_file).names
+        else:
+            with paths_file.open(encoding="utf-8-sig", errors="replace") as handle:
+                names = [n.strip() for n in handle.readline().replace(";", ",").split(",")]
+        column = next((c for c in (f"{level}_path", level) if c in names), "path")
+    return read_path_file(paths_file, sep=sep, path_column=column, level=level)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+def _single_json(frame: pd.DataFrame) -> dict[str, Any]:
+    level = frame.attrs["level"]
+    channels = [
+        {("channel" if k == level else k): _clean(v) for k, v in row.items()}
+        for row in frame.to_dict("records")
+    ]
+    return {
+        "model": frame.attrs["model"],
+        "params": frame.attrs["params"],
+        "level": level,
+        "total_conversions": _clean(frame.attrs["total_conversions"]),
+        "total_value": _clean(frame.attrs["total_value"]),
+        "channels": channels,
+    }
+
+
+def _all_json(
+    conversions: pd.DataFrame, value: pd.DataFrame, params: dict[str, Any]
+) -> dict[str, Any]:
+    level = conversions.attrs["level"]
+    models = [c for c in conversions.columns if c != level]
+    channels = [
+        {
+            "channel": label,
+            "conversions": {m: _clean(conversions.at[i, m]) for m in models},
+            "value": {m: _clean(value.at[i, m]) for m in models},
+        }
+        for i, label in enumerate(conversions[level])
+    ]
+    return {
+        "model": ALL_MODELS,
+        "params": params,
+        "level": level,
+        "models": models,
+        "total_conversions": _clean(conversions.attrs["total_conversions"]),
+        "total_value": _clean(conversions.attrs["total_value"]),
+        "channels": channels,
+    }
+
+
+def _table(frame: pd.DataFrame, title: str, sort_by: str | None = None) -> Table:
+    if sort_by:
+        frame = frame.sort_values(sort_by, ascending=False, kind="stable")
+    table = Table(*[str(c) for c in frame.columns], title=title)
+    for row in frame.itertuples(index=False):
+        table.add_row(*[f"{v:,.4g}" if isinstance(v, float) else str(v) for v in row])
+    return table
+
+
+def _emit(text: str | Table, out: Path | None) -> None:
+    if out is None:
+        if isinstance(text, Table):
+            console.print(text)
+        else:
+            console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+        return
+    if isinstance(text, Table):
+        recorder = Console(record=True, width=200, file=io.StringIO())
+        recorder.print(text)
+        text = recorder.export_text()
+    out.write_text(text)
+    err_console.print(f"wrote {out}")
+
+
+def print_demo_summary(paths_file: Path, truth_file: Path) -> None:
+    """For ``touchline demo``: every model side by side, then the ranking against the truth."""
+    path_set = _read(paths_file, PATH_SEP_DEFAULT, "channel")
+    conversions = compare(path_set)
+    console.print(
+        _table(
+            conversions,
+            f"conversions credited by each model (total {path_set.total_conversions:,.6g})",
+            sort_by="markov",
+        )
+    )
+    ranking = evaluate_models(conversions, load_truth(truth_file))
+    console.print(
+        _table(
+            ranking,
+            f"models ranked by L1 share distance to {truth_file.name} (0 = perfect, 2 = disjoint)",
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``attribute`` and ``evaluate`` to ``app``."""
+
+    @app.command()
+    def attribute(
+        paths: Annotated[
+            Path,
+            typer.Option(
+                "--paths",
+                help="Path file: CSV (',' or ';') or Parquet with `path` and count columns.",
+            ),
+        ],
+        model: Annotated[
+            str,
+            typer.Option(
+                help=f"One of {', '.join(sorted(MODELS))}, or 'all' for every model side by side."
+            ),
+        ] = "markov",
+        order: Annotated[int | None, typer.Option(help="Markov order (1-4).")] = None,
+        sep: Annotated[
+            str, typer.Option(help="Separator between touches in `path`.")
+        ] = PATH_SEP_DEFAULT,
+        level: Annotated[
+            str,
+            typer.Option(
+                help="What the touches are (channel, campaign...); "
+                "reads column `<level>_path` if present."
+            ),
+        ] = "channel",
+        fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+        out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+        param: Annotated[
+            list[str] | None,
+            typer.Option(help="Model parameter key=value (repeatable), e.g. half_life_days=3."),
+        ] = None,
+        ci: Annotated[float | None, typer.Option(help="Bootstrap interval, e.g. 0.9.")] = None,
+        replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 200,
+    ) -> None:
+        """Credit conversions and revenue to channels from a path file."""
+        try:
+            if fmt not in FORMATS:
+                raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+            params = parse_params(param or [])
+            if model != ALL_MODELS:
+                lookup(model, source="--model")
+            if order is not None:
+                params["order"] = order
+            path_set = _read(paths, sep, level)
+            if model == ALL_MODELS:
+                per_model = {"markov": {"order": order}} if order is not None else {}
+                if params.keys() - {"order"}:
+                    raise ConfigError("--param applies to one model; drop it with --model all")
+                conversions = compare(path_set, params=per_model)
+                value = compare(path_set, params=per_model, measure="value")
+                shown: str | Table
+                if fmt == "json":
+                    shown = json.dumps(_all_json(conversions, value, params), indent=2) + "\n"
+                elif fmt == "csv":
+                    wide = conversions.merge(value, on=level, suffixes=("", "_value"))
+                    shown = wide.to_csv(index=False)
+                else:
+                    shown = _table(
+                        conversions,
+                        f"conversions credited by each model "
+                        f"(total {path_set.total_conversions:,.6g})",
+                        sort_by="markov",
+                    )
+            else:
+                frame = attribute_paths(path_set, model, ci=ci, replicates=replicates, **params)
+                if fmt == "json":
+                    shown = json.dumps(_single_json(frame), indent=2) + "\n"
+                elif fmt == "csv":
+                    shown = frame.to_csv(index=False)
+                else:
+                    shown = _table(
+                        frame,
+                        f"{model} {params or ''}".strip()
+                        + f": {path_set.total_conversions:,.6g} conversions, "
+                        f"{path_set.total_value:,.2f} value",
+                        sort_by="conversions",
+                    )
+        except TouchlineError as exc:
+            raise _fail(exc) from None
+        _emit(shown, out)
+
+    @app.command()
+    def evaluate(
+        truth: Annotated[Path, typer.Option(help="truth.json (simulator or gen_paths.py).")],
+        paths: Annotated[Path, typer.Option("--paths", help="Path file to attribute.")],
+        models: Annotated[
+            str | None,
+            typer.Option(help="Comma-separated models (default: every model the file allows)."),
+        ] = None,
+        sep: Annotated[str, typer.Option(help="Separator between touches.")] = PATH_SEP_DEFAULT,
+        measure: Annotated[str, typer.Option(help="conversions or value.")] = "conversions",
+        fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+        out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+    ) -> None:
+        """Rank models by distance to the true incremental conversions (or revenue)."""
+        try:
+            if fmt not in FORMATS:
+                raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+            known = load_truth(truth)
+            path_set = _read(paths, sep, "channel")
+            chosen = [m.strip() for m in models.split(",")] if models else None
+            credits = compare(path_set, chosen, measure=measure)
+            ranking = evaluate_models(credits, known, measure=measure)
+        except TouchlineError as exc:
+            raise _fail(exc) from None
+        shown: str | Table
+        if fmt == "json":
+            records = [{k: _clean(v) for k, v in row.items()} for row in ranking.to_dict("records")]
+            shown = (
+                json.dumps({"truth": str(truth), "measure": measure, "ranking": records}, indent=2)
+                + "\n"
+            )
+        elif fmt == "csv":
+            shown = ranking.to_csv(index=False)
+        else:
+            shown = _table(
+                ranking,
+                f"models ranked by L1 share distance to {truth.name} "
+                f"({measure}; 0 = perfect, 2 = disjoint)",
+            )
+        _emit(shown, out)

@@ -1,0 +1,611 @@
+"""Paths: the unit every attribution model works on, built in the engine or read from a file.
+
+Two inputs are accepted (the contract is spelled out in ``docs/attribution.md``):
+
+* an **aggregated paths table**, one row per distinct path: ``path`` (an array of touch labels in
+  time order), ``conversions``, ``value`` and ``nulls`` (journeys on that path that did not
+  convert), optionally ``lead_position`` / ``opportunity_position`` (0-based index of the touch
+  that created the lead / opportunity, for W-shaped and full-path) and ``ages`` (days from each
+  touch to the conversion, for time decay);
+* a **touch-level table**, one row per touch: ``journey_id``, ``touch_at``, ``channel`` (or any
+  other level column), per-journey ``converted``, ``value``, ``converted_at`` and optional flags
+  ``is_lead_touch`` / ``is_opportunity_touch``. :func:`aggregate_paths` turns it into the first
+  shape with Ibis, identically on DuckDB and Spark.
+
+The dense maths then runs on a :class:`PathSet`: the distinct paths as integer codes in
+compressed-row form (``offsets``/``codes``, like a CSR matrix), so every model is a handful of
+vectorised numpy operations over all touches at once, never a Python loop over paths.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from touchline.errors import InputError, SchemaError
+
+if TYPE_CHECKING:
+    import ibis.expr.types as ir
+    import pandas as pd
+    from scipy import sparse
+
+log = logging.getLogger(__name__)
+
+PATH_SEP_DEFAULT = " > "
+SECONDS_PER_DAY = 86_400.0
+
+#: Accepted names of each count column in a path file, first match wins.
+COUNT_ALIASES: dict[str, tuple[str, ...]] = {
+    "conversions": ("conversions", "total_conversions"),
+    "value": ("value", "total_conversion_value"),
+    "nulls": ("nulls", "total_null"),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class PathSet:
+    """Distinct paths as integer codes, with their outcome counts.
+
+    Path ``i`` is ``labels[codes[offsets[i]:offsets[i + 1]]]``. ``labels`` is sorted, so the
+    same data give the same codes whatever order the rows came in.
+
+    Attributes
+    ----------
+    labels
+        The touch labels (channels, campaigns...), sorted.
+    offsets
+        ``int64[n_paths + 1]``: where each path starts in ``codes``.
+    codes
+        ``int64[n_touches]``: index into ``labels`` of each touch, in time order.
+    conversions, value, nulls
+        ``float64[n_paths]``: converting journeys, their revenue, and non-converting journeys.
+    lead_position, opportunity_position
+        ``int64[n_paths]``: 0-based index of the lead / opportunity creating touch, -1 if none.
+    ages
+        ``float64[n_touches]`` or None: days from each touch to the conversion (time decay).
+    level
+        What the labels are: ``"channel"``, ``"campaign"``...
+    """
+
+    labels: np.ndarray
+    offsets: np.ndarray
+    codes: np.ndarray
+    conversions: np.ndarray
+    value: np.ndarray
+    nulls: np.ndarray
+    lead_position: np.ndarray
+    opportunity_position: np.ndarray
+    ages: np.ndarray | None = None
+    level: str = "channel"
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # ---- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_lists(
+        cls,
+        paths: Sequence[Sequence[str]],
+        conversions: Sequence[float],
+        value: Sequence[float] | None = None,
+        nulls: Sequence[float] | None = None,
+        **extra: Any,
+    ) -> PathSet:
+        """Small, readable construction for tests and examples.
+
+        >>> ps = PathSet.from_lists([["a", "b"], ["b"]], conversions=[1, 2], nulls=[0, 5])
+        >>> ps.n_paths, list(ps.labels), ps.total_conversions
+        (2, ['a', 'b'], 3.0)
+        """
+        array = pa.array([list(p) for p in paths], type=pa.list_(pa.string()))
+        n = len(paths)
+        table = pa.table(
+            {
+                "path": array,
+                "conversions": pa.array(np.asarray(conversions, float)),
+                "value": pa.array(np.zeros(n) if value is None else np.asarray(value, float)),
+                "nulls": pa.array(np.zeros(n) if nulls is None else np.asarray(nulls, float)),
+            }
+        )
+        for name, values in extra.items():
+            table = table.append_column(name, pa.array(values))
+        return cls.from_arrow(table)
+
+    @classmethod
+    def from_arrow(
+        cls, table: pa.Table, *, level: str = "channel", source: str = "paths"
+    ) -> PathSet:
+        """From an aggregated paths table (Arrow): ``path`` list column plus counts."""
+        if "path" not in table.column_names:
+            raise SchemaError(
+                f"{source}: no column 'path' (columns: {', '.join(table.column_names)})"
+            )
+        path = table.column("path").combine_chunks()
+        if not pa.types.is_list(path.type) and not pa.types.is_large_list(path.type):
+            raise SchemaError(f"{source}: column 'path' must be a list of labels, not {path.type}")
+        n = len(path)
+        if path.null_count:
+            bad = int(np.flatnonzero(path.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(f"{source}: row {bad + 1}: empty path")
+        lengths = pc.list_value_length(path).to_numpy(zero_copy_only=False).astype(np.int64)
+        if n and lengths.min() == 0:
+            bad = int(np.flatnonzero(lengths == 0)[0])
+            raise InputError(f"{source}: row {bad + 1}: empty path")
+        flat = pc.list_flatten(path)
+        if flat.null_count:
+            row = np.repeat(np.arange(n), lengths)
+            bad = int(row[np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]])
+            raise InputError(f"{source}: row {bad + 1}: a touch has no {level}")
+        encoded = pc.dictionary_encode(flat.cast(pa.string()))
+        raw_labels = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+        order = np.argsort(raw_labels, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        codes = rank[encoded.indices.to_numpy(zero_copy_only=False)].astype(np.int64)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+
+        def counts(name: str, default: float) -> np.ndarray:
+            if name not in table.column_names:
+                return np.full(n, default, float)
+            column = table.column(name).combine_chunks().cast(pa.float64())
+            return column.fill_null(default).to_numpy(zero_copy_only=False).astype(float)
+
+        ages = None
+        if "ages" in table.column_names:
+            ages = (
+                pc.list_flatten(table.column("ages").combine_chunks())
+                .to_numpy(zero_copy_only=False)
+                .astype(float)
+            )
+        paths = cls(
+            labels=raw_labels[order],
+            offsets=offsets,
+            codes=codes,
+            conversions=counts("conversions", 0.0),
+            value=counts("value", 0.0),
+            nulls=counts("nulls", 0.0),
+            lead_position=counts("lead_position", -1).astype(np.int64),
+            opportunity_position=counts("opportunity_position", -1).astype(np.int64),
+            ages=ages,
+            level=level,
+        )
+        paths.validate(source)
+        return paths
+
+    @classmethod
+    def from_pandas(cls, frame: pd.DataFrame, *, level: str = "channel") -> PathSet:
+        """From a pandas frame with a ``path`` column of lists."""
+        return cls.from_arrow(pa.Table.from_pandas(frame, preserve_index=False), level=level)
+
+    def validate(self, source: str = "paths") -> None:
+        """Reject counts no journey could produce: negative or not finite."""
+        for name in ("conversions", "value", "nulls"):
+            values = getattr(self, name)
+            bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+            if len(bad):
+                raise InputError(
+                    f"{source}: row {bad[0] + 1}: {name} is {float(values[bad[0]])!r}; "
+                    "counts must be finite and >= 0"
+                )
+
+    def with_counts(self, conversions: np.ndarray, value: np.ndarray, nulls: np.ndarray) -> PathSet:
+        """The same paths with other outcome counts (bootstrap replicates, scaling).
+
+        Arrays that depend only on the paths (positions, lengths, channel sets) are kept.
+        """
+        other = replace(self, conversions=conversions, value=value, nulls=nulls, _cache={})
+        for name in _SHAPE_ONLY:
+            if name in self.__dict__:
+                other.__dict__[name] = self.__dict__[name]
+        return other
+
+    # ---- derived arrays (computed once per PathSet) ------------------------------------------
+
+    @property
+    def n_paths(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def total_conversions(self) -> float:
+        return float(self.conversions.sum())
+
+    @property
+    def total_value(self) -> float:
+        return float(self.value.sum())
+
+    @property
+    def _index_type(self) -> type[np.signedinteger]:
+        # per-touch index arrays are the bulk of the memory: 32 bits while they fit
+        return np.int32 if len(self.codes) < 2**31 - 1 else np.int64
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """Touches per path."""
+        return np.diff(self.offsets)
+
+    @cached_property
+    def row(self) -> np.ndarray:
+        """For each touch, the index of its path."""
+        return np.repeat(np.arange(self.n_paths, dtype=self._index_type), self.lengths)
+
+    @cached_property
+    def label_counts(self) -> np.ndarray | sparse.csr_matrix:
+        """Paths × labels: how many touches of each label a path has (dense while small)."""
+        from scipy import sparse
+
+        n, k = self.n_paths, self.n_labels
+        key = self.row.astype(np.int64) * k + self.codes
+        if n * k <= _DENSE_CELLS_MAX:
+            return np.bincount(key, minlength=n * k).reshape(n, k).astype(float)
+        pairs, counts = np.unique(key, return_counts=True)
+        return sparse.csr_matrix((counts.astype(float), (pairs // k, pairs % k)), shape=(n, k))
+
+    @property
+    def label_presence(self) -> np.ndarray | sparse.csr_matrix:
+        """Paths × labels: 1 where the path has the label."""
+        counts = self.label_counts
+        if isinstance(counts, np.ndarray):
+            return (counts > 0).astype(float)
+        presence = counts.copy()
+        presence.data[:] = 1.0
+        return presence
+
+    @cached_property
+    def channel_sets(self) -> np.ndarray:
+        """Bitmask of the distinct labels of each path (``uint64``; at most 63 labels)."""
+        if self.n_labels > 63:
+            raise InputError(
+                f"{self.n_labels} distinct {self.level} labels: channel-set models handle at "
+                "most 63; attribute at a coarser level"
+            )
+        bits = np.left_shift(np.uint64(1), self.codes.astype(np.uint64))
+        return np.bitwise_or.reduceat(bits, self.offsets[:-1]) if self.n_paths else bits[:0]
+
+    def first_occurrence(self) -> np.ndarray:
+        """Mask of touches that are the first of their label within their path."""
+        key = self.row.astype(np.int64) * self.n_labels + self.codes
+        _, first = np.unique(key, return_index=True)
+        mask = np.zeros(len(self.codes), bool)
+        mask[first] = True
+        return mask
+
+    def to_frame(self, sep: str = PATH_SEP_DEFAULT) -> pd.DataFrame:
+        """For display: paths joined by ``sep`` with their counts (not for round trips)."""
+        import pandas as pd
+
+        names = self.labels[self.codes]
+        bounds = zip(self.offsets[:-1], self.offsets[1:], strict=True)
+        joined = [sep.join(names[a:b]) for a, b in bounds]
+        return pd.DataFrame(
+            {
+                "path": joined,
+                "conversions": self.conversions,
+                "value": self.value,
+                "nulls": self.nulls,
+            }
+        )
+
+
+#: cached arrays of a PathSet that do not depend on the counts
+_SHAPE_ONLY = (
+    "lengths",
+    "row",
+    "channel_sets",
+    "label_counts",
+)
+_DENSE_CELLS_MAX = 1 << 22  # paths × labels as a dense matrix up to 4M cells (32 MB)
+
+
+# ---- path files --------------------------------------------------------------------------------
+
+
+def read_path_file(
+    file: Path, *, sep: str = PATH_SEP_DEFAULT, path_column: str = "path", level: str = "channel"
+) -> PathSet:
+    """Read a path file (CSV with ``,`` or ``;``, or Parquet) into a :class:`PathSet`.
+
+    The file has a ``path_column`` of touches joined by ``sep`` and count columns named as in
+    :data:`COUNT_ALIASES` (``value`` and ``nulls`` optional). Errors name the file, the line
+    (CSV, header = line 1) or row (Parquet), and the column.
+
+    CSV streams through Arrow's reader in blocks with typed count columns, and each block's
+    touches become integer codes at once, so memory holds the codes, not the strings; only a
+    file that fails there is re-read as text, to find the bad line.
+    """
+    import pandas as pd
+
+    file = Path(file)
+    if not file.is_file():
+        raise InputError(f"{file}: no such file")
+    if file.suffix.lower() in (".parquet", ".pq"):
+        frame = pd.read_parquet(file)
+        frame.columns = [str(c).strip() for c in frame.columns]
+        names = _count_columns(file, list(frame.columns), path_column)
+        paths = _PathAccumulator(file, sep, path_column, where="row", first_line=1)
+        text = frame[path_column].astype(str).where(frame[path_column].notna(), "")
+        counts = _checked_counts(file, frame, names, where="row", first_line=1)
+        paths.add(pa.array(text, type=pa.string()), counts)
+        return paths.build(level)
+    delimiter = _sniff_delimiter(file)
+    with file.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        header = [c.strip() for c in next(csv.reader(handle, delimiter=delimiter))]
+    names = _count_columns(file, header, path_column)
+    paths = _PathAccumulator(file, sep, path_column, where="line", first_line=2)
+    try:
+        # text cells, in chunks: memory holds one chunk's strings, and a bad count is found
+        # with its line number in the same pass
+        chunks = pd.read_csv(
+            file,
+            sep=delimiter,
+            dtype=str,
+            keep_default_na=False,
+            names=header,
+            skiprows=1,
+            usecols=[path_column, *names.values()],
+            encoding="utf-8-sig",
+            chunksize=_CSV_CHUNK_ROWS,
+        )
+        for chunk in chunks:
+            counts = _checked_counts(file, chunk, names, where="line", first_line=2 + paths.rows)
+            paths.add(
+                pa.array(chunk[path_column].to_numpy(), type=pa.string(), memory_pool=_POOL), counts
+            )
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{file}: not a readable CSV path file: {exc}") from exc
+    return paths.build(level)
+
+
+def _count_columns(file: Path, columns: list[str], path_column: str) -> dict[str, str]:
+    """Canonical count name → the file's column name; errors on a missing column."""
+    if path_column not in columns:
+        raise InputError(f"{file}: missing column {path_column!r} (columns: {', '.join(columns)})")
+    names = {}
+    for canonical, aliases in COUNT_ALIASES.items():
+        name = next((a for a in aliases if a in columns), None)
+        if name is not None:
+            names[canonical] = name
+        elif canonical == "conversions":
+            raise InputError(
+                f"{file}: missing column 'conversions' (or 'total_conversions'); "
+                f"columns: {', '.join(columns)}"
+            )
+    return names
+
+
+_CSV_CHUNK_ROWS = 50_000
+# Arrow's default allocator (mimalloc) keeps freed blocks in per-thread heaps; splitting path
+# strings block by block through the system allocator keeps the peak near the final arrays.
+_POOL = pa.system_memory_pool()
+
+
+def _checked_counts(
+    file: Path, frame: pd.DataFrame, names: dict[str, str], *, where: str, first_line: int
+) -> dict[str, np.ndarray]:
+    """Numbers of each count column, or an error naming the first bad cell."""
+    import pandas as pd
+
+    counts: dict[str, np.ndarray] = {}
+    for canonical, name in names.items():
+        raw = frame[name]
+        text = raw.astype(str).str.strip() if raw.dtype == object else raw
+        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
+        if raw.dtype == object:
+            numbers[(text == "").to_numpy()] = 0.0
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        if len(bad):
+            i = int(bad[0])
+            raise InputError(
+                f"{file}: {where} {i + first_line}: column {name!r}: "
+                f"{raw.iloc[i]!r} is not a number"
+            )
+        negative = np.flatnonzero(numbers < 0)
+        if len(negative):
+            i = int(negative[0])
+            raise InputError(
+                f"{file}: {where} {i + first_line}: column {name!r}: negative count {raw.iloc[i]!r}"
+            )
+        counts[canonical] = numbers
+    return counts
+
+
+class _PathAccumulator:
+    """Joined paths in, block by block, as integer codes against one growing vocabulary."""
+
+    def __init__(
+        self, file: Path, sep: str, path_column: str, *, where: str, first_line: int
+    ) -> None:
+        self.file, self.sep, self.path_column = file, sep, path_column
+        self.where, self.first_line = where, first_line
+        self.vocabulary: dict[str, int] = {}
+        self.codes: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.counts: dict[str, list[np.ndarray]] = {}
+        self.rows = 0
+
+    def add(self, text: pa.Array, counts: dict[str, np.ndarray]) -> None:
+        """Split one block of joined paths (vectorised in Arrow) and keep its codes."""
+        # split on the separator's visible part, then trim: 'A>B' and 'A >  B' read as ' > '
+        pattern = self.sep.strip() or self.sep
+        split = pc.split_pattern(text, pattern=pattern, memory_pool=_POOL)
+        flat = pc.list_flatten(split, memory_pool=_POOL)
+        if pattern != self.sep:
+            flat = pc.utf8_trim_whitespace(flat, memory_pool=_POOL)
+        lengths = pc.list_value_length(split, memory_pool=_POOL).to_numpy(zero_copy_only=False)
+        lengths = lengths.astype(np.int64)
+        empty = pc.equal(flat, "", memory_pool=_POOL).to_numpy(zero_copy_only=False)
+        if empty.any():
+            i = int(np.repeat(np.arange(len(text)), lengths)[np.flatnonzero(empty)[0]])
+            raw_path = text[i].as_py()
+            what = "empty path" if not raw_path.strip() else f"empty touch in path {raw_path!r}"
+            raise InputError(
+                f"{self.file}: {self.where} {self.rows + i + self.first_line}: "
+                f"column {self.path_column!r}: {what}"
+            )
+        encoded = pc.dictionary_encode(flat, memory_pool=_POOL)
+        local = np.array(
+            [
+                self.vocabulary.setdefault(label, len(self.vocabulary))
+                for label in encoded.dictionary.to_pylist()
+            ],
+            np.int64,
+        )
+        self.codes.append(local[encoded.indices.to_numpy(zero_copy_only=False)])
+        self.lengths.append(lengths)
+        for name, values in counts.items():
+            self.counts.setdefault(name, []).append(values)
+        self.rows += len(text)
+
+    def build(self, level: str) -> PathSet:
+        """The :class:`PathSet`, labels sorted."""
+        labels = np.array(list(self.vocabulary), dtype=object)
+        order = np.argsort(labels, kind="stable")
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        codes = rank[np.concatenate(self.codes)] if self.codes else np.zeros(0, np.int64)
+
+        def column(name: str) -> np.ndarray:
+            parts = self.counts.get(name)
+            return np.concatenate(parts) if parts else np.zeros(len(lengths))
+
+        n = len(lengths)
+        paths = PathSet(
+            labels=labels[order],
+            offsets=offsets,
+            codes=codes,
+            conversions=column("conversions"),
+            value=column("value"),
+            nulls=column("nulls"),
+            lead_position=np.full(n, -1, np.int64),
+            opportunity_position=np.full(n, -1, np.int64),
+            level=level,
+        )
+        log.info("read %d distinct paths from %s", paths.n_paths, self.file)
+        return paths
+
+
+def _sniff_delimiter(file: Path) -> str:
+    """``;`` if the header has more semicolons than commas, else ``,``."""
+    with file.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        header = handle.readline()
+    if not header.strip():
+        raise InputError(f"{file}: empty file (expected a header with a 'path' column)")
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;").delimiter
+    except csv.Error:
+        return ";" if header.count(";") > header.count(",") else ","
+
+
+# ---- engine: touches → paths ---------------------------------------------------------------------
+
+
+def aggregate_paths(
+    touches: ir.Table,
+    *,
+    level: str = "channel",
+    lookback: timedelta | None = None,
+    with_ages: bool = False,
+) -> ir.Table:
+    """Turn a touch-level table into the aggregated paths table, in the engine.
+
+    Touches are ordered by ``touch_at`` then by label (a stable tie-break, so DuckDB and Spark
+    agree). A touch after its journey's ``converted_at`` is dropped; with ``lookback``, so is a
+    touch older than ``converted_at - lookback`` (or, for a journey without conversion, older
+    than its last touch minus ``lookback``). A journey left without touches gives no path.
+
+    The ordered list is a window ``collect`` (ordered on both engines; Spark has no ordered
+    aggregate ``collect``), read on each journey's first touch.
+
+    Returns columns ``path``, ``conversions``, ``value``, ``nulls``, ``lead_position``,
+    ``opportunity_position`` (and ``ages``, in days, when ``with_ages``): with ``with_ages``
+    journeys with identical paths but different timings stay apart.
+    """
+    import ibis
+
+    required = {"journey_id", "touch_at", level, "converted"}
+    missing = sorted(required - set(touches.columns))
+    if missing:
+        raise SchemaError(
+            f"touch table lacks column(s) {', '.join(missing)} (has {', '.join(touches.columns)})"
+        )
+    t = touches
+    if "value" not in t.columns:
+        t = t.mutate(value=ibis.literal(0.0))
+    if "converted_at" not in t.columns:
+        t = t.mutate(converted_at=ibis.null("timestamp"))
+    for flag in ("is_lead_touch", "is_opportunity_touch"):
+        if flag not in t.columns:
+            t = t.mutate(**{flag: ibis.literal(False)})
+    t = t.mutate(
+        _end=t.converted_at.cast(t.touch_at.type()).coalesce(
+            t.touch_at.max().over(ibis.window(group_by="journey_id"))
+        )
+    )
+    keep = t.touch_at <= t._end
+    if lookback is not None:
+        keep &= t.touch_at >= t._end - ibis.interval(seconds=int(lookback.total_seconds()))
+    t = t.filter(keep & t[level].notnull())
+    by_time = ["touch_at", level]
+    t = t.mutate(_pos=ibis.row_number().over(ibis.window(group_by="journey_id", order_by=by_time)))
+    t = t.mutate(
+        _lead=ibis.cases((t.is_lead_touch.fill_null(False), t._pos), else_=ibis.null("int64")),
+        _opportunity=ibis.cases(
+            (t.is_opportunity_touch.fill_null(False), t._pos), else_=ibis.null("int64")
+        ),
+        _age=(t._end.epoch_seconds() - t.touch_at.epoch_seconds()).cast("float64")
+        / SECONDS_PER_DAY,
+        _converted=t.converted.cast("boolean").fill_null(False),
+    )
+    ordered = ibis.window(group_by="journey_id", order_by=by_time, rows=(None, None))
+    columns: dict[str, Any] = {
+        "path": t[level].cast("string").collect().over(ordered),
+        "lead_position": t._lead.min().over(ibis.window(group_by="journey_id")),
+        "opportunity_position": t._opportunity.min().over(ibis.window(group_by="journey_id")),
+    }
+    if with_ages:
+        columns["ages"] = t._age.collect().over(ordered)
+    journeys = t.mutate(**columns)
+    journeys = journeys.filter(journeys._pos == 0)
+    keys = ["path", "lead_position", "opportunity_position"] + (["ages"] if with_ages else [])
+    return (
+        journeys.group_by(keys)
+        .aggregate(
+            conversions=journeys._converted.cast("int64").sum(),
+            value=ibis.cases(
+                (journeys._converted, journeys.value.cast("float64")), else_=0.0
+            ).sum(),
+            nulls=(~journeys._converted).cast("int64").sum(),
+        )
+        .mutate(
+            lead_position=lambda x: x.lead_position.fill_null(-1),
+            opportunity_position=lambda x: x.opportunity_position.fill_null(-1),
+        )
+    )
+
+
+def paths_from_touches(
+    touches: ir.Table,
+    *,
+    level: str = "channel",
+    lookback: timedelta | None = None,
+    with_ages: bool = False,
+) -> PathSet:
+    """:func:`aggregate_paths` executed, then brought into numpy (a small table)."""
+    table = aggregate_paths(touches, level=level, lookback=lookback, with_ages=with_ages)
+    return PathSet.from_arrow(table.to_pyarrow(), level=level, source="touches")

@@ -1,0 +1,641 @@
+"""The collector: a Segment-compatible HTTP API that acknowledges only what is on disk.
+
+A raw ASGI application, not a framework: the ingestion routes run per event, and measured here
+a lean path with orjson is 4-5x faster than FastAPI with per-request pydantic models. Routes:
+
+==============================================  ===========================================
+``POST /v1/track|page|screen|identify|alias|group``  one Segment message (also ``/v1/t`` ...)
+``POST /v1/batch`` (and ``/v1/import``)          ``{"batch": [...]}``; bad items → ``rejects``
+``POST /v1/webhooks/{source}``                   chat/form/CRM payloads, mapped by config
+``POST /v1/dni/lease``                           a tracking number for the visitor's session
+``GET /t.js``                                    the browser tracker
+``GET /health``, ``GET /v1/stats``               liveness and counters
+==============================================  ===========================================
+
+Status codes follow Segment, because its SDKs drop a whole batch on any 4xx except 429 and retry
+on 429/5xx: 200 with a small JSON body once durable; 400 ``{"code", "message"}`` for malformed
+JSON, bodies over the limits (32 KB per message, 500 KB per batch) or an invalid single message;
+401 for a missing or unknown write key (counted, never stored); 503 with ``Retry-After`` when
+the spool or disk is over its limit. Bad input never yields a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import time
+import zlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from touchline.collect import segment
+from touchline.collect.dni import LEASES_FILE, LeaseBook
+from touchline.collect.keys import KEYS_FILE, ApiKey, KeyRing
+from touchline.collect.segment import MAX_BATCH_BYTES, MAX_EVENT_BYTES, Problem, truncate_ip
+from touchline.collect.spool import (
+    BATCH,
+    CALL,
+    DEAL,
+    EVENT,
+    REJECT,
+    SpoolError,
+    SpoolFullError,
+    SpoolWriter,
+)
+from touchline.collect.webhooks import SourceMapping, load_mappings, map_payload
+from touchline.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+SETTINGS_ENV = "TL_COLLECTOR_SETTINGS_JSON"
+RETRY_AFTER_SECONDS = 5
+SINGLE_ROUTES = {
+    f"/v1/{name}": kind
+    for kind, names in {
+        "track": ("track", "t"),
+        "page": ("page", "p"),
+        "screen": ("screen", "s"),
+        "identify": ("identify", "i"),
+        "alias": ("alias", "a"),
+        "group": ("group", "g"),
+    }.items()
+    for name in names
+}
+BATCH_ROUTES = frozenset({"/v1/batch", "/v1/import", "/v1/b"})
+WEBHOOK_PREFIX = "/v1/webhooks/"
+TRACKER_FILE = "t.js"
+OK_BODY = b'{"success":true}'
+
+
+class ClientError(Exception):
+    """A request the client must fix: becomes a 4xx with ``{"code", "message"}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def tracker_source() -> bytes:
+    """The t.js source: packaged beside this module, or ``tracker/t.js`` in a checkout."""
+    for path in (
+        Path(__file__).with_name(TRACKER_FILE),
+        Path(__file__).resolve().parents[2] / "tracker" / TRACKER_FILE,
+    ):
+        if path.is_file():
+            return path.read_bytes()
+    raise FileNotFoundError(f"{TRACKER_FILE} is neither packaged nor in tracker/")
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Collector:
+    """The ASGI application. One instance per worker process; the spool opens at startup."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        keys: KeyRing | None = None,
+        webhooks: dict[str, SourceMapping] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool_dir = Path(settings.spool_dir)
+        self.keys = keys or KeyRing(self.spool_dir / KEYS_FILE)
+        self.webhooks = (
+            webhooks if webhooks is not None else load_mappings(settings.webhook_mappings_file)
+        )
+        self.spool: SpoolWriter | None = None
+        self.leases: LeaseBook | None = None
+        self.stats: Counter[str] = Counter()
+        self._tracker: bytes | None = None
+        self._truncate_ip = settings.ip_truncate
+        self._cors_any = "*" in settings.cors_origins
+        self._cors = {o.encode() for o in settings.cors_origins}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open this worker's spool segment and the lease book (idempotent)."""
+        if self.spool is None:
+            self.spool = SpoolWriter(
+                self.spool_dir,
+                segment_bytes=self.settings.spool_segment_bytes,
+                limit_bytes=self.settings.spool_limit_bytes,
+                min_free_bytes=self.settings.spool_min_free_bytes,
+            )
+        if self.leases is None and self.settings.dni_pools:
+            self.leases = LeaseBook(
+                self.spool_dir / LEASES_FILE,
+                self.settings.dni_pools,
+                mode=self.settings.dni_mode,
+                lease_minutes=self.settings.dni_lease_minutes,
+                grace_minutes=self.settings.dni_grace_minutes,
+                region=self.settings.phone_region,
+            )
+
+    def stop(self) -> None:
+        """Seal this worker's segment."""
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.start()
+                except OSError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        cors = self._cors_headers(scope)
+        try:
+            status, body, headers = await self._route(scope, receive)
+        except ClientError as exc:
+            self.stats[f"http_{exc.status}"] += 1
+            status, headers = exc.status, []
+            body = orjson.dumps({"code": exc.code, "message": exc.message})
+        except SpoolFullError as exc:
+            self.stats["overloaded"] += 1
+            status, headers = 503, [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+            body = orjson.dumps({"code": "overloaded", "message": str(exc)})
+        except SpoolError as exc:
+            self.stats["spool_errors"] += 1
+            status, headers = 503, [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+            body = orjson.dumps({"code": "spool_error", "message": str(exc)})
+        content_type = b"application/json"
+        for name, value in headers:
+            if name == b"content-type":
+                content_type = value
+        headers = [(n, v) for n, v in headers if n != b"content-type"]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    *cors,
+                    *headers,
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        if origin is None:
+            return []
+        if not self._cors_any and origin not in self._cors:
+            return []
+        return [
+            (b"access-control-allow-origin", origin),
+            (b"vary", b"Origin"),
+            (b"access-control-allow-credentials", b"true"),
+        ]
+
+    async def _route(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        method, path = scope["method"], scope["path"]
+        if method == "OPTIONS":
+            return (
+                204,
+                b"",
+                [
+                    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                    (
+                        b"access-control-allow-headers",
+                        b"Authorization, Content-Type, Content-Encoding, X-Touchline-Key",
+                    ),
+                    (b"access-control-max-age", b"86400"),
+                ],
+            )
+        if method == "POST":
+            if path in SINGLE_ROUTES:
+                return await self._single(scope, receive, SINGLE_ROUTES[path])
+            if path in BATCH_ROUTES:
+                return await self._batch(scope, receive)
+            if path.startswith(WEBHOOK_PREFIX):
+                return await self._webhook(scope, receive, path[len(WEBHOOK_PREFIX) :])
+            if path == "/v1/dni/lease":
+                return await self._lease(scope, receive)
+        elif method in ("GET", "HEAD"):
+            if path in ("/t.js", "/v1/t.js"):
+                return self._tracker_js()
+            if path == "/health":
+                return 200, b'{"status":"ok"}', []
+            if path == "/v1/stats":
+                return 200, orjson.dumps(dict(self.stats)), []
+        else:
+            raise ClientError(405, "method_not_allowed", f"{method} is not supported")
+        raise ClientError(404, "not_found", f"no route {method} {path}")
+
+    # --- request parts --------------------------------------------------------------------
+
+    async def _read_json(self, scope: Scope, receive: Receive, limit: int) -> Any:
+        """The decoded JSON body and its size; see :meth:`_read_body`."""
+        body = await self._read_body(scope, receive, limit)
+        return _parse(body), len(body)
+
+    async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
+        """The request body, gunzipped, refused (400) over ``limit`` bytes or when empty."""
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ClientError(400, "body_too_large", f"the body is over {limit} bytes")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientError(400, "disconnected", "the client went away mid-body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ClientError(400, "body_too_large", f"the body is over {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding == b"gzip":
+            body = _gunzip(body, limit)
+        elif encoding not in (b"identity", b""):
+            raise ClientError(
+                400,
+                "bad_encoding",
+                f"content-encoding {encoding.decode(errors='replace')!r} is not gzip",
+            )
+        if not body:
+            raise ClientError(400, "empty_body", "the body is empty; send JSON")
+        return body
+
+    def _authenticate(self, scope: Scope, body: Any) -> ApiKey:
+        key = _basic_user(scope)
+        if key is None and isinstance(body, dict):
+            written = body.get("writeKey")
+            key = written if isinstance(written, str) and written else None
+        if key is None:
+            key = (
+                _query_key(scope)
+                or dict(scope["headers"]).get(b"x-touchline-key", b"").decode(errors="replace")
+                or None
+            )
+        if key is None:
+            self.stats["auth_missing"] += 1
+            raise ClientError(
+                401, "missing_write_key", "send the write key as the HTTP Basic user or as writeKey"
+            )
+        found = self.keys.lookup(key, time.monotonic())
+        if found is None or found.kind not in ("write", "admin"):
+            self.stats["auth_unknown"] += 1
+            raise ClientError(401, "unknown_write_key", "the write key is unknown or revoked")
+        return found
+
+    def _stamp(
+        self, message: dict[str, Any], key: ApiKey, received_at: str, client_ip: str | None
+    ) -> bytes:
+        """The spool line of an accepted message: server time, key name, a message id."""
+        message.pop("writeKey", None)
+        if "messageId" not in message:
+            raw = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
+            message["messageId"] = "md5:" + hashlib.md5(raw).hexdigest()
+        context = message.get("context")
+        if context is None:
+            context = message["context"] = {}
+        ip = context.get("ip")
+        if not isinstance(ip, str) or not ip:
+            ip = client_ip
+        if ip is not None:
+            context["ip"] = truncate_ip(ip) if self._truncate_ip else ip
+        message["receivedAt"] = received_at
+        message["writeKey"] = key.name
+        message.setdefault("source", key.name)
+        return EVENT + orjson.dumps(message) + b"\n"
+
+    def _spool(self) -> SpoolWriter:
+        if self.spool is None:
+            self.start()
+        assert self.spool is not None
+        return self.spool
+
+    # --- routes ---------------------------------------------------------------------------
+
+    async def _single(
+        self, scope: Scope, receive: Receive, kind: str
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        body, size = await self._read_json(scope, receive, MAX_BATCH_BYTES)
+        key = self._authenticate(scope, body)
+        if size > MAX_EVENT_BYTES:
+            raise ClientError(
+                400,
+                "event_too_large",
+                f"a message may be at most {MAX_EVENT_BYTES} bytes; this one is {size}",
+            )
+        problem = segment.check_message(body, expected_type=kind)
+        if problem is not None:
+            self.stats["invalid"] += 1
+            raise ClientError(400, problem.code, problem.message)
+        body["type"] = kind
+        line = self._stamp(body, key, _now_iso(), _client_ip(scope))
+        await self._spool().append(line)
+        self.stats["accepted"] += 1
+        return 200, OK_BODY, []
+
+    async def _batch(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        raw = await self._read_body(scope, receive, MAX_BATCH_BYTES)
+        fast = segment.fast_batch(raw)
+        if fast is not None:
+            return await self._batch_as_received(scope, raw, fast)
+        body = _parse(raw)
+        key = self._authenticate(scope, body)
+        batch = body.get("batch") if isinstance(body, dict) else None
+        if not isinstance(batch, list):
+            raise ClientError(400, "bad_batch", 'a batch body is {"batch": [message, ...]}')
+        shared_context = body.get("context") if isinstance(body.get("context"), dict) else None
+        shared_integrations = body.get("integrations")
+        sent_at = body.get("sentAt")
+        received_at, client_ip = _now_iso(), _client_ip(scope)
+        lines: list[bytes] = []
+        rejected = 0
+        for index, message in enumerate(batch, start=1):
+            if isinstance(message, dict):
+                if shared_context is not None:
+                    own = message.get("context")
+                    message["context"] = (
+                        {**shared_context, **own} if isinstance(own, dict) else dict(shared_context)
+                    )
+                if shared_integrations is not None:
+                    message.setdefault("integrations", shared_integrations)
+                if sent_at is not None:
+                    message.setdefault("sentAt", sent_at)
+            problem = segment.check_message(message)
+            line = b""
+            if problem is None:
+                line = self._stamp(message, key, received_at, client_ip)
+                if len(line) > MAX_EVENT_BYTES:
+                    problem = Problem(
+                        "event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes"
+                    )
+            if problem is not None:
+                rejected += 1
+                line = (
+                    REJECT
+                    + orjson.dumps(
+                        {
+                            "source": scope["path"],
+                            "line": index,
+                            "code": problem.code,
+                            "field": problem.field,
+                            "message": problem.message,
+                            "raw": orjson.dumps(message).decode()[: segment.MAX_RAW_REJECT_CHARS],
+                            "receivedAt": received_at,
+                            "writeKey": key.name,
+                        }
+                    )
+                    + b"\n"
+                )
+            lines.append(line)
+        if lines:
+            await self._spool().append(b"".join(lines))
+        self.stats["accepted"] += len(lines) - rejected
+        self.stats["rejected"] += rejected
+        return (
+            200,
+            orjson.dumps(
+                {"success": True, "accepted": len(lines) - rejected, "rejected": rejected}
+            ),
+            [],
+        )
+
+    async def _batch_as_received(
+        self, scope: Scope, raw: bytes, fast: segment.FastBatch
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Spool a batch whose every message is valid as it came: no per-message Python work.
+
+        The loader stamps each message (receipt time, key name, merged context) in DuckDB;
+        JSON allows newlines only between tokens, so they become spaces to keep one line.
+        """
+        key = self._authenticate(scope, {"writeKey": fast.write_key} if fast.write_key else None)
+        client_ip = _client_ip(scope)
+        header = {
+            "receivedAt": _now_iso(),
+            "writeKey": key.name,
+            "ip": (truncate_ip(client_ip) if self._truncate_ip else client_ip)
+            if client_ip
+            else None,
+        }
+        line = BATCH + orjson.dumps(header) + b"\t" + raw.replace(b"\n", b" ") + b"\n"
+        await self._spool().append(line)
+        self.stats["accepted"] += fast.count
+        return 200, orjson.dumps({"success": True, "accepted": fast.count, "rejected": 0}), []
+
+    async def _webhook(
+        self, scope: Scope, receive: Receive, source: str
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        body, _ = await self._read_json(scope, receive, MAX_BATCH_BYTES)
+        key = self._authenticate(scope, body)
+        mapping = self.webhooks.get(source)
+        if mapping is None:
+            raise ClientError(
+                404,
+                "unknown_source",
+                f"no webhook mapping for source {source!r}; add it to webhook_mappings_file",
+            )
+        items = body if isinstance(body, list) else [body]
+        received_at, lines, problems = _now_iso(), [], []
+        for index, item in enumerate(items, start=1):
+            row = map_payload(mapping, item)
+            if mapping.kind == "event":
+                row["source"] = source
+                problem = segment.check_message(row)
+                if problem is None:
+                    lines.append(self._stamp(row, key, received_at, None))
+                    continue
+                problems.append((index, problem, item))
+            else:
+                row["source"] = source
+                row["received_at"] = received_at
+                lines.append((DEAL if mapping.kind == "deal" else CALL) + orjson.dumps(row) + b"\n")
+        if len(items) == 1 and problems:
+            raise ClientError(400, problems[0][1].code, problems[0][1].message)
+        for index, problem, item in problems:
+            lines.append(
+                REJECT
+                + orjson.dumps(
+                    {
+                        "source": scope["path"],
+                        "line": index,
+                        "code": problem.code,
+                        "field": problem.field,
+                        "message": problem.message,
+                        "raw": orjson.dumps(item).decode()[: segment.MAX_RAW_REJECT_CHARS],
+                        "receivedAt": received_at,
+                        "writeKey": key.name,
+                    }
+                )
+                + b"\n"
+            )
+        if lines:
+            await self._spool().append(b"".join(lines))
+        self.stats["webhooks"] += len(items)
+        return (
+            200,
+            orjson.dumps(
+                {"success": True, "accepted": len(items) - len(problems), "rejected": len(problems)}
+            ),
+            [],
+        )
+
+    async def _lease(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        body, _ = await self._read_json(scope, receive, MAX_EVENT_BYTES)
+        self._authenticate(scope, body)
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("sessionId"), str)
+            or not body["sessionId"]
+        ):
+            raise ClientError(400, "missing_session", "a lease needs sessionId (string)")
+        if self.leases is None:
+            return 200, b'{"number":null,"status":"no_pool"}', []
+        given = body.get("campaign")
+        campaign: dict[str, Any] = given if isinstance(given, dict) else {}
+        utm = {
+            f"utm_{k}": (str(campaign[k]) if campaign.get(k) is not None else None)
+            for k in ("source", "medium", "campaign", "term")
+        }
+        anonymous_id = body.get("anonymousId") if isinstance(body.get("anonymousId"), str) else None
+        loop = asyncio.get_running_loop()
+        leases = self.leases
+        lease = await loop.run_in_executor(
+            None,
+            lambda: leases.lease(anonymous_id=anonymous_id, session_id=body["sessionId"], utm=utm),
+        )
+        if lease is None:
+            return 200, b'{"number":null,"status":"no_pool"}', []
+        self.stats[f"lease_{lease.status}"] += 1
+        return (
+            200,
+            orjson.dumps(
+                {
+                    "number": lease.number,
+                    "status": lease.status,
+                    "leaseId": lease.lease_id,
+                    "expiresAt": lease.expires_at,
+                }
+            ),
+            [],
+        )
+
+    def _tracker_js(self) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        if self._tracker is None:
+            defaults = orjson.dumps(
+                {"dnt": self.settings.tracker_respect_dnt, "consent": self.settings.tracker_consent}
+            )
+            self._tracker = b"var __touchline_defaults=" + defaults + b";\n" + tracker_source()
+        return (
+            200,
+            self._tracker,
+            [
+                (b"content-type", b"application/javascript; charset=utf-8"),
+                (b"cache-control", b"public, max-age=300"),
+            ],
+        )
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ClientError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ClientError(400, "bad_gzip", f"the gzip body cannot be decompressed: {exc}") from None
+    if len(out) > limit:
+        raise ClientError(400, "body_too_large", f"the decompressed body is over {limit} bytes")
+    if not inflater.eof:
+        raise ClientError(400, "bad_gzip", "the gzip body is truncated")
+    return out
+
+
+def _basic_user(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, encoded = value.partition(b" ")
+            if scheme.lower() != b"basic":
+                return None
+            try:
+                decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise ClientError(
+                    401, "bad_authorization", "the Basic credentials are not base64 of 'key:'"
+                ) from None
+            return decoded.partition(":")[0] or None
+    return None
+
+
+def _query_key(scope: Scope) -> str | None:
+    query = scope.get("query_string", b"")
+    if not query:
+        return None
+    values = parse_qs(query.decode(errors="replace")).get("key")
+    return values[0] if values else None
+
+
+def _client_ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def create_app(settings: Settings | None = None, *, keys: KeyRing | None = None) -> Collector:
+    """The collector for ``settings`` (default: from the environment)."""
+    return Collector(settings or load_settings(), keys=keys)
+
+
+def app_from_env() -> Collector:
+    """uvicorn factory for worker processes: the settings come from ``touchline serve``."""
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = Settings.model_validate_json(raw) if raw else load_settings()
+    return Collector(settings)

@@ -1,0 +1,434 @@
+"""The loader: the warehouse's one writer for the collector, moving the spool into tables.
+
+Each cycle reads the whole lines of every spool segment past what ``spool_offsets`` says is
+loaded, maps them (:func:`touchline.collect.segment.map_segment`), drops messages whose
+``messageId`` is already in ``events`` (recorded in ``rejects`` as ``duplicate``), and commits
+rows *and* the new offset in one DuckDB transaction. A crash before the commit reloads the same
+bytes; after it, the offset says they are in. A segment is deleted only when it is sealed and
+fully loaded. The loader also copies number leases into ``number_leases`` and exports the live
+API keys for the workers.
+
+The collector's warehouse is DuckDB: the transaction that ties rows to offsets is what makes a
+load exactly-once, and DuckDB allows one writer process, which the loader is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from touchline import engine, store
+from touchline.collect.dni import LEASES_FILE, LeaseBook
+from touchline.collect.keys import export_keys
+from touchline.collect.segment import (
+    MAX_EVENT_BYTES,
+    Problem,
+    explode_batches,
+    map_segment,
+    reject_rows,
+)
+from touchline.collect.spool import (
+    BATCH,
+    CALL,
+    DEAL,
+    EVENT,
+    REJECT,
+    read_complete,
+    segments,
+    trailing_partial,
+)
+from touchline.config import Settings
+from touchline.errors import EngineError
+
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "loader.lock"
+LOADER_NICENESS = 10
+LEASES_OFFSET_KEY = "@" + LEASES_FILE  # spool_offsets row holding the last copied lease seq
+
+
+@dataclass
+class LoadReport:
+    """What one load did: rows per table, duplicates skipped, segments finished."""
+
+    events: int = 0
+    rejects: int = 0
+    duplicates: int = 0
+    deals: int = 0
+    calls: int = 0
+    leases: int = 0
+    segments_removed: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: LoadReport) -> None:
+        for name in (
+            "events",
+            "rejects",
+            "duplicates",
+            "deals",
+            "calls",
+            "leases",
+            "segments_removed",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, count in other.by_reason.items():
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + count
+
+
+def _duckdb(con: BaseBackend) -> duckdb.DuckDBPyConnection:
+    if engine.engine_name(con) != "duckdb":
+        raise EngineError(
+            "the collector's loader needs a DuckDB warehouse (it commits rows and spool offsets "
+            f"in one transaction); {engine.engine_name(con)} is not supported here"
+        )
+    return con.con  # type: ignore[no-any-return]
+
+
+def load_spool(con: BaseBackend, settings: Settings, *, max_rounds: int = 1_000) -> LoadReport:
+    """Load everything currently in the spool; return what was loaded.
+
+    Bounded: at most ``max_rounds`` transactions of ``load_batch_bytes`` each.
+    """
+    db = _duckdb(con)
+    store.init(con)
+    spool_dir = Path(settings.spool_dir)
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    report = LoadReport()
+    offsets = dict(db.execute("SELECT segment, loaded_bytes FROM spool_offsets").fetchall())
+    with segments(spool_dir) as found:
+        for seg in found:
+            offset = int(offsets.get(seg.name, 0))
+            for _ in range(max_rounds):
+                data = read_complete(seg.path, offset, settings.load_batch_bytes)
+                if not data:
+                    break
+                report.add(_load_chunk(db, settings, seg.name, offset, data))
+                offset += len(data)
+            if not seg.sealed or read_complete(seg.path, offset, settings.load_batch_bytes):
+                continue
+            partial = trailing_partial(seg.path, offset)
+            if partial:
+                # a write cut off by a crash: never acknowledged, but not dropped silently
+                report.add(_record_partial(db, seg.name, offset, partial))
+            seg.path.unlink()
+            db.execute("DELETE FROM spool_offsets WHERE segment = ?", [seg.name])
+            report.segments_removed += 1
+    report.leases = _sync_leases(db, settings, spool_dir)
+    export_keys(con, spool_dir)
+    return report
+
+
+def _load_chunk(
+    db: duckdb.DuckDBPyConnection, settings: Settings, segment_name: str, offset: int, data: bytes
+) -> LoadReport:
+    report = LoadReport()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    ingest_id = f"collector:{segment_name}:{offset}"
+    source = f"spool:{segment_name}"
+    events_raw: list[str] = []
+    event_lines: list[int] = []
+    problems: list[tuple[Problem, str, int]] = []
+    problem_sources: list[str | None] = []
+    batch_lines: list[int] = []
+    batch_headers: list[str] = []
+    batch_bodies: list[str] = []
+    deals: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
+        kind, payload = line[:1], line[1:]
+        if kind == EVENT:
+            events_raw.append(payload.decode(errors="replace"))
+            event_lines.append(number)
+            continue
+        if kind == BATCH and b"\t" in payload:
+            header, body = payload.split(b"\t", 1)
+            batch_lines.append(number)
+            batch_headers.append(header.decode(errors="replace"))
+            batch_bodies.append(body.decode(errors="replace"))
+            continue
+        try:
+            record = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            record = None
+        if kind == REJECT and isinstance(record, dict):
+            problem = Problem(
+                str(record.get("code")), record.get("field"), str(record.get("message"))
+            )
+            problems.append((problem, str(record.get("raw")), int(record.get("line") or number)))
+            problem_sources.append(record.get("source"))
+        elif kind == DEAL and isinstance(record, dict):
+            deals.append(record)
+        elif kind == CALL and isinstance(record, dict):
+            calls.append(record)
+        else:
+            problems.append(
+                (
+                    Problem("bad_spool_line", None, "unreadable spool record"),
+                    line.decode(errors="replace"),
+                    number,
+                )
+            )
+            problem_sources.append(None)
+    lines = pa.table(
+        {"line": pa.array(event_lines, pa.int64()), "raw": pa.array(events_raw, pa.string())}
+    )
+    if batch_lines:
+        exploded, too_large = explode_batches(
+            pa.table(
+                {
+                    "line": pa.array(batch_lines, pa.int64()),
+                    "header": pa.array(batch_headers, pa.string()),
+                    "body": pa.array(batch_bodies, pa.string()),
+                }
+            )
+        )
+        lines = pa.concat_tables([lines, exploded.cast(lines.schema)])
+        big = Problem("event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes")
+        for line, raw in zip(
+            too_large["line"].to_pylist(), too_large["raw"].to_pylist(), strict=True
+        ):
+            problems.append((big, raw, line))
+            problem_sources.append("/v1/batch")
+    split = map_segment(
+        lines,
+        source=source,
+        ingest_id=ingest_id,
+        default_source="web",
+        ip_truncate=settings.ip_truncate,
+        step="collect:spool",
+        now=now,
+    )
+    early = reject_rows(
+        problems,
+        source=source,
+        ingest_id=ingest_id,
+        step="collect:api",
+        now=now,
+        sources=problem_sources,
+    )
+    db.begin()
+    try:
+        db.register("batch_events", split.events)
+        duplicates = db.execute(
+            "SELECT b.message_id FROM batch_events b SEMI JOIN events e USING (message_id)"
+        ).fetch_arrow_table()
+        db.execute(
+            "INSERT INTO events BY NAME "
+            "SELECT * FROM batch_events b ANTI JOIN events e USING (message_id)"
+        )
+        db.unregister("batch_events")
+        dup_rejects = _duplicate_rejects(duplicates, source, ingest_id, now)
+        for table in (split.rejects, early, dup_rejects):
+            if table.num_rows:
+                db.register("batch_rejects", table)
+                db.execute("INSERT INTO rejects BY NAME SELECT * FROM batch_rejects")
+                db.unregister("batch_rejects")
+        report.deals = _insert_rows(db, store.DEALS, deals, now, ingest_id)
+        report.calls = _insert_rows(db, store.CALLS, calls, now, ingest_id)
+        db.execute("DELETE FROM spool_offsets WHERE segment = ?", [segment_name])
+        db.execute(
+            "INSERT INTO spool_offsets VALUES (?, ?, ?)", [segment_name, offset + len(data), now]
+        )
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    report.events = split.events.num_rows - duplicates.num_rows
+    report.duplicates = duplicates.num_rows + sum(
+        1 for c in split.rejects.column("reason_code").to_pylist() if c == "duplicate"
+    )
+    all_rejects = [split.rejects, early, dup_rejects]
+    report.rejects = sum(t.num_rows for t in all_rejects)
+    for table in all_rejects:
+        for code in table.column("reason_code").to_pylist():
+            report.by_reason[code] = report.by_reason.get(code, 0) + 1
+    return report
+
+
+def _duplicate_rejects(
+    duplicates: pa.Table, source: str, ingest_id: str, now: datetime
+) -> pa.Table:
+    problem = Problem(
+        "duplicate", "messageId", "messageId is already in events; the first copy is kept"
+    )
+    table = reject_rows(
+        [(problem, "", 0) for _ in range(duplicates.num_rows)],
+        source=source,
+        ingest_id=ingest_id,
+        step="collect:spool",
+        now=now,
+    )
+    ids = duplicates.column("message_id")
+    table = table.set_column(table.schema.get_field_index("ref"), "ref", ids.cast(pa.string()))
+    return table.set_column(
+        table.schema.get_field_index("line"), "line", pa.nulls(len(ids), pa.int64())
+    )
+
+
+def _insert_rows(
+    db: duckdb.DuckDBPyConnection,
+    spec: store.TableSpec,
+    rows: list[dict[str, Any]],
+    now: datetime,
+    ingest_id: str,
+) -> int:
+    """Insert webhook rows into ``deals``/``calls``, cast by the table, skipping known keys."""
+    if not rows:
+        return 0
+    names = [c.name for c in spec.columns]
+    columns = {n: [None if r.get(n) is None else str(r.get(n)) for r in rows] for n in names}
+    columns["ingest_id"] = [ingest_id] * len(rows)
+    db.register("batch_rows", pa.table({n: pa.array(v, pa.string()) for n, v in columns.items()}))
+    try:
+        casts = ", ".join(
+            f"try_cast({n} AS {_sql_type(c.dtype)}) AS {n}"
+            for n, c in zip(names, spec.columns, strict=True)
+        )
+        before = db.execute(f"SELECT count(*) FROM {spec.name}").fetchone()[0]  # type: ignore[index]
+        db.execute(
+            f"INSERT INTO {spec.name} BY NAME SELECT * FROM "
+            f"(SELECT DISTINCT ON ({spec.key}) {casts} FROM batch_rows) b "
+            f"ANTI JOIN {spec.name} t USING ({spec.key})"
+        )
+        after = db.execute(f"SELECT count(*) FROM {spec.name}").fetchone()[0]  # type: ignore[index]
+    finally:
+        db.unregister("batch_rows")
+    return int(after - before)
+
+
+def _sql_type(dtype: Any) -> str:
+    if dtype.is_timestamp():
+        return "TIMESTAMP"
+    if dtype.is_float64():
+        return "DOUBLE"
+    if dtype.is_int64():
+        return "BIGINT"
+    if dtype.is_boolean():
+        return "BOOLEAN"
+    if dtype.is_date():
+        return "DATE"
+    return "VARCHAR"
+
+
+def _record_partial(
+    db: duckdb.DuckDBPyConnection, segment_name: str, offset: int, partial: bytes
+) -> LoadReport:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    problem = Problem(
+        "spool_partial_write", None, "a spool write cut off by a crash (never acknowledged)"
+    )
+    table = reject_rows(
+        [(problem, partial.decode(errors="replace"), 0)],
+        source=f"spool:{segment_name}@{offset}",
+        ingest_id=f"collector:{segment_name}:{offset}",
+        step="collect:spool",
+        now=now,
+    )
+    db.register("batch_rejects", table)
+    db.execute("INSERT INTO rejects BY NAME SELECT * FROM batch_rejects")
+    db.unregister("batch_rejects")
+    log.warning("spool segment %s ended in a partial write of %d bytes", segment_name, len(partial))
+    return LoadReport(rejects=1, by_reason={"spool_partial_write": 1})
+
+
+def _sync_leases(db: duckdb.DuckDBPyConnection, settings: Settings, spool_dir: Path) -> int:
+    path = spool_dir / LEASES_FILE
+    if not path.exists():
+        return 0
+    book = LeaseBook(path, {}, mode=settings.dni_mode)
+    row = db.execute(
+        "SELECT loaded_bytes FROM spool_offsets WHERE segment = ?", [LEASES_OFFSET_KEY]
+    ).fetchone()
+    changed, seq = book.changed_since(int(row[0]) if row else 0)
+    if not changed.num_rows:
+        return 0
+    now = datetime.now(UTC).replace(tzinfo=None)
+    db.begin()
+    try:
+        db.register("batch_leases", changed)
+        db.execute(
+            "DELETE FROM number_leases WHERE lease_id IN (SELECT lease_id FROM batch_leases)"
+        )
+        db.execute("INSERT INTO number_leases BY NAME SELECT * FROM batch_leases")
+        db.unregister("batch_leases")
+        db.execute("DELETE FROM spool_offsets WHERE segment = ?", [LEASES_OFFSET_KEY])
+        db.execute("INSERT INTO spool_offsets VALUES (?, ?, ?)", [LEASES_OFFSET_KEY, seq, now])
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+    return int(changed.num_rows)
+
+
+@contextlib.contextmanager
+def loader_lock(spool_dir: Path, stop: Any) -> Iterator[bool]:
+    """Hold the spool's loader lock (one loader per spool); yields False if stopped first."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(spool_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if stop.wait(0.2):
+                    yield False
+                    return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def run_loader(settings: Settings, stop: Any, parent_pid: int | None = None) -> None:
+    """Load the spool every ``load_interval_seconds`` until ``stop`` is set, then once more.
+
+    The warehouse is opened per cycle and closed after, so ``touchline keys create`` and other
+    commands can use it between loads. Exits when its parent (``touchline serve``) is gone.
+    """
+    logging.basicConfig(level=logging.WARNING)
+    # acknowledging requests is urgent, loading is not: under CPU pressure the workers win and
+    # the loader catches up in bigger batches (the spool absorbs the difference)
+    os.nice(LOADER_NICENESS)
+    spool_dir = Path(settings.spool_dir)
+    with loader_lock(spool_dir, stop) as locked:
+        if not locked:
+            return
+        while True:
+            stopping = stop.is_set() or (parent_pid is not None and os.getppid() != parent_pid)
+            started = time.monotonic()
+            try:
+                con = engine.connect(settings=settings)
+                try:
+                    report = load_spool(con, settings)
+                finally:
+                    con.disconnect()
+                if report.events or report.rejects:
+                    log.info("loaded %d events, %d rejects", report.events, report.rejects)
+            except EngineError as exc:  # warehouse busy (another command holds it): next cycle
+                log.warning("load skipped: %s", exc)
+            except (duckdb.Error, OSError) as exc:  # retried next cycle; the spool keeps the data
+                log.exception("load failed, retrying in the next cycle: %s", exc)
+            if stopping:
+                return
+            stop.wait(max(0.0, settings.load_interval_seconds - (time.monotonic() - started)))
+
+
+def new_ingest_id() -> str:
+    """An id for one run, e.g. for ``calls match``."""
+    return uuid.uuid4().hex

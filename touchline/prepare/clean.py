@@ -1,0 +1,128 @@
+"""``drop_*`` steps: rows that cannot be a touch go to ``rejects`` with a reason; clock skew.
+
+Each function is pure: Ibis tables in, a :class:`~touchline.prepare.base.Split` (or a corrected
+table plus its audit) out; ``kept`` + ``rejected`` is always the input, row for row.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import ibis
+import ibis.expr.types as ir
+
+from touchline.prepare.base import Split, split
+from touchline.prepare.reference import bot_pattern
+
+log = logging.getLogger(__name__)
+
+#: the ids that can tie a touch to a journey; a row with none of them belongs to nobody
+IDENTITY_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id")
+
+
+def epoch_ms(ts: ir.TimestampValue) -> ir.IntegerValue:
+    """Milliseconds since 1970 as an integer: cheap to compare and sort on every engine."""
+    return ts.epoch_seconds().cast("int64") * 1000 + ts.millisecond().cast("int64")
+
+
+def drop_missing_ids(events: ir.Table) -> Split:
+    """Drop rows without a ``message_id`` or without any identity.
+
+    An id-less row cannot be deduplicated, and a row with none of anonymous_id, user_id, e-mail,
+    phone or previous_id cannot be placed in anyone's journey.
+    """
+    no_message = events.message_id.isnull() | (events.message_id.strip() == "")
+    no_identity = ibis.and_(*(events[c].isnull() for c in IDENTITY_COLUMNS))
+    first = split(events, no_message, "missing_message_id",
+                  "the row has no message_id, so it cannot be deduplicated",
+                  field_name="message_id")
+    second = split(first.kept, no_identity, "no_identity",
+                   "no anonymous_id, user_id, email, phone or previous_id: in no journey")
+    return Split(kept=second.kept, rejected=first.rejected.union(second.rejected))
+
+
+def correct_clock_skew(events: ir.Table, *, flag_seconds: int) -> tuple[ir.Table, ir.Table]:
+    """Correct client clock skew with Segment's rule, and audit every corrected timestamp.
+
+    .. math:: timestamp = received\\_at - (sent\\_at - original\\_timestamp)
+
+    applied only when all three exist: the client's clock may be wrong, but the interval between
+    the event and the batch send is measured on one clock, and ``received_at`` is the server's.
+    Corrections whose skew ``|sent_at - received_at|`` exceeds ``flag_seconds`` are audited as
+    ``large_clock_skew``, the rest as ``clock_skew``.
+    """
+    has_all = (events.received_at.notnull() & events.sent_at.notnull()
+               & events.original_timestamp.notnull())
+    corrected = events.received_at - (events.sent_at - events.original_timestamp)
+    fixed = events.mutate(_old_ts=events.timestamp,
+                          timestamp=ibis.ifelse(has_all, corrected, events.timestamp))
+    skew = (epoch_ms(fixed.sent_at) - epoch_ms(fixed.received_at)).abs()
+    changed = fixed.filter(has_all & (fixed._old_ts.isnull() | (fixed._old_ts != fixed.timestamp)))
+    large = skew > flag_seconds * 1000
+    audit = changed.select(
+        field=ibis.literal("timestamp"),
+        reason_code=ibis.ifelse(large, "large_clock_skew", "clock_skew"),
+        reason=ibis.ifelse(
+            large,
+            f"client clock off by more than {flag_seconds} s; timestamp = received_at - "
+            "(sent_at - original_timestamp)",
+            "timestamp = received_at - (sent_at - original_timestamp)",
+        ),
+        message_id=changed.message_id,
+        old_value=changed._old_ts.cast("string"),
+        new_value=changed.timestamp.cast("string"),
+        row_count=ibis.literal(1, type="int64"),
+    )
+    return fixed.drop("_old_ts"), audit
+
+
+def drop_impossible_timestamps(events: ir.Table, *, earliest: datetime) -> Split:
+    """Drop untimed rows and rows dated before ``earliest`` (a 1970 epoch-zero default, say):
+    an untimed touch fits no journey."""
+    bad = events.timestamp.isnull() | (events.timestamp < ibis.timestamp(earliest))
+    return split(events, bad, "impossible_timestamp",
+                 f"timestamp missing or before {earliest:%Y-%m-%d}", field_name="timestamp")
+
+
+def drop_future_timestamps(events: ir.Table, *, now: datetime, tolerance: timedelta) -> Split:
+    """Drop rows dated after their receipt (or the run, if never received) plus ``tolerance``:
+    a touch cannot happen after the server saw it."""
+    limit = events.received_at.fill_null(ibis.timestamp(now)) + ibis.interval(
+        seconds=int(tolerance.total_seconds()))
+    return split(events, events.timestamp > limit, "future_timestamp",
+                 f"timestamp more than {tolerance} after receipt", field_name="timestamp")
+
+
+def bot_user_agents(agents: list[str]) -> list[str]:
+    """The user agents among ``agents`` that match the crawler-user-agents list.
+
+    Called on the *distinct* user agents only (thousands, not millions of rows).
+    """
+    pattern = bot_pattern()
+    return [ua for ua in agents if ua and pattern.search(ua)]
+
+
+def drop_bot_user_agents(events: ir.Table, bots: ir.Table) -> Split:
+    """Drop rows whose user agent is in ``bots`` (a one-column table ``user_agent``):
+    crawler hits inflate reach and dilute credit."""
+    is_bot = events.user_agent.isin(bots.user_agent)
+    return split(events, is_bot, "bot_user_agent",
+                 "user agent matches the crawler-user-agents list", field_name="user_agent")
+
+
+def drop_bot_bursts(events: ir.Table, *, max_per_minute: int) -> Split:
+    """Drop every row of a device that made more than ``max_per_minute`` hits in one minute.
+
+    No person clicks hundreds of times a minute; scripts with a browser's user agent do. The
+    device is ``anonymous_id`` (else ``user_id``); minutes are calendar minutes.
+    """
+    device = events.anonymous_id.fill_null(events.user_id)
+    per_minute = (events.mutate(_device=device, _minute=events.timestamp.truncate("m"))
+                  .filter(ibis._._device.notnull())
+                  .group_by(["_device", "_minute"]).aggregate(_hits=ibis._.count())
+                  .filter(ibis._._hits > max_per_minute))
+    bots = per_minute.select("_device").distinct()
+    is_bot = device.isin(bots._device)
+    return split(events, is_bot, "bot_behaviour",
+                 f"device made more than {max_per_minute} hits in one minute")

@@ -1,0 +1,230 @@
+"""Identity graph: cookies, devices, user ids, e-mails, phones → ``person_id``; persons → accounts.
+
+Nodes are typed identifiers (``anon:<id>``, ``user:<id>``, ``email:<address>``,
+``phone:<e164>``, ``msg:<id>`` for id-less offline touches). A link joins two identifiers seen
+on one touch (or an ``alias`` call's previous id and new id); it keeps its strongest evidence
+(alias > identify > caller_id > crm_match > form_email > event), first-seen time and count.
+
+Persons are connected components found on the engine by iterative min-label propagation over
+int64 node keys (one Python iteration per graph-diameter step, never per row), with pointer
+jumping (``label = min(label, label[label])``) so chains converge in O(log d) rounds.
+
+Over-merge guards, each reported as a ``cut`` link with its reason:
+
+* ``unlinked``: an identifier listed in ``settings.identity_unlink`` (reversible merges: remove
+  a link this way, re-run, and the component splits cleanly; nothing else is stored),
+* ``max_degree``: an identifier linked to more than ``identity_max_degree`` others (a shared
+  kiosk device, a support agent's e-mail typed into customers' forms),
+* ``max_component``: components still larger than ``identity_max_component`` fall back to
+  their devices (all their links are cut).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+from touchline.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+#: the columns of a touch the graph reads
+EVIDENCE_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id", "type",
+                    "recorded_by", "timestamp")
+EVIDENCE = ("alias", "identify", "caller_id", "crm_match", "form_email", "event")
+_ID_PREFIX = r"^([a-z]+):"
+
+
+def _ids(t: ir.Table) -> dict[str, ir.StringValue]:
+    return {"anon": "anon:" + t.anonymous_id, "user": "user:" + t.user_id,
+            "email": "email:" + t.email, "phone": "phone:" + t.phone,
+            "prev": "anon:" + t.previous_id}
+
+
+PAIRS = (("anon", "user"), ("anon", "email"), ("anon", "phone"), ("user", "email"),
+         ("user", "phone"), ("email", "phone"), ("prev", "user"), ("prev", "anon"))
+
+
+def links_from_touches(touches: ir.Table) -> ir.Table:
+    """Distinct links ``identifier_a < identifier_b`` with evidence, first_seen_at, event_count.
+
+    Touches are first reduced to distinct id combinations (a hash aggregate), so each of the
+    eight pair projections reads a small table.
+    """
+    evidence_rank = ibis.cases(
+        (touches.type == "alias", 0), (touches.type == "identify", 1),
+        (touches.recorded_by == "calls", 2), (touches.recorded_by == "crm", 3),
+        (touches.recorded_by.isin(["forms", "chat"]), 4), else_=5)
+    combos = touches.group_by(
+        ["anonymous_id", "user_id", "email", "phone", "previous_id"],
+    ).aggregate(_rank=evidence_rank.min(), _first=touches.timestamp.min(), _n=touches.count())
+    ids = _ids(combos)
+    parts = []
+    for left, right in PAIRS:
+        a, b = ids[left], ids[right]
+        both = combos.filter(a.notnull() & b.notnull() & (a != b))
+        x, y = _ids(both)[left], _ids(both)[right]
+        parts.append(both.select(identifier_a=ibis.least(x, y), identifier_b=ibis.greatest(x, y),
+                                 _rank=both._rank, _first=both._first, _n=both._n))
+    links = ibis.union(*parts).group_by(["identifier_a", "identifier_b"]).aggregate(
+        _rank=ibis._._rank.min(), first_seen_at=ibis._._first.min(),
+        event_count=ibis._._n.sum().cast("int64"))
+    return links.mutate(
+        link_id=links.identifier_a + "|" + links.identifier_b,
+        evidence=links._rank.substitute(dict(enumerate(EVIDENCE)), else_="event"),
+    ).drop("_rank")
+
+
+def guard_links(links: ir.Table, *, unlink: Sequence[str], max_degree: int) -> ir.Table:
+    """Add ``status`` (linked/cut) and ``reason``: unlisted identifiers, then degree caps."""
+    unlisted = links.identifier_a.isin(list(unlink)) | links.identifier_b.isin(list(unlink)) \
+        if unlink else ibis.literal(False)
+    t = links.mutate(_unlinked=unlisted)
+    live = t.filter(~t._unlinked)
+    ends = live.select(node="identifier_a").union(live.select(node="identifier_b"), distinct=False)
+    hubs = ends.group_by("node").aggregate(_deg=ibis._.count()).filter(ibis._._deg > max_degree)
+    hub = t.identifier_a.isin(hubs.node) | t.identifier_b.isin(hubs.node)
+    return t.mutate(
+        status=ibis.ifelse(t._unlinked | hub, "cut", "linked"),
+        reason=ibis.cases((t._unlinked, "unlinked"), (hub, "max_degree"),
+                          else_=ibis.null("string")),
+    ).drop("_unlinked")
+
+
+def connected_components(con: object, nodes: ir.Table, edges: ir.Table, *,
+                         max_iterations: int, scratch: str) -> ir.Table:
+    """``node_key -> label`` (least node_key of its component) by min-label propagation.
+
+    ``nodes``: column ``node_key`` (int64); ``edges``: ``src``, ``dst`` (both directions).
+    Each round: ``label(v) = min(label(v), label(u) for u ~ v)``, then pointer jumping
+    ``label(v) = min(label(v), label(label(v)))``; stops when no label changes.
+    """
+    create = con.create_table  # type: ignore[attr-defined]
+    tag = uuid.uuid4().hex[:8]
+    labels = create(f"{scratch}cc_{tag}_0", nodes.select("node_key", label="node_key"))
+    for round_no in range(1, max_iterations + 1):
+        nbr = edges.inner_join(labels, edges.src == labels.node_key).select(
+            node_key=edges.dst, label=labels.label)
+        spread = labels.union(nbr, distinct=False).group_by("node_key").aggregate(
+            label=ibis._.label.min())
+        parent = spread.select(_p="node_key", _pl="label")
+        jumped = spread.left_join(parent, spread.label == parent._p).select(
+            node_key=spread.node_key, label=ibis.least(spread.label, parent._pl.fill_null(
+                spread.label)))
+        new = create(f"{scratch}cc_{tag}_{round_no}", jumped)
+        changed = new.inner_join(labels, "node_key").filter(
+            new.label != labels.label).count().execute()
+        con.drop_table(labels.get_name(), force=True)  # type: ignore[attr-defined]
+        labels = new
+        log.info("identity: propagation round %d, %d labels changed", round_no, changed)
+        if changed == 0:
+            return labels
+    raise EngineError(
+        f"identity graph did not converge in {max_iterations} label-propagation rounds; raise "
+        "settings.identity_max_iterations (the graph's diameter is larger)")
+
+
+def person_id(root: ir.StringValue) -> ir.StringValue:
+    """``p_`` + the first 16 hex digits of md5(least identifier): stable, no personal data."""
+    return "p_" + root.hexdigest("md5").substr(0, 16)
+
+
+def resolve_persons(con: object, nodes: ir.Table, links: ir.Table, *, max_iterations: int,
+                    max_component: int, scratch: str) -> tuple[ir.Table, ir.Table]:
+    """Identities (``identifier, kind, person_id, degree, first_seen_at``) and the final links.
+
+    ``nodes``: ``identifier, first_seen_at``; ``links``: from :func:`guard_links`.
+    """
+    create = con.create_table  # type: ignore[attr-defined]
+    keyed = create(f"{scratch}nodes", nodes.mutate(
+        node_key=ibis.row_number().over(order_by=nodes.identifier)))
+
+    def components(live: ir.Table) -> ir.Table:
+        ab = live.inner_join(keyed.select(identifier_a="identifier", src="node_key"),
+                             "identifier_a").inner_join(
+            keyed.select(identifier_b="identifier", dst="node_key"), "identifier_b")
+        edges = create(f"{scratch}edges", ab.select("src", "dst").union(
+            ab.select(src=ab.dst, dst=ab.src), distinct=False), overwrite=True)
+        return connected_components(con, keyed.select("node_key"), edges,
+                                    max_iterations=max_iterations, scratch=scratch)
+
+    labels = components(links.filter(links.status == "linked"))
+    sizes = labels.group_by("label").aggregate(_size=ibis._.count())
+    big = labels.inner_join(sizes.filter(sizes._size > max_component), "label").inner_join(
+        keyed, "node_key").select("identifier")
+    too_big = links.identifier_a.isin(big.identifier) & (links.status == "linked")
+    links = create(f"{scratch}links", links.mutate(
+        status=ibis.ifelse(too_big, "cut", links.status),
+        reason=ibis.ifelse(too_big, "max_component", links.reason)))
+    if links.filter(links.reason == "max_component").count().execute():
+        labels = components(links.filter(links.status == "linked"))
+    roots = keyed.select(label="node_key", root="identifier")
+    live = links.filter(links.status == "linked")
+    ends = live.select(identifier="identifier_a").union(
+        live.select(identifier="identifier_b"), distinct=False)
+    degree = ends.group_by("identifier").aggregate(degree=ibis._.count().cast("int64"))
+    ident = keyed.inner_join(labels, "node_key").inner_join(roots, "label")
+    ident = ident.left_join(degree, ident.identifier == degree.identifier).select(
+        identifier=ident.identifier,
+        kind=ident.identifier.re_extract(_ID_PREFIX, 1),
+        person_id=person_id(ident.root),
+        degree=degree.degree.fill_null(0),
+        first_seen_at=ident.first_seen_at,
+    )
+    return ident, links
+
+
+def domain_table(domains: Sequence[str], free_mail: frozenset[str]) -> pa.Table:
+    """``email_domain -> registrable, is_free`` for distinct e-mail domains (tldextract)."""
+    from touchline.prepare.reference import registrable_domain
+
+    reg = [registrable_domain(d)[0] for d in domains]
+    free = [d in free_mail or r in free_mail for d, r in zip(domains, reg, strict=True)]
+    return pa.table({"email_domain": pa.array(list(domains), pa.string()),
+                     "registrable": pa.array(reg, pa.string()),
+                     "is_free": pa.array(free, pa.bool_())})
+
+
+def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.Table,
+                    domains: ir.Table) -> ir.Table:
+    """``person_id -> account_id, account_source, account_name, domain``.
+
+    Precedence: a CRM account whose deal lists one of the person's e-mails (``crm:<id>``), else
+    a Segment group call (``group:<id>``), else the registrable domain of a business e-mail
+    (``domain:<domain>``; free-mail and ISP domains excluded). Ties: the least id.
+    """
+    emails = identities.filter(identities.kind == "email").select(
+        "person_id", email=identities.identifier.substr(6))
+    candidates = []
+    if deals is not None:
+        contacts = deals.filter(deals.account_id.notnull() & deals.contact_emails.notnull()) \
+            .select("account_id", "account_name", "account_domain",
+                    email=deals.contact_emails.split(";").unnest())
+        contacts = contacts.mutate(email=contacts.email.strip().lower()).distinct()
+        crm = emails.inner_join(contacts, "email")
+        candidates.append(crm.select(
+            "person_id", account_id="crm:" + crm.account_id, account_source=ibis.literal("crm"),
+            account_name=crm.account_name, domain=crm.account_domain.lower(), _rank=0))
+    devices = identities.select("identifier", "person_id")
+    grouped = groups.inner_join(devices, groups.device_id == devices.identifier)
+    candidates.append(grouped.select(
+        "person_id", account_id="group:" + grouped.group_id, account_source=ibis.literal("group"),
+        account_name=ibis.null("string"), domain=ibis.null("string"), _rank=1))
+    with_domain = emails.mutate(email_domain=emails.email.re_extract(r"@(.+)$", 1))
+    business = with_domain.inner_join(domains.filter(~domains.is_free), "email_domain")
+    candidates.append(business.select(
+        "person_id", account_id="domain:" + business.registrable,
+        account_source=ibis.literal("email_domain"), account_name=business.registrable,
+        domain=business.registrable, _rank=2))
+    every = ibis.union(*candidates, distinct=False)
+    best = every.mutate(_order=every._rank.cast("string") + every.account_id)
+    chosen = best.group_by("person_id").aggregate(_pick=best._order.min())
+    won = best.inner_join(chosen, [best.person_id == chosen.person_id,
+                                   best._order == chosen._pick])
+    return won.group_by(["person_id", "account_id", "account_source"]).aggregate(
+        account_name=won.account_name.min(), domain=won.domain.min())

@@ -1,0 +1,263 @@
+"""Run the steps in order, record what each dropped or changed, write the prepared tables.
+
+A run is a full rebuild from the raw tables (``events``, ``deals``): re-running on the same input
+gives the same tables (idempotent), and adding a day of data then running again is the same as
+a full rebuild, because nothing but the raw tables is read. The rejects of earlier prepare runs
+(``step`` starting with ``prepare:``) are replaced; ingest rejects are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import ibis
+import ibis.expr.types as ir
+
+from touchline import store
+from touchline.errors import SchemaError
+from touchline.prepare.base import SCRATCH_PREFIX, Context, Step
+
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
+    from touchline.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: raw event columns prepare reads; the wide JSON ones (properties, traits, context) stay behind
+INPUT_COLUMNS = (
+    "message_id", "type", "event", "anonymous_id", "user_id", "group_id", "previous_id",
+    "timestamp", "original_timestamp", "sent_at", "received_at", "url", "referrer",
+    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
+    "gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid",
+    "email", "phone", "user_agent", "revenue", "currency", "source",
+)
+STEP_PREFIX = "prepare:"
+RAW_MAX_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one step did in one run."""
+
+    name: str
+    seconds: float
+    rejected: int
+    audited: int
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """Summary of a run: per-step reports, row counts of the written tables, rejects by reason
+    and, when sessions existed before, how many sessions changed channel (old → new)."""
+
+    run_id: str
+    steps: list[StepReport]
+    counts: dict[str, int]
+    rejects_by_reason: dict[str, int]
+    channel_changes: dict[tuple[str, str], int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def working_events(raw: ir.Table) -> ir.Table:
+    """The raw events narrowed to :data:`INPUT_COLUMNS` with canonical types; ``source`` is
+    renamed ``recorded_by`` (the system, not the traffic source). Missing optional columns
+    become typed nulls, so an export without click ids still runs."""
+    if "message_id" not in raw.columns or "timestamp" not in raw.columns:
+        raise SchemaError("table events needs at least message_id and timestamp; has "
+                          + ", ".join(raw.columns))
+    spec = store.EVENTS
+    cols = {}
+    for name in INPUT_COLUMNS:
+        dtype = spec.column(name).dtype
+        value = raw[name].cast(dtype) if name in raw.columns else ibis.null(dtype)
+        cols["recorded_by" if name == "source" else name] = value
+    return raw.select(**cols)
+
+
+def _reject_rows(rejected: ir.Table, step: str, ctx: Context) -> ir.Table:
+    r = rejected
+    if "ref" not in r.columns:
+        r = r.mutate(ref=ibis.null("string"))
+    raw = ibis.literal("message_id=") + r.message_id.fill_null("") + " type=" + r.type.fill_null(
+        "") + " event=" + r.event.fill_null("") + " anonymous_id=" + r.anonymous_id.fill_null(
+        "") + " timestamp=" + r.timestamp.cast("string").fill_null("") + " url=" + r.url.fill_null(
+        "") + " user_agent=" + r.user_agent.fill_null("")
+    number = ibis.row_number().over(order_by=[r.message_id, r.timestamp])
+    return r.select(
+        reject_id=STEP_PREFIX + step + ":" + r.message_id.fill_null("") + ":" + number.cast(
+            "string"),
+        step=ibis.literal(STEP_PREFIX + step),
+        source=r.recorded_by,
+        line=ibis.null("int64"),
+        field=r.field.cast("string"),
+        reason_code=r.reason_code,
+        reason=r.reason,
+        raw=raw.substr(0, RAW_MAX_CHARS),
+        ref=r.ref.cast("string"),
+        ingest_id=ibis.literal(ctx.run_id),
+        rejected_at=ibis.literal(ctx.now, type="timestamp"),
+    )
+
+
+def _audit_rows(audit: ir.Table, step: str, ctx: Context) -> ir.Table:
+    a = audit
+    key = a.message_id.fill_null(a.old_value.fill_null("*")) + "|" + a.new_value.fill_null("")
+    return a.select(
+        audit_id=ibis.literal(step) + "|" + a.field + "|" + a.reason_code + "|" + key,
+        run_id=ibis.literal(ctx.run_id), step=ibis.literal(step), field=a.field,
+        reason_code=a.reason_code, reason=a.reason, message_id=a.message_id.cast("string"),
+        old_value=a.old_value.cast("string"), new_value=a.new_value.cast("string"),
+        row_count=a.row_count.cast("int64"),
+        audited_at=ibis.literal(ctx.now, type="timestamp"),
+    )
+
+
+def _conform(table: ir.Table, spec: store.TableSpec) -> ir.Table:
+    return table.select(*(table[c.name].cast(c.dtype).name(c.name) for c in spec.columns))
+
+
+def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
+    """The prepared tables from the steps' outputs: persons and accounts attached to sessions,
+    session values attached to touches."""
+    ident = tables["identities"]
+    accounts_of = tables["person_accounts"]
+    devices = ident.select(_dev="identifier", person_id="person_id")
+    acc = accounts_of.select(_pid="person_id", account_id="account_id")
+    s = tables["sessions"]
+    s = s.left_join(devices, s.device_id == devices._dev).drop("_dev")
+    s = s.left_join(acc, s.person_id == acc._pid).drop("_pid")
+    sessions = ctx.con.create_table(f"{SCRATCH_PREFIX}sessions_final",
+                                    _conform(s, store.SESSIONS), overwrite=True)
+    e = tables["events"]
+    sv = sessions.select(
+        _sid="session_id", person_id="person_id", account_id="account_id", channel="channel",
+        channel_rule="channel_rule", source="source", medium="medium", campaign="campaign",
+        term="term", content="content", landing_page="landing_page")
+    t = e.inner_join(sv, e.session_id == sv._sid)
+    touchpoints = t.mutate(
+        touchpoint_id=t.message_id, occurred_at=t.timestamp, click_id_type=t.click_id_type,
+    )
+    touchpoints = _conform(touchpoints, store.TOUCHPOINTS)
+    kinds = ident.group_by("person_id").aggregate(
+        user_id=ident.identifier.substr(5).min(where=ident.kind == "user"),
+        email=ident.identifier.substr(6).min(where=ident.kind == "email"),
+        identifier_count=ident.count(),
+        device_count=(ident.kind == "anon").cast("int64").sum(),
+    )
+    stats = touchpoints.group_by("person_id").aggregate(
+        touch_count=touchpoints.count(), first_seen_at=touchpoints.occurred_at.min(),
+        last_seen_at=touchpoints.occurred_at.max())
+    persons = kinds.left_join(stats, kinds.person_id == stats.person_id).drop("person_id_right")
+    persons = persons.left_join(acc, persons.person_id == acc._pid).drop("_pid")
+    persons = _conform(persons.mutate(touch_count=persons.touch_count.fill_null(0)),
+                       store.PERSONS)
+    firsts = persons.select(_p="person_id", _first="first_seen_at")
+    pa_ = accounts_of.inner_join(firsts, accounts_of.person_id == firsts._p)
+    accounts = pa_.group_by("account_id").aggregate(
+        account_name=pa_.account_name.min(), domain=pa_.domain.min(),
+        account_source=pa_.account_source.min(), person_count=pa_.count(),
+        first_seen_at=pa_._first.min())
+    return {
+        "touchpoints": touchpoints,
+        "sessions": sessions,
+        "identities": _conform(ident, store.IDENTITIES),
+        "identity_links": _conform(tables["identity_links"], store.IDENTITY_LINKS),
+        "persons": persons,
+        "accounts": _conform(accounts, store.ACCOUNTS),
+    }
+
+
+def _channel_changes(con: BaseBackend, new: ir.Table) -> dict[tuple[str, str], int]:
+    if "sessions" not in con.list_tables():
+        return {}
+    old = con.table("sessions").select(_sid="session_id", _old="channel")
+    diff = new.inner_join(old, new.session_id == old._sid).filter(
+        new.channel != old._old).group_by(["_old", "channel"]).aggregate(n=ibis._.count())
+    return {(str(r._old), str(r.channel)): int(r.n) for r in diff.to_pandas().itertuples()}
+
+
+def _replace_rejects(con: BaseBackend, parts: list[ir.Table]) -> None:
+    if "rejects" not in con.list_tables():
+        con.create_table("rejects", schema=store.REJECTS.schema)
+    kept = con.table("rejects")
+    kept = kept.filter(~kept.step.fill_null("").startswith(STEP_PREFIX))
+    every = _conform(kept, store.REJECTS)
+    for part in parts:
+        every = every.union(_conform(part, store.REJECTS), distinct=False)
+    # two hops: Spark cannot overwrite a table it is reading from
+    staged = con.create_table(f"{SCRATCH_PREFIX}rejects_all", every, overwrite=True)
+    con.create_table("rejects", staged, overwrite=True)
+
+
+def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
+              now: datetime | None = None, run_id: str | None = None) -> PrepareResult:
+    """Run ``steps`` on ``con``'s raw tables and replace the prepared tables."""
+    started = time.perf_counter()
+    existing = set(con.list_tables())
+    if "events" not in existing:
+        raise SchemaError("no table events in the warehouse: run `touchline init` and ingest "
+                          "events first")
+    ctx = Context(con=con, settings=settings,
+                  now=now or datetime.now(UTC).replace(tzinfo=None),
+                  run_id=run_id or f"prepare-{uuid.uuid4().hex[:12]}")
+    tables: dict[str, ir.Table] = {"events": working_events(con.table("events"))}
+    if "deals" in existing:
+        tables["deals"] = con.table("deals")
+    rejected: list[ir.Table] = []
+    audits: list[ir.Table] = []
+    reports: list[StepReport] = []
+    try:
+        for i, step in enumerate(steps):
+            t0 = time.perf_counter()
+            result = step.fn(tables, ctx)
+            n_rejected = n_audited = 0
+            if result.rejected is not None:
+                part = con.create_table(f"{SCRATCH_PREFIX}rejects_{i}",
+                                        _reject_rows(result.rejected, step.name, ctx))
+                n_rejected = int(part.count().execute())
+                rejected.append(part)
+            if result.audit is not None:
+                part = con.create_table(f"{SCRATCH_PREFIX}audit_{i}",
+                                        _audit_rows(result.audit, step.name, ctx))
+                n_audited = int(part.count().execute())
+                audits.append(part)
+            tables.update(result.tables)
+            if step.checkpoint:
+                tables["events"] = con.create_table(f"{SCRATCH_PREFIX}events_{i}",
+                                                    tables["events"])
+            seconds = time.perf_counter() - t0
+            reports.append(StepReport(step.name, seconds, n_rejected, n_audited))
+            log.info("prepare step %s: %.2f s, %d rejected, %d audit rows", step.name,
+                     seconds, n_rejected, n_audited)
+        out = assemble(tables, ctx)
+        changes = _channel_changes(con, out["sessions"])
+        counts: dict[str, int] = {}
+        for name, expr in out.items():
+            written = con.create_table(name, expr, overwrite=True)
+            counts[name] = int(written.count().execute())
+        # conform each part first: Spark may read an int64 literal column back as int32
+        audit = ibis.union(*(_conform(a, store.AUDIT) for a in audits),
+                           distinct=False) if audits else None
+        if audit is None:
+            con.create_table("audit", schema=store.AUDIT.schema, overwrite=True)
+        else:
+            con.create_table("audit", audit, overwrite=True)
+        _replace_rejects(con, rejected)
+        by_reason = con.table("rejects")
+        by_reason = by_reason.filter(by_reason.ingest_id == ctx.run_id).group_by(
+            "reason_code").aggregate(n=ibis._.count()).to_pandas()
+    finally:
+        for name in con.list_tables():
+            if name.startswith(SCRATCH_PREFIX):
+                con.drop_table(name, force=True)
+    return PrepareResult(
+        run_id=ctx.run_id, steps=reports, counts=counts,
+        rejects_by_reason={str(r.reason_code): int(r.n) for r in by_reason.itertuples()},
+        channel_changes=changes, seconds=time.perf_counter() - started)

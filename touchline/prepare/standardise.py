@@ -1,0 +1,211 @@
+"""``standardise_*`` steps: one spelling per value, so that 'Google ' and 'google' are one source.
+
+Text rules run on the engine as plain expressions. Library look-ups (phonenumbers) run in Python
+on the *distinct* values only and come back as a small table that is joined on. Changes are
+audited per distinct value (old → new, rows), not per row, so the audit stays small.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+UTM_COLUMNS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+#: query parameters that track a click, not a page: stripped from page_url, kept as columns
+TRACKING_PARAMETERS = (
+    "utm_[a-z_]*", "gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id",
+    "ttclid", "_ga", "_gl", "mc_cid", "mc_eid", "_hsenc", "_hsmi", "igshid", "yclid",
+)
+#: click id columns in precedence order, with the ad platform each belongs to
+CLICK_IDS = (
+    ("gclid", "google"), ("gbraid", "google"), ("wbraid", "google"), ("msclkid", "microsoft"),
+    ("dclid", "display"), ("fbclid", "meta"), ("li_fat_id", "linkedin"), ("ttclid", "tiktok"),
+)
+URL_MAX_CHARS = 2048
+_SCHEME_HOST = r"^([a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#]*)"
+_AFTER_HOST = r"^[a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#]*(.*)$"
+_HOST = r"^[a-zA-Z][a-zA-Z0-9+.\-]*://(?:[^/?#@]*@)?([^/?#:]+)"
+_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
+def normalise_text(value: ir.StringValue) -> ir.StringValue:
+    """Trim, lower-case, and turn the empty string into null."""
+    return value.strip().lower().nullif("")
+
+
+def standardise_utm(events: ir.Table, *, source_aliases: Mapping[str, str],
+                    medium_aliases: Mapping[str, str]) -> tuple[ir.Table, ir.Table]:
+    """Trim and lower-case every UTM field; map source and medium aliases to one name.
+
+    ``fb``, ``facebook.com`` and ``Facebook `` all become ``facebook``; ``paid-search`` becomes
+    ``cpc``. Returns the table and an audit of each distinct change with its row count.
+    """
+    def fixed(column: str, raw: ir.StringValue) -> ir.StringValue:
+        text = normalise_text(raw)
+        table = {"utm_source": source_aliases, "utm_medium": medium_aliases}.get(column)
+        return text.substitute(dict(table), else_=text) if table else text
+
+    out = events.mutate(**{c: fixed(c, events[c]) for c in UTM_COLUMNS})
+    combos = events.group_by(list(UTM_COLUMNS)).aggregate(_rows=ibis._.count())
+    parts = []
+    for column in UTM_COLUMNS:
+        old, new = combos[column], fixed(column, combos[column])
+        changed = combos.filter(old.notnull() & (new.isnull() | (old != new)))
+        code = ibis.ifelse(new.isnull(), "empty_value",
+                           ibis.ifelse(normalise_text(old) != new, f"{column}_alias", "case_space"))
+        parts.append(changed.group_by(
+            field=ibis.literal(column), reason_code=code,
+            old_value=old, new_value=new,
+        ).aggregate(row_count=changed._rows.sum().cast("int64")))
+    audit = ibis.union(*parts).mutate(
+        reason=ibis.cases(
+            (ibis._.reason_code == "empty_value", "blank value set to null"),
+            (ibis._.reason_code == "case_space", "trimmed and lower-cased"),
+            else_="alias mapped to its canonical name (data/*_aliases.csv)",
+        ),
+        message_id=ibis.literal(None, type="string"),
+    )
+    return out, audit
+
+
+def normalise_url(url: ir.StringValue) -> ir.StringValue:
+    """Scheme and host lower-case, fragment dropped, tracking parameters stripped, no trailing
+    slash, at most 2,048 characters.
+
+    ``HTTPS://Shop.COM/Pricing/?utm_source=x&plan=pro#top`` → ``https://shop.com/Pricing?plan=pro``.
+    Strings without a scheme (relative or malformed URLs) keep their text minus the same parts.
+    """
+    text = url.strip()
+    head = text.re_extract(_SCHEME_HOST, 1)
+    rest = ibis.ifelse(head == "", text, text.re_extract(_AFTER_HOST, 1))
+    path = rest.re_extract(r"^([^?#]*)", 1).re_replace(r"/+$", "")
+    query = _strip_tracking(rest.re_extract(r"^[^?#]*\?([^#]*)", 1))
+    out = head.lower() + path + ibis.ifelse(query == "", "", "?" + query)
+    return out.substr(0, URL_MAX_CHARS).nullif("")
+
+
+def _strip_tracking(query: ir.StringValue) -> ir.StringValue:
+    """Drop tracking parameters from a query string without back-references (DuckDB's RE2
+    writes ``\\1``, Spark's Java ``$1``): prefix ``&``, delete ``&name=value`` pairs, tidy."""
+    names = "|".join(TRACKING_PARAMETERS)
+    cut = ("&" + query).re_replace(r"(?i)&(" + names + r")=[^&]*", "")
+    return cut.re_replace(r"^&+", "")
+
+
+def page_path(url: ir.StringValue) -> ir.StringValue:
+    """The path of a normalised URL, ``/`` for the home page."""
+    rest = ibis.ifelse(url.re_search(_SCHEME_HOST), url.re_extract(_AFTER_HOST, 1), url)
+    return rest.re_extract(r"^([^?#]*)", 1).nullif("").fill_null("/")
+
+
+def url_host(url: ir.StringValue) -> ir.StringValue:
+    """Lower-case host of an absolute URL (no port, no user info); null otherwise."""
+    return url.re_extract(_HOST, 1).lower().nullif("")
+
+
+def standardise_urls(events: ir.Table) -> tuple[ir.Table, ir.Table]:
+    """Normalise page URLs, derive the page path, the referrer host and the click id.
+
+    Tracking parameters leave ``page_url`` (two visits of one page are one page) but stay as
+    fields (``utm_*``, ``gclid`` ...). ``click_id_type`` names the ad platform of the first
+    click id present: gclid/gbraid/wbraid → google, msclkid → microsoft, dclid → display,
+    fbclid → meta, li_fat_id → linkedin, ttclid → tiktok.
+    """
+    kind = ibis.cases(*((events[c].notnull(), k) for c, k in CLICK_IDS), else_=ibis.null("string"))
+    out = events.mutate(
+        page_url=normalise_url(events.url),
+        referrer_host=url_host(events.referrer),
+        click_id_type=kind,
+        click_id=ibis.coalesce(*(events[c] for c, _ in CLICK_IDS)),
+    ).mutate(page_path=lambda t: page_path(t.page_url))
+    changed = out.filter(out.url.notnull() & (out.page_url.isnull() | (out.page_url != out.url)))
+    audit = changed.aggregate(row_count=changed.count().cast("int64")).mutate(
+        field=ibis.literal("url"), reason_code=ibis.literal("url_normalised"),
+        reason=ibis.literal("page_url: scheme/host lower-cased, fragment, tracking parameters "
+                            "and trailing slash removed (url keeps the original)"),
+        message_id=ibis.literal(None, type="string"),
+        old_value=ibis.literal(None, type="string"), new_value=ibis.literal(None, type="string"),
+    ).filter(ibis._.row_count > 0)
+    return out, audit
+
+
+def e164_table(raw_numbers: list[str], region: str) -> pa.Table:
+    """``phone_raw -> phone`` in E.164 for distinct raw numbers; unparsable ones map to null.
+
+    ``region`` is the country assumed for numbers written without a country code.
+    """
+    import phonenumbers
+
+    out: list[str | None] = []
+    for raw in raw_numbers:
+        try:
+            number = phonenumbers.parse(raw, region)
+        except phonenumbers.NumberParseException:
+            out.append(None)
+            continue
+        ok = phonenumbers.is_possible_number(number)
+        out.append(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+                   if ok else None)
+    return pa.table({"phone_raw": pa.array(raw_numbers, pa.string()),
+                     "phone_e164": pa.array(out, pa.string())})
+
+
+def standardise_contacts(events: ir.Table, phones: ir.Table) -> tuple[ir.Table, ir.Table]:
+    """E-mails trimmed and lower-cased (null unless ``local@domain.tld``); phones in E.164.
+
+    ``phones`` maps each distinct raw phone to E.164 (:func:`e164_table`). Both changes are
+    audited per distinct value; personal values are not copied into the audit, only counts.
+    """
+    email = events.email.strip().lower()
+    email = ibis.ifelse(email.re_search(_EMAIL), email, ibis.null("string"))
+    joined = events.left_join(phones, events.phone == phones.phone_raw).drop("phone_raw")
+    out = joined.mutate(email=email, phone=joined.phone_e164).drop("phone_e164")
+    both = events.mutate(_email=email).left_join(phones, events.phone == phones.phone_raw)
+    parts = []
+    for field, old, new in (("email", both.email, both._email),
+                            ("phone", both.phone, both.phone_e164)):
+        changed = both.filter(old.notnull() & (new.isnull() | (old != new)))
+        code = ibis.ifelse(new.isnull(), f"invalid_{field}", f"{field}_normalised")
+        parts.append(changed.group_by(field=ibis.literal(field), reason_code=code)
+                     .aggregate(row_count=ibis._.count().cast("int64")))
+    audit = ibis.union(*parts).mutate(
+        reason=ibis.cases(
+            (ibis._.reason_code == "invalid_email", "not local@domain.tld: set to null"),
+            (ibis._.reason_code == "invalid_phone", "not a possible phone number: set to null"),
+            (ibis._.reason_code == "email_normalised", "trimmed and lower-cased"),
+            else_="formatted as E.164",
+        ),
+        message_id=ibis.literal(None, type="string"),
+        old_value=ibis.literal(None, type="string"), new_value=ibis.literal(None, type="string"),
+    )
+    return out, audit
+
+
+def convert_currency(events: ir.Table, *, rates: Mapping[str, float],
+                     reporting: str) -> tuple[ir.Table, ir.Table]:
+    """Revenue in the reporting currency: ``revenue × rate[currency]``.
+
+    ``rates`` gives units of the reporting currency per unit of each currency
+    (:func:`~touchline.prepare.reference.currency_rates`). A null currency means the reporting
+    one; an unknown currency leaves revenue null and is audited (never silently counted as 1:1).
+    """
+    code = events.currency.strip().upper()
+    rate = code.substitute({k: ibis.literal(v, type="float64") for k, v in rates.items()},
+                           else_=ibis.null("float64"))
+    rate = ibis.ifelse(code.isnull() | (code == ""), 1.0, rate)
+    out = events.mutate(revenue_original=events.revenue, currency_original=events.currency,
+                        revenue=events.revenue * rate, currency=ibis.literal(reporting.upper()))
+    unknown = events.filter(events.revenue.notnull() & rate.isnull())
+    audit = unknown.group_by(old_value=unknown.currency).aggregate(
+        row_count=ibis._.count().cast("int64")).mutate(
+        field=ibis.literal("revenue"), reason_code=ibis.literal("unknown_currency"),
+        reason=ibis.literal("no rate for this currency: revenue set to null "
+                            "(add it to settings.currency_rates_file)"),
+        message_id=ibis.literal(None, type="string"), new_value=ibis.literal(None, type="string"))
+    return out, audit

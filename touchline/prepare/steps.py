@@ -1,0 +1,163 @@
+"""The step functions ``fn(tables, ctx) -> StepResult`` that :data:`touchline.prepare.STEPS`
+lists: each binds one pure function of the topic modules to the settings and reference data."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+from touchline.prepare import channels, clean, dedupe, identity, reference, sessions, standardise
+from touchline.prepare.base import SCRATCH_PREFIX, Context, StepResult
+
+log = logging.getLogger(__name__)
+Tables = Mapping[str, ir.Table]
+
+
+def _distinct(column: ir.Column) -> list[str]:
+    """Distinct non-null values of one column, brought to Python (a small aggregate)."""
+    values = column.name("v").as_table().filter(ibis._.v.notnull()).distinct().to_pyarrow()
+    return sorted(str(v) for v in values.column("v").to_pylist())
+
+
+def drop_missing_ids(t: Tables, ctx: Context) -> StepResult:
+    split = clean.drop_missing_ids(t["events"])
+    return StepResult({"events": split.kept}, split.rejected)
+
+
+def correct_clock_skew(t: Tables, ctx: Context) -> StepResult:
+    events, audit = clean.correct_clock_skew(
+        t["events"], flag_seconds=ctx.settings.clock_skew_flag_seconds)
+    return StepResult({"events": events}, audit=audit)
+
+
+def drop_impossible_timestamps(t: Tables, ctx: Context) -> StepResult:
+    earliest = datetime.fromisoformat(ctx.settings.earliest_valid_timestamp)
+    split = clean.drop_impossible_timestamps(t["events"], earliest=earliest)
+    return StepResult({"events": split.kept}, split.rejected)
+
+
+def drop_future_timestamps(t: Tables, ctx: Context) -> StepResult:
+    tolerance = timedelta(minutes=ctx.settings.future_tolerance_minutes)
+    split = clean.drop_future_timestamps(t["events"], now=ctx.now, tolerance=tolerance)
+    return StepResult({"events": split.kept}, split.rejected)
+
+
+def drop_bot_user_agents(t: Tables, ctx: Context) -> StepResult:
+    agents = clean.bot_user_agents(_distinct(t["events"].user_agent))
+    bots = ctx.lookup("bot_agents", pa.table({"user_agent": pa.array(agents, pa.string())}))
+    split = clean.drop_bot_user_agents(t["events"], bots)
+    return StepResult({"events": split.kept}, split.rejected)
+
+
+def drop_bot_bursts(t: Tables, ctx: Context) -> StepResult:
+    split = clean.drop_bot_bursts(t["events"], max_per_minute=ctx.settings.bot_hits_per_minute)
+    return StepResult({"events": split.kept}, split.rejected)
+
+
+def standardise_utm(t: Tables, ctx: Context) -> StepResult:
+    events, audit = standardise.standardise_utm(
+        t["events"],
+        source_aliases=reference.aliases("source", ctx.settings.source_aliases_file),
+        medium_aliases=reference.aliases("medium"))
+    return StepResult({"events": events}, audit=audit)
+
+
+def standardise_urls(t: Tables, ctx: Context) -> StepResult:
+    events, audit = standardise.standardise_urls(t["events"])
+    return StepResult({"events": events}, audit=audit)
+
+
+def standardise_contacts(t: Tables, ctx: Context) -> StepResult:
+    raw = _distinct(t["events"].phone)
+    phones = ctx.lookup("phones", standardise.e164_table(raw, ctx.settings.phone_region))
+    events, audit = standardise.standardise_contacts(t["events"], phones)
+    return StepResult({"events": events}, audit=audit)
+
+
+def convert_currency(t: Tables, ctx: Context) -> StepResult:
+    rates = reference.currency_rates(ctx.settings.reporting_currency,
+                                     ctx.settings.currency_rates_file)
+    events, audit = standardise.convert_currency(
+        t["events"], rates=rates, reporting=ctx.settings.reporting_currency)
+    return StepResult({"events": events}, audit=audit)
+
+
+def dedupe_exact(t: Tables, ctx: Context) -> StepResult:
+    split = dedupe.dedupe_exact(t["events"])
+    return StepResult({"events": split.kept}, split.rejected)
+
+
+def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
+    split = dedupe.link_cross_source(
+        t["events"], link_seconds=ctx.settings.dedupe_link_seconds,
+        priority=ctx.settings.dedupe_source_priority)
+    # a duplicate touch still proves who it was: its ids stay evidence for the identity graph
+    evidence = split.rejected.select(*identity.EVIDENCE_COLUMNS)
+    return StepResult({"events": split.kept, "duplicate_evidence": evidence}, split.rejected)
+
+
+def sessionise(t: Tables, ctx: Context) -> StepResult:
+    touches = sessions.sessionise(
+        sessions.device_ids(t["events"]),
+        gap=timedelta(minutes=ctx.settings.session_gap_minutes),
+        new_on_campaign=ctx.settings.session_new_on_campaign)
+    return StepResult({"events": touches})
+
+
+def classify_channels(t: Tables, ctx: Context) -> StepResult:
+    visits = ctx.con.create_table(f"{SCRATCH_PREFIX}visits",
+                                  sessions.session_table(t["events"]), overwrite=True)
+    categories = reference.source_categories()
+    aliases = reference.aliases("source", ctx.settings.source_aliases_file)
+    hosts = _distinct(visits.referrer_host) + _distinct(visits.landing_host)
+    host_lookup = ctx.lookup("hosts", channels.host_table(
+        hosts, categories=categories, source_aliases=aliases))
+    entered = ctx.con.create_table(f"{SCRATCH_PREFIX}entered", channels.entrance(
+        visits, host_lookup, own_domains=ctx.settings.own_domains), overwrite=True)
+    cats = ctx.lookup("categories", channels.category_table(
+        _distinct(entered.source), categories))
+    tagged = entered.left_join(cats, entered.source == cats._cat_source).drop("_cat_source")
+    tagged = tagged.mutate(source_category=tagged.source_category.fill_null("||"))
+    rules = channels.default_rules(ctx.settings.channel_rules_file)
+    return StepResult({"sessions": channels.classify_channel(tagged, rules)})
+
+
+def build_identity_graph(t: Tables, ctx: Context) -> StepResult:
+    touches = t["events"]
+    s = ctx.settings
+    evidence = touches.select(*identity.EVIDENCE_COLUMNS)
+    if "duplicate_evidence" in t:
+        evidence = evidence.union(t["duplicate_evidence"], distinct=False)
+    # materialised: the graph rounds below read these many times (and Ibis compiles each read)
+    links = ctx.con.create_table(f"{SCRATCH_PREFIX}links_guarded", identity.guard_links(
+        identity.links_from_touches(evidence), unlink=s.identity_unlink,
+        max_degree=s.identity_max_degree), overwrite=True)
+    seen = touches.group_by("device_id").aggregate(first_seen_at=touches.timestamp.min())
+    ends = links.select(identifier="identifier_a", first_seen_at="first_seen_at").union(
+        links.select(identifier="identifier_b", first_seen_at="first_seen_at"), distinct=False)
+    nodes = ctx.con.create_table(f"{SCRATCH_PREFIX}nodes_seen", seen.select(
+        identifier="device_id", first_seen_at="first_seen_at").union(
+        ends, distinct=False).group_by("identifier").aggregate(
+        first_seen_at=ibis._.first_seen_at.min()), overwrite=True)
+    identities, final_links = identity.resolve_persons(
+        ctx.con, nodes, links, max_iterations=s.identity_max_iterations,
+        max_component=s.identity_max_component, scratch=SCRATCH_PREFIX)
+    return StepResult({"identities": identities, "identity_links": final_links})
+
+
+def assign_accounts(t: Tables, ctx: Context) -> StepResult:
+    ident = t["identities"]
+    emails = ident.filter(ident.kind == "email")
+    domains = _distinct(emails.identifier.re_extract(r"@(.+)$", 1))
+    lookup = ctx.lookup("email_domains", identity.domain_table(
+        domains, reference.free_mail_domains()))
+    touches = t["events"]
+    groups = touches.filter(touches.group_id.notnull()).select("device_id", "group_id").distinct()
+    accounts = identity.person_accounts(ident, deals=t.get("deals"), groups=groups,
+                                        domains=lookup)
+    return StepResult({"person_accounts": accounts})
