@@ -143,6 +143,10 @@ def demo(
     _print_demo(report)
 
 
+DEMO_TABLE_MODELS = ("last_touch", "last_non_direct", "linear", "markov", "shapley",
+                     "counterfactual")
+
+
 def _print_demo(report: object) -> None:
     from touchline.pipeline import DemoReport
 
@@ -169,9 +173,10 @@ def _print_demo(report: object) -> None:
             continue
         frame = dataset.comparison
         level = frame.columns[0]
-        models = [c for c in frame.columns if c != level]
+        # the widest table that stays readable: the ranking below scores every model
+        models = [c for c in frame.columns if c in DEMO_TABLE_MODELS]
         truth = dataset.truth["channels"]
-        table = Table(level, "true incremental", *models,
+        table = Table(level, "truth", *models,
                       title=f"{dataset.name}: conversions credited by each model")
         for row in frame.itertuples(index=False):
             values = dict(zip(frame.columns, row, strict=True))
