@@ -663,14 +663,12 @@ def _commit(
             keep = staged.join(
                 firsts, [spec.key, staged._line == firsts._first_line]
             ).select(*names)
-            new = engine.materialise(
-                con, f"_tl_new_{result.ingest_id}", keep.anti_join(target, spec.key)
-            )
-            temps.append(new.get_name())
             totals = firsts.aggregate(rows=firsts._n.sum(), keys=firsts.count())
             totals = totals.to_pyarrow().to_pylist()[0]
-            result.loaded = int(new.count().to_pyarrow().as_py())
-            con.insert(spec.name, new.select(*names).cast(spec.schema))
+            # the table's row count before and after tells how many were new: no second pass
+            before = int(target.count().to_pyarrow().as_py())
+            con.insert(spec.name, keep.anti_join(target, spec.key).cast(spec.schema))
+            result.loaded = int(con.table(spec.name).count().to_pyarrow().as_py()) - before
             result.duplicates = int(totals["rows"]) - result.loaded
             repeated = firsts.filter(firsts._n > 1)
             in_file_dupes = staged.join(repeated, spec.key).filter(
