@@ -126,6 +126,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Simulation seed.")] = 7,
     data: Annotated[Path, typer.Option(help="Folder for the simulated files.")] = Path(
         "demo-data"),
+    via_http: Annotated[bool, typer.Option(
+        "--via-http", help="Send the events through the collector's HTTP API.")] = False,
     database: DatabaseOption = None,
 ) -> None:
     """Simulate data with ground truth, load it, run every stage, and compare with the truth."""
@@ -135,7 +137,7 @@ def demo(
         settings = load_settings(**({"database_url": database} if database else {}))
         report = run_demo(
             settings, data_folder=data, people=people, b2b_people=b2b_people,
-            b2b_accounts=b2b_accounts, seed=seed,
+            b2b_accounts=b2b_accounts, seed=seed, via_http=via_http,
             progress=lambda message: err_console.print(f"[dim]… {message}[/]"),
         )
     except TouchlineError as exc:
@@ -184,13 +186,17 @@ def _print_demo(report: object) -> None:
             table.add_row(str(values[level]), "" if true is None else f"{true:,.1f}",
                           *(f"{values[m]:,.1f}" for m in models))
         console.print(table)
-        ranking = Table("model", "L1 share distance", "worst channel", "Spearman",
-                        title=f"{dataset.name}: models ranked against the true incremental "
-                        "conversions (touchline evaluate)")
-        for row in dataset.ranking.itertuples(index=False):
-            ranking.add_row(row.model, f"{row.l1_share:.3f}", str(row.worst_channel),
-                            f"{row.spearman:.2f}")
-        console.print(ranking)
+        rankings = [(dataset.ranking, "true paths (paths.csv)")]
+        if dataset.prepared_ranking is not None:
+            rankings.append((dataset.prepared_ranking, "journeys rebuilt by prepare"))
+        for frame_, label in rankings:
+            ranking = Table("model", "L1 share distance", "worst channel", "Spearman",
+                            title=f"{dataset.name}: models on {label}, ranked against the true "
+                            "incremental conversions (touchline evaluate)")
+            for row in frame_.itertuples(index=False):
+                ranking.add_row(row.model, f"{row.l1_share:.3f}", str(row.worst_channel),
+                                f"{row.spearman:.2f}")
+            console.print(ranking)
     console.print(
         f"[bold]results:[/] warehouse {report.database_url} (tables: events, rejects, "
         f"touchpoints, sessions, persons, accounts...), simulated files and truth.json in "

@@ -33,6 +33,14 @@ DEMO_FILES = (  # (kind, file name written by the simulator)
     ("surveys", "surveys.csv"),
     ("search_console", "search_console.csv"),
 )
+# GA4 channel groups (prepare) → the simulator's channel names (truth.json), to score models
+# run on prepared journeys against the truth
+SIMULATOR_CHANNELS = {
+    "Organic Search": "organic_search", "Paid Search": "paid_search", "Paid Social":
+    "paid_social", "Organic Social": "organic_social", "Email": "email", "Display": "display",
+    "Organic Video": "video", "Paid Video": "video", "Referral": "referral", "Affiliates":
+    "affiliate", "Direct": "direct", "SMS": "sms", "Phone": "phone", "Offline": "offline",
+}
 DEMO_MODELS = ("first_touch", "last_touch", "last_non_direct", "linear", "position_based",
                "markov", "shapley", "counterfactual")
 
@@ -48,6 +56,7 @@ class DatasetReport:
     checks: list[tuple[str, int | float, int | float]] = field(default_factory=list)
     comparison: pd.DataFrame | None = None
     ranking: pd.DataFrame | None = None
+    prepared_ranking: pd.DataFrame | None = None
 
 
 @dataclass
@@ -72,10 +81,17 @@ def run_demo(
     b2b_people: int = DEMO_B2B_PEOPLE_DEFAULT,
     b2b_accounts: int = DEMO_B2B_ACCOUNTS_DEFAULT,
     seed: int = DEMO_SEED_DEFAULT,
+    via_http: bool = False,
     progress: Progress = log.info,
 ) -> DemoReport:
-    """Simulate a B2C and a B2B data set, load them into one warehouse, run every stage."""
+    """Simulate a B2C and a B2B data set, load them into one warehouse, run every stage.
+
+    With ``via_http`` the events are replayed through the real collector (Segment HTTP API,
+    durable spool, loader) instead of being ingested from the file; the other files are
+    ingested either way, and every check against the truth must come out the same.
+    """
     from touchline.collect.ingest import ingest_file
+    from touchline.collect.replay import replay_events
     from touchline.simulate import simulate
 
     report = DemoReport(settings.database_url, data_folder)
@@ -91,6 +107,14 @@ def run_demo(
         truth = json.loads((folder / "truth.json").read_text())
         dataset = DatasetReport(name, folder, truth)
         for kind, file in DEMO_FILES:
+            if kind == "events" and via_http:
+                progress(f"replaying {folder / file} through the collector's HTTP API")
+                con.disconnect()  # the collector's loader is the warehouse's one writer
+                replayed = replay_events(folder / file, settings)
+                con = engine.connect(settings=settings)
+                dataset.ingested[kind] = (replayed.loaded, replayed.rejected,
+                                          replayed.acknowledged - replayed.loaded)
+                continue
             progress(f"ingesting {folder / file}")
             result = ingest_file(con, folder / file, kind, settings=settings, source=None)
             dataset.ingested[kind] = (result.loaded, result.rejected, result.duplicates)
@@ -100,6 +124,7 @@ def run_demo(
     _check_prepared(con, report)
     for dataset in report.datasets:
         _attribute(dataset, progress)
+        _attribute_prepared(con, dataset, report, progress)
     con.disconnect()
     return report
 
@@ -159,3 +184,32 @@ def _attribute(dataset: DatasetReport, progress: Progress) -> None:
     dataset.comparison = compare(paths, list(DEMO_MODELS))
     truth = truth_from_dict(dataset.truth, source=str(dataset.folder / "truth.json"))
     dataset.ranking = evaluate(dataset.comparison, truth)
+
+
+def _attribute_prepared(con: Any, dataset: DatasetReport, report: DemoReport,
+                        progress: Progress) -> None:
+    """The same models on journeys rebuilt from the prepared tables, scored against the truth.
+
+    This is the whole pipeline's check: files → ingest → prepare → journeys → attribution.
+    """
+    from touchline.attribution import compare
+    from touchline.attribution.evaluate import evaluate, truth_from_dict
+    from touchline.attribution.paths import paths_from_touches
+    from touchline.journeys import account_journeys, person_journeys
+
+    progress(f"attributing {dataset.name} journeys rebuilt from the prepared tables")
+    sessions = con.table("sessions")
+    b2b = bool(dataset.truth.get("b2b"))
+    touches = account_journeys(sessions, con.table("deals")) if b2b else person_journeys(sessions)
+    touches = touches.mutate(channel=touches.channel.substitute(SIMULATOR_CHANNELS))
+    paths = paths_from_touches(touches)
+    counts = dataset.truth["counts"]
+    report.datasets[0].checks += [
+        (f"{dataset.name}: conversions on prepared journeys", round(paths.total_conversions),
+         int(counts["conversions"])),
+        (f"{dataset.name}: first-conversion revenue on prepared journeys",
+         round(paths.total_value, 2), round(float(counts["first_order_revenue"]), 2)),
+    ]
+    comparison = compare(paths, list(DEMO_MODELS))
+    truth = truth_from_dict(dataset.truth, source=str(dataset.folder / "truth.json"))
+    dataset.prepared_ranking = evaluate(comparison, truth)

@@ -177,7 +177,10 @@ class _ChunkParser:
                     paths = SEGMENT_PATHS[name]
                 else:
                     paths = tuple(dict.fromkeys((f"$.{name}", f"$.{_camel(name)}")))
-                parts = [f"_v[{json_paths.setdefault(p, len(json_paths) + 1)}]" for p in paths]
+                parts = [
+                    f"nullif(trim(_v[{json_paths.setdefault(p, len(json_paths) + 1)}]), '')"
+                    for p in paths
+                ]
                 exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
         else:
             available = chunk_schema.names
@@ -406,7 +409,10 @@ class _ChunkParser:
         )
 
     def _event_rules(self, typed: dict[str, str], problems: list[tuple[str, str, str, str]]) -> None:
+        # the same canonical forms as the collector (touchline/collect/segment.py)
         typed["type"] = f"lower({typed['type']})"
+        typed["email"] = f"lower({typed['email']})"
+        typed["currency"] = f"upper({typed['currency']})"
         typed["timestamp"] = (
             f"coalesce({typed['timestamp']}, {typed['original_timestamp']}, {typed['received_at']})"
         )
@@ -415,6 +421,13 @@ class _ChunkParser:
             typed["ip"] = (
                 f"CASE WHEN contains({ip}, ':') THEN regexp_extract({ip}, '^([^:]*:[^:]*:[^:]*)', 1)"
                 f" || '::' ELSE regexp_replace({ip}, '\\.[0-9]+$', '.0') END"
+            )
+            # the address lives on in `ip` (truncated); the context must not keep it whole
+            context = typed["context"]
+            typed["context"] = (
+                f"CASE WHEN json_valid({context}) AND json_type({context}) = 'OBJECT' "
+                f"THEN CAST(json_merge_patch({context}, '{{\"ip\": null}}') AS VARCHAR) "
+                f"ELSE {context} END"
             )
         kinds = ", ".join(_sql_str(t) for t in EVENT_TYPES)
         problems.extend([

@@ -310,7 +310,7 @@ def _mapping_sql() -> str:
                        {text("$.properties.email")})) AS email,
         coalesce({text("$.traits.phone")}, {text("$.context.traits.phone")},
                  {text("$.properties.phone")}) AS phone,
-        {text("$.context.userAgent")} AS user_agent,
+        coalesce({text("$.context.userAgent")}, {text("$.context.user_agent")}) AS user_agent,
         {text("$.context.ip")} AS ip,
         coalesce(try_cast({text("$.properties.revenue")} AS DOUBLE),
                  try_cast({text("$.properties.total")} AS DOUBLE)) AS revenue,
