@@ -24,10 +24,11 @@ STARTUP_SECONDS = 20.0
 
 @dataclass
 class Warehouse:
-    """A DuckDB warehouse file plus the collector settings and a write key for it."""
+    """A DuckDB warehouse file plus the collector settings, a write key and an import key."""
 
     settings: Settings
     write_key: str
+    import_key: str
 
     def connect(self) -> BaseBackend:
         return engine.connect(settings=self.settings)
@@ -65,10 +66,11 @@ def make_warehouse(settings: Settings) -> Warehouse:
     try:
         store.init(con)
         key, _ = create_key(con, name="web", kind="write")
+        import_key, _ = create_key(con, name="backfill", kind="import")
         export_keys(con, Path(settings.spool_dir))
     finally:
         con.disconnect()
-    return Warehouse(settings, key)
+    return Warehouse(settings, key, import_key)
 
 
 def free_port() -> int:

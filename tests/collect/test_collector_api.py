@@ -30,6 +30,46 @@ def test_single_track_is_acknowledged_and_loaded_with_server_receipt_time(
     assert rows == [("m-1", "track", "Signed Up", 42.0, "web", "web", True)]
 
 
+def test_import_key_keeps_the_messages_receipt_time_a_write_key_does_not(
+    collector: LiveCollector,
+) -> None:
+    """Back-fills keep history: an import key's ``receivedAt`` survives every route."""
+    past = "2024-03-01T10:00:00Z"
+    fast = [{"type": "page", "anonymousId": "a", "messageId": "fast-1", "receivedAt": past}]
+    detailed = [
+        {"type": "alias", "userId": "u", "previousId": "a", "messageId": "slow-1",
+         "receivedAt": past},
+        {"type": "page", "anonymousId": "a", "messageId": "slow-2", "receivedAt": "yesterday"},
+        {"type": "page", "anonymousId": "a", "messageId": "slow-3"},
+    ]
+    with collector.client(auth=(collector.warehouse.import_key, "")) as http:
+        single = http.post("/v1/track", json=_track("single-1", receivedAt=past))
+        bad = http.post("/v1/track", json=_track("single-2", receivedAt=17))
+        fast_batch = http.post("/v1/batch", json={"batch": fast})
+        slow_batch = http.post("/v1/batch", json={"batch": detailed})
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        live = http.post("/v1/track", json=_track("live-1", receivedAt=past))
+    assert [r.status_code for r in (single, fast_batch, slow_batch, live)] == [200] * 4
+    assert (bad.status_code, bad.json()["code"]) == (400, "bad_timestamp")
+    assert "receivedAt" in bad.json()["message"]
+    assert slow_batch.json() == {"success": True, "accepted": 2, "rejected": 1}
+    collector.warehouse.load()
+    rows = dict(
+        collector.warehouse.query(
+            "SELECT message_id, strftime(received_at, '%Y-%m-%dT%H:%M:%SZ') FROM events"
+        )
+    )
+    assert {k: rows[k] for k in ("single-1", "fast-1", "slow-1")} == dict.fromkeys(
+        ("single-1", "fast-1", "slow-1"), past
+    )
+    # no receivedAt from an import key, or any from a write key: the server's clock
+    assert rows["slow-3"] > "2026" and rows["live-1"] > "2026"
+    assert set(rows) == {"single-1", "fast-1", "slow-1", "slow-3", "live-1"}
+    assert collector.warehouse.query("SELECT line, field, reason_code FROM rejects") == [
+        (2, "receivedAt", "bad_timestamp")
+    ]
+
+
 def test_write_key_in_a_text_plain_body_is_accepted_like_a_beacon(collector: LiveCollector) -> None:
     body = orjson.dumps({"writeKey": collector.warehouse.write_key, **_track("m-beacon")})
     with collector.client() as http:

@@ -320,7 +320,7 @@ class Collector:
                 401, "missing_write_key", "send the write key as the HTTP Basic user or as writeKey"
             )
         found = self.keys.lookup(key, time.monotonic())
-        if found is None or found.kind not in ("write", "admin"):
+        if found is None or found.kind not in ("write", "import", "admin"):
             self.stats["auth_unknown"] += 1
             raise ClientError(401, "unknown_write_key", "the write key is unknown or revoked")
         return found
@@ -328,7 +328,11 @@ class Collector:
     def _stamp(
         self, message: dict[str, Any], key: ApiKey, received_at: str, client_ip: str | None
     ) -> bytes:
-        """The spool line of an accepted message: server time, key name, a message id."""
+        """The spool line of an accepted message: server time, key name, a message id.
+
+        An import key's message keeps its own ``receivedAt`` (already checked to be a time):
+        back-fills and replays of historical data must not look as if they happened now.
+        """
         message.pop("writeKey", None)
         if "messageId" not in message:
             raw = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
@@ -341,7 +345,8 @@ class Collector:
             ip = client_ip
         if ip is not None:
             context["ip"] = truncate_ip(ip) if self._truncate_ip else ip
-        message["receivedAt"] = received_at
+        if key.kind != "import" or message.get("receivedAt") is None:
+            message["receivedAt"] = received_at
         message["writeKey"] = key.name
         message.setdefault("source", key.name)
         return EVENT + orjson.dumps(message) + b"\n"
@@ -365,7 +370,9 @@ class Collector:
                 "event_too_large",
                 f"a message may be at most {MAX_EVENT_BYTES} bytes; this one is {size}",
             )
-        problem = segment.check_message(body, expected_type=kind)
+        problem = segment.check_message(
+            body, expected_type=kind, keep_received_at=key.kind == "import"
+        )
         if problem is not None:
             self.stats["invalid"] += 1
             raise ClientError(400, problem.code, problem.message)
@@ -404,7 +411,7 @@ class Collector:
                     message.setdefault("integrations", shared_integrations)
                 if sent_at is not None:
                     message.setdefault("sentAt", sent_at)
-            problem = segment.check_message(message)
+            problem = segment.check_message(message, keep_received_at=key.kind == "import")
             line = b""
             if problem is None:
                 line = self._stamp(message, key, received_at, client_ip)
@@ -456,6 +463,7 @@ class Collector:
         header = {
             "receivedAt": _now_iso(),
             "writeKey": key.name,
+            "keepReceivedAt": key.kind == "import",
             "ip": (truncate_ip(client_ip) if self._truncate_ip else client_ip)
             if client_ip
             else None,

@@ -104,7 +104,11 @@ def register(app: typer.Typer) -> None:
     @keys_app.command("create")
     def keys_create(
         name: Annotated[str, typer.Option(help="What the key is for, e.g. web.")],
-        kind: Annotated[str, typer.Option(help="write, read or admin.")] = "write",
+        kind: Annotated[
+            str,
+            typer.Option(help="write (live tracking), import (back-fills: keeps receivedAt), "
+                         "read or admin."),
+        ] = "write",
         database: DatabaseOption = None,
     ) -> None:
         """Create a key and print it once; only its hash is stored."""

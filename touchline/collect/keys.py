@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KEY_KINDS = ("write", "read", "admin")
+# write: live tracking (the collector stamps receivedAt); import: back-fills and replays, whose
+# messages keep their own receivedAt; read: reporting API; admin: everything.
+KEY_KINDS = ("write", "import", "read", "admin")
 KEYS_FILE = "keys.json"
 RELOAD_CHECK_SECONDS = 1.0
 
@@ -54,7 +56,7 @@ def create_key(con: BaseBackend, *, name: str, kind: str) -> tuple[str, ApiKey]:
         raise ConfigError(f"key kind {kind!r} is not one of {', '.join(KEY_KINDS)}")
     if not name.strip():
         raise ConfigError("a key needs a non-empty --name (e.g. web, server, chat)")
-    prefix = {"write": "tlw", "read": "tlr", "admin": "tla"}[kind]
+    prefix = {"write": "tlw", "import": "tli", "read": "tlr", "admin": "tla"}[kind]
     key = f"{prefix}_{secrets.token_urlsafe(32)}"
     key_id = key[:12]
     row = {

@@ -8,12 +8,12 @@ the spawned :func:`~touchline.collect.loader.run_loader`), bound to 127.0.0.1 on
 private spool folder so it never mixes with (or waits on the loader lock of) a collector that
 is already running on ``settings.spool_dir``.
 
-What cannot match file ingest: the collector stamps ``receivedAt`` with its own clock (Segment
-semantics: it is the server's receipt time), so ``received_at`` differs; ``write_key`` is the
-replay key's name (file ingest leaves it empty); ``ingest_id`` and ``ingested_at`` name the load.
-``timestamp`` is kept: a message without ``timestamp`` and ``originalTimestamp`` would fall
-back to ``receivedAt``, so the replay copies the file's ``receivedAt`` into ``timestamp`` for
-those messages before sending.
+The replay sends with an **import** key, so the collector keeps each message's own
+``receivedAt`` instead of stamping its clock (Segment semantics for live traffic): the clock-skew
+step of prepare (``timestamp = received_at − (sent_at − original_timestamp)``) then sees the same
+times as after file ingest, and sessions and journeys come out the same. What differs is only
+bookkeeping: ``write_key`` is the replay key's name (file ingest leaves it empty), and
+``ingest_id`` and ``ingested_at`` name the load.
 """
 
 from __future__ import annotations
@@ -154,19 +154,10 @@ def _messages(path: Path) -> Iterator[tuple[int, bytes | None]]:
             if not line:
                 continue
             try:
-                message = orjson.loads(line)
+                orjson.loads(line)
             except orjson.JSONDecodeError:
                 yield number, None
                 continue
-            if (
-                isinstance(message, dict)
-                and message.get("timestamp") is None
-                and message.get("originalTimestamp") is None
-                and message.get("receivedAt") is not None
-            ):
-                # the collector overwrites receivedAt; keep the file's time as the event time
-                message["timestamp"] = message["receivedAt"]
-                line = orjson.dumps(message)
             yield number, line
 
 
@@ -275,7 +266,7 @@ def _create_key(settings: Settings, spool_dir: Path) -> tuple[str, str]:
     con = engine.connect(settings=settings)
     try:
         store.init(con)
-        key, record = create_key(con, name=KEY_NAME, kind="write")
+        key, record = create_key(con, name=KEY_NAME, kind="import")
         export_keys(con, spool_dir)
     finally:
         con.disconnect()

@@ -59,17 +59,36 @@ _TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 
 
-def check_message(message: Any, *, expected_type: str | None = None) -> Problem | None:
+def check_message(
+    message: Any, *, expected_type: str | None = None, keep_received_at: bool = False
+) -> Problem | None:
     """Return the first problem that makes ``message`` unusable, or ``None`` if it is fine.
 
     ``expected_type`` is the type implied by the endpoint (``/v1/track``); in a batch each
     message names its own. Only what would make the row meaningless is checked: extra fields
     are Segment's business and pass through untouched. Runs per message in the request path,
     so the common valid case takes a short path and only a failure looks for the reason.
+    ``keep_received_at`` (an import key's message) also checks ``receivedAt``, which the
+    collector then keeps instead of stamping its own clock.
     """
-    if message.__class__ is dict and _looks_valid(message, expected_type or message.get("type")):
+    if (
+        message.__class__ is dict
+        and _looks_valid(message, expected_type or message.get("type"))
+        and not (keep_received_at and _bad_received_at(message))
+    ):
         return None
-    return _first_problem(message, expected_type)
+    problem = _first_problem(message, expected_type)
+    if problem is None and keep_received_at and _bad_received_at(message):
+        value = message.get("receivedAt")
+        return Problem(
+            "bad_timestamp", "receivedAt", f"receivedAt {value!r} is not an ISO 8601 time"
+        )
+    return problem
+
+
+def _bad_received_at(message: dict[str, Any]) -> bool:
+    value = message.get("receivedAt")
+    return value is not None and not _is_timestamp(value)
 
 
 def _looks_valid(message: dict[str, Any], kind: Any) -> bool:
@@ -143,6 +162,7 @@ class _FastMessage(msgspec.Struct):
     timestamp: str | None = None
     originalTimestamp: str | None = None
     sentAt: str | None = None
+    receivedAt: str | None = None  # kept only from an import key; checked for everyone
     properties: dict[str, Any] | None = None
     traits: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
@@ -185,7 +205,7 @@ def fast_batch(body: bytes) -> FastBatch | None:
             return None
         if m.messageId == "":
             return None
-        for value in (m.timestamp, m.originalTimestamp, m.sentAt):
+        for value in (m.timestamp, m.originalTimestamp, m.sentAt, m.receivedAt):
             if value is not None and not _is_timestamp(value):
                 return None
     if decoded.sentAt is not None and not _is_timestamp(decoded.sentAt):
@@ -344,6 +364,7 @@ WITH records AS (
         ) AS ctx,
         json_extract_string(h, '$.ip') AS client_ip,
         json_extract_string(h, '$.receivedAt') AS received_at,
+        coalesce(json_extract(h, '$.keepReceivedAt')::BOOLEAN, false) AS keep_received_at,
         json_extract_string(h, '$.writeKey') AS key_name,
         json_extract(j, '$.sentAt') AS batch_sent_at,
         json_extract(j, '$.integrations') AS batch_integrations
@@ -354,7 +375,9 @@ SELECT line,
         'context', CASE WHEN json_extract_string(ctx, '$.ip') IS NULL AND client_ip IS NOT NULL
                         THEN json_merge_patch(ctx, json_object('ip', client_ip)) ELSE ctx END,
         'messageId', coalesce(json_extract_string(e, '$.messageId'), 'md5:' || md5(e::VARCHAR)),
-        'receivedAt', received_at,
+        'receivedAt', CASE WHEN keep_received_at
+                           THEN coalesce(json_extract_string(e, '$.receivedAt'), received_at)
+                           ELSE received_at END,
         'writeKey', key_name,
         'source', coalesce(json_extract_string(e, '$.source'), key_name),
         'sentAt', coalesce(json_extract(e, '$.sentAt'), batch_sent_at),
