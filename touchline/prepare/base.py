@@ -87,7 +87,8 @@ class Step:
     """A named preparation step with the one-line reason it exists.
 
     ``checkpoint`` materialises the working ``events`` after the step, so that later steps
-    (and the rejects of this one) do not recompute the chain before it.
+    do not recompute the chain before it; the step's rejects and audit are then evaluated on
+    the stored rows wherever they derive from its output.
     """
 
     name: str

@@ -29,6 +29,7 @@ import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
+from touchline import engine
 from touchline.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,9 @@ def connected_components(con: object, nodes: ir.Table, edges: ir.Table, *,
     Each round: ``label(v) = min(label(v), label(u) for u ~ v)``, then pointer jumping
     ``label(v) = min(label(v), label(label(v)))``; stops when no label changes.
     """
-    create = con.create_table  # type: ignore[attr-defined]
+    def create(name: str, expr: ir.Table) -> ir.Table:
+        return engine.materialise(con, name, expr)  # type: ignore[arg-type]
+
     tag = uuid.uuid4().hex[:8]
     labels = create(f"{scratch}cc_{tag}_0", nodes.select("node_key", label="node_key"))
     for round_no in range(1, max_iterations + 1):
@@ -140,7 +143,9 @@ def resolve_persons(con: object, nodes: ir.Table, links: ir.Table, *, max_iterat
 
     ``nodes``: ``identifier, first_seen_at``; ``links``: from :func:`guard_links`.
     """
-    create = con.create_table  # type: ignore[attr-defined]
+    def create(name: str, expr: ir.Table) -> ir.Table:
+        return engine.materialise(con, name, expr)  # type: ignore[arg-type]
+
     keyed = create(f"{scratch}nodes", nodes.mutate(
         node_key=ibis.row_number().over(order_by=nodes.identifier)))
 
@@ -149,7 +154,7 @@ def resolve_persons(con: object, nodes: ir.Table, links: ir.Table, *, max_iterat
                              "identifier_a").inner_join(
             keyed.select(identifier_b="identifier", dst="node_key"), "identifier_b")
         edges = create(f"{scratch}edges", ab.select("src", "dst").union(
-            ab.select(src=ab.dst, dst=ab.src), distinct=False), overwrite=True)
+            ab.select(src=ab.dst, dst=ab.src), distinct=False))
         return connected_components(con, keyed.select("node_key"), edges,
                                     max_iterations=max_iterations, scratch=scratch)
 

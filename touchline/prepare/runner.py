@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import ibis
 import ibis.expr.types as ir
 
-from touchline import store
+from touchline import engine, store
 from touchline.errors import SchemaError
 from touchline.prepare.base import SCRATCH_PREFIX, Context, Step
 
@@ -119,6 +119,13 @@ def _audit_rows(audit: ir.Table, step: str, ctx: Context) -> ir.Table:
     )
 
 
+def _rebound(expr: ir.Table, rebind: dict[object, object]) -> ir.Table:
+    """``expr`` with each lazy table in ``rebind`` replaced by its stored copy (same schema)."""
+    if not rebind:
+        return expr
+    return expr.op().replace(rebind).to_expr()  # type: ignore[arg-type, no-any-return]
+
+
 def _conform(table: ir.Table, spec: store.TableSpec) -> ir.Table:
     return table.select(*(table[c.name].cast(c.dtype).name(c.name) for c in spec.columns))
 
@@ -133,8 +140,8 @@ def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
     s = tables["sessions"]
     s = s.left_join(devices, s.device_id == devices._dev).drop("_dev")
     s = s.left_join(acc, s.person_id == acc._pid).drop("_pid")
-    sessions = ctx.con.create_table(f"{SCRATCH_PREFIX}sessions_final",
-                                    _conform(s, store.SESSIONS), overwrite=True)
+    sessions = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}sessions_final",
+                                    _conform(s, store.SESSIONS))
     e = tables["events"]
     sv = sessions.select(
         _sid="session_id", person_id="person_id", account_id="account_id", channel="channel",
@@ -192,7 +199,7 @@ def _replace_rejects(con: BaseBackend, parts: list[ir.Table]) -> None:
     for part in parts:
         every = every.union(_conform(part, store.REJECTS), distinct=False)
     # two hops: Spark cannot overwrite a table it is reading from
-    staged = con.create_table(f"{SCRATCH_PREFIX}rejects_all", every, overwrite=True)
+    staged = engine.materialise(con, f"{SCRATCH_PREFIX}rejects_all", every)
     con.create_table("rejects", staged, overwrite=True)
 
 
@@ -216,22 +223,29 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     try:
         for i, step in enumerate(steps):
             t0 = time.perf_counter()
+            before = tables["events"]
             result = step.fn(tables, ctx)
+            produced = dict(result.tables)
+            after = produced.get("events", before)
+            rebind: dict[object, object] = {}
+            if step.checkpoint and after is not before:
+                # stored before its rejects and audit are counted, which then read the stored
+                # rows instead of recomputing the step's expressions (URL regexes, windows)
+                stored = engine.materialise(con, f"{SCRATCH_PREFIX}events_{i}", after)
+                rebind[after.op()] = stored.op()
+                produced["events"] = stored
             n_rejected = n_audited = 0
             if result.rejected is not None:
-                part = con.create_table(f"{SCRATCH_PREFIX}rejects_{i}",
-                                        _reject_rows(result.rejected, step.name, ctx))
+                part = engine.materialise(con, f"{SCRATCH_PREFIX}rejects_{i}", _rebound(
+                    _reject_rows(result.rejected, step.name, ctx), rebind))
                 n_rejected = int(part.count().execute())
                 rejected.append(part)
             if result.audit is not None:
-                part = con.create_table(f"{SCRATCH_PREFIX}audit_{i}",
-                                        _audit_rows(result.audit, step.name, ctx))
+                part = engine.materialise(con, f"{SCRATCH_PREFIX}audit_{i}", _rebound(
+                    _audit_rows(result.audit, step.name, ctx), rebind))
                 n_audited = int(part.count().execute())
                 audits.append(part)
-            tables.update(result.tables)
-            if step.checkpoint:
-                tables["events"] = con.create_table(f"{SCRATCH_PREFIX}events_{i}",
-                                                    tables["events"])
+            tables.update(produced)
             seconds = time.perf_counter() - t0
             reports.append(StepReport(step.name, seconds, n_rejected, n_audited))
             log.info("prepare step %s: %.2f s, %d rejected, %d audit rows", step.name,

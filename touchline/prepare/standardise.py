@@ -46,17 +46,17 @@ def standardise_utm(events: ir.Table, *, source_aliases: Mapping[str, str],
     ``fb``, ``facebook.com`` and ``Facebook `` all become ``facebook``; ``paid-search`` becomes
     ``cpc``. Returns the table and an audit of each distinct change with its row count.
     """
-    def fixed(column: str, raw: ir.StringValue) -> ir.StringValue:
-        text = normalise_text(raw)
-        table = {"utm_source": source_aliases, "utm_medium": medium_aliases}.get(column)
-        return text.substitute(dict(table), else_=text) if table else text
-
-    out = events.mutate(**{c: fixed(c, events[c]) for c in UTM_COLUMNS})
-    combos = events.group_by(list(UTM_COLUMNS)).aggregate(_rows=ibis._.count())
+    aliases = {"utm_source": source_aliases, "utm_medium": medium_aliases}
+    out = events.mutate(**{c: normalise_text(events[c]) for c in UTM_COLUMNS})
+    for column, table in aliases.items():
+        out = _apply_aliases(out, column, table)
     parts = []
-    for column in UTM_COLUMNS:
-        old, new = combos[column], fixed(column, combos[column])
-        changed = combos.filter(old.notnull() & (new.isnull() | (old != new)))
+    for column in UTM_COLUMNS:  # one small hash aggregate per column, over its distinct values
+        values = events.group_by(_old=events[column]).aggregate(_rows=ibis._.count())
+        values = _apply_aliases(values.mutate(_new=normalise_text(values._old)), "_new",
+                                aliases.get(column, {}))
+        old, new = values._old, values._new
+        changed = values.filter(old.notnull() & (new.isnull() | (old != new)))
         code = ibis.ifelse(new.isnull(), "empty_value",
                            ibis.ifelse(normalise_text(old) != new, f"{column}_alias", "case_space"))
         parts.append(changed.group_by(
@@ -72,6 +72,23 @@ def standardise_utm(events: ir.Table, *, source_aliases: Mapping[str, str],
         message_id=ibis.literal(None, type="string"),
     )
     return out, audit
+
+
+def _apply_aliases(table: ir.Table, column: str, aliases: Mapping[str, str]) -> ir.Table:
+    """``column`` (already normalised text) replaced by its canonical name where it is an alias.
+
+    A hash join with the small alias table, not a ``CASE`` of hundreds of branches: the engine
+    evaluates such a ``CASE`` on every row (and pushes it into scans below aggregates).
+    """
+    if not aliases:
+        return table
+    lookup = ibis.memtable(
+        {"_alias": list(aliases), "_canonical": list(aliases.values())},
+        schema={"_alias": "string", "_canonical": "string"},
+    )
+    joined = table.left_join(lookup, table[column] == lookup._alias)
+    return joined.mutate(**{column: joined._canonical.fill_null(joined[column])}).drop(
+        "_alias", "_canonical")
 
 
 def normalise_url(url: ir.StringValue) -> ir.StringValue:
@@ -118,12 +135,21 @@ def standardise_urls(events: ir.Table) -> tuple[ir.Table, ir.Table]:
     fbclid → meta, li_fat_id → linkedin, ttclid → tiktok.
     """
     kind = ibis.cases(*((events[c].notnull(), k) for c, k in CLICK_IDS), else_=ibis.null("string"))
-    out = events.mutate(
-        page_url=normalise_url(events.url),
-        referrer_host=url_host(events.referrer),
+    # the regexes run once per distinct URL / referrer (tens of thousands), not once per row
+    pages = events.select(_url="url").filter(ibis._._url.notnull()).distinct()
+    pages = pages.mutate(_page_url=normalise_url(pages._url)).mutate(
+        _page_path=lambda t: page_path(t._page_url))
+    referrers = events.select(_ref="referrer").filter(ibis._._ref.notnull()).distinct()
+    referrers = referrers.mutate(_ref_host=url_host(referrers._ref))
+    joined = events.left_join(pages, events.url == pages._url).left_join(
+        referrers, events.referrer == referrers._ref)
+    out = joined.mutate(
+        page_url=joined._page_url,
+        page_path=joined._page_path.fill_null("/"),  # page_path() of a null URL is "/"
+        referrer_host=joined._ref_host,
         click_id_type=kind,
         click_id=ibis.coalesce(*(events[c] for c, _ in CLICK_IDS)),
-    ).mutate(page_path=lambda t: page_path(t.page_url))
+    ).drop("_url", "_page_url", "_page_path", "_ref", "_ref_host")
     changed = out.filter(out.url.notnull() & (out.page_url.isnull() | (out.page_url != out.url)))
     audit = changed.aggregate(row_count=changed.count().cast("int64")).mutate(
         field=ibis.literal("url"), reason_code=ibis.literal("url_normalised"),

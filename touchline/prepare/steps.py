@@ -11,6 +11,7 @@ import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
+from touchline import engine
 from touchline.prepare import channels, clean, dedupe, identity, reference, sessions, standardise
 from touchline.prepare.base import SCRATCH_PREFIX, Context, StepResult
 
@@ -110,15 +111,15 @@ def sessionise(t: Tables, ctx: Context) -> StepResult:
 
 
 def classify_channels(t: Tables, ctx: Context) -> StepResult:
-    visits = ctx.con.create_table(f"{SCRATCH_PREFIX}visits",
-                                  sessions.session_table(t["events"]), overwrite=True)
+    visits = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}visits",
+                                  sessions.session_table(t["events"]))
     categories = reference.source_categories()
     aliases = reference.aliases("source", ctx.settings.source_aliases_file)
     hosts = _distinct(visits.referrer_host) + _distinct(visits.landing_host)
     host_lookup = ctx.lookup("hosts", channels.host_table(
         hosts, categories=categories, source_aliases=aliases))
-    entered = ctx.con.create_table(f"{SCRATCH_PREFIX}entered", channels.entrance(
-        visits, host_lookup, own_domains=ctx.settings.own_domains), overwrite=True)
+    entered = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}entered", channels.entrance(
+        visits, host_lookup, own_domains=ctx.settings.own_domains))
     cats = ctx.lookup("categories", channels.category_table(
         _distinct(entered.source), categories))
     tagged = entered.left_join(cats, entered.source == cats._cat_source).drop("_cat_source")
@@ -134,16 +135,16 @@ def build_identity_graph(t: Tables, ctx: Context) -> StepResult:
     if "duplicate_evidence" in t:
         evidence = evidence.union(t["duplicate_evidence"], distinct=False)
     # materialised: the graph rounds below read these many times (and Ibis compiles each read)
-    links = ctx.con.create_table(f"{SCRATCH_PREFIX}links_guarded", identity.guard_links(
+    links = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}links_guarded", identity.guard_links(
         identity.links_from_touches(evidence), unlink=s.identity_unlink,
-        max_degree=s.identity_max_degree), overwrite=True)
+        max_degree=s.identity_max_degree))
     seen = touches.group_by("device_id").aggregate(first_seen_at=touches.timestamp.min())
     ends = links.select(identifier="identifier_a", first_seen_at="first_seen_at").union(
         links.select(identifier="identifier_b", first_seen_at="first_seen_at"), distinct=False)
-    nodes = ctx.con.create_table(f"{SCRATCH_PREFIX}nodes_seen", seen.select(
+    nodes = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}nodes_seen", seen.select(
         identifier="device_id", first_seen_at="first_seen_at").union(
         ends, distinct=False).group_by("identifier").aggregate(
-        first_seen_at=ibis._.first_seen_at.min()), overwrite=True)
+        first_seen_at=ibis._.first_seen_at.min()))
     identities, final_links = identity.resolve_persons(
         ctx.con, nodes, links, max_iterations=s.identity_max_iterations,
         max_component=s.identity_max_component, scratch=SCRATCH_PREFIX)
