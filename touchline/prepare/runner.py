@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import ibis
+import ibis.expr.operations as ops
 import ibis.expr.types as ir
 
 from touchline import engine, store
@@ -126,6 +127,20 @@ def _rebound(expr: ir.Table, rebind: dict[object, object]) -> ir.Table:
     return expr.op().replace(rebind).to_expr()  # type: ignore[arg-type, no-any-return]
 
 
+def _drop_unreferenced(con: BaseBackend, checkpoints: list[str],
+                       tables: dict[str, ir.Table]) -> None:
+    """Drop stored checkpoints that no working table reads any more.
+
+    Why: at 10M+ events each checkpoint holds gigabytes; keeping them all to the end of the run
+    made DuckDB spill. A checkpoint stays while any lazy table (``duplicate_evidence``, say)
+    still reads it.
+    """
+    live = {node.name for t in tables.values() for node in t.op().find(ops.DatabaseTable)}
+    for name in [n for n in checkpoints if n not in live]:
+        checkpoints.remove(name)
+        engine.drop_materialised(con, name)
+
+
 def _conform(table: ir.Table, spec: store.TableSpec) -> ir.Table:
     return table.select(*(table[c.name].cast(c.dtype).name(c.name) for c in spec.columns))
 
@@ -220,6 +235,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     rejected: list[ir.Table] = []
     audits: list[ir.Table] = []
     reports: list[StepReport] = []
+    checkpoints: list[str] = []
     try:
         for i, step in enumerate(steps):
             t0 = time.perf_counter()
@@ -234,6 +250,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
                 stored = engine.materialise(con, f"{SCRATCH_PREFIX}events_{i}", after)
                 rebind[after.op()] = stored.op()
                 produced["events"] = stored
+                checkpoints.append(stored.get_name())
             n_rejected = n_audited = 0
             if result.rejected is not None:
                 part = engine.materialise(con, f"{SCRATCH_PREFIX}rejects_{i}", _rebound(
@@ -246,6 +263,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
                 n_audited = int(part.count().execute())
                 audits.append(part)
             tables.update(produced)
+            _drop_unreferenced(con, checkpoints, tables)
             seconds = time.perf_counter() - t0
             reports.append(StepReport(step.name, seconds, n_rejected, n_audited))
             log.info("prepare step %s: %.2f s, %d rejected, %d audit rows", step.name,

@@ -98,7 +98,9 @@ def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
         t["events"], link_seconds=ctx.settings.dedupe_link_seconds,
         priority=ctx.settings.dedupe_source_priority)
     # a duplicate touch still proves who it was: its ids stay evidence for the identity graph
-    evidence = split.rejected.select(*identity.EVIDENCE_COLUMNS)
+    # stored (a few rows): else it would keep this step's whole input alive to the identity step
+    evidence = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}duplicate_evidence",
+                                  split.rejected.select(*identity.EVIDENCE_COLUMNS))
     return StepResult({"events": split.kept, "duplicate_evidence": evidence}, split.rejected)
 
 
