@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, PYTHON, ROOT, SHARED_BENCH, machine, timed, write_result  # noqa: E402
-
-import duckdb  # noqa: E402
+import duckdb
+from common import DATA, PYTHON, ROOT, SHARED_BENCH, machine, timed, write_result
 
 EVENTS = int(float(os.environ.get("BENCH_INGEST_EVENTS", "10e6")))
 TAG = f"{EVENTS // 1_000_000}M" if EVENTS >= 1_000_000 else f"{EVENTS // 1000}k"
@@ -68,14 +67,17 @@ def main() -> None:
     runs = {
         "parquet": (_reference(f"parquet-{TAG}", f"read_parquet('{parquet}')"),
                     _touchline(f"parquet-{TAG}", parquet)),
-        "ndjson": (_reference(f"ndjson-{TAG}", f"read_json('{ndjson}', format='newline_delimited')"),
+        "ndjson": (_reference(f"ndjson-{TAG}",
+                              f"read_json('{ndjson}', format='newline_delimited')"),
                    _touchline(f"ndjson-{TAG}", ndjson)),
     }
     rows = []
     for fmt, (ref, ours) in runs.items():
         ratio = ours["wall_s"] / ref["wall_s"]
-        rows.append(f"| {fmt} | {ref['wall_s']:.1f} s | {ours['wall_s']:.1f} s | **{ratio:.2f}×** | "
-                    f"{ref['tree_peak_rss_mib'] / 1024:.2f} / {ours['tree_peak_rss_mib'] / 1024:.2f} GiB | "
+        rows.append(f"| {fmt} | {ref['wall_s']:.1f} s | {ours['wall_s']:.1f} s | "
+                    f"**{ratio:.2f}×** | "
+                    f"{ref['tree_peak_rss_mib'] / 1024:.2f} / "
+                    f"{ours['tree_peak_rss_mib'] / 1024:.2f} GiB | "
                     f"{ours['rows_loaded']:,} |")
     md = "\n".join([
         f"## Ingest ({TAG} events, issue 3)",
@@ -86,7 +88,8 @@ def main() -> None:
         "does more: typed validation with per-row rejects, message-id dedupe within the file and "
         "against the table, run record. Goal ≤ 2×.",
         "",
-        "| format | DuckDB reader | touchline ingest | ratio | peak RSS ref / touchline | rows loaded |",
+        "| format | DuckDB reader | touchline ingest | ratio | peak RSS ref / touchline "
+        "| rows loaded |",
         "|---|---|---|---|---|---|",
         *rows,
         "",

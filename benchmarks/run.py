@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PYTHON, RESULTS, ROOT, machine  # noqa: E402
+from common import PYTHON, RESULTS, ROOT, machine
 
 
 def main(names: list[str]) -> int:

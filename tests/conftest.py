@@ -22,7 +22,8 @@ def _spark_missing() -> str | None:
     except ImportError:
         return "pyspark is not installed (pip install 'touchline[spark]')"
     if shutil.which("java") is None:
-        return "no Java runtime on PATH (make install-java / apt-get install openjdk-17-jre-headless)"
+        return ("no Java runtime on PATH (make install-java / "
+                "apt-get install openjdk-17-jre-headless)")
     return None
 
 
@@ -45,7 +46,8 @@ def spark_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseBack
 def con(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseBackend]:
     """A fresh warehouse on each engine; Spark tables made by a test are dropped after it."""
     if request.param == "duckdb":
-        backend = engine.connect(settings=Settings(database_url="duckdb://", temp_directory=tmp_path))
+        settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
+        backend = engine.connect(settings=settings)
         yield backend
         backend.disconnect()
         return

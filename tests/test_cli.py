@@ -26,7 +26,8 @@ def test_ingest_prints_summary_and_reasons(tmp_path: Path) -> None:
     import duckdb
 
     with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as check:
-        run = check.execute("select rows_read, loaded, rejected, duplicates from ingests").fetchall()
+        run = check.execute(
+            "select rows_read, loaded, rejected, duplicates from ingests").fetchall()
     assert run == [(3, 1, 2, 0)]
 
 

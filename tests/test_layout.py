@@ -35,17 +35,19 @@ def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("touchline."):
+        if (isinstance(node, ast.ImportFrom) and node.module
+                and node.module.startswith("touchline.")):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.ImportFrom) and node.module == "touchline":
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("touchline."))
+            found.update(
+                a.name.split(".")[1] for a in node.names if a.name.startswith("touchline."))
     return found
 
 
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if _layer(p) not in TOP and
-                 not p.relative_to(PACKAGE).parts[-1] == "commands.py")
+                 p.relative_to(PACKAGE).parts[-1] != "commands.py")
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -95,8 +95,8 @@ def ingest(
             try:
                 result = ingest_file(
                     con, path, kind, settings=settings, mapping=mapping, fmt=fmt, source=source,
-                    progress=lambda n, t=task: progress.update(
-                        t, description=f"{path.name}: {n:,} records read"),
+                    progress=lambda n, t=task, name=path.name: progress.update(
+                        t, description=f"{name}: {n:,} records read"),
                 )
             except TouchlineError as exc:
                 failed += 1

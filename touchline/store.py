@@ -17,7 +17,7 @@ import ibis.expr.datatypes as dt
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
 
-S, F, I, TS, D, B = dt.string, dt.float64, dt.int64, dt.Timestamp(), dt.date, dt.boolean
+S, F, I, TS, D, B = dt.string, dt.float64, dt.int64, dt.Timestamp(), dt.date, dt.boolean  # noqa: E741
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ EVENTS = TableSpec(
 
 DEALS = TableSpec(
     name="deals",
-    doc="CRM opportunities: one row per deal snapshot (a later export with a new stage adds a row).",
+    doc="CRM opportunities: one row per deal snapshot (a later export with a new stage adds "
+    "a row).",
     key="row_hash",
     required=("deal_id", "created_at"),
     columns=_cols(

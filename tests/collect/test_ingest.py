@@ -34,7 +34,8 @@ BAD_KINDS: list[tuple[str, str]] = (
     + [("invalid_encoding", "b{n},track,Caf\udce9,a1,,2025-03-01T10:00:00Z,,")] * 4
     + [("bad_type", "b{n},click,Viewed,a1,,2025-03-01T10:00:00Z,,")] * 4
     + [("missing_event", "b{n},track,,a1,,2025-03-01T10:00:00Z,,")] * 4
-    + [("line_too_long", "b{n},track,Viewed,a1,,2025-03-01T10:00:00Z,https://x.io/?q=" + "x" * 5000 + ",")] * 2
+    + [("line_too_long",
+        "b{n},track,Viewed,a1,,2025-03-01T10:00:00Z,https://x.io/?q=" + "x" * 5000 + ",")] * 2
     + [("missing_type", "b{n},,Viewed,a1,,2025-03-01T10:00:00Z,,")] * 2
 )
 
@@ -123,9 +124,8 @@ def write_messy_ndjson(path: Path) -> dict[int, str]:
            json.dumps({**base, "messageId": "x2", "timestamp": "03/01/2025 25:00"}),
            "", json.dumps({**base, "messageId": "x3", "anonymousId": None})]
     codes = ["invalid_json", "not_an_object", "missing_event", "bad_timestamp", None, "missing_id"]
-    for offset, (text, code) in enumerate(zip(bad, codes, strict=True)):
-        at = 10 + offset * 7
-        lines.insert(at, text)
+    for offset, text in enumerate(bad):
+        lines.insert(10 + offset * 7, text)
     for number, text in enumerate(lines, start=1):
         if text in bad and codes[bad.index(text)]:
             expected[number] = codes[bad.index(text)]

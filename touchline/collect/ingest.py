@@ -39,7 +39,7 @@ from ibis import _
 
 from touchline import engine, store
 from touchline.collect import readers
-from touchline.collect.mapping import Mapping, normalise_name
+from touchline.collect.mapping import Mapping
 from touchline.config import Settings
 from touchline.errors import InputError
 
@@ -197,7 +197,8 @@ class _ChunkParser:
                 used.update(present)
                 if present and self._is_native(chunk_schema, present, spec.column(name).dtype):
                     self.native.add(name)
-                    parts = [f"CAST({_quote(s)} AS {_SQL_TYPES[type(spec.column(name).dtype).__name__]})" for s in present]
+                    sql_type = _SQL_TYPES[type(spec.column(name).dtype).__name__]
+                    parts = [f"CAST({_quote(s)} AS {sql_type})" for s in present]
                     exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
                 elif present:
                     parts = [self._as_text(s, chunk_schema.field(s).type, name) for s in present]
@@ -321,7 +322,8 @@ class _ChunkParser:
             typed = f"coalesce({', '.join(parsers)})"
             return typed, "an ISO 8601 timestamp, epoch seconds or epoch milliseconds"
         if dtype.is_date():
-            typed = f"coalesce(TRY_CAST({raw} AS DATE), CAST(timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ)) AS DATE))"
+            typed = (f"coalesce(TRY_CAST({raw} AS DATE), "
+                     f"CAST(timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ)) AS DATE))")
             return typed, "a date (YYYY-MM-DD)"
         if dtype.is_floating():
             typed = (
@@ -408,7 +410,9 @@ class _ChunkParser:
             f"SELECT *, {', '.join(casts)} FROM ({{extracted}}))) AS _checked"
         )
 
-    def _event_rules(self, typed: dict[str, str], problems: list[tuple[str, str, str, str]]) -> None:
+    def _event_rules(
+        self, typed: dict[str, str], problems: list[tuple[str, str, str, str]]
+    ) -> None:
         # the same canonical forms as the collector (touchline/collect/segment.py)
         typed["type"] = f"lower({typed['type']})"
         typed["email"] = f"lower({typed['email']})"
@@ -419,7 +423,8 @@ class _ChunkParser:
         if self.settings.ip_truncate:
             ip = typed["ip"]
             typed["ip"] = (
-                f"CASE WHEN contains({ip}, ':') THEN regexp_extract({ip}, '^([^:]*:[^:]*:[^:]*)', 1)"
+                f"CASE WHEN contains({ip}, ':') "
+                f"THEN regexp_extract({ip}, '^([^:]*:[^:]*:[^:]*)', 1)"
                 f" || '::' ELSE regexp_replace({ip}, '\\.[0-9]+$', '.0') END"
             )
             # the address lives on in `ip` (truncated); the context must not keep it whole
@@ -431,7 +436,8 @@ class _ChunkParser:
             )
         kinds = ", ".join(_sql_str(t) for t in EVENT_TYPES)
         problems.extend([
-            (f"({typed['type']}) IS NULL", "type", "missing_type", "'required field type is missing'"),
+            (f"({typed['type']}) IS NULL", "type", "missing_type",
+             "'required field type is missing'"),
             (
                 f"({typed['type']}) NOT IN ({kinds})", "type", "bad_type",
                 f"'field type: ' || left({typed['type']}, {_VALUE_SHOWN}) || ' is not one of "
@@ -724,7 +730,8 @@ def _commit(
             )
             by_reason = rows.group_by("reason_code").aggregate(n=_.count()).to_pyarrow()
             result.rejects_by_reason = Counter(
-                dict(zip(by_reason["reason_code"].to_pylist(), by_reason["n"].to_pylist(), strict=True))
+                dict(zip(by_reason["reason_code"].to_pylist(), by_reason["n"].to_pylist(),
+                         strict=True))
             )
             result.rejected = sum(result.rejects_by_reason.values()) - result.rejects_by_reason.get(
                 "duplicate_in_file", 0

@@ -55,7 +55,7 @@ class Chunk:
 
 
 def detect_format(path: Path) -> str:
-    """``csv``, ``ndjson`` or ``parquet`` from the name (``.csv.gz``, ``.jsonl``, ``.ndjson``...)."""
+    """``csv``, ``ndjson`` or ``parquet`` from the name (``.csv.gz``, ``.jsonl``, ...)."""
     name = path.name.lower().removesuffix(".gz").removesuffix(".gzip")
     if name.endswith((".csv", ".tsv", ".txt")):
         return "csv"
@@ -244,9 +244,7 @@ def iter_ndjson(path: Path, *, chunk_rows: int, max_line_bytes: int) -> Iterator
     texts: list[str] = []
     numbers: list[int] = []
     rejects: list[Reject] = []
-    number = 0
-    for raw in _bounded_lines(stream, path, max_line_bytes, too_long):
-        number += 1
+    for number, raw in enumerate(_bounded_lines(stream, path, max_line_bytes, too_long), 1):
         if too_long and too_long[-1] == number:
             rejects.append(_too_long(number, max_line_bytes))
             too_long.pop()

@@ -111,18 +111,29 @@ def drop_bot_user_agents(events: ir.Table, bots: ir.Table) -> Split:
                  "user agent matches the crawler-user-agents list", field_name="user_agent")
 
 
-def drop_bot_bursts(events: ir.Table, *, max_per_minute: int) -> Split:
-    """Drop every row of a device that made more than ``max_per_minute`` hits in one minute.
+def burst_devices(events: ir.Table, *, max_per_minute: int) -> ir.Table:
+    """Devices (column ``_device``) that made more than ``max_per_minute`` hits in one minute.
 
-    No person clicks hundreds of times a minute; scripts with a browser's user agent do. The
-    device is ``anonymous_id`` (else ``user_id``); minutes are calendar minutes.
+    The device is ``anonymous_id`` (else ``user_id``); minutes are calendar minutes. A hash
+    aggregate on a two-column projection: no sort, no wide columns.
     """
     device = events.anonymous_id.fill_null(events.user_id)
-    per_minute = (events.mutate(_device=device, _minute=events.timestamp.truncate("m"))
+    per_minute = (events.select(_device=device, _minute=events.timestamp.truncate("m"))
                   .filter(ibis._._device.notnull())
                   .group_by(["_device", "_minute"]).aggregate(_hits=ibis._.count())
                   .filter(ibis._._hits > max_per_minute))
-    bots = per_minute.select("_device").distinct()
-    is_bot = device.isin(bots._device)
+    return per_minute.select("_device").distinct()
+
+
+def drop_bot_bursts(events: ir.Table, *, max_per_minute: int,
+                    devices: ir.Table | None = None) -> Split:
+    """Drop every row of a device that made more than ``max_per_minute`` hits in one minute.
+
+    No person clicks hundreds of times a minute; scripts with a browser's user agent do.
+    ``devices``: :func:`burst_devices` computed once (stored) by the caller, else inline.
+    """
+    bots = devices if devices is not None else burst_devices(
+        events, max_per_minute=max_per_minute)
+    is_bot = events.anonymous_id.fill_null(events.user_id).isin(bots._device)
     return split(events, is_bot, "bot_behaviour",
                  f"device made more than {max_per_minute} hits in one minute")

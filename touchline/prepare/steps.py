@@ -56,7 +56,11 @@ def drop_bot_user_agents(t: Tables, ctx: Context) -> StepResult:
 
 
 def drop_bot_bursts(t: Tables, ctx: Context) -> StepResult:
-    split = clean.drop_bot_bursts(t["events"], max_per_minute=ctx.settings.bot_hits_per_minute)
+    limit = ctx.settings.bot_hits_per_minute
+    # stored: both the kept and the rejected side test membership in it
+    devices = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}burst_devices",
+                                 clean.burst_devices(t["events"], max_per_minute=limit))
+    split = clean.drop_bot_bursts(t["events"], max_per_minute=limit, devices=devices)
     return StepResult({"events": split.kept}, split.rejected)
 
 
