@@ -156,7 +156,10 @@ def materialise(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
     """
     if engine_name(con) == "spark":
         return con.create_table(name, expr, overwrite=True)
-    return con.create_table(name, expr, temp=True, overwrite=True)
+    # not overwrite=True: for temporary tables Ibis 12 then writes every row twice (into a
+    # scratch table, then a copy under the final name)
+    con.drop_table(name, force=True)
+    return con.create_table(name, expr, temp=True)
 
 
 def drop_materialised(con: BaseBackend, name: str) -> None:

@@ -229,13 +229,16 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     ctx = Context(con=con, settings=settings,
                   now=now or datetime.now(UTC).replace(tzinfo=None),
                   run_id=run_id or f"prepare-{uuid.uuid4().hex[:12]}")
-    tables: dict[str, ir.Table] = {"events": working_events(con.table("events"))}
+    # read once from the warehouse file (compressed, all columns) into a narrow scratch copy
+    # that every early step and its rejects scan instead
+    tables: dict[str, ir.Table] = {"events": engine.materialise(
+        con, f"{SCRATCH_PREFIX}events_input", working_events(con.table("events")))}
     if "deals" in existing:
         tables["deals"] = con.table("deals")
     rejected: list[ir.Table] = []
     audits: list[ir.Table] = []
     reports: list[StepReport] = []
-    checkpoints: list[str] = []
+    checkpoints: list[str] = [tables["events"].get_name()]
     try:
         for i, step in enumerate(steps):
             t0 = time.perf_counter()
