@@ -161,6 +161,13 @@ def _check_prepared(con: Any, report: DemoReport) -> None:
     identified = persons.filter(persons.user_id.notnull()).count().to_pyarrow().as_py()
     checks.append(("identified persons (with a user id)", int(identified),
                    _truth_sum(report, "identified_persons")))
+    checks.append(("persons (identity graph components)", int(persons.count().to_pyarrow()
+                                                              .as_py()),
+                   _truth_sum(report, "resolvable_persons")))
+    accounts = con.table("accounts")
+    checks.append(("B2B accounts (named by a group call or e-mail)",
+                   int(accounts.count().to_pyarrow().as_py()),
+                   _truth_sum(report, "resolvable_accounts")))
 
 
 def _prepare(con: Any, settings: Settings, report: DemoReport, progress: Progress) -> None:

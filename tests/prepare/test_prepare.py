@@ -117,6 +117,42 @@ def test_identity_guards_cut_hubs_and_unlinking_splits(db, tmp_path: Path) -> No
     assert db.table("persons").count().execute() == 4 + 1 + 3
 
 
+COMPANIES = [
+    # acme is a CRM account: a listed contact, a group call with its id, an unlisted colleague
+    {"anonymous_id": "a1", "type": "identify", "timestamp": "09:00", "email": "ann@acme.com"},
+    {"anonymous_id": "d1", "type": "group", "group_id": "A1", "timestamp": "09:01"},
+    {"anonymous_id": "e1", "type": "identify", "timestamp": "09:02", "email": "eve@acme.com"},
+    # gamma is known only from group calls; a colleague writes from its domain
+    {"anonymous_id": "g1", "type": "group", "group_id": "G7", "timestamp": "09:03"},
+    {"anonymous_id": "g1", "type": "identify", "timestamp": "09:04", "email": "gus@gamma.io"},
+    {"anonymous_id": "h1", "type": "identify", "timestamp": "09:05", "email": "hal@gamma.io"},
+    # delta only by domain; bob writes from free mail
+    {"anonymous_id": "i1", "type": "identify", "timestamp": "09:06", "email": "ivy@delta.org"},
+    {"anonymous_id": "b1", "type": "identify", "timestamp": "09:07", "email": "bob@gmail.com"},
+]
+COMPANY_DEALS = [{"deal_id": "d1", "account_id": "A1", "account_name": "Acme",
+                  "account_domain": "Acme.com", "contact_emails": "ann@acme.com",
+                  "created_at": "2025-03-05 00:00:00"}]
+
+
+def test_one_company_is_one_account_whatever_the_evidence(con, settings) -> None:  # type: ignore[no-untyped-def]
+    """A CRM id, a group id and an e-mail domain of one company resolve to one account."""
+    load(con, COMPANIES)
+    engine.load_table(con, "deals", arrow_table(store.DEALS, COMPANY_DEALS))
+    run_prepare(con, settings, now=NOW)
+    accounts = con.table("accounts").to_pandas().sort_values("account_id")
+    got = [(r.account_id, r.account_name, r.domain, r.account_source, r.person_count)
+           for r in accounts.itertuples()]
+    assert got == [
+        ("crm:A1", "Acme", "acme.com", "crm", 3),
+        ("domain:delta.org", "delta.org", "delta.org", "email_domain", 1),
+        ("group:G7", "gamma.io", "gamma.io", "group", 2),  # named by its domain
+    ]
+    persons = con.table("persons").to_pandas()
+    by_email = dict(zip(persons.email, persons.account_id, strict=True))
+    assert by_email["bob@gmail.com"] is None or pd.isna(by_email["bob@gmail.com"])
+
+
 def assert_frames_equal(left: dict[str, pd.DataFrame], right: dict[str, pd.DataFrame]) -> None:
     assert left.keys() == right.keys()
     for name in left:

@@ -205,8 +205,20 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
     """
     emails = identities.filter(identities.kind == "email").select(
         "person_id", email=identities.identifier.substr(6))
+    with_domain = emails.mutate(email_domain=emails.email.re_extract(r"@(.+)$", 1))
+    business = with_domain.inner_join(domains.filter(~domains.is_free), "email_domain")
+    devices = identities.select("identifier", "person_id")
+    grouped = groups.inner_join(devices, groups.device_id == devices.identifier)
     candidates = []
+    # one company, one account: a group id that is a CRM account id, or a business domain that
+    # is a CRM account's (else a group's people's) domain, resolves to that account
+    group_key = "group:" + grouped.group_id
+    domain_key = "domain:" + business.registrable
     if deals is not None:
+        known = deals.filter(deals.account_id.notnull())
+        crm_ids = known.select(_crm_id=known.account_id).distinct()
+        crm_domains = known.filter(known.account_domain.notnull()).group_by(
+            _dom=known.account_domain.lower()).aggregate(_crm_of_domain=known.account_id.min())
         contacts = deals.filter(deals.account_id.notnull() & deals.contact_emails.notnull()) \
             .select("account_id", "account_name", "account_domain",
                     email=deals.contact_emails.split(";").unnest())
@@ -215,15 +227,26 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
         candidates.append(crm.select(
             "person_id", account_id="crm:" + crm.account_id, account_source=ibis.literal("crm"),
             account_name=crm.account_name, domain=crm.account_domain.lower(), _rank=0))
-    devices = identities.select("identifier", "person_id")
-    grouped = groups.inner_join(devices, groups.device_id == devices.identifier)
-    candidates.append(grouped.select(
-        "person_id", account_id="group:" + grouped.group_id, account_source=ibis.literal("group"),
+        grouped = grouped.left_join(crm_ids, grouped.group_id == crm_ids._crm_id)
+        group_key = ibis.ifelse(grouped._crm_id.notnull(), "crm:" + grouped.group_id,
+                                "group:" + grouped.group_id)
+        business = business.left_join(crm_domains, business.registrable == crm_domains._dom)
+    group_rows = grouped.select("person_id", _key=group_key)
+    candidates.append(group_rows.select(
+        "person_id", account_id="_key", account_source=ibis.literal("group"),
         account_name=ibis.null("string"), domain=ibis.null("string"), _rank=1))
-    with_domain = emails.mutate(email_domain=emails.email.re_extract(r"@(.+)$", 1))
-    business = with_domain.inner_join(domains.filter(~domains.is_free), "email_domain")
+    # the domain a group's people write from names that group's account
+    group_domains = group_rows.inner_join(
+        business.select("person_id", _gdom="registrable"), "person_id").group_by(
+        "_gdom").aggregate(_group_of_domain=ibis._._key.min())
+    business = business.left_join(group_domains, business.registrable == group_domains._gdom)
+    if deals is not None:
+        domain_key = ibis.coalesce("crm:" + business._crm_of_domain, business._group_of_domain,
+                                   "domain:" + business.registrable)
+    else:
+        domain_key = ibis.coalesce(business._group_of_domain, "domain:" + business.registrable)
     candidates.append(business.select(
-        "person_id", account_id="domain:" + business.registrable,
+        "person_id", account_id=domain_key,
         account_source=ibis.literal("email_domain"), account_name=business.registrable,
         domain=business.registrable, _rank=2))
     every = ibis.union(*candidates, distinct=False)
@@ -231,5 +254,17 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
     chosen = best.group_by("person_id").aggregate(_pick=best._order.min())
     won = best.inner_join(chosen, [best.person_id == chosen.person_id,
                                    best._order == chosen._pick])
-    return won.group_by(["person_id", "account_id", "account_source"]).aggregate(
+    out = won.group_by(["person_id", "account_id"]).aggregate(
         account_name=won.account_name.min(), domain=won.domain.min())
+    # the account's origin, whichever evidence placed the person in it
+    source = ibis.cases((out.account_id.startswith("crm:"), "crm"),
+                        (out.account_id.startswith("group:"), "group"), else_="email_domain")
+    if deals is None:
+        return out.mutate(account_source=source)
+    known = deals.filter(deals.account_id.notnull())
+    info = known.group_by(_info_id="crm:" + known.account_id).aggregate(
+        _name=known.account_name.min(), _domain=known.account_domain.lower().min())
+    out = out.left_join(info, out.account_id == info._info_id)
+    return out.select("person_id", "account_id", account_source=source,
+                      account_name=ibis.coalesce(out._name, out.account_name),
+                      domain=ibis.coalesce(out._domain, out.domain))

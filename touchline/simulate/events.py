@@ -160,6 +160,7 @@ class Rendered:
     human_events: int
     sessions: int
     anonymous_ids: int
+    unlinked_devices: int  # devices that never sent a userId: each stays a person of its own
 
     @property
     def written(self) -> int:
@@ -558,11 +559,14 @@ def render(
 
     tables = _tables(pop, pages, bots, rng, counts)
     unique = _assemble(pop, journeys, blocks, rng)
+    linked = np.unique(unique.device[(unique.device >= 0) & (unique.device < pop.devices)
+                                     & unique.knows_user])
+    unlinked = len(np.setdiff1d(used_devices, linked))
     order, sent_at, received_at = _timing(pop, unique, rng, counts)
     return Rendered(
         rows=unique.take(order), tables=tables, sent_at=sent_at, received_at=received_at,
         mess=counts, landings=pages.landings, human_events=human, sessions=int(web.sum()),
-        anonymous_ids=len(used_devices),
+        anonymous_ids=len(used_devices), unlinked_devices=unlinked,
     )
 
 

@@ -75,10 +75,18 @@ class Truth:
                                   + rendered.mess["duplicate_retried"])
         c["persons"] += pop.people
         c["identified_persons"] += int((journeys.person_identified >= 0).sum())
+        c["resolvable_persons"] += (int((journeys.person_identified >= 0).sum())
+                                    + rendered.unlinked_devices)
         c["anonymous_ids"] += rendered.anonymous_ids
         c["sessions"] += rendered.sessions
         c["touches"] += len(t)
         c["accounts"] += pop.units if pop.b2b else 0
+        if pop.b2b:
+            # an account is named by a group call or by a (business) e-mail of one of its people
+            rows = rendered.rows
+            named = (rows.is_group | rows.email.is_valid().to_numpy(zero_copy_only=False)) & (
+                rows.person >= 0)
+            c["resolvable_accounts"] += len(np.unique(pop.person_unit[rows.person[named]]))
         c["journeys"] += pop.units
         c["conversions"] += int(outcome.converted.sum())
         c["orders"] += int((t.order > 0).sum())
@@ -185,6 +193,13 @@ DEFINITIONS = {
     "events_written": "lines/rows in the events file, duplicates and bots included",
     "persons": "real people simulated (bots excluded); identified_persons ever sent a userId",
     "anonymous_ids": "distinct anonymousIds of non-bot events (devices that sent something)",
+    "resolvable_accounts": "B2B accounts named by some event: a group call or an e-mail of "
+                           "one of its people (people known only by a phone call name no "
+                           "account)",
+    "resolvable_persons": "persons a perfect identity graph can form from the events: each "
+                          "identified person once (with every device that ever sent their "
+                          "userId) plus each device that never sent a userId on its own (no "
+                          "event ties it to its owner, so nothing can stitch it)",
     "sessions": "web visits: a 30-minute inactivity rule per anonymousId over non-bot events "
                 "by timestamp recovers them exactly (calls, webinars and CRM/forms/server "
                 "events without anonymousId are not sessions)",
