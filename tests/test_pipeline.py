@@ -1,0 +1,39 @@
+"""The whole pipeline against the simulator's ground truth: simulate → ingest (or the collector)
+→ prepare → journeys → attribution. Every count the demo checks must equal ``truth.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from touchline.config import Settings
+from touchline.pipeline import run_demo
+
+EXPECTED_CHECKS = {
+    "distinct events loaded (incl. bots)",
+    "unique touches (touchpoints)",
+    "web sessions (30-minute rule)",
+    "anonymous ids (devices)",
+    "identified persons (with a user id)",
+    "persons (identity graph components)",
+    "B2B accounts (named by a group call or e-mail)",
+    "b2c: conversions on prepared journeys",
+    "b2c: first-conversion revenue on prepared journeys",
+    "b2b: conversions on prepared journeys",
+    "b2b: first-conversion revenue on prepared journeys",
+}
+
+
+@pytest.mark.parametrize("via_http", [False, True], ids=["file", "collector"])
+def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> None:
+    settings = Settings(database_url=f"duckdb:///{tmp_path / 'demo.duckdb'}",
+                        spool_dir=tmp_path / "spool", spool_min_free_bytes=0,
+                        temp_directory=tmp_path)
+    report = run_demo(settings, data_folder=tmp_path / "data", people=1500, b2b_people=600,
+                      b2b_accounts=60, seed=11, via_http=via_http, progress=lambda _: None)
+    checks = [c for d in report.datasets for c in d.checks]
+    assert {name for name, _, _ in checks} == EXPECTED_CHECKS
+    wrong = [(name, got, truth) for name, got, truth in checks if got != pytest.approx(truth)]
+    assert not wrong, f"counts that differ from truth.json: {wrong}"
+    assert all(value > 0 for name, value, _ in checks if "accounts" not in name)
