@@ -30,7 +30,9 @@ def dedupe_exact(events: ir.Table) -> Split:
     repeated = counts.filter(counts._copies > 1).select(_dup_id="message_id")
     multi = events.semi_join(repeated, events.message_id == repeated._dup_id)
     single = events.anti_join(repeated, events.message_id == repeated._dup_id)
-    order = [multi.timestamp, multi.received_at, multi.recorded_by, multi.url, multi.user_agent]
+    # a total order in practice (copies that tie on all of these are identical touches)
+    order = [multi[c] for c in ("timestamp", "received_at", "recorded_by", "page_url", "url",
+                                "click_id", "referrer_host", "user_agent") if c in multi.columns]
     ranked = multi.mutate(_copy=ibis.row_number().over(group_by="message_id", order_by=order))
     kept = single.union(ranked.filter(ranked._copy == 0).drop("_copy"))
     losers = ranked.filter(ranked._copy > 0).drop("_copy")

@@ -86,10 +86,12 @@ def _reject_rows(rejected: ir.Table, step: str, ctx: Context) -> ir.Table:
     r = rejected
     if "ref" not in r.columns:
         r = r.mutate(ref=ibis.null("string"))
-    raw = ibis.literal("message_id=") + r.message_id.fill_null("") + " type=" + r.type.fill_null(
-        "") + " event=" + r.event.fill_null("") + " anonymous_id=" + r.anonymous_id.fill_null(
-        "") + " timestamp=" + r.timestamp.cast("string").fill_null("") + " url=" + r.url.fill_null(
-        "") + " user_agent=" + r.user_agent.fill_null("")
+    # the row as it was dropped; later steps work without the raw url (page_url replaces it)
+    shown = [c for c in ("message_id", "type", "event", "anonymous_id", "timestamp", "url",
+                         "page_url", "user_agent") if c in r.columns]
+    raw = ibis.literal("")
+    for i, name in enumerate(shown):
+        raw = raw + ("" if i == 0 else " ") + f"{name}=" + r[name].cast("string").fill_null("")
     number = ibis.row_number().over(order_by=[r.message_id, r.timestamp])
     return r.select(
         reject_id=STEP_PREFIX + step + ":" + r.message_id.fill_null("") + ":" + number.cast(

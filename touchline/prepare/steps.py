@@ -33,7 +33,8 @@ def drop_missing_ids(t: Tables, ctx: Context) -> StepResult:
 def correct_clock_skew(t: Tables, ctx: Context) -> StepResult:
     events, audit = clean.correct_clock_skew(
         t["events"], flag_seconds=ctx.settings.clock_skew_flag_seconds)
-    return StepResult({"events": events}, audit=audit)
+    # the client times are used up: every later copy of the working table is narrower
+    return StepResult({"events": events.drop("original_timestamp", "sent_at")}, audit=audit)
 
 
 def drop_impossible_timestamps(t: Tables, ctx: Context) -> StepResult:
@@ -74,7 +75,9 @@ def standardise_utm(t: Tables, ctx: Context) -> StepResult:
 
 def standardise_urls(t: Tables, ctx: Context) -> StepResult:
     events, audit = standardise.standardise_urls(t["events"])
-    return StepResult({"events": events}, audit=audit)
+    # page_url, referrer_host, click_id_type and click_id carry on what these said
+    used = ["url", "referrer", *(c for c, _ in standardise.CLICK_IDS)]
+    return StepResult({"events": events.drop(*used)}, audit=audit)
 
 
 def standardise_contacts(t: Tables, ctx: Context) -> StepResult:
