@@ -4,11 +4,11 @@ Both run on the same Parquet file from ``../shared/bench/gen_events.py`` in the 
 each under ``../shared/bench/timed.py``; the figure reported is the ratio of wall times. Counts
 (unique events, sessions, anonymous ids) are checked against the generator's truth file.
 
-Scope: prepare only (load + all STEPS). The reference also builds paths and linear credits, so
-the ratio is conservative for touchline; paths + credits are not included here yet.
+Both sides build paths and linear credits after preparing. A second pair of runs at 1M events
+checks that Spark local[2] gives the same outputs as DuckDB and reports its time ratio.
 
-    python benchmarks/bench_prepare.py [--events 10e6]
-    python benchmarks/bench_prepare.py --run PARQUET --out JSON   # the timed inner run
+    python benchmarks/bench_prepare.py [--events 10e6] [--spark-events 1e6]
+    python benchmarks/bench_prepare.py --run PARQUET --out JSON [--url URL]  # the timed run
 """
 
 from __future__ import annotations
@@ -27,25 +27,28 @@ from common import DATA, PYTHON, SHARED_BENCH, machine, timed, write_result
 log = logging.getLogger("bench_prepare")
 
 
-def run_inner(parquet: Path, out: Path) -> None:
-    """Load the generator's file as canonical ``events`` and run prepare; write counts."""
+def run_inner(parquet: Path, out: Path, url: str) -> None:
+    """Load the generator's file as canonical ``events``, run prepare, then paths and linear
+    credits (what the reference computes too); write counts and timings."""
     import ibis
 
-    from touchline import engine
+    from touchline import attribute, engine
+    from touchline.attribution.paths import paths_from_touches
     from touchline.config import Settings
+    from touchline.journeys import person_journeys
     from touchline.prepare import run_prepare
 
     db = DATA / "prepare_bench.duckdb"
     for stale in (db, db.with_name(db.name + ".wal")):
         stale.unlink(missing_ok=True)
-    settings = Settings(database_url=f"duckdb:///{db}")
+    settings = Settings(database_url=url.replace("{db}", str(db)), temp_directory=DATA / "tmp")
     con = engine.connect(settings=settings)
     t0 = time.perf_counter()
     raw = con.read_parquet(str(parquet))
     # the generator's columns differ from canonical events: map them here
     events = raw.select(
         message_id=raw.event_id, anonymous_id=raw.anonymous_id, user_id=raw.user_id,
-        timestamp=raw.ts, event=raw.event,
+        timestamp=raw.ts.cast("timestamp"), event=raw.event,
         type=ibis.ifelse(raw.event == "page_view", "page", "track"),
         url=raw.url, referrer=raw.referrer, utm_source=raw.utm_source,
         utm_medium=raw.utm_medium, utm_campaign=raw.utm_campaign, gclid=raw.gclid,
@@ -57,16 +60,27 @@ def run_inner(parquet: Path, out: Path) -> None:
     # data's end, else drop_future_timestamps rightly rejects those rows and counts differ
     end = con.table("events").timestamp.max().execute()
     result = run_prepare(con, settings, now=end.to_pydatetime() + timedelta(days=1))
+    t1 = time.perf_counter()
+    paths = paths_from_touches(person_journeys(con.table("sessions")))
+    credits = attribute(paths, "linear")
+    attributed = time.perf_counter() - t1
     sessions = con.table("sessions")
+    by_channel = sessions.group_by("channel").aggregate(n=sessions.count()).to_pandas()
     counts = {
         "unique_events": result.counts["touchpoints"],
         "sessions": result.counts["sessions"],
         "anonymous_ids": int(sessions.anonymous_id.nunique().execute()),
         "persons": result.counts["persons"],
+        "converting_journeys": round(paths.total_conversions),
         "rejects_by_reason": result.rejects_by_reason,
+        "sessions_by_channel": {str(r.channel): int(r.n) for r in by_channel.itertuples()},
+        "linear_credit": {str(r.channel): round(float(r.conversions), 6)
+                          for r in credits.itertuples()},
     }
     out.write_text(json.dumps({
+        "engine": engine.engine_name(con),
         "load_seconds": round(loaded, 2), "prepare_seconds": round(result.seconds, 2),
+        "paths_credits_seconds": round(attributed, 2),
         "steps": {s.name: round(s.seconds, 2) for s in result.steps}, "counts": counts,
     }, indent=2))
     con.disconnect()
@@ -74,7 +88,13 @@ def run_inner(parquet: Path, out: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def main(events: float) -> None:
+DUCKDB_URL = "duckdb:///{db}"
+SPARK_URL = "spark://local[2]"
+PARITY_KEYS = ("unique_events", "sessions", "anonymous_ids", "persons", "converting_journeys",
+               "rejects_by_reason", "sessions_by_channel", "linear_credit")
+
+
+def _events_file(events: float) -> tuple[str, Path]:
     label = f"{events / 1e6:g}M"
     parquet = DATA / f"events_{label}.parquet"
     DATA.mkdir(exist_ok=True)
@@ -83,43 +103,81 @@ def main(events: float) -> None:
 
         subprocess.run([PYTHON, str(SHARED_BENCH / "gen_events.py"), "--events", str(events),
                         "--out", str(parquet)], check=True)
+    return label, parquet
+
+
+def _ours(label: str, parquet: Path, url: str, tag: str) -> tuple[dict, dict]:
+    out = DATA / f"touchline_prepare_{tag}_{label}.json"
+    record = timed(f"prepare/touchline-{tag}/{label}", [
+        PYTHON, str(Path(__file__).resolve()), "--run", str(parquet), "--out", str(out),
+        "--url", url], timeout=3600)
+    return record, json.loads(out.read_text())
+
+
+def spark_parity(events: float) -> str:
+    """The same prepare + paths + credits on Spark local[2] and on DuckDB: outputs and time."""
+    label, parquet = _events_file(events)
+    duck, duck_inner = _ours(label, parquet, DUCKDB_URL, "duckdb")
+    spark, spark_inner = _ours(label, parquet, SPARK_URL, "spark")
+    rows = []
+    for key in PARITY_KEYS:
+        a, b = duck_inner["counts"][key], spark_inner["counts"][key]
+        shown = f"{a:,}" if isinstance(a, int) else f"{len(a)} entries"
+        rows.append(f"| {key} | {shown} | {'yes' if a == b else '**no**'} |")
+    ratio = spark["wall_s"] / duck["wall_s"]
+    return f"""### Spark local[2] at {label} events
+
+The same run (load, prepare, paths, linear credits) with `database_url = spark://local[2]`:
+**Spark / DuckDB wall time {ratio:.2f}×** ({spark['wall_s']} s, peak RSS with the JVM
+{spark['tree_peak_rss_mib']} MiB, vs {duck['wall_s']} s, {duck['tree_peak_rss_mib']} MiB).
+
+| output | DuckDB | Spark identical |
+|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
+def main(events: float, spark_events: float) -> None:
+    label, parquet = _events_file(events)
     truth = json.loads(parquet.with_suffix(".truth.json").read_text())
     ref_out = DATA / f"ref_prepare_{label}.json"
     ref = timed(f"prepare/reference/{label}", [
         PYTHON, str(SHARED_BENCH / "pipelines.py"), "--engine", "duckdb", "--input", str(parquet),
         "--out", str(ref_out)])
-    ours_out = DATA / f"touchline_prepare_{label}.json"
-    ours = timed(f"prepare/touchline/{label}", [
-        PYTHON, str(Path(__file__).resolve()), "--run", str(parquet), "--out", str(ours_out)])
-    inner = json.loads(ours_out.read_text())
+    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb")
     reference = json.loads(ref_out.read_text())
     counts = inner["counts"]
     checks = {k: (counts[k], truth[k], counts[k] == truth[k])
               for k in ("unique_events", "sessions", "anonymous_ids")}
     ratio = ours["wall_s"] / ref["wall_s"]
+    parity = spark_parity(spark_events) if spark_events else ""
     data = {"machine": machine(), "events": events, "truth": truth, "reference": ref,
             "reference_counts": {k: reference.get(k) for k in
-                                 ("events_dedup", "sessions", "anonymous_ids", "persons")},
+                                 ("events_dedup", "sessions", "anonymous_ids", "persons",
+                                  "converters")},
             "touchline": ours, "touchline_inner": inner, "ratio": ratio, "checks": checks}
     rows = "\n".join(f"| {k} | {a:,} | {b:,} | {'yes' if ok else '**no**'} |"
                      for k, (a, b, ok) in checks.items())
     steps = "\n".join(f"| {k} | {v:.1f} |" for k, v in inner["steps"].items())
     ref_cpu, our_cpu = ref.get("others_cpu_s"), ours.get("others_cpu_s")
-    md = f"""## Prepare ({label} events)
+    md = f"""## Prepare ({label} events, issue 4)
 
-`touchline prepare` (load + every step: clean, bots, standardise, dedupe, sessions, channels,
-identity graph, accounts) against `../shared/bench/pipelines.py --engine duckdb` (dedupe,
-sessions, channel, stitch, paths, linear credits) on the same `gen_events.py` file, same run.
-Scope: **prepare only** — paths and linear credits are not in touchline's timing yet, so the
-reference does strictly more visible work, while touchline does more preparation.
+`python benchmarks/bench_prepare.py --events {events:g}`: touchline (load the generator's
+Parquet as `events`, every prepare step — clean, bots, standardise, dedupe, sessions, channels,
+identity graph, accounts — then person journeys, paths and linear credits) against
+`../shared/bench/pipelines.py --engine duckdb` (dedupe, sessions, channel, stitch, paths,
+linear credits) on the same `gen_events.py` file, same run.
 
 | run | wall s | peak RSS MiB | others' CPU s |
 |---|---|---|---|
 | reference (DuckDB SQL) | {ref['wall_s']} | {ref['tree_peak_rss_mib']} | {ref_cpu} |
-| touchline prepare | {ours['wall_s']} | {ours['tree_peak_rss_mib']} | {our_cpu} |
+| touchline | {ours['wall_s']} | {ours['tree_peak_rss_mib']} | {our_cpu} |
 
-**Ratio touchline / reference: {ratio:.2f}×** (goal ≤ 0.5× for prepare + paths + credits).
-Inside touchline: load {inner['load_seconds']} s, prepare {inner['prepare_seconds']} s.
+**Ratio touchline / reference: {ratio:.2f}×** (goal ≤ 0.5×). Inside touchline: load
+{inner['load_seconds']} s, prepare {inner['prepare_seconds']} s, paths + linear credits
+{inner['paths_credits_seconds']} s. Converting journeys: {counts['converting_journeys']:,}
+(reference converters: {reference.get('converters', 0):,}; touchline stitches persons by its
+identity graph, the reference by `min(user_id)` per anonymous id).
 
 | count | touchline | truth.json | equal |
 |---|---|---|---|
@@ -128,7 +186,8 @@ Inside touchline: load {inner['load_seconds']} s, prepare {inner['prepare_second
 | step | seconds |
 |---|---|
 {steps}
-"""
+
+{parity}"""
     write_result("prepare", md, data)
     log.info("prepare %s: ratio %.2f", label, ratio)
 
@@ -137,10 +196,13 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=float, default=10e6)
+    ap.add_argument("--spark-events", type=float, default=1e6,
+                    help="size of the Spark-vs-DuckDB parity run (0: skip)")
     ap.add_argument("--run", type=Path)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--url", default=DUCKDB_URL)
     args = ap.parse_args()
     if args.run:
-        run_inner(args.run, args.out)
+        run_inner(args.run, args.out, args.url)
     else:
-        main(args.events)
+        main(args.events, args.spark_events)

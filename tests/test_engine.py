@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import ibis
@@ -27,6 +28,18 @@ def test_string_null_survives_upload_to_engine(con) -> None:
     t = engine.load_table(con, "t_null", pd.DataFrame({"s": ["x", None]}))
     assert t.s.isnull().sum().to_pyarrow().as_py() == 1
     assert t.filter(t.s == "NaN").count().to_pyarrow().as_py() == 0
+
+
+def test_strip_removes_white_space_only_on_each_engine(con) -> None:
+    # Ibis 12 emits TRIM(' \t\n\r\v\f' FROM s) for Spark, whose parser reads \v and \f as
+    # the letters v and f: 'facebook' became 'acebook' (engine._fix_spark_strip)
+    words = ["facebook", " Facebook\t", "vivid\n", "\x0bfvf x fvf\x0c ", "", "  ", None]
+    t = engine.load_table(con, "t_strip", pd.DataFrame({"i": range(len(words)), "s": words}))
+    got = t.select("i", a=t.s.strip(), b=t.s.lstrip(), c=t.s.rstrip()).order_by("i").to_pandas()
+    ws = string.whitespace
+    for column, fn in (("a", str.strip), ("b", str.lstrip), ("c", str.rstrip)):
+        expected = [None if w is None else fn(w, ws) for w in words]
+        assert [None if pd.isna(v) else v for v in got[column]] == expected, column
 
 
 def test_create_overwrite_and_drop_if_exists_work(con) -> None:
