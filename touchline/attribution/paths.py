@@ -529,8 +529,8 @@ def aggregate_paths(
     touch older than ``converted_at - lookback`` (or, for a journey without conversion, older
     than its last touch minus ``lookback``). A journey left without touches gives no path.
 
-    The ordered list is a window ``collect`` (ordered on both engines; Spark has no ordered
-    aggregate ``collect``), read on each journey's first touch.
+    The ordered list is a ``collect`` of ``(position, label)`` structs, sorted and mapped to the
+    labels: ordered on both engines (Spark has no ordered aggregate ``collect``).
 
     Returns columns ``path``, ``conversions``, ``value``, ``nulls``, ``lead_position``,
     ``opportunity_position`` (and ``ages``, in days, when ``with_ages``): with ``with_ages``
@@ -572,16 +572,22 @@ def aggregate_paths(
         / SECONDS_PER_DAY,
         _converted=t.converted.cast("boolean").fill_null(False),
     )
-    ordered = ibis.window(group_by="journey_id", order_by=by_time, rows=(None, None))
+    # one list per journey: collect (position, value) structs, sort them, keep the values (a
+    # hash aggregate; a window collect over the whole frame builds a list for every touch)
+    def ordered_list(value: ir.Value) -> ir.ArrayValue:
+        pairs = ibis.struct({"pos": t._pos, "v": value}).collect().sort()
+        return pairs.map(lambda pair: pair.v)
+
     columns: dict[str, Any] = {
-        "path": t[level].cast("string").collect().over(ordered),
-        "lead_position": t._lead.min().over(ibis.window(group_by="journey_id")),
-        "opportunity_position": t._opportunity.min().over(ibis.window(group_by="journey_id")),
+        "path": ordered_list(t[level].cast("string")),
+        "lead_position": t._lead.min(),
+        "opportunity_position": t._opportunity.min(),
+        "_converted": t._converted.max(),
+        "value": t.value.max(),
     }
     if with_ages:
-        columns["ages"] = t._age.collect().over(ordered)
-    journeys = t.mutate(**columns)
-    journeys = journeys.filter(journeys._pos == 0)
+        columns["ages"] = ordered_list(t._age)
+    journeys = t.group_by("journey_id").aggregate(**columns)
     keys = ["path", "lead_position", "opportunity_position"] + (["ages"] if with_ages else [])
     return (
         journeys.group_by(keys)
