@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from touchline.errors import InputError
@@ -234,40 +235,112 @@ def _csv_chunk(
     return Chunk(table, np.asarray(lines, dtype=np.int64), raw, rejects)
 
 
+BLOCK_BYTES = 8 << 20  # NDJSON is read in blocks of this size and split into lines in C
+
+
+def _line_blocks(
+    stream: io.BufferedIOBase, path: Path, max_line_bytes: int
+) -> Iterator[tuple[int, list[bytes], list[int]]]:
+    """``(number of the first line, lines, numbers of overlong lines)`` per block read.
+
+    Lines come without their ``\\n``; an overlong line is an empty slot in ``lines`` and its
+    number is listed, and at most ``max_line_bytes`` of it (plus one block) is ever held.
+    Splitting whole blocks with ``bytes.split`` keeps Python off the per-line path.
+    """
+    number = 0  # lines emitted so far
+    carry = b""
+    skipping = False  # inside an overlong line
+    try:
+        while True:
+            block = stream.read(BLOCK_BYTES)
+            if not block:
+                break
+            if skipping:
+                cut = block.find(b"\n")
+                if cut < 0:
+                    continue
+                block, skipping = block[cut + 1 :], False
+                number += 1
+                yield number, [b""], [number]
+            data = carry + block if carry else block
+            end = data.rfind(b"\n")
+            if end < 0:
+                carry = data
+            else:
+                lines, carry = data[:end].split(b"\n"), data[end + 1 :]
+                long: list[int] = []
+                if max(map(len, lines)) > max_line_bytes:
+                    for i, line in enumerate(lines):
+                        if len(line) > max_line_bytes:
+                            lines[i] = b""
+                            long.append(number + 1 + i)
+                yield number + 1, lines, long
+                number += len(lines)
+            if len(carry) > max_line_bytes:
+                carry, skipping = b"", True
+        if skipping or carry:
+            number += 1
+            yield number, [b""] if skipping else [carry], [number] if skipping else []
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise InputError(
+            f"{path}: compressed data is truncated or corrupt after line {number} ({exc}); "
+            "nothing from this file was loaded"
+        ) from None
+
+
+def _decoded(lines: list[bytes]) -> tuple[pa.Array, np.ndarray]:
+    """UTF-8 text of ``lines`` (``\\r`` endings dropped) and a mask of the lines that were valid."""
+    try:
+        text = pa.array(lines, type=pa.binary()).cast(pa.string())
+        valid = np.ones(len(lines), dtype=bool)
+    except pa.ArrowInvalid:  # some line is not UTF-8: decode one by one (rare)
+        pairs = [_decode(line) for line in lines]
+        text = pa.array([t for t, _ in pairs], type=pa.string())
+        valid = np.array([ok for _, ok in pairs], dtype=bool)
+    return pc.utf8_rtrim(text, characters="\r"), valid
+
+
 def iter_ndjson(path: Path, *, chunk_rows: int, max_line_bytes: int) -> Iterator[Chunk]:
     """Newline-delimited JSON: one record a line; the table has one ``line`` text column.
 
-    JSON parsing and field extraction happen later, in the engine, on the whole chunk.
+    Read in blocks and split in C (no Python work per line); JSON parsing and field extraction
+    happen later, in the engine, on the whole chunk. Blank lines hold no record.
     """
-    too_long: list[int] = []
     stream = _open_binary(path)
-    texts: list[str] = []
-    numbers: list[int] = []
+    texts: list[pa.Array] = []
+    numbers: list[np.ndarray] = []
     rejects: list[Reject] = []
-    for number, raw in enumerate(_bounded_lines(stream, path, max_line_bytes, too_long), 1):
-        if too_long and too_long[-1] == number:
-            rejects.append(_too_long(number, max_line_bytes))
-            too_long.pop()
-        elif raw.strip():
-            text, ok = _decode(raw)
-            if ok:
-                texts.append(text)
-                numbers.append(number)
-            else:
-                rejects.append(
-                    Reject(number, "invalid_encoding", "line has bytes that are not valid UTF-8",
-                           text[:RAW_KEEP_BYTES])
-                )
-        if len(texts) >= chunk_rows:
-            yield _line_chunk(texts, numbers, rejects)
-            texts, numbers, rejects = [], [], []
-    if texts or rejects:
-        yield _line_chunk(texts, numbers, rejects)
+    held = 0
+    for first, lines, long in _line_blocks(stream, path, max_line_bytes):
+        text, valid = _decoded(lines)
+        numbered = np.arange(first, first + len(lines), dtype=np.int64)
+        filled = pc.greater(pc.utf8_length(pc.ascii_trim_whitespace(text)), 0).to_numpy(
+            zero_copy_only=False)
+        rejects += [_too_long(n, max_line_bytes) for n in long]
+        for i in np.nonzero(filled & ~valid)[0]:
+            rejects.append(Reject(int(numbered[i]), "invalid_encoding",
+                                  "line has bytes that are not valid UTF-8",
+                                  text[int(i)].as_py()[:RAW_KEEP_BYTES]))
+        keep = filled & valid
+        texts.append(text.filter(pa.array(keep)))
+        numbers.append(numbered[keep])
+        held += int(keep.sum())
+        if held >= chunk_rows:
+            yield from _line_chunks(texts, numbers, rejects, chunk_rows)
+            texts, numbers, rejects, held = [], [], [], 0
+    if held or rejects:
+        yield from _line_chunks(texts, numbers, rejects, chunk_rows)
 
 
-def _line_chunk(texts: list[str], numbers: list[int], rejects: list[Reject]) -> Chunk:
-    line = pa.array(texts, type=pa.string())
-    return Chunk(pa.table({"line": line}), np.asarray(numbers, dtype=np.int64), line, rejects)
+def _line_chunks(texts: list[pa.Array], numbers: list[np.ndarray], rejects: list[Reject],
+                 chunk_rows: int) -> Iterator[Chunk]:
+    """The held lines as chunks of at most ``chunk_rows`` (rejects go with the first)."""
+    text = pa.concat_arrays(texts) if texts else pa.array([], type=pa.string())
+    lines = np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64)
+    for lo in range(0, max(len(text), 1), chunk_rows):
+        part = text.slice(lo, chunk_rows)
+        yield Chunk(pa.table({"line": part}), lines[lo : lo + chunk_rows], part,
+                    rejects if lo == 0 else [])
 
 
 def parquet_schema(path: Path) -> pa.Schema:
