@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from touchline import engine, store
 from touchline.collect.dni import LEASES_FILE, LeaseBook
@@ -250,14 +251,14 @@ def _load_chunk(
         db.rollback()
         raise
     report.events = split.events.num_rows - duplicates.num_rows
-    report.duplicates = duplicates.num_rows + sum(
-        1 for c in split.rejects.column("reason_code").to_pylist() if c == "duplicate"
-    )
+    repeated = pc.sum(pc.equal(split.rejects.column("reason_code"), "duplicate")).as_py()
+    report.duplicates = duplicates.num_rows + (repeated or 0)
     all_rejects = [split.rejects, early, dup_rejects]
     report.rejects = sum(t.num_rows for t in all_rejects)
-    for table in all_rejects:
-        for code in table.column("reason_code").to_pylist():
-            report.by_reason[code] = report.by_reason.get(code, 0) + 1
+    for table in all_rejects:  # counted in Arrow: a bad batch may hold many rejects
+        for item in pc.value_counts(table.column("reason_code")).to_pylist():
+            code = item["values"]
+            report.by_reason[code] = report.by_reason.get(code, 0) + item["counts"]
     return report
 
 

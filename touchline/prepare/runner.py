@@ -158,7 +158,7 @@ def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
     s = s.left_join(devices, s.device_id == devices._dev).drop("_dev")
     s = s.left_join(acc, s.person_id == acc._pid).drop("_pid")
     sessions = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}sessions_final",
-                                    _conform(s, store.SESSIONS))
+                                  _conform(s, store.SESSIONS))
     e = tables["events"]
     sv = sessions.select(
         _sid="session_id", person_id="person_id", account_id="account_id", channel="channel",
@@ -276,8 +276,11 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         out = assemble(tables, ctx)
         changes = _channel_changes(con, out["sessions"])
         counts: dict[str, int] = {}
+        written_as: dict[object, object] = {}
         for name, expr in out.items():
-            written = con.create_table(name, expr, overwrite=True)
+            # persons and accounts read touchpoints: from the written table, not the join again
+            written = con.create_table(name, _rebound(expr, written_as), overwrite=True)
+            written_as[expr.op()] = written.op()
             counts[name] = int(written.count().execute())
         # conform each part first: Spark may read an int64 literal column back as int32
         audit = ibis.union(*(_conform(a, store.AUDIT) for a in audits),
