@@ -8,6 +8,7 @@ Both sides build paths and linear credits after preparing. A second pair of runs
 checks that Spark local[2] gives the same outputs as DuckDB and reports its time ratio.
 
     python benchmarks/bench_prepare.py [--events 10e6] [--spark-events 1e6]
+    python benchmarks/bench_prepare.py --events 50e6 --spark-events 0 --memory-limit 7.5GB
     python benchmarks/bench_prepare.py --run PARQUET --out JSON [--url URL]  # the timed run
 """
 
@@ -27,7 +28,7 @@ from common import DATA, PYTHON, SHARED_BENCH, machine, timed, write_result
 log = logging.getLogger("bench_prepare")
 
 
-def run_inner(parquet: Path, out: Path, url: str) -> None:
+def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = None) -> None:
     """Load the generator's file as canonical ``events``, run prepare, then paths and linear
     credits (what the reference computes too); write counts and timings."""
     import ibis
@@ -41,7 +42,8 @@ def run_inner(parquet: Path, out: Path, url: str) -> None:
     db = DATA / "prepare_bench.duckdb"
     for stale in (db, db.with_name(db.name + ".wal")):
         stale.unlink(missing_ok=True)
-    settings = Settings(database_url=url.replace("{db}", str(db)), temp_directory=DATA / "tmp")
+    settings = Settings(database_url=url.replace("{db}", str(db)), temp_directory=DATA / "tmp",
+                        memory_limit=memory_limit)
     con = engine.connect(settings=settings)
     t0 = time.perf_counter()
     raw = con.read_parquet(str(parquet))
@@ -106,11 +108,13 @@ def _events_file(events: float) -> tuple[str, Path]:
     return label, parquet
 
 
-def _ours(label: str, parquet: Path, url: str, tag: str) -> tuple[dict, dict]:
+def _ours(label: str, parquet: Path, url: str, tag: str,
+          memory_limit: str | None = None) -> tuple[dict, dict]:
     out = DATA / f"touchline_prepare_{tag}_{label}.json"
+    limit = ["--memory-limit", memory_limit] if memory_limit else []
     record = timed(f"prepare/touchline-{tag}/{label}", [
         PYTHON, str(Path(__file__).resolve()), "--run", str(parquet), "--out", str(out),
-        "--url", url], timeout=3600)
+        "--url", url, *limit], timeout=3600)
     return record, json.loads(out.read_text())
 
 
@@ -137,14 +141,14 @@ The same run (load, prepare, paths, linear credits) with `database_url = spark:/
 """
 
 
-def main(events: float, spark_events: float) -> None:
+def main(events: float, spark_events: float, memory_limit: str | None = None) -> None:
     label, parquet = _events_file(events)
     truth = json.loads(parquet.with_suffix(".truth.json").read_text())
     ref_out = DATA / f"ref_prepare_{label}.json"
     ref = timed(f"prepare/reference/{label}", [
         PYTHON, str(SHARED_BENCH / "pipelines.py"), "--engine", "duckdb", "--input", str(parquet),
         "--out", str(ref_out)])
-    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb")
+    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb", memory_limit)
     reference = json.loads(ref_out.read_text())
     counts = inner["counts"]
     checks = {k: (counts[k], truth[k], counts[k] == truth[k])
@@ -160,6 +164,7 @@ def main(events: float, spark_events: float) -> None:
                      for k, (a, b, ok) in checks.items())
     steps = "\n".join(f"| {k} | {v:.1f} |" for k, v in inner["steps"].items())
     ref_cpu, our_cpu = ref.get("others_cpu_s"), ours.get("others_cpu_s")
+    limited = f" (memory_limit {memory_limit})" if memory_limit else ""
     md = f"""## Prepare ({label} events, issue 4)
 
 `python benchmarks/bench_prepare.py --events {events:g}`: touchline (load the generator's
@@ -171,7 +176,7 @@ linear credits) on the same `gen_events.py` file, same run.
 | run | wall s | peak RSS MiB | others' CPU s |
 |---|---|---|---|
 | reference (DuckDB SQL) | {ref['wall_s']} | {ref['tree_peak_rss_mib']} | {ref_cpu} |
-| touchline | {ours['wall_s']} | {ours['tree_peak_rss_mib']} | {our_cpu} |
+| touchline{limited} | {ours['wall_s']} | {ours['tree_peak_rss_mib']} | {our_cpu} |
 
 **Ratio touchline / reference: {ratio:.2f}×** (goal ≤ 0.5×). Inside touchline: load
 {inner['load_seconds']} s, prepare {inner['prepare_seconds']} s, paths + linear credits
@@ -188,7 +193,8 @@ identity graph, the reference by `min(user_id)` per anonymous id).
 {steps}
 
 {parity}"""
-    write_result("prepare", md, data)
+    # the 10M run is the standing figure; other sizes (50M with a memory limit) sit beside it
+    write_result("prepare" if label == "10M" else f"prepare_{label}", md, data)
     log.info("prepare %s: ratio %.2f", label, ratio)
 
 
@@ -201,8 +207,9 @@ if __name__ == "__main__":
     ap.add_argument("--run", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--url", default=DUCKDB_URL)
+    ap.add_argument("--memory-limit", help="DuckDB memory_limit for touchline's run, e.g. 7.5GB")
     args = ap.parse_args()
     if args.run:
-        run_inner(args.run, args.out, args.url)
+        run_inner(args.run, args.out, args.url, args.memory_limit)
     else:
-        main(args.events, args.spark_events)
+        main(args.events, args.spark_events, args.memory_limit)
