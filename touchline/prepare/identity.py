@@ -197,11 +197,15 @@ def domain_table(domains: Sequence[str], free_mail: frozenset[str]) -> pa.Table:
 
 def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.Table,
                     domains: ir.Table) -> ir.Table:
-    """``person_id -> account_id, account_source, account_name, domain``.
+    """``person_id -> account_id, account_source, account_name, domain``: one company, one account.
 
-    Precedence: a CRM account whose deal lists one of the person's e-mails (``crm:<id>``), else
-    a Segment group call (``group:<id>``), else the registrable domain of a business e-mail
-    (``domain:<domain>``; free-mail and ISP domains excluded). Ties: the least id.
+    Evidence, by precedence: a CRM deal listing one of the person's e-mails (``crm:<id>``), a
+    Segment group call (``group:<id>``), the registrable domain of a business e-mail
+    (``domain:<domain>``; free-mail and ISP domains excluded). Ties: the least id. Keys that
+    name a known company resolve to it: a group id that is a CRM account id becomes that
+    ``crm:`` account; a domain that is a CRM account's domain becomes that account, else one
+    written from by a group's people becomes that group's account. ``account_source`` says
+    which kind of account it is; a CRM account keeps the CRM's name and domain.
     """
     emails = identities.filter(identities.kind == "email").select(
         "person_id", email=identities.identifier.substr(6))
@@ -209,46 +213,39 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
     business = with_domain.inner_join(domains.filter(~domains.is_free), "email_domain")
     devices = identities.select("identifier", "person_id")
     grouped = groups.inner_join(devices, groups.device_id == devices.identifier)
-    candidates = []
-    # one company, one account: a group id that is a CRM account id, or a business domain that
-    # is a CRM account's (else a group's people's) domain, resolves to that account
     group_key = "group:" + grouped.group_id
-    domain_key = "domain:" + business.registrable
-    if deals is not None:
-        known = deals.filter(deals.account_id.notnull())
-        crm_ids = known.select(_crm_id=known.account_id).distinct()
-        crm_domains = known.filter(known.account_domain.notnull()).group_by(
-            _dom=known.account_domain.lower()).aggregate(_crm_of_domain=known.account_id.min())
-        contacts = deals.filter(deals.account_id.notnull() & deals.contact_emails.notnull()) \
-            .select("account_id", "account_name", "account_domain",
-                    email=deals.contact_emails.split(";").unnest())
+    crm_of_domain = ibis.null("string")
+    candidates = []
+    known = deals.filter(deals.account_id.notnull()) if deals is not None else None
+    if known is not None:
+        contacts = known.filter(known.contact_emails.notnull()).select(
+            "account_id", "account_name", "account_domain",
+            email=known.contact_emails.split(";").unnest())
         contacts = contacts.mutate(email=contacts.email.strip().lower()).distinct()
         crm = emails.inner_join(contacts, "email")
         candidates.append(crm.select(
-            "person_id", account_id="crm:" + crm.account_id, account_source=ibis.literal("crm"),
-            account_name=crm.account_name, domain=crm.account_domain.lower(), _rank=0))
+            "person_id", account_id="crm:" + crm.account_id, account_name=crm.account_name,
+            domain=crm.account_domain.lower(), _rank=0))
+        crm_ids = known.select(_crm_id=known.account_id).distinct()
         grouped = grouped.left_join(crm_ids, grouped.group_id == crm_ids._crm_id)
-        group_key = ibis.ifelse(grouped._crm_id.notnull(), "crm:" + grouped.group_id,
-                                "group:" + grouped.group_id)
+        group_key = ibis.ifelse(grouped._crm_id.notnull(), "crm:" + grouped.group_id, group_key)
+        crm_domains = known.filter(known.account_domain.notnull()).group_by(
+            _dom=known.account_domain.lower()).aggregate(_crm_of_domain=known.account_id.min())
         business = business.left_join(crm_domains, business.registrable == crm_domains._dom)
+        crm_of_domain = "crm:" + business._crm_of_domain
     group_rows = grouped.select("person_id", _key=group_key)
     candidates.append(group_rows.select(
-        "person_id", account_id="_key", account_source=ibis.literal("group"),
-        account_name=ibis.null("string"), domain=ibis.null("string"), _rank=1))
-    # the domain a group's people write from names that group's account
+        "person_id", account_id="_key", account_name=ibis.null("string"),
+        domain=ibis.null("string"), _rank=1))
     group_domains = group_rows.inner_join(
         business.select("person_id", _gdom="registrable"), "person_id").group_by(
         "_gdom").aggregate(_group_of_domain=ibis._._key.min())
     business = business.left_join(group_domains, business.registrable == group_domains._gdom)
-    if deals is not None:
-        domain_key = ibis.coalesce("crm:" + business._crm_of_domain, business._group_of_domain,
-                                   "domain:" + business.registrable)
-    else:
-        domain_key = ibis.coalesce(business._group_of_domain, "domain:" + business.registrable)
     candidates.append(business.select(
-        "person_id", account_id=domain_key,
-        account_source=ibis.literal("email_domain"), account_name=business.registrable,
-        domain=business.registrable, _rank=2))
+        "person_id",
+        account_id=ibis.coalesce(crm_of_domain, business._group_of_domain,
+                                 "domain:" + business.registrable),
+        account_name=business.registrable, domain=business.registrable, _rank=2))
     every = ibis.union(*candidates, distinct=False)
     best = every.mutate(_order=every._rank.cast("string") + every.account_id)
     chosen = best.group_by("person_id").aggregate(_pick=best._order.min())
@@ -256,12 +253,11 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
                                    best._order == chosen._pick])
     out = won.group_by(["person_id", "account_id"]).aggregate(
         account_name=won.account_name.min(), domain=won.domain.min())
-    # the account's origin, whichever evidence placed the person in it
     source = ibis.cases((out.account_id.startswith("crm:"), "crm"),
                         (out.account_id.startswith("group:"), "group"), else_="email_domain")
-    if deals is None:
-        return out.mutate(account_source=source)
-    known = deals.filter(deals.account_id.notnull())
+    if known is None:
+        return out.select("person_id", "account_id", account_source=source,
+                          account_name=out.account_name, domain=out.domain)
     info = known.group_by(_info_id="crm:" + known.account_id).aggregate(
         _name=known.account_name.min(), _domain=known.account_domain.lower().min())
     out = out.left_join(info, out.account_id == info._info_id)
