@@ -71,6 +71,23 @@ def test_duckdb_spills_beside_the_warehouse_file(tmp_path: Path) -> None:
     con.disconnect()
 
 
+@pytest.mark.parametrize(("limit", "temporary"), [(None, True), ("512MB", False)])
+def test_scratch_tables_go_into_the_file_under_a_memory_limit(
+    tmp_path: Path, limit: str | None, temporary: bool
+) -> None:
+    # temporary tables spill uncompressed: under a memory limit they would fill the disk
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb",
+                                           memory_limit=limit))
+    table = engine.materialise(con, "scratch_x", ibis.memtable({"a": [1, 2, 3]}))
+    assert table.a.sum().to_pyarrow().as_py() == 6
+    kind = con.raw_sql(
+        "select temporary from duckdb_tables() where table_name = 'scratch_x'").fetchall()
+    assert kind == [(temporary,)]
+    engine.drop_materialised(con, "scratch_x")
+    assert "scratch_x" not in con.list_tables()
+    con.disconnect()
+
+
 def test_unknown_url_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="postgres://x"):
         engine.connect("postgres://x", settings=Settings(database_url="duckdb://"))
