@@ -136,7 +136,8 @@ def standardise_urls(events: ir.Table) -> tuple[ir.Table, ir.Table]:
     """
     kind = ibis.cases(*((events[c].notnull(), k) for c, k in CLICK_IDS), else_=ibis.null("string"))
     # the regexes run once per distinct URL / referrer (tens of thousands), not once per row
-    pages = events.select(_url="url").filter(ibis._._url.notnull()).distinct()
+    pages = events.filter(events.url.notnull()).group_by(_url="url").aggregate(
+        _rows=ibis._.count())
     pages = pages.mutate(_page_url=normalise_url(pages._url)).mutate(
         _page_path=lambda t: page_path(t._page_url))
     referrers = events.select(_ref="referrer").filter(ibis._._ref.notnull()).distinct()
@@ -149,9 +150,12 @@ def standardise_urls(events: ir.Table) -> tuple[ir.Table, ir.Table]:
         referrer_host=joined._ref_host,
         click_id_type=kind,
         click_id=ibis.coalesce(*(events[c] for c, _ in CLICK_IDS)),
-    ).drop("_url", "_page_url", "_page_path", "_ref", "_ref_host")
-    changed = out.filter(out.url.notnull() & (out.page_url.isnull() | (out.page_url != out.url)))
-    audit = changed.aggregate(row_count=changed.count().cast("int64")).mutate(
+    ).drop("_url", "_rows", "_page_url", "_page_path", "_ref", "_ref_host")
+    # counted on the distinct URLs, the audit never needs the rows again; a sum of a CASE, not
+    # a filter, which the engine would push below the group-by and run per row
+    changed = pages._page_url.isnull() | (pages._page_url != pages._url)
+    audit = pages.aggregate(row_count=ibis.ifelse(changed, pages._rows, 0).sum().fill_null(0)
+                            .cast("int64")).mutate(
         field=ibis.literal("url"), reason_code=ibis.literal("url_normalised"),
         reason=ibis.literal("page_url: scheme/host lower-cased, fragment, tracking parameters "
                             "and trailing slash removed (url keeps the original)"),
