@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from touchline.collect import readers
@@ -58,6 +58,9 @@ def test_block_reader_matches_a_line_by_line_reader(
     data = b"\n".join(lines) + (b"\n" if newline else b"")
     if not data:
         return  # an empty file is an InputError, tested with the ingest files
+    # a file that starts with gzip's magic bytes is read as gzip whatever its name (by design:
+    # exports are often gzipped without .gz); such bytes are never the start of JSON text
+    assume(gz or not data.startswith(readers.GZIP_MAGIC))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / ("e.ndjson.gz" if gz else "e.ndjson")
         path.write_bytes(gzip.compress(data) if gz else data)
