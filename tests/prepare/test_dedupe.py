@@ -36,9 +36,10 @@ def test_same_form_from_two_systems_within_tolerance_is_one_touch(db) -> None:  
          "source": "crm"},
     ])
     events, _ = standardise.standardise_urls(events)
-    split = dedupe.link_cross_source(
+    losers = dedupe.cross_source_losers(
         events, link_seconds={"Form Submitted": 600, "Call": 300},
         priority=["web", "calls", "crm"])
+    split = dedupe.link_cross_source(events, losers)
     assert sorted(split.kept.message_id.to_pandas()) == ["m1", "m3", "m4", "m5"]
     got = split.rejected.order_by("message_id").select("message_id", "ref").to_pandas()
     assert got.values.tolist() == [["m2", "m1"], ["m6", "m5"]]

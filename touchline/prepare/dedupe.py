@@ -20,21 +20,42 @@ from touchline.prepare.clean import epoch_ms
 log = logging.getLogger(__name__)
 
 
-def dedupe_exact(events: ir.Table) -> Split:
-    """Keep one row per ``message_id``: the earliest ``timestamp``, then earliest receipt.
-
-    Done as a hash aggregate (count per id) so that only the ids seen more than once, a few
-    per cent, enter the window that ranks copies; singletons never get sorted.
-    """
+def repeated_ids(events: ir.Table) -> ir.Table:
+    """The message ids (column ``_dup_id``) seen more than once: a hash aggregate on one
+    column."""
     counts = events.group_by("message_id").aggregate(_copies=ibis._.count())
-    repeated = counts.filter(counts._copies > 1).select(_dup_id="message_id")
+    return counts.filter(counts._copies > 1).select(_dup_id="message_id")
+
+
+def ranked_copies(events: ir.Table, repeated: ir.Table | None = None) -> ir.Table:
+    """The rows whose ``message_id`` occurs more than once, with ``_copy`` (0 = the one kept):
+    the earliest ``timestamp``, then earliest receipt, then the other columns as tie-breaks.
+
+    A hash aggregate (:func:`repeated_ids`, stored by the caller or else inline) finds the
+    repeated ids, so only they, a few per cent of the rows, enter the window that ranks copies;
+    singletons never get sorted.
+    """
+    if repeated is None:
+        repeated = repeated_ids(events)
     multi = events.semi_join(repeated, events.message_id == repeated._dup_id)
-    single = events.anti_join(repeated, events.message_id == repeated._dup_id)
     # a total order in practice (copies that tie on all of these are identical touches)
-    order = [multi[c] for c in ("timestamp", "received_at", "recorded_by", "page_url", "url",
-                                "click_id", "referrer_host", "user_agent") if c in multi.columns]
-    ranked = multi.mutate(_copy=ibis.row_number().over(group_by="message_id", order_by=order))
-    kept = single.union(ranked.filter(ranked._copy == 0).drop("_copy"))
+    order = [multi[c] for c in ("timestamp", "received_at", "recorded_by", "url", "referrer",
+                                "user_agent", "anonymous_id", "user_id") if c in multi.columns]
+    return multi.mutate(_copy=ibis.row_number().over(group_by="message_id", order_by=order))
+
+
+def dedupe_exact(events: ir.Table, ranked: ir.Table | None = None) -> Split:
+    """Keep one row per ``message_id``: copy 0 of :func:`ranked_copies`, and every id seen once.
+
+    ``ranked``: :func:`ranked_copies` of ``events`` stored once by the caller (the kept rows and
+    the rejected copies both read it), else inline.
+    """
+    if ranked is None:
+        ranked = ranked_copies(events)
+    single = events.anti_join(ranked, events.message_id == ranked.message_id)
+    # a stored ``ranked`` may read back timestamps as timestamp(6): cast to the input's types
+    winners = ranked.filter(ranked._copy == 0).drop("_copy").cast(events.schema())
+    kept = single.union(winners)
     losers = ranked.filter(ranked._copy > 0).drop("_copy")
     rejected = reject(losers, "duplicate_message_id",
                       "another copy with this message_id was recorded earlier",
@@ -42,19 +63,18 @@ def dedupe_exact(events: ir.Table) -> Split:
     return Split(kept=kept, rejected=rejected)
 
 
-def link_cross_source(events: ir.Table, *, link_seconds: Mapping[str, int],
-                      priority: Sequence[str]) -> Split:
-    """Record linkage across systems: the loser goes to rejects with ``ref`` = winner's id.
+def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
+                        priority: Sequence[str]) -> ir.Table:
+    """Record linkage across systems: one row per losing ``_loser`` id with ``ref``, the
+    smallest id among the rows that beat it.
 
     Two rows are one touch when they have the same ``event`` (one of ``link_seconds``), were
     recorded by different systems, lie at most ``link_seconds[event]`` apart and share a
     normalised e-mail, a phone in E.164, or (device, page URL). The winner is the system listed
-    first in ``priority`` (then the earlier row, then the smaller id); a loser's ``ref`` is the
-    smallest id among the rows that beat it.
+    first in ``priority``, then the earlier row, then the smaller id.
     """
     if not link_seconds:
-        return Split(kept=events, rejected=reject(events.filter(ibis.literal(False)),
-                                                  "cross_source_duplicate", ""))
+        return events.select(_loser="message_id", ref="message_id").filter(ibis.literal(False))
     names = list(link_seconds)
     rank = {name: i for i, name in enumerate(priority)}
     cand = events.filter(events.event.isin(names)).select(
@@ -75,7 +95,12 @@ def link_cross_source(events: ir.Table, *, link_seconds: Mapping[str, int],
                             a.recorded_by != b.recorded_by,
                             (a._ms - b._ms).abs() <= a._tol, beats])
         pairs.append(joined.select(_loser=a.message_id, _winner=b.message_id))
-    losers = ibis.union(*pairs).group_by("_loser").aggregate(ref=ibis._._winner.min())
+    return ibis.union(*pairs).group_by("_loser").aggregate(ref=ibis._._winner.min())
+
+
+def link_cross_source(events: ir.Table, losers: ir.Table) -> Split:
+    """Drop the cross-source duplicates ``losers`` (:func:`cross_source_losers`) to rejects,
+    with ``ref`` = the kept record's id."""
     matched = events.inner_join(losers, events.message_id == losers._loser).drop("_loser")
     kept = events.anti_join(losers, events.message_id == losers._loser)
     rejected = reject(matched, "cross_source_duplicate",

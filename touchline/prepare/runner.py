@@ -157,8 +157,8 @@ def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
     s = tables["sessions"]
     s = s.left_join(devices, s.device_id == devices._dev).drop("_dev")
     s = s.left_join(acc, s.person_id == acc._pid).drop("_pid")
-    sessions = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}sessions_final",
-                                  _conform(s, store.SESSIONS))
+    # written first by the caller; touchpoints then read the written sessions
+    sessions = _conform(s, store.SESSIONS)
     e = tables["events"]
     sv = sessions.select(
         _sid="session_id", person_id="person_id", account_id="account_id", channel="channel",
@@ -189,8 +189,8 @@ def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
         account_source=pa_.account_source.min(), person_count=pa_.count(),
         first_seen_at=pa_._first.min())
     return {
-        "touchpoints": touchpoints,
         "sessions": sessions,
+        "touchpoints": touchpoints,
         "identities": _conform(ident, store.IDENTITIES),
         "identity_links": _conform(tables["identity_links"], store.IDENTITY_LINKS),
         "persons": persons,
@@ -231,16 +231,15 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     ctx = Context(con=con, settings=settings,
                   now=now or datetime.now(UTC).replace(tzinfo=None),
                   run_id=run_id or f"prepare-{uuid.uuid4().hex[:12]}")
-    # read once from the warehouse file (compressed, all columns) into a narrow scratch copy
-    # that every early step and its rejects scan instead
-    tables: dict[str, ir.Table] = {"events": engine.materialise(
-        con, f"{SCRATCH_PREFIX}events_input", working_events(con.table("events")))}
+    # read lazily from the warehouse file: the steps up to the first checkpoint (filters and
+    # exact dedupe) run as one query, and each of their rejects is one narrow scan
+    tables: dict[str, ir.Table] = {"events": working_events(con.table("events"))}
     if "deals" in existing:
         tables["deals"] = con.table("deals")
     rejected: list[ir.Table] = []
     audits: list[ir.Table] = []
     reports: list[StepReport] = []
-    checkpoints: list[str] = [tables["events"].get_name()]
+    checkpoints: list[str] = []
     try:
         for i, step in enumerate(steps):
             t0 = time.perf_counter()
@@ -278,7 +277,8 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         counts: dict[str, int] = {}
         written_as: dict[object, object] = {}
         for name, expr in out.items():
-            # persons and accounts read touchpoints: from the written table, not the join again
+            # in order: touchpoints read the written sessions, persons and accounts the
+            # written touchpoints, not the joins again
             written = con.create_table(name, _rebound(expr, written_as), overwrite=True)
             written_as[expr.op()] = written.op()
             counts[name] = int(written.count().execute())

@@ -83,11 +83,12 @@ def sessionise(events: ir.Table, *, gap: timedelta = SESSION_GAP_DEFAULT,
 def session_table(touches: ir.Table) -> ir.Table:
     """One row per session: timing, engagement and the landing touch's entrance values.
 
-    Aggregates are hash aggregates over all touches; entrance values come from the landing row
-    only (one per session), so wide columns are read once per session.
+    Aggregates are hash aggregates over all touches, keyed on (device_id, session_index);
+    entrance values come from the landing row only (one per session), so wide columns are
+    read once per session.
     """
     is_page = touches.type.isin(PAGE_TYPES)
-    stats = touches.group_by(["session_id", "device_id", "session_index"]).aggregate(
+    stats = touches.group_by(["device_id", "session_index"]).aggregate(
         anonymous_id=touches.anonymous_id.min(),
         started_at=touches.timestamp.min(),
         ended_at=touches.timestamp.max(),
@@ -96,10 +97,12 @@ def session_table(touches: ir.Table) -> ir.Table:
         conversion_count=(touches.revenue.notnull() & (touches.revenue != 0)).cast("int64").sum(),
         revenue=touches.revenue.sum().fill_null(0.0),
     )
-    stats = stats.mutate(duration_seconds=(epoch_ms(stats.ended_at)
-                                           - epoch_ms(stats.started_at)).cast("float64") / 1000.0)
+    stats = stats.mutate(
+        session_id=stats.device_id + "#" + stats.session_index.cast("string"),
+        duration_seconds=(epoch_ms(stats.ended_at)
+                          - epoch_ms(stats.started_at)).cast("float64") / 1000.0)
     landing = touches.filter(touches.is_landing).select(
-        _landing_sid="session_id", landing_page="page_url",
+        _device="device_id", _index="session_index", landing_page="page_url",
         landing_host=touches.page_url.re_extract(
             r"^[a-zA-Z][a-zA-Z0-9+.\-]*://([^/?#:]+)", 1).nullif(""),
         referrer_host="referrer_host", utm_source="utm_source", utm_medium="utm_medium",
@@ -107,5 +110,6 @@ def session_table(touches: ir.Table) -> ir.Table:
         click_id_type="click_id_type", click_id="click_id", recorded_by="recorded_by",
         landing_type="type",
     )
-    return stats.inner_join(landing, stats.session_id == landing._landing_sid).drop(
-        "_landing_sid")
+    joined = stats.inner_join(landing, [stats.device_id == landing._device,
+                                        stats.session_index == landing._index])
+    return joined.drop("_device", "_index")

@@ -126,22 +126,37 @@ def url_host(url: ir.StringValue) -> ir.StringValue:
     return url.re_extract(_HOST, 1).lower().nullif("")
 
 
-def standardise_urls(events: ir.Table) -> tuple[ir.Table, ir.Table]:
+def page_table(events: ir.Table) -> ir.Table:
+    """One row per distinct ``url``: ``_url``, its ``_rows``, ``_page_url`` and ``_page_path``.
+
+    The regexes run once per distinct URL (tens of thousands), not once per row.
+    """
+    pages = events.filter(events.url.notnull()).group_by(_url="url").aggregate(
+        _rows=ibis._.count())
+    return pages.mutate(_page_url=normalise_url(pages._url)).mutate(
+        _page_path=lambda t: page_path(t._page_url))
+
+
+def referrer_table(events: ir.Table) -> ir.Table:
+    """One row per distinct ``referrer``: ``_ref`` and its ``_ref_host``."""
+    referrers = events.select(_ref="referrer").filter(ibis._._ref.notnull()).distinct()
+    return referrers.mutate(_ref_host=url_host(referrers._ref))
+
+
+def standardise_urls(events: ir.Table, pages: ir.Table | None = None,
+                     referrers: ir.Table | None = None) -> tuple[ir.Table, ir.Table]:
     """Normalise page URLs, derive the page path, the referrer host and the click id.
 
     Tracking parameters leave ``page_url`` (two visits of one page are one page) but stay as
     fields (``utm_*``, ``gclid`` ...). ``click_id_type`` names the ad platform of the first
     click id present: gclid/gbraid/wbraid → google, msclkid → microsoft, dclid → display,
-    fbclid → meta, li_fat_id → linkedin, ttclid → tiktok.
+    fbclid → meta, li_fat_id → linkedin, ttclid → tiktok. ``pages`` and ``referrers``:
+    :func:`page_table` and :func:`referrer_table` of ``events``, stored once by the caller,
+    else inline.
     """
     kind = ibis.cases(*((events[c].notnull(), k) for c, k in CLICK_IDS), else_=ibis.null("string"))
-    # the regexes run once per distinct URL / referrer (tens of thousands), not once per row
-    pages = events.filter(events.url.notnull()).group_by(_url="url").aggregate(
-        _rows=ibis._.count())
-    pages = pages.mutate(_page_url=normalise_url(pages._url)).mutate(
-        _page_path=lambda t: page_path(t._page_url))
-    referrers = events.select(_ref="referrer").filter(ibis._._ref.notnull()).distinct()
-    referrers = referrers.mutate(_ref_host=url_host(referrers._ref))
+    pages = page_table(events) if pages is None else pages
+    referrers = referrer_table(events) if referrers is None else referrers
     joined = events.left_join(pages, events.url == pages._url).left_join(
         referrers, events.referrer == referrers._ref)
     out = joined.mutate(

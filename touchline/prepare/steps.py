@@ -74,7 +74,12 @@ def standardise_utm(t: Tables, ctx: Context) -> StepResult:
 
 
 def standardise_urls(t: Tables, ctx: Context) -> StepResult:
-    events, audit = standardise.standardise_urls(t["events"])
+    # stored: the lookups are read by the rows and by the audit
+    pages = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}pages",
+                               standardise.page_table(t["events"]))
+    referrers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}referrers",
+                                   standardise.referrer_table(t["events"]))
+    events, audit = standardise.standardise_urls(t["events"], pages, referrers)
     # page_url, referrer_host, click_id_type and click_id carry on what these said
     used = ["url", "referrer", *(c for c, _ in standardise.CLICK_IDS)]
     return StepResult({"events": events.drop(*used)}, audit=audit)
@@ -96,14 +101,22 @@ def convert_currency(t: Tables, ctx: Context) -> StepResult:
 
 
 def dedupe_exact(t: Tables, ctx: Context) -> StepResult:
-    split = dedupe.dedupe_exact(t["events"])
+    # each stored, so that no query reads the input twice (DuckDB would buffer all of it);
+    # the ranked copies (the repeated ids' rows only) are read by the kept and rejected sides
+    repeated = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}repeated_ids",
+                                  dedupe.repeated_ids(t["events"]))
+    ranked = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}ranked_copies",
+                                dedupe.ranked_copies(t["events"], repeated))
+    split = dedupe.dedupe_exact(t["events"], ranked)
     return StepResult({"events": split.kept}, split.rejected)
 
 
 def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
-    split = dedupe.link_cross_source(
-        t["events"], link_seconds=ctx.settings.dedupe_link_seconds,
-        priority=ctx.settings.dedupe_source_priority)
+    losers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}cross_source_losers",
+                                dedupe.cross_source_losers(
+                                    t["events"], link_seconds=ctx.settings.dedupe_link_seconds,
+                                    priority=ctx.settings.dedupe_source_priority))
+    split = dedupe.link_cross_source(t["events"], losers)
     # a duplicate touch still proves who it was: its ids stay evidence for the identity graph
     # stored (a few rows): else it would keep this step's whole input alive to the identity step
     evidence = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}duplicate_evidence",
