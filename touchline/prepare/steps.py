@@ -125,10 +125,13 @@ def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
 
 
 def sessionise(t: Tables, ctx: Context) -> StepResult:
-    touches = sessions.sessionise(
-        sessions.device_ids(t["events"]),
-        gap=timedelta(minutes=ctx.settings.session_gap_minutes),
-        new_on_campaign=ctx.settings.session_new_on_campaign)
+    events = sessions.device_ids(t["events"])
+    gap = timedelta(minutes=ctx.settings.session_gap_minutes)
+    numbers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}session_numbers",
+                                 sessions.session_numbers(
+                                     events, gap=gap,
+                                     new_on_campaign=ctx.settings.session_new_on_campaign))
+    touches = sessions.sessionise(events, numbers=numbers)
     return StepResult({"events": touches})
 
 
