@@ -161,10 +161,11 @@ def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
     sessions = _conform(s, store.SESSIONS)
     e = tables["events"]
     sv = sessions.select(
-        _sid="session_id", person_id="person_id", account_id="account_id", channel="channel",
+        session_id="session_id", _device="device_id", _index="session_index",
+        person_id="person_id", account_id="account_id", channel="channel",
         channel_rule="channel_rule", source="source", medium="medium", campaign="campaign",
         term="term", content="content", landing_page="landing_page")
-    t = e.inner_join(sv, e.session_id == sv._sid)
+    t = e.inner_join(sv, [e.device_id == sv._device, e.session_index == sv._index])
     touchpoints = t.mutate(
         touchpoint_id=t.message_id, occurred_at=t.timestamp, click_id_type=t.click_id_type,
     )

@@ -49,8 +49,20 @@ def drop_future_timestamps(t: Tables, ctx: Context) -> StepResult:
     return StepResult({"events": split.kept}, split.rejected)
 
 
+def _is_empty(table: ir.Table) -> bool:
+    """Whether a (small, stored) look-up table has no rows.
+
+    Why: a step whose look-up is empty keeps its input as it is. An anti join with an empty
+    table is a no-op, but DuckDB estimates any anti join to keep a fifth of its input, and that
+    estimate later puts a hash table on the wrong side of a join of millions of rows.
+    """
+    return int(table.count().execute()) == 0
+
+
 def drop_bot_user_agents(t: Tables, ctx: Context) -> StepResult:
     agents = clean.bot_user_agents(_distinct(t["events"].user_agent))
+    if not agents:
+        return StepResult()
     bots = ctx.lookup("bot_agents", pa.table({"user_agent": pa.array(agents, pa.string())}))
     split = clean.drop_bot_user_agents(t["events"], bots)
     return StepResult({"events": split.kept}, split.rejected)
@@ -61,8 +73,17 @@ def drop_bot_bursts(t: Tables, ctx: Context) -> StepResult:
     # stored: both the kept and the rejected side test membership in it
     devices = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}burst_devices",
                                  clean.burst_devices(t["events"], max_per_minute=limit))
-    split = clean.drop_bot_bursts(t["events"], max_per_minute=limit, devices=devices)
-    return StepResult({"events": split.kept}, split.rejected)
+    events = t["events"]
+    if not _is_empty(devices):
+        split = clean.drop_bot_bursts(events, max_per_minute=limit, devices=devices)
+        return StepResult({"events": _used_up(split.kept)}, split.rejected)
+    return StepResult({"events": _used_up(events)})
+
+
+def _used_up(events: ir.Table) -> ir.Table:
+    """The working table without the columns only the cleaning steps read (the user agent,
+    the time of receipt): every later copy is narrower."""
+    return events.drop("user_agent", "received_at")
 
 
 def standardise_utm(t: Tables, ctx: Context) -> StepResult:
@@ -116,6 +137,8 @@ def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
                                 dedupe.cross_source_losers(
                                     t["events"], link_seconds=ctx.settings.dedupe_link_seconds,
                                     priority=ctx.settings.dedupe_source_priority))
+    if _is_empty(losers):
+        return StepResult()
     split = dedupe.link_cross_source(t["events"], losers)
     # a duplicate touch still proves who it was: its ids stay evidence for the identity graph
     # stored (a few rows): else it would keep this step's whole input alive to the identity step
@@ -131,7 +154,9 @@ def sessionise(t: Tables, ctx: Context) -> StepResult:
                                  sessions.session_numbers(
                                      events, gap=gap,
                                      new_on_campaign=ctx.settings.session_new_on_campaign))
-    touches = sessions.sessionise(events, numbers=numbers)
+    # session_id (a long string on every row) is not stored: touches meet their session's row
+    # on (device_id, session_index), and take its id from there
+    touches = sessions.sessionise(events, numbers=numbers).drop("session_id")
     return StepResult({"events": touches})
 
 
