@@ -88,6 +88,23 @@ def test_scratch_tables_go_into_the_file_under_a_memory_limit(
     con.disconnect()
 
 
+def test_dropped_scratch_tables_in_the_file_free_their_blocks(tmp_path: Path) -> None:
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb",
+                                           memory_limit="512MB"))
+    rows = con.sql("select range as a, 'row ' || range as b from range(2000000)")
+
+    def blocks() -> int:
+        return int(con.raw_sql("pragma database_size").fetchall()[0][3])  # total_blocks
+
+    engine.materialise(con, "scratch_1", rows)
+    after_one = blocks()
+    engine.drop_materialised(con, "scratch_1")
+    engine.materialise(con, "scratch_2", rows)
+    # the second copy reuses the first one's blocks instead of growing the file
+    assert blocks() < after_one * 1.5
+    con.disconnect()
+
+
 def test_unknown_url_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="postgres://x"):
         engine.connect("postgres://x", settings=Settings(database_url="duckdb://"))
