@@ -179,3 +179,15 @@ def test_cli_prepare_prints_tables(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["prepare", "--database", url])
     assert result.exit_code == 0, result.output
     assert "touchpoints" in result.output and "drop_bot_user_agents" in result.output
+
+
+def test_a_retried_batch_is_deduplicated_before_it_can_look_like_a_burst(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Five page views, each delivered three times within one minute: fifteen rows, over a
+    limit of ten hits a minute, but five touches and no bot."""
+    rows = [{"message_id": f"m{i}", "anonymous_id": "a1", "timestamp": f"09:00:{10 * i:02d}",
+             "url": f"https://shop.com/p{i}"} for i in range(5)]
+    load(con, rows * 3)
+    settings = Settings(database_url="duckdb://", temp_directory=tmp_path, bot_hits_per_minute=10)
+    result = run_prepare(con, settings, now=NOW)
+    assert result.rejects_by_reason == {"duplicate_message_id": 10}
+    assert result.counts["touchpoints"] == 5 and result.counts["sessions"] == 1

@@ -216,9 +216,10 @@ def _replace_rejects(con: BaseBackend, parts: list[ir.Table]) -> None:
     every = _conform(kept, store.REJECTS)
     for part in parts:
         every = every.union(_conform(part, store.REJECTS), distinct=False)
-    # two hops: Spark cannot overwrite a table it is reading from
-    staged = engine.materialise(con, f"{SCRATCH_PREFIX}rejects_all", every)
-    con.create_table("rejects", staged, overwrite=True)
+    if engine.engine_name(con) == "spark":
+        # two hops: Spark cannot overwrite a table it is reading from
+        every = engine.materialise(con, f"{SCRATCH_PREFIX}rejects_all", every)
+    con.create_table("rejects", every, overwrite=True)
 
 
 def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,

@@ -212,14 +212,21 @@ def standardise_contacts(events: ir.Table, phones: ir.Table) -> tuple[ir.Table, 
     joined = events.left_join(phones, events.phone == phones.phone_raw).drop("phone_raw")
     out = joined.mutate(email=email, phone=joined.phone_e164).drop("phone_e164")
     both = events.mutate(_email=email).left_join(phones, events.phone == phones.phone_raw)
-    parts = []
+    # one pass of conditional counts, then one audit row per non-zero count: a union of
+    # aggregates over ``both`` would make the engine buffer all its rows to read them twice
+    counts, field_of = {}, {}
     for field, old, new in (("email", both.email, both._email),
                             ("phone", both.phone, both.phone_e164)):
-        changed = both.filter(old.notnull() & (new.isnull() | (old != new)))
-        code = ibis.ifelse(new.isnull(), f"invalid_{field}", f"{field}_normalised")
-        parts.append(changed.group_by(field=ibis.literal(field), reason_code=code)
-                     .aggregate(row_count=ibis._.count().cast("int64")))
-    audit = ibis.union(*parts).mutate(
+        changed = old.notnull() & (new.isnull() | (old != new))
+        for code, rows in ((f"invalid_{field}", changed & new.isnull()),
+                           (f"{field}_normalised", changed & new.notnull())):
+            counts[code] = rows.cast("int64").sum()
+            field_of[code] = field
+    totals = both.aggregate(**counts)
+    parts = [totals.select(field=ibis.literal(field_of[code]), reason_code=ibis.literal(code),
+                           row_count=totals[code].fill_null(0).cast("int64"))
+             for code in counts]
+    audit = ibis.union(*parts).filter(ibis._.row_count > 0).mutate(
         reason=ibis.cases(
             (ibis._.reason_code == "invalid_email", "not local@domain.tld: set to null"),
             (ibis._.reason_code == "invalid_phone", "not a possible phone number: set to null"),
