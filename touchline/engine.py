@@ -18,6 +18,8 @@ import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +62,18 @@ def connect(url: str | None = None, settings: Settings | None = None) -> BaseBac
 #: DuckDB storage format of new warehouse files (readable by DuckDB >= 1.4, pinned in
 #: pyproject.toml)
 STORAGE_VERSION = "v1.4.0"
+
+
+@contextmanager
+def connected(url: str | None = None,
+              settings: Settings | None = None) -> Iterator[BaseBackend]:
+    """:func:`connect` for the length of a ``with`` block, then disconnect (also on error):
+    short-lived connections leave a DuckDB file free for its other writer."""
+    con = connect(url, settings)
+    try:
+        yield con
+    finally:
+        con.disconnect()
 
 
 def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:

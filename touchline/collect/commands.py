@@ -90,9 +90,8 @@ def register(app: typer.Typer) -> None:
         """Load the collector's spool into the warehouse once (when `serve` is not running)."""
         try:
             settings = _settings(database, spool_dir=spool_dir)
-            con = engine.connect(settings=settings)
-            report = load_spool(con, settings)
-            con.disconnect()
+            with engine.connected(settings=settings) as con:
+                report = load_spool(con, settings)
         except TouchlineError as exc:
             raise _fail(exc) from None
         console.print(
@@ -114,10 +113,9 @@ def register(app: typer.Typer) -> None:
         """Create a key and print it once; only its hash is stored."""
         try:
             settings = _settings(database)
-            con = engine.connect(settings=settings)
-            store.init(con)
-            key, record = api_keys.create_key(con, name=name, kind=kind)
-            con.disconnect()
+            with engine.connected(settings=settings) as con:
+                store.init(con)
+                key, record = api_keys.create_key(con, name=name, kind=kind)
         except TouchlineError as exc:
             raise _fail(exc) from None
         err_console.print(
@@ -129,10 +127,9 @@ def register(app: typer.Typer) -> None:
     def keys_list(database: DatabaseOption = None) -> None:
         """List keys (never the keys themselves)."""
         try:
-            con = engine.connect(settings=_settings(database))
-            store.init(con)
-            rows = api_keys.list_keys(con)
-            con.disconnect()
+            with engine.connected(settings=_settings(database)) as con:
+                store.init(con)
+                rows = api_keys.list_keys(con)
         except TouchlineError as exc:
             raise _fail(exc) from None
         names = ("key_id", "name", "kind", "created_at", "revoked_at")
@@ -145,10 +142,9 @@ def register(app: typer.Typer) -> None:
     def keys_revoke(key_id: str, database: DatabaseOption = None) -> None:
         """Revoke a key by its id (the collector stops accepting it within seconds)."""
         try:
-            con = engine.connect(settings=_settings(database))
-            store.init(con)
-            found = api_keys.revoke_key(con, key_id)
-            con.disconnect()
+            with engine.connected(settings=_settings(database)) as con:
+                store.init(con)
+                found = api_keys.revoke_key(con, key_id)
         except TouchlineError as exc:
             raise _fail(exc) from None
         if not found:
@@ -173,10 +169,9 @@ def register(app: typer.Typer) -> None:
         """Match new calls to number leases and add them to events as touches."""
         try:
             settings = _settings(database)
-            con = engine.connect(settings=settings)
-            store.init(con)
-            summary = match_new_calls(con, settings)
-            con.disconnect()
+            with engine.connected(settings=settings) as con:
+                store.init(con)
+                summary = match_new_calls(con, settings)
         except TouchlineError as exc:
             raise _fail(exc) from None
         table = Table("match status", "calls")

@@ -414,11 +414,8 @@ def run_loader(settings: Settings, stop: Any, parent_pid: int | None = None) -> 
             stopping = stop.is_set() or (parent_pid is not None and os.getppid() != parent_pid)
             started = time.monotonic()
             try:
-                con = engine.connect(settings=settings)
-                try:
+                with engine.connected(settings=settings) as con:
                     report = load_spool(con, settings)
-                finally:
-                    con.disconnect()
                 if report.events or report.rejects:
                     log.info("loaded %d events, %d rejects", report.events, report.rejects)
             except EngineError as exc:  # warehouse busy (another command holds it): next cycle

@@ -253,33 +253,24 @@ class _Poster:
 
 
 def _count_events(settings: Settings) -> int:
-    con = engine.connect(settings=settings)
-    try:
+    with engine.connected(settings=settings) as con:
         store.init(con)
         return int(con.table(store.EVENTS.name).count().execute())
-    finally:
-        con.disconnect()
 
 
 def _create_key(settings: Settings, spool_dir: Path) -> tuple[str, str]:
     """A write key for this replay only, exported for the worker; ``(key, key_id)``."""
-    con = engine.connect(settings=settings)
-    try:
+    with engine.connected(settings=settings) as con:
         store.init(con)
         key, record = create_key(con, name=KEY_NAME, kind="import")
         export_keys(con, spool_dir)
-    finally:
-        con.disconnect()
     return key, record.key_id
 
 
 def _drain(settings: Settings, spool_dir: Path) -> None:
     """Load whatever the loader process left (e.g. a failed last cycle); fail if any remains."""
-    con = engine.connect(settings=settings)
-    try:
+    with engine.connected(settings=settings) as con:
         load_spool(con, settings)
-    finally:
-        con.disconnect()
     left = sorted(p.name for p in spool_dir.glob(f"*{SEGMENT_SUFFIX}"))
     if left:
         raise ReplayError(f"the spool {spool_dir} still holds {', '.join(left)} after loading")
@@ -287,11 +278,8 @@ def _drain(settings: Settings, spool_dir: Path) -> None:
 
 def _revoke(settings: Settings, key_id: str) -> None:
     """The replay key is never shown to anyone: revoke it so no live unknown key remains."""
-    con = engine.connect(settings=settings)
-    try:
+    with engine.connected(settings=settings) as con:
         revoke_key(con, key_id)
-    finally:
-        con.disconnect()
 
 
 def replay_events(

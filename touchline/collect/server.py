@@ -26,12 +26,9 @@ LOADER_STOP_SECONDS = 60.0
 
 def prepare(settings: Settings) -> int:
     """Create the tables and export the live keys for the workers; return how many keys."""
-    con = engine.connect(settings=settings)
-    try:
+    with engine.connected(settings=settings) as con:
         store.init(con)
         return export_keys(con, Path(settings.spool_dir))
-    finally:
-        con.disconnect()
 
 
 def serve(settings: Settings, *, log_level: str = "warning") -> None:
