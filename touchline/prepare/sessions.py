@@ -53,9 +53,7 @@ def sessionise(events: ir.Table, *, gap: timedelta = SESSION_GAP_DEFAULT,
     """Add ``session_index`` (1-based per device), ``session_id`` and ``is_landing``.
 
     ``events`` must have unique ``message_id`` and a ``device_id`` (:func:`device_ids`).
-    ``numbers``: :func:`session_numbers` of ``events`` stored by the caller, else inline. The
-    result comes in the order of ``numbers`` (by device and time) where the engine keeps it:
-    DuckDB then compresses the prepared tables better and writes them faster.
+    ``numbers``: :func:`session_numbers` of ``events`` stored by the caller, else inline.
     """
     if numbers is None:
         numbers = session_numbers(events, gap=gap, new_on_campaign=new_on_campaign)
@@ -67,24 +65,24 @@ def session_numbers(events: ir.Table, *, gap: timedelta = SESSION_GAP_DEFAULT,
                     new_on_campaign: bool = False) -> ir.Table:
     """``_sid`` (the message_id), ``session_index`` and ``is_landing`` of every touch, from
     windows over a narrow projection (see the module docstring)."""
-    narrow = events.select("message_id", _device_key="device_id",
+    narrow = events.select("message_id", _device="device_id",
                            _ms=epoch_ms(events.timestamp), _campaign=campaign_key(events))
     order = [narrow._ms, narrow.message_id]
-    window = ibis.window(group_by=narrow._device_key, order_by=order)
+    window = ibis.window(group_by=narrow._device, order_by=order)
     previous = narrow._ms.lag().over(window)
     starts = previous.isnull() | ((narrow._ms - previous) > int(gap.total_seconds() * 1000))
     flagged = narrow.mutate(_new=starts)
     if new_on_campaign:
         tagged = flagged.filter(flagged._campaign.notnull())
         earlier = tagged._campaign.lag().over(
-            ibis.window(group_by=tagged._device_key, order_by=[tagged._ms, tagged.message_id]))
+            ibis.window(group_by=tagged._device, order_by=[tagged._ms, tagged.message_id]))
         # the device's first campaign also starts a session unless it opens the device
         switched = tagged.filter(earlier.isnull() | (earlier != tagged._campaign)).select(
             _switch_id="message_id")
         flagged = flagged.mutate(_new=flagged._new | flagged.message_id.isin(switched._switch_id))
     numbered = flagged.mutate(
         session_index=flagged._new.cast("int64").sum().over(
-            ibis.cumulative_window(group_by=flagged._device_key,
+            ibis.cumulative_window(group_by=flagged._device,
                                    order_by=[flagged._ms, flagged.message_id])),
     )
     return numbered.select(_sid="message_id", session_index="session_index", is_landing="_new")
