@@ -115,6 +115,17 @@ def split(table: ir.Table, drop: ir.BooleanValue, code: str, reason: str,
                  rejected=reject(table.filter(bad), code, reason, field_name=field_name))
 
 
+def split_by_lookup(table: ir.Table, key: ir.Value, lookup: ir.Table, lookup_key: str,
+                    code: str, reason: str, *, field_name: str | None = None) -> Split:
+    """Split off the rows whose ``key`` is in ``lookup[lookup_key]``, by anti and semi joins
+    rather than a filter on ``isin``: the engine then estimates the kept side's size right
+    (DuckDB guesses a fraction for such a filter, and later hashes the wrong side of a join)."""
+    match = key == lookup[lookup_key]
+    return Split(kept=table.anti_join(lookup, match),
+                 rejected=reject(table.semi_join(lookup, match), code, reason,
+                                 field_name=field_name))
+
+
 def empty_like(table: ir.Table) -> ir.Table:
     """No rows, same schema: a step with nothing to reject."""
     return table.filter(ibis.literal(False))

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import ibis
 import ibis.expr.types as ir
 
-from touchline.prepare.base import Split, reject, split
+from touchline.prepare.base import Split, split, split_by_lookup
 from touchline.prepare.reference import bot_pattern
 
 log = logging.getLogger(__name__)
@@ -110,14 +110,9 @@ def bot_user_agents(agents: list[str]) -> list[str]:
 def drop_bot_user_agents(events: ir.Table, bots: ir.Table) -> Split:
     """Drop rows whose user agent is in ``bots`` (a one-column table ``user_agent``):
     crawler hits inflate reach and dilute credit."""
-    # anti/semi joins, not a filter on ``isin``: the engine then estimates the kept side's size
-    # right (DuckDB guesses a fraction for such a filter and later builds hash tables on the
-    # wrong side of a join)
-    kept = events.anti_join(bots, events.user_agent == bots.user_agent)
-    dropped = events.semi_join(bots, events.user_agent == bots.user_agent)
-    return Split(kept=kept, rejected=reject(dropped, "bot_user_agent",
-                                            "user agent matches the crawler-user-agents list",
-                                            field_name="user_agent"))
+    return split_by_lookup(events, events.user_agent, bots, "user_agent", "bot_user_agent",
+                           "user agent matches the crawler-user-agents list",
+                           field_name="user_agent")
 
 
 def burst_devices(events: ir.Table, *, max_per_minute: int) -> ir.Table:
@@ -144,8 +139,6 @@ def drop_bot_bursts(events: ir.Table, *, max_per_minute: int,
     bots = devices if devices is not None else burst_devices(
         events, max_per_minute=max_per_minute)
     bots = bots.view()  # it may derive from ``events``: a self-join needs its own name
-    device = events.anonymous_id.fill_null(events.user_id)
-    kept = events.anti_join(bots, device == bots._device)
-    dropped = events.semi_join(bots, device == bots._device)
-    return Split(kept=kept, rejected=reject(
-        dropped, "bot_behaviour", f"device made more than {max_per_minute} hits in one minute"))
+    return split_by_lookup(events, events.anonymous_id.fill_null(events.user_id), bots,
+                           "_device", "bot_behaviour",
+                           f"device made more than {max_per_minute} hits in one minute")
