@@ -52,12 +52,37 @@ def test_create_overwrite_and_drop_if_exists_work(con) -> None:
     assert "t_over" not in con.list_tables()
 
 
+def test_a_view_replaces_a_table_and_a_view_of_the_same_name(con) -> None:
+    # DuckDB refuses DROP VIEW on a table and DROP TABLE on a view: replace_view must not care
+    base = engine.load_table(con, "t_base", pd.DataFrame({"a": [1, 2, 3]}), overwrite=True)
+    engine.load_table(con, "t_named", pd.DataFrame({"a": [9]}), overwrite=True)
+    assert not engine.is_view(con, "t_named")
+    engine.replace_view(con, "t_named", base.filter(base.a > 1))
+    assert engine.is_view(con, "t_named")
+    engine.replace_view(con, "t_named", base.filter(base.a > 2))
+    assert con.table("t_named").a.to_pyarrow().to_pylist() == [3]
+    engine.drop_any(con, "t_named")
+    engine.drop_any(con, "t_named")
+    assert "t_named" not in con.list_tables()
+
+
+def test_rename_moves_the_rows_without_a_copy(con) -> None:
+    engine.load_table(con, "t_old_name", pd.DataFrame({"a": [1, 2]}), overwrite=True)
+    con.drop_table("t_new_name", force=True)
+    engine.rename_table(con, "t_old_name", "t_new_name")
+    assert "t_old_name" not in con.list_tables()
+    assert sorted(con.table("t_new_name").a.to_pyarrow().to_pylist()) == [1, 2]
+    con.drop_table("t_new_name")
+
+
 def test_init_creates_every_canonical_table_once(con) -> None:
     created = store.init(con)
     assert set(store.TABLES) <= set(con.list_tables())
     assert set(created) == set(store.TABLES)
     assert store.init(con) == []
     assert con.table("events").schema().names == store.EVENTS.schema.names
+    assert engine.is_view(con, "touchpoints")
+    assert con.table("touchpoints").schema().names == store.TOUCHPOINTS.schema.names
 
 
 def test_duckdb_spills_beside_the_warehouse_file(tmp_path: Path) -> None:

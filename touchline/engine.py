@@ -223,6 +223,45 @@ def drop_materialised(con: BaseBackend, name: str) -> None:
         con.raw_sql("CHECKPOINT")
 
 
+def is_view(con: BaseBackend, name: str) -> bool:
+    """Whether ``name`` on ``con`` is a view (on Spark: also a temporary view)."""
+    if engine_name(con) == "spark":
+        found = [t for t in con._session.catalog.listTables()  # type: ignore[attr-defined]
+                 if t.name == name]
+        return bool(found) and found[0].tableType in ("VIEW", "TEMPORARY")
+    row = con.con.execute(  # type: ignore[attr-defined]
+        "SELECT table_type FROM information_schema.tables "
+        "WHERE table_name = ? AND table_schema = current_schema()", [name]).fetchone()
+    return row is not None and row[0] == "VIEW"
+
+
+def drop_any(con: BaseBackend, name: str) -> None:
+    """Drop the table or view ``name`` if there is one: DuckDB refuses ``DROP VIEW`` on a
+    table and ``DROP TABLE`` on a view, and a warehouse made by an older version may hold
+    either."""
+    if name not in con.list_tables():
+        return
+    if is_view(con, name):
+        con.drop_view(name)
+    else:
+        con.drop_table(name)
+
+
+def rename_table(con: BaseBackend, old: str, new: str) -> None:
+    """Rename a stored table (a catalog change: no rows are copied). Ibis 12's DuckDB
+    backend has no ``rename_table``."""
+    if engine_name(con) == "spark":
+        con.rename_table(old, new)
+    else:
+        con.raw_sql(f'ALTER TABLE "{old}" RENAME TO "{new}"')
+
+
+def replace_view(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
+    """Make ``name`` the view ``expr``, whatever held the name before."""
+    drop_any(con, name)
+    return con.create_view(name, expr)
+
+
 def append(con: BaseBackend, name: str, data: pa.Table | ibis.Table) -> None:
     """Append rows (Arrow data or an expression on ``con``) to table ``name``."""
     if isinstance(data, pa.Table) and engine_name(con) == "spark":

@@ -88,6 +88,19 @@ def test_prepare_builds_every_table_with_hand_computed_counts(db, settings: Sett
     assert crm.evidence == "crm_match"  # from the CRM copy dropped as a duplicate touch
     touch = db.table("touchpoints").filter(lambda t: t.revenue.notnull()).to_pandas().iloc[0]
     assert round(touch.revenue, 2) == 20.70 and touch.currency == "USD"
+    assert (touch.session_id, touch.channel, touch.person_id) == (
+        "anon:a2#1", "Paid Social", ann.person_id)
+    # the view loses no touch: each meets exactly one session
+    assert db.table("touchpoints").count().execute() == result.counts["touches"] == 8
+    assert not [n for n in db.list_tables() if n.startswith("tmp_prepare_")]
+
+
+def test_a_touchpoints_table_from_an_older_version_becomes_the_view(db, settings) -> None:  # type: ignore[no-untyped-def]
+    setup(db)
+    db.create_table("touchpoints", schema=store.TOUCHPOINTS.schema, overwrite=True)
+    result = run_prepare(db, settings, now=NOW)
+    assert engine.is_view(db, "touchpoints")
+    assert db.table("touchpoints").count().execute() == result.counts["touches"]
 
 
 def test_rerun_is_idempotent_and_incremental_equals_full_rebuild(db, settings) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,5 @@
-"""Prepare: raw events → ``touchpoints``, ``sessions``, ``identities``, ``persons``, ``accounts``.
+"""Prepare: raw events → ``touches`` (read through the ``touchpoints`` view), ``sessions``,
+``identities``, ``persons``, ``accounts``.
 
 :data:`STEPS` is the ordered list of named steps. Each is a pure function from Ibis tables to
 tables that either drops rows (to ``rejects``, with the step name and a reason code) or changes
@@ -44,7 +45,7 @@ STEPS: tuple[Step, ...] = (
          why="revenue in many currencies cannot be summed"),
     Step("dedupe_cross_source", steps.dedupe_cross_source,
          why="a form fill seen by the tag, the CRM and the chat tool is one touch"),
-    Step("sessionise", steps.sessionise, checkpoint=True,
+    Step("sessionise", steps.sessionise, persist_as="touches",
          why="channels are credited per visit, not per page view"),
     Step("classify_channels", steps.classify_channels,
          why="GA4's channel groups, by ordered named rules, on each session's landing"),

@@ -89,12 +89,18 @@ class Step:
     ``checkpoint`` materialises the working ``events`` after the step, so that later steps
     do not recompute the chain before it; the step's rejects and audit are then evaluated on
     the stored rows wherever they derive from its output.
+
+    ``persist_as`` names the prepared table the working ``events`` become at this step (its
+    columns are conformed to that table's spec). It is a checkpoint written once into the
+    warehouse: under a scratch name while the run goes on, renamed at its end, so the largest
+    table is not written twice (once as a scratch copy, once as the result).
     """
 
     name: str
     fn: StepFn
     why: str
     checkpoint: bool = False
+    persist_as: str | None = None
 
 
 def reject(table: ir.Table, code: str, reason: str, *, field_name: str | None = None) -> ir.Table:

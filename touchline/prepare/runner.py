@@ -148,8 +148,11 @@ def _conform(table: ir.Table, spec: store.TableSpec) -> ir.Table:
 
 
 def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
-    """The prepared tables from the steps' outputs: persons and accounts attached to sessions,
-    session values attached to touches."""
+    """The prepared tables from the steps' outputs: persons and accounts attached to sessions.
+
+    ``touches`` is not here: the step that made it stored it already (``Step.persist_as``),
+    and ``touchpoints`` is a view over it and the sessions.
+    """
     ident = tables["identities"]
     accounts_of = tables["person_accounts"]
     devices = ident.select(_dev="identifier", person_id="person_id")
@@ -157,28 +160,19 @@ def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
     s = tables["sessions"]
     s = s.left_join(devices, s.device_id == devices._dev).drop("_dev")
     s = s.left_join(acc, s.person_id == acc._pid).drop("_pid")
-    # written first by the caller; touchpoints then read the written sessions
+    # written first by the caller; persons then read the written sessions
     sessions = _conform(s, store.SESSIONS)
-    e = tables["events"]
-    sv = sessions.select(
-        session_id="session_id", _device="device_id", _index="session_index",
-        person_id="person_id", account_id="account_id", channel="channel",
-        channel_rule="channel_rule", source="source", medium="medium", campaign="campaign",
-        term="term", content="content", landing_page="landing_page")
-    t = e.inner_join(sv, [e.device_id == sv._device, e.session_index == sv._index])
-    touchpoints = t.mutate(
-        touchpoint_id=t.message_id, occurred_at=t.timestamp, click_id_type=t.click_id_type,
-    )
-    touchpoints = _conform(touchpoints, store.TOUCHPOINTS)
     kinds = ident.group_by("person_id").aggregate(
         user_id=ident.identifier.substr(5).min(where=ident.kind == "user"),
         email=ident.identifier.substr(6).min(where=ident.kind == "email"),
         identifier_count=ident.count(),
         device_count=(ident.kind == "anon").cast("int64").sum(),
     )
-    stats = touchpoints.group_by("person_id").aggregate(
-        touch_count=touchpoints.count(), first_seen_at=touchpoints.occurred_at.min(),
-        last_seen_at=touchpoints.occurred_at.max())
+    # from the sessions, not the touches: every touch is in exactly one session, so the sums
+    # and extremes are the same, over a third of the rows
+    stats = sessions.group_by("person_id").aggregate(
+        touch_count=sessions.event_count.sum(), first_seen_at=sessions.started_at.min(),
+        last_seen_at=sessions.ended_at.max())
     persons = kinds.left_join(stats, kinds.person_id == stats.person_id).drop("person_id_right")
     persons = persons.left_join(acc, persons.person_id == acc._pid).drop("_pid")
     persons = _conform(persons.mutate(touch_count=persons.touch_count.fill_null(0)),
@@ -191,7 +185,6 @@ def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
         first_seen_at=pa_._first.min())
     return {
         "sessions": sessions,
-        "touchpoints": touchpoints,
         "identities": _conform(ident, store.IDENTITIES),
         "identity_links": _conform(tables["identity_links"], store.IDENTITY_LINKS),
         "persons": persons,
@@ -242,6 +235,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     audits: list[ir.Table] = []
     reports: list[StepReport] = []
     checkpoints: list[str] = []
+    persisted: dict[str, str] = {}  # prepared table -> the scratch name it is written under
     try:
         for i, step in enumerate(steps):
             t0 = time.perf_counter()
@@ -250,7 +244,15 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
             produced = dict(result.tables)
             after = produced.get("events", before)
             rebind: dict[object, object] = {}
-            if step.checkpoint and after is not before:
+            if step.persist_as is not None:
+                # in the warehouse (never a temporary table): renamed at the end of the run
+                scratch = f"{SCRATCH_PREFIX}{step.persist_as}"
+                stored = con.create_table(
+                    scratch, _conform(after, store.TABLES[step.persist_as]), overwrite=True)
+                rebind[after.op()] = stored.op()
+                produced["events"] = stored
+                persisted[step.persist_as] = scratch
+            elif step.checkpoint and after is not before:
                 # stored before its rejects and audit are counted, which then read the stored
                 # rows instead of recomputing the step's expressions (URL regexes, windows)
                 stored = engine.materialise(con, f"{SCRATCH_PREFIX}events_{i}", after)
@@ -284,6 +286,16 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
             written = con.create_table(name, _rebound(expr, written_as), overwrite=True)
             written_as[expr.op()] = written.op()
             counts[name] = int(written.count().execute())
+        # last, once nothing reads them under their scratch names any more
+        for name, scratch in persisted.items():
+            engine.drop_any(con, name)
+            engine.rename_table(con, scratch, name)
+            counts[name] = int(con.table(name).count().execute())
+        for spec in store.PREPARED:
+            if spec.view is not None:
+                engine.replace_view(con, spec.name, spec.view(con))
+        # every touch has its session (sessions are built from the touches): the view's rows
+        counts["touchpoints"] = counts["touches"]
         # conform each part first: Spark may read an int64 literal column back as int32
         audit = ibis.union(*(_conform(a, store.AUDIT) for a in audits),
                            distinct=False) if audits else None

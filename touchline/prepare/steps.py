@@ -154,10 +154,9 @@ def sessionise(t: Tables, ctx: Context) -> StepResult:
                                  sessions.session_numbers(
                                      events, gap=gap,
                                      new_on_campaign=ctx.settings.session_new_on_campaign))
-    # session_id (a long string on every row) is not stored: touches meet their session's row
-    # on (device_id, session_index), and take its id from there
-    touches = sessions.sessionise(events, numbers=numbers).drop("session_id")
-    return StepResult({"events": touches})
+    # stored as `touches` (Step.persist_as) without session_id, a long string on every row:
+    # touches meet their session's row on (device_id, session_index) and take its id there
+    return StepResult({"events": sessions.sessionise(events, numbers=numbers)})
 
 
 def classify_channels(t: Tables, ctx: Context) -> StepResult:
