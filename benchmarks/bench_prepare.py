@@ -10,6 +10,12 @@ checks that Spark local[2] gives the same outputs as DuckDB and reports its time
     python benchmarks/bench_prepare.py [--events 10e6] [--spark-events 1e6]
     python benchmarks/bench_prepare.py --events 50e6 --spark-events 0 --memory-limit 6GB
     python benchmarks/bench_prepare.py --run PARQUET --out JSON [--url URL]  # the timed run
+    python benchmarks/bench_prepare.py --floor DB --out JSON  # the persistence floor (below)
+
+The persistence floor: after the timed run, a separate process copies the two large tables
+prepare must leave behind (``touches``, ``sessions``) within the same warehouse file. Loading
+the events plus those two writes is what any design that keeps its results in DuckDB pays
+before it computes anything; it is reported as a ratio to the reference too.
 """
 
 from __future__ import annotations
@@ -28,9 +34,21 @@ from common import DATA, PYTHON, SHARED_BENCH, machine, timed, write_result
 log = logging.getLogger("bench_prepare")
 
 
-def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = None) -> None:
+def _warehouse() -> Path:
+    return DATA / "prepare_bench.duckdb"
+
+
+def _remove_warehouse() -> None:
+    db = _warehouse()
+    for stale in (db, db.with_name(db.name + ".wal")):
+        stale.unlink(missing_ok=True)
+
+
+def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = None,
+              keep: bool = False) -> None:
     """Load the generator's file as canonical ``events``, run prepare, then paths and linear
-    credits (what the reference computes too); write counts and timings."""
+    credits (what the reference computes too); write counts and timings. ``keep``: leave the
+    warehouse file for :func:`persistence_floor`."""
     import ibis
 
     from touchline import attribute, engine
@@ -39,9 +57,8 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
     from touchline.journeys import person_journeys
     from touchline.prepare import run_prepare
 
-    db = DATA / "prepare_bench.duckdb"
-    for stale in (db, db.with_name(db.name + ".wal")):
-        stale.unlink(missing_ok=True)
+    db = _warehouse()
+    _remove_warehouse()
     settings = Settings(database_url=url.replace("{db}", str(db)), temp_directory=DATA / "tmp",
                         memory_limit=memory_limit)
     con = engine.connect(settings=settings)
@@ -86,8 +103,30 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
         "steps": {s.name: round(s.seconds, 2) for s in result.steps}, "counts": counts,
     }, indent=2))
     con.disconnect()
-    for stale in (db, db.with_name(db.name + ".wal")):
-        stale.unlink(missing_ok=True)
+    if not keep:
+        _remove_warehouse()
+
+
+FLOOR_TABLES = ("touches", "sessions")
+
+
+def persistence_floor(db: Path, out: Path, memory_limit: str | None = None) -> None:
+    """Seconds to write each of :data:`FLOOR_TABLES` again, copied from the finished table in
+    the same warehouse file: the cost of persisting them, without any of the work that made
+    them."""
+    import duckdb
+
+    con = duckdb.connect(str(db), config={"memory_limit": memory_limit} if memory_limit else {})
+    con.execute("SET enable_progress_bar = false")
+    seconds = {}
+    for name in FLOOR_TABLES:
+        t0 = time.perf_counter()
+        con.execute(f'CREATE TABLE floor_copy AS SELECT * FROM "{name}"')
+        seconds[name] = round(time.perf_counter() - t0, 2)
+        con.execute("DROP TABLE floor_copy")
+        con.execute("CHECKPOINT")
+    con.close()
+    out.write_text(json.dumps(seconds))
 
 
 DUCKDB_URL = "duckdb:///{db}"
@@ -109,13 +148,28 @@ def _events_file(events: float) -> tuple[str, Path]:
 
 
 def _ours(label: str, parquet: Path, url: str, tag: str,
-          memory_limit: str | None = None) -> tuple[dict, dict]:
+          memory_limit: str | None = None, keep: bool = False) -> tuple[dict, dict]:
     out = DATA / f"touchline_prepare_{tag}_{label}.json"
     limit = ["--memory-limit", memory_limit] if memory_limit else []
     record = timed(f"prepare/touchline-{tag}/{label}", [
         PYTHON, str(Path(__file__).resolve()), "--run", str(parquet), "--out", str(out),
-        "--url", url, *limit], timeout=3600)
+        "--url", url, *limit, *(["--keep"] if keep else [])], timeout=3600)
     return record, json.loads(out.read_text())
+
+
+def _floor(memory_limit: str | None) -> dict[str, float]:
+    """:func:`persistence_floor` in its own process (not inside the timed run), then the
+    warehouse file is removed."""
+    import subprocess
+
+    out = DATA / "prepare_floor.json"
+    limit = ["--memory-limit", memory_limit] if memory_limit else []
+    try:
+        subprocess.run([PYTHON, str(Path(__file__).resolve()), "--floor", str(_warehouse()),
+                        "--out", str(out), *limit], check=True)
+    finally:
+        _remove_warehouse()
+    return json.loads(out.read_text())
 
 
 def spark_parity(events: float) -> str:
@@ -148,7 +202,9 @@ def main(events: float, spark_events: float, memory_limit: str | None = None) ->
     ref = timed(f"prepare/reference/{label}", [
         PYTHON, str(SHARED_BENCH / "pipelines.py"), "--engine", "duckdb", "--input", str(parquet),
         "--out", str(ref_out)])
-    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb", memory_limit)
+    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb", memory_limit, keep=True)
+    writes = _floor(memory_limit)
+    floor = inner["load_seconds"] + sum(writes.values())
     reference = json.loads(ref_out.read_text())
     counts = inner["counts"]
     checks = {k: (counts[k], truth[k], counts[k] == truth[k])
@@ -159,7 +215,9 @@ def main(events: float, spark_events: float, memory_limit: str | None = None) ->
             "reference_counts": {k: reference.get(k) for k in
                                  ("events_dedup", "sessions", "anonymous_ids", "persons",
                                   "converters")},
-            "touchline": ours, "touchline_inner": inner, "ratio": ratio, "checks": checks}
+            "touchline": ours, "touchline_inner": inner, "ratio": ratio, "checks": checks,
+            "persistence_floor": {"load_seconds": inner["load_seconds"], "writes": writes,
+                                  "seconds": floor, "ratio": floor / ref["wall_s"]}}
     rows = "\n".join(f"| {k} | {a:,} | {b:,} | {'yes' if ok else '**no**'} |"
                      for k, (a, b, ok) in checks.items())
     steps = "\n".join(f"| {k} | {v:.1f} |" for k, v in inner["steps"].items())
@@ -184,6 +242,12 @@ linear credits) on the same `gen_events.py` file, same run.
 (reference converters: {reference.get('converters', 0):,}; touchline stitches persons by its
 identity graph, the reference by `min(user_id)` per anonymous id).
 
+**Persistence floor: {floor / ref['wall_s']:.2f}× the reference.** Loading the events into the
+warehouse ({inner['load_seconds']} s) and writing the two large prepared tables once more,
+copied from the finished ones in a separate process ({', '.join(f'`{k}` {v} s' for k, v in
+writes.items())}), takes {floor:.1f} s: what any run that keeps its results in the warehouse
+pays before it computes anything. The reference keeps nothing (temporary tables in memory).
+
 | count | touchline | truth.json | equal |
 |---|---|---|---|
 {rows}
@@ -207,10 +271,14 @@ if __name__ == "__main__":
     ap.add_argument("--run", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--url", default=DUCKDB_URL)
+    ap.add_argument("--keep", action="store_true", help="--run: keep the warehouse file")
+    ap.add_argument("--floor", type=Path, help="measure the persistence floor in this file")
     # DuckDB's limit covers its buffers, not the process: 6GB keeps 50M events under 8 GB RSS
     ap.add_argument("--memory-limit", help="DuckDB memory_limit for touchline's run, e.g. 6GB")
     args = ap.parse_args()
     if args.run:
-        run_inner(args.run, args.out, args.url, args.memory_limit)
+        run_inner(args.run, args.out, args.url, args.memory_limit, keep=args.keep)
+    elif args.floor:
+        persistence_floor(args.floor, args.out, args.memory_limit)
     else:
         main(args.events, args.spark_events, args.memory_limit)
