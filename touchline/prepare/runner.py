@@ -281,8 +281,8 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         counts: dict[str, int] = {}
         written_as: dict[object, object] = {}
         for name, expr in out.items():
-            # in order: touchpoints read the written sessions, persons and accounts the
-            # written touchpoints, not the joins again
+            # in order: persons read the written sessions, accounts the written persons,
+            # not the joins again
             written = con.create_table(name, _rebound(expr, written_as), overwrite=True)
             written_as[expr.op()] = written.op()
             counts[name] = int(written.count().execute())
