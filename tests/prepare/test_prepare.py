@@ -103,6 +103,24 @@ def test_a_touchpoints_table_from_an_older_version_becomes_the_view(db, settings
     assert db.table("touchpoints").count().execute() == result.counts["touches"]
 
 
+def test_changed_rules_reclassify_history_and_report_the_difference(  # type: ignore[no-untyped-def]
+        con, settings, tmp_path) -> None:
+    setup(con)
+    assert run_prepare(con, settings, now=NOW).channel_changes == {}
+    assert run_prepare(con, settings, now=NOW).channel_changes == {}  # same rules: no change
+    rules = tmp_path / "rules.csv"
+    rules.write_text("priority,channel_group,rule,clause,field,op,value\n"
+                     "1,Partner,facebook_partner,1,source,eq,facebook\n")
+    custom = settings.model_copy(update={"channel_rules_file": rules})
+    result = run_prepare(con, custom, now=NOW)
+    # bob's facebook referral (Organic Social) and ann's paid social visit (source fb)
+    assert result.channel_changes == {("Organic Social", "Partner"): 1,
+                                      ("Paid Social", "Partner"): 1}
+    sessions = con.table("sessions").to_pandas().set_index("session_id")
+    assert sessions.loc[["anon:b1#1", "anon:a2#1"], "channel_rule"].tolist() == [
+        "facebook_partner", "facebook_partner"]
+
+
 def test_rerun_is_idempotent_and_incremental_equals_full_rebuild(db, settings) -> None:  # type: ignore[no-untyped-def]
     day1 = [r for r in SCENARIO if str(r["timestamp"]) < "11:00"]
     setup(db, day1)

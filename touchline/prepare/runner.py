@@ -192,13 +192,18 @@ def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
     }
 
 
-def _channel_changes(con: BaseBackend, new: ir.Table) -> dict[tuple[str, str], int]:
-    if "sessions" not in con.list_tables():
+def _channel_changes(old: ir.Table | None, new: ir.Table) -> dict[tuple[str, str], int]:
+    """Sessions whose channel changed between the last run (``old``: its session ids and
+    channels) and the written ``new`` sessions, counted per (old, new) channel."""
+    if old is None:
         return {}
-    old = con.table("sessions").select(_sid="session_id", _old="channel")
+    old = old.select(_sid="session_id", old_channel="channel")
     diff = new.inner_join(old, new.session_id == old._sid).filter(
-        new.channel != old._old).group_by(["_old", "channel"]).aggregate(n=ibis._.count())
-    return {(str(r._old), str(r.channel)): int(r.n) for r in diff.to_pandas().itertuples()}
+        new.channel != old.old_channel).group_by(["old_channel", "channel"]).aggregate(
+        n=ibis._.count())
+    # not "_old": itertuples renames fields that start with an underscore
+    return {(str(r.old_channel), str(r.channel)): int(r.n)
+            for r in diff.to_pandas().itertuples()}
 
 
 def _replace_rejects(con: BaseBackend, parts: list[ir.Table]) -> None:
@@ -277,7 +282,12 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
             log.info("prepare step %s: %.2f s, %d rejected, %d audit rows", step.name,
                      seconds, n_rejected, n_audited)
         out = assemble(tables, ctx)
-        changes = _channel_changes(con, out["sessions"])
+        # the last run's channels, kept aside before sessions are replaced: the difference is
+        # then taken from the written sessions, not by evaluating the new ones a second time
+        previous = None
+        if "sessions" in existing:
+            previous = engine.materialise(con, f"{SCRATCH_PREFIX}previous_channels",
+                                          con.table("sessions").select("session_id", "channel"))
         counts: dict[str, int] = {}
         written_as: dict[object, object] = {}
         for name, expr in out.items():
@@ -286,6 +296,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
             written = con.create_table(name, _rebound(expr, written_as), overwrite=True)
             written_as[expr.op()] = written.op()
             counts[name] = int(written.count().execute())
+        changes = _channel_changes(previous, con.table("sessions"))
         # last, once nothing reads them under their scratch names any more
         for name, scratch in persisted.items():
             engine.drop_any(con, name)
