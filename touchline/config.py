@@ -161,7 +161,8 @@ class Settings(BaseSettings):
         None, description="rebuild: CSV alias,source extending the shipped source aliases."
     )
     currency_rates_file: Path | None = Field(
-        None, description="rebuild: CSV currency,rate (units of reporting currency per unit)."
+        None, description="rebuild: CSV currency,usd_per_unit (US dollars per unit, the shipped "
+        "table's format) overriding or adding to the shipped rates.",
     )
     own_domains: list[str] = Field(
         [], description="rebuild: registrable domains whose referrers are internal."

@@ -82,6 +82,15 @@ def test_custom_rules_take_precedence(db, tmp_path: Path) -> None:  # type: igno
     assert got == [("Partners", "partner_awin")]
 
 
+def test_custom_values_are_lower_cased_but_regexes_kept_as_written(tmp_path: Path) -> None:
+    custom = tmp_path / "rules.csv"
+    custom.write_text("priority,channel_group,rule,clause,field,op,value\n"
+                      "1,Partners,partner,1,source,in,AWIN|CJ\n"
+                      "2,Codes,coded,1,campaign,regex,^\\D+-\\d+$\n")
+    rules = {r.name: r.clauses[0][0].value for r in channels.load_rules(custom)}
+    assert rules == {"partner": "awin|cj", "coded": r"^\D+-\d+$"}
+
+
 def entrance_of(db, **landing):  # type: ignore[no-untyped-def]
     cols = ("referrer_host", "landing_host", "utm_source", "utm_medium", "utm_campaign",
             "click_id_type")

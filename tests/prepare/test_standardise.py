@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ibis
 import pytest
 
+from touchline.errors import ConfigError
 from touchline.prepare import reference, standardise
 
 from .conftest import working
@@ -94,3 +97,16 @@ def test_revenue_is_converted_to_the_reporting_currency(db) -> None:  # type: ig
     assert got[:2] == pytest.approx([103.5, 50.0])
     assert got[2] != got[2]  # unknown currency: null, never 1:1
     assert audit.to_pandas()[["old_value", "row_count"]].values.tolist() == [["XXX", 1]]
+
+
+def test_user_rates_override_and_extend_the_shipped_ones(tmp_path: Path) -> None:
+    rates_file = tmp_path / "rates.csv"
+    rates_file.write_text("currency,usd_per_unit\nEUR,2.0\nxts,0.5\n")
+    rates = reference.currency_rates("EUR", rates_file)
+    assert (rates["EUR"], rates["XTS"], rates["USD"]) == (1.0, 0.25, 0.5)
+    rates_file.write_text("currency,usd_per_unit\nEUR,1.1\nGBP,abc\n")
+    with pytest.raises(ConfigError, match=r"rates.csv, line 3: usd_per_unit 'abc' of 'GBP'"):
+        reference.currency_rates("USD", rates_file)
+    rates_file.write_text("currency,rate\nEUR,1.1\n")
+    with pytest.raises(ConfigError, match="missing column"):
+        reference.currency_rates("USD", rates_file)

@@ -76,8 +76,10 @@ def load_rules(path: Path) -> list[Rule]:
         entry = rules.setdefault(row["rule"], {"priority": priority,
                                                "group": row["channel_group"], "clauses": {}})
         clauses: dict[str, list[Condition]] = entry["clauses"]  # type: ignore[assignment]
-        clauses.setdefault(row["clause"], []).append(
-            Condition(row["field"], row["op"], row["value"].lower()))
+        # rule fields hold lower-case text, so literal values are compared lower-cased; a regex
+        # is kept as written (lower-casing turns \D into \d, \S into \s: the opposite class)
+        value = row["value"] if row["op"] == "regex" else row["value"].lower()
+        clauses.setdefault(row["clause"], []).append(Condition(row["field"], row["op"], value))
     out = [Rule(int(v["priority"]), str(v["group"]), name,  # type: ignore[call-overload]
                 tuple(tuple(c) for c in v["clauses"].values()))  # type: ignore[attr-defined]
            for name, v in rules.items()]

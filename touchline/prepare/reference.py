@@ -57,10 +57,18 @@ def currency_rates(reporting: str, extra: Path | None = None) -> dict[str, float
 
     rate(c) = usd_per_unit(c) / usd_per_unit(reporting)
     """
-    rows = read_csv(DATA / "currency_rates.csv", ("currency", "usd_per_unit"))
-    if extra is not None:
-        rows += read_csv(extra, ("currency", "usd_per_unit"))
-    usd = {r["currency"].upper(): float(r["usd_per_unit"]) for r in rows}
+    usd: dict[str, float] = {}
+    for path in (DATA / "currency_rates.csv", *([extra] if extra is not None else [])):
+        # the user's rows come second: they override the shipped ones
+        for line, row in enumerate(read_csv(path, ("currency", "usd_per_unit")), start=2):
+            try:
+                value = float(row["usd_per_unit"])
+            except ValueError:
+                value = float("nan")
+            if not value > 0:  # also NaN
+                raise ConfigError(f"{path}, line {line}: usd_per_unit {row['usd_per_unit']!r} "
+                                  f"of {row['currency']!r} is not a positive number")
+            usd[row["currency"].upper()] = value
     if reporting.upper() not in usd:
         raise ConfigError(
             f"reporting_currency {reporting!r} has no rate in {DATA / 'currency_rates.csv'}"
