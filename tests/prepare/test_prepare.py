@@ -121,6 +121,25 @@ def test_changed_rules_reclassify_history_and_report_the_difference(  # type: ig
         "facebook_partner", "facebook_partner"]
 
 
+def test_alias_calls_merge_a_user_id_or_an_anonymous_id_into_the_new_user(con, settings) -> None:  # type: ignore[no-untyped-def]
+    """Segment's previousId is either a user id (a renamed account) or an anonymous id."""
+    load(con, [
+        {"anonymous_id": "a1", "type": "identify", "user_id": "old", "timestamp": "09:00"},
+        {"anonymous_id": "a2", "type": "alias", "user_id": "new", "previous_id": "old",
+         "timestamp": "10:00"},
+        {"anonymous_id": "a4", "timestamp": "11:00", "url": "https://shop.com/"},
+        {"type": "alias", "user_id": "u9", "previous_id": "a4", "timestamp": "11:05"},
+    ])
+    run_prepare(con, settings, now=NOW)
+    ident = con.table("identities").to_pandas()
+    persons = ident.groupby("person_id").identifier.apply(sorted).tolist()
+    assert sorted(persons) == [["anon:a1", "anon:a2", "user:new", "user:old"],
+                               ["anon:a4", "user:u9"]]
+    links = con.table("identity_links").to_pandas().set_index("link_id")
+    assert links.loc["user:new|user:old", "evidence"] == "alias"
+    assert links.loc["anon:a4|user:u9", "evidence"] == "alias"
+
+
 def test_rerun_is_idempotent_and_incremental_equals_full_rebuild(db, settings) -> None:  # type: ignore[no-untyped-def]
     day1 = [r for r in SCENARIO if str(r["timestamp"]) < "11:00"]
     setup(db, day1)

@@ -2,7 +2,8 @@
 
 Nodes are typed identifiers (``anon:<id>``, ``user:<id>``, ``email:<address>``,
 ``phone:<e164>``, ``msg:<id>`` for id-less offline touches). A link joins two identifiers seen
-on one touch (or an ``alias`` call's previous id and new id); it keeps its strongest evidence
+on one touch (or an ``alias`` call's previous id and new id: a ``user:`` id when that user id
+occurs in the data, else an ``anon:`` id); it keeps its strongest evidence
 (alias > identify > caller_id > crm_match > form_email > event), first-seen time and count.
 
 Persons are connected components found on the engine by iterative min-label propagation over
@@ -42,9 +43,11 @@ _ID_PREFIX = r"^([a-z]+):"
 
 
 def _ids(t: ir.Table) -> dict[str, ir.StringValue]:
+    # an alias call's previousId is a user id when that user id occurs in the data (Segment
+    # allows both kinds), else the anonymous id it replaces
+    previous = ibis.ifelse(t._previous_is_user, "user:", "anon:") + t.previous_id
     return {"anon": "anon:" + t.anonymous_id, "user": "user:" + t.user_id,
-            "email": "email:" + t.email, "phone": "phone:" + t.phone,
-            "prev": "anon:" + t.previous_id}
+            "email": "email:" + t.email, "phone": "phone:" + t.phone, "prev": previous}
 
 
 PAIRS = (("anon", "user"), ("anon", "email"), ("anon", "phone"), ("user", "email"),
@@ -64,6 +67,9 @@ def links_from_touches(touches: ir.Table) -> ir.Table:
     combos = touches.group_by(
         ["anonymous_id", "user_id", "email", "phone", "previous_id"],
     ).aggregate(_rank=evidence_rank.min(), _first=touches.timestamp.min(), _n=touches.count())
+    users = touches.filter(touches.user_id.notnull()).select(_known_user="user_id").distinct()
+    combos = combos.left_join(users, combos.previous_id == users._known_user)
+    combos = combos.mutate(_previous_is_user=combos._known_user.notnull()).drop("_known_user")
     ids = _ids(combos)
     parts = []
     for left, right in PAIRS:
