@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ibis
+
 from touchline.prepare import dedupe, standardise
 
 from .conftest import working
@@ -43,3 +45,27 @@ def test_same_form_from_two_systems_within_tolerance_is_one_touch(db) -> None:  
     assert sorted(split.kept.message_id.to_pandas()) == ["m1", "m3", "m4", "m5"]
     got = split.rejected.order_by("message_id").select("message_id", "ref").to_pandas()
     assert got.values.tolist() == [["m2", "m1"], ["m6", "m5"]]
+
+
+def test_a_touch_seen_by_three_systems_points_every_copy_at_the_kept_one(db) -> None:  # type: ignore[no-untyped-def]
+    events = working(db, [
+        {**FORM, "message_id": "m9", "anonymous_id": "a", "timestamp": "11:05",
+         "email": "ann@acme.com"},
+        {**FORM, "message_id": "m1", "timestamp": "11:06", "email": "ann@acme.com",
+         "source": "forms"},
+        {**FORM, "message_id": "m5", "timestamp": "11:07", "email": "ann@acme.com",
+         "source": "crm"},
+        # a chain: the chat copy shares only the phone with the CRM copy, which the web row
+        # does not have; it is still the web row's touch
+        {**FORM, "message_id": "m7", "timestamp": "11:08", "phone": "+12025550143",
+         "source": "chat"},
+    ])
+    events = events.mutate(phone=ibis.ifelse(events.message_id == "m5", "+12025550143",
+                                             events.phone))
+    events, _ = standardise.standardise_urls(events)
+    losers = dedupe.cross_source_losers(
+        events, link_seconds={"Form Submitted": 600}, priority=["web", "forms", "crm", "chat"])
+    split = dedupe.link_cross_source(events, losers)
+    assert split.kept.message_id.to_pandas().tolist() == ["m9"]
+    got = split.rejected.order_by("message_id").select("message_id", "ref").to_pandas()
+    assert got.values.tolist() == [["m1", "m9"], ["m5", "m9"], ["m7", "m9"]]

@@ -19,6 +19,9 @@ from touchline.prepare.clean import epoch_ms
 
 log = logging.getLogger(__name__)
 
+#: how far a cross-source duplicate's ``ref`` follows rows that lost in turn
+REF_HOPS = 3
+
 
 def repeated_ids(events: ir.Table) -> ir.Table:
     """The message ids (column ``_dup_id``) seen more than once: a hash aggregate on one
@@ -65,13 +68,17 @@ def dedupe_exact(events: ir.Table, ranked: ir.Table | None = None) -> Split:
 
 def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
                         priority: Sequence[str]) -> ir.Table:
-    """Record linkage across systems: one row per losing ``_loser`` id with ``ref``, the
-    smallest id among the rows that beat it.
+    """Record linkage across systems: one row per losing ``_loser`` id with ``ref``, the id of
+    the kept row it duplicates.
 
     Two rows are one touch when they have the same ``event`` (one of ``link_seconds``), were
     recorded by different systems, lie at most ``link_seconds[event]`` apart and share a
-    normalised e-mail, a phone in E.164, or (device, page URL). The winner is the system listed
-    first in ``priority``, then the earlier row, then the smaller id.
+    normalised e-mail, a phone in E.164, or (device, page URL). Rows are ordered by the system
+    listed first in ``priority``, then the earlier row, then the smaller id; a row loses when a
+    linked row comes before it. Its ``ref`` is the first of the rows it lost to; when that row
+    lost too (it is linked to an even better row that is not linked to this one), ``ref``
+    follows its ``ref``, up to :data:`REF_HOPS` times: a chain longer than that would need more
+    systems than anyone records one touch in.
     """
     if not link_seconds:
         return events.select(_loser="message_id", ref="message_id").filter(ibis.literal(False))
@@ -94,8 +101,17 @@ def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
         joined = a.join(b, [a.event == b.event, a[key] == b[key],
                             a.recorded_by != b.recorded_by,
                             (a._ms - b._ms).abs() <= a._tol, beats])
-        pairs.append(joined.select(_loser=a.message_id, _winner=b.message_id))
-    return ibis.union(*pairs).group_by("_loser").aggregate(ref=ibis._._winner.min())
+        pairs.append(joined.select(_loser=a.message_id, _winner=b.message_id,
+                                   _w_rank=b._rank, _w_ms=b._ms))
+    beaten = ibis.union(*pairs)
+    first = ibis.row_number().over(group_by="_loser",
+                                   order_by=["_w_rank", "_w_ms", "_winner"])
+    losers = beaten.mutate(_n=first).filter(ibis._._n == 0).select("_loser", ref="_winner")
+    for _ in range(REF_HOPS):
+        on = losers.select(_via="_loser", _next="ref")
+        hop = losers.left_join(on, losers.ref == on._via)
+        losers = hop.select("_loser", ref=ibis.coalesce(hop._next, hop.ref))
+    return losers
 
 
 def link_cross_source(events: ir.Table, losers: ir.Table) -> Split:
