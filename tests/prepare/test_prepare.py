@@ -88,8 +88,8 @@ def test_prepare_builds_every_table_with_hand_computed_counts(db, settings: Sett
     assert crm.evidence == "crm_match"  # from the CRM copy dropped as a duplicate touch
     touch = db.table("touchpoints").filter(lambda t: t.revenue.notnull()).to_pandas().iloc[0]
     assert round(touch.revenue, 2) == 20.70 and touch.currency == "USD"
-    assert (touch.session_id, touch.channel, touch.person_id) == (
-        "anon:a2#1", "Paid Social", ann.person_id)
+    assert (touch.session_id, touch.channel, touch.person_id, touch.account_id) == (
+        "anon:a2#1", "Paid Social", ann.person_id, "crm:A1")
     # the view loses no touch: each meets exactly one session
     assert db.table("touchpoints").count().execute() == result.counts["touches"] == 8
     assert not [n for n in db.list_tables() if n.startswith("tmp_prepare_")]
@@ -233,11 +233,14 @@ def test_cli_prepare_prints_tables(tmp_path: Path) -> None:
 
 def test_a_retried_batch_is_deduplicated_before_it_can_look_like_a_burst(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Five page views, each delivered three times within one minute: fifteen rows, over a
-    limit of ten hits a minute, but five touches and no bot."""
+    limit of ten hits a minute, but five touches and no bot. A script's twelve distinct hits
+    in that minute are a bot."""
     rows = [{"message_id": f"m{i}", "anonymous_id": "a1", "timestamp": f"09:00:{10 * i:02d}",
              "url": f"https://shop.com/p{i}"} for i in range(5)]
-    load(con, rows * 3)
+    script = [{"message_id": f"s{i}", "anonymous_id": "s1", "timestamp": f"09:00:{4 * i:02d}",
+               "url": f"https://shop.com/p{i}"} for i in range(12)]
+    load(con, rows * 3 + script)
     settings = Settings(database_url="duckdb://", temp_directory=tmp_path, bot_hits_per_minute=10)
     result = run_prepare(con, settings, now=NOW)
-    assert result.rejects_by_reason == {"duplicate_message_id": 10}
+    assert result.rejects_by_reason == {"duplicate_message_id": 10, "bot_behaviour": 12}
     assert result.counts["touchpoints"] == 5 and result.counts["sessions"] == 1

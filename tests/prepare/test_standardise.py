@@ -110,3 +110,12 @@ def test_user_rates_override_and_extend_the_shipped_ones(tmp_path: Path) -> None
     rates_file.write_text("currency,rate\nEUR,1.1\n")
     with pytest.raises(ConfigError, match="missing column"):
         reference.currency_rates("USD", rates_file)
+
+
+def test_user_source_aliases_extend_and_override_the_shipped_ones(tmp_path: Path) -> None:
+    aliases_file = tmp_path / "aliases.csv"
+    aliases_file.write_text("alias,source\nAWIN.com,awin\nfb,meta\n")
+    shipped = reference.aliases("source")
+    assert shipped["fb"] == shipped["l.facebook.com"] == shipped["m.facebook.com"] == "facebook"
+    mine = reference.aliases("source", aliases_file)
+    assert (mine["awin.com"], mine["fb"], mine["l.facebook.com"]) == ("awin", "meta", "facebook")
