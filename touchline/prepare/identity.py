@@ -43,11 +43,13 @@ _ID_PREFIX = r"^([a-z]+):"
 
 
 def _ids(t: ir.Table) -> dict[str, ir.StringValue]:
-    # an alias call's previousId is a user id when that user id occurs in the data (Segment
-    # allows both kinds), else the anonymous id it replaces
-    previous = ibis.ifelse(t._previous_is_user, "user:", "anon:") + t.previous_id
-    return {"anon": "anon:" + t.anonymous_id, "user": "user:" + t.user_id,
-            "email": "email:" + t.email, "phone": "phone:" + t.phone, "prev": previous}
+    ids = {"anon": "anon:" + t.anonymous_id, "user": "user:" + t.user_id,
+           "email": "email:" + t.email, "phone": "phone:" + t.phone}
+    if "_previous_is_user" in t.columns:
+        # an alias call's previousId is a user id when that user id occurs in the data
+        # (Segment allows both kinds), else the anonymous id it replaces
+        ids["prev"] = ibis.ifelse(t._previous_is_user, "user:", "anon:") + t.previous_id
+    return ids
 
 
 PAIRS = (("anon", "user"), ("anon", "email"), ("anon", "phone"), ("user", "email"),
@@ -58,7 +60,8 @@ def links_from_touches(touches: ir.Table) -> ir.Table:
     """Distinct links ``identifier_a < identifier_b`` with evidence, first_seen_at, event_count.
 
     Touches are first reduced to distinct id combinations (a hash aggregate), so each of the
-    eight pair projections reads a small table.
+    eight pair projections reads a small table; the two alias pairs read only the combinations
+    with a previous id, which alone are matched against the user ids.
     """
     evidence_rank = ibis.cases(
         (touches.type == "alias", 0), (touches.type == "identify", 1),
@@ -67,14 +70,17 @@ def links_from_touches(touches: ir.Table) -> ir.Table:
     combos = touches.group_by(
         ["anonymous_id", "user_id", "email", "phone", "previous_id"],
     ).aggregate(_rank=evidence_rank.min(), _first=touches.timestamp.min(), _n=touches.count())
-    users = touches.filter(touches.user_id.notnull()).select(_known_user="user_id").distinct()
-    combos = combos.left_join(users, combos.previous_id == users._known_user)
-    combos = combos.mutate(_previous_is_user=combos._known_user.notnull()).drop("_known_user")
-    ids = _ids(combos)
+    aliased = combos.filter(combos.previous_id.notnull())
+    previous = aliased.select(_previous="previous_id").distinct()
+    users = touches.semi_join(previous, touches.user_id == previous._previous).select(
+        _known_user="user_id").distinct()
+    aliased = aliased.left_join(users, aliased.previous_id == users._known_user)
+    aliased = aliased.mutate(_previous_is_user=aliased._known_user.notnull()).drop("_known_user")
     parts = []
     for left, right in PAIRS:
-        a, b = ids[left], ids[right]
-        both = combos.filter(a.notnull() & b.notnull() & (a != b))
+        source = aliased if "prev" in (left, right) else combos
+        a, b = _ids(source)[left], _ids(source)[right]
+        both = source.filter(a.notnull() & b.notnull() & (a != b))
         x, y = _ids(both)[left], _ids(both)[right]
         parts.append(both.select(identifier_a=ibis.least(x, y), identifier_b=ibis.greatest(x, y),
                                  _rank=both._rank, _first=both._first, _n=both._n))
