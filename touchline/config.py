@@ -9,6 +9,7 @@ and pass it down; tests construct their own.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,18 @@ class Settings(BaseSettings):
     bot_hits_per_minute: int = Field(
         200, ge=1, description="rebuild: a device with more hits in one minute is a bot."
     )
+    bot_user_agent_list: bool = Field(
+        True, description="rebuild: drop hits whose user agent matches the maintained "
+        "crawler-user-agents list."
+    )
+    bot_user_agent_patterns: list[str] = Field(
+        [], description="rebuild: more regular expressions (case-insensitive) of user agents "
+        "to drop as bots, e.g. your uptime monitor."
+    )
+    bot_user_agent_allow: list[str] = Field(
+        [], description="rebuild: regular expressions (case-insensitive) of user agents never "
+        "dropped as bots, e.g. a partner's crawler you want counted."
+    )
     session_new_on_campaign: bool = Field(
         False, description="rebuild: a new campaign starts a new session (Matomo; not GA4)."
     )
@@ -174,11 +187,22 @@ class Settings(BaseSettings):
         500, ge=2, description="rebuild: larger identity components are split to devices."
     )
     identity_unlink: list[str] = Field(
-        [], description="rebuild: identifiers ('email:a@b.com', 'user:42') never to link on."
+        [], description="rebuild: identifiers ('email:a@b.com', 'user:42') never to link on, "
+        "or single links to cut ('email:a@b.com|user:42').",
     )
     identity_max_iterations: int = Field(
         40, ge=1, description="Label-propagation rounds before giving up (graph diameter)."
     )
+
+    @field_validator("bot_user_agent_patterns", "bot_user_agent_allow")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
 
     @field_validator("database_url")
     @classmethod

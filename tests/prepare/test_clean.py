@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+from pydantic import ValidationError
+
+from touchline.config import Settings
 from touchline.prepare import clean
 from touchline.prepare.base import Split
 
@@ -73,6 +77,21 @@ def test_crawler_user_agents_come_from_the_maintained_list() -> None:
               "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/120.0 Safari/537.36", "python-requests/2.31", "curl/8.0"]
     assert clean.bot_user_agents(agents) == [agents[0], agents[2], agents[3]]
+
+
+
+def test_the_bot_check_can_be_extended_narrowed_or_switched_off() -> None:
+    agents = ["Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+              "python-requests/2.31", "Acme-Uptime-Monitor/3.0", "Mozilla/5.0 Firefox/120.0"]
+    assert clean.bot_user_agents(agents, patterns=[r"uptime-monitor"],
+                                 allow=[r"^python-requests/"]) == [agents[0], agents[2]]
+    assert clean.bot_user_agents(agents, crawler_list=False, patterns=["UPTIME"]) == [agents[2]]
+    assert clean.bot_user_agents(agents, crawler_list=False) == []
+
+
+def test_a_bot_pattern_that_is_not_a_regex_is_refused_with_its_text() -> None:
+    with pytest.raises(ValidationError, match=r"'\[unclosed' is not a regular expression"):
+        Settings(bot_user_agent_patterns=["[unclosed"])
 
 
 def test_drop_bot_bursts_removes_every_hit_of_a_device_over_the_rate(db) -> None:  # type: ignore[no-untyped-def]

@@ -165,6 +165,13 @@ def test_identity_guards_cut_hubs_and_unlinking_splits(db, tmp_path: Path) -> No
     unlinked = capped.model_copy(update={"identity_unlink": ["user:ux"]})
     run_prepare(db, unlinked, now=NOW)
     assert db.table("persons").count().execute() == 4 + 1 + 3
+    # one link only (written either way round): x2 leaves, x1 stays with ux
+    one_link = capped.model_copy(update={"identity_unlink": ["user:ux|anon:x2"]})
+    run_prepare(db, one_link, now=NOW)
+    assert db.table("persons").count().execute() == 4 + 1 + 2
+    links = db.table("identity_links").to_pandas().set_index("link_id")
+    assert links.loc["anon:x2|user:ux", ["status", "reason"]].tolist() == ["cut", "unlinked"]
+    assert links.loc["anon:x1|user:ux", "status"] == "linked"
 
 
 COMPANIES = [

@@ -7,6 +7,8 @@ table plus its audit) out; ``kept`` + ``rejected`` is always the input, row for 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import ibis
@@ -98,21 +100,27 @@ def drop_future_timestamps(events: ir.Table, *, now: datetime, tolerance: timede
                  f"timestamp more than {tolerance} after receipt", field_name="timestamp")
 
 
-def bot_user_agents(agents: list[str]) -> list[str]:
-    """The user agents among ``agents`` that match the crawler-user-agents list.
+def bot_user_agents(agents: list[str], *, crawler_list: bool = True,
+                    patterns: Sequence[str] = (), allow: Sequence[str] = ()) -> list[str]:
+    """The user agents among ``agents`` that are bots: matching the crawler-user-agents list
+    (unless ``crawler_list`` is off) or one of ``patterns``, and none of ``allow``
+    (all case-insensitive).
 
     Called on the *distinct* user agents only (thousands, not millions of rows).
     """
-    pattern = bot_pattern()
-    return [ua for ua in agents if ua and pattern.search(ua)]
+    tests = [bot_pattern()] if crawler_list else []
+    tests += [re.compile(p, re.IGNORECASE) for p in patterns]
+    allowed = [re.compile(p, re.IGNORECASE) for p in allow]
+    return [ua for ua in agents
+            if ua and any(t.search(ua) for t in tests) and not any(a.search(ua) for a in allowed)]
 
 
 def drop_bot_user_agents(events: ir.Table, bots: ir.Table) -> Split:
     """Drop rows whose user agent is in ``bots`` (a one-column table ``user_agent``):
     crawler hits inflate reach and dilute credit."""
     return split_by_lookup(events, events.user_agent, bots, "user_agent", "bot_user_agent",
-                           "user agent matches the crawler-user-agents list",
-                           field_name="user_agent")
+                           "user agent matches the crawler-user-agents list or "
+                           "bot_user_agent_patterns", field_name="user_agent")
 
 
 def burst_devices(events: ir.Table, *, max_per_minute: int) -> ir.Table:

@@ -12,8 +12,9 @@ jumping (``label = min(label, label[label])``) so chains converge in O(log d) ro
 
 Over-merge guards, each reported as a ``cut`` link with its reason:
 
-* ``unlinked``: an identifier listed in ``settings.identity_unlink`` (reversible merges: remove
-  a link this way, re-run, and the component splits cleanly; nothing else is stored),
+* ``unlinked``: an identifier or a single link (``a|b``) listed in ``settings.identity_unlink``
+  (reversible merges: remove a link this way, re-run, and the component splits cleanly;
+  nothing else is stored),
 * ``max_degree``: an identifier linked to more than ``identity_max_degree`` others (a shared
   kiosk device, a support agent's e-mail typed into customers' forms),
 * ``max_component``: components still larger than ``identity_max_component`` fall back to
@@ -93,10 +94,25 @@ def links_from_touches(touches: ir.Table) -> ir.Table:
     ).drop("_rank")
 
 
+def link_id(a: str, b: str) -> str:
+    """The id of the link between identifiers ``a`` and ``b``: the smaller first."""
+    return "|".join(sorted((a, b)))
+
+
 def guard_links(links: ir.Table, *, unlink: Sequence[str], max_degree: int) -> ir.Table:
-    """Add ``status`` (linked/cut) and ``reason``: unlisted identifiers, then degree caps."""
-    unlisted = links.identifier_a.isin(list(unlink)) | links.identifier_b.isin(list(unlink)) \
-        if unlink else ibis.literal(False)
+    """Add ``status`` (linked/cut) and ``reason``: unlinked identifiers and links, then degree
+    caps.
+
+    ``unlink`` lists identifiers (``user:42``: none of its links count) and single links
+    (``email:a@b.com|user:42``, either order: only that one is cut).
+    """
+    nodes = [u for u in unlink if "|" not in u]
+    pairs = [link_id(*u.split("|", 1)) for u in unlink if "|" in u]
+    unlisted = ibis.literal(False)
+    if nodes:
+        unlisted = links.identifier_a.isin(nodes) | links.identifier_b.isin(nodes)
+    if pairs:
+        unlisted = unlisted | (links.identifier_a + "|" + links.identifier_b).isin(pairs)
     t = links.mutate(_unlinked=unlisted)
     live = t.filter(~t._unlinked)
     ends = live.select(node="identifier_a").union(live.select(node="identifier_b"), distinct=False)

@@ -60,7 +60,10 @@ def _is_empty(table: ir.Table) -> bool:
 
 
 def drop_bot_user_agents(t: Tables, ctx: Context) -> StepResult:
-    agents = clean.bot_user_agents(_distinct(t["events"].user_agent))
+    s = ctx.settings
+    agents = clean.bot_user_agents(
+        _distinct(t["events"].user_agent), crawler_list=s.bot_user_agent_list,
+        patterns=s.bot_user_agent_patterns, allow=s.bot_user_agent_allow)
     if not agents:
         return StepResult()
     bots = ctx.lookup("bot_agents", pa.table({"user_agent": pa.array(agents, pa.string())}))
