@@ -300,6 +300,21 @@ SPOOL_OFFSETS = TableSpec(
 )
 
 # ---- prepared tables: written (replaced whole) by `touchline prepare`, see touchline/prepare/
+#: what a touch says of itself, the last columns of both `touches` and `touchpoints`
+_TOUCH_VALUES: tuple[tuple[str, dt.DataType, str], ...] = (
+    ("click_id_type", S, "google, microsoft, meta, display, linkedin or tiktok"),
+    ("click_id", S, "the click id value"),
+    ("page_url", S, "normalised page URL (tracking parameters stripped)"),
+    ("page_path", S, "path of page_url"),
+    ("referrer_host", S, "lower-case host of the referrer"),
+    ("email", S, "normalised e-mail (trimmed, lower case)"),
+    ("phone", S, "phone number in E.164"),
+    ("revenue", F, "revenue in the reporting currency"),
+    ("currency", S, "the reporting currency"),
+    ("revenue_original", F, "revenue as received"),
+    ("currency_original", S, "currency as received"),
+)
+
 TOUCHES = TableSpec(
     name="touches",
     doc="The prepared touches as stored: one row per real touch after cleaning, deduplication "
@@ -324,17 +339,7 @@ TOUCHES = TableSpec(
         ("utm_campaign", S, "trimmed, lower-case utm_campaign of this touch"),
         ("utm_term", S, "utm_term of this touch"),
         ("utm_content", S, "utm_content of this touch"),
-        ("click_id_type", S, "google, microsoft, meta, display, linkedin or tiktok"),
-        ("click_id", S, "the click id value"),
-        ("page_url", S, "normalised page URL (tracking parameters stripped)"),
-        ("page_path", S, "path of page_url"),
-        ("referrer_host", S, "lower-case host of the referrer"),
-        ("email", S, "normalised e-mail (trimmed, lower case)"),
-        ("phone", S, "phone number in E.164"),
-        ("revenue", F, "revenue in the reporting currency"),
-        ("currency", S, "the reporting currency"),
-        ("revenue_original", F, "revenue as received"),
-        ("currency_original", S, "currency as received"),
+        *_TOUCH_VALUES,
     ),
 )
 
@@ -384,18 +389,8 @@ TOUCHPOINTS = TableSpec(
         ("campaign", S, "session entrance campaign"),
         ("term", S, "session entrance keyword (utm_term)"),
         ("content", S, "session entrance utm_content"),
-        ("click_id_type", S, "google, microsoft, meta, display, linkedin or tiktok"),
-        ("click_id", S, "the click id value"),
         ("landing_page", S, "normalised URL of the session's first page"),
-        ("page_url", S, "normalised page URL (tracking parameters stripped)"),
-        ("page_path", S, "path of page_url"),
-        ("referrer_host", S, "lower-case host of the referrer"),
-        ("email", S, "normalised e-mail (trimmed, lower case)"),
-        ("phone", S, "phone number in E.164"),
-        ("revenue", F, "revenue in the reporting currency"),
-        ("currency", S, "the reporting currency"),
-        ("revenue_original", F, "revenue as received"),
-        ("currency_original", S, "currency as received"),
+        *_TOUCH_VALUES,
     ),
     view=touchpoints_view,
 )
