@@ -141,7 +141,7 @@ class Settings(BaseSettings):
         300, ge=0, description="rebuild: client clock skew above this is flagged in `audit`."
     )
     bot_hits_per_minute: int = Field(
-        200, ge=1, description="rebuild: a device with more hits in one minute is a bot."
+        200, ge=1, description="rebuild: a device with more hits within any 60 seconds is a bot."
     )
     bot_user_agent_list: bool = Field(
         True, description="rebuild: drop hits whose user agent matches the maintained "

@@ -5,13 +5,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from touchline.config import Settings
 from touchline.prepare import clean
 from touchline.prepare.base import Split
+from touchline.prepare.runner import working_events
 
-from .conftest import NOW, working
+from .conftest import NOW, at, load, working
 
 
 def ids(table) -> list[str]:  # type: ignore[no-untyped-def]
@@ -103,3 +107,38 @@ def test_drop_bot_bursts_removes_every_hit_of_a_device_over_the_rate(db) -> None
     assert split.kept.anonymous_id.to_pandas().tolist() == ["human", "human"]
     assert split.rejected.count().execute() == 13
     assert set(split.rejected.reason_code.to_pandas()) == {"bot_behaviour"}
+
+
+def _burst_ids(con, rows, limit: int) -> list[str]:  # type: ignore[no-untyped-def]
+    events = working(con, rows)
+    return sorted(clean.burst_devices(events, max_per_minute=limit)
+                  .to_pandas()["_device"].tolist())
+
+
+def test_a_burst_across_a_minute_boundary_is_a_burst_on_both_engines(con) -> None:  # type: ignore[no-untyped-def]
+    # 12 hits 5 s apart from 10:00:30: 6 in each calendar minute, 12 within 60 s
+    rows = [{"anonymous_id": "script", "timestamp": f"10:0{(30 + 5 * i) // 60}:{(30 + 5 * i) % 60:02d}"}
+            for i in range(12)]
+    # 11 hits 6 s apart: 0 s .. 60 s; any 60 s (half open) holds at most 10 of them
+    rows += [{"anonymous_id": "steady", "timestamp": f"11:0{(6 * i) // 60}:{(6 * i) % 60:02d}"}
+             for i in range(11)]
+    # exactly the limit within one second
+    rows += [{"anonymous_id": "fast_human", "timestamp": "12:00:01"} for _ in range(10)]
+    assert _burst_ids(con, rows, limit=10) == ["script"]
+    split = clean.drop_bot_bursts(working(con, rows), max_per_minute=10)
+    assert split.rejected.count().execute() == 12
+    assert split.kept.count().execute() == 21
+
+
+@hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hits=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 300)),
+                     max_size=40),
+       limit=st.integers(1, 6))
+def test_burst_devices_equal_a_brute_force_sliding_count(db, hits, limit) -> None:  # type: ignore[no-untyped-def]
+    """Property: a device is a burst exactly when some [t, t + 60 s) holds more than the limit."""
+    rows = [{"message_id": f"m{i}", "anonymous_id": d,
+             "timestamp": at(f"10:{s // 60:02d}:{s % 60:02d}")} for i, (d, s) in enumerate(hits)]
+    expected = sorted({d for d, s in hits
+                       if sum(1 for d2, s2 in hits if d2 == d and s <= s2 < s + 60) > limit})
+    got = clean.burst_devices(working_events(load(db, rows)), max_per_minute=limit).to_pandas()
+    assert sorted(got["_device"].tolist()) == expected

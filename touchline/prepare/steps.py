@@ -73,14 +73,19 @@ def drop_bot_user_agents(t: Tables, ctx: Context) -> StepResult:
 
 def drop_bot_bursts(t: Tables, ctx: Context) -> StepResult:
     limit = ctx.settings.bot_hits_per_minute
-    # stored: both the kept and the rejected side test membership in it
-    devices = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}burst_devices",
-                                 clean.burst_devices(t["events"], max_per_minute=limit))
     events = t["events"]
-    if not _is_empty(devices):
-        split = clean.drop_bot_bursts(events, max_per_minute=limit, devices=devices)
-        return StepResult({"events": _used_up(split.kept)}, split.rejected)
-    return StepResult({"events": _used_up(events)})
+    # stored: small, and read by the exact test below; usually empty, and then nothing is sorted
+    candidates = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}burst_candidates",
+                                    clean.burst_candidates(events, max_per_minute=limit))
+    if _is_empty(candidates):
+        return StepResult({"events": _used_up(events)})
+    # stored: both the kept and the rejected side test membership in it
+    devices = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}burst_devices", clean.burst_devices(
+        events, max_per_minute=limit, candidates=candidates))
+    if _is_empty(devices):
+        return StepResult({"events": _used_up(events)})
+    split = clean.drop_bot_bursts(events, max_per_minute=limit, devices=devices)
+    return StepResult({"events": _used_up(split.kept)}, split.rejected)
 
 
 def _used_up(events: ir.Table) -> ir.Table:
