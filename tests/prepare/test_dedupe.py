@@ -69,3 +69,25 @@ def test_a_touch_seen_by_three_systems_points_every_copy_at_the_kept_one(db) -> 
     assert split.kept.message_id.to_pandas().tolist() == ["m9"]
     got = split.rejected.order_by("message_id").select("message_id", "ref").to_pandas()
     assert got.values.tolist() == [["m1", "m9"], ["m5", "m9"], ["m7", "m9"]]
+
+
+def test_a_server_side_copy_without_a_cookie_matches_on_user_and_page(db) -> None:  # type: ignore[no-untyped-def]
+    url = "https://shop.example.com/contact"
+    events = working(db, [
+        {**FORM, "anonymous_id": "a", "user_id": "u1", "timestamp": "11:05", "url": url},
+        # the server saw the same submission: the user, the page, no cookie, no e-mail
+        {**FORM, "user_id": "u1", "timestamp": "11:05:30", "url": url + "?utm_source=x",
+         "source": "server"},
+        # another user on the same page at the same time is another touch
+        {**FORM, "user_id": "u2", "timestamp": "11:05:40", "url": url, "source": "server"},
+        # the same user on another page too
+        {**FORM, "user_id": "u1", "timestamp": "11:05:50", "url": url + "/sales",
+         "source": "server"},
+    ])
+    events, _ = standardise.standardise_urls(events)
+    losers = dedupe.cross_source_losers(
+        events, link_seconds={"Form Submitted": 600}, priority=["web", "server"])
+    split = dedupe.link_cross_source(events, losers)
+    assert sorted(split.kept.message_id.to_pandas()) == ["m1", "m3", "m4"]
+    got = split.rejected.select("message_id", "ref").to_pandas()
+    assert got.values.tolist() == [["m2", "m1"]]

@@ -73,7 +73,8 @@ def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
 
     Two rows are one touch when they have the same ``event`` (one of ``link_seconds``), were
     recorded by different systems, lie at most ``link_seconds[event]`` apart and share a
-    normalised e-mail, a phone in E.164, or (device, page URL). Rows are ordered by the system
+    normalised e-mail, a phone in E.164, or the page URL with the device or the user id (a
+    server-side copy has no cookie, but knows the user). Rows are ordered by the system
     listed first in ``priority``, then the earlier row, then the smaller id; a row loses when a
     linked row comes before it. Its ``ref`` is the first of the rows it lost to; when that row
     lost too (it is linked to an even better row that is not linked to this one), ``ref``
@@ -87,13 +88,14 @@ def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
     cand = events.filter(events.event.isin(names)).select(
         "message_id", "event", "recorded_by", "email", "phone",
         _device_page=events.anonymous_id + "|" + events.page_url,
+        _user_page=events.user_id + "|" + events.page_url,
         _ms=epoch_ms(events.timestamp),
         _rank=events.recorded_by.substitute(rank, else_=len(rank)).cast("int64"),
         _tol=events.event.substitute({k: v * 1000 for k, v in link_seconds.items()},
                                     else_=ibis.null("int64")).cast("int64"),
     )
     pairs = []
-    for key in ("email", "phone", "_device_page"):
+    for key in ("email", "phone", "_device_page", "_user_page"):
         a = cand.filter(cand[key].notnull())
         b = a.view()
         beats = (b._rank < a._rank) | ((b._rank == a._rank) & (
@@ -121,5 +123,5 @@ def link_cross_source(events: ir.Table, losers: ir.Table) -> Split:
     kept = events.anti_join(losers, events.message_id == losers._loser)
     rejected = reject(matched, "cross_source_duplicate",
                       "the same touch recorded by another system within the link tolerance "
-                      "(same e-mail, phone or device page); ref is the kept record")
+                      "(same e-mail, phone, or page for the same device or user); ref is the kept record")
     return Split(kept=kept, rejected=rejected.relocate("ref", after="field"))
