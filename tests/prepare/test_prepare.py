@@ -251,3 +251,34 @@ def test_a_retried_batch_is_deduplicated_before_it_can_look_like_a_burst(con, tm
     result = run_prepare(con, settings, now=NOW)
     assert result.rejects_by_reason == {"duplicate_message_id": 10, "bot_behaviour": 12}
     assert result.counts["touchpoints"] == 5 and result.counts["sessions"] == 1
+
+
+def test_session_settings_change_a_full_run_on_both_engines(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One device: 09:00 (spring campaign), 09:15, 09:40 (25 min gap), 09:45 (summer)."""
+    spring = "https://shop.com/?utm_source=news&utm_medium=email&utm_campaign=spring"
+    summer = "https://shop.com/?utm_source=news&utm_medium=email&utm_campaign=summer"
+    load(con, [
+        {"anonymous_id": "a1", "timestamp": "09:00", "url": spring, "utm_source": "news",
+         "utm_medium": "email", "utm_campaign": "spring"},
+        {"anonymous_id": "a1", "timestamp": "09:15", "url": "https://shop.com/a"},
+        {"anonymous_id": "a1", "timestamp": "09:40", "url": "https://shop.com/b"},
+        {"anonymous_id": "a1", "timestamp": "09:45", "url": summer, "utm_source": "news",
+         "utm_medium": "email", "utm_campaign": "summer"},
+    ])
+    base = Settings(database_url="duckdb://", temp_directory=tmp_path)
+
+    def sessions(**update: object) -> list[tuple[str, int, str]]:
+        run_prepare(con, base.model_copy(update=update), now=NOW)
+        frame = con.table("sessions").order_by("session_index").to_pandas()
+        return [(r.session_id, r.event_count, r.campaign) for r in frame.itertuples()]
+
+    # defaults: a 30-minute timeout, a campaign change does not split (GA4)
+    assert sessions() == [("anon:a1#1", 4, "spring")]
+    # a 20-minute timeout splits at the 25-minute gap; the new session has no campaign
+    assert sessions(session_gap_minutes=20) == [("anon:a1#1", 2, "spring"),
+                                                ("anon:a1#2", 2, None)]
+    # Matomo's rule: the summer campaign opens a session of its own
+    assert sessions(session_new_on_campaign=True) == [("anon:a1#1", 3, "spring"),
+                                                      ("anon:a1#2", 1, "summer")]
+    touches = con.table("touchpoints").order_by("occurred_at").to_pandas()
+    assert touches.session_index.tolist() == [1, 1, 1, 2]

@@ -74,12 +74,14 @@ def session_numbers(events: ir.Table, *, gap: timedelta = SESSION_GAP_DEFAULT,
     flagged = narrow.mutate(_new=starts)
     if new_on_campaign:
         tagged = flagged.filter(flagged._campaign.notnull())
-        earlier = tagged._campaign.lag().over(
-            ibis.window(group_by=tagged._device, order_by=[tagged._ms, tagged.message_id]))
+        tagged = tagged.mutate(_earlier=tagged._campaign.lag().over(
+            ibis.window(group_by=tagged._device, order_by=[tagged._ms, tagged.message_id])))
         # the device's first campaign also starts a session unless it opens the device
-        switched = tagged.filter(earlier.isnull() | (earlier != tagged._campaign)).select(
-            _switch_id="message_id")
-        flagged = flagged.mutate(_new=flagged._new | flagged.message_id.isin(switched._switch_id))
+        switched = tagged.filter(tagged._earlier.isnull() | (tagged._earlier != tagged._campaign)
+                                 ).select(_switch_id="message_id")
+        # a join, not isin(subquery): Spark cannot resolve the window's table inside one
+        joined = flagged.left_join(switched, flagged.message_id == switched._switch_id)
+        flagged = joined.mutate(_new=joined._new | joined._switch_id.notnull()).drop("_switch_id")
     numbered = flagged.mutate(
         session_index=flagged._new.cast("int64").sum().over(
             ibis.cumulative_window(group_by=flagged._device,
