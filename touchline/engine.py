@@ -256,6 +256,26 @@ def rename_table(con: BaseBackend, old: str, new: str) -> None:
         con.raw_sql(f'ALTER TABLE "{old}" RENAME TO "{new}"')
 
 
+def add_missing_columns(con: BaseBackend, name: str, schema: ibis.Schema) -> list[str]:
+    """Add to stored table ``name`` the columns of ``schema`` it lacks (as nulls); return them.
+
+    Why: a warehouse made by an older version must accept rows with a newer column. A catalog
+    change on both engines; no rows are rewritten.
+    """
+    have = set(con.table(name).columns)
+    missing = [(c, t) for c, t in schema.items() if c not in have]
+    for column, dtype in missing:
+        if engine_name(con) == "spark":
+            from ibis.backends.sql.datatypes import PySparkType
+
+            con.raw_sql(f"ALTER TABLE `{name}` ADD COLUMNS (`{column}` "
+                        f"{PySparkType.to_string(dtype)})")
+        else:
+            sql_type = con.compiler.type_mapper.to_string(dtype)  # type: ignore[attr-defined]
+            con.raw_sql(f'ALTER TABLE "{name}" ADD COLUMN "{column}" {sql_type}')
+    return [c for c, _ in missing]
+
+
 def replace_view(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
     """Make ``name`` the view ``expr``, whatever held the name before."""
     drop_any(con, name)

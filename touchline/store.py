@@ -8,6 +8,7 @@ is generated from the ``doc`` strings (``tests/test_store.py`` keeps it current)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -15,9 +16,13 @@ from typing import TYPE_CHECKING
 import ibis
 import ibis.expr.datatypes as dt
 
+from touchline import engine
+
 if TYPE_CHECKING:
     import ibis.expr.types as ir
     from ibis.backends import BaseBackend
+
+log = logging.getLogger(__name__)
 
 S, F, I, TS, D, B = dt.string, dt.float64, dt.int64, dt.Timestamp(), dt.date, dt.boolean  # noqa: E741
 
@@ -72,6 +77,8 @@ EVENTS = TableSpec(
         ("user_id", S, "known person id (login, CRM contact)"),
         ("group_id", S, "account id for group calls"),
         ("previous_id", S, "the old id of an alias call"),
+        ("contact_id", S, "the CRM's own id of the person (a HubSpot contact, a Salesforce "
+         "contact or lead) on records from a CRM; from traits/properties `crm_contact_id`"),
         ("timestamp", TS, "when it happened (UTC), corrected for client clock skew later"),
         ("original_timestamp", TS, "the client's own clock at the event"),
         ("sent_at", TS, "the client's clock when the batch was sent"),
@@ -120,6 +127,7 @@ DEALS = TableSpec(
         ("account_name", S, "company name"),
         ("account_domain", S, "company web domain"),
         ("contact_emails", S, "e-mails of the deal's contacts, ';'-separated"),
+        ("contact_ids", S, "CRM contact ids of the deal's contacts, ';'-separated"),
         ("stage", S, "current stage name"),
         ("status", S, "open, won or lost"),
         ("amount", F, "deal value in `currency`"),
@@ -334,6 +342,7 @@ TOUCHES = TableSpec(
         ("user_id", S, "known person id"),
         ("group_id", S, "company id of a Segment group call"),
         ("previous_id", S, "the earlier id of an alias call"),
+        ("contact_id", S, "CRM contact id"),
         ("utm_source", S, "standardised utm_source of this touch"),
         ("utm_medium", S, "standardised utm_medium of this touch"),
         ("utm_campaign", S, "trimmed, lower-case utm_campaign of this touch"),
@@ -378,6 +387,7 @@ TOUCHPOINTS = TableSpec(
         ("device_id", S, "typed id the touch was sessionised on: anon:<id>, user:<id>, ..."),
         ("anonymous_id", S, "device/browser id"),
         ("user_id", S, "known person id"),
+        ("contact_id", S, "CRM contact id"),
         ("person_id", S, "stitched person (identity graph component)"),
         ("account_id", S, "company account of the person, if any"),
         ("session_id", S, "session: <device_id>#<session_index>"),
@@ -428,11 +438,12 @@ SESSIONS = TableSpec(
 
 IDENTITIES = TableSpec(
     name="identities",
-    doc="Identity graph nodes: every identifier (anon:, user:, email:, phone:) and its person.",
+    doc="Identity graph nodes: every identifier (anon:, user:, email:, phone:, contact:) and "
+    "its person.",
     key="identifier",
     columns=_cols(
         ("identifier", S, "typed identifier, e.g. anon:<id>, user:<id>, email:<address>"),
-        ("kind", S, "anon, user, email, phone or msg"),
+        ("kind", S, "anon, user, email, phone, contact (a CRM contact id) or msg"),
         ("person_id", S, "the person (connected component) it belongs to"),
         ("degree", I, "links kept"),
         ("first_seen_at", TS, "first touch carrying it"),
@@ -525,6 +536,11 @@ def init(con: BaseBackend) -> list[str]:
     # tables first: the views read them
     for spec in sorted(TABLES.values(), key=lambda spec: spec.view is not None):
         if spec.name in existing:
+            if spec.view is None:
+                added = engine.add_missing_columns(con, spec.name, spec.schema)
+                if added:
+                    log.info("table %s: added columns %s (made by an older version)",
+                             spec.name, ", ".join(added))
             continue
         if spec.view is None:
             con.create_table(spec.name, schema=spec.schema)

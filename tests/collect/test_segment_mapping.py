@@ -143,3 +143,16 @@ def test_truncate_ip_zeroes_the_host_part() -> None:
     assert truncate_ip("192.0.2.255") == "192.0.2.0"
     assert truncate_ip("2001:db8:1:2:3:4:5:6") == "2001:db8:1::"
     assert truncate_ip("localhost") is None
+
+
+def test_a_crm_contact_id_comes_from_traits_or_properties() -> None:
+    rows, rejects = _map(
+        {"type": "identify", "messageId": "c1", "userId": "u1", "timestamp": "2025-03-01T10:00:00Z",
+         "traits": {"email": "ann@acme.com", "crm_contact_id": "hs-501"}},
+        {"type": "track", "event": "Deal Created", "messageId": "c2", "userId": "u1",
+         "timestamp": "2025-03-01T10:00:00Z", "properties": {"crm_contact_id": "hs-502"}},
+        {"type": "track", "event": "x", "messageId": "c3", "userId": "u1",
+         "timestamp": "2025-03-01T10:00:00Z"},
+    )
+    assert rejects == []
+    assert [r["contact_id"] for r in rows] == ["hs-501", "hs-502", None]

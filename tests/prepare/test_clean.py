@@ -117,8 +117,8 @@ def _burst_ids(con, rows, limit: int) -> list[str]:  # type: ignore[no-untyped-d
 
 def test_a_burst_across_a_minute_boundary_is_a_burst_on_both_engines(con) -> None:  # type: ignore[no-untyped-def]
     # 12 hits 5 s apart from 10:00:30: 6 in each calendar minute, 12 within 60 s
-    rows = [{"anonymous_id": "script", "timestamp": f"10:0{(30 + 5 * i) // 60}:{(30 + 5 * i) % 60:02d}"}
-            for i in range(12)]
+    rows = [{"anonymous_id": "script",
+             "timestamp": f"10:0{(30 + 5 * i) // 60}:{(30 + 5 * i) % 60:02d}"} for i in range(12)]
     # 11 hits 6 s apart: 0 s .. 60 s; any 60 s (half open) holds at most 10 of them
     rows += [{"anonymous_id": "steady", "timestamp": f"11:0{(6 * i) // 60}:{(6 * i) % 60:02d}"}
              for i in range(11)]
@@ -130,7 +130,8 @@ def test_a_burst_across_a_minute_boundary_is_a_burst_on_both_engines(con) -> Non
     assert split.kept.count().execute() == 21
 
 
-@hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(max_examples=40, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(hits=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 300)),
                      max_size=40),
        limit=st.integers(1, 6))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ibis
 import pandas as pd
 from typer.testing import CliRunner
 
@@ -282,3 +283,47 @@ def test_session_settings_change_a_full_run_on_both_engines(con, tmp_path) -> No
                                                       ("anon:a1#2", 1, "summer")]
     touches = con.table("touchpoints").order_by("occurred_at").to_pandas()
     assert touches.session_index.tolist() == [1, 1, 1, 2]
+
+
+def test_crm_contact_ids_are_their_own_identifiers_and_link_deals_to_people(con, settings) -> None:  # type: ignore[no-untyped-def]
+    """CRM contact 123 is not the site's user 123; the contact meets its caller by phone, and
+    a deal listing the contact id gives that person the deal's account."""
+    load(con, [
+        {"anonymous_id": "a1", "type": "identify", "user_id": "123", "timestamp": "09:00"},
+        # a CRM record known only by its contact id and a phone: not rejected as id-less
+        {"type": "track", "event": "Lead Created", "source": "crm", "contact_id": "123",
+         "phone": "+1 202-555-0143", "timestamp": "10:00"},
+        {"type": "track", "event": "Lead Qualified", "source": "crm", "contact_id": "123",
+         "timestamp": "10:05"},
+        {"anonymous_id": "b1", "type": "track", "event": "Call", "source": "calls",
+         "phone": "+12025550143", "timestamp": "10:30"},
+    ])
+    engine.load_table(con, "deals", arrow_table(store.DEALS, [
+        {"deal_id": "d1", "account_id": "B7", "account_name": "Bobco", "contact_ids": " 123 ",
+         "created_at": "2025-03-05 00:00:00"}]))
+    result = run_prepare(con, settings, now=NOW)
+    assert result.rejects_by_reason == {}
+    ident = con.table("identities").to_pandas()
+    persons = sorted(ident.groupby("person_id").identifier.apply(sorted).tolist())
+    assert persons == [["anon:a1", "user:123"], ["anon:b1", "contact:123", "phone:+12025550143"]]
+    assert set(ident.kind) == {"anon", "user", "contact", "phone"}
+    links = con.table("identity_links").to_pandas().set_index("link_id")
+    assert links.loc["contact:123|phone:+12025550143", "evidence"] == "crm_match"
+    sessions = con.table("sessions").to_pandas()
+    assert sorted(sessions.device_id) == ["anon:a1", "anon:b1", "contact:123"]
+    contact = ident[ident.identifier == "contact:123"].person_id.iloc[0]
+    accounts = con.table("persons").to_pandas().set_index("person_id").account_id.to_dict()
+    assert accounts[contact] == "crm:B7"
+    assert con.table("touchpoints").filter(lambda t: t.contact_id == "123").count().execute() == 2
+
+
+def test_a_warehouse_from_before_a_new_column_gains_it(con) -> None:  # type: ignore[no-untyped-def]
+    old = store.EVENTS.schema
+    old = ibis.schema({n: t for n, t in old.items() if n != "contact_id"})
+    con.create_table("events", schema=old, overwrite=True)
+    store.init(con)
+    assert "contact_id" in con.table("events").columns
+    load_rows = arrow_table(store.EVENTS, event_rows([{"anonymous_id": "a", "timestamp": "09:00",
+                                                       "contact_id": "c1"}]))
+    engine.append(con, "events", load_rows)
+    assert con.table("events").contact_id.to_pandas().tolist() == ["c1"]

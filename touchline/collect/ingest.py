@@ -65,6 +65,8 @@ SEGMENT_PATHS: dict[str, tuple[str, ...]] = {
     "user_id": ("$.userId", "$.user_id"),
     "group_id": ("$.groupId", "$.group_id"),
     "previous_id": ("$.previousId", "$.previous_id"),
+    "contact_id": ("$.traits.crm_contact_id", "$.context.traits.crm_contact_id",
+                   "$.properties.crm_contact_id", "$.contact_id"),
     "original_timestamp": ("$.originalTimestamp", "$.original_timestamp"),
     "sent_at": ("$.sentAt", "$.sent_at"),
     "received_at": ("$.receivedAt", "$.received_at"),

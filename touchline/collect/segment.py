@@ -313,6 +313,8 @@ def _mapping_sql() -> str:
         {text("$.userId")} AS user_id,
         {text("$.groupId")} AS group_id,
         {text("$.previousId")} AS previous_id,
+        coalesce({text("$.traits.crm_contact_id")}, {text("$.context.traits.crm_contact_id")},
+                 {text("$.properties.crm_contact_id")}) AS contact_id,
         coalesce({ts("$.timestamp")}, {ts("$.originalTimestamp")},
                  {ts("$.receivedAt")}) AS timestamp,
         {ts("$.originalTimestamp")} AS original_timestamp,

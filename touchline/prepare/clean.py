@@ -20,7 +20,7 @@ from touchline.prepare.reference import bot_pattern
 log = logging.getLogger(__name__)
 
 #: the ids that can tie a touch to a journey; a row with none of them belongs to nobody
-IDENTITY_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id")
+IDENTITY_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id", "contact_id")
 
 
 def epoch_ms(ts: ir.TimestampValue) -> ir.IntegerValue:
@@ -32,7 +32,7 @@ def drop_missing_ids(events: ir.Table) -> Split:
     """Drop rows without a ``message_id`` or without any identity.
 
     An id-less row cannot be deduplicated, and a row with none of anonymous_id, user_id, e-mail,
-    phone or previous_id cannot be placed in anyone's journey.
+    phone, previous_id or CRM contact id cannot be placed in anyone's journey.
     """
     mid = events.message_id
     # strip() only where the first character is white space: trimming every id costs more
@@ -44,7 +44,8 @@ def drop_missing_ids(events: ir.Table) -> Split:
                   "the row has no message_id, so it cannot be deduplicated",
                   field_name="message_id")
     second = split(first.kept, no_identity, "no_identity",
-                   "no anonymous_id, user_id, email, phone or previous_id: in no journey")
+                   "no anonymous_id, user_id, email, phone, previous_id or contact_id: "
+                   "in no journey")
     return Split(kept=second.kept, rejected=first.rejected.union(second.rejected))
 
 
@@ -152,10 +153,10 @@ def burst_devices(events: ir.Table, *, max_per_minute: int,
     """Devices (column ``_device``) with more than ``max_per_minute`` hits in some 60 seconds.
 
     Sliding, not calendar, minutes: with a limit of 200, 300 hits from 10:00:30 to 10:01:29
-    are a burst although each calendar minute holds only 150. For each hit at ``t`` the window counts the device's
-    hits in ``[t, t + 60 s)`` (a range window over epoch milliseconds); the busiest window
-    starts at a hit, so this finds it. Only the rows of :func:`burst_candidates` (stored by the
-    caller, else inline) enter the window sort.
+    are a burst although each calendar minute holds only 150. For each hit at ``t`` the
+    window counts the device's hits in ``[t, t + 60 s)`` (a range window over epoch
+    milliseconds); the busiest window starts at a hit, so this finds it. Only the rows of
+    :func:`burst_candidates` (stored by the caller, else inline) enter the window sort.
     """
     if candidates is None:
         candidates = burst_candidates(events, max_per_minute=max_per_minute)

@@ -2,8 +2,8 @@
 
 Exact duplicates share a ``message_id`` (a retried batch, a late copy): the earliest copy wins.
 Cross-source duplicates are the same form fill, chat, call or deal seen by the tag, the CRM and
-the chat tool: same event name, different ``recorded_by``, the same normalised e-mail or phone
-(or the same page on the same device), within a per-event tolerance.
+the chat tool: same event name, different ``recorded_by``, the same normalised e-mail, phone or
+CRM contact id (or the same page for the same device or user), within a per-event tolerance.
 """
 
 from __future__ import annotations
@@ -73,20 +73,20 @@ def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
 
     Two rows are one touch when they have the same ``event`` (one of ``link_seconds``), were
     recorded by different systems, lie at most ``link_seconds[event]`` apart and share a
-    normalised e-mail, a phone in E.164, or the page URL with the device or the user id (a
-    server-side copy has no cookie, but knows the user). Rows are ordered by the system
-    listed first in ``priority``, then the earlier row, then the smaller id; a row loses when a
-    linked row comes before it. Its ``ref`` is the first of the rows it lost to; when that row
-    lost too (it is linked to an even better row that is not linked to this one), ``ref``
-    follows its ``ref``, up to :data:`REF_HOPS` times: a chain longer than that would need more
-    systems than anyone records one touch in.
+    normalised e-mail, a phone in E.164, a CRM contact id, or the page URL with the device or
+    the user id (a server-side copy has no cookie, but knows the user). Rows are ordered by
+    the system listed first in ``priority``, then the earlier row, then the smaller id; a row
+    loses when a linked row comes before it. Its ``ref`` is the first of the rows it lost to;
+    when that row lost too (it is linked to an even better row that is not linked to this
+    one), ``ref`` follows its ``ref``, up to :data:`REF_HOPS` times: a chain longer than that
+    would need more systems than anyone records one touch in.
     """
     if not link_seconds:
         return events.select(_loser="message_id", ref="message_id").filter(ibis.literal(False))
     names = list(link_seconds)
     rank = {name: i for i, name in enumerate(priority)}
     cand = events.filter(events.event.isin(names)).select(
-        "message_id", "event", "recorded_by", "email", "phone",
+        "message_id", "event", "recorded_by", "email", "phone", "contact_id",
         _device_page=events.anonymous_id + "|" + events.page_url,
         _user_page=events.user_id + "|" + events.page_url,
         _ms=epoch_ms(events.timestamp),
@@ -95,7 +95,7 @@ def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
                                     else_=ibis.null("int64")).cast("int64"),
     )
     pairs = []
-    for key in ("email", "phone", "_device_page", "_user_page"):
+    for key in ("email", "phone", "contact_id", "_device_page", "_user_page"):
         a = cand.filter(cand[key].notnull())
         b = a.view()
         beats = (b._rank < a._rank) | ((b._rank == a._rank) & (
@@ -123,5 +123,6 @@ def link_cross_source(events: ir.Table, losers: ir.Table) -> Split:
     kept = events.anti_join(losers, events.message_id == losers._loser)
     rejected = reject(matched, "cross_source_duplicate",
                       "the same touch recorded by another system within the link tolerance "
-                      "(same e-mail, phone, or page for the same device or user); ref is the kept record")
+                      "(same e-mail, phone, CRM contact, or page for the same device or "
+                      "user); ref is the kept record")
     return Split(kept=kept, rejected=rejected.relocate("ref", after="field"))

@@ -1,9 +1,13 @@
 """Identity graph: cookies, devices, user ids, e-mails, phones → ``person_id``; persons → accounts.
 
 Nodes are typed identifiers (``anon:<id>``, ``user:<id>``, ``email:<address>``,
-``phone:<e164>``, ``msg:<id>`` for id-less offline touches). A link joins two identifiers seen
-on one touch (or an ``alias`` call's previous id and new id: a ``user:`` id when that user id
-occurs in the data, else an ``anon:`` id); it keeps its strongest evidence
+``phone:<e164>``, ``contact:<id>`` for a CRM's own contact id, ``msg:<id>`` for id-less offline
+touches). Each kind is its own namespace: CRM contact 123 and the site's user 123 are two
+identifiers, linked only by evidence (a touch carrying both, a shared e-mail or phone).
+
+A link joins two identifiers seen on one touch (or an ``alias`` call's previous id and new id:
+a ``user:`` id when that user id occurs in the data, else an ``anon:`` id); it keeps its
+strongest evidence
 (alias > identify > caller_id > crm_match > form_email > event), first-seen time and count.
 
 Persons are connected components found on the engine by iterative min-label propagation over
@@ -37,15 +41,16 @@ from touchline.errors import EngineError
 log = logging.getLogger(__name__)
 
 #: the columns of a touch the graph reads
-EVIDENCE_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id", "type",
-                    "recorded_by", "timestamp")
+EVIDENCE_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id", "contact_id",
+                    "type", "recorded_by", "timestamp")
 EVIDENCE = ("alias", "identify", "caller_id", "crm_match", "form_email", "event")
 _ID_PREFIX = r"^([a-z]+):"
 
 
 def _ids(t: ir.Table) -> dict[str, ir.StringValue]:
     ids = {"anon": "anon:" + t.anonymous_id, "user": "user:" + t.user_id,
-           "email": "email:" + t.email, "phone": "phone:" + t.phone}
+           "email": "email:" + t.email, "phone": "phone:" + t.phone,
+           "contact": "contact:" + t.contact_id}
     if "_previous_is_user" in t.columns:
         # an alias call's previousId is a user id when that user id occurs in the data
         # (Segment allows both kinds), else the anonymous id it replaces
@@ -54,14 +59,15 @@ def _ids(t: ir.Table) -> dict[str, ir.StringValue]:
 
 
 PAIRS = (("anon", "user"), ("anon", "email"), ("anon", "phone"), ("user", "email"),
-         ("user", "phone"), ("email", "phone"), ("prev", "user"), ("prev", "anon"))
+         ("user", "phone"), ("email", "phone"), ("anon", "contact"), ("user", "contact"),
+         ("email", "contact"), ("phone", "contact"), ("prev", "user"), ("prev", "anon"))
 
 
 def links_from_touches(touches: ir.Table) -> ir.Table:
     """Distinct links ``identifier_a < identifier_b`` with evidence, first_seen_at, event_count.
 
     Touches are first reduced to distinct id combinations (a hash aggregate), so each of the
-    eight pair projections reads a small table; the two alias pairs read only the combinations
+    twelve pair projections reads a small table; the two alias pairs read only the combinations
     with a previous id, which alone are matched against the user ids.
     """
     evidence_rank = ibis.cases(
@@ -69,7 +75,7 @@ def links_from_touches(touches: ir.Table) -> ir.Table:
         (touches.recorded_by == "calls", 2), (touches.recorded_by == "crm", 3),
         (touches.recorded_by.isin(["forms", "chat"]), 4), else_=5)
     combos = touches.group_by(
-        ["anonymous_id", "user_id", "email", "phone", "previous_id"],
+        ["anonymous_id", "user_id", "email", "phone", "previous_id", "contact_id"],
     ).aggregate(_rank=evidence_rank.min(), _first=touches.timestamp.min(), _n=touches.count())
     aliased = combos.filter(combos.previous_id.notnull())
     previous = aliased.select(_previous="previous_id").distinct()
@@ -227,7 +233,8 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
                     domains: ir.Table) -> ir.Table:
     """``person_id -> account_id, account_source, account_name, domain``: one company, one account.
 
-    Evidence, by precedence: a CRM deal listing one of the person's e-mails (``crm:<id>``), a
+    Evidence, by precedence: a CRM deal listing one of the person's e-mails or CRM contact ids
+    (``crm:<id>``), a
     Segment group call (``group:<id>``), the registrable domain of a business e-mail
     (``domain:<domain>``; free-mail and ISP domains excluded). Ties: the least id. Keys that
     name a known company resolve to it: a group id that is a CRM account id becomes that
@@ -246,14 +253,19 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
     candidates = []
     known = deals.filter(deals.account_id.notnull()) if deals is not None else None
     if known is not None:
-        contacts = known.filter(known.contact_emails.notnull()).select(
-            "account_id", "account_name", "account_domain",
-            email=known.contact_emails.split(";").unnest())
-        contacts = contacts.mutate(email=contacts.email.strip().lower()).distinct()
-        crm = emails.inner_join(contacts, "email")
-        candidates.append(crm.select(
-            "person_id", account_id="crm:" + crm.account_id, account_name=crm.account_name,
-            domain=crm.account_domain.lower(), _rank=0))
+        for column, kind, normalise in (("contact_emails", "email", True),
+                                        ("contact_ids", "contact", False)):
+            listed = known.filter(known[column].notnull()).select(
+                "account_id", "account_name", "account_domain",
+                _value=known[column].split(";").unnest())
+            value = listed._value.strip()
+            listed = listed.mutate(identifier=kind + ":" + (value.lower() if normalise else value))
+            listed = listed.distinct()
+            mine = identities.filter(identities.kind == kind).select("identifier", "person_id")
+            crm = mine.inner_join(listed, "identifier")
+            candidates.append(crm.select(
+                "person_id", account_id="crm:" + crm.account_id, account_name=crm.account_name,
+                domain=crm.account_domain.lower(), _rank=0))
         crm_ids = known.select(_crm_id=known.account_id).distinct()
         grouped = grouped.left_join(crm_ids, grouped.group_id == crm_ids._crm_id)
         group_key = ibis.ifelse(grouped._crm_id.notnull(), "crm:" + grouped.group_id, group_key)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: raw event columns prepare reads; the wide JSON ones (properties, traits, context) stay behind
 INPUT_COLUMNS = (
     "message_id", "type", "event", "anonymous_id", "user_id", "group_id", "previous_id",
-    "timestamp", "original_timestamp", "sent_at", "received_at", "url", "referrer",
+    "contact_id", "timestamp", "original_timestamp", "sent_at", "received_at", "url", "referrer",
     "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
     "gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid",
     "email", "phone", "user_agent", "revenue", "currency", "source",
@@ -80,6 +80,13 @@ def working_events(raw: ir.Table) -> ir.Table:
         value = raw[name].cast(dtype) if name in raw.columns else ibis.null(dtype)
         cols["recorded_by" if name == "source" else name] = value
     return raw.select(**cols)
+
+
+def _with_columns(raw: ir.Table, spec: store.TableSpec) -> ir.Table:
+    """``raw`` with the columns of ``spec`` it lacks as typed nulls (a table written by an
+    older version, or by hand)."""
+    missing = {c.name: ibis.null(c.dtype) for c in spec.columns if c.name not in raw.columns}
+    return raw.mutate(**missing) if missing else raw
 
 
 def _reject_rows(rejected: ir.Table, step: str, ctx: Context) -> ir.Table:
@@ -235,7 +242,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     # exact dedupe) run as one query, and each of their rejects is one narrow scan
     tables: dict[str, ir.Table] = {"events": working_events(con.table("events"))}
     if "deals" in existing:
-        tables["deals"] = con.table("deals")
+        tables["deals"] = _with_columns(con.table("deals"), store.DEALS)
     rejected: list[ir.Table] = []
     audits: list[ir.Table] = []
     reports: list[StepReport] = []

@@ -30,12 +30,13 @@ PAGE_TYPES = ("page", "screen")
 def device_ids(events: ir.Table) -> ir.Table:
     """Add ``device_id``: the typed id a touch is sessionised on.
 
-    ``anon:<anonymous_id>``, else ``user:``, ``email:``, ``phone:`` (server-side and offline
-    touches), else ``msg:<message_id>`` (a touch of its own).
+    ``anon:<anonymous_id>``, else ``user:``, ``contact:`` (a CRM's records: its contact id is
+    on every one, an e-mail or phone only on some), ``email:``, ``phone:`` (server-side and
+    offline touches), else ``msg:<message_id>`` (a touch of its own).
     """
     device = ibis.coalesce(
-        "anon:" + events.anonymous_id, "user:" + events.user_id, "email:" + events.email,
-        "phone:" + events.phone, "msg:" + events.message_id,
+        "anon:" + events.anonymous_id, "user:" + events.user_id, "contact:" + events.contact_id,
+        "email:" + events.email, "phone:" + events.phone, "msg:" + events.message_id,
     )
     return events.mutate(device_id=device)
 
