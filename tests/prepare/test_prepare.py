@@ -327,3 +327,17 @@ def test_a_warehouse_from_before_a_new_column_gains_it(con) -> None:  # type: ig
                                                        "contact_id": "c1"}]))
     engine.append(con, "events", load_rows)
     assert con.table("events").contact_id.to_pandas().tolist() == ["c1"]
+
+
+def test_a_backfill_that_renumbers_sessions_reports_no_channel_change(con, settings) -> None:  # type: ignore[no-untyped-def]
+    later = {"anonymous_id": "d1", "timestamp": "2025-03-04 10:00:00",
+             "referrer": "https://l.facebook.com/x", "url": "https://shop.com/"}
+    earlier = {"anonymous_id": "d1", "timestamp": "2025-03-03 10:00:00",
+               "referrer": "https://www.google.com/", "url": "https://shop.com/"}
+    load(con, [later])
+    run_prepare(con, settings, now=NOW)
+    load(con, [later, earlier])  # the older visit arrives late: d1#1 is now the google one
+    result = run_prepare(con, settings, now=NOW)
+    sessions = con.table("sessions").to_pandas().set_index("session_id").channel.to_dict()
+    assert sessions == {"anon:d1#1": "Organic Search", "anon:d1#2": "Organic Social"}
+    assert result.channel_changes == {}

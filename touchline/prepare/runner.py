@@ -200,12 +200,19 @@ def assemble(tables: dict[str, ir.Table], ctx: Context) -> dict[str, ir.Table]:
 
 
 def _channel_changes(old: ir.Table | None, new: ir.Table) -> dict[tuple[str, str], int]:
-    """Sessions whose channel changed between the last run (``old``: its session ids and
-    channels) and the written ``new`` sessions, counted per (old, new) channel."""
+    """Sessions whose channel changed between the last run (``old``: its sessions' device,
+    start and channel) and the written ``new`` sessions, counted per (old, new) channel.
+
+    Sessions are paired by (device_id, started_at), not by id: a session id numbers the
+    device's sessions, so older data arriving later (a backfill) renumbers them, and pairing by
+    id would compare unrelated visits. A session whose start moved (an earlier touch joined it)
+    is a new session, not a changed one.
+    """
     if old is None:
         return {}
-    old = old.select(_sid="session_id", old_channel="channel")
-    diff = new.inner_join(old, new.session_id == old._sid).filter(
+    old = old.select(_device="device_id", _start="started_at", old_channel="channel")
+    diff = new.inner_join(old, [new.device_id == old._device,
+                                new.started_at == old._start]).filter(
         new.channel != old.old_channel).group_by(["old_channel", "channel"]).aggregate(
         n=ibis._.count())
     # not "_old": itertuples renames fields that start with an underscore
@@ -294,7 +301,8 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         previous = None
         if "sessions" in existing:
             previous = engine.materialise(con, f"{SCRATCH_PREFIX}previous_channels",
-                                          con.table("sessions").select("session_id", "channel"))
+                                          con.table("sessions").select(
+                                              "device_id", "started_at", "channel"))
         counts: dict[str, int] = {}
         written_as: dict[object, object] = {}
         for name, expr in out.items():
