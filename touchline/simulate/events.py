@@ -61,7 +61,8 @@ CURRENCY = "USD"
 EVENT_COLUMNS = (
     "message_id", "type", "event", "anonymous_id", "user_id", "group_id", "previous_id",
     "contact_id", "timestamp", "original_timestamp", "sent_at", "received_at", "url", "path",
-    "referrer", "title", "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id",
+    "referrer", "title", "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
+    "utm_id",
     *CLICK_KINDS, "email", "phone", "user_agent", "ip", "revenue", "currency", "properties",
     "traits", "context", "source", "ingest_id", "write_key",
 )
