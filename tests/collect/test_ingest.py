@@ -271,3 +271,20 @@ def test_real_puffy_export_counts_match_its_source_notes(duck, tmp_path, shared_
     assert loaded.count().execute() == 49_963 - 2_908 - sum(r.duplicates for r in results)
     assert loaded.filter(loaded.event == "checkout_completed").count().execute() == 294
     assert loaded.filter(loaded.gclid.notnull()).count().execute() >= 8_000
+
+
+def test_offline_events_named_only_by_email_phone_or_crm_contact_load(duck, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A CRM export or call log may know the person only by an e-mail, a phone number or its
+    own contact id; such rows load (prepare files them under that identifier). A row with none
+    of the ids is still refused."""
+    path = tmp_path / "crm.csv"
+    path.write_text("message_id,type,event,email,phone,contact_id,timestamp,source\n"
+                    "c1,track,Lead Created,ann@acme.com,,,2025-03-01T10:00:00Z,crm\n"
+                    "c2,track,Call,,+12025550143,,2025-03-01T10:00:00Z,calls\n"
+                    "c3,track,Lead Qualified,,,hs-77,2025-03-01T10:00:00Z,crm\n"
+                    "c4,track,Lead Lost,,,,2025-03-01T10:00:00Z,crm\n")
+    result = ingest_file(duck, path, "events", settings=SETTINGS)
+    assert dict(result.rejects_by_reason) == {"missing_id": 1}
+    loaded = duck.table("events").order_by("message_id").to_pandas()
+    assert loaded.message_id.tolist() == ["c1", "c2", "c3"]
+    assert loaded.contact_id.tolist()[2] == "hs-77"

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
 CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid")
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
+#: any one of these places an event in a journey (the Segment API demands the first two)
+OFFLINE_IDS = ("anonymous_id", "user_id", "email", "phone", "contact_id")
 _VALUE_SHOWN = 80  # characters of a bad value quoted in a reject reason
 _SQL_TYPES = {"Timestamp": "TIMESTAMP", "Date": "DATE", "Float64": "DOUBLE",
               "Int64": "BIGINT", "Boolean": "BOOLEAN"}
@@ -458,8 +460,11 @@ class _ChunkParser:
                 "'no timestamp, originalTimestamp or receivedAt'",
             ),
             (
-                f"({typed['anonymous_id']}) IS NULL AND ({typed['user_id']}) IS NULL",
-                "anonymous_id", "missing_id", "'neither anonymousId nor userId is given'",
+                # offline records (a CRM export, a call log) may name the person only by
+                # e-mail, phone or CRM contact id; prepare files them under that identifier
+                " AND ".join(f"({typed[c]}) IS NULL" for c in OFFLINE_IDS),
+                "anonymous_id", "missing_id",
+                "'no anonymousId, userId, email, phone or CRM contact id is given'",
             ),
             (
                 f"({typed['type']}) = 'track' AND ({typed['event']}) IS NULL", "event",
