@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from touchline import engine
 from touchline.config import Settings
 from touchline.pipeline import run_demo
 
@@ -37,3 +38,12 @@ def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> No
     wrong = [(name, got, truth) for name, got, truth in checks if got != pytest.approx(truth)]
     assert not wrong, f"counts that differ from truth.json: {wrong}"
     assert all(value > 0 for name, value, _ in checks if "accounts" not in name)
+    # the CRM's own contact ids arrive on its records (file or collector) and each joins the
+    # person its records name: no contact id is a person of its own
+    con = engine.connect(settings=settings)
+    ident = con.table("identities").to_pandas()
+    contacts = ident[ident.kind == "contact"]
+    assert len(contacts) > 0
+    users = set(ident[ident.kind == "user"].person_id)
+    assert set(contacts.person_id) <= users
+    con.disconnect()

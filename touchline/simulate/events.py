@@ -136,6 +136,7 @@ class Rows:
     traits: pa.Array
     email: pa.Array
     phone: pa.Array
+    contact_id: pa.Array  # the CRM's contact id, on the CRM's records only
     revenue: np.ndarray
 
     def __len__(self) -> int:
@@ -369,6 +370,7 @@ class _Block:
     revenue: np.ndarray | None = None
     email: pa.Array | None = None
     phone: pa.Array | None = None
+    contact_id: pa.Array | None = None
     group: bool = False
     alias: bool = False
 
@@ -490,12 +492,16 @@ def render(
         renamed = when >= mess.SCHEMA_CHANGE_AT_MS
         counts["schema_change_total"] += int(renamed.sum())
         key = text.where(renamed, '"total":', '"revenue":')
+        # the CRM also names the buyer by its own contact id
+        contact = None if on_site else pop.crm_contact_id.take(pa.array(t.person[rows]))
+        contact_member = "" if contact is None else text.concat(
+            '"crm_contact_id":"', contact, '",')
         blocks.append(_Block(
             time=when, type=TRACK, event=ORDER, source=SERVER if on_site else CRM, touch=rows,
             person=t.person[rows], device=t.device[rows] if on_site else no(rows),
-            page_row=no(rows), user_always=True, revenue=value,
+            page_row=no(rows), user_always=True, revenue=value, contact_id=contact,
             properties=text.concat(
-                '{"order_id":"', entity_ids("ord_", chunk, rows), '",', key,
+                '{"order_id":"', entity_ids("ord_", chunk, rows), '",', contact_member, key,
                 text.json_number(value), ',"currency":"', CURRENCY, '","products":',
                 pc.cast(pa.array(1 + rows % 3), pa.string()), "}")))
 
@@ -523,21 +529,22 @@ def render(
     # webinars (offline events) synced from the CRM, with the registrant's identify
     rows = np.nonzero(t.channel == ch.OFFLINE)[0]
     who = pa.array(t.person[rows])
+    contact = pop.crm_contact_id.take(who)
     fortnight = t.time[rows] // (14 * 86_400_000)
     blocks.append(_Block(
         time=t.time[rows], type=TRACK, event=WEBINAR, source=CRM, touch=rows,
         person=t.person[rows], device=no(rows), page_row=no(rows), user_always=True,
-        email=email_clean.take(who),
+        email=email_clean.take(who), contact_id=contact,
         properties=text.concat(
             '{"webinar_id":"wbn_', pc.cast(pa.array(fortnight), pa.string()),
             '","webinar_name":"', text.take(WEBINARS, fortnight % len(WEBINARS)),
-            '","email":"', email_clean.take(who), '"}')))
+            '","email":"', email_clean.take(who), '","crm_contact_id":"', contact, '"}')))
     blocks.append(_Block(
         time=t.time[rows] + 1_000, type=IDENTIFY, event=-1, source=CRM, touch=rows,
         person=t.person[rows], device=no(rows), page_row=no(rows), user_always=True,
-        properties=None, email=email_clean.take(who),
+        properties=None, email=email_clean.take(who), contact_id=contact,
         traits=_person_traits(pop, t.person[rows], email_clean, phone,
-                              np.zeros(len(rows), bool))))
+                              np.zeros(len(rows), bool), contact=contact)))
 
     # reviews (advocacy), sent by the review platform's server integration
     r_person, r_time, r_rating = reviews
@@ -572,14 +579,17 @@ def render(
 
 
 def _person_traits(
-    pop: Population, person: np.ndarray, email: pa.Array, phone: pa.Array, with_phone: np.ndarray
+    pop: Population, person: np.ndarray, email: pa.Array, phone: pa.Array, with_phone: np.ndarray,
+    contact: pa.Array | None = None,
 ) -> pa.Array:
+    """Identify traits; ``contact``: the CRM contact id of each row (the CRM's identifies)."""
     who = pa.array(person)
     phone_member = text.where(with_phone, text.concat(',"phone":"', phone.take(who), '"'), "")
     company = pc.fill_null(text.concat(',"company":"', pop.company.take(who), '"'), "")
+    contact_member = "" if contact is None else text.concat(',"crm_contact_id":"', contact, '"')
     return text.concat('{"email":"', email.take(who), '","first_name":"',
                        pop.first_name.take(who), '","last_name":"', pop.last_name.take(who), '"',
-                       phone_member, company, "}")
+                       phone_member, company, contact_member, "}")
 
 
 def tracking_numbers(pool: np.ndarray, number: np.ndarray) -> pa.Array:
@@ -683,7 +693,7 @@ def _assemble(
         is_alias=cat([np.full(len(b), b.alias) for b in blocks]),
         timestamp=time, original_timestamp=time + skew,
         properties=strings("properties"), traits=strings("traits"),
-        email=strings("email"), phone=strings("phone"),
+        email=strings("email"), phone=strings("phone"), contact_id=strings("contact_id"),
         revenue=cat([b.revenue if b.revenue is not None else np.full(len(b), np.nan)
                      for b in blocks]),
     )

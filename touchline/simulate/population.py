@@ -104,6 +104,7 @@ class Population:
     anonymous_id: pa.Array
     ip: pa.Array
     user_id: pa.Array
+    crm_contact_id: pa.Array  # the CRM's own id of the person (HubSpot-like), not the user id
     email: pa.Array
     first_name: pa.Array
     last_name: pa.Array
@@ -174,6 +175,7 @@ def build_population(
 
     # B2B people get their own id space, so a B2C and a B2B data set can share a warehouse
     user_id = text.scrambled_hex(person_global, 12, "usb_" if b2b else "usr_")
+    crm_contact_id = text.scrambled_hex(person_global, 10, "hsb_" if b2b else "hs_")
     first_idx = rng.integers(0, len(FIRST_NAMES), n_people)
     first_name = text.take(FIRST_NAMES, first_idx)
     if b2b:
@@ -224,7 +226,8 @@ def build_population(
         unit_global=np.asarray(unit_global), unit_offsets=unit_offsets,
         device_person=device_person, device_offsets=device_offsets, device_kind=device_kind,
         device_agent=device_agent, device_skew_ms=device_skew_ms, anonymous_id=anonymous_id,
-        ip=ip, user_id=user_id, email=email, first_name=first_name, last_name=last_name,
+        ip=ip, user_id=user_id, crm_contact_id=crm_contact_id, email=email,
+        first_name=first_name, last_name=last_name,
         phone_digits=phone_digits, company=company, unit_account_id=unit_account_id,
         unit_account_name=unit_account_name, unit_domain=unit_domain,
         unit_industry=unit_industry, unit_employees=unit_employees,

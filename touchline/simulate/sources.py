@@ -176,7 +176,7 @@ def _phone_sales(pop: Population, journeys: Journeys) -> dict[str, pa.Array]:
     return {
         "deal_id": text.scrambled_hex(pop.person_global[t.person[rows]], 10, "dlp_"),
         "account_id": nulls, "account_name": nulls, "account_domain": nulls,
-        "contact_emails": pop.email.take(who), "contact_ids": nulls,
+        "contact_emails": pop.email.take(who), "contact_ids": pop.crm_contact_id.take(who),
         "stage": pa.array(["closed_won"] * n, pa.string()),
         "status": pa.array(["won"] * n, pa.string()), "amount": _numbers(t.order_value[rows]),
         "currency": pa.array(["USD"] * n, pa.string()), "created_at": created,
@@ -208,6 +208,8 @@ def _b2b_deals(pop: Population, journeys: Journeys, rng: np.random.Generator
     counts = np.bincount(pop.person_unit[people], minlength=n_units)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     emails = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), pop.email.take(
+        pa.array(people))), ";")
+    contacts = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), pop.crm_contact_id.take(
         pa.array(people))), ";")
 
     units = np.nonzero(won | lost | open_)[0]
@@ -243,7 +245,7 @@ def _b2b_deals(pop: Population, journeys: Journeys, rng: np.random.Generator
         "account_name": pop.unit_account_name.take(pa.array(deal_unit)),
         "account_domain": pop.unit_domain.take(pa.array(deal_unit)),
         "contact_emails": emails.take(pa.array(deal_unit)),
-        "contact_ids": pa.nulls(n, pa.string()),
+        "contact_ids": contacts.take(pa.array(deal_unit)),
         "stage": stage,
         "status": text.take(("won", "lost", "open"), d_status),
         "amount": _numbers(amount),

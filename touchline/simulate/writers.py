@@ -83,7 +83,7 @@ def canonical_table(rendered: Rendered, context: pa.Array) -> pa.Table:
         "user_id": pick(tables.user_id, np.where(rows.knows_user, rows.person, -1)),
         "group_id": pick(tables.account_id, np.where(rows.is_group, rows.unit, -1)),
         "previous_id": pick(tables.anonymous_id, np.where(rows.is_alias, rows.device, -1)),
-        "contact_id": nulls,  # the simulated CRM shares the site's user ids
+        "contact_id": rows.contact_id,
         "timestamp": _ms(rows.timestamp),
         "original_timestamp": _ms(rows.original_timestamp),
         "sent_at": _ms(rendered.sent_at),
