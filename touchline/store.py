@@ -74,7 +74,8 @@ EVENTS = TableSpec(
         ("type", S, "track, page, screen, identify, alias or group"),
         ("event", S, "track event name (e.g. 'Form Submitted', 'Order Completed')"),
         ("anonymous_id", S, "device/browser id (cookie)"),
-        ("user_id", S, "known person id (login, CRM contact)"),
+        ("user_id", S, "known person id (the site's or app's login id; a CRM's own contact id "
+         "goes in contact_id)"),
         ("group_id", S, "account id for group calls"),
         ("previous_id", S, "the old id of an alias call"),
         ("contact_id", S, "the CRM's own id of the person (a HubSpot contact, a Salesforce "

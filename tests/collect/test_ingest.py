@@ -288,3 +288,23 @@ def test_offline_events_named_only_by_email_phone_or_crm_contact_load(duck, tmp_
     loaded = duck.table("events").order_by("message_id").to_pandas()
     assert loaded.message_id.tolist() == ["c1", "c2", "c3"]
     assert loaded.contact_id.tolist()[2] == "hs-77"
+
+
+def test_a_new_column_leaves_the_content_hash_of_rows_without_it_alone(duck, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``row_hash`` is md5 of the row's columns joined by U+001F, empty for unset ones; a
+    column added later (``contact_ids``) joins it only when set, so re-ingesting an export
+    loaded by an older version adds nothing twice."""
+    import hashlib
+
+    path = tmp_path / "deals.csv"
+    path.write_text("deal_id,created_at\nd1,2025-03-05T00:00:00Z\n")
+    ingest_file(duck, path, "deals", settings=SETTINGS)
+    older = [c.name for c in store.DEALS.columns
+             if c.name not in ("row_hash", "ingest_id", "source", "contact_ids")]
+    values = {"deal_id": "d1", "created_at": "2025-03-05 00:00:00"}
+    expected = hashlib.md5("\x1f".join(values.get(c, "") for c in older).encode()).hexdigest()
+    assert duck.table("deals").row_hash.to_pandas().tolist() == [expected]
+    with_ids = tmp_path / "deals2.csv"
+    with_ids.write_text("deal_id,created_at,contact_ids\nd1,2025-03-05T00:00:00Z,hs-1\n")
+    ingest_file(duck, with_ids, "deals", settings=SETTINGS)
+    assert duck.table("deals").count().execute() == 2  # set: a different row

@@ -15,7 +15,7 @@ from touchline.prepare import clean
 from touchline.prepare.base import Split
 from touchline.prepare.runner import working_events
 
-from .conftest import NOW, at, load, working
+from .conftest import NOW, load, working
 
 
 def ids(table) -> list[str]:  # type: ignore[no-untyped-def]
@@ -98,6 +98,15 @@ def test_a_bot_pattern_that_is_not_a_regex_is_refused_with_its_text() -> None:
         Settings(bot_user_agent_patterns=["[unclosed"])
 
 
+def test_epoch_milliseconds_keep_the_fraction_on_both_engines(con) -> None:  # type: ignore[no-untyped-def]
+    # DuckDB's EPOCH rounded the fraction when cast: .600 sorted after 01.200
+    events = working(con, [{"anonymous_id": "a", "timestamp": f"2025-03-03 10:00:{s}"}
+                           for s in ("00.600", "01.200", "59.999")])
+    got = events.select(ms=clean.epoch_ms(events.timestamp)).to_pandas().ms.sort_values()
+    base = 1740996000000  # 2025-03-03 10:00:00 UTC
+    assert (got - base).tolist() == [600, 1200, 59999]
+
+
 def test_drop_bot_bursts_removes_every_hit_of_a_device_over_the_rate(db) -> None:  # type: ignore[no-untyped-def]
     rows = [{"anonymous_id": "script", "timestamp": f"10:00:{i % 60:02d}"} for i in range(12)]
     rows += [{"anonymous_id": "script", "timestamp": "11:00"},
@@ -132,14 +141,18 @@ def test_a_burst_across_a_minute_boundary_is_a_burst_on_both_engines(con) -> Non
 
 @hypothesis_settings(max_examples=40, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(hits=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 300)),
+@given(hits=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]),
+                               st.integers(0, 300_000) | st.sampled_from([0, 600, 59_999, 60_000])),
                      max_size=40),
        limit=st.integers(1, 6))
 def test_burst_devices_equal_a_brute_force_sliding_count(db, hits, limit) -> None:  # type: ignore[no-untyped-def]
-    """Property: a device is a burst exactly when some [t, t + 60 s) holds more than the limit."""
+    """Property: a device is a burst exactly when some [t, t + 60 s) holds more than the limit
+    (times in milliseconds: a fraction of a second must not be rounded away)."""
+    start = datetime(2025, 3, 3, 10, 0, 0)
     rows = [{"message_id": f"m{i}", "anonymous_id": d,
-             "timestamp": at(f"10:{s // 60:02d}:{s % 60:02d}")} for i, (d, s) in enumerate(hits)]
-    expected = sorted({d for d, s in hits
-                       if sum(1 for d2, s2 in hits if d2 == d and s <= s2 < s + 60) > limit})
+             "timestamp": start + timedelta(milliseconds=ms)} for i, (d, ms) in enumerate(hits)]
+    expected = sorted({d for d, ms in hits
+                       if sum(1 for d2, ms2 in hits if d2 == d and ms <= ms2 < ms + 60_000)
+                       > limit})
     got = clean.burst_devices(working_events(load(db, rows)), max_per_minute=limit).to_pandas()
     assert sorted(got["_device"].tolist()) == expected

@@ -91,3 +91,18 @@ def test_a_server_side_copy_without_a_cookie_matches_on_user_and_page(db) -> Non
     assert sorted(split.kept.message_id.to_pandas()) == ["m1", "m3", "m4"]
     got = split.rejected.select("message_id", "ref").to_pandas()
     assert got.values.tolist() == [["m2", "m1"]]
+
+
+def test_the_crm_and_an_import_of_one_deal_match_on_the_crm_contact_id(db) -> None:  # type: ignore[no-untyped-def]
+    deal = {"type": "track", "event": "Deal Created"}
+    events = working(db, [
+        {**deal, "contact_id": "hs-7", "timestamp": "11:00", "source": "crm"},
+        {**deal, "contact_id": "hs-7", "timestamp": "11:30", "source": "import"},
+        {**deal, "contact_id": "hs-8", "timestamp": "11:30", "source": "import"},
+    ])
+    events, _ = standardise.standardise_urls(events)
+    losers = dedupe.cross_source_losers(events, link_seconds={"Deal Created": 3600},
+                                        priority=["crm", "import"])
+    split = dedupe.link_cross_source(events, losers)
+    assert sorted(split.kept.message_id.to_pandas()) == ["m1", "m3"]
+    assert split.rejected.select("message_id", "ref").to_pandas().values.tolist() == [["m2", "m1"]]

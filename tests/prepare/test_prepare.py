@@ -341,3 +341,13 @@ def test_a_backfill_that_renumbers_sessions_reports_no_channel_change(con, setti
     sessions = con.table("sessions").to_pandas().set_index("session_id").channel.to_dict()
     assert sessions == {"anon:d1#1": "Organic Search", "anon:d1#2": "Organic Social"}
     assert result.channel_changes == {}
+
+
+def test_a_deals_table_from_before_contact_ids_still_gives_accounts(db, settings) -> None:  # type: ignore[no-untyped-def]
+    load(db, COMPANIES)
+    older = ibis.schema({n: t for n, t in store.DEALS.schema.items() if n != "contact_ids"})
+    rows = arrow_table(store.DEALS, COMPANY_DEALS).drop_columns(["contact_ids"])
+    db.create_table("deals", rows, schema=older, overwrite=True)
+    run_prepare(db, settings, now=NOW)
+    accounts = db.table("accounts").to_pandas().set_index("account_id").person_count.to_dict()
+    assert accounts == {"crm:A1": 3, "domain:delta.org": 1, "group:G7": 2}

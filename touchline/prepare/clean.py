@@ -24,8 +24,15 @@ IDENTITY_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id", 
 
 
 def epoch_ms(ts: ir.TimestampValue) -> ir.IntegerValue:
-    """Milliseconds since 1970 as an integer: cheap to compare and sort on every engine."""
-    return ts.epoch_seconds().cast("int64") * 1000 + ts.millisecond().cast("int64")
+    """Milliseconds since 1970 as an integer: cheap to compare and sort on every engine.
+
+    .. math:: ms = 1000 \\cdot \\lfloor epoch(ts) \\rfloor + millisecond(ts)
+
+    The whole seconds come from the timestamp truncated to the second: DuckDB's ``EPOCH``
+    keeps the fraction and casting it to an integer *rounds* (10:00:00.600 became 1.6 s
+    after 10:00:01.200), while Spark's ``unix_timestamp`` drops it.
+    """
+    return ts.truncate("s").epoch_seconds().cast("int64") * 1000 + ts.millisecond().cast("int64")
 
 
 def drop_missing_ids(events: ir.Table) -> Split:

@@ -43,7 +43,8 @@ def ranked_copies(events: ir.Table, repeated: ir.Table | None = None) -> ir.Tabl
     multi = events.semi_join(repeated, events.message_id == repeated._dup_id)
     # a total order in practice (copies that tie on all of these are identical touches)
     order = [multi[c] for c in ("timestamp", "received_at", "recorded_by", "url", "referrer",
-                                "user_agent", "anonymous_id", "user_id") if c in multi.columns]
+                                "user_agent", "anonymous_id", "user_id", "email", "phone",
+                                "contact_id") if c in multi.columns]
     return multi.mutate(_copy=ibis.row_number().over(group_by="message_id", order_by=order))
 
 

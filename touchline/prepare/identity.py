@@ -1,4 +1,5 @@
-"""Identity graph: cookies, devices, user ids, e-mails, phones → ``person_id``; persons → accounts.
+"""Identity graph: devices, user ids, e-mails, phones, CRM contact ids → ``person_id``; persons →
+accounts.
 
 Nodes are typed identifiers (``anon:<id>``, ``user:<id>``, ``email:<address>``,
 ``phone:<e164>``, ``contact:<id>`` for a CRM's own contact id, ``msg:<id>`` for id-less offline

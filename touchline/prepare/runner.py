@@ -210,7 +210,16 @@ def _channel_changes(old: ir.Table | None, new: ir.Table) -> dict[tuple[str, str
     """
     if old is None:
         return {}
-    old = old.select(_device="device_id", _start="started_at", old_channel="channel")
+
+    def unique_starts(t: ir.Table) -> ir.Table:
+        # two sessions of a device can start at one instant (a campaign switch); leave them out
+        n = t.group_by(["device_id", "started_at"]).aggregate(_n=ibis._.count())
+        once = n.filter(n._n == 1).select(_d="device_id", _s="started_at")
+        return t.semi_join(once, [t.device_id == once._d, t.started_at == once._s])
+
+    old = unique_starts(old).select(_device="device_id", _start="started_at",
+                                    old_channel="channel")
+    new = unique_starts(new)
     diff = new.inner_join(old, [new.device_id == old._device,
                                 new.started_at == old._start]).filter(
         new.channel != old.old_channel).group_by(["old_channel", "channel"]).aggregate(
