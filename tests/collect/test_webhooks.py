@@ -128,3 +128,22 @@ def test_crm_deal_updates_add_deal_snapshots_once(hooked: LiveCollector) -> None
         ("4711", "Acme", "qualified", "open", 1200.5, "EUR", "hubspot"),
         ("4711", "Acme", "closedwon", "won", 1200.5, "EUR", "hubspot"),
     ]
+
+
+def test_a_webhook_record_named_only_by_email_is_accepted_and_keeps_no_placeholder(  # type: ignore[no-untyped-def]
+        hooked: LiveCollector) -> None:
+    """A chat with a visitor the tag never saw still names its person by e-mail; one with no
+    id at all is still refused."""
+    key = hooked.warehouse.write_key
+    walk_in = {"chat": {"id": "chat-10", "started_at": "2025-03-01T11:00:00Z"},
+               "visitor": {"email": "ann@acme.com"}}
+    nobody = {"chat": {"id": "chat-11", "started_at": "2025-03-01T11:00:00Z"}, "visitor": {}}
+    with hooked.client() as http:
+        accepted = http.post(f"/v1/webhooks/livechat?key={key}", json=walk_in)
+        refused = http.post(f"/v1/webhooks/livechat?key={key}", json=nobody)
+    assert accepted.json() == {"success": True, "accepted": 1, "rejected": 0}
+    assert (refused.status_code, refused.json()["code"]) == (400, "missing_id")
+    hooked.warehouse.load()
+    assert hooked.warehouse.query(
+        "SELECT message_id, anonymous_id, user_id, email FROM events") == [
+        ("chat-10", None, None, "ann@acme.com")]

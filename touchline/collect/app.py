@@ -491,7 +491,7 @@ class Collector:
             row = map_payload(mapping, item)
             if mapping.kind == "event":
                 row["source"] = source
-                problem = segment.check_message(row)
+                problem = segment.check_message(row, offline_ids=True)
                 if problem is None:
                     lines.append(self._stamp(row, key, received_at, None))
                     continue

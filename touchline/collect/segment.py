@@ -59,8 +59,26 @@ _TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 
 
+#: where an offline record (a webhook from a CRM, forms or chat tool) may name its person when
+#: it has no anonymousId or userId: the same places the loader reads e-mail, phone, contact id
+_OFFLINE_ID_PATHS = tuple(
+    (obj, key) for obj in ("traits", "properties", "context.traits")
+    for key in ("email", "phone", "crm_contact_id"))
+
+
+def _has_offline_id(message: dict[str, Any]) -> bool:
+    for obj, key in _OFFLINE_ID_PATHS:
+        node: Any = message
+        for part in obj.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and _is_id(node.get(key)):
+            return True
+    return False
+
+
 def check_message(
-    message: Any, *, expected_type: str | None = None, keep_received_at: bool = False
+    message: Any, *, expected_type: str | None = None, keep_received_at: bool = False,
+    offline_ids: bool = False,
 ) -> Problem | None:
     """Return the first problem that makes ``message`` unusable, or ``None`` if it is fine.
 
@@ -69,8 +87,14 @@ def check_message(
     are Segment's business and pass through untouched. Runs per message in the request path,
     so the common valid case takes a short path and only a failure looks for the reason.
     ``keep_received_at`` (an import key's message) also checks ``receivedAt``, which the
-    collector then keeps instead of stamping its own clock.
+    collector then keeps instead of stamping its own clock. ``offline_ids`` (webhooks from
+    offline systems) accepts a message without anonymousId and userId when its traits or
+    properties carry an e-mail, phone or ``crm_contact_id``: prepare files it under that.
     """
+    if (offline_ids and message.__class__ is dict and not _is_id(message.get("anonymousId"))
+            and not _is_id(message.get("userId")) and _has_offline_id(message)):
+        # every other check as usual; the placeholder is not stored
+        message = {**message, "anonymousId": "-"}
     if (
         message.__class__ is dict
         and _looks_valid(message, expected_type or message.get("type"))
