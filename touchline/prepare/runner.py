@@ -220,10 +220,9 @@ def _channel_changes(old: ir.Table | None, new: ir.Table) -> dict[tuple[str, str
     old = unique_starts(old).select(_device="device_id", _start="started_at",
                                     old_channel="channel")
     new = unique_starts(new)
-    diff = new.inner_join(old, [new.device_id == old._device,
-                                new.started_at == old._start]).filter(
-        new.channel != old.old_channel).group_by(["old_channel", "channel"]).aggregate(
-        n=ibis._.count())
+    paired = new.inner_join(old, [new.device_id == old._device, new.started_at == old._start])
+    diff = paired.filter(paired.channel != paired.old_channel).group_by(
+        ["old_channel", "channel"]).aggregate(n=ibis._.count())
     # not "_old": itertuples renames fields that start with an underscore
     return {(str(r.old_channel), str(r.channel)): int(r.n)
             for r in diff.to_pandas().itertuples()}
