@@ -40,6 +40,7 @@ from ibis import _
 from touchline import engine, store
 from touchline.collect import readers
 from touchline.collect.mapping import Mapping
+from touchline.collect.segment import PERSON_PATHS
 from touchline.config import Settings
 from touchline.errors import InputError
 
@@ -70,8 +71,7 @@ SEGMENT_PATHS: dict[str, tuple[str, ...]] = {
     "user_id": ("$.userId", "$.user_id"),
     "group_id": ("$.groupId", "$.group_id"),
     "previous_id": ("$.previousId", "$.previous_id"),
-    "contact_id": ("$.traits.crm_contact_id", "$.context.traits.crm_contact_id",
-                   "$.properties.crm_contact_id", "$.contact_id"),
+    "contact_id": (*PERSON_PATHS["contact_id"], "$.contact_id"),
     "original_timestamp": ("$.originalTimestamp", "$.original_timestamp"),
     "sent_at": ("$.sentAt", "$.sent_at"),
     "received_at": ("$.receivedAt", "$.received_at"),
@@ -85,8 +85,8 @@ SEGMENT_PATHS: dict[str, tuple[str, ...]] = {
     "utm_term": ("$.context.campaign.term",),
     "utm_content": ("$.context.campaign.content",),
     "utm_id": ("$.context.campaign.id",),
-    "email": ("$.traits.email", "$.context.traits.email", "$.properties.email"),
-    "phone": ("$.traits.phone", "$.context.traits.phone", "$.properties.phone"),
+    "email": PERSON_PATHS["email"],
+    "phone": PERSON_PATHS["phone"],
     "user_agent": ("$.context.userAgent", "$.context.user_agent"),
     "ip": ("$.context.ip",),
     "revenue": ("$.properties.revenue", "$.properties.total"),

@@ -59,19 +59,24 @@ _TIMESTAMP_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 
 
-#: where an offline record (a webhook from a CRM, forms or chat tool) may name its person when
-#: it has no anonymousId or userId: the same places the loader reads e-mail, phone, contact id
-_OFFLINE_ID_PATHS = tuple(
-    (obj, key) for obj in ("traits", "properties", "context.traits")
-    for key in ("email", "phone", "crm_contact_id"))
+#: where a message names its person other than by anonymousId/userId, in order of preference:
+#: the loader's SQL, the file ingest (``ingest.SEGMENT_PATHS``) and the webhook check read these
+PERSON_PATHS: dict[str, tuple[str, ...]] = {
+    "email": ("$.traits.email", "$.context.traits.email", "$.properties.email"),
+    "phone": ("$.traits.phone", "$.context.traits.phone", "$.properties.phone"),
+    "contact_id": ("$.traits.crm_contact_id", "$.context.traits.crm_contact_id",
+                   "$.properties.crm_contact_id"),
+}
 
 
 def _has_offline_id(message: dict[str, Any]) -> bool:
-    for obj, key in _OFFLINE_ID_PATHS:
+    """Whether ``message`` names its person at one of :data:`PERSON_PATHS` (an offline
+    record: a webhook from a CRM, forms or chat tool may have no anonymousId or userId)."""
+    for path in (p for paths in PERSON_PATHS.values() for p in paths):
         node: Any = message
-        for part in obj.split("."):
+        for part in path.removeprefix("$.").split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and _is_id(node.get(key)):
+        if _is_id(node):
             return True
     return False
 
@@ -294,6 +299,9 @@ def _mapping_sql() -> str:
             paths.append(path)
         return f"nullif(trim(v[{paths.index(path) + 1}]), '')"
 
+    def person(column: str) -> str:
+        return f"coalesce({', '.join(text(p) for p in PERSON_PATHS[column])})"
+
     def ts(path: str) -> str:
         return f"timezone('UTC', try_cast({text(path)} AS TIMESTAMPTZ))"
 
@@ -337,8 +345,7 @@ def _mapping_sql() -> str:
         {text("$.userId")} AS user_id,
         {text("$.groupId")} AS group_id,
         {text("$.previousId")} AS previous_id,
-        coalesce({text("$.traits.crm_contact_id")}, {text("$.context.traits.crm_contact_id")},
-                 {text("$.properties.crm_contact_id")}) AS contact_id,
+        {person("contact_id")} AS contact_id,
         coalesce({ts("$.timestamp")}, {ts("$.originalTimestamp")},
                  {ts("$.receivedAt")}) AS timestamp,
         {ts("$.originalTimestamp")} AS original_timestamp,
@@ -352,10 +359,8 @@ def _mapping_sql() -> str:
         coalesce({text("$.context.page.title")}, {text("$.properties.title")}) AS title,
         {", ".join(utm)},
         {", ".join(clicks)},
-        lower(coalesce({text("$.traits.email")}, {text("$.context.traits.email")},
-                       {text("$.properties.email")})) AS email,
-        coalesce({text("$.traits.phone")}, {text("$.context.traits.phone")},
-                 {text("$.properties.phone")}) AS phone,
+        lower({person("email")}) AS email,
+        {person("phone")} AS phone,
         coalesce({text("$.context.userAgent")}, {text("$.context.user_agent")}) AS user_agent,
         {text("$.context.ip")} AS ip,
         coalesce(try_cast({text("$.properties.revenue")} AS DOUBLE),
