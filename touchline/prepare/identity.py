@@ -8,8 +8,8 @@ identifiers, linked only by evidence (a touch carrying both, a shared e-mail or 
 
 A link joins two identifiers seen on one touch (or an ``alias`` call's previous id and new id:
 a ``user:`` id when that user id occurs in the data, else an ``anon:`` id); it keeps its
-strongest evidence
-(alias > identify > caller_id > crm_match > form_email > event), first-seen time and count.
+strongest evidence (alias > identify > caller_id > crm_match > form_email > event), first-seen
+time and count.
 
 Persons are connected components found on the engine by iterative min-label propagation over
 int64 node keys (one Python iteration per graph-diameter step, never per row), with pointer
@@ -38,12 +38,12 @@ import pyarrow as pa
 
 from touchline import engine
 from touchline.errors import EngineError
+from touchline.prepare.clean import IDENTITY_COLUMNS
 
 log = logging.getLogger(__name__)
 
 #: the columns of a touch the graph reads
-EVIDENCE_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id", "contact_id",
-                    "type", "recorded_by", "timestamp")
+EVIDENCE_COLUMNS = (*IDENTITY_COLUMNS, "type", "recorded_by", "timestamp")
 EVIDENCE = ("alias", "identify", "caller_id", "crm_match", "form_email", "event")
 _ID_PREFIX = r"^([a-z]+):"
 
@@ -76,7 +76,7 @@ def links_from_touches(touches: ir.Table) -> ir.Table:
         (touches.recorded_by == "calls", 2), (touches.recorded_by == "crm", 3),
         (touches.recorded_by.isin(["forms", "chat"]), 4), else_=5)
     combos = touches.group_by(
-        ["anonymous_id", "user_id", "email", "phone", "previous_id", "contact_id"],
+        list(IDENTITY_COLUMNS),
     ).aggregate(_rank=evidence_rank.min(), _first=touches.timestamp.min(), _n=touches.count())
     aliased = combos.filter(combos.previous_id.notnull())
     previous = aliased.select(_previous="previous_id").distinct()
@@ -107,8 +107,8 @@ def link_id(a: str, b: str) -> str:
 
 
 def guard_links(links: ir.Table, *, unlink: Sequence[str], max_degree: int) -> ir.Table:
-    """Add ``status`` (linked/cut) and ``reason``: unlinked identifiers and links, then degree
-    caps.
+    """Add ``status`` (linked/cut) and ``reason`` to :func:`links_from_touches`' links:
+    unlinked identifiers and links, then degree caps.
 
     ``unlink`` lists identifiers (``user:42``: none of its links count) and single links
     (``email:a@b.com|user:42``, either order: only that one is cut).
@@ -119,7 +119,7 @@ def guard_links(links: ir.Table, *, unlink: Sequence[str], max_degree: int) -> i
     if nodes:
         unlisted = links.identifier_a.isin(nodes) | links.identifier_b.isin(nodes)
     if pairs:
-        unlisted = unlisted | (links.identifier_a + "|" + links.identifier_b).isin(pairs)
+        unlisted = unlisted | links.link_id.isin(pairs)
     t = links.mutate(_unlinked=unlisted)
     live = t.filter(~t._unlinked)
     ends = live.select(node="identifier_a").union(live.select(node="identifier_b"), distinct=False)
@@ -235,10 +235,9 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
     """``person_id -> account_id, account_source, account_name, domain``: one company, one account.
 
     Evidence, by precedence: a CRM deal listing one of the person's e-mails or CRM contact ids
-    (``crm:<id>``), a
-    Segment group call (``group:<id>``), the registrable domain of a business e-mail
-    (``domain:<domain>``; free-mail and ISP domains excluded). Ties: the least id. Keys that
-    name a known company resolve to it: a group id that is a CRM account id becomes that
+    (``crm:<id>``), a Segment group call (``group:<id>``), the registrable domain of a business
+    e-mail (``domain:<domain>``; free-mail and ISP domains excluded). Ties: the least id. Keys
+    that name a known company resolve to it: a group id that is a CRM account id becomes that
     ``crm:`` account; a domain that is a CRM account's domain becomes that account, else one
     written from by a group's people becomes that group's account. ``account_source`` says
     which kind of account it is; a CRM account keeps the CRM's name and domain.
