@@ -11,10 +11,12 @@ and with ``--model all`` each channel carries ``{"conversions": {model: ...}, "v
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
 import logging
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,9 +29,15 @@ from touchline.attribution.compare import attribute as attribute_paths
 from touchline.attribution.compare import compare
 from touchline.attribution.evaluate import evaluate as evaluate_models
 from touchline.attribution.evaluate import load_truth
-from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, read_path_file
+from touchline.attribution.paths import (
+    PATH_SEP_DEFAULT,
+    PathSet,
+    paths_from_touches,
+    read_path_file,
+)
 from touchline.attribution.registry import MODELS, lookup
 from touchline.errors import ConfigError, TouchlineError
+from touchline.journeys import LEVELS, journeys_in_period, warehouse_journeys
 
 console = Console()
 err_console = Console(stderr=True)
@@ -71,6 +79,44 @@ def _read(paths_file: Path, sep: str, level: str) -> PathSet:
                 names = [n.strip() for n in handle.readline().replace(";", ",").split(",")]
         column = next((c for c in (f"{level}_path", level) if c in names), "path")
     return read_path_file(paths_file, sep=sep, path_column=column, level=level)
+
+
+def _day(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected a date YYYY-MM-DD") from None
+
+
+def _warehouse_paths(database: str | None, level: str, since: str | None, until: str | None,
+                     model: str) -> PathSet:
+    """The prepared warehouse's journeys (persons and accounts) as paths at ``level``."""
+    from touchline import engine
+    from touchline.config import load_settings
+
+    if level not in LEVELS:
+        close = difflib.get_close_matches(level, LEVELS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"--by {level!r}{hint}: choose from {', '.join(LEVELS)}")
+    settings = load_settings(**({"database_url": database} if database else {}))
+    con = engine.connect(settings=settings)
+    tables = set(con.list_tables())
+    if "sessions" not in tables:
+        raise ConfigError(f"warehouse {settings.database_url} has no prepared sessions: run "
+                          "`touchline prepare` first (or give a path file with --paths)")
+    deals = con.table("deals") if "deals" in tables else None
+    touches = journeys_in_period(warehouse_journeys(con.table("sessions"), deals),
+                                 since=_day(since, "--since"), until=_day(until, "--until"))
+    needs_ages = model == ALL_MODELS or lookup(model, source="--model").needs_ages
+    path_set = paths_from_touches(touches, level=level, with_ages=needs_ages)
+    if not path_set.n_paths:
+        raise ConfigError(f"no journeys in warehouse {settings.database_url}"
+                          + (f" between {since or 'the start'} and {until or 'now'}"
+                             if since or until else "")
+                          + ": ingest events and run `touchline prepare`")
+    return path_set
 
 
 def _clean(value: Any) -> Any:
@@ -171,12 +217,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def attribute(
         paths: Annotated[
-            Path,
+            Path | None,
             typer.Option(
                 "--paths",
-                help="Path file: CSV (',' or ';') or Parquet with `path` and count columns.",
+                help="Path file: CSV (',' or ';') or Parquet with `path` and count columns. "
+                "Without it, the journeys of the prepared warehouse are attributed.",
             ),
-        ],
+        ] = None,
         model: Annotated[
             str,
             typer.Option(
@@ -202,17 +249,41 @@ def register(app: typer.Typer) -> None:
         ] = None,
         ci: Annotated[float | None, typer.Option(help="Bootstrap interval, e.g. 0.9.")] = None,
         replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 200,
+        by: Annotated[
+            str | None,
+            typer.Option(help=f"Warehouse only: credit {'|'.join(LEVELS)} (default channel)."),
+        ] = None,
+        since: Annotated[
+            str | None, typer.Option(help="Warehouse only: journeys ending on or after this "
+                                     "date (YYYY-MM-DD, UTC).")
+        ] = None,
+        until: Annotated[
+            str | None, typer.Option(help="Warehouse only: journeys ending before this date.")
+        ] = None,
+        database: Annotated[
+            str | None, typer.Option("--database", "-d", help="Warehouse URL (default from "
+                                     "settings).")
+        ] = None,
     ) -> None:
-        """Credit conversions and revenue to channels from a path file."""
+        """Credit conversions and revenue to channels, campaigns, keywords... of the prepared
+        warehouse's journeys (after `touchline prepare`), or of a path file (--paths)."""
         try:
             if fmt not in FORMATS:
                 raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+            if paths is not None and (by or since or until or database):
+                raise ConfigError("--by, --since, --until and --database read the warehouse; "
+                                  "drop them with --paths (use --level for a path file)")
+            if by is not None:
+                level = by
             params = parse_params(param or [])
             if model != ALL_MODELS:
                 lookup(model, source="--model")
             if order is not None:
                 params["order"] = order
-            path_set = _read(paths, sep, level)
+            if paths is None:
+                path_set = _warehouse_paths(database, level, since, until, model)
+            else:
+                path_set = _read(paths, sep, level)
             if model == ALL_MODELS:
                 per_model = {"markov": {"order": order}} if order is not None else {}
                 if params.keys() - {"order"}:
