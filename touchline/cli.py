@@ -202,6 +202,10 @@ def _print_demo(report: object) -> None:
         f"touchpoints, sessions, persons, accounts...), simulated files and truth.json in "
         f"{report.data_folder}/"
     )
+    console.print(
+        f"[bold]next:[/] touchline attribute --model all --by campaign --database "
+        f"{report.database_url}   (credits of the prepared journeys; --by keyword, source...)"
+    )
 
 
 @app.command()
