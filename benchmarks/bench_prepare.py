@@ -51,16 +51,19 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
     warehouse file for :func:`persistence_floor`."""
     import ibis
 
-    from touchline import attribute, engine
-    from touchline.attribution.paths import paths_from_touches
-    from touchline.config import Settings
-    from touchline.journeys import person_journeys
+    from touchline import engine
+    from touchline.config import ConversionSpec, Settings
+    from touchline.pipeline import channel_credits, run
     from touchline.prepare import run_prepare
 
     db = _warehouse()
     _remove_warehouse()
+    # what the reference computes: each person's first purchase, its whole history, linear
+    first_purchase = ConversionSpec(name="purchase", revenue=True, value="revenue",
+                                    count="first", lookback_days=None)
     settings = Settings(database_url=url.replace("{db}", str(db)), temp_directory=DATA / "tmp",
-                        memory_limit=memory_limit)
+                        memory_limit=memory_limit, conversions=[first_purchase],
+                        attribution_models=["linear"])
     con = engine.connect(settings=settings)
     t0 = time.perf_counter()
     raw = con.read_parquet(str(parquet))
@@ -80,8 +83,8 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
     end = con.table("events").timestamp.max().execute()
     result = run_prepare(con, settings, now=end.to_pydatetime() + timedelta(days=1))
     t1 = time.perf_counter()
-    paths = paths_from_touches(person_journeys(con.table("sessions")))
-    credits = attribute(paths, "linear")
+    report = run(con, settings, prepare=False)
+    credits = channel_credits(con, "purchase", "linear")
     attributed = time.perf_counter() - t1
     sessions = con.table("sessions")
     by_channel = sessions.group_by("channel").aggregate(n=sessions.count()).to_pandas()
@@ -90,7 +93,7 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
         "sessions": result.counts["sessions"],
         "anonymous_ids": int(sessions.anonymous_id.nunique().execute()),
         "persons": result.counts["persons"],
-        "converting_journeys": round(paths.total_conversions),
+        "converting_journeys": int(report.conversions.conversions.sum()),
         "rejects_by_reason": result.rejects_by_reason,
         "sessions_by_channel": {str(r.channel): int(r.n) for r in by_channel.itertuples()},
         "linear_credit": {str(r.channel): round(float(r.conversions), 6)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from touchline import engine
+from touchline.attribution import attribute, read_path_file
+from touchline.attribution.paths import journey_pathset
+from touchline.attribution.registry import lookup
 from touchline.config import Settings
-from touchline.pipeline import run_demo
+from touchline.demo import run_demo
 
 EXPECTED_CHECKS = {
     "distinct events loaded (incl. bots)",
@@ -46,4 +50,28 @@ def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> No
     assert len(contacts) > 0
     users = set(ident[ident.kind == "user"].person_id)
     assert set(contacts.person_id) <= users
+    if not via_http:
+        _credits_equal_attribute_on_a_path_file(con, settings, tmp_path)
     con.disconnect()
+
+
+def _credits_equal_attribute_on_a_path_file(con, settings: Settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """For every model, the stored per-touch credits summed by channel equal `touchline
+    attribute --paths` on the same journeys written as a path file (time decay, which needs
+    the touches' timings a path file lacks, on the same journeys' path set)."""
+    credits = con.table("credits").to_pandas()
+    touches = con.table("journey_touches")
+    for conversion in ("purchase", "deal_won"):
+        paths, _ = journey_pathset(touches.filter(touches.conversion == conversion))
+        file = tmp_path / f"{conversion}.csv"
+        paths.to_frame().to_csv(file, index=False)
+        from_file = read_path_file(file)
+        for model in settings.attribution_models:
+            source = paths if lookup(model).needs_ages else from_file
+            expected = attribute(source, model).set_index("channel")
+            mine = credits[(credits.conversion == conversion) & (credits.model == model)]
+            got = mine.groupby("channel")[["credit", "value"]].sum()
+            got = got.reindex(expected.index, fill_value=0.0)
+            assert np.allclose(got.credit, expected.conversions, atol=1e-6), (conversion, model)
+            assert np.allclose(got.value, expected.value, rtol=1e-6, atol=1e-4), (conversion,
+                                                                                  model)

@@ -119,6 +119,61 @@ def ingest(
 
 
 @app.command()
+def run(
+    skip_prepare: Annotated[bool, typer.Option(
+        "--skip-prepare", help="Journeys and credits only, on the prepared tables as they are.")
+    ] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """The main job: prepare → journeys of every conversion type → credits under each model.
+
+    Writes journeys, journey_touches and credits (replacing them); conversion types and models
+    come from the settings (touchline.toml, docs/journeys.md).
+    """
+    from touchline.pipeline import run as run_pipeline
+
+    try:
+        settings = load_settings(**({"database_url": database} if database else {}))
+        con = engine.connect(settings=settings)
+        with err_console.status("running") as status:
+            report = run_pipeline(con, settings, prepare=not skip_prepare,
+                                  progress=lambda m: status.update(f"[dim]{m}[/]"))
+    except TouchlineError as exc:
+        raise _fail(exc) from None
+    print_run(report)
+
+
+def print_run(report: object, *, hint: bool = True) -> None:
+    """The run's summary: conversions per type, the main one's credits by channel, where the
+    tables are."""
+    from touchline.pipeline import RunReport
+
+    assert isinstance(report, RunReport)
+    kinds = Table("conversion", "conversions", "value", "open journeys", "shortened by lookback",
+                  "no touch in window", title="journeys by conversion type")
+    for row in report.conversions.itertuples(index=False):
+        kinds.add_row(str(row.conversion), f"{row.conversions:,}", f"{row.value:,.2f}",
+                      f"{row.open_journeys:,}", f"{row.lookback_cut:,}",
+                      f"{row.without_touches:,}")
+    console.print(kinds)
+    if report.main_conversion is None:
+        console.print("[yellow]no conversions found:[/] check the conversion types in "
+                      "touchline.toml (docs/journeys.md) against your events")
+    else:
+        table = Table("channel", "conversions", "value",
+                      title=f"{report.main_conversion} credited by channel ({report.model})")
+        for row in report.by_channel.itertuples(index=False):
+            table.add_row(str(row.channel), f"{row.conversions:,.2f}", f"{row.value:,.2f}")
+        console.print(table)
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
+    rows = ", ".join(f"{k} {v:,}" for k, v in report.rows.items())
+    console.print(f"[bold]tables:[/] {rows} in {report.database_url} ({timing})")
+    if hint:
+        console.print("[bold]next:[/] touchline attribute --model all --by campaign (or keyword, "
+                      "source, landing_page…; --conversion to choose the type)")
+
+
+@app.command()
 def demo(
     people: Annotated[int, typer.Option(help="B2C people to simulate.")] = 20_000,
     b2b_people: Annotated[int, typer.Option(help="B2B stakeholders to simulate.")] = 3_000,
@@ -131,7 +186,7 @@ def demo(
     database: DatabaseOption = None,
 ) -> None:
     """Simulate data with ground truth, load it, run every stage, and compare with the truth."""
-    from touchline.pipeline import run_demo
+    from touchline.demo import run_demo
 
     try:
         settings = load_settings(**({"database_url": database} if database else {}))
@@ -150,7 +205,7 @@ DEMO_TABLE_MODELS = ("last_touch", "last_non_direct", "linear", "markov", "shapl
 
 
 def _print_demo(report: object) -> None:
-    from touchline.pipeline import DemoReport
+    from touchline.demo import DemoReport
 
     assert isinstance(report, DemoReport)
     loaded = Table("data set", "table", "loaded", "rejected", "duplicates",
@@ -165,6 +220,8 @@ def _print_demo(report: object) -> None:
             checks.add_row(label, f"{got:,}", f"{want:,}", "[green]yes[/]" if got == want
                            else "[red]no[/]")
     console.print(checks)
+    if report.run is not None:
+        print_run(report.run, hint=False)
     if report.sessions_by_channel is not None:
         sessions = Table("channel", "sessions", title="sessions by channel (prepared)")
         for row in report.sessions_by_channel.itertuples(index=False):
@@ -198,13 +255,13 @@ def _print_demo(report: object) -> None:
                                 f"{row.spearman:.2f}")
             console.print(ranking)
     console.print(
-        f"[bold]results:[/] warehouse {report.database_url} (tables: events, rejects, "
-        f"touchpoints, sessions, persons, accounts...), simulated files and truth.json in "
-        f"{report.data_folder}/"
+        f"[bold]results:[/] warehouse {report.database_url} (tables: journeys, "
+        f"journey_touches, credits, sessions, touchpoints, persons, accounts, rejects...), "
+        f"simulated files and truth.json in {report.data_folder}/"
     )
     console.print(
         f"[bold]next:[/] touchline attribute --model all --by campaign --database "
-        f"{report.database_url}   (credits of the prepared journeys; --by keyword, source...)"
+        f"{report.database_url}   (--conversion lead, --by keyword, source...)"
     )
 
 

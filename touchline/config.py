@@ -8,12 +8,13 @@ and pass it down; tests construct their own.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +26,106 @@ DEFAULT_DATABASE_URL = "duckdb:///touchline.duckdb"
 SESSION_GAP_MINUTES_DEFAULT = 30
 INGEST_CHUNK_ROWS_DEFAULT = 250_000
 MAX_LINE_BYTES_DEFAULT = 16 * 1024 * 1024
+
+
+#: touch kinds a conversion or stage condition may name, and the event names that mean them by
+#: default (``touch_events`` overrides); ``identify_email`` is an identify call with an e-mail
+TOUCH_KINDS = ("form", "chat", "call", "identify_email")
+TOUCH_EVENTS_DEFAULT: dict[str, list[str]] = {
+    "form": ["Form Submitted", "Form Completed", "Lead Form Submitted"],
+    "chat": ["Chat Started", "Chat Lead", "Chat Completed"],
+    "call": ["Phone Call", "Call Completed", "Call"],
+}
+CONVERSION_UNITS = ("person", "account")
+LOOKBACK_DAYS_PERSON_DEFAULT = 90
+
+
+class ConversionSpec(BaseModel):
+    """One conversion type: what counts, what it is worth, whose journey it ends, how far back.
+
+    A condition is either on touches (every given part must hold: ``events``, ``touches``,
+    ``page``, ``revenue``) or on CRM deals (``deal``: ``won`` or a stage name), never both.
+    ``value`` is ``revenue`` (the touch's revenue, reporting currency), ``deal_amount`` (the
+    deal's amount, converted), ``none`` (0) or a number. ``unit`` person or account: an
+    account conversion's journey is every touch of the account's people; a deal whose company
+    is not a prepared account falls back to the person its contacts name. ``lookback_days``
+    defaults to 90 for persons and none (the whole history) for accounts. ``history``:
+    ``since_previous`` (a repeat conversion's journey is the touches since the unit's previous
+    conversion of this type) or ``full_history``. ``count``: ``every`` conversion, or only the
+    ``first`` of each unit (a lead is created once).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    events: list[str] = []
+    touches: list[str] = []
+    page: str | None = None
+    revenue: bool = False
+    deal: str | None = None
+    value: str = "none"
+    unit: str = "person"
+    lookback_days: int | None = Field(None, ge=1)
+    history: str = "since_previous"
+    count: str = "every"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_lookback(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "lookback_days" not in data:
+            unit = data.get("unit", "person")
+            data = {**data, "lookback_days": LOOKBACK_DAYS_PERSON_DEFAULT
+                    if unit == "person" else None}
+        return data
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ConversionSpec:
+        def choose(field: str, value: str, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                close = difflib.get_close_matches(value, allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"conversion {self.name!r}: {field} {value!r}{hint}: choose "
+                                 f"from {', '.join(allowed)}")
+
+        for kind in self.touches:
+            choose("touch", kind, TOUCH_KINDS)
+        choose("unit", self.unit, CONVERSION_UNITS)
+        choose("history", self.history, ("since_previous", "full_history"))
+        choose("count", self.count, ("every", "first"))
+        on_touches = bool(self.events or self.touches or self.page or self.revenue)
+        if self.deal is not None and on_touches:
+            raise ValueError(f"conversion {self.name!r}: a condition is on deals or on touches, "
+                             "not both")
+        if self.deal is None and not on_touches:
+            raise ValueError(f"conversion {self.name!r} has no condition: give events, "
+                             "touches, page, revenue or deal")
+        if self.value not in ("revenue", "deal_amount", "none"):
+            try:
+                float(self.value)
+            except ValueError:
+                raise ValueError(f"conversion {self.name!r}: value {self.value!r}: use revenue, "
+                                 "deal_amount, none or a number") from None
+        if self.value == "deal_amount" and self.deal is None:
+            raise ValueError(f"conversion {self.name!r}: value deal_amount needs a deal condition")
+        if self.value == "revenue" and self.deal is not None:
+            raise ValueError(f"conversion {self.name!r}: a deal's value is deal_amount")
+        if self.page is not None:
+            try:
+                re.compile(self.page)
+            except re.error as exc:
+                raise ValueError(f"conversion {self.name!r}: page {self.page!r} is not a "
+                                 f"regular expression: {exc}") from None
+        return self
+
+
+CONVERSIONS_DEFAULT: list[dict[str, Any]] = [
+    {"name": "purchase", "revenue": True, "value": "revenue"},
+    {"name": "lead", "touches": ["form", "chat", "call", "identify_email"], "count": "first"},
+    {"name": "call", "touches": ["call"]},
+    {"name": "deal_won", "deal": "won", "value": "deal_amount", "unit": "account"},
+]
+MODELS_DEFAULT = ["last_non_direct", "linear", "position_based", "time_decay", "markov",
+                  "shapley", "counterfactual"]
 
 
 def _config_file() -> Path:
@@ -193,6 +294,48 @@ class Settings(BaseSettings):
     identity_max_iterations: int = Field(
         40, ge=1, description="Label-propagation rounds before giving up (graph diameter)."
     )
+
+    # journeys and attribution (touchline run): see touchline/journeys/
+    conversions: list[ConversionSpec] = Field(
+        [ConversionSpec(**c) for c in CONVERSIONS_DEFAULT],
+        description="Conversion types (name, condition, value, unit, lookback_days, history, "
+        "count): docs/journeys.md. Replacing the list replaces the defaults.",
+    )
+    touch_events: dict[str, list[str]] = Field(
+        TOUCH_EVENTS_DEFAULT,
+        description="Event names that make a touch a form, chat or call (conversion and stage "
+        "conditions `touches`).",
+    )
+    deal_statuses: dict[str, list[str]] = Field(
+        {"won": ["won", "closed won", "closed_won", "closedwon", "win"],
+         "lost": ["lost", "closed lost", "closed_lost", "closedlost"]},
+        description="CRM deal status texts (compared trimmed, lower case) meaning won or lost; "
+        "anything else is open.",
+    )
+    attribution_models: list[str] = Field(
+        MODELS_DEFAULT, description="Models `touchline run` stores credits for."
+    )
+    default_model: str = Field(
+        "linear", description="Model of the run's summary and of `attribute` without --model."
+    )
+
+    @field_validator("conversions")
+    @classmethod
+    def _unique_conversions(cls, value: list[ConversionSpec]) -> list[ConversionSpec]:
+        names = [c.name for c in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"conversion names must be unique: {', '.join(twice)} twice")
+        return value
+
+    @field_validator("touch_events")
+    @classmethod
+    def _known_touch_kinds(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted(set(value) - set(TOUCH_KINDS))
+        if unknown:
+            raise ValueError(f"touch_events: unknown kind(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(k for k in TOUCH_KINDS if k != 'identify_email')}")
+        return {**TOUCH_EVENTS_DEFAULT, **value}
 
     @field_validator("bot_user_agent_patterns", "bot_user_agent_allow")
     @classmethod

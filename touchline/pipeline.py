@@ -1,222 +1,151 @@
-"""The stages in order: simulate (demo only) → ingest → prepare → attribute → evaluate.
+"""The production run: prepare → journeys → attribution → stored tables, idempotent.
 
-``run_demo`` is what ``touchline demo`` and ``make demo`` run: it simulates a data set with
-ground truth, loads it like a user's files, runs every stage that exists and returns a
-:class:`DemoReport` whose figures the CLI prints next to the truth they should match.
+``run(con, settings)`` is what ``touchline run`` does on the user's own warehouse (and what the
+demo does on simulated data): it prepares the ingested events, builds the journeys of every
+conversion type (``journeys``, ``journey_touches``), credits every converting touch under each
+model of ``settings.attribution_models`` (``credits``), and returns a :class:`RunReport` whose
+figures the CLI prints. Re-running replaces these tables whole.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from touchline import engine, store
 from touchline.config import Settings
 
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
 log = logging.getLogger(__name__)
-
-DEMO_PEOPLE_DEFAULT = 20_000
-DEMO_B2B_PEOPLE_DEFAULT = 3_000
-DEMO_B2B_ACCOUNTS_DEFAULT = 300
-DEMO_SEED_DEFAULT = 7
-DEMO_FILES = (  # (kind, file name written by the simulator)
-    ("events", "events.ndjson.gz"),
-    ("deals", "deals.csv"),
-    ("spend", "spend.csv"),
-    ("calls", "calls.csv"),
-    ("surveys", "surveys.csv"),
-    ("search_console", "search_console.csv"),
-)
-# GA4 channel groups (prepare) → the simulator's channel names (truth.json), to score models
-# run on prepared journeys against the truth
-SIMULATOR_CHANNELS = {
-    "Organic Search": "organic_search", "Paid Search": "paid_search", "Paid Social":
-    "paid_social", "Organic Social": "organic_social", "Email": "email", "Display": "display",
-    "Organic Video": "video", "Paid Video": "video", "Referral": "referral", "Affiliates":
-    "affiliate", "Direct": "direct", "SMS": "sms", "Phone": "phone", "Offline": "offline",
-}
-DEMO_MODELS = ("first_touch", "last_touch", "last_non_direct", "linear", "position_based",
-               "markov", "shapley", "counterfactual")
-
-
-@dataclass
-class DatasetReport:
-    """One simulated data set run through the stages, with its truth."""
-
-    name: str
-    folder: Path
-    truth: dict[str, Any]
-    ingested: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # loaded, rej, dup
-    checks: list[tuple[str, int | float, int | float]] = field(default_factory=list)
-    comparison: pd.DataFrame | None = None
-    ranking: pd.DataFrame | None = None
-    prepared_ranking: pd.DataFrame | None = None
-
-
-@dataclass
-class DemoReport:
-    """What the demo did and where its results are."""
-
-    database_url: str
-    data_folder: Path
-    datasets: list[DatasetReport] = field(default_factory=list)
-    sessions_by_channel: pd.DataFrame | None = None
-    prepare_seconds: float | None = None
-
 
 Progress = Callable[[str], None]
 
 
-def run_demo(
-    settings: Settings,
-    *,
-    data_folder: Path,
-    people: int = DEMO_PEOPLE_DEFAULT,
-    b2b_people: int = DEMO_B2B_PEOPLE_DEFAULT,
-    b2b_accounts: int = DEMO_B2B_ACCOUNTS_DEFAULT,
-    seed: int = DEMO_SEED_DEFAULT,
-    via_http: bool = False,
-    progress: Progress = log.info,
-) -> DemoReport:
-    """Simulate a B2C and a B2B data set, load them into one warehouse, run every stage.
+@dataclass
+class RunReport:
+    """What a run did: per conversion type its journeys, and where the tables are."""
 
-    With ``via_http`` the events are replayed through the real collector (Segment HTTP API,
-    durable spool, loader) instead of being ingested from the file; the other files are
-    ingested either way, and every check against the truth must come out the same.
-    """
-    from touchline.collect.ingest import ingest_file
-    from touchline.collect.replay import replay_events
-    from touchline.simulate import simulate
-
-    report = DemoReport(settings.database_url, data_folder)
-    con = engine.connect(settings=settings)
-    for table in (*store.INGESTIBLE, "rejects", "ingests"):
-        con.drop_table(table, force=True)  # the demo warehouse is rebuilt from scratch
-    store.init(con)
-    specs = [("b2c", people, False, None, seed), ("b2b", b2b_people, True, b2b_accounts, seed + 1)]
-    for name, n, b2b, accounts, run_seed in specs:
-        folder = data_folder / name
-        progress(f"simulating {n:,} {'B2B ' if b2b else ''}people into {folder}")
-        simulate(n, run_seed, folder, b2b=b2b, accounts=accounts)
-        truth = json.loads((folder / "truth.json").read_text())
-        dataset = DatasetReport(name, folder, truth)
-        for kind, file in DEMO_FILES:
-            if kind == "events" and via_http:
-                progress(f"replaying {folder / file} through the collector's HTTP API")
-                con.disconnect()  # the collector's loader is the warehouse's one writer
-                replayed = replay_events(folder / file, settings)
-                con = engine.connect(settings=settings)
-                dataset.ingested[kind] = (replayed.loaded, replayed.rejected,
-                                          replayed.acknowledged - replayed.loaded)
-                continue
-            progress(f"ingesting {folder / file}")
-            result = ingest_file(con, folder / file, kind, settings=settings, source=None)
-            dataset.ingested[kind] = (result.loaded, result.rejected, result.duplicates)
-        report.datasets.append(dataset)
-    _check_ingest(con, report)
-    _prepare(con, settings, report, progress)
-    _check_prepared(con, report)
-    for dataset in report.datasets:
-        _attribute(dataset, progress)
-        _attribute_prepared(con, dataset, report, progress)
-    con.disconnect()
-    return report
+    database_url: str
+    #: per conversion type: conversions, value, open journeys, journeys shortened by the
+    #: lookback, conversions without a touch in their window
+    conversions: pd.DataFrame
+    #: the main conversion's credits by channel under the default model
+    by_channel: pd.DataFrame
+    main_conversion: str | None
+    model: str
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    prepare: Any = None
 
 
-def _check_ingest(con: Any, report: DemoReport) -> None:
-    """Loaded events against the truth: every distinct messageId (bots included) lands once."""
-    events = con.table("events")
-    distinct = int(events.message_id.nunique().to_pyarrow().as_py())
-    expected = sum(
-        d.truth["counts"]["unique_events"] + d.truth["counts"].get("bot_events", 0)
-        for d in report.datasets
-    )
-    report.datasets[0].checks.append(("distinct events loaded (incl. bots)", distinct, expected))
-
-
-def _truth_sum(report: DemoReport, *keys: str, minus: str | None = None) -> int:
-    total = 0
-    for dataset in report.datasets:
-        counts, mess = dataset.truth["counts"], dataset.truth.get("mess", {})
-        total += sum(int(counts.get(k, 0)) for k in keys) - int(mess.get(minus, 0) if minus else 0)
-    return total
-
-
-def _check_prepared(con: Any, report: DemoReport) -> None:
-    """Prepared tables against the truth: touches, web sessions, devices, persons."""
-    touchpoints, sessions, persons = (con.table(t) for t in ("touchpoints", "sessions", "persons"))
-    checks = report.datasets[0].checks
-    checks.append(("unique touches (touchpoints)", int(touchpoints.count().to_pyarrow().as_py()),
-                   _truth_sum(report, "unique_events", minus="cross_source_forms")))
-    web = sessions.filter(sessions.anonymous_id.notnull()).count().to_pyarrow().as_py()
-    checks.append(("web sessions (30-minute rule)", int(web), _truth_sum(report, "sessions")))
-    devices = touchpoints.anonymous_id.nunique().to_pyarrow().as_py()
-    checks.append(("anonymous ids (devices)", int(devices), _truth_sum(report, "anonymous_ids")))
-    identified = persons.filter(persons.user_id.notnull()).count().to_pyarrow().as_py()
-    checks.append(("identified persons (with a user id)", int(identified),
-                   _truth_sum(report, "identified_persons")))
-    checks.append(("persons (identity graph components)", int(persons.count().to_pyarrow()
-                                                              .as_py()),
-                   _truth_sum(report, "resolvable_persons")))
-    accounts = con.table("accounts")
-    checks.append(("B2B accounts (named by a group call or e-mail)",
-                   int(accounts.count().to_pyarrow().as_py()),
-                   _truth_sum(report, "resolvable_accounts")))
-
-
-def _prepare(con: Any, settings: Settings, report: DemoReport, progress: Progress) -> None:
+def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
+        progress: Progress = log.info) -> RunReport:
+    """Prepare (unless ``prepare=False``), then journeys and credits; see the module."""
+    from touchline.attribution.registry import lookup
+    from touchline.journeys import write_journeys
     from touchline.prepare import run_prepare
 
-    progress("preparing: clean, bots, standardise, dedupe, sessions, channels, identity")
-    result = run_prepare(con, settings)
-    report.prepare_seconds = getattr(result, "seconds", None)
-    sessions = con.table("sessions")
-    by_channel = sessions.group_by("channel").aggregate(sessions=sessions.count())
-    report.sessions_by_channel = by_channel.order_by(by_channel.sessions.desc()).to_pandas()
+    for name in settings.attribution_models:
+        lookup(name, source="settings.attribution_models")
+    lookup(settings.default_model, source="settings.default_model")
+    seconds: dict[str, float] = {}
+    prepared = None
+    if prepare:
+        progress("preparing: clean, bots, standardise, dedupe, sessions, channels, identity")
+        start = time.perf_counter()
+        prepared = run_prepare(con, settings)
+        seconds["prepare"] = time.perf_counter() - start
+    store.init(con)
+    progress(f"journeys of {len(settings.conversions)} conversion types: "
+             + ", ".join(c.name for c in settings.conversions))
+    start = time.perf_counter()
+    rows = write_journeys(con, settings)
+    seconds["journeys"] = time.perf_counter() - start
+    progress(f"credits under {len(settings.attribution_models)} models: "
+             + ", ".join(settings.attribution_models))
+    start = time.perf_counter()
+    rows["credits"] = write_credits(con, settings)
+    seconds["credits"] = time.perf_counter() - start
+    conversions = conversion_summary(con)
+    main = main_conversion(conversions)
+    by_channel = channel_credits(con, main, settings.default_model) if main else pd.DataFrame()
+    return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
+                     rows, seconds, prepared)
 
 
-def _attribute(dataset: DatasetReport, progress: Progress) -> None:
-    from touchline.attribution import compare
-    from touchline.attribution.evaluate import evaluate, truth_from_dict
-    from touchline.attribution.paths import read_path_file
+def write_credits(con: BaseBackend, settings: Settings) -> int:
+    """Credit every converting journey touch of every conversion type under each model of
+    ``settings.attribution_models`` and store them as ``credits`` (replacing it)."""
+    from touchline.attribution.compare import run_model
+    from touchline.attribution.paths import journey_pathset
+    from touchline.attribution.touch_credits import touch_amounts
 
-    progress(f"attributing {dataset.name} journeys with {len(DEMO_MODELS)} models")
-    paths = read_path_file(dataset.folder / "paths.csv")
-    dataset.comparison = compare(paths, list(DEMO_MODELS))
-    truth = truth_from_dict(dataset.truth, source=str(dataset.folder / "truth.json"))
-    dataset.ranking = evaluate(dataset.comparison, truth)
+    touches = con.table(store.JOURNEY_TOUCHES.name)
+    parts: list[pa.Table] = []
+    for spec in settings.conversions:
+        mine = touches.filter(touches.conversion == spec.name)
+        paths, converting = journey_pathset(mine, level="channel")
+        n = converting.num_rows
+        if not n or paths.total_conversions == 0:
+            continue
+        for model in settings.attribution_models:
+            credits = run_model(paths, model)
+            credit, value = touch_amounts(paths, credits)
+            parts.append(pa.table({
+                "journey_id": converting.column("journey_id"),
+                "position": converting.column("position"),
+                "conversion": pa.array([spec.name] * n),
+                "model": pa.array([model] * n),
+                "channel": converting.column("label"),
+                "touch_at": converting.column("touch_at"),
+                "converted_at": converting.column("converted_at"),
+                "credit": pa.array(np.asarray(credit[:n], float)),
+                "value": pa.array(np.asarray(value[:n], float)),
+            }))
+    schema = store.CREDITS.schema.to_pyarrow()
+    data = (pa.concat_tables([p.cast(schema) for p in parts]) if parts
+            else schema.empty_table())
+    engine.load_table(con, store.CREDITS.name, data)
+    return data.num_rows
 
 
-def _attribute_prepared(con: Any, dataset: DatasetReport, report: DemoReport,
-                        progress: Progress) -> None:
-    """The same models on journeys rebuilt from the prepared tables, scored against the truth.
+def conversion_summary(con: BaseBackend) -> pd.DataFrame:
+    """Per conversion type: conversions, value, open journeys, lookback cuts, touchless."""
+    j = con.table(store.JOURNEYS.name)
+    summary = j.group_by("conversion").aggregate(
+        conversions=j.converted.cast("int64").sum(),
+        value=(j.value * j.converted.cast("float64")).sum(),
+        open_journeys=(~j.converted).cast("int64").sum(),
+        lookback_cut=(j.converted & j.lookback_cut).cast("int64").sum(),
+        without_touches=(j.converted & (j.touches == 0)).cast("int64").sum(),
+    )
+    return summary.order_by("conversion").to_pandas()
 
-    This is the whole pipeline's check: files → ingest → prepare → journeys → attribution.
-    """
-    from touchline.attribution import compare
-    from touchline.attribution.evaluate import evaluate, truth_from_dict
-    from touchline.attribution.paths import paths_from_touches
-    from touchline.journeys import account_journeys, person_journeys
 
-    progress(f"attributing {dataset.name} journeys rebuilt from the prepared tables")
-    sessions = con.table("sessions")
-    b2b = bool(dataset.truth.get("b2b"))
-    touches = account_journeys(sessions, con.table("deals")) if b2b else person_journeys(sessions)
-    touches = touches.mutate(channel=touches.channel.substitute(SIMULATOR_CHANNELS))
-    paths = paths_from_touches(touches)
-    counts = dataset.truth["counts"]
-    report.datasets[0].checks += [
-        (f"{dataset.name}: conversions on prepared journeys", round(paths.total_conversions),
-         int(counts["conversions"])),
-        (f"{dataset.name}: first-conversion revenue on prepared journeys",
-         round(paths.total_value, 2), round(float(counts["first_order_revenue"]), 2)),
-    ]
-    comparison = compare(paths, list(DEMO_MODELS))
-    truth = truth_from_dict(dataset.truth, source=str(dataset.folder / "truth.json"))
-    dataset.prepared_ranking = evaluate(comparison, truth)
+def main_conversion(summary: pd.DataFrame) -> str | None:
+    """The conversion type a summary leads with: the one with the most value, else the most
+    conversions (so a shop shows purchases and a B2B warehouse won deals)."""
+    converting = summary[summary.conversions > 0]
+    if converting.empty:
+        return None
+    ranked = converting.sort_values(["value", "conversions", "conversion"],
+                                    ascending=[False, False, True])
+    return str(ranked.conversion.iloc[0])
+
+
+def channel_credits(con: BaseBackend, conversion: str, model: str) -> pd.DataFrame:
+    """Stored credits of ``conversion`` under ``model`` summed by channel, largest first."""
+    c = con.table(store.CREDITS.name)
+    mine = c.filter((c.conversion == conversion) & (c.model == model))
+    by = mine.group_by("channel").aggregate(conversions=mine.credit.sum(),
+                                            value=mine.value.sum())
+    return by.order_by([by.conversions.desc(), by.channel]).to_pandas()

@@ -520,11 +520,92 @@ AUDIT = TableSpec(
 
 PREPARED = (TOUCHES, TOUCHPOINTS, SESSIONS, IDENTITIES, IDENTITY_LINKS, PERSONS, ACCOUNTS, AUDIT)
 
+# ---- journeys and credits: written (replaced whole) by `touchline run`, see touchline/journeys/
+_JOURNEY_HEAD = (
+    ("journey_id", S, "<conversion>:<unit_id>:<sequence>, or <conversion>:<unit_id>:open for "
+     "the touches after the unit's last conversion"),
+    ("conversion", S, "conversion type (settings.conversions)"),
+    ("unit", S, "person or account: whose journey"),
+    ("unit_id", S, "the person id or the prepared account id (crm:…, group:…, domain:…)"),
+    ("sequence", I, "1 for the unit's first conversion of this type, 2 for the next…; null "
+     "for an open journey"),
+    ("converted", B, "whether the journey ends in a conversion"),
+    ("converted_at", TS, "when it converted (null: open)"),
+    ("value", F, "the conversion's value in the reporting currency (0 for open journeys)"),
+)
+_LEVEL_DOCS = (
+    ("channel", S, "the session's channel group"),
+    ("source", S, "session entrance source"),
+    ("medium", S, "session entrance medium"),
+    ("campaign", S, "session entrance campaign"),
+    ("keyword", S, "session entrance keyword (utm_term)"),
+    ("landing_page", S, "the session's landing page"),
+    ("content", S, "session entrance utm_content"),
+)
+
+JOURNEYS = TableSpec(
+    name="journeys",
+    doc="One row per journey of each conversion type: a unit's touches up to a conversion "
+    "(since its previous one), or after its last (open). docs/journeys.md.",
+    key="journey_id",
+    columns=_cols(
+        *_JOURNEY_HEAD,
+        ("ref", S, "what converted: the touch's touchpoint_id or the deal's deal_id"),
+        ("first_touch_at", TS, "first touch in the window (null: no touch)"),
+        ("last_touch_at", TS, "last touch in the window"),
+        ("touches", I, "touches in the window"),
+        ("channels", I, "distinct channels among them"),
+        ("days_to_convert", F, "converted_at - first_touch_at, in days"),
+        ("cut_touches", I, "touches left out by the conversion type's lookback window"),
+        ("lookback_cut", B, "whether the lookback shortened the journey"),
+    ),
+)
+
+JOURNEY_TOUCHES = TableSpec(
+    name="journey_touches",
+    doc="The ordered touches (sessions) of each journey, with where they came from.",
+    key="journey_id|position",
+    columns=_cols(
+        ("journey_id", S, "the journey"),
+        ("position", I, "1-based, in time order (ties: channel, then session id)"),
+        *_JOURNEY_HEAD[1:],
+        ("touch_at", TS, "the session's start"),
+        ("days_before_conversion", F, "days from the touch to the conversion (open journeys: "
+         "to their last touch)"),
+        ("session_id", S, "the session"),
+        ("person_id", S, "whose touch it was (for accounts: which stakeholder)"),
+        ("device_id", S, "typed device id"),
+        *_LEVEL_DOCS,
+    ),
+)
+
+CREDITS = TableSpec(
+    name="credits",
+    doc="Each converting journey touch's credit under each model: its share of the "
+    "conversion and of the value. Sum by channel, period, or join journey_touches on "
+    "(journey_id, position) for any other level. docs/journeys.md says how data-driven models "
+    "split a channel's credit over touches.",
+    key="journey_id|position|model",
+    columns=_cols(
+        ("journey_id", S, "the journey"),
+        ("position", I, "the touch (journey_touches.position)"),
+        ("conversion", S, "conversion type"),
+        ("model", S, "attribution model"),
+        ("channel", S, "the touch's channel"),
+        ("touch_at", TS, "the touch's time"),
+        ("converted_at", TS, "the conversion's time"),
+        ("credit", F, "share of the conversion (a journey's credits sum to 1)"),
+        ("value", F, "credited value in the reporting currency (sum to the journey's value)"),
+    ),
+)
+
+JOURNEY_TABLES = (JOURNEYS, JOURNEY_TOUCHES, CREDITS)
+
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, REJECTS, INGESTS,
-        WRITE_KEYS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED,
+        WRITE_KEYS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
     )
 }
 INGESTIBLE = ("events", "deals", "spend", "calls", "surveys", "search_console")

@@ -32,12 +32,12 @@ from touchline.attribution.evaluate import load_truth
 from touchline.attribution.paths import (
     PATH_SEP_DEFAULT,
     PathSet,
-    paths_from_touches,
+    journey_pathset,
     read_path_file,
 )
 from touchline.attribution.registry import MODELS, lookup
 from touchline.errors import ConfigError, TouchlineError
-from touchline.journeys import LEVELS, journeys_in_period, warehouse_journeys
+from touchline.journeys import LEVELS, journeys_in_period
 
 console = Console()
 err_console = Console(stderr=True)
@@ -91,8 +91,9 @@ def _day(text: str | None, option: str) -> datetime | None:
 
 
 def _warehouse_paths(database: str | None, level: str, since: str | None, until: str | None,
-                     model: str) -> PathSet:
-    """The prepared warehouse's journeys (persons and accounts) as paths at ``level``."""
+                     conversion: str | None) -> tuple[PathSet, str]:
+    """The stored journeys of one conversion type (``touchline run``) as paths at ``level``,
+    with the conversion type's name (default: the one with the most value)."""
     from touchline import engine
     from touchline.config import load_settings
 
@@ -102,21 +103,35 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
         raise ConfigError(f"--by {level!r}{hint}: choose from {', '.join(LEVELS)}")
     settings = load_settings(**({"database_url": database} if database else {}))
     con = engine.connect(settings=settings)
-    tables = set(con.list_tables())
-    if "sessions" not in tables:
-        raise ConfigError(f"warehouse {settings.database_url} has no prepared sessions: run "
-                          "`touchline prepare` first (or give a path file with --paths)")
-    deals = con.table("deals") if "deals" in tables else None
-    touches = journeys_in_period(warehouse_journeys(con.table("sessions"), deals),
+    if "journey_touches" not in set(con.list_tables()):
+        raise ConfigError(f"warehouse {settings.database_url} has no journeys: run "
+                          "`touchline run` first (or give a path file with --paths)")
+    journeys = con.table("journeys")
+    kinds = journeys.group_by("conversion").aggregate(
+        conversions=journeys.converted.cast("int64").sum(),
+        value=(journeys.value * journeys.converted.cast("float64")).sum()).to_pandas()
+    known = sorted(kinds.conversion)
+    if conversion is None:
+        converting = kinds[kinds.conversions > 0].sort_values(
+            ["value", "conversions", "conversion"], ascending=[False, False, True])
+        conversion = str(converting.conversion.iloc[0]) if len(converting) else None
+    elif conversion not in known:
+        close = difflib.get_close_matches(conversion, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"--conversion {conversion!r}{hint}: the warehouse has "
+                          f"{', '.join(known) or 'no journeys'}")
+    if conversion is None:
+        raise ConfigError(f"no conversions in warehouse {settings.database_url}: check the "
+                          "conversion types (docs/journeys.md) and run `touchline run`")
+    touches = con.table("journey_touches")
+    touches = journeys_in_period(touches.filter(touches.conversion == conversion),
                                  since=_day(since, "--since"), until=_day(until, "--until"))
-    needs_ages = model == ALL_MODELS or lookup(model, source="--model").needs_ages
-    path_set = paths_from_touches(touches, level=level, with_ages=needs_ages)
+    path_set, _ = journey_pathset(touches, level=level)
     if not path_set.n_paths:
-        raise ConfigError(f"no journeys in warehouse {settings.database_url}"
+        raise ConfigError(f"no journeys of {conversion} in warehouse {settings.database_url}"
                           + (f" between {since or 'the start'} and {until or 'now'}"
-                             if since or until else "")
-                          + ": ingest events and run `touchline prepare`")
-    return path_set
+                             if since or until else ""))
+    return path_set, conversion
 
 
 def _clean(value: Any) -> Any:
@@ -253,6 +268,10 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help=f"Warehouse only: credit {'|'.join(LEVELS)} (default channel)."),
         ] = None,
+        conversion: Annotated[
+            str | None, typer.Option(help="Warehouse only: the conversion type (default: the "
+                                     "one with the most value).")
+        ] = None,
         since: Annotated[
             str | None, typer.Option(help="Warehouse only: journeys ending on or after this "
                                      "date (YYYY-MM-DD, UTC).")
@@ -265,13 +284,14 @@ def register(app: typer.Typer) -> None:
                                      "settings).")
         ] = None,
     ) -> None:
-        """Credit conversions and revenue to channels, campaigns, keywords... of the prepared
-        warehouse's journeys (after `touchline prepare`), or of a path file (--paths)."""
+        """Credit conversions and revenue to channels, campaigns, keywords... of the stored
+        journeys (after `touchline run`), or of a path file (--paths)."""
         try:
             if fmt not in FORMATS:
                 raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-            if paths is not None and (by or since or until or database):
-                raise ConfigError("--by, --since, --until and --database read the warehouse; "
+            if paths is not None and (by or since or until or database or conversion):
+                raise ConfigError("--by, --conversion, --since, --until and --database read the "
+                                  "warehouse; "
                                   "drop them with --paths (use --level for a path file)")
             if by is not None:
                 level = by
@@ -281,7 +301,8 @@ def register(app: typer.Typer) -> None:
             if order is not None:
                 params["order"] = order
             if paths is None:
-                path_set = _warehouse_paths(database, level, since, until, model)
+                path_set, conversion = _warehouse_paths(database, level, since, until,
+                                                        conversion)
             else:
                 path_set = _read(paths, sep, level)
             if model == ALL_MODELS:

@@ -526,3 +526,51 @@ def paths_from_touches(
     """:func:`aggregate_paths` executed, then brought into numpy (a small table)."""
     table = aggregate_paths(touches, level=level, lookback=lookback, with_ages=with_ages)
     return PathSet.from_arrow(table.to_pyarrow(), level=level, source="touches")
+
+
+def journey_pathset(journey_touches: ir.Table, *,
+                    level: str = "channel") -> tuple[PathSet, pa.Table]:
+    """The stored ``journey_touches`` of one conversion type as a :class:`PathSet`.
+
+    Each converting journey is a path row of its own (conversions 1, its value, and the
+    touches' ages for time decay), in ``journey_id`` order, so a model's per-touch credits map
+    back to ``(journey_id, position)``; open journeys are aggregated in the engine into
+    ``nulls``. Returns the path set and the converting touches (``journey_id``, ``position``,
+    ``touch_at``, ``converted_at``, ``label``) aligned with the first touches of ``codes``.
+    """
+    import ibis
+
+    jt = journey_touches
+    converting = jt.filter(jt.converted).select(
+        "journey_id", "position", "touch_at", "converted_at", label=jt[level].cast("string"),
+        age=jt.days_before_conversion, value=jt.value.cast("float64"),
+    ).order_by(["journey_id", "position"]).to_pyarrow()
+    opened = aggregate_paths(jt.filter(~jt.converted).mutate(value=ibis.literal(0.0)),
+                             level=level).to_pyarrow()
+    n = converting.num_rows
+    ids = converting.column("journey_id").to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if n else np.zeros(0, np.int64)
+    offsets = pa.array(np.r_[starts, n].astype(np.int32))
+    rows = len(starts)
+    own = pa.table({
+        "path": pa.ListArray.from_arrays(offsets, converting.column("label").combine_chunks()),
+        "conversions": pa.array(np.ones(rows)),
+        "value": pa.array(converting.column("value").to_numpy(zero_copy_only=False)[starts]
+                          .astype(float) if n else np.zeros(0)),
+        "nulls": pa.array(np.zeros(rows)),
+        "ages": pa.ListArray.from_arrays(offsets, converting.column("age").combine_chunks()
+                                         .cast(pa.float64())),
+    })
+    lengths = pc.list_value_length(opened.column("path")).to_numpy(zero_copy_only=False)
+    zero_ages = pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32)),
+                                         pa.array(np.zeros(int(lengths.sum()))))
+    aggregated = pa.table({
+        "path": opened.column("path").cast(pa.list_(pa.string())),
+        "conversions": pa.array(np.zeros(opened.num_rows)),
+        "value": pa.array(np.zeros(opened.num_rows)),
+        "nulls": opened.column("nulls").cast(pa.float64()),
+        "ages": zero_ages,
+    })
+    both = pa.concat_tables([own.cast(aggregated.schema), aggregated])
+    touches = converting.select(["journey_id", "position", "touch_at", "converted_at", "label"])
+    return PathSet.from_arrow(both, level=level, source="journey_touches"), touches

@@ -1,14 +1,13 @@
-"""Journeys: prepared sessions and deals → one touch-level journey per person or account."""
+"""Journeys: conversions as data, each unit's touches cut at its conversions, and paths.
 
-from touchline.journeys.paths import (
-    LEVELS,
-    account_journeys,
-    aggregate_paths,
-    deal_outcome,
-    journeys_in_period,
-    person_journeys,
-    warehouse_journeys,
-)
+* :mod:`~touchline.journeys.conversions`: which touches and deals are conversions, of whom.
+* :mod:`~touchline.journeys.build`: ``journeys`` and ``journey_touches`` (stored tables).
+* :mod:`~touchline.journeys.paths`: aggregated paths for attribution, periods.
+"""
 
-__all__ = ["LEVELS", "account_journeys", "aggregate_paths", "deal_outcome", "journeys_in_period",
-           "person_journeys", "warehouse_journeys"]
+from touchline.journeys.build import LEVELS, journey_tables, write_journeys
+from touchline.journeys.conversions import deal_outcome, find_conversions
+from touchline.journeys.paths import aggregate_paths, journeys_in_period
+
+__all__ = ["LEVELS", "aggregate_paths", "deal_outcome", "find_conversions", "journey_tables",
+           "journeys_in_period", "write_journeys"]

@@ -1,24 +1,9 @@
-"""Touch-level journeys for attribution, built in the engine from prepared tables.
+"""Paths from touch-level journeys, built in the engine.
 
-A journey is the touches of one unit (a person, or a company account for B2B) in time order,
-up to and including the one that converted. One touch is one session: the visit and the
-channel its landing was classified into (phone calls and offline events are sessions of their
-own). The output has the attribution input contract (``touchline.attribution``): ``journey_id``,
-``touch_at``, ``channel``, ``converted``, ``value``, ``converted_at``, plus the session's
-``source``, ``medium``, ``campaign``, ``keyword``, ``landing_page`` and ``content`` so credits
-can be given at any of those levels (:data:`LEVELS`).
-
-* :func:`person_journeys` (B2C): the conversion is the person's first session with revenue;
-  its revenue is the value. Persons who never bought give non-converting journeys.
-* :func:`account_journeys` (B2B): the conversion is the account's first won deal (the deal's
-  status normalised by :func:`deal_outcome`: ``won``, ``Closed Won`` and ``WON`` all count), at
-  ``closed_at``, value ``amount``; the touches are the sessions of all the account's people
-  before it.
-* :func:`warehouse_journeys`: both, from a warehouse's ``sessions`` and ``deals``.
-
-Only the first conversion of a unit is credited here; touches after it are not part of the
-journey. :func:`aggregate_paths` turns journeys into the aggregated paths attribution reads,
-applying a lookback window if asked.
+:func:`aggregate_paths` turns a touch-level table (``journey_id``, ``touch_at``, a level
+column, ``converted``, ``value``, ``converted_at``) into the aggregated paths attribution reads,
+applying a lookback window if asked; :func:`journeys_in_period` keeps the journeys that end in a
+period. The journeys themselves are built by :mod:`touchline.journeys.build`.
 """
 
 from __future__ import annotations
@@ -28,99 +13,10 @@ from typing import Any
 
 import ibis
 import ibis.expr.types as ir
-from ibis import _
 
 from touchline.errors import SchemaError
 
 SECONDS_PER_DAY = 86_400.0
-#: attribution level → the session column it reads
-LEVELS: dict[str, str] = {
-    "channel": "channel", "source": "source", "medium": "medium", "campaign": "campaign",
-    "keyword": "term", "landing_page": "landing_page", "content": "content",
-}
-#: deal statuses (trimmed, lower case) that mean the deal was won or lost; anything else is open
-WON_STATUSES = ("won", "closed won", "closed_won", "closedwon", "win")
-LOST_STATUSES = ("lost", "closed lost", "closed_lost", "closedlost")
-
-
-def _journeys(touches: ir.Table, conversions: ir.Table, unit: str) -> ir.Table:
-    """Join each unit's touches to its first conversion and keep those not after it."""
-    joined = touches.left_join(conversions, touches[unit] == conversions[unit])
-    keep = joined.converted_at.isnull() | (joined.started_at <= joined.converted_at)
-    return joined.filter(keep).select(
-        journey_id=joined[unit],
-        touch_at=joined.started_at,
-        channel=joined.channel.fill_null("Unassigned"),
-        **{level: joined[column].fill_null("(not set)")
-           for level, column in LEVELS.items() if level != "channel"},
-        converted=joined.converted_at.notnull(),
-        value=joined.value.fill_null(0.0),
-        converted_at=joined.converted_at,
-    )
-
-
-def person_journeys(sessions: ir.Table) -> ir.Table:
-    """B2C journeys: each person's sessions up to the first session with revenue.
-
-    Sessions of people linked to a company account are left out (they belong to
-    :func:`account_journeys`).
-    """
-    own = sessions.filter(sessions.account_id.isnull() & sessions.person_id.notnull())
-    buying = own.filter(own.conversion_count > 0)
-    first = buying.group_by("person_id").aggregate(converted_at=_.started_at.min())
-    valued = buying.join(first, [
-        buying.person_id == first.person_id, buying.started_at == first.converted_at
-    ]).group_by(buying.person_id).aggregate(
-        converted_at=_.converted_at.min(), value=_.revenue.sum()
-    )
-    return _journeys(own, valued, "person_id")
-
-
-def account_journeys(sessions: ir.Table, deals: ir.Table) -> ir.Table:
-    """B2B journeys: every session of an account's people up to its first won deal."""
-    # prepared account ids carry their evidence as a prefix (crm:, group:, domain:); the CRM's
-    # deals name the bare id, so journeys are keyed by the id without its prefix
-    own = sessions.filter(sessions.account_id.notnull())
-    own = own.mutate(account_id=own.account_id.re_extract(r"^[a-z_]+:(.*)$", 1))
-    won = deals.filter((deal_outcome(deals.status) == "won") & deals.account_id.notnull()
-                       & deals.closed_at.notnull())
-    # a CRM export holds one row per deal snapshot: take each deal once, at its close
-    won = won.group_by(["account_id", "deal_id"]).aggregate(
-        closed_at=_.closed_at.min(), amount=_.amount.max()
-    )
-    first = won.group_by("account_id").aggregate(converted_at=_.closed_at.min())
-    valued = won.join(first, [
-        won.account_id == first.account_id, won.closed_at == first.converted_at
-    ]).group_by(won.account_id).aggregate(
-        converted_at=_.converted_at.min(), value=_.amount.fill_null(0.0).sum()
-    )
-    return _journeys(own, valued, "account_id")
-
-
-def deal_outcome(status: ir.StringValue) -> ir.StringValue:
-    """``won``, ``lost`` or ``open`` from a CRM's status text, whatever its case or spacing.
-
-    CRMs spell a won deal ``won``, ``Won``, ``Closed Won`` (Salesforce) or ``closedwon``
-    (HubSpot); each of :data:`WON_STATUSES` (compared trimmed and lower-cased) is won.
-    """
-    text = status.strip().lower()
-    return ibis.cases((text.isin(WON_STATUSES), "won"), (text.isin(LOST_STATUSES), "lost"),
-                      else_="open")
-
-
-def warehouse_journeys(sessions: ir.Table, deals: ir.Table | None = None) -> ir.Table:
-    """Every journey of a prepared warehouse: persons without an account (B2C, first purchase)
-    and accounts (B2B, first won deal), one touch-level table.
-
-    Journey ids cannot collide: person ids start with ``p_``, account journeys are keyed by the
-    CRM's bare account id and prefixed ``account:`` here.
-    """
-    people = person_journeys(sessions)
-    if deals is None:
-        return people
-    accounts = account_journeys(sessions, deals)
-    accounts = accounts.mutate(journey_id="account:" + accounts.journey_id)
-    return people.union(accounts)
 
 
 def journeys_in_period(touches: ir.Table, *, since: datetime | None = None,
@@ -233,5 +129,4 @@ def aggregate_paths(
 
 
 
-__all__ = ["LEVELS", "account_journeys", "aggregate_paths", "deal_outcome", "journeys_in_period",
-           "person_journeys", "warehouse_journeys"]
+__all__ = ["aggregate_paths", "journeys_in_period"]

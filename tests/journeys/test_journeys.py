@@ -1,0 +1,208 @@
+"""Journeys as stored tables: conversions as data, repeat conversions, lookback, units, credits.
+
+Expectations are computed by hand. Table tests build ``sessions`` and conversions directly on
+both engines (``con``); John's story runs the whole ``touchline.pipeline.run`` on both.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+from factories import arrow_table, event_rows
+from ibis.backends import BaseBackend
+
+from touchline import engine, store
+from touchline.config import ConversionSpec, Settings, load_settings
+from touchline.errors import ConfigError, UnknownModelError
+from touchline.journeys import journey_tables
+from touchline.journeys.conversions import CONVERSION_SCHEMA
+from touchline.pipeline import run
+
+T0 = datetime(2026, 3, 1, 9, 0)
+
+
+def _sessions(con: BaseBackend, rows: list[tuple[str, float, str, str | None]]) -> object:
+    """(person, day offset, channel, account) → a stored ``sessions`` table."""
+    data = [{"session_id": f"{p}#{i}", "device_id": f"anon:{p}", "person_id": p,
+             "account_id": account, "session_index": i, "started_at": T0 + timedelta(days=day),
+             "ended_at": T0 + timedelta(days=day), "channel": channel}
+            for i, (p, day, channel, account) in enumerate(rows, start=1)]
+    return engine.load_table(con, "sessions", arrow_table(store.SESSIONS, data))
+
+
+def _conversions(con: BaseBackend, name: str, unit: str,
+                 rows: list[tuple[str, float, float]]) -> object:
+    import pyarrow as pa
+
+    data = pa.table({
+        "conversion": [name] * len(rows), "unit": [unit] * len(rows),
+        "unit_id": [r[0] for r in rows],
+        "converted_at": pa.array([T0 + timedelta(days=r[1]) for r in rows], pa.timestamp("us")),
+        "value": [float(r[2]) for r in rows], "ref": [f"c{i}" for i in range(len(rows))]})
+    table = engine.load_table(con, "conv_input", data)
+    return table.select(*(table[c].cast(t).name(c) for c, t in CONVERSION_SCHEMA.items()))
+
+
+def _paths(con: BaseBackend, spec: ConversionSpec) -> tuple[dict, dict]:
+    journeys, touches = journey_tables(con.table("sessions"), con.table("conv"), spec)
+    t = touches.order_by(["journey_id", "position"]).to_pandas()
+    paths = {jid: list(g.channel) for jid, g in t.groupby("journey_id")}
+    heads = journeys.to_pandas().set_index("journey_id")
+    return paths, heads
+
+
+def test_a_repeat_buyer_gets_one_journey_per_purchase(con: BaseBackend) -> None:
+    _sessions(con, [("p1", 0, "Organic Search", None), ("p1", 1, "Paid Search", None),
+                    ("p1", 2, "Email", None), ("p1", 3, "Direct", None),
+                    ("p1", 4, "Email", None), ("p1", 5, "Paid Social", None),
+                    ("p1", 7, "Referral", None)])
+    # three purchases: on day 1 (after its session), day 3 and day 5
+    con.create_table("conv", _conversions(con, "purchase", "person",
+                                          [("p1", 1.01, 10), ("p1", 3.01, 20), ("p1", 5.01, 30)]))
+    spec = ConversionSpec(name="purchase", revenue=True, value="revenue")
+    paths, heads = _paths(con, spec)
+    assert paths == {
+        "purchase:p1:1": ["Organic Search", "Paid Search"],
+        "purchase:p1:2": ["Email", "Direct"],  # since the previous purchase only
+        "purchase:p1:3": ["Email", "Paid Social"],
+        "purchase:p1:open": ["Referral"],  # after the last purchase
+    }
+    assert heads.loc["purchase:p1:2", "value"] == 20
+    assert heads.loc["purchase:p1:3", "sequence"] == 3
+    assert not heads.loc["purchase:p1:open", "converted"]
+    full = ConversionSpec(name="purchase", revenue=True, value="revenue",
+                          history="full_history")
+    paths, _ = _paths(con, full)
+    assert paths["purchase:p1:3"] == ["Organic Search", "Paid Search", "Email", "Direct",
+                                      "Email", "Paid Social"]
+
+
+def test_lookback_cuts_and_counts_while_an_account_keeps_192_days(con: BaseBackend) -> None:
+    _sessions(con, [("p1", 0, "Organic Search", None), ("p1", 9, "Paid Search", None),
+                    ("ann", 0, "Paid Social", "crm:acme"), ("bob", 100, "Email", "crm:acme"),
+                    ("ann", 191, "Referral", "crm:acme")])
+    con.create_table("conv", _conversions(con, "purchase", "person", [("p1", 10, 5)]))
+    week = ConversionSpec(name="purchase", revenue=True, value="revenue", lookback_days=7)
+    paths, heads = _paths(con, week)
+    # ann and bob belong to a company, yet a purchase is a person's: they keep their journeys
+    # (an open one's window ends at its last touch: ann's day-0 visit is out of it)
+    assert paths == {"purchase:p1:1": ["Paid Search"], "purchase:ann:open": ["Referral"],
+                     "purchase:bob:open": ["Email"]}
+    assert heads.loc["purchase:p1:1", "cut_touches"] == 1
+    assert heads.loc["purchase:p1:1", "lookback_cut"]
+    # a touch exactly at the edge of the window stays in it
+    edge = ConversionSpec(name="purchase", revenue=True, value="revenue", lookback_days=10)
+    assert _paths(con, edge)[0]["purchase:p1:1"] == ["Organic Search", "Paid Search"]
+
+    con.create_table("conv", _conversions(con, "deal_won", "account", [("crm:acme", 192, 5000)]),
+                     overwrite=True)
+    deal = ConversionSpec(name="deal_won", deal="won", value="deal_amount", unit="account")
+    assert deal.lookback_days is None  # none by default for accounts
+    paths, heads = _paths(con, deal)
+    assert paths == {"deal_won:crm:acme:1": ["Paid Social", "Email", "Referral"]}
+    assert heads.loc["deal_won:crm:acme:1", "days_to_convert"] == pytest.approx(192)
+    touches = journey_tables(con.table("sessions"), con.table("conv"), deal)[1].to_pandas()
+    assert sorted(touches.person_id) == ["ann", "ann", "bob"]  # each stakeholder named
+
+
+def test_a_lead_counts_once_and_a_conversion_without_touches_is_kept(con: BaseBackend) -> None:
+    _sessions(con, [("p1", 0, "Organic Search", None), ("p1", 2, "Email", None),
+                    ("p2", 0, "Direct", None)])
+    con.create_table("conv", _conversions(con, "lead", "person",
+                                          [("p1", 1, 0), ("p1", 3, 0), ("p9", 1, 0)]))
+    lead = ConversionSpec(name="lead", touches=["form"], count="first")
+    paths, heads = _paths(con, lead)
+    # p1's second lead is not a conversion, and p1 (converted) has no open journey
+    assert paths == {"lead:p1:1": ["Organic Search"], "lead:p2:open": ["Direct"]}
+    assert heads.loc["lead:p9:1", "touches"] == 0  # p9 has no session: kept, 0 touches
+    assert heads.loc["lead:p9:1", "converted"]
+
+
+def test_an_empty_warehouse_gives_empty_tables(con: BaseBackend) -> None:
+    store.init(con)
+    report = run(con, Settings(database_url="duckdb://"), prepare=False)
+    assert report.main_conversion is None
+    assert report.rows == {"journeys": 0, "journey_touches": 0, "credits": 0}
+
+
+JOHN = [
+    # organic search on his laptop
+    {"anonymous_id": "laptop", "timestamp": "2026-03-01 09:00:00",
+     "url": "https://plumb.example/", "referrer": "https://www.google.com/"},
+    # a Google Ads click on "emergency plumber", then a live chat with his e-mail: a lead
+    {"anonymous_id": "laptop", "timestamp": "2026-03-05 20:00:00",
+     "url": "https://plumb.example/emergency?gclid=abc", "utm_source": "google",
+     "utm_medium": "cpc", "utm_campaign": "spring", "utm_term": "emergency plumber"},
+    {"anonymous_id": "laptop", "type": "track", "event": "Chat Started", "source": "chat",
+     "email": "John@Gmail.com", "timestamp": "2026-03-05 20:03:00"},
+    # back direct on his phone, where he gives his number
+    {"anonymous_id": "phone", "timestamp": "2026-03-12 08:00:00",
+     "url": "https://plumb.example/contact"},
+    {"anonymous_id": "phone", "type": "identify", "email": "john@gmail.com",
+     "phone": "+1 202 555 0143", "timestamp": "2026-03-12 08:01:00"},
+    # he phones in: no DNI lease matched the call, but the graph knows his number
+    {"type": "track", "event": "Phone Call", "source": "calls", "phone": "+12025550143",
+     "timestamp": "2026-03-12 09:00:00"},
+]
+JOHN_DEAL = [{"deal_id": "D1", "status": "Closed Won", "amount": 1800.0, "currency": "usd",
+              "contact_emails": "john@gmail.com", "created_at": "2026-03-12 10:00:00",
+              "closed_at": "2026-03-20 10:00:00"}]
+
+
+def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
+    engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))
+    settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
+    report = run(con, settings)
+    assert con.table("persons").count().execute() == 1
+    touches = con.table("journey_touches").order_by(["journey_id", "position"]).to_pandas()
+    journeys = con.table("journeys").to_pandas().set_index("conversion")
+    assert set(journeys.index) == {"purchase", "lead", "call", "deal_won"}
+    deal = touches[touches.conversion == "deal_won"]
+    assert deal.channel.tolist() == ["Organic Search", "Paid Search", "Direct", "Phone"]
+    assert deal.keyword.tolist()[1] == "emergency plumber"
+    assert deal.unit.unique().tolist() == ["person"]  # a B2C sale: no account, his e-mail
+    assert touches[touches.conversion == "lead"].channel.tolist() == ["Organic Search",
+                                                                      "Paid Search"]
+    assert journeys.loc["deal_won", "value"] == 1800.0
+    assert journeys.loc["deal_won", "converted_at"] == datetime(2026, 3, 20, 10)
+    assert journeys.loc["call", "touches"] == 4
+    assert not journeys.loc["purchase", "converted"]  # he never bought on the site
+    assert report.main_conversion == "deal_won"
+
+    credits = con.table("credits").to_pandas()
+    assert sorted(credits.model.unique()) == sorted(settings.attribution_models)
+    per_journey = credits.groupby(["conversion", "model"]).agg(credit=("credit", "sum"),
+                                                               value=("value", "sum"))
+    assert np.allclose(per_journey.credit, 1.0)
+    deal_credit = credits[credits.conversion == "deal_won"].pivot_table(
+        index="position", columns="model", values="credit")
+    assert deal_credit.linear.tolist() == pytest.approx([0.25] * 4)
+    assert deal_credit.position_based.tolist() == pytest.approx([0.4, 0.1, 0.1, 0.4])
+    assert deal_credit.last_non_direct.tolist() == pytest.approx([0, 0, 0, 1])  # the call
+    ages = np.array([19 + 1 / 24, 14 + 14 / 24, 8 + 2 / 24, 8 + 1 / 24])  # days to the close
+    decay = np.exp2(-ages / 7)
+    assert deal_credit.time_decay.tolist() == pytest.approx(decay / decay.sum())
+    deal_value = credits[(credits.conversion == "deal_won")].groupby("model").value.sum()
+    assert np.allclose(deal_value, 1800.0)
+
+
+def test_conversion_definitions_fail_at_load_with_the_nearest_name() -> None:
+    with pytest.raises(ConfigError, match=r"touch 'frm' \(did you mean 'form'\?\)"):
+        load_settings(conversions=[{"name": "lead", "touches": ["frm"]}])
+    with pytest.raises(ConfigError, match="on deals or on touches, not both"):
+        load_settings(conversions=[{"name": "x", "deal": "won", "revenue": True}])
+    with pytest.raises(ConfigError, match=r"unit 'acount' \(did you mean 'account'\?\)"):
+        load_settings(conversions=[{"name": "x", "deal": "won", "unit": "acount"}])
+    with pytest.raises(ConfigError, match="no condition"):
+        load_settings(conversions=[{"name": "x"}])
+    with pytest.raises(ConfigError, match="unique"):
+        load_settings(conversions=[{"name": "x", "revenue": True}, {"name": "x", "deal": "won"}])
+
+
+def test_an_unknown_model_in_the_settings_names_the_choices(con: BaseBackend) -> None:
+    settings = Settings(database_url="duckdb://", attribution_models=["markof"])
+    with pytest.raises(UnknownModelError, match=r"settings.attribution_models.*markov"):
+        run(con, settings, prepare=False)

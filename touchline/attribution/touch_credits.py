@@ -1,0 +1,93 @@
+r"""Per-touch credits: a model's credits split over the touches of each path.
+
+Rule models define each touch's share directly (:class:`~touchline.attribution.registry.Credits`
+``touch_weights`` / ``rule``): a touch's credit is its weight times its path's conversions, and
+its value the weight times the path's value.
+
+Data-driven models (Markov, Shapley, counterfactual) give credits per label :math:`C_c` only.
+To store them per touch, :func:`split_label_credits` finds amounts :math:`x_{p,c}` for each
+path :math:`p` and label :math:`c` it contains such that
+
+.. math:: \sum_c x_{p,c} = r_p \quad(\text{each path keeps its conversions}),\qquad
+          \sum_p x_{p,c} = C_c \quad(\text{each label keeps the model's credit}),
+
+as close as possible to the proportional split
+:math:`x^0_{p,c} = r_p\, n_{p,c} g_c / \sum_{c'} n_{p,c'} g_{c'}` (:math:`n_{p,c}` touches of
+:math:`c` in :math:`p`, :math:`g_c = \max(C_c, 0)`): the least-squares correction
+:math:`x = x^0 + \lambda_p + \mu_c` on the path's labels, with :math:`(\lambda, \mu)` solved by
+LSQR on the bipartite path-label system. A one-label path always gives that label
+:math:`r_p`. When no exact solution exists (a label's credit exceeds what the paths it appears
+in hold), the labels' totals are kept exactly and the paths' sums come closest. Each
+:math:`x_{p,c}` is then divided equally among the :math:`n_{p,c}` touches of :math:`c` in
+:math:`p`. Summing the stored credits by label gives back the model's credits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.linalg import lsqr
+
+from touchline.attribution.paths import PathSet
+from touchline.attribution.registry import Credits
+
+_TOLERANCE = 1e-10
+
+
+def touch_amounts(paths: PathSet, credits: Credits) -> tuple[np.ndarray, np.ndarray]:
+    """Per touch (aligned with ``paths.codes``): credited conversions and credited value."""
+    weights = credits.rule.touch_weights(paths) if credits.rule is not None \
+        else credits.touch_weights
+    if weights is not None:
+        return (weights * paths.conversions[paths.row], weights * paths.value[paths.row])
+    return (split_label_credits(paths, paths.conversions, credits.conversions),
+            split_label_credits(paths, paths.value, credits.value))
+
+
+def split_label_credits(paths: PathSet, per_path: np.ndarray,
+                        per_label: np.ndarray) -> np.ndarray:
+    """Per-touch amounts that sum to ``per_path`` within each path and to ``per_label`` within
+    each label (see the module docstring for the method)."""
+    amounts = np.zeros(len(paths.codes))
+    rows = np.flatnonzero(per_path != 0)
+    if rows.size == 0:
+        return amounts
+    counts = sparse.csr_matrix(
+        (np.ones(len(paths.codes)), (paths.row, paths.codes)),
+        shape=(paths.n_paths, paths.n_labels))[rows].tocsr()
+    counts.sum_duplicates()
+    r = per_path[rows]
+    support = counts.tocoo()  # the (path, label) pairs, zeros kept: a product would drop them
+    n_rows, n_labels = counts.shape
+    g = np.maximum(np.asarray(per_label, float), 0.0)
+    weight = support.data * g[support.col]
+    totals = np.bincount(support.row, weight, minlength=n_rows)
+    empty = totals <= _TOLERANCE  # no label of the path has positive credit: split by count
+    weight = np.where(empty[support.row], support.data, weight)
+    totals = np.bincount(support.row, weight, minlength=n_rows)
+    x0 = r[support.row] * weight / totals[support.row]
+    residual = np.asarray(per_label, float) - np.bincount(support.col, x0, minlength=n_labels)
+    # unknowns z = (lambda_p, mu_c); x = x0 + lambda_p + mu_c on the support; rows of the
+    # system: sum_c (lambda_p + mu_c) = 0 for each path, sum_p (lambda_p + mu_c) = residual_c
+    presence = sparse.csr_matrix((np.ones(len(x0)), (support.row, support.col)),
+                                 shape=(n_rows, n_labels))
+    path_degree = np.asarray(presence.sum(axis=1)).ravel()
+    label_degree = np.asarray(presence.sum(axis=0)).ravel()
+    system = sparse.bmat([[sparse.diags(path_degree), presence],
+                          [presence.T, sparse.diags(label_degree)]]).tocsr()
+    rhs = np.concatenate([np.zeros(n_rows), residual])
+    z = lsqr(system, rhs, atol=1e-14, btol=1e-14, iter_lim=20 * (n_rows + n_labels))[0]
+    values = x0 + z[:n_rows][support.row] + z[n_rows:][support.col]
+    # keep the labels' totals exact: what LSQR could not place goes to the label's paths
+    gap = np.asarray(per_label, float) - np.bincount(support.col, values, minlength=n_labels)
+    values = values + (gap / np.maximum(label_degree, 1))[support.col]
+    per_pair = sparse.csr_matrix((values, (support.row, support.col)), shape=(n_rows, n_labels))
+    # back to touches: each (path, label) amount divided equally among that label's touches
+    local = np.full(paths.n_paths, -1)
+    local[rows] = np.arange(rows.size)
+    touch_rows = local[paths.row]
+    on = touch_rows >= 0
+    pair_amount = np.asarray(per_pair[touch_rows[on], paths.codes[on]]).ravel()
+    pair_count = np.asarray(counts[touch_rows[on], paths.codes[on]]).ravel()
+    amounts[on] = pair_amount / pair_count
+    return amounts

@@ -1,0 +1,188 @@
+"""Journeys: each unit's touches in time order, cut at each conversion, as stored tables.
+
+A touch is a session (its channel, source, campaign, keyword, landing page and content are the
+session's entrance values; calls and offline records are sessions of their own). For one
+conversion type, the conversions of a unit (a person or an account) in time order are
+:math:`t_1 < t_2 < \\dots`; journey :math:`k` holds the unit's touches with
+
+.. math:: t_{k-1} < \\text{touch\\_at} \\le t_k \\quad\\text{and}\\quad
+          \\text{touch\\_at} \\ge t_k - \\text{lookback}
+
+(``history = "full_history"`` drops the lower bound :math:`t_{k-1}`; no lookback, none of the
+second). The touches after a unit's last conversion (all of them, if it never converted) are
+its open journey: it did not convert (yet), which Markov and the rate models need. With
+``count = "first"`` only a unit's first conversion counts and units that converted have no
+open journey. A touch older than the lookback is left out and counted in
+``journeys.cut_touches``, so a report can say how many paths the window shortened.
+
+An account's journey is the touches of all its people (stakeholders): ``journey_touches.person_id``
+says whose each touch was. Tables (``docs/tables.md``): :data:`~touchline.store.JOURNEYS` and
+:data:`~touchline.store.JOURNEY_TOUCHES`; the same input gives the same rows on both engines
+(ties in time are ordered by channel, then session id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ibis
+import ibis.expr.types as ir
+
+from touchline.config import ConversionSpec, Settings
+from touchline.journeys.conversions import CONVERSION_SCHEMA
+
+SECONDS_PER_DAY = 86_400.0
+#: attribution level → the session column it reads
+LEVELS: dict[str, str] = {
+    "channel": "channel", "source": "source", "medium": "medium", "campaign": "campaign",
+    "keyword": "term", "landing_page": "landing_page", "content": "content",
+}
+#: how a journey id is written: ``<conversion>:<unit_id>:<sequence>`` or ``…:open``
+OPEN = "open"
+
+
+def unit_touches(sessions: ir.Table, unit: str) -> ir.Table:
+    """Every session as a touch of its person (``unit="person"``) or account."""
+    unit_id = sessions.person_id if unit == "person" else sessions.account_id
+    s = sessions.filter(unit_id.notnull())
+    return s.select(
+        unit=ibis.literal(unit), unit_id=(s.person_id if unit == "person" else s.account_id),
+        touch_at=s.started_at.cast("timestamp"), session_id=s.session_id, person_id=s.person_id,
+        device_id=s.device_id, channel=s.channel.fill_null("Unassigned"),
+        **{level: s[column].fill_null("(not set)")
+           for level, column in LEVELS.items() if level != "channel"},
+    )
+
+
+def numbered_conversions(conversions: ir.Table, spec: ConversionSpec) -> ir.Table:
+    """Each unit's conversions numbered in time order (``sequence`` from 1), with the time of
+    the previous one (``previous_at``); only the first with ``count = "first"``."""
+    conversions = conversions.select(*(conversions[c].cast(t).name(c)
+                                       for c, t in CONVERSION_SCHEMA.items()))
+    w = ibis.window(group_by=["unit", "unit_id"], order_by=["converted_at", "ref"])
+    numbered = conversions.mutate(sequence=(ibis.row_number().over(w) + 1).cast("int64"),
+                                  previous_at=conversions.converted_at.lag().over(w))
+    if spec.count == "first":
+        numbered = numbered.filter(numbered.sequence == 1)
+    return numbered.mutate(journey_id=(numbered.conversion + ":" + numbered.unit_id + ":"
+                                       + numbered.sequence.cast("string")))
+
+
+def _in_window(touch_at: ir.TimestampValue, end: ir.TimestampValue,
+               lookback_days: int | None) -> ir.BooleanValue:
+    if lookback_days is None:
+        return ibis.literal(True)
+    return touch_at >= end - ibis.interval(days=lookback_days)
+
+
+def journey_tables(sessions: ir.Table, conversions: ir.Table,
+                   spec: ConversionSpec) -> tuple[ir.Table, ir.Table]:
+    """``(journeys, journey_touches)`` of one conversion type, as expressions.
+
+    ``conversions`` are :func:`~touchline.journeys.conversions.find_conversions`' rows of
+    ``spec``; units are taken from them (a deal type may end person and account journeys).
+    """
+    conv = numbered_conversions(conversions, spec)
+    own = unit_touches(sessions, spec.unit)
+    # a deal type for accounts falls back to the person a deal names when its company is unknown
+    touches = (own.union(unit_touches(sessions, "person"), distinct=False)
+               if spec.deal is not None and spec.unit == "account" else own)
+
+    # converting journeys: the touches up to each conversion (and after the previous one)
+    j = touches.inner_join(conv, [touches.unit == conv.unit, touches.unit_id == conv.unit_id,
+                                  touches.touch_at <= conv.converted_at])
+    if spec.history == "since_previous":
+        j = j.filter(j.previous_at.isnull() | (j.touch_at > j.previous_at))
+    j = j.mutate(_end=j.converted_at, _kept=_in_window(j.touch_at, j.converted_at,
+                                                       spec.lookback_days))
+    converted = j.select(*_TOUCH_COLUMNS, "ref", converted=ibis.literal(True), _end=j._end,
+                         _kept=j._kept)
+
+    # open journeys: the touches after the unit's last conversion, or all of them
+    last = conv.group_by(["unit", "unit_id"]).aggregate(_last_at=conv.converted_at.max())
+    o = own.left_join(last, [own.unit == last.unit, own.unit_id == last.unit_id])
+    o = o.filter(o._last_at.isnull() if spec.count == "first"
+                 else o._last_at.isnull() | (o.touch_at > o._last_at))
+    o = o.mutate(journey_id=ibis.literal(spec.name) + ":" + o.unit_id + ":" + OPEN,
+                 conversion=ibis.literal(spec.name), sequence=ibis.null("int64"),
+                 converted_at=ibis.null("timestamp"), value=ibis.literal(0.0),
+                 ref=ibis.null("string"))
+    o = o.mutate(_end=o.touch_at.max().over(ibis.window(group_by="journey_id")))
+    o = o.mutate(_kept=_in_window(o.touch_at, o._end, spec.lookback_days))
+    opened = o.select(*_TOUCH_COLUMNS, "ref", converted=ibis.literal(False), _end=o._end,
+                      _kept=o._kept)
+
+    every = converted.union(opened, distinct=False)
+    cut = every.filter(~every._kept).group_by("journey_id").aggregate(
+        cut_touches=ibis._.count().cast("int64"))
+    kept = every.filter(every._kept)
+    order = ["touch_at", "channel", "session_id"]
+    kept = kept.mutate(
+        position=(ibis.row_number().over(ibis.window(group_by="journey_id", order_by=order))
+                  + 1).cast("int64"),
+        days_before_conversion=((kept._end.epoch_seconds() - kept.touch_at.epoch_seconds())
+                                .cast("float64") / SECONDS_PER_DAY),
+    )
+    journey_touches = kept.select(*JOURNEY_TOUCH_ORDER)
+
+    stats = journey_touches.group_by("journey_id").aggregate(
+        first_touch_at=journey_touches.touch_at.min(), last_touch_at=journey_touches.touch_at.max(),
+        touches=journey_touches.count().cast("int64"),
+        channels=journey_touches.channel.nunique().cast("int64"))
+    heads = every.group_by("journey_id").aggregate(
+        conversion=every.conversion.max(), unit=every.unit.max(), unit_id=every.unit_id.max(),
+        sequence=every.sequence.max(), converted=every.converted.max(),
+        converted_at=every.converted_at.max(), value=every.value.max(), ref=every.ref.max())
+    # a conversion with no touch at all in its window still is a journey (with 0 touches)
+    heads = heads.union(conv.anti_join(heads, "journey_id").select(
+        "journey_id", "conversion", "unit", "unit_id", "sequence", converted=ibis.literal(True),
+        converted_at=conv.converted_at, value=conv.value, ref=conv.ref), distinct=False)
+    journeys = heads.left_join(stats, "journey_id").left_join(cut, "journey_id")
+    journeys = journeys.select(
+        "journey_id", "conversion", "unit", "unit_id", "sequence", "converted", "converted_at",
+        "value", "ref", "first_touch_at", "last_touch_at",
+        touches=journeys.touches.fill_null(0), channels=journeys.channels.fill_null(0),
+        days_to_convert=((journeys.converted_at.epoch_seconds()
+                          - journeys.first_touch_at.epoch_seconds()).cast("float64")
+                         / SECONDS_PER_DAY),
+        cut_touches=journeys.cut_touches.fill_null(0),
+        lookback_cut=journeys.cut_touches.fill_null(0) > 0,
+    )
+    return journeys, journey_touches
+
+
+_TOUCH_COLUMNS: Sequence[str] = (
+    "journey_id", "conversion", "unit", "unit_id", "sequence", "converted_at", "value",
+    "touch_at", "session_id", "person_id", "device_id", *LEVELS,
+)
+#: ``journey_touches`` columns in order (store.JOURNEY_TOUCHES documents them)
+JOURNEY_TOUCH_ORDER: Sequence[str] = (
+    "journey_id", "position", "conversion", "unit", "unit_id", "sequence", "converted",
+    "converted_at", "value", "touch_at", "days_before_conversion", "session_id", "person_id",
+    "device_id", *LEVELS,
+)
+
+
+def write_journeys(con: object, settings: Settings) -> dict[str, int]:
+    """Build and store ``journeys`` and ``journey_touches`` for every conversion type of
+    ``settings`` (replacing them whole); return the rows written per table."""
+    from touchline import store
+    from touchline.journeys.conversions import find_conversions
+    from touchline.prepare.reference import currency_rates
+
+    rates = currency_rates(settings.reporting_currency, settings.currency_rates_file)
+    sessions = con.table("sessions")  # type: ignore[attr-defined]
+    journeys, touches = [], []
+    for spec in settings.conversions:
+        conversions = find_conversions(con, spec, touch_events=settings.touch_events,
+                                       statuses=settings.deal_statuses, rates=rates)
+        j, t = journey_tables(sessions, conversions, spec)
+        journeys.append(j)
+        touches.append(t)
+    written = {}
+    for spec, parts in ((store.JOURNEYS, journeys), (store.JOURNEY_TOUCHES, touches)):
+        every = ibis.union(*parts, distinct=False)
+        typed = every.select(*(every[c.name].cast(c.dtype).name(c.name) for c in spec.columns))
+        stored = con.create_table(spec.name, typed, overwrite=True)  # type: ignore[attr-defined]
+        written[spec.name] = int(stored.count().to_pyarrow().as_py())
+    return written

@@ -1,0 +1,181 @@
+"""Conversions as data: which touches and deals are conversions, of whom, worth what.
+
+Each conversion type (:class:`~touchline.config.ConversionSpec`, from ``touchline.toml``) is a
+condition on prepared touches (``touchpoints``) or on CRM ``deals``. :func:`find_conversions`
+evaluates one type in the engine and returns one row per conversion:
+
+=================  =====================================================================
+``conversion``     the type's name
+``unit``           ``person`` or ``account``: whose journey it ends
+``unit_id``        the person id (``p_…``) or the prepared account id (``crm:…``)
+``converted_at``   when (a touch's time; a deal's ``closed_at`` or stage time)
+``value``          in the reporting currency
+``ref``            the touch's ``touchpoint_id`` or the deal's ``deal_id``
+=================  =====================================================================
+
+Deals are keyed by the CRM's ``deal_id``: an export holds one row per deal snapshot, so each
+deal converts once, at its earliest time in the condition, worth its largest amount (after
+currency conversion with the rates prepare uses). A deal's company is its unit when it is a
+prepared account (``crm:<account_id>``); a deal with no known company (a B2C sale closed in the
+CRM) belongs to the person its contact e-mails or contact ids name. A deal that names nobody
+touchline knows cannot end a journey: :func:`unmatched_deals` counts them for the run's report.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Mapping, Sequence
+
+import ibis
+import ibis.expr.types as ir
+
+from touchline.config import ConversionSpec
+
+#: the columns of a conversions table, in order
+CONVERSION_SCHEMA = {"conversion": "string", "unit": "string", "unit_id": "string",
+                     "converted_at": "timestamp", "value": "float64", "ref": "string"}
+#: deal conditions other than ``won``/``lost`` and a stage name: the milestone column they read
+DEAL_MILESTONES = {"created": "created_at", "lead": "lead_at", "mql": "mql_at", "sql": "sql_at",
+                   "opportunity": "opportunity_at"}
+
+
+def deal_outcome(status: ir.StringValue, statuses: Mapping[str, Sequence[str]]) -> ir.StringValue:
+    """``won``, ``lost`` or ``open`` from a CRM's status text, whatever its case or spacing.
+
+    CRMs spell a won deal ``won``, ``Won``, ``Closed Won`` (Salesforce) or ``closedwon``
+    (HubSpot); ``statuses`` (``settings.deal_statuses``) lists, per outcome, the texts that
+    mean it, compared trimmed and lower-cased.
+    """
+    text = status.strip().lower()
+    cases = [(text.isin([s.strip().lower() for s in texts]), outcome)
+             for outcome, texts in statuses.items()]
+    return ibis.cases(*cases, else_="open")
+
+
+def touch_condition(touches: ir.Table, spec: ConversionSpec,
+                    touch_events: Mapping[str, Sequence[str]]) -> ir.BooleanValue:
+    """Whether each touch meets ``spec``'s condition: every given part holds (never null)."""
+    parts: list[ir.BooleanValue] = []
+    if spec.events:
+        parts.append(touches.event.isin(spec.events))
+    if spec.touches:
+        kinds = [(touches.type == "identify") & touches.email.notnull()
+                 if kind == "identify_email" else touches.event.isin(list(touch_events[kind]))
+                 for kind in spec.touches]
+        parts.append(functools.reduce(operator.or_, kinds))
+    if spec.page is not None:
+        parts.append(touches.page_url.re_search(spec.page))
+    if spec.revenue:
+        parts.append(touches.revenue > 0)
+    return functools.reduce(operator.and_, (p.fill_null(False) for p in parts))
+
+
+def _constant_value(spec: ConversionSpec) -> float:
+    return 0.0 if spec.value in ("none", "revenue", "deal_amount") else float(spec.value)
+
+
+def touch_conversions(touchpoints: ir.Table, spec: ConversionSpec,
+                      touch_events: Mapping[str, Sequence[str]]) -> ir.Table:
+    """The touches that are conversions of ``spec`` (a condition on touches)."""
+    unit_id = touchpoints.person_id if spec.unit == "person" else touchpoints.account_id
+    hits = touchpoints.filter(touch_condition(touchpoints, spec, touch_events) & unit_id.notnull())
+    value = (hits.revenue.fill_null(0.0) if spec.value == "revenue"
+             else ibis.literal(_constant_value(spec)))
+    return hits.select(
+        conversion=ibis.literal(spec.name), unit=ibis.literal(spec.unit),
+        unit_id=(hits.person_id if spec.unit == "person" else hits.account_id),
+        converted_at=hits.occurred_at, value=value.cast("float64"), ref=hits.touchpoint_id)
+
+
+def deal_events(deals: ir.Table, spec: ConversionSpec, *, statuses: Mapping[str, Sequence[str]],
+                rates: Mapping[str, float]) -> ir.Table:
+    """One row per deal meeting ``spec.deal``: ``deal_id``, ``at``, ``amount`` (reporting
+    currency; an unknown currency gives a null amount, as prepare does for revenue), and the
+    deal's ``account_id``, ``contact_emails``, ``contact_ids``.
+
+    ``deal`` is ``won`` or ``lost`` (the normalised status, at ``closed_at``), a milestone
+    (``created``, ``lead``, ``mql``, ``sql``, ``opportunity``: that column's time) or a stage
+    name (compared trimmed, lower case; at the snapshot's ``updated_at``, else ``created_at``).
+    """
+    assert spec.deal is not None
+    wanted = spec.deal.strip().lower()
+    if wanted in ("won", "lost"):
+        hit = deal_outcome(deals.status, statuses) == wanted
+        at = deals.closed_at
+    elif wanted in DEAL_MILESTONES:
+        at = deals[DEAL_MILESTONES[wanted]]
+        hit = at.notnull()
+    else:
+        hit = deals.stage.strip().lower() == wanted
+        at = deals.updated_at.coalesce(deals.created_at)
+    code = deals.currency.strip().upper()
+    rate = code.substitute({k: ibis.literal(v, type="float64") for k, v in rates.items()},
+                           else_=ibis.null("float64"))
+    rate = ibis.ifelse(code.isnull() | (code == ""), 1.0, rate)
+    rows = deals.filter(hit.fill_null(False) & at.notnull() & deals.deal_id.notnull())
+    rows = rows.mutate(_at=at, _amount=rows.amount * rate)
+    return rows.group_by("deal_id").aggregate(
+        at=rows._at.min(), amount=rows._amount.max(), account_id=rows.account_id.max(),
+        contact_emails=rows.contact_emails.max(), contact_ids=rows.contact_ids.max())
+
+
+def deal_people(deal_rows: ir.Table, identities: ir.Table) -> ir.Table:
+    """``deal_id → person_id``: the least person named by the deal's contact e-mails or
+    contact ids (identity graph nodes ``email:<address>``, ``contact:<id>``)."""
+    named = []
+    for column, kind, lower in (("contact_emails", "email", True),
+                                ("contact_ids", "contact", False)):
+        listed = deal_rows.filter(deal_rows[column].notnull()).select(
+            "deal_id", _value=deal_rows[column].split(";").unnest())
+        value = listed._value.strip()
+        named.append(listed.select("deal_id",
+                                   identifier=kind + ":" + (value.lower() if lower else value)))
+    every = ibis.union(*named, distinct=True)
+    nodes = identities.select("identifier", "person_id")
+    found = every.inner_join(nodes, "identifier")
+    return found.group_by("deal_id").aggregate(person_id=found.person_id.min())
+
+
+def deal_conversions(deals: ir.Table, identities: ir.Table, accounts: ir.Table,
+                     spec: ConversionSpec, *, statuses: Mapping[str, Sequence[str]],
+                     rates: Mapping[str, float]) -> ir.Table:
+    """The deals that are conversions of ``spec``, each given to its unit (see the module)."""
+    rows = deal_events(deals, spec, statuses=statuses, rates=rates)
+    people = deal_people(rows, identities)
+    known = accounts.select(_account=accounts.account_id)
+    rows = rows.left_join(people, "deal_id").select(rows, people.person_id)
+    rows = rows.left_join(known, ("crm:" + rows.account_id) == known._account)
+    use_account = ibis.literal(spec.unit == "account") & rows._account.notnull()
+    unit = ibis.ifelse(use_account, "account", "person")
+    unit_id = ibis.ifelse(use_account, rows._account, rows.person_id)
+    value = (rows.amount.fill_null(0.0) if spec.value == "deal_amount"
+             else ibis.literal(_constant_value(spec)))
+    out = rows.select(conversion=ibis.literal(spec.name), unit=unit, unit_id=unit_id,
+                      converted_at=rows.at, value=value.cast("float64"), ref=rows.deal_id)
+    return out.filter(out.unit_id.notnull())
+
+
+def unmatched_deals(deals: ir.Table, identities: ir.Table, accounts: ir.Table,
+                    spec: ConversionSpec, *, statuses: Mapping[str, Sequence[str]],
+                    rates: Mapping[str, float]) -> ir.Table:
+    """The deals of ``spec`` that name no prepared account and no known person."""
+    rows = deal_events(deals, spec, statuses=statuses, rates=rates)
+    matched = deal_conversions(deals, identities, accounts, spec, statuses=statuses,
+                               rates=rates).select(deal_id="ref")
+    return rows.anti_join(matched, "deal_id")
+
+
+def find_conversions(con: object, spec: ConversionSpec, *,
+                     touch_events: Mapping[str, Sequence[str]],
+                     statuses: Mapping[str, Sequence[str]], rates: Mapping[str, float]) -> ir.Table:
+    """Every conversion of ``spec`` in a prepared warehouse ``con`` (:data:`CONVERSION_SCHEMA`)."""
+    if spec.deal is None:
+        found = touch_conversions(con.table("touchpoints"), spec,  # type: ignore[attr-defined]
+                                  touch_events)
+    else:
+        tables = {name: con.table(name)  # type: ignore[attr-defined]
+                  for name in ("deals", "identities", "accounts")}
+        found = deal_conversions(tables["deals"], tables["identities"], tables["accounts"], spec,
+                                 statuses=statuses, rates=rates)
+    return found.select(*(found[c].cast(t).name(c) for c, t in CONVERSION_SCHEMA.items()))
