@@ -118,6 +118,87 @@ class ConversionSpec(BaseModel):
         return self
 
 
+class StageSpec(BaseModel):
+    """One stage of a stage model and how a unit enters it: every given part must hold.
+
+    ``first_touch``: the unit's first touch; ``visits``: its n-th session (2: a return visit);
+    ``conversion`` (with ``nth``): the n-th conversion of that conversion type (a list: of any
+    of them, the earliest); ``events``,
+    ``touches``, ``page``: a touch as in a conversion condition; ``deal``: a deal milestone as
+    in a conversion condition (``won``, ``mql``, ``sql``, ``opportunity``, a stage name).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_ ]+$")
+    first_touch: bool = False
+    visits: int | None = Field(None, ge=1)
+    conversion: list[str] | None = None
+    nth: int = Field(1, ge=1)
+
+    @field_validator("conversion", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+    events: list[str] = []
+    touches: list[str] = []
+    page: str | None = None
+    deal: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StageSpec:
+        kinds = [k for k, on in (("first_touch", self.first_touch),
+                                 ("visits", self.visits is not None),
+                                 ("conversion", self.conversion is not None),
+                                 ("touch", bool(self.events or self.touches or self.page)),
+                                 ("deal", self.deal is not None)) if on]
+        if len(kinds) != 1:
+            raise ValueError(f"stage {self.name!r}: give exactly one entry condition (first_touch, "
+                             f"visits, conversion, events/touches/page or deal), not "
+                             f"{', '.join(kinds) or 'none'}")
+        for kind in self.touches:
+            if kind not in TOUCH_KINDS:
+                close = difflib.get_close_matches(kind, TOUCH_KINDS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"stage {self.name!r}: touch {kind!r}{hint}: choose from "
+                                 f"{', '.join(TOUCH_KINDS)}")
+        return self
+
+
+_REVIEW_EVENTS = ["Review Submitted", "Referral Sent", "Product Reviewed", "NPS Promoter"]
+#: stage model presets: ordered stages, each with its entry condition
+STAGE_PRESETS: dict[str, list[dict[str, Any]]] = {
+    "lifecycle": [
+        {"name": "awareness", "first_touch": True},
+        {"name": "consideration", "visits": 2},
+        {"name": "decision", "conversion": "lead"},
+        {"name": "retention", "conversion": ["purchase", "deal_won"]},
+        {"name": "advocacy", "events": _REVIEW_EVENTS},
+    ],
+    "funnel": [
+        {"name": "top", "first_touch": True},
+        {"name": "middle", "conversion": "lead"},
+        {"name": "bottom", "conversion": ["purchase", "deal_won"]},
+    ],
+    "hourglass": [
+        {"name": "know", "first_touch": True},
+        {"name": "like", "visits": 2},
+        {"name": "trust", "touches": ["identify_email"]},
+        {"name": "try", "events": ["Trial Started", "Signed Up", "Demo Booked"]},
+        {"name": "buy", "conversion": ["purchase", "deal_won"]},
+        {"name": "repeat", "conversion": "purchase", "nth": 2},
+        {"name": "refer", "events": _REVIEW_EVENTS},
+    ],
+    "b2b": [
+        {"name": "first touch", "first_touch": True},
+        {"name": "MQL", "deal": "mql"},
+        {"name": "SQL", "deal": "sql"},
+        {"name": "opportunity", "deal": "opportunity"},
+        {"name": "closed won", "deal": "won"},
+    ],
+}
+
+
 CONVERSIONS_DEFAULT: list[dict[str, Any]] = [
     {"name": "purchase", "revenue": True, "value": "revenue"},
     {"name": "lead", "touches": ["form", "chat", "call", "identify_email"], "count": "first"},
@@ -318,6 +399,40 @@ class Settings(BaseSettings):
     default_model: str = Field(
         "linear", description="Model of the run's summary and of `attribute` without --model."
     )
+    stage_models: dict[str, list[StageSpec]] = Field(
+        {}, description="Your own stage models: name -> ordered stages (docs/journeys.md); "
+        "the presets lifecycle, funnel, hourglass and b2b always exist.",
+    )
+    stage_model: str = Field(
+        "lifecycle", description="The stage model whose stage each journey touch carries."
+    )
+
+    @model_validator(mode="after")
+    def _stage_models_known(self) -> Settings:
+        known = [*STAGE_PRESETS, *self.stage_models]
+        if self.stage_model not in known:
+            close = difflib.get_close_matches(self.stage_model, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"stage_model {self.stage_model!r}{hint}: choose from "
+                             f"{', '.join(known)}")
+        names = {c.name for c in self.conversions}
+        for model, stages in self.all_stage_models().items():
+            if model in STAGE_PRESETS and model not in self.stage_models:
+                continue  # a preset naming a conversion type you removed: never entered
+            for stage in stages:
+                for name in stage.conversion or []:
+                    if name not in names:
+                        close = difflib.get_close_matches(name, sorted(names), n=1)
+                        hint = f" (did you mean {close[0]!r}?)" if close else ""
+                        raise ValueError(f"stage model {model!r}, stage {stage.name!r}: "
+                                         f"conversion {name!r}{hint} is not a conversion type")
+        return self
+
+    def all_stage_models(self) -> dict[str, list[StageSpec]]:
+        """The presets and the user's stage models (a user's model of a preset's name wins)."""
+        presets = {name: [StageSpec(**s) for s in stages]
+                   for name, stages in STAGE_PRESETS.items()}
+        return {**presets, **self.stage_models}
 
     @field_validator("conversions")
     @classmethod

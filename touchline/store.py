@@ -576,6 +576,24 @@ JOURNEY_TOUCHES = TableSpec(
         ("person_id", S, "whose touch it was (for accounts: which stakeholder)"),
         ("device_id", S, "typed device id"),
         *_LEVEL_DOCS,
+        ("stage", S, "the stage (settings.stage_model) the unit was in at the touch"),
+    ),
+)
+
+STAGES = TableSpec(
+    name="stages",
+    doc="When each person and account entered each stage of every stage model (presets "
+    "lifecycle, funnel, hourglass, b2b and your own). Skipped stages have no row; a stage "
+    "entered after a later one shows as entered_at out of stage_order.",
+    key="stage_model|unit|unit_id|stage",
+    columns=_cols(
+        ("unit", S, "person or account"),
+        ("unit_id", S, "the person id or account id"),
+        ("stage_model", S, "the stage model"),
+        ("stage", S, "the stage"),
+        ("stage_order", I, "its place in the model (1 = first)"),
+        ("entered_at", TS, "first time its entry condition held"),
+        ("left_at", TS, "the unit's next entry into a stage of this model (null: still in it)"),
     ),
 )
 
@@ -599,7 +617,7 @@ CREDITS = TableSpec(
     ),
 )
 
-JOURNEY_TABLES = (JOURNEYS, JOURNEY_TOUCHES, CREDITS)
+JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_TOUCHES, CREDITS)
 
 TABLES: dict[str, TableSpec] = {
     t.name: t

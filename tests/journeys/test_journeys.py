@@ -124,7 +124,7 @@ def test_an_empty_warehouse_gives_empty_tables(con: BaseBackend) -> None:
     store.init(con)
     report = run(con, Settings(database_url="duckdb://"), prepare=False)
     assert report.main_conversion is None
-    assert report.rows == {"journeys": 0, "journey_touches": 0, "credits": 0}
+    assert report.rows == {"stages": 0, "journeys": 0, "journey_touches": 0, "credits": 0}
 
 
 JOHN = [
@@ -171,6 +171,15 @@ def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # typ
     assert journeys.loc["call", "touches"] == 4
     assert not journeys.loc["purchase", "converted"]  # he never bought on the site
     assert report.main_conversion == "deal_won"
+    # his lifecycle: aware on the organic visit, considering on his return, deciding at the
+    # chat lead, retained at the sale; each touch carries the stage he was in
+    stages = con.table("stages").filter(lambda t: t.stage_model == "lifecycle").order_by(
+        "entered_at").to_pandas()
+    assert list(zip(stages.stage, stages.entered_at, strict=True)) == [
+        ("awareness", datetime(2026, 3, 1, 9)), ("consideration", datetime(2026, 3, 5, 20)),
+        ("decision", datetime(2026, 3, 5, 20, 3)), ("retention", datetime(2026, 3, 20, 10))]
+    assert stages.left_at.tolist()[:3] == stages.entered_at.tolist()[1:]
+    assert deal.stage.tolist() == ["awareness", "consideration", "decision", "decision"]
 
     credits = con.table("credits").to_pandas()
     assert sorted(credits.model.unique()) == sorted(settings.attribution_models)
@@ -187,6 +196,40 @@ def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # typ
     assert deal_credit.time_decay.tolist() == pytest.approx(decay / decay.sum())
     deal_value = credits[(credits.conversion == "deal_won")].groupby("model").value.sum()
     assert np.allclose(deal_value, 1800.0)
+
+
+def test_stages_may_be_skipped_and_entered_out_of_order(con: BaseBackend) -> None:
+    from touchline.config import StageSpec
+    from touchline.journeys.stages import stage_at, stage_entries
+
+    deals = engine.load_table(con, "deals", arrow_table(store.DEALS, [
+        # the CRM dates acme's SQL before its MQL; no opportunity date: skipped
+        {"deal_id": "d1", "account_id": "acme", "status": "Closed Won", "amount": 9.0,
+         "created_at": "2026-03-01 00:00:00", "mql_at": "2026-03-05 00:00:00",
+         "sql_at": "2026-03-03 00:00:00", "closed_at": "2026-03-09 00:00:00"}]))
+    accounts = engine.load_table(con, "accounts", arrow_table(store.ACCOUNTS, [
+        {"account_id": "crm:acme"}]))
+    identities = engine.load_table(con, "identities", arrow_table(store.IDENTITIES, []))
+    empty = engine.load_table(con, "touchpoints", arrow_table(store.TOUCHPOINTS, []))
+    sessions = _sessions(con, [("ann", 1, "Email", "crm:acme")])
+    entered = {}
+    for stage in ("mql", "sql", "opportunity", "won"):
+        rows = stage_entries(StageSpec(name=stage, deal=stage), unit="account",
+                             sessions=sessions, touchpoints=empty, conversions=empty,
+                             deals=deals, identities=identities, accounts=accounts,
+                             touch_events={}, statuses=Settings().deal_statuses).to_pandas()
+        entered[stage] = rows.entered_at.tolist()
+    assert entered == {"mql": [datetime(2026, 3, 5)], "sql": [datetime(2026, 3, 3)],
+                       "opportunity": [], "won": [datetime(2026, 3, 9)]}
+    stages = engine.load_table(con, "stages_in", arrow_table(store.STAGES, [
+        {"unit": "account", "unit_id": "crm:acme", "stage_model": "b2b", "stage": s,
+         "stage_order": o, "entered_at": d} for s, o, d in
+        (("SQL", 3, "2026-03-03 00:00:00"), ("MQL", 2, "2026-03-05 00:00:00"))]))
+    touches = engine.load_table(con, "jt", arrow_table(store.JOURNEY_TOUCHES, [
+        {"journey_id": "j", "position": i, "unit": "account", "unit_id": "crm:acme",
+         "touch_at": f"2026-03-0{d} 12:00:00"} for i, d in ((1, 2), (2, 4), (3, 6))]))
+    got = stage_at(touches.drop("stage"), stages, "b2b").order_by("position").to_pandas()
+    assert got.stage.tolist() == [None, "SQL", "MQL"]  # a regression shows as it happened
 
 
 def test_conversion_definitions_fail_at_load_with_the_nearest_name() -> None:

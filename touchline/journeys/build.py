@@ -164,25 +164,41 @@ JOURNEY_TOUCH_ORDER: Sequence[str] = (
 
 
 def write_journeys(con: object, settings: Settings) -> dict[str, int]:
-    """Build and store ``journeys`` and ``journey_touches`` for every conversion type of
-    ``settings`` (replacing them whole); return the rows written per table."""
-    from touchline import store
+    """Build and store ``stages``, ``journeys`` and ``journey_touches`` (each touch with its
+    stage in ``settings.stage_model``) for every conversion type of ``settings``, replacing
+    them whole; return the rows written per table."""
+    from touchline import engine, store
     from touchline.journeys.conversions import find_conversions
+    from touchline.journeys.stages import stage_at, stage_table
     from touchline.prepare.reference import currency_rates
 
     rates = currency_rates(settings.reporting_currency, settings.currency_rates_file)
     sessions = con.table("sessions")  # type: ignore[attr-defined]
-    journeys, touches = [], []
-    for spec in settings.conversions:
-        conversions = find_conversions(con, spec, touch_events=settings.touch_events,
-                                       statuses=settings.deal_statuses, rates=rates)
-        j, t = journey_tables(sessions, conversions, spec)
-        journeys.append(j)
-        touches.append(t)
-    written = {}
-    for spec, parts in ((store.JOURNEYS, journeys), (store.JOURNEY_TOUCHES, touches)):
-        every = ibis.union(*parts, distinct=False)
-        typed = every.select(*(every[c.name].cast(c.dtype).name(c.name) for c in spec.columns))
+    found = ibis.union(*(find_conversions(con, spec, touch_events=settings.touch_events,
+                                          statuses=settings.deal_statuses, rates=rates)
+                         for spec in settings.conversions), distinct=False)
+    scratch = "_touchline_conversions"
+    conversions = engine.materialise(con, scratch, found)  # type: ignore[arg-type]
+    numbered = ibis.union(*(numbered_conversions(
+        conversions.filter(conversions.conversion == spec.name), spec)
+        for spec in settings.conversions), distinct=False)
+    written: dict[str, int] = {}
+
+    def store_as(spec: store.TableSpec, expr: ir.Table) -> ir.Table:
+        typed = expr.select(*(expr[c.name].cast(c.dtype).name(c.name) for c in spec.columns))
         stored = con.create_table(spec.name, typed, overwrite=True)  # type: ignore[attr-defined]
         written[spec.name] = int(stored.count().to_pyarrow().as_py())
+        return stored
+
+    stages = store_as(store.STAGES, stage_table(con, settings, numbered))
+    journeys, touches = [], []
+    for spec in settings.conversions:
+        j, t = journey_tables(sessions, conversions.filter(conversions.conversion == spec.name),
+                              spec)
+        journeys.append(j)
+        touches.append(t)
+    store_as(store.JOURNEYS, ibis.union(*journeys, distinct=False))
+    store_as(store.JOURNEY_TOUCHES, stage_at(ibis.union(*touches, distinct=False), stages,
+                                             settings.stage_model))
+    engine.drop_materialised(con, scratch)  # type: ignore[arg-type]
     return written

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 import ibis
 import ibis.expr.types as ir
 
-from touchline.config import ConversionSpec
+from touchline.config import ConversionSpec, StageSpec
 
 #: the columns of a conversions table, in order
 CONVERSION_SCHEMA = {"conversion": "string", "unit": "string", "unit_id": "string",
@@ -53,9 +53,10 @@ def deal_outcome(status: ir.StringValue, statuses: Mapping[str, Sequence[str]]) 
     return ibis.cases(*cases, else_="open")
 
 
-def touch_condition(touches: ir.Table, spec: ConversionSpec,
+def touch_condition(touches: ir.Table, spec: ConversionSpec | StageSpec,
                     touch_events: Mapping[str, Sequence[str]]) -> ir.BooleanValue:
-    """Whether each touch meets ``spec``'s condition: every given part holds (never null)."""
+    """Whether each touch meets ``spec``'s condition (a conversion's or a stage's): every given
+    part holds (never null)."""
     parts: list[ir.BooleanValue] = []
     if spec.events:
         parts.append(touches.event.isin(spec.events))
@@ -66,7 +67,7 @@ def touch_condition(touches: ir.Table, spec: ConversionSpec,
         parts.append(functools.reduce(operator.or_, kinds))
     if spec.page is not None:
         parts.append(touches.page_url.re_search(spec.page))
-    if spec.revenue:
+    if getattr(spec, "revenue", False):
         parts.append(touches.revenue > 0)
     return functools.reduce(operator.and_, (p.fill_null(False) for p in parts))
 
@@ -88,7 +89,7 @@ def touch_conversions(touchpoints: ir.Table, spec: ConversionSpec,
         converted_at=hits.occurred_at, value=value.cast("float64"), ref=hits.touchpoint_id)
 
 
-def deal_events(deals: ir.Table, spec: ConversionSpec, *, statuses: Mapping[str, Sequence[str]],
+def deal_events(deals: ir.Table, deal: str, *, statuses: Mapping[str, Sequence[str]],
                 rates: Mapping[str, float]) -> ir.Table:
     """One row per deal meeting ``spec.deal``: ``deal_id``, ``at``, ``amount`` (reporting
     currency; an unknown currency gives a null amount, as prepare does for revenue), and the
@@ -98,8 +99,7 @@ def deal_events(deals: ir.Table, spec: ConversionSpec, *, statuses: Mapping[str,
     (``created``, ``lead``, ``mql``, ``sql``, ``opportunity``: that column's time) or a stage
     name (compared trimmed, lower case; at the snapshot's ``updated_at``, else ``created_at``).
     """
-    assert spec.deal is not None
-    wanted = spec.deal.strip().lower()
+    wanted = deal.strip().lower()
     if wanted in ("won", "lost"):
         hit = deal_outcome(deals.status, statuses) == wanted
         at = deals.closed_at
@@ -141,7 +141,8 @@ def deal_conversions(deals: ir.Table, identities: ir.Table, accounts: ir.Table,
                      spec: ConversionSpec, *, statuses: Mapping[str, Sequence[str]],
                      rates: Mapping[str, float]) -> ir.Table:
     """The deals that are conversions of ``spec``, each given to its unit (see the module)."""
-    rows = deal_events(deals, spec, statuses=statuses, rates=rates)
+    assert spec.deal is not None
+    rows = deal_events(deals, spec.deal, statuses=statuses, rates=rates)
     people = deal_people(rows, identities)
     known = accounts.select(_account=accounts.account_id)
     rows = rows.left_join(people, "deal_id").select(rows, people.person_id)
@@ -160,7 +161,8 @@ def unmatched_deals(deals: ir.Table, identities: ir.Table, accounts: ir.Table,
                     spec: ConversionSpec, *, statuses: Mapping[str, Sequence[str]],
                     rates: Mapping[str, float]) -> ir.Table:
     """The deals of ``spec`` that name no prepared account and no known person."""
-    rows = deal_events(deals, spec, statuses=statuses, rates=rates)
+    assert spec.deal is not None
+    rows = deal_events(deals, spec.deal, statuses=statuses, rates=rates)
     matched = deal_conversions(deals, identities, accounts, spec, statuses=statuses,
                                rates=rates).select(deal_id="ref")
     return rows.anti_join(matched, "deal_id")

@@ -1,0 +1,103 @@
+"""Stage models as data: when each person and account entered each stage.
+
+A stage model (``settings.all_stage_models()``: the presets ``lifecycle``, ``funnel``,
+``hourglass``, ``b2b`` and the user's own) is an ordered list of stages, each with one entry
+condition (:class:`~touchline.config.StageSpec`). A unit enters a stage at the first moment its
+condition holds; stages may be skipped (a direct buyer never was a lead) and entered out of
+order (a deal whose SQL date precedes its MQL date), and both stay visible: ``stages`` keeps
+each entry's time and the stage's place in the model, and ``left_at`` is the unit's next entry
+into any stage of the model. The stage of a touch is the stage most recently entered at or
+before it (:func:`stage_at`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import ibis
+import ibis.expr.types as ir
+
+from touchline.config import Settings, StageSpec
+from touchline.journeys.conversions import deal_events, deal_people, touch_condition
+
+UNITS = ("person", "account")
+
+
+def _per_unit(table: ir.Table, at: ir.TimestampValue, unit: str) -> ir.Table:
+    """``(unit, unit_id, entered_at)`` from rows with ``person_id`` / ``account_id``."""
+    unit_id = table.person_id if unit == "person" else table.account_id
+    rows = table.filter(unit_id.notnull()).select(unit_id=unit_id, _at=at)
+    return rows.group_by("unit_id").aggregate(entered_at=rows._at.min()).mutate(
+        unit=ibis.literal(unit))
+
+
+def stage_entries(stage: StageSpec, *, unit: str, sessions: ir.Table, touchpoints: ir.Table,
+                  conversions: ir.Table, deals: ir.Table, identities: ir.Table,
+                  accounts: ir.Table, touch_events: Mapping[str, Sequence[str]],
+                  statuses: Mapping[str, Sequence[str]]) -> ir.Table:
+    """When each unit of kind ``unit`` entered ``stage``: ``unit``, ``unit_id``, ``entered_at``.
+
+    ``conversions`` are the numbered conversions of every type (``conversion``, ``unit``,
+    ``unit_id``, ``sequence``, ``converted_at``).
+    """
+    if stage.first_touch or stage.visits is not None:
+        nth = stage.visits or 1
+        unit_id = sessions.person_id if unit == "person" else sessions.account_id
+        s = sessions.filter(unit_id.notnull()).select(unit_id=unit_id, _at=sessions.started_at)
+        s = s.mutate(_n=ibis.row_number().over(group_by="unit_id", order_by=["_at"]) + 1)
+        s = s.filter(s._n == nth)
+        return s.select("unit_id", entered_at=s._at, unit=ibis.literal(unit))
+    if stage.conversion is not None:
+        c = conversions.filter(conversions.conversion.isin(stage.conversion)
+                               & (conversions.unit == unit) & (conversions.sequence == stage.nth))
+        return c.group_by("unit_id").aggregate(entered_at=c.converted_at.min()).mutate(
+            unit=ibis.literal(unit))
+    if stage.deal is not None:
+        rows = deal_events(deals, stage.deal, statuses=statuses, rates={})
+        if unit == "account":
+            known = accounts.select("account_id")
+            named = rows.mutate(account_id="crm:" + rows.account_id).inner_join(known,
+                                                                                 "account_id")
+            return _per_unit(named.mutate(person_id=ibis.null("string")), named.at, "account")
+        people = deal_people(rows, identities)
+        named = rows.inner_join(people, "deal_id")
+        return _per_unit(named.mutate(account_id=ibis.null("string")), named.at, "person")
+    hits = touchpoints.filter(touch_condition(touchpoints, stage, touch_events))
+    return _per_unit(hits, hits.occurred_at, unit)
+
+
+def stage_table(con: object, settings: Settings, conversions: ir.Table) -> ir.Table:
+    """Every stage entry of every stage model for persons and accounts (``stages`` rows)."""
+    tables = {n: con.table(n)  # type: ignore[attr-defined]
+              for n in ("sessions", "touchpoints", "deals", "identities", "accounts")}
+    parts = []
+    for model, stages in settings.all_stage_models().items():
+        for order, stage in enumerate(stages, start=1):
+            for unit in UNITS:
+                entries = stage_entries(
+                    stage, unit=unit, conversions=conversions,
+                    touch_events=settings.touch_events, statuses=settings.deal_statuses,
+                    **tables)
+                parts.append(entries.select(
+                    unit="unit", unit_id="unit_id", stage_model=ibis.literal(model),
+                    stage=ibis.literal(stage.name), stage_order=ibis.literal(order),
+                    entered_at=entries.entered_at.cast("timestamp")))
+    every = ibis.union(*parts, distinct=False)
+    w = ibis.window(group_by=["stage_model", "unit", "unit_id"],
+                    order_by=["entered_at", "stage_order"])
+    return every.mutate(left_at=every.entered_at.lead().over(w))
+
+
+def stage_at(touches: ir.Table, stages: ir.Table, stage_model: str) -> ir.Table:
+    """``touches`` (with ``unit``, ``unit_id``, ``touch_at``) plus ``stage``: the stage of
+    ``stage_model`` its unit most recently entered at or before the touch (null: none yet)."""
+    s = stages.filter(stages.stage_model == stage_model).select(
+        _unit="unit", _unit_id="unit_id", _stage="stage", _order="stage_order",
+        _entered="entered_at")
+    t = touches
+    j = t.left_join(s, [t.unit == s._unit, t.unit_id == s._unit_id, s._entered <= t.touch_at])
+    j = j.mutate(_rank=ibis.row_number().over(
+        group_by=["journey_id", "position"],
+        order_by=[ibis.desc("_entered"), ibis.desc("_order")]))
+    picked = j.filter(j._rank == 0)
+    return picked.select(*touches.columns, stage=picked._stage)
