@@ -283,6 +283,10 @@ from touchline.attribution.commands import register as register_attribution  # n
 
 register_attribution(app)
 
+from touchline.journeys.commands import register as register_journeys  # noqa: E402
+
+register_journeys(app)
+
 from touchline.prepare.commands import register as register_prepare  # noqa: E402
 
 register_prepare(app)

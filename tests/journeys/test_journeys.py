@@ -18,6 +18,7 @@ from touchline.config import ConversionSpec, Settings, load_settings
 from touchline.errors import ConfigError, UnknownModelError
 from touchline.journeys import journey_tables
 from touchline.journeys.conversions import CONVERSION_SCHEMA
+from touchline.journeys.timeline import resolve_unit, timeline
 from touchline.pipeline import run
 
 T0 = datetime(2026, 3, 1, 9, 0)
@@ -180,6 +181,23 @@ def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # typ
         ("decision", datetime(2026, 3, 5, 20, 3)), ("retention", datetime(2026, 3, 20, 10))]
     assert stages.left_at.tolist()[:3] == stages.entered_at.tolist()[1:]
     assert deal.stage.tolist() == ["awareness", "consideration", "decision", "decision"]
+
+    # his timeline, found by his phone number in any format, reads as the story does
+    unit, person = resolve_unit(con, "(202) 555-0143")
+    assert (unit, person) == ("person", con.table("persons").person_id.execute()[0])
+    moments = timeline(con, unit, person, model="linear", conversion="deal_won").to_pandas()
+    story = [(m.kind, m.channel if m.kind == "touch" else m.detail) for m in
+             moments.itertuples() if m.kind != "touch" or m.detail != "identify"]
+    assert story == [
+        ("stage", "lifecycle: awareness"), ("touch", "Organic Search"),
+        ("stage", "lifecycle: consideration"), ("touch", "Paid Search"),
+        ("stage", "lifecycle: decision"), ("touch", "Paid Search"), ("conversion", "lead #1"),
+        ("touch", "Direct"), ("touch", "Phone"), ("conversion", "call #1"),
+        ("stage", "lifecycle: retention"), ("deal", "deal D1: Closed Won"),
+        ("conversion", "deal_won #1")]
+    credited = moments[moments.credit.notnull()]
+    assert credited.credit.tolist() == pytest.approx([0.25] * 4)  # one per session
+    assert credited.value.sum() == pytest.approx(1800.0)
 
     credits = con.table("credits").to_pandas()
     assert sorted(credits.model.unique()) == sorted(settings.attribution_models)

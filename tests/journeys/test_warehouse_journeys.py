@@ -63,3 +63,15 @@ def test_cli_attributes_the_users_own_prepared_files(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     campaigns = {c["channel"]: c["conversions"] for c in json.loads(result.output)["channels"]}
     assert campaigns["spring"] == 0.5
+    # ann's timeline, found by her anonymous id: every touch with its credit
+    result = runner.invoke(app, ["person", "a1", "--database", db], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    for text in ("Organic Search", "Paid Search", "emergency plumber", "Order Completed",
+                 "purchase #1 (120.00)", "0.50 = 60.00", "awareness"):
+        assert text in result.output, text
+    result = runner.invoke(app, ["account", "a1", "--database", db])
+    assert result.exit_code == 2
+    assert "names person" in result.output
+    result = runner.invoke(app, ["person", "nobody@example.com", "--database", db])
+    assert result.exit_code == 2
+    assert "no person or account is named 'nobody@example.com'" in result.output

@@ -1,0 +1,116 @@
+"""CLI doors to the stored journeys: ``touchline person``, ``account``, ``paths``, ``funnel``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from touchline import engine
+from touchline.config import load_settings
+from touchline.errors import ConfigError, TouchlineError
+
+console, err_console = Console(), Console(stderr=True)
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database", "-d", help="Warehouse URL (default from settings).")
+]
+
+
+def _fail(exc: TouchlineError) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+    return typer.Exit(code=2)
+
+
+def _connect(database: str | None) -> tuple[object, object]:
+    settings = load_settings(**({"database_url": database} if database else {}))
+    con = engine.connect(settings=settings)
+    if "journeys" not in set(con.list_tables()):
+        raise ConfigError(f"warehouse {settings.database_url} has no journeys: run "
+                          "`touchline run` first")
+    return settings, con
+
+
+def _main_conversion(con: object) -> str | None:
+    from touchline.pipeline import conversion_summary, main_conversion
+
+    return main_conversion(conversion_summary(con))  # type: ignore[arg-type]
+
+
+def show_timeline(id_: str, model: str | None, conversion: str | None, stage_model: str | None,
+                  database: str | None, expect: str | None) -> None:
+    """Print the timeline of the person or account ``id_`` names."""
+    from touchline.journeys.timeline import resolve_unit, timeline
+
+    try:
+        settings, con = _connect(database)
+        unit, unit_id = resolve_unit(con, id_, phone_region=settings.phone_region)
+        if expect is not None and unit != expect:
+            raise ConfigError(f"{id_!r} names {unit} {unit_id}; use `touchline {unit}`")
+        model = model or settings.default_model
+        conversion = conversion or _main_conversion(con)
+        rows = timeline(con, unit, unit_id, model=model, conversion=conversion,
+                        stage_model=stage_model or settings.stage_model).to_pandas()
+    except TouchlineError as exc:
+        raise _fail(exc) from None
+    people = {p: f"P{i}" for i, p in enumerate(sorted(rows.person_id.dropna().unique()), 1)}
+    columns = ["time", "what", "channel", "source / keyword", "landing", "detail",
+               f"{model} credit"]
+    if unit == "account":
+        columns.insert(1, "who")
+    table = Table(*columns, title=f"{unit} {unit_id}: {len(rows):,} moments; credits of "
+                  f"{conversion} under {model}"
+                  + (f"; stakeholders {', '.join(f'{v}={k}' for k, v in people.items())}"
+                     if unit == "account" else ""))
+    table.columns[0].no_wrap = True
+    for row in rows.itertuples(index=False):
+        def text(value: object) -> str:
+            return "" if value is None or value != value else str(value)
+
+        source = " / ".join(v for v in (text(row.source), text(row.keyword)) if v
+                            and v != "(not set)")
+        credit = "" if row.credit != row.credit or row.credit is None else (
+            f"{row.credit:.2f} = {row.value:,.2f}")
+        value = "" if row.kind == "touch" or row.value != row.value else f" ({row.value:,.2f})"
+        style = {"stage": "bold cyan", "conversion": "bold green", "deal": "green",
+                 "survey": "magenta"}.get(row.kind, "")
+        parts = urlsplit(text(row.landing_page))
+        landing = (parts.path or "/") if parts.netloc else text(row.landing_page)
+        detail = text(row.detail).removeprefix(f"{stage_model or settings.stage_model}: ")
+        cells = [str(row.at)[:16], f"[{style}]{row.kind}[/]" if style else row.kind,
+                 text(row.channel), source, landing, detail + value, credit]
+        if unit == "account":
+            cells.insert(1, people.get(row.person_id, ""))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the journey commands to the touchline CLI."""
+
+    @app.command()
+    def person(
+        id_: Annotated[str, typer.Argument(
+            metavar="ID", help="Person id, user id, e-mail, phone, CRM contact id or "
+            "anonymous id.")],
+        model: Annotated[str | None, typer.Option(help="Model of the credit column.")] = None,
+        conversion: Annotated[str | None, typer.Option(help="Conversion type credited.")] = None,
+        stage_model: Annotated[str | None, typer.Option(help="Stage model shown.")] = None,
+        database: DatabaseOption = None,
+    ) -> None:
+        """A person's timeline: every touch, stage, conversion, deal and answer, with credits."""
+        show_timeline(id_, model, conversion, stage_model, database, None)
+
+    @app.command()
+    def account(
+        id_: Annotated[str, typer.Argument(metavar="ID", help="Account id (crm:…, domain:…) "
+                                           "or the CRM's account id.")],
+        model: Annotated[str | None, typer.Option(help="Model of the credit column.")] = None,
+        conversion: Annotated[str | None, typer.Option(help="Conversion type credited.")] = None,
+        stage_model: Annotated[str | None, typer.Option(help="Stage model shown.")] = None,
+        database: DatabaseOption = None,
+    ) -> None:
+        """An account's timeline, each stakeholder labelled."""
+        show_timeline(id_, model, conversion, stage_model, database, "account")
