@@ -284,8 +284,10 @@ from touchline.attribution.commands import register as register_attribution  # n
 register_attribution(app)
 
 from touchline.journeys.commands import register as register_journeys  # noqa: E402
+from touchline.journeys.commands import register_paths  # noqa: E402
 
 register_journeys(app)
+register_paths(app)
 
 from touchline.prepare.commands import register as register_prepare  # noqa: E402
 

@@ -250,6 +250,37 @@ def test_stages_may_be_skipped_and_entered_out_of_order(con: BaseBackend) -> Non
     assert got.stage.tolist() == [None, "SQL", "MQL"]  # a regression shows as it happened
 
 
+def _journey_touches(con: BaseBackend, paths: dict[str, tuple[list[str], bool]]) -> object:
+    rows = [{"journey_id": jid, "position": i, "channel": label, "converted": converted,
+             "value": 10.0 if converted else 0.0, "conversion": "purchase"}
+            for jid, (labels, converted) in paths.items()
+            for i, label in enumerate(labels, start=1)]
+    return engine.load_table(con, "jt", arrow_table(store.JOURNEY_TOUCHES, rows))
+
+
+def test_top_paths_add_up_to_every_journey_and_group_rare_ones(con: BaseBackend) -> None:
+    from touchline.journeys.top_paths import sankey_links, top_paths
+
+    jt = _journey_touches(con, {
+        "a": (["Email", "Direct"], True), "b": (["Email", "Direct"], True),
+        "c": (["Email", "Direct"], False), "d": (["Paid Search"], True),
+        "e": (["Email", "Email", "Direct"], True), "f": (["Referral"], False)})
+    every = top_paths(jt, to="all", top=2)
+    assert every.path.tolist() == ["Email > Direct", "Email > Email > Direct", "other (2 paths)"]
+    assert every.journeys.tolist() == [3, 1, 2]
+    assert every.journeys.sum() == 6  # every journey, once
+    assert every.conversion_rate.tolist() == pytest.approx([2 / 3, 1.0, 0.5])
+    collapsed = top_paths(jt, to="all", top=1, collapse=True)
+    assert collapsed.path.tolist() == ["Email > Direct", "other (2 paths)"]
+    assert collapsed.journeys.tolist() == [4, 2]
+    assert top_paths(jt, to="drop-off").path.tolist() == ["Email > Direct", "Referral"]
+    links = sankey_links(jt, max_steps=2).to_pandas()
+    got = {(r.step, r.source, r.target): r.journeys for r in links.itertuples()}
+    assert got == {(1, "Email", "Direct"): 4, (2, "Direct", "(conversion)"): 3,
+                   (2, "Direct", "(drop-off)"): 1, (1, "Paid Search", "(conversion)"): 1,
+                   (1, "Referral", "(drop-off)"): 1}
+
+
 def test_conversion_definitions_fail_at_load_with_the_nearest_name() -> None:
     with pytest.raises(ConfigError, match=r"touch 'frm' \(did you mean 'form'\?\)"):
         load_settings(conversions=[{"name": "lead", "touches": ["frm"]}])

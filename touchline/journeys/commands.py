@@ -114,3 +114,63 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """An account's timeline, each stakeholder labelled."""
         show_timeline(id_, model, conversion, stage_model, database, "account")
+
+
+def register_paths(app: typer.Typer) -> None:
+    """Add ``touchline paths`` to the CLI."""
+
+    @app.command()
+    def paths(
+        to: Annotated[str, typer.Option(help="conversion, drop-off or all.")] = "conversion",
+        level: Annotated[str, typer.Option(help="channel, source, campaign, keyword, "
+                                           "landing_page, content or stage.")] = "channel",
+        conversion: Annotated[str | None, typer.Option(help="Conversion type (default: the "
+                                                       "one with the most value).")] = None,
+        top: Annotated[int, typer.Option(help="Paths shown; the rest are 'other'.")] = 10,
+        repeats: Annotated[bool, typer.Option(help="Keep repeated labels (Email > Email); "
+                                              "by default a run of one label counts once.")
+                           ] = False,
+        sankey: Annotated[bool, typer.Option(help="Print Sankey links (step, source, target, "
+                                             "journeys) instead.")] = False,
+        database: DatabaseOption = None,
+    ) -> None:
+        """Top paths to conversion or to drop-off, with counts and conversion rates."""
+        from touchline.journeys.build import LEVELS
+        from touchline.journeys.top_paths import sankey_links, top_paths
+
+        try:
+            _, con = _connect(database)
+            known = [*LEVELS, "stage"]
+            if level not in known:
+                raise ConfigError(f"--level {level!r}: choose from {', '.join(known)}")
+            if to not in ("conversion", "drop-off", "all"):
+                raise ConfigError(f"--to {to!r}: choose from conversion, drop-off, all")
+            conversion = conversion or _main_conversion(con)
+            jt = con.table("journey_touches")  # type: ignore[attr-defined]
+            mine = jt.filter(jt.conversion == conversion)
+            if sankey:
+                links = sankey_links(mine, level=level).order_by(
+                    ["step", ibis_desc("journeys"), "source", "target"]).to_pandas()
+            else:
+                frame = top_paths(mine, level=level, top=top, to=to, collapse=not repeats)
+        except TouchlineError as exc:
+            raise _fail(exc) from None
+        if sankey:
+            table = Table("step", "source", "target", "journeys",
+                          title=f"{conversion}: Sankey links by {level}")
+            for row in links.itertuples(index=False):
+                table.add_row(str(row.step), row.source, row.target, f"{row.journeys:,}")
+        else:
+            table = Table("path", "journeys", "share", "conversions", "rate", "value",
+                          title=f"{conversion}: top paths to {to} by {level}")
+            for row in frame.itertuples(index=False):
+                table.add_row(row.path, f"{row.journeys:,}", f"{row.share:.1%}",
+                              f"{row.conversions:,}", f"{row.conversion_rate:.1%}",
+                              f"{row.value:,.2f}")
+        console.print(table)
+
+
+def ibis_desc(column: str) -> object:
+    import ibis
+
+    return ibis.desc(column)
