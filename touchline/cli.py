@@ -289,6 +289,10 @@ from touchline.journeys.commands import register_paths  # noqa: E402
 register_journeys(app)
 register_paths(app)
 
+from touchline.metrics.commands import register as register_metrics  # noqa: E402
+
+register_metrics(app)
+
 from touchline.prepare.commands import register as register_prepare  # noqa: E402
 
 register_prepare(app)

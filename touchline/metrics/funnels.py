@@ -1,0 +1,176 @@
+r"""Funnels: how many units reach each step, how many drop off, and how long each step takes.
+
+A funnel is an ordered list of steps; a step is an event name (``Form Submitted``), a page
+(``page:/pricing``, a regular expression on the page path), a stage entered
+(``stage:decision`` in the settings' stage model, or ``stage:b2b/SQL``) or a conversion
+(``conversion:purchase``). Units are persons (or accounts). Three variants:
+
+* ``ordered`` (default): step :math:`k` is the first occurrence of its event at or after
+  step :math:`k-1`'s (another event may come between), within ``window`` of step 1;
+* ``strict``: as ordered, and when both steps are touches, step :math:`k` must be the unit's
+  very next touch after step :math:`k-1`;
+* ``any``: the steps in any order; a unit reaches step :math:`k` when it did steps
+  :math:`1..k` and the first occurrences of all of them lie within ``window``.
+
+Step 1 is the unit's first occurrence of it. Per step: units that ``entered`` it, how many
+went on (``converted``) and ``dropped`` off, conversion from the previous and from the first
+step, and the time from the previous step (seconds: median, p25, p75, p90; ordered and
+strict). A zero denominator gives null. ``by`` breaks every figure down by the unit's
+first-touch channel, campaign or device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import ibis
+import ibis.expr.types as ir
+
+from touchline.errors import ConfigError
+
+MODES = ("ordered", "strict", "any")
+BREAKDOWNS = {"channel": "channel", "campaign": "campaign", "device": "device_id",
+              "source": "source"}
+QUANTILES = {"p25": 0.25, "median": 0.5, "p75": 0.75, "p90": 0.9}
+
+
+def step_events(con: object, step: str, *, unit: str = "person",
+                stage_model: str = "lifecycle") -> ir.Table:
+    """``unit_id``, ``at``, ``ref`` (which row), ``idx`` (the unit's touch number; null for
+    stages and conversions) of every occurrence of ``step``."""
+    column = "person_id" if unit == "person" else "account_id"
+    kind, sep, rest = step.partition(":")
+    if sep and kind == "stage":
+        model, slash, name = rest.partition("/")
+        model, name = (model, name) if slash else (stage_model, rest)
+        s = con.table("stages")  # type: ignore[attr-defined]
+        s = s.filter((s.stage_model == model) & (s.stage == name) & (s.unit == unit))
+        return s.select("unit_id", at=s.entered_at, ref="stage:" + s.stage,
+                        idx=ibis.null("int64"))
+    if sep and kind == "conversion":
+        j = con.table("journeys")  # type: ignore[attr-defined]
+        j = j.filter((j.conversion == rest) & j.converted & (j.unit == unit))
+        return j.select("unit_id", at=j.converted_at, ref=j.journey_id, idx=ibis.null("int64"))
+    tp = con.table("touchpoints")  # type: ignore[attr-defined]
+    tp = tp.filter(tp[column].notnull())
+    tp = tp.mutate(idx=(ibis.row_number().over(group_by=column, order_by=[
+        "occurred_at", "touchpoint_id"]) + 1).cast("int64"))
+    hit = (tp.page_path.re_search(rest) if sep and kind == "page" else tp.event == step)
+    tp = tp.filter(hit.fill_null(False))
+    return tp.select(unit_id=tp[column], at=tp.occurred_at, ref=tp.touchpoint_id, idx=tp.idx)
+
+
+def _first(events: ir.Table) -> ir.Table:
+    """Each unit's earliest row of ``events`` (ties: the least ref)."""
+    ranked = events.mutate(_r=ibis.row_number().over(group_by="unit_id",
+                                                     order_by=["at", "idx", "ref"]))
+    return ranked.filter(ranked._r == 0).drop("_r")
+
+
+def reached(con: object, steps: Sequence[str], *, window: timedelta | None = None,
+            mode: str = "ordered", unit: str = "person",
+            stage_model: str = "lifecycle") -> list[ir.Table]:
+    """For each step, the units that reached it: ``unit_id``, ``at`` (when), ``start`` (step
+    1's time), ``previous_at`` (the previous step's time)."""
+    if mode not in MODES:
+        raise ConfigError(f"funnel mode {mode!r}: choose from {', '.join(MODES)}")
+    if len(steps) < 2:
+        raise ConfigError("a funnel needs at least two steps")
+    events = [step_events(con, s, unit=unit, stage_model=stage_model) for s in steps]
+    if mode == "any":
+        firsts = [_first(e).select("unit_id", **{f"_t{k}": "at"})
+                  for k, e in enumerate(events)]
+        out, joined = [], firsts[0]
+        for k in range(len(steps)):
+            if k:
+                joined = joined.inner_join(firsts[k], "unit_id")
+            times = [joined[f"_t{i}"] for i in range(k + 1)]
+            start = ibis.least(*times) if k else times[0]
+            end = ibis.greatest(*times) if k else times[0]
+            ok = joined.mutate(_start=start, _end=end)
+            if window is not None:
+                ok = ok.filter(ok._end <= ok._start + ibis.interval(
+                    seconds=int(window.total_seconds())))
+            out.append(ok.select("unit_id", at=ok._end, start=ok._start,
+                                 previous_at=ibis.null("timestamp")))
+        return out
+    first = _first(events[0])
+    current = first.select("unit_id", "at", "ref", "idx", start=first.at,
+                           previous_at=ibis.null("timestamp"))
+    out = [current.select("unit_id", "at", "start", "previous_at")]
+    for k in range(1, len(steps)):
+        e = events[k].select(_u="unit_id", _at="at", _ref="ref", _idx="idx")
+        j = current.inner_join(e, current.unit_id == e._u)
+        later = (j._at > j.at) | ((j._at == j.at) & (j._ref != j.ref))
+        if window is not None:
+            later &= j._at <= j.start + ibis.interval(seconds=int(window.total_seconds()))
+        if mode == "strict":
+            later &= j.idx.isnull() | j._idx.isnull() | (j._idx == j.idx + 1)
+        j = j.filter(later)
+        j = j.mutate(_r=ibis.row_number().over(group_by="unit_id",
+                                               order_by=["_at", "_idx", "_ref"]))
+        j = j.filter(j._r == 0)
+        current = j.select("unit_id", "start", at="_at", ref="_ref", idx="_idx",
+                           previous_at=j.at)
+        out.append(current.select("unit_id", "at", "start", "previous_at"))
+    return out
+
+
+def first_touch_values(con: object, by: str, unit: str = "person") -> ir.Table:
+    """``unit_id`` → ``group``: the unit's first session's channel, campaign or device."""
+    if by not in BREAKDOWNS:
+        raise ConfigError(f"funnel breakdown {by!r}: choose from {', '.join(BREAKDOWNS)}")
+    s = con.table("sessions")  # type: ignore[attr-defined]
+    column = s.person_id if unit == "person" else s.account_id
+    s = s.filter(column.notnull()).mutate(_u=column)
+    s = s.mutate(_r=ibis.row_number().over(group_by="_u", order_by=["started_at",
+                                                                   "session_id"]))
+    s = s.filter(s._r == 0)
+    return s.select(unit_id=s._u, group=s[BREAKDOWNS[by]].cast("string").fill_null("(none)"))
+
+
+def funnel(con: object, steps: Sequence[str], *, window: timedelta | None = None,
+           mode: str = "ordered", by: str | None = None, unit: str = "person",
+           stage_model: str = "lifecycle") -> ir.Table:
+    """One row per step (and ``group`` with ``by``): ``step_index``, ``step``, ``entered``,
+    ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time from the
+    previous step in seconds (``p25``, ``median``, ``p75``, ``p90``)."""
+    parts = reached(con, steps, window=window, mode=mode, unit=unit, stage_model=stage_model)
+    groups = first_touch_values(con, by, unit) if by else None
+    rows = []
+    for k, r in enumerate(parts):
+        if groups is not None:
+            r = r.left_join(groups, "unit_id").mutate(
+                group=lambda t: t.group.fill_null("(none)"))
+        else:
+            r = r.mutate(group=ibis.literal("all"))
+        seconds = (r.at.epoch_seconds() - r.previous_at.epoch_seconds()).cast("float64")
+        stats = {name: seconds.quantile(q) if k and mode != "any"
+                 else ibis.null("float64") for name, q in QUANTILES.items()}
+        rows.append(r.group_by("group").aggregate(
+            entered=r.unit_id.nunique().cast("int64"), **stats).mutate(
+            step_index=ibis.literal(k + 1)))
+    counted = ibis.union(*rows, distinct=False)
+    # every step of every group, also those nobody reached (0, not a missing row)
+    scaffold = counted.filter(counted.step_index == 1).select("group").cross_join(
+        ibis.memtable({"step_index": list(range(1, len(steps) + 1)), "step": list(steps)}))
+    table = scaffold.left_join(counted, ["group", "step_index"]).select(
+        "group", "step_index", "step", *QUANTILES,
+        entered=counted.entered.fill_null(0))
+    w = ibis.window(group_by="group", order_by="step_index")
+    nxt = table.entered.lead().over(w)
+    first = table.entered.first().over(w)
+    previous = table.entered.lag().over(w)
+    converted = nxt.fill_null(0)
+    table = table.mutate(
+        converted=ibis.ifelse(table.step_index == len(steps), ibis.null("int64"), converted),
+        dropped=ibis.ifelse(table.step_index == len(steps), ibis.null("int64"),
+                            table.entered - converted),
+        from_previous=ibis.ifelse(previous > 0, table.entered / previous.cast("float64"),
+                                  ibis.null("float64")),
+        from_first=ibis.ifelse(first > 0, table.entered / first.cast("float64"),
+                               ibis.null("float64")))
+    return table.select("group", "step_index", "step", "entered", "converted", "dropped",
+                        "from_previous", "from_first", *QUANTILES).order_by(
+        ["group", "step_index"])
