@@ -75,3 +75,16 @@ def test_cli_attributes_the_users_own_prepared_files(tmp_path: Path) -> None:
     result = runner.invoke(app, ["person", "nobody@example.com", "--database", db])
     assert result.exit_code == 2
     assert "no person or account is named 'nobody@example.com'" in result.output
+    # the same warehouse from Python: every method an Ibis table
+    import touchline
+
+    wh = touchline.open(db)
+    by_keyword = wh.credits(model="linear", by="keyword").to_pandas().set_index("keyword")
+    assert by_keyword.conversions.to_dict() == {"(not set)": 0.5, "emergency plumber": 0.5}
+    assert by_keyword.value.sum() == 120.0
+    paths = wh.paths(to="all").to_pandas().set_index("path").journeys.to_dict()
+    assert paths == {"Organic Search > Paid Search": 1, "Email": 1}
+    assert "Order Completed" in set(wh.timeline("a1").to_pandas().detail)
+    steps = wh.funnel(["page:^/$", "Order Completed"]).to_pandas()
+    assert steps.entered.tolist() == [2, 1]  # ann and bob landed on /, ann bought
+    assert wh.journeys("purchase").count().execute() == 2
