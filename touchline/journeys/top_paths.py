@@ -27,8 +27,10 @@ def path_counts(journey_touches: ir.Table, *, level: str = "channel",
     ``Email``)."""
     t = journey_touches.mutate(_label=journey_touches[level].cast("string").fill_null("(none)"))
     if collapse:
-        previous = t._label.lag().over(ibis.window(group_by="journey_id", order_by="position"))
-        t = t.filter(previous.isnull() | (previous != t._label))
+        # a column first: a window inside a filter does not resolve on Spark
+        t = t.mutate(_previous=t._label.lag().over(ibis.window(group_by="journey_id",
+                                                               order_by="position")))
+        t = t.filter(t._previous.isnull() | (t._previous != t._label))
     pairs = ibis.struct({"pos": t.position, "v": t._label}).collect().sort()
     per_journey = t.group_by("journey_id").aggregate(
         path=pairs.map(lambda pair: pair.v).join(SEP), _converted=t.converted.max(),
