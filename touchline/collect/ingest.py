@@ -40,7 +40,7 @@ from ibis import _
 from touchline import engine, store
 from touchline.collect import readers
 from touchline.collect.mapping import Mapping
-from touchline.collect.segment import PERSON_PATHS
+from touchline.collect.segment import PERSON_PATHS, url_decoded_sql
 from touchline.config import Settings
 from touchline.errors import InputError
 
@@ -293,7 +293,7 @@ class _ChunkParser:
         The query string is split once per row into (key, value) pairs (``_qp``), and each
         parameter picked from that list: one regular expression a row instead of one a
         parameter. Keys compare lower-cased; the first of repeated keys wins; values are
-        URL-decoded where they hold ``%`` or ``+`` (undecodable ones are kept as they are).
+        URL-decoded by :func:`~touchline.collect.segment.url_decoded_sql`, as the loader does.
         Returns the opening of the two sub-selects that compute the pairs, to wrap the source.
         """
         if "url" not in exprs:
@@ -308,10 +308,7 @@ class _ChunkParser:
         for name in (*UTM_FIELDS, *CLICK_IDS):
             picks.append(f"nullif(list_filter(_qp, x -> x.k = '{name}')[1].v, '') AS _p_{name}")
             value = f"_p_{name}"
-            param = (
-                f"CASE WHEN regexp_matches({value}, '[%+]') THEN coalesce(try(url_decode("
-                f"replace({value}, '+', ' '))), {value}) ELSE {value} END"
-            )
+            param = url_decoded_sql(value)
             exprs[name] = f"coalesce({exprs[name]}, {param})" if name in exprs else param
         return f"(SELECT *, {', '.join(picks)} FROM (SELECT *, {pairs} AS _qp FROM "
 

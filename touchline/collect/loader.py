@@ -20,11 +20,11 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import orjson
@@ -37,6 +37,7 @@ from touchline.collect.keys import export_keys
 from touchline.collect.segment import (
     MAX_EVENT_BYTES,
     Problem,
+    SegmentSplit,
     explode_batches,
     map_segment,
     reject_rows,
@@ -146,6 +147,7 @@ def _load_chunk(
     event_lines: list[int] = []
     problems: list[tuple[Problem, str, int]] = []
     problem_sources: list[str | None] = []
+    unmapped: list[tuple[Problem, str, int]] = []  # records the mapping itself fails on
     batch_lines: list[int] = []
     batch_headers: list[str] = []
     batch_bodies: list[str] = []
@@ -171,7 +173,9 @@ def _load_chunk(
             problem = Problem(
                 str(record.get("code")), record.get("field"), str(record.get("message"))
             )
-            problems.append((problem, str(record.get("raw")), int(record.get("line") or number)))
+            given_line = record.get("line")
+            line_number = given_line if isinstance(given_line, int) else number
+            problems.append((problem, str(record.get("raw")), line_number))
             problem_sources.append(record.get("source"))
         elif kind == DEAL and isinstance(record, dict):
             deals.append(record)
@@ -190,31 +194,53 @@ def _load_chunk(
         {"line": pa.array(event_lines, pa.int64()), "raw": pa.array(events_raw, pa.string())}
     )
     if batch_lines:
-        exploded, too_large = explode_batches(
-            pa.table(
-                {
-                    "line": pa.array(batch_lines, pa.int64()),
-                    "header": pa.array(batch_headers, pa.string()),
-                    "body": pa.array(batch_bodies, pa.string()),
-                }
-            )
+        batches = pa.table(
+            {
+                "line": pa.array(batch_lines, pa.int64()),
+                "header": pa.array(batch_headers, pa.string()),
+                "body": pa.array(batch_bodies, pa.string()),
+            }
         )
-        lines = pa.concat_tables([lines, exploded.cast(lines.schema)])
+        exploded_parts, failed = _isolating(batches, explode_batches)
+        unmapped += [
+            (_unmappable(exc), bad["body"][0].as_py(), bad["line"][0].as_py())
+            for bad, exc in failed
+        ]
+        lines = pa.concat_tables(
+            [lines, *(exploded.cast(lines.schema) for exploded, _ in exploded_parts)]
+        )
+        too_large = pa.concat_tables(
+            [lines.slice(0, 0), *(big.cast(lines.schema) for _, big in exploded_parts)]
+        )
         big = Problem("event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes")
         for line, raw in zip(
             too_large["line"].to_pylist(), too_large["raw"].to_pylist(), strict=True
         ):
             problems.append((big, raw, line))
             problem_sources.append("/v1/batch")
-    split = map_segment(
+    splits, failed = _isolating(
         lines,
+        lambda part: map_segment(
+            part,
+            source=source,
+            ingest_id=ingest_id,
+            default_source="web",
+            ip_truncate=settings.ip_truncate,
+            step="collect:spool",
+            now=now,
+        ),
+    )
+    unmapped += [
+        (_unmappable(exc), bad["raw"][0].as_py(), bad["line"][0].as_py()) for bad, exc in failed
+    ]
+    unmappable = reject_rows(
+        unmapped,
         source=source,
         ingest_id=ingest_id,
-        default_source="web",
-        ip_truncate=settings.ip_truncate,
         step="collect:spool",
         now=now,
     )
+    split, repeated = _merged(splits)
     early = reject_rows(
         problems,
         source=source,
@@ -234,8 +260,10 @@ def _load_chunk(
             "SELECT * FROM batch_events b ANTI JOIN events e USING (message_id)"
         )
         db.unregister("batch_events")
-        dup_rejects = _duplicate_rejects(duplicates, source, ingest_id, now)
-        for table in (split.rejects, early, dup_rejects):
+        dup_rejects = _duplicate_rejects(
+            pa.concat_tables([duplicates.cast(repeated.schema), repeated]), source, ingest_id, now
+        )
+        for table in (split.rejects, unmappable, early, dup_rejects):
             if table.num_rows:
                 db.register("batch_rejects", table)
                 db.execute("INSERT INTO rejects BY NAME SELECT * FROM batch_rejects")
@@ -251,15 +279,75 @@ def _load_chunk(
         db.rollback()
         raise
     report.events = split.events.num_rows - duplicates.num_rows
-    repeated = pc.sum(pc.equal(split.rejects.column("reason_code"), "duplicate")).as_py()
-    report.duplicates = duplicates.num_rows + (repeated or 0)
-    all_rejects = [split.rejects, early, dup_rejects]
+    repeated_in_split = pc.sum(
+        pc.equal(split.rejects.column("reason_code"), "duplicate")
+    ).as_py()
+    report.duplicates = dup_rejects.num_rows + (repeated_in_split or 0)
+    all_rejects = [split.rejects, unmappable, early, dup_rejects]
     report.rejects = sum(t.num_rows for t in all_rejects)
     for table in all_rejects:  # counted in Arrow: a bad batch may hold many rejects
         for item in pc.value_counts(table.column("reason_code")).to_pylist():
             code = item["values"]
             report.by_reason[code] = report.by_reason.get(code, 0) + item["counts"]
     return report
+
+
+#: what the in-process mapping raises on data it cannot take; anything else (the disk, the
+#: warehouse) propagates, and the loader retries the chunk in its next cycle
+_DATA_ERRORS = (duckdb.Error, pa.ArrowException)
+_ERROR_SHOWN = 200  # characters of a mapping error quoted in a reject reason
+
+T = TypeVar("T")
+
+
+def _isolating(
+    rows: pa.Table, attempt: Callable[[pa.Table], T]
+) -> tuple[list[T], list[tuple[pa.Table, Exception]]]:
+    """``attempt(rows)``, or, when the data makes it fail, ``attempt`` on halves, recursively.
+
+    Why: one message the mapping cannot take must not keep the rest of its chunk (and so
+    every chunk after it) out of the warehouse. The common case costs one call; a bad row
+    costs about twice the chunk's mapping and ends up alone in the failures, with its error.
+    """
+    try:
+        return [attempt(rows)], []
+    except _DATA_ERRORS as exc:
+        if rows.num_rows <= 1:
+            log.warning("a spool record cannot be mapped and goes to rejects: %s", exc)
+            return [], [(rows, exc)] if rows.num_rows else []
+        half = rows.num_rows // 2
+        done_a, failed_a = _isolating(rows.slice(0, half), attempt)
+        done_b, failed_b = _isolating(rows.slice(half), attempt)
+        return done_a + done_b, failed_a + failed_b
+
+
+def _unmappable(exc: Exception) -> Problem:
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return Problem(
+        "unmappable", None, f"the loader cannot map this record: {first_line[:_ERROR_SHOWN]}"
+    )
+
+
+def _merged(splits: list[SegmentSplit]) -> tuple[SegmentSplit, pa.Table]:
+    """One split from the parts :func:`_isolating` mapped, and the ``message_id``s repeated
+    across parts (each part deduplicated only itself): only the first copy is kept."""
+    empty_ids = pa.table({"message_id": pa.array([], pa.string())})
+    if len(splits) == 1:
+        return splits[0], empty_ids
+    if not splits:
+        nothing = SegmentSplit(
+            store.EVENTS.schema.to_pyarrow().empty_table(),
+            store.REJECTS.schema.to_pyarrow().empty_table(),
+        )
+        return nothing, empty_ids
+    events = pa.concat_tables([s.events for s in splits])
+    rejects = pa.concat_tables([s.rejects for s in splits])
+    position = pa.array(range(events.num_rows), pa.int64())
+    indexed = pa.table({"message_id": events.column("message_id"), "_i": position})
+    firsts = indexed.group_by("message_id", use_threads=False).aggregate([("_i", "min")])
+    first = pc.is_in(position, value_set=firsts.column("_i_min"))
+    repeated = events.filter(pc.invert(first)).select(["message_id"])
+    return SegmentSplit(events.filter(first), rejects), repeated
 
 
 def _duplicate_rejects(

@@ -271,13 +271,27 @@ def truncate_ip(value: str) -> str | None:
 # --- vectorised mapping ------------------------------------------------------------------
 
 
+def url_decoded_sql(value: str) -> str:
+    """DuckDB SQL that percent-decodes the query parameter value ``value``, leniently.
+
+    Why lenient: any visitor can put any bytes in a URL, and DuckDB's ``url_decode`` raises on
+    a sequence that does not decode to UTF-8 (``caf%E9``, ``%C3%28``, ``%80``); one such page
+    view would stop every load after it. A value that does not decode is kept as received,
+    as text. The loader and file ingest both use this, so the two paths agree.
+    """
+    return (
+        f"CASE WHEN regexp_matches({value}, '[%+]') THEN coalesce(try(url_decode("
+        f"replace({value}, '+', ' '))), {value}) ELSE {value} END"
+    )
+
+
 def _query_param(name: str) -> str:
     pattern = f"[?&#]{name}=([^&#]*)"
     value = f"regexp_extract(query_text, '{pattern}', 1)"
     # the cheap contains() spares the regex on the many rows without that parameter
     return (
         f"CASE WHEN contains(query_text, '{name}=') "
-        f"THEN nullif(trim(url_decode(replace({value}, '+', ' '))), '') END"
+        f"THEN nullif(trim({url_decoded_sql(value)}), '') END"
     )
 
 
