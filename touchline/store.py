@@ -268,8 +268,8 @@ WRITE_KEYS = TableSpec(
     columns=_cols(
         ("key_id", S, "public id of the key (its first characters)"),
         ("name", S, "what the key is for, e.g. web; stored as `events.write_key`"),
-        ("kind", S, "write (collect), import (back-fills: keeps receivedAt), read (read API) "
-         "or admin"),
+        ("kind", S, "write (public: tracking only), server (server-side tracking and "
+         "webhooks), import (back-fills: keeps receivedAt), read (read API) or admin"),
         ("key_hash", S, "SHA-256 of the key, hex"),
         ("created_at", TS, "when created"),
         ("revoked_at", TS, "when revoked, else null"),

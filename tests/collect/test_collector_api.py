@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
 
+from touchline.collect.app import AUTH_FAILURE_BURST, FailureLimiter
 from touchline.collect.segment import MAX_BATCH_BYTES, MAX_EVENT_BYTES
 
 
@@ -211,7 +213,7 @@ def test_cors_preflight_allows_the_page_origin(collector: LiveCollector) -> None
             headers={"origin": origin, "access-control-request-method": "POST"},
         )
     assert response.status_code == 204
-    assert response.headers["access-control-allow-origin"] == origin
+    assert response.headers["access-control-allow-origin"] == "*"  # the default: any page
     assert "Content-Type" in response.headers["access-control-allow-headers"]
 
 
@@ -318,3 +320,63 @@ def test_valid_batch_without_message_ids_is_stored_once_when_retried(
     assert collector.warehouse.query("SELECT reason_code, count(*) FROM rejects GROUP BY 1") == [
         ("duplicate", 2)
     ]
+
+
+def test_cors_never_reflects_an_origin_with_credentials(
+    tmp_path: Path, start_collector: Callable[[Warehouse], LiveCollector],
+    collector: LiveCollector,
+) -> None:
+    (tmp_path / "listed").mkdir()
+    listed = start_collector(make_warehouse(make_settings(
+        tmp_path / "listed", cors_origins=["https://shop.example"])))
+    answers = {}
+    for name, live, origin in (
+        ("any", collector, "https://evil.example"),
+        ("listed", listed, "https://shop.example"),
+        ("unlisted", listed, "https://evil.example"),
+    ):
+        with live.client() as http:
+            response = http.options("/v1/batch", headers={"origin": origin})
+        answers[name] = (
+            response.headers.get("access-control-allow-origin"),
+            response.headers.get("access-control-allow-credentials"),
+        )
+    assert answers == {
+        "any": ("*", None),
+        "listed": ("https://shop.example", None),
+        "unlisted": (None, None),
+    }
+
+
+def test_stats_need_an_admin_key(collector: LiveCollector) -> None:
+    wh = collector.warehouse
+    statuses = {}
+    for name, auth in (("none", None), ("write", (wh.write_key, "")),
+                       ("server", (wh.server_key, "")), ("admin", (wh.admin_key, ""))):
+        with collector.client(auth=auth) as http:
+            statuses[name] = http.get("/v1/stats").status_code
+    assert statuses == {"none": 401, "write": 403, "server": 403, "admin": 200}
+
+
+def test_repeated_failed_authentication_from_one_address_is_throttled(
+    collector: LiveCollector,
+) -> None:
+    """Wrong keys spend the address's tokens; then even a good key waits (429 with
+    Retry-After), so keys cannot be guessed at full speed."""
+    with collector.client(auth=("tlw_guess", "")) as http:
+        codes = [http.post("/v1/track", json=_track(f"g{i}")).status_code for i in range(12)]
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        after = http.post("/v1/track", json=_track("good"))
+    assert codes == [401] * AUTH_FAILURE_BURST + [429] * (12 - AUTH_FAILURE_BURST)
+    assert after.status_code == 429
+    assert int(after.headers["retry-after"]) >= 1
+
+
+def test_the_failure_limiter_refills_and_forgets_the_oldest_address() -> None:
+    limiter = FailureLimiter(burst=2, refill_per_second=1.0, max_addresses=2)
+    limiter.failed("a", 0.0)
+    limiter.failed("a", 0.0)
+    assert (limiter.blocked("a", 0.0), limiter.blocked("a", 1.0)) == (True, False)
+    limiter.failed("b", 0.0)
+    limiter.failed("c", 0.0)
+    assert limiter.blocked("a", 0.0) is False  # forgotten: memory stays bounded

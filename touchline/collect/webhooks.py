@@ -25,11 +25,19 @@ not code::
 For ``event`` the keys are Segment fields (dotted for nested ones), so the result goes through
 the same checks and mapping as ``/v1/track``. For ``deal`` and ``call`` they are columns of
 ``deals`` and ``calls``. A payload that is a JSON list is a batch of items.
+
+Who may post: a webhook writes deals, calls and offline events, so the public write key that
+t.js puts in every page must never open it. A source either names a signing secret
+(``signing_secret_env = "HUBSPOT_WEBHOOK_SECRET"``, the environment variable that holds it), and
+then every request must carry a valid signature (:func:`verify_signature`), or it takes a
+``server`` (or ``admin``) key, which lives only on servers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +49,11 @@ from touchline.errors import ConfigError
 from touchline.store import CALLS, DEALS
 
 KINDS = ("event", "deal", "call")
+SIGNATURE_HEADER = b"x-touchline-signature"
+#: how far a signature's timestamp may lie from the collector's clock: an old request replayed
+#: later is refused, a sender whose clock is a little off is not
+SIGNATURE_TOLERANCE_SECONDS = 300
+_SETTINGS_KEYS = ("kind", "fields", "signing_secret_env", "signature_tolerance_seconds")
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,9 @@ class SourceMapping:
     kind: str
     fields: dict[str, str]
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: the source's shared secret: requests must then be signed (see :func:`verify_signature`)
+    signing_secret: bytes | None = field(default=None, repr=False)
+    signature_tolerance_seconds: int = SIGNATURE_TOLERANCE_SECONDS
 
 
 def load_mappings(path: Path | None) -> dict[str, SourceMapping]:
@@ -78,9 +94,62 @@ def load_mappings(path: Path | None) -> dict[str, SourceMapping]:
                     f"{path}: sources.{name}.fields has {sorted(unknown)}, not columns of "
                     f"{allowed.name}"
                 )
-        defaults = {k: v for k, v in spec.items() if k not in ("kind", "fields")}
-        mappings[name] = SourceMapping(name, kind, dict(fields), defaults)
+        defaults = {k: v for k, v in spec.items() if k not in _SETTINGS_KEYS}
+        secret: bytes | None = None
+        if "signing_secret_env" in spec:
+            variable = spec["signing_secret_env"]
+            value = os.environ.get(variable) if isinstance(variable, str) else None
+            if not value:
+                raise ConfigError(
+                    f"{path}: sources.{name}.signing_secret_env names {variable!r}, but that "
+                    "environment variable is not set (it holds the source's signing secret)"
+                )
+            secret = value.encode()
+        tolerance = spec.get("signature_tolerance_seconds", SIGNATURE_TOLERANCE_SECONDS)
+        if not isinstance(tolerance, int) or tolerance <= 0:
+            raise ConfigError(
+                f"{path}: sources.{name}.signature_tolerance_seconds must be a positive integer"
+            )
+        mappings[name] = SourceMapping(name, kind, dict(fields), defaults, secret, tolerance)
     return mappings
+
+
+def sign(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The ``X-Touchline-Signature`` value for ``body`` sent at ``timestamp`` (Unix seconds):
+    ``t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>." + body>``.
+
+    The timestamp is inside the signed bytes, so it cannot be moved to replay an old body.
+    """
+    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify_signature(
+    mapping: SourceMapping, header: bytes | None, body: bytes, now: float
+) -> str | None:
+    """Why the request's signature is not acceptable, or ``None`` when it is.
+
+    The comparison is constant-time (``hmac.compare_digest``), so response times reveal nothing
+    of the expected digest.
+    """
+    assert mapping.signing_secret is not None
+    if header is None:
+        return f"source {mapping.name!r} requires a signed request (X-Touchline-Signature)"
+    parts = dict(
+        item.partition("=")[::2] for item in header.decode(errors="replace").split(",")
+    )
+    timestamp, given = parts.get("t", "").strip(), parts.get("v1", "").strip()
+    if not timestamp.isdigit() or not given:
+        return "X-Touchline-Signature must be t=<unix seconds>,v1=<hex HMAC-SHA256>"
+    if abs(now - int(timestamp)) > mapping.signature_tolerance_seconds:
+        return (
+            f"the signature's timestamp is more than {mapping.signature_tolerance_seconds} s "
+            "from the collector's clock (a replay, or the sender's clock is wrong)"
+        )
+    expected = sign(mapping.signing_secret, body, int(timestamp)).partition("v1=")[2]
+    if not hmac.compare_digest(expected.encode(), given.encode()):
+        return "the signature does not match the body and the source's secret"
+    return None
 
 
 def _get(payload: Any, path: str) -> Any:
