@@ -11,7 +11,12 @@ import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
 
 from touchline.collect.app import AUTH_FAILURE_BURST, FailureLimiter
-from touchline.collect.segment import MAX_BATCH_BYTES, MAX_EVENT_BYTES
+from touchline.collect.segment import (
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    MAX_JSON_DEPTH,
+    json_depth,
+)
 
 
 def _track(message_id: str, **extra: object) -> dict[str, object]:
@@ -380,3 +385,54 @@ def test_the_failure_limiter_refills_and_forgets_the_oldest_address() -> None:
     limiter.failed("b", 0.0)
     limiter.failed("c", 0.0)
     assert limiter.blocked("a", 0.0) is False  # forgotten: memory stays bounded
+
+
+def nested_track(depth: int) -> bytes:
+    """A track whose properties make the whole message ``depth`` levels deep, as bytes (JSON
+    writers refuse to write what the test needs to send)."""
+    inner = b'{"a":' * (depth - 2) + b"{}" + b"}" * (depth - 2)
+    return b'{"event":"Deep","anonymousId":"a","properties":' + inner + b"}"
+
+
+@pytest.mark.parametrize(
+    ("path", "depth", "auth"),
+    [
+        ("/v1/batch", 1000, False),  # decoded before the key check, it used to be a 500
+        ("/v1/track", 254, True),
+        ("/v1/batch", 254, True),
+        ("/v1/track", MAX_JSON_DEPTH + 1, True),
+    ],
+)
+def test_deep_nesting_is_a_400_with_the_reason_never_a_500(
+    collector: LiveCollector, path: str, depth: int, auth: bool
+) -> None:
+    body = nested_track(depth) if path == "/v1/track" else (
+        b'{"batch":[' + nested_track(depth - 2) + b"]}"
+    )
+    with collector.client(auth=(collector.warehouse.write_key, "") if auth else None) as http:
+        response = http.post(path, content=body)
+    assert (response.status_code, response.json()["code"]) == (400, "too_deep")
+    assert str(MAX_JSON_DEPTH) in response.json()["message"]
+
+
+def test_nesting_up_to_the_limit_is_accepted(collector: LiveCollector) -> None:
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/track", content=nested_track(MAX_JSON_DEPTH))
+    assert response.status_code == 200
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT event FROM events") == [("Deep",)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"a": '[[{"x'}, ["}", "]]", '\\"[['], {"k\\\\\"": [[{"v": "\\\\"}]]}, 1, "x", [[], [[[]]]]],
+)
+def test_json_depth_counts_brackets_outside_strings_as_the_parser_does(value: object) -> None:
+    def depth(v: object) -> int:
+        if isinstance(v, dict):
+            return 1 + max((depth(x) for x in v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max((depth(x) for x in v), default=0)
+        return 0
+
+    assert json_depth(orjson.dumps(value)) == depth(value)

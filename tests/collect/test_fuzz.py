@@ -67,6 +67,8 @@ bodies = st.one_of(
     st.lists(messages, max_size=5).map(lambda b: orjson.dumps({"batch": b})),
     json_values.map(orjson.dumps),
     st.binary(max_size=200),
+    # nesting past every JSON reader's and writer's recursion limit
+    st.integers(1, 2000).map(lambda n: b'{"batch":' + b"[" * n + b"]" * n + b"}"),
 )
 
 

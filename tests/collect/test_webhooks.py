@@ -233,3 +233,10 @@ def test_a_signing_secret_from_an_unset_variable_is_a_config_error(tmp_path: Pat
     path.write_text('[sources.crm]\nkind = "deal"\nsigning_secret_env = "TL_TEST_UNSET_SECRET"\n')
     with pytest.raises(ConfigError, match="TL_TEST_UNSET_SECRET"):
         load_mappings(path)
+
+
+def test_a_deeply_nested_webhook_is_a_400_not_a_500(hooked: LiveCollector) -> None:
+    body = b'{"chat":' * 254 + b"{}" + b"}" * 254
+    with hooked.client(auth=(hooked.warehouse.server_key, "")) as http:
+        response = http.post("/v1/webhooks/livechat", content=body)
+    assert (response.status_code, response.json()["code"]) == (400, "too_deep")

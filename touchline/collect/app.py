@@ -48,7 +48,13 @@ import orjson
 from touchline.collect import segment
 from touchline.collect.dni import LEASES_FILE, LeaseBook
 from touchline.collect.keys import KEYS_FILE, ApiKey, KeyRing
-from touchline.collect.segment import MAX_BATCH_BYTES, MAX_EVENT_BYTES, Problem, truncate_ip
+from touchline.collect.segment import (
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    MAX_JSON_DEPTH,
+    Problem,
+    truncate_ip,
+)
 from touchline.collect.spool import (
     BATCH,
     CALL,
@@ -352,7 +358,8 @@ class Collector:
         return body, len(raw), key
 
     async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
-        """The request body, gunzipped, refused (400) over ``limit`` bytes or when empty."""
+        """The request body, gunzipped, refused (400) over ``limit`` bytes, when empty or when
+        nested over :data:`MAX_JSON_DEPTH` levels."""
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -381,6 +388,10 @@ class Collector:
             )
         if not body:
             raise ClientError(400, "empty_body", "the body is empty; send JSON")
+        if segment.json_depth(body) > MAX_JSON_DEPTH:  # before any parser recurses into it
+            raise ClientError(
+                400, "too_deep", f"the JSON nests objects and lists over {MAX_JSON_DEPTH} levels"
+            )
         return body
 
     def _refuse_if_throttled(self, address: str, now: float) -> None:
