@@ -37,6 +37,24 @@ amount = "properties.amount"
 currency = "properties.currency"
 created_at = "properties.createdate"
 updated_at = "occurredAt"
+
+[sources.forms]
+kind = "event"
+type = "track"
+event = "Form Submitted"
+[sources.forms.fields]
+anonymousId = "visitor"
+properties = "answers"
+"properties.email" = "email"
+
+[sources.phones]
+kind = "call"
+[sources.phones.fields]
+call_id = "id"
+tracking_number = "to"
+started_at = "start"
+duration_seconds = "seconds"
+answered = "answered"
 """
 
 CHAT = {
@@ -240,3 +258,75 @@ def test_a_deeply_nested_webhook_is_a_400_not_a_500(hooked: LiveCollector) -> No
     with hooked.client(auth=(hooked.warehouse.server_key, "")) as http:
         response = http.post("/v1/webhooks/livechat", content=body)
     assert (response.status_code, response.json()["code"]) == (400, "too_deep")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"visitor": "v1", "answers": "plain text", "email": "ann@acme.com"},
+        {"visitor": "v1", "answers": ["a", "list"], "email": "ann@acme.com"},
+    ],
+)
+def test_a_payload_shape_the_mapping_cannot_hold_is_a_400_naming_the_field(
+    hooked: LiveCollector, payload: dict[str, object]
+) -> None:
+    good = {"visitor": "v2", "answers": {"plan": "pro"}, "email": "bo@acme.com"}
+    with hooked.client(auth=(hooked.warehouse.server_key, "")) as http:
+        single = http.post("/v1/webhooks/forms", json=payload)
+        batch = http.post("/v1/webhooks/forms", json=[good, payload])
+    assert (single.status_code, single.json()["code"]) == (400, "bad_shape")
+    assert "properties" in single.json()["message"]
+    assert batch.json() == {"success": True, "accepted": 1, "rejected": 1}
+    hooked.warehouse.load()
+    assert hooked.warehouse.query("SELECT anonymous_id, email FROM events") == [
+        ("v2", "bo@acme.com")
+    ]
+    assert hooked.warehouse.query("SELECT reason_code, field, line FROM rejects") == [
+        ("bad_shape", "properties", 2)
+    ]
+
+
+GOOD_CALL = {"id": "c1", "to": "+15550100001", "start": "2025-03-01T10:00:00+01:00",
+             "seconds": "75", "answered": "yes"}
+
+
+@pytest.mark.parametrize(
+    ("source", "payload", "code", "field"),
+    [
+        ("hubspot", {}, "missing_deal_id", "deal_id"),
+        ("hubspot", {"objectId": {"a": 1}, "properties": {"createdate": "2025-02-01"}},
+         "bad_shape", "deal_id"),
+        ("hubspot", {**_deal("open", "2025-03-10T09:00:00Z"),
+                     "properties": {"amount": "lots", "createdate": "2025-02-01"}},
+         "bad_number", "amount"),
+        ("hubspot", {"objectId": 1, "properties": {"createdate": "someday"}},
+         "bad_timestamp", "created_at"),
+        ("phones", {**GOOD_CALL, "id": None}, "missing_call_id", "call_id"),
+        ("phones", {**GOOD_CALL, "seconds": "long"}, "bad_integer", "duration_seconds"),
+        ("phones", {**GOOD_CALL, "answered": "maybe"}, "bad_boolean", "answered"),
+    ],
+)
+def test_webhook_deals_and_calls_are_checked_like_files_and_rejected_with_the_field(
+    hooked: LiveCollector, source: str, payload: dict[str, object], code: str, field: str
+) -> None:
+    good = _deal("open", "2025-03-10T09:00:00Z") if source == "hubspot" else GOOD_CALL
+    with hooked.client(auth=(hooked.warehouse.server_key, "")) as http:
+        single = http.post(f"/v1/webhooks/{source}", json=payload)
+        batch = http.post(f"/v1/webhooks/{source}", json=[payload, good])
+    assert (single.status_code, single.json()["code"]) == (400, code)
+    assert batch.json() == {"success": True, "accepted": 1, "rejected": 1}
+    hooked.warehouse.load()
+    assert hooked.warehouse.query("SELECT reason_code, field, line FROM rejects") == [
+        (code, field, 1)
+    ]
+    table = "deals" if source == "hubspot" else "calls"
+    assert hooked.warehouse.query(f"SELECT count(*) FROM {table}") == [(1,)]
+
+
+def test_a_webhook_call_is_typed_as_a_file_row_is(hooked: LiveCollector) -> None:
+    with hooked.client(auth=(hooked.warehouse.server_key, "")) as http:
+        assert http.post("/v1/webhooks/phones", json=GOOD_CALL).status_code == 200
+    hooked.warehouse.load()
+    assert hooked.warehouse.query(
+        "SELECT call_id, started_at, duration_seconds, answered, source FROM calls"
+    ) == [("c1", datetime(2025, 3, 1, 9, 0), 75, True, "phones")]

@@ -67,12 +67,15 @@ from touchline.collect.spool import (
 )
 from touchline.collect.webhooks import (
     SIGNATURE_HEADER,
+    PayloadShapeError,
     SourceMapping,
+    check_row,
     load_mappings,
     map_payload,
     verify_signature,
 )
 from touchline.config import Settings, load_settings
+from touchline.store import CALLS, DEALS
 
 log = logging.getLogger(__name__)
 
@@ -601,19 +604,26 @@ class Collector:
         body = _parse(raw)
         items = body if isinstance(body, list) else [body]
         received_at, lines, problems = _now_iso(), [], []
+        table = {"deal": DEALS, "call": CALLS}.get(mapping.kind)
         for index, item in enumerate(items, start=1):
-            row = map_payload(mapping, item)
-            if mapping.kind == "event":
-                row["source"] = source
+            try:
+                row = map_payload(mapping, item)
+            except PayloadShapeError as exc:
+                problems.append((index, Problem("bad_shape", exc.field, str(exc)), item))
+                continue
+            row["source"] = source
+            if table is None:
                 problem = segment.check_message(row, offline_ids=True)
                 if problem is None:
                     lines.append(self._stamp(row, key, received_at, None))
                     continue
-                problems.append((index, problem, item))
-            else:
-                row["source"] = source
-                row["received_at"] = received_at
-                lines.append((DEAL if mapping.kind == "deal" else CALL) + orjson.dumps(row) + b"\n")
+            else:  # typed and checked as file ingest checks a deals or calls file
+                row, problem = check_row(table, row)
+                if problem is None:
+                    kind = DEAL if mapping.kind == "deal" else CALL
+                    lines.append(kind + orjson.dumps(row) + b"\n")
+                    continue
+            problems.append((index, problem, item))
         if len(items) == 1 and problems:
             raise ClientError(400, problems[0][1].code, problems[0][1].message)
         for index, problem, item in problems:

@@ -37,16 +37,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from touchline.collect.segment import Problem
 from touchline.errors import ConfigError
-from touchline.store import CALLS, DEALS
+from touchline.store import CALLS, DEALS, TableSpec
 
 KINDS = ("event", "deal", "call")
 SIGNATURE_HEADER = b"x-touchline-signature"
@@ -54,6 +58,19 @@ SIGNATURE_HEADER = b"x-touchline-signature"
 #: later is refused, a sender whose clock is a little off is not
 SIGNATURE_TOLERANCE_SECONDS = 300
 _SETTINGS_KEYS = ("kind", "fields", "signing_secret_env", "signature_tolerance_seconds")
+_VALUE_SHOWN = 80  # characters of a bad value quoted in a reason, as file ingest does
+_EPOCH_SECONDS = re.compile(r"[0-9]{9,10}(\.[0-9]+)?")
+_EPOCH_MILLISECONDS = re.compile(r"[0-9]{12,13}")
+_DECIMAL_COMMA = re.compile(r"-?[0-9]+,[0-9]+")
+_TRUE, _FALSE = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0")
+
+
+class PayloadShapeError(ValueError):
+    """A payload put a string or a list where the mapping needs an object to put a field in."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -166,13 +183,24 @@ def _get(payload: Any, path: str) -> Any:
 
 def _put(target: dict[str, Any], path: str, value: Any) -> None:
     parts = path.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], start=1):
         target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            parent = ".".join(parts[:depth])
+            raise PayloadShapeError(
+                parent,
+                f"{parent} is a {type(target).__name__} in this payload, but the mapping puts "
+                f"{path} inside it, so it must be an object",
+            )
     target[parts[-1]] = value
 
 
 def map_payload(mapping: SourceMapping, item: Any) -> dict[str, Any]:
-    """One payload item → a Segment message (``event``) or a ``deals``/``calls`` row."""
+    """One payload item → a Segment message (``event``) or a ``deals``/``calls`` row.
+
+    Raises :class:`PayloadShapeError` when the payload's shape cannot hold what the mapping
+    puts in it (a field mapped into ``properties`` when ``properties`` came as a string).
+    """
     out: dict[str, Any] = {}
     if mapping.kind == "event":
         for key, value in mapping.defaults.items():
@@ -192,3 +220,94 @@ def map_payload(mapping: SourceMapping, item: Any) -> dict[str, Any]:
         digest = hashlib.sha256(orjson.dumps(out, option=orjson.OPT_SORT_KEYS)).hexdigest()
         out["row_hash"] = digest
     return out
+
+
+def check_row(spec: TableSpec, row: dict[str, Any]) -> tuple[dict[str, Any], Problem | None]:
+    """A mapped ``deals``/``calls`` row typed as file ingest types it, or its first problem.
+
+    Why: a webhook row must meet the rules a file row meets (the same reason codes, the same
+    accepted forms: ISO 8601 or epoch timestamps, numbers with a decimal point or comma, yes/no
+    booleans), else a CRM could store a deal without an id or worth ``"lots"``. Values come
+    back as text the loader casts exactly; timestamps in UTC without a zone.
+    """
+    typed: dict[str, Any] = {}
+    for column in spec.columns:
+        value = row.get(column.name)
+        if isinstance(value, str):
+            value = value.strip() or None
+        if value is None:
+            typed[column.name] = None
+            continue
+        if isinstance(value, dict | list):
+            return row, Problem(
+                "bad_shape", column.name,
+                f"field {column.name}: a JSON {type(value).__name__} where a value is expected",
+            )
+        text, code, expected = _typed_text(column.dtype, value)
+        if text is None:
+            shown = str(value)[:_VALUE_SHOWN]
+            return row, Problem(code, column.name,
+                                f"field {column.name}: {shown!r} is not {expected}")
+        typed[column.name] = text
+    for name in spec.required:
+        if typed.get(name) is None:
+            return row, Problem(
+                f"missing_{name}", name, f"required field {name} is missing or empty"
+            )
+    return typed, None
+
+
+def _typed_text(dtype: Any, value: Any) -> tuple[str | None, str, str]:
+    """``value`` as the loader's text for ``dtype`` (``None`` if it is not one), the reason
+    code and what was expected, in file ingest's words."""
+    if dtype.is_timestamp():
+        return (_timestamp_text(value), "bad_timestamp",
+                "an ISO 8601 timestamp, epoch seconds or epoch milliseconds")
+    if dtype.is_floating():
+        number = _number(value)
+        return (None if number is None else repr(number)), "bad_number", "a number"
+    if dtype.is_integer():
+        number = _number(value)
+        whole = number is not None and number == round(number) and abs(number) < 9e15
+        text = str(int(number)) if whole and number is not None else None
+        return text, "bad_integer", "a whole number"
+    if dtype.is_boolean():
+        word = str(value).lower() if not isinstance(value, float) else ""
+        flag = True if word in _TRUE else False if word in _FALSE else None
+        text = None if flag is None else str(flag).lower()
+        return text, "bad_boolean", "true/false, yes/no or 1/0"
+    return (str(value).lower() if isinstance(value, bool) else str(value)), "", ""
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        text = str(value)
+        if _DECIMAL_COMMA.fullmatch(text):
+            text = text.replace(",", ".")
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+    return number if math.isfinite(number) else None
+
+
+def _timestamp_text(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    text = str(value)
+    try:
+        if _EPOCH_SECONDS.fullmatch(text):
+            moment = datetime.fromtimestamp(float(text), UTC)
+        elif _EPOCH_MILLISECONDS.fullmatch(text):
+            moment = datetime.fromtimestamp(int(text) / 1000, UTC)
+        else:
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return moment.replace(tzinfo=None).isoformat()
