@@ -436,3 +436,28 @@ def test_json_depth_counts_brackets_outside_strings_as_the_parser_does(value: ob
         return 0
 
     assert json_depth(orjson.dumps(value)) == depth(value)
+
+
+def test_rejects_and_the_spool_never_keep_a_write_key_or_a_full_ip(
+    collector: LiveCollector,
+) -> None:
+    wh = collector.warehouse
+    bad = {"event": "x", "anonymousId": 5, "writeKey": wh.write_key,
+           "context": {"ip": "203.0.113.77"}, "properties": {"password": "hunter2"}}
+    good = {"type": "track", "event": "ok", "anonymousId": "a", "messageId": "fine"}
+    with collector.client() as http:
+        fast = http.post("/v1/batch", json={"writeKey": wh.write_key, "batch": [good]})
+        mixed = http.post("/v1/batch", json={"writeKey": wh.write_key,
+                                             "batch": [{**bad, "type": "track"}, bad]})
+    assert (fast.status_code, mixed.json()["rejected"]) == (200, 2)
+    spooled = b"".join(p.read_bytes() for p in Path(wh.settings.spool_dir).glob("*.seg"))
+    assert wh.write_key.encode() not in spooled
+    assert b"hunter2" not in spooled
+    collector.warehouse.load()
+    rows = wh.query("SELECT reject_id, raw FROM rejects ORDER BY line")
+    assert len({reject_id for reject_id, _ in rows}) == 2
+    for _, raw in rows:
+        context = orjson.loads(raw)["context"]
+        assert (orjson.loads(raw)["writeKey"], context["ip"]) == ("[removed]", "203.0.113.0")
+        assert orjson.loads(raw)["properties"] == {"password": "[removed]"}
+    assert wh.query("SELECT message_id FROM events") == [("fine",)]

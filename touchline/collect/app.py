@@ -34,6 +34,7 @@ import binascii
 import hashlib
 import logging
 import os
+import re
 import time
 import zlib
 from collections import Counter
@@ -75,7 +76,7 @@ from touchline.collect.webhooks import (
     verify_signature,
 )
 from touchline.config import Settings, load_settings
-from touchline.store import CALLS, DEALS
+from touchline.store import CALLS, DEALS, safe_raw
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ AUTH_FAILURE_BURST = 10
 AUTH_FAILURE_REFILL_PER_SECOND = 0.2
 AUTH_LIMITER_ADDRESSES = 10_000  # addresses remembered; a flood of new ones evicts the oldest
 QUERY_KEY_NAMES = frozenset({"key", "writekey", "write_key", "api_key", "apikey"})
+_WRITE_KEY_IN_BODY = re.compile(rb'"writeKey"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 class ClientError(Exception):
@@ -543,7 +545,7 @@ class Collector:
                             "code": problem.code,
                             "field": problem.field,
                             "message": problem.message,
-                            "raw": orjson.dumps(message).decode()[: segment.MAX_RAW_REJECT_CHARS],
+                            "raw": safe_raw(orjson.dumps(message).decode()),
                             "receivedAt": received_at,
                             "writeKey": key.name,
                         }
@@ -580,6 +582,8 @@ class Collector:
             if client_ip
             else None,
         }
+        if b'"writeKey"' in raw:  # the spool keeps the key's name (header), never the key
+            raw = _WRITE_KEY_IN_BODY.sub(b'"writeKey":null', raw)
         line = BATCH + orjson.dumps(header) + b"\t" + raw.replace(b"\n", b" ") + b"\n"
         await self._spool().append(line)
         self.stats["accepted"] += fast.count
@@ -636,7 +640,7 @@ class Collector:
                         "code": problem.code,
                         "field": problem.field,
                         "message": problem.message,
-                        "raw": orjson.dumps(item).decode()[: segment.MAX_RAW_REJECT_CHARS],
+                        "raw": safe_raw(orjson.dumps(item).decode()),
                         "receivedAt": received_at,
                         "writeKey": key.name,
                     }

@@ -17,6 +17,7 @@ file has been read: a truncated or unreadable file leaves no half-written table 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -58,6 +59,7 @@ HASH_IF_SET = frozenset({"contact_id", "contact_ids"})
 #: any one of these places an event in a journey (the Segment API demands the first two)
 OFFLINE_IDS = ("anonymous_id", "user_id", "email", "phone", "contact_id")
 _VALUE_SHOWN = 80  # characters of a bad value quoted in a reject reason
+SAFE_RAW_FUNCTION = "touchline_safe_raw"
 _SQL_TYPES = {"Timestamp": "TIMESTAMP", "Date": "DATE", "Float64": "DOUBLE",
               "Int64": "BIGINT", "Boolean": "BOOLEAN"}
 _TYPE_CODES = {"Timestamp": "timestamp", "Date": "date", "Float64": "number",
@@ -420,7 +422,8 @@ class _ChunkParser:
             # raw text is kept for rejected rows only: good rows do not need it
             f"SELECT {outputs}, _line, _problem.field AS _pfield, _problem.code AS _pcode, "
             "_problem.message AS _pmessage, CASE WHEN _problem IS NOT NULL THEN "
-            "left(coalesce(_raw, CAST(to_json(_checked) AS VARCHAR)), 65536) END AS _raw FROM ("
+            f"{SAFE_RAW_FUNCTION}(coalesce(_raw, CAST(to_json(_checked) AS VARCHAR))) END "
+            "AS _raw FROM ("
             f"SELECT _line, _raw, CASE {cases} END AS _problem, {columns} FROM ("
             f"SELECT *, {', '.join(casts)} FROM ({{extracted}}))) AS _checked"
         )
@@ -494,7 +497,7 @@ def _structural_rejects(rejects: list[readers.Reject]) -> pa.Table:
         "field": pa.array([r.field for r in rejects], pa.string()),
         "reason_code": pa.array([r.reason_code for r in rejects], pa.string()),
         "reason": pa.array([r.reason for r in rejects], pa.string()),
-        "raw": pa.array([r.raw for r in rejects], pa.string()),
+        "raw": pa.array([store.safe_raw(r.raw) for r in rejects], pa.string()),
     }).cast(_REJECT_STAGE)
 
 
@@ -526,6 +529,7 @@ class _Stage:
             self.folder = _staging_root(settings) / ingest_id
             for part in ("rows", "rejects"):
                 (self.folder / part).mkdir(parents=True, exist_ok=True)
+        _register_safe_raw(self.db)
         self.rows_name = f"_tl_rows_{ingest_id}"
         self.rejects_name = f"_tl_rejects_{ingest_id}"
         self.parts = 0
@@ -584,6 +588,16 @@ class _Stage:
             self.db.close()
             assert self.folder is not None
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _register_safe_raw(db: duckdb.DuckDBPyConnection) -> None:
+    """Make :func:`touchline.store.safe_raw` callable in the parse SQL, so a rejected row's raw
+    text is cleaned by the one rejects builder's rule (secrets out, IPs truncated, one limit)."""
+    with contextlib.suppress(duckdb.Error):  # registered by an earlier ingest on this connection
+        db.create_function(
+            SAFE_RAW_FUNCTION, store.safe_raw, [duckdb.sqltype("VARCHAR")],
+            duckdb.sqltype("VARCHAR"), null_handling="special", side_effects=False,
+        )
 
 
 def _staging_root(settings: Settings) -> Path:
@@ -706,7 +720,8 @@ def _commit(
             before = int(target.count().to_pyarrow().as_py())
             con.insert(spec.name, keep.anti_join(target, spec.key).cast(spec.schema))
             result.loaded = int(con.table(spec.name).count().to_pyarrow().as_py()) - before
-            result.duplicates = int(totals["rows"]) - result.loaded
+            # a file whose rows are all bad stages none: the sum over no rows is null
+            result.duplicates = int(totals["rows"] or 0) - result.loaded
             repeated = firsts.filter(firsts._n > 1)
             in_file_dupes = staged.join(repeated, spec.key).filter(
                 lambda t: t._line != t._first_line
@@ -727,14 +742,10 @@ def _commit(
             reject_parts.append(structural.mutate(ref=ibis.null("string")))
         if reject_parts:
             all_rejects = ibis.union(*reject_parts) if len(reject_parts) > 1 else reject_parts[0]
-            key = (
-                ibis.literal(f"{step}|{fingerprint}|")
-                + all_rejects.line.cast("string")
-                + ibis.literal("|")
-                + all_rejects.reason_code
-            )
             rows = all_rejects.select(
-                reject_id=key.hexdigest("md5"),
+                reject_id=store.reject_id_expr(
+                    step, fingerprint, all_rejects.line, all_rejects.reason_code
+                ),
                 step=ibis.literal(step),
                 source=ibis.literal(str(path)),
                 line=_.line,

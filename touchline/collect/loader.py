@@ -36,11 +36,9 @@ from touchline.collect.dni import LEASES_FILE, LeaseBook
 from touchline.collect.keys import export_keys
 from touchline.collect.segment import (
     MAX_EVENT_BYTES,
-    Problem,
     SegmentSplit,
     explode_batches,
     map_segment,
-    reject_rows,
 )
 from touchline.collect.spool import (
     BATCH,
@@ -54,6 +52,7 @@ from touchline.collect.spool import (
 )
 from touchline.config import Settings
 from touchline.errors import EngineError
+from touchline.store import RejectRecord, reject_rows
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -145,9 +144,8 @@ def _load_chunk(
     source = f"spool:{segment_name}"
     events_raw: list[str] = []
     event_lines: list[int] = []
-    problems: list[tuple[Problem, str, int]] = []
-    problem_sources: list[str | None] = []
-    unmapped: list[tuple[Problem, str, int]] = []  # records the mapping itself fails on
+    refused: list[RejectRecord] = []  # refused by the collector, or unreadable in the spool
+    unmapped: list[RejectRecord] = []  # records the mapping itself fails on
     batch_lines: list[int] = []
     batch_headers: list[str] = []
     batch_bodies: list[str] = []
@@ -170,26 +168,22 @@ def _load_chunk(
         except orjson.JSONDecodeError:
             record = None
         if kind == REJECT and isinstance(record, dict):
-            problem = Problem(
-                str(record.get("code")), record.get("field"), str(record.get("message"))
-            )
-            given_line = record.get("line")
-            line_number = given_line if isinstance(given_line, int) else number
-            problems.append((problem, str(record.get("raw")), line_number))
-            problem_sources.append(record.get("source"))
+            given_line, field_name = record.get("line"), record.get("field")
+            refused.append(RejectRecord(
+                str(record.get("code")), str(record.get("message")), str(record.get("raw")),
+                line=given_line if isinstance(given_line, int) else number,
+                field=field_name if isinstance(field_name, str) else None,
+                source=str(record.get("source")),
+            ))
         elif kind == DEAL and isinstance(record, dict):
             deals.append(record)
         elif kind == CALL and isinstance(record, dict):
             calls.append(record)
         else:
-            problems.append(
-                (
-                    Problem("bad_spool_line", None, "unreadable spool record"),
-                    line.decode(errors="replace"),
-                    number,
-                )
-            )
-            problem_sources.append(None)
+            refused.append(RejectRecord(
+                "bad_spool_line", "unreadable spool record", line.decode(errors="replace"),
+                line=number,
+            ))
     lines = pa.table(
         {"line": pa.array(event_lines, pa.int64()), "raw": pa.array(events_raw, pa.string())}
     )
@@ -203,7 +197,7 @@ def _load_chunk(
         )
         exploded_parts, failed = _isolating(batches, explode_batches)
         unmapped += [
-            (_unmappable(exc), bad["body"][0].as_py(), bad["line"][0].as_py())
+            _unmappable(exc, bad["body"][0].as_py(), bad["line"][0].as_py())
             for bad, exc in failed
         ]
         lines = pa.concat_tables(
@@ -212,12 +206,16 @@ def _load_chunk(
         too_large = pa.concat_tables(
             [lines.slice(0, 0), *(big.cast(lines.schema) for _, big in exploded_parts)]
         )
-        big = Problem("event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes")
-        for line, raw in zip(
-            too_large["line"].to_pylist(), too_large["raw"].to_pylist(), strict=True
-        ):
-            problems.append((big, raw, line))
-            problem_sources.append("/v1/batch")
+        refused += [
+            RejectRecord(
+                "event_too_large", f"a message may be at most {MAX_EVENT_BYTES} bytes", raw,
+                line=line, source="/v1/batch",
+            )
+            for line, raw in zip(
+                too_large["line"].to_pylist(), too_large["raw"].to_pylist(), strict=True
+            )
+        ]
+    lines = lines.append_column("position", pa.array(range(lines.num_rows), pa.int64()))
     splits, failed = _isolating(
         lines,
         lambda part: map_segment(
@@ -228,26 +226,21 @@ def _load_chunk(
             ip_truncate=settings.ip_truncate,
             step="collect:spool",
             now=now,
+            # a bisected chunk maps in parts: each part's rejects need ids of their own
+            origin=f"{ingest_id}#{part['position'][0].as_py() if part.num_rows else 0}",
         ),
     )
     unmapped += [
-        (_unmappable(exc), bad["raw"][0].as_py(), bad["line"][0].as_py()) for bad, exc in failed
+        _unmappable(exc, bad["raw"][0].as_py(), bad["line"][0].as_py()) for bad, exc in failed
     ]
     unmappable = reject_rows(
-        unmapped,
-        source=source,
-        ingest_id=ingest_id,
-        step="collect:spool",
-        now=now,
+        unmapped, step="collect:spool", source=source, origin=f"{ingest_id}#unmappable",
+        ingest_id=ingest_id, now=now,
     )
     split, repeated = _merged(splits)
     early = reject_rows(
-        problems,
-        source=source,
-        ingest_id=ingest_id,
-        step="collect:api",
+        refused, step="collect:api", source=source, origin=ingest_id, ingest_id=ingest_id,
         now=now,
-        sources=problem_sources,
     )
     db.begin()
     try:
@@ -321,11 +314,10 @@ def _isolating(
         return done_a + done_b, failed_a + failed_b
 
 
-def _unmappable(exc: Exception) -> Problem:
+def _unmappable(exc: Exception, raw: str, line: int) -> RejectRecord:
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return Problem(
-        "unmappable", None, f"the loader cannot map this record: {first_line[:_ERROR_SHOWN]}"
-    )
+    reason = f"the loader cannot map this record: {first_line[:_ERROR_SHOWN]}"
+    return RejectRecord("unmappable", reason, raw, line=line)
 
 
 def _merged(splits: list[SegmentSplit]) -> tuple[SegmentSplit, pa.Table]:
@@ -353,20 +345,14 @@ def _merged(splits: list[SegmentSplit]) -> tuple[SegmentSplit, pa.Table]:
 def _duplicate_rejects(
     duplicates: pa.Table, source: str, ingest_id: str, now: datetime
 ) -> pa.Table:
-    problem = Problem(
-        "duplicate", "messageId", "messageId is already in events; the first copy is kept"
-    )
-    table = reject_rows(
-        [(problem, "", 0) for _ in range(duplicates.num_rows)],
-        source=source,
-        ingest_id=ingest_id,
-        step="collect:spool",
-        now=now,
-    )
-    ids = duplicates.column("message_id")
-    table = table.set_column(table.schema.get_field_index("ref"), "ref", ids.cast(pa.string()))
-    return table.set_column(
-        table.schema.get_field_index("line"), "line", pa.nulls(len(ids), pa.int64())
+    reason = "messageId is already in events; the first copy is kept"
+    records = [
+        RejectRecord("duplicate", reason, None, field="messageId", ref=message_id)
+        for message_id in duplicates.column("message_id").to_pylist()
+    ]
+    return reject_rows(
+        records, step="collect:spool", source=source, origin=f"{ingest_id}#duplicates",
+        ingest_id=ingest_id, now=now,
     )
 
 
@@ -419,15 +405,14 @@ def _record_partial(
     db: duckdb.DuckDBPyConnection, segment_name: str, offset: int, partial: bytes
 ) -> LoadReport:
     now = datetime.now(UTC).replace(tzinfo=None)
-    problem = Problem(
-        "spool_partial_write", None, "a spool write cut off by a crash (never acknowledged)"
+    record = RejectRecord(
+        "spool_partial_write", "a spool write cut off by a crash (never acknowledged)",
+        partial.decode(errors="replace"), line=0,
     )
+    ingest_id = f"collector:{segment_name}:{offset}"
     table = reject_rows(
-        [(problem, partial.decode(errors="replace"), 0)],
-        source=f"spool:{segment_name}@{offset}",
-        ingest_id=f"collector:{segment_name}:{offset}",
-        step="collect:spool",
-        now=now,
+        [record], step="collect:spool", source=f"spool:{segment_name}@{offset}",
+        origin=f"{ingest_id}#partial", ingest_id=ingest_id, now=now,
     )
     db.register("batch_rejects", table)
     db.execute("INSERT INTO rejects BY NAME SELECT * FROM batch_rejects")
