@@ -8,13 +8,21 @@ is generated from the ``doc`` strings (``tests/test_store.py`` keeps it current)
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import ipaddress
 import logging
-from collections.abc import Callable
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import ibis
 import ibis.expr.datatypes as dt
+import orjson
+import pyarrow as pa
 
 from touchline import engine
 
@@ -235,12 +243,175 @@ REJECTS = TableSpec(
         ("field", S, "the offending field, if one"),
         ("reason_code", S, "stable machine-readable code, e.g. bad_timestamp"),
         ("reason", S, "human sentence saying what was wrong"),
-        ("raw", S, "the raw record (truncated to 64 kB)"),
+        ("raw", S, "the raw record, secrets removed and IPs truncated (first 64 Ki characters)"),
         ("ref", S, "pointer to the surviving record for duplicates (its key), else null"),
         ("ingest_id", S, "ingest run or prepare run"),
         ("rejected_at", TS, "when"),
     ),
 )
+
+# ---- the one rejects builder: every reject row, wherever it is refused, is made here --------
+#: characters of a rejected record kept in ``rejects.raw``
+REJECT_RAW_MAX_CHARS = 64 * 1024
+#: fields whose values never go into ``rejects.raw`` (compared lower-case, ``-`` as ``_``)
+SECRET_FIELDS = frozenset({
+    "writekey", "write_key", "password", "passwd", "secret", "client_secret", "token",
+    "access_token", "refresh_token", "id_token", "api_key", "apikey", "authorization",
+})
+REMOVED = "[removed]"
+_SECRET_NAMES = "|".join(
+    sorted((f.replace("_", "[_-]?") for f in SECRET_FIELDS), key=len, reverse=True)
+)
+# a quoted value may be cut off by a truncation: then it runs to the end of the text
+_SECRET_IN_TEXT = re.compile(
+    r"""(?i)(["']?(?:""" + _SECRET_NAMES + r""")["']?\s*[:=]\s*)"""
+    r"""("(?:[^"\\]|\\.)*(?:"|$)|[^\s&,;"'}]+)"""
+)
+_IP_IN_TEXT = re.compile(
+    r"(?<![\w.:])(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![\w.:])"
+)
+
+
+@functools.lru_cache(maxsize=65_536)
+def truncate_ip(value: str) -> str | None:
+    """Zero the host part of an IP address (last IPv4 octet, last 80 bits of IPv6).
+
+    Why: a full IP is personal data; the truncated one still gives the network for geography
+    and bot filtering. Anything that is not an IP address becomes ``None``. Cached: the
+    collector sees the same few addresses over and over, and parsing one costs ~20 µs.
+    """
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def _removed(match: re.Match[str]) -> str:
+    quoted = match.group(2).startswith('"')
+    return match.group(1) + (f'"{REMOVED}"' if quoted else REMOVED)
+
+
+def _scrub_text(text: str) -> str:
+    text = _SECRET_IN_TEXT.sub(_removed, text)
+    return _IP_IN_TEXT.sub(lambda m: truncate_ip(m.group(0)) or m.group(0), text)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            name = str(key).lower().replace("-", "_")
+            if name in SECRET_FIELDS:
+                out[key] = REMOVED
+            elif name == "ip" and isinstance(item, str):
+                out[key] = truncate_ip(item) or _scrub_text(item)
+            else:
+                out[key] = _scrub(item)
+        return out
+    if isinstance(value, list):
+        return [_scrub(item) for item in value]
+    if isinstance(value, str):
+        return _scrub_text(value)
+    return value
+
+
+def safe_raw(raw: str | None) -> str | None:
+    """A rejected record's text as ``rejects.raw`` keeps it: secrets out, IPs truncated, cut to
+    :data:`REJECT_RAW_MAX_CHARS`.
+
+    Why: ``rejects`` is read by whoever debugs an integration; it must not hand them the write
+    key a client sent, a password from a form, or a visitor's full address. JSON is scrubbed
+    field by field (any :data:`SECRET_FIELDS` at any depth, every ``ip``); other text (a CSV
+    line, a cut-off write) by pattern: ``name=value`` or ``"name": value`` pairs and anything
+    that parses as an IP address.
+    """
+    if raw is None:
+        return None
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed = None
+    text = raw
+    if isinstance(parsed, dict | list):
+        try:
+            text = orjson.dumps(_scrub(parsed)).decode()
+        except (orjson.JSONEncodeError, RecursionError):
+            text = _scrub_text(raw)
+    else:
+        text = _scrub_text(raw)
+    return text[:REJECT_RAW_MAX_CHARS]
+
+
+def reject_id(
+    step: str, origin: str, line: int | None, reason_code: str, occurrence: int = 0
+) -> str:
+    """The id of a reject: ``md5(step|origin|line|reason_code)``, ``|n`` added for the n-th
+    further reject with the same four in one build.
+
+    Deterministic, so loading the same input again (a file re-ingested, a spool chunk reloaded
+    after a crash) yields the same ids and adds no reject twice. ``origin`` names the input:
+    a file's fingerprint, a collector load's chunk. :func:`reject_id_expr` is the same in Ibis.
+    """
+    key = f"{step}|{origin}|{'' if line is None else line}|{reason_code}"
+    if occurrence:
+        key += f"|{occurrence}"
+    return hashlib.md5(key.encode()).hexdigest()
+
+
+def reject_id_expr(
+    step: str, origin: str, line: ir.IntegerValue, reason_code: ir.StringValue
+) -> ir.StringValue:
+    """:func:`reject_id` (first occurrence) as an Ibis expression, for rejects built in SQL."""
+    key = (
+        ibis.literal(f"{step}|{origin}|") + line.cast("string").fill_null("")
+        + ibis.literal("|") + reason_code
+    )
+    return key.hexdigest("md5")
+
+
+@dataclass(frozen=True)
+class RejectRecord:
+    """One refused record before it becomes a ``rejects`` row."""
+
+    reason_code: str
+    reason: str
+    raw: str | None
+    line: int | None = None
+    field: str | None = None
+    ref: str | None = None
+    source: str | None = None  # where it came from, when not the build's ``source``
+
+
+def reject_rows(
+    records: Sequence[RejectRecord], *, step: str, source: str, origin: str, ingest_id: str,
+    now: datetime,
+) -> pa.Table:
+    """``rejects`` rows (Arrow, in the table's schema) for ``records``: the one place reject
+    rows are made, with :func:`reject_id` ids and :func:`safe_raw` text."""
+    seen: Counter[tuple[int | None, str]] = Counter()
+    ids = []
+    for record in records:
+        key = (record.line, record.reason_code)
+        ids.append(reject_id(step, origin, record.line, record.reason_code, seen[key]))
+        seen[key] += 1
+    count = len(records)
+    data = {
+        "reject_id": pa.array(ids, pa.string()),
+        "step": pa.array([step] * count, pa.string()),
+        "source": pa.array([r.source or source for r in records], pa.string()),
+        "line": pa.array([r.line for r in records], pa.int64()),
+        "field": pa.array([r.field for r in records], pa.string()),
+        "reason_code": pa.array([r.reason_code for r in records], pa.string()),
+        "reason": pa.array([r.reason for r in records], pa.string()),
+        "raw": pa.array([safe_raw(r.raw) for r in records], pa.string()),
+        "ref": pa.array([r.ref for r in records], pa.string()),
+        "ingest_id": pa.array([ingest_id] * count, pa.string()),
+        "rejected_at": pa.array([now] * count, pa.timestamp("us")),
+    }
+    return pa.table(data).cast(REJECTS.schema.to_pyarrow())
+
 
 INGESTS = TableSpec(
     name="ingests",
@@ -268,8 +439,8 @@ WRITE_KEYS = TableSpec(
     columns=_cols(
         ("key_id", S, "public id of the key (its first characters)"),
         ("name", S, "what the key is for, e.g. web; stored as `events.write_key`"),
-        ("kind", S, "write (collect), import (back-fills: keeps receivedAt), read (read API) "
-         "or admin"),
+        ("kind", S, "write (public: tracking only), server (server-side tracking and "
+         "webhooks), import (back-fills: keeps receivedAt), read (read API) or admin"),
         ("key_hash", S, "SHA-256 of the key, hex"),
         ("created_at", TS, "when created"),
         ("revoked_at", TS, "when revoked, else null"),

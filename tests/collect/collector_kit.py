@@ -24,11 +24,14 @@ STARTUP_SECONDS = 20.0
 
 @dataclass
 class Warehouse:
-    """A DuckDB warehouse file plus the collector settings, a write key and an import key."""
+    """A DuckDB warehouse file plus the collector settings and a key of each kind it uses:
+    write (public, for pages), import (back-fills), server (webhooks) and admin (stats)."""
 
     settings: Settings
     write_key: str
     import_key: str
+    server_key: str
+    admin_key: str
 
     def connect(self) -> BaseBackend:
         return engine.connect(settings=self.settings)
@@ -67,10 +70,12 @@ def make_warehouse(settings: Settings) -> Warehouse:
         store.init(con)
         key, _ = create_key(con, name="web", kind="write")
         import_key, _ = create_key(con, name="backfill", kind="import")
+        server_key, _ = create_key(con, name="crm", kind="server")
+        admin_key, _ = create_key(con, name="ops", kind="admin")
         export_keys(con, Path(settings.spool_dir))
     finally:
         con.disconnect()
-    return Warehouse(settings, key, import_key)
+    return Warehouse(settings, key, import_key, server_key, admin_key)
 
 
 def free_port() -> int:

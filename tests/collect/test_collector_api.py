@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
 
-from touchline.collect.segment import MAX_BATCH_BYTES, MAX_EVENT_BYTES
+from touchline.collect.app import AUTH_FAILURE_BURST, FailureLimiter
+from touchline.collect.segment import (
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    MAX_JSON_DEPTH,
+    json_depth,
+)
 
 
 def _track(message_id: str, **extra: object) -> dict[str, object]:
@@ -211,7 +218,7 @@ def test_cors_preflight_allows_the_page_origin(collector: LiveCollector) -> None
             headers={"origin": origin, "access-control-request-method": "POST"},
         )
     assert response.status_code == 204
-    assert response.headers["access-control-allow-origin"] == origin
+    assert response.headers["access-control-allow-origin"] == "*"  # the default: any page
     assert "Content-Type" in response.headers["access-control-allow-headers"]
 
 
@@ -318,3 +325,139 @@ def test_valid_batch_without_message_ids_is_stored_once_when_retried(
     assert collector.warehouse.query("SELECT reason_code, count(*) FROM rejects GROUP BY 1") == [
         ("duplicate", 2)
     ]
+
+
+def test_cors_never_reflects_an_origin_with_credentials(
+    tmp_path: Path, start_collector: Callable[[Warehouse], LiveCollector],
+    collector: LiveCollector,
+) -> None:
+    (tmp_path / "listed").mkdir()
+    listed = start_collector(make_warehouse(make_settings(
+        tmp_path / "listed", cors_origins=["https://shop.example"])))
+    answers = {}
+    for name, live, origin in (
+        ("any", collector, "https://evil.example"),
+        ("listed", listed, "https://shop.example"),
+        ("unlisted", listed, "https://evil.example"),
+    ):
+        with live.client() as http:
+            response = http.options("/v1/batch", headers={"origin": origin})
+        answers[name] = (
+            response.headers.get("access-control-allow-origin"),
+            response.headers.get("access-control-allow-credentials"),
+        )
+    assert answers == {
+        "any": ("*", None),
+        "listed": ("https://shop.example", None),
+        "unlisted": (None, None),
+    }
+
+
+def test_stats_need_an_admin_key(collector: LiveCollector) -> None:
+    wh = collector.warehouse
+    statuses = {}
+    for name, auth in (("none", None), ("write", (wh.write_key, "")),
+                       ("server", (wh.server_key, "")), ("admin", (wh.admin_key, ""))):
+        with collector.client(auth=auth) as http:
+            statuses[name] = http.get("/v1/stats").status_code
+    assert statuses == {"none": 401, "write": 403, "server": 403, "admin": 200}
+
+
+def test_repeated_failed_authentication_from_one_address_is_throttled(
+    collector: LiveCollector,
+) -> None:
+    """Wrong keys spend the address's tokens; then even a good key waits (429 with
+    Retry-After), so keys cannot be guessed at full speed."""
+    with collector.client(auth=("tlw_guess", "")) as http:
+        codes = [http.post("/v1/track", json=_track(f"g{i}")).status_code for i in range(12)]
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        after = http.post("/v1/track", json=_track("good"))
+    assert codes == [401] * AUTH_FAILURE_BURST + [429] * (12 - AUTH_FAILURE_BURST)
+    assert after.status_code == 429
+    assert int(after.headers["retry-after"]) >= 1
+
+
+def test_the_failure_limiter_refills_and_forgets_the_oldest_address() -> None:
+    limiter = FailureLimiter(burst=2, refill_per_second=1.0, max_addresses=2)
+    limiter.failed("a", 0.0)
+    limiter.failed("a", 0.0)
+    assert (limiter.blocked("a", 0.0), limiter.blocked("a", 1.0)) == (True, False)
+    limiter.failed("b", 0.0)
+    limiter.failed("c", 0.0)
+    assert limiter.blocked("a", 0.0) is False  # forgotten: memory stays bounded
+
+
+def nested_track(depth: int) -> bytes:
+    """A track whose properties make the whole message ``depth`` levels deep, as bytes (JSON
+    writers refuse to write what the test needs to send)."""
+    inner = b'{"a":' * (depth - 2) + b"{}" + b"}" * (depth - 2)
+    return b'{"event":"Deep","anonymousId":"a","properties":' + inner + b"}"
+
+
+@pytest.mark.parametrize(
+    ("path", "depth", "auth"),
+    [
+        ("/v1/batch", 1000, False),  # decoded before the key check, it used to be a 500
+        ("/v1/track", 254, True),
+        ("/v1/batch", 254, True),
+        ("/v1/track", MAX_JSON_DEPTH + 1, True),
+    ],
+)
+def test_deep_nesting_is_a_400_with_the_reason_never_a_500(
+    collector: LiveCollector, path: str, depth: int, auth: bool
+) -> None:
+    body = nested_track(depth) if path == "/v1/track" else (
+        b'{"batch":[' + nested_track(depth - 2) + b"]}"
+    )
+    with collector.client(auth=(collector.warehouse.write_key, "") if auth else None) as http:
+        response = http.post(path, content=body)
+    assert (response.status_code, response.json()["code"]) == (400, "too_deep")
+    assert str(MAX_JSON_DEPTH) in response.json()["message"]
+
+
+def test_nesting_up_to_the_limit_is_accepted(collector: LiveCollector) -> None:
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/track", content=nested_track(MAX_JSON_DEPTH))
+    assert response.status_code == 200
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT event FROM events") == [("Deep",)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"a": '[[{"x'}, ["}", "]]", '\\"[['], {"k\\\\\"": [[{"v": "\\\\"}]]}, 1, "x", [[], [[[]]]]],
+)
+def test_json_depth_counts_brackets_outside_strings_as_the_parser_does(value: object) -> None:
+    def depth(v: object) -> int:
+        if isinstance(v, dict):
+            return 1 + max((depth(x) for x in v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max((depth(x) for x in v), default=0)
+        return 0
+
+    assert json_depth(orjson.dumps(value)) == depth(value)
+
+
+def test_rejects_and_the_spool_never_keep_a_write_key_or_a_full_ip(
+    collector: LiveCollector,
+) -> None:
+    wh = collector.warehouse
+    bad = {"event": "x", "anonymousId": 5, "writeKey": wh.write_key,
+           "context": {"ip": "203.0.113.77"}, "properties": {"password": "hunter2"}}
+    good = {"type": "track", "event": "ok", "anonymousId": "a", "messageId": "fine"}
+    with collector.client() as http:
+        fast = http.post("/v1/batch", json={"writeKey": wh.write_key, "batch": [good]})
+        mixed = http.post("/v1/batch", json={"writeKey": wh.write_key,
+                                             "batch": [{**bad, "type": "track"}, bad]})
+    assert (fast.status_code, mixed.json()["rejected"]) == (200, 2)
+    spooled = b"".join(p.read_bytes() for p in Path(wh.settings.spool_dir).glob("*.seg"))
+    assert wh.write_key.encode() not in spooled
+    assert b"hunter2" not in spooled
+    collector.warehouse.load()
+    rows = wh.query("SELECT reject_id, raw FROM rejects ORDER BY line")
+    assert len({reject_id for reject_id, _ in rows}) == 2
+    for _, raw in rows:
+        context = orjson.loads(raw)["context"]
+        assert (orjson.loads(raw)["writeKey"], context["ip"]) == ("[removed]", "203.0.113.0")
+        assert orjson.loads(raw)["properties"] == {"password": "[removed]"}
+    assert wh.query("SELECT message_id FROM events") == [("fine",)]

@@ -1,4 +1,5 @@
-"""Durability: ``kill -9`` of the whole collector mid-load loses no acknowledged event."""
+"""Durability: ``kill -9`` of the whole collector mid-load loses no acknowledged event, with
+poison messages (undecodable URL parameters) mixed into the load."""
 
 from __future__ import annotations
 
@@ -28,10 +29,14 @@ def _post_until_stopped(
             if stop.is_set():
                 return
             ids = [f"t{thread}-r{request}-e{i}" for i in range(BATCH)]
-            batch = [
+            batch: list[dict[str, object]] = [
                 {"type": "track", "event": "Load", "anonymousId": f"a{thread}", "messageId": m}
                 for m in ids
             ]
+            # a poison pill in every batch: an undecodable click id once stopped the loader
+            batch[request % BATCH]["context"] = {
+                "page": {"url": f"https://acme.example/?gclid=%C3%28&utm_campaign=caf%E9{request}"}
+            }
             try:
                 response = http.post("/v1/batch", json={"batch": batch})
             except httpx.TransportError:

@@ -13,11 +13,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from touchline.collect.app import Collector
+from touchline.collect.app import Collector, FailureLimiter
 from touchline.collect.keys import KeyRing
+from touchline.collect.webhooks import SourceMapping
 from touchline.config import Settings
 
 KEY = "tlw_fuzz-key"
+SERVER_KEY = "tls_fuzz-key"
+WEBHOOKS = {
+    "chat": SourceMapping("chat", "event", {
+        "anonymousId": "visitor", "properties": "chat", "properties.email": "visitor.email",
+        "context.page.url": "url", "timestamp": "at"}, {"type": "track", "event": "Chat"}),
+    "crm": SourceMapping("crm", "deal", {
+        "deal_id": "objectId", "amount": "properties.amount", "created_at": "anonymousId",
+        "closed_at": "timestamp"}),
+}
 PATHS = [
     "/v1/track",
     "/v1/page",
@@ -27,6 +37,7 @@ PATHS = [
     "/v1/screen",
     "/v1/batch",
     "/v1/webhooks/chat",
+    "/v1/webhooks/crm",
     "/v1/dni/lease",
     "/v1/nope",
     "/t.js",
@@ -59,6 +70,12 @@ segment_keys = st.sampled_from(
         "sentAt",
         "writeKey",
         "batch",
+        # the fuzz webhook mappings' payload fields
+        "visitor",
+        "chat",
+        "url",
+        "at",
+        "objectId",
     ]
 )
 messages = st.dictionaries(segment_keys, json_values | st.text(max_size=30), max_size=8)
@@ -67,6 +84,8 @@ bodies = st.one_of(
     st.lists(messages, max_size=5).map(lambda b: orjson.dumps({"batch": b})),
     json_values.map(orjson.dumps),
     st.binary(max_size=200),
+    # nesting past every JSON reader's and writer's recursion limit
+    st.integers(1, 2000).map(lambda n: b'{"batch":' + b"[" * n + b"]" * n + b"}"),
 )
 
 
@@ -104,7 +123,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Collector:
             spool_min_free_bytes=0,
             dni_pools={"default": ["+15550100001"]},
         ),
-        keys=KeyRing.from_clear({KEY: ("fuzz", "write")}),
+        keys=KeyRing.from_clear({KEY: ("fuzz", "write"), SERVER_KEY: ("crm", "server")}),
+        webhooks=WEBHOOKS,
     )
     collector.start()
     return collector
@@ -117,15 +137,17 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Collector:
     method=st.sampled_from(["POST", "POST", "POST", "GET", "OPTIONS", "PUT"]),
     path=st.sampled_from(PATHS),
     body=bodies,
-    auth=st.sampled_from(["basic", "none", "wrong", "garbage"]),
+    auth=st.sampled_from(["basic", "server", "none", "wrong", "garbage"]),
     compress=st.sampled_from([None, "gzip", "truncated", "zstd"]),
 )
 def test_no_input_yields_a_server_error(
     app: Collector, method: str, path: str, body: bytes, auth: str, compress: str | None
 ) -> None:
+    app.auth_failures = FailureLimiter()  # each example starts unthrottled
     headers: list[tuple[bytes, bytes]] = []
-    if auth == "basic":
-        headers.append((b"authorization", b"Basic " + base64.b64encode(f"{KEY}:".encode())))
+    if auth in ("basic", "server"):
+        key = KEY if auth == "basic" else SERVER_KEY
+        headers.append((b"authorization", b"Basic " + base64.b64encode(f"{key}:".encode())))
     elif auth == "wrong":
         headers.append((b"authorization", b"Basic " + base64.b64encode(b"other:")))
     elif auth == "garbage":

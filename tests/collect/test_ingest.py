@@ -308,3 +308,15 @@ def test_a_new_column_leaves_the_content_hash_of_rows_without_it_alone(duck, tmp
     with_ids.write_text("deal_id,created_at,contact_ids\nd1,2025-03-05T00:00:00Z,hs-1\n")
     ingest_file(duck, with_ids, "deals", settings=SETTINGS)
     assert duck.table("deals").count().execute() == 2  # set: a different row
+
+
+def test_a_rejected_rows_raw_text_keeps_no_secret_and_no_full_ip(con, tmp_path) -> None:
+    path = tmp_path / "events.ndjson"
+    bad = {"type": "page", "writeKey": "tlw_leaked", "timestamp": "2025-03-01T10:00:00Z",
+           "context": {"ip": "198.51.100.23"}, "properties": {"token": "t0k"}}
+    path.write_text(json.dumps(bad) + "\n")
+    result = ingest_file(con, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.rejected) == (0, 1)
+    [raw] = con.table("rejects").raw.to_pyarrow().to_pylist()
+    assert "tlw_leaked" not in raw and "198.51.100.23" not in raw and "t0k" not in raw
+    assert json.loads(raw)["context"] == {"ip": "198.51.100.0"}

@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import duckdb
 import orjson
+import pyarrow as pa
+import pytest
 from collector_kit import Warehouse
 
+from touchline import engine
+from touchline.collect import loader
+from touchline.collect.ingest import ingest_file
+from touchline.collect.segment import SegmentSplit, map_segment
 from touchline.collect.spool import EVENT, SpoolFullError, SpoolWriter, spool_bytes
+from touchline.config import Settings
 
 
 def _line(message_id: str) -> bytes:
@@ -98,3 +106,75 @@ def test_reloading_after_a_crash_between_commit_and_delete_adds_nothing(
     warehouse.load()
     assert warehouse.query("SELECT count(*) FROM events") == [(5,)]
     assert warehouse.query("SELECT count(*) FROM rejects WHERE reason_code = 'duplicate'") == [(5,)]
+
+
+POISON_QUERIES = {
+    "utm_campaign": "caf%E9",  # Latin-1 é: not UTF-8 once decoded
+    "gclid": "%C3%28",  # a UTF-8 lead byte followed by a non-continuation byte
+    "fbclid": "%80",  # a lone continuation byte
+}
+
+
+def _page(message_id: str, query: str) -> dict[str, object]:
+    return {
+        "type": "page",
+        "messageId": message_id,
+        "anonymousId": "a",
+        "timestamp": "2025-03-01T10:00:00Z",
+        "context": {"page": {"url": f"https://acme.example/?{query}"}},
+    }
+
+
+@pytest.mark.parametrize(("param", "value"), sorted(POISON_QUERIES.items()))
+def test_a_badly_encoded_url_parameter_neither_stops_the_loader_nor_differs_from_file_ingest(
+    warehouse: Warehouse, tmp_path: Path, param: str, value: str
+) -> None:
+    """A visitor can send any URL: the loader keeps the undecodable value as text, loads the
+    messages after it, and file ingest keeps the very same text."""
+    spool = Path(warehouse.settings.spool_dir)
+    poison = _page("poison", f"{param}={value}&utm_source=ok%20fine")
+    (spool / "3-999999.seg").write_bytes(
+        EVENT + orjson.dumps(poison) + b"\n" + _line("after")
+    )
+    warehouse.load()
+    loaded = dict(warehouse.query(f"SELECT message_id, {param} FROM events"))
+    assert loaded == {"poison": value, "after": None}
+    assert warehouse.query("SELECT utm_source FROM events WHERE message_id = 'poison'") == [
+        ("ok fine",)
+    ]
+    path = tmp_path / "poison.ndjson"
+    path.write_bytes(orjson.dumps(poison) + b"\n")
+    con = engine.connect(settings=Settings(database_url="duckdb://"))
+    ingest_file(con, path, "events", settings=Settings(database_url="duckdb://"))
+    ingested = con.table("events").select(param, "utm_source").to_pyarrow().to_pylist()
+    assert ingested == [{param: value, "utm_source": "ok fine"}]
+
+
+def test_a_record_the_mapping_fails_on_is_rejected_alone_and_the_rest_loads(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the next poison pill is, the loader bisects the chunk down to it, rejects it
+    with the error and its line, and loads every other message of the chunk."""
+
+    def fragile(lines: pa.Table, **options: object) -> SegmentSplit:
+        if any("poison" in raw for raw in lines.column("raw").to_pylist()):
+            raise duckdb.InvalidInputException("cannot map a poisoned message")
+        return map_segment(lines, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loader, "map_segment", fragile)
+    spool = Path(warehouse.settings.spool_dir)
+    data = b"".join(_line(f"m{i}") for i in range(7)) + _line("poison") + _line("m7") + _line("m3")
+    (spool / "4-999999.seg").write_bytes(data)
+    warehouse.load()
+    loaded = sorted(warehouse.query("SELECT message_id FROM events"))
+    assert loaded == [(f"m{i}",) for i in range(8)]
+    assert sorted(warehouse.query("SELECT reason_code, line, ref FROM rejects")) == [
+        ("duplicate", None, "m3"),
+        ("unmappable", 8, None),
+    ]
+    [(reason, raw)] = warehouse.query(
+        "SELECT reason, raw FROM rejects WHERE reason_code = 'unmappable'"
+    )
+    assert "cannot map a poisoned message" in reason
+    assert orjson.loads(raw)["messageId"] == "poison"
+    assert not list(spool.glob("*.seg"))  # the chunk committed: nothing is retried forever

@@ -17,6 +17,13 @@ on 429/5xx: 200 with a small JSON body once durable; 400 ``{"code", "message"}``
 JSON, bodies over the limits (32 KB per message, 500 KB per batch) or an invalid single message;
 401 for a missing or unknown write key (counted, never stored); 503 with ``Retry-After`` when
 the spool or disk is over its limit. Bad input never yields a 5xx.
+
+Keys have scopes (:data:`TRACKING_KINDS`, :data:`WEBHOOK_KINDS`, :data:`STATS_KINDS`): the
+write key is public (t.js puts it in every page), so it opens only the tracking endpoints; a
+key of the wrong kind gets 403. Keys come in the Basic user, the ``X-Touchline-Key`` header or
+(tracking only, as Segment's beacons send it) ``writeKey`` in the body, never in the query
+string, which ends up in access logs. A client address that keeps failing authentication gets
+429 for a while (:class:`FailureLimiter`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import binascii
 import hashlib
 import logging
 import os
+import re
 import time
 import zlib
 from collections import Counter
@@ -41,7 +49,13 @@ import orjson
 from touchline.collect import segment
 from touchline.collect.dni import LEASES_FILE, LeaseBook
 from touchline.collect.keys import KEYS_FILE, ApiKey, KeyRing
-from touchline.collect.segment import MAX_BATCH_BYTES, MAX_EVENT_BYTES, Problem, truncate_ip
+from touchline.collect.segment import (
+    MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES,
+    MAX_JSON_DEPTH,
+    Problem,
+    truncate_ip,
+)
 from touchline.collect.spool import (
     BATCH,
     CALL,
@@ -52,8 +66,17 @@ from touchline.collect.spool import (
     SpoolFullError,
     SpoolWriter,
 )
-from touchline.collect.webhooks import SourceMapping, load_mappings, map_payload
+from touchline.collect.webhooks import (
+    SIGNATURE_HEADER,
+    PayloadShapeError,
+    SourceMapping,
+    check_row,
+    load_mappings,
+    map_payload,
+    verify_signature,
+)
 from touchline.config import Settings, load_settings
+from touchline.store import CALLS, DEALS, safe_raw
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +103,65 @@ BATCH_ROUTES = frozenset({"/v1/batch", "/v1/import", "/v1/b"})
 WEBHOOK_PREFIX = "/v1/webhooks/"
 TRACKER_FILE = "t.js"
 OK_BODY = b'{"success":true}'
+#: key kinds each door takes: the public write key must never write deals, calls or read stats
+TRACKING_KINDS = frozenset({"write", "server", "import", "admin"})
+WEBHOOK_KINDS = frozenset({"server", "admin"})
+STATS_KINDS = frozenset({"admin"})
+#: failed authentications a client address may make at once, and how fast it earns them back
+AUTH_FAILURE_BURST = 10
+AUTH_FAILURE_REFILL_PER_SECOND = 0.2
+AUTH_LIMITER_ADDRESSES = 10_000  # addresses remembered; a flood of new ones evicts the oldest
+QUERY_KEY_NAMES = frozenset({"key", "writekey", "write_key", "api_key", "apikey"})
+_WRITE_KEY_IN_BODY = re.compile(rb'"writeKey"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 class ClientError(Exception):
     """A request the client must fix: becomes a 4xx with ``{"code", "message"}``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or []
+
+
+class FailureLimiter:
+    """A token bucket per client address, spent by failed authentications.
+
+    Why: keys are long and random, but nothing should let a client try them at full speed, nor
+    flood the logs with failures. A good key never spends a token, so a client that knows its
+    key is never slowed. Memory is bounded: past ``max_addresses`` the oldest is forgotten.
+    """
+
+    def __init__(
+        self, *, burst: int = AUTH_FAILURE_BURST,
+        refill_per_second: float = AUTH_FAILURE_REFILL_PER_SECOND,
+        max_addresses: int = AUTH_LIMITER_ADDRESSES,
+    ) -> None:
+        self.burst, self.refill, self.max_addresses = burst, refill_per_second, max_addresses
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+
+    def _tokens(self, address: str, now: float) -> float:
+        tokens, at = self._buckets.get(address, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - at) * self.refill)
+
+    def blocked(self, address: str, now: float) -> bool:
+        """Whether ``address`` has no failure left to spend."""
+        return address in self._buckets and self._tokens(address, now) < 1.0
+
+    def failed(self, address: str, now: float) -> None:
+        """Spend one token of ``address``."""
+        tokens = self._tokens(address, now) - 1.0
+        self._buckets.pop(address, None)
+        self._buckets[address] = (tokens, now)  # re-inserted: dict order is recency
+        if len(self._buckets) > self.max_addresses:
+            del self._buckets[next(iter(self._buckets))]
+
+    def retry_after(self, address: str, now: float) -> int:
+        """Whole seconds until ``address`` may try again."""
+        return max(1, int((1.0 - self._tokens(address, now)) / self.refill) + 1)
 
 
 def tracker_source() -> bytes:
@@ -124,6 +198,7 @@ class Collector:
         self.spool: SpoolWriter | None = None
         self.leases: LeaseBook | None = None
         self.stats: Counter[str] = Counter()
+        self.auth_failures = FailureLimiter()
         self._tracker: bytes | None = None
         self._truncate_ip = settings.ip_truncate
         self._cors_any = "*" in settings.cors_origins
@@ -184,7 +259,7 @@ class Collector:
             status, body, headers = await self._route(scope, receive)
         except ClientError as exc:
             self.stats[f"http_{exc.status}"] += 1
-            status, headers = exc.status, []
+            status, headers = exc.status, exc.headers
             body = orjson.dumps({"code": exc.code, "message": exc.message})
         except SpoolFullError as exc:
             self.stats["overloaded"] += 1
@@ -216,16 +291,20 @@ class Collector:
         )
 
     def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """CORS for browsers: ``*`` (any page may send events) or the listed origins.
+
+        Never with ``allow-credentials``: the collector authenticates by key, not by cookie,
+        and reflecting any origin with credentials would let every site read answers in a
+        visitor's name.
+        """
         origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
         if origin is None:
             return []
-        if not self._cors_any and origin not in self._cors:
+        if self._cors_any:
+            return [(b"access-control-allow-origin", b"*")]
+        if origin not in self._cors:
             return []
-        return [
-            (b"access-control-allow-origin", origin),
-            (b"vary", b"Origin"),
-            (b"access-control-allow-credentials", b"true"),
-        ]
+        return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
 
     async def _route(
         self, scope: Scope, receive: Receive
@@ -259,6 +338,7 @@ class Collector:
             if path == "/health":
                 return 200, b'{"status":"ok"}', []
             if path == "/v1/stats":
+                self._authenticate(scope, _header_key(scope), STATS_KINDS)
                 return 200, orjson.dumps(dict(self.stats)), []
         else:
             raise ClientError(405, "method_not_allowed", f"{method} is not supported")
@@ -266,13 +346,25 @@ class Collector:
 
     # --- request parts --------------------------------------------------------------------
 
-    async def _read_json(self, scope: Scope, receive: Receive, limit: int) -> Any:
-        """The decoded JSON body and its size; see :meth:`_read_body`."""
-        body = await self._read_body(scope, receive, limit)
-        return _parse(body), len(body)
+    async def _keyed_json(
+        self, scope: Scope, receive: Receive, limit: int
+    ) -> tuple[Any, int, ApiKey]:
+        """The decoded JSON body, its size and the tracking key that sent it.
+
+        A key in the headers is checked before the body is read; a key in the body
+        (``writeKey``, as beacons send it) only after.
+        """
+        header_key = _header_key(scope)
+        key = None if header_key is None else self._authenticate(scope, header_key, TRACKING_KINDS)
+        raw = await self._read_body(scope, receive, limit)
+        body = _parse(raw)
+        if key is None:
+            key = self._authenticate(scope, _body_key(body), TRACKING_KINDS)
+        return body, len(raw), key
 
     async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
-        """The request body, gunzipped, refused (400) over ``limit`` bytes or when empty."""
+        """The request body, gunzipped, refused (400) over ``limit`` bytes, when empty or when
+        nested over :data:`MAX_JSON_DEPTH` levels."""
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -301,28 +393,47 @@ class Collector:
             )
         if not body:
             raise ClientError(400, "empty_body", "the body is empty; send JSON")
+        if segment.json_depth(body) > MAX_JSON_DEPTH:  # before any parser recurses into it
+            raise ClientError(
+                400, "too_deep", f"the JSON nests objects and lists over {MAX_JSON_DEPTH} levels"
+            )
         return body
 
-    def _authenticate(self, scope: Scope, body: Any) -> ApiKey:
-        key = _basic_user(scope)
-        if key is None and isinstance(body, dict):
-            written = body.get("writeKey")
-            key = written if isinstance(written, str) and written else None
-        if key is None:
-            key = (
-                _query_key(scope)
-                or dict(scope["headers"]).get(b"x-touchline-key", b"").decode(errors="replace")
-                or None
+    def _refuse_if_throttled(self, address: str, now: float) -> None:
+        if self.auth_failures.blocked(address, now):
+            self.stats["auth_throttled"] += 1
+            wait = str(self.auth_failures.retry_after(address, now)).encode()
+            raise ClientError(
+                429, "too_many_auth_failures",
+                "too many failed authentications from this address; retry later",
+                [(b"retry-after", wait)],
             )
+
+    def _authenticate(self, scope: Scope, key: str | None, allowed: frozenset[str]) -> ApiKey:
+        """The live key ``key`` if its kind is in ``allowed``; else 401/403, or 429 once the
+        client address has failed too often (the key is then not even looked up)."""
+        address, now = _client_ip(scope) or "-", time.monotonic()
+        self._refuse_if_throttled(address, now)
         if key is None:
             self.stats["auth_missing"] += 1
+            self.auth_failures.failed(address, now)
             raise ClientError(
-                401, "missing_write_key", "send the write key as the HTTP Basic user or as writeKey"
+                401, "missing_write_key",
+                "send the key as the HTTP Basic user, the X-Touchline-Key header or writeKey",
             )
-        found = self.keys.lookup(key, time.monotonic())
-        if found is None or found.kind not in ("write", "import", "admin"):
+        found = self.keys.lookup(key, now)
+        if found is None:
             self.stats["auth_unknown"] += 1
+            self.auth_failures.failed(address, now)
             raise ClientError(401, "unknown_write_key", "the write key is unknown or revoked")
+        if found.kind not in allowed:
+            self.stats["auth_wrong_kind"] += 1
+            self.auth_failures.failed(address, now)
+            raise ClientError(
+                403, "key_not_allowed",
+                f"a {found.kind} key cannot use this endpoint; it takes a key of kind "
+                f"{' or '.join(sorted(allowed))} (touchline keys create --kind ...)",
+            )
         return found
 
     def _stamp(
@@ -362,8 +473,7 @@ class Collector:
     async def _single(
         self, scope: Scope, receive: Receive, kind: str
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        body, size = await self._read_json(scope, receive, MAX_BATCH_BYTES)
-        key = self._authenticate(scope, body)
+        body, size, key = await self._keyed_json(scope, receive, MAX_BATCH_BYTES)
         if size > MAX_EVENT_BYTES:
             raise ClientError(
                 400,
@@ -385,12 +495,17 @@ class Collector:
     async def _batch(
         self, scope: Scope, receive: Receive
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        header_key = _header_key(scope)
+        key = None if header_key is None else self._authenticate(scope, header_key, TRACKING_KINDS)
         raw = await self._read_body(scope, receive, MAX_BATCH_BYTES)
         fast = segment.fast_batch(raw)
         if fast is not None:
-            return await self._batch_as_received(scope, raw, fast)
+            if key is None:
+                key = self._authenticate(scope, fast.write_key or None, TRACKING_KINDS)
+            return await self._batch_as_received(scope, raw, fast, key)
         body = _parse(raw)
-        key = self._authenticate(scope, body)
+        if key is None:
+            key = self._authenticate(scope, _body_key(body), TRACKING_KINDS)
         batch = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(batch, list):
             raise ClientError(400, "bad_batch", 'a batch body is {"batch": [message, ...]}')
@@ -430,7 +545,7 @@ class Collector:
                             "code": problem.code,
                             "field": problem.field,
                             "message": problem.message,
-                            "raw": orjson.dumps(message).decode()[: segment.MAX_RAW_REJECT_CHARS],
+                            "raw": safe_raw(orjson.dumps(message).decode()),
                             "receivedAt": received_at,
                             "writeKey": key.name,
                         }
@@ -451,14 +566,13 @@ class Collector:
         )
 
     async def _batch_as_received(
-        self, scope: Scope, raw: bytes, fast: segment.FastBatch
+        self, scope: Scope, raw: bytes, fast: segment.FastBatch, key: ApiKey
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         """Spool a batch whose every message is valid as it came: no per-message Python work.
 
         The loader stamps each message (receipt time, key name, merged context) in DuckDB;
         JSON allows newlines only between tokens, so they become spaces to keep one line.
         """
-        key = self._authenticate(scope, {"writeKey": fast.write_key} if fast.write_key else None)
         client_ip = _client_ip(scope)
         header = {
             "receivedAt": _now_iso(),
@@ -468,6 +582,8 @@ class Collector:
             if client_ip
             else None,
         }
+        if b'"writeKey"' in raw:  # the spool keeps the key's name (header), never the key
+            raw = _WRITE_KEY_IN_BODY.sub(b'"writeKey":null', raw)
         line = BATCH + orjson.dumps(header) + b"\t" + raw.replace(b"\n", b" ") + b"\n"
         await self._spool().append(line)
         self.stats["accepted"] += fast.count
@@ -476,30 +592,42 @@ class Collector:
     async def _webhook(
         self, scope: Scope, receive: Receive, source: str
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        body, _ = await self._read_json(scope, receive, MAX_BATCH_BYTES)
-        key = self._authenticate(scope, body)
         mapping = self.webhooks.get(source)
+        signed = mapping is not None and mapping.signing_secret is not None
+        if not signed:  # the key, from the headers only, before the body is read
+            key = self._authenticate(scope, _header_key(scope), WEBHOOK_KINDS)
         if mapping is None:
             raise ClientError(
                 404,
                 "unknown_source",
                 f"no webhook mapping for source {source!r}; add it to webhook_mappings_file",
             )
+        raw = await self._read_body(scope, receive, MAX_BATCH_BYTES)
+        if signed:
+            key = self._verify_signed(scope, mapping, raw)
+        body = _parse(raw)
         items = body if isinstance(body, list) else [body]
         received_at, lines, problems = _now_iso(), [], []
+        table = {"deal": DEALS, "call": CALLS}.get(mapping.kind)
         for index, item in enumerate(items, start=1):
-            row = map_payload(mapping, item)
-            if mapping.kind == "event":
-                row["source"] = source
+            try:
+                row = map_payload(mapping, item)
+            except PayloadShapeError as exc:
+                problems.append((index, Problem("bad_shape", exc.field, str(exc)), item))
+                continue
+            row["source"] = source
+            if table is None:
                 problem = segment.check_message(row, offline_ids=True)
                 if problem is None:
                     lines.append(self._stamp(row, key, received_at, None))
                     continue
-                problems.append((index, problem, item))
-            else:
-                row["source"] = source
-                row["received_at"] = received_at
-                lines.append((DEAL if mapping.kind == "deal" else CALL) + orjson.dumps(row) + b"\n")
+            else:  # typed and checked as file ingest checks a deals or calls file
+                row, problem = check_row(table, row)
+                if problem is None:
+                    kind = DEAL if mapping.kind == "deal" else CALL
+                    lines.append(kind + orjson.dumps(row) + b"\n")
+                    continue
+            problems.append((index, problem, item))
         if len(items) == 1 and problems:
             raise ClientError(400, problems[0][1].code, problems[0][1].message)
         for index, problem, item in problems:
@@ -512,7 +640,7 @@ class Collector:
                         "code": problem.code,
                         "field": problem.field,
                         "message": problem.message,
-                        "raw": orjson.dumps(item).decode()[: segment.MAX_RAW_REJECT_CHARS],
+                        "raw": safe_raw(orjson.dumps(item).decode()),
                         "receivedAt": received_at,
                         "writeKey": key.name,
                     }
@@ -530,11 +658,22 @@ class Collector:
             [],
         )
 
+    def _verify_signed(self, scope: Scope, mapping: SourceMapping, raw: bytes) -> ApiKey:
+        """Check a signed source's signature; the sender is then known by the source name."""
+        address, now = _client_ip(scope) or "-", time.monotonic()
+        self._refuse_if_throttled(address, now)
+        header = next((v for k, v in scope["headers"] if k == SIGNATURE_HEADER), None)
+        problem = verify_signature(mapping, header, raw, time.time())
+        if problem is not None:
+            self.stats["auth_bad_signature"] += 1
+            self.auth_failures.failed(address, now)
+            raise ClientError(401, "bad_signature", problem)
+        return ApiKey(f"signed:{mapping.name}", mapping.name, "server")
+
     async def _lease(
         self, scope: Scope, receive: Receive
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        body, _ = await self._read_json(scope, receive, MAX_EVENT_BYTES)
-        self._authenticate(scope, body)
+        body, _, _ = await self._keyed_json(scope, receive, MAX_EVENT_BYTES)
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("sessionId"), str)
@@ -624,12 +763,26 @@ def _basic_user(scope: Scope) -> str | None:
     return None
 
 
-def _query_key(scope: Scope) -> str | None:
+def _header_key(scope: Scope) -> str | None:
+    """The key from the Basic user or ``X-Touchline-Key``; a key in the query string is
+    refused (400), as URLs end up in access logs, proxies and browser histories."""
     query = scope.get("query_string", b"")
-    if not query:
-        return None
-    values = parse_qs(query.decode(errors="replace")).get("key")
-    return values[0] if values else None
+    if query and QUERY_KEY_NAMES & {n.lower() for n in parse_qs(query.decode(errors="replace"))}:
+        raise ClientError(
+            400, "key_in_query",
+            "never put a key in the URL (it ends up in access logs); send it as the HTTP Basic "
+            "user or the X-Touchline-Key header",
+        )
+    key = _basic_user(scope)
+    if key is None:
+        given = dict(scope["headers"]).get(b"x-touchline-key", b"").decode(errors="replace")
+        key = given or None
+    return key
+
+
+def _body_key(body: Any) -> str | None:
+    written = body.get("writeKey") if isinstance(body, dict) else None
+    return written if isinstance(written, str) and written else None
 
 
 def _client_ip(scope: Scope) -> str | None:

@@ -105,8 +105,9 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Option(help="What the key is for, e.g. web.")],
         kind: Annotated[
             str,
-            typer.Option(help="write (live tracking), import (back-fills: keeps receivedAt), "
-                         "read or admin."),
+            typer.Option(help="write (public, for t.js and apps: tracking only), server "
+                         "(server-side tracking and webhooks), import (back-fills: keeps "
+                         "receivedAt), read or admin (also /v1/stats)."),
         ] = "write",
         database: DatabaseOption = None,
     ) -> None:

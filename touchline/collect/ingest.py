@@ -17,6 +17,7 @@ file has been read: a truncated or unreadable file leaves no half-written table 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -40,7 +41,7 @@ from ibis import _
 from touchline import engine, store
 from touchline.collect import readers
 from touchline.collect.mapping import Mapping
-from touchline.collect.segment import PERSON_PATHS
+from touchline.collect.segment import PERSON_PATHS, url_decoded_sql
 from touchline.config import Settings
 from touchline.errors import InputError
 
@@ -58,6 +59,7 @@ HASH_IF_SET = frozenset({"contact_id", "contact_ids"})
 #: any one of these places an event in a journey (the Segment API demands the first two)
 OFFLINE_IDS = ("anonymous_id", "user_id", "email", "phone", "contact_id")
 _VALUE_SHOWN = 80  # characters of a bad value quoted in a reject reason
+SAFE_RAW_FUNCTION = "touchline_safe_raw"
 _SQL_TYPES = {"Timestamp": "TIMESTAMP", "Date": "DATE", "Float64": "DOUBLE",
               "Int64": "BIGINT", "Boolean": "BOOLEAN"}
 _TYPE_CODES = {"Timestamp": "timestamp", "Date": "date", "Float64": "number",
@@ -293,7 +295,7 @@ class _ChunkParser:
         The query string is split once per row into (key, value) pairs (``_qp``), and each
         parameter picked from that list: one regular expression a row instead of one a
         parameter. Keys compare lower-cased; the first of repeated keys wins; values are
-        URL-decoded where they hold ``%`` or ``+`` (undecodable ones are kept as they are).
+        URL-decoded by :func:`~touchline.collect.segment.url_decoded_sql`, as the loader does.
         Returns the opening of the two sub-selects that compute the pairs, to wrap the source.
         """
         if "url" not in exprs:
@@ -308,10 +310,7 @@ class _ChunkParser:
         for name in (*UTM_FIELDS, *CLICK_IDS):
             picks.append(f"nullif(list_filter(_qp, x -> x.k = '{name}')[1].v, '') AS _p_{name}")
             value = f"_p_{name}"
-            param = (
-                f"CASE WHEN regexp_matches({value}, '[%+]') THEN coalesce(try(url_decode("
-                f"replace({value}, '+', ' '))), {value}) ELSE {value} END"
-            )
+            param = url_decoded_sql(value)
             exprs[name] = f"coalesce({exprs[name]}, {param})" if name in exprs else param
         return f"(SELECT *, {', '.join(picks)} FROM (SELECT *, {pairs} AS _qp FROM "
 
@@ -423,7 +422,8 @@ class _ChunkParser:
             # raw text is kept for rejected rows only: good rows do not need it
             f"SELECT {outputs}, _line, _problem.field AS _pfield, _problem.code AS _pcode, "
             "_problem.message AS _pmessage, CASE WHEN _problem IS NOT NULL THEN "
-            "left(coalesce(_raw, CAST(to_json(_checked) AS VARCHAR)), 65536) END AS _raw FROM ("
+            f"{SAFE_RAW_FUNCTION}(coalesce(_raw, CAST(to_json(_checked) AS VARCHAR))) END "
+            "AS _raw FROM ("
             f"SELECT _line, _raw, CASE {cases} END AS _problem, {columns} FROM ("
             f"SELECT *, {', '.join(casts)} FROM ({{extracted}}))) AS _checked"
         )
@@ -497,7 +497,7 @@ def _structural_rejects(rejects: list[readers.Reject]) -> pa.Table:
         "field": pa.array([r.field for r in rejects], pa.string()),
         "reason_code": pa.array([r.reason_code for r in rejects], pa.string()),
         "reason": pa.array([r.reason for r in rejects], pa.string()),
-        "raw": pa.array([r.raw for r in rejects], pa.string()),
+        "raw": pa.array([store.safe_raw(r.raw) for r in rejects], pa.string()),
     }).cast(_REJECT_STAGE)
 
 
@@ -529,6 +529,7 @@ class _Stage:
             self.folder = _staging_root(settings) / ingest_id
             for part in ("rows", "rejects"):
                 (self.folder / part).mkdir(parents=True, exist_ok=True)
+        _register_safe_raw(self.db)
         self.rows_name = f"_tl_rows_{ingest_id}"
         self.rejects_name = f"_tl_rejects_{ingest_id}"
         self.parts = 0
@@ -587,6 +588,16 @@ class _Stage:
             self.db.close()
             assert self.folder is not None
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _register_safe_raw(db: duckdb.DuckDBPyConnection) -> None:
+    """Make :func:`touchline.store.safe_raw` callable in the parse SQL, so a rejected row's raw
+    text is cleaned by the one rejects builder's rule (secrets out, IPs truncated, one limit)."""
+    with contextlib.suppress(duckdb.Error):  # registered by an earlier ingest on this connection
+        db.create_function(
+            SAFE_RAW_FUNCTION, store.safe_raw, [duckdb.sqltype("VARCHAR")],
+            duckdb.sqltype("VARCHAR"), null_handling="special", side_effects=False,
+        )
 
 
 def _staging_root(settings: Settings) -> Path:
@@ -709,7 +720,8 @@ def _commit(
             before = int(target.count().to_pyarrow().as_py())
             con.insert(spec.name, keep.anti_join(target, spec.key).cast(spec.schema))
             result.loaded = int(con.table(spec.name).count().to_pyarrow().as_py()) - before
-            result.duplicates = int(totals["rows"]) - result.loaded
+            # a file whose rows are all bad stages none: the sum over no rows is null
+            result.duplicates = int(totals["rows"] or 0) - result.loaded
             repeated = firsts.filter(firsts._n > 1)
             in_file_dupes = staged.join(repeated, spec.key).filter(
                 lambda t: t._line != t._first_line
@@ -730,14 +742,10 @@ def _commit(
             reject_parts.append(structural.mutate(ref=ibis.null("string")))
         if reject_parts:
             all_rejects = ibis.union(*reject_parts) if len(reject_parts) > 1 else reject_parts[0]
-            key = (
-                ibis.literal(f"{step}|{fingerprint}|")
-                + all_rejects.line.cast("string")
-                + ibis.literal("|")
-                + all_rejects.reason_code
-            )
             rows = all_rejects.select(
-                reject_id=key.hexdigest("md5"),
+                reject_id=store.reject_id_expr(
+                    step, fingerprint, all_rejects.line, all_rejects.reason_code
+                ),
                 step=ibis.literal(step),
                 source=ibis.literal(str(path)),
                 line=_.line,

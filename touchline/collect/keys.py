@@ -29,9 +29,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# write: live tracking (the collector stamps receivedAt); import: back-fills and replays, whose
-# messages keep their own receivedAt; read: reporting API; admin: everything.
-KEY_KINDS = ("write", "import", "read", "admin")
+# write: live tracking from browsers and apps, public (t.js puts it in every page), so it
+# reaches only the tracking endpoints; server: server-side tracking and webhooks, never in a
+# page; import: back-fills and replays, whose messages keep their own receivedAt; read:
+# reporting API; admin: everything, including /v1/stats.
+KEY_KINDS = ("write", "server", "import", "read", "admin")
+KEY_PREFIXES = {"write": "tlw", "server": "tls", "import": "tli", "read": "tlr", "admin": "tla"}
 KEYS_FILE = "keys.json"
 RELOAD_CHECK_SECONDS = 1.0
 
@@ -56,8 +59,7 @@ def create_key(con: BaseBackend, *, name: str, kind: str) -> tuple[str, ApiKey]:
         raise ConfigError(f"key kind {kind!r} is not one of {', '.join(KEY_KINDS)}")
     if not name.strip():
         raise ConfigError("a key needs a non-empty --name (e.g. web, server, chat)")
-    prefix = {"write": "tlw", "import": "tli", "read": "tlr", "admin": "tla"}[kind]
-    key = f"{prefix}_{secrets.token_urlsafe(32)}"
+    key = f"{KEY_PREFIXES[kind]}_{secrets.token_urlsafe(32)}"
     key_id = key[:12]
     row = {
         "key_id": [key_id],

@@ -20,11 +20,11 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import orjson
@@ -36,10 +36,9 @@ from touchline.collect.dni import LEASES_FILE, LeaseBook
 from touchline.collect.keys import export_keys
 from touchline.collect.segment import (
     MAX_EVENT_BYTES,
-    Problem,
+    SegmentSplit,
     explode_batches,
     map_segment,
-    reject_rows,
 )
 from touchline.collect.spool import (
     BATCH,
@@ -53,6 +52,7 @@ from touchline.collect.spool import (
 )
 from touchline.config import Settings
 from touchline.errors import EngineError
+from touchline.store import RejectRecord, reject_rows
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -144,8 +144,8 @@ def _load_chunk(
     source = f"spool:{segment_name}"
     events_raw: list[str] = []
     event_lines: list[int] = []
-    problems: list[tuple[Problem, str, int]] = []
-    problem_sources: list[str | None] = []
+    refused: list[RejectRecord] = []  # refused by the collector, or unreadable in the spool
+    unmapped: list[RejectRecord] = []  # records the mapping itself fails on
     batch_lines: list[int] = []
     batch_headers: list[str] = []
     batch_bodies: list[str] = []
@@ -168,60 +168,79 @@ def _load_chunk(
         except orjson.JSONDecodeError:
             record = None
         if kind == REJECT and isinstance(record, dict):
-            problem = Problem(
-                str(record.get("code")), record.get("field"), str(record.get("message"))
-            )
-            problems.append((problem, str(record.get("raw")), int(record.get("line") or number)))
-            problem_sources.append(record.get("source"))
+            given_line, field_name = record.get("line"), record.get("field")
+            refused.append(RejectRecord(
+                str(record.get("code")), str(record.get("message")), str(record.get("raw")),
+                line=given_line if isinstance(given_line, int) else number,
+                field=field_name if isinstance(field_name, str) else None,
+                source=str(record.get("source")),
+            ))
         elif kind == DEAL and isinstance(record, dict):
             deals.append(record)
         elif kind == CALL and isinstance(record, dict):
             calls.append(record)
         else:
-            problems.append(
-                (
-                    Problem("bad_spool_line", None, "unreadable spool record"),
-                    line.decode(errors="replace"),
-                    number,
-                )
-            )
-            problem_sources.append(None)
+            refused.append(RejectRecord(
+                "bad_spool_line", "unreadable spool record", line.decode(errors="replace"),
+                line=number,
+            ))
     lines = pa.table(
         {"line": pa.array(event_lines, pa.int64()), "raw": pa.array(events_raw, pa.string())}
     )
     if batch_lines:
-        exploded, too_large = explode_batches(
-            pa.table(
-                {
-                    "line": pa.array(batch_lines, pa.int64()),
-                    "header": pa.array(batch_headers, pa.string()),
-                    "body": pa.array(batch_bodies, pa.string()),
-                }
-            )
+        batches = pa.table(
+            {
+                "line": pa.array(batch_lines, pa.int64()),
+                "header": pa.array(batch_headers, pa.string()),
+                "body": pa.array(batch_bodies, pa.string()),
+            }
         )
-        lines = pa.concat_tables([lines, exploded.cast(lines.schema)])
-        big = Problem("event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes")
-        for line, raw in zip(
-            too_large["line"].to_pylist(), too_large["raw"].to_pylist(), strict=True
-        ):
-            problems.append((big, raw, line))
-            problem_sources.append("/v1/batch")
-    split = map_segment(
+        exploded_parts, failed = _isolating(batches, explode_batches)
+        unmapped += [
+            _unmappable(exc, bad["body"][0].as_py(), bad["line"][0].as_py())
+            for bad, exc in failed
+        ]
+        lines = pa.concat_tables(
+            [lines, *(exploded.cast(lines.schema) for exploded, _ in exploded_parts)]
+        )
+        too_large = pa.concat_tables(
+            [lines.slice(0, 0), *(big.cast(lines.schema) for _, big in exploded_parts)]
+        )
+        refused += [
+            RejectRecord(
+                "event_too_large", f"a message may be at most {MAX_EVENT_BYTES} bytes", raw,
+                line=line, source="/v1/batch",
+            )
+            for line, raw in zip(
+                too_large["line"].to_pylist(), too_large["raw"].to_pylist(), strict=True
+            )
+        ]
+    lines = lines.append_column("position", pa.array(range(lines.num_rows), pa.int64()))
+    splits, failed = _isolating(
         lines,
-        source=source,
-        ingest_id=ingest_id,
-        default_source="web",
-        ip_truncate=settings.ip_truncate,
-        step="collect:spool",
-        now=now,
+        lambda part: map_segment(
+            part,
+            source=source,
+            ingest_id=ingest_id,
+            default_source="web",
+            ip_truncate=settings.ip_truncate,
+            step="collect:spool",
+            now=now,
+            # a bisected chunk maps in parts: each part's rejects need ids of their own
+            origin=f"{ingest_id}#{part['position'][0].as_py() if part.num_rows else 0}",
+        ),
     )
+    unmapped += [
+        _unmappable(exc, bad["raw"][0].as_py(), bad["line"][0].as_py()) for bad, exc in failed
+    ]
+    unmappable = reject_rows(
+        unmapped, step="collect:spool", source=source, origin=f"{ingest_id}#unmappable",
+        ingest_id=ingest_id, now=now,
+    )
+    split, repeated = _merged(splits)
     early = reject_rows(
-        problems,
-        source=source,
-        ingest_id=ingest_id,
-        step="collect:api",
+        refused, step="collect:api", source=source, origin=ingest_id, ingest_id=ingest_id,
         now=now,
-        sources=problem_sources,
     )
     db.begin()
     try:
@@ -234,8 +253,10 @@ def _load_chunk(
             "SELECT * FROM batch_events b ANTI JOIN events e USING (message_id)"
         )
         db.unregister("batch_events")
-        dup_rejects = _duplicate_rejects(duplicates, source, ingest_id, now)
-        for table in (split.rejects, early, dup_rejects):
+        dup_rejects = _duplicate_rejects(
+            pa.concat_tables([duplicates.cast(repeated.schema), repeated]), source, ingest_id, now
+        )
+        for table in (split.rejects, unmappable, early, dup_rejects):
             if table.num_rows:
                 db.register("batch_rejects", table)
                 db.execute("INSERT INTO rejects BY NAME SELECT * FROM batch_rejects")
@@ -251,9 +272,11 @@ def _load_chunk(
         db.rollback()
         raise
     report.events = split.events.num_rows - duplicates.num_rows
-    repeated = pc.sum(pc.equal(split.rejects.column("reason_code"), "duplicate")).as_py()
-    report.duplicates = duplicates.num_rows + (repeated or 0)
-    all_rejects = [split.rejects, early, dup_rejects]
+    repeated_in_split = pc.sum(
+        pc.equal(split.rejects.column("reason_code"), "duplicate")
+    ).as_py()
+    report.duplicates = dup_rejects.num_rows + (repeated_in_split or 0)
+    all_rejects = [split.rejects, unmappable, early, dup_rejects]
     report.rejects = sum(t.num_rows for t in all_rejects)
     for table in all_rejects:  # counted in Arrow: a bad batch may hold many rejects
         for item in pc.value_counts(table.column("reason_code")).to_pylist():
@@ -262,23 +285,74 @@ def _load_chunk(
     return report
 
 
+#: what the in-process mapping raises on data it cannot take; anything else (the disk, the
+#: warehouse) propagates, and the loader retries the chunk in its next cycle
+_DATA_ERRORS = (duckdb.Error, pa.ArrowException)
+_ERROR_SHOWN = 200  # characters of a mapping error quoted in a reject reason
+
+T = TypeVar("T")
+
+
+def _isolating(
+    rows: pa.Table, attempt: Callable[[pa.Table], T]
+) -> tuple[list[T], list[tuple[pa.Table, Exception]]]:
+    """``attempt(rows)``, or, when the data makes it fail, ``attempt`` on halves, recursively.
+
+    Why: one message the mapping cannot take must not keep the rest of its chunk (and so
+    every chunk after it) out of the warehouse. The common case costs one call; a bad row
+    costs about twice the chunk's mapping and ends up alone in the failures, with its error.
+    """
+    try:
+        return [attempt(rows)], []
+    except _DATA_ERRORS as exc:
+        if rows.num_rows <= 1:
+            log.warning("a spool record cannot be mapped and goes to rejects: %s", exc)
+            return [], [(rows, exc)] if rows.num_rows else []
+        half = rows.num_rows // 2
+        done_a, failed_a = _isolating(rows.slice(0, half), attempt)
+        done_b, failed_b = _isolating(rows.slice(half), attempt)
+        return done_a + done_b, failed_a + failed_b
+
+
+def _unmappable(exc: Exception, raw: str, line: int) -> RejectRecord:
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = f"the loader cannot map this record: {first_line[:_ERROR_SHOWN]}"
+    return RejectRecord("unmappable", reason, raw, line=line)
+
+
+def _merged(splits: list[SegmentSplit]) -> tuple[SegmentSplit, pa.Table]:
+    """One split from the parts :func:`_isolating` mapped, and the ``message_id``s repeated
+    across parts (each part deduplicated only itself): only the first copy is kept."""
+    empty_ids = pa.table({"message_id": pa.array([], pa.string())})
+    if len(splits) == 1:
+        return splits[0], empty_ids
+    if not splits:
+        nothing = SegmentSplit(
+            store.EVENTS.schema.to_pyarrow().empty_table(),
+            store.REJECTS.schema.to_pyarrow().empty_table(),
+        )
+        return nothing, empty_ids
+    events = pa.concat_tables([s.events for s in splits])
+    rejects = pa.concat_tables([s.rejects for s in splits])
+    position = pa.array(range(events.num_rows), pa.int64())
+    indexed = pa.table({"message_id": events.column("message_id"), "_i": position})
+    firsts = indexed.group_by("message_id", use_threads=False).aggregate([("_i", "min")])
+    first = pc.is_in(position, value_set=firsts.column("_i_min"))
+    repeated = events.filter(pc.invert(first)).select(["message_id"])
+    return SegmentSplit(events.filter(first), rejects), repeated
+
+
 def _duplicate_rejects(
     duplicates: pa.Table, source: str, ingest_id: str, now: datetime
 ) -> pa.Table:
-    problem = Problem(
-        "duplicate", "messageId", "messageId is already in events; the first copy is kept"
-    )
-    table = reject_rows(
-        [(problem, "", 0) for _ in range(duplicates.num_rows)],
-        source=source,
-        ingest_id=ingest_id,
-        step="collect:spool",
-        now=now,
-    )
-    ids = duplicates.column("message_id")
-    table = table.set_column(table.schema.get_field_index("ref"), "ref", ids.cast(pa.string()))
-    return table.set_column(
-        table.schema.get_field_index("line"), "line", pa.nulls(len(ids), pa.int64())
+    reason = "messageId is already in events; the first copy is kept"
+    records = [
+        RejectRecord("duplicate", reason, None, field="messageId", ref=message_id)
+        for message_id in duplicates.column("message_id").to_pylist()
+    ]
+    return reject_rows(
+        records, step="collect:spool", source=source, origin=f"{ingest_id}#duplicates",
+        ingest_id=ingest_id, now=now,
     )
 
 
@@ -331,15 +405,14 @@ def _record_partial(
     db: duckdb.DuckDBPyConnection, segment_name: str, offset: int, partial: bytes
 ) -> LoadReport:
     now = datetime.now(UTC).replace(tzinfo=None)
-    problem = Problem(
-        "spool_partial_write", None, "a spool write cut off by a crash (never acknowledged)"
+    record = RejectRecord(
+        "spool_partial_write", "a spool write cut off by a crash (never acknowledged)",
+        partial.decode(errors="replace"), line=0,
     )
+    ingest_id = f"collector:{segment_name}:{offset}"
     table = reject_rows(
-        [(problem, partial.decode(errors="replace"), 0)],
-        source=f"spool:{segment_name}@{offset}",
-        ingest_id=f"collector:{segment_name}:{offset}",
-        step="collect:spool",
-        now=now,
+        [record], step="collect:spool", source=f"spool:{segment_name}@{offset}",
+        origin=f"{ingest_id}#partial", ingest_id=ingest_id, now=now,
     )
     db.register("batch_rejects", table)
     db.execute("INSERT INTO rejects BY NAME SELECT * FROM batch_rejects")

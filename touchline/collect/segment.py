@@ -18,9 +18,7 @@ the page URL's query string, click ids from the URL, e-mail and phone from the t
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import uuid
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -30,12 +28,17 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from touchline.store import EVENTS, REJECTS
+from touchline.store import EVENTS, RejectRecord, reject_rows, truncate_ip
 
 MESSAGE_TYPES = frozenset({"track", "page", "screen", "identify", "alias", "group"})
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
-MAX_RAW_REJECT_CHARS = 64 * 1024
+#: deepest nesting of objects and lists a body may have: real Segment messages use four or
+#: five levels, and every JSON reader and writer on the way recurses per level
+MAX_JSON_DEPTH = 64
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_BRACKET_STEP = {ord("["): 1, ord("]"): -1}
 CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid")
 UTM_FIELDS = ("source", "medium", "campaign", "term", "content", "id")
 # context.campaign uses Segment's names; `name` is what the URL calls utm_campaign
@@ -242,6 +245,31 @@ def fast_batch(body: bytes) -> FastBatch | None:
     return FastBatch(len(decoded.batch), decoded.writeKey)
 
 
+def json_depth(body: bytes, *, stop_above: int = MAX_JSON_DEPTH) -> int:
+    """How deeply the JSON text ``body`` nests objects and lists, counted without parsing it:
+    exact up to ``stop_above``, and some number above it for anything deeper.
+
+    Why not parse and then measure: parsing is the recursive work a hostile body attacks
+    (``[[[[...`` a thousand deep ends in a RecursionError in a reader or a writer). This works
+    on whole byte strings at C speed: escape pairs are dropped (``\\\\`` first, so
+    ``\\\\"`` keeps its quote), the text between quotes (string contents, whose brackets do
+    not nest) is cut out, ``{}`` become ``[]``, and each pass deletes every innermost ``[]``,
+    one level. Text that stops shrinking is unbalanced (the parser refuses it afterwards); its
+    depth is then the highest running count of open brackets.
+    """
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(unescaped.translate(None, delete=_NOT_STRUCTURE).split(b'"')[0::2])
+    brackets = brackets.translate(_SQUARE)
+    depth = 0
+    while brackets and depth <= stop_above:
+        shorter = brackets.replace(b"[]", b"")
+        if len(shorter) == len(brackets):
+            steps = map(_BRACKET_STEP.__getitem__, brackets)
+            return depth + max(0, *itertools.accumulate(steps))
+        brackets, depth = shorter, depth + 1
+    return depth
+
+
 def _is_timestamp(value: Any) -> bool:
     if not isinstance(value, str):
         return False
@@ -252,23 +280,21 @@ def _is_timestamp(value: Any) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=65_536)
-def truncate_ip(value: str) -> str | None:
-    """Zero the host part of an IP address (last IPv4 octet, last 80 bits of IPv6).
-
-    Why: a full IP is personal data; the truncated one still gives the network for geography
-    and bot filtering. Anything that is not an IP address becomes ``None``. Cached: the
-    collector sees the same few addresses over and over, and parsing one costs ~20 µs.
-    """
-    try:
-        address = ipaddress.ip_address(value.strip())
-    except ValueError:
-        return None
-    prefix = 24 if address.version == 4 else 48
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
-
-
 # --- vectorised mapping ------------------------------------------------------------------
+
+
+def url_decoded_sql(value: str) -> str:
+    """DuckDB SQL that percent-decodes the query parameter value ``value``, leniently.
+
+    Why lenient: any visitor can put any bytes in a URL, and DuckDB's ``url_decode`` raises on
+    a sequence that does not decode to UTF-8 (``caf%E9``, ``%C3%28``, ``%80``); one such page
+    view would stop every load after it. A value that does not decode is kept as received,
+    as text. The loader and file ingest both use this, so the two paths agree.
+    """
+    return (
+        f"CASE WHEN regexp_matches({value}, '[%+]') THEN coalesce(try(url_decode("
+        f"replace({value}, '+', ' '))), {value}) ELSE {value} END"
+    )
 
 
 def _query_param(name: str) -> str:
@@ -277,7 +303,7 @@ def _query_param(name: str) -> str:
     # the cheap contains() spares the regex on the many rows without that parameter
     return (
         f"CASE WHEN contains(query_text, '{name}=') "
-        f"THEN nullif(trim(url_decode(replace({value}, '+', ' '))), '') END"
+        f"THEN nullif(trim({url_decoded_sql(value)}), '') END"
     )
 
 
@@ -467,6 +493,7 @@ def map_segment(
     ip_truncate: bool = True,
     step: str = "collect:segment",
     now: datetime | None = None,
+    origin: str | None = None,
 ) -> SegmentSplit:
     """Map raw Segment JSON lines to canonical ``events`` rows and ``rejects``.
 
@@ -487,6 +514,9 @@ def map_segment(
         Zero the host part of ``context.ip`` (see :func:`truncate_ip`).
     step, now
         ``rejects.step`` and ``rejects.rejected_at``.
+    origin
+        What names these lines for the rejects' ids (:func:`touchline.store.reject_id`);
+        default ``ingest_id``.
 
     Returns
     -------
@@ -551,7 +581,21 @@ def map_segment(
     if ip_truncate and events.num_rows:
         events = _truncate_ip_column(events)
     events = events.cast(EVENTS.schema.to_pyarrow())
-    return SegmentSplit(events, _rejects(rejected, source, ingest_id, step, now))
+    records = [
+        RejectRecord(
+            code, _REASONS[code][1], raw, line=line, field=_REASONS[code][0],
+            ref=message_id if code == "duplicate" else None,
+        )
+        for line, raw, code, message_id in zip(
+            *(rejected.column(n).to_pylist() for n in ("line", "raw", "reason_code", "message_id")),
+            strict=True,
+        )
+    ]
+    rejects = reject_rows(
+        records, step=step, source=source, origin=origin or ingest_id, ingest_id=ingest_id,
+        now=now,
+    )
+    return SegmentSplit(events, rejects)
 
 
 def _truncate_ip_column(events: pa.Table) -> pa.Table:
@@ -564,58 +608,3 @@ def _truncate_ip_column(events: pa.Table) -> pa.Table:
     index = pc.index_in(ips, value_set=distinct)
     position = events.schema.get_field_index("ip")
     return events.set_column(position, "ip", pc.take(truncated, index))
-
-
-def _rejects(rejected: pa.Table, source: str, ingest_id: str, step: str, now: datetime) -> pa.Table:
-    codes = rejected.column("reason_code").to_pylist()
-    count = rejected.num_rows
-    raw = pc.utf8_slice_codeunits(rejected.column("raw"), 0, MAX_RAW_REJECT_CHARS)
-    refs = [
-        m if c == "duplicate" else None
-        for c, m in zip(codes, rejected["message_id"].to_pylist(), strict=True)
-    ]
-    data = {
-        "reject_id": pa.array([uuid.uuid4().hex for _ in range(count)], pa.string()),
-        "step": pa.array([step] * count, pa.string()),
-        "source": pa.array([source] * count, pa.string()),
-        "line": rejected.column("line"),
-        "field": pa.array([_REASONS[c][0] for c in codes], pa.string()),
-        "reason_code": pa.array(codes, pa.string()),
-        "reason": pa.array([_REASONS[c][1] for c in codes], pa.string()),
-        "raw": raw,
-        "ref": pa.array(refs, pa.string()),
-        "ingest_id": pa.array([ingest_id] * count, pa.string()),
-        "rejected_at": pa.array([now] * count, pa.timestamp("us")),
-    }
-    return pa.table(data).cast(REJECTS.schema.to_pyarrow())
-
-
-def reject_rows(
-    problems: list[tuple[Problem, str, int]],
-    *,
-    source: str,
-    ingest_id: str,
-    step: str,
-    now: datetime,
-    sources: list[str | None] | None = None,
-) -> pa.Table:
-    """``rejects`` rows for messages refused before mapping: (problem, raw JSON, line).
-
-    ``sources`` overrides ``source`` per row where given (the endpoint that refused it).
-    """
-    count = len(problems)
-    per_row = [s or source for s in sources] if sources is not None else [source] * count
-    data = {
-        "reject_id": pa.array([uuid.uuid4().hex for _ in range(count)], pa.string()),
-        "step": pa.array([step] * count, pa.string()),
-        "source": pa.array(per_row, pa.string()),
-        "line": pa.array([line for _, _, line in problems], pa.int64()),
-        "field": pa.array([p.field for p, _, _ in problems], pa.string()),
-        "reason_code": pa.array([p.code for p, _, _ in problems], pa.string()),
-        "reason": pa.array([p.message for p, _, _ in problems], pa.string()),
-        "raw": pa.array([raw[:MAX_RAW_REJECT_CHARS] for _, raw, _ in problems], pa.string()),
-        "ref": pa.array([None] * count, pa.string()),
-        "ingest_id": pa.array([ingest_id] * count, pa.string()),
-        "rejected_at": pa.array([now] * count, pa.timestamp("us")),
-    }
-    return pa.table(data).cast(REJECTS.schema.to_pyarrow())

@@ -1,0 +1,79 @@
+"""The one rejects builder: ids, secret-free raw text, truncated IPs, one length limit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import ibis
+import orjson
+import pytest
+from ibis.backends import BaseBackend
+
+from touchline.store import (
+    REJECT_RAW_MAX_CHARS,
+    REJECTS,
+    RejectRecord,
+    reject_id,
+    reject_id_expr,
+    reject_rows,
+    safe_raw,
+)
+
+NOW = datetime(2025, 3, 1, 12, 0)
+
+
+def test_json_raw_loses_every_secret_and_keeps_only_the_network_of_an_ip() -> None:
+    raw = orjson.dumps({
+        "writeKey": "tlw_secret",
+        "context": {"ip": "203.0.113.77", "page": {"url": "https://x.io/?access_token=abc&a=1"}},
+        "properties": {
+            "Password": "hunter2", "nested": [{"api-key": "k1"}], "ip": "2001:db8:1:2::9"
+        },
+    }).decode()
+    assert orjson.loads(safe_raw(raw) or "") == {
+        "writeKey": "[removed]",
+        "context": {"ip": "203.0.113.0", "page": {"url": "https://x.io/?access_token=[removed]&a=1"}},
+        "properties": {"Password": "[removed]", "nested": [{"api-key": "[removed]"}],
+                       "ip": "2001:db8:1::"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("m1,track,203.0.113.77,writeKey=tlw_x", "m1,track,203.0.113.0,writeKey=[removed]"),
+        ('{"writeKey": "tlw_cut off by trunc', '{"writeKey": "[removed]"'),
+        ("2001:db8:1:2:3:4:5:6 at 10:00:00", "2001:db8:1:: at 10:00:00"),
+        ("Chrome/120.0.6099.109", "Chrome/120.0.6099.109"),
+    ],
+)
+def test_text_raw_is_scrubbed_by_pattern(raw: str, expected: str) -> None:
+    assert safe_raw(raw) == expected
+
+
+def test_raw_is_cut_at_one_limit() -> None:
+    assert len(safe_raw("x" * (REJECT_RAW_MAX_CHARS + 10)) or "") == REJECT_RAW_MAX_CHARS
+
+
+def test_reject_rows_have_the_schema_unique_ids_and_clean_raw() -> None:
+    same = RejectRecord("bad_type", "type is wrong", '{"writeKey":"k"}', line=3)
+    table = reject_rows([same, same, RejectRecord("missing_id", "no id", None, line=3)],
+                        step="collect:api", source="/v1/batch", origin="o", ingest_id="i",
+                        now=NOW)
+    assert table.schema == REJECTS.schema.to_pyarrow()
+    rows = table.to_pylist()
+    assert len({r["reject_id"] for r in rows}) == 3
+    assert rows[0]["reject_id"] == reject_id("collect:api", "o", 3, "bad_type")
+    assert [r["raw"] for r in rows] == ['{"writeKey":"[removed]"}'] * 2 + [None]
+
+
+def test_reject_id_in_sql_is_the_reject_id_in_python(con: BaseBackend) -> None:
+    t = ibis.memtable(
+        {"line": [7, None], "reason_code": ["bad_date", "duplicate"]},
+        schema={"line": "int64", "reason_code": "string"},
+    )
+    got = con.execute(t.select(i=reject_id_expr("ingest:spend", "fp", t.line, t.reason_code)))
+    assert got.i.tolist() == [
+        reject_id("ingest:spend", "fp", 7, "bad_date"),
+        reject_id("ingest:spend", "fp", None, "duplicate"),
+    ]
