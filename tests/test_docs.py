@@ -31,3 +31,24 @@ def test_docstring_examples_run(name: str) -> None:
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
     assert result.attempted > 0
+
+
+def test_every_toml_example_in_the_docs_is_valid_settings(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A settings example a user copies from the docs loads (docs/*.md ```toml blocks whose
+    first line names touchline.toml; the others are mapping files, tested with ingest)."""
+    import re
+    from pathlib import Path
+
+    from touchline.config import load_settings
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    blocks = [(page.name, block) for page in sorted(docs.glob("*.md"))
+              for block in re.findall(r"```toml\n(.*?)```", page.read_text(), re.S)
+              if "touchline.toml" in block.splitlines()[0]]
+    assert any(name == "journeys.md" for name, _ in blocks)
+    for name, block in blocks:
+        config = tmp_path / "touchline.toml"
+        config.write_text(block)
+        monkeypatch.setenv("TOUCHLINE_CONFIG", str(config))
+        settings = load_settings()
+        assert settings is not None, name
