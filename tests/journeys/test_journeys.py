@@ -80,6 +80,22 @@ def test_a_repeat_buyer_gets_one_journey_per_purchase(con: BaseBackend) -> None:
                                       "Email", "Paid Social"]
 
 
+def test_a_refund_lowers_the_purchase_it_follows_and_is_no_conversion(con: BaseBackend) -> None:
+    from touchline.journeys.conversions import apply_refunds, touch_conversions
+
+    rows = [{"touchpoint_id": f"t{i}", "person_id": "p1", "event": "Order Completed",
+             "type": "track", "occurred_at": T0 + timedelta(days=day), "revenue": revenue}
+            for i, (day, revenue) in enumerate([(1, 100.0), (2, -30.0), (3, 50.0), (4, -80.0),
+                                                (0, -5.0)])]
+    tp = engine.load_table(con, "touchpoints", arrow_table(store.TOUCHPOINTS, rows))
+    spec = ConversionSpec(name="purchase", events=["Order Completed"], value="revenue")
+    found = touch_conversions(tp, spec, {})
+    assert sorted(found.ref.to_pandas()) == ["t0", "t2"]  # the refunds are not conversions
+    values = apply_refunds(found, tp, "person").order_by("converted_at").value.to_pandas()
+    # -30 lowers the first purchase; -80 the second, not below 0; -5 before any: nothing
+    assert values.tolist() == [70.0, 0.0]
+
+
 def test_lookback_cuts_and_counts_while_an_account_keeps_192_days(con: BaseBackend) -> None:
     _sessions(con, [("p1", 0, "Organic Search", None), ("p1", 9, "Paid Search", None),
                     ("ann", 0, "Paid Social", "crm:acme"), ("bob", 100, "Email", "crm:acme"),

@@ -80,13 +80,39 @@ def touch_conversions(touchpoints: ir.Table, spec: ConversionSpec,
                       touch_events: Mapping[str, Sequence[str]]) -> ir.Table:
     """The touches that are conversions of ``spec`` (a condition on touches)."""
     unit_id = touchpoints.person_id if spec.unit == "person" else touchpoints.account_id
-    hits = touchpoints.filter(touch_condition(touchpoints, spec, touch_events) & unit_id.notnull())
+    condition = touch_condition(touchpoints, spec, touch_events) & unit_id.notnull()
+    if spec.value == "revenue":  # a negative amount is a refund, never a conversion
+        condition &= ~(touchpoints.revenue < 0).fill_null(False)
+    hits = touchpoints.filter(condition)
     value = (hits.revenue.fill_null(0.0) if spec.value == "revenue"
              else ibis.literal(_constant_value(spec)))
     return hits.select(
         conversion=ibis.literal(spec.name), unit=ibis.literal(spec.unit),
         unit_id=(hits.person_id if spec.unit == "person" else hits.account_id),
         converted_at=hits.occurred_at, value=value.cast("float64"), ref=hits.touchpoint_id)
+
+
+def apply_refunds(conversions: ir.Table, touchpoints: ir.Table, unit: str) -> ir.Table:
+    """``conversions`` with refunds subtracted from their value.
+
+    A refund is a touch with negative revenue. It adjusts the unit's latest conversion at or
+    before it (a refund without an earlier conversion changes nothing); a value never goes
+    below 0. Why not a conversion of its own: counting it would add a journey, and its negative
+    value has no meaning for a channel's credit.
+    """
+    unit_id = touchpoints.person_id if unit == "person" else touchpoints.account_id
+    refunds = touchpoints.filter((touchpoints.revenue < 0) & unit_id.notnull()).select(
+        _unit=unit_id, _at=touchpoints.occurred_at, _refund=touchpoints.touchpoint_id,
+        _amount=touchpoints.revenue)
+    c = conversions.select("unit_id", "converted_at", "ref")
+    j = refunds.inner_join(c, [refunds._unit == c.unit_id, c.converted_at <= refunds._at])
+    j = j.mutate(_r=ibis.row_number().over(group_by="_refund",
+                                           order_by=[ibis.desc("converted_at"), "ref"]))
+    adjust = j.filter(j._r == 0).group_by(_ref="ref").aggregate(_adjust=ibis._._amount.sum())
+    out = conversions.left_join(adjust, conversions.ref == adjust._ref)
+    adjusted = ibis.greatest(out.value + out._adjust.fill_null(0.0), 0.0)
+    return out.select(*(adjusted.name(c) if c == "value" else out[c]
+                        for c in conversions.columns))
 
 
 def deal_events(deals: ir.Table, deal: str, *, statuses: Mapping[str, Sequence[str]],
@@ -173,8 +199,10 @@ def find_conversions(con: object, spec: ConversionSpec, *,
                      statuses: Mapping[str, Sequence[str]], rates: Mapping[str, float]) -> ir.Table:
     """Every conversion of ``spec`` in a prepared warehouse ``con`` (:data:`CONVERSION_SCHEMA`)."""
     if spec.deal is None:
-        found = touch_conversions(con.table("touchpoints"), spec,  # type: ignore[attr-defined]
-                                  touch_events)
+        touchpoints = con.table("touchpoints")  # type: ignore[attr-defined]
+        found = touch_conversions(touchpoints, spec, touch_events)
+        if spec.value == "revenue":
+            found = apply_refunds(found, touchpoints, spec.unit)
     else:
         tables = {name: con.table(name)  # type: ignore[attr-defined]
                   for name in ("deals", "identities", "accounts")}
