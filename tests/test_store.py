@@ -13,5 +13,5 @@ def test_tables_doc_is_current() -> None:
     expected = store.tables_markdown().rstrip() + "\n"
     assert DOC.read_text() == expected, (
         "docs/tables.md is out of date: regenerate it with "
-        "python -c \"from touchline import store; print(store.tables_markdown())\" > docs/tables.md"
+        "touchline tables --out docs/tables.md"
     )

@@ -270,7 +270,7 @@ def tables(out: Annotated[Path | None, typer.Option(help="Write Markdown here.")
     """Print (or write) the documentation of the canonical tables."""
     text = store.tables_markdown()
     if out:
-        out.write_text(text + "\n")
+        out.write_text(text.rstrip() + "\n")
     else:
         console.print(text, markup=False, highlight=False)
 

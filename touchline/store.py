@@ -732,9 +732,61 @@ JOURNEYS = TableSpec(
     ),
 )
 
+JOURNEY_STEPS = TableSpec(
+    name="journey_steps",
+    doc="The ordered touches of each journey as stored: which session, when, and the stage. "
+    "Read `journey_touches` (this joined to its journey and session) unless you need only "
+    "these columns.",
+    key="journey_id|position",
+    columns=_cols(
+        ("journey_id", S, "the journey"),
+        ("position", I, "1-based, in time order (ties: channel, then session id)"),
+        ("session_id", S, "the session (the touch)"),
+        ("touch_at", TS, "the session's start"),
+        ("days_before_conversion", F, "days from the touch to the conversion (open journeys: "
+         "to their last touch)"),
+        ("stage", S, "the stage (settings.stage_model) the unit was in at the touch"),
+    ),
+)
+
+#: what ``journey_touches`` takes from each step's journey and session
+_JOURNEY_VALUES = ("conversion", "unit", "unit_id", "sequence", "converted", "converted_at",
+                   "value")
+_SESSION_LEVELS = {"person_id": "person_id", "device_id": "device_id", "channel": "channel",
+                   "source": "source", "medium": "medium", "campaign": "campaign",
+                   "keyword": "term", "landing_page": "landing_page", "content": "content"}
+
+
+def journey_touches_view(con: BaseBackend) -> ir.Table:
+    """``journey_steps`` joined to ``journeys`` and ``sessions``: every journey touch with its
+    journey's conversion and its session's person, channel and entrance values.
+
+    A view, as ``touchpoints`` is: the journey's and the session's values are the same on
+    each of its touches, and writing them out on every touch of every conversion type was most
+    of the cost of storing journeys.
+    """
+    steps, journeys, sessions = (con.table(t) for t in ("journey_steps", "journeys", "sessions"))
+    j = journeys.select(*_JOURNEY_VALUES, _journey="journey_id")
+    s = sessions.select(_session="session_id",
+                        **{f"_{k}": sessions[v] for k, v in _SESSION_LEVELS.items()})
+    joined = steps.inner_join(j, steps.journey_id == j._journey).inner_join(
+        s, steps.session_id == s._session)
+    values = {**{k: joined[f"_{k}"] for k in _SESSION_LEVELS}}
+    unknown = {"channel": "Unassigned"}
+    return joined.select(*(
+        (values[c.name].fill_null(unknown.get(c.name, "(not set)"))
+         if c.name in LEVEL_COLUMNS else values[c.name] if c.name in values
+         else joined[c.name]).cast(c.dtype).name(c.name)
+        for c in JOURNEY_TOUCHES.columns))
+
+
+#: the columns a journey touch can be credited by (a session's entrance values)
+LEVEL_COLUMNS = ("channel", "source", "medium", "campaign", "keyword", "landing_page", "content")
+
 JOURNEY_TOUCHES = TableSpec(
     name="journey_touches",
-    doc="The ordered touches (sessions) of each journey, with where they came from.",
+    doc="The ordered touches (sessions) of each journey, with where they came from. A view: "
+    "`journey_steps` joined to `journeys` and `sessions`.",
     key="journey_id|position",
     columns=_cols(
         ("journey_id", S, "the journey"),
@@ -749,6 +801,7 @@ JOURNEY_TOUCHES = TableSpec(
         *_LEVEL_DOCS,
         ("stage", S, "the stage (settings.stage_model) the unit was in at the touch"),
     ),
+    view=journey_touches_view,
 )
 
 STAGES = TableSpec(
@@ -788,7 +841,7 @@ CREDITS = TableSpec(
     ),
 )
 
-JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_TOUCHES, CREDITS)
+JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_STEPS, JOURNEY_TOUCHES, CREDITS)
 
 TABLES: dict[str, TableSpec] = {
     t.name: t

@@ -141,7 +141,7 @@ def test_an_empty_warehouse_gives_empty_tables(con: BaseBackend) -> None:
     store.init(con)
     report = run(con, Settings(database_url="duckdb://"), prepare=False)
     assert report.main_conversion is None
-    assert report.rows == {"stages": 0, "journeys": 0, "journey_touches": 0, "credits": 0}
+    assert report.rows == {"stages": 0, "journeys": 0, "journey_steps": 0, "credits": 0}
 
 
 JOHN = [

@@ -42,16 +42,25 @@ OPEN = "open"
 
 
 def unit_touches(sessions: ir.Table, unit: str) -> ir.Table:
-    """Every session as a touch of its person (``unit="person"``) or account."""
+    """Every session as a touch of its person (``unit="person"``) or account: the unit, the
+    session and its channel (the other session values are joined back only where read)."""
     unit_id = sessions.person_id if unit == "person" else sessions.account_id
     s = sessions.filter(unit_id.notnull())
     return s.select(
         unit=ibis.literal(unit), unit_id=(s.person_id if unit == "person" else s.account_id),
-        touch_at=s.started_at.cast("timestamp"), session_id=s.session_id, person_id=s.person_id,
-        device_id=s.device_id, channel=s.channel.fill_null("Unassigned"),
-        **{level: s[column].fill_null("(not set)")
-           for level, column in LEVELS.items() if level != "channel"},
+        touch_at=s.started_at.cast("timestamp"), session_id=s.session_id,
+        channel=s.channel.fill_null("Unassigned"),
     )
+
+
+def with_session_values(steps: ir.Table, sessions: ir.Table) -> ir.Table:
+    """Journey touches with their session's person, device and entrance values
+    (:data:`JOURNEY_TOUCH_ORDER`), as the ``journey_touches`` view gives them."""
+    s = sessions.select(_session="session_id", person_id="person_id", device_id="device_id",
+                        **{level: sessions[column].fill_null("(not set)")
+                           for level, column in LEVELS.items() if level != "channel"})
+    joined = steps.inner_join(s, steps.session_id == s._session)
+    return joined.select(*JOURNEY_TOUCH_ORDER)
 
 
 def numbered_conversions(conversions: ir.Table, spec: ConversionSpec) -> ir.Table:
@@ -75,14 +84,16 @@ def _in_window(touch_at: ir.TimestampValue, end: ir.TimestampValue,
     return touch_at >= end - ibis.interval(days=lookback_days)
 
 
-def journey_tables(sessions: ir.Table, conversions: ir.Table,
-                   spec: ConversionSpec) -> tuple[ir.Table, ir.Table]:
-    """``(journeys, journey_touches)`` of one conversion type, as expressions.
+def journey_rows(sessions: ir.Table, conv: ir.Table, spec: ConversionSpec) -> ir.Table:
+    """Every touch of every journey of one conversion type, before the lookback: the
+    :data:`JOURNEY_TOUCH_ORDER` columns, ``ref``, and ``_kept`` (inside the lookback window).
 
-    ``conversions`` are :func:`~touchline.journeys.conversions.find_conversions`' rows of
-    ``spec``; units are taken from them (a deal type may end person and account journeys).
+    ``conv`` are the type's :func:`numbered_conversions`; units are taken from them (a deal
+    type may end person and account journeys). ``position`` numbers the kept touches.
     """
-    conv = numbered_conversions(conversions, spec)
+    # a stored table reads back as timestamp(6): one type, so the unions below line up
+    conv = conv.mutate(converted_at=conv.converted_at.cast("timestamp"),
+                       previous_at=conv.previous_at.cast("timestamp"))
     own = unit_touches(sessions, spec.unit)
     # a deal type for accounts falls back to the person a deal names when its company is unknown
     touches = (own.union(unit_touches(sessions, "person"), distinct=False)
@@ -113,30 +124,36 @@ def journey_tables(sessions: ir.Table, conversions: ir.Table,
                       _kept=o._kept)
 
     every = converted.union(opened, distinct=False)
-    cut = every.filter(~every._kept).group_by("journey_id").aggregate(
-        cut_touches=ibis._.count().cast("int64"))
-    kept = every.filter(every._kept)
     order = ["touch_at", "channel", "session_id"]
-    kept = kept.mutate(
-        position=(ibis.row_number().over(ibis.window(group_by="journey_id", order_by=order))
-                  + 1).cast("int64"),
-        days_before_conversion=((kept._end.epoch_seconds() - kept.touch_at.epoch_seconds())
+    every = every.mutate(
+        position=(ibis.row_number().over(ibis.window(group_by=["journey_id", "_kept"],
+                                                     order_by=order)) + 1).cast("int64"),
+        days_before_conversion=((every._end.epoch_seconds() - every.touch_at.epoch_seconds())
                                 .cast("float64") / SECONDS_PER_DAY),
     )
-    journey_touches = kept.select(*JOURNEY_TOUCH_ORDER)
+    return every.select(*STEP_COLUMNS, "ref", "_kept")
 
+
+def journeys_from_rows(rows: ir.Table, conv: ir.Table) -> tuple[ir.Table, ir.Table]:
+    """``(journeys, steps)`` from :func:`journey_rows` (of one or several types) and the
+    numbered conversions they came from; ``steps`` are the kept touches (:data:`STEP_COLUMNS`)."""
+    journey_touches = rows.filter(rows._kept).select(*STEP_COLUMNS)
+    cut = rows.filter(~rows._kept).group_by("journey_id").aggregate(
+        cut_touches=ibis._.count().cast("int64"))
     stats = journey_touches.group_by("journey_id").aggregate(
         first_touch_at=journey_touches.touch_at.min(), last_touch_at=journey_touches.touch_at.max(),
         touches=journey_touches.count().cast("int64"),
         channels=journey_touches.channel.nunique().cast("int64"))
-    heads = every.group_by("journey_id").aggregate(
-        conversion=every.conversion.max(), unit=every.unit.max(), unit_id=every.unit_id.max(),
-        sequence=every.sequence.max(), converted=every.converted.max(),
-        converted_at=every.converted_at.max(), value=every.value.max(), ref=every.ref.max())
-    # a conversion with no touch at all in its window still is a journey (with 0 touches)
-    heads = heads.union(conv.anti_join(heads, "journey_id").select(
-        "journey_id", "conversion", "unit", "unit_id", "sequence", converted=ibis.literal(True),
-        converted_at=conv.converted_at, value=conv.value, ref=conv.ref), distinct=False)
+    opened = rows.filter(~rows.converted).group_by("journey_id").aggregate(
+        conversion=rows.conversion.max(), unit=rows.unit.max(), unit_id=rows.unit_id.max())
+    # every conversion is a journey, also one with no touch at all in its window (0 touches)
+    heads = conv.select("journey_id", "conversion", "unit", "unit_id", "sequence",
+                        converted=ibis.literal(True),
+                        converted_at=conv.converted_at.cast("timestamp"),
+                        value=conv.value, ref=conv.ref).union(opened.select(
+        "journey_id", "conversion", "unit", "unit_id", sequence=ibis.null("int64"),
+        converted=ibis.literal(False), converted_at=ibis.null("timestamp"),
+        value=ibis.literal(0.0), ref=ibis.null("string")), distinct=False)
     journeys = heads.left_join(stats, "journey_id").left_join(cut, "journey_id")
     journeys = journeys.select(
         "journey_id", "conversion", "unit", "unit_id", "sequence", "converted", "converted_at",
@@ -151,9 +168,23 @@ def journey_tables(sessions: ir.Table, conversions: ir.Table,
     return journeys, journey_touches
 
 
+def journey_tables(sessions: ir.Table, conversions: ir.Table,
+                   spec: ConversionSpec) -> tuple[ir.Table, ir.Table]:
+    """``(journeys, journey_touches)`` of one conversion type, as expressions, from
+    :func:`~touchline.journeys.conversions.find_conversions`' rows of ``spec``."""
+    conv = numbered_conversions(conversions, spec)
+    journeys, steps = journeys_from_rows(journey_rows(sessions, conv, spec), conv)
+    return journeys, with_session_values(steps, sessions)
+
+
 _TOUCH_COLUMNS: Sequence[str] = (
     "journey_id", "conversion", "unit", "unit_id", "sequence", "converted_at", "value",
-    "touch_at", "session_id", "person_id", "device_id", *LEVELS,
+    "touch_at", "session_id", "channel",
+)
+#: the columns of a journey's touch as computed (the session's other values are joined back)
+STEP_COLUMNS: Sequence[str] = (
+    "journey_id", "position", "conversion", "unit", "unit_id", "sequence", "converted",
+    "converted_at", "value", "touch_at", "days_before_conversion", "session_id", "channel",
 )
 #: ``journey_touches`` columns in order (store.JOURNEY_TOUCHES documents them)
 JOURNEY_TOUCH_ORDER: Sequence[str] = (
@@ -164,9 +195,13 @@ JOURNEY_TOUCH_ORDER: Sequence[str] = (
 
 
 def write_journeys(con: object, settings: Settings) -> dict[str, int]:
-    """Build and store ``stages``, ``journeys`` and ``journey_touches`` (each touch with its
-    stage in ``settings.stage_model``) for every conversion type of ``settings``, replacing
-    them whole; return the rows written per table."""
+    """Build and store ``stages``, ``journeys`` and ``journey_steps`` (each touch with its
+    stage in ``settings.stage_model``; read through the ``journey_touches`` view) for every
+    conversion type of ``settings``, replacing them whole; return the rows written per table.
+
+    The conversions and the journeys' touch rows are each computed once into scratch tables
+    (:func:`~touchline.engine.materialise`) that the stored tables are then read from.
+    """
     from touchline import engine, store
     from touchline.journeys.conversions import find_conversions
     from touchline.journeys.stages import stage_at, stage_table
@@ -177,11 +212,13 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     found = ibis.union(*(find_conversions(con, spec, touch_events=settings.touch_events,
                                           statuses=settings.deal_statuses, rates=rates)
                          for spec in settings.conversions), distinct=False)
-    scratch = "_touchline_conversions"
-    conversions = engine.materialise(con, scratch, found)  # type: ignore[arg-type]
-    numbered = ibis.union(*(numbered_conversions(
-        conversions.filter(conversions.conversion == spec.name), spec)
-        for spec in settings.conversions), distinct=False)
+    found = engine.materialise(con, "_touchline_found", found)  # type: ignore[arg-type]
+    numbered = engine.materialise(con, "_touchline_conversions", ibis.union(*(  # type: ignore[arg-type]
+        numbered_conversions(found.filter(found.conversion == spec.name), spec)
+        for spec in settings.conversions), distinct=False))
+    rows = engine.materialise(con, "_touchline_journey_rows", ibis.union(*(  # type: ignore[arg-type]
+        journey_rows(sessions, numbered.filter(numbered.conversion == spec.name), spec)
+        for spec in settings.conversions), distinct=False))
     written: dict[str, int] = {}
 
     def store_as(spec: store.TableSpec, expr: ir.Table) -> ir.Table:
@@ -191,14 +228,11 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
         return stored
 
     stages = store_as(store.STAGES, stage_table(con, settings, numbered))
-    journeys, touches = [], []
-    for spec in settings.conversions:
-        j, t = journey_tables(sessions, conversions.filter(conversions.conversion == spec.name),
-                              spec)
-        journeys.append(j)
-        touches.append(t)
-    store_as(store.JOURNEYS, ibis.union(*journeys, distinct=False))
-    store_as(store.JOURNEY_TOUCHES, stage_at(ibis.union(*touches, distinct=False), stages,
-                                             settings.stage_model))
-    engine.drop_materialised(con, scratch)  # type: ignore[arg-type]
+    journeys, touches = journeys_from_rows(rows, numbered)
+    store_as(store.JOURNEYS, journeys)
+    store_as(store.JOURNEY_STEPS, stage_at(touches, stages, settings.stage_model))
+    engine.replace_view(con, store.JOURNEY_TOUCHES.name,  # type: ignore[arg-type]
+                        store.JOURNEY_TOUCHES.view(con))  # type: ignore[misc, arg-type]
+    for scratch in ("_touchline_journey_rows", "_touchline_conversions", "_touchline_found"):
+        engine.drop_materialised(con, scratch)  # type: ignore[arg-type]
     return written

@@ -12,6 +12,8 @@ before it (:func:`stage_at`).
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping, Sequence
 
 import ibis
@@ -66,26 +68,64 @@ def stage_entries(stage: StageSpec, *, unit: str, sessions: ir.Table, touchpoint
     return _per_unit(hits, hits.occurred_at, unit)
 
 
+def _is_touch_condition(stage: StageSpec) -> bool:
+    return bool(stage.events or stage.touches or stage.page)
+
+
 def stage_table(con: object, settings: Settings, conversions: ir.Table) -> ir.Table:
-    """Every stage entry of every stage model for persons and accounts (``stages`` rows)."""
+    """Every stage entry of every stage model for persons and accounts (``stages`` rows).
+
+    Models share conditions (every preset starts with the first touch): each distinct entry
+    condition is computed once, and all touch conditions in one pass over ``touchpoints``,
+    then mapped to the stages that use them.
+    """
     tables = {n: con.table(n)  # type: ignore[attr-defined]
               for n in ("sessions", "touchpoints", "deals", "identities", "accounts")}
-    parts = []
+    conditions: dict[str, int] = {}
+    specs: dict[int, StageSpec] = {}
+    uses: list[tuple[int, str, str, int]] = []
     for model, stages in settings.all_stage_models().items():
         for order, stage in enumerate(stages, start=1):
-            for unit in UNITS:
-                entries = stage_entries(
-                    stage, unit=unit, conversions=conversions,
-                    touch_events=settings.touch_events, statuses=settings.deal_statuses,
-                    **tables)
-                parts.append(entries.select(
-                    unit="unit", unit_id="unit_id", stage_model=ibis.literal(model),
-                    stage=ibis.literal(stage.name), stage_order=ibis.literal(order),
-                    entered_at=entries.entered_at.cast("timestamp")))
+            key = stage.model_dump_json(exclude={"name"})
+            cid = conditions.setdefault(key, len(conditions))
+            specs[cid] = stage
+            uses.append((cid, model, stage.name, order))
+    parts = []
+    tp = tables["touchpoints"]
+    touch_ids = [cid for cid, stage in specs.items() if _is_touch_condition(stage)]
+    for unit in UNITS:
+        for cid, stage in specs.items():
+            if cid in touch_ids:
+                continue
+            entries = stage_entries(stage, unit=unit, conversions=conversions,
+                                    touch_events=settings.touch_events,
+                                    statuses=settings.deal_statuses, **tables)
+            parts.append(entries.select("unit", "unit_id", cond=ibis.literal(cid),
+                                        entered_at=entries.entered_at.cast("timestamp")))
+        if touch_ids:
+            flags = {cid: touch_condition(tp, specs[cid], settings.touch_events)
+                     for cid in touch_ids}
+            unit_id = tp.person_id if unit == "person" else tp.account_id
+            hits = tp.filter(functools.reduce(operator.or_, flags.values()) & unit_id.notnull())
+            unit_column = hits.person_id if unit == "person" else hits.account_id
+            firsts = hits.group_by(_u=unit_column).aggregate(
+                **{f"_c{cid}": ibis.ifelse(touch_condition(hits, specs[cid],
+                                                           settings.touch_events),
+                                           hits.occurred_at, ibis.null("timestamp")).min()
+                   for cid in touch_ids})
+            for cid in touch_ids:
+                column = firsts[f"_c{cid}"]
+                parts.append(firsts.filter(column.notnull()).select(
+                    unit=ibis.literal(unit), unit_id=firsts._u, cond=ibis.literal(cid),
+                    entered_at=column.cast("timestamp")))
     every = ibis.union(*parts, distinct=False)
+    mapping = ibis.memtable({"cond": [u[0] for u in uses], "stage_model": [u[1] for u in uses],
+                             "stage": [u[2] for u in uses], "stage_order": [u[3] for u in uses]})
+    joined = every.inner_join(mapping, "cond")
     w = ibis.window(group_by=["stage_model", "unit", "unit_id"],
                     order_by=["entered_at", "stage_order"])
-    return every.mutate(left_at=every.entered_at.lead().over(w))
+    return joined.select("unit", "unit_id", "stage_model", "stage", "stage_order",
+                         "entered_at").mutate(left_at=ibis._.entered_at.lead().over(w))
 
 
 def stage_at(touches: ir.Table, stages: ir.Table, stage_model: str) -> ir.Table:
