@@ -185,7 +185,7 @@ def _run(con: Any, settings: Settings, report: DemoReport, progress: Progress) -
 def _attribute(dataset: DatasetReport, progress: Progress) -> None:
     from touchline.attribution import compare
     from touchline.attribution.evaluate import evaluate, truth_from_dict
-    from touchline.attribution.paths import read_path_file
+    from touchline.attribution.path_files import read_path_file
 
     progress(f"attributing {dataset.name} journeys with {len(DEMO_MODELS)} models")
     paths = read_path_file(dataset.folder / "paths.csv")

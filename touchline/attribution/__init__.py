@@ -42,7 +42,8 @@ from touchline.attribution import counterfactual, markov, rules, shapley  # noqa
 from touchline.attribution.compare import as_paths, attribute, bootstrap, compare
 from touchline.attribution.evaluate import Truth, evaluate, load_truth
 from touchline.attribution.markov import transition_matrix
-from touchline.attribution.paths import PathSet, aggregate_paths, read_path_file
+from touchline.attribution.path_files import read_path_file
+from touchline.attribution.paths import PathSet, aggregate_paths
 from touchline.attribution.registry import MODELS, Credits
 
 __all__ = [

@@ -29,12 +29,8 @@ from touchline.attribution.compare import attribute as attribute_paths
 from touchline.attribution.compare import compare
 from touchline.attribution.evaluate import evaluate as evaluate_models
 from touchline.attribution.evaluate import load_truth
-from touchline.attribution.paths import (
-    PATH_SEP_DEFAULT,
-    PathSet,
-    journey_pathset,
-    read_path_file,
-)
+from touchline.attribution.path_files import read_path_file
+from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, journey_pathset
 from touchline.attribution.registry import MODELS, lookup
 from touchline.errors import ConfigError, TouchlineError
 from touchline.journeys import LEVELS, journeys_in_period

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from touchline.attribution.paths import PathSet, paths_from_touches, read_path_file
+from touchline.attribution.path_files import read_path_file
+from touchline.attribution.paths import PathSet, paths_from_touches
 from touchline.attribution.registry import MODELS, Credits, Model, lookup
 from touchline.errors import ConfigError, InputError
 
@@ -40,7 +41,7 @@ def as_paths(
     * a :class:`PathSet`: as is;
     * an Ibis table with ``journey_id``: touch level, aggregated in its engine;
     * an Ibis table, Arrow table or pandas frame with a ``path`` list column: aggregated paths;
-    * a file name: a path file (:func:`~touchline.attribution.paths.read_path_file`).
+    * a file name: a path file (:func:`~touchline.attribution.path_files.read_path_file`).
     """
     if isinstance(data, PathSet):
         return data
