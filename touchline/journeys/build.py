@@ -93,7 +93,8 @@ def journey_rows(sessions: ir.Table, conv: ir.Table, spec: ConversionSpec) -> ir
     """
     # a stored table reads back as timestamp(6): one type, so the unions below line up
     conv = conv.mutate(converted_at=conv.converted_at.cast("timestamp"),
-                       previous_at=conv.previous_at.cast("timestamp"))
+                       previous_at=conv.previous_at.cast("timestamp"),
+                       sequence=conv.sequence.cast("int64"))
     own = unit_touches(sessions, spec.unit)
     # a deal type for accounts falls back to the person a deal names when its company is unknown
     touches = (own.union(unit_touches(sessions, "person"), distinct=False)
@@ -147,8 +148,8 @@ def journeys_from_rows(rows: ir.Table, conv: ir.Table) -> tuple[ir.Table, ir.Tab
     opened = rows.filter(~rows.converted).group_by("journey_id").aggregate(
         conversion=rows.conversion.max(), unit=rows.unit.max(), unit_id=rows.unit_id.max())
     # every conversion is a journey, also one with no touch at all in its window (0 touches)
-    heads = conv.select("journey_id", "conversion", "unit", "unit_id", "sequence",
-                        converted=ibis.literal(True),
+    heads = conv.select("journey_id", "conversion", "unit", "unit_id",
+                        sequence=conv.sequence.cast("int64"), converted=ibis.literal(True),
                         converted_at=conv.converted_at.cast("timestamp"),
                         value=conv.value, ref=conv.ref).union(opened.select(
         "journey_id", "conversion", "unit", "unit_id", sequence=ibis.null("int64"),
