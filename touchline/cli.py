@@ -156,6 +156,8 @@ def print_run(report: object, *, hint: bool = True) -> None:
                       f"{row.open_journeys:,}", f"{row.lookback_cut:,}",
                       f"{row.without_touches:,}")
     console.print(kinds)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if report.main_conversion is None:
         console.print("[yellow]no conversions found:[/] check the conversion types in "
                       "touchline.toml (docs/journeys.md) against your events")

@@ -45,6 +45,8 @@ class RunReport:
     rows: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     prepare: Any = None
+    #: conditions that name an event no touch has (with the nearest one that exists)
+    warnings: list[str] = field(default_factory=list)
 
 
 def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
@@ -79,7 +81,29 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     main = main_conversion(conversions)
     by_channel = channel_credits(con, main, settings.default_model) if main else pd.DataFrame()
     return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
-                     rows, seconds, prepared)
+                     rows, seconds, prepared, unknown_events(con, settings))
+
+
+def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
+    """A sentence for each event name a conversion type or a stage of your own names that no
+    prepared touch has, with the nearest name that exists: a typo finds nothing, silently."""
+    import difflib
+
+    tp = con.table("touchpoints")
+    seen = set(tp.select("event").distinct().to_pandas().event.dropna())
+    if not seen:
+        return []
+    named = [(f"conversion {c.name!r}", c.events) for c in settings.conversions]
+    named += [(f"stage model {m!r}, stage {s.name!r}", s.events)
+              for m, stages in settings.stage_models.items() for s in stages]
+    out = []
+    for where, events in named:
+        for event in events:
+            if event not in seen:
+                close = difflib.get_close_matches(event, sorted(seen), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                out.append(f"{where}: no touch has the event {event!r}{hint}")
+    return out
 
 
 def write_credits(con: BaseBackend, settings: Settings) -> int:

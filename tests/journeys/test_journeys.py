@@ -168,11 +168,33 @@ JOHN_DEAL = [{"deal_id": "D1", "status": "Closed Won", "amount": 1800.0, "curren
               "closed_at": "2026-03-20 10:00:00"}]
 
 
+def _prepared(con: BaseBackend, settings: Settings) -> None:
+    """John's events and deal prepared on DuckDB and copied to ``con`` (Spark): prepare's own
+    tests prove both engines prepare alike, and a Spark prepare costs a minute of the suite;
+    ``run`` then builds journeys, stages and credits on Spark."""
+    from touchline.prepare import run_prepare
+
+    duck = engine.connect(settings=settings)
+    engine.load_table(duck, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
+    engine.load_table(duck, "deals", arrow_table(store.DEALS, JOHN_DEAL))
+    run_prepare(duck, settings)
+    stored = [spec.name for spec in (*store.TABLES.values(),) if spec.view is None
+              and spec.name in duck.list_tables()]
+    for name in stored:
+        engine.load_table(con, name, duck.table(name).to_pyarrow())
+    store.init(con)
+    engine.replace_view(con, "touchpoints", store.TOUCHPOINTS.view(con))  # type: ignore[misc]
+
+
 def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
-    engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))
     settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
-    report = run(con, settings)
+    spark = engine.engine_name(con) == "spark"
+    if spark:
+        _prepared(con, settings)
+    else:
+        engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
+        engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))
+    report = run(con, settings, prepare=not spark)
     assert con.table("persons").count().execute() == 1
     touches = con.table("journey_touches").order_by(["journey_id", "position"]).to_pandas()
     journeys = con.table("journeys").to_pandas().set_index("conversion")
@@ -188,6 +210,7 @@ def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # typ
     assert journeys.loc["call", "touches"] == 4
     assert not journeys.loc["purchase", "converted"]  # he never bought on the site
     assert report.main_conversion == "deal_won"
+    assert report.warnings == []
     # his lifecycle: aware on the organic visit, considering on his return, deciding at the
     # chat lead, retained at the sale; each touch carries the stage he was in
     stages = con.table("stages").filter(lambda t: t.stage_model == "lifecycle").order_by(
@@ -308,6 +331,16 @@ def test_conversion_definitions_fail_at_load_with_the_nearest_name() -> None:
         load_settings(conversions=[{"name": "x"}])
     with pytest.raises(ConfigError, match="unique"):
         load_settings(conversions=[{"name": "x", "revenue": True}, {"name": "x", "deal": "won"}])
+
+
+def test_a_conversion_naming_an_event_nobody_sent_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(database_url="duckdb://", temp_directory=tmp_path, conversions=[
+        ConversionSpec(name="chat", events=["Chat Startd"])])
+    con = engine.connect(settings=settings)
+    engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
+    report = run(con, settings)
+    assert report.warnings == ["conversion 'chat': no touch has the event 'Chat Startd' "
+                               "(did you mean 'Chat Started'?)"]
 
 
 def test_an_unknown_model_in_the_settings_names_the_choices(con: BaseBackend) -> None:
