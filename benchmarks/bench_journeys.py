@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_prepare import DUCKDB_URL, SPARK_URL, _events_file
+from bench_prepare import DUCKDB_URL, SPARK_URL, _events_file, load_generator_events
 from common import DATA, PYTHON, machine, timed, write_result
 
 log = logging.getLogger("bench_journeys")
@@ -30,8 +30,6 @@ log = logging.getLogger("bench_journeys")
 
 def run_inner(parquet: Path, out: Path, url: str) -> None:
     """Load, prepare, then journeys, stages and credits; write timings and table digests."""
-    import ibis
-
     from touchline import engine
     from touchline.config import Settings
     from touchline.pipeline import run
@@ -42,16 +40,7 @@ def run_inner(parquet: Path, out: Path, url: str) -> None:
         stale.unlink(missing_ok=True)
     settings = Settings(database_url=url.replace("{db}", str(db)), temp_directory=DATA / "tmp")
     con = engine.connect(settings=settings)
-    raw = con.read_parquet(str(parquet))
-    events = raw.select(
-        message_id=raw.event_id, anonymous_id=raw.anonymous_id, user_id=raw.user_id,
-        timestamp=raw.ts.cast("timestamp"), event=raw.event,
-        type=ibis.ifelse(raw.event == "page_view", "page", "track"),
-        url=raw.url, referrer=raw.referrer, utm_source=raw.utm_source,
-        utm_medium=raw.utm_medium, utm_campaign=raw.utm_campaign, gclid=raw.gclid,
-        revenue=raw.revenue, source=ibis.literal("web"),
-    )
-    con.create_table("events", events, overwrite=True)
+    load_generator_events(con, parquet)
     end = con.table("events").timestamp.max().execute()
     t0 = time.perf_counter()
     run_prepare(con, settings, now=end.to_pydatetime() + timedelta(days=1))

@@ -44,12 +44,27 @@ def _remove_warehouse() -> None:
         stale.unlink(missing_ok=True)
 
 
+def load_generator_events(con: object, parquet: Path) -> None:
+    """The generator's Parquet as the canonical ``events`` table (its columns differ)."""
+    import ibis
+
+    raw = con.read_parquet(str(parquet))  # type: ignore[attr-defined]
+    events = raw.select(
+        message_id=raw.event_id, anonymous_id=raw.anonymous_id, user_id=raw.user_id,
+        timestamp=raw.ts.cast("timestamp"), event=raw.event,
+        type=ibis.ifelse(raw.event == "page_view", "page", "track"),
+        url=raw.url, referrer=raw.referrer, utm_source=raw.utm_source,
+        utm_medium=raw.utm_medium, utm_campaign=raw.utm_campaign, gclid=raw.gclid,
+        revenue=raw.revenue, source=ibis.literal("web"),
+    )
+    con.create_table("events", events, overwrite=True)  # type: ignore[attr-defined]
+
+
 def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = None,
               keep: bool = False) -> None:
     """Load the generator's file as canonical ``events``, run prepare, then paths and linear
     credits (what the reference computes too); write counts and timings. ``keep``: leave the
     warehouse file for :func:`persistence_floor`."""
-    import ibis
 
     from touchline import engine
     from touchline.config import ConversionSpec, Settings
@@ -66,17 +81,7 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
                         attribution_models=["linear"])
     con = engine.connect(settings=settings)
     t0 = time.perf_counter()
-    raw = con.read_parquet(str(parquet))
-    # the generator's columns differ from canonical events: map them here
-    events = raw.select(
-        message_id=raw.event_id, anonymous_id=raw.anonymous_id, user_id=raw.user_id,
-        timestamp=raw.ts.cast("timestamp"), event=raw.event,
-        type=ibis.ifelse(raw.event == "page_view", "page", "track"),
-        url=raw.url, referrer=raw.referrer, utm_source=raw.utm_source,
-        utm_medium=raw.utm_medium, utm_campaign=raw.utm_campaign, gclid=raw.gclid,
-        revenue=raw.revenue, source=ibis.literal("web"),
-    )
-    con.create_table("events", events, overwrite=True)
+    load_generator_events(con, parquet)
     loaded = time.perf_counter() - t0
     # the generator's clock runs past today for long-lived people: pin the run's "now" to the
     # data's end, else drop_future_timestamps rightly rejects those rows and counts differ
