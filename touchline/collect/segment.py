@@ -412,9 +412,11 @@ _EXPLODE_SQL = f"""
 WITH records AS (
     SELECT line, CAST(header AS JSON) AS h, CAST(body AS JSON) AS j FROM batches
 ), events AS (
-    SELECT line, h, j, unnest(json_extract(j, '$.batch[*]')) AS e FROM records
+    SELECT line, h, j, unnest(json_extract(j, '$.batch[*]')) AS e,
+        generate_subscripts(json_extract(j, '$.batch[*]'), 1) AS position
+    FROM records
 ), merged AS (
-    SELECT line, e,
+    SELECT line, e, position,
         json_merge_patch(
             coalesce(json_extract(j, '$.context'), '{{}}'),
             coalesce(json_extract(e, '$.context'), '{{}}')
@@ -431,7 +433,10 @@ SELECT line,
     json_merge_patch(e, json_object(
         'context', CASE WHEN json_extract_string(ctx, '$.ip') IS NULL AND client_ip IS NOT NULL
                         THEN json_merge_patch(ctx, json_object('ip', client_ip)) ELSE ctx END,
-        'messageId', coalesce(json_extract_string(e, '$.messageId'), 'md5:' || md5(e::VARCHAR)),
+        -- a server id, as for single events: two identical messages are two events; from
+        -- the spool position, so a chunk loaded again gives the same ids
+        'messageId', coalesce(json_extract_string(e, '$.messageId'),
+                              'srv-' || md5($origin || ':' || line || ':' || position)),
         'receivedAt', CASE WHEN keep_received_at
                            THEN coalesce(json_extract_string(e, '$.receivedAt'), received_at)
                            ELSE received_at END,
@@ -445,18 +450,20 @@ FROM merged
 """
 
 
-def explode_batches(batches: pa.Table) -> tuple[pa.Table, pa.Table]:
+def explode_batches(batches: pa.Table, *, origin: str) -> tuple[pa.Table, pa.Table]:
     """Spooled batch bodies → one stamped Segment message per row, as :func:`map_segment` takes.
 
     ``batches`` has ``line`` (int64), ``header`` (the collector's JSON: ``receivedAt``,
     ``writeKey`` name, truncated client ``ip``) and ``body`` (the request as received). The
     batch's ``context`` is merged under each message's own, as in the detailed path. Returns
     ``(lines, too_large)``, both with ``line`` and ``raw``: messages over 32 KB are refused.
+    A message without ``messageId`` gets ``srv-`` and a hash of ``origin`` (the spool chunk),
+    its line and its place in the batch.
     """
     db = duckdb.connect()
     try:
         db.register("batches", batches)
-        out = db.execute(_EXPLODE_SQL).fetch_arrow_table()
+        out = db.execute(_EXPLODE_SQL, {"origin": origin}).fetch_arrow_table()
     finally:
         db.close()
     too_large = out.column("too_large").fill_null(False)
