@@ -67,6 +67,14 @@ def _cols(*spec: tuple[str, dt.DataType, str]) -> tuple[Column, ...]:
     return tuple(Column(*s) for s in spec)
 
 
+#: click ids touchline knows, in precedence order (the first present names a touch's ad
+#: platform), each with its platform: the one list the collector, file ingest and prepare use
+CLICK_ID_PLATFORMS: dict[str, str] = {
+    "gclid": "google", "gbraid": "google", "wbraid": "google", "msclkid": "microsoft",
+    "dclid": "display", "fbclid": "meta", "li_fat_id": "linkedin", "ttclid": "tiktok",
+}
+CLICK_IDS: tuple[str, ...] = tuple(CLICK_ID_PLATFORMS)
+
 _LOAD_COLUMNS = (
     ("source", S, "which system sent it: web, server, chat, forms, calls, crm, import, ..."),
     ("ingest_id", S, "the ingest run (file load or collector batch) that stored the row"),

@@ -548,3 +548,43 @@ def test_identical_messages_without_message_id_are_separate_events(
         "SELECT count(*), count(DISTINCT message_id) FROM events WHERE event = 'Clicked'")
     assert rows == [(2, 2)]
     assert collector.warehouse.query("SELECT count(*) FROM rejects") == [(0,)]
+
+
+@pytest.mark.parametrize("path", ["fast", "checked"])
+def test_the_32_kb_limit_counts_bytes_on_both_batch_paths(
+    collector: LiveCollector, path: str
+) -> None:
+    """17,000 'é' are 17,000 characters but 34,000 bytes: over the limit on either path."""
+    wide = {"type": "track", "event": "Wide", "anonymousId": "a", "messageId": "wide",
+            "properties": {"text": "é" * 17_000}}
+    narrow = {**wide, "messageId": "narrow", "properties": {"text": "e" * 17_000}}
+    extra = [{"type": "alias", "userId": "u", "previousId": "a", "messageId": "al"}]
+    batch = [wide, narrow, *(extra if path == "checked" else [])]
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        assert http.post("/v1/batch", json={"batch": batch}).status_code == 200
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT message_id FROM events WHERE event = 'Wide'") == [
+        ("narrow",)
+    ]
+    assert collector.warehouse.query("SELECT reason_code FROM rejects") == [("event_too_large",)]
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2025-W01-1", "2025-060",
+     "20250301T100000"],
+)
+def test_times_the_warehouse_cannot_store_as_meant_are_refused_at_the_door(
+    collector: LiveCollector, timestamp: str
+) -> None:
+    message = {"type": "track", "event": "x", "anonymousId": "a", "timestamp": timestamp}
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        single = http.post("/v1/track", json=message)
+        batch = http.post("/v1/batch", json={"batch": [message]})
+    assert (single.status_code, single.json()["code"]) == (400, "bad_timestamp")
+    assert batch.json()["rejected"] == 1
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT count(*) FROM events") == [(0,)]
+    assert collector.warehouse.query("SELECT DISTINCT reason_code FROM rejects") == [
+        ("bad_timestamp",)
+    ]

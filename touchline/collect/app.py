@@ -566,6 +566,7 @@ class Collector:
         lines: list[bytes] = []
         rejected = 0
         for index, message in enumerate(batch, start=1):
+            too_large = segment.message_bytes(message) > MAX_EVENT_BYTES
             if isinstance(message, dict):
                 if shared_context is not None:
                     own = message.get("context")
@@ -577,13 +578,13 @@ class Collector:
                 if sent_at is not None:
                     message.setdefault("sentAt", sent_at)
             problem = segment.check_message(message, keep_received_at=key.kind == "import")
-            line = b""
-            if problem is None:
-                line = self._stamp(message, key, received_at, client_ip)
-                if len(line) > MAX_EVENT_BYTES:
-                    problem = Problem(
-                        "event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes"
-                    )
+            if problem is None and too_large:
+                problem = Problem(
+                    "event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes"
+                )
+            line = b"" if problem is not None else self._stamp(
+                message, key, received_at, client_ip
+            )
             if problem is not None:
                 rejected += 1
                 line = (

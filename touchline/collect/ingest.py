@@ -44,6 +44,7 @@ from touchline.collect.mapping import Mapping
 from touchline.collect.segment import PERSON_PATHS, url_decoded_sql
 from touchline.config import Settings
 from touchline.errors import InputError
+from touchline.store import CLICK_IDS
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
-CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid")
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
 #: columns added after content hashes (``row_hash``, ``h-`` message ids) were defined: they
 #: count in a row's hash only when set, so re-ingesting an old export adds nothing twice

@@ -19,6 +19,7 @@ the page URL's query string, click ids from the URL, e-mail and phone from the t
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,7 +29,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from touchline.store import EVENTS, RejectRecord, reject_rows, truncate_ip
+from touchline.store import CLICK_IDS, EVENTS, RejectRecord, reject_rows, truncate_ip
 
 MESSAGE_TYPES = frozenset({"track", "page", "screen", "identify", "alias", "group"})
 MAX_EVENT_BYTES = 32 * 1024
@@ -38,8 +39,8 @@ MAX_BATCH_BYTES = 500 * 1024
 MAX_JSON_DEPTH = 64
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _SQUARE = bytes.maketrans(b"{}", b"[]")
+_CALENDAR_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ]|$)")
 _BRACKET_STEP = {ord("["): 1, ord("]"): -1}
-CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid")
 UTM_FIELDS = ("source", "medium", "campaign", "term", "content", "id")
 # context.campaign uses Segment's names; `name` is what the URL calls utm_campaign
 _CAMPAIGN_KEYS = {"campaign": "name"}
@@ -271,11 +272,20 @@ def json_depth(body: bytes, *, stop_above: int = MAX_JSON_DEPTH) -> int:
 
 
 def _is_timestamp(value: Any) -> bool:
-    if not isinstance(value, str):
+    """Whether ``value`` is a time the loader stores as it was meant.
+
+    Python reads more ISO 8601 than the warehouse: week and ordinal dates (``2025-W01-1``),
+    basic format (``20250301``), and offsets that push a time out of the years 1-9999 once in
+    UTC (``9999-12-31T23:59:59-23:59`` is in year 10000). Those were accepted here and then
+    refused at load or stored in the wrong year; they are refused at the door instead.
+    """
+    if not isinstance(value, str) or not _CALENDAR_DATE.match(value):
         return False
     try:
-        datetime.fromisoformat(value)
-    except ValueError:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is not None:
+            moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return False
     return True
 
@@ -445,9 +455,16 @@ SELECT line,
         'sentAt', coalesce(json_extract(e, '$.sentAt'), batch_sent_at),
         'integrations', coalesce(json_extract(e, '$.integrations'), batch_integrations)
     ))::VARCHAR AS raw,
-    length(e::VARCHAR) > {MAX_EVENT_BYTES} AS too_large
+    -- strlen counts UTF-8 bytes, as message_bytes does on the checked path
+    strlen(e::VARCHAR) > {MAX_EVENT_BYTES} AS too_large
 FROM merged
 """
+
+
+def message_bytes(message: Any) -> int:
+    """A batch member's size as the 32 KB limit counts it: its compact JSON, as received
+    (before the batch's shared context is merged in), in UTF-8 bytes, on every path."""
+    return len(msgspec.json.encode(message))
 
 
 def explode_batches(batches: pa.Table, *, origin: str) -> tuple[pa.Table, pa.Table]:
