@@ -588,3 +588,20 @@ def test_times_the_warehouse_cannot_store_as_meant_are_refused_at_the_door(
     assert collector.warehouse.query("SELECT DISTINCT reason_code FROM rejects") == [
         ("bad_timestamp",)
     ]
+
+
+def test_a_batch_member_with_a_key_twice_is_rejected_not_stored_with_the_other_copy(
+    collector: LiveCollector,
+) -> None:
+    """The collector's parser checked the last anonymousId, the loader's read the first (empty):
+    an event without id was stored. Now the message goes to rejects as duplicate_key."""
+    body = (b'{"batch":[{"type":"track","event":"x","anonymousId":"","anonymousId":"real",'
+            b'"messageId":"twice"},{"type":"track","event":"x","anonymousId":"a",'
+            b'"messageId":"once"}]}')
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        assert http.post("/v1/batch", content=body).status_code == 200
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT message_id, anonymous_id FROM events") == [
+        ("once", "a")
+    ]
+    assert collector.warehouse.query("SELECT reason_code FROM rejects") == [("duplicate_key",)]

@@ -320,6 +320,24 @@ def _query_param(name: str) -> str:
 # CASE, not AND: DuckDB evaluates both sides of AND, and casting bad JSON raises
 _IS_OBJECT = "coalesce(CASE WHEN json_valid(raw) THEN json_type(raw) = 'OBJECT' END, false)"
 _OBJECTS = ("$.properties", "$.traits", "$.context")
+#: the objects a message's fields are read from: a key twice in one of them is ambiguous
+_READ_OBJECTS = ("$", "$.context", "$.context.page", "$.context.campaign", "$.context.traits",
+                 "$.traits", "$.properties")
+
+
+def duplicate_keys_sql(json_ref: str) -> str:
+    """DuckDB SQL: whether the JSON object ``json_ref`` repeats a key in one of the objects a
+    message is read from (the root, context, page, campaign, traits, properties).
+
+    Why: parsers disagree on ``{"anonymousId": "", "anonymousId": "real"}`` (orjson keeps the
+    last, DuckDB the first), so the collector checked one copy and the loader stored the other.
+    The one rule for every path: such a message is rejected with ``duplicate_key``.
+    """
+    paths = ", ".join(repr(p) for p in _READ_OBJECTS)
+    return (
+        f"coalesce(list_bool_or(list_transform(json_keys({json_ref}, [{paths}]), "
+        "k -> len(k) <> len(list_distinct(k)))), false)"
+    )
 
 
 def _mapping_sql() -> str:
@@ -361,7 +379,8 @@ def _mapping_sql() -> str:
         SELECT line, raw, CAST(raw AS JSON) AS j FROM lines WHERE {_IS_OBJECT}
     ), extracted AS (
         SELECT line, raw, json_extract_string(j, [{{PATHS}}]) AS v,
-               json_extract(j, [{", ".join(repr(p) for p in _OBJECTS)}]) AS o
+               json_extract(j, [{", ".join(repr(p) for p in _OBJECTS)}]) AS o,
+               {duplicate_keys_sql("j")} AS duplicate_keys
         FROM parsed
     ), pages AS (
         SELECT *,
@@ -374,6 +393,7 @@ def _mapping_sql() -> str:
     SELECT
         line,
         raw,
+        duplicate_keys,
         coalesce({text("$.messageId")}, 'md5:' || md5(raw)) AS message_id,
         lower({text("$.type")}) AS type,
         {text("$.event")} AS event,
@@ -490,6 +510,7 @@ def explode_batches(batches: pa.Table, *, origin: str) -> tuple[pa.Table, pa.Tab
 
 _REASONS = {
     "bad_json": ("raw", "the line is not a JSON object"),
+    "duplicate_key": ("raw", "a key appears twice in one object: which copy is meant is unknown"),
     "bad_type": (
         "type",
         "type is missing or not one of alias, group, identify, page, screen, track",
@@ -565,6 +586,7 @@ def map_segment(
             """
             CREATE TEMP TABLE verdict AS
             SELECT m.*, CASE
+                WHEN duplicate_keys THEN 'duplicate_key'
                 WHEN type IS NULL
                   OR type NOT IN ('track', 'page', 'screen', 'identify', 'alias', 'group')
                     THEN 'bad_type'
