@@ -8,6 +8,7 @@ is generated from the ``doc`` strings (``tests/test_store.py`` keeps it current)
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import ipaddress
@@ -28,6 +29,7 @@ from touchline import engine
 
 if TYPE_CHECKING:
     import ibis.expr.types as ir
+    import pandas as pd
     from ibis.backends import BaseBackend
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,14 @@ class TableSpec:
 def _cols(*spec: tuple[str, dt.DataType, str]) -> tuple[Column, ...]:
     return tuple(Column(*s) for s in spec)
 
+
+#: click ids touchline knows, in precedence order (the first present names a touch's ad
+#: platform), each with its platform: the one list the collector, file ingest and prepare use
+CLICK_ID_PLATFORMS: dict[str, str] = {
+    "gclid": "google", "gbraid": "google", "wbraid": "google", "msclkid": "microsoft",
+    "dclid": "display", "fbclid": "meta", "li_fat_id": "linkedin", "ttclid": "tiktok",
+}
+CLICK_IDS: tuple[str, ...] = tuple(CLICK_ID_PLATFORMS)
 
 _LOAD_COLUMNS = (
     ("source", S, "which system sent it: web, server, chat, forms, calls, crm, import, ..."),
@@ -411,6 +421,32 @@ def reject_rows(
         "rejected_at": pa.array([now] * count, pa.timestamp("us")),
     }
     return pa.table(data).cast(REJECTS.schema.to_pyarrow())
+
+
+#: what a spreadsheet reads as the start of a formula (OWASP's CSV injection rule)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """``value`` safe to open in a spreadsheet: text starting like a formula gets a ``'``.
+
+    Why: campaign names, page titles and UTMs come from anyone who can craft a link; a cell
+    ``=HYPERLINK(...)`` in an export runs when an analyst opens it. Numbers stay numbers.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def to_csv(frame: pd.DataFrame) -> str:
+    """``frame`` as CSV text with every text cell passed through :func:`csv_cell`: the one
+    way touchline writes a CSV for people to open."""
+    safe = frame.copy()
+    for name in safe.columns:
+        if safe[name].dtype == object or str(safe[name].dtype).startswith("string"):
+            safe[name] = safe[name].map(csv_cell)
+    # every text cell quoted: a bare carriage return inside one would otherwise end the row
+    return str(safe.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
 
 
 INGESTS = TableSpec(

@@ -10,13 +10,14 @@ import orjson
 import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
 
-from touchline.collect.app import AUTH_FAILURE_BURST, FailureLimiter
+from touchline.collect.app import AUTH_FAILURE_BURST, AddressBudget
 from touchline.collect.segment import (
     MAX_BATCH_BYTES,
     MAX_EVENT_BYTES,
     MAX_JSON_DEPTH,
     json_depth,
 )
+from touchline.store import REJECT_RAW_MAX_CHARS
 
 
 def _track(message_id: str, **extra: object) -> dict[str, object]:
@@ -72,9 +73,11 @@ def test_import_key_keeps_the_messages_receipt_time_a_write_key_does_not(
     # no receivedAt from an import key, or any from a write key: the server's clock
     assert rows["slow-3"] > "2026" and rows["live-1"] > "2026"
     assert set(rows) == {"single-1", "fast-1", "slow-1", "slow-3", "live-1"}
-    assert collector.warehouse.query("SELECT line, field, reason_code FROM rejects") == [
-        (2, "receivedAt", "bad_timestamp")
-    ]
+    # the refused single event and the refused batch member, both recorded
+    assert collector.warehouse.query(
+        "SELECT source, line, field, reason_code FROM rejects ORDER BY source"
+    ) == [("/v1/batch", 2, "receivedAt", "bad_timestamp"),
+          ("/v1/track", 1, "receivedAt", "bad_timestamp")]
 
 
 def test_write_key_in_a_text_plain_body_is_accepted_like_a_beacon(collector: LiveCollector) -> None:
@@ -292,9 +295,11 @@ def test_garbage_headers_are_client_errors(
     assert (response.status_code, response.json()["code"]) == (status, code)
 
 
-def test_valid_batch_without_message_ids_is_stored_once_when_retried(
+def test_valid_batch_without_message_ids_gets_server_ids_per_request(
     collector: LiveCollector,
 ) -> None:
+    """As Segment does: a message without messageId gets the server's id, so a body sent
+    twice is two sets of events (clients that retry send their own messageId)."""
     body = {
         "batch": [
             {"type": "page", "anonymousId": "a", "timestamp": "2025-03-01T10:00:00Z"},
@@ -319,12 +324,13 @@ def test_valid_batch_without_message_ids_is_stored_once_when_retried(
     )
     assert [(t, ip, str(sent), key) for t, ip, sent, _, key in rows] == [
         ("page", "127.0.0.0", "2025-03-01 10:02:00", "web"),
+        ("page", "127.0.0.0", "2025-03-01 10:02:00", "web"),
+        ("track", "198.51.100.0", "2025-03-01 10:02:00", "web"),
         ("track", "198.51.100.0", "2025-03-01 10:02:00", "web"),
     ]
     assert all(orjson.loads(r[3])["library"] == {"name": "analytics-python"} for r in rows)
-    assert collector.warehouse.query("SELECT reason_code, count(*) FROM rejects GROUP BY 1") == [
-        ("duplicate", 2)
-    ]
+    assert collector.warehouse.query("SELECT count(DISTINCT message_id) FROM events") == [(4,)]
+    assert collector.warehouse.query("SELECT count(*) FROM rejects") == [(0,)]
 
 
 def test_cors_never_reflects_an_origin_with_credentials(
@@ -378,13 +384,13 @@ def test_repeated_failed_authentication_from_one_address_is_throttled(
 
 
 def test_the_failure_limiter_refills_and_forgets_the_oldest_address() -> None:
-    limiter = FailureLimiter(burst=2, refill_per_second=1.0, max_addresses=2)
-    limiter.failed("a", 0.0)
-    limiter.failed("a", 0.0)
-    assert (limiter.blocked("a", 0.0), limiter.blocked("a", 1.0)) == (True, False)
-    limiter.failed("b", 0.0)
-    limiter.failed("c", 0.0)
-    assert limiter.blocked("a", 0.0) is False  # forgotten: memory stays bounded
+    limiter = AddressBudget(burst=2, refill_per_second=1.0, max_addresses=2)
+    limiter.spend("a", 0.0)
+    limiter.spend("a", 0.0)
+    assert (limiter.exhausted("a", 0.0), limiter.exhausted("a", 1.0)) == (True, False)
+    limiter.spend("b", 0.0)
+    limiter.spend("c", 0.0)
+    assert limiter.exhausted("a", 0.0) is False  # forgotten: memory stays bounded
 
 
 def nested_track(depth: int) -> bytes:
@@ -461,3 +467,141 @@ def test_rejects_and_the_spool_never_keep_a_write_key_or_a_full_ip(
         assert (orjson.loads(raw)["writeKey"], context["ip"]) == ("[removed]", "203.0.113.0")
         assert orjson.loads(raw)["properties"] == {"password": "[removed]"}
     assert wh.query("SELECT message_id FROM events") == [("fine",)]
+
+
+REFUSED_SINGLES = {
+    "event_too_large": (orjson.dumps(_track("m-big", properties={"blob": "x" * MAX_EVENT_BYTES})),
+                        {}),
+    "bad_json": (b'{"event": "x", "anonym', {}),
+    "form_encoded": (b"event=x&anonymousId=a",
+                     {"content-type": "application/x-www-form-urlencoded"}),
+    "bad_gzip": (orjson.dumps(_track("m-gz")), {"content-encoding": "gzip"}),
+    "missing_id": (orjson.dumps({"event": "Signed Up", "userId": ""}), {}),
+    "bad_id": (orjson.dumps({"event": "x", "userId": 17}), {}),
+    "missing_event": (orjson.dumps({"anonymousId": "a"}), {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_SINGLES))
+def test_a_refused_single_event_is_recorded_in_rejects_with_its_reason(
+    collector: LiveCollector, case: str
+) -> None:
+    body, headers = REFUSED_SINGLES[case]
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/track", content=body, headers=headers)
+    assert response.status_code == 400
+    collector.warehouse.load()
+    [(code, reason, raw, source, step)] = collector.warehouse.query(
+        "SELECT reason_code, reason, raw, source, step FROM rejects")
+    assert (code, reason) == (response.json()["code"], response.json()["message"])
+    assert (source, step) == ("/v1/track", "collect:api")
+    if case != "bad_gzip":  # a body that does not gunzip is not read
+        assert raw == body.decode()[:REJECT_RAW_MAX_CHARS]
+
+
+def test_a_truncated_beacon_is_recorded_under_the_key_in_its_text(
+    collector: LiveCollector,
+) -> None:
+    """t.js sends the key in the body: even a body cut off mid-JSON names its sender."""
+    key = collector.warehouse.write_key
+    body = orjson.dumps({"writeKey": key, "batch": [_track("m-cut")]})[:-12]
+    with collector.client() as http:
+        response = http.post("/v1/batch", content=body, headers={"content-type": "text/plain"})
+        anonymous = http.post("/v1/track", content=b'{"event": "x", "anonym')
+    assert (response.status_code, anonymous.status_code) == (400, 400)
+    collector.warehouse.load()
+    [(code, raw)] = collector.warehouse.query("SELECT reason_code, raw FROM rejects")
+    assert code == "bad_json"
+    assert key not in raw and '"writeKey":"[removed]"' in raw.replace(" ", "")
+
+
+def test_refusals_recorded_per_client_address_are_bounded(collector: LiveCollector) -> None:
+    collector.app.recorded_refusals = AddressBudget(burst=3, refill_per_second=1e-6)
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        codes = {http.post("/v1/track", json={"anonymousId": "a"}).status_code
+                 for _ in range(6)}
+    assert codes == {400}
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT count(*) FROM rejects") == [(3,)]
+    assert collector.app.stats["refusals_not_recorded"] == 3
+
+
+@pytest.mark.parametrize("route", ["/v1/track", "fast batch", "checked batch"])
+def test_identical_messages_without_message_id_are_separate_events(
+    collector: LiveCollector, route: str
+) -> None:
+    """Segment gives each call its own id: a content hash would store two real clicks once."""
+    message = {"type": "track", "event": "Clicked", "anonymousId": "a",
+               "timestamp": "2025-03-01T10:00:00Z"}
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        if route == "/v1/track":
+            statuses = [http.post(route, json=message).status_code for _ in range(2)]
+        else:
+            # an alias beside them sends the batch through the per-message checks
+            alias = {"type": "alias", "userId": "u", "previousId": "a"}
+            extra = [alias] if "checked" in route else []
+            statuses = [http.post("/v1/batch", json={"batch": [message, message, *extra]}
+                                  ).status_code]
+    assert set(statuses) == {200}
+    collector.warehouse.load()
+    rows = collector.warehouse.query(
+        "SELECT count(*), count(DISTINCT message_id) FROM events WHERE event = 'Clicked'")
+    assert rows == [(2, 2)]
+    assert collector.warehouse.query("SELECT count(*) FROM rejects") == [(0,)]
+
+
+@pytest.mark.parametrize("path", ["fast", "checked"])
+def test_the_32_kb_limit_counts_bytes_on_both_batch_paths(
+    collector: LiveCollector, path: str
+) -> None:
+    """17,000 'é' are 17,000 characters but 34,000 bytes: over the limit on either path."""
+    wide = {"type": "track", "event": "Wide", "anonymousId": "a", "messageId": "wide",
+            "properties": {"text": "é" * 17_000}}
+    narrow = {**wide, "messageId": "narrow", "properties": {"text": "e" * 17_000}}
+    extra = [{"type": "alias", "userId": "u", "previousId": "a", "messageId": "al"}]
+    batch = [wide, narrow, *(extra if path == "checked" else [])]
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        assert http.post("/v1/batch", json={"batch": batch}).status_code == 200
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT message_id FROM events WHERE event = 'Wide'") == [
+        ("narrow",)
+    ]
+    assert collector.warehouse.query("SELECT reason_code FROM rejects") == [("event_too_large",)]
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2025-W01-1", "2025-060",
+     "20250301T100000"],
+)
+def test_times_the_warehouse_cannot_store_as_meant_are_refused_at_the_door(
+    collector: LiveCollector, timestamp: str
+) -> None:
+    message = {"type": "track", "event": "x", "anonymousId": "a", "timestamp": timestamp}
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        single = http.post("/v1/track", json=message)
+        batch = http.post("/v1/batch", json={"batch": [message]})
+    assert (single.status_code, single.json()["code"]) == (400, "bad_timestamp")
+    assert batch.json()["rejected"] == 1
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT count(*) FROM events") == [(0,)]
+    assert collector.warehouse.query("SELECT DISTINCT reason_code FROM rejects") == [
+        ("bad_timestamp",)
+    ]
+
+
+def test_a_batch_member_with_a_key_twice_is_rejected_not_stored_with_the_other_copy(
+    collector: LiveCollector,
+) -> None:
+    """The collector's parser checked the last anonymousId, the loader's read the first (empty):
+    an event without id was stored. Now the message goes to rejects as duplicate_key."""
+    body = (b'{"batch":[{"type":"track","event":"x","anonymousId":"","anonymousId":"real",'
+            b'"messageId":"twice"},{"type":"track","event":"x","anonymousId":"a",'
+            b'"messageId":"once"}]}')
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        assert http.post("/v1/batch", content=body).status_code == 200
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT message_id, anonymous_id FROM events") == [
+        ("once", "a")
+    ]
+    assert collector.warehouse.query("SELECT reason_code FROM rejects") == [("duplicate_key",)]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from touchline.collect.app import Collector, FailureLimiter
+from touchline.collect.app import AddressBudget, Collector
 from touchline.collect.keys import KeyRing
 from touchline.collect.webhooks import SourceMapping
 from touchline.config import Settings
@@ -143,7 +143,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Collector:
 def test_no_input_yields_a_server_error(
     app: Collector, method: str, path: str, body: bytes, auth: str, compress: str | None
 ) -> None:
-    app.auth_failures = FailureLimiter()  # each example starts unthrottled
+    app.auth_failures = AddressBudget()  # each example starts unthrottled
     headers: list[tuple[bytes, bytes]] = []
     if auth in ("basic", "server"):
         key = KEY if auth == "basic" else SERVER_KEY

@@ -320,3 +320,16 @@ def test_a_rejected_rows_raw_text_keeps_no_secret_and_no_full_ip(con, tmp_path) 
     [raw] = con.table("rejects").raw.to_pyarrow().to_pylist()
     assert "tlw_leaked" not in raw and "198.51.100.23" not in raw and "t0k" not in raw
     assert json.loads(raw)["context"] == {"ip": "198.51.100.0"}
+
+
+def test_a_key_twice_in_one_object_is_rejected_by_file_ingest_as_by_the_loader(
+    con, tmp_path
+) -> None:
+    path = tmp_path / "events.ndjson"
+    twice = ('{"type":"track","event":"x","anonymousId":"","anonymousId":"real",'
+             '"messageId":"d1","timestamp":"2025-03-01T10:00:00Z"}')
+    once = twice.replace('"anonymousId":"",', "").replace("d1", "d2")
+    path.write_text(twice + "\n" + once + "\n")
+    result = ingest_file(con, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.rejected) == (1, 1)
+    assert _rejects(con) == {1: "duplicate_key"}

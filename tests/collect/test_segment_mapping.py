@@ -156,3 +156,18 @@ def test_a_crm_contact_id_comes_from_traits_or_properties() -> None:
     )
     assert rejects == []
     assert [r["contact_id"] for r in rows] == ["hs-501", "hs-502", None]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type":"track","event":"x","anonymousId":"","anonymousId":"real","messageId":"d1",'
+        '"timestamp":"2025-03-01T10:00:00Z"}',
+        '{"type":"page","anonymousId":"a","messageId":"d2","timestamp":"2025-03-01T10:00:00Z",'
+        '"context":{"page":{"url":"https://x.io/?a","url":"https://y.io/"}}}',
+    ],
+)
+def test_a_key_twice_in_one_object_is_rejected_as_duplicate_key(raw: str) -> None:
+    events, rejects = _map(raw)
+    assert events == []
+    assert [(r["reason_code"], r["line"]) for r in rejects] == [("duplicate_key", 1)]

@@ -25,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from touchline import store
 from touchline.attribution.compare import attribute as attribute_paths
 from touchline.attribution.compare import compare
 from touchline.attribution.evaluate import evaluate as evaluate_models
@@ -312,7 +313,7 @@ def register(app: typer.Typer) -> None:
                     shown = json.dumps(_all_json(conversions, value, params), indent=2) + "\n"
                 elif fmt == "csv":
                     wide = conversions.merge(value, on=level, suffixes=("", "_value"))
-                    shown = wide.to_csv(index=False)
+                    shown = store.to_csv(wide)
                 else:
                     shown = _table(
                         conversions,
@@ -325,7 +326,7 @@ def register(app: typer.Typer) -> None:
                 if fmt == "json":
                     shown = json.dumps(_single_json(frame), indent=2) + "\n"
                 elif fmt == "csv":
-                    shown = frame.to_csv(index=False)
+                    shown = store.to_csv(frame)
                 else:
                     shown = _table(
                         frame,
@@ -370,7 +371,7 @@ def register(app: typer.Typer) -> None:
                 + "\n"
             )
         elif fmt == "csv":
-            shown = ranking.to_csv(index=False)
+            shown = store.to_csv(ranking)
         else:
             shown = _table(
                 ranking,

@@ -23,7 +23,7 @@ write key is public (t.js puts it in every page), so it opens only the tracking 
 key of the wrong kind gets 403. Keys come in the Basic user, the ``X-Touchline-Key`` header or
 (tracking only, as Segment's beacons send it) ``writeKey`` in the body, never in the query
 string, which ends up in access logs. A client address that keeps failing authentication gets
-429 for a while (:class:`FailureLimiter`).
+429 for a while (:class:`AddressBudget`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import logging
 import os
 import re
 import time
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -110,9 +110,16 @@ STATS_KINDS = frozenset({"admin"})
 #: failed authentications a client address may make at once, and how fast it earns them back
 AUTH_FAILURE_BURST = 10
 AUTH_FAILURE_REFILL_PER_SECOND = 0.2
-AUTH_LIMITER_ADDRESSES = 10_000  # addresses remembered; a flood of new ones evicts the oldest
+#: refused requests an address may have written to rejects at once, and how fast it earns
+#: them back: enough to debug an integration, too few to fill a disk
+REFUSALS_RECORDED_BURST = 100
+REFUSALS_RECORDED_PER_SECOND = 1.0
+BUDGET_ADDRESSES = 10_000  # addresses remembered; a flood of new ones evicts the oldest
 QUERY_KEY_NAMES = frozenset({"key", "writekey", "write_key", "api_key", "apikey"})
 _WRITE_KEY_IN_BODY = re.compile(rb'"writeKey"\s*:\s*"(?:[^"\\]|\\.)*"')
+_WRITE_KEY_TEXT = re.compile(rb'"writeKey"\s*:\s*"([A-Za-z0-9_-]{1,100})"')
+#: what a request carries from the routes to :meth:`Collector._record_refusal`
+KEY_STATE, BODY_STATE = "touchline.key", "touchline.body"
 
 
 class ClientError(Exception):
@@ -120,25 +127,27 @@ class ClientError(Exception):
 
     def __init__(
         self, status: int, code: str, message: str,
-        headers: list[tuple[bytes, bytes]] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None, *, field: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or []
 
 
-class FailureLimiter:
-    """A token bucket per client address, spent by failed authentications.
+class AddressBudget:
+    """A token bucket per client address: what one address may do at once, and how fast it
+    earns it back.
 
-    Why: keys are long and random, but nothing should let a client try them at full speed, nor
-    flood the logs with failures. A good key never spends a token, so a client that knows its
-    key is never slowed. Memory is bounded: past ``max_addresses`` the oldest is forgotten.
+    Why: two things must not run at a client's pace. Failed authentications (keys are long and
+    random, but nothing should let a client try them at full speed), and refused requests
+    written to ``rejects`` (a client sending garbage in a loop must not fill the disk). Memory
+    is bounded: past ``max_addresses`` the least recently seen address is forgotten.
     """
 
     def __init__(
         self, *, burst: int = AUTH_FAILURE_BURST,
         refill_per_second: float = AUTH_FAILURE_REFILL_PER_SECOND,
-        max_addresses: int = AUTH_LIMITER_ADDRESSES,
+        max_addresses: int = BUDGET_ADDRESSES,
     ) -> None:
         self.burst, self.refill, self.max_addresses = burst, refill_per_second, max_addresses
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
@@ -147,11 +156,11 @@ class FailureLimiter:
         tokens, at = self._buckets.get(address, (float(self.burst), now))
         return min(float(self.burst), tokens + (now - at) * self.refill)
 
-    def blocked(self, address: str, now: float) -> bool:
-        """Whether ``address`` has no failure left to spend."""
+    def exhausted(self, address: str, now: float) -> bool:
+        """Whether ``address`` has no token left to spend."""
         return address in self._buckets and self._tokens(address, now) < 1.0
 
-    def failed(self, address: str, now: float) -> None:
+    def spend(self, address: str, now: float) -> None:
         """Spend one token of ``address``."""
         tokens = self._tokens(address, now) - 1.0
         self._buckets.pop(address, None)
@@ -160,7 +169,7 @@ class FailureLimiter:
             del self._buckets[next(iter(self._buckets))]
 
     def retry_after(self, address: str, now: float) -> int:
-        """Whole seconds until ``address`` may try again."""
+        """Whole seconds until ``address`` has a token again."""
         return max(1, int((1.0 - self._tokens(address, now)) / self.refill) + 1)
 
 
@@ -198,7 +207,10 @@ class Collector:
         self.spool: SpoolWriter | None = None
         self.leases: LeaseBook | None = None
         self.stats: Counter[str] = Counter()
-        self.auth_failures = FailureLimiter()
+        self.auth_failures = AddressBudget()
+        self.recorded_refusals = AddressBudget(
+            burst=REFUSALS_RECORDED_BURST, refill_per_second=REFUSALS_RECORDED_PER_SECOND
+        )
         self._tracker: bytes | None = None
         self._truncate_ip = settings.ip_truncate
         self._cors_any = "*" in settings.cors_origins
@@ -260,6 +272,8 @@ class Collector:
         except ClientError as exc:
             self.stats[f"http_{exc.status}"] += 1
             status, headers = exc.status, exc.headers
+            if exc.status == 400 and _records_refusals(scope["path"]):
+                await self._record_refusal(scope, exc)
             body = orjson.dumps({"code": exc.code, "message": exc.message})
         except SpoolFullError as exc:
             self.stats["overloaded"] += 1
@@ -393,6 +407,7 @@ class Collector:
             )
         if not body:
             raise ClientError(400, "empty_body", "the body is empty; send JSON")
+        scope[BODY_STATE] = body  # kept for the reject, should the request be refused
         if segment.json_depth(body) > MAX_JSON_DEPTH:  # before any parser recurses into it
             raise ClientError(
                 400, "too_deep", f"the JSON nests objects and lists over {MAX_JSON_DEPTH} levels"
@@ -400,7 +415,7 @@ class Collector:
         return body
 
     def _refuse_if_throttled(self, address: str, now: float) -> None:
-        if self.auth_failures.blocked(address, now):
+        if self.auth_failures.exhausted(address, now):
             self.stats["auth_throttled"] += 1
             wait = str(self.auth_failures.retry_after(address, now)).encode()
             raise ClientError(
@@ -416,7 +431,7 @@ class Collector:
         self._refuse_if_throttled(address, now)
         if key is None:
             self.stats["auth_missing"] += 1
-            self.auth_failures.failed(address, now)
+            self.auth_failures.spend(address, now)
             raise ClientError(
                 401, "missing_write_key",
                 "send the key as the HTTP Basic user, the X-Touchline-Key header or writeKey",
@@ -424,17 +439,53 @@ class Collector:
         found = self.keys.lookup(key, now)
         if found is None:
             self.stats["auth_unknown"] += 1
-            self.auth_failures.failed(address, now)
+            self.auth_failures.spend(address, now)
             raise ClientError(401, "unknown_write_key", "the write key is unknown or revoked")
         if found.kind not in allowed:
             self.stats["auth_wrong_kind"] += 1
-            self.auth_failures.failed(address, now)
+            self.auth_failures.spend(address, now)
             raise ClientError(
                 403, "key_not_allowed",
                 f"a {found.kind} key cannot use this endpoint; it takes a key of kind "
                 f"{' or '.join(sorted(allowed))} (touchline keys create --kind ...)",
             )
+        scope[KEY_STATE] = found
         return found
+
+    async def _record_refusal(self, scope: Scope, exc: ClientError) -> None:
+        """Write a refused request to ``rejects`` (through the spool), as a batch's refused
+        messages are, so an operator sees what clients send wrong.
+
+        Only for a sender with a live key (a malformed body's ``writeKey`` is looked for in its
+        text), and at most :data:`REFUSALS_RECORDED_BURST` at once per client address: a
+        client looping on garbage is counted in the stats, not written to disk.
+        """
+        body: bytes | None = scope.get(BODY_STATE)
+        key: ApiKey | None = scope.get(KEY_STATE)
+        found = _WRITE_KEY_TEXT.search(body) if key is None and body else None
+        if found is not None:
+            key = self.keys.lookup(found.group(1).decode(), time.monotonic())
+        address, now = _client_ip(scope) or "-", time.monotonic()
+        if key is None or self.recorded_refusals.exhausted(address, now):
+            self.stats["refusals_not_recorded"] += 1
+            return
+        self.recorded_refusals.spend(address, now)
+        record = {
+            "source": scope["path"],
+            "line": 1,
+            "code": exc.code,
+            "field": exc.field,
+            "message": exc.message,
+            "raw": safe_raw(body.decode(errors="replace")) if body else None,
+            "receivedAt": _now_iso(),
+            "writeKey": key.name,
+        }
+        try:
+            await self._spool().append(REJECT + orjson.dumps(record) + b"\n")
+        except SpoolError:
+            self.stats["refusals_not_recorded"] += 1
+        else:
+            self.stats["refusals_recorded"] += 1
 
     def _stamp(
         self, message: dict[str, Any], key: ApiKey, received_at: str, client_ip: str | None
@@ -445,9 +496,8 @@ class Collector:
         back-fills and replays of historical data must not look as if they happened now.
         """
         message.pop("writeKey", None)
-        if "messageId" not in message:
-            raw = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
-            message["messageId"] = "md5:" + hashlib.md5(raw).hexdigest()
+        if "messageId" not in message:  # each request is its own event, as Segment has it
+            message["messageId"] = f"srv-{uuid.uuid4().hex}"
         context = message.get("context")
         if context is None:
             context = message["context"] = {}
@@ -485,7 +535,7 @@ class Collector:
         )
         if problem is not None:
             self.stats["invalid"] += 1
-            raise ClientError(400, problem.code, problem.message)
+            raise ClientError(400, problem.code, problem.message, field=problem.field)
         body["type"] = kind
         line = self._stamp(body, key, _now_iso(), _client_ip(scope))
         await self._spool().append(line)
@@ -516,6 +566,7 @@ class Collector:
         lines: list[bytes] = []
         rejected = 0
         for index, message in enumerate(batch, start=1):
+            too_large = segment.message_bytes(message) > MAX_EVENT_BYTES
             if isinstance(message, dict):
                 if shared_context is not None:
                     own = message.get("context")
@@ -527,13 +578,13 @@ class Collector:
                 if sent_at is not None:
                     message.setdefault("sentAt", sent_at)
             problem = segment.check_message(message, keep_received_at=key.kind == "import")
-            line = b""
-            if problem is None:
-                line = self._stamp(message, key, received_at, client_ip)
-                if len(line) > MAX_EVENT_BYTES:
-                    problem = Problem(
-                        "event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes"
-                    )
+            if problem is None and too_large:
+                problem = Problem(
+                    "event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes"
+                )
+            line = b"" if problem is not None else self._stamp(
+                message, key, received_at, client_ip
+            )
             if problem is not None:
                 rejected += 1
                 line = (
@@ -629,7 +680,8 @@ class Collector:
                     continue
             problems.append((index, problem, item))
         if len(items) == 1 and problems:
-            raise ClientError(400, problems[0][1].code, problems[0][1].message)
+            _, problem, _ = problems[0]
+            raise ClientError(400, problem.code, problem.message, field=problem.field)
         for index, problem, item in problems:
             lines.append(
                 REJECT
@@ -666,9 +718,10 @@ class Collector:
         problem = verify_signature(mapping, header, raw, time.time())
         if problem is not None:
             self.stats["auth_bad_signature"] += 1
-            self.auth_failures.failed(address, now)
+            self.auth_failures.spend(address, now)
             raise ClientError(401, "bad_signature", problem)
-        return ApiKey(f"signed:{mapping.name}", mapping.name, "server")
+        scope[KEY_STATE] = ApiKey(f"signed:{mapping.name}", mapping.name, "server")
+        return scope[KEY_STATE]  # type: ignore[no-any-return]
 
     async def _lease(
         self, scope: Scope, receive: Receive
@@ -778,6 +831,11 @@ def _header_key(scope: Scope) -> str | None:
         given = dict(scope["headers"]).get(b"x-touchline-key", b"").decode(errors="replace")
         key = given or None
     return key
+
+
+def _records_refusals(path: str) -> bool:
+    """Whether a 400 on ``path`` is written to ``rejects``: event and webhook routes."""
+    return path in SINGLE_ROUTES or path in BATCH_ROUTES or path.startswith(WEBHOOK_PREFIX)
 
 
 def _body_key(body: Any) -> str | None:

@@ -41,9 +41,10 @@ from ibis import _
 from touchline import engine, store
 from touchline.collect import readers
 from touchline.collect.mapping import Mapping
-from touchline.collect.segment import PERSON_PATHS, url_decoded_sql
+from touchline.collect.segment import PERSON_PATHS, duplicate_keys_sql, url_decoded_sql
 from touchline.config import Settings
 from touchline.errors import InputError
+from touchline.store import CLICK_IDS
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
-CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid")
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
 #: columns added after content hashes (``row_hash``, ``h-`` message ids) were defined: they
 #: count in a row's hash only when set, so re-ingesting an old export adds nothing twice
@@ -251,8 +251,10 @@ class _ChunkParser:
         # JSON functions raise on malformed input: extract only from lines that are objects
         path_list = ", ".join(_sql_str(p) for p in json_paths)
         return (
-            f"SELECT _line, _raw, _json_ok, _json_type, {', '.join(select)} FROM {url_params}("
-            f"SELECT *, json_extract_string(_obj, [{path_list}]) AS _v FROM ("
+            f"SELECT _line, _raw, _json_ok, _json_type, _duplicate_keys, {', '.join(select)} "
+            f"FROM {url_params}("
+            f"SELECT *, json_extract_string(_obj, [{path_list}]) AS _v, "
+            f"{duplicate_keys_sql('_obj')} AS _duplicate_keys FROM ("
             "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj FROM ("
             "SELECT *, json_valid(line) AS _json_ok, "
             "CASE WHEN json_valid(line) THEN json_type(line) END AS _json_type FROM {source})))"
@@ -372,6 +374,10 @@ class _ChunkParser:
             problems.append((
                 "_json_type <> 'OBJECT'", "", "not_an_object",
                 "'line is JSON but not an object: ' || _json_type",
+            ))
+            problems.append((
+                "_duplicate_keys", "", "duplicate_key",
+                "'a key appears twice in one object: which copy is meant is unknown'",
             ))
         for column in spec.columns:
             expr, expected = self._typed(column.name, column.dtype)

@@ -168,9 +168,10 @@ def _load_chunk(
         except orjson.JSONDecodeError:
             record = None
         if kind == REJECT and isinstance(record, dict):
-            given_line, field_name = record.get("line"), record.get("field")
+            given_line, field_name, raw = record.get("line"), record.get("field"), record.get("raw")
             refused.append(RejectRecord(
-                str(record.get("code")), str(record.get("message")), str(record.get("raw")),
+                str(record.get("code")), str(record.get("message")),
+                raw if isinstance(raw, str) else None,
                 line=given_line if isinstance(given_line, int) else number,
                 field=field_name if isinstance(field_name, str) else None,
                 source=str(record.get("source")),
@@ -195,7 +196,9 @@ def _load_chunk(
                 "body": pa.array(batch_bodies, pa.string()),
             }
         )
-        exploded_parts, failed = _isolating(batches, explode_batches)
+        exploded_parts, failed = _isolating(
+            batches, lambda part: explode_batches(part, origin=ingest_id)
+        )
         unmapped += [
             _unmappable(exc, bad["body"][0].as_py(), bad["line"][0].as_py())
             for bad, exc in failed

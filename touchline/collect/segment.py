@@ -19,6 +19,7 @@ the page URL's query string, click ids from the URL, e-mail and phone from the t
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,7 +29,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from touchline.store import EVENTS, RejectRecord, reject_rows, truncate_ip
+from touchline.store import CLICK_IDS, EVENTS, RejectRecord, reject_rows, truncate_ip
 
 MESSAGE_TYPES = frozenset({"track", "page", "screen", "identify", "alias", "group"})
 MAX_EVENT_BYTES = 32 * 1024
@@ -38,8 +39,8 @@ MAX_BATCH_BYTES = 500 * 1024
 MAX_JSON_DEPTH = 64
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _SQUARE = bytes.maketrans(b"{}", b"[]")
+_CALENDAR_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ]|$)")
 _BRACKET_STEP = {ord("["): 1, ord("]"): -1}
-CLICK_IDS = ("gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid")
 UTM_FIELDS = ("source", "medium", "campaign", "term", "content", "id")
 # context.campaign uses Segment's names; `name` is what the URL calls utm_campaign
 _CAMPAIGN_KEYS = {"campaign": "name"}
@@ -271,11 +272,20 @@ def json_depth(body: bytes, *, stop_above: int = MAX_JSON_DEPTH) -> int:
 
 
 def _is_timestamp(value: Any) -> bool:
-    if not isinstance(value, str):
+    """Whether ``value`` is a time the loader stores as it was meant.
+
+    Python reads more ISO 8601 than the warehouse: week and ordinal dates (``2025-W01-1``),
+    basic format (``20250301``), and offsets that push a time out of the years 1-9999 once in
+    UTC (``9999-12-31T23:59:59-23:59`` is in year 10000). Those were accepted here and then
+    refused at load or stored in the wrong year; they are refused at the door instead.
+    """
+    if not isinstance(value, str) or not _CALENDAR_DATE.match(value):
         return False
     try:
-        datetime.fromisoformat(value)
-    except ValueError:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is not None:
+            moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return False
     return True
 
@@ -310,6 +320,24 @@ def _query_param(name: str) -> str:
 # CASE, not AND: DuckDB evaluates both sides of AND, and casting bad JSON raises
 _IS_OBJECT = "coalesce(CASE WHEN json_valid(raw) THEN json_type(raw) = 'OBJECT' END, false)"
 _OBJECTS = ("$.properties", "$.traits", "$.context")
+#: the objects a message's fields are read from: a key twice in one of them is ambiguous
+_READ_OBJECTS = ("$", "$.context", "$.context.page", "$.context.campaign", "$.context.traits",
+                 "$.traits", "$.properties")
+
+
+def duplicate_keys_sql(json_ref: str) -> str:
+    """DuckDB SQL: whether the JSON object ``json_ref`` repeats a key in one of the objects a
+    message is read from (the root, context, page, campaign, traits, properties).
+
+    Why: parsers disagree on ``{"anonymousId": "", "anonymousId": "real"}`` (orjson keeps the
+    last, DuckDB the first), so the collector checked one copy and the loader stored the other.
+    The one rule for every path: such a message is rejected with ``duplicate_key``.
+    """
+    paths = ", ".join(repr(p) for p in _READ_OBJECTS)
+    return (
+        f"coalesce(list_bool_or(list_transform(json_keys({json_ref}, [{paths}]), "
+        "k -> len(k) <> len(list_distinct(k)))), false)"
+    )
 
 
 def _mapping_sql() -> str:
@@ -351,7 +379,8 @@ def _mapping_sql() -> str:
         SELECT line, raw, CAST(raw AS JSON) AS j FROM lines WHERE {_IS_OBJECT}
     ), extracted AS (
         SELECT line, raw, json_extract_string(j, [{{PATHS}}]) AS v,
-               json_extract(j, [{", ".join(repr(p) for p in _OBJECTS)}]) AS o
+               json_extract(j, [{", ".join(repr(p) for p in _OBJECTS)}]) AS o,
+               {duplicate_keys_sql("j")} AS duplicate_keys
         FROM parsed
     ), pages AS (
         SELECT *,
@@ -364,6 +393,7 @@ def _mapping_sql() -> str:
     SELECT
         line,
         raw,
+        duplicate_keys,
         coalesce({text("$.messageId")}, 'md5:' || md5(raw)) AS message_id,
         lower({text("$.type")}) AS type,
         {text("$.event")} AS event,
@@ -412,9 +442,11 @@ _EXPLODE_SQL = f"""
 WITH records AS (
     SELECT line, CAST(header AS JSON) AS h, CAST(body AS JSON) AS j FROM batches
 ), events AS (
-    SELECT line, h, j, unnest(json_extract(j, '$.batch[*]')) AS e FROM records
+    SELECT line, h, j, unnest(json_extract(j, '$.batch[*]')) AS e,
+        generate_subscripts(json_extract(j, '$.batch[*]'), 1) AS position
+    FROM records
 ), merged AS (
-    SELECT line, e,
+    SELECT line, e, position,
         json_merge_patch(
             coalesce(json_extract(j, '$.context'), '{{}}'),
             coalesce(json_extract(e, '$.context'), '{{}}')
@@ -431,7 +463,10 @@ SELECT line,
     json_merge_patch(e, json_object(
         'context', CASE WHEN json_extract_string(ctx, '$.ip') IS NULL AND client_ip IS NOT NULL
                         THEN json_merge_patch(ctx, json_object('ip', client_ip)) ELSE ctx END,
-        'messageId', coalesce(json_extract_string(e, '$.messageId'), 'md5:' || md5(e::VARCHAR)),
+        -- a server id, as for single events: two identical messages are two events; from
+        -- the spool position, so a chunk loaded again gives the same ids
+        'messageId', coalesce(json_extract_string(e, '$.messageId'),
+                              'srv-' || md5($origin || ':' || line || ':' || position)),
         'receivedAt', CASE WHEN keep_received_at
                            THEN coalesce(json_extract_string(e, '$.receivedAt'), received_at)
                            ELSE received_at END,
@@ -440,23 +475,32 @@ SELECT line,
         'sentAt', coalesce(json_extract(e, '$.sentAt'), batch_sent_at),
         'integrations', coalesce(json_extract(e, '$.integrations'), batch_integrations)
     ))::VARCHAR AS raw,
-    length(e::VARCHAR) > {MAX_EVENT_BYTES} AS too_large
+    -- strlen counts UTF-8 bytes, as message_bytes does on the checked path
+    strlen(e::VARCHAR) > {MAX_EVENT_BYTES} AS too_large
 FROM merged
 """
 
 
-def explode_batches(batches: pa.Table) -> tuple[pa.Table, pa.Table]:
+def message_bytes(message: Any) -> int:
+    """A batch member's size as the 32 KB limit counts it: its compact JSON, as received
+    (before the batch's shared context is merged in), in UTF-8 bytes, on every path."""
+    return len(msgspec.json.encode(message))
+
+
+def explode_batches(batches: pa.Table, *, origin: str) -> tuple[pa.Table, pa.Table]:
     """Spooled batch bodies → one stamped Segment message per row, as :func:`map_segment` takes.
 
     ``batches`` has ``line`` (int64), ``header`` (the collector's JSON: ``receivedAt``,
     ``writeKey`` name, truncated client ``ip``) and ``body`` (the request as received). The
     batch's ``context`` is merged under each message's own, as in the detailed path. Returns
     ``(lines, too_large)``, both with ``line`` and ``raw``: messages over 32 KB are refused.
+    A message without ``messageId`` gets ``srv-`` and a hash of ``origin`` (the spool chunk),
+    its line and its place in the batch.
     """
     db = duckdb.connect()
     try:
         db.register("batches", batches)
-        out = db.execute(_EXPLODE_SQL).fetch_arrow_table()
+        out = db.execute(_EXPLODE_SQL, {"origin": origin}).fetch_arrow_table()
     finally:
         db.close()
     too_large = out.column("too_large").fill_null(False)
@@ -466,6 +510,7 @@ def explode_batches(batches: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 _REASONS = {
     "bad_json": ("raw", "the line is not a JSON object"),
+    "duplicate_key": ("raw", "a key appears twice in one object: which copy is meant is unknown"),
     "bad_type": (
         "type",
         "type is missing or not one of alias, group, identify, page, screen, track",
@@ -541,6 +586,7 @@ def map_segment(
             """
             CREATE TEMP TABLE verdict AS
             SELECT m.*, CASE
+                WHEN duplicate_keys THEN 'duplicate_key'
                 WHEN type IS NULL
                   OR type NOT IN ('track', 'page', 'screen', 'identify', 'alias', 'group')
                     THEN 'bad_type'

@@ -36,7 +36,7 @@ INPUT_COLUMNS = (
     "message_id", "type", "event", "anonymous_id", "user_id", "group_id", "previous_id",
     "contact_id", "timestamp", "original_timestamp", "sent_at", "received_at", "url", "referrer",
     "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
-    "gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid",
+    *store.CLICK_IDS,
     "email", "phone", "user_agent", "revenue", "currency", "source",
 )
 STEP_PREFIX = "prepare:"

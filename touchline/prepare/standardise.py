@@ -14,19 +14,18 @@ import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
+from touchline.store import CLICK_ID_PLATFORMS
+
 log = logging.getLogger(__name__)
 
 UTM_COLUMNS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 #: query parameters that track a click, not a page: stripped from page_url, kept as columns
 TRACKING_PARAMETERS = (
-    "utm_[a-z_]*", "gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id",
-    "ttclid", "_ga", "_gl", "mc_cid", "mc_eid", "_hsenc", "_hsmi", "igshid", "yclid",
+    "utm_[a-z_]*", *CLICK_ID_PLATFORMS, "_ga", "_gl", "mc_cid", "mc_eid", "_hsenc", "_hsmi",
+    "igshid", "yclid",
 )
 #: click id columns in precedence order, with the ad platform each belongs to
-CLICK_IDS = (
-    ("gclid", "google"), ("gbraid", "google"), ("wbraid", "google"), ("msclkid", "microsoft"),
-    ("dclid", "display"), ("fbclid", "meta"), ("li_fat_id", "linkedin"), ("ttclid", "tiktok"),
-)
+CLICK_IDS = tuple(CLICK_ID_PLATFORMS.items())
 URL_MAX_CHARS = 2048
 _SCHEME_HOST = r"^([a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#]*)"
 _AFTER_HOST = r"^[a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#]*(.*)$"
