@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import ibis.expr.datatypes as dt
@@ -12,6 +13,8 @@ import pyarrow as pa
 from touchline import store
 
 DAY = "2025-03-03"
+#: ``../shared`` beside the checkout: real data sets (``data/``) and benchmark references
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def _arrow(dtype: dt.DataType) -> pa.DataType:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SHARED
+from factories import SHARED
 
 from touchline import engine, store
 from touchline.collect.ingest import ingest_file
