@@ -75,13 +75,25 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     progress(f"credits under {len(settings.attribution_models)} models: "
              + ", ".join(settings.attribution_models))
     start = time.perf_counter()
-    rows["credits"] = write_credits(con, settings)
+    rows["credits"], unplaced = write_credits(con, settings)
     seconds["credits"] = time.perf_counter() - start
     conversions = conversion_summary(con)
     main = main_conversion(conversions)
     by_channel = channel_credits(con, main, settings.default_model) if main else pd.DataFrame()
+    warnings = [*unknown_events(con, settings), *unconverted_currencies(con), *unplaced]
     return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
-                     rows, seconds, prepared, unknown_events(con, settings))
+                     rows, seconds, prepared, warnings)
+
+
+def unconverted_currencies(con: BaseBackend) -> list[str]:
+    """A sentence for each currency prepare found no rate for: its revenue is null, so those
+    touches are no purchases (the audit has the rows)."""
+    audit = con.table("audit")
+    unknown = audit.filter(audit.reason_code == "unknown_currency").group_by(
+        "old_value").aggregate(rows=audit.row_count.sum()).to_pandas()
+    return [f"{int(r.rows):,} revenue values in currency {r.old_value!r} have no rate: they "
+            "count as no revenue (add the rate to currency_rates_file)"
+            for r in unknown.itertuples()]
 
 
 def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
@@ -106,15 +118,18 @@ def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
     return out
 
 
-def write_credits(con: BaseBackend, settings: Settings) -> int:
+def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str]]:
     """Credit every converting journey touch of every conversion type under each model of
-    ``settings.attribution_models`` and store them as ``credits`` (replacing it)."""
+    ``settings.attribution_models`` and store them as ``credits`` (replacing it); return the
+    rows written and a sentence for each model that credits channels no converting journey
+    holds (that credit stays with the converting journeys' own channels)."""
     from touchline.attribution.compare import run_model
     from touchline.attribution.paths import journey_pathset
-    from touchline.attribution.touch_credits import touch_amounts
+    from touchline.attribution.touch_credits import touch_amounts, unplaced_credit
 
     touches = con.table(store.JOURNEY_TOUCHES.name)
     parts: list[pa.Table] = []
+    notes: list[str] = []
     for spec in settings.conversions:
         mine = touches.filter(touches.conversion == spec.name)
         paths, converting = journey_pathset(mine, level="channel")
@@ -124,6 +139,14 @@ def write_credits(con: BaseBackend, settings: Settings) -> int:
         for model in settings.attribution_models:
             credits = run_model(paths, model)
             credit, value = touch_amounts(paths, credits)
+            unplaced = unplaced_credit(paths, credits.conversions)
+            if unplaced:
+                notes.append(
+                    f"{model} gives {sum(unplaced.values()):,.2f} of {spec.name}'s "
+                    f"{paths.total_conversions:,.0f} conversions to channels seen only in "
+                    f"journeys that did not convert ({', '.join(sorted(unplaced))}): `touchline "
+                    "attribute` shows them; the stored per-touch credits keep each journey "
+                    "whole on its own channels")
             parts.append(pa.table({
                 "journey_id": converting.column("journey_id"),
                 "position": converting.column("position"),
@@ -139,7 +162,7 @@ def write_credits(con: BaseBackend, settings: Settings) -> int:
     data = (pa.concat_tables([p.cast(schema) for p in parts]) if parts
             else schema.empty_table())
     engine.load_table(con, store.CREDITS.name, data)
-    return data.num_rows
+    return data.num_rows, notes
 
 
 def conversion_summary(con: BaseBackend) -> pd.DataFrame:

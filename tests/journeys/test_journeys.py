@@ -94,6 +94,12 @@ def test_a_refund_lowers_the_purchase_it_follows_and_is_no_conversion(con: BaseB
     values = apply_refunds(found, tp, "person").order_by("converted_at").value.to_pandas()
     # -30 lowers the first purchase; -80 the second, not below 0; -5 before any: nothing
     assert values.tolist() == [70.0, 0.0]
+    # when only the first purchase counts, the later refunds adjust it, not a dropped one
+    from touchline.journeys.conversions import find_conversions
+
+    first = ConversionSpec(name="purchase", revenue=True, value="revenue", count="first")
+    got = find_conversions(con, first, touch_events={}, statuses={}, rates={}).to_pandas()
+    assert got.value.tolist() == [0.0]  # 100 - 30 - 80, not below 0
 
 
 def test_lookback_cuts_and_counts_while_an_account_keeps_192_days(con: BaseBackend) -> None:
@@ -118,10 +124,13 @@ def test_lookback_cuts_and_counts_while_an_account_keeps_192_days(con: BaseBacke
     deal = ConversionSpec(name="deal_won", deal="won", value="deal_amount", unit="account")
     assert deal.lookback_days is None  # none by default for accounts
     paths, heads = _paths(con, deal)
-    assert paths == {"deal_won:crm:acme:1": ["Paid Social", "Email", "Referral"]}
+    # p1 has no company: a deal would be theirs, so they have an open journey of this type
+    assert paths == {"deal_won:crm:acme:1": ["Paid Social", "Email", "Referral"],
+                     "deal_won:p1:open": ["Organic Search", "Paid Search"]}
     assert heads.loc["deal_won:crm:acme:1", "days_to_convert"] == pytest.approx(192)
     touches = journey_tables(con.table("sessions"), con.table("conv"), deal)[1].to_pandas()
-    assert sorted(touches.person_id) == ["ann", "ann", "bob"]  # each stakeholder named
+    acme = touches[touches.unit_id == "crm:acme"]
+    assert sorted(acme.person_id) == ["ann", "ann", "bob"]  # each stakeholder named
 
 
 def test_a_lead_counts_once_and_a_conversion_without_touches_is_kept(con: BaseBackend) -> None:
@@ -338,9 +347,15 @@ def test_a_conversion_naming_an_event_nobody_sent_is_reported(tmp_path) -> None:
         ConversionSpec(name="chat", events=["Chat Startd"])])
     con = engine.connect(settings=settings)
     engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
+    engine.append(con, "events", arrow_table(store.EVENTS, event_rows([
+        {"anonymous_id": "laptop", "type": "track", "event": "Order Completed",
+         "revenue": 50.0, "currency": "XYZ", "timestamp": "2026-03-06 10:00:00",
+         "message_id": "xyz"}])))
     report = run(con, settings)
-    assert report.warnings == ["conversion 'chat': no touch has the event 'Chat Startd' "
-                               "(did you mean 'Chat Started'?)"]
+    assert report.warnings == [
+        "conversion 'chat': no touch has the event 'Chat Startd' (did you mean 'Chat Started'?)",
+        "1 revenue values in currency 'XYZ' have no rate: they count as no revenue (add the "
+        "rate to currency_rates_file)"]
 
 
 def test_an_unknown_model_in_the_settings_names_the_choices(con: BaseBackend) -> None:

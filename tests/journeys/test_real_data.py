@@ -69,8 +69,11 @@ def test_olist_conversion_by_origin_and_days_to_close_match_pandas(tmp_path: Pat
           tmp_path, settings)
     _load(con, OLIST / "olist_closed_deals_dataset.csv", "deals", DEAL_MAP, tmp_path, settings)
     report = run(con, settings)
-    summary = report.conversions.set_index("conversion").conversions.to_dict()
-    assert summary == {"mql": 8000, "deal_won": 842}  # every deal names its MQL's contact id
+    summary = report.conversions.set_index("conversion")
+    # every deal names its MQL's contact id; the leads that never closed are open journeys
+    assert summary.conversions.to_dict() == {"mql": 8000, "deal_won": 842}
+    # (and the one lead whose contact came after its win: its touch follows its conversion)
+    assert summary.open_journeys["deal_won"] == 8000 - 842 + 1
 
     # independently, with pandas: won deals per origin over MQLs per origin, and the days from
     # first contact to the win (a deal dated before its first contact does not follow it)

@@ -47,7 +47,7 @@ def test_cli_attributes_the_users_own_prepared_files(tmp_path: Path) -> None:
     result = runner.invoke(app, ["attribute", "--model", "last_touch", "--by", "keyword",
                                  "--format", "csv", "--database", db])
     assert result.exit_code == 0, result.output
-    assert "emergency plumber,1.0,120.0" in result.output
+    assert '"emergency plumber",1.0,120.0' in result.output
     result = runner.invoke(app, ["attribute", "--by", "keywrd", "--database", db])
     assert result.exit_code == 2
     assert "did you mean 'keyword'" in result.output

@@ -16,8 +16,10 @@ as close as possible to the proportional split
 :math:`c` in :math:`p`, :math:`g_c = \max(C_c, 0)`): the least-squares correction
 :math:`x = x^0 + \lambda_p + \mu_c` on the path's labels, with :math:`(\lambda, \mu)` solved by
 LSQR on the bipartite path-label system. A one-label path always gives that label
-:math:`r_p`. When no exact solution exists (a label's credit exceeds what the paths it appears
-in hold), the labels' totals are kept exactly and the paths' sums come closest. Each
+:math:`r_p`. When no exact solution exists, each path still keeps its conversions exactly and
+the labels' totals come closest: Markov, for one, credits channels that lead to converting
+channels without ever being in a converting path themselves, and no converting touch can carry
+that credit (:func:`unplaced_credit` measures it, and the run reports it). Each
 :math:`x_{p,c}` is then divided equally among the :math:`n_{p,c}` touches of :math:`c` in
 :math:`p`. Summing the stored credits by label gives back the model's credits.
 """
@@ -32,6 +34,14 @@ from touchline.attribution.paths import PathSet
 from touchline.attribution.registry import Credits
 
 _TOLERANCE = 1e-10
+
+
+def unplaced_credit(paths: PathSet, per_label: np.ndarray) -> dict[str, float]:
+    """Credit a model gives to labels that no converting path contains, by label."""
+    converting = np.bincount(paths.codes, paths.conversions[paths.row] > 0,
+                             minlength=paths.n_labels) > 0
+    out = np.where(converting, 0.0, np.asarray(per_label, float))
+    return {str(paths.labels[i]): float(out[i]) for i in np.flatnonzero(np.abs(out) > 1e-9)}
 
 
 def touch_amounts(paths: PathSet, credits: Credits) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +88,10 @@ def split_label_credits(paths: PathSet, per_path: np.ndarray,
     rhs = np.concatenate([np.zeros(n_rows), residual])
     z = lsqr(system, rhs, atol=1e-14, btol=1e-14, iter_lim=20 * (n_rows + n_labels))[0]
     values = x0 + z[:n_rows][support.row] + z[n_rows:][support.col]
-    # keep the labels' totals exact: what LSQR could not place goes to the label's paths
-    gap = np.asarray(per_label, float) - np.bincount(support.col, values, minlength=n_labels)
-    values = values + (gap / np.maximum(label_degree, 1))[support.col]
+    # each path keeps its conversions exactly: when no exact solution exists (credit a model
+    # gives to labels that no converting path holds, as Markov does), the row sums win
+    gap = r - np.bincount(support.row, values, minlength=n_rows)
+    values = values + (gap / path_degree)[support.row]
     per_pair = sparse.csr_matrix((values, (support.row, support.col)), shape=(n_rows, n_labels))
     # back to touches: each (path, label) amount divided equally among that label's touches
     local = np.full(paths.n_paths, -1)

@@ -41,11 +41,14 @@ LEVELS: dict[str, str] = {
 OPEN = "open"
 
 
-def unit_touches(sessions: ir.Table, unit: str) -> ir.Table:
+def unit_touches(sessions: ir.Table, unit: str, *, without_account: bool = False) -> ir.Table:
     """Every session as a touch of its person (``unit="person"``) or account: the unit, the
-    session and its channel (the other session values are joined back only where read)."""
+    session and its channel (the other session values are joined back only where read);
+    ``without_account``: only the sessions of people who belong to no company."""
     unit_id = sessions.person_id if unit == "person" else sessions.account_id
-    s = sessions.filter(unit_id.notnull())
+    keep = unit_id.notnull() & (sessions.account_id.isnull() if without_account
+                                else ibis.literal(True))
+    s = sessions.filter(keep)
     return s.select(
         unit=ibis.literal(unit), unit_id=(s.person_id if unit == "person" else s.account_id),
         touch_at=s.started_at.cast("timestamp"), session_id=s.session_id,
@@ -96,9 +99,13 @@ def journey_rows(sessions: ir.Table, conv: ir.Table, spec: ConversionSpec) -> ir
                        previous_at=conv.previous_at.cast("timestamp"),
                        sequence=conv.sequence.cast("int64"))
     own = unit_touches(sessions, spec.unit)
-    # a deal type for accounts falls back to the person a deal names when its company is unknown
-    touches = (own.union(unit_touches(sessions, "person"), distinct=False)
-               if spec.deal is not None and spec.unit == "account" else own)
+    touches = own
+    if spec.deal is not None and spec.unit == "account":
+        # a deal type for accounts falls back to the person a deal names when its company is
+        # unknown; people without a company are the units such deals come from, so they have
+        # open journeys too (else every such journey converts and every rate is 100 %)
+        touches = own.union(unit_touches(sessions, "person"), distinct=False)
+        own = own.union(unit_touches(sessions, "person", without_account=True), distinct=False)
 
     # converting journeys: the touches up to each conversion (and after the previous one)
     j = touches.inner_join(conv, [touches.unit == conv.unit, touches.unit_id == conv.unit_id,

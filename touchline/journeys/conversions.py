@@ -201,6 +201,10 @@ def find_conversions(con: object, spec: ConversionSpec, *,
     if spec.deal is None:
         touchpoints = con.table("touchpoints")  # type: ignore[attr-defined]
         found = touch_conversions(touchpoints, spec, touch_events)
+        if spec.count == "first":  # a refund adjusts the purchase that counts, not a later one
+            ranked = found.mutate(_r=ibis.row_number().over(
+                group_by="unit_id", order_by=["converted_at", "ref"]))
+            found = ranked.filter(ranked._r == 0).drop("_r")
         if spec.value == "revenue":
             found = apply_refunds(found, touchpoints, spec.unit)
     else:
