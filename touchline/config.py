@@ -40,6 +40,19 @@ CONVERSION_UNITS = ("person", "account")
 LOOKBACK_DAYS_PERSON_DEFAULT = 90
 
 
+def _known_keys(model: type[BaseModel], data: Any, what: str) -> Any:
+    """Refuse a key the model does not have, naming the nearest one (``valu`` → ``value``)."""
+    if isinstance(data, dict):
+        fields = sorted(model.model_fields)
+        for key in data:
+            if key not in model.model_fields:
+                close = difflib.get_close_matches(str(key), fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{what} {data.get('name', '?')!r}: unknown field {key!r}{hint}; "
+                                 f"fields: {', '.join(fields)}")
+    return data
+
+
 class ConversionSpec(BaseModel):
     """One conversion type: what counts, what it is worth, whose journey it ends, how far back.
 
@@ -72,6 +85,9 @@ class ConversionSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_lookback(cls, data: Any) -> Any:
+        data = _known_keys(cls, data, "conversion")
+        if isinstance(data, dict) and isinstance(data.get("value"), int | float):
+            data = {**data, "value": str(data["value"])}  # value = 50 means "50"
         if isinstance(data, dict) and "lookback_days" not in data:
             unit = data.get("unit", "person")
             data = {**data, "lookback_days": LOOKBACK_DAYS_PERSON_DEFAULT
@@ -140,6 +156,11 @@ class StageSpec(BaseModel):
     @classmethod
     def _as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields(cls, data: Any) -> Any:
+        return _known_keys(cls, data, "stage")
     events: list[str] = []
     touches: list[str] = []
     page: str | None = None
@@ -406,6 +427,26 @@ class Settings(BaseSettings):
     stage_model: str = Field(
         "lifecycle", description="The stage model whose stage each journey touch carries."
     )
+
+    @field_validator("stage_models")
+    @classmethod
+    def _stages_well_formed(cls, value: dict[str, list[StageSpec]]) -> dict[str, list[StageSpec]]:
+        for model, stages in value.items():
+            if not stages:
+                raise ValueError(f"stage model {model!r} has no stages")
+            names = [s.name for s in stages]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"stage model {model!r}: stage {', '.join(twice)} twice")
+        return value
+
+    @model_validator(mode="after")
+    def _default_model_is_stored(self) -> Settings:
+        if self.default_model not in self.attribution_models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of "
+                             f"attribution_models ({', '.join(self.attribution_models)}): its "
+                             "credits would not be stored")
+        return self
 
     @model_validator(mode="after")
     def _stage_models_known(self) -> Settings:

@@ -54,6 +54,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     """Prepare (unless ``prepare=False``), then journeys and credits; see the module."""
     from touchline.attribution.registry import lookup
     from touchline.journeys import write_journeys
+    from touchline.journeys.conversions import conversion_summary, main_conversion
     from touchline.prepare import run_prepare
 
     for name in settings.attribution_models:
@@ -77,7 +78,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     start = time.perf_counter()
     rows["credits"], unplaced = write_credits(con, settings)
     seconds["credits"] = time.perf_counter() - start
-    conversions = conversion_summary(con)
+    conversions = conversion_summary(con.table(store.JOURNEYS.name))
     main = main_conversion(conversions)
     by_channel = channel_credits(con, main, settings.default_model) if main else pd.DataFrame()
     warnings = [*unknown_events(con, settings), *unconverted_currencies(con), *unplaced]
@@ -97,24 +98,35 @@ def unconverted_currencies(con: BaseBackend) -> list[str]:
 
 
 def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
-    """A sentence for each event name a conversion type or a stage of your own names that no
-    prepared touch has, with the nearest name that exists: a typo finds nothing, silently."""
+    """A sentence for each event name or deal stage a conversion type or a stage of your own
+    names that the data do not have, with the nearest that exists: a typo finds nothing,
+    silently."""
     import difflib
 
-    tp = con.table("touchpoints")
-    seen = set(tp.select("event").distinct().to_pandas().event.dropna())
-    if not seen:
-        return []
-    named = [(f"conversion {c.name!r}", c.events) for c in settings.conversions]
-    named += [(f"stage model {m!r}, stage {s.name!r}", s.events)
+    from touchline.journeys.conversions import DEAL_MILESTONES
+
+    tp, deals = con.table("touchpoints"), con.table("deals")
+    seen = {"event": set(tp.select("event").distinct().to_pandas().event.dropna()),
+            "deal stage": {str(s).strip().lower() for s in
+                           deals.select("stage").distinct().to_pandas().stage.dropna()}}
+    outcomes = {"won", "lost", *DEAL_MILESTONES}
+    named = [(f"conversion {c.name!r}", c.events, [c.deal] if c.deal else [])
+             for c in settings.conversions]
+    named += [(f"stage model {m!r}, stage {s.name!r}", s.events, [s.deal] if s.deal else [])
               for m, stages in settings.stage_models.items() for s in stages]
     out = []
-    for where, events in named:
-        for event in events:
-            if event not in seen:
-                close = difflib.get_close_matches(event, sorted(seen), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                out.append(f"{where}: no touch has the event {event!r}{hint}")
+    for where, events, deal in named:
+        stages = [d.strip().lower() for d in deal if d.strip().lower() not in outcomes]
+        for kind, names in (("event", events), ("deal stage", stages)):
+            if not seen[kind]:
+                continue
+            for name in names:
+                if name not in seen[kind]:
+                    choices = sorted(seen[kind] | (outcomes if kind == "deal stage" else set()))
+                    close = difflib.get_close_matches(name, choices, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    out.append(f"{where}: no {'touch' if kind == 'event' else 'deal'} has the "
+                               f"{kind} {name!r}{hint}")
     return out
 
 
@@ -163,30 +175,6 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str]]
             else schema.empty_table())
     engine.load_table(con, store.CREDITS.name, data)
     return data.num_rows, notes
-
-
-def conversion_summary(con: BaseBackend) -> pd.DataFrame:
-    """Per conversion type: conversions, value, open journeys, lookback cuts, touchless."""
-    j = con.table(store.JOURNEYS.name)
-    summary = j.group_by("conversion").aggregate(
-        conversions=j.converted.cast("int64").sum(),
-        value=(j.value * j.converted.cast("float64")).sum(),
-        open_journeys=(~j.converted).cast("int64").sum(),
-        lookback_cut=(j.converted & j.lookback_cut).cast("int64").sum(),
-        without_touches=(j.converted & (j.touches == 0)).cast("int64").sum(),
-    )
-    return summary.order_by("conversion").to_pandas()
-
-
-def main_conversion(summary: pd.DataFrame) -> str | None:
-    """The conversion type a summary leads with: the one with the most value, else the most
-    conversions (so a shop shows purchases and a B2B warehouse won deals)."""
-    converting = summary[summary.conversions > 0]
-    if converting.empty:
-        return None
-    ranked = converting.sort_values(["value", "conversions", "conversion"],
-                                    ascending=[False, False, True])
-    return str(ranked.conversion.iloc[0])
 
 
 def channel_credits(con: BaseBackend, conversion: str, model: str) -> pd.DataFrame:

@@ -52,11 +52,18 @@ class Warehouse:
         return run(self.con, self.settings, prepare=prepare)
 
     def _conversion(self, conversion: str | None) -> str | None:
-        if conversion is not None:
-            return conversion
-        from touchline.pipeline import conversion_summary, main_conversion
+        """The conversion type asked for (checked), or the one with the most value; None
+        when the warehouse has no conversions yet."""
+        from touchline.errors import ConfigError
+        from touchline.journeys.conversions import choose_conversion
 
-        return main_conversion(conversion_summary(self.con))
+        try:
+            return choose_conversion(self.con.table("journeys"), conversion,
+                                     option="conversion")
+        except ConfigError:
+            if conversion is not None:
+                raise
+            return None
 
     def journeys(self, conversion: str | None = None) -> ir.Table:
         """One row per journey (of one conversion type, or all)."""

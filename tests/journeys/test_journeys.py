@@ -340,13 +340,25 @@ def test_conversion_definitions_fail_at_load_with_the_nearest_name() -> None:
         load_settings(conversions=[{"name": "x"}])
     with pytest.raises(ConfigError, match="unique"):
         load_settings(conversions=[{"name": "x", "revenue": True}, {"name": "x", "deal": "won"}])
+    with pytest.raises(ConfigError, match=r"unknown field 'valu' \(did you mean 'value'\?\)"):
+        load_settings(conversions=[{"name": "x", "revenue": True, "valu": "revenue"}])
+    with pytest.raises(ConfigError, match="stage model 'saas' has no stages"):
+        load_settings(stage_models={"saas": []})
+    with pytest.raises(ConfigError, match="stage trial twice"):
+        load_settings(stage_models={"saas": [{"name": "trial", "first_touch": True},
+                                             {"name": "trial", "visits": 2}]})
+    assert load_settings(conversions=[{"name": "x", "events": ["A"], "value": 50}]
+                         ).conversions[0].value == "50"
 
 
 def test_a_conversion_naming_an_event_nobody_sent_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(database_url="duckdb://", temp_directory=tmp_path, conversions=[
-        ConversionSpec(name="chat", events=["Chat Startd"])])
+        ConversionSpec(name="chat", events=["Chat Startd"]),
+        ConversionSpec(name="won", deal="Closed Wonn", value="deal_amount")])
     con = engine.connect(settings=settings)
     engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
+    engine.load_table(con, "deals", arrow_table(store.DEALS, [
+        {**JOHN_DEAL[0], "stage": "Closed Won"}]))
     engine.append(con, "events", arrow_table(store.EVENTS, event_rows([
         {"anonymous_id": "laptop", "type": "track", "event": "Order Completed",
          "revenue": 50.0, "currency": "XYZ", "timestamp": "2026-03-06 10:00:00",
@@ -354,11 +366,15 @@ def test_a_conversion_naming_an_event_nobody_sent_is_reported(tmp_path) -> None:
     report = run(con, settings)
     assert report.warnings == [
         "conversion 'chat': no touch has the event 'Chat Startd' (did you mean 'Chat Started'?)",
+        "conversion 'won': no deal has the deal stage 'closed wonn' (did you mean 'closed won'?)",
         "1 revenue values in currency 'XYZ' have no rate: they count as no revenue (add the "
         "rate to currency_rates_file)"]
 
 
 def test_an_unknown_model_in_the_settings_names_the_choices(con: BaseBackend) -> None:
-    settings = Settings(database_url="duckdb://", attribution_models=["markof"])
+    settings = Settings(database_url="duckdb://", attribution_models=["markof"],
+                        default_model="markof")
     with pytest.raises(UnknownModelError, match=r"settings.attribution_models.*markov"):
         run(con, settings, prepare=False)
+    with pytest.raises(ConfigError, match="default_model 'markov' is not one of"):
+        load_settings(attribution_models=["linear"], default_model="markov")

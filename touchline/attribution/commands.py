@@ -35,6 +35,7 @@ from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, journey_paths
 from touchline.attribution.registry import MODELS, lookup
 from touchline.errors import ConfigError, TouchlineError
 from touchline.journeys import LEVELS, journeys_in_period
+from touchline.journeys.conversions import choose_conversion
 
 console = Console()
 err_console = Console(stderr=True)
@@ -103,23 +104,7 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
     if "journey_touches" not in set(con.list_tables()):
         raise ConfigError(f"warehouse {settings.database_url} has no journeys: run "
                           "`touchline run` first (or give a path file with --paths)")
-    journeys = con.table("journeys")
-    kinds = journeys.group_by("conversion").aggregate(
-        conversions=journeys.converted.cast("int64").sum(),
-        value=(journeys.value * journeys.converted.cast("float64")).sum()).to_pandas()
-    known = sorted(kinds.conversion)
-    if conversion is None:
-        converting = kinds[kinds.conversions > 0].sort_values(
-            ["value", "conversions", "conversion"], ascending=[False, False, True])
-        conversion = str(converting.conversion.iloc[0]) if len(converting) else None
-    elif conversion not in known:
-        close = difflib.get_close_matches(conversion, known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"--conversion {conversion!r}{hint}: the warehouse has "
-                          f"{', '.join(known) or 'no journeys'}")
-    if conversion is None:
-        raise ConfigError(f"no conversions in warehouse {settings.database_url}: check the "
-                          "conversion types (docs/journeys.md) and run `touchline run`")
+    conversion = choose_conversion(con.table("journeys"), conversion)
     touches = con.table("journey_touches")
     touches = journeys_in_period(touches.filter(touches.conversion == conversion),
                                  since=_day(since, "--since"), until=_day(until, "--until"))

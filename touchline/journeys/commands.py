@@ -33,10 +33,17 @@ def _connect(database: str | None) -> tuple[object, object]:
     return settings, con
 
 
-def _main_conversion(con: object) -> str | None:
-    from touchline.pipeline import conversion_summary, main_conversion
+def _conversion(con: object, name: str | None, unit: tuple[str, str] | None = None) -> str:
+    """The conversion type asked for (checked), or by default the one with the most value:
+    of the person's or account's own journeys when ``unit`` is given."""
+    from touchline.journeys.conversions import choose_conversion
 
-    return main_conversion(conversion_summary(con))  # type: ignore[arg-type]
+    journeys = con.table("journeys")  # type: ignore[attr-defined]
+    if name is None and unit is not None:
+        own = journeys.filter((journeys.unit == unit[0]) & (journeys.unit_id == unit[1]))
+        if own.filter(own.converted).count().execute():
+            journeys = own
+    return choose_conversion(journeys, name)
 
 
 def show_timeline(id_: str, model: str | None, conversion: str | None, stage_model: str | None,
@@ -50,7 +57,7 @@ def show_timeline(id_: str, model: str | None, conversion: str | None, stage_mod
         if expect is not None and unit != expect:
             raise ConfigError(f"{id_!r} names {unit} {unit_id}; use `touchline {unit}`")
         model = model or settings.default_model
-        conversion = conversion or _main_conversion(con)
+        conversion = _conversion(con, conversion, (unit, unit_id))
         rows = timeline(con, unit, unit_id, model=model, conversion=conversion,
                         stage_model=stage_model or settings.stage_model).to_pandas()
     except TouchlineError as exc:
@@ -145,7 +152,7 @@ def register_paths(app: typer.Typer) -> None:
                 raise ConfigError(f"--level {level!r}: choose from {', '.join(known)}")
             if to not in ("conversion", "drop-off", "all"):
                 raise ConfigError(f"--to {to!r}: choose from conversion, drop-off, all")
-            conversion = conversion or _main_conversion(con)
+            conversion = _conversion(con, conversion)
             jt = con.table("journey_touches")  # type: ignore[attr-defined]
             mine = jt.filter(jt.conversion == conversion)
             if sankey:

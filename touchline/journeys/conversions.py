@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 
 import ibis
 import ibis.expr.types as ir
+import pandas as pd
 
 from touchline.config import ConversionSpec, StageSpec
 
@@ -213,3 +214,53 @@ def find_conversions(con: object, spec: ConversionSpec, *,
         found = deal_conversions(tables["deals"], tables["identities"], tables["accounts"], spec,
                                  statuses=statuses, rates=rates)
     return found.select(*(found[c].cast(t).name(c) for c, t in CONVERSION_SCHEMA.items()))
+
+
+def conversion_summary(journeys: ir.Table) -> pd.DataFrame:
+    """Per conversion type of stored ``journeys``: conversions, value, open journeys, journeys
+    the lookback shortened, conversions without a touch in their window."""
+    j = journeys
+    summary = j.group_by("conversion").aggregate(
+        conversions=j.converted.cast("int64").sum(),
+        value=(j.value * j.converted.cast("float64")).sum(),
+        open_journeys=(~j.converted).cast("int64").sum(),
+        lookback_cut=(j.converted & j.lookback_cut).cast("int64").sum(),
+        without_touches=(j.converted & (j.touches == 0)).cast("int64").sum(),
+    )
+    return summary.order_by("conversion").to_pandas()
+
+
+def main_conversion(summary: pd.DataFrame) -> str | None:
+    """The conversion type a summary leads with: the one with the most value, else the most
+    conversions (so a shop shows purchases and a B2B warehouse won deals)."""
+    converting = summary[summary.conversions > 0]
+    if converting.empty:
+        return None
+    ranked = converting.sort_values(["value", "conversions", "conversion"],
+                                    ascending=[False, False, True])
+    return str(ranked.conversion.iloc[0])
+
+
+def choose_conversion(journeys: ir.Table, name: str | None, *, option: str = "--conversion"
+                      ) -> str:
+    """``name`` if the stored journeys have that conversion type (else a
+    :class:`~touchline.errors.ConfigError` naming the nearest), or by default the
+    :func:`main_conversion`; an error when there is nothing to choose."""
+    import difflib
+
+    from touchline.errors import ConfigError
+
+    summary = conversion_summary(journeys)
+    known = sorted(summary.conversion)
+    if name is not None:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{option} {name!r}{hint}: the journeys have "
+                              f"{', '.join(known) or 'no conversion types'}")
+        return name
+    chosen = main_conversion(summary)
+    if chosen is None:
+        raise ConfigError("no conversions in the stored journeys: check the conversion types "
+                          "(docs/journeys.md) against your events and run `touchline run`")
+    return chosen

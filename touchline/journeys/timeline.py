@@ -11,7 +11,8 @@ conversion), ``stage`` (entering a stage), ``conversion``, ``deal`` (a CRM deal 
 person or the account) or ``survey`` (NPS, review, "how did you hear about us").
 
 :func:`resolve_unit` finds the person or account that an id names: a person id (``p_…``), an
-account id (``crm:…``, ``group:…``, ``domain:…``) or a CRM account id, a user id, an e-mail,
+account id (``crm:…``, ``group:…``, ``domain:…``) or the CRM's, group's or domain's own id, a
+user id, an e-mail,
 a phone number (any format; read as E.164), a CRM contact id or an anonymous id.
 """
 
@@ -53,7 +54,7 @@ def resolve_unit(con: object, text: str, *, phone_region: str = "US") -> tuple[s
     accounts = con.table("accounts")  # type: ignore[attr-defined]
     if persons.filter(persons.person_id == value).count().execute():
         return "person", value
-    for account in (value, f"crm:{value}"):
+    for account in (value, f"crm:{value}", f"group:{value}", f"domain:{value.lower()}"):
         if accounts.filter(accounts.account_id == account).count().execute():
             return "account", account
     identities = con.table("identities")  # type: ignore[attr-defined]
