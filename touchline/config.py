@@ -290,6 +290,12 @@ class Settings(BaseSettings):
         description="t.js default consent: granted, pending (no storage or sending until "
         "consent) or cookieless (no storage, aggregate counts only).",
     )
+    tracker_strip_params: list[str] = Field(
+        [],
+        description="Query parameters t.js never sends (page URL, referrer), beside its built-in "
+        "secrets: access_token, id_token, refresh_token, token, password, passwd, pwd, secret, "
+        "auth, code, key, api_key, apikey, session_id, sid.",
+    )
     dni_pools: dict[str, list[str]] = Field(
         {},
         description="Tracking numbers by pool key: 'source/medium', 'source', 'medium' or "
