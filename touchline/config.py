@@ -311,6 +311,13 @@ class Settings(BaseSettings):
     dni_grace_minutes: int = Field(
         60, ge=0, description="Minutes after a lease ended in which a call still matches it."
     )
+    dni_lease_store_max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="Rows the collector's lease store (leases.sqlite in the spool folder) may "
+        "hold; beyond it new sessions keep the site's own number (counted as store_full) until "
+        "the loader prunes leases it copied that ended over dni_grace_minutes ago.",
+    )
     phone_region: str = Field("US", description="Region for numbers without a country code.")
     call_conversion_seconds: int | None = Field(
         60, ge=0, description="Answered calls this long count as conversions; None: never."

@@ -489,17 +489,21 @@ NUMBER_LEASES = TableSpec(
     key="lease_id",
     columns=_cols(
         ("lease_id", S, "lease id"),
-        ("number", S, "tracking number in E.164; null when the pool was exhausted"),
+        ("number", S, "tracking number in E.164; null in a counted row"),
         ("pool", S, "pool key the number came from (source/medium, source, medium, default)"),
-        ("status", S, "leased, or exhausted (no free number: the site's number was shown)"),
+        ("status", S, "leased; exhausted (no free number) or store_full (lease store at its "
+         "limit): the site's number was shown"),
         ("anonymous_id", S, "visitor's anonymous id"),
         ("session_id", S, "visitor's session id"),
         ("utm_source", S, "session's utm_source"),
         ("utm_medium", S, "session's utm_medium"),
         ("utm_campaign", S, "session's utm_campaign"),
         ("utm_term", S, "session's keyword"),
-        ("leased_at", TS, "lease start"),
-        ("expires_at", TS, "lease end (extended while the visitor stays)"),
+        ("leased_at", TS, "lease start (a counted row: the UTC day's start)"),
+        ("expires_at", TS, "lease end, extended while the visitor stays (a counted row: the "
+         "day's end)"),
+        ("request_count", I, "lease requests the row stands for: 1 for a lease; for a counted row "
+         "(status exhausted or store_full, one per pool and UTC day) the day's requests"),
     ),
 )
 

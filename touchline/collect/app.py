@@ -235,6 +235,7 @@ class Collector:
                 lease_minutes=self.settings.dni_lease_minutes,
                 grace_minutes=self.settings.dni_grace_minutes,
                 region=self.settings.phone_region,
+                max_rows=self.settings.dni_lease_store_max_rows,
             )
 
     def stop(self) -> None:
