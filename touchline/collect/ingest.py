@@ -221,6 +221,17 @@ class _ChunkParser:
                     parts = [self._as_text(s, chunk_schema.field(s).type, name) for s in present]
                     exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
             self.ignored = [c for c in available if c not in used]
+            if not used:
+                header = (
+                    f"line 1: the header {available} names"
+                    if self.fmt == "csv"
+                    else f"its columns {available} name"
+                )
+                raise InputError(
+                    f"{where}: {header} no column of table {spec.name!r} "
+                    f"({', '.join(names)}); rename them or map them with --map (see "
+                    "docs/ingest.md)"
+                )
         for name, value in self.mapping.defaults.items():
             exprs[name] = f"coalesce({exprs[name]}, {_sql_str(value)})" if name in exprs else (
                 _sql_str(value)
@@ -651,6 +662,9 @@ def ingest_file(
                 max_line_bytes=settings.max_line_bytes,
             ):
                 result.rows_read += len(chunk.lines) + len(chunk.rejects)
+                if fmt != "ndjson":
+                    # checks the header even when no row is usable (a header-only file)
+                    parser.sql(chunk.table.schema, "_tl_chunk", str(path))
                 if len(chunk.lines):
                     table = chunk.table.append_column("_line", pa.array(chunk.lines))
                     table = table.append_column("_raw", chunk.raw)
