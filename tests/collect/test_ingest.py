@@ -301,7 +301,7 @@ def test_a_new_column_leaves_the_content_hash_of_rows_without_it_alone(duck, tmp
     path.write_text("deal_id,created_at\nd1,2025-03-05T00:00:00Z\n")
     ingest_file(duck, path, "deals", settings=SETTINGS)
     older = [c.name for c in store.DEALS.columns
-             if c.name not in ("row_hash", "ingest_id", "source", "contact_ids")]
+             if c.name not in ("row_hash", "ingest_id", "source", "contact_ids", "properties")]
     values = {"deal_id": "d1", "created_at": "2025-03-05 00:00:00"}
     expected = hashlib.md5("\x1f".join(values.get(c, "") for c in older).encode()).hexdigest()
     assert duck.table("deals").row_hash.to_pandas().tolist() == [expected]
@@ -404,3 +404,42 @@ def test_ingest_command_exits_1_with_the_message(tmp_path, name, content, messag
     )
     assert result.exit_code == 1
     assert message in " ".join(result.output.split())  # rich wraps long lines
+
+
+OLIST_DEALS = (
+    "mql_id,seller_id,sdr_id,won_date,business_segment,lead_type,declared_monthly_revenue\n"
+    "5420aad7,2c43fb51,a8387c01,2018-02-26 19:58:54,pet,online_medium,0.0\n"
+    "a555fb36,bbb7d789,09285259,2018-05-08 20:17:59,car_accessories,,1200.5\n"
+    "b0000000,cccccccc,dddddddd,,pet,industry,10\n"
+)
+OLIST_MAPPING = """
+[columns]
+deal_id = "mql_id"
+closed_at = "won_date"
+amount = "declared_monthly_revenue"
+
+[defaults]
+status = "won"
+"""
+
+
+def test_deals_without_created_at_load_and_keep_their_other_columns(con, tmp_path) -> None:
+    path = tmp_path / "olist_closed_deals.csv"
+    path.write_text(OLIST_DEALS)
+    mapping_file = tmp_path / "olist.toml"
+    mapping_file.write_text(OLIST_MAPPING)
+    mapping = load_mapping(mapping_file, canonical={c.name for c in store.DEALS.columns})
+    result = ingest_file(con, path, "deals", settings=SETTINGS, mapping=mapping)
+    got = con.table("deals").order_by("deal_id").execute()
+    assert (result.loaded, result.rejected, result.ignored_columns) == (2, 1, [])
+    assert got.deal_id.tolist() == ["5420aad7", "a555fb36"]
+    assert got.created_at.isna().all()
+    assert [str(t) for t in got.closed_at] == ["2018-02-26 19:58:54", "2018-05-08 20:17:59"]
+    assert [json.loads(p) for p in got.properties] == [
+        {"seller_id": "2c43fb51", "sdr_id": "a8387c01", "business_segment": "pet",
+         "lead_type": "online_medium"},
+        {"seller_id": "bbb7d789", "sdr_id": "09285259", "business_segment": "car_accessories",
+         "lead_type": None},
+    ]
+    rejects = con.table("rejects").select("line", "field", "reason_code").execute()
+    assert rejects.values.tolist() == [[4, "created_at", "missing_deal_time"]]
