@@ -311,6 +311,12 @@ class Settings(BaseSettings):
         description="t.js default consent: granted, pending (no storage or sending until "
         "consent) or cookieless (no storage, aggregate counts only).",
     )
+    tracker_strip_params: list[str] = Field(
+        [],
+        description="Query parameters t.js never sends (page URL, referrer), beside its built-in "
+        "secrets: access_token, id_token, refresh_token, token, password, passwd, pwd, secret, "
+        "auth, code, key, api_key, apikey, session_id, sid.",
+    )
     dni_pools: dict[str, list[str]] = Field(
         {},
         description="Tracking numbers by pool key: 'source/medium', 'source', 'medium' or "
@@ -325,6 +331,13 @@ class Settings(BaseSettings):
     dni_lease_minutes: int = Field(30, ge=1, description="Minutes a number stays leased.")
     dni_grace_minutes: int = Field(
         60, ge=0, description="Minutes after a lease ended in which a call still matches it."
+    )
+    dni_lease_store_max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="Rows the collector's lease store (leases.sqlite in the spool folder) may "
+        "hold; beyond it new sessions keep the site's own number (counted as store_full) until "
+        "the loader prunes leases it copied that ended over dni_grace_minutes ago.",
     )
     phone_region: str = Field("US", description="Region for numbers without a country code.")
     call_conversion_seconds: int | None = Field(

@@ -139,7 +139,7 @@ DEALS = TableSpec(
     doc="CRM opportunities: one row per deal snapshot (a later export with a new stage adds "
     "a row).",
     key="row_hash",
-    required=("deal_id", "created_at"),
+    required=("deal_id",),
     columns=_cols(
         ("deal_id", S, "CRM opportunity id"),
         ("account_id", S, "CRM account (company) id"),
@@ -151,13 +151,16 @@ DEALS = TableSpec(
         ("status", S, "open, won or lost"),
         ("amount", F, "deal value in `currency`"),
         ("currency", S, "ISO 4217 code of `amount`"),
-        ("created_at", TS, "deal created"),
+        ("created_at", TS, "deal created (null when the export has none; a deal needs this or "
+         "another of the times below)"),
         ("lead_at", TS, "became a lead"),
         ("mql_at", TS, "became a marketing-qualified lead"),
         ("sql_at", TS, "became a sales-qualified lead"),
         ("opportunity_at", TS, "became an opportunity"),
         ("closed_at", TS, "won or lost"),
         ("updated_at", TS, "last change in the CRM"),
+        ("properties", S, "JSON object of the input's other columns (sdr_id, segment, lead type…), "
+         "as read"),
         ("row_hash", S, "content hash of the row: the dedupe key"),
         *_LOAD_COLUMNS,
     ),
@@ -489,17 +492,21 @@ NUMBER_LEASES = TableSpec(
     key="lease_id",
     columns=_cols(
         ("lease_id", S, "lease id"),
-        ("number", S, "tracking number in E.164; null when the pool was exhausted"),
+        ("number", S, "tracking number in E.164; null in a counted row"),
         ("pool", S, "pool key the number came from (source/medium, source, medium, default)"),
-        ("status", S, "leased, or exhausted (no free number: the site's number was shown)"),
+        ("status", S, "leased; exhausted (no free number) or store_full (lease store at its "
+         "limit): the site's number was shown"),
         ("anonymous_id", S, "visitor's anonymous id"),
         ("session_id", S, "visitor's session id"),
         ("utm_source", S, "session's utm_source"),
         ("utm_medium", S, "session's utm_medium"),
         ("utm_campaign", S, "session's utm_campaign"),
         ("utm_term", S, "session's keyword"),
-        ("leased_at", TS, "lease start"),
-        ("expires_at", TS, "lease end (extended while the visitor stays)"),
+        ("leased_at", TS, "lease start (a counted row: the UTC day's start)"),
+        ("expires_at", TS, "lease end, extended while the visitor stays (a counted row: the "
+         "day's end)"),
+        ("request_count", I, "lease requests the row stands for: 1 for a lease; for a counted row "
+         "(status exhausted or store_full, one per pool and UTC day) the day's requests"),
     ),
 )
 
@@ -886,6 +893,10 @@ TABLES: dict[str, TableSpec] = {
         WRITE_KEYS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
     )
 }
+#: a deal must carry at least one of these times (created_at is optional: some exports lack it)
+DEAL_TIMES = (
+    "created_at", "lead_at", "mql_at", "sql_at", "opportunity_at", "closed_at", "updated_at",
+)
 INGESTIBLE = ("events", "deals", "spend", "calls", "surveys", "search_console")
 
 

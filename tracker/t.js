@@ -1,8 +1,10 @@
 /* touchline t.js: first-party journey tracking for the touchline collector (Segment format).
  * No dependencies. Config on the tag: data-key (write key), data-host (collector URL),
- * data-consent (granted | pending | cookieless), data-dnt ("true": honour Do-Not-Track).
+ * data-consent (granted | pending | cookieless), data-dnt ("true": honour Do-Not-Track),
+ * data-strip-params (comma-separated query parameters never sent, beside the built-in secrets).
  * API: touchline.page(), .track(event, props), .identify(userId, traits), .consent(state),
- *      .flush(), .anonymousId(). */
+ *      .flush(), .anonymousId(). consent("granted") sends what waited while pending; any other
+ *      state (a refusal) drops it unsent, and later events go cookieless. */
 (function (w, d) {
   "use strict";
   if (w.touchline && w.touchline.loaded) return;
@@ -13,6 +15,12 @@
   var key = at("data-key");
   var consent = at("data-consent") || D.consent || "granted";
   var dnt = at("data-dnt") != null ? at("data-dnt") === "true" : !!D.dnt;
+  // query parameters that carry credentials: never sent (compared case-insensitively)
+  var SECRET_PARAMS = ["access_token", "id_token", "refresh_token", "token", "password", "passwd",
+                       "pwd", "secret", "auth", "code", "key", "api_key", "apikey", "session_id",
+                       "sid"]
+    .concat(D.stripParams || [], (at("data-strip-params") || "").split(","))
+    .map(function (p) { return p.trim().toLowerCase(); }).filter(Boolean);
   var SESSION_MS = 30 * 60 * 1000, MAX_BATCH = 20, FLUSH_MS = 1000, BEACON_MAX = 60000;
   var CLICK_IDS = ["gclid", "gbraid", "wbraid", "dclid", "fbclid", "msclkid", "li_fat_id", "ttclid"];
   var UTM = { utm_source: "source", utm_medium: "medium", utm_campaign: "name", utm_term: "term",
@@ -41,7 +49,8 @@
   function cookie(name, value) {
     if (!stored()) return null;
     if (value !== undefined) {
-      d.cookie = name + "=" + encodeURIComponent(value) + ";path=/;max-age=31536000;SameSite=Lax";
+      d.cookie = name + "=" + encodeURIComponent(value) + ";path=/;max-age=31536000;SameSite=Lax" +
+        (location.protocol === "https:" ? ";Secure" : "");
       return value;
     }
     var m = d.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
@@ -65,21 +74,37 @@
     });
     return out;
   }
+  // a URL as sent: no #fragment (OAuth puts tokens there) and no secret query parameters. The
+  // other parameters are kept byte for byte: URLSearchParams would re-encode them (and turn a
+  // bad escape into U+FFFD), changing the UTMs the collector reads.
+  function clean(url) {
+    if (!url) return url;
+    var u;
+    try { u = new URL(url, location.href); } catch (e) { return ""; }
+    var kept = u.search.replace(/^\?/, "").split("&").filter(function (p) {
+      var k = p.split("=")[0];
+      try { k = decodeURIComponent(k.replace(/\+/g, " ")); } catch (e) { /* keep as text */ }
+      return p && SECRET_PARAMS.indexOf(k.toLowerCase()) < 0;
+    }).join("&");
+    return u.origin + u.pathname + (kept ? "?" + kept : "");
+  }
+  function search(url) { var i = url.indexOf("?"); return i < 0 ? "" : url.slice(i); }
   // UTMs and click ids of the landing page, kept for the session; new ones start a new session
   function session() {
     var now = Date.now(), s = get("session"), q = params(location.search), camp = {}, fresh = false;
     for (var u in UTM) if (q[u]) { camp[UTM[u]] = q[u]; fresh = true; }
     CLICK_IDS.forEach(function (c) { if (q[c]) { camp[c] = q[c]; fresh = true; } });
     if (!s || now - s.last > SESSION_MS || (fresh && JSON.stringify(camp) !== JSON.stringify(s.campaign))) {
-      s = { id: uuid(), start: now, campaign: fresh ? camp : {}, referrer: d.referrer || null };
+      s = { id: uuid(), start: now, campaign: fresh ? camp : {}, referrer: clean(d.referrer) || null };
     }
     s.last = now;
     set("session", s);
     return s;
   }
   function page() {
-    return { url: location.href, path: location.pathname, search: location.search,
-             title: d.title, referrer: lastUrl || d.referrer || "" };
+    var url = clean(location.href);
+    return { url: url, path: location.pathname, search: search(url),
+             title: d.title, referrer: lastUrl || clean(d.referrer) || "" };
   }
   function base(type, extra) {
     var s = session(), msg = {
@@ -137,7 +162,7 @@
       var p = page(), m = base("page", { properties: {} });
       for (var k in p) m.properties[k] = p[k];
       for (k in props || {}) m.properties[k] = props[k];
-      lastUrl = location.href;
+      lastUrl = p.url;
       enqueue(m);
     },
     track: function (event, props) { enqueue(base("track", { event: event, properties: props || {} })); },
@@ -147,7 +172,10 @@
       enqueue(base("identify", { traits: traits || {} }));
     },
     consent: function (state) {
+      var was = consent;
       consent = state === "granted" ? "granted" : "cookieless";
+      // a refusal drops what waited for the answer: it may hold e-mails, phones or tokens
+      if (was === "pending" && consent !== "granted") queue = [];
       var ids = api.anonymousId() || ephemeral();
       queue.forEach(function (m) { m.anonymousId = ids; m.context.consent = consent; });
       flush();

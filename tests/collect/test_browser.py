@@ -13,6 +13,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
 
@@ -61,7 +62,9 @@ def site(
     tmp_path: Path, start_collector: Callable[[Warehouse], LiveCollector]
 ) -> Iterator[tuple[str, LiveCollector]]:
     settings = make_settings(
-        tmp_path, dni_pools={"google/cpc": ["+1 555 010 0001", "+1 555 010 0002"]}
+        tmp_path,
+        dni_pools={"google/cpc": ["+1 555 010 0001", "+1 555 010 0002"]},
+        tracker_strip_params=["invite"],
     )
     live = start_collector(make_warehouse(settings))
     handler = partial(_PageHandler, collector=live.url, key=live.warehouse.write_key)
@@ -187,3 +190,100 @@ def test_cookieless_mode_counts_pages_without_storage(site: tuple[str, LiveColle
     rows = live.warehouse.query("SELECT type, path, anonymous_id FROM events ORDER BY timestamp")
     assert [(t, p) for t, p, _ in rows] == [("page", "/landing"), ("page", "/pricing")]
     assert all(a.startswith("cookieless-") for _, _, a in rows)
+
+
+def test_refused_consent_drops_what_waited_and_sends_only_later_cookieless_events(
+    site: tuple[str, LiveCollector],
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, live = site
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/landing?consent=pending&utm_source=news#access_token=F1")
+            page.wait_for_function("window.touchline && touchline.loaded")
+            page.evaluate("touchline.identify('u-7', {email: 'ann@example.com', phone: '555'})")
+            page.fill("#email", "ann@example.com")
+            page.click("#submit")
+            page.wait_for_function("document.getElementById('lead').dataset.sent")
+            page.evaluate("touchline.consent('denied')")
+            page.wait_for_timeout(1_500)  # longer than t.js's 1 s flush timer
+            sent_after_refusal = live.app.stats["accepted"]
+            page.evaluate("touchline.track('Pricing Viewed')")
+            page.evaluate("touchline.flush()")
+            page.close()
+        finally:
+            browser.close()
+    assert sent_after_refusal == 0
+    live.warehouse.load()
+    rows = live.warehouse.query("SELECT type, event, anonymous_id, user_id, email FROM events")
+    assert [(t, e, u, m) for t, e, _, u, m in rows] == [("track", "Pricing Viewed", None, None)]
+    assert str(rows[0][2]).startswith("cookieless-")
+
+
+SECRETS = ("T1", "T2", "I1", "F1", "hunter2")
+
+
+def test_fragments_and_secret_query_parameters_never_leave_the_page(
+    site: tuple[str, LiveCollector],
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    url, live = site
+    query = "utm_source=google&access_token=T1&Token=T2&invite=I1&keep=caf%E9&gclid=G1"
+    sent = f"{url}/landing?utm_source=google&keep=caf%E9&gclid=G1"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/landing?{query}#access_token=F1&password=hunter2")
+            page.wait_for_function("window.touchline && touchline.loaded")
+            page.click("#nav")
+            page.evaluate("touchline.flush()")
+            page.close()
+        finally:
+            browser.close()
+    live.warehouse.load()
+    rows = live.warehouse.query(
+        "SELECT path, url, referrer, gclid, properties, context FROM events ORDER BY timestamp"
+    )
+    assert [r[:4] for r in rows] == [
+        ("/landing", sent, None, "G1"),
+        ("/pricing", f"{url}/pricing", sent, "G1"),
+    ]
+    assert json.loads(rows[0][4])["search"] == "?utm_source=google&keep=caf%E9&gclid=G1"
+    text = repr(rows)
+    assert [s for s in SECRETS if s in text] == []
+
+
+def test_cookie_is_secure_on_https_pages_only(site: tuple[str, LiveCollector]) -> None:
+    from playwright.sync_api import Route, sync_playwright
+
+    url, live = site
+    tracker = httpx.get(f"{live.url}/t.js").text
+    html = (PAGES / "landing.html").read_text().replace("{{COLLECTOR}}", "https://shop.test")
+    html = html.replace("{{KEY}}", live.warehouse.write_key).replace("{{CONSENT}}", "granted")
+
+    def serve(route: Route) -> None:
+        is_js = route.request.url.endswith("/t.js")
+        route.fulfill(
+            status=200,
+            content_type="application/javascript" if is_js else "text/html",
+            body=tracker if is_js else html,
+        )
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context()
+            context.route("https://shop.test/**", serve)
+            page = context.new_page()
+            for address in ("https://shop.test/landing", f"{url}/landing"):
+                page.goto(address)
+                page.wait_for_function("document.cookie.includes('tl_aid=')", timeout=WAIT_MS)
+            secure = {c["domain"]: c["secure"] for c in context.cookies() if c["name"] == "tl_aid"}
+        finally:
+            browser.close()
+    assert secure == {"shop.test": True, "127.0.0.1": False}

@@ -253,7 +253,9 @@ def test_tracker_is_served_with_defaults(collector: LiveCollector) -> None:
         response = http.get("/t.js")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/javascript")
-    assert response.text.startswith('var __touchline_defaults={"dnt":false,"consent":"granted"}')
+    assert response.text.startswith(
+        'var __touchline_defaults={"dnt":false,"consent":"granted","stripParams":[]}'
+    )
     assert len(gzip.compress(response.content)) < 5 * 1024
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,6 +61,55 @@ def test_a_number_is_reused_only_after_the_grace_period(tmp_path: Path) -> None:
     assert (in_grace.status, after.number) == ("exhausted", "+15550100001")
 
 
+def _rows(book: LeaseBook) -> int:
+    with sqlite3.connect(book.path) as db:
+        return int(db.execute("SELECT count(*) FROM leases").fetchone()[0])
+
+
+def test_exhausted_requests_are_counted_per_pool_and_day_not_stored(tmp_path: Path) -> None:
+    book = _book(tmp_path, ["+15550100001"])
+    book.lease(anonymous_id="a", session_id="s-a", utm=GOOGLE, now=T0)
+    flood = [
+        book.lease(anonymous_id=None, session_id=f"rnd-{i}", utm=GOOGLE, now=T0 + i)
+        for i in range(1, 51)
+    ]
+    book.lease(anonymous_id="a", session_id="s-a", utm=GOOGLE, now=T0 + 6_000)  # a new lease
+    # T0 is 22:13 UTC: T0 + 6500 s is the next UTC day
+    next_day = book.lease(anonymous_id=None, session_id="rnd-x", utm=GOOGLE, now=T0 + 6_500)
+    assert {(lease.number, lease.status) for lease in flood if lease} == {(None, "exhausted")}
+    assert next_day is not None and next_day.status == "exhausted"
+    assert _rows(book) == 4  # two leases, and one counted row for each of the two days
+    rows, _ = book.changed_since(0)
+    counted = [
+        (r["lease_id"], r["session_id"], r["request_count"], r["leased_at"].day)
+        for r in rows.to_pylist()
+        if r["status"] == "exhausted"
+    ]
+    assert counted == [
+        ("exhausted:google/cpc:2023-11-14", None, 50, 14),
+        ("exhausted:google/cpc:2023-11-15", None, 1, 15),
+    ]
+    assert rows.column("expires_at")[1].as_py() == datetime(2023, 11, 15)  # the day's end
+
+
+def test_lease_store_stops_at_its_limit_and_frees_rows_the_loader_copied(tmp_path: Path) -> None:
+    book = _book(tmp_path, ["+15550100001"], mode="channel", max_rows=3)
+    leases = [
+        book.lease(anonymous_id=None, session_id=f"rnd-{i}", utm=GOOGLE, now=T0 + i)
+        for i in range(5)
+    ]
+    assert [lease.status for lease in leases if lease] == ["leased"] * 3 + ["store_full"] * 2
+    assert _rows(book) == 4  # 3 leases and the counted row, however long the flood
+    _, copied = book.changed_since(0)
+    ended = T0 + 5 + 1800 + 3600 + 1  # after every lease's end and the grace period
+    # the three leases go; the counted row was changed after the copy (and its day is not over)
+    assert book.prune(copied_seq=copied - 1, now=ended) == 3
+    after = book.lease(anonymous_id="b", session_id="s-b", utm=GOOGLE, now=ended)
+    assert after is not None and after.status == "leased"
+    new, _ = book.changed_since(copied)
+    assert new.column("session_id").to_pylist() == ["s-b"]  # seq keeps growing after a prune
+
+
 def test_pool_choice_falls_back_from_source_medium_to_default(tmp_path: Path) -> None:
     book = _book(tmp_path, ["+15550100001"])
     assert book.pool_for("Google", "CPC") == "google/cpc"
@@ -93,7 +144,7 @@ def _leases() -> pa.Table:
         ("L2", "+15550100002", "leased", "s2", "bing", 0, 30),
         ("L3", "+15550100003", "leased", "s3", "fb", 0, 30),
         ("L4", "+15550100003", "leased", "s4", "fb", 10, 40),
-        ("L5", None, "exhausted", "s5", "google", 5, 5),
+        ("L5", None, "exhausted", None, "google", 0, 1440),
     ]
     columns = {c.name: [] for c in store.NUMBER_LEASES.columns}  # type: ignore[var-annotated]
     for lease_id, number, status, session, source, start, end in rows:
@@ -102,13 +153,14 @@ def _leases() -> pa.Table:
             "number": number,
             "pool": source,
             "status": status,
-            "anonymous_id": f"anon-{session}",
+            "anonymous_id": f"anon-{session}" if session else None,
             "session_id": session,
             "utm_source": source,
             "utm_medium": "cpc",
             "utm_term": f"kw-{session}",
             "leased_at": _at(start),
             "expires_at": _at(end),
+            "request_count": 1 if number else 3,
         }
         for name in columns:
             columns[name].append(values.get(name))
@@ -177,9 +229,9 @@ def test_new_calls_become_touches_once(duck: BaseBackend) -> None:
         "expired": 1,
         "ambiguous": 1,
         "unmatched": 2,
-        "pool_exhausted": 1,
+        "pool_exhausted": 3,
     }
-    assert second == {"pool_exhausted": 1}
+    assert second == {"pool_exhausted": 3}
     rows = duck.con.execute(  # type: ignore[attr-defined]
         "SELECT message_id, event, anonymous_id, utm_source, phone, properties FROM events "
         "WHERE message_id = 'call:c-in'"
@@ -209,12 +261,26 @@ def test_lease_endpoint_hands_out_numbers(
     with live.client(auth=(live.warehouse.write_key, "")) as http:
         first = http.post("/v1/dni/lease", json=body).json()
         second = http.post("/v1/dni/lease", json={**body, "sessionId": "s2"}).json()
+        third = http.post("/v1/dni/lease", json={**body, "sessionId": "s3"}).json()
         missing = http.post("/v1/dni/lease", json={"anonymousId": "a1"})
     assert (first["number"], first["status"]) == ("+15550100001", "leased")
-    assert (second["number"], second["status"]) == (None, "exhausted")
+    assert {(r["number"], r["status"]) for r in (second, third)} == {(None, "exhausted")}
     assert (missing.status_code, missing.json()["code"]) == (400, "missing_session")
     live.warehouse.load()
-    assert live.warehouse.query("SELECT session_id, status FROM number_leases ORDER BY 1") == [
-        ("s1", "leased"),
-        ("s2", "exhausted"),
+    assert live.warehouse.query(
+        "SELECT session_id, status, request_count FROM number_leases ORDER BY status"
+    ) == [(None, "exhausted", 2), ("s1", "leased", 1)]
+
+
+def test_loader_frees_lease_rows_it_copied_once_they_ended(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, dni_pools={"google/cpc": ["+15550100001"]})
+    warehouse = make_warehouse(settings)
+    book = LeaseBook(Path(settings.spool_dir) / "leases.sqlite", settings.dni_pools)
+    book.lease(anonymous_id="a", session_id="s-old", utm=GOOGLE, now=T0)  # ended long ago
+    book.lease(anonymous_id="b", session_id="s-now", utm=GOOGLE, now=time.time())
+    warehouse.load()
+    assert warehouse.query("SELECT session_id FROM number_leases ORDER BY 1") == [
+        ("s-now",),
+        ("s-old",),
     ]
+    assert _rows(book) == 1  # s-old is in the warehouse and over: the store forgot it

@@ -166,14 +166,15 @@ def test_parquet_keeps_types_and_row_numbers(con, tmp_path) -> None:
     [
         (b"", "is empty"),
         (b"\n\n", "no header"),
-        (b"a,b\n1,2\n", "missing column(s) ['message_id']"[:20]),
+        (b"a,b\n1,2\n", "the header \\['a', 'b'\\] names no column of table 'calls'"),
+        (b"call_id,b\n1,2\n", "missing column"),
     ],
 )
 def test_unreadable_files_raise_input_error_and_write_nothing(duck, tmp_path, content, message):
     path = tmp_path / "bad.csv"
     path.write_bytes(content)
-    kind = "calls" if content.startswith(b"a,b") else "events"
-    with pytest.raises(InputError, match="missing column" if kind == "calls" else message):
+    kind = "calls" if b"," in content else "events"
+    with pytest.raises(InputError, match=message):
         ingest_file(duck, path, kind, settings=SETTINGS)
     assert "calls" not in duck.list_tables() or duck.table("calls").count().execute() == 0
 
@@ -300,7 +301,7 @@ def test_a_new_column_leaves_the_content_hash_of_rows_without_it_alone(duck, tmp
     path.write_text("deal_id,created_at\nd1,2025-03-05T00:00:00Z\n")
     ingest_file(duck, path, "deals", settings=SETTINGS)
     older = [c.name for c in store.DEALS.columns
-             if c.name not in ("row_hash", "ingest_id", "source", "contact_ids")]
+             if c.name not in ("row_hash", "ingest_id", "source", "contact_ids", "properties")]
     values = {"deal_id": "d1", "created_at": "2025-03-05 00:00:00"}
     expected = hashlib.md5("\x1f".join(values.get(c, "") for c in older).encode()).hexdigest()
     assert duck.table("deals").row_hash.to_pandas().tolist() == [expected]
@@ -333,3 +334,112 @@ def test_a_key_twice_in_one_object_is_rejected_by_file_ingest_as_by_the_loader(
     result = ingest_file(con, path, "events", settings=SETTINGS)
     assert (result.loaded, result.rejected) == (1, 1)
     assert _rejects(con) == {1: "duplicate_key"}
+
+
+def test_a_quoted_csv_field_keeps_its_line_breaks(con, tmp_path) -> None:
+    path = tmp_path / "multi.csv"
+    rows = [
+        HEADER,
+        'm1,track,"Asked\nabout pricing",a1,,2025-03-01T10:00:00Z,,',
+        'm2,track,"Windows\r\nline",a1,,2025-03-01T10:01:00Z,,',
+        "m3,track,Viewed,a1,,2025-03-01T10:02:00Z,,",
+    ]
+    path.write_bytes("\r\n".join(rows).encode() + b"\r\n")
+    result = ingest_file(con, path, "events", settings=SETTINGS)
+    got = con.table("events").order_by("message_id").select("message_id", "event").execute()
+    assert (result.loaded, result.rejected) == (3, 0)
+    assert got.event.tolist() == ["Asked\nabout pricing", "Windows\r\nline", "Viewed"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"Name,Ad Spend\n", b"Name,Ad Spend\nacme,12\n", b"Name,Ad Spend\nacme\n"],
+    ids=["header_only", "with_rows", "only_bad_rows"],
+)
+def test_a_header_matching_no_column_is_an_error_naming_it(con, tmp_path, content) -> None:
+    path = tmp_path / "other.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        ingest_file(con, path, "events", settings=SETTINGS)
+    assert str(caught.value).startswith(
+        f"{path}: line 1: the header ['Name', 'Ad Spend'] names no column of table 'events'"
+    )
+    assert "events" not in con.list_tables() or con.table("events").count().execute() == 0
+    assert con.table("rejects").count().execute() == 0
+
+
+def test_a_header_only_file_missing_a_required_column_is_an_error(con, tmp_path) -> None:
+    path = tmp_path / "calls.csv"
+    path.write_text("call_id,caller_number\n")
+    missing = r"missing column\(s\) \['started_at', 'tracking_number'\]"
+    with pytest.raises(InputError, match=missing):
+        ingest_file(con, path, "calls", settings=SETTINGS)
+
+
+def test_a_gz_name_on_bytes_that_are_not_gzip_is_an_error_naming_the_file(con, tmp_path) -> None:
+    path = tmp_path / "events.csv.gz"
+    path.write_text(HEADER + "\n" + _good(1) + "\n")
+    with pytest.raises(InputError, match=f"^{path}: is named .gz but is not gzip-compressed"):
+        ingest_file(con, path, "events", settings=SETTINGS)
+    assert "events" not in con.list_tables() or con.table("events").count().execute() == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("plain.csv.gz", HEADER.encode() + b"\n", "plain.csv.gz: is named .gz but is not gzip"),
+        ("other.csv", b"Name,Ad Spend\n", "line 1: the header ['Name', 'Ad Spend'] names no"),
+    ],
+)
+def test_ingest_command_exits_1_with_the_message(tmp_path, name, content, message) -> None:
+    from typer.testing import CliRunner
+
+    from touchline.cli import app
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    database = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    result = CliRunner().invoke(
+        app, ["ingest", str(path), "--kind", "events", "--database", database]
+    )
+    assert result.exit_code == 1
+    assert message in " ".join(result.output.split())  # rich wraps long lines
+
+
+OLIST_DEALS = (
+    "mql_id,seller_id,sdr_id,won_date,business_segment,lead_type,declared_monthly_revenue\n"
+    "5420aad7,2c43fb51,a8387c01,2018-02-26 19:58:54,pet,online_medium,0.0\n"
+    "a555fb36,bbb7d789,09285259,2018-05-08 20:17:59,car_accessories,,1200.5\n"
+    "b0000000,cccccccc,dddddddd,,pet,industry,10\n"
+)
+OLIST_MAPPING = """
+[columns]
+deal_id = "mql_id"
+closed_at = "won_date"
+amount = "declared_monthly_revenue"
+
+[defaults]
+status = "won"
+"""
+
+
+def test_deals_without_created_at_load_and_keep_their_other_columns(con, tmp_path) -> None:
+    path = tmp_path / "olist_closed_deals.csv"
+    path.write_text(OLIST_DEALS)
+    mapping_file = tmp_path / "olist.toml"
+    mapping_file.write_text(OLIST_MAPPING)
+    mapping = load_mapping(mapping_file, canonical={c.name for c in store.DEALS.columns})
+    result = ingest_file(con, path, "deals", settings=SETTINGS, mapping=mapping)
+    got = con.table("deals").order_by("deal_id").execute()
+    assert (result.loaded, result.rejected, result.ignored_columns) == (2, 1, [])
+    assert got.deal_id.tolist() == ["5420aad7", "a555fb36"]
+    assert got.created_at.isna().all()
+    assert [str(t) for t in got.closed_at] == ["2018-02-26 19:58:54", "2018-05-08 20:17:59"]
+    assert [json.loads(p) for p in got.properties] == [
+        {"seller_id": "2c43fb51", "sdr_id": "a8387c01", "business_segment": "pet",
+         "lead_type": "online_medium"},
+        {"seller_id": "bbb7d789", "sdr_id": "09285259", "business_segment": "car_accessories",
+         "lead_type": None},
+    ]
+    rejects = con.table("rejects").select("line", "field", "reason_code").execute()
+    assert rejects.values.tolist() == [[4, "created_at", "missing_deal_time"]]

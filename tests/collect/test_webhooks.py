@@ -302,6 +302,8 @@ GOOD_CALL = {"id": "c1", "to": "+15550100001", "start": "2025-03-01T10:00:00+01:
          "bad_number", "amount"),
         ("hubspot", {"objectId": 1, "properties": {"createdate": "someday"}},
          "bad_timestamp", "created_at"),
+        ("hubspot", {"objectId": 7, "properties": {"amount": "5"}}, "missing_deal_time",
+         "created_at"),
         ("phones", {**GOOD_CALL, "id": None}, "missing_call_id", "call_id"),
         ("phones", {**GOOD_CALL, "seconds": "long"}, "bad_integer", "duration_seconds"),
         ("phones", {**GOOD_CALL, "answered": "maybe"}, "bad_boolean", "answered"),

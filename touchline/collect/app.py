@@ -235,6 +235,7 @@ class Collector:
                 lease_minutes=self.settings.dni_lease_minutes,
                 grace_minutes=self.settings.dni_grace_minutes,
                 region=self.settings.phone_region,
+                max_rows=self.settings.dni_lease_store_max_rows,
             )
 
     def stop(self) -> None:
@@ -767,7 +768,11 @@ class Collector:
     def _tracker_js(self) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if self._tracker is None:
             defaults = orjson.dumps(
-                {"dnt": self.settings.tracker_respect_dnt, "consent": self.settings.tracker_consent}
+                {
+                    "dnt": self.settings.tracker_respect_dnt,
+                    "consent": self.settings.tracker_consent,
+                    "stripParams": self.settings.tracker_strip_params,
+                }
             )
             self._tracker = b"var __touchline_defaults=" + defaults + b";\n" + tracker_source()
         return (

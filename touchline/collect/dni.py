@@ -8,9 +8,13 @@ covered it at that moment says who called: the session's anonymous id, channel a
   time (and is not reused until ``dni_grace_minutes`` after its lease ended, so a late call
   still finds the right visitor); in ``channel`` mode the pool's number is shared by everyone
   from that channel. When every number of a pool is taken the visitor keeps the site's own
-  number and an ``exhausted`` lease row records it. Leases live in SQLite in the spool folder
-  because several collector workers lease at once and only the loader may write the
-  warehouse; the loader copies them into ``number_leases``.
+  number and the request is *counted*, in one ``exhausted`` row per pool and UTC day (not one
+  row per request: a flood of random session ids must not grow the store). Leases live in
+  SQLite in the spool folder because several collector workers lease at once and only the
+  loader may write the warehouse; the loader copies them into ``number_leases`` and then
+  prunes the rows it copied that can no longer matter (ended longer than the grace period
+  ago). The store holds at most ``max_rows`` rows: beyond it new sessions keep the site's own
+  number too, counted as ``store_full`` per pool and day, until the loader prunes.
 * :func:`match_calls` joins calls to leases (an Ibis expression, any engine) and
   :func:`call_touches` turns the result into ``events`` rows: every call is a touch.
 """
@@ -41,6 +45,10 @@ if TYPE_CHECKING:
     from ibis.backends import BaseBackend
 
 LEASES_FILE = "leases.sqlite"
+LEASE_STORE_MAX_ROWS_DEFAULT = 1_000_000
+DAY_SECONDS = 86_400.0
+# statuses of the per-pool, per-day rows that count refused requests instead of storing them
+COUNTED_STATUSES = ("exhausted", "store_full")
 CALL_EVENT = "Phone Call"
 MATCH_STATUSES = ("matched", "ambiguous", "expired", "unmatched")
 
@@ -48,8 +56,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY, number TEXT, pool TEXT, status TEXT, anonymous_id TEXT,
     session_id TEXT, utm_source TEXT, utm_medium TEXT, utm_campaign TEXT, utm_term TEXT,
-    leased_at REAL, expires_at REAL, seq INTEGER
+    leased_at REAL, expires_at REAL, seq INTEGER, request_count INTEGER DEFAULT 1
 );
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER);
 CREATE INDEX IF NOT EXISTS leases_number ON leases (number, expires_at);
 CREATE INDEX IF NOT EXISTS leases_session ON leases (session_id, pool);
 CREATE INDEX IF NOT EXISTS leases_seq ON leases (seq);
@@ -92,9 +101,11 @@ class LeaseBook:
         lease_minutes: int = 30,
         grace_minutes: int = 60,
         region: str = "US",
+        max_rows: int = LEASE_STORE_MAX_ROWS_DEFAULT,
     ) -> None:
         self.path = path
         self.mode = mode
+        self.max_rows = max_rows
         self.lease_seconds = lease_minutes * 60.0
         self.grace_seconds = grace_minutes * 60.0
         self.pools: dict[str, list[str]] = {}
@@ -107,8 +118,18 @@ class LeaseBook:
                 )
             self.pools[key.lower()] = [e for e in normal if e]
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
+        db = self._db()
+        try:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(leases)")}
+            if "request_count" not in columns:  # a store made by an older version
+                db.execute("ALTER TABLE leases ADD COLUMN request_count INTEGER DEFAULT 1")
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('rows', (SELECT count(*) FROM leases)), "
+                "('copied_seq', 0)"
+            )
+        finally:
+            db.close()
 
     def _db(self) -> sqlite3.Connection:
         # one connection per call: leases run on executor threads, and opening is ~0.1 ms
@@ -141,7 +162,11 @@ class LeaseBook:
         db = self._db()
         try:
             db.execute("BEGIN IMMEDIATE")
-            seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM leases").fetchone()[0]
+            # never below what the loader copied: pruning may have deleted the highest seq
+            seq = db.execute(
+                "SELECT max(coalesce((SELECT max(seq) FROM leases), 0), "
+                "(SELECT value FROM meta WHERE name = 'copied_seq')) + 1"
+            ).fetchone()[0]
             held = db.execute(
                 "SELECT lease_id, number FROM leases WHERE session_id = ? AND pool = ? "
                 "AND status = 'leased' AND expires_at > ? ORDER BY leased_at DESC LIMIT 1",
@@ -155,16 +180,19 @@ class LeaseBook:
                 )
                 db.execute("COMMIT")
                 return Lease(held[0], held[1], pool, "leased", expires)
+            stored = db.execute("SELECT value FROM meta WHERE name = 'rows'").fetchone()[0]
+            if stored >= self.max_rows:
+                lease = self._count_refusal(db, pool, "store_full", now, seq)
+                db.execute("COMMIT")
+                return lease
             number = self._free_number(db, pool, session_id, now)
-            lease = Lease(
-                uuid.uuid4().hex,
-                number,
-                pool,
-                "leased" if number else "exhausted",
-                now + self.lease_seconds if number else now,
-            )
+            if number is None:
+                lease = self._count_refusal(db, pool, "exhausted", now, seq)
+                db.execute("COMMIT")
+                return lease
+            lease = Lease(uuid.uuid4().hex, number, pool, "leased", now + self.lease_seconds)
             db.execute(
-                "INSERT INTO leases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO leases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                 (
                     lease.lease_id,
                     number,
@@ -181,8 +209,61 @@ class LeaseBook:
                     seq,
                 ),
             )
+            db.execute("UPDATE meta SET value = value + 1 WHERE name = 'rows'")
             db.execute("COMMIT")
             return lease
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def _count_refusal(
+        self, db: sqlite3.Connection, pool: str, status: str, now: float, seq: int
+    ) -> Lease:
+        """Count a request that got no number in its pool's row for the UTC day.
+
+        The row spans the day (``leased_at`` its start, ``expires_at`` its end), so it is
+        pruned like a lease once the day is over and copied, and the count only grows while
+        the loader may still copy it.
+        """
+        day = now - now % DAY_SECONDS
+        lease_id = f"{status}:{pool}:{datetime.fromtimestamp(day, UTC).date().isoformat()}"
+        updated = db.execute(
+            "UPDATE leases SET request_count = request_count + 1, seq = ? WHERE lease_id = ?",
+            (seq, lease_id),
+        ).rowcount
+        if not updated:  # bounded by pools x days x 2: allowed past max_rows
+            db.execute(
+                "INSERT INTO leases (lease_id, number, pool, status, leased_at, expires_at, seq, "
+                "request_count) VALUES (?, NULL, ?, ?, ?, ?, ?, 1)",
+                (lease_id, pool, status, day, day + DAY_SECONDS, seq),
+            )
+            db.execute("UPDATE meta SET value = value + 1 WHERE name = 'rows'")
+        return Lease(lease_id, None, pool, status, now)
+
+    def prune(self, *, copied_seq: int, now: float | None = None) -> int:
+        """Forget rows the loader copied (``seq <= copied_seq``) that ended over the grace ago.
+
+        Such a row can no longer change a lease (a number ended longer than the grace period
+        ago is free either way) nor be renewed, and ``number_leases`` holds it. Returns the
+        number of rows deleted.
+        """
+        now = time.time() if now is None else now
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            deleted = db.execute(
+                "DELETE FROM leases WHERE seq <= ? AND expires_at + ? < ?",
+                (copied_seq, self.grace_seconds, now),
+            ).rowcount
+            db.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE name = 'copied_seq'", (copied_seq,)
+            )
+            db.execute("UPDATE meta SET value = value - ? WHERE name = 'rows'", (deleted,))
+            db.execute("COMMIT")
+            return int(deleted)
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -216,8 +297,8 @@ class LeaseBook:
         try:
             rows = db.execute(
                 "SELECT lease_id, number, pool, status, anonymous_id, session_id, utm_source, "
-                "utm_medium, utm_campaign, utm_term, leased_at, expires_at, seq FROM leases "
-                "WHERE seq > ? ORDER BY seq",
+                "utm_medium, utm_campaign, utm_term, leased_at, expires_at, "
+                "coalesce(request_count, 1), seq FROM leases WHERE seq > ? ORDER BY seq",
                 (seq,),
             ).fetchall()
         finally:
@@ -225,12 +306,12 @@ class LeaseBook:
         names = [c.name for c in NUMBER_LEASES.columns]
         columns: dict[str, list[object]] = {n: [] for n in names}
         for row in rows:
-            for name, value in zip(names, row[:12], strict=True):
+            for name, value in zip(names, row[:13], strict=True):
                 if name in ("leased_at", "expires_at"):
                     value = datetime.fromtimestamp(float(value), UTC).replace(tzinfo=None)
                 columns[name].append(value)
         table = pa.table(columns, schema=NUMBER_LEASES.schema.to_pyarrow())
-        return table, (rows[-1][12] if rows else seq)
+        return table, (rows[-1][13] if rows else seq)
 
 
 def with_e164(calls: pa.Table, region: str) -> pa.Table:
@@ -347,8 +428,9 @@ def call_touches(matched: pa.Table, *, conversion_seconds: int | None, ingest_id
 def match_new_calls(con: BaseBackend, settings: Settings) -> dict[str, int]:
     """Turn calls not yet in ``events`` into touches; count them by match status.
 
-    Also counts ``pool_exhausted``: visitors who saw the site's own number because every
-    tracking number was leased (their calls cannot be matched).
+    Also counts ``pool_exhausted``: lease requests answered with the site's own number because
+    every tracking number was leased or the lease store was full (their calls cannot be
+    matched).
     """
     calls = con.table(store.CALLS.name)
     events = con.table(store.EVENTS.name)
@@ -368,5 +450,7 @@ def match_new_calls(con: BaseBackend, settings: Settings) -> dict[str, int]:
         for status in matched.column("match_status").to_pylist():
             summary[status] = summary.get(status, 0) + 1
     leases = con.table(store.NUMBER_LEASES.name)
-    summary["pool_exhausted"] = int(leases.filter(leases.status == "exhausted").count().execute())
+    refused = leases.filter(leases.status.isin(COUNTED_STATUSES))
+    # request_count is null in rows copied by an older version: one row was one request then
+    summary["pool_exhausted"] = int(refused.request_count.fill_null(1).sum().fill_null(0).execute())
     return summary

@@ -55,7 +55,7 @@ EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
 #: columns added after content hashes (``row_hash``, ``h-`` message ids) were defined: they
 #: count in a row's hash only when set, so re-ingesting an old export adds nothing twice
-HASH_IF_SET = frozenset({"contact_id", "contact_ids"})
+HASH_IF_SET = frozenset({"contact_id", "contact_ids", "properties"})
 #: any one of these places an event in a journey (the Segment API demands the first two)
 OFFLINE_IDS = ("anonymous_id", "user_id", "email", "phone", "contact_id")
 _VALUE_SHOWN = 80  # characters of a bad value quoted in a reject reason
@@ -221,6 +221,22 @@ class _ChunkParser:
                     parts = [self._as_text(s, chunk_schema.field(s).type, name) for s in present]
                     exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
             self.ignored = [c for c in available if c not in used]
+            if not used:
+                header = (
+                    f"line 1: the header {available} names"
+                    if self.fmt == "csv"
+                    else f"its columns {available} name"
+                )
+                raise InputError(
+                    f"{where}: {header} no column of table {spec.name!r} "
+                    f"({', '.join(names)}); rename them or map them with --map (see "
+                    "docs/ingest.md)"
+                )
+            if spec.name == "deals" and "properties" not in exprs and self.ignored:
+                # a CRM export's extra columns (owner, segment, lead type) are kept, not dropped
+                pairs = ", ".join(f"{_sql_str(c)}, {_quote(c)}" for c in self.ignored)
+                exprs["properties"] = f"CAST(json_object({pairs}) AS VARCHAR)"
+                self.ignored = []
         for name, value in self.mapping.defaults.items():
             exprs[name] = f"coalesce({exprs[name]}, {_sql_str(value)})" if name in exprs else (
                 _sql_str(value)
@@ -401,6 +417,12 @@ class _ChunkParser:
             problems.append((
                 f"({typed[name]}) IS NULL", name, f"missing_{name}",
                 f"'required field {name} is missing or empty'",
+            ))
+        if spec.name == "deals":
+            times = ", ".join(typed[t] for t in store.DEAL_TIMES)
+            problems.append((
+                f"coalesce({times}) IS NULL", "created_at", "missing_deal_time",
+                f"'a deal needs a time: one of {', '.join(store.DEAL_TIMES)}'",
             ))
         cases = " ".join(
             f"WHEN {cond} THEN struct_pack(field := {_sql_str(fld)}, code := {_sql_str(code)}, "
@@ -651,6 +673,9 @@ def ingest_file(
                 max_line_bytes=settings.max_line_bytes,
             ):
                 result.rows_read += len(chunk.lines) + len(chunk.rejects)
+                if fmt != "ndjson":
+                    # checks the header even when no row is usable (a header-only file)
+                    parser.sql(chunk.table.schema, "_tl_chunk", str(path))
                 if len(chunk.lines):
                     table = chunk.table.append_column("_line", pa.array(chunk.lines))
                     table = table.append_column("_raw", chunk.raw)

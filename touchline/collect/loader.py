@@ -428,7 +428,13 @@ def _sync_leases(db: duckdb.DuckDBPyConnection, settings: Settings, spool_dir: P
     path = spool_dir / LEASES_FILE
     if not path.exists():
         return 0
-    book = LeaseBook(path, {}, mode=settings.dni_mode)
+    book = LeaseBook(
+        path,
+        {},
+        mode=settings.dni_mode,
+        grace_minutes=settings.dni_grace_minutes,
+        max_rows=settings.dni_lease_store_max_rows,
+    )
     row = db.execute(
         "SELECT loaded_bytes FROM spool_offsets WHERE segment = ?", [LEASES_OFFSET_KEY]
     ).fetchone()
@@ -450,6 +456,7 @@ def _sync_leases(db: duckdb.DuckDBPyConnection, settings: Settings, spool_dir: P
     except BaseException:
         db.rollback()
         raise
+    book.prune(copied_seq=seq)  # only after the commit: the warehouse holds what is forgotten
     return int(changed.num_rows)
 
 

@@ -8,8 +8,9 @@ into fields (a CSV row with the wrong number of fields, undecodable bytes, a lin
 ``max_line_bytes``) are returned as :class:`Reject` s of the chunk; nothing is skipped silently
 except blank lines, which hold no record.
 
-Whole-file problems (empty file, missing header, truncated gzip, not a Parquet file) raise
-:class:`~touchline.errors.InputError` naming the file and, where known, the line.
+Whole-file problems (empty file, missing header, a ``.gz`` name on bytes that are not gzip,
+truncated gzip, not a Parquet file) raise :class:`~touchline.errors.InputError` naming the file
+and, where known, the line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 from touchline.errors import InputError
 
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_SUFFIXES = (".gz", ".gzip")
 RAW_KEEP_BYTES = 64 * 1024  # raw text kept in rejects
 FORMATS = ("csv", "ndjson", "parquet")
 
@@ -82,16 +84,23 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     handle.seek(0)
     if magic == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
+    if path.suffix.lower() in GZIP_SUFFIXES:
+        handle.close()
+        raise InputError(
+            f"{path}: is named {path.suffix} but is not gzip-compressed (it does not start with "
+            "gzip's bytes 1f 8b); compress it with gzip, or drop the suffix if it is plain text"
+        )
     return handle  # type: ignore[return-value]
 
 
 def _bounded_lines(
     stream: io.BufferedIOBase, path: Path, max_line_bytes: int, too_long: list[int]
 ) -> Iterator[bytes]:
-    """Yield physical lines (without the newline), never holding more than ``max_line_bytes``.
+    """Yield physical lines with their line ending, never holding more than ``max_line_bytes``.
 
-    A longer line is consumed in pieces and replaced by an empty line; its number is appended
-    to ``too_long`` so the caller can reject it.
+    The ending stays so that a quoted CSV field spanning lines keeps its newline. A longer line
+    is consumed in pieces and replaced by an empty line; its number is appended to
+    ``too_long`` so the caller can reject it.
     """
     number = 0
     try:
@@ -108,7 +117,7 @@ def _bounded_lines(
                 too_long.append(number)
                 yield b""
                 continue
-            yield line.rstrip(b"\r\n")
+            yield line
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(
             f"{path}: compressed data is truncated or corrupt after line {number} ({exc}); "
@@ -136,6 +145,8 @@ def iter_csv(
     path: Path, *, chunk_rows: int, max_line_bytes: int, delimiter: str | None = None
 ) -> Iterator[Chunk]:
     """CSV with a header row; all values come back as strings (typed later, with reasons).
+
+    A quoted field may span lines: it keeps its line breaks as written (``\n`` or ``\r\n``).
 
     The delimiter (comma, semicolon, tab or pipe) is sniffed from the header unless given.
     A UTF-8 byte-order mark is dropped. Lines with bytes that are not UTF-8 are rejected as
@@ -178,6 +189,7 @@ def iter_csv(
     row_lines: list[int] = []
     rejects: list[Reject] = []
     last_line = state["n"]
+    emitted = False
     while True:
         try:
             row = next(reader)
@@ -213,11 +225,10 @@ def iter_csv(
             row_lines.append(start)
         if len(rows) >= chunk_rows:
             yield _csv_chunk(header, rows, row_lines, rejects, delimiter)
-            rows, row_lines, rejects = [], [], []
-    if rows or rejects:
+            rows, row_lines, rejects, emitted = [], [], [], True
+    if rows or rejects or not emitted:
+        # a file of only a header still yields one (empty) chunk: its header gets checked
         yield _csv_chunk(header, rows, row_lines, rejects, delimiter)
-    elif last_line <= 1:
-        return
 
 
 def _csv_chunk(

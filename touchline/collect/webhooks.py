@@ -50,7 +50,7 @@ import orjson
 
 from touchline.collect.segment import Problem
 from touchline.errors import ConfigError
-from touchline.store import CALLS, DEALS, TableSpec
+from touchline.store import CALLS, DEAL_TIMES, DEALS, TableSpec
 
 KINDS = ("event", "deal", "call")
 SIGNATURE_HEADER = b"x-touchline-signature"
@@ -254,6 +254,11 @@ def check_row(spec: TableSpec, row: dict[str, Any]) -> tuple[dict[str, Any], Pro
             return row, Problem(
                 f"missing_{name}", name, f"required field {name} is missing or empty"
             )
+    if spec is DEALS and all(typed.get(t) is None for t in DEAL_TIMES):
+        return row, Problem(
+            "missing_deal_time", "created_at",
+            f"a deal needs a time: one of {', '.join(DEAL_TIMES)}",
+        )
     return typed, None
 
 

@@ -39,6 +39,8 @@ PEOPLE_PER_ACCOUNT_DEFAULT = 5
 ID_NAMESPACES = 16  # entity ids hold 16 bits of chunk key: 16 namespaces x 4096 chunks
 MAX_CHUNKS = 4096
 SIMULATED_DAYS = 900  # spend and Search Console cover this many days from 2025-01-01
+# deals' properties hold a real export's extra columns; the simulator's deals have none
+SIMULATED_SKIP = ("row_hash", "source", "ingest_id", "properties")
 CSV_FILES = ("deals.csv", "calls.csv", "surveys.csv", "spend.csv", "search_console.csv")
 
 
@@ -144,7 +146,9 @@ def simulate(
     search_console = sources.SearchConsoleAccumulator(SIMULATED_DAYS)
     event_writer = writers.EventWriter(out, fmt, gzip_level=gzip_level)
     csv_writers = {
-        "deals.csv": writers.CsvWriter(out / "deals.csv", writers.table_columns("deals")),
+        "deals.csv": writers.CsvWriter(
+            out / "deals.csv", writers.table_columns("deals", skip=SIMULATED_SKIP)
+        ),
         "calls.csv": writers.CsvWriter(out / "calls.csv", writers.table_columns("calls")),
         "surveys.csv": writers.CsvWriter(out / "surveys.csv", writers.table_columns("surveys")),
     }
