@@ -36,6 +36,10 @@ def spark_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseBack
         database_url="spark://local[2]",
         spark_warehouse_dir=tmp_path_factory.mktemp("spark-warehouse"),
         spark_shuffle_partitions=2,
+        # test tables hold a handful of rows: compiling whole-stage code for each query costs
+        # more than running it, and adaptive planning only adds passes
+        spark_conf={"spark.sql.codegen.wholeStage": "false",
+                    "spark.sql.adaptive.enabled": "false"},
     )
     backend = engine.connect(settings=settings)
     yield backend

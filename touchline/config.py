@@ -263,6 +263,10 @@ class Settings(BaseSettings):
         None, description="spark.sql.warehouse.dir; default a temporary folder."
     )
     spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions")
+    spark_conf: dict[str, str] = Field(
+        {}, description="More Spark settings, e.g. {'spark.driver.memory': '8g'}; they win "
+        "over touchline's own.",
+    )
     ingest_chunk_rows: int = Field(
         INGEST_CHUNK_ROWS_DEFAULT, ge=1, description="Rows per ingest chunk (bounds memory)."
     )

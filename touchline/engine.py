@@ -153,6 +153,8 @@ def _connect_spark(master: str, settings: Settings) -> BaseBackend:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.extraJavaOptions", f"-Djava.io.tmpdir={warehouse}")
     )
+    for key, value in settings.spark_conf.items():
+        builder = builder.config(key, value)
     try:
         session = builder.getOrCreate()
     except Exception as exc:
