@@ -44,3 +44,16 @@ def test_unknown_kind_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", "x.csv", "--kind", "orders", "--database", db])
     assert result.exit_code == 2
     assert "--kind 'orders' is not one of events, deals" in result.output
+
+
+def test_an_error_naming_a_mapping_section_prints_it(tmp_path: Path) -> None:
+    """Errors are printed as written: `[columns]` is text, not Rich markup to swallow."""
+    db = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    mapping = tmp_path / "map.toml"
+    mapping.write_text("[colums]\nanonymous_id = 'client_id'\n")
+    data = tmp_path / "e.csv"
+    data.write_text("client_id,timestamp,type\na1,2026-03-01T00:00:00Z,page\n")
+    result = runner.invoke(app, ["ingest", str(data), "--kind", "events", "--map", str(mapping),
+                                 "--database", db])
+    assert result.exit_code == 2
+    assert "use [columns], [defaults] and [options]" in result.output

@@ -8,11 +8,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from touchline import engine, store
 from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
+from touchline.terminal import fail
 
 app = typer.Typer(
     help="touchline: customer-journey tracking and multi-touch attribution.",
@@ -27,9 +29,6 @@ DatabaseOption = Annotated[
 ]
 
 
-def _fail(exc: TouchlineError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 @app.callback()
@@ -45,7 +44,7 @@ def init(database: DatabaseOption = None) -> None:
         con = engine.connect(settings=settings)
         created = store.init(con)
     except TouchlineError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     table = Table("table", "status", title=f"warehouse {settings.database_url}")
     for name in store.TABLES:
         table.add_row(name, "created" if name in created else "exists")
@@ -83,7 +82,7 @@ def ingest(
         mapping = load_mapping(map_file, canonical={c.name for c in store.TABLES[kind].columns})
         con = engine.connect(settings=settings)
     except TouchlineError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     failed = 0
     summary = Table("file", "read", "loaded", "rejected", "duplicates", "seconds",
                     title=f"ingest into {kind}")
@@ -100,7 +99,7 @@ def ingest(
                 )
             except TouchlineError as exc:
                 failed += 1
-                err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+                fail(exc)
                 continue
         summary.add_row(str(path), f"{result.rows_read:,}", f"{result.loaded:,}",
                         f"{result.rejected:,}", f"{result.duplicates:,}", f"{result.seconds:.1f}")
@@ -139,7 +138,7 @@ def run(
             report = run_pipeline(con, settings, prepare=not skip_prepare,
                                   progress=lambda m: status.update(f"[dim]{m}[/]"))
     except TouchlineError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     print_run(report)
 
 
@@ -157,7 +156,7 @@ def print_run(report: object, *, hint: bool = True) -> None:
                       f"{row.without_touches:,}")
     console.print(kinds)
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if report.main_conversion is None:
         console.print("[yellow]no conversions found:[/] check the conversion types in "
                       "touchline.toml (docs/journeys.md) against your events")
@@ -198,7 +197,7 @@ def demo(
             progress=lambda message: err_console.print(f"[dim]… {message}[/]"),
         )
     except TouchlineError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     _print_demo(report)
 
 

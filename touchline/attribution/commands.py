@@ -36,6 +36,7 @@ from touchline.attribution.registry import MODELS, lookup
 from touchline.errors import ConfigError, TouchlineError
 from touchline.journeys import LEVELS, journeys_in_period
 from touchline.journeys.conversions import choose_conversion
+from touchline.terminal import fail
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,9 +46,6 @@ FORMATS = ("table", "json", "csv")
 ALL_MODELS = "all"
 
 
-def _fail(exc: TouchlineError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
-    return typer.Exit(code=2)
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -321,7 +319,7 @@ def register(app: typer.Typer) -> None:
                         sort_by="conversions",
                     )
         except TouchlineError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
         _emit(shown, out)
 
     @app.command()
@@ -347,7 +345,7 @@ def register(app: typer.Typer) -> None:
             credits = compare(path_set, chosen, measure=measure)
             ranking = evaluate_models(credits, known, measure=measure)
         except TouchlineError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
         shown: str | Table
         if fmt == "json":
             records = [{k: _clean(v) for k, v in row.items()} for row in ranking.to_dict("records")]

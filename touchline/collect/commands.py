@@ -19,6 +19,7 @@ from touchline.collect.dni import match_new_calls
 from touchline.collect.loader import load_spool
 from touchline.config import Settings, load_settings
 from touchline.errors import TouchlineError
+from touchline.terminal import fail
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,9 +37,6 @@ def _settings(database: str | None, **overrides: object) -> Settings:
     return load_settings(**values)
 
 
-def _fail(exc: TouchlineError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(code=2)
 
 
 def snippet_html(host: str, write_key: str) -> str:
@@ -80,7 +78,7 @@ def register(app: typer.Typer) -> None:
             )
             run(settings)
         except TouchlineError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
 
     @app.command()
     def load(
@@ -93,7 +91,7 @@ def register(app: typer.Typer) -> None:
             with engine.connected(settings=settings) as con:
                 report = load_spool(con, settings)
         except TouchlineError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
         console.print(
             f"loaded {report.events} events, {report.rejects} rejects "
             f"({report.duplicates} duplicates), {report.deals} deals, {report.calls} calls, "
@@ -118,7 +116,7 @@ def register(app: typer.Typer) -> None:
                 store.init(con)
                 key, record = api_keys.create_key(con, name=name, kind=kind)
         except TouchlineError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
         err_console.print(
             f"created {record.kind} key {record.key_id}… for {record.name!r}; it is shown only now:"
         )
@@ -132,7 +130,7 @@ def register(app: typer.Typer) -> None:
                 store.init(con)
                 rows = api_keys.list_keys(con)
         except TouchlineError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
         names = ("key_id", "name", "kind", "created_at", "revoked_at")
         table = Table(*names)
         for row in rows:
@@ -147,7 +145,7 @@ def register(app: typer.Typer) -> None:
                 store.init(con)
                 found = api_keys.revoke_key(con, key_id)
         except TouchlineError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
         if not found:
             err_console.print(f"[bold red]error:[/] no key {key_id!r}")
             raise typer.Exit(code=2)
@@ -174,7 +172,7 @@ def register(app: typer.Typer) -> None:
                 store.init(con)
                 summary = match_new_calls(con, settings)
         except TouchlineError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
         table = Table("match status", "calls")
         for status, count in sorted(summary.items()):
             table.add_row(status, str(count))

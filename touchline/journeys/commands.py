@@ -12,6 +12,7 @@ from rich.table import Table
 from touchline import engine
 from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
+from touchline.terminal import fail
 
 console, err_console = Console(), Console(stderr=True)
 DatabaseOption = Annotated[
@@ -19,9 +20,6 @@ DatabaseOption = Annotated[
 ]
 
 
-def _fail(exc: TouchlineError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
-    return typer.Exit(code=2)
 
 
 def _connect(database: str | None) -> tuple[object, object]:
@@ -61,7 +59,7 @@ def show_timeline(id_: str, model: str | None, conversion: str | None, stage_mod
         rows = timeline(con, unit, unit_id, model=model, conversion=conversion,
                         stage_model=stage_model or settings.stage_model).to_pandas()
     except TouchlineError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     people = {p: f"P{i}" for i, p in enumerate(sorted(rows.person_id.dropna().unique()), 1)}
     columns = ["time", "what", "channel", "source / keyword", "landing", "detail",
                f"{model} credit"]
@@ -161,7 +159,7 @@ def register_paths(app: typer.Typer) -> None:
             else:
                 frame = top_paths(mine, level=level, top=top, to=to, collapse=not repeats)
         except TouchlineError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
         if sankey:
             table = Table("step", "source", "target", "journeys",
                           title=f"{conversion}: Sankey links by {level}")

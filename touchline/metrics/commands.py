@@ -13,6 +13,7 @@ from rich.table import Table
 from touchline import engine
 from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
+from touchline.terminal import fail
 
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "w": "weeks"}
 
@@ -55,7 +56,7 @@ def register(app: typer.Typer) -> None:
         """Units entering each step, drop-off, conversion rates and time between steps."""
         from touchline.metrics.funnels import funnel as run_funnel
 
-        console, err = Console(), Console(stderr=True)
+        console = Console()
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
             if unit not in ("person", "account"):
@@ -68,8 +69,7 @@ def register(app: typer.Typer) -> None:
                                mode=mode, by=by, unit=unit,
                                stage_model=settings.stage_model).to_pandas()
         except TouchlineError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(code=2) from None
+            raise fail(exc) from None
         for group, rows in frame.groupby("group", sort=True):
             table = Table("#", "step", "entered", "went on", "dropped", "from previous",
                           "from first", "time from previous: median (p25-p75, p90)",

@@ -11,6 +11,7 @@ from rich.table import Table
 from touchline import engine
 from touchline.config import load_settings
 from touchline.errors import TouchlineError
+from touchline.terminal import fail
 
 
 def register(app: typer.Typer) -> None:
@@ -27,14 +28,13 @@ def register(app: typer.Typer) -> None:
         """
         from touchline.prepare import run_prepare
 
-        console, err = Console(), Console(stderr=True)
+        console = Console()
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
             con = engine.connect(settings=settings)
             result = run_prepare(con, settings)
         except TouchlineError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(code=2) from None
+            raise fail(exc) from None
         steps = Table("step", "seconds", "rejected", "audit rows", title=f"prepare {result.run_id}")
         for s in result.steps:
             steps.add_row(s.name, f"{s.seconds:.2f}", f"{s.rejected:,}", f"{s.audited:,}")

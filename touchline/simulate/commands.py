@@ -12,6 +12,7 @@ from rich.table import Table
 
 from touchline.errors import TouchlineError
 from touchline.simulate import CHUNK_PEOPLE_DEFAULT, FORMATS, simulate
+from touchline.terminal import fail
 
 
 def register(app: typer.Typer) -> None:
@@ -40,8 +41,7 @@ def register(app: typer.Typer) -> None:
                 summary = simulate(people, seed, out, b2b=b2b, accounts=accounts, fmt=fmt,
                                    chunk_people=chunk_people)
         except TouchlineError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(code=2) from None
+            raise fail(exc) from None
         truth = json.loads((summary.out / "truth.json").read_text())
         counts = truth["counts"]
         table = Table("file", "bytes", title=f"simulated into {summary.out}")
