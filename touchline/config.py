@@ -8,7 +8,6 @@ and pass it down; tests construct their own.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
@@ -21,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from touchline.errors import did_you_mean
 
 DEFAULT_DATABASE_URL = "duckdb:///touchline.duckdb"
 SESSION_GAP_MINUTES_DEFAULT = 30
@@ -46,8 +47,7 @@ def _known_keys(model: type[BaseModel], data: Any, what: str) -> Any:
         fields = sorted(model.model_fields)
         for key in data:
             if key not in model.model_fields:
-                close = difflib.get_close_matches(str(key), fields, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(str(key), fields)
                 raise ValueError(f"{what} {data.get('name', '?')!r}: unknown field {key!r}{hint}; "
                                  f"fields: {', '.join(fields)}")
     return data
@@ -98,8 +98,7 @@ class ConversionSpec(BaseModel):
     def _coherent(self) -> ConversionSpec:
         def choose(field: str, value: str, allowed: tuple[str, ...]) -> None:
             if value not in allowed:
-                close = difflib.get_close_matches(value, allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(value, allowed)
                 raise ValueError(f"conversion {self.name!r}: {field} {value!r}{hint}: choose "
                                  f"from {', '.join(allowed)}")
 
@@ -179,8 +178,7 @@ class StageSpec(BaseModel):
                              f"{', '.join(kinds) or 'none'}")
         for kind in self.touches:
             if kind not in TOUCH_KINDS:
-                close = difflib.get_close_matches(kind, TOUCH_KINDS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(kind, TOUCH_KINDS)
                 raise ValueError(f"stage {self.name!r}: touch {kind!r}{hint}: choose from "
                                  f"{', '.join(TOUCH_KINDS)}")
         return self
@@ -469,8 +467,7 @@ class Settings(BaseSettings):
     def _stage_models_known(self) -> Settings:
         known = [*STAGE_PRESETS, *self.stage_models]
         if self.stage_model not in known:
-            close = difflib.get_close_matches(self.stage_model, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(self.stage_model, known)
             raise ValueError(f"stage_model {self.stage_model!r}{hint}: choose from "
                              f"{', '.join(known)}")
         names = {c.name for c in self.conversions}
@@ -480,8 +477,7 @@ class Settings(BaseSettings):
             for stage in stages:
                 for name in stage.conversion or []:
                     if name not in names:
-                        close = difflib.get_close_matches(name, sorted(names), n=1)
-                        hint = f" (did you mean {close[0]!r}?)" if close else ""
+                        hint = did_you_mean(name, sorted(names))
                         raise ValueError(f"stage model {model!r}, stage {stage.name!r}: "
                                          f"conversion {name!r}{hint} is not a conversion type")
         return self

@@ -54,3 +54,12 @@ class SimulationError(TouchlineError, ValueError):
 
 class UnknownModelError(TouchlineError, ValueError):
     """An attribution model name is not in the registry."""
+
+
+def did_you_mean(value: str, choices: object) -> str:
+    """`` (did you mean 'x'?)`` naming the choice nearest ``value``, or ``""`` if none is
+    near: the hint every "unknown name" message carries."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)  # type: ignore[attr-defined]
+    return f" (did you mean {close[0]!r}?)" if close else ""

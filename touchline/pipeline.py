@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from touchline import engine, store
 from touchline.config import Settings
+from touchline.errors import did_you_mean
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -101,7 +102,6 @@ def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
     """A sentence for each event name or deal stage a conversion type or a stage of your own
     names that the data do not have, with the nearest that exists: a typo finds nothing,
     silently."""
-    import difflib
 
     from touchline.journeys.conversions import DEAL_MILESTONES
 
@@ -123,8 +123,7 @@ def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
             for name in names:
                 if name not in seen[kind]:
                     choices = sorted(seen[kind] | (outcomes if kind == "deal stage" else set()))
-                    close = difflib.get_close_matches(name, choices, n=1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    hint = did_you_mean(name, choices)
                     out.append(f"{where}: no {'touch' if kind == 'event' else 'deal'} has the "
                                f"{kind} {name!r}{hint}")
     return out

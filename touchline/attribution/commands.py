@@ -11,7 +11,6 @@ and with ``--model all`` each channel carries ``{"conversions": {model: ...}, "v
 
 from __future__ import annotations
 
-import difflib
 import io
 import json
 import logging
@@ -33,7 +32,7 @@ from touchline.attribution.evaluate import load_truth
 from touchline.attribution.path_files import read_path_file
 from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, journey_pathset
 from touchline.attribution.registry import MODELS, lookup
-from touchline.errors import ConfigError, TouchlineError
+from touchline.errors import ConfigError, TouchlineError, did_you_mean
 from touchline.journeys import LEVELS, journeys_in_period
 from touchline.journeys.conversions import choose_conversion
 from touchline.terminal import fail
@@ -94,8 +93,7 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
     from touchline.config import load_settings
 
     if level not in LEVELS:
-        close = difflib.get_close_matches(level, LEVELS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(level, LEVELS)
         raise ConfigError(f"--by {level!r}{hint}: choose from {', '.join(LEVELS)}")
     settings = load_settings(**({"database_url": database} if database else {}))
     con = engine.connect(settings=settings)

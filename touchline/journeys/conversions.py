@@ -246,16 +246,14 @@ def choose_conversion(journeys: ir.Table, name: str | None, *, option: str = "--
     """``name`` if the stored journeys have that conversion type (else a
     :class:`~touchline.errors.ConfigError` naming the nearest), or by default the
     :func:`main_conversion`; an error when there is nothing to choose."""
-    import difflib
 
-    from touchline.errors import ConfigError
+    from touchline.errors import ConfigError, did_you_mean
 
     summary = conversion_summary(journeys)
     known = sorted(summary.conversion)
     if name is not None:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(name, known)
             raise ConfigError(f"{option} {name!r}{hint}: the journeys have "
                               f"{', '.join(known) or 'no conversion types'}")
         return name
