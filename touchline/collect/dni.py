@@ -26,6 +26,8 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,6 +140,22 @@ class LeaseBook:
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled
+        back when it raises; the connection is closed either way."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
     def pool_for(self, source: str | None, medium: str | None) -> str | None:
         """The pool serving a session: 'source/medium', then 'source', 'medium', 'default'."""
         s, m = (source or "").strip().lower(), (medium or "").strip().lower()
@@ -159,9 +177,7 @@ class LeaseBook:
         pool = self.pool_for(utm.get("utm_source"), utm.get("utm_medium"))
         if pool is None:
             return None
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             # never below what the loader copied: pruning may have deleted the highest seq
             seq = db.execute(
                 "SELECT max(coalesce((SELECT max(seq) FROM leases), 0), "
@@ -178,17 +194,14 @@ class LeaseBook:
                     "UPDATE leases SET expires_at = ?, seq = ? WHERE lease_id = ?",
                     (expires, seq, held[0]),
                 )
-                db.execute("COMMIT")
                 return Lease(held[0], held[1], pool, "leased", expires)
             stored = db.execute("SELECT value FROM meta WHERE name = 'rows'").fetchone()[0]
             if stored >= self.max_rows:
                 lease = self._count_refusal(db, pool, "store_full", now, seq)
-                db.execute("COMMIT")
                 return lease
             number = self._free_number(db, pool, session_id, now)
             if number is None:
                 lease = self._count_refusal(db, pool, "exhausted", now, seq)
-                db.execute("COMMIT")
                 return lease
             lease = Lease(uuid.uuid4().hex, number, pool, "leased", now + self.lease_seconds)
             db.execute(
@@ -210,14 +223,7 @@ class LeaseBook:
                 ),
             )
             db.execute("UPDATE meta SET value = value + 1 WHERE name = 'rows'")
-            db.execute("COMMIT")
             return lease
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
 
     def _count_refusal(
         self, db: sqlite3.Connection, pool: str, status: str, now: float, seq: int
@@ -251,9 +257,7 @@ class LeaseBook:
         number of rows deleted.
         """
         now = time.time() if now is None else now
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             deleted = db.execute(
                 "DELETE FROM leases WHERE seq <= ? AND expires_at + ? < ?",
                 (copied_seq, self.grace_seconds, now),
@@ -262,14 +266,7 @@ class LeaseBook:
                 "UPDATE meta SET value = max(value, ?) WHERE name = 'copied_seq'", (copied_seq,)
             )
             db.execute("UPDATE meta SET value = value - ? WHERE name = 'rows'", (deleted,))
-            db.execute("COMMIT")
             return int(deleted)
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
 
     def _free_number(
         self, db: sqlite3.Connection, pool: str, session_id: str, now: float
