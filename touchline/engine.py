@@ -31,6 +31,7 @@ from touchline.config import Settings, load_settings
 from touchline.errors import ConfigError, EngineError, MissingExtraError
 
 if TYPE_CHECKING:
+    import ibis.expr.types as ir
     import pandas as pd
     from ibis.backends import BaseBackend
 
@@ -161,6 +162,24 @@ def _connect_spark(master: str, settings: Settings) -> BaseBackend:
         raise EngineError(f"cannot start Spark ({master}): {exc}") from exc
     session.sparkContext.setLogLevel("ERROR")
     return ibis.pyspark.connect(session)
+
+
+def epoch_ms(ts: ir.TimestampValue) -> ir.IntegerValue:
+    """Milliseconds since 1970 as an integer: cheap to compare and sort on every engine.
+
+    .. math:: ms = 1000 \\cdot \\lfloor epoch(ts) \\rfloor + millisecond(ts)
+
+    The whole seconds come from the timestamp truncated to the second: DuckDB's ``EPOCH``
+    keeps the fraction and casting it to an integer *rounds* (10:00:00.600 became 1.6 s
+    after 10:00:01.200), while Spark's ``unix_timestamp`` drops it.
+    """
+    return ts.truncate("s").epoch_seconds().cast("int64") * 1000 + ts.millisecond().cast("int64")
+
+
+def seconds_between(start: ir.TimestampValue, end: ir.TimestampValue) -> ir.FloatingValue:
+    """``end - start`` in seconds, to the millisecond, the same on every engine (through
+    :func:`epoch_ms`; ``epoch_seconds`` keeps the fraction on DuckDB and drops it on Spark)."""
+    return (epoch_ms(end) - epoch_ms(start)).cast("float64") / 1000.0
 
 
 def engine_name(con: BaseBackend) -> str:

@@ -10,6 +10,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from touchline import engine
 from touchline.config import Settings
 from touchline.prepare import clean
 from touchline.prepare.base import Split
@@ -102,7 +103,7 @@ def test_epoch_milliseconds_keep_the_fraction_on_both_engines(con) -> None:  # t
     # DuckDB's EPOCH rounded the fraction when cast: .600 sorted after 01.200
     events = working(con, [{"anonymous_id": "a", "timestamp": f"2025-03-03 10:00:{s}"}
                            for s in ("00.600", "01.200", "59.999")])
-    got = events.select(ms=clean.epoch_ms(events.timestamp)).to_pandas().ms.sort_values()
+    got = events.select(ms=engine.epoch_ms(events.timestamp)).to_pandas().ms.sort_values()
     base = 1740996000000  # 2025-03-03 10:00:00 UTC
     assert (got - base).tolist() == [600, 1200, 59999]
 

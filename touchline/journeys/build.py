@@ -29,6 +29,7 @@ import ibis
 import ibis.expr.types as ir
 
 from touchline.config import ConversionSpec, Settings
+from touchline.engine import seconds_between
 from touchline.journeys.conversions import CONVERSION_SCHEMA
 
 SECONDS_PER_DAY = 86_400.0
@@ -136,8 +137,7 @@ def journey_rows(sessions: ir.Table, conv: ir.Table, spec: ConversionSpec) -> ir
     every = every.mutate(
         position=(ibis.row_number().over(ibis.window(group_by=["journey_id", "_kept"],
                                                      order_by=order)) + 1).cast("int64"),
-        days_before_conversion=((every._end.epoch_seconds() - every.touch_at.epoch_seconds())
-                                .cast("float64") / SECONDS_PER_DAY),
+        days_before_conversion=seconds_between(every.touch_at, every._end) / SECONDS_PER_DAY,
     )
     return every.select(*STEP_COLUMNS, "ref", "_kept")
 
@@ -167,9 +167,8 @@ def journeys_from_rows(rows: ir.Table, conv: ir.Table) -> tuple[ir.Table, ir.Tab
         "journey_id", "conversion", "unit", "unit_id", "sequence", "converted", "converted_at",
         "value", "ref", "first_touch_at", "last_touch_at",
         touches=journeys.touches.fill_null(0), channels=journeys.channels.fill_null(0),
-        days_to_convert=((journeys.converted_at.epoch_seconds()
-                          - journeys.first_touch_at.epoch_seconds()).cast("float64")
-                         / SECONDS_PER_DAY),
+        days_to_convert=seconds_between(journeys.first_touch_at,
+                                        journeys.converted_at) / SECONDS_PER_DAY,
         cut_touches=journeys.cut_touches.fill_null(0),
         lookback_cut=journeys.cut_touches.fill_null(0) > 0,
     )

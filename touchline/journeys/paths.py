@@ -14,6 +14,7 @@ from typing import Any
 import ibis
 import ibis.expr.types as ir
 
+from touchline.engine import seconds_between
 from touchline.errors import SchemaError
 
 SECONDS_PER_DAY = 86_400.0
@@ -90,8 +91,7 @@ def aggregate_paths(
         _opportunity=ibis.cases(
             (t.is_opportunity_touch.fill_null(False), t._pos), else_=ibis.null("int64")
         ),
-        _age=(t._end.epoch_seconds() - t.touch_at.epoch_seconds()).cast("float64")
-        / SECONDS_PER_DAY,
+        _age=seconds_between(t.touch_at, t._end) / SECONDS_PER_DAY,
         _converted=t.converted.cast("boolean").fill_null(False),
     )
     # one list per journey: collect (position, value) structs, sort them, keep the values (a

@@ -27,6 +27,7 @@ from datetime import timedelta
 import ibis
 import ibis.expr.types as ir
 
+from touchline.engine import seconds_between
 from touchline.errors import ConfigError
 
 MODES = ("ordered", "strict", "any")
@@ -145,7 +146,7 @@ def funnel(con: object, steps: Sequence[str], *, window: timedelta | None = None
                 group=lambda t: t.group.fill_null("(none)"))
         else:
             r = r.mutate(group=ibis.literal("all"))
-        seconds = (r.at.epoch_seconds() - r.previous_at.epoch_seconds()).cast("float64")
+        seconds = seconds_between(r.previous_at, r.at)
         stats = {name: seconds.quantile(q) if k and mode != "any"
                  else ibis.null("float64") for name, q in QUANTILES.items()}
         rows.append(r.group_by("group").aggregate(

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import ibis
 import ibis.expr.types as ir
 
+from touchline.engine import epoch_ms
 from touchline.prepare.base import Split, split, split_by_lookup
 from touchline.prepare.reference import bot_pattern
 
@@ -21,18 +22,6 @@ log = logging.getLogger(__name__)
 
 #: the ids that can tie a touch to a journey; a row with none of them belongs to nobody
 IDENTITY_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id", "contact_id")
-
-
-def epoch_ms(ts: ir.TimestampValue) -> ir.IntegerValue:
-    """Milliseconds since 1970 as an integer: cheap to compare and sort on every engine.
-
-    .. math:: ms = 1000 \\cdot \\lfloor epoch(ts) \\rfloor + millisecond(ts)
-
-    The whole seconds come from the timestamp truncated to the second: DuckDB's ``EPOCH``
-    keeps the fraction and casting it to an integer *rounds* (10:00:00.600 became 1.6 s
-    after 10:00:01.200), while Spark's ``unix_timestamp`` drops it.
-    """
-    return ts.truncate("s").epoch_seconds().cast("int64") * 1000 + ts.millisecond().cast("int64")
 
 
 def drop_missing_ids(events: ir.Table) -> Split:

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 import ibis
 import ibis.expr.types as ir
 
+from touchline.engine import epoch_ms
 from touchline.prepare.base import Split, reject
-from touchline.prepare.clean import epoch_ms
 
 log = logging.getLogger(__name__)
 

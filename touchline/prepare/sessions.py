@@ -19,7 +19,7 @@ from datetime import timedelta
 import ibis
 import ibis.expr.types as ir
 
-from touchline.prepare.clean import epoch_ms
+from touchline.engine import epoch_ms
 
 log = logging.getLogger(__name__)
 
