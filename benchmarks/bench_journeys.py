@@ -87,7 +87,7 @@ def main(events: float, spark_events: float) -> None:
 
 | output | DuckDB | Spark identical |
 |---|---|---|
-| rows of stages, journeys, journey_touches, credits | {duck_inner['rows']} | {same['rows']} |
+| rows of stages, journeys, journey_steps, credits | {duck_inner['rows']} | {same['rows']} |
 | credits and value by conversion × model × channel (1e-6) | {sums} sums | {same['credits']} |
 
 Journeys + credits: Spark {spark_inner['journeys_seconds']} s, DuckDB
