@@ -11,11 +11,15 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -57,6 +61,17 @@ class _PageHandler(SimpleHTTPRequestHandler):
         """Quiet: the test output is the assertion."""
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Debian chromium for the module's tests (each opens its own page)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
 @pytest.fixture
 def site(
     tmp_path: Path, start_collector: Callable[[Warehouse], LiveCollector]
@@ -77,33 +92,28 @@ def site(
     thread.join(10)
 
 
-def test_tracker_records_a_journey_in_chromium(site: tuple[str, LiveCollector]) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_tracker_records_a_journey_in_chromium(
+    site: tuple[str, LiveCollector], browser: Browser
+) -> None:
     url, live = site
     campaign = "utm_source=google&utm_medium=cpc&utm_campaign=spring&utm_term=crm&gclid=G123"
     landing = f"{url}/landing?{campaign}"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(landing)
-            page.wait_for_function(
-                "document.getElementById('phone').textContent === '+15550100001'", timeout=WAIT_MS
-            )
-            phone_href = page.get_attribute("#phone", "href")
-            page.click("#nav")
-            page.click("#cta")
-            page.fill("#email", " Ann@Example.com")
-            page.fill("#company", "Acme")
-            page.fill("#secret", "hunter2")
-            page.click("#submit")
-            page.wait_for_function("touchline && document.getElementById('lead').dataset.sent")
-            anonymous_id = page.evaluate("touchline.anonymousId()")
-            page.evaluate("touchline.flush()")
-            page.close()  # pagehide: anything still queued goes out by sendBeacon
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(landing)
+    page.wait_for_function(
+        "document.getElementById('phone').textContent === '+15550100001'", timeout=WAIT_MS
+    )
+    phone_href = page.get_attribute("#phone", "href")
+    page.click("#nav")
+    page.click("#cta")
+    page.fill("#email", " Ann@Example.com")
+    page.fill("#company", "Acme")
+    page.fill("#secret", "hunter2")
+    page.click("#submit")
+    page.wait_for_function("touchline && document.getElementById('lead').dataset.sent")
+    anonymous_id = page.evaluate("touchline.anonymousId()")
+    page.evaluate("touchline.flush()")
+    page.close()  # pagehide: anything still queued goes out by sendBeacon
     assert phone_href == "tel:+15550100001"
 
     live.warehouse.load()
@@ -140,28 +150,21 @@ STORAGE = "[document.cookie, Object.keys(localStorage).filter(k => k.startsWith(
 
 
 def test_pending_consent_stores_and_sends_nothing_until_granted(
-    site: tuple[str, LiveCollector],
+    site: tuple[str, LiveCollector], browser: Browser
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
     url, live = site
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/landing?consent=pending&utm_source=news")
-            page.wait_for_function("window.touchline && touchline.loaded")
-            page.click("#cta")
-            before = page.evaluate(STORAGE)
-            page.wait_for_timeout(1_500)  # longer than t.js's 1 s flush timer
-            sent_before = live.app.stats["accepted"]
-            page.evaluate("touchline.consent('granted')")
-            page.wait_for_function("document.cookie.includes('tl_aid=')", timeout=WAIT_MS)
-            anonymous_id = page.evaluate("touchline.anonymousId()")
-            page.evaluate("touchline.flush()")
-            page.close()
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(f"{url}/landing?consent=pending&utm_source=news")
+    page.wait_for_function("window.touchline && touchline.loaded")
+    page.click("#cta")
+    before = page.evaluate(STORAGE)
+    page.wait_for_timeout(1_500)  # longer than t.js's 1 s flush timer
+    sent_before = live.app.stats["accepted"]
+    page.evaluate("touchline.consent('granted')")
+    page.wait_for_function("document.cookie.includes('tl_aid=')", timeout=WAIT_MS)
+    anonymous_id = page.evaluate("touchline.anonymousId()")
+    page.evaluate("touchline.flush()")
+    page.close()
     assert (before, sent_before) == (["", 0], 0)
     live.warehouse.load()
     assert live.warehouse.query(
@@ -169,22 +172,17 @@ def test_pending_consent_stores_and_sends_nothing_until_granted(
     ) == [("page", None, anonymous_id, "news"), ("track", "CTA Clicked", anonymous_id, "news")]
 
 
-def test_cookieless_mode_counts_pages_without_storage(site: tuple[str, LiveCollector]) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_cookieless_mode_counts_pages_without_storage(
+    site: tuple[str, LiveCollector], browser: Browser
+) -> None:
     url, live = site
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/landing?consent=cookieless")
-            page.wait_for_function("window.touchline && touchline.loaded")
-            page.click("#nav")
-            page.evaluate("touchline.flush()")
-            stored = page.evaluate(STORAGE)
-            page.close()
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(f"{url}/landing?consent=cookieless")
+    page.wait_for_function("window.touchline && touchline.loaded")
+    page.click("#nav")
+    page.evaluate("touchline.flush()")
+    stored = page.evaluate(STORAGE)
+    page.close()
     assert stored == ["", 0]
     live.warehouse.load()
     rows = live.warehouse.query("SELECT type, path, anonymous_id FROM events ORDER BY timestamp")
@@ -193,29 +191,22 @@ def test_cookieless_mode_counts_pages_without_storage(site: tuple[str, LiveColle
 
 
 def test_refused_consent_drops_what_waited_and_sends_only_later_cookieless_events(
-    site: tuple[str, LiveCollector],
+    site: tuple[str, LiveCollector], browser: Browser
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
     url, live = site
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/landing?consent=pending&utm_source=news#access_token=F1")
-            page.wait_for_function("window.touchline && touchline.loaded")
-            page.evaluate("touchline.identify('u-7', {email: 'ann@example.com', phone: '555'})")
-            page.fill("#email", "ann@example.com")
-            page.click("#submit")
-            page.wait_for_function("document.getElementById('lead').dataset.sent")
-            page.evaluate("touchline.consent('denied')")
-            page.wait_for_timeout(1_500)  # longer than t.js's 1 s flush timer
-            sent_after_refusal = live.app.stats["accepted"]
-            page.evaluate("touchline.track('Pricing Viewed')")
-            page.evaluate("touchline.flush()")
-            page.close()
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(f"{url}/landing?consent=pending&utm_source=news#access_token=F1")
+    page.wait_for_function("window.touchline && touchline.loaded")
+    page.evaluate("touchline.identify('u-7', {email: 'ann@example.com', phone: '555'})")
+    page.fill("#email", "ann@example.com")
+    page.click("#submit")
+    page.wait_for_function("document.getElementById('lead').dataset.sent")
+    page.evaluate("touchline.consent('denied')")
+    page.wait_for_timeout(1_500)  # longer than t.js's 1 s flush timer
+    sent_after_refusal = live.app.stats["accepted"]
+    page.evaluate("touchline.track('Pricing Viewed')")
+    page.evaluate("touchline.flush()")
+    page.close()
     assert sent_after_refusal == 0
     live.warehouse.load()
     rows = live.warehouse.query("SELECT type, event, anonymous_id, user_id, email FROM events")
@@ -227,24 +218,17 @@ SECRETS = ("T1", "T2", "I1", "F1", "hunter2")
 
 
 def test_fragments_and_secret_query_parameters_never_leave_the_page(
-    site: tuple[str, LiveCollector],
+    site: tuple[str, LiveCollector], browser: Browser
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
     url, live = site
     query = "utm_source=google&access_token=T1&Token=T2&invite=I1&keep=caf%E9&gclid=G1"
     sent = f"{url}/landing?utm_source=google&keep=caf%E9&gclid=G1"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/landing?{query}#access_token=F1&password=hunter2")
-            page.wait_for_function("window.touchline && touchline.loaded")
-            page.click("#nav")
-            page.evaluate("touchline.flush()")
-            page.close()
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(f"{url}/landing?{query}#access_token=F1&password=hunter2")
+    page.wait_for_function("window.touchline && touchline.loaded")
+    page.click("#nav")
+    page.evaluate("touchline.flush()")
+    page.close()
     live.warehouse.load()
     rows = live.warehouse.query(
         "SELECT path, url, referrer, gclid, properties, context FROM events ORDER BY timestamp"
@@ -258,8 +242,10 @@ def test_fragments_and_secret_query_parameters_never_leave_the_page(
     assert [s for s in SECRETS if s in text] == []
 
 
-def test_cookie_is_secure_on_https_pages_only(site: tuple[str, LiveCollector]) -> None:
-    from playwright.sync_api import Route, sync_playwright
+def test_cookie_is_secure_on_https_pages_only(
+    site: tuple[str, LiveCollector], browser: Browser
+) -> None:
+    from playwright.sync_api import Route
 
     url, live = site
     tracker = httpx.get(f"{live.url}/t.js").text
@@ -274,16 +260,11 @@ def test_cookie_is_secure_on_https_pages_only(site: tuple[str, LiveCollector]) -
             body=tracker if is_js else html,
         )
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context()
-            context.route("https://shop.test/**", serve)
-            page = context.new_page()
-            for address in ("https://shop.test/landing", f"{url}/landing"):
-                page.goto(address)
-                page.wait_for_function("document.cookie.includes('tl_aid=')", timeout=WAIT_MS)
-            secure = {c["domain"]: c["secure"] for c in context.cookies() if c["name"] == "tl_aid"}
-        finally:
-            browser.close()
+    context = browser.new_context()
+    context.route("https://shop.test/**", serve)
+    page = context.new_page()
+    for address in ("https://shop.test/landing", f"{url}/landing"):
+        page.goto(address)
+        page.wait_for_function("document.cookie.includes('tl_aid=')", timeout=WAIT_MS)
+    secure = {c["domain"]: c["secure"] for c in context.cookies() if c["name"] == "tl_aid"}
     assert secure == {"shop.test": True, "127.0.0.1": False}
