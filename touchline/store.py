@@ -795,9 +795,12 @@ JOURNEY_STEPS = TableSpec(
 #: what ``journey_touches`` takes from each step's journey and session
 _JOURNEY_VALUES = ("conversion", "unit", "unit_id", "sequence", "converted", "converted_at",
                    "value")
-_SESSION_LEVELS = {"person_id": "person_id", "device_id": "device_id", "channel": "channel",
-                   "source": "source", "medium": "medium", "campaign": "campaign",
-                   "keyword": "term", "landing_page": "landing_page", "content": "content"}
+#: a journey touch's levels (what credit can be summed by) → the session column each reads
+LEVELS: dict[str, str] = {
+    "channel": "channel", "source": "source", "medium": "medium", "campaign": "campaign",
+    "keyword": "term", "landing_page": "landing_page", "content": "content",
+}
+_SESSION_LEVELS = {"person_id": "person_id", "device_id": "device_id", **LEVELS}
 
 
 def journey_touches_view(con: BaseBackend) -> ir.Table:
@@ -823,8 +826,7 @@ def journey_touches_view(con: BaseBackend) -> ir.Table:
         for c in JOURNEY_TOUCHES.columns))
 
 
-#: the columns a journey touch can be credited by (a session's entrance values)
-LEVEL_COLUMNS = ("channel", "source", "medium", "campaign", "keyword", "landing_page", "content")
+LEVEL_COLUMNS = tuple(LEVELS)
 
 JOURNEY_TOUCHES = TableSpec(
     name="journey_touches",

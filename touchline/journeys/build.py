@@ -16,9 +16,10 @@ open journey. A touch older than the lookback is left out and counted in
 ``journeys.cut_touches``, so a report can say how many paths the window shortened.
 
 An account's journey is the touches of all its people (stakeholders): ``journey_touches.person_id``
-says whose each touch was. Tables (``docs/tables.md``): :data:`~touchline.store.JOURNEYS` and
-:data:`~touchline.store.JOURNEY_TOUCHES`; the same input gives the same rows on both engines
-(ties in time are ordered by channel, then session id).
+says whose each touch was. Tables (``docs/tables.md``): :data:`~touchline.store.JOURNEYS`,
+:data:`~touchline.store.JOURNEY_STEPS` and the view :data:`~touchline.store.JOURNEY_TOUCHES`;
+the same input gives the same rows on both engines (ties in time are ordered by channel, then
+session id).
 """
 
 from __future__ import annotations
@@ -31,13 +32,9 @@ import ibis.expr.types as ir
 from touchline.config import ConversionSpec, Settings
 from touchline.engine import seconds_between
 from touchline.journeys.conversions import CONVERSION_SCHEMA
+from touchline.store import LEVELS
 
 SECONDS_PER_DAY = 86_400.0
-#: attribution level → the session column it reads
-LEVELS: dict[str, str] = {
-    "channel": "channel", "source": "source", "medium": "medium", "campaign": "campaign",
-    "keyword": "term", "landing_page": "landing_page", "content": "content",
-}
 #: how a journey id is written: ``<conversion>:<unit_id>:<sequence>`` or ``…:open``
 OPEN = "open"
 
