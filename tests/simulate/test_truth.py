@@ -14,7 +14,7 @@ import pytest
 from sim_kit import Output
 
 from touchline import store
-from touchline.simulate import channels
+from touchline.simulate import SIMULATED_SKIP, channels
 from touchline.simulate.mess import BOT_PATTERN
 
 BOT = re.compile(BOT_PATTERN)
@@ -164,4 +164,4 @@ def test_csv_headers_use_canonical_column_names(b2c: Output, name: str) -> None:
     with open(b2c.path / f"{name}.csv", newline="") as handle:
         header = next(csv.reader(handle))
     canonical = [c.name for c in store.TABLES[name].columns]
-    assert header == [c for c in canonical if c not in ("row_hash", "source", "ingest_id")]
+    assert header == [c for c in canonical if c not in SIMULATED_SKIP]
