@@ -65,7 +65,10 @@ class ConversionSpec(BaseModel):
     defaults to 90 for persons and none (the whole history) for accounts. ``history``:
     ``since_previous`` (a repeat conversion's journey is the touches since the unit's previous
     conversion of this type) or ``full_history``. ``count``: ``every`` conversion, or only the
-    ``first`` of each unit (a lead is created once).
+    ``first`` of each unit (a lead is created once). ``properties``: values the touch's event
+    properties must hold (``{plan = "pro"}``; compared as text, so ``{seats = 5}`` matches
+    ``5``). ``call_seconds``: a call touch meets ``touches = ["call"]`` only when its talk time
+    is at least this (default: the setting ``call_conversion_seconds``; unset, every call).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -75,6 +78,8 @@ class ConversionSpec(BaseModel):
     touches: list[str] = []
     page: str | None = None
     revenue: bool = False
+    properties: dict[str, str | bool | int | float] = {}
+    call_seconds: int | None = Field(None, ge=0)
     deal: str | None = None
     value: str = "none"
     unit: str = "person"
@@ -107,13 +112,21 @@ class ConversionSpec(BaseModel):
         choose("unit", self.unit, CONVERSION_UNITS)
         choose("history", self.history, ("since_previous", "full_history"))
         choose("count", self.count, ("every", "first"))
-        on_touches = bool(self.events or self.touches or self.page or self.revenue)
+        on_touches = bool(self.events or self.touches or self.page or self.revenue
+                          or self.properties)
+        for key in self.properties:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"conversion {self.name!r}: property {key!r}: a top-level key "
+                                 "of the event's properties (letters, digits, _)")
+        if self.call_seconds is not None and "call" not in self.touches:
+            raise ValueError(f"conversion {self.name!r}: call_seconds applies to "
+                             'touches = ["call"]')
         if self.deal is not None and on_touches:
             raise ValueError(f"conversion {self.name!r}: a condition is on deals or on touches, "
                              "not both")
         if self.deal is None and not on_touches:
             raise ValueError(f"conversion {self.name!r} has no condition: give events, "
-                             "touches, page, revenue or deal")
+                             "touches, page, revenue, properties or deal")
         if self.value not in ("revenue", "deal_amount", "none"):
             try:
                 float(self.value)
@@ -343,7 +356,9 @@ class Settings(BaseSettings):
     )
     phone_region: str = Field("US", description="Region for numbers without a country code.")
     call_conversion_seconds: int | None = Field(
-        60, ge=0, description="Answered calls this long count as conversions; None: never."
+        60, ge=0, description="Talk time (seconds) a phone call needs to meet a conversion's "
+        "touches = [\"call\"] (the default `call` conversion) unless the conversion sets its "
+        "own call_seconds; 0 or None: every call. Calls stay touches either way."
     )
     webhook_mappings_file: Path | None = Field(
         None, description="TOML file of per-source webhook field mappings."

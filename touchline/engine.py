@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -100,6 +101,7 @@ def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:
     try:
         con = ibis.duckdb.connect(database, **config)
         con.raw_sql("SET TimeZone = 'UTC'")  # naive timestamps are UTC everywhere
+        con.raw_sql(_DUCKDB_GET_JSON_OBJECT)
         # under a memory limit, scratch tables go into the warehouse file (compressed) rather
         # than temporary tables, which spill uncompressed: at 50M events those filled 58 GB
         con._touchline_scratch_in_file = bool(settings.memory_limit) and database != ":memory:"
@@ -180,6 +182,33 @@ def seconds_between(start: ir.TimestampValue, end: ir.TimestampValue) -> ir.Floa
     """``end - start`` in seconds, to the millisecond, the same on every engine (through
     :func:`epoch_ms`; ``epoch_seconds`` keeps the fraction on DuckDB and drops it on Spark)."""
     return (epoch_ms(end) - epoch_ms(start)).cast("float64") / 1000.0
+
+
+#: Spark's ``get_json_object`` for DuckDB: null (not an error) when the text is not JSON
+_DUCKDB_GET_JSON_OBJECT = (
+    "CREATE OR REPLACE TEMP MACRO get_json_object(text, path) AS "
+    "CASE WHEN json_valid(text) THEN json_extract_string(text, path) END")
+_JSON_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@ibis.udf.scalar.builtin(name="get_json_object")
+def _get_json_object(text: str, path: str) -> str:  # type: ignore[empty-body]
+    """Spark's function; a macro of the same name on DuckDB (made at connect)."""
+
+
+def json_value(text: ir.StringValue, key: str) -> ir.StringValue:
+    """The value under ``key`` at the top of a JSON object held as text, as a string: numbers
+    as written (``95``, ``12.5``), ``true``/``false``, nested objects as JSON; null when the
+    text is null, not JSON, or has no such key.
+
+    Why not Ibis's JSON type: casting text to JSON fails the whole query on one malformed row
+    on DuckDB, and its typed unwraps turn a number where a string was expected into null.
+    Spark's ``get_json_object`` has the lenient behaviour wanted; DuckDB gets a macro of the
+    same name (``json_valid`` then ``json_extract_string``) when :func:`connect` opens it.
+    """
+    if not _JSON_KEY.match(key):
+        raise ValueError(f"JSON key {key!r}: letters, digits and _ only")
+    return _get_json_object(text, f"$.{key}")
 
 
 def engine_name(con: BaseBackend) -> str:

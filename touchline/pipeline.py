@@ -63,7 +63,9 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     lookup(settings.default_model, source="settings.default_model")
     seconds: dict[str, float] = {}
     prepared = None
+    notes: list[str] = []
     if prepare:
+        notes += match_calls(con, settings, progress)
         progress("preparing: clean, bots, standardise, dedupe, sessions, channels, identity")
         start = time.perf_counter()
         prepared = run_prepare(con, settings)
@@ -82,9 +84,48 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     conversions = conversion_summary(con.table(store.JOURNEYS.name))
     main = main_conversion(conversions)
     by_channel = channel_credits(con, main, settings.default_model) if main else pd.DataFrame()
-    warnings = [*unknown_events(con, settings), *unconverted_currencies(con), *unplaced]
+    warnings = [*notes, *unknown_events(con, settings), *unconverted_currencies(con),
+                *order_notes(con), *unplaced]
     return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
                      rows, seconds, prepared, warnings)
+
+
+def match_calls(con: BaseBackend, settings: Settings, progress: Progress) -> list[str]:
+    """Turn call-log rows not yet matched (``touchline ingest --kind calls``, call webhooks)
+    into touches, as ``touchline calls match`` does, so that a run on a user's files includes
+    their calls; a sentence about calls no number lease explains."""
+    from touchline.collect.dni import match_new_calls
+
+    store.init(con)
+    calls = con.table(store.CALLS.name)
+    if int(calls.count().execute()) == 0:
+        return []
+    matched = match_new_calls(con, settings)
+    new = sum(n for status, n in matched.items() if status != "pool_exhausted")
+    if new:
+        progress(f"matched {new:,} new calls to number leases: "
+                 + ", ".join(f"{status} {n:,}" for status, n in sorted(matched.items())
+                             if status != "pool_exhausted"))
+    unmatched = matched.get("unmatched", 0)
+    return [f"{unmatched:,} calls matched no number lease: each is a touch of the person its "
+            "caller number names (channel Phone)"] if unmatched else []
+
+
+def order_notes(con: BaseBackend) -> list[str]:
+    """Sentences for orders prepare counted once (a repeated ``order_id``) and orders without
+    revenue (not purchases under a conversion that needs revenue)."""
+    rejects, audit = con.table("rejects"), con.table("audit")
+    repeated = int(rejects.filter(rejects.reason_code == "duplicate_order_id").count().execute())
+    zero = int(audit.filter(audit.reason_code == "zero_revenue_order")
+               .row_count.sum().fill_null(0).execute())
+    notes = []
+    if repeated:
+        notes.append(f"{repeated:,} records repeated an earlier order_id: each order counts "
+                     "once (rejects: duplicate_order_id)")
+    if zero:
+        notes.append(f"{zero:,} orders have revenue 0 or none: no purchase under a conversion "
+                     "that needs revenue (audit: zero_revenue_order)")
+    return notes
 
 
 def unconverted_currencies(con: BaseBackend) -> list[str]:

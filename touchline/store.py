@@ -536,6 +536,9 @@ _TOUCH_VALUES: tuple[tuple[str, dt.DataType, str], ...] = (
     ("currency", S, "the reporting currency"),
     ("revenue_original", F, "revenue as received"),
     ("currency_original", S, "currency as received"),
+    ("order_id", S, "order / transaction id of a track event (its properties' order_id, "
+     "orderId, transaction_id or transactionId): an order counts once, a refund names it"),
+    ("call_seconds", I, "talk time of a phone call touch (its properties' duration_seconds)"),
 )
 
 TOUCHES = TableSpec(

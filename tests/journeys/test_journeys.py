@@ -168,9 +168,10 @@ JOHN = [
      "url": "https://plumb.example/contact"},
     {"anonymous_id": "phone", "type": "identify", "email": "john@gmail.com",
      "phone": "+1 202 555 0143", "timestamp": "2026-03-12 08:01:00"},
-    # he phones in: no DNI lease matched the call, but the graph knows his number
+    # he phones in: no DNI lease matched the call, but the graph knows his number; four
+    # minutes of talk (a call conversion needs call_conversion_seconds, 60 by default)
     {"type": "track", "event": "Phone Call", "source": "calls", "phone": "+12025550143",
-     "timestamp": "2026-03-12 09:00:00"},
+     "timestamp": "2026-03-12 09:00:00", "properties": '{"duration_seconds": 240}'},
 ]
 JOHN_DEAL = [{"deal_id": "D1", "status": "Closed Won", "amount": 1800.0, "currency": "usd",
               "contact_emails": "john@gmail.com", "created_at": "2026-03-12 10:00:00",

@@ -214,7 +214,8 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     rates = currency_rates(settings.reporting_currency, settings.currency_rates_file)
     sessions = con.table("sessions")  # type: ignore[attr-defined]
     found = ibis.union(*(find_conversions(con, spec, touch_events=settings.touch_events,
-                                          statuses=settings.deal_statuses, rates=rates)
+                                          statuses=settings.deal_statuses, rates=rates,
+                                          call_seconds=settings.call_conversion_seconds)
                          for spec in settings.conversions), distinct=False)
     found = engine.materialise(con, "_touchline_found", found)  # type: ignore[arg-type]
     numbered = engine.materialise(con, "_touchline_conversions", ibis.union(*(  # type: ignore[arg-type]

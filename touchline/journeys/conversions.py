@@ -32,6 +32,7 @@ import ibis.expr.types as ir
 import pandas as pd
 
 from touchline.config import ConversionSpec, StageSpec
+from touchline.engine import json_value
 
 #: the columns of a conversions table, in order
 CONVERSION_SCHEMA = {"conversion": "string", "unit": "string", "unit_id": "string",
@@ -55,17 +56,31 @@ def deal_outcome(status: ir.StringValue, statuses: Mapping[str, Sequence[str]]) 
 
 
 def touch_condition(touches: ir.Table, spec: ConversionSpec | StageSpec,
-                    touch_events: Mapping[str, Sequence[str]]) -> ir.BooleanValue:
+                    touch_events: Mapping[str, Sequence[str]], *,
+                    call_seconds: int | None = None) -> ir.BooleanValue:
     """Whether each touch meets ``spec``'s condition (a conversion's or a stage's): every given
-    part holds (never null)."""
+    part holds (never null). A call touch counts when its ``call_seconds`` reach the spec's
+    ``call_seconds``, else the ``call_seconds`` given here (the setting), else always.
+
+    ``properties`` are not checked here (they are not on touches):
+    :func:`touch_conversions` semi-joins the events that hold them.
+    """
     parts: list[ir.BooleanValue] = []
     if spec.events:
         parts.append(touches.event.isin(spec.events))
     if spec.touches:
-        kinds = [(touches.type == "identify") & touches.email.notnull()
-                 if kind == "identify_email" else touches.event.isin(list(touch_events[kind]))
-                 for kind in spec.touches]
-        parts.append(functools.reduce(operator.or_, kinds))
+        least = getattr(spec, "call_seconds", None)
+        least = call_seconds if least is None else least
+
+        def kind_condition(kind: str) -> ir.BooleanValue:
+            if kind == "identify_email":
+                return (touches.type == "identify") & touches.email.notnull()
+            hit = touches.event.isin(list(touch_events[kind]))
+            if kind == "call" and least:
+                hit &= (touches.call_seconds >= least).fill_null(False)
+            return hit
+
+        parts.append(functools.reduce(operator.or_, map(kind_condition, spec.touches)))
     if spec.page is not None:
         parts.append(touches.page_url.re_search(spec.page))
     if getattr(spec, "revenue", False):
@@ -77,14 +92,37 @@ def _constant_value(spec: ConversionSpec) -> float:
     return 0.0 if spec.value in ("none", "revenue", "deal_amount") else float(spec.value)
 
 
+def property_matches(events: ir.Table, wanted: Mapping[str, object]) -> ir.Table:
+    """``message_id`` of the events whose ``properties`` JSON holds every ``wanted`` value,
+    compared as text (``True`` as ``true``, ``5`` as ``5``)."""
+    def text(value: object) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    props = events.properties.cast("string")
+    hit = functools.reduce(operator.and_, (
+        (json_value(props, key) == text(value)).fill_null(False)
+        for key, value in wanted.items()))
+    return events.filter(hit).select("message_id").distinct()
+
+
 def touch_conversions(touchpoints: ir.Table, spec: ConversionSpec,
-                      touch_events: Mapping[str, Sequence[str]]) -> ir.Table:
-    """The touches that are conversions of ``spec`` (a condition on touches)."""
+                      touch_events: Mapping[str, Sequence[str]], *,
+                      events: ir.Table | None = None, call_seconds: int | None = None
+                      ) -> ir.Table:
+    """The touches that are conversions of ``spec`` (a condition on touches). ``events`` (the
+    raw events table) is read only when ``spec`` filters on ``properties``, which prepare does
+    not copy onto touches: a touch keeps its event's ``message_id``."""
     unit_id = touchpoints.person_id if spec.unit == "person" else touchpoints.account_id
-    condition = touch_condition(touchpoints, spec, touch_events) & unit_id.notnull()
+    condition = touch_condition(touchpoints, spec, touch_events,
+                                call_seconds=call_seconds) & unit_id.notnull()
     if spec.value == "revenue":  # a negative amount is a refund, never a conversion
         condition &= ~(touchpoints.revenue < 0).fill_null(False)
     hits = touchpoints.filter(condition)
+    if spec.properties:
+        if events is None:
+            raise ValueError(f"conversion {spec.name!r} filters on properties: pass events")
+        matching = property_matches(events, spec.properties)
+        hits = hits.semi_join(matching, hits.touchpoint_id == matching.message_id)
     value = (hits.revenue.fill_null(0.0) if spec.value == "revenue"
              else ibis.literal(_constant_value(spec)))
     return hits.select(
@@ -96,20 +134,31 @@ def touch_conversions(touchpoints: ir.Table, spec: ConversionSpec,
 def apply_refunds(conversions: ir.Table, touchpoints: ir.Table, unit: str) -> ir.Table:
     """``conversions`` with refunds subtracted from their value.
 
-    A refund is a touch with negative revenue. It adjusts the unit's latest conversion at or
-    before it (a refund without an earlier conversion changes nothing); a value never goes
+    A refund is a touch with negative revenue. When it names an order (``order_id``) that a
+    touch placed, it adjusts that order's conversion, and nothing when that order is not a
+    conversion (a second purchase under ``count = "first"``). Otherwise it adjusts the unit's
+    latest conversion at or before it (none earlier: nothing changes). A value never goes
     below 0. Why not a conversion of its own: counting it would add a journey, and its negative
     value has no meaning for a channel's credit.
     """
-    unit_id = touchpoints.person_id if unit == "person" else touchpoints.account_id
-    refunds = touchpoints.filter((touchpoints.revenue < 0) & unit_id.notnull()).select(
-        _unit=unit_id, _at=touchpoints.occurred_at, _refund=touchpoints.touchpoint_id,
-        _amount=touchpoints.revenue)
+    tp = touchpoints
+    unit_id = tp.person_id if unit == "person" else tp.account_id
+    refunds = tp.filter((tp.revenue < 0) & unit_id.notnull()).select(
+        _unit=unit_id, _at=tp.occurred_at, _refund=tp.touchpoint_id, _amount=tp.revenue,
+        _order=tp.order_id)
+    orders = tp.filter(tp.order_id.notnull() & ~(tp.revenue < 0).fill_null(False)).select(
+        _placed_by=tp.touchpoint_id, _placed=tp.order_id)
     c = conversions.select("unit_id", "converted_at", "ref")
-    j = refunds.inner_join(c, [refunds._unit == c.unit_id, c.converted_at <= refunds._at])
+    c = c.left_join(orders, c.ref == orders._placed_by).drop("_placed_by")
+    named = refunds.semi_join(orders, refunds._order == orders._placed)
+    by_order = named.inner_join(c, named._order == c._placed).select("_refund", "ref", "_amount")
+    rest = refunds.anti_join(orders, refunds._order == orders._placed)
+    j = rest.inner_join(c, [rest._unit == c.unit_id, c.converted_at <= rest._at])
     j = j.mutate(_r=ibis.row_number().over(group_by="_refund",
                                            order_by=[ibis.desc("converted_at"), "ref"]))
-    adjust = j.filter(j._r == 0).group_by(_ref="ref").aggregate(_adjust=ibis._._amount.sum())
+    latest = j.filter(j._r == 0).select("_refund", "ref", "_amount")
+    both = ibis.union(by_order, latest, distinct=False)
+    adjust = both.group_by(_ref="ref").aggregate(_adjust=both._amount.sum())
     out = conversions.left_join(adjust, conversions.ref == adjust._ref)
     adjusted = ibis.greatest(out.value + out._adjust.fill_null(0.0), 0.0)
     return out.select(*(adjusted.name(c) if c == "value" else out[c]
@@ -197,11 +246,15 @@ def unmatched_deals(deals: ir.Table, identities: ir.Table, accounts: ir.Table,
 
 def find_conversions(con: object, spec: ConversionSpec, *,
                      touch_events: Mapping[str, Sequence[str]],
-                     statuses: Mapping[str, Sequence[str]], rates: Mapping[str, float]) -> ir.Table:
-    """Every conversion of ``spec`` in a prepared warehouse ``con`` (:data:`CONVERSION_SCHEMA`)."""
+                     statuses: Mapping[str, Sequence[str]], rates: Mapping[str, float],
+                     call_seconds: int | None = None) -> ir.Table:
+    """Every conversion of ``spec`` in a prepared warehouse ``con`` (:data:`CONVERSION_SCHEMA`);
+    ``call_seconds``: the talk time a call needs when the spec does not say."""
     if spec.deal is None:
         touchpoints = con.table("touchpoints")  # type: ignore[attr-defined]
-        found = touch_conversions(touchpoints, spec, touch_events)
+        events = con.table("events") if spec.properties else None  # type: ignore[attr-defined]
+        found = touch_conversions(touchpoints, spec, touch_events, events=events,
+                                  call_seconds=call_seconds)
         if spec.count == "first":  # a refund adjusts the purchase that counts, not a later one
             ranked = found.mutate(_r=ibis.row_number().over(
                 group_by="unit_id", order_by=["converted_at", "ref"]))

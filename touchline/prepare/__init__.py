@@ -45,6 +45,8 @@ STEPS: tuple[Step, ...] = (
          why="revenue in many currencies cannot be summed"),
     Step("dedupe_cross_source", steps.dedupe_cross_source,
          why="a form fill seen by the tag, the CRM and the chat tool is one touch"),
+    Step("dedupe_orders", steps.dedupe_orders,
+         why="a reloaded thank-you page or a second tag would count one order twice"),
     Step("sessionise", steps.sessionise, persist_as="touches",
          why="channels are credited per visit, not per page view"),
     Step("classify_channels", steps.classify_channels,

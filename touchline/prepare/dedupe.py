@@ -127,3 +127,57 @@ def link_cross_source(events: ir.Table, losers: ir.Table) -> Split:
                       "(same e-mail, phone, CRM contact, or page for the same device or "
                       "user); ref is the kept record")
     return Split(kept=kept, rejected=rejected.relocate("ref", after="field"))
+
+
+def order_copies(events: ir.Table) -> ir.Table:
+    """The later records of a repeated order: one row per losing ``_loser`` id with ``ref``,
+    the id of the first record of that ``order_id``.
+
+    An order is a touch with an ``order_id`` that is not a refund (revenue not negative): a
+    refund names the order it refunds and must stay beside it. The first record (earliest
+    ``timestamp``, then smallest ``message_id``) is the order; a second "checkout completed"
+    for the same transaction, from a reloaded thank-you page or a second tag, would count the
+    sale twice. Two copies with different revenue (Puffy's ORD-20250226-400 at 3,199 and
+    1,524) are still one order: the first is kept and the conflict is visible in ``rejects``.
+    """
+    orders = events.filter(events.order_id.notnull()
+                           & ~(events.revenue < 0).fill_null(False)).select(
+        "message_id", "order_id", "timestamp")
+    counts = orders.group_by("order_id").aggregate(_n=ibis._.count())
+    repeated = counts.filter(counts._n > 1).select(_order="order_id")
+    multi = orders.semi_join(repeated, orders.order_id == repeated._order)
+    ranked = multi.mutate(_copy=ibis.row_number().over(group_by="order_id",
+                                                       order_by=["timestamp", "message_id"]))
+    first = ranked.filter(ranked._copy == 0).select(_order="order_id", ref="message_id")
+    later = ranked.filter(ranked._copy > 0)
+    return later.inner_join(first, later.order_id == first._order).select(
+        _loser=later.message_id, ref=first.ref)
+
+
+def dedupe_orders(events: ir.Table, losers: ir.Table) -> Split:
+    """Drop the later records of repeated orders (:func:`order_copies`) to rejects as
+    ``duplicate_order_id``, ``ref`` = the order's first record."""
+    matched = events.inner_join(losers, events.message_id == losers._loser).drop("_loser")
+    kept = events.anti_join(losers, events.message_id == losers._loser)
+    rejected = reject(matched, "duplicate_order_id",
+                      "an earlier record has this order_id (the order counts once); ref is "
+                      "the kept record", field_name="order_id")
+    return Split(kept=kept, rejected=rejected.relocate("ref", after="field"))
+
+
+def zero_revenue_orders(events: ir.Table) -> ir.Table:
+    """Audit rows for orders (an ``order_id``) whose revenue is 0 or missing: such an order
+    counts as a conversion only under a definition that does not ask for revenue (the default
+    ``purchase`` asks for revenue > 0), so it is never dropped silently."""
+    zero = events.filter(events.order_id.notnull()
+                         & (events.revenue.isnull() | (events.revenue == 0)))
+    return zero.select(
+        field=ibis.literal("revenue"),
+        reason_code=ibis.literal("zero_revenue_order"),
+        reason=ibis.literal("an order (order_id) with revenue 0 or none: not a purchase under "
+                            "a conversion that needs revenue > 0"),
+        message_id=zero.message_id,
+        old_value=zero.order_id,
+        new_value=zero.revenue.cast("string"),
+        row_count=ibis.literal(1, type="int64"),
+    )

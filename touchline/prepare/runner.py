@@ -39,6 +39,9 @@ INPUT_COLUMNS = (
     *store.CLICK_IDS,
     "email", "phone", "user_agent", "revenue", "currency", "source",
 )
+#: where an order id sits in a track event's properties: Segment's e-commerce spec, its
+#: camel-case SDK spelling, GA4's and its camel-case
+ORDER_ID_KEYS = ("order_id", "orderId", "transaction_id", "transactionId")
 STEP_PREFIX = "prepare:"
 RAW_MAX_CHARS = 2000
 
@@ -79,7 +82,24 @@ def working_events(raw: ir.Table) -> ir.Table:
         dtype = spec.column(name).dtype
         value = raw[name].cast(dtype) if name in raw.columns else ibis.null(dtype)
         cols["recorded_by" if name == "source" else name] = value
+    cols.update(_property_values(raw))
     return raw.select(**cols)
+
+
+def _property_values(raw: ir.Table) -> dict[str, ir.Value]:
+    """The two values prepare reads out of a track event's ``properties`` JSON: ``order_id``
+    (the first of :data:`ORDER_ID_KEYS` present) and ``call_seconds`` (``duration_seconds``,
+    a whole number; anything else is null). Page views and identifies are not parsed."""
+    if "properties" not in raw.columns:
+        return {"order_id": ibis.null("string"), "call_seconds": ibis.null("int64")}
+    props = raw.properties.cast("string")
+    track = (raw.type == "track").fill_null(False)
+    order = ibis.coalesce(*(engine.json_value(props, key).strip().nullif("")
+                            for key in ORDER_ID_KEYS))
+    seconds = engine.json_value(props, "duration_seconds").try_cast("float64").round().cast(
+        "int64")
+    return {"order_id": ibis.ifelse(track, order, ibis.null("string")),
+            "call_seconds": ibis.ifelse(track, seconds, ibis.null("int64"))}
 
 
 def _with_columns(raw: ir.Table, spec: store.TableSpec) -> ir.Table:

@@ -155,6 +155,17 @@ def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
     return StepResult({"events": split.kept, "duplicate_evidence": evidence}, split.rejected)
 
 
+def dedupe_orders(t: Tables, ctx: Context) -> StepResult:
+    events = t["events"]
+    audit = dedupe.zero_revenue_orders(events)
+    losers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}order_copies",
+                                dedupe.order_copies(events))
+    if _is_empty(losers):
+        return StepResult(audit=audit)
+    split = dedupe.dedupe_orders(events, losers)
+    return StepResult({"events": split.kept}, split.rejected, audit=audit)
+
+
 def sessionise(t: Tables, ctx: Context) -> StepResult:
     events = sessions.device_ids(t["events"])
     gap = timedelta(minutes=ctx.settings.session_gap_minutes)
