@@ -360,6 +360,9 @@ class Settings(BaseSettings):
         "touches = [\"call\"] (the default `call` conversion) unless the conversion sets its "
         "own call_seconds; 0 or None: every call. Calls stay touches either way."
     )
+    call_spam_outcomes: list[str] = Field(
+        ["spam", "robocall", "wrong number"], description="prepare drops calls whose "
+        "outcome (telephony disposition) is one of these, to rejects as spam_call.")
     webhook_mappings_file: Path | None = Field(
         None, description="TOML file of per-source webhook field mappings."
     )

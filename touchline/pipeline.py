@@ -81,7 +81,8 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     start = time.perf_counter()
     rows["credits"], unplaced = write_credits(con, settings)
     seconds["credits"] = time.perf_counter() - start
-    conversions = conversion_summary(con.table(store.JOURNEYS.name))
+    conversions = conversion_summary(con.table(store.JOURNEYS.name),
+                                     [c.name for c in settings.conversions])
     main = main_conversion(conversions)
     by_channel = channel_credits(con, main, settings.default_model) if main else pd.DataFrame()
     warnings = [*notes, *unknown_events(con, settings), *unconverted_currencies(con),
@@ -182,7 +183,12 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str]]
     touches = con.table(store.JOURNEY_TOUCHES.name)
     parts: list[pa.Table] = []
     notes: list[str] = []
+    journeys = con.table(store.JOURNEYS.name)
+    converted = set(journeys.filter(journeys.converted).conversion.name("c").as_table()
+                    .distinct().to_pyarrow().column("c").to_pylist())
     for spec in settings.conversions:
+        if spec.name not in converted:  # no pathset of open journeys alone
+            continue
         mine = touches.filter(touches.conversion == spec.name)
         paths, converting = journey_pathset(mine, level="channel")
         n = converting.num_rows

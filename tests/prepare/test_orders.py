@@ -50,3 +50,24 @@ def test_a_repeated_order_counts_once_and_zero_revenue_is_audited(con: BaseBacke
     audit = dedupe.zero_revenue_orders(events).to_pandas()
     assert audit[["message_id", "reason_code", "old_value"]].values.tolist() == [
         ["m4", "zero_revenue_order", "42"]]
+
+
+def test_a_spam_call_is_no_touch(con: BaseBackend) -> None:
+    from touchline.prepare import clean
+
+    rows = event_rows([
+        {"type": "track", "event": "Phone Call", "source": "calls", "phone": "+12025550100",
+         "properties": '{"call_id": "c1", "outcome": " Spam ", "duration": 4}'},
+        {"type": "track", "event": "Phone Call", "source": "calls", "phone": "+12025550101",
+         "properties": '{"call_id": "c2", "outcome": "sale", "duration": 300}'},
+        # a form whose properties say spam is not a call: kept
+        {"type": "track", "event": "Form Submitted", "source": "forms",
+         "properties": '{"outcome": "spam"}'},
+    ])
+    raw = engine.load_table(con, "events", arrow_table(store.EVENTS, rows))
+    split = clean.drop_spam_calls(working_events(raw), outcomes=["spam", "robocall"])
+    assert sorted(split.kept.message_id.to_pandas()) == ["m2", "m3"]
+    assert split.rejected.select("message_id", "reason_code").to_pandas().values.tolist() == [
+        ["m1", "spam_call"]]
+    assert working_events(raw).order_by("message_id").call_seconds.to_pandas().fillna(
+        -1).tolist() == [4, 300, -1]

@@ -431,7 +431,12 @@ def match_new_calls(con: BaseBackend, settings: Settings) -> dict[str, int]:
     """
     calls = con.table(store.CALLS.name)
     events = con.table(store.EVENTS.name)
-    known = events.filter(events.source == "calls").select(call_id=events.message_id.substr(5))
+    # a call already in events: one this made (``call:<id>``) or one a telephony integration
+    # sent as a track with its ``call_id`` property
+    recorded = events.filter(events.source == "calls")
+    known = recorded.select(call_id=engine.json_value(recorded.properties.cast("string"),
+                                                      "call_id").coalesce(
+        recorded.message_id.substr(5)))
     new = calls.anti_join(known, "call_id").to_pyarrow()
     summary: dict[str, int] = {}
     if new.num_rows:

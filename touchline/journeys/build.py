@@ -201,7 +201,8 @@ JOURNEY_TOUCH_ORDER: Sequence[str] = (
 def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     """Build and store ``stages``, ``journeys`` and ``journey_steps`` (each touch with its
     stage in ``settings.stage_model``; read through the ``journey_touches`` view) for every
-    conversion type of ``settings``, replacing them whole; return the rows written per table.
+    conversion type of ``settings`` with at least one conversion, replacing them whole; return
+    the rows written per table.
 
     The conversions and the journeys' touch rows are each computed once into scratch tables
     (:func:`~touchline.engine.materialise`) that the stored tables are then read from.
@@ -221,9 +222,15 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     numbered = engine.materialise(con, "_touchline_conversions", ibis.union(*(  # type: ignore[arg-type]
         numbered_conversions(found.filter(found.conversion == spec.name), spec)
         for spec in settings.conversions), distinct=False))
-    rows = engine.materialise(con, "_touchline_journey_rows", ibis.union(*(  # type: ignore[arg-type]
-        journey_rows(sessions, numbered.filter(numbered.conversion == spec.name), spec)
-        for spec in settings.conversions), distinct=False))
+    # a type nothing converted to has no journeys: its open journeys would be every unit's
+    # whole history again, with nothing to credit and no rate to learn from
+    counts = numbered.group_by("conversion").aggregate(n=ibis._.count()).to_pyarrow()
+    converting = set(counts.column("conversion").to_pylist())
+    specs = [spec for spec in settings.conversions if spec.name in converting]
+    parts = [journey_rows(sessions, numbered.filter(numbered.conversion == spec.name), spec)
+             for spec in specs or settings.conversions[:1]]
+    every = ibis.union(*parts, distinct=False) if specs else parts[0].limit(0)
+    rows = engine.materialise(con, "_touchline_journey_rows", every)  # type: ignore[arg-type]
     written: dict[str, int] = {}
 
     def store_as(spec: store.TableSpec, expr: ir.Table) -> ir.Table:

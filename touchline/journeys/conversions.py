@@ -269,9 +269,10 @@ def find_conversions(con: object, spec: ConversionSpec, *,
     return found.select(*(found[c].cast(t).name(c) for c, t in CONVERSION_SCHEMA.items()))
 
 
-def conversion_summary(journeys: ir.Table) -> pd.DataFrame:
+def conversion_summary(journeys: ir.Table, names: Sequence[str] = ()) -> pd.DataFrame:
     """Per conversion type of stored ``journeys``: conversions, value, open journeys, journeys
-    the lookback shortened, conversions without a touch in their window."""
+    the lookback shortened, conversions without a touch in their window; the types of
+    ``names`` that have no journeys (nothing converted) as rows of zeros."""
     j = journeys
     summary = j.group_by("conversion").aggregate(
         conversions=j.converted.cast("int64").sum(),
@@ -280,7 +281,14 @@ def conversion_summary(journeys: ir.Table) -> pd.DataFrame:
         lookback_cut=(j.converted & j.lookback_cut).cast("int64").sum(),
         without_touches=(j.converted & (j.touches == 0)).cast("int64").sum(),
     )
-    return summary.order_by("conversion").to_pandas()
+    found = summary.order_by("conversion").to_pandas()
+    missing = sorted(set(names) - set(found.conversion))
+    if not missing:
+        return found
+    zeros = pd.DataFrame({c: [0] * len(missing) for c in found.columns}).assign(
+        conversion=missing, value=0.0)
+    both = pd.concat([found, zeros.astype(found.dtypes.to_dict())], ignore_index=True)
+    return both.sort_values("conversion", ignore_index=True)
 
 
 def main_conversion(summary: pd.DataFrame) -> str | None:

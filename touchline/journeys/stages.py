@@ -130,14 +130,25 @@ def stage_table(con: object, settings: Settings, conversions: ir.Table) -> ir.Ta
 
 def stage_at(touches: ir.Table, stages: ir.Table, stage_model: str) -> ir.Table:
     """``touches`` (with ``unit``, ``unit_id``, ``touch_at``) plus ``stage``: the stage of
-    ``stage_model`` its unit most recently entered at or before the touch (null: none yet)."""
-    s = stages.filter(stages.stage_model == stage_model).select(
-        _unit="unit", _unit_id="unit_id", _stage="stage", _order="stage_order",
-        _entered="entered_at")
+    ``stage_model`` its unit most recently entered at or before the touch (null: none yet;
+    entries at the same moment: the later stage of the model).
+
+    One equi-join with a range condition, no window over the touches: a unit's entries by
+    ``(entered_at, stage_order)`` cut time into the intervals ``[entered_at, left_at)`` (the
+    last one open-ended; two entries at one moment leave the first an empty interval), so at
+    most one interval holds each touch.
+    """
+    mine = stages.filter(stages.stage_model == stage_model)
+    # left_at as stage_table stores it, recomputed so that any entries table will do
+    w = ibis.window(group_by=["unit", "unit_id"], order_by=["entered_at", "stage_order"])
+    s = mine.select(
+        _unit="unit", _unit_id="unit_id", _stage="stage", _entered="entered_at",
+        _left=mine.entered_at.lead().over(w).fill_null(
+            ibis.literal(_END_OF_TIME, type="timestamp")))
     t = touches
-    j = t.left_join(s, [t.unit == s._unit, t.unit_id == s._unit_id, s._entered <= t.touch_at])
-    j = j.mutate(_rank=ibis.row_number().over(
-        group_by=["journey_id", "position"],
-        order_by=[ibis.desc("_entered"), ibis.desc("_order")]))
-    picked = j.filter(j._rank == 0)
-    return picked.select(*touches.columns, stage=picked._stage)
+    j = t.left_join(s, [t.unit == s._unit, t.unit_id == s._unit_id, s._entered <= t.touch_at,
+                        t.touch_at < s._left])
+    return j.select(*touches.columns, stage=j._stage)
+
+
+_END_OF_TIME = "9999-12-31 00:00:00"

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 STEPS: tuple[Step, ...] = (
     Step("drop_missing_ids", steps.drop_missing_ids,
          why="a row without message_id cannot be deduplicated; one without any id fits no journey"),
+    Step("drop_spam_calls", steps.drop_spam_calls,
+         why="a robocall or a wrong number is no touch, and its caller no person"),
     Step("correct_clock_skew", steps.correct_clock_skew,
          why="client clocks are wrong; received_at - (sent_at - original_timestamp) is not"),
     Step("drop_impossible_timestamps", steps.drop_impossible_timestamps,

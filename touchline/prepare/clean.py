@@ -45,6 +45,17 @@ def drop_missing_ids(events: ir.Table) -> Split:
     return Split(kept=second.kept, rejected=first.rejected.union(second.rejected))
 
 
+def drop_spam_calls(events: ir.Table, *, outcomes: Sequence[str]) -> Split:
+    """Drop phone calls whose telephony disposition (``call_outcome``, from the call's
+    properties) is one of ``outcomes`` (trimmed, lower case): a robocall or a wrong number is
+    no marketing touch, and its caller would become a person of its own."""
+    wanted = [o.strip().lower() for o in outcomes]
+    spam = events.call_outcome.strip().lower().isin(wanted) if wanted else ibis.literal(False)
+    return split(events, spam, "spam_call",
+                 "the call's outcome says spam (settings.call_spam_outcomes)",
+                 field_name="outcome")
+
+
 def correct_clock_skew(events: ir.Table, *, flag_seconds: int) -> tuple[ir.Table, ir.Table]:
     """Correct client clock skew with Segment's rule, and audit every corrected timestamp.
 

@@ -42,6 +42,9 @@ INPUT_COLUMNS = (
 #: where an order id sits in a track event's properties: Segment's e-commerce spec, its
 #: camel-case SDK spelling, GA4's and its camel-case
 ORDER_ID_KEYS = ("order_id", "orderId", "transaction_id", "transactionId")
+#: where a call's talk time (seconds) sits in its properties: touchline's call touches, and
+#: the shorter key telephony exports use
+CALL_SECONDS_KEYS = ("duration_seconds", "duration")
 STEP_PREFIX = "prepare:"
 RAW_MAX_CHARS = 2000
 
@@ -87,19 +90,26 @@ def working_events(raw: ir.Table) -> ir.Table:
 
 
 def _property_values(raw: ir.Table) -> dict[str, ir.Value]:
-    """The two values prepare reads out of a track event's ``properties`` JSON: ``order_id``
-    (the first of :data:`ORDER_ID_KEYS` present) and ``call_seconds`` (``duration_seconds``,
-    a whole number; anything else is null). Page views and identifies are not parsed."""
+    """The values prepare reads out of a track event's ``properties`` JSON: ``order_id`` (the
+    first of :data:`ORDER_ID_KEYS` present), ``call_seconds`` (the first of
+    :data:`CALL_SECONDS_KEYS`, rounded to whole seconds; anything else is null) and, for
+    calls, ``call_outcome`` (the telephony disposition, read by the spam step and dropped
+    there). Page views are not parsed."""
     if "properties" not in raw.columns:
-        return {"order_id": ibis.null("string"), "call_seconds": ibis.null("int64")}
+        return {"order_id": ibis.null("string"), "call_seconds": ibis.null("int64"),
+                "call_outcome": ibis.null("string")}
     props = raw.properties.cast("string")
     track = (raw.type == "track").fill_null(False)
+    call = track & ((raw.source == "calls").fill_null(False) if "source" in raw.columns
+                    else ibis.literal(False))
     order = ibis.coalesce(*(engine.json_value(props, key).strip().nullif("")
                             for key in ORDER_ID_KEYS))
-    seconds = engine.json_value(props, "duration_seconds").try_cast("float64").round().cast(
-        "int64")
+    seconds = ibis.coalesce(*(engine.json_value(props, key).try_cast("float64")
+                              for key in CALL_SECONDS_KEYS)).round().cast("int64")
     return {"order_id": ibis.ifelse(track, order, ibis.null("string")),
-            "call_seconds": ibis.ifelse(track, seconds, ibis.null("int64"))}
+            "call_seconds": ibis.ifelse(track, seconds, ibis.null("int64")),
+            "call_outcome": ibis.ifelse(call, engine.json_value(props, "outcome"),
+                                        ibis.null("string"))}
 
 
 def _with_columns(raw: ir.Table, spec: store.TableSpec) -> ir.Table:

@@ -30,6 +30,12 @@ def drop_missing_ids(t: Tables, ctx: Context) -> StepResult:
     return StepResult({"events": split.kept}, split.rejected)
 
 
+def drop_spam_calls(t: Tables, ctx: Context) -> StepResult:
+    split = clean.drop_spam_calls(t["events"], outcomes=ctx.settings.call_spam_outcomes)
+    # the disposition is used up: later copies of the working table are narrower
+    return StepResult({"events": split.kept.drop("call_outcome")}, split.rejected)
+
+
 def correct_clock_skew(t: Tables, ctx: Context) -> StepResult:
     events, audit = clean.correct_clock_skew(
         t["events"], flag_seconds=ctx.settings.clock_skew_flag_seconds)
