@@ -374,13 +374,19 @@ def reject_id(
 
 
 def reject_id_expr(
-    step: str, origin: str, line: ir.IntegerValue, reason_code: ir.StringValue
+    step: str, origin: str, line: ir.IntegerValue, reason_code: ir.StringValue,
+    occurrence: ir.IntegerValue | None = None,
 ) -> ir.StringValue:
-    """:func:`reject_id` (first occurrence) as an Ibis expression, for rejects built in SQL."""
+    """:func:`reject_id` as an Ibis expression, for rejects built in SQL (``occurrence``
+    null or 0: the first with these four; ``n``: the n-th further one)."""
     key = (
         ibis.literal(f"{step}|{origin}|") + line.cast("string").fill_null("")
         + ibis.literal("|") + reason_code
     )
+    if occurrence is not None:
+        key = key + ibis.ifelse(
+            occurrence.fill_null(0) == 0, ibis.literal(""), "|" + occurrence.cast("string")
+        )
     return key.hexdigest("md5")
 
 
@@ -424,6 +430,39 @@ def reject_rows(
         "rejected_at": pa.array([now] * count, pa.timestamp("us")),
     }
     return pa.table(data).cast(REJECTS.schema.to_pyarrow())
+
+
+def reject_rows_expr(
+    records: ir.Table, *, step: str, source: str, origin: str, ingest_id: str, now: datetime,
+    order_by: Sequence[str],
+) -> ir.Table:
+    """:func:`reject_rows` as an Ibis expression: the same rows, built by the engine.
+
+    Why: some refusals come in bulk (a replayed spool chunk can repeat a million message
+    ids); building one Python object per reject made the loader's time grow with them.
+    ``records`` has ``line``, ``field``, ``reason_code``, ``reason``, ``ref`` and the columns
+    ``order_by``, which number repeats of one (line, reason_code) as :func:`reject_rows`
+    numbers them in list order. ``raw``, if present, must be null or already
+    :func:`safe_raw` text: secrets cannot be scrubbed in SQL, so raw text from a client goes
+    through :func:`reject_rows` instead.
+    """
+    occurrence = ibis.row_number().over(
+        ibis.window(group_by=[records.line, records.reason_code], order_by=[records[c] for c in order_by])
+    )
+    raw = records.raw if "raw" in records.columns else ibis.null("string")
+    return records.select(
+        reject_id=reject_id_expr(step, origin, records.line, records.reason_code, occurrence),
+        step=ibis.literal(step),
+        source=ibis.literal(source),
+        line=records.line.cast("int64"),
+        field=records.field.cast("string"),
+        reason_code=records.reason_code.cast("string"),
+        reason=records.reason.cast("string"),
+        raw=raw.cast("string"),
+        ref=records.ref.cast("string"),
+        ingest_id=ibis.literal(ingest_id),
+        rejected_at=ibis.literal(now, type="timestamp"),
+    )
 
 
 #: what a spreadsheet reads as the start of a formula (OWASP's CSV injection rule)
