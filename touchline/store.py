@@ -447,7 +447,10 @@ def reject_rows_expr(
     through :func:`reject_rows` instead.
     """
     occurrence = ibis.row_number().over(
-        ibis.window(group_by=[records.line, records.reason_code], order_by=[records[c] for c in order_by])
+        ibis.window(
+            group_by=[records.line, records.reason_code],
+            order_by=[records[c] for c in order_by],
+        )
     )
     raw = records.raw if "raw" in records.columns else ibis.null("string")
     return records.select(
