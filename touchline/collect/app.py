@@ -363,8 +363,8 @@ class Collector:
 
     async def _keyed_json(
         self, scope: Scope, receive: Receive, limit: int
-    ) -> tuple[Any, int, ApiKey]:
-        """The decoded JSON body, its size and the tracking key that sent it.
+    ) -> tuple[Any, bytes, ApiKey]:
+        """The decoded JSON body, its text and the tracking key that sent it.
 
         A key in the headers is checked before the body is read; a key in the body
         (``writeKey``, as beacons send it) only after.
@@ -375,7 +375,7 @@ class Collector:
         body = _parse(raw)
         if key is None:
             key = self._authenticate(scope, _body_key(body), TRACKING_KINDS)
-        return body, len(raw), key
+        return body, raw, key
 
     async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
         """The request body, gunzipped, refused (400) over ``limit`` bytes, when empty or when
@@ -524,15 +524,16 @@ class Collector:
     async def _single(
         self, scope: Scope, receive: Receive, kind: str
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        body, size, key = await self._keyed_json(scope, receive, MAX_BATCH_BYTES)
-        if size > MAX_EVENT_BYTES:
+        body, raw, key = await self._keyed_json(scope, receive, MAX_BATCH_BYTES)
+        if len(raw) > MAX_EVENT_BYTES:
             raise ClientError(
                 400,
                 "event_too_large",
-                f"a message may be at most {MAX_EVENT_BYTES} bytes; this one is {size}",
+                f"a message may be at most {MAX_EVENT_BYTES} bytes; this one is {len(raw)}",
             )
-        problem = segment.check_message(
-            body, expected_type=kind, keep_received_at=key.kind == "import"
+        # first: the other checks saw only the last copy of a repeated key
+        problem = segment.repeated_key(segment.decode_marking_repeats(raw)) or (
+            segment.check_message(body, expected_type=kind, keep_received_at=key.kind == "import")
         )
         if problem is not None:
             self.stats["invalid"] += 1
@@ -549,7 +550,7 @@ class Collector:
         header_key = _header_key(scope)
         key = None if header_key is None else self._authenticate(scope, header_key, TRACKING_KINDS)
         raw = await self._read_body(scope, receive, MAX_BATCH_BYTES)
-        fast = segment.fast_batch(raw)
+        fast = None if segment.may_repeat_batch(raw) else segment.fast_batch(raw)
         if fast is not None:
             if key is None:
                 key = self._authenticate(scope, fast.write_key or None, TRACKING_KINDS)
@@ -560,6 +561,14 @@ class Collector:
         batch = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(batch, list):
             raise ClientError(400, "bad_batch", 'a batch body is {"batch": [message, ...]}')
+        marked = segment.decode_marking_repeats(raw)
+        twice = segment.repeated_envelope_key(marked)
+        if twice is not None:
+            raise ClientError(400, twice.code, twice.message, field=twice.field)
+        # the same messages, each object that repeats a key marked (parsed as orjson did)
+        twins = marked.get("batch") if isinstance(marked, dict) else None
+        if not isinstance(twins, list) or len(twins) != len(batch):
+            twins = [None] * len(batch)
         shared_context = body.get("context") if isinstance(body.get("context"), dict) else None
         shared_integrations = body.get("integrations")
         sent_at = body.get("sentAt")
@@ -578,7 +587,9 @@ class Collector:
                     message.setdefault("integrations", shared_integrations)
                 if sent_at is not None:
                     message.setdefault("sentAt", sent_at)
-            problem = segment.check_message(message, keep_received_at=key.kind == "import")
+            problem = segment.repeated_key(twins[index - 1]) or segment.check_message(
+                message, keep_received_at=key.kind == "import"
+            )
             if problem is None and too_large:
                 problem = Problem(
                     "event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes"

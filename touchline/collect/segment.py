@@ -19,7 +19,9 @@ the page URL's query string, click ids from the URL, e-mail and phone from the t
 from __future__ import annotations
 
 import itertools
+import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -290,6 +292,89 @@ def _is_timestamp(value: Any) -> bool:
     return True
 
 
+# --- duplicate keys ------------------------------------------------------------------------
+
+#: the objects a message's fields are read from, as JSON paths: a key twice in one of them is
+#: ambiguous (the collector's parser keeps the last copy, DuckDB's the first), so the message
+#: is refused as ``duplicate_key`` on every path (door, loader, file ingest). Deeper objects
+#: are payload that touchline stores but never reads.
+READ_OBJECTS = ("$", "$.context", "$.context.page", "$.context.campaign", "$.context.traits",
+                "$.traits", "$.properties")
+#: the batch envelope's own keys a copy of which would change what is loaded
+_ENVELOPE_KEYS = frozenset({"batch", "context", "integrations", "sentAt", "writeKey"})
+
+
+class _Repeated(dict[str, Any]):
+    """A decoded JSON object in which ``repeated`` keys appeared more than once."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    marked = _Repeated(obj)
+    counts = Counter(k for k, _ in pairs)
+    marked.repeated = tuple(k for k, n in counts.items() if n > 1)
+    return marked
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_marking_repeats(body: bytes) -> Any:
+    """``body`` decoded with every object that repeats a key marked (or ``None`` if the
+    standard library's parser refuses it; orjson has already accepted it by then).
+
+    Why a second parser: orjson and msgspec keep a repeated key's last copy silently, and
+    nothing in their output shows there were two. Python's ``json`` hands each object's pairs
+    over before they become a dict. It runs only where the request path already works per
+    message (single events, batches the fast path declined); nesting is bounded by
+    :data:`MAX_JSON_DEPTH` before any parser sees the body.
+    """
+    try:
+        return json.loads(body, object_pairs_hook=_object_pairs, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+
+
+def repeated_key(message: Any) -> Problem | None:
+    """``duplicate_key`` if one of :data:`READ_OBJECTS` of a message decoded by
+    :func:`decode_marking_repeats` repeats a key, else ``None``."""
+    for path in READ_OBJECTS:
+        node = message
+        for part in path.removeprefix("$").split(".")[1:]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, _Repeated):
+            where = ".".join(filter(None, (path.removeprefix("$").lstrip("."), node.repeated[0])))
+            return Problem(
+                "duplicate_key", where,
+                f"{where} appears twice in one object: which copy is meant is unknown",
+            )
+    return None
+
+
+def repeated_envelope_key(body: Any) -> Problem | None:
+    """``duplicate_key`` if a batch's envelope repeats one of its own keys (``batch``,
+    ``context``, ...): the collector would check one copy and the loader load the other."""
+    if isinstance(body, _Repeated):
+        for key in body.repeated:
+            if key in _ENVELOPE_KEYS:
+                return Problem(
+                    "duplicate_key", key,
+                    f"the batch body has {key} twice: which copy is meant is unknown",
+                )
+    return None
+
+
+def may_repeat_batch(body: bytes) -> bool:
+    """Whether a batch body might hold ``batch`` twice (a cheap test before the fast path,
+    which cannot see it: msgspec keeps the last copy, the loader reads the first)."""
+    return body.count(b'"batch"') > 1
+
+
 # --- vectorised mapping ------------------------------------------------------------------
 
 
@@ -320,9 +405,6 @@ def _query_param(name: str) -> str:
 # CASE, not AND: DuckDB evaluates both sides of AND, and casting bad JSON raises
 _IS_OBJECT = "coalesce(CASE WHEN json_valid(raw) THEN json_type(raw) = 'OBJECT' END, false)"
 _OBJECTS = ("$.properties", "$.traits", "$.context")
-#: the objects a message's fields are read from: a key twice in one of them is ambiguous
-_READ_OBJECTS = ("$", "$.context", "$.context.page", "$.context.campaign", "$.context.traits",
-                 "$.traits", "$.properties")
 
 
 def duplicate_keys_sql(json_ref: str) -> str:
@@ -333,7 +415,7 @@ def duplicate_keys_sql(json_ref: str) -> str:
     last, DuckDB the first), so the collector checked one copy and the loader stored the other.
     The one rule for every path: such a message is rejected with ``duplicate_key``.
     """
-    paths = ", ".join(repr(p) for p in _READ_OBJECTS)
+    paths = ", ".join(repr(p) for p in READ_OBJECTS)
     return (
         f"coalesce(list_bool_or(list_transform(json_keys({json_ref}, [{paths}]), "
         "k -> len(k) <> len(list_distinct(k)))), false)"
