@@ -10,7 +10,9 @@ Two stages, both on session landing rows only (one row per session, never per to
    nothing paid: GA4 too reports such visits as facebook referrals → Organic Social); else
    (direct)/(none). A referrer on the site's own registrable domain (or ``own_domains``) is
    internal and ignored.
-2. **Rules** from ``data/channel_rules.csv`` (custom rules from ``settings.channel_rules_file``
+2. **Rules** from ``data/channel_rules.csv`` (GA4's, in GA4's order: Direct before
+   Cross-network) plus, unless ``settings.channel_rules = "ga4"``, touchline's additions in
+   ``data/channel_rules_touchline.csv`` (custom rules from ``settings.channel_rules_file``
    first): the first rule whose any clause has all conditions true names the channel group and
    is recorded in ``channel_rule``; no match → ``Unassigned``.
 """
@@ -27,7 +29,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from touchline.errors import ConfigError
-from touchline.prepare.reference import DATA, read_csv, registrable_domain
+from touchline.prepare.reference import DATA, aliases, read_csv, registrable_domain
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ RULE_COLUMNS = ("priority", "channel_group", "rule", "clause", "field", "op", "v
 RULE_FIELDS = ("source", "medium", "campaign", "source_category", "click_id_type", "recorded_by")
 RULE_OPS = ("eq", "in", "regex", "contains", "has", "present")
 UNASSIGNED = "Unassigned"
+#: the shipped rule sets (``settings.channel_rules``): touchline's, or GA4's exactly
+CHANNEL_PRESETS = ("touchline", "ga4")
 #: click id platform -> (source, medium) when a landing has no UTMs (auto-tagging)
 CLICK_SOURCES = {
     "google": ("google", "cpc"), "microsoft": ("bing", "cpc"), "display": ("dv360", "cpm"),
@@ -86,10 +90,29 @@ def load_rules(path: Path) -> list[Rule]:
     return sorted(out, key=lambda r: r.priority)  # stable: file order within a priority
 
 
-def default_rules(custom: Path | None = None) -> list[Rule]:
-    """Custom rules (if any) first, then GA4's default channel group and touchline's additions."""
+def default_rules(custom: Path | None = None, *, preset: str = "touchline") -> list[Rule]:
+    """Custom rules (if any) first, then the ``preset``'s shipped rules.
+
+    ``ga4`` is GA4's default channel group exactly as Google publishes it
+    (``data/channel_rules.csv``), so that channel totals reconcile with GA4's reports.
+    ``touchline`` (the default) merges in touchline's additions by priority
+    (``data/channel_rules_touchline.csv``: Phone and Offline before Direct, since calls and
+    offline records arrive as (direct)/(none); a Google or Microsoft click id is Paid Search
+    whatever the UTMs say; AI Assistant before Organic Search).
+    """
+    if preset not in CHANNEL_PRESETS:
+        raise ConfigError(f"channel_rules {preset!r} is not one of {', '.join(CHANNEL_PRESETS)}")
     shipped = load_rules(DATA / "channel_rules.csv")
+    if preset == "touchline":  # stable: GA4's rule first within one priority
+        shipped = sorted(shipped + load_rules(DATA / "channel_rules_touchline.csv"),
+                         key=lambda r: r.priority)
     return (load_rules(custom) if custom else []) + shipped
+
+
+def medium_aliases(preset: str) -> dict[str, str]:
+    """The medium aliases the ``preset`` applies before the rules: none for ``ga4`` (GA4 does
+    not read ``newsletter`` as email, nor ``social_media`` as social), else the shipped list."""
+    return {} if preset == "ga4" else aliases("medium")
 
 
 def _condition(table: ir.Table, cond: Condition) -> ir.BooleanValue:
