@@ -530,8 +530,10 @@ WRITE_KEYS = TableSpec(
 
 NUMBER_LEASES = TableSpec(
     name="number_leases",
-    doc="Dynamic number insertion: which tracking number was shown to which session, when.",
+    doc="Dynamic number insertion: which tracking number was shown to which session, when "
+    "(the collector's leases, and leases imported with their own times for back-filled calls).",
     key="lease_id",
+    required=("number", "leased_at", "expires_at"),
     columns=_cols(
         ("lease_id", S, "lease id"),
         ("number", S, "tracking number in E.164; null in a counted row"),
@@ -941,7 +943,9 @@ TABLES: dict[str, TableSpec] = {
 DEAL_TIMES = (
     "created_at", "lead_at", "mql_at", "sql_at", "opportunity_at", "closed_at", "updated_at",
 )
-INGESTIBLE = ("events", "deals", "spend", "calls", "surveys", "search_console")
+INGESTIBLE = (
+    "events", "deals", "spend", "calls", "surveys", "search_console", "number_leases",
+)
 
 
 def init(con: BaseBackend) -> list[str]:
