@@ -10,6 +10,7 @@ a lean path with orjson is 4-5x faster than FastAPI with per-request pydantic mo
 ``POST /v1/dni/lease``                           a tracking number for the visitor's session
 ``GET /t.js``                                    the browser tracker
 ``GET /health``, ``GET /v1/stats``               liveness and counters
+``GET /openapi.json``                            this API as OpenAPI 3.0 (``openapi.json``)
 ==============================================  ===========================================
 
 Status codes follow Segment, because its SDKs drop a whole batch on any 4xx except 429 and retry
@@ -102,6 +103,7 @@ SINGLE_ROUTES = {
 BATCH_ROUTES = frozenset({"/v1/batch", "/v1/import", "/v1/b"})
 WEBHOOK_PREFIX = "/v1/webhooks/"
 TRACKER_FILE = "t.js"
+OPENAPI_FILE = "openapi.json"
 OK_BODY = b'{"success":true}'
 #: key kinds each door takes: the public write key must never write deals, calls or read stats
 TRACKING_KINDS = frozenset({"write", "server", "import", "admin"})
@@ -184,6 +186,13 @@ def tracker_source() -> bytes:
     raise FileNotFoundError(f"{TRACKER_FILE} is neither packaged nor in tracker/")
 
 
+def openapi_document() -> bytes:
+    """The collector's OpenAPI description, a static document written by hand beside this
+    module: every route, the key schemes and the error body. Served as is, so a client (and
+    the schemathesis test) reads exactly what is documented."""
+    return Path(__file__).with_name(OPENAPI_FILE).read_bytes()
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -212,6 +221,7 @@ class Collector:
             burst=REFUSALS_RECORDED_BURST, refill_per_second=REFUSALS_RECORDED_PER_SECOND
         )
         self._tracker: bytes | None = None
+        self._openapi: bytes | None = None
         self._truncate_ip = settings.ip_truncate
         self._cors_any = "*" in settings.cors_origins
         self._cors = {o.encode() for o in settings.cors_origins}
@@ -352,6 +362,10 @@ class Collector:
                 return self._tracker_js()
             if path == "/health":
                 return 200, b'{"status":"ok"}', []
+            if path == "/openapi.json":
+                if self._openapi is None:
+                    self._openapi = openapi_document()
+                return 200, self._openapi, []
             if path == "/v1/stats":
                 self._authenticate(scope, _header_key(scope), STATS_KINDS)
                 return 200, orjson.dumps(dict(self.stats)), []
