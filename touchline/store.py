@@ -373,15 +373,21 @@ def reject_id(
     return hashlib.md5(key.encode()).hexdigest()
 
 
+def _given(value: Any, dtype: str) -> ir.Value:
+    """``value`` as an Ibis value: a column or expression as it is, a Python value a literal."""
+    return value if isinstance(value, ibis.Value) else ibis.literal(value, type=dtype)
+
+
 def reject_id_expr(
-    step: str, origin: str, line: ir.IntegerValue, reason_code: ir.StringValue,
+    step: str, origin: str | ir.StringValue, line: ir.IntegerValue, reason_code: ir.StringValue,
     occurrence: ir.IntegerValue | None = None,
 ) -> ir.StringValue:
     """:func:`reject_id` as an Ibis expression, for rejects built in SQL (``occurrence``
-    null or 0: the first with these four; ``n``: the n-th further one)."""
+    null or 0: the first with these four; ``n``: the n-th further one). ``origin`` may be a
+    column, so one compiled query serves every input."""
     key = (
-        ibis.literal(f"{step}|{origin}|") + line.cast("string").fill_null("")
-        + ibis.literal("|") + reason_code
+        ibis.literal(f"{step}|") + _given(origin, "string") + "|"
+        + line.cast("string").fill_null("") + ibis.literal("|") + reason_code
     )
     if occurrence is not None:
         key = key + ibis.ifelse(
@@ -433,8 +439,8 @@ def reject_rows(
 
 
 def reject_rows_expr(
-    records: ir.Table, *, step: str, source: str, origin: str, ingest_id: str, now: datetime,
-    order_by: Sequence[str],
+    records: ir.Table, *, step: str, source: str | ir.StringValue, origin: str | ir.StringValue,
+    ingest_id: str | ir.StringValue, now: datetime | ir.TimestampValue, order_by: Sequence[str],
 ) -> ir.Table:
     """:func:`reject_rows` as an Ibis expression: the same rows, built by the engine.
 
@@ -444,7 +450,8 @@ def reject_rows_expr(
     ``order_by``, which number repeats of one (line, reason_code) as :func:`reject_rows`
     numbers them in list order. ``raw``, if present, must be null or already
     :func:`safe_raw` text: secrets cannot be scrubbed in SQL, so raw text from a client goes
-    through :func:`reject_rows` instead.
+    through :func:`reject_rows` instead. ``source``, ``origin``, ``ingest_id`` and ``now`` may
+    be columns of ``records`` (then the compiled query is the same for every input).
     """
     occurrence = ibis.row_number().over(
         ibis.window(
@@ -456,15 +463,15 @@ def reject_rows_expr(
     return records.select(
         reject_id=reject_id_expr(step, origin, records.line, records.reason_code, occurrence),
         step=ibis.literal(step),
-        source=ibis.literal(source),
+        source=_given(source, "string"),
         line=records.line.cast("int64"),
         field=records.field.cast("string"),
         reason_code=records.reason_code.cast("string"),
         reason=records.reason.cast("string"),
         raw=raw.cast("string"),
         ref=records.ref.cast("string"),
-        ingest_id=ibis.literal(ingest_id),
-        rejected_at=ibis.literal(now, type="timestamp"),
+        ingest_id=_given(ingest_id, "string"),
+        rejected_at=_given(now, "timestamp").cast("timestamp"),
     )
 
 

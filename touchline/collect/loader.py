@@ -351,18 +351,22 @@ def _merged(splits: list[SegmentSplit]) -> tuple[SegmentSplit, pa.Table]:
 DUPLICATE_REASON = "messageId is already in events; the first copy is kept"
 
 
-def duplicate_rejects_sql(*, source: str, origin: str, ingest_id: str, now: datetime) -> str:
+def duplicate_rejects_sql() -> str:
     """DuckDB SQL for the ``rejects`` rows of repeated message ids, built by the one rejects
     builder (:func:`touchline.store.reject_rows_expr`) and run in the load's transaction.
 
-    Reads ``batch_events`` (ids already in ``events`` come first, in id order) and
-    ``repeated_ids(message_id, position)`` (ids repeated across the parts of a bisected
-    chunk, in their order). Why in the engine: a replayed chunk repeats every id it holds,
-    and one Python object per duplicate made such a load as slow as its duplicates are many.
+    Reads ``batch_events`` (ids already in ``events`` come first, in id order),
+    ``repeated_ids(message_id, position)`` (ids repeated across the parts of a bisected chunk,
+    in their order) and the one-row ``duplicate_meta(source, origin, ingest_id, now)``: the
+    chunk's names are data, so the query is compiled once, at import. Why in the engine: a
+    replayed chunk repeats every id it holds, and one Python object per duplicate made such a
+    load as slow as its duplicates are many.
     """
     batch = ibis.table({"message_id": "string"}, name="batch_events")
     known = ibis.table({"message_id": "string"}, name="events")
     repeated = ibis.table({"message_id": "string", "position": "int64"}, name="repeated_ids")
+    meta = ibis.table({"source": "string", "origin": "string", "ingest_id": "string",
+                       "now": "timestamp"}, name="duplicate_meta")
     seen = batch.semi_join(known, "message_id")
     ids = seen.select(
         "message_id", _part=ibis.literal(0),
@@ -371,26 +375,37 @@ def duplicate_rejects_sql(*, source: str, origin: str, ingest_id: str, now: date
         repeated.select("message_id", _part=ibis.literal(1), _order=repeated.position),
         distinct=False,
     )
-    records = ids.select(
+    records = ids.cross_join(meta).select(
         line=ibis.null("int64"), field=ibis.literal("messageId"),
         reason_code=ibis.literal("duplicate"), reason=ibis.literal(DUPLICATE_REASON),
         ref=ids.message_id, _part=ids._part, _order=ids._order,
+        _source=meta.source, _origin=meta.origin, _ingest_id=meta.ingest_id, _now=meta.now,
     )
     rows = store.reject_rows_expr(
-        records, step="collect:spool", source=source, origin=origin, ingest_id=ingest_id,
-        now=now, order_by=("_part", "_order"),
+        records, step="collect:spool", source=records._source, origin=records._origin,
+        ingest_id=records._ingest_id, now=records._now, order_by=("_part", "_order"),
     )
     return str(ibis.to_sql(rows, dialect="duckdb"))
+
+
+_DUPLICATE_REJECTS_SQL = duplicate_rejects_sql()
 
 
 def _insert_duplicate_rejects(
     db: duckdb.DuckDBPyConnection, source: str, ingest_id: str, now: datetime
 ) -> int:
     """Insert the ``duplicate`` rejects of this chunk; return how many."""
-    sql = duplicate_rejects_sql(
-        source=source, origin=f"{ingest_id}#duplicates", ingest_id=ingest_id, now=now
-    )
-    inserted = db.execute(f"INSERT INTO rejects BY NAME {sql}").fetchone()
+    meta = pa.table({
+        "source": pa.array([source], pa.string()),
+        "origin": pa.array([f"{ingest_id}#duplicates"], pa.string()),
+        "ingest_id": pa.array([ingest_id], pa.string()),
+        "now": pa.array([now], pa.timestamp("us")),
+    })
+    db.register("duplicate_meta", meta)
+    try:
+        inserted = db.execute(f"INSERT INTO rejects BY NAME {_DUPLICATE_REJECTS_SQL}").fetchone()
+    finally:
+        db.unregister("duplicate_meta")
     return int(inserted[0]) if inserted else 0
 
 
