@@ -668,3 +668,20 @@ def test_a_batch_body_with_batch_twice_is_refused_whole(collector: LiveCollector
     assert collector.warehouse.query("SELECT reason_code, field FROM rejects") == [
         ("duplicate_key", "batch")
     ]
+
+
+def test_a_valid_batch_with_its_context_twice_loads_nothing_and_rejects_every_member(
+    collector: LiveCollector,
+) -> None:
+    """The fast path spools a valid batch as received (msgspec checked the last ``context``);
+    the loader merged the first into every message. Now each member is a duplicate_key."""
+    body = (b'{"context":{"ip":"198.51.100.1"},"context":{"ip":"203.0.113.9"},"batch":['
+            b'{"type":"track","event":"x","anonymousId":"a","messageId":"one"},'
+            b'{"type":"track","event":"x","anonymousId":"a","messageId":"two"}]}')
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        assert http.post("/v1/batch", content=body).json()["accepted"] == 2
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT count(*) FROM events") == [(0,)]
+    assert collector.warehouse.query("SELECT reason_code, count(*) FROM rejects GROUP BY 1") == [
+        ("duplicate_key", 2)
+    ]

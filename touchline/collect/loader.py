@@ -36,7 +36,7 @@ from touchline import engine, store
 from touchline.collect.dni import LEASES_FILE, LeaseBook
 from touchline.collect.keys import export_keys
 from touchline.collect.segment import (
-    MAX_EVENT_BYTES,
+    EXPLODE_REASONS,
     SegmentSplit,
     explode_batches,
     map_segment,
@@ -207,17 +207,11 @@ def _load_chunk(
         lines = pa.concat_tables(
             [lines, *(exploded.cast(lines.schema) for exploded, _ in exploded_parts)]
         )
-        too_large = pa.concat_tables(
-            [lines.slice(0, 0), *(big.cast(lines.schema) for _, big in exploded_parts)]
-        )
         refused += [
-            RejectRecord(
-                "event_too_large", f"a message may be at most {MAX_EVENT_BYTES} bytes", raw,
-                line=line, source="/v1/batch",
-            )
-            for line, raw in zip(
-                too_large["line"].to_pylist(), too_large["raw"].to_pylist(), strict=True
-            )
+            RejectRecord(code, EXPLODE_REASONS[code], raw, line=line, source="/v1/batch")
+            for _, out in exploded_parts
+            for line, raw, code in zip(*(out[c].to_pylist() for c in ("line", "raw", "refused")),
+                                       strict=True)
         ]
     lines = lines.append_column("position", pa.array(range(lines.num_rows), pa.int64()))
     splits, failed = _isolating(

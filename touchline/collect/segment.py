@@ -524,11 +524,12 @@ _EXPLODE_SQL = f"""
 WITH records AS (
     SELECT line, CAST(header AS JSON) AS h, CAST(body AS JSON) AS j FROM batches
 ), events AS (
-    SELECT line, h, j, unnest(json_extract(j, '$.batch[*]')) AS e,
+    SELECT line, h, j, len(json_keys(j)) <> len(list_distinct(json_keys(j))) AS envelope_twice,
+        unnest(json_extract(j, '$.batch[*]')) AS e,
         generate_subscripts(json_extract(j, '$.batch[*]'), 1) AS position
     FROM records
 ), merged AS (
-    SELECT line, e, position,
+    SELECT line, e, position, envelope_twice,
         json_merge_patch(
             coalesce(json_extract(j, '$.context'), '{{}}'),
             coalesce(json_extract(e, '$.context'), '{{}}')
@@ -558,9 +559,16 @@ SELECT line,
         'integrations', coalesce(json_extract(e, '$.integrations'), batch_integrations)
     ))::VARCHAR AS raw,
     -- strlen counts UTF-8 bytes, as message_bytes does on the checked path
-    strlen(e::VARCHAR) > {MAX_EVENT_BYTES} AS too_large
+    CASE WHEN envelope_twice THEN 'duplicate_key'
+         WHEN strlen(e::VARCHAR) > {MAX_EVENT_BYTES} THEN 'event_too_large' END AS refused
 FROM merged
 """
+#: why :func:`explode_batches` refuses a batch member, by code
+EXPLODE_REASONS = {
+    "duplicate_key": "the batch body repeats one of its own keys (context, sentAt, "
+                     "integrations): which copy is meant is unknown",
+    "event_too_large": f"a message may be at most {MAX_EVENT_BYTES} bytes",
+}
 
 
 def message_bytes(message: Any) -> int:
@@ -575,7 +583,10 @@ def explode_batches(batches: pa.Table, *, origin: str) -> tuple[pa.Table, pa.Tab
     ``batches`` has ``line`` (int64), ``header`` (the collector's JSON: ``receivedAt``,
     ``writeKey`` name, truncated client ``ip``) and ``body`` (the request as received). The
     batch's ``context`` is merged under each message's own, as in the detailed path. Returns
-    ``(lines, too_large)``, both with ``line`` and ``raw``: messages over 32 KB are refused.
+    ``(lines, refused)``, both with ``line`` and ``raw``; ``refused`` also names the code
+    (:data:`EXPLODE_REASONS`): messages over 32 KB, and every message of a body that repeats
+    one of its own keys (the collector validated the last copy of ``context``; DuckDB reads
+    the first).
     A message without ``messageId`` gets ``srv-`` and a hash of ``origin`` (the spool chunk),
     its line and its place in the batch.
     """
@@ -585,9 +596,9 @@ def explode_batches(batches: pa.Table, *, origin: str) -> tuple[pa.Table, pa.Tab
         out = db.execute(_EXPLODE_SQL, {"origin": origin}).fetch_arrow_table()
     finally:
         db.close()
-    too_large = out.column("too_large").fill_null(False)
-    keep = out.filter(pc.invert(too_large)).select(["line", "raw"])
-    return keep, out.filter(too_large).select(["line", "raw"])
+    refused = out.column("refused").is_valid()
+    keep = out.filter(pc.invert(refused)).select(["line", "raw"])
+    return keep, out.filter(refused).select(["line", "raw", "refused"])
 
 
 _REASONS = {
