@@ -135,16 +135,37 @@ def test_an_unknown_preset_is_a_config_error_naming_the_choices() -> None:
         Settings(channel_rules="ga5")  # type: ignore[arg-type]
 
 
-def entrance(con: BaseBackend, referrer_host: str) -> tuple[str, str]:
+def entrance(con: BaseBackend, referrer_host: str | None, click_id_type: str | None = None,
+             preset: str = "touchline") -> tuple[str, str]:
     visits = engine.load_table(con, "ga4_visits", pa.table({
         c: pa.array([v], pa.string()) for c, v in (
             ("referrer_host", referrer_host), ("landing_host", "shop.com"), ("utm_source", None),
-            ("utm_medium", None), ("utm_campaign", None), ("click_id_type", None))}))
+            ("utm_medium", None), ("utm_campaign", None), ("click_id_type", click_id_type))}))
     hosts = engine.load_table(con, "ga4_hosts", channels.host_table(
-        [referrer_host, "shop.com"], categories=reference.source_categories(),
+        [h for h in (referrer_host, "shop.com") if h], categories=reference.source_categories(),
         source_aliases=reference.aliases("source")))
-    row = channels.entrance(visits, hosts, own_domains=[]).to_pyarrow().to_pylist()[0]
-    return row["source"], row["medium"]
+    row = channels.entrance(visits, hosts, own_domains=[], preset=preset).to_pyarrow().to_pylist()
+    return row[0]["source"], row[0]["medium"]
+
+
+@pytest.mark.parametrize(
+    ("click_id_type", "referrer_host", "touchline", "ga4"),
+    [
+        # gclid: Google Ads auto-tagging, which GA4 reads too
+        ("google", None, ("google", "cpc"), ("google", "cpc")),
+        # msclkid: GA4 knows no Microsoft click id; without UTMs it sees the referrer only
+        ("microsoft", "www.bing.com", ("bing", "cpc"), ("bing", "organic")),
+        ("tiktok", None, ("tiktok", "paid_social"), ("(direct)", "(none)")),
+        # a bare fbclid with no referrer (an in-app browser): touchline's facebook referral
+        ("meta", None, ("facebook", "referral"), ("(direct)", "(none)")),
+    ],
+)
+def test_ga4_preset_reads_only_the_click_ids_ga4_reads(
+    con: BaseBackend, click_id_type: str, referrer_host: str | None,
+    touchline: tuple[str, str], ga4: tuple[str, str],
+) -> None:
+    assert entrance(con, referrer_host, click_id_type) == touchline
+    assert entrance(con, referrer_host, click_id_type, preset="ga4") == ga4
 
 
 def test_the_google_search_app_referrer_is_google_organic_not_a_referral(

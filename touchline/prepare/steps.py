@@ -176,7 +176,8 @@ def classify_channels(t: Tables, ctx: Context) -> StepResult:
     host_lookup = ctx.lookup("hosts", channels.host_table(
         hosts, categories=categories, source_aliases=aliases))
     entered = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}entered", channels.entrance(
-        visits, host_lookup, own_domains=ctx.settings.own_domains))
+        visits, host_lookup, own_domains=ctx.settings.own_domains,
+        preset=ctx.settings.channel_rules))
     cats = ctx.lookup("categories", channels.category_table(
         _distinct(entered.source), categories))
     tagged = entered.left_join(cats, entered.source == cats._cat_source).drop("_cat_source")
