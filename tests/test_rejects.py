@@ -16,6 +16,7 @@ from touchline.store import (
     reject_id,
     reject_id_expr,
     reject_rows,
+    reject_rows_expr,
     safe_raw,
 )
 
@@ -77,3 +78,29 @@ def test_reject_id_in_sql_is_the_reject_id_in_python(con: BaseBackend) -> None:
         reject_id("ingest:spend", "fp", 7, "bad_date"),
         reject_id("ingest:spend", "fp", None, "duplicate"),
     ]
+
+
+def test_reject_rows_built_by_the_engine_are_the_rows_built_in_python(con: BaseBackend) -> None:
+    records = [
+        RejectRecord("duplicate", "seen", None, field="messageId", ref="m9"),
+        RejectRecord("duplicate", "seen", None, field="messageId", ref="m1"),
+        RejectRecord("bad_type", "wrong", None, line=4, field="type"),
+        RejectRecord("duplicate", "seen", None, field="messageId", ref="m5"),
+    ]
+    expected = reject_rows(records, step="collect:spool", source="spool:s", origin="o",
+                           ingest_id="i", now=NOW).to_pylist()
+    table = ibis.memtable(
+        {"line": [r.line for r in records], "field": [r.field for r in records],
+         "reason_code": [r.reason_code for r in records], "reason": [r.reason for r in records],
+         "ref": [r.ref for r in records], "n": list(range(len(records)))},
+        schema={"line": "int64", "field": "string", "reason_code": "string",
+                "reason": "string", "ref": "string", "n": "int64"},
+    )
+    rows = reject_rows_expr(table, step="collect:spool", source="spool:s", origin="o",
+                            ingest_id="i", now=NOW, order_by=["n"])
+    got = con.to_pyarrow(rows).to_pylist()
+    assert {row.pop("rejected_at") for row in got} == {NOW}
+    for row in expected:
+        del row["rejected_at"]
+    assert sorted(got, key=str) == sorted(expected, key=str)
+    assert set(rows.columns) == set(REJECTS.schema.names)

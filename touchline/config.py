@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -403,8 +403,14 @@ class Settings(BaseSettings):
         ["web", "server", "forms", "chat", "calls", "crm", "import"],
         description="rebuild: which system's record wins a cross-source duplicate (first wins).",
     )
+    channel_rules: Literal["touchline", "ga4"] = Field(
+        "touchline", description="rebuild: shipped channel rules. 'touchline': GA4's default "
+        "channel group plus Phone, Offline, AI Assistant, click-id Paid Search and medium "
+        "aliases (newsletter -> Email). 'ga4': GA4's default channel group exactly, without "
+        "them, to reconcile with GA4's reports.",
+    )
     channel_rules_file: Path | None = Field(
-        None, description="rebuild: CSV of custom channel rules, evaluated before GA4's."
+        None, description="rebuild: CSV of custom channel rules, evaluated before the shipped."
     )
     source_aliases_file: Path | None = Field(
         None, description="rebuild: CSV alias,source extending the shipped source aliases."

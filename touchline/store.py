@@ -373,14 +373,26 @@ def reject_id(
     return hashlib.md5(key.encode()).hexdigest()
 
 
+def _given(value: Any, dtype: str) -> ir.Value:
+    """``value`` as an Ibis value: a column or expression as it is, a Python value a literal."""
+    return value if isinstance(value, ibis.Value) else ibis.literal(value, type=dtype)
+
+
 def reject_id_expr(
-    step: str, origin: str, line: ir.IntegerValue, reason_code: ir.StringValue
+    step: str, origin: str | ir.StringValue, line: ir.IntegerValue, reason_code: ir.StringValue,
+    occurrence: ir.IntegerValue | None = None,
 ) -> ir.StringValue:
-    """:func:`reject_id` (first occurrence) as an Ibis expression, for rejects built in SQL."""
+    """:func:`reject_id` as an Ibis expression, for rejects built in SQL (``occurrence``
+    null or 0: the first with these four; ``n``: the n-th further one). ``origin`` may be a
+    column, so one compiled query serves every input."""
     key = (
-        ibis.literal(f"{step}|{origin}|") + line.cast("string").fill_null("")
-        + ibis.literal("|") + reason_code
+        ibis.literal(f"{step}|") + _given(origin, "string") + "|"
+        + line.cast("string").fill_null("") + ibis.literal("|") + reason_code
     )
+    if occurrence is not None:
+        key = key + ibis.ifelse(
+            occurrence.fill_null(0) == 0, ibis.literal(""), "|" + occurrence.cast("string")
+        )
     return key.hexdigest("md5")
 
 
@@ -424,6 +436,43 @@ def reject_rows(
         "rejected_at": pa.array([now] * count, pa.timestamp("us")),
     }
     return pa.table(data).cast(REJECTS.schema.to_pyarrow())
+
+
+def reject_rows_expr(
+    records: ir.Table, *, step: str, source: str | ir.StringValue, origin: str | ir.StringValue,
+    ingest_id: str | ir.StringValue, now: datetime | ir.TimestampValue, order_by: Sequence[str],
+) -> ir.Table:
+    """:func:`reject_rows` as an Ibis expression: the same rows, built by the engine.
+
+    Why: some refusals come in bulk (a replayed spool chunk can repeat a million message
+    ids); building one Python object per reject made the loader's time grow with them.
+    ``records`` has ``line``, ``field``, ``reason_code``, ``reason``, ``ref`` and the columns
+    ``order_by``, which number repeats of one (line, reason_code) as :func:`reject_rows`
+    numbers them in list order. ``raw``, if present, must be null or already
+    :func:`safe_raw` text: secrets cannot be scrubbed in SQL, so raw text from a client goes
+    through :func:`reject_rows` instead. ``source``, ``origin``, ``ingest_id`` and ``now`` may
+    be columns of ``records`` (then the compiled query is the same for every input).
+    """
+    occurrence = ibis.row_number().over(
+        ibis.window(
+            group_by=[records.line, records.reason_code],
+            order_by=[records[c] for c in order_by],
+        )
+    )
+    raw = records.raw if "raw" in records.columns else ibis.null("string")
+    return records.select(
+        reject_id=reject_id_expr(step, origin, records.line, records.reason_code, occurrence),
+        step=ibis.literal(step),
+        source=_given(source, "string"),
+        line=records.line.cast("int64"),
+        field=records.field.cast("string"),
+        reason_code=records.reason_code.cast("string"),
+        reason=records.reason.cast("string"),
+        raw=raw.cast("string"),
+        ref=records.ref.cast("string"),
+        ingest_id=_given(ingest_id, "string"),
+        rejected_at=_given(now, "timestamp").cast("timestamp"),
+    )
 
 
 #: what a spreadsheet reads as the start of a formula (OWASP's CSV injection rule)
@@ -488,8 +537,10 @@ WRITE_KEYS = TableSpec(
 
 NUMBER_LEASES = TableSpec(
     name="number_leases",
-    doc="Dynamic number insertion: which tracking number was shown to which session, when.",
+    doc="Dynamic number insertion: which tracking number was shown to which session, when "
+    "(the collector's leases, and leases imported with their own times for back-filled calls).",
     key="lease_id",
+    required=("number", "leased_at", "expires_at"),
     columns=_cols(
         ("lease_id", S, "lease id"),
         ("number", S, "tracking number in E.164; null in a counted row"),
@@ -902,7 +953,9 @@ TABLES: dict[str, TableSpec] = {
 DEAL_TIMES = (
     "created_at", "lead_at", "mql_at", "sql_at", "opportunity_at", "closed_at", "updated_at",
 )
-INGESTIBLE = ("events", "deals", "spend", "calls", "surveys", "search_console")
+INGESTIBLE = (
+    "events", "deals", "spend", "calls", "surveys", "search_console", "number_leases",
+)
 
 
 def init(con: BaseBackend) -> list[str]:

@@ -607,3 +607,81 @@ def test_a_batch_member_with_a_key_twice_is_rejected_not_stored_with_the_other_c
         ("once", "a")
     ]
     assert collector.warehouse.query("SELECT reason_code FROM rejects") == [("duplicate_key",)]
+
+
+TWICE = (b'{"type":"track","event":"x","anonymousId":"","anonymousId":"real",'
+         b'"messageId":"twice","timestamp":"2025-03-01T10:00:00Z"}')
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (TWICE, "anonymousId"),
+        (b'{"type":"page","anonymousId":"a","messageId":"p","context":{"page":'
+         b'{"url":"https://x.io/?utm_source=a","url":"https://y.io/"}}}', "context.page.url"),
+    ],
+)
+def test_a_single_event_with_a_key_twice_is_refused_and_recorded_as_duplicate_key(
+    collector: LiveCollector, body: bytes, field: str
+) -> None:
+    """orjson kept the last copy: the event was stored with anonymousId "real" (or the second
+    URL), where the loader and file ingest reject the same message."""
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/track" if b"track" in body else "/v1/page", content=body)
+    assert (response.status_code, response.json()["code"]) == (400, "duplicate_key")
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT count(*) FROM events") == [(0,)]
+    assert collector.warehouse.query("SELECT reason_code, field FROM rejects") == [
+        ("duplicate_key", field)
+    ]
+
+
+def test_a_batch_the_fast_path_declines_still_rejects_the_member_with_a_key_twice(
+    collector: LiveCollector,
+) -> None:
+    """An alias call sends the batch down the detailed path, which re-encoded each member
+    with orjson: the repeated key vanished and the message was stored with its last copy."""
+    body = (b'{"batch":[' + TWICE + b',{"type":"alias","previousId":"old","userId":"new",'
+            b'"messageId":"al","timestamp":"2025-03-01T10:00:00Z"}]}')
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/batch", content=body)
+    assert response.json() == {"success": True, "accepted": 1, "rejected": 1}
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT message_id FROM events") == [("al",)]
+    assert collector.warehouse.query("SELECT reason_code, field, line FROM rejects") == [
+        ("duplicate_key", "anonymousId", 1)
+    ]
+
+
+def test_a_batch_body_with_batch_twice_is_refused_whole(collector: LiveCollector) -> None:
+    """msgspec validated the last ``batch``, the loader exploded the first: 2 acknowledged,
+    1 different one stored."""
+    one = b'{"type":"track","event":"x","anonymousId":"a","messageId":"first"}'
+    two = b'{"type":"track","event":"x","anonymousId":"a","messageId":"second"}'
+    three = two.replace(b"second", b"3rd")
+    body = b'{"batch":[' + one + b'],"batch":[' + two + b"," + three + b"]}"
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        response = http.post("/v1/batch", content=body)
+    assert (response.status_code, response.json()["code"]) == (400, "duplicate_key")
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT count(*) FROM events") == [(0,)]
+    assert collector.warehouse.query("SELECT reason_code, field FROM rejects") == [
+        ("duplicate_key", "batch")
+    ]
+
+
+def test_a_valid_batch_with_its_context_twice_loads_nothing_and_rejects_every_member(
+    collector: LiveCollector,
+) -> None:
+    """The fast path spools a valid batch as received (msgspec checked the last ``context``);
+    the loader merged the first into every message. Now each member is a duplicate_key."""
+    body = (b'{"context":{"ip":"198.51.100.1"},"context":{"ip":"203.0.113.9"},"batch":['
+            b'{"type":"track","event":"x","anonymousId":"a","messageId":"one"},'
+            b'{"type":"track","event":"x","anonymousId":"a","messageId":"two"}]}')
+    with collector.client(auth=(collector.warehouse.write_key, "")) as http:
+        assert http.post("/v1/batch", content=body).json()["accepted"] == 2
+    collector.warehouse.load()
+    assert collector.warehouse.query("SELECT count(*) FROM events") == [(0,)]
+    assert collector.warehouse.query("SELECT reason_code, count(*) FROM rejects GROUP BY 1") == [
+        ("duplicate_key", 2)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -284,3 +285,98 @@ def test_loader_frees_lease_rows_it_copied_once_they_ended(tmp_path: Path) -> No
         ("s-old",),
     ]
     assert _rows(book) == 1  # s-old is in the warehouse and over: the store forgot it
+
+
+# --- leases imported with their own times: back-filled calls can be matched ---------------
+
+#: hand-made leases of March 2022, as a DNI vendor's export or an older tracker's log gives them
+LEASES_CSV = "\n".join([
+    "lease_id,number,pool,anonymous_id,session_id,utm_source,utm_medium,utm_term,leased_at,"
+    "expires_at",
+    "L1,+1 (555) 010-0001,google/cpc,anon-1,s1,google,cpc,crm,"
+    "2022-03-01T10:00:00Z,2022-03-01T10:30:00Z",
+    ",+1.555.010.0002,,anon-2,s2,bing,cpc,,2022-03-01T11:00:00Z,2022-03-01T11:30:00Z",
+    "L3,555-010-0003,,anon-3,s3,,,,2022-03-01T12:00:00Z,2022-03-01T12:30:00Z",
+    "L4,+15550100004,,anon-4,s4,,,,2022-03-01T13:00:00Z,2022-03-01T12:00:00Z",
+    "L5,+15550100005,,anon-5,s5,,,,,2022-03-01T12:00:00Z",
+]) + "\n"
+CALLS_CSV = """call_id,caller_number,tracking_number,started_at,duration_seconds,answered
+k1,+1 555 123 4567,+15550100001,2022-03-01T10:10:00Z,120,true
+k2,+1 555 123 9999,+15550100002,2022-03-01T11:45:00Z,30,true
+k3,+1 555 123 0000,+15550100001,2022-03-02T10:10:00Z,60,false
+"""
+
+
+def _import_leases(con: BaseBackend, tmp_path: Path, settings: Settings) -> object:
+    from touchline.collect.ingest import ingest_file
+
+    leases, calls = tmp_path / "leases.csv", tmp_path / "calls.csv"
+    leases.write_text(LEASES_CSV)
+    calls.write_text(CALLS_CSV)
+    result = ingest_file(con, leases, "number_leases", settings=settings)
+    ingest_file(con, calls, "calls", settings=settings)
+    return result
+
+
+def test_imported_leases_keep_their_own_times_and_match_back_filled_calls(
+    con: BaseBackend, tmp_path: Path
+) -> None:
+    """Before, leases came only from the collector's clock: a 2022 call found no lease and was
+    ``unmatched``. k1 rang L1's number inside its lease; k2 rang the second lease's number 15
+    minutes after it ended (within the 60-minute grace); k3 rang L1's number a day later."""
+    settings = Settings(database_url="duckdb://", dni_grace_minutes=60, phone_region="US",
+                        temp_directory=tmp_path)
+    result = _import_leases(con, tmp_path, settings)
+    assert (result.loaded, result.rejected) == (2, 3)  # type: ignore[attr-defined]
+    rejects = con.table("rejects").select("line", "field", "reason_code").to_pyarrow()
+    assert sorted(tuple(r.values()) for r in rejects.to_pylist()) == [
+        (4, "number", "bad_phone"),  # a national number: its country would be a guess
+        (5, "expires_at", "bad_lease_period"),
+        (6, "leased_at", "missing_leased_at"),
+    ]
+    leases = con.table("number_leases").order_by("leased_at").to_pyarrow().to_pylist()
+    assert [(r["number"], r["pool"], r["status"], r["request_count"]) for r in leases] == [
+        ("+15550100001", "google/cpc", "leased", 1),
+        ("+15550100002", "import", "leased", 1),
+    ]
+    assert leases[0]["leased_at"] == datetime(2022, 3, 1, 10, 0)
+    assert leases[1]["lease_id"].startswith("h-")  # no id given: one from its content
+
+    assert match_new_calls(con, settings) == {
+        "matched": 1, "expired": 1, "unmatched": 1, "pool_exhausted": 0,
+    }
+    touches = con.table("events").select("message_id", "anonymous_id", "utm_source", "utm_term")
+    assert sorted(tuple(r.values()) for r in touches.to_pyarrow().to_pylist()) == [
+        ("call:k1", "anon-1", "google", "crm"),
+        ("call:k2", "anon-2", "bing", None),
+        ("call:k3", None, None, None),
+    ]
+
+
+def test_importing_the_same_leases_twice_adds_nothing(con: BaseBackend, tmp_path: Path) -> None:
+    settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
+    _import_leases(con, tmp_path, settings)
+    again = _import_leases(con, tmp_path, settings)
+    assert (again.loaded, again.duplicates) == (0, 2)  # type: ignore[attr-defined]
+    assert con.table("number_leases").count().to_pyarrow().as_py() == 2
+
+
+def test_cli_imports_leases_and_matches_the_calls(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from touchline.cli import app
+
+    (tmp_path / "leases.csv").write_text(LEASES_CSV)
+    (tmp_path / "calls.csv").write_text(CALLS_CSV)
+    database = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    runner = CliRunner()
+    for name, kind in (("leases.csv", "number_leases"), ("calls.csv", "calls")):
+        done = runner.invoke(app, ["ingest", str(tmp_path / name), "--kind", kind,
+                                   "--database", database])
+        assert done.exit_code == 0, done.output
+    matched = runner.invoke(app, ["calls", "match", "--database", database],
+                            env={"TOUCHLINE_PHONE_REGION": "US",
+                                 "TOUCHLINE_DNI_GRACE_MINUTES": "60"})
+    assert matched.exit_code == 0, matched.output
+    counts = dict(re.findall(r"\b(matched|expired|unmatched)\W+(\d+)", matched.output))
+    assert counts == {"matched": "1", "expired": "1", "unmatched": "1"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -11,7 +12,7 @@ import pyarrow as pa
 import pytest
 from collector_kit import Warehouse
 
-from touchline import engine
+from touchline import engine, store
 from touchline.collect import loader
 from touchline.collect.ingest import ingest_file
 from touchline.collect.segment import SegmentSplit, map_segment
@@ -178,3 +179,27 @@ def test_a_record_the_mapping_fails_on_is_rejected_alone_and_the_rest_loads(
     assert "cannot map a poisoned message" in reason
     assert orjson.loads(raw)["messageId"] == "poison"
     assert not list(spool.glob("*.seg"))  # the chunk committed: nothing is retried forever
+
+
+def test_duplicate_rejects_are_built_in_the_engine_as_the_python_builder_built_them(
+    warehouse: Warehouse,
+) -> None:
+    """The loader's ``duplicate`` rejects come from one SQL statement now (a replayed chunk
+    holds one per message); each row is the one ``reject_rows`` made from a Python list."""
+    spool = Path(warehouse.settings.spool_dir)
+    (spool / "5-999999.seg").write_bytes(b"".join(_line(m) for m in ("m2", "m0", "m1")))
+    warehouse.load()
+    (spool / "6-999999.seg").write_bytes(b"".join(_line(m) for m in ("m1", "new", "m2", "m0")))
+    warehouse.load()
+    columns = "reject_id, step, source, line, field, reason_code, reason, raw, ref, ingest_id"
+    got = warehouse.query(f"SELECT {columns} FROM rejects ORDER BY ref")
+    ingest_id = "collector:6-999999.seg:0"
+    expected = store.reject_rows(
+        [store.RejectRecord("duplicate", loader.DUPLICATE_REASON, None, field="messageId", ref=m)
+         for m in ("m0", "m1", "m2")],  # ids met again are numbered in id order
+        step="collect:spool", source="spool:6-999999.seg", origin=f"{ingest_id}#duplicates",
+        ingest_id=ingest_id, now=datetime(2025, 3, 1),
+    ).select(columns.split(", ")).to_pylist()
+    assert got == [tuple(row.values()) for row in expected]
+    assert len({row[0] for row in got}) == 3
+    assert warehouse.query("SELECT count(*) FROM events") == [(4,)]

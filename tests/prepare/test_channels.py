@@ -67,11 +67,12 @@ def test_ga4_default_channel_group_table(con) -> None:  # type: ignore[no-untype
     assert classify(con, CASES, channels.default_rules()) == [c[1] for c in CASES]
 
 
-def test_rule_table_ships_the_18_ga4_groups_with_cross_network_first() -> None:
+def test_rule_table_ships_the_18_ga4_groups_with_direct_before_cross_network() -> None:
     rules = channels.default_rules()
     ga4 = {r.channel_group for r in rules} - {"Phone", "Offline", "AI Assistant"}
     assert len(ga4) == 18
-    assert rules[0].channel_group == "Cross-network"
+    groups = [r.channel_group for r in rules]
+    assert groups.index("Direct") < groups.index("Cross-network")
 
 
 def test_custom_rules_take_precedence(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ a lean path with orjson is 4-5x faster than FastAPI with per-request pydantic mo
 ``POST /v1/dni/lease``                           a tracking number for the visitor's session
 ``GET /t.js``                                    the browser tracker
 ``GET /health``, ``GET /v1/stats``               liveness and counters
+``GET /openapi.json``                            this API as OpenAPI 3.0 (``openapi.json``)
 ==============================================  ===========================================
 
 Status codes follow Segment, because its SDKs drop a whole batch on any 4xx except 429 and retry
@@ -102,6 +103,7 @@ SINGLE_ROUTES = {
 BATCH_ROUTES = frozenset({"/v1/batch", "/v1/import", "/v1/b"})
 WEBHOOK_PREFIX = "/v1/webhooks/"
 TRACKER_FILE = "t.js"
+OPENAPI_FILE = "openapi.json"
 OK_BODY = b'{"success":true}'
 #: key kinds each door takes: the public write key must never write deals, calls or read stats
 TRACKING_KINDS = frozenset({"write", "server", "import", "admin"})
@@ -184,6 +186,13 @@ def tracker_source() -> bytes:
     raise FileNotFoundError(f"{TRACKER_FILE} is neither packaged nor in tracker/")
 
 
+def openapi_document() -> bytes:
+    """The collector's OpenAPI description, a static document written by hand beside this
+    module: every route, the key schemes and the error body. Served as is, so a client (and
+    the schemathesis test) reads exactly what is documented."""
+    return Path(__file__).with_name(OPENAPI_FILE).read_bytes()
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -212,6 +221,7 @@ class Collector:
             burst=REFUSALS_RECORDED_BURST, refill_per_second=REFUSALS_RECORDED_PER_SECOND
         )
         self._tracker: bytes | None = None
+        self._openapi: bytes | None = None
         self._truncate_ip = settings.ip_truncate
         self._cors_any = "*" in settings.cors_origins
         self._cors = {o.encode() for o in settings.cors_origins}
@@ -352,6 +362,10 @@ class Collector:
                 return self._tracker_js()
             if path == "/health":
                 return 200, b'{"status":"ok"}', []
+            if path == "/openapi.json":
+                if self._openapi is None:
+                    self._openapi = openapi_document()
+                return 200, self._openapi, []
             if path == "/v1/stats":
                 self._authenticate(scope, _header_key(scope), STATS_KINDS)
                 return 200, orjson.dumps(dict(self.stats)), []
@@ -363,8 +377,8 @@ class Collector:
 
     async def _keyed_json(
         self, scope: Scope, receive: Receive, limit: int
-    ) -> tuple[Any, int, ApiKey]:
-        """The decoded JSON body, its size and the tracking key that sent it.
+    ) -> tuple[Any, bytes, ApiKey]:
+        """The decoded JSON body, its text and the tracking key that sent it.
 
         A key in the headers is checked before the body is read; a key in the body
         (``writeKey``, as beacons send it) only after.
@@ -375,7 +389,7 @@ class Collector:
         body = _parse(raw)
         if key is None:
             key = self._authenticate(scope, _body_key(body), TRACKING_KINDS)
-        return body, len(raw), key
+        return body, raw, key
 
     async def _read_body(self, scope: Scope, receive: Receive, limit: int) -> bytes:
         """The request body, gunzipped, refused (400) over ``limit`` bytes, when empty or when
@@ -524,15 +538,16 @@ class Collector:
     async def _single(
         self, scope: Scope, receive: Receive, kind: str
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        body, size, key = await self._keyed_json(scope, receive, MAX_BATCH_BYTES)
-        if size > MAX_EVENT_BYTES:
+        body, raw, key = await self._keyed_json(scope, receive, MAX_BATCH_BYTES)
+        if len(raw) > MAX_EVENT_BYTES:
             raise ClientError(
                 400,
                 "event_too_large",
-                f"a message may be at most {MAX_EVENT_BYTES} bytes; this one is {size}",
+                f"a message may be at most {MAX_EVENT_BYTES} bytes; this one is {len(raw)}",
             )
-        problem = segment.check_message(
-            body, expected_type=kind, keep_received_at=key.kind == "import"
+        # first: the other checks saw only the last copy of a repeated key
+        problem = segment.repeated_key(segment.decode_marking_repeats(raw)) or (
+            segment.check_message(body, expected_type=kind, keep_received_at=key.kind == "import")
         )
         if problem is not None:
             self.stats["invalid"] += 1
@@ -549,7 +564,7 @@ class Collector:
         header_key = _header_key(scope)
         key = None if header_key is None else self._authenticate(scope, header_key, TRACKING_KINDS)
         raw = await self._read_body(scope, receive, MAX_BATCH_BYTES)
-        fast = segment.fast_batch(raw)
+        fast = None if segment.may_repeat_batch(raw) else segment.fast_batch(raw)
         if fast is not None:
             if key is None:
                 key = self._authenticate(scope, fast.write_key or None, TRACKING_KINDS)
@@ -560,6 +575,14 @@ class Collector:
         batch = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(batch, list):
             raise ClientError(400, "bad_batch", 'a batch body is {"batch": [message, ...]}')
+        marked = segment.decode_marking_repeats(raw)
+        twice = segment.repeated_envelope_key(marked)
+        if twice is not None:
+            raise ClientError(400, twice.code, twice.message, field=twice.field)
+        # the same messages, each object that repeats a key marked (parsed as orjson did)
+        twins = marked.get("batch") if isinstance(marked, dict) else None
+        if not isinstance(twins, list) or len(twins) != len(batch):
+            twins = [None] * len(batch)
         shared_context = body.get("context") if isinstance(body.get("context"), dict) else None
         shared_integrations = body.get("integrations")
         sent_at = body.get("sentAt")
@@ -578,7 +601,9 @@ class Collector:
                     message.setdefault("integrations", shared_integrations)
                 if sent_at is not None:
                     message.setdefault("sentAt", sent_at)
-            problem = segment.check_message(message, keep_received_at=key.kind == "import")
+            problem = segment.repeated_key(twins[index - 1]) or segment.check_message(
+                message, keep_received_at=key.kind == "import"
+            )
             if problem is None and too_large:
                 problem = Problem(
                     "event_too_large", None, f"a message may be at most {MAX_EVENT_BYTES} bytes"

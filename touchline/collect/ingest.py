@@ -418,6 +418,8 @@ class _ChunkParser:
                 f"({typed[name]}) IS NULL", name, f"missing_{name}",
                 f"'required field {name} is missing or empty'",
             ))
+        if spec.name == "number_leases":
+            self._lease_rules(typed, problems)
         if spec.name == "deals":
             times = ", ".join(typed[t] for t in store.DEAL_TIMES)
             problems.append((
@@ -441,7 +443,7 @@ class _ChunkParser:
         content_hash = f"md5(concat_ws(chr(31), {content}))"
         if key == "row_hash":
             typed["row_hash"] = content_hash
-        elif key == "message_id":
+        elif key in ("message_id", "lease_id"):
             typed[key] = f"coalesce({typed[key]}, 'h-' || {content_hash})"
         typed["ingest_id"] = _sql_str(self.ingest_id)
         columns = ", ".join(f"{typed[c.name]} AS {_quote(c.name)}" for c in spec.columns)
@@ -455,6 +457,42 @@ class _ChunkParser:
             f"SELECT _line, _raw, CASE {cases} END AS _problem, {columns} FROM ("
             f"SELECT *, {', '.join(casts)} FROM ({{extracted}}))) AS _checked"
         )
+
+    @staticmethod
+    def _lease_rules(typed: dict[str, str], problems: list[tuple[str, str, str, str]]) -> None:
+        """Leases imported with their own times, so ``calls match`` can explain back-filled
+        calls (the collector's leases carry the wall clock: a call from last year finds none).
+
+        The number must be E.164 once spaces, dashes, dots and brackets are dropped (calls are
+        matched on E.164, and a national number's country would be a guess); a lease must not
+        end before it starts; only ``leased`` rows are imported (counted refusals are the
+        collector's own bookkeeping).
+        """
+        number = typed["number"]
+        compact = f"regexp_replace({number}, '[ ().-]', '', 'g')"
+        typed["number"] = compact
+        status = typed["status"] = f"coalesce(lower({typed['status']}), 'leased')"
+        typed["pool"] = f"coalesce({typed['pool']}, 'import')"
+        typed["request_count"] = f"coalesce({typed['request_count']}, 1)"
+        shown = f"left({number}, {_VALUE_SHOWN})"
+        problems.extend([
+            (
+                f"{number} IS NOT NULL AND NOT regexp_full_match({compact}, "
+                "'[+][1-9][0-9]{6,14}')",
+                "number", "bad_phone",
+                f"'field number: ' || {shown} || ' is not an E.164 number (+, country code, "
+                "digits)'",
+            ),
+            (
+                f"({typed['expires_at']}) < ({typed['leased_at']})", "expires_at",
+                "bad_lease_period", "'the lease ends (expires_at) before it starts (leased_at)'",
+            ),
+            (
+                f"({status}) <> 'leased'", "status", "bad_status",
+                f"'field status: ' || left({status}, {_VALUE_SHOWN}) || ' is not leased (only "
+                "leases are imported)'",
+            ),
+        ])
 
     def _event_rules(
         self, typed: dict[str, str], problems: list[tuple[str, str, str, str]]

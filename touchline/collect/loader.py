@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
+import ibis
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,7 +36,7 @@ from touchline import engine, store
 from touchline.collect.dni import LEASES_FILE, LeaseBook
 from touchline.collect.keys import export_keys
 from touchline.collect.segment import (
-    MAX_EVENT_BYTES,
+    EXPLODE_REASONS,
     SegmentSplit,
     explode_batches,
     map_segment,
@@ -206,17 +207,11 @@ def _load_chunk(
         lines = pa.concat_tables(
             [lines, *(exploded.cast(lines.schema) for exploded, _ in exploded_parts)]
         )
-        too_large = pa.concat_tables(
-            [lines.slice(0, 0), *(big.cast(lines.schema) for _, big in exploded_parts)]
-        )
         refused += [
-            RejectRecord(
-                "event_too_large", f"a message may be at most {MAX_EVENT_BYTES} bytes", raw,
-                line=line, source="/v1/batch",
-            )
-            for line, raw in zip(
-                too_large["line"].to_pylist(), too_large["raw"].to_pylist(), strict=True
-            )
+            RejectRecord(code, EXPLODE_REASONS[code], raw, line=line, source="/v1/batch")
+            for _, out in exploded_parts
+            for line, raw, code in zip(*(out[c].to_pylist() for c in ("line", "raw", "refused")),
+                                       strict=True)
         ]
     lines = lines.append_column("position", pa.array(range(lines.num_rows), pa.int64()))
     splits, failed = _isolating(
@@ -248,18 +243,17 @@ def _load_chunk(
     db.begin()
     try:
         db.register("batch_events", split.events)
-        duplicates = db.execute(
-            "SELECT b.message_id FROM batch_events b SEMI JOIN events e USING (message_id)"
-        ).fetch_arrow_table()
+        db.register("repeated_ids", repeated.append_column(
+            "position", pa.array(range(repeated.num_rows), pa.int64())))
+        # before the events go in: afterwards every one of them would be "already there"
+        duplicate_count = _insert_duplicate_rejects(db, source, ingest_id, now)
         db.execute(
             "INSERT INTO events BY NAME "
             "SELECT * FROM batch_events b ANTI JOIN events e USING (message_id)"
         )
         db.unregister("batch_events")
-        dup_rejects = _duplicate_rejects(
-            pa.concat_tables([duplicates.cast(repeated.schema), repeated]), source, ingest_id, now
-        )
-        for table in (split.rejects, unmappable, early, dup_rejects):
+        db.unregister("repeated_ids")
+        for table in (split.rejects, unmappable, early):
             if table.num_rows:
                 db.register("batch_rejects", table)
                 db.execute("INSERT INTO rejects BY NAME SELECT * FROM batch_rejects")
@@ -274,17 +268,19 @@ def _load_chunk(
     except BaseException:
         db.rollback()
         raise
-    report.events = split.events.num_rows - duplicates.num_rows
+    report.events = split.events.num_rows - (duplicate_count - repeated.num_rows)
     repeated_in_split = pc.sum(
         pc.equal(split.rejects.column("reason_code"), "duplicate")
     ).as_py()
-    report.duplicates = dup_rejects.num_rows + (repeated_in_split or 0)
-    all_rejects = [split.rejects, unmappable, early, dup_rejects]
-    report.rejects = sum(t.num_rows for t in all_rejects)
+    report.duplicates = duplicate_count + (repeated_in_split or 0)
+    all_rejects = [split.rejects, unmappable, early]
+    report.rejects = sum(t.num_rows for t in all_rejects) + duplicate_count
     for table in all_rejects:  # counted in Arrow: a bad batch may hold many rejects
         for item in pc.value_counts(table.column("reason_code")).to_pylist():
             code = item["values"]
             report.by_reason[code] = report.by_reason.get(code, 0) + item["counts"]
+    if duplicate_count:
+        report.by_reason["duplicate"] = report.by_reason.get("duplicate", 0) + duplicate_count
     return report
 
 
@@ -345,18 +341,66 @@ def _merged(splits: list[SegmentSplit]) -> tuple[SegmentSplit, pa.Table]:
     return SegmentSplit(events.filter(first), rejects), repeated
 
 
-def _duplicate_rejects(
-    duplicates: pa.Table, source: str, ingest_id: str, now: datetime
-) -> pa.Table:
-    reason = "messageId is already in events; the first copy is kept"
-    records = [
-        RejectRecord("duplicate", reason, None, field="messageId", ref=message_id)
-        for message_id in duplicates.column("message_id").to_pylist()
-    ]
-    return reject_rows(
-        records, step="collect:spool", source=source, origin=f"{ingest_id}#duplicates",
-        ingest_id=ingest_id, now=now,
+#: why a message id met again is refused, in ``rejects.reason``
+DUPLICATE_REASON = "messageId is already in events; the first copy is kept"
+
+
+def duplicate_rejects_sql() -> str:
+    """DuckDB SQL for the ``rejects`` rows of repeated message ids, built by the one rejects
+    builder (:func:`touchline.store.reject_rows_expr`) and run in the load's transaction.
+
+    Reads ``batch_events`` (ids already in ``events`` come first, in id order),
+    ``repeated_ids(message_id, position)`` (ids repeated across the parts of a bisected chunk,
+    in their order) and the one-row ``duplicate_meta(source, origin, ingest_id, now)``: the
+    chunk's names are data, so the query is compiled once, at import. Why in the engine: a
+    replayed chunk repeats every id it holds, and one Python object per duplicate made such a
+    load as slow as its duplicates are many.
+    """
+    batch = ibis.table({"message_id": "string"}, name="batch_events")
+    known = ibis.table({"message_id": "string"}, name="events")
+    repeated = ibis.table({"message_id": "string", "position": "int64"}, name="repeated_ids")
+    meta = ibis.table({"source": "string", "origin": "string", "ingest_id": "string",
+                       "now": "timestamp"}, name="duplicate_meta")
+    seen = batch.semi_join(known, "message_id")
+    ids = seen.select(
+        "message_id", _part=ibis.literal(0),
+        _order=ibis.row_number().over(order_by=seen.message_id),
+    ).union(
+        repeated.select("message_id", _part=ibis.literal(1), _order=repeated.position),
+        distinct=False,
     )
+    records = ids.cross_join(meta).select(
+        line=ibis.null("int64"), field=ibis.literal("messageId"),
+        reason_code=ibis.literal("duplicate"), reason=ibis.literal(DUPLICATE_REASON),
+        ref=ids.message_id, _part=ids._part, _order=ids._order,
+        _source=meta.source, _origin=meta.origin, _ingest_id=meta.ingest_id, _now=meta.now,
+    )
+    rows = store.reject_rows_expr(
+        records, step="collect:spool", source=records._source, origin=records._origin,
+        ingest_id=records._ingest_id, now=records._now, order_by=("_part", "_order"),
+    )
+    return str(ibis.to_sql(rows, dialect="duckdb"))
+
+
+_DUPLICATE_REJECTS_SQL = duplicate_rejects_sql()
+
+
+def _insert_duplicate_rejects(
+    db: duckdb.DuckDBPyConnection, source: str, ingest_id: str, now: datetime
+) -> int:
+    """Insert the ``duplicate`` rejects of this chunk; return how many."""
+    meta = pa.table({
+        "source": pa.array([source], pa.string()),
+        "origin": pa.array([f"{ingest_id}#duplicates"], pa.string()),
+        "ingest_id": pa.array([ingest_id], pa.string()),
+        "now": pa.array([now], pa.timestamp("us")),
+    })
+    db.register("duplicate_meta", meta)
+    try:
+        inserted = db.execute(f"INSERT INTO rejects BY NAME {_DUPLICATE_REJECTS_SQL}").fetchone()
+    finally:
+        db.unregister("duplicate_meta")
+    return int(inserted[0]) if inserted else 0
 
 
 def _insert_rows(

@@ -19,7 +19,9 @@ the page URL's query string, click ids from the URL, e-mail and phone from the t
 from __future__ import annotations
 
 import itertools
+import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -290,6 +292,89 @@ def _is_timestamp(value: Any) -> bool:
     return True
 
 
+# --- duplicate keys ------------------------------------------------------------------------
+
+#: the objects a message's fields are read from, as JSON paths: a key twice in one of them is
+#: ambiguous (the collector's parser keeps the last copy, DuckDB's the first), so the message
+#: is refused as ``duplicate_key`` on every path (door, loader, file ingest). Deeper objects
+#: are payload that touchline stores but never reads.
+READ_OBJECTS = ("$", "$.context", "$.context.page", "$.context.campaign", "$.context.traits",
+                "$.traits", "$.properties")
+#: the batch envelope's own keys a copy of which would change what is loaded
+_ENVELOPE_KEYS = frozenset({"batch", "context", "integrations", "sentAt", "writeKey"})
+
+
+class _Repeated(dict[str, Any]):
+    """A decoded JSON object in which ``repeated`` keys appeared more than once."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    marked = _Repeated(obj)
+    counts = Counter(k for k, _ in pairs)
+    marked.repeated = tuple(k for k, n in counts.items() if n > 1)
+    return marked
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_marking_repeats(body: bytes) -> Any:
+    """``body`` decoded with every object that repeats a key marked (or ``None`` if the
+    standard library's parser refuses it; orjson has already accepted it by then).
+
+    Why a second parser: orjson and msgspec keep a repeated key's last copy silently, and
+    nothing in their output shows there were two. Python's ``json`` hands each object's pairs
+    over before they become a dict. It runs only where the request path already works per
+    message (single events, batches the fast path declined); nesting is bounded by
+    :data:`MAX_JSON_DEPTH` before any parser sees the body.
+    """
+    try:
+        return json.loads(body, object_pairs_hook=_object_pairs, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+
+
+def repeated_key(message: Any) -> Problem | None:
+    """``duplicate_key`` if one of :data:`READ_OBJECTS` of a message decoded by
+    :func:`decode_marking_repeats` repeats a key, else ``None``."""
+    for path in READ_OBJECTS:
+        node = message
+        for part in path.removeprefix("$").split(".")[1:]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, _Repeated):
+            where = ".".join(filter(None, (path.removeprefix("$").lstrip("."), node.repeated[0])))
+            return Problem(
+                "duplicate_key", where,
+                f"{where} appears twice in one object: which copy is meant is unknown",
+            )
+    return None
+
+
+def repeated_envelope_key(body: Any) -> Problem | None:
+    """``duplicate_key`` if a batch's envelope repeats one of its own keys (``batch``,
+    ``context``, ...): the collector would check one copy and the loader load the other."""
+    if isinstance(body, _Repeated):
+        for key in body.repeated:
+            if key in _ENVELOPE_KEYS:
+                return Problem(
+                    "duplicate_key", key,
+                    f"the batch body has {key} twice: which copy is meant is unknown",
+                )
+    return None
+
+
+def may_repeat_batch(body: bytes) -> bool:
+    """Whether a batch body might hold ``batch`` twice (a cheap test before the fast path,
+    which cannot see it: msgspec keeps the last copy, the loader reads the first)."""
+    return body.count(b'"batch"') > 1
+
+
 # --- vectorised mapping ------------------------------------------------------------------
 
 
@@ -320,9 +405,6 @@ def _query_param(name: str) -> str:
 # CASE, not AND: DuckDB evaluates both sides of AND, and casting bad JSON raises
 _IS_OBJECT = "coalesce(CASE WHEN json_valid(raw) THEN json_type(raw) = 'OBJECT' END, false)"
 _OBJECTS = ("$.properties", "$.traits", "$.context")
-#: the objects a message's fields are read from: a key twice in one of them is ambiguous
-_READ_OBJECTS = ("$", "$.context", "$.context.page", "$.context.campaign", "$.context.traits",
-                 "$.traits", "$.properties")
 
 
 def duplicate_keys_sql(json_ref: str) -> str:
@@ -333,7 +415,7 @@ def duplicate_keys_sql(json_ref: str) -> str:
     last, DuckDB the first), so the collector checked one copy and the loader stored the other.
     The one rule for every path: such a message is rejected with ``duplicate_key``.
     """
-    paths = ", ".join(repr(p) for p in _READ_OBJECTS)
+    paths = ", ".join(repr(p) for p in READ_OBJECTS)
     return (
         f"coalesce(list_bool_or(list_transform(json_keys({json_ref}, [{paths}]), "
         "k -> len(k) <> len(list_distinct(k)))), false)"
@@ -442,11 +524,12 @@ _EXPLODE_SQL = f"""
 WITH records AS (
     SELECT line, CAST(header AS JSON) AS h, CAST(body AS JSON) AS j FROM batches
 ), events AS (
-    SELECT line, h, j, unnest(json_extract(j, '$.batch[*]')) AS e,
+    SELECT line, h, j, len(json_keys(j)) <> len(list_distinct(json_keys(j))) AS envelope_twice,
+        unnest(json_extract(j, '$.batch[*]')) AS e,
         generate_subscripts(json_extract(j, '$.batch[*]'), 1) AS position
     FROM records
 ), merged AS (
-    SELECT line, e, position,
+    SELECT line, e, position, envelope_twice,
         json_merge_patch(
             coalesce(json_extract(j, '$.context'), '{{}}'),
             coalesce(json_extract(e, '$.context'), '{{}}')
@@ -476,9 +559,16 @@ SELECT line,
         'integrations', coalesce(json_extract(e, '$.integrations'), batch_integrations)
     ))::VARCHAR AS raw,
     -- strlen counts UTF-8 bytes, as message_bytes does on the checked path
-    strlen(e::VARCHAR) > {MAX_EVENT_BYTES} AS too_large
+    CASE WHEN envelope_twice THEN 'duplicate_key'
+         WHEN strlen(e::VARCHAR) > {MAX_EVENT_BYTES} THEN 'event_too_large' END AS refused
 FROM merged
 """
+#: why :func:`explode_batches` refuses a batch member, by code
+EXPLODE_REASONS = {
+    "duplicate_key": "the batch body repeats one of its own keys (context, sentAt, "
+                     "integrations): which copy is meant is unknown",
+    "event_too_large": f"a message may be at most {MAX_EVENT_BYTES} bytes",
+}
 
 
 def message_bytes(message: Any) -> int:
@@ -493,7 +583,10 @@ def explode_batches(batches: pa.Table, *, origin: str) -> tuple[pa.Table, pa.Tab
     ``batches`` has ``line`` (int64), ``header`` (the collector's JSON: ``receivedAt``,
     ``writeKey`` name, truncated client ``ip``) and ``body`` (the request as received). The
     batch's ``context`` is merged under each message's own, as in the detailed path. Returns
-    ``(lines, too_large)``, both with ``line`` and ``raw``: messages over 32 KB are refused.
+    ``(lines, refused)``, both with ``line`` and ``raw``; ``refused`` also names the code
+    (:data:`EXPLODE_REASONS`): messages over 32 KB, and every message of a body that repeats
+    one of its own keys (the collector validated the last copy of ``context``; DuckDB reads
+    the first).
     A message without ``messageId`` gets ``srv-`` and a hash of ``origin`` (the spool chunk),
     its line and its place in the batch.
     """
@@ -503,9 +596,9 @@ def explode_batches(batches: pa.Table, *, origin: str) -> tuple[pa.Table, pa.Tab
         out = db.execute(_EXPLODE_SQL, {"origin": origin}).fetch_arrow_table()
     finally:
         db.close()
-    too_large = out.column("too_large").fill_null(False)
-    keep = out.filter(pc.invert(too_large)).select(["line", "raw"])
-    return keep, out.filter(too_large).select(["line", "raw"])
+    refused = out.column("refused").is_valid()
+    keep = out.filter(pc.invert(refused)).select(["line", "raw"])
+    return keep, out.filter(refused).select(["line", "raw", "refused"])
 
 
 _REASONS = {

@@ -9,8 +9,11 @@ Two stages, both on session landing rows only (one row per session, never per to
    facebook/referral (Meta appends fbclid to organic *and* paid links, so without UTMs it proves
    nothing paid: GA4 too reports such visits as facebook referrals → Organic Social); else
    (direct)/(none). A referrer on the site's own registrable domain (or ``own_domains``) is
-   internal and ignored.
-2. **Rules** from ``data/channel_rules.csv`` (custom rules from ``settings.channel_rules_file``
+   internal and ignored. With ``channel_rules = "ga4"`` only the click ids GA4 reads (Google
+   Ads, DV360) count, and a bare fbclid proves nothing, as in GA4.
+2. **Rules** from ``data/channel_rules.csv`` (GA4's, in GA4's order: Direct before
+   Cross-network) plus, unless ``settings.channel_rules = "ga4"``, touchline's additions in
+   ``data/channel_rules_touchline.csv`` (custom rules from ``settings.channel_rules_file``
    first): the first rule whose any clause has all conditions true names the channel group and
    is recorded in ``channel_rule``; no match → ``Unassigned``.
 """
@@ -27,7 +30,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from touchline.errors import ConfigError
-from touchline.prepare.reference import DATA, read_csv, registrable_domain
+from touchline.prepare.reference import DATA, aliases, read_csv, registrable_domain
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,16 @@ RULE_COLUMNS = ("priority", "channel_group", "rule", "clause", "field", "op", "v
 RULE_FIELDS = ("source", "medium", "campaign", "source_category", "click_id_type", "recorded_by")
 RULE_OPS = ("eq", "in", "regex", "contains", "has", "present")
 UNASSIGNED = "Unassigned"
+#: the shipped rule sets (``settings.channel_rules``): touchline's, or GA4's exactly
+CHANNEL_PRESETS = ("touchline", "ga4")
 #: click id platform -> (source, medium) when a landing has no UTMs (auto-tagging)
 CLICK_SOURCES = {
     "google": ("google", "cpc"), "microsoft": ("bing", "cpc"), "display": ("dv360", "cpm"),
     "linkedin": ("linkedin", "paid_social"), "tiktok": ("tiktok", "paid_social"),
 }
+#: the click ids GA4 itself reads (Google Ads and DV360 auto-tagging); it knows no other
+#: platform's id, so with ``channel_rules = "ga4"`` those visits fall back to the referrer
+GA4_CLICK_SOURCES = {k: CLICK_SOURCES[k] for k in ("google", "display")}
 
 
 @dataclass(frozen=True)
@@ -86,10 +94,29 @@ def load_rules(path: Path) -> list[Rule]:
     return sorted(out, key=lambda r: r.priority)  # stable: file order within a priority
 
 
-def default_rules(custom: Path | None = None) -> list[Rule]:
-    """Custom rules (if any) first, then GA4's default channel group and touchline's additions."""
+def default_rules(custom: Path | None = None, *, preset: str = "touchline") -> list[Rule]:
+    """Custom rules (if any) first, then the ``preset``'s shipped rules.
+
+    ``ga4`` is GA4's default channel group exactly as Google publishes it
+    (``data/channel_rules.csv``), so that channel totals reconcile with GA4's reports.
+    ``touchline`` (the default) merges in touchline's additions by priority
+    (``data/channel_rules_touchline.csv``: Phone and Offline before Direct, since calls and
+    offline records arrive as (direct)/(none); a Google or Microsoft click id is Paid Search
+    whatever the UTMs say; AI Assistant before Organic Search).
+    """
+    if preset not in CHANNEL_PRESETS:
+        raise ConfigError(f"channel_rules {preset!r} is not one of {', '.join(CHANNEL_PRESETS)}")
     shipped = load_rules(DATA / "channel_rules.csv")
+    if preset == "touchline":  # stable: GA4's rule first within one priority
+        shipped = sorted(shipped + load_rules(DATA / "channel_rules_touchline.csv"),
+                         key=lambda r: r.priority)
     return (load_rules(custom) if custom else []) + shipped
+
+
+def medium_aliases(preset: str) -> dict[str, str]:
+    """The medium aliases the ``preset`` applies before the rules: none for ``ga4`` (GA4 does
+    not read ``newsletter`` as email, nor ``social_media`` as social), else the shipped list."""
+    return {} if preset == "ga4" else aliases("medium")
 
 
 def _condition(table: ir.Table, cond: Condition) -> ir.BooleanValue:
@@ -159,8 +186,14 @@ def category_table(sources: Iterable[str], categories: Mapping[str, set[str]]) -
                      "source_category": pa.array(labels, pa.string())})
 
 
-def entrance(sessions: ir.Table, hosts: ir.Table, *, own_domains: Sequence[str]) -> ir.Table:
-    """Add entrance ``source``, ``medium`` and ``campaign`` (see the module docstring)."""
+def entrance(sessions: ir.Table, hosts: ir.Table, *, own_domains: Sequence[str],
+             preset: str = "touchline") -> ir.Table:
+    """Add entrance ``source``, ``medium`` and ``campaign`` (see the module docstring).
+
+    With ``preset="ga4"`` only the click ids GA4 reads (:data:`GA4_CLICK_SOURCES`) name a
+    source, and a bare fbclid proves nothing: GA4 sees only the referrer, if any.
+    """
+    click_sources = GA4_CLICK_SOURCES if preset == "ga4" else CLICK_SOURCES
     ref = hosts.select(_rh="host", _ref_reg="registrable", _ref_source="ref_source",
                        _ref_medium="ref_medium")
     land = hosts.select(_lh="host", _land_reg="registrable")
@@ -171,10 +204,10 @@ def entrance(sessions: ir.Table, hosts: ir.Table, *, own_domains: Sequence[str])
         external = external & ~t._ref_reg.isin(list(own_domains))
     external = external.fill_null(False)
     has_utm = t.utm_source.notnull() | t.utm_medium.notnull() | t.utm_campaign.notnull()
-    by_click = t.click_id_type.isin(list(CLICK_SOURCES))
-    click_source = t.click_id_type.substitute({k: v[0] for k, v in CLICK_SOURCES.items()})
-    click_medium = t.click_id_type.substitute({k: v[1] for k, v in CLICK_SOURCES.items()})
-    meta = t.click_id_type == "meta"
+    by_click = t.click_id_type.isin(list(click_sources))
+    click_source = t.click_id_type.substitute({k: v[0] for k, v in click_sources.items()})
+    click_medium = t.click_id_type.substitute({k: v[1] for k, v in click_sources.items()})
+    meta = (t.click_id_type == "meta") if preset != "ga4" else ibis.literal(False)
     source = ibis.cases(
         (has_utm, t.utm_source.fill_null("(not set)")), (by_click, click_source),
         (external, t._ref_source), (meta, "facebook"), else_="(direct)")

@@ -104,7 +104,7 @@ def standardise_utm(t: Tables, ctx: Context) -> StepResult:
     events, audit = standardise.standardise_utm(
         t["events"],
         source_aliases=reference.aliases("source", ctx.settings.source_aliases_file),
-        medium_aliases=reference.aliases("medium"))
+        medium_aliases=channels.medium_aliases(ctx.settings.channel_rules))
     return StepResult({"events": events}, audit=audit)
 
 
@@ -193,12 +193,14 @@ def classify_channels(t: Tables, ctx: Context) -> StepResult:
     host_lookup = ctx.lookup("hosts", channels.host_table(
         hosts, categories=categories, source_aliases=aliases))
     entered = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}entered", channels.entrance(
-        visits, host_lookup, own_domains=ctx.settings.own_domains))
+        visits, host_lookup, own_domains=ctx.settings.own_domains,
+        preset=ctx.settings.channel_rules))
     cats = ctx.lookup("categories", channels.category_table(
         _distinct(entered.source), categories))
     tagged = entered.left_join(cats, entered.source == cats._cat_source).drop("_cat_source")
     tagged = tagged.mutate(source_category=tagged.source_category.fill_null("||"))
-    rules = channels.default_rules(ctx.settings.channel_rules_file)
+    rules = channels.default_rules(ctx.settings.channel_rules_file,
+                                   preset=ctx.settings.channel_rules)
     return StepResult({"sessions": channels.classify_channel(tagged, rules)})
 
 
