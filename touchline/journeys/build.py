@@ -208,15 +208,21 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     (:func:`~touchline.engine.materialise`) that the stored tables are then read from.
     """
     from touchline import engine, store
-    from touchline.journeys.conversions import find_conversions
+    from touchline.journeys.conversions import conversion_candidates, find_conversions
     from touchline.journeys.stages import stage_at, stage_table
     from touchline.prepare.reference import currency_rates
 
     rates = currency_rates(settings.reporting_currency, settings.currency_rates_file)
     sessions = con.table("sessions")  # type: ignore[attr-defined]
+    candidates = None
+    if any(spec.deal is None for spec in settings.conversions):
+        candidates = engine.materialise(con, "_touchline_candidates", conversion_candidates(  # type: ignore[arg-type]
+            con.table("touchpoints"), settings.conversions,  # type: ignore[attr-defined]
+            settings.touch_events))
     found = ibis.union(*(find_conversions(con, spec, touch_events=settings.touch_events,
                                           statuses=settings.deal_statuses, rates=rates,
-                                          call_seconds=settings.call_conversion_seconds)
+                                          call_seconds=settings.call_conversion_seconds,
+                                          touchpoints=candidates)
                          for spec in settings.conversions), distinct=False)
     found = engine.materialise(con, "_touchline_found", found)  # type: ignore[arg-type]
     numbered = engine.materialise(con, "_touchline_conversions", ibis.union(*(  # type: ignore[arg-type]
@@ -245,6 +251,7 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     store_as(store.JOURNEY_STEPS, stage_at(touches, stages, settings.stage_model))
     engine.replace_view(con, store.JOURNEY_TOUCHES.name,  # type: ignore[arg-type]
                         store.JOURNEY_TOUCHES.view(con))  # type: ignore[misc, arg-type]
-    for scratch in ("_touchline_journey_rows", "_touchline_conversions", "_touchline_found"):
+    for scratch in ("_touchline_journey_rows", "_touchline_conversions", "_touchline_found",
+                    "_touchline_candidates"):
         engine.drop_materialised(con, scratch)  # type: ignore[arg-type]
     return written

@@ -247,11 +247,14 @@ def unmatched_deals(deals: ir.Table, identities: ir.Table, accounts: ir.Table,
 def find_conversions(con: object, spec: ConversionSpec, *,
                      touch_events: Mapping[str, Sequence[str]],
                      statuses: Mapping[str, Sequence[str]], rates: Mapping[str, float],
-                     call_seconds: int | None = None) -> ir.Table:
+                     call_seconds: int | None = None,
+                     touchpoints: ir.Table | None = None) -> ir.Table:
     """Every conversion of ``spec`` in a prepared warehouse ``con`` (:data:`CONVERSION_SCHEMA`);
-    ``call_seconds``: the talk time a call needs when the spec does not say."""
+    ``call_seconds``: the talk time a call needs when the spec does not say; ``touchpoints``:
+    the warehouse's, or :func:`conversion_candidates` of them."""
     if spec.deal is None:
-        touchpoints = con.table("touchpoints")  # type: ignore[attr-defined]
+        if touchpoints is None:
+            touchpoints = con.table("touchpoints")  # type: ignore[attr-defined]
         events = con.table("events") if spec.properties else None  # type: ignore[attr-defined]
         found = touch_conversions(touchpoints, spec, touch_events, events=events,
                                   call_seconds=call_seconds)
@@ -267,6 +270,19 @@ def find_conversions(con: object, spec: ConversionSpec, *,
         found = deal_conversions(tables["deals"], tables["identities"], tables["accounts"], spec,
                                  statuses=statuses, rates=rates)
     return found.select(*(found[c].cast(t).name(c) for c, t in CONVERSION_SCHEMA.items()))
+
+
+def conversion_candidates(touchpoints: ir.Table, specs: Sequence[ConversionSpec],
+                          touch_events: Mapping[str, Sequence[str]]) -> ir.Table:
+    """The touchpoints any of ``specs`` (conditions on touches) may read: those meeting a
+    condition, refunds and orders. One pass over ``touchpoints`` (a join of touches and
+    sessions) for every conversion type, instead of one each."""
+    on_touches = [spec for spec in specs if spec.deal is None]
+    tp = touchpoints
+    wanted = (tp.revenue < 0).fill_null(False) | tp.order_id.notnull()
+    for spec in on_touches:
+        wanted |= touch_condition(tp, spec, touch_events)
+    return tp.filter(wanted)
 
 
 def conversion_summary(journeys: ir.Table, names: Sequence[str] = ()) -> pd.DataFrame:
