@@ -122,6 +122,10 @@ EVENTS = TableSpec(
         ("ttclid", S, "TikTok click id"),
         ("email", S, "e-mail seen on the event (form, chat, identify traits)"),
         ("phone", S, "phone number seen on the event (caller id, form)"),
+        ("email_sha256", S, "SHA-256 (hex) of the trimmed, lower-cased e-mail, as exports and ad "
+         "platforms give it instead of the address; prepare derives it from `email` too"),
+        ("phone_sha256", S, "SHA-256 (hex) of the phone number in E.164 (with `+`); prepare "
+         "derives it from `phone` too"),
         ("user_agent", S, "browser user agent"),
         ("ip", S, "client IP (last octet zeroed by default)"),
         ("revenue", F, "revenue of the event, in `currency`"),

@@ -68,6 +68,11 @@ _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 PERSON_PATHS: dict[str, tuple[str, ...]] = {
     "email": ("$.traits.email", "$.context.traits.email", "$.properties.email"),
     "phone": ("$.traits.phone", "$.context.traits.phone", "$.properties.phone"),
+    # SHA-256 hex of the e-mail / E.164 phone, as ad platforms and privacy-minded exports send
+    "email_sha256": ("$.traits.email_sha256", "$.context.traits.email_sha256",
+                     "$.properties.email_sha256"),
+    "phone_sha256": ("$.traits.phone_sha256", "$.context.traits.phone_sha256",
+                     "$.properties.phone_sha256"),
     "contact_id": ("$.traits.crm_contact_id", "$.context.traits.crm_contact_id",
                    "$.properties.crm_contact_id"),
 }
@@ -417,6 +422,8 @@ def _mapping_sql() -> str:
         {", ".join(clicks)},
         lower({person("email")}) AS email,
         {person("phone")} AS phone,
+        lower({person("email_sha256")}) AS email_sha256,
+        lower({person("phone_sha256")}) AS phone_sha256,
         coalesce({text("$.context.userAgent")}, {text("$.context.user_agent")}) AS user_agent,
         {text("$.context.ip")} AS ip,
         coalesce(try_cast({text("$.properties.revenue")} AS DOUBLE),
