@@ -37,7 +37,8 @@ INPUT_COLUMNS = (
     "contact_id", "timestamp", "original_timestamp", "sent_at", "received_at", "url", "referrer",
     "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
     *store.CLICK_IDS,
-    "email", "phone", "user_agent", "revenue", "currency", "source",
+    "email", "phone", "email_sha256", "phone_sha256", "user_agent", "revenue", "currency",
+    "source",
 )
 STEP_PREFIX = "prepare:"
 RAW_MAX_CHARS = 2000
