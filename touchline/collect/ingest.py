@@ -404,8 +404,9 @@ class _ChunkParser:
             exprs["event"] = f"CASE {event} {' '.join(renames)} ELSE {event} END"
 
     def _ndjson_leftovers(self, given: str) -> str:
-        """A deal line's ``properties`` object, else its keys that no deal column reads, as a
-        JSON object (null when none is left): ``json_merge_patch`` with null deletes a key."""
+        """A deal line's keys that no deal column reads, as a JSON object (null when none is
+        left), merged under its own ``properties`` object: nothing of a CRM export is dropped.
+        ``json_merge_patch`` with a null value deletes a key."""
         taken: set[str] = set()
         for column in self.spec.columns:
             taken.update({column.name, _camel(column.name)})
@@ -414,8 +415,11 @@ class _ChunkParser:
             if split is not None:
                 taken.add(split[0])
         patch = _sql_str(orjson.dumps(dict.fromkeys(sorted(taken))).decode())
-        rest = f"CAST(json_merge_patch(_obj, {patch}) AS VARCHAR)"
-        return f"coalesce({given}, nullif({rest}, '{{}}'))"
+        rest = f"nullif(CAST(json_merge_patch(_obj, {patch}) AS VARCHAR), '{{}}')"
+        # both: the line's own properties win over a top-level key of the same name
+        return (f"CASE WHEN {rest} IS NULL THEN {given} WHEN {given} IS NULL THEN {rest} "
+                f"WHEN json_type({given}) = 'OBJECT' "
+                f"THEN CAST(json_merge_patch({rest}, {given}) AS VARCHAR) ELSE {given} END")
 
     @staticmethod
     def _is_native(schema: pa.Schema, columns: list[str], dtype: dt.DataType) -> bool:
