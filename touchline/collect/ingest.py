@@ -42,7 +42,12 @@ from ibis import _
 from touchline import engine, store
 from touchline.collect import readers
 from touchline.collect.mapping import Mapping, is_json_path, split_column_path
-from touchline.collect.segment import PERSON_PATHS, duplicate_keys_sql, url_decoded_sql
+from touchline.collect.segment import (
+    PERSON_PATHS,
+    duplicate_keys_sql,
+    iso_timestamp_sql,
+    url_decoded_sql,
+)
 from touchline.config import Settings
 from touchline.errors import InputError
 from touchline.store import CLICK_IDS
@@ -490,7 +495,7 @@ class _ChunkParser:
                 parsers.append(f"try_strptime({raw}, {fmt})")
             # coalesce is lazy: the common ISO case first, epoch numbers only where it failed
             parsers += [
-                f"timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ))",
+                iso_timestamp_sql(raw),
                 f"CASE WHEN regexp_full_match({raw}, '[0-9]{{9,10}}(\\.[0-9]+)?') "
                 f"THEN make_timestamp(CAST(CAST({raw} AS DOUBLE) * 1e6 AS BIGINT)) "
                 f"WHEN regexp_full_match({raw}, '[0-9]{{12,13}}') "
