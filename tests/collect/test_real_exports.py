@@ -67,6 +67,25 @@ def test_every_mapping_in_the_ingest_docs_loads(tmp_path) -> None:  # type: igno
         "email_sha256": ("$.event_data.user_email",)}
 
 
+def test_the_reference_mapping_in_the_docs_loads_a_file_as_it_says(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """docs/ingest.md's first block, every option at once, on a file shaped as it expects."""
+    path = tmp_path / "export.csv"
+    path.write_text(
+        "clientId,page_url,event_name,event_data,timestamp,page_type\n"
+        'c1,https://x.io/?utm_source=g,checkout_completed,"{""revenue"": 9, '
+        '""user_email"": ""AB12""}",01/03/2025 10:30,pdp\n'
+        "c2,https://x.io/,page_viewed,,02/03/2025 11:00,home\n"
+    )
+    mapping = mapping_from(tmp_path, docs_mappings()[0])
+    result = ingest_file(con, path, "events", settings=SETTINGS, mapping=mapping)
+    assert (result.loaded, result.rejected, result.ignored_columns) == (2, 0, ["page_type"])
+    got = con.table("events").order_by("timestamp").to_pyarrow().to_pylist()
+    assert [(r["event"], r["revenue"], r["currency"], r["email_sha256"], r["utm_source"],
+             r["source"], str(r["timestamp"])) for r in got] == [
+        ("Order Completed", 9.0, "USD", "ab12", "g", "web", "2025-03-01 10:30:00"),
+        ("page_viewed", None, None, None, None, "web", "2025-03-02 11:00:00")]
+
+
 def test_json_paths_read_inside_a_csv_column_per_event_type(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``$.event_data.revenue`` reads ``revenue`` from the JSON text of column ``event_data``;
     ``[event_types.*]`` replaces columns for one event type, fills its defaults and renames it."""
@@ -132,6 +151,17 @@ type = "track"
     assert rejects(con) == [(3, "event_data", "bad_json_partial", "m2"),
                             (4, "user_id", "bad_json", None),
                             (5, "anonymous_id", "missing_id", None)]
+
+
+def test_a_quote_in_a_json_column_name_is_only_text(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "events.csv"
+    path.write_text("message_id,type,timestamp,it's data\nm1,page,2025-03-01T10:00:00Z,{x\n")
+    mapping = mapping_from(tmp_path, """[columns]\nanonymous_id = "$.it's data.id"\n""")
+    result = ingest_file(con, path, "events", settings=SETTINGS, mapping=mapping)
+    assert dict(result.rejects_by_reason) == {"bad_json": 1}
+    reason = con.table("rejects").reason.to_pyarrow().to_pylist()
+    assert reason == ["field anonymous_id is read from column it's data, whose value here is "
+                      "not valid JSON"]
 
 
 def test_json_paths_read_a_parquet_string_column_too(con, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -640,8 +640,8 @@ class _ChunkParser:
             columns = ", ".join(self.json_sources[i] for i in sorted(indexes))
             rules.append((
                 f"({bad}) AND {needed[name]}", name, "bad_json",
-                f"'field {name} is read from column {columns}, whose value here is not valid "
-                "JSON'",
+                _sql_str(f"field {name} is read from column {columns}, whose value here is not "
+                         "valid JSON"),
             ))
         return rules
 
