@@ -56,4 +56,5 @@ def test_an_error_naming_a_mapping_section_prints_it(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", str(data), "--kind", "events", "--map", str(mapping),
                                  "--database", db])
     assert result.exit_code == 2
-    assert "use [columns], [defaults] and [options]" in result.output
+    assert "did you mean 'columns'?" in result.output
+    assert "use [columns], [defaults], [options] and [event_types]" in result.output

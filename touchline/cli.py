@@ -79,7 +79,8 @@ def ingest(
         settings = load_settings(**({"database_url": database} if database else {}))
         if kind not in store.INGESTIBLE:
             raise ConfigError(f"--kind {kind!r} is not one of {', '.join(store.INGESTIBLE)}")
-        mapping = load_mapping(map_file, canonical={c.name for c in store.TABLES[kind].columns})
+        mapping = load_mapping(map_file, canonical={c.name for c in store.TABLES[kind].columns},
+                               kind=kind)
         con = engine.connect(settings=settings)
     except TouchlineError as exc:
         raise fail(exc) from None

@@ -122,6 +122,10 @@ EVENTS = TableSpec(
         ("ttclid", S, "TikTok click id"),
         ("email", S, "e-mail seen on the event (form, chat, identify traits)"),
         ("phone", S, "phone number seen on the event (caller id, form)"),
+        ("email_sha256", S, "SHA-256 (hex) of the trimmed, lower-cased e-mail, as exports and ad "
+         "platforms give it instead of the address; identity links it to the plain e-mail"),
+        ("phone_sha256", S, "SHA-256 (hex) of the phone number in E.164 (with `+`); identity "
+         "links it to the plain number"),
         ("user_agent", S, "browser user agent"),
         ("ip", S, "client IP (last octet zeroed by default)"),
         ("revenue", F, "revenue of the event, in `currency`"),
@@ -583,6 +587,8 @@ _TOUCH_VALUES: tuple[tuple[str, dt.DataType, str], ...] = (
     ("referrer_host", S, "lower-case host of the referrer"),
     ("email", S, "normalised e-mail (trimmed, lower case)"),
     ("phone", S, "phone number in E.164"),
+    ("email_sha256", S, "SHA-256 (hex, lower case) of an e-mail, as given by the source"),
+    ("phone_sha256", S, "SHA-256 (hex, lower case) of a phone number in E.164, as given"),
     ("revenue", F, "revenue in the reporting currency"),
     ("currency", S, "the reporting currency"),
     ("revenue_original", F, "revenue as received"),
@@ -707,12 +713,13 @@ SESSIONS = TableSpec(
 
 IDENTITIES = TableSpec(
     name="identities",
-    doc="Identity graph nodes: every identifier (anon:, user:, email:, phone:, contact:) and "
-    "its person.",
+    doc="Identity graph nodes: every identifier (anon:, user:, email:, phone:, email_sha256:, "
+    "phone_sha256:, contact:) and its person.",
     key="identifier",
     columns=_cols(
         ("identifier", S, "typed identifier, e.g. anon:<id>, user:<id>, email:<address>"),
-        ("kind", S, "anon, user, email, phone, contact (a CRM contact id) or msg"),
+        ("kind", S, "anon, user, email, phone, email_sha256, phone_sha256 (hashed ones), "
+         "contact (a CRM contact id) or msg"),
         ("person_id", S, "the person (connected component) it belongs to"),
         ("degree", I, "links kept"),
         ("first_seen_at", TS, "first touch carrying it"),
@@ -727,7 +734,8 @@ IDENTITY_LINKS = TableSpec(
         ("link_id", S, "identifier_a|identifier_b"),
         ("identifier_a", S, "lesser identifier"),
         ("identifier_b", S, "greater identifier"),
-        ("evidence", S, "identify, alias, form_email, caller_id, crm_match or event"),
+        ("evidence", S, "sha256 (a plain e-mail or phone and its hash), alias, identify, "
+         "caller_id, crm_match, form_email or event"),
         ("first_seen_at", TS, "first touch that showed the link"),
         ("event_count", I, "touches that showed it"),
         ("status", S, "linked or cut"),

@@ -34,14 +34,20 @@ from typing import TYPE_CHECKING
 import duckdb
 import ibis
 import ibis.expr.datatypes as dt
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ibis import _
 
 from touchline import engine, store
 from touchline.collect import readers
-from touchline.collect.mapping import Mapping
-from touchline.collect.segment import PERSON_PATHS, duplicate_keys_sql, url_decoded_sql
+from touchline.collect.mapping import Mapping, is_json_path, split_column_path
+from touchline.collect.segment import (
+    PERSON_PATHS,
+    duplicate_keys_sql,
+    iso_timestamp_sql,
+    url_decoded_sql,
+)
 from touchline.config import Settings
 from touchline.errors import InputError
 from touchline.store import CLICK_IDS
@@ -55,9 +61,13 @@ EVENT_TYPES = ("track", "page", "screen", "identify", "alias", "group")
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
 #: columns added after content hashes (``row_hash``, ``h-`` message ids) were defined: they
 #: count in a row's hash only when set, so re-ingesting an old export adds nothing twice
-HASH_IF_SET = frozenset({"contact_id", "contact_ids", "properties"})
+HASH_IF_SET = frozenset({"contact_id", "contact_ids", "properties", "email_sha256",
+                         "phone_sha256"})
 #: any one of these places an event in a journey (the Segment API demands the first two)
-OFFLINE_IDS = ("anonymous_id", "user_id", "email", "phone", "contact_id")
+OFFLINE_IDS = ("anonymous_id", "user_id", "email", "phone", "email_sha256", "phone_sha256",
+               "contact_id")
+#: a row loaded without the values of a CSV/Parquet cell that is not JSON
+PARTIAL_CODE = "bad_json_partial"
 _VALUE_SHOWN = 80  # characters of a bad value quoted in a reject reason
 SAFE_RAW_FUNCTION = "touchline_safe_raw"
 _SQL_TYPES = {"Timestamp": "TIMESTAMP", "Date": "DATE", "Float64": "DOUBLE",
@@ -89,6 +99,8 @@ SEGMENT_PATHS: dict[str, tuple[str, ...]] = {
     "utm_id": ("$.context.campaign.id",),
     "email": PERSON_PATHS["email"],
     "phone": PERSON_PATHS["phone"],
+    "email_sha256": PERSON_PATHS["email_sha256"],
+    "phone_sha256": PERSON_PATHS["phone_sha256"],
     "user_agent": ("$.context.userAgent", "$.context.user_agent"),
     "ip": ("$.context.ip",),
     "revenue": ("$.properties.revenue", "$.properties.total"),
@@ -178,39 +190,73 @@ class _ChunkParser:
         self._validate_sql: str | None = None
         self.ignored: list[str] = []
         self.native: set[str] = set()  # canonical columns already typed in the input (Parquet)
+        self.json_sources: list[str] = []  # CSV/Parquet columns read with JSON paths
+        self.hash_skips: set[str] = set()  # columns left out of the content hash
 
     # -- stage 1: canonical columns as text (or as typed Parquet columns) -------------------
     def _build_extract(self, chunk_schema: pa.Schema, where: str) -> str:
+        """The first query: each canonical column as text (``s_<name>``), with ``_line``,
+        ``_raw`` and, for CSV and Parquet, ``_json_bad`` (the JSON columns whose cell did not
+        parse) and one ``_jbad_<i>`` flag per JSON column."""
         spec, mapping = self.spec, self.mapping
         names = [c.name for c in spec.columns]
         exprs: dict[str, str] = {}
         json_paths: dict[str, int] = {}  # one parse per line: all paths in one call
+        wrap = ""  # sub-selects around the source that parse JSON columns once a row
         if self.fmt == "ndjson":
-            for name in names:
-                if name in mapping.columns:
-                    paths = tuple(_json_path(p) for p in mapping.columns[name])
-                elif spec.name == "events" and name in SEGMENT_PATHS:
-                    paths = SEGMENT_PATHS[name]
-                else:
-                    paths = tuple(dict.fromkeys((f"$.{name}", f"$.{_camel(name)}")))
+            def resolve(sources: tuple[str, ...]) -> str | None:
                 # one trim per value here: a guard would extract _v[i] three times
                 parts = [
                     f"nullif(trim(_v[{json_paths.setdefault(p, len(json_paths) + 1)}]), '')"
-                    for p in paths
+                    for p in (_json_path(s) for s in sources)
                 ]
-                exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
+                return parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
+
+            for name in names:
+                if name in mapping.columns:
+                    exprs[name] = resolve(mapping.columns[name])  # type: ignore[assignment]
+                elif spec.name == "events" and name in SEGMENT_PATHS:
+                    exprs[name] = resolve(SEGMENT_PATHS[name])  # type: ignore[assignment]
+                else:
+                    exprs[name] = resolve(  # type: ignore[assignment]
+                        tuple(dict.fromkeys((f"$.{name}", f"$.{_camel(name)}"))))
+            if spec.name == "deals" and "properties" not in mapping.columns:
+                exprs["properties"] = self._ndjson_leftovers(exprs["properties"])
         else:
             available = chunk_schema.names
-            used: set[str] = set()
+            json_columns = self._json_columns(available)
+            used: set[str] = set(json_columns)
+
+            def resolve(sources: tuple[str, ...]) -> str | None:
+                parts = []
+                for source in sources:
+                    split = split_column_path(source) if is_json_path(source) else None
+                    if split is not None and split[0] in json_columns:
+                        index, paths = json_columns[split[0]]
+                        parts.append(f"nullif(trim(_jv_{index}[{paths.index(split[1]) + 1}]), '')")
+                    elif source in json_columns:  # the whole JSON text, when it parses
+                        parts.append(f"_jt_{json_columns[source][0]}")
+                    elif source in available:
+                        used.add(source)
+                        parts.append(self._as_text(source, chunk_schema.field(source).type))
+                if not parts:
+                    return None
+                return parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
+
             for name in names:
                 sources = mapping.sources_for(name, available)
-                missing = [s for s in sources if s not in available]
-                if name in mapping.columns and len(missing) == len(sources):
-                    raise InputError(
-                        f"{where}: mapping {mapping.origin} maps {name} to {list(sources)}, but "
-                        f"the file has none of them; its columns are {available}"
-                    )
                 present = [s for s in sources if s in available]
+                if name in mapping.columns and (len(present) < len(sources) or any(
+                        s in json_columns for s in present)):
+                    # JSON paths, or a column of which some rows are checked JSON text
+                    expr = resolve(sources)
+                    if expr is None:
+                        raise InputError(
+                            f"{where}: mapping {mapping.origin} maps {name} to {list(sources)}, "
+                            f"but the file has none of them; its columns are {available}"
+                        )
+                    exprs[name] = expr
+                    continue
                 used.update(present)
                 if present and self._is_native(chunk_schema, present, spec.column(name).dtype):
                     self.native.add(name)
@@ -218,8 +264,15 @@ class _ChunkParser:
                     parts = [f"CAST({_quote(s)} AS {sql_type})" for s in present]
                     exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
                 elif present:
-                    parts = [self._as_text(s, chunk_schema.field(s).type, name) for s in present]
-                    exprs[name] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
+                    exprs[name] = resolve(tuple(present))  # type: ignore[assignment]
+            for per_type in mapping.event_types.values():
+                for name, sources in per_type.columns.items():
+                    if resolve(sources) is None:
+                        raise InputError(
+                            f"{where}: mapping {mapping.origin} maps {name} to {list(sources)} "
+                            f"for some event types, but the file has none of them; its columns "
+                            f"are {available}"
+                        )
             self.ignored = [c for c in available if c not in used]
             if not used:
                 header = (
@@ -232,17 +285,23 @@ class _ChunkParser:
                     f"({', '.join(names)}); rename them or map them with --map (see "
                     "docs/ingest.md)"
                 )
-            if spec.name == "deals" and "properties" not in exprs and self.ignored:
-                # a CRM export's extra columns (owner, segment, lead type) are kept, not dropped
+            if spec.name in ("deals", "events") and "properties" not in exprs and self.ignored:
+                # an export's extra columns (a CRM's owner, segment, lead type; a web export's
+                # page type) are kept, not dropped
                 pairs = ", ".join(f"{_sql_str(c)}, {_quote(c)}" for c in self.ignored)
                 exprs["properties"] = f"CAST(json_object({pairs}) AS VARCHAR)"
                 self.ignored = []
+                # an export loaded before unmapped columns were kept keeps its content hashes
+                self.hash_skips.add("properties")
+            wrap = self._json_wrap(json_columns, chunk_schema)
         for name, value in self.mapping.defaults.items():
             exprs[name] = f"coalesce({exprs[name]}, {_sql_str(value)})" if name in exprs else (
                 _sql_str(value)
             )
         if "source" not in exprs and self.source_default and "source" in names:
             exprs["source"] = _sql_str(self.source_default)
+        if mapping.event_types:
+            self._apply_event_types(exprs, resolve, where)
         url_params = self._derive_event_fields(exprs) if spec.name == "events" else ""
         missing = [r for r in spec.required if r not in exprs]
         if spec.name == "events" and "timestamp" in missing and (
@@ -261,20 +320,111 @@ class _ChunkParser:
             for n in names
         ]
         if self.fmt != "ndjson":
-            return f"SELECT _line, _raw, {', '.join(select)} FROM {url_params}{{source}}" + (
-                ")" * url_params.count("(SELECT")
+            flags = [f"_jbad_{i}" for i in range(len(self.json_sources))]
+            bad = (
+                "nullif(concat_ws(', ', " + ", ".join(
+                    f"CASE WHEN _jbad_{i} THEN {_sql_str(c)} END"
+                    for i, c in enumerate(self.json_sources)) + "), '')"
+                if flags else "CAST(NULL AS VARCHAR)"
+            )
+            return (
+                f"SELECT _line, _raw, {bad} AS _json_bad, {''.join(f + ', ' for f in flags)}"
+                f"{', '.join(select)} FROM {url_params}{wrap}" + ")" * (
+                    url_params.count("(SELECT") + wrap.count("(SELECT"))
             )
         # JSON functions raise on malformed input: extract only from lines that are objects
         path_list = ", ".join(_sql_str(p) for p in json_paths)
         return (
-            f"SELECT _line, _raw, _json_ok, _json_type, _duplicate_keys, {', '.join(select)} "
-            f"FROM {url_params}("
+            f"SELECT _line, _raw, CAST(NULL AS VARCHAR) AS _json_bad, _json_ok, _json_type, "
+            f"_duplicate_keys, {', '.join(select)} FROM {url_params}("
             f"SELECT *, json_extract_string(_obj, [{path_list}]) AS _v, "
             f"{duplicate_keys_sql('_obj')} AS _duplicate_keys FROM ("
             "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj FROM ("
             "SELECT *, json_valid(line) AS _json_ok, "
             "CASE WHEN json_valid(line) THEN json_type(line) END AS _json_type FROM {source})))"
         ) + ")" * url_params.count("(SELECT")
+
+    def _json_columns(self, available: list[str]) -> dict[str, tuple[int, list[str]]]:
+        """``column -> (index, JSON paths read from it)`` for each column of the file that a
+        mapping source reads with a JSON path (``$.event_data.revenue`` reads ``event_data``)."""
+        found: dict[str, tuple[int, list[str]]] = {}
+        for source in self.mapping.all_sources():
+            split = split_column_path(source) if is_json_path(source) else None
+            if split is None or split[0] not in available:
+                continue
+            column, path = split
+            _, paths = found.setdefault(column, (len(found), []))
+            if path not in paths:
+                paths.append(path)
+        self.json_sources = list(found)
+        return found
+
+    def _json_wrap(self, json_columns: dict[str, tuple[int, list[str]]],
+                   schema: pa.Schema) -> str:
+        """Sub-selects that parse each JSON column once a row: ``_jt_<i>`` its text when it is
+        valid JSON, ``_jbad_<i>`` whether a value was given that is not, ``_jv_<i>`` the list of
+        values at its paths. Returns the opening to put before ``{source}``."""
+        if not json_columns:
+            return "{source}"
+        inner, outer = [], []
+        for column, (i, paths) in json_columns.items():
+            text = self._as_text(column, schema.field(column).type)
+            inner.append(f"CASE WHEN json_valid({text}) THEN {text} END AS _jt_{i}, "
+                         f"coalesce({text} IS NOT NULL AND NOT json_valid({text}), false) "
+                         f"AS _jbad_{i}")
+            path_list = ", ".join(_sql_str(p) for p in paths)
+            outer.append(f"json_extract_string(_jt_{i}, [{path_list}]) AS _jv_{i}")
+        return (f"(SELECT *, {', '.join(outer)} FROM (SELECT *, {', '.join(inner)} "
+                "FROM {source}")
+
+    def _apply_event_types(self, exprs: dict[str, str],
+                           resolve: Callable[[tuple[str, ...]], str | None], where: str) -> None:
+        """Per event type, replace columns (``[event_types.<name>] columns`` / ``defaults``) and
+        rename the event, keyed on the event name as read."""
+        mapping = self.mapping
+        if "event" not in exprs:
+            raise InputError(f"{where}: mapping {mapping.origin} has [event_types] but the file "
+                             "has no event name column to choose them by (map event)")
+        event = exprs["event"]
+        changed = {n for m in mapping.event_types.values() for n in (*m.columns, *m.defaults)}
+        for name in sorted(changed):
+            base = exprs.get(name, "NULL")
+            cases = []
+            for event_type, per_type in mapping.event_types.items():
+                if name not in per_type.columns and name not in per_type.defaults:
+                    continue
+                value = resolve(per_type.columns[name]) if name in per_type.columns else base
+                fallbacks = [value or "NULL"]
+                if name in per_type.defaults:
+                    fallbacks.append(_sql_str(per_type.defaults[name]))
+                if name in mapping.defaults:
+                    fallbacks.append(_sql_str(mapping.defaults[name]))
+                chosen = (fallbacks[0] if len(fallbacks) == 1
+                          else f"coalesce({', '.join(fallbacks)})")
+                cases.append(f"WHEN {_sql_str(event_type)} THEN {chosen}")
+            exprs[name] = f"CASE {event} {' '.join(cases)} ELSE {base} END"
+        renames = [f"WHEN {_sql_str(t)} THEN {_sql_str(m.rename)}"
+                   for t, m in mapping.event_types.items() if m.rename]
+        if renames:
+            exprs["event"] = f"CASE {event} {' '.join(renames)} ELSE {event} END"
+
+    def _ndjson_leftovers(self, given: str) -> str:
+        """A deal line's keys that no deal column reads, as a JSON object (null when none is
+        left), merged under its own ``properties`` object: nothing of a CRM export is dropped.
+        ``json_merge_patch`` with a null value deletes a key."""
+        taken: set[str] = set()
+        for column in self.spec.columns:
+            taken.update({column.name, _camel(column.name)})
+        for source in self.mapping.all_sources():
+            split = split_column_path(_json_path(source))
+            if split is not None:
+                taken.add(split[0])
+        patch = _sql_str(orjson.dumps(dict.fromkeys(sorted(taken))).decode())
+        rest = f"nullif(CAST(json_merge_patch(_obj, {patch}) AS VARCHAR), '{{}}')"
+        # both: the line's own properties win over a top-level key of the same name
+        return (f"CASE WHEN {rest} IS NULL THEN {given} WHEN {given} IS NULL THEN {rest} "
+                f"WHEN json_type({given}) = 'OBJECT' "
+                f"THEN CAST(json_merge_patch({rest}, {given}) AS VARCHAR) ELSE {given} END")
 
     @staticmethod
     def _is_native(schema: pa.Schema, columns: list[str], dtype: dt.DataType) -> bool:
@@ -292,7 +442,7 @@ class _ChunkParser:
             return all(pa.types.is_date(t) for t in types)
         return False
 
-    def _as_text(self, column: str, arrow_type: pa.DataType, canonical: str) -> str:
+    def _as_text(self, column: str, arrow_type: pa.DataType) -> str:
         ref = _quote(column)
         if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
             return _trimmed(ref)
@@ -345,7 +495,7 @@ class _ChunkParser:
                 parsers.append(f"try_strptime({raw}, {fmt})")
             # coalesce is lazy: the common ISO case first, epoch numbers only where it failed
             parsers += [
-                f"timezone('UTC', TRY_CAST({raw} AS TIMESTAMPTZ))",
+                iso_timestamp_sql(raw),
                 f"CASE WHEN regexp_full_match({raw}, '[0-9]{{9,10}}(\\.[0-9]+)?') "
                 f"THEN make_timestamp(CAST(CAST({raw} AS DOUBLE) * 1e6 AS BIGINT)) "
                 f"WHEN regexp_full_match({raw}, '[0-9]{{12,13}}') "
@@ -411,6 +561,7 @@ class _ChunkParser:
                 ))
         if spec.name == "events":
             self._event_rules(typed, problems)
+        problems[:0] = self._bad_json_rules(typed)
         for name in spec.required:
             if name == "timestamp" and spec.name == "events":
                 continue  # handled by the event rules (falls back to other clocks)
@@ -438,7 +589,7 @@ class _ChunkParser:
             f"CAST({typed[c.name]} AS VARCHAR)" if c.name in HASH_IF_SET
             else f"coalesce(CAST({typed[c.name]} AS VARCHAR), '')"
             for c in spec.columns
-            if c.name not in (key, "ingest_id", "source", "row_hash")
+            if c.name not in (key, "ingest_id", "source", "row_hash", *self.hash_skips)
         )
         content_hash = f"md5(concat_ws(chr(31), {content}))"
         if key == "row_hash":
@@ -451,10 +602,10 @@ class _ChunkParser:
         return (
             # raw text is kept for rejected rows only: good rows do not need it
             f"SELECT {outputs}, _line, _problem.field AS _pfield, _problem.code AS _pcode, "
-            "_problem.message AS _pmessage, CASE WHEN _problem IS NOT NULL THEN "
-            f"{SAFE_RAW_FUNCTION}(coalesce(_raw, CAST(to_json(_checked) AS VARCHAR))) END "
-            "AS _raw FROM ("
-            f"SELECT _line, _raw, CASE {cases} END AS _problem, {columns} FROM ("
+            "_problem.message AS _pmessage, _json_bad, CASE WHEN _problem IS NOT NULL "
+            f"OR _json_bad IS NOT NULL THEN {SAFE_RAW_FUNCTION}(coalesce(_raw, "
+            "CAST(to_json(_checked) AS VARCHAR))) END AS _raw FROM ("
+            f"SELECT _line, _raw, _json_bad, CASE {cases} END AS _problem, {columns} FROM ("
             f"SELECT *, {', '.join(casts)} FROM ({{extracted}}))) AS _checked"
         )
 
@@ -494,12 +645,53 @@ class _ChunkParser:
             ),
         ])
 
+    def _bad_json_rules(self, typed: dict[str, str]) -> list[tuple[str, str, str, str]]:
+        """A field the row cannot do without, read from a CSV/Parquet cell that is not JSON:
+        the row is rejected as ``bad_json`` naming the field (rather than ``missing_*``, which
+        would hide the cause). Other fields of a bad cell stay empty and the row loads; the
+        commit records a ``bad_json_partial`` reject for it."""
+        if not self.json_sources:
+            return []
+        fed: dict[str, set[int]] = {}
+        scopes = [self.mapping.columns, *(m.columns for m in self.mapping.event_types.values())]
+        for columns in scopes:
+            for name, sources in columns.items():
+                for source in sources:
+                    split = split_column_path(source) if is_json_path(source) else None
+                    column = split[0] if split is not None else source
+                    if column in self.json_sources:
+                        fed.setdefault(name, set()).add(self.json_sources.index(column))
+        spec = self.spec
+        needed = {n: f"({typed[n]}) IS NULL" for n in spec.required}
+        if spec.name == "events":
+            needed["event"] = f"({typed['type']}) = 'track' AND ({typed['event']}) IS NULL"
+            no_id = " AND ".join(f"({typed[c]}) IS NULL" for c in OFFLINE_IDS)
+            needed.update(dict.fromkeys(OFFLINE_IDS, no_id))
+        if spec.name == "deals":
+            no_time = f"coalesce({', '.join(typed[t] for t in store.DEAL_TIMES)}) IS NULL"
+            needed.update(dict.fromkeys(store.DEAL_TIMES, no_time))
+        rules = []
+        for name, indexes in sorted(fed.items()):
+            if name not in needed:
+                continue
+            bad = " OR ".join(f"_jbad_{i}" for i in sorted(indexes))
+            columns = ", ".join(self.json_sources[i] for i in sorted(indexes))
+            rules.append((
+                f"({bad}) AND {needed[name]}", name, "bad_json",
+                _sql_str(f"field {name} is read from column {columns}, whose value here is not "
+                         "valid JSON"),
+            ))
+        return rules
+
     def _event_rules(
         self, typed: dict[str, str], problems: list[tuple[str, str, str, str]]
     ) -> None:
         # the same canonical forms as the collector (touchline/collect/segment.py)
         typed["type"] = f"lower({typed['type']})"
         typed["email"] = f"lower({typed['email']})"
+        # hex digests compare as text: one case, as the collector stores them
+        typed["email_sha256"] = f"lower({typed['email_sha256']})"
+        typed["phone_sha256"] = f"lower({typed['phone_sha256']})"
         typed["currency"] = f"upper({typed['currency']})"
         typed["timestamp"] = (
             f"coalesce({typed['timestamp']}, {typed['original_timestamp']}, {typed['received_at']})"
@@ -536,7 +728,8 @@ class _ChunkParser:
                 # e-mail, phone or CRM contact id; prepare files them under that identifier
                 " AND ".join(f"({typed[c]}) IS NULL" for c in OFFLINE_IDS),
                 "anonymous_id", "missing_id",
-                "'no anonymousId, userId, email, phone or CRM contact id is given'",
+                "'no anonymousId, userId, email, phone, hashed e-mail or phone, or CRM contact id "
+                "is given'",
             ),
             (
                 f"({typed['type']}) = 'track' AND ({typed['event']}) IS NULL", "event",
@@ -776,6 +969,16 @@ def _commit(
                 )
             )
             staged = staged_all.filter(staged_all._pcode.isnull())
+            # loaded, but a JSON cell gave nothing: the values it held are recorded as lost
+            partial = staged.filter(staged._json_bad.notnull())
+            reject_parts.append(partial.select(
+                line=partial._line, field=partial._json_bad,
+                reason_code=ibis.literal(PARTIAL_CODE),
+                reason=ibis.literal("column ") + partial._json_bad + ibis.literal(
+                    " is not valid JSON here: the row was loaded without the fields read from "
+                    "it (ref: its key)"),
+                raw=partial._raw, ref=partial[spec.key].cast("string"),
+            ))
             # hash aggregates, not a sort: the first line of each key wins
             firsts = engine.materialise(con, f"_tl_firsts_{result.ingest_id}", staged.group_by(
                 spec.key).aggregate(_first_line=staged._line.min(), _n=staged.count()))
@@ -831,9 +1034,10 @@ def _commit(
                 dict(zip(by_reason["reason_code"].to_pylist(), by_reason["n"].to_pylist(),
                          strict=True))
             )
-            result.rejected = sum(result.rejects_by_reason.values()) - result.rejects_by_reason.get(
-                "duplicate_in_file", 0
-            )
+            # a duplicate or a partly read row was loaded (or its twin was): not a rejected row
+            result.rejected = sum(result.rejects_by_reason.values()) - sum(
+                result.rejects_by_reason.get(code, 0) for code in ("duplicate_in_file",
+                                                                   PARTIAL_CODE))
             new_rejects = rows.anti_join(con.table("rejects"), "reject_id")
             con.insert("rejects", new_rejects.cast(store.REJECTS.schema))
         run = pa.table({

@@ -41,7 +41,15 @@ MAX_BATCH_BYTES = 500 * 1024
 MAX_JSON_DEPTH = 64
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _SQUARE = bytes.maketrans(b"{}", b"[]")
-_CALENDAR_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ]|$)")
+#: the ISO 8601 times every path accepts (collector door, loader, file ingest): a calendar
+#: date, optionally a time to the minute, or to the second or fraction (up to nanoseconds)
+#: with an optional zone under 24 hours (the warehouse reads no zone after a time without
+#: seconds, and reads offsets Python refuses)
+ISO_TIMESTAMP = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]"
+    r"(?::[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)?)?)?"
+)
+_ISO_TIMESTAMP = re.compile(ISO_TIMESTAMP)
 _BRACKET_STEP = {ord("["): 1, ord("]"): -1}
 UTM_FIELDS = ("source", "medium", "campaign", "term", "content", "id")
 # context.campaign uses Segment's names; `name` is what the URL calls utm_campaign
@@ -70,6 +78,11 @@ _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 PERSON_PATHS: dict[str, tuple[str, ...]] = {
     "email": ("$.traits.email", "$.context.traits.email", "$.properties.email"),
     "phone": ("$.traits.phone", "$.context.traits.phone", "$.properties.phone"),
+    # SHA-256 hex of the e-mail / E.164 phone, as ad platforms and privacy-minded exports send
+    "email_sha256": ("$.traits.email_sha256", "$.context.traits.email_sha256",
+                     "$.properties.email_sha256"),
+    "phone_sha256": ("$.traits.phone_sha256", "$.context.traits.phone_sha256",
+                     "$.properties.phone_sha256"),
     "contact_id": ("$.traits.crm_contact_id", "$.context.traits.crm_contact_id",
                    "$.properties.crm_contact_id"),
 }
@@ -281,7 +294,7 @@ def _is_timestamp(value: Any) -> bool:
     UTC (``9999-12-31T23:59:59-23:59`` is in year 10000). Those were accepted here and then
     refused at load or stored in the wrong year; they are refused at the door instead.
     """
-    if not isinstance(value, str) or not _CALENDAR_DATE.match(value):
+    if not isinstance(value, str) or not _ISO_TIMESTAMP.fullmatch(value):
         return False
     try:
         moment = datetime.fromisoformat(value)
@@ -290,6 +303,27 @@ def _is_timestamp(value: Any) -> bool:
     except (ValueError, OverflowError):
         return False
     return True
+
+
+def iso_timestamp_sql(text: str) -> str:
+    """DuckDB SQL for the ISO 8601 text ``text`` as a UTC timestamp, NULL where
+    :func:`_is_timestamp` would refuse it: the one rule of the collector's door, the loader
+    and file ingest.
+
+    Why not a plain cast: the warehouse casts ``9999-12-31T23:59:59-23:59`` to year 10000
+    (then stores it wrongly or fails to read it back), so the result must fall in years
+    1-9999 once in UTC; week, ordinal and basic-format dates (``2025-W10-1``, ``2025-060``,
+    ``20250301``) are not calendar dates and are refused as the collector refuses them.
+    The text must have the shape :data:`ISO_TIMESTAMP` on both sides, so that the warehouse's
+    cast and Python's ``fromisoformat`` agree on every text that gets that far (hour 24, a
+    trailing `` UTC`` or a comma fraction: one accepts what the other refuses).
+    """
+    moment = f"timezone('UTC', try_cast({text} AS TIMESTAMPTZ))"
+    return (
+        f"CASE WHEN regexp_full_match({text}, '{ISO_TIMESTAMP}') "
+        f"AND {moment} BETWEEN TIMESTAMP '0001-01-01' AND TIMESTAMP '9999-12-31 23:59:59.999999' "
+        f"THEN {moment} END"
+    )
 
 
 # --- duplicate keys ------------------------------------------------------------------------
@@ -439,7 +473,7 @@ def _mapping_sql() -> str:
         return f"coalesce({', '.join(text(p) for p in PERSON_PATHS[column])})"
 
     def ts(path: str) -> str:
-        return f"timezone('UTC', try_cast({text(path)} AS TIMESTAMPTZ))"
+        return iso_timestamp_sql(text(path))
 
     def obj(path: str) -> str:
         item = f"o[{_OBJECTS.index(path) + 1}]"
@@ -499,6 +533,8 @@ def _mapping_sql() -> str:
         {", ".join(clicks)},
         lower({person("email")}) AS email,
         {person("phone")} AS phone,
+        lower({person("email_sha256")}) AS email_sha256,
+        lower({person("phone_sha256")}) AS phone_sha256,
         coalesce({text("$.context.userAgent")}, {text("$.context.user_agent")}) AS user_agent,
         {text("$.context.ip")} AS ip,
         coalesce(try_cast({text("$.properties.revenue")} AS DOUBLE),
@@ -676,7 +712,7 @@ def map_segment(
         db.register("lines", lines)
         db.execute(f"CREATE TEMP TABLE mapped AS {_MAPPING_SQL}")
         db.execute(
-            """
+            f"""
             CREATE TEMP TABLE verdict AS
             SELECT m.*, CASE
                 WHEN duplicate_keys THEN 'duplicate_key'
@@ -684,9 +720,9 @@ def map_segment(
                   OR type NOT IN ('track', 'page', 'screen', 'identify', 'alias', 'group')
                     THEN 'bad_type'
                 WHEN (timestamp_text IS NOT NULL
-                      AND try_cast(timestamp_text AS TIMESTAMPTZ) IS NULL)
+                      AND {iso_timestamp_sql("timestamp_text")} IS NULL)
                   OR (original_timestamp_text IS NOT NULL
-                      AND try_cast(original_timestamp_text AS TIMESTAMPTZ) IS NULL)
+                      AND {iso_timestamp_sql("original_timestamp_text")} IS NULL)
                     THEN 'bad_timestamp'
                 WHEN timestamp IS NULL THEN 'missing_timestamp'
                 WHEN row_number() OVER (PARTITION BY message_id ORDER BY line) > 1 THEN 'duplicate'

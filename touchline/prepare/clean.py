@@ -21,14 +21,15 @@ from touchline.prepare.reference import bot_pattern
 log = logging.getLogger(__name__)
 
 #: the ids that can tie a touch to a journey; a row with none of them belongs to nobody
-IDENTITY_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "previous_id", "contact_id")
+IDENTITY_COLUMNS = ("anonymous_id", "user_id", "email", "phone", "email_sha256", "phone_sha256",
+                    "previous_id", "contact_id")
 
 
 def drop_missing_ids(events: ir.Table) -> Split:
     """Drop rows without a ``message_id`` or without any identity.
 
     An id-less row cannot be deduplicated, and a row with none of anonymous_id, user_id, e-mail,
-    phone, previous_id or CRM contact id cannot be placed in anyone's journey.
+    phone (plain or SHA-256), previous_id or CRM contact id cannot be placed in anyone's journey.
     """
     mid = events.message_id
     # strip() only where the first character is white space: trimming every id costs more
@@ -40,7 +41,8 @@ def drop_missing_ids(events: ir.Table) -> Split:
                   "the row has no message_id, so it cannot be deduplicated",
                   field_name="message_id")
     second = split(first.kept, no_identity, "no_identity",
-                   "no anonymous_id, user_id, email, phone, previous_id or contact_id: "
+                   "no anonymous_id, user_id, email, phone, email_sha256, phone_sha256, "
+                   "previous_id or contact_id: "
                    "in no journey")
     return Split(kept=second.kept, rejected=first.rejected.union(second.rejected))
 

@@ -2,14 +2,17 @@
 accounts.
 
 Nodes are typed identifiers (``anon:<id>``, ``user:<id>``, ``email:<address>``,
-``phone:<e164>``, ``contact:<id>`` for a CRM's own contact id, ``msg:<id>`` for id-less offline
-touches). Each kind is its own namespace: CRM contact 123 and the site's user 123 are two
-identifiers, linked only by evidence (a touch carrying both, a shared e-mail or phone).
+``phone:<e164>``, ``email_sha256:<hex>`` and ``phone_sha256:<hex>`` for hashed ones,
+``contact:<id>`` for a CRM's own contact id, ``msg:<id>`` for id-less offline touches). Each
+kind is its own namespace: CRM contact 123 and the site's user 123 are two identifiers, linked
+only by evidence (a touch carrying both, a shared e-mail or phone).
 
 A link joins two identifiers seen on one touch (or an ``alias`` call's previous id and new id:
 a ``user:`` id when that user id occurs in the data, else an ``anon:`` id); it keeps its
-strongest evidence (alias > identify > caller_id > crm_match > form_email > event), first-seen
-time and count.
+strongest evidence (sha256 > alias > identify > caller_id > crm_match > form_email > event),
+first-seen time and count. ``sha256`` links a plain e-mail (phone) to the SHA-256 of it when
+that hash occurs in the data: an export that hashes e-mails and a form that sends them in
+clear then meet in one person, and no hash node is made for e-mails nobody hashed.
 
 Persons are connected components found on the engine by iterative min-label propagation over
 int64 node keys (one Python iteration per graph-diameter step, never per row), with pointer
@@ -39,18 +42,23 @@ import pyarrow as pa
 from touchline import engine
 from touchline.errors import EngineError
 from touchline.prepare.clean import IDENTITY_COLUMNS
+from touchline.prepare.standardise import sha256_hex
 
 log = logging.getLogger(__name__)
 
 #: the columns of a touch the graph reads
 EVIDENCE_COLUMNS = (*IDENTITY_COLUMNS, "type", "recorded_by", "timestamp")
-EVIDENCE = ("alias", "identify", "caller_id", "crm_match", "form_email", "event")
-_ID_PREFIX = r"^([a-z]+):"
+EVIDENCE = ("sha256", "alias", "identify", "caller_id", "crm_match", "form_email", "event")
+_ID_PREFIX = r"^([a-z0-9_]+):"
+#: plain identifier kinds whose SHA-256 is an identifier kind of its own
+HASHED_KINDS = ("email", "phone")
 
 
 def _ids(t: ir.Table) -> dict[str, ir.StringValue]:
     ids = {"anon": "anon:" + t.anonymous_id, "user": "user:" + t.user_id,
            "email": "email:" + t.email, "phone": "phone:" + t.phone,
+           "email_sha256": "email_sha256:" + t.email_sha256,
+           "phone_sha256": "phone_sha256:" + t.phone_sha256,
            "contact": "contact:" + t.contact_id}
     if "_previous_is_user" in t.columns:
         # an alias call's previousId is a user id when that user id occurs in the data
@@ -61,7 +69,11 @@ def _ids(t: ir.Table) -> dict[str, ir.StringValue]:
 
 PAIRS = (("anon", "user"), ("anon", "email"), ("anon", "phone"), ("user", "email"),
          ("user", "phone"), ("email", "phone"), ("anon", "contact"), ("user", "contact"),
-         ("email", "contact"), ("phone", "contact"), ("prev", "user"), ("prev", "anon"))
+         ("email", "contact"), ("phone", "contact"), ("prev", "user"), ("prev", "anon"),
+         ("anon", "email_sha256"), ("user", "email_sha256"), ("email", "email_sha256"),
+         ("phone", "email_sha256"), ("contact", "email_sha256"), ("phone_sha256", "email_sha256"),
+         ("anon", "phone_sha256"), ("user", "phone_sha256"), ("email", "phone_sha256"),
+         ("phone", "phone_sha256"), ("contact", "phone_sha256"))
 
 
 def links_from_touches(touches: ir.Table) -> ir.Table:
@@ -72,9 +84,9 @@ def links_from_touches(touches: ir.Table) -> ir.Table:
     with a previous id, which alone are matched against the user ids.
     """
     evidence_rank = ibis.cases(
-        (touches.type == "alias", 0), (touches.type == "identify", 1),
-        (touches.recorded_by == "calls", 2), (touches.recorded_by == "crm", 3),
-        (touches.recorded_by.isin(["forms", "chat"]), 4), else_=5)
+        (touches.type == "alias", 1), (touches.type == "identify", 2),
+        (touches.recorded_by == "calls", 3), (touches.recorded_by == "crm", 4),
+        (touches.recorded_by.isin(["forms", "chat"]), 5), else_=6)
     combos = touches.group_by(
         list(IDENTITY_COLUMNS),
     ).aggregate(_rank=evidence_rank.min(), _first=touches.timestamp.min(), _n=touches.count())
@@ -92,6 +104,7 @@ def links_from_touches(touches: ir.Table) -> ir.Table:
         x, y = _ids(both)[left], _ids(both)[right]
         parts.append(both.select(identifier_a=ibis.least(x, y), identifier_b=ibis.greatest(x, y),
                                  _rank=both._rank, _first=both._first, _n=both._n))
+    parts += _hash_links(combos)
     links = ibis.union(*parts).group_by(["identifier_a", "identifier_b"]).aggregate(
         _rank=ibis._._rank.min(), first_seen_at=ibis._._first.min(),
         event_count=ibis._._n.sum().cast("int64"))
@@ -99,6 +112,28 @@ def links_from_touches(touches: ir.Table) -> ir.Table:
         link_id=links.identifier_a + "|" + links.identifier_b,
         evidence=links._rank.substitute(dict(enumerate(EVIDENCE)), else_="event"),
     ).drop("_rank")
+
+
+def _hash_links(combos: ir.Table) -> list[ir.Table]:
+    """``email:<x>`` — ``email_sha256:<sha256(x)>`` (and the same for phones), evidence
+    ``sha256``, for each plain value whose hash some touch carries.
+
+    Hashed on the distinct values only, and only hashes that occur are linked: a warehouse
+    without hashed identifiers gets no extra node. The plain values are already normalised
+    (trimmed, lower-cased e-mail; E.164 phone), which is what exports and ad platforms hash.
+    """
+    parts = []
+    for kind in HASHED_KINDS:
+        hashed = f"{kind}_sha256"
+        seen = combos.filter(combos[hashed].notnull()).select(_hash=combos[hashed]).distinct()
+        plain = combos.filter(combos[kind].notnull()).group_by(_plain=combos[kind]).aggregate(
+            _first=combos._first.min(), _n=combos._n.sum())
+        plain = plain.mutate(_hash=sha256_hex(plain._plain))
+        met = plain.inner_join(seen, "_hash")
+        x, y = f"{kind}:" + met._plain, f"{hashed}:" + met._hash
+        parts.append(met.select(identifier_a=ibis.least(x, y), identifier_b=ibis.greatest(x, y),
+                                _rank=ibis.literal(0), _first=met._first, _n=met._n))
+    return parts
 
 
 def link_id(a: str, b: str) -> str:

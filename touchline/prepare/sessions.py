@@ -32,11 +32,14 @@ def device_ids(events: ir.Table) -> ir.Table:
 
     ``anon:<anonymous_id>``, else ``user:``, ``contact:`` (a CRM's records: its contact id is
     on every one, an e-mail or phone only on some), ``email:``, ``phone:`` (server-side and
-    offline touches), else ``msg:<message_id>`` (a touch of its own).
+    offline touches), ``email_sha256:``, ``phone_sha256:`` (an export that names the person
+    only by a hash), else ``msg:<message_id>`` (a touch of its own).
     """
     device = ibis.coalesce(
         "anon:" + events.anonymous_id, "user:" + events.user_id, "contact:" + events.contact_id,
-        "email:" + events.email, "phone:" + events.phone, "msg:" + events.message_id,
+        "email:" + events.email, "phone:" + events.phone,
+        "email_sha256:" + events.email_sha256, "phone_sha256:" + events.phone_sha256,
+        "msg:" + events.message_id,
     )
     return events.mutate(device_id=device)
 

@@ -31,6 +31,8 @@ _SCHEME_HOST = r"^([a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#]*)"
 _AFTER_HOST = r"^[a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#]*(.*)$"
 _HOST = r"^[a-zA-Z][a-zA-Z0-9+.\-]*://(?:[^/?#@]*@)?([^/?#:]+)"
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+#: a SHA-256 digest in hex (lower-cased before the test)
+SHA256_HEX = r"^[0-9a-f]{64}$"
 
 
 def normalise_text(value: ir.StringValue) -> ir.StringValue:
@@ -200,16 +202,41 @@ def e164_table(raw_numbers: list[str], region: str) -> pa.Table:
                      "phone_e164": pa.array(out, pa.string())})
 
 
-def standardise_contacts(events: ir.Table, phones: ir.Table) -> tuple[ir.Table, ir.Table]:
-    """E-mails trimmed and lower-cased (null unless ``local@domain.tld``); phones in E.164.
+def sha256_hex(value: ir.StringValue) -> ir.StringValue:
+    """Lower-case hex SHA-256 of the UTF-8 text, as ad platforms and exports hash identifiers.
 
-    ``phones`` maps each distinct raw phone to E.164 (:func:`e164_table`). Both changes are
-    audited per distinct value; personal values are not copied into the audit, only counts.
+    The same digest on every engine (DuckDB ``sha256``, Spark ``sha2(…, 256)``): the identity
+    graph meets a plaintext e-mail and a hash of it only if both engines agree.
     """
-    email = events.email.strip().lower()
-    email = ibis.ifelse(email.re_search(_EMAIL), email, ibis.null("string"))
+    return value.hexdigest("sha256")
+
+
+def _hashed(value: ir.StringValue) -> ir.StringValue:
+    """``value`` trimmed and lower-cased when it is a SHA-256 hex digest, else null."""
+    text = value.strip().lower()
+    return ibis.ifelse(text.re_search(SHA256_HEX), text, ibis.null("string"))
+
+
+def standardise_contacts(events: ir.Table, phones: ir.Table) -> tuple[ir.Table, ir.Table]:
+    """E-mails trimmed and lower-cased (null unless ``local@domain.tld``); phones in E.164;
+    hashed e-mails and phones (64 hex digits) kept, lower-cased, in ``email_sha256`` and
+    ``phone_sha256``.
+
+    A SHA-256 hex digest found in ``email`` or ``phone`` (an export that hashed the field in
+    place) moves to the hashed column instead of being dropped as invalid: it still identifies
+    the person. ``phones`` maps each distinct raw phone to E.164 (:func:`e164_table`). Every
+    change is audited per distinct kind; personal values are not copied, only counts.
+    """
+    email_text = events.email.strip().lower()
+    email = ibis.ifelse(email_text.re_search(_EMAIL), email_text, ibis.null("string"))
     joined = events.left_join(phones, events.phone == phones.phone_raw).drop("phone_raw")
-    out = joined.mutate(email=email, phone=joined.phone_e164).drop("phone_e164")
+    hashed = {"email": _hashed(events.email), "phone": _hashed(events.phone)}
+    given = {"email": _hashed(events.email_sha256), "phone": _hashed(events.phone_sha256)}
+    out = joined.mutate(
+        email=email, phone=joined.phone_e164,
+        email_sha256=ibis.coalesce(given["email"], hashed["email"]),
+        phone_sha256=ibis.coalesce(given["phone"], hashed["phone"]),
+    ).drop("phone_e164")
     both = events.mutate(_email=email).left_join(phones, events.phone == phones.phone_raw)
     # one pass of conditional counts, then one audit row per non-zero count: a union of
     # aggregates over ``both`` would make the engine buffer all its rows to read them twice
@@ -217,19 +244,30 @@ def standardise_contacts(events: ir.Table, phones: ir.Table) -> tuple[ir.Table, 
     for field, old, new in (("email", both.email, both._email),
                             ("phone", both.phone, both.phone_e164)):
         changed = old.notnull() & (new.isnull() | (old != new))
-        for code, rows in ((f"invalid_{field}", changed & new.isnull()),
+        moved = _hashed(old).notnull()
+        for code, rows in ((f"{field}_hashed", changed & moved),
+                           (f"invalid_{field}", changed & new.isnull() & ~moved),
                            (f"{field}_normalised", changed & new.notnull())):
             counts[code] = rows.cast("int64").sum()
             field_of[code] = field
+        column = both[f"{field}_sha256"]
+        bad = column.notnull() & _hashed(column).isnull()
+        counts[f"invalid_{field}_sha256"] = bad.cast("int64").sum()
+        field_of[f"invalid_{field}_sha256"] = f"{field}_sha256"
     totals = both.aggregate(**counts)
     parts = [totals.select(field=ibis.literal(field_of[code]), reason_code=ibis.literal(code),
                            row_count=totals[code].fill_null(0).cast("int64"))
              for code in counts]
+    code = ibis._.reason_code
     audit = ibis.union(*parts).filter(ibis._.row_count > 0).mutate(
         reason=ibis.cases(
-            (ibis._.reason_code == "invalid_email", "not local@domain.tld: set to null"),
-            (ibis._.reason_code == "invalid_phone", "not a possible phone number: set to null"),
-            (ibis._.reason_code == "email_normalised", "trimmed and lower-cased"),
+            (code == "invalid_email", "not local@domain.tld: set to null"),
+            (code == "invalid_phone", "not a possible phone number: set to null"),
+            (code == "email_normalised", "trimmed and lower-cased"),
+            (code.isin(["email_hashed", "phone_hashed"]),
+             "a SHA-256 hex digest, not plain text: moved to the _sha256 column"),
+            (code.isin(["invalid_email_sha256", "invalid_phone_sha256"]),
+             "not 64 hexadecimal digits (a SHA-256): set to null"),
             else_="formatted as E.164",
         ),
         message_id=ibis.literal(None, type="string"),

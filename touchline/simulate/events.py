@@ -63,7 +63,8 @@ EVENT_COLUMNS = (
     "contact_id", "timestamp", "original_timestamp", "sent_at", "received_at", "url", "path",
     "referrer", "title", "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
     "utm_id",
-    *CLICK_KINDS, "email", "phone", "user_agent", "ip", "revenue", "currency", "properties",
+    *CLICK_KINDS, "email", "phone", "email_sha256", "phone_sha256", "user_agent", "ip", "revenue",
+    "currency", "properties",
     "traits", "context", "source", "ingest_id", "write_key",
 )
 UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")

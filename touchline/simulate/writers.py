@@ -90,7 +90,7 @@ def canonical_table(rendered: Rendered, context: pa.Array) -> pa.Table:
         "received_at": _ms(rendered.received_at),
         **{k: pick(v, rows.page_row) for k, v in tables.page.items()},
         "utm_id": nulls,
-        "email": rows.email, "phone": rows.phone,
+        "email": rows.email, "phone": rows.phone, "email_sha256": nulls, "phone_sha256": nulls,
         "user_agent": pick(tables.user_agent, rows.device),
         "ip": pick(tables.ip, rows.device),
         "revenue": pa.array(rows.revenue, pa.float64(), mask=~has_revenue),
