@@ -10,6 +10,7 @@ from pathlib import Path
 import ibis
 import pandas as pd
 import pytest
+from factories import CLI_OWN_CONNECTION
 from ibis.backends import BaseBackend
 from typer.testing import CliRunner
 
@@ -299,6 +300,8 @@ def test_duckdb_and_spark_prepare_identically(spark_backend, scenario_runs, tmp_
                             comparable(getattr(reference, which).tables))
 
 
+@pytest.mark.duckdb_only(
+    reason=CLI_OWN_CONNECTION)
 def test_cli_prepare_prints_tables(tmp_path: Path) -> None:
     from touchline.cli import app
 
