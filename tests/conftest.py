@@ -32,23 +32,14 @@ def spark_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseBack
     reason = _spark_missing()
     if reason:
         pytest.skip(reason)
-    warehouse = tmp_path_factory.mktemp("spark-warehouse")
     settings = Settings(
         database_url="spark://local[2]",
-        spark_warehouse_dir=warehouse,
+        spark_warehouse_dir=tmp_path_factory.mktemp("spark-warehouse"),
         spark_shuffle_partitions=2,
         # test tables hold a handful of rows: compiling whole-stage code for each query costs
         # more than running it, and adaptive planning only adds passes
         spark_conf={"spark.sql.codegen.wholeStage": "false",
-                    "spark.sql.adaptive.enabled": "false",
-                    # a JVM that lives a few minutes running small queries: the C1 compiler
-                    # only (C2's optimising compiles cost CPU the run never earns back) and
-                    # the serial collector (no GC threads competing on a 2-core machine); a
-                    # saveAsTable of ten rows took 0.65 s, now 0.45 s. java.io.tmpdir as
-                    # engine.connect sets it (this option replaces its own)
-                    "spark.driver.extraJavaOptions": (
-                        f"-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Djava.io.tmpdir={warehouse}"
-                    )},
+                    "spark.sql.adaptive.enabled": "false"},
     )
     backend = engine.connect(settings=settings)
     yield backend
