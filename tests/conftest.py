@@ -67,7 +67,9 @@ def con(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseBackend]
 
 @pytest.fixture
 def duck(tmp_path: Path) -> Iterator[BaseBackend]:
-    """A DuckDB warehouse file, for tests about the DuckDB engine only."""
+    """A DuckDB warehouse file, for tests about the DuckDB engine only (its file on disk, its
+    settings): each such test is marked ``@pytest.mark.duckdb_only(reason=...)`` saying why it
+    cannot run on ``con`` (checked by tests/test_layout.py)."""
     backend = engine.connect(
         settings=Settings(database_url=f"duckdb:///{tmp_path / 'wh.duckdb'}")
     )

@@ -15,6 +15,11 @@ from touchline import store
 DAY = "2025-03-03"
 #: ``../shared`` beside the checkout: real data sets (``data/``) and benchmark references
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+#: why a test that drives the CLI in-process is marked ``duckdb_only``
+CLI_OWN_CONNECTION = (
+    "the CLI opens its own connection from --database and disconnects it when done; on Spark "
+    "that stops the session every other Spark test shares"
+)
 
 
 def _arrow(dtype: dt.DataType) -> pa.DataType:

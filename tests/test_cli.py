@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from factories import CLI_OWN_CONNECTION
 from typer.testing import CliRunner
 
 from touchline.cli import app
 
+pytestmark = pytest.mark.duckdb_only(
+    reason=CLI_OWN_CONNECTION)
 runner = CliRunner()
 
 

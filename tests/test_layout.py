@@ -62,3 +62,45 @@ def test_all_lists_every_public_name_sorted() -> None:
     names = [n for n, v in vars(touchline).items()
              if not n.startswith("_") and not isinstance(v, ModuleType) and n != "annotations"]
     assert touchline.__all__ == sorted(names)
+
+
+TESTS = Path(__file__).parent
+
+
+def _duckdb_only(decorators: list[ast.expr]) -> ast.Call | None:
+    for node in decorators:
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "pytest.mark.duckdb_only":
+            return node
+    return None
+
+
+def _has_reason(mark: ast.Call) -> bool:
+    reason = next((k.value for k in mark.keywords if k.arg == "reason"), None)
+    # a literal that says something, or a named constant shared by several tests
+    return isinstance(reason, ast.Name) or (
+        isinstance(reason, ast.Constant) and bool(str(reason.value).strip()))
+
+
+def test_duckdb_only_tests_say_why_and_table_tests_run_on_both_engines() -> None:
+    """Table tests run on ``con`` (DuckDB and Spark). A test on the DuckDB-only ``duck``
+    fixture carries ``@pytest.mark.duckdb_only(reason=...)`` (on the test or the module), and
+    no test is both marked DuckDB only and run on ``con``."""
+    wrong = []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        module_mark = next((_duckdb_only([n.value]) for n in tree.body
+                            if isinstance(n, ast.Assign)
+                            and any(ast.unparse(t) == "pytestmark" for t in n.targets)), None)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+                continue
+            args = {a.arg for a in node.args.args}
+            mark = _duckdb_only(node.decorator_list) or module_mark
+            where = f"{path.relative_to(TESTS)}::{node.name}"
+            if "duck" in args and mark is None:
+                wrong.append(f"{where} uses duck without @pytest.mark.duckdb_only(reason=...)")
+            if mark is not None and not _has_reason(mark):
+                wrong.append(f"{where} is marked duckdb_only without a reason")
+            if mark is not None and "con" in args:
+                wrong.append(f"{where} runs on con but is marked duckdb_only")
+    assert not wrong, "\n".join(wrong)

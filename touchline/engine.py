@@ -10,6 +10,8 @@ engines that Ibis does not hide live here and nowhere else:
   ANSI mode is off so that failed casts and division by zero give NULL, as on DuckDB.
 * Uploading pandas data to Spark through ``ibis.memtable`` turns string nulls into the text
   ``'NaN'``: :func:`load_table` goes through Parquet on Spark instead.
+* DuckDB has transactions; Spark's tables are folders of Parquet files without them:
+  :func:`all_or_nothing` gives a block of writes to several tables one outcome on both.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -339,3 +341,67 @@ def append(con: BaseBackend, name: str, data: pa.Table | ibis.Table) -> None:
         pq.write_table(data, path)
         data = con.read_parquet(str(path))
     con.insert(name, data)
+
+
+@contextmanager
+def all_or_nothing(con: BaseBackend, tables: Sequence[str]) -> Iterator[None]:
+    """Writes to ``tables`` inside the ``with`` block land together or not at all.
+
+    DuckDB: one transaction (``BEGIN`` … ``COMMIT``, ``ROLLBACK`` on an exception).
+
+    Spark has no transaction over several tables. Its tables here are folders of Parquet files,
+    and an ``INSERT`` only adds files to a folder (Spark's commit protocol makes each insert
+    land whole or not at all), so the files of each table are listed before the block; on an
+    exception the files added since are deleted and the tables refreshed, and the block's
+    writes are gone. What holds on Spark, unlike on DuckDB: another reader may see the rows
+    while the block runs, a concurrent writer to the same tables during the block is not
+    isolated from the roll-back, and a process killed inside the block (no chance to clean up)
+    leaves what it wrote, so a writer must make a rerun harmless (ingest anti-joins on each
+    table's key and on reject ids: a rerun adds nothing twice). Pinned by
+    ``tests/collect/test_ingest.py`` on both engines.
+    """
+    if engine_name(con) != "spark":
+        con.raw_sql("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            con.raw_sql("ROLLBACK")
+            raise
+        con.raw_sql("COMMIT")
+        return
+    before = {name: _spark_table_files(con, name) for name in tables}
+    try:
+        yield
+    except BaseException:
+        for name, files in before.items():
+            _spark_remove_files_since(con, name, files)
+        raise
+
+
+def _spark_table_location(con: BaseBackend, name: str) -> Any:
+    """The Hadoop file system and folder of Spark table ``name`` (local, HDFS, S3 alike)."""
+    session = con._session  # type: ignore[attr-defined]
+    rows = session.sql(f"DESCRIBE TABLE EXTENDED `{name}`").collect()
+    location = next(r.data_type for r in rows if r.col_name == "Location")
+    jvm = session.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(location)
+    return path.getFileSystem(session.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def _spark_table_files(con: BaseBackend, name: str) -> set[str]:
+    fs, folder = _spark_table_location(con, name)
+    found: set[str] = set()
+    files = fs.listFiles(folder, True)
+    while files.hasNext():
+        found.add(files.next().getPath().toString())
+    return found
+
+
+def _spark_remove_files_since(con: BaseBackend, name: str, kept: set[str]) -> None:
+    fs, _ = _spark_table_location(con, name)
+    added = _spark_table_files(con, name) - kept
+    jvm = con._session.sparkContext._jvm  # type: ignore[attr-defined]
+    for file in added:
+        fs.delete(jvm.org.apache.hadoop.fs.Path(file), False)
+    con._session.catalog.refreshTable(name)  # type: ignore[attr-defined]
+    log.warning("rolled back %d file(s) written to Spark table %s", len(added), name)

@@ -213,18 +213,18 @@ def test_calls_match_covering_expired_ambiguous_and_missing_leases(con: BaseBack
     ]
 
 
-def test_new_calls_become_touches_once(duck: BaseBackend) -> None:
-    store.init(duck)
-    engine.append(duck, "number_leases", _leases())
+def test_new_calls_become_touches_once(con: BaseBackend) -> None:
+    store.init(con)
+    engine.append(con, "number_leases", _leases())
     calls = (
         _calls()
         .append_column("source", pa.array(["calls"] * 5))
         .append_column("ingest_id", pa.array(["t"] * 5))
     )
-    engine.append(duck, "calls", calls.cast(store.CALLS.schema.to_pyarrow()))
+    engine.append(con, "calls", calls.cast(store.CALLS.schema.to_pyarrow()))
     settings = Settings(dni_grace_minutes=60, call_conversion_seconds=60, phone_region="US")
-    first = match_new_calls(duck, settings)
-    second = match_new_calls(duck, settings)
+    first = match_new_calls(con, settings)
+    second = match_new_calls(con, settings)
     assert first == {
         "matched": 1,
         "expired": 1,
@@ -233,11 +233,14 @@ def test_new_calls_become_touches_once(duck: BaseBackend) -> None:
         "pool_exhausted": 3,
     }
     assert second == {"pool_exhausted": 3}
-    rows = duck.con.execute(  # type: ignore[attr-defined]
-        "SELECT message_id, event, anonymous_id, utm_source, phone, properties FROM events "
-        "WHERE message_id = 'call:c-in'"
-    ).fetchall()
-    message_id, event, anonymous_id, source, phone, properties = rows[0]
+    events = con.table("events")
+    rows = (
+        events.filter(events.message_id == "call:c-in")
+        .select("message_id", "event", "anonymous_id", "utm_source", "phone", "properties")
+        .to_pyarrow()
+        .to_pylist()
+    )
+    message_id, event, anonymous_id, source, phone, properties = rows[0].values()
     assert (message_id, event, anonymous_id, source, phone) == (
         "call:c-in",
         "Phone Call",
@@ -246,7 +249,7 @@ def test_new_calls_become_touches_once(duck: BaseBackend) -> None:
         "+15551234567",
     )
     assert json.loads(properties)["conversion"] is True
-    assert duck.table("events").count().execute() == 5
+    assert con.table("events").count().execute() == 5
 
 
 def test_lease_endpoint_hands_out_numbers(

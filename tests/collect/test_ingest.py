@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from factories import CLI_OWN_CONNECTION
 
-from touchline import store
+from touchline import engine, store
 from touchline.collect.ingest import ingest_file
 from touchline.collect.mapping import load_mapping, normalise_name
 from touchline.config import Settings
@@ -93,24 +94,56 @@ def test_overlapping_file_adds_only_new_rows(con, tmp_path) -> None:
     assert con.table("events").count().to_pyarrow().as_py() == 100
 
 
-def test_duplicate_inside_a_file_is_kept_once_and_explained(duck, tmp_path) -> None:
+def test_duplicate_inside_a_file_is_kept_once_and_explained(con, tmp_path) -> None:
     path = tmp_path / "dupes.csv"
     path.write_text("\n".join([HEADER, _good(1), _good(2), _good(1)]) + "\n")
-    result = ingest_file(duck, path, "events", settings=SETTINGS)
+    result = ingest_file(con, path, "events", settings=SETTINGS)
     assert (result.loaded, result.duplicates) == (2, 1)
-    row = duck.table("rejects").to_pyarrow().to_pylist()[0]
+    row = con.table("rejects").to_pyarrow().to_pylist()[0]
     assert (row["line"], row["reason_code"], row["ref"]) == (4, "duplicate_in_file", "m1")
     assert "line 2" in row["reason"]
 
 
-def test_rows_without_message_id_dedupe_on_content(duck, tmp_path) -> None:
+def test_rows_without_message_id_dedupe_on_content(con, tmp_path) -> None:
     path = tmp_path / "noid.csv"
     row = ",page,,a1,,2025-03-01T10:00:00Z,https://x.io/,"
     path.write_text("\n".join([HEADER, row, row, row.replace("a1", "a2")]) + "\n")
-    result = ingest_file(duck, path, "events", settings=SETTINGS)
+    result = ingest_file(con, path, "events", settings=SETTINGS)
     assert (result.loaded, result.duplicates) == (2, 1)
-    ids = duck.table("events").message_id.to_pyarrow().to_pylist()
+    ids = con.table("events").message_id.to_pyarrow().to_pylist()
     assert all(i.startswith("h-") and len(i) == 34 for i in ids)
+
+
+def _ids(con, table: str, column: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(con.table(table)[column].to_pyarrow().to_pylist())
+
+
+def test_a_file_failing_mid_commit_leaves_the_warehouse_as_it_was(
+    con, tmp_path, monkeypatch
+) -> None:
+    """Rows, rejects and the run record are written all or nothing (``engine.all_or_nothing``:
+    a transaction on DuckDB; on Spark the files added since the commit began are deleted): a
+    failure once the new rows and rejects are in, writing the run record, takes them out."""
+    first = tmp_path / "a.csv"
+    first.write_text("\n".join([HEADER, *(_good(i) for i in range(0, 20))]) + "\n")
+    ingest_file(con, first, "events", settings=SETTINGS)
+    kept = {"events": "message_id", "rejects": "reject_id", "ingests": "ingest_id"}
+    before = {t: _ids(con, t, c) for t, c in kept.items()}
+    second = tmp_path / "b.csv"
+    bad = "b1,track,Viewed,a1,,yesterday,,"
+    second.write_text("\n".join([HEADER, *(_good(i) for i in range(10, 40)), bad]) + "\n")
+
+    def disk_full(*args: object) -> None:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "append", disk_full)
+        with pytest.raises(OSError, match="disk full"):
+            ingest_file(con, second, "events", settings=SETTINGS)
+    assert {t: _ids(con, t, c) for t, c in kept.items()} == before
+    result = ingest_file(con, second, "events", settings=SETTINGS)  # and then it loads whole
+    assert (result.loaded, result.duplicates, result.rejected) == (20, 10, 1)
+    assert len(_ids(con, "events", "message_id")) == 40
 
 
 def write_messy_ndjson(path: Path) -> dict[int, str]:
@@ -170,44 +203,44 @@ def test_parquet_keeps_types_and_row_numbers(con, tmp_path) -> None:
         (b"call_id,b\n1,2\n", "missing column"),
     ],
 )
-def test_unreadable_files_raise_input_error_and_write_nothing(duck, tmp_path, content, message):
+def test_unreadable_files_raise_input_error_and_write_nothing(con, tmp_path, content, message):
     path = tmp_path / "bad.csv"
     path.write_bytes(content)
     kind = "calls" if b"," in content else "events"
     with pytest.raises(InputError, match=message):
-        ingest_file(duck, path, kind, settings=SETTINGS)
-    assert "calls" not in duck.list_tables() or duck.table("calls").count().execute() == 0
+        ingest_file(con, path, kind, settings=SETTINGS)
+    assert "calls" not in con.list_tables() or con.table("calls").count().execute() == 0
 
 
-def test_truncated_gzip_loads_nothing(duck, tmp_path) -> None:
+def test_truncated_gzip_loads_nothing(con, tmp_path) -> None:
     full = gzip.compress(("\n".join([HEADER, *(_good(i) for i in range(5000))]) + "\n").encode())
     path = tmp_path / "cut.csv.gz"
     path.write_bytes(full[: len(full) // 2])
     with pytest.raises(InputError, match="truncated or corrupt"):
-        ingest_file(duck, path, "events", settings=SETTINGS)
-    assert "events" not in duck.list_tables() or duck.table("events").count().execute() == 0
+        ingest_file(con, path, "events", settings=SETTINGS)
+    assert "events" not in con.list_tables() or con.table("events").count().execute() == 0
 
 
-def test_header_only_file_loads_zero_rows(duck, tmp_path) -> None:
+def test_header_only_file_loads_zero_rows(con, tmp_path) -> None:
     path = tmp_path / "empty.csv"
     path.write_text(HEADER + "\n")
-    result = ingest_file(duck, path, "events", settings=SETTINGS)
+    result = ingest_file(con, path, "events", settings=SETTINGS)
     assert (result.rows_read, result.loaded, result.rejected) == (0, 0, 0)
 
 
-def test_huge_line_is_rejected_without_reading_it_whole(duck, tmp_path) -> None:
+def test_huge_line_is_rejected_without_reading_it_whole(con, tmp_path) -> None:
     path = tmp_path / "huge.ndjson"
     with path.open("w") as handle:
         handle.write('{"type":"page","anonymousId":"a","timestamp":"2025-01-01T00:00:00Z"}\n')
         handle.write('{"type":"page","pad":"' + "x" * (8 << 20) + '"}\n')
         handle.write('{"type":"page","anonymousId":"b","timestamp":"2025-01-01T00:00:00Z"}\n')
     settings = Settings(database_url="duckdb://", max_line_bytes=1 << 20)
-    result = ingest_file(duck, path, "events", settings=settings)
+    result = ingest_file(con, path, "events", settings=settings)
     assert (result.loaded, result.rejected) == (2, 1)
-    assert _rejects(duck) == {2: "line_too_long"}
+    assert _rejects(con) == {2: "line_too_long"}
 
 
-def test_mapping_file_renames_and_fills_defaults(duck, tmp_path) -> None:
+def test_mapping_file_renames_and_fills_defaults(con, tmp_path) -> None:
     path = tmp_path / "export.csv"
     path.write_text(
         "clientId,page_url,timestamp,event_name\n"
@@ -219,10 +252,10 @@ def test_mapping_file_renames_and_fills_defaults(duck, tmp_path) -> None:
         'event = "event_name"\n[defaults]\ntype = "track"\nsource = "web"\n'
     )
     canonical = {c.name for c in store.EVENTS.columns}
-    result = ingest_file(duck, path, "events", settings=SETTINGS,
+    result = ingest_file(con, path, "events", settings=SETTINGS,
                          mapping=load_mapping(mapping_file, canonical=canonical))
     assert result.loaded == 1
-    row = duck.table("events").to_pyarrow().to_pylist()[0]
+    row = con.table("events").to_pyarrow().to_pylist()[0]
     assert (row["anonymous_id"], row["event"], row["utm_medium"], row["source"]) == (
         "c1", "page_viewed", "cpc", "web")
     assert row["timestamp"].microsecond == 123000
@@ -258,23 +291,23 @@ source = "web"
 """
 
 
-def test_real_puffy_export_counts_match_its_source_notes(duck, tmp_path, shared_data) -> None:
+def test_real_puffy_export_counts_match_its_source_notes(con, tmp_path, shared_data) -> None:
     files = sorted((shared_data / "puffy-ecommerce-events" / "raw").glob("*.csv.gz"))
     mapping_file = tmp_path / "puffy.toml"
     mapping_file.write_text(PUFFY_MAP)
     mapping = load_mapping(mapping_file, canonical={c.name for c in store.EVENTS.columns})
     settings = Settings(database_url="duckdb://")
-    results = [ingest_file(duck, f, "events", settings=settings, mapping=mapping) for f in files]
+    results = [ingest_file(con, f, "events", settings=settings, mapping=mapping) for f in files]
     assert sum(r.rows_read for r in results) == 49_963  # SOURCE.md
     missing_id = sum(r.rejects_by_reason["missing_id"] for r in results)
     assert missing_id == 2_908  # "2,908 events with no id"
-    loaded = duck.table("events")
+    loaded = con.table("events")
     assert loaded.count().execute() == 49_963 - 2_908 - sum(r.duplicates for r in results)
     assert loaded.filter(loaded.event == "checkout_completed").count().execute() == 294
     assert loaded.filter(loaded.gclid.notnull()).count().execute() >= 8_000
 
 
-def test_offline_events_named_only_by_email_phone_or_crm_contact_load(duck, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_offline_events_named_only_by_email_phone_or_crm_contact_load(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A CRM export or call log may know the person only by an e-mail, a phone number or its
     own contact id; such rows load (prepare files them under that identifier). A row with none
     of the ids is still refused."""
@@ -284,14 +317,14 @@ def test_offline_events_named_only_by_email_phone_or_crm_contact_load(duck, tmp_
                     "c2,track,Call,,+12025550143,,2025-03-01T10:00:00Z,calls\n"
                     "c3,track,Lead Qualified,,,hs-77,2025-03-01T10:00:00Z,crm\n"
                     "c4,track,Lead Lost,,,,2025-03-01T10:00:00Z,crm\n")
-    result = ingest_file(duck, path, "events", settings=SETTINGS)
+    result = ingest_file(con, path, "events", settings=SETTINGS)
     assert dict(result.rejects_by_reason) == {"missing_id": 1}
-    loaded = duck.table("events").order_by("message_id").to_pandas()
+    loaded = con.table("events").order_by("message_id").to_pandas()
     assert loaded.message_id.tolist() == ["c1", "c2", "c3"]
     assert loaded.contact_id.tolist()[2] == "hs-77"
 
 
-def test_a_new_column_leaves_the_content_hash_of_rows_without_it_alone(duck, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_column_leaves_the_content_hash_of_rows_without_it_alone(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``row_hash`` is md5 of the row's columns joined by U+001F, empty for unset ones; a
     column added later (``contact_ids``) joins it only when set, so re-ingesting an export
     loaded by an older version adds nothing twice."""
@@ -299,16 +332,16 @@ def test_a_new_column_leaves_the_content_hash_of_rows_without_it_alone(duck, tmp
 
     path = tmp_path / "deals.csv"
     path.write_text("deal_id,created_at\nd1,2025-03-05T00:00:00Z\n")
-    ingest_file(duck, path, "deals", settings=SETTINGS)
+    ingest_file(con, path, "deals", settings=SETTINGS)
     older = [c.name for c in store.DEALS.columns
              if c.name not in ("row_hash", "ingest_id", "source", "contact_ids", "properties")]
     values = {"deal_id": "d1", "created_at": "2025-03-05 00:00:00"}
     expected = hashlib.md5("\x1f".join(values.get(c, "") for c in older).encode()).hexdigest()
-    assert duck.table("deals").row_hash.to_pandas().tolist() == [expected]
+    assert con.table("deals").row_hash.to_pandas().tolist() == [expected]
     with_ids = tmp_path / "deals2.csv"
     with_ids.write_text("deal_id,created_at,contact_ids\nd1,2025-03-05T00:00:00Z,hs-1\n")
-    ingest_file(duck, with_ids, "deals", settings=SETTINGS)
-    assert duck.table("deals").count().execute() == 2  # set: a different row
+    ingest_file(con, with_ids, "deals", settings=SETTINGS)
+    assert con.table("deals").count().execute() == 2  # set: a different row
 
 
 def test_a_rejected_rows_raw_text_keeps_no_secret_and_no_full_ip(con, tmp_path) -> None:
@@ -391,6 +424,8 @@ def test_a_gz_name_on_bytes_that_are_not_gzip_is_an_error_naming_the_file(con, t
         ("other.csv", b"Name,Ad Spend\n", "line 1: the header ['Name', 'Ad Spend'] names no"),
     ],
 )
+@pytest.mark.duckdb_only(
+    reason=CLI_OWN_CONNECTION)
 def test_ingest_command_exits_1_with_the_message(tmp_path, name, content, message) -> None:
     from typer.testing import CliRunner
 

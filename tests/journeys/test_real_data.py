@@ -52,6 +52,10 @@ def _load(con: object, file: Path, kind: str, mapping: str, tmp_path: Path,
     assert result.rejected == 0, result.rejects_by_reason
 
 
+@pytest.mark.duckdb_only(
+    reason="the real-data run in a warehouse file, as a user makes it; the engines' equality "
+    "is proven on the same code by the table tests (con), and the whole Olist run would add "
+    "minutes of Spark to the suite")
 @pytest.mark.skipif(not OLIST.exists(), reason=f"real data set absent: {OLIST} (../shared/data)")
 def test_olist_conversion_by_origin_and_days_to_close_match_pandas(tmp_path: Path) -> None:
     mqls = pd.read_csv(OLIST / "olist_marketing_qualified_leads_dataset.csv")

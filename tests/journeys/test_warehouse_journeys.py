@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from factories import CLI_OWN_CONNECTION
 from typer.testing import CliRunner
 
 from touchline.cli import app
@@ -24,6 +26,8 @@ EVENTS = [
 ]
 
 
+@pytest.mark.duckdb_only(
+    reason=CLI_OWN_CONNECTION)
 def test_cli_attributes_the_users_own_prepared_files(tmp_path: Path) -> None:
     """The user's path: ingest their file, run, then get credits from the warehouse."""
     file = tmp_path / "events.ndjson"

@@ -37,14 +37,6 @@ def settings(tmp_path: Any) -> Settings:
     return Settings(database_url="duckdb://", temp_directory=tmp_path)
 
 
-@pytest.fixture
-def db(tmp_path: Any) -> Any:
-    """An in-memory DuckDB: the fast engine for single-step tests (parity tests use ``con``)."""
-    backend = engine.connect(settings=Settings(database_url="duckdb://", temp_directory=tmp_path))
-    yield backend
-    backend.disconnect()
-
-
 def load(con: BaseBackend, rows: Sequence[dict[str, Any]], name: str = "events") -> ir.Table:
     """Event rows (with :func:`event_rows` defaults) as table ``name`` on ``con``."""
     return engine.load_table(con, name, arrow_table(store.EVENTS, event_rows(rows)))

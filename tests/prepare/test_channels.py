@@ -75,11 +75,11 @@ def test_rule_table_ships_the_18_ga4_groups_with_direct_before_cross_network() -
     assert groups.index("Direct") < groups.index("Cross-network")
 
 
-def test_custom_rules_take_precedence(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_custom_rules_take_precedence(con, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     custom = tmp_path / "rules.csv"
     custom.write_text("priority,channel_group,rule,clause,field,op,value\n"
                       "1,Partners,partner_awin,1,source,eq,awin\n")
-    got = classify(db, [CASES[22]], channels.default_rules(custom))
+    got = classify(con, [CASES[22]], channels.default_rules(custom))
     assert got == [("Partners", "partner_awin")]
 
 
@@ -92,31 +92,36 @@ def test_custom_values_are_lower_cased_but_regexes_kept_as_written(tmp_path: Pat
     assert rules == {"partner": "awin|cj", "coded": r"^\D+-\d+$"}
 
 
-def entrance_of(db, **landing):  # type: ignore[no-untyped-def]
+def entrances(con, landings):  # type: ignore[no-untyped-def]
+    """(source, medium) of each landing, all in one query."""
     cols = ("referrer_host", "landing_host", "utm_source", "utm_medium", "utm_campaign",
             "click_id_type")
-    data = pa.table({c: pa.array([landing.get(c)], pa.string()) for c in cols})
-    visits = db.create_table("visits", data, overwrite=True)
-    hosts = [h for h in (landing.get("referrer_host"), landing.get("landing_host")) if h]
-    lookup = db.create_table("hosts", channels.host_table(
+    data = pa.table({"case": pa.array(range(len(landings)), pa.int64()),
+                     **{c: pa.array([x.get(c) for x in landings], pa.string()) for c in cols}})
+    visits = engine.load_table(con, "visits", data)
+    hosts = sorted({h for x in landings for h in (x.get("referrer_host"), x.get("landing_host"))
+                    if h})
+    lookup = engine.load_table(con, "hosts", channels.host_table(
         hosts, categories=reference.source_categories(),
-        source_aliases=reference.aliases("source")), overwrite=True)
-    row = channels.entrance(visits, lookup, own_domains=[]).to_pandas().iloc[0]
-    return row.source, row.medium
+        source_aliases=reference.aliases("source")))
+    got = channels.entrance(visits, lookup, own_domains=[]).order_by("case").to_pandas()
+    return list(zip(got.source, got.medium, strict=True))
 
 
-def test_entrance_source_follows_utm_then_click_id_then_referrer(db) -> None:  # type: ignore[no-untyped-def]
-    assert entrance_of(db, utm_source="newsletter", utm_medium="email",
-                       click_id_type="google") == ("newsletter", "email")
-    assert entrance_of(db, click_id_type="google") == ("google", "cpc")
-    # fbclid without UTMs proves no paid click: a facebook referral, i.e. Organic Social
-    assert entrance_of(db, click_id_type="meta") == ("facebook", "referral")
-    assert entrance_of(db, referrer_host="www.google.co.uk", landing_host="shop.com") == (
-        "google", "organic")
-    assert entrance_of(db, referrer_host="l.facebook.com", landing_host="shop.com") == (
-        "facebook", "referral")
-    assert entrance_of(db, referrer_host="mail.google.com", landing_host="shop.com") == (
-        "mail.google.com", "email")
-    assert entrance_of(db, referrer_host="www.shop.com", landing_host="shop.com") == (
-        "(direct)", "(none)")
-    assert entrance_of(db) == ("(direct)", "(none)")
+def test_entrance_source_follows_utm_then_click_id_then_referrer(con) -> None:  # type: ignore[no-untyped-def]
+    cases = [
+        ({"utm_source": "newsletter", "utm_medium": "email", "click_id_type": "google"},
+         ("newsletter", "email")),
+        ({"click_id_type": "google"}, ("google", "cpc")),
+        # fbclid without UTMs proves no paid click: a facebook referral, i.e. Organic Social
+        ({"click_id_type": "meta"}, ("facebook", "referral")),
+        ({"referrer_host": "www.google.co.uk", "landing_host": "shop.com"},
+         ("google", "organic")),
+        ({"referrer_host": "l.facebook.com", "landing_host": "shop.com"},
+         ("facebook", "referral")),
+        ({"referrer_host": "mail.google.com", "landing_host": "shop.com"},
+         ("mail.google.com", "email")),
+        ({"referrer_host": "www.shop.com", "landing_host": "shop.com"}, ("(direct)", "(none)")),
+        ({}, ("(direct)", "(none)")),
+    ]
+    assert entrances(con, [c[0] for c in cases]) == [c[1] for c in cases]

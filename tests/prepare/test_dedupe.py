@@ -11,8 +11,8 @@ from .conftest import working
 FORM = {"type": "track", "event": "Form Submitted"}
 
 
-def test_exact_duplicates_keep_the_earliest_copy_and_point_to_it(db) -> None:  # type: ignore[no-untyped-def]
-    events = working(db, [
+def test_exact_duplicates_keep_the_earliest_copy_and_point_to_it(con) -> None:  # type: ignore[no-untyped-def]
+    events = working(con, [
         {"message_id": "x", "anonymous_id": "a", "timestamp": "09:00:05", "url": "late"},
         {"message_id": "x", "anonymous_id": "a", "timestamp": "09:00:00", "url": "first"},
         {"message_id": "x", "anonymous_id": "a", "timestamp": "09:00:10", "url": "later"},
@@ -26,8 +26,8 @@ def test_exact_duplicates_keep_the_earliest_copy_and_point_to_it(db) -> None:  #
     assert set(rejected.ref) == {"x"} and set(rejected.reason_code) == {"duplicate_message_id"}
 
 
-def test_same_form_from_two_systems_within_tolerance_is_one_touch(db) -> None:  # type: ignore[no-untyped-def]
-    events = working(db, [
+def test_same_form_from_two_systems_within_tolerance_is_one_touch(con) -> None:  # type: ignore[no-untyped-def]
+    events = working(con, [
         {**FORM, "anonymous_id": "a", "timestamp": "11:05", "email": "ann@acme.com"},
         {**FORM, "user_id": "u1", "timestamp": "11:06", "email": "ann@acme.com", "source": "crm"},
         {**FORM, "user_id": "u1", "timestamp": "13:00", "email": "ann@acme.com", "source": "crm"},
@@ -47,8 +47,8 @@ def test_same_form_from_two_systems_within_tolerance_is_one_touch(db) -> None:  
     assert got.values.tolist() == [["m2", "m1"], ["m6", "m5"]]
 
 
-def test_a_touch_seen_by_three_systems_points_every_copy_at_the_kept_one(db) -> None:  # type: ignore[no-untyped-def]
-    events = working(db, [
+def test_a_touch_seen_by_three_systems_points_every_copy_at_the_kept_one(con) -> None:  # type: ignore[no-untyped-def]
+    events = working(con, [
         {**FORM, "message_id": "m9", "anonymous_id": "a", "timestamp": "11:05",
          "email": "ann@acme.com"},
         {**FORM, "message_id": "m1", "timestamp": "11:06", "email": "ann@acme.com",
@@ -71,9 +71,9 @@ def test_a_touch_seen_by_three_systems_points_every_copy_at_the_kept_one(db) -> 
     assert got.values.tolist() == [["m1", "m9"], ["m5", "m9"], ["m7", "m9"]]
 
 
-def test_a_server_side_copy_without_a_cookie_matches_on_user_and_page(db) -> None:  # type: ignore[no-untyped-def]
+def test_a_server_side_copy_without_a_cookie_matches_on_user_and_page(con) -> None:  # type: ignore[no-untyped-def]
     url = "https://shop.example.com/contact"
-    events = working(db, [
+    events = working(con, [
         {**FORM, "anonymous_id": "a", "user_id": "u1", "timestamp": "11:05", "url": url},
         # the server saw the same submission: the user, the page, no cookie, no e-mail
         {**FORM, "user_id": "u1", "timestamp": "11:05:30", "url": url + "?utm_source=x",
@@ -93,9 +93,9 @@ def test_a_server_side_copy_without_a_cookie_matches_on_user_and_page(db) -> Non
     assert got.values.tolist() == [["m2", "m1"]]
 
 
-def test_the_crm_and_an_import_of_one_deal_match_on_the_crm_contact_id(db) -> None:  # type: ignore[no-untyped-def]
+def test_the_crm_and_an_import_of_one_deal_match_on_the_crm_contact_id(con) -> None:  # type: ignore[no-untyped-def]
     deal = {"type": "track", "event": "Deal Created"}
-    events = working(db, [
+    events = working(con, [
         {**deal, "contact_id": "hs-7", "timestamp": "11:00", "source": "crm"},
         {**deal, "contact_id": "hs-7", "timestamp": "11:30", "source": "import"},
         {**deal, "contact_id": "hs-8", "timestamp": "11:30", "source": "import"},

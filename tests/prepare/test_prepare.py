@@ -3,15 +3,20 @@ nothing dropped without a reason, the same result on DuckDB and Spark, the CLI."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import ibis
 import pandas as pd
+import pytest
+from factories import CLI_OWN_CONNECTION
+from ibis.backends import BaseBackend
 from typer.testing import CliRunner
 
 from touchline import engine, store
 from touchline.config import Settings
-from touchline.prepare import STEPS, run_prepare
+from touchline.prepare import STEPS, PrepareResult, run_prepare
 
 from .conftest import NOW, arrow_table, event_rows, load
 
@@ -54,70 +59,134 @@ def setup(con, rows=SCENARIO):  # type: ignore[no-untyped-def]
 
 
 def snapshot(con) -> dict[str, pd.DataFrame]:  # type: ignore[no-untyped-def]
+    return comparable({spec.name: con.table(spec.name).to_pandas()
+                       for spec in (*store.PREPARED, store.REJECTS)})
+
+
+def comparable(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The tables without run ids and times, NaN and None alike, rows in one order."""
     out = {}
-    for spec in (*store.PREPARED, store.REJECTS):
-        frame = con.table(spec.name).to_pandas()
+    for name, frame in tables.items():
         frame = frame[[c for c in frame.columns if c not in RUN_COLUMNS and c != "raw"]]
         frame = frame.astype(object).where(frame.notna(), None)  # NaN (DuckDB) vs None (Spark)
-        out[spec.name] = frame.sort_values(list(frame.columns), key=lambda c: c.astype(str)
-                                           ).reset_index(drop=True)
+        out[name] = frame.sort_values(list(frame.columns), key=lambda c: c.astype(str)
+                                      ).reset_index(drop=True)
     return out
 
 
-def test_prepare_builds_every_table_with_hand_computed_counts(db, settings: Settings) -> None:  # type: ignore[no-untyped-def]
-    setup(db)
-    result = run_prepare(db, settings, now=NOW)
+@dataclass(frozen=True)
+class Run:
+    """One prepare run of the scenario: its result and every table it left, as read back."""
+
+    result: PrepareResult
+    tables: dict[str, pd.DataFrame]
+    list_tables: list[str]
+    touchpoints_is_view: bool
+
+
+@dataclass(frozen=True)
+class ScenarioRuns:
+    """The scenario's history on one engine, each run read back as it finished:
+
+    ``first``: the morning's events (before 11:00), on a warehouse that still holds a
+    ``touchpoints`` table from an older version; ``full``: the rest of the day arrived;
+    ``again``: the same input and rules once more; ``custom``: a rule file that makes every
+    facebook source a ``Partner``.
+    """
+
+    first: Run
+    full: Run
+    again: Run
+    custom: Run
+
+
+def _run(con: BaseBackend, settings: Settings) -> Run:
+    result = run_prepare(con, settings, now=NOW)
+    tables = {spec.name: con.table(spec.name).to_pandas()
+              for spec in (*store.PREPARED, store.REJECTS)}
+    return Run(result, tables, con.list_tables(), engine.is_view(con, "touchpoints"))
+
+
+@pytest.fixture(scope="module")
+def scenario_runs(tmp_path_factory: pytest.TempPathFactory
+                  ) -> Callable[[BaseBackend], ScenarioRuns]:
+    """The scenario's four runs on ``con``'s engine, made once per engine for the module.
+
+    Why: a Spark prepare of a dozen rows takes half a minute (some fifty tables written), and
+    five tests read these same runs; each asserts what it did before, on the runs it made
+    itself. The runs are made on the first asking test's ``con`` and read back into pandas,
+    so a test reads them from here, never from ``con``.
+    """
+    made: dict[str, ScenarioRuns] = {}
+
+    def runs(con: BaseBackend) -> ScenarioRuns:
+        name = engine.engine_name(con)
+        if name not in made:
+            folder = tmp_path_factory.mktemp(f"scenario-{name}")
+            settings = Settings(database_url="duckdb://", temp_directory=folder)
+            rules = folder / "rules.csv"
+            rules.write_text("priority,channel_group,rule,clause,field,op,value\n"
+                             "1,Partner,facebook_partner,1,source,eq,facebook\n")
+            setup(con, [r for r in SCENARIO if str(r["timestamp"]) < "11:00"])
+            con.create_table("touchpoints", schema=store.TOUCHPOINTS.schema, overwrite=True)
+            first = _run(con, settings)
+            setup(con)  # the rest of the day arrives
+            full = _run(con, settings)
+            again = _run(con, settings)
+            custom = _run(con, settings.model_copy(update={"channel_rules_file": rules}))
+            made[name] = ScenarioRuns(first, full, again, custom)
+        return made[name]
+
+    return runs
+
+
+def test_prepare_builds_every_table_with_hand_computed_counts(con, scenario_runs) -> None:  # type: ignore[no-untyped-def]
+    run = scenario_runs(con).full
+    result = run.result
     assert result.rejects_by_reason == {
         "no_identity": 1, "impossible_timestamp": 1, "bot_user_agent": 1,
         "duplicate_message_id": 1, "cross_source_duplicate": 1}
     # kept + rejected = input
     assert result.counts["touchpoints"] + sum(result.rejects_by_reason.values()) == len(SCENARIO)
     assert [s.name for s in result.steps] == [s.name for s in STEPS]
-    sessions = db.table("sessions").to_pandas().set_index("session_id")
+    sessions = run.tables["sessions"].set_index("session_id")
     assert sessions.channel.to_dict() == {
         "anon:a1#1": "Paid Search", "anon:a1#2": "Organic Search", "anon:a2#1": "Paid Social",
         "anon:b1#1": "Organic Social", "anon:c1#1": "Direct"}
     assert sessions.loc["anon:a1#1", "pageview_count"] == 2
-    persons = db.table("persons").to_pandas()
+    persons = run.tables["persons"]
     assert len(persons) == 3  # ann (a1, a2, u1, e-mail), bob, carol
     ann = persons[persons.user_id == "u1"].iloc[0]
     assert (ann.device_count, ann.email, ann.account_id) == (2, "ann@acme.com", "crm:A1")
-    accounts = db.table("accounts").to_pandas().set_index("account_id")
+    accounts = run.tables["accounts"].set_index("account_id")
     assert accounts.account_source.to_dict() == {"crm:A1": "crm", "domain:beta.io": "email_domain"}
-    links = db.table("identity_links").to_pandas()
+    links = run.tables["identity_links"]
     crm = links[links.link_id == "email:ann@acme.com|user:u1"].iloc[0]
     assert crm.evidence == "crm_match"  # from the CRM copy dropped as a duplicate touch
-    touch = db.table("touchpoints").filter(lambda t: t.revenue.notnull()).to_pandas().iloc[0]
+    touchpoints = run.tables["touchpoints"]
+    touch = touchpoints[touchpoints.revenue.notna()].iloc[0]
     assert round(touch.revenue, 2) == 20.70 and touch.currency == "USD"
     assert (touch.session_id, touch.channel, touch.person_id, touch.account_id) == (
         "anon:a2#1", "Paid Social", ann.person_id, "crm:A1")
     # the view loses no touch: each meets exactly one session
-    assert db.table("touchpoints").count().execute() == result.counts["touches"] == 8
-    assert not [n for n in db.list_tables() if n.startswith("tmp_prepare_")]
+    assert len(touchpoints) == result.counts["touches"] == 8
+    assert not [n for n in run.list_tables if n.startswith("tmp_prepare_")]
 
 
-def test_a_touchpoints_table_from_an_older_version_becomes_the_view(db, settings) -> None:  # type: ignore[no-untyped-def]
-    setup(db)
-    db.create_table("touchpoints", schema=store.TOUCHPOINTS.schema, overwrite=True)
-    result = run_prepare(db, settings, now=NOW)
-    assert engine.is_view(db, "touchpoints")
-    assert db.table("touchpoints").count().execute() == result.counts["touches"]
+def test_a_touchpoints_table_from_an_older_version_becomes_the_view(con, scenario_runs) -> None:  # type: ignore[no-untyped-def]
+    first = scenario_runs(con).first  # made on a warehouse with a touchpoints table
+    assert first.touchpoints_is_view
+    assert len(first.tables["touchpoints"]) == first.result.counts["touches"] > 0
 
 
-def test_changed_rules_reclassify_history_and_report_the_difference(  # type: ignore[no-untyped-def]
-        con, settings, tmp_path) -> None:
-    setup(con)
-    assert run_prepare(con, settings, now=NOW).channel_changes == {}
-    assert run_prepare(con, settings, now=NOW).channel_changes == {}  # same rules: no change
-    rules = tmp_path / "rules.csv"
-    rules.write_text("priority,channel_group,rule,clause,field,op,value\n"
-                     "1,Partner,facebook_partner,1,source,eq,facebook\n")
-    custom = settings.model_copy(update={"channel_rules_file": rules})
-    result = run_prepare(con, custom, now=NOW)
+def test_changed_rules_reclassify_history_and_report_the_difference(con, scenario_runs) -> None:  # type: ignore[no-untyped-def]
+    runs = scenario_runs(con)
+    assert runs.first.result.channel_changes == {}
+    assert runs.again.result.channel_changes == {}  # same rules: no change
     # bob's facebook referral (Organic Social) and ann's paid social visit (source fb)
-    assert result.channel_changes == {("Organic Social", "Partner"): 1,
-                                      ("Paid Social", "Partner"): 1}
-    sessions = con.table("sessions").to_pandas().set_index("session_id")
+    assert runs.custom.result.channel_changes == {("Organic Social", "Partner"): 1,
+                                                  ("Paid Social", "Partner"): 1}
+    sessions = runs.custom.tables["sessions"].set_index("session_id")
     assert sessions.loc[["anon:b1#1", "anon:a2#1"], "channel_rule"].tolist() == [
         "facebook_partner", "facebook_partner"]
 
@@ -141,36 +210,30 @@ def test_alias_calls_merge_a_user_id_or_an_anonymous_id_into_the_new_user(con, s
     assert links.loc["anon:a4|user:u9", "evidence"] == "alias"
 
 
-def test_rerun_is_idempotent_and_incremental_equals_full_rebuild(db, settings) -> None:  # type: ignore[no-untyped-def]
-    day1 = [r for r in SCENARIO if str(r["timestamp"]) < "11:00"]
-    setup(db, day1)
-    run_prepare(db, settings, now=NOW)
-    setup(db)  # the rest of the day arrives
-    run_prepare(db, settings, now=NOW)
-    incremental = snapshot(db)
-    run_prepare(db, settings, now=NOW)
-    assert_frames_equal(snapshot(db), incremental)
+def test_rerun_is_idempotent_and_incremental_equals_full_rebuild(con, scenario_runs) -> None:  # type: ignore[no-untyped-def]
+    runs = scenario_runs(con)  # the morning, then the whole day (incremental), then again
+    assert_frames_equal(comparable(runs.again.tables), comparable(runs.full.tables))
 
 
-def test_identity_guards_cut_hubs_and_unlinking_splits(db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_identity_guards_cut_hubs_and_unlinking_splits(con, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     rows = [{"anonymous_id": f"d{i}", "timestamp": "09:00", "email": "help@vendor.com"}
             for i in range(4)]
     rows += [{"anonymous_id": "x1", "type": "identify", "user_id": "ux", "timestamp": "09:00"},
              {"anonymous_id": "x2", "type": "identify", "user_id": "ux", "timestamp": "09:00"}]
-    load(db, rows)
+    load(con, rows)
     capped = Settings(database_url="duckdb://", temp_directory=tmp_path, identity_max_degree=3)
-    run_prepare(db, capped, now=NOW)
-    links = db.table("identity_links").to_pandas()
+    run_prepare(con, capped, now=NOW)
+    links = con.table("identity_links").to_pandas()
     assert set(links[links.identifier_b == "email:help@vendor.com"].reason) == {"max_degree"}
-    assert db.table("persons").count().execute() == 4 + 1 + 1  # 4 devices, the e-mail, ux
+    assert con.table("persons").count().execute() == 4 + 1 + 1  # 4 devices, the e-mail, ux
     unlinked = capped.model_copy(update={"identity_unlink": ["user:ux"]})
-    run_prepare(db, unlinked, now=NOW)
-    assert db.table("persons").count().execute() == 4 + 1 + 3
+    run_prepare(con, unlinked, now=NOW)
+    assert con.table("persons").count().execute() == 4 + 1 + 3
     # one link only (written either way round): x2 leaves, x1 stays with ux
     one_link = capped.model_copy(update={"identity_unlink": ["user:ux|anon:x2"]})
-    run_prepare(db, one_link, now=NOW)
-    assert db.table("persons").count().execute() == 4 + 1 + 2
-    links = db.table("identity_links").to_pandas().set_index("link_id")
+    run_prepare(con, one_link, now=NOW)
+    assert con.table("persons").count().execute() == 4 + 1 + 2
+    links = con.table("identity_links").to_pandas().set_index("link_id")
     assert links.loc["anon:x2|user:ux", ["status", "reason"]].tolist() == ["cut", "unlinked"]
     assert links.loc["anon:x1|user:ux", "status"] == "linked"
 
@@ -218,15 +281,27 @@ def assert_frames_equal(left: dict[str, pd.DataFrame], right: dict[str, pd.DataF
                                       obj=f"table {name}")
 
 
-def test_duckdb_and_spark_prepare_identically(con, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    reference = engine.connect(settings=settings)
-    setup(reference)
-    run_prepare(reference, settings, now=NOW)
-    setup(con)
-    run_prepare(con, settings, now=NOW)
-    assert_frames_equal(snapshot(con), snapshot(reference))
+@pytest.mark.spark
+def test_duckdb_and_spark_prepare_identically(spark_backend, scenario_runs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Each run of the scenario's history leaves the same tables on Spark as on DuckDB."""
+    duck = engine.connect(settings=Settings(database_url="duckdb://", temp_directory=tmp_path))
+    try:
+        reference = scenario_runs(duck)
+    finally:
+        duck.disconnect()
+    before = set(spark_backend.list_tables())
+    try:
+        spark = scenario_runs(spark_backend)
+    finally:  # the spark_backend fixture, unlike con, leaves the tables a test made
+        for name in set(spark_backend.list_tables()) - before:
+            engine.drop_any(spark_backend, name)
+    for which in ("first", "full", "again", "custom"):
+        assert_frames_equal(comparable(getattr(spark, which).tables),
+                            comparable(getattr(reference, which).tables))
 
 
+@pytest.mark.duckdb_only(
+    reason=CLI_OWN_CONNECTION)
 def test_cli_prepare_prints_tables(tmp_path: Path) -> None:
     from touchline.cli import app
 
@@ -343,11 +418,11 @@ def test_a_backfill_that_renumbers_sessions_reports_no_channel_change(con, setti
     assert result.channel_changes == {}
 
 
-def test_a_deals_table_from_before_contact_ids_still_gives_accounts(db, settings) -> None:  # type: ignore[no-untyped-def]
-    load(db, COMPANIES)
+def test_a_deals_table_from_before_contact_ids_still_gives_accounts(con, settings) -> None:  # type: ignore[no-untyped-def]
+    load(con, COMPANIES)
     older = ibis.schema({n: t for n, t in store.DEALS.schema.items() if n != "contact_ids"})
     rows = arrow_table(store.DEALS, COMPANY_DEALS).drop_columns(["contact_ids"])
-    db.create_table("deals", rows, schema=older, overwrite=True)
-    run_prepare(db, settings, now=NOW)
-    accounts = db.table("accounts").to_pandas().set_index("account_id").person_count.to_dict()
+    con.create_table("deals", rows, schema=older, overwrite=True)
+    run_prepare(con, settings, now=NOW)
+    accounts = con.table("accounts").to_pandas().set_index("account_id").person_count.to_dict()
     assert accounts == {"crm:A1": 3, "domain:delta.org": 1, "group:G7": 2}

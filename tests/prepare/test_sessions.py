@@ -11,45 +11,45 @@ from .conftest import working
 GAP = timedelta(minutes=30)
 
 
-def run(db, rows, **options):  # type: ignore[no-untyped-def]
-    touches = sessions.sessionise(sessions.device_ids(working(db, rows)), gap=GAP, **options)
+def run(con, rows, **options):  # type: ignore[no-untyped-def]
+    touches = sessions.sessionise(sessions.device_ids(working(con, rows)), gap=GAP, **options)
     return touches.order_by(["device_id", "timestamp"])
 
 
-def test_gap_longer_than_timeout_starts_a_session_but_midnight_does_not(db) -> None:  # type: ignore[no-untyped-def]
+def test_gap_longer_than_timeout_starts_a_session_but_midnight_does_not(con) -> None:  # type: ignore[no-untyped-def]
     rows = [{"anonymous_id": "ann", "timestamp": t} for t in
             ("09:00", "09:10", "09:40", "10:11", "2025-03-03 23:50:00", "2025-03-04 00:10:00")]
     rows.append({"anonymous_id": "bob", "timestamp": "09:05"})
-    got = run(db, rows).to_pandas()
+    got = run(con, rows).to_pandas()
     assert got.session_index.tolist() == [1, 1, 1, 2, 3, 3, 1]
     assert got.is_landing.tolist() == [True, False, False, True, True, False, True]
     assert got.session_id.tolist()[3] == "anon:ann#2"
 
 
-def test_touches_without_a_device_are_sessionised_on_their_best_id(db) -> None:  # type: ignore[no-untyped-def]
-    got = run(db, [{"user_id": "u1", "timestamp": "09:00"},
+def test_touches_without_a_device_are_sessionised_on_their_best_id(con) -> None:  # type: ignore[no-untyped-def]
+    got = run(con, [{"user_id": "u1", "timestamp": "09:00"},
                    {"email": "a@b.co", "timestamp": "09:00"},
                    {"phone": "+12025550143", "timestamp": "09:00"}]).to_pandas()
     assert sorted(got.device_id) == ["email:a@b.co", "phone:+12025550143", "user:u1"]
 
 
-def test_new_campaign_starts_a_session_only_when_asked(db) -> None:  # type: ignore[no-untyped-def]
+def test_new_campaign_starts_a_session_only_when_asked(con) -> None:  # type: ignore[no-untyped-def]
     rows = [{"anonymous_id": "ann", "timestamp": "09:00", "utm_source": "google"},
             {"anonymous_id": "ann", "timestamp": "09:05"},
             {"anonymous_id": "ann", "timestamp": "09:10", "utm_source": "google"},
             {"anonymous_id": "ann", "timestamp": "09:15", "utm_source": "newsletter"}]
-    assert run(db, rows).session_index.to_pandas().tolist() == [1, 1, 1, 1]
-    split = run(db, rows, new_on_campaign=True).session_index.to_pandas().tolist()
+    assert run(con, rows).session_index.to_pandas().tolist() == [1, 1, 1, 1]
+    split = run(con, rows, new_on_campaign=True).session_index.to_pandas().tolist()
     assert split == [1, 1, 1, 2]
 
 
-def test_session_table_has_landing_values_duration_and_pages(db) -> None:  # type: ignore[no-untyped-def]
+def test_session_table_has_landing_values_duration_and_pages(con) -> None:  # type: ignore[no-untyped-def]
     rows = [{"anonymous_id": "ann", "timestamp": "09:00", "url": "https://shop.com/a",
              "utm_source": "google"},
             {"anonymous_id": "ann", "timestamp": "09:10", "url": "https://shop.com/b"},
             {"anonymous_id": "ann", "type": "track", "event": "Order Completed",
              "timestamp": "09:12", "revenue": 30.0}]
-    base, _ = standardise.standardise_urls(working(db, rows))
+    base, _ = standardise.standardise_urls(working(con, rows))
     touches = sessions.sessionise(sessions.device_ids(base), gap=GAP)
     got = sessions.session_table(touches).to_pandas().iloc[0]
     assert (got.landing_page, got.utm_source, got.event_count, got.pageview_count) == (

@@ -949,114 +949,113 @@ def _commit(
     fingerprint: str,
     started_at: datetime,
 ) -> None:
-    """Dedupe the staged rows and write rows, rejects and the run record (one transaction on
-    DuckDB)."""
-    step = f"ingest:{spec.name}"
-    target = con.table(spec.name)
-    names = [c.name for c in spec.columns]
+    """Dedupe the staged rows and write rows, rejects and the run record, all or nothing
+    (:func:`touchline.engine.all_or_nothing`: a transaction on DuckDB, a roll-back of the
+    written files on Spark)."""
     staged_all, structural = stage.rows(), stage.rejects()
-    duckdb_tx = engine.engine_name(con) == "duckdb"
-    temps: list[str] = []
-    if duckdb_tx:
-        con.raw_sql("BEGIN TRANSACTION")
+    firsts = f"_tl_firsts_{result.ingest_id}"
     try:
-        reject_parts: list[ibis.Table] = []
-        if staged_all is not None:
-            reject_parts.append(
-                staged_all.filter(staged_all._pcode.notnull()).select(
-                    line=_._line, field=_._pfield, reason_code=_._pcode, reason=_._pmessage,
-                    raw=_._raw, ref=ibis.null("string"),
-                )
+        with engine.all_or_nothing(con, [spec.name, "rejects", "ingests"]):
+            reject_parts = (
+                [] if staged_all is None else _insert_rows(con, spec, staged_all, result, firsts)
             )
-            staged = staged_all.filter(staged_all._pcode.isnull())
-            # loaded, but a JSON cell gave nothing: the values it held are recorded as lost
-            partial = staged.filter(staged._json_bad.notnull())
-            reject_parts.append(partial.select(
-                line=partial._line, field=partial._json_bad,
-                reason_code=ibis.literal(PARTIAL_CODE),
-                reason=ibis.literal("column ") + partial._json_bad + ibis.literal(
-                    " is not valid JSON here: the row was loaded without the fields read from "
-                    "it (ref: its key)"),
-                raw=partial._raw, ref=partial[spec.key].cast("string"),
-            ))
-            # hash aggregates, not a sort: the first line of each key wins
-            firsts = engine.materialise(con, f"_tl_firsts_{result.ingest_id}", staged.group_by(
-                spec.key).aggregate(_first_line=staged._line.min(), _n=staged.count()))
-            temps.append(firsts.get_name())
-            keep = staged.join(
-                firsts, [spec.key, staged._line == firsts._first_line]
-            ).select(*names)
-            totals = firsts.aggregate(rows=firsts._n.sum(), keys=firsts.count())
-            totals = totals.to_pyarrow().to_pylist()[0]
-            # the table's row count before and after tells how many were new: no second pass
-            before = int(target.count().to_pyarrow().as_py())
-            con.insert(spec.name, keep.anti_join(target, spec.key).cast(spec.schema))
-            result.loaded = int(con.table(spec.name).count().to_pyarrow().as_py()) - before
-            # a file whose rows are all bad stages none: the sum over no rows is null
-            result.duplicates = int(totals["rows"] or 0) - result.loaded
-            repeated = firsts.filter(firsts._n > 1)
-            in_file_dupes = staged.join(repeated, spec.key).filter(
-                lambda t: t._line != t._first_line
-            )
-            reject_parts.append(
-                in_file_dupes.select(
-                    line=in_file_dupes._line,
-                    field=ibis.literal(spec.key),
-                    reason_code=ibis.literal("duplicate_in_file"),
-                    reason=ibis.literal(f"same {spec.key} as line ")
-                    + in_file_dupes._first_line.cast("string")
-                    + ibis.literal(" of this file; the first is kept"),
-                    raw=ibis.null("string"),
-                    ref=in_file_dupes[spec.key],
-                )
-            )
-        if structural is not None:
-            reject_parts.append(structural.mutate(ref=ibis.null("string")))
-        if reject_parts:
-            all_rejects = ibis.union(*reject_parts) if len(reject_parts) > 1 else reject_parts[0]
-            rows = all_rejects.select(
-                reject_id=store.reject_id_expr(
-                    step, fingerprint, all_rejects.line, all_rejects.reason_code
-                ),
-                step=ibis.literal(step),
-                source=ibis.literal(str(path)),
-                line=_.line,
-                field=_.field,
-                reason_code=_.reason_code,
-                reason=_.reason,
-                raw=_.raw,
-                ref=_.ref,
-                ingest_id=ibis.literal(result.ingest_id),
-                rejected_at=ibis.now().cast(dt.Timestamp()),
-            )
-            by_reason = rows.group_by("reason_code").aggregate(n=_.count()).to_pyarrow()
-            result.rejects_by_reason = Counter(
-                dict(zip(by_reason["reason_code"].to_pylist(), by_reason["n"].to_pylist(),
-                         strict=True))
-            )
-            # a duplicate or a partly read row was loaded (or its twin was): not a rejected row
-            result.rejected = sum(result.rejects_by_reason.values()) - sum(
-                result.rejects_by_reason.get(code, 0) for code in ("duplicate_in_file",
-                                                                   PARTIAL_CODE))
-            new_rejects = rows.anti_join(con.table("rejects"), "reject_id")
-            con.insert("rejects", new_rejects.cast(store.REJECTS.schema))
-        run = pa.table({
-            "ingest_id": [result.ingest_id], "kind": [spec.name], "path": [str(path)],
-            "file_size": [path.stat().st_size], "fingerprint": [fingerprint],
-            "rows_read": [result.rows_read], "loaded": [result.loaded],
-            "rejected": [result.rejected], "duplicates": [result.duplicates],
-            "started_at": [started_at],
-            "finished_at": [datetime.now(UTC).replace(tzinfo=None)],
-        }).cast(store.INGESTS.schema.to_pyarrow())
-        engine.append(con, "ingests", run)
-    except Exception:
-        if duckdb_tx:
-            con.raw_sql("ROLLBACK")
-        raise
+            if structural is not None:
+                reject_parts.append(structural.mutate(ref=ibis.null("string")))
+            if reject_parts:
+                _insert_rejects(con, f"ingest:{spec.name}", ibis.union(*reject_parts), result,
+                                path, fingerprint)
+            run = pa.table({
+                "ingest_id": [result.ingest_id], "kind": [spec.name], "path": [str(path)],
+                "file_size": [path.stat().st_size], "fingerprint": [fingerprint],
+                "rows_read": [result.rows_read], "loaded": [result.loaded],
+                "rejected": [result.rejected], "duplicates": [result.duplicates],
+                "started_at": [started_at],
+                "finished_at": [datetime.now(UTC).replace(tzinfo=None)],
+            }).cast(store.INGESTS.schema.to_pyarrow())
+            engine.append(con, "ingests", run)
     finally:
-        for name in temps:
-            engine.drop_materialised(con, name)
-    if duckdb_tx:
-        con.raw_sql("COMMIT")
+        engine.drop_materialised(con, firsts)
 
 
+def _insert_rows(
+    con: BaseBackend,
+    spec: store.TableSpec,
+    staged_all: ibis.Table,
+    result: IngestResult,
+    scratch: str,
+) -> list[ibis.Table]:
+    """Insert the good staged rows not yet in the table (the first line of each key in the
+    file); return the bad rows and the in-file duplicates as reject parts."""
+    bad = staged_all.filter(staged_all._pcode.notnull()).select(
+        line=_._line, field=_._pfield, reason_code=_._pcode, reason=_._pmessage, raw=_._raw,
+        ref=ibis.null("string"),
+    )
+    staged = staged_all.filter(staged_all._pcode.isnull())
+    # loaded, but a JSON cell gave nothing: the values it held are recorded as lost
+    partial = staged.filter(staged._json_bad.notnull())
+    lost = partial.select(
+        line=partial._line, field=partial._json_bad, reason_code=ibis.literal(PARTIAL_CODE),
+        reason=ibis.literal("column ") + partial._json_bad + ibis.literal(
+            " is not valid JSON here: the row was loaded without the fields read from it "
+            "(ref: its key)"),
+        raw=partial._raw, ref=partial[spec.key].cast("string"),
+    )
+    # hash aggregates, not a sort: the first line of each key wins
+    firsts = engine.materialise(con, scratch, staged.group_by(spec.key).aggregate(
+        _first_line=staged._line.min(), _n=staged.count()))
+    keep = staged.join(firsts, [spec.key, staged._line == firsts._first_line]).select(
+        *(c.name for c in spec.columns))
+    totals = firsts.aggregate(rows=firsts._n.sum(), keys=firsts.count())
+    totals = totals.to_pyarrow().to_pylist()[0]
+    target = con.table(spec.name)
+    # the table's row count before and after tells how many were new: no second pass
+    before = int(target.count().to_pyarrow().as_py())
+    con.insert(spec.name, keep.anti_join(target, spec.key).cast(spec.schema))
+    result.loaded = int(con.table(spec.name).count().to_pyarrow().as_py()) - before
+    # a file whose rows are all bad stages none: the sum over no rows is null
+    result.duplicates = int(totals["rows"] or 0) - result.loaded
+    repeated = firsts.filter(firsts._n > 1)
+    dupes = staged.join(repeated, spec.key).filter(lambda t: t._line != t._first_line)
+    in_file = dupes.select(
+        line=dupes._line,
+        field=ibis.literal(spec.key),
+        reason_code=ibis.literal("duplicate_in_file"),
+        reason=ibis.literal(f"same {spec.key} as line ") + dupes._first_line.cast("string")
+        + ibis.literal(" of this file; the first is kept"),
+        raw=ibis.null("string"),
+        ref=dupes[spec.key],
+    )
+    return [bad, lost, in_file]
+
+
+def _insert_rejects(
+    con: BaseBackend,
+    step: str,
+    parts: ibis.Table,
+    result: IngestResult,
+    path: Path,
+    fingerprint: str,
+) -> None:
+    """Insert the file's rejects not yet recorded (ids are stable: a rerun adds none)."""
+    rows = parts.select(
+        reject_id=store.reject_id_expr(step, fingerprint, parts.line, parts.reason_code),
+        step=ibis.literal(step),
+        source=ibis.literal(str(path)),
+        line=_.line,
+        field=_.field,
+        reason_code=_.reason_code,
+        reason=_.reason,
+        raw=_.raw,
+        ref=_.ref,
+        ingest_id=ibis.literal(result.ingest_id),
+        rejected_at=ibis.now().cast(dt.Timestamp()),
+    )
+    by_reason = rows.group_by("reason_code").aggregate(n=_.count()).to_pyarrow()
+    result.rejects_by_reason = Counter(
+        dict(zip(by_reason["reason_code"].to_pylist(), by_reason["n"].to_pylist(), strict=True))
+    )
+    # a duplicate or a partly read row was loaded (or its twin was): not a rejected row
+    result.rejected = sum(result.rejects_by_reason.values()) - sum(
+        result.rejects_by_reason.get(code, 0) for code in ("duplicate_in_file", PARTIAL_CODE))
+    new_rejects = rows.anti_join(con.table("rejects"), "reject_id")
+    con.insert("rejects", new_rejects.cast(store.REJECTS.schema))
