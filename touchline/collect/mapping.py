@@ -120,30 +120,28 @@ def _sources(value: object, where: str) -> tuple[str, ...]:
     return sources
 
 
-def _columns(table: object, canonical: set[str], where: str) -> dict[str, tuple[str, ...]]:
+def _canonical_items(table: object, canonical: set[str], where: str,
+                     shape: str) -> list[tuple[str, object]]:
+    """The ``canonical = value`` pairs of a mapping section, each key a column of the target
+    table (else an error naming the nearest); ``shape`` says what a value is."""
     if not isinstance(table, dict):
-        raise MappingError(f"{where} must be a table of canonical = source")
-    columns = {}
-    for key, value in table.items():
+        raise MappingError(f"{where} must be a table of canonical = {shape}")
+    for key in table:
         if key not in canonical:
             raise MappingError(
                 f"{where} key {key!r} is not a column of the target table"
                 f"{did_you_mean(key, canonical)}; choose from {', '.join(sorted(canonical))}")
-        columns[key] = _sources(value, f"{where} {key}")
-    return columns
+    return list(table.items())
+
+
+def _columns(table: object, canonical: set[str], where: str) -> dict[str, tuple[str, ...]]:
+    return {key: _sources(value, f"{where} {key}")
+            for key, value in _canonical_items(table, canonical, where, "source")}
 
 
 def _defaults(table: object, canonical: set[str], where: str) -> dict[str, str]:
-    if not isinstance(table, dict):
-        raise MappingError(f"{where} must be a table of canonical = constant")
-    defaults = {}
-    for key, value in table.items():
-        if key not in canonical:
-            raise MappingError(
-                f"{where} key {key!r} is not a column of the target table"
-                f"{did_you_mean(key, canonical)}; choose from {', '.join(sorted(canonical))}")
-        defaults[key] = str(value)
-    return defaults
+    return {key: str(value)
+            for key, value in _canonical_items(table, canonical, where, "constant")}
 
 
 def _event_types(table: object, canonical: set[str], origin: str,
