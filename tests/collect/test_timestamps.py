@@ -1,8 +1,11 @@
 """One ISO 8601 rule for every path: the collector's door (Python), the loader and file ingest
-(the warehouse's SQL) accept and refuse the same texts, and file ingest refuses the times the
+(the warehouse's SQL) and CRM webhooks (Python, with epoch times as file ingest reads them)
+accept and refuse the same texts, and file ingest refuses the times the
 warehouse would store in the wrong year (``9999-12-31T23:59:59-23:59`` is year 10000 in UTC)."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import duckdb
 import pytest
@@ -10,7 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from touchline.collect.ingest import ingest_file
-from touchline.collect.segment import _is_timestamp, iso_timestamp_sql
+from touchline.collect.segment import (
+    _is_timestamp,
+    iso_timestamp_sql,
+    row_timestamp_sql,
+    utc_timestamp_text,
+)
 from touchline.config import Settings
 
 ACCEPTED = ["2025-03-01T10:00:00Z", "2025-03-01 10:00:00+01:00", "2025-03-01",
@@ -34,6 +42,30 @@ def sql() -> duckdb.DuckDBPyConnection:
 def warehouse_accepts(db: duckdb.DuckDBPyConnection, text: str) -> bool:
     query = f"SELECT {iso_timestamp_sql('x')} IS NOT NULL FROM (SELECT ? AS x)"
     return bool(db.execute(query, [text]).fetchone()[0])  # type: ignore[index]
+
+
+EPOCHS = {"1740823200": "2025-03-01T10:00:00", "1740823200.5": "2025-03-01T10:00:00.500000",
+          "1740823200123": "2025-03-01T10:00:00.123000", "17408232": None, "17408232001": None}
+
+
+def warehouse_row_time(db: duckdb.DuckDBPyConnection, text: str) -> str | None:
+    query = f"SELECT CAST({row_timestamp_sql('x')} AS VARCHAR) FROM (SELECT ? AS x)"
+    value = db.execute(query, [text]).fetchone()[0]  # type: ignore[index]
+    return None if value is None else value.replace(" ", "T")
+
+
+@pytest.mark.parametrize("text", ACCEPTED + REFUSED + list(EPOCHS))
+def test_webhook_rows_and_file_rows_read_times_alike(sql, text: str) -> None:  # type: ignore[no-untyped-def]
+    """A CRM webhook refuses week dates and year-10000 offsets as file ingest does (it had
+    its own parser that accepted both), and reads epoch times to the same instant."""
+    webhook = utc_timestamp_text(text)
+    assert (webhook is not None) == (text in ACCEPTED or EPOCHS.get(text) is not None)
+    if text in EPOCHS:
+        assert webhook == EPOCHS[text]
+    file_row = warehouse_row_time(sql, text)
+    assert (file_row is None) == (webhook is None)
+    if webhook is not None and file_row is not None:
+        assert datetime.fromisoformat(file_row) == datetime.fromisoformat(webhook)
 
 
 @pytest.mark.parametrize("text", ACCEPTED + REFUSED)

@@ -45,7 +45,7 @@ from touchline.collect.mapping import Mapping, is_json_path, split_column_path
 from touchline.collect.segment import (
     PERSON_PATHS,
     duplicate_keys_sql,
-    iso_timestamp_sql,
+    row_timestamp_sql,
     url_decoded_sql,
 )
 from touchline.config import Settings
@@ -493,14 +493,7 @@ class _ChunkParser:
             if self.mapping.timestamp_format:
                 fmt = _sql_str(self.mapping.timestamp_format)
                 parsers.append(f"try_strptime({raw}, {fmt})")
-            # coalesce is lazy: the common ISO case first, epoch numbers only where it failed
-            parsers += [
-                iso_timestamp_sql(raw),
-                f"CASE WHEN regexp_full_match({raw}, '[0-9]{{9,10}}(\\.[0-9]+)?') "
-                f"THEN make_timestamp(CAST(CAST({raw} AS DOUBLE) * 1e6 AS BIGINT)) "
-                f"WHEN regexp_full_match({raw}, '[0-9]{{12,13}}') "
-                f"THEN make_timestamp(CAST({raw} AS BIGINT) * 1000) END",
-            ]
+            parsers.append(row_timestamp_sql(raw))
             typed = f"coalesce({', '.join(parsers)})"
             return typed, "an ISO 8601 timestamp, epoch seconds or epoch milliseconds"
         if dtype.is_date():

@@ -305,6 +305,54 @@ def _is_timestamp(value: Any) -> bool:
     return True
 
 
+#: epoch times file and webhook rows may hold instead of ISO 8601 text: seconds (nine or ten
+#: digits: 1973-2286, with an optional fraction) and milliseconds (twelve or thirteen digits)
+EPOCH_SECONDS = r"[0-9]{9,10}(?:\.[0-9]+)?"
+EPOCH_MILLISECONDS = r"[0-9]{12,13}"
+_EPOCH_SECONDS = re.compile(EPOCH_SECONDS)
+_EPOCH_MILLISECONDS = re.compile(EPOCH_MILLISECONDS)
+
+
+def utc_timestamp_text(value: Any) -> str | None:
+    """A row's time as UTC ISO 8601 text without a zone, or ``None`` when it is not one.
+
+    The rule of :func:`row_timestamp_sql` in Python, for rows that arrive one at a time (CRM
+    webhooks): ISO 8601 as :func:`_is_timestamp` accepts it, epoch seconds or epoch
+    milliseconds. Booleans are not times (JSON ``true`` would read as 1).
+    """
+    if isinstance(value, bool):
+        return None
+    text = str(value)
+    try:
+        if _EPOCH_SECONDS.fullmatch(text):
+            moment = datetime.fromtimestamp(float(text), UTC)
+        elif _EPOCH_MILLISECONDS.fullmatch(text):
+            moment = datetime.fromtimestamp(int(text) / 1000, UTC)
+        elif _is_timestamp(text):
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(UTC)
+        else:
+            return None
+    except (ValueError, OverflowError, OSError):
+        return None
+    return moment.replace(tzinfo=None).isoformat()
+
+
+def row_timestamp_sql(text: str) -> str:
+    """DuckDB SQL for a file row's time: :func:`iso_timestamp_sql`, else epoch seconds or
+    milliseconds (:data:`EPOCH_SECONDS`, :data:`EPOCH_MILLISECONDS`); NULL for anything else.
+    The same rule as :func:`utc_timestamp_text`. ``coalesce`` is lazy: the common ISO case
+    is tried first, the epoch numbers only where it failed."""
+    return (
+        f"coalesce({iso_timestamp_sql(text)}, "
+        f"CASE WHEN regexp_full_match({text}, '{EPOCH_SECONDS}') "
+        f"THEN make_timestamp(CAST(CAST({text} AS DOUBLE) * 1e6 AS BIGINT)) "
+        f"WHEN regexp_full_match({text}, '{EPOCH_MILLISECONDS}') "
+        f"THEN make_timestamp(CAST({text} AS BIGINT) * 1000) END)"
+    )
+
+
 def iso_timestamp_sql(text: str) -> str:
     """DuckDB SQL for the ISO 8601 text ``text`` as a UTC timestamp, NULL where
     :func:`_is_timestamp` would refuse it: the one rule of the collector's door, the loader

@@ -42,13 +42,12 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from touchline.collect.segment import Problem
+from touchline.collect.segment import Problem, utc_timestamp_text
 from touchline.errors import ConfigError
 from touchline.store import CALLS, DEAL_TIMES, DEALS, TableSpec
 
@@ -59,8 +58,6 @@ SIGNATURE_HEADER = b"x-touchline-signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
 _SETTINGS_KEYS = ("kind", "fields", "signing_secret_env", "signature_tolerance_seconds")
 _VALUE_SHOWN = 80  # characters of a bad value quoted in a reason, as file ingest does
-_EPOCH_SECONDS = re.compile(r"[0-9]{9,10}(\.[0-9]+)?")
-_EPOCH_MILLISECONDS = re.compile(r"[0-9]{12,13}")
 _DECIMAL_COMMA = re.compile(r"-?[0-9]+,[0-9]+")
 _TRUE, _FALSE = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0")
 
@@ -266,7 +263,7 @@ def _typed_text(dtype: Any, value: Any) -> tuple[str | None, str, str]:
     """``value`` as the loader's text for ``dtype`` (``None`` if it is not one), the reason
     code and what was expected, in file ingest's words."""
     if dtype.is_timestamp():
-        return (_timestamp_text(value), "bad_timestamp",
+        return (utc_timestamp_text(value), "bad_timestamp",
                 "an ISO 8601 timestamp, epoch seconds or epoch milliseconds")
     if dtype.is_floating():
         number = _number(value)
@@ -298,21 +295,3 @@ def _number(value: Any) -> float | None:
         except ValueError:
             return None
     return number if math.isfinite(number) else None
-
-
-def _timestamp_text(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    text = str(value)
-    try:
-        if _EPOCH_SECONDS.fullmatch(text):
-            moment = datetime.fromtimestamp(float(text), UTC)
-        elif _EPOCH_MILLISECONDS.fullmatch(text):
-            moment = datetime.fromtimestamp(int(text) / 1000, UTC)
-        else:
-            moment = datetime.fromisoformat(text)
-            if moment.tzinfo is not None:
-                moment = moment.astimezone(UTC)
-    except (ValueError, OverflowError, OSError):
-        return None
-    return moment.replace(tzinfo=None).isoformat()
