@@ -333,3 +333,39 @@ def test_a_webhook_call_is_typed_as_a_file_row_is(hooked: LiveCollector) -> None
     assert hooked.warehouse.query(
         "SELECT call_id, started_at, duration_seconds, answered, source FROM calls"
     ) == [("c1", datetime(2025, 3, 1, 9, 0), 75, True, "phones")]
+
+
+@pytest.mark.parametrize(
+    ("source", "body", "field"),
+    [
+        ("hubspot", b'{"objectId": "A", "objectId": "B", "properties": {"amount": "5", '
+                    b'"createdate": "2025-02-01"}}', "objectId"),
+        ("hubspot", b'{"objectId": "A", "properties": {"amount": "5", "amount": "999999", '
+                    b'"createdate": "2025-02-01"}}', "properties.amount"),
+        ("livechat", b'{"chat": {"id": "c1", "started_at": "2025-03-01T10:00:00Z"}, '
+                     b'"visitor": {"touchline_id": "a", "touchline_id": "b"}}',
+         "visitor.touchline_id"),
+    ],
+)
+def test_a_webhook_field_given_twice_is_refused_as_duplicate_key(
+    hooked: LiveCollector, source: str, body: bytes, field: str
+) -> None:
+    """The JSON reader keeps a repeated key's last copy, so which deal id, amount or visitor
+    was meant is unknown: the record is refused as every other path refuses it; a repeated
+    key the mapping never reads is payload and does not matter."""
+    unread = b'{"objectId": "C", "junk": 1, "junk": 2, "properties": {"amount": "5", ' \
+             b'"createdate": "2025-02-01"}}'
+    with hooked.client(auth=(hooked.warehouse.server_key, "")) as http:
+        single = http.post(f"/v1/webhooks/{source}", content=body,
+                           headers={"content-type": "application/json"})
+        batch = http.post(f"/v1/webhooks/{source}", content=b"[" + body + b"," + body + b"]",
+                          headers={"content-type": "application/json"})
+        fine = http.post("/v1/webhooks/hubspot", content=unread,
+                         headers={"content-type": "application/json"})
+    assert (single.status_code, single.json()["code"]) == (400, "duplicate_key")
+    assert batch.json() == {"success": True, "accepted": 0, "rejected": 2}
+    assert fine.status_code == 200
+    hooked.warehouse.load()
+    assert hooked.warehouse.query("SELECT reason_code, field FROM rejects") == [
+        ("duplicate_key", field)] * 3
+    assert hooked.warehouse.query("SELECT deal_id FROM deals") == [("C",)]

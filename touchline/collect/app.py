@@ -74,6 +74,7 @@ from touchline.collect.webhooks import (
     check_row,
     load_mappings,
     map_payload,
+    repeated_mapped_key,
     verify_signature,
 )
 from touchline.config import Settings, load_settings
@@ -684,9 +685,17 @@ class Collector:
             key = self._verify_signed(scope, mapping, raw)
         body = _parse(raw)
         items = body if isinstance(body, list) else [body]
+        # the same items with objects that repeat a key marked (small bodies: a CRM posts a
+        # record or a page of them); None when only orjson reads the body
+        marked = segment.decode_marking_repeats(raw)
+        marked_items = marked if isinstance(marked, list) else [marked] * len(items)
         received_at, lines, problems = _now_iso(), [], []
         table = {"deal": DEALS, "call": CALLS}.get(mapping.kind)
         for index, item in enumerate(items, start=1):
+            repeated = repeated_mapped_key(mapping, marked_items[index - 1])
+            if repeated is not None:
+                problems.append((index, repeated, item))
+                continue
             try:
                 row = map_payload(mapping, item)
             except PayloadShapeError as exc:

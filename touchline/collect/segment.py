@@ -422,6 +422,11 @@ def decode_marking_repeats(body: bytes) -> Any:
         return None
 
 
+def repeated_keys(node: Any) -> tuple[str, ...]:
+    """The keys an object decoded by :func:`decode_marking_repeats` holds more than once."""
+    return node.repeated if isinstance(node, _Repeated) else ()
+
+
 def repeated_key(message: Any) -> Problem | None:
     """``duplicate_key`` if one of :data:`READ_OBJECTS` of a message decoded by
     :func:`decode_marking_repeats` repeats a key, else ``None``."""

@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from touchline.collect.segment import Problem, utc_timestamp_text
+from touchline.collect.segment import Problem, repeated_keys, utc_timestamp_text
 from touchline.errors import ConfigError
 from touchline.store import CALLS, DEAL_TIMES, DEALS, TableSpec
 
@@ -217,6 +217,27 @@ def map_payload(mapping: SourceMapping, item: Any) -> dict[str, Any]:
         digest = hashlib.sha256(orjson.dumps(out, option=orjson.OPT_SORT_KEYS)).hexdigest()
         out["row_hash"] = digest
     return out
+
+
+def repeated_mapped_key(mapping: SourceMapping, item: Any) -> Problem | None:
+    """``duplicate_key`` when an object on the way to a field the mapping reads holds that key
+    twice (``{"objectId": "A", "objectId": "B"}``), ``item`` decoded by
+    :func:`touchline.collect.segment.decode_marking_repeats`.
+
+    Why: the JSON reader keeps the last copy silently, so which deal id or amount was meant is
+    unknown; the one rule of every path (door, loader, file ingest) is to refuse the record.
+    Keys the mapping never reads may repeat: they are payload touchline does not store.
+    """
+    for source_path in mapping.fields.values():
+        node, parts = item, source_path.split(".")
+        for depth, part in enumerate(parts, start=1):
+            if part in repeated_keys(node):
+                where = ".".join(parts[:depth])
+                return Problem("duplicate_key", where,
+                               f"{where} appears twice in one object: which copy is meant is "
+                               "unknown")
+            node = _get(node, part)
+    return None
 
 
 def check_row(spec: TableSpec, row: dict[str, Any]) -> tuple[dict[str, Any], Problem | None]:
