@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import ibis
 
 from touchline.prepare import dedupe, standardise
@@ -45,6 +47,31 @@ def test_same_form_from_two_systems_within_tolerance_is_one_touch(con) -> None: 
     assert sorted(split.kept.message_id.to_pandas()) == ["m1", "m3", "m4", "m5"]
     got = split.rejected.order_by("message_id").select("message_id", "ref").to_pandas()
     assert got.values.tolist() == [["m2", "m1"], ["m6", "m5"]]
+
+
+def test_a_copy_that_carries_only_the_hashed_email_or_phone_is_the_same_touch(con) -> None:  # type: ignore[no-untyped-def]
+    """An export or an ad platform's lead form names the person by SHA-256 only: its copy of
+    a form fill is still the web copy's touch; another person's hash is another touch."""
+    ann = hashlib.sha256(b"ann@acme.com").hexdigest()
+    bob = hashlib.sha256(b"bob@acme.com").hexdigest()
+    phone = hashlib.sha256(b"+12025550143").hexdigest()
+    events = working(con, [
+        {**FORM, "anonymous_id": "a", "timestamp": "11:05", "email": "ann@acme.com"},
+        {**FORM, "timestamp": "11:06", "email_sha256": ann, "source": "ads"},
+        {**FORM, "timestamp": "11:06", "email_sha256": bob, "source": "ads"},
+        {"type": "track", "event": "Call", "timestamp": "12:00", "phone": "+12025550143",
+         "source": "calls"},
+        {"type": "track", "event": "Call", "timestamp": "12:01", "phone_sha256": phone,
+         "source": "crm"},
+    ])
+    events, _ = standardise.standardise_urls(events)
+    losers = dedupe.cross_source_losers(
+        events, link_seconds={"Form Submitted": 600, "Call": 300},
+        priority=["web", "calls", "ads", "crm"])
+    split = dedupe.link_cross_source(events, losers)
+    assert sorted(split.kept.message_id.to_pandas()) == ["m1", "m3", "m4"]
+    got = split.rejected.order_by("message_id").select("message_id", "ref").to_pandas()
+    assert got.values.tolist() == [["m2", "m1"], ["m5", "m4"]]
 
 
 def test_a_touch_seen_by_three_systems_points_every_copy_at_the_kept_one(con) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ import ibis.expr.types as ir
 
 from touchline.engine import epoch_ms
 from touchline.prepare.base import Split, reject
+from touchline.prepare.standardise import sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
     Two rows are one touch when they have the same ``event`` (one of ``link_seconds``), were
     recorded by different systems, lie at most ``link_seconds[event]`` apart and share a
     normalised e-mail, a phone in E.164, a CRM contact id, or the page URL with the device or
-    the user id (a server-side copy has no cookie, but knows the user). Rows are ordered by
+    the user id (a server-side copy has no cookie, but knows the user). An e-mail or phone is
+    compared as its SHA-256, so a copy that carries only the hash (an export, an ad platform's
+    lead form) matches the copy with the plain value. Rows are ordered by
     the system listed first in ``priority``, then the earlier row, then the smaller id; a row
     loses when a linked row comes before it. Its ``ref`` is the first of the rows it lost to;
     when that row lost too (it is linked to an even better row that is not linked to this
@@ -86,17 +89,22 @@ def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
         return events.select(_loser="message_id", ref="message_id").filter(ibis.literal(False))
     names = list(link_seconds)
     rank = {name: i for i, name in enumerate(priority)}
-    cand = events.filter(events.event.isin(names)).select(
-        "message_id", "event", "recorded_by", "email", "phone", "contact_id",
-        _device_page=events.anonymous_id + "|" + events.page_url,
-        _user_page=events.user_id + "|" + events.page_url,
-        _ms=epoch_ms(events.timestamp),
-        _rank=events.recorded_by.substitute(rank, else_=len(rank)).cast("int64"),
-        _tol=events.event.substitute({k: v * 1000 for k, v in link_seconds.items()},
+    linked = events.filter(events.event.isin(names))
+    cand = linked.select(
+        "message_id", "event", "recorded_by", "contact_id",
+        # a plain e-mail and an export's SHA-256 of it name one person: compare hashes (the
+        # linked events are few, so hashing their plain values is cheap)
+        _email=ibis.coalesce(linked.email_sha256, sha256_hex(linked.email)),
+        _phone=ibis.coalesce(linked.phone_sha256, sha256_hex(linked.phone)),
+        _device_page=linked.anonymous_id + "|" + linked.page_url,
+        _user_page=linked.user_id + "|" + linked.page_url,
+        _ms=epoch_ms(linked.timestamp),
+        _rank=linked.recorded_by.substitute(rank, else_=len(rank)).cast("int64"),
+        _tol=linked.event.substitute({k: v * 1000 for k, v in link_seconds.items()},
                                     else_=ibis.null("int64")).cast("int64"),
     )
     pairs = []
-    for key in ("email", "phone", "contact_id", "_device_page", "_user_page"):
+    for key in ("_email", "_phone", "contact_id", "_device_page", "_user_page"):
         a = cand.filter(cand[key].notnull())
         b = a.view()
         beats = (b._rank < a._rank) | ((b._rank == a._rank) & (
