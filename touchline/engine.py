@@ -21,12 +21,13 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ibis
+import ibis.expr.datatypes as dt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -211,6 +212,20 @@ def json_value(text: ir.StringValue, key: str) -> ir.StringValue:
     if not _JSON_KEY.match(key):
         raise ValueError(f"JSON key {key!r}: letters, digits and _ only")
     return _get_json_object(text, f"$.{key}")
+
+
+@ibis.udf.scalar.builtin(name="to_json")
+def _map_to_json(value: dt.Map(dt.string, dt.string)) -> str:  # type: ignore[empty-body,valid-type]
+    """DuckDB's and Spark's ``to_json``, on a map of text."""
+
+
+def json_object(fields: Mapping[str, ir.Value]) -> ir.StringValue:
+    """A JSON object as text, one key per entry of ``fields`` (values as text; null as
+    ``null``): how a row is shown in ``rejects.raw``, written the same way on both engines
+    (``to_json`` of a map, which escapes quotes and control characters)."""
+    keys = ibis.array([ibis.literal(k) for k in fields])
+    values = ibis.array([v.cast("string") for v in fields.values()])
+    return _map_to_json(ibis.map(keys, values))
 
 
 def engine_name(con: BaseBackend) -> str:

@@ -3,6 +3,7 @@ nothing dropped without a reason, the same result on DuckDB and Spark, the CLI."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,10 @@ def test_prepare_builds_every_table_with_hand_computed_counts(con, scenario_runs
         "anon:a2#1", "Paid Social", ann.person_id, "crm:A1")
     # the view loses no touch: each meets exactly one session
     assert len(touchpoints) == result.counts["touches"] == 8
+    # a dropped row is shown in rejects.raw as JSON, as the collector and file ingest show it
+    dropped = run.tables["rejects"].set_index("reason_code").raw.map(json.loads)
+    assert dropped["bot_user_agent"]["user_agent"].startswith("Mozilla/5.0 (compatible; bingbot")
+    assert all(set(shown) >= {"message_id", "type", "timestamp"} for shown in dropped)
     assert not [n for n in run.list_tables if n.startswith("tmp_prepare_")]
 
 

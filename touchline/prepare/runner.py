@@ -127,9 +127,7 @@ def _reject_rows(rejected: ir.Table, step: str, ctx: Context) -> ir.Table:
     # the row as it was dropped; later steps work without the raw url (page_url replaces it)
     shown = [c for c in ("message_id", "type", "event", "anonymous_id", "timestamp", "url",
                          "page_url", "user_agent") if c in r.columns]
-    raw = ibis.literal("")
-    for i, name in enumerate(shown):
-        raw = raw + ("" if i == 0 else " ") + f"{name}=" + r[name].cast("string").fill_null("")
+    raw = engine.json_object({name: r[name] for name in shown})
     number = ibis.row_number().over(order_by=[r.message_id, r.timestamp])
     return r.select(
         reject_id=STEP_PREFIX + step + ":" + r.message_id.fill_null("") + ":" + number.cast(
