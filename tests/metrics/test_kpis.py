@@ -136,3 +136,141 @@ def test_bad_names_and_missing_imports_say_what_to_do(reach: BaseBackend) -> Non
                                          "hourglass": "know", "b2b": "first touch"}
     assert {k.name for k in for_stage("know")} >= {"search_ctr", "paid_cpm", "new_visitors"}
     assert all(k.formula and k.unit and k.tables for k in KPIS.values())
+
+
+# ---- a tiny prepared warehouse: three people, six sessions, three purchases, two leads ---
+SESSIONS = {  # id: person, start, seconds, page views, conversions, channel, source, campaign, term
+    "s1": ("p1", "2025-03-01 09:00", 5, 1, 0, "Organic Search", "google", None, None),
+    "s2": ("p1", "2025-03-05 10:00", 120, 3, 1, "Paid Search", "google", "spring", "crm"),
+    "s3": ("p1", "2025-04-10 10:00", 0, 1, 1, "Email", "newsletter", "april-news", None),
+    "s4": ("p2", "2025-03-02 11:00", 30, 1, 0, "Email", "newsletter", "march", None),
+    "s5": ("p2", "2025-03-20 11:00", 0, 2, 1, "Paid Search", "google", "spring", "erp"),
+    "s6": ("p3", "2025-04-02 12:00", 3, 1, 0, "Paid Search", "google", "spring", "crm"),
+}
+JOURNEYS = {  # id: converted at (None: open), value, days to convert, sessions in order
+    "purchase:p1:1": ("2025-03-05 10:05", 100.0, 4.0, ["s1", "s2"]),
+    "purchase:p1:2": ("2025-04-10 10:05", 50.0, 0.25, ["s3"]),
+    "purchase:p2:1": ("2025-03-20 11:05", 200.0, 18.0, ["s4", "s5"]),
+    "purchase:p3:open": (None, 0.0, None, ["s6"]),
+    "lead:p2:1": ("2025-03-02 11:10", 0.0, 0.0, ["s4"]),
+    "lead:p3:1": ("2025-04-02 12:05", 0.0, 0.0, ["s6"]),
+}
+CREDITS = {  # (journey, model): credit of each position, in order
+    ("purchase:p1:1", "linear"): [0.5, 0.5], ("purchase:p1:2", "linear"): [1.0],
+    ("purchase:p2:1", "linear"): [0.5, 0.5],
+    ("purchase:p1:1", "last_touch"): [0.0, 1.0], ("purchase:p1:2", "last_touch"): [1.0],
+    ("purchase:p2:1", "last_touch"): [0.0, 1.0],
+    ("lead:p2:1", "linear"): [1.0], ("lead:p3:1", "linear"): [1.0],
+}
+WAREHOUSE_SPEND = [  # date, channel, source, medium, campaign, keyword, cost
+    ("2025-03-03", "Paid Search", "google", "cpc", "Spring ", "CRM", 60.0),
+    ("2025-04-01", "Paid Search", "google", "cpc", "spring", "erp", 40.0),
+    ("2025-03-10", "Paid Social", "facebook", "paid", "summer", None, 30.0),
+]
+SURVEYS = [  # response, person_id as the survey tool gives it, e-mail, nps, review rating
+    ("r1", "u1", None, 10, None),  # p1 by user id
+    ("r2", "a2", None, 9, None),  # p2 by anonymous id
+    ("r3", None, " CY@example.com", 3, None),  # p3 by e-mail
+    ("r4", "ghost", None, 7, None),  # nobody we know
+    ("r5", "u1", None, 12, 4.0),  # out of range: no NPS answer, but a review
+    ("r6", "u1", None, None, 5.0),
+]
+IDENTITIES = {"user:u1": "p1", "anon:a1": "p1", "anon:a2": "p2", "email:cy@example.com": "p3"}
+
+
+def _ts(text: str | None) -> str | None:
+    return None if text is None else text + ":00"
+
+
+@pytest.fixture
+def warehouse(con: BaseBackend) -> BaseBackend:
+    sessions = [dict(session_id=sid, person_id=p, device_id=f"anon:{p}", started_at=_ts(start),
+                     duration_seconds=float(seconds), pageview_count=pages,
+                     conversion_count=conv, channel=channel, source=source,
+                     medium={"google": "cpc" if channel == "Paid Search" else "organic"}.get(
+                         source, "email"), campaign=campaign, term=term)
+                for sid, (p, start, seconds, pages, conv, channel, source, campaign, term)
+                in SESSIONS.items()]
+    engine.load_table(con, "sessions", arrow_table(store.SESSIONS, sessions))
+    journeys, steps, credits = [], [], []
+    for jid, (at, value, days, visits) in JOURNEYS.items():
+        conversion, person, seq = jid.split(":")
+        journeys.append(dict(journey_id=jid, conversion=conversion, unit="person",
+                             unit_id=person, sequence=None if seq == "open" else int(seq),
+                             converted=at is not None, converted_at=_ts(at), value=value,
+                             touches=len(visits), days_to_convert=days))
+        for position, sid in enumerate(visits, start=1):
+            steps.append(dict(journey_id=jid, position=position, session_id=sid,
+                              touch_at=_ts(SESSIONS[sid][1])))
+    for (jid, model), shares in CREDITS.items():
+        value = JOURNEYS[jid][1]
+        for position, share in enumerate(shares, start=1):
+            sid = JOURNEYS[jid][3][position - 1]
+            credits.append(dict(journey_id=jid, position=position, model=model,
+                                conversion=jid.split(":")[0], channel=SESSIONS[sid][5],
+                                converted_at=_ts(JOURNEYS[jid][0]), credit=share,
+                                value=share * value))
+    engine.load_table(con, "journeys", arrow_table(store.JOURNEYS, journeys))
+    engine.load_table(con, "journey_steps", arrow_table(store.JOURNEY_STEPS, steps))
+    engine.load_table(con, "credits", arrow_table(store.CREDITS, credits))
+    con.create_view("journey_touches", store.journey_touches_view(con))
+    spend = [dict(zip(("date", "channel", "utm_source", "utm_medium", "utm_campaign",
+                       "keyword", "cost"), (date.fromisoformat(r[0]), *r[1:]), strict=True))
+             for r in WAREHOUSE_SPEND]
+    engine.load_table(con, "spend", arrow_table(store.SPEND, spend))
+    surveys = [dict(response_id=r, person_id=p, email=e, nps_score=n, review_rating=stars,
+                    responded_at="2025-05-01 00:00:00") for r, p, e, n, stars in SURVEYS]
+    engine.load_table(con, "surveys", arrow_table(store.SURVEYS, surveys))
+    identities = [dict(identifier=i, person_id=p, kind=i.split(":")[0])
+                  for i, p in IDENTITIES.items()]
+    engine.load_table(con, "identities", arrow_table(store.IDENTITIES, identities))
+    return con
+
+
+def _merged(con: BaseBackend, names: list[str], *keys: str, **options: Any) -> dict[Any, Any]:
+    out: dict[Any, dict[str, Any]] = {}
+    for name in names:
+        for key, values in _get(con, name, *keys, **options).items():
+            out.setdefault(key, {}).update(values)
+    return out
+
+
+def test_visits_and_engagement_by_hand(warehouse: BaseBackend) -> None:
+    names = ["sessions", "new_visitors", "returning_visitors", "new_sessions",
+             "returning_sessions", "sessions_per_visitor", "pages_per_visitor",
+             "engaged_sessions", "engagement_rate"]
+    # March: s1, s2 (p1), s4, s5 (p2); April: s3 (p1 again), s6 (p3, new). Engaged: s2 (120 s),
+    # s3 (a conversion), s4 (30 s), s5 (2 page views); s1 (5 s, 1 page) and s6 are not.
+    assert _merged(warehouse, names, "period", period="month") == {
+        "2025-03-01": {"sessions": 4, "new_visitors": 2, "returning_visitors": 2,
+                       "new_sessions": 2, "returning_sessions": 2, "sessions_per_visitor": 2.0,
+                       "pages_per_visitor": 3.5, "engaged_sessions": 3,
+                       "engagement_rate": 0.75},
+        "2025-04-01": {"sessions": 2, "new_visitors": 1, "returning_visitors": 1,
+                       "new_sessions": 1, "returning_sessions": 1, "sessions_per_visitor": 1.0,
+                       "pages_per_visitor": 1.0, "engaged_sessions": 1,
+                       "engagement_rate": 0.5}}
+    by_channel = _merged(warehouse, ["sessions", "new_visitors", "sessions_per_visitor"],
+                         "channel", by=["channel"])
+    # new visitors by their first session's channel: p1 Organic, p2 Email, p3 Paid Search
+    assert by_channel == {
+        "Organic Search": {"sessions": 1, "new_visitors": 1, "sessions_per_visitor": 1.0},
+        "Paid Search": {"sessions": 3, "new_visitors": 1, "sessions_per_visitor": 1.0},
+        "Email": {"sessions": 2, "new_visitors": 1, "sessions_per_visitor": 1.0}}
+    assert _get(warehouse, "engagement_rate", "keyword", by=["keyword"]) == {
+        "crm": {"engagement_rate": 0.5}, "erp": {"engagement_rate": 1.0},
+        "(not set)": {"engagement_rate": pytest.approx(2 / 3)}}
+    # days to convert, purchases: 4, 0.25, 18 → median 4, p75 4 + 0.5·14, p90 4 + 0.8·14
+    assert _get(warehouse, "days_to_convert") == {
+        "conversions": 3, "median": 4.0, "p75": pytest.approx(11.0),
+        "p90": pytest.approx(15.2)}
+    # by the journey's first touch: Organic (p1's first) 4; Email (p1's second, p2's) 0.25, 18
+    got = _get(warehouse, "days_to_convert", "channel", by=["channel"])
+    assert got["Email"]["median"] == pytest.approx(9.125)
+    assert got["Organic Search"] == {"conversions": 1, "median": 4.0, "p75": 4.0, "p90": 4.0}
+    assert _get(warehouse, "visits_to_convert", conversion="purchase") == {
+        "conversions": 3, "median": 2.0, "p75": 2.0, "p90": 2.0}  # 2, 1, 2 sessions
+    assert _get(warehouse, "visits_to_convert", conversion="lead")["conversions"] == 2
+    with pytest.raises(UnknownKPIError, match=r"conversion type 'purchse' .did you mean "
+                       r"'purchase'.. has no journeys"):
+        compute(warehouse, "days_to_convert", conversion="purchse")

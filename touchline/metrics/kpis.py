@@ -216,17 +216,18 @@ def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
                  conversion=conversion)
 
 
-def require(con: BaseBackend, kpi: KPI) -> None:
-    """Raise :class:`MissingInputError` unless every input table of ``kpi`` holds rows."""
+def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None) -> None:
+    """Raise :class:`MissingInputError` unless every input table of ``kpi`` (or ``tables``)
+    holds rows: a KPI over a never-imported table would read as a real zero."""
     existing = set(con.list_tables())
-    for name in kpi.tables:
+    for name in kpi.tables if tables is None else tables:
         if name not in existing or con.table(name).limit(1).count().execute() == 0:
+            how = IMPORTS[name]
             raise MissingInputError(
                 f"KPI {kpi.name!r} needs {name} rows and the table is "
                 f"{'empty' if name in existing else 'missing'}: "
-                + (f"import them with `{IMPORTS[name]}`" if "ingest" in IMPORTS[name]
-                   and not IMPORTS[name].startswith("touchline run")
-                   else f"fill it with `{IMPORTS[name]}`"))
+                + (f"import them with `{how}`" if how.startswith("touchline ingest")
+                   else f"fill it with `{how}`"))
 
 
 def compute(con: BaseBackend, name: str, *, by: Sequence[str] = (), period: str | None = None,
@@ -561,7 +562,8 @@ def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
 
 
 def _check_conversion(con: BaseBackend, q: Query) -> None:
-    known = sorted(con.table("journeys").conversion.distinct().to_pyarrow().to_pylist())
+    known = sorted(con.table("journeys").select("conversion").distinct()
+                   .to_pyarrow().column(0).to_pylist())
     if q.conversion not in known:
         raise UnknownKPIError(f"conversion type {q.conversion!r}"
                               f"{did_you_mean(q.conversion, known)} has no journeys: the "
@@ -597,3 +599,304 @@ def days_to_convert(con: BaseBackend, q: Query) -> ir.Table:
     t = _converting_journeys(con, q)
     t = t.filter(t.days_to_convert.notnull())
     return _order(_aggregate(t, q, **_spread(t.days_to_convert, t.count())), q)
+
+
+# ---- decision -------------------------------------------------------------------------------
+
+CREDIT_DIMS = SESSION_DIMS
+
+
+def _check_model(con: BaseBackend, q: Query) -> None:
+    c = con.table("credits")
+    known = sorted(c.filter(c.conversion == q.conversion).select("model").distinct()
+                   .to_pyarrow().column(0).to_pylist())
+    if q.model not in known:
+        raise UnknownKPIError(f"model {q.model!r}{did_you_mean(q.model, known)} has no stored "
+                              f"credits of {q.conversion}: the stored models are "
+                              f"{', '.join(map(str, known)) or 'none'} (settings."
+                              "attribution_models, then `touchline run`)")
+
+
+def _credited(con: BaseBackend, q: Query, *, normalise: bool = False) -> ir.Table:
+    """The stored credits of ``q.conversion`` under ``q.model``, keyed by the credited touch's
+    channel, source… (``normalise``: text keys trimmed and lower case, as spend is joined)."""
+    _check_conversion(con, q)
+    _check_model(con, q)
+    c = con.table("credits")
+    c = c.filter((c.conversion == q.conversion) & (c.model == q.model))
+    jt = con.table("journey_touches")
+    levels = [d for d in SESSION_LEVELS if d != "channel"]
+    jt = jt.select(_journey="journey_id", _position="position", **{f"_{d}": d for d in levels})
+    j = c.left_join(jt, (c.journey_id == jt._journey) & (c.position == jt._position))
+    dims = _levels(j, {"channel": "channel", **{d: f"_{d}" for d in levels}})
+    if normalise:
+        dims = {d: v if d == "channel" else v.strip().lower() for d, v in dims.items()}
+    return _keyed(j, q, at=j.converted_at, dims=dims)
+
+
+@register("conversions", stage="decision", unit="conversions",
+          formula="sum(credit) of the stored credits under the model",
+          tables=["journeys", "journey_touches", "credits"], dimensions=CREDIT_DIMS,
+          options=("model", "conversion"))
+def conversions(con: BaseBackend, q: Query) -> ir.Table:
+    """Conversions credited to each channel, source, campaign… by an attribution model; the
+    period is the conversion's. Under any model they sum to the conversions."""
+    t = _credited(con, q)
+    return _order(_aggregate(t, q, conversions=t.credit.sum()), q)
+
+
+@register("revenue", stage="decision", unit="reporting currency",
+          formula="sum(value) of the stored credits under the model",
+          tables=["journeys", "journey_touches", "credits"], dimensions=CREDIT_DIMS,
+          options=("model", "conversion"))
+def revenue(con: BaseBackend, q: Query) -> ir.Table:
+    """Conversion value credited by an attribution model."""
+    t = _credited(con, q)
+    return _order(_aggregate(t, q, revenue=t.value.sum()), q)
+
+
+@register("conversion_rate", stage="decision", unit="ratio",
+          formula="persons who converted / persons, by the first touch's channel, source…",
+          tables=["sessions", "journeys"], dimensions=SESSION_DIMS,
+          values=("visitors", "converters", "conversion_rate"), zero_denominator=_ZERO,
+          options=("conversion",))
+def conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
+    """Conversion rate by first-touch source: of the people first seen through a channel
+    (source, campaign…; the period is their first session's), the share who converted
+    (before ``until``, when given). Few Instagram visitors convert while the smaller
+    newsletter audience converts more: this shows it."""
+    _check_conversion(con, q)
+    f = first_touches(con)
+    j = con.table("journeys")
+    j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
+    if q.until is not None:
+        j = j.filter(j.converted_at < ibis.literal(q.until))
+    buyers = j.select(_buyer="unit_id").distinct()
+    t = f.left_join(buyers, f.person_id == buyers._buyer)
+    t = _keyed(t, q, at=t.first_at, dims={d: t[d] for d in SESSION_LEVELS})
+    t = _aggregate(t, q, visitors=t.person_id.nunique().cast("int64"),
+                   converters=t._buyer.nunique().cast("int64"))
+    return _order(t.mutate(conversion_rate=_ratio(t.converters, t.visitors)), q)
+
+
+COST_DIMS = ("period", "channel", "source", "medium", "campaign", "keyword")
+
+
+def _cost_and_credit(con: BaseBackend, q: Query, conversion: str) -> ir.Table:
+    """Spend and the model's credited conversions and value, per key: ``_cost``, ``_credit``,
+    ``_value`` (0 where one side has no row)."""
+    sp = con.table("spend")
+    dims = {d: v if d == "channel" else v.strip().lower()
+            for d, v in _levels(sp, SPEND_LEVELS).items()}
+    cost = _aggregate(_keyed(sp, q, at=sp.date, dims=dims), q, _cost=sp.cost.sum())
+    cr = _credited(con, Query(by=q.by, period=q.period, since=q.since, until=q.until,
+                              model=q.model, conversion=conversion), normalise=True)
+    credit = _aggregate(cr, q, _credit=cr.credit.sum(), _value=cr.value.sum())
+    if not q.keys:
+        joined = cost.cross_join(credit)
+        return joined.select(_cost=joined._cost.fill_null(0.0),
+                             _credit=joined._credit.fill_null(0.0),
+                             _value=joined._value.fill_null(0.0))
+    right = credit.rename({f"_r_{k}": k for k in q.keys})
+    joined = cost.outer_join(right, [cost[k] == right[f"_r_{k}"] for k in q.keys])
+    return joined.select(
+        **{k: joined[k].coalesce(joined[f"_r_{k}"]) for k in q.keys},
+        _cost=joined._cost.fill_null(0.0), _credit=joined._credit.fill_null(0.0),
+        _value=joined._value.fill_null(0.0))
+
+
+_COST_TABLES = ["spend", "journeys", "journey_touches", "credits"]
+_COST_NOTE = ("spend and credits are joined on the channel as given and on source, medium, "
+              "campaign and keyword trimmed and in lower case")
+
+
+@register("cost_per_lead", stage="decision", unit="currency per lead",
+          formula="sum(cost) / sum(credit of lead conversions under the model)",
+          tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "leads", "cost_per_lead"),
+          zero_denominator=_ZERO, options=("model",))
+def cost_per_lead(con: BaseBackend, q: Query) -> ir.Table:
+    """Spend per lead the model credits to the channel or campaign (the ``lead`` conversion
+    type); a channel without spend costs 0 per lead."""
+    t = _cost_and_credit(con, q, LEAD_CONVERSION)
+    return _select(t, q, cost=t._cost, leads=t._credit,
+                   cost_per_lead=_ratio(t._cost, t._credit))
+
+
+@register("cpa", stage="decision", unit="currency per conversion",
+          formula="sum(cost) / sum(credit of conversions under the model)",
+          tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "conversions", "cpa"),
+          zero_denominator=_ZERO, options=("model", "conversion"))
+def cpa(con: BaseBackend, q: Query) -> ir.Table:
+    """Cost per acquisition under any attribution model: spend over the conversions the
+    model credits to the same channel, campaign… and period."""
+    t = _cost_and_credit(con, q, q.conversion)
+    return _select(t, q, cost=t._cost, conversions=t._credit, cpa=_ratio(t._cost, t._credit))
+
+
+@register("roas", stage="decision", unit="ratio (revenue per unit of cost)",
+          formula="sum(credited value under the model) / sum(cost)",
+          tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "revenue", "roas"),
+          zero_denominator=_ZERO, options=("model", "conversion"))
+def roas(con: BaseBackend, q: Query) -> ir.Table:
+    """Return on ad spend under any attribution model (null for channels without spend)."""
+    t = _cost_and_credit(con, q, q.conversion)
+    return _select(t, q, cost=t._cost, revenue=t._value, roas=_ratio(t._value, t._cost))
+
+
+# ---- retention and value --------------------------------------------------------------------
+
+def _purchases(con: BaseBackend, q: Query) -> ir.Table:
+    """Each person's conversions of ``q.conversion`` (before ``until``) with the person's
+    first one (``_first_at``) and acquisition breakdowns (first session's channel…)."""
+    _check_conversion(con, q)
+    j = con.table("journeys")
+    j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
+    if q.until is not None:
+        j = j.filter(j.converted_at < ibis.literal(q.until))
+    j = j.mutate(_first_at=j.converted_at.min().over(group_by="unit_id"))
+    f = first_touches(con).drop("first_at")
+    t = j.left_join(f, j.unit_id == f.person_id)
+    return t.mutate(**_levels(t, {d: d for d in SESSION_LEVELS}))
+
+
+def _customers(con: BaseBackend, q: Query) -> ir.Table:
+    """One row per customer: ``unit_id``, ``_first_at``, ``_purchases`` and the breakdowns,
+    keyed by the first purchase's period (the customer's cohort)."""
+    p = _purchases(con, q)
+    levels = list(SESSION_LEVELS)
+    c = p.group_by(["unit_id", "_first_at", *levels]).aggregate(_purchases=p.count())
+    return _keyed(c, q, at=c._first_at, dims={d: c[d] for d in levels})
+
+
+_RETENTION_TABLES = ["journeys", "sessions"]
+
+
+@register("repeat_purchase_rate", stage="retention", unit="ratio",
+          formula="customers with >= 2 purchases / customers",
+          tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
+          values=("customers", "repeat_customers", "repeat_purchase_rate"),
+          zero_denominator=_ZERO, options=("conversion",))
+def repeat_purchase_rate(con: BaseBackend, q: Query) -> ir.Table:
+    """Share of customers who bought again (before ``until``), by the period of their first
+    purchase and their acquisition channel, source…"""
+    c = _customers(con, q)
+    t = _aggregate(c, q, customers=c.count().cast("int64"),
+                   repeat_customers=(c._purchases >= 2).cast("int64").sum())
+    return _order(t.mutate(repeat_purchase_rate=_ratio(t.repeat_customers, t.customers)), q)
+
+
+@register("average_order_value", stage="retention", unit="reporting currency",
+          formula="sum(value) / count(purchases)", tables=_RETENTION_TABLES,
+          dimensions=SESSION_DIMS, values=("orders", "revenue", "average_order_value"),
+          zero_denominator=_ZERO, options=("conversion",))
+def average_order_value(con: BaseBackend, q: Query) -> ir.Table:
+    """Average value of a purchase, by its period and the buyer's acquisition channel…"""
+    p = _purchases(con, q)
+    t = _keyed(p, q, at=p.converted_at, dims={d: p[d] for d in SESSION_LEVELS})
+    t = _aggregate(t, q, orders=t.count().cast("int64"), revenue=t.value.sum())
+    return _order(t.mutate(average_order_value=_ratio(t.revenue, t.orders)), q)
+
+
+@register("purchase_frequency", stage="retention", unit="customers",
+          formula="count(customers) per number of purchases; share = customers / all customers",
+          tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
+          values=("purchases", "customers", "share"), options=("conversion",))
+def purchase_frequency(con: BaseBackend, q: Query) -> ir.Table:
+    """The distribution of purchases per customer (before ``until``): how many bought once,
+    twice…, by the first purchase's period and the acquisition channel…"""
+    c = _customers(con, q)
+    t = c.group_by([*q.keys, c._purchases.cast("int64").name("purchases")]).aggregate(
+        customers=c.count().cast("int64"))
+    total = t.customers.sum().over(group_by=list(q.keys)) if q.keys else t.customers.sum().over()
+    t = t.mutate(share=_ratio(t.customers, total))
+    return t.order_by([*q.keys, "purchases"])
+
+
+@register("retention", stage="retention", unit="ratio",
+          formula="customers of a first-purchase-month cohort who purchase in month k / "
+          "the cohort's customers",
+          tables=_RETENTION_TABLES, dimensions=tuple(SESSION_LEVELS),
+          values=("cohort", "months_since", "customers", "active_customers", "retention"),
+          options=("conversion",))
+def retention(con: BaseBackend, q: Query) -> ir.Table:
+    """Retention cohorts: customers by the month of their first purchase (``since`` and
+    ``until`` bound the cohorts), and for each later month k the share who purchased in it
+    (month 0 is 1). A seasonal drop shows as a dip at the same calendar month across cohorts.
+    The cohort month is the period; ``by`` takes the acquisition channel, source…"""
+    p = _purchases(con, q)
+    p = _in_window(p, p._first_at, q)
+    month = p.converted_at.year() * 12 + p.converted_at.month()
+    first = p._first_at.year() * 12 + p._first_at.month()
+    p = p.mutate(cohort=p._first_at.truncate("M").cast("date"),
+                 months_since=(month - first).cast("int64"))
+    keys = [*q.by, "cohort"]
+    t = p.group_by([*keys, "months_since"]).aggregate(
+        active_customers=p.unit_id.nunique().cast("int64"))
+    # month 0 holds every customer of the cohort: its count is the cohort's size
+    t = t.mutate(customers=t.active_customers.max().over(group_by=keys))
+    t = t.mutate(retention=_ratio(t.active_customers, t.customers))
+    return t.select(*keys, "months_since", "customers", "active_customers",
+                    "retention").order_by([*keys, "months_since"])
+
+
+# ---- advocacy -------------------------------------------------------------------------------
+
+def _answers(con: BaseBackend, q: Query, kpi: str) -> ir.Table:
+    """Survey answers with the answerer's person (matched by user id, then anonymous id, then
+    e-mail in the identity graph) and that person's acquisition breakdowns; only when ``by``
+    asks for them are the prepared tables read."""
+    sv = con.table("surveys")
+    if not q.by:
+        return _keyed(sv, q, at=sv.responded_at, dims={})
+    require(con, KPIS[kpi], ["sessions", "identities"])
+    ids = con.table("identities").select("identifier", _person="person_id")
+    candidates = ibis.union(*(
+        sv.select("response_id", _identifier=prefix + expr, _rank=ibis.literal(rank))
+        for rank, (prefix, expr) in enumerate((
+            ("user:", sv.person_id), ("anon:", sv.person_id),
+            ("email:", sv.email.strip().lower())))), distinct=False)
+    matched = candidates.inner_join(ids, candidates._identifier == ids.identifier)
+    matched = matched.mutate(_r=ibis.row_number().over(group_by="response_id",
+                                                       order_by="_rank"))
+    matched = matched.filter(matched._r == 0).select(_response="response_id", _person="_person")
+    f = first_touches(con)
+    t = sv.left_join(matched, sv.response_id == matched._response).left_join(
+        f, matched._person == f.person_id)
+    return _keyed(t, q, at=t.responded_at, dims=_levels(t, {d: d for d in SESSION_LEVELS}))
+
+
+@register("nps", stage="advocacy", unit="score (-100 to 100)",
+          formula="100 * (promoters - detractors) / answers; promoters 9-10, passives 7-8, "
+          "detractors 0-6; 95 % interval 100 * (d ± 1.96 * sqrt((p + q - d²) / n)), "
+          "p, q the promoter and detractor shares, d = p - q",
+          tables=["surveys"], dimensions=SESSION_DIMS,
+          values=("answers", "promoters", "passives", "detractors", "nps", "nps_low",
+                  "nps_high"), zero_denominator="null (no answer: no row)")
+def nps(con: BaseBackend, q: Query) -> ir.Table:
+    """Net Promoter Score from the ``surveys`` table's 0-10 answers (others are left out),
+    with the counts and a normal-approximation 95 % confidence interval (the variance of a
+    difference of two shares of one multinomial sample). By period of the answer, and by the
+    answerer's first-touch channel, source… (answers matched to no person: Unassigned)."""
+    t = _answers(con, q, "nps")
+    t = t.filter(t.nps_score.between(0, 10))
+    t = _aggregate(t, q, answers=t.count().cast("int64"),
+                   promoters=(t.nps_score >= PROMOTER_MIN).cast("int64").sum(),
+                   detractors=(t.nps_score <= DETRACTOR_MAX).cast("int64").sum())
+    n = t.answers.cast("float64")
+    p, d = t.promoters / n.nullif(0.0), t.detractors / n.nullif(0.0)
+    se = ((p + d - (p - d) ** 2) / n.nullif(0.0)).sqrt()
+    t = t.mutate(passives=t.answers - t.promoters - t.detractors, nps=100.0 * (p - d),
+                 nps_low=100.0 * (p - d - Z_95 * se), nps_high=100.0 * (p - d + Z_95 * se))
+    return _select(t, q, **{v: t[v] for v in KPIS["nps"].values})
+
+
+@register("review_rating", stage="advocacy", unit="stars (1-5)",
+          formula="count and mean of review_rating over answers that carry one",
+          tables=["surveys"], dimensions=SESSION_DIMS, values=("reviews", "review_rating"),
+          zero_denominator="null (no review: no row)")
+def review_rating(con: BaseBackend, q: Query) -> ir.Table:
+    """Reviews in the ``surveys`` table: how many, and their average rating."""
+    t = _answers(con, q, "review_rating")
+    t = t.filter(t.review_rating.notnull())
+    return _order(_aggregate(t, q, reviews=t.count().cast("int64"),
+                             review_rating=t.review_rating.mean()), q)
