@@ -274,3 +274,110 @@ def test_visits_and_engagement_by_hand(warehouse: BaseBackend) -> None:
     with pytest.raises(UnknownKPIError, match=r"conversion type 'purchse' .did you mean "
                        r"'purchase'.. has no journeys"):
         compute(warehouse, "days_to_convert", conversion="purchse")
+
+
+def test_conversions_and_costs_under_any_model_by_hand(warehouse: BaseBackend) -> None:
+    # linear: p1's first purchase 0.5 Organic + 0.5 Paid Search (50 each), p1's second 1 Email
+    # (50), p2's 0.5 Email + 0.5 Paid Search (100 each)
+    assert _merged(warehouse, ["conversions", "revenue"], "channel", by=["channel"]) == {
+        "Organic Search": {"conversions": 0.5, "revenue": 50.0},
+        "Paid Search": {"conversions": 1.0, "revenue": 150.0},
+        "Email": {"conversions": 1.5, "revenue": 150.0}}
+    assert _merged(warehouse, ["conversions", "revenue"], "channel", by=["channel"],
+                   model="last_touch") == {
+        "Organic Search": {"conversions": 0.0, "revenue": 0.0},
+        "Paid Search": {"conversions": 2.0, "revenue": 300.0},
+        "Email": {"conversions": 1.0, "revenue": 50.0}}
+    assert _get(warehouse, "conversions", "period", "campaign", by=["month", "campaign"]) == {
+        ("2025-03-01", "(not set)"): {"conversions": 0.5},
+        ("2025-03-01", "spring"): {"conversions": 1.0},
+        ("2025-03-01", "march"): {"conversions": 0.5},
+        ("2025-04-01", "april-news"): {"conversions": 1.0}}
+    with pytest.raises(UnknownKPIError, match=r"model 'markof' has no stored credits of "
+                       r"purchase: the stored models are last_touch, linear"):
+        compute(warehouse, "conversions", model="markof")
+    # first-touch conversion rate: p1 (Organic) and p2 (Email) bought, p3 (Paid Search) not
+    assert _get(warehouse, "conversion_rate", "channel", by=["channel"]) == {
+        "Organic Search": {"visitors": 1, "converters": 1, "conversion_rate": 1.0},
+        "Email": {"visitors": 1, "converters": 1, "conversion_rate": 1.0},
+        "Paid Search": {"visitors": 1, "converters": 0, "conversion_rate": 0.0}}
+    assert _get(warehouse, "conversion_rate")["conversion_rate"] == pytest.approx(2 / 3)
+    assert _get(warehouse, "conversion_rate", "period", period="month",
+                conversion="lead") == {  # leads: p2 (first seen in March), p3 (April)
+        "2025-03-01": {"visitors": 2, "converters": 1, "conversion_rate": 0.5},
+        "2025-04-01": {"visitors": 1, "converters": 1, "conversion_rate": 1.0}}
+    # spend: Paid Search 60 + 40, Paid Social 30; credited (linear) as above
+    cost = _merged(warehouse, ["cpa", "roas"], "channel", by=["channel"])
+    assert cost == {
+        "Paid Search": {"cost": 100.0, "conversions": 1.0, "cpa": 100.0, "revenue": 150.0,
+                        "roas": 1.5},
+        "Paid Social": {"cost": 30.0, "conversions": 0.0, "cpa": None, "revenue": 0.0,
+                        "roas": 0.0},
+        "Email": {"cost": 0.0, "conversions": 1.5, "cpa": 0.0, "revenue": 150.0, "roas": None},
+        "Organic Search": {"cost": 0.0, "conversions": 0.5, "cpa": 0.0, "revenue": 50.0,
+                           "roas": None}}
+    assert _get(warehouse, "cpa")["cpa"] == pytest.approx(130 / 3)
+    assert _get(warehouse, "roas")["roas"] == pytest.approx(350 / 130)
+    # last touch gives Paid Search both purchases: 100 / 2
+    assert _get(warehouse, "cpa", "channel", by=["channel"], model="last_touch")[
+        "Paid Search"]["cpa"] == 50.0
+    # 'Spring ' in the spend export is the sessions' 'spring'
+    assert _get(warehouse, "cpa", "campaign", by=["campaign"])["spring"] == {
+        "cost": 100.0, "conversions": 1.0, "cpa": 100.0}
+    by_month = _get(warehouse, "cpa", "period", "channel", by=["channel"], period="month")
+    assert by_month[("2025-03-01", "Paid Search")] == {"cost": 60.0, "conversions": 1.0,
+                                                       "cpa": 60.0}
+    assert by_month[("2025-04-01", "Paid Search")] == {"cost": 40.0, "conversions": 0.0,
+                                                       "cpa": None}
+    # leads: p2's (Email) and p3's (Paid Search)
+    assert _get(warehouse, "cost_per_lead", "channel", by=["channel"]) == {
+        "Paid Search": {"cost": 100.0, "leads": 1.0, "cost_per_lead": 100.0},
+        "Paid Social": {"cost": 30.0, "leads": 0.0, "cost_per_lead": None},
+        "Email": {"cost": 0.0, "leads": 1.0, "cost_per_lead": 0.0}}
+
+
+def test_retention_and_value_by_hand(warehouse: BaseBackend) -> None:
+    # purchases: p1 on 5 March (100) and 10 April (50), p2 on 20 March (200); p3 never
+    assert _get(warehouse, "repeat_purchase_rate") == {
+        "customers": 2, "repeat_customers": 1, "repeat_purchase_rate": 0.5}
+    assert _get(warehouse, "repeat_purchase_rate", until=date(2025, 4, 1))[
+        "repeat_purchase_rate"] == 0.0  # p1's second purchase is later
+    assert _get(warehouse, "repeat_purchase_rate", "channel", by=["channel"]) == {
+        "Organic Search": {"customers": 1, "repeat_customers": 1, "repeat_purchase_rate": 1.0},
+        "Email": {"customers": 1, "repeat_customers": 0, "repeat_purchase_rate": 0.0}}
+    assert _get(warehouse, "average_order_value")["average_order_value"] == pytest.approx(
+        350 / 3)
+    assert _get(warehouse, "average_order_value", "period", period="month") == {
+        "2025-03-01": {"orders": 2, "revenue": 300.0, "average_order_value": 150.0},
+        "2025-04-01": {"orders": 1, "revenue": 50.0, "average_order_value": 50.0}}
+    assert _get(warehouse, "purchase_frequency", "purchases") == {
+        1: {"customers": 1, "share": 0.5}, 2: {"customers": 1, "share": 0.5}}
+    # the March cohort (p1, p2): both active in month 0, p1 in month 1
+    assert _get(warehouse, "retention", "cohort", "months_since") == {
+        ("2025-03-01", 0): {"customers": 2, "active_customers": 2, "retention": 1.0},
+        ("2025-03-01", 1): {"customers": 2, "active_customers": 1, "retention": 0.5}}
+    assert _get(warehouse, "retention", "channel", "cohort", "months_since",
+                by=["channel"])[("Organic Search", "2025-03-01", 1)]["retention"] == 1.0
+    with pytest.raises(UnknownKPIError, match=r"'retention' cannot be broken down by "
+                       r"'period'"):
+        compute(warehouse, "retention", period="week")
+
+
+def test_nps_and_reviews_by_hand(warehouse: BaseBackend) -> None:
+    # answers 10, 9, 3, 7 (12 is out of range, r6 gave none): 2 promoters, 1 passive,
+    # 1 detractor of 4 → 100 · (2 - 1) / 4 = 25
+    got = _get(warehouse, "nps")
+    p, d, n = 2 / 4, 1 / 4, 4
+    half = 100 * 1.959963984540054 * math.sqrt((p + d - (p - d) ** 2) / n)
+    assert got == {"answers": 4, "promoters": 2, "passives": 1, "detractors": 1,
+                   "nps": 25.0, "nps_low": pytest.approx(25 - half),
+                   "nps_high": pytest.approx(25 + half)}
+    # by the answerer's first touch: r1 is p1 (Organic, by user id), r2 p2 (Email, by
+    # anonymous id), r3 p3 (Paid Search, by e-mail), r4 nobody (Unassigned)
+    by_channel = _get(warehouse, "nps", "channel", by=["channel"])
+    assert {k: (v["answers"], v["nps"]) for k, v in by_channel.items()} == {
+        "Organic Search": (1, 100.0), "Email": (1, 100.0), "Paid Search": (1, -100.0),
+        "Unassigned": (1, 0.0)}
+    assert by_channel["Organic Search"]["nps_low"] == 100.0  # one answer: no spread
+    assert _get(warehouse, "review_rating", "period", period="month") == {
+        "2025-05-01": {"reviews": 2, "review_rating": 4.5}}
