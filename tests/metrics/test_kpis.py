@@ -163,7 +163,7 @@ CREDITS = {  # (journey, model): credit of each position, in order
     ("lead:p2:1", "linear"): [1.0], ("lead:p3:1", "linear"): [1.0],
 }
 WAREHOUSE_SPEND = [  # date, channel, source, medium, campaign, keyword, cost
-    ("2025-03-03", "Paid Search", "google", "cpc", "Spring ", "CRM", 60.0),
+    ("2025-03-03", "paid_search", "google", "cpc", "Spring ", "CRM", 60.0),  # as ads export
     ("2025-04-01", "Paid Search", "google", "cpc", "spring", "erp", 40.0),
     ("2025-03-10", "Paid Social", "facebook", "paid", "summer", None, 30.0),
 ]
@@ -321,7 +321,7 @@ def test_conversions_and_costs_under_any_model_by_hand(warehouse: BaseBackend) -
     # last touch gives Paid Search both purchases: 100 / 2
     assert _get(warehouse, "cpa", "channel", by=["channel"], model="last_touch")[
         "Paid Search"]["cpa"] == 50.0
-    # 'Spring ' in the spend export is the sessions' 'spring'
+    # 'Spring ' and 'paid_search' in the spend export are the sessions' 'spring', 'Paid Search'
     assert _get(warehouse, "cpa", "campaign", by=["campaign"])["spring"] == {
         "cost": 100.0, "conversions": 1.0, "cpa": 100.0}
     by_month = _get(warehouse, "cpa", "period", "channel", by=["channel"], period="month")

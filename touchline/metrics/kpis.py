@@ -179,8 +179,10 @@ def for_stage(stage: str) -> list[KPI]:
     return [k for k in KPIS.values() if stage in k.stages.values()]
 
 
-def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
-           until: date | None, model: str, conversion: str) -> Query:
+def check_dimensions(by: Sequence[str], period: str | None) -> tuple[tuple[str, ...],
+                                                                    str | None]:
+    """``by`` without its period grains, and the period grain: :class:`UnknownKPIError`
+    naming the nearest valid name for a dimension or grain touchline does not know."""
     grains = [b for b in by if b in PERIODS or b == "period"]
     rest = tuple(b for b in by if b not in grains)
     for grain in grains:
@@ -196,6 +198,14 @@ def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
             raise UnknownKPIError(
                 f"unknown dimension {dim!r}{did_you_mean(dim, [*DIMENSIONS, *PERIODS])}: "
                 f"choose from {', '.join((*PERIODS, *DIMENSIONS[1:]))}")
+    if len(set(rest)) != len(rest):
+        raise UnknownKPIError(f"a dimension is asked twice in {list(rest)}")
+    return rest, period
+
+
+def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
+           until: date | None, model: str, conversion: str) -> Query:
+    rest, period = check_dimensions(by, period)
     asked = (*rest, *(("period",) if period else ()))
     for dim in asked:
         if dim not in kpi.dimensions:
@@ -204,8 +214,6 @@ def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
                 f"KPI {kpi.name!r} cannot be broken down by {dim!r}: its tables "
                 f"({', '.join(kpi.tables)}) hold {offered}"
                 + ("" if dim != "segment" else "; no stored table holds a segment yet"))
-    if len(set(rest)) != len(rest):
-        raise UnknownKPIError(f"a dimension is asked twice in {list(rest)}")
 
     def moment(value: date | None) -> datetime | None:
         if value is None or isinstance(value, datetime):
@@ -617,9 +625,9 @@ def _check_model(con: BaseBackend, q: Query) -> None:
                               "attribution_models, then `touchline run`)")
 
 
-def _credited(con: BaseBackend, q: Query, *, normalise: bool = False) -> ir.Table:
+def _credited(con: BaseBackend, q: Query) -> ir.Table:
     """The stored credits of ``q.conversion`` under ``q.model``, keyed by the credited touch's
-    channel, source… (``normalise``: text keys trimmed and lower case, as spend is joined)."""
+    channel, source…"""
     _check_conversion(con, q)
     _check_model(con, q)
     c = con.table("credits")
@@ -629,8 +637,6 @@ def _credited(con: BaseBackend, q: Query, *, normalise: bool = False) -> ir.Tabl
     jt = jt.select(_journey="journey_id", _position="position", **{f"_{d}": d for d in levels})
     j = c.left_join(jt, (c.journey_id == jt._journey) & (c.position == jt._position))
     dims = _levels(j, {"channel": "channel", **{d: f"_{d}" for d in levels}})
-    if normalise:
-        dims = {d: v if d == "channel" else v.strip().lower() for d, v in dims.items()}
     return _keyed(j, q, at=j.converted_at, dims=dims)
 
 
@@ -682,32 +688,43 @@ def conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
 COST_DIMS = ("period", "channel", "source", "medium", "campaign", "keyword")
 
 
+def _join_key(value: ir.StringValue) -> ir.StringValue:
+    """A breakdown value as spend and credits are matched on: trimmed, lower case, spaces
+    and hyphens as ``_`` (an ad export's ``paid_social`` is the channel group Paid Social)."""
+    return value.strip().lower().replace(" ", "_").replace("-", "_")
+
+
 def _cost_and_credit(con: BaseBackend, q: Query, conversion: str) -> ir.Table:
     """Spend and the model's credited conversions and value, per key: ``_cost``, ``_credit``,
-    ``_value`` (0 where one side has no row)."""
+    ``_value`` (0 where one side has no row). Keys match by :func:`_join_key`; a key shows
+    as the sessions write it (as the spend export writes it when no credit has it)."""
     sp = con.table("spend")
-    dims = {d: v if d == "channel" else v.strip().lower()
-            for d, v in _levels(sp, SPEND_LEVELS).items()}
-    cost = _aggregate(_keyed(sp, q, at=sp.date, dims=dims), q, _cost=sp.cost.sum())
+    spend = _keyed(sp, q, at=sp.date, dims=_levels(sp, SPEND_LEVELS))
     cr = _credited(con, Query(by=q.by, period=q.period, since=q.since, until=q.until,
-                              model=q.model, conversion=conversion), normalise=True)
-    credit = _aggregate(cr, q, _credit=cr.credit.sum(), _value=cr.value.sum())
+                              model=q.model, conversion=conversion))
+
+    def per_key(t: ir.Table, prefix: str, **metrics: ir.Scalar) -> ir.Table:
+        keys = {f"{prefix}{k}": (t[k] if k == "period" else _join_key(t[k])) for k in q.keys}
+        shown = {f"{prefix}shown_{k}": t[k].min() for k in q.keys}
+        if not keys:
+            return t.aggregate(**metrics)
+        return t.group_by([v.name(n) for n, v in keys.items()]).aggregate(**shown, **metrics)
+
+    cost = per_key(spend, "_l_", _cost=spend.cost.sum())
+    credit = per_key(cr, "_r_", _credit=cr.credit.sum(), _value=cr.value.sum())
     if not q.keys:
         joined = cost.cross_join(credit)
         return joined.select(_cost=joined._cost.fill_null(0.0),
                              _credit=joined._credit.fill_null(0.0),
                              _value=joined._value.fill_null(0.0))
-    right = credit.rename({f"_r_{k}": k for k in q.keys})
-    joined = cost.outer_join(right, [cost[k] == right[f"_r_{k}"] for k in q.keys])
+    joined = cost.outer_join(credit, [cost[f"_l_{k}"] == credit[f"_r_{k}"] for k in q.keys])
     return joined.select(
-        **{k: joined[k].coalesce(joined[f"_r_{k}"]) for k in q.keys},
+        **{k: joined[f"_r_shown_{k}"].coalesce(joined[f"_l_shown_{k}"]) for k in q.keys},
         _cost=joined._cost.fill_null(0.0), _credit=joined._credit.fill_null(0.0),
         _value=joined._value.fill_null(0.0))
 
 
 _COST_TABLES = ["spend", "journeys", "journey_touches", "credits"]
-_COST_NOTE = ("spend and credits are joined on the channel as given and on source, medium, "
-              "campaign and keyword trimmed and in lower case")
 
 
 @register("cost_per_lead", stage="decision", unit="currency per lead",
