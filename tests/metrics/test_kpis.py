@@ -4,7 +4,9 @@ comments, on DuckDB and Spark."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,7 +16,7 @@ from ibis.backends import BaseBackend
 
 from touchline import engine, store
 from touchline.errors import MissingInputError, UnknownKPIError
-from touchline.metrics.kpis import KPIS, compute, for_stage, lookup
+from touchline.metrics.kpis import KPIS, compute, for_stage, kpis_markdown, lookup
 
 
 def _rows(frame: pd.DataFrame, *keys: str) -> dict[Any, dict[str, Any]]:
@@ -381,3 +383,42 @@ def test_nps_and_reviews_by_hand(warehouse: BaseBackend) -> None:
     assert by_channel["Organic Search"]["nps_low"] == 100.0  # one answer: no spread
     assert _get(warehouse, "review_rating", "period", period="month") == {
         "2025-05-01": {"reviews": 2, "review_rating": 4.5}}
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "kpis.md"
+
+
+def test_docs_list_every_kpi_as_registered() -> None:
+    assert DOCS.read_text() == kpis_markdown(), (
+        "docs/kpis.md is stale: regenerate it with "
+        "python -c 'from touchline.metrics.kpis import kpis_markdown; print(kpis_markdown(), "
+        "end=\"\")' > docs/kpis.md")
+    for kpi in KPIS.values():
+        assert f"| `{kpi.name}` | {kpi.stage} " in DOCS.read_text()
+
+
+@pytest.mark.duckdb_only(reason="the docs' example opens a DuckDB warehouse file by its URL")
+def test_docs_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import touchline
+
+    wh = touchline.open(f"duckdb:///{tmp_path / 'touchline.duckdb'}")
+    surveys = [dict(response_id=r, person_id=p, email=e, nps_score=n,
+                    responded_at="2025-05-01 00:00:00") for r, p, e, n, _ in SURVEYS]
+    engine.load_table(wh.con, "surveys", arrow_table(store.SURVEYS, surveys))
+    engine.load_table(wh.con, "sessions", arrow_table(store.SESSIONS, [
+        dict(session_id="s1", person_id="p1", started_at="2025-03-01 09:00:00",
+             channel="Email")]))
+    engine.load_table(wh.con, "identities", arrow_table(store.IDENTITIES, [
+        dict(identifier="user:u1", person_id="p1")]))
+    wh.con.disconnect()
+    block = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    assert block is not None
+    monkeypatch.chdir(tmp_path)
+    exec(block.group(1), {})  # the documented example, as a user runs it
+    out = capsys.readouterr().out
+    # u1 (p1, first touch Email) answered 10 (and 12, out of range); a2 (9), cy (3) and
+    # ghost (7) match no identity here: one promoter, one detractor of 3 → 0
+    rows = [line.split()[1:5] for line in out.splitlines()[1:]]
+    assert rows == [["2025-04-01", "Email", "1", "100.0"],
+                    ["2025-04-01", "Unassigned", "3", "0.0"]]

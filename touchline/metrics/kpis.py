@@ -917,3 +917,77 @@ def review_rating(con: BaseBackend, q: Query) -> ir.Table:
     t = t.filter(t.review_rating.notnull())
     return _order(_aggregate(t, q, reviews=t.count().cast("int64"),
                              review_rating=t.review_rating.mean()), q)
+
+
+# ---- documentation --------------------------------------------------------------------------
+
+_DOC_HEAD = """# KPIs for every stage: `touchline kpis`
+
+Generated from `touchline/metrics/kpis.py` (`tests/metrics/test_kpis.py` keeps it current).
+
+Every KPI is one registered function over the stored tables ([tables.md](tables.md)) that
+returns an Ibis table, so it runs on DuckDB and Spark alike: the `period` column (the first day
+of the day, week, month or quarter) when a period is asked, the `by` columns, then its values.
+Each belongs to a lifecycle stage and to the matching stage of every preset stage model
+([journeys.md](journeys.md)).
+
+```sh
+touchline kpis --list                                    # every KPI: stage, unit, formula
+touchline kpis --stage awareness --period month          # a stage's KPIs (others said, skipped)
+touchline kpis --kpi cpa --kpi roas --by campaign --model markov --since 2025-01-01
+touchline kpis --kpi retention --by channel --format csv  # or json
+```
+
+```python
+import touchline
+from touchline.metrics.kpis import compute
+
+wh = touchline.open("duckdb:///touchline.duckdb")
+nps = compute(wh.con, "nps", by=["channel"], period="quarter").to_pandas()
+print(nps[["period", "channel", "answers", "nps", "nps_low", "nps_high"]])
+```
+
+Rules every KPI follows:
+
+- **Zero denominators give null**, never 0 or infinity: a campaign without impressions has no
+  CTR, a channel without spend no ROAS. Each KPI's rule is in the table below.
+- **Missing inputs fail**: a KPI whose input table is empty or was never imported says which
+  import or run fills it (`KPI 'paid_cpc' needs spend rows and the table is empty: import
+  them with touchline ingest FILE --kind spend`) instead of showing zeros. A whole stage
+  (`--stage`) skips such KPIs and says why on stderr; a KPI asked by name (`--kpi`) fails.
+- **Unknown names fail with the nearest one**: KPI, stage, dimension, period, model and
+  conversion type (`unknown dimension 'chanel' (did you mean 'channel'?)`).
+- **Breakdowns are what the tables hold**: Search Console rows break down by query, landing
+  page, country and device; spend by channel, source, medium, campaign and keyword; sessions,
+  journeys and credits by channel, source, medium, campaign, keyword and landing page (the
+  session's entrance values). Person-level KPIs (new visitors, conversion rate, retention, NPS)
+  break down by the person's *first* session: the acquisition channel. No stored table holds a
+  device category of sessions or a segment yet: asking for them is an error.
+- **Credited KPIs take a model**: `conversions`, `revenue`, `cost_per_lead`, `cpa` and `roas`
+  sum the stored `credits` of the chosen model (`--model`, default `settings.default_model`),
+  so cost per acquisition can be read under last touch, Markov or Shapley alike. Spend and
+  credits are matched on keys trimmed, in lower case, with spaces and hyphens as `_` (an ad
+  export's `paid_social` is the channel group Paid Social). Spend is summed as imported, in
+  its own currency.
+- `since` is inclusive and `until` exclusive, on each KPI's own time: the spend or Search
+  Console day, the session's start, the conversion, the answer; person-level KPIs use the
+  first session, retention KPIs the first purchase (the cohort).
+
+| KPI | stage (lifecycle; funnel, hourglass, b2b) | unit | formula | zero denominator | needs | by |
+|---|---|---|---|---|---|---|
+"""
+
+
+def kpis_markdown() -> str:
+    """``docs/kpis.md``: every registered KPI with its stage, unit, formula, zero-denominator
+    rule, the import that fills its tables and its breakdowns."""
+    rows = []
+    for k in KPIS.values():
+        others = ", ".join(v for m, v in k.stages.items() if m != "lifecycle")
+        needs = "; ".join(f"`{IMPORTS[t]}`" for t in dict.fromkeys(
+            "journeys" if t in ("journey_touches", "credits") else t for t in k.tables))
+        rows.append(f"| `{k.name}` | {k.stage} ({others}) | {k.unit} | {k.formula} | "
+                    f"{k.zero_denominator} | {needs} | {', '.join(k.dimensions)} |")
+    details = ["", "## What each KPI measures", ""]
+    details += [f"- `{k.name}`: {' '.join(k.doc.split())}" for k in KPIS.values()]
+    return _DOC_HEAD + "\n".join(rows) + "\n" + "\n".join(details) + "\n"
