@@ -14,7 +14,9 @@ well as the touchline type.
     ├── InputError(ValueError)           an input file or payload cannot be read at all
     │   └── MappingError                 a column mapping names a field that does not exist
     ├── SimulationError(ValueError)      simulator parameters are out of range
-    └── UnknownModelError(ValueError)    an attribution model name is not registered
+    ├── UnknownModelError(ValueError)    an attribution model name is not registered
+    ├── UnknownKPIError(ValueError)      a KPI, stage or dimension name is not known
+    └── MissingInputError(LookupError)   a KPI's input table is empty or was never imported
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ class SimulationError(TouchlineError, ValueError):
 
 class UnknownModelError(TouchlineError, ValueError):
     """An attribution model name is not in the registry."""
+
+
+class UnknownKPIError(TouchlineError, ValueError):
+    """A KPI, stage or breakdown dimension name is not in the KPI registry (or not one the
+    KPI's tables hold)."""
+
+
+class MissingInputError(TouchlineError, LookupError):
+    """A KPI's input table is empty or was never imported: the message names the import or
+    run that fills it, since a zero would read as a real figure."""
 
 
 def did_you_mean(value: str, choices: object) -> str:

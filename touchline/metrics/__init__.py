@@ -1,5 +1,6 @@
-"""Metrics over the stored journeys: funnels (and the KPI registry as it lands)."""
+"""Metrics over the stored tables: funnels, and the KPI registry of every journey stage."""
 
 from touchline.metrics.funnels import funnel
+from touchline.metrics.kpis import KPIS, compute
 
-__all__ = ["funnel"]
+__all__ = ["KPIS", "compute", "funnel"]

@@ -1,20 +1,30 @@
-"""``touchline funnel``: the CLI door to :func:`touchline.metrics.funnels.funnel`."""
+"""``touchline funnel`` and ``touchline kpis``: the CLI doors to
+:func:`touchline.metrics.funnels.funnel` and the KPI registry (:mod:`touchline.metrics.kpis`).
+
+``touchline kpis --format json`` prints::
+
+    {"kpis": [{"kpi": ..., "stage": ..., "unit": ..., "formula": ..., "rows": [{...}]}],
+     "skipped": [{"kpi": ..., "reason": ...}]}
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from datetime import timedelta
-from typing import Annotated
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from touchline import engine
+from touchline import engine, store
 from touchline.config import load_settings
-from touchline.errors import ConfigError, TouchlineError
+from touchline.errors import ConfigError, MissingInputError, TouchlineError, UnknownKPIError
 from touchline.terminal import fail
 
+FORMATS = ("table", "json", "csv")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "w": "weeks"}
 
 
@@ -36,8 +46,147 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s"
 
 
+def _day(text: str | None, option: str) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected a date YYYY-MM-DD") from None
+
+
+def _plain(value: Any) -> Any:
+    """A cell as JSON has it: dates as ISO text, NaN and NaT as null, numpy as Python."""
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if isinstance(value, datetime | date):
+        return value.isoformat()[:10] if not isinstance(value, datetime) or (
+            value.time() == datetime.min.time()) else value.isoformat()
+    try:
+        import pandas as pd
+
+        if value is pd.NaT:
+            return None
+    except ImportError:  # pragma: no cover
+        pass
+    return value
+
+
+def _cell(value: Any) -> str:
+    value = _plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``funnel`` to the touchline CLI."""
+    """Add ``funnel`` and ``kpis`` to the touchline CLI."""
+
+    @app.command()
+    def kpis(
+        stage: Annotated[str | None, typer.Option(
+            help="Only this stage's KPIs: awareness, consideration, decision, retention, "
+            "advocacy (or a stage of the funnel, hourglass or b2b presets).")] = None,
+        kpi: Annotated[list[str] | None, typer.Option(
+            "--kpi", help="A KPI by name (repeatable); see --list.")] = None,
+        by: Annotated[list[str] | None, typer.Option(
+            help="Breakdown (repeatable): channel, source, medium, campaign, keyword, "
+            "landing_page, device, query, country, or a period day|week|month|quarter.")
+        ] = None,
+        period: Annotated[str | None, typer.Option(
+            help="Period grain: day, week, month or quarter.")] = None,
+        since: Annotated[str | None, typer.Option(
+            help="From this date (YYYY-MM-DD, UTC, inclusive).")] = None,
+        until: Annotated[str | None, typer.Option(
+            help="Before this date (exclusive).")] = None,
+        model: Annotated[str | None, typer.Option(
+            help="Attribution model of the credited KPIs (conversions, revenue, cpa, roas, "
+            "cost_per_lead); default settings.default_model.")] = None,
+        conversion: Annotated[str, typer.Option(
+            help="Conversion type the conversion KPIs count.")] = "purchase",
+        fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+        list_: Annotated[bool, typer.Option(
+            "--list", help="List every KPI with its stage, unit and formula.")] = False,
+        database: Annotated[str | None, typer.Option(
+            "--database", "-d", help="Warehouse URL (default from settings).")] = None,
+    ) -> None:
+        """KPIs of every journey stage (reach, engagement, conversion, cost, retention,
+        NPS) from the stored tables, by period, channel, campaign…"""
+        from touchline.metrics.kpis import KPIS, check_dimensions, compute, for_stage, lookup
+
+        console = Console()
+        err = Console(stderr=True)
+        try:
+            if fmt not in FORMATS:
+                raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+            chosen = ([lookup(name) for name in kpi] if kpi
+                      else for_stage(stage) if stage else list(KPIS.values()))
+            if kpi and stage:
+                wrong = [k.name for k in chosen if stage not in k.stages.values()]
+                if wrong:
+                    raise UnknownKPIError(f"--kpi {', '.join(wrong)} not of stage {stage!r}")
+            if list_:
+                listing = [{"kpi": k.name, "stage": k.stage,
+                            "stages": dict(k.stages), "unit": k.unit, "formula": k.formula,
+                            "zero_denominator": k.zero_denominator, "tables": list(k.tables),
+                            "by": list(k.dimensions)} for k in chosen]
+                _print_list(console, listing, fmt)
+                return
+            settings = load_settings(**({"database_url": database} if database else {}))
+            con = engine.connect(settings=settings)
+            options: dict[str, Any] = dict(
+                by=list(by or []), period=period, since=_day(since, "--since"),
+                until=_day(until, "--until"), model=model or settings.default_model,
+                conversion=conversion)
+            check_dimensions(options["by"], period)  # a typo fails, whatever the KPIs
+            results, skipped = [], []
+            for k in chosen:
+                try:
+                    frame = compute(con, k.name, **options).to_pandas()
+                except (UnknownKPIError, MissingInputError) as exc:
+                    # a whole stage asked: a KPI that its breakdown, imports or conversion
+                    # types do not allow is skipped and said; a KPI asked by name fails
+                    if kpi:
+                        raise
+                    skipped.append({"kpi": k.name, "reason": str(exc)})
+                    continue
+                results.append((k, frame))
+            if not results:
+                raise ConfigError("no KPI could be computed: " + "; ".join(
+                    s["reason"] for s in skipped))
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        if fmt == "json":
+            payload = {"kpis": [{"kpi": k.name, "stage": k.stage, "unit": k.unit,
+                                 "formula": k.formula,
+                                 "rows": [{c: _plain(v) for c, v in row.items()}
+                                          for row in frame.to_dict("records")]}
+                                for k, frame in results], "skipped": skipped}
+            console.print(json.dumps(payload, indent=2), markup=False, highlight=False,
+                          soft_wrap=True)
+            return
+        if fmt == "csv":
+            import pandas as pd
+
+            long = pd.concat([frame.assign(kpi=k.name)[["kpi", *frame.columns]]
+                              for k, frame in results], ignore_index=True)
+            console.print(store.to_csv(long), markup=False, highlight=False, soft_wrap=True,
+                          end="")
+            return
+        for k, frame in results:
+            table = Table(*[str(c) for c in frame.columns],
+                          title=f"{k.name} ({k.stage}; {k.unit})", caption=k.formula)
+            for row in frame.itertuples(index=False):
+                table.add_row(*[_cell(v) for v in row])
+            console.print(table)
+        for s in skipped:
+            err.print(f"skipped {s['kpi']}: {s['reason']}", markup=False, highlight=False)
 
     @app.command()
     def funnel(
@@ -87,3 +236,26 @@ def register(app: typer.Typer) -> None:
                               "" if row.dropped != row.dropped else f"{int(row.dropped):,}",
                               pct(row.from_previous), pct(row.from_first), spread)
             console.print(table)
+
+
+def _print_list(console: Console, listing: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        console.print(json.dumps({"kpis": listing}, indent=2), markup=False, highlight=False,
+                      soft_wrap=True)
+        return
+    if fmt == "csv":
+        import pandas as pd
+
+        frame = pd.DataFrame([{**row, "stages": "; ".join(f"{m}: {s}" for m, s in
+                                                          row["stages"].items()),
+                               "tables": " ".join(row["tables"]), "by": " ".join(row["by"])}
+                              for row in listing])
+        console.print(store.to_csv(frame), markup=False, highlight=False, soft_wrap=True,
+                      end="")
+        return
+    table = Table("kpi", "stage", "unit", "formula", "needs", "by",
+                  title=f"{len(listing)} KPIs (`touchline kpis --kpi NAME`)")
+    for row in listing:
+        table.add_row(row["kpi"], row["stage"], row["unit"], row["formula"],
+                      ", ".join(row["tables"]), ", ".join(row["by"]))
+    console.print(table)

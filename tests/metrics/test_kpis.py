@@ -1,0 +1,424 @@
+"""KPIs by hand: every registered KPI against tiny tables whose figures are worked out in the
+comments, on DuckDB and Spark."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from factories import arrow_table
+from ibis.backends import BaseBackend
+
+from touchline import engine, store
+from touchline.errors import MissingInputError, UnknownKPIError
+from touchline.metrics.kpis import KPIS, compute, for_stage, kpis_markdown, lookup
+
+
+def _rows(frame: pd.DataFrame, *keys: str) -> dict[Any, dict[str, Any]]:
+    """``frame`` as {key (tuple of the key columns, or the one value): {column: value}},
+    dates as ISO text and NaN as None, so expectations read plainly."""
+    out = {}
+    for record in frame.to_dict("records"):
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else
+                     v.isoformat()[:10] if hasattr(v, "isoformat") else v)
+                 for k, v in record.items()}
+        key = tuple(clean.pop(k) for k in keys)
+        out[key[0] if len(key) == 1 else key] = clean
+    return out
+
+
+def _get(con: BaseBackend, name: str, *keys: str, **options: Any) -> dict[Any, Any]:
+    frame = compute(con, name, **options).to_pandas()
+    if not keys:
+        assert len(frame) == 1, frame
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in frame.iloc[0].to_dict().items()}
+    return _rows(frame, *keys)
+
+
+SEARCH = [  # date, query, page, country, device, impressions, clicks, position
+    ("2025-03-03", "crm", "https://x.example/a", "US", "mobile", 100, 10, 2.0),
+    ("2025-03-10", "crm", "https://x.example/b", "DE", "desktop", 300, 15, 4.0),
+    ("2025-04-01", "plumber", "https://x.example/a", "US", "mobile", 0, 0, None),
+]
+SPEND = [  # date, channel, source, medium, campaign, keyword, cost, impressions, clicks, qs
+    ("2025-03-03", "Paid Search", "google", "cpc", "spring", "crm", 50.0, 1000, 20, 8.0),
+    ("2025-03-04", "Paid Search", "google", "cpc", "spring", "erp", 30.0, 500, 10, 6.0),
+    ("2025-03-05", "Paid Social", "facebook", "paid", "summer", None, 20.0, 2000, 0, None),
+]
+
+
+@pytest.fixture
+def reach(con: BaseBackend) -> BaseBackend:
+    sc = [dict(zip(("date", "query", "page", "country", "device", "impressions", "clicks",
+                    "position"), (date.fromisoformat(r[0]), *r[1:]), strict=True))
+          for r in SEARCH]
+    engine.load_table(con, "search_console", arrow_table(store.SEARCH_CONSOLE, sc))
+    sp = [dict(zip(("date", "channel", "utm_source", "utm_medium", "utm_campaign", "keyword",
+                    "cost", "impressions", "clicks", "quality_score"),
+                   (date.fromisoformat(r[0]), *r[1:]), strict=True)) for r in SPEND]
+    engine.load_table(con, "spend", arrow_table(store.SPEND, sp))
+    return con
+
+
+def test_search_console_and_paid_reach_by_hand(reach: BaseBackend) -> None:
+    # clicks 10 + 15 + 0; impressions 100 + 300 + 0; position (2·100 + 4·300) / 400
+    assert _get(reach, "search_clicks") == {"search_clicks": 25}
+    assert _get(reach, "search_impressions") == {"search_impressions": 400}
+    assert _get(reach, "search_ctr")["search_ctr"] == pytest.approx(25 / 400)
+    assert _get(reach, "search_position")["search_position"] == pytest.approx(3.5)
+    by_query = _get(reach, "search_position", "query", by=["query"])
+    # 'plumber' has no impressions: its position (and CTR) is null, not 0
+    assert by_query == {"crm": {"search_position": pytest.approx(3.5)},
+                        "plumber": {"search_position": None}}
+    assert _get(reach, "search_ctr", "period", period="month") == {
+        "2025-03-01": {"search_ctr": pytest.approx(25 / 400)},
+        "2025-04-01": {"search_ctr": None}}
+    # weeks start on Monday: 3 and 10 March are Mondays, 1 April is in the week of 31 March
+    assert _get(reach, "search_clicks", "period", "device", by=["week", "device"]) == {
+        ("2025-03-03", "mobile"): {"search_clicks": 10},
+        ("2025-03-10", "desktop"): {"search_clicks": 15},
+        ("2025-03-31", "mobile"): {"search_clicks": 0}}
+    assert _get(reach, "search_impressions", "landing_page", by=["landing_page"],
+                since=date(2025, 3, 4)) == {"https://x.example/a": {"search_impressions": 0},
+                                            "https://x.example/b": {"search_impressions": 300}}
+    assert _get(reach, "search_clicks", "period", period="quarter") == {
+        "2025-01-01": {"search_clicks": 25}, "2025-04-01": {"search_clicks": 0}}
+    # paid: Paid Search 50 + 30 for 1,500 impressions and 30 clicks; Paid Social 20, 2,000, 0
+    channel = {}
+    for name in ("paid_cost", "paid_impressions", "paid_clicks", "paid_ctr", "paid_cpc",
+                 "paid_cpm", "paid_quality_score"):
+        for key, values in _get(reach, name, "channel", by=["channel"]).items():
+            channel.setdefault(key, {}).update(values)
+    assert channel == {
+        "Paid Search": {"paid_cost": 80.0, "paid_impressions": 1500, "paid_clicks": 30,
+                        "paid_ctr": pytest.approx(30 / 1500), "paid_cpc": pytest.approx(80 / 30),
+                        "paid_cpm": pytest.approx(1000 * 80 / 1500),
+                        # weighted by impressions: (8·1000 + 6·500) / 1500
+                        "paid_quality_score": pytest.approx(11_000 / 1500)},
+        "Paid Social": {"paid_cost": 20.0, "paid_impressions": 2000, "paid_clicks": 0,
+                        "paid_ctr": 0.0, "paid_cpc": None, "paid_cpm": pytest.approx(10.0),
+                        "paid_quality_score": None}}
+    assert _get(reach, "paid_cpc", "keyword", by=["keyword"]) == {
+        "crm": {"paid_cpc": pytest.approx(2.5)}, "erp": {"paid_cpc": pytest.approx(3.0)},
+        "(not set)": {"paid_cpc": None}}
+    assert _get(reach, "paid_cost", until=date(2025, 3, 4)) == {"paid_cost": 50.0}
+
+
+def test_bad_names_and_missing_imports_say_what_to_do(reach: BaseBackend) -> None:
+    with pytest.raises(UnknownKPIError, match=r"unknown KPI 'serch_ctr' .did you mean "
+                       "'search_ctr'"):
+        compute(reach, "serch_ctr")
+    with pytest.raises(UnknownKPIError, match=r"unknown dimension 'chanel' .did you mean "
+                       "'channel'"):
+        compute(reach, "paid_cpc", by=["chanel"])
+    with pytest.raises(UnknownKPIError, match=r"unknown period 'mnth' .did you mean 'month'"):
+        compute(reach, "paid_cpc", period="mnth")
+    with pytest.raises(UnknownKPIError, match=r"'search_ctr' cannot be broken down by "
+                       "'channel': its tables .search_console. hold period, query"):
+        compute(reach, "search_ctr", by=["channel"])
+    with pytest.raises(UnknownKPIError, match=r"no stored table holds a segment"):
+        compute(reach, "paid_cpc", by=["segment"])
+    with pytest.raises(UnknownKPIError, match=r"unknown stage 'retension' .did you mean "
+                       "'retention'"):
+        for_stage("retension")
+    with pytest.raises(MissingInputError, match=r"needs sessions rows and the table is "
+                       r"missing: fill it with `touchline run"):
+        compute(reach, "new_visitors")
+    engine.load_table(reach, "spend", arrow_table(store.SPEND, []))
+    with pytest.raises(MissingInputError, match=r"needs spend rows and the table is empty: "
+                       r"import them with `touchline ingest FILE --kind spend`"):
+        compute(reach, "paid_cpc")
+    assert lookup("paid_cpm").stages == {"lifecycle": "awareness", "funnel": "top",
+                                         "hourglass": "know", "b2b": "first touch"}
+    assert {k.name for k in for_stage("know")} >= {"search_ctr", "paid_cpm", "new_visitors"}
+    assert all(k.formula and k.unit and k.tables for k in KPIS.values())
+
+
+# ---- a tiny prepared warehouse: three people, six sessions, three purchases, two leads ---
+SESSIONS = {  # id: person, start, seconds, page views, conversions, channel, source, campaign, term
+    "s1": ("p1", "2025-03-01 09:00", 5, 1, 0, "Organic Search", "google", None, None),
+    "s2": ("p1", "2025-03-05 10:00", 120, 3, 1, "Paid Search", "google", "spring", "crm"),
+    "s3": ("p1", "2025-04-10 10:00", 0, 1, 1, "Email", "newsletter", "april-news", None),
+    "s4": ("p2", "2025-03-02 11:00", 30, 1, 0, "Email", "newsletter", "march", None),
+    "s5": ("p2", "2025-03-20 11:00", 0, 2, 1, "Paid Search", "google", "spring", "erp"),
+    "s6": ("p3", "2025-04-02 12:00", 3, 1, 0, "Paid Search", "google", "spring", "crm"),
+}
+JOURNEYS = {  # id: converted at (None: open), value, days to convert, sessions in order
+    "purchase:p1:1": ("2025-03-05 10:05", 100.0, 4.0, ["s1", "s2"]),
+    "purchase:p1:2": ("2025-04-10 10:05", 50.0, 0.25, ["s3"]),
+    "purchase:p2:1": ("2025-03-20 11:05", 200.0, 18.0, ["s4", "s5"]),
+    "purchase:p3:open": (None, 0.0, None, ["s6"]),
+    "lead:p2:1": ("2025-03-02 11:10", 0.0, 0.0, ["s4"]),
+    "lead:p3:1": ("2025-04-02 12:05", 0.0, 0.0, ["s6"]),
+}
+CREDITS = {  # (journey, model): credit of each position, in order
+    ("purchase:p1:1", "linear"): [0.5, 0.5], ("purchase:p1:2", "linear"): [1.0],
+    ("purchase:p2:1", "linear"): [0.5, 0.5],
+    ("purchase:p1:1", "last_touch"): [0.0, 1.0], ("purchase:p1:2", "last_touch"): [1.0],
+    ("purchase:p2:1", "last_touch"): [0.0, 1.0],
+    ("lead:p2:1", "linear"): [1.0], ("lead:p3:1", "linear"): [1.0],
+}
+WAREHOUSE_SPEND = [  # date, channel, source, medium, campaign, keyword, cost
+    ("2025-03-03", "paid_search", "google", "cpc", "Spring ", "CRM", 60.0),  # as ads export
+    ("2025-04-01", "Paid Search", "google", "cpc", "spring", "erp", 40.0),
+    ("2025-03-10", "Paid Social", "facebook", "paid", "summer", None, 30.0),
+]
+SURVEYS = [  # response, person_id as the survey tool gives it, e-mail, nps, review rating
+    ("r1", "u1", None, 10, None),  # p1 by user id
+    ("r2", "a2", None, 9, None),  # p2 by anonymous id
+    ("r3", None, " CY@example.com", 3, None),  # p3 by e-mail
+    ("r4", "ghost", None, 7, None),  # nobody we know
+    ("r5", "u1", None, 12, 4.0),  # out of range: no NPS answer, but a review
+    ("r6", "u1", None, None, 5.0),
+]
+IDENTITIES = {"user:u1": "p1", "anon:a1": "p1", "anon:a2": "p2", "email:cy@example.com": "p3"}
+
+
+def _ts(text: str | None) -> str | None:
+    return None if text is None else text + ":00"
+
+
+@pytest.fixture
+def warehouse(con: BaseBackend) -> BaseBackend:
+    sessions = [dict(session_id=sid, person_id=p, device_id=f"anon:{p}", started_at=_ts(start),
+                     duration_seconds=float(seconds), pageview_count=pages,
+                     conversion_count=conv, channel=channel, source=source,
+                     medium={"google": "cpc" if channel == "Paid Search" else "organic"}.get(
+                         source, "email"), campaign=campaign, term=term)
+                for sid, (p, start, seconds, pages, conv, channel, source, campaign, term)
+                in SESSIONS.items()]
+    engine.load_table(con, "sessions", arrow_table(store.SESSIONS, sessions))
+    journeys, steps, credits = [], [], []
+    for jid, (at, value, days, visits) in JOURNEYS.items():
+        conversion, person, seq = jid.split(":")
+        journeys.append(dict(journey_id=jid, conversion=conversion, unit="person",
+                             unit_id=person, sequence=None if seq == "open" else int(seq),
+                             converted=at is not None, converted_at=_ts(at), value=value,
+                             touches=len(visits), days_to_convert=days))
+        for position, sid in enumerate(visits, start=1):
+            steps.append(dict(journey_id=jid, position=position, session_id=sid,
+                              touch_at=_ts(SESSIONS[sid][1])))
+    for (jid, model), shares in CREDITS.items():
+        value = JOURNEYS[jid][1]
+        for position, share in enumerate(shares, start=1):
+            sid = JOURNEYS[jid][3][position - 1]
+            credits.append(dict(journey_id=jid, position=position, model=model,
+                                conversion=jid.split(":")[0], channel=SESSIONS[sid][5],
+                                converted_at=_ts(JOURNEYS[jid][0]), credit=share,
+                                value=share * value))
+    engine.load_table(con, "journeys", arrow_table(store.JOURNEYS, journeys))
+    engine.load_table(con, "journey_steps", arrow_table(store.JOURNEY_STEPS, steps))
+    engine.load_table(con, "credits", arrow_table(store.CREDITS, credits))
+    con.create_view("journey_touches", store.journey_touches_view(con))
+    spend = [dict(zip(("date", "channel", "utm_source", "utm_medium", "utm_campaign",
+                       "keyword", "cost"), (date.fromisoformat(r[0]), *r[1:]), strict=True))
+             for r in WAREHOUSE_SPEND]
+    engine.load_table(con, "spend", arrow_table(store.SPEND, spend))
+    surveys = [dict(response_id=r, person_id=p, email=e, nps_score=n, review_rating=stars,
+                    responded_at="2025-05-01 00:00:00") for r, p, e, n, stars in SURVEYS]
+    engine.load_table(con, "surveys", arrow_table(store.SURVEYS, surveys))
+    identities = [dict(identifier=i, person_id=p, kind=i.split(":")[0])
+                  for i, p in IDENTITIES.items()]
+    engine.load_table(con, "identities", arrow_table(store.IDENTITIES, identities))
+    return con
+
+
+def _merged(con: BaseBackend, names: list[str], *keys: str, **options: Any) -> dict[Any, Any]:
+    out: dict[Any, dict[str, Any]] = {}
+    for name in names:
+        for key, values in _get(con, name, *keys, **options).items():
+            out.setdefault(key, {}).update(values)
+    return out
+
+
+def test_visits_and_engagement_by_hand(warehouse: BaseBackend) -> None:
+    names = ["sessions", "new_visitors", "returning_visitors", "new_sessions",
+             "returning_sessions", "sessions_per_visitor", "pages_per_visitor",
+             "engaged_sessions", "engagement_rate"]
+    # March: s1, s2 (p1), s4, s5 (p2); April: s3 (p1 again), s6 (p3, new). Engaged: s2 (120 s),
+    # s3 (a conversion), s4 (30 s), s5 (2 page views); s1 (5 s, 1 page) and s6 are not.
+    assert _merged(warehouse, names, "period", period="month") == {
+        "2025-03-01": {"sessions": 4, "new_visitors": 2, "returning_visitors": 2,
+                       "new_sessions": 2, "returning_sessions": 2, "sessions_per_visitor": 2.0,
+                       "pages_per_visitor": 3.5, "engaged_sessions": 3,
+                       "engagement_rate": 0.75},
+        "2025-04-01": {"sessions": 2, "new_visitors": 1, "returning_visitors": 1,
+                       "new_sessions": 1, "returning_sessions": 1, "sessions_per_visitor": 1.0,
+                       "pages_per_visitor": 1.0, "engaged_sessions": 1,
+                       "engagement_rate": 0.5}}
+    by_channel = _merged(warehouse, ["sessions", "new_visitors", "sessions_per_visitor"],
+                         "channel", by=["channel"])
+    # new visitors by their first session's channel: p1 Organic, p2 Email, p3 Paid Search
+    assert by_channel == {
+        "Organic Search": {"sessions": 1, "new_visitors": 1, "sessions_per_visitor": 1.0},
+        "Paid Search": {"sessions": 3, "new_visitors": 1, "sessions_per_visitor": 1.0},
+        "Email": {"sessions": 2, "new_visitors": 1, "sessions_per_visitor": 1.0}}
+    assert _get(warehouse, "engagement_rate", "keyword", by=["keyword"]) == {
+        "crm": {"engagement_rate": 0.5}, "erp": {"engagement_rate": 1.0},
+        "(not set)": {"engagement_rate": pytest.approx(2 / 3)}}
+    # days to convert, purchases: 4, 0.25, 18 → median 4, p75 4 + 0.5·14, p90 4 + 0.8·14
+    assert _get(warehouse, "days_to_convert") == {
+        "conversions": 3, "median": 4.0, "p75": pytest.approx(11.0),
+        "p90": pytest.approx(15.2)}
+    # by the journey's first touch: Organic (p1's first) 4; Email (p1's second, p2's) 0.25, 18
+    got = _get(warehouse, "days_to_convert", "channel", by=["channel"])
+    assert got["Email"]["median"] == pytest.approx(9.125)
+    assert got["Organic Search"] == {"conversions": 1, "median": 4.0, "p75": 4.0, "p90": 4.0}
+    assert _get(warehouse, "visits_to_convert", conversion="purchase") == {
+        "conversions": 3, "median": 2.0, "p75": 2.0, "p90": 2.0}  # 2, 1, 2 sessions
+    assert _get(warehouse, "visits_to_convert", conversion="lead")["conversions"] == 2
+    with pytest.raises(UnknownKPIError, match=r"conversion type 'purchse' .did you mean "
+                       r"'purchase'.. has no journeys"):
+        compute(warehouse, "days_to_convert", conversion="purchse")
+
+
+def test_conversions_and_costs_under_any_model_by_hand(warehouse: BaseBackend) -> None:
+    # linear: p1's first purchase 0.5 Organic + 0.5 Paid Search (50 each), p1's second 1 Email
+    # (50), p2's 0.5 Email + 0.5 Paid Search (100 each)
+    assert _merged(warehouse, ["conversions", "revenue"], "channel", by=["channel"]) == {
+        "Organic Search": {"conversions": 0.5, "revenue": 50.0},
+        "Paid Search": {"conversions": 1.0, "revenue": 150.0},
+        "Email": {"conversions": 1.5, "revenue": 150.0}}
+    assert _merged(warehouse, ["conversions", "revenue"], "channel", by=["channel"],
+                   model="last_touch") == {
+        "Organic Search": {"conversions": 0.0, "revenue": 0.0},
+        "Paid Search": {"conversions": 2.0, "revenue": 300.0},
+        "Email": {"conversions": 1.0, "revenue": 50.0}}
+    assert _get(warehouse, "conversions", "period", "campaign", by=["month", "campaign"]) == {
+        ("2025-03-01", "(not set)"): {"conversions": 0.5},
+        ("2025-03-01", "spring"): {"conversions": 1.0},
+        ("2025-03-01", "march"): {"conversions": 0.5},
+        ("2025-04-01", "april-news"): {"conversions": 1.0}}
+    with pytest.raises(UnknownKPIError, match=r"model 'markof' has no stored credits of "
+                       r"purchase: the stored models are last_touch, linear"):
+        compute(warehouse, "conversions", model="markof")
+    # first-touch conversion rate: p1 (Organic) and p2 (Email) bought, p3 (Paid Search) not
+    assert _get(warehouse, "conversion_rate", "channel", by=["channel"]) == {
+        "Organic Search": {"visitors": 1, "converters": 1, "conversion_rate": 1.0},
+        "Email": {"visitors": 1, "converters": 1, "conversion_rate": 1.0},
+        "Paid Search": {"visitors": 1, "converters": 0, "conversion_rate": 0.0}}
+    assert _get(warehouse, "conversion_rate")["conversion_rate"] == pytest.approx(2 / 3)
+    assert _get(warehouse, "conversion_rate", "period", period="month",
+                conversion="lead") == {  # leads: p2 (first seen in March), p3 (April)
+        "2025-03-01": {"visitors": 2, "converters": 1, "conversion_rate": 0.5},
+        "2025-04-01": {"visitors": 1, "converters": 1, "conversion_rate": 1.0}}
+    # spend: Paid Search 60 + 40, Paid Social 30; credited (linear) as above
+    cost = _merged(warehouse, ["cpa", "roas"], "channel", by=["channel"])
+    assert cost == {
+        "Paid Search": {"cost": 100.0, "conversions": 1.0, "cpa": 100.0, "revenue": 150.0,
+                        "roas": 1.5},
+        "Paid Social": {"cost": 30.0, "conversions": 0.0, "cpa": None, "revenue": 0.0,
+                        "roas": 0.0},
+        "Email": {"cost": 0.0, "conversions": 1.5, "cpa": 0.0, "revenue": 150.0, "roas": None},
+        "Organic Search": {"cost": 0.0, "conversions": 0.5, "cpa": 0.0, "revenue": 50.0,
+                           "roas": None}}
+    assert _get(warehouse, "cpa")["cpa"] == pytest.approx(130 / 3)
+    assert _get(warehouse, "roas")["roas"] == pytest.approx(350 / 130)
+    # last touch gives Paid Search both purchases: 100 / 2
+    assert _get(warehouse, "cpa", "channel", by=["channel"], model="last_touch")[
+        "Paid Search"]["cpa"] == 50.0
+    # 'Spring ' and 'paid_search' in the spend export are the sessions' 'spring', 'Paid Search'
+    assert _get(warehouse, "cpa", "campaign", by=["campaign"])["spring"] == {
+        "cost": 100.0, "conversions": 1.0, "cpa": 100.0}
+    by_month = _get(warehouse, "cpa", "period", "channel", by=["channel"], period="month")
+    assert by_month[("2025-03-01", "Paid Search")] == {"cost": 60.0, "conversions": 1.0,
+                                                       "cpa": 60.0}
+    assert by_month[("2025-04-01", "Paid Search")] == {"cost": 40.0, "conversions": 0.0,
+                                                       "cpa": None}
+    # leads: p2's (Email) and p3's (Paid Search)
+    assert _get(warehouse, "cost_per_lead", "channel", by=["channel"]) == {
+        "Paid Search": {"cost": 100.0, "leads": 1.0, "cost_per_lead": 100.0},
+        "Paid Social": {"cost": 30.0, "leads": 0.0, "cost_per_lead": None},
+        "Email": {"cost": 0.0, "leads": 1.0, "cost_per_lead": 0.0}}
+
+
+def test_retention_and_value_by_hand(warehouse: BaseBackend) -> None:
+    # purchases: p1 on 5 March (100) and 10 April (50), p2 on 20 March (200); p3 never
+    assert _get(warehouse, "repeat_purchase_rate") == {
+        "customers": 2, "repeat_customers": 1, "repeat_purchase_rate": 0.5}
+    assert _get(warehouse, "repeat_purchase_rate", until=date(2025, 4, 1))[
+        "repeat_purchase_rate"] == 0.0  # p1's second purchase is later
+    assert _get(warehouse, "repeat_purchase_rate", "channel", by=["channel"]) == {
+        "Organic Search": {"customers": 1, "repeat_customers": 1, "repeat_purchase_rate": 1.0},
+        "Email": {"customers": 1, "repeat_customers": 0, "repeat_purchase_rate": 0.0}}
+    assert _get(warehouse, "average_order_value")["average_order_value"] == pytest.approx(
+        350 / 3)
+    assert _get(warehouse, "average_order_value", "period", period="month") == {
+        "2025-03-01": {"orders": 2, "revenue": 300.0, "average_order_value": 150.0},
+        "2025-04-01": {"orders": 1, "revenue": 50.0, "average_order_value": 50.0}}
+    assert _get(warehouse, "purchase_frequency", "purchases") == {
+        1: {"customers": 1, "share": 0.5}, 2: {"customers": 1, "share": 0.5}}
+    # the March cohort (p1, p2): both active in month 0, p1 in month 1
+    assert _get(warehouse, "retention", "cohort", "months_since") == {
+        ("2025-03-01", 0): {"customers": 2, "active_customers": 2, "retention": 1.0},
+        ("2025-03-01", 1): {"customers": 2, "active_customers": 1, "retention": 0.5}}
+    assert _get(warehouse, "retention", "channel", "cohort", "months_since",
+                by=["channel"])[("Organic Search", "2025-03-01", 1)]["retention"] == 1.0
+    with pytest.raises(UnknownKPIError, match=r"'retention' cannot be broken down by "
+                       r"'period'"):
+        compute(warehouse, "retention", period="week")
+
+
+def test_nps_and_reviews_by_hand(warehouse: BaseBackend) -> None:
+    # answers 10, 9, 3, 7 (12 is out of range, r6 gave none): 2 promoters, 1 passive,
+    # 1 detractor of 4 → 100 · (2 - 1) / 4 = 25
+    got = _get(warehouse, "nps")
+    p, d, n = 2 / 4, 1 / 4, 4
+    half = 100 * 1.959963984540054 * math.sqrt((p + d - (p - d) ** 2) / n)
+    assert got == {"answers": 4, "promoters": 2, "passives": 1, "detractors": 1,
+                   "nps": 25.0, "nps_low": pytest.approx(25 - half),
+                   "nps_high": pytest.approx(25 + half)}
+    # by the answerer's first touch: r1 is p1 (Organic, by user id), r2 p2 (Email, by
+    # anonymous id), r3 p3 (Paid Search, by e-mail), r4 nobody (Unassigned)
+    by_channel = _get(warehouse, "nps", "channel", by=["channel"])
+    assert {k: (v["answers"], v["nps"]) for k, v in by_channel.items()} == {
+        "Organic Search": (1, 100.0), "Email": (1, 100.0), "Paid Search": (1, -100.0),
+        "Unassigned": (1, 0.0)}
+    assert by_channel["Organic Search"]["nps_low"] == 100.0  # one answer: no spread
+    assert _get(warehouse, "review_rating", "period", period="month") == {
+        "2025-05-01": {"reviews": 2, "review_rating": 4.5}}
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "kpis.md"
+
+
+def test_docs_list_every_kpi_as_registered() -> None:
+    assert DOCS.read_text() == kpis_markdown(), (
+        "docs/kpis.md is stale: regenerate it with "
+        "python -c 'from touchline.metrics.kpis import kpis_markdown; print(kpis_markdown(), "
+        "end=\"\")' > docs/kpis.md")
+    for kpi in KPIS.values():
+        assert f"| `{kpi.name}` | {kpi.stage} " in DOCS.read_text()
+
+
+@pytest.mark.duckdb_only(reason="the docs' example opens a DuckDB warehouse file by its URL")
+def test_docs_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import touchline
+
+    wh = touchline.open(f"duckdb:///{tmp_path / 'touchline.duckdb'}")
+    surveys = [dict(response_id=r, person_id=p, email=e, nps_score=n,
+                    responded_at="2025-05-01 00:00:00") for r, p, e, n, _ in SURVEYS]
+    engine.load_table(wh.con, "surveys", arrow_table(store.SURVEYS, surveys))
+    engine.load_table(wh.con, "sessions", arrow_table(store.SESSIONS, [
+        dict(session_id="s1", person_id="p1", started_at="2025-03-01 09:00:00",
+             channel="Email")]))
+    engine.load_table(wh.con, "identities", arrow_table(store.IDENTITIES, [
+        dict(identifier="user:u1", person_id="p1")]))
+    wh.con.disconnect()
+    block = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    assert block is not None
+    monkeypatch.chdir(tmp_path)
+    exec(block.group(1), {})  # the documented example, as a user runs it
+    out = capsys.readouterr().out
+    # u1 (p1, first touch Email) answered 10 (and 12, out of range); a2 (9), cy (3) and
+    # ghost (7) match no identity here: one promoter, one detractor of 3 → 0
+    rows = [line.split()[1:5] for line in out.splitlines()[1:]]
+    assert rows == [["2025-04-01", "Email", "1", "100.0"],
+                    ["2025-04-01", "Unassigned", "3", "0.0"]]

@@ -1,0 +1,106 @@
+"""``touchline kpis`` on a warehouse made by ``touchline run`` from simulated files: figures
+checked against the files themselves (pandas), CSV safe to open, errors with the nearest
+name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from factories import CLI_OWN_CONNECTION
+from typer.testing import CliRunner
+
+from touchline.cli import app
+from touchline.metrics.kpis import KPIS
+from touchline.simulate import simulate
+
+pytestmark = pytest.mark.duckdb_only(reason=CLI_OWN_CONNECTION)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """300 simulated people, ingested and run; one extra spend row whose campaign starts like
+    a spreadsheet formula."""
+    folder = tmp_path_factory.mktemp("kpis")
+    data = folder / "data"
+    simulate(300, 3, data)
+    (folder / "evil.csv").write_text(
+        "date,channel,utm_source,utm_medium,utm_campaign,cost,impressions,clicks\n"
+        "2025-02-01,paid_social,meta,paid_social,=HYPERLINK(1),5.5,100,1\n")
+    db = f"duckdb:///{folder / 'wh.duckdb'}"
+    steps = [["init"], *(["ingest", str(data / f"{kind}.csv"), "--kind", kind]
+                         for kind in ("spend", "surveys", "search_console", "deals")),
+             ["ingest", str(data / "events.ndjson.gz"), "--kind", "events"],
+             ["ingest", str(folder / "evil.csv"), "--kind", "spend"], ["run"]]
+    for args in steps:
+        result = runner.invoke(app, [*args, "--database", db])
+        assert result.exit_code == 0, (args, result.output)
+    return data, db
+
+
+def _json(args: list[str], db: str) -> dict:  # type: ignore[type-arg]
+    result = runner.invoke(app, ["kpis", *args, "--format", "json", "--database", db])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_kpis_on_a_run_warehouse_match_the_imported_files(simulated: tuple[Path, str]) -> None:
+    data, db = simulated
+    listed = _json(["--list"], db)
+    assert [k["kpi"] for k in listed["kpis"]] == list(KPIS)
+    assert all(k["formula"] and k["unit"] for k in listed["kpis"])
+    # spend by channel: the export's own sums (plus the extra row)
+    spend = pd.read_csv(data / "spend.csv")
+    want = spend.groupby("channel").cost.sum().to_dict()
+    want["paid_social"] += 5.5
+    rows = _json(["--kpi", "paid_cost", "--by", "channel"], db)["kpis"][0]["rows"]
+    assert {r["channel"]: r["paid_cost"] for r in rows} == pytest.approx(want)
+    # Search Console: clicks and the impression-weighted position of the whole file
+    sc = pd.read_csv(data / "search_console.csv")
+    got = _json(["--kpi", "search_clicks", "--kpi", "search_position"], db)["kpis"]
+    assert got[0]["rows"] == [{"search_clicks": int(sc.clicks.sum())}]
+    assert got[1]["rows"][0]["search_position"] == pytest.approx(
+        (sc.position * sc.impressions).sum() / sc.impressions.sum())
+    # NPS of the survey file's answers
+    scores = pd.read_csv(data / "surveys.csv").nps_score.dropna()
+    promoters, detractors = (scores >= 9).sum(), (scores <= 6).sum()
+    nps = _json(["--kpi", "nps"], db)["kpis"][0]["rows"][0]
+    assert (nps["answers"], nps["promoters"], nps["detractors"]) == (
+        len(scores), promoters, detractors)
+    assert nps["nps"] == pytest.approx(100 * (promoters - detractors) / len(scores))
+    # a whole stage by channel: every KPI that holds a channel, the others said and skipped
+    decision = _json(["--stage", "decision", "--by", "channel", "--period", "month"], db)
+    shown = {k["kpi"] for k in decision["kpis"]}
+    assert {"conversions", "revenue", "conversion_rate", "cpa", "roas"} <= shown
+    conversions = sum(r["conversions"] for r in next(
+        k for k in decision["kpis"] if k["kpi"] == "conversions")["rows"])
+    sessions = _json(["--kpi", "sessions", "--since", "2000-01-01"], db)
+    assert sessions["kpis"][0]["rows"][0]["sessions"] > conversions > 0
+    awareness = runner.invoke(app, ["kpis", "--stage", "awareness", "--by", "query",
+                                    "--database", db])
+    assert awareness.exit_code == 0, awareness.output
+    assert "skipped paid_cost: KPI 'paid_cost' cannot be broken down by 'query'" in (
+        awareness.output)
+    assert "search_ctr (awareness; ratio)" in awareness.output
+
+
+def test_kpis_csv_is_safe_and_errors_name_the_nearest(simulated: tuple[Path, str]) -> None:
+    _, db = simulated
+    result = runner.invoke(app, ["kpis", "--kpi", "paid_cost", "--by", "campaign",
+                                 "--format", "csv", "--database", db])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == '"kpi","campaign","paid_cost"'
+    assert "\"paid_cost\",\"'=HYPERLINK(1)\",5.5" in result.stdout
+    for args, message in (
+            (["--kpi", "paid_cpc", "--by", "chanel"], "did you mean 'channel'"),
+            (["--kpi", "roass"], "unknown KPI 'roass' (did you mean 'roas'?)"),
+            (["--stage", "advocasy"], "did you mean 'advocacy'"),
+            (["--kpi", "cpa", "--model", "markof"], "model 'markof' (did you mean 'markov'?)"),
+            (["--kpi", "nps", "--by", "segment"], "no stored table holds a segment"),
+            (["--kpi", "nps", "--since", "May"], "--since 'May': expected a date")):
+        result = runner.invoke(app, ["kpis", *args, "--database", db])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)

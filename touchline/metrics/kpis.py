@@ -1,0 +1,993 @@
+r"""KPIs for every stage of the journey: one registry of documented functions over the stored
+tables, each returning an Ibis table (so they run on DuckDB and Spark alike).
+
+A KPI is registered with :func:`register`: its name, its lifecycle stage (and so its stage in
+every preset stage model, :data:`PRESET_STAGES`), its unit, its formula, the tables it reads,
+the breakdowns its tables hold and what a zero denominator gives. :func:`compute` checks the
+names (an unknown KPI or dimension names the nearest valid one), checks that every input table
+holds rows (an empty ``spend`` says ``touchline ingest FILE --kind spend`` instead of giving
+zeros), and returns the KPI's table: one row per combination of the ``by`` columns (first
+``period``, the start of the day, week, month or quarter, when asked) and the KPI's values.
+
+Ratios with a zero (or null) denominator are null, never 0 or infinity: a CTR of a campaign
+without impressions is unknown, not zero.
+
+>>> import touchline
+>>> from touchline.metrics.kpis import KPIS, compute
+>>> KPIS["search_ctr"].formula
+'clicks / impressions'
+>>> wh = touchline.open("duckdb://")  # an empty warehouse: nothing imported yet
+>>> try:
+...     compute(wh.con, "search_ctr", by=["month", "query"])
+... except MissingInputError as exc:
+...     print(exc)
+KPI 'search_ctr' needs search_console rows and the table is empty: import them with
+`touchline ingest FILE --kind search_console`
+>>> try:
+...     compute(wh.con, "serch_ctr")
+... except UnknownKPIError as exc:
+...     print(exc)
+unknown KPI 'serch_ctr' (did you mean 'search_ctr'?); `touchline kpis --list` shows every KPI
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import TYPE_CHECKING
+
+import ibis
+import ibis.expr.types as ir
+
+from touchline.errors import MissingInputError, UnknownKPIError, did_you_mean
+
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
+log = logging.getLogger(__name__)
+
+#: lifecycle stages (the ``lifecycle`` preset), in order: every KPI belongs to one
+STAGES = ("awareness", "consideration", "decision", "retention", "advocacy")
+#: a lifecycle stage's counterpart in the other preset stage models
+PRESET_STAGES: dict[str, dict[str, str]] = {
+    "awareness": {"funnel": "top", "hourglass": "know", "b2b": "first touch"},
+    "consideration": {"funnel": "top", "hourglass": "like", "b2b": "first touch"},
+    "decision": {"funnel": "middle", "hourglass": "buy", "b2b": "opportunity"},
+    "retention": {"funnel": "bottom", "hourglass": "repeat", "b2b": "closed won"},
+    "advocacy": {"funnel": "bottom", "hourglass": "refer", "b2b": "closed won"},
+}
+#: period grains: ``by`` entry or ``period`` → Ibis truncation unit
+PERIODS = {"day": "D", "week": "W", "month": "M", "quarter": "Q"}
+#: every breakdown a KPI may offer (which ones a KPI offers depends on the tables it reads)
+DIMENSIONS = ("period", "channel", "source", "medium", "campaign", "keyword", "landing_page",
+              "device", "segment", "query", "country")
+#: what fills a null breakdown value (as ``journey_touches`` does)
+NOT_SET = "(not set)"
+UNASSIGNED = "Unassigned"
+#: the conversion type most KPIs count, and the attribution model they credit by default
+CONVERSION_DEFAULT = "purchase"
+LEAD_CONVERSION = "lead"
+MODEL_DEFAULT = "linear"
+#: GA4's engaged session: at least this long, or this many page views, or a conversion
+ENGAGED_SECONDS = 10
+ENGAGED_PAGEVIEWS = 2
+#: NPS bands (scores 0-10) and the normal quantile of its 95 % interval
+PROMOTER_MIN, DETRACTOR_MAX = 9, 6
+Z_95 = 1.959963984540054
+QUANTILES = {"median": 0.5, "p75": 0.75, "p90": 0.9}
+#: the command that fills each input table
+IMPORTS = {
+    "search_console": "touchline ingest FILE --kind search_console",
+    "spend": "touchline ingest FILE --kind spend",
+    "surveys": "touchline ingest FILE --kind surveys",
+    "sessions": "touchline run (or touchline prepare) after `touchline ingest FILE --kind events`",
+    "identities": "touchline run (or touchline prepare) after `touchline ingest FILE --kind "
+                  "events`",
+    "journeys": "touchline run",
+    "journey_touches": "touchline run",
+    "credits": "touchline run",
+}
+_ZERO = "null (no denominator to divide by)"
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a KPI is asked for: breakdowns, period grain, time window and options."""
+
+    by: tuple[str, ...] = ()
+    period: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    model: str = MODEL_DEFAULT
+    conversion: str = CONVERSION_DEFAULT
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The output's key columns, in order."""
+        return (("period",) if self.period else ()) + self.by
+
+
+KPIFunction = Callable[["BaseBackend", Query], ir.Table]
+
+
+@dataclass(frozen=True)
+class KPI:
+    """A registered KPI: what it measures and how, with the function that computes it."""
+
+    name: str
+    stage: str  # lifecycle stage
+    unit: str
+    formula: str
+    tables: tuple[str, ...]
+    dimensions: tuple[str, ...]
+    zero_denominator: str
+    compute: KPIFunction
+    #: value columns of the result (besides the ``by`` columns)
+    values: tuple[str, ...]
+    doc: str = ""
+    #: options of :class:`Query` the KPI reads (``model``, ``conversion``)
+    options: tuple[str, ...] = ()
+    stages: Mapping[str, str] = field(default_factory=dict)
+
+
+KPIS: dict[str, KPI] = {}
+
+
+def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
+             dimensions: Sequence[str], values: Sequence[str] | None = None,
+             zero_denominator: str = "not a ratio", options: Sequence[str] = (),
+             ) -> Callable[[KPIFunction], KPIFunction]:
+    """Register the decorated function as KPI ``name`` (filled at import, then only read)."""
+    if stage not in STAGES:
+        raise ValueError(f"KPI {name!r}: stage {stage!r} is not one of {', '.join(STAGES)}")
+    unknown = set(dimensions) - set(DIMENSIONS)
+    if unknown:
+        raise ValueError(f"KPI {name!r}: unknown dimensions {sorted(unknown)}")
+
+    def decorate(fn: KPIFunction) -> KPIFunction:
+        if name in KPIS:
+            raise ValueError(f"KPI {name!r} registered twice")
+        KPIS[name] = KPI(
+            name=name, stage=stage, unit=unit, formula=formula, tables=tuple(tables),
+            dimensions=tuple(dimensions), zero_denominator=zero_denominator, compute=fn,
+            values=tuple(values or (name,)), doc=(fn.__doc__ or "").strip(),
+            options=tuple(options), stages={"lifecycle": stage, **PRESET_STAGES[stage]})
+        return fn
+
+    return decorate
+
+
+# ---- the one way every KPI reads its inputs -------------------------------------------------
+
+def lookup(name: str) -> KPI:
+    """The KPI called ``name``; :class:`UnknownKPIError` naming the nearest one otherwise."""
+    if name not in KPIS:
+        raise UnknownKPIError(f"unknown KPI {name!r}{did_you_mean(name, KPIS)}; "
+                              "`touchline kpis --list` shows every KPI")
+    return KPIS[name]
+
+
+def for_stage(stage: str) -> list[KPI]:
+    """The KPIs of ``stage``: a lifecycle stage, or a stage of another preset model."""
+    known = {*STAGES, *(s for m in PRESET_STAGES.values() for s in m.values())}
+    if stage not in known:
+        raise UnknownKPIError(f"unknown stage {stage!r}{did_you_mean(stage, sorted(known))}: "
+                              f"choose from {', '.join(STAGES)} (or a stage of the funnel, "
+                              "hourglass or b2b presets)")
+    return [k for k in KPIS.values() if stage in k.stages.values()]
+
+
+def check_dimensions(by: Sequence[str], period: str | None) -> tuple[tuple[str, ...],
+                                                                    str | None]:
+    """``by`` without its period grains, and the period grain: :class:`UnknownKPIError`
+    naming the nearest valid name for a dimension or grain touchline does not know."""
+    grains = [b for b in by if b in PERIODS or b == "period"]
+    rest = tuple(b for b in by if b not in grains)
+    for grain in grains:
+        grain = "month" if grain == "period" else grain
+        if period not in (None, grain):
+            raise UnknownKPIError(f"two period grains asked: {period!r} and {grain!r}")
+        period = grain
+    if period is not None and period not in PERIODS:
+        raise UnknownKPIError(f"unknown period {period!r}{did_you_mean(period, PERIODS)}: "
+                              f"choose from {', '.join(PERIODS)}")
+    for dim in rest:
+        if dim not in DIMENSIONS:
+            raise UnknownKPIError(
+                f"unknown dimension {dim!r}{did_you_mean(dim, [*DIMENSIONS, *PERIODS])}: "
+                f"choose from {', '.join((*PERIODS, *DIMENSIONS[1:]))}")
+    if len(set(rest)) != len(rest):
+        raise UnknownKPIError(f"a dimension is asked twice in {list(rest)}")
+    return rest, period
+
+
+def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
+           until: date | None, model: str, conversion: str) -> Query:
+    rest, period = check_dimensions(by, period)
+    asked = (*rest, *(("period",) if period else ()))
+    for dim in asked:
+        if dim not in kpi.dimensions:
+            offered = ", ".join(kpi.dimensions) or "none"
+            raise UnknownKPIError(
+                f"KPI {kpi.name!r} cannot be broken down by {dim!r}: its tables "
+                f"({', '.join(kpi.tables)}) hold {offered}"
+                + ("" if dim != "segment" else "; no stored table holds a segment yet"))
+
+    def moment(value: date | None) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        return datetime(value.year, value.month, value.day)
+
+    return Query(by=rest, period=period, since=moment(since), until=moment(until), model=model,
+                 conversion=conversion)
+
+
+def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None) -> None:
+    """Raise :class:`MissingInputError` unless every input table of ``kpi`` (or ``tables``)
+    holds rows: a KPI over a never-imported table would read as a real zero."""
+    existing = set(con.list_tables())
+    for name in kpi.tables if tables is None else tables:
+        if name not in existing or con.table(name).limit(1).count().execute() == 0:
+            how = IMPORTS[name]
+            raise MissingInputError(
+                f"KPI {kpi.name!r} needs {name} rows and the table is "
+                f"{'empty' if name in existing else 'missing'}: "
+                + (f"import them with `{how}`" if how.startswith("touchline ingest")
+                   else f"fill it with `{how}`"))
+
+
+def compute(con: BaseBackend, name: str, *, by: Sequence[str] = (), period: str | None = None,
+            since: date | None = None, until: date | None = None, model: str = MODEL_DEFAULT,
+            conversion: str = CONVERSION_DEFAULT) -> ir.Table:
+    """KPI ``name`` over the stored tables of ``con``: the ``period`` and ``by`` columns, then
+    the KPI's values, one row per combination present in the data.
+
+    ``by`` takes dimensions (:data:`DIMENSIONS`) and period grains (``day`` … ``quarter``,
+    the same as ``period=``); ``since`` (inclusive) and ``until`` (exclusive) bound the KPI's
+    own time (a session's start, a conversion, a spend day); ``model`` is the attribution
+    model whose stored credits the credited KPIs sum, ``conversion`` the conversion type.
+    """
+    kpi = lookup(name)
+    q = _query(kpi, by, period, since, until, model, conversion)
+    require(con, kpi)
+    return kpi.compute(con, q)
+
+
+# ---- shared building blocks -----------------------------------------------------------------
+
+def _ratio(numerator: ir.NumericValue, denominator: ir.NumericValue) -> ir.FloatingValue:
+    """``numerator / denominator``; null when the denominator is 0 or null."""
+    return numerator.cast("float64") / denominator.cast("float64").nullif(0.0)
+
+
+def _in_window(t: ir.Table, at: ir.Value, q: Query) -> ir.Table:
+    keep = ibis.literal(True)
+    if at.type().is_date():
+        if q.since is not None:
+            keep &= at >= ibis.literal(q.since.date())
+        if q.until is not None:
+            keep &= at < ibis.literal(q.until.date())
+    else:
+        if q.since is not None:
+            keep &= at >= ibis.literal(q.since)
+        if q.until is not None:
+            keep &= at < ibis.literal(q.until)
+    return t.filter(keep)
+
+
+def _keyed(t: ir.Table, q: Query, *, at: ir.Value, dims: Mapping[str, ir.Value]) -> ir.Table:
+    """``t`` within the window, with the key columns (``period``, the ``by`` dimensions)."""
+    keys: dict[str, ir.Value] = {}
+    if q.period:
+        keys["period"] = at.truncate(PERIODS[q.period]).cast("date")
+    for dim in q.by:
+        keys[dim] = dims[dim]
+    return _in_window(t, at, q).mutate(**keys)
+
+
+def _aggregate(t: ir.Table, q: Query, **metrics: ir.Scalar) -> ir.Table:
+    grouped = t.group_by(list(q.keys)) if q.keys else t
+    return grouped.aggregate(**metrics)
+
+
+def _levels(t: ir.Table, columns: Mapping[str, str]) -> dict[str, ir.Value]:
+    """Breakdown values from ``t``'s columns, nulls as ``(not set)`` (channel: Unassigned)."""
+    return {dim: t[col].cast("string").fill_null(UNASSIGNED if dim == "channel" else NOT_SET)
+            for dim, col in columns.items()}
+
+
+def _order(t: ir.Table, q: Query) -> ir.Table:
+    return t.order_by(list(q.keys)) if q.keys else t
+
+
+#: the session columns each touch breakdown reads
+SESSION_LEVELS = {"channel": "channel", "source": "source", "medium": "medium",
+                  "campaign": "campaign", "keyword": "term", "landing_page": "landing_page"}
+SESSION_DIMS = ("period", *SESSION_LEVELS)
+
+
+def _sessions(con: BaseBackend) -> ir.Table:
+    """Sessions of known persons with ``_first``: whether it is the person's first session."""
+    s = con.table("sessions")
+    s = s.filter(s.person_id.notnull())
+    rank = ibis.row_number().over(group_by="person_id", order_by=["started_at", "session_id"])
+    return s.mutate(_first=rank == 0)
+
+
+def first_touches(con: BaseBackend) -> ir.Table:
+    """``person_id``, ``first_at`` and the person's first session's breakdown values (the
+    acquisition channel, source… every person-level KPI breaks down by)."""
+    s = _sessions(con)
+    s = s.filter(s._first)
+    return s.select("person_id", first_at=s.started_at, **_levels(s, SESSION_LEVELS))
+
+
+# ---- awareness ------------------------------------------------------------------------------
+
+SEARCH_LEVELS = {"query": "query", "landing_page": "page", "country": "country",
+                 "device": "device"}
+SEARCH_DIMS = ("period", *SEARCH_LEVELS)
+
+
+def _search(con: BaseBackend, q: Query) -> ir.Table:
+    sc = con.table("search_console")
+    t = _keyed(sc, q, at=sc.date, dims=_levels(sc, SEARCH_LEVELS))
+    return _aggregate(t, q, _clicks=t.clicks.sum(), _impressions=t.impressions.sum(),
+                      _weighted=(t.position * t.impressions).sum(),
+                      _positioned=ibis.ifelse(t.position.notnull(), t.impressions, 0).sum())
+
+
+def _select(t: ir.Table, q: Query, **values: ir.Value) -> ir.Table:
+    return _order(t.select(*q.keys, **values), q)
+
+
+@register("search_clicks", stage="awareness", unit="clicks", formula="sum(clicks)",
+          tables=["search_console"], dimensions=SEARCH_DIMS)
+def search_clicks(con: BaseBackend, q: Query) -> ir.Table:
+    """Clicks from Google organic results (Search Console)."""
+    t = _search(con, q)
+    return _select(t, q, search_clicks=t._clicks.cast("int64"))
+
+
+@register("search_impressions", stage="awareness", unit="impressions",
+          formula="sum(impressions)", tables=["search_console"], dimensions=SEARCH_DIMS)
+def search_impressions(con: BaseBackend, q: Query) -> ir.Table:
+    """Times a page of the site was shown in Google's organic results (Search Console)."""
+    t = _search(con, q)
+    return _select(t, q, search_impressions=t._impressions.cast("int64"))
+
+
+@register("search_ctr", stage="awareness", unit="ratio", formula="clicks / impressions",
+          tables=["search_console"], dimensions=SEARCH_DIMS, zero_denominator=_ZERO)
+def search_ctr(con: BaseBackend, q: Query) -> ir.Table:
+    """Organic click-through rate: the share of impressions that were clicked."""
+    t = _search(con, q)
+    return _select(t, q, search_ctr=_ratio(t._clicks, t._impressions))
+
+
+@register("search_position", stage="awareness", unit="position (1 = top)",
+          formula="sum(position * impressions) / sum(impressions)",
+          tables=["search_console"], dimensions=SEARCH_DIMS,
+          zero_denominator=_ZERO)
+def search_position(con: BaseBackend, q: Query) -> ir.Table:
+    """Average position, weighted by impressions as Search Console averages it: a row with
+    1,000 impressions at position 2 weighs 100 times one with 10 at position 8. Rows without
+    a position are left out of both sums."""
+    t = _search(con, q)
+    return _select(t, q, search_position=_ratio(t._weighted, t._positioned))
+
+
+SPEND_LEVELS = {"channel": "channel", "source": "utm_source", "medium": "utm_medium",
+                "campaign": "utm_campaign", "keyword": "keyword"}
+SPEND_DIMS = ("period", *SPEND_LEVELS)
+
+
+def _spend(con: BaseBackend, q: Query) -> ir.Table:
+    sp = con.table("spend")
+    t = _keyed(sp, q, at=sp.date, dims=_levels(sp, SPEND_LEVELS))
+    scored = t.quality_score.notnull() & t.impressions.notnull()
+    return _aggregate(t, q, _cost=t.cost.sum(), _impressions=t.impressions.sum(),
+                      _clicks=t.clicks.sum(),
+                      _qs_weighted=ibis.ifelse(scored, t.quality_score * t.impressions, 0).sum(),
+                      _qs_impressions=ibis.ifelse(scored, t.impressions, 0).sum())
+
+
+@register("paid_cost", stage="awareness", unit="currency", formula="sum(cost)",
+          tables=["spend"], dimensions=SPEND_DIMS)
+def paid_cost(con: BaseBackend, q: Query) -> ir.Table:
+    """Advertising cost, as the spend imports give it (in their own currency)."""
+    t = _spend(con, q)
+    return _select(t, q, paid_cost=t._cost)
+
+
+@register("paid_impressions", stage="awareness", unit="impressions",
+          formula="sum(impressions)", tables=["spend"], dimensions=SPEND_DIMS)
+def paid_impressions(con: BaseBackend, q: Query) -> ir.Table:
+    """Ad impressions from the spend imports."""
+    t = _spend(con, q)
+    return _select(t, q, paid_impressions=t._impressions.cast("int64"))
+
+
+@register("paid_clicks", stage="awareness", unit="clicks", formula="sum(clicks)",
+          tables=["spend"], dimensions=SPEND_DIMS)
+def paid_clicks(con: BaseBackend, q: Query) -> ir.Table:
+    """Ad clicks as the ad platforms count them (tracked visits are fewer: some clicks never
+    load the page)."""
+    t = _spend(con, q)
+    return _select(t, q, paid_clicks=t._clicks.cast("int64"))
+
+
+@register("paid_ctr", stage="awareness", unit="ratio", formula="sum(clicks) / sum(impressions)",
+          tables=["spend"], dimensions=SPEND_DIMS, zero_denominator=_ZERO)
+def paid_ctr(con: BaseBackend, q: Query) -> ir.Table:
+    """Ad click-through rate."""
+    t = _spend(con, q)
+    return _select(t, q, paid_ctr=_ratio(t._clicks, t._impressions))
+
+
+@register("paid_cpc", stage="awareness", unit="currency per click",
+          formula="sum(cost) / sum(clicks)", tables=["spend"], dimensions=SPEND_DIMS,
+          zero_denominator=_ZERO)
+def paid_cpc(con: BaseBackend, q: Query) -> ir.Table:
+    """Cost per click."""
+    t = _spend(con, q)
+    return _select(t, q, paid_cpc=_ratio(t._cost, t._clicks))
+
+
+@register("paid_cpm", stage="awareness", unit="currency per 1,000 impressions",
+          formula="1000 * sum(cost) / sum(impressions)", tables=["spend"],
+          dimensions=SPEND_DIMS, zero_denominator=_ZERO)
+def paid_cpm(con: BaseBackend, q: Query) -> ir.Table:
+    """Cost per thousand impressions."""
+    t = _spend(con, q)
+    return _select(t, q, paid_cpm=1000.0 * _ratio(t._cost, t._impressions))
+
+
+@register("paid_quality_score", stage="awareness", unit="score (1-10)",
+          formula="sum(quality_score * impressions) / sum(impressions), rows with a score",
+          tables=["spend"], dimensions=SPEND_DIMS,
+          zero_denominator="null (no row with a quality score and impressions)")
+def paid_quality_score(con: BaseBackend, q: Query) -> ir.Table:
+    """Keyword quality score, weighted by impressions; rows without a score are left out."""
+    t = _spend(con, q)
+    return _select(t, q, paid_quality_score=_ratio(t._qs_weighted, t._qs_impressions))
+
+
+@register("new_visitors", stage="awareness", unit="persons",
+          formula="count(persons whose first session ever falls in the group)",
+          tables=["sessions"], dimensions=SESSION_DIMS)
+def new_visitors(con: BaseBackend, q: Query) -> ir.Table:
+    """People seen for the first time, by the channel, source… of their first session; the
+    period is that session's start."""
+    f = first_touches(con)
+    t = _keyed(f, q, at=f.first_at, dims={d: f[d] for d in SESSION_LEVELS})
+    return _order(_aggregate(t, q, new_visitors=t.person_id.nunique().cast("int64")), q)
+
+
+# ---- consideration --------------------------------------------------------------------------
+
+def _session_groups(con: BaseBackend, q: Query) -> ir.Table:
+    s = _sessions(con)
+    return _keyed(s, q, at=s.started_at, dims=_levels(s, SESSION_LEVELS))
+
+
+@register("sessions", stage="consideration", unit="sessions", formula="count(sessions)",
+          tables=["sessions"], dimensions=SESSION_DIMS)
+def sessions(con: BaseBackend, q: Query) -> ir.Table:
+    """Visits of known persons (every prepared session has one)."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, sessions=t.count().cast("int64")), q)
+
+
+@register("returning_visitors", stage="consideration", unit="persons",
+          formula="count(distinct persons with a session in the group that is not their first)",
+          tables=["sessions"], dimensions=SESSION_DIMS)
+def returning_visitors(con: BaseBackend, q: Query) -> ir.Table:
+    """People who came back: a person whose first visit was in March and who returned in
+    April is new in March and returning in April (and both, in a month with both)."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, returning_visitors=ibis.ifelse(
+        t._first, ibis.null("string"), t.person_id).nunique().cast("int64")), q)
+
+
+@register("new_sessions", stage="consideration", unit="sessions",
+          formula="count(sessions that are their person's first)", tables=["sessions"],
+          dimensions=SESSION_DIMS)
+def new_sessions(con: BaseBackend, q: Query) -> ir.Table:
+    """First visits."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, new_sessions=t._first.cast("int64").sum()), q)
+
+
+@register("returning_sessions", stage="consideration", unit="sessions",
+          formula="count(sessions that are not their person's first)", tables=["sessions"],
+          dimensions=SESSION_DIMS)
+def returning_sessions(con: BaseBackend, q: Query) -> ir.Table:
+    """Return visits."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, returning_sessions=(~t._first).cast("int64").sum()), q)
+
+
+@register("sessions_per_visitor", stage="consideration", unit="sessions per person",
+          formula="count(sessions) / count(distinct persons)", tables=["sessions"],
+          dimensions=SESSION_DIMS, zero_denominator=_ZERO)
+def sessions_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
+    """Visits per visitor in the group."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, sessions_per_visitor=_ratio(
+        t.count(), t.person_id.nunique())), q)
+
+
+@register("pages_per_visitor", stage="consideration", unit="page views per person",
+          formula="sum(pageview_count) / count(distinct persons)", tables=["sessions"],
+          dimensions=SESSION_DIMS, zero_denominator=_ZERO)
+def pages_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
+    """Page (and screen) views per visitor."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, pages_per_visitor=_ratio(
+        t.pageview_count.sum(), t.person_id.nunique())), q)
+
+
+def _engaged(t: ir.Table) -> ir.BooleanValue:
+    return ((t.duration_seconds >= ENGAGED_SECONDS).fill_null(False)
+            | (t.pageview_count >= ENGAGED_PAGEVIEWS).fill_null(False)
+            | (t.conversion_count >= 1).fill_null(False))
+
+
+@register("engaged_sessions", stage="consideration", unit="sessions",
+          formula=f"count(sessions with duration >= {ENGAGED_SECONDS} s or >= "
+          f"{ENGAGED_PAGEVIEWS} page views or a conversion)",
+          tables=["sessions"], dimensions=SESSION_DIMS)
+def engaged_sessions(con: BaseBackend, q: Query) -> ir.Table:
+    """GA4's engaged session. The duration is the session's first to last touch (touchline
+    has no engagement timer), so a one-page visit of a minute is not engaged unless it holds a
+    conversion."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, engaged_sessions=_engaged(t).cast("int64").sum()), q)
+
+
+@register("engagement_rate", stage="consideration", unit="ratio",
+          formula="engaged_sessions / sessions", tables=["sessions"],
+          dimensions=SESSION_DIMS, zero_denominator=_ZERO)
+def engagement_rate(con: BaseBackend, q: Query) -> ir.Table:
+    """Share of sessions that were engaged (GA4's engagement rate)."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, engagement_rate=_ratio(
+        _engaged(t).cast("int64").sum(), t.count())), q)
+
+
+def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
+    """Converting journeys of ``q.conversion`` with their first touch's breakdown values."""
+    j = con.table("journeys")
+    j = j.filter((j.conversion == q.conversion) & j.converted)
+    jt = con.table("journey_touches")
+    first = jt.filter(jt.position == 1).select(
+        _journey="journey_id", **{d: jt[d] for d in SESSION_LEVELS})
+    j = j.left_join(first, j.journey_id == first._journey)
+    return _keyed(j, q, at=j.converted_at, dims=_levels(j, {d: d for d in SESSION_LEVELS}))
+
+
+def _check_conversion(con: BaseBackend, q: Query) -> None:
+    known = sorted(con.table("journeys").select("conversion").distinct()
+                   .to_pyarrow().column(0).to_pylist())
+    if q.conversion not in known:
+        raise UnknownKPIError(f"conversion type {q.conversion!r}"
+                              f"{did_you_mean(q.conversion, known)} has no journeys: the "
+                              f"stored ones are {', '.join(map(str, known)) or 'none'}")
+
+
+def _spread(values: ir.NumericValue, count: ir.Scalar) -> dict[str, ir.Scalar]:
+    return {"conversions": count.cast("int64"),
+            **{name: values.quantile(p) for name, p in QUANTILES.items()}}
+
+
+@register("visits_to_convert", stage="consideration", unit="sessions",
+          formula="median, p75, p90 of journeys.touches over converting journeys",
+          tables=["journeys", "journey_touches"], dimensions=SESSION_DIMS,
+          values=("conversions", *QUANTILES), options=("conversion",))
+def visits_to_convert(con: BaseBackend, q: Query) -> ir.Table:
+    """How many visits a converting journey held (quantiles interpolate), by the journey's
+    first touch and the conversion's period; a repeat purchase's journey starts after the
+    previous one."""
+    _check_conversion(con, q)
+    t = _converting_journeys(con, q)
+    return _order(_aggregate(t, q, **_spread(t.touches.cast("float64"), t.count())), q)
+
+
+@register("days_to_convert", stage="consideration", unit="days",
+          formula="median, p75, p90 of converted_at - first_touch_at over converting journeys",
+          tables=["journeys", "journey_touches"], dimensions=SESSION_DIMS,
+          values=("conversions", *QUANTILES), options=("conversion",))
+def days_to_convert(con: BaseBackend, q: Query) -> ir.Table:
+    """Days from a converting journey's first touch to its conversion (journeys without a
+    touch in their window are left out)."""
+    _check_conversion(con, q)
+    t = _converting_journeys(con, q)
+    t = t.filter(t.days_to_convert.notnull())
+    return _order(_aggregate(t, q, **_spread(t.days_to_convert, t.count())), q)
+
+
+# ---- decision -------------------------------------------------------------------------------
+
+CREDIT_DIMS = SESSION_DIMS
+
+
+def _check_model(con: BaseBackend, q: Query) -> None:
+    c = con.table("credits")
+    known = sorted(c.filter(c.conversion == q.conversion).select("model").distinct()
+                   .to_pyarrow().column(0).to_pylist())
+    if q.model not in known:
+        raise UnknownKPIError(f"model {q.model!r}{did_you_mean(q.model, known)} has no stored "
+                              f"credits of {q.conversion}: the stored models are "
+                              f"{', '.join(map(str, known)) or 'none'} (settings."
+                              "attribution_models, then `touchline run`)")
+
+
+def _credited(con: BaseBackend, q: Query) -> ir.Table:
+    """The stored credits of ``q.conversion`` under ``q.model``, keyed by the credited touch's
+    channel, source…"""
+    _check_conversion(con, q)
+    _check_model(con, q)
+    c = con.table("credits")
+    c = c.filter((c.conversion == q.conversion) & (c.model == q.model))
+    jt = con.table("journey_touches")
+    levels = [d for d in SESSION_LEVELS if d != "channel"]
+    jt = jt.select(_journey="journey_id", _position="position", **{f"_{d}": d for d in levels})
+    j = c.left_join(jt, (c.journey_id == jt._journey) & (c.position == jt._position))
+    dims = _levels(j, {"channel": "channel", **{d: f"_{d}" for d in levels}})
+    return _keyed(j, q, at=j.converted_at, dims=dims)
+
+
+@register("conversions", stage="decision", unit="conversions",
+          formula="sum(credit) of the stored credits under the model",
+          tables=["journeys", "journey_touches", "credits"], dimensions=CREDIT_DIMS,
+          options=("model", "conversion"))
+def conversions(con: BaseBackend, q: Query) -> ir.Table:
+    """Conversions credited to each channel, source, campaign… by an attribution model; the
+    period is the conversion's. Under any model they sum to the conversions."""
+    t = _credited(con, q)
+    return _order(_aggregate(t, q, conversions=t.credit.sum()), q)
+
+
+@register("revenue", stage="decision", unit="reporting currency",
+          formula="sum(value) of the stored credits under the model",
+          tables=["journeys", "journey_touches", "credits"], dimensions=CREDIT_DIMS,
+          options=("model", "conversion"))
+def revenue(con: BaseBackend, q: Query) -> ir.Table:
+    """Conversion value credited by an attribution model."""
+    t = _credited(con, q)
+    return _order(_aggregate(t, q, revenue=t.value.sum()), q)
+
+
+@register("conversion_rate", stage="decision", unit="ratio",
+          formula="persons who converted / persons, by the first touch's channel, source…",
+          tables=["sessions", "journeys"], dimensions=SESSION_DIMS,
+          values=("visitors", "converters", "conversion_rate"), zero_denominator=_ZERO,
+          options=("conversion",))
+def conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
+    """Conversion rate by first-touch source: of the people first seen through a channel
+    (source, campaign…; the period is their first session's), the share who converted
+    (before ``until``, when given). Few Instagram visitors convert while the smaller
+    newsletter audience converts more: this shows it."""
+    _check_conversion(con, q)
+    f = first_touches(con)
+    j = con.table("journeys")
+    j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
+    if q.until is not None:
+        j = j.filter(j.converted_at < ibis.literal(q.until))
+    buyers = j.select(_buyer="unit_id").distinct()
+    t = f.left_join(buyers, f.person_id == buyers._buyer)
+    t = _keyed(t, q, at=t.first_at, dims={d: t[d] for d in SESSION_LEVELS})
+    t = _aggregate(t, q, visitors=t.person_id.nunique().cast("int64"),
+                   converters=t._buyer.nunique().cast("int64"))
+    return _order(t.mutate(conversion_rate=_ratio(t.converters, t.visitors)), q)
+
+
+COST_DIMS = ("period", "channel", "source", "medium", "campaign", "keyword")
+
+
+def _join_key(value: ir.StringValue) -> ir.StringValue:
+    """A breakdown value as spend and credits are matched on: trimmed, lower case, spaces
+    and hyphens as ``_`` (an ad export's ``paid_social`` is the channel group Paid Social)."""
+    return value.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _cost_and_credit(con: BaseBackend, q: Query, conversion: str) -> ir.Table:
+    """Spend and the model's credited conversions and value, per key: ``_cost``, ``_credit``,
+    ``_value`` (0 where one side has no row). Keys match by :func:`_join_key`; a key shows
+    as the sessions write it (as the spend export writes it when no credit has it)."""
+    sp = con.table("spend")
+    spend = _keyed(sp, q, at=sp.date, dims=_levels(sp, SPEND_LEVELS))
+    cr = _credited(con, Query(by=q.by, period=q.period, since=q.since, until=q.until,
+                              model=q.model, conversion=conversion))
+
+    def per_key(t: ir.Table, prefix: str, **metrics: ir.Scalar) -> ir.Table:
+        keys = {f"{prefix}{k}": (t[k] if k == "period" else _join_key(t[k])) for k in q.keys}
+        shown = {f"{prefix}shown_{k}": t[k].min() for k in q.keys}
+        if not keys:
+            return t.aggregate(**metrics)
+        return t.group_by([v.name(n) for n, v in keys.items()]).aggregate(**shown, **metrics)
+
+    cost = per_key(spend, "_l_", _cost=spend.cost.sum())
+    credit = per_key(cr, "_r_", _credit=cr.credit.sum(), _value=cr.value.sum())
+    if not q.keys:
+        joined = cost.cross_join(credit)
+        return joined.select(_cost=joined._cost.fill_null(0.0),
+                             _credit=joined._credit.fill_null(0.0),
+                             _value=joined._value.fill_null(0.0))
+    joined = cost.outer_join(credit, [cost[f"_l_{k}"] == credit[f"_r_{k}"] for k in q.keys])
+    return joined.select(
+        **{k: joined[f"_r_shown_{k}"].coalesce(joined[f"_l_shown_{k}"]) for k in q.keys},
+        _cost=joined._cost.fill_null(0.0), _credit=joined._credit.fill_null(0.0),
+        _value=joined._value.fill_null(0.0))
+
+
+_COST_TABLES = ["spend", "journeys", "journey_touches", "credits"]
+
+
+@register("cost_per_lead", stage="decision", unit="currency per lead",
+          formula="sum(cost) / sum(credit of lead conversions under the model)",
+          tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "leads", "cost_per_lead"),
+          zero_denominator=_ZERO, options=("model",))
+def cost_per_lead(con: BaseBackend, q: Query) -> ir.Table:
+    """Spend per lead the model credits to the channel or campaign (the ``lead`` conversion
+    type); a channel without spend costs 0 per lead."""
+    t = _cost_and_credit(con, q, LEAD_CONVERSION)
+    return _select(t, q, cost=t._cost, leads=t._credit,
+                   cost_per_lead=_ratio(t._cost, t._credit))
+
+
+@register("cpa", stage="decision", unit="currency per conversion",
+          formula="sum(cost) / sum(credit of conversions under the model)",
+          tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "conversions", "cpa"),
+          zero_denominator=_ZERO, options=("model", "conversion"))
+def cpa(con: BaseBackend, q: Query) -> ir.Table:
+    """Cost per acquisition under any attribution model: spend over the conversions the
+    model credits to the same channel, campaign… and period."""
+    t = _cost_and_credit(con, q, q.conversion)
+    return _select(t, q, cost=t._cost, conversions=t._credit, cpa=_ratio(t._cost, t._credit))
+
+
+@register("roas", stage="decision", unit="ratio (revenue per unit of cost)",
+          formula="sum(credited value under the model) / sum(cost)",
+          tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "revenue", "roas"),
+          zero_denominator=_ZERO, options=("model", "conversion"))
+def roas(con: BaseBackend, q: Query) -> ir.Table:
+    """Return on ad spend under any attribution model (null for channels without spend)."""
+    t = _cost_and_credit(con, q, q.conversion)
+    return _select(t, q, cost=t._cost, revenue=t._value, roas=_ratio(t._value, t._cost))
+
+
+# ---- retention and value --------------------------------------------------------------------
+
+def _purchases(con: BaseBackend, q: Query) -> ir.Table:
+    """Each person's conversions of ``q.conversion`` (before ``until``) with the person's
+    first one (``_first_at``) and acquisition breakdowns (first session's channel…)."""
+    _check_conversion(con, q)
+    j = con.table("journeys")
+    j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
+    if q.until is not None:
+        j = j.filter(j.converted_at < ibis.literal(q.until))
+    j = j.mutate(_first_at=j.converted_at.min().over(group_by="unit_id"))
+    f = first_touches(con).drop("first_at")
+    t = j.left_join(f, j.unit_id == f.person_id)
+    return t.mutate(**_levels(t, {d: d for d in SESSION_LEVELS}))
+
+
+def _customers(con: BaseBackend, q: Query) -> ir.Table:
+    """One row per customer: ``unit_id``, ``_first_at``, ``_purchases`` and the breakdowns,
+    keyed by the first purchase's period (the customer's cohort)."""
+    p = _purchases(con, q)
+    levels = list(SESSION_LEVELS)
+    c = p.group_by(["unit_id", "_first_at", *levels]).aggregate(_purchases=p.count())
+    return _keyed(c, q, at=c._first_at, dims={d: c[d] for d in levels})
+
+
+_RETENTION_TABLES = ["journeys", "sessions"]
+
+
+@register("repeat_purchase_rate", stage="retention", unit="ratio",
+          formula="customers with >= 2 purchases / customers",
+          tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
+          values=("customers", "repeat_customers", "repeat_purchase_rate"),
+          zero_denominator=_ZERO, options=("conversion",))
+def repeat_purchase_rate(con: BaseBackend, q: Query) -> ir.Table:
+    """Share of customers who bought again (before ``until``), by the period of their first
+    purchase and their acquisition channel, source…"""
+    c = _customers(con, q)
+    t = _aggregate(c, q, customers=c.count().cast("int64"),
+                   repeat_customers=(c._purchases >= 2).cast("int64").sum())
+    return _order(t.mutate(repeat_purchase_rate=_ratio(t.repeat_customers, t.customers)), q)
+
+
+@register("average_order_value", stage="retention", unit="reporting currency",
+          formula="sum(value) / count(purchases)", tables=_RETENTION_TABLES,
+          dimensions=SESSION_DIMS, values=("orders", "revenue", "average_order_value"),
+          zero_denominator=_ZERO, options=("conversion",))
+def average_order_value(con: BaseBackend, q: Query) -> ir.Table:
+    """Average value of a purchase, by its period and the buyer's acquisition channel…"""
+    p = _purchases(con, q)
+    t = _keyed(p, q, at=p.converted_at, dims={d: p[d] for d in SESSION_LEVELS})
+    t = _aggregate(t, q, orders=t.count().cast("int64"), revenue=t.value.sum())
+    return _order(t.mutate(average_order_value=_ratio(t.revenue, t.orders)), q)
+
+
+@register("purchase_frequency", stage="retention", unit="customers",
+          formula="count(customers) per number of purchases; share = customers / all customers",
+          tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
+          values=("purchases", "customers", "share"), options=("conversion",))
+def purchase_frequency(con: BaseBackend, q: Query) -> ir.Table:
+    """The distribution of purchases per customer (before ``until``): how many bought once,
+    twice…, by the first purchase's period and the acquisition channel…"""
+    c = _customers(con, q)
+    t = c.group_by([*q.keys, c._purchases.cast("int64").name("purchases")]).aggregate(
+        customers=c.count().cast("int64"))
+    total = t.customers.sum().over(group_by=list(q.keys)) if q.keys else t.customers.sum().over()
+    t = t.mutate(share=_ratio(t.customers, total))
+    return t.order_by([*q.keys, "purchases"])
+
+
+@register("retention", stage="retention", unit="ratio",
+          formula="customers of a first-purchase-month cohort who purchase in month k / "
+          "the cohort's customers",
+          tables=_RETENTION_TABLES, dimensions=tuple(SESSION_LEVELS),
+          values=("cohort", "months_since", "customers", "active_customers", "retention"),
+          options=("conversion",))
+def retention(con: BaseBackend, q: Query) -> ir.Table:
+    """Retention cohorts: customers by the month of their first purchase (``since`` and
+    ``until`` bound the cohorts), and for each later month k the share who purchased in it
+    (month 0 is 1). A seasonal drop shows as a dip at the same calendar month across cohorts.
+    The cohort month is the period; ``by`` takes the acquisition channel, source…"""
+    p = _purchases(con, q)
+    p = _in_window(p, p._first_at, q)
+    month = p.converted_at.year() * 12 + p.converted_at.month()
+    first = p._first_at.year() * 12 + p._first_at.month()
+    p = p.mutate(cohort=p._first_at.truncate("M").cast("date"),
+                 months_since=(month - first).cast("int64"))
+    keys = [*q.by, "cohort"]
+    t = p.group_by([*keys, "months_since"]).aggregate(
+        active_customers=p.unit_id.nunique().cast("int64"))
+    # month 0 holds every customer of the cohort: its count is the cohort's size
+    t = t.mutate(customers=t.active_customers.max().over(group_by=keys))
+    t = t.mutate(retention=_ratio(t.active_customers, t.customers))
+    return t.select(*keys, "months_since", "customers", "active_customers",
+                    "retention").order_by([*keys, "months_since"])
+
+
+# ---- advocacy -------------------------------------------------------------------------------
+
+def _answers(con: BaseBackend, q: Query, kpi: str) -> ir.Table:
+    """Survey answers with the answerer's person (matched by user id, then anonymous id, then
+    e-mail in the identity graph) and that person's acquisition breakdowns; only when ``by``
+    asks for them are the prepared tables read."""
+    sv = con.table("surveys")
+    if not q.by:
+        return _keyed(sv, q, at=sv.responded_at, dims={})
+    require(con, KPIS[kpi], ["sessions", "identities"])
+    ids = con.table("identities").select("identifier", _person="person_id")
+    candidates = ibis.union(*(
+        sv.select("response_id", _identifier=prefix + expr, _rank=ibis.literal(rank))
+        for rank, (prefix, expr) in enumerate((
+            ("user:", sv.person_id), ("anon:", sv.person_id),
+            ("email:", sv.email.strip().lower())))), distinct=False)
+    matched = candidates.inner_join(ids, candidates._identifier == ids.identifier)
+    matched = matched.mutate(_r=ibis.row_number().over(group_by="response_id",
+                                                       order_by="_rank"))
+    matched = matched.filter(matched._r == 0).select(_response="response_id", _person="_person")
+    f = first_touches(con)
+    t = sv.left_join(matched, sv.response_id == matched._response).left_join(
+        f, matched._person == f.person_id)
+    return _keyed(t, q, at=t.responded_at, dims=_levels(t, {d: d for d in SESSION_LEVELS}))
+
+
+@register("nps", stage="advocacy", unit="score (-100 to 100)",
+          formula="100 * (promoters - detractors) / answers; promoters 9-10, passives 7-8, "
+          "detractors 0-6; 95 % interval 100 * (d ± 1.96 * sqrt((p + q - d²) / n)), "
+          "p, q the promoter and detractor shares, d = p - q",
+          tables=["surveys"], dimensions=SESSION_DIMS,
+          values=("answers", "promoters", "passives", "detractors", "nps", "nps_low",
+                  "nps_high"), zero_denominator="null (no answer: no row)")
+def nps(con: BaseBackend, q: Query) -> ir.Table:
+    """Net Promoter Score from the ``surveys`` table's 0-10 answers (others are left out),
+    with the counts and a normal-approximation 95 % confidence interval (the variance of a
+    difference of two shares of one multinomial sample). By period of the answer, and by the
+    answerer's first-touch channel, source… (answers matched to no person: Unassigned)."""
+    t = _answers(con, q, "nps")
+    t = t.filter(t.nps_score.between(0, 10))
+    t = _aggregate(t, q, answers=t.count().cast("int64"),
+                   promoters=(t.nps_score >= PROMOTER_MIN).cast("int64").sum(),
+                   detractors=(t.nps_score <= DETRACTOR_MAX).cast("int64").sum())
+    n = t.answers.cast("float64")
+    p, d = t.promoters / n.nullif(0.0), t.detractors / n.nullif(0.0)
+    se = ((p + d - (p - d) ** 2) / n.nullif(0.0)).sqrt()
+    t = t.mutate(passives=t.answers - t.promoters - t.detractors, nps=100.0 * (p - d),
+                 nps_low=100.0 * (p - d - Z_95 * se), nps_high=100.0 * (p - d + Z_95 * se))
+    return _select(t, q, **{v: t[v] for v in KPIS["nps"].values})
+
+
+@register("review_rating", stage="advocacy", unit="stars (1-5)",
+          formula="count and mean of review_rating over answers that carry one",
+          tables=["surveys"], dimensions=SESSION_DIMS, values=("reviews", "review_rating"),
+          zero_denominator="null (no review: no row)")
+def review_rating(con: BaseBackend, q: Query) -> ir.Table:
+    """Reviews in the ``surveys`` table: how many, and their average rating."""
+    t = _answers(con, q, "review_rating")
+    t = t.filter(t.review_rating.notnull())
+    return _order(_aggregate(t, q, reviews=t.count().cast("int64"),
+                             review_rating=t.review_rating.mean()), q)
+
+
+# ---- documentation --------------------------------------------------------------------------
+
+_DOC_HEAD = """# KPIs for every stage: `touchline kpis`
+
+Generated from `touchline/metrics/kpis.py` (`tests/metrics/test_kpis.py` keeps it current).
+
+Every KPI is one registered function over the stored tables ([tables.md](tables.md)) that
+returns an Ibis table, so it runs on DuckDB and Spark alike: the `period` column (the first day
+of the day, week, month or quarter) when a period is asked, the `by` columns, then its values.
+Each belongs to a lifecycle stage and to the matching stage of every preset stage model
+([journeys.md](journeys.md)).
+
+```sh
+touchline kpis --list                                    # every KPI: stage, unit, formula
+touchline kpis --stage awareness --period month          # a stage's KPIs (others said, skipped)
+touchline kpis --kpi cpa --kpi roas --by campaign --model markov --since 2025-01-01
+touchline kpis --kpi retention --by channel --format csv  # or json
+```
+
+```python
+import touchline
+from touchline.metrics.kpis import compute
+
+wh = touchline.open("duckdb:///touchline.duckdb")
+nps = compute(wh.con, "nps", by=["channel"], period="quarter").to_pandas()
+print(nps[["period", "channel", "answers", "nps", "nps_low", "nps_high"]])
+```
+
+Rules every KPI follows:
+
+- **Zero denominators give null**, never 0 or infinity: a campaign without impressions has no
+  CTR, a channel without spend no ROAS. Each KPI's rule is in the table below.
+- **Missing inputs fail**: a KPI whose input table is empty or was never imported says which
+  import or run fills it (`KPI 'paid_cpc' needs spend rows and the table is empty: import
+  them with touchline ingest FILE --kind spend`) instead of showing zeros. A whole stage
+  (`--stage`) skips such KPIs and says why on stderr; a KPI asked by name (`--kpi`) fails.
+- **Unknown names fail with the nearest one**: KPI, stage, dimension, period, model and
+  conversion type (`unknown dimension 'chanel' (did you mean 'channel'?)`).
+- **Breakdowns are what the tables hold**: Search Console rows break down by query, landing
+  page, country and device; spend by channel, source, medium, campaign and keyword; sessions,
+  journeys and credits by channel, source, medium, campaign, keyword and landing page (the
+  session's entrance values). Person-level KPIs (new visitors, conversion rate, retention, NPS)
+  break down by the person's *first* session: the acquisition channel. No stored table holds a
+  device category of sessions or a segment yet: asking for them is an error.
+- **Credited KPIs take a model**: `conversions`, `revenue`, `cost_per_lead`, `cpa` and `roas`
+  sum the stored `credits` of the chosen model (`--model`, default `settings.default_model`),
+  so cost per acquisition can be read under last touch, Markov or Shapley alike. Spend and
+  credits are matched on keys trimmed, in lower case, with spaces and hyphens as `_` (an ad
+  export's `paid_social` is the channel group Paid Social). Spend is summed as imported, in
+  its own currency.
+- `since` is inclusive and `until` exclusive, on each KPI's own time: the spend or Search
+  Console day, the session's start, the conversion, the answer; person-level KPIs use the
+  first session, retention KPIs the first purchase (the cohort).
+
+| KPI | stage (lifecycle; funnel, hourglass, b2b) | unit | formula | zero denominator | needs | by |
+|---|---|---|---|---|---|---|
+"""
+
+
+def kpis_markdown() -> str:
+    """``docs/kpis.md``: every registered KPI with its stage, unit, formula, zero-denominator
+    rule, the import that fills its tables and its breakdowns."""
+    rows = []
+    for k in KPIS.values():
+        others = ", ".join(v for m, v in k.stages.items() if m != "lifecycle")
+        needs = "; ".join(f"`{IMPORTS[t]}`" for t in dict.fromkeys(
+            "journeys" if t in ("journey_touches", "credits") else t for t in k.tables))
+        rows.append(f"| `{k.name}` | {k.stage} ({others}) | {k.unit} | {k.formula} | "
+                    f"{k.zero_denominator} | {needs} | {', '.join(k.dimensions)} |")
+    details = ["", "## What each KPI measures", ""]
+    details += [f"- `{k.name}`: {' '.join(k.doc.split())}" for k in KPIS.values()]
+    return _DOC_HEAD + "\n".join(rows) + "\n" + "\n".join(details) + "\n"
