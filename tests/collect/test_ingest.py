@@ -279,34 +279,6 @@ def test_normalise_name(name: str, expected: str) -> None:
     assert normalise_name(name) == expected
 
 
-PUFFY_MAP = """
-[columns]
-anonymous_id = ["client_id", "clientId"]
-url = "page_url"
-event = "event_name"
-properties = "event_data"
-[defaults]
-type = "track"
-source = "web"
-"""
-
-
-def test_real_puffy_export_counts_match_its_source_notes(con, tmp_path, shared_data) -> None:
-    files = sorted((shared_data / "puffy-ecommerce-events" / "raw").glob("*.csv.gz"))
-    mapping_file = tmp_path / "puffy.toml"
-    mapping_file.write_text(PUFFY_MAP)
-    mapping = load_mapping(mapping_file, canonical={c.name for c in store.EVENTS.columns})
-    settings = Settings(database_url="duckdb://")
-    results = [ingest_file(con, f, "events", settings=settings, mapping=mapping) for f in files]
-    assert sum(r.rows_read for r in results) == 49_963  # SOURCE.md
-    missing_id = sum(r.rejects_by_reason["missing_id"] for r in results)
-    assert missing_id == 2_908  # "2,908 events with no id"
-    loaded = con.table("events")
-    assert loaded.count().execute() == 49_963 - 2_908 - sum(r.duplicates for r in results)
-    assert loaded.filter(loaded.event == "checkout_completed").count().execute() == 294
-    assert loaded.filter(loaded.gclid.notnull()).count().execute() >= 8_000
-
-
 def test_offline_events_named_only_by_email_phone_or_crm_contact_load(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A CRM export or call log may know the person only by an e-mail, a phone number or its
     own contact id; such rows load (prepare files them under that identifier). A row with none

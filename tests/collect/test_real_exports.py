@@ -302,6 +302,7 @@ def test_documented_puffy_mapping_loads_the_real_export(duck, tmp_path, shared_d
     assert sum(r.duplicates for r in results) == ref["exact_duplicates"]
     events = duck.table("events")
     assert events.count().execute() == 49_963 - 2_906 - 1
+    assert events.filter(events.gclid.notnull()).count().execute() >= 8_000  # ad clicks
     purchases = events.filter(events.event == "checkout_completed")
     stats = purchases.aggregate(
         n=purchases.count(), with_revenue=purchases.revenue.count(),
