@@ -1,0 +1,204 @@
+"""The data behind every chart, on the hand-made warehouse of serve_kit.py, by hand, on DuckDB
+and Spark; and each figure drawn from it."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import pandas as pd
+import pytest
+from ibis.backends import BaseBackend
+from serve_kit import build_warehouse
+
+from touchline.errors import InputError
+from touchline.serve import figures
+from touchline.serve.figures import (
+    CHARTS,
+    Filters,
+    channel_credits_data,
+    chart_data,
+    data_quality_data,
+    funnel_data,
+    journey_map_data,
+    model_comparison_data,
+    overview_data,
+    person_timeline_data,
+    stage_timeline_data,
+)
+
+
+def _records(frame: pd.DataFrame, key: str | list[str]) -> dict[object, dict[str, object]]:
+    """Rows by key, NaN as None, so expectations read plainly."""
+    keys = [key] if isinstance(key, str) else key
+    out = {}
+    for record in frame.to_dict("records"):
+        clean = {k: None if isinstance(v, float) and math.isnan(v) else v
+                 for k, v in record.items()}
+        k = tuple(clean.pop(c) for c in keys)
+        out[k[0] if len(k) == 1 else k] = clean
+    return out
+
+
+@pytest.fixture
+def wh(con: BaseBackend) -> BaseBackend:
+    return build_warehouse(con)
+
+
+def test_overview_and_credits_by_hand(wh: BaseBackend) -> None:
+    # April against the 30 days before it ([2 March, 1 April)): purchases p1#2 (50), p3 (80,
+    # no touch: counted all the same), p4 (30) against p1#1 (100), p2 (200); spend 40 against
+    # 60 + 30; leads p3 (2 April) against p2 (2 March 11:10)
+    got = overview_data(wh, since=datetime(2025, 4, 1), until=datetime(2025, 5, 1))
+    assert got.attrs["previous_since"] == datetime(2025, 3, 2)
+    rows = _records(got, "metric")
+    assert rows["conversions"] == {"unit": "count", "value": 3.0, "previous": 2.0,
+                                   "change": 0.5}
+    assert rows["revenue"]["value"] == 160.0
+    assert rows["revenue"]["change"] == pytest.approx(160 / 300 - 1)
+    assert (rows["spend"]["value"], rows["spend"]["previous"]) == (40.0, 90.0)
+    assert (rows["roas"]["value"], rows["roas"]["previous"]) == pytest.approx((4.0, 300 / 90))
+    assert (rows["cpa"]["value"], rows["cpa"]["previous"]) == pytest.approx((40 / 3, 45.0))
+    assert rows["leads"] == {"unit": "count", "value": 1.0, "previous": 1.0, "change": 0.0}
+    assert list(got.metric) == list(figures.OVERVIEW_METRICS)
+    # no dates: the 30 days up to the last purchase (20 April), i.e. [22 March, 21 April)
+    default = overview_data(wh)
+    assert (default.attrs["since"], default.attrs["until"]) == (
+        datetime(2025, 3, 22), datetime(2025, 4, 21))
+    assert default.attrs["conversion"] == "purchase"  # the type with the most value
+    assert _records(default, "metric")["conversions"]["value"] == 3.0
+    with pytest.raises(InputError, match="is not before until"):
+        overview_data(wh, since=datetime(2025, 5, 1), until=datetime(2025, 4, 1))
+    # channels (linear): p1#1 half Organic, half Paid Search (50 each); p1#2 Email (50); p2
+    # half Email, half Paid Search (100 each); p4 Email (30). Spend: Paid Search 60 + 40 (the
+    # export's 'paid_search' is the sessions' Paid Search), Paid Social 30.
+    channels = channel_credits_data(wh, model="linear")
+    assert list(channels.channel) == ["Email", "Paid Search", "Organic Search", "Paid Social"]
+    assert _records(channels, "channel") == {
+        "Email": {"conversions": 2.5, "revenue": 180.0, "spend": 0.0, "cpa": 0.0,
+                  "roas": None},
+        "Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0,
+                        "roas": 1.5},
+        "Organic Search": {"conversions": 0.5, "revenue": 50.0, "spend": 0.0, "cpa": 0.0,
+                           "roas": None},
+        "Paid Social": {"conversions": 0.0, "revenue": 0.0, "spend": 30.0, "cpa": None,
+                        "roas": 0.0}}
+    # switching the model moves the credits: last touch gives Paid Search both paid journeys
+    last = _records(channel_credits_data(wh, model="last_touch"), "channel")
+    assert {c: r["conversions"] for c, r in last.items()} == {
+        "Paid Search": 2.0, "Email": 2.0, "Organic Search": 0.0, "Paid Social": 0.0}
+    assert last["Paid Search"]["cpa"] == 50.0
+    # April only, by campaign: p1#2 and p4 came from the 'april' newsletter
+    april = channel_credits_data(wh, by="campaign", since=datetime(2025, 4, 1))
+    assert _records(april, "campaign")["april"]["conversions"] == 2.0
+    # leads: p2's (Email) and p3's (Paid Search)
+    leads = _records(channel_credits_data(wh, conversion="lead"), "channel")
+    assert (leads["Email"]["conversions"], leads["Paid Search"]["conversions"]) == (1.0, 1.0)
+
+
+def test_model_comparison_and_journey_map_by_hand(wh: BaseBackend) -> None:
+    got = _records(model_comparison_data(wh), ["channel", "model"])
+    assert {k: v["conversions"] for k, v in got.items()} == {
+        ("Email", "last_touch"): 2.0, ("Email", "linear"): 2.5,
+        ("Organic Search", "last_touch"): 0.0, ("Organic Search", "linear"): 0.5,
+        ("Paid Search", "last_touch"): 2.0, ("Paid Search", "linear"): 1.0}
+    assert got[("Paid Search", "last_touch")]["revenue"] == 300.0
+    april = model_comparison_data(wh, models=["linear"], since=datetime(2025, 4, 1))
+    assert _records(april, ["channel", "model"]) == {
+        ("Email", "linear"): {"conversions": 2.0, "revenue": 80.0}}
+    # paths to purchase: Email (p1#2, p4: 2), Email > Paid Search (p2: 1), Organic Search >
+    # Paid Search (p1#1: 1); the top 2 are kept (ties by name), p1#1 flows as 'other', p3's
+    # CRM sale as '(no touch)': 2 + 1 + 1 + 1 = the 5 purchases
+    links = journey_map_data(wh, top=2)
+    want = [(2, "Email", 1, "Paid Search", 1), (1, "Email", 0, "(conversion)", 2),
+            (1, "(no touch)", 0, "(conversion)", 1), (1, "Paid Search", 0, "(conversion)", 1),
+            (1, "other", 0, "(conversion)", 1)]
+    assert sorted(map(tuple, links.to_numpy().tolist())) == sorted(want)
+    assert links[links.target == "(conversion)"].journeys.sum() == 5
+    # one step: the last touches only; every path is kept
+    last = journey_map_data(wh, steps=1)
+    assert _records(last, "source")["Paid Search"]["journeys"] == 2  # p1#1, p2
+    assert set(last.source) == {"Email", "Paid Search", "(no touch)"}
+    # April: p1#2, p3, p4
+    assert journey_map_data(wh, since=datetime(2025, 4, 1)).journeys.sum() == 3
+
+
+def test_funnel_stages_and_quality_by_hand(wh: BaseBackend) -> None:
+    # the lifecycle stages anyone entered: p1..p4 aware; only p1 considered (p2 skipped it),
+    # so only p1 goes on to decision and retention in order
+    funnel = funnel_data(wh)
+    assert list(funnel.step) == [f"stage:lifecycle/{s}" for s in
+                                 ("awareness", "consideration", "decision", "retention")]
+    assert funnel.entered.tolist() == [4, 1, 1, 1]
+    assert funnel.dropped.tolist()[:3] == [3, 0, 0]
+    # days since the previous stage entered: consideration p1 4 d 1 h; decision p1 5 min,
+    # p2 18 d 5 min (from awareness), p4 30 min → median 30 min; retention p1 36 d
+    stages = _records(stage_timeline_data(wh), "stage")
+    assert stages["awareness"] == {"stage_order": 1, "units": 4, "median_days": None}
+    assert stages["consideration"]["median_days"] == pytest.approx(4 + 1 / 24)
+    assert stages["decision"]["units"] == 3
+    assert stages["decision"]["median_days"] == pytest.approx(30 / 1440)
+    assert stages["retention"]["median_days"] == pytest.approx(36.0)
+    assert list(stage_timeline_data(wh, stage_model="funnel").stage) == ["top"]
+    # rejects by step and reason, most first
+    quality = data_quality_data(wh)
+    assert [tuple(r) for r in quality.to_numpy().tolist()] == [
+        ("ingest:events", "bad_timestamp", 2), ("drop_bots", "bot", 1),
+        ("ingest:deals", "missing_field", 1)]
+    assert data_quality_data(wh, since=datetime(2025, 4, 1)).rows.sum() == 2
+
+
+def test_person_timeline_by_hand(wh: BaseBackend) -> None:
+    # p1 found by user id, e-mail or person id: five touches in three sessions, four stages,
+    # two purchases, one NPS answer; linear credit on each session's first touch
+    frame = person_timeline_data(wh, "ann@example.com")
+    assert frame.attrs["unit_id"] == "p1"
+    assert person_timeline_data(wh, "u1").equals(frame)
+    rows = list(zip(frame.kind, frame.lane, frame.channel.fillna(""), frame.detail,
+                    strict=True))
+    assert rows == [
+        ("stage", "stage", "", "lifecycle: awareness"),
+        ("touch", "touches", "Organic Search", "/"),
+        ("stage", "stage", "", "lifecycle: consideration"),
+        ("touch", "touches", "Paid Search", "/pricing"),
+        ("stage", "stage", "", "lifecycle: decision"),
+        ("touch", "touches", "Paid Search", "Order Completed"),
+        ("conversion", "conversion", "", "purchase #1"),
+        ("touch", "touches", "Email", "/news"),
+        ("stage", "stage", "", "lifecycle: retention"),
+        ("touch", "touches", "Email", "Order Completed"),
+        ("conversion", "conversion", "", "purchase #2"),
+        ("survey", "survey", "", "survey NPS 10 heard about us: a friend"),
+    ]
+    touches = frame[frame.kind == "touch"]
+    assert touches.credit.fillna(-1).tolist() == [0.5, 0.5, -1, 1.0, -1]
+    with pytest.raises(InputError, match="no person or account is named"):
+        person_timeline_data(wh, "nobody@example.com")
+
+
+def test_every_chart_draws_its_data(wh: BaseBackend) -> None:
+    """Each registered chart's figure holds its data's numbers (not pixels)."""
+    filters = Filters(model="linear")
+    drawn = {}
+    for name, chart in CHARTS.items():
+        drawn[name] = chart.figure(chart_data(wh, chart, filters)).data
+    assert [t.value for t in drawn["overview"]] == [3, 160, 40, 4, 40 / 3, 1]
+    assert [t.delta.reference for t in drawn["overview"]] == [2, 300, 90, 300 / 90, 45, 1]
+    bars = drawn["channels"][0]
+    assert list(bars.x) == ["Email", "Paid Search", "Organic Search", "Paid Social"]
+    assert list(bars.y) == [2.5, 1.0, 0.5, 0.0]
+    assert [t.name for t in drawn["models"]] == ["last_touch", "linear"]
+    sankey = drawn["journey_map"][0]
+    conversion = list(sankey.node.label).index("(conversion)")
+    assert sum(v for t, v in zip(sankey.link.target, sankey.link.value, strict=True)
+               if t == conversion) == 5
+    assert list(drawn["funnel"][0].x) == [4, 1, 1, 1]
+    assert len(drawn["stages"][0].x) == 4
+    assert sorted(t.name for t in drawn["data_quality"]) == [
+        "bad_timestamp", "bot", "missing_field"]
+    timeline = figures.person_timeline_figure(person_timeline_data(wh, "p1"))
+    names = [t.name for t in timeline.data]
+    assert names == ["Email", "Organic Search", "Paid Search", "stage", "conversion", "survey"]
+    # one colour per channel on every chart
+    assert timeline.data[0].marker.color == figures.channel_colour("Email") == \
+        bars.marker.color[0]

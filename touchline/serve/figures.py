@@ -1,0 +1,580 @@
+"""The charts of the dashboard and the report: the data behind each, then its Plotly figure.
+
+Every chart is two functions. ``<chart>_data(con, ...)`` reads the stored tables
+(``docs/tables.md``) and does the work in the engine (Ibis, so DuckDB and Spark alike); it
+returns a small pandas frame, the aggregate the chart draws. ``<chart>_figure(frame)`` turns
+that frame into a :class:`plotly.graph_objects.Figure`, with no further arithmetic. The
+dashboard (:mod:`touchline.serve.app`) and the report (:mod:`touchline.serve.report`) draw
+the same figures from the same data; the tests check the data, never the pixels.
+
+The filters every data function understands, by keyword (each takes the ones it uses; see
+:func:`chart_data`):
+
+``since``, ``until``
+    the time window, since inclusive and until exclusive (a conversion's time, a spend day,
+    a reject's time);
+``conversion``
+    the conversion type (default: the stored one with the most value);
+``model``
+    the attribution model whose stored credits are summed;
+``stage_model``
+    the stage model of the stage charts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from touchline.engine import seconds_between
+from touchline.errors import ConfigError, InputError, MissingInputError
+
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
+log = logging.getLogger(__name__)
+
+#: the model the credited charts sum when none is asked (the settings' default otherwise)
+MODEL_DEFAULT = "linear"
+STAGE_MODEL_DEFAULT = "lifecycle"
+LEAD_CONVERSION = "lead"
+#: the overview's window when no dates are given: this many days up to the last conversion
+OVERVIEW_DAYS_DEFAULT = 30
+#: the journey map keeps this many touches before each conversion
+JOURNEY_MAP_STEPS_DEFAULT = 4
+#: ... and this many distinct paths (by journeys); the rarer ones are grouped as OTHER
+JOURNEY_MAP_PATHS_DEFAULT = 10
+OTHER, NO_TOUCH, CONVERSION_NODE = "other", "(no touch)", "(conversion)"
+_PATH_SEP = "\x1f"  # a key to group paths by, never split back or shown
+#: colour-blind-safe palette (Plotly's "Safe", from CARTO), one colour per channel everywhere
+PALETTE = tuple(qualitative.Safe)
+#: the metrics of the overview, in order, with their unit
+OVERVIEW_METRICS = {"conversions": "count", "revenue": "currency", "spend": "currency",
+                    "roas": "ratio", "cpa": "currency", "leads": "count"}
+_LAYOUT = {"template": "plotly_white", "font": {"family": "system-ui, sans-serif", "size": 13},
+           "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "height": 420}
+
+Moment = date | datetime | None
+
+
+def _moment(value: Moment) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime(value.year, value.month, value.day)
+
+
+def _in_window(at: ir.Value, since: Moment, until: Moment) -> ir.BooleanValue:
+    """``since <= at < until`` (either bound optional) for a timestamp or date column."""
+    keep: ir.BooleanValue = ibis.literal(True)
+    start, end = _moment(since), _moment(until)
+    if at.type().is_date():
+        if start is not None:
+            keep &= at >= ibis.literal(start.date())
+        if end is not None:
+            keep &= at < ibis.literal(end.date())
+        return keep
+    if start is not None:
+        keep &= at >= ibis.literal(start)
+    if end is not None:
+        keep &= at < ibis.literal(end)
+    return keep
+
+
+def resolve_conversion(con: BaseBackend, conversion: str | None) -> str:
+    """``conversion`` checked against the stored journeys, or the one with the most value."""
+    from touchline.journeys.conversions import choose_conversion
+
+    return choose_conversion(con.table("journeys"), conversion, option="conversion")
+
+
+def channel_colour(channel: str) -> str:
+    """The channel's colour: the same on every chart, page and report (a hash, not an order)."""
+    digest = hashlib.md5(str(channel).encode(), usedforsecurity=False).digest()
+    return PALETTE[digest[0] % len(PALETTE)]
+
+
+def _figure(title: str) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title={"text": title, "x": 0.01}, **_LAYOUT)
+    return fig
+
+
+# ---- overview -------------------------------------------------------------------------------
+
+def overview_window(con: BaseBackend, *, since: Moment = None, until: Moment = None,
+                    conversion: str | None = None) -> tuple[datetime, datetime]:
+    """The overview's window: ``[since, until)`` as given; a missing ``until`` is the day
+    after the last conversion, a missing ``since`` :data:`OVERVIEW_DAYS_DEFAULT` days before
+    ``until``."""
+    start, end = _moment(since), _moment(until)
+    if end is None:
+        conversion = resolve_conversion(con, conversion)
+        j = con.table("journeys")
+        last = j.filter(j.converted & (j.conversion == conversion)).converted_at.max()
+        at = last.to_pyarrow().as_py()
+        if at is None:
+            raise InputError(f"no {conversion} conversions to show: run `touchline run`")
+        end = datetime(at.year, at.month, at.day) + timedelta(days=1)
+    if start is None:
+        start = end - timedelta(days=OVERVIEW_DAYS_DEFAULT)
+    if start >= end:
+        raise InputError(f"since {start:%Y-%m-%d} is not before until {end:%Y-%m-%d}")
+    return start, end
+
+
+def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
+                  conversion: str | None = None) -> pd.DataFrame:
+    """One row per headline metric (:data:`OVERVIEW_METRICS`): ``metric``, ``value`` in the
+    window, ``previous`` in the window of the same length just before it, and ``change``
+    (``value / previous - 1``; null when there is no previous value).
+
+    conversions and revenue count every converted journey of ``conversion`` (journeys with
+    no touch in their window too: the credited figures leave those out); spend is the
+    ``spend`` table's cost (null when no spend was ever imported); ROAS = revenue / spend,
+    CPA = spend / conversions (null with a zero denominator); leads are converted journeys
+    of the ``lead`` type.
+    """
+    conversion = resolve_conversion(con, conversion)
+    start, end = overview_window(con, since=since, until=until, conversion=conversion)
+    before = start - (end - start)
+    periods = ibis.memtable({"period": ["current", "previous"]})
+
+    def period_of(at: ir.Value) -> ir.StringValue:
+        return ibis.cases((_in_window(at, start, end), "current"),
+                          (_in_window(at, before, start), "previous"),
+                          else_=ibis.null("string"))
+
+    j = con.table("journeys")
+    j = j.filter(j.converted)
+    j = j.mutate(_period=period_of(j.converted_at))
+    j = j.filter(j._period.notnull())
+    main = j.conversion == conversion
+    conv = j.group_by(_jp=j._period).aggregate(
+        conversions=main.cast("int64").sum(),
+        revenue=ibis.ifelse(main, j.value, 0.0).sum(),
+        leads=(j.conversion == LEAD_CONVERSION).cast("int64").sum())
+    sp = con.table("spend")
+    imported = sp.aggregate(_rows=sp.count())
+    sp = sp.mutate(_period=period_of(sp.date))
+    sp = sp.filter(sp._period.notnull())
+    cost = sp.group_by(_sp=sp._period).aggregate(_cost=sp.cost.sum())
+    t = periods.left_join(conv, periods.period == conv._jp).left_join(
+        cost, periods.period == cost._sp).cross_join(imported)
+    spend = ibis.ifelse(t._rows > 0, t._cost.fill_null(0.0), ibis.null("float64"))
+    t = t.select("period", conversions=t.conversions.fill_null(0),
+                 revenue=t.revenue.fill_null(0.0), spend=spend,
+                 leads=t.leads.fill_null(0))
+    t = t.mutate(roas=t.revenue / t.spend.nullif(0.0),
+                 cpa=t.spend / t.conversions.cast("float64").nullif(0.0))
+    wide = t.to_pandas().set_index("period")
+    frame = pd.DataFrame({
+        "metric": list(OVERVIEW_METRICS),
+        "unit": list(OVERVIEW_METRICS.values()),
+        "value": wide.loc["current", list(OVERVIEW_METRICS)].astype("float64").to_numpy(),
+        "previous": wide.loc["previous", list(OVERVIEW_METRICS)].astype("float64").to_numpy(),
+    })
+    frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
+    frame.attrs.update(since=start, until=end, previous_since=before, conversion=conversion)
+    return frame
+
+
+def overview_figure(data: pd.DataFrame) -> go.Figure:
+    """Six number tiles with the change against the previous period."""
+    fig = _figure(f"{data.attrs.get('conversion', '')} overview: "
+                  f"{data.attrs['since']:%Y-%m-%d} to "
+                  f"{data.attrs['until'] - timedelta(days=1):%Y-%m-%d} against the period before")
+    columns = 3
+    for i, row in enumerate(data.itertuples(index=False)):  # six tiles, not data rows
+        r, c = divmod(i, columns)
+        value = None if pd.isna(row.value) else float(row.value)
+        indicator: dict[str, Any] = {
+            "mode": "number+delta" if pd.notna(row.previous) else "number",
+            "value": value,
+            "title": {"text": row.metric.upper() if row.metric in ("roas", "cpa")
+                      else row.metric.capitalize()},
+            "number": {"valueformat": ",.2f" if row.unit != "count" else ",.0f"},
+            "domain": {"row": r, "column": c},
+        }
+        if pd.notna(row.previous):
+            indicator["delta"] = {"reference": float(row.previous), "relative": True,
+                                  "valueformat": ".1%"}
+            if row.metric == "cpa":  # a lower cost per acquisition is the good direction
+                indicator["delta"].update(increasing={"color": "#CC6677"},
+                                          decreasing={"color": "#117733"})
+        fig.add_trace(go.Indicator(**indicator))
+    fig.update_layout(grid={"rows": 2, "columns": columns, "pattern": "independent"},
+                      height=340)
+    return fig
+
+
+# ---- channels -------------------------------------------------------------------------------
+
+def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
+                         conversion: str | None = None, since: Moment = None,
+                         until: Moment = None, by: str = "channel") -> pd.DataFrame:
+    """Per channel (or ``by``: source, medium, campaign, keyword, landing_page): the
+    ``conversions`` and ``revenue`` the model's stored credits give it, its ``spend``,
+    ``cpa`` and ``roas``: the KPI registry's ``conversions``, ``revenue``, ``cpa`` and
+    ``roas`` (:mod:`touchline.metrics.kpis`), so the numbers are those of ``touchline kpis``.
+    Without imported spend, spend, CPA and ROAS are null. Sorted by conversions."""
+    from touchline.metrics.kpis import KPIS, compute, require
+
+    conversion = resolve_conversion(con, conversion)
+    opts = {"by": [by], "since": since, "until": until, "model": model,
+            "conversion": conversion}
+    try:
+        require(con, KPIS["cpa"])
+        has_spend = True
+    except MissingInputError:
+        has_spend = False
+    if has_spend:
+        cpa = compute(con, "cpa", **opts)
+        roas = compute(con, "roas", **opts).select(_k=by, revenue="revenue", roas="roas")
+        t = cpa.inner_join(roas, cpa[by] == roas._k)
+        t = t.select(by, "conversions", "revenue", spend="cost", cpa="cpa", roas="roas")
+    else:
+        conv = compute(con, "conversions", **opts)
+        rev = compute(con, "revenue", **opts).select(_k=by, revenue="revenue")
+        t = conv.inner_join(rev, conv[by] == rev._k)
+        t = t.select(by, "conversions", "revenue", spend=ibis.null("float64"),
+                     cpa=ibis.null("float64"), roas=ibis.null("float64"))
+    frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
+    frame.attrs.update(model=model, conversion=conversion, by=by)
+    return frame
+
+
+def channel_credits_figure(data: pd.DataFrame) -> go.Figure:
+    """Conversions credited to each channel under the model, revenue on hover."""
+    by = data.attrs.get("by", "channel")
+    fig = _figure(f"{data.attrs.get('conversion', '')} credited by {by} "
+                  f"({data.attrs.get('model', '')})")
+    labels = data[by].astype(str)
+    fig.add_trace(go.Bar(
+        x=labels, y=data.conversions, name="conversions",
+        marker_color=[channel_colour(c) for c in labels],
+        customdata=data[["revenue"]], hovertemplate="%{x}<br>%{y:,.2f} conversions"
+        "<br>revenue %{customdata[0]:,.2f}<extra></extra>"))
+    fig.update_layout(yaxis_title="credited conversions", showlegend=False)
+    return fig
+
+
+# ---- model comparison -----------------------------------------------------------------------
+
+def model_comparison_data(con: BaseBackend, *, models: Sequence[str] | None = None,
+                          conversion: str | None = None, since: Moment = None,
+                          until: Moment = None) -> pd.DataFrame:
+    """``channel``, ``model``, ``conversions``, ``revenue``: the stored credits of each model
+    (default: every stored model) summed by channel. Each model's conversions sum to the
+    converted journeys that have a touch."""
+    conversion = resolve_conversion(con, conversion)
+    c = con.table("credits")
+    c = c.filter((c.conversion == conversion) & _in_window(c.converted_at, since, until))
+    if models:
+        c = c.filter(c.model.isin(list(models)))
+    t = c.group_by(channel=c.channel.fill_null("(not set)"), model=c.model).aggregate(
+        conversions=c.credit.sum(), revenue=c.value.sum())
+    frame = t.order_by(["channel", "model"]).to_pandas()
+    frame.attrs.update(conversion=conversion)
+    return frame
+
+
+def model_comparison_figure(data: pd.DataFrame) -> go.Figure:
+    """One bar group per channel, one bar per model."""
+    fig = _figure(f"{data.attrs.get('conversion', '')}: conversions credited by each model")
+    models = sorted(data.model.unique())
+    for i, model in enumerate(models):  # one trace per model, not per row
+        part = data[data.model == model]
+        fig.add_trace(go.Bar(x=part.channel, y=part.conversions, name=model,
+                             marker_color=PALETTE[i % len(PALETTE)]))
+    fig.update_layout(barmode="group", yaxis_title="credited conversions",
+                      legend_title_text="model")
+    return fig
+
+
+# ---- journey map ----------------------------------------------------------------------------
+
+def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: Moment = None,
+                     until: Moment = None, steps: int = JOURNEY_MAP_STEPS_DEFAULT,
+                     top: int = JOURNEY_MAP_PATHS_DEFAULT) -> pd.DataFrame:
+    """Links of a Sankey of the channels toward conversion: ``source_step``, ``source``,
+    ``target_step``, ``target``, ``journeys``.
+
+    A node is a channel at a number of touches before the conversion (1 = the last touch;
+    0 is the conversion itself); each converting journey contributes its last ``steps``
+    touches. The ``top`` most frequent of those paths are drawn; the journeys of the rarer
+    ones flow as one node :data:`OTHER`, journeys without a touch in their window as
+    :data:`NO_TOUCH`. So the links into :data:`CONVERSION_NODE` add up to the conversions
+    in the window, and every node's inflow equals its outflow.
+    """
+    conversion = resolve_conversion(con, conversion)
+    j = con.table("journeys")
+    j = j.filter((j.conversion == conversion) & j.converted
+                 & _in_window(j.converted_at, since, until))
+    jt = con.table("journey_touches")
+    jt = jt.filter((jt.conversion == conversion) & jt.converted
+                   & _in_window(jt.converted_at, since, until))
+    t = jt.select("journey_id", "position", _label=jt.channel.cast("string").fill_null(
+        "(not set)"))
+    length = t.position.max().over(ibis.window(group_by="journey_id"))
+    t = t.mutate(_back=(length - t.position + 1).cast("int64"))
+    t = t.filter(t._back <= steps)
+    pairs = ibis.struct({"pos": t.position, "v": t._label}).collect().sort()
+    per = t.group_by("journey_id").aggregate(_path=pairs.map(lambda p: p.v).join(_PATH_SEP))
+    counts = per.group_by("_path").aggregate(_n=per.count())
+    counts = counts.mutate(_rank=ibis.row_number().over(
+        ibis.window(order_by=[ibis.desc("_n"), "_path"])))
+    per = per.inner_join(counts, "_path").select("journey_id", _rare=ibis._._rank >= top)
+    kept = t.inner_join(per.filter(~per._rare).select("journey_id"), "journey_id")
+    nxt = kept._label.lead().over(ibis.window(group_by="journey_id", order_by="position"))
+    kept = kept.mutate(_target=nxt.coalesce(CONVERSION_NODE))
+    links = kept.group_by(source_step=kept._back, source=kept._label,
+                          target_step=kept._back - 1, target=kept._target).aggregate(
+        journeys=kept.count().cast("int64"))
+
+    def single(rows: ir.Table, label: str) -> ir.Table:
+        return rows.aggregate(journeys=rows.count().cast("int64")).select(
+            source_step=ibis.literal(1, "int64"), source=ibis.literal(label),
+            target_step=ibis.literal(0, "int64"), target=ibis.literal(CONVERSION_NODE),
+            journeys="journeys")
+
+    rare = single(per.filter(per._rare), OTHER)
+    untouched = single(j.filter(j.touches == 0), NO_TOUCH)
+    every = ibis.union(links, rare, untouched, distinct=False)
+    every = every.filter(every.journeys > 0)
+    frame = every.order_by([ibis.desc("source_step"), ibis.desc("journeys"), "source",
+                            "target"]).to_pandas()
+    frame.attrs.update(conversion=conversion)
+    return frame
+
+
+def _node_name(step: int, label: str) -> str:
+    return label if step == 0 else f"{label} ({step} before)"
+
+
+def journey_map_figure(data: pd.DataFrame) -> go.Figure:
+    """A Sankey: the channels by touches before the conversion, flowing into it."""
+    fig = _figure(f"paths to {data.attrs.get('conversion', 'conversion')} "
+                  "(last touches; rare paths as 'other')")
+    sources = [_node_name(s, lab) for s, lab in zip(data.source_step, data.source, strict=True)]
+    targets = [_node_name(s, lab) for s, lab in zip(data.target_step, data.target, strict=True)]
+    nodes = list(dict.fromkeys([*sources, *targets]))
+    index = {name: i for i, name in enumerate(nodes)}
+    bare = {**dict(zip(sources, data.source, strict=True)),
+            **dict(zip(targets, data.target, strict=True))}
+    fig.add_trace(go.Sankey(
+        arrangement="snap",
+        node={"label": nodes, "pad": 14, "thickness": 16,
+              "color": [channel_colour(bare[n]) if bare[n] != CONVERSION_NODE else "#332288"
+                        for n in nodes]},
+        link={"source": [index[s] for s in sources], "target": [index[t] for t in targets],
+              "value": data.journeys.tolist()}))
+    fig.update_layout(height=480)
+    return fig
+
+
+# ---- funnel and stages ----------------------------------------------------------------------
+
+def stage_names(con: BaseBackend, stage_model: str = STAGE_MODEL_DEFAULT,
+                unit: str = "person") -> list[str]:
+    """The stages of ``stage_model`` that any ``unit`` entered, in the model's order."""
+    s = con.table("stages")
+    s = s.filter((s.stage_model == stage_model) & (s.unit == unit))
+    frame = s.group_by("stage").aggregate(_o=s.stage_order.min()).order_by(["_o", "stage"])
+    return [str(v) for v in frame.to_pandas().stage]
+
+
+def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
+                stage_model: str = STAGE_MODEL_DEFAULT, unit: str = "person",
+                window: timedelta | None = None) -> pd.DataFrame:
+    """:func:`touchline.metrics.funnels.funnel` (ordered): ``step_index``, ``step``,
+    ``entered``, ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time
+    from the previous step (seconds). Default steps: the stages of ``stage_model`` in order
+    (``stage:<model>/<stage>``)."""
+    from touchline.metrics.funnels import funnel
+
+    if steps is None:
+        steps = [f"stage:{stage_model}/{s}" for s in stage_names(con, stage_model, unit)]
+    if len(steps) < 2:
+        raise InputError(f"the funnel needs two steps; stage model {stage_model!r} has "
+                         f"{len(steps)} stage(s) with entries: run `touchline run`")
+    t = funnel(con, list(steps), window=window, unit=unit, stage_model=stage_model)
+    frame = t.drop("group").to_pandas()
+    frame.attrs.update(stage_model=stage_model, unit=unit)
+    return frame
+
+
+def funnel_figure(data: pd.DataFrame) -> go.Figure:
+    """Units entering each step, with the share of the first."""
+    fig = _figure(f"funnel ({data.attrs.get('unit', 'person')}s)")
+    labels = [str(s).rsplit("/", 1)[-1].removeprefix("stage:") for s in data.step]
+    fig.add_trace(go.Funnel(y=labels, x=data.entered, textinfo="value+percent initial",
+                            marker={"color": PALETTE[0]}))
+    return fig
+
+
+def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
+                        unit: str = "person", since: Moment = None,
+                        until: Moment = None) -> pd.DataFrame:
+    """Per stage of ``stage_model``, in order: ``stage``, ``stage_order``, ``units`` that
+    entered it (in the window), and ``median_days``: the median over those units of the days
+    since they entered the stage before it (the previous one they entered, by stage order;
+    null for the first stage)."""
+    s = con.table("stages")
+    s = s.filter((s.stage_model == stage_model) & (s.unit == unit))
+    w = ibis.window(group_by="unit_id", order_by=["stage_order", "entered_at"])
+    s = s.mutate(_days=seconds_between(s.entered_at.lag().over(w), s.entered_at) / 86_400.0)
+    s = s.filter(_in_window(s.entered_at, since, until))
+    t = s.group_by(["stage", "stage_order"]).aggregate(
+        units=s.unit_id.nunique().cast("int64"), median_days=s._days.quantile(0.5))
+    frame = t.order_by(["stage_order", "stage"]).to_pandas()
+    frame.attrs.update(stage_model=stage_model, unit=unit)
+    return frame
+
+
+def stage_timeline_figure(data: pd.DataFrame) -> go.Figure:
+    """The stages on a line of median days, each with the units that entered it."""
+    fig = _figure(f"stages ({data.attrs.get('stage_model', '')}): median days between them")
+    days = data.median_days.fillna(0.0).clip(lower=0.0).cumsum()
+    text = [f"{s}<br>{u:,} {data.attrs.get('unit', 'person')}s"
+            + ("" if pd.isna(d) else f"<br>+{d:,.1f} d")
+            for s, u, d in zip(data.stage, data.units, data.median_days, strict=True)]
+    fig.add_trace(go.Scatter(x=days, y=[0] * len(data), mode="lines+markers+text", text=text,
+                             textposition="top center", marker={"size": 16,
+                                                                "color": PALETTE[1]},
+                             hoverinfo="text"))
+    fig.update_layout(xaxis_title="median days from the first stage", height=300,
+                      yaxis={"visible": False, "range": [-1, 2]})
+    return fig
+
+
+# ---- person and account timelines -----------------------------------------------------------
+
+def person_timeline_data(con: BaseBackend, person: str, *, model: str = MODEL_DEFAULT,
+                         conversion: str | None = None,
+                         stage_model: str = STAGE_MODEL_DEFAULT,
+                         phone_region: str = "US") -> pd.DataFrame:
+    """The timeline (:func:`touchline.journeys.timeline.timeline`) of the person or account
+    ``person`` names (person id, user id, e-mail, phone, CRM or anonymous id, account id),
+    in time order, plus ``lane``: the row the chart draws it on (touches on ``touches``, or
+    on their person's lane in an account's timeline; other kinds on their own)."""
+    from touchline.journeys.timeline import resolve_unit, timeline
+
+    unit, unit_id = resolve_unit(con, person, phone_region=phone_region)
+    try:
+        conversion = resolve_conversion(con, conversion)
+    except ConfigError:  # no conversions stored at all: a timeline without credits
+        conversion = None
+    t = timeline(con, unit, unit_id, model=model, conversion=conversion,
+                 stage_model=stage_model)
+    touch_lane = t.person_id if unit == "account" else ibis.literal("touches")
+    order = t.kind.substitute({"stage": 0, "touch": 1, "deal": 2, "conversion": 3}, else_=4)
+    t = t.mutate(lane=ibis.ifelse(t.kind == "touch", touch_lane, t.kind), _o=order)
+    frame = t.order_by(["at", "_o", "detail"]).drop("_o").to_pandas()
+    frame.attrs.update(unit=unit, unit_id=unit_id, model=model, conversion=conversion)
+    return frame
+
+
+_KIND_SYMBOLS = {"stage": "diamond", "conversion": "star", "deal": "square",
+                 "survey": "triangle-up"}
+
+
+def person_timeline_figure(data: pd.DataFrame) -> go.Figure:
+    """Every touch on a time axis coloured by its channel; stages, conversions, deals and
+    answers as markers on their own lanes."""
+    fig = _figure(f"timeline of {data.attrs.get('unit', 'person')} "
+                  f"{data.attrs.get('unit_id', '')}")
+    touches = data[data.kind == "touch"]
+    for channel in sorted(touches.channel.fillna("(not set)").unique()):  # one per channel
+        part = touches[touches.channel.fillna("(not set)") == channel]
+        fig.add_trace(go.Scatter(
+            x=part["at"], y=part.lane, mode="markers", name=channel,
+            marker={"size": 12, "color": channel_colour(channel)},
+            text=part.detail, customdata=part[["source", "campaign"]].fillna(""),
+            hovertemplate="%{x}<br>" + channel + ": %{text}<br>%{customdata[0]} "
+            "%{customdata[1]}<extra></extra>"))
+    for kind, symbol in _KIND_SYMBOLS.items():
+        part = data[data.kind == kind]
+        if len(part):
+            fig.add_trace(go.Scatter(
+                x=part["at"], y=part.lane, mode="markers+text", name=kind, text=part.detail,
+                textposition="top center", marker={"size": 14, "symbol": symbol,
+                                                   "color": "#332288"}))
+    fig.update_layout(xaxis_title="time (UTC)", legend_title_text="channel / kind")
+    return fig
+
+
+# ---- data quality ---------------------------------------------------------------------------
+
+def data_quality_data(con: BaseBackend, *, since: Moment = None,
+                      until: Moment = None) -> pd.DataFrame:
+    """``step``, ``reason_code``, ``rows``: the ``rejects`` (every record a load or a prepare
+    step dropped) by step and reason, in the window of ``rejected_at``; most first."""
+    r = con.table("rejects")
+    r = r.filter(_in_window(r.rejected_at, since, until))
+    t = r.group_by(step=r.step.fill_null("(unknown)"),
+                   reason_code=r.reason_code.fill_null("(unknown)")).aggregate(
+        rows=r.count().cast("int64"))
+    return t.order_by([ibis.desc("rows"), "step", "reason_code"]).to_pandas()
+
+
+def data_quality_figure(data: pd.DataFrame) -> go.Figure:
+    """Rejected rows by step, stacked by reason."""
+    fig = _figure("rejected records by step and reason")
+    for i, reason in enumerate(sorted(data.reason_code.unique())):  # one trace per reason
+        part = data[data.reason_code == reason]
+        fig.add_trace(go.Bar(x=part.step, y=part.rows, name=reason,
+                             marker_color=PALETTE[i % len(PALETTE)]))
+    fig.update_layout(barmode="stack", yaxis_title="rows", legend_title_text="reason")
+    return fig
+
+
+# ---- the charts, by name --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Chart:
+    """A chart: its data function over the stored tables and its figure function."""
+
+    name: str
+    title: str
+    data: Callable[..., pd.DataFrame]
+    figure: Callable[[pd.DataFrame], go.Figure]
+
+
+#: every chart the report draws, in the report's order (the person timeline needs a person)
+CHARTS: dict[str, Chart] = {c.name: c for c in (
+    Chart("overview", "Overview", overview_data, overview_figure),
+    Chart("channels", "Channels", channel_credits_data, channel_credits_figure),
+    Chart("models", "Model comparison", model_comparison_data, model_comparison_figure),
+    Chart("journey_map", "Journey map", journey_map_data, journey_map_figure),
+    Chart("funnel", "Funnel", funnel_data, funnel_figure),
+    Chart("stages", "Stage timeline", stage_timeline_data, stage_timeline_figure),
+    Chart("data_quality", "Data quality", data_quality_data, data_quality_figure),
+)}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The filters of a page or report: each chart takes the ones its data function has."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    conversion: str | None = None
+    model: str = MODEL_DEFAULT
+    stage_model: str = STAGE_MODEL_DEFAULT
+
+
+def chart_data(con: BaseBackend, chart: Chart, filters: Filters) -> pd.DataFrame:
+    """``chart``'s data under the filters its data function takes."""
+    accepted = inspect.signature(chart.data).parameters
+    return chart.data(con, **{k: v for k, v in asdict(filters).items() if k in accepted})
