@@ -303,6 +303,10 @@ from touchline.simulate.commands import register as register_simulate  # noqa: E
 
 register_simulate(app)
 
+from touchline.serve.commands import register as register_serve  # noqa: E402
+
+register_serve(app)
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

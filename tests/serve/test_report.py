@@ -1,0 +1,116 @@
+"""``touchline report``: one HTML file that opens in Debian's Chromium with the network cut
+off and draws every chart, with no console error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from factories import CLI_OWN_CONNECTION
+from serve_kit import build_warehouse
+from typer.testing import CliRunner
+
+from touchline import engine
+from touchline.cli import app
+from touchline.config import Settings
+from touchline.serve.figures import CHARTS, Filters
+from touchline.serve.report import plotly_js, render_report
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+pytestmark = pytest.mark.duckdb_only(reason=CLI_OWN_CONNECTION)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+WAIT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The hand-made warehouse of serve_kit.py in a DuckDB file: its URL."""
+    url = f"duckdb:///{tmp_path_factory.mktemp('report') / 'wh.duckdb'}"
+    con = engine.connect(settings=Settings(database_url=url))
+    build_warehouse(con)
+    con.disconnect()
+    return url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Path,
+                                                    browser: Browser) -> None:
+    out = tmp_path / "out" / "report.html"
+    result = CliRunner().invoke(app, ["report", "--out", str(out), "--model", "last_touch",
+                                      "--database", warehouse], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"report: {out}" in result.output and "7 charts" in result.output
+    html = out.read_text()
+    assert plotly_js()[:2000] in html  # plotly.js inlined from the package
+    ours = html.replace(plotly_js(), "")  # the page around plotly.js asks for nothing
+    assert "<script src" not in ours and "<link" not in ours and "http" not in ours
+    # the channel numbers under last touch (serve_kit: Paid Search 2 conversions, 300)
+    assert "credited by channel (last_touch)" in html
+
+    context = browser.new_context(offline=True)
+    requests: list[str] = []
+    blocked: list[str] = []
+    errors: list[str] = []
+
+    def route(r):  # type: ignore[no-untyped-def]
+        if r.request.url.startswith(("file:", "data:")):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(out.as_uri())
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length === "
+                           f"{len(CHARTS)}", timeout=WAIT_MS)
+    for name in CHARTS:
+        assert page.locator(f"#chart-{name}.js-plotly-plot .main-svg").count() >= 1, name
+    # the Sankey's six nodes (Email 2 and 1 before, Paid Search, other, (no touch), the
+    # conversion) and the overview's six tiles are in the drawing
+    assert page.locator("#chart-journey_map .sankey-node").count() == 6
+    assert page.locator("#chart-overview .indicatorlayer .trace").count() == 6
+    assert "Paid Search" in page.locator("#chart-channels").inner_text()
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    context.close()
+    assert not blocked, blocked
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+    assert not errors, errors
+
+
+def test_a_chart_without_its_input_says_what_to_run(warehouse: str) -> None:
+    con = engine.connect(settings=Settings(database_url=warehouse))
+    con.drop_table("stages", force=True)
+    con.create_table("stages", con.table("journeys").limit(0).select(
+        unit="unit", unit_id="unit_id", stage_model="conversion", stage="conversion",
+        stage_order="sequence", entered_at="converted_at", left_at="converted_at"))
+    html, sections = render_report(con, Filters(model="linear"))
+    con.disconnect()
+    by_name = {s.name: s for s in sections}
+    assert by_name["funnel"].error == (
+        "the funnel needs two steps; stage model 'lifecycle' has 0 stage(s) with entries: "
+        "run `touchline run`")
+    assert by_name["channels"].error is None
+    assert "run `touchline run`" in html
+    assert html.count('class="chart"') == len(CHARTS) - 1

@@ -1,0 +1,75 @@
+"""``touchline report``, ``touchline dashboard`` and ``touchline users``: the CLI doors to
+:mod:`touchline.serve`. Only this module (and ``touchline.cli``) prints."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from touchline import engine
+from touchline.config import load_settings
+from touchline.errors import ConfigError, TouchlineError
+from touchline.terminal import fail
+
+console = Console()
+err_console = Console(stderr=True)
+
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database", "-d", help="Warehouse URL (default from settings).")
+]
+
+
+def _day(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected a date YYYY-MM-DD") from None
+    return datetime(day.year, day.month, day.day)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the serve commands to the ``touchline`` app."""
+
+    @app.command()
+    def report(
+        out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path(
+            "report.html"),
+        since: Annotated[str | None, typer.Option(
+            help="First day (YYYY-MM-DD, inclusive).")] = None,
+        until: Annotated[str | None, typer.Option(
+            help="Last day (YYYY-MM-DD, exclusive).")] = None,
+        conversion: Annotated[str | None, typer.Option(
+            help="Conversion type (default: the one with the most value).")] = None,
+        model: Annotated[str | None, typer.Option(
+            help="Attribution model of the channel charts (default: settings).")] = None,
+        database: DatabaseOption = None,
+    ) -> None:
+        """Write one self-contained HTML report (charts, numbers, plotly.js inlined): it
+        opens in any browser, offline."""
+        from touchline.serve.figures import Filters
+        from touchline.serve.report import write_report
+
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            filters = Filters(since=_day(since, "--since"), until=_day(until, "--until"),
+                              conversion=conversion, model=model or settings.default_model,
+                              stage_model=settings.stage_model)
+            con = engine.connect(settings=settings)
+            with err_console.status("drawing the charts"):
+                result = write_report(con, out, filters, database=settings.database_url)
+            con.disconnect()
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        for name, why in result.skipped.items():
+            err_console.print(f"[yellow]{name}:[/] not drawn: {escape(why)}",
+                              highlight=False)
+        drawn = len(result.sections) - len(result.skipped)
+        console.print(f"[bold]report:[/] {result.path} ({drawn} charts; open "
+                      f"{result.path.resolve().as_uri()} in a browser, no network needed)")

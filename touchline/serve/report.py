@@ -1,0 +1,127 @@
+"""The report: one self-contained HTML file with every chart, to send to anyone.
+
+:func:`render_report` draws each chart of :data:`~touchline.serve.figures.CHARTS` from the
+stored tables under the given filters, and renders them with a Jinja2 template into one HTML
+page that carries its CSS, plotly.js (from the installed ``plotly`` package:
+:func:`plotly.offline.get_plotlyjs`) and the figures' data inline: it opens in any browser,
+offline, and asks the network for nothing. A chart whose input is missing (no spend, no stage
+entries) shows what to import or run instead, and the others are drawn all the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import jinja2
+import plotly.io as pio
+
+from touchline.errors import TouchlineError
+from touchline.serve.figures import CHARTS, Filters, chart_data
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from ibis.backends import BaseBackend
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+REPORT_TITLE_DEFAULT = "touchline report"
+
+
+def templates() -> jinja2.Environment:
+    """The Jinja2 environment of the report and the dashboard (HTML autoescaped)."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                              autoescape=jinja2.select_autoescape(["html", "j2"]),
+                              undefined=jinja2.StrictUndefined)
+
+
+@cache
+def plotly_js() -> str:
+    """plotly.js as the installed ``plotly`` package ships it (read once per process)."""
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def css() -> str:
+    return (TEMPLATES / "style.css").read_text()
+
+
+def figure_json(fig: object) -> str:
+    """A figure as JSON that is safe inside a ``<script>`` element."""
+    text = pio.to_json(fig, validate=False, engine="json")
+    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def data_table(frame: pd.DataFrame) -> str:
+    """The numbers behind a chart as an HTML table (values escaped)."""
+    return frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:,.4g}",
+                         border=0, escape=True)
+
+
+@dataclass
+class Section:
+    """One chart of a page: its figure and numbers, or why it could not be drawn."""
+
+    name: str
+    title: str
+    figure_json: str = ""
+    table: str = ""
+    error: str | None = None
+    data: pd.DataFrame | None = None
+
+
+@dataclass
+class ReportResult:
+    """What :func:`write_report` wrote."""
+
+    path: Path
+    sections: list[Section] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Chart name → why it is not drawn."""
+        return {s.name: s.error for s in self.sections if s.error}
+
+
+def draw(con: BaseBackend, name: str, filters: Filters) -> Section:
+    """Chart ``name``'s section: data in the engine, then the figure; a touchline error (a
+    missing input, an unknown model) becomes the section's note."""
+    chart = CHARTS[name]
+    try:
+        data = chart_data(con, chart, filters)
+    except TouchlineError as exc:
+        return Section(name, chart.title, error=str(exc))
+    return Section(name, chart.title, figure_json=figure_json(chart.figure(data)),
+                   table=data_table(data), data=data)
+
+
+def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
+                  title: str = REPORT_TITLE_DEFAULT) -> tuple[str, list[Section]]:
+    """The report's HTML and its sections."""
+    sections = [draw(con, name, filters) for name in CHARTS]
+    window = " to ".join(f"{d:%Y-%m-%d}" for d in (filters.since, filters.until) if d)
+    subtitle = ", ".join(part for part in (
+        f"conversion {filters.conversion}" if filters.conversion else "the main conversion",
+        f"model {filters.model}", f"stage model {filters.stage_model}",
+        f"window {window}" if window else "all dates") if part)
+    html = templates().get_template("report.html.j2").render(
+        title=title, subtitle=subtitle, sections=sections, css=css(), plotly_js=plotly_js(),
+        database=database, written_at=f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    return html, sections
+
+
+def write_report(con: BaseBackend, out: Path, filters: Filters, *, database: str = "",
+                 title: str = REPORT_TITLE_DEFAULT) -> ReportResult:
+    """Write the report to ``out`` (folders made as needed)."""
+    html, sections = render_report(con, filters, database=database, title=title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    log.info("report written: %d charts, %d skipped", len(sections),
+             sum(1 for s in sections if s.error))
+    return ReportResult(out, sections)
