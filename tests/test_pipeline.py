@@ -42,6 +42,11 @@ def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> No
     wrong = [(name, got, truth) for name, got, truth in checks if got != pytest.approx(truth)]
     assert not wrong, f"counts that differ from truth.json: {wrong}"
     assert all(value > 0 for name, value, _ in checks if "accounts" not in name)
+    # the demo ends by writing the report: every chart drawn from the demo warehouse
+    assert report.report_path == tmp_path / "data" / "report.html"
+    assert report.report_skipped == {}
+    html = report.report_path.read_text()
+    assert html.count('class="chart"') == 7 and "Plotly.newPlot" in html
     # the CRM's own contact ids arrive on its records (file or collector) and each joins the
     # person its records name: no contact id is a person of its own
     con = engine.connect(settings=settings)

@@ -265,6 +265,15 @@ def _print_demo(report: object) -> None:
         f"[bold]next:[/] touchline attribute --model all --by campaign --database "
         f"{report.database_url}   (--conversion lead, --by keyword, source...)"
     )
+    if report.report_path is not None:
+        for name, why in report.report_skipped.items():
+            err_console.print(f"[yellow]report: {name} not drawn:[/] {escape(why)}",
+                              highlight=False)
+        console.print(f"[bold]report:[/] {report.report_path} (one self-contained file: open "
+                      f"{report.report_path.resolve().as_uri()} in any browser, offline)")
+        console.print(f"[bold]dashboard:[/] touchline users create NAME --database "
+                      f"{report.database_url}, then touchline dashboard --database "
+                      f"{report.database_url} and open http://127.0.0.1:8050")
 
 
 @app.command()

@@ -70,6 +70,10 @@ class DemoReport:
     sessions_by_channel: pd.DataFrame | None = None
     prepare_seconds: float | None = None
     run: Any = None  # the pipeline's RunReport
+    #: the self-contained HTML report of the demo warehouse (``touchline report``)
+    report_path: Path | None = None
+    #: charts the report could not draw, with why
+    report_skipped: dict[str, str] = field(default_factory=dict)
 
 
 Progress = Callable[[str], None]
@@ -127,8 +131,26 @@ def run_demo(
     for dataset in report.datasets:
         _attribute(dataset, progress)
         _attribute_prepared(con, dataset, report, progress)
+    _write_report(con, settings, report, progress)
     con.disconnect()
     return report
+
+
+REPORT_FILE = "report.html"
+
+
+def _write_report(con: Any, settings: Settings, report: DemoReport, progress: Progress) -> None:
+    """The demo ends as a user's run would: ``touchline report`` into the data folder."""
+    from touchline.serve.figures import Filters
+    from touchline.serve.report import write_report
+
+    progress(f"writing {report.data_folder / REPORT_FILE}")
+    result = write_report(con, report.data_folder / REPORT_FILE,
+                          Filters(model=settings.default_model,
+                                  stage_model=settings.stage_model),
+                          database=settings.database_url)
+    report.report_path = result.path
+    report.report_skipped = result.skipped
 
 
 def _check_ingest(con: Any, report: DemoReport) -> None:
