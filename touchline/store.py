@@ -539,6 +539,20 @@ WRITE_KEYS = TableSpec(
     ),
 )
 
+USERS = TableSpec(
+    name="users",
+    doc="Dashboard users (`touchline users create`); only an argon2id hash of each password "
+    "is kept.",
+    key="name",
+    columns=_cols(
+        ("name", S, "login name"),
+        ("password_hash", S, "argon2id hash of the password (PHC string: algorithm, "
+         "parameters, salt and hash)"),
+        ("created_at", TS, "when created"),
+        ("disabled_at", TS, "when disabled (can no longer log in), else null"),
+    ),
+)
+
 NUMBER_LEASES = TableSpec(
     name="number_leases",
     doc="Dynamic number insertion: which tracking number was shown to which session, when "
@@ -954,7 +968,7 @@ TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, REJECTS, INGESTS,
-        WRITE_KEYS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
+        WRITE_KEYS, USERS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
     )
 }
 #: a deal must carry at least one of these times (created_at is optional: some exports lack it)

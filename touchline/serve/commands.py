@@ -73,3 +73,79 @@ def register(app: typer.Typer) -> None:
         drawn = len(result.sections) - len(result.skipped)
         console.print(f"[bold]report:[/] {result.path} ({drawn} charts; open "
                       f"{result.path.resolve().as_uri()} in a browser, no network needed)")
+
+    @app.command()
+    def dashboard(
+        host: Annotated[str, typer.Option(
+            help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port (its own: the collector keeps its).")
+                        ] = 8050,
+        session_hours: Annotated[float, typer.Option(
+            help="Hours a login lasts.")] = 8.0,
+        database: DatabaseOption = None,
+    ) -> None:
+        """Serve the dashboard (login with `touchline users create`, or a read key)."""
+        import uvicorn
+
+        from touchline.serve.app import create_app
+
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            app_ = create_app(settings, session_seconds=int(session_hours * 3600))
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        console.print(f"[bold]dashboard:[/] http://{host}:{port}/ on {settings.database_url} "
+                      "(Ctrl+C stops it)")
+        # no access log: a person search carries an e-mail in its URL
+        uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+
+    users = typer.Typer(help="Dashboard users.", no_args_is_help=True)
+    app.add_typer(users, name="users")
+
+    @users.command("create")
+    def users_create(
+        name: Annotated[str, typer.Argument(help="Login name.")],
+        password_stdin: Annotated[bool, typer.Option(
+            "--password-stdin", help="Read the password from standard input.")] = False,
+        database: DatabaseOption = None,
+    ) -> None:
+        """Create a dashboard user (the password is asked for, and stored as an argon2id
+        hash)."""
+        import sys
+
+        from touchline.serve.users import create_user
+
+        password = (sys.stdin.readline().rstrip("\n") if password_stdin else
+                    typer.prompt("password", hide_input=True, confirmation_prompt=True))
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            con = engine.connect(settings=settings)
+            from touchline import store
+
+            store.init(con)
+            create_user(con, name, password)
+            con.disconnect()
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        console.print(f"user [bold]{escape(name.strip())}[/] created: log in at "
+                      "`touchline dashboard`")
+
+    @users.command("list")
+    def users_list(database: DatabaseOption = None) -> None:
+        """The dashboard users (never their password hashes)."""
+        from rich.table import Table
+
+        from touchline.serve.users import list_users
+
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            con = engine.connect(settings=settings)
+            rows = list_users(con)
+            con.disconnect()
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        table = Table("name", "created", "disabled", title="dashboard users")
+        for row in rows:
+            table.add_row(str(row["name"]), str(row["created_at"]),
+                          str(row["disabled_at"] or ""))
+        console.print(table)

@@ -572,6 +572,8 @@ class Filters:
     conversion: str | None = None
     model: str = MODEL_DEFAULT
     stage_model: str = STAGE_MODEL_DEFAULT
+    #: the channel chart's level: channel, source, medium, campaign, keyword, landing_page
+    by: str = "channel"
 
 
 def chart_data(con: BaseBackend, chart: Chart, filters: Filters) -> pd.DataFrame:

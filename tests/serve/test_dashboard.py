@@ -1,0 +1,255 @@
+"""``touchline dashboard`` in Debian's Chromium: log in, every page with no console error and
+no request leaving 127.0.0.1, the channel numbers equal to the Python API's under each model;
+wrong passwords, write keys, stale forms and expired sessions refused."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import uvicorn
+from ibis.backends import BaseBackend
+from serve_kit import build_warehouse
+from typer.testing import CliRunner
+
+from touchline import engine
+from touchline.cli import app as cli
+from touchline.collect.keys import create_key
+from touchline.config import Settings
+from touchline.metrics.kpis import compute
+from touchline.serve.app import PAGES, create_app
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+pytestmark = pytest.mark.duckdb_only(
+    reason="the dashboard serves one DuckDB file from a thread of the test process, and the "
+    "CLI creates its users with its own connection to that file")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+WAIT_MS = 20_000
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Live:
+    url: str
+    con: BaseBackend
+    settings: Settings
+    write_key: str
+    read_key: str
+    #: the Python API's credited conversions by channel under each model
+    expected: dict[str, dict[str, float]]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    folder = tmp_path_factory.mktemp("dashboard")
+    # the CLI's own settings: DuckDB shares one open file only between equal configurations
+    settings = Settings(database_url=f"duckdb:///{folder / 'wh.duckdb'}")
+    con = engine.connect(settings=settings)
+    build_warehouse(con)
+    con.disconnect()
+    runner = CliRunner()
+    db = ["--database", settings.database_url]
+    result = runner.invoke(cli, ["users", "create", "ann", "--password-stdin", *db],
+                           input=PASSWORD + "\n")
+    assert result.exit_code == 0, result.output
+    assert "user ann created" in result.output
+    again = runner.invoke(cli, ["users", "create", "ann", "--password-stdin", *db],
+                          input=PASSWORD + "\n")
+    assert again.exit_code == 2 and "user 'ann' exists already" in again.output
+    short = runner.invoke(cli, ["users", "create", "bob", "--password-stdin", *db],
+                          input="short\n")
+    assert short.exit_code == 2 and "use at least 10" in short.output
+    listed = runner.invoke(cli, ["users", "list", *db])
+    assert "ann" in listed.output and "argon2" not in listed.output
+    con = engine.connect(settings=settings)
+    write_key, _ = create_key(con, name="web", kind="write")
+    read_key, _ = create_key(con, name="reporting", kind="read")
+    # the KPI registry's cost per acquisition holds every channel, also those with spend only
+    expected = {model: dict(zip(*compute(con, "cpa", by=["channel"], model=model).to_pandas()[
+        ["channel", "conversions"]].T.to_numpy(), strict=True)) for model in ("linear",
+                                                                                "last_touch")}
+    application = create_app(settings, con=con)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(application, log_level="warning", access_log=False,
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the dashboard did not start"
+        time.sleep(0.02)
+    yield Live(f"http://127.0.0.1:{port}", con, settings, write_key, read_key, expected)
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+    con.disconnect()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def _numbers(page: Page, chart: str, key: str, column: str) -> dict[str, float]:
+    """A chart's table of numbers as {key column: value column} read from the page."""
+    table = page.locator(f".numbers[data-chart='{chart}'] table")
+    heads = [h.strip() for h in table.locator("thead th").all_inner_texts()]
+    out = {}
+    for row in table.locator("tbody tr").all():
+        cells = dict(zip(heads, row.locator("td").all_inner_texts(), strict=True))
+        text = cells[column].replace(",", "")
+        out[cells[key]] = float(text) if text else math.nan
+    return out
+
+
+def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
+                                                 tmp_path: Path) -> None:
+    artifacts = tmp_path / "screenshots"
+    artifacts.mkdir()
+    host = urlsplit(live.url).netloc
+    context = browser.new_context()
+    left: list[str] = []
+    errors: list[str] = []
+
+    def route(r):  # type: ignore[no-untyped-def]
+        parts = urlsplit(r.request.url)
+        if parts.scheme in ("data", "blob") or parts.netloc == host:
+            r.continue_()
+        else:
+            left.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    # not logged in: the login form, which refuses a wrong password
+    page.goto(f"{live.url}/channels?model=linear")
+    assert urlsplit(page.url).path == "/login"
+    page.fill("input[name=name]", "ann")
+    page.fill("input[name=password]", "wrong password!")
+    with page.expect_response(lambda r: r.url.endswith("/login")) as refused:
+        page.click("button[type=submit]")
+    assert refused.value.status == 401
+    assert page.locator(".error").inner_text() == "wrong name or password"
+    page.screenshot(path=str(artifacts / "login-refused.png"))
+    errors.clear()  # the browser logs the 401 itself as a console error
+    page.fill("input[name=name]", "ann")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live.url}/channels?model=linear")
+    cookie = next(c for c in context.cookies() if c["name"] == "touchline_session")
+    assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
+    assert cookie["expires"] > time.time() + 3600
+
+    # the channel page: the Python API's numbers; switching the model moves the credits
+    page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
+    linear = _numbers(page, "channels", "channel", "conversions")
+    assert linear == pytest.approx(live.expected["linear"]) and linear["Email"] == 2.5
+    page.select_option("select[name=model]", "last_touch")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**model=last_touch**")
+    page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
+    last = _numbers(page, "channels", "channel", "conversions")
+    assert last == pytest.approx(live.expected["last_touch"])
+    assert last["Paid Search"] == 2.0 != linear["Paid Search"]
+    page.screenshot(path=str(artifacts / "channels-last_touch.png"), full_page=True)
+
+    # every page, with the filters of the URL kept in the navigation
+    charts = {"overview": 1, "channels": 1, "models": 1, "journeys": 3, "quality": 1}
+    for name, count in charts.items():
+        page.goto(f"{live.url}{PAGES[name].path}?model=last_touch")
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg')"
+                               f".length >= {count}", timeout=WAIT_MS)
+        assert page.locator(".js-plotly-plot").count() == count, name
+        assert "model=last_touch" in (page.locator("nav a").first.get_attribute("href") or "")
+        page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+    # the person search: p1 by e-mail, her touches in time order
+    page.goto(f"{live.url}/person")
+    page.fill("input[name=q]", "ann@example.com")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_selector("#chart-person .main-svg", timeout=WAIT_MS)
+    table = page.locator(".numbers[data-chart='person'] tbody tr")
+    details = [r.locator("td").nth(9).inner_text() for r in table.all()
+               if r.locator("td").nth(1).inner_text() == "touch"]
+    assert details == ["/", "/pricing", "Order Completed", "/news", "Order Completed"]
+    page.screenshot(path=str(artifacts / "person.png"), full_page=True)
+    page.goto(f"{live.url}/person?q=nobody%40example.com")
+    assert "no person or account is named" in page.locator("#person .note").inner_text()
+
+    page.click("text=Log out")
+    page.wait_for_url("**/login")
+    page.goto(f"{live.url}/")
+    assert urlsplit(page.url).path == "/login"
+    context.close()
+    assert not left, left
+    assert not errors, errors
+    assert len(list(artifacts.glob("*.png"))) == 8
+
+
+def test_keys_stale_forms_and_expired_sessions_are_refused(live: Live) -> None:
+    now = [1_000_000.0]
+    application = create_app(live.settings, con=live.con, session_seconds=60,
+                             clock=lambda: now[0])
+    # in a thread of its own: Playwright's sync API keeps an event loop running in this one
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _refusals(application, live, now)).result()
+
+
+async def _refusals(application: object, live: Live, now: list[float]) -> None:
+    transport = httpx.ASGITransport(app=application)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        write = await client.get("/channels",
+                                 headers={"Authorization": f"Bearer {live.write_key}"})
+        assert write.status_code == 403 and "a write key cannot read" in write.text
+        unknown = await client.get("/", headers={"X-Touchline-Key": "tlr_not-a-key"})
+        assert unknown.status_code == 401
+        read = await client.get("/channels",
+                                headers={"Authorization": f"Bearer {live.read_key}"})
+        assert read.status_code == 200 and "Paid Search" in read.text
+        assert "script-src 'self' 'nonce-" in read.headers["content-security-policy"]
+        # a login form posted without its CSRF cookie (another site's form) is refused
+        forged = await client.post("/login", data={"name": "ann", "password": PASSWORD,
+                                                   "csrf": "guess"})
+        assert forged.status_code == 403 and "touchline_session" not in client.cookies
+        form = await client.get("/login")
+        csrf = form.cookies["touchline_csrf"]
+        assert f'name="csrf" value="{csrf}"' in form.text
+        ok = await client.post("/login", data={"name": "ann", "password": PASSWORD,
+                                               "csrf": csrf, "next": "//evil.example/"})
+        assert ok.status_code == 303 and ok.headers["location"] == "/"
+        set_cookie = ok.headers["set-cookie"].lower()
+        assert "httponly" in set_cookie and "samesite=strict" in set_cookie
+        assert "max-age=60" in set_cookie
+        assert (await client.get("/quality")).status_code == 200
+        now[0] += 61  # the session expires
+        expired = await client.get("/quality")
+        assert expired.status_code == 303
+        assert expired.headers["location"] == "/login?next=%2Fquality"

@@ -1,0 +1,375 @@
+"""The dashboard: server-rendered pages over the stored tables, behind a login.
+
+``touchline dashboard`` serves :func:`create_app` on 127.0.0.1 (its own port, so the public
+collector runs without it). Pages: overview, channels (the attribution model in the URL:
+switching it moves the credits), model comparison, journey map (with the stage timeline and
+the funnel), person timeline with search, data quality. Every filter is a query parameter,
+so a view can be shared as its URL. The charts are :mod:`touchline.serve.figures`', drawn by
+plotly.js served from the installed ``plotly`` package: a page asks nothing of any other
+host.
+
+Access: a user of the ``users`` table logs in with the form (argon2id hashes, a CSRF token
+bound to a cookie, a session cookie that is HttpOnly, SameSite=Strict and expires after
+``session_seconds``), or a program sends a ``read`` or ``admin`` API key in the
+``Authorization: Bearer`` (or ``X-Touchline-Key``) header. Write, server and import keys,
+which sit in web pages and webhooks, can never read. Sessions live in the server's memory: a
+restart logs everyone out. Nothing personal (names searched, e-mails, user names) is logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from touchline import engine
+from touchline.errors import ConfigError, TouchlineError
+from touchline.serve.figures import Filters, person_timeline_data, person_timeline_figure
+from touchline.serve.report import (
+    Section,
+    css,
+    data_table,
+    draw,
+    figure_json,
+    plotly_js,
+    templates,
+)
+
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
+    from touchline.config import Settings
+
+log = logging.getLogger(__name__)
+
+HOST_DEFAULT = "127.0.0.1"
+PORT_DEFAULT = 8050
+SESSION_SECONDS_DEFAULT = 8 * 3600
+SESSION_COOKIE, CSRF_COOKIE = "touchline_session", "touchline_csrf"
+#: key kinds that may read the dashboard (touchline.collect.keys.KEY_KINDS)
+READ_KINDS = ("read", "admin")
+#: the filters the navigation carries from page to page
+SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model")
+
+
+@dataclass(frozen=True)
+class Page:
+    """A dashboard page: its path, title and the charts it draws."""
+
+    name: str
+    path: str
+    title: str
+    charts: tuple[str, ...]
+
+
+PAGES = {p.name: p for p in (
+    Page("overview", "/", "Overview", ("overview",)),
+    Page("channels", "/channels", "Channels", ("channels",)),
+    Page("models", "/models", "Model comparison", ("models",)),
+    Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel")),
+    Page("person", "/person", "Person timeline", ()),
+    Page("quality", "/quality", "Data quality", ("data_quality",)),
+)}
+
+
+@dataclass
+class _Session:
+    user: str
+    expires_at: float
+    csrf: str
+
+
+@dataclass
+class Dashboard:
+    """The app's state: one warehouse connection (queries take turns on it), the sessions."""
+
+    settings: Settings
+    con: BaseBackend
+    session_seconds: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sessions: dict[str, _Session] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+
+
+T = TypeVar("T")
+
+
+async def _query(dash: Dashboard, fn: Callable[[BaseBackend], T]) -> T:
+    """Run ``fn(con)`` off the event loop, one query at a time on the one connection."""
+    def locked() -> T:
+        with dash.lock:
+            return fn(dash.con)
+
+    return await run_in_threadpool(locked)
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+def _headers(nonce: str | None = None) -> dict[str, str]:
+    scripts = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
+    return {
+        "content-security-policy": (
+            f"default-src 'self'; script-src {scripts}; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer",
+        "cache-control": "no-store",
+    }
+
+
+def _render(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(16)
+    html = templates().get_template(template).render(nonce=nonce, pages=PAGES.values(),
+                                                     **context)
+    return HTMLResponse(html, status_code=status, headers=_headers(nonce))
+
+
+def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True,
+                        samesite="strict", secure=False)  # plain HTTP on 127.0.0.1
+
+
+# ---- access ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking: a logged-in user (with the session's CSRF token) or a read key."""
+
+    name: str
+    csrf: str | None = None
+
+
+def _session(dash: Dashboard, request: Request) -> tuple[str, _Session] | None:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    found = dash.sessions.get(token)
+    if found is None:
+        return None
+    if found.expires_at <= dash.clock():
+        del dash.sessions[token]
+        return None
+    return token, found
+
+
+def _request_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-touchline-key")
+
+
+def _key_kind(con: BaseBackend, key: str) -> str | None:
+    """The kind of a live API key, or None for an unknown or revoked one."""
+    from touchline.collect.keys import hash_key
+
+    keys = con.table("write_keys")
+    found = keys.filter((keys.key_hash == hash_key(key)) & keys.revoked_at.isnull()).select(
+        "kind").to_pyarrow().column(0).to_pylist()
+    return str(found[0]) if found else None
+
+
+async def _viewer(dash: Dashboard, request: Request) -> Viewer | Response:
+    """The viewer, or the response that refuses the request."""
+    key = _request_key(request)
+    if key is not None:
+        kind = await _query(dash, lambda con: _key_kind(con, key))
+        if kind is None:
+            return Response("unknown or revoked API key\n", status_code=401,
+                            media_type="text/plain", headers=_headers())
+        if kind not in READ_KINDS:
+            return Response(f"a {kind} key cannot read the dashboard: use a read or admin key "
+                            "(touchline keys create --kind read)\n", status_code=403,
+                            media_type="text/plain", headers=_headers())
+        return Viewer(f"{kind} key")
+    found = _session(dash, request)
+    if found is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+    return Viewer(found[1].user, found[1].csrf)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this server (no scheme, no ``//host``) to go to after logging in."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"
+
+
+async def login_form(request: Request) -> Response:
+    dash: Dashboard = request.app.state.dashboard
+    if _session(dash, request) is not None:
+        return RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
+    return _login_page(request.query_params.get("next"), error=None, status=200)
+
+
+def _login_page(target: str | None, *, error: str | None, status: int) -> Response:
+    csrf = secrets.token_urlsafe(32)
+    response = _render("login.html.j2", status=status, title="Log in", csrf=csrf,
+                       next=_safe_next(target), error=error, viewer=None)
+    _cookie(response, CSRF_COOKIE, csrf, max_age=3600)
+    return response
+
+
+async def login(request: Request) -> Response:
+    from touchline.serve.users import verify_user
+
+    dash: Dashboard = request.app.state.dashboard
+    form = await request.form()
+    name, password = str(form.get("name", "")), str(form.get("password", ""))
+    sent, expected = str(form.get("csrf", "")), request.cookies.get(CSRF_COOKIE, "")
+    target = str(form.get("next", "/"))
+    if not expected or not hmac.compare_digest(sent, expected):
+        log.warning("login refused: missing or wrong CSRF token")
+        return _login_page(target, error="the form expired: please log in again", status=403)
+    ok = await _query(dash, lambda con: verify_user(con, name, password))
+    if not ok:
+        log.warning("login refused: wrong name or password")
+        return _login_page(target, error="wrong name or password", status=401)
+    token = secrets.token_urlsafe(32)
+    dash.sessions[token] = _Session(name.strip(), dash.clock() + dash.session_seconds,
+                                    secrets.token_urlsafe(32))
+    response = RedirectResponse(_safe_next(target), status_code=303)
+    _cookie(response, SESSION_COOKIE, token, max_age=dash.session_seconds)
+    response.delete_cookie(CSRF_COOKIE, path="/")
+    log.info("login accepted")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    dash: Dashboard = request.app.state.dashboard
+    found = _session(dash, request)
+    form = await request.form()
+    if found is None or not hmac.compare_digest(str(form.get("csrf", "")), found[1].csrf):
+        return Response("not logged in, or a wrong CSRF token\n", status_code=403,
+                        media_type="text/plain", headers=_headers())
+    del dash.sessions[found[0]]
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# ---- pages -----------------------------------------------------------------------------------
+
+def _day(text: str | None, name: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{name} {text!r}: expected a date YYYY-MM-DD") from None
+    return datetime(day.year, day.month, day.day)
+
+
+def filters_from(request: Request, settings: Settings) -> Filters:
+    """The page's filters from its URL (defaults from the settings)."""
+    q = request.query_params
+    return Filters(since=_day(q.get("since"), "since"), until=_day(q.get("until"), "until"),
+                   conversion=q.get("conversion") or None,
+                   model=q.get("model") or settings.default_model,
+                   stage_model=q.get("stage_model") or settings.stage_model,
+                   by=q.get("by") or "channel")
+
+
+def _options(con: BaseBackend) -> dict[str, Any]:
+    """What the filter form offers: stored conversion types and models; when data was last
+    loaded."""
+    def distinct(table: str, column: str) -> list[str]:
+        t = con.table(table)
+        return sorted(str(v) for v in t.select(column).distinct().to_pyarrow().column(0)
+                      .to_pylist() if v is not None)
+
+    ingests = con.table("ingests")
+    last = ingests.finished_at.max().to_pyarrow().as_py()
+    return {"conversions": distinct("journeys", "conversion"),
+            "models": distinct("credits", "model"),
+            "last_loaded": f"{last:%Y-%m-%d %H:%M} UTC" if last else "never (touchline ingest)"}
+
+
+def _person_section(con: BaseBackend, query: str, filters: Filters,
+                    settings: Settings) -> Section:
+    try:
+        data = person_timeline_data(con, query, model=filters.model,
+                                    conversion=filters.conversion,
+                                    stage_model=filters.stage_model,
+                                    phone_region=settings.phone_region)
+    except TouchlineError as exc:
+        return Section("person", "Person timeline", error=str(exc))
+    return Section("person", "Person timeline",
+                   figure_json=figure_json(person_timeline_figure(data)),
+                   table=data_table(data.drop(columns=["lane"])), data=data)
+
+
+def page_handler(page: Page) -> Callable[[Request], Any]:
+    async def handle(request: Request) -> Response:
+        dash: Dashboard = request.app.state.dashboard
+        viewer = await _viewer(dash, request)
+        if isinstance(viewer, Response):
+            return viewer
+        query = (request.query_params.get("q") or "").strip()
+        try:
+            filters = filters_from(request, dash.settings)
+        except ConfigError as exc:
+            filters, error = replace(Filters(), model=dash.settings.default_model), str(exc)
+        else:
+            error = None
+
+        def work(con: BaseBackend) -> tuple[list[Section], dict[str, Any]]:
+            sections = [draw(con, name, filters) for name in page.charts]
+            if page.name == "person" and query:
+                sections.append(_person_section(con, query, filters, dash.settings))
+            return sections, _options(con)
+
+        sections, options = await _query(dash, work)
+        return _render("page.html.j2", title=page.title, page=page, viewer=viewer,
+                       filters=filters, sections=sections, error=error, q=query,
+                       params=dict(request.query_params),
+                       shared=urlencode({k: v for k, v in request.query_params.items()
+                                         if k in SHARED_FILTERS and v}), **options)
+
+    return handle
+
+
+async def static(request: Request) -> Response:
+    name = request.path_params["name"]
+    bodies = {"plotly.js": (plotly_js, "application/javascript"),
+              "style.css": (css, "text/css")}
+    if name not in bodies:
+        return Response("not found\n", status_code=404, media_type="text/plain")
+    body, media = bodies[name]
+    return Response(body(), media_type=media, headers={
+        "cache-control": "public, max-age=86400", "x-content-type-options": "nosniff"})
+
+
+def create_app(settings: Settings, *, con: BaseBackend | None = None,
+               session_seconds: int = SESSION_SECONDS_DEFAULT,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    """The dashboard's ASGI app over the warehouse of ``settings`` (or ``con``)."""
+    from touchline import store
+
+    connection = con if con is not None else engine.connect(settings=settings)
+    store.init(connection)  # a warehouse made by an older version gains the users table
+    routes = [Route("/login", login_form, methods=["GET"]),
+              Route("/login", login, methods=["POST"]),
+              Route("/logout", logout, methods=["POST"]),
+              Route("/static/{name}", static, methods=["GET"]),
+              *(Route(p.path, page_handler(p), methods=["GET"], name=p.name)
+                for p in PAGES.values())]
+    app = Starlette(routes=routes)
+    app.state.dashboard = Dashboard(settings, connection, session_seconds, clock=clock)
+    return app
