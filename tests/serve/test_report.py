@@ -3,6 +3,7 @@ off and draws every chart, with no console error."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,8 +100,10 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
     assert not errors, errors
 
 
-def test_a_chart_without_its_input_says_what_to_run(warehouse: str) -> None:
-    con = engine.connect(settings=Settings(database_url=warehouse))
+def test_a_chart_without_its_input_says_what_to_run(warehouse: str, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.duckdb"  # the module's warehouse stays whole for the other tests
+    shutil.copy(warehouse.removeprefix("duckdb:///"), copy)
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{copy}"))
     con.drop_table("stages", force=True)
     con.create_table("stages", con.table("journeys").limit(0).select(
         unit="unit", unit_id="unit_id", stage_model="conversion", stage="conversion",
@@ -114,3 +117,21 @@ def test_a_chart_without_its_input_says_what_to_run(warehouse: str) -> None:
     assert by_name["channels"].error is None
     assert "run `touchline run`" in html
     assert html.count('class="chart"') == len(CHARTS) - 1
+
+
+def test_docs_python_example_runs(warehouse: str, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "dashboard.md").read_text()
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("TOUCHLINE_DATABASE_URL", warehouse)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/dashboard.md", "exec"), {})
+    # last touch: Paid Search gets p1's first and p2's purchases (100 + 200), Email p1's
+    # second and p4's (50 + 30); Paid Social has spend and no conversion
+    assert capsys.readouterr().out.split("\n")[1:5] == [
+        "         Email          2.0     80.0",
+        "   Paid Search          2.0    300.0",
+        "Organic Search          0.0      0.0",
+        "   Paid Social          0.0      0.0"]
+    assert "Plotly.newPlot" in (tmp_path / "channels.html").read_text()

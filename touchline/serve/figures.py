@@ -450,11 +450,12 @@ def stage_timeline_figure(data: pd.DataFrame) -> go.Figure:
             + ("" if pd.isna(d) else f"<br>+{d:,.1f} d")
             for s, u, d in zip(data.stage, data.units, data.median_days, strict=True)]
     fig.add_trace(go.Scatter(x=days, y=[0] * len(data), mode="lines+markers+text", text=text,
-                             textposition="top center", marker={"size": 16,
-                                                                "color": PALETTE[1]},
-                             hoverinfo="text"))
+                             # alternate sides: stages a few hours apart stay readable
+                             textposition=(["top center", "bottom center"] * len(data))[
+                                 :len(data)],
+                             marker={"size": 16, "color": PALETTE[1]}, hoverinfo="text"))
     fig.update_layout(xaxis_title="median days from the first stage", height=300,
-                      yaxis={"visible": False, "range": [-1, 2]})
+                      yaxis={"visible": False, "range": [-2, 2]})
     return fig
 
 
