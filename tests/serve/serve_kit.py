@@ -78,6 +78,7 @@ REJECTS = [  # step, reason code, rejected at
 ]
 IDENTITIES = {"user:u1": "p1", "email:ann@example.com": "p1", "anon:a1": "p1",
               "anon:a2": "p2", "user:u3": "p3", "anon:a4": "p4"}
+ACCOUNTS = {"p1": "domain:acme.example", "p2": "domain:acme.example"}  # two stakeholders
 SURVEYS = [("r1", "u1", None, 10, "2025-05-01 00:00", "a friend")]
 
 
@@ -92,6 +93,7 @@ def build_warehouse(con: BaseBackend) -> BaseBackend:
 
     load(store.SESSIONS, [
         dict(session_id=f"anon:{p}#{sid[1:]}", device_id=f"anon:{p}", person_id=p,
+             account_id=ACCOUNTS.get(p),
              session_index=int(sid[1:]), started_at=_ts(start), channel=channel, source=source,
              medium=medium, campaign=campaign, term=term, landing_page="https://shop.example/")
         for sid, (p, start, channel, source, medium, campaign, term) in SESSIONS.items()])
@@ -137,7 +139,9 @@ def build_warehouse(con: BaseBackend) -> BaseBackend:
                             for i, p in IDENTITIES.items()])
     load(store.PERSONS, [dict(person_id=p, user_id="u" + p[1:]) for p in ("p1", "p2", "p3",
                                                                           "p4")])
-    load(store.ACCOUNTS, [])
+    load(store.ACCOUNTS, [dict(account_id="domain:acme.example", account_name="acme.example",
+                               domain="acme.example", account_source="email_domain",
+                               person_count=2)])
     load(store.DEALS, [])
     load(store.SURVEYS, [dict(response_id=r, person_id=p, email=e, nps_score=n,
                               responded_at=_ts(at), heard_about=h)

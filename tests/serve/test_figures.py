@@ -174,6 +174,15 @@ def test_person_timeline_by_hand(wh: BaseBackend) -> None:
     assert touches.credit.fillna(-1).tolist() == [0.5, 0.5, -1, 1.0, -1]
     with pytest.raises(InputError, match="no person or account is named"):
         person_timeline_data(wh, "nobody@example.com")
+    # the account of p1 and p2 (found by its domain): each stakeholder's touches on a lane
+    account = person_timeline_data(wh, "acme.example")
+    assert (account.attrs["unit"], account.attrs["unit_id"]) == ("account",
+                                                                 "domain:acme.example")
+    touches = account[account.kind == "touch"]
+    assert list(zip(touches.lane, touches.detail, strict=True)) == [
+        ("p1", "/"), ("p2", "/"), ("p1", "/pricing"), ("p1", "Order Completed"),
+        ("p2", "/pricing"), ("p1", "/news"), ("p1", "Order Completed")]
+    assert list(account.kind[account.kind != "touch"]) == ["survey"]
 
 
 def test_every_chart_draws_its_data(wh: BaseBackend) -> None:

@@ -202,8 +202,9 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
             "mode": "number+delta" if pd.notna(row.previous) else "number",
             "value": value,
             "title": {"text": row.metric.upper() if row.metric in ("roas", "cpa")
-                      else row.metric.capitalize()},
-            "number": {"valueformat": ",.2f" if row.unit != "count" else ",.0f"},
+                      else row.metric.capitalize(), "font": {"size": 15}},
+            "number": {"valueformat": ",.2f" if row.unit != "count" else ",.0f",
+                       "font": {"size": 40}},
             "domain": {"row": r, "column": c},
         }
         if pd.notna(row.previous):
@@ -213,8 +214,8 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
                 indicator["delta"].update(increasing={"color": "#CC6677"},
                                           decreasing={"color": "#117733"})
         fig.add_trace(go.Indicator(**indicator))
-    fig.update_layout(grid={"rows": 2, "columns": columns, "pattern": "independent"},
-                      height=340)
+    fig.update_layout(grid={"rows": 2, "columns": columns, "pattern": "independent",
+                            "ygap": 0.45}, height=380, margin={"t": 100, "b": 30})
     return fig
 
 
