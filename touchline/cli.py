@@ -208,6 +208,7 @@ DEMO_TABLE_MODELS = ("last_touch", "last_non_direct", "linear", "markov", "shapl
 
 def _print_demo(report: object) -> None:
     from touchline.demo import DemoReport
+    from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
 
     assert isinstance(report, DemoReport)
     loaded = Table("data set", "table", "loaded", "rejected", "duplicates",
@@ -273,7 +274,7 @@ def _print_demo(report: object) -> None:
                       f"{report.report_path.resolve().as_uri()} in any browser, offline)")
         console.print(f"[bold]dashboard:[/] touchline users create NAME --database "
                       f"{report.database_url}, then touchline dashboard --database "
-                      f"{report.database_url} and open http://127.0.0.1:8050")
+                      f"{report.database_url} and open http://{HOST_DEFAULT}:{PORT_DEFAULT}")
 
 
 @app.command()

@@ -55,8 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HOST_DEFAULT = "127.0.0.1"
-PORT_DEFAULT = 8050
 SESSION_SECONDS_DEFAULT = 8 * 3600
 SESSION_COOKIE, CSRF_COOKIE = "touchline_session", "touchline_csrf"
 #: key kinds that may read the dashboard (touchline.collect.keys.KEY_KINDS)
@@ -241,6 +239,9 @@ async def login(request: Request) -> Response:
     if not ok:
         log.warning("login refused: wrong name or password")
         return _login_page(target, error="wrong name or password", status=401)
+    now = dash.clock()
+    for stale in [t for t, s in dash.sessions.items() if s.expires_at <= now]:
+        del dash.sessions[stale]  # sessions nobody came back to
     token = secrets.token_urlsafe(32)
     dash.sessions[token] = _Session(name.strip(), dash.clock() + dash.session_seconds,
                                     secrets.token_urlsafe(32))

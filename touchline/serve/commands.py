@@ -14,6 +14,7 @@ from rich.markup import escape
 from touchline import engine
 from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
+from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
 from touchline.terminal import fail
 
 console = Console()
@@ -77,9 +78,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def dashboard(
         host: Annotated[str, typer.Option(
-            help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+            help="Address to listen on (127.0.0.1: this machine only).")] = HOST_DEFAULT,
         port: Annotated[int, typer.Option(help="Port (its own: the collector keeps its).")
-                        ] = 8050,
+                        ] = PORT_DEFAULT,
         session_hours: Annotated[float, typer.Option(
             help="Hours a login lasts.")] = 8.0,
         database: DatabaseOption = None,
