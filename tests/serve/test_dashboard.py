@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import uvicorn
-from ibis.backends import BaseBackend
 from serve_kit import build_warehouse
 from typer.testing import CliRunner
 
@@ -47,7 +48,6 @@ PASSWORD = "correct horse battery"
 @dataclass
 class Live:
     url: str
-    con: BaseBackend
     settings: Settings
     write_key: str
     read_key: str
@@ -84,7 +84,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     expected = {model: dict(zip(*compute(con, "cpa", by=["channel"], model=model).to_pandas()[
         ["channel", "conversions"]].T.to_numpy(), strict=True)) for model in ("linear",
                                                                                 "last_touch")}
-    application = create_app(settings, con=con)
+    con.disconnect()  # the dashboard opens the file for each request, holding no lock idle
+    application = create_app(settings)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -97,11 +98,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the dashboard did not start"
         time.sleep(0.02)
-    yield Live(f"http://127.0.0.1:{port}", con, settings, write_key, read_key, expected)
+    yield Live(f"http://127.0.0.1:{port}", settings, write_key, read_key, expected)
     server.should_exit = True
     thread.join(10)
     sock.close()
-    con.disconnect()
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +216,14 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
 
 def test_keys_stale_forms_and_expired_sessions_are_refused(live: Live) -> None:
     now = [1_000_000.0]
-    application = create_app(live.settings, con=live.con, session_seconds=60,
-                             clock=lambda: now[0])
+    application = create_app(live.settings, session_seconds=60, clock=lambda: now[0])
+    # while the dashboard is up, another process may write the warehouse (touchline run)
+    result = subprocess.run(
+        [sys.executable, "-m", "touchline", "users", "create", "bob", "--password-stdin",
+         "--database", live.settings.database_url], input=PASSWORD + "\n", text=True,
+        capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert httpx.get(f"{live.url}/login").status_code == 200
     # in a thread of its own: Playwright's sync API keeps an event loop running in this one
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, _refusals(application, live, now)).result()

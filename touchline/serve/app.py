@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -36,7 +36,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from touchline import engine
-from touchline.errors import ConfigError, TouchlineError
+from touchline.errors import ConfigError, EngineError, TouchlineError
 from touchline.serve.figures import Filters, person_timeline_data, person_timeline_figure
 from touchline.serve.report import (
     Section,
@@ -92,10 +92,15 @@ class _Session:
 
 @dataclass
 class Dashboard:
-    """The app's state: one warehouse connection (queries take turns on it), the sessions."""
+    """The app's state: the warehouse (queries take turns on it) and the sessions.
+
+    ``con`` is one connection kept open (Spark, or one given by the caller); with ``con``
+    None each request opens the DuckDB file and closes it after, so the dashboard never holds
+    DuckDB's one writer lock while idle: ``touchline run`` can rewrite the tables while it is
+    up (a request during the write is answered 503, try again)."""
 
     settings: Settings
-    con: BaseBackend
+    con: BaseBackend | None
     session_seconds: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     sessions: dict[str, _Session] = field(default_factory=dict)
@@ -109,7 +114,10 @@ async def _query(dash: Dashboard, fn: Callable[[BaseBackend], T]) -> T:
     """Run ``fn(con)`` off the event loop, one query at a time on the one connection."""
     def locked() -> T:
         with dash.lock:
-            return fn(dash.con)
+            if dash.con is not None:
+                return fn(dash.con)
+            with engine.connected(settings=dash.settings) as con:
+                return fn(con)
 
     return await run_in_threadpool(locked)
 
@@ -135,6 +143,14 @@ def _render(template: str, status: int = 200, **context: Any) -> HTMLResponse:
     html = templates().get_template(template).render(nonce=nonce, pages=PAGES.values(),
                                                      **context)
     return HTMLResponse(html, status_code=status, headers=_headers(nonce))
+
+
+def _busy(exc: Exception) -> Response:
+    """The warehouse cannot be opened now (on DuckDB: another process is writing it)."""
+    log.warning("warehouse unavailable: %s", type(exc).__name__)
+    return Response(f"the warehouse is busy or unavailable, try again in a minute: {exc}\n",
+                    status_code=503, media_type="text/plain",
+                    headers={**_headers(), "retry-after": "30"})
 
 
 def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
@@ -186,7 +202,10 @@ async def _viewer(dash: Dashboard, request: Request) -> Viewer | Response:
     """The viewer, or the response that refuses the request."""
     key = _request_key(request)
     if key is not None:
-        kind = await _query(dash, lambda con: _key_kind(con, key))
+        try:
+            kind = await _query(dash, lambda con: _key_kind(con, key))
+        except EngineError as exc:
+            return _busy(exc)
         if kind is None:
             return Response("unknown or revoked API key\n", status_code=401,
                             media_type="text/plain", headers=_headers())
@@ -235,7 +254,10 @@ async def login(request: Request) -> Response:
     if not expected or not hmac.compare_digest(sent, expected):
         log.warning("login refused: missing or wrong CSRF token")
         return _login_page(target, error="the form expired: please log in again", status=403)
-    ok = await _query(dash, lambda con: verify_user(con, name, password))
+    try:
+        ok = await _query(dash, lambda con: verify_user(con, name, password))
+    except EngineError as exc:
+        return _busy(exc)
     if not ok:
         log.warning("login refused: wrong name or password")
         return _login_page(target, error="wrong name or password", status=401)
@@ -336,7 +358,10 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
                 sections.append(_person_section(con, query, filters, dash.settings))
             return sections, _options(con)
 
-        sections, options = await _query(dash, work)
+        try:
+            sections, options = await _query(dash, work)
+        except EngineError as exc:
+            return _busy(exc)
         return _render("page.html.j2", title=page.title, page=page, viewer=viewer,
                        filters=filters, sections=sections, error=error, q=query,
                        params=dict(request.query_params),
@@ -365,6 +390,10 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
 
     connection = con if con is not None else engine.connect(settings=settings)
     store.init(connection)  # a warehouse made by an older version gains the users table
+    if con is None and engine.engine_name(connection) == "duckdb" and urlsplit(
+            settings.database_url).path not in ("", "/"):
+        connection.disconnect()  # a DuckDB file: opened by each request (see Dashboard)
+        connection = None
     routes = [Route("/login", login_form, methods=["GET"]),
               Route("/login", login, methods=["POST"]),
               Route("/logout", logout, methods=["POST"]),

@@ -62,10 +62,9 @@ def register(app: typer.Typer) -> None:
             filters = Filters(since=_day(since, "--since"), until=_day(until, "--until"),
                               conversion=conversion, model=model or settings.default_model,
                               stage_model=settings.stage_model)
-            con = engine.connect(settings=settings)
-            with err_console.status("drawing the charts"):
+            with engine.connected(settings=settings) as con, err_console.status(
+                    "drawing the charts"):
                 result = write_report(con, out, filters, database=settings.database_url)
-            con.disconnect()
         except TouchlineError as exc:
             raise fail(exc) from None
         for name, why in result.skipped.items():
@@ -120,12 +119,11 @@ def register(app: typer.Typer) -> None:
                     typer.prompt("password", hide_input=True, confirmation_prompt=True))
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
-            con = engine.connect(settings=settings)
             from touchline import store
 
-            store.init(con)
-            create_user(con, name, password)
-            con.disconnect()
+            with engine.connected(settings=settings) as con:
+                store.init(con)
+                create_user(con, name, password)
         except TouchlineError as exc:
             raise fail(exc) from None
         console.print(f"user [bold]{escape(name.strip())}[/] created: log in at "
@@ -140,9 +138,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
-            con = engine.connect(settings=settings)
-            rows = list_users(con)
-            con.disconnect()
+            with engine.connected(settings=settings) as con:
+                rows = list_users(con)
         except TouchlineError as exc:
             raise fail(exc) from None
         table = Table("name", "created", "disabled", title="dashboard users")
