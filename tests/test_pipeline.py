@@ -14,6 +14,7 @@ from touchline.attribution.paths import journey_pathset
 from touchline.attribution.registry import lookup
 from touchline.config import Settings
 from touchline.demo import run_demo
+from touchline.serve.figures import CHARTS
 
 EXPECTED_CHECKS = {
     "distinct events loaded (incl. bots)",
@@ -46,7 +47,7 @@ def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> No
     assert report.report_path == tmp_path / "data" / "report.html"
     assert report.report_skipped == {}
     html = report.report_path.read_text()
-    assert html.count('class="chart"') == 7 and "Plotly.newPlot" in html
+    assert html.count('class="chart"') == len(CHARTS) and "Plotly.newPlot" in html
     # the CRM's own contact ids arrive on its records (file or collector) and each joins the
     # person its records name: no contact id is a person of its own
     con = engine.connect(settings=settings)

@@ -8,7 +8,7 @@ figure the tests expect is worked out by hand in their comments.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta
 
 from factories import arrow_table
 from ibis.backends import BaseBackend
@@ -111,7 +111,10 @@ def build_warehouse(con: BaseBackend) -> BaseBackend:
         journeys.append(dict(journey_id=jid, conversion=conversion, unit="person",
                              unit_id=person, sequence=None if seq == "open" else int(seq),
                              converted=at is not None, converted_at=_ts(at), value=value,
-                             touches=len(visits), first_touch_at=_ts(first)))
+                             touches=len(visits), first_touch_at=_ts(first),
+                             days_to_convert=None if first is None or at is None else (
+                                 datetime.fromisoformat(at) - datetime.fromisoformat(first)
+                             ) / timedelta(days=1)))
         for position, sid in enumerate(visits, start=1):
             steps.append(dict(journey_id=jid, position=position,
                               session_id=f"anon:{SESSIONS[sid][0]}#{sid[1:]}",

@@ -24,6 +24,7 @@ from touchline.serve.figures import (
     model_comparison_data,
     overview_data,
     person_timeline_data,
+    stage_kpis_data,
     stage_timeline_data,
 )
 
@@ -185,6 +186,33 @@ def test_person_timeline_by_hand(wh: BaseBackend) -> None:
     assert list(account.kind[account.kind != "touch"]) == ["survey"]
 
 
+def test_stage_kpis_by_hand(wh: BaseBackend) -> None:
+    got = stage_kpis_data(wh)
+    rows = _records(got, "kpi")
+    # 7 sessions of 4 new people; spend 60 + 40 + 30; linear credits of the four purchases
+    # with a touch (p3's CRM sale has none): 4 conversions worth 100 + 50 + 200 + 30
+    assert rows["sessions"]["value"] == 7.0 and rows["sessions"]["stage"] == "consideration"
+    assert rows["new_visitors"]["value"] == 4.0
+    assert rows["paid_cost"]["value"] == 130.0
+    assert (rows["conversions"]["value"], rows["revenue"]["value"]) == (4.0, 380.0)
+    assert rows["cpa"]["value"] == pytest.approx(130 / 4)
+    assert rows["roas"]["value"] == pytest.approx(380 / 130)
+    # days from first touch to purchase: 4 d 1 h 5 min, 5 min, 18 d 5 min, 30 min → median
+    # of the middle two
+    assert rows["days_to_convert"]["value"] == pytest.approx((4 + 65 / 1440 + 30 / 1440) / 2)
+    assert rows["nps"] == {"stage": "advocacy", "value": 100.0, "unit": "score (-100 to 100)",
+                           "formula": rows["nps"]["formula"]}  # one promoter (p1's 10)
+    assert list(dict.fromkeys(got.stage)) == ["awareness", "consideration", "decision",
+                                             "retention", "advocacy"]
+    # four buyers, one of whom (p1) bought twice
+    assert rows["repeat_purchase_rate"]["value"] == 0.25
+    skipped = got.attrs["skipped"]
+    assert "touchline ingest FILE --kind search_console" in skipped["search_clicks"]
+    assert skipped["retention"].startswith("a table of")
+    # under the funnel preset, the stage names are the funnel's
+    assert stage_kpis_data(wh, stage_model="funnel").set_index("kpi").stage["nps"] == "bottom"
+
+
 def test_every_chart_draws_its_data(wh: BaseBackend) -> None:
     """Each registered chart's figure holds its data's numbers (not pixels)."""
     filters = Filters(model="linear")
@@ -203,6 +231,7 @@ def test_every_chart_draws_its_data(wh: BaseBackend) -> None:
                if t == conversion) == 5
     assert list(drawn["funnel"][0].x) == [4, 1, 1, 1]
     assert len(drawn["stages"][0].x) == 4
+    assert "sessions" in list(drawn["stage_kpis"][0].cells.values[1])
     assert sorted(t.name for t in drawn["data_quality"]) == [
         "bad_timestamp", "bot", "missing_field"]
     timeline = figures.person_timeline_figure(person_timeline_data(wh, "p1"))

@@ -78,6 +78,7 @@ PAGES = {p.name: p for p in (
     Page("channels", "/channels", "Channels", ("channels",)),
     Page("models", "/models", "Model comparison", ("models",)),
     Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel")),
+    Page("kpis", "/kpis", "KPIs by stage", ("stage_kpis",)),
     Page("person", "/person", "Person timeline", ()),
     Page("quality", "/quality", "Data quality", ("data_quality",)),
 )}

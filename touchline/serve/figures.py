@@ -38,7 +38,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from touchline.engine import seconds_between
-from touchline.errors import ConfigError, InputError, MissingInputError
+from touchline.errors import ConfigError, InputError, MissingInputError, TouchlineError
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -460,6 +460,58 @@ def stage_timeline_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
+                    model: str = MODEL_DEFAULT, conversion: str | None = None,
+                    stage_model: str = STAGE_MODEL_DEFAULT) -> pd.DataFrame:
+    """The headline of every KPI of the registry (:mod:`touchline.metrics.kpis`) under its
+    stage: ``stage``, ``kpi``, ``value``, ``unit``, ``formula``; each KPI computed in the
+    engine over the window, as ``touchline kpis`` computes it. The headline is the KPI's own
+    column (the median for a spread such as ``days_to_convert``). KPIs whose input was never
+    imported, and those that are tables (retention cohorts, purchase frequency), are left out
+    and listed in ``attrs["skipped"]`` with why. A stage model other than the presets places
+    each KPI under its lifecycle stage."""
+    from touchline.metrics.kpis import KPIS, STAGES, compute
+
+    conversion = resolve_conversion(con, conversion)
+    rows, skipped = [], {}
+    for kpi in KPIS.values():  # the registry's KPIs, each one query in the engine
+        column = kpi.name if kpi.name in kpi.values else "median"
+        try:
+            frame = compute(con, kpi.name, since=since, until=until, model=model,
+                            conversion=conversion).to_pandas()
+        except TouchlineError as exc:
+            skipped[kpi.name] = str(exc)
+            continue
+        if len(frame) != 1 or column not in frame.columns:
+            skipped[kpi.name] = (f"a table of {len(frame)} rows: `touchline kpis --kpi "
+                                 f"{kpi.name}` shows it")
+            continue
+        value = frame[column].iloc[0]
+        rows.append({"stage": kpi.stages.get(stage_model, kpi.stage),
+                     "_order": STAGES.index(kpi.stage), "kpi": kpi.name,
+                     "value": None if pd.isna(value) else float(value),
+                     "unit": kpi.unit, "formula": kpi.formula})
+    out = pd.DataFrame(rows, columns=["stage", "_order", "kpi", "value", "unit", "formula"])
+    out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(
+        drop=True)
+    out.attrs.update(skipped=skipped, model=model, conversion=conversion,
+                     stage_model=stage_model)
+    return out
+
+
+def stage_kpis_figure(data: pd.DataFrame) -> go.Figure:
+    """The KPIs as a table, stage by stage."""
+    fig = _figure(f"KPIs of each stage ({data.attrs.get('stage_model', '')}; "
+                  f"{data.attrs.get('conversion', '')}, {data.attrs.get('model', '')})")
+    values = ["" if pd.isna(v) else f"{v:,.4g}" for v in data.value]
+    fig.add_trace(go.Table(
+        header={"values": ["stage", "KPI", "value", "unit"], "align": "left",
+                "fill_color": "#e8e6f4"},
+        cells={"values": [data.stage, data.kpi, values, data.unit], "align": "left"}))
+    fig.update_layout(height=max(300, 60 + 24 * len(data)))
+    return fig
+
+
 # ---- person and account timelines -----------------------------------------------------------
 
 def person_timeline_data(con: BaseBackend, person: str, *, model: str = MODEL_DEFAULT,
@@ -561,6 +613,7 @@ CHARTS: dict[str, Chart] = {c.name: c for c in (
     Chart("journey_map", "Journey map", journey_map_data, journey_map_figure),
     Chart("funnel", "Funnel", funnel_data, funnel_figure),
     Chart("stages", "Stage timeline", stage_timeline_data, stage_timeline_figure),
+    Chart("stage_kpis", "KPIs by stage", stage_kpis_data, stage_kpis_figure),
     Chart("data_quality", "Data quality", data_quality_data, data_quality_figure),
 )}
 
