@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from factories import CLI_OWN_CONNECTION, arrow_table
 from ibis.backends import BaseBackend
@@ -42,7 +43,11 @@ def test_rfm_summary_follows_fader_hardie_convention(con: BaseBackend) -> None:
         ("cy", "2025-01-03 00:00", 0.0), ("cy", "2025-01-17 23:59", 12.0)],
         columns=["customer_id", "purchased_at", "value"]).assign(
         purchased_at=lambda f: pd.to_datetime(f.purchased_at))
-    table = engine.load_table(con, "clv_purchases", purchases)
+    # microseconds: Spark reads no nanosecond Parquet timestamps
+    schema = pa.schema([("customer_id", pa.string()), ("purchased_at", pa.timestamp("us")),
+                        ("value", pa.float64())])
+    table = engine.load_table(con, "clv_purchases", pa.Table.from_pandas(
+        purchases, preserve_index=False).cast(schema))
     weeks = clv.rfm_summary(table, until=date(2025, 1, 31)).to_pandas().set_index(
         "customer_id").sort_index()
     # ann: days 1, 8, 15 Jan → x = 2, t_x = 14 d, T = 30 d, repeat mean (20 + 30) / 2;

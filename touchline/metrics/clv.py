@@ -73,7 +73,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 import ibis
@@ -85,6 +85,7 @@ from scipy.special import betaln, gammaln, hyp2f1
 
 from touchline.errors import ConfigError, MissingInputError, ModelFitError
 from touchline.metrics.kpis import (
+    _ZERO,
     CONVERSION_DEFAULT,
     DOC_SECTIONS,
     SESSION_DIMS,
@@ -97,7 +98,6 @@ from touchline.metrics.kpis import (
     _order,
     _purchases,
     _ratio,
-    _ZERO,
     first_touches,
     register,
 )
