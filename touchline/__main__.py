@@ -2,4 +2,5 @@
 
 from touchline.cli import app
 
-app(prog_name="touchline")
+if __name__ == "__main__":  # importing the module (the doctest walk does) runs nothing
+    app(prog_name="touchline")
