@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "attribution": {"config", "errors", "engine", "store", "journeys"},
     "metrics": {"config", "errors", "engine", "store", "journeys"},
 }
-TOP = {"pipeline", "demo", "warehouse", "cli", "terminal", "serve", "__init__"}
+TOP = {"pipeline", "demo", "warehouse", "cli", "terminal", "serve", "__init__", "__main__"}
 
 
 def _layer(path: Path) -> str:
