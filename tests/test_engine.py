@@ -130,6 +130,14 @@ def test_dropped_scratch_tables_in_the_file_free_their_blocks(tmp_path: Path) ->
     con.disconnect()
 
 
+@pytest.mark.spark
+def test_spark_keeps_the_users_java_options_beside_its_scratch_folder(spark_backend) -> None:  # type: ignore[no-untyped-def]
+    """The engine puts the JVM's scratch files beside the warehouse; Java options given in
+    ``spark_conf`` (the test session's C1-only JIT) are added, not lost."""
+    java = spark_backend._session.conf.get("spark.driver.extraJavaOptions")
+    assert "-Djava.io.tmpdir=" in java and "-XX:TieredStopAtLevel=1" in java
+
+
 def test_unknown_url_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="postgres://x"):
         engine.connect("postgres://x", settings=Settings(database_url="duckdb://"))

@@ -157,9 +157,12 @@ def _connect_spark(master: str, settings: Settings) -> BaseBackend:
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.sql.warehouse.dir", str(warehouse))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.extraJavaOptions", f"-Djava.io.tmpdir={warehouse}")
     )
-    for key, value in settings.spark_conf.items():
+    conf = dict(settings.spark_conf)
+    # the JVM's scratch files go beside the warehouse; options the user gives are kept
+    java = f"-Djava.io.tmpdir={warehouse} {conf.pop('spark.driver.extraJavaOptions', '')}"
+    builder = builder.config("spark.driver.extraJavaOptions", java.strip())
+    for key, value in conf.items():
         builder = builder.config(key, value)
     try:
         session = builder.getOrCreate()

@@ -16,7 +16,8 @@ well as the touchline type.
     ├── SimulationError(ValueError)      simulator parameters are out of range
     ├── UnknownModelError(ValueError)    an attribution model name is not registered
     ├── UnknownKPIError(ValueError)      a KPI, stage or dimension name is not known
-    └── MissingInputError(LookupError)   a KPI's input table is empty or was never imported
+    ├── MissingInputError(LookupError)   a KPI's input table is empty or was never imported
+    └── ModelFitError(ArithmeticError)   a model fit by maximum likelihood did not converge
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ class UnknownKPIError(TouchlineError, ValueError):
 class MissingInputError(TouchlineError, LookupError):
     """A KPI's input table is empty or was never imported: the message names the import or
     run that fills it, since a zero would read as a real figure."""
+
+
+class ModelFitError(TouchlineError, ArithmeticError):
+    """A model fitted by maximum likelihood (BG/NBD, Gamma-Gamma) did not converge, or its
+    data cannot identify it (no repeat purchases): the message says which and on what."""
 
 
 def did_you_mean(value: str, choices: object) -> str:

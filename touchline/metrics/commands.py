@@ -1,5 +1,6 @@
-"""``touchline funnel`` and ``touchline kpis``: the CLI doors to
-:func:`touchline.metrics.funnels.funnel` and the KPI registry (:mod:`touchline.metrics.kpis`).
+"""``touchline funnel``, ``touchline kpis`` and ``touchline clv fit``: the CLI doors to
+:func:`touchline.metrics.funnels.funnel`, the KPI registry (:mod:`touchline.metrics.kpis`)
+and the CLV models (:mod:`touchline.metrics.clv`).
 
 ``touchline kpis --format json`` prints::
 
@@ -86,7 +87,54 @@ def _cell(value: Any) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``funnel`` and ``kpis`` to the touchline CLI."""
+    """Add ``funnel``, ``kpis`` and ``clv`` to the touchline CLI."""
+    clv_app = typer.Typer(help="Customer lifetime value: BG/NBD and Gamma-Gamma models.",
+                          no_args_is_help=True)
+    app.add_typer(clv_app, name="clv")
+
+    @clv_app.command("fit")
+    def clv_fit(
+        until: Annotated[str | None, typer.Option(
+            help="Last day of the calibration period (YYYY-MM-DD, inclusive); default the "
+            "last purchase day.")] = None,
+        unit: Annotated[str, typer.Option(
+            help="Time unit of recency, age and the rate parameters: week or day.")] = "week",
+        conversion: Annotated[str, typer.Option(
+            help="Conversion type that counts as a purchase.")] = "purchase",
+        fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+        database: Annotated[str | None, typer.Option(
+            "--database", "-d", help="Warehouse URL (default from settings).")] = None,
+    ) -> None:
+        """Fit BG/NBD (r, alpha, a, b) and Gamma-Gamma (p, q, v) by maximum likelihood on the
+        purchases in the warehouse; print the parameters, the customers and the period."""
+        from touchline.metrics.clv import UNITS, fit
+
+        console = Console()
+        try:
+            if fmt not in ("table", "json"):
+                raise ConfigError(f"--format {fmt!r}: choose from table, json")
+            if unit not in UNITS:
+                raise ConfigError(f"--unit {unit!r}: choose from {', '.join(UNITS)}")
+            last_day = _day(until, "--until")
+            settings = load_settings(**({"database_url": database} if database else {}))
+            con = engine.connect(settings=settings)
+            fitted = fit(con, until=last_day, unit=unit, conversion=conversion)
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        result = fitted.as_dict()
+        if fmt == "json":
+            console.print(json.dumps(result, indent=2), markup=False, highlight=False,
+                          soft_wrap=True)
+            return
+        table = Table("model", "parameter", "value",
+                      title=f"CLV fit: {result['customers']:,} customers "
+                      f"({result['repeat_customers']:,} with repeat purchases), "
+                      f"{result['since']} to {result['until']}, in {unit}s")
+        for name in ("r", "alpha", "a", "b"):
+            table.add_row("BG/NBD", name, f"{result[name]:.4f}")
+        for name in ("p", "q", "v"):
+            table.add_row("Gamma-Gamma", name, f"{result[name]:.4f}")
+        console.print(table)
 
     @app.command()
     def kpis(

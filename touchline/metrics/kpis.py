@@ -133,6 +133,9 @@ class KPI:
 
 
 KPIS: dict[str, KPI] = {}
+#: sections of docs/kpis.md after the table, by the module that registers their KPIs (filled
+#: at import, then only read): a KPI family with more to say than a formula (CLV's models)
+DOC_SECTIONS: dict[str, str] = {}
 
 
 def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
@@ -990,4 +993,5 @@ def kpis_markdown() -> str:
                     f"{k.zero_denominator} | {needs} | {', '.join(k.dimensions)} |")
     details = ["", "## What each KPI measures", ""]
     details += [f"- `{k.name}`: {' '.join(k.doc.split())}" for k in KPIS.values()]
-    return _DOC_HEAD + "\n".join(rows) + "\n" + "\n".join(details) + "\n"
+    return (_DOC_HEAD + "\n".join(rows) + "\n" + "\n".join(details) + "\n"
+            + "".join(DOC_SECTIONS.values()))
