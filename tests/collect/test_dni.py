@@ -196,7 +196,7 @@ def _calls() -> pa.Table:
 
 def test_calls_match_covering_expired_ambiguous_and_missing_leases(con: BaseBackend) -> None:
     leases = engine.load_table(con, "number_leases", _leases())
-    calls = engine.load_table(con, "calls_e164", with_e164(_calls(), "US"))
+    calls = with_e164(engine.load_table(con, "calls_raw", _calls()), "US")
     got = (
         match_calls(calls, leases, grace=timedelta(minutes=60))
         .select("call_id", "match_status", "session_id", "utm_source", "utm_term")
