@@ -221,7 +221,8 @@ def test_new_calls_become_touches_once(con: BaseBackend) -> None:
         .append_column("source", pa.array(["calls"] * 5))
         .append_column("ingest_id", pa.array(["t"] * 5))
     )
-    engine.append(con, "calls", calls.cast(store.CALLS.schema.to_pyarrow()))
+    engine.append(con, "calls", pa.Table.from_pylist(calls.to_pylist(),
+                                                    schema=store.CALLS.schema.to_pyarrow()))
     settings = Settings(dni_grace_minutes=60, call_conversion_seconds=60, phone_region="US")
     first = match_new_calls(con, settings)
     second = match_new_calls(con, settings)
@@ -399,7 +400,8 @@ def test_call_touches_rows_are_pinned_column_by_column(con: BaseBackend) -> None
     calls = pa.concat_tables([_calls(), odd.cast(_calls().schema)])
     calls = (calls.append_column("source", pa.array(["calls"] * 6))
              .append_column("ingest_id", pa.array(["file-1"] * 6)))
-    engine.append(con, "calls", calls.cast(store.CALLS.schema.to_pyarrow()))
+    engine.append(con, "calls", pa.Table.from_pylist(calls.to_pylist(),
+                                                    schema=store.CALLS.schema.to_pyarrow()))
     match_new_calls(con, Settings(dni_grace_minutes=60, call_conversion_seconds=60,
                                   phone_region="US"))
     rows = con.table("events").order_by("message_id").to_pyarrow().to_pylist()

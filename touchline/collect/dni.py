@@ -409,12 +409,17 @@ def _json_text(value: ir.Value) -> ir.StringValue:
     return text.fill_null("null")
 
 
-def _json_object(fields: dict[str, ir.Value]) -> ir.StringValue:
-    """A JSON object of ``fields`` in their order, with ``json.dumps``'s separators."""
+def _json_object(fields: dict[str, ir.Value],
+                 if_set: dict[str, ir.Value] | None = None) -> ir.StringValue:
+    """A JSON object of ``fields`` in their order, with ``json.dumps``'s separators; then each
+    of ``if_set`` whose value is not null (absent, not ``null``, when it is)."""
     parts: list[ir.StringValue] = []
     for name, value in fields.items():
         parts.append(ibis.literal(("{" if not parts else ", ") + f'"{name}": ')
                      + _json_text(value))
+    for name, value in (if_set or {}).items():
+        parts.append(ibis.ifelse(value.isnull(), "",
+                                 ibis.literal(f', "{name}": ') + _json_text(value)))
     return ibis.literal("").concat(*parts) + "}"
 
 
@@ -425,10 +430,18 @@ def call_touches(
 
     The visitor's anonymous id and campaign come from the lease; the caller's E.164 number goes
     to ``phone`` for identity. ``properties.conversion`` is true for answered calls of at least
-    ``conversion_seconds`` (``None``: calls are touches only). One expression on the engine:
+    ``conversion_seconds`` (``None``: calls are touches only). The call's own UTM and
+    landing-page properties (a call tracker's export) follow, when it has them; prepare reads
+    the campaign from them when the lease named none. One expression on the engine:
     a back-fill of a million calls never passes through a Python loop.
     """
     m = matched
+    # the call tracker's campaign and landing page, for prepare to read when no lease named one
+    carried: dict[str, ir.Value] = {}
+    if "properties" in m.columns:
+        own = m.properties.cast("string")
+        carried = {key: engine.json_value(own, key)
+                   for key in (*store.UTM_COLUMNS, *store.LANDING_URL_KEYS)}
     if conversion_seconds is None:
         conversion = ibis.literal(False)
     else:
@@ -444,7 +457,7 @@ def call_touches(
         "session_id": m.session_id,
         "pool": m.pool,
         "conversion": conversion,
-    })
+    }, carried)
     values: dict[str, ir.Value] = {
         "message_id": ibis.literal("call:") + m.call_id,
         "type": ibis.literal("track"),
