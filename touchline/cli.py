@@ -207,6 +207,7 @@ DEMO_TABLE_MODELS = ("last_touch", "last_non_direct", "linear", "markov", "shapl
 
 
 def _print_demo(report: object) -> None:
+    from touchline.attribution.commands import model_tables
     from touchline.demo import DemoReport
 
     assert isinstance(report, DemoReport)
@@ -234,17 +235,14 @@ def _print_demo(report: object) -> None:
             continue
         frame = dataset.comparison
         level = frame.columns[0]
-        # the widest table that stays readable: the ranking below scores every model
+        # the models a marketer knows best; the ranking below scores every model
         models = [c for c in frame.columns if c in DEMO_TABLE_MODELS]
         truth = dataset.truth["channels"]
-        table = Table(level, "truth", *models,
-                      title=f"{dataset.name}: conversions credited by each model")
-        for row in frame.itertuples(index=False):
-            values = dict(zip(frame.columns, row, strict=True))
-            true = truth.get(values[level], {}).get("incremental_conversions")
-            table.add_row(str(values[level]), "" if true is None else f"{true:,.1f}",
-                          *(f"{values[m]:,.1f}" for m in models))
-        console.print(table)
+        true = [truth.get(label, {}).get("incremental_conversions") for label in frame[level]]
+        console.print(model_tables(
+            frame[[level, *models]], width=console.width, leading={"truth": true},
+            title=f"{dataset.name}: conversions credited by each model, beside the true "
+                  "incremental conversions"))
         rankings = [(dataset.ranking, "true paths (paths.csv)")]
         if dataset.prepared_ranking is not None:
             rankings.append((dataset.prepared_ranking, "journeys rebuilt by prepare"))

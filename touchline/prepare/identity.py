@@ -280,11 +280,12 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
 
     Evidence, by precedence: a CRM deal listing one of the person's e-mails or CRM contact ids
     (``crm:<id>``), a Segment group call (``group:<id>``), the registrable domain of a business
-    e-mail (``domain:<domain>``; free-mail, ISP and reserved example/test domains excluded). Ties: the least id. Keys
-    that name a known company resolve to it: a group id that is a CRM account id becomes that
-    ``crm:`` account; a domain that is a CRM account's domain becomes that account, else one
-    written from by a group's people becomes that group's account. ``account_source`` says
-    which kind of account it is; a CRM account keeps the CRM's name and domain.
+    e-mail (``domain:<domain>``; free-mail, ISP and reserved example/test domains excluded).
+    Ties: the least id. Keys that name a known company resolve to it: a group id that is a CRM
+    account id becomes that ``crm:`` account; a domain that is a CRM account's domain becomes
+    that account, else one written from by a group's people becomes that group's account.
+    ``account_source`` says which kind of account it is; a CRM account keeps the CRM's name
+    and domain.
     """
     emails = identities.filter(identities.kind == "email").select(
         "person_id", email=identities.identifier.substr(6))
