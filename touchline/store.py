@@ -771,7 +771,8 @@ PERSONS = TableSpec(
 
 ACCOUNTS = TableSpec(
     name="accounts",
-    doc="Companies: CRM accounts, Segment groups, or business e-mail domains (free-mail excluded).",
+    doc="Companies: CRM accounts, Segment groups, or business e-mail domains (free-mail and "
+    "reserved example/test domains excluded).",
     key="account_id",
     columns=_cols(
         ("account_id", S, "crm:<id>, group:<id> or domain:<registrable domain>"),
