@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from touchline import engine, store
 from touchline.config import load_settings
@@ -149,8 +149,10 @@ def print_run(report: object, *, hint: bool = True) -> None:
     from touchline.pipeline import RunReport
 
     assert isinstance(report, RunReport)
-    kinds = Table("conversion", "conversions", "value", "open journeys", "shortened by lookback",
-                  "no touch in window", title="journeys by conversion type")
+    # headers on several lines and numbers never wrapped: the table fits 80 columns whole
+    kinds = Table("conversion", *(Column(h, justify="right", no_wrap=True) for h in (
+        "conversions", "value", "open\njourneys", "shortened\nby\nlookback",
+        "no touch\nin window")), title="journeys by conversion type")
     for row in report.conversions.itertuples(index=False):
         kinds.add_row(str(row.conversion), f"{row.conversions:,}", f"{row.value:,.2f}",
                       f"{row.open_journeys:,}", f"{row.lookback_cut:,}",
