@@ -53,8 +53,9 @@ DAY_SECONDS = 86_400.0
 COUNTED_STATUSES = ("exhausted", "store_full")
 CALL_EVENT = "Phone Call"
 MATCH_STATUSES = ("matched", "ambiguous", "expired", "unmatched")
-#: the matched new calls, computed once by :func:`match_new_calls`
-MATCHED_SCRATCH = "tmp_dni_matched_calls"
+#: the matched new calls, computed once by :func:`match_new_calls` (a name per run: on Spark it
+#: is a table in the warehouse, and two runs must not share it)
+MATCHED_SCRATCH_PREFIX = "tmp_dni_matched_calls_"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -503,16 +504,18 @@ def match_new_calls(con: BaseBackend, settings: Settings) -> dict[str, int]:
         matched = match_calls(with_e164(new, settings.phone_region), leases,
                               grace=timedelta(minutes=settings.dni_grace_minutes))
         # computed once: appending to events changes what ``new`` (an anti-join on events) is
-        matched = engine.materialise(con, MATCHED_SCRATCH, matched)
+        ingest_id = uuid.uuid4().hex
+        scratch = MATCHED_SCRATCH_PREFIX + ingest_id
+        matched = engine.materialise(con, scratch, matched)
         try:
             counts = matched.group_by("match_status").aggregate(calls=matched.count())
             for row in counts.to_pyarrow().to_pylist():
                 summary[row["match_status"]] = int(row["calls"])
             touches = call_touches(matched, conversion_seconds=settings.call_conversion_seconds,
-                                   ingest_id=uuid.uuid4().hex)
+                                   ingest_id=ingest_id)
             engine.append(con, store.EVENTS.name, touches)
         finally:
-            engine.drop_materialised(con, MATCHED_SCRATCH)
+            engine.drop_materialised(con, scratch)
     leases = con.table(store.NUMBER_LEASES.name)
     refused = leases.filter(leases.status.isin(COUNTED_STATUSES))
     # request_count is null in rows copied by an older version: one row was one request then
