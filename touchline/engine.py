@@ -104,7 +104,6 @@ def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:
         con = ibis.duckdb.connect(database, **config)
         con.raw_sql("SET TimeZone = 'UTC'")  # naive timestamps are UTC everywhere
         con.raw_sql(_DUCKDB_GET_JSON_OBJECT)
-        con.raw_sql(_DUCKDB_TRY_URL_DECODE)
         # under a memory limit, scratch tables go into the warehouse file (compressed) rather
         # than temporary tables, which spill uncompressed: at 50M events those filled 58 GB
         con._touchline_scratch_in_file = bool(settings.memory_limit) and database != ":memory:"
@@ -192,10 +191,6 @@ _DUCKDB_GET_JSON_OBJECT = (
     "CREATE OR REPLACE TEMP MACRO get_json_object(text, path) AS "
     "CASE WHEN json_valid(text) THEN json_extract_string(text, path) END")
 _JSON_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Spark 4's function; DuckDB's url_decode raises on a sequence that is not UTF-8, try() makes
-# it null as Spark's is
-_DUCKDB_TRY_URL_DECODE = (
-    "CREATE OR REPLACE TEMP MACRO try_url_decode(text) AS try(url_decode(text))")
 
 
 @ibis.udf.scalar.builtin(name="get_json_object")
@@ -218,22 +213,27 @@ def json_value(text: ir.StringValue, key: str) -> ir.StringValue:
     return _get_json_object(text, f"$.{key}")
 
 
-@ibis.udf.scalar.builtin(name="try_url_decode")
-def _try_url_decode(text: str) -> str:  # type: ignore[empty-body]
-    """Spark's function; a macro of the same name on DuckDB (made at connect)."""
+@ibis.udf.scalar.builtin(name="url_decode")
+def _url_decode(text: str) -> str:  # type: ignore[empty-body]
+    """DuckDB's and Spark's function of that name."""
 
 
 def url_parameter(url: ir.StringValue, name: str) -> ir.StringValue:
-    """The value of query parameter ``name`` in ``url``, percent- and ``+``-decoded, as the
-    collector's mapping reads it (``segment._query_param``); null when absent or empty. A value
-    that does not decode (``caf%E9``) is kept as written: any visitor can put any bytes in a
-    URL, and one such URL must not fail a run.
+    """The value of query parameter ``name`` in ``url``, ``+`` and percent-decoded; null when
+    absent or empty.
+
+    Only a value whose every ``%`` starts an ASCII escape (``%20``, ``%2B``) is decoded; any
+    other is kept as written (``caf%E9``, ``%C3%A9``, ``100%``). Why: DuckDB's ``url_decode``
+    raises on bytes that are not UTF-8, and its ``try()`` around it nulled the *input* column
+    of the failing row (DuckDB 1.4); Spark's returns null. Decoding only what is always valid
+    gives one answer on both engines and never fails a run on a visitor's URL.
     """
     if not _JSON_KEY.match(name):
         raise ValueError(f"query parameter {name!r}: letters, digits and _ only")
     raw = url.re_extract(f"[?&#]{name}=([^&#]*)", 1).nullif("")
     spaced = raw.replace("+", " ")
-    return _try_url_decode(spaced).coalesce(spaced).strip().nullif("")
+    unsafe = spaced.re_replace("%[0-7][0-9A-Fa-f]", "").contains("%")
+    return ibis.ifelse(unsafe, spaced, _url_decode(spaced)).strip().nullif("")
 
 
 def engine_name(con: BaseBackend) -> str:
