@@ -62,3 +62,33 @@ def test_an_error_naming_a_mapping_section_prints_it(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "did you mean 'columns'?" in result.output
     assert "use [columns], [defaults], [options] and [event_types]" in result.output
+
+
+def test_run_summary_fits_80_columns_without_cutting_a_number(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The demo's own figures: before, 'conversions' and a deal value of 11 million were cut
+    to 'conversio…' and '11,094,91…' in an 80-column terminal."""
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    import touchline.cli as cli
+    from touchline.pipeline import RunReport
+
+    screen = Console(width=80, file=io.StringIO(), record=True)
+    monkeypatch.setattr(cli, "console", screen)
+    conversions = pd.DataFrame({
+        "conversion": ["call", "deal_won", "lead", "purchase"],
+        "conversions": [1_818, 268, 11_081, 1_957],
+        "value": [0.0, 11_094_910.0, 0.0, 223_367.71],
+        "open_journeys": [28_249, 27_322, 18_006, 28_535],
+        "lookback_cut": [378, 0, 386, 380], "without_touches": [6, 11, 0, 0]})
+    by_channel = pd.DataFrame({"channel": ["Mobile Push Notifications", "Direct"],
+                               "conversions": [78.05, 39.64], "value": [3_731_391.9, 1_823.2]})
+    cli.print_run(RunReport("duckdb:///w.duckdb", conversions, by_channel, "deal_won", "linear"),
+                  hint=True)
+    text = screen.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    cells = [line for line in text.splitlines() if line[:1] in "┃│"]
+    assert len(cells) >= 9 and not any("…" in line for line in cells)  # (the hint says "…")
+    assert "11,094,910.00" in text and "Mobile Push Notifications" in text

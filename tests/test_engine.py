@@ -42,6 +42,20 @@ def test_strip_removes_white_space_only_on_each_engine(con) -> None:
         assert [None if pd.isna(v) else v for v in got[column]] == expected, column
 
 
+def test_url_parameter_decodes_leniently_and_alike_on_each_engine(con) -> None:
+    # DuckDB's url_decode raises on bytes that are not UTF-8 (and try() around it nulled the
+    # row's URL): only ASCII escapes are decoded, anything else is kept as written
+    urls = ["https://a.test/?utm_campaign=Spring%20Sale&x=1",
+            "https://a.test/p?x=1&utm_campaign=a+b", "https://a.test/?utm_campaign=caf%E9",
+            "https://a.test/?x_utm_campaign=no", "https://a.test/?utm_campaign=",
+            "https://a.test/#utm_campaign=frag", None]
+    t = engine.load_table(con, "t_urls", pd.DataFrame({"i": range(len(urls)), "u": urls}))
+    got = t.select("i", v=engine.url_parameter(t.u, "utm_campaign")).order_by("i").to_pandas()
+    assert [None if pd.isna(v) else v for v in got.v] == [
+        "Spring Sale", "a b", "caf%E9", None, None, "frag", None]
+    assert t.u.notnull().sum().to_pyarrow().as_py() == 6  # the URLs themselves untouched
+
+
 def test_create_overwrite_and_drop_if_exists_work(con) -> None:
     # ibis 12.0.0 with sqlglot >= 30.18 emits a bare DROP TABLE IF EXISTS that fails here.
     engine.load_table(con, "t_over", pd.DataFrame({"a": [1]}))

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from touchline import engine, store
 from touchline.config import load_settings
@@ -149,8 +149,10 @@ def print_run(report: object, *, hint: bool = True) -> None:
     from touchline.pipeline import RunReport
 
     assert isinstance(report, RunReport)
-    kinds = Table("conversion", "conversions", "value", "open journeys", "shortened by lookback",
-                  "no touch in window", title="journeys by conversion type")
+    # headers on several lines and numbers never wrapped: the table fits 80 columns whole
+    kinds = Table("conversion", *(Column(h, justify="right", no_wrap=True) for h in (
+        "conversions", "value", "open\njourneys", "shortened\nby\nlookback",
+        "no touch\nin window")), title="journeys by conversion type")
     for row in report.conversions.itertuples(index=False):
         kinds.add_row(str(row.conversion), f"{row.conversions:,}", f"{row.value:,.2f}",
                       f"{row.open_journeys:,}", f"{row.lookback_cut:,}",
@@ -207,6 +209,7 @@ DEMO_TABLE_MODELS = ("last_touch", "last_non_direct", "linear", "markov", "shapl
 
 
 def _print_demo(report: object) -> None:
+    from touchline.attribution.commands import model_tables
     from touchline.demo import DemoReport
     from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
 
@@ -235,17 +238,14 @@ def _print_demo(report: object) -> None:
             continue
         frame = dataset.comparison
         level = frame.columns[0]
-        # the widest table that stays readable: the ranking below scores every model
+        # the models a marketer knows best; the ranking below scores every model
         models = [c for c in frame.columns if c in DEMO_TABLE_MODELS]
         truth = dataset.truth["channels"]
-        table = Table(level, "truth", *models,
-                      title=f"{dataset.name}: conversions credited by each model")
-        for row in frame.itertuples(index=False):
-            values = dict(zip(frame.columns, row, strict=True))
-            true = truth.get(values[level], {}).get("incremental_conversions")
-            table.add_row(str(values[level]), "" if true is None else f"{true:,.1f}",
-                          *(f"{values[m]:,.1f}" for m in models))
-        console.print(table)
+        true = [truth.get(label, {}).get("incremental_conversions") for label in frame[level]]
+        console.print(model_tables(
+            frame[[level, *models]], width=console.width, leading={"truth": true},
+            title=f"{dataset.name}: conversions credited by each model, beside the true "
+                  "incremental conversions"))
         rankings = [(dataset.ranking, "true paths (paths.csv)")]
         if dataset.prepared_ranking is not None:
             rankings.append((dataset.prepared_ranking, "journeys rebuilt by prepare"))

@@ -76,6 +76,13 @@ CLICK_ID_PLATFORMS: dict[str, str] = {
     "dclid": "display", "fbclid": "meta", "li_fat_id": "linkedin", "ttclid": "tiktok",
 }
 CLICK_IDS: tuple[str, ...] = tuple(CLICK_ID_PLATFORMS)
+#: the campaign fields of a touch, as the URL and the events table name them
+UTM_COLUMNS: tuple[str, ...] = ("utm_source", "utm_medium", "utm_campaign", "utm_term",
+                                "utm_content")
+#: properties that name the page a visitor landed on (call trackers' exports and integrations,
+#: form tools): prepare reads a track event's campaign from its query string when the event has
+#: none of its own; call touches carry them over from the call
+LANDING_URL_KEYS: tuple[str, ...] = ("landing_page_url", "landing_page", "page_url")
 
 _LOAD_COLUMNS = (
     ("source", S, "which system sent it: web, server, chat, forms, calls, crm, import, ..."),
@@ -206,6 +213,8 @@ CALLS = TableSpec(
         ("duration_seconds", I, "talk time in seconds"),
         ("answered", B, "answered or missed"),
         ("outcome", S, "disposition (e.g. lead, sale, support, spam)"),
+        ("properties", S, "JSON object of the input's other columns (the call tracker's "
+         "utm_source … utm_content, landing_page_url, …), as read"),
         *_LOAD_COLUMNS,
     ),
 )
@@ -776,7 +785,8 @@ PERSONS = TableSpec(
 
 ACCOUNTS = TableSpec(
     name="accounts",
-    doc="Companies: CRM accounts, Segment groups, or business e-mail domains (free-mail excluded).",
+    doc="Companies: CRM accounts, Segment groups, or business e-mail domains (free-mail and "
+    "reserved example/test domains excluded).",
     key="account_id",
     columns=_cols(
         ("account_id", S, "crm:<id>, group:<id> or domain:<registrable domain>"),

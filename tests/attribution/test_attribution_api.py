@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -22,6 +25,7 @@ from touchline.attribution import (
     compare,
     evaluate,
     load_truth,
+    read_path_file,
     transition_matrix,
 )
 from touchline.cli import app
@@ -258,6 +262,62 @@ def test_cli_model_all_prints_every_model_side_by_side(tmp_path: Path) -> None:
         ],
     )
     assert table.exit_code == 0 and "first_touch" in (tmp_path / "all.txt").read_text()
+
+
+#: channel names as long as GA4's, and counts in the hundred thousands: the widest cells
+WIDE_PATHS = """path;total_conversions;total_conversion_value;total_null
+Organic Search > Paid Search;123456;12000;300
+Mobile Push Notifications > Email;80;9000;200
+Organic Social > Referral > Paid Search;40;5000;150
+Direct;60000;4000;500
+Cross-network > Organic Search > Direct;30;3500;120
+"""
+
+
+def _rendered_tables(text: str) -> dict[str, dict[str, str]]:
+    """``{model: {channel: cell}}`` from rich tables as printed (a channel name wrapped onto a
+    second line is joined back)."""
+    cells: dict[str, dict[str, str]] = {}
+    header: list[str] = []
+    last = ""
+    for line in text.splitlines():
+        if line.startswith("┃"):
+            header = [c.strip() for c in line.strip("┃").split("┃")]
+        elif line.startswith("│"):
+            row = [c.strip() for c in line.strip("│").split("│")]
+            if all(v == "" for v in row[1:]):  # the wrapped rest of the label above
+                for model in header[1:]:
+                    cells[model][f"{last} {row[0]}"] = cells[model].pop(last)
+                last = f"{last} {row[0]}"
+                continue
+            last = row[0]
+            for model, value in zip(header[1:], row[1:], strict=True):
+                cells.setdefault(model, {})[last] = value
+    return cells
+
+
+def test_cli_model_all_fits_an_80_column_terminal(tmp_path: Path) -> None:
+    """Every model's credit of every channel is in the output, whole, and no line passes 80
+    columns. Before, rich squeezed 14 model columns into 80 and cut every cell to ``1…``."""
+    paths = tmp_path / "paths.csv"
+    paths.write_text(WIDE_PATHS)
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", "from touchline.cli import app; app()", "attribute", "--paths",
+         str(paths), "--model", "all"],
+        capture_output=True, text=True, env=env, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in done.stdout
+    expected = compare(read_path_file(paths))
+    got = _rendered_tables(done.stdout)
+    assert sorted(got) == sorted(expected.columns[1:])  # every model once
+    for model in expected.columns[1:]:
+        assert got[model] == {channel: f"{value:,.1f}" for channel, value
+                              in zip(expected.channel, expected[model], strict=True)}
+    assert got["first_touch"]["Organic Search"] == "123,456.0"
+    assert "Mobile Push Notifications" in got["markov"]
 
 
 def test_cli_table_shows_channels_by_credit(tmp_path: Path) -> None:

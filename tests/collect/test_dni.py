@@ -196,7 +196,7 @@ def _calls() -> pa.Table:
 
 def test_calls_match_covering_expired_ambiguous_and_missing_leases(con: BaseBackend) -> None:
     leases = engine.load_table(con, "number_leases", _leases())
-    calls = engine.load_table(con, "calls_e164", with_e164(_calls(), "US"))
+    calls = with_e164(engine.load_table(con, "calls_raw", _calls()), "US")
     got = (
         match_calls(calls, leases, grace=timedelta(minutes=60))
         .select("call_id", "match_status", "session_id", "utm_source", "utm_term")
@@ -221,7 +221,8 @@ def test_new_calls_become_touches_once(con: BaseBackend) -> None:
         .append_column("source", pa.array(["calls"] * 5))
         .append_column("ingest_id", pa.array(["t"] * 5))
     )
-    engine.append(con, "calls", calls.cast(store.CALLS.schema.to_pyarrow()))
+    engine.append(con, "calls", pa.Table.from_pylist(calls.to_pylist(),
+                                                    schema=store.CALLS.schema.to_pyarrow()))
     settings = Settings(dni_grace_minutes=60, call_conversion_seconds=60, phone_region="US")
     first = match_new_calls(con, settings)
     second = match_new_calls(con, settings)
@@ -383,3 +384,64 @@ def test_cli_imports_leases_and_matches_the_calls(tmp_path: Path) -> None:
     assert matched.exit_code == 0, matched.output
     counts = dict(re.findall(r"\b(matched|expired|unmatched)\W+(\d+)", matched.output))
     assert counts == {"matched": "1", "expired": "1", "unmatched": "1"}
+
+
+def test_call_touches_rows_are_pinned_column_by_column(con: BaseBackend) -> None:
+    """Every column of the ``events`` rows calls become, pinned (the JSON text too), so that
+    building them in the engine instead of a Python loop changes no row. ``c-odd`` has a
+    quote and a backslash in its outcome, no duration and no answer."""
+    store.init(con)
+    engine.append(con, "number_leases", _leases())
+    odd = pa.table({"call_id": ["c-odd"], "caller_number": [None],
+                    "tracking_number": ["+15550100001"], "started_at": [_at(5)],
+                    "duration_seconds": pa.array([None], pa.int64()),
+                    "answered": pa.array([None], pa.bool_()),
+                    "outcome": ['said "call back" \\ later']})
+    calls = pa.concat_tables([_calls(), odd.cast(_calls().schema)])
+    calls = (calls.append_column("source", pa.array(["calls"] * 6))
+             .append_column("ingest_id", pa.array(["file-1"] * 6)))
+    engine.append(con, "calls", pa.Table.from_pylist(calls.to_pylist(),
+                                                    schema=store.CALLS.schema.to_pyarrow()))
+    match_new_calls(con, Settings(dni_grace_minutes=60, call_conversion_seconds=60,
+                                  phone_region="US"))
+    rows = con.table("events").order_by("message_id").to_pyarrow().to_pylist()
+    ingest_ids = {r.pop("ingest_id") for r in rows}
+    assert len(ingest_ids) == 1 and re.fullmatch(r"[0-9a-f]{32}", ingest_ids.pop() or "")
+    empty = {c.name: None for c in store.EVENTS.columns if c.name != "ingest_id"}
+
+    def row(call_id: str, anon: str | None, source: str | None, term: str | None,
+            phone: str | None, started: datetime, props: str, session: str | None) -> dict:
+        return empty | {
+            "message_id": f"call:{call_id}", "type": "track", "event": "Phone Call",
+            "anonymous_id": anon, "timestamp": started, "original_timestamp": started,
+            "utm_source": source, "utm_medium": "cpc" if source else None, "utm_term": term,
+            "phone": phone, "properties": props, "source": "calls",
+            "context": '{"session_id": ' + (f'"{session}"' if session else "null") + "}"}
+
+    assert rows == [
+        row("c-grace", "anon-s2", "bing", "kw-s2", "+15551239999", _at(50),
+            '{"call_id": "c-grace", "tracking_number": "+15550100002", "duration_seconds": 30, '
+            '"answered": true, "outcome": null, "match_status": "expired", "lease_id": "L2", '
+            '"session_id": "s2", "pool": "bing", "conversion": false}', "s2"),
+        row("c-in", "anon-s1", "google", "kw-s1", "+15551234567", _at(10),
+            '{"call_id": "c-in", "tracking_number": "+15550100001", "duration_seconds": 120, '
+            '"answered": true, "outcome": "lead", "match_status": "matched", "lease_id": "L1", '
+            '"session_id": "s1", "pool": "google", "conversion": true}', "s1"),
+        row("c-late", None, None, None, "+15551230001", _at(200),
+            '{"call_id": "c-late", "tracking_number": "+15550100001", "duration_seconds": 90, '
+            '"answered": true, "outcome": null, "match_status": "unmatched", "lease_id": null, '
+            '"session_id": null, "pool": null, "conversion": true}', None),
+        row("c-none", None, None, None, None, _at(10),
+            '{"call_id": "c-none", "tracking_number": "+15550100009", "duration_seconds": 10, '
+            '"answered": false, "outcome": null, "match_status": "unmatched", "lease_id": null, '
+            '"session_id": null, "pool": null, "conversion": false}', None),
+        row("c-odd", "anon-s1", "google", "kw-s1", None, _at(5),
+            '{"call_id": "c-odd", "tracking_number": "+15550100001", "duration_seconds": null, '
+            '"answered": null, "outcome": "said \\"call back\\" \\\\ later", "match_status": '
+            '"matched", "lease_id": "L1", "session_id": "s1", "pool": "google", '
+            '"conversion": false}', "s1"),
+        row("c-two", "anon-s4", "fb", "kw-s4", "+15551230000", _at(20),
+            '{"call_id": "c-two", "tracking_number": "+15550100003", "duration_seconds": 300, '
+            '"answered": true, "outcome": "sale", "match_status": "ambiguous", "lease_id": "L4", '
+            '"session_id": "s4", "pool": "fb", "conversion": true}', "s4"),
+    ]

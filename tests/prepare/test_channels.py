@@ -41,6 +41,8 @@ CASES = [
     (("app", "push", None, None, "web"), ("Mobile Push Notifications", "mobile_push")),
     (("firebase", "(not set)", None, None, "web"), ("Mobile Push Notifications", "mobile_push")),
     (("(direct)", "(none)", None, None, "calls"), ("Phone", "phone_call")),
+    # a call whose lease or properties name a campaign is that campaign's channel
+    (("google", "cpc", "plumbing", None, "calls"), ("Paid Search", "paid_search")),
     (("hubspot", "webinar", None, None, "web"), ("Offline", "offline")),
     (("weird", "unknownmedium", None, None, "web"), ("Unassigned", "unassigned")),
 ]

@@ -431,3 +431,60 @@ def test_a_deals_table_from_before_contact_ids_still_gives_accounts(con, setting
     run_prepare(con, settings, now=NOW)
     accounts = con.table("accounts").to_pandas().set_index("account_id").person_count.to_dict()
     assert accounts == {"crm:A1": 3, "domain:delta.org": 1, "group:G7": 2}
+
+
+CALLS_WITH_CAMPAIGNS = """call_id,caller_number,tracking_number,started_at,duration_seconds,\
+answered,utm_source,utm_medium,utm_campaign,landing_page_url
+k1,+12025550143,+15550100001,2025-03-09T10:00:00Z,90,true,google,cpc,Plumbing,
+k2,+12025550199,+15550100001,2025-03-09T11:00:00Z,90,true,,,,\
+https://shop.test/boilers?utm_source=google&utm_medium=cpc&utm_campaign=Spring%20Sale
+k3,+12025550177,+15550100001,2025-03-09T12:00:00Z,90,true,,,,
+"""
+
+
+def test_a_call_whose_properties_carry_utms_is_a_paid_search_touch(con, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No number lease explains these calls, but the call-tracking export (k1, k2) and the
+    telephony integration's track event (e1) name the campaign in their properties: as UTM
+    keys, or in the landing page's URL. Before, the touches were Direct (or Phone)."""
+    from touchline.collect.dni import match_new_calls
+    from touchline.collect.ingest import ingest_file
+
+    store.init(con)
+    engine.append(con, "events", arrow_table(store.EVENTS, event_rows([
+        {"message_id": "e1", "type": "track", "event": "Phone Call", "source": "calls",
+         "anonymous_id": "v1", "timestamp": "09:00",
+         "properties": '{"call_id": "e1", "duration_seconds": 75, "utm_source": "Google", '
+                       '"utm_medium": "cpc", "utm_campaign": "Boilers", '
+                       '"utm_term": "boiler repair"}'},
+    ])))
+    calls = tmp_path / "calls.csv"
+    calls.write_text(CALLS_WITH_CAMPAIGNS)
+    ingest_file(con, calls, "calls", settings=settings)
+    assert match_new_calls(con, settings) == {"unmatched": 3, "pool_exhausted": 0}
+    run_prepare(con, settings, now=NOW)
+    got = (con.table("touchpoints")
+           .select("touchpoint_id", "channel", "source", "medium", "campaign", "term")
+           .order_by("touchpoint_id").to_pyarrow().to_pylist())
+    assert [tuple(r.values()) for r in got] == [
+        ("call:k1", "Paid Search", "google", "cpc", "plumbing", None),
+        ("call:k2", "Paid Search", "google", "cpc", "spring sale", None),
+        ("call:k3", "Phone", "(direct)", "(none)", None, None),  # nothing names a campaign
+        ("e1", "Paid Search", "google", "cpc", "boilers", "boiler repair"),
+    ]
+
+
+def test_reserved_and_free_mail_domains_make_no_account(con, settings) -> None:  # type: ignore[no-untyped-def]
+    """Documentation and test domains (RFC 2606 and 6761: example.com/.net/.org and their
+    subdomains, *.example, *.test, *.invalid, *.localhost) and free-mail providers name no
+    company. Before, example.com, shop.test … each became a ``domain:`` account."""
+    emails = ["ann@example.com", "bo@mail.example.net", "cy@example.org", "di@acme.example",
+              "ed@shop.test", "fe@host.invalid", "gil@dev.localhost", "hu@yahoo.co.uk",
+              "io@proton.me", "jo@acme-corp.com", "ky@notexample.com"]
+    load(con, [{"anonymous_id": f"v{i}", "type": "identify", "timestamp": f"09:{i:02d}",
+                "email": email} for i, email in enumerate(emails)])
+    run_prepare(con, settings, now=NOW)
+    accounts = con.table("accounts").order_by("account_id").account_id.to_pyarrow().to_pylist()
+    assert accounts == ["domain:acme-corp.com", "domain:notexample.com"]
+    persons = con.table("persons").to_pandas()
+    with_account = sorted(persons[persons.account_id.notna()].email)
+    assert with_account == ["jo@acme-corp.com", "ky@notexample.com"]

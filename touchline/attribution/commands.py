@@ -15,14 +15,16 @@ import io
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, Group, RenderableType
+from rich.table import Column, Table
+from rich.text import Text
 
 from touchline import store
 from touchline.attribution.compare import attribute as attribute_paths
@@ -43,6 +45,24 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("table", "json", "csv")
 ALL_MODELS = "all"
+#: how ``--model all`` groups models into tables, in the order a marketer reads them: who
+#: gets everything, then rules that share the credit, then the models fitted to the data.
+#: Every table repeats the channel column in the same row order, so a channel's line can be
+#: followed from table to table; a model in no family gets a table of its own at the end.
+MODEL_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("single touch", ("first_touch", "last_touch", "last_non_direct")),
+    ("shared evenly or by weight", ("linear", "time_decay", "custom")),
+    ("shared by position", ("position_based", "w_shaped", "full_path")),
+    ("J-shaped", ("j_shaped", "inverse_j")),
+    ("data-driven", ("markov", "shapley", "counterfactual")),
+)
+#: characters of the channel (or campaign …) column before its text wraps onto a second line
+LABEL_WIDTH_MAX = 22
+#: what a table adds to its columns' text: the left border, and per column one space either
+#: side and its right border (rich's default box)
+_TABLE_EDGE, _COLUMN_EDGE = 1, 3
+#: columns of a table written to a file with ``--out``
+OUT_WIDTH = 200
 
 
 
@@ -169,15 +189,65 @@ def _table(frame: pd.DataFrame, title: str, sort_by: str | None = None) -> Table
     return table
 
 
-def _emit(text: str | Table, out: Path | None) -> None:
+def _number(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else (
+        f"{value:,.1f}")
+
+
+def model_tables(frame: pd.DataFrame, *, title: str, width: int, sort_by: str | None = "markov",
+                 leading: Mapping[str, Sequence[Any]] | None = None) -> Group:
+    """Models side by side, readable in a ``width``-column terminal: one table per family of
+    :data:`MODEL_FAMILIES` (split further when a family is wider than ``width``), each with the
+    label column first, then ``leading`` columns (the truth, in the demo), then its models.
+
+    Why not one table: 14 models and a channel column need ~200 columns, and rich squeezes them
+    into 80 by cutting every header and number to ``1…``. Full model keys as headers, so a
+    column reads as in ``touchline.toml`` and ``--model``; numbers to one decimal, never cut.
+    """
+    level = frame.columns[0]
+    models = list(frame.columns[1:])
+    frame = frame.copy()
+    for name, values in (leading or {}).items():  # row by row, sorted with the models
+        frame[name] = list(values)
+    if sort_by in models:
+        frame = frame.sort_values(sort_by, ascending=False, kind="stable")
+    labels = [str(v) for v in frame[level]]
+    cells = {c: [_number(v) for v in frame[c]] for c in frame.columns[1:]}
+    leading = dict(leading or {})
+    wide = {c: max([len(c), *(len(v) for v in cells[c])]) + _COLUMN_EDGE for c in cells}
+    label_width = min(max([len(level), *(len(v) for v in labels)]), LABEL_WIDTH_MAX)
+    base = _TABLE_EDGE + label_width + _COLUMN_EDGE + sum(wide[k] for k in leading)
+    named = {m for _, family in MODEL_FAMILIES for m in family}
+    families = [(name, [m for m in family if m in models]) for name, family in MODEL_FAMILIES]
+    families.append(("other models", [m for m in models if m not in named]))
+    parts: list[RenderableType] = [Text(title, style="bold")]
+    for name, members in families:
+        chunks: list[list[str]] = []
+        for model in members:  # a family wider than the terminal goes on in a second table
+            if not chunks or base + sum(wide[m] for m in chunks[-1]) + wide[model] > width:
+                chunks.append([])
+            chunks[-1].append(model)
+        for i, chunk in enumerate(chunks):
+            table = Table(Column(level, max_width=LABEL_WIDTH_MAX, overflow="fold"),
+                          *(Column(c, justify="right", no_wrap=True)
+                            for c in (*leading, *chunk)),
+                          title=name + (f" ({i + 1} of {len(chunks)})" if len(chunks) > 1
+                                        else ""))
+            for row, label in enumerate(labels):
+                table.add_row(label, *(cells[c][row] for c in (*leading, *chunk)))
+            parts.append(table)
+    return Group(*parts)
+
+
+def _emit(text: str | RenderableType, out: Path | None) -> None:
     if out is None:
-        if isinstance(text, Table):
-            console.print(text)
-        else:
+        if isinstance(text, str):
             console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+        else:
+            console.print(text)
         return
-    if isinstance(text, Table):
-        recorder = Console(record=True, width=200, file=io.StringIO())
+    if not isinstance(text, str):
+        recorder = Console(record=True, width=OUT_WIDTH, file=io.StringIO())
         recorder.print(text)
         text = recorder.export_text()
     out.write_text(text)
@@ -188,13 +258,9 @@ def print_demo_summary(paths_file: Path, truth_file: Path) -> None:
     """For ``touchline demo``: every model side by side, then the ranking against the truth."""
     path_set = _read(paths_file, PATH_SEP_DEFAULT, "channel")
     conversions = compare(path_set)
-    console.print(
-        _table(
-            conversions,
-            f"conversions credited by each model (total {path_set.total_conversions:,.6g})",
-            sort_by="markov",
-        )
-    )
+    console.print(model_tables(
+        conversions, width=console.width,
+        title=f"conversions credited by each model (total {path_set.total_conversions:,.6g})"))
     ranking = evaluate_models(conversions, load_truth(truth_file))
     console.print(
         _table(
@@ -289,19 +355,17 @@ def register(app: typer.Typer) -> None:
                     raise ConfigError("--param applies to one model; drop it with --model all")
                 conversions = compare(path_set, params=per_model)
                 value = compare(path_set, params=per_model, measure="value")
-                shown: str | Table
+                shown: str | RenderableType
                 if fmt == "json":
                     shown = json.dumps(_all_json(conversions, value, params), indent=2) + "\n"
                 elif fmt == "csv":
                     wide = conversions.merge(value, on=level, suffixes=("", "_value"))
                     shown = store.to_csv(wide)
                 else:
-                    shown = _table(
-                        conversions,
-                        f"conversions credited by each model "
-                        f"(total {path_set.total_conversions:,.6g})",
-                        sort_by="markov",
-                    )
+                    shown = model_tables(
+                        conversions, width=console.width if out is None else OUT_WIDTH,
+                        title=f"conversions credited by each model (total "
+                        f"{path_set.total_conversions:,.6g}); {level} by markov credit")
             else:
                 frame = attribute_paths(path_set, model, ci=ci, replicates=replicates, **params)
                 if fmt == "json":

@@ -15,14 +15,14 @@ covered it at that moment says who called: the session's anonymous id, channel a
   prunes the rows it copied that can no longer matter (ended longer than the grace period
   ago). The store holds at most ``max_rows`` rows: beyond it new sessions keep the site's own
   number too, counted as ``store_full`` per pool and day, until the loader prunes.
-* :func:`match_calls` joins calls to leases (an Ibis expression, any engine) and
-  :func:`call_touches` turns the result into ``events`` rows: every call is a touch.
+* :func:`match_calls` joins calls to leases and :func:`call_touches` turns the result into
+  ``events`` rows (every call is a touch): Ibis expressions, so the calls stay in the engine;
+  only their distinct phone numbers come to Python, for phonenumbers (:func:`with_e164`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 import time
 import uuid
@@ -53,6 +53,9 @@ DAY_SECONDS = 86_400.0
 COUNTED_STATUSES = ("exhausted", "store_full")
 CALL_EVENT = "Phone Call"
 MATCH_STATUSES = ("matched", "ambiguous", "expired", "unmatched")
+#: the matched new calls, computed once by :func:`match_new_calls` (a name per run: on Spark it
+#: is a table in the warehouse, and two runs must not share it)
+MATCHED_SCRATCH_PREFIX = "tmp_dni_matched_calls_"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -311,13 +314,26 @@ class LeaseBook:
         return table, (rows[-1][13] if rows else seq)
 
 
-def with_e164(calls: pa.Table, region: str) -> pa.Table:
-    """Add ``caller_e164`` and ``tracking_e164`` (phonenumbers; each distinct number once)."""
+def e164_lookup(numbers: list[str], region: str) -> pa.Table:
+    """``number -> e164`` for distinct raw numbers (phonenumbers, in Python: each number once)."""
+    return pa.table({"number": pa.array(numbers, pa.string()),
+                     "e164": pa.array([to_e164(n, region) for n in numbers], pa.string())})
+
+
+def with_e164(calls: ir.Table, region: str) -> ir.Table:
+    """Add ``caller_e164`` and ``tracking_e164`` to ``calls``.
+
+    phonenumbers runs in Python, so only the distinct numbers come out of the engine; the
+    small lookup goes back in and is joined on, the calls themselves never leave the engine.
+    """
+    raw = ibis.union(calls.select(number=calls.caller_number),
+                     calls.select(number=calls.tracking_number), distinct=True)
+    numbers = [n for n in raw.to_pyarrow().column("number").to_pylist() if n is not None]
+    lookup = ibis.memtable(e164_lookup(numbers, region))
     out = calls
     for source, target in (("caller_number", "caller_e164"), ("tracking_number", "tracking_e164")):
-        values = calls.column(source).to_pylist()
-        cache = {v: to_e164(v, region) for v in set(values)}
-        out = out.append_column(target, pa.array([cache[v] for v in values], pa.string()))
+        side = lookup.select(**{f"_{target}_raw": lookup.number, target: lookup.e164})
+        out = out.left_join(side, out[source] == side[f"_{target}_raw"]).drop(f"_{target}_raw")
     return out
 
 
@@ -371,55 +387,99 @@ def match_calls(calls: ir.Table, leases: ir.Table, *, grace: timedelta) -> ir.Ta
     )
 
 
-def call_touches(matched: pa.Table, *, conversion_seconds: int | None, ingest_id: str) -> pa.Table:
+def _json_text(value: ir.Value) -> ir.StringValue:
+    """``value`` written as JSON, as ``json.dumps`` writes it (``null``, ``true``, ``12``,
+    ``"text"`` with ``"``, ``\\`` and line breaks escaped), the same text on every engine.
+
+    Why not the engines' own JSON functions: DuckDB's ``to_json`` and Spark's ``to_json`` differ
+    in spacing and in how they write nulls, and the text of ``events.properties`` must not depend
+    on the engine. Non-ASCII characters stay as they are (``json.dumps`` would write ``\\u00e9``;
+    both parse to the same value).
+    """
+    if value.type().is_boolean():
+        # not ifelse alone: a null condition takes the else branch, and null must stay null
+        text = ibis.ifelse(value.isnull(), ibis.null("string"), ibis.ifelse(value, "true", "false"))
+    elif value.type().is_numeric():
+        text = value.cast("string")
+    else:
+        escaped = value.cast("string")
+        for char, code in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"),
+                           ("\t", "\\t")):
+            escaped = escaped.replace(char, code)
+        text = '"' + escaped + '"'
+    return text.fill_null("null")
+
+
+def _json_object(fields: dict[str, ir.Value],
+                 if_set: dict[str, ir.Value] | None = None) -> ir.StringValue:
+    """A JSON object of ``fields`` in their order, with ``json.dumps``'s separators; then each
+    of ``if_set`` whose value is not null (absent, not ``null``, when it is)."""
+    parts: list[ir.StringValue] = []
+    for name, value in fields.items():
+        parts.append(ibis.literal(("{" if not parts else ", ") + f'"{name}": ')
+                     + _json_text(value))
+    for name, value in (if_set or {}).items():
+        parts.append(ibis.ifelse(value.isnull(), "",
+                                 ibis.literal(f', "{name}": ') + _json_text(value)))
+    return ibis.literal("").concat(*parts) + "}"
+
+
+def call_touches(
+    matched: ir.Table, *, conversion_seconds: int | None, ingest_id: str
+) -> ir.Table:
     """``events`` rows for matched calls: a ``Phone Call`` track per call, id ``call:<call_id>``.
 
     The visitor's anonymous id and campaign come from the lease; the caller's E.164 number goes
     to ``phone`` for identity. ``properties.conversion`` is true for answered calls of at least
-    ``conversion_seconds`` (``None``: calls are touches only).
+    ``conversion_seconds`` (``None``: calls are touches only). The call's own UTM and
+    landing-page properties (a call tracker's export) follow, when it has them; prepare reads
+    the campaign from them when the lease named none. One expression on the engine:
+    a back-fill of a million calls never passes through a Python loop.
     """
-    rows = matched.to_pylist()
-    out: dict[str, list[object]] = {c.name: [] for c in EVENTS.columns}
-    for row in rows:
-        duration = row.get("duration_seconds")
-        conversion = bool(
-            conversion_seconds is not None
-            and row.get("answered")
-            and duration is not None
-            and duration >= conversion_seconds
-        )
-        properties = {
-            "call_id": row["call_id"],
-            "tracking_number": row.get("tracking_e164") or row.get("tracking_number"),
-            "duration_seconds": duration,
-            "answered": row.get("answered"),
-            "outcome": row.get("outcome"),
-            "match_status": row["match_status"],
-            "lease_id": row.get("lease_id"),
-            "session_id": row.get("session_id"),
-            "pool": row.get("pool"),
-            "conversion": conversion,
-        }
-        values: dict[str, object] = {
-            "message_id": f"call:{row['call_id']}",
-            "type": "track",
-            "event": CALL_EVENT,
-            "anonymous_id": row.get("anonymous_id"),
-            "timestamp": row["started_at"],
-            "original_timestamp": row["started_at"],
-            "utm_source": row.get("utm_source"),
-            "utm_medium": row.get("utm_medium"),
-            "utm_campaign": row.get("utm_campaign"),
-            "utm_term": row.get("utm_term"),
-            "phone": row.get("caller_e164"),
-            "properties": json.dumps(properties, default=str),
-            "context": json.dumps({"session_id": row.get("session_id")}),
-            "source": "calls",
-            "ingest_id": ingest_id,
-        }
-        for column in out:
-            out[column].append(values.get(column))
-    return pa.table(out, schema=EVENTS.schema.to_pyarrow())
+    m = matched
+    # the call tracker's campaign and landing page, for prepare to read when no lease named one
+    carried: dict[str, ir.Value] = {}
+    if "properties" in m.columns:
+        own = m.properties.cast("string")
+        carried = {key: engine.json_value(own, key)
+                   for key in (*store.UTM_COLUMNS, *store.LANDING_URL_KEYS)}
+    if conversion_seconds is None:
+        conversion = ibis.literal(False)
+    else:
+        conversion = (m.answered & (m.duration_seconds >= conversion_seconds)).fill_null(False)
+    properties = _json_object({
+        "call_id": m.call_id,
+        "tracking_number": m.tracking_e164.coalesce(m.tracking_number),
+        "duration_seconds": m.duration_seconds,
+        "answered": m.answered,
+        "outcome": m.outcome,
+        "match_status": m.match_status,
+        "lease_id": m.lease_id,
+        "session_id": m.session_id,
+        "pool": m.pool,
+        "conversion": conversion,
+    }, carried)
+    values: dict[str, ir.Value] = {
+        "message_id": ibis.literal("call:") + m.call_id,
+        "type": ibis.literal("track"),
+        "event": ibis.literal(CALL_EVENT),
+        "anonymous_id": m.anonymous_id,
+        "timestamp": m.started_at,
+        "original_timestamp": m.started_at,
+        "utm_source": m.utm_source,
+        "utm_medium": m.utm_medium,
+        "utm_campaign": m.utm_campaign,
+        "utm_term": m.utm_term,
+        "phone": m.caller_e164,
+        "properties": properties,
+        "context": _json_object({"session_id": m.session_id}),
+        "source": ibis.literal("calls"),
+        "ingest_id": ibis.literal(ingest_id),
+    }
+    return m.select(**{
+        name: (values[name] if name in values else ibis.null()).cast(dtype)
+        for name, dtype in EVENTS.schema.items()
+    })
 
 
 def match_new_calls(con: BaseBackend, settings: Settings) -> dict[str, int]:
@@ -437,20 +497,25 @@ def match_new_calls(con: BaseBackend, settings: Settings) -> dict[str, int]:
     known = recorded.select(call_id=engine.json_value(recorded.properties.cast("string"),
                                                       "call_id").coalesce(
         recorded.message_id.substr(5)))
-    new = calls.anti_join(known, "call_id").to_pyarrow()
+    new = calls.anti_join(known, "call_id")
     summary: dict[str, int] = {}
-    if new.num_rows:
-        calls_e164 = ibis.memtable(with_e164(new, settings.phone_region))
+    if new.count().execute():
         leases = con.table(store.NUMBER_LEASES.name)
-        matched = match_calls(
-            calls_e164, leases, grace=timedelta(minutes=settings.dni_grace_minutes)
-        ).to_pyarrow()
-        touches = call_touches(
-            matched, conversion_seconds=settings.call_conversion_seconds, ingest_id=uuid.uuid4().hex
-        )
-        engine.append(con, store.EVENTS.name, touches)
-        for status in matched.column("match_status").to_pylist():
-            summary[status] = summary.get(status, 0) + 1
+        matched = match_calls(with_e164(new, settings.phone_region), leases,
+                              grace=timedelta(minutes=settings.dni_grace_minutes))
+        # computed once: appending to events changes what ``new`` (an anti-join on events) is
+        ingest_id = uuid.uuid4().hex
+        scratch = MATCHED_SCRATCH_PREFIX + ingest_id
+        matched = engine.materialise(con, scratch, matched)
+        try:
+            counts = matched.group_by("match_status").aggregate(calls=matched.count())
+            for row in counts.to_pyarrow().to_pylist():
+                summary[row["match_status"]] = int(row["calls"])
+            touches = call_touches(matched, conversion_seconds=settings.call_conversion_seconds,
+                                   ingest_id=ingest_id)
+            engine.append(con, store.EVENTS.name, touches)
+        finally:
+            engine.drop_materialised(con, scratch)
     leases = con.table(store.NUMBER_LEASES.name)
     refused = leases.filter(leases.status.isin(COUNTED_STATUSES))
     # request_count is null in rows copied by an older version: one row was one request then

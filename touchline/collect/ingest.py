@@ -220,7 +220,7 @@ class _ChunkParser:
                 else:
                     exprs[name] = resolve(  # type: ignore[assignment]
                         tuple(dict.fromkeys((f"$.{name}", f"$.{_camel(name)}"))))
-            if spec.name == "deals" and "properties" not in mapping.columns:
+            if spec.name in ("deals", "calls") and "properties" not in mapping.columns:
                 exprs["properties"] = self._ndjson_leftovers(exprs["properties"])
         else:
             available = chunk_schema.names
@@ -285,9 +285,10 @@ class _ChunkParser:
                     f"({', '.join(names)}); rename them or map them with --map (see "
                     "docs/ingest.md)"
                 )
-            if spec.name in ("deals", "events") and "properties" not in exprs and self.ignored:
+            if (spec.name in ("deals", "events", "calls") and "properties" not in exprs
+                    and self.ignored):
                 # an export's extra columns (a CRM's owner, segment, lead type; a web export's
-                # page type) are kept, not dropped
+                # page type; a call tracker's campaign and landing page) are kept, not dropped
                 pairs = ", ".join(f"{_sql_str(c)}, {_quote(c)}" for c in self.ignored)
                 exprs["properties"] = f"CAST(json_object({pairs}) AS VARCHAR)"
                 self.ignored = []
@@ -409,8 +410,9 @@ class _ChunkParser:
             exprs["event"] = f"CASE {event} {' '.join(renames)} ELSE {event} END"
 
     def _ndjson_leftovers(self, given: str) -> str:
-        """A deal line's keys that no deal column reads, as a JSON object (null when none is
-        left), merged under its own ``properties`` object: nothing of a CRM export is dropped.
+        """A deal's or call's line's keys that no column of its table reads, as a JSON object
+        (null when none is left), merged under its own ``properties`` object: nothing of a CRM
+        or call-tracking export is dropped.
         ``json_merge_patch`` with a null value deletes a key."""
         taken: set[str] = set()
         for column in self.spec.columns:

@@ -101,8 +101,9 @@ def default_rules(custom: Path | None = None, *, preset: str = "touchline") -> l
     (``data/channel_rules.csv``), so that channel totals reconcile with GA4's reports.
     ``touchline`` (the default) merges in touchline's additions by priority
     (``data/channel_rules_touchline.csv``: Phone and Offline before Direct, since calls and
-    offline records arrive as (direct)/(none); a Google or Microsoft click id is Paid Search
-    whatever the UTMs say; AI Assistant before Organic Search).
+    offline records arrive as (direct)/(none), though a call with a campaign (its number
+    lease's, or its properties') is that campaign's channel; a Google or Microsoft click id is
+    Paid Search whatever the UTMs say; AI Assistant before Organic Search).
     """
     if preset not in CHANNEL_PRESETS:
         raise ConfigError(f"channel_rules {preset!r} is not one of {', '.join(CHANNEL_PRESETS)}")

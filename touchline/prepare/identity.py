@@ -254,12 +254,21 @@ def resolve_persons(con: object, nodes: ir.Table, links: ir.Table, *, max_iterat
     return ident, links
 
 
-def domain_table(domains: Sequence[str], free_mail: frozenset[str]) -> pa.Table:
-    """``email_domain -> registrable, is_free`` for distinct e-mail domains (tldextract)."""
-    from touchline.prepare.reference import registrable_domain
+def domain_table(domains: Sequence[str], free_mail: frozenset[str],
+                 reserved: frozenset[str] = frozenset()) -> pa.Table:
+    """``email_domain -> registrable, is_free`` for distinct e-mail domains (tldextract).
+
+    ``is_free``: the domain names no company, so it makes no account. Free-mail and ISP
+    domains (``free_mail``, matched on the domain or its registrable part), and domains
+    ``reserved`` for documentation and tests (:func:`~touchline.prepare.reference.
+    reserved_domains`: ``example.com``, ``*.test`` …): forms filled in with
+    ``ann@example.com`` are test data or a visitor hiding, never a customer's company.
+    """
+    from touchline.prepare.reference import is_reserved_domain, registrable_domain
 
     reg = [registrable_domain(d)[0] for d in domains]
-    free = [d in free_mail or r in free_mail for d, r in zip(domains, reg, strict=True)]
+    free = [d in free_mail or r in free_mail or is_reserved_domain(d, reserved)
+            for d, r in zip(domains, reg, strict=True)]
     return pa.table({"email_domain": pa.array(list(domains), pa.string()),
                      "registrable": pa.array(reg, pa.string()),
                      "is_free": pa.array(free, pa.bool_())})
@@ -271,11 +280,12 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
 
     Evidence, by precedence: a CRM deal listing one of the person's e-mails or CRM contact ids
     (``crm:<id>``), a Segment group call (``group:<id>``), the registrable domain of a business
-    e-mail (``domain:<domain>``; free-mail and ISP domains excluded). Ties: the least id. Keys
-    that name a known company resolve to it: a group id that is a CRM account id becomes that
-    ``crm:`` account; a domain that is a CRM account's domain becomes that account, else one
-    written from by a group's people becomes that group's account. ``account_source`` says
-    which kind of account it is; a CRM account keeps the CRM's name and domain.
+    e-mail (``domain:<domain>``; free-mail, ISP and reserved example/test domains excluded).
+    Ties: the least id. Keys that name a known company resolve to it: a group id that is a CRM
+    account id becomes that ``crm:`` account; a domain that is a CRM account's domain becomes
+    that account, else one written from by a group's people becomes that group's account.
+    ``account_source`` says which kind of account it is; a CRM account keeps the CRM's name
+    and domain.
     """
     emails = identities.filter(identities.kind == "email").select(
         "person_id", email=identities.identifier.substr(6))

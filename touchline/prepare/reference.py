@@ -96,6 +96,21 @@ def free_mail_domains() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
+def reserved_domains() -> frozenset[str]:
+    """Domains reserved for documentation and testing (``data/reserved_domains.csv``: RFC 2606
+    and RFC 6761): no real company owns them, nor any name under them."""
+    return frozenset(row["domain"].lower()
+                     for row in read_csv(DATA / "reserved_domains.csv", ("domain", "source")))
+
+
+def is_reserved_domain(domain: str, reserved: frozenset[str]) -> bool:
+    """Whether ``domain`` is one of ``reserved`` or a name under one (``mail.example.com``,
+    ``shop.test``); a trailing dot (the DNS root) is ignored."""
+    labels = domain.lower().rstrip(".").split(".")
+    return any(".".join(labels[i:]) in reserved for i in range(len(labels)))
+
+
+@lru_cache(maxsize=1)
 def _extractor() -> object:
     import tldextract
 

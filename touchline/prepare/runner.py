@@ -46,6 +46,8 @@ ORDER_ID_KEYS = ("order_id", "orderId", "transaction_id", "transactionId")
 #: where a call's talk time (seconds) sits in its properties: touchline's call touches, and
 #: the shorter key telephony exports use
 CALL_SECONDS_KEYS = ("duration_seconds", "duration")
+UTM_COLUMNS = store.UTM_COLUMNS
+LANDING_URL_KEYS = store.LANDING_URL_KEYS
 STEP_PREFIX = "prepare:"
 RAW_MAX_CHARS = 2000
 
@@ -86,7 +88,13 @@ def working_events(raw: ir.Table) -> ir.Table:
         dtype = spec.column(name).dtype
         value = raw[name].cast(dtype) if name in raw.columns else ibis.null(dtype)
         cols["recorded_by" if name == "source" else name] = value
-    cols.update(_property_values(raw))
+    values = _property_values(raw)
+    # a campaign is one set: the row's own fields when it has any (the collector read them
+    # from context.campaign or the URL, the call's number lease gave them), else its properties'
+    own = ibis.or_(*(cols[c].notnull() for c in UTM_COLUMNS))
+    for column in UTM_COLUMNS:
+        cols[column] = ibis.ifelse(own, cols[column], values.pop(column))
+    cols.update(values)
     return raw.select(**cols)
 
 
@@ -95,10 +103,14 @@ def _property_values(raw: ir.Table) -> dict[str, ir.Value]:
     first of :data:`ORDER_ID_KEYS` present), ``call_seconds`` (the first of
     :data:`CALL_SECONDS_KEYS`, rounded to whole seconds; anything else is null) and, for
     calls, ``call_outcome`` (the telephony disposition, read by the spam step and dropped
-    there). Page views are not parsed."""
+    there). Also the campaign, ``utm_source`` … ``utm_content``: the property of that name,
+    else that parameter of the URL under one of :data:`LANDING_URL_KEYS` (a call tracker
+    records the landing page and its UTMs with the call; without them a call from a paid
+    click is Direct). Page views are not parsed: their campaign is their URL's."""
     if "properties" not in raw.columns:
         return {"order_id": ibis.null("string"), "call_seconds": ibis.null("int64"),
-                "call_outcome": ibis.null("string")}
+                "call_outcome": ibis.null("string"),
+                **{c: ibis.null("string") for c in UTM_COLUMNS}}
     props = raw.properties.cast("string")
     track = (raw.type == "track").fill_null(False)
     call = track & ((raw.source == "calls").fill_null(False) if "source" in raw.columns
@@ -107,7 +119,16 @@ def _property_values(raw: ir.Table) -> dict[str, ir.Value]:
                             for key in ORDER_ID_KEYS))
     seconds = ibis.coalesce(*(engine.json_value(props, key).try_cast("float64")
                               for key in CALL_SECONDS_KEYS)).round().cast("int64")
-    return {"order_id": ibis.ifelse(track, order, ibis.null("string")),
+    landing = ibis.coalesce(*(engine.json_value(props, key) for key in LANDING_URL_KEYS))
+    # the cheap contains() spares the JSON parses on the many rows that name no campaign: a
+    # UTM key and a landing URL with UTM parameters both hold the text "utm_"
+    named = track & props.contains("utm_").fill_null(False)
+    campaign = {c: ibis.ifelse(named, ibis.coalesce(engine.json_value(props, c).strip().nullif(""),
+                                                    engine.url_parameter(landing, c)),
+                               ibis.null("string"))
+                for c in UTM_COLUMNS}
+    return {**campaign,
+            "order_id": ibis.ifelse(track, order, ibis.null("string")),
             "call_seconds": ibis.ifelse(track, seconds, ibis.null("int64")),
             "call_outcome": ibis.ifelse(call, engine.json_value(props, "outcome"),
                                         ibis.null("string"))}

@@ -232,7 +232,7 @@ def assign_accounts(t: Tables, ctx: Context) -> StepResult:
     emails = ident.filter(ident.kind == "email")
     domains = _distinct(emails.identifier.re_extract(r"@(.+)$", 1))
     lookup = ctx.lookup("email_domains", identity.domain_table(
-        domains, reference.free_mail_domains()))
+        domains, reference.free_mail_domains(), reference.reserved_domains()))
     touches = t["events"]
     groups = touches.filter(touches.group_id.notnull()).select("device_id", "group_id").distinct()
     accounts = identity.person_accounts(ident, deals=t.get("deals"), groups=groups,

@@ -149,7 +149,9 @@ def simulate(
         "deals.csv": writers.CsvWriter(
             out / "deals.csv", writers.table_columns("deals", skip=SIMULATED_SKIP)
         ),
-        "calls.csv": writers.CsvWriter(out / "calls.csv", writers.table_columns("calls")),
+        "calls.csv": writers.CsvWriter(
+            out / "calls.csv", writers.table_columns("calls", skip=SIMULATED_SKIP)
+        ),
         "surveys.csv": writers.CsvWriter(out / "surveys.csv", writers.table_columns("surveys")),
     }
     first_person = 0
