@@ -69,7 +69,7 @@ def dedupe_exact(events: ir.Table, ranked: ir.Table | None = None) -> Split:
 
 
 def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
-                        priority: Sequence[str]) -> ir.Table:
+                        priority: Sequence[str], follow: bool = True) -> ir.Table:
     """Record linkage across systems: one row per losing ``_loser`` id with ``ref``, the id of
     the kept row it duplicates.
 
@@ -83,7 +83,8 @@ def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
     loses when a linked row comes before it. Its ``ref`` is the first of the rows it lost to;
     when that row lost too (it is linked to an even better row that is not linked to this
     one), ``ref`` follows its ``ref``, up to :data:`REF_HOPS` times: a chain longer than that
-    would need more systems than anyone records one touch in.
+    would need more systems than anyone records one touch in (:func:`follow_refs`; with
+    ``follow=False`` the refs are the direct winners, for a caller that stores them first).
     """
     if not link_seconds:
         return events.select(_loser="message_id", ref="message_id").filter(ibis.literal(False))
@@ -118,6 +119,17 @@ def cross_source_losers(events: ir.Table, *, link_seconds: Mapping[str, int],
     first = ibis.row_number().over(group_by="_loser",
                                    order_by=["_w_rank", "_w_ms", "_winner"])
     losers = beaten.mutate(_n=first).filter(ibis._._n == 0).select("_loser", ref="_winner")
+    return follow_refs(losers) if follow else losers
+
+
+def follow_refs(losers: ir.Table) -> ir.Table:
+    """``losers`` (``_loser``, ``ref``) with each ``ref`` that lost too replaced by the row
+    it lost to, :data:`REF_HOPS` times.
+
+    Each hop reads ``losers`` twice, so an engine that inlines shared subqueries (Spark) plans
+    :math:`2^{hops}` copies of its input: materialise the input first
+    (:func:`cross_source_losers` with ``follow=False``), then follow.
+    """
     for _ in range(REF_HOPS):
         on = losers.select(_via="_loser", _next="ref")
         hop = losers.left_join(on, losers.ref == on._via)

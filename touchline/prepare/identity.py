@@ -76,20 +76,28 @@ PAIRS = (("anon", "user"), ("anon", "email"), ("anon", "phone"), ("user", "email
          ("phone", "phone_sha256"), ("contact", "phone_sha256"))
 
 
-def links_from_touches(touches: ir.Table) -> ir.Table:
-    """Distinct links ``identifier_a < identifier_b`` with evidence, first_seen_at, event_count.
-
-    Touches are first reduced to distinct id combinations (a hash aggregate), so each of the
-    twelve pair projections reads a small table; the two alias pairs read only the combinations
-    with a previous id, which alone are matched against the user ids.
-    """
+def id_combos(touches: ir.Table) -> ir.Table:
+    """The distinct combinations of :data:`IDENTITY_COLUMNS` in ``touches``, with the best
+    evidence rank (``_rank``), the first time (``_first``) and the touch count (``_n``)."""
     evidence_rank = ibis.cases(
         (touches.type == "alias", 1), (touches.type == "identify", 2),
         (touches.recorded_by == "calls", 3), (touches.recorded_by == "crm", 4),
         (touches.recorded_by.isin(["forms", "chat"]), 5), else_=6)
-    combos = touches.group_by(
+    return touches.group_by(
         list(IDENTITY_COLUMNS),
     ).aggregate(_rank=evidence_rank.min(), _first=touches.timestamp.min(), _n=touches.count())
+
+
+def links_from_touches(touches: ir.Table, combos: ir.Table | None = None) -> ir.Table:
+    """Distinct links ``identifier_a < identifier_b`` with evidence, first_seen_at, event_count.
+
+    Touches are first reduced to distinct id combinations (:func:`id_combos`, a hash
+    aggregate), so each of the pair projections reads a small table; the two alias pairs read
+    only the combinations with a previous id, which alone are matched against the user ids.
+    The pairs read ``combos`` some thirty times: DuckDB computes a shared subquery once, Spark
+    inlines it, so a caller on Spark passes ``combos`` already stored.
+    """
+    combos = id_combos(touches) if combos is None else combos
     aliased = combos.filter(combos.previous_id.notnull())
     previous = aliased.select(_previous="previous_id").distinct()
     users = touches.semi_join(previous, touches.user_id == previous._previous).select(
@@ -132,7 +140,8 @@ def _hash_links(combos: ir.Table) -> list[ir.Table]:
         met = plain.inner_join(seen, "_hash")
         x, y = f"{kind}:" + met._plain, f"{hashed}:" + met._hash
         parts.append(met.select(identifier_a=ibis.least(x, y), identifier_b=ibis.greatest(x, y),
-                                _rank=ibis.literal(0), _first=met._first, _n=met._n))
+                                _rank=ibis.literal(0).cast(combos._rank.type()),
+                                _first=met._first, _n=met._n))
     return parts
 
 

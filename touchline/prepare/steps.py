@@ -147,10 +147,18 @@ def dedupe_exact(t: Tables, ctx: Context) -> StepResult:
 
 
 def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
-    losers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}cross_source_losers",
+    # stored first: the events that can link (few; the pairs read them ten times), then the
+    # direct winners (following refs reads them 2^hops times)
+    link_seconds = ctx.settings.dedupe_link_seconds
+    events = t["events"]
+    linkable = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}cross_source_linkable",
+                                  events.filter(events.event.isin(list(link_seconds))))
+    direct = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}cross_source_direct",
                                 dedupe.cross_source_losers(
-                                    t["events"], link_seconds=ctx.settings.dedupe_link_seconds,
-                                    priority=ctx.settings.dedupe_source_priority))
+                                    linkable, link_seconds=link_seconds,
+                                    priority=ctx.settings.dedupe_source_priority, follow=False))
+    losers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}cross_source_losers",
+                                dedupe.follow_refs(direct))
     if _is_empty(losers):
         return StepResult()
     split = dedupe.link_cross_source(t["events"], losers)
@@ -210,9 +218,12 @@ def build_identity_graph(t: Tables, ctx: Context) -> StepResult:
     evidence = touches.select(*identity.EVIDENCE_COLUMNS)
     if "duplicate_evidence" in t:
         evidence = evidence.union(t["duplicate_evidence"], distinct=False)
-    # materialised: the graph rounds below read these many times (and Ibis compiles each read)
+    # materialised: the pairs read the id combinations some thirty times, and the graph
+    # rounds below read the links many times (and Ibis compiles each read)
+    combos = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}id_combos",
+                                identity.id_combos(evidence))
     links = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}links_guarded", identity.guard_links(
-        identity.links_from_touches(evidence), unlink=s.identity_unlink,
+        identity.links_from_touches(evidence, combos), unlink=s.identity_unlink,
         max_degree=s.identity_max_degree))
     seen = touches.group_by("device_id").aggregate(first_seen_at=touches.timestamp.min())
     ends = links.select(identifier="identifier_a", first_seen_at="first_seen_at").union(
