@@ -30,8 +30,10 @@ browser:
 demo: install
 	$(VENV)/bin/touchline demo
 
+# two workers: every Spark test goes to one of them (one JVM, tests/conftest.py), the
+# DuckDB, collector and browser tests run beside it on the other
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: install
 	$(PY) benchmarks/run.py
