@@ -30,10 +30,9 @@ browser:
 demo: install
 	$(VENV)/bin/touchline demo
 
-# two workers: every Spark test goes to one of them (one JVM, tests/conftest.py), the
-# DuckDB, collector and browser tests run beside it on the other
+# two workers, each taking whole test files (a module's shared fixtures are built once)
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(PY) benchmarks/run.py

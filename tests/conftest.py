@@ -27,16 +27,6 @@ def _spark_missing() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every Spark test in one ``xdist`` group: ``make test`` runs two workers
-    (``-n 2 --dist loadgroup``), one of which takes all the Spark tests, so a single JVM runs
-    while the other worker runs the DuckDB, collector and browser tests beside it (two JVMs on
-    two cores were slower than one)."""
-    for item in items:
-        if item.get_closest_marker("spark") is not None:
-            item.add_marker(pytest.mark.xdist_group("spark"))
-
-
 @pytest.fixture(scope="session")
 def spark_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseBackend]:
     reason = _spark_missing()

@@ -14,7 +14,7 @@ from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
 from touchline.terminal import fail
 
-console, err_console = Console(), Console(stderr=True)
+err_console = Console(stderr=True)
 DatabaseOption = Annotated[
     str | None, typer.Option("--database", "-d", help="Warehouse URL (default from settings).")
 ]
@@ -89,7 +89,7 @@ def show_timeline(id_: str, model: str | None, conversion: str | None, stage_mod
         if unit == "account":
             cells.insert(1, people.get(row.person_id, ""))
         table.add_row(*cells)
-    console.print(table)
+    Console().print(table)  # made now: the terminal's width when the command runs
 
 
 def register(app: typer.Typer) -> None:
@@ -172,7 +172,7 @@ def register_paths(app: typer.Typer) -> None:
                 table.add_row(row.path, f"{row.journeys:,}", f"{row.share:.1%}",
                               f"{row.conversions:,}", f"{row.conversion_rate:.1%}",
                               f"{row.value:,.2f}")
-        console.print(table)
+        Console().print(table)  # made now: the terminal's width when the command runs
 
 
 def ibis_desc(column: str) -> object:

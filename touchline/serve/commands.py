@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
                               highlight=False)
         drawn = len(result.sections) - len(result.skipped)
         console.print(f"[bold]report:[/] {result.path} ({drawn} charts; open "
-                      f"{result.path.resolve().as_uri()} in a browser, no network needed)")
+                      f"{result.path.resolve().as_uri()} in a browser, no network needed)",
+                      soft_wrap=True)  # a path broken over two lines cannot be copied
 
     @app.command()
     def dashboard(
