@@ -5,9 +5,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from ibis.backends import BaseBackend
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+from factories import CHROMIUM, CHROMIUM_ARGS
 
 from touchline import engine
 from touchline.config import Settings
@@ -78,6 +84,19 @@ def duck(tmp_path: Path) -> Iterator[BaseBackend]:
     )
     yield backend
     backend.disconnect()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium for the module's tests (skips without ``/usr/bin/chromium``)."""
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture

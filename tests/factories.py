@@ -64,3 +64,9 @@ def event_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 r[key] = at(r[key])
         out.append(r)
     return out
+
+#: Debian's chromium, driven by Playwright through ``executable_path`` (no browser downloads)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]

@@ -17,21 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
+from factories import CHROMIUM
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PAGES = Path(__file__).resolve().parents[2] / "tracker" / "test-pages"
 WAIT_MS = 10_000
 
@@ -61,15 +51,6 @@ class _PageHandler(SimpleHTTPRequestHandler):
         """Quiet: the test output is the assertion."""
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One headless Debian chromium for the module's tests (each opens its own page)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.duckdb_only(
     reason="the dashboard serves one DuckDB file from a thread of the test process, and the "
     "CLI creates its users with its own connection to that file")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 WAIT_MS = 20_000
 PASSWORD = "correct horse battery"
 
@@ -104,16 +100,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     sock.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium (make browser)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def _numbers(page: Page, chart: str, key: str, column: str) -> dict[str, float]:
