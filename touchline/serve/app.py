@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -37,7 +36,12 @@ from starlette.routing import Route
 
 from touchline import engine
 from touchline.errors import ConfigError, EngineError, TouchlineError
-from touchline.serve.figures import Filters, person_timeline_data, person_timeline_figure
+from touchline.serve.figures import (
+    Filters,
+    parse_day,
+    person_timeline_data,
+    person_timeline_figure,
+)
 from touchline.serve.report import (
     Section,
     css,
@@ -290,20 +294,11 @@ async def logout(request: Request) -> Response:
 
 # ---- pages -----------------------------------------------------------------------------------
 
-def _day(text: str | None, name: str) -> datetime | None:
-    if not text:
-        return None
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{name} {text!r}: expected a date YYYY-MM-DD") from None
-    return datetime(day.year, day.month, day.day)
-
-
 def filters_from(request: Request, settings: Settings) -> Filters:
     """The page's filters from its URL (defaults from the settings)."""
     q = request.query_params
-    return Filters(since=_day(q.get("since"), "since"), until=_day(q.get("until"), "until"),
+    return Filters(since=parse_day(q.get("since") or None, "since"),
+                   until=parse_day(q.get("until") or None, "until"),
                    conversion=q.get("conversion") or None,
                    model=q.get("model") or settings.default_model,
                    stage_model=q.get("stage_model") or settings.stage_model,

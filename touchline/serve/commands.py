@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +12,7 @@ from rich.markup import escape
 
 from touchline import engine
 from touchline.config import load_settings
-from touchline.errors import ConfigError, TouchlineError
+from touchline.errors import TouchlineError
 from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
 from touchline.terminal import fail
 
@@ -23,16 +22,6 @@ err_console = Console(stderr=True)
 DatabaseOption = Annotated[
     str | None, typer.Option("--database", "-d", help="Warehouse URL (default from settings).")
 ]
-
-
-def _day(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected a date YYYY-MM-DD") from None
-    return datetime(day.year, day.month, day.day)
 
 
 def register(app: typer.Typer) -> None:
@@ -54,12 +43,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write one self-contained HTML report (charts, numbers, plotly.js inlined): it
         opens in any browser, offline."""
-        from touchline.serve.figures import Filters
+        from touchline.serve.figures import Filters, parse_day
         from touchline.serve.report import write_report
 
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
-            filters = Filters(since=_day(since, "--since"), until=_day(until, "--until"),
+            filters = Filters(since=parse_day(since, "--since"), until=parse_day(until, "--until"),
                               conversion=conversion, model=model or settings.default_model,
                               stage_model=settings.stage_model)
             with engine.connected(settings=settings) as con, err_console.status(

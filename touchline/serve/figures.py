@@ -631,6 +631,18 @@ class Filters:
     by: str = "channel"
 
 
+def parse_day(text: str | None, name: str) -> datetime | None:
+    """A ``since``/``until`` filter given as ``YYYY-MM-DD`` (the CLI's options and the
+    dashboard's URL alike): the start of that day, ``None`` when not given."""
+    if text is None:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{name} {text!r}: expected a date YYYY-MM-DD") from None
+    return datetime(day.year, day.month, day.day)
+
+
 def chart_data(con: BaseBackend, chart: Chart, filters: Filters) -> pd.DataFrame:
     """``chart``'s data under the filters its data function takes."""
     accepted = inspect.signature(chart.data).parameters
