@@ -337,8 +337,15 @@ def journey_pathset(journey_touches: ir.Table, *,
         "journey_id", "position", "touch_at", "converted_at", label=jt[level].cast("string"),
         age=jt.days_before_conversion, value=jt.value.cast("float64"),
     ).order_by(["journey_id", "position"]).to_pyarrow()
-    opened = aggregate_paths(jt.filter(~jt.converted).mutate(value=ibis.literal(0.0)),
-                             level=level).to_pyarrow()
+    # open journeys: their stored positions already order them (time, channel, session), so
+    # one ordered collect per journey and a count per distinct path, no window
+    o = jt.filter(~jt.converted & jt[level].notnull()).select(
+        "journey_id", "position", label=jt[level].cast("string"))
+    per_journey = o.group_by("journey_id").aggregate(
+        path=ibis.struct({"pos": o.position, "v": o.label}).collect().sort().map(
+            lambda pair: pair.v))
+    opened = per_journey.group_by("path").aggregate(
+        nulls=per_journey.count()).order_by("path").to_pyarrow()
     n = converting.num_rows
     ids = converting.column("journey_id").to_numpy(zero_copy_only=False)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if n else np.zeros(0, np.int64)

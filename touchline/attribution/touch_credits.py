@@ -14,8 +14,11 @@ path :math:`p` and label :math:`c` it contains such that
 as close as possible to the proportional split
 :math:`x^0_{p,c} = r_p\, n_{p,c} g_c / \sum_{c'} n_{p,c'} g_{c'}` (:math:`n_{p,c}` touches of
 :math:`c` in :math:`p`, :math:`g_c = \max(C_c, 0)`): the least-squares correction
-:math:`x = x^0 + \lambda_p + \mu_c` on the path's labels, with :math:`(\lambda, \mu)` solved by
-LSQR on the bipartite path-label system. A one-label path always gives that label
+:math:`x = x^0 + \lambda_p + \mu_c` on the path's labels. The path equations give
+:math:`\lambda = -D_p^{-1} P \mu`, which leaves one small system over the labels,
+:math:`(D_c - P^\top D_p^{-1} P)\,\mu = C - P^\top x^0` (:math:`P` the path-label presence
+matrix, :math:`D` its degrees), solved by least squares: a solve of labels-squared size
+whatever the number of journeys. A one-label path always gives that label
 :math:`r_p`. When no exact solution exists, each path still keeps its conversions exactly and
 the labels' totals come closest: Markov, for one, credits channels that lead to converting
 channels without ever being in a converting path themselves, and no converting touch can carry
@@ -28,7 +31,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
-from scipy.sparse.linalg import lsqr
 
 from touchline.attribution.paths import PathSet
 from touchline.attribution.registry import Credits
@@ -77,28 +79,30 @@ def split_label_credits(paths: PathSet, per_path: np.ndarray,
     totals = np.bincount(support.row, weight, minlength=n_rows)
     x0 = r[support.row] * weight / totals[support.row]
     residual = np.asarray(per_label, float) - np.bincount(support.col, x0, minlength=n_labels)
-    # unknowns z = (lambda_p, mu_c); x = x0 + lambda_p + mu_c on the support; rows of the
-    # system: sum_c (lambda_p + mu_c) = 0 for each path, sum_p (lambda_p + mu_c) = residual_c
+    # x = x0 + lambda_p + mu_c on the support; the path rows give
+    # d_p lambda_p + (P mu)_p = 0, so lambda = -D_p^-1 P mu, and the label rows then leave
+    # the labels' Laplacian S mu = residual with S = D_c - P^T D_p^-1 P: an n_labels-square
+    # system (P is the path-label presence, D its degrees). S is singular (a constant added
+    # to mu and taken from lambda changes no x); the least-squares solution of minimum norm
+    # is exact when a split keeping both totals exists, else the labels come closest while
+    # every path keeps its conversions exactly (rows hold for any mu by construction)
     presence = sparse.csr_matrix((np.ones(len(x0)), (support.row, support.col)),
                                  shape=(n_rows, n_labels))
     path_degree = np.asarray(presence.sum(axis=1)).ravel()
     label_degree = np.asarray(presence.sum(axis=0)).ravel()
-    system = sparse.bmat([[sparse.diags(path_degree), presence],
-                          [presence.T, sparse.diags(label_degree)]]).tocsr()
-    rhs = np.concatenate([np.zeros(n_rows), residual])
-    z = lsqr(system, rhs, atol=1e-14, btol=1e-14, iter_lim=20 * (n_rows + n_labels))[0]
-    values = x0 + z[:n_rows][support.row] + z[n_rows:][support.col]
-    # each path keeps its conversions exactly: when no exact solution exists (credit a model
-    # gives to labels that no converting path holds, as Markov does), the row sums win
-    gap = r - np.bincount(support.row, values, minlength=n_rows)
-    values = values + (gap / path_degree)[support.row]
-    per_pair = sparse.csr_matrix((values, (support.row, support.col)), shape=(n_rows, n_labels))
+    laplacian = np.diag(label_degree) - (
+        presence.T @ sparse.diags(1.0 / path_degree) @ presence).toarray()
+    mu = np.linalg.lstsq(laplacian, residual, rcond=None)[0]
+    lam = -(presence @ mu) / path_degree
+    values = x0 + lam[support.row] + mu[support.col]
     # back to touches: each (path, label) amount divided equally among that label's touches
     local = np.full(paths.n_paths, -1)
     local[rows] = np.arange(rows.size)
     touch_rows = local[paths.row]
     on = touch_rows >= 0
-    pair_amount = np.asarray(per_pair[touch_rows[on], paths.codes[on]]).ravel()
-    pair_count = np.asarray(counts[touch_rows[on], paths.codes[on]]).ravel()
-    amounts[on] = pair_amount / pair_count
+    pair_keys = support.row.astype(np.int64) * n_labels + support.col
+    order = np.argsort(pair_keys, kind="stable")
+    touch_keys = touch_rows[on].astype(np.int64) * n_labels + paths.codes[on]
+    pair = order[np.searchsorted(pair_keys, touch_keys, sorter=order)]
+    amounts[on] = values[pair] / support.data[pair]
     return amounts

@@ -209,16 +209,19 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     """
     from touchline import engine, store
     from touchline.journeys.conversions import conversion_candidates, find_conversions
-    from touchline.journeys.stages import stage_at, stage_table
+    from touchline.journeys.stages import stage_at, stage_table, touch_stages
     from touchline.prepare.reference import currency_rates
 
     rates = currency_rates(settings.reporting_currency, settings.currency_rates_file)
     sessions = con.table("sessions")  # type: ignore[attr-defined]
     candidates = None
-    if any(spec.deal is None for spec in settings.conversions):
+    stage_touches = touch_stages(settings)
+    if stage_touches or any(spec.deal is None for spec in settings.conversions):
+        # one pass over touchpoints (touches joined to sessions) for every condition on
+        # touches, the conversions' and the stages'
         candidates = engine.materialise(con, "_touchline_candidates", conversion_candidates(  # type: ignore[arg-type]
             con.table("touchpoints"), settings.conversions,  # type: ignore[attr-defined]
-            settings.touch_events))
+            settings.touch_events, stages=stage_touches))
     found = ibis.union(*(find_conversions(con, spec, touch_events=settings.touch_events,
                                           statuses=settings.deal_statuses, rates=rates,
                                           call_seconds=settings.call_conversion_seconds,
@@ -245,7 +248,7 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
         written[spec.name] = int(stored.count().to_pyarrow().as_py())
         return stored
 
-    stages = store_as(store.STAGES, stage_table(con, settings, numbered))
+    stages = store_as(store.STAGES, stage_table(con, settings, numbered, candidates))
     journeys, touches = journeys_from_rows(rows, numbered)
     store_as(store.JOURNEYS, journeys)
     store_as(store.JOURNEY_STEPS, stage_at(touches, stages, settings.stage_model))

@@ -273,15 +273,17 @@ def find_conversions(con: object, spec: ConversionSpec, *,
 
 
 def conversion_candidates(touchpoints: ir.Table, specs: Sequence[ConversionSpec],
-                          touch_events: Mapping[str, Sequence[str]]) -> ir.Table:
+                          touch_events: Mapping[str, Sequence[str]],
+                          stages: Sequence[StageSpec] = ()) -> ir.Table:
     """The touchpoints any of ``specs`` (conditions on touches) may read: those meeting a
-    condition, refunds and orders. One pass over ``touchpoints`` (a join of touches and
-    sessions) for every conversion type, instead of one each."""
+    condition, refunds and orders, and those meeting the touch condition of one of
+    ``stages``. One pass over ``touchpoints`` (a join of touches and sessions) for every
+    conversion type and stage, instead of one each."""
     on_touches = [spec for spec in specs if spec.deal is None]
     tp = touchpoints
     wanted = (tp.revenue < 0).fill_null(False) | tp.order_id.notnull()
-    for spec in on_touches:
-        wanted |= touch_condition(tp, spec, touch_events)
+    for condition in (*on_touches, *stages):
+        wanted |= touch_condition(tp, condition, touch_events)
     return tp.filter(wanted)
 
 

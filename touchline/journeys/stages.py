@@ -72,15 +72,26 @@ def _is_touch_condition(stage: StageSpec) -> bool:
     return bool(stage.events or stage.touches or stage.page)
 
 
-def stage_table(con: object, settings: Settings, conversions: ir.Table) -> ir.Table:
+def touch_stages(settings: Settings) -> list[StageSpec]:
+    """The stages of every stage model entered by a touch condition (events, touches, page)."""
+    return [stage for stages in settings.all_stage_models().values() for stage in stages
+            if _is_touch_condition(stage)]
+
+
+def stage_table(con: object, settings: Settings, conversions: ir.Table,
+                touchpoints: ir.Table | None = None) -> ir.Table:
     """Every stage entry of every stage model for persons and accounts (``stages`` rows).
 
     Models share conditions (every preset starts with the first touch): each distinct entry
     condition is computed once, and all touch conditions in one pass over ``touchpoints``,
-    then mapped to the stages that use them.
+    then mapped to the stages that use them. ``touchpoints`` may be any subset of the
+    warehouse's holding every touch that meets a condition of :func:`touch_stages` (the run
+    passes the candidates it already selected for conversions).
     """
     tables = {n: con.table(n)  # type: ignore[attr-defined]
               for n in ("sessions", "touchpoints", "deals", "identities", "accounts")}
+    if touchpoints is not None:
+        tables["touchpoints"] = touchpoints
     conditions: dict[str, int] = {}
     specs: dict[int, StageSpec] = {}
     uses: list[tuple[int, str, str, int]] = []
