@@ -38,6 +38,7 @@ import pandas as pd
 from touchline.attribution.counterfactual import REGULARISATION_DEFAULT
 from touchline.attribution.journey_counterfactual import (
     FEATURES,
+    NAVIGATIONAL_DEFAULT,
     effective_journeys,
     fit_conversion,
 )
@@ -80,7 +81,7 @@ def _logistic(*, features: tuple[str, ...], regularisation: float | None,
               navigational_rule: bool) -> Predictor:
     def predict(train: PathSet, every: PathSet) -> np.ndarray:
         journeys = effective_journeys(
-            every, ("direct", "branded_search") if navigational_rule else None)
+            every, NAVIGATIONAL_DEFAULT if navigational_rule else None)
         fit = fit_conversion(journeys, train.conversions, train.nulls, features=features,
                              regularisation=regularisation)
         return fit.probability(journeys)
@@ -90,7 +91,7 @@ def _logistic(*, features: tuple[str, ...], regularisation: float | None,
 
 def last_state_keys(paths: PathSet, order: int) -> np.ndarray:
     """Per path, an integer key of its last ``order`` touches with repeats collapsed."""
-    codes, row, offsets = collapse_repeats(paths)
+    codes, _, offsets = collapse_repeats(paths)
     base = paths.n_labels + 1
     keys = np.zeros(paths.n_paths, np.int64)
     ends = offsets[1:]
