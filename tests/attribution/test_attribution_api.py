@@ -384,10 +384,12 @@ def test_pathset_from_lists_doctest_example() -> None:
     assert (paths.n_paths, list(paths.labels), paths.total_conversions) == (2, ["a", "b"], 3.0)
 
 
-def test_python_example_in_the_docs_runs() -> None:
+def test_python_examples_in_the_docs_run() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "attribution.md").read_text()
-    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(code, "docs/attribution.md", "exec"), {})  # its asserts state the output
+    blocks = [part.split("```", 1)[0] for part in doc.split("```python\n")[1:]]
+    assert len(blocks) >= 2
+    for code in blocks:
+        exec(compile(code, "docs/attribution.md", "exec"), {})  # its asserts state the output
 
 
 def test_demo_summary_prints_comparison_and_ranking(

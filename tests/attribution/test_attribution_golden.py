@@ -82,7 +82,9 @@ def test_hand_case_counterfactual_keeps_single_channel_paths_and_favours_a() -> 
 
 
 def test_every_registered_model_has_a_hand_case_or_a_timed_golden() -> None:
-    covered = {model for model, _, _ in HAND_EXPECTED} | {"counterfactual", "time_decay"}
+    # journey_counterfactual's hand cases are in test_journey_counterfactual.py
+    covered = {model for model, _, _ in HAND_EXPECTED} | {
+        "counterfactual", "journey_counterfactual", "time_decay"}
     assert covered == set(MODELS)
 
 
@@ -114,6 +116,7 @@ TWO_TOUCH = {
     "markov": {"A": 0.5, "B": 0.5},
     "shapley": {"A": 0.5, "B": 0.5},
     "counterfactual": {"A": 0.5, "B": 0.5},  # no non-converting journey: equal split
+    "journey_counterfactual": {"A": 0.5, "B": 0.5},  # the same
     "time_decay": {"A": 1 / 3, "B": 2 / 3},  # one half-life (7 days) apart
 }
 

@@ -38,7 +38,13 @@ formula and the one- and two-touch cases.
 
 from __future__ import annotations
 
-from touchline.attribution import counterfactual, markov, rules, shapley  # noqa: F401 - registers
+from touchline.attribution import (  # noqa: F401 - registers the models
+    counterfactual,
+    journey_counterfactual,
+    markov,
+    rules,
+    shapley,
+)
 from touchline.attribution.compare import as_paths, attribute, bootstrap, compare
 from touchline.attribution.evaluate import Truth, evaluate, load_truth
 from touchline.attribution.markov import transition_matrix

@@ -34,6 +34,7 @@ from touchline.attribution.evaluate import load_truth
 from touchline.attribution.path_files import read_path_file
 from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, journey_pathset
 from touchline.attribution.registry import MODELS, lookup
+from touchline.attribution.select import Choice, choose_model
 from touchline.errors import ConfigError, TouchlineError, did_you_mean
 from touchline.journeys import LEVELS, journeys_in_period
 from touchline.journeys.conversions import choose_conversion
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("table", "json", "csv")
 ALL_MODELS = "all"
+#: ``--model auto``: the data-driven model with the best held-out likelihood
+#: (:mod:`touchline.attribution.select`)
+AUTO_MODEL = "auto"
 #: how ``--model all`` groups models into tables, in the order a marketer reads them: who
 #: gets everything, then rules that share the credit, then the models fitted to the data.
 #: Every table repeats the channel column in the same row order, so a channel's line can be
@@ -54,7 +58,7 @@ MODEL_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shared evenly or by weight", ("linear", "time_decay", "custom")),
     ("shared by position", ("position_based", "w_shaped", "full_path")),
     ("J-shaped", ("j_shaped", "inverse_j")),
-    ("data-driven", ("markov", "shapley", "counterfactual")),
+    ("data-driven", ("markov", "shapley", "counterfactual", "journey_counterfactual")),
 )
 #: characters of the channel (or campaign …) column before its text wraps onto a second line
 LABEL_WIDTH_MAX = 22
@@ -153,6 +157,19 @@ def _single_json(frame: pd.DataFrame) -> dict[str, Any]:
         "total_conversions": _clean(frame.attrs["total_conversions"]),
         "total_value": _clean(frame.attrs["total_value"]),
         "channels": channels,
+        **({"auto": frame.attrs["auto"]} if "auto" in frame.attrs else {}),
+    }
+
+
+def _auto_json(choice: Choice) -> dict[str, Any]:
+    """What ``--model auto`` picked and why, with every candidate's held-out score."""
+    return {
+        "picked": choice.label,
+        "reason": choice.reason,
+        "split": choice.split,
+        "candidates": [{"candidate": c, "held_out_log_loss": _clean(v)} for c, v in
+                       zip(choice.scores.candidate, choice.scores.held_out_log_loss,
+                           strict=True)],
     }
 
 
@@ -286,7 +303,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[
             str,
             typer.Option(
-                help=f"One of {', '.join(sorted(MODELS))}, or 'all' for every model side by side."
+                help=f"One of {', '.join(sorted(MODELS))}; 'all' for every model side by side; "
+                "'auto' for the data-driven model that best predicts held-out journeys."
             ),
         ] = "markov",
         order: Annotated[int | None, typer.Option(help="Markov order (1-4).")] = None,
@@ -340,7 +358,7 @@ def register(app: typer.Typer) -> None:
             if by is not None:
                 level = by
             params = parse_params(param or [])
-            if model != ALL_MODELS:
+            if model not in (ALL_MODELS, AUTO_MODEL):
                 lookup(model, source="--model")
             if order is not None:
                 params["order"] = order
@@ -367,7 +385,18 @@ def register(app: typer.Typer) -> None:
                         title=f"conversions credited by each model (total "
                         f"{path_set.total_conversions:,.6g}); {level} by markov credit")
             else:
-                frame = attribute_paths(path_set, model, ci=ci, replicates=replicates, **params)
+                choice = None
+                if model == AUTO_MODEL:
+                    if params:
+                        raise ConfigError("--param and --order apply to one model; drop them "
+                                          "with --model auto (it chooses the settings)")
+                    choice = choose_model(path_set)
+                    params = dict(choice.params)
+                frame = attribute_paths(path_set, choice.model if choice else model, ci=ci,
+                                        replicates=replicates, **params)
+                if choice is not None:
+                    frame.attrs["auto"] = _auto_json(choice)
+                    err_console.print(f"auto: {choice.reason}", markup=False, highlight=False)
                 if fmt == "json":
                     shown = json.dumps(_single_json(frame), indent=2) + "\n"
                 elif fmt == "csv":
@@ -375,7 +404,7 @@ def register(app: typer.Typer) -> None:
                 else:
                     shown = _table(
                         frame,
-                        f"{model} {params or ''}".strip()
+                        (f"auto → {choice.label}" if choice else f"{model} {params or ''}".strip())
                         + f": {path_set.total_conversions:,.6g} conversions, "
                         f"{path_set.total_value:,.2f} value",
                         sort_by="conversions",
