@@ -97,7 +97,7 @@ def review_rating(con: BaseBackend, q: Query) -> ir.Table:
 @register("review_distribution", stage="advocacy", unit="reviews",
           formula="count(reviews) per star (rating rounded half up); share = count / reviews "
           "in the group", tables=["reviews", "surveys"], dimensions=REVIEW_DIMS,
-          values=("stars", "reviews", "share"), any_table=True)
+          values=("stars", "reviews", "share"), any_table=True, table=True)
 def review_distribution(con: BaseBackend, q: Query) -> ir.Table:
     """The rating distribution: reviews of 1, 2… 5 stars (a 4.5 counts as 5) and each one's
     share of the group's reviews, by period, platform and the reviewer's first touch."""
@@ -143,7 +143,7 @@ def heard_about_channel(answer: ir.StringValue, rules: dict[str, str]) -> ir.Str
           "share = count / answers of the self-reported channel",
           tables=["surveys", "sessions", "identities"], dimensions=("period",),
           values=("reported_channel", "tracked_channel", "answers", "share", "agrees"),
-          zero_denominator=_ZERO)
+          zero_denominator=_ZERO, table=True)
 def heard_about_agreement(con: BaseBackend, q: Query) -> ir.Table:
     """The agreement matrix of "how did you hear about us" with the tracked first touch: each
     answer mapped to a channel by ``settings.heard_about_channels`` (Google → Organic Search,

@@ -147,6 +147,9 @@ class KPI:
     #: True: the KPI needs rows in any one of its tables (reviews come from review exports or
     #: survey answers), not in all of them
     any_table: bool = False
+    #: True: the KPI is a table (cohorts, a distribution, a matrix, stage rows), not one
+    #: headline value per group
+    table: bool = False
 
 
 KPIS: dict[str, KPI] = {}
@@ -158,7 +161,8 @@ DOC_SECTIONS: dict[str, str] = {}
 def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
              dimensions: Sequence[str], values: Sequence[str] | None = None,
              zero_denominator: str = "not a ratio", options: Sequence[str] = (),
-             any_table: bool = False) -> Callable[[KPIFunction], KPIFunction]:
+             any_table: bool = False, table: bool = False,
+             ) -> Callable[[KPIFunction], KPIFunction]:
     """Register the decorated function as KPI ``name`` (filled at import, then only read)."""
     if stage not in STAGES:
         raise ValueError(f"KPI {name!r}: stage {stage!r} is not one of {', '.join(STAGES)}")
@@ -174,7 +178,7 @@ def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence
             dimensions=tuple(dimensions), zero_denominator=zero_denominator, compute=fn,
             values=tuple(values or (name,)), doc=(fn.__doc__ or "").strip(),
             options=tuple(options), stages={"lifecycle": stage, **PRESET_STAGES[stage]},
-            any_table=any_table)
+            any_table=any_table, table=table)
         return fn
 
     return decorate
@@ -864,7 +868,7 @@ def average_order_value(con: BaseBackend, q: Query) -> ir.Table:
 @register("purchase_frequency", stage="retention", unit="customers",
           formula="count(customers) per number of purchases; share = customers / all customers",
           tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
-          values=("purchases", "customers", "share"), options=("conversion",))
+          values=("purchases", "customers", "share"), options=("conversion",), table=True)
 def purchase_frequency(con: BaseBackend, q: Query) -> ir.Table:
     """The distribution of purchases per customer (before ``until``): how many bought once,
     twice…, by the first purchase's period and the acquisition channel…"""
@@ -881,7 +885,7 @@ def purchase_frequency(con: BaseBackend, q: Query) -> ir.Table:
           "the cohort's customers",
           tables=_RETENTION_TABLES, dimensions=tuple(SESSION_LEVELS),
           values=("cohort", "months_since", "customers", "active_customers", "retention"),
-          options=("conversion",))
+          options=("conversion",), table=True)
 def retention(con: BaseBackend, q: Query) -> ir.Table:
     """Retention cohorts: customers by the month of their first purchase (``since`` and
     ``until`` bound the cohorts), and for each later month k the share who purchased in it

@@ -36,7 +36,7 @@ _DAY_SECONDS = 86_400
           "median and mean of next entered_at - entered_at (b2b stage model)",
           tables=["stages"], dimensions=("period",),
           values=("unit", "stage", "next_stage", "entered", "went_on", "rate", "median_days",
-                  "mean_days"), zero_denominator=_ZERO)
+                  "mean_days"), zero_denominator=_ZERO, table=True)
 def stage_conversion(con: BaseBackend, q: Query) -> ir.Table:
     """MQL → SQL → opportunity → won rates and velocity (days per stage), by the period in
     which units entered the stage (the module docstring has the rules)."""

@@ -478,6 +478,9 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     chosen = KPIS.values() if names is None else [KPIS[name] for name in names]
     for kpi in chosen:  # the registry's KPIs, each one query in the engine
         column = kpi.name if kpi.name in kpi.values else "median"
+        if kpi.table:  # not computed: no headline to show
+            skipped[kpi.name] = f"a table: `touchline kpis --kpi {kpi.name}` shows it"
+            continue
         try:
             frame = compute(con, kpi.name, since=since, until=until, model=model,
                             conversion=conversion).to_pandas()
