@@ -13,7 +13,8 @@ from touchline.attribution import attribute, read_path_file
 from touchline.attribution.paths import journey_pathset
 from touchline.attribution.registry import lookup
 from touchline.config import Settings
-from touchline.demo import run_demo
+from touchline.demo import DEMO_KPIS, run_demo
+from touchline.metrics.kpis import KPIS, STAGES
 from touchline.serve.figures import CHARTS
 
 EXPECTED_CHECKS = {
@@ -43,6 +44,12 @@ def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> No
     wrong = [(name, got, truth) for name, got, truth in checks if got != pytest.approx(truth)]
     assert not wrong, f"counts that differ from truth.json: {wrong}"
     assert all(value > 0 for name, value, _ in checks if "accounts" not in name)
+    # headline KPIs of every lifecycle stage, each computed (none skipped)
+    assert report.stage_kpis is not None
+    assert report.stage_kpis.attrs["skipped"] == {}
+    assert list(report.stage_kpis.stage.unique()) == list(STAGES)
+    assert report.stage_kpis.kpi.tolist() == sorted(DEMO_KPIS, key=lambda k: STAGES.index(
+        KPIS[k].stage))
     # the demo ends by writing the report: every chart drawn from the demo warehouse
     assert report.report_path == tmp_path / "data" / "report.html"
     assert report.report_skipped == {}

@@ -233,6 +233,20 @@ def _print_demo(report: object) -> None:
         for row in report.sessions_by_channel.itertuples(index=False):
             sessions.add_row(str(row.channel), f"{row.sessions:,}")
         console.print(sessions)
+    if report.stage_kpis is not None:
+        kpis = report.stage_kpis
+        for stage, rows in kpis.groupby("stage", sort=False):
+            table = Table("KPI", "value", "unit", title=f"{stage}: headline KPIs "
+                          f"({kpis.attrs.get('conversion')}, {kpis.attrs.get('model')} "
+                          "credits; touchline kpis --stage " + str(stage) + ")")
+            for row in rows.itertuples(index=False):
+                value = "" if row.value is None or row.value != row.value else (
+                    f"{row.value:,.4g}" if abs(row.value) < 1e4 else f"{row.value:,.0f}")
+                table.add_row(row.kpi, value, row.unit)
+            console.print(table)
+        for name, why in kpis.attrs.get("skipped", {}).items():
+            err_console.print(f"[yellow]KPI {name} not shown:[/] {escape(why)}",
+                              highlight=False)
     for dataset in report.datasets:
         if dataset.comparison is None or dataset.ranking is None:
             continue

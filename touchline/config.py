@@ -37,6 +37,27 @@ TOUCH_EVENTS_DEFAULT: dict[str, list[str]] = {
     "chat": ["Chat Started", "Chat Lead", "Chat Completed"],
     "call": ["Phone Call", "Call Completed", "Call"],
 }
+CTA_EVENTS_DEFAULT = ["CTA Clicked"]
+FORM_START_EVENTS_DEFAULT = ["Form Started"]
+REFERRAL_EVENTS_DEFAULT = ["Referral Sent"]
+#: "how did you hear about us" answers → the channel they name, first match wins (searched in
+#: lower case): ads before the platforms' organic mentions, word of mouth apart (no tracked
+#: channel sees it: the matrix shows how much of it hides in Direct)
+HEARD_ABOUT_CHANNELS_DEFAULT: dict[str, str] = {
+    "Paid Search": r"google ad|ad on google|adwords|bing ad|search ad",
+    "Paid Social": r"(facebook|instagram|linkedin|tiktok|meta) ad|sponsored",
+    "Organic Search": r"google|bing|search|duckduckgo",
+    "Organic Social": r"facebook|instagram|twitter|linkedin|tiktok|social",
+    "Email": r"newsletter|e-?mail",
+    "Organic Video": r"youtube|video",
+    "Referral": r"review|\bg2\b|capterra|blog|trustpilot",
+    "Affiliates": r"coupon|deal site|affiliate",
+    "SMS": r"\bsms\b|text message",
+    "Phone": r"phone|call",
+    "Display": r"banner|\bads?\b|advert",
+    "Word of mouth": r"friend|colleague|word of mouth|recommend",
+    "Direct": r"already knew|knew you",
+}
 CONVERSION_UNITS = ("person", "account")
 LOOKBACK_DAYS_PERSON_DEFAULT = 90
 
@@ -466,6 +487,53 @@ class Settings(BaseSettings):
     stage_model: str = Field(
         "lifecycle", description="The stage model whose stage each journey touch carries."
     )
+
+    # KPIs over events (touchline kpis): which events and pages they count
+    cta_events: list[str] = Field(
+        CTA_EVENTS_DEFAULT, description="Event names of a call-to-action click (track events; "
+        "the page the event was sent from is the page carrying the CTA)."
+    )
+    cta_pages: str | None = Field(
+        None, description="Regular expression (searched in the page path) of the pages that "
+        "carry a CTA; empty: every page on which a CTA click was ever recorded."
+    )
+    form_start_events: list[str] = Field(
+        FORM_START_EVENTS_DEFAULT, description="Event names of a visitor starting a form (the "
+        "first field filled); submissions are touch_events['form']."
+    )
+    form_pages: str | None = Field(
+        None, description="Regular expression (searched in the page path) of the pages that "
+        "carry a form; empty: every page on which a form start or submission was recorded."
+    )
+    referral_events: list[str] = Field(
+        REFERRAL_EVENTS_DEFAULT, description="Event names of a customer referring someone."
+    )
+    heard_about_channels: dict[str, str] = Field(
+        HEARD_ABOUT_CHANNELS_DEFAULT, description="Channel -> regular expression (searched, "
+        "case-insensitive) of the 'how did you hear about us' answers meaning it; the first "
+        "matching channel in order wins, answers matching none are Other."
+    )
+
+    @field_validator("cta_pages", "form_pages")
+    @classmethod
+    def _page_pattern(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value or None
+
+    @field_validator("heard_about_channels")
+    @classmethod
+    def _heard_about_patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        for channel, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"heard_about_channels {channel!r}: {pattern!r} is not a "
+                                 f"regular expression: {exc}") from None
+        return value
 
     @field_validator("stage_models")
     @classmethod

@@ -42,6 +42,13 @@ SIMULATOR_CHANNELS = {
     "Organic Video": "video", "Paid Video": "video", "Referral": "referral", "Affiliates":
     "affiliate", "Direct": "direct", "SMS": "sms", "Phone": "phone", "Offline": "offline",
 }
+#: the headline KPIs the demo prints, a few per lifecycle stage (each one query: the demo
+#: stays fast; `touchline kpis` computes them all)
+DEMO_KPIS = ("new_visitors", "search_ctr", "paid_cpc",
+             "sessions", "engagement_rate", "visits_to_convert", "cta_ctr",
+             "conversion_rate", "leads", "cpa", "roas",
+             "repeat_purchase_rate", "average_order_value", "historical_clv",
+             "nps", "review_rating")
 DEMO_MODELS = ("first_touch", "last_touch", "last_non_direct", "linear", "position_based",
                "markov", "shapley", "counterfactual")
 
@@ -74,6 +81,9 @@ class DemoReport:
     report_path: Path | None = None
     #: charts the report could not draw, with why
     report_skipped: dict[str, str] = field(default_factory=dict)
+    #: the headline KPIs by lifecycle stage (``stage``, ``kpi``, ``value``, ``unit``), with the
+    #: ones that could not be computed in ``attrs["skipped"]``
+    stage_kpis: pd.DataFrame | None = None
 
 
 Progress = Callable[[str], None]
@@ -131,12 +141,22 @@ def run_demo(
     for dataset in report.datasets:
         _attribute(dataset, progress)
         _attribute_prepared(con, dataset, report, progress)
+    _stage_kpis(con, settings, report, progress)
     _write_report(con, settings, report, progress)
     con.disconnect()
     return report
 
 
 REPORT_FILE = "report.html"
+
+
+def _stage_kpis(con: Any, settings: Settings, report: DemoReport, progress: Progress) -> None:
+    """A few headline KPIs of each lifecycle stage, as `touchline kpis` computes them."""
+    from touchline.serve.figures import stage_kpis_data
+
+    progress(f"computing {len(DEMO_KPIS)} headline KPIs")
+    report.stage_kpis = stage_kpis_data(con, model=settings.default_model,
+                                        stage_model="lifecycle", names=DEMO_KPIS)
 
 
 def _write_report(con: Any, settings: Settings, report: DemoReport, progress: Progress) -> None:

@@ -233,6 +233,54 @@ SURVEYS = TableSpec(
         ("review_rating", F, "review stars (1-5)"),
         ("review_text", S, "review text"),
         ("heard_about", S, "self-reported 'how did you hear about us'"),
+        ("segment", S, "the answerer's segment as the survey tool gives it (plan, tier, "
+         "customer type), for NPS by segment"),
+        *_LOAD_COLUMNS,
+    ),
+)
+
+SOCIAL = TableSpec(
+    name="social",
+    doc="Social media account statistics, one row per platform, account and day as the "
+    "platform's export gives them: followers at the end of the day, the day's posts and their "
+    "impressions and engagements. Counts must not be negative.",
+    key="row_hash",
+    required=("platform", "account", "date"),
+    columns=_cols(
+        ("platform", S, "social platform (instagram, linkedin, facebook, tiktok, x, …)"),
+        ("account", S, "the account (handle or page) on the platform"),
+        ("date", D, "day"),
+        ("followers", I, "followers at the end of the day"),
+        ("posts", I, "posts published that day"),
+        ("impressions", I, "impressions that day"),
+        ("engagements", I, "engagements that day as the platform counts them (null: the sum "
+         "of likes, comments and shares)"),
+        ("likes", I, "likes (reactions) that day"),
+        ("comments", I, "comments (replies) that day"),
+        ("shares", I, "shares (reposts) that day"),
+        ("row_hash", S, "content hash of the row: the dedupe key"),
+        *_LOAD_COLUMNS,
+    ),
+)
+
+REVIEWS = TableSpec(
+    name="reviews",
+    doc="Public reviews (Google, Trustpilot, G2, app stores, …): rating 1-5 stars, text and "
+    "date, with the reviewer's e-mail, phone or order id when the platform gives one (KPIs "
+    "join them to people through the identity graph and the orders on touches).",
+    key="row_hash",
+    required=("platform", "rating", "reviewed_at"),
+    columns=_cols(
+        ("review_id", S, "the platform's review id, when given"),
+        ("platform", S, "review platform (google, trustpilot, g2, app_store, …)"),
+        ("rating", F, "stars, 1 to 5"),
+        ("review_text", S, "review text"),
+        ("reviewed_at", TS, "when the review was posted"),
+        ("email", S, "reviewer's e-mail, when known (matched trimmed, in lower case)"),
+        ("phone", S, "reviewer's phone, when known (matched as E.164 after dropping spaces, "
+         "dashes, dots and brackets)"),
+        ("order_id", S, "order the review is about, when known (matched to touches.order_id)"),
+        ("row_hash", S, "content hash of the row: the dedupe key"),
         *_LOAD_COLUMNS,
     ),
 )
@@ -977,7 +1025,7 @@ JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_STEPS, JOURNEY_TOUCHES, CREDITS)
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
-        EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, REJECTS, INGESTS,
+        EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, SOCIAL, REVIEWS, REJECTS, INGESTS,
         WRITE_KEYS, USERS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
     )
 }
@@ -986,7 +1034,8 @@ DEAL_TIMES = (
     "created_at", "lead_at", "mql_at", "sql_at", "opportunity_at", "closed_at", "updated_at",
 )
 INGESTIBLE = (
-    "events", "deals", "spend", "calls", "surveys", "search_console", "number_leases",
+    "events", "deals", "spend", "calls", "surveys", "search_console", "social", "reviews",
+    "number_leases",
 )
 
 

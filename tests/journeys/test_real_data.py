@@ -18,6 +18,7 @@ from touchline.collect.ingest import ingest_file
 from touchline.collect.mapping import load_mapping
 from touchline.config import ConversionSpec, Settings
 from touchline.metrics.funnels import funnel
+from touchline.metrics.kpis import compute
 from touchline.pipeline import run
 
 OLIST = SHARED / "data" / "olist-marketing-funnel"
@@ -96,6 +97,21 @@ def test_olist_conversion_by_origin_and_days_to_close_match_pandas(tmp_path: Pat
     overall = funnel(con, ["MQL", "conversion:deal_won"]).to_pandas()
     median_days = overall["median"][1] / 86_400
     assert median_days == pytest.approx(joined.days[follows].median(), abs=1e-6)
+
+    # the KPI registry says the same: conversion rate by first-touch origin (every won deal,
+    # the one dated before its contact too: it is a converted journey) and the median days
+    # from first contact to won (journeys with a touch before the win)
+    by_origin = compute(con, "conversion_rate", by=["campaign"],
+                        conversion="deal_won").to_pandas().set_index("campaign")
+    won = joined.won_date.notna().groupby(joined.origin).sum()
+    assert by_origin.visitors.to_dict() == expected.mqls.to_dict()
+    assert by_origin.converters.to_dict() == won.to_dict()
+    assert by_origin.conversion_rate.to_dict() == pytest.approx((won / expected.mqls).to_dict())
+    overall_rate = compute(con, "conversion_rate", conversion="deal_won").to_pandas()
+    assert overall_rate.conversion_rate[0] == pytest.approx(842 / 8000)  # SOURCE.md: 10.5 %
+    days = compute(con, "days_to_convert", conversion="deal_won").to_pandas()
+    assert (days.conversions[0], days["median"][0]) == (
+        842 - 1, pytest.approx(joined.days[follows].median(), abs=1e-6))
 
     # the journeys: every won deal is a person's (no company) with its MQL as its one touch;
     # a deal won before its first contact has no touch in its window (kept, 0 touches)

@@ -122,7 +122,7 @@ def test_bad_names_and_missing_imports_say_what_to_do(reach: BaseBackend) -> Non
     with pytest.raises(UnknownKPIError, match=r"'search_ctr' cannot be broken down by "
                        "'channel': its tables .search_console. hold period, query"):
         compute(reach, "search_ctr", by=["channel"])
-    with pytest.raises(UnknownKPIError, match=r"no stored table holds a segment"):
+    with pytest.raises(UnknownKPIError, match=r"only survey answers hold a segment"):
         compute(reach, "paid_cpc", by=["segment"])
     with pytest.raises(UnknownKPIError, match=r"unknown stage 'retension' .did you mean "
                        "'retention'"):

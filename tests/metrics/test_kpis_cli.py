@@ -71,6 +71,12 @@ def test_kpis_on_a_run_warehouse_match_the_imported_files(simulated: tuple[Path,
     assert (nps["answers"], nps["promoters"], nps["detractors"]) == (
         len(scores), promoters, detractors)
     assert nps["nps"] == pytest.approx(100 * (promoters - detractors) / len(scores))
+    # by the answerers' segment (plan), as the file gives it
+    answers = pd.read_csv(data / "surveys.csv").dropna(subset=["nps_score"])
+    want = answers.groupby("segment").nps_score.apply(
+        lambda s: 100 * ((s >= 9).sum() - (s <= 6).sum()) / len(s)).to_dict()
+    rows = _json(["--kpi", "nps", "--by", "segment"], db)["kpis"][0]["rows"]
+    assert {r["segment"]: r["nps"] for r in rows} == pytest.approx(want)
     # a whole stage by channel: every KPI that holds a channel, the others said and skipped
     decision = _json(["--stage", "decision", "--by", "channel", "--period", "month"], db)
     shown = {k["kpi"] for k in decision["kpis"]}
@@ -99,7 +105,7 @@ def test_kpis_csv_is_safe_and_errors_name_the_nearest(simulated: tuple[Path, str
             (["--kpi", "roass"], "unknown KPI 'roass' (did you mean 'roas'?)"),
             (["--stage", "advocasy"], "did you mean 'advocacy'"),
             (["--kpi", "cpa", "--model", "markof"], "model 'markof' (did you mean 'markov'?)"),
-            (["--kpi", "nps", "--by", "segment"], "no stored table holds a segment"),
+            (["--kpi", "paid_cost", "--by", "segment"], "only survey answers hold a segment"),
             (["--kpi", "nps", "--since", "May"], "--since 'May': expected a date")):
         result = runner.invoke(app, ["kpis", *args, "--database", db])
         assert result.exit_code == 2, (args, result.output)

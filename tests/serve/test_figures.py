@@ -208,7 +208,7 @@ def test_stage_kpis_by_hand(wh: BaseBackend) -> None:
     assert rows["repeat_purchase_rate"]["value"] == 0.25
     skipped = got.attrs["skipped"]
     assert "touchline ingest FILE --kind search_console" in skipped["search_clicks"]
-    assert skipped["retention"].startswith("a table of")
+    assert skipped["retention"].startswith("a table: ")
     # under the funnel preset, the stage names are the funnel's
     assert stage_kpis_data(wh, stage_model="funnel").set_index("kpi").stage["nps"] == "bottom"
 

@@ -74,6 +74,17 @@ _SQL_TYPES = {"Timestamp": "TIMESTAMP", "Date": "DATE", "Float64": "DOUBLE",
               "Int64": "BIGINT", "Boolean": "BOOLEAN"}
 _TYPE_CODES = {"Timestamp": "timestamp", "Date": "date", "Float64": "number",
                "Int64": "integer", "Boolean": "boolean"}
+#: numeric fields whose value must lie in a range, per kind: (column, low, high, reason code,
+#: what the value is); a value outside is rejected (a 12 on a 0-10 scale is a misread answer,
+#: and averaging it would move NPS or a rating without anyone noticing)
+RANGES: dict[str, tuple[tuple[str, float, float | None, str, str], ...]] = {
+    "surveys": (("nps_score", 0, 10, "bad_nps", "an NPS answer (0 to 10)"),
+                ("review_rating", 1, 5, "bad_rating", "a rating of 1 to 5 stars")),
+    "reviews": (("rating", 1, 5, "bad_rating", "a rating of 1 to 5 stars"),),
+    "social": tuple((c, 0, None, "negative_count", "a count (0 or more)")
+                    for c in ("followers", "posts", "impressions", "engagements", "likes",
+                              "comments", "shares")),
+}
 
 # Where each canonical events column lives in a Segment (or RudderStack) JSON export, in order
 # of preference. Columns not listed are looked up as "$.<name>" and "$.<camelCase>".
@@ -566,6 +577,17 @@ class _ChunkParser:
             ))
         if spec.name == "number_leases":
             self._lease_rules(typed, problems)
+        if spec.name == "reviews":
+            # the forms the identity graph keys people by (prepare/standardise.py)
+            typed["email"] = f"lower({typed['email']})"
+            typed["phone"] = f"regexp_replace({typed['phone']}, '[ ().-]', '', 'g')"
+        for column, low, high, code, what in RANGES.get(spec.name, ()):
+            ref = typed[column]
+            outside = f"{ref} < {low}" + ("" if high is None else f" OR {ref} > {high}")
+            problems.append((
+                f"coalesce({outside}, false)", column, code,
+                f"'field {column}: ' || CAST({ref} AS VARCHAR) || ' is not {what}'",
+            ))
         if spec.name == "deals":
             times = ", ".join(typed[t] for t in store.DEAL_TIMES)
             problems.append((

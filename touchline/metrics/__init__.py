@@ -3,7 +3,8 @@
 from touchline.metrics.funnels import funnel
 from touchline.metrics.kpis import KPIS, compute
 
-# registers the CLV KPIs (historical_clv, predicted_clv) beside the others
-from touchline.metrics import clv  # noqa: F401  isort: skip
+# register the KPIs of the other modules beside those of kpis.py (CLV, social, pages, stage
+# rates, reviews and the rest of advocacy)
+from touchline.metrics import social, pages, stage_rates, clv, advocacy  # noqa: F401  isort: skip
 
 __all__ = ["KPIS", "compute", "funnel"]

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import ibis
 import ibis.expr.types as ir
 
+from touchline.config import Settings
 from touchline.errors import MissingInputError, UnknownKPIError, did_you_mean
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ PRESET_STAGES: dict[str, dict[str, str]] = {
 PERIODS = {"day": "D", "week": "W", "month": "M", "quarter": "Q"}
 #: every breakdown a KPI may offer (which ones a KPI offers depends on the tables it reads)
 DIMENSIONS = ("period", "channel", "source", "medium", "campaign", "keyword", "landing_page",
-              "device", "segment", "query", "country")
+              "device", "segment", "query", "country", "platform", "page")
 #: what fills a null breakdown value (as ``journey_touches`` does)
 NOT_SET = "(not set)"
 UNASSIGNED = "Unassigned"
@@ -82,10 +83,15 @@ IMPORTS = {
     "search_console": "touchline ingest FILE --kind search_console",
     "spend": "touchline ingest FILE --kind spend",
     "surveys": "touchline ingest FILE --kind surveys",
+    "social": "touchline ingest FILE --kind social",
+    "reviews": "touchline ingest FILE --kind reviews",
     "sessions": "touchline run (or touchline prepare) after `touchline ingest FILE --kind events`",
     "identities": "touchline run (or touchline prepare) after `touchline ingest FILE --kind "
                   "events`",
+    "touchpoints": "touchline run (or touchline prepare) after `touchline ingest FILE --kind "
+                   "events`",
     "journeys": "touchline run",
+    "stages": "touchline run",
     "journey_touches": "touchline run",
     "credits": "touchline run",
 }
@@ -102,6 +108,14 @@ class Query:
     until: datetime | None = None
     model: str = MODEL_DEFAULT
     conversion: str = CONVERSION_DEFAULT
+    #: the settings the event-defined KPIs read (CTA and form events, referral events, the
+    #: heard-about rules); None: the defaults
+    settings: Settings | None = None
+
+    @property
+    def config(self) -> Settings:
+        """The settings given, else the defaults (environment and touchline.toml)."""
+        return self.settings if self.settings is not None else Settings()
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -130,6 +144,12 @@ class KPI:
     #: options of :class:`Query` the KPI reads (``model``, ``conversion``)
     options: tuple[str, ...] = ()
     stages: Mapping[str, str] = field(default_factory=dict)
+    #: True: the KPI needs rows in any one of its tables (reviews come from review exports or
+    #: survey answers), not in all of them
+    any_table: bool = False
+    #: True: the KPI is a table (cohorts, a distribution, a matrix, stage rows), not one
+    #: headline value per group
+    table: bool = False
 
 
 KPIS: dict[str, KPI] = {}
@@ -141,6 +161,7 @@ DOC_SECTIONS: dict[str, str] = {}
 def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
              dimensions: Sequence[str], values: Sequence[str] | None = None,
              zero_denominator: str = "not a ratio", options: Sequence[str] = (),
+             any_table: bool = False, table: bool = False,
              ) -> Callable[[KPIFunction], KPIFunction]:
     """Register the decorated function as KPI ``name`` (filled at import, then only read)."""
     if stage not in STAGES:
@@ -156,7 +177,8 @@ def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence
             name=name, stage=stage, unit=unit, formula=formula, tables=tuple(tables),
             dimensions=tuple(dimensions), zero_denominator=zero_denominator, compute=fn,
             values=tuple(values or (name,)), doc=(fn.__doc__ or "").strip(),
-            options=tuple(options), stages={"lifecycle": stage, **PRESET_STAGES[stage]})
+            options=tuple(options), stages={"lifecycle": stage, **PRESET_STAGES[stage]},
+            any_table=any_table, table=table)
         return fn
 
     return decorate
@@ -207,7 +229,8 @@ def check_dimensions(by: Sequence[str], period: str | None) -> tuple[tuple[str, 
 
 
 def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
-           until: date | None, model: str, conversion: str) -> Query:
+           until: date | None, model: str, conversion: str,
+           settings: Settings | None) -> Query:
     rest, period = check_dimensions(by, period)
     asked = (*rest, *(("period",) if period else ()))
     for dim in asked:
@@ -216,7 +239,7 @@ def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
             raise UnknownKPIError(
                 f"KPI {kpi.name!r} cannot be broken down by {dim!r}: its tables "
                 f"({', '.join(kpi.tables)}) hold {offered}"
-                + ("" if dim != "segment" else "; no stored table holds a segment yet"))
+                + ("" if dim != "segment" else "; only survey answers hold a segment"))
 
     def moment(value: date | None) -> datetime | None:
         if value is None or isinstance(value, datetime):
@@ -224,15 +247,25 @@ def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
         return datetime(value.year, value.month, value.day)
 
     return Query(by=rest, period=period, since=moment(since), until=moment(until), model=model,
-                 conversion=conversion)
+                 conversion=conversion, settings=settings)
 
 
 def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None) -> None:
     """Raise :class:`MissingInputError` unless every input table of ``kpi`` (or ``tables``)
     holds rows: a KPI over a never-imported table would read as a real zero."""
     existing = set(con.list_tables())
+
+    def empty(name: str) -> bool:
+        return name not in existing or con.table(name).limit(1).count().execute() == 0
+
+    if tables is None and kpi.any_table:
+        if all(empty(name) for name in kpi.tables):
+            raise MissingInputError(
+                f"KPI {kpi.name!r} needs rows in one of {', '.join(kpi.tables)} and they are "
+                "empty: " + " or ".join(f"`{IMPORTS[t]}`" for t in kpi.tables))
+        return
     for name in kpi.tables if tables is None else tables:
-        if name not in existing or con.table(name).limit(1).count().execute() == 0:
+        if empty(name):
             how = IMPORTS[name]
             raise MissingInputError(
                 f"KPI {kpi.name!r} needs {name} rows and the table is "
@@ -243,17 +276,18 @@ def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None) -> 
 
 def compute(con: BaseBackend, name: str, *, by: Sequence[str] = (), period: str | None = None,
             since: date | None = None, until: date | None = None, model: str = MODEL_DEFAULT,
-            conversion: str = CONVERSION_DEFAULT) -> ir.Table:
+            conversion: str = CONVERSION_DEFAULT, settings: Settings | None = None) -> ir.Table:
     """KPI ``name`` over the stored tables of ``con``: the ``period`` and ``by`` columns, then
     the KPI's values, one row per combination present in the data.
 
     ``by`` takes dimensions (:data:`DIMENSIONS`) and period grains (``day`` … ``quarter``,
     the same as ``period=``); ``since`` (inclusive) and ``until`` (exclusive) bound the KPI's
     own time (a session's start, a conversion, a spend day); ``model`` is the attribution
-    model whose stored credits the credited KPIs sum, ``conversion`` the conversion type.
+    model whose stored credits the credited KPIs sum, ``conversion`` the conversion type;
+    ``settings`` name the CTA, form and referral events and the heard-about rules.
     """
     kpi = lookup(name)
-    q = _query(kpi, by, period, since, until, model, conversion)
+    q = _query(kpi, by, period, since, until, model, conversion, settings)
     require(con, kpi)
     return kpi.compute(con, q)
 
@@ -688,6 +722,20 @@ def conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
     return _order(t.mutate(conversion_rate=_ratio(t.converters, t.visitors)), q)
 
 
+@register("leads", stage="decision", unit="leads",
+          formula="count(converted lead journeys), by the journey's first touch",
+          tables=["journeys", "journey_touches"], dimensions=SESSION_DIMS)
+def leads(con: BaseBackend, q: Query) -> ir.Table:
+    """Leads (conversions of the ``lead`` type) by the source, channel, campaign… of the
+    lead journey's first touch, and the lead's period: counted whole, where ``conversions``
+    (``--conversion lead``) splits each one over its touches by a model."""
+    lead = Query(by=q.by, period=q.period, since=q.since, until=q.until,
+                 conversion=LEAD_CONVERSION, settings=q.settings)
+    _check_conversion(con, lead)
+    t = _converting_journeys(con, lead)
+    return _order(_aggregate(t, q, leads=t.count().cast("int64")), q)
+
+
 COST_DIMS = ("period", "channel", "source", "medium", "campaign", "keyword")
 
 
@@ -820,7 +868,7 @@ def average_order_value(con: BaseBackend, q: Query) -> ir.Table:
 @register("purchase_frequency", stage="retention", unit="customers",
           formula="count(customers) per number of purchases; share = customers / all customers",
           tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
-          values=("purchases", "customers", "share"), options=("conversion",))
+          values=("purchases", "customers", "share"), options=("conversion",), table=True)
 def purchase_frequency(con: BaseBackend, q: Query) -> ir.Table:
     """The distribution of purchases per customer (before ``until``): how many bought once,
     twice…, by the first purchase's period and the acquisition channel…"""
@@ -837,7 +885,7 @@ def purchase_frequency(con: BaseBackend, q: Query) -> ir.Table:
           "the cohort's customers",
           tables=_RETENTION_TABLES, dimensions=tuple(SESSION_LEVELS),
           values=("cohort", "months_since", "customers", "active_customers", "retention"),
-          options=("conversion",))
+          options=("conversion",), table=True)
 def retention(con: BaseBackend, q: Query) -> ir.Table:
     """Retention cohorts: customers by the month of their first purchase (``since`` and
     ``until`` bound the cohorts), and for each later month k the share who purchased in it
@@ -861,42 +909,67 @@ def retention(con: BaseBackend, q: Query) -> ir.Table:
 
 # ---- advocacy -------------------------------------------------------------------------------
 
+def match_people(con: BaseBackend, t: ir.Table, key: str,
+                 identifiers: Sequence[ir.StringValue]) -> ir.Table:
+    """``_key`` (``t[key]``) → ``_person``: the person of the first of ``identifiers`` (typed
+    identifiers over ``t``: ``user:…``, ``email:…``, ``order:…``) found in the identity graph,
+    or for ``order:`` among the orders on touches. Rows matching no one are absent."""
+    candidates = ibis.union(*(
+        t.select(_key=t[key], _identifier=expr, _rank=ibis.literal(rank))
+        for rank, expr in enumerate(identifiers)), distinct=False)
+    ids = con.table("identities").select("identifier", _person="person_id")
+    if "touchpoints" in con.list_tables():
+        tp = con.table("touchpoints")
+        tp = tp.filter(tp.order_id.notnull() & tp.person_id.notnull())
+        ids = ids.union(tp.select(identifier="order:" + tp.order_id, _person=tp.person_id),
+                        distinct=True)
+    matched = candidates.inner_join(ids, candidates._identifier == ids.identifier)
+    matched = matched.mutate(_r=ibis.row_number().over(group_by="_key", order_by="_rank"))
+    return matched.filter(matched._r == 0).select("_key", "_person")
+
+
+def with_first_touch(con: BaseBackend, t: ir.Table, key: str,
+                     identifiers: Sequence[ir.StringValue]) -> ir.Table:
+    """``t`` with its person's acquisition breakdowns (the first session's channel, source…;
+    Unassigned and ``(not set)`` for rows matching no one)."""
+    matched = match_people(con, t, key, identifiers)
+    f = first_touches(con)
+    # prefixed: a table's own ``source`` (the system that sent the row) is not the person's
+    f = f.select(_ft_person="person_id", **{f"_ft_{d}": d for d in SESSION_LEVELS})
+    j = t.left_join(matched, t[key] == matched._key).left_join(
+        f, matched._person == f._ft_person)
+    j = j.mutate(**_levels(j, {d: f"_ft_{d}" for d in SESSION_LEVELS}))
+    return j.drop("_key", "_ft_person", *(f"_ft_{d}" for d in SESSION_LEVELS))
+
+
 def _answers(con: BaseBackend, q: Query, kpi: str) -> ir.Table:
     """Survey answers with the answerer's person (matched by user id, then anonymous id, then
     e-mail in the identity graph) and that person's acquisition breakdowns; only when ``by``
     asks for them are the prepared tables read."""
     sv = con.table("surveys")
-    if not q.by:
-        return _keyed(sv, q, at=sv.responded_at, dims={})
+    sv = sv.mutate(segment=sv.segment.fill_null(NOT_SET))
+    if not set(q.by) - {"segment"}:
+        return _keyed(sv, q, at=sv.responded_at, dims={"segment": sv.segment})
     require(con, KPIS[kpi], ["sessions", "identities"])
-    ids = con.table("identities").select("identifier", _person="person_id")
-    candidates = ibis.union(*(
-        sv.select("response_id", _identifier=prefix + expr, _rank=ibis.literal(rank))
-        for rank, (prefix, expr) in enumerate((
-            ("user:", sv.person_id), ("anon:", sv.person_id),
-            ("email:", sv.email.strip().lower())))), distinct=False)
-    matched = candidates.inner_join(ids, candidates._identifier == ids.identifier)
-    matched = matched.mutate(_r=ibis.row_number().over(group_by="response_id",
-                                                       order_by="_rank"))
-    matched = matched.filter(matched._r == 0).select(_response="response_id", _person="_person")
-    f = first_touches(con)
-    t = sv.left_join(matched, sv.response_id == matched._response).left_join(
-        f, matched._person == f.person_id)
-    return _keyed(t, q, at=t.responded_at, dims=_levels(t, {d: d for d in SESSION_LEVELS}))
+    t = with_first_touch(con, sv, "response_id", [
+        "user:" + sv.person_id, "anon:" + sv.person_id, "email:" + sv.email.strip().lower()])
+    return _keyed(t, q, at=t.responded_at, dims={d: t[d] for d in (*SESSION_LEVELS, "segment")})
 
 
 @register("nps", stage="advocacy", unit="score (-100 to 100)",
           formula="100 * (promoters - detractors) / answers; promoters 9-10, passives 7-8, "
           "detractors 0-6; 95 % interval 100 * (d ± 1.96 * sqrt((p + q - d²) / n)), "
           "p, q the promoter and detractor shares, d = p - q",
-          tables=["surveys"], dimensions=SESSION_DIMS,
+          tables=["surveys"], dimensions=(*SESSION_DIMS, "segment"),
           values=("answers", "promoters", "passives", "detractors", "nps", "nps_low",
                   "nps_high"), zero_denominator="null (no answer: no row)")
 def nps(con: BaseBackend, q: Query) -> ir.Table:
     """Net Promoter Score from the ``surveys`` table's 0-10 answers (others are left out),
     with the counts and a normal-approximation 95 % confidence interval (the variance of a
-    difference of two shares of one multinomial sample). By period of the answer, and by the
-    answerer's first-touch channel, source… (answers matched to no person: Unassigned)."""
+    difference of two shares of one multinomial sample). By period of the answer, by the
+    answerer's segment (as the survey tool gives it), and by the answerer's first-touch
+    channel, source… (answers matched to no person: Unassigned). Answers outside 0-10 never
+    reach the table: ingest rejects them (``bad_nps``)."""
     t = _answers(con, q, "nps")
     t = t.filter(t.nps_score.between(0, 10))
     t = _aggregate(t, q, answers=t.count().cast("int64"),
@@ -908,18 +981,6 @@ def nps(con: BaseBackend, q: Query) -> ir.Table:
     t = t.mutate(passives=t.answers - t.promoters - t.detractors, nps=100.0 * (p - d),
                  nps_low=100.0 * (p - d - Z_95 * se), nps_high=100.0 * (p - d + Z_95 * se))
     return _select(t, q, **{v: t[v] for v in KPIS["nps"].values})
-
-
-@register("review_rating", stage="advocacy", unit="stars (1-5)",
-          formula="count and mean of review_rating over answers that carry one",
-          tables=["surveys"], dimensions=SESSION_DIMS, values=("reviews", "review_rating"),
-          zero_denominator="null (no review: no row)")
-def review_rating(con: BaseBackend, q: Query) -> ir.Table:
-    """Reviews in the ``surveys`` table: how many, and their average rating."""
-    t = _answers(con, q, "review_rating")
-    t = t.filter(t.review_rating.notnull())
-    return _order(_aggregate(t, q, reviews=t.count().cast("int64"),
-                             review_rating=t.review_rating.mean()), q)
 
 
 # ---- documentation --------------------------------------------------------------------------
@@ -964,8 +1025,15 @@ Rules every KPI follows:
   page, country and device; spend by channel, source, medium, campaign and keyword; sessions,
   journeys and credits by channel, source, medium, campaign, keyword and landing page (the
   session's entrance values). Person-level KPIs (new visitors, conversion rate, retention, NPS)
-  break down by the person's *first* session: the acquisition channel. No stored table holds a
-  device category of sessions or a segment yet: asking for them is an error.
+  break down by the person's *first* session: the acquisition channel. Survey answers also
+  break down by their `segment`; social rows and reviews by `platform`; page KPIs (CTA, forms)
+  by `page` (the path). No stored table holds a device category of sessions yet: asking for
+  one is an error.
+- **Settings name the events**: CTA clicks (`cta_events`, `cta_pages`), form starts
+  (`form_start_events`, `form_pages`; submissions are `touch_events["form"]`), referrals
+  (`referral_events`) and the channels "how did you hear about us" answers name
+  (`heard_about_channels`), as fields of `Settings` (`touchline.toml` or `TOUCHLINE_*`); the
+  sections below say how each is read.
 - **Credited KPIs take a model**: `conversions`, `revenue`, `cost_per_lead`, `cpa` and `roas`
   sum the stored `credits` of the chosen model (`--model`, default `settings.default_model`),
   so cost per acquisition can be read under last touch, Markov or Shapley alike. Spend and
@@ -985,13 +1053,14 @@ def kpis_markdown() -> str:
     """``docs/kpis.md``: every registered KPI with its stage, unit, formula, zero-denominator
     rule, the import that fills its tables and its breakdowns."""
     rows = []
-    for k in KPIS.values():
+    ordered = sorted(KPIS.values(), key=lambda k: STAGES.index(k.stage))
+    for k in ordered:
         others = ", ".join(v for m, v in k.stages.items() if m != "lifecycle")
         needs = "; ".join(f"`{IMPORTS[t]}`" for t in dict.fromkeys(
             "journeys" if t in ("journey_touches", "credits") else t for t in k.tables))
         rows.append(f"| `{k.name}` | {k.stage} ({others}) | {k.unit} | {k.formula} | "
                     f"{k.zero_denominator} | {needs} | {', '.join(k.dimensions)} |")
     details = ["", "## What each KPI measures", ""]
-    details += [f"- `{k.name}`: {' '.join(k.doc.split())}" for k in KPIS.values()]
+    details += [f"- `{k.name}`: {' '.join(k.doc.split())}" for k in ordered]
     return (_DOC_HEAD + "\n".join(rows) + "\n" + "\n".join(details) + "\n"
             + "".join(DOC_SECTIONS.values()))

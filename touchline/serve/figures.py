@@ -462,20 +462,25 @@ def stage_timeline_figure(data: pd.DataFrame) -> go.Figure:
 
 def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
                     model: str = MODEL_DEFAULT, conversion: str | None = None,
-                    stage_model: str = STAGE_MODEL_DEFAULT) -> pd.DataFrame:
-    """The headline of every KPI of the registry (:mod:`touchline.metrics.kpis`) under its
-    stage: ``stage``, ``kpi``, ``value``, ``unit``, ``formula``; each KPI computed in the
-    engine over the window, as ``touchline kpis`` computes it. The headline is the KPI's own
-    column (the median for a spread such as ``days_to_convert``). KPIs whose input was never
-    imported, and those that are tables (retention cohorts, purchase frequency), are left out
-    and listed in ``attrs["skipped"]`` with why. A stage model other than the presets places
-    each KPI under its lifecycle stage."""
+                    stage_model: str = STAGE_MODEL_DEFAULT,
+                    names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The headline of every KPI of the registry (:mod:`touchline.metrics.kpis`; or of the
+    KPIs ``names``) under its stage: ``stage``, ``kpi``, ``value``, ``unit``, ``formula``;
+    each KPI computed in the engine over the window, as ``touchline kpis`` computes it. The
+    headline is the KPI's own column (the median for a spread such as ``days_to_convert``).
+    KPIs whose input was never imported, and those that are tables (retention cohorts,
+    purchase frequency), are left out and listed in ``attrs["skipped"]`` with why. A stage
+    model other than the presets places each KPI under its lifecycle stage."""
     from touchline.metrics.kpis import KPIS, STAGES, compute
 
     conversion = resolve_conversion(con, conversion)
     rows, skipped = [], {}
-    for kpi in KPIS.values():  # the registry's KPIs, each one query in the engine
+    chosen = KPIS.values() if names is None else [KPIS[name] for name in names]
+    for kpi in chosen:  # the registry's KPIs, each one query in the engine
         column = kpi.name if kpi.name in kpi.values else "median"
+        if kpi.table:  # not computed: no headline to show
+            skipped[kpi.name] = f"a table: `touchline kpis --kpi {kpi.name}` shows it"
+            continue
         try:
             frame = compute(con, kpi.name, since=since, until=until, model=model,
                             conversion=conversion).to_pandas()

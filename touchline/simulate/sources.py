@@ -47,6 +47,7 @@ HEARD_ABOUT: dict[str, tuple[str, ...]] = {
     "phone": ("Phone call", "Called you"),
     "offline": ("Webinar", "Conference", "Event"),
 }
+SEGMENTS = ("starter", "growth", "enterprise")  # survey answerers' plans, for NPS by segment
 FRIEND_ANSWERS = ("A friend", "Colleague recommended", "Podcast", "Other")
 REVIEW_TEXTS = (
     "Did not work for us.", "Too complicated to set up.", "Okay, some gaps.",
@@ -121,6 +122,8 @@ def surveys(
         "review_rating": text.where(reviewed, _numbers(rating.astype(np.float64)), nulls),
         "review_text": text.where(reviewed, text.take(REVIEW_TEXTS, rating - 1), nulls),
         "heard_about": text.take(flat, pick),
+        # the plan, by person (no random draw: the other files' streams stay as they were)
+        "segment": text.take(SEGMENTS, answers % len(SEGMENTS)),
     }
     review_time = responded[reviewed] + 600_000
     return table, (answers[reviewed], review_time, rating[reviewed])

@@ -1,0 +1,175 @@
+r"""Consideration KPIs of pages: CTA click-through, landing-page conversion, form start and
+completion rates.
+
+How the events are recognised (settings, :class:`touchline.config.Settings`):
+
+- a **CTA click** is a track event named in ``cta_events`` (default ``CTA Clicked``); the page
+  it was sent from (the event's ``context.page.url``, as the tracker sends it) is the page
+  carrying the CTA;
+- a **page carrying a CTA** is one whose path matches ``cta_pages`` (a regular expression),
+  or, when that is empty, any page on which a CTA click was ever recorded (so a page whose CTA
+  nobody ever clicked is not counted: set ``cta_pages`` to see it);
+- a **form start** is a track event named in ``form_start_events`` (default ``Form
+  Started``), a **form submission** one of ``touch_events["form"]`` (``Form Submitted``…);
+  form pages are ``form_pages`` or, when empty, the pages where a start or submission was
+  recorded.
+
+Counts are of touches (after prepare's cleaning and deduplication): a page view with two CTA
+clicks counts two clicks, so the rate may exceed 1 on pages with several CTAs.
+
+>>> from touchline.metrics.kpis import KPIS
+>>> KPIS["cta_ctr"].formula
+'CTA clicks on CTA pages / page views of CTA pages'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import ibis.expr.types as ir
+
+from touchline.metrics.kpis import (
+    _ZERO,
+    DOC_SECTIONS,
+    SESSION_DIMS,
+    SESSION_LEVELS,
+    Query,
+    _aggregate,
+    _check_conversion,
+    _keyed,
+    _levels,
+    _order,
+    _ratio,
+    _sessions,
+    register,
+)
+
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
+PAGE_DIMS = (*SESSION_DIMS, "page")
+PAGE_TYPES = ("page", "screen")
+
+
+def _page_actions(con: BaseBackend, q: Query, actions: Sequence[str],
+                  pattern: str | None) -> ir.Table:
+    """Page views and ``actions`` events on the pages that carry them (``pattern``, else the
+    pages where an action was ever recorded), keyed; ``_view`` and ``_event`` flags."""
+    tp = con.table("touchpoints")
+    tp = tp.filter(tp.page_path.notnull())
+    is_action = (tp.type == "track") & tp.event.isin(list(actions))
+    tp = tp.mutate(_view=tp.type.isin(PAGE_TYPES), _action=is_action)
+    if pattern:
+        tp = tp.filter(tp.page_path.re_search(pattern).fill_null(False))
+    else:
+        pages = tp.filter(tp._action).select(_page="page_path").distinct()
+        tp = tp.semi_join(pages, tp.page_path == pages._page)
+    tp = tp.filter(tp._view | tp._action)
+    dims = {**_levels(tp, SESSION_LEVELS), "page": tp.page_path}
+    return _keyed(tp, q, at=tp.occurred_at, dims=dims)
+
+
+@register("cta_ctr", stage="consideration", unit="ratio",
+          formula="CTA clicks on CTA pages / page views of CTA pages",
+          tables=["touchpoints", "sessions"], dimensions=PAGE_DIMS,
+          values=("page_views", "cta_clicks", "cta_ctr"), zero_denominator=_ZERO)
+def cta_ctr(con: BaseBackend, q: Query) -> ir.Table:
+    """Call-to-action click-through rate: how often a page's CTA is clicked per view of the
+    page, by page (path), period and the session's channel, source… The module docstring says
+    how CTA clicks and CTA pages are recognised."""
+    cfg = q.config
+    t = _page_actions(con, q, cfg.cta_events, cfg.cta_pages)
+    t = _aggregate(t, q, page_views=t._view.cast("int64").sum(),
+                   cta_clicks=t._action.cast("int64").sum())
+    return _order(t.mutate(cta_ctr=_ratio(t.cta_clicks, t.page_views)), q)
+
+
+def _forms(con: BaseBackend, q: Query) -> ir.Table:
+    cfg = q.config
+    submits = cfg.touch_events.get("form", [])
+    t = _page_actions(con, q, [*cfg.form_start_events, *submits], cfg.form_pages)
+    return _aggregate(
+        t, q, page_views=t._view.cast("int64").sum(),
+        form_starts=(t._action & t.event.isin(cfg.form_start_events)).cast("int64").sum(),
+        form_submissions=(t._action & t.event.isin(submits)).cast("int64").sum())
+
+
+@register("form_start_rate", stage="consideration", unit="ratio",
+          formula="form starts / page views of form pages",
+          tables=["touchpoints", "sessions"], dimensions=PAGE_DIMS,
+          values=("page_views", "form_starts", "form_start_rate"), zero_denominator=_ZERO)
+def form_start_rate(con: BaseBackend, q: Query) -> ir.Table:
+    """Share of form-page views in which a visitor began the form, by page, period and the
+    session's channel, source…"""
+    t = _forms(con, q)
+    t = t.mutate(form_start_rate=_ratio(t.form_starts, t.page_views))
+    return _order(t.select(*q.keys, "page_views", "form_starts", "form_start_rate"), q)
+
+
+@register("form_completion_rate", stage="consideration", unit="ratio",
+          formula="form submissions / form starts, on form pages",
+          tables=["touchpoints", "sessions"], dimensions=PAGE_DIMS,
+          values=("form_starts", "form_submissions", "form_completion_rate"),
+          zero_denominator=_ZERO)
+def form_completion_rate(con: BaseBackend, q: Query) -> ir.Table:
+    """Share of started forms that were submitted. A site that does not send form starts has
+    no denominator (null); one that sends them on some forms only can exceed 1 there."""
+    t = _forms(con, q)
+    t = t.mutate(form_completion_rate=_ratio(t.form_submissions, t.form_starts))
+    return _order(t.select(*q.keys, "form_starts", "form_submissions",
+                           "form_completion_rate"), q)
+
+
+@register("landing_page_conversion_rate", stage="consideration", unit="ratio",
+          formula="sessions in which the person converted / sessions, by the session's "
+          "landing page", tables=["sessions", "journeys"], dimensions=SESSION_DIMS,
+          values=("sessions", "converting_sessions", "landing_page_conversion_rate"),
+          zero_denominator=_ZERO, options=("conversion",))
+def landing_page_conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
+    """Of the sessions that entered on a page, the share in which the visitor converted
+    (a conversion of ``conversion`` between the session's first and last touch), by landing
+    page (``by=["landing_page"]``), period and channel, source…"""
+    _check_conversion(con, q)
+    s = _sessions(con)
+    j = con.table("journeys")
+    j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
+    hit = s.inner_join(j, [s.person_id == j.unit_id, j.converted_at >= s.started_at,
+                           j.converted_at <= s.ended_at])
+    hit = hit.select(_hit="session_id").distinct()
+    t = s.left_join(hit, s.session_id == hit._hit)
+    t = _keyed(t, q, at=t.started_at, dims=_levels(t, SESSION_LEVELS))
+    t = _aggregate(t, q, sessions=t.count().cast("int64"),
+                   converting_sessions=t._hit.count().cast("int64"))
+    return _order(t.mutate(landing_page_conversion_rate=_ratio(t.converting_sessions,
+                                                               t.sessions)), q)
+
+
+DOC_SECTIONS["pages"] = """
+## Pages: `cta_ctr`, `form_start_rate`, `form_completion_rate`, `landing_page_conversion_rate`
+
+`touchline/metrics/pages.py`, over the prepared `touchpoints`. How events are recognised
+(settings):
+
+- a **CTA click** is a track event named in `cta_events` (default `CTA Clicked`); the page it
+  was sent from (`context.page.url`, which the tracker sends) is the page carrying the CTA;
+- a **page carrying a CTA** matches `cta_pages` (a regular expression searched in the path),
+  or, when that is unset, is any page on which a CTA click was ever recorded (a CTA nobody
+  ever clicked stays invisible until `cta_pages` names its page);
+- a **form start** is a track event of `form_start_events` (default `Form Started`), a
+  **submission** one of `touch_events["form"]`; form pages are `form_pages` or the pages where
+  a start or a submission was recorded.
+
+Counts are of touches after cleaning and deduplication, by the touch's page path (`page`),
+period and the session's channel, source…: a view with two CTA clicks counts two. The
+landing-page conversion rate is the share of sessions (by their entrance page,
+`landing_page`) in which the person converted (`--conversion`, between the session's first and
+last touch).
+
+```toml
+# touchline.toml
+cta_events = ["CTA Clicked", "Book Demo Clicked"]
+cta_pages = "^/(pricing|demo)"
+form_start_events = ["Form Started"]
+```
+"""
