@@ -158,6 +158,9 @@ def print_run(report: object, *, hint: bool = True) -> None:
                       f"{row.open_journeys:,}", f"{row.lookback_cut:,}",
                       f"{row.without_touches:,}")
     console.print(kinds)
+    for conversion, reason in report.auto.items():
+        console.print(f"[bold]auto[/] for {escape(conversion)}: {escape(reason)}",
+                      highlight=False)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if report.main_conversion is None:
