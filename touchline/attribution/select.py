@@ -67,7 +67,8 @@ SPLIT_TIME = "time-based split"
 #: the model name under which ``touchline run`` stores the credits of the model ``auto`` picked
 AUTO_MODEL = "auto"
 
-Predictor = Callable[[PathSet, PathSet], np.ndarray]
+#: ``(train, every) -> (probability of each path of every, settings fitted on train)``
+Predictor = Callable[[PathSet, PathSet], tuple[np.ndarray, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,15 @@ def _show(value: Any) -> str:
 
 def _logistic(*, features: tuple[str, ...], regularisation: float | None,
               navigational_rule: bool) -> Predictor:
-    def predict(train: PathSet, every: PathSet) -> np.ndarray:
+    def predict(train: PathSet, every: PathSet) -> tuple[np.ndarray, dict[str, Any]]:
         journeys = effective_journeys(
             every, NAVIGATIONAL_DEFAULT if navigational_rule else None)
         fit = fit_conversion(journeys, train.conversions, train.nulls, features=features,
                              regularisation=regularisation)
-        return fit.probability(journeys)
+        # the penalty chosen on the training part is kept for the final fit on all journeys
+        # (one fit there, not a search; the grid's steps are coarser than the change in the
+        # best penalty between 75 % and all of the journeys)
+        return fit.probability(journeys), {"regularisation": fit.regularisation}
 
     return predict
 
@@ -117,14 +121,14 @@ def last_state_keys(paths: PathSet, order: int) -> np.ndarray:
 
 
 def _markov(order: int) -> Predictor:
-    def predict(train: PathSet, every: PathSet) -> np.ndarray:
+    def predict(train: PathSet, every: PathSet) -> tuple[np.ndarray, dict[str, Any]]:
         keys = last_state_keys(every, order)
         _, state = np.unique(keys, return_inverse=True)
         state = state.ravel()
         converted = np.bincount(state, train.conversions)
         journeys = converted + np.bincount(state, train.nulls)
         rate = train.conversions.sum() / max(train.conversions.sum() + train.nulls.sum(), 1e-12)
-        return ((converted + rate) / (journeys + 1.0))[state]
+        return ((converted + rate) / (journeys + 1.0))[state], {}
 
     return predict
 
@@ -213,8 +217,12 @@ def score_candidates(paths: PathSet, candidates: tuple[Candidate, ...] = CANDIDA
                              f"of the split; the {name} part has "
                              f"{part.conversions.sum():.0f} converting and "
                              f"{part.nulls.sum():.0f} non-converting (give the paths' nulls)")
-    rows = [{"candidate": c.label, "model": c.model, "held_out_log_loss":
-             held_out_log_loss(test, c.predict(train, paths))} for c in candidates]
+    rows = []
+    for c in candidates:
+        probability, fitted = c.predict(train, paths)
+        rows.append({"candidate": c.label, "model": c.model,
+                     "held_out_log_loss": held_out_log_loss(test, probability),
+                     "fitted": fitted})
     scores = pd.DataFrame(rows).sort_values("held_out_log_loss", kind="stable",
                                             ignore_index=True)
     held_out = float(test.conversions.sum() + test.nulls.sum())
@@ -259,5 +267,6 @@ def choose_model(paths: PathSet, candidates: tuple[Candidate, ...] = CANDIDATES,
               f"{scores.held_out_log_loss[0]:.5f} per journey on "
               f"{scores.attrs['held_out_journeys']:,.0f} held-out journeys ({how}){runner_up}")
     log.info("auto: %s", reason)
-    credits = run_model(paths, best.model, dict(best.params))
-    return Choice(best.model, dict(best.params), best.label, credits, scores, reason, split)
+    params = {**best.params, **scores.fitted[0]}
+    credits = run_model(paths, best.model, params)
+    return Choice(best.model, params, best.label, credits, scores, reason, split)
