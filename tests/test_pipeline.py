@@ -44,6 +44,12 @@ def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> No
     wrong = [(name, got, truth) for name, got, truth in checks if got != pytest.approx(truth)]
     assert not wrong, f"counts that differ from truth.json: {wrong}"
     assert all(value > 0 for name, value, _ in checks if "accounts" not in name)
+    # auto is ranked against the truth beside the other models, on both inputs, saying why
+    for dataset in report.datasets:
+        assert {"auto", "last_non_direct"} <= set(dataset.ranking.model)
+        assert {"auto", "last_non_direct"} <= set(dataset.prepared_ranking.model)
+        assert set(dataset.auto) == {"true paths", "prepared journeys"}
+        assert "seeded journey-level split" in dataset.auto["true paths"]
     # the demo ends by writing the report: every chart drawn from the demo warehouse
     assert report.report_path == tmp_path / "data" / "report.html"
     assert report.report_skipped == {}
