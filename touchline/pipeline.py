@@ -262,7 +262,7 @@ def choice_rows(conversion: str, choice: Choice) -> pd.DataFrame:
     from touchline.attribution.select import CANDIDATES
 
     params = {c.label: json.dumps(dict(c.params), default=list) for c in CANDIDATES}
-    params[choice.label] = json.dumps(dict(choice.params), default=list)  # with fitted ones
+    params[choice.label] = json.dumps(dict(choice.params), default=list)
     scores = choice.scores
     return pd.DataFrame({
         "conversion": conversion,

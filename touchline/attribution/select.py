@@ -98,9 +98,9 @@ def _logistic(*, features: tuple[str, ...], regularisation: float | None,
             every, NAVIGATIONAL_DEFAULT if navigational_rule else None)
         fit = fit_conversion(journeys, train.conversions, train.nulls, features=features,
                              regularisation=regularisation)
-        # the penalty chosen on the training part is kept for the final fit on all journeys
-        # (one fit there, not a search; the grid's steps are coarser than the change in the
-        # best penalty between 75 % and all of the journeys)
+        # the penalty chosen on the training part, for the record: the final fit on all
+        # journeys chooses its own, so auto's credits equal the model's run by hand (on a few
+        # hundred journeys the best penalty moves between 75 % and all of them)
         return fit.probability(journeys), {"regularisation": fit.regularisation}
 
     return predict
@@ -267,6 +267,6 @@ def choose_model(paths: PathSet, candidates: tuple[Candidate, ...] = CANDIDATES,
               f"{scores.held_out_log_loss[0]:.5f} per journey on "
               f"{scores.attrs['held_out_journeys']:,.0f} held-out journeys ({how}){runner_up}")
     log.info("auto: %s", reason)
-    params = {**best.params, **scores.fitted[0]}
+    params = dict(best.params)
     credits = run_model(paths, best.model, params)
     return Choice(best.model, params, best.label, credits, scores, reason, split)
