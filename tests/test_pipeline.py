@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,12 @@ def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> No
     assert list(report.stage_kpis.stage.unique()) == list(STAGES)
     assert report.stage_kpis.kpi.tolist() == sorted(DEMO_KPIS, key=lambda k: STAGES.index(
         KPIS[k].stage))
+    # auto is ranked against the truth beside the other models, on both inputs, saying why
+    for dataset in report.datasets:
+        assert {"auto", "last_non_direct"} <= set(dataset.ranking.model)
+        assert {"auto", "last_non_direct"} <= set(dataset.prepared_ranking.model)
+        assert set(dataset.auto) == {"true paths", "prepared journeys"}
+        assert "seeded journey-level split" in dataset.auto["true paths"]
     # the demo ends by writing the report: every chart drawn from the demo warehouse
     assert report.report_path == tmp_path / "data" / "report.html"
     assert report.report_skipped == {}
@@ -73,15 +80,25 @@ def _credits_equal_attribute_on_a_path_file(con, settings: Settings, tmp_path: P
     attribute --paths` on the same journeys written as a path file (time decay, which needs
     the touches' timings a path file lacks, on the same journeys' path set)."""
     credits = con.table("credits").to_pandas()
+    choices = con.table("model_choices").to_pandas()
     touches = con.table("journey_touches")
     for conversion in ("purchase", "deal_won"):
         paths, _ = journey_pathset(touches.filter(touches.conversion == conversion))
         file = tmp_path / f"{conversion}.csv"
         paths.to_frame().to_csv(file, index=False)
         from_file = read_path_file(file)
+        mine = choices[choices.conversion == conversion]
+        picked = mine[mine.picked]
+        assert len(picked) == 1 and len(mine) == 8, mine
+        assert picked.split.iloc[0] == "time-based split"
+        assert picked.held_out_log_loss.iloc[0] == mine.held_out_log_loss.min()
         for model in settings.attribution_models:
-            source = paths if lookup(model).needs_ages else from_file
-            expected = attribute(source, model).set_index("channel")
+            if model == "auto":  # the picked model and settings, run on the same journeys
+                expected = attribute(from_file, picked.model.iloc[0],
+                                     **json.loads(picked.params.iloc[0])).set_index("channel")
+            else:
+                source = paths if lookup(model).needs_ages else from_file
+                expected = attribute(source, model).set_index("channel")
             mine = credits[(credits.conversion == conversion) & (credits.model == model)]
             got = mine.groupby("channel")[["credit", "value"]].sum()
             got = got.reindex(expected.index, fill_value=0.0)

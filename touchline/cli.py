@@ -158,6 +158,9 @@ def print_run(report: object, *, hint: bool = True) -> None:
                       f"{row.open_journeys:,}", f"{row.lookback_cut:,}",
                       f"{row.without_touches:,}")
     console.print(kinds)
+    for conversion, reason in report.auto.items():
+        console.print(f"[bold]auto[/] for {escape(conversion)}: {escape(reason)}",
+                      highlight=False)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if report.main_conversion is None:
@@ -205,7 +208,7 @@ def demo(
 
 
 DEMO_TABLE_MODELS = ("last_touch", "last_non_direct", "linear", "markov", "shapley",
-                     "counterfactual")
+                     "counterfactual", "auto")
 
 
 def _print_demo(report: object) -> None:
@@ -271,6 +274,9 @@ def _print_demo(report: object) -> None:
                 ranking.add_row(row.model, f"{row.l1_share:.3f}", str(row.worst_channel),
                                 f"{row.spearman:.2f}")
             console.print(ranking)
+        for where, reason in dataset.auto.items():
+            console.print(f"[bold]auto[/] on {dataset.name} {where}: {escape(reason)}",
+                          highlight=False)
     console.print(
         f"[bold]results:[/] warehouse {report.database_url} (tables: journeys, "
         f"journey_touches, credits, sessions, touchpoints, persons, accounts, rejects...), "

@@ -258,8 +258,9 @@ CONVERSIONS_DEFAULT: list[dict[str, Any]] = [
     {"name": "call", "touches": ["call"]},
     {"name": "deal_won", "deal": "won", "value": "deal_amount", "unit": "account"},
 ]
+#: ``auto`` is the data-driven model that best predicts the later journeys (docs/attribution.md)
 MODELS_DEFAULT = ["last_non_direct", "linear", "position_based", "time_decay", "markov",
-                  "shapley", "counterfactual"]
+                  "shapley", "counterfactual", "auto"]
 
 
 def _config_file() -> Path:

@@ -50,7 +50,7 @@ DEMO_KPIS = ("new_visitors", "search_ctr", "paid_cpc",
              "repeat_purchase_rate", "average_order_value", "historical_clv",
              "nps", "review_rating")
 DEMO_MODELS = ("first_touch", "last_touch", "last_non_direct", "linear", "position_based",
-               "markov", "shapley", "counterfactual")
+               "markov", "shapley", "counterfactual", "journey_counterfactual")
 
 
 @dataclass
@@ -65,6 +65,8 @@ class DatasetReport:
     comparison: pd.DataFrame | None = None
     ranking: pd.DataFrame | None = None
     prepared_ranking: pd.DataFrame | None = None
+    #: what ``auto`` picked on the true paths and on the prepared journeys, and why
+    auto: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,9 +231,10 @@ def _attribute(dataset: DatasetReport, progress: Progress) -> None:
     from touchline.attribution.evaluate import evaluate, truth_from_dict
     from touchline.attribution.path_files import read_path_file
 
-    progress(f"attributing {dataset.name} journeys with {len(DEMO_MODELS)} models")
+    progress(f"attributing {dataset.name} journeys with {len(DEMO_MODELS)} models and auto")
     paths = read_path_file(dataset.folder / "paths.csv")
-    dataset.comparison = compare(paths, list(DEMO_MODELS))
+    dataset.comparison = with_auto(compare(paths, list(DEMO_MODELS)), paths, dataset,
+                                   "true paths")
     truth = truth_from_dict(dataset.truth, source=str(dataset.folder / "truth.json"))
     dataset.ranking = evaluate(dataset.comparison, truth)
 
@@ -261,11 +264,12 @@ def _attribute_prepared(con: Any, dataset: DatasetReport, report: DemoReport,
     from touchline.attribution import compare
     from touchline.attribution.evaluate import evaluate, truth_from_dict
     from touchline.attribution.paths import journey_pathset
+    from touchline.attribution.select import HOLDOUT_DEFAULT
 
     progress(f"attributing {dataset.name} journeys stored by `touchline run`")
     touches = first_conversion_touches(con, *DEMO_CONVERSIONS[dataset.name])
     touches = touches.mutate(channel=touches.channel.substitute(SIMULATOR_CHANNELS))
-    paths, _ = journey_pathset(touches)
+    paths, _ = journey_pathset(touches, split_holdout=HOLDOUT_DEFAULT)
     counts = dataset.truth["counts"]
     report.datasets[0].checks += [
         (f"{dataset.name}: conversions on prepared journeys", round(paths.total_conversions),
@@ -273,6 +277,21 @@ def _attribute_prepared(con: Any, dataset: DatasetReport, report: DemoReport,
         (f"{dataset.name}: first-conversion revenue on prepared journeys",
          round(paths.total_value, 2), round(float(counts["first_order_revenue"]), 2)),
     ]
-    comparison = compare(paths, list(DEMO_MODELS))
+    comparison = with_auto(compare(paths, list(DEMO_MODELS)), paths, dataset,
+                           "prepared journeys")
     truth = truth_from_dict(dataset.truth, source=str(dataset.folder / "truth.json"))
     dataset.prepared_ranking = evaluate(comparison, truth)
+
+
+def with_auto(comparison: pd.DataFrame, paths: Any, dataset: DatasetReport,
+              where: str) -> pd.DataFrame:
+    """``comparison`` with a column ``auto``: the credits of the model ``auto`` picks, as
+    ``touchline run`` stores them (time-based split on prepared journeys, seeded on a path
+    file); the pick and why go to ``dataset.auto[where]``."""
+    from touchline.attribution.select import AUTO_MODEL, FALLBACK, choose_model
+
+    choice = choose_model(paths, fallback=FALLBACK)
+    dataset.auto[where] = choice.reason
+    out = comparison.copy()
+    out[AUTO_MODEL] = choice.credits.conversions
+    return out

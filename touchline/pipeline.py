@@ -5,10 +5,16 @@ demo does on simulated data): it prepares the ingested events, builds the journe
 conversion type (``journeys``, ``journey_touches``), credits every converting touch under each
 model of ``settings.attribution_models`` (``credits``), and returns a :class:`RunReport` whose
 figures the CLI prints. Re-running replaces these tables whole.
+
+The model ``auto`` (in the default list) is no registered model but a choice: for each
+conversion type, :func:`~touchline.attribution.select.choose_model` scores the data-driven
+models by held-out log-loss on a time-based split of its journeys and stores the winner's
+credits under the name ``auto``, with every candidate's score in ``model_choices``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +31,8 @@ from touchline.errors import did_you_mean
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
+
+    from touchline.attribution.select import Choice
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +56,24 @@ class RunReport:
     prepare: Any = None
     #: conditions that name an event no touch has (with the nearest one that exists)
     warnings: list[str] = field(default_factory=list)
+    #: per conversion type, what ``auto`` picked and why (``model_choices`` has the scores)
+    auto: dict[str, str] = field(default_factory=dict)
 
 
 def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
         progress: Progress = log.info) -> RunReport:
     """Prepare (unless ``prepare=False``), then journeys and credits; see the module."""
     from touchline.attribution.registry import lookup
+    from touchline.attribution.select import AUTO_MODEL
     from touchline.journeys import write_journeys
     from touchline.journeys.conversions import conversion_summary, main_conversion
     from touchline.prepare import run_prepare
 
     for name in settings.attribution_models:
-        lookup(name, source="settings.attribution_models")
-    lookup(settings.default_model, source="settings.default_model")
+        if name != AUTO_MODEL:
+            lookup(name, source="settings.attribution_models")
+    if settings.default_model != AUTO_MODEL:
+        lookup(settings.default_model, source="settings.default_model")
     seconds: dict[str, float] = {}
     prepared = None
     notes: list[str] = []
@@ -79,7 +92,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     progress(f"credits under {len(settings.attribution_models)} models: "
              + ", ".join(settings.attribution_models))
     start = time.perf_counter()
-    rows["credits"], unplaced = write_credits(con, settings)
+    rows["credits"], unplaced, picks = write_credits(con, settings)
     seconds["credits"] = time.perf_counter() - start
     conversions = conversion_summary(con.table(store.JOURNEYS.name),
                                      [c.name for c in settings.conversions])
@@ -88,7 +101,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     warnings = [*notes, *unknown_events(con, settings), *unconverted_currencies(con),
                 *order_notes(con), *unplaced]
     return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
-                     rows, seconds, prepared, warnings)
+                     rows, seconds, prepared, warnings, picks)
 
 
 def match_calls(con: BaseBackend, settings: Settings, progress: Progress) -> list[str]:
@@ -171,18 +184,28 @@ def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
     return out
 
 
-def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str]]:
+def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str], dict[str, str]]:
     """Credit every converting journey touch of every conversion type under each model of
     ``settings.attribution_models`` and store them as ``credits`` (replacing it); return the
-    rows written and a sentence for each model that credits channels no converting journey
-    holds (that credit stays with the converting journeys' own channels)."""
+    rows written, a sentence for each model that credits channels no converting journey
+    holds (that credit stays with the converting journeys' own channels), and per conversion
+    type what ``auto`` picked and why (its candidates' scores go to ``model_choices``)."""
     from touchline.attribution.compare import run_model
     from touchline.attribution.paths import journey_pathset
+    from touchline.attribution.select import (
+        AUTO_MODEL,
+        FALLBACK,
+        HOLDOUT_DEFAULT,
+        choose_model,
+    )
     from touchline.attribution.touch_credits import touch_amounts, unplaced_credit
 
     touches = con.table(store.JOURNEY_TOUCHES.name)
     parts: list[pa.Table] = []
     notes: list[str] = []
+    picks: dict[str, str] = {}
+    choices: list[pd.DataFrame] = []
+    with_auto = AUTO_MODEL in settings.attribution_models
     journeys = con.table(store.JOURNEYS.name)
     converted = set(journeys.filter(journeys.converted).conversion.name("c").as_table()
                     .distinct().to_pyarrow().column("c").to_pylist())
@@ -190,12 +213,18 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str]]
         if spec.name not in converted:  # no pathset of open journeys alone
             continue
         mine = touches.filter(touches.conversion == spec.name)
-        paths, converting = journey_pathset(mine, level="channel")
+        paths, converting = journey_pathset(
+            mine, level="channel", split_holdout=HOLDOUT_DEFAULT if with_auto else None)
         n = converting.num_rows
         if not n or paths.total_conversions == 0:
             continue
         for model in settings.attribution_models:
-            credits = run_model(paths, model)
+            if model == AUTO_MODEL:
+                choice = choose_model(paths, fallback=FALLBACK)
+                credits, picks[spec.name] = choice.credits, choice.reason
+                choices.append(choice_rows(spec.name, choice))
+            else:
+                credits = run_model(paths, model)
             credit, value = touch_amounts(paths, credits)
             unplaced = unplaced_credit(paths, credits.conversions)
             if unplaced:
@@ -220,7 +249,32 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str]]
     data = (pa.concat_tables([p.cast(schema) for p in parts]) if parts
             else schema.empty_table())
     engine.load_table(con, store.CREDITS.name, data)
-    return data.num_rows, notes
+    if with_auto:
+        picked = store.MODEL_CHOICES.schema.to_pyarrow()
+        engine.load_table(con, store.MODEL_CHOICES.name, pa.Table.from_pandas(
+            pd.concat(choices, ignore_index=True), preserve_index=False).cast(picked)
+            if choices else picked.empty_table())
+    return data.num_rows, notes, picks
+
+
+def choice_rows(conversion: str, choice: Choice) -> pd.DataFrame:
+    """``model_choices`` rows of one conversion type: every candidate, the winner marked."""
+    from touchline.attribution.select import CANDIDATES
+
+    params = {c.label: json.dumps(dict(c.params), default=list) for c in CANDIDATES}
+    params[choice.label] = json.dumps(dict(choice.params), default=list)
+    scores = choice.scores
+    return pd.DataFrame({
+        "conversion": conversion,
+        "candidate": scores.candidate,
+        "model": scores.model,
+        "params": scores.candidate.map(params),
+        "held_out_log_loss": scores.held_out_log_loss.astype(float),
+        "picked": scores.candidate == choice.label,
+        "split": choice.split,
+        "held_out_journeys": float(scores.attrs.get("held_out_journeys", 0.0)),
+        "reason": choice.reason,
+    })
 
 
 def channel_credits(con: BaseBackend, conversion: str, model: str) -> pd.DataFrame:

@@ -1020,7 +1020,28 @@ CREDITS = TableSpec(
     ),
 )
 
-JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_STEPS, JOURNEY_TOUCHES, CREDITS)
+MODEL_CHOICES = TableSpec(
+    name="model_choices",
+    doc="What the model `auto` picked for each conversion type in the last `touchline run`: "
+    "every candidate (model and settings) with its held-out log-loss per journey, the winner "
+    "marked; the credits of model `auto` are the winner's. docs/attribution.md.",
+    key="conversion|candidate",
+    columns=_cols(
+        ("conversion", S, "conversion type"),
+        ("candidate", S, "model and settings, e.g. journey_counterfactual(features=exposure)"),
+        ("model", S, "the registered model"),
+        ("params", S, "its settings as JSON"),
+        ("held_out_log_loss", F, "mean log-loss per held-out journey (lower predicts better; "
+         "null: not scored, too few journeys to split)"),
+        ("picked", B, "whether auto picked this candidate"),
+        ("split", S, "how journeys were held out: time-based split or seeded journey-level "
+         "split"),
+        ("held_out_journeys", F, "journeys scored"),
+        ("reason", S, "auto's sentence: what it picked and why"),
+    ),
+)
+
+JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_STEPS, JOURNEY_TOUCHES, CREDITS, MODEL_CHOICES)
 
 TABLES: dict[str, TableSpec] = {
     t.name: t

@@ -138,7 +138,7 @@ def test_auto_picks_a_logistic_model_when_channels_add_up() -> None:
 
 def test_split_keeps_every_journey_once() -> None:
     paths = _last_pair_paths()
-    train, test = split_journeys(paths, 0.25, seed=3)
+    train, test, _ = split_journeys(paths, 0.25, seed=3)
     np.testing.assert_array_equal(train.conversions + test.conversions, paths.conversions)
     np.testing.assert_array_equal(train.nulls + test.nulls, paths.nulls)
     held = (test.conversions.sum() + test.nulls.sum()) / (paths.total_conversions

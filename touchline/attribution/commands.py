@@ -34,7 +34,7 @@ from touchline.attribution.evaluate import load_truth
 from touchline.attribution.path_files import read_path_file
 from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, journey_pathset
 from touchline.attribution.registry import MODELS, lookup
-from touchline.attribution.select import Choice, choose_model
+from touchline.attribution.select import AUTO_MODEL, HOLDOUT_DEFAULT, Choice, choose_model
 from touchline.errors import ConfigError, TouchlineError, did_you_mean
 from touchline.journeys import LEVELS, journeys_in_period
 from touchline.journeys.conversions import choose_conversion
@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("table", "json", "csv")
 ALL_MODELS = "all"
-#: ``--model auto``: the data-driven model with the best held-out likelihood
-#: (:mod:`touchline.attribution.select`)
-AUTO_MODEL = "auto"
 #: how ``--model all`` groups models into tables, in the order a marketer reads them: who
 #: gets everything, then rules that share the credit, then the models fitted to the data.
 #: Every table repeats the channel column in the same row order, so a channel's line can be
@@ -58,7 +55,7 @@ MODEL_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shared evenly or by weight", ("linear", "time_decay", "custom")),
     ("shared by position", ("position_based", "w_shaped", "full_path")),
     ("J-shaped", ("j_shaped", "inverse_j")),
-    ("data-driven", ("markov", "shapley", "counterfactual", "journey_counterfactual")),
+    ("data-driven", ("markov", "shapley", "counterfactual", "journey_counterfactual", "auto")),
 )
 #: characters of the channel (or campaign …) column before its text wraps onto a second line
 LABEL_WIDTH_MAX = 22
@@ -110,9 +107,10 @@ def _day(text: str | None, option: str) -> datetime | None:
 
 
 def _warehouse_paths(database: str | None, level: str, since: str | None, until: str | None,
-                     conversion: str | None) -> tuple[PathSet, str]:
+                     conversion: str | None, *, time_split: bool = False) -> tuple[PathSet, str]:
     """The stored journeys of one conversion type (``touchline run``) as paths at ``level``,
-    with the conversion type's name (default: the one with the most value)."""
+    with the conversion type's name (default: the one with the most value); ``time_split``
+    marks the latest journeys for ``auto``'s time-based split."""
     from touchline import engine
     from touchline.config import load_settings
 
@@ -128,7 +126,8 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
     touches = con.table("journey_touches")
     touches = journeys_in_period(touches.filter(touches.conversion == conversion),
                                  since=_day(since, "--since"), until=_day(until, "--until"))
-    path_set, _ = journey_pathset(touches, level=level)
+    path_set, _ = journey_pathset(touches, level=level,
+                                  split_holdout=HOLDOUT_DEFAULT if time_split else None)
     if not path_set.n_paths:
         raise ConfigError(f"no journeys of {conversion} in warehouse {settings.database_url}"
                           + (f" between {since or 'the start'} and {until or 'now'}"
@@ -364,7 +363,8 @@ def register(app: typer.Typer) -> None:
                 params["order"] = order
             if paths is None:
                 path_set, conversion = _warehouse_paths(database, level, since, until,
-                                                        conversion)
+                                                        conversion,
+                                                        time_split=model == AUTO_MODEL)
             else:
                 path_set = _read(paths, sep, level)
             if model == ALL_MODELS:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from scipy import sparse
 
 from touchline.attribution.paths import PathSet
 from touchline.attribution.registry import Credits, register
@@ -41,6 +42,25 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def with_intercept(x: np.ndarray | sparse.spmatrix) -> np.ndarray | sparse.csr_matrix:
+    """``[1, x]``: dense stays dense, sparse stays sparse."""
+    if sparse.issparse(x):
+        return sparse.hstack([np.ones((x.shape[0], 1)), x], format="csr")
+    return np.hstack([np.ones((len(x), 1)), x])
+
+
+def weighted_gram(design: np.ndarray | sparse.spmatrix, weights: np.ndarray) -> np.ndarray:
+    r""":math:`X^\top \mathrm{diag}(w) X` as a dense square matrix.
+
+    Sparse designs (the journey features are mostly zeros) are multiplied by scipy's
+    single-threaded kernels: a multi-threaded BLAS product of a tall, thin matrix gains little
+    and, on a busy machine, its threads wait on each other for far longer than the product takes.
+    """
+    if sparse.issparse(design):
+        return np.asarray(design.T @ design.multiply(weights[:, None]).toarray())
+    return design.T @ (design * weights[:, None])
+
+
 def fit_logistic(
     x: np.ndarray,
     positives: np.ndarray,
@@ -49,6 +69,7 @@ def fit_logistic(
     *,
     max_iter: int = 100,
     tol: float = 1e-13,
+    start: tuple[float, np.ndarray] | None = None,
 ) -> tuple[float, np.ndarray]:
     r"""``(intercept, coefficients)`` minimising the L2-penalised mean log-loss, by Newton.
 
@@ -59,15 +80,17 @@ def fit_logistic(
     non-converting journeys (:math:`N` in all); the intercept is not penalised. The problem is
     small (one column per channel) and strictly convex, so damped Newton steps reach machine
     precision in a few iterations: the result does not depend on column order or a solver's
-    stopping rule.
+    stopping rule. ``start`` (a fit at a nearby penalty) only saves Newton steps.
     """
-    design = np.hstack([np.ones((len(x), 1)), x])
+    design = with_intercept(x)
     total = positives.sum() + negatives.sum()
     penalty = np.full(design.shape[1], regularisation)
     penalty[0] = 0.0
     beta = np.zeros(design.shape[1])
     rate = positives.sum() / total
     beta[0] = np.log(rate / (1 - rate))
+    if start is not None:
+        beta = np.r_[start[0], start[1]]
 
     def objective(b: np.ndarray) -> float:
         z = design @ b
@@ -79,7 +102,7 @@ def fit_logistic(
         p = _sigmoid(design @ beta)
         gradient = design.T @ (negatives * p - positives * (1 - p)) / total + penalty * beta
         curvature = (positives + negatives) * p * (1 - p) / total
-        hessian = design.T @ (design * curvature[:, None]) + np.diag(penalty + 1e-12)
+        hessian = weighted_gram(design, curvature) + np.diag(penalty + 1e-12)
         step = np.linalg.solve(hessian, gradient)
         decrement = float(gradient @ step)
         if decrement < tol:

@@ -53,8 +53,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
-from touchline.attribution.counterfactual import _sigmoid, fit_logistic
+from touchline.attribution.counterfactual import (
+    _sigmoid,
+    fit_logistic,
+    weighted_gram,
+    with_intercept,
+)
 from touchline.attribution.paths import PathSet
 from touchline.attribution.registry import Credits, register
 from touchline.errors import ConfigError
@@ -187,16 +193,19 @@ def approximate_loo_loss(
     the error of this estimate vanishes as data grow; it costs one solve per candidate
     :math:`\lambda`, so every journey is held out once at the price of one fit.
     """
-    design_matrix = np.hstack([np.ones((len(x), 1)), x])
+    design_matrix = with_intercept(x)
     total = positives.sum() + negatives.sum()
     z = intercept + x @ coefficients
     p = _sigmoid(z)
     curvature = (positives + negatives) * p * (1 - p)
     penalty = np.full(design_matrix.shape[1], regularisation * total)
     penalty[0] = 1e-12
-    hessian = design_matrix.T @ (design_matrix * curvature[:, None]) + np.diag(penalty)
-    solved = np.linalg.solve(hessian, design_matrix.T).T
-    leverage = np.einsum("ij,ij->i", design_matrix, solved)
+    hessian = weighted_gram(design_matrix, curvature) + np.diag(penalty)
+    inverse = np.linalg.inv(hessian)  # columns-squared: small
+    if sparse.issparse(design_matrix):
+        leverage = np.asarray(design_matrix.multiply(design_matrix @ inverse).sum(axis=1)).ravel()
+    else:
+        leverage = np.einsum("ij,ij->i", design_matrix, design_matrix @ inverse)
     denominator = np.maximum(1.0 - leverage * p * (1 - p), 1e-12)
     z_positive = z + leverage * (p - 1.0) / denominator
     z_negative = z + leverage * p / denominator
@@ -226,13 +235,17 @@ def fit_conversion(
 ) -> Fit:
     """Fit the logistic model; ``regularisation=None`` picks it by :func:`approximate_loo_loss`."""
     features = tuple(features)
-    x, inverse = _distinct(design(journeys, features))
-    positives = np.bincount(inverse, conversions, minlength=len(x))
-    negatives = np.bincount(inverse, nulls, minlength=len(x))
+    dense, inverse = _distinct(design(journeys, features))
+    x = sparse.csr_matrix(dense)  # mostly zeros: sparse products, no BLAS threads (weighted_gram)
+    positives = np.bincount(inverse, conversions, minlength=x.shape[0])
+    negatives = np.bincount(inverse, nulls, minlength=x.shape[0])
     grid = REGULARISATION_GRID if regularisation is None else (regularisation,)
     best: Fit | None = None
-    for candidate in grid:
-        intercept, coefficients = fit_logistic(x, positives, negatives, candidate)
+    previous: tuple[float, np.ndarray] | None = None
+    for candidate in grid:  # strongest penalty first: each fit starts from the previous one
+        intercept, coefficients = fit_logistic(x, positives, negatives, candidate,
+                                               start=previous)
+        previous = (intercept, coefficients)
         loss = (approximate_loo_loss(x, positives, negatives, intercept, coefficients, candidate)
                 if len(grid) > 1 else float("nan"))
         if best is None or loss < best.loo_loss - 1e-12:

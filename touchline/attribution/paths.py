@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import date, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,10 @@ class PathSet:
         ``int64[n_paths]``: 0-based index of the lead / opportunity creating touch, -1 if none.
     ages
         ``float64[n_touches]`` or None: days from each touch to the conversion (time decay).
+    later
+        ``float64[n_paths]`` or None: 1 where the path's journeys ended on or after the cutoff
+        of a time-based split (:func:`journey_pathset` with ``split_holdout``), else 0; ``auto``
+        holds these out. None for paths without times (path files).
     level
         What the labels are: ``"channel"``, ``"campaign"``...
     """
@@ -81,6 +85,7 @@ class PathSet:
     lead_position: np.ndarray
     opportunity_position: np.ndarray
     ages: np.ndarray | None = None
+    later: np.ndarray | None = None
     level: str = "channel"
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -172,6 +177,7 @@ class PathSet:
             lead_position=counts("lead_position", -1).astype(np.int64),
             opportunity_position=counts("opportunity_position", -1).astype(np.int64),
             ages=ages,
+            later=(counts("later", 0.0) if "later" in table.column_names else None),
             level=level,
         )
         paths.validate(source)
@@ -320,8 +326,31 @@ def paths_from_touches(
     return PathSet.from_arrow(table.to_pyarrow(), level=level, source="touches")
 
 
-def journey_pathset(journey_touches: ir.Table, *,
-                    level: str = "channel") -> tuple[PathSet, pa.Table]:
+def time_split_day(journey_touches: ir.Table, holdout: float) -> date | None:
+    """The day from which about ``holdout`` of the journeys end: the cutoff of a time split.
+
+    A journey ends at its conversion (``converted_at``) or, open, at its last touch. One small
+    query: journeys counted by the day they end; the cutoff is the day whose share of journeys
+    ending before it is closest to ``1 - holdout``, never the first day (training needs
+    journeys). None when every journey ends on one day.
+    """
+    import ibis
+
+    jt = journey_touches
+    ends = jt.group_by("journey_id").aggregate(
+        ended_on=ibis.coalesce(jt.converted_at.max(), jt.touch_at.max()).date())
+    by_day = ends.group_by("ended_on").aggregate(journeys=ends.count()).to_pandas()
+    by_day = by_day.dropna().sort_values("ended_on", ignore_index=True)
+    if len(by_day) < 2:
+        return None
+    before = by_day.journeys.cumsum().shift(1, fill_value=0) / by_day.journeys.sum()
+    best = int((before.iloc[1:] - (1 - holdout)).abs().idxmin())
+    day = by_day.ended_on[best]
+    return day.date() if hasattr(day, "date") else day
+
+
+def journey_pathset(journey_touches: ir.Table, *, level: str = "channel",
+                    split_holdout: float | None = None) -> tuple[PathSet, pa.Table]:
     """The stored ``journey_touches`` of one conversion type as a :class:`PathSet`.
 
     Each converting journey is a path row of its own (conversions 1, its value, and the
@@ -329,10 +358,16 @@ def journey_pathset(journey_touches: ir.Table, *,
     back to ``(journey_id, position)``; open journeys are aggregated in the engine into
     ``nulls``. Returns the path set and the converting touches (``journey_id``, ``position``,
     ``touch_at``, ``converted_at``, ``label``) aligned with the first touches of ``codes``.
+
+    With ``split_holdout`` (e.g. 0.25), ``later`` marks the journeys that end on or after
+    :func:`time_split_day` (converted on that day or after; open journeys by their last touch),
+    and open journeys are counted per path on each side of it: ``auto`` trains on the earlier
+    journeys and scores on the later ones.
     """
     import ibis
 
     jt = journey_touches
+    cutoff = time_split_day(jt, split_holdout) if split_holdout is not None else None
     converting = jt.filter(jt.converted).select(
         "journey_id", "position", "touch_at", "converted_at", label=jt[level].cast("string"),
         age=jt.days_before_conversion, value=jt.value.cast("float64"),
@@ -340,12 +375,14 @@ def journey_pathset(journey_touches: ir.Table, *,
     # open journeys: their stored positions already order them (time, channel, session), so
     # one ordered collect per journey and a count per distinct path, no window
     o = jt.filter(~jt.converted & jt[level].notnull()).select(
-        "journey_id", "position", label=jt[level].cast("string"))
+        "journey_id", "position", "touch_at", label=jt[level].cast("string"))
     per_journey = o.group_by("journey_id").aggregate(
         path=ibis.struct({"pos": o.position, "v": o.label}).collect().sort().map(
-            lambda pair: pair.v))
-    opened = per_journey.group_by("path").aggregate(
-        nulls=per_journey.count()).order_by("path").to_pyarrow()
+            lambda pair: pair.v),
+        later=(o.touch_at.max().date() >= ibis.literal(cutoff)).cast("float64")
+        if cutoff is not None else ibis.literal(0.0))
+    opened = per_journey.group_by(["path", "later"]).aggregate(
+        nulls=per_journey.count()).order_by(["path", "later"]).to_pyarrow()
     n = converting.num_rows
     ids = converting.column("journey_id").to_numpy(zero_copy_only=False)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if n else np.zeros(0, np.int64)
@@ -359,6 +396,8 @@ def journey_pathset(journey_touches: ir.Table, *,
         "nulls": pa.array(np.zeros(rows)),
         "ages": pa.ListArray.from_arrays(offsets, converting.column("age").combine_chunks()
                                          .cast(pa.float64())),
+        "later": pa.array(_on_or_after(converting.column("converted_at"), cutoff)[starts]
+                          if n else np.zeros(0)),
     })
     lengths = pc.list_value_length(opened.column("path")).to_numpy(zero_copy_only=False)
     zero_ages = pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32)),
@@ -369,7 +408,19 @@ def journey_pathset(journey_touches: ir.Table, *,
         "value": pa.array(np.zeros(opened.num_rows)),
         "nulls": opened.column("nulls").cast(pa.float64()),
         "ages": zero_ages,
+        "later": opened.column("later").cast(pa.float64()),
     })
     both = pa.concat_tables([own.cast(aggregated.schema), aggregated])
+    if cutoff is None:
+        both = both.drop_columns(["later"])
     touches = converting.select(["journey_id", "position", "touch_at", "converted_at", "label"])
     return PathSet.from_arrow(both, level=level, source="journey_touches"), touches
+
+
+def _on_or_after(times: pa.ChunkedArray, day: date | None) -> np.ndarray:
+    """1.0 where a timestamp falls on ``day`` or later (0 everywhere without a day)."""
+    if day is None:
+        return np.zeros(len(times))
+    dates = pc.cast(times, pa.timestamp("us")).cast(pa.date32())
+    later = pc.greater_equal(dates, pa.scalar(day, pa.date32())).fill_null(False)
+    return later.to_numpy(zero_copy_only=False).astype(float)

@@ -7,10 +7,20 @@ held-out log-loss per journey (lower is better),
 .. math:: \ell = -\frac{1}{|T|}\sum_{j \in T} \bigl(y_j \log \hat p(x_j) + (1 - y_j)
           \log(1 - \hat p(x_j))\bigr),
 
-with :math:`\hat p` clipped to :math:`[10^{-6}, 1 - 10^{-6}]`. The split: aggregated paths
-carry no times, so each distinct path's converting and non-converting journeys are split at
-random (binomially, ``holdout`` of them held out, fixed ``seed``): a *seeded journey-level
-split*, the same on every run. The candidates (:data:`CANDIDATES`) and what each predicts:
+with :math:`\hat p` clipped to :math:`[10^{-6}, 1 - 10^{-6}]`. The split:
+
+* **time-based** when the paths carry ``later`` (stored journeys, :func:`~touchline.
+  attribution.paths.journey_pathset` with ``split_holdout``): train on the journeys that ended
+  before the cutoff day, score on those that ended on it or after (about ``holdout`` of them),
+  as a model would be used: fitted on the past, judged on what came next. Open journeys end at
+  their last touch; the latest of them may still convert, which makes the held-out rate a
+  little low for every candidate alike;
+* **seeded journey-level** otherwise (path files carry no times), or when the later part lacks
+  converting or non-converting journeys: each distinct path's converting and non-converting
+  journeys are split at random (binomially, ``holdout`` of them held out, fixed ``seed``), the
+  same on every run.
+
+The candidates (:data:`CANDIDATES`) and what each predicts:
 
 * ``journey_counterfactual`` with each feature set (all features; exposure only; channel set
   only): its logistic model, :math:`\lambda` chosen on the training part as in the model;
@@ -53,8 +63,12 @@ HOLDOUT_DEFAULT = 0.25
 SEED_DEFAULT = 0
 PROBABILITY_FLOOR = 1e-6
 SPLIT_SEEDED = "seeded journey-level split"
+SPLIT_TIME = "time-based split"
+#: the model name under which ``touchline run`` stores the credits of the model ``auto`` picked
+AUTO_MODEL = "auto"
 
-Predictor = Callable[[PathSet, PathSet], np.ndarray]
+#: ``(train, every) -> (probability of each path of every, settings fitted on train)``
+Predictor = Callable[[PathSet, PathSet], tuple[np.ndarray, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -79,12 +93,15 @@ def _show(value: Any) -> str:
 
 def _logistic(*, features: tuple[str, ...], regularisation: float | None,
               navigational_rule: bool) -> Predictor:
-    def predict(train: PathSet, every: PathSet) -> np.ndarray:
+    def predict(train: PathSet, every: PathSet) -> tuple[np.ndarray, dict[str, Any]]:
         journeys = effective_journeys(
             every, NAVIGATIONAL_DEFAULT if navigational_rule else None)
         fit = fit_conversion(journeys, train.conversions, train.nulls, features=features,
                              regularisation=regularisation)
-        return fit.probability(journeys)
+        # the penalty chosen on the training part, for the record: the final fit on all
+        # journeys chooses its own, so auto's credits equal the model's run by hand (on a few
+        # hundred journeys the best penalty moves between 75 % and all of them)
+        return fit.probability(journeys), {"regularisation": fit.regularisation}
 
     return predict
 
@@ -104,14 +121,14 @@ def last_state_keys(paths: PathSet, order: int) -> np.ndarray:
 
 
 def _markov(order: int) -> Predictor:
-    def predict(train: PathSet, every: PathSet) -> np.ndarray:
+    def predict(train: PathSet, every: PathSet) -> tuple[np.ndarray, dict[str, Any]]:
         keys = last_state_keys(every, order)
         _, state = np.unique(keys, return_inverse=True)
         state = state.ravel()
         converted = np.bincount(state, train.conversions)
         journeys = converted + np.bincount(state, train.nulls)
         rate = train.conversions.sum() / max(train.conversions.sum() + train.nulls.sum(), 1e-12)
-        return ((converted + rate) / (journeys + 1.0))[state]
+        return ((converted + rate) / (journeys + 1.0))[state], {}
 
     return predict
 
@@ -124,6 +141,9 @@ CANDIDATES: tuple[Candidate, ...] = (
                                               navigational_rule=False)),
     *(Candidate("markov", {"order": order}, _markov(order)) for order in range(1, ORDER_MAX + 1)),
 )
+#: what ``touchline run`` stores under ``auto`` when the journeys are too few to split:
+#: the journey-aware model with every feature, its penalty chosen by leave-one-out likelihood
+FALLBACK = CANDIDATES[0]
 
 
 @dataclass(frozen=True)
@@ -140,14 +160,30 @@ class Choice:
     info: Mapping[str, Any] = field(default_factory=dict)
 
 
-def split_journeys(paths: PathSet, holdout: float, seed: int) -> tuple[PathSet, PathSet]:
-    """``(train, test)``: each path's journeys split at random, ``holdout`` of them to test.
+def _both_outcomes(part: PathSet) -> bool:
+    return bool(part.conversions.sum() > 0 and part.nulls.sum() > 0)
+
+
+def split_journeys(paths: PathSet, holdout: float, seed: int) -> tuple[PathSet, PathSet, str]:
+    """``(train, test, split)``: the time-based split where the paths carry ``later``, else
+    each path's journeys split at random, ``holdout`` of them to test (module docstring).
 
     Whole counts are split binomially (each journey on its own); fractional counts (weights)
     go to one side per path.
     """
-    rng = np.random.default_rng(seed)
     conversions, nulls = paths.conversions, paths.nulls
+    per_conversion = np.divide(paths.value, conversions, out=np.zeros_like(paths.value),
+                               where=conversions > 0)
+    if paths.later is not None:
+        later = paths.later
+        test = paths.with_counts(conversions * later, paths.value * later, nulls * later)
+        train = paths.with_counts(conversions - test.conversions, paths.value - test.value,
+                                  nulls - test.nulls)
+        if _both_outcomes(train) and _both_outcomes(test):
+            return train, test, SPLIT_TIME
+        log.info("auto: the time split leaves a part without converting or non-converting "
+                 "journeys; splitting at random instead")
+    rng = np.random.default_rng(seed)
     whole = np.all(conversions == np.round(conversions)) and np.all(nulls == np.round(nulls))
     if whole:
         test_conversions = rng.binomial(conversions.astype(np.int64), holdout).astype(float)
@@ -155,13 +191,11 @@ def split_journeys(paths: PathSet, holdout: float, seed: int) -> tuple[PathSet, 
     else:
         to_test = rng.random(paths.n_paths) < holdout
         test_conversions, test_nulls = conversions * to_test, nulls * to_test
-    per_conversion = np.divide(paths.value, conversions, out=np.zeros_like(paths.value),
-                               where=conversions > 0)
     train = paths.with_counts(conversions - test_conversions,
                               (conversions - test_conversions) * per_conversion,
                               nulls - test_nulls)
     test = paths.with_counts(test_conversions, test_conversions * per_conversion, test_nulls)
-    return train, test
+    return train, test, SPLIT_SEEDED
 
 
 def held_out_log_loss(test: PathSet, probability: np.ndarray) -> float:
@@ -176,35 +210,63 @@ def score_candidates(paths: PathSet, candidates: tuple[Candidate, ...] = CANDIDA
     """Every candidate's held-out log-loss per journey, best first."""
     if not 0 < holdout < 1:
         raise ConfigError(f"auto holdout must be between 0 and 1, got {holdout!r}")
-    train, test = split_journeys(paths, holdout, seed)
+    train, test, split = split_journeys(paths, holdout, seed)
     for name, part in (("training", train), ("held-out", test)):
-        if part.conversions.sum() == 0 or part.nulls.sum() == 0:
+        if not _both_outcomes(part):
             raise InputError(f"auto needs converting and non-converting journeys in both parts "
                              f"of the split; the {name} part has "
                              f"{part.conversions.sum():.0f} converting and "
                              f"{part.nulls.sum():.0f} non-converting (give the paths' nulls)")
-    rows = [{"candidate": c.label, "model": c.model, "held_out_log_loss":
-             held_out_log_loss(test, c.predict(train, paths))} for c in candidates]
+    rows = []
+    for c in candidates:
+        probability, fitted = c.predict(train, paths)
+        rows.append({"candidate": c.label, "model": c.model,
+                     "held_out_log_loss": held_out_log_loss(test, probability),
+                     "fitted": fitted})
     scores = pd.DataFrame(rows).sort_values("held_out_log_loss", kind="stable",
                                             ignore_index=True)
-    scores.attrs.update(split=SPLIT_SEEDED, holdout=holdout, seed=seed,
-                        held_out_journeys=float(test.conversions.sum() + test.nulls.sum()))
+    held_out = float(test.conversions.sum() + test.nulls.sum())
+    scores.attrs.update(split=split, holdout=held_out / float(paths.conversions.sum()
+                                                              + paths.nulls.sum()), seed=seed,
+                        held_out_journeys=held_out)
     return scores
 
 
 def choose_model(paths: PathSet, candidates: tuple[Candidate, ...] = CANDIDATES, *,
-                 holdout: float = HOLDOUT_DEFAULT, seed: int = SEED_DEFAULT) -> Choice:
-    """Score the candidates, then run the best on every journey; say which and why."""
+                 holdout: float = HOLDOUT_DEFAULT, seed: int = SEED_DEFAULT,
+                 fallback: Candidate | None = None) -> Choice:
+    """Score the candidates, then run the best on every journey; say which and why.
+
+    With ``fallback``, data too few to hold journeys out (a part of the split without
+    converting or non-converting journeys) give that candidate, saying so, instead of the
+    :class:`~touchline.errors.InputError`: ``touchline run`` must store credits whatever the
+    data.
+    """
     from touchline.attribution.compare import run_model
 
-    scores = score_candidates(paths, candidates, holdout=holdout, seed=seed)
+    try:
+        scores = score_candidates(paths, candidates, holdout=holdout, seed=seed)
+    except InputError as exc:
+        if fallback is None:
+            raise
+        reason = f"picked {fallback.label} unscored: {exc}"
+        log.info("auto: %s", reason)
+        scores = pd.DataFrame({"candidate": [fallback.label], "model": [fallback.model],
+                               "held_out_log_loss": [np.nan]})
+        scores.attrs.update(split="none", held_out_journeys=0.0)
+        return Choice(fallback.model, dict(fallback.params), fallback.label,
+                      run_model(paths, fallback.model, dict(fallback.params)), scores, reason,
+                      "none")
     best = next(c for c in candidates if c.label == scores.candidate[0])
     runner_up = (f"; next {scores.candidate[1]} at {scores.held_out_log_loss[1]:.5f}"
                  if len(scores) > 1 else "")
+    split = scores.attrs["split"]
+    how = (f"{split}, the latest {scores.attrs['holdout']:.0%}" if split == SPLIT_TIME
+           else f"{split}, {holdout:.0%}, seed {seed}")
     reason = (f"picked {best.label}: lowest held-out log-loss, "
               f"{scores.held_out_log_loss[0]:.5f} per journey on "
-              f"{scores.attrs['held_out_journeys']:,.0f} held-out journeys ({SPLIT_SEEDED}, "
-              f"{holdout:.0%}, seed {seed}){runner_up}")
+              f"{scores.attrs['held_out_journeys']:,.0f} held-out journeys ({how}){runner_up}")
     log.info("auto: %s", reason)
-    credits = run_model(paths, best.model, dict(best.params))
-    return Choice(best.model, dict(best.params), best.label, credits, scores, reason)
+    params = dict(best.params)
+    credits = run_model(paths, best.model, params)
+    return Choice(best.model, params, best.label, credits, scores, reason, split)
