@@ -605,6 +605,8 @@ SPOOL_OFFSETS = TableSpec(
 _TOUCH_VALUES: tuple[tuple[str, dt.DataType, str], ...] = (
     ("click_id_type", S, "google, microsoft, meta, display, linkedin or tiktok"),
     ("click_id", S, "the click id value"),
+    ("click_id_param", S, "the parameter that carried it (gclid, gbraid, wbraid, msclkid, "
+     "fbclid, ...): Google takes gclid, gbraid and wbraid in different columns"),
     ("page_url", S, "normalised page URL (tracking parameters stripped)"),
     ("page_path", S, "path of page_url"),
     ("referrer_host", S, "lower-case host of the referrer"),
