@@ -116,8 +116,9 @@ def prepare_on_duckdb(con: BaseBackend, settings: Settings, events: Sequence[dic
     engine.load_table(duck, "events", arrow_table(store.EVENTS, event_rows(events)))
     engine.load_table(duck, "deals", arrow_table(store.DEALS, deals))
     run_prepare(duck, settings)
+    # not the audit log of exports: prepare never writes it, and a copy would empty ``con``'s
     stored = [spec.name for spec in (*store.TABLES.values(),) if spec.view is None
-              and spec.name in duck.list_tables()]
+              and spec not in store.EXPORT_TABLES and spec.name in duck.list_tables()]
     for name in stored:
         engine.load_table(con, name, duck.table(name).to_pyarrow())
     store.init(con)

@@ -109,13 +109,15 @@ def register(app: typer.Typer) -> None:
             rows = list_exports(con, destination=destination, limit=limit).to_pandas()
         except TouchlineError as exc:
             raise fail(exc) from None
-        table = Table("exported at", "export", "destination", "format", "conversion", "sent",
-                      "adjusted", "rejected", "file", "push", title=f"{len(rows)} exports")
+        table = Table("exported at", "destination", "format", "conversion", "sent",
+                      "adjusted", "rejected", "push",
+                      title=f"{len(rows)} exports (files and ids: table exports)")
+        for column in table.columns[:3]:
+            column.no_wrap = True
         for row in rows.itertuples(index=False):
             push = "" if row.push_status != row.push_status or row.push_status is None else (
                 f"HTTP {int(row.push_status)}")
-            table.add_row(f"{row.exported_at:%Y-%m-%d %H:%M:%S}", row.export_id,
-                          row.destination, row.format, row.conversion,
-                          f"{row.conversion_count:,}", f"{row.adjustment_count:,}",
-                          f"{row.rejected_count:,}", escape(str(row.path)), push)
+            table.add_row(f"{row.exported_at:%Y-%m-%d %H:%M}", row.destination, row.format,
+                          row.conversion, f"{row.conversion_count:,}",
+                          f"{row.adjustment_count:,}", f"{row.rejected_count:,}", push)
         console.print(table)

@@ -133,7 +133,10 @@ def sent_state(con: BaseBackend, destination: str, conversion: str) -> ir.Table:
     the identifiers it was first sent with (an adjustment must repeat them)."""
     sent = con.table("exported_conversions")
     sent = sent.filter((sent.destination == destination) & (sent.conversion == conversion))
-    order = [ibis.desc(sent.exported_at), ibis.desc(sent.export_id)]
+    # one export's clock may equal the next's: then the later kind (a retraction) wins
+    later_kind = ibis.cases((sent.kind == "retraction", 2), (sent.kind == "restatement", 1),
+                            else_=0)
+    order = [ibis.desc(sent.exported_at), ibis.desc(later_kind), ibis.desc(sent.export_id)]
     ranked = sent.mutate(_rank=ibis.row_number().over(group_by=sent.conversion_id,
                                                       order_by=order))
     return ranked.filter(ranked._rank == 0).select(
