@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ibis.expr.datatypes as dt
 import pyarrow as pa
 
-from touchline import store
+from touchline import engine, store
+
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
+    from touchline.config import Settings
 
 DAY = "2025-03-03"
 #: ``../shared`` beside the checkout: real data sets (``data/``) and benchmark references
@@ -70,3 +75,51 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
+
+
+#: the brief's John (organic → a Google Ads click with its gclid and keyword → chat lead →
+#: direct on his phone → a tracked call → a CRM deal won): journeys' and exports' end-to-end
+JOHN = [
+    # organic search on his laptop
+    {"anonymous_id": "laptop", "timestamp": "2026-03-01 09:00:00",
+     "url": "https://plumb.example/", "referrer": "https://www.google.com/"},
+    # a Google Ads click on "emergency plumber" (its gclid read off the URL, as the collector
+    # does), then a live chat with his e-mail: a lead
+    {"anonymous_id": "laptop", "timestamp": "2026-03-05 20:00:00",
+     "url": "https://plumb.example/emergency?gclid=abc", "gclid": "abc", "utm_source": "google",
+     "utm_medium": "cpc", "utm_campaign": "spring", "utm_term": "emergency plumber"},
+    {"anonymous_id": "laptop", "type": "track", "event": "Chat Started", "source": "chat",
+     "email": "John@Gmail.com", "timestamp": "2026-03-05 20:03:00"},
+    # back direct on his phone, where he gives his number
+    {"anonymous_id": "phone", "timestamp": "2026-03-12 08:00:00",
+     "url": "https://plumb.example/contact"},
+    {"anonymous_id": "phone", "type": "identify", "email": "john@gmail.com",
+     "phone": "+1 202 555 0143", "timestamp": "2026-03-12 08:01:00"},
+    # he phones in: no DNI lease matched the call, but the graph knows his number; four
+    # minutes of talk (a call conversion needs call_conversion_seconds, 60 by default)
+    {"type": "track", "event": "Phone Call", "source": "calls", "phone": "+12025550143",
+     "timestamp": "2026-03-12 09:00:00", "properties": '{"duration_seconds": 240}'},
+]
+JOHN_DEAL = [{"deal_id": "D1", "status": "Closed Won", "amount": 1800.0, "currency": "usd",
+              "contact_emails": "john@gmail.com", "created_at": "2026-03-12 10:00:00",
+              "closed_at": "2026-03-20 10:00:00"}]
+
+
+def prepare_on_duckdb(con: BaseBackend, settings: Settings, events: Sequence[dict[str, Any]],
+                      deals: Sequence[dict[str, Any]]) -> None:
+    """``events`` and ``deals`` prepared on DuckDB and copied to ``con`` (Spark): prepare's own
+    tests prove both engines prepare alike, and a Spark prepare costs a minute of the suite;
+    ``run`` then builds journeys, stages and credits on Spark."""
+    from touchline.prepare import run_prepare
+
+    duck = engine.connect(settings=settings)
+    engine.load_table(duck, "events", arrow_table(store.EVENTS, event_rows(events)))
+    engine.load_table(duck, "deals", arrow_table(store.DEALS, deals))
+    run_prepare(duck, settings)
+    # not the audit log of exports: prepare never writes it, and a copy would empty ``con``'s
+    stored = [spec.name for spec in (*store.TABLES.values(),) if spec.view is None
+              and spec not in store.EXPORT_TABLES and spec.name in duck.list_tables()]
+    for name in stored:
+        engine.load_table(con, name, duck.table(name).to_pyarrow())
+    store.init(con)
+    engine.replace_view(con, "touchpoints", store.TOUCHPOINTS.view(con))  # type: ignore[misc]

@@ -337,6 +337,10 @@ from touchline.serve.commands import register as register_serve  # noqa: E402
 
 register_serve(app)
 
+from touchline.exports.commands import register as register_exports  # noqa: E402
+
+register_exports(app)
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -536,6 +536,31 @@ class Settings(BaseSettings):
                                  f"regular expression: {exc}") from None
         return value
 
+    # exports to ad platforms (touchline export): see touchline/exports/, docs/exports.md
+    export_time_zone: str = Field(
+        "UTC", description="IANA time zone of Google Ads conversion times (the file's "
+        "Parameters:TimeZone row), e.g. 'America/New_York': the Google Ads account's zone.",
+    )
+    export_conversion_window_days: dict[str, int] = Field(
+        {"google-ads": 90, "microsoft": 90},
+        description="Days after a click that an ad platform still credits a conversion to it "
+        "(the conversion action's or goal's click-through window; 90 is both platforms' "
+        "longest). Conversions further from their click are rejected, not sent.",
+    )
+    google_ads_customer_id: str | None = Field(
+        None, description="Google Ads customer id (10 digits, no dashes) that owns the "
+        "conversion actions: the Data Manager request's operatingAccount.",
+    )
+    meta_action_source: str = Field(
+        "system_generated", description="Meta action_source of exported events: where the "
+        "conversion happened (system_generated: a CRM; website needs the visitor's user agent, "
+        "which touchline does not keep; physical_store, phone_call, chat, email, app, other).",
+    )
+    export_push_urls: dict[str, str] = Field(
+        {}, description="Destination (google-ads, meta, microsoft) -> URL the export POSTs its "
+        "JSON payload to (an API endpoint or your relay); none: files only, no network call.",
+    )
+
     @field_validator("stage_models")
     @classmethod
     def _stages_well_formed(cls, value: dict[str, list[StageSpec]]) -> dict[str, list[StageSpec]]:
@@ -607,6 +632,39 @@ class Settings(BaseSettings):
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("export_time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            hint = did_you_mean(value, sorted(available_timezones()))
+            raise ValueError(f"export_time_zone {value!r}{hint} is not an IANA time zone "
+                             "(e.g. America/New_York)") from None
+        return value
+
+    @field_validator("meta_action_source")
+    @classmethod
+    def _known_action_source(cls, value: str) -> str:
+        allowed = ("email", "website", "app", "phone_call", "chat", "physical_store",
+                   "system_generated", "business_messaging", "other")
+        if value not in allowed:
+            raise ValueError(f"meta_action_source {value!r}{did_you_mean(value, allowed)}: "
+                             f"choose from {', '.join(allowed)}")
+        return value
+
+    @field_validator("export_conversion_window_days", "export_push_urls")
+    @classmethod
+    def _known_destinations(cls, value: dict[str, Any]) -> dict[str, Any]:
+        allowed = ("google-ads", "meta", "microsoft")
+        for name in value:
+            if name not in allowed:
+                raise ValueError(f"destination {name!r}{did_you_mean(name, allowed)}: choose "
+                                 f"from {', '.join(allowed)}")
         return value
 
     @field_validator("database_url")

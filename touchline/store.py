@@ -653,6 +653,8 @@ SPOOL_OFFSETS = TableSpec(
 _TOUCH_VALUES: tuple[tuple[str, dt.DataType, str], ...] = (
     ("click_id_type", S, "google, microsoft, meta, display, linkedin or tiktok"),
     ("click_id", S, "the click id value"),
+    ("click_id_param", S, "the parameter that carried it (gclid, gbraid, wbraid, msclkid, "
+     "fbclid, ...): Google takes gclid, gbraid and wbraid in different columns"),
     ("page_url", S, "normalised page URL (tracking parameters stripped)"),
     ("page_path", S, "path of page_url"),
     ("referrer_host", S, "lower-case host of the referrer"),
@@ -1043,11 +1045,67 @@ MODEL_CHOICES = TableSpec(
 
 JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_STEPS, JOURNEY_TOUCHES, CREDITS, MODEL_CHOICES)
 
+# ---- exports: appended by `touchline export`, see touchline/exports/ ------------------------
+EXPORTS = TableSpec(
+    name="exports",
+    doc="The audit log of conversion exports: one row per `touchline export` (a file written, "
+    "and a push when one is configured) with what it sent and how the platform answered. The "
+    "conversions each sent are in `exported_conversions`.",
+    key="export_id",
+    columns=_cols(
+        ("export_id", S, "exp_ + 16 hex"),
+        ("destination", S, "google-ads, meta or microsoft"),
+        ("format", S, "the layout and its version, e.g. google-ads-clicks-csv/v1"),
+        ("conversion", S, "the conversion type exported (settings.conversions)"),
+        ("platform_name", S, "the name the platform knows it by (conversion action, event "
+         "name, goal)"),
+        ("value_basis", S, "value: the conversion's own value; model:<name>: the value that "
+         "model credits to the platform's clicks"),
+        ("since", TS, "conversions before this were not considered (null: all)"),
+        ("exported_at", TS, "when"),
+        ("conversion_count", I, "new conversions sent"),
+        ("adjustment_count", I, "restatements and retractions sent"),
+        ("rejected_count", I, "conversions the validator refused (in rejects, step "
+         "export:<destination>)"),
+        ("path", S, "the file written"),
+        ("adjustments_path", S, "the adjustments file written beside it, if any"),
+        ("push_url", S, "where the payload was POSTed (query string removed), else null"),
+        ("push_status", I, "the HTTP status of the push (null: not pushed or no answer)"),
+        ("push_response", S, "the push's answer or error (first 64 Ki characters)"),
+    ),
+)
+
+EXPORTED_CONVERSIONS = TableSpec(
+    name="exported_conversions",
+    doc="Every conversion and adjustment an export delivered, with the identifiers and value it "
+    "carried: what keeps a conversion from going twice to one destination, and what an "
+    "adjustment compares the current value with.",
+    key="export_id|conversion_id",
+    columns=_cols(
+        ("export_id", S, "the export (exports.export_id)"),
+        ("destination", S, "google-ads, meta or microsoft"),
+        ("conversion", S, "conversion type"),
+        ("conversion_id", S, "<conversion>:<ref>: the touch or deal that converted"),
+        ("journey_id", S, "its journey when sent"),
+        ("kind", S, "conversion, restatement or retraction"),
+        ("order_id", S, "the order / transaction id sent (Google and Meta dedupe on it)"),
+        ("click_id", S, "the click id sent"),
+        ("click_id_param", S, "gclid, gbraid, wbraid, fbclid or msclkid"),
+        ("converted_at", TS, "the conversion time sent (UTC)"),
+        ("value", F, "the value sent (a retraction: 0)"),
+        ("currency", S, "its currency"),
+        ("exported_at", TS, "when"),
+    ),
+)
+
+EXPORT_TABLES = (EXPORTS, EXPORTED_CONVERSIONS)
+
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, SOCIAL, REVIEWS, REJECTS, INGESTS,
         WRITE_KEYS, USERS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
+        *EXPORT_TABLES,
     )
 }
 #: a deal must carry at least one of these times (created_at is optional: some exports lack it)

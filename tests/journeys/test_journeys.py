@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
-from factories import arrow_table, event_rows
+from factories import JOHN, JOHN_DEAL, arrow_table, event_rows, prepare_on_duckdb
 from ibis.backends import BaseBackend
 
 from touchline import engine, store
@@ -153,54 +153,11 @@ def test_an_empty_warehouse_gives_empty_tables(con: BaseBackend) -> None:
     assert report.rows == {"stages": 0, "journeys": 0, "journey_steps": 0, "credits": 0}
 
 
-JOHN = [
-    # organic search on his laptop
-    {"anonymous_id": "laptop", "timestamp": "2026-03-01 09:00:00",
-     "url": "https://plumb.example/", "referrer": "https://www.google.com/"},
-    # a Google Ads click on "emergency plumber", then a live chat with his e-mail: a lead
-    {"anonymous_id": "laptop", "timestamp": "2026-03-05 20:00:00",
-     "url": "https://plumb.example/emergency?gclid=abc", "utm_source": "google",
-     "utm_medium": "cpc", "utm_campaign": "spring", "utm_term": "emergency plumber"},
-    {"anonymous_id": "laptop", "type": "track", "event": "Chat Started", "source": "chat",
-     "email": "John@Gmail.com", "timestamp": "2026-03-05 20:03:00"},
-    # back direct on his phone, where he gives his number
-    {"anonymous_id": "phone", "timestamp": "2026-03-12 08:00:00",
-     "url": "https://plumb.example/contact"},
-    {"anonymous_id": "phone", "type": "identify", "email": "john@gmail.com",
-     "phone": "+1 202 555 0143", "timestamp": "2026-03-12 08:01:00"},
-    # he phones in: no DNI lease matched the call, but the graph knows his number; four
-    # minutes of talk (a call conversion needs call_conversion_seconds, 60 by default)
-    {"type": "track", "event": "Phone Call", "source": "calls", "phone": "+12025550143",
-     "timestamp": "2026-03-12 09:00:00", "properties": '{"duration_seconds": 240}'},
-]
-JOHN_DEAL = [{"deal_id": "D1", "status": "Closed Won", "amount": 1800.0, "currency": "usd",
-              "contact_emails": "john@gmail.com", "created_at": "2026-03-12 10:00:00",
-              "closed_at": "2026-03-20 10:00:00"}]
-
-
-def _prepared(con: BaseBackend, settings: Settings) -> None:
-    """John's events and deal prepared on DuckDB and copied to ``con`` (Spark): prepare's own
-    tests prove both engines prepare alike, and a Spark prepare costs a minute of the suite;
-    ``run`` then builds journeys, stages and credits on Spark."""
-    from touchline.prepare import run_prepare
-
-    duck = engine.connect(settings=settings)
-    engine.load_table(duck, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
-    engine.load_table(duck, "deals", arrow_table(store.DEALS, JOHN_DEAL))
-    run_prepare(duck, settings)
-    stored = [spec.name for spec in (*store.TABLES.values(),) if spec.view is None
-              and spec.name in duck.list_tables()]
-    for name in stored:
-        engine.load_table(con, name, duck.table(name).to_pyarrow())
-    store.init(con)
-    engine.replace_view(con, "touchpoints", store.TOUCHPOINTS.view(con))  # type: ignore[misc]
-
-
 def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
     spark = engine.engine_name(con) == "spark"
     if spark:
-        _prepared(con, settings)
+        prepare_on_duckdb(con, settings, JOHN, JOHN_DEAL)
     else:
         engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
         engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))

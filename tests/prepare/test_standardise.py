@@ -61,13 +61,18 @@ def test_urls_give_path_referrer_host_and_click_id_even_for_huge_referrers(con) 
          "gclid": "g", "referrer": huge},
         {"anonymous_id": "a", "timestamp": "09:01", "url": "https://shop.com", "fbclid": "f",
          "referrer": "android-app://com.google"},
+        {"anonymous_id": "a", "timestamp": "09:02", "url": "https://shop.com/app",
+         "gbraid": "0AAAAA"},
     ])
     out, audit = standardise.standardise_urls(events)
     got = out.order_by("message_id").to_pandas()
-    assert got.page_url.tolist() == ["https://shop.com/p", "https://shop.com"]
-    assert got.page_path.tolist() == ["/p", "/"]
-    assert got.referrer_host.tolist() == ["blog.example.org", "com.google"]
-    assert got.click_id_type.tolist() == ["google", "meta"]
+    assert got.page_url.tolist() == ["https://shop.com/p", "https://shop.com",
+                                     "https://shop.com/app"]
+    assert got.page_path.tolist() == ["/p", "/", "/app"]
+    assert got.referrer_host.tolist() == ["blog.example.org", "com.google", None]
+    assert got.click_id_type.tolist() == ["google", "meta", "google"]
+    # Google takes each in its own column: the parameter is kept beside the platform
+    assert got.click_id_param.tolist() == ["gclid", "fbclid", "gbraid"]
     assert audit.row_count.to_pandas().tolist() == [1]
 
 

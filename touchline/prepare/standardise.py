@@ -151,7 +151,9 @@ def standardise_urls(events: ir.Table, pages: ir.Table | None = None,
     Tracking parameters leave ``page_url`` (two visits of one page are one page) but stay as
     fields (``utm_*``, ``gclid`` ...). ``click_id_type`` names the ad platform of the first
     click id present: gclid/gbraid/wbraid → google, msclkid → microsoft, dclid → display,
-    fbclid → meta, li_fat_id → linkedin, ttclid → tiktok. ``pages`` and ``referrers``:
+    fbclid → meta, li_fat_id → linkedin, ttclid → tiktok; ``click_id_param`` names the parameter
+    itself (an upload to Google puts a gclid, a gbraid and a wbraid in different columns).
+    ``pages`` and ``referrers``:
     :func:`page_table` and :func:`referrer_table` of ``events``, stored once by the caller,
     else inline.
     """
@@ -166,6 +168,8 @@ def standardise_urls(events: ir.Table, pages: ir.Table | None = None,
         referrer_host=joined._ref_host,
         click_id_type=kind,
         click_id=ibis.coalesce(*(events[c] for c, _ in CLICK_IDS)),
+        click_id_param=ibis.cases(*((events[c].notnull(), c) for c, _ in CLICK_IDS),
+                                  else_=ibis.null("string")),
     ).drop("_url", "_rows", "_page_url", "_page_path", "_ref", "_ref_host")
     # counted on the distinct URLs, the audit never needs the rows again; a sum of a CASE, not
     # a filter, which the engine would push below the group-by and run per row
