@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_prepare import DUCKDB_URL, SPARK_URL, _events_file, load_generator_events
 from common import DATA, PYTHON, machine, timed, write_result
 
+from touchline.config import MODELS_DEFAULT
+
 log = logging.getLogger("bench_journeys")
 
 
@@ -102,7 +104,7 @@ Journeys + credits: Spark {spark_inner['journeys_seconds']} s, DuckDB
 `python benchmarks/bench_journeys.py --events {events:g}`: after `touchline prepare` on the
 generator's events, the rest of `touchline run` with the default settings (conversion types
 purchase, lead, call, deal_won; journeys; stages of the four preset stage models; credits under
-the seven default models), in the same process.
+the default models: {", ".join(MODELS_DEFAULT)}), in the same process.
 
 **Ratio journeys + stages + credits / prepare: {ratio:.2f}×** (goal ≤ 0.3×): {inner[
 'journeys_seconds']} s against prepare's {inner['prepare_seconds']} s ({parts}). Peak RSS of

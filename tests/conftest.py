@@ -105,3 +105,35 @@ def shared_data() -> Path:
     if not data.is_dir():
         pytest.skip(f"shared data folder {data} is absent (it sits beside the checkout)")
     return data
+
+
+
+def _files_with_module_fixtures(root: Path) -> set[str]:
+    """Test files (node-id paths) that define a fixture made once per module."""
+    return {str(path.relative_to(root)) for path in (root / "tests").rglob("test_*.py")
+            if 'scope="module"' in path.read_text()}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``make test`` (``-n 2 --dist loadgroup``): each test goes to whichever worker is free,
+    except the tests of a file with a module-scoped fixture (a Spark scenario, a served
+    dashboard): a file's such tests stay on one worker, so its fixture is built once.
+
+    Why a scheduler of our own: ``--dist loadfile`` sent whole files to one worker, and the
+    Spark prepare tests of one file kept it busy for minutes after the other had finished;
+    xdist's ``loadgroup`` would do this from ``xdist_group`` marks, but under pytest 9 the
+    group suffix it writes into the node id is lost, and nothing is grouped. Work units are
+    handed out largest first (xdist's ``loadscopereorder``).
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    shared = _files_with_module_fixtures(config.rootpath)
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in shared else nodeid
+
+    return SharedFixtureScheduling(config, log)  # type: ignore[arg-type]

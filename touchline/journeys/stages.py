@@ -46,6 +46,9 @@ def stage_entries(stage: StageSpec, *, unit: str, sessions: ir.Table, touchpoint
         nth = stage.visits or 1
         unit_id = sessions.person_id if unit == "person" else sessions.account_id
         s = sessions.filter(unit_id.notnull()).select(unit_id=unit_id, _at=sessions.started_at)
+        if nth == 1:  # the first session: an aggregate, no window over the unit's sessions
+            return s.group_by("unit_id").aggregate(entered_at=s._at.min()).mutate(
+                unit=ibis.literal(unit))
         s = s.mutate(_n=ibis.row_number().over(group_by="unit_id", order_by=["_at"]) + 1)
         s = s.filter(s._n == nth)
         return s.select("unit_id", entered_at=s._at, unit=ibis.literal(unit))
