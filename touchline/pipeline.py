@@ -190,7 +190,7 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
     rows written, a sentence for each model that credits channels no converting journey
     holds (that credit stays with the converting journeys' own channels), and per conversion
     type what ``auto`` picked and why (its candidates' scores go to ``model_choices``)."""
-    from touchline.attribution.compare import run_model
+    from touchline.attribution.registry import run_model
     from touchline.attribution.paths import journey_pathset
     from touchline.attribution.select import (
         AUTO_MODEL,

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import sparse
 
 from touchline.attribution.paths import PathSet
-from touchline.errors import UnknownModelError
+from touchline.errors import ConfigError, UnknownModelError
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,6 +160,19 @@ def lookup(name: str, source: str = "model") -> Model:
         raise UnknownModelError(
             f"unknown model {name!r} in {source}; choose from {', '.join(sorted(MODELS))}"
         ) from None
+
+
+def run_model(paths: PathSet, model: str, params: Mapping[str, Any] | None = None) -> Credits:
+    """Call a registered model with keyword parameters, naming bad ones clearly."""
+    entry = lookup(model)
+    try:
+        return entry.function(paths, **dict(params or {}))
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise ConfigError(
+                f"model {model!r}: {exc}".replace(f"{entry.function.__name__}() ", "")
+            ) from exc
+        raise
 
 
 def credits_from_weights(paths: PathSet, weights: np.ndarray, **info: Any) -> Credits:
