@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from touchline.attribution.journey_counterfactual import one_step_replicates
+from touchline.attribution import counterfactual, journey_counterfactual, markov
 from touchline.attribution.paths import PathSet
-from touchline.attribution.registry import Credits, run_model
+from touchline.attribution.registry import Credits, Replicator, run_model
 from touchline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,13 @@ CONFIDENCE_DEFAULT = 0.9
 #: a low bound at most this share of the conversions counts as zero credit (float noise)
 ZERO_CREDIT = 1e-9
 _BOOTSTRAP_BLOCK = 16  # replicates drawn at once (linear and one-step models): bounds memory
-#: models whose replicates are one Newton step from the data's fit, all at once (their
-#: function's docstring says why that is enough)
-ONE_STEP: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
-    "journey_counterfactual": one_step_replicates,
+#: models with a function that credits a block of replicates at once, from the path set and
+#: the replicates' counts (paths × replicates): Markov exactly, the logistic models by one
+#: Newton step (each function's docstring says how and why)
+REPLICATES: dict[str, Callable[..., Replicator]] = {
+    "markov": markov.replicates,
+    "counterfactual": counterfactual.replicates,
+    "journey_counterfactual": journey_counterfactual.replicates,
 }
 
 
@@ -143,7 +146,7 @@ def bootstrap(
     ``replicates × labels`` (module docstring for the draw).
 
     Rule models are linear in the counts: one sparse product per block of replicates. Models
-    in :data:`ONE_STEP` take a block of replicates at once; the others are refitted per
+    in :data:`REPLICATES` take a block of replicates at once; the others are refitted per
     replicate on the distinct paths, with :func:`replicate_params`.
     """
     if replicates < 2:
@@ -171,12 +174,13 @@ def bootstrap(
             out_value[lo : lo + size] = (shares.T @ (draws * per_conversion).T).T
         return out_conversions, out_value
     fixed = replicate_params(model, params, credits)
-    if model in ONE_STEP:
+    if model in REPLICATES:
+        credit = REPLICATES[model](paths, credits, **fixed)
         for lo in range(0, replicates, _BOOTSTRAP_BLOCK):
             size = min(_BOOTSTRAP_BLOCK, replicates - lo)
             draws = rng.multinomial(journeys, probabilities, size=size).T.astype(float)
-            out_conversions[lo : lo + size], out_value[lo : lo + size] = ONE_STEP[model](
-                paths, draws[: paths.n_paths], draws[paths.n_paths :], **fixed)
+            out_conversions[lo : lo + size], out_value[lo : lo + size] = credit(
+                draws[: paths.n_paths], draws[paths.n_paths :])
         return out_conversions, out_value
     for b in range(replicates):  # one refit per replicate: the loop is over replicates
         draw = rng.multinomial(journeys, probabilities).astype(float)

@@ -58,11 +58,18 @@ from scipy import sparse
 from touchline.attribution.counterfactual import (
     _sigmoid,
     fit_logistic,
+    one_step_coefficients,
     weighted_gram,
     with_intercept,
 )
 from touchline.attribution.paths import PathSet
-from touchline.attribution.registry import Credits, register
+from touchline.attribution.registry import (
+    Credits,
+    Replicator,
+    proportional,
+    register,
+    rescaled,
+)
 from touchline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -302,7 +309,7 @@ def journey_counterfactual(
                              regularisation=regularisation)
         coefficients = fit.coefficients
         info.update(regularisation=fit.regularisation, loo_log_loss=fit.loo_loss,
-                    intercept=fit.intercept)
+                    intercept=fit.intercept, coefficients=fit.coefficients)
         p_full = fit.probability(journeys)
         for label in range(k):
             rows = np.flatnonzero((journeys.counts[:, label] > 0) & (conversions > 0))
@@ -335,74 +342,56 @@ def journey_counterfactual(
     )
 
 
-def one_step_replicates(
-    paths: PathSet, conversions: np.ndarray, nulls: np.ndarray, *,
-    features: Sequence[str] = FEATURES, regularisation: float | None = None,
-    navigational_rule: bool = True, navigational: Sequence[str] = NAVIGATIONAL_DEFAULT,
-) -> tuple[np.ndarray, np.ndarray]:
-    r"""Credits of bootstrap replicates by the one-step bootstrap: ``(conversions, value)``,
-    each replicates × labels, for replicate counts ``conversions``/``nulls`` (paths ×
-    replicates; each path keeps its revenue per conversion).
 
-    Refitting the model per replicate costs seconds at 10M events; instead each replicate's
-    coefficients are one Newton step from the fit on the data, with its Hessian :math:`H`:
+def replicates(
+    paths: PathSet, credits: Credits, *, features: Sequence[str] = FEATURES,
+    regularisation: float | None = None, navigational_rule: bool = True,
+    navigational: Sequence[str] = NAVIGATIONAL_DEFAULT,
+) -> Replicator:
+    r"""What credits bootstrap replicates of ``paths`` given the model's ``credits`` on them:
+    a function of replicate counts (paths × replicates) giving ``(conversions, value)``, each
+    replicates × labels (each path keeps its revenue per conversion).
 
-    .. math:: \beta^{*} = \hat\beta - H^{-1}\,\nabla\ell^{*}(\hat\beta)
-
-    (the data's own gradient at :math:`\hat\beta` is zero). The error of this step is of a
-    smaller order than the bootstrap's own spread (Davidson & MacKinnon, "Bootstrap testing in
-    nonlinear models", International Economic Review 40, 1999), and every replicate is then a
-    few matrix products over all paths at once. Credits follow the model's formula with
-    :math:`\beta^{*}` and the replicate's counts; the penalty is the one chosen on the data.
+    Refitting per replicate costs seconds at 10M events; instead each replicate's coefficients
+    are one Newton step from the data's fit (:func:`~touchline.attribution.counterfactual.
+    one_step_coefficients`), and the journeys without each channel, which depend only on the
+    paths, are built once. Credits then follow the model's formula with the replicate's
+    coefficients and counts.
     """
     _check(features, regularisation)
     journeys = effective_journeys(paths, navigational if navigational_rule else None)
     k = paths.n_labels
-    replicates = conversions.shape[1]
-    if paths.conversions.sum() == 0 or paths.nulls.sum() == 0:
-        point = journey_counterfactual(paths, features=features, regularisation=regularisation,
-                                       navigational_rule=navigational_rule,
-                                       navigational=navigational)
-        shares = point.conversions / max(paths.total_conversions, 1e-300)
-        drawn = conversions.sum(axis=0)
-        return np.outer(drawn, shares), np.outer(drawn, shares) * (
-            paths.total_value / max(paths.total_conversions, 1e-300))
-    fit = fit_conversion(journeys, paths.conversions, paths.nulls, features=features,
-                         regularisation=regularisation)
-    x = sparse.csr_matrix(with_intercept(design(journeys, features)))
-    beta = np.r_[fit.intercept, fit.coefficients]
-    p = _sigmoid(x @ beta)
-    total = paths.conversions.sum() + paths.nulls.sum()
-    penalty = np.full(len(beta), fit.regularisation)
-    penalty[0] = 0.0
-    hessian = weighted_gram(x, (paths.conversions + paths.nulls) * p * (1 - p) / total)
-    hessian += np.diag(penalty + 1e-12)
-    residual = nulls * p[:, None] - conversions * (1 - p)[:, None]
-    gradient = np.asarray(x.T @ residual) / total + (penalty * beta)[:, None]
-    betas = beta[:, None] - np.linalg.solve(hessian, gradient)  # features × replicates
-    has_touch = (journeys.lengths > 0)[:, None]
-    p_full = np.where(has_touch, _sigmoid(np.asarray(x @ betas)), 0.0)
     per_conversion = np.divide(paths.value, paths.conversions,
                                out=np.zeros(paths.n_paths), where=paths.conversions > 0)
-    lost = np.zeros((replicates, k))
-    lost_value = np.zeros((replicates, k))
-    for label in range(k):  # one block of matrix products per label
+    if "coefficients" not in credits.info:  # one outcome only: shares stay the data's
+        return proportional(paths, credits)
+    beta = np.r_[float(credits.info["intercept"]),  # type: ignore[arg-type]
+                 np.asarray(credits.info["coefficients"], float)]
+    x = sparse.csr_matrix(design(journeys, features))
+    has_touch = (journeys.lengths > 0)[:, None]
+    removed = []
+    for label in range(k):
         rows = np.flatnonzero((journeys.counts[:, label] > 0) & (paths.conversions > 0))
-        if not len(rows):
-            continue
-        removed = without_label(journeys, rows, label)
-        x_without = sparse.csr_matrix(with_intercept(design(removed, features)))
-        p_without = np.where((removed.lengths > 0)[:, None],
-                             _sigmoid(np.asarray(x_without @ betas)), 0.0)
-        full = p_full[rows]
-        necessity = np.maximum(full - p_without, 0.0) / np.maximum(full, 1e-300)
-        lost[:, label] = (conversions[rows] * necessity).sum(axis=0)
-        lost_value[:, label] = (conversions[rows] * per_conversion[rows, None]
-                                * necessity).sum(axis=0)
-    drawn = conversions.sum(axis=0)
-    drawn_value = per_conversion @ conversions
-    lost_total, value_total = lost.sum(axis=1), lost_value.sum(axis=1)
-    scale = np.divide(drawn, lost_total, out=np.zeros(replicates), where=lost_total > 0)
-    scale_value = np.divide(drawn_value, value_total, out=np.zeros(replicates),
-                            where=value_total > 0)
-    return lost * scale[:, None], lost_value * scale_value[:, None]
+        if len(rows):
+            without = without_label(journeys, rows, label)
+            removed.append((label, rows, with_intercept(sparse.csr_matrix(
+                design(without, features))), (without.lengths > 0)[:, None]))
+
+    def credit(conversions: np.ndarray, nulls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        betas = one_step_coefficients(x, paths.conversions, paths.nulls, beta,
+                                      float(credits.info["regularisation"]),  # type: ignore
+                                      conversions, nulls)
+        p_full = np.where(has_touch, _sigmoid(np.asarray(with_intercept(x) @ betas)), 0.0)
+        lost = np.zeros((conversions.shape[1], k))
+        lost_value = np.zeros_like(lost)
+        for label, rows, x_without, touched in removed:
+            p_without = np.where(touched, _sigmoid(np.asarray(x_without @ betas)), 0.0)
+            full = p_full[rows]
+            necessity = np.maximum(full - p_without, 0.0) / np.maximum(full, 1e-300)
+            weighted = conversions[rows] * necessity
+            lost[:, label] = weighted.sum(axis=0)
+            lost_value[:, label] = per_conversion[rows] @ weighted
+        return rescaled(lost, conversions.sum(axis=0)), rescaled(
+            lost_value, per_conversion @ conversions)
+
+    return credit

@@ -121,6 +121,9 @@ class RuleWeights:
 
 
 ModelFunction = Callable[..., Credits]
+#: credits of a block of bootstrap replicates: ``(conversions, nulls)`` counts, each paths ×
+#: replicates, to ``(conversions, value)`` credits, each replicates × labels
+Replicator = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -199,3 +202,25 @@ def credits_from_rule(paths: PathSet, rule: RuleWeights, **info: Any) -> Credits
 def per_path_sum(paths: PathSet, touch_values: np.ndarray) -> np.ndarray:
     """Sum of a per-touch array within each path."""
     return np.bincount(paths.row, touch_values, minlength=paths.n_paths)
+
+
+def rescaled(amounts: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Each row of ``amounts`` (replicates × labels) scaled to sum to its total (zero rows
+    stay zero)."""
+    sums = amounts.sum(axis=1)
+    return amounts * np.divide(totals, sums, out=np.zeros(len(sums)), where=sums > 0)[:, None]
+
+
+def proportional(paths: PathSet, credits: Credits) -> Replicator:
+    """Replicates that keep the data's credit shares, scaled to each replicate's conversions
+    and revenue: for a model with nothing to refit (every journey has one outcome)."""
+    shares = credits.conversions / max(paths.total_conversions, 1e-300)
+    value_shares = credits.value / max(paths.total_value, 1e-300)
+    per_conversion = np.divide(paths.value, paths.conversions, out=np.zeros(paths.n_paths),
+                               where=paths.conversions > 0)
+
+    def credit(conversions: np.ndarray, nulls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.outer(conversions.sum(axis=0), shares),
+                np.outer(per_conversion @ conversions, value_shares))
+
+    return credit
