@@ -3,7 +3,8 @@
 ``run(con, settings)`` is what ``touchline run`` does on the user's own warehouse (and what the
 demo does on simulated data): it prepares the ingested events, builds the journeys of every
 conversion type (``journeys``, ``journey_touches``), credits every converting touch under each
-model of ``settings.attribution_models`` (``credits``), and returns a :class:`RunReport` whose
+model of ``settings.attribution_models`` (``credits``; the data-driven models' bootstrap
+intervals in ``credit_intervals``), and returns a :class:`RunReport` whose
 figures the CLI prints. Re-running replaces these tables whole.
 
 The model ``auto`` (in the default list) is no registered model but a choice: for each
@@ -189,9 +190,13 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
     ``settings.attribution_models`` and store them as ``credits`` (replacing it); return the
     rows written, a sentence for each model that credits channels no converting journey
     holds (that credit stays with the converting journeys' own channels), and per conversion
-    type what ``auto`` picked and why (its candidates' scores go to ``model_choices``)."""
-    from touchline.attribution.registry import run_model
+    type what ``auto`` picked and why (its candidates' scores go to ``model_choices``).
+
+    The data-driven models (and ``auto``'s pick) also get bootstrap intervals of their channel
+    credits, ``settings.bootstrap_replicates`` of them, stored as ``credit_intervals``."""
+    from touchline.attribution.intervals import INTERVAL_MODELS, credit_intervals
     from touchline.attribution.paths import journey_pathset
+    from touchline.attribution.registry import run_model
     from touchline.attribution.select import (
         AUTO_MODEL,
         FALLBACK,
@@ -202,6 +207,7 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
 
     touches = con.table(store.JOURNEY_TOUCHES.name)
     parts: list[pa.Table] = []
+    intervals: list[pd.DataFrame] = []
     notes: list[str] = []
     picks: dict[str, str] = {}
     choices: list[pd.DataFrame] = []
@@ -219,12 +225,22 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
         if not n or paths.total_conversions == 0:
             continue
         for model in settings.attribution_models:
+            fitted, params = model, {}
             if model == AUTO_MODEL:
                 choice = choose_model(paths, fallback=FALLBACK)
                 credits, picks[spec.name] = choice.credits, choice.reason
                 choices.append(choice_rows(spec.name, choice))
+                fitted, params = choice.model, dict(choice.params)
             else:
                 credits = run_model(paths, model)
+            if fitted in INTERVAL_MODELS and settings.bootstrap_replicates:
+                bounds = credit_intervals(
+                    paths, fitted, params, credits=credits,
+                    replicates=settings.bootstrap_replicates,
+                    confidence=settings.bootstrap_confidence, seed=settings.bootstrap_seed)
+                intervals.append(bounds.rename(columns={paths.level: "channel"}).assign(
+                    conversion=spec.name, model=model, replicates=settings.bootstrap_replicates,
+                    confidence=settings.bootstrap_confidence))
             credit, value = touch_amounts(paths, credits)
             unplaced = unplaced_credit(paths, credits.conversions)
             if unplaced:
@@ -249,6 +265,10 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
     data = (pa.concat_tables([p.cast(schema) for p in parts]) if parts
             else schema.empty_table())
     engine.load_table(con, store.CREDITS.name, data)
+    bounds_schema = store.CREDIT_INTERVALS.schema.to_pyarrow()
+    engine.load_table(con, store.CREDIT_INTERVALS.name, pa.Table.from_pandas(
+        pd.concat(intervals, ignore_index=True)[bounds_schema.names], preserve_index=False)
+        .cast(bounds_schema) if intervals else bounds_schema.empty_table())
     if with_auto:
         picked = store.MODEL_CHOICES.schema.to_pyarrow()
         engine.load_table(con, store.MODEL_CHOICES.name, pa.Table.from_pandas(

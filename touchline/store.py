@@ -1043,7 +1043,33 @@ MODEL_CHOICES = TableSpec(
     ),
 )
 
-JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_STEPS, JOURNEY_TOUCHES, CREDITS, MODEL_CHOICES)
+CREDIT_INTERVALS = TableSpec(
+    name="credit_intervals",
+    doc="Bootstrap intervals of the channel credits of the data-driven models (markov, shapley, "
+    "counterfactual, journey_counterfactual, and auto's pick) from the last `touchline run`: "
+    "journeys resampled with replacement, every replicate refitted, percentile intervals per "
+    "channel; `flagged` where the interval reaches zero credit. docs/attribution.md.",
+    key="conversion|model|channel",
+    columns=_cols(
+        ("conversion", S, "conversion type"),
+        ("model", S, "the model key, as in credits.model"),
+        ("channel", S, "the channel"),
+        ("conversions", F, "credited conversions (the channel's sum in credits, before the "
+         "split over touches)"),
+        ("conversions_low", F, "lower bound of the interval of credited conversions"),
+        ("conversions_high", F, "upper bound"),
+        ("value", F, "credited revenue"),
+        ("value_low", F, "lower bound of the interval of credited revenue"),
+        ("value_high", F, "upper bound"),
+        ("flagged", B, "the interval reaches zero credit: no ground for budget"),
+        ("replicates", I, "bootstrap replicates (settings.bootstrap_replicates)"),
+        ("confidence", F, "the interval's confidence level, e.g. 0.9 "
+         "(settings.bootstrap_confidence)"),
+    ),
+)
+
+JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_STEPS, JOURNEY_TOUCHES, CREDITS, MODEL_CHOICES,
+                  CREDIT_INTERVALS)
 
 # ---- exports: appended by `touchline export`, see touchline/exports/ ------------------------
 EXPORTS = TableSpec(

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console, Group, RenderableType
@@ -133,6 +134,43 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
                           + (f" between {since or 'the start'} and {until or 'now'}"
                              if since or until else ""))
     return path_set, conversion
+
+
+def _interval_settings(model: str, ci: float | None, replicates: int | None,
+                       database: str | None) -> tuple[float | None, int, int]:
+    """``(ci, replicates, seed)`` of ``attribute``: the data-driven models get the settings'
+    interval (as ``touchline run`` stores it) unless the options say otherwise;
+    ``--replicates 0`` shows none."""
+    from touchline.attribution.intervals import INTERVAL_MODELS
+    from touchline.config import load_settings
+
+    settings = load_settings(**({"database_url": database} if database else {}))
+    replicates = settings.bootstrap_replicates if replicates is None else replicates
+    if replicates == 0:
+        return None, 2, settings.bootstrap_seed
+    if ci is None and model in INTERVAL_MODELS:
+        ci = settings.bootstrap_confidence
+    return ci, replicates, settings.bootstrap_seed
+
+
+def _flag_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """For the table: ``flagged`` as words, the bounds beside their estimate."""
+    if "flagged" not in frame:
+        return frame
+    shown = frame.copy()
+    shown["flagged"] = np.where(frame.flagged, "reaches 0", "")
+    return shown.rename(columns={"flagged": "interval"})
+
+
+def _interval_note(frame: pd.DataFrame) -> str:
+    flagged = frame[frame.flagged][frame.attrs["level"]].tolist()
+    confidence = frame.attrs["ci"]
+    head = (f"{confidence:.0%} bootstrap intervals from {frame.attrs['replicates']} resamples "
+            "of the journeys")
+    if not flagged:
+        return head + "; no channel's interval reaches zero credit."
+    return (head + f"; the interval of {', '.join(map(str, flagged))} reaches zero credit: "
+            "the data cannot tell it from none.")
 
 
 def _clean(value: Any) -> Any:
@@ -323,8 +361,12 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(help="Model parameter key=value (repeatable), e.g. half_life_days=3."),
         ] = None,
-        ci: Annotated[float | None, typer.Option(help="Bootstrap interval, e.g. 0.9.")] = None,
-        replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 200,
+        ci: Annotated[float | None, typer.Option(
+            help="Bootstrap interval, e.g. 0.9 (default for markov, shapley, counterfactual, "
+            "journey_counterfactual and auto: settings.bootstrap_confidence).")] = None,
+        replicates: Annotated[int | None, typer.Option(
+            help="Bootstrap replicates (default settings.bootstrap_replicates; 0: no "
+            "interval).")] = None,
         by: Annotated[
             str | None,
             typer.Option(help=f"Warehouse only: credit {'|'.join(LEVELS)} (default channel)."),
@@ -392,8 +434,10 @@ def register(app: typer.Typer) -> None:
                                           "with --model auto (it chooses the settings)")
                     choice = choose_model(path_set)
                     params = dict(choice.params)
-                frame = attribute_paths(path_set, choice.model if choice else model, ci=ci,
-                                        replicates=replicates, **params)
+                fitted = choice.model if choice else model
+                ci, replicates, seed = _interval_settings(fitted, ci, replicates, database)
+                frame = attribute_paths(path_set, fitted, ci=ci, replicates=replicates,
+                                        seed=seed, **params)
                 if choice is not None:
                     frame.attrs["auto"] = _auto_json(choice)
                     err_console.print(f"auto: {choice.reason}", markup=False, highlight=False)
@@ -403,12 +447,14 @@ def register(app: typer.Typer) -> None:
                     shown = store.to_csv(frame)
                 else:
                     shown = _table(
-                        frame,
+                        _flag_text(frame),
                         (f"auto → {choice.label}" if choice else f"{model} {params or ''}".strip())
                         + f": {path_set.total_conversions:,.6g} conversions, "
                         f"{path_set.total_value:,.2f} value",
                         sort_by="conversions",
                     )
+                    if "flagged" in frame:
+                        shown = Group(shown, Text(_interval_note(frame)))
         except TouchlineError as exc:
             raise fail(exc) from None
         _emit(shown, out)

@@ -15,10 +15,11 @@ Why this is cheap enough for every run:
 
 * rule models are linear in the counts, so their replicates are one sparse product per block
   of replicates (:func:`bootstrap`);
-* the data-driven models (:data:`INTERVAL_MODELS`) are refitted on the **distinct** paths
-  (:func:`distinct_paths`): stored journeys are one path row per converting journey, and most
-  share their path with others, so a replicate costs a fit on a fraction of the rows; no
-  Python loop over rows, the draw is one ``multinomial`` per replicate;
+* the data-driven models (:data:`INTERVAL_MODELS`) work on the paths merged as far as the
+  model cannot tell them apart (:func:`sufficient_paths`: the channel set for Shapley, the
+  touches per channel for counterfactual...): stored journeys are one path row per converting
+  journey, so this is a fraction of the rows; no Python loop over rows, the draw is one
+  ``multinomial`` per replicate;
 * what the model chose from the data once is kept for every replicate
   (:func:`replicate_params`): ``journey_counterfactual``'s penalty, picked by leave-one-out
   likelihood over eight candidates, is reused;
@@ -65,41 +66,23 @@ REPLICATES: dict[str, Callable[..., Replicator]] = {
 }
 
 
-def distinct_paths(paths: PathSet) -> PathSet:
-    """The same journeys with identical paths merged into one row (counts summed).
+def merge_paths(paths: PathSet, group: np.ndarray) -> PathSet:
+    """One row per group of paths (``group``: an id per path), its first path's touches and
+    the group's summed counts; rows keep the order of their first path.
 
     Positions of lead and opportunity touches, ages and the time-split marks are dropped:
-    the models refitted on it (:data:`INTERVAL_MODELS`) read only the touches and the counts.
-    Vectorised per path length (one ``np.unique`` over the rows of each length), so the cost
-    is a sort of the paths, not a loop over them; rows keep the order of their first path.
-
-    >>> ps = PathSet.from_lists([["a", "b"], ["b"], ["a", "b"]], conversions=[1, 0, 1],
-    ...                         nulls=[0, 3, 2])
-    >>> merged = distinct_paths(ps)
-    >>> merged.n_paths, merged.conversions.tolist(), merged.nulls.tolist()
-    (2, [2.0, 0.0], [2.0, 3.0])
+    the models refitted on it (:data:`INTERVAL_MODELS`) do not read them.
     """
     n = paths.n_paths
-    lengths = paths.lengths
-    group = np.empty(n, np.int64)
-    next_id = 0
-    for length in np.unique(lengths):  # a few dozen lengths, not one loop per path
-        rows = np.flatnonzero(lengths == length)
-        index = paths.offsets[rows][:, None] + np.arange(length)[None, :]
-        block = np.ascontiguousarray(paths.codes[index])
-        keys = block.view(np.dtype((np.void, block.dtype.itemsize * int(length)))).ravel()
-        _, inverse = np.unique(keys, return_inverse=True)
-        group[rows] = next_id + inverse.ravel()
-        next_id += int(inverse.max()) + 1
-    # number groups by their first path, so the merged rows keep the input's order
-    first = np.full(next_id, n, np.int64)
+    groups = int(group.max()) + 1 if n else 0
+    first = np.full(groups, n, np.int64)
     np.minimum.at(first, group, np.arange(n))
     order = np.argsort(first, kind="stable")
-    renumber = np.empty(next_id, np.int64)
-    renumber[order] = np.arange(next_id)
+    renumber = np.empty(groups, np.int64)
+    renumber[order] = np.arange(groups)
     group = renumber[group]
     keep = first[order]
-    kept_lengths = lengths[keep]
+    kept_lengths = paths.lengths[keep]
     offsets = np.zeros(len(keep) + 1, np.int64)
     np.cumsum(kept_lengths, out=offsets[1:])
     starts = np.repeat(paths.offsets[keep], kept_lengths)
@@ -114,6 +97,64 @@ def distinct_paths(paths: PathSet) -> PathSet:
         nulls=summed(paths.nulls), lead_position=np.full(len(keep), -1, np.int64),
         opportunity_position=np.full(len(keep), -1, np.int64), level=paths.level,
     )
+
+
+def _row_groups(rows: np.ndarray) -> np.ndarray:
+    """An id per row of a 2-d array, equal for equal rows (by the rows' bytes)."""
+    contiguous = np.ascontiguousarray(rows)
+    keys = contiguous.view(np.dtype((np.void, contiguous.dtype.itemsize * rows.shape[1])))
+    return np.unique(keys.ravel(), return_inverse=True)[1].ravel()
+
+
+def sequence_groups(paths: PathSet) -> np.ndarray:
+    """An id per path, equal for identical paths: one ``np.unique`` over the paths of each
+    length (a few dozen lengths, not a loop over paths)."""
+    group = np.empty(paths.n_paths, np.int64)
+    next_id = 0
+    for length in np.unique(paths.lengths):
+        rows = np.flatnonzero(paths.lengths == length)
+        index = paths.offsets[rows][:, None] + np.arange(length)[None, :]
+        ids = _row_groups(paths.codes[index])
+        group[rows] = next_id + ids
+        next_id += int(ids.max()) + 1
+    return group
+
+
+def distinct_paths(paths: PathSet) -> PathSet:
+    """The same journeys with identical paths merged into one row (counts summed).
+
+    >>> ps = PathSet.from_lists([["a", "b"], ["b"], ["a", "b"]], conversions=[1, 0, 1],
+    ...                         nulls=[0, 3, 2])
+    >>> merged = distinct_paths(ps)
+    >>> merged.n_paths, merged.conversions.tolist(), merged.nulls.tolist()
+    (2, [2.0, 0.0], [2.0, 3.0])
+    """
+    return merge_paths(paths, sequence_groups(paths))
+
+
+def sufficient_paths(paths: PathSet, model: str, params: Mapping[str, Any]) -> PathSet:
+    """The paths merged as far as ``model`` cannot tell them apart: what it reads of a path is
+    the same for every path of a group, so its fit and credits are those of the unmerged paths,
+    on fewer rows. The groups: Shapley, the channel set; counterfactual, the touches per
+    channel; journey_counterfactual, its feature row and the channel that would open the
+    journey without the first; Markov and anything else, the path itself.
+    """
+    if model == "shapley" and paths.n_labels <= 63:
+        group = np.unique(paths.channel_sets, return_inverse=True)[1].ravel()
+    elif model == "counterfactual":
+        counts = paths.label_counts
+        group = _row_groups(counts if isinstance(counts, np.ndarray) else counts.toarray())
+    elif model == "journey_counterfactual":
+        options = {k: v for k, v in params.items() if k in ("navigational_rule", "navigational")}
+        journeys = journey_counterfactual.effective_journeys(
+            paths, options.get("navigational", journey_counterfactual.NAVIGATIONAL_DEFAULT)
+            if options.get("navigational_rule", True) else None)
+        rows = journey_counterfactual.design(
+            journeys, params.get("features", journey_counterfactual.FEATURES))
+        group = _row_groups(np.column_stack([rows, journeys.second_first]))
+    else:
+        group = sequence_groups(paths)
+    return merge_paths(paths, group)
 
 
 def replicate_params(model: str, params: Mapping[str, Any] | None,
@@ -154,8 +195,9 @@ def bootstrap(
     rng = np.random.default_rng(seed)
     credits = credits or run_model(paths, model, params)
     shares = credits.shares(paths)
+    fixed = replicate_params(model, params, credits)
     if shares is None:
-        paths = distinct_paths(paths)
+        paths = sufficient_paths(paths, model, fixed)
     cells = np.concatenate([paths.conversions, paths.nulls])
     journeys = round(float(cells.sum()))
     out_conversions = np.zeros((replicates, paths.n_labels))
@@ -173,7 +215,6 @@ def bootstrap(
             out_conversions[lo : lo + size] = (shares.T @ draws.T).T
             out_value[lo : lo + size] = (shares.T @ (draws * per_conversion).T).T
         return out_conversions, out_value
-    fixed = replicate_params(model, params, credits)
     if model in REPLICATES:
         credit = REPLICATES[model](paths, credits, **fixed)
         for lo in range(0, replicates, _BOOTSTRAP_BLOCK):
