@@ -252,12 +252,10 @@ def counterfactual(
 def replicates(paths: PathSet, credits: Credits, *,
                regularisation: float = REGULARISATION_DEFAULT,
                length_feature: bool = True) -> Replicator:
-    """What credits bootstrap replicates of ``paths`` (as in :func:`~touchline.attribution.
+    """What credits bootstrap replicates of ``paths`` (as :func:`~touchline.attribution.
     journey_counterfactual.replicates`): coefficients by :func:`one_step_coefficients` from the
     model's fit, then its shares; the (path, channel) pairs are found once."""
     n_labels = paths.n_labels
-    per_conversion = np.divide(paths.value, paths.conversions, out=np.zeros(paths.n_paths),
-                               where=paths.conversions > 0)
     if "coefficients" not in credits.info:  # one outcome only: shares stay the data's
         return proportional(paths, credits)
     beta = np.r_[float(credits.info["intercept"]),  # type: ignore[arg-type]
@@ -288,25 +286,27 @@ def replicates(paths: PathSet, credits: Credits, *,
             local, 1.0 / np.bincount(local)[local][:, None], sparse.csr_matrix(
             (np.ones(size), (pair_label[lo:hi], np.arange(size))), shape=(n_labels, size))))
 
-    def credit(conversions: np.ndarray, nulls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def credit(conversions: np.ndarray, nulls: np.ndarray,
+               value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         betas = one_step_coefficients(features, paths.conversions, paths.nulls, beta,
                                       regularisation, conversions, nulls)
         coefficients = betas[1 : n_labels + 1]  # labels × replicates
         gamma = betas[n_labels + 1] if length_feature else np.zeros(conversions.shape[1])
         score = np.asarray(with_intercept(features) @ betas)  # paths × replicates
+        p_full = _sigmoid(score)
         credited = np.zeros((n_labels, conversions.shape[1]))
         credited_value = np.zeros_like(credited)
         for lo, hi, rows, to_path, local, equal, to_label in blocks:
-            without = np.where((remaining[lo:hi] > 0)[:, None], _sigmoid(
-                score[rows] - coefficients[pair_label[lo:hi]] + change[lo:hi, None] * gamma),
-                0.0)
-            drop = _sigmoid(score[rows]) - without
-            positive = np.where(drop > DROP_TOLERANCE, drop, 0.0)
-            total = np.asarray(to_path @ positive)[local]
-            share = np.where(total > 0, positive / np.where(total > 0, total, 1.0), equal)
-            weight = share * conversions[rows]
-            credited += to_label @ weight
-            credited_value += to_label @ (weight * per_conversion[rows, None])
+            without = _sigmoid(score[rows] - coefficients[pair_label[lo:hi]]
+                               + change[lo:hi, None] * gamma)
+            without[remaining[lo:hi] == 0] = 0.0
+            drop = p_full[rows] - without
+            drop[drop <= DROP_TOLERANCE] = 0.0
+            total = np.asarray(to_path @ drop)[local]
+            share = np.divide(drop, total, out=np.broadcast_to(equal, drop.shape).copy(),
+                              where=total > 0)
+            credited += to_label @ (share * conversions[rows])
+            credited_value += to_label @ (share * value[rows])
         return credited.T, credited_value.T
 
     return credit

@@ -16,10 +16,11 @@ Why this is cheap enough for every run:
 * rule models are linear in the counts, so their replicates are one sparse product per block
   of replicates (:func:`bootstrap`);
 * the data-driven models (:data:`INTERVAL_MODELS`) work on the paths merged as far as the
-  model cannot tell them apart (:func:`sufficient_paths`: the channel set for Shapley, the
-  touches per channel for counterfactual...): stored journeys are one path row per converting
-  journey, so this is a fraction of the rows; no Python loop over rows, the draw is one
-  ``multinomial`` per replicate;
+  model cannot tell them apart (:func:`distinct_paths`, then :func:`sufficient_groups`: the
+  channel set for Shapley, the touches per channel for counterfactual): stored journeys are
+  one path row per converting journey, so this is a fraction of the rows; no Python loop over
+  rows; the draw is one ``multinomial`` per replicate over the non-empty cells, made once and
+  shared by every model (:func:`resample`);
 * what the model chose from the data once is kept for every replicate
   (:func:`replicate_params`): ``journey_counterfactual``'s penalty, picked by leave-one-out
   likelihood over eight candidates, is reused;
@@ -37,10 +38,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from touchline.attribution import counterfactual, journey_counterfactual, markov
 from touchline.attribution.paths import PathSet
@@ -53,8 +56,9 @@ log = logging.getLogger(__name__)
 INTERVAL_MODELS = ("markov", "shapley", "counterfactual", "journey_counterfactual")
 BOOTSTRAP_REPLICATES_DEFAULT = 200
 CONFIDENCE_DEFAULT = 0.9
-#: a low bound at most this share of the conversions counts as zero credit (float noise)
-ZERO_CREDIT = 1e-9
+#: a low bound under this share of the conversions counts as zero credit: at that bound the
+#: channel would get under 0.1 % of the budget, no ground to keep it
+ZERO_CREDIT = 1e-3
 _BOOTSTRAP_BLOCK = 16  # replicates drawn at once (linear and one-step models): bounds memory
 #: models with a function that credits a block of replicates at once, from the path set and
 #: the replicates' counts (paths × replicates): Markov exactly, the logistic models by one
@@ -66,22 +70,29 @@ REPLICATES: dict[str, Callable[..., Replicator]] = {
 }
 
 
+def numbered_by_first(group: np.ndarray) -> np.ndarray:
+    """The same grouping with ids 0, 1, ... in the order of each group's first row."""
+    n = len(group)
+    groups = int(group.max()) + 1 if n else 0
+    first = np.full(groups, n, np.int64)
+    np.minimum.at(first, group, np.arange(n))
+    renumber = np.empty(groups, np.int64)
+    renumber[np.argsort(first, kind="stable")] = np.arange(groups)
+    return renumber[group]
+
+
 def merge_paths(paths: PathSet, group: np.ndarray) -> PathSet:
-    """One row per group of paths (``group``: an id per path), its first path's touches and
-    the group's summed counts; rows keep the order of their first path.
+    """One row per group of paths (``group``: an id per path, numbered by first path as
+    :func:`numbered_by_first` gives them), its first path's touches and the group's summed
+    counts.
 
     Positions of lead and opportunity touches, ages and the time-split marks are dropped:
     the models refitted on it (:data:`INTERVAL_MODELS`) do not read them.
     """
     n = paths.n_paths
     groups = int(group.max()) + 1 if n else 0
-    first = np.full(groups, n, np.int64)
-    np.minimum.at(first, group, np.arange(n))
-    order = np.argsort(first, kind="stable")
-    renumber = np.empty(groups, np.int64)
-    renumber[order] = np.arange(groups)
-    group = renumber[group]
-    keep = first[order]
+    keep = np.full(groups, n, np.int64)
+    np.minimum.at(keep, group, np.arange(n))
     kept_lengths = paths.lengths[keep]
     offsets = np.zeros(len(keep) + 1, np.int64)
     np.cumsum(kept_lengths, out=offsets[1:])
@@ -117,7 +128,7 @@ def sequence_groups(paths: PathSet) -> np.ndarray:
         ids = _row_groups(paths.codes[index])
         group[rows] = next_id + ids
         next_id += int(ids.max()) + 1
-    return group
+    return numbered_by_first(group)
 
 
 def distinct_paths(paths: PathSet) -> PathSet:
@@ -132,29 +143,56 @@ def distinct_paths(paths: PathSet) -> PathSet:
     return merge_paths(paths, sequence_groups(paths))
 
 
-def sufficient_paths(paths: PathSet, model: str, params: Mapping[str, Any]) -> PathSet:
-    """The paths merged as far as ``model`` cannot tell them apart: what it reads of a path is
-    the same for every path of a group, so its fit and credits are those of the unmerged paths,
-    on fewer rows. The groups: Shapley, the channel set; counterfactual, the touches per
-    channel; journey_counterfactual, its feature row and the channel that would open the
-    journey without the first; Markov and anything else, the path itself.
+def sufficient_groups(paths: PathSet, model: str) -> np.ndarray | None:
+    """An id per (distinct) path, equal for paths ``model`` cannot tell apart: what it reads
+    of a path is the same for every path of a group, so its fit and credits on the merged
+    paths are those on the paths themselves, on fewer rows. Shapley reads the channel set;
+    counterfactual the touches per channel; the others the path itself (None: no merging).
     """
     if model == "shapley" and paths.n_labels <= 63:
-        group = np.unique(paths.channel_sets, return_inverse=True)[1].ravel()
-    elif model == "counterfactual":
+        return numbered_by_first(np.unique(paths.channel_sets, return_inverse=True)[1].ravel())
+    if model == "counterfactual":
         counts = paths.label_counts
-        group = _row_groups(counts if isinstance(counts, np.ndarray) else counts.toarray())
-    elif model == "journey_counterfactual":
-        options = {k: v for k, v in params.items() if k in ("navigational_rule", "navigational")}
-        journeys = journey_counterfactual.effective_journeys(
-            paths, options.get("navigational", journey_counterfactual.NAVIGATIONAL_DEFAULT)
-            if options.get("navigational_rule", True) else None)
-        rows = journey_counterfactual.design(
-            journeys, params.get("features", journey_counterfactual.FEATURES))
-        group = _row_groups(np.column_stack([rows, journeys.second_first]))
-    else:
-        group = sequence_groups(paths)
-    return merge_paths(paths, group)
+        return numbered_by_first(_row_groups(counts if isinstance(counts, np.ndarray)
+                                             else counts.toarray()))
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class Resamples:
+    """Bootstrap replicates of a path set's journeys, drawn once and shared by every model:
+    the distinct paths and each replicate's converting and non-converting journeys on them
+    (paths × replicates)."""
+
+    paths: PathSet
+    conversions: np.ndarray
+    nulls: np.ndarray
+    seed: int
+
+    @property
+    def replicates(self) -> int:
+        return int(self.conversions.shape[1])
+
+
+def resample(paths: PathSet, *, replicates: int = BOOTSTRAP_REPLICATES_DEFAULT,
+             seed: int = 0) -> Resamples:
+    """Draw ``replicates`` resamples of the journeys of ``paths`` (module docstring): one
+    multinomial draw per replicate over the non-empty cells of the distinct paths."""
+    if replicates < 2:
+        raise ConfigError(f"bootstrap replicates must be >= 2, got {replicates!r}")
+    distinct = distinct_paths(paths)
+    cells = np.concatenate([distinct.conversions, distinct.nulls])
+    drawn = np.zeros((len(cells), replicates), np.float32)  # counts are exact in float32
+    filled = np.flatnonzero(cells > 0)
+    journeys = round(float(cells.sum()))
+    if journeys:
+        rng = np.random.default_rng(seed)
+        probabilities = cells[filled] / cells[filled].sum()
+        for lo in range(0, replicates, _BOOTSTRAP_BLOCK):
+            size = min(_BOOTSTRAP_BLOCK, replicates - lo)
+            drawn[filled, lo : lo + size] = rng.multinomial(journeys, probabilities, size=size).T
+    n = distinct.n_paths
+    return Resamples(distinct, drawn[:n], drawn[n:], seed)
 
 
 def replicate_params(model: str, params: Mapping[str, Any] | None,
@@ -182,22 +220,60 @@ def bootstrap(
     replicates: int = BOOTSTRAP_REPLICATES_DEFAULT,
     seed: int = 0,
     credits: Credits | None = None,
+    resamples: Resamples | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Credits of ``replicates`` resamples of the journeys: ``(conversions, value)``, each
     ``replicates × labels`` (module docstring for the draw).
 
     Rule models are linear in the counts: one sparse product per block of replicates. Models
     in :data:`REPLICATES` take a block of replicates at once; the others are refitted per
-    replicate on the distinct paths, with :func:`replicate_params`.
+    replicate, with :func:`replicate_params`. ``resamples`` (from :func:`resample` on the same
+    paths) shares one draw between models; without it, one is drawn with ``replicates`` and
+    ``seed``.
     """
+    credits = credits or run_model(paths, model, params)
+    shares = credits.shares(paths)
+    if shares is not None:
+        return _linear_bootstrap(paths, shares, replicates, seed)
+    resamples = resamples or resample(paths, replicates=replicates, seed=seed)
+    distinct = resamples.paths
+    fixed = replicate_params(model, params, credits)
+    group = sufficient_groups(distinct, model)
+    merged = merge_paths(distinct, group) if group is not None else distinct
+    to_group = (sparse.csr_matrix((np.ones(len(group)), (group, np.arange(len(group)))))
+                if group is not None else None)
+    # revenue per conversion of each distinct path: the draws carry journeys, not revenue
+    per_conversion = np.divide(distinct.value, distinct.conversions,
+                               out=np.zeros(distinct.n_paths), where=distinct.conversions > 0)
+    count = resamples.replicates
+    out_conversions = np.zeros((count, paths.n_labels))
+    out_value = np.zeros((count, paths.n_labels))
+    credit = REPLICATES[model](merged, credits, **fixed) if model in REPLICATES else None
+    for lo in range(0, count, _BOOTSTRAP_BLOCK):
+        block = slice(lo, min(lo + _BOOTSTRAP_BLOCK, count))
+        conversions = resamples.conversions[:, block].astype(float)
+        nulls = resamples.nulls[:, block].astype(float)
+        value = conversions * per_conversion[:, None]
+        if to_group is not None:
+            conversions, nulls, value = (to_group @ conversions, to_group @ nulls,
+                                         to_group @ value)
+        if credit is not None:
+            out_conversions[block], out_value[block] = credit(conversions, nulls, value)
+            continue
+        for j in range(conversions.shape[1]):  # one refit per replicate
+            result = run_model(merged.with_counts(conversions[:, j], value[:, j], nulls[:, j]),
+                               model, fixed)
+            out_conversions[lo + j], out_value[lo + j] = result.conversions, result.value
+    return out_conversions, out_value
+
+
+def _linear_bootstrap(paths: PathSet, shares: sparse.csr_matrix, replicates: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rule models: credits are linear in the path counts, so a block of replicates is one
+    sparse product (on the paths as given: their positions and ages stay)."""
     if replicates < 2:
         raise ConfigError(f"bootstrap replicates must be >= 2, got {replicates!r}")
     rng = np.random.default_rng(seed)
-    credits = credits or run_model(paths, model, params)
-    shares = credits.shares(paths)
-    fixed = replicate_params(model, params, credits)
-    if shares is None:
-        paths = sufficient_paths(paths, model, fixed)
     cells = np.concatenate([paths.conversions, paths.nulls])
     journeys = round(float(cells.sum()))
     out_conversions = np.zeros((replicates, paths.n_labels))
@@ -208,27 +284,11 @@ def bootstrap(
     per_conversion = np.divide(
         paths.value, paths.conversions, out=np.zeros(paths.n_paths), where=paths.conversions > 0
     )
-    if shares is not None:
-        for lo in range(0, replicates, _BOOTSTRAP_BLOCK):
-            size = min(_BOOTSTRAP_BLOCK, replicates - lo)
-            draws = rng.multinomial(journeys, probabilities, size=size)[:, : paths.n_paths]
-            out_conversions[lo : lo + size] = (shares.T @ draws.T).T
-            out_value[lo : lo + size] = (shares.T @ (draws * per_conversion).T).T
-        return out_conversions, out_value
-    if model in REPLICATES:
-        credit = REPLICATES[model](paths, credits, **fixed)
-        for lo in range(0, replicates, _BOOTSTRAP_BLOCK):
-            size = min(_BOOTSTRAP_BLOCK, replicates - lo)
-            draws = rng.multinomial(journeys, probabilities, size=size).T.astype(float)
-            out_conversions[lo : lo + size], out_value[lo : lo + size] = credit(
-                draws[: paths.n_paths], draws[paths.n_paths :])
-        return out_conversions, out_value
-    for b in range(replicates):  # one refit per replicate: the loop is over replicates
-        draw = rng.multinomial(journeys, probabilities).astype(float)
-        conversions, nulls = draw[: paths.n_paths], draw[paths.n_paths :]
-        result = run_model(paths.with_counts(conversions, conversions * per_conversion, nulls),
-                           model, fixed)
-        out_conversions[b], out_value[b] = result.conversions, result.value
+    for lo in range(0, replicates, _BOOTSTRAP_BLOCK):
+        size = min(_BOOTSTRAP_BLOCK, replicates - lo)
+        draws = rng.multinomial(journeys, probabilities, size=size)[:, : paths.n_paths]
+        out_conversions[lo : lo + size] = (shares.T @ draws.T).T
+        out_value[lo : lo + size] = (shares.T @ (draws * per_conversion).T).T
     return out_conversions, out_value
 
 
@@ -241,6 +301,7 @@ def credit_intervals(
     replicates: int = BOOTSTRAP_REPLICATES_DEFAULT,
     confidence: float = CONFIDENCE_DEFAULT,
     seed: int = 0,
+    resamples: Resamples | None = None,
 ) -> pd.DataFrame:
     """Per label: the credits, their percentile intervals and whether they reach zero.
 
@@ -261,7 +322,7 @@ def credit_intervals(
         raise ConfigError(f"confidence must be between 0 and 1 (e.g. 0.9), got {confidence!r}")
     credits = credits or run_model(paths, model, params)
     conversions, value = bootstrap(paths, model, params, replicates=replicates, seed=seed,
-                                   credits=credits)
+                                   credits=credits, resamples=resamples)
     tail = (1 - confidence) / 2
     low, high = np.quantile(conversions, [tail, 1 - tail], axis=0)
     value_low, value_high = np.quantile(value, [tail, 1 - tail], axis=0)
@@ -271,5 +332,5 @@ def credit_intervals(
         "value": credits.value, "value_low": value_low, "value_high": value_high,
         "flagged": low <= ZERO_CREDIT * max(paths.total_conversions, 1.0),
     })
-    frame.attrs.update(confidence=confidence, replicates=replicates, seed=seed)
+    frame.attrs.update(confidence=confidence, replicates=len(conversions), seed=seed)
     return frame

@@ -349,8 +349,8 @@ def replicates(
     navigational: Sequence[str] = NAVIGATIONAL_DEFAULT,
 ) -> Replicator:
     r"""What credits bootstrap replicates of ``paths`` given the model's ``credits`` on them:
-    a function of replicate counts (paths × replicates) giving ``(conversions, value)``, each
-    replicates × labels (each path keeps its revenue per conversion).
+    a function of replicate counts and revenue (paths × replicates) giving ``(conversions,
+    value)``, each replicates × labels.
 
     Refitting per replicate costs seconds at 10M events; instead each replicate's coefficients
     are one Newton step from the data's fit (:func:`~touchline.attribution.counterfactual.
@@ -361,8 +361,6 @@ def replicates(
     _check(features, regularisation)
     journeys = effective_journeys(paths, navigational if navigational_rule else None)
     k = paths.n_labels
-    per_conversion = np.divide(paths.value, paths.conversions,
-                               out=np.zeros(paths.n_paths), where=paths.conversions > 0)
     if "coefficients" not in credits.info:  # one outcome only: shares stay the data's
         return proportional(paths, credits)
     beta = np.r_[float(credits.info["intercept"]),  # type: ignore[arg-type]
@@ -377,7 +375,8 @@ def replicates(
             removed.append((label, rows, with_intercept(sparse.csr_matrix(
                 design(without, features))), (without.lengths > 0)[:, None]))
 
-    def credit(conversions: np.ndarray, nulls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def credit(conversions: np.ndarray, nulls: np.ndarray,
+               value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         betas = one_step_coefficients(x, paths.conversions, paths.nulls, beta,
                                       float(credits.info["regularisation"]),  # type: ignore
                                       conversions, nulls)
@@ -388,10 +387,8 @@ def replicates(
             p_without = np.where(touched, _sigmoid(np.asarray(x_without @ betas)), 0.0)
             full = p_full[rows]
             necessity = np.maximum(full - p_without, 0.0) / np.maximum(full, 1e-300)
-            weighted = conversions[rows] * necessity
-            lost[:, label] = weighted.sum(axis=0)
-            lost_value[:, label] = per_conversion[rows] @ weighted
-        return rescaled(lost, conversions.sum(axis=0)), rescaled(
-            lost_value, per_conversion @ conversions)
+            lost[:, label] = (conversions[rows] * necessity).sum(axis=0)
+            lost_value[:, label] = (value[rows] * necessity).sum(axis=0)
+        return rescaled(lost, conversions.sum(axis=0)), rescaled(lost_value, value.sum(axis=0))
 
     return credit

@@ -189,8 +189,8 @@ def build_chain(paths: PathSet, order: int = ORDER_DEFAULT) -> Chain:
 def replicates(paths: PathSet, credits: Credits, *,
                order: int = ORDER_DEFAULT) -> Replicator:
     """What credits bootstrap replicates of ``paths``, exactly: a function of replicate counts
-    (paths × replicates) giving ``(conversions, value)``, each replicates × labels (each path
-    keeps its revenue per conversion; ``credits`` is unused: the chain has nothing fitted).
+    and revenue (paths × replicates) giving ``(conversions, value)``, each replicates × labels
+    (``credits`` is unused: the chain has nothing fitted).
 
     The chain's transition counts are linear in the path counts, so its states and pairs are
     found once and a block of replicates' counts is one sparse product; only the removal
@@ -210,11 +210,10 @@ def replicates(paths: PathSet, credits: Credits, *,
                                  shape=(len(pairs), n_paths))
 
     walked, converted, lost = incidence((0, 1)), incidence((2,)), incidence((3,))
-    per_conversion = np.divide(paths.value, paths.conversions, out=np.zeros(n_paths),
-                               where=paths.conversions > 0)
     source, target = pairs // entries.size, pairs % entries.size
 
-    def credit(conversions: np.ndarray, nulls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def credit(conversions: np.ndarray, nulls: np.ndarray,
+               value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         counts = walked @ (conversions + nulls) + converted @ conversions + lost @ nulls
         shares = np.zeros((conversions.shape[1], paths.n_labels))
         for b in range(conversions.shape[1]):  # small solves on the states, per replicate
@@ -224,8 +223,7 @@ def replicates(paths: PathSet, credits: Credits, *,
             _, effects = removal_effects(Chain(entries.digits, matrix), paths.n_labels)
             if effects.sum() > 0:
                 shares[b] = effects / effects.sum()
-        return (shares * conversions.sum(axis=0)[:, None],
-                shares * (per_conversion @ conversions)[:, None])
+        return shares * conversions.sum(axis=0)[:, None], shares * value.sum(axis=0)[:, None]
 
     return credit
 

@@ -121,9 +121,9 @@ class RuleWeights:
 
 
 ModelFunction = Callable[..., Credits]
-#: credits of a block of bootstrap replicates: ``(conversions, nulls)`` counts, each paths ×
+#: credits of a block of bootstrap replicates: ``(conversions, nulls, value)``, each paths ×
 #: replicates, to ``(conversions, value)`` credits, each replicates × labels
-Replicator = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+Replicator = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -216,11 +216,10 @@ def proportional(paths: PathSet, credits: Credits) -> Replicator:
     and revenue: for a model with nothing to refit (every journey has one outcome)."""
     shares = credits.conversions / max(paths.total_conversions, 1e-300)
     value_shares = credits.value / max(paths.total_value, 1e-300)
-    per_conversion = np.divide(paths.value, paths.conversions, out=np.zeros(paths.n_paths),
-                               where=paths.conversions > 0)
 
-    def credit(conversions: np.ndarray, nulls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def credit(conversions: np.ndarray, nulls: np.ndarray,
+               value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (np.outer(conversions.sum(axis=0), shares),
-                np.outer(per_conversion @ conversions, value_shares))
+                np.outer(value.sum(axis=0), value_shares))
 
     return credit
