@@ -259,9 +259,10 @@ CONVERSIONS_DEFAULT: list[dict[str, Any]] = [
     {"name": "deal_won", "deal": "won", "value": "deal_amount", "unit": "account"},
 ]
 #: ``auto`` is the data-driven model that best predicts the later journeys (docs/attribution.md)
-#: replicates of the stored bootstrap intervals: enough for steady 90 % bounds (each tail's
-#: quantile from 2-3 replicates beyond it), few enough to cost a fraction of the credits
-BOOTSTRAP_REPLICATES_DEFAULT = 60
+#: replicates of the stored bootstrap intervals: each 90 % bound lies between the 2nd and 3rd
+#: most extreme replicate, and the intervals of every data-driven model cost a few per cent of
+#: `touchline run` at 10M events (docs/attribution.md)
+BOOTSTRAP_REPLICATES_DEFAULT = 40
 MODELS_DEFAULT = ["last_non_direct", "linear", "position_based", "time_decay", "markov",
                   "shapley", "counterfactual", "auto"]
 

@@ -24,6 +24,7 @@ multi-touch attribution models", KDD 2011.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from itertools import pairwise
 
 import numpy as np
@@ -122,31 +123,37 @@ def fit_logistic(
 
 def one_step_coefficients(
     x: np.ndarray | sparse.spmatrix, positives: np.ndarray, negatives: np.ndarray,
-    beta: np.ndarray, regularisation: float, replicate_positives: np.ndarray,
-    replicate_negatives: np.ndarray,
-) -> np.ndarray:
-    r"""Coefficients (intercept first) of bootstrap replicates, features × replicates: one
-    Newton step each from the fit :math:`\hat\beta` (``beta``) on the data,
+    beta: np.ndarray, regularisation: float,
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    r"""What gives the coefficients (intercept first, features × replicates) of bootstrap
+    replicates whose counts are the columns of ``(positives, negatives)`` matrices: one Newton
+    step each from the fit :math:`\hat\beta` (``beta``) on the data,
 
     .. math:: \beta^{*} = \hat\beta - H^{-1}\,\nabla\ell^{*}(\hat\beta)
 
     with :math:`H` the Hessian of the data's penalised mean log-loss (:func:`fit_logistic`) and
-    :math:`\ell^{*}` a replicate's, whose counts are the columns of ``replicate_positives`` /
-    ``replicate_negatives`` (the data's own gradient at :math:`\hat\beta` is zero). The error
-    of the step is of a smaller order than the bootstrap's spread (Davidson & MacKinnon,
-    "Bootstrap testing in nonlinear models", International Economic Review 40, 1999), and all
-    replicates take two matrix products and one solve.
+    :math:`\ell^{*}` a replicate's (the data's own gradient at :math:`\hat\beta` is zero). The
+    error of the step is of a smaller order than the bootstrap's spread (Davidson & MacKinnon,
+    "Bootstrap testing in nonlinear models", International Economic Review 40, 1999). The
+    Hessian is factored once; a block of replicates is two matrix products and a solve.
     """
+    from scipy.linalg import cho_factor, cho_solve
+
     design = with_intercept(x)
     total = positives.sum() + negatives.sum()
     penalty = np.full(len(beta), regularisation)
     penalty[0] = 0.0
     p = _sigmoid(design @ beta)
     hessian = weighted_gram(design, (positives + negatives) * p * (1 - p) / total)
-    hessian += np.diag(penalty + 1e-12)
-    residual = replicate_negatives * p[:, None] - replicate_positives * (1 - p)[:, None]
-    gradient = np.asarray(design.T @ residual) / total + (penalty * beta)[:, None]
-    return beta[:, None] - np.linalg.solve(hessian, gradient)
+    factor = cho_factor(hessian + np.diag(penalty + 1e-12))
+    transposed = design.T.tocsr() if sparse.issparse(design) else design.T
+
+    def step(replicate_positives: np.ndarray, replicate_negatives: np.ndarray) -> np.ndarray:
+        residual = replicate_negatives * p[:, None] - replicate_positives * (1 - p)[:, None]
+        gradient = np.asarray(transposed @ residual) / total + (penalty * beta)[:, None]
+        return beta[:, None] - cho_solve(factor, gradient)
+
+    return step
 
 
 def _distinct_rows(paths: PathSet, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -286,13 +293,15 @@ def replicates(paths: PathSet, credits: Credits, *,
             local, 1.0 / np.bincount(local)[local][:, None], sparse.csr_matrix(
             (np.ones(size), (pair_label[lo:hi], np.arange(size))), shape=(n_labels, size))))
 
+    step = one_step_coefficients(features, paths.conversions, paths.nulls, beta, regularisation)
+    design = with_intercept(features)
+
     def credit(conversions: np.ndarray, nulls: np.ndarray,
                value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        betas = one_step_coefficients(features, paths.conversions, paths.nulls, beta,
-                                      regularisation, conversions, nulls)
+        betas = step(conversions, nulls)
         coefficients = betas[1 : n_labels + 1]  # labels × replicates
         gamma = betas[n_labels + 1] if length_feature else np.zeros(conversions.shape[1])
-        score = np.asarray(with_intercept(features) @ betas)  # paths × replicates
+        score = np.asarray(design @ betas)  # paths × replicates
         p_full = _sigmoid(score)
         credited = np.zeros((n_labels, conversions.shape[1]))
         credited_value = np.zeros_like(credited)

@@ -375,12 +375,14 @@ def replicates(
             removed.append((label, rows, with_intercept(sparse.csr_matrix(
                 design(without, features))), (without.lengths > 0)[:, None]))
 
+    step = one_step_coefficients(x, paths.conversions, paths.nulls, beta,
+                                 float(credits.info["regularisation"]))  # type: ignore[arg-type]
+    design_full = with_intercept(x)
+
     def credit(conversions: np.ndarray, nulls: np.ndarray,
                value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        betas = one_step_coefficients(x, paths.conversions, paths.nulls, beta,
-                                      float(credits.info["regularisation"]),  # type: ignore
-                                      conversions, nulls)
-        p_full = np.where(has_touch, _sigmoid(np.asarray(with_intercept(x) @ betas)), 0.0)
+        betas = step(conversions, nulls)
+        p_full = np.where(has_touch, _sigmoid(np.asarray(design_full @ betas)), 0.0)
         lost = np.zeros((conversions.shape[1], k))
         lost_value = np.zeros_like(lost)
         for label, rows, x_without, touched in removed:
