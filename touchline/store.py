@@ -285,6 +285,35 @@ REVIEWS = TableSpec(
     ),
 )
 
+EXPERIMENTS = TableSpec(
+    name="experiments",
+    doc="Incrementality experiments (`touchline experiments import FILE`): a geo or holdout "
+    "test of one channel or campaign over a period, with the incremental conversions it "
+    "measured (or the lift over the control group) and that measure's interval. The model "
+    "`calibrated` keeps channel credits inside these intervals. docs/attribution.md.",
+    key="row_hash",
+    required=("period_start", "period_end", "test_type"),
+    columns=_cols(
+        ("experiment_id", S, "your name for the test, when given"),
+        ("channel", S, "the channel tested (as in touches.channel); this or campaign"),
+        ("campaign", S, "the campaign tested (as in touches.campaign); this or channel"),
+        ("conversion", S, "the conversion type measured (settings.conversions); empty: all"),
+        ("period_start", D, "first day of the test (UTC)"),
+        ("period_end", D, "last day of the test (UTC), on or after period_start"),
+        ("incremental_conversions", F, "conversions the channel caused in the period (test "
+         "minus control, scaled to the whole audience); this or lift"),
+        ("incremental_conversions_low", F, "its interval's lower bound (e.g. 90 %)"),
+        ("incremental_conversions_high", F, "its interval's upper bound"),
+        ("lift", F, "relative lift of the conversion rate, (test - control) / control, e.g. "
+         "0.12; this or incremental_conversions"),
+        ("lift_low", F, "its interval's lower bound"),
+        ("lift_high", F, "its interval's upper bound"),
+        ("test_type", S, "geo or holdout"),
+        ("row_hash", S, "content hash of the row: the dedupe key"),
+        *_LOAD_COLUMNS,
+    ),
+)
+
 SEARCH_CONSOLE = TableSpec(
     name="search_console",
     doc="Google Search Console performance rows.",
@@ -1129,7 +1158,8 @@ EXPORT_TABLES = (EXPORTS, EXPORTED_CONVERSIONS)
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
-        EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, SOCIAL, REVIEWS, REJECTS, INGESTS,
+        EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, SOCIAL, REVIEWS, EXPERIMENTS,
+        REJECTS, INGESTS,
         WRITE_KEYS, USERS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
         *EXPORT_TABLES,
     )
@@ -1140,7 +1170,7 @@ DEAL_TIMES = (
 )
 INGESTIBLE = (
     "events", "deals", "spend", "calls", "surveys", "search_console", "social", "reviews",
-    "number_leases",
+    "number_leases", "experiments",
 )
 
 
