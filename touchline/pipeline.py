@@ -194,6 +194,7 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
 
     The data-driven models (and ``auto``'s pick) also get bootstrap intervals of their channel
     credits, ``settings.bootstrap_replicates`` of them, stored as ``credit_intervals``."""
+    from touchline.attribution.calibrated import CALIBRATED, experiment_targets
     from touchline.attribution.intervals import INTERVAL_MODELS, credit_intervals
     from touchline.attribution.paths import journey_pathset
     from touchline.attribution.registry import run_model
@@ -208,6 +209,8 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
     touches = con.table(store.JOURNEY_TOUCHES.name)
     parts: list[pa.Table] = []
     intervals: list[pd.DataFrame] = []
+    experiments = (con.table(store.EXPERIMENTS.name).to_pandas()
+                   if CALIBRATED in settings.attribution_models else pd.DataFrame())
     notes: list[str] = []
     picks: dict[str, str] = {}
     choices: list[pd.DataFrame] = []
@@ -231,6 +234,9 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
                 credits, picks[spec.name] = choice.credits, choice.reason
                 choices.append(choice_rows(spec.name, choice))
                 fitted, params = choice.model, dict(choice.params)
+            elif model == CALIBRATED:
+                credits = run_model(paths, model, {"experiments": experiment_targets(
+                    experiments, paths, converting, conversion=spec.name)})
             else:
                 credits = run_model(paths, model)
             if fitted in INTERVAL_MODELS and settings.bootstrap_replicates:

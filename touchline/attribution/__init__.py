@@ -39,6 +39,7 @@ formula and the one- and two-touch cases.
 from __future__ import annotations
 
 from touchline.attribution import (  # noqa: F401 - registers the models
+    calibrated,
     counterfactual,
     journey_counterfactual,
     markov,

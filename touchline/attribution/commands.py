@@ -11,6 +11,7 @@ and with ``--model all`` each channel carries ``{"conversions": {model: ...}, "v
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -28,6 +29,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from touchline import store
+from touchline.attribution.calibrated import CALIBRATED, Experiment, experiment_targets
 from touchline.attribution.compare import attribute as attribute_paths
 from touchline.attribution.compare import compare
 from touchline.attribution.evaluate import evaluate as evaluate_models
@@ -108,10 +110,12 @@ def _day(text: str | None, option: str) -> datetime | None:
 
 
 def _warehouse_paths(database: str | None, level: str, since: str | None, until: str | None,
-                     conversion: str | None, *, time_split: bool = False) -> tuple[PathSet, str]:
+                     conversion: str | None, *, time_split: bool = False,
+                     ) -> tuple[PathSet, str, list[Experiment]]:
     """The stored journeys of one conversion type (``touchline run``) as paths at ``level``,
-    with the conversion type's name (default: the one with the most value); ``time_split``
-    marks the latest journeys for ``auto``'s time-based split."""
+    with the conversion type's name (default: the one with the most value) and the stored
+    experiments on them (for ``calibrated``); ``time_split`` marks the latest journeys for
+    ``auto``'s time-based split."""
     from touchline import engine
     from touchline.config import load_settings
 
@@ -127,13 +131,16 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
     touches = con.table("journey_touches")
     touches = journeys_in_period(touches.filter(touches.conversion == conversion),
                                  since=_day(since, "--since"), until=_day(until, "--until"))
-    path_set, _ = journey_pathset(touches, level=level,
-                                  split_holdout=HOLDOUT_DEFAULT if time_split else None)
+    path_set, converting = journey_pathset(touches, level=level,
+                                           split_holdout=HOLDOUT_DEFAULT if time_split else None)
     if not path_set.n_paths:
         raise ConfigError(f"no journeys of {conversion} in warehouse {settings.database_url}"
                           + (f" between {since or 'the start'} and {until or 'now'}"
                              if since or until else ""))
-    return path_set, conversion
+    store.init(con)  # a warehouse made before experiments existed gets the empty table
+    experiments = experiment_targets(con.table(store.EXPERIMENTS.name).to_pandas(), path_set,
+                                     converting, conversion=conversion, level=level)
+    return path_set, conversion, experiments
 
 
 def _interval_settings(model: str, ci: float | None, replicates: int | None,
@@ -325,7 +332,7 @@ def print_demo_summary(paths_file: Path, truth_file: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``attribute`` and ``evaluate`` to ``app``."""
+    """Add ``attribute``, ``experiments import`` and ``evaluate`` to ``app``."""
 
     @app.command()
     def attribute(
@@ -404,9 +411,10 @@ def register(app: typer.Typer) -> None:
             if order is not None:
                 params["order"] = order
             if paths is None:
-                path_set, conversion = _warehouse_paths(database, level, since, until,
-                                                        conversion,
-                                                        time_split=model == AUTO_MODEL)
+                path_set, conversion, experiments = _warehouse_paths(
+                    database, level, since, until, conversion, time_split=model == AUTO_MODEL)
+                if model == CALIBRATED:
+                    params.setdefault("experiments", experiments)
             else:
                 path_set = _read(paths, sep, level)
             if model == ALL_MODELS:
@@ -441,14 +449,23 @@ def register(app: typer.Typer) -> None:
                 if choice is not None:
                     frame.attrs["auto"] = _auto_json(choice)
                     err_console.print(f"auto: {choice.reason}", markup=False, highlight=False)
+                shown_params = {k: v for k, v in params.items() if k != "experiments"}
+                if "experiments" in params:
+                    shown_params["experiments"] = [dataclasses.asdict(e) for e in
+                                                   params["experiments"]]
+                frame.attrs["params"] = shown_params
                 if fmt == "json":
                     shown = json.dumps(_single_json(frame), indent=2) + "\n"
                 elif fmt == "csv":
                     shown = store.to_csv(frame)
                 else:
+                    described = {k: v for k, v in shown_params.items() if k != "experiments"}
+                    if "experiments" in shown_params:
+                        described["experiments"] = len(shown_params["experiments"])
                     shown = _table(
                         _flag_text(frame),
-                        (f"auto → {choice.label}" if choice else f"{model} {params or ''}".strip())
+                        (f"auto → {choice.label}" if choice
+                         else f"{model} {described or ''}".strip())
                         + f": {path_set.total_conversions:,.6g} conversions, "
                         f"{path_set.total_value:,.2f} value",
                         sort_by="conversions",
@@ -458,6 +475,44 @@ def register(app: typer.Typer) -> None:
         except TouchlineError as exc:
             raise fail(exc) from None
         _emit(shown, out)
+
+    experiments = typer.Typer(help="Incrementality experiments that calibrate the model "
+                              "`calibrated` (docs/attribution.md).", no_args_is_help=True)
+    app.add_typer(experiments, name="experiments")
+
+    @experiments.command("import")
+    def import_experiments(
+        file: Annotated[Path, typer.Argument(help="CSV, NDJSON or Parquet: channel or "
+                                             "campaign, period_start, period_end, "
+                                             "incremental_conversions or lift with _low and "
+                                             "_high, test_type (geo or holdout).")],
+        database: Annotated[
+            str | None, typer.Option("--database", "-d", help="Warehouse URL (default from "
+                                     "settings).")
+        ] = None,
+    ) -> None:
+        """Load experiment results into `experiments`; bad rows go to `rejects` with line and
+        reason. Re-importing a file adds nothing twice."""
+        from touchline import engine
+        from touchline.collect.ingest import ingest_file
+        from touchline.config import load_settings
+
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            con = engine.connect(settings=settings)
+            result = ingest_file(con, file, store.EXPERIMENTS.name, settings=settings)
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        console.print(f"{file}: {result.rows_read:,} rows read, {result.loaded:,} experiments "
+                      f"loaded, {result.rejected:,} rejected, {result.duplicates:,} already "
+                      "there", markup=False, highlight=False)
+        for code, n in sorted(result.rejects_by_reason.items()):
+            console.print(f"  {n:,} rejected: {code} (table rejects has the line and reason)",
+                          markup=False, highlight=False)
+        if result.loaded or result.duplicates:
+            console.print("add `calibrated` to attribution_models (touchline.toml) for "
+                          "`touchline run`, or: touchline attribute --model calibrated",
+                          markup=False, highlight=False)
 
     @app.command()
     def evaluate(
