@@ -58,7 +58,8 @@ MODEL_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shared evenly or by weight", ("linear", "time_decay", "custom")),
     ("shared by position", ("position_based", "w_shaped", "full_path")),
     ("J-shaped", ("j_shaped", "inverse_j")),
-    ("data-driven", ("markov", "shapley", "counterfactual", "journey_counterfactual", "auto")),
+    ("data-driven", ("markov", "shapley", "counterfactual", "journey_counterfactual", "auto",
+                     "calibrated")),
 )
 #: characters of the channel (or campaign …) column before its text wraps onto a second line
 LABEL_WIDTH_MAX = 22
