@@ -8,7 +8,7 @@ them, times the credits of each data-driven default model (``markov``, ``shapley
 ``bootstrap_replicates`` (one shared draw, then each model). The figure is the intervals' time
 as a share of journeys + credits and of prepare.
 
-    python benchmarks/bench_intervals.py [--events 1e6]
+    python benchmarks/bench_intervals.py [--events 1e6 1e7]
     python benchmarks/bench_intervals.py --run PARQUET --out JSON   # the timed run
 """
 
@@ -80,7 +80,15 @@ def run_inner(parquet: Path, out: Path) -> None:
     db.unlink(missing_ok=True)
 
 
-def main(events: float) -> None:
+def main(sizes: list[float]) -> None:
+    sections, data = [], {}
+    for events in sizes:
+        md, data[events] = _section(events)
+        sections.append(md)
+    write_result("intervals", "\n".join(sections), {"machine": machine(), "runs": data})
+
+
+def _section(events: float) -> tuple[str, dict]:
     label, parquet = _events_file(events)
     out = DATA / f"touchline_intervals_{label}.json"
     record = timed(f"intervals/{label}", [PYTHON, str(Path(__file__).resolve()), "--run",
@@ -107,16 +115,15 @@ intervals / prepare: {intervals / seconds['prepare']:.3f}×** ({intervals:.2f} s
 |---|---|
 {rows}
 """
-    write_result("intervals", md, {"machine": machine(), "events": events, "record": record,
-                                   "inner": inner})
     log.info("intervals %s: %.2f s, %.3f of prepare", label, intervals,
              intervals / seconds["prepare"])
+    return md, {"record": record, "inner": inner}
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=float, default=1e6)
+    ap.add_argument("--events", type=float, nargs="+", default=[1e6, 1e7])
     ap.add_argument("--run", type=Path)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

@@ -59,6 +59,9 @@ class RunReport:
     warnings: list[str] = field(default_factory=list)
     #: per conversion type, what ``auto`` picked and why (``model_choices`` has the scores)
     auto: dict[str, str] = field(default_factory=dict)
+    #: per conversion type and data-driven model, the channels whose bootstrap interval
+    #: reaches zero credit (``credit_intervals`` has every bound)
+    flagged: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
@@ -94,6 +97,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
              + ", ".join(settings.attribution_models))
     start = time.perf_counter()
     rows["credits"], unplaced, picks = write_credits(con, settings)
+    flagged = flagged_channels(con)
     seconds["credits"] = time.perf_counter() - start
     conversions = conversion_summary(con.table(store.JOURNEYS.name),
                                      [c.name for c in settings.conversions])
@@ -102,7 +106,19 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     warnings = [*notes, *unknown_events(con, settings), *unconverted_currencies(con),
                 *order_notes(con), *unplaced]
     return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
-                     rows, seconds, prepared, warnings, picks)
+                     rows, seconds, prepared, warnings, picks, flagged)
+
+
+def flagged_channels(con: BaseBackend) -> dict[str, dict[str, list[str]]]:
+    """From ``credit_intervals``: per conversion type and model, the flagged channels."""
+    bounds = con.table(store.CREDIT_INTERVALS.name)
+    rows = bounds.filter(bounds.flagged).select("conversion", "model", "channel").order_by(
+        ["conversion", "model", "channel"]).to_pandas()
+    out: dict[str, dict[str, list[str]]] = {}
+    for row in rows.itertuples(index=False):
+        out.setdefault(str(row.conversion), {}).setdefault(str(row.model), []).append(
+            str(row.channel))
+    return out
 
 
 def match_calls(con: BaseBackend, settings: Settings, progress: Progress) -> list[str]:

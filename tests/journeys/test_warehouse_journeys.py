@@ -41,6 +41,9 @@ def test_cli_attributes_the_users_own_prepared_files(tmp_path: Path) -> None:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     assert "purchase credited by channel (linear)" in result.output
+    assert ("intervals for purchase: the credit of these channels reaches zero (no ground for "
+            "budget; table credit_intervals): auto: Email, Organic Search, Paid Search; "
+            "counterfactual:") in " ".join(result.output.split())
     result = runner.invoke(app, ["attribute", "--model", "linear", "--format", "json",
                                  "--database", db])
     assert result.exit_code == 0, result.output
