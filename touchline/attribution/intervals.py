@@ -24,14 +24,19 @@ Why this is cheap enough for every run:
 * what the model chose from the data once is kept for every replicate
   (:func:`replicate_params`): ``journey_counterfactual``'s penalty, picked by leave-one-out
   likelihood over eight candidates, is reused;
-* ``journey_counterfactual``, whose fit costs seconds at 10M events, is not refitted: each
+* Markov's transition counts are linear in the path counts: a block of replicates is one
+  sparse product, then small solves on the states, exactly (:func:`~touchline.attribution.
+  markov.replicates`);
+* the logistic models, whose fit costs seconds at 10M events, are not refitted: each
   replicate's coefficients are one Newton step from the data's fit (the one-step bootstrap,
-  :func:`~touchline.attribution.journey_counterfactual.one_step_replicates`), and a block of
-  replicates is a few matrix products.
+  :func:`~touchline.attribution.counterfactual.one_step_coefficients`), and a block of
+  replicates is a few matrix products (:data:`REPLICATES`).
 
 A channel is **flagged** when its interval reaches zero credit (its low bound is at most
 :data:`ZERO_CREDIT` of the conversions; Shapley's can be negative): the data cannot tell its
-credit from none, so it is no ground for budget.
+credit from (next to) none, so it is no ground for budget. Models that clip credit at zero
+(the counterfactual models' positive drops) cannot have a bound below zero, so "reaches"
+rather than "spans": a channel without effect shows as a lower bound at or near zero.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: the models whose credits ``touchline run`` stores with intervals (``auto`` too, as its pick)
 INTERVAL_MODELS = ("markov", "shapley", "counterfactual", "journey_counterfactual")
+#: replicates of the Python API's ``attribute(ci=...)``; ``touchline run`` and ``attribute`` on the
+#: command line use ``settings.bootstrap_replicates`` (40)
 BOOTSTRAP_REPLICATES_DEFAULT = 200
 CONFIDENCE_DEFAULT = 0.9
 #: a low bound under this share of the conversions counts as zero credit: at that bound the
