@@ -142,6 +142,13 @@ def test_imported_experiments_calibrate_the_run_and_attribute(tmp_path: Path) ->
     assert shown == pytest.approx({"Organic Search": 0.2, "Paid Search": 0.8, "Email": 0.0})
     assert got["params"]["experiments"] == [{"label": "Paid Search", "low": 0.8, "high": 1.0,
                                              "period_share": 1.0, "name": "search-holdout"}]
+    result = runner.invoke(app, ["attribute", "--model", "all", "--format", "json",
+                                 "--database", db], env=env)
+    assert result.exit_code == 0, result.output
+    side_by_side = {c["channel"]: c["conversions"]["calibrated"]
+                    for c in json.loads(result.output)["channels"]}
+    assert side_by_side == pytest.approx({"Organic Search": 0.2, "Paid Search": 0.8,
+                                          "Email": 0.0})
 
 
 def test_stored_experiments_become_period_shares_and_lifts_become_conversions() -> None:

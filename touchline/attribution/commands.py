@@ -419,9 +419,12 @@ def register(app: typer.Typer) -> None:
             else:
                 path_set = _read(paths, sep, level)
             if model == ALL_MODELS:
-                per_model = {"markov": {"order": order}} if order is not None else {}
                 if params.keys() - {"order"}:
                     raise ConfigError("--param applies to one model; drop it with --model all")
+                per_model: dict[str, dict[str, Any]] = (
+                    {"markov": {"order": order}} if order is not None else {})
+                if paths is None:
+                    per_model[CALIBRATED] = {"experiments": experiments}
                 conversions = compare(path_set, params=per_model)
                 value = compare(path_set, params=per_model, measure="value")
                 shown: str | RenderableType
