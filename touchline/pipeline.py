@@ -251,8 +251,9 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
                 choices.append(choice_rows(spec.name, choice))
                 fitted, params = choice.model, dict(choice.params)
             elif model == CALIBRATED:
-                credits = run_model(paths, model, {"experiments": experiment_targets(
-                    experiments, paths, converting, conversion=spec.name)})
+                params = {"experiments": experiment_targets(experiments, paths, converting,
+                                                            conversion=spec.name)}
+                credits = run_model(paths, model, params)
             else:
                 credits = run_model(paths, model)
             if fitted in INTERVAL_MODELS and settings.bootstrap_replicates:

@@ -179,3 +179,17 @@ def test_stored_experiments_become_period_shares_and_lifts_become_conversions() 
     assert target.label == "Email" and target.name == "march"
     assert target.period_share == pytest.approx(2 / 3)
     assert (target.low, target.high) == pytest.approx((2 * 0.1 / 1.1, 2 * 0.5 / 1.5))
+
+
+def test_calibrated_intervals_keep_the_tested_channel_inside_its_experiment() -> None:
+    """Each bootstrap replicate is calibrated too: A's counterfactual credit (about 600) is
+    above the experiment's 300 to 350 in every resample, so its interval is the clamp, 350;
+    the others carry the resampling's spread."""
+    from touchline.attribution import credit_intervals
+
+    paths = PathSet.from_lists([["A"], ["B"], ["A", "B"], ["C"]], conversions=[300, 200, 500, 50],
+                               value=[3000, 2000, 5000, 500], nulls=[700, 800, 500, 950])
+    got = credit_intervals(paths, "calibrated", {"experiments": [Experiment("A", 300, 350)]},
+                           replicates=40).set_index("channel")
+    assert (got.conversions_low["A"], got.conversions_high["A"]) == pytest.approx((350, 350))
+    assert got.conversions_low["B"] < got.conversions["B"] < got.conversions_high["B"]

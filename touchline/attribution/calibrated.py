@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from touchline.attribution.paths import PathSet
-from touchline.attribution.registry import Credits, register, run_model
+from touchline.attribution.registry import Credits, Replicator, register, run_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,45 +91,88 @@ def calibrated(
     all journeys measuring 20 to 30: A gets 30, B 70.
     """
     point = run_model(paths, base, base_params)
-    conversions, value = point.conversions.astype(float), point.value.astype(float)
     labels = [str(label) for label in paths.labels]
-    clamped = np.zeros(len(labels))
-    weight = np.zeros(len(labels))
     unknown = sorted({e.label for e in experiments if e.label not in labels})
     if unknown:
         log.info("calibrated: experiments on %s, which no journey touched", ", ".join(unknown))
+    conversions, value = point.conversions.astype(float), point.value.astype(float)
+    new, new_value, excess, unassigned = clamp_and_rescale(
+        conversions[None, :], value[None, :], np.array([paths.total_conversions]),
+        np.array([paths.total_value]), experiments, labels)
+    factor = np.divide(new[0], conversions, out=np.zeros_like(conversions),
+                       where=conversions > 0)
+    info: dict[str, Any] = {
+        "base": base, "experiments": len(experiments), "base_info": dict(point.info),
+        "calibrated_labels": sorted({e.label for e in experiments if e.label in labels})}
+    if excess[0] > 0:
+        info["excess"] = float(excess[0])
+    if unassigned[0] > 0:
+        info["unassigned"] = float(unassigned[0])
+    return Credits(
+        conversions=new[0], value=new_value[0],
+        columns={"base_conversions": conversions, "base_value": value, "factor": factor},
+        info=info,
+    )
+
+
+def clamp_and_rescale(
+    conversions: np.ndarray, value: np.ndarray, total: np.ndarray, total_value: np.ndarray,
+    experiments: Sequence[Experiment], labels: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The module docstring's formula on rows of base credits (rows × labels; one row for the
+    data, one per bootstrap replicate) with their totals: ``(conversions, value, excess,
+    unassigned)``."""
+    rows, k = conversions.shape
+    clamped = np.zeros((rows, k))
+    weight = np.zeros(k)
     for experiment in experiments:
         if experiment.label not in labels or experiment.period_share <= 0:
             continue
-        i = labels.index(experiment.label)
-        clamped[i] += float(np.clip(experiment.period_share * conversions[i], experiment.low,
-                                    experiment.high))
+        i = list(labels).index(experiment.label)
+        clamped[:, i] += np.clip(experiment.period_share * conversions[:, i], experiment.low,
+                                 experiment.high)
         weight[i] += experiment.period_share
     tested = weight > 0
     new = conversions.copy()
-    new[tested] = clamped[tested] / weight[tested]
-    total = paths.total_conversions
-    rest = total - new[tested].sum()
-    others = conversions[~tested].sum()
-    info: dict[str, Any] = {"base": base, "experiments": len(experiments),
-                            "calibrated_labels": [labels[i] for i in np.flatnonzero(tested)]}
-    if rest < 0:
-        info["excess"] = -rest
-        new[~tested] = 0.0
-    elif others > 0:
-        new[~tested] = conversions[~tested] * rest / others
-    elif rest > 0:
-        info["unassigned"] = rest
+    new[:, tested] = clamped[:, tested] / weight[tested]
+    rest = total - new[:, tested].sum(axis=1)
+    others = conversions[:, ~tested].sum(axis=1)
+    scale = np.divide(np.maximum(rest, 0.0), others, out=np.zeros(rows), where=others > 0)
+    new[:, ~tested] = conversions[:, ~tested] * scale[:, None]
+    excess = np.maximum(-rest, 0.0)
+    unassigned = np.where(others > 0, 0.0, np.maximum(rest, 0.0))
     factor = np.divide(new, conversions, out=np.zeros_like(new), where=conversions > 0)
-    per_conversion = paths.total_value / total if total > 0 else 0.0
-    new_value = np.where(conversions > 0, value * factor, new * per_conversion)
+    per_conversion = np.divide(total_value, total, out=np.zeros(rows), where=total > 0)
+    new_value = np.where(conversions > 0, value * factor, new * per_conversion[:, None])
     if not tested.any():
-        new_value = value
-    return Credits(
-        conversions=new, value=new_value,
-        columns={"base_conversions": conversions, "factor": factor},
-        info=info,
-    )
+        new_value = value.copy()
+    return new, new_value, excess, unassigned
+
+
+def replicates(paths: PathSet, credits: Credits, *, experiments: Sequence[Experiment] = (),
+               base: str = BASE_DEFAULT,
+               base_params: Mapping[str, Any] | None = None) -> Replicator:
+    """What credits bootstrap replicates: the base model's replicates (its own
+    :data:`~touchline.attribution.intervals.REPLICATES` function, from the base fit kept in
+    ``credits.info``), each calibrated by :func:`clamp_and_rescale`. The experiments are held
+    fixed: the interval is the observational credits' uncertainty, clamped."""
+    from touchline.attribution.intervals import REPLICATES
+
+    base_credits = Credits(conversions=np.asarray(credits.columns["base_conversions"]),
+                           value=np.asarray(credits.columns["base_value"]),
+                           info=credits.info.get("base_info", {}))
+    credit_base = REPLICATES[base](paths, base_credits, **dict(base_params or {}))
+    labels = [str(label) for label in paths.labels]
+
+    def credit(conversions: np.ndarray, nulls: np.ndarray,
+               value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        base_conversions, base_value = credit_base(conversions, nulls, value)
+        new, new_value, _, _ = clamp_and_rescale(
+            base_conversions, base_value, conversions.sum(axis=0), value.sum(axis=0),
+            experiments, labels)
+        return new, new_value
+
+    return credit
 
 
 def experiment_targets(

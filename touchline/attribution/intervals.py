@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from touchline.attribution import counterfactual, journey_counterfactual, markov
+from touchline.attribution import calibrated, counterfactual, journey_counterfactual, markov
 from touchline.attribution.paths import PathSet
 from touchline.attribution.registry import Credits, Replicator, run_model
 from touchline.errors import ConfigError
@@ -58,7 +58,8 @@ from touchline.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: the models whose credits ``touchline run`` stores with intervals (``auto`` too, as its pick)
-INTERVAL_MODELS = ("markov", "shapley", "counterfactual", "journey_counterfactual")
+INTERVAL_MODELS = ("markov", "shapley", "counterfactual", "journey_counterfactual",
+                   "calibrated")
 #: replicates of the Python API's ``attribute(ci=...)``; ``touchline run`` and ``attribute`` on the
 #: command line use ``settings.bootstrap_replicates`` (40)
 BOOTSTRAP_REPLICATES_DEFAULT = 200
@@ -74,6 +75,7 @@ REPLICATES: dict[str, Callable[..., Replicator]] = {
     "markov": markov.replicates,
     "counterfactual": counterfactual.replicates,
     "journey_counterfactual": journey_counterfactual.replicates,
+    "calibrated": calibrated.replicates,
 }
 
 
@@ -216,6 +218,11 @@ def replicate_params(model: str, params: Mapping[str, Any] | None,
         chosen = credits.info.get("regularisation")
         if chosen is not None:
             out["regularisation"] = float(chosen)
+    if model == "calibrated":  # its base model, the same way
+        base = out.get("base", calibrated.BASE_DEFAULT)
+        base_info = credits.info.get("base_info", {})
+        out["base_params"] = replicate_params(base, out.get("base_params"), Credits(
+            conversions=credits.conversions, value=credits.value, info=base_info))
     return out
 
 
