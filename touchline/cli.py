@@ -161,6 +161,12 @@ def print_run(report: object, *, hint: bool = True) -> None:
     for conversion, reason in report.auto.items():
         console.print(f"[bold]auto[/] for {escape(conversion)}: {escape(reason)}",
                       highlight=False)
+    for conversion, models in report.flagged.items():
+        named = "; ".join(f"{model}: {', '.join(channels)}" for model, channels in
+                          models.items())
+        console.print(f"[bold]intervals[/] for {escape(conversion)}: the credit of these "
+                      f"channels reaches zero (no ground for budget; table credit_intervals): "
+                      f"{escape(named)}", highlight=False)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if report.main_conversion is None:

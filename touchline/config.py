@@ -259,6 +259,10 @@ CONVERSIONS_DEFAULT: list[dict[str, Any]] = [
     {"name": "deal_won", "deal": "won", "value": "deal_amount", "unit": "account"},
 ]
 #: ``auto`` is the data-driven model that best predicts the later journeys (docs/attribution.md)
+#: replicates of the stored bootstrap intervals: each 90 % bound lies between the 2nd and 3rd
+#: most extreme replicate, and the intervals of every data-driven model cost a few per cent of
+#: `touchline run` at 10M events (docs/attribution.md)
+BOOTSTRAP_REPLICATES_DEFAULT = 40
 MODELS_DEFAULT = ["last_non_direct", "linear", "position_based", "time_decay", "markov",
                   "shapley", "counterfactual", "auto"]
 
@@ -481,6 +485,15 @@ class Settings(BaseSettings):
     default_model: str = Field(
         "linear", description="Model of the run's summary and of `attribute` without --model."
     )
+    bootstrap_replicates: int = Field(
+        BOOTSTRAP_REPLICATES_DEFAULT, ge=0, description="Bootstrap replicates of the intervals "
+        "`touchline run` stores for the data-driven models (credit_intervals) and `attribute` "
+        "shows; 0: none. More replicates, steadier bounds, a longer run.",
+    )
+    bootstrap_confidence: float = Field(
+        0.9, gt=0, lt=1, description="Confidence level of the bootstrap intervals.")
+    bootstrap_seed: int = Field(
+        0, ge=0, description="Seed of the bootstrap draws: the same data give the same bounds.")
     stage_models: dict[str, list[StageSpec]] = Field(
         {}, description="Your own stage models: name -> ordered stages (docs/journeys.md); "
         "the presets lifecycle, funnel, hourglass and b2b always exist.",

@@ -3,7 +3,8 @@
 ``run(con, settings)`` is what ``touchline run`` does on the user's own warehouse (and what the
 demo does on simulated data): it prepares the ingested events, builds the journeys of every
 conversion type (``journeys``, ``journey_touches``), credits every converting touch under each
-model of ``settings.attribution_models`` (``credits``), and returns a :class:`RunReport` whose
+model of ``settings.attribution_models`` (``credits``; the data-driven models' bootstrap
+intervals in ``credit_intervals``), and returns a :class:`RunReport` whose
 figures the CLI prints. Re-running replaces these tables whole.
 
 The model ``auto`` (in the default list) is no registered model but a choice: for each
@@ -58,6 +59,9 @@ class RunReport:
     warnings: list[str] = field(default_factory=list)
     #: per conversion type, what ``auto`` picked and why (``model_choices`` has the scores)
     auto: dict[str, str] = field(default_factory=dict)
+    #: per conversion type and data-driven model, the channels whose bootstrap interval
+    #: reaches zero credit (``credit_intervals`` has every bound)
+    flagged: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
@@ -93,6 +97,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
              + ", ".join(settings.attribution_models))
     start = time.perf_counter()
     rows["credits"], unplaced, picks = write_credits(con, settings)
+    flagged = flagged_channels(con)
     seconds["credits"] = time.perf_counter() - start
     conversions = conversion_summary(con.table(store.JOURNEYS.name),
                                      [c.name for c in settings.conversions])
@@ -101,7 +106,19 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     warnings = [*notes, *unknown_events(con, settings), *unconverted_currencies(con),
                 *order_notes(con), *unplaced]
     return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
-                     rows, seconds, prepared, warnings, picks)
+                     rows, seconds, prepared, warnings, picks, flagged)
+
+
+def flagged_channels(con: BaseBackend) -> dict[str, dict[str, list[str]]]:
+    """From ``credit_intervals``: per conversion type and model, the flagged channels."""
+    bounds = con.table(store.CREDIT_INTERVALS.name)
+    rows = bounds.filter(bounds.flagged).select("conversion", "model", "channel").order_by(
+        ["conversion", "model", "channel"]).to_pandas()
+    out: dict[str, dict[str, list[str]]] = {}
+    for row in rows.itertuples(index=False):
+        out.setdefault(str(row.conversion), {}).setdefault(str(row.model), []).append(
+            str(row.channel))
+    return out
 
 
 def match_calls(con: BaseBackend, settings: Settings, progress: Progress) -> list[str]:
@@ -189,9 +206,14 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
     ``settings.attribution_models`` and store them as ``credits`` (replacing it); return the
     rows written, a sentence for each model that credits channels no converting journey
     holds (that credit stays with the converting journeys' own channels), and per conversion
-    type what ``auto`` picked and why (its candidates' scores go to ``model_choices``)."""
-    from touchline.attribution.compare import run_model
+    type what ``auto`` picked and why (its candidates' scores go to ``model_choices``).
+
+    The data-driven models (and ``auto``'s pick) also get bootstrap intervals of their channel
+    credits, ``settings.bootstrap_replicates`` of them, stored as ``credit_intervals``."""
+    from touchline.attribution.calibrated import CALIBRATED, experiment_targets
+    from touchline.attribution.intervals import INTERVAL_MODELS, credit_intervals
     from touchline.attribution.paths import journey_pathset
+    from touchline.attribution.registry import run_model
     from touchline.attribution.select import (
         AUTO_MODEL,
         FALLBACK,
@@ -202,6 +224,9 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
 
     touches = con.table(store.JOURNEY_TOUCHES.name)
     parts: list[pa.Table] = []
+    intervals: list[pd.DataFrame] = []
+    experiments = (con.table(store.EXPERIMENTS.name).to_pandas()
+                   if CALIBRATED in settings.attribution_models else pd.DataFrame())
     notes: list[str] = []
     picks: dict[str, str] = {}
     choices: list[pd.DataFrame] = []
@@ -219,12 +244,26 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
         if not n or paths.total_conversions == 0:
             continue
         for model in settings.attribution_models:
+            fitted, params = model, {}
             if model == AUTO_MODEL:
                 choice = choose_model(paths, fallback=FALLBACK)
                 credits, picks[spec.name] = choice.credits, choice.reason
                 choices.append(choice_rows(spec.name, choice))
+                fitted, params = choice.model, dict(choice.params)
+            elif model == CALIBRATED:
+                params = {"experiments": experiment_targets(experiments, paths, converting,
+                                                            conversion=spec.name)}
+                credits = run_model(paths, model, params)
             else:
                 credits = run_model(paths, model)
+            if fitted in INTERVAL_MODELS and settings.bootstrap_replicates:
+                bounds = credit_intervals(
+                    paths, fitted, params, credits=credits,
+                    replicates=settings.bootstrap_replicates,
+                    confidence=settings.bootstrap_confidence, seed=settings.bootstrap_seed)
+                intervals.append(bounds.rename(columns={paths.level: "channel"}).assign(
+                    conversion=spec.name, model=model, replicates=settings.bootstrap_replicates,
+                    confidence=settings.bootstrap_confidence))
             credit, value = touch_amounts(paths, credits)
             unplaced = unplaced_credit(paths, credits.conversions)
             if unplaced:
@@ -249,6 +288,10 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
     data = (pa.concat_tables([p.cast(schema) for p in parts]) if parts
             else schema.empty_table())
     engine.load_table(con, store.CREDITS.name, data)
+    bounds_schema = store.CREDIT_INTERVALS.schema.to_pyarrow()
+    engine.load_table(con, store.CREDIT_INTERVALS.name, pa.Table.from_pandas(
+        pd.concat(intervals, ignore_index=True)[bounds_schema.names], preserve_index=False)
+        .cast(bounds_schema) if intervals else bounds_schema.empty_table())
     if with_auto:
         picked = store.MODEL_CHOICES.schema.to_pyarrow()
         engine.load_table(con, store.MODEL_CHOICES.name, pa.Table.from_pandas(

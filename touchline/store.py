@@ -285,6 +285,35 @@ REVIEWS = TableSpec(
     ),
 )
 
+EXPERIMENTS = TableSpec(
+    name="experiments",
+    doc="Incrementality experiments (`touchline experiments import FILE`): a geo or holdout "
+    "test of one channel or campaign over a period, with the incremental conversions it "
+    "measured (or the lift over the control group) and that measure's interval. The model "
+    "`calibrated` keeps channel credits inside these intervals. docs/attribution.md.",
+    key="row_hash",
+    required=("period_start", "period_end", "test_type"),
+    columns=_cols(
+        ("experiment_id", S, "your name for the test, when given"),
+        ("channel", S, "the channel tested (as in touches.channel); this or campaign"),
+        ("campaign", S, "the campaign tested (as in touches.campaign); this or channel"),
+        ("conversion", S, "the conversion type measured (settings.conversions); empty: all"),
+        ("period_start", D, "first day of the test (UTC)"),
+        ("period_end", D, "last day of the test (UTC), on or after period_start"),
+        ("incremental_conversions", F, "conversions the channel caused in the period (test "
+         "minus control, scaled to the whole audience); this or lift"),
+        ("incremental_conversions_low", F, "its interval's lower bound (e.g. 90 %)"),
+        ("incremental_conversions_high", F, "its interval's upper bound"),
+        ("lift", F, "relative lift of the conversion rate, (test - control) / control, e.g. "
+         "0.12; this or incremental_conversions"),
+        ("lift_low", F, "its interval's lower bound"),
+        ("lift_high", F, "its interval's upper bound"),
+        ("test_type", S, "geo or holdout"),
+        ("row_hash", S, "content hash of the row: the dedupe key"),
+        *_LOAD_COLUMNS,
+    ),
+)
+
 SEARCH_CONSOLE = TableSpec(
     name="search_console",
     doc="Google Search Console performance rows.",
@@ -1043,7 +1072,34 @@ MODEL_CHOICES = TableSpec(
     ),
 )
 
-JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_STEPS, JOURNEY_TOUCHES, CREDITS, MODEL_CHOICES)
+CREDIT_INTERVALS = TableSpec(
+    name="credit_intervals",
+    doc="Bootstrap intervals of the channel credits of the data-driven models (markov, shapley, "
+    "counterfactual, journey_counterfactual, calibrated, and auto's pick) from the last "
+    "`touchline run`: "
+    "journeys resampled with replacement, every replicate refitted, percentile intervals per "
+    "channel; `flagged` where the interval reaches zero credit. docs/attribution.md.",
+    key="conversion|model|channel",
+    columns=_cols(
+        ("conversion", S, "conversion type"),
+        ("model", S, "the model key, as in credits.model"),
+        ("channel", S, "the channel"),
+        ("conversions", F, "credited conversions (the channel's sum in credits, before the "
+         "split over touches)"),
+        ("conversions_low", F, "lower bound of the interval of credited conversions"),
+        ("conversions_high", F, "upper bound"),
+        ("value", F, "credited revenue"),
+        ("value_low", F, "lower bound of the interval of credited revenue"),
+        ("value_high", F, "upper bound"),
+        ("flagged", B, "the interval reaches zero credit: no ground for budget"),
+        ("replicates", I, "bootstrap replicates (settings.bootstrap_replicates)"),
+        ("confidence", F, "the interval's confidence level, e.g. 0.9 "
+         "(settings.bootstrap_confidence)"),
+    ),
+)
+
+JOURNEY_TABLES = (STAGES, JOURNEYS, JOURNEY_STEPS, JOURNEY_TOUCHES, CREDITS, MODEL_CHOICES,
+                  CREDIT_INTERVALS)
 
 # ---- exports: appended by `touchline export`, see touchline/exports/ ------------------------
 EXPORTS = TableSpec(
@@ -1103,7 +1159,8 @@ EXPORT_TABLES = (EXPORTS, EXPORTED_CONVERSIONS)
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
-        EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, SOCIAL, REVIEWS, REJECTS, INGESTS,
+        EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, SOCIAL, REVIEWS, EXPERIMENTS,
+        REJECTS, INGESTS,
         WRITE_KEYS, USERS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
         *EXPORT_TABLES,
     )
@@ -1114,7 +1171,7 @@ DEAL_TIMES = (
 )
 INGESTIBLE = (
     "events", "deals", "spend", "calls", "surveys", "search_console", "social", "reviews",
-    "number_leases",
+    "number_leases", "experiments",
 )
 
 

@@ -82,9 +82,10 @@ def test_hand_case_counterfactual_keeps_single_channel_paths_and_favours_a() -> 
 
 
 def test_every_registered_model_has_a_hand_case_or_a_timed_golden() -> None:
-    # journey_counterfactual's hand cases are in test_journey_counterfactual.py
+    # journey_counterfactual's hand cases are in test_journey_counterfactual.py, calibrated's
+    # in test_calibrated.py
     covered = {model for model, _, _ in HAND_EXPECTED} | {
-        "counterfactual", "journey_counterfactual", "time_decay"}
+        "counterfactual", "journey_counterfactual", "time_decay", "calibrated"}
     assert covered == set(MODELS)
 
 
@@ -117,6 +118,7 @@ TWO_TOUCH = {
     "shapley": {"A": 0.5, "B": 0.5},
     "counterfactual": {"A": 0.5, "B": 0.5},  # no non-converting journey: equal split
     "journey_counterfactual": {"A": 0.5, "B": 0.5},  # the same
+    "calibrated": {"A": 0.5, "B": 0.5},  # no experiments: counterfactual's
     "time_decay": {"A": 1 / 3, "B": 2 / 3},  # one half-life (7 days) apart
 }
 

@@ -60,3 +60,46 @@ def test_out_of_range_values_go_to_rejects_with_their_reason(con: BaseBackend,
     assert reviews.review_id.tolist() == ["g1", "t1", "t3"]
     surveys = con.table("surveys").execute()
     assert surveys.segment.tolist() == ["pro", "free"]
+
+
+EXPERIMENTS = """experiment_id,channel,campaign,period_start,period_end,\
+incremental_conversions,incremental_conversions_low,incremental_conversions_high,lift,lift_low,\
+lift_high,test_type
+email-q1,Email,,2026-01-01,2026-03-31,120,90,150,,,,holdout
+geo-search,,spring,2026-02-01,2026-02-28,,,,0.12,0.05,0.19, Geo
+no-target,,,2026-01-01,2026-01-31,10,5,15,,,,geo
+backwards,Display,,2026-03-01,2026-02-01,10,5,15,,,,geo
+survey,Display,,2026-03-01,2026-03-31,10,5,15,,,,survey
+no-measure,Display,,2026-03-01,2026-03-31,,,,,,,geo
+no-bounds,Display,,2026-03-01,2026-03-31,10,,,,,,geo
+outside,Display,,2026-03-01,2026-03-31,20,5,15,,,,geo
+lift-too-low,Display,,2026-03-01,2026-03-31,,,,-0.5,-1.2,0.1,geo
+"""
+
+
+def test_experiments_load_and_bad_rows_say_what_is_wrong(con: BaseBackend,
+                                                         tmp_path: Path) -> None:
+    path = tmp_path / "experiments.csv"
+    path.write_text(EXPERIMENTS)
+    result = ingest_file(con, path, "experiments", settings=SETTINGS)
+    assert (result.loaded, result.rejected) == (2, 7)
+    rejects = con.table("rejects").order_by("line").select(
+        "line", "field", "reason_code", "reason").execute()
+    assert rejects.drop(columns="reason").values.tolist() == [
+        [4, "channel", "missing_target"],
+        [5, "period_end", "bad_period"],
+        [6, "test_type", "bad_test_type"],
+        [7, "incremental_conversions", "missing_measure"],
+        [8, "incremental_conversions_low", "missing_interval"],
+        [9, "incremental_conversions", "bad_interval"],
+        [10, "lift_low", "bad_lift"],
+    ]
+    assert rejects.reason.tolist()[5] == ("incremental_conversions 20.0 lies outside its "
+                                          "interval 5.0 to 15.0")
+    loaded = con.table("experiments").order_by("experiment_id").execute()
+    assert loaded.experiment_id.tolist() == ["email-q1", "geo-search"]
+    assert loaded.test_type.tolist() == ["holdout", "geo"]  # trimmed, lower case
+    assert loaded.campaign.tolist()[1] == "spring"
+    # importing the same file again adds nothing
+    again = ingest_file(con, path, "experiments", settings=SETTINGS)
+    assert (again.loaded, again.duplicates) == (0, 2)

@@ -223,6 +223,19 @@ def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # typ
     assert deal_credit.time_decay.tolist() == pytest.approx(decay / decay.sum())
     deal_value = credits[(credits.conversion == "deal_won")].groupby("model").value.sum()
     assert np.allclose(deal_value, 1800.0)
+    # beside the credits, the data-driven models' bootstrap intervals: his one deal journey is
+    # every resample, so each interval is the quarter per channel, with no width
+    bounds = con.table("credit_intervals").to_pandas()
+    deal_bounds = bounds[bounds.conversion == "deal_won"]
+    assert sorted(deal_bounds.model.unique()) == ["auto", "counterfactual", "markov", "shapley"]
+    assert sorted(deal_bounds.channel.unique()) == ["Direct", "Organic Search", "Paid Search",
+                                                    "Phone"]
+    for column in ("conversions", "conversions_low", "conversions_high"):
+        assert deal_bounds[column].tolist() == pytest.approx([0.25] * 16)
+    assert deal_bounds.value_high.tolist() == pytest.approx([450.0] * 16)
+    assert not deal_bounds.flagged.any()
+    assert set(deal_bounds.replicates) == {settings.bootstrap_replicates}
+    assert set(deal_bounds.confidence) == {0.9}
 
 
 def test_stages_may_be_skipped_and_entered_out_of_order(con: BaseBackend) -> None:

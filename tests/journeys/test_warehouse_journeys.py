@@ -41,6 +41,9 @@ def test_cli_attributes_the_users_own_prepared_files(tmp_path: Path) -> None:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     assert "purchase credited by channel (linear)" in result.output
+    assert ("intervals for purchase: the credit of these channels reaches zero (no ground for "
+            "budget; table credit_intervals): auto: Email, Organic Search, Paid Search; "
+            "counterfactual:") in " ".join(result.output.split())
     result = runner.invoke(app, ["attribute", "--model", "linear", "--format", "json",
                                  "--database", db])
     assert result.exit_code == 0, result.output
@@ -48,6 +51,30 @@ def test_cli_attributes_the_users_own_prepared_files(tmp_path: Path) -> None:
     credits = {c["channel"]: (c["conversions"], c["value"]) for c in got["channels"]}
     # one purchase over two touches: half each, revenue alike; bob's journey did not convert
     assert credits == {"Organic Search": (0.5, 60.0), "Paid Search": (0.5, 60.0), "Email": (0, 0)}
+    # a data-driven model comes with its bootstrap interval, as `touchline run` stored it: of
+    # two journeys, a resample holds ann's purchase twice (a quarter of resamples), once, or
+    # never (a quarter): Markov's half per channel ranges from 0 to 1, so both are flagged
+    result = runner.invoke(app, ["attribute", "--model", "markov", "--format", "json",
+                                 "--database", db])
+    assert result.exit_code == 0, result.output
+    bounds = {c["channel"]: (c["conversions"], c["conversions_low"], c["conversions_high"],
+                             c["flagged"]) for c in json.loads(result.output)["channels"]}
+    assert bounds == {"Organic Search": (0.5, 0.0, 1.0, True),
+                      "Paid Search": (0.5, 0.0, 1.0, True), "Email": (0.0, 0.0, 0.0, True)}
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as stored:
+        rows = stored.sql("select channel, conversions_low, conversions_high, flagged from "
+                          "credit_intervals where model = 'markov' order by channel").fetchall()
+    assert rows == [("Email", 0.0, 0.0, True), ("Organic Search", 0.0, 1.0, True),
+                    ("Paid Search", 0.0, 1.0, True)]
+    result = runner.invoke(app, ["attribute", "--model", "markov", "--database", db],
+                           env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "reaches 0" in result.output
+    assert ("90% bootstrap intervals from 40 resamples of the journeys; the interval of "
+            "Email, Organic Search, Paid Search reaches zero credit") in " ".join(
+                result.output.split())
     result = runner.invoke(app, ["attribute", "--model", "last_touch", "--by", "keyword",
                                  "--format", "csv", "--database", db])
     assert result.exit_code == 0, result.output

@@ -39,14 +39,16 @@ formula and the one- and two-touch cases.
 from __future__ import annotations
 
 from touchline.attribution import (  # noqa: F401 - registers the models
+    calibrated,
     counterfactual,
     journey_counterfactual,
     markov,
     rules,
     shapley,
 )
-from touchline.attribution.compare import as_paths, attribute, bootstrap, compare
+from touchline.attribution.compare import as_paths, attribute, compare
 from touchline.attribution.evaluate import Truth, evaluate, load_truth
+from touchline.attribution.intervals import bootstrap, credit_intervals
 from touchline.attribution.markov import transition_matrix
 from touchline.attribution.path_files import read_path_file
 from touchline.attribution.paths import PathSet, aggregate_paths
@@ -62,6 +64,7 @@ __all__ = [
     "attribute",
     "bootstrap",
     "compare",
+    "credit_intervals",
     "evaluate",
     "load_truth",
     "read_path_file",

@@ -11,6 +11,7 @@ and with ``--model all`` each channel carries ``{"conversions": {model: ...}, "v
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console, Group, RenderableType
@@ -27,6 +29,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from touchline import store
+from touchline.attribution.calibrated import CALIBRATED, Experiment, experiment_targets
 from touchline.attribution.compare import attribute as attribute_paths
 from touchline.attribution.compare import compare
 from touchline.attribution.evaluate import evaluate as evaluate_models
@@ -55,7 +58,8 @@ MODEL_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shared evenly or by weight", ("linear", "time_decay", "custom")),
     ("shared by position", ("position_based", "w_shaped", "full_path")),
     ("J-shaped", ("j_shaped", "inverse_j")),
-    ("data-driven", ("markov", "shapley", "counterfactual", "journey_counterfactual", "auto")),
+    ("data-driven", ("markov", "shapley", "counterfactual", "journey_counterfactual", "auto",
+                     "calibrated")),
 )
 #: characters of the channel (or campaign …) column before its text wraps onto a second line
 LABEL_WIDTH_MAX = 22
@@ -107,10 +111,12 @@ def _day(text: str | None, option: str) -> datetime | None:
 
 
 def _warehouse_paths(database: str | None, level: str, since: str | None, until: str | None,
-                     conversion: str | None, *, time_split: bool = False) -> tuple[PathSet, str]:
+                     conversion: str | None, *, time_split: bool = False,
+                     ) -> tuple[PathSet, str, list[Experiment]]:
     """The stored journeys of one conversion type (``touchline run``) as paths at ``level``,
-    with the conversion type's name (default: the one with the most value); ``time_split``
-    marks the latest journeys for ``auto``'s time-based split."""
+    with the conversion type's name (default: the one with the most value) and the stored
+    experiments on them (for ``calibrated``); ``time_split`` marks the latest journeys for
+    ``auto``'s time-based split."""
     from touchline import engine
     from touchline.config import load_settings
 
@@ -126,13 +132,53 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
     touches = con.table("journey_touches")
     touches = journeys_in_period(touches.filter(touches.conversion == conversion),
                                  since=_day(since, "--since"), until=_day(until, "--until"))
-    path_set, _ = journey_pathset(touches, level=level,
-                                  split_holdout=HOLDOUT_DEFAULT if time_split else None)
+    path_set, converting = journey_pathset(touches, level=level,
+                                           split_holdout=HOLDOUT_DEFAULT if time_split else None)
     if not path_set.n_paths:
         raise ConfigError(f"no journeys of {conversion} in warehouse {settings.database_url}"
                           + (f" between {since or 'the start'} and {until or 'now'}"
                              if since or until else ""))
-    return path_set, conversion
+    store.init(con)  # a warehouse made before experiments existed gets the empty table
+    experiments = experiment_targets(con.table(store.EXPERIMENTS.name).to_pandas(), path_set,
+                                     converting, conversion=conversion, level=level)
+    return path_set, conversion, experiments
+
+
+def _interval_settings(model: str, ci: float | None, replicates: int | None,
+                       database: str | None) -> tuple[float | None, int, int]:
+    """``(ci, replicates, seed)`` of ``attribute``: the data-driven models get the settings'
+    interval (as ``touchline run`` stores it) unless the options say otherwise;
+    ``--replicates 0`` shows none."""
+    from touchline.attribution.intervals import INTERVAL_MODELS
+    from touchline.config import load_settings
+
+    settings = load_settings(**({"database_url": database} if database else {}))
+    replicates = settings.bootstrap_replicates if replicates is None else replicates
+    if replicates == 0:
+        return None, 2, settings.bootstrap_seed
+    if ci is None and model in INTERVAL_MODELS:
+        ci = settings.bootstrap_confidence
+    return ci, replicates, settings.bootstrap_seed
+
+
+def _flag_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """For the table: ``flagged`` as words, the bounds beside their estimate."""
+    if "flagged" not in frame:
+        return frame
+    shown = frame.copy()
+    shown["flagged"] = np.where(frame.flagged, "reaches 0", "")
+    return shown.rename(columns={"flagged": "interval"})
+
+
+def _interval_note(frame: pd.DataFrame) -> str:
+    flagged = frame[frame.flagged][frame.attrs["level"]].tolist()
+    confidence = frame.attrs["ci"]
+    head = (f"{confidence:.0%} bootstrap intervals from {frame.attrs['replicates']} resamples "
+            "of the journeys")
+    if not flagged:
+        return head + "; no channel's interval reaches zero credit."
+    return (head + f"; the interval of {', '.join(map(str, flagged))} reaches zero credit: "
+            "the data cannot tell it from none.")
 
 
 def _clean(value: Any) -> Any:
@@ -287,7 +333,7 @@ def print_demo_summary(paths_file: Path, truth_file: Path) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``attribute`` and ``evaluate`` to ``app``."""
+    """Add ``attribute``, ``experiments import`` and ``evaluate`` to ``app``."""
 
     @app.command()
     def attribute(
@@ -323,8 +369,12 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(help="Model parameter key=value (repeatable), e.g. half_life_days=3."),
         ] = None,
-        ci: Annotated[float | None, typer.Option(help="Bootstrap interval, e.g. 0.9.")] = None,
-        replicates: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 200,
+        ci: Annotated[float | None, typer.Option(
+            help="Bootstrap interval, e.g. 0.9 (default for markov, shapley, counterfactual, "
+            "journey_counterfactual and auto: settings.bootstrap_confidence).")] = None,
+        replicates: Annotated[int | None, typer.Option(
+            help="Bootstrap replicates (default settings.bootstrap_replicates; 0: no "
+            "interval).")] = None,
         by: Annotated[
             str | None,
             typer.Option(help=f"Warehouse only: credit {'|'.join(LEVELS)} (default channel)."),
@@ -362,15 +412,19 @@ def register(app: typer.Typer) -> None:
             if order is not None:
                 params["order"] = order
             if paths is None:
-                path_set, conversion = _warehouse_paths(database, level, since, until,
-                                                        conversion,
-                                                        time_split=model == AUTO_MODEL)
+                path_set, conversion, experiments = _warehouse_paths(
+                    database, level, since, until, conversion, time_split=model == AUTO_MODEL)
+                if model == CALIBRATED:
+                    params.setdefault("experiments", experiments)
             else:
                 path_set = _read(paths, sep, level)
             if model == ALL_MODELS:
-                per_model = {"markov": {"order": order}} if order is not None else {}
                 if params.keys() - {"order"}:
                     raise ConfigError("--param applies to one model; drop it with --model all")
+                per_model: dict[str, dict[str, Any]] = (
+                    {"markov": {"order": order}} if order is not None else {})
+                if paths is None:
+                    per_model[CALIBRATED] = {"experiments": experiments}
                 conversions = compare(path_set, params=per_model)
                 value = compare(path_set, params=per_model, measure="value")
                 shown: str | RenderableType
@@ -392,26 +446,77 @@ def register(app: typer.Typer) -> None:
                                           "with --model auto (it chooses the settings)")
                     choice = choose_model(path_set)
                     params = dict(choice.params)
-                frame = attribute_paths(path_set, choice.model if choice else model, ci=ci,
-                                        replicates=replicates, **params)
+                fitted = choice.model if choice else model
+                ci, replicates, seed = _interval_settings(fitted, ci, replicates, database)
+                frame = attribute_paths(path_set, fitted, ci=ci, replicates=replicates,
+                                        seed=seed, **params)
                 if choice is not None:
                     frame.attrs["auto"] = _auto_json(choice)
                     err_console.print(f"auto: {choice.reason}", markup=False, highlight=False)
+                shown_params = {k: v for k, v in params.items() if k != "experiments"}
+                if "experiments" in params:
+                    shown_params["experiments"] = [dataclasses.asdict(e) for e in
+                                                   params["experiments"]]
+                frame.attrs["params"] = shown_params
                 if fmt == "json":
                     shown = json.dumps(_single_json(frame), indent=2) + "\n"
                 elif fmt == "csv":
                     shown = store.to_csv(frame)
                 else:
+                    described = {k: v for k, v in shown_params.items() if k != "experiments"}
+                    if "experiments" in shown_params:
+                        described["experiments"] = len(shown_params["experiments"])
                     shown = _table(
-                        frame,
-                        (f"auto → {choice.label}" if choice else f"{model} {params or ''}".strip())
+                        _flag_text(frame),
+                        (f"auto → {choice.label}" if choice
+                         else f"{model} {described or ''}".strip())
                         + f": {path_set.total_conversions:,.6g} conversions, "
                         f"{path_set.total_value:,.2f} value",
                         sort_by="conversions",
                     )
+                    if "flagged" in frame:
+                        shown = Group(shown, Text(_interval_note(frame)))
         except TouchlineError as exc:
             raise fail(exc) from None
         _emit(shown, out)
+
+    experiments = typer.Typer(help="Incrementality experiments that calibrate the model "
+                              "`calibrated` (docs/attribution.md).", no_args_is_help=True)
+    app.add_typer(experiments, name="experiments")
+
+    @experiments.command("import")
+    def import_experiments(
+        file: Annotated[Path, typer.Argument(help="CSV, NDJSON or Parquet: channel or "
+                                             "campaign, period_start, period_end, "
+                                             "incremental_conversions or lift with _low and "
+                                             "_high, test_type (geo or holdout).")],
+        database: Annotated[
+            str | None, typer.Option("--database", "-d", help="Warehouse URL (default from "
+                                     "settings).")
+        ] = None,
+    ) -> None:
+        """Load experiment results into `experiments`; bad rows go to `rejects` with line and
+        reason. Re-importing a file adds nothing twice."""
+        from touchline import engine
+        from touchline.collect.ingest import ingest_file
+        from touchline.config import load_settings
+
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            con = engine.connect(settings=settings)
+            result = ingest_file(con, file, store.EXPERIMENTS.name, settings=settings)
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        console.print(f"{file}: {result.rows_read:,} rows read, {result.loaded:,} experiments "
+                      f"loaded, {result.rejected:,} rejected, {result.duplicates:,} already "
+                      "there", markup=False, highlight=False)
+        for code, n in sorted(result.rejects_by_reason.items()):
+            console.print(f"  {n:,} rejected: {code} (table rejects has the line and reason)",
+                          markup=False, highlight=False)
+        if result.loaded or result.duplicates:
+            console.print("add `calibrated` to attribution_models (touchline.toml) for "
+                          "`touchline run`, or: touchline attribute --model calibrated",
+                          markup=False, highlight=False)
 
     @app.command()
     def evaluate(

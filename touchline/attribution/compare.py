@@ -16,15 +16,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from touchline.attribution.intervals import BOOTSTRAP_REPLICATES_DEFAULT, credit_intervals
 from touchline.attribution.path_files import read_path_file
 from touchline.attribution.paths import PathSet, paths_from_touches
-from touchline.attribution.registry import MODELS, Credits, Model, lookup
+from touchline.attribution.registry import MODELS, Credits, Model, lookup, run_model
 from touchline.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_REPLICATES_DEFAULT = 200
-_BOOTSTRAP_BLOCK = 16  # replicates drawn at once for linear models: bounds memory
 
 PathsLike = PathSet | pa.Table | pd.DataFrame | str | Path | Any  # Any: an Ibis table
 
@@ -66,69 +65,6 @@ def _needs_ages(models: Sequence[Model]) -> bool:
     return any(m.needs_ages for m in models)
 
 
-def run_model(paths: PathSet, model: str, params: Mapping[str, Any] | None = None) -> Credits:
-    """Call a registered model with keyword parameters, naming bad ones clearly."""
-    entry = lookup(model)
-    try:
-        return entry.function(paths, **dict(params or {}))
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise ConfigError(
-                f"model {model!r}: {exc}".replace(f"{entry.function.__name__}() ", "")
-            ) from exc
-        raise
-
-
-def bootstrap(
-    paths: PathSet,
-    model: str,
-    params: Mapping[str, Any] | None = None,
-    *,
-    replicates: int = BOOTSTRAP_REPLICATES_DEFAULT,
-    seed: int = 0,
-    credits: Credits | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Credits of ``replicates`` resamples of the journeys: ``(conversions, value)``, each
-    ``replicates × labels``.
-
-    Resampling journeys with replacement from the aggregated table is a multinomial draw of the
-    journey count over the cells (path, converted) and (path, not converted); a cell's revenue
-    scales with its drawn conversions (mean revenue per conversion of the path is kept). Rule
-    models are linear in the counts, so their replicates are one sparse product per block;
-    other models are re-run per replicate.
-    """
-    if replicates < 2:
-        raise ConfigError(f"bootstrap replicates must be >= 2, got {replicates!r}")
-    rng = np.random.default_rng(seed)
-    cells = np.concatenate([paths.conversions, paths.nulls])
-    journeys = round(float(cells.sum()))
-    if journeys == 0:
-        zero = np.zeros((replicates, paths.n_labels))
-        return zero, zero.copy()
-    probabilities = cells / cells.sum()
-    per_conversion = np.divide(
-        paths.value, paths.conversions, out=np.zeros(paths.n_paths), where=paths.conversions > 0
-    )
-    credits = credits or run_model(paths, model, params)
-    out_conversions = np.zeros((replicates, paths.n_labels))
-    out_value = np.zeros((replicates, paths.n_labels))
-    shares = credits.shares(paths)
-    if shares is not None:
-        for lo in range(0, replicates, _BOOTSTRAP_BLOCK):
-            size = min(_BOOTSTRAP_BLOCK, replicates - lo)
-            draws = rng.multinomial(journeys, probabilities, size=size)[:, : paths.n_paths]
-            out_conversions[lo : lo + size] = (shares.T @ draws.T).T
-            out_value[lo : lo + size] = (shares.T @ (draws * per_conversion).T).T
-        return out_conversions, out_value
-    for b in range(replicates):
-        draw = rng.multinomial(journeys, probabilities).astype(float)
-        conversions, nulls = draw[: paths.n_paths], draw[paths.n_paths :]
-        replica = paths.with_counts(conversions, conversions * per_conversion, nulls)
-        result = run_model(replica, model, params)
-        out_conversions[b], out_value[b] = result.conversions, result.value
-    return out_conversions, out_value
-
-
 def credits_frame(
     paths: PathSet, credits: Credits, model: str, params: Mapping[str, Any] | None = None
 ) -> pd.DataFrame:
@@ -168,8 +104,9 @@ def attribute(
     Returns one row per label (column named after ``level``) with ``conversions`` and
     ``value`` plus the model's own columns (``removal_effect``, ``std_error``...). With ``ci``
     (e.g. 0.9), percentile bootstrap bounds ``conversions_low``/``_high`` and
-    ``value_low``/``_high``. ``frame.attrs`` holds the model, its parameters, the totals and
-    model-wide facts.
+    ``value_low``/``_high`` and ``flagged`` where the interval reaches zero credit
+    (:mod:`~touchline.attribution.intervals`). ``frame.attrs`` holds the model, its parameters,
+    the totals and model-wide facts.
 
     >>> from touchline.attribution import PathSet, attribute
     >>> paths = PathSet.from_lists([["a", "b"], ["b"]], conversions=[2, 1], value=[20, 5])
@@ -185,14 +122,11 @@ def attribute(
     if ci is not None:
         if not 0 < ci < 1:
             raise ConfigError(f"ci must be between 0 and 1 (e.g. 0.9), got {ci!r}")
-        conversions, value = bootstrap(
-            path_set, model, params, replicates=replicates, seed=seed, credits=credits
-        )
-        tail = (1 - ci) / 2
-        frame["conversions_low"], frame["conversions_high"] = np.quantile(
-            conversions, [tail, 1 - tail], axis=0
-        )
-        frame["value_low"], frame["value_high"] = np.quantile(value, [tail, 1 - tail], axis=0)
+        bounds = credit_intervals(path_set, model, params, credits=credits,
+                                  replicates=replicates, confidence=ci, seed=seed)
+        for column in ("conversions_low", "conversions_high", "value_low", "value_high",
+                       "flagged"):
+            frame[column] = bounds[column].to_numpy()
         frame.attrs.update(ci=ci, replicates=replicates)
     return frame
 

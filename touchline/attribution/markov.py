@@ -39,7 +39,7 @@ from scipy import sparse
 from scipy.sparse.linalg import bicgstab, spsolve
 
 from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet
-from touchline.attribution.registry import Credits, register
+from touchline.attribution.registry import Credits, Replicator, register
 from touchline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ ORDER_DEFAULT = 1
 ORDER_MAX = 4
 START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
 DIRECT_SOLVE_MAX_STATES = 2_000
+DENSE_SOLVE_MAX_STATES = 200
 _LOOKUP_MAX = 1 << 22  # dense tables up to 4M entries (32 MB) instead of sorting
 RESIDUAL_TOLERANCE = 1e-12
 
@@ -120,8 +121,8 @@ def _transition_counts(
     return counts
 
 
-def build_chain(paths: PathSet, order: int = ORDER_DEFAULT) -> Chain:
-    """Count the transitions of every journey, vectorised over all touches."""
+def _entries(paths: PathSet, order: int) -> _Entries:
+    """The chain's states and each journey's transitions, vectorised over all touches."""
     if not isinstance(order, int) or not 1 <= order <= ORDER_MAX:
         raise ConfigError(f"markov order must be an integer from 1 to {ORDER_MAX}, got {order!r}")
     base = paths.n_labels + 1
@@ -146,37 +147,101 @@ def build_chain(paths: PathSet, order: int = ORDER_DEFAULT) -> Chain:
     n_states = len(unique)
     size = n_states + 3
     start, conversion, null = n_states, n_states + 1, n_states + 2
-
-    journeys = paths.conversions + paths.nulls
     first, last = offsets[:-1], offsets[1:] - 1
     same_path = row[:-1] == row[1:]
     n_paths = paths.n_paths
-    return Chain(
-        digits=digits,
-        counts=_transition_counts(
-            sources=[np.full(n_paths, start), state[:-1][same_path], state[last], state[last]],
-            targets=[
-                state[first],
-                state[1:][same_path],
-                np.full(n_paths, conversion),
-                np.full(n_paths, null),
-            ],
-            weights=[journeys, journeys[row[:-1][same_path]], paths.conversions, paths.nulls],
-            size=size,
-        ),
+    every = np.arange(n_paths)
+    return _Entries(
+        digits=digits, size=size,
+        sources=(np.full(n_paths, start), state[:-1][same_path], state[last], state[last]),
+        targets=(state[first], state[1:][same_path], np.full(n_paths, conversion),
+                 np.full(n_paths, null)),
+        paths=(every, row[:-1][same_path], every, every),
     )
 
 
-def _conversion_probability(q: sparse.csr_matrix, r: np.ndarray, keep: np.ndarray) -> float:
+@dataclass(frozen=True)
+class _Entries:
+    """A chain's transitions before counting: four groups of ``(source, target)`` pairs, each
+    pair taken by the journeys of path ``paths[i]`` (groups: start → first state, state →
+    next state, last state → conversion, last state → null)."""
+
+    digits: np.ndarray
+    size: int
+    sources: tuple[np.ndarray, ...]
+    targets: tuple[np.ndarray, ...]
+    paths: tuple[np.ndarray, ...]
+
+    def weights(self, conversions: np.ndarray, nulls: np.ndarray) -> list[np.ndarray]:
+        journeys = conversions + nulls
+        return [journeys[self.paths[0]], journeys[self.paths[1]], conversions[self.paths[2]],
+                nulls[self.paths[3]]]
+
+
+def build_chain(paths: PathSet, order: int = ORDER_DEFAULT) -> Chain:
+    """Count the transitions of every journey, vectorised over all touches."""
+    entries = _entries(paths, order)
+    return Chain(digits=entries.digits, counts=_transition_counts(
+        list(entries.sources), list(entries.targets),
+        entries.weights(paths.conversions, paths.nulls), entries.size))
+
+
+def replicates(paths: PathSet, credits: Credits, *,
+               order: int = ORDER_DEFAULT) -> Replicator:
+    """What credits bootstrap replicates of ``paths``, exactly: a function of replicate counts
+    and revenue (paths × replicates) giving ``(conversions, value)``, each replicates × labels
+    (``credits`` is unused: the chain has nothing fitted).
+
+    The chain's transition counts are linear in the path counts, so its states and pairs are
+    found once and a block of replicates' counts is one sparse product; only the removal
+    effects (small solves on the states) are computed per replicate.
+    """
+    entries = _entries(paths, order)
+    key = np.concatenate([s * entries.size + t for s, t in
+                          zip(entries.sources, entries.targets, strict=True)])
+    pairs, pair = np.unique(key, return_inverse=True)
+    n_paths = paths.n_paths
+    kind = np.repeat(np.arange(4), [len(p) for p in entries.paths])
+    on_path = np.concatenate(entries.paths)
+
+    def incidence(kinds: tuple[int, ...]) -> sparse.csr_matrix:
+        take = np.isin(kind, kinds)
+        return sparse.csr_matrix((np.ones(int(take.sum())), (pair.ravel()[take], on_path[take])),
+                                 shape=(len(pairs), n_paths))
+
+    walked, converted, lost = incidence((0, 1)), incidence((2,)), incidence((3,))
+    source, target = pairs // entries.size, pairs % entries.size
+
+    def credit(conversions: np.ndarray, nulls: np.ndarray,
+               value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        counts = walked @ (conversions + nulls) + converted @ conversions + lost @ nulls
+        shares = np.zeros((conversions.shape[1], paths.n_labels))
+        for b in range(conversions.shape[1]):  # small solves on the states, per replicate
+            matrix = sparse.csr_matrix((counts[:, b], (source, target)),
+                                       shape=(entries.size, entries.size))
+            matrix.eliminate_zeros()
+            _, effects = removal_effects(Chain(entries.digits, matrix), paths.n_labels)
+            if effects.sum() > 0:
+                shares[b] = effects / effects.sum()
+        return shares * conversions.sum(axis=0)[:, None], shares * value.sum(axis=0)[:, None]
+
+    return credit
+
+
+def _conversion_probability(q: sparse.csr_matrix | np.ndarray, r: np.ndarray,
+                            keep: np.ndarray) -> float:
     """:math:`x_{start}` of :math:`(I - Q)x = r` on the kept transient states (start is last).
 
-    Small chains use a sparse LU. Higher orders make LU fill in badly (order 4 on ten channels:
+    Chains of up to :data:`DENSE_SOLVE_MAX_STATES` states use a dense LU, larger ones a
+    sparse LU. Higher orders make LU fill in badly (order 4 on ten channels:
     8,000 states, seconds per solve), so above :data:`DIRECT_SOLVE_MAX_STATES` BiCGSTAB solves
     to a residual of :data:`RESIDUAL_TOLERANCE`, checked afterwards, with LU as the fallback.
     """
     index = np.flatnonzero(keep)
-    system = (sparse.identity(len(index), format="csr") - q[index][:, index]).tocsc()
     rhs = r[index]
+    if isinstance(q, np.ndarray):
+        return float(np.linalg.solve(np.identity(len(index)) - q[np.ix_(index, index)], rhs)[-1])
+    system = (sparse.identity(len(index), format="csr") - q[index][:, index]).tocsc()
     if len(index) > DIRECT_SOLVE_MAX_STATES:
         x, info = bicgstab(system, rhs, rtol=RESIDUAL_TOLERANCE * 1e-2, atol=0.0, maxiter=10_000)
         if info == 0 and np.abs(system @ x - rhs).max() <= RESIDUAL_TOLERANCE:
@@ -191,7 +256,9 @@ def removal_effects(chain: Chain, n_labels: int) -> tuple[float, np.ndarray]:
     n = chain.n_states
     p = chain.probabilities()
     transient = n + 1  # tuple states and (start)
-    q = p[:transient, :transient].tocsr()
+    q: sparse.csr_matrix | np.ndarray = p[:transient, :transient].tocsr()
+    if transient <= DENSE_SOLVE_MAX_STATES:  # scipy's sparse set-up costs more than the solve
+        q = q.toarray()
     r = np.asarray(p[:transient, n + 1].todense()).ravel()
     everything = np.ones(transient, bool)
     base = _conversion_probability(q, r, everything)

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import sparse
 
 from touchline.attribution.paths import PathSet
-from touchline.errors import UnknownModelError
+from touchline.errors import ConfigError, UnknownModelError
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +121,9 @@ class RuleWeights:
 
 
 ModelFunction = Callable[..., Credits]
+#: credits of a block of bootstrap replicates: ``(conversions, nulls, value)``, each paths ×
+#: replicates, to ``(conversions, value)`` credits, each replicates × labels
+Replicator = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,19 @@ def lookup(name: str, source: str = "model") -> Model:
         ) from None
 
 
+def run_model(paths: PathSet, model: str, params: Mapping[str, Any] | None = None) -> Credits:
+    """Call a registered model with keyword parameters, naming bad ones clearly."""
+    entry = lookup(model)
+    try:
+        return entry.function(paths, **dict(params or {}))
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise ConfigError(
+                f"model {model!r}: {exc}".replace(f"{entry.function.__name__}() ", "")
+            ) from exc
+        raise
+
+
 def credits_from_weights(paths: PathSet, weights: np.ndarray, **info: Any) -> Credits:
     r"""Credits of a rule model from each touch's share of its path.
 
@@ -186,3 +202,24 @@ def credits_from_rule(paths: PathSet, rule: RuleWeights, **info: Any) -> Credits
 def per_path_sum(paths: PathSet, touch_values: np.ndarray) -> np.ndarray:
     """Sum of a per-touch array within each path."""
     return np.bincount(paths.row, touch_values, minlength=paths.n_paths)
+
+
+def rescaled(amounts: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Each row of ``amounts`` (replicates × labels) scaled to sum to its total (zero rows
+    stay zero)."""
+    sums = amounts.sum(axis=1)
+    return amounts * np.divide(totals, sums, out=np.zeros(len(sums)), where=sums > 0)[:, None]
+
+
+def proportional(paths: PathSet, credits: Credits) -> Replicator:
+    """Replicates that keep the data's credit shares, scaled to each replicate's conversions
+    and revenue: for a model with nothing to refit (every journey has one outcome)."""
+    shares = credits.conversions / max(paths.total_conversions, 1e-300)
+    value_shares = credits.value / max(paths.total_value, 1e-300)
+
+    def credit(conversions: np.ndarray, nulls: np.ndarray,
+               value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.outer(conversions.sum(axis=0), shares),
+                np.outer(value.sum(axis=0), value_shares))
+
+    return credit

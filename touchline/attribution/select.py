@@ -242,7 +242,7 @@ def choose_model(paths: PathSet, candidates: tuple[Candidate, ...] = CANDIDATES,
     :class:`~touchline.errors.InputError`: ``touchline run`` must store credits whatever the
     data.
     """
-    from touchline.attribution.compare import run_model
+    from touchline.attribution.registry import run_model
 
     try:
         scores = score_candidates(paths, candidates, holdout=holdout, seed=seed)

@@ -577,6 +577,8 @@ class _ChunkParser:
             ))
         if spec.name == "number_leases":
             self._lease_rules(typed, problems)
+        if spec.name == "experiments":
+            self._experiment_rules(typed, problems)
         if spec.name == "reviews":
             # the forms the identity graph keys people by (prepare/standardise.py)
             typed["email"] = f"lower({typed['email']})"
@@ -661,6 +663,40 @@ class _ChunkParser:
                 "leases are imported)'",
             ),
         ])
+
+    @staticmethod
+    def _experiment_rules(typed: dict[str, str],
+                          problems: list[tuple[str, str, str, str]]) -> None:
+        """An experiment names what it tested (a channel or a campaign), a period that does
+        not end before it starts, a known test type, and a measure with its interval around
+        it: an estimate without bounds cannot say how far to trust it, and a bound on the
+        wrong side of its estimate is a swapped column."""
+        kind = typed["test_type"] = f"lower(trim({typed['test_type']}))"
+        problems.extend([
+            (f"({typed['channel']}) IS NULL AND ({typed['campaign']}) IS NULL", "channel",
+             "missing_target", "'an experiment names the channel or the campaign it tested'"),
+            (f"({typed['period_end']}) < ({typed['period_start']})", "period_end",
+             "bad_period", "'the test ends (period_end) before it starts (period_start)'"),
+            (f"({kind}) NOT IN ('geo', 'holdout')", "test_type", "bad_test_type",
+             f"'field test_type: ' || left({kind}, {_VALUE_SHOWN}) || ' is not geo or "
+             "holdout'"),
+            (f"({typed['incremental_conversions']}) IS NULL AND ({typed['lift']}) IS NULL",
+             "incremental_conversions", "missing_measure",
+             "'an experiment gives incremental_conversions or lift'"),
+        ])
+        for measure in ("incremental_conversions", "lift"):
+            value, low, high = (typed[measure], typed[f"{measure}_low"],
+                                typed[f"{measure}_high"])
+            problems.extend([
+                (f"({value}) IS NOT NULL AND (({low}) IS NULL OR ({high}) IS NULL)",
+                 f"{measure}_low", "missing_interval",
+                 f"'{measure} needs its interval: {measure}_low and {measure}_high'"),
+                (f"coalesce(({low}) > ({value}) OR ({value}) > ({high}), false)", measure,
+                 "bad_interval", f"'{measure} ' || CAST({value} AS VARCHAR) || ' lies outside "
+                 f"its interval ' || CAST({low} AS VARCHAR) || ' to ' || CAST({high} AS VARCHAR)"),
+            ])
+        problems.append((f"coalesce(({typed['lift_low']}) <= -1, false)", "lift_low",
+                         "bad_lift", "'a lift of -1 or less would mean negative conversions'"))
 
     def _bad_json_rules(self, typed: dict[str, str]) -> list[tuple[str, str, str, str]]:
         """A field the row cannot do without, read from a CSV/Parquet cell that is not JSON:
