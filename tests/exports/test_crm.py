@@ -430,3 +430,37 @@ def test_cli_push_crm_writes_a_file_and_names_bad_choices(john_url: str, tmp_pat
     assert "1 new leads, 1 delivered" in followed.output
     assert "stopped after 2 pushes" in followed.output
     assert len(handler.requests) == 1 and handler.requests[0]["signed"]
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "exports.md"
+
+
+def _docs_section() -> str:
+    text = DOCS.read_text()
+    return text[text.index("## Leads to the CRM"):]
+
+
+@pytest.mark.duckdb_only(reason="the docs' examples are Python and TOML; no table is involved")
+def test_the_docs_receiver_accepts_a_signed_lead_and_refuses_a_changed_one(
+        tmp_path: Path) -> None:
+    import re
+    import time
+
+    from touchline.signing import sign
+
+    (code,) = re.findall(r"```python\n(.*?)```", _docs_section(), re.S)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, str(DOCS), "exec"), namespace)
+    check = namespace["is_from_touchline"]
+    body = b'{"lead_id": "lead:m3"}'
+    signature = sign(SECRET.encode(), body, int(time.time()))
+    assert check(SECRET.encode(), body, signature) is True
+    assert check(SECRET.encode(), body + b" ", signature) is False
+    assert check(SECRET.encode(), body, sign(SECRET.encode(), body, 1_000)) is False
+    # the mapping file the docs show loads
+    mapping_block = next(b for b in re.findall(r"```toml\n(.*?)```", _docs_section(), re.S)
+                         if "a mapping file" in b.splitlines()[0])
+    path = tmp_path / "my-fields.toml"
+    path.write_text(mapping_block)
+    names = [f.name for f in load_mapping(str(path)).fields]
+    assert "touchline_landing_page" in names and "hs_analytics_source" not in names
