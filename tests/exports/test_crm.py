@@ -102,13 +102,23 @@ def test_lead_records_read_the_stored_tables_alike(con: BaseBackend, john_file: 
     duck = engine.connect(f"duckdb:///{john_file}")
     tables = {name: duck.table(name).to_pyarrow() for name in READ}
     duck.disconnect()
+    # his chat carried custom fields: a mapping may ask for them (properties.<key>)
+    events = tables["events"]
+    chat = [{"plan": "pro", "seats": 5} if m == "m3" else None
+            for m in events.column("message_id").to_pylist()]
+    tables["events"] = events.set_column(
+        events.schema.get_field_index("properties"), "properties",
+        [[json.dumps(p) if p else None for p in chat]])
     for name, table in tables.items():
         engine.load_table(con, name, table)
-    records = lead_records(con, model="linear", stage_model="lifecycle").to_pyarrow()
+    records = lead_records(con, model="linear", stage_model="lifecycle",
+                           properties=["plan", "seats", "colour"]).to_pyarrow()
+    custom = ["properties.plan", "properties.seats", "properties.colour"]
     assert records.column_names == [*RECORD_FIELDS, "credit_organic_search",
-                                    "credit_paid_search"]
+                                    "credit_paid_search", *custom]
     person = tables["persons"].column("person_id")[0].as_py()
-    assert records.to_pylist() == [_john(person)]
+    assert records.to_pylist() == [{**_john(person), **dict(zip(custom, ["pro", "5", None],
+                                                                strict=True))}]
     # his call and won deal are no leads; a lead before --since is left out
     assert lead_records(con, model="linear", stage_model="lifecycle",
                         since=datetime(2026, 3, 6)).count().to_pyarrow().as_py() == 0
@@ -327,11 +337,15 @@ def test_a_mapping_file_extends_replaces_and_drops_fields(tmp_path: Path,
     assert (mapping.versioned, got["LeadSource"], got["Touchline_Keyword__c"],
             got["Region__c"], "Phone" in got) == ("acme/v1", "Advertisement", "emergency",
                                                   "EMEA", False)
+    assert mapping.property_keys == ()
     as_json = tmp_path / "mine.json"
     as_json.write_text(json.dumps({"object": "contacts", "fields": {
-        "lead_source_channel": {"from": "first_channel"}, "score": "touch_count"}}))
-    assert load_mapping(str(as_json)).properties(john_record) == {
-        "lead_source_channel": "Organic Search", "score": "2"}
+        "lead_source_channel": {"from": "first_channel"}, "score": "touch_count",
+        "plan": {"from": "properties.plan"}}}))
+    mine = load_mapping(str(as_json))
+    assert mine.property_keys == ("plan",)
+    assert mine.properties({**john_record, "properties.plan": "pro"}) == {
+        "lead_source_channel": "Organic Search", "score": "2", "plan": "pro"}
 
 
 @pytest.mark.duckdb_only(reason="mapping files are read in Python; no table is involved")

@@ -86,6 +86,9 @@ RECORD_FIELDS: dict[str, tuple[str, str]] = {
 }
 #: a channel's credit field: ``credit_`` + the channel in snake case
 CREDIT_FIELD = re.compile(r"^credit_[a-z0-9_]+$")
+#: a custom field: a key of the lead event's properties (or an identify call's traits), e.g.
+#: ``properties.plan`` from a form's ``{"plan": "pro"}``
+PROPERTY_FIELD = re.compile(r"^properties\.([A-Za-z_][A-Za-z0-9_]*)$")
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -99,9 +102,9 @@ def credit_field(channel: str) -> str:
 
 
 def is_record_field(name: str) -> bool:
-    """Whether ``name`` is a lead record field (a fixed one, or any channel's credit: a lead
-    never credited to a channel has 0 there)."""
-    return name in RECORD_FIELDS or bool(CREDIT_FIELD.match(name))
+    """Whether ``name`` is a lead record field: a fixed one, any channel's credit (a lead never
+    credited to a channel has 0 there) or a property of the lead event (``properties.<key>``)."""
+    return name in RECORD_FIELDS or bool(CREDIT_FIELD.match(name) or PROPERTY_FIELD.match(name))
 
 
 def lead_journeys(con: BaseBackend, *, conversions: Sequence[str],
@@ -213,10 +216,12 @@ def _stages(con: BaseBackend, leads: ir.Table, stage_model: str) -> ir.Table:
                          stage=joined.stage).view()
 
 
-def _lead_touch(con: BaseBackend, leads: ir.Table) -> ir.Table:
-    """``_touch_ref`` → the lead touch's event, recorder, device and device type."""
+def _lead_touch(con: BaseBackend, leads: ir.Table, properties: Sequence[str]) -> ir.Table:
+    """``_touch_ref`` → the lead touch's event, recorder, device, device type and the
+    ``properties`` asked for (``properties.<key>``: the event's property, else its trait)."""
     touches = con.table("touches")
-    events = con.table("events").select(_event_id="message_id", _agent="user_agent")
+    events = con.table("events").select(_event_id="message_id", _agent="user_agent",
+                                        _properties="properties", _traits="traits")
     refs = leads.select(_ref="ref").distinct()
     found = refs.inner_join(touches, refs._ref == touches.message_id)
     found = found.left_join(events, found._ref == events._event_id)
@@ -228,7 +233,11 @@ def _lead_touch(con: BaseBackend, leads: ir.Table) -> ir.Table:
         else_="desktop")
     return found.select(_touch_ref=found._ref, lead_event=found.event,
                         lead_recorded_by=found.recorded_by, _lead_device=found.device_id,
-                        device_type=device_type).view()
+                        device_type=device_type, **{
+                            f"properties.{key}": ibis.coalesce(
+                                engine.json_value(found._properties, key),
+                                engine.json_value(found._traits, key))
+                            for key in properties}).view()
 
 
 def _company(con: BaseBackend) -> ir.Table:
@@ -248,13 +257,15 @@ def credited_channels(con: BaseBackend, leads: ir.Table, model: str) -> list[str
 
 def lead_records(con: BaseBackend, *, model: str, stage_model: str,
                  conversions: Sequence[str] = LEAD_CONVERSIONS_DEFAULT,
-                 since: datetime | None = None) -> ir.Table:
+                 since: datetime | None = None, properties: Sequence[str] = ()) -> ir.Table:
     """One row per lead (see the module): the fields of :data:`RECORD_FIELDS` in that order,
-    then ``credit_<channel>`` for each channel ``model`` credits in any of the leads.
+    then ``credit_<channel>`` for each channel ``model`` credits in any of the leads, then
+    ``properties.<key>`` (text) for each of ``properties``.
 
     ``model``: the attribution model of the credit fields (its credits must be stored);
     ``stage_model``: the stage model of ``stage`` and ``stage_at_lead``; ``since``: only the
-    leads made at or after it.
+    leads made at or after it; ``properties``: keys of the lead event's properties (or an
+    identify's traits) to carry, e.g. a form's ``plan``.
     """
     leads = lead_journeys(con, conversions=conversions, since=since).view()
     steps = _lead_steps(con, leads)
@@ -263,7 +274,7 @@ def lead_records(con: BaseBackend, *, model: str, stage_model: str,
     channels = credited_channels(con, leads, model)
     credits = _credit_columns(lead_credits(con, leads, model), channels)
     stages = _stages(con, leads, stage_model)
-    touch = _lead_touch(con, leads)
+    touch = _lead_touch(con, leads, properties)
     contacts = rows.person_contacts(con).view()
     persons = con.table("persons").select(_member="person_id", _member_account="account_id")
     company = _company(con)
@@ -307,9 +318,11 @@ def lead_records(con: BaseBackend, *, model: str, stage_model: str,
         "top_channel": out.top_channel,
         "top_channel_credit": out.top_channel_credit,
         **{credit_field(c): out[credit_field(c)].fill_null(0.0) for c in channels},
+        **{f"properties.{key}": out[f"properties.{key}"] for key in properties},
     }
     types = {"string": "string", "datetime": "timestamp", "integer": "int64",
              "number": "float64"}
     return out.select(**{
-        name: value.cast(types[RECORD_FIELDS[name][0]] if name in RECORD_FIELDS else "float64")
+        name: value.cast(types[RECORD_FIELDS[name][0]] if name in RECORD_FIELDS
+                         else "string" if PROPERTY_FIELD.match(name) else "float64")
         for name, value in values.items()}).view()

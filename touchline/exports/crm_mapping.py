@@ -15,7 +15,8 @@ replace or drop (``drop = true``) fields::
     [fields.hs_analytics_source]
     drop = true
 
-A field reads ``from`` a record field (or is a ``constant``); ``type`` is ``string`` (cut to
+A field reads ``from`` a record field, ``credit_<channel>``, a custom field of the lead event
+(``properties.<key>``: a form's ``plan``), or is a ``constant``; ``type`` is ``string`` (cut to
 ``max_length``), ``number``, ``integer``, ``bool``, ``datetime`` (ISO 8601 in UTC, ``Z``),
 ``date`` or ``enumeration`` (the record's value translated by ``values``, else ``default``).
 An unknown record field, type or key is a :class:`~touchline.errors.ConfigError` naming the
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from touchline.errors import ConfigError, did_you_mean
-from touchline.exports.crm import CREDIT_FIELD, RECORD_FIELDS, is_record_field
+from touchline.exports.crm import CREDIT_FIELD, PROPERTY_FIELD, RECORD_FIELDS, is_record_field
 
 DATA = Path(__file__).parent / "data"
 #: the shipped mappings, by name (``touchline``: every record field as it is)
@@ -83,6 +84,12 @@ class Mapping:
     @property
     def versioned(self) -> str:
         return f"{self.name}/v{self.version}"
+
+    @property
+    def property_keys(self) -> tuple[str, ...]:
+        """The lead event's properties the fields read (``from = "properties.<key>"``)."""
+        found = (PROPERTY_FIELD.match(spec.source or "") for spec in self.fields)
+        return tuple(dict.fromkeys(m.group(1) for m in found if m))
 
     def properties(self, record: dict[str, Any]) -> dict[str, Any]:
         """The properties of ``record`` (nulls left out), in the mapping's order."""
@@ -152,8 +159,9 @@ def _field(where: str, name: str, spec: Any) -> FieldSpec | None:
     if source is not None and (not isinstance(source, str) or not is_record_field(source)):
         names = sorted(RECORD_FIELDS)
         raise ConfigError(f"{at}: from {source!r}{did_you_mean(str(source), names)} is not a "
-                          f"lead record field; fields: {', '.join(names)}, or "
-                          "credit_<channel> (e.g. credit_paid_search)")
+                          f"lead record field; fields: {', '.join(names)}, "
+                          "credit_<channel> (e.g. credit_paid_search) or properties.<key> (a "
+                          "property of the lead event)")
     kind = spec.get("type", "string")
     if kind not in TYPES:
         raise ConfigError(f"{at}: type {kind!r}{did_you_mean(str(kind), TYPES)}: choose from "

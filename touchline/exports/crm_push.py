@@ -255,7 +255,8 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
     url = settings.crm_webhook_url
     push_id = "crm_" + uuid.uuid4().hex[:16]
     records = lead_records(con, model=model, stage_model=settings.stage_model,
-                           conversions=settings.crm_lead_conversions, since=since)
+                           conversions=settings.crm_lead_conversions, since=since,
+                           properties=mapping.property_keys)
     if not url and out is None:
         raise ConfigError("nothing to push to: set crm_webhook_url (and crm_webhook_secret) "
                           "or give --out FILE")
