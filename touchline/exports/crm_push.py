@@ -17,7 +17,9 @@ Delivery, lead by lead:
    any other answer, or the last failure, puts the lead in ``crm_dead_letters`` with the last
    status and error.
 
-A lead in ``crm_deliveries`` is never sent again; one in ``crm_dead_letters`` only with
+One push runs at a time on a warehouse (a DuckDB file has one writer, and a push holds it
+from choosing the leads to recording the last; on Spark, run one follower). A lead in
+``crm_deliveries`` is never sent again; one in ``crm_dead_letters`` only with
 ``retry_dead_letters``. What no table can close is a crash after the receiver accepted a POST
 and before ``crm_deliveries`` recorded it: the next push finds the outbox row without an
 outcome, sends the lead again with the *same* ``Idempotency-Key``, logs a warning and marks the
@@ -221,7 +223,8 @@ def write_file(path: Path, mapping: Mapping, records: list[dict[str, Any]]) -> N
     path.write_text(store.to_csv(frame))
 
 
-def _outbox_row(con: BaseBackend, table: str, row: dict[str, Any]) -> None:
+def _append_row(con: BaseBackend, table: str, row: dict[str, Any]) -> None:
+    """Append one row to a CRM table (each lead's record lands as soon as it is known)."""
     spec = store.TABLES[table]
     engine.append(con, table, pa.Table.from_pylist([row], schema=spec.schema.to_pyarrow()))
 
@@ -267,7 +270,7 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
         written = len(every)
     if not url:
         result = PushResult(push_id, mapping.versioned, written=written, path=out)
-        _audit(con, settings, result, model, since, clock())
+        _audit(con, settings, result, mapping, model, since, clock())
         return result
 
     done = con.table("crm_deliveries").select(_done="lead_id")
@@ -298,14 +301,14 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
                             "the same Idempotency-Key (the receiver's dedupe)", lead_id)
             common = {"lead_id": lead_id, "idempotency_key": key, "push_id": push_id,
                       "mapping": mapping.versioned, "destination": where}
-            _outbox_row(con, "crm_outbox", {**common, "queued_at": clock()})
+            _append_row(con, "crm_outbox", {**common, "queued_at": clock()})
             payload = body(mapping, record)
             outcome = send(client, url, payload, key=key, secret=signing_key, retry=retry,
                            clock=clock, wait=stop.wait, resent=again)
             if outcome.delivered:
                 delivered += 1
                 resent += again
-                _outbox_row(con, "crm_deliveries", {
+                _append_row(con, "crm_deliveries", {
                     **common, "payload_sha256": hashlib.sha256(payload).hexdigest(),
                     "attempts": outcome.attempts, "status": outcome.status,
                     "response": outcome.answer[:ANSWER_MAX_CHARS],
@@ -318,7 +321,7 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
                 dead_letters += 1
                 log.warning("lead %s: not accepted after %d POSTs (last HTTP %s): to "
                             "crm_dead_letters", lead_id, outcome.attempts, outcome.status)
-                _outbox_row(con, "crm_dead_letters", {
+                _append_row(con, "crm_dead_letters", {
                     **common, "attempts": outcome.attempts, "last_status": outcome.status,
                     "last_error": outcome.answer[:ANSWER_MAX_CHARS],
                     "failed_at": outcome.ended_at})
@@ -326,16 +329,16 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
                         delivered=delivered, dead_letters=dead_letters, resent=resent,
                         stopped=stopped, path=out, destination=where)
     if todo or out is not None:
-        _audit(con, settings, result, model, since, clock())
+        _audit(con, settings, result, mapping, model, since, clock())
     return result
 
 
-def _audit(con: BaseBackend, settings: Settings, result: PushResult, model: str,
-           since: datetime | None, now: datetime) -> None:
+def _audit(con: BaseBackend, settings: Settings, result: PushResult, mapping: Mapping,
+           model: str, since: datetime | None, now: datetime) -> None:
     """The push's row in ``exports`` (``touchline audit exports --destination crm``)."""
     row = audit.export_row(
         export_id=result.push_id, destination=DESTINATION, format_id=result.mapping,
-        conversion=",".join(settings.crm_lead_conversions), platform_name=result.mapping,
+        conversion=",".join(settings.crm_lead_conversions), platform_name=mapping.object,
         value_basis=f"model:{model}", since=since, exported_at=now,
         conversion_count=result.delivered, adjustment_count=0,
         rejected_count=result.dead_letters, path=str(result.path) if result.path else "",
