@@ -73,7 +73,8 @@ RECORD_FIELDS: dict[str, tuple[str, str]] = {
     "channels_seen": ("string", "those channels in the order first seen, joined by '; '"),
     "device_count": ("integer", "distinct devices among the touches"),
     "days_to_lead": ("number", "days from the first touch to the lead"),
-    "lead_event": ("string", "the event that made the lead (Chat Started, Form Submitted...)"),
+    "lead_event": ("string", "the event that made the lead (Chat Started, Form Submitted...; "
+                   "identify for an identify call)"),
     "lead_recorded_by": ("string", "the system that recorded it (web, chat, forms, calls...)"),
     "device_id": ("string", "the device of the lead (else of the last touch): anon:<id>..."),
     "device_type": ("string", "desktop, mobile or tablet, from the lead's user agent (null: "
@@ -231,7 +232,7 @@ def _lead_touch(con: BaseBackend, leads: ir.Table, properties: Sequence[str]) ->
         (agent.re_search("ipad|tablet|kindle|playbook|silk"), "tablet"),
         (agent.re_search("mobi|iphone|ipod|android|blackberry|opera mini|iemobile"), "mobile"),
         else_="desktop")
-    return found.select(_touch_ref=found._ref, lead_event=found.event,
+    return found.select(_touch_ref=found._ref, lead_event=ibis.coalesce(found.event, found.type),
                         lead_recorded_by=found.recorded_by, _lead_device=found.device_id,
                         device_type=device_type, **{
                             f"properties.{key}": ibis.coalesce(
