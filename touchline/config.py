@@ -703,6 +703,14 @@ class Settings(BaseSettings):
                                  f"from {', '.join(allowed)}")
         return value
 
+    @field_validator("crm_webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"crm_webhook_url {value!r} must start with https:// (or http:// "
+                             "for a relay on the same host)")
+        return value or None
+
     @field_validator("database_url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:

@@ -478,3 +478,19 @@ def test_the_docs_receiver_accepts_a_signed_lead_and_refuses_a_changed_one(
     path.write_text(mapping_block)
     names = [f.name for f in load_mapping(str(path)).fields]
     assert "touchline_landing_page" in names and "hs_analytics_source" not in names
+
+
+@pytest.mark.duckdb_only(reason="settings checked before any table is read")
+def test_a_push_names_the_setting_it_lacks(john_url: str, tmp_path: Path) -> None:
+    unsigned = _settings(tmp_path, john_url, crm_webhook_url="https://relay.example/leads")
+    con = engine.connect(settings=unsigned)
+    with pytest.raises(ConfigError, match="crm_webhook_secret is not: every lead POST is "
+                       "signed; set TOUCHLINE_CRM_WEBHOOK_SECRET"):
+        push_leads(con, unsigned)
+    typo = _settings(tmp_path, john_url, crm_lead_conversions=["laed"])
+    with pytest.raises(ConfigError, match=r"crm_lead_conversions names 'laed' .did you mean "
+                       "'lead'.., not a conversion type"):
+        push_leads(con, typo, out=tmp_path / "x.csv")
+    con.disconnect()
+    with pytest.raises(ValueError, match="crm_webhook_url 'ftp://relay' must start with"):
+        _settings(tmp_path, crm_webhook_url="ftp://relay")

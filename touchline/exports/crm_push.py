@@ -198,8 +198,9 @@ def _check_inputs(con: BaseBackend, settings: Settings, model: str) -> None:
                                 f"{did_you_mean(model, settings.attribution_models)}: credits are "
                                 f"stored for {', '.join(settings.attribution_models)}")
     tables = set(con.list_tables())
-    missing = [t for t in ("journeys", "journey_steps", "sessions", "touches", "identities",
-                           "stages", "credits") if t not in tables]
+    missing = [t for t in ("journeys", "journey_steps", "sessions", "touches", "events",
+                           "identities", "persons", "accounts", "stages", "credits")
+               if t not in tables]
     if missing:
         raise ConfigError(f"the warehouse {settings.database_url} has no "
                           f"{', '.join(missing)}: run `touchline run` first")
