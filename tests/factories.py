@@ -118,7 +118,8 @@ def prepare_on_duckdb(con: BaseBackend, settings: Settings, events: Sequence[dic
     run_prepare(duck, settings)
     # not the audit log of exports: prepare never writes it, and a copy would empty ``con``'s
     stored = [spec.name for spec in (*store.TABLES.values(),) if spec.view is None
-              and spec not in store.EXPORT_TABLES and spec.name in duck.list_tables()]
+              and spec not in (*store.EXPORT_TABLES, *store.CRM_TABLES)
+              and spec.name in duck.list_tables()]
     for name in stored:
         engine.load_table(con, name, duck.table(name).to_pyarrow())
     store.init(con)

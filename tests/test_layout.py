@@ -15,16 +15,18 @@ PACKAGE = Path(touchline.__file__).parent
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "config": {"errors"},
+    # one HMAC signature scheme for webhooks received and lead payloads sent
+    "signing": set(),
     "engine": {"config", "errors"},
     "store": {"config", "errors", "engine"},
     "simulate": {"config", "errors", "store"},
-    "collect": {"config", "errors", "engine", "store"},
+    "collect": {"config", "errors", "engine", "store", "signing"},
     "prepare": {"config", "errors", "engine", "store"},
     "journeys": {"config", "errors", "engine", "store", "prepare"},
     "attribution": {"config", "errors", "engine", "store", "journeys"},
     "metrics": {"config", "errors", "engine", "store", "journeys"},
     # exports read the stored tables, never the stages' code
-    "exports": {"config", "errors", "engine", "store"},
+    "exports": {"config", "errors", "engine", "store", "signing"},
 }
 TOP = {"pipeline", "demo", "warehouse", "cli", "terminal", "serve", "__init__", "__main__"}
 

@@ -13,7 +13,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -574,6 +581,35 @@ class Settings(BaseSettings):
         "JSON payload to (an API endpoint or your relay); none: files only, no network call.",
     )
 
+    # CRM lead enrichment (touchline push crm): see touchline/exports/crm.py, docs/exports.md
+    crm_lead_conversions: list[str] = Field(
+        ["lead"], description="Conversion types whose journeys are leads for the CRM.")
+    crm_model: str | None = Field(
+        None, description="Attribution model of the leads' credit fields (one of "
+        "attribution_models); none: default_model.")
+    crm_mapping: str = Field(
+        "touchline", description="Field mapping of the lead payloads: touchline (every lead "
+        "record field), hubspot, salesforce, or a TOML / JSON mapping file.")
+    crm_webhook_url: str | None = Field(
+        None, description="URL `touchline push crm` POSTs each lead to (your CRM relay, a "
+        "workflow webhook); none: files only (--out), no network call.")
+    crm_webhook_secret: SecretStr | None = Field(
+        None, description="Shared secret of the X-Touchline-Signature header (HMAC-SHA256 over "
+        "the timestamp and the raw body); set it from TOUCHLINE_CRM_WEBHOOK_SECRET, not a file "
+        "in the repository.")
+    crm_retry_attempts: int = Field(
+        5, ge=1, description="POSTs of one lead before it goes to crm_dead_letters.")
+    crm_retry_base_seconds: float = Field(
+        1.0, ge=0, description="Wait before the first retry; each next retry waits twice as "
+        "long.")
+    crm_retry_max_seconds: float = Field(
+        60.0, ge=0, description="Longest wait between two retries of a lead.")
+    crm_timeout_seconds: float = Field(
+        10.0, gt=0, description="Seconds a POST may take (connect and answer).")
+    crm_follow_interval_seconds: float = Field(
+        30.0, gt=0, description="Seconds between two looks for new leads in `touchline push "
+        "crm --follow`.")
+
     @field_validator("stage_models")
     @classmethod
     def _stages_well_formed(cls, value: dict[str, list[StageSpec]]) -> dict[str, list[StageSpec]]:
@@ -679,6 +715,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"destination {name!r}{did_you_mean(name, allowed)}: choose "
                                  f"from {', '.join(allowed)}")
         return value
+
+    @field_validator("crm_webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"crm_webhook_url {value!r} must start with https:// (or http:// "
+                             "for a relay on the same host)")
+        return value or None
 
     @field_validator("database_url")
     @classmethod

@@ -236,6 +236,17 @@ def json_object(fields: Mapping[str, ir.Value]) -> ir.StringValue:
     return _map_to_json(ibis.map(keys, values))
 
 
+def joined_in_order(values: ir.StringColumn, order: ir.Column, sep: str) -> ir.StringScalar:
+    """An aggregate: ``values`` joined with ``sep`` in the order of ``order`` (null for none).
+
+    Why not ``collect(order_by=...)``: Ibis 12 compiles it for DuckDB but refuses it for Spark
+    (order-sensitive aggregations); collecting ``(order, value)`` structs and sorting the array
+    gives the same answer on both (a struct array sorts by its first field).
+    """
+    pairs = ibis.struct({"order": order, "value": values}).collect()
+    return pairs.sort().map(lambda pair: pair.value).join(sep)
+
+
 @ibis.udf.scalar.builtin(name="url_decode")
 def _url_decode(text: str) -> str:  # type: ignore[empty-body]
     """DuckDB's and Spark's function of that name."""

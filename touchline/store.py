@@ -1110,8 +1110,9 @@ EXPORTS = TableSpec(
     key="export_id",
     columns=_cols(
         ("export_id", S, "exp_ + 16 hex"),
-        ("destination", S, "google-ads, meta or microsoft"),
-        ("format", S, "the layout and its version, e.g. google-ads-clicks-csv/v1"),
+        ("destination", S, "google-ads, meta, microsoft or crm (a `touchline push crm`)"),
+        ("format", S, "the layout and its version, e.g. google-ads-clicks-csv/v1, or the CRM "
+         "field mapping, e.g. hubspot/v1"),
         ("conversion", S, "the conversion type exported (settings.conversions)"),
         ("platform_name", S, "the name the platform knows it by (conversion action, event "
          "name, goal)"),
@@ -1156,13 +1157,67 @@ EXPORTED_CONVERSIONS = TableSpec(
 
 EXPORT_TABLES = (EXPORTS, EXPORTED_CONVERSIONS)
 
+# ---- CRM lead pushes: appended by `touchline push crm`, see touchline/exports/crm_push.py ----
+_CRM_LEAD = (
+    ("lead_id", S, "<conversion>:<ref>: the touch or deal that made the lead"),
+    ("idempotency_key", S, "the Idempotency-Key header: the same for every send of the lead"),
+    ("push_id", S, "the push (crm_ + 16 hex); exports.export_id of its audit row"),
+    ("mapping", S, "the field mapping and its version, e.g. hubspot/v1"),
+    ("destination", S, "the webhook URL (query string removed)"),
+)
+
+CRM_OUTBOX = TableSpec(
+    name="crm_outbox",
+    doc="Leads about to be POSTed to the CRM webhook: written before a lead's first attempt. A "
+    "lead here with no row in crm_deliveries or crm_dead_letters of the same push was being "
+    "sent when the process stopped: the next push sends it again with the same idempotency key "
+    "(the receiver's dedupe) and marks the delivery resent.",
+    key="push_id|lead_id",
+    columns=_cols(*_CRM_LEAD, ("queued_at", TS, "when the send began")),
+)
+
+CRM_DELIVERIES = TableSpec(
+    name="crm_deliveries",
+    doc="Every lead the CRM webhook accepted (2xx), once: what keeps a lead from being "
+    "delivered twice (a later push skips it).",
+    key="lead_id",
+    columns=_cols(
+        *_CRM_LEAD,
+        ("payload_sha256", S, "SHA-256 (hex) of the body sent: the payload itself (with the "
+         "person's e-mail) is not kept"),
+        ("attempts", I, "POSTs it took (1 + retries)"),
+        ("status", I, "the accepting HTTP status"),
+        ("response", S, "the receiver's answer (first 4 Ki characters)"),
+        ("first_attempt_at", TS, "when the first POST began"),
+        ("delivered_at", TS, "when it was accepted"),
+        ("resent", B, "sent again after a push that may have delivered it stopped midway"),
+    ),
+)
+
+CRM_DEAD_LETTERS = TableSpec(
+    name="crm_dead_letters",
+    doc="Leads the CRM webhook did not accept after every retry (or refused outright with a "
+    "4xx other than 408 and 429): later pushes skip them until `touchline push crm "
+    "--retry-dead-letters`.",
+    key="push_id|lead_id",
+    columns=_cols(
+        *_CRM_LEAD,
+        ("attempts", I, "POSTs made"),
+        ("last_status", I, "the last HTTP status (null: no answer)"),
+        ("last_error", S, "the last answer or connection error (first 4 Ki characters)"),
+        ("failed_at", TS, "when it was given up"),
+    ),
+)
+
+CRM_TABLES = (CRM_OUTBOX, CRM_DELIVERIES, CRM_DEAD_LETTERS)
+
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, SOCIAL, REVIEWS, EXPERIMENTS,
         REJECTS, INGESTS,
         WRITE_KEYS, USERS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
-        *EXPORT_TABLES,
+        *EXPORT_TABLES, *CRM_TABLES,
     )
 }
 #: a deal must carry at least one of these times (created_at is optional: some exports lack it)

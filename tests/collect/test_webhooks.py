@@ -11,8 +11,9 @@ import orjson
 import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
 
-from touchline.collect.webhooks import load_mappings, map_payload, sign
+from touchline.collect.webhooks import load_mappings, map_payload
 from touchline.errors import ConfigError
+from touchline.signing import sign
 
 MAPPINGS = """
 [sources.livechat]

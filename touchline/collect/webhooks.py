@@ -36,7 +36,6 @@ then every request must carry a valid signature (:func:`verify_signature`), or i
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
 import os
 import re
@@ -49,6 +48,7 @@ import orjson
 
 from touchline.collect.segment import Problem, repeated_keys, utc_timestamp_text
 from touchline.errors import ConfigError
+from touchline.signing import matches, parse_signature
 from touchline.store import CALLS, DEAL_TIMES, DEALS, TableSpec
 
 KINDS = ("event", "deal", "call")
@@ -128,16 +128,6 @@ def load_mappings(path: Path | None) -> dict[str, SourceMapping]:
     return mappings
 
 
-def sign(secret: bytes, body: bytes, timestamp: int) -> str:
-    """The ``X-Touchline-Signature`` value for ``body`` sent at ``timestamp`` (Unix seconds):
-    ``t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>." + body>``.
-
-    The timestamp is inside the signed bytes, so it cannot be moved to replay an old body.
-    """
-    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
 def verify_signature(
     mapping: SourceMapping, header: bytes | None, body: bytes, now: float
 ) -> str | None:
@@ -149,19 +139,16 @@ def verify_signature(
     assert mapping.signing_secret is not None
     if header is None:
         return f"source {mapping.name!r} requires a signed request (X-Touchline-Signature)"
-    parts = dict(
-        item.partition("=")[::2] for item in header.decode(errors="replace").split(",")
-    )
-    timestamp, given = parts.get("t", "").strip(), parts.get("v1", "").strip()
-    if not timestamp.isdigit() or not given:
+    parsed = parse_signature(header.decode(errors="replace"))
+    if parsed is None:
         return "X-Touchline-Signature must be t=<unix seconds>,v1=<hex HMAC-SHA256>"
-    if abs(now - int(timestamp)) > mapping.signature_tolerance_seconds:
+    timestamp, given = parsed
+    if abs(now - timestamp) > mapping.signature_tolerance_seconds:
         return (
             f"the signature's timestamp is more than {mapping.signature_tolerance_seconds} s "
             "from the collector's clock (a replay, or the sender's clock is wrong)"
         )
-    expected = sign(mapping.signing_secret, body, int(timestamp)).partition("v1=")[2]
-    if not hmac.compare_digest(expected.encode(), given.encode()):
+    if not matches(mapping.signing_secret, body, timestamp, given):
         return "the signature does not match the body and the source's secret"
     return None
 

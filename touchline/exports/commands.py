@@ -13,7 +13,7 @@ from rich.table import Table
 
 from touchline import engine
 from touchline.config import load_settings
-from touchline.errors import TouchlineError
+from touchline.errors import ConfigError, TouchlineError
 from touchline.exports.export import DESTINATIONS, FORMATS
 from touchline.terminal import fail
 
@@ -28,7 +28,7 @@ DatabaseOption = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``export`` and ``audit exports`` to the ``touchline`` app."""
+    """Add ``export``, ``push crm`` and ``audit exports`` to the ``touchline`` app."""
 
     @app.command("export")
     def export(
@@ -88,13 +88,104 @@ def register(app: typer.Typer) -> None:
                               highlight=False)
             raise typer.Exit(code=1)
 
+    push_app = typer.Typer(help="Push records to other systems.", no_args_is_help=True)
+    app.add_typer(push_app, name="push")
+
+    @push_app.command("crm")
+    def push_crm(
+        since: Annotated[str | None, typer.Option(
+            help="Only leads made from this day on (YYYY-MM-DD).")] = None,
+        mapping: Annotated[str | None, typer.Option(
+            help="Field mapping: touchline, hubspot, salesforce or a .toml / .json file "
+            "(default: settings.crm_mapping).")] = None,
+        out: Annotated[Path | None, typer.Option(
+            help="Also write the mapped leads to this .csv or .ndjson file.")] = None,
+        follow: Annotated[bool, typer.Option(
+            "--follow", help="Keep pushing new leads every settings.crm_follow_interval_seconds "
+            "until Ctrl-C or SIGTERM (beside `touchline serve`; `touchline run` makes the "
+            "leads).")] = False,
+        retry_dead_letters: Annotated[bool, typer.Option(
+            "--retry-dead-letters", help="Send the leads in crm_dead_letters again.")] = False,
+        max_iterations: Annotated[int | None, typer.Option(
+            help="With --follow: stop after this many pushes.", min=1)] = None,
+        database: DatabaseOption = None,
+    ) -> None:
+        """POST each lead not yet delivered to settings.crm_webhook_url, signed, with its
+        idempotency key; retried with backoff, then to `crm_dead_letters`; never twice.
+
+        Without a webhook URL, --out writes the leads to a file and nothing goes over the
+        network. docs/exports.md, "Leads to the CRM".
+        """
+        import signal
+        import threading
+
+        from touchline.exports.crm_mapping import load_mapping
+        from touchline.exports.crm_push import PushResult, push_leads
+        from touchline.exports.crm_push import follow as follow_leads
+        from touchline.serve.figures import parse_day
+
+        def show(result: PushResult) -> None:
+            if result.path is not None:
+                console.print(f"{result.written:,} leads ({result.mapping}) written to "
+                              f"{escape(str(result.path))}", soft_wrap=True)
+            if result.destination is not None and (result.pending or not follow):
+                console.print(f"push {result.push_id} ({result.mapping}) to "
+                              f"{escape(result.destination)}: {result.pending:,} new leads, "
+                              f"{result.delivered:,} delivered"
+                              + (f" ({result.resent:,} resent after an interrupted push)"
+                                 if result.resent else "")
+                              + f", {result.dead_letters:,} to crm_dead_letters"
+                              + (" (stopped)" if result.stopped else ""), soft_wrap=True)
+
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            start = parse_day(since, "--since")
+            chosen = load_mapping(mapping or settings.crm_mapping)
+            if follow and out is not None:
+                raise ConfigError("--follow rewrites nothing: give --out without --follow "
+                                  "(a file of the leads at one moment)")
+            if max_iterations is not None and not follow:
+                raise ConfigError("--max-iterations applies to --follow")
+            if not follow:
+                con = engine.connect(settings=settings)
+                try:
+                    result = push_leads(con, settings, mapping=chosen, since=start, out=out,
+                                        retry_dead_letters=retry_dead_letters)
+                finally:
+                    con.disconnect()
+                show(result)
+                if result.dead_letters:
+                    raise typer.Exit(code=1)
+                return
+            if not settings.crm_webhook_url:
+                raise ConfigError("--follow needs crm_webhook_url (and crm_webhook_secret) in "
+                                  "the settings")
+            stop = threading.Event()
+
+            def ask_to_stop(signum: int, frame: object) -> None:
+                stop.set()
+
+            previous = {sig: signal.signal(sig, ask_to_stop)
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                console.print(f"pushing new leads every {settings.crm_follow_interval_seconds:g} s"
+                              " (Ctrl-C stops)")
+                rounds = follow_leads(settings, stop=stop, mapping=chosen, since=start,
+                                      max_iterations=max_iterations, on_push=show)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            console.print(f"stopped after {rounds:,} pushes")
+        except TouchlineError as exc:
+            raise fail(exc) from None
+
     audit_app = typer.Typer(help="Audit logs: what was sent where.", no_args_is_help=True)
     app.add_typer(audit_app, name="audit")
 
     @audit_app.command("exports")
     def audit_exports(
         destination: Annotated[str | None, typer.Option(
-            help=f"Only this destination: {DESTINATION_NAMES}.")] = None,
+            help=f"Only this destination: {DESTINATION_NAMES} or crm.")] = None,
         limit: Annotated[int, typer.Option(help="Newest exports to show.")] = 50,
         database: DatabaseOption = None,
     ) -> None:
