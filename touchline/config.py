@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -559,6 +559,14 @@ class Settings(BaseSettings):
     export_push_urls: dict[str, str] = Field(
         {}, description="Destination (google-ads, meta, microsoft) -> URL the export POSTs its "
         "JSON payload to (an API endpoint or your relay); none: files only, no network call.",
+    )
+
+    # privacy: see touchline/privacy/, docs/privacy.md
+    pii_hash_key: SecretStr | None = Field(
+        None, description="Secret key of the keyed hash (HMAC-SHA256) touchline stores instead "
+        "of personal identifiers: the erasure log's identifier hashes. At least 16 characters; "
+        "keep it out of touchline.toml (TOUCHLINE_PII_HASH_KEY). Changing it makes old hashes "
+        "unmatchable.", min_length=16,
     )
 
     @field_validator("stage_models")

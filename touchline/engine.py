@@ -12,6 +12,8 @@ engines that Ibis does not hide live here and nowhere else:
   ``'NaN'``: :func:`load_table` goes through Parquet on Spark instead.
 * DuckDB has transactions; Spark's tables are folders of Parquet files without them:
   :func:`all_or_nothing` gives a block of writes to several tables one outcome on both.
+* Neither Ibis nor Spark's Parquet tables have ``DELETE``: :func:`delete_where` runs DuckDB's
+  own and rewrites the kept rows on Spark.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -369,6 +371,42 @@ def add_missing_columns(con: BaseBackend, name: str, schema: ibis.Schema) -> lis
     return [c for c, _ in missing]
 
 
+def delete_where(con: BaseBackend, name: str,
+                 where: Callable[[ir.Table], ir.BooleanValue]) -> int:
+    """Delete the rows of stored table ``name`` for which ``where(table)`` is true; return how
+    many. A null predicate keeps the row.
+
+    DuckDB: one ``DELETE … WHERE`` compiled from the Ibis predicate (through the ``SELECT``
+    Ibis compiles for the filter, so subqueries such as ``isin(other.column)`` work). Spark: its
+    Parquet tables cannot delete rows, and Spark refuses to overwrite a table it reads, so the
+    kept rows go to a scratch table first, then ``INSERT OVERWRITE`` the table from it (the
+    table keeps its definition; the scratch table is dropped after).
+    """
+    table = con.table(name)
+    doomed = where(table).fill_null(False)
+    count = int(table.filter(doomed).count().execute())
+    if not count:
+        return 0
+    if engine_name(con) == "spark":
+        scratch = f"tmp_delete_{name}_{uuid.uuid4().hex[:8]}"
+        kept = con.create_table(scratch, table.filter(~doomed))
+        try:
+            con.insert(name, kept, overwrite=True)
+            con._session.catalog.refreshTable(name)  # type: ignore[attr-defined]
+        finally:
+            con.drop_table(scratch, force=True)
+        return count
+    import sqlglot
+
+    query = con.compiler.to_sqlglot(table.filter(doomed))  # type: ignore[attr-defined]
+    shape = {k for k, v in query.args.items() if v}
+    if shape != {"expressions", "from_", "where"}:
+        raise EngineError(f"cannot delete from {name}: the predicate compiles to {shape}")
+    statement = sqlglot.exp.Delete(this=query.args["from_"].this, where=query.args["where"])
+    con.raw_sql(statement.sql("duckdb"))
+    return count
+
+
 def replace_view(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
     """Make ``name`` the view ``expr``, whatever held the name before."""
     drop_any(con, name)
@@ -382,6 +420,26 @@ def append(con: BaseBackend, name: str, data: pa.Table | ibis.Table) -> None:
         pq.write_table(data, path)
         data = con.read_parquet(str(path))
     con.insert(name, data)
+
+
+@contextmanager
+def transaction(con: BaseBackend) -> Iterator[None]:
+    """A block of deletes and writes as one transaction on DuckDB; on Spark, as they come.
+
+    Unlike :func:`all_or_nothing`, for blocks that *rewrite* tables (:func:`delete_where`):
+    Spark replaces a rewritten table's files, which no roll-back of added files can undo, so
+    such a writer must make a rerun finish the job instead (``touchline erase`` is idempotent).
+    """
+    if engine_name(con) == "spark":
+        yield
+        return
+    con.raw_sql("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.raw_sql("ROLLBACK")
+        raise
+    con.raw_sql("COMMIT")
 
 
 @contextmanager

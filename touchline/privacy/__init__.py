@@ -1,0 +1,11 @@
+"""Privacy: erase a person everywhere (:mod:`~touchline.privacy.erase`). docs/privacy.md.
+
+Reads and rewrites the stored tables, the collector's spool and its lease store; never the
+stages' code.
+"""
+
+from __future__ import annotations
+
+from touchline.privacy.erase import ERASE_KINDS, Erasure, erase
+
+__all__ = ["ERASE_KINDS", "Erasure", "erase"]
