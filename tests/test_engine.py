@@ -173,3 +173,16 @@ def test_pins_hold() -> None:
     assert major_minor < (30, 18), "ibis 12 breaks with sqlglot >= 30.18"
     assert tuple(int(x) for x in duckdb.__version__.split(".")[:2]) < (2, 1)
     assert ibis.__version__ == "12.0.0"
+
+
+def test_delete_where_deletes_matching_rows_keeps_null_predicates_on_each_engine(con) -> None:
+    # a subquery in the predicate (isin another table's column), and a null predicate keeps
+    # its row on both: DuckDB's DELETE and Spark's rewrite of the kept rows
+    engine.load_table(con, "t_del", pd.DataFrame({"k": ["a", "b", "c", None],
+                                                  "n": [1, 2, 3, 4]}))
+    gone = engine.load_table(con, "t_gone", pd.DataFrame({"k": ["b"]}))
+    assert engine.delete_where(con, "t_del", lambda t: t.k.isin(gone.k) | (t.k == "c")) == 2
+    assert engine.delete_where(con, "t_del", lambda t: t.k == "nothing") == 0
+    got = con.table("t_del").order_by("n").to_pandas()
+    assert got.n.tolist() == [1, 4]
+    assert list(con.table("t_del").columns) == ["k", "n"]

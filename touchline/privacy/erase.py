@@ -285,11 +285,16 @@ def resolve(con: BaseBackend, kind: str, value: str, *, region: str
         ids = Identifiers.of(persons, typed)
         events = con.table("events")
         near = events.filter(_event_is_theirs(events, ids, frozenset())).select(
-            "anonymous_id", "user_id", "contact_id").distinct().to_pyarrow().to_pylist()
+            "anonymous_id", "user_id", "contact_id", "email", "phone"
+        ).distinct().to_pyarrow().to_pylist()
         for row in near:
             typed |= {f"{prefix}:{row[column]}" for prefix, column in (
                 ("anon", "anonymous_id"), ("user", "user_id"), ("contact", "contact_id"))
                 if row[column]}
+            if row["email"] and "@" in row["email"]:
+                typed |= set(normalise("email", row["email"], region=region)[1])
+            if row["phone"] and to_e164(row["phone"], region):
+                typed |= set(normalise("phone", row["phone"], region=region)[1])
     return normalised, Identifiers.of(persons, typed)
 
 
