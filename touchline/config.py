@@ -561,6 +561,13 @@ class Settings(BaseSettings):
         "JSON payload to (an API endpoint or your relay); none: files only, no network call.",
     )
 
+    export_require_consent: bool = Field(
+        False, description="Exports to ad platforms also refuse (no_consent) the conversions "
+        "of persons who never stated a consent (no t.js event with context.consent: "
+        "server-side, CRM or call-only people). Persons whose latest stated consent is not "
+        "'granted' are refused whatever this says.",
+    )
+
     # privacy: see touchline/privacy/, docs/privacy.md
     pii_hash_key: SecretStr | None = Field(
         None, description="Secret key of the keyed hash (HMAC-SHA256) touchline stores instead "

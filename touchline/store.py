@@ -143,6 +143,10 @@ EVENTS = TableSpec(
         ("context", S, "Segment context object (JSON text)"),
         *_LOAD_COLUMNS,
         ("write_key", S, "the write key (name) the collector accepted it with"),
+        ("consent", S, "the visitor's consent state when the event was sent (t.js's "
+         "context.consent: granted, or cookieless when refused; lower case), null when the "
+         "source says nothing (server-side, CRM, calls). Exports send no conversion of a person "
+         "whose latest stated consent is not granted (docs/privacy.md)"),
     ),
 )
 

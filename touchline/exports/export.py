@@ -25,7 +25,13 @@ from ibis.backends import BaseBackend
 from touchline.config import Settings
 from touchline.errors import ConfigError, UnknownModelError, did_you_mean
 from touchline.exports import audit, google_ads, meta, microsoft, rows
-from touchline.exports.formats import CheckOptions, Conversion, Format, WriteOptions
+from touchline.exports.formats import (
+    CheckOptions,
+    Conversion,
+    Format,
+    Rejection,
+    WriteOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +102,27 @@ def _conversions(table: Any, *, name: str, currency: str) -> list[Conversion]:
     return out
 
 
+#: why a conversion of a person without ad consent is not sent (``rejects.reason``)
+NO_CONSENT_REASON = ("the person's latest consent (t.js context.consent) is not 'granted': no "
+                     "upload to an ad platform")
+
+
+def _consented(con: BaseBackend, records: list[Conversion], *, require: bool
+               ) -> tuple[list[Conversion], list[Rejection]]:
+    """``records`` split into those whose person consented and ``no_consent`` rejections
+    (:func:`rows.refused_consent`), before any validator sees them."""
+    persons = sorted({r.external_id for r in records if r.external_id})
+    if not persons:
+        return records, []
+    refused_persons = rows.refused_consent(con, require=require)
+    mine = refused_persons.filter(refused_persons.person_id.isin(persons))
+    refused = set(mine.to_pyarrow().column("person_id").to_pylist())
+    kept = [r for r in records if r.external_id not in refused]
+    rejected = [Rejection(r, "no_consent", "consent", NO_CONSENT_REASON)
+                for r in records if r.external_id in refused]
+    return kept, rejected
+
+
 def _check_inputs(con: BaseBackend, settings: Settings, conversion: str,
                   model: str | None, fmt: Format) -> None:
     names = [c.name for c in settings.conversions]
@@ -164,7 +191,10 @@ def export_conversions(con: BaseBackend, settings: Settings, *, destination: str
             rows.adjustments(current, sent).order_by("converted_at", "conversion_id"),
             name=name, currency=currency)]
     window = settings.export_conversion_window_days.get(destination, 90)
-    checked = layout.validate([*fresh, *adjusted], CheckOptions(now=now, window_days=window))
+    allowed, refused = _consented(con, [*fresh, *adjusted],
+                                  require=settings.export_require_consent)
+    checked = layout.validate(allowed, CheckOptions(now=now, window_days=window))
+    checked = replace(checked, rejected=[*refused, *checked.rejected])
     kept_new = [c for c in checked.kept if c.kind == "conversion"]
     kept_adjusted = [c for c in checked.kept if c.kind != "conversion"]
     options = WriteOptions(time_zone=settings.export_time_zone,

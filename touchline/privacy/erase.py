@@ -212,7 +212,10 @@ def _event_is_theirs(t: ir.Table, ids: Identifiers, phone_texts: frozenset[str]
 def _rejects_rule(t: ir.Table, target: Target, ids: Identifiers) -> ir.BooleanValue:
     tokens = ids.tokens()
     found = t.raw.re_search("(?i)(" + "|".join(tokens) + ")") if tokens else ibis.literal(False)
-    return _any(t.ref.isin(target("message")), found)
+    # an export's reject names its conversion, <conversion>:<touch or deal>
+    converted = t.ref.re_extract("^[^:]*:(.*)$", 1)
+    return _any(t.ref.isin(target("message")), found, converted.isin(target("message")),
+                converted.isin(target("deal")))
 
 
 def _exported_rule(t: ir.Table, target: Target, ids: Identifiers) -> ir.BooleanValue:
