@@ -179,10 +179,12 @@ def refused_consent(con: BaseBackend, *, require: bool = False) -> ir.Table:
     people). Events reach persons through their device (``identities``: ``anon:<id>``).
     Ties at one time: the refusal wins."""
     ident = con.table("identities").select("identifier", "person_id")
-    events = con.table("events")
-    if "consent" not in events.columns:  # a warehouse from before the column: nothing stated
-        stated = events.filter(ibis.literal(False)).select(
-            "anonymous_id", "timestamp", consent=ibis.null("string"))
+    events = con.table("events") if "events" in con.list_tables() else None
+    if events is None or "consent" not in events.columns:
+        # no raw events kept, or a warehouse from before the column: nothing stated
+        stated = ident.filter(ibis.literal(False)).select(
+            anonymous_id=ident.identifier, timestamp=ibis.null("timestamp"),
+            consent=ibis.null("string"))
     else:
         stated = events.filter(events.consent.notnull() & events.anonymous_id.notnull()).select(
             "anonymous_id", "timestamp", "consent")
