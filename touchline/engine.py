@@ -399,10 +399,12 @@ def delete_where(con: BaseBackend, name: str,
     import sqlglot
 
     query = con.compiler.to_sqlglot(table.filter(doomed))  # type: ignore[attr-defined]
-    shape = {k for k, v in query.args.items() if v}
+    shape = {k for k, v in query.args.items() if v} - {"with_"}
     if shape != {"expressions", "from_", "where"}:
         raise EngineError(f"cannot delete from {name}: the predicate compiles to {shape}")
-    statement = sqlglot.exp.Delete(this=query.args["from_"].this, where=query.args["where"])
+    # Ibis hoists a subquery used twice into a CTE: DuckDB takes WITH … DELETE as well
+    statement = sqlglot.exp.Delete(this=query.args["from_"].this, where=query.args["where"],
+                                   with_=query.args.get("with_"))
     con.raw_sql(statement.sql("duckdb"))
     return count
 
