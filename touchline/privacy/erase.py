@@ -27,6 +27,7 @@ next ``touchline run`` from what is left, which equals a run that never had the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -437,8 +438,10 @@ def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
     spool_dir = Path(settings.spool_dir)
     erasure_id = "era_" + uuid.uuid4().hex[:16]
     # the loader must not load a line while its segment is being rewritten, nor reload rows
-    # between the spool's erasure and the tables'
-    with loader_lock(spool_dir, threading.Event()):
+    # between the spool's erasure and the tables' (no spool folder: no collector to wait for)
+    locked = (loader_lock(spool_dir, threading.Event()) if spool_dir.is_dir()
+              else contextlib.nullcontext())
+    with locked:
         normalised, ids = resolve(con, kind, value, region=settings.phone_region)
         phone_texts = _phone_texts(con, ids, settings.phone_region)
         name = f"tmp_erase_{uuid.uuid4().hex[:8]}"
