@@ -575,6 +575,14 @@ class Settings(BaseSettings):
         "keep it out of touchline.toml (TOUCHLINE_PII_HASH_KEY). Changing it makes old hashes "
         "unmatchable.", min_length=16,
     )
+    pii_at_rest: Literal["plain", "hashed"] = Field(
+        "plain", description="rebuild: how prepared tables keep e-mails and phone numbers. "
+        "hashed: as HMAC-SHA256 (pii_hash_key) of the SHA-256 of the normalised value, so one "
+        "address given plain or pre-hashed is one identifier and the identity graph still "
+        "stitches; exports that need the plain value's SHA-256 (Google enhanced conversions "
+        "for leads, Meta user_data) refuse with pii_hashed_at_rest. Raw events keep what was "
+        "received (docs/privacy.md).",
+    )
 
     @field_validator("stage_models")
     @classmethod
@@ -587,6 +595,13 @@ class Settings(BaseSettings):
             if twice:
                 raise ValueError(f"stage model {model!r}: stage {', '.join(twice)} twice")
         return value
+
+    @model_validator(mode="after")
+    def _hashing_has_a_key(self) -> Settings:
+        if self.pii_at_rest == "hashed" and self.pii_hash_key is None:
+            raise ValueError("pii_at_rest = 'hashed' needs pii_hash_key (the HMAC key; set "
+                             "TOUCHLINE_PII_HASH_KEY, 16+ characters)")
+        return self
 
     @model_validator(mode="after")
     def _default_model_is_stored(self) -> Settings:

@@ -18,6 +18,7 @@ engines that Ibis does not hide live here and nowhere else:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -107,6 +108,7 @@ def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:
         con = ibis.duckdb.connect(database, **config)
         con.raw_sql("SET TimeZone = 'UTC'")  # naive timestamps are UTC everywhere
         con.raw_sql(_DUCKDB_GET_JSON_OBJECT)
+        con.raw_sql(_DUCKDB_HMAC)
         # under a memory limit, scratch tables go into the warehouse file (compressed) rather
         # than temporary tables, which spill uncompressed: at 50M events those filled 58 GB
         con._touchline_scratch_in_file = bool(settings.memory_limit) and database != ":memory:"
@@ -231,6 +233,62 @@ def json_object(fields: Mapping[str, ir.Value]) -> ir.StringValue:
     keys = ibis.array([ibis.literal(k) for k in fields])
     values = ibis.array([v.cast("string") for v in fields.values()])
     return _map_to_json(ibis.map(keys, values))
+
+
+#: HMAC-SHA256 on DuckDB, from the key's inner and outer pads (hex): no builtin does it
+_DUCKDB_HMAC = (
+    "CREATE OR REPLACE TEMP MACRO touchline_hmac_sha256(m, ipad, opad) AS "
+    "sha256(unhex(opad) || unhex(sha256(unhex(ipad) || encode(m))))")
+_HMAC_BLOCK_BYTES = 64
+
+
+@ibis.udf.scalar.builtin(name="touchline_hmac_sha256")
+def _duckdb_hmac(m: str, ipad: str, opad: str) -> str:  # type: ignore[empty-body]
+    """The macro :func:`connect` makes on DuckDB."""
+
+
+@ibis.udf.scalar.builtin(name="unhex")
+def _unhex(text: str) -> dt.binary:  # type: ignore[empty-body,valid-type]
+    """Spark's ``unhex``: hex text to bytes."""
+
+
+@ibis.udf.scalar.builtin(name="encode")
+def _encode(text: str, charset: str) -> dt.binary:  # type: ignore[empty-body,valid-type]
+    """Spark's ``encode``: text to bytes in ``charset``."""
+
+
+@ibis.udf.scalar.builtin(name="concat")
+def _concat_binary(a: dt.binary, b: dt.binary) -> dt.binary:  # type: ignore[empty-body,valid-type]
+    """Spark's ``concat`` of two byte strings (a byte string)."""
+
+
+@ibis.udf.scalar.builtin(name="sha2")
+def _sha2(data: dt.binary, bits: int) -> str:  # type: ignore[empty-body,valid-type]
+    """Spark's ``sha2``: hex digest."""
+
+
+def hmac_sha256(con: BaseBackend, value: ir.StringValue, key: str) -> ir.StringValue:
+    r"""HMAC-SHA256 (RFC 2104) of the UTF-8 text ``value`` under ``key``, lower-case hex, the
+    same on both engines as Python's ``hmac.new(key, value, sha256).hexdigest()``.
+
+    .. math:: HMAC(K, m) = H\big((K' \oplus opad) \,\|\, H((K' \oplus ipad) \,\|\, m)\big)
+
+    Why in the engine: the keyed hash touchline keeps instead of an e-mail or phone
+    (``pii_at_rest = "hashed"``) must be computed where the rows are. The pads are computed
+    here (a key longer than SHA-256's 64-byte block is hashed first, as the RFC says); the
+    engines only concatenate bytes and hash: a DuckDB macro (made at connect), Spark's
+    ``unhex``, ``concat`` and ``sha2``.
+    """
+    raw = key.encode()
+    if len(raw) > _HMAC_BLOCK_BYTES:
+        raw = hashlib.sha256(raw).digest()
+    padded = raw.ljust(_HMAC_BLOCK_BYTES, b"\0")
+    ipad = bytes(b ^ 0x36 for b in padded).hex()
+    opad = bytes(b ^ 0x5C for b in padded).hex()
+    if engine_name(con) != "spark":
+        return _duckdb_hmac(value, ipad, opad)
+    inner = _sha2(_concat_binary(_unhex(ibis.literal(ipad)), _encode(value, "UTF-8")), 256)
+    return _sha2(_concat_binary(_unhex(ibis.literal(opad)), _unhex(inner)), 256)
 
 
 @ibis.udf.scalar.builtin(name="url_decode")

@@ -123,6 +123,27 @@ def _consented(con: BaseBackend, records: list[Conversion], *, require: bool
     return kept, rejected
 
 
+#: why a people-matched conversion cannot go when contacts are keyed hashes at rest
+PII_HASHED_REASON = ("e-mails and phones are stored as keyed hashes (pii_at_rest = 'hashed'); "
+                     "the platform matches people on the SHA-256 of the plain normalised value, "
+                     "which cannot be made from a keyed hash")
+
+
+def _contacts_at_rest(records: list[Conversion], layout: Format, settings: Settings
+                      ) -> tuple[list[Conversion], list[Rejection]]:
+    """With ``pii_at_rest = "hashed"`` the stored contacts are keyed hashes, not what a
+    platform's hashing rules take: they are never sent, and a layout that matches on people
+    only (no click id: Google enhanced conversions for leads) refuses every record with
+    ``pii_hashed_at_rest``. Plain at rest: ``records`` as they are."""
+    if settings.pii_at_rest != "hashed":
+        return records, []
+    if not layout.clicks:
+        return [], [Rejection(r, "pii_hashed_at_rest", "email", PII_HASHED_REASON)
+                    for r in records]
+    return [replace(r, email=None, phone=None, email_sha256=None, phone_sha256=None)
+            for r in records], []
+
+
 def _check_inputs(con: BaseBackend, settings: Settings, conversion: str,
                   model: str | None, fmt: Format) -> None:
     names = [c.name for c in settings.conversions]
@@ -193,8 +214,9 @@ def export_conversions(con: BaseBackend, settings: Settings, *, destination: str
     window = settings.export_conversion_window_days.get(destination, 90)
     allowed, refused = _consented(con, [*fresh, *adjusted],
                                   require=settings.export_require_consent)
+    allowed, unhashable = _contacts_at_rest(allowed, layout, settings)
     checked = layout.validate(allowed, CheckOptions(now=now, window_days=window))
-    checked = replace(checked, rejected=[*refused, *checked.rejected])
+    checked = replace(checked, rejected=[*refused, *unhashable, *checked.rejected])
     kept_new = [c for c in checked.kept if c.kind == "conversion"]
     kept_adjusted = [c for c in checked.kept if c.kind != "conversion"]
     options = WriteOptions(time_zone=settings.export_time_zone,

@@ -124,6 +124,8 @@ def standardise_contacts(t: Tables, ctx: Context) -> StepResult:
     raw = _distinct(t["events"].phone)
     phones = ctx.lookup("phones", standardise.e164_table(raw, ctx.settings.phone_region))
     events, audit = standardise.standardise_contacts(t["events"], phones)
+    if ctx.settings.pii_at_rest == "hashed":
+        events = standardise.hash_contacts(events, ctx.con, ctx.settings)
     return StepResult({"events": events}, audit=audit)
 
 
@@ -247,5 +249,6 @@ def assign_accounts(t: Tables, ctx: Context) -> StepResult:
     touches = t["events"]
     groups = touches.filter(touches.group_id.notnull()).select("device_id", "group_id").distinct()
     accounts = identity.person_accounts(ident, deals=t.get("deals"), groups=groups,
-                                        domains=lookup)
+                                        domains=lookup,
+                                        contact_key=standardise.contact_key(ctx.con, ctx.settings))
     return StepResult({"person_accounts": accounts})

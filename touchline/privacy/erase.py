@@ -106,6 +106,9 @@ class Identifiers:
         spacing, ids as a JSON string or a CSV field."""
         out = [_escape(v) for v in sorted(self.email | self.email_sha256 | self.phone_sha256)]
         for number in sorted(self.phone):
+            if not number.startswith("+"):  # a keyed hash (pii_at_rest = "hashed")
+                out.append(_escape(number))
+                continue
             digits = _national_digits(number)
             if len(digits) >= 6:  # shorter ones would match dates and prices
                 out.append("(^|[^0-9])" + "[^0-9A-Za-z]{0,3}".join(digits) + "([^0-9]|$)")
@@ -149,8 +152,15 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def normalise(kind: str, value: str, *, region: str) -> tuple[str, list[str]]:
-    """The identifier as identities normalises it, and the typed identifiers it stands for."""
+def _keyed(kind: str, normalised: str, key: str | None) -> list[str]:
+    return [] if key is None else [f"{kind}:{store.keyed_hash(_sha256(normalised), key)}"]
+
+
+def normalise(kind: str, value: str, *, region: str, key: str | None = None
+              ) -> tuple[str, list[str]]:
+    """The identifier as identities normalises it, and the typed identifiers it stands for;
+    with ``key`` (``pii_at_rest = "hashed"``) also the keyed form prepare stores
+    (:func:`touchline.prepare.standardise.contact_key`)."""
     if kind not in ERASE_KINDS:
         raise InputError(f"cannot erase by {kind!r}: choose from {', '.join(ERASE_KINDS)}")
     text = value.strip()
@@ -158,13 +168,14 @@ def normalise(kind: str, value: str, *, region: str) -> tuple[str, list[str]]:
         raise InputError(f"the {kind} to erase is empty")
     if kind == "email":
         text = text.lower()
-        return text, [f"email:{text}", f"email_sha256:{_sha256(text)}"]
+        return text, [f"email:{text}", f"email_sha256:{_sha256(text)}", *_keyed("email", text, key)]
     if kind == "phone":
         e164 = to_e164(text, region)
         if e164 is None:
             raise InputError(f"phone {value!r} is not a possible phone number (region {region}, "
                              "settings.phone_region, for numbers without a country code)")
-        return e164, [f"phone:{e164}", f"phone_sha256:{_sha256(e164)}"]
+        return e164, [f"phone:{e164}", f"phone_sha256:{_sha256(e164)}",
+                      *_keyed("phone", e164, key)]
     if kind == "person":
         return text, []
     return text, [f"{ERASE_KINDS[kind]}:{text}"]
@@ -269,10 +280,11 @@ ERASE_RULES: dict[str, Rule | None] = {
 
 
 # ---- the targets: computed once, before anything is deleted --------------------------------
-def resolve(con: BaseBackend, kind: str, value: str, *, region: str
+def resolve(con: BaseBackend, kind: str, value: str, *, region: str, key: str | None = None
             ) -> tuple[str, Identifiers]:
-    """The normalised identifier and everything that identifies its persons (step 1)."""
-    normalised, seeds = normalise(kind, value, region=region)
+    """The normalised identifier and everything that identifies its persons (step 1);
+    ``key``: the keyed hash prepared tables keep contacts as, if they do."""
+    normalised, seeds = normalise(kind, value, region=region, key=key)
     tables = set(con.list_tables())
     persons = {normalised} if kind == "person" else set()
     typed = set(seeds)
@@ -296,18 +308,18 @@ def resolve(con: BaseBackend, kind: str, value: str, *, region: str
                 ("anon", "anonymous_id"), ("user", "user_id"), ("contact", "contact_id"))
                 if row[column]}
             if row["email"] and "@" in row["email"]:
-                typed |= set(normalise("email", row["email"], region=region)[1])
+                typed |= set(normalise("email", row["email"], region=region, key=key)[1])
             if row["phone"] and to_e164(row["phone"], region):
-                typed |= set(normalise("phone", row["phone"], region=region)[1])
+                typed |= set(normalise("phone", row["phone"], region=region, key=key)[1])
     return normalised, Identifiers.of(persons, typed)
 
 
 def _phone_texts(con: BaseBackend, ids: Identifiers, region: str) -> list[str]:
     """The raw phone texts in events, calls and reviews that normalise to the persons'
     numbers: candidates by their last digits in the engine, then phonenumbers on the few."""
-    if not ids.phone:
+    tails = sorted({_national_digits(p) for p in ids.phone if p.startswith("+")})
+    if not tails:
         return []
-    tails = sorted({_national_digits(p) for p in ids.phone})
     found: set[str] = set()
     for table, column in (("events", "phone"), ("calls", "caller_number"), ("reviews", "phone")):
         if table not in con.list_tables():
@@ -442,7 +454,9 @@ def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
     locked = (loader_lock(spool_dir, threading.Event()) if spool_dir.is_dir()
               else contextlib.nullcontext())
     with locked:
-        normalised, ids = resolve(con, kind, value, region=settings.phone_region)
+        keyed = settings.pii_at_rest == "hashed"
+        normalised, ids = resolve(con, kind, value, region=settings.phone_region,
+                                  key=settings.pii_hash_key.get_secret_value() if keyed else None)
         phone_texts = _phone_texts(con, ids, settings.phone_region)
         name = f"tmp_erase_{uuid.uuid4().hex[:8]}"
         targets = _targets(con, ids, phone_texts, name)
