@@ -575,6 +575,12 @@ class Settings(BaseSettings):
         "keep it out of touchline.toml (TOUCHLINE_PII_HASH_KEY). Changing it makes old hashes "
         "unmatchable.", min_length=16,
     )
+    raw_event_retention_days: int | None = Field(
+        None, ge=1, description="Days raw events are kept: `touchline retention apply`, and "
+        "each `touchline run` after preparing, delete older rows of `events`; their prepared "
+        "touches stay (prepare keeps them), so sessions, journeys and credits are unchanged. "
+        "None: kept for ever.",
+    )
     pii_at_rest: Literal["plain", "hashed"] = Field(
         "plain", description="rebuild: how prepared tables keep e-mails and phone numbers. "
         "hashed: as HMAC-SHA256 (pii_hash_key) of the SHA-256 of the normalised value, so one "

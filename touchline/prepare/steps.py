@@ -182,6 +182,29 @@ def dedupe_orders(t: Tables, ctx: Context) -> StepResult:
     return StepResult({"events": split.kept}, split.rejected, audit=audit)
 
 
+def keep_retained_touches(t: Tables, ctx: Context) -> StepResult:
+    """With ``raw_event_retention_days``, the stored touches whose raw event retention
+    deleted (``touchline retention apply``) join the cleaned events again, as they were
+    prepared: sessions, channels, the identity graph and journeys are then built from all of
+    them, and a run after the deletion gives the tables of a run before it."""
+    events = t["events"]
+    con = ctx.con
+    if ctx.settings.raw_event_retention_days is None or "touches" not in con.list_tables():
+        return StepResult({"events": events})
+    stored = con.table("touches")
+    raw = con.table("events").select(_raw_id="message_id")
+    gone = stored.anti_join(raw, stored.message_id == raw._raw_id)
+    renamed = {"source": "recorded_by"}
+    columns = []
+    for name, dtype in events.schema().items():
+        source = renamed.get(name, name)
+        value = gone[source] if source in gone.columns else ibis.null(dtype)
+        columns.append(value.cast(dtype).name(name))
+    # stored first: sessionise replaces `touches`, which this reads
+    kept = engine.materialise(con, f"{SCRATCH_PREFIX}retained_touches", gone.select(*columns))
+    return StepResult({"events": events.union(kept, distinct=False)})
+
+
 def sessionise(t: Tables, ctx: Context) -> StepResult:
     events = sessions.device_ids(t["events"])
     gap = timedelta(minutes=ctx.settings.session_gap_minutes)

@@ -22,7 +22,26 @@ DatabaseOption = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``erase`` to the ``touchline`` app."""
+    """Add ``erase`` and ``retention apply`` to the ``touchline`` app."""
+
+    retention_app = typer.Typer(help="Raw-event retention (raw_event_retention_days).",
+                                no_args_is_help=True)
+    app.add_typer(retention_app, name="retention")
+
+    @retention_app.command("apply")
+    def retention_apply(database: DatabaseOption = None) -> None:
+        """Delete raw events older than raw_event_retention_days (`touchline run` does it
+        after preparing; run this after a run). Prepared tables, journeys and credits stay."""
+        from touchline.privacy import apply_retention
+
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            with engine.connected(settings=settings) as con:
+                deleted = apply_retention(con, settings)
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        console.print(f"{deleted:,} raw events older than {settings.raw_event_retention_days} "
+                      "days deleted; their touches, journeys and credits stay.")
 
     @app.command("erase")
     def erase_command(
