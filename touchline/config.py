@@ -602,6 +602,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"stage model {model!r}: stage {', '.join(twice)} twice")
         return value
 
+    @property
+    def pii_key_at_rest(self) -> str | None:
+        """The key prepared tables' e-mails and phones are hashed under, if they are."""
+        if self.pii_at_rest != "hashed" or self.pii_hash_key is None:
+            return None
+        return self.pii_hash_key.get_secret_value()
+
     @model_validator(mode="after")
     def _hashing_has_a_key(self) -> Settings:
         if self.pii_at_rest == "hashed" and self.pii_hash_key is None:

@@ -380,6 +380,13 @@ def keyed_hash(value: str, key: str) -> str:
     return hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()
 
 
+def keyed_contact(normalised: str, key: str) -> str:
+    """How ``pii_at_rest = "hashed"`` keeps a normalised e-mail or E.164 phone:
+    :func:`keyed_hash` of its SHA-256 hex (the Python twin of
+    :func:`touchline.prepare.standardise.contact_key`, for values typed by a person)."""
+    return keyed_hash(hashlib.sha256(normalised.encode()).hexdigest(), key)
+
+
 def _removed(match: re.Match[str]) -> str:
     quoted = match.group(2).startswith('"')
     return match.group(1) + (f'"{REMOVED}"' if quoted else REMOVED)

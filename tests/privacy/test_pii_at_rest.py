@@ -18,6 +18,7 @@ from touchline import engine, store
 from touchline.config import Settings
 from touchline.errors import ConfigError
 from touchline.exports import export_conversions
+from touchline.journeys.timeline import resolve_unit
 from touchline.pipeline import run
 from touchline.prepare.standardise import hash_contacts
 from touchline.privacy import erase
@@ -87,6 +88,10 @@ def test_john_hashed_at_rest_stitches_and_credits_as_plain(tmp_path: Path) -> No
         assert int(t.filter(ibis.or_(*hits)).count().execute()) == 0, spec.name
     keyed = store.keyed_hash(_sha(EMAIL), KEY)
     assert f"email:{keyed}" in set(hashed.table("identities").identifier.to_pandas())
+    # his timeline is found by what a person types, keyed the same way
+    person = hashed.table("persons").person_id.to_pandas()[0]
+    for typed in ("John@Gmail.com", "(202) 555-0143"):
+        assert resolve_unit(hashed, typed, pii_key=KEY) == ("person", person)
 
     settings = _settings(tmp_path, "hashed")
     now = datetime(2026, 3, 21, 12)

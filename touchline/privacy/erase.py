@@ -153,7 +153,7 @@ def _sha256(text: str) -> str:
 
 
 def _keyed(kind: str, normalised: str, key: str | None) -> list[str]:
-    return [] if key is None else [f"{kind}:{store.keyed_hash(_sha256(normalised), key)}"]
+    return [] if key is None else [f"{kind}:{store.keyed_contact(normalised, key)}"]
 
 
 def normalise(kind: str, value: str, *, region: str, key: str | None = None
@@ -454,9 +454,8 @@ def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
     locked = (loader_lock(spool_dir, threading.Event()) if spool_dir.is_dir()
               else contextlib.nullcontext())
     with locked:
-        keyed = settings.pii_at_rest == "hashed"
         normalised, ids = resolve(con, kind, value, region=settings.phone_region,
-                                  key=settings.pii_hash_key.get_secret_value() if keyed else None)
+                                  key=settings.pii_key_at_rest)
         phone_texts = _phone_texts(con, ids, settings.phone_region)
         name = f"tmp_erase_{uuid.uuid4().hex[:8]}"
         targets = _targets(con, ids, phone_texts, name)
