@@ -58,6 +58,9 @@ OTHERS = [
 OTHER_DEALS = [{"deal_id": "D2", "status": "Closed Won", "amount": 900.0, "currency": "usd",
                 "contact_emails": "bob@example.net", "created_at": "2026-03-04 10:00:00",
                 "closed_at": "2026-03-10 10:00:00"}]
+#: a deal John shares with Bob: an erasure leaves it Bob's alone, as if John never was in it
+SHARED_DEAL = {"deal_id": "D3", "status": "Closed Won", "amount": 500.0, "currency": "usd",
+               "created_at": "2026-03-12 10:00:00", "closed_at": "2026-03-22 10:00:00"}
 LEASES = [{"lease_id": f"l-{who}", "number": "+15550100001", "pool": "default",
            "status": "leased", "anonymous_id": who, "leased_at": "2026-03-05 20:00:00",
            "expires_at": "2026-03-05 20:30:00", "request_count": 1}
@@ -88,9 +91,11 @@ def _build(tmp_path: Path, name: str, events: list[dict[str, object]],
 def warehouses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """DuckDB files: John, Mary and Bob run and exported; Mary and Bob alone, the same way."""
     tmp_path = tmp_path_factory.mktemp("erase")
+    shared = {**SHARED_DEAL, "contact_emails": "John@Gmail.com; bob@example.net"}
+    alone = {**SHARED_DEAL, "contact_emails": "bob@example.net"}
     return {"with": _build(tmp_path, "with.duckdb", [*JOHN_HERE, *OTHERS],
-                           [*JOHN_DEAL, *OTHER_DEALS]),
-            "without": _build(tmp_path, "without.duckdb", OTHERS, OTHER_DEALS)}
+                           [*JOHN_DEAL, *OTHER_DEALS, shared]),
+            "without": _build(tmp_path, "without.duckdb", OTHERS, [*OTHER_DEALS, alone])}
 
 
 def _copy(con: BaseBackend, url: str, tmp_path: Path) -> None:
@@ -154,7 +159,11 @@ def test_erase_by_email_leaves_no_row_of_john_in_any_table(
     assert _mentions(con, OTHER_TOKENS, "2025550199") == others
     assert done.person_count == 1
     assert done.rows["events"] == len(JOHN_HERE)
-    assert (done.rows["deals"], done.rows["persons"], done.rows["number_leases"]) == (1, 1, 1)
+    # his deal, and the one he shared (written back without him)
+    assert (done.rows["deals"], done.rows["persons"], done.rows["number_leases"]) == (2, 1, 1)
+    deals = con.table("deals").to_pandas().sort_values("deal_id")
+    assert list(zip(deals.deal_id, deals.contact_emails, deals.amount, strict=True)) == [
+        ("D2", "bob@example.net", 900.0), ("D3", "bob@example.net", 500.0)]
     log = con.table("erasures").to_pandas()
     assert set(log.identifier_hash) == {
         store.keyed_hash(JOHN_EMAIL, KEY)}  # the normalised e-mail, keyed

@@ -13,7 +13,8 @@
 3. **Delete.** :data:`ERASE_RULES` says, for every stored table of :data:`store.TABLES`,
    which rows are the persons' (``tests/privacy/test_erase.py`` fails on a table with no
    rule, so a new table must say). One :func:`engine.delete_where` per table, in one
-   transaction on DuckDB.
+   transaction on DuckDB; a deal shared with other contacts is written back without the
+   persons' e-mails and contact ids (:func:`shared_deals`).
 4. **Outside the warehouse.** Lines of the collector's spool not yet loaded (and loaded ones,
    which stay until their segment is deleted) are blanked in place
    (:func:`touchline.collect.spool.rewrite_lines`; batch lines keep the other messages), and
@@ -203,6 +204,26 @@ def _listed(column: ir.StringValue, values: frozenset[str]) -> ir.BooleanValue:
         return ibis.literal(False)
     names = "|".join(_escape(v) for v in sorted(values))
     return _lower(column).re_search(f"(^|;)\\s*({names})\\s*(;|$)")
+
+
+def _unlisted(column: ir.StringValue, values: frozenset[str], *, lower: bool
+              ) -> ir.StringValue:
+    """A ``;``-separated list without ``values`` (null when none is left)."""
+    text = ";" + (column.lower() if lower else column) + ";"
+    for value in sorted(values):
+        for _ in range(2):  # a value next to itself: each pass removes every other copy
+            text = text.re_replace(f";\\s*{_escape(value)}\\s*;", ";")
+    return text.re_replace("^[;\\s]+|[;\\s]+$", "").nullif("")
+
+
+def shared_deals(deals: ir.Table, target: Target, ids: Identifiers) -> ir.Table:
+    """The persons' deals that name other contacts too, with the persons' e-mails and contact
+    ids taken out of their lists: what an erasure writes back after deleting every deal of
+    theirs, so a shared deal keeps its revenue for the others, as if they never were there."""
+    mine = deals.filter(deals.deal_id.isin(target("deal")))
+    left = mine.mutate(contact_emails=_unlisted(mine.contact_emails, ids.email, lower=True),
+                       contact_ids=_unlisted(mine.contact_ids, ids.contact, lower=False))
+    return left.filter(left.contact_emails.notnull() | left.contact_ids.notnull())
 
 
 def _step_key(t: ir.Table) -> ir.StringValue:
@@ -467,11 +488,17 @@ def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
         try:
             stored = set(con.list_tables())
             with engine.transaction(con):
+                shared = None
+                if "deals" in stored:
+                    shared = engine.materialise(con, f"{name}_deals", shared_deals(
+                        con.table("deals"), target, ids))
                 for table, rule in ERASE_RULES.items():
                     if rule is None or table not in stored or engine.is_view(con, table):
                         continue
                     rows[table] = engine.delete_where(
                         con, table, lambda t, rule=rule: rule(t, target, ids))
+                if shared is not None and int(shared.count().execute()):
+                    engine.append(con, "deals", shared)
                 rows[SPOOL_PLACE] = erase_spool(spool_dir, ids)
                 rows[LEASE_STORE_PLACE] = erase_leases(spool_dir, ids)
                 engine.append(con, store.ERASURES.name, _log_rows(
@@ -481,6 +508,7 @@ def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
         finally:
             engine.drop_materialised(con, name)
             engine.drop_materialised(con, f"{name}_given")
+            engine.drop_materialised(con, f"{name}_deals")
     log.info("erasure %s: %d persons, %d rows", erasure_id, len(ids.persons), sum(rows.values()))
     return Erasure(erasure_id, len(ids.persons), rows)
 
