@@ -7,10 +7,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from factories import JOHN, JOHN_DEAL, arrow_table, event_rows
+import pytest
+from factories import CLI_OWN_CONNECTION, JOHN, JOHN_DEAL, arrow_table, event_rows
 from ibis.backends import BaseBackend
+from typer.testing import CliRunner
 
 from touchline import engine, store
+from touchline.cli import app
 from touchline.config import Settings
 from touchline.pipeline import run
 from touchline.privacy import apply_retention
@@ -75,3 +78,21 @@ def test_a_run_after_retention_keeps_every_prepared_and_derived_row(tmp_path: Pa
     assert int(con.table("events").count().execute()) == len(JOHN) + len(OTHERS) - deleted
     for name, frame in before.items():
         pd.testing.assert_frame_equal(after[name], frame, check_like=True, obj=name)
+
+
+@pytest.mark.duckdb_only(reason=CLI_OWN_CONNECTION)
+def test_cli_retention_apply_says_how_many_and_refuses_without_a_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"duckdb://{tmp_path / 'wh.duckdb'}"
+    with engine.connected(settings=_settings(tmp_path, None).model_copy(
+            update={"database_url": url})) as con:
+        engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(
+            [{"anonymous_id": "a", "timestamp": "2020-01-01 00:00:00"},
+             {"anonymous_id": "a", "timestamp": "2999-01-01 00:00:00"}])))
+    refused = CliRunner().invoke(app, ["retention", "apply", "-d", url])
+    assert refused.exit_code == 2
+    assert "raw_event_retention_days is not set" in refused.output
+    monkeypatch.setenv("TOUCHLINE_RAW_EVENT_RETENTION_DAYS", "30")
+    done = CliRunner().invoke(app, ["retention", "apply", "-d", url])
+    assert done.exit_code == 0, done.output
+    assert "1 raw events older than 30 days deleted" in done.output
