@@ -283,3 +283,20 @@ def test_cli_erase_prints_rows_per_table_and_never_the_identifier(cli_warehouse:
                                        "-d", cli_warehouse])
     assert refused.exit_code == 2
     assert "exactly one" in refused.output
+
+
+def test_a_short_id_is_found_in_id_fields_only_a_long_one_also_as_a_csv_field() -> None:
+    import re
+
+    from touchline.privacy.erase import Identifiers
+
+    def found(typed: str, text: str) -> bool:
+        pattern = "(" + "|".join(Identifiers.of([], [typed]).tokens()) + ")"
+        return re.search(pattern, text, re.IGNORECASE) is not None
+
+    assert found("user:1", '{"userId": "1", "event": "x"}')
+    assert not found("user:1", '{"line": "1", "userId": "12"}')
+    assert not found("user:1", "2026-03-01,1,page")
+    assert found("anon:john-laptop", '2026-03-01,"john-laptop",page')
+    assert found("phone:+12025550143", "called from (202) 555-0143 today")
+    assert not found("phone:+12025550143", "order 12025550143999")

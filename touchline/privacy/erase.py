@@ -103,8 +103,9 @@ class Identifiers:
 
     def tokens(self) -> list[str]:
         """Regular-expression alternatives that find these identifiers in free text (a
-        rejected record, a spool line): e-mails and hashes anywhere, phone numbers in any
-        spacing, ids as a JSON string or a CSV field."""
+        rejected record, a spool line): e-mails, hashes and person ids anywhere, phone
+        numbers in any spacing, device, user and contact ids as the value of an id field of
+        a JSON record, or, from six characters on, as a CSV field."""
         out = [_escape(v) for v in sorted(self.email | self.email_sha256 | self.phone_sha256)]
         for number in sorted(self.phone):
             if not number.startswith("+"):  # a keyed hash (pii_at_rest = "hashed")
@@ -113,8 +114,16 @@ class Identifiers:
             digits = _national_digits(number)
             if len(digits) >= 6:  # shorter ones would match dates and prices
                 out.append("(^|[^0-9])" + "[^0-9A-Za-z]{0,3}".join(digits) + "([^0-9]|$)")
-        for value in sorted(self.anon | self.user | self.contact | self.persons):
-            out += [f'"{_escape(value)}"', f"(^|,){_escape(value)}(,|$)"]
+        # an id as the value of an id field of a JSON record (any length: "1" is a fine user
+        # id), or, when long enough not to be any short value, a CSV field or a person id
+        ids = sorted(self.anon | self.user | self.contact)
+        if ids:
+            names = "|".join(_escape(v) for v in ids)
+            out.append(f'"({_ID_FIELDS})"\\s*:\\s*"({names})"')
+        for value in ids:
+            if len(value) >= _FREE_TEXT_ID_CHARS:
+                out.append(f"(^|,)\"?{_escape(value)}\"?(,|$)")
+        out += [_escape(p) for p in sorted(self.persons)]
         return out
 
 
@@ -132,6 +141,12 @@ class Erasure:
 
 
 _REGEX_SPECIAL = set(".^$*+?()[]{}|\\")
+#: the JSON fields (Segment's and the canonical columns' names) that hold a device, user or
+#: CRM contact id
+_ID_FIELDS = ("anonymousId|anonymous_id|userId|user_id|previousId|previous_id|contact_id|"
+              "crm_contact_id|device_id")
+#: shorter ids are looked for in id fields only, never as a bare field of free text
+_FREE_TEXT_ID_CHARS = 6
 
 
 def _escape(text: str) -> str:
