@@ -28,11 +28,9 @@ next ``touchline run`` from what is left, which equals a run that never had the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,7 +44,6 @@ import pyarrow as pa
 
 from touchline import engine, store
 from touchline.collect.dni import LEASES_FILE, LeaseBook, to_e164
-from touchline.collect.loader import loader_lock
 from touchline.collect.spool import BATCH, rewrite_lines, segments
 from touchline.config import Settings
 from touchline.errors import ConfigError, InputError
@@ -485,45 +482,43 @@ def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
     store.init(con)
     spool_dir = Path(settings.spool_dir)
     erasure_id = "era_" + uuid.uuid4().hex[:16]
-    # the loader must not load a line while its segment is being rewritten, nor reload rows
-    # between the spool's erasure and the tables' (no spool folder: no collector to wait for)
-    locked = (loader_lock(spool_dir, threading.Event()) if spool_dir.is_dir()
-              else contextlib.nullcontext())
-    with locked:
-        normalised, ids = resolve(con, kind, value, region=settings.phone_region,
-                                  key=settings.pii_key_at_rest)
-        phone_texts = _phone_texts(con, ids, settings.phone_region)
-        name = f"tmp_erase_{uuid.uuid4().hex[:8]}"
-        targets = _targets(con, ids, phone_texts, name)
+    # no loader runs meanwhile: it loads only into a DuckDB warehouse file, which allows one
+    # process at a time, and ``con`` holds it for the whole erasure (the running collector's
+    # loader skips its cycles until then; its loader lock is held for its whole life)
+    normalised, ids = resolve(con, kind, value, region=settings.phone_region,
+                              key=settings.pii_key_at_rest)
+    phone_texts = _phone_texts(con, ids, settings.phone_region)
+    name = f"tmp_erase_{uuid.uuid4().hex[:8]}"
+    targets = _targets(con, ids, phone_texts, name)
 
-        def target(kind: str) -> ir.Column:
-            return targets.filter(targets.kind == kind).value
+    def target(kind: str) -> ir.Column:
+        return targets.filter(targets.kind == kind).value
 
-        rows: dict[str, int] = {}
-        try:
-            stored = set(con.list_tables())
-            with engine.transaction(con):
-                shared = None
-                if "deals" in stored:
-                    shared = engine.materialise(con, f"{name}_deals", shared_deals(
-                        con.table("deals"), target, ids))
-                for table, rule in ERASE_RULES.items():
-                    if rule is None or table not in stored or engine.is_view(con, table):
-                        continue
-                    rows[table] = engine.delete_where(
-                        con, table, lambda t, rule=rule: rule(t, target, ids))
-                if shared is not None and int(shared.count().execute()):
-                    engine.append(con, "deals", shared)
-                rows[SPOOL_PLACE] = erase_spool(spool_dir, ids)
-                rows[LEASE_STORE_PLACE] = erase_leases(spool_dir, ids)
-                engine.append(con, store.ERASURES.name, _log_rows(
-                    erasure_id, kind, store.keyed_hash(
-                        normalised, settings.pii_hash_key.get_secret_value()),
-                    len(ids.persons), rows, now))
-        finally:
-            engine.drop_materialised(con, name)
-            engine.drop_materialised(con, f"{name}_given")
-            engine.drop_materialised(con, f"{name}_deals")
+    rows: dict[str, int] = {}
+    try:
+        stored = set(con.list_tables())
+        with engine.transaction(con):
+            shared = None
+            if "deals" in stored:
+                shared = engine.materialise(con, f"{name}_deals", shared_deals(
+                    con.table("deals"), target, ids))
+            for table, rule in ERASE_RULES.items():
+                if rule is None or table not in stored or engine.is_view(con, table):
+                    continue
+                rows[table] = engine.delete_where(
+                    con, table, lambda t, rule=rule: rule(t, target, ids))
+            if shared is not None and int(shared.count().execute()):
+                engine.append(con, "deals", shared)
+            rows[SPOOL_PLACE] = erase_spool(spool_dir, ids)
+            rows[LEASE_STORE_PLACE] = erase_leases(spool_dir, ids)
+            engine.append(con, store.ERASURES.name, _log_rows(
+                erasure_id, kind, store.keyed_hash(
+                    normalised, settings.pii_hash_key.get_secret_value()),
+                len(ids.persons), rows, now))
+    finally:
+        engine.drop_materialised(con, name)
+        engine.drop_materialised(con, f"{name}_given")
+        engine.drop_materialised(con, f"{name}_deals")
     log.info("erasure %s: %d persons, %d rows", erasure_id, len(ids.persons), sum(rows.values()))
     return Erasure(erasure_id, len(ids.persons), rows)
 
