@@ -517,7 +517,7 @@ def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
                 len(ids.persons), rows, now))
     finally:
         engine.drop_materialised(con, name)
-        engine.drop_materialised(con, f"{name}_given")
+        con.drop_table(f"{name}_given", force=True)  # a loaded table, not a materialised one
         engine.drop_materialised(con, f"{name}_deals")
     log.info("erasure %s: %d persons, %d rows", erasure_id, len(ids.persons), sum(rows.values()))
     return Erasure(erasure_id, len(ids.persons), rows)
