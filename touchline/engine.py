@@ -161,6 +161,11 @@ def _connect_spark(master: str, settings: Settings) -> BaseBackend:
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
         .config("spark.sql.warehouse.dir", str(warehouse))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # constraint propagation re-derives every filter a plan implies after each rule; with
+        # scratch tables held as checkpointed data (see materialise) it fails on unions
+        # ("key not found" in UnionBase.rewriteConstraints), and on prepare's long plans it
+        # costs more planning time than the inferred filters save
+        .config("spark.sql.constraintPropagation.enabled", "false")
     )
     conf = dict(settings.spark_conf)
     # the JVM's scratch files go beside the warehouse; options the user gives are kept
@@ -353,11 +358,21 @@ def materialise(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
 
     DuckDB: a temporary table (in memory, fastest), or under ``settings.memory_limit`` a table
     in the warehouse file, which DuckDB compresses (temporary tables spill uncompressed). Spark:
-    Ibis has no temporary tables there, and a cached temporary view that reads another one
-    fails to resolve later, so a scratch table in the warehouse. Drop it with
-    :func:`drop_materialised`.
+    the rows computed once and kept by the executors (``localCheckpoint``: memory, spilling to
+    their local disk) under a temporary view. The checkpoint cuts the plan's lineage, so the
+    view does not read the scratch views it was made from (a merely cached view that reads
+    another fails to resolve once that one is dropped), and nothing is written to the
+    warehouse: a Spark prepare of a dozen rows ran 2.6x faster than with scratch tables, which
+    wrote some forty Parquet tables per run. The price is Spark's for local checkpoints: an
+    executor lost mid-run fails the run (run it again), where a scratch table would have been
+    re-read. Drop it with :func:`drop_materialised`.
     """
-    if engine_name(con) == "spark" or getattr(con, "_touchline_scratch_in_file", False):
+    if engine_name(con) == "spark":
+        con._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]  # registers memtables
+        frame = con._session.sql(con.compile(expr))  # type: ignore[attr-defined]
+        frame.localCheckpoint(eager=True).createOrReplaceTempView(name)
+        return con.table(name)
+    if getattr(con, "_touchline_scratch_in_file", False):
         return con.create_table(name, expr, overwrite=True)
     # not overwrite=True: for temporary tables Ibis 12 then writes every row twice (into a
     # scratch table, then a copy under the final name)
@@ -371,6 +386,9 @@ def drop_materialised(con: BaseBackend, name: str) -> None:
     A scratch table in the warehouse file frees its blocks for reuse only at a checkpoint: one
     follows the drop, else a 50M-event prepare under a memory limit grew the file to 33 GB.
     """
+    if engine_name(con) == "spark":
+        con._session.catalog.dropTempView(name)  # type: ignore[attr-defined]
+        return
     con.drop_table(name, force=True)
     if getattr(con, "_touchline_scratch_in_file", False):
         con.raw_sql("CHECKPOINT")

@@ -248,15 +248,21 @@ def test_stages_may_be_skipped_and_entered_out_of_order(con: BaseBackend) -> Non
         entered[stage] = rows.entered_at.tolist()
     assert entered == {"mql": [datetime(2026, 3, 5)], "sql": [datetime(2026, 3, 3)],
                        "opportunity": [], "won": [datetime(2026, 3, 9)]}
+    # as stage_table stores them: each entry left at the next one in time
     stages = engine.load_table(con, "stages_in", arrow_table(store.STAGES, [
         {"unit": "account", "unit_id": "crm:acme", "stage_model": "b2b", "stage": s,
-         "stage_order": o, "entered_at": d} for s, o, d in
-        (("SQL", 3, "2026-03-03 00:00:00"), ("MQL", 2, "2026-03-05 00:00:00"))]))
+         "stage_order": o, "entered_at": d, "left_at": left} for s, o, d, left in
+        (("SQL", 3, "2026-03-03 00:00:00", "2026-03-05 00:00:00"),
+         ("MQL", 2, "2026-03-05 00:00:00", None))]))
     touches = engine.load_table(con, "jt", arrow_table(store.JOURNEY_TOUCHES, [
         {"journey_id": "j", "position": i, "unit": "account", "unit_id": "crm:acme",
          "touch_at": f"2026-03-0{d} 12:00:00"} for i, d in ((1, 2), (2, 4), (3, 6))]))
     got = stage_at(touches.drop("stage"), stages, "b2b").order_by("position").to_pandas()
     assert got.stage.tolist() == [None, "SQL", "MQL"]  # a regression shows as it happened
+    # entries without left_at (any entries table): the same stages, left_at computed
+    got = stage_at(touches.drop("stage"), stages.drop("left_at"), "b2b").order_by(
+        "position").to_pandas()
+    assert got.stage.tolist() == [None, "SQL", "MQL"]
 
 
 def _journey_touches(con: BaseBackend, paths: dict[str, tuple[list[str], bool]]) -> object:

@@ -117,14 +117,17 @@ def journey_rows(sessions: ir.Table, conv: ir.Table, spec: ConversionSpec) -> ir
 
     # open journeys: the touches after the unit's last conversion, or all of them
     last = conv.group_by(["unit", "unit_id"]).aggregate(_last_at=conv.converted_at.max())
+    # an open journey ends at its unit's last touch: the last of all its touches (the open
+    # ones are the latest), an aggregate joined back rather than a window over journey ids
+    ends = own.group_by(_u="unit", _uid="unit_id").aggregate(_end=own.touch_at.max())
     o = own.left_join(last, [own.unit == last.unit, own.unit_id == last.unit_id])
     o = o.filter(o._last_at.isnull() if spec.count == "first"
                  else o._last_at.isnull() | (o.touch_at > o._last_at))
+    o = o.inner_join(ends, [o.unit == ends._u, o.unit_id == ends._uid])
     o = o.mutate(journey_id=ibis.literal(spec.name) + ":" + o.unit_id + ":" + OPEN,
                  conversion=ibis.literal(spec.name), sequence=ibis.null("int64"),
                  converted_at=ibis.null("timestamp"), value=ibis.literal(0.0),
                  ref=ibis.null("string"))
-    o = o.mutate(_end=o.touch_at.max().over(ibis.window(group_by="journey_id")))
     o = o.mutate(_kept=_in_window(o.touch_at, o._end, spec.lookback_days))
     opened = o.select(*_TOUCH_COLUMNS, "ref", converted=ibis.literal(False), _end=o._end,
                       _kept=o._kept)

@@ -154,12 +154,15 @@ def stage_at(touches: ir.Table, stages: ir.Table, stage_model: str) -> ir.Table:
     most one interval holds each touch.
     """
     mine = stages.filter(stages.stage_model == stage_model)
-    # left_at as stage_table stores it, recomputed so that any entries table will do
-    w = ibis.window(group_by=["unit", "unit_id"], order_by=["entered_at", "stage_order"])
+    # left_at as stage_table stores it (read when there, else computed: any entries will do)
+    if "left_at" in mine.columns:
+        left = mine.left_at
+    else:
+        w = ibis.window(group_by=["unit", "unit_id"], order_by=["entered_at", "stage_order"])
+        left = mine.entered_at.lead().over(w)
     s = mine.select(
         _unit="unit", _unit_id="unit_id", _stage="stage", _entered="entered_at",
-        _left=mine.entered_at.lead().over(w).fill_null(
-            ibis.literal(_END_OF_TIME, type="timestamp")))
+        _left=left.fill_null(ibis.literal(_END_OF_TIME, type="timestamp")))
     t = touches
     j = t.left_join(s, [t.unit == s._unit, t.unit_id == s._unit_id, s._entered <= t.touch_at,
                         t.touch_at < s._left])
