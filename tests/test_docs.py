@@ -52,6 +52,8 @@ def test_every_toml_example_in_the_docs_is_valid_settings(tmp_path, monkeypatch)
         config = tmp_path / "touchline.toml"
         config.write_text(block)
         monkeypatch.setenv("TOUCHLINE_CONFIG", str(config))
+        # secrets go in the environment, as docs/privacy.md says, never in the file
+        monkeypatch.setenv("TOUCHLINE_PII_HASH_KEY", "a-secret-of-16-chars")
         settings = load_settings()
         assert settings is not None, name
 
@@ -61,7 +63,8 @@ DOCS = Path(__file__).resolve().parents[1]
 RUN_ELSEWHERE = {"docs/attribution.md": "tests/attribution/test_attribution_api.py",
                  "docs/dashboard.md": "tests/serve/test_report.py",
                  "docs/kpis.md": "tests/metrics/test_kpis.py",
-                 "docs/exports.md": "tests/exports/test_crm.py"}
+                 "docs/exports.md": "tests/exports/test_crm.py",
+                 "docs/privacy.md": "tests/test_docs.py"}
 
 
 def _python_blocks(page: Path) -> list[str]:
@@ -109,3 +112,14 @@ def test_readme_and_journeys_examples_run(tmp_path: Path, monkeypatch: pytest.Mo
     for name, blocks in (("docs/journeys.md", journeys), ("README.md", readme)):
         for block in blocks:
             exec(compile(block, name, "exec"), {})
+
+
+def test_python_examples_in_the_privacy_doc_run(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/privacy.md's python blocks run as written (each asserts what it shows)."""
+    page = DOCS / "docs" / "privacy.md"
+    blocks = _python_blocks(page)
+    assert blocks
+    monkeypatch.chdir(tmp_path)  # the spool folder and any file the example makes
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), {"__name__": "__docs__"})

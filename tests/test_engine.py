@@ -173,3 +173,29 @@ def test_pins_hold() -> None:
     assert major_minor < (30, 18), "ibis 12 breaks with sqlglot >= 30.18"
     assert tuple(int(x) for x in duckdb.__version__.split(".")[:2]) < (2, 1)
     assert ibis.__version__ == "12.0.0"
+
+
+def test_delete_where_deletes_matching_rows_keeps_null_predicates_on_each_engine(con) -> None:
+    # a subquery in the predicate (isin another table's column), and a null predicate keeps
+    # its row on both: DuckDB's DELETE and Spark's rewrite of the kept rows
+    engine.load_table(con, "t_del", pd.DataFrame({"k": ["a", "b", "c", None],
+                                                  "n": [1, 2, 3, 4]}))
+    gone = engine.load_table(con, "t_gone", pd.DataFrame({"k": ["b"]}))
+    assert engine.delete_where(con, "t_del", lambda t: t.k.isin(gone.k) | (t.k == "c")) == 2
+    assert engine.delete_where(con, "t_del", lambda t: t.k == "nothing") == 0
+    got = con.table("t_del").order_by("n").to_pandas()
+    assert got.n.tolist() == [1, 4]
+    assert list(con.table("t_del").columns) == ["k", "n"]
+
+
+def test_hmac_sha256_equals_pythons_on_each_engine(con) -> None:
+    import hashlib
+    import hmac
+
+    texts = ["john@gmail.com", "é+1 202", "", None]
+    t = engine.load_table(con, "t_hmac", pd.DataFrame({"i": range(len(texts)), "s": texts}))
+    for key in ("a-secret-of-16-chars", "k" * 100):  # a key over SHA-256's block is hashed
+        got = t.select("i", h=engine.hmac_sha256(con, t.s, key)).order_by("i").to_pandas().h
+        expected = [hmac.new(key.encode(), s.encode(), hashlib.sha256).hexdigest()
+                    if s is not None else None for s in texts]
+        assert [None if v is None or v != v else v for v in got] == expected

@@ -27,6 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": {"config", "errors", "engine", "store", "journeys"},
     # exports read the stored tables, never the stages' code
     "exports": {"config", "errors", "engine", "store", "signing"},
+    # erasure rewrites the collector's spool and leases and normalises as identities do
+    "privacy": {"config", "errors", "engine", "store", "collect"},
 }
 TOP = {"pipeline", "demo", "warehouse", "cli", "terminal", "serve", "__init__", "__main__"}
 

@@ -347,6 +347,10 @@ from touchline.exports.commands import register as register_exports  # noqa: E40
 
 register_exports(app)
 
+from touchline.privacy.commands import register as register_privacy  # noqa: E402
+
+register_privacy(app)
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -13,14 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -609,6 +602,34 @@ class Settings(BaseSettings):
     crm_follow_interval_seconds: float = Field(
         30.0, gt=0, description="Seconds between two looks for new leads in `touchline push "
         "crm --follow`.")
+    export_require_consent: bool = Field(
+        False, description="Exports to ad platforms also refuse (no_consent) the conversions "
+        "of persons who never stated a consent (no t.js event with context.consent: "
+        "server-side, CRM or call-only people). Persons whose latest stated consent is not "
+        "'granted' are refused whatever this says.",
+    )
+
+    # privacy: see touchline/privacy/, docs/privacy.md
+    pii_hash_key: SecretStr | None = Field(
+        None, description="Secret key of the keyed hash (HMAC-SHA256) touchline stores instead "
+        "of personal identifiers: the erasure log's identifier hashes. At least 16 characters; "
+        "keep it out of touchline.toml (TOUCHLINE_PII_HASH_KEY). Changing it makes old hashes "
+        "unmatchable.", min_length=16,
+    )
+    raw_event_retention_days: int | None = Field(
+        None, ge=1, description="Days raw events are kept: `touchline retention apply`, and "
+        "each `touchline run` after preparing, delete older rows of `events`; their prepared "
+        "touches stay (prepare keeps them), so sessions, journeys and credits are unchanged. "
+        "None: kept for ever.",
+    )
+    pii_at_rest: Literal["plain", "hashed"] = Field(
+        "plain", description="rebuild: how prepared tables keep e-mails and phone numbers. "
+        "hashed: as HMAC-SHA256 (pii_hash_key) of the SHA-256 of the normalised value, so one "
+        "address given plain or pre-hashed is one identifier and the identity graph still "
+        "stitches; exports that need the plain value's SHA-256 (Google enhanced conversions "
+        "for leads, Meta user_data) refuse with pii_hashed_at_rest. Raw events keep what was "
+        "received (docs/privacy.md).",
+    )
 
     @field_validator("stage_models")
     @classmethod
@@ -621,6 +642,20 @@ class Settings(BaseSettings):
             if twice:
                 raise ValueError(f"stage model {model!r}: stage {', '.join(twice)} twice")
         return value
+
+    @property
+    def pii_key_at_rest(self) -> str | None:
+        """The key prepared tables' e-mails and phones are hashed under, if they are."""
+        if self.pii_at_rest != "hashed" or self.pii_hash_key is None:
+            return None
+        return self.pii_hash_key.get_secret_value()
+
+    @model_validator(mode="after")
+    def _hashing_has_a_key(self) -> Settings:
+        if self.pii_at_rest == "hashed" and self.pii_hash_key is None:
+            raise ValueError("pii_at_rest = 'hashed' needs pii_hash_key (the HMAC key; set "
+                             "TOUCHLINE_PII_HASH_KEY, 16+ characters)")
+        return self
 
     @model_validator(mode="after")
     def _default_model_is_stored(self) -> Settings:

@@ -12,16 +12,19 @@ engines that Ibis does not hide live here and nowhere else:
   ``'NaN'``: :func:`load_table` goes through Parquet on Spark instead.
 * DuckDB has transactions; Spark's tables are folders of Parquet files without them:
   :func:`all_or_nothing` gives a block of writes to several tables one outcome on both.
+* Neither Ibis nor Spark's Parquet tables have ``DELETE``: :func:`delete_where` runs DuckDB's
+  own and rewrites the kept rows on Spark.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +108,7 @@ def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:
         con = ibis.duckdb.connect(database, **config)
         con.raw_sql("SET TimeZone = 'UTC'")  # naive timestamps are UTC everywhere
         con.raw_sql(_DUCKDB_GET_JSON_OBJECT)
+        con.raw_sql(_DUCKDB_HMAC)
         # under a memory limit, scratch tables go into the warehouse file (compressed) rather
         # than temporary tables, which spill uncompressed: at 50M events those filled 58 GB
         con._touchline_scratch_in_file = bool(settings.memory_limit) and database != ":memory:"
@@ -245,6 +249,62 @@ def joined_in_order(values: ir.StringColumn, order: ir.Column, sep: str) -> ir.S
     """
     pairs = ibis.struct({"order": order, "value": values}).collect()
     return pairs.sort().map(lambda pair: pair.value).join(sep)
+
+
+#: HMAC-SHA256 on DuckDB, from the key's inner and outer pads (hex): no builtin does it
+_DUCKDB_HMAC = (
+    "CREATE OR REPLACE TEMP MACRO touchline_hmac_sha256(m, ipad, opad) AS "
+    "sha256(unhex(opad) || unhex(sha256(unhex(ipad) || encode(m))))")
+_HMAC_BLOCK_BYTES = 64
+
+
+@ibis.udf.scalar.builtin(name="touchline_hmac_sha256")
+def _duckdb_hmac(m: str, ipad: str, opad: str) -> str:  # type: ignore[empty-body]
+    """The macro :func:`connect` makes on DuckDB."""
+
+
+@ibis.udf.scalar.builtin(name="unhex")
+def _unhex(text: str) -> dt.binary:  # type: ignore[empty-body,valid-type]
+    """Spark's ``unhex``: hex text to bytes."""
+
+
+@ibis.udf.scalar.builtin(name="encode")
+def _encode(text: str, charset: str) -> dt.binary:  # type: ignore[empty-body,valid-type]
+    """Spark's ``encode``: text to bytes in ``charset``."""
+
+
+@ibis.udf.scalar.builtin(name="concat")
+def _concat_binary(a: dt.binary, b: dt.binary) -> dt.binary:  # type: ignore[empty-body,valid-type]
+    """Spark's ``concat`` of two byte strings (a byte string)."""
+
+
+@ibis.udf.scalar.builtin(name="sha2")
+def _sha2(data: dt.binary, bits: int) -> str:  # type: ignore[empty-body,valid-type]
+    """Spark's ``sha2``: hex digest."""
+
+
+def hmac_sha256(con: BaseBackend, value: ir.StringValue, key: str) -> ir.StringValue:
+    r"""HMAC-SHA256 (RFC 2104) of the UTF-8 text ``value`` under ``key``, lower-case hex, the
+    same on both engines as Python's ``hmac.new(key, value, sha256).hexdigest()``.
+
+    .. math:: HMAC(K, m) = H\big((K' \oplus opad) \,\|\, H((K' \oplus ipad) \,\|\, m)\big)
+
+    Why in the engine: the keyed hash touchline keeps instead of an e-mail or phone
+    (``pii_at_rest = "hashed"``) must be computed where the rows are. The pads are computed
+    here (a key longer than SHA-256's 64-byte block is hashed first, as the RFC says); the
+    engines only concatenate bytes and hash: a DuckDB macro (made at connect), Spark's
+    ``unhex``, ``concat`` and ``sha2``.
+    """
+    raw = key.encode()
+    if len(raw) > _HMAC_BLOCK_BYTES:
+        raw = hashlib.sha256(raw).digest()
+    padded = raw.ljust(_HMAC_BLOCK_BYTES, b"\0")
+    ipad = bytes(b ^ 0x36 for b in padded).hex()
+    opad = bytes(b ^ 0x5C for b in padded).hex()
+    if engine_name(con) != "spark":
+        return _duckdb_hmac(value, ipad, opad)
+    inner = _sha2(_concat_binary(_unhex(ibis.literal(ipad)), _encode(value, "UTF-8")), 256)
+    return _sha2(_concat_binary(_unhex(ibis.literal(opad)), _unhex(inner)), 256)
 
 
 @ibis.udf.scalar.builtin(name="url_decode")
@@ -398,6 +458,44 @@ def add_missing_columns(con: BaseBackend, name: str, schema: ibis.Schema) -> lis
     return [c for c, _ in missing]
 
 
+def delete_where(con: BaseBackend, name: str,
+                 where: Callable[[ir.Table], ir.BooleanValue]) -> int:
+    """Delete the rows of stored table ``name`` for which ``where(table)`` is true; return how
+    many. A null predicate keeps the row.
+
+    DuckDB: one ``DELETE … WHERE`` compiled from the Ibis predicate (through the ``SELECT``
+    Ibis compiles for the filter, so subqueries such as ``isin(other.column)`` work). Spark: its
+    Parquet tables cannot delete rows, and Spark refuses to overwrite a table it reads, so the
+    kept rows go to a scratch table first, then ``INSERT OVERWRITE`` the table from it (the
+    table keeps its definition; the scratch table is dropped after).
+    """
+    table = con.table(name)
+    doomed = where(table).fill_null(False)
+    count = int(table.filter(doomed).count().execute())
+    if not count:
+        return 0
+    if engine_name(con) == "spark":
+        scratch = f"tmp_delete_{name}_{uuid.uuid4().hex[:8]}"
+        kept = con.create_table(scratch, table.filter(~doomed))
+        try:
+            con.insert(name, kept, overwrite=True)
+            con._session.catalog.refreshTable(name)  # type: ignore[attr-defined]
+        finally:
+            con.drop_table(scratch, force=True)
+        return count
+    import sqlglot
+
+    query = con.compiler.to_sqlglot(table.filter(doomed))  # type: ignore[attr-defined]
+    shape = {k for k, v in query.args.items() if v} - {"with_"}
+    if shape != {"expressions", "from_", "where"}:
+        raise EngineError(f"cannot delete from {name}: the predicate compiles to {shape}")
+    # Ibis hoists a subquery used twice into a CTE: DuckDB takes WITH … DELETE as well
+    statement = sqlglot.exp.Delete(this=query.args["from_"].this, where=query.args["where"],
+                                   with_=query.args.get("with_"))
+    con.raw_sql(statement.sql("duckdb"))
+    return count
+
+
 def replace_view(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
     """Make ``name`` the view ``expr``, whatever held the name before."""
     drop_any(con, name)
@@ -411,6 +509,26 @@ def append(con: BaseBackend, name: str, data: pa.Table | ibis.Table) -> None:
         pq.write_table(data, path)
         data = con.read_parquet(str(path))
     con.insert(name, data)
+
+
+@contextmanager
+def transaction(con: BaseBackend) -> Iterator[None]:
+    """A block of deletes and writes as one transaction on DuckDB; on Spark, as they come.
+
+    Unlike :func:`all_or_nothing`, for blocks that *rewrite* tables (:func:`delete_where`):
+    Spark replaces a rewritten table's files, which no roll-back of added files can undo, so
+    such a writer must make a rerun finish the job instead (``touchline erase`` is idempotent).
+    """
+    if engine_name(con) == "spark":
+        yield
+        return
+    con.raw_sql("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.raw_sql("ROLLBACK")
+        raise
+    con.raw_sql("COMMIT")
 
 
 @contextmanager

@@ -87,6 +87,12 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
         start = time.perf_counter()
         prepared = run_prepare(con, settings)
         seconds["prepare"] = time.perf_counter() - start
+        if settings.raw_event_retention_days is not None:
+            from touchline.privacy.retention import apply_retention
+
+            deleted = apply_retention(con, settings)
+            progress(f"retention: {deleted:,} raw events older than "
+                     f"{settings.raw_event_retention_days} days deleted (their touches stay)")
     store.init(con)
     progress(f"journeys of {len(settings.conversions)} conversion types: "
              + ", ".join(c.name for c in settings.conversions))

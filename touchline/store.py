@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import hmac
 import ipaddress
 import logging
 import re
@@ -142,6 +143,10 @@ EVENTS = TableSpec(
         ("context", S, "Segment context object (JSON text)"),
         *_LOAD_COLUMNS,
         ("write_key", S, "the write key (name) the collector accepted it with"),
+        ("consent", S, "the visitor's consent state when the event was sent (t.js's "
+         "context.consent: granted, or cookieless when refused; lower case), null when the "
+         "source says nothing (server-side, CRM, calls). Exports send no conversion of a person "
+         "whose latest stated consent is not granted (docs/privacy.md)"),
     ),
 )
 
@@ -389,6 +394,26 @@ def truncate_ip(value: str) -> str | None:
         return None
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def keyed_hash(value: str, key: str) -> str:
+    """HMAC-SHA256 of ``value`` under ``key``, lower-case hex: how touchline keeps an
+    identifier it must be able to recognise but not reveal (settings.pii_hash_key).
+
+    Why keyed: a plain SHA-256 of an e-mail or phone is undone by hashing every likely
+    address or number; without the key, this one is not.
+
+    >>> keyed_hash("john@gmail.com", "a-secret-of-16-chars")[:12]
+    'eb795e5b969a'
+    """
+    return hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()
+
+
+def keyed_contact(normalised: str, key: str) -> str:
+    """How ``pii_at_rest = "hashed"`` keeps a normalised e-mail or E.164 phone:
+    :func:`keyed_hash` of its SHA-256 hex (the Python twin of
+    :func:`touchline.prepare.standardise.contact_key`, for values typed by a person)."""
+    return keyed_hash(hashlib.sha256(normalised.encode()).hexdigest(), key)
 
 
 def _removed(match: re.Match[str]) -> str:
@@ -1211,13 +1236,37 @@ CRM_DEAD_LETTERS = TableSpec(
 
 CRM_TABLES = (CRM_OUTBOX, CRM_DELIVERIES, CRM_DEAD_LETTERS)
 
+# ---- privacy: appended by `touchline erase`, see touchline/privacy/ ------------------------
+ERASURES = TableSpec(
+    name="erasures",
+    doc="The log of `touchline erase`: one row per erasure and place (a table, `spool` for "
+    "collector lines not yet loaded, `lease_store` for the collector's live number leases) "
+    "with how many rows went. The identifier asked for is kept only as a keyed hash "
+    "(HMAC-SHA256 under settings.pii_hash_key), so the log proves an erasure without naming "
+    "the person: hash the identifier again to find its erasure. docs/privacy.md.",
+    key="erasure_id|place",
+    columns=_cols(
+        ("erasure_id", S, "era_ + 16 hex"),
+        ("identifier_kind", S, "what was asked for: email, phone, user_id, anonymous_id or "
+         "person"),
+        ("identifier_hash", S, "HMAC-SHA256 (hex) of the identifier, normalised as identities "
+         "store it (e-mail trimmed and lower-cased, phone in E.164)"),
+        ("person_count", I, "people (identity graph components) the identifier resolved to"),
+        ("place", S, "the table, `spool` or `lease_store`"),
+        ("row_count", I, "rows (spool: lines or batch messages) removed there"),
+        ("erased_at", TS, "when"),
+    ),
+)
+
+PRIVACY_TABLES = (ERASURES,)
+
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, SOCIAL, REVIEWS, EXPERIMENTS,
         REJECTS, INGESTS,
         WRITE_KEYS, USERS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
-        *EXPORT_TABLES, *CRM_TABLES,
+        *EXPORT_TABLES, *CRM_TABLES, *PRIVACY_TABLES,
     )
 }
 #: a deal must carry at least one of these times (created_at is optional: some exports lack it)

@@ -126,7 +126,8 @@ class Warehouse:
         """The timeline of the person or account ``id_`` names (any id, e-mail or phone)."""
         from touchline.journeys.timeline import resolve_unit, timeline
 
-        unit, unit_id = resolve_unit(self.con, id_, phone_region=self.settings.phone_region)
+        unit, unit_id = resolve_unit(self.con, id_, phone_region=self.settings.phone_region,
+                                     pii_key=self.settings.pii_key_at_rest)
         return timeline(self.con, unit, unit_id, model=model or self.settings.default_model,
                         conversion=self._conversion(conversion),
                         stage_model=self.settings.stage_model)

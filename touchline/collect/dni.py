@@ -271,6 +271,21 @@ class LeaseBook:
             db.execute("UPDATE meta SET value = value - ? WHERE name = 'rows'", (deleted,))
             return int(deleted)
 
+    def forget(self, anonymous_ids: list[str]) -> int:
+        """Delete the leases of these visitors (``touchline erase``); return how many.
+
+        A number leased to one of them is free again at once: a call on it no longer finds
+        the erased visitor, which is the point.
+        """
+        if not anonymous_ids:
+            return 0
+        marks = ", ".join("?" * len(anonymous_ids))
+        with self._transaction() as db:
+            deleted = db.execute(
+                f"DELETE FROM leases WHERE anonymous_id IN ({marks})", anonymous_ids).rowcount
+            db.execute("UPDATE meta SET value = value - ? WHERE name = 'rows'", (deleted,))
+            return int(deleted)
+
     def _free_number(
         self, db: sqlite3.Connection, pool: str, session_id: str, now: float
     ) -> str | None:

@@ -45,9 +45,11 @@ from touchline.collect.spool import (
     BATCH,
     CALL,
     DEAL,
+    ERASED,
     EVENT,
     REJECT,
     read_complete,
+    replay_rewrites,
     segments,
     trailing_partial,
 )
@@ -111,6 +113,7 @@ def load_spool(con: BaseBackend, settings: Settings, *, max_rounds: int = 1_000)
     store.init(con)
     spool_dir = Path(settings.spool_dir)
     spool_dir.mkdir(parents=True, exist_ok=True)
+    replay_rewrites(spool_dir)  # an erasure cut off by a crash is finished before reading
     report = LoadReport()
     offsets = dict(db.execute("SELECT segment, loaded_bytes FROM spool_offsets").fetchall())
     with segments(spool_dir) as found:
@@ -154,6 +157,8 @@ def _load_chunk(
     calls: list[dict[str, Any]] = []
     for number, line in enumerate(data.split(b"\n")[:-1], start=1):
         kind, payload = line[:1], line[1:]
+        if kind == ERASED:  # `touchline erase` blanked it in place
+            continue
         if kind == EVENT:
             events_raw.append(payload.decode(errors="replace"))
             event_lines.append(number)

@@ -600,6 +600,7 @@ def _mapping_sql() -> str:
              THEN json_merge_patch({obj("$.context")}, '{{"ip": null}}')::VARCHAR END AS context,
         {text("$.source")} AS row_source,
         {text("$.writeKey")} AS write_key,
+        lower({text("$.context.consent")}) AS consent,
         {text("$.timestamp")} AS timestamp_text,
         {text("$.originalTimestamp")} AS original_timestamp_text
     FROM base

@@ -15,7 +15,8 @@ after it is locked, so the loader never mistakes a brand-new segment for a seale
 Every line is one record: a one-letter kind, then JSON. ``E`` a Segment message (with the
 server's ``receivedAt``, the write key's *name* and ``source``); ``B`` a JSON header, a tab and
 a whole batch body as received (every message valid; the loader stamps them); ``R`` a message
-refused inside a batch (with its reason); ``D`` a CRM deal row and ``C`` a call (webhooks).
+refused inside a batch (with its reason); ``D`` a CRM deal row and ``C`` a call (webhooks);
+``X`` a line erased in place (:func:`rewrite_lines`), which the loader skips.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,11 @@ from touchline.errors import TouchlineError
 
 log = logging.getLogger(__name__)
 
-EVENT, BATCH, REJECT, DEAL, CALL = b"E", b"B", b"R", b"D", b"C"
+EVENT, BATCH, REJECT, DEAL, CALL, ERASED = b"E", b"B", b"R", b"D", b"C", b"X"
 SEGMENT_SUFFIX = ".seg"
+#: the redo journal of an in-place rewrite of a segment, beside it
+REWRITE_SUFFIX = ".rewrite"
+_JOURNAL_END = b"END\n"
 LIMIT_CHECK_SECONDS = 0.25
 
 
@@ -242,3 +246,80 @@ def trailing_partial(path: Path, offset: int) -> bytes:
     with path.open("rb") as file:
         file.seek(offset)
         return file.read()
+
+
+def rewrite_lines(path: Path, rewrite: Callable[[bytes], bytes | None], *,
+                  partial: bool = False) -> int:
+    """Replace lines of segment ``path`` in place; return how many changed.
+
+    ``rewrite(line)`` (without its newline) gives ``None`` to keep the line, else its new
+    content, at most as long; it is padded with spaces to the old length, and a line that
+    becomes empty is written as an ``X`` (erased) line the loader skips. With ``partial``
+    (only for a sealed segment: a live one may be writing it), the bytes after the last
+    newline, a write cut off by a crash, are offered too.
+
+    Why in place and of the same length: ``spool_offsets`` counts bytes, so every offset
+    stays valid whether the line was loaded or not; a live writer only appends (``O_APPEND``),
+    so no byte it writes is touched. Durable: the new bytes go to a redo journal
+    (``<segment>.rewrite``, fsynced, with an end marker) before any byte of the segment
+    changes, and the journal is removed only after the segment is fsynced; a crash in
+    between is finished by :func:`replay_rewrites` (the loader runs it before each load).
+    """
+    with path.open("rb") as file:
+        data = file.read()
+    edits: list[tuple[int, bytes]] = []
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        stop = len(data) if end < 0 else end
+        if end < 0 and not partial:
+            break
+        line = data[start:stop]
+        new = rewrite(line)
+        if new is not None and new != line:
+            if len(new) > len(line):
+                raise ValueError(f"a rewritten line of {path.name} would grow")
+            if not new.strip():
+                new = ERASED
+            edits.append((start, new.ljust(len(line), b" ")))
+        start = stop + 1
+    if not edits:
+        return 0
+    journal = path.with_name(path.name + REWRITE_SUFFIX)
+    with journal.open("wb") as out:
+        out.writelines(f"{offset}\t".encode() + new.hex().encode() + b"\n"
+                       for offset, new in edits)
+        out.write(_JOURNAL_END)
+        out.flush()
+        os.fsync(out.fileno())
+    _fsync_dir(path.parent)
+    _apply_journal(path, journal)
+    return len(edits)
+
+
+def _apply_journal(path: Path, journal: Path) -> None:
+    lines = journal.read_bytes().splitlines(keepends=True)
+    if not lines or lines[-1] != _JOURNAL_END:  # cut off before it was complete: never applied
+        journal.unlink()
+        _fsync_dir(journal.parent)
+        return
+    if path.exists():
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for entry in lines[:-1]:
+                offset, hexed = entry.rstrip(b"\n").split(b"\t")
+                os.pwrite(fd, bytes.fromhex(hexed.decode()), int(offset))
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    journal.unlink()
+    _fsync_dir(journal.parent)
+
+
+def replay_rewrites(directory: Path) -> int:
+    """Finish the in-place rewrites a crash interrupted (see :func:`rewrite_lines`); return
+    how many journals were found."""
+    journals = sorted(directory.glob(f"*{SEGMENT_SUFFIX}{REWRITE_SUFFIX}"))
+    for journal in journals:
+        _apply_journal(journal.with_name(journal.name.removesuffix(REWRITE_SUFFIX)), journal)
+    return len(journals)

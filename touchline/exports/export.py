@@ -25,7 +25,13 @@ from ibis.backends import BaseBackend
 from touchline.config import Settings
 from touchline.errors import ConfigError, UnknownModelError, did_you_mean
 from touchline.exports import audit, google_ads, meta, microsoft, rows
-from touchline.exports.formats import CheckOptions, Conversion, Format, WriteOptions
+from touchline.exports.formats import (
+    CheckOptions,
+    Conversion,
+    Format,
+    Rejection,
+    WriteOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +102,48 @@ def _conversions(table: Any, *, name: str, currency: str) -> list[Conversion]:
     return out
 
 
+#: why a conversion of a person without ad consent is not sent (``rejects.reason``)
+NO_CONSENT_REASON = ("the person's latest consent (t.js context.consent) is not 'granted': no "
+                     "upload to an ad platform")
+
+
+def _consented(con: BaseBackend, records: list[Conversion], *, require: bool
+               ) -> tuple[list[Conversion], list[Rejection]]:
+    """``records`` split into those whose person consented and ``no_consent`` rejections
+    (:func:`rows.refused_consent`), before any validator sees them."""
+    persons = sorted({r.external_id for r in records if r.external_id})
+    if not persons:
+        return records, []
+    refused_persons = rows.refused_consent(con, require=require)
+    mine = refused_persons.filter(refused_persons.person_id.isin(persons))
+    refused = set(mine.to_pyarrow().column("person_id").to_pylist())
+    kept = [r for r in records if r.external_id not in refused]
+    rejected = [Rejection(r, "no_consent", "consent", NO_CONSENT_REASON)
+                for r in records if r.external_id in refused]
+    return kept, rejected
+
+
+#: why a people-matched conversion cannot go when contacts are keyed hashes at rest
+PII_HASHED_REASON = ("e-mails and phones are stored as keyed hashes (pii_at_rest = 'hashed'); "
+                     "the platform matches people on the SHA-256 of the plain normalised value, "
+                     "which cannot be made from a keyed hash")
+
+
+def _contacts_at_rest(records: list[Conversion], layout: Format, settings: Settings
+                      ) -> tuple[list[Conversion], list[Rejection]]:
+    """With ``pii_at_rest = "hashed"`` the stored contacts are keyed hashes, not what a
+    platform's hashing rules take: they are never sent, and a layout that matches on people
+    only (no click id: Google enhanced conversions for leads) refuses every record with
+    ``pii_hashed_at_rest``. Plain at rest: ``records`` as they are."""
+    if settings.pii_at_rest != "hashed":
+        return records, []
+    if not layout.clicks:
+        return [], [Rejection(r, "pii_hashed_at_rest", "email", PII_HASHED_REASON)
+                    for r in records]
+    return [replace(r, email=None, phone=None, email_sha256=None, phone_sha256=None)
+            for r in records], []
+
+
 def _check_inputs(con: BaseBackend, settings: Settings, conversion: str,
                   model: str | None, fmt: Format) -> None:
     names = [c.name for c in settings.conversions]
@@ -164,7 +212,11 @@ def export_conversions(con: BaseBackend, settings: Settings, *, destination: str
             rows.adjustments(current, sent).order_by("converted_at", "conversion_id"),
             name=name, currency=currency)]
     window = settings.export_conversion_window_days.get(destination, 90)
-    checked = layout.validate([*fresh, *adjusted], CheckOptions(now=now, window_days=window))
+    allowed, refused = _consented(con, [*fresh, *adjusted],
+                                  require=settings.export_require_consent)
+    allowed, unhashable = _contacts_at_rest(allowed, layout, settings)
+    checked = layout.validate(allowed, CheckOptions(now=now, window_days=window))
+    checked = replace(checked, rejected=[*refused, *unhashable, *checked.rejected])
     kept_new = [c for c in checked.kept if c.kind == "conversion"]
     kept_adjusted = [c for c in checked.kept if c.kind != "conversion"]
     options = WriteOptions(time_zone=settings.export_time_zone,

@@ -166,3 +166,37 @@ def adjustments(current: ir.Table, sent: ir.Table) -> ir.Table:
     return out.filter(out.kind.notnull()).select(
         "conversion_id", "journey_id", "order_id", "click_id", "click_id_param", "converted_at",
         "currency", "value", "kind")
+
+
+#: the consent state that allows an upload; t.js sends ``cookieless`` for a refusal
+CONSENT_GRANTED = "granted"
+
+
+def refused_consent(con: BaseBackend, *, require: bool = False) -> ir.Table:
+    """``person_id`` of the persons an ad platform must not hear of: those whose latest event
+    stating a consent (``events.consent``, from t.js) does not say ``granted``, and with
+    ``require``, also those with no stated consent at all (server-side, CRM and call-only
+    people). Events reach persons through their device (``identities``: ``anon:<id>``).
+    Ties at one time: the refusal wins."""
+    ident = con.table("identities").select("identifier", "person_id")
+    events = con.table("events") if "events" in con.list_tables() else None
+    if events is None or "consent" not in events.columns:
+        # no raw events kept, or a warehouse from before the column: nothing stated
+        stated = ident.filter(ibis.literal(False)).select(
+            anonymous_id=ident.identifier, timestamp=ibis.null("timestamp"),
+            consent=ibis.null("string"))
+    else:
+        stated = events.filter(events.consent.notnull() & events.anonymous_id.notnull()).select(
+            "anonymous_id", "timestamp", "consent")
+    found = stated.inner_join(ident, ("anon:" + stated.anonymous_id) == ident.identifier)
+    refused = found.consent.lower() != CONSENT_GRANTED
+    ranked = found.mutate(_rank=ibis.row_number().over(
+        group_by=found.person_id,
+        order_by=[ibis.desc(found.timestamp), ibis.desc(refused.cast("int8"))]))
+    latest = ranked.filter(ranked._rank == 0)
+    out = latest.filter(latest.consent.lower() != CONSENT_GRANTED).select("person_id")
+    if require:
+        persons = ident.select("person_id").distinct()
+        silent = persons.filter(~persons.person_id.isin(latest.person_id))
+        out = out.union(silent)
+    return out.distinct()

@@ -214,6 +214,7 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     from touchline.journeys.conversions import conversion_candidates, find_conversions
     from touchline.journeys.stages import stage_at, stage_table, touch_stages
     from touchline.prepare.reference import currency_rates
+    from touchline.prepare.standardise import contact_key
 
     rates = currency_rates(settings.reporting_currency, settings.currency_rates_file)
     sessions = con.table("sessions")  # type: ignore[attr-defined]
@@ -228,7 +229,8 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     found = ibis.union(*(find_conversions(con, spec, touch_events=settings.touch_events,
                                           statuses=settings.deal_statuses, rates=rates,
                                           call_seconds=settings.call_conversion_seconds,
-                                          touchpoints=candidates)
+                                          touchpoints=candidates,
+                                          contact_key=contact_key(con, settings))  # type: ignore[arg-type]
                          for spec in settings.conversions), distinct=False)
     found = engine.materialise(con, "_touchline_found", found)  # type: ignore[arg-type]
     numbered = engine.materialise(con, "_touchline_conversions", ibis.union(*(  # type: ignore[arg-type]

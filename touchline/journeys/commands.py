@@ -51,7 +51,8 @@ def show_timeline(id_: str, model: str | None, conversion: str | None, stage_mod
 
     try:
         settings, con = _connect(database)
-        unit, unit_id = resolve_unit(con, id_, phone_region=settings.phone_region)
+        unit, unit_id = resolve_unit(con, id_, phone_region=settings.phone_region,
+                                     pii_key=settings.pii_key_at_rest)
         if expect is not None and unit != expect:
             raise ConfigError(f"{id_!r} names {unit} {unit_id}; use `touchline {unit}`")
         model = model or settings.default_model

@@ -33,6 +33,7 @@ import pandas as pd
 
 from touchline.config import ConversionSpec, StageSpec
 from touchline.engine import json_value
+from touchline.prepare.standardise import ContactKey
 
 #: the columns of a conversions table, in order
 CONVERSION_SCHEMA = {"conversion": "string", "unit": "string", "unit_id": "string",
@@ -196,17 +197,20 @@ def deal_events(deals: ir.Table, deal: str, *, statuses: Mapping[str, Sequence[s
         contact_emails=rows.contact_emails.max(), contact_ids=rows.contact_ids.max())
 
 
-def deal_people(deal_rows: ir.Table, identities: ir.Table) -> ir.Table:
+def deal_people(deal_rows: ir.Table, identities: ir.Table, *,
+                contact_key: ContactKey | None = None) -> ir.Table:
     """``deal_id → person_id``: the least person named by the deal's contact e-mails or
-    contact ids (identity graph nodes ``email:<address>``, ``contact:<id>``)."""
+    contact ids (identity graph nodes ``email:<address>``, ``contact:<id>``); ``contact_key``:
+    how the graph keeps e-mails (:func:`~touchline.prepare.standardise.contact_key`)."""
     named = []
     for column, kind, lower in (("contact_emails", "email", True),
                                 ("contact_ids", "contact", False)):
         listed = deal_rows.filter(deal_rows[column].notnull()).select(
             "deal_id", _value=deal_rows[column].split(";").unnest())
         value = listed._value.strip()
-        named.append(listed.select("deal_id",
-                                   identifier=kind + ":" + (value.lower() if lower else value)))
+        if lower:
+            value = value.lower() if contact_key is None else contact_key(value.lower())
+        named.append(listed.select("deal_id", identifier=kind + ":" + value))
     every = ibis.union(*named, distinct=True)
     nodes = identities.select("identifier", "person_id")
     found = every.inner_join(nodes, "identifier")
@@ -215,11 +219,12 @@ def deal_people(deal_rows: ir.Table, identities: ir.Table) -> ir.Table:
 
 def deal_conversions(deals: ir.Table, identities: ir.Table, accounts: ir.Table,
                      spec: ConversionSpec, *, statuses: Mapping[str, Sequence[str]],
-                     rates: Mapping[str, float]) -> ir.Table:
+                     rates: Mapping[str, float],
+                     contact_key: ContactKey | None = None) -> ir.Table:
     """The deals that are conversions of ``spec``, each given to its unit (see the module)."""
     assert spec.deal is not None
     rows = deal_events(deals, spec.deal, statuses=statuses, rates=rates)
-    people = deal_people(rows, identities)
+    people = deal_people(rows, identities, contact_key=contact_key)
     known = accounts.select(_account=accounts.account_id)
     rows = rows.left_join(people, "deal_id").select(rows, people.person_id)
     rows = rows.left_join(known, ("crm:" + rows.account_id) == known._account)
@@ -248,7 +253,8 @@ def find_conversions(con: object, spec: ConversionSpec, *,
                      touch_events: Mapping[str, Sequence[str]],
                      statuses: Mapping[str, Sequence[str]], rates: Mapping[str, float],
                      call_seconds: int | None = None,
-                     touchpoints: ir.Table | None = None) -> ir.Table:
+                     touchpoints: ir.Table | None = None,
+                     contact_key: ContactKey | None = None) -> ir.Table:
     """Every conversion of ``spec`` in a prepared warehouse ``con`` (:data:`CONVERSION_SCHEMA`);
     ``call_seconds``: the talk time a call needs when the spec does not say; ``touchpoints``:
     the warehouse's, or :func:`conversion_candidates` of them."""
@@ -268,7 +274,7 @@ def find_conversions(con: object, spec: ConversionSpec, *,
         tables = {name: con.table(name)  # type: ignore[attr-defined]
                   for name in ("deals", "identities", "accounts")}
         found = deal_conversions(tables["deals"], tables["identities"], tables["accounts"], spec,
-                                 statuses=statuses, rates=rates)
+                                 statuses=statuses, rates=rates, contact_key=contact_key)
     return found.select(*(found[c].cast(t).name(c) for c, t in CONVERSION_SCHEMA.items()))
 
 

@@ -21,6 +21,7 @@ import ibis.expr.types as ir
 
 from touchline.config import Settings, StageSpec
 from touchline.journeys.conversions import deal_events, deal_people, touch_condition
+from touchline.prepare.standardise import ContactKey, contact_key
 
 UNITS = ("person", "account")
 
@@ -36,7 +37,8 @@ def _per_unit(table: ir.Table, at: ir.TimestampValue, unit: str) -> ir.Table:
 def stage_entries(stage: StageSpec, *, unit: str, sessions: ir.Table, touchpoints: ir.Table,
                   conversions: ir.Table, deals: ir.Table, identities: ir.Table,
                   accounts: ir.Table, touch_events: Mapping[str, Sequence[str]],
-                  statuses: Mapping[str, Sequence[str]]) -> ir.Table:
+                  statuses: Mapping[str, Sequence[str]],
+                  contact_key: ContactKey | None = None) -> ir.Table:
     """When each unit of kind ``unit`` entered ``stage``: ``unit``, ``unit_id``, ``entered_at``.
 
     ``conversions`` are the numbered conversions of every type (``conversion``, ``unit``,
@@ -64,7 +66,7 @@ def stage_entries(stage: StageSpec, *, unit: str, sessions: ir.Table, touchpoint
             named = rows.mutate(account_id="crm:" + rows.account_id).inner_join(known,
                                                                                  "account_id")
             return _per_unit(named.mutate(person_id=ibis.null("string")), named.at, "account")
-        people = deal_people(rows, identities)
+        people = deal_people(rows, identities, contact_key=contact_key)
         named = rows.inner_join(people, "deal_id")
         return _per_unit(named.mutate(account_id=ibis.null("string")), named.at, "person")
     hits = touchpoints.filter(touch_condition(touchpoints, stage, touch_events))
@@ -113,7 +115,9 @@ def stage_table(con: object, settings: Settings, conversions: ir.Table,
                 continue
             entries = stage_entries(stage, unit=unit, conversions=conversions,
                                     touch_events=settings.touch_events,
-                                    statuses=settings.deal_statuses, **tables)
+                                    statuses=settings.deal_statuses,
+                                    contact_key=contact_key(con, settings),  # type: ignore[arg-type]
+                                    **tables)
             parts.append(entries.select("unit", "unit_id", cond=ibis.literal(cid),
                                         entered_at=entries.entered_at.cast("timestamp")))
         if touch_ids:

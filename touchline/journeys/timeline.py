@@ -22,33 +22,41 @@ import ibis
 import ibis.expr.types as ir
 
 from touchline.errors import InputError
+from touchline.store import keyed_contact
 
 #: the columns of a timeline, in order
 TIMELINE_COLUMNS = ("at", "kind", "person_id", "channel", "source", "medium", "campaign",
                     "keyword", "landing_page", "detail", "credit", "value")
 
 
-def _candidates(text: str, phone_region: str) -> list[str]:
-    """Identity-graph identifiers ``text`` may be, most specific first."""
+def _candidates(text: str, phone_region: str, pii_key: str | None = None) -> list[str]:
+    """Identity-graph identifiers ``text`` may be, most specific first; with ``pii_key``
+    (``pii_at_rest = "hashed"``) e-mails and phones as the graph keeps them, keyed."""
     import phonenumbers
+
+    def contact(kind: str, normalised: str) -> str:
+        kept = normalised if pii_key is None else keyed_contact(normalised, pii_key)
+        return f"{kind}:{kept}"
 
     value = text.strip()
     out = [f"user:{value}", f"contact:{value}", f"anon:{value}"]
     if "@" in value:
-        out.insert(0, f"email:{value.lower()}")
+        out.insert(0, contact("email", value.lower()))
     try:
         number = phonenumbers.parse(value, phone_region)
         if phonenumbers.is_possible_number(number):
-            out.append("phone:" + phonenumbers.format_number(
-                number, phonenumbers.PhoneNumberFormat.E164))
+            out.append(contact("phone", phonenumbers.format_number(
+                number, phonenumbers.PhoneNumberFormat.E164)))
     except phonenumbers.NumberParseException:
         pass
     return out
 
 
-def resolve_unit(con: object, text: str, *, phone_region: str = "US") -> tuple[str, str]:
+def resolve_unit(con: object, text: str, *, phone_region: str = "US",
+                 pii_key: str | None = None) -> tuple[str, str]:
     """``("person", person_id)`` or ``("account", account_id)`` for an id of any kind, or
-    :class:`~touchline.errors.InputError` saying what was tried."""
+    :class:`~touchline.errors.InputError` saying what was tried; ``pii_key``: the key of
+    ``pii_at_rest = "hashed"`` warehouses (e-mails and phones are looked up keyed)."""
     value = text.strip()
     persons = con.table("persons")  # type: ignore[attr-defined]
     accounts = con.table("accounts")  # type: ignore[attr-defined]
@@ -58,15 +66,16 @@ def resolve_unit(con: object, text: str, *, phone_region: str = "US") -> tuple[s
         if accounts.filter(accounts.account_id == account).count().execute():
             return "account", account
     identities = con.table("identities")  # type: ignore[attr-defined]
-    tried = _candidates(value, phone_region)
+    tried = _candidates(value, phone_region, pii_key)
     found = identities.filter(identities.identifier.isin(tried)).select(
         "identifier", "person_id").to_pandas()
     for identifier in tried:
         hit = found[found.identifier == identifier]
         if len(hit):
             return "person", str(hit.person_id.iloc[0])
+    shown = _candidates(value, phone_region)  # what was typed, never the keyed forms
     raise InputError(f"no person or account is named {text!r} (tried person and account ids, "
-                     f"{', '.join(tried)})")
+                     f"{', '.join(shown)})")
 
 
 def _empty(t: ir.Table, **values: ir.Value) -> ir.Table:

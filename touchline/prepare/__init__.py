@@ -49,6 +49,8 @@ STEPS: tuple[Step, ...] = (
          why="a form fill seen by the tag, the CRM and the chat tool is one touch"),
     Step("dedupe_orders", steps.dedupe_orders,
          why="a reloaded thank-you page or a second tag would count one order twice"),
+    Step("keep_retained_touches", steps.keep_retained_touches,
+         why="raw events past their retention are deleted; the touches prepared from them stay"),
     Step("sessionise", steps.sessionise, persist_as="touches",
          why="channels are credited per visit, not per page view"),
     Step("classify_channels", steps.classify_channels,

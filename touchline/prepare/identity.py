@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import ibis
 import ibis.expr.types as ir
@@ -284,7 +284,9 @@ def domain_table(domains: Sequence[str], free_mail: frozenset[str],
 
 
 def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.Table,
-                    domains: ir.Table) -> ir.Table:
+                    domains: ir.Table,
+                    contact_key: Callable[[ir.StringValue], ir.StringValue] | None = None
+                    ) -> ir.Table:
     """``person_id -> account_id, account_source, account_name, domain``: one company, one account.
 
     Evidence, by precedence: a CRM deal listing one of the person's e-mails or CRM contact ids
@@ -294,7 +296,8 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
     account id becomes that ``crm:`` account; a domain that is a CRM account's domain becomes
     that account, else one written from by a group's people becomes that group's account.
     ``account_source`` says which kind of account it is; a CRM account keeps the CRM's name
-    and domain.
+    and domain. ``contact_key``: how the identity graph keeps e-mails
+    (:func:`~touchline.prepare.standardise.contact_key`; none: plain).
     """
     emails = identities.filter(identities.kind == "email").select(
         "person_id", email=identities.identifier.substr(6))
@@ -313,7 +316,9 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
                 "account_id", "account_name", "account_domain",
                 _value=known[column].split(";").unnest())
             value = listed._value.strip()
-            listed = listed.mutate(identifier=kind + ":" + (value.lower() if normalise else value))
+            if normalise:
+                value = value.lower() if contact_key is None else contact_key(value.lower())
+            listed = listed.mutate(identifier=kind + ":" + value)
             listed = listed.distinct()
             mine = identities.filter(identities.kind == kind).select("identifier", "person_id")
             crm = mine.inner_join(listed, "identifier")

@@ -8,13 +8,20 @@ audited per distinct value (old → new, rows), not per row, so the audit stays 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
+from touchline import engine
 from touchline.store import CLICK_ID_PLATFORMS
+
+if TYPE_CHECKING:
+    from ibis.backends import BaseBackend
+
+    from touchline.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -302,3 +309,38 @@ def convert_currency(events: ir.Table, *, rates: Mapping[str, float],
                             "(add it to settings.currency_rates_file)"),
         message_id=ibis.literal(None, type="string"), new_value=ibis.literal(None, type="string"))
     return out, audit
+
+
+#: how a normalised e-mail or E.164 phone becomes its stored form (``pii_at_rest``)
+ContactKey = Callable[[ir.StringValue], ir.StringValue]
+
+
+def contact_key(con: BaseBackend, settings: Settings) -> ContactKey | None:
+    r"""How prepared tables and the identity graph keep a normalised e-mail or E.164 phone:
+    ``None`` when ``pii_at_rest`` is ``plain`` (as it is); when ``hashed``,
+
+    .. math:: key(v) = HMAC_{pii\_hash\_key}(SHA256_{hex}(v))
+
+    Keyed over the SHA-256 so that an address given plain and one given already hashed
+    (``email_sha256``: ad platforms, CRMs) become the same identifier. Every place that turns
+    a contact into an identifier (:func:`hash_contacts`, deals' contacts) goes through it.
+    """
+    if settings.pii_at_rest != "hashed" or settings.pii_hash_key is None:
+        return None
+    key = settings.pii_hash_key.get_secret_value()
+    return lambda value: engine.hmac_sha256(con, sha256_hex(value), key)
+
+
+def hash_contacts(events: ir.Table, con: BaseBackend, settings: Settings) -> ir.Table:
+    """``email`` and ``phone`` (normalised, by :func:`standardise_contacts`) replaced by their
+    keyed hash, of the plain value's SHA-256 or else of the SHA-256 given; the ``_sha256``
+    columns emptied (their value is in the keyed one)."""
+    assert settings.pii_hash_key is not None
+    key = settings.pii_hash_key.get_secret_value()
+
+    def keyed(plain: ir.StringValue, given: ir.StringValue) -> ir.StringValue:
+        return engine.hmac_sha256(con, ibis.coalesce(sha256_hex(plain), given), key)
+
+    return events.mutate(email=keyed(events.email, events.email_sha256),
+                         phone=keyed(events.phone, events.phone_sha256),
+                         email_sha256=ibis.null("string"), phone_sha256=ibis.null("string"))

@@ -124,6 +124,8 @@ def standardise_contacts(t: Tables, ctx: Context) -> StepResult:
     raw = _distinct(t["events"].phone)
     phones = ctx.lookup("phones", standardise.e164_table(raw, ctx.settings.phone_region))
     events, audit = standardise.standardise_contacts(t["events"], phones)
+    if ctx.settings.pii_at_rest == "hashed":
+        events = standardise.hash_contacts(events, ctx.con, ctx.settings)
     return StepResult({"events": events}, audit=audit)
 
 
@@ -178,6 +180,29 @@ def dedupe_orders(t: Tables, ctx: Context) -> StepResult:
         return StepResult(audit=audit)
     split = dedupe.dedupe_orders(events, losers)
     return StepResult({"events": split.kept}, split.rejected, audit=audit)
+
+
+def keep_retained_touches(t: Tables, ctx: Context) -> StepResult:
+    """With ``raw_event_retention_days``, the stored touches whose raw event retention
+    deleted (``touchline retention apply``) join the cleaned events again, as they were
+    prepared: sessions, channels, the identity graph and journeys are then built from all of
+    them, and a run after the deletion gives the tables of a run before it."""
+    events = t["events"]
+    con = ctx.con
+    if ctx.settings.raw_event_retention_days is None or "touches" not in con.list_tables():
+        return StepResult({"events": events})
+    stored = con.table("touches")
+    raw = con.table("events").select(_raw_id="message_id")
+    gone = stored.anti_join(raw, stored.message_id == raw._raw_id)
+    renamed = {"source": "recorded_by"}
+    columns = []
+    for name, dtype in events.schema().items():
+        source = renamed.get(name, name)
+        value = gone[source] if source in gone.columns else ibis.null(dtype)
+        columns.append(value.cast(dtype).name(name))
+    # stored first: sessionise replaces `touches`, which this reads
+    kept = engine.materialise(con, f"{SCRATCH_PREFIX}retained_touches", gone.select(*columns))
+    return StepResult({"events": events.union(kept, distinct=False)})
 
 
 def sessionise(t: Tables, ctx: Context) -> StepResult:
@@ -247,5 +272,6 @@ def assign_accounts(t: Tables, ctx: Context) -> StepResult:
     touches = t["events"]
     groups = touches.filter(touches.group_id.notnull()).select("device_id", "group_id").distinct()
     accounts = identity.person_accounts(ident, deals=t.get("deals"), groups=groups,
-                                        domains=lookup)
+                                        domains=lookup,
+                                        contact_key=standardise.contact_key(ctx.con, ctx.settings))
     return StepResult({"person_accounts": accounts})

@@ -326,7 +326,8 @@ def _person_section(con: BaseBackend, query: str, filters: Filters,
         data = person_timeline_data(con, query, model=filters.model,
                                     conversion=filters.conversion,
                                     stage_model=filters.stage_model,
-                                    phone_region=settings.phone_region)
+                                    phone_region=settings.phone_region,
+                                    pii_key=settings.pii_key_at_rest)
     except TouchlineError as exc:
         return Section("person", "Person timeline", error=str(exc))
     return Section("person", "Person timeline",

@@ -522,14 +522,16 @@ def stage_kpis_figure(data: pd.DataFrame) -> go.Figure:
 def person_timeline_data(con: BaseBackend, person: str, *, model: str = MODEL_DEFAULT,
                          conversion: str | None = None,
                          stage_model: str = STAGE_MODEL_DEFAULT,
-                         phone_region: str = "US") -> pd.DataFrame:
+                         phone_region: str = "US", pii_key: str | None = None
+                         ) -> pd.DataFrame:
     """The timeline (:func:`touchline.journeys.timeline.timeline`) of the person or account
     ``person`` names (person id, user id, e-mail, phone, CRM or anonymous id, account id),
     in time order, plus ``lane``: the row the chart draws it on (touches on ``touches``, or
-    on their person's lane in an account's timeline; other kinds on their own)."""
+    on their person's lane in an account's timeline; other kinds on their own). ``pii_key``:
+    the key of a ``pii_at_rest = "hashed"`` warehouse."""
     from touchline.journeys.timeline import resolve_unit, timeline
 
-    unit, unit_id = resolve_unit(con, person, phone_region=phone_region)
+    unit, unit_id = resolve_unit(con, person, phone_region=phone_region, pii_key=pii_key)
     try:
         conversion = resolve_conversion(con, conversion)
     except ConfigError:  # no conversions stored at all: a timeline without credits

@@ -1,0 +1,98 @@
+"""Retention: raw events older than ``raw_event_retention_days`` are deleted; the prepared
+tables, journeys and credits of a run after the deletion are those of a run before it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from factories import CLI_OWN_CONNECTION, JOHN, JOHN_DEAL, arrow_table, event_rows
+from ibis.backends import BaseBackend
+from typer.testing import CliRunner
+
+from touchline import engine, store
+from touchline.cli import app
+from touchline.config import Settings
+from touchline.pipeline import run
+from touchline.privacy import apply_retention
+
+NOW = datetime(2026, 4, 10)
+OTHERS = [
+    {"message_id": "mary-m1", "anonymous_id": "mary-1", "timestamp": "2026-03-02 10:00:00",
+     "url": "https://plumb.example/?utm_source=newsletter&utm_medium=email",
+     "utm_source": "newsletter", "utm_medium": "email"},
+    {"message_id": "mary-m2", "anonymous_id": "mary-1", "type": "track",
+     "event": "Form Submitted", "email": "mary@example.org", "timestamp": "2026-03-02 10:05:00"},
+    {"message_id": "mary-m3", "anonymous_id": "mary-1", "type": "track",
+     "event": "Order Completed", "revenue": 120.0, "currency": "USD",
+     "timestamp": "2026-03-15 10:00:00", "properties": '{"order_id": "O-9"}'},
+]
+
+
+def _settings(tmp_path: Path, days: int | None) -> Settings:
+    return Settings(database_url="duckdb://", temp_directory=tmp_path,
+                    raw_event_retention_days=days, attribution_models=["linear"],
+                    default_model="linear")
+
+
+def test_retention_deletes_raw_events_before_the_horizon_only(con: BaseBackend,
+                                                              tmp_path: Path) -> None:
+    engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(
+        [{"anonymous_id": "a", "timestamp": t} for t in
+         ("2026-03-01 00:00:00", "2026-03-10 23:59:59", "2026-03-11 00:00:00", "2026-04-09")]
+    )))
+    store.init(con)
+    # 30 days before 2026-04-10: 2026-03-11 00:00
+    assert apply_retention(con, _settings(tmp_path, 30), now=NOW) == 2
+    assert sorted(con.table("events").message_id.to_pandas()) == ["m3", "m4"]
+    assert apply_retention(con, _settings(tmp_path, 30), now=NOW) == 0
+
+
+def _snapshot(con: BaseBackend) -> dict[str, pd.DataFrame]:
+    out = {}
+    for name, key in (("touches", ["message_id"]), ("sessions", ["session_id"]),
+                      ("identities", ["identifier"]), ("persons", ["person_id"]),
+                      ("journeys", ["journey_id"]), ("journey_steps", ["journey_id", "position"]),
+                      ("credits", ["journey_id", "position", "model"]),
+                      ("stages", ["stage_model", "unit", "unit_id", "stage"])):
+        frame = con.table(name).to_pandas()
+        out[name] = frame.sort_values(key).reset_index(drop=True)
+    return out
+
+
+def test_a_run_after_retention_keeps_every_prepared_and_derived_row(tmp_path: Path) -> None:
+    # every day of retention the clock allows: the run itself deletes nothing more
+    settings = _settings(tmp_path, 3650)
+    con = engine.connect(settings=settings)
+    engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows([*JOHN, *OTHERS])))
+    engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))
+    run(con, settings)
+    before = _snapshot(con)
+    # John's laptop visits, his chat and Mary's first two touches are past 30 days
+    deleted = apply_retention(con, _settings(tmp_path, 30), now=NOW)
+    assert deleted == 5
+    run(con, settings)
+    after = _snapshot(con)
+    assert int(con.table("events").count().execute()) == len(JOHN) + len(OTHERS) - deleted
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(after[name], frame, check_like=True, obj=name)
+
+
+@pytest.mark.duckdb_only(reason=CLI_OWN_CONNECTION)
+def test_cli_retention_apply_says_how_many_and_refuses_without_a_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"duckdb://{tmp_path / 'wh.duckdb'}"
+    with engine.connected(settings=_settings(tmp_path, None).model_copy(
+            update={"database_url": url})) as con:
+        engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(
+            [{"anonymous_id": "a", "timestamp": "2020-01-01 00:00:00"},
+             {"anonymous_id": "a", "timestamp": "2999-01-01 00:00:00"}])))
+    refused = CliRunner().invoke(app, ["retention", "apply", "-d", url])
+    assert refused.exit_code == 2
+    assert "raw_event_retention_days is not set" in refused.output
+    monkeypatch.setenv("TOUCHLINE_RAW_EVENT_RETENTION_DAYS", "30")
+    done = CliRunner().invoke(app, ["retention", "apply", "-d", url])
+    assert done.exit_code == 0, done.output
+    assert "1 raw events older than 30 days deleted" in done.output

@@ -1,0 +1,86 @@
+"""``touchline erase``: the CLI door to :mod:`touchline.privacy`. Only this module (and
+``touchline.cli``) prints; it never prints the identifier it was given."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from touchline import engine
+from touchline.config import load_settings
+from touchline.errors import TouchlineError
+from touchline.terminal import fail
+
+console = Console()
+
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database", "-d", help="Warehouse URL (default from settings).")
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``erase`` and ``retention apply`` to the ``touchline`` app."""
+
+    retention_app = typer.Typer(help="Raw-event retention (raw_event_retention_days).",
+                                no_args_is_help=True)
+    app.add_typer(retention_app, name="retention")
+
+    @retention_app.command("apply")
+    def retention_apply(database: DatabaseOption = None) -> None:
+        """Delete raw events older than raw_event_retention_days (`touchline run` does it
+        after preparing; run this after a run). Prepared tables, journeys and credits stay."""
+        from touchline.privacy import apply_retention
+
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            with engine.connected(settings=settings) as con:
+                deleted = apply_retention(con, settings)
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        console.print(f"{deleted:,} raw events older than {settings.raw_event_retention_days} "
+                      "days deleted; their touches, journeys and credits stay.")
+
+    @app.command("erase")
+    def erase_command(
+        email: Annotated[str | None, typer.Option(help="E-mail address (any case).")] = None,
+        phone: Annotated[str | None, typer.Option(
+            help="Phone number (any format; settings.phone_region without a country code).")
+        ] = None,
+        user_id: Annotated[str | None, typer.Option(help="The site's user id.")] = None,
+        anonymous_id: Annotated[str | None, typer.Option(
+            help="A device's anonymous id (cookie).")] = None,
+        person: Annotated[str | None, typer.Option(help="A person id (p_…).")] = None,
+        database: DatabaseOption = None,
+    ) -> None:
+        """Erase the person an identifier names from every table, the collector's spool and
+        its number leases; log it in `erasures` with a keyed hash of the identifier only.
+
+        Run `touchline run` afterwards: accounts and account journeys are rebuilt without
+        the person.
+        """
+        from touchline.privacy import erase
+
+        given = {k: v for k, v in (("email", email), ("phone", phone), ("user_id", user_id),
+                                   ("anonymous_id", anonymous_id), ("person", person)) if v}
+        if len(given) != 1:
+            raise fail("give exactly one of --email, --phone, --user-id, --anonymous-id, "
+                       "--person")
+        [(kind, value)] = given.items()
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            with engine.connected(settings=settings) as con:
+                done = erase(con, settings, kind=kind, value=value)
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        table = Table("place", "rows removed")
+        for place, count in done.rows.items():
+            if count:
+                table.add_row(place, f"{count:,}")
+        console.print(table)
+        console.print(f"erasure {done.erasure_id}: {done.person_count} person(s) found by "
+                      f"{kind}, {done.total:,} rows removed; logged in table erasures (a keyed "
+                      "hash only). Run `touchline run` to rebuild accounts and account "
+                      "journeys.", soft_wrap=True)
