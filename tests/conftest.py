@@ -114,6 +114,7 @@ def _files_with_module_fixtures(root: Path) -> set[str]:
             if 'scope="module"' in path.read_text()}
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest -p no:xdist knows no such hook
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``make test`` (``-n 2 --dist loadgroup``): each test goes to whichever worker is free,
     except the tests of a file with a module-scoped fixture (a Spark scenario, a served

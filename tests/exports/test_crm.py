@@ -209,6 +209,24 @@ def test_john_gives_one_signed_lead_payload_and_a_rerun_sends_nothing(
 
 
 @pytest.mark.duckdb_only(reason=NETWORK)
+def test_a_lead_of_a_person_who_refused_consent_is_withheld(
+        john_url: str, tmp_path: Path, receiver: tuple[str, type[_Receiver]]) -> None:
+    """No consent, no upload: John's phone said no after his laptop said yes."""
+    url, handler = receiver
+    settings = _push_settings(tmp_path, john_url, url)
+    con = engine.connect(settings=settings)
+    con.raw_sql("UPDATE events SET consent = CASE anonymous_id WHEN 'laptop' THEN 'granted' "
+                "WHEN 'phone' THEN 'cookieless' END")
+    result = push_leads(con, settings, out=tmp_path / "leads.csv")
+    assert (result.withheld, result.written, result.pending, result.delivered) == (1, 0, 0, 0)
+    assert handler.requests == []
+    con.raw_sql("UPDATE events SET consent = 'granted' WHERE anonymous_id = 'phone'")
+    result = push_leads(con, settings)
+    assert (result.withheld, result.pending, result.delivered) == (0, 1, 1)
+    con.disconnect()
+
+
+@pytest.mark.duckdb_only(reason=NETWORK)
 def test_a_server_failing_twice_gets_one_delivery_after_retries(
         john_url: str, tmp_path: Path, receiver: tuple[str, type[_Receiver]]) -> None:
     url, handler = receiver

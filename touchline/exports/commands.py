@@ -136,6 +136,9 @@ def register(app: typer.Typer) -> None:
                                  if result.resent else "")
                               + f", {result.dead_letters:,} to crm_dead_letters"
                               + (" (stopped)" if result.stopped else ""), soft_wrap=True)
+            if result.withheld:
+                console.print(f"{result.withheld:,} leads withheld: their person's latest "
+                              "consent is not granted", soft_wrap=True)
 
         try:
             settings = load_settings(**({"database_url": database} if database else {}))

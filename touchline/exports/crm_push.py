@@ -53,6 +53,7 @@ from touchline.errors import ConfigError, EngineError, UnknownModelError, did_yo
 from touchline.exports import audit
 from touchline.exports.crm import lead_records
 from touchline.exports.crm_mapping import Mapping, load_mapping
+from touchline.exports.rows import refused_consent
 from touchline.signing import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class PushResult:
     stopped: bool = False
     path: Path | None = None
     destination: str | None = None
+    #: leads not pushed nor written: their person refused consent (``refused_consent``)
+    withheld: int = 0
 
 
 def idempotency_key(lead_id: str) -> str:
@@ -261,6 +264,16 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
     records = lead_records(con, model=model, stage_model=settings.stage_model,
                            conversions=settings.crm_lead_conversions, since=since,
                            properties=mapping.property_keys)
+    # no consent, no upload: a lead whose person's latest stated consent is not granted (and
+    # with export_require_consent, one who never stated it) goes nowhere, as in every export
+    refused = refused_consent(con, require=settings.export_require_consent)
+    withheld = records.filter(records.person_id.isin(refused.person_id))
+    withheld_count = int(withheld.count().to_pyarrow().as_py())
+    if withheld_count:
+        log.info("%d lead(s) withheld: their person's latest consent is not granted",
+                 withheld_count)
+        records = records.filter(records.person_id.isnull()
+                                 | ~records.person_id.isin(refused.person_id))
     if not url and out is None:
         raise ConfigError("nothing to push to: set crm_webhook_url (and crm_webhook_secret) "
                           "or give --out FILE")
@@ -270,7 +283,8 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
         write_file(out, mapping, every)
         written = len(every)
     if not url:
-        result = PushResult(push_id, mapping.versioned, written=written, path=out)
+        result = PushResult(push_id, mapping.versioned, written=written, path=out,
+                            withheld=withheld_count)
         _audit(con, settings, result, mapping, model, since, clock())
         return result
 
@@ -328,7 +342,7 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
                     "failed_at": outcome.ended_at})
     result = PushResult(push_id, mapping.versioned, written=written, pending=len(todo),
                         delivered=delivered, dead_letters=dead_letters, resent=resent,
-                        stopped=stopped, path=out, destination=where)
+                        stopped=stopped, path=out, destination=where, withheld=withheld_count)
     if todo or out is not None:
         _audit(con, settings, result, mapping, model, since, clock())
     return result
