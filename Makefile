@@ -32,7 +32,7 @@ demo: install
 
 # two workers, each taking whole test files (a module's shared fixtures are built once)
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=20
 
 bench: install
 	$(PY) benchmarks/run.py

@@ -43,7 +43,13 @@ from touchline.journeys import LEVELS, journeys_in_period
 from touchline.journeys.conversions import choose_conversion
 from touchline.terminal import fail
 
-console = Console()
+
+def _out() -> Console:
+    """Standard output's console, made when a command prints: a console made at import keeps
+    the width it saw then (80 in a test worker), not the ``COLUMNS`` of the command's run."""
+    return Console()
+
+
 err_console = Console(stderr=True)
 log = logging.getLogger(__name__)
 
@@ -304,9 +310,9 @@ def model_tables(frame: pd.DataFrame, *, title: str, width: int, sort_by: str | 
 def _emit(text: str | RenderableType, out: Path | None) -> None:
     if out is None:
         if isinstance(text, str):
-            console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+            _out().print(text, markup=False, highlight=False, soft_wrap=True, end="")
         else:
-            console.print(text)
+            _out().print(text)
         return
     if not isinstance(text, str):
         recorder = Console(record=True, width=OUT_WIDTH, file=io.StringIO())
@@ -320,11 +326,12 @@ def print_demo_summary(paths_file: Path, truth_file: Path) -> None:
     """For ``touchline demo``: every model side by side, then the ranking against the truth."""
     path_set = _read(paths_file, PATH_SEP_DEFAULT, "channel")
     conversions = compare(path_set)
-    console.print(model_tables(
+    console = _out()
+    _out().print(model_tables(
         conversions, width=console.width,
         title=f"conversions credited by each model (total {path_set.total_conversions:,.6g})"))
     ranking = evaluate_models(conversions, load_truth(truth_file))
-    console.print(
+    _out().print(
         _table(
             ranking,
             f"models ranked by L1 share distance to {truth_file.name} (0 = perfect, 2 = disjoint)",
@@ -435,7 +442,7 @@ def register(app: typer.Typer) -> None:
                     shown = store.to_csv(wide)
                 else:
                     shown = model_tables(
-                        conversions, width=console.width if out is None else OUT_WIDTH,
+                        conversions, width=_out().width if out is None else OUT_WIDTH,
                         title=f"conversions credited by each model (total "
                         f"{path_set.total_conversions:,.6g}); {level} by markov credit")
             else:
@@ -507,14 +514,14 @@ def register(app: typer.Typer) -> None:
             result = ingest_file(con, file, store.EXPERIMENTS.name, settings=settings)
         except TouchlineError as exc:
             raise fail(exc) from None
-        console.print(f"{file}: {result.rows_read:,} rows read, {result.loaded:,} experiments "
+        _out().print(f"{file}: {result.rows_read:,} rows read, {result.loaded:,} experiments "
                       f"loaded, {result.rejected:,} rejected, {result.duplicates:,} already "
                       "there", markup=False, highlight=False)
         for code, n in sorted(result.rejects_by_reason.items()):
-            console.print(f"  {n:,} rejected: {code} (table rejects has the line and reason)",
+            _out().print(f"  {n:,} rejected: {code} (table rejects has the line and reason)",
                           markup=False, highlight=False)
         if result.loaded or result.duplicates:
-            console.print("add `calibrated` to attribution_models (touchline.toml) for "
+            _out().print("add `calibrated` to attribution_models (touchline.toml) for "
                           "`touchline run`, or: touchline attribute --model calibrated",
                           markup=False, highlight=False)
 

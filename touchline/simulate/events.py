@@ -65,7 +65,7 @@ EVENT_COLUMNS = (
     "utm_id",
     *CLICK_KINDS, "email", "phone", "email_sha256", "phone_sha256", "user_agent", "ip", "revenue",
     "currency", "properties",
-    "traits", "context", "source", "ingest_id", "write_key",
+    "traits", "context", "source", "ingest_id", "write_key", "consent",
 )
 UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 

@@ -97,6 +97,7 @@ def canonical_table(rendered: Rendered, context: pa.Array) -> pa.Table:
         "currency": text.where(has_revenue, CURRENCY, nulls),
         "properties": rows.properties, "traits": rows.traits, "context": context,
         "source": text.take(SOURCES, rows.source), "ingest_id": nulls, "write_key": nulls,
+        "consent": nulls,  # the simulated site asks for none: nothing stated
     }
     return pa.table({name: values[name] for name in EVENT_COLUMNS})
 
