@@ -251,8 +251,25 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
         t = t.select(by, "conversions", "revenue", spend=ibis.null("float64"),
                      cpa=ibis.null("float64"), roas=ibis.null("float64"))
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
+    if by == "channel" and since is None and until is None:
+        frame = _with_intervals(con, frame, model=model, conversion=conversion)
     frame.attrs.update(model=model, conversion=conversion, by=by)
     return frame
+
+
+def _with_intervals(con: BaseBackend, frame: pd.DataFrame, *, model: str,
+                    conversion: str) -> pd.DataFrame:
+    """``frame`` plus ``conversions_low``, ``conversions_high`` and ``flagged`` where the last
+    ``touchline run`` stored bootstrap intervals of this model's channel credits (the
+    data-driven models; the intervals cover every journey, so only an unfiltered period)."""
+    if "credit_intervals" not in con.list_tables():
+        return frame
+    ci = con.table("credit_intervals")
+    ci = ci.filter((ci.model == model) & (ci.conversion == conversion)).select(
+        "channel", "conversions_low", "conversions_high", "flagged").to_pandas()
+    if ci.empty:
+        return frame
+    return frame.merge(ci, on="channel", how="left")
 
 
 def channel_credits_figure(data: pd.DataFrame) -> go.Figure:
@@ -261,11 +278,24 @@ def channel_credits_figure(data: pd.DataFrame) -> go.Figure:
     fig = _figure(f"{data.attrs.get('conversion', '')} credited by {by} "
                   f"({data.attrs.get('model', '')})")
     labels = data[by].astype(str)
-    fig.add_trace(go.Bar(
+    bars = go.Bar(
         x=labels, y=data.conversions, name="conversions",
         marker_color=[channel_colour(c) for c in labels],
         customdata=data[["revenue"]], hovertemplate="%{x}<br>%{y:,.2f} conversions"
-        "<br>revenue %{customdata[0]:,.2f}<extra></extra>"))
+        "<br>revenue %{customdata[0]:,.2f}<extra></extra>")
+    if "conversions_low" in data:  # the bootstrap interval as an error bar, hover says it
+        low = data.conversions_low.fillna(data.conversions)
+        high = data.conversions_high.fillna(data.conversions)
+        bars.error_y = {"type": "data", "symmetric": False, "color": "#444",
+                        "array": (high - data.conversions).clip(lower=0),
+                        "arrayminus": (data.conversions - low).clip(lower=0)}
+        flag = data.flagged.map(lambda f: " (reaches 0)" if f is True else "")
+        bars.customdata = [list(row) for row in zip(data.revenue.astype(float), low.astype(
+            float), high.astype(float), flag, strict=True)]
+        bars.hovertemplate = ("%{x}<br>%{y:,.2f} conversions (interval %{customdata[1]:,.2f}"
+                              " to %{customdata[2]:,.2f}%{customdata[3]})<br>revenue "
+                              "%{customdata[0]:,.2f}<extra></extra>")
+    fig.add_trace(bars)
     fig.update_layout(yaxis_title="credited conversions", showlegend=False)
     return fig
 
