@@ -271,6 +271,15 @@ def _config_file() -> Path:
     return Path(os.environ.get("TOUCHLINE_CONFIG", "touchline.toml"))
 
 
+def check_pattern(pattern: str, *, where: str = "") -> None:
+    """Raise ``ValueError`` (a settings error naming the pattern) unless ``pattern`` compiles;
+    ``where`` prefixes the message (the setting's key, when the pattern is one of many)."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{where}{pattern!r} is not a regular expression: {exc}") from None
+
+
 class Settings(BaseSettings):
     """Every setting touchline reads, with its unit.
 
@@ -532,21 +541,14 @@ class Settings(BaseSettings):
     @classmethod
     def _page_pattern(cls, value: str | None) -> str | None:
         if value:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+            check_pattern(value)
         return value or None
 
     @field_validator("heard_about_channels")
     @classmethod
     def _heard_about_patterns(cls, value: dict[str, str]) -> dict[str, str]:
         for channel, pattern in value.items():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"heard_about_channels {channel!r}: {pattern!r} is not a "
-                                 f"regular expression: {exc}") from None
+            check_pattern(pattern, where=f"heard_about_channels {channel!r}: ")
         return value
 
     # exports to ad platforms (touchline export): see touchline/exports/, docs/exports.md
@@ -712,10 +714,7 @@ class Settings(BaseSettings):
     @classmethod
     def _compiles(cls, value: list[str]) -> list[str]:
         for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+            check_pattern(pattern)
         return value
 
     @field_validator("export_time_zone")
