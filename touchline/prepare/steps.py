@@ -247,9 +247,11 @@ def build_identity_graph(t: Tables, ctx: Context) -> StepResult:
     # rounds below read the links many times (and Ibis compiles each read)
     combos = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}id_combos",
                                 identity.id_combos(evidence))
+    # stored before the guard, which reads the links three times (Spark would recompute them)
+    found = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}links_found",
+                               identity.links_from_touches(evidence, combos))
     links = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}links_guarded", identity.guard_links(
-        identity.links_from_touches(evidence, combos), unlink=s.identity_unlink,
-        max_degree=s.identity_max_degree))
+        found, unlink=s.identity_unlink, max_degree=s.identity_max_degree))
     seen = touches.group_by("device_id").aggregate(first_seen_at=touches.timestamp.min())
     ends = links.select(identifier="identifier_a", first_seen_at="first_seen_at").union(
         links.select(identifier="identifier_b", first_seen_at="first_seen_at"), distinct=False)
