@@ -110,3 +110,46 @@ def test_kpis_csv_is_safe_and_errors_name_the_nearest(simulated: tuple[Path, str
         result = runner.invoke(app, ["kpis", *args, "--database", db])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
+
+
+def test_kpis_by_stage_model_follow_its_stages(simulated: tuple[Path, str]) -> None:
+    data, db = simulated
+    listed = _json(["--list", "--stage-model", "hourglass"], db)
+    assert listed["stage_model"] == "hourglass"
+    stages = {s["stage"]: s["kpis"] for s in listed["model_stages"]}
+    assert list(stages) == ["know", "like", "trust", "try", "buy", "repeat", "refer"]
+    assert stages["trust"] == [] and "nps" in stages["refer"] and "cpa" in stages["buy"]
+    assert {k["kpi"]: k["model_stage"] for k in listed["kpis"]}["search_ctr"] == "know"
+    # the funnel's bottom stage computed: retention and advocacy KPIs, values as --kpi gives
+    bottom = _json(["--stage-model", "funnel", "--stage", "bottom"], db)
+    assert [s["stage"] for s in bottom["model_stages"]] == ["bottom"]
+    shown = [k["kpi"] for k in bottom["kpis"]]
+    assert {"repeat_purchase_rate", "retention", "nps"} <= set(shown)
+    assert {k["model_stage"] for k in bottom["kpis"]} == {"bottom"}
+    scores = pd.read_csv(data / "surveys.csv").nps_score.dropna()
+    nps = next(k for k in bottom["kpis"] if k["kpi"] == "nps")["rows"][0]
+    assert nps["nps"] == pytest.approx(
+        100 * ((scores >= 9).sum() - (scores <= 6).sum()) / len(scores))
+    # the table: one heading per stage in the model's order
+    result = runner.invoke(app, ["kpis", "--stage-model", "hourglass", "--kpi", "nps",
+                                 "--kpi", "search_clicks", "--database", db])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())  # titles wrap at the console's width
+    assert out.index("hourglass: know") < out.index("search_clicks (hourglass: know; clicks)") \
+        < out.index("hourglass: refer") < out.index("nps (hourglass: refer;")
+    assert "hourglass: like" not in out  # --kpi: only the stages of the KPIs asked
+    csv = runner.invoke(app, ["kpis", "--stage-model", "b2b", "--kpi", "search_clicks",
+                              "--format", "csv", "--database", db])
+    assert csv.stdout.splitlines()[:2] == [
+        '"kpi","model_stage","search_clicks"', f'"search_clicks","first touch",'
+        f'{int(pd.read_csv(data / "search_console.csv").clicks.sum())}']
+    for args, message in (
+            (["--stage-model", "hourglas"], "did you mean 'hourglass'"),
+            (["--stage-model", "funnel", "--stage", "middel"],
+             "--stage 'middel' (did you mean 'middle'?) is not a stage of stage model"),
+            (["--stage-model", "b2b", "--stage", "SQL"], "no KPI belongs to stage 'SQL'"),
+            (["--stage-model", "b2b", "--stage", "opportunity", "--kpi", "nps"],
+             "--kpi nps not of stage 'opportunity'")):
+        result = runner.invoke(app, ["kpis", *args, "--database", db])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
