@@ -1,11 +1,14 @@
 """``touchline kpis`` on a warehouse made by ``touchline run`` from simulated files: figures
-checked against the files themselves (pandas), CSV safe to open, errors with the nearest
-name."""
+checked against the files themselves (pandas) and the social, review, NPS and retention KPIs
+against the simulator's truth (``truth.json``'s ``kpis``), CSV safe to open, errors with the
+nearest name."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -22,17 +25,18 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """300 simulated people, ingested and run; one extra spend row whose campaign starts like
-    a spreadsheet formula."""
+    """600 simulated people, every file ingested (as a user would: `touchline ingest`) and
+    run; one extra spend row whose campaign starts like a spreadsheet formula."""
     folder = tmp_path_factory.mktemp("kpis")
     data = folder / "data"
-    simulate(300, 3, data)
+    simulate(600, 23, data)
     (folder / "evil.csv").write_text(
         "date,channel,utm_source,utm_medium,utm_campaign,cost,impressions,clicks\n"
         "2025-02-01,paid_social,meta,paid_social,=HYPERLINK(1),5.5,100,1\n")
     db = f"duckdb:///{folder / 'wh.duckdb'}"
     steps = [["init"], *(["ingest", str(data / f"{kind}.csv"), "--kind", kind]
-                         for kind in ("spend", "surveys", "search_console", "deals")),
+                         for kind in ("spend", "surveys", "search_console", "deals",
+                                      "reviews", "social")),
              ["ingest", str(data / "events.ndjson.gz"), "--kind", "events"],
              ["ingest", str(folder / "evil.csv"), "--kind", "spend"], ["run"]]
     for args in steps:
@@ -41,7 +45,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return data, db
 
 
-def _json(args: list[str], db: str) -> dict:  # type: ignore[type-arg]
+def _json(args: Sequence[str], db: str) -> dict:  # type: ignore[type-arg]
     result = runner.invoke(app, ["kpis", *args, "--format", "json", "--database", db])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # type: ignore[no-any-return]
@@ -153,3 +157,84 @@ def test_kpis_by_stage_model_follow_its_stages(simulated: tuple[Path, str]) -> N
         result = runner.invoke(app, ["kpis", *args, "--database", db])
         assert result.exit_code == 2, (args, result.output)
         assert message in " ".join(result.output.split()), (args, result.output)
+
+
+# ---- social, reviews, NPS and retention against the simulator's truth -----------------------
+
+@pytest.fixture(scope="module")
+def warehouse(simulated: tuple[Path, str]) -> tuple[dict[str, Any], str]:
+    """The truth's ``kpis`` section of the simulated files, and the warehouse."""
+    data, db = simulated
+    return json.loads((data / "truth.json").read_text())["kpis"], db
+
+
+def _rows(db: str, *args: str) -> list[dict[str, Any]]:
+    return _json(args, db)["kpis"][0]["rows"]  # type: ignore[no-any-return]
+
+
+def test_nps_recovers_the_true_answers_overall_and_by_segment(
+        warehouse: tuple[dict[str, Any], str]) -> None:
+    truth, db = warehouse
+    fields = ("answers", "promoters", "passives", "detractors")
+    overall = _rows(db, "--kpi", "nps")[0]
+    assert {f: overall[f] for f in fields} == {f: truth["nps"]["overall"][f] for f in fields}
+    assert overall["nps"] == pytest.approx(truth["nps"]["overall"]["nps"])
+    assert truth["nps"]["overall"]["answers"] >= 10  # a check on a handful would prove little
+    got = {r["segment"]: r for r in _rows(db, "--kpi", "nps", "--by", "segment")}
+    assert set(got) == set(truth["nps"]["by_segment"])
+    for segment, want in truth["nps"]["by_segment"].items():
+        assert {f: got[segment][f] for f in fields} == {f: want[f] for f in fields}, segment
+        assert got[segment]["nps"] == pytest.approx(want["nps"])
+
+
+def test_reviews_recover_the_true_counts_ratings_and_stars_by_platform(
+        warehouse: tuple[dict[str, Any], str]) -> None:
+    truth, db = warehouse
+    got = {r["platform"]: r for r in _rows(db, "--kpi", "review_rating", "--by", "platform")}
+    assert set(got) == {"google", "survey", "trustpilot"} == set(truth["reviews"])
+    for platform, want in truth["reviews"].items():
+        assert got[platform]["reviews"] == want["reviews"], platform
+        assert got[platform]["review_rating"] == pytest.approx(want["average_rating"])
+    stars = _rows(db, "--kpi", "review_distribution", "--by", "platform")
+    assert {(r["platform"], str(r["stars"])): r["reviews"] for r in stars} == {
+        (p, k): n for p, want in truth["reviews"].items() for k, n in want["stars"].items()
+        if n}
+
+
+def test_social_recovers_the_true_followers_growth_reach_and_engagements(
+        warehouse: tuple[dict[str, Any], str]) -> None:
+    truth, db = warehouse
+
+    def by_platform(kpi: str) -> dict[str, dict[str, Any]]:
+        return {r["platform"]: r for r in _rows(db, "--kpi", kpi, "--by", "platform")}
+
+    followers, growth = by_platform("social_followers"), by_platform("social_follower_growth")
+    reach, engaged = by_platform("social_reach"), by_platform("social_engagements")
+    assert set(followers) == set(truth["social"]) == {"instagram", "facebook", "tiktok"}
+    for platform, want in truth["social"].items():
+        assert followers[platform]["followers"] == want["followers_end"], platform
+        assert growth[platform]["followers_before"] == want["followers_start"], platform
+        assert growth[platform]["new_followers"] == want["new_followers"], platform
+        assert (reach[platform]["posts"], reach[platform]["social_reach"]) == (
+            want["posts"], want["impressions"]), platform
+        assert {k: engaged[platform][k] for k in ("engagements", "likes", "comments",
+                                                   "shares")} == {
+            k: want[k] for k in ("engagements", "likes", "comments", "shares")}, platform
+        assert engaged[platform]["engagement_rate"] == pytest.approx(
+            want["engagements"] / want["impressions"])
+
+
+def test_repeat_purchase_and_retention_cohorts_recover_the_true_orders(
+        warehouse: tuple[dict[str, Any], str]) -> None:
+    truth, db = warehouse
+    want = truth["retention"]
+    repeat = _rows(db, "--kpi", "repeat_purchase_rate")[0]
+    assert (repeat["customers"], repeat["repeat_customers"]) == (
+        want["customers"], want["repeat_customers"])
+    assert repeat["repeat_purchase_rate"] == pytest.approx(want["repeat_purchase_rate"])
+    cohorts = _rows(db, "--kpi", "retention")
+    assert [(r["cohort"], r["months_since"], r["customers"], r["active_customers"])
+            for r in cohorts] == [(c["cohort"], c["months_since"], c["customers"],
+                                   c["active_customers"]) for c in want["cohorts"]]
+    assert sum(c["customers"] for c in want["cohorts"] if c["months_since"] == 0) == (
+        want["customers"])

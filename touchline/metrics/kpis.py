@@ -1071,6 +1071,15 @@ Rules every KPI follows:
   Console day, the session's start, the conversion, the answer; person-level KPIs use the
   first session, retention KPIs the first purchase (the cohort).
 
+On simulated data the social, review, NPS and retention KPIs equal the truth: the simulator
+writes `reviews.csv` (Trustpilot reviews with the reviewer's e-mail, Google reviews with the
+order id) and `social.csv` (the business's accounts, one row per day, with export gaps) beside
+`surveys.csv`, all imported with `touchline ingest FILE --kind KIND`, and its `truth.json`
+states, under `kpis`, the NPS answers by segment, the reviews and their stars by platform, the
+social followers, reach and engagements by platform, and the customers, repeat customers and
+retention cohorts of every order (`tests/metrics/test_kpis_cli.py` and `touchline demo`
+compare them).
+
 | KPI | stage (lifecycle; funnel, hourglass, b2b) | unit | formula | zero denominator | needs | by |
 |---|---|---|---|---|---|---|
 """
