@@ -30,6 +30,13 @@ EXPECTED_CHECKS = {
     "b2c: first-conversion revenue on prepared journeys",
     "b2b: conversions on prepared journeys",
     "b2b: first-conversion revenue on prepared journeys",
+    "NPS answers (surveys)",
+    "NPS",
+    "reviews (review exports and survey ratings)",
+    "social followers at the end",
+    "social engagements",
+    "customers (purchases)",
+    "repeat customers",
 }
 
 

@@ -33,6 +33,8 @@ DEMO_FILES = (  # (kind, file name written by the simulator)
     ("calls", "calls.csv"),
     ("surveys", "surveys.csv"),
     ("search_console", "search_console.csv"),
+    ("reviews", "reviews.csv"),
+    ("social", "social.csv"),
 )
 # GA4 channel groups (prepare) → the simulator's channel names (truth.json), to score models
 # run on prepared journeys against the truth
@@ -144,6 +146,7 @@ def run_demo(
         _attribute(dataset, progress)
         _attribute_prepared(con, dataset, report, progress)
     _stage_kpis(con, settings, report, progress)
+    _check_kpis(con, report)
     _write_report(con, settings, report, progress)
     con.disconnect()
     return report
@@ -184,6 +187,39 @@ def _check_ingest(con: Any, report: DemoReport) -> None:
         for d in report.datasets
     )
     report.datasets[0].checks.append(("distinct events loaded (incl. bots)", distinct, expected))
+
+
+def _check_kpis(con: Any, report: DemoReport) -> None:
+    """The social, review, NPS and retention KPIs against the truth of both data sets (their
+    counts add up: the data sets share no person, account or review)."""
+    from touchline.metrics.kpis import compute
+
+    def truth(get: Callable[[dict[str, Any]], int]) -> int:
+        return sum(get(dataset.truth["kpis"]) for dataset in report.datasets)
+
+    def platforms(section: str, key: str) -> Callable[[dict[str, Any]], int]:
+        return lambda kpis: sum(p[key] for p in kpis[section].values())
+
+    def one(name: str, column: str) -> int:
+        return int(compute(con, name).to_pandas()[column].sum())
+
+    nps = compute(con, "nps").to_pandas().iloc[0]
+    answers = truth(lambda k: k["nps"]["overall"]["answers"])
+    net = truth(lambda k: k["nps"]["overall"]["promoters"] - k["nps"]["overall"]["detractors"])
+    report.datasets[0].checks += [
+        ("NPS answers (surveys)", int(nps.answers), answers),
+        ("NPS", round(float(nps.nps), 6), round(100 * net / answers, 6)),
+        ("reviews (review exports and survey ratings)", one("review_rating", "reviews"),
+         truth(platforms("reviews", "reviews"))),
+        ("social followers at the end", one("social_followers", "followers"),
+         truth(platforms("social", "followers_end"))),
+        ("social engagements", one("social_engagements", "engagements"),
+         truth(platforms("social", "engagements"))),
+        ("customers (purchases)", one("repeat_purchase_rate", "customers"),
+         truth(lambda k: k["retention"]["customers"])),
+        ("repeat customers", one("repeat_purchase_rate", "repeat_customers"),
+         truth(lambda k: k["retention"]["repeat_customers"])),
+    ]
 
 
 def _truth_sum(report: DemoReport, *keys: str, minus: str | None = None) -> int:

@@ -15,8 +15,16 @@ from factories import arrow_table
 from ibis.backends import BaseBackend
 
 from touchline import engine, store
+from touchline.config import Settings
 from touchline.errors import MissingInputError, UnknownKPIError
-from touchline.metrics.kpis import KPIS, compute, for_stage, kpis_markdown, lookup
+from touchline.metrics.kpis import (
+    KPIS,
+    compute,
+    for_stage,
+    for_stage_model,
+    kpis_markdown,
+    lookup,
+)
 
 
 def _rows(frame: pd.DataFrame, *keys: str) -> dict[Any, dict[str, Any]]:
@@ -138,6 +146,29 @@ def test_bad_names_and_missing_imports_say_what_to_do(reach: BaseBackend) -> Non
                                          "hourglass": "know", "b2b": "first touch"}
     assert {k.name for k in for_stage("know")} >= {"search_ctr", "paid_cpm", "new_visitors"}
     assert all(k.formula and k.unit and k.tables for k in KPIS.values())
+
+
+def test_stage_model_groups_the_kpis_by_its_stages_in_its_order() -> None:
+    hourglass = for_stage_model("hourglass", Settings())
+    assert [stage for stage, _ in hourglass] == ["know", "like", "trust", "try", "buy",
+                                                 "repeat", "refer"]
+    by_stage = {stage: {k.name for k in ks} for stage, ks in hourglass}
+    assert by_stage["trust"] == by_stage["try"] == set()  # no KPI registers them
+    assert {"search_ctr", "paid_cpm", "new_visitors"} <= by_stage["know"]
+    assert {"cpa", "roas"} <= by_stage["buy"] and "retention" in by_stage["repeat"]
+    assert "nps" in by_stage["refer"]
+    assert sorted(n for names in by_stage.values() for n in names) == sorted(KPIS)
+    b2b = dict(for_stage_model("b2b", Settings()))
+    assert list(b2b) == ["first touch", "MQL", "SQL", "opportunity", "closed won"]
+    assert {k.name for k in b2b["closed won"]} == {
+        k.name for k in KPIS.values() if k.stage in ("retention", "advocacy")}
+    with pytest.raises(UnknownKPIError, match=r"unknown stage model 'hourglas' .did you mean "
+                       "'hourglass'"):
+        for_stage_model("hourglas", Settings())
+    mine = Settings(stage_models={"mine": [{"name": "seen", "first_touch": True}]})
+    with pytest.raises(UnknownKPIError, match=r"stage model 'mine' is your own: KPIs register "
+                       r"their stage in the preset stage models only \(lifecycle, funnel"):
+        for_stage_model("mine", mine)
 
 
 # ---- a tiny prepared warehouse: three people, six sessions, three purchases, two leads ---

@@ -1,11 +1,14 @@
 """``touchline kpis`` on a warehouse made by ``touchline run`` from simulated files: figures
-checked against the files themselves (pandas), CSV safe to open, errors with the nearest
-name."""
+checked against the files themselves (pandas) and the social, review, NPS and retention KPIs
+against the simulator's truth (``truth.json``'s ``kpis``), CSV safe to open, errors with the
+nearest name."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -22,17 +25,18 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """300 simulated people, ingested and run; one extra spend row whose campaign starts like
-    a spreadsheet formula."""
+    """600 simulated people, every file ingested (as a user would: `touchline ingest`) and
+    run; one extra spend row whose campaign starts like a spreadsheet formula."""
     folder = tmp_path_factory.mktemp("kpis")
     data = folder / "data"
-    simulate(300, 3, data)
+    simulate(600, 23, data)
     (folder / "evil.csv").write_text(
         "date,channel,utm_source,utm_medium,utm_campaign,cost,impressions,clicks\n"
         "2025-02-01,paid_social,meta,paid_social,=HYPERLINK(1),5.5,100,1\n")
     db = f"duckdb:///{folder / 'wh.duckdb'}"
     steps = [["init"], *(["ingest", str(data / f"{kind}.csv"), "--kind", kind]
-                         for kind in ("spend", "surveys", "search_console", "deals")),
+                         for kind in ("spend", "surveys", "search_console", "deals",
+                                      "reviews", "social")),
              ["ingest", str(data / "events.ndjson.gz"), "--kind", "events"],
              ["ingest", str(folder / "evil.csv"), "--kind", "spend"], ["run"]]
     for args in steps:
@@ -41,7 +45,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return data, db
 
 
-def _json(args: list[str], db: str) -> dict:  # type: ignore[type-arg]
+def _json(args: Sequence[str], db: str) -> dict:  # type: ignore[type-arg]
     result = runner.invoke(app, ["kpis", *args, "--format", "json", "--database", db])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # type: ignore[no-any-return]
@@ -110,3 +114,127 @@ def test_kpis_csv_is_safe_and_errors_name_the_nearest(simulated: tuple[Path, str
         result = runner.invoke(app, ["kpis", *args, "--database", db])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
+
+
+def test_kpis_by_stage_model_follow_its_stages(simulated: tuple[Path, str]) -> None:
+    data, db = simulated
+    listed = _json(["--list", "--stage-model", "hourglass"], db)
+    assert listed["stage_model"] == "hourglass"
+    stages = {s["stage"]: s["kpis"] for s in listed["model_stages"]}
+    assert list(stages) == ["know", "like", "trust", "try", "buy", "repeat", "refer"]
+    assert stages["trust"] == [] and "nps" in stages["refer"] and "cpa" in stages["buy"]
+    assert {k["kpi"]: k["model_stage"] for k in listed["kpis"]}["search_ctr"] == "know"
+    # the funnel's bottom stage computed: retention and advocacy KPIs, values as --kpi gives
+    bottom = _json(["--stage-model", "funnel", "--stage", "bottom"], db)
+    assert [s["stage"] for s in bottom["model_stages"]] == ["bottom"]
+    shown = [k["kpi"] for k in bottom["kpis"]]
+    assert {"repeat_purchase_rate", "retention", "nps"} <= set(shown)
+    assert {k["model_stage"] for k in bottom["kpis"]} == {"bottom"}
+    scores = pd.read_csv(data / "surveys.csv").nps_score.dropna()
+    nps = next(k for k in bottom["kpis"] if k["kpi"] == "nps")["rows"][0]
+    assert nps["nps"] == pytest.approx(
+        100 * ((scores >= 9).sum() - (scores <= 6).sum()) / len(scores))
+    # the table: one heading per stage in the model's order
+    result = runner.invoke(app, ["kpis", "--stage-model", "hourglass", "--kpi", "nps",
+                                 "--kpi", "search_clicks", "--database", db])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())  # titles wrap at the console's width
+    assert out.index("hourglass: know") < out.index("search_clicks (hourglass: know; clicks)") \
+        < out.index("hourglass: refer") < out.index("nps (hourglass: refer;")
+    assert "hourglass: like" not in out  # --kpi: only the stages of the KPIs asked
+    csv = runner.invoke(app, ["kpis", "--stage-model", "b2b", "--kpi", "search_clicks",
+                              "--format", "csv", "--database", db])
+    assert csv.stdout.splitlines()[:2] == [
+        '"kpi","model_stage","search_clicks"', f'"search_clicks","first touch",'
+        f'{int(pd.read_csv(data / "search_console.csv").clicks.sum())}']
+    for args, message in (
+            (["--stage-model", "hourglas"], "did you mean 'hourglass'"),
+            (["--stage-model", "funnel", "--stage", "middel"],
+             "--stage 'middel' (did you mean 'middle'?) is not a stage of stage model"),
+            (["--stage-model", "b2b", "--stage", "SQL"], "no KPI belongs to stage 'SQL'"),
+            (["--stage-model", "b2b", "--stage", "opportunity", "--kpi", "nps"],
+             "--kpi nps not of stage 'opportunity'")):
+        result = runner.invoke(app, ["kpis", *args, "--database", db])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in " ".join(result.output.split()), (args, result.output)
+
+
+# ---- social, reviews, NPS and retention against the simulator's truth -----------------------
+
+@pytest.fixture(scope="module")
+def warehouse(simulated: tuple[Path, str]) -> tuple[dict[str, Any], str]:
+    """The truth's ``kpis`` section of the simulated files, and the warehouse."""
+    data, db = simulated
+    return json.loads((data / "truth.json").read_text())["kpis"], db
+
+
+def _rows(db: str, *args: str) -> list[dict[str, Any]]:
+    return _json(args, db)["kpis"][0]["rows"]  # type: ignore[no-any-return]
+
+
+def test_nps_recovers_the_true_answers_overall_and_by_segment(
+        warehouse: tuple[dict[str, Any], str]) -> None:
+    truth, db = warehouse
+    fields = ("answers", "promoters", "passives", "detractors")
+    overall = _rows(db, "--kpi", "nps")[0]
+    assert {f: overall[f] for f in fields} == {f: truth["nps"]["overall"][f] for f in fields}
+    assert overall["nps"] == pytest.approx(truth["nps"]["overall"]["nps"])
+    assert truth["nps"]["overall"]["answers"] >= 10  # a check on a handful would prove little
+    got = {r["segment"]: r for r in _rows(db, "--kpi", "nps", "--by", "segment")}
+    assert set(got) == set(truth["nps"]["by_segment"])
+    for segment, want in truth["nps"]["by_segment"].items():
+        assert {f: got[segment][f] for f in fields} == {f: want[f] for f in fields}, segment
+        assert got[segment]["nps"] == pytest.approx(want["nps"])
+
+
+def test_reviews_recover_the_true_counts_ratings_and_stars_by_platform(
+        warehouse: tuple[dict[str, Any], str]) -> None:
+    truth, db = warehouse
+    got = {r["platform"]: r for r in _rows(db, "--kpi", "review_rating", "--by", "platform")}
+    assert set(got) == {"google", "survey", "trustpilot"} == set(truth["reviews"])
+    for platform, want in truth["reviews"].items():
+        assert got[platform]["reviews"] == want["reviews"], platform
+        assert got[platform]["review_rating"] == pytest.approx(want["average_rating"])
+    stars = _rows(db, "--kpi", "review_distribution", "--by", "platform")
+    assert {(r["platform"], str(r["stars"])): r["reviews"] for r in stars} == {
+        (p, k): n for p, want in truth["reviews"].items() for k, n in want["stars"].items()
+        if n}
+
+
+def test_social_recovers_the_true_followers_growth_reach_and_engagements(
+        warehouse: tuple[dict[str, Any], str]) -> None:
+    truth, db = warehouse
+
+    def by_platform(kpi: str) -> dict[str, dict[str, Any]]:
+        return {r["platform"]: r for r in _rows(db, "--kpi", kpi, "--by", "platform")}
+
+    followers, growth = by_platform("social_followers"), by_platform("social_follower_growth")
+    reach, engaged = by_platform("social_reach"), by_platform("social_engagements")
+    assert set(followers) == set(truth["social"]) == {"instagram", "facebook", "tiktok"}
+    for platform, want in truth["social"].items():
+        assert followers[platform]["followers"] == want["followers_end"], platform
+        assert growth[platform]["followers_before"] == want["followers_start"], platform
+        assert growth[platform]["new_followers"] == want["new_followers"], platform
+        assert (reach[platform]["posts"], reach[platform]["social_reach"]) == (
+            want["posts"], want["impressions"]), platform
+        assert {k: engaged[platform][k] for k in ("engagements", "likes", "comments",
+                                                   "shares")} == {
+            k: want[k] for k in ("engagements", "likes", "comments", "shares")}, platform
+        assert engaged[platform]["engagement_rate"] == pytest.approx(
+            want["engagements"] / want["impressions"])
+
+
+def test_repeat_purchase_and_retention_cohorts_recover_the_true_orders(
+        warehouse: tuple[dict[str, Any], str]) -> None:
+    truth, db = warehouse
+    want = truth["retention"]
+    repeat = _rows(db, "--kpi", "repeat_purchase_rate")[0]
+    assert (repeat["customers"], repeat["repeat_customers"]) == (
+        want["customers"], want["repeat_customers"])
+    assert repeat["repeat_purchase_rate"] == pytest.approx(want["repeat_purchase_rate"])
+    cohorts = _rows(db, "--kpi", "retention")
+    assert [(r["cohort"], r["months_since"], r["customers"], r["active_customers"])
+            for r in cohorts] == [(c["cohort"], c["months_since"], c["customers"],
+                                   c["active_customers"]) for c in want["cohorts"]]
+    assert sum(c["customers"] for c in want["cohorts"] if c["months_since"] == 0) == (
+        want["customers"])

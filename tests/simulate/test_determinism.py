@@ -9,7 +9,8 @@ import pytest
 from touchline.simulate import simulate
 
 FILES = ("events.ndjson.gz", "events.parquet", "deals.csv", "calls.csv", "surveys.csv",
-         "spend.csv", "search_console.csv", "paths.csv", "truth.json")
+         "reviews.csv", "spend.csv", "search_console.csv", "social.csv", "paths.csv",
+         "truth.json")
 
 
 @pytest.mark.parametrize("b2b", [False, True], ids=["b2c", "b2b"])

@@ -21,8 +21,15 @@ from rich.console import Console
 from rich.table import Table
 
 from touchline import engine, store
-from touchline.config import load_settings
-from touchline.errors import ConfigError, MissingInputError, TouchlineError, UnknownKPIError
+from touchline.config import Settings, load_settings
+from touchline.errors import (
+    ConfigError,
+    MissingInputError,
+    ModelFitError,
+    TouchlineError,
+    UnknownKPIError,
+    did_you_mean,
+)
 from touchline.terminal import fail
 
 FORMATS = ("table", "json", "csv")
@@ -159,6 +166,10 @@ def register(app: typer.Typer) -> None:
         conversion: Annotated[str, typer.Option(
             help="Conversion type the conversion KPIs count.")] = "purchase",
         fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+        stage_model: Annotated[str | None, typer.Option(
+            "--stage-model", help="Group the KPIs by the stages of this stage model, in its "
+            "order (lifecycle, funnel, hourglass, b2b); --stage then names one of its stages.")
+        ] = None,
         list_: Annotated[bool, typer.Option(
             "--list", help="List every KPI with its stage, unit and formula.")] = False,
         database: Annotated[str | None, typer.Option(
@@ -166,27 +177,56 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """KPIs of every journey stage (reach, engagement, conversion, cost, retention,
         NPS) from the stored tables, by period, channel, campaign…"""
-        from touchline.metrics.kpis import KPIS, check_dimensions, compute, for_stage, lookup
+        from touchline.metrics.kpis import (
+            KPIS,
+            check_dimensions,
+            compute,
+            for_stage,
+            for_stage_model,
+            lookup,
+        )
 
         console = Console()
         err = Console(stderr=True)
         try:
             if fmt not in FORMATS:
                 raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+            def settings_() -> Settings:
+                return load_settings(**({"database_url": database} if database else {}))
+
+            # (stage of the chosen stage model, its KPIs) in the model's order
+            groups = for_stage_model(stage_model, settings_()) if stage_model else []
+            if stage_model and stage and stage not in (names := [g for g, _ in groups]):
+                raise UnknownKPIError(
+                    f"--stage {stage!r}{did_you_mean(stage, names)} is not a stage of stage "
+                    f"model {stage_model!r}: choose from {', '.join(names)}")
             chosen = ([lookup(name) for name in kpi] if kpi
-                      else for_stage(stage) if stage else list(KPIS.values()))
+                      else for_stage(stage) if stage and not stage_model
+                      else list(KPIS.values()))
             if kpi and stage:
-                wrong = [k.name for k in chosen if stage not in k.stages.values()]
+                wrong = [k.name for k in chosen if stage not in (
+                    [k.stages[stage_model]] if stage_model else k.stages.values())]
                 if wrong:
                     raise UnknownKPIError(f"--kpi {', '.join(wrong)} not of stage {stage!r}")
+            if stage_model:
+                wanted = {k.name for k in chosen}
+                groups = [(g, [k for k in ks if k.name in wanted]) for g, ks in groups
+                          if (not stage or g == stage)
+                          and (not kpi or any(k.name in wanted for k in ks))]
+                chosen = [k for _, ks in groups for k in ks]
             if list_:
                 listing = [{"kpi": k.name, "stage": k.stage,
+                            **({"model_stage": k.stages[stage_model]} if stage_model else {}),
                             "stages": dict(k.stages), "unit": k.unit, "formula": k.formula,
                             "zero_denominator": k.zero_denominator, "tables": list(k.tables),
                             "by": list(k.dimensions)} for k in chosen]
-                _print_list(console, listing, fmt)
+                _print_list(console, listing, fmt, stage_model=stage_model, groups=groups)
                 return
-            settings = load_settings(**({"database_url": database} if database else {}))
+            settings = settings_()
+            if not chosen:
+                raise UnknownKPIError(f"no KPI belongs to stage {stage!r} of stage model "
+                                      f"{stage_model!r}: `touchline kpis --list --stage-model "
+                                      f"{stage_model}` shows which stages have KPIs")
             con = engine.connect(settings=settings)
             options: dict[str, Any] = dict(
                 by=list(by or []), period=period, since=_day(since, "--since"),
@@ -197,9 +237,10 @@ def register(app: typer.Typer) -> None:
             for k in chosen:
                 try:
                     frame = compute(con, k.name, **options).to_pandas()
-                except (UnknownKPIError, MissingInputError) as exc:
+                except (UnknownKPIError, MissingInputError, ModelFitError) as exc:
                     # a whole stage asked: a KPI that its breakdown, imports or conversion
-                    # types do not allow is skipped and said; a KPI asked by name fails
+                    # types do not allow, or whose model does not fit the data (CLV on a
+                    # dozen customers), is skipped and said; a KPI asked by name fails
                     if kpi:
                         raise
                     skipped.append({"kpi": k.name, "reason": str(exc)})
@@ -211,11 +252,16 @@ def register(app: typer.Typer) -> None:
         except TouchlineError as exc:
             raise fail(exc) from None
         if fmt == "json":
-            payload = {"kpis": [{"kpi": k.name, "stage": k.stage, "unit": k.unit,
-                                 "formula": k.formula,
-                                 "rows": [{c: _plain(v) for c, v in row.items()}
-                                          for row in frame.to_dict("records")]}
-                                for k, frame in results], "skipped": skipped}
+            payload: dict[str, Any] = {"kpis": [
+                {"kpi": k.name, "stage": k.stage,
+                 **({"model_stage": k.stages[stage_model]} if stage_model else {}),
+                 "unit": k.unit, "formula": k.formula,
+                 "rows": [{c: _plain(v) for c, v in row.items()}
+                          for row in frame.to_dict("records")]}
+                for k, frame in results], "skipped": skipped}
+            if stage_model:
+                payload["stage_model"] = stage_model
+                payload["model_stages"] = _model_stages(groups)
             console.print(json.dumps(payload, indent=2), markup=False, highlight=False,
                           soft_wrap=True)
             return
@@ -223,16 +269,32 @@ def register(app: typer.Typer) -> None:
             import pandas as pd
 
             long = pd.concat([frame.assign(kpi=k.name)[["kpi", *frame.columns]]
+                              .assign(**({"model_stage": k.stages[stage_model]}
+                                         if stage_model else {}))
                               for k, frame in results], ignore_index=True)
+            if stage_model:  # the model's stage next to the KPI's name
+                long = long[["kpi", "model_stage",
+                             *[c for c in long.columns if c not in ("kpi", "model_stage")]]]
             console.print(store.to_csv(long), markup=False, highlight=False, soft_wrap=True,
                           end="")
             return
-        for k, frame in results:
-            table = Table(*[str(c) for c in frame.columns],
-                          title=f"{k.name} ({k.stage}; {k.unit})", caption=k.formula)
-            for row in frame.itertuples(index=False):
-                table.add_row(*[_cell(v) for v in row])
-            console.print(table)
+        frames = {k.name: frame for k, frame in results}
+        for heading, ks in groups or [(None, [k for k, _ in results])]:
+            if heading is not None:
+                console.rule(f"{stage_model}: {heading}")
+                if not ks:
+                    console.print(f"no KPI belongs to stage {heading!r} of {stage_model}",
+                                  markup=False, highlight=False)
+            for k in ks:
+                if k.name not in frames:
+                    continue  # skipped: said on stderr below
+                frame = frames[k.name]
+                where = f"{stage_model}: {k.stages[stage_model]}" if stage_model else k.stage
+                table = Table(*[str(c) for c in frame.columns],
+                              title=f"{k.name} ({where}; {k.unit})", caption=k.formula)
+                for row in frame.itertuples(index=False):
+                    table.add_row(*[_cell(v) for v in row])
+                console.print(table)
         for s in skipped:
             err.print(f"skipped {s['kpi']}: {s['reason']}", markup=False, highlight=False)
 
@@ -286,9 +348,19 @@ def register(app: typer.Typer) -> None:
             console.print(table)
 
 
-def _print_list(console: Console, listing: list[dict[str, Any]], fmt: str) -> None:
+def _model_stages(groups: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    """The chosen stage model's stages in order, each with its KPIs' names (none: [])."""
+    return [{"stage": stage, "kpis": [k.name for k in ks]} for stage, ks in groups]
+
+
+def _print_list(console: Console, listing: list[dict[str, Any]], fmt: str, *,
+                stage_model: str | None = None,
+                groups: list[tuple[str, list[Any]]] | None = None) -> None:
     if fmt == "json":
-        console.print(json.dumps({"kpis": listing}, indent=2), markup=False, highlight=False,
+        payload: dict[str, Any] = {"kpis": listing}
+        if stage_model:
+            payload.update(stage_model=stage_model, model_stages=_model_stages(groups or []))
+        console.print(json.dumps(payload, indent=2), markup=False, highlight=False,
                       soft_wrap=True)
         return
     if fmt == "csv":
@@ -300,6 +372,20 @@ def _print_list(console: Console, listing: list[dict[str, Any]], fmt: str) -> No
                               for row in listing])
         console.print(store.to_csv(frame), markup=False, highlight=False, soft_wrap=True,
                       end="")
+        return
+    if stage_model:
+        rows = {row["kpi"]: row for row in listing}
+        table = Table(f"{stage_model} stage", "kpi", "lifecycle stage", "unit", "formula",
+                      "needs", "by", title=f"{len(listing)} KPIs by the stages of "
+                      f"{stage_model} (`touchline kpis --stage-model {stage_model}`)")
+        for stage, ks in groups or []:
+            if not ks:
+                table.add_row(stage, "(none)", "", "", "", "", "")
+            for k in ks:
+                row = rows[k.name]
+                table.add_row(stage, row["kpi"], row["stage"], row["unit"], row["formula"],
+                              ", ".join(row["tables"]), ", ".join(row["by"]))
+        console.print(table)
         return
     table = Table("kpi", "stage", "unit", "formula", "needs", "by",
                   title=f"{len(listing)} KPIs (`touchline kpis --kpi NAME`)")

@@ -204,6 +204,29 @@ def for_stage(stage: str) -> list[KPI]:
     return [k for k in KPIS.values() if stage in k.stages.values()]
 
 
+def for_stage_model(model: str, settings: Settings) -> list[tuple[str, list[KPI]]]:
+    """The stages of stage model ``model`` in its order, each with its KPIs (registry order;
+    a stage no KPI belongs to, like the hourglass's ``trust``, has none).
+
+    KPIs register their stage in the preset stage models (:data:`PRESET_STAGES`), so a stage
+    model of your own (``settings.stage_models``) has no KPIs: :class:`UnknownKPIError` says
+    so, as it names the nearest model for a name that is no stage model at all. A preset you
+    redefined keeps the KPIs' registered stages; one it lacks comes after its own stages.
+    """
+    models = settings.all_stage_models()
+    if model not in models:
+        raise UnknownKPIError(f"unknown stage model {model!r}{did_you_mean(model, models)}: "
+                              f"choose from {', '.join(models)}")
+    registered = list(dict.fromkeys(m for k in KPIS.values() for m in k.stages))
+    if model not in registered:
+        raise UnknownKPIError(
+            f"stage model {model!r} is your own: KPIs register their stage in the preset stage "
+            f"models only ({', '.join(registered)}); choose one of them, or --stage")
+    order = [s.name for s in models[model]]
+    order += [s for s in dict.fromkeys(k.stages[model] for k in KPIS.values()) if s not in order]
+    return [(stage, [k for k in KPIS.values() if k.stages[model] == stage]) for stage in order]
+
+
 def check_dimensions(by: Sequence[str], period: str | None) -> tuple[tuple[str, ...],
                                                                     str | None]:
     """``by`` without its period grains, and the period grain: :class:`UnknownKPIError`
@@ -993,11 +1016,15 @@ Every KPI is one registered function over the stored tables ([tables.md](tables.
 returns an Ibis table, so it runs on DuckDB and Spark alike: the `period` column (the first day
 of the day, week, month or quarter) when a period is asked, the `by` columns, then its values.
 Each belongs to a lifecycle stage and to the matching stage of every preset stage model
-([journeys.md](journeys.md)).
+([journeys.md](journeys.md)): `--stage-model NAME` shows the KPIs under each stage of that
+model in its order (a stage no KPI belongs to, like the hourglass's `trust`, is said as such),
+and `--stage` then names one of its stages. A stage model of your own has no KPIs: they
+register their stage in the presets only.
 
 ```sh
 touchline kpis --list                                    # every KPI: stage, unit, formula
 touchline kpis --stage awareness --period month          # a stage's KPIs (others said, skipped)
+touchline kpis --stage-model hourglass --period month    # every KPI under its hourglass stage
 touchline kpis --kpi cpa --kpi roas --by campaign --model markov --since 2025-01-01
 touchline kpis --kpi retention --by channel --format csv  # or json
 ```
@@ -1043,6 +1070,15 @@ Rules every KPI follows:
 - `since` is inclusive and `until` exclusive, on each KPI's own time: the spend or Search
   Console day, the session's start, the conversion, the answer; person-level KPIs use the
   first session, retention KPIs the first purchase (the cohort).
+
+On simulated data the social, review, NPS and retention KPIs equal the truth: the simulator
+writes `reviews.csv` (Trustpilot reviews with the reviewer's e-mail, Google reviews with the
+order id) and `social.csv` (the business's accounts, one row per day, with export gaps) beside
+`surveys.csv`, all imported with `touchline ingest FILE --kind KIND`, and its `truth.json`
+states, under `kpis`, the NPS answers by segment, the reviews and their stars by platform, the
+social followers, reach and engagements by platform, and the customers, repeat customers and
+retention cohorts of every order (`tests/metrics/test_kpis_cli.py` and `touchline demo`
+compare them).
 
 | KPI | stage (lifecycle; funnel, hourglass, b2b) | unit | formula | zero denominator | needs | by |
 |---|---|---|---|---|---|---|

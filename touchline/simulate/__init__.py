@@ -1,13 +1,14 @@
 """Realistic, deterministic data with a known right answer: ``simulate(people, seed, out)``.
 
 The simulator writes the files a user would ingest (Segment NDJSON and/or Parquet events,
-deals, spend, calls, surveys and Search Console CSVs) plus ``truth.json`` and ``paths.csv``,
-the ground truth every later stage can be checked against. People are generated in chunks
-(``chunk_people`` at a time) and written as they are made, so memory does not grow with
-``people``. The data flow::
+deals, spend, calls, surveys, reviews, social and Search Console CSVs) plus ``truth.json``
+and ``paths.csv``, the ground truth every later stage can be checked against. People are
+generated in chunks (``chunk_people`` at a time) and written as they are made, so memory does
+not grow with ``people``. The data flow::
 
     population → journeys (exposures, causal model, counterfactuals, timeline)
-               → events (+ mess) → writers;   sources (deals, calls, surveys, spend, GSC);
+               → events (+ mess) → writers;   sources (deals, calls, surveys, reviews, spend,
+                                                GSC, social);
                truth (counts, incremental effects, paths)
 
 Same seed and arguments give byte-identical files.
@@ -41,7 +42,8 @@ MAX_CHUNKS = 4096
 SIMULATED_DAYS = 900  # spend and Search Console cover this many days from 2025-01-01
 # deals' properties hold a real export's extra columns; the simulator's deals have none
 SIMULATED_SKIP = ("row_hash", "source", "ingest_id", "properties")
-CSV_FILES = ("deals.csv", "calls.csv", "surveys.csv", "spend.csv", "search_console.csv")
+CSV_FILES = ("deals.csv", "calls.csv", "surveys.csv", "reviews.csv", "spend.csv",
+             "search_console.csv", "social.csv")
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ def simulate(
             out / "calls.csv", writers.table_columns("calls", skip=SIMULATED_SKIP)
         ),
         "surveys.csv": writers.CsvWriter(out / "surveys.csv", writers.table_columns("surveys")),
+        "reviews.csv": writers.CsvWriter(out / "reviews.csv", writers.table_columns("reviews")),
     }
     first_person = 0
     try:
@@ -180,6 +183,12 @@ def simulate(
             spend.add(rendered.landings)
             search_console.add(rendered.landings, rng)
             truth.add(pop, chunk, rendered)
+            # the reviews' own random stream: the files above stay as they were without them
+            review_rows = sources.reviews(
+                pop, chunk, reviews, np.random.default_rng([seed, 4, int(b2b), number]),
+                chunk=namespace + number)
+            csv_writers["reviews.csv"].write(review_rows)
+            truth.add_sources(answers, review_rows, rendered)
             log.info("chunk %d: %d people, %d events", number, pop.people, rendered.written)
     finally:
         event_writer.close()
@@ -199,6 +208,13 @@ def simulate(
     finally:
         spend_writer.close()
         gsc_writer.close()
+    social_rows, truth.social = sources.social(
+        SIMULATED_DAYS, people, b2b=b2b, rng=np.random.default_rng([seed, 5, int(b2b)]))
+    social_writer = writers.CsvWriter(out / "social.csv", writers.table_columns("social"))
+    try:
+        social_writer.write(social_rows)
+    finally:
+        social_writer.close()
     files = {p.name: p.stat().st_size for p in event_writer.files}
     files.update({name: (out / name).stat().st_size for name in CSV_FILES})
     path_rows = truth.write_paths(out / "paths.csv")

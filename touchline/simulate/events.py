@@ -12,7 +12,7 @@ shape, so both formats hold exactly the same rows.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -164,6 +164,10 @@ class Rendered:
     sessions: int
     anonymous_ids: int
     unlinked_devices: int  # devices that never sent a userId: each stays a person of its own
+    #: every order as sent (first and repeat, site and CRM): the buyer and the event's time
+    #: (ms), for the retention truth
+    order_person: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    order_time: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def written(self) -> int:
@@ -485,10 +489,13 @@ def render(
             "}")))
 
     # orders: checkout on the site (server-side event) or a sale closed on the phone (CRM)
+    order_person, order_time = [], []
     for on_site in (True, False):
         rows = np.nonzero((t.order > 0) & (web == on_site))[0]
         when = (t.time[rows] + t.action_offset[rows] + ORDER_DELAY_MS if on_site
                 else t.time[rows] + t.call_duration[rows] * 1000 + 60_000)
+        order_person.append(t.person[rows])
+        order_time.append(when)
         value = t.order_value[rows]
         renamed = when >= mess.SCHEMA_CHANGE_AT_MS
         counts["schema_change_total"] += int(renamed.sum())
@@ -576,6 +583,7 @@ def render(
         rows=unique.take(order), tables=tables, sent_at=sent_at, received_at=received_at,
         mess=counts, landings=pages.landings, human_events=human, sessions=int(web.sum()),
         anonymous_ids=len(used_devices), unlinked_devices=unlinked,
+        order_person=np.concatenate(order_person), order_time=np.concatenate(order_time),
     )
 
 

@@ -374,3 +374,106 @@ def chunks_of(values: dict[str, pa.Array], size: int) -> Iterator[dict[str, pa.A
     n = len(next(iter(values.values()))) if values else 0
     for lo in range(0, n, size):
         yield {k: v.slice(lo, size) for k, v in values.items()}
+
+
+# ---- reviews and social: what the review platforms and social accounts export --------------
+
+#: the share of first orders that get a Google review (from the buyer, matched by order id),
+#: and those reviews' star shares (1 to 5): public reviews skew to the extremes
+GOOGLE_REVIEW_SHARE = 0.08
+GOOGLE_STAR_SHARES = (0.08, 0.04, 0.08, 0.25, 0.55)
+#: the business's social accounts: (platform as the export names it, account, followers per
+#: simulated person at the start, daily growth, posts per day, impressions per follower and
+#: post, likes, comments and shares per impression); B2C and B2B data sets have their own
+SOCIAL_ACCOUNTS: dict[bool, tuple[tuple[str, str, float, float, float, float, float, float,
+                                        float], ...]] = {
+    False: (("Instagram", "@touchline.shop", 0.40, 0.0012, 0.8, 0.25, 0.040, 0.004, 0.002),
+            ("facebook", "Touchline Shop", 0.60, 0.0004, 0.5, 0.10, 0.015, 0.002, 0.003),
+            ("tiktok", "@touchlineshop", 0.10, 0.0030, 0.4, 0.90, 0.060, 0.003, 0.006)),
+    True: (("linkedin", "Touchline HQ", 0.80, 0.0010, 0.3, 0.30, 0.020, 0.003, 0.004),
+           ("x", "@touchline_hq", 0.50, 0.0005, 1.2, 0.08, 0.010, 0.002, 0.002)),
+}
+#: Instagram's export has no engagement total (touchline sums likes, comments and shares);
+#: the others count clicks and saves too: this many per like
+SOCIAL_CLICKS_PER_LIKE = 0.5
+#: days an export has no follower count (a gap): the level is read on the last day with one
+SOCIAL_FOLLOWER_GAP = 0.03
+
+
+def reviews(pop: Population, journeys: Journeys, trustpilot: tuple[np.ndarray, np.ndarray,
+                                                                   np.ndarray],
+            rng: np.random.Generator, *, chunk: int) -> dict[str, pa.Array]:
+    """The review platforms' export: the Trustpilot reviews that the survey's reviewers post
+    (the ``Review Submitted`` events, with the reviewer's e-mail) and Google reviews of first
+    orders (with the order id only). ``rng`` is the reviews' own stream: the other files stay
+    as they were."""
+    t = journeys.touches
+    person, time, stars = trustpilot
+    first = np.nonzero(t.order == 1)[0]
+    first = first[rng.random(len(first)) < GOOGLE_REVIEW_SHARE]
+    g_time = t.time[first] + (rng.uniform(2, 30, len(first)) * DAY_MS).astype(np.int64)
+    g_stars = 1 + rng.choice(5, size=len(first), p=GOOGLE_STAR_SHARES)
+    n_tp, n_g = len(person), len(first)
+    rating = np.concatenate([stars, g_stars]).astype(np.int64)
+    nulls = pa.nulls(n_tp + n_g, pa.string())
+    return {
+        "review_id": pa.concat_arrays([entity_ids("tp_", chunk, np.arange(n_tp)),
+                                       entity_ids("gr_", chunk, np.arange(n_g))]),
+        "platform": text.take(("trustpilot", "Google"), np.repeat([0, 1], [n_tp, n_g])),
+        "rating": _numbers(rating.astype(np.float64)),
+        "review_text": text.take(REVIEW_TEXTS, rating - 1),
+        "reviewed_at": _iso(np.concatenate([time, g_time]).astype(np.int64)),
+        "email": pa.concat_arrays([pop.email.take(pa.array(person)), pa.nulls(n_g, pa.string())]),
+        "phone": nulls,
+        "order_id": pa.concat_arrays([pa.nulls(n_tp, pa.string()),
+                                      entity_ids("ord_", chunk, first)]),
+    }
+
+
+def social(days: int, people: int, *, b2b: bool, rng: np.random.Generator
+           ) -> tuple[dict[str, pa.Array], dict[str, dict[str, int]]]:
+    """The business's social accounts, one row per account and day from the period's start,
+    and the truth by platform (trimmed, lower case, as the KPIs read it): followers on the
+    first and last day with a count, and the sums of posts, impressions, likes, comments,
+    shares and engagements (Instagram's, which its export lacks, as their sum)."""
+    columns: dict[str, list[pa.Array]] = {c: [] for c in (
+        "platform", "account", "date", "followers", "posts", "impressions", "engagements",
+        "likes", "comments", "shares")}
+    truth: dict[str, dict[str, int]] = {}
+    start = np.datetime64("1970-01-01") + np.timedelta64(PERIOD_START_MS // DAY_MS, "D")
+    dates = pc.cast(pa.array(start + np.arange(days)), pa.string())
+    for platform, account, per_person, growth, post_rate, reach, like, comment, share in (
+            SOCIAL_ACCOUNTS[b2b]):
+        base = max(20.0, per_person * people)
+        gained = rng.poisson(base * growth, days)
+        lost = rng.binomial(gained, 0.3)
+        followers = (base + np.cumsum(gained - lost)).astype(np.int64)
+        posts = rng.poisson(post_rate, days)
+        impressions = rng.poisson(reach * followers * posts)
+        likes = rng.binomial(impressions, like)
+        comments = rng.binomial(impressions, comment)
+        shares = rng.binomial(impressions, share)
+        clicks = rng.poisson(SOCIAL_CLICKS_PER_LIKE * likes)
+        engagements = likes + comments + shares + clicks
+        gap = rng.random(days) < SOCIAL_FOLLOWER_GAP
+        gap[[0, -1]] = False  # the first and last days carry the level the truth reads
+        no_total = platform.lower() == "instagram"
+        columns["platform"].append(text.take((platform,), np.zeros(days, np.int64)))
+        columns["account"].append(text.take((account,), np.zeros(days, np.int64)))
+        columns["date"].append(dates)
+        columns["followers"].append(text.where(gap, pa.nulls(days, pa.string()),
+                                               _numbers(followers)))
+        columns["engagements"].append(pa.nulls(days, pa.string()) if no_total
+                                      else _numbers(engagements))
+        for name, values in (("posts", posts), ("impressions", impressions), ("likes", likes),
+                             ("comments", comments), ("shares", shares)):
+            columns[name].append(_numbers(values))
+        summed = likes + comments + shares if no_total else engagements
+        truth[platform.strip().lower()] = {
+            "accounts": 1, "followers_start": int(followers[0]),
+            "followers_end": int(followers[-1]),
+            "new_followers": int(followers[-1] - followers[0]), "posts": int(posts.sum()),
+            "impressions": int(impressions.sum()), "likes": int(likes.sum()),
+            "comments": int(comments.sum()), "shares": int(shares.sum()),
+            "engagements": int(summed.sum())}
+    return {c: pa.concat_arrays(v) for c, v in columns.items()}, truth

@@ -30,6 +30,7 @@ from touchline.simulate import journeys as jr
 from touchline.simulate import mess, model
 from touchline.simulate.events import Rendered
 from touchline.simulate.population import Population
+from touchline.simulate.sources import NPS_SHARES
 
 PATH_SEPARATOR = " > "
 
@@ -62,6 +63,14 @@ class Truth:
     paths: dict[str, list[float]] = field(default_factory=dict)
     journey_touches: list[np.ndarray] = field(default_factory=list)
     journey_days: list[np.ndarray] = field(default_factory=list)
+    #: survey answers per (segment, NPS band); reviews per (platform, stars)
+    nps: Counter[tuple[str, str]] = field(default_factory=Counter)
+    reviews: Counter[tuple[str, int]] = field(default_factory=Counter)
+    #: customers per first-order month, and active ones per (that month, months since)
+    cohorts: Counter[str] = field(default_factory=Counter)
+    cohort_active: Counter[tuple[str, int]] = field(default_factory=Counter)
+    repeat_customers: int = 0
+    social: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, pop: Population, journeys: jr.Journeys, rendered: Rendered) -> None:
         """Add one chunk."""
@@ -115,6 +124,79 @@ class Truth:
         pre = t.phase == jr.PRE
         self.journey_touches.append(np.bincount(t.unit[pre], minlength=pop.units))
         self.journey_days.append((journeys.last_touch_time - journeys.first_touch_time) / jr.DAY_MS)
+
+    def add_sources(self, answers: dict[str, pa.Array], reviews: dict[str, pa.Array],
+                    rendered: Rendered) -> None:
+        """Add one chunk's survey answers, reviews and orders: the advocacy and retention
+        figures the KPIs should recover."""
+        scores = pc.cast(answers["nps_score"], pa.int64()).to_numpy(zero_copy_only=False)
+        band = np.where(scores >= 9, "promoters", np.where(scores >= 7, "passives",
+                                                            "detractors"))
+        segment = answers["segment"].to_numpy(zero_copy_only=False)
+        self.nps.update(zip(segment.tolist(), band.tolist(), strict=True))
+        platform = pc.utf8_lower(pc.utf8_trim_whitespace(reviews["platform"]))
+        stars = pc.cast(pc.cast(reviews["rating"], pa.float64()), pa.int64())
+        self.reviews.update(zip(platform.to_pylist(), stars.to_pylist(), strict=True))
+        rated = pc.drop_null(pc.cast(pc.cast(answers["review_rating"], pa.float64()),
+                                     pa.int64())).to_pylist()
+        self.reviews.update(("survey", k) for k in rated)
+        person, when = rendered.order_person, rendered.order_time
+        if not len(person):
+            return
+        months = when.astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
+        order = np.lexsort((months, person))
+        person, months = person[order], months[order]
+        starts = np.r_[True, person[1:] != person[:-1]]
+        first = np.maximum.accumulate(np.where(starts, np.arange(len(person)), 0))
+        cohort = months[first]
+        since = months - cohort
+        labels = cohort.astype("datetime64[M]").astype("datetime64[D]").astype(str)
+        self.cohorts.update(labels[starts].tolist())
+        orders_per_person = np.diff(np.r_[np.nonzero(starts)[0], len(person)])
+        self.repeat_customers += int((orders_per_person >= 2).sum())
+        active = np.unique(np.stack([person, since]), axis=1)
+        firsts = dict(zip(person[starts].tolist(), labels[starts].tolist(), strict=True))
+        self.cohort_active.update(
+            (firsts[p], int(k)) for p, k in zip(active[0].tolist(), active[1].tolist(),
+                                                strict=True))
+
+    def kpis(self) -> dict[str, Any]:
+        """The ``kpis`` section of truth.json: NPS by segment, reviews by platform, social by
+        platform, repeat purchase and the retention cohorts."""
+        def nps_of(counts: dict[str, int]) -> dict[str, Any]:
+            n = sum(counts.values())
+            return {**counts, "answers": n, "nps": None if not n else round(
+                100 * (counts["promoters"] - counts["detractors"]) / n, 6)}
+
+        bands = ("promoters", "passives", "detractors")
+        segments = sorted({s for s, _ in self.nps})
+        by_segment = {seg: nps_of({b: self.nps[(seg, b)] for b in bands}) for seg in segments}
+        overall = nps_of({b: sum(self.nps[(seg, b)] for seg in segments) for b in bands})
+        shares = np.array(NPS_SHARES)
+        platforms = sorted({p for p, _ in self.reviews})
+        reviews = {}
+        for platform in platforms:
+            stars = {k: self.reviews[(platform, k)] for k in range(1, 6)}
+            n = sum(stars.values())
+            reviews[platform] = {"reviews": n, "rating_sum": sum(k * v for k, v in stars.items()),
+                                 "average_rating": round(sum(k * v for k, v in stars.items())
+                                                         / n, 6),
+                                 "stars": {str(k): v for k, v in stars.items()}}
+        customers = sum(self.cohorts.values())
+        return {
+            "nps": {"overall": overall, "by_segment": by_segment,
+                    "population_nps": round(100 * (shares[9:].sum() - shares[:7].sum()), 6)},
+            "reviews": reviews,
+            "social": self.social,
+            "retention": {
+                "customers": customers, "repeat_customers": self.repeat_customers,
+                "repeat_purchase_rate": round(self.repeat_customers / customers, 6)
+                if customers else None,
+                "cohorts": [{"cohort": c, "months_since": k,
+                             "customers": self.cohorts[c],
+                             "active_customers": self.cohort_active[(c, k)]}
+                            for c, k in sorted(self.cohort_active)]},
+        }
 
     def _add_paths(self, pop: Population, journeys: jr.Journeys, in_path: np.ndarray) -> None:
         t = journeys.touches
@@ -181,6 +263,7 @@ class Truth:
             "counts": counts,
             "channels": channels,
             "mess": dict(sorted(self.mess.items())),
+            "kpis": self.kpis(),
             "files": files,
             "model": model_description(b2b=self.b2b),
             "definitions": DEFINITIONS,
@@ -211,6 +294,18 @@ DEFINITIONS = {
     "expected_incremental_conversions": "the same in probability: sum of p - p(without c)",
     "conversions_with_channel": "converting journeys whose path (paths.csv) contains the channel",
     "touches": "visits, calls and webinars of the channel over the whole period",
+    "kpis.nps": "the survey file's answers by segment: promoters 9-10, passives 7-8, "
+                "detractors 0-6, nps = 100 * (promoters - detractors) / answers; "
+                "population_nps: the score the answers are drawn from",
+    "kpis.reviews": "reviews.csv by platform (trimmed, lower case) plus the survey answers "
+                    "with a rating (platform survey): count, sum and mean of the stars",
+    "kpis.social": "social.csv by platform: followers on the first and last day (an "
+                   "account's level), posts, impressions, likes, comments, shares and "
+                   "engagements summed (Instagram's missing total: likes + comments + shares)",
+    "kpis.retention": "every order (first and repeat) by buyer: customers per month of the "
+                      "first order (the cohort), active customers per cohort and months since "
+                      "(k = 0 is the cohort's size); repeat_purchase_rate = customers with >= 2 "
+                      "orders / customers",
 }
 
 
