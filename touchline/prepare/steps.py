@@ -262,6 +262,8 @@ def build_identity_graph(t: Tables, ctx: Context) -> StepResult:
     identities, final_links = identity.resolve_persons(
         ctx.con, nodes, links, max_iterations=s.identity_max_iterations,
         max_component=s.identity_max_component, scratch=SCRATCH_PREFIX)
+    # stored: accounts, sessions and persons each read the identities (four joins deep)
+    identities = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}identities", identities)
     return StepResult({"identities": identities, "identity_links": final_links})
 
 
@@ -276,4 +278,6 @@ def assign_accounts(t: Tables, ctx: Context) -> StepResult:
     accounts = identity.person_accounts(ident, deals=t.get("deals"), groups=groups,
                                         domains=lookup,
                                         contact_key=standardise.contact_key(ctx.con, ctx.settings))
+    # stored: sessions, persons and accounts each join it (a dozen-way union of evidence)
+    accounts = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}person_accounts", accounts)
     return StepResult({"person_accounts": accounts})
