@@ -5,6 +5,7 @@ wrong passwords, write keys, stale forms and expired sessions refused."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
 import subprocess
@@ -81,7 +82,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         ["channel", "conversions"]].T.to_numpy(), strict=True)) for model in ("linear",
                                                                                 "last_touch")}
     con.disconnect()  # the dashboard opens the file for each request, holding no lock idle
-    application = create_app(settings)
+    truth = folder / "truth.json"  # serve_kit's channels as the simulator names them
+    truth.write_text(json.dumps({"b2b": False, "channels": {
+        "email": {"incremental_conversions": 1.0}, "paid_search": {
+            "incremental_conversions": 3.0}}}))
+    application = create_app(settings, truth=[truth])
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -105,10 +110,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 def _numbers(page: Page, chart: str, key: str, column: str) -> dict[str, float]:
     """A chart's table of numbers as {key column: value column} read from the page."""
     table = page.locator(f".numbers[data-chart='{chart}'] table")
-    heads = [h.strip() for h in table.locator("thead th").all_inner_texts()]
+    # text contents: a closed <details> has no rendered (inner) text
+    heads = [h.strip() for h in table.locator("thead th").all_text_contents()]
     out = {}
     for row in table.locator("tbody tr").all():
-        cells = dict(zip(heads, row.locator("td").all_inner_texts(), strict=True))
+        cells = dict(zip(heads, (c.strip() for c in row.locator("td").all_text_contents()),
+                         strict=True))
         text = cells[column].replace(",", "")
         out[cells[key]] = float(text) if text else math.nan
     return out
@@ -169,7 +176,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
     page.screenshot(path=str(artifacts / "channels-last_touch.png"), full_page=True)
 
     # every page, with the filters of the URL kept in the navigation
-    charts = {"overview": 1, "channels": 1, "models": 1, "journeys": 3, "kpis": 1,
+    charts = {"overview": 1, "channels": 1, "models": 2, "journeys": 3, "kpis": 1,
               "quality": 1}
     for name, count in charts.items():
         page.goto(f"{live.url}{PAGES[name].path}?model=last_touch")
@@ -177,6 +184,10 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
                                f".length >= {count}", timeout=WAIT_MS)
         assert page.locator(".js-plotly-plot").count() == count, name
         assert "model=last_touch" in (page.locator("nav a").first.get_attribute("href") or "")
+        if name == "models":  # beside the bars, the ranking against the truth (first sales:
+            # last touch 1/3 e-mail, 2/3 paid; linear 1/2, 1/6 organic, 1/3; truth 1/4, 3/4)
+            ranking = _numbers(page, "model_ranking", "model", "l1_share")
+            assert ranking == pytest.approx({"last_touch": 1 / 6, "linear": 5 / 6}, rel=1e-3)
         page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
     # the person search: p1 by e-mail, her touches in time order
     page.goto(f"{live.url}/person")
@@ -228,6 +239,9 @@ async def _refusals(application: object, live: Live, now: list[float]) -> None:
                                 headers={"Authorization": f"Bearer {live.read_key}"})
         assert read.status_code == 200 and "Paid Search" in read.text
         assert "script-src 'self' 'nonce-" in read.headers["content-security-policy"]
+        # started without --truth: the model comparison says there is none to rank against
+        models = await client.get("/models", headers={"X-Touchline-Key": live.read_key})
+        assert models.status_code == 200 and "no ground-truth file, so no ranking" in models.text
         # a login form posted without its CSRF cookie (another site's form) is refused
         forged = await client.post("/login", data={"name": "ann", "password": PASSWORD,
                                                    "csrf": "guess"})

@@ -3,15 +3,17 @@ and Spark; and each figure drawn from it."""
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from ibis.backends import BaseBackend
 from serve_kit import build_warehouse
 
-from touchline.errors import InputError
+from touchline.errors import InputError, MissingInputError
 from touchline.serve import figures
 from touchline.serve.figures import (
     CHARTS,
@@ -22,6 +24,7 @@ from touchline.serve.figures import (
     funnel_data,
     journey_map_data,
     model_comparison_data,
+    model_ranking_data,
     overview_data,
     person_timeline_data,
     stage_kpis_data,
@@ -44,6 +47,22 @@ def _records(frame: pd.DataFrame, key: str | list[str]) -> dict[object, dict[str
 @pytest.fixture
 def wh(con: BaseBackend) -> BaseBackend:
     return build_warehouse(con)
+
+
+#: a simulator truth.json of the B2C data set (its channel names are the simulator's):
+#: e-mail caused 1 of the first purchases, paid search 3, organic search none
+TRUTH = {"b2b": False, "channels": {
+    "email": {"incremental_conversions": 1.0, "incremental_revenue": 50.0},
+    "paid_search": {"incremental_conversions": 3.0, "incremental_revenue": 250.0},
+    "organic_search": {"incremental_conversions": 0.0, "incremental_revenue": 0.0}}}
+
+
+@pytest.fixture
+def truth(tmp_path: Path) -> Path:
+    file = tmp_path / "b2c" / "truth.json"
+    file.parent.mkdir()
+    file.write_text(json.dumps(TRUTH))
+    return file
 
 
 def test_overview_and_credits_by_hand(wh: BaseBackend) -> None:
@@ -158,6 +177,35 @@ def test_model_comparison_and_journey_map_by_hand(wh: BaseBackend) -> None:
     assert journey_map_data(wh, since=datetime(2025, 4, 1)).journeys.sum() == 3
 
 
+def test_model_ranking_against_the_truth_by_hand(wh: BaseBackend, truth: Path,
+                                                 tmp_path: Path) -> None:
+    # first purchases only (p1#2 is p1's second): linear gives Email 0.5 (p2) + 1 (p4),
+    # Organic 0.5 and Paid Search 0.5 + 0.5 (p1#1, p2) → shares 1/2, 1/6, 1/3; last touch
+    # gives Paid Search 2, Email 1 → 2/3, 1/3, 0. The truth's shares: paid 3/4, email 1/4.
+    # L1 linear = |1/2 - 1/4| + |1/6 - 0| + |1/3 - 3/4| = 5/6, worst paid search (-5/12);
+    # last touch = 1/12 + 0 + 1/12 = 1/6: ranked first
+    got = model_ranking_data(wh, truth=(truth,))
+    assert list(got.model) == ["last_touch", "linear"]
+    assert got.l1_share.tolist() == pytest.approx([1 / 6, 5 / 6])
+    linear = _records(got, "model")["linear"]
+    assert linear["worst_channel"] == "paid_search"
+    assert linear["worst_error"] == pytest.approx(-5 / 12)
+    assert got.attrs["truth"] == str(truth)
+    bars = figures.model_ranking_figure(got).data[0]
+    assert list(bars.y) == ["last_touch", "linear"]
+    assert list(bars.text) == ["0.167", "0.833"]
+    # no truth: said, never made up; a B2B truth is about deal_won, not purchases
+    with pytest.raises(MissingInputError, match="no ground-truth file, so no ranking"):
+        model_ranking_data(wh)
+    b2b = tmp_path / "b2b.json"
+    b2b.write_text(json.dumps({**TRUTH, "b2b": True}))
+    with pytest.raises(MissingInputError, match="no ground-truth file is about 'purchase'"):
+        model_ranking_data(wh, truth=(b2b,))
+    assert list(model_ranking_data(wh, truth=(b2b, truth)).model) == ["last_touch", "linear"]
+    with pytest.raises(MissingInputError, match=r"nowhere\.json: no such file"):
+        model_ranking_data(wh, truth=(tmp_path / "nowhere.json",))
+
+
 def test_funnel_stages_and_quality_by_hand(wh: BaseBackend) -> None:
     # the lifecycle stages anyone entered: p1..p4 aware; only p1 considered (p2 skipped it),
     # so only p1 goes on to decision and retention in order
@@ -247,9 +295,9 @@ def test_stage_kpis_by_hand(wh: BaseBackend) -> None:
     assert stage_kpis_data(wh, stage_model="funnel").set_index("kpi").stage["nps"] == "bottom"
 
 
-def test_every_chart_draws_its_data(wh: BaseBackend) -> None:
+def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
     """Each registered chart's figure holds its data's numbers (not pixels)."""
-    filters = Filters(model="linear")
+    filters = Filters(model="linear", truth=(truth,))
     drawn = {}
     for name, chart in CHARTS.items():
         drawn[name] = chart.figure(chart_data(wh, chart, filters)).data
@@ -259,6 +307,7 @@ def test_every_chart_draws_its_data(wh: BaseBackend) -> None:
     assert list(bars.x) == ["Email", "Paid Search", "Organic Search", "Paid Social"]
     assert list(bars.y) == [2.5, 1.0, 0.5, 0.0]
     assert [t.name for t in drawn["models"]] == ["last_touch", "linear"]
+    assert list(drawn["model_ranking"][0].y) == ["last_touch", "linear"]
     sankey = drawn["journey_map"][0]
     conversion = list(sankey.node.label).index("(conversion)")
     assert sum(v for t, v in zip(sankey.link.target, sankey.link.value, strict=True)

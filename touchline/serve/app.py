@@ -23,8 +23,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -80,7 +81,7 @@ class Page:
 PAGES = {p.name: p for p in (
     Page("overview", "/", "Overview", ("overview",)),
     Page("channels", "/channels", "Channels", ("channels",)),
-    Page("models", "/models", "Model comparison", ("models",)),
+    Page("models", "/models", "Model comparison", ("models", "model_ranking")),
     Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel")),
     Page("kpis", "/kpis", "KPIs by stage", ("stage_kpis",)),
     Page("person", "/person", "Person timeline", ()),
@@ -110,6 +111,8 @@ class Dashboard:
     lock: threading.Lock = field(default_factory=threading.Lock)
     sessions: dict[str, _Session] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
+    #: ground-truth files the model comparison ranks the models against (``--truth``)
+    truth: tuple[Path, ...] = ()
 
 
 T = TypeVar("T")
@@ -348,6 +351,7 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
             filters, error = replace(Filters(), model=dash.settings.default_model), str(exc)
         else:
             error = None
+        filters = replace(filters, truth=dash.truth)
 
         def work(con: BaseBackend) -> tuple[list[Section], dict[str, Any]]:
             sections = [draw(con, name, filters) for name in page.charts]
@@ -381,8 +385,10 @@ async def static(request: Request) -> Response:
 
 def create_app(settings: Settings, *, con: BaseBackend | None = None,
                session_seconds: int = SESSION_SECONDS_DEFAULT,
-               clock: Callable[[], float] = time.time) -> Starlette:
-    """The dashboard's ASGI app over the warehouse of ``settings`` (or ``con``)."""
+               clock: Callable[[], float] = time.time,
+               truth: Sequence[Path] = ()) -> Starlette:
+    """The dashboard's ASGI app over the warehouse of ``settings`` (or ``con``); ``truth``:
+    the ground-truth files (simulator ``truth.json``) the model comparison ranks against."""
     from touchline import store
 
     connection = con if con is not None else engine.connect(settings=settings)
@@ -398,5 +404,6 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
               *(Route(p.path, page_handler(p), methods=["GET"], name=p.name)
                 for p in PAGES.values())]
     app = Starlette(routes=routes)
-    app.state.dashboard = Dashboard(settings, connection, session_seconds, clock=clock)
+    app.state.dashboard = Dashboard(settings, connection, session_seconds, clock=clock,
+                                    truth=tuple(Path(f) for f in truth))
     return app

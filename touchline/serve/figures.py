@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ibis
@@ -42,6 +44,8 @@ from touchline.errors import ConfigError, InputError, MissingInputError, Touchli
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
+
+    from touchline.attribution.evaluate import Truth
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +334,97 @@ def model_comparison_figure(data: pd.DataFrame) -> go.Figure:
                              marker_color=PALETTE[i % len(PALETTE)]))
     fig.update_layout(barmode="group", yaxis_title="credited conversions",
                       legend_title_text="model")
+    return fig
+
+
+def truth_for(truth: Sequence[Path], conversion: str) -> Truth:
+    """The ground truth of ``conversion`` among the ``truth`` files: a simulator
+    ``truth.json`` says whether its data set is B2B, and so its conversion
+    (:data:`touchline.demo.DEMO_CONVERSIONS`: ``purchase`` for B2C, ``deal_won`` for B2B); a
+    file that does not say (``gen_paths.py --truth``) is taken for any conversion. No file, or
+    none about ``conversion``: :class:`~touchline.errors.MissingInputError`, never a made-up
+    truth."""
+    from touchline.attribution.evaluate import truth_from_dict
+    from touchline.demo import DEMO_CONVERSIONS
+
+    if not truth:
+        raise MissingInputError(
+            "no ground-truth file, so no ranking of the models: only simulated data has one "
+            "(`touchline demo` writes demo-data/b2c/truth.json and demo-data/b2b/truth.json); "
+            "give it with --truth FILE")
+    for file in truth:
+        try:
+            document = json.loads(Path(file).read_text())
+        except FileNotFoundError:
+            raise MissingInputError(f"ground-truth file {file}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"ground-truth file {file}: not JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise InputError(f"ground-truth file {file}: expected a JSON object")
+        if "b2b" in document:
+            meant = DEMO_CONVERSIONS["b2b" if document["b2b"] else "b2c"][0]
+            if meant != conversion:
+                continue
+        return truth_from_dict(document, source=str(file))
+    raise MissingInputError(
+        f"no ground-truth file is about {conversion!r} conversions "
+        f"({', '.join(str(f) for f in truth)}): choose another conversion")
+
+
+def model_ranking_data(con: BaseBackend, *, truth: Sequence[Path] = (),
+                       conversion: str | None = None) -> pd.DataFrame:
+    r"""``touchline evaluate``'s ranking of the stored models against the ground truth: per
+    model ``l1_share`` (0 = perfect, 2 = disjoint), ``worst_channel``, ``worst_error`` and
+    ``spearman``, best first (:func:`touchline.attribution.evaluate.evaluate`).
+
+    .. math:: L_1 = \sum_c \Bigl|\frac{C_c}{\sum_d C_d} - \frac{T_c}{\sum_d T_d}\Bigr|
+
+    :math:`C_c` sums the stored credits of channel ``c`` over each unit's *first*
+    conversion (``sequence = 1``), since the simulator's truth counts the conversions a
+    channel causes among first conversions; all dates, as the truth covers the whole
+    simulation. Stored channel names (GA4 groups) become the simulator's
+    (:data:`touchline.demo.SIMULATOR_CHANNELS`) when the truth names none of them. Without a
+    truth file: :class:`~touchline.errors.MissingInputError` (see :func:`truth_for`)."""
+    from touchline.attribution.evaluate import evaluate
+    from touchline.demo import SIMULATOR_CHANNELS
+
+    conversion = resolve_conversion(con, conversion)
+    known = truth_for(truth, conversion)
+    c = con.table("credits")
+    j = con.table("journeys")
+    first = j.filter((j.conversion == conversion) & (j.sequence == 1)).select("journey_id")
+    c = c.filter(c.conversion == conversion).semi_join(first, "journey_id")
+    t = c.group_by(channel=c.channel.cast("string").fill_null("(not set)"),
+                   model=c.model).aggregate(conversions=c.credit.sum())
+    sums = t.to_pandas()
+    if sums.empty:
+        raise InputError(f"no stored credits of first {conversion} conversions to rank: run "
+                         "`touchline run`")
+    if not set(sums.channel) & set(known.conversions):
+        sums["channel"] = sums.channel.map(lambda ch: SIMULATOR_CHANNELS.get(ch, ch))
+    wide = sums.pivot_table(index="channel", columns="model", values="conversions",
+                            aggfunc="sum", fill_value=0.0).reset_index()
+    wide.columns.name = None
+    wide.attrs["level"] = "channel"
+    ranking = evaluate(wide, known).reset_index(drop=True)
+    ranking.attrs.update(conversion=conversion, truth=known.source)
+    return ranking
+
+
+def model_ranking_figure(data: pd.DataFrame) -> go.Figure:
+    """The models as horizontal bars of their L1 share distance, best on top."""
+    fig = _figure(f"{data.attrs.get('conversion', '')}: distance to the true incremental "
+                  f"conversions ({Path(str(data.attrs.get('truth', 'truth'))).name}; "
+                  "L1 share, 0 = perfect)")
+    fig.add_trace(go.Bar(
+        x=data.l1_share, y=data.model, orientation="h", marker_color=PALETTE[2],
+        text=[f"{v:.3f}" for v in data.l1_share], textposition="outside",
+        customdata=data[["worst_channel", "worst_error"]],
+        hovertemplate="%{y}: L1 %{x:.3f}<br>worst channel %{customdata[0]} "
+        "(%{customdata[1]:+.3f} of the share)<extra></extra>"))
+    fig.update_layout(xaxis_title="L1 share distance (0 = perfect, 2 = disjoint)",
+                      yaxis={"autorange": "reversed"}, showlegend=False,
+                      height=max(300, 80 + 30 * len(data)))
     return fig
 
 
@@ -647,6 +742,8 @@ CHARTS: dict[str, Chart] = {c.name: c for c in (
     Chart("overview", "Overview", overview_data, overview_figure),
     Chart("channels", "Channels", channel_credits_data, channel_credits_figure),
     Chart("models", "Model comparison", model_comparison_data, model_comparison_figure),
+    Chart("model_ranking", "Models against the ground truth", model_ranking_data,
+          model_ranking_figure),
     Chart("journey_map", "Journey map", journey_map_data, journey_map_figure),
     Chart("funnel", "Funnel", funnel_data, funnel_figure),
     Chart("stages", "Stage timeline", stage_timeline_data, stage_timeline_figure),
@@ -666,6 +763,9 @@ class Filters:
     stage_model: str = STAGE_MODEL_DEFAULT
     #: the channel chart's level: channel, source, medium, campaign, keyword, landing_page
     by: str = "channel"
+    #: ground-truth files (simulator ``truth.json``) the model ranking scores against: set by
+    #: the server or the report's ``--truth``, never by a URL
+    truth: tuple[Path, ...] = ()
 
 
 def parse_day(text: str | None, name: str) -> datetime | None:
