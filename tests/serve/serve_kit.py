@@ -80,6 +80,9 @@ IDENTITIES = {"user:u1": "p1", "email:ann@example.com": "p1", "anon:a1": "p1",
               "anon:a2": "p2", "user:u3": "p3", "anon:a4": "p4"}
 ACCOUNTS = {"p1": "domain:acme.example", "p2": "domain:acme.example"}  # two stakeholders
 SURVEYS = [("r1", "u1", None, 10, "2025-05-01 00:00", "a friend")]
+REVIEWS = [  # platform, stars, posted at, reviewer's e-mail: p1 (Organic Search), no one
+    ("google", 5.0, "2025-05-02 00:00", "Ann@Example.com"),
+    ("trustpilot", 2.0, "2025-05-03 00:00", "stranger@example.com")]
 
 
 def _ts(text: str | None) -> str | None:
@@ -149,6 +152,8 @@ def build_warehouse(con: BaseBackend) -> BaseBackend:
     load(store.SURVEYS, [dict(response_id=r, person_id=p, email=e, nps_score=n,
                               responded_at=_ts(at), heard_about=h)
                          for r, p, e, n, at, h in SURVEYS])
+    load(store.REVIEWS, [dict(platform=pl, rating=r, reviewed_at=_ts(at), email=e,
+                              row_hash=f"h{n}") for n, (pl, r, at, e) in enumerate(REVIEWS)])
     con.create_view("touchpoints", store.touchpoints_view(con), overwrite=True)
     con.create_view("journey_touches", store.journey_touches_view(con), overwrite=True)
     return con

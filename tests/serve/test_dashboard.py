@@ -177,7 +177,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
 
     # every page, with the filters of the URL kept in the navigation
     charts = {"overview": 1, "channels": 1, "models": 2, "journeys": 3, "kpis": 1,
-              "quality": 1}
+              "customers": 4, "quality": 1}
     for name, count in charts.items():
         page.goto(f"{live.url}{PAGES[name].path}?model=last_touch")
         page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg')"
@@ -209,7 +209,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
     context.close()
     assert not left, left
     assert not errors, errors
-    assert len(list(artifacts.glob("*.png"))) == 9
+    assert len(list(artifacts.glob("*.png"))) == 10
 
 
 def test_keys_stale_forms_and_expired_sessions_are_refused(live: Live) -> None:

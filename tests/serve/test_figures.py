@@ -231,6 +231,45 @@ def test_funnel_stages_and_quality_by_hand(wh: BaseBackend) -> None:
     assert data_quality_data(wh, since=datetime(2025, 4, 1)).rows.sum() == 2
 
 
+def test_retention_clv_nps_and_reviews_by_hand(wh: BaseBackend) -> None:
+    # purchases: p1 on 5 March and 10 April (100 + 50), p2 20 March (200), p3 15 April (80,
+    # CRM), p4 20 April (30). Cohort March: p1, p2; p1 buys again a month later → 1, 1/2.
+    # Cohort April: p3, p4 → 1
+    cohorts = figures.retention_data(wh)
+    assert [(f"{c:%Y-%m}", m, n, a, r) for c, m, n, a, r in cohorts.to_numpy().tolist()] == [
+        ("2025-03", 0, 2, 2, 1.0), ("2025-03", 1, 2, 1, 0.5), ("2025-04", 0, 2, 2, 1.0)]
+    heat = figures.retention_figure(cohorts).data[0]
+    assert list(heat.y) == ["2025-03 (2)", "2025-04 (2)"] and list(heat.x) == [0, 1]
+    assert heat.z[0].tolist() == [1.0, 0.5] and heat.z[1][0] == 1.0
+    assert math.isnan(heat.z[1][1]) and list(heat.text[1]) == ["100%", ""]
+    # CLV so far: p4 30, p3 80, p1 150, p2 200 → four bins of 50 from 0: 30 | 80 | - | 150,
+    # 200 (the last bin keeps its end); mean 460 / 4 = the historical_clv KPI's 115
+    clv = figures.clv_distribution_data(wh, bins=4)
+    assert clv.to_numpy().tolist() == [[0.0, 50.0, 1], [50.0, 100.0, 1], [100.0, 150.0, 0],
+                                       [150.0, 200.0, 2]]
+    assert (clv.attrs["customers"], clv.attrs["mean"], clv.attrs["median"]) == (
+        4, 115.0, pytest.approx(115.0))
+    assert figures.clv_distribution_data(wh).customers.sum() == 4  # 20 bins of 10
+    # before April: p1 (100 so far) and p2 (200): both in [100, 200] of two bins of 100
+    march = figures.clv_distribution_data(wh, until=datetime(2025, 4, 1), bins=2)
+    assert march.customers.tolist() == [0, 2] and march.attrs["mean"] == 150.0
+    bars = figures.clv_distribution_figure(clv).data[0]
+    assert list(bars.x) == [25.0, 75.0, 125.0, 175.0] and list(bars.y) == [1, 1, 0, 2]
+    # NPS: p1's 10 (user u1, first touch Organic Search): one promoter
+    nps = _records(figures.nps_by_channel_data(wh), "channel")
+    assert nps["Organic Search"]["answers"] == 1 and nps["Organic Search"]["nps"] == 100.0
+    assert list(nps) == ["Organic Search"]
+    # reviews: Ann's 5 stars (her e-mail, any case: p1, Organic Search), a stranger's 2
+    reviews = figures.reviews_by_channel_data(wh)
+    assert _records(reviews, "channel") == {
+        "Organic Search": {"reviews": 1, "review_rating": 5.0},
+        "Unassigned": {"reviews": 1, "review_rating": 2.0}}
+    assert list(figures.reviews_by_channel_figure(reviews).data[0].text) == [
+        "1 reviews", "1 reviews"]
+    with pytest.raises(InputError, match="no review in the window"):
+        figures.reviews_by_channel_data(wh, since=datetime(2026, 1, 1))
+
+
 def test_person_timeline_by_hand(wh: BaseBackend) -> None:
     # p1 found by user id, e-mail or person id: five touches in three sessions, four stages,
     # two purchases, one NPS answer; linear credit on each session's first touch
@@ -308,6 +347,10 @@ def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
     assert list(bars.y) == [2.5, 1.0, 0.5, 0.0]
     assert [t.name for t in drawn["models"]] == ["last_touch", "linear"]
     assert list(drawn["model_ranking"][0].y) == ["last_touch", "linear"]
+    assert drawn["retention"][0].type == "heatmap"
+    assert sum(drawn["clv"][0].y) == 4
+    assert list(drawn["nps"][0].y) == [100.0]
+    assert list(drawn["reviews"][0].y) == [5.0, 2.0]
     sankey = drawn["journey_map"][0]
     conversion = list(sankey.node.label).index("(conversion)")
     assert sum(v for t, v in zip(sankey.link.target, sankey.link.value, strict=True)

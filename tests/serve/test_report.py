@@ -86,6 +86,9 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
     assert page.locator("#chart-journey_map .sankey-node").count() == 6
     assert page.locator("#chart-overview .indicatorlayer .trace").count() == 6
     assert "Paid Search" in page.locator("#chart-channels").inner_text()
+    # the retention heat map's cells: March 100 % and 50 %, April 100 %
+    assert page.locator("#chart-retention .heatmaplayer").count() == 1
+    assert "50%" in page.locator("#chart-retention").inner_text()
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     context.close()
     assert not blocked, blocked

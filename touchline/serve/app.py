@@ -3,7 +3,8 @@
 ``touchline dashboard`` serves :func:`create_app` on 127.0.0.1 (its own port, so the public
 collector runs without it). Pages: overview, channels (the attribution model in the URL:
 switching it moves the credits), model comparison, journey map (with the stage timeline and
-the funnel), person timeline with search, data quality. Every filter is a query parameter,
+the funnel), KPIs by stage, retention and advocacy (cohorts, CLV, NPS and reviews by channel),
+person timeline with search, data quality. Every filter is a query parameter,
 so a view can be shared as its URL. The charts are :mod:`touchline.serve.figures`', drawn by
 plotly.js served from the installed ``plotly`` package: a page asks nothing of any other
 host.
@@ -84,6 +85,8 @@ PAGES = {p.name: p for p in (
     Page("models", "/models", "Model comparison", ("models", "model_ranking")),
     Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel")),
     Page("kpis", "/kpis", "KPIs by stage", ("stage_kpis",)),
+    Page("customers", "/customers", "Retention and advocacy",
+         ("retention", "clv", "nps", "reviews")),
     Page("person", "/person", "Person timeline", ()),
     Page("quality", "/quality", "Data quality", ("data_quality",)),
 )}

@@ -642,6 +642,160 @@ def stage_kpis_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
+# ---- retention, lifetime value, NPS and reviews ---------------------------------------------
+
+#: the CLV histogram's number of equal-width bins
+CLV_BINS_DEFAULT = 20
+
+
+def retention_data(con: BaseBackend, *, conversion: str | None = None, since: Moment = None,
+                   until: Moment = None) -> pd.DataFrame:
+    """The KPI registry's ``retention`` cohorts (:mod:`touchline.metrics.kpis`): ``cohort``
+    (the month of each customer's first ``conversion``), ``months_since``, ``customers`` of
+    the cohort, ``active_customers`` who converted again in that month and ``retention`` =
+    active / customers (month 0 is 1): the numbers of ``touchline kpis --kpi retention``."""
+    from touchline.metrics.kpis import compute
+
+    conversion = resolve_conversion(con, conversion)
+    frame = compute(con, "retention", since=since, until=until,
+                    conversion=conversion).to_pandas()
+    if frame.empty:
+        raise InputError(f"no {conversion} customers in the window: no cohorts to draw")
+    frame.attrs.update(conversion=conversion)
+    return frame
+
+
+def retention_figure(data: pd.DataFrame) -> go.Figure:
+    """A heat map: one row per cohort, one column per month since the first conversion."""
+    fig = _figure(f"retention cohorts ({data.attrs.get('conversion', '')}): share of each "
+                  "first-purchase month's customers who buy again k months later")
+    wide = data.pivot(index="cohort", columns="months_since", values="retention")
+    sizes = data.groupby("cohort").customers.max()
+    labels = [f"{c:%Y-%m} ({sizes[c]:,})" for c in wide.index]
+    text = [["" if pd.isna(v) else f"{v:.0%}" for v in row] for row in wide.to_numpy()]
+    fig.add_trace(go.Heatmap(
+        z=wide.to_numpy(), x=[int(m) for m in wide.columns], y=labels, text=text,
+        texttemplate="%{text}", colorscale="Blues", zmin=0.0, zmax=1.0,
+        colorbar={"title": "retained", "tickformat": ".0%"},
+        hovertemplate="cohort %{y}<br>month %{x}: %{z:.1%}<extra></extra>"))
+    fig.update_layout(xaxis={"title": "months since the first purchase", "dtick": 1},
+                      yaxis={"title": "cohort (customers)", "autorange": "reversed",
+                             "type": "category"},
+                      height=max(300, 120 + 28 * len(labels)))
+    return fig
+
+
+def clv_distribution_data(con: BaseBackend, *, conversion: str | None = None,
+                          since: Moment = None, until: Moment = None,
+                          bins: int = CLV_BINS_DEFAULT) -> pd.DataFrame:
+    """The distribution of historical CLV: each customer's revenue so far (the value of
+    their ``conversion`` conversions before ``until``; customers whose first one falls in
+    the window), in ``bins`` equal-width bins from min(0, lowest) to the highest:
+    ``bin_start``, ``bin_end``, ``customers`` (the last bin includes its end). ``attrs``
+    carry the ``historical_clv`` KPI's mean (revenue / customers, the number of ``touchline
+    kpis``), the ``median`` and the customer count."""
+    from touchline.metrics.clv import purchases
+    from touchline.metrics.kpis import compute
+
+    conversion = resolve_conversion(con, conversion)
+    p = purchases(con, conversion=conversion)
+    if until is not None:
+        p = p.filter(p.purchased_at < ibis.literal(_moment(until)))
+    c = p.group_by("customer_id").aggregate(_first=p.purchased_at.min(), clv=p.value.sum())
+    c = c.filter(_in_window(c._first, since, None))
+    stats = c.aggregate(n=c.count(), lo=c.clv.min(), hi=c.clv.max(),
+                        mid=c.clv.quantile(0.5)).to_pandas().iloc[0]
+    if not stats.n:
+        raise InputError(f"no {conversion} customers in the window: no CLV to draw")
+    lo, hi = min(0.0, float(stats.lo)), float(stats.hi)
+    width = (hi - lo) / bins if hi > lo else 1.0
+    index = ((c.clv - lo) / width).floor().cast("int64").clip(lower=0, upper=bins - 1)
+    counts = c.group_by(_bin=index).aggregate(customers=c.count().cast("int64")).to_pandas()
+    per_bin = counts.set_index("_bin").customers.reindex(range(bins), fill_value=0)
+    frame = pd.DataFrame({"bin_start": [lo + i * width for i in range(bins)],
+                          "bin_end": [lo + (i + 1) * width for i in range(bins)],
+                          "customers": per_bin.to_numpy().astype("int64")})
+    kpi = compute(con, "historical_clv", since=since, until=until,
+                  conversion=conversion).to_pandas()
+    frame.attrs.update(conversion=conversion, customers=int(stats.n),
+                       mean=float(kpi.historical_clv.iloc[0]), median=float(stats.mid))
+    return frame
+
+
+def clv_distribution_figure(data: pd.DataFrame) -> go.Figure:
+    """A histogram of customers by their revenue so far, with the mean and median marked."""
+    mean, median = data.attrs.get("mean"), data.attrs.get("median")
+    fig = _figure(f"historical CLV of {data.attrs.get('customers', 0):,} "
+                  f"{data.attrs.get('conversion', '')} customers: mean {mean:,.2f}, "
+                  f"median {median:,.2f}")
+    width = data.bin_end - data.bin_start
+    fig.add_trace(go.Bar(
+        x=data.bin_start + width / 2, y=data.customers, width=width, marker_color=PALETTE[0],
+        customdata=data[["bin_start", "bin_end"]],
+        hovertemplate="%{customdata[0]:,.2f} to %{customdata[1]:,.2f}: %{y:,} customers"
+        "<extra></extra>"))
+    for value, name, dash in ((mean, "mean", "dash"), (median, "median", "dot")):
+        fig.add_vline(x=value, line_dash=dash, line_color="#332288",
+                      annotation_text=name, annotation_position="top")
+    fig.update_layout(xaxis_title="revenue per customer so far", yaxis_title="customers",
+                      bargap=0.02, showlegend=False)
+    return fig
+
+
+def nps_by_channel_data(con: BaseBackend, *, since: Moment = None,
+                        until: Moment = None) -> pd.DataFrame:
+    """The KPI registry's ``nps`` by the answerer's first-touch channel: ``channel``,
+    ``answers``, ``promoters``, ``passives``, ``detractors``, ``nps`` = 100 × (promoters −
+    detractors) / answers with its 95 % interval ``nps_low``, ``nps_high`` (answers matched
+    to no person: Unassigned). Most answers first."""
+    from touchline.metrics.kpis import compute
+
+    t = compute(con, "nps", by=["channel"], since=since, until=until)
+    return t.order_by([ibis.desc("answers"), "channel"]).to_pandas()
+
+
+def nps_by_channel_figure(data: pd.DataFrame) -> go.Figure:
+    """NPS of each channel's answerers with its 95 % interval; answers on hover."""
+    fig = _figure("NPS by first-touch channel (95 % interval)")
+    fig.add_trace(go.Bar(
+        x=data.channel, y=data.nps, marker_color=[channel_colour(c) for c in data.channel],
+        error_y={"type": "data", "symmetric": False, "color": "#444",
+                 "array": (data.nps_high - data.nps).clip(lower=0),
+                 "arrayminus": (data.nps - data.nps_low).clip(lower=0)},
+        text=[f"{n:,} answers" for n in data.answers], textposition="outside",
+        hovertemplate="%{x}: NPS %{y:.1f}<br>%{text}<extra></extra>"))
+    fig.update_layout(yaxis={"title": "NPS", "range": [-100, 110]}, showlegend=False)
+    return fig
+
+
+def reviews_by_channel_data(con: BaseBackend, *, since: Moment = None,
+                            until: Moment = None) -> pd.DataFrame:
+    """The KPI registry's ``review_rating`` by the reviewer's first-touch channel:
+    ``channel``, ``reviews`` (imported reviews and survey answers with a rating) and
+    ``review_rating`` = mean(stars) (reviews matched to no person: Unassigned). Most reviews
+    first."""
+    from touchline.metrics.kpis import compute
+
+    t = compute(con, "review_rating", by=["channel"], since=since, until=until)
+    frame = t.order_by([ibis.desc("reviews"), "channel"]).to_pandas()
+    if frame.empty:
+        raise InputError("no review in the window (review exports or survey answers with a "
+                         "rating): `touchline ingest FILE --kind reviews`")
+    return frame
+
+
+def reviews_by_channel_figure(data: pd.DataFrame) -> go.Figure:
+    """The average rating of each channel's reviewers, with the number of reviews."""
+    fig = _figure("reviews by first-touch channel: average stars")
+    fig.add_trace(go.Bar(
+        x=data.channel, y=data.review_rating,
+        marker_color=[channel_colour(c) for c in data.channel],
+        text=[f"{n:,} reviews" for n in data.reviews], textposition="outside",
+        hovertemplate="%{x}: %{y:.2f} stars<br>%{text}<extra></extra>"))
+    fig.update_layout(yaxis={"title": "stars (1-5)", "range": [0, 5.5]}, showlegend=False)
+    return fig
+
+
 # ---- person and account timelines -----------------------------------------------------------
 
 def person_timeline_data(con: BaseBackend, person: str, *, model: str = MODEL_DEFAULT,
@@ -748,6 +902,10 @@ CHARTS: dict[str, Chart] = {c.name: c for c in (
     Chart("funnel", "Funnel", funnel_data, funnel_figure),
     Chart("stages", "Stage timeline", stage_timeline_data, stage_timeline_figure),
     Chart("stage_kpis", "KPIs by stage", stage_kpis_data, stage_kpis_figure),
+    Chart("retention", "Retention cohorts", retention_data, retention_figure),
+    Chart("clv", "Customer lifetime value", clv_distribution_data, clv_distribution_figure),
+    Chart("nps", "NPS by channel", nps_by_channel_data, nps_by_channel_figure),
+    Chart("reviews", "Reviews by channel", reviews_by_channel_data, reviews_by_channel_figure),
     Chart("data_quality", "Data quality", data_quality_data, data_quality_figure),
 )}
 
