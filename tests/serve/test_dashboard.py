@@ -175,6 +175,18 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
     assert last["Paid Search"] == 2.0 != linear["Paid Search"]
     page.screenshot(path=str(artifacts / "channels-last_touch.png"), full_page=True)
 
+    # the device and B2B/B2C filters are in the URL too: on mobile only the two paid clicks
+    page.select_option("select[name=device]", "mobile")
+    page.select_option("select[name=unit]", "person")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**device=mobile**")
+    page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
+    assert _numbers(page, "channels", "channel", "conversions") == {"Paid Search": 2.0}
+    assert "unit=person&device=mobile" in (page.locator("nav a").first.get_attribute("href")
+                                           or "")
+    page.goto(f"{live.url}/channels?device=phone")
+    assert "device 'phone': choose from desktop" in page.locator(".error").inner_text()
+
     # every page, with the filters of the URL kept in the navigation
     charts = {"overview": 1, "channels": 1, "models": 2, "journeys": 3, "kpis": 1,
               "customers": 4, "quality": 1}

@@ -8,12 +8,13 @@ import math
 from datetime import datetime
 from pathlib import Path
 
+import ibis
 import pandas as pd
 import pytest
 from ibis.backends import BaseBackend
 from serve_kit import build_warehouse
 
-from touchline.errors import InputError, MissingInputError
+from touchline.errors import ConfigError, InputError, MissingInputError
 from touchline.serve import figures
 from touchline.serve.figures import (
     CHARTS,
@@ -268,6 +269,56 @@ def test_retention_clv_nps_and_reviews_by_hand(wh: BaseBackend) -> None:
         "1 reviews", "1 reviews"]
     with pytest.raises(InputError, match="no review in the window"):
         figures.reviews_by_channel_data(wh, since=datetime(2026, 1, 1))
+
+
+def test_device_and_b2b_filters_by_hand(wh: BaseBackend) -> None:
+    # each session's device from its first touch's user agent (serve_kit.AGENTS)
+    devices = dict(figures.session_devices(wh).to_pandas().to_numpy().tolist())
+    assert devices == {"anon:p1#1": "desktop", "anon:p1#2": "mobile", "anon:p1#3": "tablet",
+                       "anon:p2#4": "desktop", "anon:p2#5": "mobile",
+                       "anon:p3#6": "(not set)", "anon:p4#7": "desktop"}
+    agents = ibis.memtable({"ua": [
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/124.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (Linux; Android 13; SM-X710) Chrome/124.0 Safari/537.36",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) Safari/605.1.15", "  ", None]})
+    got = wh.execute(agents.select(d=figures.device_category(agents.ua))).d.tolist()
+    assert got == ["mobile", "tablet", "desktop", "(not set)", "(not set)"]
+    # mobile: p1's paid click (s2) and p2's (s5), the second touch of each
+    mobile = _records(model_comparison_data(wh, device="mobile"), ["channel", "model"])
+    assert {k: v["conversions"] for k, v in mobile.items()} == {
+        ("Paid Search", "last_touch"): 2.0, ("Paid Search", "linear"): 1.0}
+    channels = _records(channel_credits_data(wh, model="linear", device="mobile"), "channel")
+    assert channels == {"Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": None,
+                                        "cpa": None, "roas": None}}
+    by_campaign = channel_credits_data(wh, model="linear", device="desktop", by="campaign")
+    # desktop: s1 (p1, no campaign) 0.5, s4 (p2, march) 0.5, s7 (p4, april) 1
+    assert _records(by_campaign, "campaign") == {
+        "april": {"conversions": 1.0, "revenue": 30.0, "spend": None, "cpa": None,
+                  "roas": None},
+        "(not set)": {"conversions": 0.5, "revenue": 50.0, "spend": None, "cpa": None,
+                      "roas": None},
+        "march": {"conversions": 0.5, "revenue": 100.0, "spend": None, "cpa": None,
+                  "roas": None}}
+    # the journey map on desktop: p1#1 by its organic visit, p2 and p4 by e-mail; p1#2 (a
+    # tablet) and p3 (no touch) are left out
+    links = journey_map_data(wh, device="desktop")
+    assert sorted(map(tuple, links.to_numpy().tolist())) == [
+        (1, "Email", 0, "(conversion)", 2), (1, "Organic Search", 0, "(conversion)", 1)]
+    # B2C: every serve_kit journey is a person's; spend is not split by unit
+    b2c = _records(channel_credits_data(wh, model="linear", unit="person"), "channel")
+    assert b2c["Email"] == {"conversions": 2.5, "revenue": 180.0, "spend": None, "cpa": None,
+                            "roas": None}
+    overview = _records(overview_data(wh, since=datetime(2025, 4, 1),
+                                      until=datetime(2025, 5, 1), unit="person"), "metric")
+    assert overview["conversions"]["value"] == 3.0 and overview["spend"]["value"] is None
+    # B2B: no account journey converts; the account's one stage
+    with pytest.raises(InputError, match=r"no B2B \(accounts\) journeys end in a conversion"):
+        model_comparison_data(wh, unit="account")
+    assert stage_timeline_data(wh, unit="account").units.tolist() == [1]
+    with pytest.raises(ConfigError, match="device 'phone': choose from desktop, mobile"):
+        figures.check_filters(device="phone", unit=None)
+    with pytest.raises(ConfigError, match="unit 'b2b': choose from account, person"):
+        figures.check_filters(device=None, unit="b2b")
 
 
 def test_person_timeline_by_hand(wh: BaseBackend) -> None:

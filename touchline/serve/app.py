@@ -39,7 +39,10 @@ from starlette.routing import Route
 from touchline import engine
 from touchline.errors import ConfigError, EngineError, TouchlineError
 from touchline.serve.figures import (
+    DEVICES,
+    UNITS,
     Filters,
+    check_filters,
     parse_day,
     person_timeline_data,
     person_timeline_figure,
@@ -66,7 +69,7 @@ SESSION_COOKIE, CSRF_COOKIE = "touchline_session", "touchline_csrf"
 #: key kinds that may read the dashboard (touchline.collect.keys.KEY_KINDS)
 READ_KINDS = ("read", "admin")
 #: the filters the navigation carries from page to page
-SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model")
+SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model", "unit", "device")
 
 
 @dataclass(frozen=True)
@@ -303,12 +306,14 @@ async def logout(request: Request) -> Response:
 def filters_from(request: Request, settings: Settings) -> Filters:
     """The page's filters from its URL (defaults from the settings)."""
     q = request.query_params
+    unit, device = q.get("unit") or None, q.get("device") or None
+    check_filters(unit=unit, device=device)
     return Filters(since=parse_day(q.get("since") or None, "since"),
                    until=parse_day(q.get("until") or None, "until"),
                    conversion=q.get("conversion") or None,
                    model=q.get("model") or settings.default_model,
                    stage_model=q.get("stage_model") or settings.stage_model,
-                   by=q.get("by") or "channel")
+                   by=q.get("by") or "channel", unit=unit, device=device)
 
 
 def _options(con: BaseBackend) -> dict[str, Any]:
@@ -369,6 +374,7 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
         return _render("page.html.j2", title=page.title, page=page, viewer=viewer,
                        filters=filters, sections=sections, error=error, q=query,
                        params=dict(request.query_params),
+                       devices=DEVICES, units=UNITS,
                        shared=urlencode({k: v for k, v in request.query_params.items()
                                          if k in SHARED_FILTERS and v}), **options)
 

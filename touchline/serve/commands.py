@@ -43,18 +43,24 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str | None, typer.Option(
             help="Attribution model of the channel charts (default: settings).")] = None,
         truth: TruthOption = None,
+        unit: Annotated[str | None, typer.Option(
+            help="B2B or B2C: account or person journeys (default: both).")] = None,
+        device: Annotated[str | None, typer.Option(
+            help="desktop, mobile, tablet or '(not set)': touches in sessions on it.")] = None,
         database: DatabaseOption = None,
     ) -> None:
         """Write one self-contained HTML report (charts, numbers, plotly.js inlined): it
         opens in any browser, offline."""
-        from touchline.serve.figures import Filters, parse_day
+        from touchline.serve.figures import Filters, check_filters, parse_day
         from touchline.serve.report import write_report
 
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
+            check_filters(unit=unit, device=device)
             filters = Filters(since=parse_day(since, "--since"), until=parse_day(until, "--until"),
                               conversion=conversion, model=model or settings.default_model,
-                              stage_model=settings.stage_model, truth=tuple(truth or ()))
+                              stage_model=settings.stage_model, truth=tuple(truth or ()),
+                              unit=unit, device=device)
             with engine.connected(settings=settings) as con, err_console.status(
                     "drawing the charts"):
                 result = write_report(con, out, filters, database=settings.database_url)

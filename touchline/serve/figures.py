@@ -95,17 +95,106 @@ def _in_window(at: ir.Value, since: Moment, until: Moment) -> ir.BooleanValue:
     return keep
 
 
-def resolve_conversion(con: BaseBackend, conversion: str | None) -> str:
-    """``conversion`` checked against the stored journeys, or the one with the most value."""
+def resolve_conversion(con: BaseBackend, conversion: str | None,
+                       unit: str | None = None) -> str:
+    """``conversion`` checked against the stored journeys (of ``unit``, when given), or the
+    one with the most value."""
     from touchline.journeys.conversions import choose_conversion
 
-    return choose_conversion(con.table("journeys"), conversion, option="conversion")
+    j = con.table("journeys")
+    if unit is not None:
+        j = j.filter(j.unit == unit)
+        if not j.filter(j.converted).count().to_pyarrow().as_py():
+            raise InputError(f"no {UNITS[unit]} journeys end in a conversion: choose the "
+                             "other customers (or both)")
+    return choose_conversion(j, conversion, option="conversion")
+
+
+# ---- the device and B2B / B2C filters -------------------------------------------------------
+
+#: the device filter's categories: what the user agent of a session's first touch says
+DEVICES = ("desktop", "mobile", "tablet", "(not set)")
+#: the B2B vs B2C filter: whose journeys (accounts are B2B buying groups, persons B2C buyers)
+UNITS = {"account": "B2B (accounts)", "person": "B2C (persons)"}
+
+
+def check_filters(*, device: str | None, unit: str | None) -> None:
+    """A :class:`~touchline.errors.ConfigError` naming the choices for an unknown device or
+    unit (a hand-edited URL)."""
+    if device is not None and device not in DEVICES:
+        raise ConfigError(f"device {device!r}: choose from {', '.join(DEVICES)}")
+    if unit is not None and unit not in UNITS:
+        raise ConfigError(f"unit {unit!r}: choose from {', '.join(UNITS)} (B2B, B2C)")
+
+
+def device_category(user_agent: ir.StringValue) -> ir.StringValue:
+    """``tablet``, ``mobile`` or ``desktop`` from a user agent, ``(not set)`` without one.
+
+    The rules browsers' own guidance gives (MDN, "Browser detection using the user agent"):
+    ``Mobi`` marks a phone; iPad, Kindle, Silk, "Tablet" and Android without ``Mobi`` are
+    tablets; everything else (Windows, macOS, Linux, CrOS) is a desktop. A regular expression
+    in the engine, as a user-agent parser library runs Python per row."""
+    ua = user_agent.lower()
+    tablet = ua.re_search("ipad|tablet|kindle|silk|playbook") | (
+        ua.re_search("android") & ~ua.re_search("mobi"))
+    mobile = ua.re_search("mobi|iphone|ipod|windows phone|blackberry")
+    unknown = user_agent.isnull() | (user_agent.strip() == "")
+    return ibis.cases((unknown, "(not set)"), (tablet, "tablet"), (mobile, "mobile"),
+                      else_="desktop")
+
+
+def session_devices(con: BaseBackend) -> ir.Table:
+    """``session_id``, ``device``: each session's device category, from the user agent of its
+    first touch (``touches.is_landing``) in the loaded ``events`` (prepare drops the user
+    agent from the touches, so the raw event is read back by its message id). Sessions
+    without a web event (calls, CRM records) are ``(not set)``."""
+    if "events" not in con.list_tables():
+        raise MissingInputError("the device filter reads the user agents of the loaded "
+                                "events, and there are none: `touchline ingest FILE --kind "
+                                "events`")
+    t = con.table("touches")
+    t = t.filter(t.is_landing.fill_null(False))
+    e = con.table("events")
+    e = e.group_by(_message="message_id").aggregate(_agent=e.user_agent.max())
+    j = t.left_join(e, t.message_id == e._message)
+    return j.select(session_id=j.device_id + "#" + j.session_index.cast("string"),
+                    device=device_category(j._agent))
+
+
+def filtered_journeys(con: BaseBackend, unit: str | None) -> ir.Table:
+    """The stored ``journeys``, of ``unit`` (``account``: B2B, ``person``: B2C) when given."""
+    j = con.table("journeys")
+    return j if unit is None else j.filter(j.unit == unit)
+
+
+def filtered_credits(con: BaseBackend, conversion: str, *, unit: str | None = None,
+                     device: str | None = None) -> ir.Table:
+    """The stored credits of ``conversion``: of journeys of ``unit`` when given, and of
+    touches in sessions of ``device`` when given (a journey's touches on other devices keep
+    their credit out of the sum)."""
+    c = con.table("credits")
+    c = c.filter(c.conversion == conversion)
+    if unit is not None:
+        c = c.semi_join(filtered_journeys(con, unit).select("journey_id"), "journey_id")
+    if device is not None:
+        d = session_devices(con)
+        steps = con.table("journey_steps").semi_join(
+            d.filter(d.device == device).select("session_id"), "session_id")
+        c = c.semi_join(steps.select("journey_id", "position"), ["journey_id", "position"])
+    return c
 
 
 def channel_colour(channel: str) -> str:
     """The channel's colour: the same on every chart, page and report (a hash, not an order)."""
     digest = hashlib.md5(str(channel).encode(), usedforsecurity=False).digest()
     return PALETTE[digest[0] % len(PALETTE)]
+
+
+def _filter_label(data: pd.DataFrame) -> str:
+    """``; B2B (accounts), mobile``: the unit and device filters a chart's data was cut by."""
+    parts = [UNITS[u] if (u := data.attrs.get("unit")) else "", data.attrs.get("device") or ""]
+    shown = ", ".join(p for p in parts if p)
+    return f"; {shown}" if shown else ""
 
 
 def _figure(title: str) -> go.Figure:
@@ -138,7 +227,7 @@ def overview_window(con: BaseBackend, *, since: Moment = None, until: Moment = N
 
 
 def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
-                  conversion: str | None = None) -> pd.DataFrame:
+                  conversion: str | None = None, unit: str | None = None) -> pd.DataFrame:
     """One row per headline metric (:data:`OVERVIEW_METRICS`): ``metric``, ``value`` in the
     window, ``previous`` in the window of the same length just before it, and ``change``
     (``value / previous - 1``; null when there is no previous value).
@@ -147,9 +236,10 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     no touch in their window too: the credited figures leave those out); spend is the
     ``spend`` table's cost (null when no spend was ever imported); ROAS = revenue / spend,
     CPA = spend / conversions (null with a zero denominator); leads are converted journeys
-    of the ``lead`` type.
+    of the ``lead`` type. ``unit`` (B2B ``account`` or B2C ``person``) keeps that unit's
+    journeys; spend is not split by unit, so under it spend, ROAS and CPA are null.
     """
-    conversion = resolve_conversion(con, conversion)
+    conversion = resolve_conversion(con, conversion, unit)
     start, end = overview_window(con, since=since, until=until, conversion=conversion)
     before = start - (end - start)
     periods = ibis.memtable({"period": ["current", "previous"]})
@@ -159,7 +249,7 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
                           (_in_window(at, before, start), "previous"),
                           else_=ibis.null("string"))
 
-    j = con.table("journeys")
+    j = filtered_journeys(con, unit)
     j = j.filter(j.converted)
     j = j.mutate(_period=period_of(j.converted_at))
     j = j.filter(j._period.notnull())
@@ -175,7 +265,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     cost = sp.group_by(_sp=sp._period).aggregate(_cost=sp.cost.sum())
     t = periods.left_join(conv, periods.period == conv._jp).left_join(
         cost, periods.period == cost._sp).cross_join(imported)
-    spend = ibis.ifelse(t._rows > 0, t._cost.fill_null(0.0), ibis.null("float64"))
+    spend = ibis.ifelse((t._rows > 0) & ibis.literal(unit is None), t._cost.fill_null(0.0),
+                        ibis.null("float64"))
     t = t.select("period", conversions=t.conversions.fill_null(0),
                  revenue=t.revenue.fill_null(0.0), spend=spend,
                  leads=t.leads.fill_null(0))
@@ -189,7 +280,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
         "previous": wide.loc["previous", list(OVERVIEW_METRICS)].astype("float64").to_numpy(),
     })
     frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
-    frame.attrs.update(since=start, until=end, previous_since=before, conversion=conversion)
+    frame.attrs.update(since=start, until=end, previous_since=before, conversion=conversion,
+                       unit=unit)
     return frame
 
 
@@ -227,15 +319,24 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
 
 def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
                          conversion: str | None = None, since: Moment = None,
-                         until: Moment = None, by: str = "channel") -> pd.DataFrame:
+                         until: Moment = None, by: str = "channel", unit: str | None = None,
+                         device: str | None = None) -> pd.DataFrame:
     """Per channel (or ``by``: source, medium, campaign, keyword, landing_page): the
     ``conversions`` and ``revenue`` the model's stored credits give it, its ``spend``,
     ``cpa`` and ``roas``: the KPI registry's ``conversions``, ``revenue``, ``cpa`` and
     ``roas`` (:mod:`touchline.metrics.kpis`), so the numbers are those of ``touchline kpis``.
-    Without imported spend, spend, CPA and ROAS are null. Sorted by conversions."""
+    Without imported spend, spend, CPA and ROAS are null. Sorted by conversions.
+
+    Under the B2B/B2C ``unit`` or the ``device`` filter the credits are
+    :func:`filtered_credits` summed by ``by`` (the touch's value; channel Unassigned and
+    other levels ``(not set)`` when null, as the KPIs name them); spend is split by neither,
+    so spend, CPA and ROAS are null."""
     from touchline.metrics.kpis import KPIS, compute, require
 
-    conversion = resolve_conversion(con, conversion)
+    conversion = resolve_conversion(con, conversion, unit)
+    if unit is not None or device is not None:
+        return _filtered_channel_credits(con, model=model, conversion=conversion, since=since,
+                                         until=until, by=by, unit=unit, device=device)
     opts = {"by": [by], "since": since, "until": until, "model": model,
             "conversion": conversion}
     try:
@@ -261,6 +362,26 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     return frame
 
 
+def _filtered_channel_credits(con: BaseBackend, *, model: str, conversion: str,
+                              since: Moment, until: Moment, by: str, unit: str | None,
+                              device: str | None) -> pd.DataFrame:
+    c = filtered_credits(con, conversion, unit=unit, device=device)
+    c = c.filter((c.model == model) & _in_window(c.converted_at, since, until))
+    if by == "channel":
+        level = c.channel.cast("string").fill_null("Unassigned")
+    else:
+        jt = con.table("journey_touches").select(_j="journey_id", _p="position", _level=by)
+        c = c.left_join(jt, (c.journey_id == jt._j) & (c.position == jt._p))
+        level = c._level.cast("string").fill_null("(not set)")
+    t = c.group_by(level.name(by)).aggregate(conversions=c.credit.sum(),
+                                             revenue=c.value.sum())
+    t = t.mutate(spend=ibis.null("float64"), cpa=ibis.null("float64"),
+                 roas=ibis.null("float64"))
+    frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
+    frame.attrs.update(model=model, conversion=conversion, by=by, unit=unit, device=device)
+    return frame
+
+
 def _with_intervals(con: BaseBackend, frame: pd.DataFrame, *, model: str,
                     conversion: str) -> pd.DataFrame:
     """``frame`` plus ``conversions_low``, ``conversions_high`` and ``flagged`` where the last
@@ -280,7 +401,7 @@ def channel_credits_figure(data: pd.DataFrame) -> go.Figure:
     """Conversions credited to each channel under the model, revenue on hover."""
     by = data.attrs.get("by", "channel")
     fig = _figure(f"{data.attrs.get('conversion', '')} credited by {by} "
-                  f"({data.attrs.get('model', '')})")
+                  f"({data.attrs.get('model', '')}{_filter_label(data)})")
     labels = data[by].astype(str)
     bars = go.Bar(
         x=labels, y=data.conversions, name="conversions",
@@ -308,25 +429,28 @@ def channel_credits_figure(data: pd.DataFrame) -> go.Figure:
 
 def model_comparison_data(con: BaseBackend, *, models: Sequence[str] | None = None,
                           conversion: str | None = None, since: Moment = None,
-                          until: Moment = None) -> pd.DataFrame:
+                          until: Moment = None, unit: str | None = None,
+                          device: str | None = None) -> pd.DataFrame:
     """``channel``, ``model``, ``conversions``, ``revenue``: the stored credits of each model
     (default: every stored model) summed by channel. Each model's conversions sum to the
-    converted journeys that have a touch."""
-    conversion = resolve_conversion(con, conversion)
-    c = con.table("credits")
-    c = c.filter((c.conversion == conversion) & _in_window(c.converted_at, since, until))
+    converted journeys that have a touch (under ``unit``: of that unit; under ``device``: the
+    credit of the touches on that device)."""
+    conversion = resolve_conversion(con, conversion, unit)
+    c = filtered_credits(con, conversion, unit=unit, device=device)
+    c = c.filter(_in_window(c.converted_at, since, until))
     if models:
         c = c.filter(c.model.isin(list(models)))
     t = c.group_by(channel=c.channel.fill_null("(not set)"), model=c.model).aggregate(
         conversions=c.credit.sum(), revenue=c.value.sum())
     frame = t.order_by(["channel", "model"]).to_pandas()
-    frame.attrs.update(conversion=conversion)
+    frame.attrs.update(conversion=conversion, unit=unit, device=device)
     return frame
 
 
 def model_comparison_figure(data: pd.DataFrame) -> go.Figure:
     """One bar group per channel, one bar per model."""
-    fig = _figure(f"{data.attrs.get('conversion', '')}: conversions credited by each model")
+    fig = _figure(f"{data.attrs.get('conversion', '')}: conversions credited by each model"
+                  f"{_filter_label(data)}")
     models = sorted(data.model.unique())
     for i, model in enumerate(models):  # one trace per model, not per row
         part = data[data.model == model]
@@ -432,7 +556,8 @@ def model_ranking_figure(data: pd.DataFrame) -> go.Figure:
 
 def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: Moment = None,
                      until: Moment = None, steps: int = JOURNEY_MAP_STEPS_DEFAULT,
-                     top: int = JOURNEY_MAP_PATHS_DEFAULT) -> pd.DataFrame:
+                     top: int = JOURNEY_MAP_PATHS_DEFAULT, unit: str | None = None,
+                     device: str | None = None) -> pd.DataFrame:
     """Links of a Sankey of the channels toward conversion: ``source_step``, ``source``,
     ``target_step``, ``target``, ``journeys``.
 
@@ -441,15 +566,28 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
     touches. The ``top`` most frequent of those paths are drawn; the journeys of the rarer
     ones flow as one node :data:`OTHER`, journeys without a touch in their window as
     :data:`NO_TOUCH`. So the links into :data:`CONVERSION_NODE` add up to the conversions
-    in the window, and every node's inflow equals its outflow.
+    in the window, and every node's inflow equals its outflow. ``unit`` keeps the journeys
+    of accounts (B2B) or persons (B2C); ``device`` keeps the touches in sessions on that
+    device, so a journey is drawn by its touches there and one with none is left out (no
+    ``(no touch)`` node: the flows add up to the conversions with a touch on the device).
     """
-    conversion = resolve_conversion(con, conversion)
-    j = con.table("journeys")
+    conversion = resolve_conversion(con, conversion, unit)
+    j = filtered_journeys(con, unit)
     j = j.filter((j.conversion == conversion) & j.converted
                  & _in_window(j.converted_at, since, until))
     jt = con.table("journey_touches")
     jt = jt.filter((jt.conversion == conversion) & jt.converted
                    & _in_window(jt.converted_at, since, until))
+    if unit is not None:
+        jt = jt.filter(jt.unit == unit)
+    if device is not None:
+        d = session_devices(con)
+        jt = jt.semi_join(d.filter(d.device == device).select("session_id"), "session_id")
+        # positions renumbered among the kept touches: the map counts touches back from the
+        # conversion on this device
+        jt = jt.mutate(position=ibis.row_number().over(
+            group_by="journey_id", order_by="position").cast("int64") + 1)
+        j = j.filter(ibis.literal(False))  # no '(no touch)' node under a device
     t = jt.select("journey_id", "position", _label=jt.channel.cast("string").fill_null(
         "(not set)"))
     length = t.position.max().over(ibis.window(group_by="journey_id"))
@@ -480,7 +618,7 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
     every = every.filter(every.journeys > 0)
     frame = every.order_by([ibis.desc("source_step"), ibis.desc("journeys"), "source",
                             "target"]).to_pandas()
-    frame.attrs.update(conversion=conversion)
+    frame.attrs.update(conversion=conversion, unit=unit, device=device)
     return frame
 
 
@@ -491,7 +629,7 @@ def _node_name(step: int, label: str) -> str:
 def journey_map_figure(data: pd.DataFrame) -> go.Figure:
     """A Sankey: the channels by touches before the conversion, flowing into it."""
     fig = _figure(f"paths to {data.attrs.get('conversion', 'conversion')} "
-                  "(last touches; rare paths as 'other')")
+                  f"(last touches; rare paths as 'other'{_filter_label(data)})")
     sources = [_node_name(s, lab) for s, lab in zip(data.source_step, data.source, strict=True)]
     targets = [_node_name(s, lab) for s, lab in zip(data.target_step, data.target, strict=True)]
     nodes = list(dict.fromkeys([*sources, *targets]))
@@ -521,7 +659,7 @@ def stage_names(con: BaseBackend, stage_model: str = STAGE_MODEL_DEFAULT,
 
 
 def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
-                stage_model: str = STAGE_MODEL_DEFAULT, unit: str = "person",
+                stage_model: str = STAGE_MODEL_DEFAULT, unit: str | None = None,
                 window: timedelta | None = None) -> pd.DataFrame:
     """:func:`touchline.metrics.funnels.funnel` (ordered): ``step_index``, ``step``,
     ``entered``, ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time
@@ -529,6 +667,7 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     (``stage:<model>/<stage>``)."""
     from touchline.metrics.funnels import funnel
 
+    unit = unit or "person"  # no B2B/B2C filter: the persons' stages
     if steps is None:
         steps = [f"stage:{stage_model}/{s}" for s in stage_names(con, stage_model, unit)]
     if len(steps) < 2:
@@ -550,12 +689,13 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
 
 
 def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
-                        unit: str = "person", since: Moment = None,
+                        unit: str | None = None, since: Moment = None,
                         until: Moment = None) -> pd.DataFrame:
     """Per stage of ``stage_model``, in order: ``stage``, ``stage_order``, ``units`` that
     entered it (in the window), and ``median_days``: the median over those units of the days
     since they entered the stage before it (the previous one they entered, by stage order;
-    null for the first stage)."""
+    null for the first stage). ``unit``: ``person`` (the default) or ``account``."""
+    unit = unit or "person"
     s = con.table("stages")
     s = s.filter((s.stage_model == stage_model) & (s.unit == unit))
     w = ibis.window(group_by="unit_id", order_by=["stage_order", "entered_at"])
@@ -924,6 +1064,10 @@ class Filters:
     #: ground-truth files (simulator ``truth.json``) the model ranking scores against: set by
     #: the server or the report's ``--truth``, never by a URL
     truth: tuple[Path, ...] = ()
+    #: B2B vs B2C: ``account`` or ``person`` journeys (None: both)
+    unit: str | None = None
+    #: ``desktop``, ``mobile``, ``tablet`` or ``(not set)``: touches in sessions on it
+    device: str | None = None
 
 
 def parse_day(text: str | None, name: str) -> datetime | None:
