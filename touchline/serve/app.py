@@ -13,8 +13,10 @@ Access: a user of the ``users`` table logs in with the form (argon2id hashes, a 
 bound to a cookie, a session cookie that is HttpOnly, SameSite=Strict and expires after
 ``session_seconds``), or a program sends a ``read`` or ``admin`` API key in the
 ``Authorization: Bearer`` (or ``X-Touchline-Key``) header. Write, server and import keys,
-which sit in web pages and webhooks, can never read. Sessions live in the server's memory: a
-restart logs everyone out. Nothing personal (names searched, e-mails, user names) is logged.
+which sit in web pages and webhooks, can never read. Sessions are kept hashed in a file next to
+the warehouse and survive a restart; too many failed logins from one address are answered 429
+(:mod:`touchline.serve.sessions`). Nothing personal (names searched, e-mails, user names) is
+logged.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from touchline.serve.report import (
     plotly_js,
     templates,
 )
+from touchline.serve.sessions import LoginLimiter, Session, SessionStore, sessions_file_for
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -96,13 +99,6 @@ PAGES = {p.name: p for p in (
 
 
 @dataclass
-class _Session:
-    user: str
-    expires_at: float
-    csrf: str
-
-
-@dataclass
 class Dashboard:
     """The app's state: the warehouse (queries take turns on it) and the sessions.
 
@@ -114,8 +110,9 @@ class Dashboard:
     settings: Settings
     con: BaseBackend | None
     session_seconds: int
+    sessions: SessionStore
     lock: threading.Lock = field(default_factory=threading.Lock)
-    sessions: dict[str, _Session] = field(default_factory=dict)
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
     clock: Callable[[], float] = time.time
     #: ground-truth files the model comparison ranks the models against (``--truth``)
     truth: tuple[Path, ...] = ()
@@ -182,17 +179,12 @@ class Viewer:
     csrf: str | None = None
 
 
-def _session(dash: Dashboard, request: Request) -> tuple[str, _Session] | None:
+def _session(dash: Dashboard, request: Request) -> tuple[str, Session] | None:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
-    found = dash.sessions.get(token)
-    if found is None:
-        return None
-    if found.expires_at <= dash.clock():
-        del dash.sessions[token]
-        return None
-    return token, found
+    found = dash.sessions.get(token, now=dash.clock())
+    return None if found is None else (token, found)
 
 
 def _request_key(request: Request) -> str | None:
@@ -265,6 +257,14 @@ async def login(request: Request) -> Response:
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     sent, expected = str(form.get("csrf", "")), request.cookies.get(CSRF_COOKIE, "")
     target = str(form.get("next", "/"))
+    address = request.client.host if request.client else "unknown"
+    wait = dash.limiter.retry_after(address, now=dash.clock())
+    if wait is not None:
+        log.warning("login refused: too many failed logins from one address")
+        response = _login_page(target, error=f"too many failed logins: try again in {wait} "
+                               "seconds", status=429)
+        response.headers["retry-after"] = str(wait)
+        return response
     if not expected or not hmac.compare_digest(sent, expected):
         log.warning("login refused: missing or wrong CSRF token")
         return _login_page(target, error="the form expired: please log in again", status=403)
@@ -274,13 +274,11 @@ async def login(request: Request) -> Response:
         return _busy(exc)
     if not ok:
         log.warning("login refused: wrong name or password")
+        dash.limiter.failed(address, now=dash.clock())
         return _login_page(target, error="wrong name or password", status=401)
-    now = dash.clock()
-    for stale in [t for t, s in dash.sessions.items() if s.expires_at <= now]:
-        del dash.sessions[stale]  # sessions nobody came back to
-    token = secrets.token_urlsafe(32)
-    dash.sessions[token] = _Session(name.strip(), dash.clock() + dash.session_seconds,
-                                    secrets.token_urlsafe(32))
+    dash.limiter.succeeded(address)
+    token, _ = dash.sessions.create(name.strip(), now=dash.clock(),
+                                    seconds=dash.session_seconds)
     response = RedirectResponse(_safe_next(target), status_code=303)
     _cookie(response, SESSION_COOKIE, token, max_age=dash.session_seconds)
     response.delete_cookie(CSRF_COOKIE, path="/")
@@ -295,7 +293,7 @@ async def logout(request: Request) -> Response:
     if found is None or not hmac.compare_digest(str(form.get("csrf", "")), found[1].csrf):
         return Response("not logged in, or a wrong CSRF token\n", status_code=403,
                         media_type="text/plain", headers=_headers())
-    del dash.sessions[found[0]]
+    dash.sessions.delete(found[0])
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -395,9 +393,11 @@ async def static(request: Request) -> Response:
 def create_app(settings: Settings, *, con: BaseBackend | None = None,
                session_seconds: int = SESSION_SECONDS_DEFAULT,
                clock: Callable[[], float] = time.time,
-               truth: Sequence[Path] = ()) -> Starlette:
+               truth: Sequence[Path] = (), sessions_file: Path | None = None) -> Starlette:
     """The dashboard's ASGI app over the warehouse of ``settings`` (or ``con``); ``truth``:
-    the ground-truth files (simulator ``truth.json``) the model comparison ranks against."""
+    the ground-truth files (simulator ``truth.json``) the model comparison ranks against;
+    ``sessions_file``: where logins are kept (default: next to a DuckDB warehouse file,
+    :func:`~touchline.serve.sessions.sessions_file_for`)."""
     from touchline import store
 
     connection = con if con is not None else engine.connect(settings=settings)
@@ -413,6 +413,8 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
               *(Route(p.path, page_handler(p), methods=["GET"], name=p.name)
                 for p in PAGES.values())]
     app = Starlette(routes=routes)
-    app.state.dashboard = Dashboard(settings, connection, session_seconds, clock=clock,
+    store_file = sessions_file or sessions_file_for(settings.database_url)
+    app.state.dashboard = Dashboard(settings, connection, session_seconds,
+                                    sessions=SessionStore(store_file), clock=clock,
                                     truth=tuple(Path(f) for f in truth))
     return app

@@ -83,6 +83,9 @@ def register(app: typer.Typer) -> None:
         session_hours: Annotated[float, typer.Option(
             help="Hours a login lasts.")] = 8.0,
         truth: TruthOption = None,
+        sessions_file: Annotated[Path | None, typer.Option(
+            help="Where logins are kept across restarts (default: next to the DuckDB file; "
+            "in memory for Spark).")] = None,
         database: DatabaseOption = None,
     ) -> None:
         """Serve the dashboard (login with `touchline users create`, or a read key)."""
@@ -93,7 +96,7 @@ def register(app: typer.Typer) -> None:
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
             app_ = create_app(settings, session_seconds=int(session_hours * 3600),
-                              truth=truth or ())
+                              truth=truth or (), sessions_file=sessions_file)
         except TouchlineError as exc:
             raise fail(exc) from None
         console.print(f"[bold]dashboard:[/] http://{host}:{port}/ on {settings.database_url} "
