@@ -153,9 +153,11 @@ def session_devices(con: BaseBackend) -> ir.Table:
                                 "events, and there are none: `touchline ingest FILE --kind "
                                 "events`")
     t = con.table("touches")
-    t = t.filter(t.is_landing.fill_null(False))
-    e = con.table("events")
-    e = e.group_by(_message="message_id").aggregate(_agent=e.user_agent.max())
+    t = t.filter(t.is_landing.fill_null(False)).select("message_id", "device_id",
+                                                       "session_index")
+    # the loaded events hold each message id once (ingest drops repeats); the filters use
+    # this table in semi-joins, which a repeat could not multiply anyway
+    e = con.table("events").select(_message="message_id", _agent="user_agent")
     j = t.left_join(e, t.message_id == e._message)
     return j.select(session_id=j.device_id + "#" + j.session_index.cast("string"),
                     device=device_category(j._agent))
