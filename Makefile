@@ -41,4 +41,4 @@ lint: install
 	$(VENV)/bin/ruff check touchline tests benchmarks
 
 clean:
-	rm -rf $(VENV) touchline.duckdb demo-output .pytest_cache
+	rm -rf $(VENV) touchline.duckdb touchline.duckdb.sessions demo-output .pytest_cache

@@ -298,9 +298,11 @@ def _print_demo(report: object) -> None:
                               highlight=False)
         console.print(f"[bold]report:[/] {report.report_path} (one self-contained file: open "
                       f"{report.report_path.resolve().as_uri()} in any browser, offline)")
+        truth = " ".join(f"--truth {d.folder / 'truth.json'}" for d in report.datasets)
         console.print(f"[bold]dashboard:[/] touchline users create NAME --database "
                       f"{report.database_url}, then touchline dashboard --database "
-                      f"{report.database_url} and open http://{HOST_DEFAULT}:{PORT_DEFAULT}")
+                      f"{report.database_url} {truth} and open "
+                      f"http://{HOST_DEFAULT}:{PORT_DEFAULT}", soft_wrap=True)
 
 
 @app.command()

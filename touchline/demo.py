@@ -172,7 +172,8 @@ def _write_report(con: Any, settings: Settings, report: DemoReport, progress: Pr
     progress(f"writing {report.data_folder / REPORT_FILE}")
     result = write_report(con, report.data_folder / REPORT_FILE,
                           Filters(model=settings.default_model,
-                                  stage_model=settings.stage_model),
+                                  stage_model=settings.stage_model,
+                                  truth=tuple(d.folder / "truth.json" for d in report.datasets)),
                           database=settings.database_url)
     report.report_path = result.path
     report.report_skipped = result.skipped

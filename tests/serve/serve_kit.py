@@ -79,7 +79,17 @@ REJECTS = [  # step, reason code, rejected at
 IDENTITIES = {"user:u1": "p1", "email:ann@example.com": "p1", "anon:a1": "p1",
               "anon:a2": "p2", "user:u3": "p3", "anon:a4": "p4"}
 ACCOUNTS = {"p1": "domain:acme.example", "p2": "domain:acme.example"}  # two stakeholders
+#: the user agent of each session's first touch (the loaded event's): the device filter's
+#: input. s6 (p3's lead) came from a call: no user agent
+PHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) Mobile/15E148 Safari/604.1"
+TABLET = "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) Version/17.4 Safari/604.1"
+DESKTOP = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/124.0 Safari/537.36"
+AGENTS = {"t1": DESKTOP, "t2": PHONE, "t3": PHONE, "t4": TABLET, "t5": TABLET, "t6": DESKTOP,
+          "t7": PHONE, "t8": None, "t9": DESKTOP}
 SURVEYS = [("r1", "u1", None, 10, "2025-05-01 00:00", "a friend")]
+REVIEWS = [  # platform, stars, posted at, reviewer's e-mail: p1 (Organic Search), no one
+    ("google", 5.0, "2025-05-02 00:00", "Ann@Example.com"),
+    ("trustpilot", 2.0, "2025-05-03 00:00", "stranger@example.com")]
 
 
 def _ts(text: str | None) -> str | None:
@@ -102,8 +112,11 @@ def build_warehouse(con: BaseBackend) -> BaseBackend:
              event=what if kind == "track" else None,
              page_path=what if kind == "page" else None,
              device_id=f"anon:{SESSIONS[sid][0]}", session_index=int(sid[1:]),
-             anonymous_id="a" + SESSIONS[sid][0][1:])
+             anonymous_id="a" + SESSIONS[sid][0][1:],
+             is_landing=at == SESSIONS[sid][1])
         for mid, sid, at, kind, what in TOUCHES])
+    load(store.EVENTS, [dict(message_id=mid, timestamp=_ts(at), type=kind,
+                             user_agent=AGENTS[mid]) for mid, sid, at, kind, _ in TOUCHES])
     journeys, steps, credits = [], [], []
     for jid, (at, value, visits) in JOURNEYS.items():
         conversion, person, seq = jid.split(":")
@@ -149,6 +162,8 @@ def build_warehouse(con: BaseBackend) -> BaseBackend:
     load(store.SURVEYS, [dict(response_id=r, person_id=p, email=e, nps_score=n,
                               responded_at=_ts(at), heard_about=h)
                          for r, p, e, n, at, h in SURVEYS])
+    load(store.REVIEWS, [dict(platform=pl, rating=r, reviewed_at=_ts(at), email=e,
+                              row_hash=f"h{n}") for n, (pl, r, at, e) in enumerate(REVIEWS)])
     con.create_view("touchpoints", store.touchpoints_view(con), overwrite=True)
     con.create_view("journey_touches", store.journey_touches_view(con), overwrite=True)
     return con

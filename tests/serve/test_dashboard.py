@@ -5,6 +5,8 @@ wrong passwords, write keys, stale forms and expired sessions refused."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import math
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +33,7 @@ from touchline.collect.keys import create_key
 from touchline.config import Settings
 from touchline.metrics.kpis import compute
 from touchline.serve.app import PAGES, create_app
+from touchline.serve.sessions import LOGIN_FAILURES_PER_MINUTE, sessions_file_for
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -81,23 +85,35 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         ["channel", "conversions"]].T.to_numpy(), strict=True)) for model in ("linear",
                                                                                 "last_touch")}
     con.disconnect()  # the dashboard opens the file for each request, holding no lock idle
-    application = create_app(settings)
+    truth = folder / "truth.json"  # serve_kit's channels as the simulator names them
+    truth.write_text(json.dumps({"b2b": False, "channels": {
+        "email": {"incremental_conversions": 1.0}, "paid_search": {
+            "incremental_conversions": 3.0}}}))
+    with _serve(create_app(settings, truth=[truth])) as url:
+        yield Live(url, settings, write_key, read_key, expected)
+
+
+@contextmanager
+def _serve(application: object) -> Iterator[str]:
+    """``application`` served by uvicorn on a free port of 127.0.0.1 in a thread: its URL."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(application, log_level="warning", access_log=False,
-                                           lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(application, log_level="warning",  # type: ignore[arg-type]
+                                           access_log=False, lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the dashboard did not start"
         time.sleep(0.02)
-    yield Live(f"http://127.0.0.1:{port}", settings, write_key, read_key, expected)
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 
@@ -105,10 +121,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 def _numbers(page: Page, chart: str, key: str, column: str) -> dict[str, float]:
     """A chart's table of numbers as {key column: value column} read from the page."""
     table = page.locator(f".numbers[data-chart='{chart}'] table")
-    heads = [h.strip() for h in table.locator("thead th").all_inner_texts()]
+    # text contents: a closed <details> has no rendered (inner) text
+    heads = [h.strip() for h in table.locator("thead th").all_text_contents()]
     out = {}
     for row in table.locator("tbody tr").all():
-        cells = dict(zip(heads, row.locator("td").all_inner_texts(), strict=True))
+        cells = dict(zip(heads, (c.strip() for c in row.locator("td").all_text_contents()),
+                         strict=True))
         text = cells[column].replace(",", "")
         out[cells[key]] = float(text) if text else math.nan
     return out
@@ -168,15 +186,31 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
     assert last["Paid Search"] == 2.0 != linear["Paid Search"]
     page.screenshot(path=str(artifacts / "channels-last_touch.png"), full_page=True)
 
+    # the device and B2B/B2C filters are in the URL too: on mobile only the two paid clicks
+    page.select_option("select[name=device]", "mobile")
+    page.select_option("select[name=unit]", "person")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**device=mobile**")
+    page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
+    assert _numbers(page, "channels", "channel", "conversions") == {"Paid Search": 2.0}
+    assert "unit=person&device=mobile" in (page.locator("nav a").first.get_attribute("href")
+                                           or "")
+    page.goto(f"{live.url}/channels?device=phone")
+    assert "device 'phone': choose from desktop" in page.locator(".error").inner_text()
+
     # every page, with the filters of the URL kept in the navigation
-    charts = {"overview": 1, "channels": 1, "models": 1, "journeys": 3, "kpis": 1,
-              "quality": 1}
+    charts = {"overview": 1, "channels": 1, "models": 2, "journeys": 3, "kpis": 1,
+              "customers": 4, "quality": 1}
     for name, count in charts.items():
         page.goto(f"{live.url}{PAGES[name].path}?model=last_touch")
         page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg')"
                                f".length >= {count}", timeout=WAIT_MS)
         assert page.locator(".js-plotly-plot").count() == count, name
         assert "model=last_touch" in (page.locator("nav a").first.get_attribute("href") or "")
+        if name == "models":  # beside the bars, the ranking against the truth (first sales:
+            # last touch 1/3 e-mail, 2/3 paid; linear 1/2, 1/6 organic, 1/3; truth 1/4, 3/4)
+            ranking = _numbers(page, "model_ranking", "model", "l1_share")
+            assert ranking == pytest.approx({"last_touch": 1 / 6, "linear": 5 / 6}, rel=1e-3)
         page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
     # the person search: p1 by e-mail, her touches in time order
     page.goto(f"{live.url}/person")
@@ -198,7 +232,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
     context.close()
     assert not left, left
     assert not errors, errors
-    assert len(list(artifacts.glob("*.png"))) == 9
+    assert len(list(artifacts.glob("*.png"))) == 10
 
 
 def test_keys_stale_forms_and_expired_sessions_are_refused(live: Live) -> None:
@@ -228,6 +262,9 @@ async def _refusals(application: object, live: Live, now: list[float]) -> None:
                                 headers={"Authorization": f"Bearer {live.read_key}"})
         assert read.status_code == 200 and "Paid Search" in read.text
         assert "script-src 'self' 'nonce-" in read.headers["content-security-policy"]
+        # started without --truth: the model comparison says there is none to rank against
+        models = await client.get("/models", headers={"X-Touchline-Key": live.read_key})
+        assert models.status_code == 200 and "no ground-truth file, so no ranking" in models.text
         # a login form posted without its CSRF cookie (another site's form) is refused
         forged = await client.post("/login", data={"name": "ann", "password": PASSWORD,
                                                    "csrf": "guess"})
@@ -246,3 +283,61 @@ async def _refusals(application: object, live: Live, now: list[float]) -> None:
         expired = await client.get("/quality")
         assert expired.status_code == 303
         assert expired.headers["location"] == "/login?next=%2Fquality"
+
+
+def _log_in(client: httpx.Client, password: str) -> httpx.Response:
+    form = client.get("/login")  # its CSRF cookie goes to the client's jar
+    return client.post("/login", data={"name": "ann", "password": password,
+                                       "csrf": form.cookies["touchline_csrf"], "next": "/"})
+
+
+def test_a_session_survives_a_restart_and_is_kept_hashed(live: Live, tmp_path: Path) -> None:
+    kept = tmp_path / "wh.duckdb.sessions"
+    with _serve(create_app(live.settings, sessions_file=kept)) as url, httpx.Client(
+            base_url=url) as client:
+        ok = _log_in(client, PASSWORD)
+        assert ok.status_code == 303
+        token = ok.cookies["touchline_session"]
+        assert client.get("/quality").status_code == 200
+    stored = kept.read_bytes()
+    assert token.encode() not in stored  # only its SHA-256 is kept
+    assert hashlib.sha256(token.encode()).hexdigest().encode() in stored
+    assert kept.stat().st_mode & 0o077 == 0  # readable by its owner only
+    # a new server process on another port, the same file: still logged in, until logging out
+    with _serve(create_app(live.settings, sessions_file=kept)) as url, httpx.Client(
+            base_url=url, cookies={"touchline_session": token}) as client:
+        page = client.get("/quality")
+        assert page.status_code == 200 and "Log out" in page.text
+        csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        assert client.post("/logout", data={"csrf": csrf}).status_code == 303
+        gone = client.get("/quality")
+        assert gone.status_code == 303 and gone.headers["location"].startswith("/login")
+    # next to a DuckDB warehouse by default; in memory for an in-memory or Spark one
+    assert sessions_file_for("duckdb:////srv/wh.duckdb") == Path("/srv/wh.duckdb.sessions")
+    assert sessions_file_for("duckdb:///rel/wh.duckdb") == Path("rel/wh.duckdb.sessions")
+    assert sessions_file_for("duckdb://") is None
+    assert sessions_file_for("spark://local[2]") is None
+
+
+def test_failed_logins_from_one_address_are_limited(live: Live, tmp_path: Path) -> None:
+    now = [2_000_000.0]
+    application = create_app(live.settings, sessions_file=tmp_path / "s.sessions",
+                             clock=lambda: now[0])
+    with _serve(application) as url, httpx.Client(base_url=url) as client:
+        for _ in range(LOGIN_FAILURES_PER_MINUTE):
+            assert _log_in(client, "not the password").status_code == 401
+            now[0] += 1.0
+        # the sixth attempt within the minute is refused before any password is checked,
+        # even the right one; the wait is until the first failure leaves the window
+        limited = _log_in(client, PASSWORD)
+        assert limited.status_code == 429
+        assert limited.headers["retry-after"] == str(60 - LOGIN_FAILURES_PER_MINUTE)
+        assert "too many failed logins: try again in 55 seconds" in limited.text
+        now[0] += 30.0
+        assert _log_in(client, PASSWORD).headers["retry-after"] == "25"
+        now[0] += 25.0  # the first failure has left the window: one more try is allowed
+        assert _log_in(client, PASSWORD).status_code == 303
+        # a success clears the count
+        client.cookies.clear()  # logged in, /login would send the browser on
+        assert _log_in(client, "not the password").status_code == 401
+        assert _log_in(client, PASSWORD).status_code == 303

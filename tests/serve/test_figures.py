@@ -3,15 +3,18 @@ and Spark; and each figure drawn from it."""
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
+from pathlib import Path
 
+import ibis
 import pandas as pd
 import pytest
 from ibis.backends import BaseBackend
 from serve_kit import build_warehouse
 
-from touchline.errors import InputError
+from touchline.errors import ConfigError, InputError, MissingInputError
 from touchline.serve import figures
 from touchline.serve.figures import (
     CHARTS,
@@ -22,6 +25,7 @@ from touchline.serve.figures import (
     funnel_data,
     journey_map_data,
     model_comparison_data,
+    model_ranking_data,
     overview_data,
     person_timeline_data,
     stage_kpis_data,
@@ -44,6 +48,22 @@ def _records(frame: pd.DataFrame, key: str | list[str]) -> dict[object, dict[str
 @pytest.fixture
 def wh(con: BaseBackend) -> BaseBackend:
     return build_warehouse(con)
+
+
+#: a simulator truth.json of the B2C data set (its channel names are the simulator's):
+#: e-mail caused 1 of the first purchases, paid search 3, organic search none
+TRUTH = {"b2b": False, "channels": {
+    "email": {"incremental_conversions": 1.0, "incremental_revenue": 50.0},
+    "paid_search": {"incremental_conversions": 3.0, "incremental_revenue": 250.0},
+    "organic_search": {"incremental_conversions": 0.0, "incremental_revenue": 0.0}}}
+
+
+@pytest.fixture
+def truth(tmp_path: Path) -> Path:
+    file = tmp_path / "b2c" / "truth.json"
+    file.parent.mkdir()
+    file.write_text(json.dumps(TRUTH))
+    return file
 
 
 def test_overview_and_credits_by_hand(wh: BaseBackend) -> None:
@@ -158,6 +178,35 @@ def test_model_comparison_and_journey_map_by_hand(wh: BaseBackend) -> None:
     assert journey_map_data(wh, since=datetime(2025, 4, 1)).journeys.sum() == 3
 
 
+def test_model_ranking_against_the_truth_by_hand(wh: BaseBackend, truth: Path,
+                                                 tmp_path: Path) -> None:
+    # first purchases only (p1#2 is p1's second): linear gives Email 0.5 (p2) + 1 (p4),
+    # Organic 0.5 and Paid Search 0.5 + 0.5 (p1#1, p2) → shares 1/2, 1/6, 1/3; last touch
+    # gives Paid Search 2, Email 1 → 2/3, 1/3, 0. The truth's shares: paid 3/4, email 1/4.
+    # L1 linear = |1/2 - 1/4| + |1/6 - 0| + |1/3 - 3/4| = 5/6, worst paid search (-5/12);
+    # last touch = 1/12 + 0 + 1/12 = 1/6: ranked first
+    got = model_ranking_data(wh, truth=(truth,))
+    assert list(got.model) == ["last_touch", "linear"]
+    assert got.l1_share.tolist() == pytest.approx([1 / 6, 5 / 6])
+    linear = _records(got, "model")["linear"]
+    assert linear["worst_channel"] == "paid_search"
+    assert linear["worst_error"] == pytest.approx(-5 / 12)
+    assert got.attrs["truth"] == str(truth)
+    bars = figures.model_ranking_figure(got).data[0]
+    assert list(bars.y) == ["last_touch", "linear"]
+    assert list(bars.text) == ["0.167", "0.833"]
+    # no truth: said, never made up; a B2B truth is about deal_won, not purchases
+    with pytest.raises(MissingInputError, match="no ground-truth file, so no ranking"):
+        model_ranking_data(wh)
+    b2b = tmp_path / "b2b.json"
+    b2b.write_text(json.dumps({**TRUTH, "b2b": True}))
+    with pytest.raises(MissingInputError, match="no ground-truth file is about 'purchase'"):
+        model_ranking_data(wh, truth=(b2b,))
+    assert list(model_ranking_data(wh, truth=(b2b, truth)).model) == ["last_touch", "linear"]
+    with pytest.raises(MissingInputError, match=r"nowhere\.json: no such file"):
+        model_ranking_data(wh, truth=(tmp_path / "nowhere.json",))
+
+
 def test_funnel_stages_and_quality_by_hand(wh: BaseBackend) -> None:
     # the lifecycle stages anyone entered: p1..p4 aware; only p1 considered (p2 skipped it),
     # so only p1 goes on to decision and retention in order
@@ -181,6 +230,95 @@ def test_funnel_stages_and_quality_by_hand(wh: BaseBackend) -> None:
         ("ingest:events", "bad_timestamp", 2), ("drop_bots", "bot", 1),
         ("ingest:deals", "missing_field", 1)]
     assert data_quality_data(wh, since=datetime(2025, 4, 1)).rows.sum() == 2
+
+
+def test_retention_clv_nps_and_reviews_by_hand(wh: BaseBackend) -> None:
+    # purchases: p1 on 5 March and 10 April (100 + 50), p2 20 March (200), p3 15 April (80,
+    # CRM), p4 20 April (30). Cohort March: p1, p2; p1 buys again a month later → 1, 1/2.
+    # Cohort April: p3, p4 → 1
+    cohorts = figures.retention_data(wh)
+    assert [(f"{c:%Y-%m}", m, n, a, r) for c, m, n, a, r in cohorts.to_numpy().tolist()] == [
+        ("2025-03", 0, 2, 2, 1.0), ("2025-03", 1, 2, 1, 0.5), ("2025-04", 0, 2, 2, 1.0)]
+    heat = figures.retention_figure(cohorts).data[0]
+    assert list(heat.y) == ["2025-03 (2)", "2025-04 (2)"] and list(heat.x) == [0, 1]
+    assert heat.z[0].tolist() == [1.0, 0.5] and heat.z[1][0] == 1.0
+    assert math.isnan(heat.z[1][1]) and list(heat.text[1]) == ["100%", ""]
+    # CLV so far: p4 30, p3 80, p1 150, p2 200 → four bins of 50 from 0: 30 | 80 | - | 150,
+    # 200 (the last bin keeps its end); mean 460 / 4 = the historical_clv KPI's 115
+    clv = figures.clv_distribution_data(wh, bins=4)
+    assert clv.to_numpy().tolist() == [[0.0, 50.0, 1], [50.0, 100.0, 1], [100.0, 150.0, 0],
+                                       [150.0, 200.0, 2]]
+    assert (clv.attrs["customers"], clv.attrs["mean"], clv.attrs["median"]) == (
+        4, 115.0, pytest.approx(115.0))
+    assert figures.clv_distribution_data(wh).customers.sum() == 4  # 20 bins of 10
+    # before April: p1 (100 so far) and p2 (200): both in [100, 200] of two bins of 100
+    march = figures.clv_distribution_data(wh, until=datetime(2025, 4, 1), bins=2)
+    assert march.customers.tolist() == [0, 2] and march.attrs["mean"] == 150.0
+    bars = figures.clv_distribution_figure(clv).data[0]
+    assert list(bars.x) == [25.0, 75.0, 125.0, 175.0] and list(bars.y) == [1, 1, 0, 2]
+    # NPS: p1's 10 (user u1, first touch Organic Search): one promoter
+    nps = _records(figures.nps_by_channel_data(wh), "channel")
+    assert nps["Organic Search"]["answers"] == 1 and nps["Organic Search"]["nps"] == 100.0
+    assert list(nps) == ["Organic Search"]
+    # reviews: Ann's 5 stars (her e-mail, any case: p1, Organic Search), a stranger's 2
+    reviews = figures.reviews_by_channel_data(wh)
+    assert _records(reviews, "channel") == {
+        "Organic Search": {"reviews": 1, "review_rating": 5.0},
+        "Unassigned": {"reviews": 1, "review_rating": 2.0}}
+    assert list(figures.reviews_by_channel_figure(reviews).data[0].text) == [
+        "1 reviews", "1 reviews"]
+    with pytest.raises(InputError, match="no review in the window"):
+        figures.reviews_by_channel_data(wh, since=datetime(2026, 1, 1))
+
+
+def test_device_and_b2b_filters_by_hand(wh: BaseBackend) -> None:
+    # each session's device from its first touch's user agent (serve_kit.AGENTS)
+    devices = dict(figures.session_devices(wh).to_pandas().to_numpy().tolist())
+    assert devices == {"anon:p1#1": "desktop", "anon:p1#2": "mobile", "anon:p1#3": "tablet",
+                       "anon:p2#4": "desktop", "anon:p2#5": "mobile",
+                       "anon:p3#6": "(not set)", "anon:p4#7": "desktop"}
+    agents = ibis.memtable({"ua": [
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/124.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (Linux; Android 13; SM-X710) Chrome/124.0 Safari/537.36",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) Safari/605.1.15", "  ", None]})
+    got = wh.execute(agents.select(d=figures.device_category(agents.ua))).d.tolist()
+    assert got == ["mobile", "tablet", "desktop", "(not set)", "(not set)"]
+    # mobile: p1's paid click (s2) and p2's (s5), the second touch of each
+    mobile = _records(model_comparison_data(wh, device="mobile"), ["channel", "model"])
+    assert {k: v["conversions"] for k, v in mobile.items()} == {
+        ("Paid Search", "last_touch"): 2.0, ("Paid Search", "linear"): 1.0}
+    channels = _records(channel_credits_data(wh, model="linear", device="mobile"), "channel")
+    assert channels == {"Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": None,
+                                        "cpa": None, "roas": None}}
+    by_campaign = channel_credits_data(wh, model="linear", device="desktop", by="campaign")
+    # desktop: s1 (p1, no campaign) 0.5, s4 (p2, march) 0.5, s7 (p4, april) 1
+    assert _records(by_campaign, "campaign") == {
+        "april": {"conversions": 1.0, "revenue": 30.0, "spend": None, "cpa": None,
+                  "roas": None},
+        "(not set)": {"conversions": 0.5, "revenue": 50.0, "spend": None, "cpa": None,
+                      "roas": None},
+        "march": {"conversions": 0.5, "revenue": 100.0, "spend": None, "cpa": None,
+                  "roas": None}}
+    # the journey map on desktop: p1#1 by its organic visit, p2 and p4 by e-mail; p1#2 (a
+    # tablet) and p3 (no touch) are left out
+    links = journey_map_data(wh, device="desktop")
+    assert sorted(map(tuple, links.to_numpy().tolist())) == [
+        (1, "Email", 0, "(conversion)", 2), (1, "Organic Search", 0, "(conversion)", 1)]
+    # B2C: every serve_kit journey is a person's; spend is not split by unit
+    b2c = _records(channel_credits_data(wh, model="linear", unit="person"), "channel")
+    assert b2c["Email"] == {"conversions": 2.5, "revenue": 180.0, "spend": None, "cpa": None,
+                            "roas": None}
+    overview = _records(overview_data(wh, since=datetime(2025, 4, 1),
+                                      until=datetime(2025, 5, 1), unit="person"), "metric")
+    assert overview["conversions"]["value"] == 3.0 and overview["spend"]["value"] is None
+    # B2B: no account journey converts; the account's one stage
+    with pytest.raises(InputError, match=r"no B2B \(accounts\) journeys end in a conversion"):
+        model_comparison_data(wh, unit="account")
+    assert stage_timeline_data(wh, unit="account").units.tolist() == [1]
+    with pytest.raises(ConfigError, match="device 'phone': choose from desktop, mobile"):
+        figures.check_filters(device="phone", unit=None)
+    with pytest.raises(ConfigError, match="unit 'b2b': choose from account, person"):
+        figures.check_filters(device=None, unit="b2b")
 
 
 def test_person_timeline_by_hand(wh: BaseBackend) -> None:
@@ -247,9 +385,9 @@ def test_stage_kpis_by_hand(wh: BaseBackend) -> None:
     assert stage_kpis_data(wh, stage_model="funnel").set_index("kpi").stage["nps"] == "bottom"
 
 
-def test_every_chart_draws_its_data(wh: BaseBackend) -> None:
+def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
     """Each registered chart's figure holds its data's numbers (not pixels)."""
-    filters = Filters(model="linear")
+    filters = Filters(model="linear", truth=(truth,))
     drawn = {}
     for name, chart in CHARTS.items():
         drawn[name] = chart.figure(chart_data(wh, chart, filters)).data
@@ -259,6 +397,11 @@ def test_every_chart_draws_its_data(wh: BaseBackend) -> None:
     assert list(bars.x) == ["Email", "Paid Search", "Organic Search", "Paid Social"]
     assert list(bars.y) == [2.5, 1.0, 0.5, 0.0]
     assert [t.name for t in drawn["models"]] == ["last_touch", "linear"]
+    assert list(drawn["model_ranking"][0].y) == ["last_touch", "linear"]
+    assert drawn["retention"][0].type == "heatmap"
+    assert sum(drawn["clv"][0].y) == 4
+    assert list(drawn["nps"][0].y) == [100.0]
+    assert list(drawn["reviews"][0].y) == [5.0, 2.0]
     sankey = drawn["journey_map"][0]
     conversion = list(sankey.node.label).index("(conversion)")
     assert sum(v for t, v in zip(sankey.link.target, sankey.link.value, strict=True)

@@ -3,6 +3,7 @@ off and draws every chart, with no console error."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,8 +41,13 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Path,
                                                     browser: Browser) -> None:
     out = tmp_path / "out" / "report.html"
+    truth = tmp_path / "truth.json"  # serve_kit's channels as the simulator names them
+    truth.write_text(json.dumps({"b2b": False, "channels": {
+        "email": {"incremental_conversions": 1.0}, "paid_search": {
+            "incremental_conversions": 3.0}}}))
     result = CliRunner().invoke(app, ["report", "--out", str(out), "--model", "last_touch",
-                                      "--database", warehouse], env={"COLUMNS": "200"})
+                                      "--truth", str(truth), "--database", warehouse],
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert f"report: {out}" in result.output and f"{len(CHARTS)} charts" in result.output
     html = out.read_text()
@@ -50,6 +56,8 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
     assert "<script src" not in ours and "<link" not in ours and "http" not in ours
     # the channel numbers under last touch (serve_kit: Paid Search 2 conversions, 300)
     assert "credited by channel (last_touch)" in html
+    # the ranking against the truth: last touch (1/3 e-mail, 2/3 paid) is 1/6 from it
+    assert "distance to the true incremental conversions (truth.json" in html
 
     context = browser.new_context(offline=True)
     requests: list[str] = []
@@ -78,6 +86,9 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
     assert page.locator("#chart-journey_map .sankey-node").count() == 6
     assert page.locator("#chart-overview .indicatorlayer .trace").count() == 6
     assert "Paid Search" in page.locator("#chart-channels").inner_text()
+    # the retention heat map's cells: March 100 % and 50 %, April 100 %
+    assert page.locator("#chart-retention .heatmaplayer").count() == 1
+    assert "50%" in page.locator("#chart-retention").inner_text()
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     context.close()
     assert not blocked, blocked
@@ -100,8 +111,10 @@ def test_a_chart_without_its_input_says_what_to_run(warehouse: str, tmp_path: Pa
         "the funnel needs two steps; stage model 'lifecycle' has 0 stage(s) with entries: "
         "run `touchline run`")
     assert by_name["channels"].error is None
+    assert by_name["model_ranking"].error.startswith(
+        "no ground-truth file, so no ranking of the models")  # no --truth: said, not made up
     assert "run `touchline run`" in html
-    assert html.count('class="chart"') == len(CHARTS) - 1
+    assert html.count('class="chart"') == len(CHARTS) - 2
 
 
 def test_docs_python_example_runs(warehouse: str, tmp_path: Path,

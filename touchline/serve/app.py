@@ -3,7 +3,8 @@
 ``touchline dashboard`` serves :func:`create_app` on 127.0.0.1 (its own port, so the public
 collector runs without it). Pages: overview, channels (the attribution model in the URL:
 switching it moves the credits), model comparison, journey map (with the stage timeline and
-the funnel), person timeline with search, data quality. Every filter is a query parameter,
+the funnel), KPIs by stage, retention and advocacy (cohorts, CLV, NPS and reviews by channel),
+person timeline with search, data quality. Every filter is a query parameter,
 so a view can be shared as its URL. The charts are :mod:`touchline.serve.figures`', drawn by
 plotly.js served from the installed ``plotly`` package: a page asks nothing of any other
 host.
@@ -12,8 +13,10 @@ Access: a user of the ``users`` table logs in with the form (argon2id hashes, a 
 bound to a cookie, a session cookie that is HttpOnly, SameSite=Strict and expires after
 ``session_seconds``), or a program sends a ``read`` or ``admin`` API key in the
 ``Authorization: Bearer`` (or ``X-Touchline-Key``) header. Write, server and import keys,
-which sit in web pages and webhooks, can never read. Sessions live in the server's memory: a
-restart logs everyone out. Nothing personal (names searched, e-mails, user names) is logged.
+which sit in web pages and webhooks, can never read. Sessions are kept hashed in a file next to
+the warehouse and survive a restart; too many failed logins from one address are answered 429
+(:mod:`touchline.serve.sessions`). Nothing personal (names searched, e-mails, user names) is
+logged.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -37,7 +41,10 @@ from starlette.routing import Route
 from touchline import engine
 from touchline.errors import ConfigError, EngineError, TouchlineError
 from touchline.serve.figures import (
+    DEVICES,
+    UNITS,
     Filters,
+    check_filters,
     parse_day,
     person_timeline_data,
     person_timeline_figure,
@@ -51,6 +58,7 @@ from touchline.serve.report import (
     plotly_js,
     templates,
 )
+from touchline.serve.sessions import LoginLimiter, Session, SessionStore, sessions_file_for
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -64,7 +72,7 @@ SESSION_COOKIE, CSRF_COOKIE = "touchline_session", "touchline_csrf"
 #: key kinds that may read the dashboard (touchline.collect.keys.KEY_KINDS)
 READ_KINDS = ("read", "admin")
 #: the filters the navigation carries from page to page
-SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model")
+SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model", "unit", "device")
 
 
 @dataclass(frozen=True)
@@ -80,19 +88,14 @@ class Page:
 PAGES = {p.name: p for p in (
     Page("overview", "/", "Overview", ("overview",)),
     Page("channels", "/channels", "Channels", ("channels",)),
-    Page("models", "/models", "Model comparison", ("models",)),
+    Page("models", "/models", "Model comparison", ("models", "model_ranking")),
     Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel")),
     Page("kpis", "/kpis", "KPIs by stage", ("stage_kpis",)),
+    Page("customers", "/customers", "Retention and advocacy",
+         ("retention", "clv", "nps", "reviews")),
     Page("person", "/person", "Person timeline", ()),
     Page("quality", "/quality", "Data quality", ("data_quality",)),
 )}
-
-
-@dataclass
-class _Session:
-    user: str
-    expires_at: float
-    csrf: str
 
 
 @dataclass
@@ -107,9 +110,12 @@ class Dashboard:
     settings: Settings
     con: BaseBackend | None
     session_seconds: int
+    sessions: SessionStore
     lock: threading.Lock = field(default_factory=threading.Lock)
-    sessions: dict[str, _Session] = field(default_factory=dict)
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
     clock: Callable[[], float] = time.time
+    #: ground-truth files the model comparison ranks the models against (``--truth``)
+    truth: tuple[Path, ...] = ()
 
 
 T = TypeVar("T")
@@ -173,17 +179,12 @@ class Viewer:
     csrf: str | None = None
 
 
-def _session(dash: Dashboard, request: Request) -> tuple[str, _Session] | None:
+def _session(dash: Dashboard, request: Request) -> tuple[str, Session] | None:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
-    found = dash.sessions.get(token)
-    if found is None:
-        return None
-    if found.expires_at <= dash.clock():
-        del dash.sessions[token]
-        return None
-    return token, found
+    found = dash.sessions.get(token, now=dash.clock())
+    return None if found is None else (token, found)
 
 
 def _request_key(request: Request) -> str | None:
@@ -256,6 +257,14 @@ async def login(request: Request) -> Response:
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     sent, expected = str(form.get("csrf", "")), request.cookies.get(CSRF_COOKIE, "")
     target = str(form.get("next", "/"))
+    address = request.client.host if request.client else "unknown"
+    wait = dash.limiter.retry_after(address, now=dash.clock())
+    if wait is not None:
+        log.warning("login refused: too many failed logins from one address")
+        response = _login_page(target, error=f"too many failed logins: try again in {wait} "
+                               "seconds", status=429)
+        response.headers["retry-after"] = str(wait)
+        return response
     if not expected or not hmac.compare_digest(sent, expected):
         log.warning("login refused: missing or wrong CSRF token")
         return _login_page(target, error="the form expired: please log in again", status=403)
@@ -265,13 +274,11 @@ async def login(request: Request) -> Response:
         return _busy(exc)
     if not ok:
         log.warning("login refused: wrong name or password")
+        dash.limiter.failed(address, now=dash.clock())
         return _login_page(target, error="wrong name or password", status=401)
-    now = dash.clock()
-    for stale in [t for t, s in dash.sessions.items() if s.expires_at <= now]:
-        del dash.sessions[stale]  # sessions nobody came back to
-    token = secrets.token_urlsafe(32)
-    dash.sessions[token] = _Session(name.strip(), dash.clock() + dash.session_seconds,
-                                    secrets.token_urlsafe(32))
+    dash.limiter.succeeded(address)
+    token, _ = dash.sessions.create(name.strip(), now=dash.clock(),
+                                    seconds=dash.session_seconds)
     response = RedirectResponse(_safe_next(target), status_code=303)
     _cookie(response, SESSION_COOKIE, token, max_age=dash.session_seconds)
     response.delete_cookie(CSRF_COOKIE, path="/")
@@ -286,7 +293,7 @@ async def logout(request: Request) -> Response:
     if found is None or not hmac.compare_digest(str(form.get("csrf", "")), found[1].csrf):
         return Response("not logged in, or a wrong CSRF token\n", status_code=403,
                         media_type="text/plain", headers=_headers())
-    del dash.sessions[found[0]]
+    dash.sessions.delete(found[0])
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -297,12 +304,14 @@ async def logout(request: Request) -> Response:
 def filters_from(request: Request, settings: Settings) -> Filters:
     """The page's filters from its URL (defaults from the settings)."""
     q = request.query_params
+    unit, device = q.get("unit") or None, q.get("device") or None
+    check_filters(unit=unit, device=device)
     return Filters(since=parse_day(q.get("since") or None, "since"),
                    until=parse_day(q.get("until") or None, "until"),
                    conversion=q.get("conversion") or None,
                    model=q.get("model") or settings.default_model,
                    stage_model=q.get("stage_model") or settings.stage_model,
-                   by=q.get("by") or "channel")
+                   by=q.get("by") or "channel", unit=unit, device=device)
 
 
 def _options(con: BaseBackend) -> dict[str, Any]:
@@ -348,6 +357,7 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
             filters, error = replace(Filters(), model=dash.settings.default_model), str(exc)
         else:
             error = None
+        filters = replace(filters, truth=dash.truth)
 
         def work(con: BaseBackend) -> tuple[list[Section], dict[str, Any]]:
             sections = [draw(con, name, filters) for name in page.charts]
@@ -362,6 +372,7 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
         return _render("page.html.j2", title=page.title, page=page, viewer=viewer,
                        filters=filters, sections=sections, error=error, q=query,
                        params=dict(request.query_params),
+                       devices=DEVICES, units=UNITS,
                        shared=urlencode({k: v for k, v in request.query_params.items()
                                          if k in SHARED_FILTERS and v}), **options)
 
@@ -381,8 +392,12 @@ async def static(request: Request) -> Response:
 
 def create_app(settings: Settings, *, con: BaseBackend | None = None,
                session_seconds: int = SESSION_SECONDS_DEFAULT,
-               clock: Callable[[], float] = time.time) -> Starlette:
-    """The dashboard's ASGI app over the warehouse of ``settings`` (or ``con``)."""
+               clock: Callable[[], float] = time.time,
+               truth: Sequence[Path] = (), sessions_file: Path | None = None) -> Starlette:
+    """The dashboard's ASGI app over the warehouse of ``settings`` (or ``con``); ``truth``:
+    the ground-truth files (simulator ``truth.json``) the model comparison ranks against;
+    ``sessions_file``: where logins are kept (default: next to a DuckDB warehouse file,
+    :func:`~touchline.serve.sessions.sessions_file_for`)."""
     from touchline import store
 
     connection = con if con is not None else engine.connect(settings=settings)
@@ -398,5 +413,8 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
               *(Route(p.path, page_handler(p), methods=["GET"], name=p.name)
                 for p in PAGES.values())]
     app = Starlette(routes=routes)
-    app.state.dashboard = Dashboard(settings, connection, session_seconds, clock=clock)
+    store_file = sessions_file or sessions_file_for(settings.database_url)
+    app.state.dashboard = Dashboard(settings, connection, session_seconds,
+                                    sessions=SessionStore(store_file), clock=clock,
+                                    truth=tuple(Path(f) for f in truth))
     return app

@@ -19,6 +19,9 @@ from touchline.terminal import fail
 console = Console()
 err_console = Console(stderr=True)
 
+TruthOption = Annotated[list[Path] | None, typer.Option(
+    "--truth", help="Ground truth (a simulator truth.json; repeat for more) to rank the models "
+    "against.")]
 DatabaseOption = Annotated[
     str | None, typer.Option("--database", "-d", help="Warehouse URL (default from settings).")
 ]
@@ -39,18 +42,25 @@ def register(app: typer.Typer) -> None:
             help="Conversion type (default: the one with the most value).")] = None,
         model: Annotated[str | None, typer.Option(
             help="Attribution model of the channel charts (default: settings).")] = None,
+        truth: TruthOption = None,
+        unit: Annotated[str | None, typer.Option(
+            help="B2B or B2C: account or person journeys (default: both).")] = None,
+        device: Annotated[str | None, typer.Option(
+            help="desktop, mobile, tablet or '(not set)': touches in sessions on it.")] = None,
         database: DatabaseOption = None,
     ) -> None:
         """Write one self-contained HTML report (charts, numbers, plotly.js inlined): it
         opens in any browser, offline."""
-        from touchline.serve.figures import Filters, parse_day
+        from touchline.serve.figures import Filters, check_filters, parse_day
         from touchline.serve.report import write_report
 
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
+            check_filters(unit=unit, device=device)
             filters = Filters(since=parse_day(since, "--since"), until=parse_day(until, "--until"),
                               conversion=conversion, model=model or settings.default_model,
-                              stage_model=settings.stage_model)
+                              stage_model=settings.stage_model, truth=tuple(truth or ()),
+                              unit=unit, device=device)
             with engine.connected(settings=settings) as con, err_console.status(
                     "drawing the charts"):
                 result = write_report(con, out, filters, database=settings.database_url)
@@ -72,6 +82,10 @@ def register(app: typer.Typer) -> None:
                         ] = PORT_DEFAULT,
         session_hours: Annotated[float, typer.Option(
             help="Hours a login lasts.")] = 8.0,
+        truth: TruthOption = None,
+        sessions_file: Annotated[Path | None, typer.Option(
+            help="Where logins are kept across restarts (default: next to the DuckDB file; "
+            "in memory for Spark).")] = None,
         database: DatabaseOption = None,
     ) -> None:
         """Serve the dashboard (login with `touchline users create`, or a read key)."""
@@ -81,7 +95,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
-            app_ = create_app(settings, session_seconds=int(session_hours * 3600))
+            app_ = create_app(settings, session_seconds=int(session_hours * 3600),
+                              truth=truth or (), sessions_file=sessions_file)
         except TouchlineError as exc:
             raise fail(exc) from None
         console.print(f"[bold]dashboard:[/] http://{host}:{port}/ on {settings.database_url} "

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ibis
@@ -42,6 +44,8 @@ from touchline.errors import ConfigError, InputError, MissingInputError, Touchli
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
+
+    from touchline.attribution.evaluate import Truth
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +95,108 @@ def _in_window(at: ir.Value, since: Moment, until: Moment) -> ir.BooleanValue:
     return keep
 
 
-def resolve_conversion(con: BaseBackend, conversion: str | None) -> str:
-    """``conversion`` checked against the stored journeys, or the one with the most value."""
+def resolve_conversion(con: BaseBackend, conversion: str | None,
+                       unit: str | None = None) -> str:
+    """``conversion`` checked against the stored journeys (of ``unit``, when given), or the
+    one with the most value."""
     from touchline.journeys.conversions import choose_conversion
 
-    return choose_conversion(con.table("journeys"), conversion, option="conversion")
+    j = con.table("journeys")
+    if unit is not None:
+        j = j.filter(j.unit == unit)
+        if not j.filter(j.converted).count().to_pyarrow().as_py():
+            raise InputError(f"no {UNITS[unit]} journeys end in a conversion: choose the "
+                             "other customers (or both)")
+    return choose_conversion(j, conversion, option="conversion")
+
+
+# ---- the device and B2B / B2C filters -------------------------------------------------------
+
+#: the device filter's categories: what the user agent of a session's first touch says
+DEVICES = ("desktop", "mobile", "tablet", "(not set)")
+#: the B2B vs B2C filter: whose journeys (accounts are B2B buying groups, persons B2C buyers)
+UNITS = {"account": "B2B (accounts)", "person": "B2C (persons)"}
+
+
+def check_filters(*, device: str | None, unit: str | None) -> None:
+    """A :class:`~touchline.errors.ConfigError` naming the choices for an unknown device or
+    unit (a hand-edited URL)."""
+    if device is not None and device not in DEVICES:
+        raise ConfigError(f"device {device!r}: choose from {', '.join(DEVICES)}")
+    if unit is not None and unit not in UNITS:
+        raise ConfigError(f"unit {unit!r}: choose from {', '.join(UNITS)} (B2B, B2C)")
+
+
+def device_category(user_agent: ir.StringValue) -> ir.StringValue:
+    """``tablet``, ``mobile`` or ``desktop`` from a user agent, ``(not set)`` without one.
+
+    The rules browsers' own guidance gives (MDN, "Browser detection using the user agent"):
+    ``Mobi`` marks a phone; iPad, Kindle, Silk, "Tablet" and Android without ``Mobi`` are
+    tablets; everything else (Windows, macOS, Linux, CrOS) is a desktop. A regular expression
+    in the engine, as a user-agent parser library runs Python per row."""
+    ua = user_agent.lower()
+    tablet = ua.re_search("ipad|tablet|kindle|silk|playbook") | (
+        ua.re_search("android") & ~ua.re_search("mobi"))
+    mobile = ua.re_search("mobi|iphone|ipod|windows phone|blackberry")
+    unknown = user_agent.isnull() | (user_agent.strip() == "")
+    return ibis.cases((unknown, "(not set)"), (tablet, "tablet"), (mobile, "mobile"),
+                      else_="desktop")
+
+
+def session_devices(con: BaseBackend) -> ir.Table:
+    """``session_id``, ``device``: each session's device category, from the user agent of its
+    first touch (``touches.is_landing``) in the loaded ``events`` (prepare drops the user
+    agent from the touches, so the raw event is read back by its message id). Sessions
+    without a web event (calls, CRM records) are ``(not set)``."""
+    if "events" not in con.list_tables():
+        raise MissingInputError("the device filter reads the user agents of the loaded "
+                                "events, and there are none: `touchline ingest FILE --kind "
+                                "events`")
+    t = con.table("touches")
+    t = t.filter(t.is_landing.fill_null(False)).select("message_id", "device_id",
+                                                       "session_index")
+    # the loaded events hold each message id once (ingest drops repeats); the filters use
+    # this table in semi-joins, which a repeat could not multiply anyway
+    e = con.table("events").select(_message="message_id", _agent="user_agent")
+    j = t.left_join(e, t.message_id == e._message)
+    return j.select(session_id=j.device_id + "#" + j.session_index.cast("string"),
+                    device=device_category(j._agent))
+
+
+def filtered_journeys(con: BaseBackend, unit: str | None) -> ir.Table:
+    """The stored ``journeys``, of ``unit`` (``account``: B2B, ``person``: B2C) when given."""
+    j = con.table("journeys")
+    return j if unit is None else j.filter(j.unit == unit)
+
+
+def filtered_credits(con: BaseBackend, conversion: str, *, unit: str | None = None,
+                     device: str | None = None) -> ir.Table:
+    """The stored credits of ``conversion``: of journeys of ``unit`` when given, and of
+    touches in sessions of ``device`` when given (a journey's touches on other devices keep
+    their credit out of the sum)."""
+    c = con.table("credits")
+    c = c.filter(c.conversion == conversion)
+    if unit is not None:
+        c = c.semi_join(filtered_journeys(con, unit).select("journey_id"), "journey_id")
+    if device is not None:
+        d = session_devices(con)
+        steps = con.table("journey_steps").semi_join(
+            d.filter(d.device == device).select("session_id"), "session_id")
+        c = c.semi_join(steps.select("journey_id", "position"), ["journey_id", "position"])
+    return c
 
 
 def channel_colour(channel: str) -> str:
     """The channel's colour: the same on every chart, page and report (a hash, not an order)."""
     digest = hashlib.md5(str(channel).encode(), usedforsecurity=False).digest()
     return PALETTE[digest[0] % len(PALETTE)]
+
+
+def _filter_label(data: pd.DataFrame) -> str:
+    """``; B2B (accounts), mobile``: the unit and device filters a chart's data was cut by."""
+    parts = [UNITS[u] if (u := data.attrs.get("unit")) else "", data.attrs.get("device") or ""]
+    shown = ", ".join(p for p in parts if p)
+    return f"; {shown}" if shown else ""
 
 
 def _figure(title: str) -> go.Figure:
@@ -134,7 +229,7 @@ def overview_window(con: BaseBackend, *, since: Moment = None, until: Moment = N
 
 
 def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
-                  conversion: str | None = None) -> pd.DataFrame:
+                  conversion: str | None = None, unit: str | None = None) -> pd.DataFrame:
     """One row per headline metric (:data:`OVERVIEW_METRICS`): ``metric``, ``value`` in the
     window, ``previous`` in the window of the same length just before it, and ``change``
     (``value / previous - 1``; null when there is no previous value).
@@ -143,9 +238,10 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     no touch in their window too: the credited figures leave those out); spend is the
     ``spend`` table's cost (null when no spend was ever imported); ROAS = revenue / spend,
     CPA = spend / conversions (null with a zero denominator); leads are converted journeys
-    of the ``lead`` type.
+    of the ``lead`` type. ``unit`` (B2B ``account`` or B2C ``person``) keeps that unit's
+    journeys; spend is not split by unit, so under it spend, ROAS and CPA are null.
     """
-    conversion = resolve_conversion(con, conversion)
+    conversion = resolve_conversion(con, conversion, unit)
     start, end = overview_window(con, since=since, until=until, conversion=conversion)
     before = start - (end - start)
     periods = ibis.memtable({"period": ["current", "previous"]})
@@ -155,7 +251,7 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
                           (_in_window(at, before, start), "previous"),
                           else_=ibis.null("string"))
 
-    j = con.table("journeys")
+    j = filtered_journeys(con, unit)
     j = j.filter(j.converted)
     j = j.mutate(_period=period_of(j.converted_at))
     j = j.filter(j._period.notnull())
@@ -171,7 +267,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     cost = sp.group_by(_sp=sp._period).aggregate(_cost=sp.cost.sum())
     t = periods.left_join(conv, periods.period == conv._jp).left_join(
         cost, periods.period == cost._sp).cross_join(imported)
-    spend = ibis.ifelse(t._rows > 0, t._cost.fill_null(0.0), ibis.null("float64"))
+    spend = ibis.ifelse((t._rows > 0) & ibis.literal(unit is None), t._cost.fill_null(0.0),
+                        ibis.null("float64"))
     t = t.select("period", conversions=t.conversions.fill_null(0),
                  revenue=t.revenue.fill_null(0.0), spend=spend,
                  leads=t.leads.fill_null(0))
@@ -185,7 +282,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
         "previous": wide.loc["previous", list(OVERVIEW_METRICS)].astype("float64").to_numpy(),
     })
     frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
-    frame.attrs.update(since=start, until=end, previous_since=before, conversion=conversion)
+    frame.attrs.update(since=start, until=end, previous_since=before, conversion=conversion,
+                       unit=unit)
     return frame
 
 
@@ -223,15 +321,24 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
 
 def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
                          conversion: str | None = None, since: Moment = None,
-                         until: Moment = None, by: str = "channel") -> pd.DataFrame:
+                         until: Moment = None, by: str = "channel", unit: str | None = None,
+                         device: str | None = None) -> pd.DataFrame:
     """Per channel (or ``by``: source, medium, campaign, keyword, landing_page): the
     ``conversions`` and ``revenue`` the model's stored credits give it, its ``spend``,
     ``cpa`` and ``roas``: the KPI registry's ``conversions``, ``revenue``, ``cpa`` and
     ``roas`` (:mod:`touchline.metrics.kpis`), so the numbers are those of ``touchline kpis``.
-    Without imported spend, spend, CPA and ROAS are null. Sorted by conversions."""
+    Without imported spend, spend, CPA and ROAS are null. Sorted by conversions.
+
+    Under the B2B/B2C ``unit`` or the ``device`` filter the credits are
+    :func:`filtered_credits` summed by ``by`` (the touch's value; channel Unassigned and
+    other levels ``(not set)`` when null, as the KPIs name them); spend is split by neither,
+    so spend, CPA and ROAS are null."""
     from touchline.metrics.kpis import KPIS, compute, require
 
-    conversion = resolve_conversion(con, conversion)
+    conversion = resolve_conversion(con, conversion, unit)
+    if unit is not None or device is not None:
+        return _filtered_channel_credits(con, model=model, conversion=conversion, since=since,
+                                         until=until, by=by, unit=unit, device=device)
     opts = {"by": [by], "since": since, "until": until, "model": model,
             "conversion": conversion}
     try:
@@ -257,6 +364,26 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     return frame
 
 
+def _filtered_channel_credits(con: BaseBackend, *, model: str, conversion: str,
+                              since: Moment, until: Moment, by: str, unit: str | None,
+                              device: str | None) -> pd.DataFrame:
+    c = filtered_credits(con, conversion, unit=unit, device=device)
+    c = c.filter((c.model == model) & _in_window(c.converted_at, since, until))
+    if by == "channel":
+        level = c.channel.cast("string").fill_null("Unassigned")
+    else:
+        jt = con.table("journey_touches").select(_j="journey_id", _p="position", _level=by)
+        c = c.left_join(jt, (c.journey_id == jt._j) & (c.position == jt._p))
+        level = c._level.cast("string").fill_null("(not set)")
+    t = c.group_by(level.name(by)).aggregate(conversions=c.credit.sum(),
+                                             revenue=c.value.sum())
+    t = t.mutate(spend=ibis.null("float64"), cpa=ibis.null("float64"),
+                 roas=ibis.null("float64"))
+    frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
+    frame.attrs.update(model=model, conversion=conversion, by=by, unit=unit, device=device)
+    return frame
+
+
 def _with_intervals(con: BaseBackend, frame: pd.DataFrame, *, model: str,
                     conversion: str) -> pd.DataFrame:
     """``frame`` plus ``conversions_low``, ``conversions_high`` and ``flagged`` where the last
@@ -276,7 +403,7 @@ def channel_credits_figure(data: pd.DataFrame) -> go.Figure:
     """Conversions credited to each channel under the model, revenue on hover."""
     by = data.attrs.get("by", "channel")
     fig = _figure(f"{data.attrs.get('conversion', '')} credited by {by} "
-                  f"({data.attrs.get('model', '')})")
+                  f"({data.attrs.get('model', '')}{_filter_label(data)})")
     labels = data[by].astype(str)
     bars = go.Bar(
         x=labels, y=data.conversions, name="conversions",
@@ -304,25 +431,28 @@ def channel_credits_figure(data: pd.DataFrame) -> go.Figure:
 
 def model_comparison_data(con: BaseBackend, *, models: Sequence[str] | None = None,
                           conversion: str | None = None, since: Moment = None,
-                          until: Moment = None) -> pd.DataFrame:
+                          until: Moment = None, unit: str | None = None,
+                          device: str | None = None) -> pd.DataFrame:
     """``channel``, ``model``, ``conversions``, ``revenue``: the stored credits of each model
     (default: every stored model) summed by channel. Each model's conversions sum to the
-    converted journeys that have a touch."""
-    conversion = resolve_conversion(con, conversion)
-    c = con.table("credits")
-    c = c.filter((c.conversion == conversion) & _in_window(c.converted_at, since, until))
+    converted journeys that have a touch (under ``unit``: of that unit; under ``device``: the
+    credit of the touches on that device)."""
+    conversion = resolve_conversion(con, conversion, unit)
+    c = filtered_credits(con, conversion, unit=unit, device=device)
+    c = c.filter(_in_window(c.converted_at, since, until))
     if models:
         c = c.filter(c.model.isin(list(models)))
     t = c.group_by(channel=c.channel.fill_null("(not set)"), model=c.model).aggregate(
         conversions=c.credit.sum(), revenue=c.value.sum())
     frame = t.order_by(["channel", "model"]).to_pandas()
-    frame.attrs.update(conversion=conversion)
+    frame.attrs.update(conversion=conversion, unit=unit, device=device)
     return frame
 
 
 def model_comparison_figure(data: pd.DataFrame) -> go.Figure:
     """One bar group per channel, one bar per model."""
-    fig = _figure(f"{data.attrs.get('conversion', '')}: conversions credited by each model")
+    fig = _figure(f"{data.attrs.get('conversion', '')}: conversions credited by each model"
+                  f"{_filter_label(data)}")
     models = sorted(data.model.unique())
     for i, model in enumerate(models):  # one trace per model, not per row
         part = data[data.model == model]
@@ -333,11 +463,103 @@ def model_comparison_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def truth_for(truth: Sequence[Path], conversion: str) -> Truth:
+    """The ground truth of ``conversion`` among the ``truth`` files: a simulator
+    ``truth.json`` says whether its data set is B2B, and so its conversion
+    (:data:`touchline.demo.DEMO_CONVERSIONS`: ``purchase`` for B2C, ``deal_won`` for B2B); a
+    file that does not say (``gen_paths.py --truth``) is taken for any conversion. No file, or
+    none about ``conversion``: :class:`~touchline.errors.MissingInputError`, never a made-up
+    truth."""
+    from touchline.attribution.evaluate import truth_from_dict
+    from touchline.demo import DEMO_CONVERSIONS
+
+    if not truth:
+        raise MissingInputError(
+            "no ground-truth file, so no ranking of the models: only simulated data has one "
+            "(`touchline demo` writes demo-data/b2c/truth.json and demo-data/b2b/truth.json); "
+            "give it with --truth FILE")
+    for file in truth:
+        try:
+            document = json.loads(Path(file).read_text())
+        except FileNotFoundError:
+            raise MissingInputError(f"ground-truth file {file}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"ground-truth file {file}: not JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise InputError(f"ground-truth file {file}: expected a JSON object")
+        if "b2b" in document:
+            meant = DEMO_CONVERSIONS["b2b" if document["b2b"] else "b2c"][0]
+            if meant != conversion:
+                continue
+        return truth_from_dict(document, source=str(file))
+    raise MissingInputError(
+        f"no ground-truth file is about {conversion!r} conversions "
+        f"({', '.join(str(f) for f in truth)}): choose another conversion")
+
+
+def model_ranking_data(con: BaseBackend, *, truth: Sequence[Path] = (),
+                       conversion: str | None = None) -> pd.DataFrame:
+    r"""``touchline evaluate``'s ranking of the stored models against the ground truth: per
+    model ``l1_share`` (0 = perfect, 2 = disjoint), ``worst_channel``, ``worst_error`` and
+    ``spearman``, best first (:func:`touchline.attribution.evaluate.evaluate`).
+
+    .. math:: L_1 = \sum_c \Bigl|\frac{C_c}{\sum_d C_d} - \frac{T_c}{\sum_d T_d}\Bigr|
+
+    :math:`C_c` sums the stored credits of channel ``c`` over each unit's *first*
+    conversion (``sequence = 1``), since the simulator's truth counts the conversions a
+    channel causes among first conversions; all dates, as the truth covers the whole
+    simulation. Stored channel names (GA4 groups) become the simulator's
+    (:data:`touchline.demo.SIMULATOR_CHANNELS`) when the truth names none of them. Without a
+    truth file: :class:`~touchline.errors.MissingInputError` (see :func:`truth_for`)."""
+    from touchline.attribution.evaluate import evaluate
+    from touchline.demo import SIMULATOR_CHANNELS
+
+    conversion = resolve_conversion(con, conversion)
+    known = truth_for(truth, conversion)
+    c = con.table("credits")
+    j = con.table("journeys")
+    first = j.filter((j.conversion == conversion) & (j.sequence == 1)).select("journey_id")
+    c = c.filter(c.conversion == conversion).semi_join(first, "journey_id")
+    t = c.group_by(channel=c.channel.cast("string").fill_null("(not set)"),
+                   model=c.model).aggregate(conversions=c.credit.sum())
+    sums = t.to_pandas()
+    if sums.empty:
+        raise InputError(f"no stored credits of first {conversion} conversions to rank: run "
+                         "`touchline run`")
+    if not set(sums.channel) & set(known.conversions):
+        sums["channel"] = sums.channel.map(lambda ch: SIMULATOR_CHANNELS.get(ch, ch))
+    wide = sums.pivot_table(index="channel", columns="model", values="conversions",
+                            aggfunc="sum", fill_value=0.0).reset_index()
+    wide.columns.name = None
+    wide.attrs["level"] = "channel"
+    ranking = evaluate(wide, known).reset_index(drop=True)
+    ranking.attrs.update(conversion=conversion, truth=known.source)
+    return ranking
+
+
+def model_ranking_figure(data: pd.DataFrame) -> go.Figure:
+    """The models as horizontal bars of their L1 share distance, best on top."""
+    fig = _figure(f"{data.attrs.get('conversion', '')}: distance to the true incremental "
+                  f"conversions ({Path(str(data.attrs.get('truth', 'truth'))).name}; "
+                  "L1 share, 0 = perfect)")
+    fig.add_trace(go.Bar(
+        x=data.l1_share, y=data.model, orientation="h", marker_color=PALETTE[2],
+        text=[f"{v:.3f}" for v in data.l1_share], textposition="outside",
+        customdata=data[["worst_channel", "worst_error"]],
+        hovertemplate="%{y}: L1 %{x:.3f}<br>worst channel %{customdata[0]} "
+        "(%{customdata[1]:+.3f} of the share)<extra></extra>"))
+    fig.update_layout(xaxis_title="L1 share distance (0 = perfect, 2 = disjoint)",
+                      yaxis={"autorange": "reversed"}, showlegend=False,
+                      height=max(300, 80 + 30 * len(data)))
+    return fig
+
+
 # ---- journey map ----------------------------------------------------------------------------
 
 def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: Moment = None,
                      until: Moment = None, steps: int = JOURNEY_MAP_STEPS_DEFAULT,
-                     top: int = JOURNEY_MAP_PATHS_DEFAULT) -> pd.DataFrame:
+                     top: int = JOURNEY_MAP_PATHS_DEFAULT, unit: str | None = None,
+                     device: str | None = None) -> pd.DataFrame:
     """Links of a Sankey of the channels toward conversion: ``source_step``, ``source``,
     ``target_step``, ``target``, ``journeys``.
 
@@ -346,15 +568,28 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
     touches. The ``top`` most frequent of those paths are drawn; the journeys of the rarer
     ones flow as one node :data:`OTHER`, journeys without a touch in their window as
     :data:`NO_TOUCH`. So the links into :data:`CONVERSION_NODE` add up to the conversions
-    in the window, and every node's inflow equals its outflow.
+    in the window, and every node's inflow equals its outflow. ``unit`` keeps the journeys
+    of accounts (B2B) or persons (B2C); ``device`` keeps the touches in sessions on that
+    device, so a journey is drawn by its touches there and one with none is left out (no
+    ``(no touch)`` node: the flows add up to the conversions with a touch on the device).
     """
-    conversion = resolve_conversion(con, conversion)
-    j = con.table("journeys")
+    conversion = resolve_conversion(con, conversion, unit)
+    j = filtered_journeys(con, unit)
     j = j.filter((j.conversion == conversion) & j.converted
                  & _in_window(j.converted_at, since, until))
     jt = con.table("journey_touches")
     jt = jt.filter((jt.conversion == conversion) & jt.converted
                    & _in_window(jt.converted_at, since, until))
+    if unit is not None:
+        jt = jt.filter(jt.unit == unit)
+    if device is not None:
+        d = session_devices(con)
+        jt = jt.semi_join(d.filter(d.device == device).select("session_id"), "session_id")
+        # positions renumbered among the kept touches: the map counts touches back from the
+        # conversion on this device
+        jt = jt.mutate(position=ibis.row_number().over(
+            group_by="journey_id", order_by="position").cast("int64") + 1)
+        j = j.filter(ibis.literal(False))  # no '(no touch)' node under a device
     t = jt.select("journey_id", "position", _label=jt.channel.cast("string").fill_null(
         "(not set)"))
     length = t.position.max().over(ibis.window(group_by="journey_id"))
@@ -385,7 +620,7 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
     every = every.filter(every.journeys > 0)
     frame = every.order_by([ibis.desc("source_step"), ibis.desc("journeys"), "source",
                             "target"]).to_pandas()
-    frame.attrs.update(conversion=conversion)
+    frame.attrs.update(conversion=conversion, unit=unit, device=device)
     return frame
 
 
@@ -396,7 +631,7 @@ def _node_name(step: int, label: str) -> str:
 def journey_map_figure(data: pd.DataFrame) -> go.Figure:
     """A Sankey: the channels by touches before the conversion, flowing into it."""
     fig = _figure(f"paths to {data.attrs.get('conversion', 'conversion')} "
-                  "(last touches; rare paths as 'other')")
+                  f"(last touches; rare paths as 'other'{_filter_label(data)})")
     sources = [_node_name(s, lab) for s, lab in zip(data.source_step, data.source, strict=True)]
     targets = [_node_name(s, lab) for s, lab in zip(data.target_step, data.target, strict=True)]
     nodes = list(dict.fromkeys([*sources, *targets]))
@@ -426,7 +661,7 @@ def stage_names(con: BaseBackend, stage_model: str = STAGE_MODEL_DEFAULT,
 
 
 def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
-                stage_model: str = STAGE_MODEL_DEFAULT, unit: str = "person",
+                stage_model: str = STAGE_MODEL_DEFAULT, unit: str | None = None,
                 window: timedelta | None = None) -> pd.DataFrame:
     """:func:`touchline.metrics.funnels.funnel` (ordered): ``step_index``, ``step``,
     ``entered``, ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time
@@ -434,6 +669,7 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     (``stage:<model>/<stage>``)."""
     from touchline.metrics.funnels import funnel
 
+    unit = unit or "person"  # no B2B/B2C filter: the persons' stages
     if steps is None:
         steps = [f"stage:{stage_model}/{s}" for s in stage_names(con, stage_model, unit)]
     if len(steps) < 2:
@@ -455,12 +691,13 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
 
 
 def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
-                        unit: str = "person", since: Moment = None,
+                        unit: str | None = None, since: Moment = None,
                         until: Moment = None) -> pd.DataFrame:
     """Per stage of ``stage_model``, in order: ``stage``, ``stage_order``, ``units`` that
     entered it (in the window), and ``median_days``: the median over those units of the days
     since they entered the stage before it (the previous one they entered, by stage order;
-    null for the first stage)."""
+    null for the first stage). ``unit``: ``person`` (the default) or ``account``."""
+    unit = unit or "person"
     s = con.table("stages")
     s = s.filter((s.stage_model == stage_model) & (s.unit == unit))
     w = ibis.window(group_by="unit_id", order_by=["stage_order", "entered_at"])
@@ -544,6 +781,160 @@ def stage_kpis_figure(data: pd.DataFrame) -> go.Figure:
                 "fill_color": "#e8e6f4"},
         cells={"values": [data.stage, data.kpi, values, data.unit], "align": "left"}))
     fig.update_layout(height=max(300, 60 + 24 * len(data)))
+    return fig
+
+
+# ---- retention, lifetime value, NPS and reviews ---------------------------------------------
+
+#: the CLV histogram's number of equal-width bins
+CLV_BINS_DEFAULT = 20
+
+
+def retention_data(con: BaseBackend, *, conversion: str | None = None, since: Moment = None,
+                   until: Moment = None) -> pd.DataFrame:
+    """The KPI registry's ``retention`` cohorts (:mod:`touchline.metrics.kpis`): ``cohort``
+    (the month of each customer's first ``conversion``), ``months_since``, ``customers`` of
+    the cohort, ``active_customers`` who converted again in that month and ``retention`` =
+    active / customers (month 0 is 1): the numbers of ``touchline kpis --kpi retention``."""
+    from touchline.metrics.kpis import compute
+
+    conversion = resolve_conversion(con, conversion)
+    frame = compute(con, "retention", since=since, until=until,
+                    conversion=conversion).to_pandas()
+    if frame.empty:
+        raise InputError(f"no {conversion} customers in the window: no cohorts to draw")
+    frame.attrs.update(conversion=conversion)
+    return frame
+
+
+def retention_figure(data: pd.DataFrame) -> go.Figure:
+    """A heat map: one row per cohort, one column per month since the first conversion."""
+    fig = _figure(f"retention cohorts ({data.attrs.get('conversion', '')}): share of each "
+                  "first-purchase month's customers who buy again k months later")
+    wide = data.pivot(index="cohort", columns="months_since", values="retention")
+    sizes = data.groupby("cohort").customers.max()
+    labels = [f"{c:%Y-%m} ({sizes[c]:,})" for c in wide.index]
+    text = [["" if pd.isna(v) else f"{v:.0%}" for v in row] for row in wide.to_numpy()]
+    fig.add_trace(go.Heatmap(
+        z=wide.to_numpy(), x=[int(m) for m in wide.columns], y=labels, text=text,
+        texttemplate="%{text}", colorscale="Blues", zmin=0.0, zmax=1.0,
+        colorbar={"title": "retained", "tickformat": ".0%"},
+        hovertemplate="cohort %{y}<br>month %{x}: %{z:.1%}<extra></extra>"))
+    fig.update_layout(xaxis={"title": "months since the first purchase", "dtick": 1},
+                      yaxis={"title": "cohort (customers)", "autorange": "reversed",
+                             "type": "category"},
+                      height=max(300, 120 + 28 * len(labels)))
+    return fig
+
+
+def clv_distribution_data(con: BaseBackend, *, conversion: str | None = None,
+                          since: Moment = None, until: Moment = None,
+                          bins: int = CLV_BINS_DEFAULT) -> pd.DataFrame:
+    """The distribution of historical CLV: each customer's revenue so far (the value of
+    their ``conversion`` conversions before ``until``; customers whose first one falls in
+    the window), in ``bins`` equal-width bins from min(0, lowest) to the highest:
+    ``bin_start``, ``bin_end``, ``customers`` (the last bin includes its end). ``attrs``
+    carry the ``historical_clv`` KPI's mean (revenue / customers, the number of ``touchline
+    kpis``), the ``median`` and the customer count."""
+    from touchline.metrics.clv import purchases
+    from touchline.metrics.kpis import compute
+
+    conversion = resolve_conversion(con, conversion)
+    p = purchases(con, conversion=conversion)
+    if until is not None:
+        p = p.filter(p.purchased_at < ibis.literal(_moment(until)))
+    c = p.group_by("customer_id").aggregate(_first=p.purchased_at.min(), clv=p.value.sum())
+    c = c.filter(_in_window(c._first, since, None))
+    stats = c.aggregate(n=c.count(), lo=c.clv.min(), hi=c.clv.max(),
+                        mid=c.clv.quantile(0.5)).to_pandas().iloc[0]
+    if not stats.n:
+        raise InputError(f"no {conversion} customers in the window: no CLV to draw")
+    lo, hi = min(0.0, float(stats.lo)), float(stats.hi)
+    width = (hi - lo) / bins if hi > lo else 1.0
+    index = ((c.clv - lo) / width).floor().cast("int64").clip(lower=0, upper=bins - 1)
+    counts = c.group_by(_bin=index).aggregate(customers=c.count().cast("int64")).to_pandas()
+    per_bin = counts.set_index("_bin").customers.reindex(range(bins), fill_value=0)
+    frame = pd.DataFrame({"bin_start": [lo + i * width for i in range(bins)],
+                          "bin_end": [lo + (i + 1) * width for i in range(bins)],
+                          "customers": per_bin.to_numpy().astype("int64")})
+    kpi = compute(con, "historical_clv", since=since, until=until,
+                  conversion=conversion).to_pandas()
+    frame.attrs.update(conversion=conversion, customers=int(stats.n),
+                       mean=float(kpi.historical_clv.iloc[0]), median=float(stats.mid))
+    return frame
+
+
+def clv_distribution_figure(data: pd.DataFrame) -> go.Figure:
+    """A histogram of customers by their revenue so far, with the mean and median marked."""
+    mean, median = data.attrs.get("mean"), data.attrs.get("median")
+    fig = _figure(f"historical CLV of {data.attrs.get('customers', 0):,} "
+                  f"{data.attrs.get('conversion', '')} customers: mean {mean:,.2f}, "
+                  f"median {median:,.2f}")
+    width = data.bin_end - data.bin_start
+    fig.add_trace(go.Bar(
+        x=data.bin_start + width / 2, y=data.customers, width=width, marker_color=PALETTE[0],
+        customdata=data[["bin_start", "bin_end"]],
+        hovertemplate="%{customdata[0]:,.2f} to %{customdata[1]:,.2f}: %{y:,} customers"
+        "<extra></extra>"))
+    for value, name, dash in ((mean, "mean", "dash"), (median, "median", "dot")):
+        fig.add_vline(x=value, line_dash=dash, line_color="#332288",
+                      annotation_text=name, annotation_position="top")
+    fig.update_layout(xaxis_title="revenue per customer so far", yaxis_title="customers",
+                      bargap=0.02, showlegend=False)
+    return fig
+
+
+def nps_by_channel_data(con: BaseBackend, *, since: Moment = None,
+                        until: Moment = None) -> pd.DataFrame:
+    """The KPI registry's ``nps`` by the answerer's first-touch channel: ``channel``,
+    ``answers``, ``promoters``, ``passives``, ``detractors``, ``nps`` = 100 × (promoters −
+    detractors) / answers with its 95 % interval ``nps_low``, ``nps_high`` (answers matched
+    to no person: Unassigned). Most answers first."""
+    from touchline.metrics.kpis import compute
+
+    t = compute(con, "nps", by=["channel"], since=since, until=until)
+    return t.order_by([ibis.desc("answers"), "channel"]).to_pandas()
+
+
+def nps_by_channel_figure(data: pd.DataFrame) -> go.Figure:
+    """NPS of each channel's answerers with its 95 % interval; answers on hover."""
+    fig = _figure("NPS by first-touch channel (95 % interval)")
+    fig.add_trace(go.Bar(
+        x=data.channel, y=data.nps, marker_color=[channel_colour(c) for c in data.channel],
+        error_y={"type": "data", "symmetric": False, "color": "#444",
+                 "array": (data.nps_high - data.nps).clip(lower=0),
+                 "arrayminus": (data.nps - data.nps_low).clip(lower=0)},
+        text=[f"{n:,} answers" for n in data.answers], textposition="outside",
+        hovertemplate="%{x}: NPS %{y:.1f}<br>%{text}<extra></extra>"))
+    fig.update_layout(yaxis={"title": "NPS", "range": [-100, 110]}, showlegend=False)
+    return fig
+
+
+def reviews_by_channel_data(con: BaseBackend, *, since: Moment = None,
+                            until: Moment = None) -> pd.DataFrame:
+    """The KPI registry's ``review_rating`` by the reviewer's first-touch channel:
+    ``channel``, ``reviews`` (imported reviews and survey answers with a rating) and
+    ``review_rating`` = mean(stars) (reviews matched to no person: Unassigned). Most reviews
+    first."""
+    from touchline.metrics.kpis import compute
+
+    t = compute(con, "review_rating", by=["channel"], since=since, until=until)
+    frame = t.order_by([ibis.desc("reviews"), "channel"]).to_pandas()
+    if frame.empty:
+        raise InputError("no review in the window (review exports or survey answers with a "
+                         "rating): `touchline ingest FILE --kind reviews`")
+    return frame
+
+
+def reviews_by_channel_figure(data: pd.DataFrame) -> go.Figure:
+    """The average rating of each channel's reviewers, with the number of reviews."""
+    fig = _figure("reviews by first-touch channel: average stars")
+    fig.add_trace(go.Bar(
+        x=data.channel, y=data.review_rating,
+        marker_color=[channel_colour(c) for c in data.channel],
+        text=[f"{n:,} reviews" for n in data.reviews], textposition="outside",
+        hovertemplate="%{x}: %{y:.2f} stars<br>%{text}<extra></extra>"))
+    fig.update_layout(yaxis={"title": "stars (1-5)", "range": [0, 5.5]}, showlegend=False)
     return fig
 
 
@@ -647,10 +1038,16 @@ CHARTS: dict[str, Chart] = {c.name: c for c in (
     Chart("overview", "Overview", overview_data, overview_figure),
     Chart("channels", "Channels", channel_credits_data, channel_credits_figure),
     Chart("models", "Model comparison", model_comparison_data, model_comparison_figure),
+    Chart("model_ranking", "Models against the ground truth", model_ranking_data,
+          model_ranking_figure),
     Chart("journey_map", "Journey map", journey_map_data, journey_map_figure),
     Chart("funnel", "Funnel", funnel_data, funnel_figure),
     Chart("stages", "Stage timeline", stage_timeline_data, stage_timeline_figure),
     Chart("stage_kpis", "KPIs by stage", stage_kpis_data, stage_kpis_figure),
+    Chart("retention", "Retention cohorts", retention_data, retention_figure),
+    Chart("clv", "Customer lifetime value", clv_distribution_data, clv_distribution_figure),
+    Chart("nps", "NPS by channel", nps_by_channel_data, nps_by_channel_figure),
+    Chart("reviews", "Reviews by channel", reviews_by_channel_data, reviews_by_channel_figure),
     Chart("data_quality", "Data quality", data_quality_data, data_quality_figure),
 )}
 
@@ -666,6 +1063,13 @@ class Filters:
     stage_model: str = STAGE_MODEL_DEFAULT
     #: the channel chart's level: channel, source, medium, campaign, keyword, landing_page
     by: str = "channel"
+    #: ground-truth files (simulator ``truth.json``) the model ranking scores against: set by
+    #: the server or the report's ``--truth``, never by a URL
+    truth: tuple[Path, ...] = ()
+    #: B2B vs B2C: ``account`` or ``person`` journeys (None: both)
+    unit: str | None = None
+    #: ``desktop``, ``mobile``, ``tablet`` or ``(not set)``: touches in sessions on it
+    device: str | None = None
 
 
 def parse_day(text: str | None, name: str) -> datetime | None:

@@ -109,7 +109,9 @@ def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
     subtitle = ", ".join(part for part in (
         f"conversion {filters.conversion}" if filters.conversion else "the main conversion",
         f"model {filters.model}", f"stage model {filters.stage_model}",
-        f"window {window}" if window else "all dates") if part)
+        f"window {window}" if window else "all dates",
+        f"{filters.unit} journeys" if filters.unit else "",
+        f"{filters.device} sessions" if filters.device else "") if part)
     html = templates().get_template("report.html.j2").render(
         title=title, subtitle=subtitle, sections=sections, css=css(), plotly_js=plotly_js(),
         database=database, written_at=f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
