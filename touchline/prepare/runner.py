@@ -310,7 +310,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         tables["deals"] = _with_columns(con.table("deals"), store.DEALS)
     rejected: list[ir.Table] = []
     audits: list[ir.Table] = []
-    reports: list[StepReport] = []
+    seconds: list[float] = []
     checkpoints: list[str] = []
     persisted: dict[str, str] = {}  # prepared table -> the scratch name it is written under
     try:
@@ -336,23 +336,16 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
                 rebind[after.op()] = stored.op()
                 produced["events"] = stored
                 checkpoints.append(stored.get_name())
-            n_rejected = n_audited = 0
             if result.rejected is not None:
-                part = engine.materialise(con, f"{SCRATCH_PREFIX}rejects_{i}", _rebound(
-                    _reject_rows(result.rejected, step.name, ctx), rebind))
-                n_rejected = int(part.count().execute())
-                rejected.append(part)
+                rejected.append(engine.materialise(con, f"{SCRATCH_PREFIX}rejects_{i}", _rebound(
+                    _reject_rows(result.rejected, step.name, ctx), rebind)))
             if result.audit is not None:
-                part = engine.materialise(con, f"{SCRATCH_PREFIX}audit_{i}", _rebound(
-                    _audit_rows(result.audit, step.name, ctx), rebind))
-                n_audited = int(part.count().execute())
-                audits.append(part)
+                audits.append(engine.materialise(con, f"{SCRATCH_PREFIX}audit_{i}", _rebound(
+                    _audit_rows(result.audit, step.name, ctx), rebind)))
             tables.update(produced)
             _drop_unreferenced(con, checkpoints, tables)
-            seconds = time.perf_counter() - t0
-            reports.append(StepReport(step.name, seconds, n_rejected, n_audited))
-            log.info("prepare step %s: %.2f s, %d rejected, %d audit rows", step.name,
-                     seconds, n_rejected, n_audited)
+            seconds.append(time.perf_counter() - t0)
+            log.info("prepare step %s: %.2f s", step.name, seconds[-1])
         out = assemble(tables, ctx)
         # the last run's channels, kept aside before sessions are replaced: the difference is
         # then taken from the written sessions, not by evaluating the new ones a second time
@@ -390,12 +383,25 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         _replace_rejects(con, rejected)
         by_reason = con.table("rejects")
         by_reason = by_reason.filter(by_reason.ingest_id == ctx.run_id).group_by(
-            "reason_code").aggregate(n=ibis._.count()).to_pandas()
+            ["step", "reason_code"]).aggregate(n=ibis._.count()).to_pandas()
+        audited = (con.table("audit").group_by("step").aggregate(n=ibis._.count()).to_pandas()
+                   if audits else None)
     finally:
         for name in con.list_tables():
             if name.startswith(SCRATCH_PREFIX):
                 con.drop_table(name, force=True)
+    # counted once at the end, from the written tables: a count per step was a query (a
+    # Spark job) per step
+    n_rejected = by_reason.groupby("step")["n"].sum()
+    n_audited = audited.set_index("step")["n"] if audited is not None else {}
+    reports = [StepReport(step.name, took, int(n_rejected.get(STEP_PREFIX + step.name, 0)),
+                          int(n_audited.get(step.name, 0)))
+               for step, took in zip(steps, seconds, strict=True)]
+    for report in reports:
+        log.info("prepare step %s: %d rejected, %d audit rows", report.name, report.rejected,
+                 report.audited)
     return PrepareResult(
         run_id=ctx.run_id, steps=reports, counts=counts,
-        rejects_by_reason={str(r.reason_code): int(r.n) for r in by_reason.itertuples()},
+        rejects_by_reason={str(reason): int(n) for reason, n in
+                           by_reason.groupby("reason_code")["n"].sum().items()},
         channel_changes=changes, seconds=time.perf_counter() - started)
