@@ -219,7 +219,7 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
     from touchline.attribution.calibrated import CALIBRATED, experiment_targets
     from touchline.attribution.intervals import INTERVAL_MODELS, credit_intervals
     from touchline.attribution.paths import journey_pathset
-    from touchline.attribution.registry import run_model
+    from touchline.attribution.registry import MODELS, run_model
     from touchline.attribution.select import (
         AUTO_MODEL,
         FALLBACK,
@@ -237,6 +237,7 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
     picks: dict[str, str] = {}
     choices: list[pd.DataFrame] = []
     with_auto = AUTO_MODEL in settings.attribution_models
+    open_ages = any(MODELS[m].open_ages for m in settings.attribution_models if m in MODELS)
     journeys = con.table(store.JOURNEYS.name)
     converted = set(journeys.filter(journeys.converted).conversion.name("c").as_table()
                     .distinct().to_pyarrow().column("c").to_pylist())
@@ -245,7 +246,8 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
             continue
         mine = touches.filter(touches.conversion == spec.name)
         paths, converting = journey_pathset(
-            mine, level="channel", split_holdout=HOLDOUT_DEFAULT if with_auto else None)
+            mine, level="channel", split_holdout=HOLDOUT_DEFAULT if with_auto else None,
+            open_ages=open_ages)
         n = converting.num_rows
         if not n or paths.total_conversions == 0:
             continue

@@ -211,13 +211,16 @@ def replicate_params(model: str, params: Mapping[str, Any] | None,
     ``journey_counterfactual`` without a penalty chooses one by leave-one-out likelihood over
     eight candidates; the replicates reuse the chosen penalty (one fit each instead of eight).
     The interval then leaves out the uncertainty of that choice, a second-order effect next
-    to the resampling of the journeys.
+    to the resampling of the journeys. ``markov`` with ``order="auto"`` keeps the order it
+    picked, the same way.
     """
     out = dict(params or {})
     if model == "journey_counterfactual" and out.get("regularisation") is None:
         chosen = credits.info.get("regularisation")
         if chosen is not None:
             out["regularisation"] = float(chosen)
+    if model in ("markov", "markov_time_decay") and out.get("order") == markov.ORDER_AUTO:
+        out["order"] = int(credits.info["order"])  # the order picked on the data, kept
     if model == "calibrated":  # its base model, the same way
         base = out.get("base", calibrated.BASE_DEFAULT)
         base_info = credits.info.get("base_info", {})
