@@ -41,12 +41,13 @@ def _ordered_case() -> PathSet:
 def test_ordered_shapley_splits_each_journey_by_the_position_its_channels_joined() -> None:
     # A > B > A > C (3 conversions): ordered coalition (A, B, C), 1 each at positions 1, 2, 3;
     # A > B (2): 1 each at positions 1, 2; B (1): 1 at position 1; C > C converts nothing.
-    frame = attribute(_ordered_case(), "ordered_shapley").set_index("channel")
+    frame = attribute(_ordered_case(), "ordered_shapley", max_positions=4).set_index("channel")
     assert frame.conversions.to_dict() == pytest.approx({"A": 2.0, "B": 3.0, "C": 1.0})
     assert frame.value.to_dict() == pytest.approx({"A": 20.0, "B": 30.0, "C": 10.0})
     assert frame.position_1.to_dict() == pytest.approx({"A": 2.0, "B": 1.0, "C": 0.0})
     assert frame.position_2.to_dict() == pytest.approx({"A": 0.0, "B": 2.0, "C": 0.0})
     assert frame.position_3.to_dict() == pytest.approx({"A": 0.0, "B": 0.0, "C": 1.0})
+    assert frame.position_4_plus.to_dict() == pytest.approx({"A": 0.0, "B": 0.0, "C": 0.0})
     # positions from max_positions on are pooled: B's 2 and C's 1 from position 2 on
     pooled = attribute(_ordered_case(), "ordered_shapley", max_positions=2).set_index("channel")
     assert pooled.position_2_plus.to_dict() == pytest.approx({"A": 0.0, "B": 2.0, "C": 1.0})

@@ -500,6 +500,8 @@ def register(app: typer.Typer) -> None:
                     described = {k: v for k, v in shown_params.items() if k != "experiments"}
                     if "experiments" in shown_params:
                         described["experiments"] = len(shown_params["experiments"])
+                    if "markov_order" in frame.attrs:
+                        described["order"] = f"auto → {frame.attrs['markov_order']['picked']}"
                     shown = _table(
                         _flag_text(frame),
                         (f"auto → {choice.label}" if choice

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 COALITIONS = ("conversions", "conversion_rate")
 MAX_EXACT_DEFAULT = 20
 #: per-position columns of ``ordered_shapley``: positions from this one on are pooled
-MAX_POSITIONS_DEFAULT = 5
+MAX_POSITIONS_DEFAULT = 3
 PERMUTATIONS_DEFAULT = 2_000
 _CHUNK = 4_000_000  # subset tests per block in the sampled estimator: bounds memory
 
@@ -212,8 +212,8 @@ def ordered_shapley(paths: PathSet, *, max_positions: int = MAX_POSITIONS_DEFAUL
     default coalition), so the channel totals :math:`\varphi_c` equal ``shapley``'s; what the
     order adds is *where* the credit was earned: the columns ``position_1`` …
     ``position_K_plus`` hold :math:`\varphi_c^{(i)}` (conversions), positions :math:`i \ge K`
-    pooled in the last (``max_positions`` :math:`= K`, default 5). Revenue the same way with
-    :math:`r` the journeys' revenue.
+    pooled in the last (``max_positions`` :math:`= K`, default 3: opener, second, the rest).
+    Revenue the same way with :math:`r` the journeys' revenue.
 
     Cost: one pass over the touches (:math:`O(\text{touches})`, no :math:`2^n` coalitions), so
     any number of channels; only the number of position columns is bounded.
