@@ -394,8 +394,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Model parameter key=value (repeatable), e.g. half_life_days=3."),
         ] = None,
         ci: Annotated[float | None, typer.Option(
-            help="Bootstrap interval, e.g. 0.9 (default for markov, shapley, counterfactual, "
-            "journey_counterfactual and auto: settings.bootstrap_confidence).")] = None,
+            help="Bootstrap interval, e.g. 0.9 (default for the data-driven models and auto: "
+            "settings.bootstrap_confidence).")] = None,
         replicates: Annotated[int | None, typer.Option(
             help="Bootstrap replicates (default settings.bootstrap_replicates; 0: no "
             "interval).")] = None,
