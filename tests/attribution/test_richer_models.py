@@ -216,3 +216,46 @@ def test_every_model_credits_only_touches_inside_the_lookback(con: BaseBackend) 
         assert month.conversions.sum() == pytest.approx(2.0), model
         assert len(week.conversions) == month_paths.n_labels - 1, model
         assert week.conversions.sum() == pytest.approx(2.0), model
+
+
+# ---- touchline run: the new models and settings.markov_order --------------------------------
+
+
+def test_run_stores_the_new_models_and_says_which_markov_order_auto_took(
+        con: BaseBackend, tmp_path: Path) -> None:
+    from factories import JOHN, JOHN_DEAL, event_rows, prepare_on_duckdb
+
+    from touchline.config import Settings
+    from touchline.pipeline import run
+
+    settings = Settings(database_url="duckdb://", temp_directory=tmp_path, markov_order="auto",
+                        attribution_models=["linear", "markov", "markov_time_decay",
+                                            "ordered_shapley"], bootstrap_replicates=0)
+    spark = engine.engine_name(con) == "spark"
+    if spark:
+        prepare_on_duckdb(con, settings, JOHN, JOHN_DEAL)
+    else:
+        engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
+        engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))
+    report = run(con, settings, prepare=not spark)
+    # John alone never fails to convert: nothing to hold out, so order 1, and the run says so
+    assert set(report.markov_orders) >= {"deal_won (markov)", "deal_won (markov_time_decay)"}
+    assert all(reason.startswith("order 1 unscored") for reason in report.markov_orders.values())
+    credits = con.table("credits").to_pandas()
+    deal = credits[credits.conversion == "deal_won"]
+    # Organic Search > Paid Search > Direct > Phone, one sale: every model credits all of it
+    for model in ("markov", "markov_time_decay", "ordered_shapley"):
+        assert deal[deal.model == model].credit.sum() == pytest.approx(1.0), model
+    shapley = deal[deal.model == "ordered_shapley"].groupby("channel").credit.sum()
+    assert shapley.to_dict() == pytest.approx({"Organic Search": 0.25, "Paid Search": 0.25,
+                                               "Direct": 0.25, "Phone": 0.25})
+
+
+def test_markov_order_setting_is_1_to_4_or_auto() -> None:
+    from touchline.config import load_settings
+
+    assert load_settings().markov_order == 1
+    assert load_settings(markov_order="auto").markov_order == "auto"
+    assert load_settings(markov_order="3").markov_order == 3
+    with pytest.raises(ConfigError, match="markov_order must be 1 to 4 or 'auto'"):
+        load_settings(markov_order=5)

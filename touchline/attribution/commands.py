@@ -34,7 +34,7 @@ from touchline.attribution.compare import attribute as attribute_paths
 from touchline.attribution.compare import compare
 from touchline.attribution.evaluate import evaluate as evaluate_models
 from touchline.attribution.evaluate import load_truth
-from touchline.attribution.markov import ORDER_AUTO
+from touchline.attribution.markov import MARKOV_MODELS, ORDER_AUTO, ORDER_DEFAULT
 from touchline.attribution.path_files import read_path_file
 from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, journey_pathset
 from touchline.attribution.registry import MODELS, lookup
@@ -215,6 +215,13 @@ def _single_json(frame: pd.DataFrame) -> dict[str, Any]:
         **({"markov_order": frame.attrs["markov_order"]} if "markov_order" in frame.attrs
            else {}),
     }
+
+
+def _stored_order(database: str | None) -> int | str:
+    """``settings.markov_order``, the order ``touchline run`` used for the stored credits."""
+    from touchline.config import load_settings
+
+    return load_settings(**({"database_url": database} if database else {})).markov_order
 
 
 def _order(text: str) -> int | str:
@@ -435,6 +442,10 @@ def register(app: typer.Typer) -> None:
                 lookup(model, source="--model")
             if order is not None:
                 params["order"] = _order(order)
+            elif paths is None and model in MARKOV_MODELS:
+                stored = _stored_order(database)  # the order `touchline run` used
+                if stored != ORDER_DEFAULT:
+                    params["order"] = stored
             if paths is None:
                 path_set, conversion, experiments = _warehouse_paths(
                     database, level, since, until, conversion,

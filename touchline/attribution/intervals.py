@@ -223,7 +223,7 @@ def replicate_params(model: str, params: Mapping[str, Any] | None,
         chosen = credits.info.get("regularisation")
         if chosen is not None:
             out["regularisation"] = float(chosen)
-    if model in ("markov", "markov_time_decay") and out.get("order") == markov.ORDER_AUTO:
+    if model in markov.MARKOV_MODELS and out.get("order") == markov.ORDER_AUTO:
         out["order"] = int(credits.info["order"])  # the order picked on the data, kept
     if model == "calibrated":  # its base model, the same way
         base = out.get("base", calibrated.BASE_DEFAULT)

@@ -51,6 +51,8 @@ ORDER_DEFAULT = 1
 ORDER_MAX = 4
 #: ``order`` value that picks 1-4 by held-out likelihood
 ORDER_AUTO = "auto"
+#: the models that take ``order`` (and ``settings.markov_order`` in ``touchline run``)
+MARKOV_MODELS = ("markov", "markov_time_decay")
 #: half-life of ``markov_time_decay``'s transition weights, days
 HALF_LIFE_DAYS_DEFAULT = 7.0
 START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
