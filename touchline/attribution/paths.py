@@ -381,7 +381,7 @@ def journey_pathset(journey_touches: ir.Table, *, level: str = "channel",
     # one ordered collect per journey and a count per distinct path, no window
     o = jt.filter(~jt.converted & jt[level].notnull()).select(
         "journey_id", "position", "touch_at", label=jt[level].cast("string"),
-        age=jt.days_before_conversion.cast("float64"))
+        **({"age": jt.days_before_conversion.cast("float64")} if open_ages else {}))
     ages = ({"ages": ibis.struct({"pos": o.position, "v": o.age}).collect().sort().map(
         lambda pair: pair.v)} if open_ages else {})
     per_journey = o.group_by("journey_id").aggregate(
