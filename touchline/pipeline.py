@@ -245,6 +245,9 @@ def write_credits(con: BaseBackend, settings: Settings
     orders: dict[str, str] = {}
     choices: list[pd.DataFrame] = []
     with_auto = AUTO_MODEL in settings.attribution_models
+    # markov's order "auto" scores on auto's split: the time-based one where journeys have times
+    time_split = with_auto or (settings.markov_order == "auto" and any(
+        m in MARKOV_MODELS for m in settings.attribution_models))
     open_ages = any(MODELS[m].open_ages for m in settings.attribution_models if m in MODELS)
     journeys = con.table(store.JOURNEYS.name)
     converted = set(journeys.filter(journeys.converted).conversion.name("c").as_table()
@@ -254,7 +257,7 @@ def write_credits(con: BaseBackend, settings: Settings
             continue
         mine = touches.filter(touches.conversion == spec.name)
         paths, converting = journey_pathset(
-            mine, level="channel", split_holdout=HOLDOUT_DEFAULT if with_auto else None,
+            mine, level="channel", split_holdout=HOLDOUT_DEFAULT if time_split else None,
             open_ages=open_ages)
         n = converting.num_rows
         if not n or paths.total_conversions == 0:

@@ -409,9 +409,10 @@ def journey_pathset(journey_touches: ir.Table, *, level: str = "channel",
                           if n else np.zeros(0)),
     })
     lengths = pc.list_value_length(opened.column("path")).to_numpy(zero_copy_only=False)
-    open_age_lists = (opened.column("ages").cast(pa.list_(pa.float64())) if open_ages else
-                 pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32)),
-                                          pa.array(np.zeros(int(lengths.sum())))))
+    open_age_lists = (
+        opened.column("ages").cast(pa.list_(pa.float64())) if open_ages else
+        pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32)),
+                                 pa.array(np.zeros(int(lengths.sum())))))
     aggregated = pa.table({
         "path": opened.column("path").cast(pa.list_(pa.string())),
         "conversions": pa.array(np.zeros(opened.num_rows)),
