@@ -450,7 +450,7 @@ def register(app: typer.Typer) -> None:
                 path_set, conversion, experiments = _warehouse_paths(
                     database, level, since, until, conversion,
                     time_split=model == AUTO_MODEL or params.get("order") == ORDER_AUTO,
-                    open_ages=model in MODELS and MODELS[model].open_ages)
+                    open_ages=model == ALL_MODELS or (model in MODELS and MODELS[model].open_ages))
                 if model == CALIBRATED:
                     params.setdefault("experiments", experiments)
             else:
