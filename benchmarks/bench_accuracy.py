@@ -8,7 +8,7 @@ Data sets (each with a truth no model reads):
 * ``b2c`` / ``b2b``: the simulator's true paths (``paths.csv``) for each seed of
   ``--sim-seeds``, at the demo's sizes (20,000 people; 3,000 people in 300 accounts; smaller
   with ``--b2c-people`` …); truth: ``incremental_conversions`` of ``truth.json``;
-* with ``--prepared``, also the journeys ``touchline run`` builds from the same simulated
+* unless ``--no-prepared``, also the journeys ``touchline run`` builds from the same simulated
   files (ingest → prepare → journeys into a DuckDB warehouse beside them, credits of one cheap
   model only), each unit's first conversion as the truth counts it, channel groups mapped to
   the simulator's names as the demo does. These carry touch timings, so the models that need
@@ -26,9 +26,9 @@ set, across seeds:
 * Spearman's rank correlation of the channel credits with the truth: mean and minimum.
 
     python benchmarks/bench_accuracy.py                  # or: python benchmarks/run.py accuracy
-    python benchmarks/bench_accuracy.py --journeys 1000000 --gen-seeds 7 8 9 --prepared
+    python benchmarks/bench_accuracy.py --journeys 1000000 --gen-seeds 7 8 9 --no-prepared
     python benchmarks/bench_accuracy.py --journeys 3000 --gen-seeds 7 --sim-seeds 7 \
-        --b2c-people 2000 --b2b-people 600 --b2b-accounts 60 --prepared --name tiny --scratch
+        --b2c-people 2000 --b2b-people 600 --b2b-accounts 60 --name tiny --scratch
 
 Writes ``benchmarks/results/<name>.md`` and ``bench-data/<name>.json`` (with ``--scratch``,
 both to ``bench-data/``, so a trial run leaves ``BENCHMARKS.md`` alone).
@@ -234,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b2c-people", type=int, default=B2C_PEOPLE)
     parser.add_argument("--b2b-people", type=int, default=B2B_PEOPLE)
     parser.add_argument("--b2b-accounts", type=int, default=B2B_ACCOUNTS)
-    parser.add_argument("--prepared", action="store_true",
-                        help="also score the journeys `touchline run` builds (slower)")
+    parser.add_argument("--prepared", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score the journeys `touchline run` builds from the simulated "
+                        "files (default; --no-prepared skips the ingest and run per data set)")
     parser.add_argument("--name", default="accuracy", help="result file name")
     parser.add_argument("--title", default=" (issue 18)", help="suffix of the section title")
     parser.add_argument("--scratch", action="store_true",
