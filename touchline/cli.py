@@ -161,6 +161,9 @@ def print_run(report: object, *, hint: bool = True) -> None:
     for conversion, reason in report.auto.items():
         console.print(f"[bold]auto[/] for {escape(conversion)}: {escape(reason)}",
                       highlight=False)
+    for where, reason in report.markov_orders.items():
+        console.print(f"[bold]markov order[/] for {escape(where)}: {escape(reason)}",
+                      highlight=False)
     for conversion, models in report.flagged.items():
         named = "; ".join(f"{model}: {', '.join(channels)}" for model, channels in
                           models.items())

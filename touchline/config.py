@@ -494,6 +494,11 @@ class Settings(BaseSettings):
     default_model: str = Field(
         "linear", description="Model of the run's summary and of `attribute` without --model."
     )
+    markov_order: int | Literal["auto"] = Field(
+        1, description="Order (1-4) of `markov` and `markov_time_decay` in `touchline run`; "
+        "auto: per conversion type, the order whose chain best predicts held-out journeys "
+        "(docs/attribution.md). Higher orders and auto cost more.",
+    )
     bootstrap_replicates: int = Field(
         BOOTSTRAP_REPLICATES_DEFAULT, ge=0, description="Bootstrap replicates of the intervals "
         "`touchline run` stores for the data-driven models (credit_intervals) and `attribute` "
@@ -536,6 +541,13 @@ class Settings(BaseSettings):
         "case-insensitive) of the 'how did you hear about us' answers meaning it; the first "
         "matching channel in order wins, answers matching none are Other."
     )
+
+    @field_validator("markov_order")
+    @classmethod
+    def _markov_order_in_range(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= int(value) <= 4:
+            raise ValueError(f"markov_order must be 1 to 4 or 'auto', got {value!r}")
+        return value
 
     @field_validator("cta_pages", "form_pages")
     @classmethod

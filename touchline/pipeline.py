@@ -62,6 +62,9 @@ class RunReport:
     #: per conversion type and data-driven model, the channels whose bootstrap interval
     #: reaches zero credit (``credit_intervals`` has every bound)
     flagged: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: with ``markov_order = "auto"``: per conversion type and Markov model, the order picked
+    #: and why (every order's held-out log-loss)
+    markov_orders: dict[str, str] = field(default_factory=dict)
 
 
 def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
@@ -102,7 +105,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     progress(f"credits under {len(settings.attribution_models)} models: "
              + ", ".join(settings.attribution_models))
     start = time.perf_counter()
-    rows["credits"], unplaced, picks = write_credits(con, settings)
+    rows["credits"], unplaced, picks, orders = write_credits(con, settings)
     flagged = flagged_channels(con)
     seconds["credits"] = time.perf_counter() - start
     conversions = conversion_summary(con.table(store.JOURNEYS.name),
@@ -112,7 +115,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     warnings = [*notes, *unknown_events(con, settings), *unconverted_currencies(con),
                 *order_notes(con), *unplaced]
     return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
-                     rows, seconds, prepared, warnings, picks, flagged)
+                     rows, seconds, prepared, warnings, picks, flagged, orders)
 
 
 def flagged_channels(con: BaseBackend) -> dict[str, dict[str, list[str]]]:
@@ -207,19 +210,23 @@ def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
     return out
 
 
-def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str], dict[str, str]]:
+def write_credits(con: BaseBackend, settings: Settings
+                  ) -> tuple[int, list[str], dict[str, str], dict[str, str]]:
     """Credit every converting journey touch of every conversion type under each model of
     ``settings.attribution_models`` and store them as ``credits`` (replacing it); return the
     rows written, a sentence for each model that credits channels no converting journey
     holds (that credit stays with the converting journeys' own channels), and per conversion
-    type what ``auto`` picked and why (its candidates' scores go to ``model_choices``).
+    type what ``auto`` picked and why (its candidates' scores go to ``model_choices``), and
+    with ``settings.markov_order = "auto"`` the Markov order picked and why, per conversion
+    type and model (``markov``, ``markov_time_decay``: they take ``settings.markov_order``).
 
     The data-driven models (and ``auto``'s pick) also get bootstrap intervals of their channel
     credits, ``settings.bootstrap_replicates`` of them, stored as ``credit_intervals``."""
     from touchline.attribution.calibrated import CALIBRATED, experiment_targets
     from touchline.attribution.intervals import INTERVAL_MODELS, credit_intervals
+    from touchline.attribution.markov import MARKOV_MODELS
     from touchline.attribution.paths import journey_pathset
-    from touchline.attribution.registry import run_model
+    from touchline.attribution.registry import MODELS, run_model
     from touchline.attribution.select import (
         AUTO_MODEL,
         FALLBACK,
@@ -235,8 +242,13 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
                    if CALIBRATED in settings.attribution_models else pd.DataFrame())
     notes: list[str] = []
     picks: dict[str, str] = {}
+    orders: dict[str, str] = {}
     choices: list[pd.DataFrame] = []
     with_auto = AUTO_MODEL in settings.attribution_models
+    # markov's order "auto" scores on auto's split: the time-based one where journeys have times
+    time_split = with_auto or (settings.markov_order == "auto" and any(
+        m in MARKOV_MODELS for m in settings.attribution_models))
+    open_ages = any(MODELS[m].open_ages for m in settings.attribution_models if m in MODELS)
     journeys = con.table(store.JOURNEYS.name)
     converted = set(journeys.filter(journeys.converted).conversion.name("c").as_table()
                     .distinct().to_pyarrow().column("c").to_pylist())
@@ -245,7 +257,8 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
             continue
         mine = touches.filter(touches.conversion == spec.name)
         paths, converting = journey_pathset(
-            mine, level="channel", split_holdout=HOLDOUT_DEFAULT if with_auto else None)
+            mine, level="channel", split_holdout=HOLDOUT_DEFAULT if time_split else None,
+            open_ages=open_ages)
         n = converting.num_rows
         if not n or paths.total_conversions == 0:
             continue
@@ -261,7 +274,11 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
                                                             conversion=spec.name)}
                 credits = run_model(paths, model, params)
             else:
-                credits = run_model(paths, model)
+                if model in MARKOV_MODELS:
+                    params = {"order": settings.markov_order}
+                credits = run_model(paths, model, params)
+                if "order_choice" in credits.info:
+                    orders[f"{spec.name} ({model})"] = credits.info["order_choice"]
             if fitted in INTERVAL_MODELS and settings.bootstrap_replicates:
                 bounds = credit_intervals(
                     paths, fitted, params, credits=credits,
@@ -303,7 +320,7 @@ def write_credits(con: BaseBackend, settings: Settings) -> tuple[int, list[str],
         engine.load_table(con, store.MODEL_CHOICES.name, pa.Table.from_pandas(
             pd.concat(choices, ignore_index=True), preserve_index=False).cast(picked)
             if choices else picked.empty_table())
-    return data.num_rows, notes, picks
+    return data.num_rows, notes, picks, orders
 
 
 def choice_rows(conversion: str, choice: Choice) -> pd.DataFrame:

@@ -1100,7 +1100,8 @@ MODEL_CHOICES = TableSpec(
 CREDIT_INTERVALS = TableSpec(
     name="credit_intervals",
     doc="Bootstrap intervals of the channel credits of the data-driven models (markov, shapley, "
-    "counterfactual, journey_counterfactual, calibrated, and auto's pick) from the last "
+    "counterfactual, journey_counterfactual, calibrated, markov_time_decay and ordered_shapley "
+    "when listed, and auto's pick) from the last "
     "`touchline run`: "
     "journeys resampled with replacement, every replicate refitted, percentile intervals per "
     "channel; `flagged` where the interval reaches zero credit. docs/attribution.md.",

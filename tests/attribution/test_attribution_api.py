@@ -73,7 +73,8 @@ def test_attribute_accepts_a_pandas_frame_of_lists() -> None:
 
 def test_compare_has_one_column_per_model_and_skips_time_decay_on_paths() -> None:
     table = compare(hand_paths())
-    assert list(table.columns) == ["channel", *[m for m in MODELS if m != "time_decay"]]
+    assert list(table.columns) == ["channel", *[m for m in MODELS if not MODELS[m].needs_ages]]
+    assert "time_decay" not in table and "markov_time_decay" not in table
     assert table.set_index("channel").loc["A", "first_touch"] == 24
     value = compare(hand_paths(), ["last_touch"], measure="value")
     assert value.last_touch.tolist() == [100, 150, 40]
@@ -246,7 +247,7 @@ def test_cli_model_all_prints_every_model_side_by_side(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data["models"]) == set(MODELS) - {"time_decay"}
+    assert set(data["models"]) == set(MODELS) - {"time_decay", "markov_time_decay"}
     a = next(c for c in data["channels"] if c["channel"] == "A")
     assert a["conversions"]["first_touch"] == 24 and a["value"]["last_touch"] == 100
     table = runner.invoke(

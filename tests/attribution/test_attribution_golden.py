@@ -31,6 +31,8 @@ from touchline.attribution import MODELS, PathSet, attribute
 #               v(AC) = 14/34, v(BC) = 5/115, v(ABC) = 29/139;
 #               φ_A = 1/3·1 + 1/6·(25/115 - 5/95) + 1/6·(14/34) + 1/3·(29/139 - 5/115)
 #               and alike; credits = φ·139 (journeys): A 67.3417, B -24.0964, C -14.2453.
+# ordered_shapley  the simplified (coalition "conversions") Shapley split by position: totals
+#               as shapley, 17 / 10 / 2.
 HAND_EXPECTED: list[tuple[str, dict[str, object], list[float]]] = [
     ("first_touch", {}, [24, 5, 0]),
     ("last_touch", {}, [10, 15, 4]),
@@ -48,6 +50,7 @@ HAND_EXPECTED: list[tuple[str, dict[str, object], list[float]]] = [
     ("markov", {}, [7366 / 653, 9135 / 653, 2436 / 653]),
     ("shapley", {}, [17, 10, 2]),
     ("shapley", {"coalition": "conversion_rate"}, [67.3417, -24.0964, -14.2453]),
+    ("ordered_shapley", {}, [17, 10, 2]),
 ]
 
 
@@ -83,9 +86,10 @@ def test_hand_case_counterfactual_keeps_single_channel_paths_and_favours_a() -> 
 
 def test_every_registered_model_has_a_hand_case_or_a_timed_golden() -> None:
     # journey_counterfactual's hand cases are in test_journey_counterfactual.py, calibrated's
-    # in test_calibrated.py
+    # in test_calibrated.py, markov_time_decay's in test_richer_models.py
     covered = {model for model, _, _ in HAND_EXPECTED} | {
-        "counterfactual", "journey_counterfactual", "time_decay", "calibrated"}
+        "counterfactual", "journey_counterfactual", "time_decay", "calibrated",
+        "markov_time_decay"}
     assert covered == set(MODELS)
 
 
@@ -120,6 +124,8 @@ TWO_TOUCH = {
     "journey_counterfactual": {"A": 0.5, "B": 0.5},  # the same
     "calibrated": {"A": 0.5, "B": 0.5},  # no experiments: counterfactual's
     "time_decay": {"A": 1 / 3, "B": 2 / 3},  # one half-life (7 days) apart
+    "ordered_shapley": {"A": 0.5, "B": 0.5},  # A at position 1, B at 2
+    "markov_time_decay": {"A": 0.5, "B": 0.5},  # one route: weights cannot change it
 }
 
 
@@ -140,6 +146,7 @@ REPEATS = {  # A > B > A, one conversion
     "full_path": {"A": 0.9, "B": 0.1},
     "markov": {"A": 2 / 3, "B": 1 / 3},  # RE_A = 1; without B, A→conv is 1/2: RE_B = 1/2
     "shapley": {"A": 0.5, "B": 0.5},
+    "ordered_shapley": {"A": 0.5, "B": 0.5},  # ordered coalition (A, B)
 }
 
 

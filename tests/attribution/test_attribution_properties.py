@@ -84,7 +84,7 @@ def test_duplicating_the_data_doubles_the_credits(model: str, paths: PathSet) ->
 
 
 @pytest.mark.parametrize("model", ["first_touch", "last_touch", "linear",
-                                   "journey_counterfactual"])
+                                   "journey_counterfactual", "ordered_shapley"])
 @PROPERTY_SETTINGS
 @given(paths=path_sets())
 def test_channel_on_no_converting_path_gets_nothing(model: str, paths: PathSet) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from attribution_cases import hand_paths
 
-from touchline.attribution import PathSet, credit_intervals, read_path_file
+from touchline.attribution import MODELS, PathSet, credit_intervals, read_path_file
 from touchline.attribution.intervals import (
     INTERVAL_MODELS,
     REPLICATES,
@@ -31,15 +31,17 @@ def _mixed_paths(scale: float = 1.0) -> PathSet:
     rate = [1 / (1 + np.exp(2.0 - sum(effect[c] for c in set(p)))) for p in paths]
     journeys = rng.integers(20, 60, size=40)
     conversions = rng.binomial(journeys, rate)
+    # touch ages for the models that read them: one day apart, the last touch at the end
+    ages = [[float(len(p) - 1 - i) for i in range(len(p))] for p in paths]
     return PathSet.from_lists(paths, conversions=conversions * scale,
                               value=conversions * 50.0 * scale,
-                              nulls=(journeys - conversions) * scale)
+                              nulls=(journeys - conversions) * scale, ages=ages)
 
 
 @pytest.mark.parametrize("model", INTERVAL_MODELS)
 def test_one_path_every_journey_takes_gives_a_zero_width_interval(model: str) -> None:
     # every resample is the data itself: 6 journeys on a > b, all converting
-    paths = PathSet.from_lists([["a", "b"]], conversions=[6], value=[60])
+    paths = PathSet.from_lists([["a", "b"]], conversions=[6], value=[60], ages=[[1.0, 0.0]])
     got = credit_intervals(paths, model, replicates=10)
     assert got.conversions_low.tolist() == pytest.approx([3.0, 3.0])
     assert got.conversions_high.tolist() == pytest.approx([3.0, 3.0])
@@ -92,6 +94,9 @@ def test_batched_replicates_match_a_refit_of_each_replicate(model: str) -> None:
 
 @pytest.mark.parametrize("model", INTERVAL_MODELS)
 def test_merged_paths_give_the_models_the_same_credits(model: str) -> None:
+    if MODELS[model].needs_ages:  # merging would lose the ages: never merged
+        assert sufficient_groups(_mixed_paths(), model) is None
+        return
     paths = distinct_paths(_mixed_paths())
     group = sufficient_groups(paths, model)
     merged = merge_paths(paths, group) if group is not None else paths
@@ -141,3 +146,15 @@ def test_a_channel_without_effect_reaches_zero_and_is_flagged(simulated: Path) -
         assert got.conversions_low["display"] <= 1e-3 * paths.total_conversions, model
         assert got.flagged["display"], model
         assert not got.flagged[["paid_search", "phone", "referral"]].any(), model
+
+
+def test_time_decay_markov_replicates_keep_each_journeys_touch_ages() -> None:
+    # two journeys on a > b, one with a a half-life old: merged into one path they would have
+    # one set of ages; drawn as given, every replicate is credited with its own ages
+    paths = PathSet.from_lists([["a", "b"], ["a", "b"], ["b"]], conversions=[5, 5, 2],
+                               nulls=[1, 1, 6], ages=[[7.0, 0.0], [0.0, 0.0], [0.0]])
+    resamples = resample(paths, replicates=4, seed=0, merge=False)
+    assert resamples.paths.n_paths == 3 and resamples.paths.ages is not None
+    got = credit_intervals(paths, "markov_time_decay", replicates=40, seed=0)
+    assert (got.conversions_low <= got.conversions + 1e-9).all()
+    assert (got.conversions <= got.conversions_high + 1e-9).all()

@@ -61,6 +61,19 @@ def test_cli_attributes_the_users_own_prepared_files(tmp_path: Path) -> None:
                              c["flagged"]) for c in json.loads(result.output)["channels"]}
     assert bounds == {"Organic Search": (0.5, 0.0, 1.0, True),
                       "Paid Search": (0.5, 0.0, 1.0, True), "Email": (0.0, 0.0, 0.0, True)}
+    # time-decay Markov reads the stored journeys with their touch ages (ann's organic visit
+    # two days before her purchase weighs less, but hers is the only converting route: half
+    # each); markov's order chosen by likelihood falls back to 1 on two journeys, saying so
+    result = runner.invoke(app, ["attribute", "--model", "markov_time_decay", "--format",
+                                 "json", "--replicates", "0", "--database", db])
+    assert result.exit_code == 0, result.output
+    decayed = {c["channel"]: c["conversions"] for c in json.loads(result.stdout)["channels"]}
+    assert decayed == pytest.approx({"Organic Search": 0.5, "Paid Search": 0.5, "Email": 0.0})
+    result = runner.invoke(app, ["attribute", "--model", "markov", "--order", "auto",
+                                 "--format", "json", "--replicates", "0", "--database", db])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["markov_order"]["picked"] == 1
+    assert "markov order auto: order 1 unscored" in result.stderr
     import duckdb
 
     with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as stored:

@@ -34,6 +34,7 @@ from touchline.attribution.compare import attribute as attribute_paths
 from touchline.attribution.compare import compare
 from touchline.attribution.evaluate import evaluate as evaluate_models
 from touchline.attribution.evaluate import load_truth
+from touchline.attribution.markov import MARKOV_MODELS, ORDER_AUTO, ORDER_DEFAULT
 from touchline.attribution.path_files import read_path_file
 from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, journey_pathset
 from touchline.attribution.registry import MODELS, lookup
@@ -64,8 +65,8 @@ MODEL_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shared evenly or by weight", ("linear", "time_decay", "custom")),
     ("shared by position", ("position_based", "w_shaped", "full_path")),
     ("J-shaped", ("j_shaped", "inverse_j")),
-    ("data-driven", ("markov", "shapley", "counterfactual", "journey_counterfactual", "auto",
-                     "calibrated")),
+    ("data-driven", ("markov", "markov_time_decay", "shapley", "ordered_shapley",
+                     "counterfactual", "journey_counterfactual", "auto", "calibrated")),
 )
 #: characters of the channel (or campaign …) column before its text wraps onto a second line
 LABEL_WIDTH_MAX = 22
@@ -118,11 +119,12 @@ def _day(text: str | None, option: str) -> datetime | None:
 
 def _warehouse_paths(database: str | None, level: str, since: str | None, until: str | None,
                      conversion: str | None, *, time_split: bool = False,
-                     ) -> tuple[PathSet, str, list[Experiment]]:
+                     open_ages: bool = False) -> tuple[PathSet, str, list[Experiment]]:
     """The stored journeys of one conversion type (``touchline run``) as paths at ``level``,
     with the conversion type's name (default: the one with the most value) and the stored
     experiments on them (for ``calibrated``); ``time_split`` marks the latest journeys for
-    ``auto``'s time-based split."""
+    ``auto``'s time-based split (and markov's ``order="auto"``); ``open_ages`` keeps the open
+    journeys' touch ages (``markov_time_decay``)."""
     from touchline import engine
     from touchline.config import load_settings
 
@@ -139,7 +141,8 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
     touches = journeys_in_period(touches.filter(touches.conversion == conversion),
                                  since=_day(since, "--since"), until=_day(until, "--until"))
     path_set, converting = journey_pathset(touches, level=level,
-                                           split_holdout=HOLDOUT_DEFAULT if time_split else None)
+                                           split_holdout=HOLDOUT_DEFAULT if time_split else None,
+                                           open_ages=open_ages)
     if not path_set.n_paths:
         raise ConfigError(f"no journeys of {conversion} in warehouse {settings.database_url}"
                           + (f" between {since or 'the start'} and {until or 'now'}"
@@ -209,7 +212,26 @@ def _single_json(frame: pd.DataFrame) -> dict[str, Any]:
         "total_value": _clean(frame.attrs["total_value"]),
         "channels": channels,
         **({"auto": frame.attrs["auto"]} if "auto" in frame.attrs else {}),
+        **({"markov_order": frame.attrs["markov_order"]} if "markov_order" in frame.attrs
+           else {}),
     }
+
+
+def _stored_order(database: str | None) -> int | str:
+    """``settings.markov_order``, the order ``touchline run`` used for the stored credits."""
+    from touchline.config import load_settings
+
+    return load_settings(**({"database_url": database} if database else {})).markov_order
+
+
+def _order(text: str) -> int | str:
+    """``--order``: ``auto`` or an integer (the model checks its range)."""
+    if text.strip().lower() == ORDER_AUTO:
+        return ORDER_AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--order {text!r}: expected 1-4 or {ORDER_AUTO!r}") from None
 
 
 def _auto_json(choice: Choice) -> dict[str, Any]:
@@ -359,7 +381,9 @@ def register(app: typer.Typer) -> None:
                 "'auto' for the data-driven model that best predicts held-out journeys."
             ),
         ] = "markov",
-        order: Annotated[int | None, typer.Option(help="Markov order (1-4).")] = None,
+        order: Annotated[str | None, typer.Option(
+            help="Markov order: 1-4, or 'auto' for the one that best predicts held-out "
+            "journeys (markov and markov_time_decay).")] = None,
         sep: Annotated[
             str, typer.Option(help="Separator between touches in `path`.")
         ] = PATH_SEP_DEFAULT,
@@ -377,8 +401,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Model parameter key=value (repeatable), e.g. half_life_days=3."),
         ] = None,
         ci: Annotated[float | None, typer.Option(
-            help="Bootstrap interval, e.g. 0.9 (default for markov, shapley, counterfactual, "
-            "journey_counterfactual and auto: settings.bootstrap_confidence).")] = None,
+            help="Bootstrap interval, e.g. 0.9 (default for the data-driven models and auto: "
+            "settings.bootstrap_confidence).")] = None,
         replicates: Annotated[int | None, typer.Option(
             help="Bootstrap replicates (default settings.bootstrap_replicates; 0: no "
             "interval).")] = None,
@@ -417,10 +441,16 @@ def register(app: typer.Typer) -> None:
             if model not in (ALL_MODELS, AUTO_MODEL):
                 lookup(model, source="--model")
             if order is not None:
-                params["order"] = order
+                params["order"] = _order(order)
+            elif paths is None and model in MARKOV_MODELS:
+                stored = _stored_order(database)  # the order `touchline run` used
+                if stored != ORDER_DEFAULT:
+                    params["order"] = stored
             if paths is None:
                 path_set, conversion, experiments = _warehouse_paths(
-                    database, level, since, until, conversion, time_split=model == AUTO_MODEL)
+                    database, level, since, until, conversion,
+                    time_split=model == AUTO_MODEL or params.get("order") == ORDER_AUTO,
+                    open_ages=model == ALL_MODELS or (model in MODELS and MODELS[model].open_ages))
                 if model == CALIBRATED:
                     params.setdefault("experiments", experiments)
             else:
@@ -429,7 +459,7 @@ def register(app: typer.Typer) -> None:
                 if params.keys() - {"order"}:
                     raise ConfigError("--param applies to one model; drop it with --model all")
                 per_model: dict[str, dict[str, Any]] = (
-                    {"markov": {"order": order}} if order is not None else {})
+                    {"markov": {"order": params["order"]}} if order is not None else {})
                 if paths is None:
                     per_model[CALIBRATED] = {"experiments": experiments}
                 conversions = compare(path_set, params=per_model)
@@ -460,6 +490,14 @@ def register(app: typer.Typer) -> None:
                 if choice is not None:
                     frame.attrs["auto"] = _auto_json(choice)
                     err_console.print(f"auto: {choice.reason}", markup=False, highlight=False)
+                info = frame.attrs.get("info", {})
+                if "order_choice" in info:
+                    frame.attrs["markov_order"] = {
+                        "picked": info["order"], "reason": info["order_choice"],
+                        "held_out_log_loss": {str(k): _clean(v)
+                                              for k, v in info["order_scores"].items()}}
+                    err_console.print(f"markov order auto: {info['order_choice']}",
+                                      markup=False, highlight=False)
                 shown_params = {k: v for k, v in params.items() if k != "experiments"}
                 if "experiments" in params:
                     shown_params["experiments"] = [dataclasses.asdict(e) for e in
@@ -473,6 +511,8 @@ def register(app: typer.Typer) -> None:
                     described = {k: v for k, v in shown_params.items() if k != "experiments"}
                     if "experiments" in shown_params:
                         described["experiments"] = len(shown_params["experiments"])
+                    if "markov_order" in frame.attrs:
+                        described["order"] = f"auto → {frame.attrs['markov_order']['picked']}"
                     shown = _table(
                         _flag_text(frame),
                         (f"auto → {choice.label}" if choice

@@ -24,6 +24,9 @@ Why this is cheap enough for every run:
 * what the model chose from the data once is kept for every replicate
   (:func:`replicate_params`): ``journey_counterfactual``'s penalty, picked by leave-one-out
   likelihood over eight candidates, is reused;
+* ``ordered_shapley`` is linear in the counts like a rule model; ``markov_time_decay`` reads
+  each journey's touch ages, so its replicates are drawn over the paths as given (not merged)
+  and refitted one by one;
 * Markov's transition counts are linear in the path counts: a block of replicates is one
   sparse product, then small solves on the states, exactly (:func:`~touchline.attribution.
   markov.replicates`);
@@ -52,14 +55,14 @@ from scipy import sparse
 
 from touchline.attribution import calibrated, counterfactual, journey_counterfactual, markov
 from touchline.attribution.paths import PathSet
-from touchline.attribution.registry import Credits, Replicator, run_model
+from touchline.attribution.registry import Credits, Replicator, lookup, run_model
 from touchline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 #: the models whose credits ``touchline run`` stores with intervals (``auto`` too, as its pick)
 INTERVAL_MODELS = ("markov", "shapley", "counterfactual", "journey_counterfactual",
-                   "calibrated")
+                   "calibrated", "markov_time_decay", "ordered_shapley")
 #: replicates of the Python API's ``attribute(ci=...)``; ``touchline run`` and ``attribute`` on the
 #: command line use ``settings.bootstrap_replicates`` (40)
 BOOTSTRAP_REPLICATES_DEFAULT = 200
@@ -184,12 +187,13 @@ class Resamples:
 
 
 def resample(paths: PathSet, *, replicates: int = BOOTSTRAP_REPLICATES_DEFAULT,
-             seed: int = 0) -> Resamples:
+             seed: int = 0, merge: bool = True) -> Resamples:
     """Draw ``replicates`` resamples of the journeys of ``paths`` (module docstring): one
-    multinomial draw per replicate over the non-empty cells of the distinct paths."""
+    multinomial draw per replicate over the non-empty cells of the distinct paths (with
+    ``merge=False``, of the paths as given, which keeps their touch ages)."""
     if replicates < 2:
         raise ConfigError(f"bootstrap replicates must be >= 2, got {replicates!r}")
-    distinct = distinct_paths(paths)
+    distinct = distinct_paths(paths) if merge else paths
     cells = np.concatenate([distinct.conversions, distinct.nulls])
     drawn = np.zeros((len(cells), replicates), np.float32)  # counts are exact in float32
     filled = np.flatnonzero(cells > 0)
@@ -211,13 +215,16 @@ def replicate_params(model: str, params: Mapping[str, Any] | None,
     ``journey_counterfactual`` without a penalty chooses one by leave-one-out likelihood over
     eight candidates; the replicates reuse the chosen penalty (one fit each instead of eight).
     The interval then leaves out the uncertainty of that choice, a second-order effect next
-    to the resampling of the journeys.
+    to the resampling of the journeys. ``markov`` with ``order="auto"`` keeps the order it
+    picked, the same way.
     """
     out = dict(params or {})
     if model == "journey_counterfactual" and out.get("regularisation") is None:
         chosen = credits.info.get("regularisation")
         if chosen is not None:
             out["regularisation"] = float(chosen)
+    if model in markov.MARKOV_MODELS and out.get("order") == markov.ORDER_AUTO:
+        out["order"] = int(credits.info["order"])  # the order picked on the data, kept
     if model == "calibrated":  # its base model, the same way
         base = out.get("base", calibrated.BASE_DEFAULT)
         base_info = credits.info.get("base_info", {})
@@ -249,6 +256,8 @@ def bootstrap(
     shares = credits.shares(paths)
     if shares is not None:
         return _linear_bootstrap(paths, shares, replicates, seed)
+    if lookup(model).needs_ages:  # merging identical paths would lose their touches' ages
+        resamples = resample(paths, replicates=replicates, seed=seed, merge=False)
     resamples = resamples or resample(paths, replicates=replicates, seed=seed)
     distinct = resamples.paths
     fixed = replicate_params(model, params, credits)

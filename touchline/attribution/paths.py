@@ -350,7 +350,8 @@ def time_split_day(journey_touches: ir.Table, holdout: float) -> date | None:
 
 
 def journey_pathset(journey_touches: ir.Table, *, level: str = "channel",
-                    split_holdout: float | None = None) -> tuple[PathSet, pa.Table]:
+                    split_holdout: float | None = None,
+                    open_ages: bool = False) -> tuple[PathSet, pa.Table]:
     """The stored ``journey_touches`` of one conversion type as a :class:`PathSet`.
 
     Each converting journey is a path row of its own (conversions 1, its value, and the
@@ -363,6 +364,10 @@ def journey_pathset(journey_touches: ir.Table, *, level: str = "channel",
     :func:`time_split_day` (converted on that day or after; open journeys by their last touch),
     and open journeys are counted per path on each side of it: ``auto`` trains on the earlier
     journeys and scores on the later ones.
+
+    Open journeys carry ages 0 (no model reads them) unless ``open_ages``: then their touches'
+    days before the journey's end (its last touch) are kept, and open journeys with the same
+    path but other timings stay apart (``markov_time_decay`` weights their transitions too).
     """
     import ibis
 
@@ -375,14 +380,18 @@ def journey_pathset(journey_touches: ir.Table, *, level: str = "channel",
     # open journeys: their stored positions already order them (time, channel, session), so
     # one ordered collect per journey and a count per distinct path, no window
     o = jt.filter(~jt.converted & jt[level].notnull()).select(
-        "journey_id", "position", "touch_at", label=jt[level].cast("string"))
+        "journey_id", "position", "touch_at", label=jt[level].cast("string"),
+        **({"age": jt.days_before_conversion.cast("float64")} if open_ages else {}))
+    ages = ({"ages": ibis.struct({"pos": o.position, "v": o.age}).collect().sort().map(
+        lambda pair: pair.v)} if open_ages else {})
     per_journey = o.group_by("journey_id").aggregate(
         path=ibis.struct({"pos": o.position, "v": o.label}).collect().sort().map(
             lambda pair: pair.v),
         later=(o.touch_at.max().date() >= ibis.literal(cutoff)).cast("float64")
-        if cutoff is not None else ibis.literal(0.0))
-    opened = per_journey.group_by(["path", "later"]).aggregate(
-        nulls=per_journey.count()).order_by(["path", "later"]).to_pyarrow()
+        if cutoff is not None else ibis.literal(0.0), **ages)
+    keys = ["path", "later", *ages]
+    opened = per_journey.group_by(keys).aggregate(
+        nulls=per_journey.count()).order_by(keys).to_pyarrow()
     n = converting.num_rows
     ids = converting.column("journey_id").to_numpy(zero_copy_only=False)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if n else np.zeros(0, np.int64)
@@ -400,14 +409,16 @@ def journey_pathset(journey_touches: ir.Table, *, level: str = "channel",
                           if n else np.zeros(0)),
     })
     lengths = pc.list_value_length(opened.column("path")).to_numpy(zero_copy_only=False)
-    zero_ages = pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32)),
-                                         pa.array(np.zeros(int(lengths.sum()))))
+    open_age_lists = (
+        opened.column("ages").cast(pa.list_(pa.float64())) if open_ages else
+        pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32)),
+                                 pa.array(np.zeros(int(lengths.sum())))))
     aggregated = pa.table({
         "path": opened.column("path").cast(pa.list_(pa.string())),
         "conversions": pa.array(np.zeros(opened.num_rows)),
         "value": pa.array(np.zeros(opened.num_rows)),
         "nulls": opened.column("nulls").cast(pa.float64()),
-        "ages": zero_ages,
+        "ages": open_age_lists,
         "later": opened.column("later").cast(pa.float64()),
     })
     both = pa.concat_tables([own.cast(aggregated.schema), aggregated])

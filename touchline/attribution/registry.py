@@ -133,6 +133,9 @@ class Model:
     name: str
     function: ModelFunction
     needs_ages: bool = False
+    #: the model reads the ages of non-converting journeys too (weights transitions that
+    #: end in ``(null)``), so stored journeys must keep the open ones' timings
+    open_ages: bool = False
 
     @property
     def summary(self) -> str:
@@ -143,13 +146,14 @@ class Model:
 MODELS: dict[str, Model] = {}
 
 
-def register(name: str, *, needs_ages: bool = False) -> Callable[[ModelFunction], ModelFunction]:
+def register(name: str, *, needs_ages: bool = False,
+             open_ages: bool = False) -> Callable[[ModelFunction], ModelFunction]:
     """Add a model function to :data:`MODELS` under ``name`` (the key used everywhere)."""
 
     def decorate(function: ModelFunction) -> ModelFunction:
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = Model(name, function, needs_ages)
+        MODELS[name] = Model(name, function, needs_ages, open_ages)
         return function
 
     return decorate

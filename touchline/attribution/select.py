@@ -258,15 +258,58 @@ def choose_model(paths: PathSet, candidates: tuple[Candidate, ...] = CANDIDATES,
                       run_model(paths, fallback.model, dict(fallback.params)), scores, reason,
                       "none")
     best = next(c for c in candidates if c.label == scores.candidate[0])
+    reason = _why(best.label, scores, holdout, seed)
+    log.info("auto: %s", reason)
+    params = dict(best.params)
+    credits = run_model(paths, best.model, params)
+    return Choice(best.model, params, best.label, credits, scores, reason, scores.attrs["split"])
+
+
+def _why(picked: str, scores: pd.DataFrame, holdout: float, seed: int) -> str:
+    """The sentence that says what was picked and why: its score, the split, the runner-up."""
     runner_up = (f"; next {scores.candidate[1]} at {scores.held_out_log_loss[1]:.5f}"
                  if len(scores) > 1 else "")
     split = scores.attrs["split"]
     how = (f"{split}, the latest {scores.attrs['holdout']:.0%}" if split == SPLIT_TIME
            else f"{split}, {holdout:.0%}, seed {seed}")
-    reason = (f"picked {best.label}: lowest held-out log-loss, "
-              f"{scores.held_out_log_loss[0]:.5f} per journey on "
-              f"{scores.attrs['held_out_journeys']:,.0f} held-out journeys ({how}){runner_up}")
-    log.info("auto: %s", reason)
-    params = dict(best.params)
-    credits = run_model(paths, best.model, params)
-    return Choice(best.model, params, best.label, credits, scores, reason, split)
+    return (f"picked {picked}: lowest held-out log-loss, "
+            f"{scores.held_out_log_loss[0]:.5f} per journey on "
+            f"{scores.attrs['held_out_journeys']:,.0f} held-out journeys ({how}){runner_up}")
+
+
+@dataclass(frozen=True)
+class OrderChoice:
+    """The Markov order ``order="auto"`` picked, every order's held-out score and why."""
+
+    order: int
+    scores: dict[int, float]
+    reason: str
+
+
+#: the Markov candidates of :data:`CANDIDATES`: orders 1 to 4, lowest first (a tie keeps
+#: the lower order)
+MARKOV_ORDERS: tuple[Candidate, ...] = tuple(c for c in CANDIDATES if c.model == "markov")
+
+
+def choose_markov_order(paths: PathSet, *, holdout: float = HOLDOUT_DEFAULT,
+                        seed: int = SEED_DEFAULT) -> OrderChoice:
+    """The Markov order 1-4 with the lowest held-out log-loss, on ``auto``'s split (time-based
+    where the paths carry ``later``, else seeded): :data:`MARKOV_ORDERS` scored by
+    :func:`score_candidates`. Data too few to hold journeys out give order 1, saying so."""
+    from touchline.attribution.markov import ORDER_DEFAULT
+
+    try:
+        scores = score_candidates(paths, MARKOV_ORDERS, holdout=holdout, seed=seed)
+    except InputError as exc:
+        reason = f"order {ORDER_DEFAULT} unscored: {exc}"
+        log.info("markov order auto: %s", reason)
+        return OrderChoice(ORDER_DEFAULT, {}, reason)
+    orders = {c.label: int(c.params["order"]) for c in MARKOV_ORDERS}
+    named = scores.assign(candidate=[f"order {orders[label]}" for label in scores.candidate])
+    named.attrs.update(scores.attrs)
+    order = orders[scores.candidate[0]]
+    reason = _why(f"order {order}", named, holdout, seed)
+    log.info("markov order auto: %s", reason)
+    by_order = {orders[label]: float(v)
+                for label, v in zip(scores.candidate, scores.held_out_log_loss, strict=True)}
+    return OrderChoice(order, dict(sorted(by_order.items())), reason)
