@@ -299,6 +299,11 @@ class Settings(BaseSettings):
     memory_limit: str | None = Field(
         None, description="DuckDB memory_limit, e.g. '8GB'; the peak runs ~5-8 % above it."
     )
+    chromium_path: Path = Field(
+        Path("/usr/bin/chromium"),
+        description="The Chromium that draws `touchline report --format png` charts "
+        "(kaleido); never downloaded.",
+    )
     temp_directory: Path | None = Field(
         None,
         description="Where DuckDB spills larger-than-memory work; default: beside the "

@@ -133,3 +133,54 @@ def test_docs_python_example_runs(warehouse: str, tmp_path: Path,
         "Organic Search          0.0      0.0",
         "   Paid Social          0.0      0.0"]
     assert "Plotly.newPlot" in (tmp_path / "channels.html").read_text()
+
+
+def _png(path: Path) -> tuple[int, int, bytes]:
+    """Width, height and the decompressed scanlines of a PNG file (no imaging library)."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
+    chunks, at = [], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at:at + 4])
+        kind = data[at + 4:at + 8]
+        if kind == b"IDAT":
+            chunks.append(data[at + 8:at + 8 + length])
+        at += 12 + length
+    return width, height, zlib.decompress(b"".join(chunks))
+
+
+def test_png_format_writes_each_drawable_chart_for_slides(warehouse: str, tmp_path: Path) -> None:
+    """``--format png``: one 1600 × 900 image per chart the report draws, rendered by the
+    local Chromium; the chart with no input (no truth file: no ranking) is skipped with its
+    reason, and a missing Chromium is an error that says what to install."""
+    from factories import CHROMIUM
+
+    from touchline.serve.report import PNG_HEIGHT, PNG_SCALE, PNG_WIDTH
+
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium (make browser)")
+    out = tmp_path / "charts"
+    result = CliRunner().invoke(app, ["report", "--format", "png", "--out", str(out),
+                                      "--model", "last_touch", "--database", warehouse],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    drawn = sorted(p.stem for p in out.glob("*.png"))
+    assert drawn == sorted(name for name in CHARTS if name != "model_ranking")
+    assert "model_ranking: not drawn: no ground-truth file" in result.output
+    assert f"{len(drawn)} PNG files in {out}" in result.output
+    images = {name: _png(out / f"{name}.png") for name in ("channels", "journey_map")}
+    for width, height, pixels in images.values():
+        assert (width, height) == (round(PNG_WIDTH * PNG_SCALE), round(PNG_HEIGHT * PNG_SCALE))
+        assert len(set(pixels)) > 50  # a drawing (axes, bars, labels), not a blank page
+    assert images["channels"][2] != images["journey_map"][2]
+
+    missing = CliRunner().invoke(app, ["report", "--format", "png", "--out", str(out),
+                                       "--database", warehouse],
+                                 env={"COLUMNS": "200",
+                                      "TOUCHLINE_CHROMIUM_PATH": str(tmp_path / "none")})
+    assert missing.exit_code != 0
+    assert "install it (Debian: apt-get install chromium)" in missing.output

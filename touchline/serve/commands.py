@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from touchline import engine
 from touchline.config import load_settings
-from touchline.errors import TouchlineError
+from touchline.errors import ConfigError, TouchlineError
 from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
 from touchline.terminal import fail
 
@@ -32,8 +32,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path(
-            "report.html"),
+        out: Annotated[Path | None, typer.Option(
+            help="The HTML file to write (report.html), or with --format png the folder for "
+                 "the charts (report-charts).")] = None,
+        output_format: Annotated[str, typer.Option(
+            "--format", help="html: one self-contained file; png: one image per chart "
+                             "(slides), drawn by Chromium.")] = "html",
         since: Annotated[str | None, typer.Option(
             help="First day (YYYY-MM-DD, inclusive).")] = None,
         until: Annotated[str | None, typer.Option(
@@ -52,9 +56,11 @@ def register(app: typer.Typer) -> None:
         """Write one self-contained HTML report (charts, numbers, plotly.js inlined): it
         opens in any browser, offline."""
         from touchline.serve.figures import Filters, check_filters, parse_day
-        from touchline.serve.report import write_report
+        from touchline.serve.report import write_pngs, write_report
 
         try:
+            if output_format not in ("html", "png"):
+                raise ConfigError(f"--format {output_format!r}: choose html or png")
             settings = load_settings(**({"database_url": database} if database else {}))
             check_filters(unit=unit, device=device)
             filters = Filters(since=parse_day(since, "--since"), until=parse_day(until, "--until"),
@@ -63,13 +69,21 @@ def register(app: typer.Typer) -> None:
                               unit=unit, device=device)
             with engine.connected(settings=settings) as con, err_console.status(
                     "drawing the charts"):
-                result = write_report(con, out, filters, database=settings.database_url)
+                if output_format == "png":
+                    result = write_pngs(con, out or Path("report-charts"), filters,
+                                        chromium=settings.chromium_path)
+                else:
+                    result = write_report(con, out or Path("report.html"), filters,
+                                          database=settings.database_url)
         except TouchlineError as exc:
             raise fail(exc) from None
         for name, why in result.skipped.items():
             err_console.print(f"[yellow]{name}:[/] not drawn: {escape(why)}",
                               highlight=False)
         drawn = len(result.sections) - len(result.skipped)
+        if output_format == "png":
+            console.print(f"[bold]charts:[/] {drawn} PNG files in {result.path}", soft_wrap=True)
+            return
         console.print(f"[bold]report:[/] {result.path} ({drawn} charts; open "
                       f"{result.path.resolve().as_uri()} in a browser, no network needed)",
                       soft_wrap=True)  # a path broken over two lines cannot be copied

@@ -6,6 +6,10 @@ page that carries its CSS, plotly.js (from the installed ``plotly`` package:
 :func:`plotly.offline.get_plotlyjs`) and the figures' data inline: it opens in any browser,
 offline, and asks the network for nothing. A chart whose input is missing (no spend, no stage
 entries) shows what to import or run instead, and the others are drawn all the same.
+
+:func:`write_pngs` writes the same charts as PNG files for slides: kaleido renders each figure
+in a headless Chromium (Debian's, at ``settings.chromium_path``; nothing is downloaded), with
+the plotly.js of the installed ``plotly`` package and MathJax off (its default is a CDN).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING
 import jinja2
 import plotly.io as pio
 
-from touchline.errors import TouchlineError
+from touchline.errors import MissingInputError, TouchlineError
 from touchline.serve.figures import CHARTS, Filters, chart_data
 
 if TYPE_CHECKING:
@@ -127,3 +131,34 @@ def write_report(con: BaseBackend, out: Path, filters: Filters, *, database: str
     log.info("report written: %d charts, %d skipped", len(sections),
              sum(1 for s in sections if s.error))
     return ReportResult(out, sections)
+
+
+#: size of a PNG chart in CSS pixels, and its scale: 1600 × 900 pixels, 16:9 slides
+PNG_WIDTH, PNG_HEIGHT, PNG_SCALE = 1200, 675, 4 / 3
+
+
+def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Path
+               ) -> ReportResult:
+    """Each chart of the report as ``<chart>.png`` in ``folder`` (made as needed).
+
+    The figures are the report's own (:func:`draw`); a chart that cannot be drawn is skipped
+    with its reason, as in the HTML. Rendering starts one headless Chromium for all charts.
+    Raises :class:`~touchline.errors.MissingInputError` when ``chromium`` is not there.
+    """
+    import kaleido
+
+    if not chromium.is_file():
+        raise MissingInputError(
+            f"PNG charts are drawn by Chromium, and there is none at {chromium}: install it "
+            "(Debian: apt-get install chromium) or set chromium_path in touchline.toml")
+    sections = [draw(con, name, filters) for name in CHARTS]
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn = [s for s in sections if not s.error]
+    jobs = [{"fig": pio.from_json(s.figure_json), "path": folder / f"{s.name}.png",
+             "opts": {"format": "png", "width": PNG_WIDTH, "height": PNG_HEIGHT,
+                      "scale": PNG_SCALE}} for s in drawn]
+    if jobs:
+        kaleido.write_fig_from_object_sync(
+            jobs, kopts={"path": str(chromium), "mathjax": False}, cancel_on_error=True)
+    log.info("PNG charts written: %d, %d skipped", len(drawn), len(sections) - len(drawn))
+    return ReportResult(folder, sections)
