@@ -136,8 +136,11 @@ def run(
         settings = load_settings(**({"database_url": database} if database else {}))
         con = engine.connect(settings=settings)
         with err_console.status("running") as status:
-            report = run_pipeline(con, settings, prepare=not skip_prepare,
-                                  progress=lambda m: status.update(f"[dim]{m}[/]"))
+            report = run_pipeline(
+                con, settings, prepare=not skip_prepare,
+                progress=lambda m: status.update(f"[dim]{escape(m)}[/]"),
+                prepare_progress=lambda done, total, step: status.update(
+                    f"[dim]prepare {done}/{total}: {escape(step)}[/]"))
     except TouchlineError as exc:
         raise fail(exc) from None
     print_run(report)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ibis.backends import BaseBackend
 
     from touchline.attribution.select import Choice
+    from touchline.prepare import StepProgress
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,12 @@ class RunReport:
 
 
 def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
-        progress: Progress = log.info) -> RunReport:
-    """Prepare (unless ``prepare=False``), then journeys and credits; see the module."""
+        progress: Progress = log.info, prepare_progress: StepProgress | None = None
+        ) -> RunReport:
+    """Prepare (unless ``prepare=False``), then journeys and credits; see the module.
+
+    ``progress`` is told each phase; ``prepare_progress`` each prepare step (a progress bar).
+    """
     from touchline.attribution.registry import lookup
     from touchline.attribution.select import AUTO_MODEL
     from touchline.journeys import write_journeys
@@ -88,7 +93,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
         notes += match_calls(con, settings, progress)
         progress("preparing: clean, bots, standardise, dedupe, sessions, channels, identity")
         start = time.perf_counter()
-        prepared = run_prepare(con, settings)
+        prepared = run_prepare(con, settings, progress=prepare_progress)
         seconds["prepare"] = time.perf_counter() - start
         if settings.raw_event_retention_days is not None:
             from touchline.privacy.retention import apply_retention

@@ -6,9 +6,20 @@ read as Rich markup (a mapping error once read ``use ,  and`` with its section n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from touchline.errors import TouchlineError
 
@@ -20,3 +31,19 @@ def fail(exc: TouchlineError | str, *, code: int = 2) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True,
                       highlight=False)
     return typer.Exit(code=code)
+
+
+@contextmanager
+def step_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A progress bar on stderr for a command made of counted steps (prepare's steps, the
+    report's charts): yields ``tell(done, total, current)``. Gone when the command ends, so
+    the command's own tables follow it; off when stderr is not a terminal."""
+    with Progress(SpinnerColumn(), TextColumn(f"{what} [dim]{{task.fields[current]}}[/]"),
+                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                  transient=True) as progress:
+        task = progress.add_task(what, total=None, current="")
+
+        def tell(done: int, total: int, current: str) -> None:
+            progress.update(task, completed=done, total=total, current=escape(current))
+
+        yield tell

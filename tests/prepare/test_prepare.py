@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from touchline import engine, store
 from touchline.config import Settings
-from touchline.prepare import run_prepare
+from touchline.prepare import STEPS, run_prepare
 
 from .conftest import NOW, arrow_table, event_rows, load
 from .test_prepare_scenario import SCENARIO
@@ -122,9 +122,18 @@ def test_a_retried_batch_is_deduplicated_before_it_can_look_like_a_burst(con, tm
                "url": f"https://shop.com/p{i}"} for i in range(12)]
     load(con, rows * 3 + script)
     settings = Settings(database_url="duckdb://", temp_directory=tmp_path, bot_hits_per_minute=10)
-    result = run_prepare(con, settings, now=NOW)
+    told: list[tuple[int, int, str]] = []
+    result = run_prepare(con, settings, now=NOW,
+                         progress=lambda *step: told.append(step))  # type: ignore[arg-type]
     assert result.rejects_by_reason == {"duplicate_message_id": 10, "bot_behaviour": 12}
     assert result.counts["touchpoints"] == 5 and result.counts["sessions"] == 1
+    # each step's counts come from the written rejects, under the step that dropped the rows
+    by_step = {s.name: s.rejected for s in result.steps if s.rejected}
+    assert by_step == {"dedupe_exact": 10, "drop_bot_bursts": 12}
+    # the progress bar is told every step before it starts, then the writes
+    n = len(STEPS)
+    assert told == [*((i, n, s.name) for i, s in enumerate(STEPS)),
+                    (n, n, "writing the prepared tables")]
 
 
 def test_session_settings_change_a_full_run_on_both_engines(con, tmp_path) -> None:  # type: ignore[no-untyped-def]

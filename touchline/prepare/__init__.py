@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from touchline.prepare import steps
 from touchline.prepare.base import Context, Split, Step, StepResult
-from touchline.prepare.runner import PrepareResult, StepReport, run_steps
+from touchline.prepare.runner import PrepareResult, StepProgress, StepReport, run_steps
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -63,14 +63,16 @@ STEPS: tuple[Step, ...] = (
 
 
 def run_prepare(con: BaseBackend, settings: Settings, *, now: datetime | None = None,
-                run_id: str | None = None) -> PrepareResult:
+                run_id: str | None = None, progress: StepProgress | None = None
+                ) -> PrepareResult:
     """Rebuild every prepared table from ``events`` (and ``deals``) on ``con``.
 
     Idempotent: the same input gives the same tables; incremental runs are full rebuilds.
     ``now`` is the run's clock (future-timestamp checks, ``rejected_at``): pass it to pin a run.
+    ``progress`` is told each step as it starts (a progress bar).
     """
-    return run_steps(con, settings, STEPS, now=now, run_id=run_id)
+    return run_steps(con, settings, STEPS, now=now, run_id=run_id, progress=progress)
 
 
-__all__ = ["STEPS", "Context", "PrepareResult", "Split", "Step", "StepReport", "StepResult",
-           "run_prepare"]
+__all__ = ["STEPS", "Context", "PrepareResult", "Split", "Step", "StepProgress", "StepReport",
+           "StepResult", "run_prepare"]

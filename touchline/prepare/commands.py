@@ -11,7 +11,7 @@ from rich.table import Table
 from touchline import engine
 from touchline.config import load_settings
 from touchline.errors import TouchlineError
-from touchline.terminal import fail
+from touchline.terminal import fail, step_bar
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
             con = engine.connect(settings=settings)
-            result = run_prepare(con, settings)
+            with step_bar("prepare") as tell:
+                result = run_prepare(con, settings, progress=tell)
         except TouchlineError as exc:
             raise fail(exc) from None
         steps = Table("step", "seconds", "rejected", "audit rows", title=f"prepare {result.run_id}")

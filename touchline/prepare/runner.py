@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -292,9 +292,15 @@ def _replace_rejects(con: BaseBackend, parts: list[ir.Table]) -> None:
     con.create_table("rejects", every, overwrite=True)
 
 
+#: told ``(steps done, steps in all, what runs now)`` before each step and before the writes
+StepProgress = Callable[[int, int, str], None]
+
+
 def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
-              now: datetime | None = None, run_id: str | None = None) -> PrepareResult:
+              now: datetime | None = None, run_id: str | None = None,
+              progress: StepProgress | None = None) -> PrepareResult:
     """Run ``steps`` on ``con``'s raw tables and replace the prepared tables."""
+    tell = progress or (lambda done, total, what: None)
     started = time.perf_counter()
     existing = set(con.list_tables())
     if "events" not in existing:
@@ -315,6 +321,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     persisted: dict[str, str] = {}  # prepared table -> the scratch name it is written under
     try:
         for i, step in enumerate(steps):
+            tell(i, len(steps), step.name)
             t0 = time.perf_counter()
             before = tables["events"]
             result = step.fn(tables, ctx)
@@ -346,6 +353,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
             _drop_unreferenced(con, checkpoints, tables)
             seconds.append(time.perf_counter() - t0)
             log.info("prepare step %s: %.2f s", step.name, seconds[-1])
+        tell(len(steps), len(steps), "writing the prepared tables")
         out = assemble(tables, ctx)
         # the last run's channels, kept aside before sessions are replaced: the difference is
         # then taken from the written sessions, not by evaluating the new ones a second time

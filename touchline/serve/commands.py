@@ -14,7 +14,7 @@ from touchline import engine
 from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
 from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
-from touchline.terminal import fail
+from touchline.terminal import fail, step_bar
 
 console = Console()
 err_console = Console(stderr=True)
@@ -67,14 +67,13 @@ def register(app: typer.Typer) -> None:
                               conversion=conversion, model=model or settings.default_model,
                               stage_model=settings.stage_model, truth=tuple(truth or ()),
                               unit=unit, device=device)
-            with engine.connected(settings=settings) as con, err_console.status(
-                    "drawing the charts"):
+            with engine.connected(settings=settings) as con, step_bar("report") as tell:
                 if output_format == "png":
                     result = write_pngs(con, out or Path("report-charts"), filters,
-                                        chromium=settings.chromium_path)
+                                        chromium=settings.chromium_path, progress=tell)
                 else:
                     result = write_report(con, out or Path("report.html"), filters,
-                                          database=settings.database_url)
+                                          database=settings.database_url, progress=tell)
         except TouchlineError as exc:
             raise fail(exc) from None
         for name, why in result.skipped.items():

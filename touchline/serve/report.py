@@ -15,6 +15,7 @@ the plotly.js of the installed ``plotly`` package and MathJax off (its default i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -105,10 +106,26 @@ def draw(con: BaseBackend, name: str, filters: Filters) -> Section:
                    table=data_table(data), data=data)
 
 
+#: told ``(charts drawn, charts in all, the chart drawn now)`` (a progress bar)
+ChartProgress = Callable[[int, int, str], None]
+
+
+def draw_all(con: BaseBackend, filters: Filters, progress: ChartProgress | None = None
+             ) -> list[Section]:
+    """Every chart's section, in :data:`CHARTS` order."""
+    sections = []
+    for done, name in enumerate(CHARTS):
+        if progress is not None:
+            progress(done, len(CHARTS), CHARTS[name].title)
+        sections.append(draw(con, name, filters))
+    return sections
+
+
 def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
-                  title: str = REPORT_TITLE_DEFAULT) -> tuple[str, list[Section]]:
+                  title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None
+                  ) -> tuple[str, list[Section]]:
     """The report's HTML and its sections."""
-    sections = [draw(con, name, filters) for name in CHARTS]
+    sections = draw_all(con, filters, progress)
     window = " to ".join(f"{d:%Y-%m-%d}" for d in (filters.since, filters.until) if d)
     subtitle = ", ".join(part for part in (
         f"conversion {filters.conversion}" if filters.conversion else "the main conversion",
@@ -123,9 +140,11 @@ def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
 
 
 def write_report(con: BaseBackend, out: Path, filters: Filters, *, database: str = "",
-                 title: str = REPORT_TITLE_DEFAULT) -> ReportResult:
+                 title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None
+                 ) -> ReportResult:
     """Write the report to ``out`` (folders made as needed)."""
-    html, sections = render_report(con, filters, database=database, title=title)
+    html, sections = render_report(con, filters, database=database, title=title,
+                                   progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     log.info("report written: %d charts, %d skipped", len(sections),
@@ -137,8 +156,8 @@ def write_report(con: BaseBackend, out: Path, filters: Filters, *, database: str
 PNG_WIDTH, PNG_HEIGHT, PNG_SCALE = 1200, 675, 4 / 3
 
 
-def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Path
-               ) -> ReportResult:
+def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Path,
+               progress: ChartProgress | None = None) -> ReportResult:
     """Each chart of the report as ``<chart>.png`` in ``folder`` (made as needed).
 
     The figures are the report's own (:func:`draw`); a chart that cannot be drawn is skipped
@@ -151,7 +170,9 @@ def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Pa
         raise MissingInputError(
             f"PNG charts are drawn by Chromium, and there is none at {chromium}: install it "
             "(Debian: apt-get install chromium) or set chromium_path in touchline.toml")
-    sections = [draw(con, name, filters) for name in CHARTS]
+    sections = draw_all(con, filters, progress)
+    if progress is not None:
+        progress(len(CHARTS), len(CHARTS), "rendering the PNG files")
     folder.mkdir(parents=True, exist_ok=True)
     drawn = [s for s in sections if not s.error]
     jobs = [{"fig": pio.from_json(s.figure_json), "path": folder / f"{s.name}.png",
