@@ -629,8 +629,9 @@ class Settings(BaseSettings):
         "hashed: as HMAC-SHA256 (pii_hash_key) of the SHA-256 of the normalised value, so one "
         "address given plain or pre-hashed is one identifier and the identity graph still "
         "stitches; exports that need the plain value's SHA-256 (Google enhanced conversions "
-        "for leads, Meta user_data) refuse with pii_hashed_at_rest. Raw events keep what was "
-        "received (docs/privacy.md).",
+        "for leads, Meta user_data) refuse with pii_hashed_at_rest. The raw tables (events, "
+        "deals, calls, reviews, surveys) get the same keyed hashes at load, their JSON and "
+        "rejects.raw no plain e-mail or phone (docs/privacy.md).",
     )
 
     @field_validator("stage_models")
