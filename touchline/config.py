@@ -633,6 +633,13 @@ class Settings(BaseSettings):
         "deals, calls, reviews, surveys) get the same keyed hashes at load, their JSON and "
         "rejects.raw no plain e-mail or phone (docs/privacy.md).",
     )
+    ip_at_rest: Literal["truncated", "keyed", "dropped"] = Field(
+        "truncated", description="How `events.ip` keeps the client's address. truncated: the "
+        "network part (ip_truncate; Matomo's and GA's anonymisation), which still gives "
+        "geography and bot networks; keyed: HMAC-SHA256 (pii_hash_key) of the full address, "
+        "so one address's events still join (repeat visits, abuse) but the address cannot be "
+        "read back; dropped: none is stored (GA4 keeps none). docs/privacy.md.",
+    )
 
     @field_validator("stage_models")
     @classmethod
@@ -657,6 +664,13 @@ class Settings(BaseSettings):
     def _hashing_has_a_key(self) -> Settings:
         if self.pii_at_rest == "hashed" and self.pii_hash_key is None:
             raise ValueError("pii_at_rest = 'hashed' needs pii_hash_key (the HMAC key; set "
+                             "TOUCHLINE_PII_HASH_KEY, 16+ characters)")
+        return self
+
+    @model_validator(mode="after")
+    def _keyed_ips_have_a_key(self) -> Settings:
+        if self.ip_at_rest == "keyed" and self.pii_hash_key is None:
+            raise ValueError("ip_at_rest = 'keyed' needs pii_hash_key (the HMAC key; set "
                              "TOUCHLINE_PII_HASH_KEY, 16+ characters)")
         return self
 

@@ -138,7 +138,8 @@ EVENTS = TableSpec(
          "\"hashed\"` keeps the address only as a keyed hash: business domains still make "
          "accounts (docs/privacy.md); prepare reads it from `email` otherwise"),
         ("user_agent", S, "browser user agent"),
-        ("ip", S, "client IP (last octet zeroed by default)"),
+        ("ip", S, "client IP: last octet zeroed by default, or a keyed hash "
+         "(settings.ip_at_rest, docs/privacy.md)"),
         ("revenue", F, "revenue of the event, in `currency`"),
         ("currency", S, "ISO 4217 code of `revenue`"),
         ("properties", S, "event properties (JSON text)"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ibis
 import orjson
+import pytest
 from ibis.backends import BaseBackend
 
 from touchline import engine, store
@@ -151,22 +152,35 @@ def _spool(settings: Settings) -> None:
     (spool / "00000001.seg").write_bytes(b"\n".join(lines) + b"\n")
 
 
-def test_hashed_collector_load_leaves_no_plain_contact_in_any_table(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ip_at_rest", ["keyed", "dropped"])
+def test_hashed_collector_load_leaves_no_plain_contact_in_any_table(
+        tmp_path: Path, ip_at_rest: str) -> None:
     """DuckDB only: the collector's warehouse is DuckDB (its loader commits rows and spool
     offsets in one transaction)."""
-    settings = _settings(tmp_path)
+    settings = _settings(tmp_path, ip_at_rest=ip_at_rest)
     con = engine.connect(settings=settings)
     _spool(settings)
     report = load_spool(con, settings)
     assert (report.events, report.deals, report.calls) == (1, 1, 1)
     assert _found(con) == {}
+    assert "203.0.113" not in str(_found_text(con))
     events = con.table("events").to_pandas()
     assert events.email.tolist() == [_keyed(ANN)]
     assert events.email_domain.tolist() == ["acme-tools.com"]
-    assert events.ip.tolist() == ["203.0.113.0"]
+    expected_ip = store.keyed_hash("203.0.113.7", KEY) if ip_at_rest == "keyed" else None
+    assert events.ip.tolist() == [expected_ip]
     assert con.table("deals").contact_emails.to_pandas().tolist() == [_keyed(BOB)]
     assert con.table("calls").caller_number.to_pandas().tolist() == [_keyed(PHONE)]
     assert con.table("rejects").count().execute() == 1
+
+
+def _found_text(con: BaseBackend) -> list[str]:
+    """Every string value of ``events`` and ``rejects``."""
+    out = []
+    for name in ("events", "rejects"):
+        frame = con.table(name).to_pandas()
+        out += [str(v) for c in frame.columns for v in frame[c] if isinstance(v, str)]
+    return out
 
 
 def test_hashed_loads_stitch_and_make_the_accounts_of_plain_ones(tmp_path: Path) -> None:
@@ -216,3 +230,20 @@ def test_an_erasure_finds_a_person_in_tables_loaded_hashed(tmp_path: Path) -> No
                 for h in ann]
         if hits and name != "erasures":
             assert int(t.filter(ibis.or_(*hits)).count().execute()) == 0, name
+
+
+@pytest.mark.parametrize(("ip_at_rest", "expected"), [
+    ("truncated", "203.0.113.0"), ("keyed", store.keyed_hash("203.0.113.7", KEY)),
+    ("dropped", None)])
+def test_ip_at_rest_truncates_keys_or_drops_the_address(con: BaseBackend, tmp_path: Path,
+                                                        ip_at_rest: str,
+                                                        expected: str | None) -> None:
+    store.init(con)
+    line = {"messageId": "m1", "type": "page", "anonymousId": "a1",
+            "timestamp": "2026-03-01T09:00:00Z",
+            "context": {"ip": "203.0.113.7", "locale": "en-US"}}
+    path = _write(tmp_path / "events.ndjson", [orjson.dumps(line).decode()])
+    ingest_file(con, path, "events", settings=_settings(tmp_path, "plain", ip_at_rest=ip_at_rest))
+    got = con.table("events").select("ip", "context").to_pandas()
+    assert got.ip.tolist() == [expected]
+    assert "203.0.113.7" not in got.context[0] and "en-US" in got.context[0]

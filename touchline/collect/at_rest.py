@@ -15,6 +15,9 @@ is kept apart (``events.email_domain``) when it is a business's (free-mail and I
 left out): business domains make accounts. JSON payloads
 (``traits``, ``context``, ``properties``) lose their contact fields and anything else that
 reads as an e-mail address.
+
+``ip_at_rest`` (``keyed`` or ``dropped``) decides what ``events.ip`` keeps; ``truncated`` is
+done by the mappers themselves (``ip_truncate``).
 """
 
 from __future__ import annotations
@@ -53,14 +56,16 @@ _JSON_VALUE = r'\s*:\s*("([^"\\]|\\.)*"|[-+0-9.eE]+)'
 
 def changes_rows(settings: Settings) -> bool:
     """Whether :func:`protect` changes anything under ``settings`` (loads skip it if not)."""
-    return settings.pii_at_rest == "hashed"
+    return settings.pii_at_rest == "hashed" or settings.ip_at_rest != "truncated"
 
 
 def protect(con: BaseBackend, table: str, rows: ir.Table, settings: Settings) -> ir.Table:
     """``rows``, about to be stored in raw table ``table``, as settings want them at rest.
 
-    Unchanged with the default ``pii_at_rest = "plain"``.
+    Unchanged with the defaults (``pii_at_rest = "plain"``, ``ip_at_rest = "truncated"``).
     """
+    if table == "events" and settings.ip_at_rest != "truncated" and "ip" in rows.columns:
+        rows = _protect_ip(con, rows, settings)
     if settings.pii_at_rest != "hashed" or table not in JSON_COLUMNS:
         return rows
     assert settings.pii_hash_key is not None
@@ -169,3 +174,17 @@ def _with_keyed_phone(con: BaseBackend, rows: ir.Table, column: str, region: str
                                      for _, e164 in pairs], pa.string())}))
     written = engine.hmac_sha256(con, rows[column], key)
     return rows.left_join(lookup, written == lookup._e164_raw).drop("_e164_raw")
+
+
+def _protect_ip(con: BaseBackend, rows: ir.Table, settings: Settings) -> ir.Table:
+    """``ip`` keyed (HMAC-SHA256 of the address as received) or dropped; ``context.ip`` out."""
+    ip = rows.ip.strip().nullif("")
+    if settings.ip_at_rest == "keyed":
+        assert settings.pii_hash_key is not None
+        ip = engine.hmac_sha256(con, ip, settings.pii_hash_key.get_secret_value())
+    else:
+        ip = ibis.null("string")
+    changes: dict[str, ir.Value] = {"ip": ip}
+    if "context" in rows.columns:
+        changes["context"] = rows.context.re_replace(f'(?i)"ip"{_JSON_VALUE}', '"ip":null')
+    return rows.mutate(**changes)

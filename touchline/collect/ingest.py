@@ -751,7 +751,8 @@ class _ChunkParser:
         typed["timestamp"] = (
             f"coalesce({typed['timestamp']}, {typed['original_timestamp']}, {typed['received_at']})"
         )
-        if self.settings.ip_truncate:
+        # a keyed or dropped address is the load's (collect/at_rest.py): from the full one
+        if self.settings.ip_truncate and self.settings.ip_at_rest == "truncated":
             ip = typed["ip"]
             typed["ip"] = (
                 f"CASE WHEN contains({ip}, ':') "

@@ -229,7 +229,8 @@ def _load_chunk(
             source=source,
             ingest_id=ingest_id,
             default_source="web",
-            ip_truncate=settings.ip_truncate,
+            # a keyed or dropped address is made from the full one (collect/at_rest.py)
+            ip_truncate=settings.ip_truncate and settings.ip_at_rest == "truncated",
             step="collect:spool",
             now=now,
             # a bisected chunk maps in parts: each part's rejects need ids of their own
