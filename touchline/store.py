@@ -451,6 +451,30 @@ def keyed_contact(normalised: str, key: str) -> str:
     return keyed_hash(hashlib.sha256(normalised.encode()).hexdigest(), key)
 
 
+#: how a normalised e-mail or E.164 phone becomes its stored form (``pii_at_rest``)
+ContactKey = Callable[["ir.StringValue"], "ir.StringValue"]
+
+
+def contact_key(con: BaseBackend, key: str | None) -> ContactKey | None:
+    r"""How prepared tables and the identity graph keep a normalised e-mail or E.164 phone:
+    ``None`` when ``pii_at_rest`` is ``plain`` (``key``: ``settings.pii_key_at_rest`` is
+    None; as it is); when ``hashed``,
+
+    .. math:: key(v) = HMAC_{pii\_hash\_key}(SHA256_{hex}(v))
+
+    Keyed over the SHA-256 so that an address given plain and one given already hashed
+    (``email_sha256``: ad platforms, CRMs) become the same identifier. Every place that turns
+    a contact into an identifier (prepare's ``hash_contacts``, deals' contacts, the review and
+    survey KPIs, timelines) goes through it. A value that is already 64 hex digits is the
+    keyed hash a load stored (:mod:`touchline.collect.at_rest`) and is kept as it is;
+    :func:`keyed_contact` is the Python twin.
+    """
+    if key is None:
+        return None
+    return lambda value: ibis.ifelse(value.re_search(SHA256_HEX), value,
+                                     engine.hmac_sha256(con, value.hexdigest("sha256"), key))
+
+
 def _removed(match: re.Match[str]) -> str:
     quoted = match.group(2).startswith('"')
     return match.group(1) + (f'"{REMOVED}"' if quoted else REMOVED)

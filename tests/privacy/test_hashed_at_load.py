@@ -5,11 +5,13 @@ table of the warehouse holds the plain values, and prepare stitches on the store
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from pathlib import Path
 
 import ibis
 import orjson
 import pytest
+from factories import arrow_table
 from ibis.backends import BaseBackend
 
 from touchline import engine, store
@@ -17,6 +19,7 @@ from touchline.collect.ingest import ingest_file
 from touchline.collect.loader import load_spool
 from touchline.collect.spool import CALL, DEAL, EVENT
 from touchline.config import Settings
+from touchline.metrics.kpis import compute
 from touchline.pipeline import run
 from touchline.privacy import erase
 
@@ -186,7 +189,7 @@ def _found_text(con: BaseBackend) -> list[str]:
 def test_hashed_loads_stitch_and_make_the_accounts_of_plain_ones(tmp_path: Path) -> None:
     """DuckDB only: a full run per mode; the stores' agreement on both engines is the test
     above, prepare's in tests/privacy/test_pii_at_rest.py."""
-    persons = {}
+    persons, kpis = {}, {}
     for mode in ("plain", "hashed"):
         settings = _settings(tmp_path / mode, mode)
         (tmp_path / mode).mkdir()
@@ -197,12 +200,27 @@ def test_hashed_loads_stitch_and_make_the_accounts_of_plain_ones(tmp_path: Path)
         run(con, settings)
         p = con.table("persons").to_pandas()
         persons[mode] = sorted(p.account_id.fillna("-"))
+        for kpi in ("review_rating", "nps"):
+            got = compute(con, kpi, by=["channel"], settings=settings).to_pandas()
+            kpis[(mode, kpi)] = got.to_dict("records")
         if mode == "hashed":
             assert _found(con) == {}
+            # a review loaded before pii_at_rest was switched on: its plain e-mail is keyed
+            # to be looked up in the graph
+            engine.append(con, "reviews", arrow_table(store.REVIEWS, [{
+                "platform": "g2", "rating": 3.0, "reviewed_at": datetime(2026, 3, 6),
+                "email": "ann@acme-tools.com", "row_hash": "old"}]))
+            got = compute(con, "review_rating", by=["channel"], settings=settings).to_pandas()
+            assert got.to_dict("records") == [
+                {"channel": "Direct", "reviews": 2, "review_rating": 4.0}]
     # a1 (Ann, her phone) and c1 (her SHA-256) are one person in both modes; her domain
     # makes the account, Bob's free-mail one does not
     assert persons["hashed"] == persons["plain"]
     assert persons["hashed"] == ["-", "domain:acme-tools.com"]
+    # her review (e-mail and phone) and her survey answer (e-mail) find her in both modes
+    for kpi in ("review_rating", "nps"):
+        assert kpis[("hashed", kpi)] == kpis[("plain", kpi)]
+        assert [r["channel"] for r in kpis[("hashed", kpi)]] == ["Direct"]
 
 
 def test_an_erasure_finds_a_person_in_tables_loaded_hashed(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ audited per distinct value (old → new, rows), not per row, so the audit stays 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import ibis
@@ -16,7 +16,8 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from touchline import engine
-from touchline.store import CLICK_ID_PLATFORMS, EMAIL_PATTERN, SHA256_HEX
+from touchline.store import CLICK_ID_PLATFORMS, EMAIL_PATTERN, SHA256_HEX, ContactKey
+from touchline.store import contact_key as store_contact_key
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -314,28 +315,10 @@ def convert_currency(events: ir.Table, *, rates: Mapping[str, float],
     return out, audit
 
 
-#: how a normalised e-mail or E.164 phone becomes its stored form (``pii_at_rest``)
-ContactKey = Callable[[ir.StringValue], ir.StringValue]
-
-
 def contact_key(con: BaseBackend, settings: Settings) -> ContactKey | None:
-    r"""How prepared tables and the identity graph keep a normalised e-mail or E.164 phone:
-    ``None`` when ``pii_at_rest`` is ``plain`` (as it is); when ``hashed``,
-
-    .. math:: key(v) = HMAC_{pii\_hash\_key}(SHA256_{hex}(v))
-
-    Keyed over the SHA-256 so that an address given plain and one given already hashed
-    (``email_sha256``: ad platforms, CRMs) become the same identifier. Every place that turns
-    a contact into an identifier (:func:`hash_contacts`, deals' contacts) goes through it.
-    A value that is already 64 hex digits is the keyed hash a load stored
-    (:mod:`touchline.collect.at_rest`) and is kept as it is.
-    """
-    if settings.pii_at_rest != "hashed" or settings.pii_hash_key is None:
-        return None
-    key = settings.pii_hash_key.get_secret_value()
-    # a digest is what a load keyed already (collect/at_rest.py): kept as it is
-    return lambda value: ibis.ifelse(value.re_search(SHA256_HEX), value,
-                                     engine.hmac_sha256(con, sha256_hex(value), key))
+    """:func:`touchline.store.contact_key` under ``settings`` (None unless
+    ``pii_at_rest = "hashed"``)."""
+    return store_contact_key(con, settings.pii_key_at_rest)
 
 
 def business_domains_only(events: ir.Table, business: ir.Table) -> ir.Table:
