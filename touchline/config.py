@@ -624,6 +624,13 @@ class Settings(BaseSettings):
         "touches stay (prepare keeps them), so sessions, journeys and credits are unchanged. "
         "None: kept for ever.",
     )
+    raw_retention_days: dict[Literal["calls", "surveys", "reviews", "rejects"], int] = Field(
+        default_factory=dict, description="Days the other raw tables holding personal data "
+        "keep it, per table (default: raw_event_retention_days): calls older are deleted "
+        "(their touches stay), surveys and reviews lose the answerer's e-mail and phone (a "
+        "survey answer keeps its person through a device id of the identity graph, so KPIs "
+        "by channel stay), rejects their raw record. Same runs as raw_event_retention_days.",
+    )
     pii_at_rest: Literal["plain", "hashed"] = Field(
         "plain", description="rebuild: how prepared tables keep e-mails and phone numbers. "
         "hashed: as HMAC-SHA256 (pii_hash_key) of the SHA-256 of the normalised value, so one "
@@ -666,6 +673,14 @@ class Settings(BaseSettings):
             raise ValueError("pii_at_rest = 'hashed' needs pii_hash_key (the HMAC key; set "
                              "TOUCHLINE_PII_HASH_KEY, 16+ characters)")
         return self
+
+    @field_validator("raw_retention_days")
+    @classmethod
+    def _retention_days_positive(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(table for table, days in value.items() if days < 1)
+        if bad:
+            raise ValueError(f"raw_retention_days of {', '.join(bad)}: days must be 1 or more")
+        return value
 
     @model_validator(mode="after")
     def _keyed_ips_have_a_key(self) -> Settings:
