@@ -325,7 +325,8 @@ class Settings(BaseSettings):
         SESSION_GAP_MINUTES_DEFAULT, ge=1, description="rebuild: inactivity that ends a session."
     )
     reporting_currency: str = Field("USD", description="rebuild: currency revenue is shown in.")
-    ip_truncate: bool = Field(True, description="Zero the last IPv4 octet / IPv6 80 bits.")
+    ip_truncate: bool = Field(True, description="Zero the last IPv4 octet / IPv6 80 bits "
+                              "(with ip_at_rest = truncated, the default).")
     # collector (touchline serve): see touchline/collect/
     collector_host: str = Field("127.0.0.1", description="Address `touchline serve` binds to.")
     collector_port: int = Field(8080, ge=1, le=65535, description="TCP port of the collector.")
@@ -619,8 +620,10 @@ class Settings(BaseSettings):
         "unmatchable.", min_length=16,
     )
     raw_event_retention_days: int | None = Field(
-        None, ge=1, description="Days raw events are kept: `touchline retention apply`, and "
-        "each `touchline run` after preparing, delete older rows of `events`; their prepared "
+        None, ge=1, description="Days raw data with personal data is kept: `touchline retention "
+        "apply`, and each `touchline run` after preparing, delete older rows of `events` and "
+        "`calls` and empty the e-mails and phones of older surveys and reviews and the raw "
+        "records of older rejects (raw_retention_days overrides it per table); prepared "
         "touches stay (prepare keeps them), so sessions, journeys and credits are unchanged. "
         "None: kept for ever.",
     )
