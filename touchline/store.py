@@ -451,6 +451,13 @@ def keyed_contact(normalised: str, key: str) -> str:
     return keyed_hash(hashlib.sha256(normalised.encode()).hexdigest(), key)
 
 
+def sha256_digest(value: ir.StringValue) -> ir.StringValue:
+    """``value`` trimmed and lower-cased when it is a SHA-256 hex digest, else null: how a
+    digest given for an e-mail or phone (or a keyed hash a load stored) is recognised."""
+    text = value.strip().lower()
+    return ibis.ifelse(text.re_search(SHA256_HEX), text, ibis.null("string"))
+
+
 #: how a normalised e-mail or E.164 phone becomes its stored form (``pii_at_rest``)
 ContactKey = Callable[["ir.StringValue"], "ir.StringValue"]
 

@@ -38,6 +38,7 @@ from touchline.store import (
     is_free_mail_domain,
     keyed_contact,
     keyed_hash,
+    sha256_digest,
 )
 
 if TYPE_CHECKING:
@@ -82,21 +83,21 @@ def protect(con: BaseBackend, table: str, rows: ir.Table, settings: Settings) ->
         rows = with_business_domain(rows, ibis.coalesce(
             rows.email_domain.strip().lower().nullif(""), email_domain(text)))
         changes.update(
-            email=keyed(ibis.coalesce(email_digest(rows.email), given_digest(rows.email_sha256))),
+            email=keyed(ibis.coalesce(email_digest(rows.email), sha256_digest(rows.email_sha256))),
             phone=ibis.coalesce(rows._e164_phone, keyed(ibis.coalesce(
-                given_digest(rows.phone), given_digest(rows.phone_sha256)))),
+                sha256_digest(rows.phone), sha256_digest(rows.phone_sha256)))),
             email_sha256=ibis.null("string"), phone_sha256=ibis.null("string"),
             email_domain=rows._business_domain)
     elif table == "reviews":
         rows = _with_keyed_phone(con, rows, "phone", region, key)
         changes.update(email=keyed(email_digest(rows.email)),
-                       phone=ibis.coalesce(rows._e164_phone, keyed(given_digest(rows.phone))))
+                       phone=ibis.coalesce(rows._e164_phone, keyed(sha256_digest(rows.phone))))
     elif table == "surveys":
         changes["email"] = keyed(email_digest(rows.email))
     elif table == "calls":
         rows = _with_keyed_phone(con, rows, "caller_number", region, key)
         changes["caller_number"] = ibis.coalesce(rows._e164_caller_number,
-                                                 keyed(given_digest(rows.caller_number)))
+                                                 keyed(sha256_digest(rows.caller_number)))
     elif table == "deals":
         listed = rows.contact_emails.split(";").map(lambda v: keyed(email_digest(v)))
         changes["contact_emails"] = listed.join(";").nullif("")
@@ -113,12 +114,6 @@ def email_digest(value: ir.StringValue) -> ir.StringValue:
     text = value.strip().lower()
     return ibis.cases((text.re_search(EMAIL_PATTERN), text.hexdigest("sha256")),
                       (text.re_search(SHA256_HEX), text), else_=ibis.null("string"))
-
-
-def given_digest(value: ir.StringValue) -> ir.StringValue:
-    """A given SHA-256 (``*_sha256`` columns), lower-cased; null unless 64 hex digits."""
-    text = value.strip().lower()
-    return ibis.ifelse(text.re_search(SHA256_HEX), text, ibis.null("string"))
 
 
 def email_domain(normalised: ir.StringValue) -> ir.StringValue:

@@ -16,7 +16,12 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from touchline import engine
-from touchline.store import CLICK_ID_PLATFORMS, EMAIL_PATTERN, SHA256_HEX, ContactKey
+from touchline.store import (
+    CLICK_ID_PLATFORMS,
+    EMAIL_PATTERN,
+    ContactKey,
+    sha256_digest,
+)
 from touchline.store import contact_key as store_contact_key
 
 if TYPE_CHECKING:
@@ -221,10 +226,7 @@ def sha256_hex(value: ir.StringValue) -> ir.StringValue:
     return value.hexdigest("sha256")
 
 
-def _hashed(value: ir.StringValue) -> ir.StringValue:
-    """``value`` trimmed and lower-cased when it is a SHA-256 hex digest, else null."""
-    text = value.strip().lower()
-    return ibis.ifelse(text.re_search(SHA256_HEX), text, ibis.null("string"))
+_hashed = sha256_digest
 
 
 def standardise_contacts(events: ir.Table, phones: ir.Table) -> tuple[ir.Table, ir.Table]:
