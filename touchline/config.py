@@ -330,7 +330,8 @@ class Settings(BaseSettings):
         SESSION_GAP_MINUTES_DEFAULT, ge=1, description="rebuild: inactivity that ends a session."
     )
     reporting_currency: str = Field("USD", description="rebuild: currency revenue is shown in.")
-    ip_truncate: bool = Field(True, description="Zero the last IPv4 octet / IPv6 80 bits.")
+    ip_truncate: bool = Field(True, description="Zero the last IPv4 octet / IPv6 80 bits "
+                              "(with ip_at_rest = truncated, the default).")
     # collector (touchline serve): see touchline/collect/
     collector_host: str = Field("127.0.0.1", description="Address `touchline serve` binds to.")
     collector_port: int = Field(8080, ge=1, le=65535, description="TCP port of the collector.")
@@ -636,18 +637,35 @@ class Settings(BaseSettings):
         "unmatchable.", min_length=16,
     )
     raw_event_retention_days: int | None = Field(
-        None, ge=1, description="Days raw events are kept: `touchline retention apply`, and "
-        "each `touchline run` after preparing, delete older rows of `events`; their prepared "
+        None, ge=1, description="Days raw data with personal data is kept: `touchline retention "
+        "apply`, and each `touchline run` after preparing, delete older rows of `events` and "
+        "`calls` and empty the e-mails and phones of older surveys and reviews and the raw "
+        "records of older rejects (raw_retention_days overrides it per table); prepared "
         "touches stay (prepare keeps them), so sessions, journeys and credits are unchanged. "
         "None: kept for ever.",
+    )
+    raw_retention_days: dict[Literal["calls", "surveys", "reviews", "rejects"], int] = Field(
+        default_factory=dict, description="Days the other raw tables holding personal data "
+        "keep it, per table (default: raw_event_retention_days): calls older are deleted "
+        "(their touches stay), surveys and reviews lose the answerer's e-mail and phone (a "
+        "survey answer keeps its person through a device id of the identity graph, so KPIs "
+        "by channel stay), rejects their raw record. Same runs as raw_event_retention_days.",
     )
     pii_at_rest: Literal["plain", "hashed"] = Field(
         "plain", description="rebuild: how prepared tables keep e-mails and phone numbers. "
         "hashed: as HMAC-SHA256 (pii_hash_key) of the SHA-256 of the normalised value, so one "
         "address given plain or pre-hashed is one identifier and the identity graph still "
         "stitches; exports that need the plain value's SHA-256 (Google enhanced conversions "
-        "for leads, Meta user_data) refuse with pii_hashed_at_rest. Raw events keep what was "
-        "received (docs/privacy.md).",
+        "for leads, Meta user_data) refuse with pii_hashed_at_rest. The raw tables (events, "
+        "deals, calls, reviews, surveys) get the same keyed hashes at load, their JSON and "
+        "rejects.raw no plain e-mail or phone (docs/privacy.md).",
+    )
+    ip_at_rest: Literal["truncated", "keyed", "dropped"] = Field(
+        "truncated", description="How `events.ip` keeps the client's address. truncated: the "
+        "network part (ip_truncate; Matomo's and GA's anonymisation), which still gives "
+        "geography and bot networks; keyed: HMAC-SHA256 (pii_hash_key) of the full address, "
+        "so one address's events still join (repeat visits, abuse) but the address cannot be "
+        "read back; dropped: none is stored (GA4 keeps none). docs/privacy.md.",
     )
 
     @field_validator("stage_models")
@@ -673,6 +691,21 @@ class Settings(BaseSettings):
     def _hashing_has_a_key(self) -> Settings:
         if self.pii_at_rest == "hashed" and self.pii_hash_key is None:
             raise ValueError("pii_at_rest = 'hashed' needs pii_hash_key (the HMAC key; set "
+                             "TOUCHLINE_PII_HASH_KEY, 16+ characters)")
+        return self
+
+    @field_validator("raw_retention_days")
+    @classmethod
+    def _retention_days_positive(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(table for table, days in value.items() if days < 1)
+        if bad:
+            raise ValueError(f"raw_retention_days of {', '.join(bad)}: days must be 1 or more")
+        return value
+
+    @model_validator(mode="after")
+    def _keyed_ips_have_a_key(self) -> Settings:
+        if self.ip_at_rest == "keyed" and self.pii_hash_key is None:
+            raise ValueError("ip_at_rest = 'keyed' needs pii_hash_key (the HMAC key; set "
                              "TOUCHLINE_PII_HASH_KEY, 16+ characters)")
         return self
 

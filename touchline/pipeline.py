@@ -95,12 +95,14 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
         start = time.perf_counter()
         prepared = run_prepare(con, settings, progress=prepare_progress)
         seconds["prepare"] = time.perf_counter() - start
-        if settings.raw_event_retention_days is not None:
-            from touchline.privacy.retention import apply_retention
+        if settings.raw_event_retention_days is not None or settings.raw_retention_days:
+            from touchline.privacy.retention import apply_retention, retention_days
 
-            deleted = apply_retention(con, settings)
-            progress(f"retention: {deleted:,} raw events older than "
-                     f"{settings.raw_event_retention_days} days deleted (their touches stay)")
+            done = apply_retention(con, settings)
+            days = retention_days(settings)
+            progress("retention: " + ", ".join(
+                f"{table} {n:,} (older than {days[table]} days)" for table, n in done.items())
+                + " rows deleted or emptied (touches, journeys and credits stay)")
     store.init(con)
     progress(f"journeys of {len(settings.conversions)} conversion types: "
              + ", ".join(c.name for c in settings.conversions))

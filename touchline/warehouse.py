@@ -130,7 +130,8 @@ class Warehouse:
                                      pii_key=self.settings.pii_key_at_rest)
         return timeline(self.con, unit, unit_id, model=model or self.settings.default_model,
                         conversion=self._conversion(conversion),
-                        stage_model=self.settings.stage_model)
+                        stage_model=self.settings.stage_model,
+                        pii_key=self.settings.pii_key_at_rest)
 
 
 def open(url_or_settings: str | Settings | None = None, **overrides: Any) -> Warehouse:

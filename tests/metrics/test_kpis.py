@@ -416,6 +416,24 @@ def test_nps_and_reviews_by_hand(warehouse: BaseBackend) -> None:
         "2025-05-01": {"reviews": 2, "review_rating": 4.5}}
 
 
+def test_answers_find_people_keyed_when_contacts_are_hashed_at_rest(
+        warehouse: BaseBackend) -> None:
+    """With ``pii_at_rest = "hashed"`` the graph keeps p3's e-mail keyed: r3's plain e-mail (a
+    row loaded before the switch) is keyed to find her, and r7's, keyed by its load, is kept
+    as it is; both are hers, as in plain mode."""
+    key = "test-key-of-sixteen-chars"
+    keyed = store.keyed_contact("cy@example.com", key)
+    identities = [dict(identifier=i.replace("cy@example.com", keyed), person_id=p,
+                       kind=i.split(":")[0]) for i, p in IDENTITIES.items()]
+    engine.load_table(warehouse, "identities", arrow_table(store.IDENTITIES, identities))
+    engine.append(warehouse, "surveys", arrow_table(store.SURVEYS, [dict(
+        response_id="r7", email=keyed, nps_score=1, responded_at="2025-05-01 00:00:00")]))
+    settings = Settings(pii_at_rest="hashed", pii_hash_key=key)
+    by_channel = _get(warehouse, "nps", "channel", by=["channel"], settings=settings)
+    assert {k: v["answers"] for k, v in by_channel.items()} == {
+        "Organic Search": 1, "Email": 1, "Paid Search": 2, "Unassigned": 1}
+
+
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "kpis.md"
 
 

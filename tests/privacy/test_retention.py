@@ -45,9 +45,9 @@ def test_retention_deletes_raw_events_before_the_horizon_only(con: BaseBackend,
     )))
     store.init(con)
     # 30 days before 2026-04-10: 2026-03-11 00:00
-    assert apply_retention(con, _settings(tmp_path, 30), now=NOW) == 2
+    assert apply_retention(con, _settings(tmp_path, 30), now=NOW)["events"] == 2
     assert sorted(con.table("events").message_id.to_pandas()) == ["m3", "m4"]
-    assert apply_retention(con, _settings(tmp_path, 30), now=NOW) == 0
+    assert apply_retention(con, _settings(tmp_path, 30), now=NOW)["events"] == 0
 
 
 def _snapshot(con: BaseBackend) -> dict[str, pd.DataFrame]:
@@ -71,7 +71,7 @@ def test_a_run_after_retention_keeps_every_prepared_and_derived_row(tmp_path: Pa
     run(con, settings)
     before = _snapshot(con)
     # John's laptop visits, his chat and Mary's first two touches are past 30 days
-    deleted = apply_retention(con, _settings(tmp_path, 30), now=NOW)
+    deleted = apply_retention(con, _settings(tmp_path, 30), now=NOW)["events"]
     assert deleted == 5
     run(con, settings)
     after = _snapshot(con)
@@ -91,8 +91,54 @@ def test_cli_retention_apply_says_how_many_and_refuses_without_a_setting(
              {"anonymous_id": "a", "timestamp": "2999-01-01 00:00:00"}])))
     refused = CliRunner().invoke(app, ["retention", "apply", "-d", url])
     assert refused.exit_code == 2
-    assert "raw_event_retention_days is not set" in refused.output
+    assert "no retention set for table events" in refused.output
     monkeypatch.setenv("TOUCHLINE_RAW_EVENT_RETENTION_DAYS", "30")
     done = CliRunner().invoke(app, ["retention", "apply", "-d", url])
     assert done.exit_code == 0, done.output
-    assert "1 raw events older than 30 days deleted" in done.output
+    assert "events: 1 rows older than 30 days deleted" in done.output
+    assert "rejects: 0 rows older than 30 days emptied of personal data" in done.output
+
+
+def test_retention_empties_the_personal_data_of_the_other_raw_tables(con: BaseBackend,
+                                                                     tmp_path: Path) -> None:
+    old, new = "2026-03-01 00:00:00", "2026-04-09 00:00:00"  # before / after the horizon
+    rows = {
+        "calls": [{"call_id": c, "caller_number": "+12025550143", "tracking_number": "+1555",
+                   "started_at": t} for c, t in (("c1", old), ("c2", new))],
+        "surveys": [{"response_id": "s1", "email": " Ann@Acme.io", "nps_score": 9,
+                     "responded_at": old},
+                    {"response_id": "s2", "email": "nobody@acme.io", "responded_at": old},
+                    {"response_id": "s3", "person_id": "u7", "email": "ann@acme.io",
+                     "responded_at": old},
+                    {"response_id": "s4", "email": "ann@acme.io", "responded_at": new}],
+        "reviews": [{"platform": "g2", "rating": 4.0, "reviewed_at": t, "email": "ann@acme.io",
+                     "phone": "+12025550143", "order_id": "O1", "row_hash": h}
+                    for h, t in (("r1", old), ("r2", new))],
+        "rejects": [{"reject_id": i, "step": "ingest:events", "reason_code": "bad_type",
+                     "raw": '{"email": "ann@acme.io"}', "rejected_at": t}
+                    for i, t in (("j1", "2026-03-31 00:00:00"), ("j2", new))],
+        "identities": [{"identifier": i, "person_id": "p1", "kind": i.split(":")[0]}
+                       for i in ("email:ann@acme.io", "anon:dev-b", "anon:dev-a")],
+    }
+    for name, data in rows.items():
+        engine.load_table(con, name, arrow_table(store.TABLES[name], data))
+    store.init(con)
+    settings = _settings(tmp_path, 30).model_copy(update={"raw_retention_days": {"rejects": 7}})
+    done = apply_retention(con, settings, now=NOW)
+    # calls: c1 deleted; surveys: s1 (relinked to Ann's least device), s2 (no one), s3 (its
+    # own person id kept); reviews: r1; rejects: j1 (older than 7 days)
+    assert done == {"events": 0, "calls": 1, "surveys": 3, "reviews": 1, "rejects": 1}
+    assert con.table("calls").call_id.to_pandas().tolist() == ["c2"]
+    surveys = con.table("surveys").order_by("response_id").to_pandas()
+    assert surveys.person_id.tolist() == ["dev-a", None, "u7", None]
+    assert surveys.email.tolist() == [None, None, None, "ann@acme.io"]
+    assert surveys.nps_score.tolist()[0] == 9
+    reviews = con.table("reviews").order_by("row_hash").to_pandas()
+    assert reviews.email.isna().tolist() == [True, False]
+    assert reviews.phone.isna().tolist() == [True, False]
+    assert reviews.order_id.tolist() == ["O1", "O1"]
+    rejects = con.table("rejects").order_by("reject_id").to_pandas()
+    assert rejects.raw.isna().tolist() == [True, False]
+    assert rejects.reason_code.tolist() == ["bad_type", "bad_type"]
+    # nothing left to do: a second pass changes nothing
+    assert set(apply_retention(con, settings, now=NOW).values()) == {0}

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from ibis import _
 
 from touchline import engine, store
-from touchline.collect import readers
+from touchline.collect import at_rest, readers
 from touchline.collect.mapping import Mapping, is_json_path, split_column_path
 from touchline.collect.segment import (
     PERSON_PATHS,
@@ -70,6 +70,8 @@ OFFLINE_IDS = ("anonymous_id", "user_id", "email", "phone", "email_sha256", "pho
 PARTIAL_CODE = "bad_json_partial"
 _VALUE_SHOWN = 80  # characters of a bad value quoted in a reject reason
 SAFE_RAW_FUNCTION = "touchline_safe_raw"
+#: the same, also emptying e-mails and phones (pii_at_rest = "hashed"), for one phone region
+SAFE_RAW_CONTACTS_FUNCTION = "touchline_safe_raw_contacts_{region}"
 _SQL_TYPES = {"Timestamp": "TIMESTAMP", "Date": "DATE", "Float64": "DOUBLE",
               "Int64": "BIGINT", "Boolean": "BOOLEAN"}
 _TYPE_CODES = {"Timestamp": "timestamp", "Date": "date", "Float64": "number",
@@ -622,7 +624,7 @@ class _ChunkParser:
             # raw text is kept for rejected rows only: good rows do not need it
             f"SELECT {outputs}, _line, _problem.field AS _pfield, _problem.code AS _pcode, "
             "_problem.message AS _pmessage, _json_bad, CASE WHEN _problem IS NOT NULL "
-            f"OR _json_bad IS NOT NULL THEN {SAFE_RAW_FUNCTION}(coalesce(_raw, "
+            f"OR _json_bad IS NOT NULL THEN {_safe_raw_function(self.settings)}(coalesce(_raw, "
             "CAST(to_json(_checked) AS VARCHAR))) END AS _raw FROM ("
             f"SELECT _line, _raw, _json_bad, CASE {cases} END AS _problem, {columns} FROM ("
             f"SELECT *, {', '.join(casts)} FROM ({{extracted}}))) AS _checked"
@@ -749,7 +751,8 @@ class _ChunkParser:
         typed["timestamp"] = (
             f"coalesce({typed['timestamp']}, {typed['original_timestamp']}, {typed['received_at']})"
         )
-        if self.settings.ip_truncate:
+        # a keyed or dropped address is the load's (collect/at_rest.py): from the full one
+        if self.settings.ip_truncate and self.settings.ip_at_rest == "truncated":
             ip = typed["ip"]
             typed["ip"] = (
                 f"CASE WHEN contains({ip}, ':') "
@@ -803,13 +806,26 @@ class _ChunkParser:
         )
 
 
-def _structural_rejects(rejects: list[readers.Reject]) -> pa.Table:
+def _contacts_region(settings: Settings) -> str | None:
+    """What :func:`touchline.store.safe_raw` is given: the phone region when rejected records
+    must lose their e-mails and phones too (``pii_at_rest = "hashed"``), else None."""
+    return settings.phone_region if settings.pii_at_rest == "hashed" else None
+
+
+def _safe_raw_function(settings: Settings) -> str:
+    region = _contacts_region(settings)
+    return SAFE_RAW_FUNCTION if region is None else SAFE_RAW_CONTACTS_FUNCTION.format(
+        region=region)
+
+
+def _structural_rejects(rejects: list[readers.Reject], settings: Settings) -> pa.Table:
     return pa.table({
         "line": pa.array([r.line for r in rejects], pa.int64()),
         "field": pa.array([r.field for r in rejects], pa.string()),
         "reason_code": pa.array([r.reason_code for r in rejects], pa.string()),
         "reason": pa.array([r.reason for r in rejects], pa.string()),
-        "raw": pa.array([store.safe_raw(r.raw) for r in rejects], pa.string()),
+        "raw": pa.array([store.safe_raw(r.raw, _contacts_region(settings)) for r in rejects],
+                        pa.string()),
     }).cast(_REJECT_STAGE)
 
 
@@ -841,7 +857,7 @@ class _Stage:
             self.folder = _staging_root(settings) / ingest_id
             for part in ("rows", "rejects"):
                 (self.folder / part).mkdir(parents=True, exist_ok=True)
-        _register_safe_raw(self.db)
+        _register_safe_raw(self.db, settings)
         self.rows_name = f"_tl_rows_{ingest_id}"
         self.rejects_name = f"_tl_rejects_{ingest_id}"
         self.parts = 0
@@ -902,12 +918,18 @@ class _Stage:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _register_safe_raw(db: duckdb.DuckDBPyConnection) -> None:
+def _register_safe_raw(db: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     """Make :func:`touchline.store.safe_raw` callable in the parse SQL, so a rejected row's raw
-    text is cleaned by the one rejects builder's rule (secrets out, IPs truncated, one limit)."""
+    text is cleaned by the one rejects builder's rule (secrets out, IPs truncated, one limit;
+    e-mails and phones too when ``pii_at_rest = "hashed"``)."""
+    region = _contacts_region(settings)
+
+    def clean(raw: str | None) -> str | None:
+        return store.safe_raw(raw, region)
+
     with contextlib.suppress(duckdb.Error):  # registered by an earlier ingest on this connection
         db.create_function(
-            SAFE_RAW_FUNCTION, store.safe_raw, [duckdb.sqltype("VARCHAR")],
+            _safe_raw_function(settings), clean, [duckdb.sqltype("VARCHAR")],
             duckdb.sqltype("VARCHAR"), null_handling="special", side_effects=False,
         )
 
@@ -967,11 +989,11 @@ def ingest_file(
                     stage.add_rows(parser.sql(chunk.table.schema, "_tl_chunk", str(path)))
                     stage.db.unregister("_tl_chunk")
                 if chunk.rejects:
-                    stage.add_rejects(_structural_rejects(chunk.rejects))
+                    stage.add_rejects(_structural_rejects(chunk.rejects, settings))
                 if progress:
                     progress(result.rows_read)
         result.ignored_columns = parser.ignored
-        _commit(con, spec, stage, result, path, fingerprint, started_at)
+        _commit(con, spec, stage, result, path, fingerprint, started_at, settings)
     finally:
         stage.close()
     result.seconds = time.perf_counter() - started
@@ -1001,6 +1023,7 @@ def _commit(
     path: Path,
     fingerprint: str,
     started_at: datetime,
+    settings: Settings,
 ) -> None:
     """Dedupe the staged rows and write rows, rejects and the run record, all or nothing
     (:func:`touchline.engine.all_or_nothing`: a transaction on DuckDB, a roll-back of the
@@ -1010,7 +1033,8 @@ def _commit(
     try:
         with engine.all_or_nothing(con, [spec.name, "rejects", "ingests"]):
             reject_parts = (
-                [] if staged_all is None else _insert_rows(con, spec, staged_all, result, firsts)
+                [] if staged_all is None
+                else _insert_rows(con, spec, staged_all, result, firsts, settings)
             )
             if structural is not None:
                 reject_parts.append(structural.mutate(ref=ibis.null("string")))
@@ -1036,6 +1060,7 @@ def _insert_rows(
     staged_all: ibis.Table,
     result: IngestResult,
     scratch: str,
+    settings: Settings,
 ) -> list[ibis.Table]:
     """Insert the good staged rows not yet in the table (the first line of each key in the
     file); return the bad rows and the in-file duplicates as reject parts."""
@@ -1063,7 +1088,8 @@ def _insert_rows(
     target = con.table(spec.name)
     # the table's row count before and after tells how many were new: no second pass
     before = int(target.count().to_pyarrow().as_py())
-    con.insert(spec.name, keep.anti_join(target, spec.key).cast(spec.schema))
+    new = at_rest.protect(con, spec.name, keep.anti_join(target, spec.key), settings)
+    con.insert(spec.name, new.cast(spec.schema))
     result.loaded = int(con.table(spec.name).count().to_pyarrow().as_py()) - before
     # a file whose rows are all bad stages none: the sum over no rows is null
     result.duplicates = int(totals["rows"] or 0) - result.loaded

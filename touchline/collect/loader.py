@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from touchline import engine, store
+from touchline.collect import at_rest
 from touchline.collect.dni import LEASES_FILE, LeaseBook
 from touchline.collect.keys import export_keys
 from touchline.collect.segment import (
@@ -123,7 +124,7 @@ def load_spool(con: BaseBackend, settings: Settings, *, max_rounds: int = 1_000)
                 data = read_complete(seg.path, offset, settings.load_batch_bytes)
                 if not data:
                     break
-                report.add(_load_chunk(db, settings, seg.name, offset, data))
+                report.add(_load_chunk(con, settings, seg.name, offset, data))
                 offset += len(data)
             if not seg.sealed or read_complete(seg.path, offset, settings.load_batch_bytes):
                 continue
@@ -140,8 +141,10 @@ def load_spool(con: BaseBackend, settings: Settings, *, max_rounds: int = 1_000)
 
 
 def _load_chunk(
-    db: duckdb.DuckDBPyConnection, settings: Settings, segment_name: str, offset: int, data: bytes
+    con: BaseBackend, settings: Settings, segment_name: str, offset: int, data: bytes
 ) -> LoadReport:
+    db = _duckdb(con)
+    region = settings.phone_region if settings.pii_at_rest == "hashed" else None
     report = LoadReport()
     now = datetime.now(UTC).replace(tzinfo=None)
     ingest_id = f"collector:{segment_name}:{offset}"
@@ -226,11 +229,13 @@ def _load_chunk(
             source=source,
             ingest_id=ingest_id,
             default_source="web",
-            ip_truncate=settings.ip_truncate,
+            # a keyed or dropped address is made from the full one (collect/at_rest.py)
+            ip_truncate=settings.ip_truncate and settings.ip_at_rest == "truncated",
             step="collect:spool",
             now=now,
             # a bisected chunk maps in parts: each part's rejects need ids of their own
             origin=f"{ingest_id}#{part['position'][0].as_py() if part.num_rows else 0}",
+            contacts_region=region,
         ),
     )
     unmapped += [
@@ -238,16 +243,16 @@ def _load_chunk(
     ]
     unmappable = reject_rows(
         unmapped, step="collect:spool", source=source, origin=f"{ingest_id}#unmappable",
-        ingest_id=ingest_id, now=now,
+        ingest_id=ingest_id, now=now, contacts_region=region,
     )
     split, repeated = _merged(splits)
     early = reject_rows(
         refused, step="collect:api", source=source, origin=ingest_id, ingest_id=ingest_id,
-        now=now,
+        now=now, contacts_region=region,
     )
     db.begin()
     try:
-        db.register("batch_events", split.events)
+        _register_protected(con, settings, "batch_events", store.EVENTS, split.events)
         db.register("repeated_ids", repeated.append_column(
             "position", pa.array(range(repeated.num_rows), pa.int64())))
         # before the events go in: afterwards every one of them would be "already there"
@@ -256,15 +261,15 @@ def _load_chunk(
             "INSERT INTO events BY NAME "
             "SELECT * FROM batch_events b ANTI JOIN events e USING (message_id)"
         )
-        db.unregister("batch_events")
+        _unregister(db, "batch_events")
         db.unregister("repeated_ids")
         for table in (split.rejects, unmappable, early):
             if table.num_rows:
                 db.register("batch_rejects", table)
                 db.execute("INSERT INTO rejects BY NAME SELECT * FROM batch_rejects")
                 db.unregister("batch_rejects")
-        report.deals = _insert_rows(db, store.DEALS, deals, now, ingest_id)
-        report.calls = _insert_rows(db, store.CALLS, calls, now, ingest_id)
+        report.deals = _insert_rows(con, settings, store.DEALS, deals, ingest_id)
+        report.calls = _insert_rows(con, settings, store.CALLS, calls, ingest_id)
         db.execute("DELETE FROM spool_offsets WHERE segment = ?", [segment_name])
         db.execute(
             "INSERT INTO spool_offsets VALUES (?, ?, ?)", [segment_name, offset + len(data), now]
@@ -408,16 +413,38 @@ def _insert_duplicate_rejects(
     return int(inserted[0]) if inserted else 0
 
 
+def _register_protected(con: BaseBackend, settings: Settings, name: str,
+                        spec: store.TableSpec, rows: pa.Table) -> None:
+    """Make ``rows`` readable as ``name`` on the loader's connection as settings want them
+    stored (:func:`touchline.collect.at_rest.protect`: keyed e-mails and phones, keyed or
+    dropped IPs); as they are when nothing changes them."""
+    db = _duckdb(con)
+    if not at_rest.changes_rows(settings):
+        db.register(name, rows)
+        return
+    db.register(f"{name}_received", rows)
+    protected = at_rest.protect(con, spec.name, con.table(f"{name}_received"), settings)
+    con.create_table(name, protected, temp=True, overwrite=True)
+    db.unregister(f"{name}_received")
+
+
+def _unregister(db: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Undo :func:`_register_protected`."""
+    db.unregister(name)
+    db.execute(f"DROP TABLE IF EXISTS {name}")
+
+
 def _insert_rows(
-    db: duckdb.DuckDBPyConnection,
+    con: BaseBackend,
+    settings: Settings,
     spec: store.TableSpec,
     rows: list[dict[str, Any]],
-    now: datetime,
     ingest_id: str,
 ) -> int:
     """Insert webhook rows into ``deals``/``calls``, cast by the table, skipping known keys."""
     if not rows:
         return 0
+    db = _duckdb(con)
     names = [c.name for c in spec.columns]
     columns = {n: [None if r.get(n) is None else str(r.get(n)) for r in rows] for n in names}
     columns["ingest_id"] = [ingest_id] * len(rows)
@@ -427,15 +454,18 @@ def _insert_rows(
             f"try_cast({n} AS {_sql_type(c.dtype)}) AS {n}"
             for n, c in zip(names, spec.columns, strict=True)
         )
+        typed = db.execute(
+            f"SELECT DISTINCT ON ({spec.key}) {casts} FROM batch_rows").fetch_arrow_table()
+        _register_protected(con, settings, "batch_typed", spec, typed)
         before = db.execute(f"SELECT count(*) FROM {spec.name}").fetchone()[0]  # type: ignore[index]
         db.execute(
-            f"INSERT INTO {spec.name} BY NAME SELECT * FROM "
-            f"(SELECT DISTINCT ON ({spec.key}) {casts} FROM batch_rows) b "
+            f"INSERT INTO {spec.name} BY NAME SELECT * FROM batch_typed b "
             f"ANTI JOIN {spec.name} t USING ({spec.key})"
         )
         after = db.execute(f"SELECT count(*) FROM {spec.name}").fetchone()[0]  # type: ignore[index]
     finally:
         db.unregister("batch_rows")
+        _unregister(db, "batch_typed")
     return int(after - before)
 
 

@@ -588,6 +588,7 @@ def _mapping_sql() -> str:
         {person("phone")} AS phone,
         lower({person("email_sha256")}) AS email_sha256,
         lower({person("phone_sha256")}) AS phone_sha256,
+        CAST(NULL AS VARCHAR) AS email_domain,  -- set at load when e-mails are keyed
         coalesce({text("$.context.userAgent")}, {text("$.context.user_agent")}) AS user_agent,
         {text("$.context.ip")} AS ip,
         coalesce(try_cast({text("$.properties.revenue")} AS DOUBLE),
@@ -722,6 +723,7 @@ def map_segment(
     step: str = "collect:segment",
     now: datetime | None = None,
     origin: str | None = None,
+    contacts_region: str | None = None,
 ) -> SegmentSplit:
     """Map raw Segment JSON lines to canonical ``events`` rows and ``rejects``.
 
@@ -745,6 +747,9 @@ def map_segment(
     origin
         What names these lines for the rejects' ids (:func:`touchline.store.reject_id`);
         default ``ingest_id``.
+    contacts_region
+        Given when ``pii_at_rest = "hashed"``: rejected lines lose their e-mails and phones
+        too (:func:`touchline.store.safe_raw`).
 
     Returns
     -------
@@ -822,7 +827,7 @@ def map_segment(
     ]
     rejects = reject_rows(
         records, step=step, source=source, origin=origin or ingest_id, ingest_id=ingest_id,
-        now=now,
+        now=now, contacts_region=contacts_region,
     )
     return SegmentSplit(events, rejects)
 

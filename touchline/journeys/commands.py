@@ -58,7 +58,8 @@ def show_timeline(id_: str, model: str | None, conversion: str | None, stage_mod
         model = model or settings.default_model
         conversion = _conversion(con, conversion, (unit, unit_id))
         rows = timeline(con, unit, unit_id, model=model, conversion=conversion,
-                        stage_model=stage_model or settings.stage_model).to_pandas()
+                        stage_model=stage_model or settings.stage_model,
+                        pii_key=settings.pii_key_at_rest).to_pandas()
     except TouchlineError as exc:
         raise fail(exc) from None
     people = {p: f"P{i}" for i, p in enumerate(sorted(rows.person_id.dropna().unique()), 1)}

@@ -22,7 +22,7 @@ import ibis
 import ibis.expr.types as ir
 
 from touchline.errors import InputError
-from touchline.store import keyed_contact
+from touchline.store import contact_key, keyed_contact
 
 #: the columns of a timeline, in order
 TIMELINE_COLUMNS = ("at", "kind", "person_id", "channel", "source", "medium", "campaign",
@@ -86,8 +86,12 @@ def _empty(t: ir.Table, **values: ir.Value) -> ir.Table:
 
 
 def timeline(con: object, unit: str, unit_id: str, *, model: str | None = None,
-             conversion: str | None = None, stage_model: str = "lifecycle") -> ir.Table:
-    """Every moment of a person's or account's history, in time order (see the module)."""
+             conversion: str | None = None, stage_model: str = "lifecycle",
+             pii_key: str | None = None) -> ir.Table:
+    """Every moment of a person's or account's history, in time order (see the module);
+    ``pii_key``: the key of a ``pii_at_rest = "hashed"`` warehouse (deals and surveys name
+    people by e-mail, which the graph keeps keyed)."""
+    key = contact_key(con, pii_key)  # type: ignore[arg-type]
     tp = con.table("touchpoints")  # type: ignore[attr-defined]
     mine = tp.filter(tp.person_id == unit_id if unit == "person" else tp.account_id == unit_id)
     people = mine.select("person_id").distinct()
@@ -130,7 +134,7 @@ def timeline(con: object, unit: str, unit_id: str, *, model: str | None = None,
         from touchline.journeys.conversions import deal_people
 
         named = deal_people(deals.select("deal_id", "contact_emails", "contact_ids").distinct(),
-                            identities)
+                            identities, contact_key=key)
         ids = named.filter(named.person_id == unit_id).select(_deal="deal_id")
         d = deals.inner_join(ids, deals.deal_id == ids._deal)
     d = d.mutate(_at=d.closed_at.coalesce(d.updated_at, d.created_at))
@@ -141,9 +145,10 @@ def timeline(con: object, unit: str, unit_id: str, *, model: str | None = None,
                         value=d.amount))
     surveys = con.table("surveys")  # type: ignore[attr-defined]
     nodes = identities.inner_join(people, "person_id").select("identifier", _p="person_id")
+    email = surveys.email.strip().lower().coalesce("")
     sv = surveys.mutate(_ids=ibis.array(["user:" + surveys.person_id.coalesce(""),
                                          "anon:" + surveys.person_id.coalesce(""),
-                                         "email:" + surveys.email.lower().coalesce("")]))
+                                         "email:" + (email if key is None else key(email))]))
     sv = sv.mutate(_id=sv._ids.unnest())
     sv = sv.inner_join(nodes, sv._id == nodes.identifier)
     sv = sv.group_by(["response_id", "responded_at", "nps_score", "review_rating",

@@ -33,6 +33,7 @@ from touchline.metrics.kpis import (
     _keyed,
     _order,
     _ratio,
+    as_in_graph,
     first_touches,
     register,
     require,
@@ -75,8 +76,8 @@ def _reviews(con: BaseBackend, q: Query, kpi: str) -> ir.Table:
         return _keyed(t, q, at=t.reviewed_at, dims={"platform": t.platform})
     require(con, KPIS[kpi], ["sessions", "identities"])
     t = with_first_touch(con, t, "_review", [
-        "user:" + t._ref, "anon:" + t._ref, "email:" + t.email.strip().lower(),
-        "phone:" + t.phone, "order:" + t.order_id])
+        "user:" + t._ref, "anon:" + t._ref, "email:" + as_in_graph(con, q, t.email.strip().lower()),
+        "phone:" + as_in_graph(con, q, t.phone), "order:" + t.order_id])
     return _keyed(t, q, at=t.reviewed_at,
                   dims={d: t[d] for d in (*SESSION_LEVELS, "platform")})
 

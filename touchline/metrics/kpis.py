@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import ibis
 import ibis.expr.types as ir
 
+from touchline import store
 from touchline.config import Settings
 from touchline.errors import MissingInputError, UnknownKPIError, did_you_mean
 
@@ -951,6 +952,14 @@ def match_people(con: BaseBackend, t: ir.Table, key: str,
     return matched.filter(matched._r == 0).select("_key", "_person")
 
 
+def as_in_graph(con: BaseBackend, q: Query, contact: ir.StringValue) -> ir.StringValue:
+    """A normalised e-mail or phone of a raw table as the identity graph keeps it: itself,
+    or with ``pii_at_rest = "hashed"`` its keyed hash (:func:`touchline.store.contact_key`;
+    a keyed hash a load stored is kept as it is)."""
+    key = store.contact_key(con, q.config.pii_key_at_rest)
+    return contact if key is None else key(contact)
+
+
 def with_first_touch(con: BaseBackend, t: ir.Table, key: str,
                      identifiers: Sequence[ir.StringValue]) -> ir.Table:
     """``t`` with its person's acquisition breakdowns (the first session's channel, source…;
@@ -975,7 +984,8 @@ def _answers(con: BaseBackend, q: Query, kpi: str) -> ir.Table:
         return _keyed(sv, q, at=sv.responded_at, dims={"segment": sv.segment})
     require(con, KPIS[kpi], ["sessions", "identities"])
     t = with_first_touch(con, sv, "response_id", [
-        "user:" + sv.person_id, "anon:" + sv.person_id, "email:" + sv.email.strip().lower()])
+        "user:" + sv.person_id, "anon:" + sv.person_id,
+        "email:" + as_in_graph(con, q, sv.email.strip().lower())])
     return _keyed(t, q, at=t.responded_at, dims={d: t[d] for d in (*SESSION_LEVELS, "segment")})
 
 

@@ -299,8 +299,23 @@ def domain_table(domains: Sequence[str], free_mail: frozenset[str],
                      "is_free": pa.array(free, pa.bool_())})
 
 
+def person_email_domains(identities: ir.Table, touches: ir.Table) -> ir.Table:
+    """``person_id, email_domain``: the domains of each person's e-mails, from the identity
+    graph's plain e-mails and from the touches' ``email_domain`` (the only source when
+    ``pii_at_rest = "hashed"`` keeps the addresses as keyed hashes)."""
+    emails = identities.filter(identities.kind == "email")
+    graph = emails.select("person_id", email_domain=emails.identifier.re_extract(r"@(.+)$", 1))
+    seen = touches.filter(touches.email_domain.notnull()).select(
+        "device_id", "email_domain").distinct()
+    devices = identities.select(_device="identifier", person_id="person_id")
+    on_touches = seen.inner_join(devices, seen.device_id == devices._device).select(
+        "person_id", "email_domain")
+    both = graph.union(on_touches, distinct=True)
+    return both.filter(both.email_domain.notnull() & (both.email_domain != ""))
+
+
 def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.Table,
-                    domains: ir.Table,
+                    domains: ir.Table, email_domains: ir.Table | None = None,
                     contact_key: Callable[[ir.StringValue], ir.StringValue] | None = None
                     ) -> ir.Table:
     """``person_id -> account_id, account_source, account_name, domain``: one company, one account.
@@ -312,12 +327,16 @@ def person_accounts(identities: ir.Table, *, deals: ir.Table | None, groups: ir.
     account id becomes that ``crm:`` account; a domain that is a CRM account's domain becomes
     that account, else one written from by a group's people becomes that group's account.
     ``account_source`` says which kind of account it is; a CRM account keeps the CRM's name
-    and domain. ``contact_key``: how the identity graph keeps e-mails
+    and domain. ``email_domains``: :func:`person_email_domains` (default: the graph's plain
+    e-mails only). ``contact_key``: how the identity graph keeps e-mails
     (:func:`~touchline.prepare.standardise.contact_key`; none: plain).
     """
-    emails = identities.filter(identities.kind == "email").select(
-        "person_id", email=identities.identifier.substr(6))
-    with_domain = emails.mutate(email_domain=emails.email.re_extract(r"@(.+)$", 1))
+    if email_domains is None:
+        emails = identities.filter(identities.kind == "email")
+        with_domain = emails.select(
+            "person_id", email_domain=emails.identifier.re_extract(r"@(.+)$", 1))
+    else:
+        with_domain = email_domains
     business = with_domain.inner_join(domains.filter(~domains.is_free), "email_domain")
     devices = identities.select("identifier", "person_id")
     grouped = groups.inner_join(devices, groups.device_id == devices.identifier)

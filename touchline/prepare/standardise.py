@@ -8,7 +8,7 @@ audited per distinct value (old → new, rows), not per row, so the audit stays 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import ibis
@@ -16,7 +16,13 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from touchline import engine
-from touchline.store import CLICK_ID_PLATFORMS
+from touchline.store import (
+    CLICK_ID_PLATFORMS,
+    EMAIL_PATTERN,
+    ContactKey,
+    sha256_digest,
+)
+from touchline.store import contact_key as store_contact_key
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -37,9 +43,7 @@ URL_MAX_CHARS = 2048
 _SCHEME_HOST = r"^([a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#]*)"
 _AFTER_HOST = r"^[a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#]*(.*)$"
 _HOST = r"^[a-zA-Z][a-zA-Z0-9+.\-]*://(?:[^/?#@]*@)?([^/?#:]+)"
-_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-#: a SHA-256 digest in hex (lower-cased before the test)
-SHA256_HEX = r"^[0-9a-f]{64}$"
+_EMAIL = EMAIL_PATTERN
 
 
 def normalise_text(value: ir.StringValue) -> ir.StringValue:
@@ -222,16 +226,14 @@ def sha256_hex(value: ir.StringValue) -> ir.StringValue:
     return value.hexdigest("sha256")
 
 
-def _hashed(value: ir.StringValue) -> ir.StringValue:
-    """``value`` trimmed and lower-cased when it is a SHA-256 hex digest, else null."""
-    text = value.strip().lower()
-    return ibis.ifelse(text.re_search(SHA256_HEX), text, ibis.null("string"))
+_hashed = sha256_digest
 
 
 def standardise_contacts(events: ir.Table, phones: ir.Table) -> tuple[ir.Table, ir.Table]:
     """E-mails trimmed and lower-cased (null unless ``local@domain.tld``); phones in E.164;
     hashed e-mails and phones (64 hex digits) kept, lower-cased, in ``email_sha256`` and
-    ``phone_sha256``.
+    ``phone_sha256``; ``email_domain`` the e-mail's domain (or the one a load kept beside a
+    keyed e-mail).
 
     A SHA-256 hex digest found in ``email`` or ``phone`` (an export that hashed the field in
     place) moves to the hashed column instead of being dropped as invalid: it still identifies
@@ -243,10 +245,14 @@ def standardise_contacts(events: ir.Table, phones: ir.Table) -> tuple[ir.Table, 
     joined = events.left_join(phones, events.phone == phones.phone_raw).drop("phone_raw")
     hashed = {"email": _hashed(events.email), "phone": _hashed(events.phone)}
     given = {"email": _hashed(events.email_sha256), "phone": _hashed(events.phone_sha256)}
+    domain = email.re_extract(r"@(.+)$", 1)
+    if "email_domain" in events.columns:  # set at load when the e-mail came keyed
+        domain = ibis.coalesce(events.email_domain.strip().lower().nullif(""), domain)
     out = joined.mutate(
         email=email, phone=joined.phone_e164,
         email_sha256=ibis.coalesce(given["email"], hashed["email"]),
         phone_sha256=ibis.coalesce(given["phone"], hashed["phone"]),
+        email_domain=domain,
     ).drop("phone_e164")
     both = events.mutate(_email=email).left_join(phones, events.phone == phones.phone_raw)
     # one pass of conditional counts, then one audit row per non-zero count: a union of
@@ -311,36 +317,55 @@ def convert_currency(events: ir.Table, *, rates: Mapping[str, float],
     return out, audit
 
 
-#: how a normalised e-mail or E.164 phone becomes its stored form (``pii_at_rest``)
-ContactKey = Callable[[ir.StringValue], ir.StringValue]
-
-
 def contact_key(con: BaseBackend, settings: Settings) -> ContactKey | None:
-    r"""How prepared tables and the identity graph keep a normalised e-mail or E.164 phone:
-    ``None`` when ``pii_at_rest`` is ``plain`` (as it is); when ``hashed``,
+    """:func:`touchline.store.contact_key` under ``settings`` (None unless
+    ``pii_at_rest = "hashed"``)."""
+    return store_contact_key(con, settings.pii_key_at_rest)
 
-    .. math:: key(v) = HMAC_{pii\_hash\_key}(SHA256_{hex}(v))
 
-    Keyed over the SHA-256 so that an address given plain and one given already hashed
-    (``email_sha256``: ad platforms, CRMs) become the same identifier. Every place that turns
-    a contact into an identifier (:func:`hash_contacts`, deals' contacts) goes through it.
+def business_domains_only(events: ir.Table, business: ir.Table) -> ir.Table:
+    """``email_domain`` kept only when it is in ``business._business_domain`` (the distinct
+    domains that are not free-mail or ISP ones: :func:`touchline.store.is_free_mail_domain`).
+
+    Why: a company's domain makes an account, also when the address itself is kept as a
+    keyed hash; a free-mail domain says nothing about a company and stays out.
     """
-    if settings.pii_at_rest != "hashed" or settings.pii_hash_key is None:
-        return None
-    key = settings.pii_hash_key.get_secret_value()
-    return lambda value: engine.hmac_sha256(con, sha256_hex(value), key)
+    joined = events.left_join(business, events.email_domain == business._business_domain)
+    return joined.mutate(email_domain=joined._business_domain).drop("_business_domain")
+
+
+def set_keyed_aside(events: ir.Table) -> ir.Table:
+    """With ``pii_at_rest = "hashed"``, before :func:`standardise_contacts`: a digest in
+    ``email`` or ``phone`` is the keyed hash a load stored (:mod:`touchline.collect.at_rest`
+    keys every e-mail and phone, and a digest given in those columns too), so it moves to
+    ``_email_keyed`` / ``_phone_keyed`` for :func:`hash_contacts` to keep as it is, instead of
+    being taken for a plain SHA-256 and keyed a second time.
+
+    A digest written into ``email`` by a source and loaded while ``pii_at_rest`` was
+    ``plain`` is read the same way (then it matches no one: re-ingest such files after
+    switching).
+    """
+    email, phone = _hashed(events.email), _hashed(events.phone)
+    return events.mutate(
+        _email_keyed=email, _phone_keyed=phone,
+        email=ibis.ifelse(email.isnull(), events.email, ibis.null("string")),
+        phone=ibis.ifelse(phone.isnull(), events.phone, ibis.null("string")))
 
 
 def hash_contacts(events: ir.Table, con: BaseBackend, settings: Settings) -> ir.Table:
     """``email`` and ``phone`` (normalised, by :func:`standardise_contacts`) replaced by their
     keyed hash, of the plain value's SHA-256 or else of the SHA-256 given; the ``_sha256``
-    columns emptied (their value is in the keyed one)."""
+    columns emptied (their value is in the keyed one). Keyed hashes a load stored
+    (:func:`set_keyed_aside`) are kept as they are."""
     assert settings.pii_hash_key is not None
     key = settings.pii_hash_key.get_secret_value()
 
-    def keyed(plain: ir.StringValue, given: ir.StringValue) -> ir.StringValue:
-        return engine.hmac_sha256(con, ibis.coalesce(sha256_hex(plain), given), key)
+    def keyed(field: str) -> ir.StringValue:
+        digest = ibis.coalesce(sha256_hex(events[field]), events[f"{field}_sha256"])
+        made = engine.hmac_sha256(con, digest, key)
+        aside = f"_{field}_keyed"
+        return ibis.coalesce(events[aside], made) if aside in events.columns else made
 
-    return events.mutate(email=keyed(events.email, events.email_sha256),
-                         phone=keyed(events.phone, events.phone_sha256),
-                         email_sha256=ibis.null("string"), phone_sha256=ibis.null("string"))
+    out = events.mutate(email=keyed("email"), phone=keyed("phone"),
+                        email_sha256=ibis.null("string"), phone_sha256=ibis.null("string"))
+    return out.drop(*(c for c in ("_email_keyed", "_phone_keyed") if c in out.columns))

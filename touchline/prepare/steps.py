@@ -11,7 +11,7 @@ import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
-from touchline import engine
+from touchline import engine, store
 from touchline.prepare import channels, clean, dedupe, identity, reference, sessions, standardise
 from touchline.prepare.base import SCRATCH_PREFIX, Context, StepResult
 
@@ -121,10 +121,16 @@ def standardise_urls(t: Tables, ctx: Context) -> StepResult:
 
 
 def standardise_contacts(t: Tables, ctx: Context) -> StepResult:
-    raw = _distinct(t["events"].phone)
+    hashed = ctx.settings.pii_at_rest == "hashed"
+    events = standardise.set_keyed_aside(t["events"]) if hashed else t["events"]
+    raw = _distinct(events.phone)
     phones = ctx.lookup("phones", standardise.e164_table(raw, ctx.settings.phone_region))
-    events, audit = standardise.standardise_contacts(t["events"], phones)
-    if ctx.settings.pii_at_rest == "hashed":
+    events, audit = standardise.standardise_contacts(events, phones)
+    domains = _distinct(events.email_domain)
+    business = ctx.lookup("business_domains", pa.table({"_business_domain": pa.array(
+        [d for d in domains if not store.is_free_mail_domain(d)], pa.string())}))
+    events = standardise.business_domains_only(events, business)
+    if hashed:
         events = standardise.hash_contacts(events, ctx.con, ctx.settings)
     return StepResult({"events": events}, audit=audit)
 
@@ -269,14 +275,15 @@ def build_identity_graph(t: Tables, ctx: Context) -> StepResult:
 
 def assign_accounts(t: Tables, ctx: Context) -> StepResult:
     ident = t["identities"]
-    emails = ident.filter(ident.kind == "email")
-    domains = _distinct(emails.identifier.re_extract(r"@(.+)$", 1))
+    touches = t["events"]
+    email_domains = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}person_email_domains",
+                                       identity.person_email_domains(ident, touches))
+    domains = _distinct(email_domains.email_domain)
     lookup = ctx.lookup("email_domains", identity.domain_table(
         domains, reference.free_mail_domains(), reference.reserved_domains()))
-    touches = t["events"]
     groups = touches.filter(touches.group_id.notnull()).select("device_id", "group_id").distinct()
     accounts = identity.person_accounts(ident, deals=t.get("deals"), groups=groups,
-                                        domains=lookup,
+                                        domains=lookup, email_domains=email_domains,
                                         contact_key=standardise.contact_key(ctx.con, ctx.settings))
     # stored: sessions, persons and accounts each join it (a dozen-way union of evidence)
     accounts = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}person_accounts", accounts)

@@ -1,5 +1,6 @@
-"""Privacy: erase a person everywhere (:mod:`~touchline.privacy.erase`), delete raw events
-past their retention (:mod:`~touchline.privacy.retention`). docs/privacy.md.
+"""Privacy: erase a person everywhere (:mod:`~touchline.privacy.erase`), delete or empty raw
+data past its retention (:mod:`~touchline.privacy.retention`). docs/privacy.md. What loads
+store at rest (keyed e-mails, phones, IPs) is the loads' own: :mod:`touchline.collect.at_rest`.
 
 Reads and rewrites the stored tables, the collector's spool and its lease store; never the
 stages' code.

@@ -24,24 +24,30 @@ DatabaseOption = Annotated[
 def register(app: typer.Typer) -> None:
     """Add ``erase`` and ``retention apply`` to the ``touchline`` app."""
 
-    retention_app = typer.Typer(help="Raw-event retention (raw_event_retention_days).",
+    retention_app = typer.Typer(help="Retention of raw data (raw_event_retention_days, "
+                                "raw_retention_days).",
                                 no_args_is_help=True)
     app.add_typer(retention_app, name="retention")
 
     @retention_app.command("apply")
     def retention_apply(database: DatabaseOption = None) -> None:
-        """Delete raw events older than raw_event_retention_days (`touchline run` does it
-        after preparing; run this after a run). Prepared tables, journeys and credits stay."""
+        """Delete raw events and calls older than their retention, empty the personal data
+        of older surveys, reviews and rejects (`touchline run` does it after preparing; run
+        this after a run). Prepared tables, journeys and credits stay."""
         from touchline.privacy import apply_retention
+        from touchline.privacy.retention import retention_days
 
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
             with engine.connected(settings=settings) as con:
-                deleted = apply_retention(con, settings)
+                done = apply_retention(con, settings)
         except TouchlineError as exc:
             raise fail(exc) from None
-        console.print(f"{deleted:,} raw events older than {settings.raw_event_retention_days} "
-                      "days deleted; their touches, journeys and credits stay.")
+        days = retention_days(settings)
+        for table, rows in done.items():
+            verb = "deleted" if table in ("events", "calls") else "emptied of personal data"
+            console.print(f"{table}: {rows:,} rows older than {days[table]} days {verb}")
+        console.print("Touches, journeys and credits stay.")
 
     @app.command("erase")
     def erase_command(

@@ -161,6 +161,11 @@ def _national_digits(e164: str) -> str:
         return re.sub(r"\D", "", e164)
 
 
+def _is_digest(text: str) -> bool:
+    """Whether ``text`` is 64 hex digits (a SHA-256 or a keyed hash)."""
+    return re.fullmatch(r"[0-9a-fA-F]{64}", text) is not None
+
+
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -355,15 +360,21 @@ def resolve(con: BaseBackend, kind: str, value: str, *, region: str, key: str | 
                 typed |= set(normalise("email", row["email"], region=region, key=key)[1])
             if row["phone"] and to_e164(row["phone"], region):
                 typed |= set(normalise("phone", row["phone"], region=region, key=key)[1])
+            # keyed at load (pii_at_rest = "hashed"): the graph's identifiers as they are
+            typed |= {f"{kind}:{row[kind]}" for kind in ("email", "phone")
+                      if key is not None and row[kind] and _is_digest(row[kind])}
     return normalised, Identifiers.of(persons, typed)
 
 
 def _phone_texts(con: BaseBackend, ids: Identifiers, region: str) -> list[str]:
     """The raw phone texts in events, calls and reviews that normalise to the persons'
-    numbers: candidates by their last digits in the engine, then phonenumbers on the few."""
+    numbers: candidates by their last digits in the engine, then phonenumbers on the few;
+    and the persons' numbers as keyed hashes, as loads store them when
+    ``pii_at_rest = "hashed"``."""
+    keyed = sorted(p for p in ids.phone if not p.startswith("+"))
     tails = sorted({_national_digits(p) for p in ids.phone if p.startswith("+")})
     if not tails:
-        return []
+        return keyed
     found: set[str] = set()
     for table, column in (("events", "phone"), ("calls", "caller_number"), ("reviews", "phone")):
         if table not in con.list_tables():
@@ -373,7 +384,7 @@ def _phone_texts(con: BaseBackend, ids: Identifiers, region: str) -> list[str]:
         near = _any(*(digits.endswith(tail) for tail in tails))
         texts = t.filter(near).select(text=t[column]).distinct().to_pyarrow()
         found |= {v for v in texts.column(0).to_pylist() if v}
-    return sorted(v for v in found if to_e164(v, region) in ids.phone)
+    return sorted({v for v in found if to_e164(v, region) in ids.phone} | set(keyed))
 
 
 def _targets(con: BaseBackend, ids: Identifiers, phone_texts: list[str], name: str) -> ir.Table:

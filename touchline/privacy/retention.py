@@ -1,16 +1,33 @@
-"""Retention: raw events older than ``settings.raw_event_retention_days`` are deleted.
+"""Retention: raw records older than their table's horizon lose their personal data.
 
-Prepared tables and aggregates are kept: prepare's step ``keep_retained_touches`` feeds the
-stored touches of deleted events back into every later run, so sessions, identities, journeys
-and credits stay what they were. What goes is the raw record: its properties, traits and
-context JSON, user agent, IP address, full URL and referrer, e-mail and phone as received.
+``settings.raw_event_retention_days`` sets the horizon of every raw table holding personal
+data; ``settings.raw_retention_days`` overrides it per table. What each table does
+(:data:`RETENTION_RULES`):
+
+* ``events``: deleted. Prepared tables and aggregates are kept: prepare's step
+  ``keep_retained_touches`` feeds the stored touches of deleted events back into every later
+  run, so sessions, identities, journeys and credits stay what they were. What goes is the raw
+  record: its properties, traits and context JSON, user agent, IP address, full URL and
+  referrer, e-mail and phone as received.
+* ``calls``: deleted. ``touchline run`` has turned each into a call touch in ``events``
+  (``calls match``) before retention runs, and that touch is kept as above.
+* ``surveys``: the answerer's e-mail is emptied; an answer without a ``person_id`` gets a
+  device id of the person the identity graph gives that e-mail (``anon:`` identifier), so
+  NPS and ratings by first-touch channel are those of before. Scores and texts stay.
+* ``reviews``: the reviewer's e-mail and phone are emptied; rating, platform, date and order
+  id stay (a review matched to its person by e-mail or phone only is Unassigned afterwards).
+* ``rejects``: the raw record (``raw``) is emptied; the reason and its counts stay.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
+
+import ibis
+import ibis.expr.types as ir
 
 from touchline import engine, store
 from touchline.config import Settings
@@ -21,26 +38,125 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: each raw table holding personal data → the time column its horizon is compared with
+TIME_COLUMNS = {"events": "timestamp", "calls": "started_at", "surveys": "responded_at",
+                "reviews": "reviewed_at", "rejects": "rejected_at"}
+_SCRATCH = "tmp_retention_"
 
-def retention_horizon(settings: Settings, now: datetime) -> datetime:
-    """The time before which raw events are deleted."""
-    if settings.raw_event_retention_days is None:
-        raise ConfigError("settings.raw_event_retention_days is not set: raw events are kept "
-                          "for ever (set it, e.g. TOUCHLINE_RAW_EVENT_RETENTION_DAYS=395)")
-    return now - timedelta(days=settings.raw_event_retention_days)
+
+def retention_days(settings: Settings) -> dict[str, int]:
+    """Days each raw table keeps personal data: ``raw_event_retention_days`` for all of
+    :data:`TIME_COLUMNS`, overridden per table by ``raw_retention_days``; tables with none
+    keep it for ever."""
+    days = {}
+    if settings.raw_event_retention_days is not None:
+        days = dict.fromkeys(TIME_COLUMNS, settings.raw_event_retention_days)
+    days.update(settings.raw_retention_days)
+    return days
+
+
+def retention_horizon(settings: Settings, now: datetime, table: str = "events") -> datetime:
+    """The time before which ``table``'s raw records lose their personal data."""
+    days = retention_days(settings).get(table)
+    if days is None:
+        raise ConfigError(f"no retention set for table {table}: it keeps everything for ever "
+                          "(set raw_event_retention_days, e.g. "
+                          "TOUCHLINE_RAW_EVENT_RETENTION_DAYS=395, or raw_retention_days)")
+    return now - timedelta(days=days)
 
 
 def apply_retention(con: BaseBackend, settings: Settings, *,
-                    now: datetime | None = None) -> int:
-    """Delete the raw events that happened before the horizon; return how many.
+                    now: datetime | None = None) -> dict[str, int]:
+    """Apply each table's retention rule (:data:`RETENTION_RULES`); return the rows deleted or
+    emptied per table.
 
-    ``touchline run`` does this right after preparing, so every deleted event was prepared
-    first; run ``touchline retention apply`` on its own only after a run (an event ingested
-    since, older than the horizon, would go before its touch was made).
+    ``touchline run`` does this right after preparing, so every deleted event or call was
+    prepared first; run ``touchline retention apply`` on its own only after a run (an event
+    ingested since, older than the horizon, would go before its touch was made).
     """
     now = now or datetime.now(UTC).replace(tzinfo=None)
-    horizon = retention_horizon(settings, now)
+    days = retention_days(settings)
+    if not days:
+        retention_horizon(settings, now)  # raises, saying what to set
     store.init(con)
-    deleted = engine.delete_where(con, "events", lambda t: t.timestamp < horizon)
-    log.info("retention: %d raw events before %s deleted", deleted, horizon.date())
-    return deleted
+    done = {}
+    for table in days:
+        horizon = retention_horizon(settings, now, table)
+        old = _older(table, horizon)
+        done[table] = RETENTION_RULES[table](con, settings, old)
+        log.info("retention: %s: %d rows before %s deleted or emptied", table, done[table],
+                 horizon.date())
+    return done
+
+
+Where = Callable[[ir.Table], ir.BooleanValue]
+
+
+def _older(table: str, horizon: datetime) -> Where:
+    column = TIME_COLUMNS[table]
+    return lambda t: t[column] < horizon
+
+
+def _delete(table: str) -> Callable[[BaseBackend, Settings, Where], int]:
+    def rule(con: BaseBackend, settings: Settings, old: Where) -> int:
+        return engine.delete_where(con, table, old)
+    return rule
+
+
+def _rewrite(con: BaseBackend, name: str, where: Where,
+             rewrite: Callable[[ir.Table], ir.Table]) -> int:
+    """Replace the rows of ``name`` that ``where`` selects by ``rewrite`` of them (same
+    columns); return how many. The rewritten rows are computed first, then the old ones
+    deleted and the new appended (one transaction on DuckDB)."""
+    table = con.table(name)
+    chosen = table.filter(where(table).fill_null(False))
+    scratch = f"{_SCRATCH}{name}"
+    new = engine.materialise(con, scratch, rewrite(chosen).select(*table.columns))
+    try:
+        count = int(new.count().execute())
+        if count:
+            with engine.transaction(con):
+                engine.delete_where(con, name, where)
+                engine.append(con, name, new)
+    finally:
+        engine.drop_materialised(con, scratch)
+    return count
+
+
+def _surveys(con: BaseBackend, settings: Settings, old: Where) -> int:
+    key = store.contact_key(con, settings.pii_key_at_rest)
+    tables = set(con.list_tables())
+
+    def without_email(rows: ir.Table) -> ir.Table:
+        if "identities" not in tables:
+            return rows.mutate(email=ibis.null("string"))
+        ident = con.table("identities")
+        email = rows.email.strip().lower()
+        node = "email:" + (email if key is None else key(email))
+        people = ident.filter(ident.kind == "email").select(_node="identifier", _p="person_id")
+        anon = ident.filter(ident.kind == "anon")
+        devices = anon.group_by(_dp="person_id").aggregate(_device=anon.identifier.min())
+        j = rows.left_join(people, node == people._node).left_join(
+            devices, people._p == devices._dp)
+        return j.mutate(person_id=ibis.coalesce(j.person_id, j._device.substr(5)),
+                        email=ibis.null("string"))
+
+    return _rewrite(con, "surveys", lambda t: old(t) & t.email.notnull(), without_email)
+
+
+def _reviews(con: BaseBackend, settings: Settings, old: Where) -> int:
+    return _rewrite(con, "reviews", lambda t: old(t) & (t.email.notnull() | t.phone.notnull()),
+                    lambda rows: rows.mutate(email=ibis.null("string"),
+                                             phone=ibis.null("string")))
+
+
+def _rejects(con: BaseBackend, settings: Settings, old: Where) -> int:
+    return _rewrite(con, "rejects", lambda t: old(t) & t.raw.notnull(),
+                    lambda rows: rows.mutate(raw=ibis.null("string")))
+
+
+#: what retention does to each raw table's records past its horizon (see the module)
+RETENTION_RULES: dict[str, Callable[[BaseBackend, Settings, Where], int]] = {
+    "events": _delete("events"), "calls": _delete("calls"), "surveys": _surveys,
+    "reviews": _reviews, "rejects": _rejects,
+}

@@ -958,7 +958,7 @@ def person_timeline_data(con: BaseBackend, person: str, *, model: str = MODEL_DE
     except ConfigError:  # no conversions stored at all: a timeline without credits
         conversion = None
     t = timeline(con, unit, unit_id, model=model, conversion=conversion,
-                 stage_model=stage_model)
+                 stage_model=stage_model, pii_key=pii_key)
     touch_lane = t.person_id if unit == "account" else ibis.literal("touches")
     order = t.kind.substitute({"stage": 0, "touch": 1, "deal": 2, "conversion": 3}, else_=4)
     t = t.mutate(lane=ibis.ifelse(t.kind == "touch", touch_lane, t.kind), _o=order)
