@@ -346,6 +346,7 @@ def _person_section(con: BaseBackend, query: str, filters: Filters,
 
 def page_handler(page: Page) -> Callable[[Request], Any]:
     async def handle(request: Request) -> Response:
+        started = time.perf_counter()
         dash: Dashboard = request.app.state.dashboard
         viewer = await _viewer(dash, request)
         if isinstance(viewer, Response):
@@ -369,12 +370,17 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
             sections, options = await _query(dash, work)
         except EngineError as exc:
             return _busy(exc)
-        return _render("page.html.j2", title=page.title, page=page, viewer=viewer,
-                       filters=filters, sections=sections, error=error, q=query,
-                       params=dict(request.query_params),
-                       devices=DEVICES, units=UNITS,
-                       shared=urlencode({k: v for k, v in request.query_params.items()
-                                         if k in SHARED_FILTERS and v}), **options)
+        response = _render("page.html.j2", title=page.title, page=page, viewer=viewer,
+                           filters=filters, sections=sections, error=error, q=query,
+                           params=dict(request.query_params),
+                           devices=DEVICES, units=UNITS,
+                           shared=urlencode({k: v for k, v in request.query_params.items()
+                                             if k in SHARED_FILTERS and v}), **options)
+        # the server's own time for the page (W3C Server-Timing): the browser's developer
+        # tools and benchmarks/bench_dashboard.py read it, free of network and client time
+        response.headers["server-timing"] = (
+            f"page;dur={(time.perf_counter() - started) * 1000:.1f}")
+        return response
 
     return handle
 
