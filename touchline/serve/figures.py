@@ -333,16 +333,19 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     :func:`filtered_credits` summed by ``by`` (the touch's value; channel Unassigned and
     other levels ``(not set)`` when null, as the KPIs name them); spend is split by neither,
     so spend, CPA and ROAS are null."""
-    from touchline.metrics.kpis import KPIS, compute, require
+    from touchline.metrics.kpis import KPIS, compute, filled_tables, require
 
     conversion = resolve_conversion(con, conversion, unit)
     if unit is not None or device is not None:
         return _filtered_channel_credits(con, model=model, conversion=conversion, since=since,
                                          until=until, by=by, unit=unit, device=device)
+    # the inputs of the two KPIs asked checked once, not by each
+    filled = filled_tables(con, {t for name in ("cpa", "roas", "conversions", "revenue")
+                                 for t in KPIS[name].tables})
     opts = {"by": [by], "since": since, "until": until, "model": model,
-            "conversion": conversion}
+            "conversion": conversion, "filled": filled}
     try:
-        require(con, KPIS["cpa"])
+        require(con, KPIS["cpa"], filled=filled)
         has_spend = True
     except MissingInputError:
         has_spend = False
