@@ -67,6 +67,30 @@ def connect(url: str | None = None, settings: Settings | None = None) -> BaseBac
     )
 
 
+def warehouse_version(settings: Settings) -> str | None:
+    """A token that changes whenever the warehouse of ``settings`` is written, so a reader may
+    keep what it computed from it until then (the dashboard's pages); None when there is no
+    cheap way to know (Spark, an in-memory DuckDB), and so nothing may be kept.
+
+    A DuckDB file: the modification time and size of the file and of its write-ahead log.
+    Every commit (``ingest``, ``prepare``, ``run``, a new key or user) writes one of them;
+    reading writes neither."""
+    url = settings.database_url
+    path = url[len(DUCKDB_SCHEME):].removeprefix("/") if url.startswith(DUCKDB_SCHEME) else ""
+    if path in ("", ":memory:"):
+        return None
+    file = Path(path).expanduser()
+    parts = []
+    for part in (file, file.with_name(file.name + ".wal")):
+        try:
+            stat = part.stat()
+        except FileNotFoundError:
+            parts.append("-")
+            continue
+        parts.append(f"{stat.st_mtime_ns}:{stat.st_size}")
+    return "|".join(parts)
+
+
 #: DuckDB storage format of new warehouse files (readable by DuckDB >= 1.4, pinned in
 #: pyproject.toml)
 STORAGE_VERSION = "v1.4.0"

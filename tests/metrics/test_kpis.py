@@ -20,6 +20,7 @@ from touchline.errors import MissingInputError, UnknownKPIError
 from touchline.metrics.kpis import (
     KPIS,
     compute,
+    filled_tables,
     for_stage,
     for_stage_model,
     kpis_markdown,
@@ -146,6 +147,23 @@ def test_bad_names_and_missing_imports_say_what_to_do(reach: BaseBackend) -> Non
                                          "hourglass": "know", "b2b": "first touch"}
     assert {k.name for k in for_stage("know")} >= {"search_ctr", "paid_cpm", "new_visitors"}
     assert all(k.formula and k.unit and k.tables for k in KPIS.values())
+
+
+def test_tables_checked_once_for_many_kpis_give_the_same_answers(reach: BaseBackend) -> None:
+    # reach holds search_console and spend rows; sessions was never made
+    engine.load_table(reach, "reviews", arrow_table(store.REVIEWS, []))
+    filled = filled_tables(reach, ["search_console", "spend", "sessions", "reviews"])
+    assert filled == {"search_console", "spend"}
+    assert filled_tables(reach, ["sessions"]) == frozenset()
+    # cost 50 + 30 + 20 over 20 + 10 + 0 clicks, as when compute looks for itself
+    got = compute(reach, "paid_cpc", filled=filled).to_pandas()
+    assert got.paid_cpc.tolist() == pytest.approx([100 / 30])
+    # and the same refusal, naming the missing and the empty table apart
+    with pytest.raises(MissingInputError, match=r"needs sessions rows and the table is "
+                       r"missing"):
+        compute(reach, "new_visitors", filled=filled)
+    with pytest.raises(MissingInputError, match=r"needs rows in one of reviews, surveys"):
+        compute(reach, "review_rating", filled=filled)
 
 
 def test_stage_model_groups_the_kpis_by_its_stages_in_its_order() -> None:

@@ -33,7 +33,7 @@ unknown KPI 'serch_ctr' (did you mean 'search_ctr'?); `touchline kpis --list` sh
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING
@@ -274,12 +274,28 @@ def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
                  conversion=conversion, settings=settings)
 
 
-def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None) -> None:
-    """Raise :class:`MissingInputError` unless every input table of ``kpi`` (or ``tables``)
-    holds rows: a KPI over a never-imported table would read as a real zero."""
+def filled_tables(con: BaseBackend, names: Iterable[str]) -> frozenset[str]:
+    """Which of the tables ``names`` exist and hold a row, in one query (a page of many KPIs
+    asks once, not once per KPI and table: on Spark each ask is a job)."""
     existing = set(con.list_tables())
+    parts = [con.table(name).limit(1).select(table=ibis.literal(name))
+             for name in sorted(set(names)) if name in existing]
+    if not parts:
+        return frozenset()
+    found = ibis.union(*parts, distinct=False).to_pyarrow().column(0).to_pylist()
+    return frozenset(str(name) for name in found)
+
+
+def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
+            filled: Collection[str] | None = None) -> None:
+    """Raise :class:`MissingInputError` unless every input table of ``kpi`` (or ``tables``)
+    holds rows: a KPI over a never-imported table would read as a real zero. ``filled``: the
+    tables already known to hold rows (:func:`filled_tables`), so nothing is asked again."""
+    existing = set(con.list_tables()) if filled is None else None
 
     def empty(name: str) -> bool:
+        if existing is None:
+            return name not in (filled or ())
         return name not in existing or con.table(name).limit(1).count().execute() == 0
 
     if tables is None and kpi.any_table:
@@ -293,14 +309,15 @@ def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None) -> 
             how = IMPORTS[name]
             raise MissingInputError(
                 f"KPI {kpi.name!r} needs {name} rows and the table is "
-                f"{'empty' if name in existing else 'missing'}: "
+                f"{'empty' if name in (existing or con.list_tables()) else 'missing'}: "
                 + (f"import them with `{how}`" if how.startswith("touchline ingest")
                    else f"fill it with `{how}`"))
 
 
 def compute(con: BaseBackend, name: str, *, by: Sequence[str] = (), period: str | None = None,
             since: date | None = None, until: date | None = None, model: str = MODEL_DEFAULT,
-            conversion: str = CONVERSION_DEFAULT, settings: Settings | None = None) -> ir.Table:
+            conversion: str = CONVERSION_DEFAULT, settings: Settings | None = None,
+            filled: Collection[str] | None = None) -> ir.Table:
     """KPI ``name`` over the stored tables of ``con``: the ``period`` and ``by`` columns, then
     the KPI's values, one row per combination present in the data.
 
@@ -308,11 +325,13 @@ def compute(con: BaseBackend, name: str, *, by: Sequence[str] = (), period: str 
     the same as ``period=``); ``since`` (inclusive) and ``until`` (exclusive) bound the KPI's
     own time (a session's start, a conversion, a spend day); ``model`` is the attribution
     model whose stored credits the credited KPIs sum, ``conversion`` the conversion type;
-    ``settings`` name the CTA, form and referral events and the heard-about rules.
+    ``settings`` name the CTA, form and referral events and the heard-about rules;
+    ``filled``: the input tables known to hold rows (:func:`filled_tables`), for a caller
+    computing many KPIs.
     """
     kpi = lookup(name)
     q = _query(kpi, by, period, since, until, model, conversion, settings)
-    require(con, kpi)
+    require(con, kpi, filled=filled)
     return kpi.compute(con, q)
 
 

@@ -26,6 +26,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SESSION_SECONDS_DEFAULT = 8 * 3600
+#: pages kept, per warehouse state (each a few charts' small frames and JSON)
+PAGE_CACHE_SIZE_DEFAULT = 128
 SESSION_COOKIE, CSRF_COOKIE = "touchline_session", "touchline_csrf"
 #: key kinds that may read the dashboard (touchline.collect.keys.KEY_KINDS)
 READ_KINDS = ("read", "admin")
@@ -99,6 +102,37 @@ PAGES = {p.name: p for p in (
 
 
 @dataclass
+class PageCache:
+    """The computed pages of one warehouse state: least recently used first out, all out when
+    the state changes (:func:`touchline.engine.warehouse_version`). Only the event loop's
+    thread reads and writes it."""
+
+    size: int
+    version: str | None = None
+    entries: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict)
+
+    def get(self, version: str | None, key: tuple[Any, ...]) -> Any | None:
+        """The page stored under ``key`` while the warehouse is at ``version``, or None."""
+        if version is None or version != self.version:
+            return None
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+    def put(self, version: str | None, key: tuple[Any, ...], value: Any) -> None:
+        """Keep ``value`` for ``key`` at ``version`` (nothing without a version)."""
+        if version is None:
+            return
+        if version != self.version:
+            self.entries.clear()
+            self.version = version
+        self.entries[key] = value
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+@dataclass
 class Dashboard:
     """The app's state: the warehouse (queries take turns on it) and the sessions.
 
@@ -116,6 +150,9 @@ class Dashboard:
     clock: Callable[[], float] = time.time
     #: ground-truth files the model comparison ranks the models against (``--truth``)
     truth: tuple[Path, ...] = ()
+    #: the pages computed since the warehouse was last written, by page, filters and search
+    #: (:class:`PageCache`): a page is the same until ``ingest``, ``prepare`` or ``run`` write
+    pages: PageCache = field(default_factory=lambda: PageCache(PAGE_CACHE_SIZE_DEFAULT))
 
 
 T = TypeVar("T")
@@ -346,6 +383,7 @@ def _person_section(con: BaseBackend, query: str, filters: Filters,
 
 def page_handler(page: Page) -> Callable[[Request], Any]:
     async def handle(request: Request) -> Response:
+        started = time.perf_counter()
         dash: Dashboard = request.app.state.dashboard
         viewer = await _viewer(dash, request)
         if isinstance(viewer, Response):
@@ -365,16 +403,31 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
                 sections.append(_person_section(con, query, filters, dash.settings))
             return sections, _options(con)
 
-        try:
-            sections, options = await _query(dash, work)
-        except EngineError as exc:
-            return _busy(exc)
-        return _render("page.html.j2", title=page.title, page=page, viewer=viewer,
-                       filters=filters, sections=sections, error=error, q=query,
-                       params=dict(request.query_params),
-                       devices=DEVICES, units=UNITS,
-                       shared=urlencode({k: v for k, v in request.query_params.items()
-                                         if k in SHARED_FILTERS and v}), **options)
+        # a DuckDB file opened per request: its pages are kept until it is written (on Spark
+        # or a connection given by the caller, nothing says when it was, so nothing is kept);
+        # a person search is never kept (personal data stays no longer than its request)
+        version = (engine.warehouse_version(dash.settings)
+                   if dash.con is None and page.name != "person" else None)
+        key = (page.name, filters, query)
+        found = dash.pages.get(version, key)
+        if found is None:
+            try:
+                found = await _query(dash, work)
+            except EngineError as exc:
+                return _busy(exc)
+            dash.pages.put(version, key, found)
+        sections, options = found
+        response = _render("page.html.j2", title=page.title, page=page, viewer=viewer,
+                           filters=filters, sections=sections, error=error, q=query,
+                           params=dict(request.query_params),
+                           devices=DEVICES, units=UNITS,
+                           shared=urlencode({k: v for k, v in request.query_params.items()
+                                             if k in SHARED_FILTERS and v}), **options)
+        # the server's own time for the page (W3C Server-Timing): the browser's developer
+        # tools and benchmarks/bench_dashboard.py read it, free of network and client time
+        response.headers["server-timing"] = (
+            f"page;dur={(time.perf_counter() - started) * 1000:.1f}")
+        return response
 
     return handle
 

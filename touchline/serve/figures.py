@@ -333,16 +333,19 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     :func:`filtered_credits` summed by ``by`` (the touch's value; channel Unassigned and
     other levels ``(not set)`` when null, as the KPIs name them); spend is split by neither,
     so spend, CPA and ROAS are null."""
-    from touchline.metrics.kpis import KPIS, compute, require
+    from touchline.metrics.kpis import KPIS, compute, filled_tables, require
 
     conversion = resolve_conversion(con, conversion, unit)
     if unit is not None or device is not None:
         return _filtered_channel_credits(con, model=model, conversion=conversion, since=since,
                                          until=until, by=by, unit=unit, device=device)
+    # the inputs of the two KPIs asked checked once, not by each
+    filled = filled_tables(con, {t for name in ("cpa", "roas", "conversions", "revenue")
+                                 for t in KPIS[name].tables})
     opts = {"by": [by], "since": since, "until": until, "model": model,
-            "conversion": conversion}
+            "conversion": conversion, "filled": filled}
     try:
-        require(con, KPIS["cpa"])
+        require(con, KPIS["cpa"], filled=filled)
         has_spend = True
     except MissingInputError:
         has_spend = False
@@ -727,6 +730,33 @@ def stage_timeline_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def _headline_values(headlines: dict[str, ir.Table],
+                     skipped: dict[str, str]) -> dict[str, list[float | None]]:
+    """Each KPI's headline rows (``kpi``, ``value``), all in one query; if that query fails,
+    each KPI alone, so one failing KPI is skipped with its error (into ``skipped``) and the
+    others still show, as when each ran alone."""
+    if not headlines:
+        return {}
+    try:
+        frame = ibis.union(*headlines.values(), distinct=False).to_pyarrow()
+    except Exception as exc:  # which KPI failed is found below, one by one
+        log.warning("the KPI headlines in one query failed (%s): one query per KPI",
+                    type(exc).__name__)
+    else:
+        out: dict[str, list[float | None]] = {name: [] for name in headlines}
+        for name, value in zip(frame.column("kpi").to_pylist(),
+                               frame.column("value").to_pylist(), strict=True):
+            out[name].append(value)
+        return out
+    out = {}
+    for name, t in headlines.items():
+        try:
+            out[name] = t.value.to_pyarrow().to_pylist()
+        except TouchlineError as exc:
+            skipped[name] = str(exc)
+    return out
+
+
 def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
                     model: str = MODEL_DEFAULT, conversion: str | None = None,
                     stage_model: str = STAGE_MODEL_DEFAULT,
@@ -738,30 +768,47 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     KPIs whose input was never imported, and those that are tables (retention cohorts,
     purchase frequency), are left out and listed in ``attrs["skipped"]`` with why. A stage
     model other than the presets places each KPI under its lifecycle stage."""
-    from touchline.metrics.kpis import KPIS, STAGES, compute
+    from touchline.metrics.kpis import KPIS, STAGES, compute, filled_tables
 
     conversion = resolve_conversion(con, conversion)
-    rows, skipped = [], {}
-    chosen = KPIS.values() if names is None else [KPIS[name] for name in names]
-    for kpi in chosen:  # the registry's KPIs, each one query in the engine
+    chosen = list(KPIS.values()) if names is None else [KPIS[name] for name in names]
+    # the KPIs' inputs checked once, and every headline fetched in one query (a union): one
+    # round trip, not one per KPI (on Spark, one job)
+    filled = filled_tables(con, {t for kpi in chosen for t in kpi.tables})
+    skipped: dict[str, str] = {}
+    headlines: dict[str, ir.Table] = {}
+    for kpi in chosen:  # the registry's KPIs: expressions only, nothing runs yet
         column = kpi.name if kpi.name in kpi.values else "median"
         if kpi.table:  # not computed: no headline to show
             skipped[kpi.name] = f"a table: `touchline kpis --kpi {kpi.name}` shows it"
             continue
         try:
-            frame = compute(con, kpi.name, since=since, until=until, model=model,
-                            conversion=conversion).to_pandas()
+            t = compute(con, kpi.name, since=since, until=until, model=model,
+                        conversion=conversion, filled=filled)
         except TouchlineError as exc:
             skipped[kpi.name] = str(exc)
             continue
-        if len(frame) != 1 or column not in frame.columns:
-            skipped[kpi.name] = (f"a table of {len(frame)} rows: `touchline kpis --kpi "
+        if column not in t.columns:
+            rows = t.count().to_pyarrow().as_py()
+            skipped[kpi.name] = (f"a table of {rows} rows: `touchline kpis --kpi "
                                  f"{kpi.name}` shows it")
             continue
-        value = frame[column].iloc[0]
+        headlines[kpi.name] = t.select(kpi=ibis.literal(kpi.name),
+                                       value=t[column].cast("float64"))
+    values = _headline_values(headlines, skipped)
+    rows = []
+    for kpi in chosen:
+        if kpi.name not in values:
+            continue
+        got = values[kpi.name]
+        if len(got) != 1:
+            skipped[kpi.name] = (f"a table of {len(got)} rows: `touchline kpis --kpi "
+                                 f"{kpi.name}` shows it")
+            continue
+        value = got[0]
         rows.append({"stage": kpi.stages.get(stage_model, kpi.stage),
                      "_order": STAGES.index(kpi.stage), "kpi": kpi.name,
-                     "value": None if pd.isna(value) else float(value),
+                     "value": None if value is None or pd.isna(value) else float(value),
                      "unit": kpi.unit, "formula": kpi.formula})
     out = pd.DataFrame(rows, columns=["stage", "_order", "kpi", "value", "unit", "formula"])
     out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(
