@@ -240,6 +240,23 @@ def test_huge_line_is_rejected_without_reading_it_whole(con, tmp_path) -> None:
     assert _rejects(con) == {2: "line_too_long"}
 
 
+def test_url_query_fills_utms_and_click_ids_the_payload_lacks(con, tmp_path) -> None:
+    # keys compare lower-cased, the first of a repeated key wins, values are URL-decoded, an
+    # empty value is no value, and a name seen only in the path is not a parameter
+    url = ("https://x.io/utm_term/gclid?UTM_Source=Google%20Ads&utm_source=second&gclid=G1"
+           "&fbclid=&utm_medium=cpc+paid")
+    path = tmp_path / "events.ndjson"
+    path.write_text(json.dumps({
+        "messageId": "m1", "type": "page", "anonymousId": "a1",
+        "timestamp": "2025-03-01T10:00:00Z", "context": {"page": {"url": url}},
+    }) + "\n")
+    assert ingest_file(con, path, "events", settings=SETTINGS).loaded == 1
+    row = con.table("events").to_pyarrow().to_pylist()[0]
+    got = {k: row[k] for k in ("utm_source", "utm_medium", "utm_term", "gclid", "fbclid")}
+    assert got == {"utm_source": "Google Ads", "utm_medium": "cpc paid", "utm_term": None,
+                   "gclid": "G1", "fbclid": None}
+
+
 def test_mapping_file_renames_and_fills_defaults(con, tmp_path) -> None:
     path = tmp_path / "export.csv"
     path.write_text(

@@ -491,11 +491,18 @@ class _ChunkParser:
         )
         picks = []
         for name in (*UTM_FIELDS, *CLICK_IDS):
-            picks.append(f"nullif(list_filter(_qp, x -> x.k = '{name}')[1].v, '') AS _p_{name}")
+            # a key equal to ``name`` once lower-cased puts ``name`` in the lower-cased URL, so
+            # a substring test (a scan) skips the list search where it cannot find anything:
+            # most URLs carry a few of these parameters or none (the search was half of a
+            # Parquet ingest's parse time, EXPLAIN ANALYZE at 1M events)
+            picks.append(f"CASE WHEN contains(_ql, '{name}') THEN "
+                         f"nullif(list_filter(_qp, x -> x.k = '{name}')[1].v, '') END "
+                         f"AS _p_{name}")
             value = f"_p_{name}"
             param = url_decoded_sql(value)
             exprs[name] = f"coalesce({exprs[name]}, {param})" if name in exprs else param
-        return f"(SELECT *, {', '.join(picks)} FROM (SELECT *, {pairs} AS _qp FROM "
+        return (f"(SELECT *, {', '.join(picks)} FROM (SELECT *, {pairs} AS _qp, "
+                f"CASE WHEN contains({url}, '?') THEN lower({url}) END AS _ql FROM ")
 
     # -- stage 2: typed columns and the first problem of each row ---------------------------
     def _typed(self, name: str, dtype: dt.DataType) -> tuple[str, str]:
