@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -65,9 +64,23 @@ def test_imports_point_one_way(path: Path) -> None:
 
 
 def test_all_lists_every_public_name_sorted() -> None:
-    names = [n for n, v in vars(touchline).items()
-             if not n.startswith("_") and not isinstance(v, ModuleType) and n != "annotations"]
-    assert touchline.__all__ == sorted(names)
+    """``__all__`` is the lazily imported names, sorted, and each one resolves."""
+    assert touchline.__all__ == sorted(touchline._LAZY)
+    assert all(getattr(touchline, name) is not None for name in touchline.__all__)
+
+
+def test_importing_touchline_loads_no_heavy_stack() -> None:
+    """``import touchline`` (issue 19, start-up): no scipy, pyspark, collector server stack or
+    engine until a name is used; checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    heavy = ("scipy", "pyspark", "starlette", "uvicorn", "msgspec", "duckdb", "ibis")
+    code = ("import sys, touchline; print(' '.join(m for m in " + repr(heavy)
+            + " if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert loaded == []
 
 
 TESTS = Path(__file__).parent
