@@ -15,8 +15,6 @@ from rich.table import Table
 
 from touchline import engine, store
 from touchline.collect import keys as api_keys
-from touchline.collect.dni import match_new_calls
-from touchline.collect.loader import load_spool
 from touchline.config import Settings, load_settings
 from touchline.errors import TouchlineError
 from touchline.terminal import fail
@@ -89,6 +87,8 @@ def register(app: typer.Typer) -> None:
         try:
             settings = _settings(database, spool_dir=spool_dir)
             with engine.connected(settings=settings) as con:
+                from touchline.collect.loader import load_spool
+
                 report = load_spool(con, settings)
         except TouchlineError as exc:
             raise fail(exc) from None
@@ -170,6 +170,8 @@ def register(app: typer.Typer) -> None:
             settings = _settings(database)
             with engine.connected(settings=settings) as con:
                 store.init(con)
+                from touchline.collect.dni import match_new_calls
+
                 summary = match_new_calls(con, settings)
         except TouchlineError as exc:
             raise fail(exc) from None
