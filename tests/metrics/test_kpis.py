@@ -453,3 +453,49 @@ def test_docs_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     rows = [line.split()[1:5] for line in out.splitlines()[1:]]
     assert rows == [["2025-04-01", "Email", "1", "100.0"],
                     ["2025-04-01", "Unassigned", "3", "0.0"]]
+
+
+DEALS = [  # deal, status, amount, created, closed, updated, contact ids, contact e-mails
+    ("d1", "open", 100.0, "2025-03-03", None, "2025-03-03", None, "CY@example.com"),  # p3
+    ("d2", "open", 400.0, "2025-03-10", None, "2025-03-10", "c9;c7", None),  # p1, then won:
+    ("d2", " Won", 500.0, "2025-03-10", "2025-04-15", "2025-04-15", "c9;c7", None),
+    ("d3", "lost", 50.0, "2025-03-12", "2025-04-01", "2025-04-01", None, None),
+    ("d4", "negotiation", 70.0, None, None, "2025-04-20", None, None),  # created: opportunity
+]
+
+
+@pytest.fixture
+def deals(warehouse: BaseBackend) -> BaseBackend:
+    rows = [dict(deal_id=d, status=status, amount=amount, created_at=_ts(created and
+                                                                         created + " 09:00"),
+                 closed_at=_ts(closed and closed + " 09:00"),
+                 updated_at=_ts(updated + " 09:00"), contact_ids=ids, contact_emails=emails,
+                 opportunity_at="2025-04-02 09:00:00" if d == "d4" else None,
+                 row_hash=f"{d}:{i}")
+            for i, (d, status, amount, created, closed, updated, ids, emails)
+            in enumerate(DEALS)]
+    engine.load_table(warehouse, "deals", arrow_table(store.DEALS, rows))
+    identities = [dict(identifier=i, person_id=p, kind=i.split(":")[0])
+                  for i, p in {**IDENTITIES, "contact:c9": "p1"}.items()]
+    engine.load_table(warehouse, "identities", arrow_table(store.IDENTITIES, identities))
+    return warehouse
+
+
+def test_pipeline_and_revenue_won_by_hand(deals: BaseBackend) -> None:
+    # latest snapshots: d1 open 100 (March), d2 won 500 (closed 15 April; its open snapshot
+    # is older), d3 lost, d4 open 70 (no created_at: its opportunity date, 2 April)
+    assert _get(deals, "pipeline") == {"open_deals": 2, "pipeline": 170.0}
+    assert _get(deals, "pipeline", "period", period="month") == {
+        "2025-03-01": {"open_deals": 1, "pipeline": 100.0},
+        "2025-04-01": {"open_deals": 1, "pipeline": 70.0}}
+    assert _get(deals, "revenue_won", "period", period="month") == {
+        "2025-04-01": {"won_deals": 1, "revenue_won": 500.0}}
+    # d1's contact is p3 (first touch Paid Search), d2's first contact c9 is p1 (Organic),
+    # d4 has no contact
+    assert _get(deals, "pipeline", "channel", by=["channel"]) == {
+        "Paid Search": {"open_deals": 1, "pipeline": 100.0},
+        "Unassigned": {"open_deals": 1, "pipeline": 70.0}}
+    assert _get(deals, "revenue_won", "channel", by=["channel"]) == {
+        "Organic Search": {"won_deals": 1, "revenue_won": 500.0}}
+    assert _get(deals, "revenue_won", until=date(2025, 4, 15)) == {
+        "won_deals": 0, "revenue_won": 0.0}

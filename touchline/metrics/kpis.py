@@ -82,6 +82,7 @@ QUANTILES = {"median": 0.5, "p75": 0.75, "p90": 0.9}
 IMPORTS = {
     "search_console": "touchline ingest FILE --kind search_console",
     "spend": "touchline ingest FILE --kind spend",
+    "deals": "touchline ingest FILE --kind deals",
     "surveys": "touchline ingest FILE --kind surveys",
     "social": "touchline ingest FILE --kind social",
     "reviews": "touchline ingest FILE --kind reviews",
