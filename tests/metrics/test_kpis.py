@@ -499,3 +499,32 @@ def test_pipeline_and_revenue_won_by_hand(deals: BaseBackend) -> None:
         "Organic Search": {"won_deals": 1, "revenue_won": 500.0}}
     assert _get(deals, "revenue_won", until=date(2025, 4, 15)) == {
         "won_deals": 0, "revenue_won": 0.0}
+
+
+def test_churn_by_hand(warehouse: BaseBackend) -> None:
+    # active (a purchase): March p1, p2; April p1. April: 2 active before, 1 retained, p2 lost
+    assert _get(warehouse, "churn", "period") == {
+        "2025-03-01": {"active_previous": 0, "active": 2, "retained": 0, "churned": 0,
+                       "churn": None, "reason": "no previous period"},
+        "2025-04-01": {"active_previous": 2, "active": 1, "retained": 1, "churned": 1,
+                       "churn": 0.5, "reason": None}}
+    # by acquisition channel: p1 Organic Search stays, p2 (Email) churns in April
+    got = _get(warehouse, "churn", "period", "channel", by=["channel"])
+    assert {k: (v["churn"], v["reason"]) for k, v in got.items()} == {
+        ("2025-03-01", "Organic Search"): (None, "no previous period"),
+        ("2025-03-01", "Email"): (None, "no previous period"),
+        ("2025-04-01", "Organic Search"): (0.0, None),
+        ("2025-04-01", "Email"): (1.0, None)}
+    # quarters: March is in Q1 (the first period), April in Q2
+    assert _get(warehouse, "churn", "period", period="quarter") == {
+        "2025-01-01": {"active_previous": 0, "active": 2, "retained": 0, "churned": 0,
+                       "churn": None, "reason": "no previous period"},
+        "2025-04-01": {"active_previous": 2, "active": 1, "retained": 1, "churned": 1,
+                       "churn": 0.5, "reason": None}}
+    # weeks: p1 (week of 3 March), p2 (week of 17 March), p1 (week of 7 April): the week of
+    # 10 March loses p1; nobody bought in it, so the week of 17 March has no denominator
+    weeks = _get(warehouse, "churn", "period", period="week")
+    assert weeks["2025-03-10"] == {"active_previous": 1, "active": 0, "retained": 0,
+                                   "churned": 1, "churn": 1.0, "reason": None}
+    assert weeks["2025-03-17"]["reason"] == "no customer active in the previous period"
+    assert weeks["2025-03-17"]["churn"] is None

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
@@ -929,6 +929,63 @@ def retention(con: BaseBackend, q: Query) -> ir.Table:
     t = t.mutate(retention=_ratio(t.active_customers, t.customers))
     return t.select(*keys, "months_since", "customers", "active_customers",
                     "retention").order_by([*keys, "months_since"])
+
+
+#: one period later, by grain (a week is 7 days, a quarter 3 months)
+_NEXT_PERIOD = {"day": ibis.interval(days=1), "week": ibis.interval(days=7),
+                "month": ibis.interval(months=1), "quarter": ibis.interval(months=3)}
+NO_PREVIOUS_PERIOD = "no previous period"
+NO_PREVIOUS_CUSTOMER = "no customer active in the previous period"
+
+
+@register("churn", stage="retention", unit="ratio",
+          formula="customers active in period k-1 and not in period k / customers active in "
+          "period k-1 (active: a purchase in the period)",
+          tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
+          values=("active_previous", "active", "retained", "churned", "churn", "reason"),
+          zero_denominator=f"null, with the reason: '{NO_PREVIOUS_PERIOD}' (the first "
+          f"period) or '{NO_PREVIOUS_CUSTOMER}'", options=("conversion",))
+def churn(con: BaseBackend, q: Query) -> ir.Table:
+    """Customer churn for subscription-like or repeat-purchase data: of the customers active
+    (a purchase of ``conversion``, e.g. a renewal) in period k-1, the share not active in
+    period k; ``retained`` are active in both. It is the customer churn rate of subscription
+    analytics (Baremetrics-style: customers lost during a period / customers at its start,
+    new customers left out) with "customer at the start" read as "active in the previous
+    period", since events hold purchases, not subscription states (GA4 has no such report:
+    its churn probability is a prediction); for monthly renewals it is 1 minus the
+    month-on-month retention. The period grain is ``period``
+    (month when none is asked); the first period of the window and a group with nobody
+    active in the previous period have a null churn and the reason says which. By the
+    customer's acquisition channel, source…"""
+    q = replace(q, period=q.period or "month")
+    p = _purchases(con, q)
+    if q.since is not None:
+        p = p.filter(p.converted_at >= ibis.literal(q.since))
+    p = _keyed(p, q, at=p.converted_at, dims={d: p[d] for d in SESSION_LEVELS})
+    keys = list(q.keys)
+    active = p.select(*keys, "unit_id").distinct()
+    # each customer active in a period is one of the previous period's customers in the next
+    later = active.mutate(period=(active.period + _NEXT_PERIOD[q.period]).cast("date"))
+    both = ibis.union(active.mutate(_now=ibis.literal(1), _before=ibis.literal(0)),
+                      later.mutate(_now=ibis.literal(0), _before=ibis.literal(1)),
+                      distinct=False)
+    # the window's first and last active periods (over every group): no period after the
+    # last is reported, and the first has no previous one
+    now_period = ibis.ifelse(both._now == 1, both.period, ibis.null("date"))
+    both = both.mutate(_first=now_period.min().over(), _last=now_period.max().over())
+    both = both.filter(both.period <= both._last)
+    per = both.group_by([*keys, "unit_id", "_first"]).aggregate(
+        _now=both._now.max(), _before=both._before.max())
+    t = per.group_by([*keys, "_first"]).aggregate(
+        active_previous=per._before.sum().cast("int64"), active=per._now.sum().cast("int64"),
+        retained=(per._now * per._before).sum().cast("int64"))
+    t = t.mutate(churned=t.active_previous - t.retained)
+    reason = ibis.cases((t.period == t._first, NO_PREVIOUS_PERIOD),
+                        (t.active_previous == 0, NO_PREVIOUS_CUSTOMER),
+                        else_=ibis.null("string"))
+    t = t.mutate(churn=ibis.ifelse(t.period == t._first, ibis.null("float64"),
+                                   _ratio(t.churned, t.active_previous)), reason=reason)
+    return _select(t, q, **{v: t[v] for v in KPIS["churn"].values})
 
 
 # ---- advocacy -------------------------------------------------------------------------------
