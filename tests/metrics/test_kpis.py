@@ -217,7 +217,10 @@ def _ts(text: str | None) -> str | None:
 
 @pytest.fixture
 def warehouse(con: BaseBackend) -> BaseBackend:
-    sessions = [dict(session_id=sid, person_id=p, device_id=f"anon:{p}", started_at=_ts(start),
+    # session ids as prepare writes them, <device_id>#<session_index>, so that the device
+    # breakdown finds each session's landing touch
+    sessions = [dict(session_id=f"{sid}#1", person_id=p, device_id=sid, session_index=1,
+                     started_at=_ts(start),
                      duration_seconds=float(seconds), pageview_count=pages,
                      conversion_count=conv, channel=channel, source=source,
                      medium={"google": "cpc" if channel == "Paid Search" else "organic"}.get(
@@ -233,7 +236,7 @@ def warehouse(con: BaseBackend) -> BaseBackend:
                              converted=at is not None, converted_at=_ts(at), value=value,
                              touches=len(visits), days_to_convert=days))
         for position, sid in enumerate(visits, start=1):
-            steps.append(dict(journey_id=jid, position=position, session_id=sid,
+            steps.append(dict(journey_id=jid, position=position, session_id=f"{sid}#1",
                               touch_at=_ts(SESSIONS[sid][1])))
     for (jid, model), shares in CREDITS.items():
         value = JOURNEYS[jid][1]
@@ -528,3 +531,50 @@ def test_churn_by_hand(warehouse: BaseBackend) -> None:
                                    "churned": 1, "churn": 1.0, "reason": None}
     assert weeks["2025-03-17"]["reason"] == "no customer active in the previous period"
     assert weeks["2025-03-17"]["churn"] is None
+
+
+AGENTS = {  # session: its landing touch's user agent (s6's event has none)
+    "s1": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/124.0 Safari/537.36",
+    "s2": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) Mobile/15E148 Safari/604.1",
+    "s3": "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/124.0 Mobile Safari/537.36",
+    "s4": "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) Safari/604.1",
+    "s5": "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/124.0 Mobile Safari/537.36",
+    "s6": None,
+}
+
+
+def test_session_kpis_by_device_by_hand(warehouse: BaseBackend) -> None:
+    with pytest.raises(MissingInputError, match=r"user agents of the loaded events"):
+        compute(warehouse, "sessions", by=["device"])
+    touches = [dict(message_id=f"m-{sid}", device_id=sid, session_index=1, is_landing=True,
+                    timestamp=_ts(SESSIONS[sid][1])) for sid in SESSIONS]
+    engine.load_table(warehouse, "touches", arrow_table(store.TOUCHES, touches))
+    events = [dict(message_id=f"m-{sid}", user_agent=agent) for sid, agent in AGENTS.items()]
+    engine.load_table(warehouse, "events", arrow_table(store.EVENTS, events))
+    # desktop s1; mobile s2, s3, s5; tablet s4; (not set) s6. Returning: p1 in s2 and s3, p2
+    # in s5, all mobile; engaged: s2, s3, s5 (mobile), s4 (tablet)
+    names = ["sessions", "new_visitors", "returning_visitors", "engaged_sessions"]
+    assert _merged(warehouse, names, "device", by=["device"]) == {
+        "desktop": {"sessions": 1, "new_visitors": 1, "returning_visitors": 0,
+                    "engaged_sessions": 0},
+        "mobile": {"sessions": 3, "returning_visitors": 2, "engaged_sessions": 3},
+        "tablet": {"sessions": 1, "new_visitors": 1, "returning_visitors": 0,
+                   "engaged_sessions": 1},
+        "(not set)": {"sessions": 1, "new_visitors": 1, "returning_visitors": 0,
+                      "engaged_sessions": 0}}
+    # first sessions: p1 desktop (bought), p2 tablet (bought), p3 (not set) (did not)
+    assert _get(warehouse, "conversion_rate", "device", by=["device"]) == {
+        "desktop": {"visitors": 1, "converters": 1, "conversion_rate": 1.0},
+        "tablet": {"visitors": 1, "converters": 1, "conversion_rate": 1.0},
+        "(not set)": {"visitors": 1, "converters": 0, "conversion_rate": 0.0}}
+    # journeys by their first touch: p1's first purchase s1 (2 visits), second s3 (1), p2's
+    # s4 (2); leads: p2's s4, p3's s6
+    assert _get(warehouse, "visits_to_convert", "period", "device", by=["month", "device"]) == {
+        ("2025-03-01", "desktop"): {"conversions": 1, "median": 2.0, "p75": 2.0, "p90": 2.0},
+        ("2025-03-01", "tablet"): {"conversions": 1, "median": 2.0, "p75": 2.0, "p90": 2.0},
+        ("2025-04-01", "mobile"): {"conversions": 1, "median": 1.0, "p75": 1.0, "p90": 1.0}}
+    assert _get(warehouse, "leads", "device", by=["device"]) == {
+        "tablet": {"leads": 1}, "(not set)": {"leads": 1}}
+    with pytest.raises(UnknownKPIError, match=r"'cpa' cannot be broken down by 'device'.*"
+                       r"the KPIs that break down by device: .*\bsessions\b.*conversion_rate"):
+        compute(warehouse, "cpa", by=["device"])

@@ -31,18 +31,21 @@ import ibis.expr.types as ir
 
 from touchline.metrics.kpis import (
     _ZERO,
+    DEVICE_DIMS,
     DOC_SECTIONS,
     SESSION_DIMS,
     SESSION_LEVELS,
     Query,
     _aggregate,
     _check_conversion,
+    _device,
     _keyed,
     _levels,
     _order,
     _ratio,
     _sessions,
     register,
+    with_device,
 )
 
 if TYPE_CHECKING:
@@ -123,7 +126,7 @@ def form_completion_rate(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("landing_page_conversion_rate", stage="consideration", unit="ratio",
           formula="sessions in which the person converted / sessions, by the session's "
-          "landing page", tables=["sessions", "journeys"], dimensions=SESSION_DIMS,
+          "landing page", tables=["sessions", "journeys"], dimensions=DEVICE_DIMS,
           values=("sessions", "converting_sessions", "landing_page_conversion_rate"),
           zero_denominator=_ZERO, options=("conversion",))
 def landing_page_conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
@@ -131,14 +134,14 @@ def landing_page_conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
     (a conversion of ``conversion`` between the session's first and last touch), by landing
     page (``by=["landing_page"]``), period and channel, source…"""
     _check_conversion(con, q)
-    s = _sessions(con)
+    s = with_device(con, _sessions(con), q)
     j = con.table("journeys")
     j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
     hit = s.inner_join(j, [s.person_id == j.unit_id, j.converted_at >= s.started_at,
                            j.converted_at <= s.ended_at])
     hit = hit.select(_hit="session_id").distinct()
     t = s.left_join(hit, s.session_id == hit._hit)
-    t = _keyed(t, q, at=t.started_at, dims=_levels(t, SESSION_LEVELS))
+    t = _keyed(t, q, at=t.started_at, dims=_levels(t, SESSION_LEVELS) | _device(t))
     t = _aggregate(t, q, sessions=t.count().cast("int64"),
                    converting_sessions=t._hit.count().cast("int64"))
     return _order(t.mutate(landing_page_conversion_rate=_ratio(t.converting_sessions,
