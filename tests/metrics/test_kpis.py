@@ -235,7 +235,10 @@ def _ts(text: str | None) -> str | None:
 
 @pytest.fixture
 def warehouse(con: BaseBackend) -> BaseBackend:
-    sessions = [dict(session_id=sid, person_id=p, device_id=f"anon:{p}", started_at=_ts(start),
+    # session ids as prepare writes them, <device_id>#<session_index>, so that the device
+    # breakdown finds each session's landing touch
+    sessions = [dict(session_id=f"{sid}#1", person_id=p, device_id=sid, session_index=1,
+                     started_at=_ts(start),
                      duration_seconds=float(seconds), pageview_count=pages,
                      conversion_count=conv, channel=channel, source=source,
                      medium={"google": "cpc" if channel == "Paid Search" else "organic"}.get(
@@ -251,7 +254,7 @@ def warehouse(con: BaseBackend) -> BaseBackend:
                              converted=at is not None, converted_at=_ts(at), value=value,
                              touches=len(visits), days_to_convert=days))
         for position, sid in enumerate(visits, start=1):
-            steps.append(dict(journey_id=jid, position=position, session_id=sid,
+            steps.append(dict(journey_id=jid, position=position, session_id=f"{sid}#1",
                               touch_at=_ts(SESSIONS[sid][1])))
     for (jid, model), shares in CREDITS.items():
         value = JOURNEYS[jid][1]
@@ -489,3 +492,125 @@ def test_docs_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     rows = [line.split()[1:5] for line in out.splitlines()[1:]]
     assert rows == [["2025-04-01", "Email", "1", "100.0"],
                     ["2025-04-01", "Unassigned", "3", "0.0"]]
+
+
+DEALS = [  # deal, status, amount, created, closed, updated, contact ids, contact e-mails
+    ("d1", "open", 100.0, "2025-03-03", None, "2025-03-03", None, "CY@example.com"),  # p3
+    ("d2", "open", 400.0, "2025-03-10", None, "2025-03-10", "c9;c7", None),  # p1, then won:
+    ("d2", " Won", 500.0, "2025-03-10", "2025-04-15", "2025-04-15", "c9;c7", None),
+    ("d3", "lost", 50.0, "2025-03-12", "2025-04-01", "2025-04-01", None, None),
+    ("d4", "negotiation", 70.0, None, None, "2025-04-20", None, None),  # created: opportunity
+]
+
+
+@pytest.fixture
+def deals(warehouse: BaseBackend) -> BaseBackend:
+    rows = [dict(deal_id=d, status=status, amount=amount, created_at=_ts(created and
+                                                                         created + " 09:00"),
+                 closed_at=_ts(closed and closed + " 09:00"),
+                 updated_at=_ts(updated + " 09:00"), contact_ids=ids, contact_emails=emails,
+                 opportunity_at="2025-04-02 09:00:00" if d == "d4" else None,
+                 row_hash=f"{d}:{i}")
+            for i, (d, status, amount, created, closed, updated, ids, emails)
+            in enumerate(DEALS)]
+    engine.load_table(warehouse, "deals", arrow_table(store.DEALS, rows))
+    identities = [dict(identifier=i, person_id=p, kind=i.split(":")[0])
+                  for i, p in {**IDENTITIES, "contact:c9": "p1"}.items()]
+    engine.load_table(warehouse, "identities", arrow_table(store.IDENTITIES, identities))
+    return warehouse
+
+
+def test_pipeline_and_revenue_won_by_hand(deals: BaseBackend) -> None:
+    # latest snapshots: d1 open 100 (March), d2 won 500 (closed 15 April; its open snapshot
+    # is older), d3 lost, d4 open 70 (no created_at: its opportunity date, 2 April)
+    assert _get(deals, "pipeline") == {"open_deals": 2, "pipeline": 170.0}
+    assert _get(deals, "pipeline", "period", period="month") == {
+        "2025-03-01": {"open_deals": 1, "pipeline": 100.0},
+        "2025-04-01": {"open_deals": 1, "pipeline": 70.0}}
+    assert _get(deals, "revenue_won", "period", period="month") == {
+        "2025-04-01": {"won_deals": 1, "revenue_won": 500.0}}
+    # d1's contact is p3 (first touch Paid Search), d2's first contact c9 is p1 (Organic),
+    # d4 has no contact
+    assert _get(deals, "pipeline", "channel", by=["channel"]) == {
+        "Paid Search": {"open_deals": 1, "pipeline": 100.0},
+        "Unassigned": {"open_deals": 1, "pipeline": 70.0}}
+    assert _get(deals, "revenue_won", "channel", by=["channel"]) == {
+        "Organic Search": {"won_deals": 1, "revenue_won": 500.0}}
+    assert _get(deals, "revenue_won", until=date(2025, 4, 15)) == {
+        "won_deals": 0, "revenue_won": 0.0}
+
+
+def test_churn_by_hand(warehouse: BaseBackend) -> None:
+    # active (a purchase): March p1, p2; April p1. April: 2 active before, 1 retained, p2 lost
+    assert _get(warehouse, "churn", "period") == {
+        "2025-03-01": {"active_previous": 0, "active": 2, "retained": 0, "churned": 0,
+                       "churn": None, "reason": "no previous period"},
+        "2025-04-01": {"active_previous": 2, "active": 1, "retained": 1, "churned": 1,
+                       "churn": 0.5, "reason": None}}
+    # by acquisition channel: p1 Organic Search stays, p2 (Email) churns in April
+    got = _get(warehouse, "churn", "period", "channel", by=["channel"])
+    assert {k: (v["churn"], v["reason"]) for k, v in got.items()} == {
+        ("2025-03-01", "Organic Search"): (None, "no previous period"),
+        ("2025-03-01", "Email"): (None, "no previous period"),
+        ("2025-04-01", "Organic Search"): (0.0, None),
+        ("2025-04-01", "Email"): (1.0, None)}
+    # quarters: March is in Q1 (the first period), April in Q2
+    assert _get(warehouse, "churn", "period", period="quarter") == {
+        "2025-01-01": {"active_previous": 0, "active": 2, "retained": 0, "churned": 0,
+                       "churn": None, "reason": "no previous period"},
+        "2025-04-01": {"active_previous": 2, "active": 1, "retained": 1, "churned": 1,
+                       "churn": 0.5, "reason": None}}
+    # weeks: p1 (week of 3 March), p2 (week of 17 March), p1 (week of 7 April): the week of
+    # 10 March loses p1; nobody bought in it, so the week of 17 March has no denominator
+    weeks = _get(warehouse, "churn", "period", period="week")
+    assert weeks["2025-03-10"] == {"active_previous": 1, "active": 0, "retained": 0,
+                                   "churned": 1, "churn": 1.0, "reason": None}
+    assert weeks["2025-03-17"]["reason"] == "no customer active in the previous period"
+    assert weeks["2025-03-17"]["churn"] is None
+
+
+AGENTS = {  # session: its landing touch's user agent (s6's event has none)
+    "s1": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/124.0 Safari/537.36",
+    "s2": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) Mobile/15E148 Safari/604.1",
+    "s3": "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/124.0 Mobile Safari/537.36",
+    "s4": "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) Safari/604.1",
+    "s5": "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/124.0 Mobile Safari/537.36",
+    "s6": None,
+}
+
+
+def test_session_kpis_by_device_by_hand(warehouse: BaseBackend) -> None:
+    with pytest.raises(MissingInputError, match=r"user agents of the loaded events"):
+        compute(warehouse, "sessions", by=["device"])
+    touches = [dict(message_id=f"m-{sid}", device_id=sid, session_index=1, is_landing=True,
+                    timestamp=_ts(SESSIONS[sid][1])) for sid in SESSIONS]
+    engine.load_table(warehouse, "touches", arrow_table(store.TOUCHES, touches))
+    events = [dict(message_id=f"m-{sid}", user_agent=agent) for sid, agent in AGENTS.items()]
+    engine.load_table(warehouse, "events", arrow_table(store.EVENTS, events))
+    # desktop s1; mobile s2, s3, s5; tablet s4; (not set) s6. Returning: p1 in s2 and s3, p2
+    # in s5, all mobile; engaged: s2, s3, s5 (mobile), s4 (tablet)
+    names = ["sessions", "new_visitors", "returning_visitors", "engaged_sessions"]
+    assert _merged(warehouse, names, "device", by=["device"]) == {
+        "desktop": {"sessions": 1, "new_visitors": 1, "returning_visitors": 0,
+                    "engaged_sessions": 0},
+        "mobile": {"sessions": 3, "returning_visitors": 2, "engaged_sessions": 3},
+        "tablet": {"sessions": 1, "new_visitors": 1, "returning_visitors": 0,
+                   "engaged_sessions": 1},
+        "(not set)": {"sessions": 1, "new_visitors": 1, "returning_visitors": 0,
+                      "engaged_sessions": 0}}
+    # first sessions: p1 desktop (bought), p2 tablet (bought), p3 (not set) (did not)
+    assert _get(warehouse, "conversion_rate", "device", by=["device"]) == {
+        "desktop": {"visitors": 1, "converters": 1, "conversion_rate": 1.0},
+        "tablet": {"visitors": 1, "converters": 1, "conversion_rate": 1.0},
+        "(not set)": {"visitors": 1, "converters": 0, "conversion_rate": 0.0}}
+    # journeys by their first touch: p1's first purchase s1 (2 visits), second s3 (1), p2's
+    # s4 (2); leads: p2's s4, p3's s6
+    assert _get(warehouse, "visits_to_convert", "period", "device", by=["month", "device"]) == {
+        ("2025-03-01", "desktop"): {"conversions": 1, "median": 2.0, "p75": 2.0, "p90": 2.0},
+        ("2025-03-01", "tablet"): {"conversions": 1, "median": 2.0, "p75": 2.0, "p90": 2.0},
+        ("2025-04-01", "mobile"): {"conversions": 1, "median": 1.0, "p75": 1.0, "p90": 1.0}}
+    assert _get(warehouse, "leads", "device", by=["device"]) == {
+        "tablet": {"leads": 1}, "(not set)": {"leads": 1}}
+    with pytest.raises(UnknownKPIError, match=r"'cpa' cannot be broken down by 'device'.*"
+                       r"the KPIs that break down by device: .*\bsessions\b.*conversion_rate"):
+        compute(warehouse, "cpa", by=["device"])

@@ -207,6 +207,38 @@ def test_cta_forms_and_landing_pages_by_hand(warehouse: BaseBackend) -> None:
     assert _rows(warehouse, "leads", "source", by=["source"]) == {"newsletter": {"leads": 1}}
 
 
+VIEW_STAGES = [  # model, person, stage, entered, left
+    ("lifecycle", "p1", "awareness", "2025-03-02 10:00:00", "2025-03-02 10:02:30"),
+    ("lifecycle", "p1", "consideration", "2025-03-02 10:02:30", None),
+    ("lifecycle", "p2", "awareness", "2025-03-05 11:00:30", None),
+    ("funnel", "p3", "top", "2025-04-05 09:00:00", None),  # another model: not read
+]
+
+
+def test_content_viewed_by_stage_by_hand(warehouse: BaseBackend) -> None:
+    engine.load_table(warehouse, "stages", arrow_table(store.STAGES, [
+        dict(stage_model=m, unit="person", unit_id=p, stage=s, entered_at=e, left_at=left)
+        for m, p, s, e, left in VIEW_STAGES]))
+    # page views: p1 /pricing 10:00 and 10:02 (awareness), /blog 10:03 (consideration);
+    # p2 /pricing 11:00 (before awareness at 11:00:30) and /demo 11:01 (awareness); p3 /demo
+    # twice (no lifecycle stage)
+    assert _rows(warehouse, "content_viewed", "page", "stage", by=["page"]) == {
+        ("/blog", "consideration"): {"page_views": 1, "viewers": 1},
+        ("/demo", "(no stage)"): {"page_views": 2, "viewers": 1},
+        ("/demo", "awareness"): {"page_views": 1, "viewers": 1},
+        ("/pricing", "(no stage)"): {"page_views": 1, "viewers": 1},
+        ("/pricing", "awareness"): {"page_views": 2, "viewers": 1}}
+    assert _rows(warehouse, "content_viewed", "stage") == {
+        "(no stage)": {"page_views": 3, "viewers": 2},
+        "awareness": {"page_views": 3, "viewers": 2},
+        "consideration": {"page_views": 1, "viewers": 1}}
+    funnel = Settings(stage_model="funnel")
+    assert _rows(warehouse, "content_viewed", "period", "stage", period="month",
+                 settings=funnel) == {
+        ("2025-03-01", "(no stage)"): {"page_views": 5, "viewers": 2},
+        ("2025-04-01", "top"): {"page_views": 2, "viewers": 1}}
+
+
 def test_reviews_nps_segments_referrals_and_heard_about_by_hand(warehouse: BaseBackend) -> None:
     # reviews: 5, 4, 2, 4.5 imported and r1's 3 from the survey
     assert _rows(warehouse, "review_rating") == {"reviews": 5, "review_rating": 3.7}

@@ -15,6 +15,7 @@ from ibis.backends import BaseBackend
 from serve_kit import build_warehouse
 
 from touchline.errors import ConfigError, InputError, MissingInputError
+from touchline.metrics import dimensions
 from touchline.serve import figures
 from touchline.serve.figures import (
     CHARTS,
@@ -281,7 +282,7 @@ def test_device_and_b2b_filters_by_hand(wh: BaseBackend) -> None:
         "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/124.0 Mobile Safari/537.36",
         "Mozilla/5.0 (Linux; Android 13; SM-X710) Chrome/124.0 Safari/537.36",
         "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) Safari/605.1.15", "  ", None]})
-    got = wh.execute(agents.select(d=figures.device_category(agents.ua))).d.tolist()
+    got = wh.execute(agents.select(d=dimensions.device_category(agents.ua))).d.tolist()
     assert got == ["mobile", "tablet", "desktop", "(not set)", "(not set)"]
     # mobile: p1's paid click (s2) and p2's (s5), the second touch of each
     mobile = _records(model_comparison_data(wh, device="mobile"), ["channel", "model"])

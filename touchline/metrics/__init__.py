@@ -4,7 +4,8 @@ from touchline.metrics.funnels import funnel
 from touchline.metrics.kpis import KPIS, compute
 
 # register the KPIs of the other modules beside those of kpis.py (CLV, social, pages, stage
-# rates, reviews and the rest of advocacy)
-from touchline.metrics import social, pages, stage_rates, clv, advocacy  # noqa: F401  isort: skip
+# rates, reviews and the rest of advocacy, deals)
+from touchline.metrics import (  # noqa: F401  isort: skip
+    social, pages, stage_rates, clv, advocacy, deals)
 
 __all__ = ["KPIS", "compute", "funnel"]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,7 @@ import ibis.expr.types as ir
 from touchline import store
 from touchline.config import Settings
 from touchline.errors import MissingInputError, UnknownKPIError, did_you_mean
+from touchline.metrics.dimensions import session_devices
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -83,6 +84,7 @@ QUANTILES = {"median": 0.5, "p75": 0.75, "p90": 0.9}
 IMPORTS = {
     "search_console": "touchline ingest FILE --kind search_console",
     "spend": "touchline ingest FILE --kind spend",
+    "deals": "touchline ingest FILE --kind deals",
     "surveys": "touchline ingest FILE --kind surveys",
     "social": "touchline ingest FILE --kind social",
     "reviews": "touchline ingest FILE --kind reviews",
@@ -260,10 +262,15 @@ def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
     for dim in asked:
         if dim not in kpi.dimensions:
             offered = ", ".join(kpi.dimensions) or "none"
+            hint = ""
+            if dim == "segment":
+                hint = "; only survey answers hold a segment"
+            elif dim == "device":
+                hint = ("; the KPIs that break down by device: "
+                        + ", ".join(k.name for k in KPIS.values() if "device" in k.dimensions))
             raise UnknownKPIError(
                 f"KPI {kpi.name!r} cannot be broken down by {dim!r}: its tables "
-                f"({', '.join(kpi.tables)}) hold {offered}"
-                + ("" if dim != "segment" else "; only survey answers hold a segment"))
+                f"({', '.join(kpi.tables)}) hold {offered}{hint}")
 
     def moment(value: date | None) -> datetime | None:
         if value is None or isinstance(value, datetime):
@@ -386,6 +393,26 @@ def _order(t: ir.Table, q: Query) -> ir.Table:
 SESSION_LEVELS = {"channel": "channel", "source": "source", "medium": "medium",
                   "campaign": "campaign", "keyword": "term", "landing_page": "landing_page"}
 SESSION_DIMS = ("period", *SESSION_LEVELS)
+#: the session KPIs' breakdowns with the session's device category (desktop, mobile, tablet,
+#: (not set)), which :func:`touchline.metrics.dimensions.session_devices` derives
+DEVICE_DIMS = (*SESSION_DIMS, "device")
+
+
+def with_device(con: BaseBackend, t: ir.Table, q: Query, session: str = "session_id"
+                ) -> ir.Table:
+    """``t`` with a ``device`` column (the device category of the session ``t[session]``,
+    ``(not set)`` for none) when ``by`` asks for it; ``t`` itself otherwise, so the events
+    are read only when needed."""
+    if "device" not in q.by:
+        return t
+    d = session_devices(con).select(_device_session="session_id", _device="device")
+    j = t.left_join(d, t[session] == d._device_session)
+    return j.mutate(device=j._device.fill_null(NOT_SET)).drop("_device_session", "_device")
+
+
+def _device(t: ir.Table) -> dict[str, ir.Value]:
+    """The ``device`` breakdown of ``t`` when :func:`with_device` added it."""
+    return {"device": t.device} if "device" in t.columns else {}
 
 
 def _sessions(con: BaseBackend) -> ir.Table:
@@ -396,12 +423,16 @@ def _sessions(con: BaseBackend) -> ir.Table:
     return s.mutate(_first=rank == 0)
 
 
-def first_touches(con: BaseBackend) -> ir.Table:
+def first_touches(con: BaseBackend, q: Query | None = None) -> ir.Table:
     """``person_id``, ``first_at`` and the person's first session's breakdown values (the
-    acquisition channel, source… every person-level KPI breaks down by)."""
+    acquisition channel, source… every person-level KPI breaks down by); with its
+    ``device`` too when ``q`` asks for it."""
     s = _sessions(con)
     s = s.filter(s._first)
-    return s.select("person_id", first_at=s.started_at, **_levels(s, SESSION_LEVELS))
+    if q is not None:
+        s = with_device(con, s, q)
+    return s.select("person_id", first_at=s.started_at, **_levels(s, SESSION_LEVELS),
+                    **_device(s))
 
 
 # ---- awareness ------------------------------------------------------------------------------
@@ -537,24 +568,24 @@ def paid_quality_score(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("new_visitors", stage="awareness", unit="persons",
           formula="count(persons whose first session ever falls in the group)",
-          tables=["sessions"], dimensions=SESSION_DIMS)
+          tables=["sessions"], dimensions=DEVICE_DIMS)
 def new_visitors(con: BaseBackend, q: Query) -> ir.Table:
-    """People seen for the first time, by the channel, source… of their first session; the
-    period is that session's start."""
-    f = first_touches(con)
-    t = _keyed(f, q, at=f.first_at, dims={d: f[d] for d in SESSION_LEVELS})
+    """People seen for the first time, by the channel, source, device… of their first
+    session; the period is that session's start."""
+    f = first_touches(con, q)
+    t = _keyed(f, q, at=f.first_at, dims={d: f[d] for d in SESSION_LEVELS} | _device(f))
     return _order(_aggregate(t, q, new_visitors=t.person_id.nunique().cast("int64")), q)
 
 
 # ---- consideration --------------------------------------------------------------------------
 
 def _session_groups(con: BaseBackend, q: Query) -> ir.Table:
-    s = _sessions(con)
-    return _keyed(s, q, at=s.started_at, dims=_levels(s, SESSION_LEVELS))
+    s = with_device(con, _sessions(con), q)
+    return _keyed(s, q, at=s.started_at, dims=_levels(s, SESSION_LEVELS) | _device(s))
 
 
 @register("sessions", stage="consideration", unit="sessions", formula="count(sessions)",
-          tables=["sessions"], dimensions=SESSION_DIMS)
+          tables=["sessions"], dimensions=DEVICE_DIMS)
 def sessions(con: BaseBackend, q: Query) -> ir.Table:
     """Visits of known persons (every prepared session has one)."""
     t = _session_groups(con, q)
@@ -563,7 +594,7 @@ def sessions(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("returning_visitors", stage="consideration", unit="persons",
           formula="count(distinct persons with a session in the group that is not their first)",
-          tables=["sessions"], dimensions=SESSION_DIMS)
+          tables=["sessions"], dimensions=DEVICE_DIMS)
 def returning_visitors(con: BaseBackend, q: Query) -> ir.Table:
     """People who came back: a person whose first visit was in March and who returned in
     April is new in March and returning in April (and both, in a month with both)."""
@@ -574,7 +605,7 @@ def returning_visitors(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("new_sessions", stage="consideration", unit="sessions",
           formula="count(sessions that are their person's first)", tables=["sessions"],
-          dimensions=SESSION_DIMS)
+          dimensions=DEVICE_DIMS)
 def new_sessions(con: BaseBackend, q: Query) -> ir.Table:
     """First visits."""
     t = _session_groups(con, q)
@@ -583,7 +614,7 @@ def new_sessions(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("returning_sessions", stage="consideration", unit="sessions",
           formula="count(sessions that are not their person's first)", tables=["sessions"],
-          dimensions=SESSION_DIMS)
+          dimensions=DEVICE_DIMS)
 def returning_sessions(con: BaseBackend, q: Query) -> ir.Table:
     """Return visits."""
     t = _session_groups(con, q)
@@ -592,7 +623,7 @@ def returning_sessions(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("sessions_per_visitor", stage="consideration", unit="sessions per person",
           formula="count(sessions) / count(distinct persons)", tables=["sessions"],
-          dimensions=SESSION_DIMS, zero_denominator=_ZERO)
+          dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
 def sessions_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
     """Visits per visitor in the group."""
     t = _session_groups(con, q)
@@ -602,7 +633,7 @@ def sessions_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("pages_per_visitor", stage="consideration", unit="page views per person",
           formula="sum(pageview_count) / count(distinct persons)", tables=["sessions"],
-          dimensions=SESSION_DIMS, zero_denominator=_ZERO)
+          dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
 def pages_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
     """Page (and screen) views per visitor."""
     t = _session_groups(con, q)
@@ -619,7 +650,7 @@ def _engaged(t: ir.Table) -> ir.BooleanValue:
 @register("engaged_sessions", stage="consideration", unit="sessions",
           formula=f"count(sessions with duration >= {ENGAGED_SECONDS} s or >= "
           f"{ENGAGED_PAGEVIEWS} page views or a conversion)",
-          tables=["sessions"], dimensions=SESSION_DIMS)
+          tables=["sessions"], dimensions=DEVICE_DIMS)
 def engaged_sessions(con: BaseBackend, q: Query) -> ir.Table:
     """GA4's engaged session. The duration is the session's first to last touch (touchline
     has no engagement timer), so a one-page visit of a minute is not engaged unless it holds a
@@ -630,7 +661,7 @@ def engaged_sessions(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("engagement_rate", stage="consideration", unit="ratio",
           formula="engaged_sessions / sessions", tables=["sessions"],
-          dimensions=SESSION_DIMS, zero_denominator=_ZERO)
+          dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
 def engagement_rate(con: BaseBackend, q: Query) -> ir.Table:
     """Share of sessions that were engaged (GA4's engagement rate)."""
     t = _session_groups(con, q)
@@ -644,9 +675,10 @@ def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
     j = j.filter((j.conversion == q.conversion) & j.converted)
     jt = con.table("journey_touches")
     first = jt.filter(jt.position == 1).select(
-        _journey="journey_id", **{d: jt[d] for d in SESSION_LEVELS})
-    j = j.left_join(first, j.journey_id == first._journey)
-    return _keyed(j, q, at=j.converted_at, dims=_levels(j, {d: d for d in SESSION_LEVELS}))
+        _journey="journey_id", _session="session_id", **{d: jt[d] for d in SESSION_LEVELS})
+    j = with_device(con, j.left_join(first, j.journey_id == first._journey), q, "_session")
+    return _keyed(j, q, at=j.converted_at,
+                  dims=_levels(j, {d: d for d in SESSION_LEVELS}) | _device(j))
 
 
 def _check_conversion(con: BaseBackend, q: Query) -> None:
@@ -665,7 +697,7 @@ def _spread(values: ir.NumericValue, count: ir.Scalar) -> dict[str, ir.Scalar]:
 
 @register("visits_to_convert", stage="consideration", unit="sessions",
           formula="median, p75, p90 of journeys.touches over converting journeys",
-          tables=["journeys", "journey_touches"], dimensions=SESSION_DIMS,
+          tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
           values=("conversions", *QUANTILES), options=("conversion",))
 def visits_to_convert(con: BaseBackend, q: Query) -> ir.Table:
     """How many visits a converting journey held (quantiles interpolate), by the journey's
@@ -678,7 +710,7 @@ def visits_to_convert(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("days_to_convert", stage="consideration", unit="days",
           formula="median, p75, p90 of converted_at - first_touch_at over converting journeys",
-          tables=["journeys", "journey_touches"], dimensions=SESSION_DIMS,
+          tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
           values=("conversions", *QUANTILES), options=("conversion",))
 def days_to_convert(con: BaseBackend, q: Query) -> ir.Table:
     """Days from a converting journey's first touch to its conversion (journeys without a
@@ -743,7 +775,7 @@ def revenue(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("conversion_rate", stage="decision", unit="ratio",
           formula="persons who converted / persons, by the first touch's channel, source…",
-          tables=["sessions", "journeys"], dimensions=SESSION_DIMS,
+          tables=["sessions", "journeys"], dimensions=DEVICE_DIMS,
           values=("visitors", "converters", "conversion_rate"), zero_denominator=_ZERO,
           options=("conversion",))
 def conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
@@ -752,14 +784,14 @@ def conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
     (before ``until``, when given). Few Instagram visitors convert while the smaller
     newsletter audience converts more: this shows it."""
     _check_conversion(con, q)
-    f = first_touches(con)
+    f = first_touches(con, q)
     j = con.table("journeys")
     j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
     if q.until is not None:
         j = j.filter(j.converted_at < ibis.literal(q.until))
     buyers = j.select(_buyer="unit_id").distinct()
     t = f.left_join(buyers, f.person_id == buyers._buyer)
-    t = _keyed(t, q, at=t.first_at, dims={d: t[d] for d in SESSION_LEVELS})
+    t = _keyed(t, q, at=t.first_at, dims={d: t[d] for d in SESSION_LEVELS} | _device(t))
     t = _aggregate(t, q, visitors=t.person_id.nunique().cast("int64"),
                    converters=t._buyer.nunique().cast("int64"))
     return _order(t.mutate(conversion_rate=_ratio(t.converters, t.visitors)), q)
@@ -767,7 +799,7 @@ def conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("leads", stage="decision", unit="leads",
           formula="count(converted lead journeys), by the journey's first touch",
-          tables=["journeys", "journey_touches"], dimensions=SESSION_DIMS)
+          tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS)
 def leads(con: BaseBackend, q: Query) -> ir.Table:
     """Leads (conversions of the ``lead`` type) by the source, channel, campaign… of the
     lead journey's first touch, and the lead's period: counted whole, where ``conversions``
@@ -950,6 +982,63 @@ def retention(con: BaseBackend, q: Query) -> ir.Table:
                     "retention").order_by([*keys, "months_since"])
 
 
+#: one period later, by grain (a week is 7 days, a quarter 3 months)
+_NEXT_PERIOD = {"day": ibis.interval(days=1), "week": ibis.interval(days=7),
+                "month": ibis.interval(months=1), "quarter": ibis.interval(months=3)}
+NO_PREVIOUS_PERIOD = "no previous period"
+NO_PREVIOUS_CUSTOMER = "no customer active in the previous period"
+
+
+@register("churn", stage="retention", unit="ratio",
+          formula="customers active in period k-1 and not in period k / customers active in "
+          "period k-1 (active: a purchase in the period)",
+          tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
+          values=("active_previous", "active", "retained", "churned", "churn", "reason"),
+          zero_denominator=f"null, with the reason: '{NO_PREVIOUS_PERIOD}' (the first "
+          f"period) or '{NO_PREVIOUS_CUSTOMER}'", options=("conversion",))
+def churn(con: BaseBackend, q: Query) -> ir.Table:
+    """Customer churn for subscription-like or repeat-purchase data: of the customers active
+    (a purchase of ``conversion``, e.g. a renewal) in period k-1, the share not active in
+    period k; ``retained`` are active in both. It is the customer churn rate of subscription
+    analytics (Baremetrics-style: customers lost during a period / customers at its start,
+    new customers left out) with "customer at the start" read as "active in the previous
+    period", since events hold purchases, not subscription states (GA4 has no such report:
+    its churn probability is a prediction); for monthly renewals it is 1 minus the
+    month-on-month retention. The period grain is ``period``
+    (month when none is asked); the first period of the window and a group with nobody
+    active in the previous period have a null churn and the reason says which. By the
+    customer's acquisition channel, source…"""
+    q = replace(q, period=q.period or "month")
+    p = _purchases(con, q)
+    if q.since is not None:
+        p = p.filter(p.converted_at >= ibis.literal(q.since))
+    p = _keyed(p, q, at=p.converted_at, dims={d: p[d] for d in SESSION_LEVELS})
+    keys = list(q.keys)
+    active = p.select(*keys, "unit_id").distinct()
+    # each customer active in a period is one of the previous period's customers in the next
+    later = active.mutate(period=(active.period + _NEXT_PERIOD[q.period]).cast("date"))
+    both = ibis.union(active.mutate(_now=ibis.literal(1), _before=ibis.literal(0)),
+                      later.mutate(_now=ibis.literal(0), _before=ibis.literal(1)),
+                      distinct=False)
+    # the window's first and last active periods (over every group): no period after the
+    # last is reported, and the first has no previous one
+    now_period = ibis.ifelse(both._now == 1, both.period, ibis.null("date"))
+    both = both.mutate(_first=now_period.min().over(), _last=now_period.max().over())
+    both = both.filter(both.period <= both._last)
+    per = both.group_by([*keys, "unit_id", "_first"]).aggregate(
+        _now=both._now.max(), _before=both._before.max())
+    t = per.group_by([*keys, "_first"]).aggregate(
+        active_previous=per._before.sum().cast("int64"), active=per._now.sum().cast("int64"),
+        retained=(per._now * per._before).sum().cast("int64"))
+    t = t.mutate(churned=t.active_previous - t.retained)
+    reason = ibis.cases((t.period == t._first, NO_PREVIOUS_PERIOD),
+                        (t.active_previous == 0, NO_PREVIOUS_CUSTOMER),
+                        else_=ibis.null("string"))
+    t = t.mutate(churn=ibis.ifelse(t.period == t._first, ibis.null("float64"),
+                                   _ratio(t.churned, t.active_previous)), reason=reason)
+    return _select(t, q, **{v: t[v] for v in KPIS["churn"].values})
+
+
 # ---- advocacy -------------------------------------------------------------------------------
 
 def match_people(con: BaseBackend, t: ir.Table, key: str,
@@ -1083,8 +1172,13 @@ Rules every KPI follows:
   session's entrance values). Person-level KPIs (new visitors, conversion rate, retention, NPS)
   break down by the person's *first* session: the acquisition channel. Survey answers also
   break down by their `segment`; social rows and reviews by `platform`; page KPIs (CTA, forms)
-  by `page` (the path). No stored table holds a device category of sessions yet: asking for
-  one is an error.
+  by `page` (the path). Session-based KPIs (sessions, new and returning visitors, engagement,
+  visits and days to convert, conversion rate, leads, landing-page conversion) break down by
+  `device`: the device category (desktop, mobile, tablet, `(not set)`) of the session (the
+  first session for person-level KPIs, the journey's first touch for conversions), from the
+  user agent of its landing touch in the loaded `events`, as the dashboard's device filter
+  reads it (`touchline/metrics/dimensions.py`); Search Console KPIs by Search Console's own
+  device. Any other KPI asked by device fails and names the KPIs that can.
 - **Settings name the events**: CTA clicks (`cta_events`, `cta_pages`), form starts
   (`form_start_events`, `form_pages`; submissions are `touch_events["form"]`), referrals
   (`referral_events`) and the channels "how did you hear about us" answers name

@@ -31,18 +31,21 @@ import ibis.expr.types as ir
 
 from touchline.metrics.kpis import (
     _ZERO,
+    DEVICE_DIMS,
     DOC_SECTIONS,
     SESSION_DIMS,
     SESSION_LEVELS,
     Query,
     _aggregate,
     _check_conversion,
+    _device,
     _keyed,
     _levels,
     _order,
     _ratio,
     _sessions,
     register,
+    with_device,
 )
 
 if TYPE_CHECKING:
@@ -123,7 +126,7 @@ def form_completion_rate(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("landing_page_conversion_rate", stage="consideration", unit="ratio",
           formula="sessions in which the person converted / sessions, by the session's "
-          "landing page", tables=["sessions", "journeys"], dimensions=SESSION_DIMS,
+          "landing page", tables=["sessions", "journeys"], dimensions=DEVICE_DIMS,
           values=("sessions", "converting_sessions", "landing_page_conversion_rate"),
           zero_denominator=_ZERO, options=("conversion",))
 def landing_page_conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
@@ -131,22 +134,55 @@ def landing_page_conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
     (a conversion of ``conversion`` between the session's first and last touch), by landing
     page (``by=["landing_page"]``), period and channel, source…"""
     _check_conversion(con, q)
-    s = _sessions(con)
+    s = with_device(con, _sessions(con), q)
     j = con.table("journeys")
     j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
     hit = s.inner_join(j, [s.person_id == j.unit_id, j.converted_at >= s.started_at,
                            j.converted_at <= s.ended_at])
     hit = hit.select(_hit="session_id").distinct()
     t = s.left_join(hit, s.session_id == hit._hit)
-    t = _keyed(t, q, at=t.started_at, dims=_levels(t, SESSION_LEVELS))
+    t = _keyed(t, q, at=t.started_at, dims=_levels(t, SESSION_LEVELS) | _device(t))
     t = _aggregate(t, q, sessions=t.count().cast("int64"),
                    converting_sessions=t._hit.count().cast("int64"))
     return _order(t.mutate(landing_page_conversion_rate=_ratio(t.converting_sessions,
                                                                t.sessions)), q)
 
 
+#: the stage of a view made before the viewer entered any stage (or by no known person)
+NO_STAGE = "(no stage)"
+
+
+@register("content_viewed", stage="consideration", unit="page views",
+          formula="count(page views) and count(distinct viewers) by page and by the stage "
+          "(settings.stage_model) the viewer was in at the view",
+          tables=["touchpoints", "sessions", "stages"], dimensions=PAGE_DIMS,
+          values=("stage", "page_views", "viewers"), table=True)
+def content_viewed(con: BaseBackend, q: Query) -> ir.Table:
+    """Content viewed by stage: page (and screen) views, by the stage of the stage model
+    ``settings.stage_model`` (default lifecycle) the viewing person was in when viewing
+    (``stages``: entered_at <= view < left_at, left_at null while still in it), so a
+    marketer sees which pages people read while considering and which after buying. Always
+    by stage; ``by`` adds page (path), period and the session's channel, source… Views
+    before the person's first stage are ``(no stage)``."""
+    tp = con.table("touchpoints")
+    tp = tp.filter(tp.type.isin(PAGE_TYPES) & tp.page_path.notnull())
+    st = con.table("stages")
+    st = st.filter((st.stage_model == q.config.stage_model) & (st.unit == "person")).select(
+        _person="unit_id", _stage="stage", _entered="entered_at", _left="left_at")
+    j = tp.left_join(st, [tp.person_id == st._person, st._entered <= tp.occurred_at,
+                          st._left.isnull() | (tp.occurred_at < st._left)])
+    j = j.mutate(stage=j._stage.fill_null(NO_STAGE))
+    dims = {**_levels(j, SESSION_LEVELS), "page": j.page_path}
+    t = _keyed(j, q, at=j.occurred_at, dims=dims)
+    keys = [*q.keys, "stage"]
+    t = t.group_by(keys).aggregate(page_views=t.count().cast("int64"),
+                                   viewers=t.person_id.nunique().cast("int64"))
+    return t.order_by(keys)
+
+
 DOC_SECTIONS["pages"] = """
-## Pages: `cta_ctr`, `form_start_rate`, `form_completion_rate`, `landing_page_conversion_rate`
+## Pages: `cta_ctr`, `form_start_rate`, `form_completion_rate`, `landing_page_conversion_rate`,
+`content_viewed`
 
 `touchline/metrics/pages.py`, over the prepared `touchpoints`. How events are recognised
 (settings):
@@ -164,7 +200,9 @@ Counts are of touches after cleaning and deduplication, by the touch's page path
 period and the session's channel, source…: a view with two CTA clicks counts two. The
 landing-page conversion rate is the share of sessions (by their entrance page,
 `landing_page`) in which the person converted (`--conversion`, between the session's first and
-last touch).
+last touch). Content viewed by stage (`content_viewed`) counts page views and distinct viewers
+by the stage of `stage_model` (default `lifecycle`) the person was in at the view
+(`stages.entered_at` <= view < `left_at`); views before any stage are `(no stage)`.
 
 ```toml
 # touchline.toml

@@ -41,6 +41,7 @@ from plotly.colors import qualitative
 
 from touchline.engine import seconds_between
 from touchline.errors import ConfigError, InputError, MissingInputError, TouchlineError
+from touchline.metrics.dimensions import DEVICES, session_devices
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -112,8 +113,6 @@ def resolve_conversion(con: BaseBackend, conversion: str | None,
 
 # ---- the device and B2B / B2C filters -------------------------------------------------------
 
-#: the device filter's categories: what the user agent of a session's first touch says
-DEVICES = ("desktop", "mobile", "tablet", "(not set)")
 #: the B2B vs B2C filter: whose journeys (accounts are B2B buying groups, persons B2C buyers)
 UNITS = {"account": "B2B (accounts)", "person": "B2C (persons)"}
 
@@ -125,42 +124,6 @@ def check_filters(*, device: str | None, unit: str | None) -> None:
         raise ConfigError(f"device {device!r}: choose from {', '.join(DEVICES)}")
     if unit is not None and unit not in UNITS:
         raise ConfigError(f"unit {unit!r}: choose from {', '.join(UNITS)} (B2B, B2C)")
-
-
-def device_category(user_agent: ir.StringValue) -> ir.StringValue:
-    """``tablet``, ``mobile`` or ``desktop`` from a user agent, ``(not set)`` without one.
-
-    The rules browsers' own guidance gives (MDN, "Browser detection using the user agent"):
-    ``Mobi`` marks a phone; iPad, Kindle, Silk, "Tablet" and Android without ``Mobi`` are
-    tablets; everything else (Windows, macOS, Linux, CrOS) is a desktop. A regular expression
-    in the engine, as a user-agent parser library runs Python per row."""
-    ua = user_agent.lower()
-    tablet = ua.re_search("ipad|tablet|kindle|silk|playbook") | (
-        ua.re_search("android") & ~ua.re_search("mobi"))
-    mobile = ua.re_search("mobi|iphone|ipod|windows phone|blackberry")
-    unknown = user_agent.isnull() | (user_agent.strip() == "")
-    return ibis.cases((unknown, "(not set)"), (tablet, "tablet"), (mobile, "mobile"),
-                      else_="desktop")
-
-
-def session_devices(con: BaseBackend) -> ir.Table:
-    """``session_id``, ``device``: each session's device category, from the user agent of its
-    first touch (``touches.is_landing``) in the loaded ``events`` (prepare drops the user
-    agent from the touches, so the raw event is read back by its message id). Sessions
-    without a web event (calls, CRM records) are ``(not set)``."""
-    if "events" not in con.list_tables():
-        raise MissingInputError("the device filter reads the user agents of the loaded "
-                                "events, and there are none: `touchline ingest FILE --kind "
-                                "events`")
-    t = con.table("touches")
-    t = t.filter(t.is_landing.fill_null(False)).select("message_id", "device_id",
-                                                       "session_index")
-    # the loaded events hold each message id once (ingest drops repeats); the filters use
-    # this table in semi-joins, which a repeat could not multiply anyway
-    e = con.table("events").select(_message="message_id", _agent="user_agent")
-    j = t.left_join(e, t.message_id == e._message)
-    return j.select(session_id=j.device_id + "#" + j.session_index.cast("string"),
-                    device=device_category(j._agent))
 
 
 def filtered_journeys(con: BaseBackend, unit: str | None) -> ir.Table:
