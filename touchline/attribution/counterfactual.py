@@ -72,9 +72,18 @@ def weighted_gram(design: np.ndarray | sparse.spmatrix, weights: np.ndarray) -> 
     Sparse designs (the journey features are mostly zeros) are multiplied by scipy's
     single-threaded kernels: a multi-threaded BLAS product of a tall, thin matrix gains little
     and, on a busy machine, its threads wait on each other for far longer than the product takes.
+
+    Dense designs with non-negative weights (every Hessian here: :math:`w = n\,p(1 - p)`) are
+    multiplied as :math:`S^\top S` with :math:`S = \mathrm{diag}(\sqrt{w})\,X`: numpy hands a
+    matrix times its own transpose to BLAS ``syrk``, half the work of the general product and,
+    measured on the 2-core benchmark machine under load (180k × 48), 0.1 s where the general
+    product ``X^\top (wX)`` took 0.7-2.2 s. The two agree to rounding (relative 1e-16).
     """
     if sparse.issparse(design):
         return np.asarray(design.T @ design.multiply(weights[:, None]).toarray())
+    if weights.size and weights.min() >= 0:
+        scaled = design * np.sqrt(weights)[:, None]
+        return scaled.T @ scaled
     return design.T @ (design * weights[:, None])
 
 
