@@ -118,14 +118,16 @@ def fit_logistic(
     if start is not None:
         beta = np.r_[start[0], start[1]]
 
-    def objective(b: np.ndarray) -> float:
-        z = design @ b
+    def objective(z: np.ndarray, b: np.ndarray) -> float:
         loss = positives @ np.logaddexp(0.0, -z) + negatives @ np.logaddexp(0.0, z)
         return float(loss / total + 0.5 * penalty @ (b * b))
 
-    current = objective(beta)
+    # the scores z = X beta are carried along the steps (z - s X step): one product with the
+    # design per Newton step for the line search instead of one per trial
+    z = design @ beta
+    current = objective(z, beta)
     for _ in range(max_iter):
-        p = _sigmoid(design @ beta)
+        p = _sigmoid(z)
         gradient = design.T @ (negatives * p - positives * (1 - p)) / total + penalty * beta
         curvature = (positives + negatives) * p * (1 - p) / total
         hessian = weighted_gram(design, curvature) + np.diag(penalty + 1e-12)
@@ -133,14 +135,15 @@ def fit_logistic(
         decrement = float(gradient @ step)
         if decrement < tol:
             break
+        moved = design @ step
         scale = 1.0
         while scale > 1e-12:
-            candidate = beta - scale * step
-            value = objective(candidate)
+            candidate, candidate_z = beta - scale * step, z - scale * moved
+            value = objective(candidate_z, candidate)
             if value <= current - 1e-4 * scale * decrement:
                 break
             scale /= 2
-        beta, current = candidate, value
+        beta, z, current = candidate, candidate_z, value
     return float(beta[0]), beta[1:]
 
 
