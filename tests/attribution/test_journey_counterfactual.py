@@ -186,6 +186,7 @@ def test_rows_without_journeys_do_not_change_the_fit() -> None:
     the one on the weighted paths alone."""
     from touchline.attribution.journey_counterfactual import (
         FEATURES,
+        design,
         effective_journeys,
         fit_conversion,
     )
@@ -203,5 +204,15 @@ def test_rows_without_journeys_do_not_change_the_fit() -> None:
     # columns per block (presence, exposure, first touch, recency) are a, b, c against a, b;
     # then log length and the symptom flag. Channel c, in no weighted path, stays at zero
     three = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13]
+    # and it is the optimum on the weighted journeys: the penalised mean log-loss's gradient
+    # X'(n p - y) / N + lambda beta (intercept unpenalised) vanishes, every path counted
+    x = design(effective_journeys(ps, None), FEATURES)
+    positives, negatives = np.array([3, 1, 2, 0, 0.0]), np.array([2, 4, 3, 0, 0.0])
+    p = 1 / (1 + np.exp(-(with_zero.intercept + x @ with_zero.coefficients)))
+    residual = negatives * p - positives * (1 - p)
+    total = positives.sum() + negatives.sum()
+    gradient = np.r_[residual.sum(), x.T @ residual] / total + 1e-2 * np.r_[
+        0.0, with_zero.coefficients]
+    np.testing.assert_allclose(gradient, 0.0, atol=1e-10)
     np.testing.assert_allclose(with_zero.coefficients[three], alone.coefficients, atol=1e-10)
     np.testing.assert_allclose(with_zero.coefficients[[2, 5, 8, 11]], 0.0, atol=1e-12)
