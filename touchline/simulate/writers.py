@@ -91,6 +91,7 @@ def canonical_table(rendered: Rendered, context: pa.Array) -> pa.Table:
         **{k: pick(v, rows.page_row) for k, v in tables.page.items()},
         "utm_id": nulls,
         "email": rows.email, "phone": rows.phone, "email_sha256": nulls, "phone_sha256": nulls,
+        "email_domain": nulls,  # set at load, and only when e-mails are hashed there
         "user_agent": pick(tables.user_agent, rows.device),
         "ip": pick(tables.ip, rows.device),
         "revenue": pa.array(rows.revenue, pa.float64(), mask=~has_revenue),
