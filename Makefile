@@ -30,12 +30,11 @@ browser:
 demo: install
 	$(VENV)/bin/touchline demo
 
-# three workers on the two cores: the Spark and server tests mostly wait (on the JVM's many
-# small jobs, on servers and browsers), so two workers left the cores 40 % idle (user + sys
-# 16.3 min in 21.5 min of wall time). tests/conftest.py hands each test to a free worker,
-# keeping a file together when it shares a module-scoped fixture.
+# two workers (tests/conftest.py hands each test to a free worker, keeping a file together
+# when it shares a module-scoped fixture). Three were tried: 21.8 min against 20.9 min, the
+# long Spark prepare tests only got slower sharing the cores.
 test: install
-	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=20
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=20
 
 bench: install
 	$(PY) benchmarks/run.py
