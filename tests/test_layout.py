@@ -13,6 +13,8 @@ PACKAGE = Path(touchline.__file__).parent
 # layer → layers it may import from (besides itself)
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    # modules imported on first use (SciPy), for a light start-up
+    "lazy": set(),
     "config": {"errors"},
     # one HMAC signature scheme for webhooks received and lead payloads sent
     "signing": set(),
@@ -22,8 +24,8 @@ ALLOWED: dict[str, set[str]] = {
     "collect": {"config", "errors", "engine", "store", "signing"},
     "prepare": {"config", "errors", "engine", "store"},
     "journeys": {"config", "errors", "engine", "store", "prepare"},
-    "attribution": {"config", "errors", "engine", "store", "journeys"},
-    "metrics": {"config", "errors", "engine", "store", "journeys"},
+    "attribution": {"config", "errors", "engine", "store", "journeys", "lazy"},
+    "metrics": {"config", "errors", "engine", "store", "journeys", "lazy"},
     # exports read the stored tables, never the stages' code
     "exports": {"config", "errors", "engine", "store", "signing"},
     # erasure rewrites the collector's spool and leases and normalises as identities do
@@ -85,6 +87,35 @@ def test_importing_touchline_loads_no_heavy_stack() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.split()
     assert loaded == []
+
+
+def test_cli_help_loads_no_scipy_spark_or_collector_stack() -> None:
+    """``touchline --help`` (issue 19, start-up) registers every command, the attribution
+    models and KPIs among them, yet imports none of SciPy, PySpark or the collector's server
+    stack: they load when a command uses them. Checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    heavy = ("scipy", "pyspark", "starlette", "uvicorn", "msgspec")
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom touchline.cli import app\n"
+            "result = CliRunner().invoke(app, ['--help'])\n"
+            "assert result.exit_code == 0 and 'attribute' in result.output, result.output\n"
+            "print(' '.join(m for m in " + repr(heavy) + " if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert loaded == []
+
+
+def test_a_lazy_module_imports_on_first_attribute_read() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom touchline.lazy import lazy_module\n"
+            "wave = lazy_module('wave')\nbefore = 'wave' in sys.modules\n"
+            "print(before, wave.WAVE_FORMAT_PCM, 'wave' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "1", "True"]
 
 
 TESTS = Path(__file__).parent

@@ -28,11 +28,13 @@ from collections.abc import Callable
 from itertools import pairwise
 
 import numpy as np
-from scipy import sparse
 
 from touchline.attribution.paths import PathSet
 from touchline.attribution.registry import Credits, Replicator, proportional, register
 from touchline.errors import ConfigError
+from touchline.lazy import lazy_module
+
+sparse = lazy_module("scipy.sparse")
 
 log = logging.getLogger(__name__)
 

@@ -51,12 +51,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from touchline.attribution import calibrated, counterfactual, journey_counterfactual, markov
 from touchline.attribution.paths import PathSet
 from touchline.attribution.registry import Credits, Replicator, lookup, run_model
 from touchline.errors import ConfigError
+from touchline.lazy import lazy_module
+
+sparse = lazy_module("scipy.sparse")
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
 
 from touchline.attribution.counterfactual import (
     _sigmoid,
@@ -71,6 +70,9 @@ from touchline.attribution.registry import (
     rescaled,
 )
 from touchline.errors import ConfigError
+from touchline.lazy import lazy_module
+
+sparse = lazy_module("scipy.sparse")
 
 log = logging.getLogger(__name__)
 

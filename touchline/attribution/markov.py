@@ -35,12 +35,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse.linalg import bicgstab, spsolve
 
 from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet
 from touchline.attribution.registry import Credits, Replicator, register
 from touchline.errors import ConfigError, InputError
+from touchline.lazy import lazy_module
+
+sparse = lazy_module("scipy.sparse")
+sparse_linalg = lazy_module("scipy.sparse.linalg")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -279,11 +281,12 @@ def _conversion_probability(q: sparse.csr_matrix | np.ndarray, r: np.ndarray,
         return float(np.linalg.solve(np.identity(len(index)) - q[np.ix_(index, index)], rhs)[-1])
     system = (sparse.identity(len(index), format="csr") - q[index][:, index]).tocsc()
     if len(index) > DIRECT_SOLVE_MAX_STATES:
-        x, info = bicgstab(system, rhs, rtol=RESIDUAL_TOLERANCE * 1e-2, atol=0.0, maxiter=10_000)
+        x, info = sparse_linalg.bicgstab(system, rhs, rtol=RESIDUAL_TOLERANCE * 1e-2, atol=0.0,
+                                         maxiter=10_000)
         if info == 0 and np.abs(system @ x - rhs).max() <= RESIDUAL_TOLERANCE:
             return float(x[-1])
         log.warning("markov: iterative solve did not converge (info %d); using sparse LU", info)
-    x = spsolve(system, rhs)
+    x = sparse_linalg.spsolve(system, rhs)
     return float(np.atleast_1d(x)[-1])
 
 

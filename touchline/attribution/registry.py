@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import sparse
 
 from touchline.attribution.paths import PathSet
 from touchline.errors import ConfigError, UnknownModelError
+from touchline.lazy import lazy_module
+
+sparse = lazy_module("scipy.sparse")
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,10 +30,12 @@ that credit (:func:`unplaced_credit` measures it, and the run reports it). Each
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
 
 from touchline.attribution.paths import PathSet
 from touchline.attribution.registry import Credits
+from touchline.lazy import lazy_module
+
+sparse = lazy_module("scipy.sparse")
 
 _TOLERANCE = 1e-10
 

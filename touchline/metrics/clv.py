@@ -80,10 +80,9 @@ import ibis
 import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
-from scipy.special import betaln, gammaln, hyp2f1
 
 from touchline.errors import ConfigError, MissingInputError, ModelFitError
+from touchline.lazy import lazy_module
 from touchline.metrics.kpis import (
     _ZERO,
     CONVERSION_DEFAULT,
@@ -101,6 +100,10 @@ from touchline.metrics.kpis import (
     first_touches,
     register,
 )
+
+# imported on first use: `touchline --help` and the other KPIs never need them
+optimize = lazy_module("scipy.optimize")
+special = lazy_module("scipy.special")
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -242,7 +245,7 @@ class BGNBD:
         z = t / (alpha + t_age + t)
         tail = np.exp((r + x) * (np.log(alpha + t_age) - np.log(alpha + t_age + t)))
         numerator = (a + b + x - 1.0) / (a - 1.0) * (
-            1.0 - tail * hyp2f1(r + x, b + x, a + b + x - 1.0, z))
+            1.0 - tail * special.hyp2f1(r + x, b + x, a + b + x - 1.0, z))
         odds = np.where(x > 0, self._dropout_odds(x, tx, t_age), 0.0)
         return numerator / (1.0 + odds)
 
@@ -285,10 +288,10 @@ def bgnbd_log_likelihood(params: Sequence[float], frequency: Any, recency: Any, 
     r, alpha, a, b = params
     x, tx, t_age = (np.asarray(v, dtype=float) for v in (frequency, recency, age))
     w = _weights(weights, x.size)
-    head = gammaln(r + x) - gammaln(r) + r * np.log(alpha) - betaln(a, b)
-    stay = betaln(a, b + x) - (r + x) * np.log(alpha + t_age)
+    head = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha) - special.betaln(a, b)
+    stay = special.betaln(a, b + x) - (r + x) * np.log(alpha + t_age)
     xs = np.maximum(x, 1.0)
-    leave = np.where(x > 0, betaln(a + 1.0, b + xs - 1.0) - (r + xs) * np.log(alpha + tx),
+    leave = np.where(x > 0, special.betaln(a + 1.0, b + xs - 1.0) - (r + xs) * np.log(alpha + tx),
                      -np.inf)
     return float(np.sum(w * (head + np.logaddexp(stay, leave))))
 
@@ -301,7 +304,8 @@ def gamma_gamma_log_likelihood(params: Sequence[float], frequency: Any, monetary
     x, m = np.asarray(frequency, dtype=float), np.asarray(monetary_value, dtype=float)
     w = _weights(weights, x.size)
     px = p * x
-    ll = (gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v) + (px - 1.0) * np.log(m)
+    ll = (special.gammaln(px + q) - special.gammaln(px) - special.gammaln(q) + q * np.log(v)
+          + (px - 1.0) * np.log(m)
           + px * np.log(x) - (px + q) * np.log(v + m * x))
     return float(np.sum(w * ll))
 
@@ -315,7 +319,7 @@ def _maximise(name: str, log_likelihood: Any, size: int, total: float,
         value = log_likelihood(np.exp(log_params))
         return -value / total if np.isfinite(value) else np.inf
 
-    result = minimize(loss, np.full(size, _START), method="Nelder-Mead",
+    result = optimize.minimize(loss, np.full(size, _START), method="Nelder-Mead",
                       options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": _MAX_ITERATIONS,
                                "maxfev": _MAX_ITERATIONS, "adaptive": True})
     params = np.exp(result.x)
