@@ -84,3 +84,21 @@ def test_bad_dips_say_what_is_expected() -> None:
                           ("3:x", "expected MONTH:FACTOR")):
         with pytest.raises(SimulationError, match=message):
             parse_dip(text)
+
+
+def test_simulate_command_takes_a_dip(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from touchline.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["simulate", "-n", "200", "-o", str(tmp_path / "ok"),
+                                 "--seasonal-dip", "3:0.5"])
+    assert result.exit_code == 0, result.output
+    dip = _truth(tmp_path / "ok")["kpis"]["retention"]["seasonal_dip"]
+    assert (dip["month"], dip["factor"]) == (3, 0.5)
+    result = runner.invoke(app, ["simulate", "-n", "200", "-o", str(tmp_path / "bad"),
+                                 "--seasonal-dip", "March"])
+    assert result.exit_code == 2
+    assert "--seasonal-dip 'March': expected MONTH:FACTOR" in result.output
+    assert not (tmp_path / "bad").exists()
