@@ -692,3 +692,30 @@ def test_kpis_without_a_device_say_why(warehouse: BaseBackend) -> None:
     with pytest.raises(UnknownKPIError, match=r"'social_reach' cannot be broken down by "
                        r"'device'.*social rows hold no device"):
         compute(warehouse, "social_reach", by=["device"])
+
+
+def test_reach_and_engagement_time_by_hand(warehouse: BaseBackend) -> None:
+    # March: s1, s2 (p1), s4, s5 (p2); April: s3 (p1), s6 (p3). Durations 5, 120, 30, 0 s in
+    # March, 0 and 3 s in April
+    assert _merged(warehouse, ["reach", "engagement_time"], "period", period="month") == {
+        "2025-03-01": {"reach": 2, "sessions": 4, "engagement_seconds": 155.0,
+                       "engagement_time": 38.75},
+        "2025-04-01": {"reach": 2, "sessions": 2, "engagement_seconds": 3.0,
+                       "engagement_time": 1.5}}
+    # a person reached by two channels counts in each: Paid Search reached p1 (s2), p2 (s5)
+    # and p3 (s6); overall three people
+    assert _get(warehouse, "reach", "channel", by=["channel"]) == {
+        "Organic Search": {"reach": 1}, "Paid Search": {"reach": 3}, "Email": {"reach": 2}}
+    assert _get(warehouse, "reach") == {"reach": 3}
+    _load_user_agents(warehouse)
+    # desktop s1 (p1, 5 s); mobile s2, s3 (p1), s5 (p2): 120 s; tablet s4 (p2, 30 s);
+    # (not set) s6 (p3, 3 s)
+    assert _merged(warehouse, ["reach", "engagement_time"], "device", by=["device"]) == {
+        "desktop": {"reach": 1, "sessions": 1, "engagement_seconds": 5.0,
+                    "engagement_time": 5.0},
+        "mobile": {"reach": 2, "sessions": 3, "engagement_seconds": 120.0,
+                   "engagement_time": 40.0},
+        "tablet": {"reach": 1, "sessions": 1, "engagement_seconds": 30.0,
+                   "engagement_time": 30.0},
+        "(not set)": {"reach": 1, "sessions": 1, "engagement_seconds": 3.0,
+                      "engagement_time": 3.0}}

@@ -593,6 +593,18 @@ def new_visitors(con: BaseBackend, q: Query) -> ir.Table:
     return _order(_aggregate(t, q, new_visitors=t.person_id.nunique().cast("int64")), q)
 
 
+@register("reach", stage="awareness", unit="persons",
+          formula="count(distinct persons with a session in the group)",
+          tables=["sessions"], dimensions=DEVICE_DIMS)
+def reach(con: BaseBackend, q: Query) -> ir.Table:
+    """People a channel (source, campaign, device…) reached: the distinct visitors of its
+    sessions in the period, new and returning alike (``new_visitors`` are the first-time
+    ones). A person reached by two channels counts once in each, so channels add up to more
+    than the whole."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, reach=t.person_id.nunique().cast("int64")), q)
+
+
 # ---- consideration --------------------------------------------------------------------------
 
 def _session_groups(con: BaseBackend, q: Query) -> ir.Table:
@@ -683,6 +695,21 @@ def engagement_rate(con: BaseBackend, q: Query) -> ir.Table:
     t = _session_groups(con, q)
     return _order(_aggregate(t, q, engagement_rate=_ratio(
         _engaged(t).cast("int64").sum(), t.count())), q)
+
+
+@register("engagement_time", stage="consideration", unit="seconds per session",
+          formula="sum(duration_seconds) / count(sessions)", tables=["sessions"],
+          dimensions=DEVICE_DIMS, values=("sessions", "engagement_seconds", "engagement_time"),
+          zero_denominator=_ZERO)
+def engagement_time(con: BaseBackend, q: Query) -> ir.Table:
+    """Average engagement time per session (GA4's name). touchline has no engagement timer,
+    so a session's time is its first to last touch (``duration_seconds``): a one-page visit
+    counts 0 s, as in GA4 when the page sends no later event. ``engagement_seconds`` is the
+    group's total."""
+    t = _session_groups(con, q)
+    t = _aggregate(t, q, sessions=t.count().cast("int64"),
+                   engagement_seconds=t.duration_seconds.fill_null(0.0).sum())
+    return _order(t.mutate(engagement_time=_ratio(t.engagement_seconds, t.sessions)), q)
 
 
 def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
