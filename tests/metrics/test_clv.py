@@ -134,7 +134,8 @@ def shop(con: BaseBackend) -> tuple[BaseBackend, pd.DataFrame]:
     start = pd.Timestamp("2025-01-01 10:00")
     people = history.groupby("person_id", sort=False).agg(channel=("channel", "first"),
                                                           day=("day", "min")).reset_index()
-    sessions = [dict(session_id=f"s{p}", person_id=p, channel=c,
+    # session ids as prepare writes them (<device_id>#<session_index>) for the device breakdown
+    sessions = [dict(session_id=f"{p}#1", person_id=p, channel=c,
                      started_at=str(start + pd.Timedelta(days=int(d)) - pd.Timedelta(hours=1)))
                 for p, c, d in people.itertuples(index=False)]
     journeys = [dict(journey_id=f"purchase:{p}:{i}", conversion="purchase", unit="person",
@@ -144,6 +145,26 @@ def shop(con: BaseBackend) -> tuple[BaseBackend, pd.DataFrame]:
     engine.load_table(con, "sessions", arrow_table(store.SESSIONS, sessions))
     engine.load_table(con, "journeys", arrow_table(store.JOURNEYS, journeys))
     return con, history
+
+
+def _predicted_by_customer(con: BaseBackend, history: pd.DataFrame) -> pd.DataFrame:
+    """Per customer (and channel): the expected purchases in 365 days and the predicted CLV,
+    worked out from the papers' formulas on the parameters fitted once (weeks, calibration up
+    to 27 October), E[Y] x E[M]."""
+    fitted = clv.fit(con, until=date(2025, 10, 27))
+    assert fitted.customers == history.person_id.nunique()
+    daily = history.groupby(["person_id", "channel", "day"]).value.sum().reset_index()
+    per = daily.groupby(["person_id", "channel"]).agg(
+        first=("day", "min"), last=("day", "max"), n=("day", "size"),
+        total=("value", "sum"), first_value=("value", "first")).reset_index()
+    x = (per.n - 1).to_numpy(float)
+    m = np.where(x > 0, (per.total - per.first_value) / np.maximum(x, 1), 0.0)
+    bg, gg = fitted.purchases, fitted.spend
+    expected = _bgnbd_expected(365 / 7, x, (per["last"] - per["first"]).to_numpy(float) / 7,
+                               (299 - per["first"]).to_numpy(float) / 7,
+                               bg.r, bg.alpha, bg.a, bg.b)
+    value = gg.p * (gg.v + x * m) / (gg.p * x + gg.q - 1)
+    return per.assign(expected=expected, clv=expected * value)
 
 
 def test_historical_and_predicted_clv_by_first_touch_channel(
@@ -160,21 +181,7 @@ def test_historical_and_predicted_clv_by_first_touch_channel(
     assert got.historical_clv.to_dict() == pytest.approx(
         (want.revenue / want.customers).to_dict())
 
-    # predicted: fit once (weeks, calibration up to 27 Oct), then per customer E[Y] x E[M]
-    fitted = clv.fit(con, until=date(2025, 10, 27))
-    assert fitted.customers == history.person_id.nunique()
-    daily = history.groupby(["person_id", "channel", "day"]).value.sum().reset_index()
-    per = daily.groupby(["person_id", "channel"]).agg(
-        first=("day", "min"), last=("day", "max"), n=("day", "size"),
-        total=("value", "sum"), first_value=("value", "first")).reset_index()
-    x = (per.n - 1).to_numpy(float)
-    m = np.where(x > 0, (per.total - per.first_value) / np.maximum(x, 1), 0.0)
-    bg, gg = fitted.purchases, fitted.spend
-    expected = _bgnbd_expected(365 / 7, x, (per["last"] - per["first"]).to_numpy(float) / 7,
-                               (299 - per["first"]).to_numpy(float) / 7,
-                               bg.r, bg.alpha, bg.a, bg.b)
-    value = gg.p * (gg.v + x * m) / (gg.p * x + gg.q - 1)
-    per = per.assign(expected=expected, clv=expected * value)
+    per = _predicted_by_customer(con, history)
     want = per.groupby("channel").agg(customers=("person_id", "size"),
                                       expected=("expected", "sum"), clv=("clv", "mean"))
     got = compute(con, "predicted_clv", by=["channel"], until=until).to_pandas().set_index(
@@ -184,6 +191,40 @@ def test_historical_and_predicted_clv_by_first_touch_channel(
     assert got.predicted_clv.to_dict() == pytest.approx(want.clv.to_dict())
     assert got.predicted_revenue.to_dict() == pytest.approx(
         (want.clv * want.customers).to_dict())
+
+
+def test_historical_and_predicted_clv_by_first_touch_device(
+        shop: tuple[BaseBackend, pd.DataFrame]) -> None:
+    """By the device of the customer's first session: every second customer's is a phone."""
+    con, history = shop
+    history = history[history.day < 300]
+    until = date(2025, 10, 28)
+    people = sorted(history.person_id.unique(), key=lambda p: int(p[1:]))
+    phone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) Mobile/15E148"
+    laptop = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) Safari/605.1.15"
+    device = {p: "mobile" if int(p[1:]) % 2 else "desktop" for p in people}
+    engine.load_table(con, "touches", arrow_table(store.TOUCHES, [
+        dict(message_id=f"m-{p}", device_id=p, session_index=1, is_landing=True)
+        for p in people]))
+    engine.load_table(con, "events", arrow_table(store.EVENTS, [
+        dict(message_id=f"m-{p}", user_agent=phone if device[p] == "mobile" else laptop)
+        for p in people]))
+    history = history.assign(device=history.person_id.map(device))
+    got = compute(con, "historical_clv", by=["device"], until=until).to_pandas().set_index(
+        "device")
+    want = history.groupby("device").agg(customers=("person_id", "nunique"),
+                                         revenue=("value", "sum"))
+    assert got.customers.to_dict() == want.customers.to_dict()
+    assert got.revenue.to_dict() == pytest.approx(want.revenue.to_dict())
+    per = _predicted_by_customer(con, history)
+    per = per.assign(device=per.person_id.map(device))
+    want = per.groupby("device").agg(customers=("person_id", "size"),
+                                     expected=("expected", "sum"), clv=("clv", "mean"))
+    got = compute(con, "predicted_clv", by=["device"], until=until).to_pandas().set_index(
+        "device")
+    assert got.customers.to_dict() == want.customers.to_dict()
+    assert got.expected_purchases.to_dict() == pytest.approx(want.expected.to_dict())
+    assert got.predicted_clv.to_dict() == pytest.approx(want.clv.to_dict())
 
 
 def test_fits_say_why_they_cannot_be_made() -> None:

@@ -579,14 +579,19 @@ AGENTS = {  # session: its landing touch's user agent (s6's event has none)
 }
 
 
+def _load_user_agents(con: BaseBackend) -> None:
+    """Each session's landing touch and its loaded event with the user agent of AGENTS."""
+    touches = [dict(message_id=f"m-{sid}", device_id=sid, session_index=1, is_landing=True,
+                    timestamp=_ts(SESSIONS[sid][1])) for sid in SESSIONS]
+    engine.load_table(con, "touches", arrow_table(store.TOUCHES, touches))
+    events = [dict(message_id=f"m-{sid}", user_agent=agent) for sid, agent in AGENTS.items()]
+    engine.load_table(con, "events", arrow_table(store.EVENTS, events))
+
+
 def test_session_kpis_by_device_by_hand(warehouse: BaseBackend) -> None:
     with pytest.raises(MissingInputError, match=r"user agents of the loaded events"):
         compute(warehouse, "sessions", by=["device"])
-    touches = [dict(message_id=f"m-{sid}", device_id=sid, session_index=1, is_landing=True,
-                    timestamp=_ts(SESSIONS[sid][1])) for sid in SESSIONS]
-    engine.load_table(warehouse, "touches", arrow_table(store.TOUCHES, touches))
-    events = [dict(message_id=f"m-{sid}", user_agent=agent) for sid, agent in AGENTS.items()]
-    engine.load_table(warehouse, "events", arrow_table(store.EVENTS, events))
+    _load_user_agents(warehouse)
     # desktop s1; mobile s2, s3, s5; tablet s4; (not set) s6. Returning: p1 in s2 and s3, p2
     # in s5, all mobile; engaged: s2, s3, s5 (mobile), s4 (tablet)
     names = ["sessions", "new_visitors", "returning_visitors", "engaged_sessions"]
@@ -611,6 +616,106 @@ def test_session_kpis_by_device_by_hand(warehouse: BaseBackend) -> None:
         ("2025-04-01", "mobile"): {"conversions": 1, "median": 1.0, "p75": 1.0, "p90": 1.0}}
     assert _get(warehouse, "leads", "device", by=["device"]) == {
         "tablet": {"leads": 1}, "(not set)": {"leads": 1}}
+
+
+def test_credited_retention_and_nps_kpis_by_device_by_hand(warehouse: BaseBackend) -> None:
+    """Credits by the device of the credited touch's session; customers and answerers by the
+    device of their first session (the acquisition device, as for the channel)."""
+    _load_user_agents(warehouse)
+    # linear: p1's first purchase s1 desktop 0.5 + s2 mobile 0.5 (50 each), p1's second s3
+    # mobile 1 (50), p2's s4 tablet 0.5 + s5 mobile 0.5 (100 each)
+    assert _merged(warehouse, ["conversions", "revenue"], "device", by=["device"]) == {
+        "desktop": {"conversions": 0.5, "revenue": 50.0},
+        "mobile": {"conversions": 2.0, "revenue": 200.0},
+        "tablet": {"conversions": 0.5, "revenue": 100.0}}
+    # last touch: s2, s3 and s5, all mobile
+    assert _merged(warehouse, ["conversions", "revenue"], "device", by=["device"],
+                   model="last_touch") == {
+        "desktop": {"conversions": 0.0, "revenue": 0.0},
+        "mobile": {"conversions": 3.0, "revenue": 350.0},
+        "tablet": {"conversions": 0.0, "revenue": 0.0}}
+    assert _get(warehouse, "conversions", "period", "device", by=["month", "device"]) == {
+        ("2025-03-01", "desktop"): {"conversions": 0.5},
+        ("2025-03-01", "mobile"): {"conversions": 1.0},
+        ("2025-03-01", "tablet"): {"conversions": 0.5},
+        ("2025-04-01", "mobile"): {"conversions": 1.0}}
+    # customers by their first session: p1 desktop (5 March 100, 10 April 50), p2 tablet
+    # (20 March 200)
+    assert _merged(warehouse, ["repeat_purchase_rate", "average_order_value",
+                               "historical_clv"], "device", by=["device"]) == {
+        "desktop": {"customers": 1, "repeat_customers": 1, "repeat_purchase_rate": 1.0,
+                    "orders": 2, "revenue": 150.0, "average_order_value": 75.0,
+                    "historical_clv": 150.0},
+        "tablet": {"customers": 1, "repeat_customers": 0, "repeat_purchase_rate": 0.0,
+                   "orders": 1, "revenue": 200.0, "average_order_value": 200.0,
+                   "historical_clv": 200.0}}
+    assert _get(warehouse, "purchase_frequency", "device", "purchases", by=["device"]) == {
+        ("desktop", 2): {"customers": 1, "share": 1.0},
+        ("tablet", 1): {"customers": 1, "share": 1.0}}
+    assert _get(warehouse, "retention", "device", "cohort", "months_since",
+                by=["device"]) == {
+        ("desktop", "2025-03-01", 0): {"customers": 1, "active_customers": 1, "retention": 1.0},
+        ("desktop", "2025-03-01", 1): {"customers": 1, "active_customers": 1, "retention": 1.0},
+        ("tablet", "2025-03-01", 0): {"customers": 1, "active_customers": 1, "retention": 1.0}}
+    # April: the desktop customer stays, the tablet one is lost
+    churn = _get(warehouse, "churn", "period", "device", by=["device"])
+    assert {k: (v["active_previous"], v["retained"], v["churn"]) for k, v in churn.items()} == {
+        ("2025-03-01", "desktop"): (0, 0, None), ("2025-03-01", "tablet"): (0, 0, None),
+        ("2025-04-01", "desktop"): (1, 1, 0.0), ("2025-04-01", "tablet"): (1, 0, 1.0)}
+    # answers: r1 p1 (desktop) 10, r2 p2 (tablet) 9, r3 p3 (her only session s6 has no user
+    # agent: (not set)) 3 and r4 nobody ((not set)) 7: one detractor, one passive → -50
+    nps = _get(warehouse, "nps", "device", by=["device"])
+    assert {k: (v["answers"], v["nps"]) for k, v in nps.items()} == {
+        "desktop": (1, 100.0), "tablet": (1, 100.0), "(not set)": (2, -50.0)}
+    # the survey ratings (r5 4 stars, r6 5 stars) are both p1's: desktop
+    assert _get(warehouse, "review_rating", "device", by=["device"]) == {
+        "desktop": {"reviews": 2, "review_rating": 4.5}}
+    assert _get(warehouse, "review_distribution", "device", "stars", by=["device"]) == {
+        ("desktop", 4): {"reviews": 1, "share": 0.5}, ("desktop", 5): {"reviews": 1, "share": 0.5}}
+
+
+def test_deal_kpis_by_device_by_hand(deals: BaseBackend) -> None:
+    _load_user_agents(deals)
+    # d1 (open 100) is p3's, whose only session has no user agent; d4 (open 70) has no
+    # contact; d2 (won 500) is p1's, first seen on a desktop
+    assert _get(deals, "pipeline", "device", by=["device"]) == {
+        "(not set)": {"open_deals": 2, "pipeline": 170.0}}
+    assert _get(deals, "revenue_won", "device", by=["device"]) == {
+        "desktop": {"won_deals": 1, "revenue_won": 500.0}}
+
+
+def test_kpis_without_a_device_say_why(warehouse: BaseBackend) -> None:
     with pytest.raises(UnknownKPIError, match=r"'cpa' cannot be broken down by 'device'.*"
+                       r"spend rows hold no device \(the spend imports give cost by channel.*"
                        r"the KPIs that break down by device: .*\bsessions\b.*conversion_rate"):
         compute(warehouse, "cpa", by=["device"])
+    with pytest.raises(UnknownKPIError, match=r"'social_reach' cannot be broken down by "
+                       r"'device'.*social rows hold no device"):
+        compute(warehouse, "social_reach", by=["device"])
+
+
+def test_reach_and_engagement_time_by_hand(warehouse: BaseBackend) -> None:
+    # March: s1, s2 (p1), s4, s5 (p2); April: s3 (p1), s6 (p3). Durations 5, 120, 30, 0 s in
+    # March, 0 and 3 s in April
+    assert _merged(warehouse, ["reach", "engagement_time"], "period", period="month") == {
+        "2025-03-01": {"reach": 2, "sessions": 4, "engagement_seconds": 155.0,
+                       "engagement_time": 38.75},
+        "2025-04-01": {"reach": 2, "sessions": 2, "engagement_seconds": 3.0,
+                       "engagement_time": 1.5}}
+    # a person reached by two channels counts in each: Paid Search reached p1 (s2), p2 (s5)
+    # and p3 (s6); overall three people
+    assert _get(warehouse, "reach", "channel", by=["channel"]) == {
+        "Organic Search": {"reach": 1}, "Paid Search": {"reach": 3}, "Email": {"reach": 2}}
+    assert _get(warehouse, "reach") == {"reach": 3}
+    _load_user_agents(warehouse)
+    # desktop s1 (p1, 5 s); mobile s2, s3 (p1), s5 (p2): 120 s; tablet s4 (p2, 30 s);
+    # (not set) s6 (p3, 3 s)
+    assert _merged(warehouse, ["reach", "engagement_time"], "device", by=["device"]) == {
+        "desktop": {"reach": 1, "sessions": 1, "engagement_seconds": 5.0,
+                    "engagement_time": 5.0},
+        "mobile": {"reach": 2, "sessions": 3, "engagement_seconds": 120.0,
+                   "engagement_time": 40.0},
+        "tablet": {"reach": 1, "sessions": 1, "engagement_seconds": 30.0,
+                   "engagement_time": 30.0},
+        "(not set)": {"reach": 1, "sessions": 1, "engagement_seconds": 3.0,
+                      "engagement_time": 3.0}}

@@ -136,7 +136,10 @@ def _ts(text: str) -> str:
 
 @pytest.fixture
 def warehouse(con: BaseBackend) -> BaseBackend:
-    sessions = [dict(session_id=sid, person_id=p, device_id=f"anon:{p}", started_at=_ts(start),
+    # session ids as prepare writes them, <device_id>#<session_index>, so that the device
+    # breakdown finds each session's landing touch
+    sessions = [dict(session_id=f"{sid}#1", person_id=p, device_id=f"anon:{p}",
+                     started_at=_ts(start),
                      ended_at=_ts(end), landing_page=page, channel=channel, source=source)
                 for sid, (p, start, end, page, channel, source) in SESSIONS.items()]
     engine.load_table(con, "sessions", arrow_table(store.SESSIONS, sessions))
@@ -145,7 +148,8 @@ def warehouse(con: BaseBackend) -> BaseBackend:
         person, start, _, landing, channel, source = SESSIONS[sid]
         touches.append(dict(
             touchpoint_id=f"t{n}", occurred_at=f"{start[:-2]}{minute:02d}:00", type=kind,
-            event=event, page_path=path, order_id=order, person_id=person, session_id=sid,
+            event=event, page_path=path, order_id=order, person_id=person,
+            session_id=f"{sid}#1",
             channel=channel, source=source, landing_page=landing))
     engine.load_table(con, "touchpoints", arrow_table(store.TOUCHPOINTS, touches))
     journeys, steps = [], []
@@ -154,7 +158,7 @@ def warehouse(con: BaseBackend) -> BaseBackend:
         journeys.append(dict(journey_id=jid, conversion=conversion, unit="person",
                              unit_id=person, sequence=int(seq), converted=True,
                              converted_at=_ts(at), value=0.0, touches=len(visits)))
-        steps += [dict(journey_id=jid, position=i, session_id=sid,
+        steps += [dict(journey_id=jid, position=i, session_id=f"{sid}#1",
                        touch_at=_ts(SESSIONS[sid][1])) for i, sid in enumerate(visits, 1)]
     engine.load_table(con, "journeys", arrow_table(store.JOURNEYS, journeys))
     engine.load_table(con, "journey_steps", arrow_table(store.JOURNEY_STEPS, steps))
@@ -327,3 +331,56 @@ def test_review_kpis_need_one_of_their_imports(con: BaseBackend) -> None:
     with pytest.raises(MissingInputError, match=r"'review_rating' needs rows in one of "
                        r"reviews, surveys .* `touchline ingest FILE --kind reviews` or "):
         compute(con, "review_rating")
+
+
+AGENTS = {  # session: its landing touch's user agent
+    "s1": "Mozilla/5.0 (X11; Linux x86_64) Firefox/125.0",
+    "s2": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) Mobile/15E148 Safari/604.1",
+    "s3": "Mozilla/5.0 (Linux; Android 14; SM-X710) Chrome/124.0 Safari/537.36",  # tablet
+    "s4": "Mozilla/5.0 (Linux; Android 14; Pixel 8) Chrome/124.0 Mobile Safari/537.36",
+}
+
+
+def test_page_and_referral_kpis_by_device_by_hand(warehouse: BaseBackend) -> None:
+    """Page KPIs by the device of the view's or click's session; referrals by the referrer's
+    first session's (the acquisition device)."""
+    engine.load_table(warehouse, "touches", arrow_table(store.TOUCHES, [
+        dict(message_id=f"m-{sid}", device_id=sid, session_index=1, is_landing=True,
+             timestamp=_ts(SESSIONS[sid][1])) for sid in SESSIONS]))
+    engine.load_table(warehouse, "events", arrow_table(store.EVENTS, [
+        dict(message_id=f"m-{sid}", user_agent=agent) for sid, agent in AGENTS.items()]))
+    # s1 desktop, s2 mobile, s3 tablet (Android without "Mobile"), s4 mobile.
+    # CTA pages /pricing and /demo: s1 views /pricing twice and clicks; s2 views /pricing and
+    # /demo and clicks; s3 views /demo twice
+    assert _rows(warehouse, "cta_ctr", "device", by=["device"]) == {
+        "desktop": {"page_views": 2, "cta_clicks": 1, "cta_ctr": 0.5},
+        "mobile": {"page_views": 2, "cta_clicks": 1, "cta_ctr": 0.5},
+        "tablet": {"page_views": 2, "cta_clicks": 0, "cta_ctr": 0.0}}
+    # the form page /demo: s2 views it once and starts and submits; s3 views it twice, starts
+    assert _rows(warehouse, "form_start_rate", "device", by=["device"]) == {
+        "mobile": {"page_views": 1, "form_starts": 1, "form_start_rate": 1.0},
+        "tablet": {"page_views": 2, "form_starts": 1, "form_start_rate": 0.5}}
+    assert _rows(warehouse, "form_completion_rate", "device", by=["device"]) == {
+        "mobile": {"form_starts": 1, "form_submissions": 1, "form_completion_rate": 1.0},
+        "tablet": {"form_starts": 1, "form_submissions": 0, "form_completion_rate": 0.0}}
+    engine.load_table(warehouse, "stages", arrow_table(store.STAGES, [
+        dict(stage_model=m, unit="person", unit_id=p, stage=s, entered_at=e, left_at=left)
+        for m, p, s, e, left in VIEW_STAGES]))
+    # as in test_content_viewed_by_stage_by_hand, by the view's session's device
+    assert _rows(warehouse, "content_viewed", "device", "stage", by=["device"]) == {
+        ("desktop", "awareness"): {"page_views": 2, "viewers": 1},
+        ("desktop", "consideration"): {"page_views": 1, "viewers": 1},
+        ("mobile", "(no stage)"): {"page_views": 1, "viewers": 1},
+        ("mobile", "awareness"): {"page_views": 1, "viewers": 1},
+        ("tablet", "(no stage)"): {"page_views": 2, "viewers": 1}}
+    # referrals: p1 (first seen on the desktop) sends two, one from s4 on a phone; p2 (mobile)
+    # one
+    assert _rows(warehouse, "referrals", "device", by=["device"]) == {
+        "desktop": {"referrals": 2, "referrers": 1}, "mobile": {"referrals": 1, "referrers": 1}}
+    # reviews by the reviewer's first session: g1 (5) and r1's survey rating (3) are p1's
+    # (desktop), g2 (4) p2's (mobile), t1 (2) p3's (tablet), t2 (4.5) nobody's
+    assert _rows(warehouse, "review_rating", "device", by=["device"]) == {
+        "desktop": {"reviews": 2, "review_rating": 4.0},
+        "mobile": {"reviews": 1, "review_rating": 4.0},
+        "tablet": {"reviews": 1, "review_rating": 2.0},
+        "(not set)": {"reviews": 1, "review_rating": 4.5}}

@@ -25,8 +25,7 @@ from touchline.metrics.kpis import (
     DOC_SECTIONS,
     KPIS,
     NOT_SET,
-    SESSION_DIMS,
-    SESSION_LEVELS,
+    PERSON_DIMS,
     UNASSIGNED,
     Query,
     _aggregate,
@@ -35,6 +34,7 @@ from touchline.metrics.kpis import (
     _ratio,
     as_in_graph,
     first_touches,
+    person_levels,
     register,
     require,
     with_first_touch,
@@ -43,7 +43,7 @@ from touchline.metrics.kpis import (
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
 
-REVIEW_DIMS = (*SESSION_DIMS, "platform")
+REVIEW_DIMS = (*PERSON_DIMS, "platform")
 #: what the self-reported answers not matching any heard_about_channels rule are called
 OTHER = "Other"
 
@@ -77,9 +77,9 @@ def _reviews(con: BaseBackend, q: Query, kpi: str) -> ir.Table:
     require(con, KPIS[kpi], ["sessions", "identities"])
     t = with_first_touch(con, t, "_review", [
         "user:" + t._ref, "anon:" + t._ref, "email:" + as_in_graph(con, q, t.email.strip().lower()),
-        "phone:" + as_in_graph(con, q, t.phone), "order:" + t.order_id])
+        "phone:" + as_in_graph(con, q, t.phone), "order:" + t.order_id], q)
     return _keyed(t, q, at=t.reviewed_at,
-                  dims={d: t[d] for d in (*SESSION_LEVELS, "platform")})
+                  dims={d: t[d] for d in (*person_levels(t), "platform")})
 
 
 @register("review_rating", stage="advocacy", unit="stars (1-5)",
@@ -88,7 +88,8 @@ def _reviews(con: BaseBackend, q: Query, kpi: str) -> ir.Table:
           zero_denominator="null (no review: no row)", any_table=True)
 def review_rating(con: BaseBackend, q: Query) -> ir.Table:
     """How many reviews, and their average rating, by the review's period and platform, and
-    by the reviewer's first-touch channel, source… (reviews matched to no one: Unassigned).
+    by the reviewer's first-touch channel, source… and device (the device category of the
+    reviewer's first session; reviews matched to no one: Unassigned, ``(not set)``).
     Needs either import: review exports or survey answers with a rating."""
     t = _reviews(con, q, "review_rating")
     return _order(_aggregate(t, q, reviews=t.count().cast("int64"),
@@ -111,20 +112,21 @@ def review_distribution(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("referrals", stage="advocacy", unit="referrals",
           formula="count(touches of settings.referral_events); referrers = count(distinct "
-          "persons sending them)", tables=["touchpoints", "sessions"], dimensions=SESSION_DIMS,
+          "persons sending them)", tables=["touchpoints", "sessions"], dimensions=PERSON_DIMS,
           values=("referrals", "referrers"))
 def referrals(con: BaseBackend, q: Query) -> ir.Table:
     """Referrals customers sent (a referral programme's ``Referral Sent`` events, or the
     events ``settings.referral_events`` names), by period and the referrer's first-touch
-    channel, source…"""
+    channel, source… and device (the device category of the referrer's first session)."""
     tp = con.table("touchpoints")
     tp = tp.filter(tp.event.isin(q.config.referral_events) & tp.person_id.notnull())
-    f = first_touches(con).select(_ft_person="person_id",
-                                  **{f"_ft_{d}": d for d in SESSION_LEVELS})
+    f = first_touches(con, q)
+    levels = person_levels(f)
+    f = f.select(_ft_person="person_id", **{f"_ft_{d}": d for d in levels})
     t = tp.left_join(f, tp.person_id == f._ft_person)
     t = _keyed(t, q, at=t.occurred_at, dims={
         d: t[f"_ft_{d}"].fill_null(UNASSIGNED if d == "channel" else NOT_SET)
-        for d in SESSION_LEVELS})
+        for d in levels})
     return _order(_aggregate(t, q, referrals=t.count().cast("int64"),
                              referrers=t.person_id.nunique().cast("int64")), q)
 

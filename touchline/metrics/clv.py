@@ -87,8 +87,7 @@ from touchline.metrics.kpis import (
     _ZERO,
     CONVERSION_DEFAULT,
     DOC_SECTIONS,
-    SESSION_DIMS,
-    SESSION_LEVELS,
+    PERSON_DIMS,
     Query,
     _aggregate,
     _check_conversion,
@@ -98,6 +97,7 @@ from touchline.metrics.kpis import (
     _purchases,
     _ratio,
     first_touches,
+    person_levels,
     register,
 )
 
@@ -486,15 +486,15 @@ _CLV_TABLES = ["journeys", "sessions"]
 
 @register("historical_clv", stage="retention", unit="reporting currency per customer",
           formula="sum(value of purchases) / customers, by the first purchase's period and "
-          "the customer's first-touch channel…", tables=_CLV_TABLES, dimensions=SESSION_DIMS,
+          "the customer's first-touch channel…", tables=_CLV_TABLES, dimensions=PERSON_DIMS,
           values=("customers", "revenue", "historical_clv"), zero_denominator=_ZERO,
           options=("conversion",))
 def historical_clv(con: BaseBackend, q: Query) -> ir.Table:
     """Historical CLV: what customers spent so far (before ``until``) per customer, by the
     period of their first purchase (``since``/``until`` bound it) and their acquisition
-    channel, source…"""
+    channel, source… and device (their first session's)."""
     p = _purchases(con, q)
-    levels = list(SESSION_LEVELS)
+    levels = person_levels(p)
     c = p.group_by(["unit_id", "_first_at", *levels]).aggregate(_revenue=p.value.sum())
     c = _keyed(c, q, at=c._first_at, dims={d: c[d] for d in levels})
     t = _aggregate(c, q, customers=c.count().cast("int64"),
@@ -505,7 +505,7 @@ def historical_clv(con: BaseBackend, q: Query) -> ir.Table:
 @register("predicted_clv", stage="retention", unit="reporting currency per customer",
           formula="sum over customers of E[purchases in the next 365 days] (BG/NBD) x "
           "E[transaction value] (Gamma-Gamma) / customers; both fitted once on every customer",
-          tables=_CLV_TABLES, dimensions=SESSION_DIMS,
+          tables=_CLV_TABLES, dimensions=PERSON_DIMS,
           values=("customers", "expected_purchases", "predicted_revenue", "predicted_clv"),
           zero_denominator=_ZERO, options=("conversion",))
 def predicted_clv(con: BaseBackend, q: Query) -> ir.Table:
@@ -513,16 +513,17 @@ def predicted_clv(con: BaseBackend, q: Query) -> ir.Table:
     BG/NBD and Gamma-Gamma are fitted once, in weeks, on every customer's purchases before
     ``until`` (the calibration period ends the day before; without ``until``, on the last
     purchase day); each customer's expected purchases times expected value is summed by the
-    first purchase's period (``since`` bounds it) and the acquisition channel, source…"""
+    first purchase's period (``since`` bounds it) and the acquisition channel, source… and
+    device (the first session's)."""
     p = purchases(con, conversion=q.conversion)
     until = (_last_purchase_day(p) if q.until is None
              else (q.until - timedelta(days=1)).date())
     days = _rfm_days(p, until)
     per_customer = predict(days, _fit_days(days, UNIT_DEFAULT, until))
-    f = first_touches(con).drop("first_at")
+    f = first_touches(con, q).drop("first_at")
     t = per_customer.left_join(f, per_customer.customer_id == f.person_id)
     t = _keyed(t, q, at=t.first_purchase_at,
-               dims=_levels(t, {d: d for d in SESSION_LEVELS}))
+               dims=_levels(t, {d: d for d in person_levels(f)}))
     t = _aggregate(t, q, customers=t.count().cast("int64"),
                    expected_purchases=t.expected_purchases.sum(),
                    predicted_revenue=t.clv.sum())

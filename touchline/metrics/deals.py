@@ -36,12 +36,12 @@ import ibis.expr.types as ir
 from touchline.metrics.kpis import (
     DOC_SECTIONS,
     KPIS,
-    SESSION_DIMS,
-    SESSION_LEVELS,
+    PERSON_DIMS,
     Query,
     _aggregate,
     _keyed,
     _order,
+    person_levels,
     register,
     require,
     with_first_touch,
@@ -80,17 +80,18 @@ def _deals(con: BaseBackend, q: Query, kpi: str, *, won: bool) -> ir.Table:
     first_contact = d.contact_ids.split(";")[0].strip()
     first_email = d.contact_emails.split(";")[0].strip().lower()
     t = with_first_touch(con, d, "deal_id", ["contact:" + first_contact,
-                                             "email:" + first_email])
-    return _keyed(t, q, at=t._at, dims={dim: t[dim] for dim in SESSION_LEVELS})
+                                             "email:" + first_email], q)
+    return _keyed(t, q, at=t._at, dims={dim: t[dim] for dim in person_levels(t)})
 
 
 @register("pipeline", stage="decision", unit="deal currency",
           formula="sum(amount) of deals whose latest status is neither won nor lost, by "
-          "creation period", tables=["deals"], dimensions=SESSION_DIMS,
+          "creation period", tables=["deals"], dimensions=PERSON_DIMS,
           values=("open_deals", "pipeline"))
 def pipeline(con: BaseBackend, q: Query) -> ir.Table:
     """Open pipeline value: the amounts of the deals still open (latest snapshot), by the
-    period they were created in and their first contact's acquisition channel, source…"""
+    period they were created in and their first contact's acquisition channel, source…
+    and device (the first session's)."""
     t = _deals(con, q, "pipeline", won=False)
     return _order(_aggregate(t, q, open_deals=t.deal_id.nunique().cast("int64"),
                              pipeline=t.amount.sum().fill_null(0.0)), q)
@@ -98,10 +99,11 @@ def pipeline(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("revenue_won", stage="decision", unit="deal currency",
           formula="sum(amount) of deals whose latest status is won, by close period",
-          tables=["deals"], dimensions=SESSION_DIMS, values=("won_deals", "revenue_won"))
+          tables=["deals"], dimensions=PERSON_DIMS, values=("won_deals", "revenue_won"))
 def revenue_won(con: BaseBackend, q: Query) -> ir.Table:
     """Won revenue: the amounts of the deals won (latest snapshot), by the period they
-    closed in and their first contact's acquisition channel, source…"""
+    closed in and their first contact's acquisition channel, source… and device (the
+    first session's)."""
     t = _deals(con, q, "revenue_won", won=True)
     return _order(_aggregate(t, q, won_deals=t.deal_id.nunique().cast("int64"),
                              revenue_won=t.amount.sum().fill_null(0.0)), q)

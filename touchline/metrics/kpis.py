@@ -99,6 +99,14 @@ IMPORTS = {
     "credits": "touchline run",
 }
 _ZERO = "null (no denominator to divide by)"
+#: input tables without a device, so their KPIs refuse ``by=["device"]``, and why
+NO_DEVICE = {
+    "spend": " (the spend imports give cost by channel, campaign and keyword; cost cannot be "
+             "split by the device of the visits it bought)",
+    "social": " (an account's followers and engagements are the platform's, not a visit's)",
+    "stages": " (stage entries are counted per journey unit)",
+    "surveys": " for the heard-about matrix (it compares answers with channels only)",
+}
 
 
 @dataclass(frozen=True)
@@ -266,7 +274,9 @@ def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
             if dim == "segment":
                 hint = "; only survey answers hold a segment"
             elif dim == "device":
-                hint = ("; the KPIs that break down by device: "
+                why = next((f"; {table} rows hold no device{reason}"
+                            for table, reason in NO_DEVICE.items() if table in kpi.tables), "")
+                hint = (f"{why}; the KPIs that break down by device: "
                         + ", ".join(k.name for k in KPIS.values() if "device" in k.dimensions))
             raise UnknownKPIError(
                 f"KPI {kpi.name!r} cannot be broken down by {dim!r}: its tables "
@@ -413,6 +423,12 @@ def with_device(con: BaseBackend, t: ir.Table, q: Query, session: str = "session
 def _device(t: ir.Table) -> dict[str, ir.Value]:
     """The ``device`` breakdown of ``t`` when :func:`with_device` added it."""
     return {"device": t.device} if "device" in t.columns else {}
+
+
+def person_levels(t: ir.Table) -> list[str]:
+    """The acquisition breakdowns ``t`` holds: channel, source… and ``device`` when
+    :func:`first_touches` added it (``by`` asked for it)."""
+    return [*SESSION_LEVELS, *(["device"] if "device" in t.columns else [])]
 
 
 def _sessions(con: BaseBackend) -> ir.Table:
@@ -577,6 +593,18 @@ def new_visitors(con: BaseBackend, q: Query) -> ir.Table:
     return _order(_aggregate(t, q, new_visitors=t.person_id.nunique().cast("int64")), q)
 
 
+@register("reach", stage="awareness", unit="persons",
+          formula="count(distinct persons with a session in the group)",
+          tables=["sessions"], dimensions=DEVICE_DIMS)
+def reach(con: BaseBackend, q: Query) -> ir.Table:
+    """People a channel (source, campaign, device…) reached: the distinct visitors of its
+    sessions in the period, new and returning alike (``new_visitors`` are the first-time
+    ones). A person reached by two channels counts once in each, so channels add up to more
+    than the whole."""
+    t = _session_groups(con, q)
+    return _order(_aggregate(t, q, reach=t.person_id.nunique().cast("int64")), q)
+
+
 # ---- consideration --------------------------------------------------------------------------
 
 def _session_groups(con: BaseBackend, q: Query) -> ir.Table:
@@ -669,6 +697,21 @@ def engagement_rate(con: BaseBackend, q: Query) -> ir.Table:
         _engaged(t).cast("int64").sum(), t.count())), q)
 
 
+@register("engagement_time", stage="consideration", unit="seconds per session",
+          formula="sum(duration_seconds) / count(sessions)", tables=["sessions"],
+          dimensions=DEVICE_DIMS, values=("sessions", "engagement_seconds", "engagement_time"),
+          zero_denominator=_ZERO)
+def engagement_time(con: BaseBackend, q: Query) -> ir.Table:
+    """Average engagement time per session (GA4's name). touchline has no engagement timer,
+    so a session's time is its first to last touch (``duration_seconds``): a one-page visit
+    counts 0 s, as in GA4 when the page sends no later event. ``engagement_seconds`` is the
+    group's total."""
+    t = _session_groups(con, q)
+    t = _aggregate(t, q, sessions=t.count().cast("int64"),
+                   engagement_seconds=t.duration_seconds.fill_null(0.0).sum())
+    return _order(t.mutate(engagement_time=_ratio(t.engagement_seconds, t.sessions)), q)
+
+
 def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
     """Converting journeys of ``q.conversion`` with their first touch's breakdown values."""
     j = con.table("journeys")
@@ -723,7 +766,8 @@ def days_to_convert(con: BaseBackend, q: Query) -> ir.Table:
 
 # ---- decision -------------------------------------------------------------------------------
 
-CREDIT_DIMS = SESSION_DIMS
+#: credits break down by the credited touch's session, its device too
+CREDIT_DIMS = DEVICE_DIMS
 
 
 def _check_model(con: BaseBackend, q: Query) -> None:
@@ -739,16 +783,18 @@ def _check_model(con: BaseBackend, q: Query) -> None:
 
 def _credited(con: BaseBackend, q: Query) -> ir.Table:
     """The stored credits of ``q.conversion`` under ``q.model``, keyed by the credited touch's
-    channel, source…"""
+    channel, source… and device (the device category of the credited touch's session)."""
     _check_conversion(con, q)
     _check_model(con, q)
     c = con.table("credits")
     c = c.filter((c.conversion == q.conversion) & (c.model == q.model))
     jt = con.table("journey_touches")
     levels = [d for d in SESSION_LEVELS if d != "channel"]
-    jt = jt.select(_journey="journey_id", _position="position", **{f"_{d}": d for d in levels})
+    jt = jt.select(_journey="journey_id", _position="position", _session="session_id",
+                   **{f"_{d}": d for d in levels})
     j = c.left_join(jt, (c.journey_id == jt._journey) & (c.position == jt._position))
-    dims = _levels(j, {"channel": "channel", **{d: f"_{d}" for d in levels}})
+    j = with_device(con, j, q, "_session")
+    dims = _levels(j, {"channel": "channel", **{d: f"_{d}" for d in levels}}) | _device(j)
     return _keyed(j, q, at=j.converted_at, dims=dims)
 
 
@@ -758,7 +804,9 @@ def _credited(con: BaseBackend, q: Query) -> ir.Table:
           options=("model", "conversion"))
 def conversions(con: BaseBackend, q: Query) -> ir.Table:
     """Conversions credited to each channel, source, campaign… by an attribution model; the
-    period is the conversion's. Under any model they sum to the conversions."""
+    period is the conversion's. Under any model they sum to the conversions. By device: the
+    device of the credited touch's session (a journey begun on a phone and closed on a laptop
+    gives each its credit); calls and CRM records are ``(not set)``."""
     t = _credited(con, q)
     return _order(_aggregate(t, q, conversions=t.credit.sum()), q)
 
@@ -768,7 +816,8 @@ def conversions(con: BaseBackend, q: Query) -> ir.Table:
           tables=["journeys", "journey_touches", "credits"], dimensions=CREDIT_DIMS,
           options=("model", "conversion"))
 def revenue(con: BaseBackend, q: Query) -> ir.Table:
-    """Conversion value credited by an attribution model."""
+    """Conversion value credited by an attribution model (by device: the credited touch's
+    session's, as ``conversions``)."""
     t = _credited(con, q)
     return _order(_aggregate(t, q, revenue=t.value.sum()), q)
 
@@ -890,33 +939,37 @@ def roas(con: BaseBackend, q: Query) -> ir.Table:
 
 def _purchases(con: BaseBackend, q: Query) -> ir.Table:
     """Each person's conversions of ``q.conversion`` (before ``until``) with the person's
-    first one (``_first_at``) and acquisition breakdowns (first session's channel…)."""
+    first one (``_first_at``) and acquisition breakdowns (first session's channel…; its
+    device when ``by`` asks for it)."""
     _check_conversion(con, q)
     j = con.table("journeys")
     j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
     if q.until is not None:
         j = j.filter(j.converted_at < ibis.literal(q.until))
     j = j.mutate(_first_at=j.converted_at.min().over(group_by="unit_id"))
-    f = first_touches(con).drop("first_at")
+    f = first_touches(con, q).drop("first_at")
     t = j.left_join(f, j.unit_id == f.person_id)
-    return t.mutate(**_levels(t, {d: d for d in SESSION_LEVELS}))
+    return t.mutate(**_levels(t, {d: d for d in person_levels(f)}))
 
 
 def _customers(con: BaseBackend, q: Query) -> ir.Table:
     """One row per customer: ``unit_id``, ``_first_at``, ``_purchases`` and the breakdowns,
     keyed by the first purchase's period (the customer's cohort)."""
     p = _purchases(con, q)
-    levels = list(SESSION_LEVELS)
+    levels = person_levels(p)
     c = p.group_by(["unit_id", "_first_at", *levels]).aggregate(_purchases=p.count())
     return _keyed(c, q, at=c._first_at, dims={d: c[d] for d in levels})
 
 
 _RETENTION_TABLES = ["journeys", "sessions"]
+#: person-level KPIs break down by the acquisition breakdowns: the first session's channel,
+#: source… and device
+PERSON_DIMS = DEVICE_DIMS
 
 
 @register("repeat_purchase_rate", stage="retention", unit="ratio",
           formula="customers with >= 2 purchases / customers",
-          tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
+          tables=_RETENTION_TABLES, dimensions=PERSON_DIMS,
           values=("customers", "repeat_customers", "repeat_purchase_rate"),
           zero_denominator=_ZERO, options=("conversion",))
 def repeat_purchase_rate(con: BaseBackend, q: Query) -> ir.Table:
@@ -930,19 +983,19 @@ def repeat_purchase_rate(con: BaseBackend, q: Query) -> ir.Table:
 
 @register("average_order_value", stage="retention", unit="reporting currency",
           formula="sum(value) / count(purchases)", tables=_RETENTION_TABLES,
-          dimensions=SESSION_DIMS, values=("orders", "revenue", "average_order_value"),
+          dimensions=PERSON_DIMS, values=("orders", "revenue", "average_order_value"),
           zero_denominator=_ZERO, options=("conversion",))
 def average_order_value(con: BaseBackend, q: Query) -> ir.Table:
     """Average value of a purchase, by its period and the buyer's acquisition channel…"""
     p = _purchases(con, q)
-    t = _keyed(p, q, at=p.converted_at, dims={d: p[d] for d in SESSION_LEVELS})
+    t = _keyed(p, q, at=p.converted_at, dims={d: p[d] for d in person_levels(p)})
     t = _aggregate(t, q, orders=t.count().cast("int64"), revenue=t.value.sum())
     return _order(t.mutate(average_order_value=_ratio(t.revenue, t.orders)), q)
 
 
 @register("purchase_frequency", stage="retention", unit="customers",
           formula="count(customers) per number of purchases; share = customers / all customers",
-          tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
+          tables=_RETENTION_TABLES, dimensions=PERSON_DIMS,
           values=("purchases", "customers", "share"), options=("conversion",), table=True)
 def purchase_frequency(con: BaseBackend, q: Query) -> ir.Table:
     """The distribution of purchases per customer (before ``until``): how many bought once,
@@ -958,14 +1011,15 @@ def purchase_frequency(con: BaseBackend, q: Query) -> ir.Table:
 @register("retention", stage="retention", unit="ratio",
           formula="customers of a first-purchase-month cohort who purchase in month k / "
           "the cohort's customers",
-          tables=_RETENTION_TABLES, dimensions=tuple(SESSION_LEVELS),
+          tables=_RETENTION_TABLES, dimensions=PERSON_DIMS[1:],
           values=("cohort", "months_since", "customers", "active_customers", "retention"),
           options=("conversion",), table=True)
 def retention(con: BaseBackend, q: Query) -> ir.Table:
     """Retention cohorts: customers by the month of their first purchase (``since`` and
     ``until`` bound the cohorts), and for each later month k the share who purchased in it
     (month 0 is 1). A seasonal drop shows as a dip at the same calendar month across cohorts.
-    The cohort month is the period; ``by`` takes the acquisition channel, source…"""
+    The cohort month is the period; ``by`` takes the acquisition channel, source… and device
+    (the device category of the customer's first session)."""
     p = _purchases(con, q)
     p = _in_window(p, p._first_at, q)
     month = p.converted_at.year() * 12 + p.converted_at.month()
@@ -992,7 +1046,7 @@ NO_PREVIOUS_CUSTOMER = "no customer active in the previous period"
 @register("churn", stage="retention", unit="ratio",
           formula="customers active in period k-1 and not in period k / customers active in "
           "period k-1 (active: a purchase in the period)",
-          tables=_RETENTION_TABLES, dimensions=SESSION_DIMS,
+          tables=_RETENTION_TABLES, dimensions=PERSON_DIMS,
           values=("active_previous", "active", "retained", "churned", "churn", "reason"),
           zero_denominator=f"null, with the reason: '{NO_PREVIOUS_PERIOD}' (the first "
           f"period) or '{NO_PREVIOUS_CUSTOMER}'", options=("conversion",))
@@ -1012,7 +1066,7 @@ def churn(con: BaseBackend, q: Query) -> ir.Table:
     p = _purchases(con, q)
     if q.since is not None:
         p = p.filter(p.converted_at >= ibis.literal(q.since))
-    p = _keyed(p, q, at=p.converted_at, dims={d: p[d] for d in SESSION_LEVELS})
+    p = _keyed(p, q, at=p.converted_at, dims={d: p[d] for d in person_levels(p)})
     keys = list(q.keys)
     active = p.select(*keys, "unit_id").distinct()
     # each customer active in a period is one of the previous period's customers in the next
@@ -1069,17 +1123,20 @@ def as_in_graph(con: BaseBackend, q: Query, contact: ir.StringValue) -> ir.Strin
 
 
 def with_first_touch(con: BaseBackend, t: ir.Table, key: str,
-                     identifiers: Sequence[ir.StringValue]) -> ir.Table:
-    """``t`` with its person's acquisition breakdowns (the first session's channel, source…;
-    Unassigned and ``(not set)`` for rows matching no one)."""
+                     identifiers: Sequence[ir.StringValue], q: Query | None = None
+                     ) -> ir.Table:
+    """``t`` with its person's acquisition breakdowns (the first session's channel, source…
+    and, when ``q`` asks for it, device; Unassigned and ``(not set)`` for rows matching no
+    one)."""
     matched = match_people(con, t, key, identifiers)
-    f = first_touches(con)
+    f = first_touches(con, q)
+    levels = person_levels(f)
     # prefixed: a table's own ``source`` (the system that sent the row) is not the person's
-    f = f.select(_ft_person="person_id", **{f"_ft_{d}": d for d in SESSION_LEVELS})
+    f = f.select(_ft_person="person_id", **{f"_ft_{d}": d for d in levels})
     j = t.left_join(matched, t[key] == matched._key).left_join(
         f, matched._person == f._ft_person)
-    j = j.mutate(**_levels(j, {d: f"_ft_{d}" for d in SESSION_LEVELS}))
-    return j.drop("_key", "_ft_person", *(f"_ft_{d}" for d in SESSION_LEVELS))
+    j = j.mutate(**_levels(j, {d: f"_ft_{d}" for d in levels}))
+    return j.drop("_key", "_ft_person", *(f"_ft_{d}" for d in levels))
 
 
 def _answers(con: BaseBackend, q: Query, kpi: str) -> ir.Table:
@@ -1093,15 +1150,16 @@ def _answers(con: BaseBackend, q: Query, kpi: str) -> ir.Table:
     require(con, KPIS[kpi], ["sessions", "identities"])
     t = with_first_touch(con, sv, "response_id", [
         "user:" + sv.person_id, "anon:" + sv.person_id,
-        "email:" + as_in_graph(con, q, sv.email.strip().lower())])
-    return _keyed(t, q, at=t.responded_at, dims={d: t[d] for d in (*SESSION_LEVELS, "segment")})
+        "email:" + as_in_graph(con, q, sv.email.strip().lower())], q)
+    return _keyed(t, q, at=t.responded_at, dims={d: t[d] for d in (*person_levels(t),
+                                                                    "segment")})
 
 
 @register("nps", stage="advocacy", unit="score (-100 to 100)",
           formula="100 * (promoters - detractors) / answers; promoters 9-10, passives 7-8, "
           "detractors 0-6; 95 % interval 100 * (d ± 1.96 * sqrt((p + q - d²) / n)), "
           "p, q the promoter and detractor shares, d = p - q",
-          tables=["surveys"], dimensions=(*SESSION_DIMS, "segment"),
+          tables=["surveys"], dimensions=(*PERSON_DIMS, "segment"),
           values=("answers", "promoters", "passives", "detractors", "nps", "nps_low",
                   "nps_high"), zero_denominator="null (no answer: no row)")
 def nps(con: BaseBackend, q: Query) -> ir.Table:
@@ -1109,7 +1167,8 @@ def nps(con: BaseBackend, q: Query) -> ir.Table:
     with the counts and a normal-approximation 95 % confidence interval (the variance of a
     difference of two shares of one multinomial sample). By period of the answer, by the
     answerer's segment (as the survey tool gives it), and by the answerer's first-touch
-    channel, source… (answers matched to no person: Unassigned). Answers outside 0-10 never
+    channel, source… and device (the device category of the answerer's first session;
+    answers matched to no person: Unassigned, ``(not set)``). Answers outside 0-10 never
     reach the table: ingest rejects them (``bad_nps``)."""
     t = _answers(con, q, "nps")
     t = t.filter(t.nps_score.between(0, 10))
@@ -1172,13 +1231,19 @@ Rules every KPI follows:
   session's entrance values). Person-level KPIs (new visitors, conversion rate, retention, NPS)
   break down by the person's *first* session: the acquisition channel. Survey answers also
   break down by their `segment`; social rows and reviews by `platform`; page KPIs (CTA, forms)
-  by `page` (the path). Session-based KPIs (sessions, new and returning visitors, engagement,
-  visits and days to convert, conversion rate, leads, landing-page conversion) break down by
-  `device`: the device category (desktop, mobile, tablet, `(not set)`) of the session (the
-  first session for person-level KPIs, the journey's first touch for conversions), from the
-  user agent of its landing touch in the loaded `events`, as the dashboard's device filter
-  reads it (`touchline/metrics/dimensions.py`); Search Console KPIs by Search Console's own
-  device. Any other KPI asked by device fails and names the KPIs that can.
+  by `page` (the path). `device` is the device category (desktop, mobile, tablet, `(not
+  set)`) of a session, from the user agent of its landing touch in the loaded `events`, as
+  the dashboard's device filter reads it (`touchline/metrics/dimensions.py`): session and
+  page KPIs take the session's (the view's or click's session for CTA, form and content
+  KPIs); journey KPIs (visits and days to convert, leads) the journey's first touch's;
+  credited KPIs (`conversions`, `revenue`) the credited touch's, so a journey begun on a
+  phone and closed on a laptop credits each device its share; person-level KPIs (new
+  visitors, conversion rate, retention, repeat purchase, order value, churn, CLV, NPS,
+  reviews, referrals, pipeline and revenue won) the person's *first* session's, the
+  acquisition device (`(not set)` for a person matched to no session with a user agent).
+  Search Console KPIs break down by Search Console's own device. Spend (so paid reach, cost
+  per lead, CPA and ROAS), social rows, stage entries and the heard-about matrix hold no
+  device: asked by device they fail, say why and name the KPIs that can.
 - **Settings name the events**: CTA clicks (`cta_events`, `cta_pages`), form starts
   (`form_start_events`, `form_pages`; submissions are `touch_events["form"]`), referrals
   (`referral_events`) and the channels "how did you hear about us" answers name
@@ -1201,7 +1266,11 @@ order id) and `social.csv` (the business's accounts, one row per day, with expor
 states, under `kpis`, the NPS answers by segment, the reviews and their stars by platform, the
 social followers, reach and engagements by platform, and the customers, repeat customers and
 retention cohorts of every order (`tests/metrics/test_kpis_cli.py` and `touchline demo`
-compare them).
+compare them). `touchline simulate --seasonal-dip 3:0.2` makes renewals drop every March
+(a repeat order in March happens with probability 0.2) and its truth states, under
+`kpis.retention.seasonal_dip`, the earlier customers' active share in each March and its
+neighbours, which the `retention` cohorts recover read by calendar month
+(`tests/metrics/test_kpis_seasonal_dip.py`).
 
 | KPI | stage (lifecycle; funnel, hourglass, b2b) | unit | formula | zero denominator | needs | by |
 |---|---|---|---|---|---|---|

@@ -33,7 +33,6 @@ from touchline.metrics.kpis import (
     _ZERO,
     DEVICE_DIMS,
     DOC_SECTIONS,
-    SESSION_DIMS,
     SESSION_LEVELS,
     Query,
     _aggregate,
@@ -51,7 +50,8 @@ from touchline.metrics.kpis import (
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
 
-PAGE_DIMS = (*SESSION_DIMS, "page")
+#: page KPIs break down by the session of the view or click: its channel… and device
+PAGE_DIMS = (*DEVICE_DIMS, "page")
 PAGE_TYPES = ("page", "screen")
 
 
@@ -68,8 +68,8 @@ def _page_actions(con: BaseBackend, q: Query, actions: Sequence[str],
     else:
         pages = tp.filter(tp._action).select(_page="page_path").distinct()
         tp = tp.semi_join(pages, tp.page_path == pages._page)
-    tp = tp.filter(tp._view | tp._action)
-    dims = {**_levels(tp, SESSION_LEVELS), "page": tp.page_path}
+    tp = with_device(con, tp.filter(tp._view | tp._action), q)
+    dims = {**_levels(tp, SESSION_LEVELS), **_device(tp), "page": tp.page_path}
     return _keyed(tp, q, at=tp.occurred_at, dims=dims)
 
 
@@ -79,8 +79,8 @@ def _page_actions(con: BaseBackend, q: Query, actions: Sequence[str],
           values=("page_views", "cta_clicks", "cta_ctr"), zero_denominator=_ZERO)
 def cta_ctr(con: BaseBackend, q: Query) -> ir.Table:
     """Call-to-action click-through rate: how often a page's CTA is clicked per view of the
-    page, by page (path), period and the session's channel, source… The module docstring says
-    how CTA clicks and CTA pages are recognised."""
+    page, by page (path), period and the session's channel, source… and device.
+    The module docstring says how CTA clicks and CTA pages are recognised."""
     cfg = q.config
     t = _page_actions(con, q, cfg.cta_events, cfg.cta_pages)
     t = _aggregate(t, q, page_views=t._view.cast("int64").sum(),
@@ -165,14 +165,14 @@ def content_viewed(con: BaseBackend, q: Query) -> ir.Table:
     by stage; ``by`` adds page (path), period and the session's channel, source… Views
     before the person's first stage are ``(no stage)``."""
     tp = con.table("touchpoints")
-    tp = tp.filter(tp.type.isin(PAGE_TYPES) & tp.page_path.notnull())
+    tp = with_device(con, tp.filter(tp.type.isin(PAGE_TYPES) & tp.page_path.notnull()), q)
     st = con.table("stages")
     st = st.filter((st.stage_model == q.config.stage_model) & (st.unit == "person")).select(
         _person="unit_id", _stage="stage", _entered="entered_at", _left="left_at")
     j = tp.left_join(st, [tp.person_id == st._person, st._entered <= tp.occurred_at,
                           st._left.isnull() | (tp.occurred_at < st._left)])
     j = j.mutate(stage=j._stage.fill_null(NO_STAGE))
-    dims = {**_levels(j, SESSION_LEVELS), "page": j.page_path}
+    dims = {**_levels(j, SESSION_LEVELS), **_device(j), "page": j.page_path}
     t = _keyed(j, q, at=j.occurred_at, dims=dims)
     keys = [*q.keys, "stage"]
     t = t.group_by(keys).aggregate(page_views=t.count().cast("int64"),

@@ -27,9 +27,10 @@ import numpy as np
 from touchline.errors import SimulationError
 from touchline.simulate import channels as ch
 from touchline.simulate import events, journeys, model, population, sources, writers
+from touchline.simulate.model import SeasonalDip
 from touchline.simulate.truth import Truth, write_json
 
-__all__ = ["FORMATS", "SimulationSummary", "simulate"]
+__all__ = ["FORMATS", "SeasonalDip", "SimulationSummary", "simulate"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def simulate(
     fmt: str = "ndjson",
     chunk_people: int = CHUNK_PEOPLE_DEFAULT,
     gzip_level: int = writers.GZIP_LEVEL_DEFAULT,
+    seasonal_dip: SeasonalDip | None = None,
 ) -> SimulationSummary:
     """Simulate ``people`` people (B2B: in ``accounts`` companies) and write every file to
     ``out``.
@@ -128,6 +130,11 @@ def simulate(
         columns, ``events.parquet``) or ``both``.
     chunk_people
         People generated and written at a time; bounds memory.
+    seasonal_dip
+        Repeat orders (renewals; B2B: expansion deals) drop every year in one calendar month
+        (:class:`SeasonalDip`); ``truth.json`` then states the dip under
+        ``kpis.retention.seasonal_dip``. Off by default: without it the files are those of a
+        simulator that has no such option.
     """
     out = Path(out)
     _check(people, seed, b2b, accounts, fmt, chunk_people, out)
@@ -143,7 +150,7 @@ def simulate(
         n_accounts = 0
         sizes = np.ones(people, np.int64)
 
-    truth = Truth(seed=seed, people=people, b2b=b2b)
+    truth = Truth(seed=seed, people=people, b2b=b2b, seasonal_dip=seasonal_dip)
     spend = sources.SpendAccumulator(SIMULATED_DAYS)
     search_console = sources.SearchConsoleAccumulator(SIMULATED_DAYS)
     event_writer = writers.EventWriter(out, fmt, gzip_level=gzip_level)
@@ -168,8 +175,11 @@ def simulate(
                 rng, first_person=first_person, unit_global=np.arange(lo, hi),
                 unit_sizes=sizes[lo:hi], b2b=b2b)
             first_person += pop.people
+            # the dip's own random stream: the other draws stay as they are without it
+            dip_rng = (None if seasonal_dip is None
+                       else np.random.default_rng([seed, 6, int(b2b), number]))
             chunk = journeys.build_journeys(pop, rng, params=params, constants=constants,
-                                            timing=timing)
+                                            timing=timing, dip=seasonal_dip, dip_rng=dip_rng)
             answers, reviews = sources.surveys(pop, chunk, rng, chunk=namespace + number)
             rendered = events.render(pop, chunk, reviews, rng, chunk=namespace + number)
             rendered.mess["schema_change_user_agent"] += writers.schema_change_rows(rendered)

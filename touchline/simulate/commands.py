@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from touchline.errors import TouchlineError
-from touchline.simulate import CHUNK_PEOPLE_DEFAULT, FORMATS, simulate
+from touchline.errors import SimulationError, TouchlineError
+from touchline.simulate import CHUNK_PEOPLE_DEFAULT, FORMATS, SeasonalDip, simulate
 from touchline.terminal import fail
 
 
@@ -33,13 +33,20 @@ def register(app: typer.Typer) -> None:
         chunk_people: Annotated[
             int, typer.Option("--chunk-people", help="People per chunk (bounds memory).")
         ] = CHUNK_PEOPLE_DEFAULT,
+        seasonal_dip: Annotated[
+            str | None, typer.Option(
+                "--seasonal-dip", metavar="MONTH:FACTOR",
+                help="Repeat orders drop every year in a calendar month, e.g. 3:0.3 (March: "
+                     "30 % of them happen); truth.json states the dip.")
+        ] = None,
     ) -> None:
         """Write realistic, deterministic data with a known right answer (truth.json)."""
         console = Console()
         try:
+            dip = None if seasonal_dip is None else parse_dip(seasonal_dip)
             with console.status(f"simulating {people:,} people…"):
                 summary = simulate(people, seed, out, b2b=b2b, accounts=accounts, fmt=fmt,
-                                   chunk_people=chunk_people)
+                                   chunk_people=chunk_people, seasonal_dip=dip)
         except TouchlineError as exc:
             raise fail(exc) from None
         truth = json.loads((summary.out / "truth.json").read_text())
@@ -57,3 +64,18 @@ def register(app: typer.Typer) -> None:
             f"{counts['revenue']:,.2f} USD in {summary.seconds:.1f} s "
             f"({summary.events_per_second:,.0f} events/s)"
         )
+
+
+def parse_dip(text: str) -> SeasonalDip:
+    """``MONTH:FACTOR`` (``3:0.3``) as a :class:`SeasonalDip`; :class:`SimulationError` naming
+    the text otherwise."""
+    month, sep, factor = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return SeasonalDip(int(month), float(factor))
+    except ValueError as exc:
+        detail = f": {exc}" if isinstance(exc, SimulationError) else ""
+        raise SimulationError(f"--seasonal-dip {text!r}: expected MONTH:FACTOR, a calendar "
+                              f"month 1-12 and the share of its repeat orders that still "
+                              f"happen, e.g. 3:0.3{detail}") from None

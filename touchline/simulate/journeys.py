@@ -130,6 +130,7 @@ class Journeys:
     person_identified: np.ndarray  # per person: first identification time, -1 if never
     device_identified: np.ndarray  # per device: first identify call time, -1 if never
     expansion_times: np.ndarray  # (units, K) B2B expansion deal close times, -1 if none
+    lapsed_repeats: int = 0  # repeat orders (deals) a seasonal dip cancelled
 
 
 def _positions(channel: np.ndarray, stage: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -191,8 +192,12 @@ def build_journeys(
     params: dict[str, np.ndarray],
     constants: model.ModelConstants,
     timing: Timing,
+    dip: model.SeasonalDip | None = None,
+    dip_rng: np.random.Generator | None = None,
 ) -> Journeys:
-    """Draw the exposures, outcomes and timelines of one chunk's units."""
+    """Draw the exposures, outcomes and timelines of one chunk's units; with ``dip``, the
+    repeat orders of its month lapse by ``dip_rng`` (a stream of its own, so ``rng`` draws
+    what it draws without a dip)."""
     n_people, n_units, n_channels = pop.people, pop.units, len(ch.NAMES)
     b2b = pop.b2b
 
@@ -224,8 +229,6 @@ def build_journeys(
     # -- the causal model, factual and counterfactual -------------------------------------------
     draws = model.draw(rng, n_units, constants)
     result = model.outcome(exposures, retention, draws, params, constants)
-    counterfactual = model.counterfactuals(exposures, follow_ups, retention, draws, params,
-                                           constants)
     converted = result.converted
 
     # -- timeline of the touches before the decision ------------------------------------------
@@ -293,6 +296,19 @@ def build_journeys(
     repeat_time = (decision_time[repeat_unit] + 14 * DAY_MS
                    + rng.random(len(repeat_unit)) * 2 * timing.retention_days * DAY_MS
                    ).astype(np.int64)
+    lapsed = None
+    if dip is not None:
+        if dip_rng is None:
+            raise ValueError("a seasonal dip needs its own random stream (dip_rng)")
+        month = repeat_time.astype("datetime64[ms]").astype("datetime64[M]").astype(np.int64)
+        gone = (month % 12 + 1 == dip.month) & (dip_rng.random(len(repeat_time)) >= dip.factor)
+        lapsed = np.zeros(result.repeat_values.shape, bool)
+        lapsed[repeat_unit[gone], repeat_k[gone]] = True
+        # converted and first orders are as before: only these repeat orders are gone
+        result = model.outcome(exposures, retention, draws, params, constants, lapsed)
+        repeat_unit, repeat_k, repeat_time = repeat_unit[~gone], repeat_k[~gone], repeat_time[~gone]
+    counterfactual = model.counterfactuals(exposures, follow_ups, retention, draws, params,
+                                           constants, lapsed)
     expansion_times = np.full(result.repeat_values.shape, -1, np.int64)
     if b2b:  # expansion deals are CRM records, not visits
         expansion_times[repeat_unit, repeat_k] = repeat_time
@@ -343,6 +359,7 @@ def build_journeys(
         decision_time=decision_time, first_touch_time=first_pre, last_touch_time=last_pre,
         person_identified=person_identified, device_identified=device_identified,
         expansion_times=expansion_times,
+        lapsed_repeats=0 if lapsed is None else int(lapsed.sum()),
     )
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from touchline.errors import SimulationError
 from touchline.simulate.channels import DIRECT, NAMES
 
 
@@ -62,6 +63,29 @@ B2B_MODEL = ModelConstants(
     base_logit=-6.4, propensity_sd=0.6, value_log_mean=9.9, value_sigma=0.7, value_decimals=0,
     repeat_base_logit=-2.2, repeat_value_sigma=0.3, max_repeats=2,
 )
+
+
+@dataclass(frozen=True)
+class SeasonalDip:
+    """Repeat orders (renewals; B2B: expansion deals) drop every year in one calendar month:
+    a repeat order that falls in ``month`` (1-12, by its visit's start in UTC) happens with
+    probability ``factor`` only, as a gym's renewals drop every March.
+
+    The dip is part of the outcome, not of the channels: a lapsed repeat order is gone in the
+    factual and in every counterfactual run alike (``lapsed`` of :func:`outcome`), so the
+    incremental revenue stays the channels' own. Its own random stream decides which orders
+    lapse; without a dip nothing is drawn and the files are those of a run without it.
+    """
+
+    month: int
+    factor: float
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.month, int) and 1 <= self.month <= 12):
+            raise SimulationError(f"seasonal dip month={self.month!r}: give a calendar month 1-12")
+        if not 0.0 <= self.factor < 1.0:
+            raise SimulationError(f"seasonal dip factor={self.factor!r}: give the share of the "
+                             "month's repeat orders that still happen, from 0 to below 1")
 
 
 @dataclass(frozen=True)
@@ -108,9 +132,11 @@ def outcome(
     draws: Draws,
     params: dict[str, np.ndarray],
     constants: ModelConstants,
+    lapsed: np.ndarray | None = None,
 ) -> Outcome:
     """Evaluate the model for touch counts ``exposures`` (N) and ``retention`` (M), both
-    ``(units, channels)``."""
+    ``(units, channels)``; ``lapsed`` ``(units, K)``: repeat orders a seasonal dip cancels
+    (:class:`SeasonalDip`), whatever the channels."""
     z = constants.base_logit + draws.propensity + np.log1p(exposures) @ params["effect"]
     probability = _sigmoid(z)
     converted = draws.conversion < probability
@@ -120,6 +146,8 @@ def outcome(
     first_value = np.where(converted, np.round(np.exp(log_value), decimals), 0.0)
     rho = _sigmoid(constants.repeat_base_logit + np.log1p(retention) @ params["retention_effect"])
     repeats = converted[:, None] & (draws.repeat < rho[:, None])
+    if lapsed is not None:
+        repeats &= ~lapsed
     repeat_raw = np.exp(log_value[:, None] + constants.repeat_value_sigma * draws.repeat_value)
     repeat_values = np.where(repeats, np.round(repeat_raw, decimals), 0.0)
     revenue = first_value + repeat_values.sum(axis=1)
@@ -156,15 +184,17 @@ def counterfactuals(
     draws: Draws,
     params: dict[str, np.ndarray],
     constants: ModelConstants,
+    lapsed: np.ndarray | None = None,
 ) -> Counterfactuals:
-    """Re-run the model once per channel with that channel removed (same random numbers)."""
+    """Re-run the model once per channel with that channel removed (same random numbers,
+    the same ``lapsed`` repeat orders)."""
     shape = (exposures.shape[0], len(NAMES))
     converted = np.zeros(shape, bool)
     probability = np.zeros(shape)
     revenue = np.zeros(shape)
     for c in range(len(NAMES)):
         n_c, m_c = without_channel(exposures, follow_ups, retention, c)
-        result = outcome(n_c, m_c, draws, params, constants)
+        result = outcome(n_c, m_c, draws, params, constants, lapsed)
         converted[:, c] = result.converted
         probability[:, c] = result.probability
         revenue[:, c] = result.revenue

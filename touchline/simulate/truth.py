@@ -71,6 +71,9 @@ class Truth:
     cohort_active: Counter[tuple[str, int]] = field(default_factory=Counter)
     repeat_customers: int = 0
     social: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the simulated seasonal dip of repeat orders (None: none) and the orders it cancelled
+    seasonal_dip: model.SeasonalDip | None = None
+    lapsed_repeats: int = 0
 
     def add(self, pop: Population, journeys: jr.Journeys, rendered: Rendered) -> None:
         """Add one chunk."""
@@ -104,6 +107,7 @@ class Truth:
         c["calls"] += int((t.channel == ch.PHONE).sum())
         c["form_fills"] += int((t.form >= 0).sum())
         self.revenue += float(outcome.revenue.sum())
+        self.lapsed_repeats += journeys.lapsed_repeats
         self.first_order_revenue += float(outcome.first_value.sum())
         self.mess.update(rendered.mess)
 
@@ -183,20 +187,55 @@ class Truth:
                                                          / n, 6),
                                  "stars": {str(k): v for k, v in stars.items()}}
         customers = sum(self.cohorts.values())
+        retention: dict[str, Any] = {
+            "customers": customers, "repeat_customers": self.repeat_customers,
+            "repeat_purchase_rate": round(self.repeat_customers / customers, 6)
+            if customers else None,
+            "cohorts": [{"cohort": c, "months_since": k,
+                         "customers": self.cohorts[c],
+                         "active_customers": self.cohort_active[(c, k)]}
+                        for c, k in sorted(self.cohort_active)]}
+        if self.seasonal_dip is not None:
+            retention["seasonal_dip"] = self._dip()
         return {
             "nps": {"overall": overall, "by_segment": by_segment,
                     "population_nps": round(100 * (shares[9:].sum() - shares[:7].sum()), 6)},
             "reviews": reviews,
             "social": self.social,
-            "retention": {
-                "customers": customers, "repeat_customers": self.repeat_customers,
-                "repeat_purchase_rate": round(self.repeat_customers / customers, 6)
-                if customers else None,
-                "cohorts": [{"cohort": c, "months_since": k,
-                             "customers": self.cohorts[c],
-                             "active_customers": self.cohort_active[(c, k)]}
-                            for c, k in sorted(self.cohort_active)]},
+            "retention": retention,
         }
+
+    def calendar_activity(self) -> dict[str, dict[str, int]]:
+        """Per calendar month with an order: ``earlier_customers`` (whose first order was in
+        an earlier month) and ``active`` (those of them who ordered in it), read off the
+        cohorts as the ``retention`` KPI's rows give them: month = cohort + months_since."""
+        return calendar_activity(
+            dict(self.cohorts),
+            [(c, k, n) for (c, k), n in self.cohort_active.items()])
+
+    def _dip(self) -> dict[str, Any]:
+        """The ``seasonal_dip`` section: the dip, and per year with a dip month inside the
+        data, the earlier customers' active share in the dip month and its two neighbours
+        and the ratio of the dip month's share to the neighbours' mean (about ``factor``)."""
+        dip = self.seasonal_dip
+        assert dip is not None
+        activity = self.calendar_activity()
+        years = []
+        for month in sorted(activity):
+            if int(month[5:7]) != dip.month:
+                continue
+            around = [_shift(month, -1), month, _shift(month, 1)]
+            if not all(activity.get(m, {}).get("earlier_customers") for m in around):
+                continue
+            shares = [activity[m]["active"] / activity[m]["earlier_customers"] for m in around]
+            neighbours = (shares[0] + shares[2]) / 2
+            years.append({
+                "month": month,
+                "months": [{"month": m, **activity[m], "share": round(share, 6)}
+                           for m, share in zip(around, shares, strict=True)],
+                "ratio_to_neighbours": round(shares[1] / neighbours, 6) if neighbours else None})
+        return {"month": dip.month, "factor": dip.factor,
+                "lapsed_repeat_orders": self.lapsed_repeats, "years": years}
 
     def _add_paths(self, pop: Population, journeys: jr.Journeys, in_path: np.ndarray) -> None:
         t = journeys.touches
@@ -266,7 +305,8 @@ class Truth:
             "kpis": self.kpis(),
             "files": files,
             "model": model_description(b2b=self.b2b),
-            "definitions": DEFINITIONS,
+            "definitions": DEFINITIONS if self.seasonal_dip is None
+            else {**DEFINITIONS, **DIP_DEFINITION},
         }
 
 
@@ -307,6 +347,51 @@ DEFINITIONS = {
                       "(k = 0 is the cohort's size); repeat_purchase_rate = customers with >= 2 "
                       "orders / customers",
 }
+
+
+#: truth.json's definition of the seasonal dip section (written only with a dip: a run
+#: without one writes the definitions it always wrote)
+DIP_DEFINITION = {
+    "kpis.retention.seasonal_dip": "only with a seasonal dip (simulate --seasonal-dip "
+                                   "MONTH:FACTOR): each repeat order whose visit starts in "
+                                   "calendar month `month` happens with probability `factor`; "
+                                   "per year, the customers of earlier cohorts "
+                                   "(earlier_customers) and those of them with an order "
+                                   "(active) in the month before, the dip month and the month "
+                                   "after, share = active / earlier_customers, and "
+                                   "ratio_to_neighbours = the dip month's share / the mean of "
+                                   "its neighbours' (about factor: the dip is visible)",
+}
+
+
+def _shift(month: str, by: int) -> str:
+    """``YYYY-MM-01`` moved by ``by`` months."""
+    index = int(month[:4]) * 12 + int(month[5:7]) - 1 + by
+    return f"{index // 12:04d}-{index % 12 + 1:02d}-01"
+
+
+def calendar_activity(cohorts: dict[str, int], active: list[tuple[str, int, int]]
+                      ) -> dict[str, dict[str, int]]:
+    """Retention cohorts turned to calendar months: ``cohorts`` (first-order month
+    ``YYYY-MM-01`` → customers) and ``active`` ((cohort, months since, active customers))
+    give, per calendar month with a repeat order, the customers of every earlier cohort
+    (``earlier_customers``) and how many of them ordered in it (``active``). A seasonal dip
+    shows as a low ``active / earlier_customers`` in the same month each year, whatever the
+    cohort; the retention KPI's rows give the same figures
+    (tests/metrics/test_kpis_seasonal_dip.py)."""
+    months: dict[str, int] = {}
+    for cohort, k, n in active:
+        if k >= 1:
+            month = _shift(cohort, k)
+            months[month] = months.get(month, 0) + int(n)
+    if not months or not cohorts:
+        return {}
+    out, month = {}, _shift(min(cohorts), 1)
+    while month <= max(months):  # every month, a month without a repeat order too
+        out[month] = {"earlier_customers": sum(n for c, n in cohorts.items() if c < month),
+                      "active": months.get(month, 0)}
+        month = _shift(month, 1)
+    return out
 
 
 def model_description(*, b2b: bool) -> dict[str, Any]:
