@@ -67,11 +67,39 @@ def con(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseBackend]
     backend = request.getfixturevalue("spark_backend")
     before = set(backend.list_tables())
     yield backend
+    _drop_tables_made_since(backend, before)
+
+
+def _drop_tables_made_since(backend: BaseBackend, before: set[str]) -> None:
+    """The Spark session outlives a test: drop the tables and views it made."""
     for name in set(backend.list_tables()) - before:
         backend.drop_table(name, force=True)
     for name in backend._session.catalog.listTables():  # type: ignore[attr-defined]
         if name.isTemporary and name.name not in before:
             backend._session.catalog.dropTempView(name.name)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def module_con(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseBackend]:
+    """One warehouse per engine for a whole module, for tests that only read what a
+    module-scoped fixture loaded once (each Spark table load is a job and a Parquet write).
+
+    Use it only in a module whose every engine-parametrised test reads the same warehouse:
+    the Spark session is shared, so a function-scoped ``con`` test in the same module would
+    write over the module's tables. A test that adds a table drops it again.
+    """
+    if request.param == "duckdb":
+        folder = tmp_path_factory.mktemp("module-duckdb")
+        backend = engine.connect(settings=Settings(database_url="duckdb://",
+                                                   temp_directory=folder))
+        yield backend
+        backend.disconnect()
+        return
+    backend = request.getfixturevalue("spark_backend")
+    before = set(backend.list_tables())
+    yield backend
+    _drop_tables_made_since(backend, before)
 
 
 @pytest.fixture

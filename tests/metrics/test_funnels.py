@@ -28,8 +28,10 @@ TOUCHES = {  # person: [(event, time after T0)]
 CHANNELS = {"p1": "Email", "p2": "Email", "p3": "Direct", "p4": "Direct", "p5": "Direct"}
 
 
-@pytest.fixture
-def warehouse(con: BaseBackend) -> BaseBackend:
+@pytest.fixture(scope="module")
+def warehouse(module_con: BaseBackend) -> BaseBackend:
+    """Loaded once per engine: every test here only reads it."""
+    con = module_con
     rows = [{"touchpoint_id": f"{p}-{i}", "person_id": p, "event": event, "type": "track",
              "occurred_at": T0 + offset, "session_id": f"{p}#1"}
             for p, touches in TOUCHES.items() for i, (event, offset) in enumerate(touches)]
