@@ -71,14 +71,17 @@ def _first(events: ir.Table) -> ir.Table:
 
 def reached(con: object, steps: Sequence[str], *, window: timedelta | None = None,
             mode: str = "ordered", unit: str = "person",
-            stage_model: str = "lifecycle") -> list[ir.Table]:
+            stage_model: str = "lifecycle", units: ir.Table | None = None) -> list[ir.Table]:
     """For each step, the units that reached it: ``unit_id``, ``at`` (when), ``start`` (step
-    1's time), ``previous_at`` (the previous step's time)."""
+    1's time), ``previous_at`` (the previous step's time). ``units`` (a table with
+    ``unit_id``): only these units (a segment, such as those who came first on a device)."""
     if mode not in MODES:
         raise ConfigError(f"funnel mode {mode!r}: choose from {', '.join(MODES)}")
     if len(steps) < 2:
         raise ConfigError("a funnel needs at least two steps")
     events = [step_events(con, s, unit=unit, stage_model=stage_model) for s in steps]
+    if units is not None:
+        events = [e.semi_join(units.select("unit_id"), "unit_id") for e in events]
     if mode == "any":
         firsts = [_first(e).select("unit_id", **{f"_t{k}": "at"})
                   for k, e in enumerate(events)]
@@ -133,11 +136,13 @@ def first_touch_values(con: object, by: str, unit: str = "person") -> ir.Table:
 
 def funnel(con: object, steps: Sequence[str], *, window: timedelta | None = None,
            mode: str = "ordered", by: str | None = None, unit: str = "person",
-           stage_model: str = "lifecycle") -> ir.Table:
+           stage_model: str = "lifecycle", units: ir.Table | None = None) -> ir.Table:
     """One row per step (and ``group`` with ``by``): ``step_index``, ``step``, ``entered``,
     ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time from the
-    previous step in seconds (``p25``, ``median``, ``p75``, ``p90``)."""
-    parts = reached(con, steps, window=window, mode=mode, unit=unit, stage_model=stage_model)
+    previous step in seconds (``p25``, ``median``, ``p75``, ``p90``). ``units``: only the
+    units of this table's ``unit_id`` (:func:`reached`)."""
+    parts = reached(con, steps, window=window, mode=mode, unit=unit, stage_model=stage_model,
+                    units=units)
     groups = first_touch_values(con, by, unit) if by else None
     rows = []
     for k, r in enumerate(parts):

@@ -43,9 +43,11 @@ from touchline import engine
 from touchline.errors import ConfigError, EngineError, TouchlineError
 from touchline.serve.figures import (
     DEVICES,
+    FILTER_LABELS,
     UNITS,
     Filters,
     check_filters,
+    filters_not_applied,
     parse_day,
     person_timeline_data,
     person_timeline_figure,
@@ -367,7 +369,8 @@ def _options(con: BaseBackend) -> dict[str, Any]:
 
 
 def _person_section(con: BaseBackend, query: str, filters: Filters,
-                    settings: Settings) -> Section:
+                    settings: Settings, given: Sequence[str]) -> Section:
+    notes = filters_not_applied("person", given)
     try:
         data = person_timeline_data(con, query, model=filters.model,
                                     conversion=filters.conversion,
@@ -375,10 +378,10 @@ def _person_section(con: BaseBackend, query: str, filters: Filters,
                                     phone_region=settings.phone_region,
                                     pii_key=settings.pii_key_at_rest)
     except TouchlineError as exc:
-        return Section("person", "Person timeline", error=str(exc))
+        return Section("person", "Person timeline", error=str(exc), notes=notes)
     return Section("person", "Person timeline",
                    figure_json=figure_json(person_timeline_figure(data)),
-                   table=data_table(data.drop(columns=["lane"])), data=data)
+                   table=data_table(data.drop(columns=["lane"])), data=data, notes=notes)
 
 
 def page_handler(page: Page) -> Callable[[Request], Any]:
@@ -396,11 +399,14 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
         else:
             error = None
         filters = replace(filters, truth=dash.truth)
+        # the filters the viewer set: a chart that leaves one aside says why
+        given = tuple(k for k in FILTER_LABELS if request.query_params.get(k)) if (
+            error is None) else ()
 
         def work(con: BaseBackend) -> tuple[list[Section], dict[str, Any]]:
-            sections = [draw(con, name, filters) for name in page.charts]
+            sections = [draw(con, name, filters, given) for name in page.charts]
             if page.name == "person" and query:
-                sections.append(_person_section(con, query, filters, dash.settings))
+                sections.append(_person_section(con, query, filters, dash.settings, given))
             return sections, _options(con)
 
         # a DuckDB file opened per request: its pages are kept until it is written (on Spark
@@ -408,7 +414,7 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
         # a person search is never kept (personal data stays no longer than its request)
         version = (engine.warehouse_version(dash.settings)
                    if dash.con is None and page.name != "person" else None)
-        key = (page.name, filters, query)
+        key = (page.name, filters, query, given)
         found = dash.pages.get(version, key)
         if found is None:
             try:
