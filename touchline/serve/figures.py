@@ -41,7 +41,7 @@ from plotly.colors import qualitative
 
 from touchline.engine import seconds_between
 from touchline.errors import ConfigError, InputError, MissingInputError, TouchlineError
-from touchline.metrics.dimensions import DEVICES, session_devices
+from touchline.metrics.dimensions import DEVICES, device_category, session_devices
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -161,10 +161,17 @@ def units_first_on(con: BaseBackend, device: str, unit: str = "person") -> ir.Ta
     s = s.filter(column.notnull()).mutate(_u=column)
     s = s.mutate(_r=ibis.row_number().over(group_by="_u", order_by=["started_at",
                                                                    "session_id"]))
-    s = s.filter(s._r == 0)
-    d = session_devices(con).select(_s="session_id", _d="device")
-    s = s.left_join(d, s.session_id == d._s)
-    s = s.filter(s._d.fill_null("(not set)") == device)
+    s = s.filter(s._r == 0).select("_u", "session_id")
+    # the first sessions' devices only, as session_devices classifies them (it reads the
+    # user agent of every session's landing event)
+    if "events" not in con.list_tables():
+        session_devices(con)  # raises its MissingInputError: which events to load
+    t = con.table("touches")
+    t = t.filter(t.is_landing.fill_null(False)).select(
+        "message_id", _sid=t.device_id + "#" + t.session_index.cast("string"))
+    e = con.table("events").select(_message="message_id", _agent="user_agent")
+    s = s.left_join(t, s.session_id == t._sid).left_join(e, ibis._.message_id == e._message)
+    s = s.filter(device_category(s._agent).fill_null("(not set)") == device)
     return s.select(unit_id=s._u).distinct()
 
 

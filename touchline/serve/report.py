@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import jinja2
 import plotly.io as pio
 
+from touchline import engine
 from touchline.errors import MissingInputError, TouchlineError
 from touchline.serve.figures import CHARTS, Filters, chart_data, filters_not_applied
 
@@ -120,10 +121,11 @@ def draw_all(con: BaseBackend, filters: Filters, progress: ChartProgress | None 
              ) -> list[Section]:
     """Every chart's section, in :data:`CHARTS` order."""
     sections = []
-    for done, name in enumerate(CHARTS):
-        if progress is not None:
-            progress(done, len(CHARTS), CHARTS[name].title)
-        sections.append(draw(con, name, filters))
+    with engine.schemas_read_once(con):
+        for done, name in enumerate(CHARTS):
+            if progress is not None:
+                progress(done, len(CHARTS), CHARTS[name].title)
+            sections.append(draw(con, name, filters))
     return sections
 
 
