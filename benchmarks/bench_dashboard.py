@@ -39,10 +39,11 @@ log = logging.getLogger("bench_dashboard")
 BOUND_SECONDS = 1.0
 PEOPLE_DEFAULT = 20_000
 REPEAT_DEFAULT = 5
-#: the pages timed, as a user opens them (the channel page with the device filter too: it
-#: reads the loaded events' user agents)
-PAGES = ("/", "/channels", "/channels?device=mobile", "/models", "/journeys", "/kpis",
-         "/customers", "/person?q={person}", "/quality")
+#: the pages timed, as a user opens them (the overview, channel and journey pages with the
+#: device filter too: it reads the loaded events' user agents)
+PAGES = ("/", "/?device=mobile", "/channels", "/channels?device=mobile", "/models",
+         "/journeys", "/journeys?device=mobile", "/kpis", "/customers", "/person?q={person}",
+         "/quality")
 
 
 def demo_warehouse(people: int) -> tuple[Path, str]:

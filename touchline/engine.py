@@ -18,6 +18,7 @@ engines that Ibis does not hide live here and nowhere else:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -106,6 +107,23 @@ def connected(url: str | None = None,
         yield con
     finally:
         con.disconnect()
+
+
+@contextmanager
+def schemas_read_once(con: BaseBackend) -> Iterator[BaseBackend]:
+    """Within the block, ``con.table(name)`` asks the engine for each table's schema once
+    and hands back the same table after: a reader that builds many expressions over the same
+    tables (a dashboard page of 50 KPIs called it ~100 times, each a catalog query on
+    DuckDB) pays for it once. Only for a block that does not change the tables' columns (a
+    page, a report); nested blocks share the outer one's tables."""
+    if "table" in vars(con):  # already inside a block
+        yield con
+        return
+    con.table = functools.cache(con.table)  # type: ignore[method-assign]
+    try:
+        yield con
+    finally:
+        del con.table
 
 
 def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:

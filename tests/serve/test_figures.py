@@ -418,3 +418,81 @@ def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
     # one colour per channel on every chart
     assert timeline.data[0].marker.color == figures.channel_colour("Email") == \
         bars.marker.color[0]
+
+
+def test_device_filter_on_the_overview_funnel_and_stages_by_hand(wh: BaseBackend) -> None:
+    # March against [30 Jan, 1 March). Linear credits of touches on mobile: p1#1's paid click
+    # (s2: 0.5 of 100) and p2's (s5: 0.5 of 200); p2's lead came from her desktop visit (s4)
+    march = {"since": datetime(2025, 3, 1), "until": datetime(2025, 4, 1)}
+    mobile = _records(overview_data(wh, **march, device="mobile", model="linear"), "metric")
+    assert (mobile["conversions"]["value"], mobile["revenue"]["value"]) == (1.0, 150.0)
+    assert mobile["leads"]["value"] == 0.0 and mobile["conversions"]["previous"] == 0.0
+    assert mobile["spend"]["value"] is None and mobile["roas"]["value"] is None  # not split
+    assert mobile["cpa"]["value"] is None
+    desktop = _records(overview_data(wh, **march, device="desktop", model="linear"), "metric")
+    assert (desktop["conversions"]["value"], desktop["revenue"]["value"]) == (1.0, 150.0)
+    assert desktop["leads"]["value"] == 1.0  # lead:p2:1, credited to s4
+    # the model moves the credits: last touch gives both March purchases to the mobile clicks
+    last = _records(overview_data(wh, **march, device="desktop", model="last_touch"),
+                    "metric")
+    assert (last["conversions"]["value"], last["revenue"]["value"]) == (0.0, 0.0)
+    # April [1 April, 1 May) against [2 March, 1 April): desktop p4 (s7: 1 of 30) against
+    # p1#1 (s1: 0.5 of 100), p2 (s4: 0.5 of 200) and p2's lead
+    april = {"since": datetime(2025, 4, 1), "until": datetime(2025, 5, 1)}
+    got = overview_data(wh, **april, device="desktop", model="linear")
+    rows = _records(got, "metric")
+    assert rows["conversions"] == {"unit": "count", "value": 1.0, "previous": 1.0,
+                                   "change": 0.0}
+    assert (rows["revenue"]["value"], rows["revenue"]["previous"]) == (30.0, 150.0)
+    assert (rows["leads"]["value"], rows["leads"]["previous"]) == (0.0, 1.0)
+    assert got.attrs["device"] == "desktop" and got.attrs["model"] == "linear"
+    # the devices split the credited conversions: April's p1#2 (tablet) and p4 (desktop); p3's
+    # CRM sale has no touch, so no device (the unfiltered overview counts it: 3)
+    per_device = {d: _records(overview_data(wh, **april, device=d), "metric")["conversions"][
+        "value"] for d in dimensions.DEVICES}
+    assert per_device == {"desktop": 1.0, "mobile": 0.0, "tablet": 1.0, "(not set)": 0.0}
+    tiles = figures.overview_figure(got)
+    assert "desktop" in tiles.layout.title.text and "credited by linear" in tiles.layout.title.text
+    assert tiles.data[0].number.valueformat == ",.1f"  # credits: fractions of conversions
+    # the funnel and the stage timeline count units by the device of their first session:
+    # p1 (s1), p2 (s4) and p4 (s7) on desktop, p3 (s6, a call) not set
+    first = figures.units_first_on(wh, "desktop").to_pandas()
+    assert sorted(first.unit_id) == ["p1", "p2", "p4"]
+    desktop_funnel = funnel_data(wh, device="desktop")
+    assert desktop_funnel.entered.tolist() == [3, 1, 1, 1]
+    assert funnel_data(wh, device="(not set)").entered.tolist() == [1, 0, 0, 0]
+    with pytest.raises(InputError, match="no persons whose first session was on mobile"):
+        funnel_data(wh, device="mobile")
+    assert "first came on desktop" in figures.funnel_figure(desktop_funnel).layout.title.text
+    stages = _records(stage_timeline_data(wh, device="desktop"), "stage")
+    # decision: p1 5 min, p2 18 d 5 min, p4 30 min after their previous stage → 30 min
+    assert {s: r["units"] for s, r in stages.items()} == {
+        "awareness": 3, "consideration": 1, "decision": 3, "retention": 1}
+    assert stages["decision"]["median_days"] == pytest.approx(30 / 1440)
+    assert _records(stage_timeline_data(wh, device="(not set)"), "stage") == {
+        "awareness": {"stage_order": 1, "units": 1, "median_days": None}}
+
+
+def test_every_chart_takes_each_filter_or_says_why_not() -> None:
+    """Each chart × dashboard filter: the data function takes it, or the page notes why it
+    does not apply (and never both)."""
+    import inspect
+
+    functions = {name: chart.data for name, chart in CHARTS.items()}
+    functions["person"] = person_timeline_data
+    for name, function in functions.items():
+        taken = set(inspect.signature(function).parameters)
+        why = figures.FILTER_NOT_APPLIED.get(name, {})
+        for f in figures.FILTER_LABELS:
+            key = "since" if f == "until" else f
+            assert (f in taken) != (key in why), (name, f)
+    assert figures.filters_not_applied("data_quality", ["since", "device", "unit"]) == [
+        "device does not apply here: rejected records never reached the journeys: they have "
+        "no conversion, credit, stage, customer kind or device",
+        "B2B vs B2C does not apply here: rejected records never reached the journeys: they "
+        "have no conversion, credit, stage, customer kind or device"]
+    # since and until are one date range: one note
+    assert figures.filters_not_applied("model_ranking", ["since", "until"]) == [
+        "date range does not apply here: the ground truth covers the whole simulation, so "
+        "all dates are ranked"]
+    assert figures.filters_not_applied("channels", ["device", "model", "since"]) == []

@@ -71,14 +71,17 @@ def _first(events: ir.Table) -> ir.Table:
 
 def reached(con: object, steps: Sequence[str], *, window: timedelta | None = None,
             mode: str = "ordered", unit: str = "person",
-            stage_model: str = "lifecycle") -> list[ir.Table]:
+            stage_model: str = "lifecycle", units: ir.Table | None = None) -> list[ir.Table]:
     """For each step, the units that reached it: ``unit_id``, ``at`` (when), ``start`` (step
-    1's time), ``previous_at`` (the previous step's time)."""
+    1's time), ``previous_at`` (the previous step's time). ``units`` (a table with
+    ``unit_id``): only these units (a segment, such as those who came first on a device)."""
     if mode not in MODES:
         raise ConfigError(f"funnel mode {mode!r}: choose from {', '.join(MODES)}")
     if len(steps) < 2:
         raise ConfigError("a funnel needs at least two steps")
     events = [step_events(con, s, unit=unit, stage_model=stage_model) for s in steps]
+    if units is not None:
+        events = [e.semi_join(units.select("unit_id"), "unit_id") for e in events]
     if mode == "any":
         firsts = [_first(e).select("unit_id", **{f"_t{k}": "at"})
                   for k, e in enumerate(events)]
@@ -133,12 +136,24 @@ def first_touch_values(con: object, by: str, unit: str = "person") -> ir.Table:
 
 def funnel(con: object, steps: Sequence[str], *, window: timedelta | None = None,
            mode: str = "ordered", by: str | None = None, unit: str = "person",
-           stage_model: str = "lifecycle") -> ir.Table:
+           stage_model: str = "lifecycle", units: ir.Table | None = None) -> ir.Table:
     """One row per step (and ``group`` with ``by``): ``step_index``, ``step``, ``entered``,
     ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time from the
-    previous step in seconds (``p25``, ``median``, ``p75``, ``p90``)."""
-    parts = reached(con, steps, window=window, mode=mode, unit=unit, stage_model=stage_model)
+    previous step in seconds (``p25``, ``median``, ``p75``, ``p90``). ``units``: only the
+    units of this table's ``unit_id`` (:func:`reached`)."""
+    if mode not in MODES:
+        raise ConfigError(f"funnel mode {mode!r}: choose from {', '.join(MODES)}")
+    if len(steps) < 2:
+        raise ConfigError("a funnel needs at least two steps")
     groups = first_touch_values(con, by, unit) if by else None
+    stage_steps = [st for s in steps if (st := _stage_of(s, stage_model)) is not None]
+    if (mode != "any" and len(stage_steps) == len(steps)
+            and len(set(stage_steps)) == len(steps)):  # distinct stages: one pass
+        counted = _stage_counts(con, stage_steps, window=window, unit=unit, units=units,
+                                groups=groups)
+        return _per_step(counted, steps)
+    parts = reached(con, steps, window=window, mode=mode, unit=unit, stage_model=stage_model,
+                    units=units)
     rows = []
     for k, r in enumerate(parts):
         if groups is not None:
@@ -152,7 +167,72 @@ def funnel(con: object, steps: Sequence[str], *, window: timedelta | None = None
         rows.append(r.group_by("group").aggregate(
             entered=r.unit_id.nunique().cast("int64"), **stats).mutate(
             step_index=ibis.literal(k + 1)))
-    counted = ibis.union(*rows, distinct=False)
+    return _per_step(ibis.union(*rows, distinct=False), steps)
+
+
+def _stage_of(step: str, stage_model: str) -> tuple[str, str] | None:
+    """``(stage model, stage)`` of a ``stage:`` step, None for any other step."""
+    kind, sep, rest = step.partition(":")
+    if not (sep and kind == "stage"):
+        return None
+    model, slash, name = rest.partition("/")
+    return (model, name) if slash else (stage_model, rest)
+
+
+def _stage_counts(con: object, stages: Sequence[tuple[str, str]], *,
+                  window: timedelta | None, unit: str, units: ir.Table | None,
+                  groups: ir.Table | None) -> ir.Table:
+    """The ordered (and strict) funnel's counts when every step is a distinct stage: the
+    figures of :func:`reached`, from one pass over ``stages``.
+
+    A unit enters a stage once (``stages`` is keyed by model, unit and stage), so step
+    :math:`k`'s only candidate is that entry: the unit reaches step :math:`k` when it reached
+    step :math:`k-1` and entered stage :math:`k` at or after it (another stage at the same
+    moment counts as after, as in :func:`reached`) and within ``window`` of step 1. Strict
+    adds nothing, as stages are not touches. One row per unit with each stage's time, and no
+    join per step: the expression, and so its SQL compilation, stays small (a five-step
+    funnel compiled in seconds the general way)."""
+    s = con.table("stages")  # type: ignore[attr-defined]
+    s = s.filter((s.unit == unit) & ibis.or_(*[(s.stage_model == m) & (s.stage == n)
+                                               for m, n in stages]))
+    if units is not None:
+        s = s.semi_join(units.select("unit_id"), "unit_id")
+    wide = s.group_by("unit_id").aggregate(**{
+        f"_t{k}": s.entered_at.min(where=(s.stage_model == m) & (s.stage == n))
+        for k, (m, n) in enumerate(stages)})
+    wide = wide.filter(wide._t0.notnull())
+    if groups is not None:
+        wide = wide.left_join(groups, "unit_id").mutate(
+            group=lambda t: t.group.fill_null("(none)"))
+    else:
+        wide = wide.mutate(group=ibis.literal("all"))
+    at: list[ir.TimestampValue] = [wide._t0]
+    for k in range(1, len(stages)):
+        t = wide[f"_t{k}"]
+        ok = t >= at[-1]
+        if window is not None:
+            ok &= t <= wide._t0 + ibis.interval(seconds=int(window.total_seconds()))
+        at.append(ibis.ifelse(ok, t, ibis.null("timestamp")))  # null once a step is missed
+    wide = wide.mutate(**{f"_a{k}": a for k, a in enumerate(at)})
+    aggregates: dict[str, ir.Value] = {}
+    for k in range(len(stages)):
+        hit = wide[f"_a{k}"].notnull()
+        aggregates[f"_e{k}"] = wide.count(where=hit)  # (a sum is a HUGEINT on DuckDB)
+        if k:  # the first step has no time from a previous one
+            seconds = seconds_between(wide[f"_a{k - 1}"], wide[f"_a{k}"])
+            for name, q in QUANTILES.items():
+                aggregates[f"_{name}{k}"] = seconds.quantile(q, where=hit)
+    per_group = wide.group_by("group").aggregate(**aggregates)
+    return ibis.union(*[per_group.select(
+        "group", entered=per_group[f"_e{k}"].cast("int64"),
+        **{name: per_group[f"_{name}{k}"].cast("float64") if k else ibis.null("float64")
+           for name in QUANTILES},
+        step_index=ibis.literal(k + 1)) for k in range(len(stages))], distinct=False)
+
+
+def _per_step(counted: ir.Table, steps: Sequence[str]) -> ir.Table:
+    """The funnel's rows from ``counted`` (``group``, ``step_index``, ``entered`` and the
+    quantiles, per step reached): conversion, drop-off and the shares."""
     # every step of every group, also those nobody reached (0, not a missing row)
     scaffold = counted.filter(counted.step_index == 1).select("group").cross_join(
         ibis.memtable({"step_index": list(range(1, len(steps) + 1)), "step": list(steps)}))

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+import ibis
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -43,9 +44,11 @@ from touchline import engine
 from touchline.errors import ConfigError, EngineError, TouchlineError
 from touchline.serve.figures import (
     DEVICES,
+    FILTER_LABELS,
     UNITS,
     Filters,
     check_filters,
+    filters_not_applied,
     parse_day,
     person_timeline_data,
     person_timeline_figure,
@@ -353,21 +356,25 @@ def filters_from(request: Request, settings: Settings) -> Filters:
 
 def _options(con: BaseBackend) -> dict[str, Any]:
     """What the filter form offers: stored conversion types and models; when data was last
-    loaded."""
-    def distinct(table: str, column: str) -> list[str]:
-        t = con.table(table)
-        return sorted(str(v) for v in t.select(column).distinct().to_pyarrow().column(0)
-                      .to_pylist() if v is not None)
-
-    ingests = con.table("ingests")
-    last = ingests.finished_at.max().to_pyarrow().as_py()
-    return {"conversions": distinct("journeys", "conversion"),
-            "models": distinct("credits", "model"),
+    loaded (one query: it runs on every page)."""
+    j, c, i = con.table("journeys"), con.table("credits"), con.table("ingests")
+    none = ibis.null("timestamp")
+    rows = ibis.union(
+        j.select(_k=ibis.literal("conversion"), _v=j.conversion.cast("string"), _at=none),
+        c.select(_k=ibis.literal("model"), _v=c.model.cast("string"), _at=none),
+        i.aggregate(_k=ibis.literal("loaded"), _v=ibis.null("string"),
+                    _at=i.finished_at.max().cast("timestamp")),
+        distinct=True).to_pyarrow().to_pylist()
+    last = next((r["_at"] for r in rows if r["_k"] == "loaded"), None)
+    return {"conversions": sorted(r["_v"] for r in rows
+                                  if r["_k"] == "conversion" and r["_v"] is not None),
+            "models": sorted(r["_v"] for r in rows if r["_k"] == "model" and r["_v"] is not None),
             "last_loaded": f"{last:%Y-%m-%d %H:%M} UTC" if last else "never (touchline ingest)"}
 
 
 def _person_section(con: BaseBackend, query: str, filters: Filters,
-                    settings: Settings) -> Section:
+                    settings: Settings, given: Sequence[str]) -> Section:
+    notes = filters_not_applied("person", given)
     try:
         data = person_timeline_data(con, query, model=filters.model,
                                     conversion=filters.conversion,
@@ -375,10 +382,10 @@ def _person_section(con: BaseBackend, query: str, filters: Filters,
                                     phone_region=settings.phone_region,
                                     pii_key=settings.pii_key_at_rest)
     except TouchlineError as exc:
-        return Section("person", "Person timeline", error=str(exc))
+        return Section("person", "Person timeline", error=str(exc), notes=notes)
     return Section("person", "Person timeline",
                    figure_json=figure_json(person_timeline_figure(data)),
-                   table=data_table(data.drop(columns=["lane"])), data=data)
+                   table=data_table(data.drop(columns=["lane"])), data=data, notes=notes)
 
 
 def page_handler(page: Page) -> Callable[[Request], Any]:
@@ -396,19 +403,24 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
         else:
             error = None
         filters = replace(filters, truth=dash.truth)
+        # the filters the viewer set: a chart that leaves one aside says why
+        given = tuple(k for k in FILTER_LABELS if request.query_params.get(k)) if (
+            error is None) else ()
 
         def work(con: BaseBackend) -> tuple[list[Section], dict[str, Any]]:
-            sections = [draw(con, name, filters) for name in page.charts]
-            if page.name == "person" and query:
-                sections.append(_person_section(con, query, filters, dash.settings))
-            return sections, _options(con)
+            with engine.schemas_read_once(con):
+                sections = [draw(con, name, filters, given) for name in page.charts]
+                if page.name == "person" and query:
+                    sections.append(_person_section(con, query, filters, dash.settings,
+                                                    given))
+                return sections, _options(con)
 
         # a DuckDB file opened per request: its pages are kept until it is written (on Spark
         # or a connection given by the caller, nothing says when it was, so nothing is kept);
         # a person search is never kept (personal data stays no longer than its request)
         version = (engine.warehouse_version(dash.settings)
                    if dash.con is None and page.name != "person" else None)
-        key = (page.name, filters, query)
+        key = (page.name, filters, query, given)
         found = dash.pages.get(version, key)
         if found is None:
             try:

@@ -41,7 +41,7 @@ from plotly.colors import qualitative
 
 from touchline.engine import seconds_between
 from touchline.errors import ConfigError, InputError, MissingInputError, TouchlineError
-from touchline.metrics.dimensions import DEVICES, session_devices
+from touchline.metrics.dimensions import DEVICES, device_category, session_devices
 
 if TYPE_CHECKING:
     from ibis.backends import BaseBackend
@@ -132,13 +132,14 @@ def filtered_journeys(con: BaseBackend, unit: str | None) -> ir.Table:
     return j if unit is None else j.filter(j.unit == unit)
 
 
-def filtered_credits(con: BaseBackend, conversion: str, *, unit: str | None = None,
-                     device: str | None = None) -> ir.Table:
-    """The stored credits of ``conversion``: of journeys of ``unit`` when given, and of
-    touches in sessions of ``device`` when given (a journey's touches on other devices keep
-    their credit out of the sum)."""
+def filtered_credits(con: BaseBackend, conversion: str | Sequence[str], *,
+                     unit: str | None = None, device: str | None = None) -> ir.Table:
+    """The stored credits of ``conversion`` (one type or several): of journeys of ``unit``
+    when given, and of touches in sessions of ``device`` when given (a journey's touches on
+    other devices keep their credit out of the sum)."""
     c = con.table("credits")
-    c = c.filter(c.conversion == conversion)
+    c = c.filter(c.conversion == conversion if isinstance(conversion, str)
+                 else c.conversion.isin(list(conversion)))
     if unit is not None:
         c = c.semi_join(filtered_journeys(con, unit).select("journey_id"), "journey_id")
     if device is not None:
@@ -147,6 +148,31 @@ def filtered_credits(con: BaseBackend, conversion: str, *, unit: str | None = No
             d.filter(d.device == device).select("session_id"), "session_id")
         c = c.semi_join(steps.select("journey_id", "position"), ["journey_id", "position"])
     return c
+
+
+def units_first_on(con: BaseBackend, device: str, unit: str = "person") -> ir.Table:
+    """``unit_id`` of the persons (or accounts) whose first session (by start, then id) was
+    on ``device``: the segment the unit-level charts (funnel, stage timeline) keep under the
+    device filter. Each unit has one first session, so the devices split the units: their
+    funnels add up to the unfiltered one. A first session with no web event is ``(not
+    set)``."""
+    s = con.table("sessions")
+    column = s.person_id if unit == "person" else s.account_id
+    s = s.filter(column.notnull()).mutate(_u=column)
+    s = s.mutate(_r=ibis.row_number().over(group_by="_u", order_by=["started_at",
+                                                                   "session_id"]))
+    s = s.filter(s._r == 0).select("_u", "session_id")
+    # the first sessions' devices only, as session_devices classifies them (it reads the
+    # user agent of every session's landing event)
+    if "events" not in con.list_tables():
+        session_devices(con)  # raises its MissingInputError: which events to load
+    t = con.table("touches")
+    t = t.filter(t.is_landing.fill_null(False)).select(
+        "message_id", _sid=t.device_id + "#" + t.session_index.cast("string"))
+    e = con.table("events").select(_message="message_id", _agent="user_agent")
+    s = s.left_join(t, s.session_id == t._sid).left_join(e, ibis._.message_id == e._message)
+    s = s.filter(device_category(s._agent).fill_null("(not set)") == device)
+    return s.select(unit_id=s._u).distinct()
 
 
 def channel_colour(channel: str) -> str:
@@ -192,7 +218,8 @@ def overview_window(con: BaseBackend, *, since: Moment = None, until: Moment = N
 
 
 def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
-                  conversion: str | None = None, unit: str | None = None) -> pd.DataFrame:
+                  conversion: str | None = None, unit: str | None = None,
+                  device: str | None = None, model: str = MODEL_DEFAULT) -> pd.DataFrame:
     """One row per headline metric (:data:`OVERVIEW_METRICS`): ``metric``, ``value`` in the
     window, ``previous`` in the window of the same length just before it, and ``change``
     (``value / previous - 1``; null when there is no previous value).
@@ -203,6 +230,13 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     CPA = spend / conversions (null with a zero denominator); leads are converted journeys
     of the ``lead`` type. ``unit`` (B2B ``account`` or B2C ``person``) keeps that unit's
     journeys; spend is not split by unit, so under it spend, ROAS and CPA are null.
+
+    ``device`` counts what the touches in sessions on that device earned: conversions,
+    revenue and leads are the stored credits of ``model`` of those touches
+    (:func:`filtered_credits`), so the overview of each device adds up to the conversions
+    with a touch (the channel page's sum under the same filters); journeys without a touch
+    count on no device. Spend is not split by device: spend, ROAS and CPA are null. Without
+    ``device``, ``model`` is not used (a converted journey counts once, whatever its touches).
     """
     conversion = resolve_conversion(con, conversion, unit)
     start, end = overview_window(con, since=since, until=until, conversion=conversion)
@@ -214,15 +248,26 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
                           (_in_window(at, before, start), "previous"),
                           else_=ibis.null("string"))
 
-    j = filtered_journeys(con, unit)
-    j = j.filter(j.converted)
-    j = j.mutate(_period=period_of(j.converted_at))
-    j = j.filter(j._period.notnull())
-    main = j.conversion == conversion
-    conv = j.group_by(_jp=j._period).aggregate(
-        conversions=main.cast("int64").sum(),
-        revenue=ibis.ifelse(main, j.value, 0.0).sum(),
-        leads=(j.conversion == LEAD_CONVERSION).cast("int64").sum())
+    if device is None:
+        j = filtered_journeys(con, unit)
+        j = j.filter(j.converted)
+        j = j.mutate(_period=period_of(j.converted_at))
+        j = j.filter(j._period.notnull())
+        main = j.conversion == conversion
+        conv = j.group_by(_jp=j._period).aggregate(
+            conversions=main.cast("int64").sum(),
+            revenue=ibis.ifelse(main, j.value, 0.0).sum(),
+            leads=(j.conversion == LEAD_CONVERSION).cast("int64").sum())
+    else:
+        c = filtered_credits(con, (conversion, LEAD_CONVERSION), unit=unit, device=device)
+        c = c.filter(c.model == model)
+        c = c.mutate(_period=period_of(c.converted_at))
+        c = c.filter(c._period.notnull())
+        main = c.conversion == conversion
+        conv = c.group_by(_jp=c._period).aggregate(
+            conversions=ibis.ifelse(main, c.credit, 0.0).sum(),
+            revenue=ibis.ifelse(main, c.value, 0.0).sum(),
+            leads=ibis.ifelse(c.conversion == LEAD_CONVERSION, c.credit, 0.0).sum())
     sp = con.table("spend")
     imported = sp.aggregate(_rows=sp.count())
     sp = sp.mutate(_period=period_of(sp.date))
@@ -230,7 +275,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     cost = sp.group_by(_sp=sp._period).aggregate(_cost=sp.cost.sum())
     t = periods.left_join(conv, periods.period == conv._jp).left_join(
         cost, periods.period == cost._sp).cross_join(imported)
-    spend = ibis.ifelse((t._rows > 0) & ibis.literal(unit is None), t._cost.fill_null(0.0),
+    split = unit is None and device is None  # spend is split by neither
+    spend = ibis.ifelse((t._rows > 0) & ibis.literal(split), t._cost.fill_null(0.0),
                         ibis.null("float64"))
     t = t.select("period", conversions=t.conversions.fill_null(0),
                  revenue=t.revenue.fill_null(0.0), spend=spend,
@@ -246,15 +292,19 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     })
     frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
     frame.attrs.update(since=start, until=end, previous_since=before, conversion=conversion,
-                       unit=unit)
+                       unit=unit, device=device, model=model if device else None)
     return frame
 
 
 def overview_figure(data: pd.DataFrame) -> go.Figure:
     """Six number tiles with the change against the previous period."""
+    credited = f"; credited by {data.attrs['model']}" if data.attrs.get("device") else ""
     fig = _figure(f"{data.attrs.get('conversion', '')} overview: "
                   f"{data.attrs['since']:%Y-%m-%d} to "
-                  f"{data.attrs['until'] - timedelta(days=1):%Y-%m-%d} against the period before")
+                  f"{data.attrs['until'] - timedelta(days=1):%Y-%m-%d} against the period before"
+                  f"{_filter_label(data)}{credited}")
+    # under a device the counts are credits: fractions of conversions
+    count_format = ",.1f" if data.attrs.get("device") else ",.0f"
     columns = 3
     for i, row in enumerate(data.itertuples(index=False)):  # six tiles, not data rows
         r, c = divmod(i, columns)
@@ -264,7 +314,7 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
             "value": value,
             "title": {"text": row.metric.upper() if row.metric in ("roas", "cpa")
                       else row.metric.capitalize(), "font": {"size": 15}},
-            "number": {"valueformat": ",.2f" if row.unit != "count" else ",.0f",
+            "number": {"valueformat": ",.2f" if row.unit != "count" else count_format,
                        "font": {"size": 40}},
             "domain": {"row": r, "column": c},
         }
@@ -628,11 +678,12 @@ def stage_names(con: BaseBackend, stage_model: str = STAGE_MODEL_DEFAULT,
 
 def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
                 stage_model: str = STAGE_MODEL_DEFAULT, unit: str | None = None,
-                window: timedelta | None = None) -> pd.DataFrame:
+                window: timedelta | None = None, device: str | None = None) -> pd.DataFrame:
     """:func:`touchline.metrics.funnels.funnel` (ordered): ``step_index``, ``step``,
     ``entered``, ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time
     from the previous step (seconds). Default steps: the stages of ``stage_model`` in order
-    (``stage:<model>/<stage>``)."""
+    (``stage:<model>/<stage>``). ``device``: the units whose first session was on it
+    (:func:`units_first_on`; a funnel counts units, not touches)."""
     from touchline.metrics.funnels import funnel
 
     unit = unit or "person"  # no B2B/B2C filter: the persons' stages
@@ -641,15 +692,22 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     if len(steps) < 2:
         raise InputError(f"the funnel needs two steps; stage model {stage_model!r} has "
                          f"{len(steps)} stage(s) with entries: run `touchline run`")
-    t = funnel(con, list(steps), window=window, unit=unit, stage_model=stage_model)
+    units = None if device is None else units_first_on(con, device, unit)
+    t = funnel(con, list(steps), window=window, unit=unit, stage_model=stage_model,
+               units=units)
     frame = t.drop("group").to_pandas()
-    frame.attrs.update(stage_model=stage_model, unit=unit)
+    if frame.empty:  # nobody entered the first step: no funnel to draw
+        first_on = f" whose first session was on {device}" if device else ""
+        raise InputError(f"no {unit}s{first_on} entered {steps[0]}: no funnel to draw")
+    frame.attrs.update(stage_model=stage_model, unit=unit, device=device)
     return frame
 
 
 def funnel_figure(data: pd.DataFrame) -> go.Figure:
     """Units entering each step, with the share of the first."""
-    fig = _figure(f"funnel ({data.attrs.get('unit', 'person')}s)")
+    first_on = (f", first came on {data.attrs['device']}" if data.attrs.get("device")
+                else "")
+    fig = _figure(f"funnel ({data.attrs.get('unit', 'person')}s{first_on})")
     labels = [str(s).rsplit("/", 1)[-1].removeprefix("stage:") for s in data.step]
     fig.add_trace(go.Funnel(y=labels, x=data.entered, textinfo="value+percent initial",
                             marker={"color": PALETTE[0]}))
@@ -658,21 +716,24 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
 
 def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
                         unit: str | None = None, since: Moment = None,
-                        until: Moment = None) -> pd.DataFrame:
+                        until: Moment = None, device: str | None = None) -> pd.DataFrame:
     """Per stage of ``stage_model``, in order: ``stage``, ``stage_order``, ``units`` that
     entered it (in the window), and ``median_days``: the median over those units of the days
     since they entered the stage before it (the previous one they entered, by stage order;
-    null for the first stage). ``unit``: ``person`` (the default) or ``account``."""
+    null for the first stage). ``unit``: ``person`` (the default) or ``account``;
+    ``device``: the units whose first session was on it (:func:`units_first_on`)."""
     unit = unit or "person"
     s = con.table("stages")
     s = s.filter((s.stage_model == stage_model) & (s.unit == unit))
+    if device is not None:
+        s = s.semi_join(units_first_on(con, device, unit), "unit_id")
     w = ibis.window(group_by="unit_id", order_by=["stage_order", "entered_at"])
     s = s.mutate(_days=seconds_between(s.entered_at.lag().over(w), s.entered_at) / 86_400.0)
     s = s.filter(_in_window(s.entered_at, since, until))
     t = s.group_by(["stage", "stage_order"]).aggregate(
         units=s.unit_id.nunique().cast("int64"), median_days=s._days.quantile(0.5))
     frame = t.order_by(["stage_order", "stage"]).to_pandas()
-    frame.attrs.update(stage_model=stage_model, unit=unit)
+    frame.attrs.update(stage_model=stage_model, unit=unit, device=device)
     return frame
 
 
@@ -1092,6 +1153,69 @@ def parse_day(text: str | None, name: str) -> datetime | None:
     except ValueError:
         raise ConfigError(f"{name} {text!r}: expected a date YYYY-MM-DD") from None
     return datetime(day.year, day.month, day.day)
+
+
+#: the dashboard's filters (URL parameters) and what a note calls them
+FILTER_LABELS = {"since": "date range", "until": "date range", "conversion": "conversion type",
+                 "model": "attribution model", "stage_model": "stage model",
+                 "unit": "B2B vs B2C", "device": "device"}
+_NO_STAGES = "its figures are not by stage"
+_NOT_CREDITED = "it counts journeys or units, not the credits a model gives"
+_NO_UNIT_SPLIT = ("the KPI registry computes it over every journey of both kinds "
+                  "(`touchline kpis` has no B2B/B2C split)")
+_NO_DEVICE = "it is a person's answers or purchases, not a touch in a session on a device"
+#: why a chart leaves a filter aside, for each filter its data function does not take (a
+#: test checks every chart × filter is taken or explained here): the page says so
+FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
+    "overview": {"stage_model": _NO_STAGES},
+    "channels": {"stage_model": "credits are per touch, not per stage"},
+    "models": {"model": "this chart shows every stored model side by side",
+               "stage_model": "credits are per touch, not per stage"},
+    "model_ranking": {
+        "since": "the ground truth covers the whole simulation, so all dates are ranked",
+        "model": "every stored model is ranked", "stage_model": _NO_STAGES,
+        "unit": "a truth file is about one data set (B2C purchases or B2B deals): choose "
+                "its conversion type",
+        "device": "the truth counts the conversions each channel caused, not devices"},
+    "journey_map": {"model": "the map counts journeys by their touches, not by credit",
+                    "stage_model": "the map is of channels; the stage timeline shows stages"},
+    "funnel": {"since": "a funnel follows each unit through every stage it ever entered",
+               "conversion": "its steps are the stages of the stage model",
+               "model": _NOT_CREDITED},
+    "stages": {"conversion": "stages are entered by units, whatever they convert to",
+               "model": _NOT_CREDITED},
+    "stage_kpis": {"unit": _NO_UNIT_SPLIT,
+                   "device": "the KPIs are headlines over every touch (`touchline kpis "
+                             "--by device` breaks them down by device)"},
+    "retention": {"model": _NOT_CREDITED, "stage_model": _NO_STAGES,
+                  "unit": _NO_UNIT_SPLIT, "device": _NO_DEVICE},
+    "clv": {"model": _NOT_CREDITED, "stage_model": _NO_STAGES, "unit": _NO_UNIT_SPLIT,
+            "device": _NO_DEVICE},
+    "nps": {"conversion": "answers are not tied to a conversion", "model": _NOT_CREDITED,
+            "stage_model": _NO_STAGES, "unit": _NO_UNIT_SPLIT, "device": _NO_DEVICE},
+    "reviews": {"conversion": "reviews are not tied to a conversion", "model": _NOT_CREDITED,
+                "stage_model": _NO_STAGES, "unit": _NO_UNIT_SPLIT, "device": _NO_DEVICE},
+    "data_quality": {
+        f: "rejected records never reached the journeys: they have no conversion, "
+           "credit, stage, customer kind or device"
+        for f in ("conversion", "model", "stage_model", "unit", "device")},
+    "person": {"since": "a timeline shows all of one person's or account's history",
+               "unit": "the search finds a person or an account itself",
+               "device": "a timeline shows every touch, each with its session"},
+}
+
+
+def filters_not_applied(chart: str, given: Sequence[str]) -> list[str]:
+    """The notes of ``chart`` (a :data:`CHARTS` name, or ``person``) for the filters
+    ``given`` (URL parameter names) its data function leaves aside: ``"device: why"``, one
+    per filter (since and until are one: the date range)."""
+    why = FILTER_NOT_APPLIED.get(chart, {})
+    notes: dict[str, str] = {}
+    for name in given:
+        key = "since" if name == "until" else name
+        if key in why:
+            notes.setdefault(FILTER_LABELS[name], why[key])
+    return [f"{label} does not apply here: {reason}" for label, reason in notes.items()]
 
 
 def chart_data(con: BaseBackend, chart: Chart, filters: Filters) -> pd.DataFrame:

@@ -15,7 +15,7 @@ the plotly.js of the installed ``plotly`` package and MathJax off (its default i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 import jinja2
 import plotly.io as pio
 
+from touchline import engine
 from touchline.errors import MissingInputError, TouchlineError
-from touchline.serve.figures import CHARTS, Filters, chart_data
+from touchline.serve.figures import CHARTS, Filters, chart_data, filters_not_applied
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,6 +80,9 @@ class Section:
     table: str = ""
     error: str | None = None
     data: pd.DataFrame | None = None
+    #: the filters asked that this chart leaves aside, each with why
+    #: (:func:`~touchline.serve.figures.filters_not_applied`)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -94,16 +98,19 @@ class ReportResult:
         return {s.name: s.error for s in self.sections if s.error}
 
 
-def draw(con: BaseBackend, name: str, filters: Filters) -> Section:
+def draw(con: BaseBackend, name: str, filters: Filters, given: Sequence[str] = ()
+         ) -> Section:
     """Chart ``name``'s section: data in the engine, then the figure; a touchline error (a
-    missing input, an unknown model) becomes the section's note."""
+    missing input, an unknown model) becomes the section's note. ``given``: the filters the
+    viewer set (URL parameter names); those the chart leaves aside are noted with why."""
     chart = CHARTS[name]
+    notes = filters_not_applied(name, given)
     try:
         data = chart_data(con, chart, filters)
     except TouchlineError as exc:
-        return Section(name, chart.title, error=str(exc))
+        return Section(name, chart.title, error=str(exc), notes=notes)
     return Section(name, chart.title, figure_json=figure_json(chart.figure(data)),
-                   table=data_table(data), data=data)
+                   table=data_table(data), data=data, notes=notes)
 
 
 #: told ``(charts drawn, charts in all, the chart drawn now)`` (a progress bar)
@@ -114,10 +121,11 @@ def draw_all(con: BaseBackend, filters: Filters, progress: ChartProgress | None 
              ) -> list[Section]:
     """Every chart's section, in :data:`CHARTS` order."""
     sections = []
-    for done, name in enumerate(CHARTS):
-        if progress is not None:
-            progress(done, len(CHARTS), CHARTS[name].title)
-        sections.append(draw(con, name, filters))
+    with engine.schemas_read_once(con):
+        for done, name in enumerate(CHARTS):
+            if progress is not None:
+                progress(done, len(CHARTS), CHARTS[name].title)
+            sections.append(draw(con, name, filters))
     return sections
 
 
