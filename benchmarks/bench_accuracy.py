@@ -75,11 +75,25 @@ def _gen_paths(journeys: int, seed: int) -> tuple[Path, Path]:
     return paths, truth
 
 
+def simulator_fingerprint() -> str:
+    """A short hash of the simulator's source: cached simulations are per version, so a change
+    to what the simulator writes (webinars' campaign) is never scored on stale files."""
+    import hashlib
+
+    import touchline.simulate as package
+
+    digest = hashlib.sha256()
+    for source in sorted(Path(package.__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def _simulated(kind: str, seed: int, people: int, accounts: int | None) -> Path:
-    """The simulator's files for one data set and seed (made once, kept in bench-data)."""
+    """The simulator's files for one data set and seed (made once per simulator version, kept
+    in bench-data)."""
     from touchline.simulate import simulate
 
-    folder = DATA / "accuracy" / f"{kind}_{people}_{seed}"
+    folder = DATA / "accuracy" / f"{kind}_{people}_{seed}_{simulator_fingerprint()}"
     if not (folder / "truth.json").exists():
         simulate(people, seed, folder, b2b=kind == "b2b", accounts=accounts, fmt="parquet")
     return folder
@@ -126,9 +140,52 @@ def share_errors(credits: dict[str, float], truth: dict[str, float]) -> dict[str
     return dict(zip(channels, (c - t).round(6).tolist(), strict=True))
 
 
+#: the reference row on simulated data: the simulator's own causal model, read from truth.json
+ORACLE = "reference: the truth's own model"
+
+
+def oracle_credits(paths: Any, document: dict[str, Any]) -> np.ndarray | None:
+    r"""Per label of ``paths``, the credits of the simulator's own causal model (``model`` in
+    truth.json: :math:`p = \sigma(\beta_0 + \eta + \sum_c \beta_c \log(1 + n_c))`, averaged
+    over :math:`\eta \sim N(0, s^2)` by Gauss-Hermite quadrature) on each journey's touch
+    counts, each channel's probability of necessity summed over the converted journeys, as
+    ``journey_counterfactual`` credits its own fit. A reference, not a model (it reads the
+    truth): how close a perfectly specified and perfectly estimated model could come, so the
+    distance left between it and the truth is the data's (lost touches, channel labels,
+    identity), and between it and ``auto`` the estimation's. ``None`` without a ``model``
+    section (the public generator's truth)."""
+    model = document.get("model")
+    if not isinstance(model, dict) or "channels" not in model:
+        return None
+    constants, channels = model["constants"], model["channels"]
+    effect = np.array([float(channels.get(str(label), {}).get("effect", 0.0))
+                       for label in paths.labels])
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    eta = nodes * float(constants["propensity_sd"])
+    weights = weights / weights.sum()
+    n, k = paths.n_paths, paths.n_labels
+    counts = np.bincount(paths.row.astype(np.int64) * k + paths.codes,
+                         minlength=n * k).reshape(n, k).astype(float)
+
+    def probability(c: np.ndarray) -> np.ndarray:
+        z = float(constants["base_logit"]) + np.log1p(c) @ effect
+        return np.asarray((1.0 / (1.0 + np.exp(-(z[:, None] + eta[None, :])))) @ weights)
+
+    full = probability(counts)
+    lost = np.zeros(k)
+    for label in range(k):
+        rows = (counts[:, label] > 0) & (paths.conversions > 0)
+        without = counts[rows].copy()
+        without[:, label] = 0.0
+        lost[label] = paths.conversions[rows] @ ((full[rows] - probability(without))
+                                                 / full[rows])
+    return lost
+
+
 def score_dataset(paths: Any, truth_file: Path) -> dict[str, Any]:
     """Every model's L1, rank correlation and share error per channel on one data set, with
-    what ``auto`` and ``markov(order=auto)`` chose."""
+    what ``auto`` and ``markov(order=auto)`` chose (and, on simulated data, the reference
+    :data:`ORACLE`)."""
     from touchline.attribution import MODELS, attribute, compare, evaluate, load_truth
     from touchline.attribution.select import choose_model
 
@@ -145,6 +202,9 @@ def score_dataset(paths: Any, truth_file: Path) -> dict[str, Any]:
     ordered = attribute(paths, "markov", order="auto")
     seconds[MARKOV_AUTO] = time.perf_counter() - started
     table[MARKOV_AUTO] = ordered.conversions.to_numpy()
+    oracle = oracle_credits(paths, json.loads(Path(truth_file).read_text()))
+    if oracle is not None:
+        table[ORACLE] = oracle
     ranking = evaluate(table, truth)
     labels = table[table.columns[0]].astype(str)
     errors = {m: share_errors(dict(zip(labels, table[m], strict=True)), dict(truth.conversions))

@@ -292,6 +292,15 @@ def first_conversion_touches(con: Any, conversion: str, unit: str) -> Any:
         mine.filter(~mine.converted).anti_join(converters, "unit_id"), distinct=False)
 
 
+def matching_channels(prepared: Any, true: Any) -> int:
+    """The channels of the prepared journeys that are channels of the true paths, less those
+    that are not: it equals the number of true-path channels only when both sets are the same.
+    A truth channel missing from the journeys (webinars classified Direct) or a label the
+    mapping does not know would make every model's score wrong, whatever its credits."""
+    mine, theirs = {str(c) for c in prepared}, {str(c) for c in true}
+    return len(mine & theirs) - len(mine - theirs)
+
+
 def _attribute_prepared(con: Any, dataset: DatasetReport, report: DemoReport,
                         progress: Progress) -> None:
     """The same models on the journeys `touchline run` stored, scored against the truth.
@@ -300,6 +309,7 @@ def _attribute_prepared(con: Any, dataset: DatasetReport, report: DemoReport,
     """
     from touchline.attribution import compare
     from touchline.attribution.evaluate import evaluate, truth_from_dict
+    from touchline.attribution.path_files import read_path_file
     from touchline.attribution.paths import journey_pathset
     from touchline.attribution.select import HOLDOUT_DEFAULT
 
@@ -308,11 +318,14 @@ def _attribute_prepared(con: Any, dataset: DatasetReport, report: DemoReport,
     touches = touches.mutate(channel=touches.channel.substitute(SIMULATOR_CHANNELS))
     paths, _ = journey_pathset(touches, split_holdout=HOLDOUT_DEFAULT)
     counts = dataset.truth["counts"]
+    true_labels = [str(c) for c in read_path_file(dataset.folder / "paths.csv").labels]
     report.datasets[0].checks += [
         (f"{dataset.name}: conversions on prepared journeys", round(paths.total_conversions),
          int(counts["conversions"])),
         (f"{dataset.name}: first-conversion revenue on prepared journeys",
          round(paths.total_value, 2), round(float(counts["first_order_revenue"]), 2)),
+        (f"{dataset.name}: channels on prepared journeys (as on the true paths)",
+         matching_channels(paths.labels, true_labels), len(set(true_labels))),
     ]
     comparison = with_auto(compare(paths, list(DEMO_MODELS)), paths, dataset,
                            "prepared journeys")

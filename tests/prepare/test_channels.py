@@ -44,6 +44,10 @@ CASES = [
     # a call whose lease or properties name a campaign is that campaign's channel
     (("google", "cpc", "plumbing", None, "calls"), ("Paid Search", "paid_search")),
     (("hubspot", "webinar", None, None, "web"), ("Offline", "offline")),
+    # a webinar attendance a CRM syncs (the simulator's): no page, the sync's campaign
+    (("zoom", "webinar", "attribution_101", None, "crm"), ("Offline", "offline")),
+    # a CRM record without a campaign (a sale closed on the phone) stays Direct
+    (("(direct)", "(none)", None, None, "crm"), ("Direct", "direct")),
     (("weird", "unknownmedium", None, None, "web"), ("Unassigned", "unassigned")),
 ]
 

@@ -36,3 +36,32 @@ def test_identified_stakeholders_use_their_company_domain(b2b: Output) -> None:
             checked += 1
     assert checked > 100
     assert b2b.truth["counts"]["accounts"] == 500
+
+
+def test_webinars_carry_the_campaign_that_names_them_offline(b2b: Output) -> None:
+    """A webinar attendance synced from the CRM has no page: its campaign (zoom / webinar /
+    the webinar's slug) is what lets the channel rules name it Offline rather than Direct,
+    in the NDJSON context and in the Parquet columns alike."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    webinars = [e for e in b2b.events if e.get("event") == "Webinar Attended"]
+    assert len(webinars) >= b2b.truth["channels"]["offline"]["touches"] > 0
+    slugs = {"attribution_101", "beyond_last_click", "journey_analytics_live",
+             "customer_story_helix_labs"}
+    for event in webinars:
+        campaign = event["context"]["campaign"]
+        assert (campaign["source"], campaign["medium"]) == ("zoom", "webinar")
+        assert campaign["name"] in slugs
+        assert campaign["name"] == event["properties"]["webinar_name"].lower().replace(
+            ":", "").replace(" ", "_")
+    # no other page-less record carries a campaign
+    others = [e for e in b2b.events if e.get("event") != "Webinar Attended"
+              and "page" not in e["context"] and "campaign" in e["context"]]
+    assert others == []
+    table = pq.read_table(b2b.path / "events.parquet",
+                          columns=["event", "utm_source", "utm_medium", "utm_campaign"])
+    rows = table.filter(pc.equal(table["event"], "Webinar Attended")).to_pylist()
+    assert len(rows) == len(webinars)
+    assert {(r["utm_source"], r["utm_medium"]) for r in rows} == {("zoom", "webinar")}
+    assert {r["utm_campaign"] for r in rows} == slugs

@@ -57,6 +57,13 @@ CLICK_TOKENS = {  # (prefix, random characters): the shapes the platforms use
 CTA_IDS = ("hero_primary", "pricing_start_trial", "nav_book_demo", "footer_newsletter")
 WEBINARS = ("Attribution 101", "Beyond last click", "Journey analytics live",
             "Customer story: Helix Labs")
+#: the campaign a CRM's webinar sync stamps on each attendance (source, medium, and the
+#: webinar's slug as its name): what tells a classifier the touch was an offline event, as a
+#: tracked call's system does for calls (without it the record is a (direct)/(none) touch)
+WEBINAR_SOURCE, WEBINAR_MEDIUM = "zoom", "webinar"
+WEBINAR_CAMPAIGNS = tuple(name.lower().replace(":", "").replace(" ", "_") for name in WEBINARS)
+#: the campaign fields a record sent without a page carries of its own (webinars)
+ROW_CAMPAIGN_KEYS = ("utm_source", "utm_medium", "utm_campaign")
 AD_CONTENTS = ("ad_a", "ad_b", "ad_c")
 CURRENCY = "USD"
 #: the canonical events table's columns, in its order: the writers fill each (a column added
@@ -134,6 +141,11 @@ class Rows:
     phone: pa.Array
     contact_id: pa.Array  # the CRM's contact id, on the CRM's records only
     revenue: np.ndarray
+    # the campaign of a record without a page (webinars): null elsewhere, where the page's
+    # campaign (``Tables.page``, by ``page_row``) applies
+    utm_source: pa.Array
+    utm_medium: pa.Array
+    utm_campaign: pa.Array
 
     def __len__(self) -> int:
         return len(self.timestamp)
@@ -371,6 +383,8 @@ class _Block:
     email: pa.Array | None = None
     phone: pa.Array | None = None
     contact_id: pa.Array | None = None
+    #: utm_source, utm_medium, utm_campaign of records that carry their own campaign
+    campaign: dict[str, pa.Array] | None = None
     group: bool = False
     alias: bool = False
 
@@ -538,6 +552,10 @@ def render(
         time=t.time[rows], type=TRACK, event=WEBINAR, source=CRM, touch=rows,
         person=t.person[rows], device=no(rows), page_row=no(rows), user_always=True,
         email=email_clean.take(who), contact_id=contact,
+        campaign=dict(zip(ROW_CAMPAIGN_KEYS, (
+            pa.array(np.full(len(rows), WEBINAR_SOURCE), pa.string()),
+            pa.array(np.full(len(rows), WEBINAR_MEDIUM), pa.string()),
+            text.take(WEBINAR_CAMPAIGNS, fortnight % len(WEBINARS))), strict=True)),
         properties=text.concat(
             '{"webinar_id":"wbn_', pc.cast(pa.array(fortnight), pa.string()),
             '","webinar_name":"', text.take(WEBINARS, fortnight % len(WEBINARS)),
@@ -675,6 +693,10 @@ def _assemble(
             getattr(b, get) if getattr(b, get) is not None else pa.nulls(len(b), pa.string())
             for b in blocks])
 
+    def campaign(key: str) -> pa.Array:
+        return pa.concat_arrays([b.campaign[key] if b.campaign is not None
+                                 else pa.nulls(len(b), pa.string()) for b in blocks])
+
     time = cat([b.time for b in blocks]).astype(np.int64)
     device = cat([b.device for b in blocks])
     person = cat([b.person for b in blocks])
@@ -700,6 +722,7 @@ def _assemble(
         email=strings("email"), phone=strings("phone"), contact_id=strings("contact_id"),
         revenue=cat([b.revenue if b.revenue is not None else np.full(len(b), np.nan)
                      for b in blocks]),
+        **{key: campaign(key) for key in ROW_CAMPAIGN_KEYS},
     )
 
 

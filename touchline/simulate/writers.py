@@ -27,6 +27,7 @@ from touchline.simulate.events import (
     EVENT_COLUMNS,
     EVENT_NAMES,
     LIBRARIES,
+    ROW_CAMPAIGN_KEYS,
     SOURCES,
     TYPES,
     Rendered,
@@ -49,8 +50,12 @@ def _context_parts(rendered: Rendered) -> list[pa.Array | str]:
     devices = (len(tables.device_tail) - 1) // 2
     renamed = rows.timestamp >= mess.SCHEMA_CHANGE_AT_MS
     tail = np.where(rows.device >= 0, rows.device + devices * renamed, 2 * devices)
+    # a record without a page may carry its own campaign (webinars); else the landing page's
+    own = text.concat(',"campaign":{"source":"', rows.utm_source, '","medium":"',
+                      rows.utm_medium, '","name":"', rows.utm_campaign, '"}')
     return ['{"library":', text.take(LIBRARIES, rows.source),
-            pick(tables.page_member, rows.page_row), pick(tables.campaign_member, rows.page_row),
+            pick(tables.page_member, rows.page_row),
+            pc.coalesce(own, pick(tables.campaign_member, rows.page_row)),
             tables.device_tail.take(pa.array(tail))]
 
 
@@ -89,6 +94,8 @@ def canonical_table(rendered: Rendered, context: pa.Array) -> pa.Table:
         "sent_at": _ms(rendered.sent_at),
         "received_at": _ms(rendered.received_at),
         **{k: pick(v, rows.page_row) for k, v in tables.page.items()},
+        **{k: pc.coalesce(getattr(rows, k), pick(tables.page[k], rows.page_row))
+           for k in ROW_CAMPAIGN_KEYS},
         "utm_id": nulls,
         "email": rows.email, "phone": rows.phone, "email_sha256": nulls, "phone_sha256": nulls,
         "email_domain": nulls,  # set at load, and only when e-mails are hashed there
