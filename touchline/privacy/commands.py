@@ -32,8 +32,8 @@ def register(app: typer.Typer) -> None:
     @retention_app.command("apply")
     def retention_apply(database: DatabaseOption = None) -> None:
         """Delete raw events and calls older than their retention, empty the personal data
-        of older surveys, reviews, deals, number leases and rejects (`touchline run` does it after preparing; run
-        this after a run). Prepared tables, journeys and credits stay."""
+        of older surveys, reviews, deals, number leases and rejects (`touchline run` does
+        it after preparing; run this after a run). Prepared tables, journeys and credits stay."""
         from touchline.privacy import apply_retention
         from touchline.privacy.retention import retention_days
 
