@@ -14,7 +14,11 @@ cannot be normalised is not kept (prepare would drop it as invalid anyway). The 
 is kept apart (``events.email_domain``) when it is a business's (free-mail and ISP domains are
 left out): business domains make accounts. JSON payloads
 (``traits``, ``context``, ``properties``) lose their contact fields and anything else that
-reads as an e-mail address.
+reads as an e-mail address; so do the page's ``url``, ``path``, ``referrer`` and ``title``
+(``john%40acme.com`` too). Phone numbers in those texts go as well (:func:`without_phones`:
+phonenumbers' matcher, URL parameters split by ``urllib.parse``). Both are removed, not keyed:
+nothing stitches on them, and a URL keeps its structure, so UTMs, click ids and channels
+read from it are those of the URL as received.
 
 ``ip_at_rest`` (``keyed`` or ``dropped``) decides what ``events.ip`` keeps; ``truncated`` is
 done by the mappers themselves (``ip_truncate``).
@@ -22,16 +26,20 @@ done by the mappers themselves (``ip_truncate``).
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import TYPE_CHECKING
 
 import ibis
 import ibis.expr.types as ir
+import orjson
+import phonenumbers
 import pyarrow as pa
 
 from touchline import engine
 from touchline.collect.dni import to_e164
 from touchline.config import Settings
 from touchline.store import (
+    CLICK_IDS,
     EMAIL_PATTERN,
     REMOVED,
     SHA256_HEX,
@@ -50,8 +58,23 @@ JSON_CONTACT_FIELDS = ("email", "phone", "email_sha256", "phone_sha256", "mobile
 #: the raw tables' JSON text columns
 JSON_COLUMNS = {"events": ("properties", "traits", "context"), "deals": ("properties",),
                 "calls": ("properties",), "reviews": (), "surveys": ()}
-#: an e-mail address anywhere in a text (the whole address, for replacing it)
-EMAIL_IN_TEXT = r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+"
+#: an e-mail address anywhere in a text (the whole address, for replacing it), its ``@``
+#: also percent-encoded (``john%40acme.com`` in a URL; ``%2B``: an encoded ``+`` in the local
+#: part). No other ``%`` in the local part: ``email%3Djohn%40…`` keeps its ``email%3D``
+EMAIL_IN_TEXT = r"(?i)([A-Za-z0-9._+'-]|%2B)+(@|%40)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+"
+#: raw ``events`` columns of free text besides the JSON ones: URLs and the page title
+TEXT_COLUMNS = {"events": ("url", "path", "referrer", "title")}
+#: query parameters whose value is a person's contact whatever it looks like (compared lower
+#: case, ``-`` as ``_``)
+URL_CONTACT_PARAMETERS = frozenset({
+    "email", "e_mail", "mail", "email_address", "phone", "phone_number", "phonenumber", "tel",
+    "telephone", "mobile", "cell", "whatsapp", "sms",
+})
+#: may hold a phone number: seven digits or more, up to three separators (`` ().+/-``, a
+#: percent-encoded character) between two (a candidate only: phonenumbers decides)
+_PHONE_CANDIDATE = r"[0-9](([ ().+/-]|%[0-9A-Fa-f]{2}){0,3}[0-9]){6,}"
+_CONTACT_PARAMETER = (r"(?i)[?&#;](" + "|".join(sorted(URL_CONTACT_PARAMETERS))
+                      .replace("_", "[_-]") + ")=[^&#]")
 _JSON_VALUE = r'\s*:\s*("([^"\\]|\\.)*"|[-+0-9.eE]+)'
 
 
@@ -103,9 +126,15 @@ def protect(con: BaseBackend, table: str, rows: ir.Table, settings: Settings) ->
         changes["contact_emails"] = listed.join(";").nullif("")
     for column in JSON_COLUMNS[table]:
         changes[column] = without_contacts(rows[column])
+    for column in TEXT_COLUMNS.get(table, ()):
+        # percent-encoded in a URL: it decodes to "[removed]", and the URL stays one
+        marker = REMOVED if column == "title" else urllib.parse.quote(REMOVED)
+        changes[column] = rows[column].re_replace(EMAIL_IN_TEXT, marker)
     out = rows.mutate(**changes)
-    return out.drop(*(c for c in out.columns
-                      if c.startswith("_e164_") or c == "_business_domain"))
+    out = out.drop(*(c for c in out.columns
+                     if c.startswith("_e164_") or c == "_business_domain"))
+    free_text = (*JSON_COLUMNS[table], *TEXT_COLUMNS.get(table, ()))
+    return _without_phones_in_text(con, out, free_text, region, key)
 
 
 def email_digest(value: ir.StringValue) -> ir.StringValue:
@@ -169,6 +198,114 @@ def _with_keyed_phone(con: BaseBackend, rows: ir.Table, column: str, region: str
                                      for _, e164 in pairs], pa.string())}))
     written = engine.hmac_sha256(con, rows[column], key)
     return rows.left_join(lookup, written == lookup._e164_raw).drop("_e164_raw")
+
+
+def _without_phones_in_text(con: BaseBackend, rows: ir.Table, columns: tuple[str, ...],
+                            region: str, key: str) -> ir.Table:
+    """``rows`` with the phone numbers in free text ``columns`` replaced by ``[removed]``
+    (:func:`without_phones`).
+
+    phonenumbers runs in Python, as for the phone columns (:func:`_with_keyed_phone`): only
+    the distinct texts the engine finds a candidate in (:data:`_PHONE_CANDIDATE`, or a
+    contact parameter in a URL) leave it, and the lookup that goes back holds the keyed hash
+    of each text and its cleaned form, for the texts that changed.
+    """
+    for column in columns:
+        text = rows[column]
+        candidate = text.re_search(_PHONE_CANDIDATE) | text.re_search(_CONTACT_PARAMETER)
+        found = rows.filter(candidate.fill_null(False)).select(_t=text).distinct()
+        texts = [t for t in found.to_pyarrow().column("_t").to_pylist() if t is not None]
+        cleaned = [(keyed_hash(t, key), without_phones(t, region)) for t in texts]
+        changed = [(k, new) for (k, new), old in zip(cleaned, texts, strict=True) if new != old]
+        if not changed:
+            continue
+        lookup = ibis.memtable(pa.table({
+            "_text_key": pa.array([k for k, _ in changed], pa.string()),
+            "_text_new": pa.array([new for _, new in changed], pa.string())}))
+        written = ibis.ifelse(candidate.fill_null(False), engine.hmac_sha256(con, text, key),
+                              ibis.null("string"))
+        joined = rows.left_join(lookup, written == lookup._text_key)
+        rows = joined.mutate(**{column: ibis.coalesce(joined._text_new, joined[column])}).drop(
+            "_text_key", "_text_new")
+    return rows
+
+
+def without_phones(text: str, region: str) -> str:
+    """``text`` with the phone numbers in it replaced by ``[removed]``.
+
+    * JSON (an object or array): in each string value, recursively; a value under an id's
+      name (``*id``, ``*_ids``: order and CRM ids, click ids) or a UTM is left alone, a URL is
+      read as below; the text is written back compact (orjson) when something changed;
+    * a URL (``?`` or ``#`` in it): each query (and fragment) parameter, split by
+      ``urllib.parse``, whose name is a contact's (:data:`URL_CONTACT_PARAMETERS`) or whose
+      decoded value holds a valid number has its value replaced; UTMs and click ids never;
+    * other text: each number phonenumbers' matcher finds.
+
+    ``Leniency.VALID`` (a number valid for its region, ``region`` for numbers without a
+    country code): ISO dates, times, prices and short ids are not numbers to it.
+    """
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return _without_numbers(text, region)
+        cleaned = _without_phones_in_json(parsed, None, region)
+        return text if cleaned == parsed else orjson.dumps(cleaned).decode()
+    if "?" in text or "#" in text:
+        return _without_phones_in_url(text, region)
+    return _without_numbers(text, region)
+
+
+def _is_id_name(name: str) -> bool:
+    lowered = name.lower().replace("-", "_")
+    return (lowered.endswith(("id", "_ids")) or lowered.startswith("utm_")
+            or lowered in CLICK_IDS or lowered == "tracking_number")
+
+
+def _without_phones_in_json(value: object, name: str | None, region: str) -> object:
+    if isinstance(value, dict):
+        return {k: _without_phones_in_json(v, str(k), region) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_phones_in_json(v, name, region) for v in value]
+    if isinstance(value, str) and not (name is not None and _is_id_name(name)):
+        if "?" in value or "#" in value:
+            return _without_phones_in_url(value, region)
+        return _without_numbers(value, region)
+    return value
+
+
+def _without_phones_in_url(url: str, region: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    query, fragment = _without_phones_in_query(parts.query, region), parts.fragment
+    if "=" in fragment:
+        fragment = _without_phones_in_query(fragment, region)
+    if (query, fragment) == (parts.query, parts.fragment):
+        return url
+    return urllib.parse.urlunsplit(parts._replace(query=query, fragment=fragment))
+
+
+def _without_phones_in_query(query: str, region: str) -> str:
+    """Each ``name=value`` of ``query`` as written (its encoding kept), but a contact's."""
+    pieces = []
+    for piece in query.split("&"):
+        name, equals, value = piece.partition("=")
+        plain_name = urllib.parse.unquote_plus(name).strip().lower().replace("-", "_")
+        if value and not _is_id_name(plain_name) and (
+                plain_name in URL_CONTACT_PARAMETERS
+                # a literal "+" is a space in a query, but people write "+44…" unencoded
+                or any(_without_numbers(v, region) != v for v in
+                       {urllib.parse.unquote(value), urllib.parse.unquote_plus(value)})):
+            piece = f"{name}{equals}{urllib.parse.quote(REMOVED)}"
+        pieces.append(piece)
+    return "&".join(pieces)
+
+
+def _without_numbers(text: str, region: str) -> str:
+    found = phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID)
+    for match in reversed(list(found)):
+        text = text[:match.start] + REMOVED + text[match.end:]
+    return text
 
 
 def _protect_ip(con: BaseBackend, rows: ir.Table, settings: Settings) -> ir.Table:
