@@ -27,6 +27,7 @@ done by the mappers themselves (``ip_truncate``).
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import ibis
@@ -72,7 +73,7 @@ URL_CONTACT_PARAMETERS = frozenset({
 })
 #: may hold a phone number: seven digits or more, up to three separators (`` ().+/-``, a
 #: percent-encoded character) between two (a candidate only: phonenumbers decides)
-_PHONE_CANDIDATE = r"[0-9](([ ().+/-]|%[0-9A-Fa-f]{2}){0,3}[0-9]){6,}"
+PHONE_CANDIDATE = r"[0-9](([ ().+/-]|%[0-9A-Fa-f]{2}){0,3}[0-9]){6,}"
 _CONTACT_PARAMETER = (r"(?i)[?&#;](" + "|".join(sorted(URL_CONTACT_PARAMETERS))
                       .replace("_", "[_-]") + ")=[^&#]")
 _JSON_VALUE = r'\s*:\s*("([^"\\]|\\.)*"|[-+0-9.eE]+)'
@@ -83,12 +84,17 @@ def changes_rows(settings: Settings) -> bool:
     return settings.pii_at_rest == "hashed" or settings.ip_at_rest != "truncated"
 
 
-def protect(con: BaseBackend, table: str, rows: ir.Table, settings: Settings) -> ir.Table:
+def protect(con: BaseBackend, table: str, rows: ir.Table, settings: Settings, *,
+            keep_keyed: bool = False) -> ir.Table:
     """``rows``, about to be stored in raw table ``table``, as settings want them at rest.
 
     Unchanged with the defaults (``pii_at_rest = "plain"``, ``ip_at_rest = "truncated"``).
+    ``keep_keyed``: the rows are stored ones being rewritten (``touchline privacy rehash``): a
+    contact that is already 64 hex digits is the keyed hash an earlier load stored and stays
+    as it is (as prepare reads it in this mode), and ``ip`` stays as its load left it.
     """
-    if table == "events" and settings.ip_at_rest != "truncated" and "ip" in rows.columns:
+    if (table == "events" and settings.ip_at_rest != "truncated" and "ip" in rows.columns
+            and not keep_keyed):
         rows = _protect_ip(con, rows, settings)
     if settings.pii_at_rest != "hashed" or table not in JSON_COLUMNS:
         return rows
@@ -122,8 +128,12 @@ def protect(con: BaseBackend, table: str, rows: ir.Table, settings: Settings) ->
         changes["caller_number"] = ibis.coalesce(rows._e164_caller_number,
                                                  keyed(sha256_digest(rows.caller_number)))
     elif table == "deals":
-        listed = rows.contact_emails.split(";").map(lambda v: keyed(email_digest(v)))
+        listed = rows.contact_emails.split(";").map(
+            lambda v: _kept(v, keyed(email_digest(v))) if keep_keyed else keyed(email_digest(v)))
         changes["contact_emails"] = listed.join(";").nullif("")
+    if keep_keyed:
+        changes.update({c: _kept(rows[c], v) for c, v in changes.items()
+                        if c in ("email", "phone", "caller_number")})
     for column in JSON_COLUMNS[table]:
         changes[column] = without_contacts(rows[column])
     for column in TEXT_COLUMNS.get(table, ()):
@@ -135,6 +145,12 @@ def protect(con: BaseBackend, table: str, rows: ir.Table, settings: Settings) ->
                      if c.startswith("_e164_") or c == "_business_domain"))
     free_text = (*JSON_COLUMNS[table], *TEXT_COLUMNS.get(table, ()))
     return _without_phones_in_text(con, out, free_text, region, key)
+
+
+def _kept(stored: ir.StringValue, new: ir.StringValue) -> ir.StringValue:
+    """``stored`` when it is already a keyed hash (64 hex digits), else ``new``."""
+    return ibis.ifelse(stored.strip().lower().re_search(SHA256_HEX).fill_null(False),
+                       stored, new)
 
 
 def email_digest(value: ir.StringValue) -> ir.StringValue:
@@ -206,28 +222,42 @@ def _without_phones_in_text(con: BaseBackend, rows: ir.Table, columns: tuple[str
     (:func:`without_phones`).
 
     phonenumbers runs in Python, as for the phone columns (:func:`_with_keyed_phone`): only
-    the distinct texts the engine finds a candidate in (:data:`_PHONE_CANDIDATE`, or a
-    contact parameter in a URL) leave it, and the lookup that goes back holds the keyed hash
-    of each text and its cleaned form, for the texts that changed.
+    the distinct texts the engine finds a candidate in (:data:`PHONE_CANDIDATE`, or a
+    contact parameter in a URL) leave it.
     """
     for column in columns:
         text = rows[column]
-        candidate = text.re_search(_PHONE_CANDIDATE) | text.re_search(_CONTACT_PARAMETER)
-        found = rows.filter(candidate.fill_null(False)).select(_t=text).distinct()
-        texts = [t for t in found.to_pyarrow().column("_t").to_pylist() if t is not None]
-        cleaned = [(keyed_hash(t, key), without_phones(t, region)) for t in texts]
-        changed = [(k, new) for (k, new), old in zip(cleaned, texts, strict=True) if new != old]
-        if not changed:
-            continue
-        lookup = ibis.memtable(pa.table({
-            "_text_key": pa.array([k for k, _ in changed], pa.string()),
-            "_text_new": pa.array([new for _, new in changed], pa.string())}))
-        written = ibis.ifelse(candidate.fill_null(False), engine.hmac_sha256(con, text, key),
-                              ibis.null("string"))
-        joined = rows.left_join(lookup, written == lookup._text_key)
-        rows = joined.mutate(**{column: ibis.coalesce(joined._text_new, joined[column])}).drop(
-            "_text_key", "_text_new")
+        rows = rewrite_text(con, rows, column,
+                            text.re_search(PHONE_CANDIDATE) | text.re_search(_CONTACT_PARAMETER),
+                            lambda t: without_phones(t, region), key)
     return rows
+
+
+def rewrite_text(con: BaseBackend, rows: ir.Table, column: str,
+                 candidate: ir.BooleanValue, rewrite: Callable[[str], str | None],
+                 key: str) -> ir.Table:
+    """``rows`` with text ``column`` replaced by ``rewrite`` of it where ``candidate``.
+
+    For what only Python libraries can do (phonenumbers): the distinct candidate texts leave
+    the engine, and the lookup that goes back to be joined on holds the keyed hash of each
+    text that changed and its new form, never the text itself.
+    """
+    text = rows[column]
+    found = rows.filter(candidate.fill_null(False)).select(_t=text).distinct()
+    texts = [t for t in found.to_pyarrow().column("_t").to_pylist() if t is not None]
+    cleaned = [(keyed_hash(t, key), rewrite(t)) for t in texts]
+    changed = [(k, new) for (k, new), old in zip(cleaned, texts, strict=True) if new != old]
+    if not changed:
+        return rows
+    lookup = ibis.memtable(pa.table({
+        "_text_key": pa.array([k for k, _ in changed], pa.string()),
+        "_text_new": pa.array([new for _, new in changed], pa.string()),
+        "_text_hit": pa.array([True] * len(changed), pa.bool_())}))
+    written = ibis.ifelse(candidate.fill_null(False), engine.hmac_sha256(con, text, key),
+                          ibis.null("string"))
+    joined = rows.left_join(lookup, written == lookup._text_key)
+    new_text = ibis.ifelse(joined._text_hit.fill_null(False), joined._text_new, joined[column])
+    return joined.mutate(**{column: new_text}).drop("_text_key", "_text_new", "_text_hit")
 
 
 def without_phones(text: str, region: str) -> str:
