@@ -641,8 +641,8 @@ class Settings(BaseSettings):
         "apply`, and each `touchline run` after preparing, delete older rows of `events` and "
         "`calls` and empty the e-mails and phones of older surveys and reviews, the contacts' "
         "e-mails of older deals and the raw records of older rejects (raw_retention_days "
-        "overrides it per table); prepared touches stay (prepare keeps them), so sessions, journeys and credits are unchanged. "
-        "None: kept for ever.",
+        "overrides it per table); prepared touches stay (prepare keeps them), so sessions, "
+        "journeys and credits are unchanged. None: kept for ever.",
     )
     raw_retention_days: dict[Literal["events", "calls", "surveys", "reviews", "rejects",
                                      "deals", "number_leases"], int] = Field(
