@@ -639,17 +639,20 @@ class Settings(BaseSettings):
     raw_event_retention_days: int | None = Field(
         None, ge=1, description="Days raw data with personal data is kept: `touchline retention "
         "apply`, and each `touchline run` after preparing, delete older rows of `events` and "
-        "`calls` and empty the e-mails and phones of older surveys and reviews and the raw "
-        "records of older rejects (raw_retention_days overrides it per table); prepared "
-        "touches stay (prepare keeps them), so sessions, journeys and credits are unchanged. "
-        "None: kept for ever.",
+        "`calls` and empty the e-mails and phones of older surveys and reviews, the contacts' "
+        "e-mails of older deals and the raw records of older rejects (raw_retention_days "
+        "overrides it per table); prepared touches stay (prepare keeps them), so sessions, "
+        "journeys and credits are unchanged. None: kept for ever.",
     )
-    raw_retention_days: dict[Literal["calls", "surveys", "reviews", "rejects"], int] = Field(
-        default_factory=dict, description="Days the other raw tables holding personal data "
-        "keep it, per table (default: raw_event_retention_days): calls older are deleted "
+    raw_retention_days: dict[Literal["events", "calls", "surveys", "reviews", "rejects",
+                                     "deals", "number_leases"], int] = Field(
+        default_factory=dict, description="Days each raw table holding personal data keeps "
+        "it, per table (default: raw_event_retention_days): calls older are deleted "
         "(their touches stay), surveys and reviews lose the answerer's e-mail and phone (a "
         "survey answer keeps its person through a device id of the identity graph, so KPIs "
-        "by channel stay), rejects their raw record. Same runs as raw_event_retention_days.",
+        "by channel stay), deals their contacts' e-mails (amounts, stages and CRM contact ids "
+        "stay), rejects their raw record, expired number_leases their device and session "
+        "ids. Same runs as raw_event_retention_days.",
     )
     pii_at_rest: Literal["plain", "hashed"] = Field(
         "plain", description="rebuild: how prepared tables keep e-mails and phone numbers. "

@@ -381,7 +381,9 @@ CONTACT_FIELDS = frozenset({
     "email", "phone", "email_sha256", "phone_sha256", "contact_emails", "caller_number",
     "mobile", "phone_number", "email_address",
 })
-_EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# "@" also percent-encoded, as in a URL (at_rest.EMAIL_IN_TEXT is the engine's twin)
+_EMAIL_IN_TEXT = re.compile(
+    r"(?:[A-Za-z0-9._+'-]|%2[Bb])+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SECRET_NAMES = "|".join(
     sorted((f.replace("_", "[_-]?") for f in SECRET_FIELDS), key=len, reverse=True)
 )

@@ -5,7 +5,7 @@ gives the channel totals of a run that never had him; Mary and Bob are untouched
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from touchline.config import Settings
 from touchline.exports import export_conversions
 from touchline.pipeline import run
 from touchline.privacy import erase
-from touchline.privacy.erase import ERASE_RULES
+from touchline.privacy.erase import ERASE_RULES, JOURNAL_DIR
 
 KEY = "test-key-of-sixteen-chars"
 ONE_MODEL = {"attribution_models": ["linear"], "default_model": "linear"}
@@ -300,3 +300,39 @@ def test_a_short_id_is_found_in_id_fields_only_a_long_one_also_as_a_csv_field() 
     assert found("anon:john-laptop", '2026-03-01,"john-laptop",page')
     assert found("phone:+12025550143", "called from (202) 555-0143 today")
     assert not found("phone:+12025550143", "order 12025550143999")
+
+
+def test_an_erasure_stopped_half_way_is_finished_by_the_next(
+        con: BaseBackend, warehouses: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Spark the tables before ``journeys`` (raw tables, the identity graph, persons) are
+    erased when it stops, and John can no longer be resolved; on DuckDB they are rolled back.
+    Either way the journal finishes the job."""
+    _copy(con, warehouses["with"], tmp_path)
+    john = _john_tokens(con)
+    settings = _settings(tmp_path)
+    delete_where = engine.delete_where
+
+    def lost_worker(con: BaseBackend, name: str, where: Callable[..., object]) -> int:
+        if name == "journeys":
+            raise RuntimeError("executor lost")
+        return delete_where(con, name, where)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "delete_where", lost_worker)
+    with pytest.raises(RuntimeError, match="executor lost"):
+        erase(con, settings, kind="email", value=JOHN_EMAIL)
+    monkeypatch.setattr(engine, "delete_where", delete_where)
+    assert (tmp_path / "spool" / JOURNAL_DIR / "erasure.json").exists()
+    assert "journeys" in _mentions(con, john, "2025550143")
+
+    again = erase(con, settings, kind="email", value=JOHN_EMAIL)
+
+    assert _mentions(con, john, "2025550143") == {}
+    assert not (tmp_path / "spool" / JOURNAL_DIR).exists()
+    assert again.total == 0  # the journal's erasure did it; this one found nothing left
+    # the deal he shared is Bob's alone, once, with its revenue
+    d3 = con.table("deals").filter(ibis._.deal_id == "D3").to_pandas()
+    assert (d3.contact_emails.tolist(), d3.amount.tolist()) == (["bob@example.net"], [500.0])
+    log = con.table("erasures").to_pandas()
+    assert log.erasure_id.nunique() == 2
+    assert set(log.identifier_hash) == {store.keyed_hash(JOHN_EMAIL, KEY)}

@@ -21,6 +21,7 @@ from touchline.collect.spool import CALL, DEAL, EVENT
 from touchline.config import Settings
 from touchline.metrics.kpis import compute
 from touchline.pipeline import run
+from touchline.prepare import run_prepare
 from touchline.privacy import erase
 
 KEY = "test-key-of-sixteen-chars"
@@ -28,7 +29,23 @@ ANN, BOB = "ann@acme-tools.com", "bob@gmail.com"
 PHONE = "+12025550143"
 #: every spelling of the test's contacts a table could hold
 TOKENS = ("ann@acme", "bob@gmail", "2025550143", "555 0143", "555-0143", "555.0143",
-          "2025550199")
+          "2025550199", "carl", "7946", "4420")
+#: a landing page whose query carries a visitor's e-mail (encoded) and phone (a literal "+")
+#: beside its UTMs and click id
+CARL_URL = ("https://plumb.example/pricing?utm_source=google&utm_medium=cpc&utm_campaign=spring"
+            "&gclid=G-123&email=carl%40acme-tools.com&phone=+442079460000")
+#: the same as stored in hashed mode: both values removed (percent-encoded "[removed]")
+CARL_URL_AT_REST = ("https://plumb.example/pricing?utm_source=google&utm_medium=cpc"
+                    "&utm_campaign=spring&gclid=G-123&email=%5Bremoved%5D&phone=%5Bremoved%5D")
+
+
+def _carl_page(message_id: str, anonymous_id: str) -> dict[str, object]:
+    page = {"url": CARL_URL, "title": "Quote for carl@acme-tools.com",
+            "referrer": "https://webmail.example/read?from=carl@acme-tools.com&id=9"}
+    return {"messageId": message_id, "type": "page", "anonymousId": anonymous_id,
+            "timestamp": "2026-03-01T13:00:00Z", "context": {"page": page},
+            "properties": {**page, "note": "call me on +44 20 7946 0000 after 5",
+                           "order_id": "4155550123", "at": "2026-03-01 10:00:00"}}
 
 
 def _settings(tmp_path: Path, mode: str = "hashed", **extra: object) -> Settings:
@@ -82,6 +99,7 @@ def _files(tmp_path: Path) -> dict[str, Path]:
         # no type: rejected, its raw record kept in rejects
         {"messageId": "m4", "anonymousId": "d1", "timestamp": "2026-03-01T12:00:00Z",
          "traits": {"email": ANN, "phone": PHONE}},
+        _carl_page("m5", "e1"),
     ]
     return {
         "events": _write(tmp_path / "events.ndjson",
@@ -118,10 +136,20 @@ def test_hashed_ingest_leaves_no_plain_contact_in_any_table(con: BaseBackend,
     assert events.loc["m2", "phone"] == _keyed("+12025550199")
     assert events.email_sha256.isna().all()
     # a business domain is kept beside the hash, a free-mail one is not
-    assert events.email_domain.tolist() == ["acme-tools.com", None, None]
+    assert events.email_domain.tolist() == ["acme-tools.com", None, None, None]
     assert orjson.loads(events.loc["m1", "traits"]) == {"email": None, "phone": None,
                                                         "plan": "pro"}
     assert "[removed]" in events.loc["m2", "properties"]
+    # e-mails and phones in URLs and free text: removed, the rest as it was
+    assert events.loc["m5", "url"] == CARL_URL_AT_REST
+    assert events.loc["m5", "referrer"] == (
+        "https://webmail.example/read?from=%5Bremoved%5D&id=9")
+    assert events.loc["m5", "title"] == "Quote for [removed]"
+    properties = orjson.loads(events.loc["m5", "properties"])
+    assert properties["note"] == "call me on [removed] after 5"
+    # in JSON too: its "email" parameter is a contact's, whatever the e-mail pass left
+    assert properties["url"] == CARL_URL_AT_REST
+    assert (properties["order_id"], properties["at"]) == ("4155550123", "2026-03-01 10:00:00")
     reviews = con.table("reviews").to_pandas()
     assert (reviews.email.tolist(), reviews.phone.tolist()) == ([_keyed(ANN)], [_keyed(PHONE)])
     assert con.table("surveys").email.to_pandas().tolist() == [_keyed(ANN)]
@@ -218,9 +246,9 @@ def test_hashed_loads_stitch_and_make_the_accounts_of_plain_ones(tmp_path: Path)
             assert got.to_dict("records") == [
                 {"channel": "Direct", "reviews": 2, "review_rating": 4.0}]
     # a1 (Ann, her phone) and c1 (her SHA-256) are one person in both modes; her domain
-    # makes the account, Bob's free-mail one does not
+    # makes the account, Bob's free-mail one does not, nor does Carl's address in a URL
     assert persons["hashed"] == persons["plain"]
-    assert persons["hashed"] == ["-", "domain:acme-tools.com"]
+    assert persons["hashed"] == ["-", "-", "domain:acme-tools.com"]
     # her review (e-mail and phone) and her survey answer (e-mail) find her in both modes
     for kpi in ("review_rating", "nps"):
         assert kpis[("hashed", kpi)] == kpis[("plain", kpi)]
@@ -269,3 +297,25 @@ def test_ip_at_rest_truncates_keys_or_drops_the_address(con: BaseBackend, tmp_pa
     got = con.table("events").select("ip", "context").to_pandas()
     assert got.ip.tolist() == [expected]
     assert "203.0.113.7" not in got.context[0] and "en-US" in got.context[0]
+
+
+def test_a_url_with_contacts_keeps_its_utms_click_id_and_channel_when_hashed(
+        con: BaseBackend, tmp_path: Path) -> None:
+    store.init(con)
+    for mode, message_id in (("plain", "p1"), ("hashed", "h1")):
+        path = _write(tmp_path / f"{mode}.ndjson",
+                      [orjson.dumps(_carl_page(message_id, f"{mode}-device")).decode()])
+        ingest_file(con, path, "events", settings=_settings(tmp_path, mode))
+    stored = con.table("events").select("message_id", "url").to_pandas().set_index("message_id")
+    assert stored.url.to_dict() == {"p1": CARL_URL, "h1": CARL_URL_AT_REST}
+    run_prepare(con, _settings(tmp_path, "hashed"))
+    touches = con.table("touches").select(
+        "anonymous_id", "utm_source", "utm_medium", "utm_campaign", "click_id_param",
+        "click_id", "page_path", "referrer_host").to_pandas().set_index("anonymous_id")
+    expected = ["google", "cpc", "spring", "gclid", "G-123", "/pricing", "webmail.example"]
+    assert touches.loc["hashed-device"].tolist() == expected
+    assert touches.loc["plain-device"].tolist() == expected
+    points = con.table("touchpoints").select("anonymous_id", "channel", "source", "medium",
+                                             "campaign").to_pandas().set_index("anonymous_id")
+    assert points.loc["hashed-device"].tolist() == ["Paid Search", "google", "cpc", "spring"]
+    assert points.loc["plain-device"].tolist() == ["Paid Search", "google", "cpc", "spring"]

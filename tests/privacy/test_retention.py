@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+import orjson
 import pandas as pd
 import pytest
 from factories import CLI_OWN_CONNECTION, JOHN, JOHN_DEAL, arrow_table, event_rows
@@ -17,6 +18,7 @@ from touchline.cli import app
 from touchline.config import Settings
 from touchline.pipeline import run
 from touchline.privacy import apply_retention
+from touchline.privacy.retention import KEPT, RETENTION_RULES, TIME_COLUMNS
 
 NOW = datetime(2026, 4, 10)
 OTHERS = [
@@ -127,7 +129,8 @@ def test_retention_empties_the_personal_data_of_the_other_raw_tables(con: BaseBa
     done = apply_retention(con, settings, now=NOW)
     # calls: c1 deleted; surveys: s1 (relinked to Ann's least device), s2 (no one), s3 (its
     # own person id kept); reviews: r1; rejects: j1 (older than 7 days)
-    assert done == {"events": 0, "calls": 1, "surveys": 3, "reviews": 1, "rejects": 1}
+    assert done == {"events": 0, "calls": 1, "surveys": 3, "reviews": 1, "rejects": 1,
+                    "deals": 0, "number_leases": 0}
     assert con.table("calls").call_id.to_pandas().tolist() == ["c2"]
     surveys = con.table("surveys").order_by("response_id").to_pandas()
     assert surveys.person_id.tolist() == ["dev-a", None, "u7", None]
@@ -142,3 +145,53 @@ def test_retention_empties_the_personal_data_of_the_other_raw_tables(con: BaseBa
     assert rejects.reason_code.tolist() == ["bad_type", "bad_type"]
     # nothing left to do: a second pass changes nothing
     assert set(apply_retention(con, settings, now=NOW).values()) == {0}
+
+
+def test_retention_empties_the_contacts_of_old_deals_and_the_devices_of_old_leases(
+        con: BaseBackend, tmp_path: Path) -> None:
+    old, new = "2026-03-01 00:00:00", "2026-04-09 00:00:00"  # before / after the horizon
+    props = '{"owner": "sam@plumb.example", "phone": "+12025550143", "segment": "smb"}'
+    rows = {
+        "deals": [
+            # every time old: emptied
+            {"deal_id": "D1", "contact_emails": "ann@acme.io;bob@acme.io",
+             "contact_ids": "c-1", "amount": 100.0, "created_at": old, "closed_at": old,
+             "properties": props, "row_hash": "h1"},
+            # created old, updated since: its latest time is within the horizon, kept
+            {"deal_id": "D2", "contact_emails": "ann@acme.io", "created_at": old,
+             "updated_at": new, "row_hash": "h2"},
+            # old but nothing personal: untouched, not counted
+            {"deal_id": "D3", "contact_ids": "c-3", "created_at": old, "row_hash": "h3"},
+        ],
+        "number_leases": [
+            {"lease_id": "l1", "number": "+15550100001", "anonymous_id": "dev-a",
+             "session_id": "s-a", "leased_at": old, "expires_at": old},
+            {"lease_id": "l2", "number": "+15550100001", "anonymous_id": "dev-b",
+             "session_id": "s-b", "leased_at": new, "expires_at": new},
+        ],
+    }
+    for name, data in rows.items():
+        engine.load_table(con, name, arrow_table(store.TABLES[name], data))
+    store.init(con)
+    done = apply_retention(con, _settings(tmp_path, 30), now=NOW)
+    assert (done["deals"], done["number_leases"]) == (1, 1)
+    deals = con.table("deals").order_by("deal_id").to_pandas()
+    assert deals.contact_emails.tolist() == [None, "ann@acme.io", None]
+    assert deals.contact_ids.tolist() == ["c-1", None, "c-3"]
+    assert deals.amount.tolist()[0] == 100.0
+    assert orjson.loads(deals.properties[0]) == {"owner": "[removed]", "phone": None,
+                                                 "segment": "smb"}
+    leases = con.table("number_leases").order_by("lease_id").to_pandas()
+    assert leases.anonymous_id.tolist() == [None, "dev-b"]
+    assert leases.session_id.tolist() == [None, "s-b"]
+    assert leases.number.tolist() == ["+15550100001"] * 2
+    assert set(apply_retention(con, _settings(tmp_path, 30), now=NOW).values()) == {0}
+
+
+def test_every_raw_table_has_a_retention_rule_or_a_reason_to_be_kept() -> None:
+    derived = {t.name for t in (*store.PREPARED, *store.JOURNEY_TABLES, *store.EXPORT_TABLES,
+                                *store.CRM_TABLES, *store.PRIVACY_TABLES)}
+    raw = set(store.TABLES) - derived
+    assert raw == set(TIME_COLUMNS) | set(KEPT)
+    assert not set(TIME_COLUMNS) & set(KEPT)
+    assert set(RETENTION_RULES) == set(TIME_COLUMNS)

@@ -1,5 +1,6 @@
-"""``touchline erase``: the CLI door to :mod:`touchline.privacy`. Only this module (and
-``touchline.cli``) prints; it never prints the identifier it was given."""
+"""``touchline erase``, ``retention apply``, ``privacy rehash``: the CLI doors to
+:mod:`touchline.privacy`. Only this module (and ``touchline.cli``) prints; it never prints
+the identifier it was given."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ DatabaseOption = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``erase`` and ``retention apply`` to the ``touchline`` app."""
+    """Add ``erase``, ``retention apply`` and ``privacy rehash`` to the ``touchline`` app."""
 
     retention_app = typer.Typer(help="Retention of raw data (raw_event_retention_days, "
                                 "raw_retention_days).",
@@ -32,8 +33,8 @@ def register(app: typer.Typer) -> None:
     @retention_app.command("apply")
     def retention_apply(database: DatabaseOption = None) -> None:
         """Delete raw events and calls older than their retention, empty the personal data
-        of older surveys, reviews and rejects (`touchline run` does it after preparing; run
-        this after a run). Prepared tables, journeys and credits stay."""
+        of older surveys, reviews, deals, number leases and rejects (`touchline run` does
+        it after preparing; run this after a run). Prepared tables, journeys and credits stay."""
         from touchline.privacy import apply_retention
         from touchline.privacy.retention import retention_days
 
@@ -48,6 +49,35 @@ def register(app: typer.Typer) -> None:
             verb = "deleted" if table in ("events", "calls") else "emptied of personal data"
             console.print(f"{table}: {rows:,} rows older than {days[table]} days {verb}")
         console.print("Touches, journeys and credits stay.")
+
+    privacy_app = typer.Typer(help="Personal data at rest (pii_at_rest).", no_args_is_help=True)
+    app.add_typer(privacy_app, name="privacy")
+
+    @privacy_app.command("rehash")
+    def rehash_command(
+        database: DatabaseOption = None,
+        run: Annotated[bool, typer.Option(
+            "--run/--no-run", help="Rebuild the prepared tables afterwards (touchline run).")
+        ] = True,
+    ) -> None:
+        """Key the e-mails and phone numbers of rows loaded before pii_at_rest = "hashed" was
+        switched on, in every raw table, as a hashed load would have; then rebuild the
+        prepared tables, journeys and credits from them. Running it again changes nothing."""
+        from touchline.pipeline import run as run_pipeline
+        from touchline.privacy import rehash
+
+        try:
+            settings = load_settings(**({"database_url": database} if database else {}))
+            with engine.connected(settings=settings) as con:
+                done = rehash(con, settings)
+                if run:
+                    run_pipeline(con, settings)
+        except TouchlineError as exc:
+            raise fail(exc) from None
+        for table, rows in done.items():
+            console.print(f"{table}: {rows:,} rows rewritten")
+        console.print("Prepared tables rebuilt." if run else
+                      "Run `touchline run` to rebuild the prepared tables.")
 
     @app.command("erase")
     def erase_command(

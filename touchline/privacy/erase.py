@@ -492,18 +492,87 @@ def erase_leases(spool_dir: Path, ids: Identifiers) -> int:
 
 
 # ---- the whole erasure ----------------------------------------------------------------------
+#: the folder (in the spool directory) where an erasure under way keeps what it resolved
+JOURNAL_DIR = "erasure-pending"
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """What one erasure resolved, kept in the journal until it has finished."""
+
+    erasure_id: str
+    kind: str
+    identifier_hash: str
+    persons: frozenset[str]
+    typed: frozenset[str]
+    targets: pa.Table
+    shared: pa.Table | None
+
+
+def _write_journal(folder: Path, pending: _Pending) -> None:
+    """Keep ``pending`` until the erasure finishes: a Spark warehouse has no transaction over
+    tables, and once the identity graph's rows are deleted a rerun could not resolve the
+    person again. Written to temporary names, then renamed: a journal is whole or absent."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    head = {"erasure_id": pending.erasure_id, "kind": pending.kind,
+            "identifier_hash": pending.identifier_hash,
+            "persons": sorted(pending.persons), "typed": sorted(pending.typed)}
+    pq.write_table(pending.targets, folder / "targets.parquet.part")
+    if pending.shared is not None:
+        pq.write_table(pending.shared, folder / "deals.parquet.part")
+    (folder / "erasure.json.part").write_bytes(orjson.dumps(head))
+    for part in folder.glob("*.part"):
+        part.rename(part.with_suffix(""))
+
+
+def _read_journal(folder: Path) -> _Pending | None:
+    import pyarrow.parquet as pq
+
+    head_path = folder / "erasure.json"
+    if not head_path.exists():  # none, or one cut off before it was whole: nothing deleted
+        return None
+    head = orjson.loads(head_path.read_bytes())
+    deals = folder / "deals.parquet"
+    return _Pending(head["erasure_id"], head["kind"], head["identifier_hash"],
+                    frozenset(head["persons"]), frozenset(head["typed"]),
+                    pq.read_table(folder / "targets.parquet"),
+                    pq.read_table(deals) if deals.exists() else None)
+
+
+def _clear_journal(folder: Path) -> None:
+    if folder.exists():
+        for old in folder.iterdir():
+            old.unlink()
+        folder.rmdir()
+
+
 def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
           now: datetime | None = None) -> Erasure:
     """Remove every row of the person(s) ``kind``/``value`` names from every table, the spool
     and the lease store, and log it in ``erasures`` (see the module). Idempotent: a second run
-    finds nothing and logs zeros."""
+    finds nothing and logs zeros.
+
+    Resumable: what the erasure resolved (the identifiers, the keys of the rows to delete, the
+    shared deals to write back) is kept in a journal in the spool directory until it has
+    finished. On Spark, where the tables are rewritten one by one, an erasure stopped half-way
+    is finished by the next ``erase`` (of anyone) from that journal, before its own.
+    """
     if settings.pii_hash_key is None:
         raise ConfigError("settings.pii_hash_key is not set: the erasure log keeps a keyed hash "
                           "of the identifier; set TOUCHLINE_PII_HASH_KEY (16+ characters)")
     now = now or datetime.now(UTC).replace(tzinfo=None)
     store.init(con)
     spool_dir = Path(settings.spool_dir)
-    erasure_id = "era_" + uuid.uuid4().hex[:16]
+    journal = spool_dir / JOURNAL_DIR
+    interrupted = _read_journal(journal)
+    if interrupted is not None:
+        done = _finish(con, spool_dir, interrupted, now)
+        log.info("erasure %s: an interrupted erasure finished, %d rows", done.erasure_id,
+                 done.total)
     # no loader runs meanwhile: it loads only into a DuckDB warehouse file, which allows one
     # process at a time, and ``con`` holds it for the whole erasure (the running collector's
     # loader skips its cycles until then; its loader lock is held for its whole life)
@@ -511,7 +580,33 @@ def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
                               key=settings.pii_key_at_rest)
     phone_texts = _phone_texts(con, ids, settings.phone_region)
     name = f"tmp_erase_{uuid.uuid4().hex[:8]}"
-    targets = _targets(con, ids, phone_texts, name)
+    try:
+        targets = _targets(con, ids, phone_texts, name)
+        shared = None
+        if "deals" in set(con.list_tables()):
+            shared = shared_deals(con.table("deals"), lambda k: targets.filter(
+                targets.kind == k).value, ids).to_pyarrow()
+        pending = _Pending("era_" + uuid.uuid4().hex[:16], kind, store.keyed_hash(
+            normalised, settings.pii_hash_key.get_secret_value()), ids.persons, ids.typed,
+            targets.to_pyarrow(), shared)
+    finally:
+        engine.drop_materialised(con, name)
+        con.drop_table(f"{name}_given", force=True)  # a loaded table, not a materialised one
+    created = not spool_dir.exists()
+    _write_journal(journal, pending)
+    done = _finish(con, spool_dir, pending, now)
+    if created and spool_dir.exists() and not any(spool_dir.iterdir()):
+        spool_dir.rmdir()  # made for the journal only: no collector spools here
+    log.info("erasure %s: %d persons, %d rows", done.erasure_id, done.person_count, done.total)
+    return done
+
+
+def _finish(con: BaseBackend, spool_dir: Path, pending: _Pending, now: datetime) -> Erasure:
+    """Delete what ``pending`` names everywhere, write its shared deals back, log it, and
+    clear the journal. Run again on the same ``pending`` it ends in the same state."""
+    ids = Identifiers.of(pending.persons, pending.typed)
+    name = f"tmp_erase_{uuid.uuid4().hex[:8]}"
+    targets = engine.load_table(con, name, pending.targets)
 
     def target(kind: str) -> ir.Column:
         return targets.filter(targets.kind == kind).value
@@ -520,29 +615,22 @@ def erase(con: BaseBackend, settings: Settings, *, kind: str, value: str,
     try:
         stored = set(con.list_tables())
         with engine.transaction(con):
-            shared = None
-            if "deals" in stored:
-                shared = engine.materialise(con, f"{name}_deals", shared_deals(
-                    con.table("deals"), target, ids))
             for table, rule in ERASE_RULES.items():
                 if rule is None or table not in stored or engine.is_view(con, table):
                     continue
                 rows[table] = engine.delete_where(
                     con, table, lambda t, rule=rule: rule(t, target, ids))
-            if shared is not None and int(shared.count().execute()):
-                engine.append(con, "deals", shared)
+            if pending.shared is not None and pending.shared.num_rows and "deals" in stored:
+                engine.append(con, "deals", pending.shared)
             rows[SPOOL_PLACE] = erase_spool(spool_dir, ids)
             rows[LEASE_STORE_PLACE] = erase_leases(spool_dir, ids)
             engine.append(con, store.ERASURES.name, _log_rows(
-                erasure_id, kind, store.keyed_hash(
-                    normalised, settings.pii_hash_key.get_secret_value()),
-                len(ids.persons), rows, now))
+                pending.erasure_id, pending.kind, pending.identifier_hash, len(ids.persons),
+                rows, now))
     finally:
-        engine.drop_materialised(con, name)
-        con.drop_table(f"{name}_given", force=True)  # a loaded table, not a materialised one
-        engine.drop_materialised(con, f"{name}_deals")
-    log.info("erasure %s: %d persons, %d rows", erasure_id, len(ids.persons), sum(rows.values()))
-    return Erasure(erasure_id, len(ids.persons), rows)
+        con.drop_table(name, force=True)
+    _clear_journal(spool_dir / JOURNAL_DIR)
+    return Erasure(pending.erasure_id, len(ids.persons), rows)
 
 
 def _log_rows(erasure_id: str, kind: str, identifier_hash: str, persons: int,

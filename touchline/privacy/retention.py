@@ -16,7 +16,18 @@ data; ``settings.raw_retention_days`` overrides it per table. What each table do
   NPS and ratings by first-touch channel are those of before. Scores and texts stay.
 * ``reviews``: the reviewer's e-mail and phone are emptied; rating, platform, date and order
   id stay (a review matched to its person by e-mail or phone only is Unassigned afterwards).
+* ``deals``: past the horizon of the snapshot's latest time, the contacts' e-mails
+  (``contact_emails``) are emptied and ``properties`` loses its contact fields and e-mail
+  addresses. Deal id, account, stage, status, amount, times and the CRM's own contact ids
+  stay: a deal keeps its revenue, its account and its person when the identity graph knows
+  one of its contact ids (a deal found by e-mail only has no person afterwards).
 * ``rejects``: the raw record (``raw``) is emptied; the reason and its counts stay.
+* ``number_leases``: once expired before the horizon, the device and session ids are
+  emptied (number, pool, UTMs and times stay, so pool usage counts stay). Calls match their
+  leases before retention runs; a call that old is past the same horizon unless ``calls`` is
+  given more days.
+
+Raw tables with no personal data are kept for ever (:data:`KEPT`, each with its reason).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import ibis
 import ibis.expr.types as ir
 
 from touchline import engine, store
+from touchline.collect.at_rest import without_contacts
 from touchline.config import Settings
 from touchline.errors import ConfigError
 
@@ -39,8 +51,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: each raw table holding personal data → the time column its horizon is compared with
+#: (deals: the latest of :data:`touchline.store.DEAL_TIMES` of the snapshot)
 TIME_COLUMNS = {"events": "timestamp", "calls": "started_at", "surveys": "responded_at",
-                "reviews": "reviewed_at", "rejects": "rejected_at"}
+                "reviews": "reviewed_at", "rejects": "rejected_at", "deals": "updated_at",
+                "number_leases": "expires_at"}
+#: the stored tables that are neither prepared nor derived and have no retention: why
+KEPT = {
+    "spend": "cost by day and campaign: no person in it",
+    "social": "account statistics by platform and day: no person in it",
+    "search_console": "queries and pages Google aggregates over searchers: no person in it",
+    "experiments": "incrementality results by channel and period: no person in it",
+    "ingests": "file paths, sizes and counts of each load: no person in it",
+    "write_keys": "API keys as SHA-256 hashes: no person in it",
+    "users": "the dashboard's own logins (name, argon2id hash), not tracked people",
+    "spool_offsets": "bytes of each spool segment loaded: no person in it",
+}
 _SCRATCH = "tmp_retention_"
 
 
@@ -93,6 +118,9 @@ Where = Callable[[ir.Table], ir.BooleanValue]
 
 
 def _older(table: str, horizon: datetime) -> Where:
+    if table == "deals":
+        # a snapshot is as recent as its latest time (greatest skips nulls on both engines)
+        return lambda t: ibis.greatest(*(t[c] for c in store.DEAL_TIMES)) < horizon
     column = TIME_COLUMNS[table]
     return lambda t: t[column] < horizon
 
@@ -155,8 +183,27 @@ def _rejects(con: BaseBackend, settings: Settings, old: Where) -> int:
                     lambda rows: rows.mutate(raw=ibis.null("string")))
 
 
+def _deals(con: BaseBackend, settings: Settings, old: Where) -> int:
+    def personal(t: ir.Table) -> ir.BooleanValue:
+        scrubbed = without_contacts(t.properties)
+        return t.contact_emails.notnull() | (t.properties.notnull()
+                                             & (scrubbed != t.properties))
+
+    return _rewrite(con, "deals", lambda t: old(t) & personal(t),
+                    lambda rows: rows.mutate(contact_emails=ibis.null("string"),
+                                             properties=without_contacts(rows.properties)))
+
+
+def _leases(con: BaseBackend, settings: Settings, old: Where) -> int:
+    return _rewrite(con, "number_leases",
+                    lambda t: old(t) & (t.anonymous_id.notnull() | t.session_id.notnull()),
+                    lambda rows: rows.mutate(anonymous_id=ibis.null("string"),
+                                             session_id=ibis.null("string")))
+
+
 #: what retention does to each raw table's records past its horizon (see the module)
 RETENTION_RULES: dict[str, Callable[[BaseBackend, Settings, Where], int]] = {
     "events": _delete("events"), "calls": _delete("calls"), "surveys": _surveys,
-    "reviews": _reviews, "rejects": _rejects,
+    "reviews": _reviews, "rejects": _rejects, "deals": _deals,
+    "number_leases": _leases,
 }
