@@ -3,6 +3,7 @@ first-touch breakdowns. Both engines."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -106,11 +107,13 @@ STAGE_STEPS = [f"stage:{s}" for s in ("awareness", "consideration", "decision")]
 
 
 @pytest.fixture
-def staged(warehouse: BaseBackend) -> BaseBackend:
+def staged(warehouse: BaseBackend) -> Iterator[BaseBackend]:
+    """The module's warehouse with stages, dropped again after the test."""
     engine.load_table(warehouse, "stages", arrow_table(store.STAGES, [
         {"unit": "person", "unit_id": p, "stage_model": "lifecycle", "stage": s,
          "stage_order": o, "entered_at": T0 + h * HOUR} for p, s, o, h in STAGE_ROWS]))
-    return warehouse
+    yield warehouse
+    warehouse.drop_table("stages", force=True)
 
 
 def test_a_funnel_of_stages_in_one_pass_equals_the_general_one(

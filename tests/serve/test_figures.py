@@ -46,9 +46,10 @@ def _records(frame: pd.DataFrame, key: str | list[str]) -> dict[object, dict[str
     return out
 
 
-@pytest.fixture
-def wh(con: BaseBackend) -> BaseBackend:
-    return build_warehouse(con)
+@pytest.fixture(scope="module")
+def wh(module_con: BaseBackend) -> BaseBackend:
+    """Loaded once per engine: the tests read it (one adds a table and drops it again)."""
+    return build_warehouse(module_con)
 
 
 #: a simulator truth.json of the B2C data set (its channel names are the simulator's):
@@ -125,31 +126,34 @@ def test_stored_intervals_are_the_channel_credits_error_bars(wh: BaseBackend) ->
 
     from touchline import engine, store
 
-    engine.load_table(wh, "credit_intervals", arrow_table(store.CREDIT_INTERVALS, [
-        {"conversion": "purchase", "model": "linear", "channel": "Email", "conversions": 2.5,
-         "conversions_low": 1.5, "conversions_high": 3.0, "flagged": False},
-        {"conversion": "purchase", "model": "linear", "channel": "Organic Search",
-         "conversions": 0.5, "conversions_low": 0.0, "conversions_high": 1.0, "flagged": True},
-        {"conversion": "lead", "model": "linear", "channel": "Email", "conversions": 1.0,
-         "conversions_low": 0.0, "conversions_high": 9.0, "flagged": True}]))
-    data = channel_credits_data(wh, model="linear")
-    rows = _records(data[["channel", "conversions", "conversions_low", "conversions_high",
-                          "flagged"]], "channel")
-    assert rows["Email"] == {"conversions": 2.5, "conversions_low": 1.5,
-                             "conversions_high": 3.0, "flagged": False}
-    assert rows["Organic Search"]["flagged"] is True
-    assert rows["Paid Search"]["conversions_low"] is None  # no interval stored for it
-    bars = figures.channel_credits_figure(data).data[0]
-    # Email, Paid Search, Organic Search, Paid Social
-    assert list(bars.error_y.array) == [0.5, 0.0, 0.5, 0.0]
-    assert list(bars.error_y.arrayminus) == [1.0, 0.0, 0.5, 0.0]
-    assert "reaches 0" in bars.customdata[2][3]
-    # a model without intervals, or a period, or another breakdown: none
-    assert "conversions_low" not in channel_credits_data(wh, model="last_touch")
-    assert "conversions_low" not in channel_credits_data(wh, model="linear",
-                                                         since=datetime(2025, 4, 1))
-    assert figures.channel_credits_figure(channel_credits_data(wh, model="last_touch")).data[
-        0].error_y.array is None
+    try:
+        engine.load_table(wh, "credit_intervals", arrow_table(store.CREDIT_INTERVALS, [
+            {"conversion": "purchase", "model": "linear", "channel": "Email", "conversions": 2.5,
+             "conversions_low": 1.5, "conversions_high": 3.0, "flagged": False},
+            {"conversion": "purchase", "model": "linear", "channel": "Organic Search",
+             "conversions": 0.5, "conversions_low": 0.0, "conversions_high": 1.0, "flagged": True},
+            {"conversion": "lead", "model": "linear", "channel": "Email", "conversions": 1.0,
+             "conversions_low": 0.0, "conversions_high": 9.0, "flagged": True}]))
+        data = channel_credits_data(wh, model="linear")
+        rows = _records(data[["channel", "conversions", "conversions_low", "conversions_high",
+                              "flagged"]], "channel")
+        assert rows["Email"] == {"conversions": 2.5, "conversions_low": 1.5,
+                                 "conversions_high": 3.0, "flagged": False}
+        assert rows["Organic Search"]["flagged"] is True
+        assert rows["Paid Search"]["conversions_low"] is None  # no interval stored for it
+        bars = figures.channel_credits_figure(data).data[0]
+        # Email, Paid Search, Organic Search, Paid Social
+        assert list(bars.error_y.array) == [0.5, 0.0, 0.5, 0.0]
+        assert list(bars.error_y.arrayminus) == [1.0, 0.0, 0.5, 0.0]
+        assert "reaches 0" in bars.customdata[2][3]
+        # a model without intervals, or a period, or another breakdown: none
+        assert "conversions_low" not in channel_credits_data(wh, model="last_touch")
+        assert "conversions_low" not in channel_credits_data(wh, model="linear",
+                                                             since=datetime(2025, 4, 1))
+        assert figures.channel_credits_figure(channel_credits_data(wh, model="last_touch")).data[
+            0].error_y.array is None
+    finally:
+        wh.drop_table("credit_intervals", force=True)
 
 
 def test_model_comparison_and_journey_map_by_hand(wh: BaseBackend) -> None:
