@@ -32,7 +32,7 @@ log = logging.getLogger("bench_journeys")
 
 def run_inner(parquet: Path, out: Path, url: str) -> None:
     """Load, prepare, then journeys, stages and credits; write timings and table digests."""
-    from touchline import engine
+    from touchline import engine, store
     from touchline.config import Settings
     from touchline.pipeline import run
     from touchline.prepare import run_prepare
@@ -43,6 +43,9 @@ def run_inner(parquet: Path, out: Path, url: str) -> None:
     settings = Settings(database_url=url.replace("{db}", str(db)), temp_directory=DATA / "tmp")
     con = engine.connect(settings=settings)
     load_generator_events(con, parquet)
+    # the generator's events lack most canonical columns (ingest writes them all): add them
+    # here, untimed, or `run` would migrate the 10M-row table inside the timed part
+    store.init(con)
     end = con.table("events").timestamp.max().execute()
     t0 = time.perf_counter()
     run_prepare(con, settings, now=end.to_pydatetime() + timedelta(days=1))

@@ -193,7 +193,9 @@ def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
 
     from touchline.journeys.conversions import DEAL_MILESTONES
 
-    tp, deals = con.table("touchpoints"), con.table("deals")
+    # touches, not the touchpoints view: the names are the touches', and the view's join to
+    # sessions cost as much as reading them
+    tp, deals = con.table("touches"), con.table("deals")
     seen = {"event": set(tp.select("event").distinct().to_pandas().event.dropna()),
             "deal stage": {str(s).strip().lower() for s in
                            deals.select("stage").distinct().to_pandas().stage.dropna()}}
@@ -247,7 +249,6 @@ def write_credits(con: BaseBackend, settings: Settings
     )
     from touchline.attribution.touch_credits import touch_amounts, unplaced_credit
 
-    touches = con.table(store.JOURNEY_TOUCHES.name)
     parts: list[pa.Table] = []
     intervals: list[pd.DataFrame] = []
     experiments = (con.table(store.EXPERIMENTS.name).to_pandas()
@@ -264,6 +265,12 @@ def write_credits(con: BaseBackend, settings: Settings
     journeys = con.table(store.JOURNEYS.name)
     converted = set(journeys.filter(journeys.converted).conversion.name("c").as_table()
                     .distinct().to_pyarrow().column("c").to_pylist())
+    # the columns journey_pathset reads, computed once (a scratch table, as write_journeys
+    # makes): the journey_touches view joins every step to its journey and session, and each
+    # conversion type's path set reads it three times (time split, converting, open journeys)
+    view = con.table(store.JOURNEY_TOUCHES.name)
+    touches = engine.materialise(con, _CREDIT_TOUCHES, view.filter(
+        view.conversion.isin(sorted(converted) or [""])).select(*_PATHSET_COLUMNS))
     for spec in settings.conversions:
         if spec.name not in converted:  # no pathset of open journeys alone
             continue
@@ -326,6 +333,7 @@ def write_credits(con: BaseBackend, settings: Settings
                 "credit": pa.array(np.asarray(credit[:n], float)),
                 "value": pa.array(np.asarray(value[:n], float)),
             }))
+    engine.drop_materialised(con, _CREDIT_TOUCHES)
     schema = store.CREDITS.schema.to_pyarrow()
     data = (pa.concat_tables([p.cast(schema) for p in parts]) if parts
             else schema.empty_table())
@@ -340,6 +348,12 @@ def write_credits(con: BaseBackend, settings: Settings
             pd.concat(choices, ignore_index=True), preserve_index=False).cast(picked)
             if choices else picked.empty_table())
     return data.num_rows, notes, picks, orders
+
+
+#: the scratch table of :func:`write_credits` and the journey touch columns it keeps
+_CREDIT_TOUCHES = "_touchline_credit_touches"
+_PATHSET_COLUMNS = ("journey_id", "position", "conversion", "converted", "converted_at", "value",
+                    "touch_at", "days_before_conversion", "channel")
 
 
 def choice_rows(conversion: str, choice: Choice) -> pd.DataFrame:

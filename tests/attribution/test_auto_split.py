@@ -15,6 +15,8 @@ from touchline.attribution.select import (
     SPLIT_SEEDED,
     SPLIT_TIME,
     choose_model,
+    sample_journeys,
+    score_candidates,
     split_journeys,
 )
 from touchline.errors import InputError
@@ -98,3 +100,30 @@ def test_auto_falls_back_when_journeys_are_too_few_to_split() -> None:
     assert choice.label == FALLBACK.label and choice.split == "none"
     assert "unscored" in choice.reason
     assert choice.credits.conversions.sum() == pytest.approx(1.0)
+
+
+def test_sample_keeps_about_the_journeys_asked_with_each_paths_revenue_per_conversion() -> None:
+    paths = PathSet.from_lists([["a", "b"], ["b"], ["a"]], conversions=[400, 100, 0],
+                               value=[4000.0, 500.0, 0.0], nulls=[600, 900, 2000])
+    sample = sample_journeys(paths, 1000, seed=0)
+    kept = sample.conversions.sum() + sample.nulls.sum()
+    assert 900 < kept < 1100  # a quarter of 4000, binomially: sd 27
+    assert np.all(sample.conversions <= paths.conversions)
+    assert np.all(sample.nulls <= paths.nulls)
+    np.testing.assert_allclose(sample.value, sample.conversions * [10.0, 5.0, 0.0])
+    again = sample_journeys(paths, 1000, seed=0)
+    np.testing.assert_array_equal(again.nulls, sample.nulls)  # seeded: the same every run
+    assert sample_journeys(paths, 4000, seed=0) is paths  # no more than there are: all
+
+
+def test_candidates_fit_on_a_sample_of_the_training_journeys_and_the_reason_says_so() -> None:
+    paths = _paths_with_later(True)  # training: 45 converting + 255 not (the earlier paths)
+    full = score_candidates(paths)
+    assert full.attrs["fitted_journeys"] == full.attrs["training_journeys"] == 300.0
+    sampled = score_candidates(paths, training_max=150)
+    assert sampled.attrs["training_journeys"] == 300.0
+    assert 100 < sampled.attrs["fitted_journeys"] < 200
+    assert sampled.attrs["held_out_journeys"] == full.attrs["held_out_journeys"] == 58.0
+    assert "sample" not in choose_model(paths).reason
+    assert ("candidates fitted on a seeded sample of 1" in
+            choose_model(paths, training_max=150).reason)
