@@ -269,7 +269,8 @@ class _Pages:
         for kind in CLICK_KINDS:
             rows = np.nonzero(kinds == kind)[0]
             prefix, width = CLICK_TOKENS[kind]
-            tokens = text.random_token(rng, len(rows), width, prefix)
+            tokens = text.random_token(rng, len(rows), width, prefix,
+                                       text.HEX if kind == "msclkid" else None)
             clicks[kind] = _slots(m, rows, tokens)
 
         # the landing URL's query string: UTMs then the click id, spaces percent-encoded

@@ -22,6 +22,8 @@ _TWO = np.array([[48 + i // 10, 48 + i % 10] for i in range(100)], np.uint8)
 _THREE = np.array([[48 + i // 100, 48 + i // 10 % 10, 48 + i % 10] for i in range(1000)], np.uint8)
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 _B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", np.uint8)
+#: Microsoft's click ids are 32 hexadecimal digits (a GUID without its dashes)
+HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 Strings: TypeAlias = pa.Array | pa.ChunkedArray
 
@@ -93,11 +95,14 @@ def scrambled_hex(values: np.ndarray, width: int, prefix: str = "") -> pa.String
     return fixed_width(out)
 
 
-def random_token(rng: np.random.Generator, n: int, width: int, prefix: str = "") -> pa.StringArray:
-    """Random URL-safe base64 tokens, the shape of ad click ids (``gclid=Cj0KCQ...``)."""
+def random_token(rng: np.random.Generator, n: int, width: int, prefix: str = "",
+                 alphabet: np.ndarray | None = None) -> pa.StringArray:
+    """Random tokens of ``alphabet`` (default URL-safe base64), the shape of ad click ids
+    (``gclid=Cj0KCQ...``)."""
+    alphabet = _B64 if alphabet is None else alphabet
     out = np.empty((n, len(prefix) + width), np.uint8)
     out[:, : len(prefix)] = np.frombuffer(prefix.encode(), np.uint8)
-    out[:, len(prefix):] = _B64[rng.integers(0, 64, size=(n, width))]
+    out[:, len(prefix):] = alphabet[rng.integers(0, len(alphabet), size=(n, width))]
     return fixed_width(out)
 
 
