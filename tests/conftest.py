@@ -55,28 +55,29 @@ def spark_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseBack
     backend._session.stop()  # type: ignore[attr-defined]
 
 
-@pytest.fixture(params=ENGINES)
-def con(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseBackend]:
-    """A fresh warehouse on each engine; Spark tables made by a test are dropped after it."""
+def _warehouse(request: pytest.FixtureRequest, folder: Path) -> Iterator[BaseBackend]:
+    """A fresh DuckDB warehouse, or the worker's Spark session with the tables made meanwhile
+    dropped after (the session outlives a test)."""
     if request.param == "duckdb":
-        settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
-        backend = engine.connect(settings=settings)
+        backend = engine.connect(settings=Settings(database_url="duckdb://",
+                                                   temp_directory=folder))
         yield backend
         backend.disconnect()
         return
     backend = request.getfixturevalue("spark_backend")
     before = set(backend.list_tables())
     yield backend
-    _drop_tables_made_since(backend, before)
-
-
-def _drop_tables_made_since(backend: BaseBackend, before: set[str]) -> None:
-    """The Spark session outlives a test: drop the tables and views it made."""
     for name in set(backend.list_tables()) - before:
         backend.drop_table(name, force=True)
     for name in backend._session.catalog.listTables():  # type: ignore[attr-defined]
         if name.isTemporary and name.name not in before:
             backend._session.catalog.dropTempView(name.name)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=ENGINES)
+def con(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseBackend]:
+    """A fresh warehouse on each engine; Spark tables made by a test are dropped after it."""
+    yield from _warehouse(request, tmp_path)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -89,17 +90,7 @@ def module_con(request: pytest.FixtureRequest,
     the Spark session is shared, so a function-scoped ``con`` test in the same module would
     write over the module's tables. A test that adds a table drops it again.
     """
-    if request.param == "duckdb":
-        folder = tmp_path_factory.mktemp("module-duckdb")
-        backend = engine.connect(settings=Settings(database_url="duckdb://",
-                                                   temp_directory=folder))
-        yield backend
-        backend.disconnect()
-        return
-    backend = request.getfixturevalue("spark_backend")
-    before = set(backend.list_tables())
-    yield backend
-    _drop_tables_made_since(backend, before)
+    yield from _warehouse(request, tmp_path_factory.mktemp("module-warehouse"))
 
 
 @pytest.fixture
