@@ -48,6 +48,10 @@ def register(app: typer.Typer) -> None:
         platform_name: Annotated[str | None, typer.Option(
             "--as", help="The conversion action / event / goal name on the platform "
             "(default: the conversion type).")] = None,
+        as_of: Annotated[str | None, typer.Option(
+            "--as-of", help="The day (YYYY-MM-DD, start of day UTC) the validators take as "
+            "now, for files of past data (the demo's months, a backfill): the platforms' "
+            "windows count back from it. Default: now.")] = None,
         database: DatabaseOption = None,
     ) -> None:
         """Write the conversions not yet sent to DESTINATION (and adjustments of those sent
@@ -61,10 +65,11 @@ def register(app: typer.Typer) -> None:
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
             start = parse_day(since, "--since")
+            now = parse_day(as_of, "--as-of")
             con = engine.connect(settings=settings)
             result = export_conversions(
                 con, settings, destination=destination, conversion=conversion, out=out,
-                fmt=fmt, platform_name=platform_name, model=model, since=start)
+                fmt=fmt, platform_name=platform_name, model=model, since=start, now=now)
         except TouchlineError as exc:
             raise fail(exc) from None
         console.print(f"[bold]{result.destination}[/] ({result.format}): "
