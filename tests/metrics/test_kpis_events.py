@@ -219,10 +219,14 @@ VIEW_STAGES = [  # model, person, stage, entered, left
 ]
 
 
-def test_content_viewed_by_stage_by_hand(warehouse: BaseBackend) -> None:
+def _load_view_stages(warehouse: BaseBackend) -> None:
     engine.load_table(warehouse, "stages", arrow_table(store.STAGES, [
         dict(stage_model=m, unit="person", unit_id=p, stage=s, entered_at=e, left_at=left)
         for m, p, s, e, left in VIEW_STAGES]))
+
+
+def test_content_viewed_by_stage_by_hand(warehouse: BaseBackend) -> None:
+    _load_view_stages(warehouse)
     # page views: p1 /pricing 10:00 and 10:02 (awareness), /blog 10:03 (consideration);
     # p2 /pricing 11:00 (before awareness at 11:00:30) and /demo 11:01 (awareness); p3 /demo
     # twice (no lifecycle stage)
@@ -363,9 +367,7 @@ def test_page_and_referral_kpis_by_device_by_hand(warehouse: BaseBackend) -> Non
     assert _rows(warehouse, "form_completion_rate", "device", by=["device"]) == {
         "mobile": {"form_starts": 1, "form_submissions": 1, "form_completion_rate": 1.0},
         "tablet": {"form_starts": 1, "form_submissions": 0, "form_completion_rate": 0.0}}
-    engine.load_table(warehouse, "stages", arrow_table(store.STAGES, [
-        dict(stage_model=m, unit="person", unit_id=p, stage=s, entered_at=e, left_at=left)
-        for m, p, s, e, left in VIEW_STAGES]))
+    _load_view_stages(warehouse)
     # as in test_content_viewed_by_stage_by_hand, by the view's session's device
     assert _rows(warehouse, "content_viewed", "device", "stage", by=["device"]) == {
         ("desktop", "awareness"): {"page_views": 2, "viewers": 1},
