@@ -67,7 +67,7 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
     credits (what the reference computes too); write counts and timings. ``keep``: leave the
     warehouse file for :func:`persistence_floor`."""
 
-    from touchline import engine
+    from touchline import engine, store
     from touchline.config import ConversionSpec, Settings
     from touchline.pipeline import channel_credits, run
     from touchline.prepare import run_prepare
@@ -83,6 +83,10 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
     con = engine.connect(settings=settings)
     t0 = time.perf_counter()
     load_generator_events(con, parquet)
+    # the canonical columns ingest writes and the generator lacks, added before prepare (as
+    # `touchline ingest` leaves them), so prepare reads the table a user's warehouse holds;
+    # `run` added them after prepare before, inside the paths-and-credits time
+    store.init(con)
     loaded = time.perf_counter() - t0
     # the generator's clock runs past today for long-lived people: pin the run's "now" to the
     # data's end, else drop_future_timestamps rightly rejects those rows and counts differ
