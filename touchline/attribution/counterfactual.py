@@ -111,8 +111,8 @@ def fit_logistic(
     precision in a few iterations: the result does not depend on column order or a solver's
     stopping rule. ``start`` (a fit at a nearby penalty) only saves Newton steps.
     """
-    fit = newton_fit(x, positives, negatives, regularisation, max_iter=max_iter, tol=tol,
-                     start=start)
+    fit = newton_fit(with_intercept(x), positives, negatives, regularisation,
+                     max_iter=max_iter, tol=tol, start=start)
     return fit.intercept, fit.coefficients
 
 
@@ -129,7 +129,7 @@ class LogisticFit:
 
 
 def newton_fit(
-    x: np.ndarray,
+    design: np.ndarray | sparse.spmatrix,
     positives: np.ndarray,
     negatives: np.ndarray,
     regularisation: float,
@@ -138,8 +138,9 @@ def newton_fit(
     tol: float = 1e-13,
     start: tuple[float, np.ndarray] | None = None,
 ) -> LogisticFit:
-    """:func:`fit_logistic`, also keeping the Gram matrix at the solution (:class:`LogisticFit`)."""
-    design = with_intercept(x)
+    """:func:`fit_logistic` on ``design`` = :func:`with_intercept` of its features (made once
+    by a caller fitting several penalties), also keeping the Gram matrix at the solution
+    (:class:`LogisticFit`)."""
     total = positives.sum() + negatives.sum()
     penalty = np.full(design.shape[1], regularisation)
     penalty[0] = 0.0

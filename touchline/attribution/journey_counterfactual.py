@@ -188,6 +188,7 @@ def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def approximate_loo_loss(
     x: np.ndarray, positives: np.ndarray, negatives: np.ndarray, intercept: float,
     coefficients: np.ndarray, regularisation: float, *, gram: np.ndarray | None = None,
+    design_matrix: np.ndarray | sparse.spmatrix | None = None,
 ) -> float:
     r"""Mean leave-one-journey-out log-loss of a fitted L2 logistic model, without refitting.
 
@@ -202,9 +203,11 @@ def approximate_loo_loss(
     the error of this estimate vanishes as data grow; it costs one solve per candidate
     :math:`\lambda`, so every journey is held out once at the price of one fit. ``gram``: the
     fit's own Gram matrix at these coefficients (:class:`~touchline.attribution.counterfactual.
-    LogisticFit`, of the *mean* loss), which saves computing it again.
+    LogisticFit`, of the *mean* loss), which saves computing it again; ``design_matrix``:
+    :func:`~touchline.attribution.counterfactual.with_intercept` of ``x``, when made already.
     """
-    design_matrix = with_intercept(x)
+    if design_matrix is None:
+        design_matrix = with_intercept(x)
     total = positives.sum() + negatives.sum()
     z = intercept + x @ coefficients
     p = _sigmoid(z)
@@ -260,16 +263,17 @@ def fit_conversion(
     weighted = (positives + negatives) > 0
     if not weighted.all():
         dense, positives, negatives = dense[weighted], positives[weighted], negatives[weighted]
-    x = sparse.csr_matrix(dense)  # mostly zeros: sparse products, no BLAS threads (weighted_gram)
+    x = sparse.csr_matrix(dense)  # mostly zeros: sparse products (weighted_gram)
+    design_matrix = with_intercept(x)  # once for every penalty: dense where not really sparse
     grid = REGULARISATION_GRID if regularisation is None else (regularisation,)
     best: Fit | None = None
     previous: tuple[float, np.ndarray] | None = None
     for candidate in grid:  # strongest penalty first: each fit starts from the previous one
-        fitted = newton_fit(x, positives, negatives, candidate, start=previous)
+        fitted = newton_fit(design_matrix, positives, negatives, candidate, start=previous)
         intercept, coefficients = fitted.intercept, fitted.coefficients
         previous = (intercept, coefficients)
         loss = (approximate_loo_loss(x, positives, negatives, intercept, coefficients, candidate,
-                                     gram=fitted.gram)
+                                     gram=fitted.gram, design_matrix=design_matrix)
                 if len(grid) > 1 else float("nan"))
         if best is None or loss < best.loo_loss - 1e-12:
             best = Fit(intercept, coefficients, candidate, features, loss)
