@@ -323,7 +323,6 @@ def journey_counterfactual(
     lost_value = np.zeros(k)
     negative = np.zeros(k)
     one_outcome = conversions.sum() == 0 or paths.nulls.sum() == 0
-    coefficients = np.zeros(design(journeys, features).shape[1])
     if not one_outcome:
         fit = fit_conversion(journeys, conversions, paths.nulls, features=features,
                              regularisation=regularisation)
@@ -341,6 +340,7 @@ def journey_counterfactual(
             lost_value[label] = value[rows] @ necessity
             negative[label] = conversions[rows] @ (drop < 0)
     else:
+        coefficients = np.zeros(design(journeys, features).shape[1])
         log.warning("journey_counterfactual: every journey %s; splitting each path equally",
                     "converts" if paths.nulls.sum() == 0 else "fails to convert")
         info["fallback"] = "one outcome only"
