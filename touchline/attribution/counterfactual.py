@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -110,7 +111,36 @@ def fit_logistic(
     precision in a few iterations: the result does not depend on column order or a solver's
     stopping rule. ``start`` (a fit at a nearby penalty) only saves Newton steps.
     """
-    design = with_intercept(x)
+    fit = newton_fit(with_intercept(x), positives, negatives, regularisation,
+                     max_iter=max_iter, tol=tol, start=start)
+    return fit.intercept, fit.coefficients
+
+
+@dataclass(frozen=True)
+class LogisticFit:
+    r"""What :func:`newton_fit` found: the coefficients and, when the last Newton step was
+    taken at them (it converged), the Gram matrix :math:`\tilde X^\top \mathrm{diag}(w)
+    \tilde X` it computed there, :math:`w = (y^+ + y^-)\,p(1 - p) / N` (intercept column
+    first, no penalty): the Hessian a leave-one-out estimate needs, without one more product."""
+
+    intercept: float
+    coefficients: np.ndarray
+    gram: np.ndarray | None
+
+
+def newton_fit(
+    design: np.ndarray | sparse.spmatrix,
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    regularisation: float,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-13,
+    start: tuple[float, np.ndarray] | None = None,
+) -> LogisticFit:
+    """:func:`fit_logistic` on ``design`` = :func:`with_intercept` of its features (made once
+    by a caller fitting several penalties), also keeping the Gram matrix at the solution
+    (:class:`LogisticFit`)."""
     total = positives.sum() + negatives.sum()
     penalty = np.full(design.shape[1], regularisation)
     penalty[0] = 0.0
@@ -132,11 +162,11 @@ def fit_logistic(
         p = _sigmoid(z)
         gradient = design.T @ (negatives * p - positives * (1 - p)) / total + penalty * beta
         curvature = (positives + negatives) * p * (1 - p) / total
-        hessian = weighted_gram(design, curvature) + np.diag(penalty + 1e-12)
-        step = np.linalg.solve(hessian, gradient)
+        gram = weighted_gram(design, curvature)
+        step = np.linalg.solve(gram + np.diag(penalty + 1e-12), gradient)
         decrement = float(gradient @ step)
-        if decrement < tol:
-            break
+        if decrement < tol:  # converged at beta, where gram was computed
+            return LogisticFit(float(beta[0]), beta[1:], gram)
         moved = design @ step
         scale = 1.0
         while scale > 1e-12:
@@ -146,7 +176,7 @@ def fit_logistic(
                 break
             scale /= 2
         beta, z, current = candidate, candidate_z, value
-    return float(beta[0]), beta[1:]
+    return LogisticFit(float(beta[0]), beta[1:], None)
 
 
 def one_step_coefficients(

@@ -54,7 +54,7 @@ import pandas as pd
 
 from touchline.attribution import calibrated, counterfactual, journey_counterfactual, markov
 from touchline.attribution.paths import PathSet
-from touchline.attribution.registry import Credits, Replicator, lookup, run_model
+from touchline.attribution.registry import Credits, Replicator, lookup, one_blas_thread, run_model
 from touchline.errors import ConfigError
 from touchline.lazy import lazy_module
 
@@ -346,8 +346,9 @@ def credit_intervals(
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence must be between 0 and 1 (e.g. 0.9), got {confidence!r}")
     credits = credits or run_model(paths, model, params)
-    conversions, value = bootstrap(paths, model, params, replicates=replicates, seed=seed,
-                                   credits=credits, resamples=resamples)
+    with one_blas_thread():
+        conversions, value = bootstrap(paths, model, params, replicates=replicates, seed=seed,
+                                       credits=credits, resamples=resamples)
     tail = (1 - confidence) / 2
     low, high = np.quantile(conversions, [tail, 1 - tail], axis=0)
     value_low, value_high = np.quantile(value, [tail, 1 - tail], axis=0)

@@ -56,7 +56,7 @@ import numpy as np
 
 from touchline.attribution.counterfactual import (
     _sigmoid,
-    fit_logistic,
+    newton_fit,
     one_step_coefficients,
     weighted_gram,
     with_intercept,
@@ -187,7 +187,8 @@ def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def approximate_loo_loss(
     x: np.ndarray, positives: np.ndarray, negatives: np.ndarray, intercept: float,
-    coefficients: np.ndarray, regularisation: float,
+    coefficients: np.ndarray, regularisation: float, *, gram: np.ndarray | None = None,
+    design_matrix: np.ndarray | sparse.spmatrix | None = None,
 ) -> float:
     r"""Mean leave-one-journey-out log-loss of a fitted L2 logistic model, without refitting.
 
@@ -200,16 +201,22 @@ def approximate_loo_loss(
     with :math:`\ell'_j = p_i - y_j`, :math:`\tilde x_i = (1, x_i)` and :math:`H` the Hessian of
     the *total* penalised loss (:math:`N\lambda` on the coefficients). Rad & Maleki (2020) show
     the error of this estimate vanishes as data grow; it costs one solve per candidate
-    :math:`\lambda`, so every journey is held out once at the price of one fit.
+    :math:`\lambda`, so every journey is held out once at the price of one fit. ``gram``: the
+    fit's own Gram matrix at these coefficients (:class:`~touchline.attribution.counterfactual.
+    LogisticFit`, of the *mean* loss), which saves computing it again; ``design_matrix``:
+    :func:`~touchline.attribution.counterfactual.with_intercept` of ``x``, when made already.
     """
-    design_matrix = with_intercept(x)
+    if design_matrix is None:
+        design_matrix = with_intercept(x)
     total = positives.sum() + negatives.sum()
     z = intercept + x @ coefficients
     p = _sigmoid(z)
     curvature = (positives + negatives) * p * (1 - p)
     penalty = np.full(design_matrix.shape[1], regularisation * total)
     penalty[0] = 1e-12
-    hessian = weighted_gram(design_matrix, curvature) + np.diag(penalty)
+    product = (gram * total if gram is not None
+               else weighted_gram(design_matrix, curvature))
+    hessian = product + np.diag(penalty)
     inverse = np.linalg.inv(hessian)  # columns-squared: small
     if sparse.issparse(design_matrix):
         leverage = np.asarray(design_matrix.multiply(design_matrix @ inverse).sum(axis=1)).ravel()
@@ -256,15 +263,17 @@ def fit_conversion(
     weighted = (positives + negatives) > 0
     if not weighted.all():
         dense, positives, negatives = dense[weighted], positives[weighted], negatives[weighted]
-    x = sparse.csr_matrix(dense)  # mostly zeros: sparse products, no BLAS threads (weighted_gram)
+    x = sparse.csr_matrix(dense)  # mostly zeros: sparse products (weighted_gram)
+    design_matrix = with_intercept(x)  # once for every penalty: dense where not really sparse
     grid = REGULARISATION_GRID if regularisation is None else (regularisation,)
     best: Fit | None = None
     previous: tuple[float, np.ndarray] | None = None
     for candidate in grid:  # strongest penalty first: each fit starts from the previous one
-        intercept, coefficients = fit_logistic(x, positives, negatives, candidate,
-                                               start=previous)
+        fitted = newton_fit(design_matrix, positives, negatives, candidate, start=previous)
+        intercept, coefficients = fitted.intercept, fitted.coefficients
         previous = (intercept, coefficients)
-        loss = (approximate_loo_loss(x, positives, negatives, intercept, coefficients, candidate)
+        loss = (approximate_loo_loss(x, positives, negatives, intercept, coefficients, candidate,
+                                     gram=fitted.gram, design_matrix=design_matrix)
                 if len(grid) > 1 else float("nan"))
         if best is None or loss < best.loo_loss - 1e-12:
             best = Fit(intercept, coefficients, candidate, features, loss)
@@ -314,7 +323,6 @@ def journey_counterfactual(
     lost_value = np.zeros(k)
     negative = np.zeros(k)
     one_outcome = conversions.sum() == 0 or paths.nulls.sum() == 0
-    coefficients = np.zeros(design(journeys, features).shape[1])
     if not one_outcome:
         fit = fit_conversion(journeys, conversions, paths.nulls, features=features,
                              regularisation=regularisation)
@@ -332,6 +340,7 @@ def journey_counterfactual(
             lost_value[label] = value[rows] @ necessity
             negative[label] = conversions[rows] @ (drop < 0)
     else:
+        coefficients = np.zeros(design(journeys, features).shape[1])
         log.warning("journey_counterfactual: every journey %s; splitting each path equally",
                     "converts" if paths.nulls.sum() == 0 else "fails to convert")
         info["fallback"] = "one outcome only"

@@ -7,7 +7,8 @@ can aggregate touch-level data with timings kept, or refuse a path file with a c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,11 +172,29 @@ def lookup(name: str, source: str = "model") -> Model:
         ) from None
 
 
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the block with BLAS (numpy's and SciPy's OpenBLAS) on one thread.
+
+    The models' dense products are of tall, thin matrices (some 10^5 distinct paths by a few
+    dozen columns): a second thread gains at most half their time, while on a machine whose
+    cores are busy OpenBLAS's threads wait on each other for far longer than the product
+    takes. On the 2-core benchmark machine under load, ``auto`` on the purchase paths of 1M
+    events (27,756 paths) took 11-44 s with two threads and 1.2-2.2 s with one.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def run_model(paths: PathSet, model: str, params: Mapping[str, Any] | None = None) -> Credits:
-    """Call a registered model with keyword parameters, naming bad ones clearly."""
+    """Call a registered model with keyword parameters, naming bad ones clearly (BLAS on one
+    thread: :func:`one_blas_thread`)."""
     entry = lookup(model)
     try:
-        return entry.function(paths, **dict(params or {}))
+        with one_blas_thread():
+            return entry.function(paths, **dict(params or {}))
     except TypeError as exc:
         if "unexpected keyword" in str(exc):
             raise ConfigError(

