@@ -212,6 +212,15 @@ def units_first_on(con: BaseBackend, device: str | None, unit: str = "person", *
     return s.select(unit_id=s._u).distinct()
 
 
+def _segment_units(con: BaseBackend, device: str | None, unit: str, channel: str | None,
+                   campaign: str | None) -> ir.Table:
+    """:func:`units_first_on`, run once and handed on as a small table: the funnel and the
+    stage timeline of one page keep the same units (the page asks the query once:
+    :func:`touchline.engine.schemas_read_once`), and each chart's query stays small."""
+    found = units_first_on(con, device, unit, channel=channel, campaign=campaign)
+    return ibis.memtable(found.to_pyarrow())
+
+
 def channel_colour(channel: str) -> str:
     """The channel's colour: the same on every chart, page and report (a hash, not an order)."""
     digest = hashlib.md5(str(channel).encode(), usedforsecurity=False).digest()
@@ -780,8 +789,7 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
         raise InputError(f"the funnel needs two steps; stage model {stage_model!r} has "
                          f"{len(steps)} stage(s) with entries: run `touchline run`")
     segment = (device, channel, campaign) != (None, None, None)
-    units = units_first_on(con, device, unit, channel=channel,
-                           campaign=campaign) if segment else None
+    units = _segment_units(con, device, unit, channel, campaign) if segment else None
     t = funnel(con, list(steps), window=window, unit=unit, stage_model=stage_model,
                units=units)
     frame = t.drop("group").to_pandas()
@@ -828,8 +836,7 @@ def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFA
     s = con.table("stages")
     s = s.filter((s.stage_model == stage_model) & (s.unit == unit))
     if (device, channel, campaign) != (None, None, None):
-        s = s.semi_join(units_first_on(con, device, unit, channel=channel, campaign=campaign),
-                        "unit_id")
+        s = s.semi_join(_segment_units(con, device, unit, channel, campaign), "unit_id")
     w = ibis.window(group_by="unit_id", order_by=["stage_order", "entered_at"])
     s = s.mutate(_days=seconds_between(s.entered_at.lag().over(w), s.entered_at) / 86_400.0)
     s = s.filter(_in_window(s.entered_at, since, until))
