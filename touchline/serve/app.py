@@ -479,6 +479,17 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
 
     connection = con if con is not None else engine.connect(settings=settings)
     store.init(connection)  # a warehouse made by an older version gains the users table
+    # the charts' imports, the templates' compilation and the engine's first query (the
+    # filter form's options), once now rather than in the first page view: a second or more
+    # the first viewer would wait
+    preload()
+    for template in ("base.html.j2", "page.html.j2", "login.html.j2"):
+        templates().get_template(template)
+    try:
+        with engine.schemas_read_once(connection):
+            _options(connection)
+    except Exception as exc:  # a warm-up only: the first page says what is wrong
+        log.warning("the dashboard's first query failed: %s", type(exc).__name__)
     if con is None and engine.engine_name(connection) == "duckdb" and urlsplit(
             settings.database_url).path not in ("", "/"):
         connection.disconnect()  # a DuckDB file: opened by each request (see Dashboard)
@@ -490,11 +501,6 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
               *(Route(p.path, page_handler(p), methods=["GET"], name=p.name)
                 for p in PAGES.values())]
     app = Starlette(routes=routes)
-    # the charts' imports and the templates' compilation, once now rather than in the first
-    # page views (several seconds the first viewer would wait)
-    preload()
-    for template in ("page.html.j2", "login.html.j2"):
-        templates().get_template(template)
     store_file = sessions_file or sessions_file_for(settings.database_url)
     app.state.dashboard = Dashboard(settings, connection, session_seconds,
                                     sessions=SessionStore(store_file), clock=clock,
