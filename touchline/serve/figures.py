@@ -912,6 +912,7 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     filled = filled_tables(con, {t for kpi in chosen for t in kpi.tables})
     skipped: dict[str, str] = {}
     headlines: dict[str, ir.Table] = {}
+    counted: set[str] = set()  # KPIs without a headline column: tables
     for kpi in chosen:  # the registry's KPIs: expressions only, nothing runs yet
         column = kpi.name if kpi.name in kpi.values else "median"
         if kpi.table:  # not computed: no headline to show
@@ -923,10 +924,10 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
         except TouchlineError as exc:
             skipped[kpi.name] = str(exc)
             continue
-        if column not in t.columns:
-            rows = t.count().to_pyarrow().as_py()
-            skipped[kpi.name] = (f"a table of {rows} rows: `touchline kpis --kpi "
-                                 f"{kpi.name}` shows it")
+        if column not in t.columns:  # a table: its rows counted, in the same query
+            counted.add(kpi.name)
+            headlines[kpi.name] = t.aggregate(kpi=ibis.literal(kpi.name),
+                                              value=t.count().cast("float64"))
             continue
         headlines[kpi.name] = t.select(kpi=ibis.literal(kpi.name),
                                        value=t[column].cast("float64"))
@@ -936,6 +937,10 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
         if kpi.name not in values:
             continue
         got = values[kpi.name]
+        if kpi.name in counted:
+            skipped[kpi.name] = (f"a table of {int(got[0] or 0)} rows: `touchline kpis --kpi "
+                                 f"{kpi.name}` shows it")
+            continue
         if len(got) != 1:
             skipped[kpi.name] = (f"a table of {len(got)} rows: `touchline kpis --kpi "
                                  f"{kpi.name}` shows it")
