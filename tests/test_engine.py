@@ -199,3 +199,21 @@ def test_hmac_sha256_equals_pythons_on_each_engine(con) -> None:
         expected = [hmac.new(key.encode(), s.encode(), hashlib.sha256).hexdigest()
                     if s is not None else None for s in texts]
         assert [None if v is None or v != v else v for v in got] == expected
+
+
+def test_a_read_once_block_asks_an_equal_query_once_on_each_engine(con) -> None:
+    # inside the block an equal query is answered from its first run (so a row added in the
+    # block is not seen: a block writes nothing); each reader gets its own frame
+    engine.load_table(con, "t_once", pd.DataFrame({"a": [1, 2]}))
+    with engine.schemas_read_once(con):
+        t = con.table("t_once")
+        assert t.count().to_pyarrow().as_py() == 2
+        assert t.a.sum().execute() == 3
+        first = t.order_by("a").to_pandas()
+        first.loc[0, "a"] = 99
+        engine.load_table(con, "t_once", pd.DataFrame({"a": [1, 2, 3]}), overwrite=True)
+        assert con.table("t_once").count().to_pyarrow().as_py() == 2
+        assert con.table("t_once").a.sum().execute() == 3
+        assert con.table("t_once").order_by("a").to_pandas().a.tolist() == [1, 2]
+        assert t.filter(t.a > 1).count().to_pyarrow().as_py() == 2  # a new query runs
+    assert con.table("t_once").count().to_pyarrow().as_py() == 3

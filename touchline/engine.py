@@ -114,16 +114,37 @@ def schemas_read_once(con: BaseBackend) -> Iterator[BaseBackend]:
     """Within the block, ``con.table(name)`` asks the engine for each table's schema once
     and hands back the same table after: a reader that builds many expressions over the same
     tables (a dashboard page of 50 KPIs called it ~100 times, each a catalog query on
-    DuckDB) pays for it once. Only for a block that does not change the tables' columns (a
-    page, a report); nested blocks share the outer one's tables."""
+    DuckDB) pays for it once. And a query asked again (an equal expression run by
+    ``to_pyarrow``, ``to_pandas`` or ``execute``: the KPIs' checks of the conversion type
+    and the model, the charts' choice of conversion) is answered from its first run, so it
+    is compiled and run once. Only for a block that writes no table (a page, a report);
+    nested blocks share the outer one's tables and answers."""
     if "table" in vars(con):  # already inside a block
         yield con
         return
     con.table = functools.cache(con.table)  # type: ignore[method-assign]
+    answers: dict[tuple[Any, ...], Any] = {}
+
+    def once(run: Callable[..., Any], kind: str) -> Callable[..., Any]:
+        def asked(expr: ir.Expr, *args: Any, **kwargs: Any) -> Any:
+            try:
+                key = (kind, expr.op(), args, tuple(sorted(kwargs.items())))
+                found = answers.get(key)
+            except TypeError:  # an argument that cannot be a key: run it
+                return run(expr, *args, **kwargs)
+            if found is None:
+                found = answers[key] = run(expr, *args, **kwargs)
+            # a frame's reader may change it: each gets its own copy (Arrow is immutable)
+            return found.copy() if hasattr(found, "iloc") else found
+
+        return asked
+
+    con.to_pyarrow = once(con.to_pyarrow, "arrow")  # type: ignore[method-assign]
+    con.execute = once(con.execute, "execute")  # type: ignore[method-assign]
     try:
         yield con
     finally:
-        del con.table
+        del con.table, con.to_pyarrow, con.execute
 
 
 def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:

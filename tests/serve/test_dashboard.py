@@ -198,6 +198,20 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
                                            or "")
     page.goto(f"{live.url}/channels?device=phone")
     assert "device 'phone': choose from desktop" in page.locator(".error").inner_text()
+    # the channel and campaign filters: Paid Search's campaigns under last touch (both
+    # March sales closed by a spring click), kept in the navigation; a chart that cannot
+    # apply one says so
+    page.goto(f"{live.url}/channels?model=last_touch")
+    page.select_option("select[name=channel]", "Paid Search")
+    page.select_option("select[name=by]", "campaign")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**channel=Paid+Search**")
+    page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
+    assert _numbers(page, "channels", "campaign", "conversions") == {"spring": 2.0}
+    assert "channel=Paid+Search" in (page.locator("nav a").first.get_attribute("href") or "")
+    page.goto(f"{live.url}/kpis?campaign=spring")
+    assert "campaign does not apply here: the KPIs are headlines" in (
+        page.locator("#stage_kpis .filter-note").inner_text())
     # the overview under the device filter: April's purchases p1#2 (50), p3 (80, no touch)
     # and p4 (30); on a tablet only p1#2's newsletter visit, credited 1 by linear
     april = f"{live.url}/?since=2025-04-01&until=2025-05-01&model=linear"

@@ -500,3 +500,97 @@ def test_every_chart_takes_each_filter_or_says_why_not() -> None:
         "date range does not apply here: the ground truth covers the whole simulation, so "
         "all dates are ranked"]
     assert figures.filters_not_applied("channels", ["device", "model", "since"]) == []
+
+
+def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
+    march = {"since": datetime(2025, 3, 1), "until": datetime(2025, 4, 1)}
+    april = {"since": datetime(2025, 4, 1), "until": datetime(2025, 5, 1)}
+    # March, linear, touches of Paid Search: p1#1's click (s2: 0.5 of 100) and p2's (s5: 0.5
+    # of 200); spend of paid_search in March: 60 (the ads export's "paid_search")
+    paid = _records(overview_data(wh, **march, channel="Paid Search", model="linear"),
+                    "metric")
+    assert {m: r["value"] for m, r in paid.items()} == {
+        "conversions": 1.0, "revenue": 150.0, "spend": 60.0, "roas": 2.5, "cpa": 60.0,
+        "leads": 0.0}
+    assert paid["conversions"]["previous"] == 0.0 and paid["cpa"]["previous"] is None
+    # the campaign "spring" is those two clicks too, and the ads export's "Spring " spend
+    spring = _records(overview_data(wh, **march, campaign="spring"), "metric")
+    assert {m: r["value"] for m, r in spring.items()} == {m: r["value"] for m, r in
+                                                          paid.items()}
+    # April: p3's lead came from a Paid Search click (s6); no purchase did; 40 spent
+    paid = _records(overview_data(wh, **april, channel="Paid Search"), "metric")
+    assert {m: r["value"] for m, r in paid.items()} == {
+        "conversions": 0.0, "revenue": 0.0, "spend": 40.0, "roas": 0.0, "cpa": None,
+        "leads": 1.0}
+    # Email in March, campaign "march": half of p2's sale (s4) and p2's lead; no spend
+    email = _records(overview_data(wh, **march, channel="Email", campaign="march"), "metric")
+    assert {m: r["value"] for m, r in email.items()} == {
+        "conversions": 0.5, "revenue": 100.0, "spend": 0.0, "roas": None, "cpa": 0.0,
+        "leads": 1.0}
+    # the model moves the credits: last touch gives p2's sale to s5
+    assert _records(overview_data(wh, **march, channel="Email", campaign="march",
+                                  model="last_touch"), "metric")["conversions"]["value"] == 0.0
+    tiles = figures.overview_figure(overview_data(wh, **march, channel="Email"))
+    assert "Email" in tiles.layout.title.text and "credited by linear" in tiles.layout.title.text
+
+    # the channel page: Paid Search's campaigns (spring: both clicks; 60 + 40 spent)
+    by_campaign = channel_credits_data(wh, by="campaign", channel="Paid Search")
+    assert _records(by_campaign, "campaign") == {"spring": {
+        "conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0, "roas": 1.5}}
+    # ... the channels of the campaign "spring" (matched as spend is: "Spring" is "spring")
+    assert _records(channel_credits_data(wh, campaign="Spring"), "channel") == {
+        "Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0,
+                        "roas": 1.5}}
+    # last touch: Email closed p1's second sale (50) and p4's (30)
+    assert _records(channel_credits_data(wh, channel="Email", model="last_touch"),
+                    "channel") == {"Email": {"conversions": 2.0, "revenue": 80.0,
+                                             "spend": 0.0, "cpa": 0.0, "roas": None}}
+    # with the device: Email's desktop touches, s4 (0.5 of 200) and s7 (1 of 30)
+    desktop = channel_credits_data(wh, channel="Email", device="desktop")
+    assert _records(desktop, "channel") == {"Email": {
+        "conversions": 1.5, "revenue": 130.0, "spend": None, "cpa": None, "roas": None}}
+    assert "desktop, Email" in figures.channel_credits_figure(desktop).layout.title.text
+
+    # model comparison: Email under each model; the campaign "april" (s3, s7)
+    models = model_comparison_data(wh, channel="Email")
+    assert dict(zip(zip(models.channel, models.model, strict=True), models.conversions,
+                    strict=True)) == {("Email", "last_touch"): 2.0, ("Email", "linear"): 2.5}
+    models = model_comparison_data(wh, campaign="april")
+    assert dict(zip(models.model, models.conversions, strict=True)) == {
+        "last_touch": 2.0, "linear": 2.0}
+
+    # journey map: the purchases with a Paid Search touch, p1#1 (organic, paid) and p2
+    # (e-mail, paid), drawn with all their touches; no '(no touch)' node
+    links = journey_map_data(wh, channel="Paid Search")
+    assert _records(links, ["source_step", "source", "target_step", "target"]) == {
+        (2, "Organic Search", 1, "Paid Search"): {"journeys": 1},
+        (2, "Email", 1, "Paid Search"): {"journeys": 1},
+        (1, "Paid Search", 0, "(conversion)"): {"journeys": 2}}
+    assert _records(journey_map_data(wh, campaign="april"), ["source", "target"]) == {
+        ("Email", "(conversion)"): {"source_step": 1, "target_step": 0, "journeys": 2}}
+
+    # funnel and stage timeline: units by their first session's channel or campaign: p1
+    # Organic Search (no campaign), p2 Email (march), p3 Paid Search (spring), p4 Email
+    # (april); their funnels add up to the unfiltered [4, 1, 1, 1]
+    entered = {ch: funnel_data(wh, channel=ch).entered.tolist()
+               for ch in ("Organic Search", "Email", "Paid Search")}
+    assert entered == {"Organic Search": [1, 1, 1, 1], "Email": [2, 0, 0, 0],
+                       "Paid Search": [1, 0, 0, 0]}
+    assert funnel_data(wh, campaign="(not set)").entered.tolist() == [1, 1, 1, 1]
+    assert funnel_data(wh, campaign="march", device="desktop").entered.tolist() == [1, 0, 0, 0]
+    with pytest.raises(InputError, match="no persons whose first session was from Email of "
+                       "campaign spring"):
+        funnel_data(wh, channel="Email", campaign="spring")
+    assert "first came from Email" in figures.funnel_figure(
+        funnel_data(wh, channel="Email")).layout.title.text
+    # p1 alone: consideration 4 d 1 h after awareness, decision 5 min later, retention 36 d
+    stages = _records(stage_timeline_data(wh, channel="Organic Search"), "stage")
+    assert {s: (r["units"], r["median_days"]) for s, r in stages.items()} == {
+        "awareness": (1, None), "consideration": (1, pytest.approx(4 + 1 / 24)),
+        "decision": (1, pytest.approx(5 / 1440)), "retention": (1, pytest.approx(36.0))}
+    assert figures.filters_not_applied("stage_kpis", ["channel", "campaign"]) == [
+        "channel does not apply here: the KPIs are headlines over every touch (`touchline "
+        "kpis --by channel` breaks them down by channel)",
+        "campaign does not apply here: the KPIs are headlines over every touch (`touchline "
+        "kpis --by campaign` breaks them down by campaign)"]
+    assert figures.filters_not_applied("journey_map", ["channel", "campaign"]) == []

@@ -52,6 +52,7 @@ from touchline.serve.figures import (
     parse_day,
     person_timeline_data,
     person_timeline_figure,
+    preload,
 )
 from touchline.serve.report import (
     Section,
@@ -78,7 +79,8 @@ SESSION_COOKIE, CSRF_COOKIE = "touchline_session", "touchline_csrf"
 #: key kinds that may read the dashboard (touchline.collect.keys.KEY_KINDS)
 READ_KINDS = ("read", "admin")
 #: the filters the navigation carries from page to page
-SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model", "unit", "device")
+SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model", "unit", "device",
+                  "channel", "campaign")
 
 
 @dataclass(frozen=True)
@@ -351,17 +353,25 @@ def filters_from(request: Request, settings: Settings) -> Filters:
                    conversion=q.get("conversion") or None,
                    model=q.get("model") or settings.default_model,
                    stage_model=q.get("stage_model") or settings.stage_model,
-                   by=q.get("by") or "channel", unit=unit, device=device)
+                   by=q.get("by") or "channel", unit=unit, device=device,
+                   channel=q.get("channel") or None, campaign=q.get("campaign") or None)
 
 
 def _options(con: BaseBackend) -> dict[str, Any]:
-    """What the filter form offers: stored conversion types and models; when data was last
-    loaded (one query: it runs on every page)."""
+    """What the filter form offers: stored conversion types, models, credited channels and
+    campaigns; when data was last loaded (one query: it runs on every page)."""
+    from touchline.metrics.kpis import NOT_SET, UNASSIGNED
+
     j, c, i = con.table("journeys"), con.table("credits"), con.table("ingests")
+    s = con.table("sessions")
     none = ibis.null("timestamp")
     rows = ibis.union(
         j.select(_k=ibis.literal("conversion"), _v=j.conversion.cast("string"), _at=none),
         c.select(_k=ibis.literal("model"), _v=c.model.cast("string"), _at=none),
+        c.select(_k=ibis.literal("channel"), _v=c.channel.cast("string").fill_null(
+            UNASSIGNED), _at=none),
+        s.select(_k=ibis.literal("campaign"), _v=s.campaign.cast("string").fill_null(NOT_SET),
+                 _at=none),
         i.aggregate(_k=ibis.literal("loaded"), _v=ibis.null("string"),
                     _at=i.finished_at.max().cast("timestamp")),
         distinct=True).to_pyarrow().to_pylist()
@@ -369,6 +379,8 @@ def _options(con: BaseBackend) -> dict[str, Any]:
     return {"conversions": sorted(r["_v"] for r in rows
                                   if r["_k"] == "conversion" and r["_v"] is not None),
             "models": sorted(r["_v"] for r in rows if r["_k"] == "model" and r["_v"] is not None),
+            "channels": sorted(r["_v"] for r in rows if r["_k"] == "channel"),
+            "campaigns": sorted(r["_v"] for r in rows if r["_k"] == "campaign"),
             "last_loaded": f"{last:%Y-%m-%d %H:%M} UTC" if last else "never (touchline ingest)"}
 
 
@@ -467,6 +479,17 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
 
     connection = con if con is not None else engine.connect(settings=settings)
     store.init(connection)  # a warehouse made by an older version gains the users table
+    # the charts' imports, the templates' compilation and the engine's first query (the
+    # filter form's options), once now rather than in the first page view: a second or more
+    # the first viewer would wait
+    preload()
+    for template in ("base.html.j2", "page.html.j2", "login.html.j2"):
+        templates().get_template(template)
+    try:
+        with engine.schemas_read_once(connection):
+            _options(connection)
+    except Exception as exc:  # a warm-up only: the first page says what is wrong
+        log.warning("the dashboard's first query failed: %s", type(exc).__name__)
     if con is None and engine.engine_name(connection) == "duckdb" and urlsplit(
             settings.database_url).path not in ("", "/"):
         connection.disconnect()  # a DuckDB file: opened by each request (see Dashboard)

@@ -51,6 +51,10 @@ def register(app: typer.Typer) -> None:
             help="B2B or B2C: account or person journeys (default: both).")] = None,
         device: Annotated[str | None, typer.Option(
             help="desktop, mobile, tablet or '(not set)': touches in sessions on it.")] = None,
+        channel: Annotated[str | None, typer.Option(
+            help="A channel (as the channel chart names it): its touches.")] = None,
+        campaign: Annotated[str | None, typer.Option(
+            help="A campaign (utm_campaign): its touches.")] = None,
         database: DatabaseOption = None,
     ) -> None:
         """Write one self-contained HTML report (charts, numbers, plotly.js inlined): it
@@ -66,7 +70,7 @@ def register(app: typer.Typer) -> None:
             filters = Filters(since=parse_day(since, "--since"), until=parse_day(until, "--until"),
                               conversion=conversion, model=model or settings.default_model,
                               stage_model=settings.stage_model, truth=tuple(truth or ()),
-                              unit=unit, device=device)
+                              unit=unit, device=device, channel=channel, campaign=campaign)
             with engine.connected(settings=settings) as con, step_bar("report") as tell:
                 if output_format == "png":
                     result = write_pngs(con, out or Path("report-charts"), filters,

@@ -18,7 +18,13 @@ The filters every data function understands, by keyword (each takes the ones it 
 ``model``
     the attribution model whose stored credits are summed;
 ``stage_model``
-    the stage model of the stage charts.
+    the stage model of the stage charts;
+``unit``, ``device``
+    B2B accounts or B2C persons; touches in sessions on a device (desktop, mobile...);
+``channel``, ``campaign``
+    touches of that channel and/or campaign (:func:`touch_matches`): the credited charts
+    sum the credit of those touches, the journey map draws the journeys with such a touch,
+    the funnel and the stage timeline keep the units whose first session came from it.
 """
 
 from __future__ import annotations
@@ -126,6 +132,24 @@ def check_filters(*, device: str | None, unit: str | None) -> None:
         raise ConfigError(f"unit {unit!r}: choose from {', '.join(UNITS)} (B2B, B2C)")
 
 
+def touch_matches(t: ir.Table, *, channel: str | None = None,
+                  campaign: str | None = None) -> ir.BooleanValue:
+    """The rows of ``t`` (touches, sessions or credits: ``channel`` and ``campaign``
+    columns) of ``channel`` and of ``campaign``, either optional. Names as the KPIs and the
+    channel chart show them (a touch without a channel is ``Unassigned``, one without a
+    campaign ``(not set)``), matched as the KPIs match spend to credits: trimmed, lower case,
+    spaces and hyphens as ``_`` (``spring`` is the ads export's ``Spring ``)."""
+    from touchline.metrics.kpis import NOT_SET, UNASSIGNED, _join_key
+
+    keep: ir.BooleanValue = ibis.literal(True)
+    for value, column, unset in ((channel, "channel", UNASSIGNED),
+                                 (campaign, "campaign", NOT_SET)):
+        if value is not None:
+            keep &= _join_key(t[column].cast("string").fill_null(unset)) == _join_key(
+                ibis.literal(value))
+    return keep
+
+
 def filtered_journeys(con: BaseBackend, unit: str | None) -> ir.Table:
     """The stored ``journeys``, of ``unit`` (``account``: B2B, ``person``: B2C) when given."""
     j = con.table("journeys")
@@ -133,13 +157,21 @@ def filtered_journeys(con: BaseBackend, unit: str | None) -> ir.Table:
 
 
 def filtered_credits(con: BaseBackend, conversion: str | Sequence[str], *,
-                     unit: str | None = None, device: str | None = None) -> ir.Table:
+                     unit: str | None = None, device: str | None = None,
+                     channel: str | None = None, campaign: str | None = None) -> ir.Table:
     """The stored credits of ``conversion`` (one type or several): of journeys of ``unit``
-    when given, and of touches in sessions of ``device`` when given (a journey's touches on
-    other devices keep their credit out of the sum)."""
+    when given, of touches in sessions of ``device`` when given (a journey's touches on
+    other devices keep their credit out of the sum), and of touches of ``channel`` and
+    ``campaign`` when given (:func:`touch_matches`)."""
     c = con.table("credits")
     c = c.filter(c.conversion == conversion if isinstance(conversion, str)
                  else c.conversion.isin(list(conversion)))
+    if channel is not None:  # a credit row holds its touch's channel
+        c = c.filter(touch_matches(c, channel=channel))
+    if campaign is not None:  # ... and its campaign is the touch's session's
+        jt = con.table("journey_touches")
+        jt = jt.filter(touch_matches(jt, campaign=campaign))
+        c = c.semi_join(jt.select("journey_id", "position"), ["journey_id", "position"])
     if unit is not None:
         c = c.semi_join(filtered_journeys(con, unit).select("journey_id"), "journey_id")
     if device is not None:
@@ -150,18 +182,23 @@ def filtered_credits(con: BaseBackend, conversion: str | Sequence[str], *,
     return c
 
 
-def units_first_on(con: BaseBackend, device: str, unit: str = "person") -> ir.Table:
+def units_first_on(con: BaseBackend, device: str | None, unit: str = "person", *,
+                   channel: str | None = None, campaign: str | None = None) -> ir.Table:
     """``unit_id`` of the persons (or accounts) whose first session (by start, then id) was
-    on ``device``: the segment the unit-level charts (funnel, stage timeline) keep under the
-    device filter. Each unit has one first session, so the devices split the units: their
-    funnels add up to the unfiltered one. A first session with no web event is ``(not
-    set)``."""
+    on ``device`` (and of ``channel``, of ``campaign``, when given: :func:`touch_matches`):
+    the segment the unit-level charts (funnel, stage timeline) keep under the device,
+    channel and campaign filters. Each unit has one first session, so the devices (the
+    channels, the campaigns) split the units: their funnels add up to the unfiltered one. A
+    first session with no web event is on device ``(not set)``."""
     s = con.table("sessions")
     column = s.person_id if unit == "person" else s.account_id
     s = s.filter(column.notnull()).mutate(_u=column)
     s = s.mutate(_r=ibis.row_number().over(group_by="_u", order_by=["started_at",
                                                                    "session_id"]))
-    s = s.filter(s._r == 0).select("_u", "session_id")
+    s = s.filter((s._r == 0) & touch_matches(s, channel=channel, campaign=campaign))
+    s = s.select("_u", "session_id")
+    if device is None:
+        return s.select(unit_id=s._u).distinct()
     # the first sessions' devices only, as session_devices classifies them (it reads the
     # user agent of every session's landing event)
     if "events" not in con.list_tables():
@@ -175,6 +212,15 @@ def units_first_on(con: BaseBackend, device: str, unit: str = "person") -> ir.Ta
     return s.select(unit_id=s._u).distinct()
 
 
+def _segment_units(con: BaseBackend, device: str | None, unit: str, channel: str | None,
+                   campaign: str | None) -> ir.Table:
+    """:func:`units_first_on`, run once and handed on as a small table: the funnel and the
+    stage timeline of one page keep the same units (the page asks the query once:
+    :func:`touchline.engine.schemas_read_once`), and each chart's query stays small."""
+    found = units_first_on(con, device, unit, channel=channel, campaign=campaign)
+    return ibis.memtable(found.to_pyarrow())
+
+
 def channel_colour(channel: str) -> str:
     """The channel's colour: the same on every chart, page and report (a hash, not an order)."""
     digest = hashlib.md5(str(channel).encode(), usedforsecurity=False).digest()
@@ -182,8 +228,11 @@ def channel_colour(channel: str) -> str:
 
 
 def _filter_label(data: pd.DataFrame) -> str:
-    """``; B2B (accounts), mobile``: the unit and device filters a chart's data was cut by."""
-    parts = [UNITS[u] if (u := data.attrs.get("unit")) else "", data.attrs.get("device") or ""]
+    """``; B2B (accounts), mobile, Email``: the unit, device, channel and campaign filters
+    a chart's data was cut by."""
+    parts = [UNITS[u] if (u := data.attrs.get("unit")) else "", data.attrs.get("device") or "",
+             data.attrs.get("channel") or "",
+             f"campaign {c}" if (c := data.attrs.get("campaign")) else ""]
     shown = ", ".join(p for p in parts if p)
     return f"; {shown}" if shown else ""
 
@@ -219,7 +268,8 @@ def overview_window(con: BaseBackend, *, since: Moment = None, until: Moment = N
 
 def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
                   conversion: str | None = None, unit: str | None = None,
-                  device: str | None = None, model: str = MODEL_DEFAULT) -> pd.DataFrame:
+                  device: str | None = None, model: str = MODEL_DEFAULT,
+                  channel: str | None = None, campaign: str | None = None) -> pd.DataFrame:
     """One row per headline metric (:data:`OVERVIEW_METRICS`): ``metric``, ``value`` in the
     window, ``previous`` in the window of the same length just before it, and ``change``
     (``value / previous - 1``; null when there is no previous value).
@@ -236,7 +286,14 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     (:func:`filtered_credits`), so the overview of each device adds up to the conversions
     with a touch (the channel page's sum under the same filters); journeys without a touch
     count on no device. Spend is not split by device: spend, ROAS and CPA are null. Without
-    ``device``, ``model`` is not used (a converted journey counts once, whatever its touches).
+    ``device``, ``channel`` or ``campaign``, ``model`` is not used (a converted journey counts
+    once, whatever its touches).
+
+    ``channel`` and ``campaign`` count, as ``device`` does, the credits of ``model`` of the
+    touches of that channel and/or campaign (:func:`touch_matches`), and spend is the spend
+    rows of that channel and/or campaign (matched as the KPIs match spend to credits:
+    trimmed, lower case, spaces and hyphens as ``_``): the figures of that channel's row on
+    the channel page (``by=campaign`` for a campaign) over the same window.
     """
     conversion = resolve_conversion(con, conversion, unit)
     start, end = overview_window(con, since=since, until=until, conversion=conversion)
@@ -248,7 +305,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
                           (_in_window(at, before, start), "previous"),
                           else_=ibis.null("string"))
 
-    if device is None:
+    credited = device is not None or channel is not None or campaign is not None
+    if not credited:
         j = filtered_journeys(con, unit)
         j = j.filter(j.converted)
         j = j.mutate(_period=period_of(j.converted_at))
@@ -259,7 +317,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
             revenue=ibis.ifelse(main, j.value, 0.0).sum(),
             leads=(j.conversion == LEAD_CONVERSION).cast("int64").sum())
     else:
-        c = filtered_credits(con, (conversion, LEAD_CONVERSION), unit=unit, device=device)
+        c = filtered_credits(con, (conversion, LEAD_CONVERSION), unit=unit, device=device,
+                             channel=channel, campaign=campaign)
         c = c.filter(c.model == model)
         c = c.mutate(_period=period_of(c.converted_at))
         c = c.filter(c._period.notnull())
@@ -270,6 +329,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
             leads=ibis.ifelse(c.conversion == LEAD_CONVERSION, c.credit, 0.0).sum())
     sp = con.table("spend")
     imported = sp.aggregate(_rows=sp.count())
+    sp = sp.rename(campaign="utm_campaign")  # the spend of the channel and campaign
+    sp = sp.filter(touch_matches(sp, channel=channel, campaign=campaign))
     sp = sp.mutate(_period=period_of(sp.date))
     sp = sp.filter(sp._period.notnull())
     cost = sp.group_by(_sp=sp._period).aggregate(_cost=sp.cost.sum())
@@ -292,19 +353,20 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     })
     frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
     frame.attrs.update(since=start, until=end, previous_since=before, conversion=conversion,
-                       unit=unit, device=device, model=model if device else None)
+                       unit=unit, device=device, channel=channel, campaign=campaign,
+                       model=model if credited else None)
     return frame
 
 
 def overview_figure(data: pd.DataFrame) -> go.Figure:
     """Six number tiles with the change against the previous period."""
-    credited = f"; credited by {data.attrs['model']}" if data.attrs.get("device") else ""
+    credited = f"; credited by {data.attrs['model']}" if data.attrs.get("model") else ""
     fig = _figure(f"{data.attrs.get('conversion', '')} overview: "
                   f"{data.attrs['since']:%Y-%m-%d} to "
                   f"{data.attrs['until'] - timedelta(days=1):%Y-%m-%d} against the period before"
                   f"{_filter_label(data)}{credited}")
     # under a device the counts are credits: fractions of conversions
-    count_format = ",.1f" if data.attrs.get("device") else ",.0f"
+    count_format = ",.1f" if data.attrs.get("model") else ",.0f"
     columns = 3
     for i, row in enumerate(data.itertuples(index=False)):  # six tiles, not data rows
         r, c = divmod(i, columns)
@@ -335,7 +397,8 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
 def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
                          conversion: str | None = None, since: Moment = None,
                          until: Moment = None, by: str = "channel", unit: str | None = None,
-                         device: str | None = None) -> pd.DataFrame:
+                         device: str | None = None, channel: str | None = None,
+                         campaign: str | None = None) -> pd.DataFrame:
     """Per channel (or ``by``: source, medium, campaign, keyword, landing_page): the
     ``conversions`` and ``revenue`` the model's stored credits give it, its ``spend``,
     ``cpa`` and ``roas``: the KPI registry's ``conversions``, ``revenue``, ``cpa`` and
@@ -345,45 +408,61 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     Under the B2B/B2C ``unit`` or the ``device`` filter the credits are
     :func:`filtered_credits` summed by ``by`` (the touch's value; channel Unassigned and
     other levels ``(not set)`` when null, as the KPIs name them); spend is split by neither,
-    so spend, CPA and ROAS are null."""
-    from touchline.metrics.kpis import KPIS, compute, filled_tables, require
+    so spend, CPA and ROAS are null.
+
+    ``channel`` and ``campaign`` keep the rows of the credited touches of that channel and/or
+    campaign (:func:`touch_matches`): the KPIs broken down by ``by`` and the filtered levels
+    too, then the filtered ones kept; so ``by=campaign`` with a channel lists that channel's
+    campaigns, each with its credits and its spend."""
+    from touchline.metrics.kpis import KPIS, _join_key, compute, filled_tables, require
 
     conversion = resolve_conversion(con, conversion, unit)
+    pinned = {d: v for d, v in (("channel", channel), ("campaign", campaign)) if v is not None}
     if unit is not None or device is not None:
         return _filtered_channel_credits(con, model=model, conversion=conversion, since=since,
-                                         until=until, by=by, unit=unit, device=device)
+                                         until=until, by=by, unit=unit, device=device,
+                                         channel=channel, campaign=campaign)
     # the inputs of the two KPIs asked checked once, not by each
     filled = filled_tables(con, {t for name in ("cpa", "roas", "conversions", "revenue")
                                  for t in KPIS[name].tables})
-    opts = {"by": [by], "since": since, "until": until, "model": model,
-            "conversion": conversion, "filled": filled}
+    opts = {"by": [by, *(d for d in pinned if d != by)], "since": since, "until": until,
+            "model": model, "conversion": conversion, "filled": filled}
+
+    def kept(t: ir.Table) -> ir.Table:
+        """The rows of the filtered channel and campaign (one per ``by`` value after it)."""
+        for dim, value in pinned.items():
+            t = t.filter(_join_key(t[dim]) == _join_key(ibis.literal(value)))
+        return t
     try:
         require(con, KPIS["cpa"], filled=filled)
         has_spend = True
     except MissingInputError:
         has_spend = False
     if has_spend:
-        cpa = compute(con, "cpa", **opts)
-        roas = compute(con, "roas", **opts).select(_k=by, revenue="revenue", roas="roas")
+        cpa = kept(compute(con, "cpa", **opts))
+        roas = kept(compute(con, "roas", **opts)).select(_k=by, revenue="revenue", roas="roas")
         t = cpa.inner_join(roas, cpa[by] == roas._k)
         t = t.select(by, "conversions", "revenue", spend="cost", cpa="cpa", roas="roas")
     else:
-        conv = compute(con, "conversions", **opts)
-        rev = compute(con, "revenue", **opts).select(_k=by, revenue="revenue")
+        conv = kept(compute(con, "conversions", **opts))
+        rev = kept(compute(con, "revenue", **opts)).select(_k=by, revenue="revenue")
         t = conv.inner_join(rev, conv[by] == rev._k)
         t = t.select(by, "conversions", "revenue", spend=ibis.null("float64"),
                      cpa=ibis.null("float64"), roas=ibis.null("float64"))
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
-    if by == "channel" and since is None and until is None:
+    if by == "channel" and since is None and until is None and campaign is None:
         frame = _with_intervals(con, frame, model=model, conversion=conversion)
-    frame.attrs.update(model=model, conversion=conversion, by=by)
+    frame.attrs.update(model=model, conversion=conversion, by=by, channel=channel,
+                       campaign=campaign)
     return frame
 
 
 def _filtered_channel_credits(con: BaseBackend, *, model: str, conversion: str,
                               since: Moment, until: Moment, by: str, unit: str | None,
-                              device: str | None) -> pd.DataFrame:
-    c = filtered_credits(con, conversion, unit=unit, device=device)
+                              device: str | None, channel: str | None,
+                              campaign: str | None) -> pd.DataFrame:
+    c = filtered_credits(con, conversion, unit=unit, device=device, channel=channel,
+                         campaign=campaign)
     c = c.filter((c.model == model) & _in_window(c.converted_at, since, until))
     if by == "channel":
         level = c.channel.cast("string").fill_null("Unassigned")
@@ -396,7 +475,8 @@ def _filtered_channel_credits(con: BaseBackend, *, model: str, conversion: str,
     t = t.mutate(spend=ibis.null("float64"), cpa=ibis.null("float64"),
                  roas=ibis.null("float64"))
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
-    frame.attrs.update(model=model, conversion=conversion, by=by, unit=unit, device=device)
+    frame.attrs.update(model=model, conversion=conversion, by=by, unit=unit, device=device,
+                       channel=channel, campaign=campaign)
     return frame
 
 
@@ -448,20 +528,24 @@ def channel_credits_figure(data: pd.DataFrame) -> go.Figure:
 def model_comparison_data(con: BaseBackend, *, models: Sequence[str] | None = None,
                           conversion: str | None = None, since: Moment = None,
                           until: Moment = None, unit: str | None = None,
-                          device: str | None = None) -> pd.DataFrame:
+                          device: str | None = None, channel: str | None = None,
+                          campaign: str | None = None) -> pd.DataFrame:
     """``channel``, ``model``, ``conversions``, ``revenue``: the stored credits of each model
     (default: every stored model) summed by channel. Each model's conversions sum to the
-    converted journeys that have a touch (under ``unit``: of that unit; under ``device``: the
-    credit of the touches on that device)."""
+    converted journeys that have a touch (under ``unit``: of that unit; under ``device``,
+    ``channel``, ``campaign``: the credit of the touches on that device, of that channel and
+    campaign)."""
     conversion = resolve_conversion(con, conversion, unit)
-    c = filtered_credits(con, conversion, unit=unit, device=device)
+    c = filtered_credits(con, conversion, unit=unit, device=device, channel=channel,
+                         campaign=campaign)
     c = c.filter(_in_window(c.converted_at, since, until))
     if models:
         c = c.filter(c.model.isin(list(models)))
     t = c.group_by(channel=c.channel.fill_null("(not set)"), model=c.model).aggregate(
         conversions=c.credit.sum(), revenue=c.value.sum())
     frame = t.order_by(["channel", "model"]).to_pandas()
-    frame.attrs.update(conversion=conversion, unit=unit, device=device)
+    frame.attrs.update(conversion=conversion, unit=unit, device=device, channel=channel,
+                       campaign=campaign)
     return frame
 
 
@@ -575,7 +659,8 @@ def model_ranking_figure(data: pd.DataFrame) -> go.Figure:
 def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: Moment = None,
                      until: Moment = None, steps: int = JOURNEY_MAP_STEPS_DEFAULT,
                      top: int = JOURNEY_MAP_PATHS_DEFAULT, unit: str | None = None,
-                     device: str | None = None) -> pd.DataFrame:
+                     device: str | None = None, channel: str | None = None,
+                     campaign: str | None = None) -> pd.DataFrame:
     """Links of a Sankey of the channels toward conversion: ``source_step``, ``source``,
     ``target_step``, ``target``, ``journeys``.
 
@@ -588,6 +673,9 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
     of accounts (B2B) or persons (B2C); ``device`` keeps the touches in sessions on that
     device, so a journey is drawn by its touches there and one with none is left out (no
     ``(no touch)`` node: the flows add up to the conversions with a touch on the device).
+    ``channel`` and ``campaign`` keep the journeys with a touch of that channel and/or
+    campaign (:func:`touch_matches`; on ``device`` under both), drawn with all their touches:
+    the paths through it, adding up to the conversions those journeys made.
     """
     conversion = resolve_conversion(con, conversion, unit)
     j = filtered_journeys(con, unit)
@@ -606,6 +694,11 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
         jt = jt.mutate(position=ibis.row_number().over(
             group_by="journey_id", order_by="position").cast("int64") + 1)
         j = j.filter(ibis.literal(False))  # no '(no touch)' node under a device
+    if channel is not None or campaign is not None:
+        hit = jt.filter(touch_matches(jt, channel=channel, campaign=campaign))
+        hit = hit.select(_hit="journey_id").distinct()
+        jt = jt.semi_join(hit, jt.journey_id == hit._hit)
+        j = j.filter(ibis.literal(False))  # a journey without a touch has none of it
     t = jt.select("journey_id", "position", _label=jt.channel.cast("string").fill_null(
         "(not set)"))
     length = t.position.max().over(ibis.window(group_by="journey_id"))
@@ -636,7 +729,8 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
     every = every.filter(every.journeys > 0)
     frame = every.order_by([ibis.desc("source_step"), ibis.desc("journeys"), "source",
                             "target"]).to_pandas()
-    frame.attrs.update(conversion=conversion, unit=unit, device=device)
+    frame.attrs.update(conversion=conversion, unit=unit, device=device, channel=channel,
+                       campaign=campaign)
     return frame
 
 
@@ -678,12 +772,14 @@ def stage_names(con: BaseBackend, stage_model: str = STAGE_MODEL_DEFAULT,
 
 def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
                 stage_model: str = STAGE_MODEL_DEFAULT, unit: str | None = None,
-                window: timedelta | None = None, device: str | None = None) -> pd.DataFrame:
+                window: timedelta | None = None, device: str | None = None,
+                channel: str | None = None, campaign: str | None = None) -> pd.DataFrame:
     """:func:`touchline.metrics.funnels.funnel` (ordered): ``step_index``, ``step``,
     ``entered``, ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time
     from the previous step (seconds). Default steps: the stages of ``stage_model`` in order
-    (``stage:<model>/<stage>``). ``device``: the units whose first session was on it
-    (:func:`units_first_on`; a funnel counts units, not touches)."""
+    (``stage:<model>/<stage>``). ``device``, ``channel``, ``campaign``: the units whose first
+    session was on that device, of that channel and campaign (:func:`units_first_on`; a
+    funnel counts units, not touches)."""
     from touchline.metrics.funnels import funnel
 
     unit = unit or "person"  # no B2B/B2C filter: the persons' stages
@@ -692,21 +788,32 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     if len(steps) < 2:
         raise InputError(f"the funnel needs two steps; stage model {stage_model!r} has "
                          f"{len(steps)} stage(s) with entries: run `touchline run`")
-    units = None if device is None else units_first_on(con, device, unit)
+    segment = (device, channel, campaign) != (None, None, None)
+    units = _segment_units(con, device, unit, channel, campaign) if segment else None
     t = funnel(con, list(steps), window=window, unit=unit, stage_model=stage_model,
                units=units)
     frame = t.drop("group").to_pandas()
     if frame.empty:  # nobody entered the first step: no funnel to draw
-        first_on = f" whose first session was on {device}" if device else ""
+        first_on = f" whose first session was {_first_session(device, channel, campaign)}" if (
+            segment) else ""
         raise InputError(f"no {unit}s{first_on} entered {steps[0]}: no funnel to draw")
-    frame.attrs.update(stage_model=stage_model, unit=unit, device=device)
+    frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
+                       campaign=campaign)
     return frame
+
+
+def _first_session(device: str | None, channel: str | None, campaign: str | None) -> str:
+    """``on mobile from Email of campaign spring``: the first session the segment keeps."""
+    return " ".join(part for part in (f"on {device}" if device else "",
+                                      f"from {channel}" if channel else "",
+                                      f"of campaign {campaign}" if campaign else "") if part)
 
 
 def funnel_figure(data: pd.DataFrame) -> go.Figure:
     """Units entering each step, with the share of the first."""
-    first_on = (f", first came on {data.attrs['device']}" if data.attrs.get("device")
-                else "")
+    came = _first_session(data.attrs.get("device"), data.attrs.get("channel"),
+                          data.attrs.get("campaign"))
+    first_on = f", first came {came}" if came else ""
     fig = _figure(f"funnel ({data.attrs.get('unit', 'person')}s{first_on})")
     labels = [str(s).rsplit("/", 1)[-1].removeprefix("stage:") for s in data.step]
     fig.add_trace(go.Funnel(y=labels, x=data.entered, textinfo="value+percent initial",
@@ -716,24 +823,28 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
 
 def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
                         unit: str | None = None, since: Moment = None,
-                        until: Moment = None, device: str | None = None) -> pd.DataFrame:
+                        until: Moment = None, device: str | None = None,
+                        channel: str | None = None, campaign: str | None = None
+                        ) -> pd.DataFrame:
     """Per stage of ``stage_model``, in order: ``stage``, ``stage_order``, ``units`` that
     entered it (in the window), and ``median_days``: the median over those units of the days
     since they entered the stage before it (the previous one they entered, by stage order;
     null for the first stage). ``unit``: ``person`` (the default) or ``account``;
-    ``device``: the units whose first session was on it (:func:`units_first_on`)."""
+    ``device``, ``channel``, ``campaign``: the units whose first session was on that device,
+    of that channel and campaign (:func:`units_first_on`)."""
     unit = unit or "person"
     s = con.table("stages")
     s = s.filter((s.stage_model == stage_model) & (s.unit == unit))
-    if device is not None:
-        s = s.semi_join(units_first_on(con, device, unit), "unit_id")
+    if (device, channel, campaign) != (None, None, None):
+        s = s.semi_join(_segment_units(con, device, unit, channel, campaign), "unit_id")
     w = ibis.window(group_by="unit_id", order_by=["stage_order", "entered_at"])
     s = s.mutate(_days=seconds_between(s.entered_at.lag().over(w), s.entered_at) / 86_400.0)
     s = s.filter(_in_window(s.entered_at, since, until))
     t = s.group_by(["stage", "stage_order"]).aggregate(
         units=s.unit_id.nunique().cast("int64"), median_days=s._days.quantile(0.5))
     frame = t.order_by(["stage_order", "stage"]).to_pandas()
-    frame.attrs.update(stage_model=stage_model, unit=unit, device=device)
+    frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
+                       campaign=campaign)
     return frame
 
 
@@ -801,6 +912,7 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     filled = filled_tables(con, {t for kpi in chosen for t in kpi.tables})
     skipped: dict[str, str] = {}
     headlines: dict[str, ir.Table] = {}
+    counted: set[str] = set()  # KPIs without a headline column: tables
     for kpi in chosen:  # the registry's KPIs: expressions only, nothing runs yet
         column = kpi.name if kpi.name in kpi.values else "median"
         if kpi.table:  # not computed: no headline to show
@@ -812,10 +924,10 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
         except TouchlineError as exc:
             skipped[kpi.name] = str(exc)
             continue
-        if column not in t.columns:
-            rows = t.count().to_pyarrow().as_py()
-            skipped[kpi.name] = (f"a table of {rows} rows: `touchline kpis --kpi "
-                                 f"{kpi.name}` shows it")
+        if column not in t.columns:  # a table: its rows counted, in the same query
+            counted.add(kpi.name)
+            headlines[kpi.name] = t.aggregate(kpi=ibis.literal(kpi.name),
+                                              value=t.count().cast("float64"))
             continue
         headlines[kpi.name] = t.select(kpi=ibis.literal(kpi.name),
                                        value=t[column].cast("float64"))
@@ -825,6 +937,10 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
         if kpi.name not in values:
             continue
         got = values[kpi.name]
+        if kpi.name in counted:
+            skipped[kpi.name] = (f"a table of {int(got[0] or 0)} rows: `touchline kpis --kpi "
+                                 f"{kpi.name}` shows it")
+            continue
         if len(got) != 1:
             skipped[kpi.name] = (f"a table of {len(got)} rows: `touchline kpis --kpi "
                                  f"{kpi.name}` shows it")
@@ -1141,6 +1257,10 @@ class Filters:
     unit: str | None = None
     #: ``desktop``, ``mobile``, ``tablet`` or ``(not set)``: touches in sessions on it
     device: str | None = None
+    #: touches of this channel (as the channel chart names it; ``Unassigned``: none)
+    channel: str | None = None
+    #: touches of this campaign (the session's entrance campaign; ``(not set)``: none)
+    campaign: str | None = None
 
 
 def parse_day(text: str | None, name: str) -> datetime | None:
@@ -1158,12 +1278,18 @@ def parse_day(text: str | None, name: str) -> datetime | None:
 #: the dashboard's filters (URL parameters) and what a note calls them
 FILTER_LABELS = {"since": "date range", "until": "date range", "conversion": "conversion type",
                  "model": "attribution model", "stage_model": "stage model",
-                 "unit": "B2B vs B2C", "device": "device"}
+                 "unit": "B2B vs B2C", "device": "device", "channel": "channel",
+                 "campaign": "campaign"}
 _NO_STAGES = "its figures are not by stage"
 _NOT_CREDITED = "it counts journeys or units, not the credits a model gives"
 _NO_UNIT_SPLIT = ("the KPI registry computes it over every journey of both kinds "
                   "(`touchline kpis` has no B2B/B2C split)")
 _NO_DEVICE = "it is a person's answers or purchases, not a touch in a session on a device"
+_NO_CHANNEL = "it follows customers' purchases, not the touches of a channel or campaign"
+_BY_CHANNEL = ("it shows every first-touch channel side by side (`touchline kpis --kpi {kpi} "
+               "--by channel --by campaign` breaks it down further)")
+_KPIS_BY = ("the KPIs are headlines over every touch (`touchline kpis --by {by}` breaks them "
+            "down by {by})")
 #: why a chart leaves a filter aside, for each filter its data function does not take (a
 #: test checks every chart × filter is taken or explained here): the page says so
 FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
@@ -1176,7 +1302,9 @@ FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
         "model": "every stored model is ranked", "stage_model": _NO_STAGES,
         "unit": "a truth file is about one data set (B2C purchases or B2B deals): choose "
                 "its conversion type",
-        "device": "the truth counts the conversions each channel caused, not devices"},
+        "device": "the truth counts the conversions each channel caused, not devices",
+        "channel": "the truth ranks the models over every channel at once",
+        "campaign": "the truth counts the conversions each channel caused, not campaigns"},
     "journey_map": {"model": "the map counts journeys by their touches, not by credit",
                     "stage_model": "the map is of channels; the stage timeline shows stages"},
     "funnel": {"since": "a funnel follows each unit through every stage it ever entered",
@@ -1185,23 +1313,33 @@ FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
     "stages": {"conversion": "stages are entered by units, whatever they convert to",
                "model": _NOT_CREDITED},
     "stage_kpis": {"unit": _NO_UNIT_SPLIT,
-                   "device": "the KPIs are headlines over every touch (`touchline kpis "
-                             "--by device` breaks them down by device)"},
+                   "device": _KPIS_BY.format(by="device"),
+                   "channel": _KPIS_BY.format(by="channel"),
+                   "campaign": _KPIS_BY.format(by="campaign")},
     "retention": {"model": _NOT_CREDITED, "stage_model": _NO_STAGES,
-                  "unit": _NO_UNIT_SPLIT, "device": _NO_DEVICE},
+                  "unit": _NO_UNIT_SPLIT, "device": _NO_DEVICE, "channel": _NO_CHANNEL,
+                  "campaign": _NO_CHANNEL},
     "clv": {"model": _NOT_CREDITED, "stage_model": _NO_STAGES, "unit": _NO_UNIT_SPLIT,
-            "device": _NO_DEVICE},
+            "device": _NO_DEVICE, "channel": _NO_CHANNEL, "campaign": _NO_CHANNEL},
     "nps": {"conversion": "answers are not tied to a conversion", "model": _NOT_CREDITED,
-            "stage_model": _NO_STAGES, "unit": _NO_UNIT_SPLIT, "device": _NO_DEVICE},
+            "stage_model": _NO_STAGES, "unit": _NO_UNIT_SPLIT, "device": _NO_DEVICE,
+            "channel": _BY_CHANNEL.format(kpi="nps"),
+            "campaign": _BY_CHANNEL.format(kpi="nps")},
     "reviews": {"conversion": "reviews are not tied to a conversion", "model": _NOT_CREDITED,
-                "stage_model": _NO_STAGES, "unit": _NO_UNIT_SPLIT, "device": _NO_DEVICE},
+                "stage_model": _NO_STAGES, "unit": _NO_UNIT_SPLIT, "device": _NO_DEVICE,
+                "channel": _BY_CHANNEL.format(kpi="review_rating"),
+                "campaign": _BY_CHANNEL.format(kpi="review_rating")},
     "data_quality": {
         f: "rejected records never reached the journeys: they have no conversion, "
            "credit, stage, customer kind or device"
-        for f in ("conversion", "model", "stage_model", "unit", "device")},
+        for f in ("conversion", "model", "stage_model", "unit", "device")} | {
+        f: "rejected records never became touches of a channel or campaign"
+        for f in ("channel", "campaign")},
     "person": {"since": "a timeline shows all of one person's or account's history",
                "unit": "the search finds a person or an account itself",
-               "device": "a timeline shows every touch, each with its session"},
+               "device": "a timeline shows every touch, each with its session",
+               "channel": "a timeline shows every touch, each with its channel and campaign",
+               "campaign": "a timeline shows every touch, each with its channel and campaign"},
 }
 
 
@@ -1216,6 +1354,27 @@ def filters_not_applied(chart: str, given: Sequence[str]) -> list[str]:
         if key in why:
             notes.setdefault(FILTER_LABELS[name], why[key])
     return [f"{label} does not apply here: {reason}" for label, reason in notes.items()]
+
+
+#: the modules the data functions import when first called (some import scipy, or register
+#: the whole KPI registry), and the Plotly trace types the figures draw (Plotly imports each
+#: on first use): :func:`preload` imports them all
+_LAZY_MODULES = ("touchline.attribution.evaluate", "touchline.demo", "touchline.journeys.timeline",
+                 "touchline.journeys.conversions", "touchline.metrics.clv",
+                 "touchline.metrics.funnels", "touchline.metrics.kpis", "scipy.stats")
+_TRACES = ("Bar", "Funnel", "Heatmap", "Indicator", "Sankey", "Scatter", "Table")
+
+
+def preload() -> None:
+    """Import what the charts import on first use (a few seconds: scipy, the KPI registry,
+    Plotly's trace classes), so a server pays it when it starts, not its first page view."""
+    import importlib
+
+    for name in _LAZY_MODULES:
+        importlib.import_module(name)
+    for trace in _TRACES:
+        getattr(go, trace)()
+    _figure("")
 
 
 def chart_data(con: BaseBackend, chart: Chart, filters: Filters) -> pd.DataFrame:

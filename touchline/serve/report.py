@@ -140,7 +140,9 @@ def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
         f"model {filters.model}", f"stage model {filters.stage_model}",
         f"window {window}" if window else "all dates",
         f"{filters.unit} journeys" if filters.unit else "",
-        f"{filters.device} sessions" if filters.device else "") if part)
+        f"{filters.device} sessions" if filters.device else "",
+        f"channel {filters.channel}" if filters.channel else "",
+        f"campaign {filters.campaign}" if filters.campaign else "") if part)
     html = templates().get_template("report.html.j2").render(
         title=title, subtitle=subtitle, sections=sections, css=css(), plotly_js=plotly_js(),
         database=database, written_at=f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
