@@ -20,6 +20,7 @@ from touchline.errors import MissingInputError, UnknownKPIError
 from touchline.metrics.kpis import (
     KPIS,
     compute,
+    computed_once,
     filled_tables,
     for_stage,
     for_stage_model,
@@ -41,8 +42,18 @@ def _rows(frame: pd.DataFrame, *keys: str) -> dict[Any, dict[str, Any]]:
     return out
 
 
-def _get(con: BaseBackend, name: str, *keys: str, **options: Any) -> dict[Any, Any]:
+def _both_ways(con: BaseBackend, name: str, **options: Any) -> pd.DataFrame:
+    """The KPI computed alone and inside :func:`computed_once` (its shared intermediates
+    kept in the engine): the same frame."""
     frame = compute(con, name, **options).to_pandas()
+    with computed_once(con):
+        shared = compute(con, name, **options).to_pandas()
+    pd.testing.assert_frame_equal(shared, frame)
+    return frame
+
+
+def _get(con: BaseBackend, name: str, *keys: str, **options: Any) -> dict[Any, Any]:
+    frame = _both_ways(con, name, **options)
     if not keys:
         assert len(frame) == 1, frame
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
