@@ -494,7 +494,8 @@ def with_device(con: BaseBackend, t: ir.Table, q: Query, session: str = "session
     are read only when needed."""
     if "device" not in q.by:
         return t
-    d = session_devices(con).select(_device_session="session_id", _device="device")
+    d = _once(con, "session_devices", lambda: session_devices(con))
+    d = d.select(_device_session="session_id", _device="device")
     j = t.left_join(d, t[session] == d._device_session)
     return j.mutate(device=j._device.fill_null(NOT_SET)).drop("_device_session", "_device")
 
