@@ -1344,6 +1344,12 @@ nps = compute(wh.con, "nps", by=["channel"], period="quarter").to_pandas()
 print(nps[["period", "channel", "answers", "nps", "nps_low", "nps_high"]])
 ```
 
+Many KPIs at once: compute them inside `with computed_once(wh.con):`, as `touchline kpis`
+does. What several KPIs read (each person's first session, the credited touches of a model,
+the converting journeys, the purchases, the identifiers answers and reviews are matched on,
+the sessions' devices) is then computed once, kept in the engine for the block and dropped
+after it, and the input tables are checked once; the figures are the same.
+
 Rules every KPI follows:
 
 - **Zero denominators give null**, never 0 or infinity: a campaign without impressions has no
