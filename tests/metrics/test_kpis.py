@@ -16,10 +16,11 @@ from ibis.backends import BaseBackend
 
 from touchline import engine, store
 from touchline.config import Settings
-from touchline.errors import MissingInputError, UnknownKPIError
+from touchline.errors import MissingInputError, ModelFitError, UnknownKPIError
 from touchline.metrics.kpis import (
     KPIS,
     compute,
+    computed_once,
     filled_tables,
     for_stage,
     for_stage_model,
@@ -41,8 +42,18 @@ def _rows(frame: pd.DataFrame, *keys: str) -> dict[Any, dict[str, Any]]:
     return out
 
 
-def _get(con: BaseBackend, name: str, *keys: str, **options: Any) -> dict[Any, Any]:
+def _both_ways(con: BaseBackend, name: str, **options: Any) -> pd.DataFrame:
+    """The KPI computed alone and inside :func:`computed_once` (its shared intermediates
+    kept in the engine): the same frame."""
     frame = compute(con, name, **options).to_pandas()
+    with computed_once(con):
+        shared = compute(con, name, **options).to_pandas()
+    pd.testing.assert_frame_equal(shared, frame)
+    return frame
+
+
+def _get(con: BaseBackend, name: str, *keys: str, **options: Any) -> dict[Any, Any]:
+    frame = _both_ways(con, name, **options)
     if not keys:
         assert len(frame) == 1, frame
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -719,3 +730,31 @@ def test_reach_and_engagement_time_by_hand(warehouse: BaseBackend) -> None:
                    "engagement_time": 30.0},
         "(not set)": {"reach": 1, "sessions": 1, "engagement_seconds": 3.0,
                       "engagement_time": 3.0}}
+
+
+def test_every_kpi_in_one_computed_once_block_as_alone(deals: BaseBackend) -> None:
+    # one block computing every KPI (by month, channel and device where offered) shares what
+    # they read: the first sessions, credits, purchases, forms, identifiers, devices; each
+    # KPI's figures (or refusal) must be those it gives alone, whatever ran before it
+    _load_user_agents(deals)
+
+    def every() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for kpi in KPIS.values():
+            options = {"by": [d for d in ("channel", "device") if d in kpi.dimensions],
+                       "period": "month" if "period" in kpi.dimensions else None}
+            try:
+                out[kpi.name] = compute(deals, kpi.name, **options).to_pandas()
+            except (MissingInputError, UnknownKPIError, ModelFitError) as exc:
+                out[kpi.name] = str(exc)
+        return out
+
+    alone = every()
+    with computed_once(deals):
+        shared = every()
+    assert sum(not isinstance(f, str) for f in alone.values()) >= 40, alone
+    for name, frame in alone.items():
+        if isinstance(frame, str):
+            assert shared[name] == frame, name
+        else:
+            pd.testing.assert_frame_equal(shared[name], frame, obj=name)

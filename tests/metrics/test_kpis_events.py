@@ -7,6 +7,7 @@ import math
 from datetime import date
 from typing import Any
 
+import pandas as pd
 import pytest
 from factories import arrow_table
 from ibis.backends import BaseBackend
@@ -14,13 +15,16 @@ from ibis.backends import BaseBackend
 from touchline import engine, store
 from touchline.config import Settings
 from touchline.errors import MissingInputError
-from touchline.metrics.kpis import compute
+from touchline.metrics.kpis import compute, computed_once
 
 
 def _rows(con: BaseBackend, name: str, *keys: str, **options: Any) -> dict[Any, Any]:
     """The KPI as {key: {value column: value}} (one key: its value; none: the one row), dates
     as ISO text and NaN as None."""
     frame = compute(con, name, **options).to_pandas()
+    # the same inside computed_once (the intermediates several KPIs read kept in the engine)
+    with computed_once(con):
+        pd.testing.assert_frame_equal(compute(con, name, **options).to_pandas(), frame)
     out = {}
     for record in frame.to_dict("records"):
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else

@@ -30,6 +30,7 @@ from touchline.metrics.kpis import (
     Query,
     _aggregate,
     _keyed,
+    _once_value,
     _order,
     _ratio,
     as_in_graph,
@@ -49,7 +50,8 @@ OTHER = "Other"
 
 
 def _holds_rows(con: BaseBackend, name: str) -> bool:
-    return name in con.list_tables() and con.table(name).limit(1).count().execute() > 0
+    return _once_value(con, ("holds_rows", name), lambda: name in con.list_tables()
+                       and con.table(name).limit(1).count().execute() > 0)
 
 
 def _reviews(con: BaseBackend, q: Query, kpi: str) -> ir.Table:

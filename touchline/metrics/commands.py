@@ -181,6 +181,7 @@ def register(app: typer.Typer) -> None:
             KPIS,
             check_dimensions,
             compute,
+            computed_once,
             for_stage,
             for_stage_model,
             lookup,
@@ -234,18 +235,20 @@ def register(app: typer.Typer) -> None:
                 conversion=conversion)
             check_dimensions(options["by"], period)  # a typo fails, whatever the KPIs
             results, skipped = [], []
-            for k in chosen:
-                try:
-                    frame = compute(con, k.name, **options).to_pandas()
-                except (UnknownKPIError, MissingInputError, ModelFitError) as exc:
-                    # a whole stage asked: a KPI that its breakdown, imports or conversion
-                    # types do not allow, or whose model does not fit the data (CLV on a
-                    # dozen customers), is skipped and said; a KPI asked by name fails
-                    if kpi:
-                        raise
-                    skipped.append({"kpi": k.name, "reason": str(exc)})
-                    continue
-                results.append((k, frame))
+            with computed_once(con):  # what several KPIs read is computed once
+                for k in chosen:
+                    try:
+                        frame = compute(con, k.name, **options).to_pandas()
+                    except (UnknownKPIError, MissingInputError, ModelFitError) as exc:
+                        # a whole stage asked: a KPI that its breakdown, imports or
+                        # conversion types do not allow, or whose model does not fit the data
+                        # (CLV on a dozen customers), is skipped and said; a KPI asked by
+                        # name fails
+                        if kpi:
+                            raise
+                        skipped.append({"kpi": k.name, "reason": str(exc)})
+                        continue
+                    results.append((k, frame))
             if not results:
                 raise ConfigError("no KPI could be computed: " + "; ".join(
                     s["reason"] for s in skipped))

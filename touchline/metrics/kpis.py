@@ -33,15 +33,18 @@ unknown KPI 'serch_ctr' (did you mean 'search_ctr'?); `touchline kpis --list` sh
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ibis
 import ibis.expr.types as ir
 
-from touchline import store
+from touchline import engine, store
 from touchline.config import Settings
 from touchline.errors import MissingInputError, UnknownKPIError, did_you_mean
 from touchline.metrics.dimensions import session_devices
@@ -307,7 +310,11 @@ def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
             filled: Collection[str] | None = None) -> None:
     """Raise :class:`MissingInputError` unless every input table of ``kpi`` (or ``tables``)
     holds rows: a KPI over a never-imported table would read as a real zero. ``filled``: the
-    tables already known to hold rows (:func:`filled_tables`), so nothing is asked again."""
+    tables already known to hold rows (:func:`filled_tables`), so nothing is asked again
+    (inside :func:`computed_once`, asked once for every KPI's tables)."""
+    if filled is None and _shared(con) is not None:
+        filled = _once_value(con, "filled", lambda: filled_tables(
+            con, {t for k in KPIS.values() for t in k.tables}))
     existing = set(con.list_tables()) if filled is None else None
 
     def empty(name: str) -> bool:
@@ -329,6 +336,78 @@ def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
                 f"{'empty' if name in (existing or con.list_tables()) else 'missing'}: "
                 + (f"import them with `{how}`" if how.startswith("touchline ingest")
                    else f"fill it with `{how}`"))
+
+
+# ---- what many KPIs read, computed once per call ------------------------------------------
+
+@dataclass
+class _Shared:
+    """The intermediates of one :func:`computed_once` block: tables kept in the engine and
+    small values (the filled tables, the stored conversion types and models)."""
+
+    con: BaseBackend
+    tables: dict[Hashable, ir.Table] = field(default_factory=dict)
+    values: dict[Hashable, Any] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+
+
+_SHARED: ContextVar[_Shared | None] = ContextVar("touchline_kpis_shared", default=None)
+_T = TypeVar("_T")
+
+
+@contextmanager
+def computed_once(con: BaseBackend) -> Iterator[BaseBackend]:
+    """Within the block, what many KPIs read is computed once and kept for the others: the
+    sessions of known persons with their first-session flag, each person's first touch, the
+    credited touches of a model, the converting journeys with their first touch, the
+    purchases, the identifiers reviews and answers are matched on (each kept in the engine by
+    :func:`touchline.engine.materialise`, dropped when the block ends), and the input tables'
+    schemas and emptiness, the stored conversion types and models (asked once). The figures
+    are the same as without it (``tests/metrics/test_kpis_events.py`` checks every KPI both
+    ways). For a caller computing many KPIs over tables that do not change meanwhile
+    (``touchline kpis``, the benchmark); a nested block on the same connection is the outer
+    one."""
+    outer = _SHARED.get()
+    if outer is not None and outer.con is con:
+        yield con
+        return
+    shared = _Shared(con)
+    token = _SHARED.set(shared)
+    try:
+        with engine.schemas_read_once(con):
+            yield con
+    finally:
+        _SHARED.reset(token)
+        for name in shared.names:
+            engine.drop_materialised(con, name)
+
+
+def _shared(con: BaseBackend) -> _Shared | None:
+    shared = _SHARED.get()
+    return shared if shared is not None and shared.con is con else None
+
+
+def _once(con: BaseBackend, key: Hashable, build: Callable[[], ir.Table]) -> ir.Table:
+    """``build()``; inside :func:`computed_once`, computed into the engine the first time and
+    that table after."""
+    shared = _shared(con)
+    if shared is None:
+        return build()
+    if key not in shared.tables:
+        name = f"_touchline_kpi_{len(shared.names)}_{uuid.uuid4().hex[:8]}"
+        shared.names.append(name)
+        shared.tables[key] = engine.materialise(con, name, build())
+    return shared.tables[key]
+
+
+def _once_value(con: BaseBackend, key: Hashable, fetch: Callable[[], _T]) -> _T:
+    """``fetch()``; inside :func:`computed_once`, asked the first time and kept after."""
+    shared = _shared(con)
+    if shared is None:
+        return fetch()
+    if key not in shared.values:
+        shared.values[key] = fetch()
+    return shared.values[key]
 
 
 def compute(con: BaseBackend, name: str, *, by: Sequence[str] = (), period: str | None = None,
@@ -415,7 +494,8 @@ def with_device(con: BaseBackend, t: ir.Table, q: Query, session: str = "session
     are read only when needed."""
     if "device" not in q.by:
         return t
-    d = session_devices(con).select(_device_session="session_id", _device="device")
+    d = _once(con, "session_devices", lambda: session_devices(con))
+    d = d.select(_device_session="session_id", _device="device")
     j = t.left_join(d, t[session] == d._device_session)
     return j.mutate(device=j._device.fill_null(NOT_SET)).drop("_device_session", "_device")
 
@@ -431,24 +511,52 @@ def person_levels(t: ir.Table) -> list[str]:
     return [*SESSION_LEVELS, *(["device"] if "device" in t.columns else [])]
 
 
-def _sessions(con: BaseBackend) -> ir.Table:
-    """Sessions of known persons with ``_first``: whether it is the person's first session."""
+#: the session columns the KPIs read
+SESSION_COLUMNS = ("session_id", "person_id", "started_at", "ended_at", "duration_seconds",
+                   "pageview_count", "conversion_count", *dict.fromkeys(SESSION_LEVELS.values()))
+
+
+def _sessions(con: BaseBackend, *, first: bool = False) -> ir.Table:
+    """Sessions of known persons (the columns the KPIs read); with ``first``, ``_first``:
+    whether it is the person's first session, which a window over every session tells: asked
+    only by the KPIs that need it, and inside :func:`computed_once` read from the first
+    touches, computed once."""
     s = con.table("sessions")
-    s = s.filter(s.person_id.notnull())
-    rank = ibis.row_number().over(group_by="person_id", order_by=["started_at", "session_id"])
-    return s.mutate(_first=rank == 0)
+    s = s.filter(s.person_id.notnull()).select(*SESSION_COLUMNS)
+    if not first:
+        return s
+    if _shared(con) is None:
+        rank = ibis.row_number().over(group_by="person_id",
+                                      order_by=["started_at", "session_id"])
+        return s.mutate(_first=rank == 0)
+    f = _first_sessions(con).select(_first_session="_ft_session")
+    j = s.left_join(f, s.session_id == f._first_session)
+    return j.mutate(_first=j._first_session.notnull()).drop("_first_session")
+
+
+def _first_sessions(con: BaseBackend) -> ir.Table:
+    """Each person's first session (``_ft_session``) with ``person_id``, ``first_at`` and its
+    breakdown values; inside :func:`computed_once`, computed once."""
+    def build() -> ir.Table:
+        s = con.table("sessions")
+        s = s.filter(s.person_id.notnull())
+        rank = ibis.row_number().over(group_by="person_id",
+                                      order_by=["started_at", "session_id"])
+        s = s.filter(rank == 0)
+        return s.select("person_id", first_at=s.started_at, _ft_session=s.session_id,
+                        **_levels(s, SESSION_LEVELS))
+
+    return _once(con, "first_sessions", build)
 
 
 def first_touches(con: BaseBackend, q: Query | None = None) -> ir.Table:
     """``person_id``, ``first_at`` and the person's first session's breakdown values (the
     acquisition channel, source… every person-level KPI breaks down by); with its
     ``device`` too when ``q`` asks for it."""
-    s = _sessions(con)
-    s = s.filter(s._first)
+    f = _first_sessions(con)
     if q is not None:
-        s = with_device(con, s, q)
-    return s.select("person_id", first_at=s.started_at, **_levels(s, SESSION_LEVELS),
-                    **_device(s))
+        f = with_device(con, f, q, "_ft_session")
+    return f.drop("_ft_session")
 
 
 # ---- awareness ------------------------------------------------------------------------------
@@ -607,8 +715,8 @@ def reach(con: BaseBackend, q: Query) -> ir.Table:
 
 # ---- consideration --------------------------------------------------------------------------
 
-def _session_groups(con: BaseBackend, q: Query) -> ir.Table:
-    s = with_device(con, _sessions(con), q)
+def _session_groups(con: BaseBackend, q: Query, *, first: bool = False) -> ir.Table:
+    s = with_device(con, _sessions(con, first=first), q)
     return _keyed(s, q, at=s.started_at, dims=_levels(s, SESSION_LEVELS) | _device(s))
 
 
@@ -626,7 +734,7 @@ def sessions(con: BaseBackend, q: Query) -> ir.Table:
 def returning_visitors(con: BaseBackend, q: Query) -> ir.Table:
     """People who came back: a person whose first visit was in March and who returned in
     April is new in March and returning in April (and both, in a month with both)."""
-    t = _session_groups(con, q)
+    t = _session_groups(con, q, first=True)
     return _order(_aggregate(t, q, returning_visitors=ibis.ifelse(
         t._first, ibis.null("string"), t.person_id).nunique().cast("int64")), q)
 
@@ -636,7 +744,7 @@ def returning_visitors(con: BaseBackend, q: Query) -> ir.Table:
           dimensions=DEVICE_DIMS)
 def new_sessions(con: BaseBackend, q: Query) -> ir.Table:
     """First visits."""
-    t = _session_groups(con, q)
+    t = _session_groups(con, q, first=True)
     return _order(_aggregate(t, q, new_sessions=t._first.cast("int64").sum()), q)
 
 
@@ -645,7 +753,7 @@ def new_sessions(con: BaseBackend, q: Query) -> ir.Table:
           dimensions=DEVICE_DIMS)
 def returning_sessions(con: BaseBackend, q: Query) -> ir.Table:
     """Return visits."""
-    t = _session_groups(con, q)
+    t = _session_groups(con, q, first=True)
     return _order(_aggregate(t, q, returning_sessions=(~t._first).cast("int64").sum()), q)
 
 
@@ -714,19 +822,25 @@ def engagement_time(con: BaseBackend, q: Query) -> ir.Table:
 
 def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
     """Converting journeys of ``q.conversion`` with their first touch's breakdown values."""
-    j = con.table("journeys")
-    j = j.filter((j.conversion == q.conversion) & j.converted)
-    jt = con.table("journey_touches")
-    first = jt.filter(jt.position == 1).select(
-        _journey="journey_id", _session="session_id", **{d: jt[d] for d in SESSION_LEVELS})
-    j = with_device(con, j.left_join(first, j.journey_id == first._journey), q, "_session")
+    def build() -> ir.Table:
+        j = con.table("journeys")
+        j = j.filter((j.conversion == q.conversion) & j.converted)
+        jt = con.table("journey_touches")
+        first = jt.filter(jt.position == 1).select(
+            _journey="journey_id", _session="session_id", **{d: jt[d] for d in SESSION_LEVELS})
+        j = j.select("journey_id", "converted_at", "touches", "days_to_convert")
+        return j.left_join(first, j.journey_id == first._journey)
+
+    j = _once(con, ("converting_journeys", q.conversion), build)
+    j = with_device(con, j, q, "_session")
     return _keyed(j, q, at=j.converted_at,
                   dims=_levels(j, {d: d for d in SESSION_LEVELS}) | _device(j))
 
 
 def _check_conversion(con: BaseBackend, q: Query) -> None:
-    known = sorted(con.table("journeys").select("conversion").distinct()
-                   .to_pyarrow().column(0).to_pylist())
+    known = _once_value(con, "conversions", lambda: sorted(
+        con.table("journeys").select("conversion").distinct().to_pyarrow().column(0)
+        .to_pylist()))
     if q.conversion not in known:
         raise UnknownKPIError(f"conversion type {q.conversion!r}"
                               f"{did_you_mean(q.conversion, known)} has no journeys: the "
@@ -772,8 +886,9 @@ CREDIT_DIMS = DEVICE_DIMS
 
 def _check_model(con: BaseBackend, q: Query) -> None:
     c = con.table("credits")
-    known = sorted(c.filter(c.conversion == q.conversion).select("model").distinct()
-                   .to_pyarrow().column(0).to_pylist())
+    known = _once_value(con, ("models", q.conversion), lambda: sorted(
+        c.filter(c.conversion == q.conversion).select("model").distinct().to_pyarrow()
+        .column(0).to_pylist()))
     if q.model not in known:
         raise UnknownKPIError(f"model {q.model!r}{did_you_mean(q.model, known)} has no stored "
                               f"credits of {q.conversion}: the stored models are "
@@ -786,13 +901,18 @@ def _credited(con: BaseBackend, q: Query) -> ir.Table:
     channel, source… and device (the device category of the credited touch's session)."""
     _check_conversion(con, q)
     _check_model(con, q)
-    c = con.table("credits")
-    c = c.filter((c.conversion == q.conversion) & (c.model == q.model))
-    jt = con.table("journey_touches")
     levels = [d for d in SESSION_LEVELS if d != "channel"]
-    jt = jt.select(_journey="journey_id", _position="position", _session="session_id",
-                   **{f"_{d}": d for d in levels})
-    j = c.left_join(jt, (c.journey_id == jt._journey) & (c.position == jt._position))
+
+    def build() -> ir.Table:
+        c = con.table("credits")
+        c = c.filter((c.conversion == q.conversion) & (c.model == q.model)).select(
+            "journey_id", "position", "channel", "converted_at", "credit", "value")
+        jt = con.table("journey_touches")
+        jt = jt.select(_journey="journey_id", _position="position", _session="session_id",
+                       **{f"_{d}": d for d in levels})
+        return c.left_join(jt, (c.journey_id == jt._journey) & (c.position == jt._position))
+
+    j = _once(con, ("credited", q.conversion, q.model), build)
     j = with_device(con, j, q, "_session")
     dims = _levels(j, {"channel": "channel", **{d: f"_{d}" for d in levels}}) | _device(j)
     return _keyed(j, q, at=j.converted_at, dims=dims)
@@ -942,14 +1062,19 @@ def _purchases(con: BaseBackend, q: Query) -> ir.Table:
     first one (``_first_at``) and acquisition breakdowns (first session's channel…; its
     device when ``by`` asks for it)."""
     _check_conversion(con, q)
-    j = con.table("journeys")
-    j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
-    if q.until is not None:
-        j = j.filter(j.converted_at < ibis.literal(q.until))
-    j = j.mutate(_first_at=j.converted_at.min().over(group_by="unit_id"))
-    f = first_touches(con, q).drop("first_at")
-    t = j.left_join(f, j.unit_id == f.person_id)
-    return t.mutate(**_levels(t, {d: d for d in person_levels(f)}))
+
+    def build() -> ir.Table:
+        j = con.table("journeys")
+        j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
+        if q.until is not None:
+            j = j.filter(j.converted_at < ibis.literal(q.until))
+        j = j.select("unit_id", "converted_at", "value")
+        j = j.mutate(_first_at=j.converted_at.min().over(group_by="unit_id"))
+        f = first_touches(con, q).drop("first_at")
+        t = j.left_join(f, j.unit_id == f.person_id)
+        return t.mutate(**_levels(t, {d: d for d in person_levels(f)}))
+
+    return _once(con, ("purchases", q.conversion, q.until, "device" in q.by), build)
 
 
 def _customers(con: BaseBackend, q: Query) -> ir.Table:
@@ -1103,12 +1228,16 @@ def match_people(con: BaseBackend, t: ir.Table, key: str,
     candidates = ibis.union(*(
         t.select(_key=t[key], _identifier=expr, _rank=ibis.literal(rank))
         for rank, expr in enumerate(identifiers)), distinct=False)
-    ids = con.table("identities").select("identifier", _person="person_id")
-    if "touchpoints" in con.list_tables():
-        tp = con.table("touchpoints")
-        tp = tp.filter(tp.order_id.notnull() & tp.person_id.notnull())
-        ids = ids.union(tp.select(identifier="order:" + tp.order_id, _person=tp.person_id),
-                        distinct=True)
+    def build() -> ir.Table:
+        ids = con.table("identities").select("identifier", _person="person_id")
+        if "touchpoints" in con.list_tables():
+            tp = con.table("touchpoints")
+            tp = tp.filter(tp.order_id.notnull() & tp.person_id.notnull())
+            ids = ids.union(tp.select(identifier="order:" + tp.order_id, _person=tp.person_id),
+                            distinct=True)
+        return ids
+
+    ids = _once(con, "identifiers", build)
     matched = candidates.inner_join(ids, candidates._identifier == ids.identifier)
     matched = matched.mutate(_r=ibis.row_number().over(group_by="_key", order_by="_rank"))
     return matched.filter(matched._r == 0).select("_key", "_person")
@@ -1214,6 +1343,12 @@ wh = touchline.open("duckdb:///touchline.duckdb")
 nps = compute(wh.con, "nps", by=["channel"], period="quarter").to_pandas()
 print(nps[["period", "channel", "answers", "nps", "nps_low", "nps_high"]])
 ```
+
+Many KPIs at once: compute them inside `with computed_once(wh.con):`, as `touchline kpis`
+does. What several KPIs read (each person's first session, the credited touches of a model,
+the converting journeys, the purchases, the identifiers answers and reviews are matched on,
+the sessions' devices) is then computed once, kept in the engine for the block and dropped
+after it, and the input tables are checked once; the figures are the same.
 
 Rules every KPI follows:
 
