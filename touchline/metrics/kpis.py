@@ -516,6 +516,13 @@ SESSION_COLUMNS = ("session_id", "person_id", "started_at", "ended_at", "duratio
                    "pageview_count", "conversion_count", *dict.fromkeys(SESSION_LEVELS.values()))
 
 
+def _is_first_session(s: ir.Table) -> ir.BooleanValue:
+    """Whether each of the sessions ``s`` is its person's first (earliest start, then the
+    smallest session id)."""
+    rank = ibis.row_number().over(group_by="person_id", order_by=["started_at", "session_id"])
+    return rank == 0
+
+
 def _sessions(con: BaseBackend, *, first: bool = False) -> ir.Table:
     """Sessions of known persons (the columns the KPIs read); with ``first``, ``_first``:
     whether it is the person's first session, which a window over every session tells: asked
@@ -526,9 +533,7 @@ def _sessions(con: BaseBackend, *, first: bool = False) -> ir.Table:
     if not first:
         return s
     if _shared(con) is None:
-        rank = ibis.row_number().over(group_by="person_id",
-                                      order_by=["started_at", "session_id"])
-        return s.mutate(_first=rank == 0)
+        return s.mutate(_first=_is_first_session(s))
     f = _first_sessions(con).select(_first_session="_ft_session")
     j = s.left_join(f, s.session_id == f._first_session)
     return j.mutate(_first=j._first_session.notnull()).drop("_first_session")
@@ -540,9 +545,7 @@ def _first_sessions(con: BaseBackend) -> ir.Table:
     def build() -> ir.Table:
         s = con.table("sessions")
         s = s.filter(s.person_id.notnull())
-        rank = ibis.row_number().over(group_by="person_id",
-                                      order_by=["started_at", "session_id"])
-        s = s.filter(rank == 0)
+        s = s.filter(_is_first_session(s))
         return s.select("person_id", first_at=s.started_at, _ft_session=s.session_id,
                         **_levels(s, SESSION_LEVELS))
 
