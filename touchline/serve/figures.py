@@ -414,7 +414,7 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     campaign (:func:`touch_matches`): the KPIs broken down by ``by`` and the filtered levels
     too, then the filtered ones kept; so ``by=campaign`` with a channel lists that channel's
     campaigns, each with its credits and its spend."""
-    from touchline.metrics.kpis import KPIS, _join_key, compute, filled_tables, require
+    from touchline.metrics.kpis import KPIS, compute, filled_tables, require
 
     conversion = resolve_conversion(con, conversion, unit)
     pinned = {d: v for d, v in (("channel", channel), ("campaign", campaign)) if v is not None}
@@ -430,9 +430,7 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
 
     def kept(t: ir.Table) -> ir.Table:
         """The rows of the filtered channel and campaign (one per ``by`` value after it)."""
-        for dim, value in pinned.items():
-            t = t.filter(_join_key(t[dim]) == _join_key(ibis.literal(value)))
-        return t
+        return t.filter(touch_matches(t, channel=channel, campaign=campaign))
     try:
         require(con, KPIS["cpa"], filled=filled)
         has_spend = True
