@@ -49,8 +49,11 @@ def spark_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseBack
         # test tables hold a handful of rows: compiling whole-stage code for each query costs
         # more than running it, and adaptive planning only adds passes; the JVM's optimising
         # compiler (C2) spent more CPU than it saved in a session of many tiny queries (the
-        # Spark prepare tests ran about a quarter faster with C1 only)
+        # Spark prepare tests ran about a quarter faster with C1 only); expressions are
+        # interpreted, not compiled to Java (Janino) for each query: a Spark prepare of the
+        # scenario's rows spent 32-38 s of JVM CPU instead of 46-48 s
         spark_conf={"spark.sql.codegen.wholeStage": "false",
+                    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
                     "spark.sql.adaptive.enabled": "false",
                     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"},
     )
@@ -73,9 +76,9 @@ def _warehouse(request: pytest.FixtureRequest, folder: Path) -> Iterator[BaseBac
     yield backend
     for name in set(backend.list_tables()) - before:
         backend.drop_table(name, force=True)
-    for name in backend._session.catalog.listTables():  # type: ignore[attr-defined]
-        if name.isTemporary and name.name not in before:
-            backend._session.catalog.dropTempView(name.name)  # type: ignore[attr-defined]
+    for row in backend._session.sql("SHOW VIEWS").collect():  # type: ignore[attr-defined]
+        if row.isTemporary and row.viewName not in before:
+            backend._session.catalog.dropTempView(row.viewName)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(params=ENGINES)

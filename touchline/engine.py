@@ -471,9 +471,10 @@ def drop_materialised(con: BaseBackend, name: str) -> None:
 def is_view(con: BaseBackend, name: str) -> bool:
     """Whether ``name`` on ``con`` is a view (on Spark: also a temporary view)."""
     if engine_name(con) == "spark":
-        found = [t for t in con._session.catalog.listTables()  # type: ignore[attr-defined]
-                 if t.name == name]
-        return bool(found) and found[0].tableType in ("VIEW", "TEMPORARY")
+        # SHOW VIEWS, not catalog.listTables(): its rows are SQL rows, decoded without
+        # generated code (listTables' Table objects fail under interpreted expressions)
+        views = con._session.sql("SHOW VIEWS").collect()  # type: ignore[attr-defined]
+        return any(row.viewName == name for row in views)
     row = con.con.execute(  # type: ignore[attr-defined]
         "SELECT table_type FROM information_schema.tables "
         "WHERE table_name = ? AND table_schema = current_schema()", [name]).fetchone()

@@ -217,7 +217,7 @@ def connected_components(con: object, nodes: ir.Table, edges: ir.Table, *,
         new = create(f"{scratch}cc_{tag}_{round_no}", jumped)
         changed = new.inner_join(labels, "node_key").filter(
             new.label != labels.label).count().execute()
-        con.drop_table(labels.get_name(), force=True)  # type: ignore[attr-defined]
+        engine.drop_materialised(con, labels.op().name)  # type: ignore[arg-type]
         labels = new
         log.info("identity: propagation round %d, %d labels changed", round_no, changed)
         if changed == 0:

@@ -187,16 +187,56 @@ def _rebound(expr: ir.Table, rebind: dict[object, object]) -> ir.Table:
     return expr.op().replace(rebind).to_expr()  # type: ignore[arg-type, no-any-return]
 
 
+def _reads(table: ir.Table) -> set[str]:
+    """Names of the stored tables ``table`` reads."""
+    return {node.name for node in table.op().find(ops.DatabaseTable)}
+
+
+class _Pending:
+    """The steps' rejects or audit rows, kept as expressions until they are written.
+
+    Why: each step's rejects stored on their own were a query per step (on Spark a job, the
+    dearest thing in a small run: a third of a prepare's jobs). They stay lazy and are written
+    in one union at the end; only when a checkpoint they read is about to be dropped are the
+    ones reading it stored first, together, in one query.
+    """
+
+    def __init__(self, con: BaseBackend, kind: str, spec: store.TableSpec) -> None:
+        self.con, self.kind, self.spec = con, kind, spec
+        self.parts: list[ir.Table] = []
+
+    def add(self, part: ir.Table) -> None:
+        self.parts.append(_conform(part, self.spec))
+
+    def store_readers_of(self, names: set[str]) -> None:
+        """Store, in one query, the parts that read any of ``names``."""
+        readers = [p for p in self.parts if _reads(p) & names]
+        if not readers:
+            return
+        stored = engine.materialise(
+            self.con, f"{SCRATCH_PREFIX}{self.kind}_{uuid.uuid4().hex[:8]}",
+            ibis.union(*readers, distinct=False))
+        # conformed again: a stored timestamp reads back as timestamp(6), an int64 literal
+        # on Spark as int32, and a union needs equal types
+        self.parts = [p for p in self.parts if not _reads(p) & names] + [
+            _conform(stored, self.spec)]
+
+
 def _drop_unreferenced(con: BaseBackend, checkpoints: list[str],
-                       tables: dict[str, ir.Table]) -> None:
+                       tables: dict[str, ir.Table], pending: Sequence[_Pending]) -> None:
     """Drop stored checkpoints that no working table reads any more.
 
     Why: at 10M+ events each checkpoint holds gigabytes; keeping them all to the end of the run
     made DuckDB spill. A checkpoint stays while any lazy table (``duplicate_evidence``, say)
-    still reads it.
+    still reads it; rejects or audit rows still to be written that read it are stored first.
     """
-    live = {node.name for t in tables.values() for node in t.op().find(ops.DatabaseTable)}
-    for name in [n for n in checkpoints if n not in live]:
+    live = set().union(*(_reads(t) for t in tables.values()))
+    dead = {n for n in checkpoints if n not in live}
+    if not dead:
+        return
+    for rows in pending:
+        rows.store_readers_of(dead)
+    for name in dead:
         checkpoints.remove(name)
         engine.drop_materialised(con, name)
 
@@ -315,8 +355,8 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     tables: dict[str, ir.Table] = {"events": working_events(con.table("events"))}
     if "deals" in existing:
         tables["deals"] = _with_columns(con.table("deals"), store.DEALS)
-    rejected: list[ir.Table] = []
-    audits: list[ir.Table] = []
+    rejected = _Pending(con, "rejects", store.REJECTS)
+    audits = _Pending(con, "audit", store.AUDIT)
     seconds: list[float] = []
     checkpoints: list[str] = []
     persisted: dict[str, str] = {}  # prepared table -> the scratch name it is written under
@@ -343,15 +383,15 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
                 stored = engine.materialise(con, f"{SCRATCH_PREFIX}events_{i}", after)
                 rebind[after.op()] = stored.op()
                 produced["events"] = stored
-                checkpoints.append(stored.get_name())
+                # its bare name: what a query's table nodes are named (DuckDB's get_name()
+                # gives "temp.main.<name>", which matched no reader and dropped nothing)
+                checkpoints.append(stored.op().name)
             if result.rejected is not None:
-                rejected.append(engine.materialise(con, f"{SCRATCH_PREFIX}rejects_{i}", _rebound(
-                    _reject_rows(result.rejected, step.name, ctx), rebind)))
+                rejected.add(_rebound(_reject_rows(result.rejected, step.name, ctx), rebind))
             if result.audit is not None:
-                audits.append(engine.materialise(con, f"{SCRATCH_PREFIX}audit_{i}", _rebound(
-                    _audit_rows(result.audit, step.name, ctx), rebind)))
+                audits.add(_rebound(_audit_rows(result.audit, step.name, ctx), rebind))
             tables.update(produced)
-            _drop_unreferenced(con, checkpoints, tables)
+            _drop_unreferenced(con, checkpoints, tables, (rejected, audits))
             seconds.append(time.perf_counter() - t0)
             log.info("prepare step %s: %.2f s", step.name, seconds[-1])
         tell(len(steps), len(steps), "writing the prepared tables")
@@ -382,19 +422,19 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
                 engine.replace_view(con, spec.name, spec.view(con))
         # every touch has its session (sessions are built from the touches): the view's rows
         counts["touchpoints"] = counts["touches"]
-        # conform each part first: Spark may read an int64 literal column back as int32
-        audit = ibis.union(*(_conform(a, store.AUDIT) for a in audits),
-                           distinct=False) if audits else None
-        if audit is None:
-            con.create_table("audit", schema=store.AUDIT.schema, overwrite=True)
+        # each part conformed (Pending.add): Spark may read an int64 literal column back as
+        # int32
+        if audits.parts:
+            con.create_table("audit", ibis.union(*audits.parts, distinct=False),
+                             overwrite=True)
         else:
-            con.create_table("audit", audit, overwrite=True)
-        _replace_rejects(con, rejected)
+            con.create_table("audit", schema=store.AUDIT.schema, overwrite=True)
+        _replace_rejects(con, rejected.parts)
         by_reason = con.table("rejects")
         by_reason = by_reason.filter(by_reason.ingest_id == ctx.run_id).group_by(
             ["step", "reason_code"]).aggregate(n=ibis._.count()).to_pandas()
         audited = (con.table("audit").group_by("step").aggregate(n=ibis._.count()).to_pandas()
-                   if audits else None)
+                   if audits.parts else None)
     finally:
         for name in con.list_tables():
             if name.startswith(SCRATCH_PREFIX):
