@@ -439,6 +439,8 @@ def _ratio(numerator: ir.NumericValue, denominator: ir.NumericValue) -> ir.Float
 
 
 def _in_window(t: ir.Table, at: ir.Value, q: Query) -> ir.Table:
+    if q.since is None and q.until is None:  # no bound: no filter (less for Ibis to compile)
+        return t
     keep = ibis.literal(True)
     if at.type().is_date():
         if q.since is not None:
@@ -460,7 +462,8 @@ def _keyed(t: ir.Table, q: Query, *, at: ir.Value, dims: Mapping[str, ir.Value])
         keys["period"] = at.truncate(PERIODS[q.period]).cast("date")
     for dim in q.by:
         keys[dim] = dims[dim]
-    return _in_window(t, at, q).mutate(**keys)
+    t = _in_window(t, at, q)
+    return t.mutate(**keys) if keys else t
 
 
 def _aggregate(t: ir.Table, q: Query, **metrics: ir.Scalar) -> ir.Table:
@@ -525,15 +528,13 @@ def _is_first_session(s: ir.Table) -> ir.BooleanValue:
 
 def _sessions(con: BaseBackend, *, first: bool = False) -> ir.Table:
     """Sessions of known persons (the columns the KPIs read); with ``first``, ``_first``:
-    whether it is the person's first session, which a window over every session tells: asked
-    only by the KPIs that need it, and inside :func:`computed_once` read from the first
-    touches, computed once."""
+    whether it is the person's first session, read from the first sessions (asked only by
+    the KPIs that need it): one window over every session however many KPIs read it (a CTE
+    of their union; inside :func:`computed_once`, computed once)."""
     s = con.table("sessions")
     s = s.filter(s.person_id.notnull()).select(*SESSION_COLUMNS)
     if not first:
         return s
-    if _shared(con) is None:
-        return s.mutate(_first=_is_first_session(s))
     f = _first_sessions(con).select(_first_session="_ft_session")
     j = s.left_join(f, s.session_id == f._first_session)
     return j.mutate(_first=j._first_session.notnull()).drop("_first_session")
@@ -559,7 +560,9 @@ def first_touches(con: BaseBackend, q: Query | None = None) -> ir.Table:
     f = _first_sessions(con)
     if q is not None:
         f = with_device(con, f, q, "_ft_session")
-    return f.drop("_ft_session")
+    # a select, not drop(): Ibis shares a select that several KPIs read as one CTE of their
+    # union (the first sessions' window computed once), not a drop
+    return f.select(*(c for c in f.columns if c != "_ft_session"))
 
 
 # ---- awareness ------------------------------------------------------------------------------
@@ -829,7 +832,9 @@ def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
         j = con.table("journeys")
         j = j.filter((j.conversion == q.conversion) & j.converted)
         jt = con.table("journey_touches")
-        first = jt.filter(jt.position == 1).select(
+        # the conversion's journeys only (the view then joins few journeys to their steps)
+        first = jt.filter((jt.position == 1) & (jt.conversion == q.conversion)
+                          & jt.converted).select(
             _journey="journey_id", _session="session_id", **{d: jt[d] for d in SESSION_LEVELS})
         j = j.select("journey_id", "converted_at", "touches", "days_to_convert")
         return j.left_join(first, j.journey_id == first._journey)
