@@ -71,7 +71,7 @@ purchases of $20 on average, the expected value is 6.25 (15.44 + 2 · 20) / (2 �
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
@@ -93,6 +93,7 @@ from touchline.metrics.kpis import (
     _check_conversion,
     _keyed,
     _levels,
+    _once,
     _order,
     _purchases,
     _ratio,
@@ -281,33 +282,75 @@ def _weights(weights: Any, size: int) -> np.ndarray:
     return np.ones(size) if weights is None else np.asarray(weights, dtype=float)
 
 
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values``' distinct values and, per value, the index of its distinct value."""
+    distinct, index = np.unique(values, return_inverse=True)
+    return distinct, index.reshape(values.shape)
+
+
+def bgnbd_likelihood(frequency: Any, recency: Any, age: Any,
+                     weights: Any = None) -> Callable[[Sequence[float]], float]:
+    """The BG/NBD log-likelihood of ``(r, alpha, a, b)`` (module docstring) on these rows,
+    summed weighted by ``weights`` (customers per distinct row), as a function of the
+    parameters, for the optimiser to call a thousand times: the special functions of the
+    purchase counts and the logarithms of the times are taken on their few distinct values
+    (the same numbers as on every row, gathered after)."""
+    x, tx, t_age = (np.asarray(v, dtype=float) for v in (frequency, recency, age))
+    w = _weights(weights, x.size)
+    xs = np.maximum(x, 1.0)  # x = 0 has no dropout term; keep b + x - 1 > 0 for the where
+    repeat = x > 0
+    x_values, x_index = _distinct(x)
+    xs_values = np.maximum(x_values, 1.0)
+    age_values, age_index = _distinct(t_age)
+    recency_values, recency_index = _distinct(tx)
+
+    def log_likelihood(params: Sequence[float]) -> float:
+        r, alpha, a, b = params
+        head = (special.gammaln(r + x_values)[x_index] - special.gammaln(r) + r * np.log(alpha)
+                - special.betaln(a, b))
+        stay = (special.betaln(a, b + x_values)[x_index]
+                - (r + x) * np.log(alpha + age_values)[age_index])
+        leave = np.where(repeat, special.betaln(a + 1.0, b + xs_values - 1.0)[x_index]
+                         - (r + xs) * np.log(alpha + recency_values)[recency_index], -np.inf)
+        return float(np.sum(w * (head + np.logaddexp(stay, leave))))
+
+    return log_likelihood
+
+
 def bgnbd_log_likelihood(params: Sequence[float], frequency: Any, recency: Any, age: Any,
                          weights: Any = None) -> float:
     """The BG/NBD log-likelihood of ``(r, alpha, a, b)`` (module docstring), summed over the
     rows weighted by ``weights`` (customers per distinct row)."""
-    r, alpha, a, b = params
-    x, tx, t_age = (np.asarray(v, dtype=float) for v in (frequency, recency, age))
+    return bgnbd_likelihood(frequency, recency, age, weights)(params)
+
+
+def gamma_gamma_likelihood(frequency: Any, monetary_value: Any,
+                           weights: Any = None) -> Callable[[Sequence[float]], float]:
+    """The Gamma-Gamma log-likelihood of ``(p, q, v)`` (module docstring) over customers with
+    ``frequency`` > 0 and a positive ``monetary_value``, weighted by ``weights``, as a function
+    of the parameters: the logarithms of the data are taken once, the Gamma functions on the
+    distinct purchase counts."""
+    x, m = np.asarray(frequency, dtype=float), np.asarray(monetary_value, dtype=float)
     w = _weights(weights, x.size)
-    head = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha) - special.betaln(a, b)
-    stay = special.betaln(a, b + x) - (r + x) * np.log(alpha + t_age)
-    xs = np.maximum(x, 1.0)
-    leave = np.where(x > 0, special.betaln(a + 1.0, b + xs - 1.0) - (r + xs) * np.log(alpha + tx),
-                     -np.inf)
-    return float(np.sum(w * (head + np.logaddexp(stay, leave))))
+    log_m, log_x, mx = np.log(m), np.log(x), m * x
+    x_values, x_index = _distinct(x)
+
+    def log_likelihood(params: Sequence[float]) -> float:
+        p, q, v = params
+        px, px_values = p * x, p * x_values
+        ll = (special.gammaln(px_values + q)[x_index] - special.gammaln(px_values)[x_index]
+              - special.gammaln(q) + q * np.log(v) + (px - 1.0) * log_m
+              + px * log_x - (px + q) * np.log(v + mx))
+        return float(np.sum(w * ll))
+
+    return log_likelihood
 
 
 def gamma_gamma_log_likelihood(params: Sequence[float], frequency: Any, monetary_value: Any,
                                weights: Any = None) -> float:
     """The Gamma-Gamma log-likelihood of ``(p, q, v)`` (module docstring) over customers with
     ``frequency`` > 0 and a positive ``monetary_value``, weighted by ``weights``."""
-    p, q, v = params
-    x, m = np.asarray(frequency, dtype=float), np.asarray(monetary_value, dtype=float)
-    w = _weights(weights, x.size)
-    px = p * x
-    ll = (special.gammaln(px + q) - special.gammaln(px) - special.gammaln(q) + q * np.log(v)
-          + (px - 1.0) * np.log(m)
-          + px * np.log(x) - (px + q) * np.log(v + m * x))
-    return float(np.sum(w * ll))
+    return gamma_gamma_likelihood(frequency, monetary_value, weights)(params)
 
 
 def _maximise(name: str, log_likelihood: Any, size: int, total: float,
@@ -341,9 +384,8 @@ def fit_bgnbd(frequency: Any, recency: Any, age: Any, weights: Any = None) -> BG
     if not np.any((x > 0) & (w > 0)):
         raise ModelFitError(f"BG/NBD cannot be fitted: none of the {total:,.0f} customers "
                             "bought again (frequency > 0) in the calibration period")
-    r, alpha, a, b = _maximise(
-        "BG/NBD", lambda params: bgnbd_log_likelihood(params, x, recency, age, w), 4, total,
-        f"{total:,.0f} customers")
+    r, alpha, a, b = _maximise("BG/NBD", bgnbd_likelihood(x, recency, age, w), 4, total,
+                               f"{total:,.0f} customers")
     return BGNBD(r=float(r), alpha=float(alpha), a=float(a), b=float(b))
 
 
@@ -360,9 +402,8 @@ def fit_gamma_gamma(frequency: Any, monetary_value: Any, weights: Any = None) ->
                             "of positive value in the calibration period")
     x, m, w = x[keep], m[keep], w[keep]
     total = float(w.sum())
-    p, q, v = _maximise(
-        "Gamma-Gamma", lambda params: gamma_gamma_log_likelihood(params, x, m, w), 3, total,
-        f"{total:,.0f} customers with repeat purchases")
+    p, q, v = _maximise("Gamma-Gamma", gamma_gamma_likelihood(x, m, w), 3, total,
+                        f"{total:,.0f} customers with repeat purchases")
     if q <= 1.0:
         raise ModelFitError(f"the Gamma-Gamma fit gives q = {q:.4g} ≤ 1: the mean "
                             "transaction value p v / (q - 1) is not finite on this data")
@@ -403,8 +444,10 @@ def _last_purchase_day(p: ir.Table) -> date:
 def _fit_days(days: ir.Table, unit: str, until: date) -> CLVFit:
     """Fit both models on a :func:`_rfm_days` table through its distinct rows."""
     divisor = float(_divisor(unit))
+    # sorted: the likelihood's sum, so the fit, is the same whatever order the engine gives
     counts = days.group_by(["frequency", "recency_days", "age_days"]).aggregate(
-        customers=days.count()).to_pandas()
+        customers=days.count()).to_pandas().sort_values(
+        ["frequency", "recency_days", "age_days"], ignore_index=True)
     if counts.empty:
         raise MissingInputError(f"no purchases on or before {until.isoformat()} to fit a CLV "
                                 f"model on: fill them with {_RUN}, or choose a later --until")
@@ -412,7 +455,8 @@ def _fit_days(days: ir.Table, unit: str, until: date) -> CLVFit:
                       counts.age_days / divisor, counts.customers)
     repeat = days.filter(days.frequency > 0)
     values = repeat.group_by(["frequency", "monetary_value"]).aggregate(
-        customers=repeat.count()).to_pandas()
+        customers=repeat.count()).to_pandas().sort_values(
+        ["frequency", "monetary_value"], ignore_index=True)
     spend = fit_gamma_gamma(values.frequency, values.monetary_value, values.customers)
     first_day = int(counts.age_days.max())
     log.info("CLV fit on %d customers: %s, %s", counts.customers.sum(), model, spend)
@@ -518,7 +562,8 @@ def predicted_clv(con: BaseBackend, q: Query) -> ir.Table:
     p = purchases(con, conversion=q.conversion)
     until = (_last_purchase_day(p) if q.until is None
              else (q.until - timedelta(days=1)).date())
-    days = _rfm_days(p, until)
+    # fitted on, then predicted for, the same summary: inside computed_once computed once
+    days = _once(con, ("rfm_days", q.conversion, until), lambda: _rfm_days(p, until))
     per_customer = predict(days, _fit_days(days, UNIT_DEFAULT, until))
     f = first_touches(con, q).drop("first_at")
     t = per_customer.left_join(f, per_customer.customer_id == f.person_id)

@@ -294,11 +294,30 @@ def _query(kpi: KPI, by: Sequence[str], period: str | None, since: date | None,
                  conversion=conversion, settings=settings)
 
 
+#: a view holds a row when the stored table it adds columns to does (every touch has its
+#: session, every journey step its journey and session), so that table is asked: a ``LIMIT 1``
+#: on the view first builds its joins' hash tables (a second at 3M events on DuckDB)
+_ROWS_OF = {"touchpoints": "touches", "journey_touches": "journey_steps"}
+
+
+def _rows_of(con: BaseBackend, name: str) -> ir.Table:
+    """Table ``name``, or for one of the views of :data:`_ROWS_OF` the table its rows come from
+    (a table of the view's name, as tests load, is itself)."""
+    if name in _ROWS_OF and engine.is_view(con, name):
+        return con.table(_ROWS_OF[name])
+    return con.table(name)
+
+
+def _first_row(con: BaseBackend, name: str) -> ir.Table:
+    """At most one row of table ``name`` (of the table its rows come from, for a view)."""
+    return _rows_of(con, name).limit(1)
+
+
 def filled_tables(con: BaseBackend, names: Iterable[str]) -> frozenset[str]:
     """Which of the tables ``names`` exist and hold a row, in one query (a page of many KPIs
     asks once, not once per KPI and table: on Spark each ask is a job)."""
     existing = set(con.list_tables())
-    parts = [con.table(name).limit(1).select(table=ibis.literal(name))
+    parts = [_first_row(con, name).select(table=ibis.literal(name))
              for name in sorted(set(names)) if name in existing]
     if not parts:
         return frozenset()
@@ -320,7 +339,7 @@ def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
     def empty(name: str) -> bool:
         if existing is None:
             return name not in (filled or ())
-        return name not in existing or con.table(name).limit(1).count().execute() == 0
+        return name not in existing or _first_row(con, name).count().execute() == 0
 
     if tables is None and kpi.any_table:
         if all(empty(name) for name in kpi.tables):
@@ -519,18 +538,24 @@ SESSION_COLUMNS = ("session_id", "person_id", "started_at", "ended_at", "duratio
                    "pageview_count", "conversion_count", *dict.fromkeys(SESSION_LEVELS.values()))
 
 
-def _is_first_session(s: ir.Table) -> ir.BooleanValue:
-    """Whether each of the sessions ``s`` is its person's first (earliest start, then the
-    smallest session id)."""
-    rank = ibis.row_number().over(group_by="person_id", order_by=["started_at", "session_id"])
-    return rank == 0
+def _first_of_each_person(s: ir.Table) -> ir.Table:
+    """The sessions of ``s`` that are their person's first: the earliest start, then the
+    smallest session id. Aggregations and joins, not a window ranking every session, which
+    sorts them all (twice the time on DuckDB)."""
+    first_at = s.group_by(_person="person_id").aggregate(_at=s.started_at.min())
+    tied = s.inner_join(first_at, [s.person_id == first_at._person,
+                                   s.started_at == first_at._at])
+    first = tied.group_by(_person="person_id").aggregate(_first=tied.session_id.min())
+    j = s.inner_join(first, s.session_id == first._first)
+    # a select, not drop(): Ibis shares a select that several KPIs read as one CTE of their
+    # union (the first sessions found once), not a drop
+    return j.select(*s.columns)
 
 
 def _sessions(con: BaseBackend, *, first: bool = False) -> ir.Table:
     """Sessions of known persons (the columns the KPIs read); with ``first``, ``_first``:
-    whether it is the person's first session, read from the first sessions (asked only by
-    the KPIs that need it): one window over every session however many KPIs read it (a CTE
-    of their union; inside :func:`computed_once`, computed once)."""
+    whether it is the person's first session (:func:`_first_sessions`, inside
+    :func:`computed_once` computed once), asked only by the KPIs that need it."""
     s = con.table("sessions")
     s = s.filter(s.person_id.notnull()).select(*SESSION_COLUMNS)
     if not first:
@@ -545,8 +570,10 @@ def _first_sessions(con: BaseBackend) -> ir.Table:
     breakdown values; inside :func:`computed_once`, computed once."""
     def build() -> ir.Table:
         s = con.table("sessions")
-        s = s.filter(s.person_id.notnull())
-        s = s.filter(_is_first_session(s))
+        # only the columns read: the sessions are read three times (DuckDB keeps them once)
+        s = s.filter(s.person_id.notnull()).select(
+            "person_id", "started_at", "session_id", *dict.fromkeys(SESSION_LEVELS.values()))
+        s = _first_of_each_person(s)
         return s.select("person_id", first_at=s.started_at, _ft_session=s.session_id,
                         **_levels(s, SESSION_LEVELS))
 
@@ -715,8 +742,8 @@ def reach(con: BaseBackend, q: Query) -> ir.Table:
     sessions in the period, new and returning alike (``new_visitors`` are the first-time
     ones). A person reached by two channels counts once in each, so channels add up to more
     than the whole."""
-    t = _session_groups(con, q)
-    return _order(_aggregate(t, q, reach=t.person_id.nunique().cast("int64")), q)
+    t = _person_sessions(con, q)
+    return _order(_aggregate(t, q, reach=t.count().cast("int64")), q)
 
 
 # ---- consideration --------------------------------------------------------------------------
@@ -726,12 +753,32 @@ def _session_groups(con: BaseBackend, q: Query, *, first: bool = False) -> ir.Ta
     return _keyed(s, q, at=s.started_at, dims=_levels(s, SESSION_LEVELS) | _device(s))
 
 
+def _person_sessions(con: BaseBackend, q: Query, *, first: bool = False) -> ir.Table:
+    """The sessions of each group (``q``'s period and breakdowns) and person: ``_sessions``,
+    ``_pages`` (their page views), ``_engaged`` (engaged ones), ``_seconds`` (their duration)
+    and with ``first`` ``_first`` (1 when the person's first session is among them). The
+    session KPIs sum these, so distinct visitors are rows, not a distinct count over every
+    session; inside :func:`computed_once` the table is computed once for all of them, with
+    ``_first`` (the first sessions are computed once there too)."""
+    first = first or _shared(con) is not None
+
+    def build() -> ir.Table:
+        t = _session_groups(con, q, first=first)
+        return t.group_by([*q.keys, "person_id"]).aggregate(
+            _sessions=t.count().cast("int64"), _pages=t.pageview_count.sum(),
+            _engaged=_engaged(t).cast("int64").sum(),
+            _seconds=t.duration_seconds.fill_null(0.0).sum(),
+            **({"_first": t._first.cast("int64").sum()} if first else {}))
+
+    return _once(con, ("person_sessions", q.by, q.period, q.since, q.until), build)
+
+
 @register("sessions", stage="consideration", unit="sessions", formula="count(sessions)",
           tables=["sessions"], dimensions=DEVICE_DIMS)
 def sessions(con: BaseBackend, q: Query) -> ir.Table:
     """Visits of known persons (every prepared session has one)."""
-    t = _session_groups(con, q)
-    return _order(_aggregate(t, q, sessions=t.count().cast("int64")), q)
+    t = _person_sessions(con, q)
+    return _order(_aggregate(t, q, sessions=t._sessions.sum()), q)
 
 
 @register("returning_visitors", stage="consideration", unit="persons",
@@ -740,9 +787,9 @@ def sessions(con: BaseBackend, q: Query) -> ir.Table:
 def returning_visitors(con: BaseBackend, q: Query) -> ir.Table:
     """People who came back: a person whose first visit was in March and who returned in
     April is new in March and returning in April (and both, in a month with both)."""
-    t = _session_groups(con, q, first=True)
-    return _order(_aggregate(t, q, returning_visitors=ibis.ifelse(
-        t._first, ibis.null("string"), t.person_id).nunique().cast("int64")), q)
+    t = _person_sessions(con, q, first=True)
+    return _order(_aggregate(t, q, returning_visitors=(t._sessions > t._first).cast("int64")
+                             .sum()), q)
 
 
 @register("new_sessions", stage="consideration", unit="sessions",
@@ -750,8 +797,8 @@ def returning_visitors(con: BaseBackend, q: Query) -> ir.Table:
           dimensions=DEVICE_DIMS)
 def new_sessions(con: BaseBackend, q: Query) -> ir.Table:
     """First visits."""
-    t = _session_groups(con, q, first=True)
-    return _order(_aggregate(t, q, new_sessions=t._first.cast("int64").sum()), q)
+    t = _person_sessions(con, q, first=True)
+    return _order(_aggregate(t, q, new_sessions=t._first.sum()), q)
 
 
 @register("returning_sessions", stage="consideration", unit="sessions",
@@ -759,8 +806,8 @@ def new_sessions(con: BaseBackend, q: Query) -> ir.Table:
           dimensions=DEVICE_DIMS)
 def returning_sessions(con: BaseBackend, q: Query) -> ir.Table:
     """Return visits."""
-    t = _session_groups(con, q, first=True)
-    return _order(_aggregate(t, q, returning_sessions=(~t._first).cast("int64").sum()), q)
+    t = _person_sessions(con, q, first=True)
+    return _order(_aggregate(t, q, returning_sessions=(t._sessions - t._first).sum()), q)
 
 
 @register("sessions_per_visitor", stage="consideration", unit="sessions per person",
@@ -768,9 +815,9 @@ def returning_sessions(con: BaseBackend, q: Query) -> ir.Table:
           dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
 def sessions_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
     """Visits per visitor in the group."""
-    t = _session_groups(con, q)
-    return _order(_aggregate(t, q, sessions_per_visitor=_ratio(
-        t.count(), t.person_id.nunique())), q)
+    t = _person_sessions(con, q)
+    return _order(_aggregate(t, q, sessions_per_visitor=_ratio(t._sessions.sum(), t.count())),
+                  q)
 
 
 @register("pages_per_visitor", stage="consideration", unit="page views per person",
@@ -778,9 +825,8 @@ def sessions_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
           dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
 def pages_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
     """Page (and screen) views per visitor."""
-    t = _session_groups(con, q)
-    return _order(_aggregate(t, q, pages_per_visitor=_ratio(
-        t.pageview_count.sum(), t.person_id.nunique())), q)
+    t = _person_sessions(con, q)
+    return _order(_aggregate(t, q, pages_per_visitor=_ratio(t._pages.sum(), t.count())), q)
 
 
 def _engaged(t: ir.Table) -> ir.BooleanValue:
@@ -797,8 +843,8 @@ def engaged_sessions(con: BaseBackend, q: Query) -> ir.Table:
     """GA4's engaged session. The duration is the session's first to last touch (touchline
     has no engagement timer), so a one-page visit of a minute is not engaged unless it holds a
     conversion."""
-    t = _session_groups(con, q)
-    return _order(_aggregate(t, q, engaged_sessions=_engaged(t).cast("int64").sum()), q)
+    t = _person_sessions(con, q)
+    return _order(_aggregate(t, q, engaged_sessions=t._engaged.sum()), q)
 
 
 @register("engagement_rate", stage="consideration", unit="ratio",
@@ -806,9 +852,9 @@ def engaged_sessions(con: BaseBackend, q: Query) -> ir.Table:
           dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
 def engagement_rate(con: BaseBackend, q: Query) -> ir.Table:
     """Share of sessions that were engaged (GA4's engagement rate)."""
-    t = _session_groups(con, q)
-    return _order(_aggregate(t, q, engagement_rate=_ratio(
-        _engaged(t).cast("int64").sum(), t.count())), q)
+    t = _person_sessions(con, q)
+    return _order(_aggregate(t, q, engagement_rate=_ratio(t._engaged.sum(), t._sessions.sum())),
+                  q)
 
 
 @register("engagement_time", stage="consideration", unit="seconds per session",
@@ -820,10 +866,21 @@ def engagement_time(con: BaseBackend, q: Query) -> ir.Table:
     so a session's time is its first to last touch (``duration_seconds``): a one-page visit
     counts 0 s, as in GA4 when the page sends no later event. ``engagement_seconds`` is the
     group's total."""
-    t = _session_groups(con, q)
-    t = _aggregate(t, q, sessions=t.count().cast("int64"),
-                   engagement_seconds=t.duration_seconds.fill_null(0.0).sum())
+    t = _person_sessions(con, q)
+    t = _aggregate(t, q, sessions=t._sessions.sum(), engagement_seconds=t._seconds.sum())
     return _order(t.mutate(engagement_time=_ratio(t.engagement_seconds, t.sessions)), q)
+
+
+def _with_session_levels(con: BaseBackend, t: ir.Table, levels: Iterable[str] = SESSION_LEVELS,
+                         prefix: str = "") -> ir.Table:
+    """``t`` with the breakdown values ``levels`` (as ``prefix`` + name, nulls left null) of
+    its session ``t._session``. The journey KPIs read the steps and sessions, not the
+    ``journey_touches`` view: it joins every step to its journey and session before the KPI
+    keeps the few it needs (most of the credited KPIs' first query)."""
+    s = con.table("sessions")
+    s = s.select(_session_id="session_id",
+                 **{prefix + d: s[SESSION_LEVELS[d]] for d in levels})
+    return t.left_join(s, t._session == s._session_id).drop("_session_id")
 
 
 def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
@@ -831,13 +888,11 @@ def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
     def build() -> ir.Table:
         j = con.table("journeys")
         j = j.filter((j.conversion == q.conversion) & j.converted)
-        jt = con.table("journey_touches")
-        # the conversion's journeys only (the view then joins few journeys to their steps)
-        first = jt.filter((jt.position == 1) & (jt.conversion == q.conversion)
-                          & jt.converted).select(
-            _journey="journey_id", _session="session_id", **{d: jt[d] for d in SESSION_LEVELS})
         j = j.select("journey_id", "converted_at", "touches", "days_to_convert")
-        return j.left_join(first, j.journey_id == first._journey)
+        js = con.table("journey_steps")
+        js = js.filter(js.position == 1).select(_journey="journey_id", _session="session_id")
+        j = j.left_join(js, j.journey_id == js._journey).drop("_journey")
+        return _with_session_levels(con, j)
 
     j = _once(con, ("converting_journeys", q.conversion), build)
     j = with_device(con, j, q, "_session")
@@ -915,10 +970,10 @@ def _credited(con: BaseBackend, q: Query) -> ir.Table:
         c = con.table("credits")
         c = c.filter((c.conversion == q.conversion) & (c.model == q.model)).select(
             "journey_id", "position", "channel", "converted_at", "credit", "value")
-        jt = con.table("journey_touches")
-        jt = jt.select(_journey="journey_id", _position="position", _session="session_id",
-                       **{f"_{d}": d for d in levels})
-        return c.left_join(jt, (c.journey_id == jt._journey) & (c.position == jt._position))
+        js = con.table("journey_steps").select(_journey="journey_id", _position="position",
+                                                 _session="session_id")
+        c = c.left_join(js, (c.journey_id == js._journey) & (c.position == js._position))
+        return _with_session_levels(con, c.drop("_journey", "_position"), levels, "_")
 
     j = _once(con, ("credited", q.conversion, q.model), build)
     j = with_device(con, j, q, "_session")
@@ -1238,7 +1293,11 @@ def match_people(con: BaseBackend, t: ir.Table, key: str,
         for rank, expr in enumerate(identifiers)), distinct=False)
     def build() -> ir.Table:
         ids = con.table("identities").select("identifier", _person="person_id")
-        if "touchpoints" in con.list_tables():
+        # asked first: the touchpoints view joins the touches with orders to every session
+        # even when there are none (a second at 3M events without order ids)
+        touches = _rows_of(con, "touchpoints") if "touchpoints" in con.list_tables() else None
+        if touches is not None and touches.filter(
+                touches.order_id.notnull()).limit(1).count().execute():
             tp = con.table("touchpoints")
             tp = tp.filter(tp.order_id.notnull() & tp.person_id.notnull())
             ids = ids.union(tp.select(identifier="order:" + tp.order_id, _person=tp.person_id),
