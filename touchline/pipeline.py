@@ -31,6 +31,7 @@ from touchline.config import Settings
 from touchline.errors import did_you_mean
 
 if TYPE_CHECKING:
+    import ibis.expr.types as ir
     from ibis.backends import BaseBackend
 
     from touchline.attribution.select import Choice
@@ -78,6 +79,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     from touchline.attribution.registry import lookup
     from touchline.attribution.select import AUTO_MODEL
     from touchline.journeys import write_journeys
+    from touchline.journeys.build import JOURNEY_ROWS
     from touchline.journeys.conversions import conversion_summary, main_conversion
     from touchline.prepare import run_prepare
 
@@ -107,12 +109,18 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     progress(f"journeys of {len(settings.conversions)} conversion types: "
              + ", ".join(c.name for c in settings.conversions))
     start = time.perf_counter()
-    rows = write_journeys(con, settings)
+    # the journeys' touch rows stay for the credits: what they read of journey_touches,
+    # without the view's joins to journeys and sessions
+    rows = write_journeys(con, settings, keep_rows=True)
     seconds["journeys"] = time.perf_counter() - start
     progress(f"credits under {len(settings.attribution_models)} models: "
              + ", ".join(settings.attribution_models))
     start = time.perf_counter()
-    rows["credits"], unplaced, picks, orders = write_credits(con, settings)
+    try:
+        rows["credits"], unplaced, picks, orders = write_credits(
+            con, settings, touches=con.table(JOURNEY_ROWS))
+    finally:
+        engine.drop_materialised(con, JOURNEY_ROWS)
     flagged = flagged_channels(con)
     seconds["credits"] = time.perf_counter() - start
     conversions = conversion_summary(con.table(store.JOURNEYS.name),
@@ -219,7 +227,7 @@ def unknown_events(con: BaseBackend, settings: Settings) -> list[str]:
     return out
 
 
-def write_credits(con: BaseBackend, settings: Settings
+def write_credits(con: BaseBackend, settings: Settings, *, touches: ir.Table | None = None
                   ) -> tuple[int, list[str], dict[str, str], dict[str, str]]:
     """Credit every converting journey touch of every conversion type under each model of
     ``settings.attribution_models`` and store them as ``credits`` (replacing it); return the
@@ -230,7 +238,12 @@ def write_credits(con: BaseBackend, settings: Settings
     type and model (``markov``, ``markov_time_decay``: they take ``settings.markov_order``).
 
     The data-driven models (and ``auto``'s pick) also get bootstrap intervals of their channel
-    credits, ``settings.bootstrap_replicates`` of them, stored as ``credit_intervals``."""
+    credits, ``settings.bootstrap_replicates`` of them, stored as ``credit_intervals``.
+
+    The journey touches are read from the ``journey_touches`` view, or from ``touches`` when
+    given: the rows of :func:`~touchline.journeys.build.journey_rows` that
+    :func:`~touchline.journeys.build.write_journeys` stored them from (``_kept`` marks
+    the stored ones), as ``touchline run`` passes them."""
     from touchline.attribution.calibrated import CALIBRATED, experiment_targets
     from touchline.attribution.intervals import (
         INTERVAL_MODELS,
@@ -268,9 +281,16 @@ def write_credits(con: BaseBackend, settings: Settings
     # the columns journey_pathset reads, computed once (a scratch table, as write_journeys
     # makes): the journey_touches view joins every step to its journey and session, and each
     # conversion type's path set reads it three times (time split, converting, open journeys)
-    view = con.table(store.JOURNEY_TOUCHES.name)
-    touches = engine.materialise(con, _CREDIT_TOUCHES, view.filter(
-        view.conversion.isin(sorted(converted) or [""])).select(*_PATHSET_COLUMNS))
+    wanted = sorted(converted) or [""]
+    scratch = touches is None
+    if scratch:
+        view = con.table(store.JOURNEY_TOUCHES.name)
+        touches = engine.materialise(con, _CREDIT_TOUCHES, view.filter(
+            view.conversion.isin(wanted)).select(*_PATHSET_COLUMNS))
+    else:  # a scratch table already: read as it is, typed as the view types them
+        types = store.JOURNEY_TOUCHES.schema
+        kept = touches.filter(touches._kept & touches.conversion.isin(wanted))
+        touches = kept.select(*(kept[c].cast(types[c]).name(c) for c in _PATHSET_COLUMNS))
     for spec in settings.conversions:
         if spec.name not in converted:  # no pathset of open journeys alone
             continue
@@ -284,6 +304,8 @@ def write_credits(con: BaseBackend, settings: Settings
         # one bootstrap draw shared by every model with intervals (the draw each would make
         # itself: same paths, replicates and seed), made when the first of them needs it
         draws: list[Resamples] = []
+        names: list[str] = []
+        amounts: list[tuple[np.ndarray, np.ndarray]] = []
         for model in settings.attribution_models:
             fitted, params = model, {}
             if model == AUTO_MODEL:
@@ -322,18 +344,27 @@ def write_credits(con: BaseBackend, settings: Settings
                     f"journeys that did not convert ({', '.join(sorted(unplaced))}): `touchline "
                     "attribute` shows them; the stored per-touch credits keep each journey "
                     "whole on its own channels")
-            parts.append(pa.table({
-                "journey_id": converting.column("journey_id"),
-                "position": converting.column("position"),
-                "conversion": pa.array([spec.name] * n),
-                "model": pa.array([model] * n),
-                "channel": converting.column("label"),
-                "touch_at": converting.column("touch_at"),
-                "converted_at": converting.column("converted_at"),
-                "credit": pa.array(np.asarray(credit[:n], float)),
-                "value": pa.array(np.asarray(value[:n], float)),
-            }))
-    engine.drop_materialised(con, _CREDIT_TOUCHES)
+            names.append(model)
+            amounts.append((np.asarray(credit[:n], float), np.asarray(value[:n], float)))
+        # one row per touch and model, a touch's models side by side: its journey id and
+        # other values repeat on consecutive rows, which DuckDB's string compression stores
+        # at half the cost of one model's rows after another's (4.2M rows at 10M events)
+        if not names:
+            continue
+        touch = np.repeat(np.arange(n), len(names))
+        parts.append(pa.table({
+            "journey_id": converting.column("journey_id").take(touch),
+            "position": converting.column("position").take(touch),
+            "conversion": pa.array([spec.name] * len(touch)),
+            "model": pa.array(names * n),
+            "channel": converting.column("label").take(touch),
+            "touch_at": converting.column("touch_at").take(touch),
+            "converted_at": converting.column("converted_at").take(touch),
+            "credit": pa.array(np.column_stack([c for c, _ in amounts]).ravel()),
+            "value": pa.array(np.column_stack([v for _, v in amounts]).ravel()),
+        }))
+    if scratch:
+        engine.drop_materialised(con, _CREDIT_TOUCHES)
     schema = store.CREDITS.schema.to_pyarrow()
     data = (pa.concat_tables([p.cast(schema) for p in parts]) if parts
             else schema.empty_table())

@@ -116,7 +116,17 @@ def navigational_mask(paths: PathSet, navigational: Sequence[str]) -> np.ndarray
 
 
 def effective_journeys(paths: PathSet, navigational: Sequence[str] | None) -> Journeys:
-    """The dense per-path arrays of :class:`Journeys`, vectorised over all touches."""
+    """The dense per-path arrays of :class:`Journeys`, vectorised over all touches; computed
+    once per path set and rule (``auto`` scores four candidates on the same paths, then runs
+    the winner on them): the arrays are read, never written."""
+    key = ("shape:", "effective_journeys",
+           None if navigational is None else tuple(navigational))
+    if key not in paths._cache:
+        paths._cache[key] = _effective_journeys(paths, navigational)
+    return paths._cache[key]  # type: ignore[no-any-return]
+
+
+def _effective_journeys(paths: PathSet, navigational: Sequence[str] | None) -> Journeys:
     n, k = paths.n_paths, paths.n_labels
     dropped = (navigational_mask(paths, navigational) if navigational is not None
                else np.zeros(len(paths.codes), bool))

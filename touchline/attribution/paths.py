@@ -87,7 +87,9 @@ class PathSet:
     ages: np.ndarray | None = None
     later: np.ndarray | None = None
     level: str = "channel"
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: results computed by other modules from the paths alone, not their counts (keys
+    #: starting ``shape:``, kept by :meth:`with_counts`), e.g. the effective journeys
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # ---- construction -----------------------------------------------------------------------
 
@@ -204,7 +206,8 @@ class PathSet:
 
         Arrays that depend only on the paths (positions, lengths, channel sets) are kept.
         """
-        other = replace(self, conversions=conversions, value=value, nulls=nulls, _cache={})
+        other = replace(self, conversions=conversions, value=value, nulls=nulls, _cache={
+            k: v for k, v in self._cache.items() if isinstance(k, tuple) and k[0] == "shape:"})
         for name in _SHAPE_ONLY:
             if name in self.__dict__:
                 other.__dict__[name] = self.__dict__[name]

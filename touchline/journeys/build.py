@@ -35,6 +35,11 @@ from touchline.journeys.conversions import CONVERSION_SCHEMA
 from touchline.store import LEVELS
 
 SECONDS_PER_DAY = 86_400.0
+#: the scratch table of every journey's touch rows (:func:`journey_rows`) that
+#: :func:`write_journeys` computes once; ``keep_rows=True`` leaves it for the caller to read
+#: (``touchline run`` credits its kept touches) and drop
+#: (:func:`~touchline.engine.drop_materialised`)
+JOURNEY_ROWS = "_touchline_journey_rows"
 #: how a journey id is written: ``<conversion>:<unit_id>:<sequence>`` or ``…:open``
 OPEN = "open"
 
@@ -119,11 +124,13 @@ def journey_rows(sessions: ir.Table, conv: ir.Table, spec: ConversionSpec) -> ir
     last = conv.group_by(["unit", "unit_id"]).aggregate(_last_at=conv.converted_at.max())
     # an open journey ends at its unit's last touch: the last of all its touches (the open
     # ones are the latest), an aggregate joined back rather than a window over journey ids
+    # (the unit's last conversion joined to it first: one join of the touches, not two)
     ends = own.group_by(_u="unit", _uid="unit_id").aggregate(_end=own.touch_at.max())
-    o = own.left_join(last, [own.unit == last.unit, own.unit_id == last.unit_id])
+    ends = ends.left_join(last, [ends._u == last.unit, ends._uid == last.unit_id]).select(
+        "_u", "_uid", "_end", "_last_at")
+    o = own.inner_join(ends, [own.unit == ends._u, own.unit_id == ends._uid])
     o = o.filter(o._last_at.isnull() if spec.count == "first"
                  else o._last_at.isnull() | (o.touch_at > o._last_at))
-    o = o.inner_join(ends, [o.unit == ends._u, o.unit_id == ends._uid])
     o = o.mutate(journey_id=ibis.literal(spec.name) + ":" + o.unit_id + ":" + OPEN,
                  conversion=ibis.literal(spec.name), sequence=ibis.null("int64"),
                  converted_at=ibis.null("timestamp"), value=ibis.literal(0.0),
@@ -201,14 +208,17 @@ JOURNEY_TOUCH_ORDER: Sequence[str] = (
 )
 
 
-def write_journeys(con: object, settings: Settings) -> dict[str, int]:
+def write_journeys(con: object, settings: Settings, *, keep_rows: bool = False
+                   ) -> dict[str, int]:
     """Build and store ``stages``, ``journeys`` and ``journey_steps`` (each touch with its
     stage in ``settings.stage_model``; read through the ``journey_touches`` view) for every
     conversion type of ``settings`` with at least one conversion, replacing them whole; return
     the rows written per table.
 
     The conversions and the journeys' touch rows are each computed once into scratch tables
-    (:func:`~touchline.engine.materialise`) that the stored tables are then read from.
+    (:func:`~touchline.engine.materialise`) that the stored tables are then read from; with
+    ``keep_rows`` the touch rows' table (:data:`JOURNEY_ROWS`, the kept touches where
+    ``_kept``) stays for the caller.
     """
     from touchline import engine, store
     from touchline.journeys.conversions import conversion_candidates, find_conversions
@@ -244,7 +254,7 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     parts = [journey_rows(sessions, numbered.filter(numbered.conversion == spec.name), spec)
              for spec in specs or settings.conversions[:1]]
     every = ibis.union(*parts, distinct=False) if specs else parts[0].limit(0)
-    rows = engine.materialise(con, "_touchline_journey_rows", every)  # type: ignore[arg-type]
+    rows = engine.materialise(con, JOURNEY_ROWS, every)  # type: ignore[arg-type]
     written: dict[str, int] = {}
 
     def store_as(spec: store.TableSpec, expr: ir.Table) -> ir.Table:
@@ -259,7 +269,7 @@ def write_journeys(con: object, settings: Settings) -> dict[str, int]:
     store_as(store.JOURNEY_STEPS, stage_at(touches, stages, settings.stage_model))
     engine.replace_view(con, store.JOURNEY_TOUCHES.name,  # type: ignore[arg-type]
                         store.JOURNEY_TOUCHES.view(con))  # type: ignore[misc, arg-type]
-    for scratch in ("_touchline_journey_rows", "_touchline_conversions", "_touchline_found",
-                    "_touchline_candidates"):
+    for scratch in ((() if keep_rows else (JOURNEY_ROWS,))
+                    + ("_touchline_conversions", "_touchline_found", "_touchline_candidates")):
         engine.drop_materialised(con, scratch)  # type: ignore[arg-type]
     return written
