@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -246,16 +247,21 @@ def summarise(by_seed: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _markdown(results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace) -> str:
-    command = "python benchmarks/bench_accuracy.py " + " ".join(args.argv) if args.argv else (
+    command = "python benchmarks/bench_accuracy.py " + shlex.join(args.argv) if args.argv else (
         "python benchmarks/run.py accuracy")
+    data = []
+    if args.gen_seeds:
+        data.append(f"gen_paths: {args.journeys:,} journeys, seeds "
+                    f"{', '.join(map(str, args.gen_seeds))}")
+    if args.sim_seeds:
+        data.append(
+            f"simulator: B2C {args.b2c_people:,} people, B2B {args.b2b_people:,} people in "
+            f"{args.b2b_accounts} accounts, seeds {', '.join(map(str, args.sim_seeds))}"
+            f"{'; true paths and prepared journeys' if args.prepared else '; true paths'}")
     lines = [
         f"## Attribution accuracy against ground truth{args.title}",
         "",
-        f"Command: `{command}` "
-        f"(gen_paths: {args.journeys:,} journeys, seeds {', '.join(map(str, args.gen_seeds))}; "
-        f"simulator: B2C {args.b2c_people:,} people, B2B {args.b2b_people:,} people in "
-        f"{args.b2b_accounts} accounts, seeds {', '.join(map(str, args.sim_seeds))}"
-        f"{'; true paths and prepared journeys' if args.prepared else '; true paths'}). "
+        f"Command: `{command}` ({'; '.join(data)}). "
         "L1 share distance to the true incremental conversions (0 = perfect, 2 = disjoint), "
         "mean ± sd and min–max over seeds; worst channel: largest mean |credit share − truth "
         "share| over seeds; ρ: Spearman rank correlation of channel credits with the truth "
