@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,10 +141,18 @@ def schemas_read_once(con: BaseBackend) -> Iterator[BaseBackend]:
 
     con.to_pyarrow = once(con.to_pyarrow, "arrow")  # type: ignore[method-assign]
     con.execute = once(con.execute, "execute")  # type: ignore[method-assign]
+    con._touchline_read_once = {}  # type: ignore[attr-defined]
     try:
         yield con
     finally:
-        del con.table, con.to_pyarrow, con.execute
+        del con.table, con.to_pyarrow, con.execute, con._touchline_read_once
+
+
+def read_once_memo(con: BaseBackend) -> dict[Hashable, Any] | None:
+    """Inside :func:`schemas_read_once`, a dict that lives as long as the block (a reader
+    keeps there what it built from the block's unchanging tables: the KPIs' shared
+    expressions, built once per page); None outside one."""
+    return vars(con).get("_touchline_read_once")
 
 
 def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:

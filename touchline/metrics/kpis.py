@@ -408,10 +408,18 @@ def _shared(con: BaseBackend) -> _Shared | None:
 
 def _once(con: BaseBackend, key: Hashable, build: Callable[[], ir.Table]) -> ir.Table:
     """``build()``; inside :func:`computed_once`, computed into the engine the first time and
-    that table after."""
+    that table after; else inside :func:`touchline.engine.schemas_read_once` (a dashboard
+    page), built the first time and the same expression after (the KPI page's fifty KPIs
+    built the first sessions, the credits… each time: a quarter of its Python time).
+    ``key`` names everything ``build`` depends on."""
     shared = _shared(con)
     if shared is None:
-        return build()
+        memo = engine.read_once_memo(con)
+        if memo is None:
+            return build()
+        if ("kpi", key) not in memo:
+            memo["kpi", key] = build()
+        return memo["kpi", key]
     if key not in shared.tables:
         name = f"_touchline_kpi_{len(shared.names)}_{uuid.uuid4().hex[:8]}"
         shared.names.append(name)
@@ -770,7 +778,7 @@ def _person_sessions(con: BaseBackend, q: Query, *, first: bool = False) -> ir.T
             _seconds=t.duration_seconds.fill_null(0.0).sum(),
             **({"_first": t._first.cast("int64").sum()} if first else {}))
 
-    return _once(con, ("person_sessions", q.by, q.period, q.since, q.until), build)
+    return _once(con, ("person_sessions", q.by, q.period, q.since, q.until, first), build)
 
 
 @register("sessions", stage="consideration", unit="sessions", formula="count(sessions)",

@@ -46,6 +46,7 @@ from touchline.metrics.kpis import (
     _once_value,
     _order,
     _ratio,
+    _rows_of,
     _sessions,
     register,
     with_device,
@@ -64,6 +65,13 @@ def _page_actions(con: BaseBackend, q: Query, actions: Sequence[str],
     """Page views and ``actions`` events on the pages that carry them (``pattern``, else the
     pages where an action was ever recorded), keyed; ``_view`` and ``_event`` flags."""
     tp = con.table("touchpoints")
+    if not any(dim in SESSION_LEVELS or dim == "device" for dim in q.by):
+        # nothing of the session asked (a headline, by page or period): the stored touches,
+        # not the view that joins each to its session (every touch has its session, so the
+        # join keeps every row; it was a quarter of the KPI page's query)
+        t = _rows_of(con, "touchpoints")
+        tp = t.select("page_path", "type", "event", occurred_at=t.occurred_at if (
+            "occurred_at" in t.columns) else t.timestamp)
     tp = tp.filter(tp.page_path.notnull())
     is_action = (tp.type == "track") & tp.event.isin(list(actions))
     tp = tp.mutate(_view=tp.type.isin(PAGE_TYPES), _action=is_action)
@@ -78,7 +86,8 @@ def _page_actions(con: BaseBackend, q: Query, actions: Sequence[str],
             .to_pylist()))
         tp = tp.filter(tp.page_path.isin(pages))
     tp = with_device(con, tp.filter(tp._view | tp._action), q)
-    dims = {**_levels(tp, SESSION_LEVELS), **_device(tp), "page": tp.page_path}
+    asked = {dim: column for dim, column in SESSION_LEVELS.items() if dim in q.by}
+    dims = {**_levels(tp, asked), **_device(tp), "page": tp.page_path}
     return _keyed(tp, q, at=tp.occurred_at, dims=dims)
 
 

@@ -192,10 +192,15 @@ def units_first_on(con: BaseBackend, device: str | None, unit: str = "person", *
     first session with no web event is on device ``(not set)``."""
     s = con.table("sessions")
     column = s.person_id if unit == "person" else s.account_id
-    s = s.filter(column.notnull()).mutate(_u=column)
-    s = s.mutate(_r=ibis.row_number().over(group_by="_u", order_by=["started_at",
-                                                                   "session_id"]))
-    s = s.filter((s._r == 0) & touch_matches(s, channel=channel, campaign=campaign))
+    s = s.filter(column.notnull()).select("session_id", "started_at", "channel", "campaign",
+                                          _u=column)
+    # each unit's first session by aggregations and joins (the earliest start, then the
+    # smallest id), not a window ranking every session: that sorts them all
+    first_at = s.group_by(_fu="_u").aggregate(_at=s.started_at.min())
+    tied = s.inner_join(first_at, [s._u == first_at._fu, s.started_at == first_at._at])
+    first = tied.group_by(_fu="_u").aggregate(_first=tied.session_id.min())
+    s = s.inner_join(first, s.session_id == first._first)
+    s = s.filter(touch_matches(s, channel=channel, campaign=campaign))
     s = s.select("_u", "session_id")
     if device is None:
         return s.select(unit_id=s._u).distinct()
