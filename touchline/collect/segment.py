@@ -611,26 +611,28 @@ def _mapping_sql() -> str:
 
 _MAPPING_SQL = _mapping_sql()
 
+#: the envelope's fields are read once per batch, before its members are unnested: read after,
+#: every member re-parsed the whole body (~100x the work at 100 messages a batch)
 _EXPLODE_SQL = f"""
 WITH records AS (
     SELECT line, CAST(header AS JSON) AS h, CAST(body AS JSON) AS j FROM batches
-), events AS (
-    SELECT line, h, j, len(json_keys(j)) <> len(list_distinct(json_keys(j))) AS envelope_twice,
-        unnest(json_extract(j, '$.batch[*]')) AS e,
-        generate_subscripts(json_extract(j, '$.batch[*]'), 1) AS position
-    FROM records
-), merged AS (
-    SELECT line, e, position, envelope_twice,
-        json_merge_patch(
-            coalesce(json_extract(j, '$.context'), '{{}}'),
-            coalesce(json_extract(e, '$.context'), '{{}}')
-        ) AS ctx,
+), envelopes AS (
+    SELECT line,
+        len(json_keys(j)) <> len(list_distinct(json_keys(j))) AS envelope_twice,
+        json_extract(j, '$.batch[*]') AS members,
+        coalesce(json_extract(j, '$.context'), '{{}}') AS batch_context,
         json_extract_string(h, '$.ip') AS client_ip,
         json_extract_string(h, '$.receivedAt') AS received_at,
         coalesce(json_extract(h, '$.keepReceivedAt')::BOOLEAN, false) AS keep_received_at,
         json_extract_string(h, '$.writeKey') AS key_name,
         json_extract(j, '$.sentAt') AS batch_sent_at,
         json_extract(j, '$.integrations') AS batch_integrations
+    FROM records
+), events AS (
+    SELECT * EXCLUDE (members), unnest(members) AS e, generate_subscripts(members, 1) AS position
+    FROM envelopes
+), merged AS (
+    SELECT *, json_merge_patch(batch_context, coalesce(json_extract(e, '$.context'), '{{}}')) AS ctx
     FROM events
 )
 SELECT line,
