@@ -85,6 +85,29 @@ def test_live_segment_is_loaded_but_kept_sealed_one_removed(warehouse: Warehouse
     assert warehouse.query("SELECT count(*), count(DISTINCT message_id) FROM events") == [(20, 20)]
 
 
+def test_each_cycle_checks_the_tables_in_one_query_and_recreates_what_is_missing(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Path(warehouse.settings.spool_dir)
+    (spool / "1-999991.seg").write_bytes(_line("first"))
+    initialised: list[bool] = []
+    real_init = store.init
+    monkeypatch.setattr(store, "init", lambda con: initialised.append(True) or real_init(con))
+    warehouse.load()
+    assert initialised == []  # every table and column there: store.init is not run
+    warehouse.query("DROP TABLE spool_offsets")
+    warehouse.query("ALTER TABLE deals DROP COLUMN amount")
+    (spool / "1-999992.seg").write_bytes(_line("second"))
+    warehouse.load()
+    assert initialised == [True]
+    assert warehouse.query(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_name = 'deals' AND column_name = 'amount'"
+    ) == [(1,)]
+    assert warehouse.query("SELECT message_id FROM events ORDER BY 1") == [("first",), ("second",)]
+    assert not list(spool.glob("*.seg"))
+
+
 def test_a_write_cut_off_by_a_crash_becomes_a_reject(warehouse: Warehouse) -> None:
     spool = Path(warehouse.settings.spool_dir)
     segment = spool / "1-999999.seg"  # no live writer holds its lock: sealed
