@@ -6,6 +6,8 @@ import gzip
 from collections.abc import Callable
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies as st
 import orjson
 import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
@@ -444,6 +446,30 @@ def test_json_depth_counts_brackets_outside_strings_as_the_parser_does(value: ob
         return 0
 
     assert json_depth(orjson.dumps(value)) == depth(value)
+
+
+_TRICKY_TEXT = st.text(alphabet='"[]{}\\,: a', max_size=6)
+_JSON_VALUES = st.recursive(
+    st.none() | st.integers(-(2**63), 2**63 - 1) | _TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TRICKY_TEXT, inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(_JSON_VALUES)
+def test_json_depth_equals_the_nesting_of_any_value_with_brackets_quotes_escapes_in_text(
+    value: object,
+) -> None:
+    def depth(v: object) -> int:
+        if isinstance(v, dict):
+            return 1 + max((depth(x) for x in v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max((depth(x) for x in v), default=0)
+        return 0
+
+    assert json_depth(orjson.dumps(value)) == depth(value)
+    assert json_depth(orjson.dumps({"batch": [value, value]})) == 2 + depth(value)
 
 
 def test_rejects_and_the_spool_never_keep_a_write_key_or_a_full_ip(
