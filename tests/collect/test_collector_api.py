@@ -17,6 +17,8 @@ from touchline.collect.segment import (
     MAX_BATCH_BYTES,
     MAX_EVENT_BYTES,
     MAX_JSON_DEPTH,
+    check_message,
+    fast_batch,
     json_depth,
 )
 from touchline.store import REJECT_RAW_MAX_CHARS
@@ -446,6 +448,30 @@ def test_json_depth_counts_brackets_outside_strings_as_the_parser_does(value: ob
         return 0
 
     assert json_depth(orjson.dumps(value)) == depth(value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fast"),
+    [
+        ("properties", {"a": {"b": [1, None]}}, True),
+        ("context", {}, True),
+        ("traits", None, True),
+        ("properties", [1], False),
+        ("context", "x", False),
+        ("integrations", 3, False),
+        ("messageId", "", False),
+        ("timestamp", "", False),
+        ("timestamp", "2025-03-01T10:00:00Z", True),
+        ("sentAt", "yesterday", False),
+    ],
+)
+def test_the_fast_batch_path_takes_objects_and_times_only_and_leaves_the_rest_to_the_checks(
+    field: str, value: object, fast: bool
+) -> None:
+    message = {"type": "track", "event": "e", "anonymousId": "a", field: value}
+    assert (fast_batch(orjson.dumps({"batch": [message]})) is not None) is fast
+    # whichever path it takes, the per-message check agrees on whether the message is valid
+    assert (check_message(message) is None) is fast
 
 
 _TRICKY_TEXT = st.text(alphabet='"[]{}\\,: a', max_size=6)

@@ -199,6 +199,11 @@ def _first_problem(message: Any, expected_type: str | None) -> Problem | None:
     return None
 
 
+class _AnyObject(msgspec.Struct):
+    """Any JSON object: checked to be one, its members skipped, not built (the fast path
+    only needs to know that ``properties`` and the like are objects)."""
+
+
 class _FastMessage(msgspec.Struct):
     """The common message shapes, validated in C; anything else takes the detailed path."""
 
@@ -211,16 +216,16 @@ class _FastMessage(msgspec.Struct):
     originalTimestamp: str | None = None
     sentAt: str | None = None
     receivedAt: str | None = None  # kept only from an import key; checked for everyone
-    properties: dict[str, Any] | None = None
-    traits: dict[str, Any] | None = None
-    context: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
+    properties: _AnyObject | None = None
+    traits: _AnyObject | None = None
+    context: _AnyObject | None = None
+    integrations: _AnyObject | None = None
 
 
 class _FastBatch(msgspec.Struct):
     batch: list[_FastMessage]
-    context: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
+    context: _AnyObject | None = None
+    integrations: _AnyObject | None = None
     sentAt: str | None = None
     writeKey: str | None = None
 
@@ -249,13 +254,21 @@ def fast_batch(body: bytes) -> FastBatch | None:
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     for m in decoded.batch:
-        if not (m.anonymousId or m.userId) or (m.type == "track" and not m.event):
+        if (
+            not (m.anonymousId or m.userId)
+            or (m.type == "track" and not m.event)
+            or m.messageId == ""
+        ):
             return None
-        if m.messageId == "":
+        if (
+            m.timestamp is not None or m.originalTimestamp is not None
+            or m.sentAt is not None or m.receivedAt is not None
+        ) and not all(
+            _is_timestamp(value)
+            for value in (m.timestamp, m.originalTimestamp, m.sentAt, m.receivedAt)
+            if value is not None
+        ):
             return None
-        for value in (m.timestamp, m.originalTimestamp, m.sentAt, m.receivedAt):
-            if value is not None and not _is_timestamp(value):
-                return None
     if decoded.sentAt is not None and not _is_timestamp(decoded.sentAt):
         return None
     return FastBatch(len(decoded.batch), decoded.writeKey)
