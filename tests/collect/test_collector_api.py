@@ -18,8 +18,11 @@ from touchline.collect.segment import (
     MAX_EVENT_BYTES,
     MAX_JSON_DEPTH,
     check_message,
+    decode_marking_repeats,
     fast_batch,
     json_depth,
+    may_repeat_key,
+    repeated_key,
 )
 from touchline.store import REJECT_RAW_MAX_CHARS
 
@@ -496,6 +499,37 @@ def test_json_depth_equals_the_nesting_of_any_value_with_brackets_quotes_escapes
 
     assert json_depth(orjson.dumps(value)) == depth(value)
     assert json_depth(orjson.dumps({"batch": [value, value]})) == 2 + depth(value)
+
+
+_KEYS = st.sampled_from(["a", "b", "é", "context", "page", "properties", 'q"', "\\u0061"])
+_PAIRS = st.recursive(
+    st.lists(st.tuples(_KEYS, st.sampled_from(["1", '"a"', '"b"', "null"])), max_size=4),
+    lambda inner: st.lists(st.tuples(_KEYS, inner), max_size=4),
+    max_leaves=12,
+)
+
+
+def _object_text(pairs: object) -> bytes:
+    """JSON text of an object given as (key, value) pairs: a key may repeat, as on the wire."""
+    if isinstance(pairs, str):
+        return pairs.encode()
+    assert isinstance(pairs, list)
+    # "\\u0061" stands for the key "a" spelled with an escape
+    keys = [b'"\\u0061"' if key == "\\u0061" else orjson.dumps(key) for key, _ in pairs]
+    values = [_object_text(value) for _, value in pairs]
+    return b"{" + b",".join(k + b":" + v for k, v in zip(keys, values, strict=True)) + b"}"
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(_PAIRS, _PAIRS, _PAIRS)
+def test_the_second_parse_is_skipped_only_when_no_read_object_repeats_a_key(
+    root: list[tuple[str, object]], context: list[tuple[str, object]],
+    properties: list[tuple[str, object]],
+) -> None:
+    raw = _object_text([*root, ("context", context), ("properties", properties)])
+    if may_repeat_key(raw, orjson.loads(raw)):
+        return
+    assert repeated_key(decode_marking_repeats(raw)) is None
 
 
 def test_rejects_and_the_spool_never_keep_a_write_key_or_a_full_ip(

@@ -443,6 +443,32 @@ def decode_marking_repeats(body: bytes) -> Any:
         return None
 
 
+_READ_PARTS = tuple(tuple(path.removeprefix("$").split(".")[1:]) for path in READ_OBJECTS)
+
+
+def may_repeat_key(body: bytes, message: Any) -> bool:
+    """Whether an object of :data:`READ_OBJECTS` in ``message`` (``body`` as orjson decoded
+    it) might hold a key twice; ``False`` only when none can, so the second parse
+    (:func:`decode_marking_repeats`, ~10x the cost of the first) is spared.
+
+    Each of those objects' keys (its last copy survives the parse) must occur once, quoted,
+    in the whole text: a key written twice is there twice. A text with a backslash may spell
+    one key two ways (``"a"``, ``"\\u0061"``) and always takes the second parse; a key that
+    also appears elsewhere (as a value, in another object) only costs the second parse.
+    """
+    if b"\\" in body or message.__class__ is not dict:
+        return True
+    for parts in _READ_PARTS:
+        node = message
+        for part in parts:
+            node = node.get(part) if node.__class__ is dict else None
+        if node.__class__ is dict:
+            for key in node:
+                if body.count(b'"' + key.encode() + b'"') > 1:
+                    return True
+    return False
+
+
 def repeated_keys(node: Any) -> tuple[str, ...]:
     """The keys an object decoded by :func:`decode_marking_repeats` holds more than once."""
     return node.repeated if isinstance(node, _Repeated) else ()
