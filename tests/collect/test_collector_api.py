@@ -6,6 +6,8 @@ import gzip
 from collections.abc import Callable
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies as st
 import orjson
 import pytest
 from collector_kit import LiveCollector, Warehouse, make_settings, make_warehouse
@@ -15,7 +17,12 @@ from touchline.collect.segment import (
     MAX_BATCH_BYTES,
     MAX_EVENT_BYTES,
     MAX_JSON_DEPTH,
+    check_message,
+    decode_marking_repeats,
+    fast_batch,
     json_depth,
+    may_repeat_key,
+    repeated_key,
 )
 from touchline.store import REJECT_RAW_MAX_CHARS
 
@@ -444,6 +451,85 @@ def test_json_depth_counts_brackets_outside_strings_as_the_parser_does(value: ob
         return 0
 
     assert json_depth(orjson.dumps(value)) == depth(value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fast"),
+    [
+        ("properties", {"a": {"b": [1, None]}}, True),
+        ("context", {}, True),
+        ("traits", None, True),
+        ("properties", [1], False),
+        ("context", "x", False),
+        ("integrations", 3, False),
+        ("messageId", "", False),
+        ("timestamp", "", False),
+        ("timestamp", "2025-03-01T10:00:00Z", True),
+        ("sentAt", "yesterday", False),
+    ],
+)
+def test_the_fast_batch_path_takes_objects_and_times_only_and_leaves_the_rest_to_the_checks(
+    field: str, value: object, fast: bool
+) -> None:
+    message = {"type": "track", "event": "e", "anonymousId": "a", field: value}
+    assert (fast_batch(orjson.dumps({"batch": [message]})) is not None) is fast
+    # whichever path it takes, the per-message check agrees on whether the message is valid
+    assert (check_message(message) is None) is fast
+
+
+_TRICKY_TEXT = st.text(alphabet='"[]{}\\,: a', max_size=6)
+_JSON_VALUES = st.recursive(
+    st.none() | st.integers(-(2**63), 2**63 - 1) | _TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TRICKY_TEXT, inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(_JSON_VALUES)
+def test_json_depth_equals_the_nesting_of_any_value_with_brackets_quotes_escapes_in_text(
+    value: object,
+) -> None:
+    def depth(v: object) -> int:
+        if isinstance(v, dict):
+            return 1 + max((depth(x) for x in v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max((depth(x) for x in v), default=0)
+        return 0
+
+    assert json_depth(orjson.dumps(value)) == depth(value)
+    assert json_depth(orjson.dumps({"batch": [value, value]})) == 2 + depth(value)
+
+
+_KEYS = st.sampled_from(["a", "b", "é", "context", "page", "properties", 'q"', "\\u0061"])
+_PAIRS = st.recursive(
+    st.lists(st.tuples(_KEYS, st.sampled_from(["1", '"a"', '"b"', "null"])), max_size=4),
+    lambda inner: st.lists(st.tuples(_KEYS, inner), max_size=4),
+    max_leaves=12,
+)
+
+
+def _object_text(pairs: object) -> bytes:
+    """JSON text of an object given as (key, value) pairs: a key may repeat, as on the wire."""
+    if isinstance(pairs, str):
+        return pairs.encode()
+    assert isinstance(pairs, list)
+    # "\\u0061" stands for the key "a" spelled with an escape
+    keys = [b'"\\u0061"' if key == "\\u0061" else orjson.dumps(key) for key, _ in pairs]
+    values = [_object_text(value) for _, value in pairs]
+    return b"{" + b",".join(k + b":" + v for k, v in zip(keys, values, strict=True)) + b"}"
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(_PAIRS, _PAIRS, _PAIRS)
+def test_the_second_parse_is_skipped_only_when_no_read_object_repeats_a_key(
+    root: list[tuple[str, object]], context: list[tuple[str, object]],
+    properties: list[tuple[str, object]],
+) -> None:
+    raw = _object_text([*root, ("context", context), ("properties", properties)])
+    if may_repeat_key(raw, orjson.loads(raw)):
+        return
+    assert repeated_key(decode_marking_repeats(raw)) is None
 
 
 def test_rejects_and_the_spool_never_keep_a_write_key_or_a_full_ip(

@@ -85,6 +85,29 @@ def test_live_segment_is_loaded_but_kept_sealed_one_removed(warehouse: Warehouse
     assert warehouse.query("SELECT count(*), count(DISTINCT message_id) FROM events") == [(20, 20)]
 
 
+def test_each_cycle_checks_the_tables_in_one_query_and_recreates_what_is_missing(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Path(warehouse.settings.spool_dir)
+    (spool / "1-999991.seg").write_bytes(_line("first"))
+    initialised: list[bool] = []
+    real_init = store.init
+    monkeypatch.setattr(store, "init", lambda con: initialised.append(True) or real_init(con))
+    warehouse.load()
+    assert initialised == []  # every table and column there: store.init is not run
+    warehouse.query("DROP TABLE spool_offsets")
+    warehouse.query("ALTER TABLE deals DROP COLUMN amount")
+    (spool / "1-999992.seg").write_bytes(_line("second"))
+    warehouse.load()
+    assert initialised == [True]
+    assert warehouse.query(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_name = 'deals' AND column_name = 'amount'"
+    ) == [(1,)]
+    assert warehouse.query("SELECT message_id FROM events ORDER BY 1") == [("first",), ("second",)]
+    assert not list(spool.glob("*.seg"))
+
+
 def test_a_write_cut_off_by_a_crash_becomes_a_reject(warehouse: Warehouse) -> None:
     spool = Path(warehouse.settings.spool_dir)
     segment = spool / "1-999999.seg"  # no live writer holds its lock: sealed
@@ -203,3 +226,53 @@ def test_duplicate_rejects_are_built_in_the_engine_as_the_python_builder_built_t
     assert got == [tuple(row.values()) for row in expected]
     assert len({row[0] for row in got}) == 3
     assert warehouse.query("SELECT count(*) FROM events") == [(4,)]
+
+
+def test_exploded_batches_each_take_their_own_envelope() -> None:
+    """Each member is stamped from its own batch's header and envelope (context merged under
+    the member's own, sentAt and integrations as defaults), never a neighbour's."""
+    from touchline.collect.segment import explode_batches
+
+    bodies = [
+        {"batch": [{"type": "page", "anonymousId": "a"},
+                   {"type": "page", "anonymousId": "b",
+                    "context": {"locale": "fr", "ip": "9.9.9.9"},
+                    "sentAt": "2025-01-01T00:00:00Z"}],
+         "context": {"locale": "en", "app": "one"}, "sentAt": "2025-03-01T10:00:00Z",
+         "integrations": {"All": False}},
+        {"batch": [{"type": "page", "anonymousId": "c", "messageId": "own"}],
+         "context": {"app": "two"}},
+        {"batch": [{"type": "page", "anonymousId": "d"}], "context": {"app": "x"},
+         "context ": 1},
+    ]
+    headers = [
+        {"receivedAt": "2025-03-01T10:00:01Z", "writeKey": "web", "keepReceivedAt": False,
+         "ip": "10.0.0.0"},
+        {"receivedAt": "2025-03-02T10:00:01Z", "writeKey": "app", "keepReceivedAt": False,
+         "ip": None},
+        {"receivedAt": "2025-03-03T10:00:01Z", "writeKey": "web", "keepReceivedAt": False,
+         "ip": "10.0.0.3"},
+    ]
+    raw_third = orjson.dumps(bodies[2]).replace(b'"context ":1', b'"context":{"app":"y"}')
+    table = pa.table({
+        "line": pa.array([1, 2, 3], pa.int64()),
+        "header": [orjson.dumps(h).decode() for h in headers],
+        "body": [orjson.dumps(bodies[0]).decode(), orjson.dumps(bodies[1]).decode(),
+                 raw_third.decode()],
+    })
+    kept, refused = explode_batches(table, origin="chunk")
+    members = [(line, orjson.loads(raw)) for line, raw in zip(
+        kept["line"].to_pylist(), kept["raw"].to_pylist(), strict=True)]
+    members.sort(key=lambda m: (m[0], m[1]["anonymousId"]))
+    assert [(line, m["anonymousId"], m["context"], m.get("sentAt"), m.get("integrations"),
+             m["receivedAt"], m["writeKey"]) for line, m in members] == [
+        (1, "a", {"locale": "en", "app": "one", "ip": "10.0.0.0"}, "2025-03-01T10:00:00Z",
+         {"All": False}, "2025-03-01T10:00:01Z", "web"),
+        (1, "b", {"locale": "fr", "app": "one", "ip": "9.9.9.9"}, "2025-01-01T00:00:00Z",
+         {"All": False}, "2025-03-01T10:00:01Z", "web"),
+        (2, "c", {"app": "two"}, None, None, "2025-03-02T10:00:01Z", "app"),
+    ]
+    assert members[2][1]["messageId"] == "own"
+    assert members[0][1]["messageId"].startswith("srv-")
+    assert (refused["line"].to_pylist(), refused["refused"].to_pylist()) == (
+        [3], ["duplicate_key"])

@@ -547,8 +547,11 @@ class Collector:
                 f"a message may be at most {MAX_EVENT_BYTES} bytes; this one is {len(raw)}",
             )
         # first: the other checks saw only the last copy of a repeated key
-        problem = segment.repeated_key(segment.decode_marking_repeats(raw)) or (
-            segment.check_message(body, expected_type=kind, keep_received_at=key.kind == "import")
+        problem = (
+            segment.repeated_key(segment.decode_marking_repeats(raw))
+            if segment.may_repeat_key(raw, body) else None
+        ) or segment.check_message(
+            body, expected_type=kind, keep_received_at=key.kind == "import"
         )
         if problem is not None:
             self.stats["invalid"] += 1
