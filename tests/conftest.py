@@ -22,22 +22,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 ENGINES = [pytest.param("duckdb"), pytest.param("spark", marks=pytest.mark.spark)]
 
 
-#: a test session runs thousands of tiny Spark queries. Spark's status store keeps the last
-#: 1,000 jobs and SQL executions (each with its plan's text, long for Ibis's queries) and
-#: 100,000 tasks even with the UI off; with the driver's default 1 GB heap a long session's
-#: JVM spent 16 % of its CPU collecting garbage (87 full collections in 27 min of the Spark
-#: tests). Only the status tracker reads them, and the tests ask it nothing. The planner's
-#: runtime filters and dynamic partition pruning never apply to a dozen rows in unpartitioned
-#: tables; skipping their checks only saves planning. The scenario's Spark prepare, three
-#: runs in one fresh session each way: JVM CPU 28.6-28.9 s against 29.6-31.4 s.
-SPARK_TEST_CONF = {"spark.driver.memory": "2g",
-                   "spark.ui.retainedJobs": "100", "spark.ui.retainedStages": "100",
-                   "spark.ui.retainedTasks": "1000", "spark.sql.ui.retainedExecutions": "50",
-                   "spark.sql.optimizer.dynamicPartitionPruning.enabled": "false",
-                   "spark.sql.optimizer.runtime.bloomFilter.enabled": "false",
-                   "spark.sql.optimizer.runtimeFilter.semiJoinReduction.enabled": "false"}
-
-
 def _spark_missing() -> str | None:
     try:
         import pyspark  # noqa: F401
@@ -71,8 +55,7 @@ def spark_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseBack
         spark_conf={"spark.sql.codegen.wholeStage": "false",
                     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
                     "spark.sql.adaptive.enabled": "false",
-                    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
-                    **SPARK_TEST_CONF},
+                    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"},
     )
     backend = engine.connect(settings=settings)
     yield backend
