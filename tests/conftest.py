@@ -134,6 +134,22 @@ def shared_data() -> Path:
 
 
 
+#: the fixtures whose ``spark`` parameter is the Spark variant of a test
+ENGINE_FIXTURES = ("con", "module_con")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked ``@pytest.mark.duckdb_only(reason=...)`` that still reaches ``con`` or
+    ``module_con`` (through a fixture built on them, say) runs on DuckDB alone: its Spark
+    variant is skipped with the mark's reason, before any Spark session starts."""
+    for item in items:
+        mark = item.get_closest_marker("duckdb_only")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if mark is not None and any(params.get(f) == "spark" for f in ENGINE_FIXTURES):
+            reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"DuckDB only: {reason}"))
+
+
 def _files_with_module_fixtures(root: Path) -> set[str]:
     """Test files (node-id paths) that define a fixture made once per module."""
     return {str(path.relative_to(root)) for path in (root / "tests").rglob("test_*.py")

@@ -158,3 +158,18 @@ def test_duckdb_only_tests_say_why_and_table_tests_run_on_both_engines() -> None
             if mark is not None and "con" in args:
                 wrong.append(f"{where} runs on con but is marked duckdb_only")
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.fixture
+def engine_under_test(con: object) -> str:
+    from touchline import engine
+
+    return engine.engine_name(con)  # type: ignore[arg-type]
+
+
+@pytest.mark.duckdb_only(reason="checks that the mark keeps a test reaching con (through a "
+                         "fixture) off Spark")
+def test_a_duckdb_only_test_reaching_con_runs_on_duckdb_alone(engine_under_test: str) -> None:
+    # its Spark variant is collected and skipped by tests/conftest.py with the mark's reason;
+    # without that it would run here and fail
+    assert engine_under_test == "duckdb"

@@ -116,7 +116,7 @@ def _mentions(con: BaseBackend, tokens: list[str], phone: str) -> dict[str, int]
     """Rows per stored table with a string column naming one of ``tokens`` (any case) or
     the phone number ``phone`` (digits, any spacing)."""
     pattern = "[^0-9]{0,3}".join(phone)
-    found = {}
+    counts = []
     for spec in store.TABLES.values():
         if spec.view is not None:
             continue
@@ -125,10 +125,11 @@ def _mentions(con: BaseBackend, tokens: list[str], phone: str) -> dict[str, int]
                 for c in spec.columns if c.dtype.is_string() for tok in tokens]
         hits += [t[c.name].re_search(pattern) for c in spec.columns if c.dtype.is_string()]
         hit = ibis.or_(*(h.fill_null(False) for h in hits))
-        count = int(t.filter(hit).count().execute())
-        if count:
-            found[spec.name] = count
-    return found
+        counts.append(t.filter(hit).aggregate(n=ibis._.count().cast("int64")).mutate(
+            table=ibis.literal(spec.name)))
+    # one query for every table (on Spark one job, not one per table)
+    found = ibis.union(*counts, distinct=False).to_pandas()
+    return {str(r.table): int(r.n) for r in found.itertuples() if r.n}
 
 
 def _john_tokens(con: BaseBackend) -> list[str]:

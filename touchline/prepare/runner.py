@@ -333,6 +333,15 @@ def _replace_rejects(con: BaseBackend, parts: list[ir.Table]) -> None:
     con.create_table("rejects", every, overwrite=True)
 
 
+def _row_counts(con: BaseBackend, names: Sequence[str]) -> dict[str, int]:
+    """Rows of each written table ``names``, in one query (on Spark one job, not one a table)."""
+    parts = [con.table(name).aggregate(n=ibis._.count().cast("int64")).mutate(
+        name=ibis.literal(name)) for name in names]
+    got = ibis.union(*parts, distinct=False).to_pyarrow().to_pydict()
+    found = dict(zip(got["name"], got["n"], strict=True))
+    return {name: int(found[name]) for name in names}
+
+
 #: told ``(steps done, steps in all, what runs now)`` before each step and before the writes
 StepProgress = Callable[[int, int, str], None]
 
@@ -403,20 +412,18 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
             previous = engine.materialise(con, f"{SCRATCH_PREFIX}previous_channels",
                                           con.table("sessions").select(
                                               "device_id", "started_at", "channel"))
-        counts: dict[str, int] = {}
         written_as: dict[object, object] = {}
         for name, expr in out.items():
             # in order: persons read the written sessions, accounts the written persons,
             # not the joins again
             written = con.create_table(name, _rebound(expr, written_as), overwrite=True)
             written_as[expr.op()] = written.op()
-            counts[name] = int(written.count().execute())
         changes = _channel_changes(previous, con.table("sessions"))
         # last, once nothing reads them under their scratch names any more
         for name, scratch in persisted.items():
             engine.drop_any(con, name)
             engine.rename_table(con, scratch, name)
-            counts[name] = int(con.table(name).count().execute())
+        counts = _row_counts(con, [*out, *persisted])
         for spec in store.PREPARED:
             if spec.view is not None:
                 engine.replace_view(con, spec.name, spec.view(con))
