@@ -438,19 +438,21 @@ def test_nesting_up_to_the_limit_is_accepted(collector: LiveCollector) -> None:
     assert collector.warehouse.query("SELECT event FROM events") == [("Deep",)]
 
 
+def _nesting(value: object) -> int:
+    """The JSON nesting depth of a Python value, recursively: what json_depth must count."""
+    if isinstance(value, dict):
+        return 1 + max((_nesting(x) for x in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_nesting(x) for x in value), default=0)
+    return 0
+
+
 @pytest.mark.parametrize(
     "value",
     [{"a": '[[{"x'}, ["}", "]]", '\\"[['], {"k\\\\\"": [[{"v": "\\\\"}]]}, 1, "x", [[], [[[]]]]],
 )
 def test_json_depth_counts_brackets_outside_strings_as_the_parser_does(value: object) -> None:
-    def depth(v: object) -> int:
-        if isinstance(v, dict):
-            return 1 + max((depth(x) for x in v.values()), default=0)
-        if isinstance(v, list):
-            return 1 + max((depth(x) for x in v), default=0)
-        return 0
-
-    assert json_depth(orjson.dumps(value)) == depth(value)
+    assert json_depth(orjson.dumps(value)) == _nesting(value)
 
 
 @pytest.mark.parametrize(
@@ -490,15 +492,8 @@ _JSON_VALUES = st.recursive(
 def test_json_depth_equals_the_nesting_of_any_value_with_brackets_quotes_escapes_in_text(
     value: object,
 ) -> None:
-    def depth(v: object) -> int:
-        if isinstance(v, dict):
-            return 1 + max((depth(x) for x in v.values()), default=0)
-        if isinstance(v, list):
-            return 1 + max((depth(x) for x in v), default=0)
-        return 0
-
-    assert json_depth(orjson.dumps(value)) == depth(value)
-    assert json_depth(orjson.dumps({"batch": [value, value]})) == 2 + depth(value)
+    assert json_depth(orjson.dumps(value)) == _nesting(value)
+    assert json_depth(orjson.dumps({"batch": [value, value]})) == 2 + _nesting(value)
 
 
 _KEYS = st.sampled_from(["a", "b", "é", "context", "page", "properties", 'q"', "\\u0061"])
