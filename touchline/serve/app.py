@@ -28,6 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -85,22 +86,40 @@ SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model", "unit"
 
 @dataclass(frozen=True)
 class Page:
-    """A dashboard page: its path, title and the charts it draws."""
+    """A dashboard page: its path, title and the charts it draws.
+
+    ``lanes``: the charts drawn side by side, each group one after another on a connection
+    of its own (:func:`touchline.engine.side_by_side`; by default all on one): while one
+    lane's query runs in the engine, the other builds and compiles its next. Charts that ask
+    the same query share a lane (a lane keeps the answers of its own connection only).
+    ``shared``: the charts read the same KPI intermediates (each person's first session, the
+    answers and reviews matched to people, the purchases), computed once for the page and
+    kept in memory (:func:`touchline.metrics.kpis.computed_once`), not once per chart."""
 
     name: str
     path: str
     title: str
     charts: tuple[str, ...]
+    lanes: tuple[tuple[str, ...], ...] = ()
+    shared: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lanes and sorted(c for lane in self.lanes for c in lane) != sorted(
+                self.charts):
+            raise ValueError(f"page {self.name!r}: its lanes {self.lanes} do not hold each "
+                             f"of its charts {self.charts} once")
 
 
 PAGES = {p.name: p for p in (
     Page("overview", "/", "Overview", ("overview",)),
     Page("channels", "/channels", "Channels", ("channels",)),
     Page("models", "/models", "Model comparison", ("models", "model_ranking")),
-    Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel")),
+    # the stage timeline and the funnel keep the same segment of units (one query)
+    Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel"),
+         lanes=(("journey_map",), ("stages", "funnel"))),
     Page("kpis", "/kpis", "KPIs by stage", ("stage_kpis",)),
     Page("customers", "/customers", "Retention and advocacy",
-         ("retention", "clv", "nps", "reviews")),
+         ("retention", "clv", "nps", "reviews"), shared=True),
     Page("person", "/person", "Person timeline", ()),
     Page("quality", "/quality", "Data quality", ("data_quality",)),
 )}
@@ -419,9 +438,21 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
         given = tuple(k for k in FILTER_LABELS if request.query_params.get(k)) if (
             error is None) else ()
 
+        from touchline.metrics.kpis import computed_once
+
+        def lane(charts: Sequence[str]) -> Callable[[BaseBackend], dict[str, Section]]:
+            def drawn(con: BaseBackend) -> dict[str, Section]:
+                with engine.schemas_read_once(con), (
+                        computed_once(con) if page.shared else nullcontext(con)):
+                    return {name: draw(con, name, filters, given) for name in charts}
+            return drawn
+
         def work(con: BaseBackend) -> tuple[list[Section], dict[str, Any]]:
             with engine.schemas_read_once(con):
-                sections = [draw(con, name, filters, given) for name in page.charts]
+                parts = engine.side_by_side(con, [lane(charts) for charts in (
+                    page.lanes or (page.charts,))])
+                drawn = {name: section for part in parts for name, section in part.items()}
+                sections = [drawn[name] for name in page.charts]
                 if page.name == "person" and query:
                     sections.append(_person_section(con, query, filters, dash.settings,
                                                     given))
