@@ -79,6 +79,8 @@ PAGE_CACHE_SIZE_DEFAULT = 128
 SESSION_COOKIE, CSRF_COOKIE = "touchline_session", "touchline_csrf"
 #: key kinds that may read the dashboard (touchline.collect.keys.KEY_KINDS)
 READ_KINDS = ("read", "admin")
+#: where :class:`PageCache` keeps the filter form's options (no page's key is one item long)
+OPTIONS_KEY = ("options",)
 #: the filters the navigation carries from page to page
 SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model", "unit", "device",
                   "channel", "campaign")
@@ -456,21 +458,24 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
                 if page.name == "person" and query:
                     sections.append(_person_section(con, query, filters, dash.settings,
                                                     given))
-                return sections, _options(con)
+                return sections, offered if offered is not None else _options(con)
 
         # a DuckDB file opened per request: its pages are kept until it is written (on Spark
         # or a connection given by the caller, nothing says when it was, so nothing is kept);
         # a person search is never kept (personal data stays no longer than its request)
-        version = (engine.warehouse_version(dash.settings)
-                   if dash.con is None and page.name != "person" else None)
+        state = engine.warehouse_version(dash.settings) if dash.con is None else None
+        version = state if page.name != "person" else None
         key = (page.name, filters, query, given)
         found = dash.pages.get(version, key)
         if found is None:
+            # the filter form's options are every page's: kept as a page is
+            offered = dash.pages.get(state, OPTIONS_KEY)
             try:
                 found = await _query(dash, work)
             except EngineError as exc:
                 return _busy(exc)
             dash.pages.put(version, key, found)
+            dash.pages.put(state, OPTIONS_KEY, found[1])
         sections, options = found
         response = _render("page.html.j2", title=page.title, page=page, viewer=viewer,
                            filters=filters, sections=sections, error=error, q=query,
@@ -516,9 +521,10 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
     preload()
     for template in ("base.html.j2", "page.html.j2", "login.html.j2"):
         templates().get_template(template)
+    offered = None
     try:
         with engine.schemas_read_once(connection):
-            _options(connection)
+            offered = _options(connection)
     except Exception as exc:  # a warm-up only: the first page says what is wrong
         log.warning("the dashboard's first query failed: %s", type(exc).__name__)
     if con is None and engine.engine_name(connection) == "duckdb" and urlsplit(
@@ -536,4 +542,6 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
     app.state.dashboard = Dashboard(settings, connection, session_seconds,
                                     sessions=SessionStore(store_file), clock=clock,
                                     truth=tuple(Path(f) for f in truth))
+    if connection is None and offered is not None:  # the first pages' filter form
+        app.state.dashboard.pages.put(engine.warehouse_version(settings), OPTIONS_KEY, offered)
     return app
