@@ -204,9 +204,19 @@ def side_by_side(con: BaseBackend, tasks: Sequence[Callable[[BaseBackend], T]]) 
     Python (a dashboard page's charts: the engine ran one query at a time on one of the two
     cores while Python held the other). On Spark, one after another on ``con`` (its session
     is the one way in). A task must not hand expressions on to another (each is bound to its
-    connection); the first error raised is raised after all tasks ended."""
+    connection). Every task runs to its end; then the error of the first that failed, in the
+    order given, is raised."""
     if len(tasks) < 2 or engine_name(con) != "duckdb":
-        return [task(con) for task in tasks]
+        done: list[T] = []
+        failed: list[Exception] = []
+        for task in tasks:
+            try:
+                done.append(task(con))
+            except Exception as exc:  # raised once the other tasks ran, as on DuckDB
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+        return done
     from concurrent.futures import ThreadPoolExecutor
 
     def aside(task: Callable[[BaseBackend], T]) -> T:
