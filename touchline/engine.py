@@ -219,23 +219,27 @@ def side_by_side(con: BaseBackend, tasks: Sequence[Callable[[BaseBackend], T]]) 
         return done
     from concurrent.futures import ThreadPoolExecutor
 
-    def aside(task: Callable[[BaseBackend], T]) -> T:
+    # each made here, not in its thread: a DuckDB connection is used by one thread at a time
+    # (the first task may be querying ``con`` already)
+    others = []
+    for _ in tasks[1:]:
         other = _duckdb_session(ibis.duckdb.from_connection(
             con.con.cursor()))  # type: ignore[attr-defined]
         other._touchline_scratch_in_file = getattr(  # type: ignore[attr-defined]
             con, "_touchline_scratch_in_file", False)
-        try:
-            return task(other)
-        finally:
+        others.append(other)
+    try:
+        with ThreadPoolExecutor(max_workers=len(others),
+                                thread_name_prefix="touchline-side") as pool:
+            futures = [pool.submit(task, other)
+                       for task, other in zip(tasks[1:], others, strict=True)]
+            try:
+                first = tasks[0](con)
+            finally:
+                errors = [f.exception() for f in futures]  # each waited for
+    finally:
+        for other in others:
             other.disconnect()
-
-    with ThreadPoolExecutor(max_workers=len(tasks) - 1,
-                            thread_name_prefix="touchline-side") as pool:
-        futures = [pool.submit(aside, task) for task in tasks[1:]]
-        try:
-            first = tasks[0](con)
-        finally:
-            errors = [f.exception() for f in futures]  # each waited for
     for error in errors:
         if error is not None:
             raise error
