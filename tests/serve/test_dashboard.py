@@ -433,3 +433,12 @@ def test_pages_are_kept_until_the_warehouse_is_written(tmp_path: Path,
         assert email_credit(client) == "5"
         assert drawn == ["channels", "channels", "channels"]
         assert len(offered) == 2  # ... and asked again of the written warehouse
+
+
+def test_a_pages_lanes_must_hold_each_of_its_charts_once() -> None:
+    # the journey map apart from the stage timeline and funnel (which share their segment)
+    assert app_module.PAGES["journeys"].lanes == (("journey_map",), ("stages", "funnel"))
+    with pytest.raises(ValueError, match="lanes"):
+        app_module.Page("x", "/x", "X", ("a", "b"), lanes=(("a",),))
+    with pytest.raises(ValueError, match="lanes"):
+        app_module.Page("x", "/x", "X", ("a", "b"), lanes=(("a", "b"), ("b",)))
