@@ -127,6 +127,26 @@ def test_scratch_tables_go_into_the_file_under_a_memory_limit(
     con.disconnect()
 
 
+def test_a_readers_scratch_table_stays_in_memory_under_a_memory_limit(tmp_path: Path) -> None:
+    # a dashboard page computes what its charts share into scratch tables: in the file they
+    # would be a write, a new warehouse state (its kept pages dropped) and a writer's lock
+    file = tmp_path / "w.duckdb"
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{file}",
+                                           memory_limit="512MB"))
+    engine.load_table(con, "t_kept", pd.DataFrame({"a": [1, 2, 3]}))
+    con.raw_sql("CHECKPOINT")
+    before = file.stat().st_size, file.stat().st_mtime_ns
+    table = engine.materialise(con, "scratch_y", con.table("t_kept"), in_memory=True)
+    assert table.a.sum().to_pyarrow().as_py() == 6
+    kind = con.raw_sql(
+        "select temporary from duckdb_tables() where table_name = 'scratch_y'").fetchall()
+    assert kind == [(True,)]
+    engine.drop_materialised(con, "scratch_y", in_memory=True)
+    assert "scratch_y" not in con.list_tables()
+    assert (file.stat().st_size, file.stat().st_mtime_ns) == before
+    con.disconnect()
+
+
 def test_dropped_scratch_tables_in_the_file_free_their_blocks(tmp_path: Path) -> None:
     con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb",
                                            memory_limit="512MB"))
@@ -217,3 +237,40 @@ def test_a_read_once_block_asks_an_equal_query_once_on_each_engine(con) -> None:
         assert con.table("t_once").order_by("a").to_pandas().a.tolist() == [1, 2]
         assert t.filter(t.a > 1).count().to_pyarrow().as_py() == 2  # a new query runs
     assert con.table("t_once").count().to_pyarrow().as_py() == 3
+
+
+def test_side_by_side_runs_each_task_on_the_same_tables_in_order_on_each_engine(con) -> None:
+    engine.load_table(con, "t_side", pd.DataFrame({"a": [1, 2, 3]}))
+
+    def total(c) -> int:  # type: ignore[no-untyped-def]
+        with engine.schemas_read_once(c):  # a reader's block on each connection
+            return int(c.table("t_side").a.sum().to_pyarrow().as_py())
+
+    def largest(c) -> int:  # type: ignore[no-untyped-def]
+        # the task's own connection, with its own session: UTC as on the first
+        t = c.table("t_side")
+        at = t.mutate(at=ibis.literal("2024-03-01 12:00:00").cast("timestamp"))
+        assert at.at.hour().max().to_pyarrow().as_py() == 12
+        return int(t.a.max().to_pyarrow().as_py())
+
+    assert engine.side_by_side(con, [total, largest, lambda c: 7]) == [6, 3, 7]
+    assert engine.side_by_side(con, []) == []
+
+
+def test_side_by_side_raises_a_tasks_error_after_every_task_ended(con) -> None:
+    engine.load_table(con, "t_side_err", pd.DataFrame({"a": [1]}))
+    ended = []
+
+    def fails(c) -> int:  # type: ignore[no-untyped-def]
+        raise ValueError("no such chart")
+
+    def slow(c) -> int:  # type: ignore[no-untyped-def]
+        n = int(c.table("t_side_err").count().to_pyarrow().as_py())
+        ended.append(n)
+        return n
+
+    with pytest.raises(ValueError, match="no such chart"):
+        engine.side_by_side(con, [slow, fails])
+    with pytest.raises(ValueError, match="no such chart"):
+        engine.side_by_side(con, [fails, slow])
+    assert ended == [1, 1]

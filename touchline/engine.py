@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ibis
 import ibis.expr.datatypes as dt
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from ibis.backends import BaseBackend
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SPARK_SCHEME = "spark://"
 DUCKDB_SCHEME = "duckdb://"
@@ -176,16 +178,72 @@ def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:
     # faster than the 1.0 format DuckDB picks by default; existing files keep theirs
     config["storage_compatibility_version"] = STORAGE_VERSION
     try:
-        con = ibis.duckdb.connect(database, **config)
-        con.raw_sql("SET TimeZone = 'UTC'")  # naive timestamps are UTC everywhere
-        con.raw_sql(_DUCKDB_GET_JSON_OBJECT)
-        con.raw_sql(_DUCKDB_HMAC)
+        con = _duckdb_session(ibis.duckdb.connect(database, **config))
         # under a memory limit, scratch tables go into the warehouse file (compressed) rather
         # than temporary tables, which spill uncompressed: at 50M events those filled 58 GB
         con._touchline_scratch_in_file = bool(settings.memory_limit) and database != ":memory:"
         return con
     except Exception as exc:  # duckdb raises its own IOException for locks and bad files
         raise EngineError(f"cannot open DuckDB warehouse {database!r}: {exc}") from exc
+
+
+def _duckdb_session(con: BaseBackend) -> BaseBackend:
+    """What each DuckDB connection of touchline sets up: UTC and the macros the engine
+    functions below compile to (both belong to the connection, not the database)."""
+    con.raw_sql("SET TimeZone = 'UTC'")  # naive timestamps are UTC everywhere
+    con.raw_sql(_DUCKDB_GET_JSON_OBJECT)
+    con.raw_sql(_DUCKDB_HMAC)
+    return con
+
+
+def side_by_side(con: BaseBackend, tasks: Sequence[Callable[[BaseBackend], T]]) -> list[T]:
+    """``[task(c) for task in tasks]``, the tasks at once: on DuckDB the first on ``con`` in
+    the calling thread, each other in a thread of its own on a second connection to the same
+    database (:meth:`duckdb.DuckDBPyConnection.cursor`: same tables, its own session), so
+    one task's query runs in the engine while another builds and compiles its next one in
+    Python (a dashboard page's charts: the engine ran one query at a time on one of the two
+    cores while Python held the other). On Spark, one after another on ``con`` (its session
+    is the one way in). A task must not hand expressions on to another (each is bound to its
+    connection). Every task runs to its end; then the error of the first that failed, in the
+    order given, is raised."""
+    if len(tasks) < 2 or engine_name(con) != "duckdb":
+        done: list[T] = []
+        failed: list[Exception] = []
+        for task in tasks:
+            try:
+                done.append(task(con))
+            except Exception as exc:  # raised once the other tasks ran, as on DuckDB
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+        return done
+    from concurrent.futures import ThreadPoolExecutor
+
+    # each made here, not in its thread: a DuckDB connection is used by one thread at a time
+    # (the first task may be querying ``con`` already)
+    others = []
+    for _ in tasks[1:]:
+        other = _duckdb_session(ibis.duckdb.from_connection(
+            con.con.cursor()))  # type: ignore[attr-defined]
+        other._touchline_scratch_in_file = getattr(  # type: ignore[attr-defined]
+            con, "_touchline_scratch_in_file", False)
+        others.append(other)
+    try:
+        with ThreadPoolExecutor(max_workers=len(others),
+                                thread_name_prefix="touchline-side") as pool:
+            futures = [pool.submit(task, other)
+                       for task, other in zip(tasks[1:], others, strict=True)]
+            try:
+                first = tasks[0](con)
+            finally:
+                errors = [f.exception() for f in futures]  # each waited for
+    finally:
+        for other in others:
+            other.disconnect()
+    for error in errors:
+        if error is not None:
+            raise error
+    return [first, *(f.result() for f in futures)]
 
 
 def _fix_spark_strip() -> None:
@@ -435,11 +493,14 @@ def read_parquet_dir(con: BaseBackend, folder: Path) -> ibis.Table:
     return con.read_parquet(str(folder / "*.parquet"))
 
 
-def materialise(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
+def materialise(con: BaseBackend, name: str, expr: ibis.Table, *,
+                in_memory: bool = False) -> ibis.Table:
     """Compute ``expr`` once into a session-scoped table, so several later queries reuse it.
 
     DuckDB: a temporary table (in memory, fastest), or under ``settings.memory_limit`` a table
-    in the warehouse file, which DuckDB compresses (temporary tables spill uncompressed). Spark:
+    in the warehouse file, which DuckDB compresses (temporary tables spill uncompressed),
+    unless ``in_memory`` (a reader such as a dashboard page, which must not write the
+    warehouse: a write is a new warehouse state, and its kept pages would go). Spark:
     the rows computed once and kept by the executors (``localCheckpoint``: memory, spilling to
     their local disk) under a temporary view. The checkpoint cuts the plan's lineage, so the
     view does not read the scratch views it was made from (a merely cached view that reads
@@ -454,7 +515,7 @@ def materialise(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
         frame = con._session.sql(con.compile(expr))  # type: ignore[attr-defined]
         frame.localCheckpoint(eager=True).createOrReplaceTempView(name)
         return con.table(name)
-    if getattr(con, "_touchline_scratch_in_file", False):
+    if getattr(con, "_touchline_scratch_in_file", False) and not in_memory:
         return con.create_table(name, expr, overwrite=True)
     # not overwrite=True: for temporary tables Ibis 12 then writes every row twice (into a
     # scratch table, then a copy under the final name)
@@ -462,8 +523,8 @@ def materialise(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
     return con.create_table(name, expr, temp=True)
 
 
-def drop_materialised(con: BaseBackend, name: str) -> None:
-    """Drop what :func:`materialise` made.
+def drop_materialised(con: BaseBackend, name: str, *, in_memory: bool = False) -> None:
+    """Drop what :func:`materialise` made (``in_memory`` as it was made).
 
     A scratch table in the warehouse file frees its blocks for reuse only at a checkpoint: one
     follows the drop, else a 50M-event prepare under a memory limit grew the file to 33 GB.
@@ -472,7 +533,7 @@ def drop_materialised(con: BaseBackend, name: str) -> None:
         con._session.catalog.dropTempView(name)  # type: ignore[attr-defined]
         return
     con.drop_table(name, force=True)
-    if getattr(con, "_touchline_scratch_in_file", False):
+    if getattr(con, "_touchline_scratch_in_file", False) and not in_memory:
         con.raw_sql("CHECKPOINT")
 
 

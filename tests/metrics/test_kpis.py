@@ -758,3 +758,27 @@ def test_every_kpi_in_one_computed_once_block_as_alone(deals: BaseBackend) -> No
             assert shared[name] == frame, name
         else:
             pd.testing.assert_frame_equal(shared[name], frame, obj=name)
+
+
+@pytest.mark.duckdb_only(reason="where DuckDB keeps the scratch tables of a block")
+def test_a_readers_computed_once_block_keeps_its_intermediates_in_memory(
+        warehouse: BaseBackend) -> None:
+    # a dashboard page (a reader's block) computes the KPIs' shared intermediates once; under
+    # a memory limit a writer's block puts them in the warehouse file, a page must not write
+    warehouse._touchline_scratch_in_file = True  # type: ignore[attr-defined]  # memory_limit
+    alone = compute(warehouse, "new_visitors", by=["channel"]).to_pandas()
+
+    def scratch() -> list[tuple[str, bool]]:
+        return warehouse.raw_sql(
+            "select table_name, temporary from duckdb_tables() "
+            "where table_name like '_touchline_kpi_%' order by 1").fetchall()
+
+    with engine.schemas_read_once(warehouse), computed_once(warehouse):
+        shared = compute(warehouse, "new_visitors", by=["channel"]).to_pandas()
+        kept = scratch()
+    assert kept and all(temporary for _, temporary in kept), kept
+    assert scratch() == []  # dropped when the block ends
+    pd.testing.assert_frame_equal(shared, alone)
+    with computed_once(warehouse):  # a writer's block (touchline kpis): in the file
+        compute(warehouse, "new_visitors", by=["channel"]).to_pandas()
+        assert [temporary for _, temporary in scratch()] == [False] * len(kept)

@@ -396,8 +396,16 @@ def test_pages_are_kept_until_the_warehouse_is_written(tmp_path: Path,
         searched.append(query)
         return real_person(con, query, *args)  # type: ignore[arg-type]
 
+    offered: list[object] = []  # the filter form's options, asked
+    real_options = app_module._options
+
+    def options(con: object) -> object:
+        offered.append(con)
+        return real_options(con)  # type: ignore[arg-type]
+
     monkeypatch.setattr(app_module, "draw", draw)
     monkeypatch.setattr(app_module, "_person_section", person)
+    monkeypatch.setattr(app_module, "_options", options)
     headers = {"Authorization": f"Bearer {key}"}
 
     def email_credit(client: httpx.Client, query: str = "") -> str:
@@ -416,9 +424,21 @@ def test_pages_are_kept_until_the_warehouse_is_written(tmp_path: Path,
         for _ in range(2):
             assert client.get("/person?q=ann%40example.com", headers=headers).status_code == 200
         assert searched == ["ann@example.com", "ann@example.com"]
+        # the form's options are every page's: asked when the dashboard started, kept since
+        assert len(offered) == 1
         # another process writes the warehouse (as `touchline run` would): computed anew
         with engine.connected(settings=settings) as con:
             con.raw_sql("UPDATE credits SET credit = 2 * credit WHERE channel = 'Email' "
                         "AND model = 'linear'")
         assert email_credit(client) == "5"
         assert drawn == ["channels", "channels", "channels"]
+        assert len(offered) == 2  # ... and asked again of the written warehouse
+
+
+def test_a_pages_lanes_must_hold_each_of_its_charts_once() -> None:
+    # the journey map apart from the stage timeline and funnel (which share their segment)
+    assert app_module.PAGES["journeys"].lanes == (("journey_map",), ("stages", "funnel"))
+    with pytest.raises(ValueError, match="lanes"):
+        app_module.Page("x", "/x", "X", ("a", "b"), lanes=(("a",),))
+    with pytest.raises(ValueError, match="lanes"):
+        app_module.Page("x", "/x", "X", ("a", "b"), lanes=(("a", "b"), ("b",)))

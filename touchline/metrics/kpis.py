@@ -365,6 +365,8 @@ class _Shared:
     small values (the filled tables, the stored conversion types and models)."""
 
     con: BaseBackend
+    #: kept in memory, never in the warehouse file: the block reads (a dashboard page)
+    in_memory: bool = False
     tables: dict[Hashable, ir.Table] = field(default_factory=dict)
     values: dict[Hashable, Any] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
@@ -384,13 +386,15 @@ def computed_once(con: BaseBackend) -> Iterator[BaseBackend]:
     schemas and emptiness, the stored conversion types and models (asked once). The figures
     are the same as without it (``tests/metrics/test_kpis_events.py`` checks every KPI both
     ways). For a caller computing many KPIs over tables that do not change meanwhile
-    (``touchline kpis``, the benchmark); a nested block on the same connection is the outer
-    one."""
+    (``touchline kpis``, the benchmark, a dashboard page); a nested block on the same
+    connection is the outer one. Inside a reader's
+    :func:`~touchline.engine.schemas_read_once` block (a dashboard page), the intermediates
+    stay in memory: a reader never writes the warehouse."""
     outer = _SHARED.get()
     if outer is not None and outer.con is con:
         yield con
         return
-    shared = _Shared(con)
+    shared = _Shared(con, in_memory=engine.read_once_memo(con) is not None)
     token = _SHARED.set(shared)
     try:
         with engine.schemas_read_once(con):
@@ -398,7 +402,7 @@ def computed_once(con: BaseBackend) -> Iterator[BaseBackend]:
     finally:
         _SHARED.reset(token)
         for name in shared.names:
-            engine.drop_materialised(con, name)
+            engine.drop_materialised(con, name, in_memory=shared.in_memory)
 
 
 def _shared(con: BaseBackend) -> _Shared | None:
@@ -423,7 +427,8 @@ def _once(con: BaseBackend, key: Hashable, build: Callable[[], ir.Table]) -> ir.
     if key not in shared.tables:
         name = f"_touchline_kpi_{len(shared.names)}_{uuid.uuid4().hex[:8]}"
         shared.names.append(name)
-        shared.tables[key] = engine.materialise(con, name, build())
+        shared.tables[key] = engine.materialise(con, name, build(),
+                                                in_memory=shared.in_memory)
     return shared.tables[key]
 
 

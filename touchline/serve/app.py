@@ -28,6 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -78,6 +79,8 @@ PAGE_CACHE_SIZE_DEFAULT = 128
 SESSION_COOKIE, CSRF_COOKIE = "touchline_session", "touchline_csrf"
 #: key kinds that may read the dashboard (touchline.collect.keys.KEY_KINDS)
 READ_KINDS = ("read", "admin")
+#: where :class:`PageCache` keeps the filter form's options (no page's key is one item long)
+OPTIONS_KEY = ("options",)
 #: the filters the navigation carries from page to page
 SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model", "unit", "device",
                   "channel", "campaign")
@@ -85,22 +88,40 @@ SHARED_FILTERS = ("since", "until", "conversion", "model", "stage_model", "unit"
 
 @dataclass(frozen=True)
 class Page:
-    """A dashboard page: its path, title and the charts it draws."""
+    """A dashboard page: its path, title and the charts it draws.
+
+    ``lanes``: the charts drawn side by side, each group one after another on a connection
+    of its own (:func:`touchline.engine.side_by_side`; by default all on one): while one
+    lane's query runs in the engine, the other builds and compiles its next. Charts that ask
+    the same query share a lane (a lane keeps the answers of its own connection only).
+    ``shared``: the charts read the same KPI intermediates (each person's first session, the
+    answers and reviews matched to people, the purchases), computed once for the page and
+    kept in memory (:func:`touchline.metrics.kpis.computed_once`), not once per chart."""
 
     name: str
     path: str
     title: str
     charts: tuple[str, ...]
+    lanes: tuple[tuple[str, ...], ...] = ()
+    shared: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lanes and sorted(c for lane in self.lanes for c in lane) != sorted(
+                self.charts):
+            raise ValueError(f"page {self.name!r}: its lanes {self.lanes} do not hold each "
+                             f"of its charts {self.charts} once")
 
 
 PAGES = {p.name: p for p in (
     Page("overview", "/", "Overview", ("overview",)),
     Page("channels", "/channels", "Channels", ("channels",)),
     Page("models", "/models", "Model comparison", ("models", "model_ranking")),
-    Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel")),
+    # the stage timeline and the funnel keep the same segment of units (one query)
+    Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel"),
+         lanes=(("journey_map",), ("stages", "funnel"))),
     Page("kpis", "/kpis", "KPIs by stage", ("stage_kpis",)),
     Page("customers", "/customers", "Retention and advocacy",
-         ("retention", "clv", "nps", "reviews")),
+         ("retention", "clv", "nps", "reviews"), shared=True),
     Page("person", "/person", "Person timeline", ()),
     Page("quality", "/quality", "Data quality", ("data_quality",)),
 )}
@@ -419,27 +440,42 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
         given = tuple(k for k in FILTER_LABELS if request.query_params.get(k)) if (
             error is None) else ()
 
+        from touchline.metrics.kpis import computed_once
+
+        def lane(charts: Sequence[str]) -> Callable[[BaseBackend], dict[str, Section]]:
+            def drawn(con: BaseBackend) -> dict[str, Section]:
+                with engine.schemas_read_once(con), (
+                        computed_once(con) if page.shared else nullcontext(con)):
+                    return {name: draw(con, name, filters, given) for name in charts}
+            return drawn
+
         def work(con: BaseBackend) -> tuple[list[Section], dict[str, Any]]:
             with engine.schemas_read_once(con):
-                sections = [draw(con, name, filters, given) for name in page.charts]
+                parts = engine.side_by_side(con, [lane(charts) for charts in (
+                    page.lanes or (page.charts,))])
+                drawn = {name: section for part in parts for name, section in part.items()}
+                sections = [drawn[name] for name in page.charts]
                 if page.name == "person" and query:
                     sections.append(_person_section(con, query, filters, dash.settings,
                                                     given))
-                return sections, _options(con)
+                return sections, offered if offered is not None else _options(con)
 
         # a DuckDB file opened per request: its pages are kept until it is written (on Spark
         # or a connection given by the caller, nothing says when it was, so nothing is kept);
         # a person search is never kept (personal data stays no longer than its request)
-        version = (engine.warehouse_version(dash.settings)
-                   if dash.con is None and page.name != "person" else None)
+        state = engine.warehouse_version(dash.settings) if dash.con is None else None
+        version = state if page.name != "person" else None
         key = (page.name, filters, query, given)
         found = dash.pages.get(version, key)
         if found is None:
+            # the filter form's options are every page's: kept as a page is
+            offered = dash.pages.get(state, OPTIONS_KEY)
             try:
                 found = await _query(dash, work)
             except EngineError as exc:
                 return _busy(exc)
             dash.pages.put(version, key, found)
+            dash.pages.put(state, OPTIONS_KEY, found[1])
         sections, options = found
         response = _render("page.html.j2", title=page.title, page=page, viewer=viewer,
                            filters=filters, sections=sections, error=error, q=query,
@@ -485,9 +521,10 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
     preload()
     for template in ("base.html.j2", "page.html.j2", "login.html.j2"):
         templates().get_template(template)
+    offered = None
     try:
         with engine.schemas_read_once(connection):
-            _options(connection)
+            offered = _options(connection)
     except Exception as exc:  # a warm-up only: the first page says what is wrong
         log.warning("the dashboard's first query failed: %s", type(exc).__name__)
     if con is None and engine.engine_name(connection) == "duckdb" and urlsplit(
@@ -505,4 +542,6 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
     app.state.dashboard = Dashboard(settings, connection, session_seconds,
                                     sessions=SessionStore(store_file), clock=clock,
                                     truth=tuple(Path(f) for f in truth))
+    if connection is None and offered is not None:  # the first pages' filter form
+        app.state.dashboard.pages.put(engine.warehouse_version(settings), OPTIONS_KEY, offered)
     return app
