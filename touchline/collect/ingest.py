@@ -944,11 +944,10 @@ class _Stage:
 
     def close(self) -> None:
         if self.in_engine:
-            if self.narrow:
-                self.db.execute(f"DROP VIEW IF EXISTS {self.rows_name}")
-            for name in (self.rows_name, self.checks_name, self.rejects_name):
-                if not (self.narrow and name == self.rows_name):
-                    self.db.execute(f"DROP TABLE IF EXISTS {name}")
+            self.db.execute(
+                f"DROP {'VIEW' if self.narrow else 'TABLE'} IF EXISTS {self.rows_name}")
+            for name in (self.checks_name, self.rejects_name):
+                self.db.execute(f"DROP TABLE IF EXISTS {name}")
         else:
             self.db.close()
             assert self.folder is not None
