@@ -147,6 +147,22 @@ def test_a_readers_scratch_table_stays_in_memory_under_a_memory_limit(tmp_path: 
     con.disconnect()
 
 
+def test_unordered_writes_lift_insertion_order_only_inside_the_block(tmp_path: Path) -> None:
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb"))
+
+    def kept() -> bool:
+        return bool(con.raw_sql(
+            "select current_setting('preserve_insertion_order')").fetchone()[0])
+
+    with engine.unordered_writes(con):
+        assert kept() is False
+    assert kept() is True
+    with pytest.raises(ZeroDivisionError), engine.unordered_writes(con):
+        _ = 1 / 0
+    assert kept() is True  # restored after a failed block too
+    con.disconnect()
+
+
 def test_dropped_scratch_tables_in_the_file_free_their_blocks(tmp_path: Path) -> None:
     con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb",
                                            memory_limit="512MB"))

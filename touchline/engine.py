@@ -665,6 +665,27 @@ def transaction(con: BaseBackend) -> Iterator[None]:
 
 
 @contextmanager
+def unordered_writes(con: BaseBackend) -> Iterator[None]:
+    """Writes inside the block may store rows in any order.
+
+    DuckDB keeps the order of a query's rows in the table it writes unless told otherwise
+    (``preserve_insertion_order``), which makes a parallel insert hold and re-order its row
+    groups; a writer whose rows carry their own order (an ingest's line numbers) need not pay
+    for it. Spark never keeps it: nothing to do there.
+    """
+    if engine_name(con) != "duckdb":
+        yield
+        return
+    db = con.con  # type: ignore[attr-defined]
+    before = db.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
+    db.execute("SET preserve_insertion_order = false")
+    try:
+        yield
+    finally:
+        db.execute(f"SET preserve_insertion_order = {'true' if before else 'false'}")
+
+
+@contextmanager
 def all_or_nothing(con: BaseBackend, tables: Sequence[str]) -> Iterator[None]:
     """Writes to ``tables`` inside the ``with`` block land together or not at all.
 

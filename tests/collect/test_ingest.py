@@ -257,6 +257,25 @@ def test_url_query_fills_utms_and_click_ids_the_payload_lacks(con, tmp_path) -> 
                    "gclid": "G1", "fbclid": None}
 
 
+def test_url_query_parameter_is_the_first_pair_whose_whole_key_matches(con, tmp_path) -> None:
+    # a longer key holding the name is another parameter; a key without "=" is an empty value
+    # (and, being first, wins); a value ends at its next "="; the query ends at "#"; a value
+    # the payload gives wins over the URL's
+    url = ("https://x.io/p?utm_sourcex=1&utm_source=s&utm_campaign&utm_campaign=z"
+           "&utm_content=b=c&gclid=url#utm_id=no")
+    path = tmp_path / "events.ndjson"
+    path.write_text(json.dumps({
+        "messageId": "m1", "type": "page", "anonymousId": "a1",
+        "timestamp": "2025-03-01T10:00:00Z",
+        "context": {"page": {"url": url}, "campaign": {"gclid": "payload"}},
+    }) + "\n")
+    assert ingest_file(con, path, "events", settings=SETTINGS).loaded == 1
+    row = con.table("events").to_pyarrow().to_pylist()[0]
+    got = {k: row[k] for k in ("utm_source", "utm_campaign", "utm_content", "utm_id", "gclid")}
+    assert got == {"utm_source": "s", "utm_campaign": None, "utm_content": "b",
+                   "utm_id": None, "gclid": "payload"}
+
+
 def test_mapping_file_renames_and_fills_defaults(con, tmp_path) -> None:
     path = tmp_path / "export.csv"
     path.write_text(

@@ -354,8 +354,10 @@ class _ChunkParser:
             f"SELECT *, json_extract_string(_obj, [{path_list}]) AS _v, "
             f"{duplicate_keys_sql('_obj')} AS _duplicate_keys FROM ("
             "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj FROM ("
-            "SELECT *, json_valid(line) AS _json_ok, "
-            "CASE WHEN json_valid(line) THEN json_type(line) END AS _json_type FROM {source})))"
+            # one parse tells both whether the line is JSON and what it holds: json_type
+            # fails on a line that is not JSON, and try() turns that into NULL
+            "SELECT *, _json_type IS NOT NULL AS _json_ok FROM ("
+            "SELECT *, try(json_type(line)) AS _json_type FROM {source}))))"
         ) + ")" * url_params.count("(SELECT")
 
     def _json_columns(self, available: list[str]) -> dict[str, tuple[int, list[str]]]:
@@ -475,33 +477,31 @@ class _ChunkParser:
     def _derive_event_fields(exprs: dict[str, str]) -> str:
         """UTMs and click ids from the page URL's query when the payload lacks them.
 
-        The query string is split once per row into (key, value) pairs (``_qp``), and each
-        parameter picked from that list: one regular expression a row instead of one a
-        parameter. Keys compare lower-cased; the first of repeated keys wins; values are
-        URL-decoded by :func:`~touchline.collect.segment.url_decoded_sql`, as the loader does.
-        Returns the opening of the two sub-selects that compute the pairs, to wrap the source.
+        The query is the text after the URL's first ``?`` up to a ``#``, its pairs split on
+        ``&``, each pair's key before its first ``=`` and its value up to the next ``=``. Keys
+        compare lower-cased; the first pair of a key wins; values are URL-decoded by
+        :func:`~touchline.collect.segment.url_decoded_sql`, as the loader does. A parameter is
+        looked up only where the payload gave no value and the lower-cased URL holds its name
+        (a scan): most rows need none, and one regular expression a parameter found costs far
+        less than splitting every query into a list of pairs and searching it per parameter
+        (that was most of a Parquet ingest's parse time). Returns the opening of the
+        sub-select that computes the parameters, to wrap the source.
         """
         if "url" not in exprs:
             return ""
         url = exprs["url"]
-        pairs = (
-            f"CASE WHEN contains({url}, '?') THEN list_transform(string_split(regexp_extract("
-            f"{url}, '\\?([^#]*)', 1), '&'), x -> {{'k': lower(split_part(x, '=', 1)), "
-            "'v': split_part(x, '=', 2)}) END"
-        )
         picks = []
         for name in (*UTM_FIELDS, *CLICK_IDS):
-            # a key equal to ``name`` once lower-cased puts ``name`` in the lower-cased URL, so
-            # a substring test (a scan) skips the list search where it cannot find anything:
-            # most URLs carry a few of these parameters or none (the search was half of a
-            # Parquet ingest's parse time, EXPLAIN ANALYZE at 1M events)
-            picks.append(f"CASE WHEN contains(_ql, '{name}') THEN "
-                         f"nullif(list_filter(_qp, x -> x.k = '{name}')[1].v, '') END "
-                         f"AS _p_{name}")
-            value = f"_p_{name}"
-            param = url_decoded_sql(value)
-            exprs[name] = f"coalesce({exprs[name]}, {param})" if name in exprs else param
-        return (f"(SELECT *, {', '.join(picks)} FROM (SELECT *, {pairs} AS _qp, "
+            given = exprs.get(name)
+            # the first pair whose key is exactly ``name``: a lazy run of whole pairs before it
+            pattern = f"(?i)^[^?]*[?](?:[^#]*?&)??{name}(?:=([^&#=]*)|[&#]|$)"
+            wanted = f"contains(_ql, '{name}')" if given is None else (
+                f"({given}) IS NULL AND contains(_ql, '{name}')")
+            picks.append(f"CASE WHEN {wanted} THEN "
+                         f"nullif(regexp_extract({url}, '{pattern}', 1), '') END AS _p_{name}")
+            param = url_decoded_sql(f"_p_{name}")
+            exprs[name] = f"coalesce({given}, {param})" if given is not None else param
+        return (f"(SELECT *, {', '.join(picks)} FROM (SELECT *, "
                 f"CASE WHEN contains({url}, '?') THEN lower({url}) END AS _ql FROM ")
 
     # -- stage 2: typed columns and the first problem of each row ---------------------------
@@ -836,6 +836,9 @@ def _structural_rejects(rejects: list[readers.Reject], settings: Settings) -> pa
     }).cast(_REJECT_STAGE)
 
 
+#: the columns of a staged row that its checks, dedupe and rejects read, besides its key
+CHECKS = ("_line", "_pfield", "_pcode", "_pmessage", "_json_bad", "_raw")
+
 _REJECT_STAGE = pa.schema([
     ("line", pa.int64()), ("field", pa.string()), ("reason_code", pa.string()),
     ("reason", pa.string()), ("raw", pa.string()),
@@ -848,6 +851,11 @@ class _Stage:
     On a DuckDB warehouse the parser runs on the warehouse's own connection and stages into
     temporary tables: no copy leaves the engine. Elsewhere (Spark) an in-process DuckDB parses
     and the staged rows go to Parquet files that the warehouse then reads.
+
+    A Parquet file on DuckDB can be read again at little cost, so only its checks are staged
+    (:meth:`add_checks`: key, line and problem of each row) and the rows to insert are parsed
+    again from the file (a view): a full staged copy of every parsed column cost more than the
+    second parse, and held the whole file in memory (7 GiB at 10M events).
     """
 
     def __init__(self, con: BaseBackend, settings: Settings, ingest_id: str) -> None:
@@ -866,9 +874,10 @@ class _Stage:
                 (self.folder / part).mkdir(parents=True, exist_ok=True)
         _register_safe_raw(self.db, settings)
         self.rows_name = f"_tl_rows_{ingest_id}"
+        self.checks_name = f"_tl_checks_{ingest_id}"
         self.rejects_name = f"_tl_rejects_{ingest_id}"
         self.parts = 0
-        self.has_rows = self.has_rejects = False
+        self.has_rows = self.has_rejects = self.narrow = False
 
     def add_rows(self, query: str) -> None:
         """Run a parse query and stage its result."""
@@ -881,6 +890,17 @@ class _Stage:
             pq.write_table(table, self.folder / "rows" / f"{self.parts:05d}.parquet")
             self.parts += 1
         self.has_rows = True
+
+    def add_checks(self, query: str, key: str) -> None:
+        """Stage only the checks of parse query ``query`` (in-engine only); its rows are read
+        through the view ``query`` when inserted."""
+        assert self.in_engine and not self.has_rows
+        self.db.execute(
+            f"CREATE TEMP TABLE {self.checks_name} AS SELECT {_quote(key)}, {', '.join(CHECKS)} "
+            f"FROM ({query})"
+        )
+        self.db.execute(f"CREATE TEMP VIEW {self.rows_name} AS {query}")
+        self.has_rows = self.narrow = True
 
     def add_rejects(self, table: pa.Table) -> None:
         if not table.num_rows:
@@ -900,12 +920,19 @@ class _Stage:
         self.has_rejects = True
 
     def rows(self) -> ibis.Table | None:
+        """The staged rows: every column of the table, ``_line`` and the checks."""
         if not self.has_rows:
             return None
         if self.in_engine:
             return self.con.table(self.rows_name)
         assert self.folder is not None
         return engine.read_parquet_dir(self.con, self.folder / "rows")
+
+    def checks(self) -> ibis.Table | None:
+        """The key, ``_line`` and checks of each staged row (:data:`CHECKS`), maybe more."""
+        if self.narrow:
+            return self.con.table(self.checks_name)
+        return self.rows()
 
     def rejects(self) -> ibis.Table | None:
         if not self.has_rejects:
@@ -917,7 +944,9 @@ class _Stage:
 
     def close(self) -> None:
         if self.in_engine:
-            for name in (self.rows_name, self.rejects_name):
+            self.db.execute(
+                f"DROP {'VIEW' if self.narrow else 'TABLE'} IF EXISTS {self.rows_name}")
+            for name in (self.checks_name, self.rejects_name):
                 self.db.execute(f"DROP TABLE IF EXISTS {name}")
         else:
             self.db.close()
@@ -977,6 +1006,27 @@ def ingest_file(
     store.init(con)
     stage = _Stage(con, settings, ingest_id)
     parser = _ChunkParser(spec, fmt, mapping, settings, source, ingest_id)
+    # rows carry their line numbers: the order they are stored in means nothing
+    with engine.unordered_writes(con):
+        _ingest_into(con, stage, parser, result, path, fmt, fingerprint, started_at,
+                     settings, progress)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _ingest_into(
+    con: BaseBackend,
+    stage: _Stage,
+    parser: _ChunkParser,
+    result: IngestResult,
+    path: Path,
+    fmt: str,
+    fingerprint: str,
+    started_at: datetime,
+    settings: Settings,
+    progress: ProgressCallback | None,
+) -> None:
+    spec = parser.spec
     try:
         if fmt == "parquet" and stage.in_engine:
             result.rows_read = _stage_parquet_in_engine(stage, parser, path)
@@ -1003,12 +1053,11 @@ def ingest_file(
         _commit(con, spec, stage, result, path, fingerprint, started_at, settings)
     finally:
         stage.close()
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _stage_parquet_in_engine(stage: _Stage, parser: _ChunkParser, path: Path) -> int:
-    """A Parquet file on a DuckDB warehouse: one streaming pass of DuckDB's own reader."""
+    """A Parquet file on a DuckDB warehouse: DuckDB's own reader, streaming; the checks pass
+    reads it whole, the insert again (see :class:`_Stage`)."""
     schema = readers.parquet_schema(path)
     literal = _sql_str(str(path))
     source = (
@@ -1016,10 +1065,10 @@ def _stage_parquet_in_engine(stage: _Stage, parser: _ChunkParser, path: Path) ->
         f"FROM read_parquet({literal}, file_row_number = true))"
     )
     try:
-        stage.add_rows(parser.sql(schema, source, str(path)))
+        stage.add_checks(parser.sql(schema, source, str(path)), parser.spec.key)
     except duckdb.Error as exc:
         raise InputError(f"{path}: cannot read Parquet data ({exc}); nothing was loaded") from None
-    return int(stage.db.execute(f"SELECT count(*) FROM {stage.rows_name}").fetchone()[0])
+    return int(stage.db.execute(f"SELECT count(*) FROM {stage.checks_name}").fetchone()[0])
 
 
 def _commit(
@@ -1035,13 +1084,13 @@ def _commit(
     """Dedupe the staged rows and write rows, rejects and the run record, all or nothing
     (:func:`touchline.engine.all_or_nothing`: a transaction on DuckDB, a roll-back of the
     written files on Spark)."""
-    staged_all, structural = stage.rows(), stage.rejects()
+    rows, checks, structural = stage.rows(), stage.checks(), stage.rejects()
     firsts = f"_tl_firsts_{result.ingest_id}"
     try:
         with engine.all_or_nothing(con, [spec.name, "rejects", "ingests"]):
             reject_parts = (
-                [] if staged_all is None
-                else _insert_rows(con, spec, staged_all, result, firsts, settings)
+                [] if rows is None or checks is None
+                else _insert_rows(con, spec, rows, checks, result, firsts, settings)
             )
             if structural is not None:
                 reject_parts.append(structural.mutate(ref=ibis.null("string")))
@@ -1064,13 +1113,20 @@ def _commit(
 def _insert_rows(
     con: BaseBackend,
     spec: store.TableSpec,
-    staged_all: ibis.Table,
+    rows: ibis.Table,
+    checks: ibis.Table,
     result: IngestResult,
     scratch: str,
     settings: Settings,
 ) -> list[ibis.Table]:
     """Insert the good staged rows not yet in the table (the first line of each key in the
-    file); return the bad rows and the in-file duplicates as reject parts."""
+    file); return the bad rows and the in-file duplicates as reject parts.
+
+    ``checks`` holds each staged row's key and :data:`CHECKS`, ``rows`` its columns and
+    ``_line`` (they may be one table). Dedupe, counts and rejects read only ``checks``; a line
+    number names one row of the file, so the rows to insert are picked by line alone.
+    """
+    staged_all = checks
     bad = staged_all.filter(staged_all._pcode.notnull()).select(
         line=_._line, field=_._pfield, reason_code=_._pcode, reason=_._pmessage, raw=_._raw,
         ref=ibis.null("string"),
@@ -1088,14 +1144,16 @@ def _insert_rows(
     # hash aggregates, not a sort: the first line of each key wins
     firsts = engine.materialise(con, scratch, staged.group_by(spec.key).aggregate(
         _first_line=staged._line.min(), _n=staged.count()))
-    keep = staged.join(firsts, [spec.key, staged._line == firsts._first_line]).select(
-        *(c.name for c in spec.columns))
     totals = firsts.aggregate(rows=firsts._n.sum(), keys=firsts.count())
     totals = totals.to_pyarrow().to_pylist()[0]
     target = con.table(spec.name)
     # the table's row count before and after tells how many were new: no second pass
     before = int(target.count().to_pyarrow().as_py())
-    new = at_rest.protect(con, spec.name, keep.anti_join(target, spec.key), settings)
+    # keys not stored yet, narrow; then their first lines' rows, joined on an integer
+    unseen = firsts.anti_join(target, spec.key)
+    keep = rows.semi_join(unseen, rows._line == unseen._first_line).select(
+        *(c.name for c in spec.columns))
+    new = at_rest.protect(con, spec.name, keep, settings)
     con.insert(spec.name, new.cast(spec.schema))
     result.loaded = int(con.table(spec.name).count().to_pyarrow().as_py()) - before
     # a file whose rows are all bad stages none: the sum over no rows is null
