@@ -194,6 +194,33 @@ def test_parquet_keeps_types_and_row_numbers(con, tmp_path) -> None:
     assert (str(got["date"]), got["cost"], got["clicks"]) == ("2025-01-01", 10.5, 3)
 
 
+@pytest.mark.duckdb_only(
+    reason="only DuckDB reads a Parquet file twice (its checks, then its rows at the insert); "
+           "Spark stages the rows once")
+def test_a_parquet_file_replaced_while_it_loads_loads_nothing(con, tmp_path, monkeypatch):
+    from touchline.collect import ingest
+
+    path = tmp_path / "spend.parquet"
+    pq.write_table(pa.table({"date": ["2025-01-01"], "utm_source": ["google"],
+                             "cost": [10.5], "clicks": pa.array([3], pa.int64())}), path)
+    checked = ingest._stage_parquet_in_engine
+
+    def replaced_after_its_checks(stage, parser, file):
+        rows = checked(stage, parser, file)
+        pq.write_table(pa.table({"date": ["2025-02-01", "2025-02-02"],
+                                 "utm_source": ["bing", "bing"], "cost": [1.0, 2.0],
+                                 "clicks": pa.array([1, 2], pa.int64())}), file)
+        return rows
+
+    monkeypatch.setattr(ingest, "_stage_parquet_in_engine", replaced_after_its_checks)
+    with pytest.raises(InputError, match=r"spend\.parquet: the file changed while it was being"):
+        ingest_file(con, path, "spend", settings=SETTINGS)
+    assert con.table("spend").count().execute() == 0
+    assert con.table("ingests").count().execute() == 0
+    monkeypatch.undo()  # written once: it loads
+    assert ingest_file(con, path, "spend", settings=SETTINGS).loaded == 2
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -1092,6 +1092,11 @@ def _commit(
                 [] if rows is None or checks is None
                 else _insert_rows(con, spec, rows, checks, result, firsts, settings)
             )
+            if stage.narrow and _fingerprint(path) != fingerprint:
+                # its rows were read twice (the checks, then the insert): a file replaced in
+                # between would have mixed two versions of it
+                raise InputError(f"{path}: the file changed while it was being loaded; "
+                                 "nothing was loaded (load it again once it is written)")
             if structural is not None:
                 reject_parts.append(structural.mutate(ref=ibis.null("string")))
             if reject_parts:
