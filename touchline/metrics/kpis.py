@@ -331,15 +331,17 @@ def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
     holds rows: a KPI over a never-imported table would read as a real zero. ``filled``: the
     tables already known to hold rows (:func:`filled_tables`), so nothing is asked again
     (inside :func:`computed_once`, asked once for every KPI's tables)."""
-    if filled is None and _shared(con) is not None:
-        filled = _once_value(con, "filled", lambda: filled_tables(
+    if filled is not None:
+        known = filled
+    elif _shared(con) is not None:
+        known = _once_value(con, "filled", lambda: filled_tables(
             con, {t for k in KPIS.values() for t in k.tables}))
-    existing = set(con.list_tables()) if filled is None else None
+    else:
+        # the tables asked together, in one query (on Spark a job, not one a table)
+        known = filled_tables(con, kpi.tables if tables is None else tables)
 
     def empty(name: str) -> bool:
-        if existing is None:
-            return name not in (filled or ())
-        return name not in existing or _first_row(con, name).count().execute() == 0
+        return name not in known
 
     if tables is None and kpi.any_table:
         if all(empty(name) for name in kpi.tables):
@@ -352,7 +354,7 @@ def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
             how = IMPORTS[name]
             raise MissingInputError(
                 f"KPI {kpi.name!r} needs {name} rows and the table is "
-                f"{'empty' if name in (existing or con.list_tables()) else 'missing'}: "
+                f"{'empty' if name in con.list_tables() else 'missing'}: "
                 + (f"import them with `{how}`" if how.startswith("touchline ingest")
                    else f"fill it with `{how}`"))
 

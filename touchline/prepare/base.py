@@ -94,12 +94,18 @@ class Step:
     columns are conformed to that table's spec). It is a checkpoint written once into the
     warehouse: under a scratch name while the run goes on, renamed at its end, so the largest
     table is not written twice (once as a scratch copy, once as the result).
+
+    ``stage`` stores the working ``events`` after the step on Spark only
+    (:func:`touchline.engine.stage_input`), as ``checkpoint`` does on both engines: Spark
+    plans the chain of steps above it again under every later query that reads it, where
+    DuckDB plans it in milliseconds and fuses it into one scan.
     """
 
     name: str
     fn: StepFn
     why: str
     checkpoint: bool = False
+    stage: bool = False
     persist_as: str | None = None
 
 

@@ -359,9 +359,12 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     ctx = Context(con=con, settings=settings,
                   now=now or datetime.now(UTC).replace(tzinfo=None),
                   run_id=run_id or f"prepare-{uuid.uuid4().hex[:12]}")
-    # read lazily from the warehouse file: the steps up to the first checkpoint (filters and
-    # exact dedupe) run as one query, and each of their rejects is one narrow scan
-    tables: dict[str, ir.Table] = {"events": working_events(con.table("events"))}
+    # DuckDB reads them lazily from the warehouse file: the steps up to the first checkpoint
+    # (filters and exact dedupe) run as one query, and each of their rejects is one narrow
+    # scan; Spark stores them first, else it plans their SQL again under every such query
+    working = working_events(con.table("events"))
+    staged = engine.stage_input(con, f"{SCRATCH_PREFIX}working_events", working)
+    tables: dict[str, ir.Table] = {"events": staged}
     if "deals" in existing:
         tables["deals"] = _with_columns(con.table("deals"), store.DEALS)
     rejected = _Pending(con, "rejects", store.REJECTS)
@@ -369,6 +372,8 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
     seconds: list[float] = []
     checkpoints: list[str] = []
     persisted: dict[str, str] = {}  # prepared table -> the scratch name it is written under
+    if staged is not working:  # stored: dropped like a checkpoint once nothing reads it
+        checkpoints.append(staged.op().name)
     try:
         for i, step in enumerate(steps):
             tell(i, len(steps), step.name)
@@ -386,15 +391,17 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
                 rebind[after.op()] = stored.op()
                 produced["events"] = stored
                 persisted[step.persist_as] = scratch
-            elif step.checkpoint and after is not before:
+            elif (step.checkpoint or step.stage) and after is not before:
                 # stored before its rejects and audit are counted, which then read the stored
                 # rows instead of recomputing the step's expressions (URL regexes, windows)
-                stored = engine.materialise(con, f"{SCRATCH_PREFIX}events_{i}", after)
-                rebind[after.op()] = stored.op()
-                produced["events"] = stored
-                # its bare name: what a query's table nodes are named (DuckDB's get_name()
-                # gives "temp.main.<name>", which matched no reader and dropped nothing)
-                checkpoints.append(stored.op().name)
+                store_events = engine.materialise if step.checkpoint else engine.stage_input
+                stored = store_events(con, f"{SCRATCH_PREFIX}events_{i}", after)
+                if stored is not after:
+                    rebind[after.op()] = stored.op()
+                    produced["events"] = stored
+                    # its bare name: what a query's table nodes are named (DuckDB's get_name()
+                    # gives "temp.main.<name>", which matched no reader and dropped nothing)
+                    checkpoints.append(stored.op().name)
             if result.rejected is not None:
                 rejected.add(_rebound(_reject_rows(result.rejected, step.name, ctx), rebind))
             if result.audit is not None:
