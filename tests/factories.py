@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +53,12 @@ def arrow_table(spec: store.TableSpec, rows: Sequence[dict[str, Any]]) -> pa.Tab
             values = [datetime.fromisoformat(v) if isinstance(v, str) else v for v in values]
         cols[c.name] = pa.array(values, _arrow(c.dtype))
     return pa.table(cols)
+
+
+def any_of(texts: Sequence[str]) -> str:
+    """A regular expression matching any of ``texts`` as written (:func:`re.escape`: its
+    escapes read the same in DuckDB's RE2 and Spark's Java patterns)."""
+    return "|".join(map(re.escape, texts))
 
 
 def at(clock: str, day: str = DAY) -> str:

@@ -13,7 +13,7 @@ import ibis
 import orjson
 import pandas as pd
 import pytest
-from factories import CLI_OWN_CONNECTION, JOHN, JOHN_DEAL, arrow_table, event_rows
+from factories import CLI_OWN_CONNECTION, JOHN, JOHN_DEAL, any_of, arrow_table, event_rows
 from ibis.backends import BaseBackend
 from typer.testing import CliRunner
 
@@ -112,21 +112,11 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-#: characters a regular expression gives a meaning
-_REGEX_SPECIAL = frozenset("\\.^$|?*+()[]{}")
-
-
-def _literal(text: str) -> str:
-    """``text`` as a regular expression matching itself (on DuckDB's RE2 and Spark's Java)."""
-    return "".join(f"\\{ch}" if ch in _REGEX_SPECIAL else ch for ch in text)
-
-
-
 def _mentions(con: BaseBackend, tokens: list[str], phone: str) -> dict[str, int]:
     """Rows per stored table with a string column naming one of ``tokens`` (any case) or
     the phone number ``phone`` (digits, any spacing)."""
     pattern = "[^0-9]{0,3}".join(phone)
-    any_token = "|".join(_literal(tok.lower()) for tok in tokens)
+    any_token = any_of([tok.lower() for tok in tokens])
     counts = []
     for spec in store.TABLES.values():
         if spec.view is not None:
