@@ -267,18 +267,23 @@ def test_huge_line_is_rejected_without_reading_it_whole(con, tmp_path) -> None:
     assert _rejects(con) == {2: "line_too_long"}
 
 
+def _page_view_loaded(con, tmp_path: Path, context: dict) -> dict:
+    """One page view with ``context`` ingested from an NDJSON file: its stored row."""
+    path = tmp_path / "events.ndjson"
+    path.write_text(json.dumps({
+        "messageId": "m1", "type": "page", "anonymousId": "a1",
+        "timestamp": "2025-03-01T10:00:00Z", "context": context,
+    }) + "\n")
+    assert ingest_file(con, path, "events", settings=SETTINGS).loaded == 1
+    return con.table("events").to_pyarrow().to_pylist()[0]
+
+
 def test_url_query_fills_utms_and_click_ids_the_payload_lacks(con, tmp_path) -> None:
     # keys compare lower-cased, the first of a repeated key wins, values are URL-decoded, an
     # empty value is no value, and a name seen only in the path is not a parameter
     url = ("https://x.io/utm_term/gclid?UTM_Source=Google%20Ads&utm_source=second&gclid=G1"
            "&fbclid=&utm_medium=cpc+paid")
-    path = tmp_path / "events.ndjson"
-    path.write_text(json.dumps({
-        "messageId": "m1", "type": "page", "anonymousId": "a1",
-        "timestamp": "2025-03-01T10:00:00Z", "context": {"page": {"url": url}},
-    }) + "\n")
-    assert ingest_file(con, path, "events", settings=SETTINGS).loaded == 1
-    row = con.table("events").to_pyarrow().to_pylist()[0]
+    row = _page_view_loaded(con, tmp_path, {"page": {"url": url}})
     got = {k: row[k] for k in ("utm_source", "utm_medium", "utm_term", "gclid", "fbclid")}
     assert got == {"utm_source": "Google Ads", "utm_medium": "cpc paid", "utm_term": None,
                    "gclid": "G1", "fbclid": None}
@@ -290,14 +295,8 @@ def test_url_query_parameter_is_the_first_pair_whose_whole_key_matches(con, tmp_
     # the payload gives wins over the URL's
     url = ("https://x.io/p?utm_sourcex=1&utm_source=s&utm_campaign&utm_campaign=z"
            "&utm_content=b=c&gclid=url#utm_id=no")
-    path = tmp_path / "events.ndjson"
-    path.write_text(json.dumps({
-        "messageId": "m1", "type": "page", "anonymousId": "a1",
-        "timestamp": "2025-03-01T10:00:00Z",
-        "context": {"page": {"url": url}, "campaign": {"gclid": "payload"}},
-    }) + "\n")
-    assert ingest_file(con, path, "events", settings=SETTINGS).loaded == 1
-    row = con.table("events").to_pyarrow().to_pylist()[0]
+    row = _page_view_loaded(con, tmp_path, {"page": {"url": url},
+                                            "campaign": {"gclid": "payload"}})
     got = {k: row[k] for k in ("utm_source", "utm_campaign", "utm_content", "utm_id", "gclid")}
     assert got == {"utm_source": "s", "utm_campaign": None, "utm_content": "b",
                    "utm_id": None, "gclid": "payload"}
