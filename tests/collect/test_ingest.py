@@ -197,7 +197,8 @@ def test_parquet_keeps_types_and_row_numbers(con, tmp_path) -> None:
 @pytest.mark.duckdb_only(
     reason="only DuckDB reads a Parquet file twice (its checks, then its rows at the insert); "
            "Spark stages the rows once")
-def test_a_parquet_file_replaced_while_it_loads_loads_nothing(con, tmp_path, monkeypatch):
+def test_a_parquet_file_replaced_while_it_loads_loads_nothing(duck, tmp_path, monkeypatch):
+    con = duck
     from touchline.collect import ingest
 
     path = tmp_path / "spend.parquet"

@@ -184,3 +184,39 @@ def test_png_format_writes_each_drawable_chart_for_slides(warehouse: str, tmp_pa
                                       "TOUCHLINE_CHROMIUM_PATH": str(tmp_path / "none")})
     assert missing.exit_code != 0
     assert "install it (Debian: apt-get install chromium)" in missing.output
+
+
+@pytest.mark.parametrize(("first_error", "calls"), [
+    ("ReferenceError: kaleido_scopes is not defined", 2),  # kaleido's tab not ready: again
+    ("TypeError: a chart's own error", 1),  # the chart's own: raised at once
+])
+def test_png_charts_are_drawn_again_only_when_kaleidos_page_was_not_ready(
+        warehouse: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_error: str,
+        calls: int) -> None:
+    import kaleido
+    from kaleido.errors import JavascriptError
+
+    from touchline.serve.report import write_pngs
+
+    asked: list[int] = []
+
+    def draw(jobs: list[dict], **_: object) -> None:
+        asked.append(len(jobs))
+        if len(asked) == 1:
+            raise JavascriptError(f"{{'result': {{'description': '{first_error}'}}}}")
+        for job in jobs:
+            Path(job["path"]).write_bytes(b"png")
+
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", draw)
+    con = engine.connect(settings=Settings(database_url=warehouse))
+    try:
+        if calls == 1:
+            with pytest.raises(JavascriptError, match="a chart's own error"):
+                write_pngs(con, tmp_path, Filters(), chromium=Path(shutil.which("sh")))
+        else:
+            result = write_pngs(con, tmp_path, Filters(), chromium=Path(shutil.which("sh")))
+            assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(
+                s.name for s in result.sections if not s.error)
+    finally:
+        con.disconnect()
+    assert len(asked) == calls and asked[0] > 0

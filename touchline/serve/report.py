@@ -164,6 +164,8 @@ def write_report(con: BaseBackend, out: Path, filters: Filters, *, database: str
 
 #: size of a PNG chart in CSS pixels, and its scale: 1600 × 900 pixels, 16:9 slides
 PNG_WIDTH, PNG_HEIGHT, PNG_SCALE = 1200, 675, 4 / 3
+#: kaleido 1.5 can start drawing before its page has loaded (see :func:`write_pngs`)
+KALEIDO_ATTEMPTS = 2
 
 
 def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Path,
@@ -175,6 +177,7 @@ def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Pa
     Raises :class:`~touchline.errors.MissingInputError` when ``chromium`` is not there.
     """
     import kaleido
+    from kaleido.errors import JavascriptError
 
     if not chromium.is_file():
         raise MissingInputError(
@@ -188,8 +191,18 @@ def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Pa
     jobs = [{"fig": pio.from_json(s.figure_json), "path": folder / f"{s.name}.png",
              "opts": {"format": "png", "width": PNG_WIDTH, "height": PNG_HEIGHT,
                       "scale": PNG_SCALE}} for s in drawn]
-    if jobs:
-        kaleido.write_fig_from_object_sync(
-            jobs, kopts={"path": str(chromium), "mathjax": False}, cancel_on_error=True)
+    for attempt in range(1, KALEIDO_ATTEMPTS + 1) if jobs else ():
+        try:
+            kaleido.write_fig_from_object_sync(
+                jobs, kopts={"path": str(chromium), "mathjax": False}, cancel_on_error=True)
+            break
+        except JavascriptError as exc:
+            # kaleido 1.5 can take the id of the tab's JavaScript context before its page has
+            # loaded (seen under load): the page's script is then missing from it. Drawing
+            # again in a new tab works; any other JavaScript error is the chart's own
+            if attempt == KALEIDO_ATTEMPTS or "kaleido_scopes is not defined" not in str(exc):
+                raise
+            log.warning("kaleido's tab was not ready (attempt %d): drawing the PNG charts "
+                        "again", attempt)
     log.info("PNG charts written: %d, %d skipped", len(drawn), len(sections) - len(drawn))
     return ReportResult(folder, sections)
