@@ -1131,12 +1131,11 @@ def _insert_rows(
     ``_line`` (they may be one table). Dedupe, counts and rejects read only ``checks``; a line
     number names one row of the file, so the rows to insert are picked by line alone.
     """
-    staged_all = checks
-    bad = staged_all.filter(staged_all._pcode.notnull()).select(
+    bad = checks.filter(checks._pcode.notnull()).select(
         line=_._line, field=_._pfield, reason_code=_._pcode, reason=_._pmessage, raw=_._raw,
         ref=ibis.null("string"),
     )
-    staged = staged_all.filter(staged_all._pcode.isnull())
+    staged = checks.filter(checks._pcode.isnull())
     # loaded, but a JSON cell gave nothing: the values it held are recorded as lost
     partial = staged.filter(staged._json_bad.notnull())
     lost = partial.select(
