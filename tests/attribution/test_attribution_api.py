@@ -396,7 +396,7 @@ def test_python_examples_in_the_docs_run() -> None:
 def test_demo_summary_prints_comparison_and_ranking(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from touchline.attribution.commands import print_demo_summary
+    from touchline.cli.attribution import print_demo_summary
 
     truth = tmp_path / "truth.json"
     truth.write_text(

@@ -13,7 +13,7 @@ from ibis.backends import BaseBackend
 
 from touchline import engine, store
 from touchline.errors import ConfigError
-from touchline.metrics.commands import parse_window
+from touchline.cli.metrics import parse_window
 from touchline.metrics.funnels import funnel
 
 T0 = datetime(2026, 3, 1)

@@ -10,7 +10,7 @@ import pytest
 
 from touchline.errors import SimulationError
 from touchline.simulate import SeasonalDip, simulate
-from touchline.simulate.commands import parse_dip
+from touchline.cli.simulate import parse_dip
 from touchline.simulate.truth import calendar_activity
 
 

@@ -224,7 +224,7 @@ DEMO_TABLE_MODELS = ("last_touch", "last_non_direct", "linear", "markov", "shapl
 
 
 def _print_demo(report: object) -> None:
-    from touchline.attribution.commands import model_tables
+    from touchline.cli.attribution import model_tables
     from touchline.demo import DemoReport
     from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
 
@@ -321,41 +321,41 @@ def tables(out: Annotated[Path | None, typer.Option(help="Write Markdown here.")
         console.print(text, markup=False, highlight=False)
 
 
-from touchline.collect.commands import register as register_collect  # noqa: E402
+from touchline.cli.collect import register as register_collect  # noqa: E402
 
 register_collect(app)
 
-from touchline.attribution.commands import register as register_attribution  # noqa: E402
+from touchline.cli.attribution import register as register_attribution  # noqa: E402
 
 register_attribution(app)
 
-from touchline.journeys.commands import register as register_journeys  # noqa: E402
-from touchline.journeys.commands import register_paths  # noqa: E402
+from touchline.cli.journeys import register as register_journeys  # noqa: E402
+from touchline.cli.journeys import register_paths  # noqa: E402
 
 register_journeys(app)
 register_paths(app)
 
-from touchline.metrics.commands import register as register_metrics  # noqa: E402
+from touchline.cli.metrics import register as register_metrics  # noqa: E402
 
 register_metrics(app)
 
-from touchline.prepare.commands import register as register_prepare  # noqa: E402
+from touchline.cli.prepare import register as register_prepare  # noqa: E402
 
 register_prepare(app)
 
-from touchline.simulate.commands import register as register_simulate  # noqa: E402
+from touchline.cli.simulate import register as register_simulate  # noqa: E402
 
 register_simulate(app)
 
-from touchline.serve.commands import register as register_serve  # noqa: E402
+from touchline.cli.serve import register as register_serve  # noqa: E402
 
 register_serve(app)
 
-from touchline.exports.commands import register as register_exports  # noqa: E402
+from touchline.cli.exports import register as register_exports  # noqa: E402
 
 register_exports(app)
 
-from touchline.privacy.commands import register as register_privacy  # noqa: E402
+from touchline.cli.privacy import register as register_privacy  # noqa: E402
 
 register_privacy(app)
 
