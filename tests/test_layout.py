@@ -88,21 +88,74 @@ def test_importing_touchline_loads_no_heavy_stack() -> None:
     assert loaded == []
 
 
-def test_cli_help_loads_no_scipy_spark_or_collector_stack() -> None:
-    """``touchline --help`` (issue 19, start-up) registers every command, the attribution
-    models and KPIs among them, yet imports none of SciPy, PySpark or the collector's server
-    stack: they load when a command uses them. Checked in a fresh interpreter."""
+#: what ``touchline --help`` must not import: SciPy, PySpark and the collector's server stack
+#: (seconds), and the engine, Ibis, pandas and the rest of the data stack (1.4 s), which every
+#: command imports when it runs (issue 19, start-up); not pydantic itself: typer imports it
+CLI_HEAVY = ("scipy", "pyspark", "starlette", "uvicorn", "msgspec", "ibis", "duckdb", "pandas",
+             "numpy", "pyarrow", "sqlglot", "pydantic_settings", "httpx", "touchline.engine",
+             "touchline.store", "touchline.config")
+#: every command's ``--help`` in one fresh interpreter, then the heavy modules it loaded
+CLI_HELP_ALL = """
+import sys
+import typer.main
+from typer.testing import CliRunner
+from touchline.cli import app
+
+def walk(command, path):
+    yield path
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from walk(sub, [*path, name])
+
+runner = CliRunner()
+paths = list(walk(typer.main.get_command(app), []))
+for path in paths:
+    result = runner.invoke(app, [*path, "--help"], terminal_width=100)
+    assert result.exit_code == 0 and "Usage: " in result.output, (path, result.output)
+print(";".join(" ".join(path) for path in paths))
+print(" ".join(m for m in HEAVY if m in sys.modules))
+"""
+
+
+def test_cli_help_of_every_command_loads_no_heavy_stack() -> None:
+    """``touchline --help`` and each command's ``--help`` (issue 19, start-up) work, yet
+    import none of SciPy, PySpark, the collector's server stack, the engine, Ibis or pandas:
+    the commands import them when they run (and ``touchline/cli/*.py`` copy the few
+    registry names their options show, checked below). Checked in a fresh interpreter."""
     import subprocess
     import sys
 
-    heavy = ("scipy", "pyspark", "starlette", "uvicorn", "msgspec")
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom touchline.cli import app\n"
-            "result = CliRunner().invoke(app, ['--help'])\n"
-            "assert result.exit_code == 0 and 'attribute' in result.output, result.output\n"
-            "print(' '.join(m for m in " + repr(heavy) + " if m in sys.modules))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True).stdout.split()
-    assert loaded == []
+    done = subprocess.run([sys.executable, "-c", CLI_HELP_ALL.replace("HEAVY", repr(CLI_HEAVY))],
+                          capture_output=True, text=True, check=True)
+    commands, loaded = done.stdout.split("\n")[:2]
+    # the top level, groups and their subcommands all answered
+    assert {"", "attribute", "ingest", "keys", "keys create", "clv fit",
+            "retention apply"} <= set(commands.split(";"))
+    assert loaded.split() == []
+
+
+def test_cli_copies_of_registry_names_match_the_registries() -> None:
+    """The names the CLI's options show without importing the stages (help texts and
+    defaults built at start-up) equal the registries they copy."""
+    from touchline import store
+    from touchline.attribution.paths import PATH_SEP_DEFAULT
+    from touchline.attribution.registry import MODELS
+    from touchline.cli import INGESTIBLE
+    from touchline.cli import attribution as attribution_cli
+    from touchline.cli import exports as exports_cli
+    from touchline.cli import simulate as simulate_cli
+    from touchline.exports.export import DESTINATIONS, FORMATS
+    from touchline.journeys import LEVELS
+    from touchline.simulate import CHUNK_PEOPLE_DEFAULT
+    from touchline.simulate import FORMATS as SIMULATE_FORMATS
+
+    assert tuple(store.INGESTIBLE) == INGESTIBLE
+    assert tuple(sorted(MODELS)) == attribution_cli.MODEL_NAMES
+    assert tuple(LEVELS) == attribution_cli.LEVELS
+    assert attribution_cli.PATH_SEP_DEFAULT == PATH_SEP_DEFAULT
+    assert tuple(DESTINATIONS) == exports_cli.DESTINATIONS
+    assert tuple((f.id, f.destination) for f in FORMATS.values()) == exports_cli.FORMATS
+    assert tuple(SIMULATE_FORMATS) == simulate_cli.FORMATS
+    assert simulate_cli.CHUNK_PEOPLE_DEFAULT == CHUNK_PEOPLE_DEFAULT
 
 
 def test_a_lazy_module_imports_on_first_attribute_read() -> None:

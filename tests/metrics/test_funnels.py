@@ -12,8 +12,8 @@ from factories import arrow_table
 from ibis.backends import BaseBackend
 
 from touchline import engine, store
-from touchline.errors import ConfigError
 from touchline.cli.metrics import parse_window
+from touchline.errors import ConfigError
 from touchline.metrics.funnels import funnel
 
 T0 = datetime(2026, 3, 1)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from touchline.cli.simulate import parse_dip
 from touchline.errors import SimulationError
 from touchline.simulate import SeasonalDip, simulate
-from touchline.cli.simulate import parse_dip
 from touchline.simulate.truth import calendar_activity
 
 

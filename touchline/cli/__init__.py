@@ -1,4 +1,11 @@
-"""The ``touchline`` command: a thin door over the package. Only this module prints."""
+"""The ``touchline`` command: a thin door over the package. Only this package prints.
+
+Each command group has its module here (``attribution``, ``collect``, ``metrics``...),
+registered on :data:`app` below. ``touchline --help`` builds every command, so a module
+imports at its top only what the options need (typer, rich, touchline.errors); the engine,
+Ibis, pandas and the stages are imported by the command that uses them (issue 19, start-up:
+``tests/test_layout.py`` checks it).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from touchline import engine, store
-from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
 from touchline.terminal import fail
 
@@ -24,6 +29,11 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+#: :data:`touchline.store.INGESTIBLE`, copied: the help of ``ingest --kind`` is built when the
+#: CLI starts, and importing the store (Ibis) for it would slow every ``touchline --help``; a
+#: test keeps them equal
+INGESTIBLE = ("events", "deals", "spend", "calls", "surveys", "search_console", "social",
+              "reviews", "number_leases", "experiments")
 DatabaseOption = Annotated[
     str | None, typer.Option("--database", "-d", help="Warehouse URL (default from settings).")
 ]
@@ -39,6 +49,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 @app.command()
 def init(database: DatabaseOption = None) -> None:
     """Create the canonical tables in the warehouse."""
+    from touchline import engine, store
+    from touchline.config import load_settings
     try:
         settings = load_settings(**({"database_url": database} if database else {}))
         con = engine.connect(settings=settings)
@@ -54,7 +66,7 @@ def init(database: DatabaseOption = None) -> None:
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="CSV, NDJSON or Parquet files (.gz too).")],
-    kind: Annotated[str, typer.Option(help=f"Target table: {', '.join(store.INGESTIBLE)}.")],
+    kind: Annotated[str, typer.Option(help=f"Target table: {', '.join(INGESTIBLE)}.")],
     map_file: Annotated[
         Path | None, typer.Option("--map", help="TOML column mapping (docs/ingest.md).")
     ] = None,
@@ -72,8 +84,10 @@ def ingest(
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from touchline import engine, store
     from touchline.collect.ingest import ingest_file
     from touchline.collect.mapping import load_mapping
+    from touchline.config import load_settings
 
     try:
         settings = load_settings(**({"database_url": database} if database else {}))
@@ -130,6 +144,8 @@ def run(
     Writes journeys, journey_touches and credits (replacing them); conversion types and models
     come from the settings (touchline.toml, docs/journeys.md).
     """
+    from touchline import engine
+    from touchline.config import load_settings
     from touchline.pipeline import run as run_pipeline
 
     try:
@@ -205,6 +221,7 @@ def demo(
     database: DatabaseOption = None,
 ) -> None:
     """Simulate data with ground truth, load it, run every stage, and compare with the truth."""
+    from touchline.config import load_settings
     from touchline.demo import run_demo
 
     try:
@@ -314,6 +331,8 @@ def _print_demo(report: object) -> None:
 @app.command()
 def tables(out: Annotated[Path | None, typer.Option(help="Write Markdown here.")] = None) -> None:
     """Print (or write) the documentation of the canonical tables."""
+    from touchline import store
+
     text = store.tables_markdown()
     if out:
         out.write_text(text.rstrip() + "\n")

@@ -19,30 +19,22 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
-import pandas as pd
 import typer
 from rich.console import Console, Group, RenderableType
 from rich.table import Column, Table
 from rich.text import Text
 
-from touchline import store
-from touchline.attribution.calibrated import CALIBRATED, Experiment, experiment_targets
-from touchline.attribution.compare import attribute as attribute_paths
-from touchline.attribution.compare import compare
-from touchline.attribution.evaluate import evaluate as evaluate_models
-from touchline.attribution.evaluate import load_truth
-from touchline.attribution.markov import MARKOV_MODELS, ORDER_AUTO, ORDER_DEFAULT
-from touchline.attribution.path_files import read_path_file
-from touchline.attribution.paths import PATH_SEP_DEFAULT, PathSet, journey_pathset
-from touchline.attribution.registry import MODELS, lookup
-from touchline.attribution.select import AUTO_MODEL, HOLDOUT_DEFAULT, Choice, choose_model
 from touchline.errors import ConfigError, TouchlineError, did_you_mean
-from touchline.journeys import LEVELS, journeys_in_period
-from touchline.journeys.conversions import choose_conversion
 from touchline.terminal import fail
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from touchline.attribution.calibrated import Experiment
+    from touchline.attribution.paths import PathSet
+    from touchline.attribution.select import Choice
 
 
 def _out() -> Console:
@@ -55,6 +47,16 @@ err_console = Console(stderr=True)
 log = logging.getLogger(__name__)
 
 FORMATS = ("table", "json", "csv")
+#: the names of :data:`touchline.attribution.registry.MODELS` (sorted), of
+#: :data:`touchline.journeys.LEVELS` and :data:`touchline.attribution.paths.PATH_SEP_DEFAULT`,
+#: copied: the options' help and defaults are built when the CLI starts, and importing the
+#: models (pandas, Ibis) for them would slow every ``touchline --help``; a test keeps them equal
+MODEL_NAMES = ("calibrated", "counterfactual", "custom", "first_touch", "full_path", "inverse_j",
+               "j_shaped", "journey_counterfactual", "last_non_direct", "last_touch", "linear",
+               "markov", "markov_time_decay", "ordered_shapley", "position_based", "shapley",
+               "time_decay", "w_shaped")
+LEVELS = ("channel", "source", "medium", "campaign", "keyword", "landing_page", "content")
+PATH_SEP_DEFAULT = " > "
 ALL_MODELS = "all"
 #: how ``--model all`` groups models into tables, in the order a marketer reads them: who
 #: gets everything, then rules that share the credit, then the models fitted to the data.
@@ -95,6 +97,7 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def _read(paths_file: Path, sep: str, level: str) -> PathSet:
+    from touchline.attribution.path_files import read_path_file
     column = "path"
     if level != "channel":
         import pyarrow.parquet as pq
@@ -125,8 +128,13 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
     experiments on them (for ``calibrated``); ``time_split`` marks the latest journeys for
     ``auto``'s time-based split (and markov's ``order="auto"``); ``open_ages`` keeps the open
     journeys' touch ages (``markov_time_decay``)."""
-    from touchline import engine
+    from touchline import engine, store
+    from touchline.attribution.calibrated import experiment_targets
+    from touchline.attribution.paths import journey_pathset
+    from touchline.attribution.select import HOLDOUT_DEFAULT
     from touchline.config import load_settings
+    from touchline.journeys import journeys_in_period
+    from touchline.journeys.conversions import choose_conversion
 
     if level not in LEVELS:
         hint = did_you_mean(level, LEVELS)
@@ -172,6 +180,7 @@ def _interval_settings(model: str, ci: float | None, replicates: int | None,
 
 def _flag_text(frame: pd.DataFrame) -> pd.DataFrame:
     """For the table: ``flagged`` as words, the bounds beside their estimate."""
+    import numpy as np
     if "flagged" not in frame:
         return frame
     shown = frame.copy()
@@ -226,6 +235,7 @@ def _stored_order(database: str | None) -> int | str:
 
 def _order(text: str) -> int | str:
     """``--order``: ``auto`` or an integer (the model checks its range)."""
+    from touchline.attribution.markov import ORDER_AUTO
     if text.strip().lower() == ORDER_AUTO:
         return ORDER_AUTO
     try:
@@ -346,6 +356,9 @@ def _emit(text: str | RenderableType, out: Path | None) -> None:
 
 def print_demo_summary(paths_file: Path, truth_file: Path) -> None:
     """For ``touchline demo``: every model side by side, then the ranking against the truth."""
+    from touchline.attribution.compare import compare
+    from touchline.attribution.evaluate import evaluate as evaluate_models
+    from touchline.attribution.evaluate import load_truth
     path_set = _read(paths_file, PATH_SEP_DEFAULT, "channel")
     conversions = compare(path_set)
     console = _out()
@@ -377,7 +390,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[
             str,
             typer.Option(
-                help=f"One of {', '.join(sorted(MODELS))}; 'all' for every model side by side; "
+                help=f"One of {', '.join(MODEL_NAMES)}; 'all' for every model side by side; "
                 "'auto' for the data-driven model that best predicts held-out journeys."
             ),
         ] = "markov",
@@ -428,6 +441,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Credit conversions and revenue to channels, campaigns, keywords... of the stored
         journeys (after `touchline run`), or of a path file (--paths)."""
+        from touchline import store
+        from touchline.attribution.calibrated import CALIBRATED
+        from touchline.attribution.compare import attribute as attribute_paths
+        from touchline.attribution.compare import compare
+        from touchline.attribution.markov import MARKOV_MODELS, ORDER_AUTO, ORDER_DEFAULT
+        from touchline.attribution.registry import MODELS, lookup
+        from touchline.attribution.select import AUTO_MODEL, choose_model
         try:
             if fmt not in FORMATS:
                 raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
@@ -544,7 +564,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Load experiment results into `experiments`; bad rows go to `rejects` with line and
         reason. Re-importing a file adds nothing twice."""
-        from touchline import engine
+        from touchline import engine, store
         from touchline.collect.ingest import ingest_file
         from touchline.config import load_settings
 
@@ -579,6 +599,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
     ) -> None:
         """Rank models by distance to the true incremental conversions (or revenue)."""
+        from touchline import store
+        from touchline.attribution.compare import compare
+        from touchline.attribution.evaluate import evaluate as evaluate_models
+        from touchline.attribution.evaluate import load_truth
         try:
             if fmt not in FORMATS:
                 raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")

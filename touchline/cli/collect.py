@@ -7,17 +7,17 @@ prints.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from touchline import engine, store
-from touchline.collect import keys as api_keys
-from touchline.config import Settings, load_settings
 from touchline.errors import TouchlineError
 from touchline.terminal import fail
+
+if TYPE_CHECKING:
+    from touchline.config import Settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,6 +29,8 @@ DatabaseOption = Annotated[
 
 
 def _settings(database: str | None, **overrides: object) -> Settings:
+    from touchline.config import load_settings
+
     values = {k: v for k, v in overrides.items() if v is not None}
     if database:
         values["database_url"] = database
@@ -84,6 +86,8 @@ def register(app: typer.Typer) -> None:
         spool_dir: Annotated[str | None, typer.Option(help="Spool folder.")] = None,
     ) -> None:
         """Load the collector's spool into the warehouse once (when `serve` is not running)."""
+        from touchline import engine
+
         try:
             settings = _settings(database, spool_dir=spool_dir)
             with engine.connected(settings=settings) as con:
@@ -110,6 +114,9 @@ def register(app: typer.Typer) -> None:
         database: DatabaseOption = None,
     ) -> None:
         """Create a key and print it once; only its hash is stored."""
+        from touchline import engine, store
+        from touchline.collect import keys as api_keys
+
         try:
             settings = _settings(database)
             with engine.connected(settings=settings) as con:
@@ -125,6 +132,9 @@ def register(app: typer.Typer) -> None:
     @keys_app.command("list")
     def keys_list(database: DatabaseOption = None) -> None:
         """List keys (never the keys themselves)."""
+        from touchline import engine, store
+        from touchline.collect import keys as api_keys
+
         try:
             with engine.connected(settings=_settings(database)) as con:
                 store.init(con)
@@ -140,6 +150,9 @@ def register(app: typer.Typer) -> None:
     @keys_app.command("revoke")
     def keys_revoke(key_id: str, database: DatabaseOption = None) -> None:
         """Revoke a key by its id (the collector stops accepting it within seconds)."""
+        from touchline import engine, store
+        from touchline.collect import keys as api_keys
+
         try:
             with engine.connected(settings=_settings(database)) as con:
                 store.init(con)
@@ -157,6 +170,8 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str | None, typer.Option(help="Public URL of the collector.")] = None,
     ) -> None:
         """Print the t.js tag to paste into every page."""
+        from touchline.config import load_settings
+
         settings = load_settings()
         url = host or f"http://{settings.collector_host}:{settings.collector_port}"
         console.print(
@@ -166,6 +181,8 @@ def register(app: typer.Typer) -> None:
     @calls_app.command("match")
     def calls_match(database: DatabaseOption = None) -> None:
         """Match new calls to number leases and add them to events as touches."""
+        from touchline import engine, store
+
         try:
             settings = _settings(database)
             with engine.connected(settings=settings) as con:

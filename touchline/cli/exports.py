@@ -11,17 +11,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from touchline import engine
-from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
-from touchline.exports.export import DESTINATIONS, FORMATS
 from touchline.terminal import fail
 
 console = Console()
 err_console = Console(stderr=True)
 
+#: the keys of :data:`touchline.exports.export.DESTINATIONS` and each format of
+#: :data:`~touchline.exports.export.FORMATS` with its destination, copied: the help is built
+#: when the CLI starts, and importing the exports (pandas, httpx) for it would slow every
+#: ``touchline --help``; a test keeps them equal
+DESTINATIONS = ("google-ads", "meta", "microsoft")
+FORMATS = (("google-ads-clicks-csv", "google-ads"), ("google-ads-leads-csv", "google-ads"),
+           ("google-data-manager-json", "google-ads"), ("meta-capi-json", "meta"),
+           ("microsoft-bulk-csv", "microsoft"), ("microsoft-api-json", "microsoft"))
 DESTINATION_NAMES = ", ".join(DESTINATIONS)
-FORMAT_NAMES = ", ".join(f"{f.id} ({f.destination})" for f in FORMATS.values())
+FORMAT_NAMES = ", ".join(f"{format_id} ({destination})" for format_id, destination in FORMATS)
 DatabaseOption = Annotated[
     str | None, typer.Option("--database", "-d", help="Warehouse URL (default from settings).")
 ]
@@ -59,6 +64,8 @@ def register(app: typer.Typer) -> None:
 
         No network call unless settings.export_push_urls names the destination.
         """
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.exports import export_conversions
         from touchline.serve.figures import parse_day
 
@@ -124,6 +131,8 @@ def register(app: typer.Typer) -> None:
         import signal
         import threading
 
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.exports.crm_mapping import load_mapping
         from touchline.exports.crm_push import PushResult, push_leads
         from touchline.exports.crm_push import follow as follow_leads
@@ -199,6 +208,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List the exports, newest first: where, which format, when, how many conversions,
         adjustments and rejects, the file, and the push's answer."""
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.exports.audit import ensure_tables, list_exports
 
         try:

@@ -9,8 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from touchline import engine
-from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
 from touchline.terminal import fail
 
@@ -23,6 +21,9 @@ DatabaseOption = Annotated[
 
 
 def _connect(database: str | None) -> tuple[object, object]:
+    from touchline import engine
+    from touchline.config import load_settings
+
     settings = load_settings(**({"database_url": database} if database else {}))
     con = engine.connect(settings=settings)
     if "journeys" not in set(con.list_tables()):

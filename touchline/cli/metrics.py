@@ -14,14 +14,12 @@ import json
 import math
 import re
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from touchline import engine, store
-from touchline.config import Settings, load_settings
 from touchline.errors import (
     ConfigError,
     MissingInputError,
@@ -31,6 +29,9 @@ from touchline.errors import (
     did_you_mean,
 )
 from touchline.terminal import fail
+
+if TYPE_CHECKING:
+    from touchline.config import Settings
 
 FORMATS = ("table", "json", "csv")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "w": "weeks"}
@@ -114,6 +115,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fit BG/NBD (r, alpha, a, b) and Gamma-Gamma (p, q, v) by maximum likelihood on the
         purchases in the warehouse; print the parameters, the customers and the period."""
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.metrics.clv import UNITS, fit
 
         console = Console()
@@ -177,6 +180,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """KPIs of every journey stage (reach, engagement, conversion, cost, retention,
         NPS) from the stored tables, by period, channel, campaign…"""
+        from touchline import engine, store
+        from touchline.config import load_settings
         from touchline.metrics.kpis import (
             KPIS,
             check_dimensions,
@@ -316,6 +321,8 @@ def register(app: typer.Typer) -> None:
             "--database", "-d", help="Warehouse URL (default from settings).")] = None,
     ) -> None:
         """Units entering each step, drop-off, conversion rates and time between steps."""
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.metrics.funnels import funnel as run_funnel
 
         console = Console()
@@ -359,6 +366,8 @@ def _model_stages(groups: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
 def _print_list(console: Console, listing: list[dict[str, Any]], fmt: str, *,
                 stage_model: str | None = None,
                 groups: list[tuple[str, list[Any]]] | None = None) -> None:
+    from touchline import store
+
     if fmt == "json":
         payload: dict[str, Any] = {"kpis": listing}
         if stage_model:

@@ -8,8 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from touchline import engine
-from touchline.config import load_settings
 from touchline.errors import TouchlineError
 from touchline.terminal import fail, step_bar
 
@@ -26,6 +24,8 @@ def register(app: typer.Typer) -> None:
 
         Every dropped row goes to `rejects` and every changed value to `audit`, with the step.
         """
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.prepare import run_prepare
 
         console = Console()

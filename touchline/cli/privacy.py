@@ -10,8 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from touchline import engine
-from touchline.config import load_settings
 from touchline.errors import TouchlineError
 from touchline.terminal import fail
 
@@ -35,6 +33,8 @@ def register(app: typer.Typer) -> None:
         """Delete raw events and calls older than their retention, empty the personal data
         of older surveys, reviews, deals, number leases and rejects (`touchline run` does
         it after preparing; run this after a run). Prepared tables, journeys and credits stay."""
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.privacy import apply_retention
         from touchline.privacy.retention import retention_days
 
@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
         """Key the e-mails and phone numbers of rows loaded before pii_at_rest = "hashed" was
         switched on, in every raw table, as a hashed load would have; then rebuild the
         prepared tables, journeys and credits from them. Running it again changes nothing."""
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.pipeline import run as run_pipeline
         from touchline.privacy import rehash
 
@@ -97,6 +99,8 @@ def register(app: typer.Typer) -> None:
         Run `touchline run` afterwards: accounts and account journeys are rebuilt without
         the person.
         """
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.privacy import erase
 
         given = {k: v for k, v in (("email", email), ("phone", phone), ("user_id", user_id),

@@ -10,8 +10,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from touchline import engine
-from touchline.config import load_settings
 from touchline.errors import ConfigError, TouchlineError
 from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
 from touchline.terminal import fail, step_bar
@@ -59,6 +57,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write one self-contained HTML report (charts, numbers, plotly.js inlined): it
         opens in any browser, offline."""
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.serve.figures import Filters, check_filters, parse_day
         from touchline.serve.report import write_pngs, write_report
 
@@ -108,6 +108,7 @@ def register(app: typer.Typer) -> None:
         """Serve the dashboard (login with `touchline users create`, or a read key)."""
         import uvicorn
 
+        from touchline.config import load_settings
         from touchline.serve.app import create_app
 
         try:
@@ -135,6 +136,8 @@ def register(app: typer.Typer) -> None:
         hash)."""
         import sys
 
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.serve.users import create_user
 
         password = (sys.stdin.readline().rstrip("\n") if password_stdin else
@@ -156,6 +159,8 @@ def register(app: typer.Typer) -> None:
         """The dashboard users (never their password hashes)."""
         from rich.table import Table
 
+        from touchline import engine
+        from touchline.config import load_settings
         from touchline.serve.users import list_users
 
         try:

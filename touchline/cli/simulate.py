@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from touchline.errors import SimulationError, TouchlineError
-from touchline.simulate import CHUNK_PEOPLE_DEFAULT, FORMATS, SeasonalDip, simulate
 from touchline.terminal import fail
+
+if TYPE_CHECKING:
+    from touchline.simulate import SeasonalDip
+
+#: :data:`touchline.simulate.FORMATS` and :data:`~touchline.simulate.CHUNK_PEOPLE_DEFAULT`,
+#: copied: the options' help and default are built when the CLI starts, and importing the
+#: simulator (numpy) for them would slow every ``touchline --help``; a test keeps them equal
+FORMATS = ("ndjson", "parquet", "both")
+CHUNK_PEOPLE_DEFAULT = 50_000
 
 
 def register(app: typer.Typer) -> None:
@@ -41,6 +49,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Write realistic, deterministic data with a known right answer (truth.json)."""
+        from touchline.simulate import simulate
+
         console = Console()
         try:
             dip = None if seasonal_dip is None else parse_dip(seasonal_dip)
@@ -69,6 +79,8 @@ def register(app: typer.Typer) -> None:
 def parse_dip(text: str) -> SeasonalDip:
     """``MONTH:FACTOR`` (``3:0.3``) as a :class:`SeasonalDip`; :class:`SimulationError` naming
     the text otherwise."""
+    from touchline.simulate import SeasonalDip
+
     month, sep, factor = text.partition(":")
     try:
         if not sep:
