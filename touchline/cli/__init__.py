@@ -51,6 +51,7 @@ def init(database: DatabaseOption = None) -> None:
     """Create the canonical tables in the warehouse."""
     from touchline import engine, store
     from touchline.config import load_settings
+
     try:
         settings = load_settings(**({"database_url": database} if database else {}))
         con = engine.connect(settings=settings)

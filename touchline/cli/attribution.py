@@ -98,6 +98,7 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 def _read(paths_file: Path, sep: str, level: str) -> PathSet:
     from touchline.attribution.path_files import read_path_file
+
     column = "path"
     if level != "channel":
         import pyarrow.parquet as pq
@@ -181,6 +182,7 @@ def _interval_settings(model: str, ci: float | None, replicates: int | None,
 def _flag_text(frame: pd.DataFrame) -> pd.DataFrame:
     """For the table: ``flagged`` as words, the bounds beside their estimate."""
     import numpy as np
+
     if "flagged" not in frame:
         return frame
     shown = frame.copy()
@@ -236,6 +238,7 @@ def _stored_order(database: str | None) -> int | str:
 def _order(text: str) -> int | str:
     """``--order``: ``auto`` or an integer (the model checks its range)."""
     from touchline.attribution.markov import ORDER_AUTO
+
     if text.strip().lower() == ORDER_AUTO:
         return ORDER_AUTO
     try:
@@ -359,6 +362,7 @@ def print_demo_summary(paths_file: Path, truth_file: Path) -> None:
     from touchline.attribution.compare import compare
     from touchline.attribution.evaluate import evaluate as evaluate_models
     from touchline.attribution.evaluate import load_truth
+
     path_set = _read(paths_file, PATH_SEP_DEFAULT, "channel")
     conversions = compare(path_set)
     console = _out()
@@ -448,6 +452,7 @@ def register(app: typer.Typer) -> None:
         from touchline.attribution.markov import MARKOV_MODELS, ORDER_AUTO, ORDER_DEFAULT
         from touchline.attribution.registry import MODELS, lookup
         from touchline.attribution.select import AUTO_MODEL, choose_model
+
         try:
             if fmt not in FORMATS:
                 raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
@@ -603,6 +608,7 @@ def register(app: typer.Typer) -> None:
         from touchline.attribution.compare import compare
         from touchline.attribution.evaluate import evaluate as evaluate_models
         from touchline.attribution.evaluate import load_truth
+
         try:
             if fmt not in FORMATS:
                 raise ConfigError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
