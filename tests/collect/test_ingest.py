@@ -324,6 +324,32 @@ def test_mapping_file_renames_and_fills_defaults(con, tmp_path) -> None:
     assert row["timestamp"].microsecond == 123000
 
 
+def test_ndjson_mapping_paths_of_every_form_read_their_values(con, tmp_path) -> None:
+    """An array index, a quoted member with a space, a dotted plain name and an object read
+    whole while a path also looks into it: each reads what that path holds."""
+    path = tmp_path / "export.ndjson"
+    path.write_text(json.dumps({
+        "type": "track", "name": "Bought", "timestamp": "2025-03-01T10:00:00Z",
+        "messageId": "p1", "items": [{"price": "9.5"}, {"price": 1}],
+        "page info": {"url": "https://x.io/"}, "page": {"title": "T"},
+        "ids": {"anon": "a1", "n": 2}}) + "\n")
+    mapping_file = tmp_path / "map.toml"
+    mapping_file.write_text(
+        '[columns]\nrevenue = "$.items[0].price"\nurl = \'$."page info".url\'\n'
+        'title = "page.title"\nanonymous_id = "$.ids.anon"\nproperties = "$.ids"\n'
+        'event = "name"\n'
+    )
+    canonical = {c.name for c in store.EVENTS.columns}
+    result = ingest_file(con, path, "events", settings=SETTINGS,
+                         mapping=load_mapping(mapping_file, canonical=canonical))
+    assert (result.loaded, result.rejected) == (1, 0)
+    row = con.table("events").to_pyarrow().to_pylist()[0]
+    assert {k: row[k] for k in ("revenue", "url", "title", "anonymous_id", "properties",
+                                "event")} == {
+        "revenue": 9.5, "url": "https://x.io/", "title": "T", "anonymous_id": "a1",
+        "properties": '{"anon":"a1","n":2}', "event": "Bought"}
+
+
 def test_mapping_errors_name_the_file_and_key(tmp_path) -> None:
     bad = tmp_path / "m.toml"
     bad.write_text('[columns]\nnot_a_column = "x"\n')

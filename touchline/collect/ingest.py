@@ -207,7 +207,7 @@ def _json_values_sql(paths: list[str], obj: str) -> list[str]:
 
     One ``json_transform`` into a struct of every member read parses each line once and finds
     each value by a hash of its key; one ``json_extract_string`` of 83 paths parsed once but
-    walked the object's keys for each path (most of an NDJSON ingest's parse time). A member
+    walked the object's keys for each path (a third of an NDJSON ingest's parse). A member
     read whole and also looked into (``$.context`` and ``$.context.page.url``) is kept as JSON
     text and transformed again on its own.
     """
