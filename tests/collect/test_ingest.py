@@ -324,6 +324,32 @@ def test_mapping_file_renames_and_fills_defaults(con, tmp_path) -> None:
     assert row["timestamp"].microsecond == 123000
 
 
+def test_ndjson_mapping_paths_of_every_form_read_their_values(con, tmp_path) -> None:
+    """An array index, a quoted member with a space, a dotted plain name and an object read
+    whole while a path also looks into it: each reads what that path holds."""
+    path = tmp_path / "export.ndjson"
+    path.write_text(json.dumps({
+        "type": "track", "name": "Bought", "timestamp": "2025-03-01T10:00:00Z",
+        "messageId": "p1", "items": [{"price": "9.5"}, {"price": 1}],
+        "page info": {"url": "https://x.io/"}, "page": {"title": "T"},
+        "ids": {"anon": "a1", "n": 2}}) + "\n")
+    mapping_file = tmp_path / "map.toml"
+    mapping_file.write_text(
+        '[columns]\nrevenue = "$.items[0].price"\nurl = \'$."page info".url\'\n'
+        'title = "page.title"\nanonymous_id = "$.ids.anon"\nproperties = "$.ids"\n'
+        'event = "name"\n'
+    )
+    canonical = {c.name for c in store.EVENTS.columns}
+    result = ingest_file(con, path, "events", settings=SETTINGS,
+                         mapping=load_mapping(mapping_file, canonical=canonical))
+    assert (result.loaded, result.rejected) == (1, 0)
+    row = con.table("events").to_pyarrow().to_pylist()[0]
+    assert {k: row[k] for k in ("revenue", "url", "title", "anonymous_id", "properties",
+                                "event")} == {
+        "revenue": 9.5, "url": "https://x.io/", "title": "T", "anonymous_id": "a1",
+        "properties": '{"anon":"a1","n":2}', "event": "Bought"}
+
+
 def test_mapping_errors_name_the_file_and_key(tmp_path) -> None:
     bad = tmp_path / "m.toml"
     bad.write_text('[columns]\nnot_a_column = "x"\n')
@@ -402,6 +428,63 @@ def test_a_key_twice_in_one_object_is_rejected_by_file_ingest_as_by_the_loader(
     result = ingest_file(con, path, "events", settings=SETTINGS)
     assert (result.loaded, result.rejected) == (1, 1)
     assert _rejects(con) == {1: "duplicate_key"}
+
+
+def test_a_key_repeated_in_any_object_read_is_rejected_and_only_there(con, tmp_path) -> None:
+    """Repeats inside a nested object that is read (the page), inside a large object (40
+    keys), and nowhere else: the same key in two objects, in an object not read (the library)
+    or in two cases is no repeat."""
+    head = '{"type":"track","event":"x","anonymousId":"a","timestamp":"2025-03-01T10:00:00Z",'
+    many = ",".join(f'"k{i}":{i}' for i in range(40))
+    lines = [
+        head + '"messageId":"r1","context":{"page":{"url":"u1","url":"u2"}}}',
+        head + '"messageId":"r2","properties":{' + many + ',"k3":"again"}}',
+        head + '"messageId":"k1","properties":{' + many + "}}",
+        head + '"messageId":"k2","properties":{"event":"x","anonymousId":"b"}}',
+        head + '"messageId":"k3","context":{"library":{"name":"a","name":"b"}}}',
+        head + '"messageId":"k4","properties":{"Total":1,"total":2}}',
+    ]
+    path = tmp_path / "events.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    result = ingest_file(con, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.rejected) == (4, 2)
+    assert _rejects(con) == {1: "duplicate_key", 2: "duplicate_key"}
+    loaded = con.table("events").message_id.to_pyarrow().to_pylist()
+    assert sorted(loaded) == ["k1", "k2", "k3", "k4"]
+
+
+def test_json_values_of_every_type_are_read_as_their_text(con, tmp_path) -> None:
+    """A string field given a number, a boolean, an object or an array keeps its JSON text
+    (compact); a string is trimmed and an empty one is missing; a path through a value that
+    is not an object finds nothing, so the next path is used; a whole object read as a column
+    keeps its JSON text, and a string there is unquoted."""
+    lines = [
+        {"messageId": "v1", "type": "track", "event": "e", "anonymousId": 7, "userId": True,
+         "timestamp": "2025-03-01T10:00:00Z",
+         "properties": {"revenue": 12.50, "b": [1, {"c": None}]},
+         "context": {"page": {"url": " https://x.io/a ", "title": ""}}},
+        {"messageId": "v2", "type": "track", "event": {"n": 1}, "anonymousId": [1, "x"],
+         "timestamp": "2025-03-01T10:00:00Z", "context": "not an object",
+         "properties": {"url": "https://p.io/"}},
+        {"messageId": "v3", "type": "track", "event": "e", "anonymousId": "a",
+         "timestamp": "2025-03-01T10:00:00Z", "context": {"page": "x", "campaign": [1]},
+         "traits": "plain", "properties": {"url": "https://q.io/", "utm_source": "ignored"}},
+    ]
+    path = tmp_path / "events.ndjson"
+    path.write_text("\n".join(json.dumps(line, separators=(", ", " : ")) for line in lines)
+                    + "\n")
+    result = ingest_file(con, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.rejected) == (3, 0)
+    got = {r["message_id"]: r for r in con.table("events").select(
+        "message_id", "event", "anonymous_id", "user_id", "revenue", "url", "title", "traits",
+        "properties", "utm_source").to_pyarrow().to_pylist()}
+    assert {k: (r["event"], r["anonymous_id"], r["user_id"]) for k, r in got.items()} == {
+        "v1": ("e", "7", "true"), "v2": ('{"n":1}', '[1,"x"]', None), "v3": ("e", "a", None)}
+    assert got["v1"]["properties"] == '{"revenue":12.5,"b":[1,{"c":null}]}'
+    assert (got["v1"]["revenue"], got["v1"]["url"], got["v1"]["title"]) == (
+        12.5, "https://x.io/a", None)
+    assert (got["v2"]["url"], got["v3"]["url"]) == ("https://p.io/", "https://q.io/")
+    assert (got["v3"]["traits"], got["v3"]["utm_source"]) == ("plain", None)
 
 
 def test_a_quoted_csv_field_keeps_its_line_breaks(con, tmp_path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -184,6 +185,95 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
+#: a JSON path of plain members (``$.a.b``, ``$."a b".c``): read by :func:`_json_values_sql`
+#: through one typed parse; any other path keeps DuckDB's own path lookup
+_MEMBER_PATH = re.compile(r'\$(?:\.(?:"[^"\\]*"|[A-Za-z_][A-Za-z0-9_]*))+')
+_MEMBER = re.compile(r'\.(?:"([^"\\]*)"|([A-Za-z_][A-Za-z0-9_]*))')
+
+
+@dataclass
+class _JsonNode:
+    """A member of the JSON paths read: its children, and whether a path ends here."""
+
+    children: dict[str, _JsonNode] = field(default_factory=dict)
+    ends_here: bool = False
+
+
+def _json_values_sql(paths: list[str], obj: str) -> list[str]:
+    """Select lists, innermost first, that give ``_jp_<i>``: the value at ``paths[i - 1]`` of
+    JSON object ``obj`` as ``json_extract_string`` reads it (a string unquoted, any other
+    value as its JSON text, null and absent as NULL; a parent that is not an object gives
+    NULL; the first of repeated keys wins; keys match case and all).
+
+    One ``json_transform`` into a struct of every member read parses each line once and finds
+    each value by a hash of its key; one ``json_extract_string`` of 83 paths parsed once but
+    walked the object's keys for each path (a third of an NDJSON ingest's parse). A member
+    read whole and also looked into (``$.context`` and ``$.context.page.url``) is kept as JSON
+    text and transformed again on its own.
+    """
+    root = _JsonNode()
+    ends: dict[int, list[str]] = {}  # path number -> its keys, for member paths
+    others: list[int] = []  # path numbers read by json_extract_string
+    for number, path in enumerate(paths, start=1):
+        if not _MEMBER_PATH.fullmatch(path):
+            others.append(number)
+            continue
+        keys = [m[1] if m[1] is not None else m[2] for m in _MEMBER.finditer(path)]
+        node = root
+        for key in keys:
+            node = node.children.setdefault(key, _JsonNode())
+        node.ends_here = True
+        ends[number] = keys
+    layers: list[list[str]] = [[]]
+    refs: dict[tuple[str, ...], str] = {}  # member keys -> SQL of its value in a struct
+    texts: dict[tuple[str, ...], str] = {}  # keys of a member kept as JSON -> its text
+
+    def shape(node: _JsonNode, keys: tuple[str, ...], ref: str, depth: int) -> object:
+        members: dict[str, object] = {}
+        for index, (key, child) in enumerate(node.children.items(), start=1):
+            here, child_ref = (*keys, key), f"struct_extract_at({ref}, {index})"
+            refs[here] = child_ref
+            if not child.children:
+                members[key] = "VARCHAR"
+            elif child.ends_here:  # read whole and looked into: JSON text, parsed again
+                members[key] = "JSON"
+                texts[here] = f"CAST({child_ref} AS VARCHAR)"
+                alias = f"_js_{len(texts)}"
+                inner = _shape_sql(shape(child, here, alias, depth + 1))
+                while len(layers) <= depth + 1:
+                    layers.append([])
+                layers[depth + 1].append(f"json_transform({child_ref}, {inner}) AS {alias}")
+            else:
+                members[key] = shape(child, here, child_ref, depth)
+        return members
+
+    if root.children:
+        layers[0].append(f"json_transform({obj}, {_shape_sql(shape(root, (), '_js_0', 0))}) "
+                         "AS _js_0")
+    if others:
+        listed = ", ".join(_sql_str(paths[n - 1]) for n in others)
+        layers[0].append(f"json_extract_string({obj}, [{listed}]) AS _jx")
+    values = []
+    for number in range(1, len(paths) + 1):
+        if number in ends:
+            keys = tuple(ends[number])
+            text = texts.get(keys)
+            # JSON text of a string is quoted: unquote it, as json_extract_string does
+            value = refs[keys] if text is None else (
+                f"CASE WHEN starts_with({text}, '\"') THEN json_extract_string({text}, '$') "
+                f"ELSE {text} END")
+        else:
+            value = f"_jx[{others.index(number) + 1}]"
+        values.append(f"{value} AS _jp_{number}")
+    layers.append(values)
+    return [", ".join(layer) for layer in layers if layer] or ["NULL AS _jp_0"]
+
+
+def _shape_sql(shape: object) -> str:
+    """A ``json_transform`` structure as an SQL string literal."""
+    return _sql_str(orjson.dumps(shape).decode())
+
+
 class _ChunkParser:
     """Turns reader chunks into typed canonical rows and reject rows, on a private DuckDB."""
 
@@ -218,9 +308,9 @@ class _ChunkParser:
         wrap = ""  # sub-selects around the source that parse JSON columns once a row
         if self.fmt == "ndjson":
             def resolve(sources: tuple[str, ...]) -> str | None:
-                # one trim per value here: a guard would extract _v[i] three times
+                # one trim per value here: a guard would extract _jp_<i> three times
                 parts = [
-                    f"nullif(trim(_v[{json_paths.setdefault(p, len(json_paths) + 1)}]), '')"
+                    f"nullif(trim(_jp_{json_paths.setdefault(p, len(json_paths) + 1)}), '')"
                     for p in (_json_path(s) for s in sources)
                 ]
                 return parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
@@ -347,18 +437,18 @@ class _ChunkParser:
                     url_params.count("(SELECT") + wrap.count("(SELECT"))
             )
         # JSON functions raise on malformed input: extract only from lines that are objects
-        path_list = ", ".join(_sql_str(p) for p in json_paths)
+        layers = _json_values_sql(list(json_paths), "_obj")
+        layers[0] = f"{layers[0]}, {duplicate_keys_sql('_obj')} AS _duplicate_keys"
+        values = "".join(f"(SELECT *, {layer} FROM " for layer in reversed(layers))
         return (
             f"SELECT _line, _raw, CAST(NULL AS VARCHAR) AS _json_bad, _json_ok, _json_type, "
-            f"_duplicate_keys, {', '.join(select)} FROM {url_params}("
-            f"SELECT *, json_extract_string(_obj, [{path_list}]) AS _v, "
-            f"{duplicate_keys_sql('_obj')} AS _duplicate_keys FROM ("
+            f"_duplicate_keys, {', '.join(select)} FROM {url_params}{values}("
             "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj FROM ("
             # one parse tells both whether the line is JSON and what it holds: json_type
             # fails on a line that is not JSON, and try() turns that into NULL
             "SELECT *, _json_type IS NOT NULL AS _json_ok FROM ("
-            "SELECT *, try(json_type(line)) AS _json_type FROM {source}))))"
-        ) + ")" * url_params.count("(SELECT")
+            "SELECT *, try(json_type(line)) AS _json_type FROM {source}))"
+        ) + ")" * (len(layers) + 1 + url_params.count("(SELECT"))
 
     def _json_columns(self, available: list[str]) -> dict[str, tuple[int, list[str]]]:
         """``column -> (index, JSON paths read from it)`` for each column of the file that a

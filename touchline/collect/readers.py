@@ -53,7 +53,7 @@ class Chunk:
 
     table: pa.Table
     lines: np.ndarray
-    raw: pa.Array
+    raw: pa.Array | pa.ChunkedArray
     rejects: list[Reject] = field(default_factory=list)
 
 
@@ -251,12 +251,13 @@ BLOCK_BYTES = 8 << 20  # NDJSON is read in blocks of this size and split into li
 
 def _line_blocks(
     stream: io.BufferedIOBase, path: Path, max_line_bytes: int
-) -> Iterator[tuple[int, list[bytes], list[int]]]:
+) -> Iterator[tuple[int, pa.Array, list[int]]]:
     """``(number of the first line, lines, numbers of overlong lines)`` per block read.
 
-    Lines come without their ``\\n``; an overlong line is an empty slot in ``lines`` and its
+    Lines are a binary array without their ``\\n``; an overlong line is an empty slot and its
     number is listed, and at most ``max_line_bytes`` of it (plus one block) is ever held.
-    Splitting whole blocks with ``bytes.split`` keeps Python off the per-line path.
+    The lines are cut from the block's own buffer at its newlines (found by numpy): no Python
+    object per line.
     """
     number = 0  # lines emitted so far
     carry = b""
@@ -272,26 +273,22 @@ def _line_blocks(
                     continue
                 block, skipping = block[cut + 1 :], False
                 number += 1
-                yield number, [b""], [number]
+                yield number, pa.array([b""], pa.binary()), [number]
             data = carry + block if carry else block
             end = data.rfind(b"\n")
             if end < 0:
                 carry = data
             else:
-                lines, carry = data[:end].split(b"\n"), data[end + 1 :]
-                long: list[int] = []
-                if max(map(len, lines)) > max_line_bytes:
-                    for i, line in enumerate(lines):
-                        if len(line) > max_line_bytes:
-                            lines[i] = b""
-                            long.append(number + 1 + i)
-                yield number + 1, lines, long
+                lines, long = _cut_lines(data, end + 1, max_line_bytes)
+                carry = data[end + 1 :]
+                yield number + 1, lines, [number + 1 + i for i in long]
                 number += len(lines)
             if len(carry) > max_line_bytes:
                 carry, skipping = b"", True
         if skipping or carry:
             number += 1
-            yield number, [b""] if skipping else [carry], [number] if skipping else []
+            yield number, pa.array([b"" if skipping else carry], pa.binary()), (
+                [number] if skipping else [])
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(
             f"{path}: compressed data is truncated or corrupt after line {number} ({exc}); "
@@ -299,16 +296,36 @@ def _line_blocks(
         ) from None
 
 
-def _decoded(lines: list[bytes]) -> tuple[pa.Array, np.ndarray]:
+def _cut_lines(data: bytes, size: int, max_line_bytes: int) -> tuple[pa.Array, list[int]]:
+    """The lines of ``data[:size]`` (which ends with a newline), without their ``\\n``, and
+    the indexes of those longer than ``max_line_bytes`` (emptied)."""
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8, count=size) == 10)
+    offsets = np.empty(len(ends) + 1, dtype=np.int64)
+    offsets[0] = 0
+    offsets[1:] = ends + 1
+    with_newline = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    lines = pc.binary_slice(with_newline, 0, -1).cast(pa.binary())
+    long = np.flatnonzero(np.diff(offsets) - 1 > max_line_bytes)
+    if len(long):
+        mask = np.zeros(len(ends), dtype=bool)
+        mask[long] = True
+        lines = pc.if_else(pa.array(mask), pa.scalar(b"", pa.binary()), lines)
+    return lines, long.tolist()
+
+
+def _decoded(lines: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """UTF-8 text of ``lines`` (``\\r`` endings dropped) and a mask of the lines that were valid."""
     try:
-        text = pa.array(lines, type=pa.binary()).cast(pa.string())
+        text = lines.cast(pa.string())
         valid = np.ones(len(lines), dtype=bool)
     except pa.ArrowInvalid:  # some line is not UTF-8: decode one by one (rare)
-        pairs = [_decode(line) for line in lines]
+        pairs = [_decode(line) for line in lines.to_pylist()]
         text = pa.array([t for t, _ in pairs], type=pa.string())
         valid = np.array([ok for _, ok in pairs], dtype=bool)
-    return pc.utf8_rtrim(text, characters="\r"), valid
+    if pc.any(pc.ends_with(text, "\r")).as_py():  # a copy only for CRLF files
+        text = pc.utf8_rtrim(text, characters="\r")
+    return text, valid
 
 
 def iter_ndjson(path: Path, *, chunk_rows: int, max_line_bytes: int) -> Iterator[Chunk]:
@@ -325,15 +342,16 @@ def iter_ndjson(path: Path, *, chunk_rows: int, max_line_bytes: int) -> Iterator
     for first, lines, long in _line_blocks(stream, path, max_line_bytes):
         text, valid = _decoded(lines)
         numbered = np.arange(first, first + len(lines), dtype=np.int64)
-        filled = pc.greater(pc.utf8_length(pc.ascii_trim_whitespace(text)), 0).to_numpy(
-            zero_copy_only=False)
+        # blank: empty or only ASCII whitespace (tested in place, no trimmed copy)
+        filled = ~(pc.equal(pc.binary_length(text), 0).to_numpy(zero_copy_only=False)
+                   | pc.ascii_is_space(text).to_numpy(zero_copy_only=False))
         rejects += [_too_long(n, max_line_bytes) for n in long]
         for i in np.nonzero(filled & ~valid)[0]:
             rejects.append(Reject(int(numbered[i]), "invalid_encoding",
                                   "line has bytes that are not valid UTF-8",
                                   text[int(i)].as_py()[:RAW_KEEP_BYTES]))
         keep = filled & valid
-        texts.append(text.filter(pa.array(keep)))
+        texts.append(text if keep.all() else text.filter(pa.array(keep)))
         numbers.append(numbered[keep])
         held += int(keep.sum())
         if held >= chunk_rows:
@@ -346,7 +364,7 @@ def iter_ndjson(path: Path, *, chunk_rows: int, max_line_bytes: int) -> Iterator
 def _line_chunks(texts: list[pa.Array], numbers: list[np.ndarray], rejects: list[Reject],
                  chunk_rows: int) -> Iterator[Chunk]:
     """The held lines as chunks of at most ``chunk_rows`` (rejects go with the first)."""
-    text = pa.concat_arrays(texts) if texts else pa.array([], type=pa.string())
+    text = pa.chunked_array(texts, type=pa.string())  # sliced below without a copy
     lines = np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64)
     for lo in range(0, max(len(text), 1), chunk_rows):
         part = text.slice(lo, chunk_rows)
