@@ -166,6 +166,9 @@ class KPI:
     #: True: the KPI is a table (cohorts, a distribution, a matrix, stage rows), not one
     #: headline value per group
     table: bool = False
+    #: True: the KPI is always by period (churn compares each period with the one before:
+    #: a month when none is asked), so it has no one headline value either
+    per_period: bool = False
     #: the :class:`Family` whose aggregate the KPI's values are read from (None: its own
     #: function computes it)
     family: str | None = None
@@ -216,7 +219,7 @@ def _add(name: str, compute: KPIFunction, doc: str | None, *, stage: str, unit: 
          formula: str, tables: Sequence[str], dimensions: Sequence[str],
          values: Sequence[str] | None = None, zero_denominator: str = "not a ratio",
          options: Sequence[str] = (), any_table: bool = False, table: bool = False,
-         family: str | None = None, needs: Sequence[str] = (),
+         per_period: bool = False, family: str | None = None, needs: Sequence[str] = (),
          checks: Sequence[Check] = ()) -> None:
     if stage not in STAGES:
         raise ValueError(f"KPI {name!r}: stage {stage!r} is not one of {', '.join(STAGES)}")
@@ -230,19 +233,20 @@ def _add(name: str, compute: KPIFunction, doc: str | None, *, stage: str, unit: 
         dimensions=tuple(dimensions), zero_denominator=zero_denominator, compute=compute,
         values=tuple(values or (name,)), doc=(doc or "").strip(), options=tuple(options),
         stages={"lifecycle": stage, **PRESET_STAGES[stage]}, any_table=any_table,
-        table=table, family=family, needs=tuple(needs), checks=tuple(checks))
+        table=table, per_period=per_period, family=family, needs=tuple(needs),
+        checks=tuple(checks))
 
 
 def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
              dimensions: Sequence[str], values: Sequence[str] | None = None,
              zero_denominator: str = "not a ratio", options: Sequence[str] = (),
-             any_table: bool = False, table: bool = False,
+             any_table: bool = False, table: bool = False, per_period: bool = False,
              ) -> Callable[[KPIFunction], KPIFunction]:
     """Register the decorated function as KPI ``name`` (filled at import, then only read)."""
     def decorate(fn: KPIFunction) -> KPIFunction:
         _add(name, fn, fn.__doc__, stage=stage, unit=unit, formula=formula, tables=tables,
              dimensions=dimensions, values=values, zero_denominator=zero_denominator,
-             options=options, any_table=any_table, table=table)
+             options=options, any_table=any_table, table=table, per_period=per_period)
         return fn
 
     return decorate
@@ -686,9 +690,10 @@ def _device(t: ir.Table) -> dict[str, ir.Value]:
 
 
 def person_levels(t: ir.Table) -> list[str]:
-    """The acquisition breakdowns ``t`` holds: channel, source… and ``device`` when
+    """The acquisition breakdowns ``t`` holds: channel, source… (none when the first
+    touches were not joined: nothing was asked by them) and ``device`` when
     :func:`first_touches` added it (``by`` asked for it)."""
-    return [*SESSION_LEVELS, *(["device"] if "device" in t.columns else [])]
+    return [d for d in (*SESSION_LEVELS, "device") if d in t.columns]
 
 
 #: the session columns the KPIs read
@@ -1061,17 +1066,25 @@ def _with_session_levels(con: BaseBackend, t: ir.Table, levels: Iterable[str] = 
 
 
 def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
-    """Converting journeys of ``q.conversion`` with their first touch's breakdown values."""
+    """Converting journeys of ``q.conversion`` with their first touch's breakdown values
+    (when ``by`` asks for a breakdown: without one, the journeys alone, as the first touch's
+    step and session would only be joined to be left unread)."""
+    touched = bool(q.by)
+
     def build() -> ir.Table:
         j = con.table("journeys")
         j = j.filter((j.conversion == q.conversion) & j.converted)
         j = j.select("journey_id", "converted_at", "touches", "days_to_convert")
+        if not touched:
+            return j
         js = con.table("journey_steps")
         js = js.filter(js.position == 1).select(_journey="journey_id", _session="session_id")
         j = j.left_join(js, j.journey_id == js._journey).drop("_journey")
         return _with_session_levels(con, j)
 
-    j = _once(con, ("converting_journeys", q.conversion), build)
+    j = _once(con, ("converting_journeys", q.conversion, touched), build)
+    if not touched:
+        return _keyed(j, q, at=j.converted_at, dims={})
     j = with_device(con, j, q, "_session")
     return _keyed(j, q, at=j.converted_at,
                   dims=_levels(j, {d: d for d in SESSION_LEVELS}) | _device(j))
@@ -1138,21 +1151,26 @@ def _check_model(con: BaseBackend, q: Query) -> None:
 
 def _credited(con: BaseBackend, q: Query) -> ir.Table:
     """The stored credits of ``q.conversion`` under ``q.model``, keyed by the credited touch's
-    channel, source… and device (the device category of the credited touch's session)."""
+    channel, source… and device (the device category of the credited touch's session). The
+    credited touch's step and session are joined only when ``by`` asks for more than the
+    channel (which the credits hold): a headline's credits are summed as stored."""
     _check_conversion(con, q)
     _check_model(con, q)
-    levels = [d for d in SESSION_LEVELS if d != "channel"]
+    touched = bool(set(q.by) - {"channel"})
+    levels = [d for d in SESSION_LEVELS if d != "channel"] if touched else []
 
     def build() -> ir.Table:
         c = con.table("credits")
         c = c.filter((c.conversion == q.conversion) & (c.model == q.model)).select(
             "journey_id", "position", "channel", "converted_at", "credit", "value")
+        if not touched:
+            return c
         js = con.table("journey_steps").select(_journey="journey_id", _position="position",
                                                  _session="session_id")
         c = c.left_join(js, (c.journey_id == js._journey) & (c.position == js._position))
         return _with_session_levels(con, c.drop("_journey", "_position"), levels, "_")
 
-    j = _once(con, ("credited", q.conversion, q.model), build)
+    j = _once(con, ("credited", q.conversion, q.model, touched), build)
     j = with_device(con, j, q, "_session")
     dims = _levels(j, {"channel": "channel", **{d: f"_{d}" for d in levels}}) | _device(j)
     return _keyed(j, q, at=j.converted_at, dims=dims)
@@ -1306,8 +1324,8 @@ def roas(a: ir.Table) -> dict[str, ir.Value]:
 
 def _purchases(con: BaseBackend, q: Query) -> ir.Table:
     """Each person's conversions of ``q.conversion`` (before ``until``) with the person's
-    first one (``_first_at``) and acquisition breakdowns (first session's channel…; its
-    device when ``by`` asks for it)."""
+    first one (``_first_at``) and, when ``by`` asks for a breakdown, the acquisition
+    breakdowns (first session's channel…; its device when ``by`` asks for it)."""
     _check_conversion(con, q)
 
     def build() -> ir.Table:
@@ -1317,19 +1335,24 @@ def _purchases(con: BaseBackend, q: Query) -> ir.Table:
             j = j.filter(j.converted_at < ibis.literal(q.until))
         j = j.select("unit_id", "converted_at", "value")
         j = j.mutate(_first_at=j.converted_at.min().over(group_by="unit_id"))
+        if not q.by:  # one first touch per person: the join would keep every row
+            return j
         f = first_touches(con, q).drop("first_at")
         t = j.left_join(f, j.unit_id == f.person_id)
         return t.mutate(**_levels(t, {d: d for d in person_levels(f)}))
 
-    return _once(con, ("purchases", q.conversion, q.until, "device" in q.by), build)
+    return _once(con, ("purchases", q.conversion, q.until, "device" in q.by, bool(q.by)),
+                 build)
 
 
 def _customers(con: BaseBackend, q: Query) -> ir.Table:
-    """One row per customer: ``unit_id``, ``_first_at``, ``_purchases`` and the breakdowns,
-    keyed by the first purchase's period (the customer's cohort)."""
+    """One row per customer: ``unit_id``, ``_first_at``, ``_purchases``, ``_revenue`` (their
+    value) and the breakdowns, keyed by the first purchase's period (the customer's
+    cohort)."""
     p = _purchases(con, q)
     levels = person_levels(p)
-    c = p.group_by(["unit_id", "_first_at", *levels]).aggregate(_purchases=p.count())
+    c = p.group_by(["unit_id", "_first_at", *levels]).aggregate(_purchases=p.count(),
+                                                                 _revenue=p.value.sum())
     return _keyed(c, q, at=c._first_at, dims={d: c[d] for d in levels})
 
 
@@ -1339,18 +1362,27 @@ _RETENTION_TABLES = ["journeys", "sessions"]
 PERSON_DIMS = DEVICE_DIMS
 
 
-@register("repeat_purchase_rate", stage="retention", unit="ratio",
-          formula="customers with >= 2 purchases / customers",
-          tables=_RETENTION_TABLES, dimensions=PERSON_DIMS,
-          values=("customers", "repeat_customers", "repeat_purchase_rate"),
-          zero_denominator=_ZERO, options=("conversion",))
-def repeat_purchase_rate(con: BaseBackend, q: Query) -> ir.Table:
+@family("customers")
+def _customer_sums(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The customers of each group (by their first purchase's period and their acquisition
+    channel, source… and device): ``_customers``, ``_repeat`` (those with two purchases or
+    more) and ``_revenue`` (the value of their purchases, before ``until``)."""
+    c = _customers(con, q)
+    return _aggregate(c, q, _customers=c.count().cast("int64"),
+                      _repeat=(c._purchases >= 2).cast("int64").sum(),
+                      _revenue=c._revenue.fill_null(0.0).sum())
+
+
+@register_in("customers", "repeat_purchase_rate", checks=[_check_conversion],
+             stage="retention", unit="ratio", formula="customers with >= 2 purchases / customers",
+             tables=_RETENTION_TABLES, dimensions=PERSON_DIMS,
+             values=("customers", "repeat_customers", "repeat_purchase_rate"),
+             zero_denominator=_ZERO, options=("conversion",))
+def repeat_purchase_rate(a: ir.Table) -> dict[str, ir.Value]:
     """Share of customers who bought again (before ``until``), by the period of their first
     purchase and their acquisition channel, source…"""
-    c = _customers(con, q)
-    t = _aggregate(c, q, customers=c.count().cast("int64"),
-                   repeat_customers=(c._purchases >= 2).cast("int64").sum())
-    return _order(t.mutate(repeat_purchase_rate=_ratio(t.repeat_customers, t.customers)), q)
+    return {"customers": a._customers, "repeat_customers": a._repeat,
+            "repeat_purchase_rate": _ratio(a._repeat, a._customers)}
 
 
 @register("average_order_value", stage="retention", unit="reporting currency",
@@ -1421,7 +1453,7 @@ NO_PREVIOUS_CUSTOMER = "no customer active in the previous period"
           tables=_RETENTION_TABLES, dimensions=PERSON_DIMS,
           values=("active_previous", "active", "retained", "churned", "churn", "reason"),
           zero_denominator=f"null, with the reason: '{NO_PREVIOUS_PERIOD}' (the first "
-          f"period) or '{NO_PREVIOUS_CUSTOMER}'", options=("conversion",))
+          f"period) or '{NO_PREVIOUS_CUSTOMER}'", options=("conversion",), per_period=True)
 def churn(con: BaseBackend, q: Query) -> ir.Table:
     """Customer churn for subscription-like or repeat-purchase data: of the customers active
     (a purchase of ``conversion``, e.g. a renewal) in period k-1, the share not active in

@@ -913,9 +913,10 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     KPIs ``names``) under its stage: ``stage``, ``kpi``, ``value``, ``unit``, ``formula``;
     each KPI computed in the engine over the window, as ``touchline kpis`` computes it. The
     headline is the KPI's own column (the median for a spread such as ``days_to_convert``).
-    KPIs whose input was never imported, and those that are tables (retention cohorts,
-    purchase frequency), are left out and listed in ``attrs["skipped"]`` with why. A stage
-    model other than the presets places each KPI under its lifecycle stage."""
+    KPIs whose input was never imported, those that are tables (retention cohorts,
+    purchase frequency) and those always by period (churn) are left out and listed in
+    ``attrs["skipped"]`` with why. A stage model other than the presets places each KPI under
+    its lifecycle stage."""
     from touchline.metrics.kpis import KPIS, STAGES, compute, compute_family, filled_tables
 
     conversion = resolve_conversion(con, conversion)
@@ -930,6 +931,10 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     for kpi in chosen:  # the registry's KPIs: expressions only, nothing runs yet
         if kpi.table:  # not computed: no headline to show
             skipped[kpi.name] = f"a table: `touchline kpis --kpi {kpi.name}` shows it"
+            continue
+        if kpi.per_period:  # not computed either (its rows were counted for this note)
+            skipped[kpi.name] = (f"a value per period: `touchline kpis --kpi {kpi.name} "
+                                 "--period month` shows it")
             continue
         if kpi.family is not None:  # computed with its family below
             families.setdefault(kpi.family, []).append(kpi.name)
