@@ -178,6 +178,8 @@ class KPI:
     #: checks made before the family's aggregate is built (a stored conversion type, a
     #: stored model): the KPI's own refusal, not its family's
     checks: tuple[Check, ...] = ()
+    #: a family KPI's values (name → expression, in order) over its family's aggregate
+    family_values: FamilyValues | None = None
 
     @property
     def headline(self) -> str:
@@ -208,8 +210,6 @@ class Family:
 KPIS: dict[str, KPI] = {}
 #: the KPI families, by name (filled at import, then only read)
 FAMILIES: dict[str, Family] = {}
-#: each family KPI's values over its family's aggregate
-_FAMILY_VALUES: dict[str, FamilyValues] = {}
 #: sections of docs/kpis.md after the table, by the module that registers their KPIs (filled
 #: at import, then only read): a KPI family with more to say than a formula (CLV's models)
 DOC_SECTIONS: dict[str, str] = {}
@@ -220,7 +220,7 @@ def _add(name: str, compute: KPIFunction, doc: str | None, *, stage: str, unit: 
          values: Sequence[str] | None = None, zero_denominator: str = "not a ratio",
          options: Sequence[str] = (), any_table: bool = False, table: bool = False,
          per_period: bool = False, family: str | None = None, needs: Sequence[str] = (),
-         checks: Sequence[Check] = ()) -> None:
+         checks: Sequence[Check] = (), family_values: FamilyValues | None = None) -> None:
     if stage not in STAGES:
         raise ValueError(f"KPI {name!r}: stage {stage!r} is not one of {', '.join(STAGES)}")
     unknown = set(dimensions) - set(DIMENSIONS)
@@ -234,7 +234,7 @@ def _add(name: str, compute: KPIFunction, doc: str | None, *, stage: str, unit: 
         values=tuple(values or (name,)), doc=(doc or "").strip(), options=tuple(options),
         stages={"lifecycle": stage, **PRESET_STAGES[stage]}, any_table=any_table,
         table=table, per_period=per_period, family=family, needs=tuple(needs),
-        checks=tuple(checks))
+        checks=tuple(checks), family_values=family_values)
 
 
 def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
@@ -287,8 +287,8 @@ def register_in(family_name: str, name: str, *, needs: Sequence[str] = (),
 
         _add(name, alone, fn.__doc__, stage=stage, unit=unit, formula=formula, tables=tables,
              dimensions=dimensions, values=values, zero_denominator=zero_denominator,
-             options=options, family=family_name, needs=needs, checks=checks)
-        _FAMILY_VALUES[name] = fn
+             options=options, family=family_name, needs=needs, checks=checks,
+             family_values=fn)
         return fn
 
     return decorate
@@ -608,8 +608,9 @@ def compute_family(con: BaseBackend, names: Sequence[str], *, by: Sequence[str] 
     if not kept or q is None:
         return None, skipped
     a = _family_aggregate(con, q, kept)
-    return _order(a.select(*q.keys, **{kpi.name: _FAMILY_VALUES[kpi.name](a)[kpi.headline]
-                                       for kpi in kept}), q), skipped
+    headlines = {kpi.name: kpi.family_values(a)[kpi.headline] for kpi in kept
+                 if kpi.family_values is not None}
+    return _order(a.select(*q.keys, **headlines), q), skipped
 
 
 # ---- shared building blocks -----------------------------------------------------------------
@@ -1626,6 +1627,12 @@ wh = touchline.open("duckdb:///touchline.duckdb")
 nps = compute(wh.con, "nps", by=["channel"], period="quarter").to_pandas()
 print(nps[["period", "channel", "answers", "nps", "nps_low", "nps_high"]])
 ```
+
+KPIs of one input form a family (`FAMILIES`: the Search Console rows, the spend, the
+sessions, the first sessions, the credits, spend against credits, the customers): each such
+KPI is its values over its family's aggregate, so `compute_family(wh.con, names)` computes
+the family's KPIs in one pass over their input (the dashboard's KPI page does) with the
+figures each gives alone.
 
 Many KPIs at once: compute them inside `with computed_once(wh.con):`, as `touchline kpis`
 does. What several KPIs read (each person's first session, the credited touches of a model,
