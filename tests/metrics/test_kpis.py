@@ -18,8 +18,10 @@ from touchline import engine, store
 from touchline.config import Settings
 from touchline.errors import MissingInputError, ModelFitError, UnknownKPIError
 from touchline.metrics.kpis import (
+    FAMILIES,
     KPIS,
     compute,
+    compute_family,
     computed_once,
     filled_tables,
     for_stage,
@@ -758,6 +760,78 @@ def test_every_kpi_in_one_computed_once_block_as_alone(deals: BaseBackend) -> No
             assert shared[name] == frame, name
         else:
             pd.testing.assert_frame_equal(shared[name], frame, obj=name)
+
+
+#: each family's headlines on the tiny warehouse (with SEARCH's Search Console rows), by hand
+FAMILY_HEADLINES = {
+    # clicks 10 + 15 + 0 of impressions 100 + 300 + 0; position (2·100 + 4·300) / 400
+    "search_console": {"search_clicks": 25, "search_impressions": 400, "search_ctr": 0.0625,
+                       "search_position": 3.5},
+    # cost 60 + 40 + 30; the spend export holds no impressions, clicks or quality scores
+    "spend": {"paid_cost": 130.0, "paid_impressions": None, "paid_clicks": None,
+              "paid_ctr": None, "paid_cpc": None, "paid_cpm": None,
+              "paid_quality_score": None},
+    # six sessions of p1 (s1-s3), p2 (s4, s5), p3 (s6): three first ones; p1 and p2 came
+    # back; 9 page views; engaged s2, s3, s4, s5; 5 + 120 + 0 + 30 + 0 + 3 = 158 s
+    "sessions": {"reach": 3, "sessions": 6, "returning_visitors": 2, "new_sessions": 3,
+                 "returning_sessions": 3, "sessions_per_visitor": 2.0,
+                 "pages_per_visitor": 3.0, "engaged_sessions": 4,
+                 "engagement_rate": pytest.approx(4 / 6),
+                 "engagement_time": pytest.approx(158 / 6)},
+    # three people first seen, two of whom (p1, p2) purchased
+    "first_sessions": {"new_visitors": 3, "conversion_rate": pytest.approx(2 / 3)},
+    # linear: 0.5 + 0.5 + 1 + 0.5 + 0.5 purchases worth 100 + 50 + 200
+    "credits": {"conversions": 3.0, "revenue": 350.0},
+    "costs": {"cpa": pytest.approx(130 / 3), "roas": pytest.approx(350 / 130)},
+    # customers p1 (two purchases, 150) and p2 (one, 200)
+    "customers": {"repeat_purchase_rate": 0.5, "historical_clv": 175.0},
+}
+
+
+def test_each_family_in_one_aggregate_as_each_kpi_alone(warehouse: BaseBackend) -> None:
+    # a family's KPIs computed together (the dashboard's headlines: one pass over their
+    # input) give each KPI's own figures, headline by hand, and by period or breakdown as
+    # each KPI alone
+    sc = [dict(zip(("date", "query", "page", "country", "device", "impressions", "clicks",
+                    "position"), (date.fromisoformat(r[0]), *r[1:]), strict=True))
+          for r in SEARCH]
+    engine.load_table(warehouse, "search_console", arrow_table(store.SEARCH_CONSOLE, sc))
+    assert set(FAMILY_HEADLINES) == set(FAMILIES)
+    for family, expected in FAMILY_HEADLINES.items():
+        names = [k.name for k in KPIS.values() if k.family == family]
+        assert sorted(names) == sorted(expected), family
+        together, skipped = compute_family(warehouse, names)
+        assert skipped == {} and together is not None
+        got = together.to_pandas()
+        assert len(got) == 1, family
+        assert {n: (None if pd.isna(v) else v) for n, v in got.iloc[0].items()} == expected
+        shared = set.intersection(*(set(KPIS[n].dimensions) for n in names))
+        by = next(d for d in ("channel", "device") if d in shared)
+        for options in ({"period": "month"}, {"by": [by]}):
+            together, _ = compute_family(warehouse, names, **options)
+            frame = together.to_pandas()
+            keys = ["period"] if "period" in options else [by]
+            for name in names:
+                alone = compute(warehouse, name, **options).to_pandas()
+                column = KPIS[name].headline
+                pd.testing.assert_frame_equal(
+                    frame[[*keys, name]].rename(columns={name: column}),
+                    alone[[*keys, column]], obj=f"{name} {options}")
+
+
+def test_a_family_kpis_refusal_is_its_own(warehouse: BaseBackend) -> None:
+    # an unknown conversion type refuses the conversion rate, not the new visitors it is
+    # computed with
+    together, skipped = compute_family(warehouse, ["new_visitors", "conversion_rate"],
+                                       conversion="purchse")
+    assert together is not None and together.to_pandas().to_dict("records") == [
+        {"new_visitors": 3}]
+    assert list(skipped) == ["conversion_rate"]
+    with pytest.raises(UnknownKPIError) as alone:
+        compute(warehouse, "conversion_rate", conversion="purchse")
+    assert skipped["conversion_rate"] == str(alone.value)
+    with pytest.raises(ValueError, match="not of one family"):
+        compute_family(warehouse, ["sessions", "paid_cost"])
 
 
 @pytest.mark.duckdb_only(reason="where DuckDB keeps the scratch tables of a block")

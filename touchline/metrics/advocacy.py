@@ -122,13 +122,15 @@ def referrals(con: BaseBackend, q: Query) -> ir.Table:
     channel, source… and device (the device category of the referrer's first session)."""
     tp = con.table("touchpoints")
     tp = tp.filter(tp.event.isin(q.config.referral_events) & tp.person_id.notnull())
-    f = first_touches(con, q)
-    levels = person_levels(f)
-    f = f.select(_ft_person="person_id", **{f"_ft_{d}": d for d in levels})
-    t = tp.left_join(f, tp.person_id == f._ft_person)
-    t = _keyed(t, q, at=t.occurred_at, dims={
-        d: t[f"_ft_{d}"].fill_null(UNASSIGNED if d == "channel" else NOT_SET)
-        for d in levels})
+    t, dims = tp, {}
+    if q.by:  # without a breakdown, no first touch to join (one a person: it keeps each row)
+        f = first_touches(con, q)
+        levels = person_levels(f)
+        f = f.select(_ft_person="person_id", **{f"_ft_{d}": d for d in levels})
+        t = tp.left_join(f, tp.person_id == f._ft_person)
+        dims = {d: t[f"_ft_{d}"].fill_null(UNASSIGNED if d == "channel" else NOT_SET)
+                for d in levels}
+    t = _keyed(t, q, at=t.occurred_at, dims=dims)
     return _order(_aggregate(t, q, referrals=t.count().cast("int64"),
                              referrers=t.person_id.nunique().cast("int64")), q)
 

@@ -95,11 +95,11 @@ from touchline.metrics.kpis import (
     _levels,
     _once,
     _order,
-    _purchases,
     _ratio,
     first_touches,
     person_levels,
     register,
+    register_in,
 )
 
 # imported on first use: `touchline --help` and the other KPIs never need them
@@ -528,22 +528,18 @@ def predict(days: ir.Table, fitted: CLVFit, *, horizon_days: float = HORIZON_DAY
 _CLV_TABLES = ["journeys", "sessions"]
 
 
-@register("historical_clv", stage="retention", unit="reporting currency per customer",
-          formula="sum(value of purchases) / customers, by the first purchase's period and "
-          "the customer's first-touch channel…", tables=_CLV_TABLES, dimensions=PERSON_DIMS,
-          values=("customers", "revenue", "historical_clv"), zero_denominator=_ZERO,
-          options=("conversion",))
-def historical_clv(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("customers", "historical_clv", checks=[_check_conversion], stage="retention",
+             unit="reporting currency per customer",
+             formula="sum(value of purchases) / customers, by the first purchase's period and "
+             "the customer's first-touch channel…", tables=_CLV_TABLES,
+             dimensions=PERSON_DIMS, values=("customers", "revenue", "historical_clv"),
+             zero_denominator=_ZERO, options=("conversion",))
+def historical_clv(a: ir.Table) -> dict[str, ir.Value]:
     """Historical CLV: what customers spent so far (before ``until``) per customer, by the
     period of their first purchase (``since``/``until`` bound it) and their acquisition
     channel, source… and device (their first session's)."""
-    p = _purchases(con, q)
-    levels = person_levels(p)
-    c = p.group_by(["unit_id", "_first_at", *levels]).aggregate(_revenue=p.value.sum())
-    c = _keyed(c, q, at=c._first_at, dims={d: c[d] for d in levels})
-    t = _aggregate(c, q, customers=c.count().cast("int64"),
-                   revenue=c._revenue.fill_null(0.0).sum())
-    return _order(t.mutate(historical_clv=_ratio(t.revenue, t.customers)), q)
+    return {"customers": a._customers, "revenue": a._revenue,
+            "historical_clv": _ratio(a._revenue, a._customers)}
 
 
 @register("predicted_clv", stage="retention", unit="reporting currency per customer",

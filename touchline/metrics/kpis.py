@@ -46,7 +46,7 @@ import ibis.expr.types as ir
 
 from touchline import engine, store
 from touchline.config import Settings
-from touchline.errors import MissingInputError, UnknownKPIError, did_you_mean
+from touchline.errors import MissingInputError, TouchlineError, UnknownKPIError, did_you_mean
 from touchline.metrics.dimensions import session_devices
 
 if TYPE_CHECKING:
@@ -138,6 +138,8 @@ class Query:
 
 
 KPIFunction = Callable[["BaseBackend", Query], ir.Table]
+#: a check a KPI makes of the stored tables before its table is built
+Check = Callable[["BaseBackend", Query], None]
 
 
 @dataclass(frozen=True)
@@ -164,35 +166,129 @@ class KPI:
     #: True: the KPI is a table (cohorts, a distribution, a matrix, stage rows), not one
     #: headline value per group
     table: bool = False
+    #: True: the KPI is always by period (churn compares each period with the one before:
+    #: a month when none is asked), so it has no one headline value either
+    per_period: bool = False
+    #: the :class:`Family` whose aggregate the KPI's values are read from (None: its own
+    #: function computes it)
+    family: str | None = None
+    #: what the KPI asks of its family's aggregate beyond its sums (``first``: the first
+    #: sessions joined), so a KPI alone builds no more than it reads
+    needs: tuple[str, ...] = ()
+    #: checks made before the family's aggregate is built (a stored conversion type, a
+    #: stored model): the KPI's own refusal, not its family's
+    checks: tuple[Check, ...] = ()
+    #: a family KPI's values (name → expression, in order) over its family's aggregate
+    family_values: FamilyValues | None = None
+
+    @property
+    def headline(self) -> str:
+        """The value column that stands for the KPI in one figure: its own, or the median of
+        a spread (``days_to_convert``)."""
+        return self.name if self.name in self.values else "median"
+
+
+#: a :class:`Family`'s aggregate: the sums (counts, quantiles…) its KPIs read, one row per
+#: combination of ``q.keys``, with the extras the KPIs asked for (:attr:`KPI.needs`)
+FamilyAggregate = Callable[["BaseBackend", Query, frozenset[str]], ir.Table]
+#: a family KPI's values (name → expression) over its family's aggregate
+FamilyValues = Callable[[ir.Table], Mapping[str, ir.Value]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """KPIs read from one aggregate of one input (the sessions, the spend, the credits…):
+    each KPI of the family is its values over the aggregate's columns, so one KPI alone
+    (:func:`compute`) and many at once (:func:`compute_family`, one pass over the input: the
+    dashboard's headlines) read the same definitions and cannot disagree."""
+
+    name: str
+    aggregate: FamilyAggregate
+    doc: str = ""
 
 
 KPIS: dict[str, KPI] = {}
+#: the KPI families, by name (filled at import, then only read)
+FAMILIES: dict[str, Family] = {}
 #: sections of docs/kpis.md after the table, by the module that registers their KPIs (filled
 #: at import, then only read): a KPI family with more to say than a formula (CLV's models)
 DOC_SECTIONS: dict[str, str] = {}
 
 
-def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
-             dimensions: Sequence[str], values: Sequence[str] | None = None,
-             zero_denominator: str = "not a ratio", options: Sequence[str] = (),
-             any_table: bool = False, table: bool = False,
-             ) -> Callable[[KPIFunction], KPIFunction]:
-    """Register the decorated function as KPI ``name`` (filled at import, then only read)."""
+def _add(name: str, compute: KPIFunction, doc: str | None, *, stage: str, unit: str,
+         formula: str, tables: Sequence[str], dimensions: Sequence[str],
+         values: Sequence[str] | None = None, zero_denominator: str = "not a ratio",
+         options: Sequence[str] = (), any_table: bool = False, table: bool = False,
+         per_period: bool = False, family: str | None = None, needs: Sequence[str] = (),
+         checks: Sequence[Check] = (), family_values: FamilyValues | None = None) -> None:
     if stage not in STAGES:
         raise ValueError(f"KPI {name!r}: stage {stage!r} is not one of {', '.join(STAGES)}")
     unknown = set(dimensions) - set(DIMENSIONS)
     if unknown:
         raise ValueError(f"KPI {name!r}: unknown dimensions {sorted(unknown)}")
+    if name in KPIS:
+        raise ValueError(f"KPI {name!r} registered twice")
+    KPIS[name] = KPI(
+        name=name, stage=stage, unit=unit, formula=formula, tables=tuple(tables),
+        dimensions=tuple(dimensions), zero_denominator=zero_denominator, compute=compute,
+        values=tuple(values or (name,)), doc=(doc or "").strip(), options=tuple(options),
+        stages={"lifecycle": stage, **PRESET_STAGES[stage]}, any_table=any_table,
+        table=table, per_period=per_period, family=family, needs=tuple(needs),
+        checks=tuple(checks), family_values=family_values)
 
+
+def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
+             dimensions: Sequence[str], values: Sequence[str] | None = None,
+             zero_denominator: str = "not a ratio", options: Sequence[str] = (),
+             any_table: bool = False, table: bool = False, per_period: bool = False,
+             ) -> Callable[[KPIFunction], KPIFunction]:
+    """Register the decorated function as KPI ``name`` (filled at import, then only read)."""
     def decorate(fn: KPIFunction) -> KPIFunction:
-        if name in KPIS:
-            raise ValueError(f"KPI {name!r} registered twice")
-        KPIS[name] = KPI(
-            name=name, stage=stage, unit=unit, formula=formula, tables=tuple(tables),
-            dimensions=tuple(dimensions), zero_denominator=zero_denominator, compute=fn,
-            values=tuple(values or (name,)), doc=(fn.__doc__ or "").strip(),
-            options=tuple(options), stages={"lifecycle": stage, **PRESET_STAGES[stage]},
-            any_table=any_table, table=table)
+        _add(name, fn, fn.__doc__, stage=stage, unit=unit, formula=formula, tables=tables,
+             dimensions=dimensions, values=values, zero_denominator=zero_denominator,
+             options=options, any_table=any_table, table=table, per_period=per_period)
+        return fn
+
+    return decorate
+
+
+def family(name: str) -> Callable[[FamilyAggregate], FamilyAggregate]:
+    """Register the decorated function as the aggregate of KPI family ``name``: given ``q``
+    and what its KPIs need, the sums they read, one row per combination of ``q.keys``."""
+    def decorate(fn: FamilyAggregate) -> FamilyAggregate:
+        if name in FAMILIES:
+            raise ValueError(f"KPI family {name!r} registered twice")
+        FAMILIES[name] = Family(name, fn, (fn.__doc__ or "").strip())
+        return fn
+
+    return decorate
+
+
+def register_in(family_name: str, name: str, *, needs: Sequence[str] = (),
+                checks: Sequence[Check] = (), stage: str, unit: str, formula: str,
+                tables: Sequence[str], dimensions: Sequence[str],
+                values: Sequence[str] | None = None, zero_denominator: str = "not a ratio",
+                options: Sequence[str] = ()) -> Callable[[FamilyValues], FamilyValues]:
+    """Register the decorated function as KPI ``name`` of family ``family_name``: its values
+    (name → expression, in order) over the family's aggregate. ``needs``: what it asks of the
+    aggregate beyond the family's sums; ``checks``: its refusals (an unknown conversion type)
+    made before the aggregate is built. Alone, the KPI is its values over the family's
+    aggregate built for it; with its family (:func:`compute_family`), one aggregate serves
+    all."""
+    if family_name not in FAMILIES:
+        raise ValueError(f"KPI {name!r}: unknown family {family_name!r}")
+
+    def decorate(fn: FamilyValues) -> FamilyValues:
+        def alone(con: BaseBackend, q: Query) -> ir.Table:
+            for check in checks:
+                check(con, q)
+            a = _family_aggregate(con, q, [KPIS[name]])
+            return _order(a.select(*q.keys, **fn(a)), q)
+
+        _add(name, alone, fn.__doc__, stage=stage, unit=unit, formula=formula, tables=tables,
+             dimensions=dimensions, values=values, zero_denominator=zero_denominator,
+             options=options, family=family_name, needs=needs, checks=checks,
+             family_values=fn)
         return fn
 
     return decorate
@@ -435,10 +531,18 @@ def _once(con: BaseBackend, key: Hashable, build: Callable[[], ir.Table]) -> ir.
 
 
 def _once_value(con: BaseBackend, key: Hashable, fetch: Callable[[], _T]) -> _T:
-    """``fetch()``; inside :func:`computed_once`, asked the first time and kept after."""
+    """``fetch()``; inside :func:`computed_once` or a reader's
+    :func:`~touchline.engine.schemas_read_once` block (a dashboard page, whose tables do not
+    change), asked the first time and kept after (the KPI page asked the stored conversion
+    types and models once per KPI)."""
     shared = _shared(con)
     if shared is None:
-        return fetch()
+        memo = engine.read_once_memo(con)
+        if memo is None:
+            return fetch()
+        if ("kpi value", key) not in memo:
+            memo["kpi value", key] = fetch()
+        return memo["kpi value", key]
     if key not in shared.values:
         shared.values[key] = fetch()
     return shared.values[key]
@@ -463,6 +567,50 @@ def compute(con: BaseBackend, name: str, *, by: Sequence[str] = (), period: str 
     q = _query(kpi, by, period, since, until, model, conversion, settings)
     require(con, kpi, filled=filled)
     return kpi.compute(con, q)
+
+
+def _family_aggregate(con: BaseBackend, q: Query, kpis: Sequence[KPI]) -> ir.Table:
+    """The aggregate of the family of ``kpis`` with what they need (their checks passed)."""
+    needs = frozenset(n for kpi in kpis for n in kpi.needs)
+    return FAMILIES[str(kpis[0].family)].aggregate(con, q, needs)
+
+
+def compute_family(con: BaseBackend, names: Sequence[str], *, by: Sequence[str] = (),
+                   period: str | None = None, since: date | None = None,
+                   until: date | None = None, model: str = MODEL_DEFAULT,
+                   conversion: str = CONVERSION_DEFAULT, settings: Settings | None = None,
+                   filled: Collection[str] | None = None
+                   ) -> tuple[ir.Table | None, dict[str, str]]:
+    """KPIs ``names``, all of one :class:`Family`, in one aggregate (one pass over their
+    input): the ``period`` and ``by`` columns, then each KPI's :attr:`~KPI.headline` value in
+    a column named after the KPI; the figures each gives alone (:func:`compute`). A KPI that
+    cannot be computed (its input empty, a breakdown it lacks, an unknown conversion type or
+    model) is left out and named with why, as :func:`compute` would say it; None when none
+    is left."""
+    kpis = [lookup(name) for name in names]
+    families = {kpi.family for kpi in kpis}
+    if len(families) != 1 or None in families:
+        raise ValueError(f"compute_family: KPIs {list(names)} are not of one family "
+                         f"({', '.join(sorted(map(str, families)))})")
+    skipped: dict[str, str] = {}
+    kept: list[KPI] = []
+    q: Query | None = None
+    for kpi in kpis:
+        try:
+            q = _query(kpi, by, period, since, until, model, conversion, settings)
+            require(con, kpi, filled=filled)
+            for check in kpi.checks:
+                check(con, q)
+        except TouchlineError as exc:
+            skipped[kpi.name] = str(exc)
+            continue
+        kept.append(kpi)
+    if not kept or q is None:
+        return None, skipped
+    a = _family_aggregate(con, q, kept)
+    headlines = {kpi.name: kpi.family_values(a)[kpi.headline] for kpi in kept
+                 if kpi.family_values is not None}
+    return _order(a.select(*q.keys, **headlines), q), skipped
 
 
 # ---- shared building blocks -----------------------------------------------------------------
@@ -543,9 +691,10 @@ def _device(t: ir.Table) -> dict[str, ir.Value]:
 
 
 def person_levels(t: ir.Table) -> list[str]:
-    """The acquisition breakdowns ``t`` holds: channel, source… and ``device`` when
+    """The acquisition breakdowns ``t`` holds: channel, source… (none when the first
+    touches were not joined: nothing was asked by them) and ``device`` when
     :func:`first_touches` added it (``by`` asked for it)."""
-    return [*SESSION_LEVELS, *(["device"] if "device" in t.columns else [])]
+    return [d for d in (*SESSION_LEVELS, "device") if d in t.columns]
 
 
 #: the session columns the KPIs read
@@ -614,7 +763,9 @@ SEARCH_LEVELS = {"query": "query", "landing_page": "page", "country": "country",
 SEARCH_DIMS = ("period", *SEARCH_LEVELS)
 
 
-def _search(con: BaseBackend, q: Query) -> ir.Table:
+@family("search_console")
+def _search(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """Search Console's clicks, impressions and impression-weighted positions."""
     sc = con.table("search_console")
     t = _keyed(sc, q, at=sc.date, dims=_levels(sc, SEARCH_LEVELS))
     return _aggregate(t, q, _clicks=t.clicks.sum(), _impressions=t.impressions.sum(),
@@ -626,40 +777,37 @@ def _select(t: ir.Table, q: Query, **values: ir.Value) -> ir.Table:
     return _order(t.select(*q.keys, **values), q)
 
 
-@register("search_clicks", stage="awareness", unit="clicks", formula="sum(clicks)",
-          tables=["search_console"], dimensions=SEARCH_DIMS)
-def search_clicks(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("search_console", "search_clicks", stage="awareness", unit="clicks",
+             formula="sum(clicks)", tables=["search_console"], dimensions=SEARCH_DIMS)
+def search_clicks(a: ir.Table) -> dict[str, ir.Value]:
     """Clicks from Google organic results (Search Console)."""
-    t = _search(con, q)
-    return _select(t, q, search_clicks=t._clicks.cast("int64"))
+    return {"search_clicks": a._clicks.cast("int64")}
 
 
-@register("search_impressions", stage="awareness", unit="impressions",
-          formula="sum(impressions)", tables=["search_console"], dimensions=SEARCH_DIMS)
-def search_impressions(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("search_console", "search_impressions", stage="awareness", unit="impressions",
+             formula="sum(impressions)", tables=["search_console"], dimensions=SEARCH_DIMS)
+def search_impressions(a: ir.Table) -> dict[str, ir.Value]:
     """Times a page of the site was shown in Google's organic results (Search Console)."""
-    t = _search(con, q)
-    return _select(t, q, search_impressions=t._impressions.cast("int64"))
+    return {"search_impressions": a._impressions.cast("int64")}
 
 
-@register("search_ctr", stage="awareness", unit="ratio", formula="clicks / impressions",
-          tables=["search_console"], dimensions=SEARCH_DIMS, zero_denominator=_ZERO)
-def search_ctr(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("search_console", "search_ctr", stage="awareness", unit="ratio",
+             formula="clicks / impressions", tables=["search_console"],
+             dimensions=SEARCH_DIMS, zero_denominator=_ZERO)
+def search_ctr(a: ir.Table) -> dict[str, ir.Value]:
     """Organic click-through rate: the share of impressions that were clicked."""
-    t = _search(con, q)
-    return _select(t, q, search_ctr=_ratio(t._clicks, t._impressions))
+    return {"search_ctr": _ratio(a._clicks, a._impressions)}
 
 
-@register("search_position", stage="awareness", unit="position (1 = top)",
-          formula="sum(position * impressions) / sum(impressions)",
-          tables=["search_console"], dimensions=SEARCH_DIMS,
-          zero_denominator=_ZERO)
-def search_position(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("search_console", "search_position", stage="awareness",
+             unit="position (1 = top)",
+             formula="sum(position * impressions) / sum(impressions)",
+             tables=["search_console"], dimensions=SEARCH_DIMS, zero_denominator=_ZERO)
+def search_position(a: ir.Table) -> dict[str, ir.Value]:
     """Average position, weighted by impressions as Search Console averages it: a row with
     1,000 impressions at position 2 weighs 100 times one with 10 at position 8. Rows without
     a position are left out of both sums."""
-    t = _search(con, q)
-    return _select(t, q, search_position=_ratio(t._weighted, t._positioned))
+    return {"search_position": _ratio(a._weighted, a._positioned)}
 
 
 SPEND_LEVELS = {"channel": "channel", "source": "utm_source", "medium": "utm_medium",
@@ -667,7 +815,9 @@ SPEND_LEVELS = {"channel": "channel", "source": "utm_source", "medium": "utm_med
 SPEND_DIMS = ("period", *SPEND_LEVELS)
 
 
-def _spend(con: BaseBackend, q: Query) -> ir.Table:
+@family("spend")
+def _spend(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The spend imports' cost, impressions, clicks and impression-weighted quality scores."""
     sp = con.table("spend")
     t = _keyed(sp, q, at=sp.date, dims=_levels(sp, SPEND_LEVELS))
     scored = t.quality_score.notnull() & t.impressions.notnull()
@@ -677,88 +827,115 @@ def _spend(con: BaseBackend, q: Query) -> ir.Table:
                       _qs_impressions=ibis.ifelse(scored, t.impressions, 0).sum())
 
 
-@register("paid_cost", stage="awareness", unit="currency", formula="sum(cost)",
-          tables=["spend"], dimensions=SPEND_DIMS)
-def paid_cost(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("spend", "paid_cost", stage="awareness", unit="currency", formula="sum(cost)",
+             tables=["spend"], dimensions=SPEND_DIMS)
+def paid_cost(a: ir.Table) -> dict[str, ir.Value]:
     """Advertising cost, as the spend imports give it (in their own currency)."""
-    t = _spend(con, q)
-    return _select(t, q, paid_cost=t._cost)
+    return {"paid_cost": a._cost}
 
 
-@register("paid_impressions", stage="awareness", unit="impressions",
-          formula="sum(impressions)", tables=["spend"], dimensions=SPEND_DIMS)
-def paid_impressions(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("spend", "paid_impressions", stage="awareness", unit="impressions",
+             formula="sum(impressions)", tables=["spend"], dimensions=SPEND_DIMS)
+def paid_impressions(a: ir.Table) -> dict[str, ir.Value]:
     """Ad impressions from the spend imports."""
-    t = _spend(con, q)
-    return _select(t, q, paid_impressions=t._impressions.cast("int64"))
+    return {"paid_impressions": a._impressions.cast("int64")}
 
 
-@register("paid_clicks", stage="awareness", unit="clicks", formula="sum(clicks)",
-          tables=["spend"], dimensions=SPEND_DIMS)
-def paid_clicks(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("spend", "paid_clicks", stage="awareness", unit="clicks", formula="sum(clicks)",
+             tables=["spend"], dimensions=SPEND_DIMS)
+def paid_clicks(a: ir.Table) -> dict[str, ir.Value]:
     """Ad clicks as the ad platforms count them (tracked visits are fewer: some clicks never
     load the page)."""
-    t = _spend(con, q)
-    return _select(t, q, paid_clicks=t._clicks.cast("int64"))
+    return {"paid_clicks": a._clicks.cast("int64")}
 
 
-@register("paid_ctr", stage="awareness", unit="ratio", formula="sum(clicks) / sum(impressions)",
-          tables=["spend"], dimensions=SPEND_DIMS, zero_denominator=_ZERO)
-def paid_ctr(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("spend", "paid_ctr", stage="awareness", unit="ratio",
+             formula="sum(clicks) / sum(impressions)", tables=["spend"],
+             dimensions=SPEND_DIMS, zero_denominator=_ZERO)
+def paid_ctr(a: ir.Table) -> dict[str, ir.Value]:
     """Ad click-through rate."""
-    t = _spend(con, q)
-    return _select(t, q, paid_ctr=_ratio(t._clicks, t._impressions))
+    return {"paid_ctr": _ratio(a._clicks, a._impressions)}
 
 
-@register("paid_cpc", stage="awareness", unit="currency per click",
-          formula="sum(cost) / sum(clicks)", tables=["spend"], dimensions=SPEND_DIMS,
-          zero_denominator=_ZERO)
-def paid_cpc(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("spend", "paid_cpc", stage="awareness", unit="currency per click",
+             formula="sum(cost) / sum(clicks)", tables=["spend"], dimensions=SPEND_DIMS,
+             zero_denominator=_ZERO)
+def paid_cpc(a: ir.Table) -> dict[str, ir.Value]:
     """Cost per click."""
-    t = _spend(con, q)
-    return _select(t, q, paid_cpc=_ratio(t._cost, t._clicks))
+    return {"paid_cpc": _ratio(a._cost, a._clicks)}
 
 
-@register("paid_cpm", stage="awareness", unit="currency per 1,000 impressions",
-          formula="1000 * sum(cost) / sum(impressions)", tables=["spend"],
-          dimensions=SPEND_DIMS, zero_denominator=_ZERO)
-def paid_cpm(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("spend", "paid_cpm", stage="awareness", unit="currency per 1,000 impressions",
+             formula="1000 * sum(cost) / sum(impressions)", tables=["spend"],
+             dimensions=SPEND_DIMS, zero_denominator=_ZERO)
+def paid_cpm(a: ir.Table) -> dict[str, ir.Value]:
     """Cost per thousand impressions."""
-    t = _spend(con, q)
-    return _select(t, q, paid_cpm=1000.0 * _ratio(t._cost, t._impressions))
+    return {"paid_cpm": 1000.0 * _ratio(a._cost, a._impressions)}
 
 
-@register("paid_quality_score", stage="awareness", unit="score (1-10)",
-          formula="sum(quality_score * impressions) / sum(impressions), rows with a score",
-          tables=["spend"], dimensions=SPEND_DIMS,
-          zero_denominator="null (no row with a quality score and impressions)")
-def paid_quality_score(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("spend", "paid_quality_score", stage="awareness", unit="score (1-10)",
+             formula="sum(quality_score * impressions) / sum(impressions), rows with a score",
+             tables=["spend"], dimensions=SPEND_DIMS,
+             zero_denominator="null (no row with a quality score and impressions)")
+def paid_quality_score(a: ir.Table) -> dict[str, ir.Value]:
     """Keyword quality score, weighted by impressions; rows without a score are left out."""
-    t = _spend(con, q)
-    return _select(t, q, paid_quality_score=_ratio(t._qs_weighted, t._qs_impressions))
+    return {"paid_quality_score": _ratio(a._qs_weighted, a._qs_impressions)}
 
 
-@register("new_visitors", stage="awareness", unit="persons",
-          formula="count(persons whose first session ever falls in the group)",
-          tables=["sessions"], dimensions=DEVICE_DIMS)
-def new_visitors(con: BaseBackend, q: Query) -> ir.Table:
+@family("first_sessions")
+def _acquired(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The persons first seen in each group (by their first session's start, channel,
+    source… and device): ``_visitors``; with ``converters``, ``_converters``: those of them
+    who converted (``q.conversion``, before ``until`` when given)."""
+    f = first_touches(con, q)
+    converters = "converters" in needs
+    if converters:
+        j = con.table("journeys")
+        j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
+        if q.until is not None:
+            j = j.filter(j.converted_at < ibis.literal(q.until))
+        buyers = j.select(_buyer="unit_id").distinct()
+        f = f.left_join(buyers, f.person_id == buyers._buyer)
+    t = _keyed(f, q, at=f.first_at, dims={d: f[d] for d in SESSION_LEVELS} | _device(f))
+    return _aggregate(t, q, _visitors=t.person_id.nunique().cast("int64"),
+                      **({"_converters": t._buyer.nunique().cast("int64")} if converters
+                         else {}))
+
+
+@register_in("first_sessions", "new_visitors", stage="awareness", unit="persons",
+             formula="count(persons whose first session ever falls in the group)",
+             tables=["sessions"], dimensions=DEVICE_DIMS)
+def new_visitors(a: ir.Table) -> dict[str, ir.Value]:
     """People seen for the first time, by the channel, source, device… of their first
     session; the period is that session's start."""
-    f = first_touches(con, q)
-    t = _keyed(f, q, at=f.first_at, dims={d: f[d] for d in SESSION_LEVELS} | _device(f))
-    return _order(_aggregate(t, q, new_visitors=t.person_id.nunique().cast("int64")), q)
+    return {"new_visitors": a._visitors}
 
 
-@register("reach", stage="awareness", unit="persons",
-          formula="count(distinct persons with a session in the group)",
-          tables=["sessions"], dimensions=DEVICE_DIMS)
-def reach(con: BaseBackend, q: Query) -> ir.Table:
+@family("sessions")
+def _visits(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The sessions of known persons in each group (by the session's start, entrance
+    channel, source… and device): ``_sessions``, ``_pages`` (page views), ``_engaged``
+    (engaged sessions), ``_seconds`` (their duration), ``_visitors`` (distinct persons);
+    with ``first``, ``_first`` (sessions that are their person's first) and ``_returning``
+    (persons with a session that is not their first)."""
+    first = "first" in needs
+    t = _person_sessions(con, q, first=first)
+    firsts = {"_first": t._first.sum(),
+              "_returning": (t._sessions > t._first).cast("int64").sum()} if first else {}
+    return _aggregate(t, q, _sessions=t._sessions.sum(), _pages=t._pages.sum(),
+                      _engaged=t._engaged.sum(), _seconds=t._seconds.sum(),
+                      _visitors=t.count().cast("int64"), **firsts)
+
+
+@register_in("sessions", "reach", stage="awareness", unit="persons",
+             formula="count(distinct persons with a session in the group)",
+             tables=["sessions"], dimensions=DEVICE_DIMS)
+def reach(a: ir.Table) -> dict[str, ir.Value]:
     """People a channel (source, campaign, device…) reached: the distinct visitors of its
     sessions in the period, new and returning alike (``new_visitors`` are the first-time
     ones). A person reached by two channels counts once in each, so channels add up to more
     than the whole."""
-    t = _person_sessions(con, q)
-    return _order(_aggregate(t, q, reach=t.count().cast("int64")), q)
+    return {"reach": a._visitors}
 
 
 # ---- consideration --------------------------------------------------------------------------
@@ -788,60 +965,54 @@ def _person_sessions(con: BaseBackend, q: Query, *, first: bool = False) -> ir.T
     return _once(con, ("person_sessions", q.by, q.period, q.since, q.until, first), build)
 
 
-@register("sessions", stage="consideration", unit="sessions", formula="count(sessions)",
-          tables=["sessions"], dimensions=DEVICE_DIMS)
-def sessions(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "sessions", stage="consideration", unit="sessions",
+             formula="count(sessions)", tables=["sessions"], dimensions=DEVICE_DIMS)
+def sessions(a: ir.Table) -> dict[str, ir.Value]:
     """Visits of known persons (every prepared session has one)."""
-    t = _person_sessions(con, q)
-    return _order(_aggregate(t, q, sessions=t._sessions.sum()), q)
+    return {"sessions": a._sessions}
 
 
-@register("returning_visitors", stage="consideration", unit="persons",
-          formula="count(distinct persons with a session in the group that is not their first)",
-          tables=["sessions"], dimensions=DEVICE_DIMS)
-def returning_visitors(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "returning_visitors", needs=["first"], stage="consideration",
+             unit="persons",
+             formula="count(distinct persons with a session in the group that is not their "
+             "first)", tables=["sessions"], dimensions=DEVICE_DIMS)
+def returning_visitors(a: ir.Table) -> dict[str, ir.Value]:
     """People who came back: a person whose first visit was in March and who returned in
     April is new in March and returning in April (and both, in a month with both)."""
-    t = _person_sessions(con, q, first=True)
-    return _order(_aggregate(t, q, returning_visitors=(t._sessions > t._first).cast("int64")
-                             .sum()), q)
+    return {"returning_visitors": a._returning}
 
 
-@register("new_sessions", stage="consideration", unit="sessions",
-          formula="count(sessions that are their person's first)", tables=["sessions"],
-          dimensions=DEVICE_DIMS)
-def new_sessions(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "new_sessions", needs=["first"], stage="consideration",
+             unit="sessions", formula="count(sessions that are their person's first)",
+             tables=["sessions"], dimensions=DEVICE_DIMS)
+def new_sessions(a: ir.Table) -> dict[str, ir.Value]:
     """First visits."""
-    t = _person_sessions(con, q, first=True)
-    return _order(_aggregate(t, q, new_sessions=t._first.sum()), q)
+    return {"new_sessions": a._first}
 
 
-@register("returning_sessions", stage="consideration", unit="sessions",
-          formula="count(sessions that are not their person's first)", tables=["sessions"],
-          dimensions=DEVICE_DIMS)
-def returning_sessions(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "returning_sessions", needs=["first"], stage="consideration",
+             unit="sessions", formula="count(sessions that are not their person's first)",
+             tables=["sessions"], dimensions=DEVICE_DIMS)
+def returning_sessions(a: ir.Table) -> dict[str, ir.Value]:
     """Return visits."""
-    t = _person_sessions(con, q, first=True)
-    return _order(_aggregate(t, q, returning_sessions=(t._sessions - t._first).sum()), q)
+    return {"returning_sessions": a._sessions - a._first}
 
 
-@register("sessions_per_visitor", stage="consideration", unit="sessions per person",
-          formula="count(sessions) / count(distinct persons)", tables=["sessions"],
-          dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
-def sessions_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "sessions_per_visitor", stage="consideration",
+             unit="sessions per person", formula="count(sessions) / count(distinct persons)",
+             tables=["sessions"], dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
+def sessions_per_visitor(a: ir.Table) -> dict[str, ir.Value]:
     """Visits per visitor in the group."""
-    t = _person_sessions(con, q)
-    return _order(_aggregate(t, q, sessions_per_visitor=_ratio(t._sessions.sum(), t.count())),
-                  q)
+    return {"sessions_per_visitor": _ratio(a._sessions, a._visitors)}
 
 
-@register("pages_per_visitor", stage="consideration", unit="page views per person",
-          formula="sum(pageview_count) / count(distinct persons)", tables=["sessions"],
-          dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
-def pages_per_visitor(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "pages_per_visitor", stage="consideration",
+             unit="page views per person",
+             formula="sum(pageview_count) / count(distinct persons)", tables=["sessions"],
+             dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
+def pages_per_visitor(a: ir.Table) -> dict[str, ir.Value]:
     """Page (and screen) views per visitor."""
-    t = _person_sessions(con, q)
-    return _order(_aggregate(t, q, pages_per_visitor=_ratio(t._pages.sum(), t.count())), q)
+    return {"pages_per_visitor": _ratio(a._pages, a._visitors)}
 
 
 def _engaged(t: ir.Table) -> ir.BooleanValue:
@@ -850,40 +1021,37 @@ def _engaged(t: ir.Table) -> ir.BooleanValue:
             | (t.conversion_count >= 1).fill_null(False))
 
 
-@register("engaged_sessions", stage="consideration", unit="sessions",
-          formula=f"count(sessions with duration >= {ENGAGED_SECONDS} s or >= "
-          f"{ENGAGED_PAGEVIEWS} page views or a conversion)",
-          tables=["sessions"], dimensions=DEVICE_DIMS)
-def engaged_sessions(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "engaged_sessions", stage="consideration", unit="sessions",
+             formula=f"count(sessions with duration >= {ENGAGED_SECONDS} s or >= "
+             f"{ENGAGED_PAGEVIEWS} page views or a conversion)",
+             tables=["sessions"], dimensions=DEVICE_DIMS)
+def engaged_sessions(a: ir.Table) -> dict[str, ir.Value]:
     """GA4's engaged session. The duration is the session's first to last touch (touchline
     has no engagement timer), so a one-page visit of a minute is not engaged unless it holds a
     conversion."""
-    t = _person_sessions(con, q)
-    return _order(_aggregate(t, q, engaged_sessions=t._engaged.sum()), q)
+    return {"engaged_sessions": a._engaged}
 
 
-@register("engagement_rate", stage="consideration", unit="ratio",
-          formula="engaged_sessions / sessions", tables=["sessions"],
-          dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
-def engagement_rate(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "engagement_rate", stage="consideration", unit="ratio",
+             formula="engaged_sessions / sessions", tables=["sessions"],
+             dimensions=DEVICE_DIMS, zero_denominator=_ZERO)
+def engagement_rate(a: ir.Table) -> dict[str, ir.Value]:
     """Share of sessions that were engaged (GA4's engagement rate)."""
-    t = _person_sessions(con, q)
-    return _order(_aggregate(t, q, engagement_rate=_ratio(t._engaged.sum(), t._sessions.sum())),
-                  q)
+    return {"engagement_rate": _ratio(a._engaged, a._sessions)}
 
 
-@register("engagement_time", stage="consideration", unit="seconds per session",
-          formula="sum(duration_seconds) / count(sessions)", tables=["sessions"],
-          dimensions=DEVICE_DIMS, values=("sessions", "engagement_seconds", "engagement_time"),
-          zero_denominator=_ZERO)
-def engagement_time(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "engagement_time", stage="consideration", unit="seconds per session",
+             formula="sum(duration_seconds) / count(sessions)", tables=["sessions"],
+             dimensions=DEVICE_DIMS,
+             values=("sessions", "engagement_seconds", "engagement_time"),
+             zero_denominator=_ZERO)
+def engagement_time(a: ir.Table) -> dict[str, ir.Value]:
     """Average engagement time per session (GA4's name). touchline has no engagement timer,
     so a session's time is its first to last touch (``duration_seconds``): a one-page visit
     counts 0 s, as in GA4 when the page sends no later event. ``engagement_seconds`` is the
     group's total."""
-    t = _person_sessions(con, q)
-    t = _aggregate(t, q, sessions=t._sessions.sum(), engagement_seconds=t._seconds.sum())
-    return _order(t.mutate(engagement_time=_ratio(t.engagement_seconds, t.sessions)), q)
+    return {"sessions": a._sessions, "engagement_seconds": a._seconds,
+            "engagement_time": _ratio(a._seconds, a._sessions)}
 
 
 def _with_session_levels(con: BaseBackend, t: ir.Table, levels: Iterable[str] = SESSION_LEVELS,
@@ -899,17 +1067,25 @@ def _with_session_levels(con: BaseBackend, t: ir.Table, levels: Iterable[str] = 
 
 
 def _converting_journeys(con: BaseBackend, q: Query) -> ir.Table:
-    """Converting journeys of ``q.conversion`` with their first touch's breakdown values."""
+    """Converting journeys of ``q.conversion`` with their first touch's breakdown values
+    (when ``by`` asks for a breakdown: without one, the journeys alone, as the first touch's
+    step and session would only be joined to be left unread)."""
+    touched = bool(q.by)
+
     def build() -> ir.Table:
         j = con.table("journeys")
         j = j.filter((j.conversion == q.conversion) & j.converted)
         j = j.select("journey_id", "converted_at", "touches", "days_to_convert")
+        if not touched:
+            return j
         js = con.table("journey_steps")
         js = js.filter(js.position == 1).select(_journey="journey_id", _session="session_id")
         j = j.left_join(js, j.journey_id == js._journey).drop("_journey")
         return _with_session_levels(con, j)
 
-    j = _once(con, ("converting_journeys", q.conversion), build)
+    j = _once(con, ("converting_journeys", q.conversion, touched), build)
+    if not touched:
+        return _keyed(j, q, at=j.converted_at, dims={})
     j = with_device(con, j, q, "_session")
     return _keyed(j, q, at=j.converted_at,
                   dims=_levels(j, {d: d for d in SESSION_LEVELS}) | _device(j))
@@ -976,72 +1152,77 @@ def _check_model(con: BaseBackend, q: Query) -> None:
 
 def _credited(con: BaseBackend, q: Query) -> ir.Table:
     """The stored credits of ``q.conversion`` under ``q.model``, keyed by the credited touch's
-    channel, source… and device (the device category of the credited touch's session)."""
+    channel, source… and device (the device category of the credited touch's session). The
+    credited touch's step and session are joined only when ``by`` asks for more than the
+    channel (which the credits hold): a headline's credits are summed as stored."""
     _check_conversion(con, q)
     _check_model(con, q)
-    levels = [d for d in SESSION_LEVELS if d != "channel"]
+    touched = bool(set(q.by) - {"channel"})
+    levels = [d for d in SESSION_LEVELS if d != "channel"] if touched else []
 
     def build() -> ir.Table:
         c = con.table("credits")
         c = c.filter((c.conversion == q.conversion) & (c.model == q.model)).select(
             "journey_id", "position", "channel", "converted_at", "credit", "value")
+        if not touched:
+            return c
         js = con.table("journey_steps").select(_journey="journey_id", _position="position",
                                                  _session="session_id")
         c = c.left_join(js, (c.journey_id == js._journey) & (c.position == js._position))
         return _with_session_levels(con, c.drop("_journey", "_position"), levels, "_")
 
-    j = _once(con, ("credited", q.conversion, q.model), build)
+    j = _once(con, ("credited", q.conversion, q.model, touched), build)
     j = with_device(con, j, q, "_session")
     dims = _levels(j, {"channel": "channel", **{d: f"_{d}" for d in levels}}) | _device(j)
     return _keyed(j, q, at=j.converted_at, dims=dims)
 
 
-@register("conversions", stage="decision", unit="conversions",
-          formula="sum(credit) of the stored credits under the model",
-          tables=["journeys", "journey_touches", "credits"], dimensions=CREDIT_DIMS,
-          options=("model", "conversion"))
-def conversions(con: BaseBackend, q: Query) -> ir.Table:
+@family("credits")
+def _credit_sums(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The stored credits of ``q.conversion`` under ``q.model`` in each group (by the
+    credited touch's channel, source… and device, and the conversion's period): ``_credit``
+    (conversions) and ``_value`` (their value)."""
+    t = _credited(con, q)
+    return _aggregate(t, q, _credit=t.credit.sum(), _value=t.value.sum())
+
+
+@register_in("credits", "conversions", checks=[_check_conversion, _check_model],
+             stage="decision", unit="conversions",
+             formula="sum(credit) of the stored credits under the model",
+             tables=["journeys", "journey_touches", "credits"], dimensions=CREDIT_DIMS,
+             options=("model", "conversion"))
+def conversions(a: ir.Table) -> dict[str, ir.Value]:
     """Conversions credited to each channel, source, campaign… by an attribution model; the
     period is the conversion's. Under any model they sum to the conversions. By device: the
     device of the credited touch's session (a journey begun on a phone and closed on a laptop
     gives each its credit); calls and CRM records are ``(not set)``."""
-    t = _credited(con, q)
-    return _order(_aggregate(t, q, conversions=t.credit.sum()), q)
+    return {"conversions": a._credit}
 
 
-@register("revenue", stage="decision", unit="reporting currency",
-          formula="sum(value) of the stored credits under the model",
-          tables=["journeys", "journey_touches", "credits"], dimensions=CREDIT_DIMS,
-          options=("model", "conversion"))
-def revenue(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("credits", "revenue", checks=[_check_conversion, _check_model],
+             stage="decision", unit="reporting currency",
+             formula="sum(value) of the stored credits under the model",
+             tables=["journeys", "journey_touches", "credits"], dimensions=CREDIT_DIMS,
+             options=("model", "conversion"))
+def revenue(a: ir.Table) -> dict[str, ir.Value]:
     """Conversion value credited by an attribution model (by device: the credited touch's
     session's, as ``conversions``)."""
-    t = _credited(con, q)
-    return _order(_aggregate(t, q, revenue=t.value.sum()), q)
+    return {"revenue": a._value}
 
 
-@register("conversion_rate", stage="decision", unit="ratio",
-          formula="persons who converted / persons, by the first touch's channel, source…",
-          tables=["sessions", "journeys"], dimensions=DEVICE_DIMS,
-          values=("visitors", "converters", "conversion_rate"), zero_denominator=_ZERO,
-          options=("conversion",))
-def conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("first_sessions", "conversion_rate", needs=["converters"],
+             checks=[_check_conversion], stage="decision", unit="ratio",
+             formula="persons who converted / persons, by the first touch's channel, source…",
+             tables=["sessions", "journeys"], dimensions=DEVICE_DIMS,
+             values=("visitors", "converters", "conversion_rate"), zero_denominator=_ZERO,
+             options=("conversion",))
+def conversion_rate(a: ir.Table) -> dict[str, ir.Value]:
     """Conversion rate by first-touch source: of the people first seen through a channel
     (source, campaign…; the period is their first session's), the share who converted
     (before ``until``, when given). Few Instagram visitors convert while the smaller
     newsletter audience converts more: this shows it."""
-    _check_conversion(con, q)
-    f = first_touches(con, q)
-    j = con.table("journeys")
-    j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
-    if q.until is not None:
-        j = j.filter(j.converted_at < ibis.literal(q.until))
-    buyers = j.select(_buyer="unit_id").distinct()
-    t = f.left_join(buyers, f.person_id == buyers._buyer)
-    t = _keyed(t, q, at=t.first_at, dims={d: t[d] for d in SESSION_LEVELS} | _device(t))
-    t = _aggregate(t, q, visitors=t.person_id.nunique().cast("int64"),
-                   converters=t._buyer.nunique().cast("int64"))
-    return _order(t.mutate(conversion_rate=_ratio(t.converters, t.visitors)), q)
+    return {"visitors": a._visitors, "converters": a._converters,
+            "conversion_rate": _ratio(a._converters, a._visitors)}
 
 
 @register("leads", stage="decision", unit="leads",
@@ -1112,33 +1293,40 @@ def cost_per_lead(con: BaseBackend, q: Query) -> ir.Table:
                    cost_per_lead=_ratio(t._cost, t._credit))
 
 
-@register("cpa", stage="decision", unit="currency per conversion",
-          formula="sum(cost) / sum(credit of conversions under the model)",
-          tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "conversions", "cpa"),
-          zero_denominator=_ZERO, options=("model", "conversion"))
-def cpa(con: BaseBackend, q: Query) -> ir.Table:
+@family("costs")
+def _costs(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """Spend and the credits of ``q.conversion`` under ``q.model`` per key (matched by
+    :func:`_join_key`): ``_cost``, ``_credit``, ``_value``."""
+    return _cost_and_credit(con, q, q.conversion)
+
+
+@register_in("costs", "cpa", checks=[_check_conversion, _check_model], stage="decision",
+             unit="currency per conversion",
+             formula="sum(cost) / sum(credit of conversions under the model)",
+             tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "conversions", "cpa"),
+             zero_denominator=_ZERO, options=("model", "conversion"))
+def cpa(a: ir.Table) -> dict[str, ir.Value]:
     """Cost per acquisition under any attribution model: spend over the conversions the
     model credits to the same channel, campaign… and period."""
-    t = _cost_and_credit(con, q, q.conversion)
-    return _select(t, q, cost=t._cost, conversions=t._credit, cpa=_ratio(t._cost, t._credit))
+    return {"cost": a._cost, "conversions": a._credit, "cpa": _ratio(a._cost, a._credit)}
 
 
-@register("roas", stage="decision", unit="ratio (revenue per unit of cost)",
-          formula="sum(credited value under the model) / sum(cost)",
-          tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "revenue", "roas"),
-          zero_denominator=_ZERO, options=("model", "conversion"))
-def roas(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("costs", "roas", checks=[_check_conversion, _check_model], stage="decision",
+             unit="ratio (revenue per unit of cost)",
+             formula="sum(credited value under the model) / sum(cost)",
+             tables=_COST_TABLES, dimensions=COST_DIMS, values=("cost", "revenue", "roas"),
+             zero_denominator=_ZERO, options=("model", "conversion"))
+def roas(a: ir.Table) -> dict[str, ir.Value]:
     """Return on ad spend under any attribution model (null for channels without spend)."""
-    t = _cost_and_credit(con, q, q.conversion)
-    return _select(t, q, cost=t._cost, revenue=t._value, roas=_ratio(t._value, t._cost))
+    return {"cost": a._cost, "revenue": a._value, "roas": _ratio(a._value, a._cost)}
 
 
 # ---- retention and value --------------------------------------------------------------------
 
 def _purchases(con: BaseBackend, q: Query) -> ir.Table:
     """Each person's conversions of ``q.conversion`` (before ``until``) with the person's
-    first one (``_first_at``) and acquisition breakdowns (first session's channel…; its
-    device when ``by`` asks for it)."""
+    first one (``_first_at``) and, when ``by`` asks for a breakdown, the acquisition
+    breakdowns (first session's channel…; its device when ``by`` asks for it)."""
     _check_conversion(con, q)
 
     def build() -> ir.Table:
@@ -1148,19 +1336,24 @@ def _purchases(con: BaseBackend, q: Query) -> ir.Table:
             j = j.filter(j.converted_at < ibis.literal(q.until))
         j = j.select("unit_id", "converted_at", "value")
         j = j.mutate(_first_at=j.converted_at.min().over(group_by="unit_id"))
+        if not q.by:  # one first touch per person: the join would keep every row
+            return j
         f = first_touches(con, q).drop("first_at")
         t = j.left_join(f, j.unit_id == f.person_id)
         return t.mutate(**_levels(t, {d: d for d in person_levels(f)}))
 
-    return _once(con, ("purchases", q.conversion, q.until, "device" in q.by), build)
+    return _once(con, ("purchases", q.conversion, q.until, "device" in q.by, bool(q.by)),
+                 build)
 
 
 def _customers(con: BaseBackend, q: Query) -> ir.Table:
-    """One row per customer: ``unit_id``, ``_first_at``, ``_purchases`` and the breakdowns,
-    keyed by the first purchase's period (the customer's cohort)."""
+    """One row per customer: ``unit_id``, ``_first_at``, ``_purchases``, ``_revenue`` (their
+    value) and the breakdowns, keyed by the first purchase's period (the customer's
+    cohort)."""
     p = _purchases(con, q)
     levels = person_levels(p)
-    c = p.group_by(["unit_id", "_first_at", *levels]).aggregate(_purchases=p.count())
+    c = p.group_by(["unit_id", "_first_at", *levels]).aggregate(_purchases=p.count(),
+                                                                 _revenue=p.value.sum())
     return _keyed(c, q, at=c._first_at, dims={d: c[d] for d in levels})
 
 
@@ -1170,18 +1363,27 @@ _RETENTION_TABLES = ["journeys", "sessions"]
 PERSON_DIMS = DEVICE_DIMS
 
 
-@register("repeat_purchase_rate", stage="retention", unit="ratio",
-          formula="customers with >= 2 purchases / customers",
-          tables=_RETENTION_TABLES, dimensions=PERSON_DIMS,
-          values=("customers", "repeat_customers", "repeat_purchase_rate"),
-          zero_denominator=_ZERO, options=("conversion",))
-def repeat_purchase_rate(con: BaseBackend, q: Query) -> ir.Table:
+@family("customers")
+def _customer_sums(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The customers of each group (by their first purchase's period and their acquisition
+    channel, source… and device): ``_customers``, ``_repeat`` (those with two purchases or
+    more) and ``_revenue`` (the value of their purchases, before ``until``)."""
+    c = _customers(con, q)
+    return _aggregate(c, q, _customers=c.count().cast("int64"),
+                      _repeat=(c._purchases >= 2).cast("int64").sum(),
+                      _revenue=c._revenue.fill_null(0.0).sum())
+
+
+@register_in("customers", "repeat_purchase_rate", checks=[_check_conversion],
+             stage="retention", unit="ratio", formula="customers with >= 2 purchases / customers",
+             tables=_RETENTION_TABLES, dimensions=PERSON_DIMS,
+             values=("customers", "repeat_customers", "repeat_purchase_rate"),
+             zero_denominator=_ZERO, options=("conversion",))
+def repeat_purchase_rate(a: ir.Table) -> dict[str, ir.Value]:
     """Share of customers who bought again (before ``until``), by the period of their first
     purchase and their acquisition channel, source…"""
-    c = _customers(con, q)
-    t = _aggregate(c, q, customers=c.count().cast("int64"),
-                   repeat_customers=(c._purchases >= 2).cast("int64").sum())
-    return _order(t.mutate(repeat_purchase_rate=_ratio(t.repeat_customers, t.customers)), q)
+    return {"customers": a._customers, "repeat_customers": a._repeat,
+            "repeat_purchase_rate": _ratio(a._repeat, a._customers)}
 
 
 @register("average_order_value", stage="retention", unit="reporting currency",
@@ -1252,7 +1454,7 @@ NO_PREVIOUS_CUSTOMER = "no customer active in the previous period"
           tables=_RETENTION_TABLES, dimensions=PERSON_DIMS,
           values=("active_previous", "active", "retained", "churned", "churn", "reason"),
           zero_denominator=f"null, with the reason: '{NO_PREVIOUS_PERIOD}' (the first "
-          f"period) or '{NO_PREVIOUS_CUSTOMER}'", options=("conversion",))
+          f"period) or '{NO_PREVIOUS_CUSTOMER}'", options=("conversion",), per_period=True)
 def churn(con: BaseBackend, q: Query) -> ir.Table:
     """Customer churn for subscription-like or repeat-purchase data: of the customers active
     (a purchase of ``conversion``, e.g. a renewal) in period k-1, the share not active in
@@ -1425,6 +1627,12 @@ wh = touchline.open("duckdb:///touchline.duckdb")
 nps = compute(wh.con, "nps", by=["channel"], period="quarter").to_pandas()
 print(nps[["period", "channel", "answers", "nps", "nps_low", "nps_high"]])
 ```
+
+KPIs of one input form a family (`FAMILIES`: the Search Console rows, the spend, the
+sessions, the first sessions, the credits, spend against credits, the customers): each such
+KPI is its values over its family's aggregate, so `compute_family(wh.con, names)` computes
+the family's KPIs in one pass over their input (the dashboard's KPI page does) with the
+figures each gives alone.
 
 Many KPIs at once: compute them inside `with computed_once(wh.con):`, as `touchline kpis`
 does. What several KPIs read (each person's first session, the credited touches of a model,

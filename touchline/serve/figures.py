@@ -50,6 +50,7 @@ from touchline.errors import ConfigError, InputError, MissingInputError, Touchli
 from touchline.metrics.dimensions import DEVICES, device_category, session_devices
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from ibis.backends import BaseBackend
 
     from touchline.attribution.evaluate import Truth
@@ -868,30 +869,39 @@ def stage_timeline_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def _headline_values(headlines: dict[str, ir.Table],
+def _headline_values(parts: Sequence[tuple[tuple[str, ...], ir.Table]],
                      skipped: dict[str, str]) -> dict[str, list[float | None]]:
-    """Each KPI's headline rows (``kpi``, ``value``), all in one query; if that query fails,
-    each KPI alone, so one failing KPI is skipped with its error (into ``skipped``) and the
-    others still show, as when each ran alone."""
-    if not headlines:
+    """The headline rows (``kpi``, ``value``) of each part (one KPI, or a KPI family
+    computed in one aggregate: the KPIs it names), all in one query; if that query fails,
+    each part alone, so a failing part's KPIs are skipped with its error (into ``skipped``)
+    and the others still show, as when each ran alone."""
+    if not parts:
         return {}
-    try:
-        frame = ibis.union(*headlines.values(), distinct=False).to_pyarrow()
-    except Exception as exc:  # which KPI failed is found below, one by one
-        log.warning("the KPI headlines in one query failed (%s): one query per KPI",
-                    type(exc).__name__)
-    else:
-        out: dict[str, list[float | None]] = {name: [] for name in headlines}
+
+    def rows(frame: pa.Table, out: dict[str, list[float | None]]) -> None:
         for name, value in zip(frame.column("kpi").to_pylist(),
                                frame.column("value").to_pylist(), strict=True):
             out[name].append(value)
+
+    try:
+        frame = ibis.union(*(t for _, t in parts), distinct=False).to_pyarrow()
+    except Exception as exc:  # which part failed is found below, one by one
+        log.warning("the KPI headlines in one query failed (%s): one query per KPI family",
+                    type(exc).__name__)
+    else:
+        out: dict[str, list[float | None]] = {n: [] for names, _ in parts for n in names}
+        rows(frame, out)
         return out
     out = {}
-    for name, t in headlines.items():
+    for names, t in parts:
         try:
-            out[name] = t.value.to_pyarrow().to_pylist()
+            frame = t.to_pyarrow()
         except TouchlineError as exc:
-            skipped[name] = str(exc)
+            skipped.update(dict.fromkeys(names, str(exc)))
+            continue
+        got: dict[str, list[float | None]] = {n: [] for n in names}
+        rows(frame, got)
+        out |= got
     return out
 
 
@@ -903,10 +913,11 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     KPIs ``names``) under its stage: ``stage``, ``kpi``, ``value``, ``unit``, ``formula``;
     each KPI computed in the engine over the window, as ``touchline kpis`` computes it. The
     headline is the KPI's own column (the median for a spread such as ``days_to_convert``).
-    KPIs whose input was never imported, and those that are tables (retention cohorts,
-    purchase frequency), are left out and listed in ``attrs["skipped"]`` with why. A stage
-    model other than the presets places each KPI under its lifecycle stage."""
-    from touchline.metrics.kpis import KPIS, STAGES, compute, filled_tables
+    KPIs whose input was never imported, those that are tables (retention cohorts,
+    purchase frequency) and those always by period (churn) are left out and listed in
+    ``attrs["skipped"]`` with why. A stage model other than the presets places each KPI under
+    its lifecycle stage."""
+    from touchline.metrics.kpis import KPIS, STAGES, compute, compute_family, filled_tables
 
     conversion = resolve_conversion(con, conversion)
     chosen = list(KPIS.values()) if names is None else [KPIS[name] for name in names]
@@ -914,12 +925,19 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     # round trip, not one per KPI (on Spark, one job)
     filled = filled_tables(con, {t for kpi in chosen for t in kpi.tables})
     skipped: dict[str, str] = {}
-    headlines: dict[str, ir.Table] = {}
+    parts: list[tuple[tuple[str, ...], ir.Table]] = []
+    families: dict[str, list[str]] = {}
     counted: set[str] = set()  # KPIs without a headline column: tables
     for kpi in chosen:  # the registry's KPIs: expressions only, nothing runs yet
-        column = kpi.name if kpi.name in kpi.values else "median"
         if kpi.table:  # not computed: no headline to show
             skipped[kpi.name] = f"a table: `touchline kpis --kpi {kpi.name}` shows it"
+            continue
+        if kpi.per_period:  # not computed either (its rows were counted for this note)
+            skipped[kpi.name] = (f"a value per period: `touchline kpis --kpi {kpi.name} "
+                                 "--period month` shows it")
+            continue
+        if kpi.family is not None:  # computed with its family below
+            families.setdefault(kpi.family, []).append(kpi.name)
             continue
         try:
             t = compute(con, kpi.name, since=since, until=until, model=model,
@@ -927,14 +945,30 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
         except TouchlineError as exc:
             skipped[kpi.name] = str(exc)
             continue
-        if column not in t.columns:  # a table: its rows counted, in the same query
+        if kpi.headline not in t.columns:  # a table: its rows counted, in the same query
             counted.add(kpi.name)
-            headlines[kpi.name] = t.aggregate(kpi=ibis.literal(kpi.name),
-                                              value=t.count().cast("float64"))
+            parts.append(((kpi.name,), t.aggregate(kpi=ibis.literal(kpi.name),
+                                                   value=t.count().cast("float64"))))
             continue
-        headlines[kpi.name] = t.select(kpi=ibis.literal(kpi.name),
-                                       value=t[column].cast("float64"))
-    values = _headline_values(headlines, skipped)
+        parts.append(((kpi.name,), t.select(kpi=ibis.literal(kpi.name),
+                                            value=t[kpi.headline].cast("float64"))))
+    # each family's KPIs in one aggregate (one pass over the sessions, the spend, the
+    # credits…: a third of the SQL to compile and of the scans to run), as one row turned
+    # into a row per KPI
+    for members in families.values():
+        try:
+            t, left = compute_family(con, members, since=since, until=until, model=model,
+                                     conversion=conversion, filled=filled)
+        except TouchlineError as exc:
+            skipped.update(dict.fromkeys(members, str(exc)))
+            continue
+        skipped.update(left)
+        if t is None:
+            continue
+        kept = tuple(name for name in members if name not in left)
+        wide = t.select(**{name: t[name].cast("float64") for name in kept})
+        parts.append((kept, wide.pivot_longer(list(kept), names_to="kpi", values_to="value")))
+    values = _headline_values(parts, skipped)
     rows = []
     for kpi in chosen:
         if kpi.name not in values:
