@@ -178,6 +178,31 @@ def test_segment_ndjson_maps_context_and_rejects_bad_lines(con, tmp_path) -> Non
     assert json.loads(row["context"])["page"]["url"].startswith("https://x.io/")
 
 
+def test_a_flat_ndjson_line_reads_its_columns_by_name_as_its_csv_does(con, tmp_path) -> None:
+    """Line 1 is a flat export (the CSV's columns as keys, after a byte-order mark), line 2 a
+    Segment message: each column read from its own key or from Segment's place for it."""
+    path = tmp_path / "flat.ndjson"
+    flat = {"anonymous_id": "a1", "type": "page", "timestamp": "2025-03-01T10:00:00Z",
+            "url": "https://x.io/?utm_source=news", "referrer": "https://google.com/",
+            "user_agent": "Mozilla/5.0 X", "title": "Home", "email": "a@x.io",
+            "message_id": "m1"}
+    segment = {"anonymousId": "a2", "type": "page", "timestamp": "2025-03-01T11:00:00Z",
+               "messageId": "m2", "context": {"page": {"url": "https://x.io/b",
+                                                       "referrer": "https://bing.com/"},
+                                              "userAgent": "Mozilla/5.0 Y"}}
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(flat).encode() + b"\n"
+                     + json.dumps(segment).encode() + b"\n")
+    result = ingest_file(con, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.rejected) == (2, 0)
+    rows = {r["message_id"]: r for r in con.table("events").to_pyarrow().to_pylist()}
+    got = {m: (r["url"], r["referrer"], r["user_agent"], r["title"], r["email"],
+               r["utm_source"]) for m, r in rows.items()}
+    assert got == {
+        "m1": ("https://x.io/?utm_source=news", "https://google.com/", "Mozilla/5.0 X", "Home",
+               "a@x.io", "news"),
+        "m2": ("https://x.io/b", "https://bing.com/", "Mozilla/5.0 Y", None, None, None)}
+
+
 def test_parquet_keeps_types_and_row_numbers(con, tmp_path) -> None:
     path = tmp_path / "spend.parquet"
     table = pa.table({

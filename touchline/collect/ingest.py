@@ -316,13 +316,17 @@ class _ChunkParser:
                 return parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
 
             for name in names:
+                own = (f"$.{name}", f"$.{_camel(name)}")  # a flat line: the column's own key
                 if name in mapping.columns:
                     exprs[name] = resolve(mapping.columns[name])  # type: ignore[assignment]
                 elif spec.name == "events" and name in SEGMENT_PATHS:
-                    exprs[name] = resolve(SEGMENT_PATHS[name])  # type: ignore[assignment]
-                else:
+                    # Segment's places first, then the column's own name: a flat export (the
+                    # CSV's columns as the keys of each line: "url", "user_agent") reads as
+                    # its CSV does, and a Segment line, which has no such keys, as before
                     exprs[name] = resolve(  # type: ignore[assignment]
-                        tuple(dict.fromkeys((f"$.{name}", f"$.{_camel(name)}"))))
+                        tuple(dict.fromkeys((*SEGMENT_PATHS[name], *own))))
+                else:
+                    exprs[name] = resolve(tuple(dict.fromkeys(own)))  # type: ignore[assignment]
             if spec.name in ("deals", "calls") and "properties" not in mapping.columns:
                 exprs["properties"] = self._ndjson_leftovers(exprs["properties"])
         else:

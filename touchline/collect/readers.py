@@ -246,6 +246,7 @@ def _csv_chunk(
     return Chunk(table, np.asarray(lines, dtype=np.int64), raw, rejects)
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
 BLOCK_BYTES = 8 << 20  # NDJSON is read in blocks of this size and split into lines in C
 
 
@@ -262,11 +263,14 @@ def _line_blocks(
     number = 0  # lines emitted so far
     carry = b""
     skipping = False  # inside an overlong line
+    first = True
     try:
         while True:
             block = stream.read(BLOCK_BYTES)
             if not block:
                 break
+            if first:  # a byte-order mark (editors on Windows write one) is not line 1's text
+                block, first = block.removeprefix(UTF8_BOM), False
             if skipping:
                 cut = block.find(b"\n")
                 if cut < 0:
