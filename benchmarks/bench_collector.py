@@ -252,7 +252,7 @@ def run_touchline(folder: Path, workers: int, batch: int) -> dict[str, Any]:
         "TOUCHLINE_COLLECTOR_WORKERS": str(workers),
     }
     process = subprocess.Popen(
-        [PYTHON, "-m", "touchline.cli", "serve"],
+        [PYTHON, "-m", "touchline", "serve"],
         env=env,
         cwd=ROOT,
         start_new_session=True,

@@ -94,7 +94,7 @@ def serve_process(tmp_path: Path) -> Iterator[Callable[[Warehouse], ServeProcess
         }
         log = (tmp_path / f"serve-{len(started)}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "touchline.cli", "serve"],
+            [sys.executable, "-m", "touchline", "serve"],
             env=environ,
             stdout=log,
             stderr=subprocess.STDOUT,
