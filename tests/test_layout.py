@@ -31,7 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     # erasure rewrites the collector's spool and leases and normalises as identities do
     "privacy": {"config", "errors", "engine", "store", "collect"},
 }
-TOP = {"pipeline", "demo", "warehouse", "cli", "terminal", "serve", "__init__", "__main__"}
+TOP = {"pipeline", "demo", "warehouse", "cli", "terminal", "formatting", "serve", "__init__",
+       "__main__"}
 
 
 def _layer(path: Path) -> str:

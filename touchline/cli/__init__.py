@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from touchline.errors import ConfigError, TouchlineError
+from touchline.formatting import readable_number
 from touchline.terminal import fail
 
 app = typer.Typer(
@@ -273,9 +274,7 @@ def _print_demo(report: object) -> None:
                           f"({kpis.attrs.get('conversion')}, {kpis.attrs.get('model')} "
                           "credits; touchline kpis --stage " + str(stage) + ")")
             for row in rows.itertuples(index=False):
-                value = "" if row.value is None or row.value != row.value else (
-                    f"{row.value:,.4g}" if abs(row.value) < 1e4 else f"{row.value:,.0f}")
-                table.add_row(row.kpi, value, row.unit)
+                table.add_row(row.kpi, readable_number(row.value), row.unit)
             console.print(table)
         for name, why in kpis.attrs.get("skipped", {}).items():
             err_console.print(f"[yellow]KPI {name} not shown:[/] {escape(why)}",

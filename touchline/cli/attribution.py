@@ -27,6 +27,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from touchline.errors import ConfigError, TouchlineError, did_you_mean
+from touchline.formatting import readable_number
 from touchline.terminal import fail
 
 if TYPE_CHECKING:
@@ -288,7 +289,7 @@ def _table(frame: pd.DataFrame, title: str, sort_by: str | None = None) -> Table
         frame = frame.sort_values(sort_by, ascending=False, kind="stable")
     table = Table(*[str(c) for c in frame.columns], title=title)
     for row in frame.itertuples(index=False):
-        table.add_row(*[f"{v:,.4g}" if isinstance(v, float) else str(v) for v in row])
+        table.add_row(*[readable_number(v) if isinstance(v, float) else str(v) for v in row])
     return table
 
 

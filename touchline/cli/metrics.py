@@ -28,6 +28,7 @@ from touchline.errors import (
     UnknownKPIError,
     did_you_mean,
 )
+from touchline.formatting import readable_number
 from touchline.terminal import fail
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        return readable_number(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)

@@ -47,6 +47,7 @@ from plotly.colors import qualitative
 
 from touchline.engine import seconds_between
 from touchline.errors import ConfigError, InputError, MissingInputError, TouchlineError
+from touchline.formatting import readable_number
 from touchline.metrics.dimensions import DEVICES, device_category, session_devices
 
 if TYPE_CHECKING:
@@ -999,7 +1000,7 @@ def stage_kpis_figure(data: pd.DataFrame) -> go.Figure:
     """The KPIs as a table, stage by stage."""
     fig = _figure(f"KPIs of each stage ({data.attrs.get('stage_model', '')}; "
                   f"{data.attrs.get('conversion', '')}, {data.attrs.get('model', '')})")
-    values = ["" if pd.isna(v) else f"{v:,.4g}" for v in data.value]
+    values = [readable_number(None if pd.isna(v) else v) for v in data.value]
     fig.add_trace(go.Table(
         header={"values": ["stage", "KPI", "value", "unit"], "align": "left",
                 "fill_color": "#e8e6f4"},

@@ -27,6 +27,7 @@ import plotly.io as pio
 
 from touchline import engine
 from touchline.errors import MissingInputError, TouchlineError
+from touchline.formatting import readable_number
 from touchline.serve.figures import CHARTS, Filters, chart_data, filters_not_applied
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def figure_json(fig: object) -> str:
 
 def data_table(frame: pd.DataFrame) -> str:
     """The numbers behind a chart as an HTML table (values escaped)."""
-    return frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:,.4g}",
+    return frame.to_html(index=False, na_rep="", float_format=readable_number,
                          border=0, escape=True)
 
 
