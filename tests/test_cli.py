@@ -92,3 +92,15 @@ def test_run_summary_fits_80_columns_without_cutting_a_number(monkeypatch) -> No
     cells = [line for line in text.splitlines() if line[:1] in "┃│"]
     assert len(cells) >= 9 and not any("…" in line for line in cells)  # (the hint says "…")
     assert "11,094,910.00" in text and "Mobile Push Notifications" in text
+
+
+def test_kpis_list_shows_every_name_whole_in_an_80_column_terminal(tmp_path: Path) -> None:
+    """The names are what ``--kpi`` takes: cut to ``search_cl…`` they cannot be typed."""
+    from touchline.metrics.kpis import KPIS
+
+    db = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    result = runner.invoke(app, ["kpis", "--list", "--database", db], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    first_cells = {line.split("│")[1].strip() for line in result.output.splitlines()
+                   if line.startswith("│")}
+    assert set(KPIS) <= first_cells

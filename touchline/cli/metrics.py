@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from touchline.errors import (
     ConfigError,
@@ -388,7 +388,9 @@ def _print_list(console: Console, listing: list[dict[str, Any]], fmt: str, *,
         return
     if stage_model:
         rows = {row["kpi"]: row for row in listing}
-        table = Table(f"{stage_model} stage", "kpi", "lifecycle stage", "unit", "formula",
+        # the names whole: they are what --kpi takes (the other columns wrap)
+        table = Table(f"{stage_model} stage", Column("kpi", no_wrap=True), "lifecycle stage",
+                      "unit", "formula",
                       "needs", "by", title=f"{len(listing)} KPIs by the stages of "
                       f"{stage_model} (`touchline kpis --stage-model {stage_model}`)")
         for stage, ks in groups or []:
@@ -400,7 +402,7 @@ def _print_list(console: Console, listing: list[dict[str, Any]], fmt: str, *,
                               ", ".join(row["tables"]), ", ".join(row["by"]))
         console.print(table)
         return
-    table = Table("kpi", "stage", "unit", "formula", "needs", "by",
+    table = Table(Column("kpi", no_wrap=True), "stage", "unit", "formula", "needs", "by",
                   title=f"{len(listing)} KPIs (`touchline kpis --kpi NAME`)")
     for row in listing:
         table.add_row(row["kpi"], row["stage"], row["unit"], row["formula"],
