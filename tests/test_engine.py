@@ -290,3 +290,24 @@ def test_side_by_side_raises_a_tasks_error_after_every_task_ended(con) -> None:
     with pytest.raises(ValueError, match="no such chart"):
         engine.side_by_side(con, [fails, slow])
     assert ended == [1, 1]
+
+
+@pytest.mark.duckdb_only(reason="the lock is DuckDB's: one process at a time opens a file")
+def test_a_warehouse_open_in_another_process_says_so_and_what_to_do(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from touchline.errors import EngineError
+
+    file = tmp_path / "w.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+         "print('open', flush=True); time.sleep(60)", str(file)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(EngineError, match=r"w\.duckdb.*another process has it open"):
+            engine.connect(settings=Settings(database_url=f"duckdb:///{file}"))
+    finally:
+        holder.kill()
+        holder.wait()

@@ -186,7 +186,10 @@ def _connect_duckdb(path: str, settings: Settings) -> BaseBackend:
         con._touchline_scratch_in_file = bool(settings.memory_limit) and database != ":memory:"
         return con
     except Exception as exc:  # duckdb raises its own IOException for locks and bad files
-        raise EngineError(f"cannot open DuckDB warehouse {database!r}: {exc}") from exc
+        hint = ("; another process has it open (DuckDB lets one process at a time open a "
+                "warehouse file): run the commands one after another, or wait until that "
+                "one ends") if "conflicting lock" in str(exc).lower() else ""
+        raise EngineError(f"cannot open DuckDB warehouse {database!r}: {exc}{hint}") from exc
 
 
 def _duckdb_session(con: BaseBackend) -> BaseBackend:
