@@ -104,3 +104,13 @@ def test_kpis_list_shows_every_name_whole_in_an_80_column_terminal(tmp_path: Pat
     first_cells = {line.split("│")[1].strip() for line in result.output.splitlines()
                    if line.startswith("│")}
     assert set(KPIS) <= first_cells
+
+
+def test_a_funnel_nobody_entered_says_so(tmp_path: Path) -> None:
+    """A mistyped first step used to print nothing at all."""
+    db = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    assert runner.invoke(app, ["init", "--database", db]).exit_code == 0
+    result = runner.invoke(app, ["funnel", "Form Submited", "conversion:purchase",
+                                 "--database", db], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "no person entered the funnel's first step ('Form Submited')" in result.output

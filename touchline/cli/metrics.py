@@ -340,6 +340,11 @@ def register(app: typer.Typer) -> None:
                                stage_model=settings.stage_model).to_pandas()
         except TouchlineError as exc:
             raise fail(exc) from None
+        if frame.empty:  # said, not an empty screen: most often a step's name is mistyped
+            console.print(f"no {unit} entered the funnel's first step ({steps[0]!r}): check "
+                          "the step's name against the stored events (an event name is "
+                          "matched exactly) and the window")
+            return
         for group, rows in frame.groupby("group", sort=True):
             table = Table("#", "step", "entered", "went on", "dropped", "from previous",
                           "from first", "time from previous: median (p25-p75, p90)",
