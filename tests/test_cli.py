@@ -48,6 +48,10 @@ def test_unknown_kind_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", "x.csv", "--kind", "orders", "--database", db])
     assert result.exit_code == 2
     assert "--kind 'orders' is not one of events, deals" in result.output
+    near = runner.invoke(app, ["ingest", "x.csv", "--kind", "event", "--database", db],
+                         env={"COLUMNS": "200"})
+    assert near.exit_code == 2
+    assert "--kind 'event' (did you mean 'events'?) is not one of" in near.output
 
 
 def test_an_error_naming_a_mapping_section_prints_it(tmp_path: Path) -> None:

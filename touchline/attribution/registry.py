@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from touchline.attribution.paths import PathSet
-from touchline.errors import ConfigError, UnknownModelError
+from touchline.errors import ConfigError, UnknownModelError, did_you_mean
 from touchline.lazy import lazy_module
 
 sparse = lazy_module("scipy.sparse")
@@ -168,7 +168,8 @@ def lookup(name: str, source: str = "model") -> Model:
         return MODELS[name]
     except KeyError:
         raise UnknownModelError(
-            f"unknown model {name!r} in {source}; choose from {', '.join(sorted(MODELS))}"
+            f"unknown model {name!r} in {source}{did_you_mean(name, MODELS)}; choose from "
+            f"{', '.join(sorted(MODELS))}"
         ) from None
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
-from touchline.errors import ConfigError, TouchlineError
+from touchline.errors import ConfigError, TouchlineError, did_you_mean
 from touchline.formatting import readable_number
 from touchline.terminal import fail
 
@@ -94,7 +94,8 @@ def ingest(
     try:
         settings = load_settings(**({"database_url": database} if database else {}))
         if kind not in store.INGESTIBLE:
-            raise ConfigError(f"--kind {kind!r} is not one of {', '.join(store.INGESTIBLE)}")
+            raise ConfigError(f"--kind {kind!r}{did_you_mean(kind, store.INGESTIBLE)} is not "
+                              f"one of {', '.join(store.INGESTIBLE)}")
         mapping = load_mapping(map_file, canonical={c.name for c in store.TABLES[kind].columns},
                                kind=kind)
         con = engine.connect(settings=settings)
