@@ -1629,10 +1629,11 @@ print(nps[["period", "channel", "answers", "nps", "nps_low", "nps_high"]])
 ```
 
 KPIs of one input form a family (`FAMILIES`: the Search Console rows, the spend, the
-sessions, the first sessions, the credits, spend against credits, the customers): each such
-KPI is its values over its family's aggregate, so `compute_family(wh.con, names)` computes
-the family's KPIs in one pass over their input (the dashboard's KPI page does) with the
-figures each gives alone.
+sessions, the first sessions, the credits, spend against credits, the customers, the CTA
+and form touches): each such KPI is its values over its family's aggregate, so
+`compute_family(wh.con, names)` computes the family's KPIs in one pass over their input (the
+dashboard's KPI page does) with the figures each gives alone (by a breakdown, the CTA and
+form KPIs together also give a row, of zero views, for a key with touches of one kind only).
 
 Many KPIs at once: compute them inside `with computed_once(wh.con):`, as `touchline kpis`
 does. What several KPIs read (each person's first session, the credited touches of a model,
