@@ -226,6 +226,22 @@ def _family_rows(con: BaseBackend, names: list[str], *keys: str,
         for r in frame.astype(object).to_dict("records")}
 
 
+def test_social_kpis_have_a_headline_on_the_kpi_page(warehouse: BaseBackend) -> None:
+    from touchline.serve.figures import stage_kpis_data
+
+    rows = [dict(zip(SOCIAL_COLUMNS, (r[0], r[1], date.fromisoformat(r[2]), *r[3:]),
+                     strict=True)) for r in SOCIAL]
+    engine.load_table(warehouse, "social", arrow_table(store.SOCIAL, rows))
+    # one row each: the followers at the end (1050 + 400), the new followers (Instagram
+    # 900 → 1050, LinkedIn 400 → 400), the impressions, the engagements (365 + 60)
+    page = stage_kpis_data(warehouse, names=["social_followers", "social_follower_growth",
+                                             "social_reach", "social_engagements"])
+    assert page.set_index("kpi").value.to_dict() == {
+        "social_followers": 1450.0, "social_follower_growth": 150.0,
+        "social_reach": 11_500.0, "social_engagements": 425.0}
+    assert page.attrs["skipped"] == {}
+
+
 PAGE_KPIS = ["cta_ctr", "form_start_rate", "form_completion_rate"]
 
 

@@ -180,12 +180,17 @@ class KPI:
     checks: tuple[Check, ...] = ()
     #: a family KPI's values (name → expression, in order) over its family's aggregate
     family_values: FamilyValues | None = None
+    #: the value column that stands for the KPI when none is named after it (the followers
+    #: of ``social_followers``); None: the KPI's own column, else the median
+    headline_value: str | None = None
 
     @property
     def headline(self) -> str:
-        """The value column that stands for the KPI in one figure: its own, or the median of
-        a spread (``days_to_convert``)."""
-        return self.name if self.name in self.values else "median"
+        """The value column that stands for the KPI in one figure: its own, the one it names
+        (:attr:`headline_value`), or the median of a spread (``days_to_convert``)."""
+        if self.name in self.values:
+            return self.name
+        return self.headline_value if self.headline_value is not None else "median"
 
 
 #: a :class:`Family`'s aggregate: the sums (counts, quantiles…) its KPIs read, one row per
@@ -220,7 +225,8 @@ def _add(name: str, compute: KPIFunction, doc: str | None, *, stage: str, unit: 
          values: Sequence[str] | None = None, zero_denominator: str = "not a ratio",
          options: Sequence[str] = (), any_table: bool = False, table: bool = False,
          per_period: bool = False, family: str | None = None, needs: Sequence[str] = (),
-         checks: Sequence[Check] = (), family_values: FamilyValues | None = None) -> None:
+         checks: Sequence[Check] = (), family_values: FamilyValues | None = None,
+         headline: str | None = None) -> None:
     if stage not in STAGES:
         raise ValueError(f"KPI {name!r}: stage {stage!r} is not one of {', '.join(STAGES)}")
     unknown = set(dimensions) - set(DIMENSIONS)
@@ -234,19 +240,24 @@ def _add(name: str, compute: KPIFunction, doc: str | None, *, stage: str, unit: 
         values=tuple(values or (name,)), doc=(doc or "").strip(), options=tuple(options),
         stages={"lifecycle": stage, **PRESET_STAGES[stage]}, any_table=any_table,
         table=table, per_period=per_period, family=family, needs=tuple(needs),
-        checks=tuple(checks), family_values=family_values)
+        checks=tuple(checks), family_values=family_values, headline_value=headline)
+    if headline is not None and headline not in KPIS[name].values:
+        raise ValueError(f"KPI {name!r}: its headline {headline!r} is not one of its values")
 
 
 def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
              dimensions: Sequence[str], values: Sequence[str] | None = None,
              zero_denominator: str = "not a ratio", options: Sequence[str] = (),
              any_table: bool = False, table: bool = False, per_period: bool = False,
-             ) -> Callable[[KPIFunction], KPIFunction]:
-    """Register the decorated function as KPI ``name`` (filled at import, then only read)."""
+             headline: str | None = None) -> Callable[[KPIFunction], KPIFunction]:
+    """Register the decorated function as KPI ``name`` (filled at import, then only read);
+    ``headline``: the value column standing for it in one figure when none is named after
+    it."""
     def decorate(fn: KPIFunction) -> KPIFunction:
         _add(name, fn, fn.__doc__, stage=stage, unit=unit, formula=formula, tables=tables,
              dimensions=dimensions, values=values, zero_denominator=zero_denominator,
-             options=options, any_table=any_table, table=table, per_period=per_period)
+             options=options, any_table=any_table, table=table, per_period=per_period,
+             headline=headline)
         return fn
 
     return decorate
