@@ -1112,35 +1112,53 @@ def _check_conversion(con: BaseBackend, q: Query) -> None:
                               f"stored ones are {', '.join(map(str, known)) or 'none'}")
 
 
-def _spread(values: ir.NumericValue, count: ir.Scalar) -> dict[str, ir.Scalar]:
-    return {"conversions": count.cast("int64"),
-            **{name: values.quantile(p) for name, p in QUANTILES.items()}}
+def _spread(values: ir.NumericValue, count: ir.Scalar, prefix: str = "") -> dict[str, ir.Scalar]:
+    return {prefix + "conversions": count.cast("int64"),
+            **{prefix + name: values.quantile(p) for name, p in QUANTILES.items()}}
 
 
-@register("visits_to_convert", stage="consideration", unit="sessions",
-          formula="median, p75, p90 of journeys.touches over converting journeys",
-          tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
-          values=("conversions", *QUANTILES), options=("conversion",))
-def visits_to_convert(con: BaseBackend, q: Query) -> ir.Table:
+@family("converting_journeys")
+def _journey_spreads(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The converting journeys of ``q.conversion`` (by the conversion's period and the
+    journey's first touch), read once: with ``visits``, ``_visits_conversions`` and the
+    quantiles of their visits (``_visits_median``…); with ``days``, ``_days_conversions``
+    (those with a first touch) and the quantiles of their days to convert. A key whose
+    journeys all lack a first touch has a row of no ``_days_conversions`` when visits are
+    asked too, so alone each KPI keeps only its own rows."""
+    t = _converting_journeys(con, q)
+    if "visits" not in needs:  # the days alone: only the journeys with a first touch
+        t = t.filter(t.days_to_convert.notnull())
+    spreads: dict[str, ir.Scalar] = {}
+    if "visits" in needs:
+        spreads |= _spread(t.touches.cast("float64"), t.count(), "_visits_")
+    if "days" in needs:
+        # quantiles leave nulls out: those of the journeys with a first touch
+        spreads |= _spread(t.days_to_convert,
+                           t.count(where=t.days_to_convert.notnull()), "_days_")
+    return _aggregate(t, q, **spreads)
+
+
+@register_in("converting_journeys", "visits_to_convert", needs=["visits"],
+             checks=[_check_conversion], stage="consideration", unit="sessions",
+             formula="median, p75, p90 of journeys.touches over converting journeys",
+             tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
+             values=("conversions", *QUANTILES), options=("conversion",))
+def visits_to_convert(a: ir.Table) -> dict[str, ir.Value]:
     """How many visits a converting journey held (quantiles interpolate), by the journey's
     first touch and the conversion's period; a repeat purchase's journey starts after the
     previous one."""
-    _check_conversion(con, q)
-    t = _converting_journeys(con, q)
-    return _order(_aggregate(t, q, **_spread(t.touches.cast("float64"), t.count())), q)
+    return {name: a["_visits_" + name] for name in ("conversions", *QUANTILES)}
 
 
-@register("days_to_convert", stage="consideration", unit="days",
-          formula="median, p75, p90 of converted_at - first_touch_at over converting journeys",
-          tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
-          values=("conversions", *QUANTILES), options=("conversion",))
-def days_to_convert(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("converting_journeys", "days_to_convert", needs=["days"],
+             checks=[_check_conversion], stage="consideration", unit="days",
+             formula="median, p75, p90 of converted_at - first_touch_at over converting "
+             "journeys", tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
+             values=("conversions", *QUANTILES), options=("conversion",))
+def days_to_convert(a: ir.Table) -> dict[str, ir.Value]:
     """Days from a converting journey's first touch to its conversion (journeys without a
     touch in their window are left out)."""
-    _check_conversion(con, q)
-    t = _converting_journeys(con, q)
-    t = t.filter(t.days_to_convert.notnull())
-    return _order(_aggregate(t, q, **_spread(t.days_to_convert, t.count())), q)
+    return {name: a["_days_" + name] for name in ("conversions", *QUANTILES)}
 
 
 # ---- decision -------------------------------------------------------------------------------
