@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -64,13 +64,24 @@ PAGE_DIMS = (*DEVICE_DIMS, "page")
 PAGE_TYPES = ("page", "screen")
 
 
+def _action_pages(con: BaseBackend, tp: ir.Table, flag: str,
+                  actions: Sequence[str]) -> list[str]:
+    """The pages of ``tp`` on which a touch flagged ``flag`` (one of ``actions``) was ever
+    recorded: few, asked first (inside a reader's block or :func:`computed_once`, once)."""
+    return _once_value(con, ("action_pages", tuple(actions)), lambda: sorted(
+        tp.filter(tp[flag]).select("page_path").distinct().to_pyarrow().column(0)
+        .to_pylist()))
+
+
 def _page_actions(con: BaseBackend, q: Query,
-                  kinds: Mapping[str, tuple[Sequence[str], str | None]]) -> ir.Table:
-    """Page views and action events on the pages that carry them, keyed, for each kind of
-    action ``name: (actions, pattern)``: ``_<name>`` (the touch is one of ``actions``) and
-    ``_on_<name>`` (its page matches ``pattern``, else is one where such an action was ever
-    recorded); ``_view`` (a page view). Only the views and actions of those pages are kept,
-    read in one pass over the touches whatever the number of kinds."""
+                  kinds: Mapping[str, tuple[Sequence[str], str | None]]
+                  ) -> tuple[ir.Table, dict[str, Callable[[ir.StringValue], ir.BooleanValue]]]:
+    """Page views and action events, keyed, for each kind of action ``name: (actions,
+    pattern)``: ``_view`` (a page view) and ``_<name>`` (the touch is one of ``actions``);
+    with, for each kind, whether a page carries it (its path matches ``pattern``, else it is
+    one where such an action was ever recorded), to be asked of the few pages after the
+    touches are counted by page. Read in one pass over the touches whatever the number of
+    kinds; when every kind's pages are named, only their touches are read."""
     tp = con.table("touchpoints")
     if not any(dim in SESSION_LEVELS or dim == "device" for dim in q.by):
         # nothing of the session asked (a headline, by page or period): the stored touches,
@@ -83,24 +94,33 @@ def _page_actions(con: BaseBackend, q: Query,
     tp = tp.mutate(_view=tp.type.isin(PAGE_TYPES), **{
         f"_{name}": (tp.type == "track") & tp.event.isin(list(actions))
         for name, (actions, _) in kinds.items()})
-    on: dict[str, ir.BooleanValue] = {}
+    carries: dict[str, Callable[[ir.StringValue], ir.BooleanValue]] = {}
+    named: set[str] = set()
     for name, (actions, pattern) in kinds.items():
         if pattern:
-            on[f"_on_{name}"] = tp.page_path.re_search(pattern).fill_null(False)
+            carries[name] = functools.partial(_matches, pattern=pattern)
         else:
             # the pages are few: asked first and filtered by name, so the engine reads only
             # their touches (a semi-join ran after the touchpoints view joined every touch
             # to its session, 80 % of the run on data without CTAs)
-            pages = _once_value(con, ("action_pages", tuple(actions)), lambda a=name: sorted(
-                tp.filter(tp[f"_{a}"]).select("page_path").distinct().to_pyarrow().column(0)
-                .to_pylist()))
-            on[f"_on_{name}"] = tp.page_path.isin(pages)
-    tp = tp.mutate(**on)
-    kept = [tp[f"_on_{name}"] & (tp._view | tp[f"_{name}"]) for name in kinds]
-    tp = with_device(con, tp.filter(functools.reduce(operator.or_, kept)), q)
+            pages = _action_pages(con, tp, f"_{name}", actions)
+            carries[name] = functools.partial(_among, pages=pages)
+            named.update(pages)
+    if not any(pattern for _, pattern in kinds.values()):
+        tp = tp.filter(tp.page_path.isin(sorted(named)))
+    tp = tp.filter(functools.reduce(operator.or_, [tp._view, *(tp[f"_{n}"] for n in kinds)]))
+    tp = with_device(con, tp, q)
     asked = {dim: column for dim, column in SESSION_LEVELS.items() if dim in q.by}
     dims = {**_levels(tp, asked), **_device(tp), "page": tp.page_path}
-    return _keyed(tp, q, at=tp.occurred_at, dims=dims)
+    return _keyed(tp, q, at=tp.occurred_at, dims=dims), carries
+
+
+def _matches(path: ir.StringValue, *, pattern: str) -> ir.BooleanValue:
+    return path.re_search(pattern).fill_null(False)
+
+
+def _among(path: ir.StringValue, *, pages: Sequence[str]) -> ir.BooleanValue:
+    return path.isin(list(pages))
 
 
 def _count(flag: ir.BooleanValue) -> ir.IntegerValue:
@@ -111,10 +131,12 @@ def _count(flag: ir.BooleanValue) -> ir.IntegerValue:
 def _page_action_counts(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
     """The views and actions of the pages carrying them, counted in one pass over the
     touches: with ``cta``, ``_cta_views`` and ``_cta_clicks`` on CTA pages; with ``forms``,
-    ``_form_views``, ``_form_starts`` and ``_form_submissions`` on form pages. A key with
-    touches of one kind of page only counts zeros for the other (by page: a row for every
-    page of either kind), so alone each KPI counts its own kind only (the rows it gives by
-    itself). Inside :func:`~touchline.metrics.kpis.computed_once`, counted once."""
+    ``_form_views``, ``_form_starts`` and ``_form_submissions`` on form pages. The touches
+    are counted by key and page first, then the pages' counts summed by whether they carry
+    each kind (the page test asked of a few rows, not of every touch). A key with touches
+    of one kind of page only counts zeros for the other (by page: a row for every page of
+    either kind), so alone each KPI counts its own kind only (the rows it gives by itself).
+    Inside :func:`~touchline.metrics.kpis.computed_once`, counted once."""
     cfg = q.config
     starts, submits = list(cfg.form_start_events), list(cfg.touch_events.get("form", []))
     kinds = {"cta": (list(cfg.cta_events), cfg.cta_pages),
@@ -122,21 +144,37 @@ def _page_action_counts(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir
     kinds = {name: kind for name, kind in kinds.items() if name in needs}
 
     def build() -> ir.Table:
-        t = _page_actions(con, q, kinds)
-        counts: dict[str, ir.Scalar] = {}
+        t, carries = _page_actions(con, q, kinds)
+        counts: dict[str, ir.Scalar] = {"_views": _count(t._view)}
         if "cta" in kinds:
-            counts |= {"_cta_views": _count(t._on_cta & t._view),
-                       "_cta_clicks": _count(t._on_cta & t._cta)}
+            counts["_clicks"] = _count(t._cta)
         if "forms" in kinds:
-            counts |= {"_form_views": _count(t._on_forms & t._view),
-                       "_form_starts": _count(t._on_forms & t._forms & t.event.isin(starts)),
-                       "_form_submissions": _count(t._on_forms & t._forms
-                                                   & t.event.isin(submits))}
-        return _aggregate(t, q, **counts)
+            counts |= {"_starts": _count(t._forms & t.event.isin(starts)),
+                       "_submissions": _count(t._forms & t.event.isin(submits))}
+        by_page = t.group_by([*q.keys, "page_path"]).aggregate(**counts)
+        on = {name: carry(by_page.page_path) for name, carry in carries.items()}
+        by_page = by_page.filter(functools.reduce(operator.or_, on.values()))
+        sums = {}
+        if "cta" in kinds:
+            sums |= {"_cta_views": _on(on, "cta", by_page._views),
+                     "_cta_clicks": _on(on, "cta", by_page._clicks)}
+        if "forms" in kinds:
+            sums |= {"_form_views": _on(on, "forms", by_page._views),
+                     "_form_starts": _on(on, "forms", by_page._starts),
+                     "_form_submissions": _on(on, "forms", by_page._submissions)}
+        return _aggregate(by_page, q, **sums)
 
     return _once(con, ("page_actions", q.by, q.period, q.since, q.until,
                        tuple((name, tuple(a), p) for name, (a, p) in kinds.items()),
                        tuple(starts), tuple(submits)), build)
+
+
+def _on(on: Mapping[str, ir.BooleanValue], kind: str, count: ir.IntegerValue
+        ) -> ir.IntegerValue:
+    """``count`` summed over the pages carrying ``kind`` (alone: all of them)."""
+    if len(on) == 1:
+        return count.sum()
+    return ibis.ifelse(on[kind], count, 0).sum()
 
 
 @register_in("page_actions", "cta_ctr", needs=["cta"], stage="consideration", unit="ratio",
