@@ -64,13 +64,21 @@ PAGE_DIMS = (*DEVICE_DIMS, "page")
 PAGE_TYPES = ("page", "screen")
 
 
-def _action_pages(con: BaseBackend, tp: ir.Table, flag: str,
-                  actions: Sequence[str]) -> list[str]:
-    """The pages of ``tp`` on which a touch flagged ``flag`` (one of ``actions``) was ever
-    recorded: few, asked first (inside a reader's block or :func:`computed_once`, once)."""
-    return _once_value(con, ("action_pages", tuple(actions)), lambda: sorted(
-        tp.filter(tp[flag]).select("page_path").distinct().to_pyarrow().column(0)
-        .to_pylist()))
+def _action_pages(con: BaseBackend, tp: ir.Table,
+                  kinds: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """For each kind of action ``name: actions``, the pages of ``tp`` on which a touch
+    flagged ``_<name>`` (one of ``actions``) was ever recorded: few, asked first, every
+    kind in one query (inside a reader's block or :func:`computed_once`, once)."""
+    def ask() -> dict[str, list[str]]:
+        flags = [tp[f"_{name}"] for name in kinds]
+        t = tp.filter(functools.reduce(operator.or_, flags))
+        found = t.group_by("page_path").aggregate(
+            **{name: t[f"_{name}"].any() for name in kinds}).to_pyarrow().to_pylist()
+        return {name: sorted(row["page_path"] for row in found if row[name])
+                for name in kinds}
+
+    return _once_value(con, ("action_pages", tuple(
+        (name, tuple(actions)) for name, actions in kinds.items())), ask)
 
 
 def _page_actions(con: BaseBackend, q: Query,
@@ -94,18 +102,19 @@ def _page_actions(con: BaseBackend, q: Query,
     tp = tp.mutate(_view=tp.type.isin(PAGE_TYPES), **{
         f"_{name}": (tp.type == "track") & tp.event.isin(list(actions))
         for name, (actions, _) in kinds.items()})
+    # the pages of the kinds without a pattern are few: asked first and filtered by name,
+    # so the engine reads only their touches (a semi-join ran after the touchpoints view
+    # joined every touch to its session, 80 % of the run on data without CTAs)
+    unnamed = {name: actions for name, (actions, pattern) in kinds.items() if not pattern}
+    found = _action_pages(con, tp, unnamed) if unnamed else {}
     carries: dict[str, Callable[[ir.StringValue], ir.BooleanValue]] = {}
     named: set[str] = set()
-    for name, (actions, pattern) in kinds.items():
+    for name, (_, pattern) in kinds.items():
         if pattern:
             carries[name] = functools.partial(_matches, pattern=pattern)
         else:
-            # the pages are few: asked first and filtered by name, so the engine reads only
-            # their touches (a semi-join ran after the touchpoints view joined every touch
-            # to its session, 80 % of the run on data without CTAs)
-            pages = _action_pages(con, tp, f"_{name}", actions)
-            carries[name] = functools.partial(_among, pages=pages)
-            named.update(pages)
+            carries[name] = functools.partial(_among, pages=found[name])
+            named.update(found[name])
     if not any(pattern for _, pattern in kinds.values()):
         tp = tp.filter(tp.page_path.isin(sorted(named)))
     tp = tp.filter(functools.reduce(operator.or_, [tp._view, *(tp[f"_{n}"] for n in kinds)]))
