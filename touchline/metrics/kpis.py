@@ -432,6 +432,23 @@ def filled_tables(con: BaseBackend, names: Iterable[str]) -> frozenset[str]:
     return frozenset(str(name) for name in found)
 
 
+def holds_rows(con: BaseBackend, name: str) -> bool:
+    """Whether table ``name`` exists and holds a row. Inside :func:`computed_once` or a
+    reader's :func:`~touchline.engine.schemas_read_once` block (a dashboard page), read from
+    the tables of every KPI asked once (:func:`filled_once`), not asked again."""
+    kept = _shared(con) is not None or engine.read_once_memo(con) is not None
+    if kept and name in {t for k in KPIS.values() for t in k.tables}:
+        return name in filled_once(con)
+    return name in filled_tables(con, [name])
+
+
+def filled_once(con: BaseBackend) -> frozenset[str]:
+    """:func:`filled_tables` of every KPI's input tables; inside :func:`computed_once` or a
+    reader's :func:`~touchline.engine.schemas_read_once` block, asked once and kept."""
+    return _once_value(con, "filled", lambda: filled_tables(
+        con, {t for k in KPIS.values() for t in k.tables}))
+
+
 def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
             filled: Collection[str] | None = None) -> None:
     """Raise :class:`MissingInputError` unless every input table of ``kpi`` (or ``tables``)
@@ -441,8 +458,7 @@ def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
     if filled is not None:
         known = filled
     elif _shared(con) is not None:
-        known = _once_value(con, "filled", lambda: filled_tables(
-            con, {t for k in KPIS.values() for t in k.tables}))
+        known = filled_once(con)
     else:
         # the tables asked together, in one query (on Spark a job, not one a table)
         known = filled_tables(con, kpi.tables if tables is None else tables)
