@@ -785,6 +785,8 @@ FAMILY_HEADLINES = {
     "costs": {"cpa": pytest.approx(130 / 3), "roas": pytest.approx(350 / 130)},
     # customers p1 (two purchases, 150) and p2 (one, 200)
     "customers": {"repeat_purchase_rate": 0.5, "historical_clv": 175.0},
+    # purchases: 2, 1, 2 visits; 4, 0.25, 18 days
+    "converting_journeys": {"visits_to_convert": 2.0, "days_to_convert": 4.0},
 }
 
 
@@ -796,7 +798,9 @@ def test_each_family_in_one_aggregate_as_each_kpi_alone(warehouse: BaseBackend) 
                     "position"), (date.fromisoformat(r[0]), *r[1:]), strict=True))
           for r in SEARCH]
     engine.load_table(warehouse, "search_console", arrow_table(store.SEARCH_CONSOLE, sc))
-    assert set(FAMILY_HEADLINES) == set(FAMILIES)
+    # page_actions (CTA and forms): tests/metrics/test_kpis_events.py, whose warehouse has
+    # touches (by a breakdown, a key with one kind of page only has a row for both)
+    assert set(FAMILY_HEADLINES) | {"page_actions"} == set(FAMILIES)
     for family, expected in FAMILY_HEADLINES.items():
         names = [k.name for k in KPIS.values() if k.family == family]
         assert sorted(names) == sorted(expected), family
@@ -817,6 +821,42 @@ def test_each_family_in_one_aggregate_as_each_kpi_alone(warehouse: BaseBackend) 
                 pd.testing.assert_frame_equal(
                     frame[[*keys, name]].rename(columns={name: column}),
                     alone[[*keys, column]], obj=f"{name} {options}")
+
+
+def test_visits_and_days_to_convert_in_one_pass_by_hand(warehouse: BaseBackend) -> None:
+    # one more purchase, p3's by phone in May: no touch, so no days to convert
+    journeys = [dict(journey_id=jid, conversion=jid.split(":")[0], unit="person",
+                     unit_id=jid.split(":")[1], sequence=None if jid.endswith("open") else 1,
+                     converted=at is not None, converted_at=_ts(at), value=value,
+                     touches=len(visits), days_to_convert=days)
+                for jid, (at, value, days, visits) in JOURNEYS.items()]
+    journeys.append(dict(journey_id="purchase:p3:1", conversion="purchase", unit="person",
+                         unit_id="p3", sequence=1, converted=True,
+                         converted_at="2025-05-10 12:00:00", value=10.0, touches=0,
+                         days_to_convert=None))
+    engine.load_table(warehouse, "journeys", arrow_table(store.JOURNEYS, journeys))
+    names = ["visits_to_convert", "days_to_convert"]
+    # visits 2, 1, 2, 0 → median 1.5; days of the three with a touch 4, 0.25, 18 → 4
+    together, skipped = compute_family(warehouse, names)
+    assert skipped == {} and together is not None
+    assert together.to_pandas().to_dict("records") == [
+        {"visits_to_convert": 1.5, "days_to_convert": 4.0}]
+    # by month: March 2, 2 visits and 4, 18 days; April 1 visit, 0.25 days; May 0 visits and
+    # no days (together: a row of none; alone, days_to_convert has no May)
+    by_month = compute_family(warehouse, names, period="month")[0]
+    assert by_month is not None
+    got = {str(r["period"])[:10]: (r["visits_to_convert"], r["days_to_convert"])
+           for r in by_month.to_pandas().to_dict("records")}
+    assert {k: (v, None if d is None or math.isnan(d) else d)
+            for k, (v, d) in got.items()} == {"2025-03-01": (2.0, 11.0),
+                                             "2025-04-01": (1.0, 0.25),
+                                             "2025-05-01": (0.0, None)}
+    assert _get(warehouse, "days_to_convert", "period", period="month") == {
+        "2025-03-01": {"conversions": 2, "median": 11.0, "p75": 14.5,
+                       "p90": pytest.approx(16.6)},
+        "2025-04-01": {"conversions": 1, "median": 0.25, "p75": 0.25, "p90": 0.25}}
+    assert _get(warehouse, "visits_to_convert", "period", period="month")["2025-05-01"] == {
+        "conversions": 1, "median": 0.0, "p75": 0.0, "p90": 0.0}
 
 
 def test_a_family_kpis_refusal_is_its_own(warehouse: BaseBackend) -> None:

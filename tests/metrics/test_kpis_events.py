@@ -15,7 +15,7 @@ from ibis.backends import BaseBackend
 from touchline import engine, store
 from touchline.config import Settings
 from touchline.errors import MissingInputError
-from touchline.metrics.kpis import compute, computed_once
+from touchline.metrics.kpis import compute, compute_family, computed_once
 
 
 def _rows(con: BaseBackend, name: str, *keys: str, **options: Any) -> dict[Any, Any]:
@@ -213,6 +213,66 @@ def test_cta_forms_and_landing_pages_by_hand(warehouse: BaseBackend) -> None:
         "landing_page_conversion_rate"] == 0.5
     # leads whole, by the lead journey's first touch: p2's, from the newsletter
     assert _rows(warehouse, "leads", "source", by=["source"]) == {"newsletter": {"leads": 1}}
+
+
+
+def _family_rows(con: BaseBackend, names: list[str], *keys: str,
+                 **options: Any) -> dict[Any, Any]:
+    together, skipped = compute_family(con, names, **options)
+    assert skipped == {} and together is not None
+    frame = together.to_pandas()
+    return {tuple(r.pop(k) for k in keys) if keys else (): {
+        k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+        for r in frame.astype(object).to_dict("records")}
+
+
+def test_social_kpis_have_a_headline_on_the_kpi_page(warehouse: BaseBackend) -> None:
+    from touchline.serve.figures import stage_kpis_data
+
+    rows = [dict(zip(SOCIAL_COLUMNS, (r[0], r[1], date.fromisoformat(r[2]), *r[3:]),
+                     strict=True)) for r in SOCIAL]
+    engine.load_table(warehouse, "social", arrow_table(store.SOCIAL, rows))
+    # one row each: the followers at the end (1050 + 400), the new followers (Instagram
+    # 900 → 1050, LinkedIn 400 → 400), the impressions, the engagements (365 + 60)
+    page = stage_kpis_data(warehouse, names=["social_followers", "social_follower_growth",
+                                             "social_reach", "social_engagements"])
+    assert page.set_index("kpi").value.to_dict() == {
+        "social_followers": 1450.0, "social_follower_growth": 150.0,
+        "social_reach": 11_500.0, "social_engagements": 425.0}
+    assert page.attrs["skipped"] == {}
+
+
+PAGE_KPIS = ["cta_ctr", "form_start_rate", "form_completion_rate"]
+
+
+def test_cta_and_form_kpis_in_one_pass_by_hand(warehouse: BaseBackend) -> None:
+    # the dashboard's headlines: CTA pages /pricing and /demo, 6 views, 2 clicks; the form
+    # page /demo, 3 views, 2 starts, 1 submission
+    assert _family_rows(warehouse, PAGE_KPIS) == {(): {
+        "cta_ctr": pytest.approx(2 / 6), "form_start_rate": pytest.approx(2 / 3),
+        "form_completion_rate": 0.5}}
+    # by month: March (s1, s2) 4 CTA-page views, 2 clicks; /demo 1 view, 1 start, 1
+    # submission; April (s3) 2 views of /demo, no click, 1 start, no submission
+    by_month = {(date(2025, 3, 1),): {"cta_ctr": 0.5, "form_start_rate": 1.0,
+                                      "form_completion_rate": 1.0},
+                (date(2025, 4, 1),): {"cta_ctr": 0.0, "form_start_rate": 0.5,
+                                      "form_completion_rate": 0.0}}
+    got = _family_rows(warehouse, PAGE_KPIS, "period", period="month")
+    assert {(pd.Timestamp(k[0]).date(),): v for k, v in got.items()} == by_month
+    # by channel together, Organic Search (s1: /pricing only) has a row of no form views
+    # (null rates); alone, the form KPIs give only the channels with form-page touches
+    assert _family_rows(warehouse, PAGE_KPIS, "channel", by=["channel"]) == {
+        ("Organic Search",): {"cta_ctr": 0.5, "form_start_rate": None,
+                              "form_completion_rate": None},
+        ("Email",): {"cta_ctr": 0.5, "form_start_rate": 1.0, "form_completion_rate": 1.0},
+        ("Paid Search",): {"cta_ctr": 0.0, "form_start_rate": 0.5,
+                           "form_completion_rate": 0.0}}
+    assert _rows(warehouse, "form_start_rate", "channel", by=["channel"]) == {
+        "Email": {"page_views": 1, "form_starts": 1, "form_start_rate": 1.0},
+        "Paid Search": {"page_views": 2, "form_starts": 1, "form_start_rate": 0.5}}
+    # alone by page, each kind counts its own pages only
+    assert set(_rows(warehouse, "form_completion_rate", "page", by=["page"])) == {"/demo"}
+    assert set(_rows(warehouse, "cta_ctr", "page", by=["page"])) == {"/demo", "/pricing"}
 
 
 VIEW_STAGES = [  # model, person, stage, entered, left

@@ -30,11 +30,11 @@ from touchline.metrics.kpis import (
     Query,
     _aggregate,
     _keyed,
-    _once_value,
     _order,
     _ratio,
     as_in_graph,
     first_touches,
+    holds_rows,
     person_levels,
     register,
     require,
@@ -50,8 +50,8 @@ OTHER = "Other"
 
 
 def _holds_rows(con: BaseBackend, name: str) -> bool:
-    return _once_value(con, ("holds_rows", name), lambda: name in con.list_tables()
-                       and con.table(name).limit(1).count().execute() > 0)
+    # inside a page or computed_once, from the tables of every KPI asked once
+    return holds_rows(con, name)
 
 
 def _reviews(con: BaseBackend, q: Query, kpi: str) -> ir.Table:

@@ -97,6 +97,7 @@ from touchline.metrics.kpis import (
     _order,
     _ratio,
     first_touches,
+    holds_rows,
     person_levels,
     register,
     register_in,
@@ -133,8 +134,7 @@ def purchases(con: BaseBackend, *, conversion: str = CONVERSION_DEFAULT) -> ir.T
     :class:`~touchline.errors.MissingInputError` names the import and run that fill them when
     there are none.
     """
-    if "journeys" not in set(con.list_tables()) or (
-            con.table("journeys").limit(1).count().execute() == 0):
+    if not holds_rows(con, "journeys"):
         raise MissingInputError(f"no journeys in the warehouse, so no {conversion!r} "
                                 f"purchases: fill them with {_RUN}")
     _check_conversion(con, Query(conversion=conversion))

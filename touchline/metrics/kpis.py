@@ -180,12 +180,17 @@ class KPI:
     checks: tuple[Check, ...] = ()
     #: a family KPI's values (name → expression, in order) over its family's aggregate
     family_values: FamilyValues | None = None
+    #: the value column that stands for the KPI when none is named after it (the followers
+    #: of ``social_followers``); None: the KPI's own column, else the median
+    headline_value: str | None = None
 
     @property
     def headline(self) -> str:
-        """The value column that stands for the KPI in one figure: its own, or the median of
-        a spread (``days_to_convert``)."""
-        return self.name if self.name in self.values else "median"
+        """The value column that stands for the KPI in one figure: its own, the one it names
+        (:attr:`headline_value`), or the median of a spread (``days_to_convert``)."""
+        if self.name in self.values:
+            return self.name
+        return self.headline_value if self.headline_value is not None else "median"
 
 
 #: a :class:`Family`'s aggregate: the sums (counts, quantiles…) its KPIs read, one row per
@@ -220,7 +225,8 @@ def _add(name: str, compute: KPIFunction, doc: str | None, *, stage: str, unit: 
          values: Sequence[str] | None = None, zero_denominator: str = "not a ratio",
          options: Sequence[str] = (), any_table: bool = False, table: bool = False,
          per_period: bool = False, family: str | None = None, needs: Sequence[str] = (),
-         checks: Sequence[Check] = (), family_values: FamilyValues | None = None) -> None:
+         checks: Sequence[Check] = (), family_values: FamilyValues | None = None,
+         headline: str | None = None) -> None:
     if stage not in STAGES:
         raise ValueError(f"KPI {name!r}: stage {stage!r} is not one of {', '.join(STAGES)}")
     unknown = set(dimensions) - set(DIMENSIONS)
@@ -234,19 +240,24 @@ def _add(name: str, compute: KPIFunction, doc: str | None, *, stage: str, unit: 
         values=tuple(values or (name,)), doc=(doc or "").strip(), options=tuple(options),
         stages={"lifecycle": stage, **PRESET_STAGES[stage]}, any_table=any_table,
         table=table, per_period=per_period, family=family, needs=tuple(needs),
-        checks=tuple(checks), family_values=family_values)
+        checks=tuple(checks), family_values=family_values, headline_value=headline)
+    if headline is not None and headline not in KPIS[name].values:
+        raise ValueError(f"KPI {name!r}: its headline {headline!r} is not one of its values")
 
 
 def register(name: str, *, stage: str, unit: str, formula: str, tables: Sequence[str],
              dimensions: Sequence[str], values: Sequence[str] | None = None,
              zero_denominator: str = "not a ratio", options: Sequence[str] = (),
              any_table: bool = False, table: bool = False, per_period: bool = False,
-             ) -> Callable[[KPIFunction], KPIFunction]:
-    """Register the decorated function as KPI ``name`` (filled at import, then only read)."""
+             headline: str | None = None) -> Callable[[KPIFunction], KPIFunction]:
+    """Register the decorated function as KPI ``name`` (filled at import, then only read);
+    ``headline``: the value column standing for it in one figure when none is named after
+    it."""
     def decorate(fn: KPIFunction) -> KPIFunction:
         _add(name, fn, fn.__doc__, stage=stage, unit=unit, formula=formula, tables=tables,
              dimensions=dimensions, values=values, zero_denominator=zero_denominator,
-             options=options, any_table=any_table, table=table, per_period=per_period)
+             options=options, any_table=any_table, table=table, per_period=per_period,
+             headline=headline)
         return fn
 
     return decorate
@@ -421,6 +432,23 @@ def filled_tables(con: BaseBackend, names: Iterable[str]) -> frozenset[str]:
     return frozenset(str(name) for name in found)
 
 
+def holds_rows(con: BaseBackend, name: str) -> bool:
+    """Whether table ``name`` exists and holds a row. Inside :func:`computed_once` or a
+    reader's :func:`~touchline.engine.schemas_read_once` block (a dashboard page), read from
+    the tables of every KPI asked once (:func:`filled_once`), not asked again."""
+    kept = _shared(con) is not None or engine.read_once_memo(con) is not None
+    if kept and name in {t for k in KPIS.values() for t in k.tables}:
+        return name in filled_once(con)
+    return name in filled_tables(con, [name])
+
+
+def filled_once(con: BaseBackend) -> frozenset[str]:
+    """:func:`filled_tables` of every KPI's input tables; inside :func:`computed_once` or a
+    reader's :func:`~touchline.engine.schemas_read_once` block, asked once and kept."""
+    return _once_value(con, "filled", lambda: filled_tables(
+        con, {t for k in KPIS.values() for t in k.tables}))
+
+
 def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
             filled: Collection[str] | None = None) -> None:
     """Raise :class:`MissingInputError` unless every input table of ``kpi`` (or ``tables``)
@@ -430,8 +458,7 @@ def require(con: BaseBackend, kpi: KPI, tables: Sequence[str] | None = None, *,
     if filled is not None:
         known = filled
     elif _shared(con) is not None:
-        known = _once_value(con, "filled", lambda: filled_tables(
-            con, {t for k in KPIS.values() for t in k.tables}))
+        known = filled_once(con)
     else:
         # the tables asked together, in one query (on Spark a job, not one a table)
         known = filled_tables(con, kpi.tables if tables is None else tables)
@@ -1101,35 +1128,53 @@ def _check_conversion(con: BaseBackend, q: Query) -> None:
                               f"stored ones are {', '.join(map(str, known)) or 'none'}")
 
 
-def _spread(values: ir.NumericValue, count: ir.Scalar) -> dict[str, ir.Scalar]:
-    return {"conversions": count.cast("int64"),
-            **{name: values.quantile(p) for name, p in QUANTILES.items()}}
+def _spread(values: ir.NumericValue, count: ir.Scalar, prefix: str = "") -> dict[str, ir.Scalar]:
+    return {prefix + "conversions": count.cast("int64"),
+            **{prefix + name: values.quantile(p) for name, p in QUANTILES.items()}}
 
 
-@register("visits_to_convert", stage="consideration", unit="sessions",
-          formula="median, p75, p90 of journeys.touches over converting journeys",
-          tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
-          values=("conversions", *QUANTILES), options=("conversion",))
-def visits_to_convert(con: BaseBackend, q: Query) -> ir.Table:
+@family("converting_journeys")
+def _journey_spreads(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The converting journeys of ``q.conversion`` (by the conversion's period and the
+    journey's first touch), read once: with ``visits``, ``_visits_conversions`` and the
+    quantiles of their visits (``_visits_median``…); with ``days``, ``_days_conversions``
+    (those with a first touch) and the quantiles of their days to convert. A key whose
+    journeys all lack a first touch has a row of no ``_days_conversions`` when visits are
+    asked too, so alone each KPI keeps only its own rows."""
+    t = _converting_journeys(con, q)
+    if "visits" not in needs:  # the days alone: only the journeys with a first touch
+        t = t.filter(t.days_to_convert.notnull())
+    spreads: dict[str, ir.Scalar] = {}
+    if "visits" in needs:
+        spreads |= _spread(t.touches.cast("float64"), t.count(), "_visits_")
+    if "days" in needs:
+        # quantiles leave nulls out: those of the journeys with a first touch
+        spreads |= _spread(t.days_to_convert,
+                           t.count(where=t.days_to_convert.notnull()), "_days_")
+    return _aggregate(t, q, **spreads)
+
+
+@register_in("converting_journeys", "visits_to_convert", needs=["visits"],
+             checks=[_check_conversion], stage="consideration", unit="sessions",
+             formula="median, p75, p90 of journeys.touches over converting journeys",
+             tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
+             values=("conversions", *QUANTILES), options=("conversion",))
+def visits_to_convert(a: ir.Table) -> dict[str, ir.Value]:
     """How many visits a converting journey held (quantiles interpolate), by the journey's
     first touch and the conversion's period; a repeat purchase's journey starts after the
     previous one."""
-    _check_conversion(con, q)
-    t = _converting_journeys(con, q)
-    return _order(_aggregate(t, q, **_spread(t.touches.cast("float64"), t.count())), q)
+    return {name: a["_visits_" + name] for name in ("conversions", *QUANTILES)}
 
 
-@register("days_to_convert", stage="consideration", unit="days",
-          formula="median, p75, p90 of converted_at - first_touch_at over converting journeys",
-          tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
-          values=("conversions", *QUANTILES), options=("conversion",))
-def days_to_convert(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("converting_journeys", "days_to_convert", needs=["days"],
+             checks=[_check_conversion], stage="consideration", unit="days",
+             formula="median, p75, p90 of converted_at - first_touch_at over converting "
+             "journeys", tables=["journeys", "journey_touches"], dimensions=DEVICE_DIMS,
+             values=("conversions", *QUANTILES), options=("conversion",))
+def days_to_convert(a: ir.Table) -> dict[str, ir.Value]:
     """Days from a converting journey's first touch to its conversion (journeys without a
     touch in their window are left out)."""
-    _check_conversion(con, q)
-    t = _converting_journeys(con, q)
-    t = t.filter(t.days_to_convert.notnull())
-    return _order(_aggregate(t, q, **_spread(t.days_to_convert, t.count())), q)
+    return {name: a["_days_" + name] for name in ("conversions", *QUANTILES)}
 
 
 # ---- decision -------------------------------------------------------------------------------
@@ -1629,10 +1674,11 @@ print(nps[["period", "channel", "answers", "nps", "nps_low", "nps_high"]])
 ```
 
 KPIs of one input form a family (`FAMILIES`: the Search Console rows, the spend, the
-sessions, the first sessions, the credits, spend against credits, the customers): each such
-KPI is its values over its family's aggregate, so `compute_family(wh.con, names)` computes
-the family's KPIs in one pass over their input (the dashboard's KPI page does) with the
-figures each gives alone.
+sessions, the first sessions, the credits, spend against credits, the customers, the CTA
+and form touches): each such KPI is its values over its family's aggregate, so
+`compute_family(wh.con, names)` computes the family's KPIs in one pass over their input (the
+dashboard's KPI page does) with the figures each gives alone (by a breakdown, the CTA and
+form KPIs together also give a row, of zero views, for a key with touches of one kind only).
 
 Many KPIs at once: compute them inside `with computed_once(wh.con):`, as `touchline kpis`
 does. What several KPIs read (each person's first session, the credited touches of a model,

@@ -24,7 +24,9 @@ clicks counts two clicks, so the rate may exceed 1 on pages with several CTAs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -48,7 +50,9 @@ from touchline.metrics.kpis import (
     _ratio,
     _rows_of,
     _sessions,
+    family,
     register,
+    register_in,
     with_device,
 )
 
@@ -60,10 +64,32 @@ PAGE_DIMS = (*DEVICE_DIMS, "page")
 PAGE_TYPES = ("page", "screen")
 
 
-def _page_actions(con: BaseBackend, q: Query, actions: Sequence[str],
-                  pattern: str | None) -> ir.Table:
-    """Page views and ``actions`` events on the pages that carry them (``pattern``, else the
-    pages where an action was ever recorded), keyed; ``_view`` and ``_event`` flags."""
+def _action_pages(con: BaseBackend, tp: ir.Table,
+                  kinds: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """For each kind of action ``name: actions``, the pages of ``tp`` on which a touch
+    flagged ``_<name>`` (one of ``actions``) was ever recorded: few, asked first, every
+    kind in one query (inside a reader's block or :func:`computed_once`, once)."""
+    def ask() -> dict[str, list[str]]:
+        flags = [tp[f"_{name}"] for name in kinds]
+        t = tp.filter(functools.reduce(operator.or_, flags))
+        found = t.group_by("page_path").aggregate(
+            **{name: t[f"_{name}"].any() for name in kinds}).to_pyarrow().to_pylist()
+        return {name: sorted(row["page_path"] for row in found if row[name])
+                for name in kinds}
+
+    return _once_value(con, ("action_pages", tuple(
+        (name, tuple(actions)) for name, actions in kinds.items())), ask)
+
+
+def _page_actions(con: BaseBackend, q: Query,
+                  kinds: Mapping[str, tuple[Sequence[str], str | None]]
+                  ) -> tuple[ir.Table, dict[str, Callable[[ir.StringValue], ir.BooleanValue]]]:
+    """Page views and action events, keyed, for each kind of action ``name: (actions,
+    pattern)``: ``_view`` (a page view) and ``_<name>`` (the touch is one of ``actions``);
+    with, for each kind, whether a page carries it (its path matches ``pattern``, else it is
+    one where such an action was ever recorded), to be asked of the few pages after the
+    touches are counted by page. Read in one pass over the touches whatever the number of
+    kinds; when every kind's pages are named, only their touches are read."""
     tp = con.table("touchpoints")
     if not any(dim in SESSION_LEVELS or dim == "device" for dim in q.by):
         # nothing of the session asked (a headline, by page or period): the stored touches,
@@ -73,80 +99,126 @@ def _page_actions(con: BaseBackend, q: Query, actions: Sequence[str],
         tp = t.select("page_path", "type", "event", occurred_at=t.occurred_at if (
             "occurred_at" in t.columns) else t.timestamp)
     tp = tp.filter(tp.page_path.notnull())
-    is_action = (tp.type == "track") & tp.event.isin(list(actions))
-    tp = tp.mutate(_view=tp.type.isin(PAGE_TYPES), _action=is_action)
-    if pattern:
-        tp = tp.filter(tp.page_path.re_search(pattern).fill_null(False))
-    else:
-        # the pages are few: asked first and filtered by name, so the engine reads only
-        # their touches (a semi-join ran after the touchpoints view joined every touch to
-        # its session, 80 % of the run on data without CTAs)
-        pages = _once_value(con, ("action_pages", tuple(actions)), lambda: sorted(
-            tp.filter(tp._action).select("page_path").distinct().to_pyarrow().column(0)
-            .to_pylist()))
-        tp = tp.filter(tp.page_path.isin(pages))
-    tp = with_device(con, tp.filter(tp._view | tp._action), q)
+    tp = tp.mutate(_view=tp.type.isin(PAGE_TYPES), **{
+        f"_{name}": (tp.type == "track") & tp.event.isin(list(actions))
+        for name, (actions, _) in kinds.items()})
+    # the pages of the kinds without a pattern are few: asked first and filtered by name,
+    # so the engine reads only their touches (a semi-join ran after the touchpoints view
+    # joined every touch to its session, 80 % of the run on data without CTAs)
+    unnamed = {name: actions for name, (actions, pattern) in kinds.items() if not pattern}
+    found = _action_pages(con, tp, unnamed) if unnamed else {}
+    carries: dict[str, Callable[[ir.StringValue], ir.BooleanValue]] = {}
+    named: set[str] = set()
+    for name, (_, pattern) in kinds.items():
+        if pattern:
+            carries[name] = functools.partial(_matches, pattern=pattern)
+        else:
+            carries[name] = functools.partial(_among, pages=found[name])
+            named.update(found[name])
+    if not any(pattern for _, pattern in kinds.values()):
+        tp = tp.filter(tp.page_path.isin(sorted(named)))
+    tp = tp.filter(functools.reduce(operator.or_, [tp._view, *(tp[f"_{n}"] for n in kinds)]))
+    tp = with_device(con, tp, q)
     asked = {dim: column for dim, column in SESSION_LEVELS.items() if dim in q.by}
     dims = {**_levels(tp, asked), **_device(tp), "page": tp.page_path}
-    return _keyed(tp, q, at=tp.occurred_at, dims=dims)
+    return _keyed(tp, q, at=tp.occurred_at, dims=dims), carries
 
 
-@register("cta_ctr", stage="consideration", unit="ratio",
-          formula="CTA clicks on CTA pages / page views of CTA pages",
-          tables=["touchpoints", "sessions"], dimensions=PAGE_DIMS,
-          values=("page_views", "cta_clicks", "cta_ctr"), zero_denominator=_ZERO)
-def cta_ctr(con: BaseBackend, q: Query) -> ir.Table:
+def _matches(path: ir.StringValue, *, pattern: str) -> ir.BooleanValue:
+    return path.re_search(pattern).fill_null(False)
+
+
+def _among(path: ir.StringValue, *, pages: Sequence[str]) -> ir.BooleanValue:
+    return path.isin(list(pages))
+
+
+def _count(flag: ir.BooleanValue) -> ir.IntegerValue:
+    return flag.cast("int64").sum()
+
+
+@family("page_actions")
+def _page_action_counts(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The views and actions of the pages carrying them, counted in one pass over the
+    touches: with ``cta``, ``_cta_views`` and ``_cta_clicks`` on CTA pages; with ``forms``,
+    ``_form_views``, ``_form_starts`` and ``_form_submissions`` on form pages. The touches
+    are counted by key and page first, then the pages' counts summed by whether they carry
+    each kind (the page test asked of a few rows, not of every touch). A key with touches
+    of one kind of page only counts zeros for the other (by page: a row for every page of
+    either kind), so alone each KPI counts its own kind only (the rows it gives by itself).
+    Inside :func:`~touchline.metrics.kpis.computed_once`, counted once."""
+    cfg = q.config
+    starts, submits = list(cfg.form_start_events), list(cfg.touch_events.get("form", []))
+    kinds = {"cta": (list(cfg.cta_events), cfg.cta_pages),
+             "forms": ([*starts, *submits], cfg.form_pages)}
+    kinds = {name: kind for name, kind in kinds.items() if name in needs}
+
+    def build() -> ir.Table:
+        t, carries = _page_actions(con, q, kinds)
+        counts: dict[str, ir.Scalar] = {"_views": _count(t._view)}
+        if "cta" in kinds:
+            counts["_clicks"] = _count(t._cta)
+        if "forms" in kinds:
+            counts |= {"_starts": _count(t._forms & t.event.isin(starts)),
+                       "_submissions": _count(t._forms & t.event.isin(submits))}
+        by_page = t.group_by([*q.keys, "page_path"]).aggregate(**counts)
+        on = {name: carry(by_page.page_path) for name, carry in carries.items()}
+        by_page = by_page.filter(functools.reduce(operator.or_, on.values()))
+        sums = {}
+        if "cta" in kinds:
+            sums |= {"_cta_views": _on(on, "cta", by_page._views),
+                     "_cta_clicks": _on(on, "cta", by_page._clicks)}
+        if "forms" in kinds:
+            sums |= {"_form_views": _on(on, "forms", by_page._views),
+                     "_form_starts": _on(on, "forms", by_page._starts),
+                     "_form_submissions": _on(on, "forms", by_page._submissions)}
+        return _aggregate(by_page, q, **sums)
+
+    return _once(con, ("page_actions", q.by, q.period, q.since, q.until,
+                       tuple((name, tuple(a), p) for name, (a, p) in kinds.items()),
+                       tuple(starts), tuple(submits)), build)
+
+
+def _on(on: Mapping[str, ir.BooleanValue], kind: str, count: ir.IntegerValue
+        ) -> ir.IntegerValue:
+    """``count`` summed over the pages carrying ``kind`` (alone: all of them)."""
+    if len(on) == 1:
+        return count.sum()
+    return ibis.ifelse(on[kind], count, 0).sum()
+
+
+@register_in("page_actions", "cta_ctr", needs=["cta"], stage="consideration", unit="ratio",
+             formula="CTA clicks on CTA pages / page views of CTA pages",
+             tables=["touchpoints", "sessions"], dimensions=PAGE_DIMS,
+             values=("page_views", "cta_clicks", "cta_ctr"), zero_denominator=_ZERO)
+def cta_ctr(a: ir.Table) -> dict[str, ir.Value]:
     """Call-to-action click-through rate: how often a page's CTA is clicked per view of the
     page, by page (path), period and the session's channel, source… and device.
     The module docstring says how CTA clicks and CTA pages are recognised."""
-    cfg = q.config
-    t = _page_actions(con, q, cfg.cta_events, cfg.cta_pages)
-    t = _aggregate(t, q, page_views=t._view.cast("int64").sum(),
-                   cta_clicks=t._action.cast("int64").sum())
-    return _order(t.mutate(cta_ctr=_ratio(t.cta_clicks, t.page_views)), q)
+    return {"page_views": a._cta_views, "cta_clicks": a._cta_clicks,
+            "cta_ctr": _ratio(a._cta_clicks, a._cta_views)}
 
 
-def _forms(con: BaseBackend, q: Query) -> ir.Table:
-    """Page views, form starts and submissions per key (both form KPIs read it: inside
-    :func:`~touchline.metrics.kpis.computed_once`, counted once)."""
-    cfg = q.config
-    starts, submits = list(cfg.form_start_events), list(cfg.touch_events.get("form", []))
-
-    def build() -> ir.Table:
-        t = _page_actions(con, q, [*starts, *submits], cfg.form_pages)
-        return _aggregate(
-            t, q, page_views=t._view.cast("int64").sum(),
-            form_starts=(t._action & t.event.isin(starts)).cast("int64").sum(),
-            form_submissions=(t._action & t.event.isin(submits)).cast("int64").sum())
-
-    return _once(con, ("forms", q.by, q.period, q.since, q.until, tuple(starts),
-                       tuple(submits), cfg.form_pages), build)
-
-
-@register("form_start_rate", stage="consideration", unit="ratio",
-          formula="form starts / page views of form pages",
-          tables=["touchpoints", "sessions"], dimensions=PAGE_DIMS,
-          values=("page_views", "form_starts", "form_start_rate"), zero_denominator=_ZERO)
-def form_start_rate(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("page_actions", "form_start_rate", needs=["forms"], stage="consideration",
+             unit="ratio", formula="form starts / page views of form pages",
+             tables=["touchpoints", "sessions"], dimensions=PAGE_DIMS,
+             values=("page_views", "form_starts", "form_start_rate"), zero_denominator=_ZERO)
+def form_start_rate(a: ir.Table) -> dict[str, ir.Value]:
     """Share of form-page views in which a visitor began the form, by page, period and the
     session's channel, source…"""
-    t = _forms(con, q)
-    t = t.mutate(form_start_rate=_ratio(t.form_starts, t.page_views))
-    return _order(t.select(*q.keys, "page_views", "form_starts", "form_start_rate"), q)
+    return {"page_views": a._form_views, "form_starts": a._form_starts,
+            "form_start_rate": _ratio(a._form_starts, a._form_views)}
 
 
-@register("form_completion_rate", stage="consideration", unit="ratio",
-          formula="form submissions / form starts, on form pages",
-          tables=["touchpoints", "sessions"], dimensions=PAGE_DIMS,
-          values=("form_starts", "form_submissions", "form_completion_rate"),
-          zero_denominator=_ZERO)
-def form_completion_rate(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("page_actions", "form_completion_rate", needs=["forms"], stage="consideration",
+             unit="ratio", formula="form submissions / form starts, on form pages",
+             tables=["touchpoints", "sessions"], dimensions=PAGE_DIMS,
+             values=("form_starts", "form_submissions", "form_completion_rate"),
+             zero_denominator=_ZERO)
+def form_completion_rate(a: ir.Table) -> dict[str, ir.Value]:
     """Share of started forms that were submitted. A site that does not send form starts has
     no denominator (null); one that sends them on some forms only can exceed 1 there."""
-    t = _forms(con, q)
-    t = t.mutate(form_completion_rate=_ratio(t.form_submissions, t.form_starts))
-    return _order(t.select(*q.keys, "form_starts", "form_submissions",
-                           "form_completion_rate"), q)
+    return {"form_starts": a._form_starts, "form_submissions": a._form_submissions,
+            "form_completion_rate": _ratio(a._form_submissions, a._form_starts)}
 
 
 @register("landing_page_conversion_rate", stage="consideration", unit="ratio",

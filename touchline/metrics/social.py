@@ -56,7 +56,8 @@ def _edge(t: ir.Table, q: Query, *, last: bool) -> ir.BooleanValue:
 
 @register("social_followers", stage="awareness", unit="followers",
           formula="sum over accounts of followers on the account's last day in the group",
-          tables=["social"], dimensions=SOCIAL_DIMS, values=("accounts", "followers"))
+          tables=["social"], dimensions=SOCIAL_DIMS, values=("accounts", "followers"),
+          headline="followers")
 def social_followers(con: BaseBackend, q: Query) -> ir.Table:
     """Followers at the end of the period: each account's count on its last day with one in
     the period (or window), summed over the platform's accounts."""
@@ -71,7 +72,7 @@ def social_followers(con: BaseBackend, q: Query) -> ir.Table:
           "account's day before the group (its first day if none); rate = new / sum(base)",
           tables=["social"], dimensions=SOCIAL_DIMS,
           values=("followers_before", "new_followers", "follower_growth"),
-          zero_denominator=_ZERO)
+          zero_denominator=_ZERO, headline="new_followers")
 def social_follower_growth(con: BaseBackend, q: Query) -> ir.Table:
     """Net new followers in the period and the growth rate: an account first seen in the
     period grows from its first count, not from zero (a newly imported account is not a
@@ -101,7 +102,7 @@ def social_reach(con: BaseBackend, q: Query) -> ir.Table:
           formula="sum(engagements) (null: likes + comments + shares); rate = engagements / "
           "impressions", tables=["social"], dimensions=SOCIAL_DIMS,
           values=("engagements", "likes", "comments", "shares", "engagement_rate"),
-          zero_denominator=_ZERO)
+          zero_denominator=_ZERO, headline="engagements")
 def social_engagements(con: BaseBackend, q: Query) -> ir.Table:
     """Likes, comments (replies) and shares, and the engagements the platform counts (which
     may include clicks and saves; where an export has none, their sum), over impressions."""

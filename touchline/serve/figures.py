@@ -918,13 +918,14 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     purchase frequency) and those always by period (churn) are left out and listed in
     ``attrs["skipped"]`` with why. A stage model other than the presets places each KPI under
     its lifecycle stage."""
-    from touchline.metrics.kpis import KPIS, STAGES, compute, compute_family, filled_tables
+    from touchline.metrics.kpis import KPIS, STAGES, compute, compute_family, filled_once
 
     conversion = resolve_conversion(con, conversion)
     chosen = list(KPIS.values()) if names is None else [KPIS[name] for name in names]
-    # the KPIs' inputs checked once, and every headline fetched in one query (a union): one
-    # round trip, not one per KPI (on Spark, one job)
-    filled = filled_tables(con, {t for kpi in chosen for t in kpi.tables})
+    # the KPIs' inputs checked once (every KPI's: kept for the page, the reviews and the
+    # purchases read it too), and every headline fetched in one query (a union): one round
+    # trip, not one per KPI (on Spark, one job)
+    filled = filled_once(con)
     skipped: dict[str, str] = {}
     parts: list[tuple[tuple[str, ...], ir.Table]] = []
     families: dict[str, list[str]] = {}
