@@ -118,3 +118,18 @@ def test_a_funnel_nobody_entered_says_so(tmp_path: Path) -> None:
                                  "--database", db], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "no person entered the funnel's first step ('Form Submited')" in result.output
+
+
+def test_each_command_is_listed_with_its_first_paragraph_on_one_line() -> None:
+    """The docstrings wrap at 99 columns; the list of commands must not break a sentence
+    where the source did. At 300 columns each command's first paragraph is one row."""
+    wide = CliRunner(env={"COLUMNS": "300"})
+    for group in ([], ["users"], ["keys"]):
+        out = wide.invoke(app, [*group, "--help"]).output
+        rows = [line for line in out.splitlines() if line.startswith("│ ")]
+        assert rows, out
+        # a continuation row has no command name: it starts with blanks after the border
+        assert not [row for row in rows if row.startswith("│   ")], out
+    out = wide.invoke(app, ["--help"]).output
+    assert ("keywords... of the stored journeys (after `touchline run`), or of a path file "
+            "(--paths).") in out

@@ -9,6 +9,7 @@ Ibis, pandas and the stages are imported by the command that uses them (issue 19
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -378,6 +379,22 @@ register_exports(app)
 from touchline.cli.privacy import register as register_privacy  # noqa: E402
 
 register_privacy(app)
+
+
+def _short_help_on_one_line(typer_app: typer.Typer) -> None:
+    """Each command's line in its group's list of commands: the first paragraph of its
+    docstring on one line. Typer's rich help keeps that paragraph's line breaks (the
+    docstrings wrap at 99 columns), so ``touchline --help`` broke sentences mid-line."""
+    for info in typer_app.registered_commands:
+        text = info.help or (info.callback.__doc__ if info.callback else None)
+        if info.short_help is None and text:
+            info.short_help = " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _short_help_on_one_line(group.typer_instance)
+
+
+_short_help_on_one_line(app)
 
 
 if __name__ == "__main__":  # pragma: no cover
