@@ -24,7 +24,8 @@ file (``--map mapping.toml``) overrides that::
 A source starting with ``$`` is a JSON path. In NDJSON it reads the line's object; in CSV and
 Parquet its first member names a column of the file that holds JSON text
 (``$.event_data.revenue`` reads ``revenue`` from column ``event_data``; quote a name with dots
-or spaces: ``$."event data".revenue``).
+or spaces: ``$."event data".revenue``). In NDJSON a mapped path also reads through a member
+that holds an object's JSON text (decoded; see docs/ingest.md).
 """
 
 from __future__ import annotations
