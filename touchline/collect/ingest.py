@@ -535,8 +535,8 @@ class _ChunkParser:
 
     def _apply_event_types(self, exprs: dict[str, str],
                            resolve: Callable[[tuple[str, ...]], str | None], where: str) -> None:
-        """Per event type, replace columns (``[event_types.<name>] columns`` / ``defaults``) and
-        rename the event, keyed on the event name as read."""
+        """Per event type, replace columns (``[event_types.<name>] columns`` / ``defaults``), set
+        the call type and rename the event, keyed on the event name as read."""
         mapping = self.mapping
         if "event" not in exprs:
             raise InputError(f"{where}: mapping {mapping.origin} has [event_types] but the file "
@@ -559,6 +559,10 @@ class _ChunkParser:
                           else f"coalesce({', '.join(fallbacks)})")
                 cases.append(f"WHEN {_sql_str(event_type)} THEN {chosen}")
             exprs[name] = f"CASE {event} {' '.join(cases)} ELSE {base} END"
+        types = [f"WHEN {_sql_str(t)} THEN {_sql_str(m.type)}"
+                 for t, m in mapping.event_types.items() if m.type]
+        if types:  # the call type these rows are (``page_viewed`` rows are page views)
+            exprs["type"] = f"CASE {event} {' '.join(types)} ELSE {exprs.get('type', 'NULL')} END"
         renames = [f"WHEN {_sql_str(t)} THEN {_sql_str(m.rename)}"
                    for t, m in mapping.event_types.items() if m.rename]
         if renames:
