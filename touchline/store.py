@@ -453,6 +453,34 @@ def keyed_contact(normalised: str, key: str) -> str:
     return keyed_hash(hashlib.sha256(normalised.encode()).hexdigest(), key)
 
 
+def contact_identifiers(kind: str, normalised: str, key: str | None = None) -> list[str]:
+    """The identity-graph identifiers a normalised e-mail (trimmed, lower case) or E.164 phone
+    stands for: in clear, its SHA-256 (``email_sha256:<hex>``, how an export's hashed address
+    is kept, so a typed address finds a person known only by the hash) and, with ``key``
+    (``pii_at_rest = "hashed"``), keyed as prepare stores it. One list for every lookup of a
+    typed address or number: the person search (CLI and dashboard) and erasure.
+
+    >>> contact_identifiers("email", "ann@x.io")[1][:25]
+    'email_sha256:311227054441'
+    """
+    digest = hashlib.sha256(normalised.encode()).hexdigest()
+    return [f"{kind}:{normalised}", f"{kind}_sha256:{digest}",
+            *([f"{kind}:{keyed_hash(digest, key)}"] if key is not None else [])]
+
+
+def digest_identifiers(text: str, key: str | None = None) -> list[str]:
+    """The identifiers a typed SHA-256 hex digest (64 hex digits, any case) may be: an e-mail's
+    or a phone's hash (``email_sha256:`` / ``phone_sha256:``), keyed as prepare stores it
+    with ``key``, or a keyed hash copied from a hashed-at-rest warehouse; none for other text.
+    """
+    value = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        return []
+    keyed = [keyed_hash(value, key)] if key is not None else []
+    return [f"{kind}{suffix}:{v}" for kind in ("email", "phone")
+            for suffix, v in (("_sha256", value), *(("", k) for k in keyed), ("", value))]
+
+
 def sha256_digest(value: ir.StringValue) -> ir.StringValue:
     """``value`` trimmed and lower-cased when it is a SHA-256 hex digest, else null: how a
     digest given for an e-mail or phone (or a keyed hash a load stored) is recognised."""
