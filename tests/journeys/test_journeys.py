@@ -267,6 +267,30 @@ def test_a_person_known_only_by_hashes_is_found_by_address_number_or_hash(
         resolve_unit(con, "nobody@x.io")
 
 
+def test_won_deals_that_name_no_one_known_are_counted_in_a_warning(
+        con: BaseBackend, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A CRM export of won deals loaded without contacts (Olist's closed deals by ``mql_id``
+    only) converts for no one: the run says how many won deals were left out and why, instead
+    of a silent 0 of ``deal_won``."""
+    from touchline.pipeline import deal_notes
+
+    settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
+    won = {"status": "won", "closed_at": "2026-03-20 10:00:00"}
+    prepare_on_duckdb(con, settings, [
+        {"anonymous_id": "dev1", "email": "ann@x.io", "timestamp": "09:00",
+         "url": "https://x.io/"}], [
+        {"deal_id": "D1", "contact_emails": "Ann@x.io", **won},  # hers: converts
+        {"deal_id": "D2", **won}, {"deal_id": "D3", **won},      # name no one
+        {"deal_id": "D4", "contact_emails": "stranger@z.io", **won},  # a stranger
+        {"deal_id": "D5", "status": "lost", "closed_at": "2026-03-20 10:00:00"}])
+    assert deal_notes(con, settings) == [
+        "3 won deals are left out of conversion 'deal_won': 2 name no account_id, "
+        "contact_emails or contact_ids (map one of them when importing deals: "
+        "docs/ingest.md); 1 name only accounts or people not seen in events"]
+    assert deal_notes(con, Settings(database_url="duckdb://", conversions=[
+        c for c in settings.conversions if c.deal is None])) == []
+
+
 def test_stages_may_be_skipped_and_entered_out_of_order(con: BaseBackend) -> None:
     from touchline.config import StageSpec
     from touchline.journeys.stages import stage_at, stage_entries
