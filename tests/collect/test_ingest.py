@@ -416,6 +416,36 @@ def test_ndjson_mapping_paths_read_through_json_encoded_members(con, tmp_path) -
     ]
 
 
+def test_rejects_keep_the_record_as_written(con, tmp_path) -> None:
+    """``rejects.raw`` is the record as the file has it: an NDJSON line with its spacing and
+    both copies of a repeated key (not a re-serialised object), a CSV record with its quotes
+    and line breaks, and the start of an overlong line with a marker saying it was cut."""
+    settings = Settings(database_url="duckdb://", max_line_bytes=1024, ingest_chunk_rows=300)
+    twice = ('{"type": "track",  "event": "A", "anonymousId": "a1", "anonymousId": "a2", '
+             '"timestamp": "2025-03-01T10:00:00Z"}')
+    late = '{ "type":"track", "event":"A", "anonymousId":"a1", "timestamp":"yesterday" }'
+    long = '{"type":"track","event":"A","anonymousId":"a1","x":"' + "y" * 1100 + '"}'
+    path = tmp_path / "e.ndjson"
+    path.write_text("\n".join([twice, late, long]) + "\n")
+    ingest_file(con, path, "events", settings=settings)
+    csv_path = tmp_path / "e.csv"
+    quoted = 'm1,track,"Viewed, twice\nover lines",a1,yesterday'
+    csv_long = "m2,track,A,a1,2025-03-01T10:00:00Z" + "," * 0 + "x" * 1100
+    csv_path.write_text("message_id,type,event,anonymous_id,timestamp\n"
+                        f"{quoted}\n{csv_long}\n")
+    ingest_file(con, csv_path, "events", settings=settings)
+    rows = con.table("rejects").to_pyarrow().to_pylist()
+    got = {(Path(r["source"]).suffix, r["line"], r["reason_code"]): r["raw"] for r in rows}
+    cut = " … [cut: the line is longer than 1,024 bytes]"
+    assert got == {
+        (".ndjson", 1, "duplicate_key"): twice,
+        (".ndjson", 2, "bad_timestamp"): late,
+        (".ndjson", 3, "line_too_long"): long[:1024] + cut,
+        (".csv", 2, "bad_timestamp"): quoted,
+        (".csv", 4, "line_too_long"): csv_long[:1024] + cut,
+    }
+
+
 def test_mapping_errors_name_the_file_and_key(tmp_path) -> None:
     bad = tmp_path / "m.toml"
     bad.write_text('[columns]\nnot_a_column = "x"\n')
