@@ -28,7 +28,7 @@ from touchline.errors import (
     UnknownKPIError,
     did_you_mean,
 )
-from touchline.formatting import readable_number
+from touchline.formatting import parse_day, readable_number
 from touchline.terminal import fail
 
 if TYPE_CHECKING:
@@ -56,13 +56,10 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s"
 
 
-def _day(text: str | None, option: str) -> date | None:
-    if text is None:
-        return None
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected a date YYYY-MM-DD") from None
+def _as_date(day: datetime | None) -> date | None:
+    """The day a :func:`~touchline.formatting.parse_day` bound starts (KPIs and CLV count
+    whole days)."""
+    return None if day is None else day.date()
 
 
 def _plain(value: Any) -> Any:
@@ -126,7 +123,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"--format {fmt!r}: choose from table, json")
             if unit not in UNITS:
                 raise ConfigError(f"--unit {unit!r}: choose from {', '.join(UNITS)}")
-            last_day = _day(until, "--until")
+            last_day = _as_date(parse_day(until, "--until"))
             settings = load_settings(**({"database_url": database} if database else {}))
             con = engine.connect(settings=settings)
             fitted = fit(con, until=last_day, unit=unit, conversion=conversion)
@@ -236,8 +233,9 @@ def register(app: typer.Typer) -> None:
                                       f"{stage_model}` shows which stages have KPIs")
             con = engine.connect(settings=settings)
             options: dict[str, Any] = dict(
-                by=list(by or []), period=period, since=_day(since, "--since"),
-                until=_day(until, "--until"), model=model or settings.default_model,
+                by=list(by or []), period=period, since=_as_date(parse_day(since, "--since")),
+                until=_as_date(parse_day(until, "--until")),
+                model=model or settings.default_model,
                 conversion=conversion)
             check_dimensions(options["by"], period)  # a typo fails, whatever the KPIs
             results, skipped = [], []
