@@ -53,7 +53,18 @@ def test_text_raw_is_scrubbed_by_pattern(raw: str, expected: str) -> None:
 
 
 def test_raw_is_cut_at_one_limit() -> None:
-    assert len(safe_raw("x" * (REJECT_RAW_MAX_CHARS + 10)) or "") == REJECT_RAW_MAX_CHARS
+    cut = safe_raw("x" * (REJECT_RAW_MAX_CHARS + 10)) or ""
+    assert len(cut) == REJECT_RAW_MAX_CHARS
+    assert cut.endswith(f" … [cut: {REJECT_RAW_MAX_CHARS + 10:,} characters in all]")
+
+
+def test_json_raw_is_kept_as_written_unless_something_is_removed() -> None:
+    """Spacing and a key given twice stay as the sender wrote them; a record that held a
+    secret is re-written without it."""
+    written = '{ "event": "A",  "userId": "u1", "userId": "u2" }'
+    assert safe_raw(written) == written
+    assert safe_raw('{ "event": "A", "writeKey": "tlw_x" }') == (
+        '{"event":"A","writeKey":"[removed]"}')
 
 
 def test_reject_rows_have_the_schema_unique_ids_and_clean_raw() -> None:

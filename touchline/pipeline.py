@@ -128,7 +128,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     main = main_conversion(conversions)
     by_channel = channel_credits(con, main, settings.default_model) if main else pd.DataFrame()
     warnings = [*notes, *unknown_events(con, settings), *unconverted_currencies(con),
-                *order_notes(con), *unplaced]
+                *order_notes(con), *deal_notes(con, settings), *unplaced]
     return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
                      rows, seconds, prepared, warnings, picks, flagged, orders)
 
@@ -180,6 +180,44 @@ def order_notes(con: BaseBackend) -> list[str]:
     if zero:
         notes.append(f"{zero:,} orders have revenue 0 or none: no purchase under a conversion "
                      "that needs revenue (audit: zero_revenue_order)")
+    return notes
+
+
+def deal_notes(con: BaseBackend, settings: Settings) -> list[str]:
+    """A sentence for each conversion type on deals whose deals name no one touchline knows:
+    a deal converts for the account (``crm:<account_id>``) or the person (contact e-mails,
+    contact ids) it names, and one that names neither, or only strangers, ends no journey.
+    Said with how many, rather than a silent 0 (a CRM export of won deals loaded without
+    their contacts)."""
+    from touchline.journeys.conversions import unmatched_deals
+    from touchline.prepare.reference import currency_rates
+    from touchline.prepare.standardise import contact_key
+
+    specs = [spec for spec in settings.conversions if spec.deal is not None]
+    if not specs or int(con.table(store.DEALS.name).count().execute()) == 0:
+        return []
+    rates = currency_rates(settings.reporting_currency, settings.currency_rates_file)
+    key = contact_key(con, settings)
+    tables = {name: con.table(name) for name in ("deals", "identities", "accounts")}
+    notes = []
+    for spec in specs:
+        left = unmatched_deals(tables["deals"], tables["identities"], tables["accounts"], spec,
+                               statuses=settings.deal_statuses, rates=rates, contact_key=key)
+        nameless = left.account_id.isnull() & left.contact_emails.isnull() & (
+            left.contact_ids.isnull())
+        counts = left.aggregate(n=left.count(), nameless=nameless.cast("int64").sum()
+                                ).to_pyarrow().to_pylist()[0]
+        n, none = int(counts["n"]), int(counts["nameless"] or 0)
+        if not n:
+            continue
+        why = []
+        if none:
+            why.append(f"{none:,} name no account_id, contact_emails or contact_ids (map one "
+                       "of them when importing deals: docs/ingest.md)")
+        if n - none:
+            why.append(f"{n - none:,} name only accounts or people not seen in events")
+        notes.append(f"{n:,} {spec.deal} deals are left out of conversion {spec.name!r}: "
+                     f"{'; '.join(why)}")
     return notes
 
 

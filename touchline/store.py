@@ -355,7 +355,8 @@ REJECTS = TableSpec(
         ("field", S, "the offending field, if one"),
         ("reason_code", S, "stable machine-readable code, e.g. bad_timestamp"),
         ("reason", S, "human sentence saying what was wrong"),
-        ("raw", S, "the raw record, secrets removed and IPs truncated (first 64 Ki characters)"),
+        ("raw", S, "the record as written, secrets removed and IPs truncated (first 64 Ki "
+                   "characters, then a marker saying it was cut)"),
         ("ref", S, "pointer to the surviving record for duplicates (its key), else null"),
         ("ingest_id", S, "ingest run or prepare run"),
         ("rejected_at", TS, "when"),
@@ -365,6 +366,19 @@ REJECTS = TableSpec(
 # ---- the one rejects builder: every reject row, wherever it is refused, is made here --------
 #: characters of a rejected record kept in ``rejects.raw``
 REJECT_RAW_MAX_CHARS = 64 * 1024
+
+
+def cut_marker(total: int | None = None) -> str:
+    """What ends a ``rejects.raw`` cut short: how long the record was, when known."""
+    return " … [cut" + ("" if total is None else f": {total:,} characters in all") + "]"
+
+
+def cut_text(text: str, limit: int = REJECT_RAW_MAX_CHARS) -> str:
+    """``text``, or its start and :func:`cut_marker` within ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    marker = cut_marker(len(text))
+    return text[:limit - len(marker)] + marker
 #: fields whose values never go into ``rejects.raw`` (compared lower-case, ``-`` as ``_``)
 SECRET_FIELDS = frozenset({
     "writekey", "write_key", "password", "passwd", "secret", "client_secret", "token",
@@ -453,6 +467,34 @@ def keyed_contact(normalised: str, key: str) -> str:
     return keyed_hash(hashlib.sha256(normalised.encode()).hexdigest(), key)
 
 
+def contact_identifiers(kind: str, normalised: str, key: str | None = None) -> list[str]:
+    """The identity-graph identifiers a normalised e-mail (trimmed, lower case) or E.164 phone
+    stands for: in clear, its SHA-256 (``email_sha256:<hex>``, how an export's hashed address
+    is kept, so a typed address finds a person known only by the hash) and, with ``key``
+    (``pii_at_rest = "hashed"``), keyed as prepare stores it. One list for every lookup of a
+    typed address or number: the person search (CLI and dashboard) and erasure.
+
+    >>> contact_identifiers("email", "ann@x.io")[1][:25]
+    'email_sha256:311227054441'
+    """
+    digest = hashlib.sha256(normalised.encode()).hexdigest()
+    return [f"{kind}:{normalised}", f"{kind}_sha256:{digest}",
+            *([f"{kind}:{keyed_hash(digest, key)}"] if key is not None else [])]
+
+
+def digest_identifiers(text: str, key: str | None = None) -> list[str]:
+    """The identifiers a typed SHA-256 hex digest (64 hex digits, any case) may be: an e-mail's
+    or a phone's hash (``email_sha256:`` / ``phone_sha256:``), keyed as prepare stores it
+    with ``key``, or a keyed hash copied from a hashed-at-rest warehouse; none for other text.
+    """
+    value = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        return []
+    keyed = [keyed_hash(value, key)] if key is not None else []
+    return [f"{kind}{suffix}:{v}" for kind in ("email", "phone")
+            for suffix, v in (("_sha256", value), *(("", k) for k in keyed), ("", value))]
+
+
 def sha256_digest(value: ir.StringValue) -> ir.StringValue:
     """``value`` trimmed and lower-cased when it is a SHA-256 hex digest, else null: how a
     digest given for an e-mail or phone (or a keyed hash a load stored) is recognised."""
@@ -527,8 +569,8 @@ def _scrub(value: Any, region: str | None = None) -> Any:
 
 
 def safe_raw(raw: str | None, contacts_region: str | None = None) -> str | None:
-    """A rejected record's text as ``rejects.raw`` keeps it: secrets out, IPs truncated, cut to
-    :data:`REJECT_RAW_MAX_CHARS`.
+    """A rejected record's text as ``rejects.raw`` keeps it: as written, but secrets out and
+    IPs truncated, cut to :data:`REJECT_RAW_MAX_CHARS` with a marker saying so.
 
     Why: ``rejects`` is read by whoever debugs an integration; it must not hand them the write
     key a client sent, a password from a form, or a visitor's full address. JSON is scrubbed
@@ -551,12 +593,16 @@ def safe_raw(raw: str | None, contacts_region: str | None = None) -> str | None:
     text = raw
     if isinstance(parsed, dict | list):
         try:
-            text = orjson.dumps(_scrub(parsed, contacts_region)).decode()
+            scrubbed = _scrub(parsed, contacts_region)
+            # nothing to remove: the record as written (its spacing, a key given twice), its
+            # text patterns still checked; else re-written without what was removed
+            text = (_scrub_text(raw, contacts_region) if scrubbed == parsed
+                    else orjson.dumps(scrubbed).decode())
         except (orjson.JSONEncodeError, RecursionError):
             text = _scrub_text(raw, contacts_region)
     else:
         text = _scrub_text(raw, contacts_region)
-    return text[:REJECT_RAW_MAX_CHARS]
+    return cut_text(text)
 
 
 def reject_id(

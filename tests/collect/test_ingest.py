@@ -375,6 +375,77 @@ def test_ndjson_mapping_paths_of_every_form_read_their_values(con, tmp_path) -> 
         "properties": '{"anon":"a1","n":2}', "event": "Bought"}
 
 
+def test_ndjson_mapping_paths_read_through_json_encoded_members(con, tmp_path) -> None:
+    """An export whose ``event_data`` is an object's JSON *text* (Segment/Snowplow-like encoded
+    properties) is read through: the text is decoded and the rest of the path read inside it.
+    A member that holds no object nor its text loses what was read from it and says so: a
+    ``bad_json_partial`` reject with the line, the member and the row's key, or ``bad_json``
+    when the row's only id came from it."""
+    path = tmp_path / "export.ndjson"
+    base = {"type": "track", "event": "Bought", "timestamp": "2025-03-01T10:00:00Z"}
+    lines = [
+        {**base, "messageId": "m1", "anonymousId": "a1",
+         "event_data": json.dumps({"revenue": 12.5, "page": {"title": "Cart"}})},
+        {**base, "messageId": "m2", "anonymousId": "a2",
+         "event_data": {"revenue": 7, "page": {"title": "Obj"}}},
+        {**base, "messageId": "m3", "anonymousId": "a3", "event_data": "not json {"},
+        {**base, "messageId": "m4", "anonymousId": "a4"},
+        {**base, "messageId": "m5", "anonymousId": "a5", "event_data": '{"revenue": 3'},
+        {**base, "messageId": "m6", "event_data": "broken"},
+        {**base, "messageId": "m7", "anonymousId": "a7", "event_data": 5},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    mapping_file = tmp_path / "map.toml"
+    mapping_file.write_text('[columns]\nrevenue = "$.event_data.revenue"\n'
+                            'title = "$.event_data.page.title"\n'
+                            'anonymous_id = ["anonymousId", "$.event_data.cid"]\n')
+    canonical = {c.name for c in store.EVENTS.columns}
+    result = ingest_file(con, path, "events", settings=SETTINGS,
+                         mapping=load_mapping(mapping_file, canonical=canonical))
+    assert (result.loaded, result.rejected) == (6, 1)
+    rows = {r["message_id"]: (r["revenue"], r["title"])
+            for r in con.table("events").to_pyarrow().to_pylist()}
+    assert rows == {"m1": (12.5, "Cart"), "m2": (7.0, "Obj"), "m3": (None, None),
+                    "m4": (None, None), "m5": (None, None), "m7": (None, None)}
+    rejects = con.table("rejects").to_pyarrow().to_pylist()
+    assert sorted((r["line"], r["field"], r["reason_code"], r["ref"]) for r in rejects) == [
+        (3, "event_data", "bad_json_partial", "m3"),
+        (5, "event_data", "bad_json_partial", "m5"),
+        (6, "anonymous_id", "bad_json", None),
+        (7, "event_data", "bad_json_partial", "m7"),
+    ]
+
+
+def test_rejects_keep_the_record_as_written(con, tmp_path) -> None:
+    """``rejects.raw`` is the record as the file has it: an NDJSON line with its spacing and
+    both copies of a repeated key (not a re-serialised object), a CSV record with its quotes
+    and line breaks, and the start of an overlong line with a marker saying it was cut."""
+    settings = Settings(database_url="duckdb://", max_line_bytes=1024, ingest_chunk_rows=300)
+    twice = ('{"type": "track",  "event": "A", "anonymousId": "a1", "anonymousId": "a2", '
+             '"timestamp": "2025-03-01T10:00:00Z"}')
+    late = '{ "type":"track", "event":"A", "anonymousId":"a1", "timestamp":"yesterday" }'
+    long = '{"type":"track","event":"A","anonymousId":"a1","x":"' + "y" * 1100 + '"}'
+    path = tmp_path / "e.ndjson"
+    path.write_text("\n".join([twice, late, long]) + "\n")
+    ingest_file(con, path, "events", settings=settings)
+    csv_path = tmp_path / "e.csv"
+    quoted = 'm1,track,"Viewed, twice\nover lines",a1,yesterday'
+    csv_long = "m2,track,A,a1,2025-03-01T10:00:00Z" + "," * 0 + "x" * 1100
+    csv_path.write_text("message_id,type,event,anonymous_id,timestamp\n"
+                        f"{quoted}\n{csv_long}\n")
+    ingest_file(con, csv_path, "events", settings=settings)
+    rows = con.table("rejects").to_pyarrow().to_pylist()
+    got = {(Path(r["source"]).suffix, r["line"], r["reason_code"]): r["raw"] for r in rows}
+    cut = " … [cut: the line is longer than 1,024 bytes]"
+    assert got == {
+        (".ndjson", 1, "duplicate_key"): twice,
+        (".ndjson", 2, "bad_timestamp"): late,
+        (".ndjson", 3, "line_too_long"): long[:1024] + cut,
+        (".csv", 2, "bad_timestamp"): quoted,
+        (".csv", 4, "line_too_long"): csv_long[:1024] + cut,
+    }
+
+
 def test_mapping_errors_name_the_file_and_key(tmp_path) -> None:
     bad = tmp_path / "m.toml"
     bad.write_text('[columns]\nnot_a_column = "x"\n')

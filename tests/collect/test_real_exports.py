@@ -118,6 +118,30 @@ email_sha256 = "$.event_data.user_email"
     assert got[2]["properties"] is None
 
 
+def test_event_types_set_the_call_type_of_their_rows(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``[event_types.page_viewed] type = "page"``: those rows are page views (what page KPIs
+    count), whatever ``[defaults] type`` says; other event names keep the default."""
+    path = tmp_path / "events.csv"
+    path.write_text(PURCHASE_CSV)
+    mapping = mapping_from(tmp_path, """
+[columns]
+anonymous_id = "client_id"
+event = "event_name"
+[defaults]
+type = "track"
+[event_types.page_viewed]
+type = "page"
+[event_types.email_filled_on_popup]
+type = "identify"
+rename = "Signed Up"
+""")
+    result = ingest_file(con, path, "events", settings=SETTINGS, mapping=mapping)
+    assert (result.loaded, result.rejected) == (3, 0)
+    got = con.table("events").order_by("message_id").to_pyarrow().to_pylist()
+    assert [(r["event"], r["type"]) for r in got] == [
+        ("checkout_completed", "track"), ("Signed Up", "identify"), ("page_viewed", "page")]
+
+
 def test_a_cell_that_is_not_json_is_recorded_and_the_row_loads_without_it(con, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Line 3's JSON is cut off: the row loads without revenue and properties, and a
     ``bad_json_partial`` reject names line, column and the loaded key. Line 4 takes its only
@@ -229,6 +253,8 @@ def test_ndjson_deal_keys_no_column_reads_are_kept_in_properties(con, tmp_path) 
     ("[options]\ntimestamp_fmt = '%Y'\n", "did you mean 'timestamp_format'"),
     ("[event_types.buy.columns]\nevent = 'x'\n", "use rename"),
     ("[event_types.buy]\nrename = ''\n", "non-empty event name"),
+    ("[event_types.buy]\ntype = 'pages'\n", "did you mean 'page'"),
+    ("[event_types.buy.defaults]\ntype = 'page'\n", 'type = "page"'),
     ("[columns]\nrevenue = '$.[0]'\n", "not a JSON path"),
 ])
 def test_mapping_mistakes_name_the_nearest_valid_name(tmp_path, text: str, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -266,6 +292,9 @@ def puffy_reference(files: list[Path]) -> dict[str, object]:
         "orders": purchases.order.nunique(),
         "purchase_emails": purchases.hashed.nunique(),
         "exact_duplicates": int(frame.duplicated().sum()),
+        # page_viewed rows that load: with an id, the exact duplicate once
+        "page_views": int(((frame.event_name == "page_viewed") & ~frame.duplicated()
+                           & (frame.device.notna() | frame.hashed.notna())).sum()),
         "multi_device_emails": int((linked > 1).sum()),
         "max_devices": int(linked.max()),
     }
@@ -302,6 +331,10 @@ def test_documented_puffy_mapping_loads_the_real_export(duck, tmp_path, shared_d
     assert sum(r.duplicates for r in results) == ref["exact_duplicates"]
     events = duck.table("events")
     assert events.count().execute() == 49_963 - 2_906 - 1
+    # [event_types.page_viewed] type = "page": page views, as pandas counts them
+    pages = events.filter(events.type == "page")
+    assert pages.count().execute() == ref["page_views"] == 43_068
+    assert set(pages.event.to_pyarrow().to_pylist()) == {"page_viewed"}
     assert events.filter(events.gclid.notnull()).count().execute() >= 8_000  # ad clicks
     purchases = events.filter(events.event == "checkout_completed")
     stats = purchases.aggregate(
@@ -335,3 +368,7 @@ def test_documented_puffy_mapping_loads_the_real_export(duck, tmp_path, shared_d
     touches = duck.table("touches")
     bought = touches.filter(touches.event == "checkout_completed")
     assert (bought.count().execute(), bought.order_id.nunique().execute()) == (290, 290)
+    # the page-view KPIs count them (bots are dropped by prepare: fewer than loaded)
+    viewed = duck.table("sessions").pageview_count.sum().execute()
+    assert 0 < viewed <= ref["page_views"]
+    assert viewed == 36_938  # docs/ingest.md

@@ -15,7 +15,7 @@ from ibis.backends import BaseBackend
 
 from touchline import engine, store
 from touchline.config import ConversionSpec, Settings, load_settings
-from touchline.errors import ConfigError, UnknownModelError
+from touchline.errors import ConfigError, InputError, UnknownModelError
 from touchline.journeys import journey_tables
 from touchline.journeys.conversions import CONVERSION_SCHEMA
 from touchline.journeys.timeline import resolve_unit, timeline
@@ -236,6 +236,59 @@ def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # typ
     assert not deal_bounds.flagged.any()
     assert set(deal_bounds.replicates) == {settings.bootstrap_replicates}
     assert set(deal_bounds.confidence) == {0.9}
+
+
+def test_a_person_known_only_by_hashes_is_found_by_address_number_or_hash(
+        con: BaseBackend, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An export that names people by SHA-256 only (Puffy's hashed e-mails): the person search
+    (``touchline person`` and the dashboard's, both :func:`resolve_unit`) hashes a typed
+    e-mail or phone as prepare keeps it, and takes 64 hex digits (any case) as such a hash."""
+    import hashlib
+
+    def sha(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
+    prepare_on_duckdb(con, settings, [
+        {"anonymous_id": "dev1", "type": "track", "event": "Signed Up", "timestamp": "09:00",
+         "email_sha256": sha("ann@x.io")},
+        {"anonymous_id": "dev2", "type": "track", "event": "Called", "timestamp": "09:10",
+         "phone_sha256": sha("+12025550143")},
+        {"anonymous_id": "dev3", "email": "bob@y.io", "timestamp": "09:20",
+         "url": "https://x.io/"}], [])
+    ids = con.table("identities").to_pandas().set_index("identifier").person_id
+    ann, phoned, bob = ids["anon:dev1"], ids["anon:dev2"], ids["anon:dev3"]
+    assert len({ann, phoned, bob}) == 3
+    for typed, person in ((" Ann@X.io ", ann), (sha("ann@x.io").upper(), ann),
+                          ("(202) 555-0143", phoned), (sha("+12025550143"), phoned),
+                          ("bob@y.io", bob)):
+        assert resolve_unit(con, typed) == ("person", person), typed
+    with pytest.raises(InputError, match=r"no person or account is named 'nobody@x\.io'"):
+        resolve_unit(con, "nobody@x.io")
+
+
+def test_won_deals_that_name_no_one_known_are_counted_in_a_warning(
+        con: BaseBackend, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A CRM export of won deals loaded without contacts (Olist's closed deals by ``mql_id``
+    only) converts for no one: the run says how many won deals were left out and why, instead
+    of a silent 0 of ``deal_won``."""
+    from touchline.pipeline import deal_notes
+
+    settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
+    won = {"status": "won", "closed_at": "2026-03-20 10:00:00"}
+    prepare_on_duckdb(con, settings, [
+        {"anonymous_id": "dev1", "email": "ann@x.io", "timestamp": "09:00",
+         "url": "https://x.io/"}], [
+        {"deal_id": "D1", "contact_emails": "Ann@x.io", **won},  # hers: converts
+        {"deal_id": "D2", **won}, {"deal_id": "D3", **won},      # name no one
+        {"deal_id": "D4", "contact_emails": "stranger@z.io", **won},  # a stranger
+        {"deal_id": "D5", "status": "lost", "closed_at": "2026-03-20 10:00:00"}])
+    assert deal_notes(con, settings) == [
+        "3 won deals are left out of conversion 'deal_won': 2 name no account_id, "
+        "contact_emails or contact_ids (map one of them when importing deals: "
+        "docs/ingest.md); 1 name only accounts or people not seen in events"]
+    assert deal_notes(con, Settings(database_url="duckdb://", conversions=[
+        c for c in settings.conversions if c.deal is None])) == []
 
 
 def test_stages_may_be_skipped_and_entered_out_of_order(con: BaseBackend) -> None:

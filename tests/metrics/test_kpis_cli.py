@@ -97,6 +97,40 @@ def test_kpis_on_a_run_warehouse_match_the_imported_files(simulated: tuple[Path,
     assert "search_ctr (awareness; ratio)" in awareness.output
 
 
+def test_plain_kpis_print_one_summary_table_and_a_table_per_kpi_with_rows(
+        simulated: tuple[Path, str]) -> None:
+    """``touchline kpis``: the KPIs of one value each are the rows of one summary table (KPI,
+    value, unit, stage; the values behind a ratio indented under it), and only the KPIs with
+    rows of their own (distributions, cohorts, per period) get a table each."""
+    _, db = simulated
+    computed = _json([], db)["kpis"]
+    kinds = {k.name: k for k in KPIS.values()}
+    scalars = [k for k in computed if not kinds[k["kpi"]].table
+               and not kinds[k["kpi"]].per_period and len(k["rows"]) <= 1
+               and set(k["rows"][0] if k["rows"] else {}) <= set(kinds[k["kpi"]].values)]
+    rowed = [k for k in computed if k not in scalars]
+    assert len(scalars) > 20 and rowed  # the shape below is not trivially met
+    result = runner.invoke(app, ["kpis", "--database", db], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert sum("┏" in line for line in lines) == 1 + len(rowed)  # tables drawn
+    assert lines[0].strip() == f"{len(scalars)} KPIs"
+    header = next(line for line in lines if "┃" in line)
+    assert [c.strip() for c in header.strip("┃").split("┃")] == ["kpi", "value", "unit", "stage"]
+    body = lines[lines.index(next(line for line in lines if "┡" in line)) + 1:]
+    cells = [[c.strip() for c in line.strip("│").split("│")]
+             for line in body[:next(i for i, line in enumerate(body) if "└" in line)]]
+    sessions = next(k for k in scalars if k["kpi"] == "sessions")["rows"][0]["sessions"]
+    assert ["sessions", f"{sessions:,}", "sessions", "consideration"] in cells
+    rate = next(k for k in scalars if k["kpi"] == "conversion_rate")["rows"][0]
+    at = cells.index(next(c for c in cells if c[0] == "conversion_rate"))
+    assert [c[:2] for c in cells[at + 1:at + 3]] == [
+        ["visitors", f"{rate['visitors']:,}"], ["converters", f"{rate['converters']:,}"]]
+    assert {c[0].split(" (")[0] for c in cells if c[3]} == {k["kpi"] for k in scalars}
+    for k in rowed:  # their own tables, titled as before
+        assert f"{k['kpi']} ({k['stage']};" in " ".join(result.stdout.split())
+
+
 def test_kpis_csv_is_safe_and_errors_name_the_nearest(simulated: tuple[Path, str]) -> None:
     _, db = simulated
     result = runner.invoke(app, ["kpis", "--kpi", "paid_cost", "--by", "campaign",
@@ -139,8 +173,10 @@ def test_kpis_by_stage_model_follow_its_stages(simulated: tuple[Path, str]) -> N
                                  "--kpi", "search_clicks", "--database", db])
     assert result.exit_code == 0, result.output
     out = " ".join(result.stdout.split())  # titles wrap at the console's width
-    assert out.index("hourglass: know") < out.index("search_clicks (hourglass: know; clicks)") \
-        < out.index("hourglass: refer") < out.index("nps (hourglass: refer;")
+    # each stage's one-value KPIs in one summary table under its heading
+    assert out.index("hourglass: know") < out.index("1 KPI of hourglass: know") \
+        < out.index("search_clicks") < out.index("hourglass: refer") \
+        < out.index("1 KPI of hourglass: refer") < out.index("nps")
     assert "hourglass: like" not in out  # --kpi: only the stages of the KPIs asked
     csv = runner.invoke(app, ["kpis", "--stage-model", "b2b", "--kpi", "search_clicks",
                               "--format", "csv", "--database", db])

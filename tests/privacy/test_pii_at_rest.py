@@ -90,7 +90,7 @@ def test_john_hashed_at_rest_stitches_and_credits_as_plain(tmp_path: Path) -> No
     assert f"email:{keyed}" in set(hashed.table("identities").identifier.to_pandas())
     # his timeline is found by what a person types, keyed the same way
     person = hashed.table("persons").person_id.to_pandas()[0]
-    for typed in ("John@Gmail.com", "(202) 555-0143"):
+    for typed in ("John@Gmail.com", "(202) 555-0143", _sha(EMAIL).upper(), _sha(PHONE)):
         assert resolve_unit(hashed, typed, pii_key=KEY) == ("person", person)
 
     settings = _settings(tmp_path, "hashed")

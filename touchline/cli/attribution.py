@@ -17,7 +17,6 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,7 +26,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from touchline.errors import ConfigError, TouchlineError, did_you_mean
-from touchline.formatting import readable_number
+from touchline.formatting import parse_day, readable_number
 from touchline.terminal import fail
 
 if TYPE_CHECKING:
@@ -113,15 +112,6 @@ def _read(paths_file: Path, sep: str, level: str) -> PathSet:
     return read_path_file(paths_file, sep=sep, path_column=column, level=level)
 
 
-def _day(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected a date YYYY-MM-DD") from None
-
-
 def _warehouse_paths(database: str | None, level: str, since: str | None, until: str | None,
                      conversion: str | None, *, time_split: bool = False,
                      open_ages: bool = False) -> tuple[PathSet, str, list[Experiment]]:
@@ -149,7 +139,8 @@ def _warehouse_paths(database: str | None, level: str, since: str | None, until:
     conversion = choose_conversion(con.table("journeys"), conversion)
     touches = con.table("journey_touches")
     touches = journeys_in_period(touches.filter(touches.conversion == conversion),
-                                 since=_day(since, "--since"), until=_day(until, "--until"))
+                                 since=parse_day(since, "--since", time=True),
+                                 until=parse_day(until, "--until", time=True))
     path_set, converting = journey_pathset(touches, level=level,
                                            split_holdout=HOLDOUT_DEFAULT if time_split else None,
                                            open_ages=open_ages)

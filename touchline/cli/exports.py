@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         from touchline import engine
         from touchline.config import load_settings
         from touchline.exports import export_conversions
-        from touchline.serve.figures import parse_day
+        from touchline.formatting import parse_day
 
         try:
             settings = load_settings(**({"database_url": database} if database else {}))
@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
         from touchline.exports.crm_mapping import load_mapping
         from touchline.exports.crm_push import PushResult, push_leads
         from touchline.exports.crm_push import follow as follow_leads
-        from touchline.serve.figures import parse_day
+        from touchline.formatting import parse_day
 
         def show(result: PushResult) -> None:
             if result.path is not None:

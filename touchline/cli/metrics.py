@@ -28,7 +28,7 @@ from touchline.errors import (
     UnknownKPIError,
     did_you_mean,
 )
-from touchline.formatting import readable_number
+from touchline.formatting import parse_day, readable_number
 from touchline.terminal import fail
 
 if TYPE_CHECKING:
@@ -56,13 +56,10 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s"
 
 
-def _day(text: str | None, option: str) -> date | None:
-    if text is None:
-        return None
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected a date YYYY-MM-DD") from None
+def _as_date(day: datetime | None) -> date | None:
+    """The day a :func:`~touchline.formatting.parse_day` bound starts (KPIs and CLV count
+    whole days)."""
+    return None if day is None else day.date()
 
 
 def _plain(value: Any) -> Any:
@@ -126,7 +123,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"--format {fmt!r}: choose from table, json")
             if unit not in UNITS:
                 raise ConfigError(f"--unit {unit!r}: choose from {', '.join(UNITS)}")
-            last_day = _day(until, "--until")
+            last_day = _as_date(parse_day(until, "--until"))
             settings = load_settings(**({"database_url": database} if database else {}))
             con = engine.connect(settings=settings)
             fitted = fit(con, until=last_day, unit=unit, conversion=conversion)
@@ -236,8 +233,9 @@ def register(app: typer.Typer) -> None:
                                       f"{stage_model}` shows which stages have KPIs")
             con = engine.connect(settings=settings)
             options: dict[str, Any] = dict(
-                by=list(by or []), period=period, since=_day(since, "--since"),
-                until=_day(until, "--until"), model=model or settings.default_model,
+                by=list(by or []), period=period, since=_as_date(parse_day(since, "--since")),
+                until=_as_date(parse_day(until, "--until")),
+                model=model or settings.default_model,
                 conversion=conversion)
             check_dimensions(options["by"], period)  # a typo fails, whatever the KPIs
             results, skipped = [], []
@@ -294,9 +292,25 @@ def register(app: typer.Typer) -> None:
                 if not ks:
                     console.print(f"no KPI belongs to stage {heading!r} of {stage_model}",
                                   markup=False, highlight=False)
-            for k in ks:
-                if k.name not in frames:
-                    continue  # skipped: said on stderr below
+            shown = [k for k in ks if k.name in frames]  # skipped: said on stderr below
+            # one value each (no breakdown, not a table KPI): one summary table for them all
+            scalars = [k for k in shown if _is_scalar(k, frames[k.name])]
+            if scalars:
+                summary = Table(Column("kpi", no_wrap=True),
+                                Column("value", justify="right", no_wrap=True), "unit",
+                                "stage", title=f"{len(scalars)} KPI{'s' * (len(scalars) > 1)}" + (
+                                    f" of {stage_model}: {heading}" if heading else ""),
+                                caption="formulas: touchline kpis --list")
+                for k in scalars:
+                    frame = frames[k.name]
+                    where = k.stages[stage_model] if stage_model else k.stage
+                    for label, column, unit in _summary_rows(k, list(frame.columns)):
+                        summary.add_row(label, _cell(frame[column].iloc[0]) if len(frame)
+                                        else "", unit, where if unit else "")
+                console.print(summary)
+            for k in shown:
+                if k in scalars:
+                    continue
                 frame = frames[k.name]
                 where = f"{stage_model}: {k.stages[stage_model]}" if stage_model else k.stage
                 table = Table(*[str(c) for c in frame.columns],
@@ -362,6 +376,21 @@ def register(app: typer.Typer) -> None:
                               "" if row.dropped != row.dropped else f"{int(row.dropped):,}",
                               pct(row.from_previous), pct(row.from_first), spread)
             console.print(table)
+
+
+def _is_scalar(k: Any, frame: Any) -> bool:
+    """A KPI that gave one headline row and no breakdown columns: a line of the summary."""
+    return (not k.table and not k.per_period and len(frame) <= 1
+            and set(frame.columns) <= set(k.values))
+
+
+def _summary_rows(k: Any, columns: list[str]) -> list[tuple[str, str, str]]:
+    """``(label, column, unit)`` of a scalar KPI in the summary: its headline value first
+    (its own column, else its ``headline_value`` or median), then the values behind it,
+    indented."""
+    head = next((c for c in (k.name, k.headline_value, "median") if c in columns), columns[0])
+    label = k.name if head == k.name or len(columns) == 1 else f"{k.name} ({head})"
+    return [(label, head, k.unit)] + [(f"  {c}", c, "") for c in columns if c != head]
 
 
 def _model_stages(groups: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:

@@ -59,7 +59,8 @@ def register(app: typer.Typer) -> None:
         opens in any browser, offline."""
         from touchline import engine
         from touchline.config import load_settings
-        from touchline.serve.figures import Filters, check_filters, parse_day
+        from touchline.formatting import parse_day
+        from touchline.serve.figures import Filters, check_filters
         from touchline.serve.report import write_pngs, write_report
 
         try:

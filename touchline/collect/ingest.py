@@ -269,6 +269,17 @@ def _json_values_sql(paths: list[str], obj: str) -> list[str]:
     return [", ".join(layer) for layer in layers if layer] or ["NULL AS _jp_0"]
 
 
+def _member_prefixes(path: str) -> list[tuple[str, str]]:
+    """The members a JSON path of plain members goes into, each with the rest of the path
+    inside it: ``$.a.b.c`` → ``[("a", "$.b.c"), ("a.b", "$.c")]`` (quoted as needed); none for
+    a path of one member or with array indexes."""
+    if not _MEMBER_PATH.fullmatch(path):
+        return []
+    keys = [m[1] if m[1] is not None else m[2] for m in _MEMBER.finditer(path)]
+    spelled = [k if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) else _quote(k) for k in keys]
+    return [(".".join(spelled[:j]), "$." + ".".join(spelled[j:])) for j in range(1, len(keys))]
+
+
 def _shape_sql(shape: object) -> str:
     """A ``json_transform`` structure as an SQL string literal."""
     return _sql_str(orjson.dumps(shape).decode())
@@ -307,12 +318,31 @@ class _ChunkParser:
         json_paths: dict[str, int] = {}  # one parse per line: all paths in one call
         wrap = ""  # sub-selects around the source that parse JSON columns once a row
         if self.fmt == "ndjson":
-            def resolve(sources: tuple[str, ...]) -> str | None:
+            self.json_sources = []  # members a mapped path goes into: JSON, or JSON text
+            encoded: dict[str, str] = {}  # such a member -> its value as text
+
+            def value_at(path: str) -> str:
                 # one trim per value here: a guard would extract _jp_<i> three times
-                parts = [
-                    f"nullif(trim(_jp_{json_paths.setdefault(p, len(json_paths) + 1)}), '')"
-                    for p in (_json_path(s) for s in sources)
-                ]
+                return f"nullif(trim(_jp_{json_paths.setdefault(path, len(json_paths) + 1)}), '')"
+
+            def through_strings(path: str, value: str) -> str:
+                # a mapped path also reads through a member that holds its object as JSON
+                # text (an export's JSON-encoded properties): the text is decoded and the rest
+                # of the path read inside it
+                fallbacks = []
+                for member, rest in reversed(_member_prefixes(path)):
+                    if member not in encoded:
+                        encoded[member] = value_at(f"$.{member}")
+                        self.json_sources.append(member)
+                    text = encoded[member]
+                    fallbacks.append(
+                        f"CASE WHEN starts_with({text}, '{{') AND json_valid({text}) THEN "
+                        f"nullif(trim(json_extract_string({text}, {_sql_str(rest)})), '') END")
+                return f"coalesce({value}, {', '.join(fallbacks)})" if fallbacks else value
+
+            def resolve(sources: tuple[str, ...], mapped: bool = True) -> str | None:
+                parts = [through_strings(p, value_at(p)) if mapped else value_at(p)
+                         for p in (_json_path(s) for s in sources)]
                 return parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
 
             for name in names:
@@ -324,9 +354,10 @@ class _ChunkParser:
                     # CSV's columns as the keys of each line: "url", "user_agent") reads as
                     # its CSV does, and a Segment line, which has no such keys, as before
                     exprs[name] = resolve(  # type: ignore[assignment]
-                        tuple(dict.fromkeys((*SEGMENT_PATHS[name], *own))))
+                        tuple(dict.fromkeys((*SEGMENT_PATHS[name], *own))), mapped=False)
                 else:
-                    exprs[name] = resolve(tuple(dict.fromkeys(own)))  # type: ignore[assignment]
+                    exprs[name] = resolve(  # type: ignore[assignment]
+                        tuple(dict.fromkeys(own)), mapped=False)
             if spec.name in ("deals", "calls") and "properties" not in mapping.columns:
                 exprs["properties"] = self._ndjson_leftovers(exprs["properties"])
         else:
@@ -444,15 +475,30 @@ class _ChunkParser:
         layers = _json_values_sql(list(json_paths), "_obj")
         layers[0] = f"{layers[0]}, {duplicate_keys_sql('_obj')} AS _duplicate_keys"
         values = "".join(f"(SELECT *, {layer} FROM " for layer in reversed(layers))
+        # a member a mapped path goes into that holds neither an object nor an object's JSON
+        # text (a bare string, a number, broken JSON): what was read from it is lost, and said
+        flags = [
+            f"coalesce(NOT (starts_with({text}, '{{') OR starts_with({text}, '[')) "
+            f"OR NOT json_valid({text}), false) AS _jbad_{i}"
+            for i, text in enumerate(encoded.values())
+        ]
+        bad = (
+            "nullif(concat_ws(', ', " + ", ".join(
+                f"CASE WHEN _jbad_{i} THEN {_sql_str(m)} END"
+                for i, m in enumerate(self.json_sources)) + "), '')"
+            if flags else "CAST(NULL AS VARCHAR)"
+        )
+        flag_list = "".join(f"_jbad_{i}, " for i in range(len(flags)))
+        inner = f"SELECT *, {', '.join(flags)} FROM " if flags else "SELECT * FROM "
         return (
-            f"SELECT _line, _raw, CAST(NULL AS VARCHAR) AS _json_bad, _json_ok, _json_type, "
-            f"_duplicate_keys, {', '.join(select)} FROM {url_params}{values}("
+            f"SELECT _line, _raw, {bad} AS _json_bad, {flag_list}_json_ok, _json_type, "
+            f"_duplicate_keys, {', '.join(select)} FROM ({inner}{url_params}{values}("
             "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj FROM ("
             # one parse tells both whether the line is JSON and what it holds: json_type
             # fails on a line that is not JSON, and try() turns that into NULL
             "SELECT *, _json_type IS NOT NULL AS _json_ok FROM ("
             "SELECT *, try(json_type(line)) AS _json_type FROM {source}))"
-        ) + ")" * (len(layers) + 1 + url_params.count("(SELECT"))
+        ) + ")" * (len(layers) + 2 + url_params.count("(SELECT"))
 
     def _json_columns(self, available: list[str]) -> dict[str, tuple[int, list[str]]]:
         """``column -> (index, JSON paths read from it)`` for each column of the file that a
@@ -489,8 +535,8 @@ class _ChunkParser:
 
     def _apply_event_types(self, exprs: dict[str, str],
                            resolve: Callable[[tuple[str, ...]], str | None], where: str) -> None:
-        """Per event type, replace columns (``[event_types.<name>] columns`` / ``defaults``) and
-        rename the event, keyed on the event name as read."""
+        """Per event type, replace columns (``[event_types.<name>] columns`` / ``defaults``), set
+        the call type and rename the event, keyed on the event name as read."""
         mapping = self.mapping
         if "event" not in exprs:
             raise InputError(f"{where}: mapping {mapping.origin} has [event_types] but the file "
@@ -513,6 +559,10 @@ class _ChunkParser:
                           else f"coalesce({', '.join(fallbacks)})")
                 cases.append(f"WHEN {_sql_str(event_type)} THEN {chosen}")
             exprs[name] = f"CASE {event} {' '.join(cases)} ELSE {base} END"
+        types = [f"WHEN {_sql_str(t)} THEN {_sql_str(m.type)}"
+                 for t, m in mapping.event_types.items() if m.type]
+        if types:  # the call type these rows are (``page_viewed`` rows are page views)
+            exprs["type"] = f"CASE {event} {' '.join(types)} ELSE {exprs.get('type', 'NULL')} END"
         renames = [f"WHEN {_sql_str(t)} THEN {_sql_str(m.rename)}"
                    for t, m in mapping.event_types.items() if m.rename]
         if renames:
@@ -813,10 +863,14 @@ class _ChunkParser:
         for columns in scopes:
             for name, sources in columns.items():
                 for source in sources:
-                    split = split_column_path(source) if is_json_path(source) else None
-                    column = split[0] if split is not None else source
-                    if column in self.json_sources:
-                        fed.setdefault(name, set()).add(self.json_sources.index(column))
+                    if self.fmt == "ndjson":  # the members the path goes into
+                        members = [m for m, _ in _member_prefixes(_json_path(source))]
+                    else:
+                        split = split_column_path(source) if is_json_path(source) else None
+                        members = [split[0] if split is not None else source]
+                    for column in members:
+                        if column in self.json_sources:
+                            fed.setdefault(name, set()).add(self.json_sources.index(column))
         spec = self.spec
         needed = {n: f"({typed[n]}) IS NULL" for n in spec.required}
         if spec.name == "events":
@@ -1234,9 +1288,10 @@ def _insert_rows(
     partial = staged.filter(staged._json_bad.notnull())
     lost = partial.select(
         line=partial._line, field=partial._json_bad, reason_code=ibis.literal(PARTIAL_CODE),
-        reason=ibis.literal("column ") + partial._json_bad + ibis.literal(
-            " is not valid JSON here: the row was loaded without the fields read from it "
-            "(ref: its key)"),
+        # a CSV/Parquet column, or an NDJSON member that holds no object nor its JSON text
+        reason=partial._json_bad + ibis.literal(
+            " is not valid JSON (or no JSON object) here: the row was loaded without the "
+            "fields read from it (ref: its key)"),
         raw=partial._raw, ref=partial[spec.key].cast("string"),
     )
     # hash aggregates, not a sort: the first line of each key wins

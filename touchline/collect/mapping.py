@@ -18,13 +18,15 @@ file (``--map mapping.toml``) overrides that::
 
     [event_types.checkout_completed]      # rows whose event name is checkout_completed
     rename = "Order Completed"            # stored under this name
+    type = "track"                        # their call type (page_viewed rows: "page")
     columns = { revenue = "$.event_data.revenue" }   # replace [columns] entries for these rows
     defaults = { currency = "USD" }
 
 A source starting with ``$`` is a JSON path. In NDJSON it reads the line's object; in CSV and
 Parquet its first member names a column of the file that holds JSON text
 (``$.event_data.revenue`` reads ``revenue`` from column ``event_data``; quote a name with dots
-or spaces: ``$."event data".revenue``).
+or spaces: ``$."event data".revenue``). In NDJSON a mapped path also reads through a member
+that holds an object's JSON text (decoded; see docs/ingest.md).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ _NON_WORD = re.compile(r"[^a-z0-9]+")
 _FIRST_MEMBER = re.compile(r'^\$\.(?:"((?:[^"\\]|\\.)+)"|([^.\["]+))(.*)$')
 SECTIONS = ("columns", "defaults", "options", "event_types")
 OPTIONS = ("timestamp_format",)
-EVENT_TYPE_KEYS = ("rename", "columns", "defaults")
+EVENT_TYPE_KEYS = ("rename", "type", "columns", "defaults")
+#: the Segment call types a ``[event_types.<name>] type`` may set
+CALL_TYPES = ("track", "page", "screen", "identify", "alias", "group")
 
 
 def normalise_name(name: str) -> str:
@@ -79,6 +83,7 @@ class EventTypeMapping:
     """What changes for the rows of one event type (``[event_types.<name>]``)."""
 
     rename: str | None = None
+    type: str | None = None  # the call type of these rows (``page`` for page views)
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     defaults: dict[str, str] = field(default_factory=dict)
 
@@ -155,7 +160,8 @@ def _event_types(table: object, canonical: set[str], origin: str,
     for name, body in table.items():
         here = f"mapping file {origin}: [event_types.{name}]"
         if not isinstance(body, dict):
-            raise MappingError(f"{here} must be a table with rename, columns or defaults")
+            raise MappingError(f"{here} must be a table with rename, type, columns or "
+                               "defaults")
         for key in body:
             if key not in EVENT_TYPE_KEYS:
                 raise MappingError(f"{here}: unknown key {key!r}"
@@ -164,14 +170,20 @@ def _event_types(table: object, canonical: set[str], origin: str,
         rename = body.get("rename")
         if rename is not None and (not isinstance(rename, str) or not rename.strip()):
             raise MappingError(f"{here}: rename must be a non-empty event name")
+        call_type = body.get("type")
+        if call_type is not None and call_type not in CALL_TYPES:
+            raise MappingError(f"{here}: type must be one of {', '.join(CALL_TYPES)}, not "
+                               f"{call_type!r}{did_you_mean(str(call_type), CALL_TYPES)}")
         columns = _columns(body.get("columns", {}), canonical, f"{here} columns")
         defaults = _defaults(body.get("defaults", {}), canonical, f"{here} defaults")
-        for key in ("event", "type"):
-            if key in columns or key in defaults:
-                raise MappingError(
-                    f"{here}: {key} cannot be set per event type (the event name chooses the "
-                    "section; use rename to store it under another name)")
-        out[str(name)] = EventTypeMapping(rename, columns, defaults)
+        if "event" in columns or "event" in defaults:
+            raise MappingError(
+                f"{here}: event cannot be set per event type (the event name chooses the "
+                "section; use rename to store it under another name)")
+        if "type" in columns or "type" in defaults:
+            raise MappingError(f"{here}: set the call type of these rows with type = "
+                               '"page" (or track, screen, identify, alias, group)')
+        out[str(name)] = EventTypeMapping(rename, call_type, columns, defaults)
     return out
 
 

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from touchline.errors import InputError
+from touchline.store import cut_text
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_SUFFIXES = (".gz", ".gzip")
@@ -94,13 +95,13 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 
 def _bounded_lines(
-    stream: io.BufferedIOBase, path: Path, max_line_bytes: int, too_long: list[int]
+    stream: io.BufferedIOBase, path: Path, max_line_bytes: int, too_long: dict[int, bytes]
 ) -> Iterator[bytes]:
     """Yield physical lines with their line ending, never holding more than ``max_line_bytes``.
 
     The ending stays so that a quoted CSV field spanning lines keeps its newline. A longer line
-    is consumed in pieces and replaced by an empty line; its number is appended to
-    ``too_long`` so the caller can reject it.
+    is consumed in pieces and replaced by an empty line; its number and its first bytes
+    (:func:`_head`) go into ``too_long`` so the caller can reject it.
     """
     number = 0
     try:
@@ -114,7 +115,7 @@ def _bounded_lines(
                     rest = stream.readline(1 << 20)
                     if not rest or rest.endswith(b"\n"):
                         break
-                too_long.append(number)
+                too_long[number] = _head(line, max_line_bytes)
                 yield b""
                 continue
             yield line
@@ -125,12 +126,25 @@ def _bounded_lines(
         ) from None
 
 
-def _too_long(line: int, max_line_bytes: int) -> Reject:
+#: bytes of an overlong line kept for its reject (room left for the marker)
+HEAD_BYTES = RAW_KEEP_BYTES - 256
+
+
+def _head(line: bytes, max_line_bytes: int) -> bytes:
+    """The first bytes of an overlong line (no more than the limit it broke), all that is
+    kept of it."""
+    return line[:min(HEAD_BYTES, max_line_bytes)]
+
+
+def _too_long(line: int, max_line_bytes: int, head: bytes = b"") -> Reject:
+    """An overlong line's reject: its start as written (a character cut in two dropped), and a
+    marker saying the rest is not kept."""
+    text = head.decode("utf-8", errors="ignore").rstrip("\r\n")
     return Reject(
         line,
         "line_too_long",
         f"line is longer than the {max_line_bytes:,}-byte limit (settings.max_line_bytes)",
-        "",
+        f"{text} … [cut: the line is longer than {max_line_bytes:,} bytes]",
     )
 
 
@@ -152,11 +166,14 @@ def iter_csv(
     A UTF-8 byte-order mark is dropped. Lines with bytes that are not UTF-8 are rejected as
     ``invalid_encoding`` (convert the file, e.g. ``iconv -f latin1 -t utf-8``).
     """
-    too_long: list[int] = []
+    too_long: dict[int, bytes] = {}
     stream = _open_binary(path)
     lines = _bounded_lines(stream, path, max_line_bytes, too_long)
     bad_encoding: set[int] = set()
     state = {"n": 0}
+    # the physical lines the reader took since its last record: a record's text as written
+    # (quotes and line breaks kept), for its reject
+    taken: list[str] = []
 
     def text_lines() -> Iterator[str]:
         for raw in lines:
@@ -166,7 +183,13 @@ def iter_csv(
                 bad_encoding.add(state["n"])
             if state["n"] == 1:
                 text = text.removeprefix("\ufeff")
+            taken.append(text)
             yield text
+
+    def written() -> str:
+        record = "".join(taken).rstrip("\r\n")
+        taken.clear()
+        return cut_text(record, RAW_KEEP_BYTES)
 
     text = text_lines()
     header_line = next(text, None)
@@ -185,7 +208,9 @@ def iter_csv(
     width = len(header)
     csv.field_size_limit(max_line_bytes)
     reader = csv.reader(text, delimiter=delimiter, strict=False)
+    taken.clear()  # the header's lines
     rows: list[list[str]] = []
+    raws: list[str] = []
     row_lines: list[int] = []
     rejects: list[Reject] = []
     last_line = state["n"]
@@ -198,18 +223,21 @@ def iter_csv(
         except csv.Error as exc:
             start = last_line + 1
             last_line = state["n"]
-            rejects.append(Reject(start, "malformed_csv", f"CSV syntax error: {exc}", ""))
+            rejects.append(Reject(start, "malformed_csv", f"CSV syntax error: {exc}",
+                                  written()))
             continue
         start, last_line = last_line + 1, state["n"]
+        record = written()
         span = range(start, last_line + 1)
         if any(n in too_long for n in span):
-            rejects.append(_too_long(start, max_line_bytes))
+            rejects.append(_too_long(start, max_line_bytes,
+                                     next(too_long[n] for n in span if n in too_long)))
         elif not row or (len(row) == 1 and not row[0].strip() and width > 1):
             pass  # a blank line holds no record
         elif any(n in bad_encoding for n in span):
             rejects.append(
                 Reject(start, "invalid_encoding", "line has bytes that are not valid UTF-8",
-                       delimiter.join(row)[:RAW_KEEP_BYTES])
+                       record)
             )
         elif len(row) != width:
             rejects.append(
@@ -217,22 +245,24 @@ def iter_csv(
                     start,
                     "wrong_field_count",
                     f"expected {width} fields as in the header, found {len(row)}",
-                    delimiter.join(row)[:RAW_KEEP_BYTES],
+                    record,
                 )
             )
         else:
             rows.append(row)
+            raws.append(record)
             row_lines.append(start)
         if len(rows) >= chunk_rows:
-            yield _csv_chunk(header, rows, row_lines, rejects, delimiter)
-            rows, row_lines, rejects, emitted = [], [], [], True
+            yield _csv_chunk(header, rows, row_lines, rejects, raws)
+            rows, row_lines, rejects, raws, emitted = [], [], [], [], True
     if rows or rejects or not emitted:
         # a file of only a header still yields one (empty) chunk: its header gets checked
-        yield _csv_chunk(header, rows, row_lines, rejects, delimiter)
+        yield _csv_chunk(header, rows, row_lines, rejects, raws)
 
 
 def _csv_chunk(
-    header: list[str], rows: list[list[str]], lines: list[int], rejects: list[Reject], sep: str
+    header: list[str], rows: list[list[str]], lines: list[int], rejects: list[Reject],
+    raws: list[str],
 ) -> Chunk:
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in header]
     arrays = [pa.array(col, type=pa.string()) for col in columns]
@@ -242,7 +272,7 @@ def _csv_chunk(
         [pa.compute.if_else(pa.compute.equal(c, ""), None, c) for c in table.columns],
         names=header,
     )
-    raw = pa.array([sep.join(r)[:RAW_KEEP_BYTES] for r in rows], type=pa.string())
+    raw = pa.array(raws, type=pa.string())  # each record as written
     return Chunk(table, np.asarray(lines, dtype=np.int64), raw, rejects)
 
 
@@ -252,17 +282,20 @@ BLOCK_BYTES = 8 << 20  # NDJSON is read in blocks of this size and split into li
 
 def _line_blocks(
     stream: io.BufferedIOBase, path: Path, max_line_bytes: int
-) -> Iterator[tuple[int, pa.Array, list[int]]]:
-    """``(number of the first line, lines, numbers of overlong lines)`` per block read.
+) -> Iterator[tuple[int, pa.Array, dict[int, bytes]]]:
+    """``(number of the first line, lines, overlong lines' numbers → first bytes)`` per block
+    read.
 
     Lines are a binary array without their ``\\n``; an overlong line is an empty slot and its
-    number is listed, and at most ``max_line_bytes`` of it (plus one block) is ever held.
+    number is listed with its first bytes (:func:`_head`), and at most ``max_line_bytes`` of
+    it (plus one block) is ever held.
     The lines are cut from the block's own buffer at its newlines (found by numpy): no Python
     object per line.
     """
     number = 0  # lines emitted so far
     carry = b""
     skipping = False  # inside an overlong line
+    head = b""  # the first bytes of the overlong line being skipped
     first = True
     try:
         while True:
@@ -277,7 +310,7 @@ def _line_blocks(
                     continue
                 block, skipping = block[cut + 1 :], False
                 number += 1
-                yield number, pa.array([b""], pa.binary()), [number]
+                yield number, pa.array([b""], pa.binary()), {number: head}
             data = carry + block if carry else block
             end = data.rfind(b"\n")
             if end < 0:
@@ -285,14 +318,14 @@ def _line_blocks(
             else:
                 lines, long = _cut_lines(data, end + 1, max_line_bytes)
                 carry = data[end + 1 :]
-                yield number + 1, lines, [number + 1 + i for i in long]
+                yield number + 1, lines, {number + 1 + i: h for i, h in long.items()}
                 number += len(lines)
             if len(carry) > max_line_bytes:
-                carry, skipping = b"", True
+                carry, skipping, head = b"", True, _head(carry, max_line_bytes)
         if skipping or carry:
             number += 1
             yield number, pa.array([b"" if skipping else carry], pa.binary()), (
-                [number] if skipping else [])
+                {number: head} if skipping else {})
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(
             f"{path}: compressed data is truncated or corrupt after line {number} ({exc}); "
@@ -300,9 +333,10 @@ def _line_blocks(
         ) from None
 
 
-def _cut_lines(data: bytes, size: int, max_line_bytes: int) -> tuple[pa.Array, list[int]]:
+def _cut_lines(data: bytes, size: int, max_line_bytes: int
+               ) -> tuple[pa.Array, dict[int, bytes]]:
     """The lines of ``data[:size]`` (which ends with a newline), without their ``\\n``, and
-    the indexes of those longer than ``max_line_bytes`` (emptied)."""
+    the indexes of those longer than ``max_line_bytes`` (emptied) with their first bytes."""
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8, count=size) == 10)
     offsets = np.empty(len(ends) + 1, dtype=np.int64)
     offsets[0] = 0
@@ -315,7 +349,8 @@ def _cut_lines(data: bytes, size: int, max_line_bytes: int) -> tuple[pa.Array, l
         mask = np.zeros(len(ends), dtype=bool)
         mask[long] = True
         lines = pc.if_else(pa.array(mask), pa.scalar(b"", pa.binary()), lines)
-    return lines, long.tolist()
+    return lines, {i: _head(data[offsets[i]:offsets[i + 1] - 1], max_line_bytes)
+                   for i in long.tolist()}
 
 
 def _decoded(lines: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -349,7 +384,7 @@ def iter_ndjson(path: Path, *, chunk_rows: int, max_line_bytes: int) -> Iterator
         # blank: empty or only ASCII whitespace (tested in place, no trimmed copy)
         filled = ~(pc.equal(pc.binary_length(text), 0).to_numpy(zero_copy_only=False)
                    | pc.ascii_is_space(text).to_numpy(zero_copy_only=False))
-        rejects += [_too_long(n, max_line_bytes) for n in long]
+        rejects += [_too_long(n, max_line_bytes, h) for n, h in long.items()]
         for i in np.nonzero(filled & ~valid)[0]:
             rejects.append(Reject(int(numbered[i]), "invalid_encoding",
                                   "line has bytes that are not valid UTF-8",

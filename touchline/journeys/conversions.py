@@ -240,12 +240,14 @@ def deal_conversions(deals: ir.Table, identities: ir.Table, accounts: ir.Table,
 
 def unmatched_deals(deals: ir.Table, identities: ir.Table, accounts: ir.Table,
                     spec: ConversionSpec, *, statuses: Mapping[str, Sequence[str]],
-                    rates: Mapping[str, float]) -> ir.Table:
-    """The deals of ``spec`` that name no prepared account and no known person."""
+                    rates: Mapping[str, float],
+                    contact_key: ContactKey | None = None) -> ir.Table:
+    """The deals of ``spec`` that name no prepared account and no known person (rows of
+    :func:`deal_events`)."""
     assert spec.deal is not None
     rows = deal_events(deals, spec.deal, statuses=statuses, rates=rates)
     matched = deal_conversions(deals, identities, accounts, spec, statuses=statuses,
-                               rates=rates).select(deal_id="ref")
+                               rates=rates, contact_key=contact_key).select(deal_id="ref")
     return rows.anti_join(matched, "deal_id")
 
 

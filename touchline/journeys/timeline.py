@@ -13,7 +13,9 @@ person or the account) or ``survey`` (NPS, review, "how did you hear about us").
 :func:`resolve_unit` finds the person or account that an id names: a person id (``p_…``), an
 account id (``crm:…``, ``group:…``, ``domain:…``) or the CRM's, group's or domain's own id, a
 user id, an e-mail,
-a phone number (any format; read as E.164), a CRM contact id or an anonymous id.
+a phone number (any format; read as E.164), a CRM contact id or an anonymous id; an e-mail or
+phone also finds a person known only by its SHA-256, and a 64-hex text is looked up as such a
+hash (keyed too on a ``pii_at_rest = "hashed"`` warehouse).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import ibis
 import ibis.expr.types as ir
 
 from touchline.errors import InputError
-from touchline.store import contact_key, keyed_contact
+from touchline.store import contact_identifiers, contact_key, digest_identifiers
 
 #: the columns of a timeline, in order
 TIMELINE_COLUMNS = ("at", "kind", "person_id", "channel", "source", "medium", "campaign",
@@ -30,26 +32,25 @@ TIMELINE_COLUMNS = ("at", "kind", "person_id", "channel", "source", "medium", "c
 
 
 def _candidates(text: str, phone_region: str, pii_key: str | None = None) -> list[str]:
-    """Identity-graph identifiers ``text`` may be, most specific first; with ``pii_key``
-    (``pii_at_rest = "hashed"``) e-mails and phones as the graph keeps them, keyed."""
+    """Identity-graph identifiers ``text`` may be, most specific first: an e-mail or a phone
+    also as its SHA-256 (a person known only by an export's hashed address), a 64-hex text as
+    such a hash; with ``pii_key`` (``pii_at_rest = "hashed"``) also keyed, as the graph keeps
+    them (:func:`touchline.store.contact_identifiers`, which erasure uses too)."""
     import phonenumbers
-
-    def contact(kind: str, normalised: str) -> str:
-        kept = normalised if pii_key is None else keyed_contact(normalised, pii_key)
-        return f"{kind}:{kept}"
 
     value = text.strip()
     out = [f"user:{value}", f"contact:{value}", f"anon:{value}"]
     if "@" in value:
-        out.insert(0, contact("email", value.lower()))
+        out[:0] = contact_identifiers("email", value.lower(), pii_key)
+    out += digest_identifiers(value, pii_key)
     try:
         number = phonenumbers.parse(value, phone_region)
         if phonenumbers.is_possible_number(number):
-            out.append(contact("phone", phonenumbers.format_number(
-                number, phonenumbers.PhoneNumberFormat.E164)))
+            out += contact_identifiers("phone", phonenumbers.format_number(
+                number, phonenumbers.PhoneNumberFormat.E164), pii_key)
     except phonenumbers.NumberParseException:
         pass
-    return out
+    return list(dict.fromkeys(out))
 
 
 def resolve_unit(con: object, text: str, *, phone_region: str = "US",
@@ -73,7 +74,9 @@ def resolve_unit(con: object, text: str, *, phone_region: str = "US",
         hit = found[found.identifier == identifier]
         if len(hit):
             return "person", str(hit.person_id.iloc[0])
-    shown = _candidates(value, phone_region)  # what was typed, never the keyed forms
+    # what was typed, never the keyed forms (nor the long hashes of an e-mail or a phone)
+    shown = [c for c in _candidates(value, phone_region)
+             if "_sha256:" not in c or value.lower() in c]
     raise InputError(f"no person or account is named {text!r} (tried person and account ids, "
                      f"{', '.join(shown)})")
 

@@ -1664,6 +1664,12 @@ touchline kpis --kpi cpa --kpi roas --by campaign --model markov --since 2025-01
 touchline kpis --kpi retention --by channel --format csv  # or json
 ```
 
+As a table (the default format), the KPIs that give one value (no `--by`, no period) are the
+rows of one summary table (KPI, value, unit, stage; the values a ratio or median is made of
+indented under it), one summary per stage with `--stage-model`; the KPIs with rows (a
+breakdown, a period, a distribution or cohorts) get a table each, titled with their stage and
+unit and captioned with their formula. `--list` gives every formula.
+
 ```python
 import touchline
 from touchline.metrics.kpis import compute

@@ -28,7 +28,6 @@ next ``touchline run`` from what is left, which equals a run that never had the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import uuid
@@ -166,14 +165,6 @@ def _is_digest(text: str) -> bool:
     return re.fullmatch(r"[0-9a-fA-F]{64}", text) is not None
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _keyed(kind: str, normalised: str, key: str | None) -> list[str]:
-    return [] if key is None else [f"{kind}:{store.keyed_contact(normalised, key)}"]
-
-
 def normalise(kind: str, value: str, *, region: str, key: str | None = None
               ) -> tuple[str, list[str]]:
     """The identifier as identities normalises it, and the typed identifiers it stands for;
@@ -186,14 +177,13 @@ def normalise(kind: str, value: str, *, region: str, key: str | None = None
         raise InputError(f"the {kind} to erase is empty")
     if kind == "email":
         text = text.lower()
-        return text, [f"email:{text}", f"email_sha256:{_sha256(text)}", *_keyed("email", text, key)]
+        return text, store.contact_identifiers("email", text, key)
     if kind == "phone":
         e164 = to_e164(text, region)
         if e164 is None:
             raise InputError(f"phone {value!r} is not a possible phone number (region {region}, "
                              "settings.phone_region, for numbers without a country code)")
-        return e164, [f"phone:{e164}", f"phone_sha256:{_sha256(e164)}",
-                      *_keyed("phone", e164, key)]
+        return e164, store.contact_identifiers("phone", e164, key)
     if kind == "person":
         return text, []
     return text, [f"{ERASE_KINDS[kind]}:{text}"]

@@ -43,6 +43,7 @@ from starlette.routing import Route
 
 from touchline import engine
 from touchline.errors import ConfigError, EngineError, TouchlineError
+from touchline.formatting import parse_day
 from touchline.serve.figures import (
     DEVICES,
     FILTER_LABELS,
@@ -50,7 +51,6 @@ from touchline.serve.figures import (
     Filters,
     check_filters,
     filters_not_applied,
-    parse_day,
     person_timeline_data,
     person_timeline_figure,
     preload,

@@ -1302,18 +1302,6 @@ class Filters:
     campaign: str | None = None
 
 
-def parse_day(text: str | None, name: str) -> datetime | None:
-    """A ``since``/``until`` filter given as ``YYYY-MM-DD`` (the CLI's options and the
-    dashboard's URL alike): the start of that day, ``None`` when not given."""
-    if text is None:
-        return None
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{name} {text!r}: expected a date YYYY-MM-DD") from None
-    return datetime(day.year, day.month, day.day)
-
-
 #: the dashboard's filters (URL parameters) and what a note calls them
 FILTER_LABELS = {"since": "date range", "until": "date range", "conversion": "conversion type",
                  "model": "attribution model", "stage_model": "stage model",
