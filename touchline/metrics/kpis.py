@@ -746,17 +746,23 @@ def _first_of_each_person(s: ir.Table) -> ir.Table:
     return j.select(*s.columns)
 
 
-def _sessions(con: BaseBackend, *, first: bool = False) -> ir.Table:
-    """Sessions of known persons (the columns the KPIs read); with ``first``, ``_first``:
-    whether it is the person's first session (:func:`_first_sessions`, inside
-    :func:`computed_once` computed once), asked only by the KPIs that need it."""
+def _sessions(con: BaseBackend, *, first: bool = False,
+              levels: Iterable[str] | None = None) -> ir.Table:
+    """Sessions of known persons (the columns the KPIs read: of the breakdown columns, those
+    of ``levels`` only when given); with ``first``, ``_first``: whether it is the person's
+    first session (:func:`_first_sessions`, inside :func:`computed_once` computed once),
+    asked only by the KPIs that need it."""
     s = con.table("sessions")
-    s = s.filter(s.person_id.notnull()).select(*SESSION_COLUMNS)
+    kept = dict.fromkeys(c for c in SESSION_COLUMNS if levels is None or c not in (
+        SESSION_LEVELS.values()) or c in set(levels))
+    # only the columns read: every step after repeats each column (a headline reads no
+    # breakdown: a sixth of the KPI page's expression to compile)
+    s = s.filter(s.person_id.notnull()).select(*kept)
     if not first:
         return s
     f = _first_sessions(con).select(_first_session="_ft_session")
     j = s.left_join(f, s.session_id == f._first_session)
-    return j.mutate(_first=j._first_session.notnull()).drop("_first_session")
+    return j.select(*kept, _first=j._first_session.notnull())
 
 
 def _first_sessions(con: BaseBackend) -> ir.Table:
@@ -977,11 +983,12 @@ def reach(a: ir.Table) -> dict[str, ir.Value]:
 
 def _session_groups(con: BaseBackend, q: Query, *, first: bool = False,
                     converting: bool = False) -> ir.Table:
-    s = with_device(con, _sessions(con, first=first), q)
+    asked = {d: c for d, c in SESSION_LEVELS.items() if d in q.by}
+    s = with_device(con, _sessions(con, first=first, levels=asked.values()), q)
     if converting:
         hit = _converting_sessions(con, q)
         s = s.left_join(hit, s.session_id == hit._hit)
-    return _keyed(s, q, at=s.started_at, dims=_levels(s, SESSION_LEVELS) | _device(s))
+    return _keyed(s, q, at=s.started_at, dims=_levels(s, asked) | _device(s))
 
 
 def _converting_sessions(con: BaseBackend, q: Query) -> ir.Table:
