@@ -553,6 +553,49 @@ def test_pipeline_and_revenue_won_by_hand(deals: BaseBackend) -> None:
         "won_deals": 0, "revenue_won": 0.0}
 
 
+def test_pipeline_and_revenue_won_in_one_pass_by_hand(deals: BaseBackend) -> None:
+    names = ["pipeline", "revenue_won"]
+    assert {KPIS[n].family for n in names} == {"deals"}
+
+    def together(*keys: str, **options: Any) -> dict[Any, Any]:
+        frame, skipped = compute_family(deals, names, **options)
+        assert skipped == {} and frame is not None
+        def key(value: Any) -> Any:  # a period as its ISO day
+            return value.isoformat()[:10] if hasattr(value, "isoformat") else value
+
+        return {key(r.pop(keys[0])) if keys else (): r
+                for r in frame.to_pandas().to_dict("records")}
+
+    # open d1 100 + d4 70; won d2 500 (the headlines of the KPI page)
+    assert together() == {(): {"pipeline": 170.0, "revenue_won": 500.0}}
+    # by month: March d1 created (no deal won: zero); April d4 created and d2 closed
+    assert together("period", period="month") == {
+        "2025-03-01": {"pipeline": 100.0, "revenue_won": 0.0},
+        "2025-04-01": {"pipeline": 70.0, "revenue_won": 500.0}}
+    # by the first contact's channel: d1 Paid Search, d4 Unassigned, d2 Organic Search
+    assert together("channel", by=["channel"]) == {
+        "Paid Search": {"pipeline": 100.0, "revenue_won": 0.0},
+        "Unassigned": {"pipeline": 70.0, "revenue_won": 0.0},
+        "Organic Search": {"pipeline": 0.0, "revenue_won": 500.0}}
+    # d2 closed on 15 April, at 09:00: after the window
+    assert together(until=date(2025, 4, 15)) == {(): {"pipeline": 170.0, "revenue_won": 0.0}}
+    # each alone: the rows of its own kind only, as test_pipeline_and_revenue_won_by_hand
+    for options in ({}, {"period": "month"}, {"by": ["channel"]}, {"since": date(2025, 4, 1)}):
+        frame, _ = compute_family(deals, names, **options)
+        assert frame is not None
+        got = frame.to_pandas()
+        keys = list(options.get("by", [])) or (["period"] if "period" in options else [])
+        for name in names:
+            alone = compute(deals, name, **options).to_pandas()
+            mine = got[[*keys, name]].rename(columns={name: name})
+            if keys:  # together: a row for a key with deals of the other kind only
+                mine = mine.merge(alone[keys], on=keys)
+            pd.testing.assert_frame_equal(
+                mine.reset_index(drop=True).rename(columns={name: KPIS[name].headline}),
+                alone[[*keys, KPIS[name].headline]].reset_index(drop=True),
+                obj=f"{name} {options}")
+
+
 def test_churn_by_hand(warehouse: BaseBackend) -> None:
     # active (a purchase): March p1, p2; April p1. April: 2 active before, 1 retained, p2 lost
     assert _get(warehouse, "churn", "period") == {
@@ -777,7 +820,10 @@ FAMILY_HEADLINES = {
                  "returning_sessions": 3, "sessions_per_visitor": 2.0,
                  "pages_per_visitor": 3.0, "engaged_sessions": 4,
                  "engagement_rate": pytest.approx(4 / 6),
-                 "engagement_time": pytest.approx(158 / 6)},
+                 "engagement_time": pytest.approx(158 / 6),
+                 # the sessions hold no end, so none holds a conversion: 0 of 6
+                 # (tests/metrics/test_kpis_events.py has sessions with one)
+                 "landing_page_conversion_rate": 0.0},
     # three people first seen, two of whom (p1, p2) purchased
     "first_sessions": {"new_visitors": 3, "conversion_rate": pytest.approx(2 / 3)},
     # linear: 0.5 + 0.5 + 1 + 0.5 + 0.5 purchases worth 100 + 50 + 200
@@ -798,9 +844,11 @@ def test_each_family_in_one_aggregate_as_each_kpi_alone(warehouse: BaseBackend) 
                     "position"), (date.fromisoformat(r[0]), *r[1:]), strict=True))
           for r in SEARCH]
     engine.load_table(warehouse, "search_console", arrow_table(store.SEARCH_CONSOLE, sc))
-    # page_actions (CTA and forms): tests/metrics/test_kpis_events.py, whose warehouse has
-    # touches (by a breakdown, a key with one kind of page only has a row for both)
-    assert set(FAMILY_HEADLINES) | {"page_actions"} == set(FAMILIES)
+    # page_actions (CTA and forms) and the social families: tests/metrics/test_kpis_events.py,
+    # whose warehouse has touches (by a breakdown, a key with one kind of page only has a row
+    # for both) and social rows; deals: test_pipeline_and_revenue_won_in_one_pass_by_hand
+    assert set(FAMILY_HEADLINES) | {"page_actions", "social", "social_followers",
+                                    "deals"} == set(FAMILIES)
     for family, expected in FAMILY_HEADLINES.items():
         names = [k.name for k in KPIS.values() if k.family == family]
         assert sorted(names) == sorted(expected), family

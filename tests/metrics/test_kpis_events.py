@@ -15,7 +15,7 @@ from ibis.backends import BaseBackend
 from touchline import engine, store
 from touchline.config import Settings
 from touchline.errors import MissingInputError
-from touchline.metrics.kpis import compute, compute_family, computed_once
+from touchline.metrics.kpis import KPIS, compute, compute_family, computed_once
 
 
 def _rows(con: BaseBackend, name: str, *keys: str, **options: Any) -> dict[Any, Any]:
@@ -240,6 +240,74 @@ def test_social_kpis_have_a_headline_on_the_kpi_page(warehouse: BaseBackend) -> 
         "social_followers": 1450.0, "social_follower_growth": 150.0,
         "social_reach": 11_500.0, "social_engagements": 425.0}
     assert page.attrs["skipped"] == {}
+
+
+def _each_as_alone(con: BaseBackend, names: list[str], keys: list[str],
+                   **options: Any) -> None:
+    """The family's KPIs together by ``keys`` give each KPI's headline column alone."""
+    together, skipped = compute_family(con, names, **options)
+    assert skipped == {} and together is not None
+    frame = together.to_pandas()
+    for name in names:
+        column = KPIS[name].headline
+        alone = compute(con, name, **options).to_pandas()
+        pd.testing.assert_frame_equal(frame[[*keys, name]].rename(columns={name: column}),
+                                      alone[[*keys, column]], obj=f"{name} {options}")
+
+
+def test_social_families_in_one_pass_each_by_hand(con: BaseBackend) -> None:
+    rows = [dict(zip(SOCIAL_COLUMNS, (r[0], r[1], date.fromisoformat(r[2]), *r[3:]),
+                     strict=True)) for r in SOCIAL]
+    engine.load_table(con, "social", arrow_table(store.SOCIAL, rows))
+    followers = ["social_followers", "social_follower_growth"]
+    flows = ["social_reach", "social_engagements"]
+    assert {KPIS[n].family for n in followers} == {"social_followers"}
+    assert {KPIS[n].family for n in flows} == {"social"}
+    # followers at the end 1050 + 400; new: Instagram 900 → 1050, LinkedIn 400 → 400
+    assert _family_rows(con, followers) == {(): {"social_followers": 1450,
+                                                 "social_follower_growth": 150}}
+    # impressions 0 + 5000 + 3000 + 2000 + 1000 + 500; engagements 365 + 60
+    assert _family_rows(con, flows) == {(): {"social_reach": 11_500,
+                                             "social_engagements": 425}}
+    # by month: February Instagram 900 (growth 0); March 1100 + 400 (Instagram 900 → 1100,
+    # LinkedIn new); April 1050 (1100 → 1050)
+    by_month = _family_rows(con, followers, "period", period="month")
+    assert {str(k[0])[:10]: v for k, v in by_month.items()} == {
+        "2025-02-01": {"social_followers": 900, "social_follower_growth": 0},
+        "2025-03-01": {"social_followers": 1500, "social_follower_growth": 200},
+        "2025-04-01": {"social_followers": 1050, "social_follower_growth": -50}}
+    # by platform: Instagram 10,000 impressions, 365 engagements; LinkedIn 1,500 and 60
+    assert _family_rows(con, flows, "platform", by=["platform"]) == {
+        ("instagram",): {"social_reach": 10_000, "social_engagements": 365},
+        ("linkedin",): {"social_reach": 1500, "social_engagements": 60}}
+    for names in (followers, flows):
+        _each_as_alone(con, names, ["period"], period="month")
+        _each_as_alone(con, names, ["platform"], by=["platform"])
+        _each_as_alone(con, names, [], since=date(2025, 3, 1))
+
+
+def test_landing_page_conversion_rate_with_the_session_kpis_by_hand(
+        warehouse: BaseBackend) -> None:
+    # four sessions of p1 (s1, s4), p2 (s2), p3 (s3); p3 bought within s3, p1's purchase was
+    # in no session: 1 of 4; p2's lead was in s2
+    names = [k.name for k in KPIS.values() if k.family == "sessions"]
+    assert "landing_page_conversion_rate" in names
+    got = _family_rows(warehouse, names)[()]
+    assert (got["sessions"], got["reach"], got["new_sessions"], got["returning_visitors"],
+            got["landing_page_conversion_rate"]) == (4, 3, 3, 1, 0.25)
+    lead = _family_rows(warehouse, ["sessions", "landing_page_conversion_rate"],
+                        conversion="lead")
+    assert lead == {(): {"sessions": 4, "landing_page_conversion_rate": 0.25}}
+    # by landing page: /pricing s1, s2 (none bought there), /demo s3 (bought), /blog s4
+    assert _family_rows(warehouse, ["sessions", "landing_page_conversion_rate"],
+                        "landing_page", by=["landing_page"]) == {
+        ("/pricing",): {"sessions": 2, "landing_page_conversion_rate": 0.0},
+        ("/demo",): {"sessions": 1, "landing_page_conversion_rate": 1.0},
+        ("/blog",): {"sessions": 1, "landing_page_conversion_rate": 0.0}}
+    for options, keys in (({"by": ["landing_page"]}, ["landing_page"]),
+                          ({"period": "month"}, ["period"]),
+                          ({"since": date(2025, 4, 1)}, [])):
+        _each_as_alone(warehouse, names, keys, **options)
 
 
 PAGE_KPIS = ["cta_ctr", "form_start_rate", "form_completion_rate"]

@@ -154,11 +154,16 @@ def _epoch_day(day: date) -> int:
     return (day - date(1970, 1, 1)).days
 
 
-def _rfm_days(purchases: ir.Table, until: date) -> ir.Table:
+def _rfm_days(purchases: ir.Table, until: date | None) -> ir.Table:
     """Per customer: ``first_purchase_at``, ``frequency``, ``recency_days``, ``age_days``,
-    ``monetary_value`` over the purchases on or before ``until`` (see the module docstring)."""
+    ``monetary_value`` over the purchases on or before ``until`` (see the module docstring);
+    None: through the last purchase day, found in the same query."""
     p = purchases.mutate(_day=_day_number(purchases.purchased_at))
-    p = p.filter(p._day <= _epoch_day(until))
+    if until is None:
+        last: ir.IntegerValue = p._day.max().as_scalar()
+    else:
+        last = ibis.literal(_epoch_day(until))
+        p = p.filter(p._day <= last)
     days = p.group_by(["customer_id", "_day"]).aggregate(
         _value=p.value.sum(), _at=p.purchased_at.min())
     days = days.mutate(_first=days._day.min().over(group_by="customer_id"))
@@ -166,7 +171,7 @@ def _rfm_days(purchases: ir.Table, until: date) -> ir.Table:
         first_purchase_at=days._at.min(),
         frequency=(days.count() - 1).cast("int64"),
         recency_days=(days._day.max() - days._day.min()).cast("int64"),
-        age_days=(ibis.literal(_epoch_day(until)) - days._day.min()).cast("int64"),
+        age_days=(last - days._day.min()).cast("int64"),
         _repeat_value=days._value.sum(where=days._day > days._first))
     return c.mutate(monetary_value=c._repeat_value.fill_null(0.0).cast("float64")
                     / c.frequency.cast("float64").nullif(0.0)).drop("_repeat_value")
@@ -441,13 +446,37 @@ def _last_purchase_day(p: ir.Table) -> date:
     return pd.Timestamp(last).date()
 
 
-def _fit_days(days: ir.Table, unit: str, until: date) -> CLVFit:
-    """Fit both models on a :func:`_rfm_days` table through its distinct rows."""
-    divisor = float(_divisor(unit))
-    # sorted: the likelihood's sum, so the fit, is the same whatever order the engine gives
-    counts = days.group_by(["frequency", "recency_days", "age_days"]).aggregate(
-        customers=days.count()).to_pandas().sort_values(
+def _counts(days: ir.Table, **more: ir.Scalar) -> pd.DataFrame:
+    """The customers of a :func:`_rfm_days` table by distinct ``(frequency, recency_days,
+    age_days)``, sorted: the likelihood's sum, so the fit, is the same whatever order the
+    engine gives."""
+    return days.group_by(["frequency", "recency_days", "age_days"]).aggregate(
+        customers=days.count(), **more).to_pandas().sort_values(
         ["frequency", "recency_days", "age_days"], ignore_index=True)
+
+
+def _counts_to_last_day(p: ir.Table) -> tuple[pd.DataFrame, date]:
+    """:func:`_counts` of the purchases through the last purchase day, and that day, in one
+    query (not one for the day, then one for the counts)."""
+    days = _rfm_days(p, None)
+    # the last day of the window is the first purchase day plus the age of any customer
+    counts = _counts(days, _last=(days.age_days + _first_day(days)).max())
+    if counts.empty:
+        raise MissingInputError(f"no purchases to fit a CLV model on: fill them with {_RUN}")
+    return counts.drop(columns="_last"), date(1970, 1, 1) + timedelta(
+        days=int(counts["_last"].iloc[0]))
+
+
+def _first_day(days: ir.Table) -> ir.IntegerValue:
+    return _day_number(days.first_purchase_at)
+
+
+def _fit_days(days: ir.Table, unit: str, until: date,
+              counts: pd.DataFrame | None = None) -> CLVFit:
+    """Fit both models on a :func:`_rfm_days` table through its distinct rows (``counts``:
+    its :func:`_counts` when already asked)."""
+    divisor = float(_divisor(unit))
+    counts = _counts(days) if counts is None else counts
     if counts.empty:
         raise MissingInputError(f"no purchases on or before {until.isoformat()} to fit a CLV "
                                 f"model on: fill them with {_RUN}, or choose a later --until")
@@ -556,11 +585,14 @@ def predicted_clv(con: BaseBackend, q: Query) -> ir.Table:
     first purchase's period (``since`` bounds it) and the acquisition channel, source… and
     device (the first session's)."""
     p = purchases(con, conversion=q.conversion)
-    until = (_last_purchase_day(p) if q.until is None
-             else (q.until - timedelta(days=1)).date())
+    counts = None
+    if q.until is None:  # the last purchase day and the counts fitted on, in one query
+        counts, until = _counts_to_last_day(p)
+    else:
+        until = (q.until - timedelta(days=1)).date()
     # fitted on, then predicted for, the same summary: inside computed_once computed once
     days = _once(con, ("rfm_days", q.conversion, until), lambda: _rfm_days(p, until))
-    per_customer = predict(days, _fit_days(days, UNIT_DEFAULT, until))
+    per_customer = predict(days, _fit_days(days, UNIT_DEFAULT, until, counts))
     f = first_touches(con, q).drop("first_at")
     t = per_customer.left_join(f, per_customer.customer_id == f.person_id)
     t = _keyed(t, q, at=t.first_purchase_at,

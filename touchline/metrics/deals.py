@@ -40,9 +40,9 @@ from touchline.metrics.kpis import (
     Query,
     _aggregate,
     _keyed,
-    _order,
+    family,
     person_levels,
-    register,
+    register_in,
     require,
     with_first_touch,
 )
@@ -55,8 +55,13 @@ WON, LOST = "won", "lost"
 
 
 def latest_deals(con: BaseBackend) -> ir.Table:
-    """Each deal's latest snapshot, with ``_status`` (trimmed, lower case)."""
+    """Each deal's latest snapshot (the columns the KPIs read), with ``_status`` (trimmed,
+    lower case)."""
     d = con.table("deals")
+    # only the columns read: every step after repeats each column (less to compile)
+    d = d.select("deal_id", "status", "amount", "created_at", "lead_at", "mql_at", "sql_at",
+                 "opportunity_at", "closed_at", "updated_at", "contact_ids", "contact_emails",
+                 "row_hash")
     rank = ibis.row_number().over(group_by="deal_id", order_by=[
         ibis.desc("updated_at"), ibis.desc("closed_at"), ibis.desc("row_hash")])
     d = d.mutate(_rank=rank)
@@ -64,15 +69,20 @@ def latest_deals(con: BaseBackend) -> ir.Table:
     return d.mutate(_status=d.status.strip().lower())
 
 
-def _deals(con: BaseBackend, q: Query, kpi: str, *, won: bool) -> ir.Table:
-    """The latest snapshots kept by ``won`` (status won) or not (open), keyed by the creation
-    or close period and, when ``by`` asks for them, the first contact's acquisition
-    breakdowns (only then are the prepared tables read)."""
+def _deals(con: BaseBackend, q: Query, kpi: str, *, won: bool, open_: bool) -> ir.Table:
+    """The latest snapshots kept by ``won`` (status won) and ``open_`` (neither won nor
+    lost), with ``_won``, keyed by the period of the creation (open deals) or of the close
+    (won ones) and, when ``by`` asks for them, the first contact's acquisition breakdowns
+    (only then are the prepared tables read)."""
     d = latest_deals(con)
     status = d._status.fill_null("")
-    d = d.filter(status == WON) if won else d.filter(~status.isin([WON, LOST]))
-    at = (d.closed_at.coalesce(d.updated_at) if won else
-          d.created_at.coalesce(d.lead_at, d.mql_at, d.sql_at, d.opportunity_at))
+    is_won, is_open = status == WON, ~status.isin([WON, LOST])
+    d = d.filter(is_won | is_open if won and open_ else is_won if won else is_open)
+    d = d.mutate(_won=is_won)
+    closed = d.closed_at.coalesce(d.updated_at)
+    created = d.created_at.coalesce(d.lead_at, d.mql_at, d.sql_at, d.opportunity_at)
+    at = ibis.ifelse(d._won, closed, created) if won and open_ else (
+        closed if won else created)
     d = d.mutate(_at=at)
     if not q.by:
         return _keyed(d, q, at=d._at, dims={})
@@ -84,29 +94,44 @@ def _deals(con: BaseBackend, q: Query, kpi: str, *, won: bool) -> ir.Table:
     return _keyed(t, q, at=t._at, dims={dim: t[dim] for dim in person_levels(t)})
 
 
-@register("pipeline", stage="decision", unit="deal currency",
-          formula="sum(amount) of deals whose latest status is neither won nor lost, by "
-          "creation period", tables=["deals"], dimensions=PERSON_DIMS,
-          values=("open_deals", "pipeline"))
-def pipeline(con: BaseBackend, q: Query) -> ir.Table:
+@family("deals")
+def _deal_sums(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The latest snapshots of the deals in one pass: with ``open``, ``_open_deals`` and
+    ``_pipeline`` (the open ones, by creation); with ``won``, ``_won_deals`` and
+    ``_revenue_won`` (the won ones, by close). A key with deals of one kind only counts
+    zeros for the other (alone, each KPI has rows for its own kind only)."""
+    won, open_ = "won" in needs, "open" in needs
+    kpi = "pipeline" if open_ else "revenue_won"
+    t = _deals(con, q, kpi, won=won, open_=open_)
+    sums: dict[str, ir.Scalar] = {}
+    for name, wanted, keep in (("open", open_, ~t._won), ("won", won, t._won)):
+        if not wanted:
+            continue
+        where = keep if won and open_ else None
+        sums |= {f"_{name}_deals": t.deal_id.nunique(where=where).cast("int64"),
+                 f"_{name}_amount": t.amount.sum(where=where).fill_null(0.0)}
+    return _aggregate(t, q, **sums)
+
+
+@register_in("deals", "pipeline", needs=["open"], stage="decision", unit="deal currency",
+             formula="sum(amount) of deals whose latest status is neither won nor lost, by "
+             "creation period", tables=["deals"], dimensions=PERSON_DIMS,
+             values=("open_deals", "pipeline"))
+def pipeline(a: ir.Table) -> dict[str, ir.Value]:
     """Open pipeline value: the amounts of the deals still open (latest snapshot), by the
     period they were created in and their first contact's acquisition channel, source…
     and device (the first session's)."""
-    t = _deals(con, q, "pipeline", won=False)
-    return _order(_aggregate(t, q, open_deals=t.deal_id.nunique().cast("int64"),
-                             pipeline=t.amount.sum().fill_null(0.0)), q)
+    return {"open_deals": a._open_deals, "pipeline": a._open_amount}
 
 
-@register("revenue_won", stage="decision", unit="deal currency",
-          formula="sum(amount) of deals whose latest status is won, by close period",
-          tables=["deals"], dimensions=PERSON_DIMS, values=("won_deals", "revenue_won"))
-def revenue_won(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("deals", "revenue_won", needs=["won"], stage="decision", unit="deal currency",
+             formula="sum(amount) of deals whose latest status is won, by close period",
+             tables=["deals"], dimensions=PERSON_DIMS, values=("won_deals", "revenue_won"))
+def revenue_won(a: ir.Table) -> dict[str, ir.Value]:
     """Won revenue: the amounts of the deals won (latest snapshot), by the period they
     closed in and their first contact's acquisition channel, source… and device (the
     first session's)."""
-    t = _deals(con, q, "revenue_won", won=True)
-    return _order(_aggregate(t, q, won_deals=t.deal_id.nunique().cast("int64"),
-                             revenue_won=t.amount.sum().fill_null(0.0)), q)
+    return {"won_deals": a._won_deals, "revenue_won": a._won_amount}
 
 
 DOC_SECTIONS["deals"] = """

@@ -279,11 +279,13 @@ def register_in(family_name: str, name: str, *, needs: Sequence[str] = (),
                 checks: Sequence[Check] = (), stage: str, unit: str, formula: str,
                 tables: Sequence[str], dimensions: Sequence[str],
                 values: Sequence[str] | None = None, zero_denominator: str = "not a ratio",
-                options: Sequence[str] = ()) -> Callable[[FamilyValues], FamilyValues]:
+                options: Sequence[str] = (), headline: str | None = None
+                ) -> Callable[[FamilyValues], FamilyValues]:
     """Register the decorated function as KPI ``name`` of family ``family_name``: its values
     (name → expression, in order) over the family's aggregate. ``needs``: what it asks of the
     aggregate beyond the family's sums; ``checks``: its refusals (an unknown conversion type)
-    made before the aggregate is built. Alone, the KPI is its values over the family's
+    made before the aggregate is built; ``headline``: the value standing for it in one
+    figure when none is named after it. Alone, the KPI is its values over the family's
     aggregate built for it; with its family (:func:`compute_family`), one aggregate serves
     all."""
     if family_name not in FAMILIES:
@@ -299,7 +301,7 @@ def register_in(family_name: str, name: str, *, needs: Sequence[str] = (),
         _add(name, alone, fn.__doc__, stage=stage, unit=unit, formula=formula, tables=tables,
              dimensions=dimensions, values=values, zero_denominator=zero_denominator,
              options=options, family=family_name, needs=needs, checks=checks,
-             family_values=fn)
+             family_values=fn, headline=headline)
         return fn
 
     return decorate
@@ -410,7 +412,8 @@ _ROWS_OF = {"touchpoints": "touches", "journey_touches": "journey_steps"}
 def _rows_of(con: BaseBackend, name: str) -> ir.Table:
     """Table ``name``, or for one of the views of :data:`_ROWS_OF` the table its rows come from
     (a table of the view's name, as tests load, is itself)."""
-    if name in _ROWS_OF and engine.is_view(con, name):
+    if name in _ROWS_OF and _once_value(con, ("is_view", name),
+                                        lambda: engine.is_view(con, name)):
         return con.table(_ROWS_OF[name])
     return con.table(name)
 
@@ -743,17 +746,23 @@ def _first_of_each_person(s: ir.Table) -> ir.Table:
     return j.select(*s.columns)
 
 
-def _sessions(con: BaseBackend, *, first: bool = False) -> ir.Table:
-    """Sessions of known persons (the columns the KPIs read); with ``first``, ``_first``:
-    whether it is the person's first session (:func:`_first_sessions`, inside
-    :func:`computed_once` computed once), asked only by the KPIs that need it."""
+def _sessions(con: BaseBackend, *, first: bool = False,
+              levels: Iterable[str] | None = None) -> ir.Table:
+    """Sessions of known persons (the columns the KPIs read: of the breakdown columns, those
+    of ``levels`` only when given); with ``first``, ``_first``: whether it is the person's
+    first session (:func:`_first_sessions`, inside :func:`computed_once` computed once),
+    asked only by the KPIs that need it."""
     s = con.table("sessions")
-    s = s.filter(s.person_id.notnull()).select(*SESSION_COLUMNS)
+    kept = dict.fromkeys(c for c in SESSION_COLUMNS if levels is None or c not in (
+        SESSION_LEVELS.values()) or c in set(levels))
+    # only the columns read: every step after repeats each column (a headline reads no
+    # breakdown: a sixth of the KPI page's expression to compile)
+    s = s.filter(s.person_id.notnull()).select(*kept)
     if not first:
         return s
     f = _first_sessions(con).select(_first_session="_ft_session")
     j = s.left_join(f, s.session_id == f._first_session)
-    return j.mutate(_first=j._first_session.notnull()).drop("_first_session")
+    return j.select(*kept, _first=j._first_session.notnull())
 
 
 def _first_sessions(con: BaseBackend) -> ir.Table:
@@ -944,11 +953,16 @@ def _visits(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
     channel, source… and device): ``_sessions``, ``_pages`` (page views), ``_engaged``
     (engaged sessions), ``_seconds`` (their duration), ``_visitors`` (distinct persons);
     with ``first``, ``_first`` (sessions that are their person's first) and ``_returning``
-    (persons with a session that is not their first)."""
+    (persons with a session that is not their first); with ``converting``, ``_converting``
+    (sessions in which the person converted: a conversion of ``q.conversion`` between the
+    session's first and last touch)."""
     first = "first" in needs
-    t = _person_sessions(con, q, first=first)
+    converting = "converting" in needs
+    t = _person_sessions(con, q, first=first, converting=converting)
     firsts = {"_first": t._first.sum(),
               "_returning": (t._sessions > t._first).cast("int64").sum()} if first else {}
+    if converting:
+        firsts["_converting"] = t._converting.sum()
     return _aggregate(t, q, _sessions=t._sessions.sum(), _pages=t._pages.sum(),
                       _engaged=t._engaged.sum(), _seconds=t._seconds.sum(),
                       _visitors=t.count().cast("int64"), **firsts)
@@ -967,29 +981,51 @@ def reach(a: ir.Table) -> dict[str, ir.Value]:
 
 # ---- consideration --------------------------------------------------------------------------
 
-def _session_groups(con: BaseBackend, q: Query, *, first: bool = False) -> ir.Table:
-    s = with_device(con, _sessions(con, first=first), q)
-    return _keyed(s, q, at=s.started_at, dims=_levels(s, SESSION_LEVELS) | _device(s))
+def _session_groups(con: BaseBackend, q: Query, *, first: bool = False,
+                    converting: bool = False) -> ir.Table:
+    asked = {d: c for d, c in SESSION_LEVELS.items() if d in q.by}
+    s = with_device(con, _sessions(con, first=first, levels=asked.values()), q)
+    if converting:
+        hit = _converting_sessions(con, q)
+        s = s.left_join(hit, s.session_id == hit._hit)
+    return _keyed(s, q, at=s.started_at, dims=_levels(s, asked) | _device(s))
 
 
-def _person_sessions(con: BaseBackend, q: Query, *, first: bool = False) -> ir.Table:
+def _converting_sessions(con: BaseBackend, q: Query) -> ir.Table:
+    """``_hit``: the sessions of known persons in which the person converted (a conversion
+    of ``q.conversion`` between the session's first and last touch), each once."""
+    s = con.table("sessions")
+    s = s.filter(s.person_id.notnull()).select("session_id", "person_id", "started_at",
+                                               "ended_at")
+    j = con.table("journeys")
+    j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
+    hit = s.inner_join(j, [s.person_id == j.unit_id, j.converted_at >= s.started_at,
+                           j.converted_at <= s.ended_at])
+    return hit.select(_hit="session_id").distinct()
+
+
+def _person_sessions(con: BaseBackend, q: Query, *, first: bool = False,
+                     converting: bool = False) -> ir.Table:
     """The sessions of each group (``q``'s period and breakdowns) and person: ``_sessions``,
     ``_pages`` (their page views), ``_engaged`` (engaged ones), ``_seconds`` (their duration)
-    and with ``first`` ``_first`` (1 when the person's first session is among them). The
-    session KPIs sum these, so distinct visitors are rows, not a distinct count over every
-    session; inside :func:`computed_once` the table is computed once for all of them, with
+    and with ``first`` ``_first`` (1 when the person's first session is among them), with
+    ``converting`` ``_converting`` (those in which the person converted). The session KPIs
+    sum these, so distinct visitors are rows, not a distinct count over every session;
+    inside :func:`computed_once` the table is computed once for all of them, with
     ``_first`` (the first sessions are computed once there too)."""
     first = first or _shared(con) is not None
 
     def build() -> ir.Table:
-        t = _session_groups(con, q, first=first)
+        t = _session_groups(con, q, first=first, converting=converting)
         return t.group_by([*q.keys, "person_id"]).aggregate(
             _sessions=t.count().cast("int64"), _pages=t.pageview_count.sum(),
             _engaged=_engaged(t).cast("int64").sum(),
             _seconds=t.duration_seconds.fill_null(0.0).sum(),
-            **({"_first": t._first.cast("int64").sum()} if first else {}))
+            **({"_first": t._first.cast("int64").sum()} if first else {}),
+            **({"_converting": t._hit.count().cast("int64")} if converting else {}))
 
-    return _once(con, ("person_sessions", q.by, q.period, q.since, q.until, first), build)
+    return _once(con, ("person_sessions", q.by, q.period, q.since, q.until, first,
+                       q.conversion if converting else None), build)
 
 
 @register_in("sessions", "sessions", stage="consideration", unit="sessions",
@@ -1185,9 +1221,10 @@ CREDIT_DIMS = DEVICE_DIMS
 
 def _check_model(con: BaseBackend, q: Query) -> None:
     c = con.table("credits")
-    known = _once_value(con, ("models", q.conversion), lambda: sorted(
-        c.filter(c.conversion == q.conversion).select("model").distinct().to_pyarrow()
-        .column(0).to_pylist()))
+    # the models of every conversion type in one query (a page asks of two or three)
+    stored = _once_value(con, "models", lambda: c.select("conversion", "model").distinct()
+                         .to_pyarrow().to_pylist())
+    known = sorted({row["model"] for row in stored if row["conversion"] == q.conversion})
     if q.model not in known:
         raise UnknownKPIError(f"model {q.model!r}{did_you_mean(q.model, known)} has no stored "
                               f"credits of {q.conversion}: the stored models are "
@@ -1681,10 +1718,12 @@ print(nps[["period", "channel", "answers", "nps", "nps_low", "nps_high"]])
 
 KPIs of one input form a family (`FAMILIES`: the Search Console rows, the spend, the
 sessions, the first sessions, the credits, spend against credits, the customers, the CTA
-and form touches): each such KPI is its values over its family's aggregate, so
-`compute_family(wh.con, names)` computes the family's KPIs in one pass over their input (the
-dashboard's KPI page does) with the figures each gives alone (by a breakdown, the CTA and
-form KPIs together also give a row, of zero views, for a key with touches of one kind only).
+and form touches, the social rows' flows and their follower counts, the deals): each such
+KPI is its values over its family's aggregate, so `compute_family(wh.con, names)` computes
+the family's KPIs in one pass over their input (the dashboard's KPI page does) with the
+figures each gives alone (by a breakdown, the CTA and form KPIs together also give a row,
+of zero views, for a key with touches of one kind only; so do the open pipeline and the
+won revenue, of zero deals, for a period with deals of one kind only).
 
 Many KPIs at once: compute them inside `with computed_once(wh.con):`, as `touchline kpis`
 does. What several KPIs read (each person's first session, the credited touches of a model,

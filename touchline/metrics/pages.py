@@ -46,10 +46,8 @@ from touchline.metrics.kpis import (
     _levels,
     _once,
     _once_value,
-    _order,
     _ratio,
     _rows_of,
-    _sessions,
     family,
     register,
     register_in,
@@ -221,28 +219,18 @@ def form_completion_rate(a: ir.Table) -> dict[str, ir.Value]:
             "form_completion_rate": _ratio(a._form_submissions, a._form_starts)}
 
 
-@register("landing_page_conversion_rate", stage="consideration", unit="ratio",
-          formula="sessions in which the person converted / sessions, by the session's "
-          "landing page", tables=["sessions", "journeys"], dimensions=DEVICE_DIMS,
-          values=("sessions", "converting_sessions", "landing_page_conversion_rate"),
-          zero_denominator=_ZERO, options=("conversion",))
-def landing_page_conversion_rate(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("sessions", "landing_page_conversion_rate", needs=["converting"],
+             checks=[_check_conversion], stage="consideration", unit="ratio",
+             formula="sessions in which the person converted / sessions, by the session's "
+             "landing page", tables=["sessions", "journeys"], dimensions=DEVICE_DIMS,
+             values=("sessions", "converting_sessions", "landing_page_conversion_rate"),
+             zero_denominator=_ZERO, options=("conversion",))
+def landing_page_conversion_rate(a: ir.Table) -> dict[str, ir.Value]:
     """Of the sessions that entered on a page, the share in which the visitor converted
     (a conversion of ``conversion`` between the session's first and last touch), by landing
     page (``by=["landing_page"]``), period and channel, source…"""
-    _check_conversion(con, q)
-    s = with_device(con, _sessions(con), q)
-    j = con.table("journeys")
-    j = j.filter((j.conversion == q.conversion) & j.converted & (j.unit == "person"))
-    hit = s.inner_join(j, [s.person_id == j.unit_id, j.converted_at >= s.started_at,
-                           j.converted_at <= s.ended_at])
-    hit = hit.select(_hit="session_id").distinct()
-    t = s.left_join(hit, s.session_id == hit._hit)
-    t = _keyed(t, q, at=t.started_at, dims=_levels(t, SESSION_LEVELS) | _device(t))
-    t = _aggregate(t, q, sessions=t.count().cast("int64"),
-                   converting_sessions=t._hit.count().cast("int64"))
-    return _order(t.mutate(landing_page_conversion_rate=_ratio(t.converting_sessions,
-                                                               t.sessions)), q)
+    return {"sessions": a._sessions, "converting_sessions": a._converting,
+            "landing_page_conversion_rate": _ratio(a._converting, a._sessions)}
 
 
 #: the end of a stage interval still open (``left_at`` null): later than any view

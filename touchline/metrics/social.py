@@ -23,9 +23,9 @@ from touchline.metrics.kpis import (
     Query,
     _aggregate,
     _keyed,
-    _order,
     _ratio,
-    register,
+    family,
+    register_in,
 )
 
 if TYPE_CHECKING:
@@ -54,67 +54,93 @@ def _edge(t: ir.Table, q: Query, *, last: bool) -> ir.BooleanValue:
     return rank == 0
 
 
-@register("social_followers", stage="awareness", unit="followers",
-          formula="sum over accounts of followers on the account's last day in the group",
-          tables=["social"], dimensions=SOCIAL_DIMS, values=("accounts", "followers"),
-          headline="followers")
-def social_followers(con: BaseBackend, q: Query) -> ir.Table:
+@family("social_followers")
+def _follower_counts(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The rows with a follower count, in one pass: with ``last``, ``_accounts`` and
+    ``_followers`` (each account's count on its last day with one in the group, summed);
+    with ``growth``, ``_base`` (the account's count before the group, its first count if
+    none) and ``_delta`` (its change over the group)."""
+    t = _social(con, q, followers=True)
+    # the edges as columns first: an aggregate's filter cannot hold a window function
+    t = t.mutate(**({"_last": _edge(t, q, last=True)} if "last" in needs else {}),
+                 **({"_first": _edge(t, q, last=False)} if "growth" in needs else {}))
+    sums: dict[str, ir.Scalar] = {}
+    if "last" in needs:
+        sums |= {"_accounts": t.count(where=t._last),
+                 "_followers": t.followers.sum(where=t._last)}
+    if "growth" in needs:
+        base = ibis.ifelse(t._first, t._previous.coalesce(t.followers), 0)
+        delta = ibis.ifelse(t._first, t.followers - t._previous.coalesce(t.followers),
+                            t.followers - t._previous)
+        sums |= {"_base": base.sum(), "_delta": delta.sum()}
+    return _aggregate(t, q, **sums)
+
+
+@register_in("social_followers", "social_followers", needs=["last"], stage="awareness",
+             unit="followers",
+             formula="sum over accounts of followers on the account's last day in the group",
+             tables=["social"], dimensions=SOCIAL_DIMS, values=("accounts", "followers"),
+             headline="followers")
+def social_followers(a: ir.Table) -> dict[str, ir.Value]:
     """Followers at the end of the period: each account's count on its last day with one in
     the period (or window), summed over the platform's accounts."""
-    t = _social(con, q, followers=True)
-    t = t.filter(_edge(t, q, last=True))
-    return _order(_aggregate(t, q, accounts=t.count().cast("int64"),
-                             followers=t.followers.sum().cast("int64")), q)
+    return {"accounts": a._accounts.cast("int64"), "followers": a._followers.cast("int64")}
 
 
-@register("social_follower_growth", stage="awareness", unit="followers",
-          formula="new = sum(last followers - base) over accounts, base = followers on the "
-          "account's day before the group (its first day if none); rate = new / sum(base)",
-          tables=["social"], dimensions=SOCIAL_DIMS,
-          values=("followers_before", "new_followers", "follower_growth"),
-          zero_denominator=_ZERO, headline="new_followers")
-def social_follower_growth(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("social_followers", "social_follower_growth", needs=["growth"],
+             stage="awareness", unit="followers",
+             formula="new = sum(last followers - base) over accounts, base = followers on the "
+             "account's day before the group (its first day if none); rate = new / sum(base)",
+             tables=["social"], dimensions=SOCIAL_DIMS,
+             values=("followers_before", "new_followers", "follower_growth"),
+             zero_denominator=_ZERO, headline="new_followers")
+def social_follower_growth(a: ir.Table) -> dict[str, ir.Value]:
     """Net new followers in the period and the growth rate: an account first seen in the
     period grows from its first count, not from zero (a newly imported account is not a
     gain)."""
-    t = _social(con, q, followers=True)
-    first = _edge(t, q, last=False)
-    t = t.mutate(_base=ibis.ifelse(first, t._previous.coalesce(t.followers), 0),
-                 _delta=ibis.ifelse(first, t.followers - t._previous.coalesce(t.followers),
-                                    t.followers - t._previous))
-    t = _aggregate(t, q, followers_before=t._base.sum().cast("int64"),
-                   new_followers=t._delta.sum().cast("int64"))
-    return _order(t.mutate(follower_growth=_ratio(t.new_followers, t.followers_before)), q)
+    before, new = a._base.cast("int64"), a._delta.cast("int64")
+    return {"followers_before": before, "new_followers": new,
+            "follower_growth": _ratio(new, before)}
 
 
-@register("social_reach", stage="awareness", unit="impressions",
-          formula="sum(impressions); posts = sum(posts)", tables=["social"],
-          dimensions=SOCIAL_DIMS, values=("posts", "social_reach"))
-def social_reach(con: BaseBackend, q: Query) -> ir.Table:
+@family("social")
+def _social_flows(con: BaseBackend, q: Query, needs: frozenset[str]) -> ir.Table:
+    """The day's flows of every row, summed in one pass: ``_posts``, ``_impressions``; with
+    ``engagements``, ``_engagements`` (the platform's, else likes + comments + shares),
+    ``_likes``, ``_comments``, ``_shares`` and ``_shown`` (impressions, nulls as 0)."""
+    t = _social(con, q)
+    sums: dict[str, ir.Scalar] = {"_posts": t.posts.sum(), "_impressions": t.impressions.sum()}
+    if "engagements" in needs:
+        parts = t.likes.fill_null(0) + t.comments.fill_null(0) + t.shares.fill_null(0)
+        sums |= {"_engagements": t.engagements.coalesce(parts).sum(),
+                 "_likes": t.likes.sum(), "_comments": t.comments.sum(),
+                 "_shares": t.shares.sum(),
+                 "_shown": ibis.ifelse(t.impressions.notnull(), t.impressions, 0).sum()}
+    return _aggregate(t, q, **sums)
+
+
+@register_in("social", "social_reach", stage="awareness", unit="impressions",
+             formula="sum(impressions); posts = sum(posts)", tables=["social"],
+             dimensions=SOCIAL_DIMS, values=("posts", "social_reach"))
+def social_reach(a: ir.Table) -> dict[str, ir.Value]:
     """Times the accounts' posts were seen. Platforms' own "reach" (unique viewers) cannot be
     added over days or accounts, so touchline's reach is impressions."""
-    t = _social(con, q)
-    return _order(_aggregate(t, q, posts=t.posts.sum().cast("int64"),
-                             social_reach=t.impressions.sum().cast("int64")), q)
+    return {"posts": a._posts.cast("int64"), "social_reach": a._impressions.cast("int64")}
 
 
-@register("social_engagements", stage="awareness", unit="engagements",
-          formula="sum(engagements) (null: likes + comments + shares); rate = engagements / "
-          "impressions", tables=["social"], dimensions=SOCIAL_DIMS,
-          values=("engagements", "likes", "comments", "shares", "engagement_rate"),
-          zero_denominator=_ZERO, headline="engagements")
-def social_engagements(con: BaseBackend, q: Query) -> ir.Table:
+@register_in("social", "social_engagements", needs=["engagements"], stage="awareness",
+             unit="engagements",
+             formula="sum(engagements) (null: likes + comments + shares); rate = engagements / "
+             "impressions", tables=["social"], dimensions=SOCIAL_DIMS,
+             values=("engagements", "likes", "comments", "shares", "engagement_rate"),
+             zero_denominator=_ZERO, headline="engagements")
+def social_engagements(a: ir.Table) -> dict[str, ir.Value]:
     """Likes, comments (replies) and shares, and the engagements the platform counts (which
     may include clicks and saves; where an export has none, their sum), over impressions."""
-    t = _social(con, q)
-    parts = t.likes.fill_null(0) + t.comments.fill_null(0) + t.shares.fill_null(0)
-    engaged = t.engagements.coalesce(parts)
-    t = _aggregate(t, q, engagements=engaged.sum().cast("int64"),
-                   likes=t.likes.sum().cast("int64"), comments=t.comments.sum().cast("int64"),
-                   shares=t.shares.sum().cast("int64"),
-                   _impressions=ibis.ifelse(t.impressions.notnull(), t.impressions, 0).sum())
-    t = t.mutate(engagement_rate=_ratio(t.engagements, t._impressions))
-    return _order(t.drop("_impressions"), q)
+    engagements = a._engagements.cast("int64")
+    return {"engagements": engagements, "likes": a._likes.cast("int64"),
+            "comments": a._comments.cast("int64"), "shares": a._shares.cast("int64"),
+            "engagement_rate": _ratio(engagements, a._shown)}
 
 
 DOC_SECTIONS["social"] = """

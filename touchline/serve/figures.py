@@ -918,9 +918,13 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     purchase frequency) and those always by period (churn) are left out and listed in
     ``attrs["skipped"]`` with why. A stage model other than the presets places each KPI under
     its lifecycle stage."""
+    from touchline.config import Settings
     from touchline.metrics.kpis import KPIS, STAGES, compute, compute_family, filled_once
 
     conversion = resolve_conversion(con, conversion)
+    # the settings the event-defined KPIs read (CTA, form and referral events), read once
+    # for the page, not once per KPI (each read parses the environment and touchline.toml)
+    settings = Settings()
     chosen = list(KPIS.values()) if names is None else [KPIS[name] for name in names]
     # the KPIs' inputs checked once (every KPI's: kept for the page, the reviews and the
     # purchases read it too), and every headline fetched in one query (a union): one round
@@ -943,7 +947,7 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
             continue
         try:
             t = compute(con, kpi.name, since=since, until=until, model=model,
-                        conversion=conversion, filled=filled)
+                        conversion=conversion, settings=settings, filled=filled)
         except TouchlineError as exc:
             skipped[kpi.name] = str(exc)
             continue
@@ -960,7 +964,8 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     for members in families.values():
         try:
             t, left = compute_family(con, members, since=since, until=until, model=model,
-                                     conversion=conversion, filled=filled)
+                                     conversion=conversion, settings=settings,
+                                     filled=filled)
         except TouchlineError as exc:
             skipped.update(dict.fromkeys(members, str(exc)))
             continue
