@@ -389,11 +389,18 @@ def iso_timestamp_sql(text: str) -> str:
     trailing `` UTC`` or a comma fraction: one accepts what the other refuses).
     """
     instant = f"try_cast({text} AS TIMESTAMPTZ)"
-    # the bounds as instants (folded once): the time zone conversion, the costly part, then
-    # runs once a row, on the rows kept, rather than three times (CASE does not share it)
+    naive = f"try_cast({text} AS TIMESTAMP)"
+    # A text in UTC (no offset, or Z; naive timestamps are UTC on every connection) is read
+    # as a plain timestamp: a third of the cost of an instant converted to UTC. The cast to
+    # a plain timestamp drops an offset, so a text with one (a + or a - after the date) takes
+    # the instant. Either way the result lies in years 1-9999: the bounds as instants (folded
+    # once) let the time zone conversion, the costly part, run once a row, on the rows kept,
+    # rather than three times (CASE does not share it).
     return (
-        f"CASE WHEN regexp_full_match({text}, '{ISO_TIMESTAMP}') "
-        f"AND {instant} BETWEEN timezone('UTC', TIMESTAMP '0001-01-01') "
+        f"CASE WHEN NOT regexp_full_match({text}, '{ISO_TIMESTAMP}') THEN NULL "
+        f"WHEN NOT contains({text}, '+') AND NOT contains(substr({text}, 11), '-') "
+        f"THEN CASE WHEN {naive} >= TIMESTAMP '0001-01-01' THEN {naive} END "
+        f"WHEN {instant} BETWEEN timezone('UTC', TIMESTAMP '0001-01-01') "
         f"AND timezone('UTC', TIMESTAMP '9999-12-31 23:59:59.999999') "
         f"THEN timezone('UTC', {instant}) END"
     )
