@@ -171,3 +171,62 @@ def test_a_key_twice_in_one_object_is_rejected_as_duplicate_key(raw: str) -> Non
     events, rejects = _map(raw)
     assert events == []
     assert [(r["reason_code"], r["line"]) for r in rejects] == [("duplicate_key", 1)]
+
+
+def _layout(db, line: str):
+    from touchline.collect.segment import object_keys_sql
+
+    return db.execute(f"SELECT {object_keys_sql('?')}", [line]).fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [["a\x00b", "it's", "", "{source}", "br}ce", "\x00"], ["NULL", "a, b", "[x]", "x\\'y"]],
+)
+def test_a_layout_written_as_sql_equals_the_layout_duckdb_reads(keys: list[str]) -> None:
+    """Keys with a NUL, a quote, braces, commas, brackets or that read as NULL survive the
+    literal: a layout is recognised only by being equal, key for key."""
+    import duckdb
+
+    from touchline.collect.segment import layout_sql, object_keys_sql
+
+    db = duckdb.connect()
+    line = orjson.dumps({"context": dict.fromkeys(keys, 1), "traits": 5}).decode()
+    layout = _layout(db, line)
+    assert layout[1] == keys and layout[5] == []
+    assert db.execute(f"SELECT {object_keys_sql('?')} = {layout_sql(layout)}", [line]).fetchone()[0]
+    other = orjson.dumps({"context": dict.fromkeys([*keys[:-1], keys[-1] + " "], 1),
+                          "traits": 5}).decode()  # one key differs by a space
+    assert not db.execute(
+        f"SELECT {object_keys_sql('?')} = {layout_sql(layout)}", [other]).fetchone()[0]
+
+
+def test_a_known_clean_layout_never_hides_a_repeated_key() -> None:
+    """Lines of the known layouts but one key more, repeated (at the root, nested, in an
+    object of 40 keys, a key spelled with an escape), are still found; a key that differs
+    only in case is no repeat; a line of an unknown layout is checked key by key."""
+    import duckdb
+
+    from touchline.collect.segment import repeated_key_sql, repeats_key
+
+    db = duckdb.connect()
+    wide = ",".join(f'"k{i}":{i}' for i in range(40))
+    clean = ['{"a":1,"b":2}', '{"a":1,"context":{"page":{"url":"u"}}}',
+             '{"a":1,"properties":{' + wide + "}}"]
+    layouts = [_layout(db, line) for line in clean]
+    assert not any(repeats_key(layout) for layout in layouts)
+    lines = {
+        '{"a":1,"b":2}': False, '{"a":1,"b":2,"a":3}': True, '{"a":1,"b":2,"A":3}': False,
+        '{"a":1,"context":{"page":{"url":"u","url":"v"}}}': True,
+        '{"a":1,"context":{"page":{"url":"u"},"page":{}}}': True,
+        '{"a":1,"properties":{' + wide + ',"k3":0}}': True,
+        '{"a":1,"properties":{' + wide + ',"K3":0}}': False,
+        '{"a":1,"\\u0061":2}': True, '{"c":1,"c":1}': True, "[1,2]": False,
+    }
+    from touchline.collect.segment import object_keys_sql
+
+    query = (f"SELECT {repeated_key_sql('k', layouts)}, {repeated_key_sql('k')} "
+             f"FROM (SELECT {object_keys_sql('?')} AS k)")
+    for line, repeats in lines.items():
+        assert db.execute(query, [line]).fetchone() == (repeats, repeats), line
+    assert repeats_key([["a", "b", "a"], None]) and not repeats_key([["a", "A"], None, []])

@@ -45,7 +45,10 @@ from touchline.collect import at_rest, readers
 from touchline.collect.mapping import Mapping, is_json_path, split_column_path
 from touchline.collect.segment import (
     PERSON_PATHS,
-    duplicate_keys_sql,
+    Layout,
+    object_keys_sql,
+    repeated_key_sql,
+    repeats_key,
     row_timestamp_sql,
     url_decoded_sql,
 )
@@ -70,6 +73,11 @@ OFFLINE_IDS = ("anonymous_id", "user_id", "email", "phone", "email_sha256", "pho
 #: a row loaded without the values of a CSV/Parquet cell that is not JSON
 PARTIAL_CODE = "bad_json_partial"
 _VALUE_SHOWN = 80  # characters of a bad value quoted in a reject reason
+#: where the parse SQL of NDJSON checks a line's layout for a repeated key (filled per chunk)
+_REPEATED_KEY = "{repeated_key}"
+#: lines of each NDJSON chunk whose layouts are looked at, and how many layouts are kept
+_LAYOUT_SAMPLE = 1000
+_LAYOUTS_KEPT = 4
 SAFE_RAW_FUNCTION = "touchline_safe_raw"
 #: the same, also emptying e-mails and phones (pii_at_rest = "hashed"), for one phone region
 SAFE_RAW_CONTACTS_FUNCTION = "touchline_safe_raw_contacts_{region}"
@@ -306,6 +314,7 @@ class _ChunkParser:
         self.native: set[str] = set()  # canonical columns already typed in the input (Parquet)
         self.json_sources: list[str] = []  # CSV/Parquet columns read with JSON paths
         self.hash_skips: set[str] = set()  # columns left out of the content hash
+        self.layouts: list[Layout] = []  # NDJSON key layouts known to repeat no key
 
     # -- stage 1: canonical columns as text (or as typed Parquet columns) -------------------
     def _build_extract(self, chunk_schema: pa.Schema, where: str) -> str:
@@ -473,7 +482,6 @@ class _ChunkParser:
             )
         # JSON functions raise on malformed input: extract only from lines that are objects
         layers = _json_values_sql(list(json_paths), "_obj")
-        layers[0] = f"{layers[0]}, {duplicate_keys_sql('_obj')} AS _duplicate_keys"
         values = "".join(f"(SELECT *, {layer} FROM " for layer in reversed(layers))
         # a member a mapped path goes into that holds neither an object nor an object's JSON
         # text (a bare string, a number, broken JSON): what was read from it is lost, and said
@@ -493,12 +501,29 @@ class _ChunkParser:
         return (
             f"SELECT _line, _raw, {bad} AS _json_bad, {flag_list}_json_ok, _json_type, "
             f"_duplicate_keys, {', '.join(select)} FROM ({inner}{url_params}{values}("
-            "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj FROM ("
-            # one parse tells both whether the line is JSON and what it holds: json_type
-            # fails on a line that is not JSON, and try() turns that into NULL
+            "SELECT *, CASE WHEN _json_type = 'OBJECT' THEN line END AS _obj, "
+            f"{_REPEATED_KEY} AS _duplicate_keys FROM ("
             "SELECT *, _json_type IS NOT NULL AS _json_ok FROM ("
-            "SELECT *, try(json_type(line)) AS _json_type FROM {source}))"
-        ) + ")" * (len(layers) + 2 + url_params.count("(SELECT"))
+            # a line with a key has an object at its root; the type of any other JSON is asked
+            "SELECT *, CASE WHEN _keys IS NULL THEN NULL WHEN len(_keys[1]) > 0 THEN 'OBJECT' "
+            "ELSE json_type(line) END AS _json_type FROM ("
+            # one parse tells whether the line is JSON and lists its keys: json_keys fails on
+            # a line that is not JSON, and try() turns that into NULL
+            f"SELECT *, try({object_keys_sql('line')}) AS _keys FROM {{source}}))))"
+        ) + ")" * (len(layers) + 1 + url_params.count("(SELECT"))
+
+    def learn_layouts(self, db: duckdb.DuckDBPyConnection, source: str, lines: int) -> None:
+        """Note the layouts (:func:`~touchline.collect.segment.object_keys_sql`) that the
+        first lines of NDJSON relation ``source`` (of ``lines`` lines) mostly share and that
+        repeat no key: the next :meth:`sql` recognises them by one comparison each and checks
+        only the lines of other layouts key by key (a hostile line costs what it did before)."""
+        found = db.execute(
+            f"SELECT _keys, count(*) AS n FROM (SELECT try({object_keys_sql('line')}) AS _keys "
+            f"FROM (SELECT line FROM {source} LIMIT {_LAYOUT_SAMPLE})) WHERE _keys IS NOT NULL "
+            f"GROUP BY _keys ORDER BY n DESC LIMIT {_LAYOUTS_KEPT}"
+        ).fetchall()
+        least = max(1, min(lines, _LAYOUT_SAMPLE) // 20)  # a twentieth of the lines looked at
+        self.layouts = [keys for keys, n in found if n >= least and not repeats_key(keys)]
 
     def _json_columns(self, available: list[str]) -> dict[str, tuple[int, list[str]]]:
         """``column -> (index, JSON paths read from it)`` for each column of the file that a
@@ -956,9 +981,11 @@ class _ChunkParser:
             self._extract_sql = self._build_extract(schema, where)
             self._validate_sql = self._build_validate()
         assert self._validate_sql is not None
-        return self._validate_sql.replace(
+        query = self._validate_sql.replace(
             "{extracted}", self._extract_sql.replace("{source}", source)
         )
+        # last: a key in a layout may hold anything, braces too
+        return query.replace(_REPEATED_KEY, repeated_key_sql("_keys", self.layouts))
 
 
 def _contacts_region(settings: Settings) -> str | None:
@@ -1191,6 +1218,8 @@ def _ingest_into(
                     table = chunk.table.append_column("_line", pa.array(chunk.lines))
                     table = table.append_column("_raw", chunk.raw)
                     stage.db.register("_tl_chunk", table)
+                    if fmt == "ndjson":
+                        parser.learn_layouts(stage.db, "_tl_chunk", len(chunk.lines))
                     stage.add_rows(parser.sql(chunk.table.schema, "_tl_chunk", str(path)))
                     stage.db.unregister("_tl_chunk")
                 if chunk.rejects:
