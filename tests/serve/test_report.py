@@ -220,3 +220,17 @@ def test_png_charts_are_drawn_again_only_when_kaleidos_page_was_not_ready(
     finally:
         con.disconnect()
     assert len(asked) == calls and asked[0] > 0
+
+
+@pytest.mark.parametrize(("option", "value", "said"), [
+    ("--conversion", "purchse", "conversion 'purchse' (did you mean 'purchase'?)"),
+    ("--model", "last_tuch", "--model 'last_tuch' (did you mean 'last_touch'?)")])
+def test_an_unknown_conversion_or_model_writes_no_report(warehouse: str, tmp_path: Path,
+                                                         option: str, value: str,
+                                                         said: str) -> None:
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--out", str(out), option, value,
+                                      "--database", warehouse], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output  # as every bad option of the CLI (fail())
+    assert said in " ".join(result.output.split())
+    assert not out.exists()

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         from touchline.config import load_settings
         from touchline.formatting import parse_day
         from touchline.serve.figures import Filters, check_filters
-        from touchline.serve.report import write_pngs, write_report
+        from touchline.serve.report import check_named, write_pngs, write_report
 
         try:
             if output_format not in ("html", "png"):
@@ -73,6 +73,7 @@ def register(app: typer.Typer) -> None:
                               stage_model=settings.stage_model, truth=tuple(truth or ()),
                               unit=unit, device=device, channel=channel, campaign=campaign)
             with engine.connected(settings=settings) as con, step_bar("report") as tell:
+                check_named(con, conversion=conversion, model=model)
                 if output_format == "png":
                     result = write_pngs(con, out or Path("report-charts"), filters,
                                         chromium=settings.chromium_path, progress=tell)

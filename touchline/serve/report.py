@@ -26,7 +26,7 @@ import jinja2
 import plotly.io as pio
 
 from touchline import engine
-from touchline.errors import MissingInputError, TouchlineError
+from touchline.errors import MissingInputError, TouchlineError, UnknownModelError, did_you_mean
 from touchline.formatting import readable_number
 from touchline.serve.figures import CHARTS, Filters, chart_data, filters_not_applied
 
@@ -112,6 +112,25 @@ def draw(con: BaseBackend, name: str, filters: Filters, given: Sequence[str] = (
         return Section(name, chart.title, error=str(exc), notes=notes)
     return Section(name, chart.title, figure_json=figure_json(chart.figure(data)),
                    table=data_table(data), data=data, notes=notes)
+
+
+def check_named(con: BaseBackend, *, conversion: str | None, model: str | None) -> None:
+    """A :class:`~touchline.errors.ConfigError` (conversion) or
+    :class:`~touchline.errors.UnknownModelError` (model), with the choices and the nearest,
+    for a ``--conversion`` or ``--model`` the stored journeys and credits do not have: a
+    report of the wrong thing, with most charts blank, is not written."""
+    from touchline.serve.figures import resolve_conversion
+
+    if conversion is not None:
+        resolve_conversion(con, conversion)
+    if model is not None:
+        c = con.table("credits")
+        stored = sorted(str(v) for v in c.select("model").distinct().to_pyarrow()
+                        .column("model").to_pylist() if v is not None)
+        if model not in stored:
+            raise UnknownModelError(
+                f"--model {model!r}{did_you_mean(model, stored)}: credits are stored for "
+                f"{', '.join(stored) or 'no model (run `touchline run`)'}")
 
 
 #: told ``(charts drawn, charts in all, the chart drawn now)`` (a progress bar)
