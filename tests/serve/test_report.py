@@ -234,3 +234,19 @@ def test_an_unknown_conversion_or_model_writes_no_report(warehouse: str, tmp_pat
     assert result.exit_code == 2, result.output  # as every bad option of the CLI (fail())
     assert said in " ".join(result.output.split())
     assert not out.exists()
+
+
+def test_report_says_which_filters_a_chart_leaves_aside(warehouse: str, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--out", str(out), "--since", "2024-01-01",
+                                      "--device", "mobile", "--database", warehouse])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    # the funnel follows every stage ever entered: the same note as the dashboard's
+    funnel = html.split('<section id="funnel">')[1].split("</section>")[0]
+    assert ("date range does not apply here: a funnel follows each unit through every stage "
+            "it ever entered") in funnel
+    retention = html.split('<section id="retention">')[1].split("</section>")[0]
+    assert "device does not apply here" in retention and "date range" not in retention
+    # no --model given: no chart says the attribution model is left aside
+    assert "attribution model does not apply" not in html

@@ -1375,6 +1375,16 @@ FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
 }
 
 
+def filters_given(filters: Filters, base: Filters | None = None) -> tuple[str, ...]:
+    """The filters (URL parameter names) of ``filters`` set away from ``base`` (by default
+    no filter, with ``filters``' own model and stage model: those are always set): what the
+    report asked for, as the dashboard reads it from its URL, for
+    :func:`filters_not_applied`."""
+    base = base or Filters(model=filters.model, stage_model=filters.stage_model)
+    return tuple(name for name in FILTER_LABELS
+                 if getattr(filters, name) != getattr(base, name))
+
+
 def filters_not_applied(chart: str, given: Sequence[str]) -> list[str]:
     """The notes of ``chart`` (a :data:`CHARTS` name, or ``person``) for the filters
     ``given`` (URL parameter names) its data function leaves aside: ``"device: why"``, one

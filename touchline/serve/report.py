@@ -28,7 +28,13 @@ import plotly.io as pio
 from touchline import engine
 from touchline.errors import MissingInputError, TouchlineError, UnknownModelError, did_you_mean
 from touchline.formatting import readable_number
-from touchline.serve.figures import CHARTS, Filters, chart_data, filters_not_applied
+from touchline.serve.figures import (
+    CHARTS,
+    Filters,
+    chart_data,
+    filters_given,
+    filters_not_applied,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,23 +143,25 @@ def check_named(con: BaseBackend, *, conversion: str | None, model: str | None) 
 ChartProgress = Callable[[int, int, str], None]
 
 
-def draw_all(con: BaseBackend, filters: Filters, progress: ChartProgress | None = None
-             ) -> list[Section]:
-    """Every chart's section, in :data:`CHARTS` order."""
+def draw_all(con: BaseBackend, filters: Filters, progress: ChartProgress | None = None,
+             given: Sequence[str] | None = None) -> list[Section]:
+    """Every chart's section, in :data:`CHARTS` order; each says which of the filters
+    ``given`` (by default :func:`filters_given`) it leaves aside, as the dashboard does."""
+    given = filters_given(filters) if given is None else given
     sections = []
     with engine.schemas_read_once(con):
         for done, name in enumerate(CHARTS):
             if progress is not None:
                 progress(done, len(CHARTS), CHARTS[name].title)
-            sections.append(draw(con, name, filters))
+            sections.append(draw(con, name, filters, given))
     return sections
 
 
 def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
-                  title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None
-                  ) -> tuple[str, list[Section]]:
-    """The report's HTML and its sections."""
-    sections = draw_all(con, filters, progress)
+                  title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None,
+                  given: Sequence[str] | None = None) -> tuple[str, list[Section]]:
+    """The report's HTML and its sections (``given``: see :func:`draw_all`)."""
+    sections = draw_all(con, filters, progress, given)
     window = " to ".join(f"{d:%Y-%m-%d}" for d in (filters.since, filters.until) if d)
     subtitle = ", ".join(part for part in (
         f"conversion {filters.conversion}" if filters.conversion else "the main conversion",
@@ -170,11 +178,11 @@ def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
 
 
 def write_report(con: BaseBackend, out: Path, filters: Filters, *, database: str = "",
-                 title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None
-                 ) -> ReportResult:
+                 title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None,
+                 given: Sequence[str] | None = None) -> ReportResult:
     """Write the report to ``out`` (folders made as needed)."""
     html, sections = render_report(con, filters, database=database, title=title,
-                                   progress=progress)
+                                   progress=progress, given=given)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     log.info("report written: %d charts, %d skipped", len(sections),
@@ -189,7 +197,8 @@ KALEIDO_ATTEMPTS = 2
 
 
 def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Path,
-               progress: ChartProgress | None = None) -> ReportResult:
+               progress: ChartProgress | None = None, given: Sequence[str] | None = None
+               ) -> ReportResult:
     """Each chart of the report as ``<chart>.png`` in ``folder`` (made as needed).
 
     The figures are the report's own (:func:`draw`); a chart that cannot be drawn is skipped
@@ -203,7 +212,7 @@ def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Pa
         raise MissingInputError(
             f"PNG charts are drawn by Chromium, and there is none at {chromium}: install it "
             "(Debian: apt-get install chromium) or set chromium_path in touchline.toml")
-    sections = draw_all(con, filters, progress)
+    sections = draw_all(con, filters, progress, given)
     if progress is not None:
         progress(len(CHARTS), len(CHARTS), "rendering the PNG files")
     folder.mkdir(parents=True, exist_ok=True)
