@@ -619,3 +619,16 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
         "campaign does not apply here: the KPIs are headlines over every touch (`touchline "
         "kpis --by campaign` breaks them down by campaign)"]
     assert figures.filters_not_applied("journey_map", ["channel", "campaign"]) == []
+
+
+def test_overview_says_new_rather_than_an_infinite_change(wh: BaseBackend) -> None:
+    # March against [31 January, 2 March): no purchase, spend or lead before 2 March
+    got = overview_data(wh, since=datetime(2025, 3, 2), until=datetime(2025, 4, 1))
+    rows = _records(got, "metric")
+    assert (rows["conversions"]["value"], rows["conversions"]["previous"]) == (2.0, 0.0)
+    assert rows["conversions"]["change"] is None
+    tiles = {t.title.text.split("<br>")[0]: t for t in figures.overview_figure(got).data}
+    conversions = tiles["Conversions"]
+    assert conversions.mode == "number" and conversions.delta.reference is None
+    assert figures.NO_PREVIOUS in conversions.title.text
+    assert "Infinity" not in figures.overview_figure(got).to_json()

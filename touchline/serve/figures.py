@@ -365,6 +365,10 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     return frame
 
 
+#: what an overview tile says in place of a change when the period before had none of it
+NO_PREVIOUS = "new: none in the previous period"
+
+
 def overview_figure(data: pd.DataFrame) -> go.Figure:
     """Six number tiles with the change against the previous period."""
     credited = f"; credited by {data.attrs['model']}" if data.attrs.get("model") else ""
@@ -378,16 +382,20 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
     for i, row in enumerate(data.itertuples(index=False)):  # six tiles, not data rows
         r, c = divmod(i, columns)
         value = None if pd.isna(row.value) else float(row.value)
+        # a change against nothing is no change (Plotly would draw "▲Infinity%"): said instead
+        compared = pd.notna(row.previous) and row.previous != 0
+        title = row.metric.upper() if row.metric in ("roas", "cpa") else row.metric.capitalize()
+        if pd.notna(row.previous) and not compared:
+            title += f"<br><span style='font-size:12px'>{NO_PREVIOUS}</span>"
         indicator: dict[str, Any] = {
-            "mode": "number+delta" if pd.notna(row.previous) else "number",
+            "mode": "number+delta" if compared else "number",
             "value": value,
-            "title": {"text": row.metric.upper() if row.metric in ("roas", "cpa")
-                      else row.metric.capitalize(), "font": {"size": 15}},
+            "title": {"text": title, "font": {"size": 15}},
             "number": {"valueformat": ",.2f" if row.unit != "count" else count_format,
                        "font": {"size": 40}},
             "domain": {"row": r, "column": c},
         }
-        if pd.notna(row.previous):
+        if compared:
             indicator["delta"] = {"reference": float(row.previous), "relative": True,
                                   "valueformat": ".1%"}
             if row.metric == "cpa":  # a lower cost per acquisition is the good direction
