@@ -268,6 +268,10 @@ def overview_window(con: BaseBackend, *, since: Moment = None, until: Moment = N
         end = datetime(at.year, at.month, at.day) + timedelta(days=1)
     if start is None:
         start = end - timedelta(days=OVERVIEW_DAYS_DEFAULT)
+    if start >= end and until is None:  # no until given: the data ends before since
+        raise InputError(f"since {start:%Y-%m-%d}: the last {conversion} conversion is on "
+                         f"{end - timedelta(days=1):%Y-%m-%d}, so there is nothing to show "
+                         "from that day on (choose an earlier since)")
     if start >= end:
         raise InputError(f"since {start:%Y-%m-%d} is not before until {end:%Y-%m-%d}")
     return start, end
