@@ -632,3 +632,24 @@ def test_overview_says_new_rather_than_an_infinite_change(wh: BaseBackend) -> No
     assert conversions.mode == "number" and conversions.delta.reference is None
     assert figures.NO_PREVIOUS in conversions.title.text
     assert "Infinity" not in figures.overview_figure(got).to_json()
+
+
+def test_empty_spend_columns_say_why(wh: BaseBackend) -> None:
+    april = {"since": datetime(2025, 4, 1), "until": datetime(2025, 5, 1)}
+    assert overview_data(wh, **april).attrs["note"] is None  # serve_kit has spend
+    assert channel_credits_data(wh, model="linear").attrs["note"] is None
+    # the device filter: spend is not split by device
+    assert overview_data(wh, **april, device="desktop").attrs["note"] == figures.SPEND_NOT_SPLIT
+    assert channel_credits_data(wh, model="linear", device="desktop").attrs["note"] == (
+        figures.SPEND_NOT_SPLIT)
+    spend = wh.table("spend").to_pyarrow()
+    wh.create_table("spend", wh.table("spend").limit(0).to_pyarrow(), overwrite=True)
+    try:
+        got = overview_data(wh, **april)
+        channels = channel_credits_data(wh, model="linear")
+    finally:
+        wh.create_table("spend", spend, overwrite=True)
+    assert _records(got, "metric")["spend"]["value"] is None
+    assert got.attrs["note"] == channels.attrs["note"] == figures.NO_SPEND
+    assert "`touchline ingest FILE --kind spend`" in figures.NO_SPEND
+    assert channels.spend.isna().all()

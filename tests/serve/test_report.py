@@ -248,5 +248,8 @@ def test_report_says_which_filters_a_chart_leaves_aside(warehouse: str, tmp_path
             "it ever entered") in funnel
     retention = html.split('<section id="retention">')[1].split("</section>")[0]
     assert "device does not apply here" in retention and "date range" not in retention
+    # what the numbers leave empty and why: spend is not split by device
+    channels = html.split('<section id="channels">')[1].split("</section>")[0]
+    assert "spend is not split by B2B/B2C or by device" in channels
     # no --model given: no chart says the attribution model is left aside
     assert "attribution model does not apply" not in html

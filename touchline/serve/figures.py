@@ -252,6 +252,14 @@ def _figure(title: str) -> go.Figure:
 
 # ---- overview -------------------------------------------------------------------------------
 
+#: the note of a chart whose spend, CPA and ROAS are empty because none was imported
+NO_SPEND = ("no spend imported, so spend, CPA and ROAS are empty: "
+            "`touchline ingest FILE --kind spend`")
+#: ... or because the B2B/B2C or device filter splits what spend is not split by
+SPEND_NOT_SPLIT = ("spend, CPA and ROAS are empty: spend is not split by B2B/B2C or by "
+                   "device, so it is not set against part of the revenue")
+
+
 def overview_window(con: BaseBackend, *, since: Moment = None, until: Moment = None,
                     conversion: str | None = None) -> tuple[datetime, datetime]:
     """The overview's window: ``[since, until)`` as given; a missing ``until`` is the day
@@ -363,7 +371,9 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
         "previous": wide.loc["previous", list(OVERVIEW_METRICS)].astype("float64").to_numpy(),
     })
     frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
-    frame.attrs.update(since=start, until=end, previous_since=before, conversion=conversion,
+    spend_note = (NO_SPEND if wide.spend.isna().all() and split else
+                  None if split else SPEND_NOT_SPLIT)
+    frame.attrs.update(note=spend_note, since=start, until=end, previous_since=before, conversion=conversion,
                        unit=unit, device=device, channel=channel, campaign=campaign,
                        model=model if credited else None)
     return frame
@@ -470,7 +480,7 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     if by == "channel" and since is None and until is None and campaign is None:
         frame = _with_intervals(con, frame, model=model, conversion=conversion)
     frame.attrs.update(model=model, conversion=conversion, by=by, channel=channel,
-                       campaign=campaign)
+                       campaign=campaign, note=None if has_spend else NO_SPEND)
     return frame
 
 
@@ -493,7 +503,7 @@ def _filtered_channel_credits(con: BaseBackend, *, model: str, conversion: str,
                  roas=ibis.null("float64"))
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
     frame.attrs.update(model=model, conversion=conversion, by=by, unit=unit, device=device,
-                       channel=channel, campaign=campaign)
+                       channel=channel, campaign=campaign, note=SPEND_NOT_SPLIT)
     return frame
 
 

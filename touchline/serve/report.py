@@ -116,6 +116,8 @@ def draw(con: BaseBackend, name: str, filters: Filters, given: Sequence[str] = (
         data = chart_data(con, chart, filters)
     except TouchlineError as exc:
         return Section(name, chart.title, error=str(exc), notes=notes)
+    # what the numbers leave empty and why (no spend imported), said by the data function
+    notes += [data.attrs["note"]] if data.attrs.get("note") else []
     return Section(name, chart.title, figure_json=figure_json(chart.figure(data)),
                    table=data_table(data), data=data, notes=notes)
 
