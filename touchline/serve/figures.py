@@ -374,7 +374,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     spend_note = (NO_SPEND if wide.spend.isna().all() and split else
                   None if split else SPEND_NOT_SPLIT)
     frame.attrs.update(note=spend_note, since=start, until=end, previous_since=before,
-                       conversion=conversion, unit=unit, device=device, channel=channel, campaign=campaign,
+                       conversion=conversion, unit=unit, device=device, channel=channel,
+                       campaign=campaign,
                        model=model if credited else None)
     return frame
 
