@@ -54,3 +54,13 @@ def test_a_since_after_the_data_says_where_the_data_ends(client: httpx.Client) -
     # serve_kit's last purchase is on 20 April 2025; no until was given, so none is blamed
     assert "the last purchase conversion is on 2025-04-20" in page.text
     assert "is not before until" not in page.text
+
+
+def test_the_kpi_page_lists_the_kpis_left_out(client: httpx.Client) -> None:
+    page = client.get("/kpis")
+    assert page.status_code == 200
+    left = page.text.split('<details class="left-out">', 1)[1].split("</details>", 1)[0]
+    # serve_kit imports no deals; retention is a table of cohorts
+    assert "<code>retention</code>: a table" in left
+    assert ("needs deals rows and the table is empty: import them with `touchline ingest "
+            "FILE --kind deals`") in left

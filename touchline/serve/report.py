@@ -90,6 +90,8 @@ class Section:
     #: the filters asked that this chart leaves aside, each with why
     #: (:func:`~touchline.serve.figures.filters_not_applied`)
     notes: list[str] = field(default_factory=list)
+    #: what the chart leaves out and why (the KPIs never imported, or that are tables)
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,7 +121,8 @@ def draw(con: BaseBackend, name: str, filters: Filters, given: Sequence[str] = (
     # what the numbers leave empty and why (no spend imported), said by the data function
     notes += [data.attrs["note"]] if data.attrs.get("note") else []
     return Section(name, chart.title, figure_json=figure_json(chart.figure(data)),
-                   table=data_table(data), data=data, notes=notes)
+                   table=data_table(data), data=data, notes=notes,
+                   left_out=dict(data.attrs.get("skipped") or {}))
 
 
 def check_named(con: BaseBackend, *, conversion: str | None, model: str | None) -> None:
