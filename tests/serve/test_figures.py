@@ -653,3 +653,24 @@ def test_empty_spend_columns_say_why(wh: BaseBackend) -> None:
     assert got.attrs["note"] == channels.attrs["note"] == figures.NO_SPEND
     assert "`touchline ingest FILE --kind spend`" in figures.NO_SPEND
     assert channels.spend.isna().all()
+
+
+def test_funnel_times_are_days_and_its_labels_readable_numbers(wh: BaseBackend) -> None:
+    funnel = funnel_data(wh)
+    # p1 entered consideration 4 d 1 h after awareness (the only one to): in days, as the
+    # stage timeline's median_days, and no column of seconds without a unit
+    assert funnel.median_days.tolist()[1] == pytest.approx(4 + 1 / 24)
+    assert not {"p25", "median", "p75", "p90"} & set(funnel.columns)
+    assert {"p25_days", "p75_days", "p90_days"} <= set(funnel.columns)
+    big = funnel.assign(entered=[29_219, 2_004, 1_000, 10])
+    trace = figures.funnel_figure(big).data[0]
+    assert trace.textinfo == "text"
+    assert list(trace.text) == ["29,219 (100% of the first)", "2,004 (7% of the first)",
+                                "1,000 (3% of the first)", "10 (0% of the first)"]
+
+
+def test_numbers_tables_leave_empty_cells_blank() -> None:
+    from touchline.serve.report import data_table
+
+    html = data_table(pd.DataFrame({"channel": ["Email", None], "value": [1.5, None]}))
+    assert "None" not in html and "nan" not in html.lower()

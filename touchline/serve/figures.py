@@ -804,7 +804,8 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
                 channel: str | None = None, campaign: str | None = None) -> pd.DataFrame:
     """:func:`touchline.metrics.funnels.funnel` (ordered): ``step_index``, ``step``,
     ``entered``, ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time
-    from the previous step (seconds). Default steps: the stages of ``stage_model`` in order
+    from the previous step in days (``p25_days``, ``median_days``, ``p75_days``,
+    ``p90_days``: as the stage timeline's ``median_days``). Default steps: the stages of ``stage_model`` in order
     (``stage:<model>/<stage>``). ``device``, ``channel``, ``campaign``: the units whose first
     session was on that device, of that channel and campaign (:func:`units_first_on`; a
     funnel counts units, not touches)."""
@@ -821,6 +822,11 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     t = funnel(con, list(steps), window=window, unit=unit, stage_model=stage_model,
                units=units)
     frame = t.drop("group").to_pandas()
+    # the time from the previous step in days, as the stage timeline's median_days (the
+    # funnel computes seconds): a unit in the name, and one unit on the page
+    for name in FUNNEL_QUANTILES:
+        if name in frame.columns:
+            frame[f"{name}_days"] = frame.pop(name).astype("float64") / SECONDS_PER_DAY
     if frame.empty:  # nobody entered the first step: no funnel to draw
         first_on = f" whose first session was {_first_session(device, channel, campaign)}" if (
             segment) else ""
@@ -828,6 +834,11 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
                        campaign=campaign)
     return frame
+
+
+#: the funnel's quantiles of the time from the previous step (touchline.metrics.funnels)
+FUNNEL_QUANTILES = ("p25", "median", "p75", "p90")
+SECONDS_PER_DAY = 86_400
 
 
 def _first_session(device: str | None, channel: str | None, campaign: str | None) -> str:
@@ -844,7 +855,13 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
     first_on = f", first came {came}" if came else ""
     fig = _figure(f"funnel ({data.attrs.get('unit', 'person')}s{first_on})")
     labels = [str(s).rsplit("/", 1)[-1].removeprefix("stage:") for s in data.step]
-    fig.add_trace(go.Funnel(y=labels, x=data.entered, textinfo="value+percent initial",
+    # the numbers as every table and label writes them (readable_number), not Plotly's
+    # "29.219k" next to "2004"
+    first = float(data.entered.iloc[0]) if len(data) else 0.0
+    text = [f"{readable_number(float(v))} ({float(v) / first:.0%} of the first)" if first
+            else readable_number(float(v)) for v in data.entered]
+    fig.add_trace(go.Funnel(y=labels, x=data.entered, text=text, textinfo="text",
+                            hovertemplate="%{y}: %{text}<extra></extra>",
                             marker={"color": PALETTE[0]}))
     return fig
 
