@@ -75,7 +75,7 @@ def data_table(frame: pd.DataFrame) -> str:
     """The numbers behind a chart as an HTML table (values escaped; an empty cell is blank,
     never "None")."""
     frame = frame.copy()
-    for name in frame.columns[frame.dtypes == object]:
+    for name in frame.select_dtypes(include="object").columns:
         frame[name] = frame[name].where(frame[name].notna(), "")
     return frame.to_html(index=False, na_rep="", float_format=readable_number,
                          border=0, escape=True)
