@@ -806,9 +806,9 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     ``entered``, ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time
     from the previous step in days (``p25_days``, ``median_days``, ``p75_days``,
     ``p90_days``: as the stage timeline's ``median_days``). Default steps: the stages of
-    ``stage_model`` in order (``stage:<model>/<stage>``). ``device``, ``channel``, ``campaign``: the units whose first
-    session was on that device, of that channel and campaign (:func:`units_first_on`; a
-    funnel counts units, not touches)."""
+    ``stage_model`` in order (``stage:<model>/<stage>``). ``device``, ``channel``,
+    ``campaign``: the units whose first session was on that device, of that channel and
+    campaign (:func:`units_first_on`; a funnel counts units, not touches)."""
     from touchline.metrics.funnels import funnel
 
     unit = unit or "person"  # no B2B/B2C filter: the persons' stages
