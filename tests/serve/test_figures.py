@@ -674,3 +674,19 @@ def test_numbers_tables_leave_empty_cells_blank() -> None:
 
     html = data_table(pd.DataFrame({"channel": ["Email", None], "value": [1.5, None]}))
     assert "None" not in html and "nan" not in html.lower()
+
+
+def test_data_quality_says_its_window_is_when_records_were_rejected(wh: BaseBackend) -> None:
+    assert data_quality_data(wh).attrs["note"] is None  # all dates: nothing to say
+    april = data_quality_data(wh, since=datetime(2025, 4, 1))
+    assert april.rows.sum() == 2
+    assert april.attrs["note"] == (
+        "records rejected while loading from 2025-04-01 (the date range is when a record was "
+        "rejected, not its event's time); 2 rejected record(s) outside it: remove the date "
+        "range to see them")
+    later = data_quality_data(wh, since=datetime(2030, 1, 1), until=datetime(2030, 2, 1))
+    assert later.empty
+    assert later.attrs["note"].startswith(
+        "records rejected while loading from 2030-01-01 and before 2030-02-01")
+    assert later.attrs["note"].endswith(
+        "4 rejected record(s) outside it, none inside it: remove the date range to see them")

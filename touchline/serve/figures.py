@@ -1272,13 +1272,34 @@ def person_timeline_figure(data: pd.DataFrame) -> go.Figure:
 def data_quality_data(con: BaseBackend, *, since: Moment = None,
                       until: Moment = None) -> pd.DataFrame:
     """``step``, ``reason_code``, ``rows``: the ``rejects`` (every record a load or a prepare
-    step dropped) by step and reason, in the window of ``rejected_at``; most first."""
+    step dropped) by step and reason, in the window of ``rejected_at``; most first.
+
+    The window is when the records were rejected (loaded), not their events' time (a
+    rejected record may have no readable time): ``attrs["note"]`` says so, with how many
+    rejects lie outside the window, so that none is hidden silently."""
     r = con.table("rejects")
-    r = r.filter(_in_window(r.rejected_at, since, until))
-    t = r.group_by(step=r.step.fill_null("(unknown)"),
-                   reason_code=r.reason_code.fill_null("(unknown)")).aggregate(
-        rows=r.count().cast("int64"))
-    return t.order_by([ibis.desc("rows"), "step", "reason_code"]).to_pandas()
+    inside = _in_window(r.rejected_at, since, until)
+    k = r.filter(inside)
+    t = k.group_by(step=k.step.fill_null("(unknown)"),
+                   reason_code=k.reason_code.fill_null("(unknown)")).aggregate(
+        rows=k.count().cast("int64"))
+    frame = t.order_by([ibis.desc("rows"), "step", "reason_code"]).to_pandas()
+    note = None
+    if since is not None or until is not None:
+        start, end = _moment(since), _moment(until)
+        window = " and ".join(part for part in (
+            f"from {start:%Y-%m-%d}" if start else "", f"before {end:%Y-%m-%d}" if end else "")
+            if part)
+        # every reject not counted in the window (one without a time too)
+        outside = int(r.count().to_pyarrow().as_py()) - int(frame.rows.sum())
+        note = (f"records rejected while loading {window} (the date range is when a record "
+                "was rejected, not its event's time)")
+        if outside:
+            note += (f"; {outside:,} rejected record(s) outside it"
+                     + (", none inside it" if frame.empty else "")
+                     + ": remove the date range to see them")
+    frame.attrs.update(note=note)
+    return frame
 
 
 def data_quality_figure(data: pd.DataFrame) -> go.Figure:
