@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -253,3 +254,18 @@ def test_report_says_which_filters_a_chart_leaves_aside(warehouse: str, tmp_path
     assert "spend is not split by B2B/B2C or by device" in channels
     # no --model given: no chart says the attribution model is left aside
     assert "attribution model does not apply" not in html
+
+
+def test_report_header_states_the_window_of_each_section(warehouse: str) -> None:
+    con = engine.connect(settings=Settings(database_url=warehouse))
+    try:
+        html, _ = render_report(con, Filters(model="linear"))
+        dated, _ = render_report(con, Filters(model="linear", since=datetime(2025, 4, 1),
+                                              until=datetime(2025, 5, 1)))
+    finally:
+        con.disconnect()
+    header = html.split('<p class="meta">')[1].split("</p>")[0]
+    # no dates: the overview shows the 30 days up to the last purchase (20 April 2025)
+    assert "all dates (the overview: 2025-03-22 to 2025-04-20, against the days before" in header
+    header = dated.split('<p class="meta">')[1].split("</p>")[0]
+    assert "2025-04-01 to 2025-04-30" in header and "the overview:" not in header

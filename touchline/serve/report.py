@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,16 +166,36 @@ def draw_all(con: BaseBackend, filters: Filters, progress: ChartProgress | None 
     return sections
 
 
+def report_window(filters: Filters, sections: Sequence[Section]) -> str:
+    """The dates the report covers, as its header says them: the window given (``since``
+    inclusive, ``until`` exclusive, so the last day is the one before it) or all dates; and
+    the overview's own window when it differs (with no ``since`` it shows the
+    :data:`~touchline.serve.figures.OVERVIEW_DAYS_DEFAULT` days up to its end, against the
+    days before), so that no chart covers other dates than the header says."""
+    since, until = filters.since, filters.until
+    window = ("all dates" if since is None and until is None else
+              f"from {since:%Y-%m-%d}" if until is None else
+              f"up to {until - timedelta(days=1):%Y-%m-%d}" if since is None else
+              f"{since:%Y-%m-%d} to {until - timedelta(days=1):%Y-%m-%d}")
+    overview = next((s for s in sections if s.name == "overview" and s.data is not None), None)
+    if overview is None:
+        return window
+    start, end = overview.data.attrs["since"], overview.data.attrs["until"]
+    if (start, end) == (since, until):
+        return window
+    return (f"{window} (the overview: {start:%Y-%m-%d} to {end - timedelta(days=1):%Y-%m-%d}"
+            ", against the days before; the charts that take no date range say so)")
+
+
 def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
                   title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None,
                   given: Sequence[str] | None = None) -> tuple[str, list[Section]]:
     """The report's HTML and its sections (``given``: see :func:`draw_all`)."""
     sections = draw_all(con, filters, progress, given)
-    window = " to ".join(f"{d:%Y-%m-%d}" for d in (filters.since, filters.until) if d)
     subtitle = ", ".join(part for part in (
         f"conversion {filters.conversion}" if filters.conversion else "the main conversion",
         f"model {filters.model}", f"stage model {filters.stage_model}",
-        f"window {window}" if window else "all dates",
+        report_window(filters, sections),
         f"{filters.unit} journeys" if filters.unit else "",
         f"{filters.device} sessions" if filters.device else "",
         f"channel {filters.channel}" if filters.channel else "",
