@@ -64,3 +64,17 @@ def test_the_kpi_page_lists_the_kpis_left_out(client: httpx.Client) -> None:
     assert "<code>retention</code>: a table" in left
     assert ("needs deals rows and the table is empty: import them with `touchline ingest "
             "FILE --kind deals`") in left
+
+
+@pytest.mark.parametrize("path", ["/channels", "/models", "/journeys"])
+def test_filters_that_match_nothing_say_so(client: httpx.Client, path: str) -> None:
+    page = client.get(f"{path}?since=2030-01-01")
+    assert page.status_code == 200
+    assert "nothing matches these filters" in page.text
+
+
+def test_an_unknown_campaign_says_nothing_matches_rather_than_zeros(
+        client: httpx.Client) -> None:
+    page = client.get("/?campaign=zzz")
+    assert page.status_code == 200
+    assert "no credited conversions or leads match campaign &#39;zzz&#39;" in page.text

@@ -373,6 +373,12 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
     frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
     spend_note = (NO_SPEND if wide.spend.isna().all() and split else
                   None if split else SPEND_NOT_SPLIT)
+    counted = ["conversions", "revenue", "leads"]
+    if credited and not wide[counted].fillna(0).to_numpy().any():  # zeros: said why
+        spend_note = "; ".join(part for part in (
+            f"no credited conversions or leads match {_filter_label_of(channel, campaign, device)} "
+            "in this window or the one before (check the names against the channel page)",
+            spend_note) if part)
     frame.attrs.update(note=spend_note, since=start, until=end, previous_since=before,
                        conversion=conversion, unit=unit, device=device, channel=channel,
                        campaign=campaign,
@@ -382,6 +388,12 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
 
 #: what an overview tile says in place of a change when the period before had none of it
 NO_PREVIOUS = "new: none in the previous period"
+
+
+def _filter_label_of(channel: str | None, campaign: str | None, device: str | None) -> str:
+    """``channel 'Email', campaign 'spring'``: the touch filters set."""
+    return ", ".join(f"{name} {value!r}" for name, value in (
+        ("channel", channel), ("campaign", campaign), ("device", device)) if value)
 
 
 def overview_figure(data: pd.DataFrame) -> go.Figure:

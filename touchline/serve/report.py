@@ -81,6 +81,12 @@ def data_table(frame: pd.DataFrame) -> str:
                          border=0, escape=True)
 
 
+#: the note of a chart whose data is empty under the filters given
+NOTHING_MATCHES = ("nothing matches these filters: no rows in this date range for this "
+                   "conversion, channel, campaign or device (check them against the data's "
+                   "dates and names)")
+
+
 @dataclass
 class Section:
     """One chart of a page: its figure and numbers, or why it could not be drawn."""
@@ -124,6 +130,8 @@ def draw(con: BaseBackend, name: str, filters: Filters, given: Sequence[str] = (
         return Section(name, chart.title, error=str(exc), notes=notes)
     # what the numbers leave empty and why (no spend imported), said by the data function
     notes += [data.attrs["note"]] if data.attrs.get("note") else []
+    if data.empty:  # an empty table says why, never silently
+        notes.append(NOTHING_MATCHES)
     return Section(name, chart.title, figure_json=figure_json(chart.figure(data)),
                    table=data_table(data), data=data, notes=notes,
                    left_out=dict(data.attrs.get("skipped") or {}))
