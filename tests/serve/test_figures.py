@@ -619,3 +619,74 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
         "campaign does not apply here: the KPIs are headlines over every touch (`touchline "
         "kpis --by campaign` breaks them down by campaign)"]
     assert figures.filters_not_applied("journey_map", ["channel", "campaign"]) == []
+
+
+def test_overview_says_new_rather_than_an_infinite_change(wh: BaseBackend) -> None:
+    # March against [31 January, 2 March): no purchase, spend or lead before 2 March
+    got = overview_data(wh, since=datetime(2025, 3, 2), until=datetime(2025, 4, 1))
+    rows = _records(got, "metric")
+    assert (rows["conversions"]["value"], rows["conversions"]["previous"]) == (2.0, 0.0)
+    assert rows["conversions"]["change"] is None
+    tiles = {t.title.text.split("<br>")[0]: t for t in figures.overview_figure(got).data}
+    conversions = tiles["Conversions"]
+    assert conversions.mode == "number" and conversions.delta.reference is None
+    assert figures.NO_PREVIOUS in conversions.title.text
+    assert "Infinity" not in figures.overview_figure(got).to_json()
+
+
+def test_empty_spend_columns_say_why(wh: BaseBackend) -> None:
+    april = {"since": datetime(2025, 4, 1), "until": datetime(2025, 5, 1)}
+    assert overview_data(wh, **april).attrs["note"] is None  # serve_kit has spend
+    assert channel_credits_data(wh, model="linear").attrs["note"] is None
+    # the device filter: spend is not split by device
+    assert overview_data(wh, **april, device="desktop").attrs["note"] == figures.SPEND_NOT_SPLIT
+    assert channel_credits_data(wh, model="linear", device="desktop").attrs["note"] == (
+        figures.SPEND_NOT_SPLIT)
+    spend = wh.table("spend").to_pyarrow()
+    wh.create_table("spend", wh.table("spend").limit(0).to_pyarrow(), overwrite=True)
+    try:
+        got = overview_data(wh, **april)
+        channels = channel_credits_data(wh, model="linear")
+    finally:
+        wh.create_table("spend", spend, overwrite=True)
+    assert _records(got, "metric")["spend"]["value"] is None
+    assert got.attrs["note"] == channels.attrs["note"] == figures.NO_SPEND
+    assert "`touchline ingest FILE --kind spend`" in figures.NO_SPEND
+    assert channels.spend.isna().all()
+
+
+def test_funnel_times_are_days_and_its_labels_readable_numbers(wh: BaseBackend) -> None:
+    funnel = funnel_data(wh)
+    # p1 entered consideration 4 d 1 h after awareness (the only one to): in days, as the
+    # stage timeline's median_days, and no column of seconds without a unit
+    assert funnel.median_days.tolist()[1] == pytest.approx(4 + 1 / 24)
+    assert not {"p25", "median", "p75", "p90"} & set(funnel.columns)
+    assert {"p25_days", "p75_days", "p90_days"} <= set(funnel.columns)
+    big = funnel.assign(entered=[29_219, 2_004, 1_000, 10])
+    trace = figures.funnel_figure(big).data[0]
+    assert trace.textinfo == "text"
+    assert list(trace.text) == ["29,219 (100% of the first)", "2,004 (7% of the first)",
+                                "1,000 (3% of the first)", "10 (0% of the first)"]
+
+
+def test_numbers_tables_leave_empty_cells_blank() -> None:
+    from touchline.serve.report import data_table
+
+    html = data_table(pd.DataFrame({"channel": ["Email", None], "value": [1.5, None]}))
+    assert "None" not in html and "nan" not in html.lower()
+
+
+def test_data_quality_says_its_window_is_when_records_were_rejected(wh: BaseBackend) -> None:
+    assert data_quality_data(wh).attrs["note"] is None  # all dates: nothing to say
+    april = data_quality_data(wh, since=datetime(2025, 4, 1))
+    assert april.rows.sum() == 2
+    assert april.attrs["note"] == (
+        "records rejected while loading from 2025-04-01 (the date range is when a record was "
+        "rejected, not its event's time); 2 rejected record(s) outside it: remove the date "
+        "range to see them")
+    later = data_quality_data(wh, since=datetime(2030, 1, 1), until=datetime(2030, 2, 1))
+    assert later.empty
+    assert later.attrs["note"].startswith(
+        "records rejected while loading from 2030-01-01 and before 2030-02-01")
+    assert later.attrs["note"].endswith(
+        "4 rejected record(s) outside it, none inside it: remove the date range to see them")

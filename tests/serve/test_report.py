@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -220,3 +221,51 @@ def test_png_charts_are_drawn_again_only_when_kaleidos_page_was_not_ready(
     finally:
         con.disconnect()
     assert len(asked) == calls and asked[0] > 0
+
+
+@pytest.mark.parametrize(("option", "value", "said"), [
+    ("--conversion", "purchse", "conversion 'purchse' (did you mean 'purchase'?)"),
+    ("--model", "last_tuch", "--model 'last_tuch' (did you mean 'last_touch'?)")])
+def test_an_unknown_conversion_or_model_writes_no_report(warehouse: str, tmp_path: Path,
+                                                         option: str, value: str,
+                                                         said: str) -> None:
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--out", str(out), option, value,
+                                      "--database", warehouse], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output  # as every bad option of the CLI (fail())
+    assert said in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_report_says_which_filters_a_chart_leaves_aside(warehouse: str, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--out", str(out), "--since", "2024-01-01",
+                                      "--device", "mobile", "--database", warehouse])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    # the funnel follows every stage ever entered: the same note as the dashboard's
+    funnel = html.split('<section id="funnel">')[1].split("</section>")[0]
+    assert ("date range does not apply here: a funnel follows each unit through every stage "
+            "it ever entered") in funnel
+    retention = html.split('<section id="retention">')[1].split("</section>")[0]
+    assert "device does not apply here" in retention and "date range" not in retention
+    # what the numbers leave empty and why: spend is not split by device
+    channels = html.split('<section id="channels">')[1].split("</section>")[0]
+    assert "spend is not split by B2B/B2C or by device" in channels
+    # no --model given: no chart says the attribution model is left aside
+    assert "attribution model does not apply" not in html
+
+
+def test_report_header_states_the_window_of_each_section(warehouse: str) -> None:
+    con = engine.connect(settings=Settings(database_url=warehouse))
+    try:
+        html, _ = render_report(con, Filters(model="linear"))
+        dated, _ = render_report(con, Filters(model="linear", since=datetime(2025, 4, 1),
+                                              until=datetime(2025, 5, 1)))
+    finally:
+        con.disconnect()
+    header = html.split('<p class="meta">')[1].split("</p>")[0]
+    # no dates: the overview shows the 30 days up to the last purchase (20 April 2025)
+    assert "all dates (the overview: 2025-03-22 to 2025-04-20, against the days before" in header
+    header = dated.split('<p class="meta">')[1].split("</p>")[0]
+    assert "2025-04-01 to 2025-04-30" in header and "the overview:" not in header

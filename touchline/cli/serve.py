@@ -60,8 +60,8 @@ def register(app: typer.Typer) -> None:
         from touchline import engine
         from touchline.config import load_settings
         from touchline.formatting import parse_day
-        from touchline.serve.figures import Filters, check_filters
-        from touchline.serve.report import write_pngs, write_report
+        from touchline.serve.figures import Filters, check_filters, filters_given
+        from touchline.serve.report import check_named, write_pngs, write_report
 
         try:
             if output_format not in ("html", "png"):
@@ -73,12 +73,17 @@ def register(app: typer.Typer) -> None:
                               stage_model=settings.stage_model, truth=tuple(truth or ()),
                               unit=unit, device=device, channel=channel, campaign=campaign)
             with engine.connected(settings=settings) as con, step_bar("report") as tell:
+                check_named(con, conversion=conversion, model=model)
+                given = filters_given(filters, Filters(model=settings.default_model,
+                                                       stage_model=settings.stage_model))
                 if output_format == "png":
                     result = write_pngs(con, out or Path("report-charts"), filters,
-                                        chromium=settings.chromium_path, progress=tell)
+                                        chromium=settings.chromium_path, progress=tell,
+                                        given=given)
                 else:
                     result = write_report(con, out or Path("report.html"), filters,
-                                          database=settings.database_url, progress=tell)
+                                          database=settings.database_url, progress=tell,
+                                          given=given)
         except TouchlineError as exc:
             raise fail(exc) from None
         for name, why in result.skipped.items():

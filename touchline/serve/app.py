@@ -42,7 +42,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from touchline import engine
-from touchline.errors import ConfigError, EngineError, TouchlineError
+from touchline.errors import ConfigError, EngineError, TouchlineError, did_you_mean
 from touchline.formatting import parse_day
 from touchline.serve.figures import (
     DEVICES,
@@ -369,11 +369,15 @@ def filters_from(request: Request, settings: Settings) -> Filters:
     q = request.query_params
     unit, device = q.get("unit") or None, q.get("device") or None
     check_filters(unit=unit, device=device)
+    stage_model = q.get("stage_model") or settings.stage_model
+    if stage_model not in (known := settings.all_stage_models()):
+        raise ConfigError(f"stage model {stage_model!r}{did_you_mean(stage_model, known)}: "
+                          f"choose from {', '.join(known)}")
     return Filters(since=parse_day(q.get("since") or None, "since"),
                    until=parse_day(q.get("until") or None, "until"),
                    conversion=q.get("conversion") or None,
                    model=q.get("model") or settings.default_model,
-                   stage_model=q.get("stage_model") or settings.stage_model,
+                   stage_model=stage_model,
                    by=q.get("by") or "channel", unit=unit, device=device,
                    channel=q.get("channel") or None, campaign=q.get("campaign") or None)
 
@@ -450,6 +454,8 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
             return drawn
 
         def work(con: BaseBackend) -> tuple[list[Section], dict[str, Any]]:
+            if error is not None:  # a bad filter: its error only, never numbers it ignored
+                return [], offered if offered is not None else _options(con)
             with engine.schemas_read_once(con):
                 parts = engine.side_by_side(con, [lane(charts) for charts in (
                     page.lanes or (page.charts,))])
@@ -465,7 +471,7 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
         # a person search is never kept (personal data stays no longer than its request)
         state = engine.warehouse_version(dash.settings) if dash.con is None else None
         version = state if page.name != "person" else None
-        key = (page.name, filters, query, given)
+        key = (page.name, filters, query, given, error)
         found = dash.pages.get(version, key)
         if found is None:
             # the filter form's options are every page's: kept as a page is

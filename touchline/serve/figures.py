@@ -255,6 +255,14 @@ def _figure(title: str) -> go.Figure:
 
 # ---- overview -------------------------------------------------------------------------------
 
+#: the note of a chart whose spend, CPA and ROAS are empty because none was imported
+NO_SPEND = ("no spend imported, so spend, CPA and ROAS are empty: "
+            "`touchline ingest FILE --kind spend`")
+#: ... or because the B2B/B2C or device filter splits what spend is not split by
+SPEND_NOT_SPLIT = ("spend, CPA and ROAS are empty: spend is not split by B2B/B2C or by "
+                   "device, so it is not set against part of the revenue")
+
+
 def overview_window(con: BaseBackend, *, since: Moment = None, until: Moment = None,
                     conversion: str | None = None) -> tuple[datetime, datetime]:
     """The overview's window: ``[since, until)`` as given; a missing ``until`` is the day
@@ -271,6 +279,10 @@ def overview_window(con: BaseBackend, *, since: Moment = None, until: Moment = N
         end = datetime(at.year, at.month, at.day) + timedelta(days=1)
     if start is None:
         start = end - timedelta(days=OVERVIEW_DAYS_DEFAULT)
+    if start >= end and until is None:  # no until given: the data ends before since
+        raise InputError(f"since {start:%Y-%m-%d}: the last {conversion} conversion is on "
+                         f"{end - timedelta(days=1):%Y-%m-%d}, so there is nothing to show "
+                         "from that day on (choose an earlier since)")
     if start >= end:
         raise InputError(f"since {start:%Y-%m-%d} is not before until {end:%Y-%m-%d}")
     return start, end
@@ -362,10 +374,29 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
         "previous": wide.loc["previous", list(OVERVIEW_METRICS)].astype("float64").to_numpy(),
     })
     frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
-    frame.attrs.update(since=start, until=end, previous_since=before, conversion=conversion,
-                       unit=unit, device=device, channel=channel, campaign=campaign,
+    spend_note = (NO_SPEND if wide.spend.isna().all() and split else
+                  None if split else SPEND_NOT_SPLIT)
+    counted = ["conversions", "revenue", "leads"]
+    if credited and not wide[counted].fillna(0).to_numpy().any():  # zeros: said why
+        spend_note = "; ".join(part for part in (
+            f"no credited conversions or leads match {_filter_label_of(channel, campaign, device)} "
+            "in this window or the one before (check the names against the channel page)",
+            spend_note) if part)
+    frame.attrs.update(note=spend_note, since=start, until=end, previous_since=before,
+                       conversion=conversion, unit=unit, device=device, channel=channel,
+                       campaign=campaign,
                        model=model if credited else None)
     return frame
+
+
+#: what an overview tile says in place of a change when the period before had none of it
+NO_PREVIOUS = "new: none in the previous period"
+
+
+def _filter_label_of(channel: str | None, campaign: str | None, device: str | None) -> str:
+    """``channel 'Email', campaign 'spring'``: the touch filters set."""
+    return ", ".join(f"{name} {value!r}" for name, value in (
+        ("channel", channel), ("campaign", campaign), ("device", device)) if value)
 
 
 def overview_figure(data: pd.DataFrame) -> go.Figure:
@@ -381,16 +412,20 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
     for i, row in enumerate(data.itertuples(index=False)):  # six tiles, not data rows
         r, c = divmod(i, columns)
         value = None if pd.isna(row.value) else float(row.value)
+        # a change against nothing is no change (Plotly would draw "▲Infinity%"): said instead
+        compared = pd.notna(row.previous) and row.previous != 0
+        title = row.metric.upper() if row.metric in ("roas", "cpa") else row.metric.capitalize()
+        if pd.notna(row.previous) and not compared:
+            title += f"<br><span style='font-size:12px'>{NO_PREVIOUS}</span>"
         indicator: dict[str, Any] = {
-            "mode": "number+delta" if pd.notna(row.previous) else "number",
+            "mode": "number+delta" if compared else "number",
             "value": value,
-            "title": {"text": row.metric.upper() if row.metric in ("roas", "cpa")
-                      else row.metric.capitalize(), "font": {"size": 15}},
+            "title": {"text": title, "font": {"size": 15}},
             "number": {"valueformat": ",.2f" if row.unit != "count" else count_format,
                        "font": {"size": 40}},
             "domain": {"row": r, "column": c},
         }
-        if pd.notna(row.previous):
+        if compared:
             indicator["delta"] = {"reference": float(row.previous), "relative": True,
                                   "valueformat": ".1%"}
             if row.metric == "cpa":  # a lower cost per acquisition is the good direction
@@ -461,7 +496,7 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     if by == "channel" and since is None and until is None and campaign is None:
         frame = _with_intervals(con, frame, model=model, conversion=conversion)
     frame.attrs.update(model=model, conversion=conversion, by=by, channel=channel,
-                       campaign=campaign)
+                       campaign=campaign, note=None if has_spend else NO_SPEND)
     return frame
 
 
@@ -484,7 +519,7 @@ def _filtered_channel_credits(con: BaseBackend, *, model: str, conversion: str,
                  roas=ibis.null("float64"))
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
     frame.attrs.update(model=model, conversion=conversion, by=by, unit=unit, device=device,
-                       channel=channel, campaign=campaign)
+                       channel=channel, campaign=campaign, note=SPEND_NOT_SPLIT)
     return frame
 
 
@@ -784,10 +819,11 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
                 channel: str | None = None, campaign: str | None = None) -> pd.DataFrame:
     """:func:`touchline.metrics.funnels.funnel` (ordered): ``step_index``, ``step``,
     ``entered``, ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time
-    from the previous step (seconds). Default steps: the stages of ``stage_model`` in order
-    (``stage:<model>/<stage>``). ``device``, ``channel``, ``campaign``: the units whose first
-    session was on that device, of that channel and campaign (:func:`units_first_on`; a
-    funnel counts units, not touches)."""
+    from the previous step in days (``p25_days``, ``median_days``, ``p75_days``,
+    ``p90_days``: as the stage timeline's ``median_days``). Default steps: the stages of
+    ``stage_model`` in order (``stage:<model>/<stage>``). ``device``, ``channel``,
+    ``campaign``: the units whose first session was on that device, of that channel and
+    campaign (:func:`units_first_on`; a funnel counts units, not touches)."""
     from touchline.metrics.funnels import funnel
 
     unit = unit or "person"  # no B2B/B2C filter: the persons' stages
@@ -801,6 +837,11 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     t = funnel(con, list(steps), window=window, unit=unit, stage_model=stage_model,
                units=units)
     frame = t.drop("group").to_pandas()
+    # the time from the previous step in days, as the stage timeline's median_days (the
+    # funnel computes seconds): a unit in the name, and one unit on the page
+    for name in FUNNEL_QUANTILES:
+        if name in frame.columns:
+            frame[f"{name}_days"] = frame.pop(name).astype("float64") / SECONDS_PER_DAY
     if frame.empty:  # nobody entered the first step: no funnel to draw
         first_on = f" whose first session was {_first_session(device, channel, campaign)}" if (
             segment) else ""
@@ -808,6 +849,11 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
                        campaign=campaign)
     return frame
+
+
+#: the funnel's quantiles of the time from the previous step (touchline.metrics.funnels)
+FUNNEL_QUANTILES = ("p25", "median", "p75", "p90")
+SECONDS_PER_DAY = 86_400
 
 
 def _first_session(device: str | None, channel: str | None, campaign: str | None) -> str:
@@ -824,7 +870,13 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
     first_on = f", first came {came}" if came else ""
     fig = _figure(f"funnel ({data.attrs.get('unit', 'person')}s{first_on})")
     labels = [str(s).rsplit("/", 1)[-1].removeprefix("stage:") for s in data.step]
-    fig.add_trace(go.Funnel(y=labels, x=data.entered, textinfo="value+percent initial",
+    # the numbers as every table and label writes them (readable_number), not Plotly's
+    # "29.219k" next to "2004"
+    first = float(data.entered.iloc[0]) if len(data) else 0.0
+    text = [f"{readable_number(float(v))} ({float(v) / first:.0%} of the first)" if first
+            else readable_number(float(v)) for v in data.entered]
+    fig.add_trace(go.Funnel(y=labels, x=data.entered, text=text, textinfo="text",
+                            hovertemplate="%{y}: %{text}<extra></extra>",
                             marker={"color": PALETTE[0]}))
     return fig
 
@@ -1274,13 +1326,34 @@ def person_timeline_figure(data: pd.DataFrame) -> go.Figure:
 def data_quality_data(con: BaseBackend, *, since: Moment = None,
                       until: Moment = None) -> pd.DataFrame:
     """``step``, ``reason_code``, ``rows``: the ``rejects`` (every record a load or a prepare
-    step dropped) by step and reason, in the window of ``rejected_at``; most first."""
+    step dropped) by step and reason, in the window of ``rejected_at``; most first.
+
+    The window is when the records were rejected (loaded), not their events' time (a
+    rejected record may have no readable time): ``attrs["note"]`` says so, with how many
+    rejects lie outside the window, so that none is hidden silently."""
     r = con.table("rejects")
-    r = r.filter(_in_window(r.rejected_at, since, until))
-    t = r.group_by(step=r.step.fill_null("(unknown)"),
-                   reason_code=r.reason_code.fill_null("(unknown)")).aggregate(
-        rows=r.count().cast("int64"))
-    return t.order_by([ibis.desc("rows"), "step", "reason_code"]).to_pandas()
+    inside = _in_window(r.rejected_at, since, until)
+    k = r.filter(inside)
+    t = k.group_by(step=k.step.fill_null("(unknown)"),
+                   reason_code=k.reason_code.fill_null("(unknown)")).aggregate(
+        rows=k.count().cast("int64"))
+    frame = t.order_by([ibis.desc("rows"), "step", "reason_code"]).to_pandas()
+    note = None
+    if since is not None or until is not None:
+        start, end = _moment(since), _moment(until)
+        window = " and ".join(part for part in (
+            f"from {start:%Y-%m-%d}" if start else "", f"before {end:%Y-%m-%d}" if end else "")
+            if part)
+        # every reject not counted in the window (one without a time too)
+        outside = int(r.count().to_pyarrow().as_py()) - int(frame.rows.sum())
+        note = (f"records rejected while loading {window} (the date range is when a record "
+                "was rejected, not its event's time)")
+        if outside:
+            note += (f"; {outside:,} rejected record(s) outside it"
+                     + (", none inside it" if frame.empty else "")
+                     + ": remove the date range to see them")
+    frame.attrs.update(note=note)
+    return frame
 
 
 def data_quality_figure(data: pd.DataFrame) -> go.Figure:
@@ -1415,6 +1488,16 @@ FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
                "channel": "a timeline shows every touch, each with its channel and campaign",
                "campaign": "a timeline shows every touch, each with its channel and campaign"},
 }
+
+
+def filters_given(filters: Filters, base: Filters | None = None) -> tuple[str, ...]:
+    """The filters (URL parameter names) of ``filters`` set away from ``base`` (by default
+    no filter, with ``filters``' own model and stage model: those are always set): what the
+    report asked for, as the dashboard reads it from its URL, for
+    :func:`filters_not_applied`."""
+    base = base or Filters(model=filters.model, stage_model=filters.stage_model)
+    return tuple(name for name in FILTER_LABELS
+                 if getattr(filters, name) != getattr(base, name))
 
 
 def filters_not_applied(chart: str, given: Sequence[str]) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +26,15 @@ import jinja2
 import plotly.io as pio
 
 from touchline import engine
-from touchline.errors import MissingInputError, TouchlineError
+from touchline.errors import MissingInputError, TouchlineError, UnknownModelError, did_you_mean
 from touchline.formatting import readable_number
-from touchline.serve.figures import CHARTS, Filters, chart_data, filters_not_applied
+from touchline.serve.figures import (
+    CHARTS,
+    Filters,
+    chart_data,
+    filters_given,
+    filters_not_applied,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,9 +72,19 @@ def figure_json(fig: object) -> str:
 
 
 def data_table(frame: pd.DataFrame) -> str:
-    """The numbers behind a chart as an HTML table (values escaped)."""
+    """The numbers behind a chart as an HTML table (values escaped; an empty cell is blank,
+    never "None")."""
+    frame = frame.copy()
+    for name in frame.select_dtypes(include="object").columns:
+        frame[name] = frame[name].where(frame[name].notna(), "")
     return frame.to_html(index=False, na_rep="", float_format=readable_number,
                          border=0, escape=True)
+
+
+#: the note of a chart whose data is empty under the filters given
+NOTHING_MATCHES = ("nothing matches these filters: no rows in this date range for this "
+                   "conversion, channel, campaign or device (check them against the data's "
+                   "dates and names)")
 
 
 @dataclass
@@ -84,6 +100,8 @@ class Section:
     #: the filters asked that this chart leaves aside, each with why
     #: (:func:`~touchline.serve.figures.filters_not_applied`)
     notes: list[str] = field(default_factory=list)
+    #: what the chart leaves out and why (the KPIs never imported, or that are tables)
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,36 +128,82 @@ def draw(con: BaseBackend, name: str, filters: Filters, given: Sequence[str] = (
         data = chart_data(con, chart, filters)
     except TouchlineError as exc:
         return Section(name, chart.title, error=str(exc), notes=notes)
+    # what the numbers leave empty and why (no spend imported), said by the data function
+    notes += [data.attrs["note"]] if data.attrs.get("note") else []
+    if data.empty:  # an empty table says why, never silently
+        notes.append(NOTHING_MATCHES)
     return Section(name, chart.title, figure_json=figure_json(chart.figure(data)),
-                   table=data_table(data), data=data, notes=notes)
+                   table=data_table(data), data=data, notes=notes,
+                   left_out=dict(data.attrs.get("skipped") or {}))
+
+
+def check_named(con: BaseBackend, *, conversion: str | None, model: str | None) -> None:
+    """A :class:`~touchline.errors.ConfigError` (conversion) or
+    :class:`~touchline.errors.UnknownModelError` (model), with the choices and the nearest,
+    for a ``--conversion`` or ``--model`` the stored journeys and credits do not have: a
+    report of the wrong thing, with most charts blank, is not written."""
+    from touchline.serve.figures import resolve_conversion
+
+    if conversion is not None:
+        resolve_conversion(con, conversion)
+    if model is not None:
+        c = con.table("credits")
+        stored = sorted(str(v) for v in c.select("model").distinct().to_pyarrow()
+                        .column("model").to_pylist() if v is not None)
+        if model not in stored:
+            raise UnknownModelError(
+                f"--model {model!r}{did_you_mean(model, stored)}: credits are stored for "
+                f"{', '.join(stored) or 'no model (run `touchline run`)'}")
 
 
 #: told ``(charts drawn, charts in all, the chart drawn now)`` (a progress bar)
 ChartProgress = Callable[[int, int, str], None]
 
 
-def draw_all(con: BaseBackend, filters: Filters, progress: ChartProgress | None = None
-             ) -> list[Section]:
-    """Every chart's section, in :data:`CHARTS` order."""
+def draw_all(con: BaseBackend, filters: Filters, progress: ChartProgress | None = None,
+             given: Sequence[str] | None = None) -> list[Section]:
+    """Every chart's section, in :data:`CHARTS` order; each says which of the filters
+    ``given`` (by default :func:`filters_given`) it leaves aside, as the dashboard does."""
+    given = filters_given(filters) if given is None else given
     sections = []
     with engine.schemas_read_once(con):
         for done, name in enumerate(CHARTS):
             if progress is not None:
                 progress(done, len(CHARTS), CHARTS[name].title)
-            sections.append(draw(con, name, filters))
+            sections.append(draw(con, name, filters, given))
     return sections
 
 
+def report_window(filters: Filters, sections: Sequence[Section]) -> str:
+    """The dates the report covers, as its header says them: the window given (``since``
+    inclusive, ``until`` exclusive, so the last day is the one before it) or all dates; and
+    the overview's own window when it differs (with no ``since`` it shows the
+    :data:`~touchline.serve.figures.OVERVIEW_DAYS_DEFAULT` days up to its end, against the
+    days before), so that no chart covers other dates than the header says."""
+    since, until = filters.since, filters.until
+    window = ("all dates" if since is None and until is None else
+              f"from {since:%Y-%m-%d}" if until is None else
+              f"up to {until - timedelta(days=1):%Y-%m-%d}" if since is None else
+              f"{since:%Y-%m-%d} to {until - timedelta(days=1):%Y-%m-%d}")
+    overview = next((s for s in sections if s.name == "overview" and s.data is not None), None)
+    if overview is None:
+        return window
+    start, end = overview.data.attrs["since"], overview.data.attrs["until"]
+    if (start, end) == (since, until):
+        return window
+    return (f"{window} (the overview: {start:%Y-%m-%d} to {end - timedelta(days=1):%Y-%m-%d}"
+            ", against the days before; the charts that take no date range say so)")
+
+
 def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
-                  title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None
-                  ) -> tuple[str, list[Section]]:
-    """The report's HTML and its sections."""
-    sections = draw_all(con, filters, progress)
-    window = " to ".join(f"{d:%Y-%m-%d}" for d in (filters.since, filters.until) if d)
+                  title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None,
+                  given: Sequence[str] | None = None) -> tuple[str, list[Section]]:
+    """The report's HTML and its sections (``given``: see :func:`draw_all`)."""
+    sections = draw_all(con, filters, progress, given)
     subtitle = ", ".join(part for part in (
         f"conversion {filters.conversion}" if filters.conversion else "the main conversion",
         f"model {filters.model}", f"stage model {filters.stage_model}",
-        f"window {window}" if window else "all dates",
+        report_window(filters, sections),
         f"{filters.unit} journeys" if filters.unit else "",
         f"{filters.device} sessions" if filters.device else "",
         f"channel {filters.channel}" if filters.channel else "",
@@ -151,11 +215,11 @@ def render_report(con: BaseBackend, filters: Filters, *, database: str = "",
 
 
 def write_report(con: BaseBackend, out: Path, filters: Filters, *, database: str = "",
-                 title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None
-                 ) -> ReportResult:
+                 title: str = REPORT_TITLE_DEFAULT, progress: ChartProgress | None = None,
+                 given: Sequence[str] | None = None) -> ReportResult:
     """Write the report to ``out`` (folders made as needed)."""
     html, sections = render_report(con, filters, database=database, title=title,
-                                   progress=progress)
+                                   progress=progress, given=given)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     log.info("report written: %d charts, %d skipped", len(sections),
@@ -170,7 +234,8 @@ KALEIDO_ATTEMPTS = 2
 
 
 def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Path,
-               progress: ChartProgress | None = None) -> ReportResult:
+               progress: ChartProgress | None = None, given: Sequence[str] | None = None
+               ) -> ReportResult:
     """Each chart of the report as ``<chart>.png`` in ``folder`` (made as needed).
 
     The figures are the report's own (:func:`draw`); a chart that cannot be drawn is skipped
@@ -184,7 +249,7 @@ def write_pngs(con: BaseBackend, folder: Path, filters: Filters, *, chromium: Pa
         raise MissingInputError(
             f"PNG charts are drawn by Chromium, and there is none at {chromium}: install it "
             "(Debian: apt-get install chromium) or set chromium_path in touchline.toml")
-    sections = draw_all(con, filters, progress)
+    sections = draw_all(con, filters, progress, given)
     if progress is not None:
         progress(len(CHARTS), len(CHARTS), "rendering the PNG files")
     folder.mkdir(parents=True, exist_ok=True)
