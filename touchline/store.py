@@ -1304,9 +1304,11 @@ EXPORTED_CONVERSIONS = TableSpec(
     key="export_id|conversion_id",
     columns=_cols(
         ("export_id", S, "the export (exports.export_id)"),
-        ("destination", S, "google-ads, meta or microsoft"),
+        ("destination", S, "google-ads, meta, microsoft, or crm (a lead `push crm --out` "
+         "wrote to a file)"),
         ("conversion", S, "conversion type"),
-        ("conversion_id", S, "<conversion>:<ref>: the touch or deal that converted"),
+        ("conversion_id", S, "<conversion>:<ref>: the touch or deal that converted (crm: the "
+         "lead_id)"),
         ("journey_id", S, "its journey when sent"),
         ("kind", S, "conversion, restatement or retraction"),
         ("order_id", S, "the order / transaction id sent (Google and Meta dedupe on it)"),
@@ -1316,6 +1318,8 @@ EXPORTED_CONVERSIONS = TableSpec(
         ("value", F, "the value sent (a retraction: 0)"),
         ("currency", S, "its currency"),
         ("exported_at", TS, "when the export ran (UTC)"),
+        ("payload_sha256", S, "a CRM lead written to a file (destination crm): SHA-256 of its "
+         "mapped record; a later `push crm --out` writes it again only when this changes"),
     ),
 )
 

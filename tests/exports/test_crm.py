@@ -465,8 +465,13 @@ def test_cli_push_crm_writes_a_file_and_names_bad_choices(john_url: str, tmp_pat
     done = runner.invoke(app, ["push", "crm", "--mapping", "salesforce", "--out", str(out),
                                "--database", john_url])
     assert done.exit_code == 0, done.output
-    assert "1 leads (salesforce/v1) written to" in done.output
+    assert "1 new or changed leads (salesforce/v1) written to" in done.output
     assert out.read_text().splitlines()[0].startswith('"Email","Phone","LeadSource",')
+    # the audit lists the push with its count and its file
+    audited = runner.invoke(app, ["audit", "exports", "--destination", "crm", "--database",
+                                  john_url], env={"COLUMNS": "300"})
+    assert audited.exit_code == 0, audited.output
+    assert "salesforce/v1" in audited.output and "leads.csv" in audited.output
     wrong = runner.invoke(app, ["push", "crm", "--mapping", "hubspt", "--out", str(out),
                                 "--database", john_url])
     assert wrong.exit_code == 2 and "did you mean 'hubspot'" in wrong.output
@@ -530,3 +535,43 @@ def test_a_push_names_the_setting_it_lacks(john_url: str, tmp_path: Path) -> Non
     con.disconnect()
     with pytest.raises(ValueError, match="crm_webhook_url 'ftp://relay' must start with"):
         _settings(tmp_path, crm_webhook_url="ftp://relay")
+
+
+def test_a_file_push_writes_only_new_or_changed_leads_and_logs_count_and_path(
+        con: BaseBackend, john_file: Path, tmp_path: Path) -> None:
+    """`push crm --out` twice wrote every lead twice and logged "sent 0" with no file: now the
+    second file has no lead, a changed record (his CRM contact id learnt) is written again, and
+    each push's audit row says how many and where, with no e-mail in the log."""
+    duck = engine.connect(f"duckdb:///{john_file}")
+    tables = {name: duck.table(name).to_pyarrow() for name in READ}
+    duck.disconnect()
+    for name, table in tables.items():
+        engine.load_table(con, name, table)
+    settings = _settings(tmp_path)
+    hubspot = load_mapping("hubspot")
+
+    def push(name: str) -> tuple[PushResult, list[str]]:
+        result = push_leads(con, settings, mapping=hubspot, out=tmp_path / name)
+        return result, (tmp_path / name).read_text().splitlines()
+
+    first, lines = push("a.csv")
+    assert (first.written, first.rewritten, len(lines)) == (1, 0, 2)
+    again, lines = push("b.csv")
+    assert (again.written, len(lines)) == (0, 1)  # the header only
+    ids = tables["identities"].to_pylist()
+    person = tables["persons"].column("person_id")[0].as_py()
+    ids.append({**ids[0], "identifier": "contact:M-7", "kind": "contact", "person_id": person})
+    engine.load_table(con, "identities", pa.Table.from_pylist(
+        ids, schema=tables["identities"].schema))
+    changed, lines = push("c.csv")
+    assert (changed.written, changed.rewritten, len(lines)) == (1, 1, 2)
+    assert '"M-7"' in lines[1]
+    log = con.table("exports").filter(lambda t: t.destination == "crm").order_by(
+        "exported_at").to_pyarrow().to_pylist()
+    assert [(r["conversion_count"], r["adjustment_count"], Path(r["path"]).name)
+            for r in log] == [(1, 0, "a.csv"), (0, 0, "b.csv"), (0, 1, "c.csv")]
+    filed = con.table("exported_conversions").filter(
+        lambda t: t.destination == "crm").order_by("exported_at").to_pyarrow().to_pylist()
+    assert [(r["conversion_id"], r["kind"]) for r in filed] == [
+        ("lead:m3", "conversion"), ("lead:m3", "restatement")]
+    assert "john@gmail.com" not in json.dumps([*log, *filed], default=str)
