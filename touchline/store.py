@@ -1281,7 +1281,7 @@ EXPORTS = TableSpec(
         ("value_basis", S, "value: the conversion's own value; model:<name>: the value that "
          "model credits to the platform's clicks"),
         ("since", TS, "conversions before this were not considered (null: all)"),
-        ("exported_at", TS, "when"),
+        ("exported_at", TS, "when the export ran (UTC)"),
         ("conversion_count", I, "new conversions sent"),
         ("adjustment_count", I, "restatements and retractions sent"),
         ("rejected_count", I, "conversions the validator refused (in rejects, step "
@@ -1291,6 +1291,8 @@ EXPORTS = TableSpec(
         ("push_url", S, "where the payload was POSTed (query string removed), else null"),
         ("push_status", I, "the HTTP status of the push (null: not pushed or no answer)"),
         ("push_response", S, "the push's answer or error (first 64 Ki characters)"),
+        ("as_of", TS, "the day the validators took as now (`--as-of`, for past data); null: "
+         "exported_at"),
     ),
 )
 
@@ -1302,9 +1304,11 @@ EXPORTED_CONVERSIONS = TableSpec(
     key="export_id|conversion_id",
     columns=_cols(
         ("export_id", S, "the export (exports.export_id)"),
-        ("destination", S, "google-ads, meta or microsoft"),
+        ("destination", S, "google-ads, meta, microsoft, or crm (a lead `push crm --out` "
+         "wrote to a file)"),
         ("conversion", S, "conversion type"),
-        ("conversion_id", S, "<conversion>:<ref>: the touch or deal that converted"),
+        ("conversion_id", S, "<conversion>:<ref>: the touch or deal that converted (crm: the "
+         "lead_id)"),
         ("journey_id", S, "its journey when sent"),
         ("kind", S, "conversion, restatement or retraction"),
         ("order_id", S, "the order / transaction id sent (Google and Meta dedupe on it)"),
@@ -1313,7 +1317,9 @@ EXPORTED_CONVERSIONS = TableSpec(
         ("converted_at", TS, "the conversion time sent (UTC)"),
         ("value", F, "the value sent (a retraction: 0)"),
         ("currency", S, "its currency"),
-        ("exported_at", TS, "when"),
+        ("exported_at", TS, "when the export ran (UTC)"),
+        ("payload_sha256", S, "a CRM lead written to a file (destination crm): SHA-256 of its "
+         "mapped record; a later `push crm --out` writes it again only when this changes"),
     ),
 )
 

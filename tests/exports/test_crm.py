@@ -76,7 +76,7 @@ def _john(person: str) -> dict[str, Any]:
     return {
         "lead_id": "lead:m3", "journey_id": f"lead:{person}:1", "conversion": "lead",
         "lead_at": datetime(2026, 3, 5, 20, 3), "person_id": person, "account_id": None,
-        "email": "john@gmail.com", "phone": "+12025550143", "company": None,
+        "contact_id": None, "email": "john@gmail.com", "phone": "+12025550143", "company": None,
         "company_domain": None,
         "first_touch_at": datetime(2026, 3, 1, 9), "first_channel": "Organic Search",
         "first_source": "google", "first_medium": "organic", "first_campaign": None,
@@ -109,6 +109,13 @@ def test_lead_records_read_the_stored_tables_alike(con: BaseBackend, john_file: 
     tables["events"] = events.set_column(
         events.schema.get_field_index("properties"), "properties",
         [[json.dumps(p) if p else None for p in chat]])
+    # the CRM knows him as contacts M-7 and M-9 (a form's contact_id, a deal's contact_ids):
+    # the record carries the least, so the file matches back to the CRM
+    person = tables["persons"].column("person_id")[0].as_py()
+    ids = tables["identities"].to_pylist()
+    ids += [{**ids[0], "identifier": f"contact:{c}", "kind": "contact", "person_id": person}
+            for c in ("M-9", "M-7")]
+    tables["identities"] = pa.Table.from_pylist(ids, schema=tables["identities"].schema)
     for name, table in tables.items():
         engine.load_table(con, name, table)
     records = lead_records(con, model="linear", stage_model="lifecycle",
@@ -116,9 +123,8 @@ def test_lead_records_read_the_stored_tables_alike(con: BaseBackend, john_file: 
     custom = ["properties.plan", "properties.seats", "properties.colour"]
     assert records.column_names == [*RECORD_FIELDS, "credit_organic_search",
                                     "credit_paid_search", *custom]
-    person = tables["persons"].column("person_id")[0].as_py()
-    assert records.to_pylist() == [{**_john(person), **dict(zip(custom, ["pro", "5", None],
-                                                                strict=True))}]
+    assert records.to_pylist() == [{**_john(person), "contact_id": "M-7",
+                                    **dict(zip(custom, ["pro", "5", None], strict=True))}]
     # his call and won deal are no leads; a lead before --since is left out
     assert lead_records(con, model="linear", stage_model="lifecycle",
                         since=datetime(2026, 3, 6)).count().to_pyarrow().as_py() == 0
@@ -238,7 +244,7 @@ def test_a_server_failing_twice_gets_one_delivery_after_retries(
     assert [r["key"] for r in handler.requests] == [idempotency_key("lead:m3")] * 3
     assert all(r["signed"] for r in handler.requests)
     assert [(d["attempts"], d["status"], d["mapping"]) for d in _table(con, "crm_deliveries")
-            ] == [(3, 200, "hubspot/v1")]
+            ] == [(3, 200, "hubspot/v2")]
     assert _table(con, "crm_dead_letters") == []
     con.disconnect()
 
@@ -330,6 +336,18 @@ def test_hubspot_and_salesforce_mappings_name_their_properties(
         "touchline_credit_paid_search": 0.5}
     # a null field is left out: the CRM keeps what it has
     assert "hs_analytics_source_data_2" not in hubspot
+    # his CRM contact id as the Record ID; a credit property for every channel of the leads
+    # (the reviewer's Puffy leads had 8 channels and columns for 2)
+    every = {**john_record, "contact_id": "M-7", "credit_email": 0.0, "credit_direct": 0.25}
+    mapped = load_mapping("hubspot").properties(every)
+    assert mapped["hs_object_id"] == "M-7"
+    assert {k: v for k, v in mapped.items() if k.startswith("touchline_credit_")
+            and k != "touchline_credit_model"} == {
+        "touchline_credit_direct": 0.25, "touchline_credit_email": 0.0,
+        "touchline_credit_organic_search": 0.5, "touchline_credit_paid_search": 0.5}
+    assert load_mapping("hubspot").columns([every])[-4:] == [
+        "touchline_credit_direct", "touchline_credit_email", "touchline_credit_organic_search",
+        "touchline_credit_paid_search"]
     salesforce = load_mapping("salesforce").properties(john_record)
     assert {k: salesforce[k] for k in ("Email", "LeadSource", "Touchline_Last_Keyword__c",
                                        "Touchline_Touch_Count__c", "Touchline_Lead_Id__c")} == {
@@ -405,9 +423,9 @@ def test_leads_go_to_csv_and_ndjson_files_without_a_webhook(john_url: str,
     csv = push_leads(con, settings, mapping=load_mapping("hubspot"), out=tmp_path / "l.csv")
     assert (csv.written, csv.pending, csv.destination) == (1, 0, None)
     header, row = (tmp_path / "l.csv").read_text().splitlines()
-    assert header.startswith('"email","phone","hs_analytics_source",')
+    assert header.startswith('"email","phone","hs_object_id","hs_analytics_source",')
     # a cell starting with + gets a ' as in every touchline CSV (formula-injection guard)
-    assert row.startswith('"john@gmail.com","\'+12025550143","ORGANIC_SEARCH","google",')
+    assert row.startswith('"john@gmail.com","\'+12025550143","","ORGANIC_SEARCH","google",')
     push_leads(con, settings, out=tmp_path / "l.ndjson")
     lines = (tmp_path / "l.ndjson").read_text().splitlines()
     assert [json.loads(line)["last_keyword"] for line in lines] == ["emergency plumber"]
@@ -447,8 +465,13 @@ def test_cli_push_crm_writes_a_file_and_names_bad_choices(john_url: str, tmp_pat
     done = runner.invoke(app, ["push", "crm", "--mapping", "salesforce", "--out", str(out),
                                "--database", john_url])
     assert done.exit_code == 0, done.output
-    assert "1 leads (salesforce/v1) written to" in done.output
+    assert "1 new or changed leads (salesforce/v1) written to" in done.output
     assert out.read_text().splitlines()[0].startswith('"Email","Phone","LeadSource",')
+    # the audit lists the push with its count and its file
+    audited = runner.invoke(app, ["audit", "exports", "--destination", "crm", "--database",
+                                  john_url], env={"COLUMNS": "300"})
+    assert audited.exit_code == 0, audited.output
+    assert "salesforce/v1" in audited.output and "leads.csv" in audited.output
     wrong = runner.invoke(app, ["push", "crm", "--mapping", "hubspt", "--out", str(out),
                                 "--database", john_url])
     assert wrong.exit_code == 2 and "did you mean 'hubspot'" in wrong.output
@@ -512,3 +535,43 @@ def test_a_push_names_the_setting_it_lacks(john_url: str, tmp_path: Path) -> Non
     con.disconnect()
     with pytest.raises(ValueError, match="crm_webhook_url 'ftp://relay' must start with"):
         _settings(tmp_path, crm_webhook_url="ftp://relay")
+
+
+def test_a_file_push_writes_only_new_or_changed_leads_and_logs_count_and_path(
+        con: BaseBackend, john_file: Path, tmp_path: Path) -> None:
+    """`push crm --out` twice wrote every lead twice and logged "sent 0" with no file: now the
+    second file has no lead, a changed record (his CRM contact id learnt) is written again, and
+    each push's audit row says how many and where, with no e-mail in the log."""
+    duck = engine.connect(f"duckdb:///{john_file}")
+    tables = {name: duck.table(name).to_pyarrow() for name in READ}
+    duck.disconnect()
+    for name, table in tables.items():
+        engine.load_table(con, name, table)
+    settings = _settings(tmp_path)
+    hubspot = load_mapping("hubspot")
+
+    def push(name: str) -> tuple[PushResult, list[str]]:
+        result = push_leads(con, settings, mapping=hubspot, out=tmp_path / name)
+        return result, (tmp_path / name).read_text().splitlines()
+
+    first, lines = push("a.csv")
+    assert (first.written, first.rewritten, len(lines)) == (1, 0, 2)
+    again, lines = push("b.csv")
+    assert (again.written, len(lines)) == (0, 1)  # the header only
+    ids = tables["identities"].to_pylist()
+    person = tables["persons"].column("person_id")[0].as_py()
+    ids.append({**ids[0], "identifier": "contact:M-7", "kind": "contact", "person_id": person})
+    engine.load_table(con, "identities", pa.Table.from_pylist(
+        ids, schema=tables["identities"].schema))
+    changed, lines = push("c.csv")
+    assert (changed.written, changed.rewritten, len(lines)) == (1, 1, 2)
+    assert '"M-7"' in lines[1]
+    log = con.table("exports").filter(lambda t: t.destination == "crm").order_by(
+        "exported_at").to_pyarrow().to_pylist()
+    assert [(r["conversion_count"], r["adjustment_count"], Path(r["path"]).name)
+            for r in log] == [(1, 0, "a.csv"), (0, 0, "b.csv"), (0, 1, "c.csv")]
+    filed = con.table("exported_conversions").filter(
+        lambda t: t.destination == "crm").order_by("exported_at").to_pyarrow().to_pylist()
+    assert [(r["conversion_id"], r["kind"]) for r in filed] == [
+        ("lead:m3", "conversion"), ("lead:m3", "restatement")]
+    assert "john@gmail.com" not in json.dumps([*log, *filed], default=str)

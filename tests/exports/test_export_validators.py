@@ -32,6 +32,9 @@ CASES = [
     ("google", GOOGLE, {"click_at": CONVERTED + timedelta(hours=1)},
      "CONVERSION_PRECEDES_EVENT"),
     ("google", GOOGLE, {"click_at": CONVERTED - timedelta(days=91)}, "EXPIRED_EVENT"),
+    # a conversion in the window of its click, but the click is too old to upload now
+    ("google", GOOGLE, {"click_at": NOW - timedelta(days=91),
+                        "converted_at": NOW - timedelta(days=89)}, "EXPIRED_EVENT"),
     ("google", GOOGLE, {"click_at": NOW - timedelta(hours=5), "converted_at": NOW},
      "TOO_RECENT_EVENT"),
     ("google", GOOGLE, {"value": "1,800"}, "FieldError.INVALID_VALUE"),
@@ -113,3 +116,18 @@ def test_the_click_through_window_is_the_destinations_setting() -> None:
     late = replace(GOOGLE, click_at=CONVERTED - timedelta(days=31))
     assert google_ads.validate_clicks([late], OPTIONS).kept == [late]
     assert google_ads.validate_clicks([late], thirty).rejected[0].code == "EXPIRED_EVENT"
+
+
+def test_google_counts_the_window_back_from_now_for_leads_without_a_click_time() -> None:
+    """The reviewer's export of 640-day-old purchases: each would have gone out and been logged
+    as sent, though Google refuses any click older than the window on upload."""
+    lead = replace(GOOGLE, click_id=None, click_id_param=None, click_at=None,
+                   email="john@gmail.com")
+    old = replace(lead, converted_at=NOW - timedelta(days=640))
+    assert google_ads.validate_leads([lead], OPTIONS).kept == [lead]
+    assert [r.code for r in google_ads.validate_leads([old], OPTIONS).rejected] == [
+        "EXPIRED_EVENT"]
+    old_click = replace(GOOGLE, click_at=NOW - timedelta(days=641),
+                        converted_at=NOW - timedelta(days=640))
+    assert [r.code for r in google_ads.validate_clicks([old_click], OPTIONS).rejected] == [
+        "EXPIRED_EVENT"]

@@ -8,7 +8,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -264,3 +264,34 @@ def test_cli_exports_lists_the_audit_and_names_unknown_choices(
     typo = runner.invoke(app, ["export", "meta", "--conversion", "deal_wom", "--out", str(out),
                                "--database", john_file])
     assert "did you mean 'deal_won'" in typo.output
+
+
+def test_without_as_of_the_windows_count_back_from_now_and_exported_at_is_the_real_time(
+        con: BaseBackend, john_file: str, tmp_path: Path) -> None:
+    """The reviewer's run: no --as-of on a months-old warehouse. John's click (March 2026) is
+    far older than Google's 90 days from today: refused as EXPIRED_EVENT and not logged as
+    sent, so the run with --as-of still sends it; and each export's exported_at is when it
+    ran, the --as-of day kept in as_of."""
+    duck = engine.connect(_settings(tmp_path, url=john_file).database_url)
+    for name in ("journeys", "journey_steps", "touches", "identities", "credits"):
+        engine.load_table(con, name, duck.table(name).to_pyarrow())
+    duck.disconnect()
+    settings = _settings(tmp_path)
+    started = datetime.now(UTC).replace(tzinfo=None)
+    today = export_conversions(con, settings, destination="google-ads", conversion="deal_won",
+                               out=tmp_path / "today.csv")
+    assert (today.conversions, today.rejected, today.rejects_by_reason) == (
+        0, 1, {"EXPIRED_EVENT": 1})
+    assert con.table("exported_conversions").count().to_pyarrow().as_py() == 0
+    as_of = datetime(2026, 3, 21)
+    past = export_conversions(con, settings, destination="google-ads", conversion="deal_won",
+                              out=tmp_path / "past.csv", now=as_of)
+    assert (past.conversions, past.rejected) == (1, 0)
+    log = con.table("exports").order_by("exported_at").to_pyarrow().to_pylist()
+    assert [row["as_of"] for row in log] == [None, as_of]
+    assert all(started <= row["exported_at"] <= datetime.now(UTC).replace(tzinfo=None)
+               for row in log)
+    sent = con.table("exported_conversions").to_pyarrow().to_pylist()
+    assert [row["exported_at"] for row in sent] == [log[1]["exported_at"]]
+    rejects = con.table("rejects").filter(lambda t: t.step == "export:google-ads")
+    assert rejects.reason_code.to_pyarrow().to_pylist() == ["EXPIRED_EVENT"]

@@ -267,6 +267,25 @@ def test_a_person_known_only_by_hashes_is_found_by_address_number_or_hash(
         resolve_unit(con, "nobody@x.io")
 
 
+def test_a_person_is_found_by_an_identifier_already_prefixed_with_its_kind(
+        con: BaseBackend, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``touchline person contact:M-1``: the form the not-found error lists is taken as it is
+    (it was looked up as ``contact:contact:M-1``), for every kind of identifier."""
+    settings = Settings(database_url="duckdb://", temp_directory=tmp_path)
+    prepare_on_duckdb(con, settings, [
+        {"anonymous_id": "dev1", "type": "track", "event": "Form Submitted",
+         "timestamp": "09:00", "contact_id": "M-1"},
+        {"anonymous_id": "dev2", "user_id": "u7", "email": "bob@y.io", "timestamp": "09:20",
+         "url": "https://x.io/"}], [])
+    ids = con.table("identities").to_pandas().set_index("identifier").person_id
+    mql, bob = ids["anon:dev1"], ids["anon:dev2"]
+    for typed, person in (("contact:M-1", mql), ("M-1", mql), ("anon:dev1", mql),
+                          ("user:u7", bob), ("email:Bob@Y.io", bob), ("u7", bob)):
+        assert resolve_unit(con, typed) == ("person", person), typed
+    with pytest.raises(InputError, match=r"tried person and account ids, contact:M-2\)"):
+        resolve_unit(con, "contact:M-2")
+
+
 def test_won_deals_that_name_no_one_known_are_counted_in_a_warning(
         con: BaseBackend, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A CRM export of won deals loaded without contacts (Olist's closed deals by ``mql_id``

@@ -274,3 +274,49 @@ def test_repeat_purchase_and_retention_cohorts_recover_the_true_orders(
                                    c["active_customers"]) for c in want["cohorts"]]
     assert sum(c["customers"] for c in want["cohorts"] if c["months_since"] == 0) == (
         want["customers"])
+
+
+@pytest.fixture(scope="module")
+def b2b(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """John's warehouse: his won deal the only conversion with value, no purchases, no spend."""
+    from factories import JOHN, JOHN_DEAL, arrow_table, event_rows
+
+    from touchline import engine, store
+    from touchline.config import Settings
+    from touchline.pipeline import run
+
+    folder = tmp_path_factory.mktemp("b2b")
+    url = f"duckdb://{folder / 'wh.duckdb'}"
+    settings = Settings(database_url=url, temp_directory=folder,  # type: ignore[arg-type]
+                        attribution_models=["linear"], default_model="linear")
+    con = engine.connect(settings=settings)
+    engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
+    engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))
+    run(con, settings)
+    con.disconnect()
+    return url
+
+
+def test_kpis_default_to_the_conversion_with_the_most_value(b2b: str) -> None:
+    """No --conversion on a B2B warehouse: the won deals (as the report and dashboard
+    choose), not purchases that have no journeys."""
+    out = _json(["--kpi", "conversions"], b2b)
+    rows = out["kpis"][0]["rows"]
+    assert [r["conversions"] for r in rows] == pytest.approx([1.0])
+    assert out["skipped"] == []
+
+
+def test_several_kpis_in_one_option_and_one_without_its_input_is_skipped(b2b: str) -> None:
+    """`--kpi conversions,revenue` (or repeated --kpi) asks for both; with several asked, cpa
+    (no spend imported) is skipped with its reason, not the end of the command; alone it
+    still fails."""
+    both = _json(["--kpi", "conversions,revenue"], b2b)
+    assert [k["kpi"] for k in both["kpis"]] == ["conversions", "revenue"]
+    assert both["kpis"][1]["rows"][0]["revenue"] == pytest.approx(1800.0)
+    some = _json(["--kpi", "conversions", "--kpi", "cpa"], b2b)
+    assert [k["kpi"] for k in some["kpis"]] == ["conversions"]
+    assert [s["kpi"] for s in some["skipped"]] == ["cpa"]
+    assert "spend" in some["skipped"][0]["reason"]
+    alone = runner.invoke(app, ["kpis", "--kpi", "cpa", "--database", b2b])
+    assert alone.exit_code != 0
+    assert "spend" in alone.output

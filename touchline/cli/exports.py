@@ -140,8 +140,10 @@ def register(app: typer.Typer) -> None:
 
         def show(result: PushResult) -> None:
             if result.path is not None:
-                console.print(f"{result.written:,} leads ({result.mapping}) written to "
-                              f"{escape(str(result.path))}", soft_wrap=True)
+                console.print(f"{result.written:,} new or changed leads ({result.mapping}"
+                              + (f", {result.rewritten:,} changed" if result.rewritten else "")
+                              + f") written to {escape(str(result.path))} (leads written "
+                              "before and unchanged are left out)", soft_wrap=True)
             if result.destination is not None and (result.pending or not follow):
                 console.print(f"push {result.push_id} ({result.mapping}) to "
                               f"{escape(result.destination)}: {result.pending:,} new leads, "
@@ -220,14 +222,16 @@ def register(app: typer.Typer) -> None:
         except TouchlineError as exc:
             raise fail(exc) from None
         table = Table("exported at", "destination", "format", "conversion", "sent",
-                      "adjusted", "rejected", "push",
+                      "adjusted", "rejected", "to", "push",
                       title=f"{len(rows)} exports (files and ids: table exports)")
         for column in table.columns[:3]:
             column.no_wrap = True
         for row in rows.itertuples(index=False):
             push = "" if row.push_status != row.push_status or row.push_status is None else (
                 f"HTTP {int(row.push_status)}")
+            to = row.path or (row.push_url if isinstance(row.push_url, str) else "")
             table.add_row(f"{row.exported_at:%Y-%m-%d %H:%M}", row.destination, row.format,
                           row.conversion, f"{row.conversion_count:,}",
-                          f"{row.adjustment_count:,}", f"{row.rejected_count:,}", push)
+                          f"{row.adjustment_count:,}", f"{row.rejected_count:,}",
+                          escape(to), push)
         console.print(table)

@@ -150,7 +150,8 @@ def register(app: typer.Typer) -> None:
             help="Only this stage's KPIs: awareness, consideration, decision, retention, "
             "advocacy (or a stage of the funnel, hourglass or b2b presets).")] = None,
         kpi: Annotated[list[str] | None, typer.Option(
-            "--kpi", help="A KPI by name (repeatable); see --list.")] = None,
+            "--kpi", help="KPIs by name: repeat --kpi or separate names with commas "
+            "(--kpi conversions,revenue); see --list.")] = None,
         by: Annotated[list[str] | None, typer.Option(
             help="Breakdown (repeatable): channel, source, medium, campaign, keyword, "
             "landing_page, device, query, country, or a period day|week|month|quarter.")
@@ -164,8 +165,9 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str | None, typer.Option(
             help="Attribution model of the credited KPIs (conversions, revenue, cpa, roas, "
             "cost_per_lead); default settings.default_model.")] = None,
-        conversion: Annotated[str, typer.Option(
-            help="Conversion type the conversion KPIs count.")] = "purchase",
+        conversion: Annotated[str | None, typer.Option(
+            help="Conversion type the conversion KPIs count (default: the stored one with "
+            "the most value, as the report and dashboard choose).")] = None,
         fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
         stage_model: Annotated[str | None, typer.Option(
             "--stage-model", help="Group the KPIs by the stages of this stage model, in its "
@@ -204,6 +206,8 @@ def register(app: typer.Typer) -> None:
                 raise UnknownKPIError(
                     f"--stage {stage!r}{did_you_mean(stage, names)} is not a stage of stage "
                     f"model {stage_model!r}: choose from {', '.join(names)}")
+            # --kpi a,b and --kpi a --kpi b alike
+            kpi = [n.strip() for names in kpi or [] for n in names.split(",") if n.strip()]
             chosen = ([lookup(name) for name in kpi] if kpi
                       else for_stage(stage) if stage and not stage_model
                       else list(KPIS.values()))
@@ -232,6 +236,8 @@ def register(app: typer.Typer) -> None:
                                       f"{stage_model!r}: `touchline kpis --list --stage-model "
                                       f"{stage_model}` shows which stages have KPIs")
             con = engine.connect(settings=settings)
+            if conversion is None:
+                conversion = _default_conversion(con)
             options: dict[str, Any] = dict(
                 by=list(by or []), period=period, since=_as_date(parse_day(since, "--since")),
                 until=_as_date(parse_day(until, "--until")),
@@ -246,9 +252,9 @@ def register(app: typer.Typer) -> None:
                     except (UnknownKPIError, MissingInputError, ModelFitError) as exc:
                         # a whole stage asked: a KPI that its breakdown, imports or
                         # conversion types do not allow, or whose model does not fit the data
-                        # (CLV on a dozen customers), is skipped and said; a KPI asked by
-                        # name fails
-                        if kpi:
+                        # (CLV on a dozen customers), is skipped and said; so is one of
+                        # several asked by name; the only KPI asked by name fails
+                        if len(chosen) == 1 and kpi:
                             raise
                         skipped.append({"kpi": k.name, "reason": str(exc)})
                         continue
@@ -320,6 +326,20 @@ def register(app: typer.Typer) -> None:
                 console.print(table)
         for s in skipped:
             err.print(f"skipped {s['kpi']}: {s['reason']}", markup=False, highlight=False)
+
+    def _default_conversion(con: Any) -> str:
+        """The conversion type the report and dashboard default to (the stored one with the
+        most value: :func:`touchline.journeys.conversions.choose_conversion`); the KPI
+        registry's default when no journey converts yet (the conversion KPIs then say so)."""
+        from touchline.journeys.conversions import choose_conversion
+        from touchline.metrics.kpis import CONVERSION_DEFAULT
+
+        if "journeys" not in con.list_tables():
+            return CONVERSION_DEFAULT
+        try:
+            return choose_conversion(con.table("journeys"), None)
+        except ConfigError:
+            return CONVERSION_DEFAULT
 
     @app.command()
     def funnel(

@@ -29,11 +29,13 @@ RESPONSE_MAX_CHARS = 64 * 1024
 
 def ensure_tables(con: BaseBackend) -> None:
     """Create ``exports``, ``exported_conversions`` and ``rejects`` when a warehouse made by an
-    older version lacks them."""
+    older version lacks them, and add the columns an older version's tables lack."""
     existing = set(con.list_tables())
     for spec in (*store.EXPORT_TABLES, store.REJECTS):
         if spec.name not in existing:
             con.create_table(spec.name, schema=spec.schema)
+        else:
+            engine.add_missing_columns(con, spec.name, spec.schema)
 
 
 def new_export_id() -> str:
@@ -56,12 +58,14 @@ def export_row(*, export_id: str, destination: str, format_id: str, conversion: 
                exported_at: datetime, conversion_count: int, adjustment_count: int,
                rejected_count: int, path: str, adjustments_path: str | None,
                push_url: str | None, push_status: int | None,
-               push_response: str | None) -> pa.Table:
-    """The ``exports`` row of one export (Arrow, in the table's schema)."""
+               push_response: str | None, as_of: datetime | None = None) -> pa.Table:
+    """The ``exports`` row of one export (Arrow, in the table's schema). ``exported_at``: when
+    it ran; ``as_of``: the clock its validators used, when told one (``--as-of``)."""
     row = {
         "export_id": export_id, "destination": destination, "format": format_id,
         "conversion": conversion, "platform_name": platform_name, "value_basis": value_basis,
-        "since": since, "exported_at": exported_at, "conversion_count": conversion_count,
+        "since": since, "exported_at": exported_at, "as_of": as_of,
+        "conversion_count": conversion_count,
         "adjustment_count": adjustment_count, "rejected_count": rejected_count, "path": path,
         "adjustments_path": adjustments_path, "push_url": public_url(push_url),
         "push_status": push_status,

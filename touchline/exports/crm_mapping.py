@@ -40,7 +40,7 @@ DATA = Path(__file__).parent / "data"
 SHIPPED = ("touchline", "hubspot", "salesforce")
 TYPES = ("string", "number", "integer", "bool", "datetime", "date", "enumeration")
 _FIELD_KEYS = ("from", "constant", "type", "max_length", "values", "default", "drop")
-_TOP_KEYS = ("name", "version", "object", "extends", "fields")
+_TOP_KEYS = ("name", "version", "object", "extends", "fields", "credit_prefix")
 _RECORD_TYPES = {"string": "string", "datetime": "datetime", "integer": "integer",
                  "number": "number"}
 
@@ -73,13 +73,16 @@ class FieldSpec:
 @dataclass(frozen=True)
 class Mapping:
     """A CRM object's properties from a lead record. ``all_credits``: every
-    ``credit_<channel>`` field of the record beside ``fields`` (the ``touchline`` mapping)."""
+    ``credit_<channel>`` field of the record beside ``fields``, each under ``credit_prefix`` +
+    its name (the ``touchline`` mapping: no prefix; ``hubspot``: ``touchline_credit_…``, a
+    custom property per channel)."""
 
     name: str
     version: int
     object: str
     fields: tuple[FieldSpec, ...]
     all_credits: bool = False
+    credit_prefix: str = ""
 
     @property
     def versioned(self) -> str:
@@ -100,15 +103,17 @@ class Mapping:
                 out[spec.name] = value
         if self.all_credits:
             for key in sorted(record):
-                if CREDIT_FIELD.match(key) and key not in out and record[key] is not None:
-                    out[key] = float(record[key])
+                name = self.credit_prefix + key
+                if CREDIT_FIELD.match(key) and name not in out and record[key] is not None:
+                    out[name] = float(record[key])
         return out
 
     def columns(self, records: list[dict[str, Any]]) -> list[str]:
         """The file columns of ``records``: the fields, then any credit fields they carry."""
         names = [spec.name for spec in self.fields]
         if self.all_credits:
-            names += sorted({k for r in records for k in r if CREDIT_FIELD.match(k)} - set(names))
+            names += sorted({self.credit_prefix + k for r in records for k in r
+                             if CREDIT_FIELD.match(k)} - set(names))
         return names
 
 
@@ -209,7 +214,13 @@ def _parse(data: dict[str, Any], where: str, base: Mapping | None) -> Mapping:
             fields.pop(name, None)
         else:
             fields[name] = parsed
-    if not fields and not (base and base.all_credits):
+    prefix = data.get("credit_prefix", base.credit_prefix if base and base.all_credits
+                      else None)
+    if prefix is not None and (not isinstance(prefix, str) or (
+            prefix and not prefix.replace("_", "").isalnum())):
+        raise ConfigError(f"{where}: credit_prefix {prefix!r} must be letters, digits and _ "
+                          "(every credit_<channel> field becomes <credit_prefix>credit_<channel>)")
+    if not fields and prefix is None:
         raise ConfigError(f"{where}: no fields: a mapping needs at least one")
     version = data.get("version", base.version if base else 1)
     if not isinstance(version, int):
@@ -217,7 +228,7 @@ def _parse(data: dict[str, Any], where: str, base: Mapping | None) -> Mapping:
     name = data.get("name") or (f"{base.name}+{Path(where).stem}" if base else Path(where).stem)
     mapping = Mapping(str(name), version, str(data.get("object", base.object if base else "lead")),
                       tuple(fields.values()))
-    return replace(mapping, all_credits=bool(base and base.all_credits))
+    return replace(mapping, all_credits=prefix is not None, credit_prefix=prefix or "")
 
 
 def shipped_mapping(name: str) -> Mapping:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ibis
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -106,8 +107,10 @@ class PushResult:
 
     push_id: str
     mapping: str
-    #: leads written to the file (``out``)
+    #: leads written to the file (``out``): new ones and changed ones (``rewritten``)
     written: int = 0
+    #: of them, leads a file had before whose record changed since
+    rewritten: int = 0
     #: leads due for the webhook (not yet delivered)
     pending: int = 0
     delivered: int = 0
@@ -277,15 +280,22 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
     if not url and out is None:
         raise ConfigError("nothing to push to: set crm_webhook_url (and crm_webhook_secret) "
                           "or give --out FILE")
-    written = 0
+    written = rewritten = 0
+    filed: list[tuple[dict[str, Any], str, bool]] = []
     if out is not None:
+        # like the ad exports: only leads no file had, or whose record changed since
         every = records.order_by(["lead_at", "lead_id"]).to_pyarrow().to_pylist()
-        write_file(out, mapping, every)
-        written = len(every)
+        before = filed_state(con)
+        for record in every:
+            digest = hashlib.sha256(body(mapping, record)).hexdigest()
+            if before.get(record["lead_id"]) != digest:
+                filed.append((record, digest, record["lead_id"] in before))
+        write_file(out, mapping, [record for record, _, _ in filed])
+        written, rewritten = len(filed), sum(changed for _, _, changed in filed)
     if not url:
-        result = PushResult(push_id, mapping.versioned, written=written, path=out,
-                            withheld=withheld_count)
-        _audit(con, settings, result, mapping, model, since, clock())
+        result = PushResult(push_id, mapping.versioned, written=written, rewritten=rewritten,
+                            path=out, withheld=withheld_count)
+        _audit(con, settings, result, mapping, model, since, clock(), filed)
         return result
 
     done = con.table("crm_deliveries").select(_done="lead_id")
@@ -340,28 +350,56 @@ def push_leads(con: BaseBackend, settings: Settings, *, mapping: Mapping | None 
                     **common, "attempts": outcome.attempts, "last_status": outcome.status,
                     "last_error": outcome.answer[:ANSWER_MAX_CHARS],
                     "failed_at": outcome.ended_at})
-    result = PushResult(push_id, mapping.versioned, written=written, pending=len(todo),
+    result = PushResult(push_id, mapping.versioned, written=written, rewritten=rewritten,
+                        pending=len(todo),
                         delivered=delivered, dead_letters=dead_letters, resent=resent,
                         stopped=stopped, path=out, destination=where, withheld=withheld_count)
     if todo or out is not None:
-        _audit(con, settings, result, mapping, model, since, clock())
+        _audit(con, settings, result, mapping, model, since, clock(), filed)
     return result
 
 
+def filed_state(con: BaseBackend) -> dict[str, str]:
+    """``lead_id`` → the SHA-256 of the record last written to a file for it (by
+    ``push crm --out``; ``exported_conversions`` of destination ``crm``)."""
+    sent = con.table("exported_conversions")
+    sent = sent.filter((sent.destination == DESTINATION) & sent.payload_sha256.notnull())
+    latest = ibis.row_number().over(group_by=sent.conversion_id,
+                                    order_by=[ibis.desc(sent.exported_at),
+                                              ibis.desc(sent.export_id)])
+    last = sent.mutate(_rank=latest).filter(lambda t: t._rank == 0)
+    table = last.select("conversion_id", "payload_sha256").to_pyarrow()
+    return dict(zip(table.column("conversion_id").to_pylist(),
+                    table.column("payload_sha256").to_pylist(), strict=True))
+
+
 def _audit(con: BaseBackend, settings: Settings, result: PushResult, mapping: Mapping,
-           model: str, since: datetime | None, now: datetime) -> None:
-    """The push's row in ``exports`` (``touchline audit exports --destination crm``)."""
+           model: str, since: datetime | None, now: datetime,
+           filed: list[tuple[dict[str, Any], str, bool]]) -> None:
+    """The push's row in ``exports`` (``touchline audit exports --destination crm``): the
+    leads it delivered to the webhook, or without one the leads it wrote to the file, new
+    (``conversion_count``) and changed (``adjustment_count``), and where (the file, the URL
+    without its query string); each lead written to the file in ``exported_conversions``
+    with the SHA-256 of its record (no e-mail, no phone), what keeps the next file to the new
+    and changed leads."""
+    new = result.written - result.rewritten
     row = audit.export_row(
         export_id=result.push_id, destination=DESTINATION, format_id=result.mapping,
         conversion=",".join(settings.crm_lead_conversions), platform_name=mapping.object,
         value_basis=f"model:{model}", since=since, exported_at=now,
-        conversion_count=result.delivered, adjustment_count=0,
+        conversion_count=result.delivered if result.destination else new,
+        adjustment_count=0 if result.destination else result.rewritten,
         rejected_count=result.dead_letters, path=str(result.path) if result.path else "",
         adjustments_path=None, push_url=settings.crm_webhook_url if result.pending else None,
         push_status=None, push_response=None)
-    audit.record(con, row, audit.delivered_rows([], export_id=result.push_id,
-                                                destination=DESTINATION, conversion="",
-                                                exported_at=now))
+    leads = pa.Table.from_pylist([{
+        "export_id": result.push_id, "destination": DESTINATION,
+        "conversion": record["conversion"], "conversion_id": record["lead_id"],
+        "journey_id": record["journey_id"], "kind": "restatement" if changed else "conversion",
+        "converted_at": record["lead_at"], "exported_at": now, "payload_sha256": digest,
+    } for record, digest, changed in filed],
+        schema=store.EXPORTED_CONVERSIONS.schema.to_pyarrow())
+    audit.record(con, row, leads)
 
 
 def follow(settings: Settings, *, stop: threading.Event, mapping: Mapping | None = None,

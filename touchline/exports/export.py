@@ -191,12 +191,14 @@ def export_conversions(con: BaseBackend, settings: Settings, *, destination: str
 
     ``platform_name``: the conversion action / event / goal name on the platform (default:
     ``conversion``). ``model``: send the value that model credits to the destination's clicks
-    instead of the conversion's own. ``now`` (UTC): the clock the validators use.
+    instead of the conversion's own. ``now`` (UTC): the clock the validators use (``--as-of``;
+    stored as ``exports.as_of``); ``exports.exported_at`` is always when the export ran.
     """
     layout = choose_format(destination, fmt)
     _check_inputs(con, settings, conversion, model, layout)
     audit.ensure_tables(con)
-    now = now or datetime.now(UTC).replace(tzinfo=None)
+    ran_at = datetime.now(UTC).replace(tzinfo=None)
+    as_of, now = now, now or ran_at
     name = platform_name or conversion
     currency = settings.reporting_currency
     params = DESTINATIONS[destination]
@@ -242,20 +244,20 @@ def export_conversions(con: BaseBackend, settings: Settings, *, destination: str
                         export_id, audit.public_url(url), status)
             delivered = kept_adjusted  # written to their own file; not part of the push
     rejects = audit.reject_table(checked.rejected, destination=destination,
-                                 format_id=layout.versioned, export_id=export_id, now=now)
+                                 format_id=layout.versioned, export_id=export_id, now=ran_at)
     audit.append_new_rejects(con, rejects)
     audit.record(con, audit.export_row(
         export_id=export_id, destination=destination, format_id=layout.versioned,
         conversion=conversion, platform_name=name,
-        value_basis=f"model:{model}" if model else "value", since=since, exported_at=now,
-        conversion_count=sum(c.kind == "conversion" for c in delivered),
+        value_basis=f"model:{model}" if model else "value", since=since, exported_at=ran_at,
+        as_of=as_of, conversion_count=sum(c.kind == "conversion" for c in delivered),
         adjustment_count=sum(c.kind != "conversion" for c in delivered),
         rejected_count=len(checked.rejected), path=str(out),
         adjustments_path=str(adjustments_path) if adjustments_path else None,
         push_url=url if status is not None or answer is not None else None,
         push_status=status, push_response=answer),
         audit.delivered_rows(delivered, export_id=export_id, destination=destination,
-                             conversion=conversion, exported_at=now))
+                             conversion=conversion, exported_at=ran_at))
     by_reason: dict[str, int] = {}
     for rejection in checked.rejected:
         by_reason[rejection.code] = by_reason.get(rejection.code, 0) + 1

@@ -14,9 +14,11 @@ Sources (each format's layout and each error name come from these):
   docs/conversions/upload-adjustments.
 - ``ConversionUploadErrorEnum.ConversionUploadError`` (UNPARSEABLE_GCLID, UNPARSEABLE_GBRAID,
   UNPARSEABLE_WBRAID, GBRAID_WBRAID_BOTH_SET, CONVERSION_PRECEDES_EVENT, EXPIRED_EVENT: the
-  click is older than the conversion action's click-through window, TOO_RECENT_EVENT: the click
-  is less than 6 hours old, DUPLICATE_ORDER_ID, DUPLICATE_CLICK_CONVERSION_IN_REQUEST,
-  ORDER_ID_CONTAINS_PII, INVALID_USER_IDENTIFIER: user data not SHA-256 hashed after
+  click is older than the conversion action's click-through window (counted back from the
+  conversion, and from the upload: Google takes no conversion of a click older than that),
+  TOO_RECENT_EVENT: the click is less than 6 hours old, DUPLICATE_ORDER_ID,
+  DUPLICATE_CLICK_CONVERSION_IN_REQUEST, ORDER_ID_CONTAINS_PII,
+  INVALID_USER_IDENTIFIER: user data not SHA-256 hashed after
   normalisation), ``FieldError`` (REQUIRED, INVALID_VALUE) and ``CurrencyCodeError``
   (UNSUPPORTED), developers.google.com/google-ads/api/reference/rpc/latest/.
 - Data Manager API ``events:ingest`` (``destinations`` with ``operatingAccount`` and
@@ -239,10 +241,25 @@ def _click_timing(row: Conversion, options: CheckOptions) -> tuple[str, str | No
         return ("EXPIRED_EVENT", "click_at",
                 f"the click ({row.click_at}) is more than {options.window_days} days before the "
                 f"conversion ({row.converted_at}): outside the click-through window")
+    if older_than(row.click_at, options.now, options.window_days):
+        return ("EXPIRED_EVENT", "click_at",
+                f"the click ({row.click_at}) is more than {options.window_days} days before "
+                f"now ({options.now}): Google takes a click's conversions only within the "
+                "click-through window counted back from the upload")
     if options.now - row.click_at < TOO_RECENT:
         return ("TOO_RECENT_EVENT", "click_at",
                 f"the click ({row.click_at}) is less than 6 hours old: Google has not recorded "
                 "it yet; it is sent by an export after that")
+    return None
+
+
+def _event_age(row: Conversion, options: CheckOptions) -> tuple[str, str | None, str] | None:
+    """A conversion without a click time (a lead matched on e-mail and phone): its own time is
+    the latest its click can be, so it is too old when it is older than the window from now."""
+    if row.click_at is None and older_than(row.converted_at, options.now, options.window_days):
+        return ("EXPIRED_EVENT", "converted_at",
+                f"the conversion ({row.converted_at}) is more than {options.window_days} days "
+                f"before now ({options.now}): its click is outside the click-through window")
     return None
 
 
@@ -307,9 +324,11 @@ def _adjustment(row: Conversion, _: CheckOptions) -> tuple[str, str | None, str]
 
 
 _COMMON: tuple[Rule, ...] = (_value, _currency, _order_id, _hashed_identifiers)
-CLICK_RULES: tuple[Rule, ...] = (_click_present, _click_parses, _click_timing, *_COMMON)
-LEAD_RULES: tuple[Rule, ...] = (_identified, _click_parses, _click_timing, *_COMMON)
-EVENT_RULES: tuple[Rule, ...] = (_click_or_person, _click_parses, _click_timing, *_COMMON)
+CLICK_RULES: tuple[Rule, ...] = (_click_present, _click_parses, _click_timing, _event_age,
+                                  *_COMMON)
+LEAD_RULES: tuple[Rule, ...] = (_identified, _click_parses, _click_timing, _event_age, *_COMMON)
+EVENT_RULES: tuple[Rule, ...] = (_click_or_person, _click_parses, _click_timing, _event_age,
+                                 *_COMMON)
 ADJUSTMENT_RULES: tuple[Rule, ...] = (_adjustment, _value, _currency)
 
 

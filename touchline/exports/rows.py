@@ -62,12 +62,13 @@ def journey_clicks(con: BaseBackend, journeys: ir.Table, params: Sequence[str]) 
 
 def person_contacts(con: BaseBackend) -> ir.Table:
     """``_person`` → its least ``email``, ``phone`` (E.164), ``email_sha256``, ``phone_sha256``
-    from the identity graph (the prepared, normalised identifiers)."""
+    and ``contact`` (a CRM's own contact id) from the identity graph (the prepared, normalised
+    identifiers)."""
     ids = con.table("identities")
     value = ids.identifier.re_extract(_KIND_PREFIX, 1)
     return ids.group_by(_person=ids.person_id).aggregate(**{
         kind: value.min(where=ids.kind == kind)
-        for kind in ("email", "phone", "email_sha256", "phone_sha256")})
+        for kind in ("email", "phone", "email_sha256", "phone_sha256", "contact")})
 
 
 def platform_value(con: BaseBackend, journeys: ir.Table, params: Sequence[str],

@@ -31,6 +31,10 @@ TIMELINE_COLUMNS = ("at", "kind", "person_id", "channel", "source", "medium", "c
                     "keyword", "landing_page", "detail", "credit", "value")
 
 
+#: the kinds of identity-graph identifiers a typed id may already carry as its prefix
+PREFIXED = ("user", "contact", "anon", "email", "phone", "email_sha256", "phone_sha256")
+
+
 def _candidates(text: str, phone_region: str, pii_key: str | None = None) -> list[str]:
     """Identity-graph identifiers ``text`` may be, most specific first: an e-mail or a phone
     also as its SHA-256 (a person known only by an export's hashed address), a 64-hex text as
@@ -39,6 +43,13 @@ def _candidates(text: str, phone_region: str, pii_key: str | None = None) -> lis
     import phonenumbers
 
     value = text.strip()
+    kind, colon, rest = value.partition(":")
+    if colon and rest.strip() and kind.lower() in PREFIXED:
+        # already an identifier of a kind (``contact:<id>``, as the not-found error shows)
+        kind, rest = kind.lower(), rest.strip()
+        if kind in ("email", "phone"):  # normalised (and keyed) as the graph keeps them
+            return _candidates(rest, phone_region, pii_key)
+        return [f"{kind}:{rest.lower() if kind.endswith('_sha256') else rest}"]
     out = [f"user:{value}", f"contact:{value}", f"anon:{value}"]
     if "@" in value:
         out[:0] = contact_identifiers("email", value.lower(), pii_key)
