@@ -33,7 +33,7 @@ import hashlib
 import inspect
 import json
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -45,7 +45,6 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from touchline import engine
 from touchline.engine import seconds_between
 from touchline.errors import ConfigError, InputError, MissingInputError, TouchlineError
 from touchline.formatting import readable_number
@@ -56,8 +55,6 @@ if TYPE_CHECKING:
     from ibis.backends import BaseBackend
 
     from touchline.attribution.evaluate import Truth
-    from touchline.config import Settings
-    from touchline.metrics.kpis import KPI
 
 log = logging.getLogger(__name__)
 
@@ -961,25 +958,35 @@ def _headline_values(parts: Sequence[tuple[tuple[str, ...], ir.Table]],
     return out
 
 
-#: the KPI families computed on a second connection by :func:`stage_kpis_data`: the
-#: sessions' scans (two thirds of the page's engine time on the demo warehouse), and the
-#: customers, whose acquisition channel reads the same first sessions (found once, in one lane)
-SIDE_LANE_FAMILIES = frozenset({"sessions", "first_sessions", "page_actions", "customers"})
-#: a lane's headline values (by KPI), the KPIs it skipped (with why), those that are tables
-_Headlines = tuple[dict[str, list[float | None]], dict[str, str], set[str]]
+def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
+                    model: str = MODEL_DEFAULT, conversion: str | None = None,
+                    stage_model: str = STAGE_MODEL_DEFAULT,
+                    names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The headline of every KPI of the registry (:mod:`touchline.metrics.kpis`; or of the
+    KPIs ``names``) under its stage: ``stage``, ``kpi``, ``value``, ``unit``, ``formula``;
+    each KPI computed in the engine over the window, as ``touchline kpis`` computes it. The
+    headline is the KPI's own column (the median for a spread such as ``days_to_convert``).
+    KPIs whose input was never imported, those that are tables (retention cohorts,
+    purchase frequency) and those always by period (churn) are left out and listed in
+    ``attrs["skipped"]`` with why. A stage model other than the presets places each KPI under
+    its lifecycle stage."""
+    from touchline.config import Settings
+    from touchline.metrics.kpis import KPIS, STAGES, compute, compute_family, filled_once
 
-
-def _headlines(con: BaseBackend, kpis: Sequence[KPI], *, since: Moment, until: Moment,
-               model: str, conversion: str | None, settings: Settings,
-               filled: Collection[str]) -> _Headlines:
-    """The headline values of ``kpis`` on ``con``, in one query (:func:`_headline_values`)."""
-    from touchline.metrics.kpis import compute, compute_family
-
+    conversion = resolve_conversion(con, conversion)
+    # the settings the event-defined KPIs read (CTA, form and referral events), read once
+    # for the page, not once per KPI (each read parses the environment and touchline.toml)
+    settings = Settings()
+    chosen = list(KPIS.values()) if names is None else [KPIS[name] for name in names]
+    # the KPIs' inputs checked once (every KPI's: kept for the page, the reviews and the
+    # purchases read it too), and every headline fetched in one query (a union): one round
+    # trip, not one per KPI (on Spark, one job)
+    filled = filled_once(con)
     skipped: dict[str, str] = {}
     parts: list[tuple[tuple[str, ...], ir.Table]] = []
     families: dict[str, list[str]] = {}
     counted: set[str] = set()  # KPIs without a headline column: tables
-    for kpi in kpis:  # the registry's KPIs: expressions only, nothing runs yet
+    for kpi in chosen:  # the registry's KPIs: expressions only, nothing runs yet
         if kpi.table:  # not computed: no headline to show
             skipped[kpi.name] = f"a table: `touchline kpis --kpi {kpi.name}` shows it"
             continue
@@ -1020,54 +1027,7 @@ def _headlines(con: BaseBackend, kpis: Sequence[KPI], *, since: Moment, until: M
         kept = tuple(name for name in members if name not in left)
         wide = t.select(**{name: t[name].cast("float64") for name in kept})
         parts.append((kept, wide.pivot_longer(list(kept), names_to="kpi", values_to="value")))
-    return _headline_values(parts, skipped), skipped, counted
-
-
-def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = None,
-                    model: str = MODEL_DEFAULT, conversion: str | None = None,
-                    stage_model: str = STAGE_MODEL_DEFAULT,
-                    names: Sequence[str] | None = None) -> pd.DataFrame:
-    """The headline of every KPI of the registry (:mod:`touchline.metrics.kpis`; or of the
-    KPIs ``names``) under its stage: ``stage``, ``kpi``, ``value``, ``unit``, ``formula``;
-    each KPI computed in the engine over the window, as ``touchline kpis`` computes it. The
-    headline is the KPI's own column (the median for a spread such as ``days_to_convert``).
-    KPIs whose input was never imported, those that are tables (retention cohorts,
-    purchase frequency) and those always by period (churn) are left out and listed in
-    ``attrs["skipped"]`` with why. A stage model other than the presets places each KPI under
-    its lifecycle stage."""
-    from touchline.config import Settings
-    from touchline.metrics.kpis import KPIS, STAGES, filled_once
-
-    conversion = resolve_conversion(con, conversion)
-    # the settings the event-defined KPIs read (CTA, form and referral events), read once
-    # for the page, not once per KPI (each read parses the environment and touchline.toml)
-    settings = Settings()
-    chosen = list(KPIS.values()) if names is None else [KPIS[name] for name in names]
-    # the KPIs' inputs checked once (every KPI's: kept for the page, the reviews and the
-    # purchases read it too), and each lane's headlines fetched in one query (a union): not
-    # one round trip per KPI (on Spark, a job each)
-    filled = filled_once(con)
-    # two lanes (:func:`~touchline.engine.side_by_side`): the session families, whose scans
-    # are most of the page's engine time, run on a second connection while this one builds
-    # and compiles the other KPIs (Python, a core of its own)
-    side = [kpi for kpi in chosen if kpi.family in SIDE_LANE_FAMILIES]
-    rest = [kpi for kpi in chosen if kpi.family not in SIDE_LANE_FAMILIES]
-
-    def lane(kpis: Sequence[KPI]) -> Callable[[BaseBackend], _Headlines]:
-        def headlines(c: BaseBackend) -> _Headlines:
-            with engine.schemas_read_once(c):
-                return _headlines(c, kpis, since=since, until=until, model=model,
-                                  conversion=conversion, settings=settings, filled=filled)
-        return headlines
-
-    values: dict[str, list[float | None]] = {}
-    skipped: dict[str, str] = {}
-    counted: set[str] = set()  # KPIs without a headline column: tables
-    for lane_values, lane_skipped, lane_counted in engine.side_by_side(
-            con, [lane(rest), lane(side)] if side else [lane(rest)]):
-        values |= lane_values
-        skipped |= lane_skipped
-        counted |= lane_counted
+    values = _headline_values(parts, skipped)
     rows = []
     for kpi in chosen:
         if kpi.name not in values:
@@ -1089,8 +1049,6 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     out = pd.DataFrame(rows, columns=["stage", "_order", "kpi", "value", "unit", "formula"])
     out = out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(
         drop=True)
-    order = {kpi.name: i for i, kpi in enumerate(chosen)}  # as listed, whichever lane
-    skipped = dict(sorted(skipped.items(), key=lambda item: order.get(item[0], len(order))))
     out.attrs.update(skipped=skipped, model=model, conversion=conversion,
                      stage_model=stage_model)
     return out
