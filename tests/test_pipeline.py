@@ -111,14 +111,24 @@ def _exports_and_leads_pass_their_validators(settings: Settings, tmp_path: Path)
         last = journeys.filter(journeys.conversion == "purchase").converted_at.max().execute()
     now = (last.to_pydatetime() + timedelta(days=1)).replace(hour=0, minute=0, second=0,
                                                               microsecond=0)
-    # Google through the CLI a user runs, the validators' clock given as --as-of
+    # Google through the CLI a user runs, the validators' clock given as --as-of: the day
+    # after the last Google click of a purchase (Google takes no click older than its window
+    # counted back from the upload, and the demo's last Google clicks are months before its
+    # last purchase)
     from typer.testing import CliRunner
 
     from touchline.cli import app
+    from touchline.exports.export import DESTINATIONS
+    from touchline.exports.rows import conversion_rows
 
+    with engine.connected(settings=settings) as con:
+        clicked = conversion_rows(con, conversion="purchase", params=DESTINATIONS["google-ads"],
+                                  require_click=True)
+        last_click = clicked.click_at.max().execute()
+    google_now = (last_click.to_pydatetime() + timedelta(days=1)).date()
     cli = CliRunner().invoke(app, [
         "export", "google-ads", "--conversion", "purchase", "--out", str(tmp_path / "cli.csv"),
-        "--as-of", now.date().isoformat(), "--database", settings.database_url])
+        "--as-of", google_now.isoformat(), "--database", settings.database_url])
     assert cli.exit_code == 0, cli.output
     written = re.search(r"google-ads \(\S+\): ([\d,]+) conversions", cli.output)
     assert written and int(written.group(1).replace(",", "")) > 0, cli.output

@@ -467,9 +467,14 @@ def test_cli_push_crm_writes_a_file_and_names_bad_choices(john_url: str, tmp_pat
     assert done.exit_code == 0, done.output
     assert "1 new or changed leads (salesforce/v1) written to" in done.output
     assert out.read_text().splitlines()[0].startswith('"Email","Phone","LeadSource",')
-    # the audit lists the push with its count and its file
+    # the audit lists the push with its count and its file (on a console wide enough for the
+    # file's whole path: the width its console took when it was made holds, whatever COLUMNS
+    # says now)
+    from touchline.cli import exports as exports_cli
+
+    monkeypatch.setattr(exports_cli.console, "_width", 300)
     audited = runner.invoke(app, ["audit", "exports", "--destination", "crm", "--database",
-                                  john_url], env={"COLUMNS": "300"})
+                                  john_url])
     assert audited.exit_code == 0, audited.output
     assert "salesforce/v1" in audited.output and "leads.csv" in audited.output
     wrong = runner.invoke(app, ["push", "crm", "--mapping", "hubspt", "--out", str(out),

@@ -1698,6 +1698,7 @@ touchline kpis --list                                    # every KPI: stage, uni
 touchline kpis --stage awareness --period month          # a stage's KPIs (others said, skipped)
 touchline kpis --stage-model hourglass --period month    # every KPI under its hourglass stage
 touchline kpis --kpi cpa --kpi roas --by campaign --model markov --since 2025-01-01
+touchline kpis --kpi conversions,revenue --conversion deal_won  # names after one --kpi: commas
 touchline kpis --kpi retention --by channel --format csv  # or json
 ```
 
@@ -1738,7 +1739,11 @@ Rules every KPI follows:
 - **Missing inputs fail**: a KPI whose input table is empty or was never imported says which
   import or run fills it (`KPI 'paid_cpc' needs spend rows and the table is empty: import
   them with touchline ingest FILE --kind spend`) instead of showing zeros. A whole stage
-  (`--stage`) skips such KPIs and says why on stderr; a KPI asked by name (`--kpi`) fails.
+  (`--stage`) skips such KPIs and says why on stderr, and so do several KPIs asked by name
+  (`--kpi conversions,cpa` without spend: `skipped cpa: …`); a single KPI asked by name fails.
+- **The conversion KPIs count one conversion type**: `--conversion`, by default the stored one
+  with the most value, as the report and the dashboard choose (won deals on a B2B warehouse,
+  purchases in a shop).
 - **Unknown names fail with the nearest one**: KPI, stage, dimension, period, model and
   conversion type (`unknown dimension 'chanel' (did you mean 'channel'?)`).
 - **Breakdowns are what the tables hold**: Search Console rows break down by query, landing
