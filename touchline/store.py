@@ -1274,7 +1274,7 @@ EXPORTS = TableSpec(
         ("export_id", S, "exp_ + 16 hex"),
         ("destination", S, "google-ads, meta, microsoft or crm (a `touchline push crm`)"),
         ("format", S, "the layout and its version, e.g. google-ads-clicks-csv/v1, or the CRM "
-         "field mapping, e.g. hubspot/v1"),
+         "field mapping, e.g. hubspot/v2"),
         ("conversion", S, "the conversion type exported (settings.conversions)"),
         ("platform_name", S, "the name the platform knows it by (conversion action, event "
          "name, goal)"),
@@ -1330,7 +1330,7 @@ _CRM_LEAD = (
     ("lead_id", S, "<conversion>:<ref>: the touch or deal that made the lead"),
     ("idempotency_key", S, "the Idempotency-Key header: the same for every send of the lead"),
     ("push_id", S, "the push (crm_ + 16 hex); exports.export_id of its audit row"),
-    ("mapping", S, "the field mapping and its version, e.g. hubspot/v1"),
+    ("mapping", S, "the field mapping and its version, e.g. hubspot/v2"),
     ("destination", S, "the webhook URL (query string removed)"),
 )
 
