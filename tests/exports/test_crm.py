@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pytest
-from factories import CLI_OWN_CONNECTION, JOHN, JOHN_DEAL, arrow_table, event_rows
+from factories import CLI_OWN_CONNECTION, john_run_file
 from ibis.backends import BaseBackend
 
 from touchline import engine, store
@@ -26,7 +26,6 @@ from touchline.errors import ConfigError
 from touchline.exports.crm import RECORD_FIELDS, lead_records
 from touchline.exports.crm_mapping import load_mapping
 from touchline.exports.crm_push import PushResult, follow, idempotency_key, push_leads
-from touchline.pipeline import run
 
 SECRET = "whsec-test-0123"
 ONE_MODEL = {"attribution_models": ["linear"], "default_model": "linear"}
@@ -44,12 +43,7 @@ def john_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """John's run (tests/factories.py) in a DuckDB file; each test pushes from its own copy."""
     tmp_path = tmp_path_factory.mktemp("john")
     path = tmp_path / "john.duckdb"
-    settings = _settings(tmp_path, url=f"duckdb:///{path}")
-    con = engine.connect(settings=settings)
-    engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
-    engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))
-    run(con, settings)
-    con.disconnect()
+    john_run_file(path, _settings(tmp_path))
     return path
 
 

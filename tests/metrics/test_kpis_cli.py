@@ -279,22 +279,13 @@ def test_repeat_purchase_and_retention_cohorts_recover_the_true_orders(
 @pytest.fixture(scope="module")
 def b2b(tmp_path_factory: pytest.TempPathFactory) -> str:
     """John's warehouse: his won deal the only conversion with value, no purchases, no spend."""
-    from factories import JOHN, JOHN_DEAL, arrow_table, event_rows
+    from factories import john_run_file
 
-    from touchline import engine, store
     from touchline.config import Settings
-    from touchline.pipeline import run
 
     folder = tmp_path_factory.mktemp("b2b")
-    url = f"duckdb://{folder / 'wh.duckdb'}"
-    settings = Settings(database_url=url, temp_directory=folder,  # type: ignore[arg-type]
-                        attribution_models=["linear"], default_model="linear")
-    con = engine.connect(settings=settings)
-    engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
-    engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))
-    run(con, settings)
-    con.disconnect()
-    return url
+    return john_run_file(folder / "wh.duckdb", Settings(
+        temp_directory=folder, attribution_models=["linear"], default_model="linear"))
 
 
 def test_kpis_default_to_the_conversion_with_the_most_value(b2b: str) -> None:
