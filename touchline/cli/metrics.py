@@ -348,7 +348,10 @@ def register(app: typer.Typer) -> None:
             "stage:<model>/<name>), conversion:<type>.")],
         window: Annotated[str | None, typer.Option(
             help="Conversion window from step 1, e.g. 30d, 12h.")] = None,
-        mode: Annotated[str, typer.Option(help="ordered, strict or any.")] = "ordered",
+        mode: Annotated[str | None, typer.Option(
+            help="cumulative (the default when every step is a stage: a unit counts at "
+            "every step up to its furthest), ordered (the default otherwise), strict or "
+            "any.")] = None,
         by: Annotated[str | None, typer.Option(
             help="Breakdown by first touch: channel, source, campaign or device.")] = None,
         unit: Annotated[str, typer.Option(help="person or account.")] = "person",
@@ -358,6 +361,7 @@ def register(app: typer.Typer) -> None:
         """Units entering each step, drop-off, conversion rates and time between steps."""
         from touchline import engine
         from touchline.config import load_settings
+        from touchline.metrics.funnels import default_mode, mode_line
         from touchline.metrics.funnels import funnel as run_funnel
 
         console = Console()
@@ -369,6 +373,7 @@ def register(app: typer.Typer) -> None:
             if "journeys" not in set(con.list_tables()):
                 raise ConfigError(f"warehouse {settings.database_url} has no journeys: run "
                                   "`touchline run` first")
+            mode = mode or default_mode(steps, settings.stage_model)
             frame = run_funnel(con, steps, window=parse_window(window) if window else None,
                                mode=mode, by=by, unit=unit,
                                stage_model=settings.stage_model).to_pandas()
@@ -396,6 +401,7 @@ def register(app: typer.Typer) -> None:
                               "" if row.dropped != row.dropped else f"{int(row.dropped):,}",
                               pct(row.from_previous), pct(row.from_first), spread)
             console.print(table)
+        console.print(mode_line(mode, unit), markup=False, highlight=False)
 
 
 def _is_scalar(k: Any, frame: Any) -> bool:
