@@ -29,7 +29,7 @@ from touchline.errors import (
     did_you_mean,
 )
 from touchline.formatting import parse_day, readable_number
-from touchline.terminal import fail
+from touchline.terminal import fail, warn
 
 if TYPE_CHECKING:
     from touchline.config import Settings
@@ -191,6 +191,7 @@ def register(app: typer.Typer) -> None:
             for_stage_model,
             lookup,
         )
+        from touchline.pipeline import deal_notes
 
         console = Console()
         err = Console(stderr=True)
@@ -262,8 +263,13 @@ def register(app: typer.Typer) -> None:
             if not results:
                 raise ConfigError("no KPI could be computed: " + "; ".join(
                     s["reason"] for s in skipped))
+            # a deal conversion's KPIs: the won deals it leaves out, as `touchline run` says
+            left_out = deal_notes(con, settings, conversions=[conversion]) if any(
+                "journeys" in k.tables for k, _ in results) else []
         except TouchlineError as exc:
             raise fail(exc) from None
+        for note in left_out:  # on stderr: json and csv stay clean
+            warn(note)
         if fmt == "json":
             payload: dict[str, Any] = {"kpis": [
                 {"kpi": k.name, "stage": k.stage,
