@@ -112,17 +112,18 @@ JOHN_DEAL = [{"deal_id": "D1", "status": "Closed Won", "amount": 1800.0, "curren
               "closed_at": "2026-03-20 10:00:00"}]
 
 
-def john_run_file(path: Path, settings: Settings) -> str:
-    """John's events and won deal (:data:`JOHN`, :data:`JOHN_DEAL`) through ``run`` into the
-    DuckDB file ``path`` (``settings`` with its ``database_url`` replaced): a warehouse a test
-    drives through the CLI. Returns the file's URL."""
+def john_run_file(path: Path, settings: Settings,
+                  deals: Sequence[dict[str, Any]] = JOHN_DEAL) -> str:
+    """John's events and won deal (:data:`JOHN`, :data:`JOHN_DEAL`, or ``deals``) through
+    ``run`` into the DuckDB file ``path`` (``settings`` with its ``database_url`` replaced): a
+    warehouse a test drives through the CLI. Returns the file's URL."""
     from touchline.pipeline import run
 
     url = f"duckdb:///{path}"
     settings = settings.model_copy(update={"database_url": url})
     con = engine.connect(settings=settings)
     engine.load_table(con, "events", arrow_table(store.EVENTS, event_rows(JOHN)))
-    engine.load_table(con, "deals", arrow_table(store.DEALS, JOHN_DEAL))
+    engine.load_table(con, "deals", arrow_table(store.DEALS, list(deals)))
     run(con, settings)
     con.disconnect()
     return url

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -183,18 +183,25 @@ def order_notes(con: BaseBackend) -> list[str]:
     return notes
 
 
-def deal_notes(con: BaseBackend, settings: Settings) -> list[str]:
+def deal_notes(con: BaseBackend, settings: Settings,
+               conversions: Collection[str] | None = None) -> list[str]:
     """A sentence for each conversion type on deals whose deals name no one touchline knows:
     a deal converts for the account (``crm:<account_id>``) or the person (contact e-mails,
     contact ids) it names, and one that names neither, or only strangers, ends no journey.
     Said with how many, rather than a silent 0 (a CRM export of won deals loaded without
-    their contacts)."""
+    their contacts). ``conversions``: only these conversion types (None: every one); the
+    sentences `touchline run` warns with, and `touchline kpis` and `touchline report` when
+    their figures are of a deal conversion."""
     from touchline.journeys.conversions import unmatched_deals
     from touchline.prepare.reference import currency_rates
     from touchline.prepare.standardise import contact_key
 
-    specs = [spec for spec in settings.conversions if spec.deal is not None]
-    if not specs or int(con.table(store.DEALS.name).count().execute()) == 0:
+    specs = [spec for spec in settings.conversions if spec.deal is not None
+             and (conversions is None or spec.name in conversions)]
+    if not specs or not {store.DEALS.name, "identities", "accounts"} <= set(
+            con.list_tables()):
+        return []
+    if int(con.table(store.DEALS.name).count().execute()) == 0:
         return []
     rates = currency_rates(settings.reporting_currency, settings.currency_rates_file)
     key = contact_key(con, settings)

@@ -33,6 +33,12 @@ def fail(exc: TouchlineError | str, *, code: int = 2) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+def warn(text: str) -> None:
+    """Print ``warning: <text>`` on stderr: what a command's figures leave out and why (the
+    run's notes, won deals no conversion could name)."""
+    err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
+
+
 @contextmanager
 def step_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
     """A progress bar on stderr for a command made of counted steps (prepare's steps, the

@@ -101,8 +101,10 @@ class Warehouse:
         return out.order_by(ibis.desc("conversions"))
 
     def funnel(self, steps: list[str], *, window: timedelta | None = None,
-               mode: str = "ordered", by: str | None = None, unit: str = "person") -> ir.Table:
-        """:func:`touchline.metrics.funnels.funnel` on this warehouse."""
+               mode: str | None = None, by: str | None = None, unit: str = "person"
+               ) -> ir.Table:
+        """:func:`touchline.metrics.funnels.funnel` on this warehouse (``mode`` None:
+        cumulative when every step is a stage, else ordered)."""
         from touchline.metrics.funnels import funnel
 
         return funnel(self.con, steps, window=window, mode=mode, by=by, unit=unit,

@@ -350,6 +350,20 @@ def test_hubspot_and_salesforce_mappings_name_their_properties(
         "Touchline_Lead_Id__c": "lead:m3"}
     assert all(k.endswith("__c") for k in salesforce if k not in ("Email", "Phone",
                                                                      "LeadSource"))
+    # salesforce/v2: the CRM's id in Id when it is a Lead's record id (15 or 18 characters,
+    # 00Q...), which an upsert on Id updates; any other id would fail the row there, so only
+    # Touchline_Contact_Id__c has it
+    assert "Id" not in salesforce and "Touchline_Contact_Id__c" not in salesforce  # none
+    sf = load_mapping("salesforce")
+    assert sf.versioned == "salesforce/v2" and sf.object == "Lead"
+    for contact_id, lead_id in (("00Q5e00000AbCdEFGH", "00Q5e00000AbCdEFGH"),
+                                ("00Q5e00000AbCdE", "00Q5e00000AbCdE"),
+                                ("0035e00000AbCdEFGH", None),  # a Contact's: not a Lead's Id
+                                ("00Q5e00000AbCdEF", None),  # 16 characters
+                                ("M-7", None)):
+        got = sf.properties({**john_record, "contact_id": contact_id})
+        assert (got.get("Id"), got["Touchline_Contact_Id__c"]) == (lead_id, contact_id)
+    assert sf.columns([john_record])[:3] == ["Id", "Touchline_Contact_Id__c", "Email"]
 
 
 @pytest.mark.duckdb_only(reason="mapping files are read in Python; no table is involved")
@@ -365,8 +379,8 @@ def test_a_mapping_file_extends_replaces_and_drops_fields(tmp_path: Path,
     mapping = load_mapping(str(toml))
     got = mapping.properties(john_record)
     assert (mapping.versioned, got["LeadSource"], got["Touchline_Keyword__c"],
-            got["Region__c"], "Phone" in got) == ("acme/v1", "Advertisement", "emergency",
-                                                  "EMEA", False)
+            got["Region__c"], "Phone" in got) == ("acme/v2", "Advertisement", "emergency",
+                                                  "EMEA", False)  # the version it extends
     assert mapping.property_keys == ()
     as_json = tmp_path / "mine.json"
     as_json.write_text(json.dumps({"object": "contacts", "fields": {
@@ -391,6 +405,8 @@ def test_a_mapping_file_extends_replaces_and_drops_fields(tmp_path: Path,
     ('[fields.x]\nfrom = "first_channel"\n[fields.x.values]\nA = "B"\n',
      "fields.x: values apply to type enumeration, not string"),
     ("fields = [", "is not valid TOML"),
+    ('[fields.Id]\nfrom = "contact_id"\npattern = "00Q("\n',
+     "fields.Id: pattern '00Q(' is not a regular expression"),
 ])
 def test_a_bad_mapping_file_names_the_file_and_the_field(tmp_path: Path, text: str,
                                                          message: str) -> None:
@@ -459,8 +475,9 @@ def test_cli_push_crm_writes_a_file_and_names_bad_choices(john_url: str, tmp_pat
     done = runner.invoke(app, ["push", "crm", "--mapping", "salesforce", "--out", str(out),
                                "--database", john_url])
     assert done.exit_code == 0, done.output
-    assert "1 new or changed leads (salesforce/v1) written to" in done.output
-    assert out.read_text().splitlines()[0].startswith('"Email","Phone","LeadSource",')
+    assert "1 new or changed leads (salesforce/v2) written to" in done.output
+    assert out.read_text().splitlines()[0].startswith(
+        '"Id","Touchline_Contact_Id__c","Email","Phone","LeadSource",')
     # the audit lists the push with its count and its file (on a console wide enough for the
     # file's whole path: the width its console took when it was made holds, whatever COLUMNS
     # says now)
@@ -470,7 +487,7 @@ def test_cli_push_crm_writes_a_file_and_names_bad_choices(john_url: str, tmp_pat
     audited = runner.invoke(app, ["audit", "exports", "--destination", "crm", "--database",
                                   john_url])
     assert audited.exit_code == 0, audited.output
-    assert "salesforce/v1" in audited.output and "leads.csv" in audited.output
+    assert "salesforce/v2" in audited.output and "leads.csv" in audited.output
     wrong = runner.invoke(app, ["push", "crm", "--mapping", "hubspt", "--out", str(out),
                                 "--database", john_url])
     assert wrong.exit_code == 2 and "did you mean 'hubspot'" in wrong.output
@@ -516,8 +533,12 @@ def test_the_docs_receiver_accepts_a_signed_lead_and_refuses_a_changed_one(
                          if "a mapping file" in b.splitlines()[0])
     path = tmp_path / "my-fields.toml"
     path.write_text(mapping_block)
-    names = [f.name for f in load_mapping(str(path)).fields]
+    mine = load_mapping(str(path))
+    names = [f.name for f in mine.fields]
     assert "touchline_landing_page" in names and "hs_analytics_source" not in names
+    # its pattern keeps only an id it wholly matches
+    assert [mine.properties({"contact_id": c}).get("touchline_crm_id") for c in (
+        "123", "M-7", "123a")] == ["123", None, None]
 
 
 @pytest.mark.duckdb_only(reason="settings checked before any table is read")

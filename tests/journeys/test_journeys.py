@@ -308,6 +308,9 @@ def test_won_deals_that_name_no_one_known_are_counted_in_a_warning(
         "docs/ingest.md); 1 name only accounts or people not seen in events"]
     assert deal_notes(con, Settings(database_url="duckdb://", conversions=[
         c for c in settings.conversions if c.deal is None])) == []
+    # one conversion's (`touchline kpis --conversion`, the report's): only a deal one says it
+    assert deal_notes(con, settings, conversions=["deal_won"]) == deal_notes(con, settings)
+    assert deal_notes(con, settings, conversions=["purchase"]) == []
 
 
 def test_stages_may_be_skipped_and_entered_out_of_order(con: BaseBackend) -> None:

@@ -1,5 +1,5 @@
-"""Funnels by hand: ordered, strict and any order; the window's edge; time between steps;
-first-touch breakdowns. Both engines."""
+"""Funnels by hand: cumulative, ordered, strict and any order; the window's edge; time
+between steps; first-touch breakdowns. Both engines."""
 
 from __future__ import annotations
 
@@ -122,23 +122,81 @@ def test_a_funnel_of_stages_in_one_pass_equals_the_general_one(
     of the step-by-step joins, by hand and side by side."""
     from touchline.metrics import funnels
 
-    got = funnel(staged, STAGE_STEPS, window=DAY).to_pandas()
+    got = funnel(staged, STAGE_STEPS, window=DAY, mode="ordered").to_pandas()
     # aware: p1..p4; considered after: p1 (5 h), p4 (24 h: the edge is in); p3 considered
     # before; decided after considering within a day of awareness: p1 (0 h, at the same
     # moment: another stage counts as after); p4's decision is past the window
     assert _entered(got) == [4, 2, 1]
     assert got["median"].tolist()[1:] == pytest.approx([14.5 * 3600, 0.0])
-    assert _entered(funnel(staged, STAGE_STEPS).to_pandas()) == [4, 2, 2]  # no window: p4
-    by_channel = funnel(staged, STAGE_STEPS, by="channel", window=DAY).to_pandas()
+    assert _entered(funnel(staged, STAGE_STEPS, mode="ordered").to_pandas()) == [4, 2, 2]
+    by_channel = funnel(staged, STAGE_STEPS, by="channel", window=DAY,
+                        mode="ordered").to_pandas()
     assert {g: _entered(r) for g, r in by_channel.groupby("group")} == {
         "Direct": [2, 1, 0], "Email": [2, 1, 1]}
     only = staged.table("stages").filter(lambda t: t.unit_id.isin(["p1", "p2"])).select(
         "unit_id").distinct()
-    assert _entered(funnel(staged, STAGE_STEPS, units=only).to_pandas()) == [2, 1, 1]
-    cases = [{"window": DAY}, {}, {"by": "channel", "window": DAY}, {"mode": "strict"},
-             {"units": only}]
+    assert _entered(funnel(staged, STAGE_STEPS, units=only, mode="ordered").to_pandas()) == [
+        2, 1, 1]
+    cases = [{"window": DAY, "mode": "ordered"}, {"mode": "ordered"},
+             {"by": "channel", "window": DAY, "mode": "ordered"}, {"mode": "strict"},
+             {"units": only, "mode": "ordered"}]
     fast = [funnel(staged, STAGE_STEPS, **kw).to_pandas() for kw in cases]  # type: ignore[arg-type]
     monkeypatch.setattr(funnels, "_stage_of", lambda step, model: None)  # step by step
     for kw, one_pass in zip(cases, fast, strict=True):
         general = funnel(staged, STAGE_STEPS, **kw).to_pandas()  # type: ignore[arg-type]
         pd.testing.assert_frame_equal(one_pass, general, obj=str(kw))
+
+
+def test_a_cumulative_funnel_counts_a_unit_at_every_step_up_to_its_furthest(
+        warehouse: BaseBackend) -> None:
+    """Cumulative: the furthest step each reached counts for the steps before it too, so
+    the counts never rise from one step to the next; times from the previous step reached."""
+    got = funnel(warehouse, STEPS, mode="cumulative").to_pandas()
+    # furthest: p1 C, p2 B, p3 C (B before A: order does not matter), p4 B, p5 B
+    assert _entered(got) == [5, 5, 2]
+    assert got.converted.tolist()[:2] == [5, 2]
+    assert got.dropped.tolist()[:2] == [0, 3]
+    assert got.from_previous.tolist()[1:] == pytest.approx([1.0, 2 / 5])
+    # A → B: p1 1 h, p2 1 h, p4 24 h, p5 24 h 1 s (p3's B came before its A: left out)
+    assert got["median"][1] == pytest.approx(12.5 * 3600)  # (1 h + 24 h) / 2
+    assert got["median"][2] == pytest.approx(1.5 * 3600)  # B → C: p1 1 h, p3 2 h
+    # a day from each one's earliest step: p5's B is a second too late (its furthest: A)
+    windowed = funnel(warehouse, STEPS, mode="cumulative", window=DAY).to_pandas()
+    assert _entered(windowed) == [5, 4, 2]
+    by_channel = funnel(warehouse, STEPS, mode="cumulative", window=DAY,
+                        by="channel").to_pandas()
+    assert {g: _entered(r) for g, r in by_channel.groupby("group")} == {
+        "Direct": [3, 2, 1], "Email": [2, 2, 1]}  # Direct: p3 C, p4 B, p5 A
+    # events are no stages: their default stays ordered
+    assert _entered(funnel(warehouse, STEPS, window=DAY).to_pandas()) == [5, 3, 1]
+
+
+def test_a_funnel_of_stages_is_cumulative_by_default_and_skipped_stages_count(
+        staged: BaseBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """p2 skipped consideration and p5 awareness: both count at the stages before their
+    furthest, so no step shows more people than the one before it."""
+    from touchline.metrics import funnels
+
+    got = funnel(staged, STAGE_STEPS).to_pandas()
+    assert _entered(got) == [5, 5, 4]  # furthest: p1..p4 decision, p5 consideration
+    assert got.dropped.tolist()[:2] == [0, 1]
+    # to consideration: p1 5 h, p4 24 h after awareness (p3 considered before: left out;
+    # p5 has no earlier stage); to decision from the previous stage each reached: p1 0 h,
+    # p2 30 h (from awareness: it skipped consideration), p3 3 h, p4 1 h → median 2 h
+    assert got["median"].tolist()[1:] == pytest.approx([14.5 * 3600, 2 * 3600])
+    # within a day of each one's first stage: p2's decision (30 h) and p4's (25 h) are out
+    windowed = funnel(staged, STAGE_STEPS, window=DAY).to_pandas()
+    assert _entered(windowed) == [5, 4, 2]
+    assert windowed["median"].tolist()[1:] == pytest.approx([14.5 * 3600, 1.5 * 3600])
+    assert _entered(funnel(staged, STAGE_STEPS, mode="ordered").to_pandas()) == [4, 2, 2]
+    # the one pass over stages equals the step-by-step union of each step's first entry
+    cases = [{}, {"window": DAY}, {"by": "channel", "window": DAY}]
+    fast = [funnel(staged, STAGE_STEPS, mode="cumulative", **kw).to_pandas() for kw in cases]  # type: ignore[arg-type]
+    monkeypatch.setattr(funnels, "_stage_of", lambda step, model: None)  # step by step
+    for kw, one_pass in zip(cases, fast, strict=True):
+        general = funnel(staged, STAGE_STEPS, mode="cumulative", **kw).to_pandas()  # type: ignore[arg-type]
+        pd.testing.assert_frame_equal(one_pass, general, obj=str(kw))
+    assert funnels.mode_line("cumulative") == (
+        "cumulative funnel: a person counts at every step up to the furthest one it reached, "
+        "skipped steps included (`touchline funnel --mode ordered`: only the steps reached in "
+        "order)")

@@ -311,3 +311,51 @@ def test_several_kpis_in_one_option_and_one_without_its_input_is_skipped(b2b: st
     alone = runner.invoke(app, ["kpis", "--kpi", "cpa", "--database", b2b])
     assert alone.exit_code != 0
     assert "spend" in alone.output
+
+
+@pytest.fixture(scope="module")
+def deals_left_out(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """John's warehouse with three more won deals that convert for no one: two name no one,
+    one names a stranger."""
+    from factories import JOHN_DEAL, john_run_file
+
+    from touchline.config import Settings
+
+    won = {"status": "Closed Won", "amount": 100.0, "closed_at": "2026-03-21 10:00:00"}
+    folder = tmp_path_factory.mktemp("left_out")
+    return john_run_file(folder / "wh.duckdb", Settings(
+        temp_directory=folder, attribution_models=["linear"], default_model="linear"),
+        deals=[*JOHN_DEAL, {"deal_id": "D2", **won}, {"deal_id": "D3", **won},
+               {"deal_id": "D4", "contact_emails": "stranger@z.io", **won}])
+
+
+LEFT_OUT = ("warning: 3 won deals are left out of conversion 'deal_won': 2 name no "
+            "account_id, contact_emails or contact_ids (map one of them when importing deals: "
+            "docs/ingest.md); 1 name only accounts or people not seen in events")
+
+
+def test_kpis_of_a_deal_conversion_warn_of_the_won_deals_left_out_as_run_does(
+        deals_left_out: str, tmp_path: Path) -> None:
+    """`touchline kpis --conversion deal_won` says what `touchline run` says: how many won
+    deals no conversion could name, and why (on stderr: JSON stays clean)."""
+    result = runner.invoke(app, ["kpis", "--kpi", "conversions", "--conversion", "deal_won",
+                                 "--format", "json", "--database", deals_left_out])
+    assert result.exit_code == 0, result.output
+    assert [r["conversions"] for r in json.loads(result.stdout)["kpis"][0]["rows"]] == (
+        pytest.approx([1.0]))  # John's deal only
+    assert LEFT_OUT in " ".join(result.stderr.split())
+    # the same sentence as the run's
+    run = runner.invoke(app, ["run", "--database", deals_left_out], env={"COLUMNS": "300"})
+    assert run.exit_code == 0, run.output
+    assert LEFT_OUT in " ".join(run.stderr.split())
+    # and the report's, when it shows deal_won (the conversion with the most value here)
+    report = runner.invoke(app, ["report", "--out", str(tmp_path / "r.html"),
+                                 "--database", deals_left_out])
+    assert report.exit_code == 0, report.output
+    assert LEFT_OUT in " ".join(report.stderr.split())
+    # not for KPIs that do not count conversions, nor for another conversion
+    for args in (["--kpi", "sessions", "--conversion", "deal_won"],
+                 ["--kpi", "leads", "--conversion", "lead"]):
+        other = runner.invoke(app, ["kpis", *args, "--database", deals_left_out])
+        assert other.exit_code == 0, other.output
+        assert "left out" not in other.stderr, args

@@ -245,6 +245,9 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
             # last touch 1/3 e-mail, 2/3 paid; linear 1/2, 1/6 organic, 1/3; truth 1/4, 3/4)
             ranking = _numbers(page, "model_ranking", "model", "l1_share")
             assert ranking == pytest.approx({"last_touch": 1 / 6, "linear": 5 / 6}, rel=1e-3)
+        if name == "journeys":  # the funnel says which it is, in one line
+            assert ("cumulative funnel: a person counts at every step up to the furthest one "
+                    "it reached") in page.locator("#funnel").inner_text()
         page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
     # the person search: p1 by e-mail, her touches in time order
     page.goto(f"{live.url}/person")

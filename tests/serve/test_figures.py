@@ -214,13 +214,23 @@ def test_model_ranking_against_the_truth_by_hand(wh: BaseBackend, truth: Path,
 
 
 def test_funnel_stages_and_quality_by_hand(wh: BaseBackend) -> None:
-    # the lifecycle stages anyone entered: p1..p4 aware; only p1 considered (p2 skipped it),
-    # so only p1 goes on to decision and retention in order
+    # the lifecycle stages anyone entered, cumulative: each person counts at every stage up
+    # to the furthest reached: p1 retention, p2 and p4 decision (both skipped
+    # consideration: counted there too), p3 awareness
     funnel = funnel_data(wh)
     assert list(funnel.step) == [f"stage:lifecycle/{s}" for s in
                                  ("awareness", "consideration", "decision", "retention")]
-    assert funnel.entered.tolist() == [4, 1, 1, 1]
-    assert funnel.dropped.tolist()[:3] == [3, 0, 0]
+    assert funnel.entered.tolist() == [4, 3, 3, 1]
+    assert funnel.dropped.tolist()[:3] == [1, 0, 2]
+    assert funnel.attrs["note"] == (
+        "cumulative funnel: a person counts at every step up to the furthest one it reached, "
+        "skipped steps included (`touchline funnel --mode ordered`: only the steps reached in "
+        "order)")
+    assert figures.funnel_figure(funnel).layout.title.text.startswith("cumulative funnel")
+    # in order: only p1 considered, so only p1 goes on to decision and retention
+    ordered = funnel_data(wh, mode="ordered")
+    assert ordered.entered.tolist() == [4, 1, 1, 1]
+    assert ordered.attrs["note"].startswith("ordered funnel: a person counts at a step when")
     # days since the previous stage entered: consideration p1 4 d 1 h; decision p1 5 min,
     # p2 18 d 5 min (from awareness), p4 30 min → median 30 min; retention p1 36 d
     stages = _records(stage_timeline_data(wh), "stage")
@@ -436,7 +446,7 @@ def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
     conversion = list(sankey.node.label).index("(conversion)")
     assert sum(v for t, v in zip(sankey.link.target, sankey.link.value, strict=True)
                if t == conversion) == 5
-    assert list(drawn["funnel"][0].x) == [4, 1, 1, 1]
+    assert list(drawn["funnel"][0].x) == [4, 3, 3, 1]
     assert len(drawn["stages"][0].x) == 4
     assert "sessions" in list(drawn["stage_kpis"][0].cells.values[1])
     assert sorted(t.name for t in drawn["data_quality"]) == [
@@ -488,7 +498,7 @@ def test_device_filter_on_the_overview_funnel_and_stages_by_hand(wh: BaseBackend
     first = figures.units_first_on(wh, "desktop").to_pandas()
     assert sorted(first.unit_id) == ["p1", "p2", "p4"]
     desktop_funnel = funnel_data(wh, device="desktop")
-    assert desktop_funnel.entered.tolist() == [3, 1, 1, 1]
+    assert desktop_funnel.entered.tolist() == [3, 3, 3, 1]
     assert funnel_data(wh, device="(not set)").entered.tolist() == [1, 0, 0, 0]
     with pytest.raises(InputError, match="no persons whose first session was on mobile"):
         funnel_data(wh, device="mobile")
@@ -596,13 +606,13 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
 
     # funnel and stage timeline: units by their first session's channel or campaign: p1
     # Organic Search (no campaign), p2 Email (march), p3 Paid Search (spring), p4 Email
-    # (april); their funnels add up to the unfiltered [4, 1, 1, 1]
+    # (april); their funnels add up to the unfiltered [4, 3, 3, 1]
     entered = {ch: funnel_data(wh, channel=ch).entered.tolist()
                for ch in ("Organic Search", "Email", "Paid Search")}
-    assert entered == {"Organic Search": [1, 1, 1, 1], "Email": [2, 0, 0, 0],
+    assert entered == {"Organic Search": [1, 1, 1, 1], "Email": [2, 2, 2, 0],
                        "Paid Search": [1, 0, 0, 0]}
     assert funnel_data(wh, campaign="(not set)").entered.tolist() == [1, 1, 1, 1]
-    assert funnel_data(wh, campaign="march", device="desktop").entered.tolist() == [1, 0, 0, 0]
+    assert funnel_data(wh, campaign="march", device="desktop").entered.tolist() == [1, 1, 1, 0]
     with pytest.raises(InputError, match="no persons whose first session was from Email of "
                        "campaign spring"):
         funnel_data(wh, channel="Email", campaign="spring")
@@ -660,6 +670,9 @@ def test_funnel_times_are_days_and_its_labels_readable_numbers(wh: BaseBackend) 
     # p1 entered consideration 4 d 1 h after awareness (the only one to): in days, as the
     # stage timeline's median_days, and no column of seconds without a unit
     assert funnel.median_days.tolist()[1] == pytest.approx(4 + 1 / 24)
+    # to decision from the previous stage each reached, as the stage timeline: p1 5 min, p2
+    # 18 d 5 min (it skipped consideration), p4 30 min → 30 min; retention p1 36 d
+    assert funnel.median_days.tolist()[2:] == pytest.approx([30 / 1440, 36.0])
     assert not {"p25", "median", "p75", "p90"} & set(funnel.columns)
     assert {"p25_days", "p75_days", "p90_days"} <= set(funnel.columns)
     big = funnel.assign(entered=[29_219, 2_004, 1_000, 10])

@@ -256,6 +256,43 @@ def test_report_says_which_filters_a_chart_leaves_aside(warehouse: str, tmp_path
     assert "attribution model does not apply" not in html
 
 
+def test_the_cli_funnel_of_stages_is_cumulative_unless_asked_and_says_which(
+        warehouse: str) -> None:
+    """serve_kit's lifecycle: p1 reached retention, p2 and p4 decision (both skipped
+    consideration), p3 awareness; in order only p1 goes past awareness."""
+    steps = [f"stage:{s}" for s in ("awareness", "consideration", "decision", "retention")]
+
+    def run(*extra: str) -> tuple[list[list[str]], str]:
+        result = CliRunner().invoke(app, ["funnel", *steps, *extra, "--database", warehouse],
+                                    env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        rows = [[c.strip() for c in line.split("│")[1:-1]]
+                for line in result.output.splitlines() if line.startswith("│")]
+        return [r for r in rows if r[0].isdigit()], " ".join(result.output.split())
+
+    rows, text = run()
+    assert [(r[1], r[2], r[4]) for r in rows] == [
+        ("stage:awareness", "4", "1"), ("stage:consideration", "3", "0"),
+        ("stage:decision", "3", "2"), ("stage:retention", "1", "")]
+    assert "funnel (cumulative)" in text
+    assert ("cumulative funnel: a person counts at every step up to the furthest one it "
+            "reached, skipped steps included (`touchline funnel --mode ordered`: only the "
+            "steps reached in order)") in text
+    rows, text = run("--mode", "ordered")
+    assert [r[2] for r in rows] == ["4", "1", "1", "1"]
+    assert "funnel (ordered)" in text and "cumulative" not in text
+    assert "ordered funnel: a person counts at a step when it reached every step" in text
+    # the report (as the dashboard) says which funnel it draws, in one line
+    con = engine.connect(settings=Settings(database_url=warehouse))
+    try:
+        html, _ = render_report(con, Filters(model="linear"))
+    finally:
+        con.disconnect()
+    funnel = html.split('<section id="funnel">')[1].split("</section>")[0]
+    assert ("cumulative funnel: a person counts at every step up to the furthest one it "
+            "reached, skipped steps included") in funnel
+
+
 def test_report_header_states_the_window_of_each_section(warehouse: str) -> None:
     con = engine.connect(settings=Settings(database_url=warehouse))
     try:

@@ -21,7 +21,7 @@ from rich.table import Column, Table
 
 from touchline.errors import ConfigError, TouchlineError, did_you_mean
 from touchline.formatting import readable_number
-from touchline.terminal import fail
+from touchline.terminal import fail, warn
 
 app = typer.Typer(
     help="touchline: customer-journey tracking and multi-touch attribution.",
@@ -194,7 +194,7 @@ def print_run(report: object, *, hint: bool = True) -> None:
                       f"channels reaches zero (no ground for budget; table credit_intervals): "
                       f"{escape(named)}", highlight=False)
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        warn(warning)
     if report.main_conversion is None:
         console.print("[yellow]no conversions found:[/] check the conversion types in "
                       "touchline.toml (docs/journeys.md) against your events")

@@ -29,7 +29,7 @@ from touchline.errors import (
     did_you_mean,
 )
 from touchline.formatting import parse_day, readable_number
-from touchline.terminal import fail
+from touchline.terminal import fail, warn
 
 if TYPE_CHECKING:
     from touchline.config import Settings
@@ -191,6 +191,7 @@ def register(app: typer.Typer) -> None:
             for_stage_model,
             lookup,
         )
+        from touchline.pipeline import deal_notes
 
         console = Console()
         err = Console(stderr=True)
@@ -262,8 +263,13 @@ def register(app: typer.Typer) -> None:
             if not results:
                 raise ConfigError("no KPI could be computed: " + "; ".join(
                     s["reason"] for s in skipped))
+            # a deal conversion's KPIs: the won deals it leaves out, as `touchline run` says
+            left_out = deal_notes(con, settings, conversions=[conversion]) if any(
+                "journeys" in k.tables for k, _ in results) else []
         except TouchlineError as exc:
             raise fail(exc) from None
+        for note in left_out:  # on stderr: json and csv stay clean
+            warn(note)
         if fmt == "json":
             payload: dict[str, Any] = {"kpis": [
                 {"kpi": k.name, "stage": k.stage,
@@ -348,7 +354,10 @@ def register(app: typer.Typer) -> None:
             "stage:<model>/<name>), conversion:<type>.")],
         window: Annotated[str | None, typer.Option(
             help="Conversion window from step 1, e.g. 30d, 12h.")] = None,
-        mode: Annotated[str, typer.Option(help="ordered, strict or any.")] = "ordered",
+        mode: Annotated[str | None, typer.Option(
+            help="cumulative (the default when every step is a stage: a unit counts at "
+            "every step up to its furthest), ordered (the default otherwise), strict or "
+            "any.")] = None,
         by: Annotated[str | None, typer.Option(
             help="Breakdown by first touch: channel, source, campaign or device.")] = None,
         unit: Annotated[str, typer.Option(help="person or account.")] = "person",
@@ -358,6 +367,7 @@ def register(app: typer.Typer) -> None:
         """Units entering each step, drop-off, conversion rates and time between steps."""
         from touchline import engine
         from touchline.config import load_settings
+        from touchline.metrics.funnels import default_mode, mode_line
         from touchline.metrics.funnels import funnel as run_funnel
 
         console = Console()
@@ -369,6 +379,7 @@ def register(app: typer.Typer) -> None:
             if "journeys" not in set(con.list_tables()):
                 raise ConfigError(f"warehouse {settings.database_url} has no journeys: run "
                                   "`touchline run` first")
+            mode = mode or default_mode(steps, settings.stage_model)
             frame = run_funnel(con, steps, window=parse_window(window) if window else None,
                                mode=mode, by=by, unit=unit,
                                stage_model=settings.stage_model).to_pandas()
@@ -396,6 +407,7 @@ def register(app: typer.Typer) -> None:
                               "" if row.dropped != row.dropped else f"{int(row.dropped):,}",
                               pct(row.from_previous), pct(row.from_first), spread)
             console.print(table)
+        console.print(mode_line(mode, unit), markup=False, highlight=False)
 
 
 def _is_scalar(k: Any, frame: Any) -> bool:

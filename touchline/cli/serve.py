@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from touchline.errors import ConfigError, TouchlineError
 from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
-from touchline.terminal import fail, step_bar
+from touchline.terminal import fail, step_bar, warn
 
 console = Console()
 err_console = Console(stderr=True)
@@ -23,6 +23,21 @@ TruthOption = Annotated[list[Path] | None, typer.Option(
 DatabaseOption = Annotated[
     str | None, typer.Option("--database", "-d", help="Warehouse URL (default from settings).")
 ]
+
+
+def _deals_left_out(con: object, settings: object, conversion: str | None,
+                    unit: str | None) -> list[str]:
+    """The warnings of :func:`touchline.pipeline.deal_notes` for the conversion the report
+    shows (``conversion``, or the one with the most value), as `touchline run` gives them:
+    none unless it is a deal conversion that left won deals out."""
+    from touchline.pipeline import deal_notes
+    from touchline.serve.figures import resolve_conversion
+
+    try:
+        shown = resolve_conversion(con, conversion, unit)  # type: ignore[arg-type]
+    except TouchlineError:  # no converting journeys: the charts say what to run
+        return []
+    return deal_notes(con, settings, conversions=[shown])  # type: ignore[arg-type]
 
 
 def register(app: typer.Typer) -> None:
@@ -74,6 +89,7 @@ def register(app: typer.Typer) -> None:
                               unit=unit, device=device, channel=channel, campaign=campaign)
             with engine.connected(settings=settings) as con, step_bar("report") as tell:
                 check_named(con, conversion=conversion, model=model)
+                left_out = _deals_left_out(con, settings, conversion, unit)
                 given = filters_given(filters, Filters(model=settings.default_model,
                                                        stage_model=settings.stage_model))
                 if output_format == "png":
@@ -86,6 +102,8 @@ def register(app: typer.Typer) -> None:
                                           given=given)
         except TouchlineError as exc:
             raise fail(exc) from None
+        for note in left_out:
+            warn(note)
         for name, why in result.skipped.items():
             err_console.print(f"[yellow]{name}:[/] not drawn: {escape(why)}",
                               highlight=False)

@@ -2,9 +2,11 @@
 fills which property of a CRM object, in the property's type.
 
 Shipped as data (``data/crm_<name>.toml``, each naming its source): ``hubspot`` (a HubSpot
-contact: ``hs_analytics_source``, ``hs_analytics_first_url`` … and ``touchline_*`` custom
-properties) and ``salesforce`` (a Salesforce Lead: ``LeadSource``, ``Email`` … and
-``Touchline_*__c`` custom fields); ``touchline`` is every record field under its own name. A
+contact: ``hs_object_id`` from the lead's ``contact_id``, ``hs_analytics_source``,
+``hs_analytics_first_url`` … and ``touchline_*`` custom properties) and ``salesforce`` (a
+Salesforce Lead: ``Id`` from the lead's ``contact_id`` when it is a Lead's record id,
+``LeadSource``, ``Email`` … and ``Touchline_*__c`` custom fields, see below);
+``touchline`` is every record field under its own name. A
 mapping file of your own (TOML or JSON) may start from a shipped one (``extends``) and add,
 replace or drop (``drop = true``) fields::
 
@@ -18,14 +20,28 @@ replace or drop (``drop = true``) fields::
 A field reads ``from`` a record field, ``credit_<channel>``, a custom field of the lead event
 (``properties.<key>``: a form's ``plan``), or is a ``constant``; ``type`` is ``string`` (cut to
 ``max_length``), ``number``, ``integer``, ``bool``, ``datetime`` (ISO 8601 in UTC, ``Z``),
-``date`` or ``enumeration`` (the record's value translated by ``values``, else ``default``).
-An unknown record field, type or key is a :class:`~touchline.errors.ConfigError` naming the
-file and the field. A null value is left out of the properties: the CRM keeps what it has.
+``date`` or ``enumeration`` (the record's value translated by ``values``, else ``default``);
+``pattern`` (a regular expression) keeps only a value it wholly matches, as text, and leaves
+any other out. An unknown record field, type or key, or a pattern that does not compile, is a
+:class:`~touchline.errors.ConfigError` naming the file and the field. A null value is left
+out of the properties: the CRM keeps what it has.
+
+Why the Salesforce Lead's ``Id`` (``salesforce/v2``): Salesforce matches a row to an
+existing record by its record id, ``Id``: the Data Loader's and the Bulk API's upsert on
+``Id`` update the Lead a row names and insert a row with an empty ``Id``, the Data Import
+Wizard matches Leads by "Salesforce.com ID", and the REST API updates
+``/sobjects/Lead/<Id>``. A lead's ``contact_id`` is the CRM's id as the lead came with it, and
+only a Lead's record id (15 or 18 letters and digits starting ``00Q``) may go in a Lead's
+``Id``: a Contact's (``003…``) or another system's id would fail the row (a malformed or
+cross-object id), so ``pattern`` leaves it out there, and the row inserts (or a relay upserts
+on ``Touchline_Lead_Id__c``, the External ID field). ``Touchline_Contact_Id__c`` keeps every
+``contact_id`` as it came (make it an External ID to upsert on the CRM's own ids).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -39,7 +55,8 @@ DATA = Path(__file__).parent / "data"
 #: the shipped mappings, by name (``touchline``: every record field as it is)
 SHIPPED = ("touchline", "hubspot", "salesforce")
 TYPES = ("string", "number", "integer", "bool", "datetime", "date", "enumeration")
-_FIELD_KEYS = ("from", "constant", "type", "max_length", "values", "default", "drop")
+_FIELD_KEYS = ("from", "constant", "type", "max_length", "values", "default", "pattern",
+               "drop")
 _TOP_KEYS = ("name", "version", "object", "extends", "fields", "credit_prefix")
 _RECORD_TYPES = {"string": "string", "datetime": "datetime", "integer": "integer",
                  "number": "number"}
@@ -56,6 +73,8 @@ class FieldSpec:
     max_length: int | None = None
     values: dict[str, str] = field(default_factory=dict)
     default: str | None = None
+    #: a regular expression the value (as text) must wholly match, else it is left out
+    pattern: str | None = None
 
     def value(self, record: dict[str, Any]) -> Any:
         """The property's value for ``record`` (``None``: leave the property alone)."""
@@ -66,6 +85,8 @@ class FieldSpec:
         else:  # a channel the lead never touched: no credit
             raw = 0.0 if CREDIT_FIELD.match(self.source) else None
         if raw is None or (isinstance(raw, float) and raw != raw):
+            return None
+        if self.pattern is not None and re.fullmatch(self.pattern, str(raw)) is None:
             return None
         return _convert(raw, self)
 
@@ -179,8 +200,17 @@ def _field(where: str, name: str, spec: Any) -> FieldSpec | None:
         raise ConfigError(f"{at}: values must map record values to the CRM's values (text)")
     if values and kind != "enumeration":
         raise ConfigError(f"{at}: values apply to type enumeration, not {kind}")
+    pattern = spec.get("pattern")
+    if pattern is not None:
+        if not isinstance(pattern, str):
+            raise ConfigError(f"{at}: pattern {pattern!r} must be a regular expression (text)")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{at}: pattern {pattern!r} is not a regular expression: {exc}"
+                              ) from None
     return FieldSpec(name, source, kind, constant, max_length, dict(values),
-                     spec.get("default"))
+                     spec.get("default"), pattern)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -3,20 +3,30 @@ r"""Funnels: how many units reach each step, how many drop off, and how long eac
 A funnel is an ordered list of steps; a step is an event name (``Form Submitted``), a page
 (``page:/pricing``, a regular expression on the page path), a stage entered
 (``stage:decision`` in the settings' stage model, or ``stage:b2b/SQL``) or a conversion
-(``conversion:purchase``). Units are persons (or accounts). Three variants:
+(``conversion:purchase``). Units are persons (or accounts). Four variants:
 
-* ``ordered`` (default): step :math:`k` is the first occurrence of its event at or after
-  step :math:`k-1`'s (another event may come between), within ``window`` of step 1;
+* ``cumulative`` (default when every step is a stage: a stage model is an ordered model, and
+  stages may be skipped): a unit counts at every step up to the furthest one it reached,
+  whether or not it was recorded at the steps before (HubSpot's "all stages", GA4's open
+  funnel); with ``window``, a step counts when its first occurrence lies within ``window``
+  of the unit's earliest first occurrence of any step;
+* ``ordered`` (default otherwise): step :math:`k` is the first occurrence of its event at or
+  after step :math:`k-1`'s (another event may come between), within ``window`` of step 1;
 * ``strict``: as ordered, and when both steps are touches, step :math:`k` must be the unit's
   very next touch after step :math:`k-1`;
 * ``any``: the steps in any order; a unit reaches step :math:`k` when it did steps
   :math:`1..k` and the first occurrences of all of them lie within ``window``.
 
-Step 1 is the unit's first occurrence of it. Per step: units that ``entered`` it, how many
-went on (``converted``) and ``dropped`` off, conversion from the previous and from the first
-step, and the time from the previous step (seconds: median, p25, p75, p90; ordered and
-strict). A zero denominator gives null. ``by`` breaks every figure down by the unit's
-first-touch channel, campaign or device.
+In the ordered, strict and any-order funnels step 1 is the unit's first occurrence of it.
+Per step: units that ``entered`` it, how many went on (``converted``) and ``dropped`` off
+(cumulative: those whose furthest step it was), conversion from the previous and from the
+first step, and the time from the previous step (seconds: median, p25, p75, p90; not for any
+order). Cumulative measures that time over the units that reached the step themselves, from
+the previous step each of them reached (a unit that skipped step :math:`k-1` is timed from
+step :math:`k-2`, as the stage timeline does); a unit counted at a step only because it went
+further has no time there, nor has one that reached the step before that previous step (no
+negative durations). A zero denominator gives null. ``by`` breaks every figure down by the
+unit's first-touch channel, campaign or device.
 """
 
 from __future__ import annotations
@@ -30,7 +40,18 @@ import ibis.expr.types as ir
 from touchline.engine import seconds_between
 from touchline.errors import ConfigError
 
-MODES = ("ordered", "strict", "any")
+MODES = ("cumulative", "ordered", "strict", "any")
+#: one line each, on every output that shows a funnel (the CLI, the dashboard, the report)
+MODE_LINES = {
+    "cumulative": "cumulative funnel: a {unit} counts at every step up to the furthest one "
+                  "it reached, skipped steps included (`touchline funnel --mode ordered`: "
+                  "only the steps reached in order)",
+    "ordered": "ordered funnel: a {unit} counts at a step when it reached every step before "
+               "it, in order (other events may come between)",
+    "strict": "strict funnel: a {unit} counts at a step when it reached every step before it "
+              "in order, each touch the very next one",
+    "any": "any-order funnel: a {unit} counts at step k when it did steps 1 to k, in any order",
+}
 BREAKDOWNS = {"channel": "channel", "campaign": "campaign", "device": "device_id",
               "source": "source"}
 QUANTILES = {"p25": 0.25, "median": 0.5, "p75": 0.75, "p90": 0.9}
@@ -77,6 +98,9 @@ def reached(con: object, steps: Sequence[str], *, window: timedelta | None = Non
     ``unit_id``): only these units (a segment, such as those who came first on a device)."""
     if mode not in MODES:
         raise ConfigError(f"funnel mode {mode!r}: choose from {', '.join(MODES)}")
+    if mode == "cumulative":
+        raise ConfigError("reached() follows units step by step: a cumulative funnel's "
+                          "counts come from funnel()")
     if len(steps) < 2:
         raise ConfigError("a funnel needs at least two steps")
     events = [step_events(con, s, unit=unit, stage_model=stage_model) for s in steps]
@@ -134,19 +158,39 @@ def first_touch_values(con: object, by: str, unit: str = "person") -> ir.Table:
     return s.select(unit_id=s._u, group=s[BREAKDOWNS[by]].cast("string").fill_null("(none)"))
 
 
+def default_mode(steps: Sequence[str], stage_model: str = "lifecycle") -> str:
+    """``cumulative`` when every step is a stage (``stage:...``): the steps of an ordered
+    stage model, which units may skip; ``ordered`` otherwise."""
+    return ("cumulative" if steps and all(_stage_of(s, stage_model) is not None for s in steps)
+            else "ordered")
+
+
+def mode_line(mode: str, unit: str = "person") -> str:
+    """The one line an output shows to say which funnel it is (:data:`MODE_LINES`)."""
+    return MODE_LINES[mode].format(unit=unit)
+
+
 def funnel(con: object, steps: Sequence[str], *, window: timedelta | None = None,
-           mode: str = "ordered", by: str | None = None, unit: str = "person",
+           mode: str | None = None, by: str | None = None, unit: str = "person",
            stage_model: str = "lifecycle", units: ir.Table | None = None) -> ir.Table:
     """One row per step (and ``group`` with ``by``): ``step_index``, ``step``, ``entered``,
     ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time from the
-    previous step in seconds (``p25``, ``median``, ``p75``, ``p90``). ``units``: only the
-    units of this table's ``unit_id`` (:func:`reached`)."""
+    previous step in seconds (``p25``, ``median``, ``p75``, ``p90``). ``mode``: see the
+    module (None: :func:`default_mode`, cumulative for stages, else ordered). ``units``: only
+    the units of this table's ``unit_id`` (:func:`reached`)."""
+    mode = mode or default_mode(steps, stage_model)
     if mode not in MODES:
         raise ConfigError(f"funnel mode {mode!r}: choose from {', '.join(MODES)}")
     if len(steps) < 2:
         raise ConfigError("a funnel needs at least two steps")
     groups = first_touch_values(con, by, unit) if by else None
     stage_steps = [st for s in steps if (st := _stage_of(s, stage_model)) is not None]
+    if mode == "cumulative":
+        distinct = len(stage_steps) == len(steps) and len(set(stage_steps)) == len(steps)
+        counted = _cumulative_counts(con, steps, stages=stage_steps if distinct else None,
+                                     window=window, unit=unit, stage_model=stage_model,
+                                     units=units, groups=groups)
+        return _per_step(counted, steps)
     if (mode != "any" and len(stage_steps) == len(steps)
             and len(set(stage_steps)) == len(steps)):  # distinct stages: one pass
         counted = _stage_counts(con, stage_steps, window=window, unit=unit, units=units,
@@ -222,12 +266,68 @@ def _stage_counts(con: object, stages: Sequence[tuple[str, str]], *,
             seconds = seconds_between(wide[f"_a{k - 1}"], wide[f"_a{k}"])
             for name, q in QUANTILES.items():
                 aggregates[f"_{name}{k}"] = seconds.quantile(q, where=hit)
-    per_group = wide.group_by("group").aggregate(**aggregates)
+    return _by_step(wide.group_by("group").aggregate(**aggregates), len(stages))
+
+
+def _cumulative_counts(con: object, steps: Sequence[str], *,
+                       stages: Sequence[tuple[str, str]] | None, window: timedelta | None,
+                       unit: str, stage_model: str, units: ir.Table | None,
+                       groups: ir.Table | None) -> ir.Table:
+    """The cumulative funnel's counts (``group``, ``step_index``, ``entered`` and the
+    quantiles, as :func:`_stage_counts`).
+
+    One row per unit and step it reached (its first occurrence; ``stages``, the steps as
+    distinct ``(model, stage)`` pairs: one pass over ``stages``, whose rows are those first
+    entries). A unit's furthest step :math:`f` is the last it reached (within ``window`` of
+    its earliest row); it counts at steps :math:`1..f`, once each (on its row of step
+    :math:`f`). The time at step :math:`k` is from the unit's previous row (the previous step
+    it reached) to its row of step :math:`k`, negative ones left out."""
+    if stages is not None:
+        s = con.table("stages")  # type: ignore[attr-defined]
+        s = s.filter((s.unit == unit) & ibis.or_(*[(s.stage_model == m) & (s.stage == n)
+                                                   for m, n in stages]))
+        k = ibis.cases(*[((s.stage_model == m) & (s.stage == n), i)
+                         for i, (m, n) in enumerate(stages)])
+        rows = s.select("unit_id", at=s.entered_at, _k=k.cast("int64"))
+    else:
+        rows = ibis.union(*[
+            _first(step_events(con, step, unit=unit, stage_model=stage_model)).select(
+                "unit_id", "at", _k=ibis.literal(i).cast("int64"))
+            for i, step in enumerate(steps)], distinct=False)
+    if units is not None:
+        rows = rows.semi_join(units.select("unit_id"), "unit_id")
+    if window is not None:
+        rows = rows.mutate(_start=rows.at.min().over(group_by="unit_id"))
+        rows = rows.filter(rows.at <= rows._start + ibis.interval(
+            seconds=int(window.total_seconds()))).drop("_start")
+    in_order = ibis.window(group_by="unit_id", order_by=["_k"])
+    rows = rows.mutate(_furthest=rows._k.max().over(group_by="unit_id"),
+                       _previous=rows.at.lag().over(in_order))
+    if groups is not None:
+        rows = rows.left_join(groups, "unit_id").mutate(
+            group=lambda t: t.group.fill_null("(none)"))
+    else:
+        rows = rows.mutate(group=ibis.literal("all"))
+    seconds = seconds_between(rows._previous, rows.at)
+    last = rows._k == rows._furthest
+    aggregates: dict[str, ir.Value] = {}
+    for i in range(len(steps)):
+        aggregates[f"_e{i}"] = rows.count(where=last & (rows._k >= i))
+        if i:  # the first step has no time from a previous one
+            timed = (rows._k == i) & rows._previous.notnull() & (seconds >= 0)
+            for name, q in QUANTILES.items():
+                aggregates[f"_{name}{i}"] = seconds.quantile(q, where=timed)
+    return _by_step(rows.group_by("group").aggregate(**aggregates), len(steps))
+
+
+def _by_step(per_group: ir.Table, n: int) -> ir.Table:
+    """``group``, ``_e<k>`` and ``_<quantile><k>`` per group as one row per group and step:
+    ``group``, ``entered``, the quantiles and ``step_index`` (1-based)."""
     return ibis.union(*[per_group.select(
         "group", entered=per_group[f"_e{k}"].cast("int64"),
         **{name: per_group[f"_{name}{k}"].cast("float64") if k else ibis.null("float64")
            for name in QUANTILES},
-        step_index=ibis.literal(k + 1)) for k in range(len(stages))], distinct=False)
+        step_index=ibis.literal(k + 1)) for k in range(n)], distinct=False)
 
 
 def _per_step(counted: ir.Table, steps: Sequence[str]) -> ir.Table:

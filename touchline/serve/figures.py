@@ -813,15 +813,18 @@ def stage_names(con: BaseBackend, stage_model: str = STAGE_MODEL_DEFAULT,
 def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
                 stage_model: str = STAGE_MODEL_DEFAULT, unit: str | None = None,
                 window: timedelta | None = None, device: str | None = None,
-                channel: str | None = None, campaign: str | None = None) -> pd.DataFrame:
-    """:func:`touchline.metrics.funnels.funnel` (ordered): ``step_index``, ``step``,
-    ``entered``, ``converted``, ``dropped``, ``from_previous``, ``from_first`` and the time
-    from the previous step in days (``p25_days``, ``median_days``, ``p75_days``,
-    ``p90_days``: as the stage timeline's ``median_days``). Default steps: the stages of
-    ``stage_model`` in order (``stage:<model>/<stage>``). ``device``, ``channel``,
-    ``campaign``: the units whose first session was on that device, of that channel and
-    campaign (:func:`units_first_on`; a funnel counts units, not touches)."""
-    from touchline.metrics.funnels import funnel
+                channel: str | None = None, campaign: str | None = None,
+                mode: str | None = None) -> pd.DataFrame:
+    """:func:`touchline.metrics.funnels.funnel` (``mode`` None: cumulative on the stages, a
+    unit counting at every stage up to the furthest it reached; the note says which):
+    ``step_index``, ``step``, ``entered``, ``converted``, ``dropped``, ``from_previous``,
+    ``from_first`` and the time from the previous step in days (``p25_days``,
+    ``median_days``, ``p75_days``, ``p90_days``: as the stage timeline's ``median_days``).
+    Default steps: the stages of ``stage_model`` in order (``stage:<model>/<stage>``).
+    ``device``, ``channel``, ``campaign``: the units whose first session was on that
+    device, of that channel and campaign (:func:`units_first_on`; a funnel counts units, not
+    touches)."""
+    from touchline.metrics.funnels import default_mode, funnel, mode_line
 
     unit = unit or "person"  # no B2B/B2C filter: the persons' stages
     if steps is None:
@@ -831,8 +834,9 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
                          f"{len(steps)} stage(s) with entries: run `touchline run`")
     segment = (device, channel, campaign) != (None, None, None)
     units = _segment_units(con, device, unit, channel, campaign) if segment else None
+    mode = mode or default_mode(steps, stage_model)
     t = funnel(con, list(steps), window=window, unit=unit, stage_model=stage_model,
-               units=units)
+               units=units, mode=mode)
     frame = t.drop("group").to_pandas()
     # the time from the previous step in days, as the stage timeline's median_days (the
     # funnel computes seconds): a unit in the name, and one unit on the page
@@ -844,7 +848,7 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
             segment) else ""
         raise InputError(f"no {unit}s{first_on} entered {steps[0]}: no funnel to draw")
     frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
-                       campaign=campaign)
+                       campaign=campaign, mode=mode, note=mode_line(mode, unit))
     return frame
 
 
@@ -865,7 +869,8 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
     came = _first_session(data.attrs.get("device"), data.attrs.get("channel"),
                           data.attrs.get("campaign"))
     first_on = f", first came {came}" if came else ""
-    fig = _figure(f"funnel ({data.attrs.get('unit', 'person')}s{first_on})")
+    mode = f"{data.attrs['mode']} " if data.attrs.get("mode") else ""
+    fig = _figure(f"{mode}funnel ({data.attrs.get('unit', 'person')}s{first_on})")
     labels = [str(s).rsplit("/", 1)[-1].removeprefix("stage:") for s in data.step]
     # the numbers as every table and label writes them (readable_number), not Plotly's
     # "29.219k" next to "2004"
