@@ -190,17 +190,31 @@ def spark_parity(events: float) -> str:
     label, parquet = _events_file(events)
     duck, duck_inner = _ours(label, parquet, DUCKDB_URL, "duckdb")
     spark, spark_inner = _ours(label, parquet, SPARK_URL, "spark")
+    # goal 6 of issue 19: the hand-written PySpark DataFrame pipeline on the same master
+    ref_out = DATA / f"ref_pyspark_{label}.json"
+    ref = timed(f"prepare/reference-pyspark/{label}", [
+        PYTHON, str(SHARED_BENCH / "pipelines.py"), "--engine", "pyspark", "--input",
+        str(parquet), "--out", str(ref_out)], env={"SPARK_MASTER": "local[2]"})
+    ref_converters = json.loads(ref_out.read_text()).get("converters", 0)
     rows = []
     for key in PARITY_KEYS:
         a, b = duck_inner["counts"][key], spark_inner["counts"][key]
         shown = f"{a:,}" if isinstance(a, int) else f"{len(a)} entries"
         rows.append(f"| {key} | {shown} | {'yes' if a == b else '**no**'} |")
     ratio = spark["wall_s"] / duck["wall_s"]
+    ref_ratio = spark["wall_s"] / ref["wall_s"]
     return f"""### Spark local[2] at {label} events
 
 The same run (load, prepare, paths, linear credits) with `database_url = spark://local[2]`:
 **Spark / DuckDB wall time {ratio:.2f}×** ({spark['wall_s']} s, peak RSS with the JVM
 {spark['tree_peak_rss_mib']} MiB, vs {duck['wall_s']} s, {duck['tree_peak_rss_mib']} MiB).
+
+Against the hand-written PySpark reference (`../shared/bench/pipelines.py --engine pyspark`,
+`local[2]`, same file, same run: {ref['wall_s']} s, peak RSS {ref['tree_peak_rss_mib']} MiB,
+others' CPU {ref.get('others_cpu_s')} s): **touchline on Spark / PySpark reference
+{ref_ratio:.2f}×** (goal ≤ 1.5× at 10M events, issue 19 goal 6; measured here at {label}).
+Converting journeys: touchline {spark_inner['counts']['converting_journeys']:,}, reference
+converters {ref_converters:,}.
 
 | output | DuckDB | Spark identical |
 |---|---|---|
