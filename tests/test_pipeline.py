@@ -7,7 +7,9 @@ import json
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import ibis
 import numpy as np
 import pytest
 
@@ -19,6 +21,9 @@ from touchline.config import Settings
 from touchline.demo import DEMO_KPIS, matching_channels, run_demo
 from touchline.metrics.kpis import KPIS, STAGES
 from touchline.serve.figures import CHARTS
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 EXPECTED_CHECKS = {
     "distinct events loaded (incl. bots)",
@@ -54,7 +59,8 @@ def test_matching_channels_equals_the_true_count_only_for_the_same_set() -> None
 
 
 @pytest.mark.parametrize("via_http", [False, True], ids=["file", "collector"])
-def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> None:
+def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool,
+                                          request: pytest.FixtureRequest) -> None:
     settings = Settings(database_url=f"duckdb:///{tmp_path / 'demo.duckdb'}",
                         spool_dir=tmp_path / "spool", spool_min_free_bytes=0,
                         temp_directory=tmp_path)
@@ -95,6 +101,75 @@ def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool) -> No
     con.disconnect()
     if not via_http:
         _exports_and_leads_pass_their_validators(settings, tmp_path)
+        _dashboard_on_the_demo(settings, tmp_path / "data", request.getfixturevalue("browser"))
+
+
+def _dashboard_on_the_demo(settings: Settings, data: Path, browser: Browser) -> None:
+    """Issue 16's browser test on the demo warehouse: log in through the form; every page
+    with no console error and no request leaving 127.0.0.1; the channel credits under two
+    models and the KPI page's headlines equal to the Python API's; switching the model moves
+    the credits. A screenshot of every page is kept under ``test-artifacts/dashboard-demo``.
+    """
+    from browser_kit import (
+        WAIT_MS,
+        artifacts_folder,
+        chart_numbers,
+        log_in,
+        serve_in_thread,
+        watched_page,
+    )
+    from typer.testing import CliRunner
+
+    from touchline.cli import app
+    from touchline.metrics.kpis import compute
+    from touchline.serve.app import PAGES, create_app
+
+    password = "demo password 1"
+    made = CliRunner().invoke(app, ["users", "create", "demo", "--password-stdin",
+                                    "--database", settings.database_url], input=password + "\n")
+    assert made.exit_code == 0, made.output
+    with engine.connected(settings=settings) as con:
+        credited = {model: compute(con, "cpa", by=["channel"], model=model,
+                                   conversion="purchase").to_pandas().set_index(
+            "channel").conversions.to_dict() for model in ("linear", "markov")}
+        headlines = {kpi: float(compute(con, kpi, conversion="purchase").to_pandas()[kpi].iloc[0])
+                     for kpi in ("paid_cost", "reach", "search_clicks", "new_visitors")}
+        email = con.table("identities").filter(ibis._.kind == "email").identifier.min(
+            ).execute().removeprefix("email:")
+    shots = artifacts_folder("dashboard-demo")
+    truth = [data / "b2c" / "truth.json", data / "b2b" / "truth.json"]
+    query = "conversion=purchase&model=linear"
+    with serve_in_thread(create_app(settings, truth=truth)) as url, \
+            watched_page(browser, url) as watched:
+        page = watched.page
+        log_in(page, url, "demo", password)
+        for name, shown in PAGES.items():
+            path = f"{shown.path}?q={email}" if name == "person" else f"{shown.path}?{query}"
+            page.goto(f"{url}{path}")
+            # every chart drawn (a chart with no data is a note, not a plot)
+            page.wait_for_function(
+                "[...document.querySelectorAll('.js-plotly-plot')]"
+                ".every(e => e.querySelector('.main-svg'))", timeout=WAIT_MS)
+            errors = page.locator(".error").all_text_contents()
+            assert not errors, (name, errors)
+            if name == "person":
+                assert page.locator("#chart-person .main-svg").count() >= 1
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+            if name == "channels":
+                assert chart_numbers(page, "channels", "channel", "conversions") == (
+                    pytest.approx(credited["linear"], rel=5e-4))
+            if name == "kpis":
+                shown_kpis = chart_numbers(page, "stage_kpis", "kpi", "value")
+                assert {k: shown_kpis[k] for k in headlines} == pytest.approx(headlines, rel=5e-4)
+        page.goto(f"{url}/channels?conversion=purchase&model=markov")
+        page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
+        markov = chart_numbers(page, "channels", "channel", "conversions")
+        assert markov == pytest.approx(credited["markov"], rel=5e-4)
+        assert markov != pytest.approx(credited["linear"], rel=5e-4)
+        page.screenshot(path=str(shots / "channels-markov.png"), full_page=True)
+    assert not watched.left, watched.left
+    assert not watched.errors, watched.errors
+    assert len(list(shots.glob("*.png"))) == len(PAGES) + 1
 
 
 def _exports_and_leads_pass_their_validators(settings: Settings, tmp_path: Path) -> None:
