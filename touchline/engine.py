@@ -277,6 +277,8 @@ def fetch_each(con: BaseBackend, parts: Iterable[ir.Table]) -> list[pa.Table | E
     0.65 s in Ibis and 0.35 s in DuckDB, one after the other (compiling the parts one by one
     costs Ibis what one union of them does). A part that reads what only ``con``'s session
     sees (a temporary table of :func:`materialise`) runs on ``con``, in the calling thread.
+    For readers (a page, a report): the cursor sees what is committed, not the writes of a
+    transaction ``con`` has open.
 
     Spark: every part in one query (a union of the parts, each row tagged with its part's
     number: one job, not one per part); if that query fails, each part alone, so only the
