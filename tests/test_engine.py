@@ -292,6 +292,53 @@ def test_side_by_side_raises_a_tasks_error_after_every_task_ended(con) -> None:
     assert ended == [1, 1]
 
 
+def test_fetch_each_gives_each_parts_rows_in_order_on_each_engine(con) -> None:
+    engine.load_table(con, "t_fetch", pd.DataFrame({"a": [1, 2, 3]}))
+    # on DuckDB a temporary table: only the connection's own session sees it
+    kept = engine.materialise(con, "t_fetch_kept", con.table("t_fetch").filter(_.a == 1))
+    asked = []
+
+    def parts():  # type: ignore[no-untyped-def]  # built as they are fetched
+        t = con.table("t_fetch")
+        for name, part in (
+                ("table", t.filter(t.a >= 2).select(n=t.a.cast("int64"))),
+                ("memtable", ibis.memtable({"n": [10, 20]}).select(n=_.n.cast("int64"))),
+                ("temporary", kept.select(n=kept.a.cast("int64") * 100)),
+                # each query's session is in UTC, as the connection's
+                ("utc", t.filter(t.a == 1).select(n=ibis.literal("2024-03-01 12:00:00").cast(
+                    "timestamp").hour().cast("int64"))),
+                ("empty", t.filter(t.a > 3).select(n=t.a.cast("int64")))):
+            asked.append(name)
+            yield part
+
+    got = engine.fetch_each(con, parts())
+    assert asked == ["table", "memtable", "temporary", "utc", "empty"]
+    assert [sorted(rows.column("n").to_pylist()) for rows in got] == [
+        [2, 3], [10, 20], [100], [12], []]
+    assert [rows.column_names for rows in got] == [["n"]] * 5
+    assert engine.fetch_each(con, []) == []
+    engine.drop_materialised(con, "t_fetch_kept")
+
+
+def test_fetch_each_gives_a_failing_parts_error_in_its_place(con) -> None:
+    engine.load_table(con, "t_fetch_ok", pd.DataFrame({"a": [1, 2]}))
+    engine.load_table(con, "t_fetch_gone", pd.DataFrame({"a": [5]}))
+    ok, gone = con.table("t_fetch_ok"), con.table("t_fetch_gone")
+    parts = [ok.select("a"), gone.select("a"), ok.filter(ok.a == 2).select("a")]
+    con.drop_table("t_fetch_gone")  # built, then gone: its query fails, the others do not
+    first, failed, last = engine.fetch_each(con, parts)
+    assert isinstance(failed, Exception) and "t_fetch_gone" in str(failed).lower()
+    assert sorted(first.column("a").to_pylist()) == [1, 2]
+    assert last.column("a").to_pylist() == [2]
+
+    def broken():  # type: ignore[no-untyped-def]  # building a part fails: that error
+        yield ok.select("a")
+        raise ValueError("no such KPI")
+
+    with pytest.raises(ValueError, match="no such KPI"):
+        engine.fetch_each(con, broken())
+
+
 @pytest.mark.duckdb_only(reason="the lock is DuckDB's: one process at a time opens a file")
 def test_a_warehouse_open_in_another_process_says_so_and_what_to_do(tmp_path: Path) -> None:
     import subprocess

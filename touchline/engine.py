@@ -14,6 +14,9 @@ engines that Ibis does not hide live here and nowhere else:
   :func:`all_or_nothing` gives a block of writes to several tables one outcome on both.
 * Spark plans the whole of every query again, DuckDB in milliseconds: :func:`stage_input`
   stores on Spark only an expression that many later queries read.
+* DuckDB lets go of Python's lock while a query runs: :func:`fetch_each` runs many small
+  queries on a cursor in a worker thread while Python builds and compiles the next; on Spark
+  they are one query (one job).
 * Neither Ibis nor Spark's Parquet tables have ``DELETE``: :func:`delete_where` runs DuckDB's
   own and rewrites the kept rows on Spark.
 """
@@ -27,14 +30,16 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import ibis
 import ibis.expr.datatypes as dt
+import ibis.expr.operations as ops
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from touchline.config import Settings, load_settings
@@ -249,6 +254,94 @@ def side_by_side(con: BaseBackend, tasks: Sequence[Callable[[BaseBackend], T]]) 
         if error is not None:
             raise error
     return [first, *(f.result() for f in futures)]
+
+
+def _session_only_names(con: BaseBackend) -> frozenset[str]:
+    """The names of the tables and views only ``con``'s DuckDB session sees (temporary ones:
+    :func:`materialise`'s, registered in-memory tables), which a cursor does not."""
+    rows = con.raw_sql(  # type: ignore[attr-defined]
+        "SELECT table_name FROM duckdb_tables() WHERE temporary UNION ALL "
+        "SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()
+    return frozenset(str(name) for name, in rows)
+
+
+def fetch_each(con: BaseBackend, parts: Iterable[ir.Table]) -> list[pa.Table | Exception]:
+    """The rows of each of ``parts`` (tables of one schema), in order, as Arrow tables; a
+    part that fails gives its exception instead (the caller says which errors it shows and
+    raises the others). ``parts`` may build each part as it is asked for (a generator).
+
+    DuckDB: each part is compiled in the calling thread as it comes, then run by a worker
+    thread on a cursor of ``con`` (:meth:`duckdb.DuckDBPyConnection.cursor`: the same
+    database, a session of its own), so DuckDB runs one part (it lets go of Python's lock
+    while it runs) while Python builds and compiles the next: the dashboard's KPI page spent
+    0.65 s in Ibis and 0.35 s in DuckDB, one after the other (compiling the parts one by one
+    costs Ibis what one union of them does). A part that reads what only ``con``'s session
+    sees (a temporary table of :func:`materialise`) runs on ``con``, in the calling thread.
+    For readers (a page, a report): the cursor sees what is committed, not the writes of a
+    transaction ``con`` has open.
+
+    Spark: every part in one query (a union of the parts, each row tagged with its part's
+    number: one job, not one per part); if that query fails, each part alone, so only the
+    failing ones give their error."""
+    if engine_name(con) != "duckdb":
+        return _fetch_each_in_one_query(con, list(parts))
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from ibis.backends.duckdb.converter import DuckDBPyArrowData
+
+    local = _session_only_names(con)
+    other = _duckdb_session(ibis.duckdb.from_connection(
+        con.con.cursor()))  # type: ignore[attr-defined]
+
+    def run(expr: ir.Table, sql: str) -> pa.Table:  # in the worker, on the cursor
+        other._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]  # memtables
+        rows = other.con.sql(sql).to_arrow_table()  # type: ignore[attr-defined]
+        return expr.__pyarrow_result__(rows, data_mapper=DuckDBPyArrowData)
+
+    done: list[Future[pa.Table] | pa.Table | Exception] = []
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="touchline-fetch") as pool:
+            for expr in parts:
+                try:
+                    if local and {t.name for t in expr.op().find(ops.DatabaseTable)} & local:
+                        done.append(con.to_pyarrow(expr))
+                    else:
+                        done.append(pool.submit(run, expr, con.compile(expr)))
+                except Exception as exc:  # this part's error: the others still run
+                    done.append(exc)
+    finally:  # every query ended (the pool waited for them) before the cursor closes
+        other.disconnect()
+    out: list[pa.Table | Exception] = []
+    for part in done:
+        if isinstance(part, Future):
+            error = part.exception()
+            out.append(error if isinstance(error, Exception) else part.result())
+        else:
+            out.append(part)
+    return out
+
+
+def _fetch_each_in_one_query(con: BaseBackend, parts: Sequence[ir.Table]
+                             ) -> list[pa.Table | Exception]:
+    if not parts:
+        return []
+    tagged = [p.mutate(_touchline_part=ibis.literal(i)) for i, p in enumerate(parts)]
+    try:
+        rows = ibis.union(*tagged, distinct=False).to_pyarrow()
+    except Exception:  # which part failed is found below, one by one
+        log.warning("%d parts in one query failed: one query per part", len(parts),
+                    exc_info=True)
+    else:
+        number = rows.column("_touchline_part")
+        rows = rows.drop_columns(["_touchline_part"])
+        return [rows.filter(pc.equal(number, i)) for i in range(len(parts))]
+    out: list[pa.Table | Exception] = []
+    for part in parts:
+        try:
+            out.append(part.to_pyarrow())
+        except Exception as exc:  # this part's error: the caller says if it shows
+            out.append(exc)
+    return out
 
 
 def _fix_spark_strip() -> None:

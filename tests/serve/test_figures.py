@@ -401,13 +401,14 @@ def test_stage_kpis_by_hand(wh: BaseBackend) -> None:
     assert stage_kpis_data(wh, stage_model="funnel").set_index("kpi").stage["nps"] == "bottom"
 
 
-def test_stage_kpis_find_the_first_sessions_once(wh: BaseBackend,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """The KPI page's headlines (one union) find each person's first session once, however
-    many KPIs read the first sessions (new visitors, returning visitors and sessions,
-    conversion rate, the purchases' acquisition channel): a window over every session per KPI
-    made the page 20 % slower on the 20,000-people demo, and the aggregation that replaced
-    the window was inlined three times until it ended in a select."""
+def test_stage_kpis_find_the_first_sessions_once_per_query(
+        wh: BaseBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each query of the KPI page's headlines (a part: a KPI, or a KPI family in one
+    aggregate) finds each person's first session at most once, however many of its KPIs
+    read the first sessions (new visitors, returning visitors and sessions, conversion rate,
+    the purchases' acquisition channel): a window over every session per KPI made the page
+    20 % slower on the 20,000-people demo, and the aggregation that replaced the window was
+    inlined three times until it ended in a select."""
     compiled: list[str] = []
     compile_sql = type(wh).compile
 
@@ -418,11 +419,11 @@ def test_stage_kpis_find_the_first_sessions_once(wh: BaseBackend,
 
     monkeypatch.setattr(type(wh), "compile", recording)
     got = stage_kpis_data(wh)
-    assert {"new_visitors", "returning_visitors", "conversion_rate"} <= set(got.kpi)
-    union = max(compiled, key=len)
-    # each person's first start (metrics.kpis._first_of_each_person), found once
+    assert {"new_visitors", "returning_visitors", "sessions", "conversion_rate"} <= set(got.kpi)
+    # each person's first start (metrics.kpis._first_of_each_person)
     first = re.compile(r'MIN\(["`]\w+["`]\.["`]started_at["`]\) AS ["`]_at["`]')
-    assert len(first.findall(union)) == 1
+    found = [len(first.findall(sql)) for sql in compiled]
+    assert max(found) == 1, found  # on DuckDB the sessions' and new visitors' queries
 
 
 def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:

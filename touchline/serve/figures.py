@@ -33,7 +33,7 @@ import hashlib
 import inspect
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -45,13 +45,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from touchline import engine
 from touchline.engine import seconds_between
 from touchline.errors import ConfigError, InputError, MissingInputError, TouchlineError
 from touchline.formatting import readable_number
 from touchline.metrics.dimensions import DEVICES, device_category, session_devices
 
 if TYPE_CHECKING:
-    import pyarrow as pa
     from ibis.backends import BaseBackend
 
     from touchline.attribution.evaluate import Truth
@@ -927,38 +927,33 @@ def stage_timeline_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def _headline_values(parts: Sequence[tuple[tuple[str, ...], ir.Table]],
+def _headline_values(con: BaseBackend, parts: Iterable[tuple[tuple[str, ...], ir.Table]],
                      skipped: dict[str, str]) -> dict[str, list[float | None]]:
     """The headline rows (``kpi``, ``value``) of each part (one KPI, or a KPI family
-    computed in one aggregate: the KPIs it names), all in one query; if that query fails,
-    each part alone, so a failing part's KPIs are skipped with its error (into ``skipped``)
-    and the others still show, as when each ran alone."""
-    if not parts:
-        return {}
+    computed in one aggregate: the KPIs it names), the parts fetched together
+    (:func:`touchline.engine.fetch_each`: on DuckDB one part runs while the next is built,
+    on Spark all in one query); a part that fails with a touchline error has its KPIs
+    skipped with that error (into ``skipped``) and the others still show, as when each ran
+    alone."""
+    names: list[tuple[str, ...]] = []
 
-    def rows(frame: pa.Table, out: dict[str, list[float | None]]) -> None:
+    def tables() -> Iterator[ir.Table]:
+        for kpis, t in parts:
+            names.append(kpis)
+            yield t
+
+    frames = engine.fetch_each(con, tables())
+    out: dict[str, list[float | None]] = {}
+    for kpis, frame in zip(names, frames, strict=True):
+        if isinstance(frame, TouchlineError):
+            skipped.update(dict.fromkeys(kpis, str(frame)))
+            continue
+        if isinstance(frame, Exception):
+            raise frame
+        got: dict[str, list[float | None]] = {n: [] for n in kpis}
         for name, value in zip(frame.column("kpi").to_pylist(),
                                frame.column("value").to_pylist(), strict=True):
-            out[name].append(value)
-
-    try:
-        frame = ibis.union(*(t for _, t in parts), distinct=False).to_pyarrow()
-    except Exception as exc:  # which part failed is found below, one by one
-        log.warning("the KPI headlines in one query failed (%s): one query per KPI family",
-                    type(exc).__name__)
-    else:
-        out: dict[str, list[float | None]] = {n: [] for names, _ in parts for n in names}
-        rows(frame, out)
-        return out
-    out = {}
-    for names, t in parts:
-        try:
-            frame = t.to_pyarrow()
-        except TouchlineError as exc:
-            skipped.update(dict.fromkeys(names, str(exc)))
-            continue
-        got: dict[str, list[float | None]] = {n: [] for n in names}
-        rows(frame, got)
+            got[name].append(value)
         out |= got
     return out
 
@@ -988,51 +983,55 @@ def stage_kpis_data(con: BaseBackend, *, since: Moment = None, until: Moment = N
     # trip, not one per KPI (on Spark, one job)
     filled = filled_once(con)
     skipped: dict[str, str] = {}
-    parts: list[tuple[tuple[str, ...], ir.Table]] = []
-    families: dict[str, list[str]] = {}
     counted: set[str] = set()  # KPIs without a headline column: tables
-    for kpi in chosen:  # the registry's KPIs: expressions only, nothing runs yet
-        if kpi.table:  # not computed: no headline to show
-            skipped[kpi.name] = f"a table: `touchline kpis --kpi {kpi.name}` shows it"
-            continue
-        if kpi.per_period:  # not computed either (its rows were counted for this note)
-            skipped[kpi.name] = (f"a value per period: `touchline kpis --kpi {kpi.name} "
-                                 "--period month` shows it")
-            continue
-        if kpi.family is not None:  # computed with its family below
-            families.setdefault(kpi.family, []).append(kpi.name)
-            continue
-        try:
-            t = compute(con, kpi.name, since=since, until=until, model=model,
-                        conversion=conversion, settings=settings, filled=filled)
-        except TouchlineError as exc:
-            skipped[kpi.name] = str(exc)
-            continue
-        if kpi.headline not in t.columns:  # a table: its rows counted, in the same query
-            counted.add(kpi.name)
-            parts.append(((kpi.name,), t.aggregate(kpi=ibis.literal(kpi.name),
-                                                   value=t.count().cast("float64"))))
-            continue
-        parts.append(((kpi.name,), t.select(kpi=ibis.literal(kpi.name),
-                                            value=t[kpi.headline].cast("float64"))))
-    # each family's KPIs in one aggregate (one pass over the sessions, the spend, the
-    # credits…: a third of the SQL to compile and of the scans to run), as one row turned
-    # into a row per KPI
-    for members in families.values():
-        try:
-            t, left = compute_family(con, members, since=since, until=until, model=model,
-                                     conversion=conversion, settings=settings,
-                                     filled=filled)
-        except TouchlineError as exc:
-            skipped.update(dict.fromkeys(members, str(exc)))
-            continue
-        skipped.update(left)
-        if t is None:
-            continue
-        kept = tuple(name for name in members if name not in left)
-        wide = t.select(**{name: t[name].cast("float64") for name in kept})
-        parts.append((kept, wide.pivot_longer(list(kept), names_to="kpi", values_to="value")))
-    values = _headline_values(parts, skipped)
+
+    def parts() -> Iterator[tuple[tuple[str, ...], ir.Table]]:
+        """Each part's KPIs and headline rows, built as they are fetched (on DuckDB, one
+        part's query runs while the next is built)."""
+        families: dict[str, list[str]] = {}
+        for kpi in chosen:  # the registry's KPIs
+            if kpi.table:  # not computed: no headline to show
+                skipped[kpi.name] = f"a table: `touchline kpis --kpi {kpi.name}` shows it"
+                continue
+            if kpi.per_period:  # not computed either (its rows were counted for this note)
+                skipped[kpi.name] = (f"a value per period: `touchline kpis --kpi {kpi.name} "
+                                     "--period month` shows it")
+                continue
+            if kpi.family is not None:  # computed with its family below
+                families.setdefault(kpi.family, []).append(kpi.name)
+                continue
+            try:
+                t = compute(con, kpi.name, since=since, until=until, model=model,
+                            conversion=conversion, settings=settings, filled=filled)
+            except TouchlineError as exc:
+                skipped[kpi.name] = str(exc)
+                continue
+            if kpi.headline not in t.columns:  # a table: its rows counted, in the same query
+                counted.add(kpi.name)
+                yield (kpi.name,), t.aggregate(kpi=ibis.literal(kpi.name),
+                                               value=t.count().cast("float64"))
+                continue
+            yield (kpi.name,), t.select(kpi=ibis.literal(kpi.name),
+                                        value=t[kpi.headline].cast("float64"))
+        # each family's KPIs in one aggregate (one pass over the sessions, the spend, the
+        # credits…: a third of the SQL to compile and of the scans to run), as one row
+        # turned into a row per KPI
+        for members in families.values():
+            try:
+                t, left = compute_family(con, members, since=since, until=until,
+                                         model=model, conversion=conversion,
+                                         settings=settings, filled=filled)
+            except TouchlineError as exc:
+                skipped.update(dict.fromkeys(members, str(exc)))
+                continue
+            skipped.update(left)
+            if t is None:
+                continue
+            kept = tuple(name for name in members if name not in left)
+            wide = t.select(**{name: t[name].cast("float64") for name in kept})
+            yield kept, wide.pivot_longer(list(kept), names_to="kpi", values_to="value")
+
+    values = _headline_values(con, parts(), skipped)
     rows = []
     for kpi in chosen:
         if kpi.name not in values:
