@@ -133,3 +133,16 @@ def test_each_command_is_listed_with_its_first_paragraph_on_one_line() -> None:
     out = wide.invoke(app, ["--help"]).output
     assert ("keywords... of the stored journeys (after `touchline run`), or of a path file "
             "(--paths).") in out
+
+
+def test_report_on_a_warehouse_never_run_says_to_run_first(tmp_path: Path) -> None:
+    db = f"duckdb:///{tmp_path / 'new.duckdb'}"
+    out = tmp_path / "x.html"
+    result = runner.invoke(app, ["report", "--out", str(out), "--database", db],
+                           env={"COLUMNS": "200"})
+    attribute = runner.invoke(app, ["attribute", "--database", db], env={"COLUMNS": "200"})
+    # the same words and exit code as `touchline attribute`, no traceback, no file
+    assert (result.exit_code, attribute.exit_code) == (2, 2)
+    assert f"warehouse {db} has no journeys: run `touchline run` first" in result.output
+    assert "has no journeys: run `touchline run` first" in attribute.output
+    assert "Traceback" not in result.output and not out.exists()

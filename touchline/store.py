@@ -830,7 +830,8 @@ SPOOL_OFFSETS = TableSpec(
     "as the rows), so a crashed load resumes exactly where it committed.",
     key="segment",
     columns=_cols(
-        ("segment", S, "spool segment file name"),
+        ("segment", S, "spool segment file name; `@loaded`: every load (bytes in all, when "
+         "last: a segment's row goes once it is loaded); `@leases.sqlite`: the lease copy"),
         ("loaded_bytes", I, "bytes of the segment loaded"),
         ("updated_at", TS, "last load"),
     ),

@@ -18,6 +18,7 @@ from touchline.collect.ingest import ingest_file
 from touchline.collect.segment import SegmentSplit, map_segment
 from touchline.collect.spool import EVENT, SpoolFullError, SpoolWriter, spool_bytes
 from touchline.config import Settings
+from touchline.serve.figures import freshness
 
 
 def _line(message_id: str) -> bytes:
@@ -83,6 +84,17 @@ def test_live_segment_is_loaded_but_kept_sealed_one_removed(warehouse: Warehouse
     warehouse.load()
     assert (list(spool.glob("*.seg")), spool_bytes(spool)) == ([], 0)
     assert warehouse.query("SELECT count(*), count(DISTINCT message_id) FROM events") == [(20, 20)]
+    # every segment's row went with its file; the @loaded row stays: every byte loaded, and
+    # when last, which the dashboard's "data last loaded" reads
+    total = sum(len(_line(f"m{i}")) for i in range(20))
+    [(segment, loaded, at)] = warehouse.query("SELECT * FROM spool_offsets")
+    assert (segment, loaded) == (loader.LOADED_KEY, total)
+    con = warehouse.connect()
+    try:
+        fresh = freshness(con)
+    finally:
+        con.disconnect()
+    assert (fresh["loaded_by"], fresh["loaded"], fresh["files"]) == ("collector", at, None)
 
 
 def test_each_cycle_checks_the_tables_in_one_query_and_recreates_what_is_missing(

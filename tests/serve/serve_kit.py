@@ -155,6 +155,10 @@ def build_warehouse(con: BaseBackend) -> BaseBackend:
                             for i, p in IDENTITIES.items()])
     load(store.PERSONS, [dict(person_id=p, user_id="u" + p[1:]) for p in ("p1", "p2", "p3",
                                                                           "p4")])
+    # p1's identifiers joined by two links; no guard cut any (no call table: never imported)
+    load(store.IDENTITY_LINKS, [
+        dict(link_id=f"{a}|{b}", identifier_a=a, identifier_b=b, status="linked")
+        for a, b in (("anon:a1", "user:u1"), ("email:ann@example.com", "user:u1"))])
     load(store.ACCOUNTS, [dict(account_id="domain:acme.example", account_name="acme.example",
                                domain="acme.example", account_source="email_domain",
                                person_count=2)])
@@ -166,4 +170,70 @@ def build_warehouse(con: BaseBackend) -> BaseBackend:
                               row_hash=f"h{n}") for n, (pl, r, at, e) in enumerate(REVIEWS)])
     con.create_view("touchpoints", store.touchpoints_view(con), overwrite=True)
     con.create_view("journey_touches", store.journey_touches_view(con), overwrite=True)
+    return con
+
+
+# ---- the data-quality page's own warehouse ----------------------------------------------------
+#: the last prepare ran at RUN_AT: it read 6 touches and dropped or merged 6 rows (12 read)
+RUN_AT = "2025-05-01 12:00"
+QUALITY_REJECTS = [  # step, reason code, rejected at, ingest id
+    ("prepare:drop_bot_user_agents", "bot_user_agent", RUN_AT, "prepare-1"),
+    ("prepare:drop_bot_user_agents", "bot_user_agent", RUN_AT, "prepare-1"),
+    ("prepare:drop_bot_bursts", "bot_behaviour", RUN_AT, "prepare-1"),
+    ("prepare:dedupe_exact", "duplicate_message_id", RUN_AT, "prepare-1"),
+    ("prepare:dedupe_exact", "duplicate_message_id", RUN_AT, "prepare-1"),
+    ("prepare:dedupe_cross_source", "cross_source_duplicate", RUN_AT, "prepare-1"),
+    ("ingest:events", "duplicate_in_file", "2025-04-01 08:00", "i1"),
+    ("ingest:events", "bad_timestamp", "2025-04-01 08:00", "i1"),
+    ("collect:spool", "duplicate", "2025-04-20 10:00", "collector:seg-1:0"),
+]
+QUALITY_INGESTS = [  # id, kind, loaded, duplicates (in the file and already stored), end
+    ("i1", "events", 10, 3, "2025-04-01 08:00"),
+    ("i2", "spend", 5, 0, "2025-04-10 09:00"),
+]
+#: the collector's loads: a live segment's row and the row every load keeps
+QUALITY_OFFSETS = [("seg-2", 100, "2025-04-20 09:00"), ("@loaded", 900, "2025-04-20 10:00")]
+QUALITY_CALLS = {  # call id: started at, the match status its event records (None: no event)
+    "c1": ("2025-04-05 10:00", "matched"),
+    "c2": ("2025-04-06 10:00", "unmatched"),
+    "c3": ("2025-04-07 10:00", "unmatched"),
+    "c4": ("2025-04-25 10:00", None),  # not matched yet: `touchline run` has not seen it
+    "c5": ("2025-04-26 10:00", "expired"),
+    "c6": ("2025-04-27 10:00", "integration"),  # the telephony tool sent its own event
+}
+QUALITY_LINKS = [("linked", None)] * 4 + [("cut", "max_degree")] * 2 + [("cut", "unlinked")]
+
+
+def build_quality_warehouse(con: BaseBackend) -> BaseBackend:
+    """The tables the data-quality charts read, by hand (see the constants above)."""
+    def load(spec: store.TableSpec, rows: list[dict[str, object]]) -> None:
+        engine.load_table(con, spec.name, arrow_table(spec, rows))
+
+    load(store.TOUCHES, [dict(message_id=f"t{n}") for n in range(6)])
+    load(store.SESSIONS, [dict(session_id=f"s{n}", device_id="anon:a") for n in range(2)])
+    load(store.PERSONS, [dict(person_id="p1")])
+    load(store.JOURNEYS, [dict(journey_id=f"j{n}", conversion="purchase", converted=n < 2)
+                          for n in range(3)])
+    load(store.CREDITS, [dict(journey_id="j0", position=1, model=m, credit=1.0)
+                         for m in ("linear", "last_touch")])
+    load(store.REJECTS, [dict(reject_id=f"r{n}", step=step, reason_code=code,
+                              reason=f"{code} (test)", rejected_at=_ts(at), ingest_id=iid)
+                         for n, (step, code, at, iid) in enumerate(QUALITY_REJECTS)])
+    load(store.AUDIT, [dict(audit_id="a1", run_id="prepare-1", step="standardise_utm",
+                            reason_code="source_alias", row_count=3, audited_at=_ts(RUN_AT))])
+    load(store.INGESTS, [dict(ingest_id=i, kind=k, loaded=n, duplicates=d, rows_read=n + d,
+                              finished_at=_ts(at)) for i, k, n, d, at in QUALITY_INGESTS])
+    load(store.SPOOL_OFFSETS, [dict(segment=s, loaded_bytes=b, updated_at=_ts(at))
+                               for s, b, at in QUALITY_OFFSETS])
+    load(store.CALLS, [dict(call_id=c, started_at=_ts(at))
+                       for c, (at, _) in QUALITY_CALLS.items()])
+    load(store.EVENTS, [
+        dict(message_id=f"call:{c}", type="track", event="Phone Call", source="calls",
+             properties=f'{{"match_status": "{status}"}}')
+        if status != "integration" else
+        dict(message_id=f"tel-{c}", type="track", event="Phone Call", source="calls",
+             properties=f'{{"call_id": "{c}"}}')
+        for c, (_, status) in QUALITY_CALLS.items() if status is not None])
+    load(store.IDENTITY_LINKS, [dict(link_id=f"l{n}", status=s, reason=r)
+                                for n, (s, r) in enumerate(QUALITY_LINKS)])
     return con

@@ -14,7 +14,7 @@ from factories import CLI_OWN_CONNECTION
 from serve_kit import build_warehouse
 from typer.testing import CliRunner
 
-from touchline import engine
+from touchline import engine, store
 from touchline.cli import app
 from touchline.config import Settings
 from touchline.serve.figures import CHARTS, Filters
@@ -50,7 +50,9 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
                                       "--truth", str(truth), "--database", warehouse],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert f"report: {out}" in result.output and f"{len(CHARTS)} charts" in result.output
+    # every chart but the calls (serve_kit imported none: said in one line)
+    assert f"report: {out}" in result.output and f"{len(CHARTS) - 1} charts" in result.output
+    assert "calls: not drawn: no calls table" in result.output
     html = out.read_text()
     assert plotly_js()[:2000] in html  # plotly.js inlined from the package
     ours = html.replace(plotly_js(), "")  # the page around plotly.js asks for nothing
@@ -78,9 +80,10 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(out.as_uri())
+    drawable = [name for name in CHARTS if name != "calls"]  # serve_kit imported no call
     page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length === "
-                           f"{len(CHARTS)}", timeout=WAIT_MS)
-    for name in CHARTS:
+                           f"{len(drawable)}", timeout=WAIT_MS)
+    for name in drawable:
         assert page.locator(f"#chart-{name}.js-plotly-plot .main-svg").count() >= 1, name
     # the Sankey's six nodes (Email 2 and 1 before, Paid Search, other, (no touch), the
     # conversion) and the overview's six tiles are in the drawing
@@ -115,7 +118,7 @@ def test_a_chart_without_its_input_says_what_to_run(warehouse: str, tmp_path: Pa
     assert by_name["model_ranking"].error.startswith(
         "no ground-truth file, so no ranking of the models")  # no --truth: said, not made up
     assert "run `touchline run`" in html
-    assert html.count('class="chart"') == len(CHARTS) - 2
+    assert html.count('class="chart"') == len(CHARTS) - 3  # and no calls imported
 
 
 def test_docs_python_example_runs(warehouse: str, tmp_path: Path,
@@ -170,7 +173,7 @@ def test_png_format_writes_each_drawable_chart_for_slides(warehouse: str, tmp_pa
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     drawn = sorted(p.stem for p in out.glob("*.png"))
-    assert drawn == sorted(name for name in CHARTS if name != "model_ranking")
+    assert drawn == sorted(name for name in CHARTS if name not in ("model_ranking", "calls"))
     assert "model_ranking: not drawn: no ground-truth file" in result.output
     assert f"{len(drawn)} PNG files in {out}" in result.output
     images = {name: _png(out / f"{name}.png") for name in ("channels", "journey_map")}
@@ -306,3 +309,25 @@ def test_report_header_states_the_window_of_each_section(warehouse: str) -> None
     assert "all dates (the overview: 2025-03-22 to 2025-04-20, against the days before" in header
     header = dated.split('<p class="meta">')[1].split("</p>")[0]
     assert "2025-04-01 to 2025-04-30" in header and "the overview:" not in header
+
+
+def test_the_reports_data_quality_holds_the_pages_figures(tmp_path: Path) -> None:
+    """The report draws the Data quality page's charts from the same data functions: on
+    serve_kit's quality warehouse, the headline of each."""
+    from serve_kit import build_quality_warehouse
+
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path / 'q.duckdb'}"))
+    build_quality_warehouse(con)
+    store.init(con)  # the other charts' tables, empty (as `touchline run` leaves them)
+    html, sections = render_report(con, Filters(model="linear"))
+    con.disconnect()
+    drawn = {s.name: s for s in sections if s.error is None}
+    assert {"freshness", "data_quality", "bot_share", "duplicates", "calls",
+            "identity_cuts"} <= set(drawn)
+    for headline in ("bot share: 25.0% of 12 rows read by prepare",
+                     "duplicates merged: 6 exact, 1 cross-source, 0 order",
+                     "unmatched calls: 2 of 6 (no number lease explains them)",
+                     "identity merges cut by the guards: 3 links (kept: 4)",
+                     "2025-04-20 10:00 UTC"):
+        assert headline in html, headline
+    assert drawn["bot_share"].data.attrs["share"] == 0.25

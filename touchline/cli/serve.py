@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         from touchline.config import load_settings
         from touchline.formatting import parse_day
         from touchline.serve.figures import Filters, check_filters, filters_given
-        from touchline.serve.report import check_named, write_pngs, write_report
+        from touchline.serve.report import check_named, check_ready, write_pngs, write_report
 
         try:
             if output_format not in ("html", "png"):
@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
                               stage_model=settings.stage_model, truth=tuple(truth or ()),
                               unit=unit, device=device, channel=channel, campaign=campaign)
             with engine.connected(settings=settings) as con, step_bar("report") as tell:
+                check_ready(con, settings.database_url)
                 check_named(con, conversion=conversion, model=model)
                 left_out = _deals_left_out(con, settings, conversion, unit)
                 given = filters_given(filters, Filters(model=settings.default_model,

@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "loader.lock"
 LOADER_NICENESS = 10
 LEASES_OFFSET_KEY = "@" + LEASES_FILE  # spool_offsets row holding the last copied lease seq
+#: spool_offsets row of every load: bytes loaded in all and when last (a segment's own row
+#: goes once it is loaded and deleted; this one stays, for "data last loaded")
+LOADED_KEY = "@loaded"
 
 
 @dataclass
@@ -303,6 +306,14 @@ def _load_chunk(
         db.execute("DELETE FROM spool_offsets WHERE segment = ?", [segment_name])
         db.execute(
             "INSERT INTO spool_offsets VALUES (?, ?, ?)", [segment_name, offset + len(data), now]
+        )
+        loaded = db.execute(
+            "SELECT loaded_bytes FROM spool_offsets WHERE segment = ?", [LOADED_KEY]
+        ).fetchone()
+        db.execute("DELETE FROM spool_offsets WHERE segment = ?", [LOADED_KEY])
+        db.execute(
+            "INSERT INTO spool_offsets VALUES (?, ?, ?)",
+            [LOADED_KEY, (int(loaded[0]) if loaded else 0) + len(data), now],
         )
         db.commit()
     except BaseException:

@@ -51,11 +51,14 @@ from touchline.serve.figures import (
     Filters,
     check_filters,
     filters_not_applied,
+    freshness,
+    last_loaded_text,
     person_timeline_data,
     person_timeline_figure,
     preload,
 )
 from touchline.serve.report import (
+    TEMPLATES,
     Section,
     css,
     data_table,
@@ -123,7 +126,8 @@ PAGES = {p.name: p for p in (
     Page("customers", "/customers", "Retention and advocacy",
          ("retention", "clv", "nps", "reviews"), shared=True),
     Page("person", "/person", "Person timeline", ()),
-    Page("quality", "/quality", "Data quality", ("data_quality",)),
+    Page("quality", "/quality", "Data quality",
+         ("freshness", "data_quality", "bot_share", "duplicates", "calls", "identity_cuts")),
 )}
 
 
@@ -384,29 +388,29 @@ def filters_from(request: Request, settings: Settings) -> Filters:
 
 def _options(con: BaseBackend) -> dict[str, Any]:
     """What the filter form offers: stored conversion types, models, credited channels and
-    campaigns; when data was last loaded (one query: it runs on every page)."""
+    campaigns (one query); when data was last loaded, by files or the collector, and when
+    prepare last ran (another: :func:`~touchline.serve.figures.freshness`). They run on every
+    page (kept until the warehouse is written)."""
     from touchline.metrics.kpis import NOT_SET, UNASSIGNED
 
-    j, c, i = con.table("journeys"), con.table("credits"), con.table("ingests")
+    j, c = con.table("journeys"), con.table("credits")
     s = con.table("sessions")
-    none = ibis.null("timestamp")
     rows = ibis.union(
-        j.select(_k=ibis.literal("conversion"), _v=j.conversion.cast("string"), _at=none),
-        c.select(_k=ibis.literal("model"), _v=c.model.cast("string"), _at=none),
+        j.select(_k=ibis.literal("conversion"), _v=j.conversion.cast("string")),
+        c.select(_k=ibis.literal("model"), _v=c.model.cast("string")),
         c.select(_k=ibis.literal("channel"), _v=c.channel.cast("string").fill_null(
-            UNASSIGNED), _at=none),
-        s.select(_k=ibis.literal("campaign"), _v=s.campaign.cast("string").fill_null(NOT_SET),
-                 _at=none),
-        i.aggregate(_k=ibis.literal("loaded"), _v=ibis.null("string"),
-                    _at=i.finished_at.max().cast("timestamp")),
+            UNASSIGNED)),
+        s.select(_k=ibis.literal("campaign"), _v=s.campaign.cast("string").fill_null(NOT_SET)),
         distinct=True).to_pyarrow().to_pylist()
-    last = next((r["_at"] for r in rows if r["_k"] == "loaded"), None)
+    fresh = freshness(con)
     return {"conversions": sorted(r["_v"] for r in rows
                                   if r["_k"] == "conversion" and r["_v"] is not None),
             "models": sorted(r["_v"] for r in rows if r["_k"] == "model" and r["_v"] is not None),
             "channels": sorted(r["_v"] for r in rows if r["_k"] == "channel"),
             "campaigns": sorted(r["_v"] for r in rows if r["_k"] == "campaign"),
-            "last_loaded": f"{last:%Y-%m-%d %H:%M} UTC" if last else "never (touchline ingest)"}
+            "last_loaded": last_loaded_text(fresh),
+            "last_run": (f"{fresh['prepared']:%Y-%m-%d %H:%M} UTC" if fresh["prepared"]
+                         else None)}
 
 
 def _person_section(con: BaseBackend, query: str, filters: Filters,
@@ -498,10 +502,21 @@ def page_handler(page: Page) -> Callable[[Request], Any]:
     return handle
 
 
+def favicon() -> str:
+    """The dashboard's icon (an SVG in the package's templates folder): browsers ask for
+    ``/favicon.ico`` on every page, the login page too, and a 404 is a console error."""
+    return (TEMPLATES / "favicon.svg").read_text()
+
+
+async def favicon_ico(request: Request) -> Response:
+    return RedirectResponse("/static/favicon.svg", status_code=301)
+
+
 async def static(request: Request) -> Response:
     name = request.path_params["name"]
     bodies = {"plotly.js": (plotly_js, "application/javascript"),
-              "style.css": (css, "text/css")}
+              "style.css": (css, "text/css"),
+              "favicon.svg": (favicon, "image/svg+xml")}
     if name not in bodies:
         return Response("not found\n", status_code=404, media_type="text/plain")
     body, media = bodies[name]
@@ -541,6 +556,7 @@ def create_app(settings: Settings, *, con: BaseBackend | None = None,
               Route("/login", login, methods=["POST"]),
               Route("/logout", logout, methods=["POST"]),
               Route("/static/{name}", static, methods=["GET"]),
+              Route("/favicon.ico", favicon_ico, methods=["GET"]),
               *(Route(p.path, page_handler(p), methods=["GET"], name=p.name)
                 for p in PAGES.values())]
     app = Starlette(routes=routes)

@@ -46,7 +46,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from touchline import engine
-from touchline.engine import seconds_between
+from touchline.engine import json_value, seconds_between
 from touchline.errors import ConfigError, InputError, MissingInputError, TouchlineError
 from touchline.formatting import readable_number
 from touchline.metrics.dimensions import DEVICES, device_category, session_devices
@@ -1329,6 +1329,337 @@ def data_quality_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
+#: the prepare steps that drop bots (:mod:`touchline.prepare.clean`): by user agent, by bursts
+BOT_STEPS = ("prepare:drop_bot_user_agents", "prepare:drop_bot_bursts")
+#: the reject codes of a duplicate merged into the row kept, by kind: exact copies (the
+#: collector's repeated messageId, a file's repeated key, prepare's repeated message_id),
+#: one touch seen by several sources, one order counted twice
+DUPLICATE_KINDS = {"duplicate": "exact", "duplicate_in_file": "exact",
+                   "duplicate_message_id": "exact", "already_loaded": "exact",
+                   "cross_source_duplicate": "cross-source", "duplicate_order_id": "order"}
+#: what an ingest's duplicates not rejected as in-file copies are: rows already stored
+ALREADY_LOADED = "already_loaded"
+#: a call's match status (:data:`touchline.collect.dni.MATCH_STATUSES`) before ``run``
+#: matched it, and of one a telephony integration sent as an event itself
+NOT_MATCHED_YET, SENT_AS_EVENT = "not matched yet", "sent as an event"
+#: why the guards cut an identity link (:func:`touchline.prepare.identity.guard_links`)
+CUT_REASONS = ("max_degree", "max_component", "unlinked")
+_RUN_FIRST = "run `touchline run` first"
+
+
+def _has(con: BaseBackend, *names: str) -> bool:
+    tables = set(con.list_tables())
+    return all(n in tables for n in names)
+
+
+def _window_words(since: Moment, until: Moment) -> str:
+    start, end = _moment(since), _moment(until)
+    return " and ".join(part for part in (
+        f"from {start:%Y-%m-%d}" if start else "", f"before {end:%Y-%m-%d}" if end else "")
+        if part)
+
+
+def _utc(at: Any) -> str | None:
+    return None if at is None or pd.isna(at) else f"{pd.Timestamp(at):%Y-%m-%d %H:%M} UTC"
+
+
+def last_prepare_at(con: BaseBackend) -> ir.Scalar:
+    """When the last prepare run wrote its rejects and audit (each run replaces both, and
+    stamps every row with its clock): null when it dropped and changed nothing, or never
+    ran."""
+    r = con.table("rejects")
+    at = r.filter(r.step.startswith("prepare:")).rejected_at.max()
+    if "audit" not in set(con.list_tables()):  # a warehouse from before the audit table
+        return at
+    return ibis.greatest(at, con.table("audit").audited_at.max())
+
+
+def freshness(con: BaseBackend) -> dict[str, Any]:
+    """When data was last loaded and prepared, in one query: ``files`` (the last
+    ``touchline ingest``, from ``ingests``), ``collector`` (the collector's last load, from
+    its ``spool_offsets`` bookkeeping), ``loaded`` (the latest of both) with ``loaded_by``
+    (which), and ``prepared`` (the last prepare run, :func:`last_prepare_at`). A table an
+    older warehouse lacks counts as no load."""
+    none = ibis.null("timestamp")
+    parts = {"files": ("ingests", lambda t: t.finished_at.max()),
+             "collector": ("spool_offsets", lambda t: t.updated_at.max())}
+    have = set(con.list_tables())
+    values = {k: fn(con.table(t)).cast("timestamp") if t in have else none
+              for k, (t, fn) in parts.items()}
+    values["prepared"] = (last_prepare_at(con).cast("timestamp") if "rejects" in have
+                          else none)
+    row = ibis.literal(1).name("_one").as_table().select(**values).to_pyarrow().to_pylist()[0]
+    found = {k: row[k] for k in ("files", "collector") if row[k] is not None}
+    by = max(found, key=lambda k: found[k]) if found else None
+    return {**row, "loaded": found.get(by) if by else None, "loaded_by": by}
+
+
+#: who loads: how the footer and the freshness chart name each source of loads
+LOADERS = {"files": "files (touchline ingest)", "collector": "the collector (touchline serve)"}
+
+
+def last_loaded_text(fresh: dict[str, Any]) -> str:
+    """``2026-12-05 17:40 UTC by the collector (touchline serve); files 2026-12-01 ...``,
+    or never, with what loads data."""
+    if fresh["loaded_by"] is None:
+        return "never (touchline ingest, or the collector: touchline serve)"
+    other = next((k for k in LOADERS if k != fresh["loaded_by"] and fresh[k] is not None),
+                 None)
+    text = f"{_utc(fresh['loaded'])} by {LOADERS[fresh['loaded_by']]}"
+    return text + (f"; {LOADERS[other].split(' (')[0]} {_utc(fresh[other])}" if other else "")
+
+
+def bot_share_data(con: BaseBackend, *, since: Moment = None,
+                   until: Moment = None) -> pd.DataFrame:
+    """``step``, ``rows``, ``share``: the rows each bot step dropped (:data:`BOT_STEPS`) and
+    their share of the rows the last prepare run read (its touches plus every row a prepare
+    step dropped); ``attrs``: ``read``, ``bots``, ``share`` (of all bots) and ``prepared_at``.
+
+    Prepare re-reads every raw event each run and replaces its rejects, all stamped with the
+    run's time: the window is when the rows were rejected, so a date range holds the last
+    run or nothing (``attrs["note"]`` says which)."""
+    if not _has(con, "touches", "rejects"):
+        raise MissingInputError(f"no prepared touches, so no bot share: {_RUN_FIRST}")
+    r = con.table("rejects")
+    p = r.filter(r.step.startswith("prepare:"))
+    p = p.mutate(_in=_in_window(p.rejected_at, since, until))  # a column, also when no window
+    counts = {f"_b{i}": (p._in & (p.step == step)).cast("int64").sum().fill_null(0)
+              for i, step in enumerate(BOT_STEPS)}
+    stats = p.aggregate(_dropped=p._in.cast("int64").sum().fill_null(0), **counts)
+    t = con.table("touches")
+    row = stats.cross_join(t.aggregate(_touches=t.count().cast("int64"))).mutate(
+        _at=last_prepare_at(con).cast("timestamp")).to_pyarrow().to_pylist()[0]
+    at = row["_at"]
+    start, end = _moment(since), _moment(until)
+    run_inside = at is None or ((start is None or at >= start) and (end is None or at < end))
+    read = int(row["_dropped"]) + (int(row["_touches"]) if run_inside else 0)
+    rows = [int(row[f"_b{i}"]) for i in range(len(BOT_STEPS))]
+    frame = pd.DataFrame({"step": list(BOT_STEPS), "rows": rows,
+                          "share": [n / read if read else 0.0 for n in rows]})
+    bots = sum(rows)
+    note = None
+    if since is not None or until is not None:
+        note = (f"rows rejected {_window_words(since, until)} (the date range is when prepare "
+                "ran: each run reads every event again)")
+        if not run_inside:
+            note += (f"; the last prepare ran at {_utc(at)}, outside it: remove the date "
+                     "range to see its bots")
+    frame.attrs.update(read=read, bots=bots, share=bots / read if read else 0.0,
+                       prepared_at=at, note=note)
+    return frame
+
+
+def bot_share_figure(data: pd.DataFrame) -> go.Figure:
+    """Rows dropped as bots, by step, with their share of the rows prepare read."""
+    read = data.attrs.get("read", 0)
+    fig = _figure(f"bot share: {data.attrs.get('share', 0.0):.1%} of {read:,} rows read "
+                  "by prepare")
+    fig.add_trace(go.Bar(x=[s.removeprefix("prepare:") for s in data.step], y=data.rows,
+                         marker_color=PALETTE[0],
+                         text=[f"{s:.1%}" for s in data.share], textposition="outside",
+                         hovertemplate="%{x}: %{y:,} rows (%{text})<extra></extra>"))
+    fig.update_layout(yaxis_title="rows dropped as bots", showlegend=False)
+    return fig
+
+
+def duplicates_data(con: BaseBackend, *, since: Moment = None,
+                    until: Moment = None) -> pd.DataFrame:
+    """``kind`` (exact, cross-source, order: :data:`DUPLICATE_KINDS`), ``step``,
+    ``reason_code``, ``rows``: the duplicates merged into the row kept, in the window of
+    their ``rejected_at`` (the records rejected as such), plus each file load's rows that
+    were already stored (``ingests.duplicates`` less its in-file copies, which are rejects:
+    reason ``already_loaded``, in the window of the load's end). Every kind has a row (0 when
+    none); ``attrs``: the total of each kind."""
+    if not _has(con, "rejects"):
+        raise MissingInputError("no rejects table: run `touchline init`")
+    r = con.table("rejects")
+    dup = r.filter(r.reason_code.isin(list(DUPLICATE_KINDS))
+                   & _in_window(r.rejected_at, since, until))
+    parts = [dup.group_by(step=dup.step.fill_null("(unknown)"),
+                          reason_code=dup.reason_code).aggregate(
+        rows=dup.count().cast("int64"))]
+    if _has(con, "ingests"):
+        i = con.table("ingests")
+        i = i.filter(_in_window(i.finished_at, since, until))
+        copies = r.filter(r.reason_code == "duplicate_in_file").group_by(
+            _id=r.ingest_id).aggregate(_n=ibis._.count().cast("int64"))
+        j = i.left_join(copies, i.ingest_id == copies._id)
+        j = j.select(step="ingest:" + j.kind.fill_null("(unknown)"),
+                     _rows=(j.duplicates.fill_null(0) - j._n.fill_null(0)).cast("int64"))
+        parts.append(j.group_by("step").aggregate(
+            rows=j._rows.sum().cast("int64")).filter(ibis._.rows > 0).mutate(
+            reason_code=ibis.literal(ALREADY_LOADED)).select("step", "reason_code", "rows"))
+    frame = ibis.union(*parts, distinct=False).to_pandas()
+    frame.insert(0, "kind", frame.reason_code.map(DUPLICATE_KINDS))
+    order = list(dict.fromkeys(DUPLICATE_KINDS.values()))
+    missing = [k for k in order if k not in set(frame.kind)]
+    frame = pd.concat([frame, pd.DataFrame({"kind": missing, "step": "", "reason_code": "",
+                                            "rows": 0})], ignore_index=True)
+    frame["rows"] = frame.rows.astype("int64")
+    frame = frame.sort_values(["kind", "rows", "step"], ascending=[True, False, True],
+                              key=lambda c: c.map(order.index) if c.name == "kind" else c)
+    frame = frame.reset_index(drop=True)
+    frame.attrs.update(totals={k: int(frame.rows[frame.kind == k].sum()) for k in order},
+                       note=(f"duplicates merged {_window_words(since, until)} (the date "
+                             "range is when they were merged, not their events' time)"
+                             if since is not None or until is not None else None))
+    return frame
+
+
+def duplicates_figure(data: pd.DataFrame) -> go.Figure:
+    """Duplicates merged by step, stacked by kind."""
+    totals = data.attrs.get("totals", {})
+    fig = _figure("duplicates merged: " + ", ".join(f"{n:,} {k}" for k, n in totals.items()))
+    drawn = data[data.rows > 0]
+    for i, kind in enumerate(totals):  # one trace per kind
+        part = drawn[drawn.kind == kind]
+        fig.add_trace(go.Bar(x=part.step, y=part.rows, name=kind,
+                             customdata=part.reason_code, marker_color=PALETTE[i % len(PALETTE)],
+                             hovertemplate="%{x} %{customdata}: %{y:,} rows<extra></extra>"))
+    fig.update_layout(barmode="stack", yaxis_title="rows merged", legend_title_text="kind")
+    return fig
+
+
+def call_matches_data(con: BaseBackend, *, since: Moment = None,
+                      until: Moment = None) -> pd.DataFrame:
+    """``match_status``, ``calls``: the calls that started in the window by how their
+    tracking number was matched to a session (:func:`touchline.collect.dni.match_calls`:
+    matched, ambiguous, expired, unmatched: no number lease explains it), ``not matched
+    yet`` (``touchline run`` matches new calls) and ``sent as an event`` (a telephony
+    integration's own track). ``attrs``: ``unmatched`` and ``calls``."""
+    from touchline.collect.dni import MATCH_STATUSES
+
+    if not _has(con, "calls", "events"):
+        raise MissingInputError("no calls table: `touchline ingest FILE --kind calls`")
+    c = con.table("calls")
+    c = c.filter(_in_window(c.started_at, since, until))
+    e = con.table("events")
+    e = e.filter(e.source == "calls")
+    props = e.properties.cast("string")
+    recorded = e.select(
+        _call=json_value(props, "call_id").coalesce(e.message_id.substr(5)),
+        _status=json_value(props, "match_status")).distinct()
+    j = c.left_join(recorded, c.call_id == recorded._call)
+    status = ibis.ifelse(j._call.isnull(), NOT_MATCHED_YET,
+                         j._status.fill_null(SENT_AS_EVENT))
+    got = j.group_by(match_status=status).aggregate(
+        calls=j.call_id.nunique().cast("int64")).to_pandas()
+    found = dict(zip(got.match_status, got.calls, strict=True))
+    if not found and not int(con.table("calls").count().to_pyarrow().as_py()):
+        raise MissingInputError("no calls imported (call tracking): `touchline ingest FILE "
+                                "--kind calls`, or the collector's call webhooks")
+    order = [*MATCH_STATUSES, NOT_MATCHED_YET, SENT_AS_EVENT]
+    statuses = [s for s in order if s in found or s in MATCH_STATUSES] + sorted(
+        set(found) - set(order))
+    frame = pd.DataFrame({"match_status": statuses,
+                          "calls": [int(found.get(s, 0)) for s in statuses]})
+    frame.attrs.update(unmatched=int(found.get("unmatched", 0)),
+                       calls=int(frame.calls.sum()),
+                       note=(f"calls that started {_window_words(since, until)}"
+                             if since is not None or until is not None else None))
+    return frame
+
+
+def call_matches_figure(data: pd.DataFrame) -> go.Figure:
+    """Calls by match status; the unmatched ones in the title."""
+    fig = _figure(f"unmatched calls: {data.attrs.get('unmatched', 0):,} of "
+                  f"{data.attrs.get('calls', 0):,} (no number lease explains them)")
+    colours = ["#CC6677" if s == "unmatched" else PALETTE[1] for s in data.match_status]
+    fig.add_trace(go.Bar(x=data.match_status, y=data.calls, marker_color=colours,
+                         hovertemplate="%{x}: %{y:,} calls<extra></extra>"))
+    fig.update_layout(yaxis_title="calls", showlegend=False)
+    return fig
+
+
+def identity_cuts_data(con: BaseBackend) -> pd.DataFrame:
+    """``reason``, ``links``: the identity links the over-merge guards cut
+    (:func:`touchline.prepare.identity.guard_links`), by why (:data:`CUT_REASONS`, each with a
+    row), in the graph the last run built; ``attrs``: ``linked`` and ``cut``."""
+    if not _has(con, "identity_links"):
+        raise MissingInputError(f"no identity graph: {_RUN_FIRST}")
+    links = con.table("identity_links")
+    got = links.group_by(status=links.status.fill_null("linked"),
+                         reason=links.reason.fill_null("")).aggregate(
+        links=links.count().cast("int64")).to_pandas()
+    cut = got[got.status == "cut"]
+    found = dict(zip(cut.reason.replace("", "(no reason)"), cut.links, strict=True))
+    reasons = [*CUT_REASONS, *sorted(set(found) - set(CUT_REASONS))]
+    frame = pd.DataFrame({"reason": reasons, "links": [int(found.get(r, 0)) for r in reasons]})
+    frame.attrs.update(linked=int(got.links[got.status == "linked"].sum()),
+                       cut=int(frame.links.sum()))
+    return frame
+
+
+def identity_cuts_figure(data: pd.DataFrame) -> go.Figure:
+    """Links cut by the guards, by reason."""
+    fig = _figure(f"identity merges cut by the guards: {data.attrs.get('cut', 0):,} links "
+                  f"(kept: {data.attrs.get('linked', 0):,})")
+    fig.add_trace(go.Bar(x=data.reason, y=data.links, marker_color=PALETTE[2],
+                         hovertemplate="%{x}: %{y:,} links cut<extra></extra>"))
+    fig.update_layout(yaxis_title="links cut", showlegend=False)
+    return fig
+
+
+def freshness_data(con: BaseBackend) -> pd.DataFrame:
+    """``what``, ``at``, ``detail``: when data was last loaded (by files and by the
+    collector: :func:`freshness`) and what the last run did (its prepare's time, and the
+    touches, sessions, persons, journeys and credits it left)."""
+    fresh = freshness(con)
+    have = set(con.list_tables())
+    names = ("touches", "sessions", "persons", "journeys", "credits")
+    counts: dict[str, Any] = {}
+    if all(n in have for n in names):
+        j, c = con.table("journeys"), con.table("credits")
+        aggs = [con.table(n).aggregate(_n=ibis._.count().cast("int64")).mutate(
+            _k=ibis.literal(n), _v=ibis.null("string")) for n in names]
+        aggs += [j.filter(j.converted).aggregate(_n=ibis._.count().cast("int64")).mutate(
+            _k=ibis.literal("conversions"), _v=ibis.null("string")),
+            c.select(_v=c.model.cast("string")).distinct().mutate(
+                _n=ibis.null("int64"), _k=ibis.literal("model")).select("_n", "_k", "_v")]
+        for r in ibis.union(*aggs, distinct=False).to_pyarrow().to_pylist():
+            if r["_k"] == "model":
+                counts.setdefault("models", []).append(r["_v"])
+            else:
+                counts[r["_k"]] = r["_n"]
+    files = ""
+    if "ingests" in have:
+        i = con.table("ingests")
+        s = i.aggregate(n=i.count(), rows=i.loaded.sum()).to_pyarrow().to_pylist()[0]
+        files = f"{s['n']:,} file loads, {int(s['rows'] or 0):,} rows loaded in all"
+    rows = [
+        ("data last loaded", fresh["loaded"],
+         f"by {LOADERS[fresh['loaded_by']]}" if fresh["loaded_by"] else
+         "never: `touchline ingest FILE`, or the collector (`touchline serve`)"),
+        ("files last loaded", fresh["files"], files or "no file loaded"),
+        ("collector last loaded", fresh["collector"],
+         "" if fresh["collector"] is not None else "nothing from the collector"),
+        ("last run (prepare)", fresh["prepared"],
+         ("" if fresh["prepared"] is not None else "time unknown: it dropped and changed "
+          "no row") if counts else "never: run `touchline run`"),
+    ]
+    if counts:
+        rows.append(("last run left", fresh["prepared"], (
+            f"{counts['touches']:,} touches in {counts['sessions']:,} sessions of "
+            f"{counts['persons']:,} persons; {counts['journeys']:,} journeys "
+            f"({counts['conversions']:,} converted); credits under "
+            + (", ".join(sorted(counts.get("models", []))) or "no model"))))
+    frame = pd.DataFrame(rows, columns=["what", "at", "detail"])
+    frame["at"] = [_utc(v) or "" for v in frame["at"]]
+    frame.attrs.update(fresh=fresh)
+    return frame
+
+
+def freshness_figure(data: pd.DataFrame) -> go.Figure:
+    """The loads and the last run as a table."""
+    fig = _figure("when data was last loaded, and what the last run did")
+    fig.add_trace(go.Table(
+        header={"values": ["what", "when", "detail"], "align": "left"},
+        cells={"values": [data.what, data["at"], data.detail], "align": "left"},
+        columnwidth=[2, 2, 6]))
+    fig.update_layout(height=300)
+    return fig
+
+
 # ---- the charts, by name --------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -1357,6 +1688,11 @@ CHARTS: dict[str, Chart] = {c.name: c for c in (
     Chart("nps", "NPS by channel", nps_by_channel_data, nps_by_channel_figure),
     Chart("reviews", "Reviews by channel", reviews_by_channel_data, reviews_by_channel_figure),
     Chart("data_quality", "Data quality", data_quality_data, data_quality_figure),
+    Chart("bot_share", "Bot share", bot_share_data, bot_share_figure),
+    Chart("duplicates", "Duplicates merged", duplicates_data, duplicates_figure),
+    Chart("calls", "Unmatched calls", call_matches_data, call_matches_figure),
+    Chart("identity_cuts", "Identity merges cut", identity_cuts_data, identity_cuts_figure),
+    Chart("freshness", "Loads and the last run", freshness_data, freshness_figure),
 )}
 
 
@@ -1399,6 +1735,11 @@ _BY_CHANNEL = ("it shows every first-touch channel side by side (`touchline kpis
                "--by channel --by campaign` breaks it down further)")
 _KPIS_BY = ("the KPIs are headlines over every touch (`touchline kpis --by {by}` breaks them "
             "down by {by})")
+#: the data-quality charts of rows that never reached the journeys
+_QUALITY_NOT_JOURNEYS = {
+    f: "rows dropped or merged never reached the journeys: they have no conversion, credit, "
+       "stage, customer kind, device, channel or campaign"
+    for f in ("conversion", "model", "stage_model", "unit", "device", "channel", "campaign")}
 #: why a chart leaves a filter aside, for each filter its data function does not take (a
 #: test checks every chart × filter is taken or explained here): the page says so
 FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
@@ -1444,6 +1785,19 @@ FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
         for f in ("conversion", "model", "stage_model", "unit", "device")} | {
         f: "rejected records never became touches of a channel or campaign"
         for f in ("channel", "campaign")},
+    "bot_share": _QUALITY_NOT_JOURNEYS,
+    "duplicates": _QUALITY_NOT_JOURNEYS,
+    "calls": {f: "it counts every call, matched to a session or not"
+              for f in ("conversion", "model", "stage_model", "unit", "device", "channel",
+                        "campaign")},
+    "identity_cuts": {
+        "since": "the identity graph is rebuilt whole by each run: these are its cuts",
+        **{f: "links join identifiers of people, before any journey, channel or device"
+           for f in ("conversion", "model", "stage_model", "unit", "device", "channel",
+                     "campaign")}},
+    "freshness": {f: "it is about the warehouse's loads and last run, not a slice of the data"
+                  for f in ("since", "conversion", "model", "stage_model", "unit", "device",
+                            "channel", "campaign")},
     "person": {"since": "a timeline shows all of one person's or account's history",
                "unit": "the search finds a person or an account itself",
                "device": "a timeline shows every touch, each with its session",

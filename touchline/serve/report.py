@@ -26,7 +26,13 @@ import jinja2
 import plotly.io as pio
 
 from touchline import engine
-from touchline.errors import MissingInputError, TouchlineError, UnknownModelError, did_you_mean
+from touchline.errors import (
+    ConfigError,
+    MissingInputError,
+    TouchlineError,
+    UnknownModelError,
+    did_you_mean,
+)
 from touchline.formatting import readable_number
 from touchline.serve.figures import (
     CHARTS,
@@ -135,6 +141,14 @@ def draw(con: BaseBackend, name: str, filters: Filters, given: Sequence[str] = (
     return Section(name, chart.title, figure_json=figure_json(chart.figure(data)),
                    table=data_table(data), data=data, notes=notes,
                    left_out=dict(data.attrs.get("skipped") or {}))
+
+
+def check_ready(con: BaseBackend, database: str) -> None:
+    """A :class:`~touchline.errors.ConfigError` saying to run ``touchline run`` when the
+    warehouse has no journeys (never initialised, or loaded and never run): a report of
+    nothing but notes is not written."""
+    if "journeys" not in set(con.list_tables()):
+        raise ConfigError(f"warehouse {database} has no journeys: run `touchline run` first")
 
 
 def check_named(con: BaseBackend, *, conversion: str | None, model: str | None) -> None:
