@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Collection
+import uuid
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,6 +93,7 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     seconds: dict[str, float] = {}
     prepared = None
     notes: list[str] = []
+    started_at = datetime.now(UTC).replace(tzinfo=None)
     if prepare:
         notes += match_calls(con, settings, progress)
         progress("preparing: clean, bots, standardise, dedupe, sessions, channels, identity")
@@ -129,8 +132,34 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
     by_channel = channel_credits(con, main, settings.default_model) if main else pd.DataFrame()
     warnings = [*notes, *unknown_events(con, settings), *unconverted_currencies(con),
                 *order_notes(con), *deal_notes(con, settings), *unplaced]
-    return RunReport(settings.database_url, conversions, by_channel, main, settings.default_model,
-                     rows, seconds, prepared, warnings, picks, flagged, orders)
+    report = RunReport(settings.database_url, conversions, by_channel, main,
+                       settings.default_model, rows, seconds, prepared, warnings, picks, flagged,
+                       orders)
+    record_run(con, report, started_at=started_at, models=settings.attribution_models)
+    return report
+
+
+def record_run(con: BaseBackend, report: RunReport, *, started_at: datetime,
+               models: Sequence[str]) -> None:
+    """Append the run's row to ``runs`` (what the dashboard shows as the last run): from
+    what the run counted already, no query of its own."""
+    counts = report.prepare.counts if report.prepare is not None else {}
+    converted = report.conversions
+    row = {
+        "run_id": [report.prepare.run_id if report.prepare is not None
+                   else f"run-{uuid.uuid4().hex[:12]}"],
+        "started_at": [started_at],
+        "finished_at": [datetime.now(UTC).replace(tzinfo=None)],
+        "prepared": [report.prepare is not None],
+        "touches": [counts.get("touches")],
+        "sessions": [counts.get("sessions")],
+        "persons": [counts.get("persons")],
+        "journeys": [int((converted["conversions"] + converted["open_journeys"]).sum())],
+        "conversions": [int(converted["conversions"].sum())],
+        "models": [", ".join(models)],
+        "warnings": [len(report.warnings)],
+    }
+    engine.append(con, store.RUNS.name, pa.table(row).cast(store.RUNS.schema.to_pyarrow()))
 
 
 def flagged_channels(con: BaseBackend) -> dict[str, dict[str, list[str]]]:

@@ -769,6 +769,26 @@ INGESTS = TableSpec(
     ),
 )
 
+RUNS = TableSpec(
+    name="runs",
+    doc="One row per `touchline run`: when it ran and what it left. The dashboard's footer "
+        "and data-quality page show the last one; older runs stay as the warehouse's log.",
+    key="run_id",
+    columns=_cols(
+        ("run_id", S, "run id (prepare's run id when the run prepared)"),
+        ("started_at", TS, "start (UTC)"),
+        ("finished_at", TS, "end (UTC)"),
+        ("prepared", B, "whether it prepared (false: journeys and credits only)"),
+        ("touches", I, "touches it left (null when it did not prepare)"),
+        ("sessions", I, "sessions it left (null when it did not prepare)"),
+        ("persons", I, "persons it left (null when it did not prepare)"),
+        ("journeys", I, "journeys of every conversion type"),
+        ("conversions", I, "converted journeys of every conversion type"),
+        ("models", S, "the attribution models credited, comma-separated"),
+        ("warnings", I, "warnings it printed"),
+    ),
+)
+
 WRITE_KEYS = TableSpec(
     name="write_keys",
     doc="API keys of the collector and the read API; only a SHA-256 hash of each key is kept.",
@@ -1408,7 +1428,7 @@ TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         EVENTS, DEALS, SPEND, CALLS, SURVEYS, SEARCH_CONSOLE, SOCIAL, REVIEWS, EXPERIMENTS,
-        REJECTS, INGESTS,
+        REJECTS, INGESTS, RUNS,
         WRITE_KEYS, USERS, NUMBER_LEASES, SPOOL_OFFSETS, *PREPARED, *JOURNEY_TABLES,
         *EXPORT_TABLES, *CRM_TABLES, *PRIVACY_TABLES,
     )

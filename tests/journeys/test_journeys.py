@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 from factories import JOHN, JOHN_DEAL, arrow_table, event_rows, prepare_on_duckdb
 from ibis.backends import BaseBackend
@@ -148,9 +149,19 @@ def test_a_lead_counts_once_and_a_conversion_without_touches_is_kept(con: BaseBa
 
 def test_an_empty_warehouse_gives_empty_tables(con: BaseBackend) -> None:
     store.init(con)
-    report = run(con, Settings(database_url="duckdb://"), prepare=False)
+    settings = Settings(database_url="duckdb://")
+    report = run(con, settings, prepare=False)
     assert report.main_conversion is None
     assert report.rows == {"stages": 0, "journeys": 0, "journey_steps": 0, "credits": 0}
+    # each run leaves its row in the runs log, the last one on top of the earlier
+    run(con, settings, prepare=False)
+    runs = con.table("runs").order_by("finished_at").to_pandas()
+    assert len(runs) == 2 and runs.run_id.nunique() == 2
+    first = runs.iloc[0]
+    assert (bool(first.prepared), first.journeys, first.conversions, first.warnings) == (
+        False, 0, 0, 0)
+    assert pd.isna(first.touches) and first.models == ", ".join(settings.attribution_models)
+    assert (runs.started_at <= runs.finished_at).all()
 
 
 def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -181,6 +192,14 @@ def test_johns_story_through_the_run(con: BaseBackend, tmp_path) -> None:  # typ
     assert journeys.loc["call", "touches"] == 4
     assert report.main_conversion == "deal_won"
     assert report.warnings == []
+    # the run's row: his six events as six touches in four sessions (two on the laptop, the
+    # phone visit, the call) of one person; three journeys, each converted
+    ran = con.table("runs").to_pandas().iloc[0]
+    assert (ran.journeys, ran.conversions, ran.warnings) == (3, 3, 0)
+    if spark:  # prepared on DuckDB, so the Spark run only built journeys and credits
+        assert not ran.prepared and pd.isna(ran.touches)
+    else:
+        assert ran.prepared and (ran.touches, ran.sessions, ran.persons) == (6, 4, 1)
     # his lifecycle: aware on the organic visit, considering on his return, deciding at the
     # chat lead, retained at the sale; each touch carries the stage he was in
     stages = con.table("stages").filter(lambda t: t.stage_model == "lifecycle").order_by(

@@ -1386,8 +1386,11 @@ def freshness(con: BaseBackend) -> dict[str, Any]:
     have = set(con.list_tables())
     values = {k: fn(con.table(t)).cast("timestamp") if t in have else none
               for k, (t, fn) in parts.items()}
-    values["prepared"] = (last_prepare_at(con).cast("timestamp") if "rejects" in have
-                          else none)
+    # the runs record (touchline run writes it); a warehouse run before it had one: the
+    # time of the last prepare's rejects or audit rows (:func:`last_prepare_at`)
+    derived = last_prepare_at(con).cast("timestamp") if "rejects" in have else none
+    values["prepared"] = (con.table("runs").finished_at.max().cast("timestamp").coalesce(
+        derived) if "runs" in have else derived)
     row = ibis.literal(1).name("_one").as_table().select(**values).to_pyarrow().to_pylist()[0]
     found = {k: row[k] for k in ("files", "collector") if row[k] is not None}
     by = max(found, key=lambda k: found[k]) if found else None
@@ -1608,7 +1611,11 @@ def freshness_data(con: BaseBackend) -> pd.DataFrame:
     have = set(con.list_tables())
     names = ("touches", "sessions", "persons", "journeys", "credits")
     counts: dict[str, Any] = {}
-    if all(n in have for n in names):
+    last = (con.table("runs").order_by(ibis.desc("finished_at")).limit(1).to_pyarrow()
+            .to_pylist() if "runs" in have else [])
+    if last:  # what the last run recorded of itself
+        counts = {**last[0], "models": [m for m in (last[0]["models"] or "").split(", ") if m]}
+    elif all(n in have for n in names):
         j, c = con.table("journeys"), con.table("credits")
         aggs = [con.table(n).aggregate(_n=ibis._.count().cast("int64")).mutate(
             _k=ibis.literal(n), _v=ibis.null("string")) for n in names]
@@ -1638,11 +1645,14 @@ def freshness_data(con: BaseBackend) -> pd.DataFrame:
           "no row") if counts else "never: run `touchline run`"),
     ]
     if counts:
+        prepared = (f"{counts['touches']:,} touches in {counts['sessions']:,} sessions of "
+                    f"{counts['persons']:,} persons; " if counts.get("touches") is not None
+                    else "no prepare (journeys and credits only); ")
+        warned = (f"; {counts['warnings']:,} warnings" if counts.get("warnings") else "")
         rows.append(("last run left", fresh["prepared"], (
-            f"{counts['touches']:,} touches in {counts['sessions']:,} sessions of "
-            f"{counts['persons']:,} persons; {counts['journeys']:,} journeys "
-            f"({counts['conversions']:,} converted); credits under "
-            + (", ".join(sorted(counts.get("models", []))) or "no model"))))
+            f"{prepared}{counts['journeys']:,} journeys ({counts['conversions']:,} converted);"
+            " credits under " + (", ".join(sorted(counts.get("models", []))) or "no model")
+            + warned)))
     frame = pd.DataFrame(rows, columns=["what", "at", "detail"])
     frame["at"] = [_utc(v) or "" for v in frame["at"]]
     frame.attrs.update(fresh=fresh)
