@@ -456,7 +456,14 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     campaign (:func:`touch_matches`): the KPIs broken down by ``by`` and the filtered levels
     too, then the filtered ones kept; so ``by=campaign`` with a channel lists that channel's
     campaigns, each with its credits and its spend."""
-    from touchline.metrics.kpis import KPIS, compute, filled_tables, require
+    from touchline.metrics.kpis import (
+        KPIS,
+        compute,
+        filled_tables,
+        require,
+        unmatched_spend_channels,
+        unmatched_spend_note,
+    )
 
     conversion = resolve_conversion(con, conversion, unit)
     pinned = {d: v for d, v in (("channel", channel), ("campaign", campaign)) if v is not None}
@@ -492,8 +499,11 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
     if by == "channel" and since is None and until is None and campaign is None:
         frame = _with_intervals(con, frame, model=model, conversion=conversion)
+    note = None if has_spend else NO_SPEND
+    if has_spend and (unmatched := unmatched_spend_channels(con)):
+        note = unmatched_spend_note(unmatched)  # spend under a name no credit has: said
     frame.attrs.update(model=model, conversion=conversion, by=by, channel=channel,
-                       campaign=campaign, note=None if has_spend else NO_SPEND)
+                       campaign=campaign, note=note)
     return frame
 
 
