@@ -373,10 +373,21 @@ def filters_from(request: Request, settings: Settings) -> Filters:
     if stage_model not in (known := settings.all_stage_models()):
         raise ConfigError(f"stage model {stage_model!r}{did_you_mean(stage_model, known)}: "
                           f"choose from {', '.join(known)}")
-    return Filters(since=parse_day(q.get("since") or None, "since"),
-                   until=parse_day(q.get("until") or None, "until"),
+    from touchline.attribution import MODELS
+
+    model = q.get("model") or settings.default_model
+    if model not in settings.attribution_models and model not in MODELS:
+        known = list(settings.attribution_models)
+        raise ConfigError(f"model {model!r}{did_you_mean(model, known)}: choose from "
+                          f"{', '.join(known)} (settings.attribution_models)")
+    since = parse_day(q.get("since") or None, "since")
+    until = parse_day(q.get("until") or None, "until")
+    if since is not None and until is not None and since >= until:
+        # every page alike (the overview said it, the channels page found nothing)
+        raise ConfigError(f"since {since:%Y-%m-%d} is not before until {until:%Y-%m-%d}")
+    return Filters(since=since, until=until,
                    conversion=q.get("conversion") or None,
-                   model=q.get("model") or settings.default_model,
+                   model=model,
                    stage_model=stage_model,
                    by=q.get("by") or "channel", unit=unit, device=device,
                    channel=q.get("channel") or None, campaign=q.get("campaign") or None)
