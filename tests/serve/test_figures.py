@@ -634,6 +634,19 @@ def test_overview_says_new_rather_than_an_infinite_change(wh: BaseBackend) -> No
     assert "Infinity" not in figures.overview_figure(got).to_json()
 
 
+def test_overview_says_new_only_over_a_value(wh: BaseBackend) -> None:
+    # March against [31 January, 2 March): conversions 2 (none before) are new; a metric that
+    # is 0 or empty now as before (the tile of a value none had) says nothing of "new"
+    got = overview_data(wh, since=datetime(2025, 3, 2), until=datetime(2025, 4, 1))
+    got.loc[got.metric == "leads", ["value", "previous"]] = [0.0, 0.0]
+    got.loc[got.metric == "roas", ["value", "previous"]] = [float("nan"), 0.0]
+    tiles = {t.title.text.split("<br>")[0]: t for t in figures.overview_figure(got).data}
+    assert figures.NO_PREVIOUS in tiles["Conversions"].title.text
+    assert figures.NO_PREVIOUS not in tiles["Leads"].title.text
+    assert figures.NO_PREVIOUS not in tiles["ROAS"].title.text
+    assert tiles["Leads"].mode == "number" and tiles["ROAS"].mode == "number"
+
+
 def test_empty_spend_columns_say_why(wh: BaseBackend) -> None:
     april = {"since": datetime(2025, 4, 1), "until": datetime(2025, 5, 1)}
     assert overview_data(wh, **april).attrs["note"] is None  # serve_kit has spend
@@ -690,3 +703,4 @@ def test_data_quality_says_its_window_is_when_records_were_rejected(wh: BaseBack
         "records rejected while loading from 2030-01-01 and before 2030-02-01")
     assert later.attrs["note"].endswith(
         "4 rejected record(s) outside it, none inside it: remove the date range to see them")
+

@@ -412,7 +412,8 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
         # a change against nothing is no change (Plotly would draw "▲Infinity%"): said instead
         compared = pd.notna(row.previous) and row.previous != 0
         title = row.metric.upper() if row.metric in ("roas", "cpa") else row.metric.capitalize()
-        if pd.notna(row.previous) and not compared:
+        # "new" only over something there now: a 0 (or an empty ROAS) is nothing new
+        if pd.notna(row.previous) and not compared and value:
             title += f"<br><span style='font-size:12px'>{NO_PREVIOUS}</span>"
         indicator: dict[str, Any] = {
             "mode": "number+delta" if compared else "number",
