@@ -704,3 +704,19 @@ def test_data_quality_says_its_window_is_when_records_were_rejected(wh: BaseBack
     assert later.attrs["note"].endswith(
         "4 rejected record(s) outside it, none inside it: remove the date range to see them")
 
+
+def test_every_default_channel_has_its_own_colour() -> None:
+    from touchline.prepare.channels import UNASSIGNED, default_rules
+
+    default = {r.channel_group for preset in ("touchline", "ga4")
+               for r in default_rules(preset=preset)} | {UNASSIGNED}
+    colours = {c: figures.channel_colour(c) for c in sorted(default)}
+    assert len(set(colours.values())) == len(default) == 22  # 19 GA4 groups, 3 touchline's
+    # e.g. the pairs that shared a colour before
+    for a, b in (("Direct", "Paid Search"), ("Display", "Offline"),
+                 ("Organic Search", "Referral"), ("Organic Social", "Paid Social")):
+        assert colours[a] != colours[b]
+    # a channel outside the set: a colour no default channel has, the same every time
+    tv = figures.channel_colour("TV")
+    assert tv in figures.EXTRA_CHANNEL_COLOURS and tv not in colours.values()
+    assert figures.channel_colour("TV") == tv

@@ -228,10 +228,32 @@ def _segment_units(con: BaseBackend, device: str | None, unit: str, channel: str
     return ibis.memtable(found.to_pyarrow())
 
 
+#: one colour per channel of the default channel set (GA4's groups, touchline's additions and
+#: Unassigned), each its own: Okabe and Ito's colour-blind-safe set for the most common
+#: channels, then Paul Tol's muted, vibrant and light schemes (also colour-blind safe)
+CHANNEL_COLOURS = {
+    "Direct": "#0072B2", "Organic Search": "#009E73", "Paid Search": "#D55E00",
+    "Paid Social": "#CC79A7", "Organic Social": "#56B4E9", "Email": "#E69F00",
+    "Referral": "#332288", "Display": "#882255", "Affiliates": "#44AA99",
+    "Paid Video": "#EE3377", "Organic Video": "#999933", "SMS": "#DDCC77", "Phone": "#117733",
+    "Offline": "#888888", "Unassigned": "#BBBBBB", "AI Assistant": "#AA4499",
+    "Paid Shopping": "#EE7733", "Organic Shopping": "#BBCC33", "Paid Other": "#661100",
+    "Cross-network": "#77AADD", "Audio": "#FFAABB", "Mobile Push Notifications": "#33BBEE",
+}
+#: the colours of channels outside the default set (custom rules' groups, spend names): Tol's
+#: remaining ones, none of them a default channel's
+EXTRA_CHANNEL_COLOURS = ("#CC3311", "#009988", "#AAAA00", "#EE8866", "#99DDFF", "#228833",
+                         "#CCBB44", "#AA3377", "#4477AA", "#EEDD88", "#000000")
+
+
 def channel_colour(channel: str) -> str:
-    """The channel's colour: the same on every chart, page and report (a hash, not an order)."""
+    """The channel's colour: the same on every chart, page and report. A channel of the default
+    set has its own (:data:`CHANNEL_COLOURS`); any other one of :data:`EXTRA_CHANNEL_COLOURS`
+    by a hash of its name (deterministic: the same on every run, whatever else is drawn)."""
+    if str(channel) in CHANNEL_COLOURS:
+        return CHANNEL_COLOURS[str(channel)]
     digest = hashlib.md5(str(channel).encode(), usedforsecurity=False).digest()
-    return PALETTE[digest[0] % len(PALETTE)]
+    return EXTRA_CHANNEL_COLOURS[digest[0] % len(EXTRA_CHANNEL_COLOURS)]
 
 
 def _filter_label(data: pd.DataFrame) -> str:
