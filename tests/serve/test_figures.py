@@ -96,17 +96,20 @@ def test_overview_and_credits_by_hand(wh: BaseBackend) -> None:
     # channels (linear): p1#1 half Organic, half Paid Search (50 each); p1#2 Email (50); p2
     # half Email, half Paid Search (100 each); p4 Email (30). Spend: Paid Search 60 + 40 (the
     # export's 'paid_search' is the sessions' Paid Search), Paid Social 30.
+    # touches: Email t4, t5, t6, t9; Paid Search t2, t3, t7, t8; Organic Search t1; Paid
+    # Social (spend only) none
     channels = channel_credits_data(wh, model="linear")
     assert list(channels.channel) == ["Email", "Paid Search", "Organic Search", "Paid Social"]
+    assert list(channels.columns[:2]) == ["channel", "touches"]
     assert _records(channels, "channel") == {
-        "Email": {"conversions": 2.5, "revenue": 180.0, "spend": 0.0, "cpa": 0.0,
-                  "roas": None},
-        "Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0,
-                        "roas": 1.5},
-        "Organic Search": {"conversions": 0.5, "revenue": 50.0, "spend": 0.0, "cpa": 0.0,
-                           "roas": None},
-        "Paid Social": {"conversions": 0.0, "revenue": 0.0, "spend": 30.0, "cpa": None,
-                        "roas": 0.0}}
+        "Email": {"touches": 4, "conversions": 2.5, "revenue": 180.0, "spend": 0.0,
+                  "cpa": 0.0, "roas": None},
+        "Paid Search": {"touches": 4, "conversions": 1.0, "revenue": 150.0, "spend": 100.0,
+                        "cpa": 100.0, "roas": 1.5},
+        "Organic Search": {"touches": 1, "conversions": 0.5, "revenue": 50.0, "spend": 0.0,
+                           "cpa": 0.0, "roas": None},
+        "Paid Social": {"touches": 0, "conversions": 0.0, "revenue": 0.0, "spend": 30.0,
+                        "cpa": None, "roas": 0.0}}
     # switching the model moves the credits: last touch gives Paid Search both paid journeys
     last = _records(channel_credits_data(wh, model="last_touch"), "channel")
     assert {c: r["conversions"] for c, r in last.items()} == {
@@ -115,6 +118,14 @@ def test_overview_and_credits_by_hand(wh: BaseBackend) -> None:
     # April only, by campaign: p1#2 and p4 came from the 'april' newsletter
     april = channel_credits_data(wh, by="campaign", since=datetime(2025, 4, 1))
     assert _records(april, "campaign")["april"]["conversions"] == 2.0
+    # ... from its touches t4, t5, t9; spring's in April: t8 (p3's session of 2 April)
+    assert _records(april, "campaign")["april"]["touches"] == 3
+    assert _records(april, "campaign")["spring"]["touches"] == 1
+    # by keyword (the session's utm_term): crm s2, s6 (t2, t3, t8); erp s5 (t7); the rest
+    # none (t1, t4, t5, t6, t9)
+    by_keyword = _records(channel_credits_data(wh, by="keyword"), "keyword")
+    assert {k: r["touches"] for k, r in by_keyword.items()} == {
+        "crm": 3, "erp": 1, "(not set)": 5}
     # leads: p2's (Email) and p3's (Paid Search)
     leads = _records(channel_credits_data(wh, conversion="lead"), "channel")
     assert (leads["Email"]["conversions"], leads["Paid Search"]["conversions"]) == (1.0, 1.0)
@@ -294,17 +305,19 @@ def test_device_and_b2b_filters_by_hand(wh: BaseBackend) -> None:
     assert {k: v["conversions"] for k, v in mobile.items()} == {
         ("Paid Search", "last_touch"): 2.0, ("Paid Search", "linear"): 1.0}
     channels = _records(channel_credits_data(wh, model="linear", device="mobile"), "channel")
-    assert channels == {"Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": None,
-                                        "cpa": None, "roas": None}}
+    # touches on mobile: s2's t2, t3 and s5's t7
+    assert channels == {"Paid Search": {"touches": 3, "conversions": 1.0, "revenue": 150.0,
+                                        "spend": None, "cpa": None, "roas": None}}
     by_campaign = channel_credits_data(wh, model="linear", device="desktop", by="campaign")
-    # desktop: s1 (p1, no campaign) 0.5, s4 (p2, march) 0.5, s7 (p4, april) 1
+    # desktop: s1 (p1, no campaign) 0.5, s4 (p2, march) 0.5, s7 (p4, april) 1; one touch
+    # each (t1, t6, t9)
     assert _records(by_campaign, "campaign") == {
-        "april": {"conversions": 1.0, "revenue": 30.0, "spend": None, "cpa": None,
-                  "roas": None},
-        "(not set)": {"conversions": 0.5, "revenue": 50.0, "spend": None, "cpa": None,
-                      "roas": None},
-        "march": {"conversions": 0.5, "revenue": 100.0, "spend": None, "cpa": None,
-                  "roas": None}}
+        "april": {"touches": 1, "conversions": 1.0, "revenue": 30.0, "spend": None,
+                  "cpa": None, "roas": None},
+        "(not set)": {"touches": 1, "conversions": 0.5, "revenue": 50.0, "spend": None,
+                      "cpa": None, "roas": None},
+        "march": {"touches": 1, "conversions": 0.5, "revenue": 100.0, "spend": None,
+                  "cpa": None, "roas": None}}
     # the journey map on desktop: p1#1 by its organic visit, p2 and p4 by e-mail; p1#2 (a
     # tablet) and p3 (no touch) are left out
     links = journey_map_data(wh, device="desktop")
@@ -312,8 +325,8 @@ def test_device_and_b2b_filters_by_hand(wh: BaseBackend) -> None:
         (1, "Email", 0, "(conversion)", 2), (1, "Organic Search", 0, "(conversion)", 1)]
     # B2C: every serve_kit journey is a person's; spend is not split by unit
     b2c = _records(channel_credits_data(wh, model="linear", unit="person"), "channel")
-    assert b2c["Email"] == {"conversions": 2.5, "revenue": 180.0, "spend": None, "cpa": None,
-                            "roas": None}
+    assert b2c["Email"] == {"touches": 4, "conversions": 2.5, "revenue": 180.0,
+                            "spend": None, "cpa": None, "roas": None}
     overview = _records(overview_data(wh, since=datetime(2025, 4, 1),
                                       until=datetime(2025, 5, 1), unit="person"), "metric")
     assert overview["conversions"]["value"] == 3.0 and overview["spend"]["value"] is None
@@ -560,20 +573,24 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
 
     # the channel page: Paid Search's campaigns (spring: both clicks; 60 + 40 spent)
     by_campaign = channel_credits_data(wh, by="campaign", channel="Paid Search")
+    # (its touches: t2, t3, t7, t8)
     assert _records(by_campaign, "campaign") == {"spring": {
-        "conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0, "roas": 1.5}}
+        "touches": 4, "conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0,
+        "roas": 1.5}}
     # ... the channels of the campaign "spring" (matched as spend is: "Spring" is "spring")
     assert _records(channel_credits_data(wh, campaign="Spring"), "channel") == {
-        "Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0,
-                        "roas": 1.5}}
+        "Paid Search": {"touches": 4, "conversions": 1.0, "revenue": 150.0, "spend": 100.0,
+                        "cpa": 100.0, "roas": 1.5}}
     # last touch: Email closed p1's second sale (50) and p4's (30)
     assert _records(channel_credits_data(wh, channel="Email", model="last_touch"),
-                    "channel") == {"Email": {"conversions": 2.0, "revenue": 80.0,
-                                             "spend": 0.0, "cpa": 0.0, "roas": None}}
+                    "channel") == {"Email": {"touches": 4, "conversions": 2.0,
+                                             "revenue": 80.0, "spend": 0.0, "cpa": 0.0,
+                                             "roas": None}}
     # with the device: Email's desktop touches, s4 (0.5 of 200) and s7 (1 of 30)
     desktop = channel_credits_data(wh, channel="Email", device="desktop")
-    assert _records(desktop, "channel") == {"Email": {
-        "conversions": 1.5, "revenue": 130.0, "spend": None, "cpa": None, "roas": None}}
+    assert _records(desktop, "channel") == {"Email": {  # touches t6 (s4) and t9 (s7)
+        "touches": 2, "conversions": 1.5, "revenue": 130.0, "spend": None, "cpa": None,
+        "roas": None}}
     assert "desktop, Email" in figures.channel_credits_figure(desktop).layout.title.text
 
     # model comparison: Email under each model; the campaign "april" (s3, s7)

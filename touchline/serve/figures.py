@@ -464,7 +464,8 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
                          until: Moment = None, by: str = "channel", unit: str | None = None,
                          device: str | None = None, channel: str | None = None,
                          campaign: str | None = None) -> pd.DataFrame:
-    """Per channel (or ``by``: source, medium, campaign, keyword, landing_page): the
+    """Per channel (or ``by``: source, medium, campaign, keyword, landing_page): its
+    ``touches`` in the window (:func:`channel_touches`), the
     ``conversions`` and ``revenue`` the model's stored credits give it, its ``spend``,
     ``cpa`` and ``roas``: the KPI registry's ``conversions``, ``revenue``, ``cpa`` and
     ``roas`` (:mod:`touchline.metrics.kpis`), so the numbers are those of ``touchline kpis``.
@@ -520,6 +521,8 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
         t = t.select(by, "conversions", "revenue", spend=ibis.null("float64"),
                      cpa=ibis.null("float64"), roas=ibis.null("float64"))
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
+    frame = _with_touches(con, frame, by=by, since=since, until=until, channel=channel,
+                          campaign=campaign)
     if by == "channel" and since is None and until is None and campaign is None:
         frame = _with_intervals(con, frame, model=model, conversion=conversion)
     note = None if has_spend else NO_SPEND
@@ -548,9 +551,50 @@ def _filtered_channel_credits(con: BaseBackend, *, model: str, conversion: str,
     t = t.mutate(spend=ibis.null("float64"), cpa=ibis.null("float64"),
                  roas=ibis.null("float64"))
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
+    frame = _with_touches(con, frame, by=by, since=since, until=until, unit=unit,
+                          device=device, channel=channel, campaign=campaign)
     frame.attrs.update(model=model, conversion=conversion, by=by, unit=unit, device=device,
                        channel=channel, campaign=campaign, note=SPEND_NOT_SPLIT)
     return frame
+
+
+def channel_touches(con: BaseBackend, *, by: str = "channel", since: Moment = None,
+                    until: Moment = None, unit: str | None = None, device: str | None = None,
+                    channel: str | None = None, campaign: str | None = None) -> ir.Table:
+    """``by`` and ``touches``: the touchpoints in the window (``since <= occurred_at <
+    until``) per channel (or source, medium, campaign, keyword, landing page: the session's),
+    named as the KPIs name them (no channel: Unassigned; no other level: ``(not set)``).
+    ``unit`` ``account`` keeps the touches of persons in an account (B2B), ``person`` those
+    of any person (B2C: every person has person journeys); ``device`` the touches in
+    sessions on that device; ``channel`` and ``campaign`` the touches of them
+    (:func:`touch_matches`)."""
+    from touchline.metrics.kpis import SESSION_LEVELS, _levels
+
+    tp = con.table("touchpoints")
+    tp = tp.filter(_in_window(tp.occurred_at, since, until)
+                   & touch_matches(tp, channel=channel, campaign=campaign))
+    if unit is not None:
+        tp = tp.filter(tp.account_id.notnull() if unit == "account" else tp.person_id.notnull())
+    if device is not None:
+        d = session_devices(con)
+        tp = tp.semi_join(d.filter(d.device == device).select("session_id"), "session_id")
+    level = _levels(tp, {by: SESSION_LEVELS[by]})[by]
+    return tp.group_by(level.name(by)).aggregate(touches=tp.count().cast("int64"))
+
+
+def _with_touches(con: BaseBackend, frame: pd.DataFrame, *, by: str, **filters: Any
+                  ) -> pd.DataFrame:
+    """``frame`` with ``touches`` (:func:`channel_touches`) after its ``by`` column: 0 for a
+    row no touch of the window has (spend alone, or credits of touches before the window)."""
+    if "touchpoints" not in con.list_tables():
+        return frame.assign(touches=pd.Series(dtype="Int64"))
+    touches = channel_touches(con, by=by, **filters).to_pandas()
+    out = frame.merge(touches, on=by, how="left")
+    out["touches"] = out.touches.fillna(0).astype("int64")
+    columns = list(frame.columns)
+    out = out[[by, "touches", *(c for c in columns if c != by)]]
+    out.attrs.update(frame.attrs)
+    return out
 
 
 def _with_intervals(con: BaseBackend, frame: pd.DataFrame, *, model: str,
