@@ -434,8 +434,11 @@ def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
     drawn = {}
     for name, chart in CHARTS.items():
         drawn[name] = chart.figure(chart_data(wh, chart, filters)).data
-    assert [t.value for t in drawn["overview"]] == [3, 160, 40, 4, 40 / 3, 1]
-    assert [t.delta.reference for t in drawn["overview"]] == [2, 300, 90, 300 / 90, 45, 1]
+    # NPS: serve_kit's one answer (1 May) is after the window (22 March to 21 April)
+    assert [t.value for t in drawn["overview"]] == [3, 160, 40, 4, 40 / 3, 1, None]
+    assert [t.delta.reference for t in drawn["overview"]] == [2, 300, 90, 300 / 90, 45, 1,
+                                                              None]
+    assert figures.NO_ANSWERS in drawn["overview"][6].title.text
     bars = drawn["channels"][0]
     assert list(bars.x) == ["Email", "Paid Search", "Organic Search", "Paid Social"]
     assert list(bars.y) == [2.5, 1.0, 0.5, 0.0]
@@ -549,7 +552,7 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
                     "metric")
     assert {m: r["value"] for m, r in paid.items()} == {
         "conversions": 1.0, "revenue": 150.0, "spend": 60.0, "roas": 2.5, "cpa": 60.0,
-        "leads": 0.0}
+        "leads": 0.0, "nps": None}  # answers are not split by touches
     assert paid["conversions"]["previous"] == 0.0 and paid["cpa"]["previous"] is None
     # the campaign "spring" is those two clicks too, and the ads export's "Spring " spend
     spring = _records(overview_data(wh, **march, campaign="spring"), "metric")
@@ -559,12 +562,12 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
     paid = _records(overview_data(wh, **april, channel="Paid Search"), "metric")
     assert {m: r["value"] for m, r in paid.items()} == {
         "conversions": 0.0, "revenue": 0.0, "spend": 40.0, "roas": 0.0, "cpa": None,
-        "leads": 1.0}
+        "leads": 1.0, "nps": None}
     # Email in March, campaign "march": half of p2's sale (s4) and p2's lead; no spend
     email = _records(overview_data(wh, **march, channel="Email", campaign="march"), "metric")
     assert {m: r["value"] for m, r in email.items()} == {
         "conversions": 0.5, "revenue": 100.0, "spend": 0.0, "roas": None, "cpa": 0.0,
-        "leads": 1.0}
+        "leads": 1.0, "nps": None}
     # the model moves the credits: last touch gives p2's sale to s5
     assert _records(overview_data(wh, **march, channel="Email", campaign="march",
                                   model="last_touch"), "metric")["conversions"]["value"] == 0.0
@@ -737,3 +740,35 @@ def test_every_default_channel_has_its_own_colour() -> None:
     tv = figures.channel_colour("TV")
     assert tv in figures.EXTRA_CHANNEL_COLOURS and tv not in colours.values()
     assert figures.channel_colour("TV") == tv
+
+
+def test_overview_nps_with_its_change_in_points(con: BaseBackend) -> None:
+    from factories import arrow_table
+
+    from touchline import engine, store
+
+    wh = build_warehouse(con)
+    # May: serve_kit's promoter (10, 1 May) and a passive (8); April, the window before: a
+    # detractor (3, 20 April) and a promoter (9)
+    answers = [("r1", "u1", 10, "2025-05-01 00:00:00"), ("r2", "u2", 8, "2025-05-03 00:00:00"),
+               ("r3", "u3", 3, "2025-04-20 00:00:00"), ("r4", "u4", 9, "2025-04-02 00:00:00")]
+    engine.load_table(wh, "surveys", arrow_table(store.SURVEYS, [
+        dict(response_id=r, person_id=p, nps_score=n, responded_at=datetime.fromisoformat(at))
+        for r, p, n, at in answers]))
+    may = {"since": datetime(2025, 5, 1), "until": datetime(2025, 5, 31)}  # before: 30 days
+    got = _records(overview_data(wh, **may), "metric")["nps"]
+    # now 100 * (1 - 0) / 2 = 50; before 100 * (1 - 1) / 2 = 0: +50 points
+    assert got == {"unit": "score", "value": 50.0, "previous": 0.0, "change": 50.0}
+    tile = figures.overview_figure(overview_data(wh, **may)).data[6]
+    assert tile.title.text == "NPS" and tile.mode == "number+delta"
+    assert (tile.value, tile.delta.reference, tile.delta.relative) == (50.0, 0.0, False)
+    # June: no answer now, so no score and no change; the tile says so
+    june = overview_data(wh, since=datetime(2025, 6, 1), until=datetime(2025, 7, 1))
+    assert _records(june, "metric")["nps"]["value"] is None
+    tile = figures.overview_figure(june).data[6]
+    assert figures.NO_ANSWERS in tile.title.text and tile.mode == "number"
+    # no survey imported at all: said the same way
+    engine.load_table(wh, "surveys", arrow_table(store.SURVEYS, []))
+    assert overview_data(wh, **may).attrs["nps_note"] == figures.NO_ANSWERS
+    # under a touch filter the answers are not split: no score, and why
+    assert overview_data(wh, **may, channel="Email").attrs["nps_note"] == figures.NPS_NOT_SPLIT

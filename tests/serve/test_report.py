@@ -85,7 +85,7 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
     # the Sankey's six nodes (Email 2 and 1 before, Paid Search, other, (no touch), the
     # conversion) and the overview's six tiles are in the drawing
     assert page.locator("#chart-journey_map .sankey-node").count() == 6
-    assert page.locator("#chart-overview .indicatorlayer .trace").count() == 6
+    assert page.locator("#chart-overview .indicatorlayer .trace").count() == 7  # NPS too
     assert "Paid Search" in page.locator("#chart-channels").inner_text()
     # the retention heat map's cells: March 100 % and 50 %, April 100 %
     assert page.locator("#chart-retention .heatmaplayer").count() == 1

@@ -33,6 +33,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
@@ -74,7 +75,7 @@ _PATH_SEP = "\x1f"  # a key to group paths by, never split back or shown
 PALETTE = tuple(qualitative.Safe)
 #: the metrics of the overview, in order, with their unit
 OVERVIEW_METRICS = {"conversions": "count", "revenue": "currency", "spend": "currency",
-                    "roas": "ratio", "cpa": "currency", "leads": "count"}
+                    "roas": "ratio", "cpa": "currency", "leads": "count", "nps": "score"}
 _LAYOUT = {"template": "plotly_white", "font": {"family": "system-ui, sans-serif", "size": 13},
            "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "height": 420}
 
@@ -385,7 +386,7 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
                  leads=t.leads.fill_null(0))
     t = t.mutate(roas=t.revenue / t.spend.nullif(0.0),
                  cpa=t.spend / t.conversions.cast("float64").nullif(0.0))
-    wide = t.to_pandas().set_index("period")
+    wide = t.to_pandas().set_index("period").assign(nps=float("nan"))  # NPS: filled below
     frame = pd.DataFrame({
         "metric": list(OVERVIEW_METRICS),
         "unit": list(OVERVIEW_METRICS.values()),
@@ -393,6 +394,13 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
         "previous": wide.loc["previous", list(OVERVIEW_METRICS)].astype("float64").to_numpy(),
     })
     frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
+    nps_now, nps_before, nps_note = _overview_nps(
+        con, start, end, before, filtered=not (unit is None and device is None
+                                               and channel is None and campaign is None))
+    nps_row = frame.metric == "nps"
+    frame.loc[nps_row, ["value", "previous"]] = [nps_now, nps_before]
+    # a score from -100 to 100: its change is in points, not a share of the last one
+    frame.loc[nps_row, "change"] = nps_now - nps_before
     spend_note = (NO_SPEND if wide.spend.isna().all() and split else
                   None if split else SPEND_NOT_SPLIT)
     counted = ["conversions", "revenue", "leads"]
@@ -401,7 +409,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
             f"no credited conversions or leads match {_filter_label_of(channel, campaign, device)} "
             "in this window or the one before (check the names against the channel page)",
             spend_note) if part)
-    frame.attrs.update(note=spend_note, since=start, until=end, previous_since=before,
+    frame.attrs.update(note=spend_note, nps_note=nps_note, since=start, until=end,
+                       previous_since=before,
                        conversion=conversion, unit=unit, device=device, channel=channel,
                        campaign=campaign,
                        model=model if credited else None)
@@ -410,6 +419,33 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
 
 #: what an overview tile says in place of a change when the period before had none of it
 NO_PREVIOUS = "new: none in the previous period"
+#: what the NPS tile says when no survey answer falls in the window, or in the one before
+NO_ANSWERS = "no survey answers in this period"
+NO_PREVIOUS_ANSWERS = "no survey answers in the previous period"
+#: ... and under a device, unit, channel or campaign filter, by which answers are not split
+NPS_NOT_SPLIT = "every answer: not split by these filters"
+
+
+def _overview_nps(con: BaseBackend, start: datetime, end: datetime, before: datetime, *,
+                  filtered: bool) -> tuple[float, float, str | None]:
+    """The ``nps`` KPI of the answers in ``[start, end)`` and in ``[before, start)`` (NaN
+    where none), and what the tile says: no answers, or not split by the filters set."""
+    from touchline.metrics.kpis import compute, holds_rows
+
+    nan = float("nan")
+    if filtered:
+        return nan, nan, NPS_NOT_SPLIT
+    if not holds_rows(con, "surveys"):
+        return nan, nan, NO_ANSWERS
+
+    def score(since: datetime, until: datetime) -> float:
+        got = compute(con, "nps", since=since, until=until).to_pyarrow().to_pylist()
+        value = got[0]["nps"] if got else None
+        return nan if value is None else float(value)
+
+    now, then = score(start, end), score(before, start)
+    note = NO_ANSWERS if math.isnan(now) else NO_PREVIOUS_ANSWERS if math.isnan(then) else None
+    return now, then, note
 
 
 def _filter_label_of(channel: str | None, campaign: str | None, device: str | None) -> str:
@@ -419,7 +455,7 @@ def _filter_label_of(channel: str | None, campaign: str | None, device: str | No
 
 
 def overview_figure(data: pd.DataFrame) -> go.Figure:
-    """Six number tiles with the change against the previous period."""
+    """Seven number tiles with the change against the previous period (NPS in points)."""
     credited = f"; credited by {data.attrs['model']}" if data.attrs.get("model") else ""
     fig = _figure(f"{data.attrs.get('conversion', '')} overview: "
                   f"{data.attrs['since']:%Y-%m-%d} to "
@@ -427,27 +463,33 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
                   f"{_filter_label(data)}{credited}")
     # under a device the counts are credits: fractions of conversions
     count_format = ",.1f" if data.attrs.get("model") else ",.0f"
-    columns = 3
-    for i, row in enumerate(data.itertuples(index=False)):  # six tiles, not data rows
+    columns = 4
+    for i, row in enumerate(data.itertuples(index=False)):  # seven tiles, not data rows
         r, c = divmod(i, columns)
         value = None if pd.isna(row.value) else float(row.value)
+        score = row.metric == "nps"  # -100 to 100: 0 is a score, its change in points
         # a change against nothing is no change (Plotly would draw "▲Infinity%"): said instead
-        compared = pd.notna(row.previous) and row.previous != 0
-        title = row.metric.upper() if row.metric in ("roas", "cpa") else row.metric.capitalize()
+        compared = pd.notna(row.previous) and (score or row.previous != 0) and value is not None
+        title = (row.metric.upper() if row.metric in ("roas", "cpa", "nps")
+                 else row.metric.capitalize())
         # "new" only over something there now: a 0 (or an empty ROAS) is nothing new
-        if pd.notna(row.previous) and not compared and value:
-            title += f"<br><span style='font-size:12px'>{NO_PREVIOUS}</span>"
+        said = data.attrs.get("nps_note") if score else (
+            NO_PREVIOUS if pd.notna(row.previous) and not compared and value else None)
+        if said:
+            title += f"<br><span style='font-size:12px'>{said}</span>"
         indicator: dict[str, Any] = {
             "mode": "number+delta" if compared else "number",
             "value": value,
             "title": {"text": title, "font": {"size": 15}},
-            "number": {"valueformat": ",.2f" if row.unit != "count" else count_format,
-                       "font": {"size": 40}},
+            "number": {"valueformat": ",.1f" if score else ",.2f" if row.unit != "count"
+                       else count_format, "font": {"size": 40}},
             "domain": {"row": r, "column": c},
         }
         if compared:
-            indicator["delta"] = {"reference": float(row.previous), "relative": True,
-                                  "valueformat": ".1%"}
+            indicator["delta"] = ({"reference": float(row.previous), "relative": False,
+                                   "valueformat": "+.1f", "suffix": " points"} if score else
+                                  {"reference": float(row.previous), "relative": True,
+                                   "valueformat": ".1%"})
             if row.metric == "cpa":  # a lower cost per acquisition is the good direction
                 indicator["delta"].update(increasing={"color": "#CC6677"},
                                           decreasing={"color": "#117733"})
