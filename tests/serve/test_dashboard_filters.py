@@ -66,6 +66,14 @@ def test_since_after_until_is_the_same_error_on_every_page(client: httpx.Client,
     assert "nothing matches these filters" not in page.text and "<section" not in page.text
 
 
+def test_the_form_offers_the_stored_stage_models(client: httpx.Client) -> None:
+    # serve_kit stores stages of lifecycle and funnel; Apply keeps the one in the URL
+    page = client.get("/journeys?stage_model=funnel")
+    assert page.status_code == 200
+    form = page.text.split('<select name="stage_model">', 1)[1].split("</select>", 1)[0]
+    assert "<option selected>funnel</option>" in form and "<option>lifecycle</option>" in form
+
+
 def test_a_since_after_the_data_says_where_the_data_ends(client: httpx.Client) -> None:
     page = client.get("/?since=2030-01-01")
     assert page.status_code == 200

@@ -269,3 +269,20 @@ def test_report_header_states_the_window_of_each_section(warehouse: str) -> None
     assert "all dates (the overview: 2025-03-22 to 2025-04-20, against the days before" in header
     header = dated.split('<p class="meta">')[1].split("</p>")[0]
     assert "2025-04-01 to 2025-04-30" in header and "the overview:" not in header
+
+
+def test_report_takes_the_stage_model(warehouse: str, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--out", str(out), "--stage-model", "funnel",
+                                      "--database", warehouse])
+    assert result.exit_code == 0, result.output
+    # serve_kit's funnel model: p1 entered "top" only, so no funnel of it (the lifecycle's
+    # has four stages with entries)
+    funnel = out.read_text().split('<section id="funnel">')[1].split("</section>")[0]
+    assert "stage model &#39;funnel&#39; has 1 stage(s) with entries" in funnel
+    assert "consideration" not in funnel
+    wrong = CliRunner().invoke(app, ["report", "--out", str(out), "--stage-model",
+                                     "lifecycel", "--database", warehouse])
+    assert wrong.exit_code == 2
+    assert "--stage-model 'lifecycel' (did you mean 'lifecycle'?): choose from" in (
+        wrong.output)

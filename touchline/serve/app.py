@@ -394,15 +394,16 @@ def filters_from(request: Request, settings: Settings) -> Filters:
 
 
 def _options(con: BaseBackend) -> dict[str, Any]:
-    """What the filter form offers: stored conversion types, models, credited channels and
-    campaigns; when data was last loaded (one query: it runs on every page)."""
+    """What the filter form offers: stored conversion types, models, stage models, credited
+    channels and campaigns; when data was last loaded (one query: it runs on every page)."""
     from touchline.metrics.kpis import NOT_SET, UNASSIGNED
 
     j, c, i = con.table("journeys"), con.table("credits"), con.table("ingests")
-    s = con.table("sessions")
+    s, st = con.table("sessions"), con.table("stages")
     none = ibis.null("timestamp")
     rows = ibis.union(
         j.select(_k=ibis.literal("conversion"), _v=j.conversion.cast("string"), _at=none),
+        st.select(_k=ibis.literal("stage_model"), _v=st.stage_model.cast("string"), _at=none),
         c.select(_k=ibis.literal("model"), _v=c.model.cast("string"), _at=none),
         c.select(_k=ibis.literal("channel"), _v=c.channel.cast("string").fill_null(
             UNASSIGNED), _at=none),
@@ -415,6 +416,8 @@ def _options(con: BaseBackend) -> dict[str, Any]:
     return {"conversions": sorted(r["_v"] for r in rows
                                   if r["_k"] == "conversion" and r["_v"] is not None),
             "models": sorted(r["_v"] for r in rows if r["_k"] == "model" and r["_v"] is not None),
+            "stage_models": sorted(r["_v"] for r in rows
+                                   if r["_k"] == "stage_model" and r["_v"] is not None),
             "channels": sorted(r["_v"] for r in rows if r["_k"] == "channel"),
             "campaigns": sorted(r["_v"] for r in rows if r["_k"] == "campaign"),
             "last_loaded": f"{last:%Y-%m-%d %H:%M} UTC" if last else "never (touchline ingest)"}
