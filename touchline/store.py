@@ -193,7 +193,10 @@ SPEND = TableSpec(
     required=("date", "cost"),
     columns=_cols(
         ("date", D, "day of the spend"),
-        ("channel", S, "channel, when the export gives one"),
+        ("channel", S, "channel, when the export gives one, as the sessions name it: "
+         "`touchline prepare` standardises the export's name (`affiliate` → `Affiliates`, "
+         "`video` → `Paid Video`) by the channel rules' groups and `channel_aliases.csv`; a "
+         "name matching no channel is kept as written"),
         ("utm_source", S, "source (ad platform)"),
         ("utm_medium", S, "medium"),
         ("utm_campaign", S, "campaign"),
@@ -204,6 +207,11 @@ SPEND = TableSpec(
         ("impressions", I, "impressions"),
         ("clicks", I, "clicks"),
         ("quality_score", F, "keyword quality score (1-10) where given"),
+        ("imported_channel", S, "the channel as the export wrote it (set by `touchline "
+         "prepare`)"),
+        ("channel_matched", B, "whether `channel` is a known channel (a group of the channel "
+         "rules or an alias of one); false: kept as the export wrote it; null: no channel, or "
+         "not prepared yet"),
         ("row_hash", S, "content hash of the row: the dedupe key"),
         *_LOAD_COLUMNS,
     ),

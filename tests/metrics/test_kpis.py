@@ -28,6 +28,8 @@ from touchline.metrics.kpis import (
     for_stage_model,
     kpis_markdown,
     lookup,
+    unmatched_spend_channels,
+    unmatched_spend_note,
 )
 
 
@@ -401,6 +403,49 @@ def test_conversions_and_costs_under_any_model_by_hand(warehouse: BaseBackend) -
         "Paid Search": {"cost": 100.0, "leads": 1.0, "cost_per_lead": 100.0},
         "Paid Social": {"cost": 30.0, "leads": 0.0, "cost_per_lead": None},
         "Email": {"cost": 0.0, "leads": 1.0, "cost_per_lead": 0.0}}
+
+
+def test_spend_channels_named_as_the_sessions_by_prepare(warehouse: BaseBackend) -> None:
+    from touchline.prepare.runner import standardise_spend
+
+    extra = [  # an ad export's own channel names: two aliases and one no channel has
+        ("2025-03-04", "CPC", "bing", "cpc", None, None, 5.0),
+        ("2025-03-06", " e-mail", "hubspot", "email", None, None, 2.0),
+        ("2025-03-07", "TV", "tv4", "tv", None, None, 7.0),
+        ("2025-03-08", None, "google", "cpc", None, None, 1.0),
+    ]
+    rows = [dict(zip(("date", "channel", "utm_source", "utm_medium", "utm_campaign",
+                      "keyword", "cost"), (date.fromisoformat(r[0]), *r[1:]), strict=True))
+            for r in WAREHOUSE_SPEND + extra]
+    engine.load_table(warehouse, "spend", arrow_table(store.SPEND, rows))
+    assert unmatched_spend_channels(warehouse) == []  # not prepared: nothing known yet
+    assert standardise_spend(warehouse, Settings()) == ["TV"]
+    # again (rules changed, or a second prepare): the export's name is read, not the result
+    assert standardise_spend(warehouse, Settings()) == ["TV"]
+    assert unmatched_spend_channels(warehouse) == ["TV"]
+    sp = warehouse.table("spend").to_pandas().sort_values("date")
+    assert list(zip(sp.imported_channel, sp.channel, sp.channel_matched, strict=True)) == [
+        ("paid_search", "Paid Search", True), ("CPC", "Paid Search", True),
+        (" e-mail", "Email", True), ("TV", "TV", False), (None, None, None),
+        ("Paid Social", "Paid Social", True), ("Paid Search", "Paid Search", True)]
+    assert sp.cost.sum() == pytest.approx(145.0)  # 100 + 30 + 5 + 2 + 7 + 1: none lost
+    # Paid Search 60 + 40 + 5 (CPC); Email 2 (e-mail) over its 1.5 linear credits; TV is
+    # spend no credit meets (said by the note); the channel-less 1.0 is Unassigned's
+    cost = _merged(warehouse, ["cpa", "roas"], "channel", by=["channel"])
+    assert cost == {
+        "Paid Search": {"cost": 105.0, "conversions": 1.0, "cpa": 105.0, "revenue": 150.0,
+                        "roas": pytest.approx(150 / 105)},
+        "Paid Social": {"cost": 30.0, "conversions": 0.0, "cpa": None, "revenue": 0.0,
+                        "roas": 0.0},
+        "Email": {"cost": 2.0, "conversions": 1.5, "cpa": pytest.approx(2 / 1.5),
+                  "revenue": 150.0, "roas": 75.0},
+        "Organic Search": {"cost": 0.0, "conversions": 0.5, "cpa": 0.0, "revenue": 50.0,
+                           "roas": None},
+        "TV": {"cost": 7.0, "conversions": 0.0, "cpa": None, "revenue": 0.0, "roas": 0.0},
+        # no channel: Unassigned, as the KPIs name a null channel
+        "Unassigned": {"cost": 1.0, "conversions": 0.0, "cpa": None, "revenue": 0.0,
+                       "roas": 0.0}}
+    assert "'TV' matches no known channel" in unmatched_spend_note(["TV"])
 
 
 def test_retention_and_value_by_hand(warehouse: BaseBackend) -> None:

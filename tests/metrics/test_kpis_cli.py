@@ -56,10 +56,14 @@ def test_kpis_on_a_run_warehouse_match_the_imported_files(simulated: tuple[Path,
     listed = _json(["--list"], db)
     assert [k["kpi"] for k in listed["kpis"]] == list(KPIS)
     assert all(k["formula"] and k["unit"] for k in listed["kpis"])
-    # spend by channel: the export's own sums (plus the extra row)
+    # spend by channel: the export's own sums (plus the extra row), each under the name the
+    # sessions give that channel (`touchline run` prepared the spend: channel_aliases.csv)
     spend = pd.read_csv(data / "spend.csv")
-    want = spend.groupby("channel").cost.sum().to_dict()
-    want["paid_social"] += 5.5
+    named = {"affiliate": "Affiliates", "display": "Display", "email": "Email",
+             "paid_search": "Paid Search", "paid_social": "Paid Social", "sms": "SMS",
+             "video": "Paid Video"}
+    want = spend.groupby(spend.channel.map(named)).cost.sum().to_dict()
+    want["Paid Social"] += 5.5
     rows = _json(["--kpi", "paid_cost", "--by", "channel"], db)["kpis"][0]["rows"]
     assert {r["channel"]: r["paid_cost"] for r in rows} == pytest.approx(want)
     # Search Console: clicks and the impression-weighted position of the whole file

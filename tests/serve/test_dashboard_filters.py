@@ -48,6 +48,32 @@ def test_an_unknown_stage_model_is_said_with_the_choices(client: httpx.Client) -
     assert "<section" not in page.text
 
 
+def test_an_unknown_model_is_said_with_the_choices(client: httpx.Client) -> None:
+    page = client.get("/?model=nope")
+    assert page.status_code == 200
+    assert "model &#39;nope&#39;: choose from last_non_direct, linear" in page.text
+    assert "<section" not in page.text
+    near = client.get("/channels?model=lineer")
+    assert "model &#39;lineer&#39; (did you mean &#39;linear&#39;?)" in near.text
+
+
+@pytest.mark.parametrize("path", ["/", "/channels", "/models", "/journeys"])
+def test_since_after_until_is_the_same_error_on_every_page(client: httpx.Client,
+                                                           path: str) -> None:
+    page = client.get(f"{path}?since=2025-05-01&until=2025-04-01")
+    assert page.status_code == 200
+    assert "since 2025-05-01 is not before until 2025-04-01" in page.text
+    assert "nothing matches these filters" not in page.text and "<section" not in page.text
+
+
+def test_the_form_offers_the_stored_stage_models(client: httpx.Client) -> None:
+    # serve_kit stores stages of lifecycle and funnel; Apply keeps the one in the URL
+    page = client.get("/journeys?stage_model=funnel")
+    assert page.status_code == 200
+    form = page.text.split('<select name="stage_model">', 1)[1].split("</select>", 1)[0]
+    assert "<option selected>funnel</option>" in form and "<option>lifecycle</option>" in form
+
+
 def test_a_since_after_the_data_says_where_the_data_ends(client: httpx.Client) -> None:
     page = client.get("/?since=2030-01-01")
     assert page.status_code == 200

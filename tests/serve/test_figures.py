@@ -96,17 +96,20 @@ def test_overview_and_credits_by_hand(wh: BaseBackend) -> None:
     # channels (linear): p1#1 half Organic, half Paid Search (50 each); p1#2 Email (50); p2
     # half Email, half Paid Search (100 each); p4 Email (30). Spend: Paid Search 60 + 40 (the
     # export's 'paid_search' is the sessions' Paid Search), Paid Social 30.
+    # touches: Email t4, t5, t6, t9; Paid Search t2, t3, t7, t8; Organic Search t1; Paid
+    # Social (spend only) none
     channels = channel_credits_data(wh, model="linear")
     assert list(channels.channel) == ["Email", "Paid Search", "Organic Search", "Paid Social"]
+    assert list(channels.columns[:2]) == ["channel", "touches"]
     assert _records(channels, "channel") == {
-        "Email": {"conversions": 2.5, "revenue": 180.0, "spend": 0.0, "cpa": 0.0,
-                  "roas": None},
-        "Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0,
-                        "roas": 1.5},
-        "Organic Search": {"conversions": 0.5, "revenue": 50.0, "spend": 0.0, "cpa": 0.0,
-                           "roas": None},
-        "Paid Social": {"conversions": 0.0, "revenue": 0.0, "spend": 30.0, "cpa": None,
-                        "roas": 0.0}}
+        "Email": {"touches": 4, "conversions": 2.5, "revenue": 180.0, "spend": 0.0,
+                  "cpa": 0.0, "roas": None},
+        "Paid Search": {"touches": 4, "conversions": 1.0, "revenue": 150.0, "spend": 100.0,
+                        "cpa": 100.0, "roas": 1.5},
+        "Organic Search": {"touches": 1, "conversions": 0.5, "revenue": 50.0, "spend": 0.0,
+                           "cpa": 0.0, "roas": None},
+        "Paid Social": {"touches": 0, "conversions": 0.0, "revenue": 0.0, "spend": 30.0,
+                        "cpa": None, "roas": 0.0}}
     # switching the model moves the credits: last touch gives Paid Search both paid journeys
     last = _records(channel_credits_data(wh, model="last_touch"), "channel")
     assert {c: r["conversions"] for c, r in last.items()} == {
@@ -115,6 +118,14 @@ def test_overview_and_credits_by_hand(wh: BaseBackend) -> None:
     # April only, by campaign: p1#2 and p4 came from the 'april' newsletter
     april = channel_credits_data(wh, by="campaign", since=datetime(2025, 4, 1))
     assert _records(april, "campaign")["april"]["conversions"] == 2.0
+    # ... from its touches t4, t5, t9; spring's in April: t8 (p3's session of 2 April)
+    assert _records(april, "campaign")["april"]["touches"] == 3
+    assert _records(april, "campaign")["spring"]["touches"] == 1
+    # by keyword (the session's utm_term): crm s2, s6 (t2, t3, t8); erp s5 (t7); the rest
+    # none (t1, t4, t5, t6, t9)
+    by_keyword = _records(channel_credits_data(wh, by="keyword"), "keyword")
+    assert {k: r["touches"] for k, r in by_keyword.items()} == {
+        "crm": 3, "erp": 1, "(not set)": 5}
     # leads: p2's (Email) and p3's (Paid Search)
     leads = _records(channel_credits_data(wh, conversion="lead"), "channel")
     assert (leads["Email"]["conversions"], leads["Paid Search"]["conversions"]) == (1.0, 1.0)
@@ -304,17 +315,19 @@ def test_device_and_b2b_filters_by_hand(wh: BaseBackend) -> None:
     assert {k: v["conversions"] for k, v in mobile.items()} == {
         ("Paid Search", "last_touch"): 2.0, ("Paid Search", "linear"): 1.0}
     channels = _records(channel_credits_data(wh, model="linear", device="mobile"), "channel")
-    assert channels == {"Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": None,
-                                        "cpa": None, "roas": None}}
+    # touches on mobile: s2's t2, t3 and s5's t7
+    assert channels == {"Paid Search": {"touches": 3, "conversions": 1.0, "revenue": 150.0,
+                                        "spend": None, "cpa": None, "roas": None}}
     by_campaign = channel_credits_data(wh, model="linear", device="desktop", by="campaign")
-    # desktop: s1 (p1, no campaign) 0.5, s4 (p2, march) 0.5, s7 (p4, april) 1
+    # desktop: s1 (p1, no campaign) 0.5, s4 (p2, march) 0.5, s7 (p4, april) 1; one touch
+    # each (t1, t6, t9)
     assert _records(by_campaign, "campaign") == {
-        "april": {"conversions": 1.0, "revenue": 30.0, "spend": None, "cpa": None,
-                  "roas": None},
-        "(not set)": {"conversions": 0.5, "revenue": 50.0, "spend": None, "cpa": None,
-                      "roas": None},
-        "march": {"conversions": 0.5, "revenue": 100.0, "spend": None, "cpa": None,
-                  "roas": None}}
+        "april": {"touches": 1, "conversions": 1.0, "revenue": 30.0, "spend": None,
+                  "cpa": None, "roas": None},
+        "(not set)": {"touches": 1, "conversions": 0.5, "revenue": 50.0, "spend": None,
+                      "cpa": None, "roas": None},
+        "march": {"touches": 1, "conversions": 0.5, "revenue": 100.0, "spend": None,
+                  "cpa": None, "roas": None}}
     # the journey map on desktop: p1#1 by its organic visit, p2 and p4 by e-mail; p1#2 (a
     # tablet) and p3 (no touch) are left out
     links = journey_map_data(wh, device="desktop")
@@ -322,8 +335,8 @@ def test_device_and_b2b_filters_by_hand(wh: BaseBackend) -> None:
         (1, "Email", 0, "(conversion)", 2), (1, "Organic Search", 0, "(conversion)", 1)]
     # B2C: every serve_kit journey is a person's; spend is not split by unit
     b2c = _records(channel_credits_data(wh, model="linear", unit="person"), "channel")
-    assert b2c["Email"] == {"conversions": 2.5, "revenue": 180.0, "spend": None, "cpa": None,
-                            "roas": None}
+    assert b2c["Email"] == {"touches": 4, "conversions": 2.5, "revenue": 180.0,
+                            "spend": None, "cpa": None, "roas": None}
     overview = _records(overview_data(wh, since=datetime(2025, 4, 1),
                                       until=datetime(2025, 5, 1), unit="person"), "metric")
     assert overview["conversions"]["value"] == 3.0 and overview["spend"]["value"] is None
@@ -436,8 +449,11 @@ def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
                 chart_data(wh, chart, filters)
             continue
         drawn[name] = chart.figure(chart_data(wh, chart, filters)).data
-    assert [t.value for t in drawn["overview"]] == [3, 160, 40, 4, 40 / 3, 1]
-    assert [t.delta.reference for t in drawn["overview"]] == [2, 300, 90, 300 / 90, 45, 1]
+    # NPS: serve_kit's one answer (1 May) is after the window (22 March to 21 April)
+    assert [t.value for t in drawn["overview"]] == [3, 160, 40, 4, 40 / 3, 1, None]
+    assert [t.delta.reference for t in drawn["overview"]] == [2, 300, 90, 300 / 90, 45, 1,
+                                                              None]
+    assert figures.NO_ANSWERS in drawn["overview"][6].title.text
     bars = drawn["channels"][0]
     assert list(bars.x) == ["Email", "Paid Search", "Organic Search", "Paid Social"]
     assert list(bars.y) == [2.5, 1.0, 0.5, 0.0]
@@ -558,7 +574,7 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
                     "metric")
     assert {m: r["value"] for m, r in paid.items()} == {
         "conversions": 1.0, "revenue": 150.0, "spend": 60.0, "roas": 2.5, "cpa": 60.0,
-        "leads": 0.0}
+        "leads": 0.0, "nps": None}  # answers are not split by touches
     assert paid["conversions"]["previous"] == 0.0 and paid["cpa"]["previous"] is None
     # the campaign "spring" is those two clicks too, and the ads export's "Spring " spend
     spring = _records(overview_data(wh, **march, campaign="spring"), "metric")
@@ -568,12 +584,12 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
     paid = _records(overview_data(wh, **april, channel="Paid Search"), "metric")
     assert {m: r["value"] for m, r in paid.items()} == {
         "conversions": 0.0, "revenue": 0.0, "spend": 40.0, "roas": 0.0, "cpa": None,
-        "leads": 1.0}
+        "leads": 1.0, "nps": None}
     # Email in March, campaign "march": half of p2's sale (s4) and p2's lead; no spend
     email = _records(overview_data(wh, **march, channel="Email", campaign="march"), "metric")
     assert {m: r["value"] for m, r in email.items()} == {
         "conversions": 0.5, "revenue": 100.0, "spend": 0.0, "roas": None, "cpa": 0.0,
-        "leads": 1.0}
+        "leads": 1.0, "nps": None}
     # the model moves the credits: last touch gives p2's sale to s5
     assert _records(overview_data(wh, **march, channel="Email", campaign="march",
                                   model="last_touch"), "metric")["conversions"]["value"] == 0.0
@@ -582,20 +598,24 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
 
     # the channel page: Paid Search's campaigns (spring: both clicks; 60 + 40 spent)
     by_campaign = channel_credits_data(wh, by="campaign", channel="Paid Search")
+    # (its touches: t2, t3, t7, t8)
     assert _records(by_campaign, "campaign") == {"spring": {
-        "conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0, "roas": 1.5}}
+        "touches": 4, "conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0,
+        "roas": 1.5}}
     # ... the channels of the campaign "spring" (matched as spend is: "Spring" is "spring")
     assert _records(channel_credits_data(wh, campaign="Spring"), "channel") == {
-        "Paid Search": {"conversions": 1.0, "revenue": 150.0, "spend": 100.0, "cpa": 100.0,
-                        "roas": 1.5}}
+        "Paid Search": {"touches": 4, "conversions": 1.0, "revenue": 150.0, "spend": 100.0,
+                        "cpa": 100.0, "roas": 1.5}}
     # last touch: Email closed p1's second sale (50) and p4's (30)
     assert _records(channel_credits_data(wh, channel="Email", model="last_touch"),
-                    "channel") == {"Email": {"conversions": 2.0, "revenue": 80.0,
-                                             "spend": 0.0, "cpa": 0.0, "roas": None}}
+                    "channel") == {"Email": {"touches": 4, "conversions": 2.0,
+                                             "revenue": 80.0, "spend": 0.0, "cpa": 0.0,
+                                             "roas": None}}
     # with the device: Email's desktop touches, s4 (0.5 of 200) and s7 (1 of 30)
     desktop = channel_credits_data(wh, channel="Email", device="desktop")
-    assert _records(desktop, "channel") == {"Email": {
-        "conversions": 1.5, "revenue": 130.0, "spend": None, "cpa": None, "roas": None}}
+    assert _records(desktop, "channel") == {"Email": {  # touches t6 (s4) and t9 (s7)
+        "touches": 2, "conversions": 1.5, "revenue": 130.0, "spend": None, "cpa": None,
+        "roas": None}}
     assert "desktop, Email" in figures.channel_credits_figure(desktop).layout.title.text
 
     # model comparison: Email under each model; the campaign "april" (s3, s7)
@@ -654,6 +674,19 @@ def test_overview_says_new_rather_than_an_infinite_change(wh: BaseBackend) -> No
     assert conversions.mode == "number" and conversions.delta.reference is None
     assert figures.NO_PREVIOUS in conversions.title.text
     assert "Infinity" not in figures.overview_figure(got).to_json()
+
+
+def test_overview_says_new_only_over_a_value(wh: BaseBackend) -> None:
+    # March against [31 January, 2 March): conversions 2 (none before) are new; a metric that
+    # is 0 or empty now as before (the tile of a value none had) says nothing of "new"
+    got = overview_data(wh, since=datetime(2025, 3, 2), until=datetime(2025, 4, 1))
+    got.loc[got.metric == "leads", ["value", "previous"]] = [0.0, 0.0]
+    got.loc[got.metric == "roas", ["value", "previous"]] = [float("nan"), 0.0]
+    tiles = {t.title.text.split("<br>")[0]: t for t in figures.overview_figure(got).data}
+    assert figures.NO_PREVIOUS in tiles["Conversions"].title.text
+    assert figures.NO_PREVIOUS not in tiles["Leads"].title.text
+    assert figures.NO_PREVIOUS not in tiles["ROAS"].title.text
+    assert tiles["Leads"].mode == "number" and tiles["ROAS"].mode == "number"
 
 
 def test_empty_spend_columns_say_why(wh: BaseBackend) -> None:
@@ -715,3 +748,52 @@ def test_data_quality_says_its_window_is_when_records_were_rejected(wh: BaseBack
         "records rejected while loading from 2030-01-01 and before 2030-02-01")
     assert later.attrs["note"].endswith(
         "4 rejected record(s) outside it, none inside it: remove the date range to see them")
+
+
+def test_every_default_channel_has_its_own_colour() -> None:
+    from touchline.prepare.channels import UNASSIGNED, default_rules
+
+    default = {r.channel_group for preset in ("touchline", "ga4")
+               for r in default_rules(preset=preset)} | {UNASSIGNED}
+    colours = {c: figures.channel_colour(c) for c in sorted(default)}
+    assert len(set(colours.values())) == len(default) == 22  # 19 GA4 groups, 3 touchline's
+    # e.g. the pairs that shared a colour before
+    for a, b in (("Direct", "Paid Search"), ("Display", "Offline"),
+                 ("Organic Search", "Referral"), ("Organic Social", "Paid Social")):
+        assert colours[a] != colours[b]
+    # a channel outside the set: a colour no default channel has, the same every time
+    tv = figures.channel_colour("TV")
+    assert tv in figures.EXTRA_CHANNEL_COLOURS and tv not in colours.values()
+    assert figures.channel_colour("TV") == tv
+
+
+def test_overview_nps_with_its_change_in_points(con: BaseBackend) -> None:
+    from factories import arrow_table
+
+    from touchline import engine, store
+
+    wh = build_warehouse(con)
+    # May: serve_kit's promoter (10, 1 May) and a passive (8); April, the window before: a
+    # detractor (3, 20 April) and a promoter (9)
+    answers = [("r1", "u1", 10, "2025-05-01 00:00:00"), ("r2", "u2", 8, "2025-05-03 00:00:00"),
+               ("r3", "u3", 3, "2025-04-20 00:00:00"), ("r4", "u4", 9, "2025-04-02 00:00:00")]
+    engine.load_table(wh, "surveys", arrow_table(store.SURVEYS, [
+        dict(response_id=r, person_id=p, nps_score=n, responded_at=datetime.fromisoformat(at))
+        for r, p, n, at in answers]))
+    may = {"since": datetime(2025, 5, 1), "until": datetime(2025, 5, 31)}  # before: 30 days
+    got = _records(overview_data(wh, **may), "metric")["nps"]
+    # now 100 * (1 - 0) / 2 = 50; before 100 * (1 - 1) / 2 = 0: +50 points
+    assert got == {"unit": "score", "value": 50.0, "previous": 0.0, "change": 50.0}
+    tile = figures.overview_figure(overview_data(wh, **may)).data[6]
+    assert tile.title.text == "NPS" and tile.mode == "number+delta"
+    assert (tile.value, tile.delta.reference, tile.delta.relative) == (50.0, 0.0, False)
+    # June: no answer now, so no score and no change; the tile says so
+    june = overview_data(wh, since=datetime(2025, 6, 1), until=datetime(2025, 7, 1))
+    assert _records(june, "metric")["nps"]["value"] is None
+    tile = figures.overview_figure(june).data[6]
+    assert figures.NO_ANSWERS in tile.title.text and tile.mode == "number"
+    # no survey imported at all: said the same way
+    engine.load_table(wh, "surveys", arrow_table(store.SURVEYS, []))
+    assert overview_data(wh, **may).attrs["nps_note"] == figures.NO_ANSWERS
+    # under a touch filter the answers are not split: no score, and why
+    assert overview_data(wh, **may, channel="Email").attrs["nps_note"] == figures.NPS_NOT_SPLIT

@@ -88,7 +88,7 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
     # the Sankey's six nodes (Email 2 and 1 before, Paid Search, other, (no touch), the
     # conversion) and the overview's six tiles are in the drawing
     assert page.locator("#chart-journey_map .sankey-node").count() == 6
-    assert page.locator("#chart-overview .indicatorlayer .trace").count() == 6
+    assert page.locator("#chart-overview .indicatorlayer .trace").count() == 7  # NPS too
     assert "Paid Search" in page.locator("#chart-channels").inner_text()
     # the retention heat map's cells: March 100 % and 50 %, April 100 %
     assert page.locator("#chart-retention .heatmaplayer").count() == 1
@@ -331,3 +331,20 @@ def test_the_reports_data_quality_holds_the_pages_figures(tmp_path: Path) -> Non
                      "2025-04-20 10:00 UTC"):
         assert headline in html, headline
     assert drawn["bot_share"].data.attrs["share"] == 0.25
+
+
+def test_report_takes_the_stage_model(warehouse: str, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--out", str(out), "--stage-model", "funnel",
+                                      "--database", warehouse])
+    assert result.exit_code == 0, result.output
+    # serve_kit's funnel model: p1 entered "top" only, so no funnel of it (the lifecycle's
+    # has four stages with entries)
+    funnel = out.read_text().split('<section id="funnel">')[1].split("</section>")[0]
+    assert "stage model &#39;funnel&#39; has 1 stage(s) with entries" in funnel
+    assert "consideration" not in funnel
+    wrong = CliRunner().invoke(app, ["report", "--out", str(out), "--stage-model",
+                                     "lifecycel", "--database", warehouse])
+    assert wrong.exit_code == 2
+    assert "--stage-model 'lifecycel' (did you mean 'lifecycle'?): choose from" in (
+        wrong.output)

@@ -5,7 +5,10 @@ and the CLV models (:mod:`touchline.metrics.clv`).
 ``touchline kpis --format json`` prints::
 
     {"kpis": [{"kpi": ..., "stage": ..., "unit": ..., "formula": ..., "rows": [{...}]}],
-     "skipped": [{"kpi": ..., "reason": ...}]}
+     "skipped": [{"kpi": ..., "reason": ...}], "notes": [...]}
+
+(``notes``: what the figures need said, such as spend kept under a channel name no credited
+channel has.)
 """
 
 from __future__ import annotations
@@ -190,6 +193,8 @@ def register(app: typer.Typer) -> None:
             for_stage,
             for_stage_model,
             lookup,
+            unmatched_spend_channels,
+            unmatched_spend_note,
         )
         from touchline.pipeline import deal_notes
 
@@ -266,6 +271,10 @@ def register(app: typer.Typer) -> None:
             # a deal conversion's KPIs: the won deals it leaves out, as `touchline run` says
             left_out = deal_notes(con, settings, conversions=[conversion]) if any(
                 "journeys" in k.tables for k, _ in results) else []
+            # spend kept under a name no credited channel has: said, never silently
+            unmatched = (unmatched_spend_channels(con)
+                         if any("spend" in k.tables for k, _ in results) else [])
+            notes = [unmatched_spend_note(unmatched)] if unmatched else []
         except TouchlineError as exc:
             raise fail(exc) from None
         for note in left_out:  # on stderr: json and csv stay clean
@@ -277,7 +286,7 @@ def register(app: typer.Typer) -> None:
                  "unit": k.unit, "formula": k.formula,
                  "rows": [{c: _plain(v) for c, v in row.items()}
                           for row in frame.to_dict("records")]}
-                for k, frame in results], "skipped": skipped}
+                for k, frame in results], "skipped": skipped, "notes": notes}
             if stage_model:
                 payload["stage_model"] = stage_model
                 payload["model_stages"] = _model_stages(groups)
@@ -296,6 +305,8 @@ def register(app: typer.Typer) -> None:
                              *[c for c in long.columns if c not in ("kpi", "model_stage")]]]
             console.print(store.to_csv(long), markup=False, highlight=False, soft_wrap=True,
                           end="")
+            for note in notes:
+                err.print(f"note: {note}", markup=False, highlight=False)
             return
         frames = {k.name: frame for k, frame in results}
         for heading, ks in groups or [(None, [k for k, _ in results])]:
@@ -332,6 +343,8 @@ def register(app: typer.Typer) -> None:
                 console.print(table)
         for s in skipped:
             err.print(f"skipped {s['kpi']}: {s['reason']}", markup=False, highlight=False)
+        for note in notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
 
     def _default_conversion(con: Any) -> str:
         """The conversion type the report and dashboard default to (the stored one with the

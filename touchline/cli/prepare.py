@@ -50,3 +50,8 @@ def register(app: typer.Typer) -> None:
             for (old, new), n in sorted(result.channel_changes.items()):
                 changed.add_row(old, new, f"{n:,}")
             console.print(changed)
+        if result.unmatched_spend_channels:
+            from touchline.metrics.kpis import unmatched_spend_note
+
+            console.print(unmatched_spend_note(result.unmatched_spend_channels), markup=False,
+                          highlight=False)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from touchline.errors import ConfigError, TouchlineError
+from touchline.errors import ConfigError, TouchlineError, did_you_mean
 from touchline.serve import HOST_DEFAULT, PORT_DEFAULT
 from touchline.terminal import fail, step_bar, warn
 
@@ -59,6 +59,9 @@ def register(app: typer.Typer) -> None:
             help="Conversion type (default: the one with the most value).")] = None,
         model: Annotated[str | None, typer.Option(
             help="Attribution model of the channel charts (default: settings).")] = None,
+        stage_model: Annotated[str | None, typer.Option(
+            "--stage-model", help="Stage model of the stage timeline, funnel and stage KPIs "
+            "(lifecycle, funnel, hourglass, b2b or your own; default: settings).")] = None,
         truth: TruthOption = None,
         unit: Annotated[str | None, typer.Option(
             help="B2B or B2C: account or person journeys (default: both).")] = None,
@@ -83,9 +86,15 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"--format {output_format!r}: choose html or png")
             settings = load_settings(**({"database_url": database} if database else {}))
             check_filters(unit=unit, device=device)
+            if stage_model is not None and stage_model not in (
+                    known := settings.all_stage_models()):
+                raise ConfigError(f"--stage-model {stage_model!r}"
+                                  f"{did_you_mean(stage_model, known)}: choose from "
+                                  f"{', '.join(known)}")
             filters = Filters(since=parse_day(since, "--since"), until=parse_day(until, "--until"),
                               conversion=conversion, model=model or settings.default_model,
-                              stage_model=settings.stage_model, truth=tuple(truth or ()),
+                              stage_model=stage_model or settings.stage_model,
+                              truth=tuple(truth or ()),
                               unit=unit, device=device, channel=channel, campaign=campaign)
             with engine.connected(settings=settings) as con, step_bar("report") as tell:
                 check_ready(con, settings.database_url)

@@ -66,7 +66,7 @@ UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_conte
 #: columns added after content hashes (``row_hash``, ``h-`` message ids) were defined: they
 #: count in a row's hash only when set, so re-ingesting an old export adds nothing twice
 HASH_IF_SET = frozenset({"contact_id", "contact_ids", "properties", "email_sha256",
-                         "phone_sha256"})
+                         "phone_sha256", "imported_channel", "channel_matched"})
 #: any one of these places an event in a journey (the Segment API demands the first two)
 OFFLINE_IDS = ("anonymous_id", "user_id", "email", "phone", "email_sha256", "phone_sha256",
                "contact_id")

@@ -1321,6 +1321,29 @@ def leads(con: BaseBackend, q: Query) -> ir.Table:
     return _order(_aggregate(t, q, leads=t.count().cast("int64")), q)
 
 
+def unmatched_spend_channels(con: BaseBackend) -> list[str]:
+    """The spend channels that match no known channel (``channel_matched`` false: `touchline
+    prepare` kept them as the export wrote them), sorted; none before spend is prepared."""
+    if "spend" not in con.list_tables():
+        return []
+    sp = con.table("spend")
+    if "channel_matched" not in sp.columns:
+        return []
+    names = sp.filter(sp.channel_matched == False).select("channel").distinct()  # noqa: E712
+    return sorted(str(v) for v in names.to_pyarrow()["channel"].to_pylist())
+
+
+def unmatched_spend_note(names: Sequence[str]) -> str:
+    """What a page or command says of spend channels matching no known channel."""
+    listed = ", ".join(repr(n) for n in names)
+    return (f"spend of channel {listed} matches no known channel (a group of the channel "
+            "rules or an alias in channel_aliases.csv): kept under the name the export gives, "
+            "so it meets no credited conversions" if len(names) == 1 else
+            f"spend of channels {listed} matches no known channel (a group of the channel "
+            "rules or an alias in channel_aliases.csv): kept under the names the export "
+            "gives, so it meets no credited conversions")
+
+
 COST_DIMS = ("period", "channel", "source", "medium", "campaign", "keyword")
 
 
@@ -1774,8 +1797,11 @@ Rules every KPI follows:
   sum the stored `credits` of the chosen model (`--model`, default `settings.default_model`),
   so cost per acquisition can be read under last touch, Markov or Shapley alike. Spend and
   credits are matched on keys trimmed, in lower case, with spaces and hyphens as `_` (an ad
-  export's `paid_social` is the channel group Paid Social). Spend is summed as imported, in
-  its own currency.
+  export's `paid_social` is the channel group Paid Social). `touchline prepare` first names
+  each spend row's channel as the sessions name it, by the channel rules' groups and the
+  aliases of `channel_aliases.csv` (`affiliate` is Affiliates, `video` Paid Video); a channel
+  matching neither keeps the export's name and `touchline kpis`, the channels page and the
+  report say so in a note. Spend is summed as imported, in its own currency.
 - `since` is inclusive and `until` exclusive, on each KPI's own time: the spend or Search
   Console day, the session's start, the conversion, the answer; person-level KPIs use the
   first session, retention KPIs the first purchase (the cohort).

@@ -218,3 +218,42 @@ def entrance(sessions: ir.Table, hosts: ir.Table, *, own_domains: Sequence[str],
     campaign = ibis.ifelse(has_utm, t.utm_campaign.fill_null("(not set)"), ibis.null("string"))
     return t.mutate(source=source, medium=medium, campaign=campaign).drop(
         "_ref_reg", "_ref_source", "_ref_medium", "_land_reg")
+
+
+def channel_key(name: str) -> str:
+    """A channel name as spend and credits are matched on: trimmed, lower case, spaces and
+    hyphens as ``_`` (``Paid Search`` and ``paid-search`` are ``paid_search``)."""
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _channel_key_expr(value: ir.StringValue) -> ir.StringValue:
+    return value.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def known_channels(rules: Sequence[Rule]) -> dict[str, str]:
+    """``channel key -> channel group`` for a spend export's ``channel``: every group the
+    ``rules`` name (and ``Unassigned``) under its own name, then ``data/channel_aliases.csv``
+    (``affiliate`` → ``Affiliates``, ``video`` → ``Paid Video``); a group's own name wins."""
+    names = {channel_key(r["alias"]): r["channel"]
+             for r in read_csv(DATA / "channel_aliases.csv", ("alias", "channel"))
+             if r["alias"]}
+    for group in (*(r.channel_group for r in rules), UNASSIGNED):
+        names[channel_key(group)] = group
+    return names
+
+
+def spend_channels(spend: ir.Table, names: Mapping[str, str]) -> ir.Table:
+    """The ``spend`` rows with ``channel`` named as the sessions name it (:func:`known_channels`
+    ``names``), the export's own name in ``imported_channel`` and ``channel_matched`` (null
+    without a channel). A name matching none is kept as written (``channel_matched`` false).
+
+    Idempotent: the name is read from ``imported_channel`` once set, so a second run (after
+    the rules or aliases changed) standardises the export's name again, not its last result.
+    """
+    imported = spend.imported_channel.coalesce(spend.channel)
+    key = _channel_key_expr(imported)
+    matched = key.isin(list(names)) if names else ibis.literal(False)
+    return spend.mutate(
+        imported_channel=imported,
+        channel=ibis.ifelse(matched, key.substitute(dict(names)), imported),
+        channel_matched=ibis.ifelse(imported.isnull(), ibis.null("boolean"), matched))

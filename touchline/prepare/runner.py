@@ -22,6 +22,7 @@ import ibis.expr.types as ir
 
 from touchline import engine, store
 from touchline.errors import SchemaError
+from touchline.prepare import channels
 from touchline.prepare.base import SCRATCH_PREFIX, Context, Step
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ class PrepareResult:
     rejects_by_reason: dict[str, int]
     channel_changes: dict[tuple[str, str], int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: spend channels (as the export wrote them) that match no known channel: kept as written
+    unmatched_spend_channels: list[str] = field(default_factory=list)
 
 
 def working_events(raw: ir.Table) -> ir.Table:
@@ -444,6 +447,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         else:
             con.create_table("audit", schema=store.AUDIT.schema, overwrite=True)
         _replace_rejects(con, rejected.parts)
+        unmatched = standardise_spend(con, settings) if "spend" in existing else []
         by_reason = con.table("rejects")
         by_reason = by_reason.filter(by_reason.ingest_id == ctx.run_id).group_by(
             ["step", "reason_code"]).aggregate(n=ibis._.count()).to_pandas()
@@ -467,4 +471,23 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         run_id=ctx.run_id, steps=reports, counts=counts,
         rejects_by_reason={str(reason): int(n) for reason, n in
                            by_reason.groupby("reason_code")["n"].sum().items()},
-        channel_changes=changes, seconds=time.perf_counter() - started)
+        channel_changes=changes, seconds=time.perf_counter() - started,
+        unmatched_spend_channels=unmatched)
+
+
+def standardise_spend(con: BaseBackend, settings: Settings) -> list[str]:
+    """Name each spend row's channel as the sessions name it (:func:`channels.spend_channels`
+    by the channel rules' groups and aliases), so every reader of ``spend`` (KPIs, pages,
+    report, exports) matches it to the credited channels alike; return the export's channel
+    names that match no known channel (kept as written)."""
+    # a warehouse made before spend had imported_channel gains it
+    engine.add_missing_columns(con, "spend", store.SPEND.schema)
+    rules = channels.default_rules(settings.channel_rules_file, preset=settings.channel_rules)
+    named = _conform(channels.spend_channels(con.table("spend"), channels.known_channels(rules)),
+                     store.SPEND)
+    # two hops: Spark cannot overwrite a table it is reading from (nor DuckDB, lazily)
+    named = engine.materialise(con, f"{SCRATCH_PREFIX}spend_named", named)
+    con.create_table("spend", named, overwrite=True)
+    sp = con.table("spend")
+    unmatched = sp.filter(sp.channel_matched == False).select("channel").distinct()  # noqa: E712
+    return sorted(unmatched.to_pandas()["channel"].tolist())

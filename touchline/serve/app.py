@@ -377,26 +377,38 @@ def filters_from(request: Request, settings: Settings) -> Filters:
     if stage_model not in (known := settings.all_stage_models()):
         raise ConfigError(f"stage model {stage_model!r}{did_you_mean(stage_model, known)}: "
                           f"choose from {', '.join(known)}")
-    return Filters(since=parse_day(q.get("since") or None, "since"),
-                   until=parse_day(q.get("until") or None, "until"),
+    from touchline.attribution import MODELS
+
+    model = q.get("model") or settings.default_model
+    if model not in settings.attribution_models and model not in MODELS:
+        known = list(settings.attribution_models)
+        raise ConfigError(f"model {model!r}{did_you_mean(model, known)}: choose from "
+                          f"{', '.join(known)} (settings.attribution_models)")
+    since = parse_day(q.get("since") or None, "since")
+    until = parse_day(q.get("until") or None, "until")
+    if since is not None and until is not None and since >= until:
+        # every page alike (the overview said it, the channels page found nothing)
+        raise ConfigError(f"since {since:%Y-%m-%d} is not before until {until:%Y-%m-%d}")
+    return Filters(since=since, until=until,
                    conversion=q.get("conversion") or None,
-                   model=q.get("model") or settings.default_model,
+                   model=model,
                    stage_model=stage_model,
                    by=q.get("by") or "channel", unit=unit, device=device,
                    channel=q.get("channel") or None, campaign=q.get("campaign") or None)
 
 
 def _options(con: BaseBackend) -> dict[str, Any]:
-    """What the filter form offers: stored conversion types, models, credited channels and
-    campaigns (one query); when data was last loaded, by files or the collector, and when
-    prepare last ran (another: :func:`~touchline.serve.figures.freshness`). They run on every
-    page (kept until the warehouse is written)."""
+    """What the filter form offers: stored conversion types, models, stage models, credited
+    channels and campaigns (one query); when data was last loaded, by files or the
+    collector, and when the last run ended (another: :func:`~touchline.serve.figures.freshness`).
+    They run on every page (kept until the warehouse is written)."""
     from touchline.metrics.kpis import NOT_SET, UNASSIGNED
 
     j, c = con.table("journeys"), con.table("credits")
-    s = con.table("sessions")
+    s, st = con.table("sessions"), con.table("stages")
     rows = ibis.union(
         j.select(_k=ibis.literal("conversion"), _v=j.conversion.cast("string")),
+        st.select(_k=ibis.literal("stage_model"), _v=st.stage_model.cast("string")),
         c.select(_k=ibis.literal("model"), _v=c.model.cast("string")),
         c.select(_k=ibis.literal("channel"), _v=c.channel.cast("string").fill_null(
             UNASSIGNED)),
@@ -406,6 +418,8 @@ def _options(con: BaseBackend) -> dict[str, Any]:
     return {"conversions": sorted(r["_v"] for r in rows
                                   if r["_k"] == "conversion" and r["_v"] is not None),
             "models": sorted(r["_v"] for r in rows if r["_k"] == "model" and r["_v"] is not None),
+            "stage_models": sorted(r["_v"] for r in rows
+                                   if r["_k"] == "stage_model" and r["_v"] is not None),
             "channels": sorted(r["_v"] for r in rows if r["_k"] == "channel"),
             "campaigns": sorted(r["_v"] for r in rows if r["_k"] == "campaign"),
             "last_loaded": last_loaded_text(fresh),

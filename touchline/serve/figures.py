@@ -33,6 +33,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
@@ -74,7 +75,7 @@ _PATH_SEP = "\x1f"  # a key to group paths by, never split back or shown
 PALETTE = tuple(qualitative.Safe)
 #: the metrics of the overview, in order, with their unit
 OVERVIEW_METRICS = {"conversions": "count", "revenue": "currency", "spend": "currency",
-                    "roas": "ratio", "cpa": "currency", "leads": "count"}
+                    "roas": "ratio", "cpa": "currency", "leads": "count", "nps": "score"}
 _LAYOUT = {"template": "plotly_white", "font": {"family": "system-ui, sans-serif", "size": 13},
            "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "height": 420}
 
@@ -228,10 +229,32 @@ def _segment_units(con: BaseBackend, device: str | None, unit: str, channel: str
     return ibis.memtable(found.to_pyarrow())
 
 
+#: one colour per channel of the default channel set (GA4's groups, touchline's additions and
+#: Unassigned), each its own: Okabe and Ito's colour-blind-safe set for the most common
+#: channels, then Paul Tol's muted, vibrant and light schemes (also colour-blind safe)
+CHANNEL_COLOURS = {
+    "Direct": "#0072B2", "Organic Search": "#009E73", "Paid Search": "#D55E00",
+    "Paid Social": "#CC79A7", "Organic Social": "#56B4E9", "Email": "#E69F00",
+    "Referral": "#332288", "Display": "#882255", "Affiliates": "#44AA99",
+    "Paid Video": "#EE3377", "Organic Video": "#999933", "SMS": "#DDCC77", "Phone": "#117733",
+    "Offline": "#888888", "Unassigned": "#BBBBBB", "AI Assistant": "#AA4499",
+    "Paid Shopping": "#EE7733", "Organic Shopping": "#BBCC33", "Paid Other": "#661100",
+    "Cross-network": "#77AADD", "Audio": "#FFAABB", "Mobile Push Notifications": "#33BBEE",
+}
+#: the colours of channels outside the default set (custom rules' groups, spend names): Tol's
+#: remaining ones, none of them a default channel's
+EXTRA_CHANNEL_COLOURS = ("#CC3311", "#009988", "#AAAA00", "#EE8866", "#99DDFF", "#228833",
+                         "#CCBB44", "#AA3377", "#4477AA", "#EEDD88", "#000000")
+
+
 def channel_colour(channel: str) -> str:
-    """The channel's colour: the same on every chart, page and report (a hash, not an order)."""
+    """The channel's colour: the same on every chart, page and report. A channel of the default
+    set has its own (:data:`CHANNEL_COLOURS`); any other one of :data:`EXTRA_CHANNEL_COLOURS`
+    by a hash of its name (deterministic: the same on every run, whatever else is drawn)."""
+    if str(channel) in CHANNEL_COLOURS:
+        return CHANNEL_COLOURS[str(channel)]
     digest = hashlib.md5(str(channel).encode(), usedforsecurity=False).digest()
-    return PALETTE[digest[0] % len(PALETTE)]
+    return EXTRA_CHANNEL_COLOURS[digest[0] % len(EXTRA_CHANNEL_COLOURS)]
 
 
 def _filter_label(data: pd.DataFrame) -> str:
@@ -363,7 +386,7 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
                  leads=t.leads.fill_null(0))
     t = t.mutate(roas=t.revenue / t.spend.nullif(0.0),
                  cpa=t.spend / t.conversions.cast("float64").nullif(0.0))
-    wide = t.to_pandas().set_index("period")
+    wide = t.to_pandas().set_index("period").assign(nps=float("nan"))  # NPS: filled below
     frame = pd.DataFrame({
         "metric": list(OVERVIEW_METRICS),
         "unit": list(OVERVIEW_METRICS.values()),
@@ -371,6 +394,13 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
         "previous": wide.loc["previous", list(OVERVIEW_METRICS)].astype("float64").to_numpy(),
     })
     frame["change"] = frame.value / frame.previous.where(frame.previous != 0) - 1
+    nps_now, nps_before, nps_note = _overview_nps(
+        con, start, end, before, filtered=not (unit is None and device is None
+                                               and channel is None and campaign is None))
+    nps_row = frame.metric == "nps"
+    frame.loc[nps_row, ["value", "previous"]] = [nps_now, nps_before]
+    # a score from -100 to 100: its change is in points, not a share of the last one
+    frame.loc[nps_row, "change"] = nps_now - nps_before
     spend_note = (NO_SPEND if wide.spend.isna().all() and split else
                   None if split else SPEND_NOT_SPLIT)
     counted = ["conversions", "revenue", "leads"]
@@ -379,7 +409,8 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
             f"no credited conversions or leads match {_filter_label_of(channel, campaign, device)} "
             "in this window or the one before (check the names against the channel page)",
             spend_note) if part)
-    frame.attrs.update(note=spend_note, since=start, until=end, previous_since=before,
+    frame.attrs.update(note=spend_note, nps_note=nps_note, since=start, until=end,
+                       previous_since=before,
                        conversion=conversion, unit=unit, device=device, channel=channel,
                        campaign=campaign,
                        model=model if credited else None)
@@ -388,6 +419,33 @@ def overview_data(con: BaseBackend, *, since: Moment = None, until: Moment = Non
 
 #: what an overview tile says in place of a change when the period before had none of it
 NO_PREVIOUS = "new: none in the previous period"
+#: what the NPS tile says when no survey answer falls in the window, or in the one before
+NO_ANSWERS = "no survey answers in this period"
+NO_PREVIOUS_ANSWERS = "no survey answers in the previous period"
+#: ... and under a device, unit, channel or campaign filter, by which answers are not split
+NPS_NOT_SPLIT = "every answer: not split by these filters"
+
+
+def _overview_nps(con: BaseBackend, start: datetime, end: datetime, before: datetime, *,
+                  filtered: bool) -> tuple[float, float, str | None]:
+    """The ``nps`` KPI of the answers in ``[start, end)`` and in ``[before, start)`` (NaN
+    where none), and what the tile says: no answers, or not split by the filters set."""
+    from touchline.metrics.kpis import compute, holds_rows
+
+    nan = float("nan")
+    if filtered:
+        return nan, nan, NPS_NOT_SPLIT
+    if not holds_rows(con, "surveys"):
+        return nan, nan, NO_ANSWERS
+
+    def score(since: datetime, until: datetime) -> float:
+        got = compute(con, "nps", since=since, until=until).to_pyarrow().to_pylist()
+        value = got[0]["nps"] if got else None
+        return nan if value is None else float(value)
+
+    now, then = score(start, end), score(before, start)
+    note = NO_ANSWERS if math.isnan(now) else NO_PREVIOUS_ANSWERS if math.isnan(then) else None
+    return now, then, note
 
 
 def _filter_label_of(channel: str | None, campaign: str | None, device: str | None) -> str:
@@ -397,7 +455,7 @@ def _filter_label_of(channel: str | None, campaign: str | None, device: str | No
 
 
 def overview_figure(data: pd.DataFrame) -> go.Figure:
-    """Six number tiles with the change against the previous period."""
+    """Seven number tiles with the change against the previous period (NPS in points)."""
     credited = f"; credited by {data.attrs['model']}" if data.attrs.get("model") else ""
     fig = _figure(f"{data.attrs.get('conversion', '')} overview: "
                   f"{data.attrs['since']:%Y-%m-%d} to "
@@ -405,26 +463,33 @@ def overview_figure(data: pd.DataFrame) -> go.Figure:
                   f"{_filter_label(data)}{credited}")
     # under a device the counts are credits: fractions of conversions
     count_format = ",.1f" if data.attrs.get("model") else ",.0f"
-    columns = 3
-    for i, row in enumerate(data.itertuples(index=False)):  # six tiles, not data rows
+    columns = 4
+    for i, row in enumerate(data.itertuples(index=False)):  # seven tiles, not data rows
         r, c = divmod(i, columns)
         value = None if pd.isna(row.value) else float(row.value)
+        score = row.metric == "nps"  # -100 to 100: 0 is a score, its change in points
         # a change against nothing is no change (Plotly would draw "▲Infinity%"): said instead
-        compared = pd.notna(row.previous) and row.previous != 0
-        title = row.metric.upper() if row.metric in ("roas", "cpa") else row.metric.capitalize()
-        if pd.notna(row.previous) and not compared:
-            title += f"<br><span style='font-size:12px'>{NO_PREVIOUS}</span>"
+        compared = pd.notna(row.previous) and (score or row.previous != 0) and value is not None
+        title = (row.metric.upper() if row.metric in ("roas", "cpa", "nps")
+                 else row.metric.capitalize())
+        # "new" only over something there now: a 0 (or an empty ROAS) is nothing new
+        said = data.attrs.get("nps_note") if score else (
+            NO_PREVIOUS if pd.notna(row.previous) and not compared and value else None)
+        if said:
+            title += f"<br><span style='font-size:12px'>{said}</span>"
         indicator: dict[str, Any] = {
             "mode": "number+delta" if compared else "number",
             "value": value,
             "title": {"text": title, "font": {"size": 15}},
-            "number": {"valueformat": ",.2f" if row.unit != "count" else count_format,
-                       "font": {"size": 40}},
+            "number": {"valueformat": ",.1f" if score else ",.2f" if row.unit != "count"
+                       else count_format, "font": {"size": 40}},
             "domain": {"row": r, "column": c},
         }
         if compared:
-            indicator["delta"] = {"reference": float(row.previous), "relative": True,
-                                  "valueformat": ".1%"}
+            indicator["delta"] = ({"reference": float(row.previous), "relative": False,
+                                   "valueformat": "+.1f", "suffix": " points"} if score else
+                                  {"reference": float(row.previous), "relative": True,
+                                   "valueformat": ".1%"})
             if row.metric == "cpa":  # a lower cost per acquisition is the good direction
                 indicator["delta"].update(increasing={"color": "#CC6677"},
                                           decreasing={"color": "#117733"})
@@ -441,7 +506,8 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
                          until: Moment = None, by: str = "channel", unit: str | None = None,
                          device: str | None = None, channel: str | None = None,
                          campaign: str | None = None) -> pd.DataFrame:
-    """Per channel (or ``by``: source, medium, campaign, keyword, landing_page): the
+    """Per channel (or ``by``: source, medium, campaign, keyword, landing_page): its
+    ``touches`` in the window (:func:`channel_touches`), the
     ``conversions`` and ``revenue`` the model's stored credits give it, its ``spend``,
     ``cpa`` and ``roas``: the KPI registry's ``conversions``, ``revenue``, ``cpa`` and
     ``roas`` (:mod:`touchline.metrics.kpis`), so the numbers are those of ``touchline kpis``.
@@ -456,7 +522,14 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     campaign (:func:`touch_matches`): the KPIs broken down by ``by`` and the filtered levels
     too, then the filtered ones kept; so ``by=campaign`` with a channel lists that channel's
     campaigns, each with its credits and its spend."""
-    from touchline.metrics.kpis import KPIS, compute, filled_tables, require
+    from touchline.metrics.kpis import (
+        KPIS,
+        compute,
+        filled_tables,
+        require,
+        unmatched_spend_channels,
+        unmatched_spend_note,
+    )
 
     conversion = resolve_conversion(con, conversion, unit)
     pinned = {d: v for d, v in (("channel", channel), ("campaign", campaign)) if v is not None}
@@ -490,10 +563,15 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
         t = t.select(by, "conversions", "revenue", spend=ibis.null("float64"),
                      cpa=ibis.null("float64"), roas=ibis.null("float64"))
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
+    frame = _with_touches(con, frame, by=by, since=since, until=until, channel=channel,
+                          campaign=campaign)
     if by == "channel" and since is None and until is None and campaign is None:
         frame = _with_intervals(con, frame, model=model, conversion=conversion)
+    note = None if has_spend else NO_SPEND
+    if has_spend and (unmatched := unmatched_spend_channels(con)):
+        note = unmatched_spend_note(unmatched)  # spend under a name no credit has: said
     frame.attrs.update(model=model, conversion=conversion, by=by, channel=channel,
-                       campaign=campaign, note=None if has_spend else NO_SPEND)
+                       campaign=campaign, note=note)
     return frame
 
 
@@ -515,9 +593,50 @@ def _filtered_channel_credits(con: BaseBackend, *, model: str, conversion: str,
     t = t.mutate(spend=ibis.null("float64"), cpa=ibis.null("float64"),
                  roas=ibis.null("float64"))
     frame = t.order_by([ibis.desc("conversions"), by]).to_pandas()
+    frame = _with_touches(con, frame, by=by, since=since, until=until, unit=unit,
+                          device=device, channel=channel, campaign=campaign)
     frame.attrs.update(model=model, conversion=conversion, by=by, unit=unit, device=device,
                        channel=channel, campaign=campaign, note=SPEND_NOT_SPLIT)
     return frame
+
+
+def channel_touches(con: BaseBackend, *, by: str = "channel", since: Moment = None,
+                    until: Moment = None, unit: str | None = None, device: str | None = None,
+                    channel: str | None = None, campaign: str | None = None) -> ir.Table:
+    """``by`` and ``touches``: the touchpoints in the window (``since <= occurred_at <
+    until``) per channel (or source, medium, campaign, keyword, landing page: the session's),
+    named as the KPIs name them (no channel: Unassigned; no other level: ``(not set)``).
+    ``unit`` ``account`` keeps the touches of persons in an account (B2B), ``person`` those
+    of any person (B2C: every person has person journeys); ``device`` the touches in
+    sessions on that device; ``channel`` and ``campaign`` the touches of them
+    (:func:`touch_matches`)."""
+    from touchline.metrics.kpis import SESSION_LEVELS, _levels
+
+    tp = con.table("touchpoints")
+    tp = tp.filter(_in_window(tp.occurred_at, since, until)
+                   & touch_matches(tp, channel=channel, campaign=campaign))
+    if unit is not None:
+        tp = tp.filter(tp.account_id.notnull() if unit == "account" else tp.person_id.notnull())
+    if device is not None:
+        d = session_devices(con)
+        tp = tp.semi_join(d.filter(d.device == device).select("session_id"), "session_id")
+    level = _levels(tp, {by: SESSION_LEVELS[by]})[by]
+    return tp.group_by(level.name(by)).aggregate(touches=tp.count().cast("int64"))
+
+
+def _with_touches(con: BaseBackend, frame: pd.DataFrame, *, by: str, **filters: Any
+                  ) -> pd.DataFrame:
+    """``frame`` with ``touches`` (:func:`channel_touches`) after its ``by`` column: 0 for a
+    row no touch of the window has (spend alone, or credits of touches before the window)."""
+    if "touchpoints" not in con.list_tables():
+        return frame.assign(touches=pd.Series(dtype="Int64"))
+    touches = channel_touches(con, by=by, **filters).to_pandas()
+    out = frame.merge(touches, on=by, how="left")
+    out["touches"] = out.touches.fillna(0).astype("int64")
+    columns = list(frame.columns)
+    out = out[[by, "touches", *(c for c in columns if c != by)]]
+    out.attrs.update(frame.attrs)
+    return out
 
 
 def _with_intervals(con: BaseBackend, frame: pd.DataFrame, *, model: str,

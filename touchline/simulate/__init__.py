@@ -207,7 +207,8 @@ def simulate(
 
     final_rng = np.random.default_rng([seed, 3, int(b2b)])
     spend_rows, spend_totals = spend.rows(final_rng)
-    spend_writer = writers.CsvWriter(out / "spend.csv", writers.table_columns("spend"))
+    spend_writer = writers.CsvWriter(out / "spend.csv", writers.table_columns(
+        "spend", skip=("row_hash", "source", "ingest_id", "imported_channel", "channel_matched")))
     gsc_writer = writers.CsvWriter(out / "search_console.csv",
                                    writers.table_columns("search_console"))
     try:
