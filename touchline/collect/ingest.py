@@ -341,7 +341,7 @@ class _ChunkParser:
         self.layouts: list[Layout] = []  # NDJSON key layouts known to repeat no key
         #: while a query for lines of these layouts is built: the paths they may hold
         self._held: list[Layout] | None = None
-        self._layout_sql: dict[str, str] = {}  # such queries, by their layouts
+        self._layout_sql = ("", "")  # the last such query, after its layouts
 
     # -- stage 1: canonical columns as text (or as typed Parquet columns) -------------------
     def _build_extract(self, chunk_schema: pa.Schema, where: str) -> str:
@@ -584,14 +584,14 @@ class _ChunkParser:
             f"WHERE NOT coalesce({known}, false)"
         )
         key = orjson.dumps(layouts).decode()
-        if key not in self._layout_sql:
+        if self._layout_sql[0] != key:  # chunks mostly share their layouts: built once
             self._held = layouts
             try:
                 extract = self._build_extract(schema, where)
-                self._layout_sql[key] = self._build_validate().replace("{extracted}", extract)
+                self._layout_sql = (key, self._build_validate().replace("{extracted}", extract))
             finally:
                 self._held = None
-        queries = [self._layout_sql[key].replace(
+        queries = [self._layout_sql[1].replace(
             "{source}", f"(SELECT * FROM {source} ANTI JOIN {others} USING (_line))")]
         if db.execute(f"SELECT count(*) FROM {others}").fetchone()[0]:  # type: ignore[index]
             queries.append(self.sql(
