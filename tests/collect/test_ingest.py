@@ -579,11 +579,13 @@ def test_a_key_repeated_in_any_object_read_is_rejected_and_only_there(con, tmp_p
     assert sorted(loaded) == ["k1", "k2", "k3", "k4"]
 
 
-def test_json_values_of_every_type_are_read_as_their_text(con, tmp_path) -> None:
+@pytest.mark.parametrize("copies", [1, 40], ids=["alone", "known_layouts"])
+def test_json_values_of_every_type_are_read_as_their_text(con, tmp_path, copies) -> None:
     """A string field given a number, a boolean, an object or an array keeps its JSON text
     (compact); a string is trimmed and an empty one is missing; a path through a value that
     is not an object finds nothing, so the next path is used; a whole object read as a column
-    keeps its JSON text, and a string there is unquoted."""
+    keeps its JSON text, and a string there is unquoted. The same when each line's layout is
+    shared by many lines (read by the narrow query of known layouts)."""
     lines = [
         {"messageId": "v1", "type": "track", "event": "e", "anonymousId": 7, "userId": True,
          "timestamp": "2025-03-01T10:00:00Z",
@@ -597,13 +599,21 @@ def test_json_values_of_every_type_are_read_as_their_text(con, tmp_path) -> None
          "traits": "plain", "properties": {"url": "https://q.io/", "utm_source": "ignored"}},
     ]
     path = tmp_path / "events.ndjson"
-    path.write_text("\n".join(json.dumps(line, separators=(", ", " : ")) for line in lines)
-                    + "\n")
+    path.write_text("\n".join(
+        json.dumps({**line, "messageId": f"{line['messageId']}-{copy}"}, separators=(", ", " : "))
+        for copy in range(copies) for line in lines) + "\n")
     result = ingest_file(con, path, "events", settings=SETTINGS)
-    assert (result.loaded, result.rejected) == (3, 0)
-    got = {r["message_id"]: r for r in con.table("events").select(
+    assert (result.loaded, result.rejected) == (3 * copies, 0)
+    rows = con.table("events").select(
         "message_id", "event", "anonymous_id", "user_id", "revenue", "url", "title", "traits",
-        "properties", "utm_source").to_pyarrow().to_pylist()}
+        "properties", "utm_source").to_pyarrow().to_pylist()
+    for copy in range(copies):
+        copied = {r["message_id"][:2]: r for r in rows if r["message_id"].endswith(f"-{copy}")}
+        assert len(copied) == 3
+        _assert_values_read_as_text(copied)
+
+
+def _assert_values_read_as_text(got: dict) -> None:
     assert {k: (r["event"], r["anonymous_id"], r["user_id"]) for k, r in got.items()} == {
         "v1": ("e", "7", "true"), "v2": ('{"n":1}', '[1,"x"]', None), "v3": ("e", "a", None)}
     assert got["v1"]["properties"] == '{"revenue":12.5,"b":[1,{"c":null}]}'

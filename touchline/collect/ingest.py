@@ -45,7 +45,9 @@ from touchline.collect import at_rest, readers
 from touchline.collect.mapping import Mapping, is_json_path, split_column_path
 from touchline.collect.segment import (
     PERSON_PATHS,
+    READ_OBJECTS,
     Layout,
+    layout_sql,
     object_keys_sql,
     repeated_key_sql,
     repeats_key,
@@ -78,6 +80,8 @@ _REPEATED_KEY = "{repeated_key}"
 #: lines of each NDJSON chunk whose layouts are looked at, and how many layouts are kept
 _LAYOUT_SAMPLE = 1000
 _LAYOUTS_KEPT = 4
+#: the objects a layout lists the keys of, as member keys (``()`` is the root)
+_LAYOUT_OBJECTS = tuple(tuple(p.removeprefix("$").split(".")[1:]) for p in READ_OBJECTS)
 SAFE_RAW_FUNCTION = "touchline_safe_raw"
 #: the same, also emptying e-mails and phones (pii_at_rest = "hashed"), for one phone region
 SAFE_RAW_CONTACTS_FUNCTION = "touchline_safe_raw_contacts_{region}"
@@ -277,6 +281,26 @@ def _json_values_sql(paths: list[str], obj: str) -> list[str]:
     return [", ".join(layer) for layer in layers if layer] or ["NULL AS _jp_0"]
 
 
+def _held_by(path: str, layout: Layout) -> bool:
+    """Whether a line of ``layout`` (:func:`~touchline.collect.segment.object_keys_sql`) may
+    hold a value at JSON ``path``: false only when the layout lists the keys of an object the
+    path goes through and the path's next member is not among them (or that object is
+    missing, or not an object)."""
+    if not _MEMBER_PATH.fullmatch(path):
+        return True
+    keys = [m[1] if m[1] is not None else m[2] for m in _MEMBER.finditer(path)]
+    listed = dict(zip(_LAYOUT_OBJECTS, layout, strict=True))
+    at: tuple[str, ...] = ()
+    for key in keys:
+        if at not in listed:
+            return True
+        members = listed[at]
+        if members is None or key not in members:
+            return False
+        at = (*at, key)
+    return True
+
+
 def _member_prefixes(path: str) -> list[tuple[str, str]]:
     """The members a JSON path of plain members goes into, each with the rest of the path
     inside it: ``$.a.b.c`` → ``[("a", "$.b.c"), ("a.b", "$.c")]`` (quoted as needed); none for
@@ -315,6 +339,9 @@ class _ChunkParser:
         self.json_sources: list[str] = []  # CSV/Parquet columns read with JSON paths
         self.hash_skips: set[str] = set()  # columns left out of the content hash
         self.layouts: list[Layout] = []  # NDJSON key layouts known to repeat no key
+        #: while a query for lines of these layouts is built: the paths they may hold
+        self._held: list[Layout] | None = None
+        self._layout_sql = ("", "")  # the last such query, after its layouts
 
     # -- stage 1: canonical columns as text (or as typed Parquet columns) -------------------
     def _build_extract(self, chunk_schema: pa.Schema, where: str) -> str:
@@ -331,6 +358,8 @@ class _ChunkParser:
             encoded: dict[str, str] = {}  # such a member -> its value as text
 
             def value_at(path: str) -> str:
+                if self._held is not None and not any(_held_by(path, h) for h in self._held):
+                    return "CAST(NULL AS VARCHAR)"  # and what is made of it folds before it runs
                 # one trim per value here: a guard would extract _jp_<i> three times
                 return f"nullif(trim(_jp_{json_paths.setdefault(path, len(json_paths) + 1)}), '')"
 
@@ -498,6 +527,14 @@ class _ChunkParser:
         )
         flag_list = "".join(f"_jbad_{i}, " for i in range(len(flags)))
         inner = f"SELECT *, {', '.join(flags)} FROM " if flags else "SELECT * FROM "
+        if self._held is not None:
+            # lines of known layouts: objects that repeat no key (see split_by_layout)
+            return (
+                f"SELECT _line, _raw, {bad} AS _json_bad, {flag_list}true AS _json_ok, "
+                "'OBJECT' AS _json_type, false AS _duplicate_keys, "
+                f"{', '.join(select)} FROM ({inner}{url_params}{values}("
+                "SELECT *, line AS _obj FROM {source})"
+            ) + ")" * (len(layers) + 1 + url_params.count("(SELECT"))
         return (
             f"SELECT _line, _raw, {bad} AS _json_bad, {flag_list}_json_ok, _json_type, "
             f"_duplicate_keys, {', '.join(select)} FROM ({inner}{url_params}{values}("
@@ -524,6 +561,42 @@ class _ChunkParser:
         ).fetchall()
         least = max(1, min(lines, _LAYOUT_SAMPLE) // 20)  # a twentieth of the lines looked at
         self.layouts = [keys for keys, n in found if n >= least and not repeats_key(keys)]
+
+    def split_by_layout(self, db: duckdb.DuckDBPyConnection, source: str, others: str,
+                        schema: pa.Schema, where: str) -> list[str]:
+        """Parse queries for NDJSON relation ``source``: one for its lines of the layouts
+        :meth:`learn_layouts` noted, one for the rest (noted in table ``others``; none if no
+        line is left).
+
+        A line of a known layout is an object that repeats no key and lacks every member the
+        layout does not list: its query reads only the paths the layouts hold, and every
+        value read from a path they lack is a NULL constant, so what is made of it (typed
+        casts, checks, the content hash) folds away before it runs. The other lines take the
+        query that checks and reads everything.
+        """
+        layouts = [layout for layout in self.layouts if layout[0]]  # an object at the root
+        if not layouts:
+            return [self.sql(schema, source, where)]
+        known = " OR ".join(f"_keys = {layout_sql(layout)}" for layout in layouts)
+        db.execute(
+            f"CREATE OR REPLACE TEMP TABLE {others} AS SELECT _line FROM (SELECT _line, "
+            f"try({object_keys_sql('line')}) AS _keys FROM {source}) "
+            f"WHERE NOT coalesce({known}, false)"
+        )
+        key = orjson.dumps(layouts).decode()
+        if self._layout_sql[0] != key:  # chunks mostly share their layouts: built once
+            self._held = layouts
+            try:
+                extract = self._build_extract(schema, where)
+                self._layout_sql = (key, self._build_validate().replace("{extracted}", extract))
+            finally:
+                self._held = None
+        queries = [self._layout_sql[1].replace(
+            "{source}", f"(SELECT * FROM {source} ANTI JOIN {others} USING (_line))")]
+        if db.execute(f"SELECT count(*) FROM {others}").fetchone()[0]:  # type: ignore[index]
+            queries.append(self.sql(
+                schema, f"(SELECT * FROM {source} SEMI JOIN {others} USING (_line))", where))
+        return queries
 
     def _json_columns(self, available: list[str]) -> dict[str, tuple[int, list[str]]]:
         """``column -> (index, JSON paths read from it)`` for each column of the file that a
@@ -1050,6 +1123,7 @@ class _Stage:
         _register_safe_raw(self.db, settings)
         self.rows_name = f"_tl_rows_{ingest_id}"
         self.checks_name = f"_tl_checks_{ingest_id}"
+        self.others_name = f"_tl_other_lines_{ingest_id}"  # NDJSON lines of no known layout
         self.rejects_name = f"_tl_rejects_{ingest_id}"
         self.parts = 0
         self.has_rows = self.has_rejects = self.narrow = False
@@ -1121,7 +1195,7 @@ class _Stage:
         if self.in_engine:
             self.db.execute(
                 f"DROP {'VIEW' if self.narrow else 'TABLE'} IF EXISTS {self.rows_name}")
-            for name in (self.checks_name, self.rejects_name):
+            for name in (self.checks_name, self.rejects_name, self.others_name):
                 self.db.execute(f"DROP TABLE IF EXISTS {name}")
         else:
             self.db.close()
@@ -1220,7 +1294,13 @@ def _ingest_into(
                     stage.db.register("_tl_chunk", table)
                     if fmt == "ndjson":
                         parser.learn_layouts(stage.db, "_tl_chunk", len(chunk.lines))
-                    stage.add_rows(parser.sql(chunk.table.schema, "_tl_chunk", str(path)))
+                        queries = parser.split_by_layout(
+                            stage.db, "_tl_chunk", stage.others_name, chunk.table.schema,
+                            str(path))
+                    else:
+                        queries = [parser.sql(chunk.table.schema, "_tl_chunk", str(path))]
+                    for query in queries:
+                        stage.add_rows(query)
                     stage.db.unregister("_tl_chunk")
                 if chunk.rejects:
                     stage.add_rejects(_structural_rejects(chunk.rejects, settings))
