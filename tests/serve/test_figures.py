@@ -361,6 +361,18 @@ def test_person_timeline_by_hand(wh: BaseBackend) -> None:
     ]
     touches = frame[frame.kind == "touch"]
     assert touches.credit.fillna(-1).tolist() == [0.5, 0.5, -1, 1.0, -1]
+    # what each row is, by its marker: page views and orders are visits; the answer holds an
+    # NPS score (first) and the self-reported source
+    assert frame.mark.tolist() == ["stage", "visit", "stage", "visit", "stage", "visit",
+                                   "conversion", "visit", "stage", "visit", "conversion",
+                                   "NPS answer"]
+    drawn = figures.person_timeline_figure(frame)
+    # every lane named, the stages on top; each stage labelled by its name alone
+    assert list(drawn.layout.yaxis.ticktext) == ["touches", "survey", "conversion", "stage"]
+    labels = {(a.y, a.text) for a in drawn.layout.annotations}
+    assert {t for y, t in labels if y == "stage"} == {"awareness", "consideration",
+                                                      "decision", "retention"}
+    assert ("survey", "NPS 10 heard about us: a friend") in labels
     with pytest.raises(InputError, match="no person or account is named"):
         person_timeline_data(wh, "nobody@example.com")
     # the account of p1 and p2 (found by its domain): each stakeholder's touches on a lane
@@ -372,6 +384,16 @@ def test_person_timeline_by_hand(wh: BaseBackend) -> None:
         ("p1", "/"), ("p2", "/"), ("p1", "/pricing"), ("p1", "Order Completed"),
         ("p2", "/pricing"), ("p1", "/news"), ("p1", "Order Completed")]
     assert list(account.kind[account.kind != "touch"]) == ["survey"]
+    assert list(figures.person_timeline_figure(account).layout.yaxis.ticktext) == [
+        "p2", "p1", "survey"]
+
+
+def test_timeline_labels_close_in_time_climb_and_stay_inside() -> None:
+    # on an axis of 100: 0 and 5 are close (the second climbs), 10 climbs again, 12 finds no
+    # free level (hover only), 50 is far from all (level 0); the first anchored left, 95
+    # right, so neither is clipped
+    assert figures._staggered([0, 5, 10, 12, 50, 95], 0, 100) == [
+        (0, "left"), (1, "left"), (2, "left"), (None, "left"), (0, "center"), (0, "right")]
 
 
 def test_stage_kpis_by_hand(wh: BaseBackend) -> None:
@@ -453,7 +475,8 @@ def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
         "bad_timestamp", "bot", "missing_field"]
     timeline = figures.person_timeline_figure(person_timeline_data(wh, "p1"))
     names = [t.name for t in timeline.data]
-    assert names == ["Email", "Organic Search", "Paid Search", "stage", "conversion", "survey"]
+    assert names == ["Email", "Organic Search", "Paid Search", "stage", "conversion",
+                     "NPS answer", "visit (touch)"]
     # one colour per channel on every chart
     assert timeline.data[0].marker.color == figures.channel_colour("Email") == \
         bars.marker.color[0]

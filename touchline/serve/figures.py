@@ -1249,38 +1249,140 @@ def person_timeline_data(con: BaseBackend, person: str, *, model: str = MODEL_DE
                  stage_model=stage_model, pii_key=pii_key)
     touch_lane = t.person_id if unit == "account" else ibis.literal("touches")
     order = t.kind.substitute({"stage": 0, "touch": 1, "deal": 2, "conversion": 3}, else_=4)
-    t = t.mutate(lane=ibis.ifelse(t.kind == "touch", touch_lane, t.kind), _o=order)
+    t = t.mutate(lane=ibis.ifelse(t.kind == "touch", touch_lane, t.kind),
+                 mark=_timeline_mark(t), _o=order)
     frame = t.order_by(["at", "_o", "detail"]).drop("_o").to_pandas()
     frame.attrs.update(unit=unit, unit_id=unit_id, model=model, conversion=conversion)
     return frame
 
 
-_KIND_SYMBOLS = {"stage": "diamond", "conversion": "star", "deal": "square",
-                 "survey": "triangle-up"}
+#: what a timeline row is, as its marker shows it (:func:`_timeline_mark`), with its symbol:
+#: a form, a chat or a call stands out from the page views among the touches
+TIMELINE_MARKS = {"visit": "circle", "form": "square", "chat": "hexagon", "call": "triangle-up",
+                  "stage": "diamond", "conversion": "star", "deal": "pentagon",
+                  "NPS answer": "triangle-down", "review": "star-diamond",
+                  "self-reported source": "cross"}
+#: the lanes other than the touches', top down
+_EVENT_LANES = ("stage", "conversion", "deal", "survey")
+
+
+def _timeline_mark(t: ir.Table) -> ir.StringValue:
+    """The :data:`TIMELINE_MARKS` key of each timeline row: a touch is a ``form``, ``chat`` or
+    ``call`` by its event (or the Phone channel), else a ``visit``; a survey answer an ``NPS
+    answer``, a ``review`` or the ``self-reported source`` ("how did you hear about us"),
+    the first it holds; other kinds their kind."""
+    detail = t.detail.cast("string").fill_null("").lower()
+    channel = t.channel.cast("string").fill_null("")
+    touch, survey = t.kind == "touch", t.kind == "survey"
+    return ibis.cases(
+        (touch & detail.contains("form"), "form"),
+        (touch & detail.contains("chat"), "chat"),
+        (touch & (detail.contains("call") | (channel == "Phone")), "call"),
+        (touch, "visit"),
+        (survey & detail.contains(" nps "), "NPS answer"),
+        (survey & detail.contains(" review "), "review"),
+        (survey, "self-reported source"),
+        else_=t.kind.cast("string"))
+
+
+def _short_label(kind: str, detail: str) -> str:
+    """A marker's label: a stage without its stage model's name (the title says it), an
+    answer without the word survey (its lane says it)."""
+    if kind == "stage":
+        return detail.split(": ", 1)[-1]
+    return detail.removeprefix("survey ") if kind == "survey" else detail
+
+
+def _staggered(xs: Sequence[float], lo: float, hi: float, *, levels: int = 3,
+               apart: float = 0.2) -> list[tuple[int | None, str]]:
+    """For labels at ``xs`` (in time order) on an axis from ``lo`` to ``hi``: each one's level
+    above its marker (the lowest whose last label is at least ``apart`` of the axis away, so
+    close labels climb rather than overlap; None when every level is taken: that label is
+    left to the hover text) and its anchor (``left`` near the axis' start, ``right`` near
+    its end, so none is clipped)."""
+    width = (hi - lo) or 1.0
+    last: list[float | None] = [None] * levels
+    out = []
+    for x in xs:
+        free = [k for k in range(levels) if last[k] is None or (x - last[k]) / width >= apart]
+        level = free[0] if free else None
+        if level is not None:
+            last[level] = x
+        where = (x - lo) / width
+        out.append((level, "left" if where < 0.15 else "right" if where > 0.85 else "center"))
+    return out
 
 
 def person_timeline_figure(data: pd.DataFrame) -> go.Figure:
-    """Every touch on a time axis coloured by its channel; stages, conversions, deals and
-    answers as markers on their own lanes."""
+    """Every touch on a time axis coloured by its channel, its kind (visit, form, chat,
+    call) by the marker's shape; stages, conversions, deals and answers as shapes on their
+    own lanes, each labelled (labels close in time stacked, none clipped at the edges); an
+    account's stakeholders each on a lane, every lane named."""
     fig = _figure(f"timeline of {data.attrs.get('unit', 'person')} "
                   f"{data.attrs.get('unit_id', '')}")
+    data = data.copy()
+    if "mark" not in data:
+        data["mark"] = data.kind.where(data.kind != "touch", "visit")
     touches = data[data.kind == "touch"]
-    for channel in sorted(touches.channel.fillna("(not set)").unique()):  # one per channel
-        part = touches[touches.channel.fillna("(not set)") == channel]
-        fig.add_trace(go.Scatter(
-            x=part["at"], y=part.lane, mode="markers", name=channel,
-            marker={"size": 12, "color": channel_colour(channel)},
-            text=part.detail, customdata=part[["source", "campaign"]].fillna(""),
-            hovertemplate="%{x}<br>" + channel + ": %{text}<br>%{customdata[0]} "
-            "%{customdata[1]}<extra></extra>"))
-    for kind, symbol in _KIND_SYMBOLS.items():
-        part = data[data.kind == kind]
-        if len(part):
+    channels = touches.channel.fillna("(not set)")
+    # page views first, then forms, chats and calls on top of them (bigger, outlined)
+    for visits in (True, False):
+        for channel in sorted(channels.unique()):  # one trace per channel
+            part = touches[(channels == channel) & ((touches.mark == "visit") == visits)]
+            if part.empty:
+                continue
             fig.add_trace(go.Scatter(
-                x=part["at"], y=part.lane, mode="markers+text", name=kind, text=part.detail,
-                textposition="top center", marker={"size": 14, "symbol": symbol,
-                                                   "color": "#332288"}))
-    fig.update_layout(xaxis_title="time (UTC)", legend_title_text="channel / kind")
+                x=part["at"], y=part.lane, mode="markers", name=channel,
+                legendgroup=channel, showlegend=visits or channel not in set(
+                    channels[touches.mark == "visit"]),
+                marker={"size": 11 if visits else 16, "color": channel_colour(channel),
+                        "symbol": [TIMELINE_MARKS.get(m, "circle") for m in part.mark],
+                        "line": {"width": 0 if visits else 1.5, "color": "#1b1b1f"}},
+                text=part.detail, customdata=part[["source", "campaign", "mark"]].fillna(""),
+                hovertemplate="%{x}<br>" + channel + " %{customdata[2]}: %{text}<br>"
+                "%{customdata[0]} %{customdata[1]}<extra></extra>"))
+    events = data[data.kind != "touch"]
+    for mark in TIMELINE_MARKS:  # one trace per kind of moment, each labelled
+        part = events[events.mark == mark]
+        if part.empty:
+            continue
+        fig.add_trace(go.Scatter(
+            x=part["at"], y=part.lane, mode="markers", name=mark,
+            legendgroup="moments", legendgrouptitle_text="moments",
+            marker={"size": 14, "symbol": TIMELINE_MARKS[mark], "color": "#332288"},
+            text=part.detail, hovertemplate="%{x}<br>%{text}<extra></extra>"))
+    # the touch kinds' shapes in the legend (grey: the colour is the channel's)
+    for mark in ("visit", "form", "chat", "call"):
+        if (touches.mark == mark).any():
+            fig.add_trace(go.Scatter(
+                x=[None], y=[None], mode="markers", name=f"{mark} (touch)",
+                legendgroup="touch kinds", legendgrouptitle_text="touch kinds",
+                marker={"size": 12, "symbol": TIMELINE_MARKS[mark], "color": "#8a8a96"},
+                hoverinfo="skip"))
+    times = pd.to_datetime(data["at"])
+    lo, hi = (times.min(), times.max()) if len(times) else (pd.Timestamp(0), pd.Timestamp(0))
+    pad = max((hi - lo) * 0.04, pd.Timedelta(hours=6))
+    start, end = lo - pad, hi + pad
+    to_x = (lambda v: (pd.Timestamp(v) - start).total_seconds())  # noqa: E731
+    for lane in _EVENT_LANES:
+        part = events[events.lane == lane].sort_values("at", kind="stable")
+        placed = _staggered([to_x(v) for v in part["at"]], 0.0, to_x(end))
+        for row, (level, anchor) in zip(part.itertuples(index=False), placed, strict=True):
+            if level is None:  # no room: on hover only
+                continue
+            fig.add_annotation(x=row.at, y=lane, text=_short_label(row.kind, row.detail),
+                               showarrow=False, xanchor=anchor, yanchor="bottom",
+                               yshift=10 + 15 * level, font={"size": 12, "color": "#332288"})
+    lanes = [*sorted(set(touches.lane), reverse=True),
+             *(lane for lane in reversed(_EVENT_LANES) if (data.lane == lane).any())]
+    fig.update_layout(
+        xaxis={"title": "time (UTC)", "range": [start, end]},
+        yaxis={"type": "category", "categoryorder": "array", "categoryarray": lanes,
+               "tickmode": "array", "tickvals": lanes, "ticktext": lanes, "automargin": True,
+               "range": [-0.5, len(lanes) - 0.5 + (0.7 if len(events) else 0.0)]},
+        legend={"title_text": "channel / kind", "groupclick": "toggleitem"},
+        # room for every lane and every legend entry (each ~21 px, each group's title too)
+        height=max(380, 170 + 60 * len(lanes), 140 + 21 * (len(fig.data) + 3)))
     return fig
 
 
