@@ -169,19 +169,41 @@ def test_model_comparison_and_journey_map_by_hand(wh: BaseBackend) -> None:
         ("Email", "linear"): {"conversions": 2.0, "revenue": 80.0}}
     # paths to purchase: Email (p1#2, p4: 2), Email > Paid Search (p2: 1), Organic Search >
     # Paid Search (p1#1: 1); the top 2 are kept (ties by name), p1#1 flows as 'other', p3's
-    # CRM sale as '(no touch)': 2 + 1 + 1 + 1 = the 5 purchases
+    # CRM sale as '(no touch)': 2 + 1 + 1 + 1 = the 5 purchases; p3's open journey (a paid
+    # click, no purchase since) drops off: the one journey into '(no conversion)'
     links = journey_map_data(wh, top=2)
     want = [(2, "Email", 1, "Paid Search", 1), (1, "Email", 0, "(conversion)", 2),
             (1, "(no touch)", 0, "(conversion)", 1), (1, "Paid Search", 0, "(conversion)", 1),
-            (1, "other", 0, "(conversion)", 1)]
+            (1, "other", 0, "(conversion)", 1), (1, "Paid Search", 0, "(no conversion)", 1)]
     assert sorted(map(tuple, links.to_numpy().tolist())) == sorted(want)
     assert links[links.target == "(conversion)"].journeys.sum() == 5
+    assert (links.attrs["conversions"], links.attrs["dropped"]) == (5, 1)
+    # the nodes by position: 2 before on the left, 1 before in the middle, the two ends on
+    # the right; within a column the most journeys first, each centred on its share
+    nodes = _records(figures.journey_map_nodes(links), "name")
+    assert {n: (v["x"], v["journeys"]) for n, v in nodes.items()} == {
+        "Email (2 before)": (0.01, 1), "Email (1 before)": (0.5, 2),
+        "Paid Search (1 before)": (0.5, 2), "(no touch) (1 before)": (0.5, 1),
+        "other (1 before)": (0.5, 1), "(conversion)": (0.99, 5), "(no conversion)": (0.99, 1)}
+    # the ends' column, packed as Plotly packs it: shares 5/6 and 1/6 of 1 - 0.03 (one pad
+    # of 0.03 between them), each centred: 5/12 × 0.97 and 5/6 × 0.97 + 0.03 + 1/12 × 0.97
+    assert nodes["(conversion)"]["y"] == pytest.approx(5 / 12 * 0.97)
+    assert nodes["(no conversion)"]["y"] == pytest.approx(11 / 12 * 0.97 + 0.03)
+    # without the drop-off: the conversions only
+    converted = journey_map_data(wh, top=2, drop_off=False)
+    assert sorted(map(tuple, converted.to_numpy().tolist())) == sorted(want[:-1])
     # one step: the last touches only; every path is kept
     last = journey_map_data(wh, steps=1)
-    assert _records(last, "source")["Paid Search"]["journeys"] == 2  # p1#1, p2
+    assert _records(last, ["source", "target"])[("Paid Search", "(conversion)")][
+        "journeys"] == 2  # p1#1, p2
     assert set(last.source) == {"Email", "Paid Search", "(no touch)"}
-    # April: p1#2, p3, p4
-    assert journey_map_data(wh, since=datetime(2025, 4, 1)).journeys.sum() == 3
+    # April: p1#2, p3, p4 converted; p3's open journey's last touch is on 2 April
+    april = journey_map_data(wh, since=datetime(2025, 4, 1))
+    assert april.groupby("target").journeys.sum().to_dict() == {"(conversion)": 3,
+                                                                "(no conversion)": 1}
+    # before April: p3's open journey ends after the window, so it is not drawn
+    march = journey_map_data(wh, until=datetime(2025, 4, 1))
+    assert set(march.target) == {"Paid Search", "(conversion)"}
 
 
 def test_model_ranking_against_the_truth_by_hand(wh: BaseBackend, truth: Path,
@@ -316,7 +338,7 @@ def test_device_and_b2b_filters_by_hand(wh: BaseBackend) -> None:
         "march": {"conversions": 0.5, "revenue": 100.0, "spend": None, "cpa": None,
                   "roas": None}}
     # the journey map on desktop: p1#1 by its organic visit, p2 and p4 by e-mail; p1#2 (a
-    # tablet) and p3 (no touch) are left out
+    # tablet) and p3 (no touch; its open journey's call has no device) are left out
     links = journey_map_data(wh, device="desktop")
     assert sorted(map(tuple, links.to_numpy().tolist())) == [
         (1, "Email", 0, "(conversion)", 2), (1, "Organic Search", 0, "(conversion)", 1)]
@@ -468,6 +490,10 @@ def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
     conversion = list(sankey.node.label).index("(conversion)")
     assert sum(v for t, v in zip(sankey.link.target, sankey.link.value, strict=True)
                if t == conversion) == 5
+    dropped = list(sankey.node.label).index("(no conversion)")
+    assert sum(v for t, v in zip(sankey.link.target, sankey.link.value, strict=True)
+               if t == dropped) == 1
+    assert sankey.arrangement == "snap" and sankey.node.x[conversion] == 0.99
     assert list(drawn["funnel"][0].x) == [4, 3, 3, 1]
     assert len(drawn["stages"][0].x) == 4
     assert "sessions" in list(drawn["stage_kpis"][0].cells.values[1])
@@ -618,12 +644,14 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
         "last_touch": 2.0, "linear": 2.0}
 
     # journey map: the purchases with a Paid Search touch, p1#1 (organic, paid) and p2
-    # (e-mail, paid), drawn with all their touches; no '(no touch)' node
+    # (e-mail, paid), drawn with all their touches, and p3's open journey (one paid click);
+    # no '(no touch)' node
     links = journey_map_data(wh, channel="Paid Search")
     assert _records(links, ["source_step", "source", "target_step", "target"]) == {
         (2, "Organic Search", 1, "Paid Search"): {"journeys": 1},
         (2, "Email", 1, "Paid Search"): {"journeys": 1},
-        (1, "Paid Search", 0, "(conversion)"): {"journeys": 2}}
+        (1, "Paid Search", 0, "(conversion)"): {"journeys": 2},
+        (1, "Paid Search", 0, "(no conversion)"): {"journeys": 1}}
     assert _records(journey_map_data(wh, campaign="april"), ["source", "target"]) == {
         ("Email", "(conversion)"): {"source_step": 1, "target_step": 0, "journeys": 2}}
 

@@ -82,9 +82,10 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
                            f"{len(CHARTS)}", timeout=WAIT_MS)
     for name in CHARTS:
         assert page.locator(f"#chart-{name}.js-plotly-plot .main-svg").count() >= 1, name
-    # the Sankey's six nodes (Email 2 and 1 before, Paid Search, other, (no touch), the
-    # conversion) and the overview's six tiles are in the drawing
-    assert page.locator("#chart-journey_map .sankey-node").count() == 6
+    # the Sankey's seven nodes (Organic Search and Email 2 before, Email and Paid Search 1
+    # before, (no touch), the conversion and the drop-off: p3's open journey) and the
+    # overview's six tiles are in the drawing
+    assert page.locator("#chart-journey_map .sankey-node").count() == 7
     assert page.locator("#chart-overview .indicatorlayer .trace").count() == 6
     assert "Paid Search" in page.locator("#chart-channels").inner_text()
     # the retention heat map's cells: March 100 % and 50 %, April 100 %

@@ -69,6 +69,10 @@ JOURNEY_MAP_STEPS_DEFAULT = 4
 #: ... and this many distinct paths (by journeys); the rarer ones are grouped as OTHER
 JOURNEY_MAP_PATHS_DEFAULT = 10
 OTHER, NO_TOUCH, CONVERSION_NODE = "other", "(no touch)", "(conversion)"
+#: the pixels between two nodes of a journey map column
+JOURNEY_MAP_NODE_PAD = 14
+#: where the journeys that have not converted (open journeys) flow in the journey map
+DROP_OFF_NODE = "(no conversion)"
 _PATH_SEP = "\x1f"  # a key to group paths by, never split back or shown
 #: colour-blind-safe palette (Plotly's "Safe", from CARTO), one colour per channel everywhere
 PALETTE = tuple(qualitative.Safe)
@@ -77,6 +81,7 @@ OVERVIEW_METRICS = {"conversions": "count", "revenue": "currency", "spend": "cur
                     "roas": "ratio", "cpa": "currency", "leads": "count"}
 _LAYOUT = {"template": "plotly_white", "font": {"family": "system-ui, sans-serif", "size": 13},
            "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "height": 420}
+_PLOT_MARGINS = 100  # the top and bottom margins above, in pixels
 
 Moment = date | datetime | None
 
@@ -700,32 +705,39 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
                      until: Moment = None, steps: int = JOURNEY_MAP_STEPS_DEFAULT,
                      top: int = JOURNEY_MAP_PATHS_DEFAULT, unit: str | None = None,
                      device: str | None = None, channel: str | None = None,
-                     campaign: str | None = None) -> pd.DataFrame:
-    """Links of a Sankey of the channels toward conversion: ``source_step``, ``source``,
-    ``target_step``, ``target``, ``journeys``.
+                     campaign: str | None = None, drop_off: bool = True) -> pd.DataFrame:
+    """Links of a Sankey of the channels toward conversion and drop-off: ``source_step``,
+    ``source``, ``target_step``, ``target``, ``journeys``.
 
-    A node is a channel at a number of touches before the conversion (1 = the last touch;
-    0 is the conversion itself); each converting journey contributes its last ``steps``
-    touches. The ``top`` most frequent of those paths are drawn; the journeys of the rarer
-    ones flow as one node :data:`OTHER`, journeys without a touch in their window as
+    A node is a channel at a number of touches before the journey's end (1 = the last touch;
+    0 is the end itself: :data:`CONVERSION_NODE` for a journey that converted in the window,
+    :data:`DROP_OFF_NODE` for an open one, whose touches since the unit's last conversion
+    led to none yet, with its last touch in the window; ``drop_off=False``: the converting
+    journeys only); each journey contributes its last ``steps`` touches. The ``top`` most
+    frequent of those paths toward each end are drawn; the journeys of the rarer ones flow
+    as one node :data:`OTHER`, journeys without a touch in their window as
     :data:`NO_TOUCH`. So the links into :data:`CONVERSION_NODE` add up to the conversions
-    in the window, and every node's inflow equals its outflow. ``unit`` keeps the journeys
-    of accounts (B2B) or persons (B2C); ``device`` keeps the touches in sessions on that
-    device, so a journey is drawn by its touches there and one with none is left out (no
-    ``(no touch)`` node: the flows add up to the conversions with a touch on the device).
-    ``channel`` and ``campaign`` keep the journeys with a touch of that channel and/or
-    campaign (:func:`touch_matches`; on ``device`` under both), drawn with all their touches:
-    the paths through it, adding up to the conversions those journeys made.
+    in the window, those into :data:`DROP_OFF_NODE` to the open journeys, and every node's
+    inflow equals its outflow. ``unit`` keeps the journeys of accounts (B2B) or persons
+    (B2C); ``device`` keeps the touches in sessions on that device, so a journey is drawn by
+    its touches there and one with none is left out (no ``(no touch)`` node: the flows add
+    up to the journeys with a touch on the device). ``channel`` and ``campaign`` keep the
+    journeys with a touch of that channel and/or campaign (:func:`touch_matches`; on
+    ``device`` under both), drawn with all their touches: the paths through it, adding up to
+    the journeys that have it.
     """
     conversion = resolve_conversion(con, conversion, unit)
     j = filtered_journeys(con, unit)
-    j = j.filter((j.conversion == conversion) & j.converted
-                 & _in_window(j.converted_at, since, until))
+    ended = j.converted & _in_window(j.converted_at, since, until)
+    if drop_off:
+        ended |= ~j.converted & _in_window(j.last_touch_at, since, until)
+    j = j.filter((j.conversion == conversion) & ended).select(
+        "journey_id", "touches",
+        _end=ibis.ifelse(j.converted, CONVERSION_NODE, DROP_OFF_NODE))
     jt = con.table("journey_touches")
-    jt = jt.filter((jt.conversion == conversion) & jt.converted
-                   & _in_window(jt.converted_at, since, until))
-    if unit is not None:
-        jt = jt.filter(jt.unit == unit)
+    jt = jt.filter(jt.conversion == conversion)
+    ends = j.select(_j="journey_id", _end="_end")
+    jt = jt.inner_join(ends, jt.journey_id == ends._j).drop("_j")
     if device is not None:
         d = session_devices(con)
         jt = jt.semi_join(d.filter(d.device == device).select("session_id"), "session_id")
@@ -739,29 +751,33 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
         hit = hit.select(_hit="journey_id").distinct()
         jt = jt.semi_join(hit, jt.journey_id == hit._hit)
         j = j.filter(ibis.literal(False))  # a journey without a touch has none of it
-    t = jt.select("journey_id", "position", _label=jt.channel.cast("string").fill_null(
-        "(not set)"))
+    t = jt.select("journey_id", "position", "_end",
+                  _label=jt.channel.cast("string").fill_null("(not set)"))
     length = t.position.max().over(ibis.window(group_by="journey_id"))
     t = t.mutate(_back=(length - t.position + 1).cast("int64"))
     t = t.filter(t._back <= steps)
     pairs = ibis.struct({"pos": t.position, "v": t._label}).collect().sort()
-    per = t.group_by("journey_id").aggregate(_path=pairs.map(lambda p: p.v).join(_PATH_SEP))
-    counts = per.group_by("_path").aggregate(_n=per.count())
+    per = t.group_by(["journey_id", "_end"]).aggregate(
+        _path=pairs.map(lambda p: p.v).join(_PATH_SEP))
+    counts = per.group_by(["_end", "_path"]).aggregate(_n=per.count())
+    # the most frequent paths toward each end: the drop-offs, often many more, do not crowd
+    # out the paths to conversion
     counts = counts.mutate(_rank=ibis.row_number().over(
-        ibis.window(order_by=[ibis.desc("_n"), "_path"])))
-    per = per.inner_join(counts, "_path").select("journey_id", _rare=ibis._._rank >= top)
-    kept = t.inner_join(per.filter(~per._rare).select("journey_id"), "journey_id")
+        ibis.window(group_by="_end", order_by=[ibis.desc("_n"), "_path"])))
+    per = per.inner_join(counts, ["_end", "_path"]).select("journey_id", "_end",
+                                                           _rare=ibis._._rank >= top)
+    common = per.filter(~per._rare).select(_k="journey_id")
+    kept = t.inner_join(common, t.journey_id == common._k).drop("_k")
     nxt = kept._label.lead().over(ibis.window(group_by="journey_id", order_by="position"))
-    kept = kept.mutate(_target=nxt.coalesce(CONVERSION_NODE))
+    kept = kept.mutate(_target=nxt.coalesce(kept._end))
     links = kept.group_by(source_step=kept._back, source=kept._label,
                           target_step=kept._back - 1, target=kept._target).aggregate(
         journeys=kept.count().cast("int64"))
 
     def single(rows: ir.Table, label: str) -> ir.Table:
-        return rows.aggregate(journeys=rows.count().cast("int64")).select(
+        return rows.group_by("_end").aggregate(journeys=rows.count().cast("int64")).select(
             source_step=ibis.literal(1, "int64"), source=ibis.literal(label),
-            target_step=ibis.literal(0, "int64"), target=ibis.literal(CONVERSION_NODE),
-            journeys="journeys")
+            target_step=ibis.literal(0, "int64"), target=ibis._._end, journeys="journeys")
 
     rare = single(per.filter(per._rare), OTHER)
     untouched = single(j.filter(j.touches == 0), NO_TOUCH)
@@ -769,8 +785,11 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
     every = every.filter(every.journeys > 0)
     frame = every.order_by([ibis.desc("source_step"), ibis.desc("journeys"), "source",
                             "target"]).to_pandas()
+    ends = frame[frame.target_step == 0].groupby("target").journeys.sum()
     frame.attrs.update(conversion=conversion, unit=unit, device=device, channel=channel,
-                       campaign=campaign)
+                       campaign=campaign, drop_off=drop_off,
+                       conversions=int(ends.get(CONVERSION_NODE, 0)),
+                       dropped=int(ends.get(DROP_OFF_NODE, 0)))
     return frame
 
 
@@ -778,24 +797,69 @@ def _node_name(step: int, label: str) -> str:
     return label if step == 0 else f"{label} ({step} before)"
 
 
+def journey_map_nodes(data: pd.DataFrame, *, pad: float = 0.03) -> pd.DataFrame:
+    """The Sankey's nodes: ``name``, ``step``, ``label`` (the channel or end), ``journeys``
+    through it, and ``x``, ``y``: each step its column (the most touches before the end on
+    the left, the ends on the right), within it the nodes from the most journeys down (the
+    conversion above the drop-off), packed as Plotly packs them: each node's height its share
+    of the column's journeys of what the ``pad`` (a share of the chart's height) between the
+    column's nodes leaves, ``y`` its centre (Plotly's node coordinates, inside 0 to 1)."""
+    outflow = data.groupby(["source_step", "source"]).journeys.sum()
+    inflow = data.groupby(["target_step", "target"]).journeys.sum()
+    through = pd.concat([outflow, inflow]).groupby(level=[0, 1]).max()
+    nodes = pd.DataFrame({"step": [int(s) for s, _ in through.index],
+                          "label": [str(lab) for _, lab in through.index],
+                          "journeys": through.to_numpy().astype("int64")})
+    ends = {CONVERSION_NODE: 0, DROP_OFF_NODE: 1}
+    nodes["_o"] = [ends.get(lab, 2) for lab in nodes.label]
+    nodes = nodes.sort_values(["step", "_o", "journeys", "label"],
+                              ascending=[False, True, False, True]).drop(columns="_o")
+    last = max(int(nodes.step.max()), 1) if len(nodes) else 1
+    nodes["x"] = 0.01 + 0.98 * (last - nodes.step) / last
+    column = nodes.groupby("step")
+    # y_i = (1 - (n - 1) pad) (s_<i + s_i / 2) + i pad, s the shares, n nodes in the column
+    fill = 1 - (column.journeys.transform("size") - 1) * pad
+    share = nodes.journeys / column.journeys.transform("sum")
+    before = share.groupby(nodes.step).cumsum() - share
+    nodes["y"] = (fill * (before + share / 2) + column.cumcount() * pad).clip(0.001, 0.999)
+    nodes.insert(0, "name", [_node_name(s, lab) for s, lab in zip(nodes.step, nodes.label,
+                                                                   strict=True)])
+    return nodes.reset_index(drop=True)
+
+
 def journey_map_figure(data: pd.DataFrame) -> go.Figure:
-    """A Sankey: the channels by touches before the conversion, flowing into it."""
-    fig = _figure(f"paths to {data.attrs.get('conversion', 'conversion')} "
-                  f"(last touches; rare paths as 'other'{_filter_label(data)})")
-    sources = [_node_name(s, lab) for s, lab in zip(data.source_step, data.source, strict=True)]
-    targets = [_node_name(s, lab) for s, lab in zip(data.target_step, data.target, strict=True)]
-    nodes = list(dict.fromkeys([*sources, *targets]))
-    index = {name: i for i, name in enumerate(nodes)}
-    bare = {**dict(zip(sources, data.source, strict=True)),
-            **dict(zip(targets, data.target, strict=True))}
+    """A Sankey: the channels by touches before the end, flowing into the conversion or
+    the drop-off, each step a column."""
+    ends = "conversion and drop-off" if data.attrs.get("drop_off") else (
+        data.attrs.get("conversion", "conversion"))
+    fig = _figure(f"paths to {data.attrs.get('conversion', 'conversion')}: "
+                  f"{data.attrs.get('conversions', 0):,} converted, "
+                  f"{data.attrs.get('dropped', 0):,} no conversion (last touches toward "
+                  f"{ends}; rare paths as 'other'{_filter_label(data)})")
+    columns = data.groupby("source_step").source.nunique()
+    fullest = int(columns.max()) + 1 if len(columns) else 2  # the ends' column: at most 2
+    height = max(520, 140 + 34 * fullest)
+    # Plotly sizes the nodes by the column with the fewest (the ends: two), so a fuller column
+    # overruns the plot by its extra pads: smaller pads, and the bottom margin holds the rest
+    pad = JOURNEY_MAP_NODE_PAD if fullest <= 6 else 6
+    overrun = max(fullest - 2, 0) * pad
+    nodes = journey_map_nodes(data, pad=pad / (height - _PLOT_MARGINS))
+    index = {name: i for i, name in enumerate(nodes.name)}
+    colours = {CONVERSION_NODE: "#332288", DROP_OFF_NODE: "#8a8a96"}
+    sources = [index[_node_name(s, lab)] for s, lab in zip(data.source_step, data.source,
+                                                            strict=True)]
+    targets = [index[_node_name(s, lab)] for s, lab in zip(data.target_step, data.target,
+                                                            strict=True)]
     fig.add_trace(go.Sankey(
         arrangement="snap",
-        node={"label": nodes, "pad": 14, "thickness": 16,
-              "color": [channel_colour(bare[n]) if bare[n] != CONVERSION_NODE else "#332288"
-                        for n in nodes]},
-        link={"source": [index[s] for s in sources], "target": [index[t] for t in targets],
-              "value": data.journeys.tolist()}))
-    fig.update_layout(height=480)
+        node={"label": nodes.name.tolist(), "pad": pad, "thickness": 16,
+              "x": nodes.x.tolist(), "y": nodes.y.tolist(),
+              "color": [colours.get(lab) or channel_colour(lab) for lab in nodes.label],
+              "hovertemplate": "%{label}: %{value:,} journeys<extra></extra>"},
+        link={"source": sources, "target": targets, "value": data.journeys.tolist(),
+              "color": ["rgba(138,138,150,0.35)" if t == DROP_OFF_NODE
+                        else "rgba(51,34,136,0.25)" for t in data.target]}))
+    fig.update_layout(height=height + overrun, margin={"b": 50 + overrun})
     return fig
 
 
