@@ -256,7 +256,24 @@ def test_funnel_stages_and_quality_by_hand(wh: BaseBackend) -> None:
     # days since the previous stage entered: consideration p1 4 d 1 h; decision p1 5 min,
     # p2 18 d 5 min (from awareness), p4 30 min → median 30 min; retention p1 36 d
     stages = _records(stage_timeline_data(wh), "stage")
-    assert stages["awareness"] == {"stage_order": 1, "units": 4, "median_days": None}
+    assert stages["awareness"] == {"stage_order": 1, "units": 4, "median_days": None,
+                                   "from_previous": None, "from_first": 1.0}
+    # the KPIs under each stage: units 4, 1, 3, 1 → of the previous 1/4, 3/1 (p2 and p4
+    # skipped consideration), 1/3; of the first 1/4, 3/4, 1/4
+    assert [stages[s]["from_previous"] for s in ("consideration", "decision", "retention")] \
+        == pytest.approx([0.25, 3.0, 1 / 3])
+    assert [stages[s]["from_first"] for s in ("consideration", "decision", "retention")] \
+        == pytest.approx([0.25, 0.75, 0.25])
+    timeline = stage_timeline_data(wh)
+    assert timeline.attrs["note"].startswith("the stage timeline counts each person at the "
+                                             "stages it entered")
+    drawn = figures.stage_timeline_figure(timeline)
+    assert list(drawn.data[0].x) == [0, 1, 2, 3]  # evenly spaced: no label on another
+    texts = [a.text for a in drawn.layout.annotations]
+    assert texts == ["4 persons", "1 person<br>25% of the previous<br>25% of the first",
+                     "3 persons<br>300% of the previous (some skipped it)<br>75% of the first",
+                     "1 person<br>33% of the previous<br>25% of the first",
+                     "median 4.0 d", "median 30 min", "median 36.0 d"]
     assert stages["consideration"]["median_days"] == pytest.approx(4 + 1 / 24)
     assert stages["decision"]["units"] == 3
     assert stages["decision"]["median_days"] == pytest.approx(30 / 1440)
@@ -558,7 +575,8 @@ def test_device_filter_on_the_overview_funnel_and_stages_by_hand(wh: BaseBackend
         "awareness": 3, "consideration": 1, "decision": 3, "retention": 1}
     assert stages["decision"]["median_days"] == pytest.approx(30 / 1440)
     assert _records(stage_timeline_data(wh, device="(not set)"), "stage") == {
-        "awareness": {"stage_order": 1, "units": 1, "median_days": None}}
+        "awareness": {"stage_order": 1, "units": 1, "median_days": None,
+                      "from_previous": None, "from_first": 1.0}}
 
 
 def test_every_chart_takes_each_filter_or_says_why_not() -> None:

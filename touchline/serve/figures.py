@@ -953,11 +953,15 @@ def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFA
                         channel: str | None = None, campaign: str | None = None
                         ) -> pd.DataFrame:
     """Per stage of ``stage_model``, in order: ``stage``, ``stage_order``, ``units`` that
-    entered it (in the window), and ``median_days``: the median over those units of the days
+    entered it (in the window), ``median_days``: the median over those units of the days
     since they entered the stage before it (the previous one they entered, by stage order;
-    null for the first stage). ``unit``: ``person`` (the default) or ``account``;
-    ``device``, ``channel``, ``campaign``: the units whose first session was on that device,
-    of that channel and campaign (:func:`units_first_on`)."""
+    null for the first stage), and the stage's KPIs under it: ``from_previous`` = units /
+    the previous stage's units and ``from_first`` = units / the first stage's units.
+    ``unit``: ``person`` (the default) or ``account``; ``device``, ``channel``,
+    ``campaign``: the units whose first session was on that device, of that channel and
+    campaign (:func:`units_first_on`). ``attrs["note"]`` says what it counts beside the
+    funnel: a unit at each stage it entered, where the cumulative funnel counts it at every
+    stage up to its furthest, skipped ones too (so the funnel's counts can be higher)."""
     unit = unit or "person"
     s = con.table("stages")
     s = s.filter((s.stage_model == stage_model) & (s.unit == unit))
@@ -969,26 +973,64 @@ def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFA
     t = s.group_by(["stage", "stage_order"]).aggregate(
         units=s.unit_id.nunique().cast("int64"), median_days=s._days.quantile(0.5))
     frame = t.order_by(["stage_order", "stage"]).to_pandas()
+    # the ratios of a few rows (one per stage), on the frame the engine returned
+    units = frame.units.astype("float64")
+    frame["from_previous"] = units / units.shift(1).where(units.shift(1) > 0)
+    frame["from_first"] = units / units.iloc[0] if len(frame) and units.iloc[0] else None
     frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
-                       campaign=campaign)
+                       campaign=campaign, note=STAGE_TIMELINE_NOTE.format(unit=unit))
     return frame
 
 
+#: what the stage timeline counts, beside the funnel on the same page
+STAGE_TIMELINE_NOTE = (
+    "the stage timeline counts each {unit} at the stages it entered, and the median days "
+    "since the stage it entered before; the cumulative funnel counts a {unit} at every stage "
+    "up to the furthest it reached, skipped stages included, so its counts can be higher")
+
+
 def stage_timeline_figure(data: pd.DataFrame) -> go.Figure:
-    """The stages on a line of median days, each with the units that entered it."""
-    fig = _figure(f"stages ({data.attrs.get('stage_model', '')}): median days between them")
-    days = data.median_days.fillna(0.0).clip(lower=0.0).cumsum()
-    text = [f"{s}<br>{u:,} {data.attrs.get('unit', 'person')}s"
-            + ("" if pd.isna(d) else f"<br>+{d:,.1f} d")
-            for s, u, d in zip(data.stage, data.units, data.median_days, strict=True)]
-    fig.add_trace(go.Scatter(x=days, y=[0] * len(data), mode="lines+markers+text", text=text,
-                             # alternate sides: stages a few hours apart stay readable
-                             textposition=(["top center", "bottom center"] * len(data))[
-                                 :len(data)],
-                             marker={"size": 16, "color": PALETTE[1]}, hoverinfo="text"))
-    fig.update_layout(xaxis_title="median days from the first stage", height=300,
-                      yaxis={"visible": False, "range": [-2, 2]})
+    """The stages in order on a line, evenly spaced: the median days between two stages on
+    the segment joining them, each stage's units and its share of the previous and of the
+    first stage under it (labels never overlap, however close in time the stages are)."""
+    unit = data.attrs.get("unit", "person")
+    fig = _figure(f"stages ({data.attrs.get('stage_model', '')}): median days between them "
+                  f"and the {unit}s of each")
+    x = list(range(len(data)))
+    kpis = []
+    for row in data.itertuples(index=False):
+        lines = [f"{readable_number(float(row.units))} {unit}{'' if row.units == 1 else 's'}"]
+        if pd.notna(row.from_previous):  # over 100 %: units that skipped the previous
+            lines.append(f"{row.from_previous:.0%} of the previous" + (
+                " (some skipped it)" if row.from_previous > 1 else ""))
+        if pd.notna(row.from_first) and row.stage_order != data.stage_order.iloc[0]:
+            lines.append(f"{row.from_first:.0%} of the first")
+        kpis.append("<br>".join(lines))
+    fig.add_trace(go.Scatter(
+        x=x, y=[0] * len(data), mode="lines+markers+text", text=list(data.stage),
+        textposition="top center", textfont={"size": 14},
+        marker={"size": 18, "color": PALETTE[1]}, line={"color": "#8a8a96"},
+        customdata=kpis, hovertemplate="%{text}<br>%{customdata}<extra></extra>"))
+    for i, text in enumerate(kpis):  # each stage's KPIs under it
+        fig.add_annotation(x=i, y=0, text=text, showarrow=False, yanchor="top", yshift=-16,
+                           font={"size": 12})
+    for i, days in enumerate(data.median_days):  # the median days on each segment
+        if i and pd.notna(days):
+            fig.add_annotation(x=i - 0.5, y=0, text=f"median {_days_text(float(days))}",
+                               showarrow=False, yanchor="bottom", yshift=6,
+                               font={"size": 12, "color": "#5a5a66"})
+    fig.update_layout(height=280, showlegend=False,
+                      xaxis={"visible": False, "range": [-0.6, len(data) - 0.4]},
+                      yaxis={"visible": False, "range": [-1.6, 0.9]})
     return fig
+
+
+def _days_text(days: float) -> str:
+    """``2.5 d``, ``3 h``, ``20 min``: a median time between stages, in a readable unit."""
+    if days >= 1:
+        return f"{days:,.1f} d"
+    hours = days * 24
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
 
 
 def _headline_values(parts: Sequence[tuple[tuple[str, ...], ir.Table]],
