@@ -681,6 +681,20 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
     assert entered == {"Organic Search": [1, 1, 1, 1], "Email": [2, 2, 2, 0],
                        "Paid Search": [1, 0, 0, 0]}
     assert funnel_data(wh, campaign="(not set)").entered.tolist() == [1, 1, 1, 1]
+    # the same split in one chart: the funnel by first-touch channel, most units first (Email
+    # 2, then Organic Search and Paid Search 1 each, by name), with each one's share of its
+    # first step
+    split = figures.funnel_by_channel_data(wh)
+    assert {ch: part.entered.tolist() for ch, part in split.groupby("channel")} == entered
+    assert list(dict.fromkeys(split.channel)) == ["Email", "Organic Search", "Paid Search"]
+    assert split[split.channel == "Email"].from_first.tolist() == [1.0, 1.0, 1.0, 0.0]
+    bars = figures.funnel_by_channel_figure(split).data
+    assert [b.name for b in bars] == ["Email (2)", "Organic Search (1)", "Paid Search (1)"]
+    assert list(bars[0].x) == ["consideration", "decision", "retention"]
+    assert list(bars[2].y) == [0.0, 0.0, 0.0]
+    assert bars[0].marker.color == figures.channel_colour("Email")
+    # under the channel filter: that channel's units only
+    assert set(figures.funnel_by_channel_data(wh, channel="Email").channel) == {"Email"}
     assert funnel_data(wh, campaign="march", device="desktop").entered.tolist() == [1, 1, 1, 0]
     with pytest.raises(InputError, match="no persons whose first session was from Email of "
                        "campaign spring"):

@@ -112,11 +112,12 @@ def test_a_chart_without_its_input_says_what_to_run(warehouse: str, tmp_path: Pa
     assert by_name["funnel"].error == (
         "the funnel needs two steps; stage model 'lifecycle' has 0 stage(s) with entries: "
         "run `touchline run`")
+    assert by_name["funnel_channels"].error == by_name["funnel"].error  # the same steps
     assert by_name["channels"].error is None
     assert by_name["model_ranking"].error.startswith(
         "no ground-truth file, so no ranking of the models")  # no --truth: said, not made up
     assert "run `touchline run`" in html
-    assert html.count('class="chart"') == len(CHARTS) - 2
+    assert html.count('class="chart"') == len(CHARTS) - 3
 
 
 def test_docs_python_example_runs(warehouse: str, tmp_path: Path,

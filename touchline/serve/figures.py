@@ -947,6 +947,73 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def funnel_by_channel_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
+                           unit: str | None = None, device: str | None = None,
+                           channel: str | None = None, campaign: str | None = None
+                           ) -> pd.DataFrame:
+    """The funnel of :func:`funnel_data` (its steps, its mode) split by each unit's
+    first-touch channel (the channel of its first session: the one the channel filter keeps,
+    :func:`units_first_on`): ``channel``, ``step_index``, ``step``, ``entered`` and
+    ``from_first`` (the share of the channel's units at the first step). A unit with no
+    session has no first-touch channel and is in no group, so the groups add up to the
+    funnel of the units with a session. Channels by their units at the first step, most
+    first."""
+    from touchline.metrics.funnels import default_mode, funnel, mode_line
+
+    unit = unit or "person"
+    steps = [f"stage:{stage_model}/{s}" for s in stage_names(con, stage_model, unit)]
+    if len(steps) < 2:
+        raise InputError(f"the funnel needs two steps; stage model {stage_model!r} has "
+                         f"{len(steps)} stage(s) with entries: run `touchline run`")
+    segment = (device, channel, campaign) != (None, None, None)
+    units = _segment_units(con, device, unit, channel, campaign) if segment else None
+    mode = default_mode(steps, stage_model)
+    t = funnel(con, steps, unit=unit, stage_model=stage_model, units=units, mode=mode,
+               by="channel")
+    frame = t.select(channel="group", step_index="step_index", step="step",
+                     entered="entered", from_first="from_first").to_pandas()
+    if frame.empty:
+        raise InputError(f"no {unit}s entered {steps[0]}: no funnel to draw")
+    first = frame[frame.step_index == frame.step_index.min()].set_index("channel").entered
+    frame["_first"] = frame.channel.map(first).fillna(0)
+    frame = frame.sort_values(["_first", "channel", "step_index"],
+                              ascending=[False, True, True], kind="stable")
+    frame = frame.drop(columns="_first").reset_index(drop=True)
+    frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
+                       campaign=campaign, mode=mode, note=mode_line(mode, unit))
+    return frame
+
+
+def funnel_by_channel_figure(data: pd.DataFrame) -> go.Figure:
+    """Grouped bars: each stage after the first, one bar per first-touch channel, the share
+    of the channel's units that reached it (their number and the channel's first-step units
+    on hover; the legend gives each channel's units at the first step)."""
+    unit = data.attrs.get("unit", "person")
+    mode = f"{data.attrs['mode']} " if data.attrs.get("mode") else ""
+    came = _first_session(data.attrs.get("device"), data.attrs.get("channel"),
+                          data.attrs.get("campaign"))
+    fig = _figure(f"{mode}funnel by first-touch channel: share of each channel's {unit}s "
+                  f"reaching each stage{f' (first came {came})' if came else ''}")
+    first_index = data.step_index.min()
+    for channel in dict.fromkeys(data.channel):  # one trace per channel, most units first
+        part = data[data.channel == channel]
+        start = part[part.step_index == first_index].entered
+        n = int(start.iloc[0]) if len(start) else 0
+        later = part[part.step_index != first_index]
+        fig.add_trace(go.Bar(
+            x=[str(s).rsplit("/", 1)[-1] for s in later.step], y=later.from_first,
+            name=f"{channel} ({readable_number(float(n))})",
+            marker_color=channel_colour(str(channel)),
+            customdata=[[readable_number(float(e)), readable_number(float(n))]
+                        for e in later.entered],
+            hovertemplate=f"{channel}<br>%{{x}}: %{{y:.1%}} (%{{customdata[0]}} of "
+            "%{customdata[1]})<extra></extra>"))
+    fig.update_layout(barmode="group", yaxis={"title": f"share of the channel's {unit}s",
+                                              "tickformat": ".0%"},
+                      legend_title_text=f"first-touch channel ({unit}s)")
+    return fig
+
+
 def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
                         unit: str | None = None, since: Moment = None,
                         until: Moment = None, device: str | None = None,
@@ -1559,6 +1626,8 @@ CHARTS: dict[str, Chart] = {c.name: c for c in (
           model_ranking_figure),
     Chart("journey_map", "Journey map", journey_map_data, journey_map_figure),
     Chart("funnel", "Funnel", funnel_data, funnel_figure),
+    Chart("funnel_channels", "Funnel by first-touch channel", funnel_by_channel_data,
+          funnel_by_channel_figure),
     Chart("stages", "Stage timeline", stage_timeline_data, stage_timeline_figure),
     Chart("stage_kpis", "KPIs by stage", stage_kpis_data, stage_kpis_figure),
     Chart("retention", "Retention cohorts", retention_data, retention_figure),
@@ -1628,6 +1697,9 @@ FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
     "funnel": {"since": "a funnel follows each unit through every stage it ever entered",
                "conversion": "its steps are the stages of the stage model",
                "model": _NOT_CREDITED},
+    "funnel_channels": {
+        "since": "a funnel follows each unit through every stage it ever entered",
+        "conversion": "its steps are the stages of the stage model", "model": _NOT_CREDITED},
     "stages": {"conversion": "stages are entered by units, whatever they convert to",
                "model": _NOT_CREDITED},
     "stage_kpis": {"unit": _NO_UNIT_SPLIT,
