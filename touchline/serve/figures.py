@@ -830,12 +830,11 @@ def journey_map_nodes(data: pd.DataFrame, *, pad: float = 0.03) -> pd.DataFrame:
 def journey_map_figure(data: pd.DataFrame) -> go.Figure:
     """A Sankey: the channels by touches before the end, flowing into the conversion or
     the drop-off, each step a column."""
-    ends = "conversion and drop-off" if data.attrs.get("drop_off") else (
-        data.attrs.get("conversion", "conversion"))
+    dropped = (f", {data.attrs.get('dropped', 0):,} no conversion"
+               if data.attrs.get("drop_off") else "")
     fig = _figure(f"paths to {data.attrs.get('conversion', 'conversion')}: "
-                  f"{data.attrs.get('conversions', 0):,} converted, "
-                  f"{data.attrs.get('dropped', 0):,} no conversion (last touches toward "
-                  f"{ends}; rare paths as 'other'{_filter_label(data)})")
+                  f"{data.attrs.get('conversions', 0):,} converted{dropped} "
+                  f"(rare paths as 'other'{_filter_label(data)})")
     columns = data.groupby("source_step").source.nunique()
     fullest = int(columns.max()) + 1 if len(columns) else 2  # the ends' column: at most 2
     height = max(520, 140 + 34 * fullest)
