@@ -125,6 +125,7 @@ def build_warehouse(con: BaseBackend) -> BaseBackend:
                              unit_id=person, sequence=None if seq == "open" else int(seq),
                              converted=at is not None, converted_at=_ts(at), value=value,
                              touches=len(visits), first_touch_at=_ts(first),
+                             last_touch_at=_ts(SESSIONS[visits[-1]][1]) if visits else None,
                              days_to_convert=None if first is None or at is None else (
                                  datetime.fromisoformat(at) - datetime.fromisoformat(first)
                              ) / timedelta(days=1)))

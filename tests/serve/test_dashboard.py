@@ -233,7 +233,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
         page.locator("#data_quality .filter-note").inner_text())
 
     # every page, with the filters of the URL kept in the navigation
-    charts = {"overview": 1, "channels": 1, "models": 2, "journeys": 3, "kpis": 1,
+    charts = {"overview": 1, "channels": 1, "models": 2, "journeys": 4, "kpis": 1,
               "customers": 4, "quality": 5}  # quality: no calls imported (said instead)
     for name, count in charts.items():
         page.goto(f"{live.url}{PAGES[name].path}?model=last_touch")
@@ -440,7 +440,8 @@ def test_pages_are_kept_until_the_warehouse_is_written(tmp_path: Path,
 
 def test_a_pages_lanes_must_hold_each_of_its_charts_once() -> None:
     # the journey map apart from the stage timeline and funnel (which share their segment)
-    assert app_module.PAGES["journeys"].lanes == (("journey_map",), ("stages", "funnel"))
+    assert app_module.PAGES["journeys"].lanes == (("journey_map",), ("stages", "funnel",
+                                                                     "funnel_channels"))
     with pytest.raises(ValueError, match="lanes"):
         app_module.Page("x", "/x", "X", ("a", "b"), lanes=(("a",),))
     with pytest.raises(ValueError, match="lanes"):

@@ -180,19 +180,41 @@ def test_model_comparison_and_journey_map_by_hand(wh: BaseBackend) -> None:
         ("Email", "linear"): {"conversions": 2.0, "revenue": 80.0}}
     # paths to purchase: Email (p1#2, p4: 2), Email > Paid Search (p2: 1), Organic Search >
     # Paid Search (p1#1: 1); the top 2 are kept (ties by name), p1#1 flows as 'other', p3's
-    # CRM sale as '(no touch)': 2 + 1 + 1 + 1 = the 5 purchases
+    # CRM sale as '(no touch)': 2 + 1 + 1 + 1 = the 5 purchases; p3's open journey (a paid
+    # click, no purchase since) drops off: the one journey into '(no conversion)'
     links = journey_map_data(wh, top=2)
     want = [(2, "Email", 1, "Paid Search", 1), (1, "Email", 0, "(conversion)", 2),
             (1, "(no touch)", 0, "(conversion)", 1), (1, "Paid Search", 0, "(conversion)", 1),
-            (1, "other", 0, "(conversion)", 1)]
+            (1, "other", 0, "(conversion)", 1), (1, "Paid Search", 0, "(no conversion)", 1)]
     assert sorted(map(tuple, links.to_numpy().tolist())) == sorted(want)
     assert links[links.target == "(conversion)"].journeys.sum() == 5
+    assert (links.attrs["conversions"], links.attrs["dropped"]) == (5, 1)
+    # the nodes by position: 2 before on the left, 1 before in the middle, the two ends on
+    # the right; within a column the most journeys first, each centred on its share
+    nodes = _records(figures.journey_map_nodes(links), "name")
+    assert {n: (v["x"], v["journeys"]) for n, v in nodes.items()} == {
+        "Email (2 before)": (0.01, 1), "Email (1 before)": (0.5, 2),
+        "Paid Search (1 before)": (0.5, 2), "(no touch) (1 before)": (0.5, 1),
+        "other (1 before)": (0.5, 1), "(conversion)": (0.99, 5), "(no conversion)": (0.99, 1)}
+    # the ends' column, packed as Plotly packs it: shares 5/6 and 1/6 of 1 - 0.03 (one pad
+    # of 0.03 between them), each centred: 5/12 × 0.97 and 5/6 × 0.97 + 0.03 + 1/12 × 0.97
+    assert nodes["(conversion)"]["y"] == pytest.approx(5 / 12 * 0.97)
+    assert nodes["(no conversion)"]["y"] == pytest.approx(11 / 12 * 0.97 + 0.03)
+    # without the drop-off: the conversions only
+    converted = journey_map_data(wh, top=2, drop_off=False)
+    assert sorted(map(tuple, converted.to_numpy().tolist())) == sorted(want[:-1])
     # one step: the last touches only; every path is kept
     last = journey_map_data(wh, steps=1)
-    assert _records(last, "source")["Paid Search"]["journeys"] == 2  # p1#1, p2
+    assert _records(last, ["source", "target"])[("Paid Search", "(conversion)")][
+        "journeys"] == 2  # p1#1, p2
     assert set(last.source) == {"Email", "Paid Search", "(no touch)"}
-    # April: p1#2, p3, p4
-    assert journey_map_data(wh, since=datetime(2025, 4, 1)).journeys.sum() == 3
+    # April: p1#2, p3, p4 converted; p3's open journey's last touch is on 2 April
+    april = journey_map_data(wh, since=datetime(2025, 4, 1))
+    assert april.groupby("target").journeys.sum().to_dict() == {"(conversion)": 3,
+                                                                "(no conversion)": 1}
+    # before April: p3's open journey ends after the window, so it is not drawn
+    march = journey_map_data(wh, until=datetime(2025, 4, 1))
+    assert set(march.target) == {"Paid Search", "(conversion)"}
 
 
 def test_model_ranking_against_the_truth_by_hand(wh: BaseBackend, truth: Path,
@@ -245,7 +267,24 @@ def test_funnel_stages_and_quality_by_hand(wh: BaseBackend) -> None:
     # days since the previous stage entered: consideration p1 4 d 1 h; decision p1 5 min,
     # p2 18 d 5 min (from awareness), p4 30 min → median 30 min; retention p1 36 d
     stages = _records(stage_timeline_data(wh), "stage")
-    assert stages["awareness"] == {"stage_order": 1, "units": 4, "median_days": None}
+    assert stages["awareness"] == {"stage_order": 1, "units": 4, "median_days": None,
+                                   "from_previous": None, "from_first": 1.0}
+    # the KPIs under each stage: units 4, 1, 3, 1 → of the previous 1/4, 3/1 (p2 and p4
+    # skipped consideration), 1/3; of the first 1/4, 3/4, 1/4
+    assert [stages[s]["from_previous"] for s in ("consideration", "decision", "retention")] \
+        == pytest.approx([0.25, 3.0, 1 / 3])
+    assert [stages[s]["from_first"] for s in ("consideration", "decision", "retention")] \
+        == pytest.approx([0.25, 0.75, 0.25])
+    timeline = stage_timeline_data(wh)
+    assert timeline.attrs["note"].startswith("the stage timeline counts each person at the "
+                                             "stages it entered")
+    drawn = figures.stage_timeline_figure(timeline)
+    assert list(drawn.data[0].x) == [0, 1, 2, 3]  # evenly spaced: no label on another
+    texts = [a.text for a in drawn.layout.annotations]
+    assert texts == ["4 persons", "1 person<br>25% of the previous<br>25% of the first",
+                     "3 persons<br>300% of the previous (some skipped it)<br>75% of the first",
+                     "1 person<br>33% of the previous<br>25% of the first",
+                     "median 4.0 d", "median 30 min", "median 36.0 d"]
     assert stages["consideration"]["median_days"] == pytest.approx(4 + 1 / 24)
     assert stages["decision"]["units"] == 3
     assert stages["decision"]["median_days"] == pytest.approx(30 / 1440)
@@ -329,7 +368,7 @@ def test_device_and_b2b_filters_by_hand(wh: BaseBackend) -> None:
         "march": {"touches": 1, "conversions": 0.5, "revenue": 100.0, "spend": None,
                   "cpa": None, "roas": None}}
     # the journey map on desktop: p1#1 by its organic visit, p2 and p4 by e-mail; p1#2 (a
-    # tablet) and p3 (no touch) are left out
+    # tablet) and p3 (no touch; its open journey's call has no device) are left out
     links = journey_map_data(wh, device="desktop")
     assert sorted(map(tuple, links.to_numpy().tolist())) == [
         (1, "Email", 0, "(conversion)", 2), (1, "Organic Search", 0, "(conversion)", 1)]
@@ -374,6 +413,18 @@ def test_person_timeline_by_hand(wh: BaseBackend) -> None:
     ]
     touches = frame[frame.kind == "touch"]
     assert touches.credit.fillna(-1).tolist() == [0.5, 0.5, -1, 1.0, -1]
+    # what each row is, by its marker: page views and orders are visits; the answer holds an
+    # NPS score (first) and the self-reported source
+    assert frame.mark.tolist() == ["stage", "visit", "stage", "visit", "stage", "visit",
+                                   "conversion", "visit", "stage", "visit", "conversion",
+                                   "NPS answer"]
+    drawn = figures.person_timeline_figure(frame)
+    # every lane named, the stages on top; each stage labelled by its name alone
+    assert list(drawn.layout.yaxis.ticktext) == ["touches", "survey", "conversion", "stage"]
+    labels = {(a.y, a.text) for a in drawn.layout.annotations}
+    assert {t for y, t in labels if y == "stage"} == {"awareness", "consideration",
+                                                      "decision", "retention"}
+    assert ("survey", "NPS 10 heard about us: a friend") in labels
     with pytest.raises(InputError, match="no person or account is named"):
         person_timeline_data(wh, "nobody@example.com")
     # the account of p1 and p2 (found by its domain): each stakeholder's touches on a lane
@@ -385,6 +436,16 @@ def test_person_timeline_by_hand(wh: BaseBackend) -> None:
         ("p1", "/"), ("p2", "/"), ("p1", "/pricing"), ("p1", "Order Completed"),
         ("p2", "/pricing"), ("p1", "/news"), ("p1", "Order Completed")]
     assert list(account.kind[account.kind != "touch"]) == ["survey"]
+    assert list(figures.person_timeline_figure(account).layout.yaxis.ticktext) == [
+        "p2", "p1", "survey"]
+
+
+def test_timeline_labels_close_in_time_climb_and_stay_inside() -> None:
+    # on an axis of 100: 0 and 5 are close (the second climbs), 10 climbs again, 12 finds no
+    # free level (hover only), 50 is far from all (level 0); the first anchored left, 95
+    # right, so neither is clipped
+    assert figures._staggered([0, 5, 10, 12, 50, 95], 0, 100) == [
+        (0, "left"), (1, "left"), (2, "left"), (None, "left"), (0, "center"), (0, "right")]
 
 
 def test_stage_kpis_by_hand(wh: BaseBackend) -> None:
@@ -467,6 +528,10 @@ def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
     conversion = list(sankey.node.label).index("(conversion)")
     assert sum(v for t, v in zip(sankey.link.target, sankey.link.value, strict=True)
                if t == conversion) == 5
+    dropped = list(sankey.node.label).index("(no conversion)")
+    assert sum(v for t, v in zip(sankey.link.target, sankey.link.value, strict=True)
+               if t == dropped) == 1
+    assert sankey.arrangement == "snap" and sankey.node.x[conversion] == 0.99
     assert list(drawn["funnel"][0].x) == [4, 3, 3, 1]
     assert len(drawn["stages"][0].x) == 4
     assert "sessions" in list(drawn["stage_kpis"][0].cells.values[1])
@@ -481,7 +546,8 @@ def test_every_chart_draws_its_data(wh: BaseBackend, truth: Path) -> None:
                                                                "files last loaded"]
     timeline = figures.person_timeline_figure(person_timeline_data(wh, "p1"))
     names = [t.name for t in timeline.data]
-    assert names == ["Email", "Organic Search", "Paid Search", "stage", "conversion", "survey"]
+    assert names == ["Email", "Organic Search", "Paid Search", "stage", "conversion",
+                     "NPS answer", "visit (touch)"]
     # one colour per channel on every chart
     assert timeline.data[0].marker.color == figures.channel_colour("Email") == \
         bars.marker.color[0]
@@ -537,7 +603,8 @@ def test_device_filter_on_the_overview_funnel_and_stages_by_hand(wh: BaseBackend
         "awareness": 3, "consideration": 1, "decision": 3, "retention": 1}
     assert stages["decision"]["median_days"] == pytest.approx(30 / 1440)
     assert _records(stage_timeline_data(wh, device="(not set)"), "stage") == {
-        "awareness": {"stage_order": 1, "units": 1, "median_days": None}}
+        "awareness": {"stage_order": 1, "units": 1, "median_days": None,
+                      "from_previous": None, "from_first": 1.0}}
 
 
 def test_every_chart_takes_each_filter_or_says_why_not() -> None:
@@ -627,12 +694,14 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
         "last_touch": 2.0, "linear": 2.0}
 
     # journey map: the purchases with a Paid Search touch, p1#1 (organic, paid) and p2
-    # (e-mail, paid), drawn with all their touches; no '(no touch)' node
+    # (e-mail, paid), drawn with all their touches, and p3's open journey (one paid click);
+    # no '(no touch)' node
     links = journey_map_data(wh, channel="Paid Search")
     assert _records(links, ["source_step", "source", "target_step", "target"]) == {
         (2, "Organic Search", 1, "Paid Search"): {"journeys": 1},
         (2, "Email", 1, "Paid Search"): {"journeys": 1},
-        (1, "Paid Search", 0, "(conversion)"): {"journeys": 2}}
+        (1, "Paid Search", 0, "(conversion)"): {"journeys": 2},
+        (1, "Paid Search", 0, "(no conversion)"): {"journeys": 1}}
     assert _records(journey_map_data(wh, campaign="april"), ["source", "target"]) == {
         ("Email", "(conversion)"): {"source_step": 1, "target_step": 0, "journeys": 2}}
 
@@ -644,6 +713,20 @@ def test_channel_and_campaign_filters_by_hand(wh: BaseBackend) -> None:
     assert entered == {"Organic Search": [1, 1, 1, 1], "Email": [2, 2, 2, 0],
                        "Paid Search": [1, 0, 0, 0]}
     assert funnel_data(wh, campaign="(not set)").entered.tolist() == [1, 1, 1, 1]
+    # the same split in one chart: the funnel by first-touch channel, most units first (Email
+    # 2, then Organic Search and Paid Search 1 each, by name), with each one's share of its
+    # first step
+    split = figures.funnel_by_channel_data(wh)
+    assert {ch: part.entered.tolist() for ch, part in split.groupby("channel")} == entered
+    assert list(dict.fromkeys(split.channel)) == ["Email", "Organic Search", "Paid Search"]
+    assert split[split.channel == "Email"].from_first.tolist() == [1.0, 1.0, 1.0, 0.0]
+    bars = figures.funnel_by_channel_figure(split).data
+    assert [b.name for b in bars] == ["Email (2)", "Organic Search (1)", "Paid Search (1)"]
+    assert list(bars[0].x) == ["consideration", "decision", "retention"]
+    assert list(bars[2].y) == [0.0, 0.0, 0.0]
+    assert bars[0].marker.color == figures.channel_colour("Email")
+    # under the channel filter: that channel's units only
+    assert set(figures.funnel_by_channel_data(wh, channel="Email").channel) == {"Email"}
     assert funnel_data(wh, campaign="march", device="desktop").entered.tolist() == [1, 1, 1, 0]
     with pytest.raises(InputError, match="no persons whose first session was from Email of "
                        "campaign spring"):

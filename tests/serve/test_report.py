@@ -85,10 +85,11 @@ def test_report_opens_offline_and_draws_every_chart(warehouse: str, tmp_path: Pa
                            f"{len(drawable)}", timeout=WAIT_MS)
     for name in drawable:
         assert page.locator(f"#chart-{name}.js-plotly-plot .main-svg").count() >= 1, name
-    # the Sankey's six nodes (Email 2 and 1 before, Paid Search, other, (no touch), the
-    # conversion) and the overview's six tiles are in the drawing
-    assert page.locator("#chart-journey_map .sankey-node").count() == 6
-    assert page.locator("#chart-overview .indicatorlayer .trace").count() == 7  # NPS too
+    # the Sankey's seven nodes (Organic Search and Email 2 before, Email and Paid Search 1
+    # before, (no touch), the conversion and the drop-off: p3's open journey) and the
+    # overview's seven tiles (NPS too) are in the drawing
+    assert page.locator("#chart-journey_map .sankey-node").count() == 7
+    assert page.locator("#chart-overview .indicatorlayer .trace").count() == 7
     assert "Paid Search" in page.locator("#chart-channels").inner_text()
     # the retention heat map's cells: March 100 % and 50 %, April 100 %
     assert page.locator("#chart-retention .heatmaplayer").count() == 1
@@ -114,6 +115,7 @@ def test_a_chart_without_its_input_says_what_to_run(warehouse: str, tmp_path: Pa
     assert by_name["funnel"].error == (
         "the funnel needs two steps; stage model 'lifecycle' has 0 stage(s) with entries: "
         "run `touchline run`")
+    assert by_name["funnel_channels"].error == by_name["funnel"].error  # the same steps
     assert by_name["channels"].error is None
     assert by_name["model_ranking"].error.startswith(
         "no ground-truth file, so no ranking of the models")  # no --truth: said, not made up

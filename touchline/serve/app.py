@@ -120,8 +120,9 @@ PAGES = {p.name: p for p in (
     Page("channels", "/channels", "Channels", ("channels",)),
     Page("models", "/models", "Model comparison", ("models", "model_ranking")),
     # the stage timeline and the funnel keep the same segment of units (one query)
-    Page("journeys", "/journeys", "Journey map", ("journey_map", "stages", "funnel"),
-         lanes=(("journey_map",), ("stages", "funnel"))),
+    Page("journeys", "/journeys", "Journey map",
+         ("journey_map", "stages", "funnel", "funnel_channels"),
+         lanes=(("journey_map",), ("stages", "funnel", "funnel_channels"))),
     Page("kpis", "/kpis", "KPIs by stage", ("stage_kpis",)),
     Page("customers", "/customers", "Retention and advocacy",
          ("retention", "clv", "nps", "reviews"), shared=True),

@@ -70,6 +70,10 @@ JOURNEY_MAP_STEPS_DEFAULT = 4
 #: ... and this many distinct paths (by journeys); the rarer ones are grouped as OTHER
 JOURNEY_MAP_PATHS_DEFAULT = 10
 OTHER, NO_TOUCH, CONVERSION_NODE = "other", "(no touch)", "(conversion)"
+#: the pixels between two nodes of a journey map column
+JOURNEY_MAP_NODE_PAD = 14
+#: where the journeys that have not converted (open journeys) flow in the journey map
+DROP_OFF_NODE = "(no conversion)"
 _PATH_SEP = "\x1f"  # a key to group paths by, never split back or shown
 #: colour-blind-safe palette (Plotly's "Safe", from CARTO), one colour per channel everywhere
 PALETTE = tuple(qualitative.Safe)
@@ -78,6 +82,7 @@ OVERVIEW_METRICS = {"conversions": "count", "revenue": "currency", "spend": "cur
                     "roas": "ratio", "cpa": "currency", "leads": "count", "nps": "score"}
 _LAYOUT = {"template": "plotly_white", "font": {"family": "system-ui, sans-serif", "size": 13},
            "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "height": 420}
+_PLOT_MARGINS = 100  # the top and bottom margins above, in pixels
 
 Moment = date | datetime | None
 
@@ -819,32 +824,39 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
                      until: Moment = None, steps: int = JOURNEY_MAP_STEPS_DEFAULT,
                      top: int = JOURNEY_MAP_PATHS_DEFAULT, unit: str | None = None,
                      device: str | None = None, channel: str | None = None,
-                     campaign: str | None = None) -> pd.DataFrame:
-    """Links of a Sankey of the channels toward conversion: ``source_step``, ``source``,
-    ``target_step``, ``target``, ``journeys``.
+                     campaign: str | None = None, drop_off: bool = True) -> pd.DataFrame:
+    """Links of a Sankey of the channels toward conversion and drop-off: ``source_step``,
+    ``source``, ``target_step``, ``target``, ``journeys``.
 
-    A node is a channel at a number of touches before the conversion (1 = the last touch;
-    0 is the conversion itself); each converting journey contributes its last ``steps``
-    touches. The ``top`` most frequent of those paths are drawn; the journeys of the rarer
-    ones flow as one node :data:`OTHER`, journeys without a touch in their window as
+    A node is a channel at a number of touches before the journey's end (1 = the last touch;
+    0 is the end itself: :data:`CONVERSION_NODE` for a journey that converted in the window,
+    :data:`DROP_OFF_NODE` for an open one, whose touches since the unit's last conversion
+    led to none yet, with its last touch in the window; ``drop_off=False``: the converting
+    journeys only); each journey contributes its last ``steps`` touches. The ``top`` most
+    frequent of those paths toward each end are drawn; the journeys of the rarer ones flow
+    as one node :data:`OTHER`, journeys without a touch in their window as
     :data:`NO_TOUCH`. So the links into :data:`CONVERSION_NODE` add up to the conversions
-    in the window, and every node's inflow equals its outflow. ``unit`` keeps the journeys
-    of accounts (B2B) or persons (B2C); ``device`` keeps the touches in sessions on that
-    device, so a journey is drawn by its touches there and one with none is left out (no
-    ``(no touch)`` node: the flows add up to the conversions with a touch on the device).
-    ``channel`` and ``campaign`` keep the journeys with a touch of that channel and/or
-    campaign (:func:`touch_matches`; on ``device`` under both), drawn with all their touches:
-    the paths through it, adding up to the conversions those journeys made.
+    in the window, those into :data:`DROP_OFF_NODE` to the open journeys, and every node's
+    inflow equals its outflow. ``unit`` keeps the journeys of accounts (B2B) or persons
+    (B2C); ``device`` keeps the touches in sessions on that device, so a journey is drawn by
+    its touches there and one with none is left out (no ``(no touch)`` node: the flows add
+    up to the journeys with a touch on the device). ``channel`` and ``campaign`` keep the
+    journeys with a touch of that channel and/or campaign (:func:`touch_matches`; on
+    ``device`` under both), drawn with all their touches: the paths through it, adding up to
+    the journeys that have it.
     """
     conversion = resolve_conversion(con, conversion, unit)
     j = filtered_journeys(con, unit)
-    j = j.filter((j.conversion == conversion) & j.converted
-                 & _in_window(j.converted_at, since, until))
+    ended = j.converted & _in_window(j.converted_at, since, until)
+    if drop_off:
+        ended |= ~j.converted & _in_window(j.last_touch_at, since, until)
+    j = j.filter((j.conversion == conversion) & ended).select(
+        "journey_id", "touches",
+        _end=ibis.ifelse(j.converted, CONVERSION_NODE, DROP_OFF_NODE))
     jt = con.table("journey_touches")
-    jt = jt.filter((jt.conversion == conversion) & jt.converted
-                   & _in_window(jt.converted_at, since, until))
-    if unit is not None:
-        jt = jt.filter(jt.unit == unit)
+    jt = jt.filter(jt.conversion == conversion)
+    ends = j.select(_j="journey_id", _end="_end")
+    jt = jt.inner_join(ends, jt.journey_id == ends._j).drop("_j")
     if device is not None:
         d = session_devices(con)
         jt = jt.semi_join(d.filter(d.device == device).select("session_id"), "session_id")
@@ -858,29 +870,33 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
         hit = hit.select(_hit="journey_id").distinct()
         jt = jt.semi_join(hit, jt.journey_id == hit._hit)
         j = j.filter(ibis.literal(False))  # a journey without a touch has none of it
-    t = jt.select("journey_id", "position", _label=jt.channel.cast("string").fill_null(
-        "(not set)"))
+    t = jt.select("journey_id", "position", "_end",
+                  _label=jt.channel.cast("string").fill_null("(not set)"))
     length = t.position.max().over(ibis.window(group_by="journey_id"))
     t = t.mutate(_back=(length - t.position + 1).cast("int64"))
     t = t.filter(t._back <= steps)
     pairs = ibis.struct({"pos": t.position, "v": t._label}).collect().sort()
-    per = t.group_by("journey_id").aggregate(_path=pairs.map(lambda p: p.v).join(_PATH_SEP))
-    counts = per.group_by("_path").aggregate(_n=per.count())
+    per = t.group_by(["journey_id", "_end"]).aggregate(
+        _path=pairs.map(lambda p: p.v).join(_PATH_SEP))
+    counts = per.group_by(["_end", "_path"]).aggregate(_n=per.count())
+    # the most frequent paths toward each end: the drop-offs, often many more, do not crowd
+    # out the paths to conversion
     counts = counts.mutate(_rank=ibis.row_number().over(
-        ibis.window(order_by=[ibis.desc("_n"), "_path"])))
-    per = per.inner_join(counts, "_path").select("journey_id", _rare=ibis._._rank >= top)
-    kept = t.inner_join(per.filter(~per._rare).select("journey_id"), "journey_id")
+        ibis.window(group_by="_end", order_by=[ibis.desc("_n"), "_path"])))
+    per = per.inner_join(counts, ["_end", "_path"]).select("journey_id", "_end",
+                                                           _rare=ibis._._rank >= top)
+    common = per.filter(~per._rare).select(_k="journey_id")
+    kept = t.inner_join(common, t.journey_id == common._k).drop("_k")
     nxt = kept._label.lead().over(ibis.window(group_by="journey_id", order_by="position"))
-    kept = kept.mutate(_target=nxt.coalesce(CONVERSION_NODE))
+    kept = kept.mutate(_target=nxt.coalesce(kept._end))
     links = kept.group_by(source_step=kept._back, source=kept._label,
                           target_step=kept._back - 1, target=kept._target).aggregate(
         journeys=kept.count().cast("int64"))
 
     def single(rows: ir.Table, label: str) -> ir.Table:
-        return rows.aggregate(journeys=rows.count().cast("int64")).select(
+        return rows.group_by("_end").aggregate(journeys=rows.count().cast("int64")).select(
             source_step=ibis.literal(1, "int64"), source=ibis.literal(label),
-            target_step=ibis.literal(0, "int64"), target=ibis.literal(CONVERSION_NODE),
-            journeys="journeys")
+            target_step=ibis.literal(0, "int64"), target=ibis._._end, journeys="journeys")
 
     rare = single(per.filter(per._rare), OTHER)
     untouched = single(j.filter(j.touches == 0), NO_TOUCH)
@@ -888,8 +904,11 @@ def journey_map_data(con: BaseBackend, *, conversion: str | None = None, since: 
     every = every.filter(every.journeys > 0)
     frame = every.order_by([ibis.desc("source_step"), ibis.desc("journeys"), "source",
                             "target"]).to_pandas()
+    ends = frame[frame.target_step == 0].groupby("target").journeys.sum()
     frame.attrs.update(conversion=conversion, unit=unit, device=device, channel=channel,
-                       campaign=campaign)
+                       campaign=campaign, drop_off=drop_off,
+                       conversions=int(ends.get(CONVERSION_NODE, 0)),
+                       dropped=int(ends.get(DROP_OFF_NODE, 0)))
     return frame
 
 
@@ -897,24 +916,68 @@ def _node_name(step: int, label: str) -> str:
     return label if step == 0 else f"{label} ({step} before)"
 
 
+def journey_map_nodes(data: pd.DataFrame, *, pad: float = 0.03) -> pd.DataFrame:
+    """The Sankey's nodes: ``name``, ``step``, ``label`` (the channel or end), ``journeys``
+    through it, and ``x``, ``y``: each step its column (the most touches before the end on
+    the left, the ends on the right), within it the nodes from the most journeys down (the
+    conversion above the drop-off), packed as Plotly packs them: each node's height its share
+    of the column's journeys of what the ``pad`` (a share of the chart's height) between the
+    column's nodes leaves, ``y`` its centre (Plotly's node coordinates, inside 0 to 1)."""
+    outflow = data.groupby(["source_step", "source"]).journeys.sum()
+    inflow = data.groupby(["target_step", "target"]).journeys.sum()
+    through = pd.concat([outflow, inflow]).groupby(level=[0, 1]).max()
+    nodes = pd.DataFrame({"step": [int(s) for s, _ in through.index],
+                          "label": [str(lab) for _, lab in through.index],
+                          "journeys": through.to_numpy().astype("int64")})
+    ends = {CONVERSION_NODE: 0, DROP_OFF_NODE: 1}
+    nodes["_o"] = [ends.get(lab, 2) for lab in nodes.label]
+    nodes = nodes.sort_values(["step", "_o", "journeys", "label"],
+                              ascending=[False, True, False, True]).drop(columns="_o")
+    last = max(int(nodes.step.max()), 1) if len(nodes) else 1
+    nodes["x"] = 0.01 + 0.98 * (last - nodes.step) / last
+    column = nodes.groupby("step")
+    # y_i = (1 - (n - 1) pad) (s_<i + s_i / 2) + i pad, s the shares, n nodes in the column
+    fill = 1 - (column.journeys.transform("size") - 1) * pad
+    share = nodes.journeys / column.journeys.transform("sum")
+    before = share.groupby(nodes.step).cumsum() - share
+    nodes["y"] = (fill * (before + share / 2) + column.cumcount() * pad).clip(0.001, 0.999)
+    nodes.insert(0, "name", [_node_name(s, lab) for s, lab in zip(nodes.step, nodes.label,
+                                                                   strict=True)])
+    return nodes.reset_index(drop=True)
+
+
 def journey_map_figure(data: pd.DataFrame) -> go.Figure:
-    """A Sankey: the channels by touches before the conversion, flowing into it."""
-    fig = _figure(f"paths to {data.attrs.get('conversion', 'conversion')} "
-                  f"(last touches; rare paths as 'other'{_filter_label(data)})")
-    sources = [_node_name(s, lab) for s, lab in zip(data.source_step, data.source, strict=True)]
-    targets = [_node_name(s, lab) for s, lab in zip(data.target_step, data.target, strict=True)]
-    nodes = list(dict.fromkeys([*sources, *targets]))
-    index = {name: i for i, name in enumerate(nodes)}
-    bare = {**dict(zip(sources, data.source, strict=True)),
-            **dict(zip(targets, data.target, strict=True))}
+    """A Sankey: the channels by touches before the end, flowing into the conversion or
+    the drop-off, each step a column."""
+    dropped = (f", {data.attrs.get('dropped', 0):,} no conversion"
+               if data.attrs.get("drop_off") else "")
+    fig = _figure(f"paths to {data.attrs.get('conversion', 'conversion')}: "
+                  f"{data.attrs.get('conversions', 0):,} converted{dropped} "
+                  f"(rare paths as 'other'{_filter_label(data)})")
+    columns = data.groupby("source_step").source.nunique()
+    fullest = int(columns.max()) + 1 if len(columns) else 2  # the ends' column: at most 2
+    height = max(520, 140 + 34 * fullest)
+    # Plotly sizes the nodes by the column with the fewest (the ends: two), so a fuller column
+    # overruns the plot by its extra pads: smaller pads, and the bottom margin holds the rest
+    pad = JOURNEY_MAP_NODE_PAD if fullest <= 6 else 6
+    overrun = max(fullest - 2, 0) * pad
+    nodes = journey_map_nodes(data, pad=pad / (height - _PLOT_MARGINS))
+    index = {name: i for i, name in enumerate(nodes.name)}
+    colours = {CONVERSION_NODE: "#332288", DROP_OFF_NODE: "#8a8a96"}
+    sources = [index[_node_name(s, lab)] for s, lab in zip(data.source_step, data.source,
+                                                            strict=True)]
+    targets = [index[_node_name(s, lab)] for s, lab in zip(data.target_step, data.target,
+                                                            strict=True)]
     fig.add_trace(go.Sankey(
         arrangement="snap",
-        node={"label": nodes, "pad": 14, "thickness": 16,
-              "color": [channel_colour(bare[n]) if bare[n] != CONVERSION_NODE else "#332288"
-                        for n in nodes]},
-        link={"source": [index[s] for s in sources], "target": [index[t] for t in targets],
-              "value": data.journeys.tolist()}))
-    fig.update_layout(height=480)
+        node={"label": nodes.name.tolist(), "pad": pad, "thickness": 16,
+              "x": nodes.x.tolist(), "y": nodes.y.tolist(),
+              "color": [colours.get(lab) or channel_colour(lab) for lab in nodes.label],
+              "hovertemplate": "%{label}: %{value:,} journeys<extra></extra>"},
+        link={"source": sources, "target": targets, "value": data.journeys.tolist(),
+              "color": ["rgba(138,138,150,0.35)" if t == DROP_OFF_NODE
+                        else "rgba(51,34,136,0.25)" for t in data.target]}))
+    fig.update_layout(height=height + overrun, margin={"b": 50 + overrun})
     return fig
 
 
@@ -1002,17 +1065,88 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def funnel_by_channel_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
+                           unit: str | None = None, device: str | None = None,
+                           channel: str | None = None, campaign: str | None = None
+                           ) -> pd.DataFrame:
+    """The funnel of :func:`funnel_data` (its steps, its mode) split by each unit's
+    first-touch channel (the channel of its first session: the one the channel filter keeps,
+    :func:`units_first_on`): ``channel``, ``step_index``, ``step``, ``entered`` and
+    ``from_first`` (the share of the channel's units at the first step). A unit with no
+    session has no first-touch channel and is in no group, so the groups add up to the
+    funnel of the units with a session. Channels by their units at the first step, most
+    first."""
+    from touchline.metrics.funnels import default_mode, funnel, mode_line
+
+    unit = unit or "person"
+    steps = [f"stage:{stage_model}/{s}" for s in stage_names(con, stage_model, unit)]
+    if len(steps) < 2:
+        raise InputError(f"the funnel needs two steps; stage model {stage_model!r} has "
+                         f"{len(steps)} stage(s) with entries: run `touchline run`")
+    segment = (device, channel, campaign) != (None, None, None)
+    units = _segment_units(con, device, unit, channel, campaign) if segment else None
+    mode = default_mode(steps, stage_model)
+    t = funnel(con, steps, unit=unit, stage_model=stage_model, units=units, mode=mode,
+               by="channel")
+    frame = t.select(channel="group", step_index="step_index", step="step",
+                     entered="entered", from_first="from_first").to_pandas()
+    if frame.empty:
+        raise InputError(f"no {unit}s entered {steps[0]}: no funnel to draw")
+    first = frame[frame.step_index == frame.step_index.min()].set_index("channel").entered
+    frame["_first"] = frame.channel.map(first).fillna(0)
+    frame = frame.sort_values(["_first", "channel", "step_index"],
+                              ascending=[False, True, True], kind="stable")
+    frame = frame.drop(columns="_first").reset_index(drop=True)
+    frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
+                       campaign=campaign, mode=mode, note=mode_line(mode, unit))
+    return frame
+
+
+def funnel_by_channel_figure(data: pd.DataFrame) -> go.Figure:
+    """Grouped bars: each stage after the first, one bar per first-touch channel, the share
+    of the channel's units that reached it (their number and the channel's first-step units
+    on hover; the legend gives each channel's units at the first step)."""
+    unit = data.attrs.get("unit", "person")
+    mode = f"{data.attrs['mode']} " if data.attrs.get("mode") else ""
+    came = _first_session(data.attrs.get("device"), data.attrs.get("channel"),
+                          data.attrs.get("campaign"))
+    fig = _figure(f"{mode}funnel by first-touch channel: share of each channel's {unit}s "
+                  f"reaching each stage{f' (first came {came})' if came else ''}")
+    first_index = data.step_index.min()
+    for channel in dict.fromkeys(data.channel):  # one trace per channel, most units first
+        part = data[data.channel == channel]
+        start = part[part.step_index == first_index].entered
+        n = int(start.iloc[0]) if len(start) else 0
+        later = part[part.step_index != first_index]
+        fig.add_trace(go.Bar(
+            x=[str(s).rsplit("/", 1)[-1] for s in later.step], y=later.from_first,
+            name=f"{channel} ({readable_number(float(n))})",
+            marker_color=channel_colour(str(channel)),
+            customdata=[[readable_number(float(e)), readable_number(float(n))]
+                        for e in later.entered],
+            hovertemplate=f"{channel}<br>%{{x}}: %{{y:.1%}} (%{{customdata[0]}} of "
+            "%{customdata[1]})<extra></extra>"))
+    fig.update_layout(barmode="group", yaxis={"title": f"share of the channel's {unit}s",
+                                              "tickformat": ".0%"},
+                      legend_title_text=f"first-touch channel ({unit}s)")
+    return fig
+
+
 def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
                         unit: str | None = None, since: Moment = None,
                         until: Moment = None, device: str | None = None,
                         channel: str | None = None, campaign: str | None = None
                         ) -> pd.DataFrame:
     """Per stage of ``stage_model``, in order: ``stage``, ``stage_order``, ``units`` that
-    entered it (in the window), and ``median_days``: the median over those units of the days
+    entered it (in the window), ``median_days``: the median over those units of the days
     since they entered the stage before it (the previous one they entered, by stage order;
-    null for the first stage). ``unit``: ``person`` (the default) or ``account``;
-    ``device``, ``channel``, ``campaign``: the units whose first session was on that device,
-    of that channel and campaign (:func:`units_first_on`)."""
+    null for the first stage), and the stage's KPIs under it: ``from_previous`` = units /
+    the previous stage's units and ``from_first`` = units / the first stage's units.
+    ``unit``: ``person`` (the default) or ``account``; ``device``, ``channel``,
+    ``campaign``: the units whose first session was on that device, of that channel and
+    campaign (:func:`units_first_on`). ``attrs["note"]`` says what it counts beside the
+    funnel: a unit at each stage it entered, where the cumulative funnel counts it at every
+    stage up to its furthest, skipped ones too (so the funnel's counts can be higher)."""
     unit = unit or "person"
     s = con.table("stages")
     s = s.filter((s.stage_model == stage_model) & (s.unit == unit))
@@ -1024,26 +1158,64 @@ def stage_timeline_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFA
     t = s.group_by(["stage", "stage_order"]).aggregate(
         units=s.unit_id.nunique().cast("int64"), median_days=s._days.quantile(0.5))
     frame = t.order_by(["stage_order", "stage"]).to_pandas()
+    # the ratios of a few rows (one per stage), on the frame the engine returned
+    units = frame.units.astype("float64")
+    frame["from_previous"] = units / units.shift(1).where(units.shift(1) > 0)
+    frame["from_first"] = units / units.iloc[0] if len(frame) and units.iloc[0] else None
     frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
-                       campaign=campaign)
+                       campaign=campaign, note=STAGE_TIMELINE_NOTE.format(unit=unit))
     return frame
 
 
+#: what the stage timeline counts, beside the funnel on the same page
+STAGE_TIMELINE_NOTE = (
+    "the stage timeline counts each {unit} at the stages it entered, and the median days "
+    "since the stage it entered before; the cumulative funnel counts a {unit} at every stage "
+    "up to the furthest it reached, skipped stages included, so its counts can be higher")
+
+
 def stage_timeline_figure(data: pd.DataFrame) -> go.Figure:
-    """The stages on a line of median days, each with the units that entered it."""
-    fig = _figure(f"stages ({data.attrs.get('stage_model', '')}): median days between them")
-    days = data.median_days.fillna(0.0).clip(lower=0.0).cumsum()
-    text = [f"{s}<br>{u:,} {data.attrs.get('unit', 'person')}s"
-            + ("" if pd.isna(d) else f"<br>+{d:,.1f} d")
-            for s, u, d in zip(data.stage, data.units, data.median_days, strict=True)]
-    fig.add_trace(go.Scatter(x=days, y=[0] * len(data), mode="lines+markers+text", text=text,
-                             # alternate sides: stages a few hours apart stay readable
-                             textposition=(["top center", "bottom center"] * len(data))[
-                                 :len(data)],
-                             marker={"size": 16, "color": PALETTE[1]}, hoverinfo="text"))
-    fig.update_layout(xaxis_title="median days from the first stage", height=300,
-                      yaxis={"visible": False, "range": [-2, 2]})
+    """The stages in order on a line, evenly spaced: the median days between two stages on
+    the segment joining them, each stage's units and its share of the previous and of the
+    first stage under it (labels never overlap, however close in time the stages are)."""
+    unit = data.attrs.get("unit", "person")
+    fig = _figure(f"stages ({data.attrs.get('stage_model', '')}): median days between them "
+                  f"and the {unit}s of each")
+    x = list(range(len(data)))
+    kpis = []
+    for row in data.itertuples(index=False):
+        lines = [f"{readable_number(float(row.units))} {unit}{'' if row.units == 1 else 's'}"]
+        if pd.notna(row.from_previous):  # over 100 %: units that skipped the previous
+            lines.append(f"{row.from_previous:.0%} of the previous" + (
+                " (some skipped it)" if row.from_previous > 1 else ""))
+        if pd.notna(row.from_first) and row.stage_order != data.stage_order.iloc[0]:
+            lines.append(f"{row.from_first:.0%} of the first")
+        kpis.append("<br>".join(lines))
+    fig.add_trace(go.Scatter(
+        x=x, y=[0] * len(data), mode="lines+markers+text", text=list(data.stage),
+        textposition="top center", textfont={"size": 14},
+        marker={"size": 18, "color": PALETTE[1]}, line={"color": "#8a8a96"},
+        customdata=kpis, hovertemplate="%{text}<br>%{customdata}<extra></extra>"))
+    for i, text in enumerate(kpis):  # each stage's KPIs under it
+        fig.add_annotation(x=i, y=0, text=text, showarrow=False, yanchor="top", yshift=-16,
+                           font={"size": 12})
+    for i, days in enumerate(data.median_days):  # the median days on each segment
+        if i and pd.notna(days):
+            fig.add_annotation(x=i - 0.5, y=0, text=f"median {_days_text(float(days))}",
+                               showarrow=False, yanchor="bottom", yshift=6,
+                               font={"size": 12, "color": "#5a5a66"})
+    fig.update_layout(height=280, showlegend=False,
+                      xaxis={"visible": False, "range": [-0.6, len(data) - 0.4]},
+                      yaxis={"visible": False, "range": [-1.6, 0.9]})
     return fig
+
+
+def _days_text(days: float) -> str:
+    """``2.5 d``, ``3 h``, ``20 min``: a median time between stages, in a readable unit."""
+    if days >= 1:
+        return f"{days:,.1f} d"
+    hours = days * 24
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
 
 
 def _headline_values(con: BaseBackend, parts: Iterable[tuple[tuple[str, ...], ir.Table]],
@@ -1367,38 +1539,140 @@ def person_timeline_data(con: BaseBackend, person: str, *, model: str = MODEL_DE
                  stage_model=stage_model, pii_key=pii_key)
     touch_lane = t.person_id if unit == "account" else ibis.literal("touches")
     order = t.kind.substitute({"stage": 0, "touch": 1, "deal": 2, "conversion": 3}, else_=4)
-    t = t.mutate(lane=ibis.ifelse(t.kind == "touch", touch_lane, t.kind), _o=order)
+    t = t.mutate(lane=ibis.ifelse(t.kind == "touch", touch_lane, t.kind),
+                 mark=_timeline_mark(t), _o=order)
     frame = t.order_by(["at", "_o", "detail"]).drop("_o").to_pandas()
     frame.attrs.update(unit=unit, unit_id=unit_id, model=model, conversion=conversion)
     return frame
 
 
-_KIND_SYMBOLS = {"stage": "diamond", "conversion": "star", "deal": "square",
-                 "survey": "triangle-up"}
+#: what a timeline row is, as its marker shows it (:func:`_timeline_mark`), with its symbol:
+#: a form, a chat or a call stands out from the page views among the touches
+TIMELINE_MARKS = {"visit": "circle", "form": "square", "chat": "hexagon", "call": "triangle-up",
+                  "stage": "diamond", "conversion": "star", "deal": "pentagon",
+                  "NPS answer": "triangle-down", "review": "star-diamond",
+                  "self-reported source": "cross"}
+#: the lanes other than the touches', top down
+_EVENT_LANES = ("stage", "conversion", "deal", "survey")
+
+
+def _timeline_mark(t: ir.Table) -> ir.StringValue:
+    """The :data:`TIMELINE_MARKS` key of each timeline row: a touch is a ``form``, ``chat`` or
+    ``call`` by its event (or the Phone channel), else a ``visit``; a survey answer an ``NPS
+    answer``, a ``review`` or the ``self-reported source`` ("how did you hear about us"),
+    the first it holds; other kinds their kind."""
+    detail = t.detail.cast("string").fill_null("").lower()
+    channel = t.channel.cast("string").fill_null("")
+    touch, survey = t.kind == "touch", t.kind == "survey"
+    return ibis.cases(
+        (touch & detail.contains("form"), "form"),
+        (touch & detail.contains("chat"), "chat"),
+        (touch & (detail.contains("call") | (channel == "Phone")), "call"),
+        (touch, "visit"),
+        (survey & detail.contains(" nps "), "NPS answer"),
+        (survey & detail.contains(" review "), "review"),
+        (survey, "self-reported source"),
+        else_=t.kind.cast("string"))
+
+
+def _short_label(kind: str, detail: str) -> str:
+    """A marker's label: a stage without its stage model's name (the title says it), an
+    answer without the word survey (its lane says it)."""
+    if kind == "stage":
+        return detail.split(": ", 1)[-1]
+    return detail.removeprefix("survey ") if kind == "survey" else detail
+
+
+def _staggered(xs: Sequence[float], lo: float, hi: float, *, levels: int = 3,
+               apart: float = 0.2) -> list[tuple[int | None, str]]:
+    """For labels at ``xs`` (in time order) on an axis from ``lo`` to ``hi``: each one's level
+    above its marker (the lowest whose last label is at least ``apart`` of the axis away, so
+    close labels climb rather than overlap; None when every level is taken: that label is
+    left to the hover text) and its anchor (``left`` near the axis' start, ``right`` near
+    its end, so none is clipped)."""
+    width = (hi - lo) or 1.0
+    last: list[float | None] = [None] * levels
+    out = []
+    for x in xs:
+        free = [k for k in range(levels) if last[k] is None or (x - last[k]) / width >= apart]
+        level = free[0] if free else None
+        if level is not None:
+            last[level] = x
+        where = (x - lo) / width
+        out.append((level, "left" if where < 0.15 else "right" if where > 0.85 else "center"))
+    return out
 
 
 def person_timeline_figure(data: pd.DataFrame) -> go.Figure:
-    """Every touch on a time axis coloured by its channel; stages, conversions, deals and
-    answers as markers on their own lanes."""
+    """Every touch on a time axis coloured by its channel, its kind (visit, form, chat,
+    call) by the marker's shape; stages, conversions, deals and answers as shapes on their
+    own lanes, each labelled (labels close in time stacked, none clipped at the edges); an
+    account's stakeholders each on a lane, every lane named."""
     fig = _figure(f"timeline of {data.attrs.get('unit', 'person')} "
                   f"{data.attrs.get('unit_id', '')}")
+    data = data.copy()
+    if "mark" not in data:
+        data["mark"] = data.kind.where(data.kind != "touch", "visit")
     touches = data[data.kind == "touch"]
-    for channel in sorted(touches.channel.fillna("(not set)").unique()):  # one per channel
-        part = touches[touches.channel.fillna("(not set)") == channel]
-        fig.add_trace(go.Scatter(
-            x=part["at"], y=part.lane, mode="markers", name=channel,
-            marker={"size": 12, "color": channel_colour(channel)},
-            text=part.detail, customdata=part[["source", "campaign"]].fillna(""),
-            hovertemplate="%{x}<br>" + channel + ": %{text}<br>%{customdata[0]} "
-            "%{customdata[1]}<extra></extra>"))
-    for kind, symbol in _KIND_SYMBOLS.items():
-        part = data[data.kind == kind]
-        if len(part):
+    channels = touches.channel.fillna("(not set)")
+    # page views first, then forms, chats and calls on top of them (bigger, outlined)
+    for visits in (True, False):
+        for channel in sorted(channels.unique()):  # one trace per channel
+            part = touches[(channels == channel) & ((touches.mark == "visit") == visits)]
+            if part.empty:
+                continue
             fig.add_trace(go.Scatter(
-                x=part["at"], y=part.lane, mode="markers+text", name=kind, text=part.detail,
-                textposition="top center", marker={"size": 14, "symbol": symbol,
-                                                   "color": "#332288"}))
-    fig.update_layout(xaxis_title="time (UTC)", legend_title_text="channel / kind")
+                x=part["at"], y=part.lane, mode="markers", name=channel,
+                legendgroup=channel, showlegend=visits or channel not in set(
+                    channels[touches.mark == "visit"]),
+                marker={"size": 11 if visits else 16, "color": channel_colour(channel),
+                        "symbol": [TIMELINE_MARKS.get(m, "circle") for m in part.mark],
+                        "line": {"width": 0 if visits else 1.5, "color": "#1b1b1f"}},
+                text=part.detail, customdata=part[["source", "campaign", "mark"]].fillna(""),
+                hovertemplate="%{x}<br>" + channel + " %{customdata[2]}: %{text}<br>"
+                "%{customdata[0]} %{customdata[1]}<extra></extra>"))
+    events = data[data.kind != "touch"]
+    for mark in TIMELINE_MARKS:  # one trace per kind of moment, each labelled
+        part = events[events.mark == mark]
+        if part.empty:
+            continue
+        fig.add_trace(go.Scatter(
+            x=part["at"], y=part.lane, mode="markers", name=mark,
+            legendgroup="moments", legendgrouptitle_text="moments",
+            marker={"size": 14, "symbol": TIMELINE_MARKS[mark], "color": "#332288"},
+            text=part.detail, hovertemplate="%{x}<br>%{text}<extra></extra>"))
+    # the touch kinds' shapes in the legend (grey: the colour is the channel's)
+    for mark in ("visit", "form", "chat", "call"):
+        if (touches.mark == mark).any():
+            fig.add_trace(go.Scatter(
+                x=[None], y=[None], mode="markers", name=f"{mark} (touch)",
+                legendgroup="touch kinds", legendgrouptitle_text="touch kinds",
+                marker={"size": 12, "symbol": TIMELINE_MARKS[mark], "color": "#8a8a96"},
+                hoverinfo="skip"))
+    times = pd.to_datetime(data["at"])
+    lo, hi = (times.min(), times.max()) if len(times) else (pd.Timestamp(0), pd.Timestamp(0))
+    pad = max((hi - lo) * 0.04, pd.Timedelta(hours=6))
+    start, end = lo - pad, hi + pad
+    to_x = (lambda v: (pd.Timestamp(v) - start).total_seconds())  # noqa: E731
+    for lane in _EVENT_LANES:
+        part = events[events.lane == lane].sort_values("at", kind="stable")
+        placed = _staggered([to_x(v) for v in part["at"]], 0.0, to_x(end))
+        for row, (level, anchor) in zip(part.itertuples(index=False), placed, strict=True):
+            if level is None:  # no room: on hover only
+                continue
+            fig.add_annotation(x=row.at, y=lane, text=_short_label(row.kind, row.detail),
+                               showarrow=False, xanchor=anchor, yanchor="bottom",
+                               yshift=10 + 15 * level, font={"size": 12, "color": "#332288"})
+    lanes = [*sorted(set(touches.lane), reverse=True),
+             *(lane for lane in reversed(_EVENT_LANES) if (data.lane == lane).any())]
+    fig.update_layout(
+        xaxis={"title": "time (UTC)", "range": [start, end]},
+        yaxis={"type": "category", "categoryorder": "array", "categoryarray": lanes,
+               "tickmode": "array", "tickvals": lanes, "ticktext": lanes, "automargin": True,
+               "range": [-0.5, len(lanes) - 0.5 + (0.7 if len(events) else 0.0)]},
+        legend={"title_text": "channel / kind", "groupclick": "toggleitem"},
+        # room for every lane and every legend entry (each ~21 px, each group's title too)
+        height=max(380, 170 + 60 * len(lanes), 140 + 21 * (len(fig.data) + 3)))
     return fig
 
 
@@ -1810,6 +2084,8 @@ CHARTS: dict[str, Chart] = {c.name: c for c in (
           model_ranking_figure),
     Chart("journey_map", "Journey map", journey_map_data, journey_map_figure),
     Chart("funnel", "Funnel", funnel_data, funnel_figure),
+    Chart("funnel_channels", "Funnel by first-touch channel", funnel_by_channel_data,
+          funnel_by_channel_figure),
     Chart("stages", "Stage timeline", stage_timeline_data, stage_timeline_figure),
     Chart("stage_kpis", "KPIs by stage", stage_kpis_data, stage_kpis_figure),
     Chart("retention", "Retention cohorts", retention_data, retention_figure),
@@ -1889,6 +2165,9 @@ FILTER_NOT_APPLIED: dict[str, dict[str, str]] = {
     "funnel": {"since": "a funnel follows each unit through every stage it ever entered",
                "conversion": "its steps are the stages of the stage model",
                "model": _NOT_CREDITED},
+    "funnel_channels": {
+        "since": "a funnel follows each unit through every stage it ever entered",
+        "conversion": "its steps are the stages of the stage model", "model": _NOT_CREDITED},
     "stages": {"conversion": "stages are entered by units, whatever they convert to",
                "model": _NOT_CREDITED},
     "stage_kpis": {"unit": _NO_UNIT_SPLIT,
