@@ -42,8 +42,8 @@ REPEAT_DEFAULT = 5
 #: the pages timed, as a user opens them (the overview, channel and journey pages with the
 #: device filter too: it reads the loaded events' user agents)
 PAGES = ("/", "/?device=mobile", "/channels", "/channels?device=mobile", "/models",
-         "/journeys", "/journeys?device=mobile", "/kpis", "/customers", "/person?q={person}",
-         "/quality")
+         "/journeys", "/journeys?device=mobile", "/funnel", "/funnel?device=mobile", "/kpis",
+         "/customers", "/person?q={person}", "/quality")
 
 
 def demo_warehouse(people: int) -> tuple[Path, str]:

@@ -233,7 +233,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
         page.locator("#data_quality .filter-note").inner_text())
 
     # every page, with the filters of the URL kept in the navigation
-    charts = {"overview": 1, "channels": 1, "models": 2, "journeys": 4, "kpis": 1,
+    charts = {"overview": 1, "channels": 1, "models": 2, "journeys": 2, "funnel": 2, "kpis": 1,
               "customers": 4, "quality": 5}  # quality: no calls imported (said instead)
     for name, count in charts.items():
         page.goto(f"{live.url}{PAGES[name].path}?model=last_touch")
@@ -245,7 +245,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
             # last touch 1/3 e-mail, 2/3 paid; linear 1/2, 1/6 organic, 1/3; truth 1/4, 3/4)
             ranking = _numbers(page, "model_ranking", "model", "l1_share")
             assert ranking == pytest.approx({"last_touch": 1 / 6, "linear": 5 / 6}, rel=1e-3)
-        if name == "journeys":  # the funnel says which it is, in one line
+        if name == "funnel":  # the funnel says which it is, in one line
             assert ("cumulative funnel: a person counts at every step up to the furthest one "
                     "it reached") in page.locator("#funnel").inner_text()
         page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
@@ -269,7 +269,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
     context.close()
     assert not left, left
     assert not errors, errors
-    assert len(list(artifacts.glob("*.png"))) == 10
+    assert len(list(artifacts.glob("*.png"))) == 11
 
 
 def test_keys_stale_forms_and_expired_sessions_are_refused(live: Live) -> None:
@@ -439,9 +439,9 @@ def test_pages_are_kept_until_the_warehouse_is_written(tmp_path: Path,
 
 
 def test_a_pages_lanes_must_hold_each_of_its_charts_once() -> None:
-    # the journey map apart from the stage timeline and funnel (which share their segment)
-    assert app_module.PAGES["journeys"].lanes == (("journey_map",), ("stages", "funnel",
-                                                                     "funnel_channels"))
+    # the journey map beside the stage timeline; the funnel beside its split by channel
+    assert app_module.PAGES["journeys"].lanes == (("journey_map",), ("stages",))
+    assert app_module.PAGES["funnel"].lanes == (("funnel",), ("funnel_channels",))
     with pytest.raises(ValueError, match="lanes"):
         app_module.Page("x", "/x", "X", ("a", "b"), lanes=(("a",),))
     with pytest.raises(ValueError, match="lanes"):

@@ -119,10 +119,13 @@ PAGES = {p.name: p for p in (
     Page("overview", "/", "Overview", ("overview",)),
     Page("channels", "/channels", "Channels", ("channels",)),
     Page("models", "/models", "Model comparison", ("models", "model_ranking")),
-    # the stage timeline and the funnel keep the same segment of units (one query)
-    Page("journeys", "/journeys", "Journey map",
-         ("journey_map", "stages", "funnel", "funnel_channels"),
-         lanes=(("journey_map",), ("stages", "funnel", "funnel_channels"))),
+    # the Sankey and the stage timeline side by side (each about half the page)
+    Page("journeys", "/journeys", "Journey map", ("journey_map", "stages"),
+         lanes=(("journey_map",), ("stages",))),
+    # the funnel and its split by first-touch channel: a page of their own (the issue's
+    # Funnel page), each on a lane (together on the journey map they passed 1 s)
+    Page("funnel", "/funnel", "Funnel", ("funnel", "funnel_channels"),
+         lanes=(("funnel",), ("funnel_channels",))),
     Page("kpis", "/kpis", "KPIs by stage", ("stage_kpis",)),
     Page("customers", "/customers", "Retention and advocacy",
          ("retention", "clv", "nps", "reviews"), shared=True),
