@@ -167,6 +167,10 @@ def _dashboard_on_the_demo(settings: Settings, data: Path, browser: Browser) -> 
         assert markov == pytest.approx(credited["markov"], rel=5e-4)
         assert markov != pytest.approx(credited["linear"], rel=5e-4)
         page.screenshot(path=str(shots / "channels-markov.png"), full_page=True)
+        # by campaign, a data-driven model's credits say where they come from
+        page.goto(f"{url}/channels?conversion=purchase&model=markov&by=campaign")
+        page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
+        assert "markov is fitted on channel paths" in page.locator("#channels").inner_text()
     assert not watched.left, watched.left
     assert not watched.errors, watched.errors
     assert len(list(shots.glob("*.png"))) == len(PAGES) + 1

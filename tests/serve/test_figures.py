@@ -231,6 +231,7 @@ def test_model_ranking_against_the_truth_by_hand(wh: BaseBackend, truth: Path,
     assert linear["worst_channel"] == "paid_search"
     assert linear["worst_error"] == pytest.approx(-5 / 12)
     assert got.attrs["truth"] == str(truth)
+    assert got.attrs["note"].startswith("ranked on this warehouse's prepared journeys")
     bars = figures.model_ranking_figure(got).data[0]
     assert list(bars.y) == ["last_touch", "linear"]
     assert list(bars.text) == ["0.167", "0.833"]
@@ -880,3 +881,15 @@ def test_overview_nps_with_its_change_in_points(con: BaseBackend) -> None:
     assert overview_data(wh, **may).attrs["nps_note"] == figures.NO_ANSWERS
     # under a touch filter the answers are not split: no score, and why
     assert overview_data(wh, **may, channel="Email").attrs["nps_note"] == figures.NPS_NOT_SPLIT
+
+
+def test_a_data_driven_model_by_campaign_says_it_was_fitted_on_channels() -> None:
+    from touchline.serve.figures import fitted_on_channels_note
+
+    note = fitted_on_channels_note("markov", "campaign")
+    assert note is not None and note.startswith("markov is fitted on channel paths")
+    assert "`touchline attribute --model markov --by campaign`" in note
+    assert fitted_on_channels_note("auto", "keyword") is not None
+    # by channel, or a rule-based model: the same figures either way, nothing to say
+    assert fitted_on_channels_note("markov", "channel") is None
+    assert fitted_on_channels_note("linear", "campaign") is None

@@ -85,7 +85,14 @@ def ingest(
 
     Re-ingesting a file (or overlapping files) adds nothing twice.
     """
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from touchline import engine, store
     from touchline.collect.ingest import ingest_file
@@ -106,9 +113,12 @@ def ingest(
     summary = Table("file", "read", "loaded", "rejected", "duplicates", "seconds",
                     title=f"ingest into {kind}")
     reasons: dict[str, int] = {}
-    for path in paths:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=err_console, transient=True) as progress:
+    # a bar over the files (done of all), and under it the file being read with its count
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                  transient=True) as progress:
+        files = progress.add_task(f"ingest into {kind}: files", total=len(paths))
+        for path in paths:
             task = progress.add_task(f"{path.name}: reading", total=None)
             try:
                 result = ingest_file(
@@ -120,12 +130,16 @@ def ingest(
                 failed += 1
                 fail(exc)
                 continue
-        summary.add_row(str(path), f"{result.rows_read:,}", f"{result.loaded:,}",
-                        f"{result.rejected:,}", f"{result.duplicates:,}", f"{result.seconds:.1f}")
-        for code, n in result.rejects_by_reason.items():
-            reasons[code] = reasons.get(code, 0) + n
-        if result.ignored_columns:
-            err_console.print(f"[yellow]{path}: ignored columns[/] {result.ignored_columns}")
+            finally:
+                progress.remove_task(task)
+                progress.advance(files)
+            summary.add_row(str(path), f"{result.rows_read:,}", f"{result.loaded:,}",
+                            f"{result.rejected:,}", f"{result.duplicates:,}",
+                            f"{result.seconds:.1f}")
+            for code, n in result.rejects_by_reason.items():
+                reasons[code] = reasons.get(code, 0) + n
+            if result.ignored_columns:
+                err_console.print(f"[yellow]{path}: ignored columns[/] {result.ignored_columns}")
     console.print(summary)
     if reasons:
         why = Table("reason", "rows", title="rejected or skipped, by reason (see table rejects)")

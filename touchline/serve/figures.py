@@ -576,7 +576,7 @@ def channel_credits_data(con: BaseBackend, *, model: str = MODEL_DEFAULT,
     if has_spend and (unmatched := unmatched_spend_channels(con)):
         note = unmatched_spend_note(unmatched)  # spend under a name no credit has: said
     frame.attrs.update(model=model, conversion=conversion, by=by, channel=channel,
-                       campaign=campaign, note=note)
+                       campaign=campaign, note=_joined(note, fitted_on_channels_note(model, by)))
     return frame
 
 
@@ -601,8 +601,29 @@ def _filtered_channel_credits(con: BaseBackend, *, model: str, conversion: str,
     frame = _with_touches(con, frame, by=by, since=since, until=until, unit=unit,
                           device=device, channel=channel, campaign=campaign)
     frame.attrs.update(model=model, conversion=conversion, by=by, unit=unit, device=device,
-                       channel=channel, campaign=campaign, note=SPEND_NOT_SPLIT)
+                       channel=channel, campaign=campaign,
+                       note=_joined(SPEND_NOT_SPLIT, fitted_on_channels_note(model, by)))
     return frame
+
+
+def fitted_on_channels_note(model: str, by: str) -> str | None:
+    """Why a data-driven model's credits by campaign (keyword, source...) differ from
+    ``touchline attribute --by campaign``: the stored credits come from the model fitted
+    once on channel paths, each touch's credit summed here by ``by``; the command fits the
+    model on the paths of ``by`` values instead. Rule-based models give the same either way.
+    """
+    from touchline.attribution.intervals import INTERVAL_MODELS
+
+    if by == "channel" or model not in (*INTERVAL_MODELS, "auto"):
+        return None
+    return (f"{model} is fitted on channel paths: each touch's credit is summed here by "
+            f"{by}. `touchline attribute --model {model} --by {by}` fits it on {by} paths "
+            "instead, so its figures differ.")
+
+
+def _joined(*notes: str | None) -> str | None:
+    """The notes given, one after another (``None`` when there is none)."""
+    return " ".join(n for n in notes if n) or None
 
 
 def channel_touches(con: BaseBackend, *, by: str = "channel", since: Moment = None,
@@ -797,7 +818,11 @@ def model_ranking_data(con: BaseBackend, *, truth: Sequence[Path] = (),
     wide.columns.name = None
     wide.attrs["level"] = "channel"
     ranking = evaluate(wide, known).reset_index(drop=True)
-    ranking.attrs.update(conversion=conversion, truth=known.source)
+    ranking.attrs.update(conversion=conversion, truth=known.source, note=(
+        "ranked on this warehouse's prepared journeys (the stored credits of first "
+        "conversions), as the demo's \"prepared journeys\" ranking; `touchline evaluate "
+        "--paths` ranks the models refitted on a path file (the simulator's true paths), so "
+        "its distances differ"))
     return ranking
 
 
