@@ -8,14 +8,11 @@ import asyncio
 import hashlib
 import json
 import math
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
+from browser_kit import WAIT_MS, artifacts_folder, chart_numbers, serve_in_thread
 from serve_kit import build_warehouse
 from typer.testing import CliRunner
 
@@ -37,12 +34,11 @@ from touchline.serve.app import PAGES, create_app
 from touchline.serve.sessions import LOGIN_FAILURES_PER_MINUTE, sessions_file_for
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.duckdb_only(
     reason="the dashboard serves one DuckDB file from a thread of the test process, and the "
     "CLI creates its users with its own connection to that file")
-WAIT_MS = 20_000
 PASSWORD = "correct horse battery"
 
 
@@ -90,53 +86,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     truth.write_text(json.dumps({"b2b": False, "channels": {
         "email": {"incremental_conversions": 1.0}, "paid_search": {
             "incremental_conversions": 3.0}}}))
-    with _serve(create_app(settings, truth=[truth])) as url:
+    with serve_in_thread(create_app(settings, truth=[truth])) as url:
         yield Live(url, settings, write_key, read_key, expected)
 
 
-@contextmanager
-def _serve(application: object) -> Iterator[str]:
-    """``application`` served by uvicorn on a free port of 127.0.0.1 in a thread: its URL."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(application, log_level="warning",  # type: ignore[arg-type]
-                                           access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the dashboard did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
-
-
-def _numbers(page: Page, chart: str, key: str, column: str) -> dict[str, float]:
-    """A chart's table of numbers as {key column: value column} read from the page."""
-    table = page.locator(f".numbers[data-chart='{chart}'] table")
-    # text contents: a closed <details> has no rendered (inner) text
-    heads = [h.strip() for h in table.locator("thead th").all_text_contents()]
-    out = {}
-    for row in table.locator("tbody tr").all():
-        cells = dict(zip(heads, (c.strip() for c in row.locator("td").all_text_contents()),
-                         strict=True))
-        text = cells[column].replace(",", "")
-        out[cells[key]] = float(text) if text else math.nan
-    return out
-
-
-def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
-                                                 tmp_path: Path) -> None:
-    artifacts = tmp_path / "screenshots"
-    artifacts.mkdir()
+def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser) -> None:
+    artifacts = artifacts_folder("dashboard")  # kept after the run: test-artifacts/dashboard
     host = urlsplit(live.url).netloc
     context = browser.new_context()
     left: list[str] = []
@@ -176,13 +131,13 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
 
     # the channel page: the Python API's numbers; switching the model moves the credits
     page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
-    linear = _numbers(page, "channels", "channel", "conversions")
+    linear = chart_numbers(page, "channels", "channel", "conversions")
     assert linear == pytest.approx(live.expected["linear"]) and linear["Email"] == 2.5
     page.select_option("select[name=model]", "last_touch")
     page.click("form.filters button[type=submit]")
     page.wait_for_url("**model=last_touch**")
     page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
-    last = _numbers(page, "channels", "channel", "conversions")
+    last = chart_numbers(page, "channels", "channel", "conversions")
     assert last == pytest.approx(live.expected["last_touch"])
     assert last["Paid Search"] == 2.0 != linear["Paid Search"]
     page.screenshot(path=str(artifacts / "channels-last_touch.png"), full_page=True)
@@ -193,7 +148,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
     page.click("form.filters button[type=submit]")
     page.wait_for_url("**device=mobile**")
     page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
-    assert _numbers(page, "channels", "channel", "conversions") == {"Paid Search": 2.0}
+    assert chart_numbers(page, "channels", "channel", "conversions") == {"Paid Search": 2.0}
     assert "unit=person&device=mobile" in (page.locator("nav a").first.get_attribute("href")
                                            or "")
     page.goto(f"{live.url}/channels?device=phone")
@@ -207,7 +162,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
     page.click("form.filters button[type=submit]")
     page.wait_for_url("**channel=Paid+Search**")
     page.wait_for_selector("#chart-channels .main-svg", timeout=WAIT_MS)
-    assert _numbers(page, "channels", "campaign", "conversions") == {"spring": 2.0}
+    assert chart_numbers(page, "channels", "campaign", "conversions") == {"spring": 2.0}
     assert "channel=Paid+Search" in (page.locator("nav a").first.get_attribute("href") or "")
     page.goto(f"{live.url}/kpis?campaign=spring")
     assert "campaign does not apply here: the KPIs are headlines" in (
@@ -217,13 +172,13 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
     april = f"{live.url}/?since=2025-04-01&until=2025-05-01&model=linear"
     page.goto(april)
     page.wait_for_selector("#chart-overview .main-svg", timeout=WAIT_MS)
-    every = _numbers(page, "overview", "metric", "value")
+    every = chart_numbers(page, "overview", "metric", "value")
     assert (every["conversions"], every["revenue"]) == (3.0, 160.0)
     page.select_option("select[name=device]", "tablet")
     page.click("form.filters button[type=submit]")
     page.wait_for_url("**device=tablet**")
     page.wait_for_selector("#chart-overview .main-svg", timeout=WAIT_MS)
-    tablet = _numbers(page, "overview", "metric", "value")
+    tablet = chart_numbers(page, "overview", "metric", "value")
     assert (tablet["conversions"], tablet["revenue"]) == (1.0, 50.0) != (
         every["conversions"], every["revenue"])
     assert math.isnan(tablet["spend"])  # spend is not split by device
@@ -243,7 +198,7 @@ def test_every_page_in_chromium_after_logging_in(live: Live, browser: Browser,
         assert "model=last_touch" in (page.locator("nav a").first.get_attribute("href") or "")
         if name == "models":  # beside the bars, the ranking against the truth (first sales:
             # last touch 1/3 e-mail, 2/3 paid; linear 1/2, 1/6 organic, 1/3; truth 1/4, 3/4)
-            ranking = _numbers(page, "model_ranking", "model", "l1_share")
+            ranking = chart_numbers(page, "model_ranking", "model", "l1_share")
             assert ranking == pytest.approx({"last_touch": 1 / 6, "linear": 5 / 6}, rel=1e-3)
         if name == "funnel":  # the funnel says which it is, in one line
             assert ("cumulative funnel: a person counts at every step up to the furthest one "
@@ -330,7 +285,7 @@ def _log_in(client: httpx.Client, password: str) -> httpx.Response:
 
 def test_a_session_survives_a_restart_and_is_kept_hashed(live: Live, tmp_path: Path) -> None:
     kept = tmp_path / "wh.duckdb.sessions"
-    with _serve(create_app(live.settings, sessions_file=kept)) as url, httpx.Client(
+    with serve_in_thread(create_app(live.settings, sessions_file=kept)) as url, httpx.Client(
             base_url=url) as client:
         ok = _log_in(client, PASSWORD)
         assert ok.status_code == 303
@@ -341,7 +296,7 @@ def test_a_session_survives_a_restart_and_is_kept_hashed(live: Live, tmp_path: P
     assert hashlib.sha256(token.encode()).hexdigest().encode() in stored
     assert kept.stat().st_mode & 0o077 == 0  # readable by its owner only
     # a new server process on another port, the same file: still logged in, until logging out
-    with _serve(create_app(live.settings, sessions_file=kept)) as url, httpx.Client(
+    with serve_in_thread(create_app(live.settings, sessions_file=kept)) as url, httpx.Client(
             base_url=url, cookies={"touchline_session": token}) as client:
         page = client.get("/quality")
         assert page.status_code == 200 and "Log out" in page.text
@@ -360,7 +315,7 @@ def test_failed_logins_from_one_address_are_limited(live: Live, tmp_path: Path) 
     now = [2_000_000.0]
     application = create_app(live.settings, sessions_file=tmp_path / "s.sessions",
                              clock=lambda: now[0])
-    with _serve(application) as url, httpx.Client(base_url=url) as client:
+    with serve_in_thread(application) as url, httpx.Client(base_url=url) as client:
         for _ in range(LOGIN_FAILURES_PER_MINUTE):
             assert _log_in(client, "not the password").status_code == 401
             now[0] += 1.0
@@ -417,7 +372,7 @@ def test_pages_are_kept_until_the_warehouse_is_written(tmp_path: Path,
         row = page.text.split("<td>Email</td>", 1)[1]
         return row.split("<td>", 2)[2].split("</td>", 1)[0]  # after touches: conversions
 
-    with _serve(create_app(settings)) as url, httpx.Client(base_url=url) as client:
+    with serve_in_thread(create_app(settings)) as url, httpx.Client(base_url=url) as client:
         # linear: Email's 1/2 of p2's first sale, p1's second and p4's sale (serve_kit)
         assert email_credit(client) == email_credit(client) == "2.5"
         assert drawn == ["channels"]  # the second time from the kept page

@@ -200,11 +200,7 @@ def funnel(con: object, steps: Sequence[str], *, window: timedelta | None = None
                     units=units)
     rows = []
     for k, r in enumerate(parts):
-        if groups is not None:
-            r = r.left_join(groups, "unit_id").mutate(
-                group=lambda t: t.group.fill_null("(none)"))
-        else:
-            r = r.mutate(group=ibis.literal("all"))
+        r = _with_group(r, groups)
         seconds = seconds_between(r.previous_at, r.at)
         stats = {name: seconds.quantile(q) if k and mode != "any"
                  else ibis.null("float64") for name, q in QUANTILES.items()}
@@ -303,11 +299,7 @@ def _cumulative_counts(con: object, steps: Sequence[str], *,
     in_order = ibis.window(group_by="unit_id", order_by=["_k"])
     rows = rows.mutate(_furthest=rows._k.max().over(group_by="unit_id"),
                        _previous=rows.at.lag().over(in_order))
-    if groups is not None:
-        rows = rows.left_join(groups, "unit_id").mutate(
-            group=lambda t: t.group.fill_null("(none)"))
-    else:
-        rows = rows.mutate(group=ibis.literal("all"))
+    rows = _with_group(rows, groups)
     seconds = seconds_between(rows._previous, rows.at)
     last = rows._k == rows._furthest
     aggregates: dict[str, ir.Value] = {}
@@ -355,3 +347,11 @@ def _per_step(counted: ir.Table, steps: Sequence[str]) -> ir.Table:
     return table.select("group", "step_index", "step", "entered", "converted", "dropped",
                         "from_previous", "from_first", *QUANTILES).order_by(
         ["group", "step_index"])
+
+
+def _with_group(rows: ir.Table, groups: ir.Table | None) -> ir.Table:
+    """``rows`` with the ``group`` of each unit (``(none)`` for a unit in no group), or
+    ``all`` when the funnel is not split."""
+    if groups is None:
+        return rows.mutate(group=ibis.literal("all"))
+    return rows.left_join(groups, "unit_id").mutate(group=lambda t: t.group.fill_null("(none)"))

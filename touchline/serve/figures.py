@@ -1033,14 +1033,8 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
     touches)."""
     from touchline.metrics.funnels import default_mode, funnel, mode_line
 
-    unit = unit or "person"  # no B2B/B2C filter: the persons' stages
-    if steps is None:
-        steps = [f"stage:{stage_model}/{s}" for s in stage_names(con, stage_model, unit)]
-    if len(steps) < 2:
-        raise InputError(f"the funnel needs two steps; stage model {stage_model!r} has "
-                         f"{len(steps)} stage(s) with entries: run `touchline run`")
-    segment = (device, channel, campaign) != (None, None, None)
-    units = _segment_units(con, device, unit, channel, campaign) if segment else None
+    unit, steps, units = _funnel_steps_and_units(con, steps, stage_model, unit, device,
+                                                 channel, campaign)
     mode = mode or default_mode(steps, stage_model)
     t = funnel(con, list(steps), window=window, unit=unit, stage_model=stage_model,
                units=units, mode=mode)
@@ -1052,7 +1046,7 @@ def funnel_data(con: BaseBackend, *, steps: Sequence[str] | None = None,
             frame[f"{name}_days"] = frame.pop(name).astype("float64") / SECONDS_PER_DAY
     if frame.empty:  # nobody entered the first step: no funnel to draw
         first_on = f" whose first session was {_first_session(device, channel, campaign)}" if (
-            segment) else ""
+            units is not None) else ""
         raise InputError(f"no {unit}s{first_on} entered {steps[0]}: no funnel to draw")
     frame.attrs.update(stage_model=stage_model, unit=unit, device=device, channel=channel,
                        campaign=campaign, mode=mode, note=mode_line(mode, unit))
@@ -1090,6 +1084,23 @@ def funnel_figure(data: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def _funnel_steps_and_units(con: BaseBackend, steps: Sequence[str] | None, stage_model: str,
+                            unit: str | None, device: str | None, channel: str | None,
+                            campaign: str | None) -> tuple[str, list[str], ir.Table | None]:
+    """A funnel chart's unit (persons unless asked), its steps (given, or the stages of
+    ``stage_model`` in order: at least two) and the units of the segment asked (``None``:
+    every unit)."""
+    unit = unit or "person"  # no B2B/B2C filter: the persons' stages
+    if steps is None:
+        steps = [f"stage:{stage_model}/{s}" for s in stage_names(con, stage_model, unit)]
+    if len(steps) < 2:
+        raise InputError(f"the funnel needs two steps; stage model {stage_model!r} has "
+                         f"{len(steps)} stage(s) with entries: run `touchline run`")
+    segment = (device, channel, campaign) != (None, None, None)
+    units = _segment_units(con, device, unit, channel, campaign) if segment else None
+    return unit, list(steps), units
+
+
 def funnel_by_channel_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_DEFAULT,
                            unit: str | None = None, device: str | None = None,
                            channel: str | None = None, campaign: str | None = None
@@ -1103,13 +1114,8 @@ def funnel_by_channel_data(con: BaseBackend, *, stage_model: str = STAGE_MODEL_D
     first."""
     from touchline.metrics.funnels import default_mode, funnel, mode_line
 
-    unit = unit or "person"
-    steps = [f"stage:{stage_model}/{s}" for s in stage_names(con, stage_model, unit)]
-    if len(steps) < 2:
-        raise InputError(f"the funnel needs two steps; stage model {stage_model!r} has "
-                         f"{len(steps)} stage(s) with entries: run `touchline run`")
-    segment = (device, channel, campaign) != (None, None, None)
-    units = _segment_units(con, device, unit, channel, campaign) if segment else None
+    unit, steps, units = _funnel_steps_and_units(con, None, stage_model, unit, device,
+                                                 channel, campaign)
     mode = default_mode(steps, stage_model)
     t = funnel(con, steps, unit=unit, stage_model=stage_model, units=units, mode=mode,
                by="channel")
