@@ -71,6 +71,11 @@ class RunReport:
     markov_orders: dict[str, str] = field(default_factory=dict)
 
 
+#: what a run does after prepare, each told to ``progress`` in a message that starts with it
+#: (a progress bar counts them after prepare's steps)
+RUN_PHASES = ("journeys", "credits")
+
+
 def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
         progress: Progress = log.info, prepare_progress: StepProgress | None = None
         ) -> RunReport:
@@ -109,14 +114,14 @@ def run(con: BaseBackend, settings: Settings, *, prepare: bool = True,
                 f"{table} {n:,} (older than {days[table]} days)" for table, n in done.items())
                 + " rows deleted or emptied (touches, journeys and credits stay)")
     store.init(con)
-    progress(f"journeys of {len(settings.conversions)} conversion types: "
+    progress(f"{RUN_PHASES[0]} of {len(settings.conversions)} conversion types: "
              + ", ".join(c.name for c in settings.conversions))
     start = time.perf_counter()
     # the journeys' touch rows stay for the credits: what they read of journey_touches,
     # without the view's joins to journeys and sessions
     rows = write_journeys(con, settings, keep_rows=True)
     seconds["journeys"] = time.perf_counter() - start
-    progress(f"credits under {len(settings.attribution_models)} models: "
+    progress(f"{RUN_PHASES[1]} under {len(settings.attribution_models)} models: "
              + ", ".join(settings.attribution_models))
     start = time.perf_counter()
     try:

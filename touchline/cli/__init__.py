@@ -21,7 +21,7 @@ from rich.table import Column, Table
 
 from touchline.errors import ConfigError, TouchlineError, did_you_mean
 from touchline.formatting import readable_number
-from touchline.terminal import fail, warn
+from touchline.terminal import fail, step_bar, warn
 
 app = typer.Typer(
     help="touchline: customer-journey tracking and multi-touch attribution.",
@@ -164,17 +164,28 @@ def run(
     """
     from touchline import engine
     from touchline.config import load_settings
+    from touchline.pipeline import RUN_PHASES
     from touchline.pipeline import run as run_pipeline
 
     try:
         settings = load_settings(**({"database_url": database} if database else {}))
         con = engine.connect(settings=settings)
-        with err_console.status("running") as status:
-            report = run_pipeline(
-                con, settings, prepare=not skip_prepare,
-                progress=lambda m: status.update(f"[dim]{escape(m)}[/]"),
-                prepare_progress=lambda done, total, step: status.update(
-                    f"[dim]prepare {done}/{total}: {escape(step)}[/]"))
+        with step_bar("run") as tell:
+            # one bar: prepare's steps, then the journeys, then the credits
+            state = {"done": 0, "total": 2}
+
+            def prepared(done: int, total: int, step: str) -> None:
+                state.update(done=done, total=total + 2)
+                tell(done, total + 2, f"prepare {done}/{total}: {step}")
+
+            def said(message: str) -> None:
+                for k, phase in enumerate(RUN_PHASES):
+                    if message.startswith(phase):
+                        state["done"] = state["total"] - len(RUN_PHASES) + k
+                tell(state["done"], state["total"], message)
+
+            report = run_pipeline(con, settings, prepare=not skip_prepare, progress=said,
+                                  prepare_progress=prepared)
     except TouchlineError as exc:
         raise fail(exc) from None
     print_run(report)
