@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser_kit import serve_in_thread
 from factories import CLI_OWN_CONNECTION
 from serve_kit import build_warehouse
-from test_dashboard import _serve
 
 from touchline import engine, store
 from touchline.collect.keys import create_key
@@ -28,7 +28,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
         build_warehouse(con)
         store.init(con)
         key, _ = create_key(con, name="reader", kind="read")
-    with _serve(create_app(settings)) as url, httpx.Client(
+    with serve_in_thread(create_app(settings)) as url, httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
         yield http
 

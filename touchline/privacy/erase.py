@@ -313,6 +313,7 @@ ERASE_RULES: dict[str, Rule | None] = {
     "crm_dead_letters": _crm_lead_rule,
     "credit_intervals": None, "experiments": None,  # channel aggregates, no person's row
     "spend": None, "search_console": None, "social": None, "ingests": None,
+    "runs": None,
     "write_keys": None, "users": None, "spool_offsets": None, "model_choices": None,
     "exports": None, "erasures": None,
 }

@@ -62,6 +62,7 @@ KEPT = {
     "search_console": "queries and pages Google aggregates over searchers: no person in it",
     "experiments": "incrementality results by channel and period: no person in it",
     "ingests": "file paths, sizes and counts of each load: no person in it",
+    "runs": "when each `touchline run` ran and the rows it left, as counts: no person in it",
     "write_keys": "API keys as SHA-256 hashes: no person in it",
     "users": "the dashboard's own logins (name, argon2id hash), not tracked people",
     "spool_offsets": "bytes of each spool segment loaded: no person in it",

@@ -41,8 +41,10 @@ PEOPLE_PER_ACCOUNT_DEFAULT = 5
 ID_NAMESPACES = 16  # entity ids hold 16 bits of chunk key: 16 namespaces x 4096 chunks
 MAX_CHUNKS = 4096
 SIMULATED_DAYS = 900  # spend and Search Console cover this many days from 2025-01-01
-# deals' properties hold a real export's extra columns; the simulator's deals have none
-SIMULATED_SKIP = ("row_hash", "source", "ingest_id", "properties")
+# deals' properties hold a real export's extra columns; the simulator's deals have none;
+# spend's imported_channel and channel_matched are written by prepare, never by an export
+SIMULATED_SKIP = ("row_hash", "source", "ingest_id", "properties", "imported_channel",
+                  "channel_matched")
 CSV_FILES = ("deals.csv", "calls.csv", "surveys.csv", "reviews.csv", "spend.csv",
              "search_console.csv", "social.csv")
 
@@ -208,7 +210,7 @@ def simulate(
     final_rng = np.random.default_rng([seed, 3, int(b2b)])
     spend_rows, spend_totals = spend.rows(final_rng)
     spend_writer = writers.CsvWriter(out / "spend.csv", writers.table_columns(
-        "spend", skip=("row_hash", "source", "ingest_id", "imported_channel", "channel_matched")))
+        "spend", skip=SIMULATED_SKIP))
     gsc_writer = writers.CsvWriter(out / "search_console.csv",
                                    writers.table_columns("search_console"))
     try:
