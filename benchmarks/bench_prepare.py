@@ -22,6 +22,7 @@ before it computes anything; it is reported as a ratio to the reference too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
@@ -62,6 +63,55 @@ def load_generator_events(con: object, parquet: Path) -> None:
     con.create_table("events", events, overwrite=True)  # type: ignore[attr-defined]
 
 
+class DiskSampler:
+    """The largest size the warehouse file (with its WAL) and the engine's spill folder reach
+    during a run, sampled every ``interval`` seconds in a thread (issue 19 goal 2: disk used by
+    scratch data is bounded and reported)."""
+
+    def __init__(self, warehouse: Path, scratch: Path, interval: float = 1.0) -> None:
+        import threading
+
+        self.warehouse, self.scratch, self.interval = warehouse, scratch, interval
+        self.peak_warehouse = self.peak_scratch = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _size(path: Path) -> int:
+        if path.is_file():
+            return path.stat().st_size
+        total = 0
+        for child in path.rglob("*") if path.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):  # spill files come and go
+                total += child.stat().st_size if child.is_file() else 0
+        return total
+
+    def sample(self) -> None:
+        wal = self.warehouse.with_name(self.warehouse.name + ".wal")
+        self.peak_warehouse = max(self.peak_warehouse,
+                                  self._size(self.warehouse) + self._size(wal))
+        self.peak_scratch = max(self.peak_scratch, self._size(self.scratch))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> DiskSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def report(self) -> dict[str, float]:
+        gib = 1024 ** 3
+        return {"peak_warehouse_gib": round(self.peak_warehouse / gib, 2),
+                "peak_scratch_gib": round(self.peak_scratch / gib, 2),
+                "final_warehouse_gib": round(self._size(self.warehouse) / gib, 2)}
+
+
 def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = None,
               keep: bool = False) -> None:
     """Load the generator's file as canonical ``events``, run prepare, then paths and linear
@@ -82,6 +132,7 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
                         memory_limit=memory_limit, conversions=[first_purchase],
                         attribution_models=["linear"])
     con = engine.connect(settings=settings)
+    disk = DiskSampler(db, DATA / "tmp").start()
     t0 = time.perf_counter()
     load_generator_events(con, parquet)
     # the canonical columns ingest writes and the generator lacks, added before prepare (as
@@ -97,6 +148,7 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
     report = run(con, settings, prepare=False)
     credits = channel_credits(con, "purchase", "linear")
     attributed = time.perf_counter() - t1
+    disk.stop()
     sessions = con.table("sessions")
     by_channel = sessions.group_by("channel").aggregate(n=sessions.count()).to_pandas()
     counts = {
@@ -115,6 +167,7 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
         "load_seconds": round(loaded, 2), "prepare_seconds": round(result.seconds, 2),
         "paths_credits_seconds": round(attributed, 2),
         "steps": {s.name: round(s.seconds, 2) for s in result.steps}, "counts": counts,
+        "disk": disk.report(),
     }, indent=2))
     con.disconnect()
     if not keep:
