@@ -385,6 +385,10 @@ copied from the finished ones in a separate process ({', '.join(f'`{k}` {v} s' f
 writes.items())}), takes {floor:.1f} s: what any run that keeps its results in the warehouse
 pays before it computes anything; the reference pays its own share of it.
 
+Disk (sampled every second): the warehouse file peaked at
+{inner['disk']['peak_warehouse_gib']} GiB ({inner['disk']['final_warehouse_gib']} GiB at the
+end), the spill folder (`temp_directory`) at {inner['disk']['peak_scratch_gib']} GiB.
+
 | count | touchline | truth.json | equal |
 |---|---|---|---|
 {rows}
