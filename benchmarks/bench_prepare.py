@@ -403,6 +403,83 @@ end), the spill folder (`temp_directory`) at {inner['disk']['peak_scratch_gib']}
     log.info("prepare %s: ratio %.2f", label, ratio)
 
 
+#: the run a scaling run is compared with, and the bound on its time (issue 19 goal 3):
+#: linear in events plus 10 %
+SCALING_BASE_EVENTS = 50e6
+SCALING_SLACK = 1.1
+RSS_BOUND_MIB = 8 * 1024
+
+
+def _run_row(name: str, events: float, record: dict) -> str:
+    return (f"| {name} | {events:,.0f} | {record['wall_s']} | {record['tree_peak_rss_mib']} | "
+            f"{record.get('others_cpu_s')} |")
+
+
+def scaling(events: float, memory_limit: str | None) -> None:
+    """touchline alone at ``events`` (200M), against the stored 50M run: its time at most
+    ``events / 50M × 1.1`` times that run's, peak RSS ≤ 8 GiB, counts equal the truth.
+
+    On request only (not in ``make bench``: over an hour here). No reference runs: the
+    hand-written one cannot finish at 50M under 6 or 7 GB and took 18 GiB without a limit,
+    so at 200M it cannot run on this machine at all. The 50M figure comes from
+    ``bench-data/prepare_50M.json`` (``--events 50e6 --memory-limit 6GB``); run that first,
+    on the same machine.
+    """
+    label, parquet = _events_file(events)
+    truth = json.loads(parquet.with_suffix(".truth.json").read_text())
+    base_label = f"{SCALING_BASE_EVENTS / 1e6:g}M"
+    base_file = DATA / f"prepare_{base_label}.json"
+    if not base_file.exists():
+        raise SystemExit(f"{base_file} is missing: run `python benchmarks/bench_prepare.py "
+                         f"--events {SCALING_BASE_EVENTS:g} --memory-limit 6GB "
+                         "--spark-events 0` first")
+    base = json.loads(base_file.read_text())
+    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb", memory_limit)
+    counts = inner["counts"]
+    checks = {k: (counts[k], truth[k], counts[k] == truth[k])
+              for k in ("unique_events", "sessions", "anonymous_ids")}
+    bound = events / SCALING_BASE_EVENTS * SCALING_SLACK
+    ratio = ours["wall_s"] / base["touchline"]["wall_s"]
+    rss = ours["tree_peak_rss_mib"]
+    rows = "\n".join(f"| {k} | {a:,} | {b:,} | {'yes' if ok else '**no**'} |"
+                     for k, (a, b, ok) in checks.items())
+    steps = "\n".join(f"| {k} | {v:.1f} |" for k, v in inner["steps"].items())
+    disk = inner["disk"]
+    md = f"""## Prepare at {label} events: time linear in events (issue 19 goal 3)
+
+On request, not in `make bench` (over an hour here):
+`python benchmarks/bench_prepare.py --events {events:g} --scaling --memory-limit
+{memory_limit}`. touchline alone (the hand-written reference cannot run at this size on this
+machine: at 50M it ran out of memory under 6 and 7 GB and took 18 GiB without a limit).
+
+| run | events | wall s | peak RSS MiB | others' CPU s |
+|---|---:|---:|---:|---:|
+{_run_row(f"touchline, stored {base_label} run", SCALING_BASE_EVENTS, base["touchline"])}
+{_run_row(f"touchline (memory_limit {memory_limit})", events, ours)}
+
+**Time {ratio:.2f}× the {base_label} run** (goal ≤ {bound:.1f}×: {'met' if ratio <= bound else
+'**not met**'}); **peak RSS {rss / 1024:.2f} GiB** (goal ≤ 8 GiB: {'met' if rss <= RSS_BOUND_MIB
+else '**not met**'}). Disk: the warehouse file peaked at {disk['peak_warehouse_gib']} GiB
+({disk['final_warehouse_gib']} GiB at the end), the spill folder at {disk['peak_scratch_gib']}
+GiB. Inside: load {inner['load_seconds']} s, prepare {inner['prepare_seconds']} s, paths +
+linear credits {inner['paths_credits_seconds']} s.
+
+| count | touchline | truth.json | equal |
+|---|---|---|---|
+{rows}
+
+| step | seconds |
+|---|---|
+{steps}
+"""
+    write_result(f"prepare_{label}", md, {"machine": machine(), "events": events,
+                                          "base": base["touchline"], "touchline": ours,
+                                          "touchline_inner": inner, "ratio": ratio,
+                                          "bound": bound, "checks": checks})
+    log.info("prepare %s: %.2f x the %s run, peak RSS %.2f GiB", label, ratio, base_label,
+             rss / 1024)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -416,10 +493,15 @@ if __name__ == "__main__":
     ap.add_argument("--floor", type=Path, help="measure the persistence floor in this file")
     # DuckDB's limit covers its buffers, not the process: 6GB keeps 50M events under 8 GB RSS
     ap.add_argument("--memory-limit", help="DuckDB memory_limit for touchline's run, e.g. 6GB")
+    ap.add_argument("--scaling", action="store_true",
+                    help="on request (issue 19 goal 3): touchline alone at --events (200M), "
+                         "its time against the stored 50M run")
     args = ap.parse_args()
     if args.run:
         run_inner(args.run, args.out, args.url, args.memory_limit, keep=args.keep)
     elif args.floor:
         persistence_floor(args.floor, args.out, args.memory_limit)
+    elif args.scaling:
+        scaling(args.events, args.memory_limit)
     else:
         main(args.events, args.spark_events, args.memory_limit)
