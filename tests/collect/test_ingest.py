@@ -4,6 +4,7 @@ re-ingesting adds nothing. Table-writing tests run on DuckDB and Spark."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -217,6 +218,63 @@ def test_parquet_keeps_types_and_row_numbers(con, tmp_path) -> None:
     assert _rejects(con) == {2: "missing_cost", 3: "bad_date"}
     got = con.table("spend").to_pyarrow().to_pylist()[0]
     assert (str(got["date"]), got["cost"], got["clicks"]) == ("2025-01-01", 10.5, 3)
+
+
+def _parquet_events(path: Path) -> None:
+    """Line 1 good, line 2 good without a message id, line 3 without a timestamp (rejected),
+    line 4 line 1's message id again, line 5 line 2 again, line 6 line 2 but for its URL's
+    utm_term; each URL holds a parameter no column gives."""
+    pq.write_table(pa.table({
+        "message_id": ["m1", None, "m3", "m1", None, None],
+        "type": ["track"] * 6,
+        "event": ["Viewed"] * 6,
+        "anonymous_id": ["a1", "a2", "a3", "a1", "a2", "a2"],
+        "timestamp": ["2025-03-01T09:00:00Z", "2025-03-01T10:00:00Z", None,
+                      "2025-03-01T09:00:05Z", "2025-03-01T10:00:00Z", "2025-03-01T10:00:00Z"],
+        "url": ["https://x.io/?utm_term=shoes", "https://x.io/p?utm_term=boots&fbclid=F2",
+                "https://x.io/q?utm_content=c3", "https://x.io/?utm_term=shoes",
+                "https://x.io/p?utm_term=boots&fbclid=F2",
+                "https://x.io/p?utm_term=sandals&fbclid=F2"],
+    }), path)
+
+
+def test_a_parquet_row_without_message_id_is_keyed_by_its_whole_content(con, tmp_path) -> None:
+    """The content hash counts the URL's parameters: md5 of every column but the key, source
+    and ingest id, in table order, joined by chr(31), empty for null (contact_id,
+    email_sha256, phone_sha256 and properties only when set)."""
+    path = tmp_path / "events.parquet"
+    _parquet_events(path)
+    result = ingest_file(con, path, "events", settings=SETTINGS)
+    assert (result.loaded, result.rejected, result.duplicates) == (3, 1, 2)
+    assert _rejects(con) == {3: "missing_timestamp", 4: "duplicate_in_file",
+                             5: "duplicate_in_file"}
+    content = [
+        "track", "Viewed", "a2", "", "", "",  # type, event, anonymous_id, user, group, previous
+        "2025-03-01 10:00:00", "", "", "",  # timestamp and the three other clocks
+        "https://x.io/p?utm_term=boots&fbclid=F2", "", "", "",  # url, path, referrer, title
+        "", "", "", "boots", "", "",  # utm_source ... utm_id: utm_term from the URL
+        "", "", "", "", "F2", "", "", "",  # gclid ... ttclid: fbclid from the URL
+        "", "", "", "", "", "", "",  # email, phone, email_domain, user_agent, ip, revenue, currency
+        "", "", "", "",  # traits, context, write_key, consent
+    ]
+    line_6 = [text.replace("boots", "sandals") for text in content]
+    hashed = {"h-" + hashlib.md5("\x1f".join(values).encode()).hexdigest(): values[17]
+              for values in (content, line_6)}
+    rows = con.table("events").select("message_id", "utm_term", "fbclid").to_pyarrow()
+    assert {r["message_id"]: (r["utm_term"], r["fbclid"]) for r in rows.to_pylist()} == {
+        "m1": ("shoes", None), **{key: (term, "F2") for key, term in hashed.items()}}
+
+
+def test_a_rejected_parquet_row_keeps_its_checked_columns_as_raw_text(con, tmp_path) -> None:
+    path = tmp_path / "events.parquet"
+    _parquet_events(path)
+    ingest_file(con, path, "events", settings=SETTINGS)
+    raw = con.table("rejects").filter(lambda t: t.line == 3).raw.to_pyarrow().to_pylist()
+    checked = json.loads(raw[0])
+    assert (checked["_line"], checked["_problem"]["code"], checked["message_id"]) == (
+        3, "missing_timestamp", "m3")
+    assert (checked["url"], checked["utm_content"], checked["timestamp"]) == (
+        "https://x.io/q?utm_content=c3", "c3", None)
 
 
 @pytest.mark.duckdb_only(

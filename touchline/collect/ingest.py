@@ -334,6 +334,8 @@ class _ChunkParser:
         self.source_default = source_default
         self._extract_sql: str | None = None
         self._validate_sql: str | None = None
+        self._checks_sql: str | None = None
+        self.sourced: frozenset[str] = frozenset()  # canonical columns the input gives a value
         self.ignored: list[str] = []
         self.native: set[str] = set()  # canonical columns already typed in the input (Parquet)
         self.json_sources: list[str] = []  # CSV/Parquet columns read with JSON paths
@@ -480,6 +482,7 @@ class _ChunkParser:
         if mapping.event_types:
             self._apply_event_types(exprs, resolve, where)
         url_params = self._derive_event_fields(exprs) if spec.name == "events" else ""
+        self.sourced = frozenset(exprs)
         missing = [r for r in spec.required if r not in exprs]
         if spec.name == "events" and "timestamp" in missing and (
             {"original_timestamp", "received_at"} & set(exprs)
@@ -786,8 +789,12 @@ class _ChunkParser:
             return typed, "true/false, yes/no or 1/0"
         return raw, ""
 
-    def _build_validate(self) -> str:
-        """Two levels: typed casts once (``t_*``), then problems and output over them."""
+    def _build_validate(self, *, checks_only: bool = False) -> str:
+        """Two levels: typed casts once (``t_*``), then problems and output over them.
+
+        ``checks_only``: the key as given (no content hash in its place) and each row's
+        problem, with no raw text: what :meth:`checks_sql` returns.
+        """
         spec = self.spec
         casts: list[str] = []
         typed: dict[str, str] = {}
@@ -862,6 +869,16 @@ class _ChunkParser:
             if c.name not in (key, "ingest_id", "source", "row_hash", *self.hash_skips)
         )
         content_hash = f"md5(concat_ws(chr(31), {content}))"
+        if checks_only:
+            # only the key as given and the problems: the columns that feed nothing else (the
+            # URL's query, the long texts) are not even read
+            return (
+                f"SELECT _key AS {_quote(key)}, _line, _problem.field AS _pfield, "
+                "_problem.code AS _pcode, _problem.message AS _pmessage, _json_bad, "
+                "CAST(NULL AS VARCHAR) AS _raw FROM ("
+                f"SELECT _line, _json_bad, {typed[key]} AS _key, CASE {cases} END AS _problem "
+                f"FROM (SELECT *, {', '.join(casts)} FROM ({{extracted}})))"
+            )
         if key == "row_hash":
             typed["row_hash"] = content_hash
         elif key in ("message_id", "lease_id"):
@@ -1060,6 +1077,29 @@ class _ChunkParser:
         # last: a key in a layout may hold anything, braces too
         return query.replace(_REPEATED_KEY, repeated_key_sql("_keys", self.layouts))
 
+    def checks_sql(self, schema: pa.Schema, source: str, where: str) -> str | None:
+        """A narrower query than :meth:`sql` for the checks of relation ``source``: its key as
+        given and its problem (``_pfield``, ``_pcode``, ``_pmessage``, ``_json_bad``), ``_raw``
+        always null.
+
+        Where the key is given and the row has no problem, these are the checks :meth:`sql`
+        gives: its content hash (which reads every column, the URL's query too) stands in only
+        for a missing key, and its raw text is kept only for a rejected or partly read row.
+        Those rows (key null, ``_pcode`` or ``_json_bad`` set) must be checked again with
+        :meth:`sql`. None when the key is always the content hash, or the input has no column
+        for it: every row would be checked twice.
+        """
+        if self.spec.key == "row_hash":
+            return None
+        self.sql(schema, source, where)  # builds the extract query once, and `sourced`
+        if self.spec.key not in self.sourced or self.fmt == "ndjson":
+            return None
+        if self._checks_sql is None:
+            self._checks_sql = self._build_validate(checks_only=True)
+        assert self._extract_sql is not None
+        return self._checks_sql.replace(
+            "{extracted}", self._extract_sql.replace("{source}", source))
+
 
 def _contacts_region(settings: Settings) -> str | None:
     """What :func:`touchline.store.safe_raw` is given: the phone region when rejected records
@@ -1140,16 +1180,39 @@ class _Stage:
             self.parts += 1
         self.has_rows = True
 
-    def add_checks(self, query: str, key: str) -> None:
+    def add_checks(self, query: str, key: str, *, checks: str | None = None) -> None:
         """Stage only the checks of parse query ``query`` (in-engine only); its rows are read
-        through the view ``query`` when inserted."""
+        through the view ``query`` when inserted. ``checks``: a narrower query that gives the
+        same checks where the key is given and the row is good
+        (:meth:`_ChunkParser.checks_sql`); the other rows must then be settled with
+        :meth:`settle_checks`."""
         assert self.in_engine and not self.has_rows
         self.db.execute(
             f"CREATE TEMP TABLE {self.checks_name} AS SELECT {_quote(key)}, {', '.join(CHECKS)} "
-            f"FROM ({query})"
+            f"FROM ({checks or query})"
         )
         self.db.execute(f"CREATE TEMP VIEW {self.rows_name} AS {query}")
         self.has_rows = self.narrow = True
+
+    def unsettled_lines(self, key: str) -> str | None:
+        """After a narrow :meth:`add_checks`: the lines whose checks it could not give (key
+        missing, a problem, a JSON cell that did not parse) as a table of ``_line``, or None
+        when there are none."""
+        self.db.execute(
+            f"CREATE OR REPLACE TEMP TABLE {self.others_name} AS SELECT _line FROM "
+            f"{self.checks_name} WHERE {_quote(key)} IS NULL OR _pcode IS NOT NULL "
+            "OR _json_bad IS NOT NULL"
+        )
+        count = self.db.execute(f"SELECT count(*) FROM {self.others_name}").fetchone()
+        return self.others_name if count and count[0] else None
+
+    def settle_checks(self, query: str, key: str) -> None:
+        """Replace the checks of the :meth:`unsettled_lines` by those of parse query ``query``
+        (over those lines only)."""
+        self.db.execute(f"DELETE FROM {self.checks_name} WHERE _line IN "
+                        f"(SELECT _line FROM {self.others_name})")
+        self.db.execute(f"INSERT INTO {self.checks_name} SELECT {_quote(key)}, "
+                        f"{', '.join(CHECKS)} FROM ({query})")
 
     def add_rejects(self, table: pa.Table) -> None:
         if not table.num_rows:
@@ -1314,15 +1377,27 @@ def _ingest_into(
 
 def _stage_parquet_in_engine(stage: _Stage, parser: _ChunkParser, path: Path) -> int:
     """A Parquet file on a DuckDB warehouse: DuckDB's own reader, streaming; the checks pass
-    reads it whole, the insert again (see :class:`_Stage`)."""
+    reads the columns the checks need, the insert the file whole (see :class:`_Stage`).
+
+    The checks pass leaves out the content hash and the raw text
+    (:meth:`_ChunkParser.checks_sql`): most rows have their key and no problem, and need
+    neither. Rows that do (no key, or rejected) are checked again in full, and only they.
+    """
     schema = readers.parquet_schema(path)
     literal = _sql_str(str(path))
     source = (
         f"(SELECT *, file_row_number + 1 AS _line, CAST(NULL AS VARCHAR) AS _raw "
         f"FROM read_parquet({literal}, file_row_number = true))"
     )
+    key, where = parser.spec.key, str(path)
     try:
-        stage.add_checks(parser.sql(schema, source, str(path)), parser.spec.key)
+        checks = parser.checks_sql(schema, source, where)
+        stage.add_checks(parser.sql(schema, source, where), key, checks=checks)
+        unsettled = stage.unsettled_lines(key) if checks is not None else None
+        if unsettled is not None:
+            stage.settle_checks(parser.sql(
+                schema, f"(SELECT * FROM {source} SEMI JOIN {unsettled} USING (_line))", where),
+                key)
     except duckdb.Error as exc:
         raise InputError(f"{path}: cannot read Parquet data ({exc}); nothing was loaded") from None
     return int(stage.db.execute(f"SELECT count(*) FROM {stage.checks_name}").fetchone()[0])
