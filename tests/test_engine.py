@@ -358,3 +358,28 @@ def test_a_warehouse_open_in_another_process_says_so_and_what_to_do(tmp_path: Pa
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_write_table_stores_an_expression_and_replaces_the_table_on_each_engine(con) -> None:
+    rows = pd.DataFrame({"message_id": ["m1", "m2", "m3"], "device_id": ["d1", "d1", "d2"],
+                         "n": [1, 2, 3]})
+    source = engine.load_table(con, "t_write_source", rows)
+    engine.write_table(con, "t_written", source.filter(source.n > 1))
+    written = engine.write_table(con, "t_written", source.mutate(n=source.n * 10))
+    got = written.order_by("message_id").to_pandas()
+    assert got.to_dict("list") == {"message_id": ["m1", "m2", "m3"],
+                                   "device_id": ["d1", "d1", "d2"], "n": [10, 20, 30]}
+
+
+def test_write_table_stores_uuid_ids_uncompressed_on_duckdb(tmp_path: Path) -> None:
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb"))
+    ids = [f"{i:08x}-1f00-4add-9c1e-{i * 7919:012x}" for i in range(5000)]
+    rows = pd.DataFrame({"message_id": ids, "recorded_by": ["web"] * len(ids)})
+    engine.write_table(con, "t_ids", engine.load_table(con, "t_ids_source", rows))
+    con.raw_sql("CHECKPOINT")
+    stored = dict(con.raw_sql(
+        "SELECT column_name, min(compression) FROM pragma_storage_info('t_ids') "
+        "WHERE segment_type = 'VARCHAR' GROUP BY 1").fetchall())
+    assert stored["message_id"] == "Uncompressed"
+    assert stored["recorded_by"] != "Uncompressed"  # other strings keep DuckDB's choice
+    con.disconnect()

@@ -389,8 +389,8 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
             if step.persist_as is not None:
                 # in the warehouse (never a temporary table): renamed at the end of the run
                 scratch = f"{SCRATCH_PREFIX}{step.persist_as}"
-                stored = con.create_table(
-                    scratch, _conform(after, store.TABLES[step.persist_as]), overwrite=True)
+                stored = engine.write_table(
+                    con, scratch, _conform(after, store.TABLES[step.persist_as]))
                 rebind[after.op()] = stored.op()
                 produced["events"] = stored
                 persisted[step.persist_as] = scratch
@@ -426,7 +426,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         for name, expr in out.items():
             # in order: persons read the written sessions, accounts the written persons,
             # not the joins again
-            written = con.create_table(name, _rebound(expr, written_as), overwrite=True)
+            written = engine.write_table(con, name, _rebound(expr, written_as))
             written_as[expr.op()] = written.op()
         changes = _channel_changes(previous, con.table("sessions"))
         # last, once nothing reads them under their scratch names any more
