@@ -72,11 +72,7 @@ class Context:
         engine, as a scratch table dropped at the end of the run."""
         table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(
             data, preserve_index=False)
-        if table.num_rows == 0:  # an empty Parquet file has no schema Spark can read
-            return self.con.create_table(f"{SCRATCH_PREFIX}{name}",
-                                         schema=ibis.Schema.from_pyarrow(table.schema),
-                                         overwrite=True)
-        return engine.load_table(self.con, f"{SCRATCH_PREFIX}{name}", table)
+        return engine.scratch_lookup(self.con, f"{SCRATCH_PREFIX}{name}", table)
 
 
 StepFn = Callable[[Mapping[str, ir.Table], Context], StepResult]

@@ -201,7 +201,8 @@ class _Pending:
     Why: each step's rejects stored on their own were a query per step (on Spark a job, the
     dearest thing in a small run: a third of a prepare's jobs). They stay lazy and are written
     in one union at the end; only when a checkpoint they read is about to be dropped are the
-    ones reading it stored first, together, in one query.
+    ones reading it set apart first, together (:func:`touchline.engine.detach`: on DuckDB one
+    query, on Spark none).
     """
 
     def __init__(self, con: BaseBackend, kind: str, spec: store.TableSpec) -> None:
@@ -216,7 +217,7 @@ class _Pending:
         readers = [p for p in self.parts if _reads(p) & names]
         if not readers:
             return
-        stored = engine.materialise(
+        stored = engine.detach(
             self.con, f"{SCRATCH_PREFIX}{self.kind}_{uuid.uuid4().hex[:8]}",
             ibis.union(*readers, distinct=False))
         # conformed again: a stored timestamp reads back as timestamp(6), an int64 literal
@@ -454,9 +455,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         audited = (con.table("audit").group_by("step").aggregate(n=ibis._.count()).to_pandas()
                    if audits.parts else None)
     finally:
-        for name in con.list_tables():
-            if name.startswith(SCRATCH_PREFIX):
-                con.drop_table(name, force=True)
+        engine.drop_scratch(con, SCRATCH_PREFIX)
     # counted once at the end, from the written tables: a count per step was a query (a
     # Spark job) per step
     n_rejected = by_reason.groupby("step")["n"].sum()

@@ -19,10 +19,12 @@ log = logging.getLogger(__name__)
 Tables = Mapping[str, ir.Table]
 
 
-def _distinct(column: ir.Column) -> list[str]:
-    """Distinct non-null values of one column, brought to Python (a small aggregate)."""
-    values = column.name("v").as_table().filter(ibis._.v.notnull()).distinct().to_pyarrow()
-    return sorted(str(v) for v in values.column("v").to_pylist())
+def _distinct(*columns: ir.Column) -> list[str]:
+    """Distinct non-null values of ``columns`` (of one table) together, brought to Python (a
+    small aggregate) by one query: on Spark one job, not one a column."""
+    values = ibis.union(*(c.name("v").as_table() for c in columns), distinct=False)
+    got = values.filter(values.v.notnull()).distinct().to_pyarrow()
+    return sorted(str(v) for v in got.column("v").to_pylist())
 
 
 def drop_missing_ids(t: Tables, ctx: Context) -> StepResult:
@@ -228,7 +230,7 @@ def classify_channels(t: Tables, ctx: Context) -> StepResult:
                                   sessions.session_table(t["events"]))
     categories = reference.source_categories()
     aliases = reference.aliases("source", ctx.settings.source_aliases_file)
-    hosts = _distinct(visits.referrer_host) + _distinct(visits.landing_host)
+    hosts = _distinct(visits.referrer_host, visits.landing_host)
     host_lookup = ctx.lookup("hosts", channels.host_table(
         hosts, categories=categories, source_aliases=aliases))
     entered = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}entered", channels.entrance(
