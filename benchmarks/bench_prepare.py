@@ -276,6 +276,15 @@ converters {ref_converters:,}.
 """
 
 
+def _counts_and_steps(checks: dict, inner: dict) -> str:
+    """The counts against the truth and the per-step seconds, as two Markdown tables."""
+    rows = "\n".join(f"| {k} | {a:,} | {b:,} | {'yes' if ok else '**no**'} |"
+                     for k, (a, b, ok) in checks.items())
+    steps = "\n".join(f"| {k} | {v:.1f} |" for k, v in inner["steps"].items())
+    return ("| count | touchline | truth.json | equal |\n|---|---|---|---|\n" + rows
+            + "\n\n| step | seconds |\n|---|---|\n" + steps)
+
+
 def _doubled(memory_limit: str) -> str:
     """``"6GB"`` → ``"12GB"``: a DuckDB memory_limit twice as large, in the same unit."""
     found = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", memory_limit)
@@ -362,9 +371,6 @@ def main(events: float, spark_events: float, memory_limit: str | None = None) ->
             "persistence_floor": {"load_seconds": inner["load_seconds"], "writes": writes,
                                   "seconds": floor,
                                   "ratio": floor / ref["wall_s"] if ref else None}}
-    rows = "\n".join(f"| {k} | {a:,} | {b:,} | {'yes' if ok else '**no**'} |"
-                     for k, (a, b, ok) in checks.items())
-    steps = "\n".join(f"| {k} | {v:.1f} |" for k, v in inner["steps"].items())
     limited = f" (memory_limit {memory_limit})" if memory_limit else ""
     failed = "; ".join(ref_failures)
     if ref is None:
@@ -421,13 +427,7 @@ Disk (sampled every second): the warehouse file peaked at
 {inner['disk']['peak_warehouse_gib']} GiB ({inner['disk']['final_warehouse_gib']} GiB at the
 end), the spill folder (`temp_directory`) at {inner['disk']['peak_scratch_gib']} GiB.
 
-| count | touchline | truth.json | equal |
-|---|---|---|---|
-{rows}
-
-| step | seconds |
-|---|---|
-{steps}
+{_counts_and_steps(checks, inner)}
 
 {parity}"""
     # the 10M run is the standing figure; other sizes (50M with a memory limit) sit beside it
@@ -473,9 +473,6 @@ def scaling(events: float, memory_limit: str | None) -> None:
     bound = events / SCALING_BASE_EVENTS * SCALING_SLACK
     ratio = ours["wall_s"] / base["touchline"]["wall_s"]
     rss = ours["tree_peak_rss_mib"]
-    rows = "\n".join(f"| {k} | {a:,} | {b:,} | {'yes' if ok else '**no**'} |"
-                     for k, (a, b, ok) in checks.items())
-    steps = "\n".join(f"| {k} | {v:.1f} |" for k, v in inner["steps"].items())
     disk = inner["disk"]
     md = f"""## Prepare at {label} events: time linear in events (issue 19 goal 3)
 
@@ -496,13 +493,7 @@ else '**not met**'}). Disk: the warehouse file peaked at {disk['peak_warehouse_g
 GiB. Inside: load {inner['load_seconds']} s, prepare {inner['prepare_seconds']} s, paths +
 linear credits {inner['paths_credits_seconds']} s.
 
-| count | touchline | truth.json | equal |
-|---|---|---|---|
-{rows}
-
-| step | seconds |
-|---|---|
-{steps}
+{_counts_and_steps(checks, inner)}
 """
     write_result(f"prepare_{label}", md, {"machine": machine(), "events": events,
                                           "base": base["touchline"], "touchline": ours,
