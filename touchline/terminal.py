@@ -39,14 +39,20 @@ def warn(text: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
 
 
+def progress_bar(text: str) -> Progress:
+    """The one look of touchline's progress bars, on stderr: spinner, ``text`` (a Rich
+    ``TextColumn`` format), bar, done of all, time; gone when it ends (``transient``), so the
+    command's own tables follow it."""
+    return Progress(SpinnerColumn(), TextColumn(text), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=True)
+
+
 @contextmanager
 def step_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
     """A progress bar on stderr for a command made of counted steps (prepare's steps, the
     report's charts): yields ``tell(done, total, current)``. Gone when the command ends, so
     the command's own tables follow it; off when stderr is not a terminal."""
-    with Progress(SpinnerColumn(), TextColumn(f"{what} [dim]{{task.fields[current]}}[/]"),
-                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
-                  transient=True) as progress:
+    with progress_bar(f"{what} [dim]{{task.fields[current]}}[/]") as progress:
         task = progress.add_task(what, total=None, current="")
 
         def tell(done: int, total: int, current: str) -> None:

@@ -21,7 +21,7 @@ from rich.table import Column, Table
 
 from touchline.errors import ConfigError, TouchlineError, did_you_mean
 from touchline.formatting import readable_number
-from touchline.terminal import fail, step_bar, warn
+from touchline.terminal import fail, progress_bar, step_bar, warn
 
 app = typer.Typer(
     help="touchline: customer-journey tracking and multi-touch attribution.",
@@ -85,14 +85,6 @@ def ingest(
 
     Re-ingesting a file (or overlapping files) adds nothing twice.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
 
     from touchline import engine, store
     from touchline.collect.ingest import ingest_file
@@ -114,9 +106,7 @@ def ingest(
                     title=f"ingest into {kind}")
     reasons: dict[str, int] = {}
     # a bar over the files (done of all), and under it the file being read with its count
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
-                  transient=True) as progress:
+    with progress_bar("{task.description}") as progress:
         files = progress.add_task(f"ingest into {kind}: files", total=len(paths))
         for path in paths:
             task = progress.add_task(f"{path.name}: reading", total=None)
