@@ -383,3 +383,36 @@ def test_write_table_stores_uuid_ids_uncompressed_on_duckdb(tmp_path: Path) -> N
     assert stored["message_id"] == "Uncompressed"
     assert stored["recorded_by"] != "Uncompressed"  # other strings keep DuckDB's choice
     con.disconnect()
+
+
+def test_write_union_stores_every_parts_rows_even_over_a_table_they_read_on_each_engine(
+        con) -> None:
+    rows = pd.DataFrame({"message_id": ["m1", "m2", "m3", "m4"], "n": [1, 2, 3, 4]})
+    source = engine.load_table(con, "t_union_source", rows)
+    parts = [source.filter(source.n <= 1), source.filter(source.n == 3),
+             source.filter(source.n > 3).mutate(n=source.n * 10)]
+    written = engine.write_union(con, "t_union", parts)
+    assert sorted(written.to_pandas().itertuples(index=False, name=None)) == [
+        ("m1", 1), ("m3", 3), ("m4", 40)]
+    # as scratch (prepare's rejects set apart before a checkpoint is dropped)
+    kept = engine.detach(con, "t_union_scratch", parts[:2])
+    assert sorted(kept.to_pandas()["n"]) == [1, 3]
+    if engine.engine_name(con) == "duckdb":  # Spark cannot overwrite a table it reads
+        again = con.table("t_union")
+        engine.write_union(con, "t_union", [again.filter(again.n > 1), source.filter(
+            source.n == 2)])
+        assert sorted(con.table("t_union").to_pandas()["n"]) == [2, 3, 40]
+    with pytest.raises(ValueError, match="no parts"):
+        engine.write_union(con, "t_union", [])
+
+
+def test_write_union_keeps_the_old_table_when_a_part_fails_on_duckdb(tmp_path: Path) -> None:
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb"))
+    source = engine.load_table(con, "t_source", pd.DataFrame({"v": ["1", "2", "x"]}))
+    engine.write_union(con, "t_out", [source.filter(source.v == "1")])
+    bad = source.mutate(v=source.v.cast("int64").cast("string"))  # 'x' fails at run time
+    with pytest.raises(Exception, match="x"):
+        engine.write_union(con, "t_out", [source.filter(source.v == "2"), bad])
+    assert con.table("t_out").to_pandas()["v"].tolist() == ["1"]
+    assert [t for t in con.list_tables() if t.startswith("t_out")] == ["t_out"]
+    con.disconnect()

@@ -32,9 +32,10 @@ def drop_missing_ids(events: ir.Table) -> Split:
     phone (plain or SHA-256), previous_id or CRM contact id cannot be placed in anyone's journey.
     """
     mid = events.message_id
-    # strip() only where the first character is white space: trimming every id costs more
-    # than the rest of the step
-    blank = ibis.ifelse(mid.substr(0, 1).isin(list(" \t\n\r\v\f")), mid.strip() == "", mid == "")
+    # strip() only where the first character may be white space (space and the controls sort
+    # at or below " "): trimming every id costs more than the rest of the step. A comparison,
+    # not isin() on the six blanks, which DuckDB ran as a join, 2 s per 10M rows each time
+    blank = ibis.ifelse(mid.substr(0, 1) <= " ", mid.strip() == "", mid == "")
     no_message = mid.isnull() | blank
     no_identity = ibis.and_(*(events[c].isnull() for c in IDENTITY_COLUMNS))
     first = split(events, no_message, "missing_message_id",

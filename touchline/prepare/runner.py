@@ -200,9 +200,9 @@ class _Pending:
 
     Why: each step's rejects stored on their own were a query per step (on Spark a job, the
     dearest thing in a small run: a third of a prepare's jobs). They stay lazy and are written
-    in one union at the end; only when a checkpoint they read is about to be dropped are the
-    ones reading it set apart first, together (:func:`touchline.engine.detach`: on DuckDB one
-    query, on Spark none).
+    together at the end (:func:`touchline.engine.write_union`); only when a checkpoint they
+    read is about to be dropped are the ones reading it set apart first, together
+    (:func:`touchline.engine.detach`: on DuckDB a query per part, on Spark none).
     """
 
     def __init__(self, con: BaseBackend, kind: str, spec: store.TableSpec) -> None:
@@ -218,8 +218,7 @@ class _Pending:
         if not readers:
             return
         stored = engine.detach(
-            self.con, f"{SCRATCH_PREFIX}{self.kind}_{uuid.uuid4().hex[:8]}",
-            ibis.union(*readers, distinct=False))
+            self.con, f"{SCRATCH_PREFIX}{self.kind}_{uuid.uuid4().hex[:8]}", readers)
         # conformed again: a stored timestamp reads back as timestamp(6), an int64 literal
         # on Spark as int32, and a union needs equal types
         self.parts = [p for p in self.parts if not _reads(p) & names] + [
@@ -328,13 +327,12 @@ def _replace_rejects(con: BaseBackend, parts: list[ir.Table]) -> None:
         con.create_table("rejects", schema=store.REJECTS.schema)
     kept = con.table("rejects")
     kept = kept.filter(~kept.step.fill_null("").startswith(STEP_PREFIX))
-    every = _conform(kept, store.REJECTS)
-    for part in parts:
-        every = every.union(_conform(part, store.REJECTS), distinct=False)
+    every = [_conform(kept, store.REJECTS), *(_conform(part, store.REJECTS) for part in parts)]
     if engine.engine_name(con) == "spark":
         # two hops: Spark cannot overwrite a table it is reading from
-        every = engine.materialise(con, f"{SCRATCH_PREFIX}rejects_all", every)
-    con.create_table("rejects", every, overwrite=True)
+        every = [engine.materialise(con, f"{SCRATCH_PREFIX}rejects_all",
+                                    ibis.union(*every, distinct=False))]
+    engine.write_union(con, "rejects", every)
 
 
 def _row_counts(con: BaseBackend, names: Sequence[str]) -> dict[str, int]:
@@ -443,8 +441,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         # each part conformed (Pending.add): Spark may read an int64 literal column back as
         # int32
         if audits.parts:
-            con.create_table("audit", ibis.union(*audits.parts, distinct=False),
-                             overwrite=True)
+            engine.write_union(con, "audit", audits.parts)
         else:
             con.create_table("audit", schema=store.AUDIT.schema, overwrite=True)
         _replace_rejects(con, rejected.parts)
