@@ -360,6 +360,21 @@ def test_a_warehouse_open_in_another_process_says_so_and_what_to_do(tmp_path: Pa
         holder.wait()
 
 
+def test_row_ids_are_unique_int64_and_stay_fixed_on_each_engine(con) -> None:
+    """materialise_with_row_ids: one distinct int64 per row, equal rows included, and the same
+    ids each time the table is read (a narrow projection is joined back by them)."""
+    data = pd.DataFrame({"k": ["a", "a", "a", "b"] * 50, "v": [1, 1, 2, 3] * 50})
+    t = engine.materialise_with_row_ids(con, "t_rows", engine.load_table(con, "t_src", data))
+    assert t.schema()["_row"].is_int64()
+    got = t.to_pandas()
+    assert len(got) == 200 and got._row.is_unique
+    first = t.filter(t.k == "a").select("_row", "v").to_pandas()
+    again = t.filter(t.k == "a").select("_row", "v").to_pandas()
+    assert first.sort_values("_row").values.tolist() == again.sort_values("_row").values.tolist()
+    narrow = t.filter(t.v == 1).select(_won="_row")
+    assert t.semi_join(narrow, t._row == narrow._won).count().to_pyarrow().as_py() == 100
+
+
 def test_write_table_stores_an_expression_and_replaces_the_table_on_each_engine(con) -> None:
     rows = pd.DataFrame({"message_id": ["m1", "m2", "m3"], "device_id": ["d1", "d1", "d2"],
                          "n": [1, 2, 3]})

@@ -639,6 +639,32 @@ def materialise(con: BaseBackend, name: str, expr: ibis.Table, *,
     return con.create_table(name, expr, temp=True)
 
 
+def materialise_with_row_ids(con: BaseBackend, name: str, expr: ibis.Table,
+                             column: str = "_row") -> ibis.Table:
+    """``expr`` stored once (:func:`materialise`) with ``column``, an int64 unique on each row
+    and fixed for as long as the table lives, so that a narrow projection of it (a key, the
+    columns a window orders by, ``column``) can be ranked and its winners or losers joined
+    back to the full rows by ``column`` alone: no window or sort holds the wide rows.
+
+    Why it is engine-specific: SQL has no portable row identity, and ``row_number() over ()``
+    is one partition (Spark moves every row to one task) whose numbers need not repeat when
+    the query runs again. DuckDB: the stored table's ``rowid`` (0 … n-1 in a table that was
+    never deleted from; no column is written). Spark: ``monotonically_increasing_id()``
+    (partition index × 2^33 + position in the partition), made fixed by the local checkpoint
+    that stores the rows. The values differ between the engines; what is unique does not.
+    """
+    if engine_name(con) == "spark":
+        from pyspark.sql import functions as F  # Spark's own spelling
+
+        con._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]  # registers memtables
+        frame = con._session.sql(con.compile(expr))  # type: ignore[attr-defined]
+        frame = frame.withColumn(column, F.monotonically_increasing_id())
+        frame.localCheckpoint(eager=True).createOrReplaceTempView(name)
+        return con.table(name)
+    stored = materialise(con, name, expr)
+    return stored.mutate(**{column: stored.rowid()})
+
+
 #: string columns that hold a (nearly) unique uuid-like id on every row: on DuckDB they are stored
 #: uncompressed by :func:`write_table`
 UNCOMPRESSED_ID_COLUMNS = ("message_id", "device_id", "anonymous_id", "session_id")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import ibis
 
+from touchline import engine
 from touchline.prepare import dedupe, standardise
 
 from .conftest import working
@@ -13,8 +15,14 @@ from .conftest import working
 FORM = {"type": "track", "event": "Form Submitted"}
 
 
+def numbered(con, rows):  # type: ignore[no-untyped-def]
+    """Rows as the working table stored with its row id, as the dedupe_exact step stores it."""
+    return engine.materialise_with_row_ids(con, f"_test_numbered_{uuid.uuid4().hex[:8]}",
+                                           working(con, rows), dedupe.ROW)
+
+
 def test_exact_duplicates_keep_the_earliest_copy_and_point_to_it(con) -> None:  # type: ignore[no-untyped-def]
-    events = working(con, [
+    events = numbered(con, [
         {"message_id": "x", "anonymous_id": "a", "timestamp": "09:00:05", "url": "late"},
         {"message_id": "x", "anonymous_id": "a", "timestamp": "09:00:00", "url": "first"},
         {"message_id": "x", "anonymous_id": "a", "timestamp": "09:00:10", "url": "later"},
@@ -26,6 +34,55 @@ def test_exact_duplicates_keep_the_earliest_copy_and_point_to_it(con) -> None:  
     rejected = split.rejected.to_pandas()
     assert sorted(rejected.url) == ["late", "later"]
     assert set(rejected.ref) == {"x"} and set(rejected.reason_code) == {"duplicate_message_id"}
+    assert dedupe.ROW not in split.kept.columns and dedupe.ROW not in split.rejected.columns
+
+
+def test_identical_copies_of_a_message_are_one_kept_row_and_the_rest_rejected(con) -> None:  # type: ignore[no-untyped-def]
+    """A retried batch repeats a row exactly: the order columns tie on every copy, and only
+    the row id tells them apart. One copy stays, every other one is rejected, none is lost."""
+    copy = {"message_id": "x", "anonymous_id": "a", "user_id": "u", "timestamp": "09:00",
+            "received_at": "09:00:01", "url": "https://a.example/", "event": "Signed Up",
+            "type": "track"}
+    events = numbered(con, [copy, copy, copy, {**copy, "message_id": "y"}, copy])
+    split = dedupe.dedupe_exact(events)
+    kept = split.kept.to_pandas()
+    assert sorted(kept.message_id) == ["x", "y"]
+    rejected = split.rejected.to_pandas()
+    assert rejected.message_id.tolist() == ["x"] * 3 and set(rejected.ref) == {"x"}
+
+
+def test_copies_tied_on_the_time_are_ordered_by_receipt_then_recorder_then_page(con) -> None:  # type: ignore[no-untyped-def]
+    """The kept copy is the first by ``COPY_ORDER``: the earliest time, then the earliest
+    receipt, then the recording system, the URL and the referrer (alphabetically; a missing
+    value last), whatever the rows' order in the input."""
+    ts = {"anonymous_id": "a", "timestamp": "09:00"}
+    events = numbered(con, [
+        # earliest receipt wins over an earlier-sorting system and URL
+        {**ts, "message_id": "r", "received_at": "09:00:02", "source": "crm", "url": "a"},
+        {**ts, "message_id": "r", "received_at": "09:00:01", "source": "web", "url": "z"},
+        # same receipt: the system first
+        {**ts, "message_id": "s", "received_at": "09:00:01", "source": "web", "url": "a"},
+        {**ts, "message_id": "s", "received_at": "09:00:01", "source": "crm", "url": "z"},
+        # same system: the URL, then the referrer
+        {**ts, "message_id": "u", "url": "https://b.example/", "referrer": "a"},
+        {**ts, "message_id": "u", "url": "https://a.example/", "referrer": "z"},
+        {**ts, "message_id": "u", "url": "https://a.example/", "referrer": "y"},
+        # an earlier time beats everything after it
+        {"anonymous_id": "b", "message_id": "t", "timestamp": "09:00:01",
+         "received_at": "09:00:00", "source": "crm"},
+        {"anonymous_id": "z", "message_id": "t", "timestamp": "09:00:00",
+         "received_at": "09:05:00", "source": "web"},
+    ])
+    split = dedupe.dedupe_exact(events)
+    kept = split.kept.order_by("message_id").select(
+        "message_id", "recorded_by", "url", "referrer", "anonymous_id").to_pandas()
+    assert kept.values.tolist() == [
+        ["r", "web", "z", None, "a"],
+        ["s", "crm", "z", None, "a"],
+        ["t", "web", None, None, "z"],
+        ["u", "web", "https://a.example/", "y", "a"],
+    ]
+    assert split.rejected.count().to_pyarrow().as_py() == 5
 
 
 def test_same_form_from_two_systems_within_tolerance_is_one_touch(con) -> None:  # type: ignore[no-untyped-def]

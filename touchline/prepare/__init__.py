@@ -31,7 +31,7 @@ STEPS: tuple[Step, ...] = (
          why="an untimed or 1970-dated touch fits no journey"),
     Step("drop_future_timestamps", steps.drop_future_timestamps,
          why="a touch cannot happen after the server received it"),
-    Step("dedupe_exact", steps.dedupe_exact, checkpoint=True,
+    Step("dedupe_exact", steps.dedupe_exact,
          why="a retried or late copy of a message is the same touch"),
     Step("drop_bot_user_agents", steps.drop_bot_user_agents,
          why="crawler hits inflate reach and dilute credit"),

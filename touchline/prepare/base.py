@@ -47,11 +47,18 @@ class Split:
 
 @dataclass(frozen=True)
 class StepResult:
-    """What a step hands back to the runner."""
+    """What a step hands back to the runner.
+
+    ``stored``: names of scratch tables the step stored its working ``events`` in (a step
+    that must store its input anyway, as :func:`touchline.prepare.steps.dedupe_exact` does,
+    is its own checkpoint): the runner drops them, as it drops its checkpoints, once no
+    working table reads them.
+    """
 
     tables: Mapping[str, ir.Table] = field(default_factory=dict)
     rejected: ir.Table | None = None
     audit: ir.Table | None = None
+    stored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -31,40 +31,53 @@ def repeated_ids(events: ir.Table) -> ir.Table:
     return counts.filter(counts._copies > 1).select(_dup_id="message_id")
 
 
-def ranked_copies(events: ir.Table, repeated: ir.Table | None = None) -> ir.Table:
-    """The rows whose ``message_id`` occurs more than once, with ``_copy`` (0 = the one kept):
-    the earliest ``timestamp``, then earliest receipt, then the other columns as tie-breaks.
+#: the columns that order the copies of one ``message_id``, earliest first: the first copy
+#: is kept. A total order in practice: copies that tie on all of them are identical touches.
+COPY_ORDER = ("timestamp", "received_at", "recorded_by", "url", "referrer", "user_agent",
+              "anonymous_id", "user_id", "email", "phone", "contact_id")
+#: the row identity :func:`losing_copies` and :func:`dedupe_exact` read
+#: (:func:`touchline.engine.materialise_with_row_ids`)
+ROW = "_row"
 
-    A hash aggregate (:func:`repeated_ids`, stored by the caller or else inline) finds the
-    repeated ids, so only they, a few per cent of the rows, enter the window that ranks copies;
-    singletons never get sorted.
+
+def losing_copies(events: ir.Table, repeated: ir.Table | None = None) -> ir.Table:
+    """The :data:`ROW` ids of the copies that lose: every row of a repeated ``message_id``
+    but its first by :data:`COPY_ORDER`, then the smaller :data:`ROW` (which makes copies
+    identical on all of them one kept row).
+
+    ``events`` carries :data:`ROW`, a unique row id. Only a narrow projection (the id, the
+    order columns, :data:`ROW`) enters the window, and only the rows of repeated ids (a hash
+    aggregate, :func:`repeated_ids`, stored by the caller or else inline): the copies' wide
+    rows are never sorted, and a caller joins the result back by :data:`ROW`. At 50M events
+    the window over the ~9M full-width copies was where prepare ran out of memory under 6 GB.
     """
     if repeated is None:
         repeated = repeated_ids(events)
     multi = events.semi_join(repeated, events.message_id == repeated._dup_id)
-    # a total order in practice (copies that tie on all of these are identical touches)
-    order = [multi[c] for c in ("timestamp", "received_at", "recorded_by", "url", "referrer",
-                                "user_agent", "anonymous_id", "user_id", "email", "phone",
-                                "contact_id") if c in multi.columns]
-    return multi.mutate(_copy=ibis.row_number().over(group_by="message_id", order_by=order))
+    order = [c for c in COPY_ORDER if c in multi.columns]
+    narrow = multi.select("message_id", *order, ROW)
+    ranked = narrow.mutate(_copy=ibis.row_number().over(group_by="message_id",
+                                                        order_by=[*order, ROW]))
+    return ranked.filter(ranked._copy > 0).select(ROW)
 
 
-def dedupe_exact(events: ir.Table, ranked: ir.Table | None = None) -> Split:
-    """Keep one row per ``message_id``: copy 0 of :func:`ranked_copies`, and every id seen once.
+def dedupe_exact(events: ir.Table, losers: ir.Table | None = None) -> Split:
+    """Keep one row per ``message_id``: every row but the :func:`losing_copies`, which go to
+    rejects pointing at their id.
 
-    ``ranked``: :func:`ranked_copies` of ``events`` stored once by the caller (the kept rows and
-    the rejected copies both read it), else inline.
+    ``events`` carries :data:`ROW`, a unique row id (dropped from both sides); ``losers``: its
+    :func:`losing_copies`, stored once by the caller (the kept and the rejected side both read
+    them), else inline. Both sides meet the losers on :data:`ROW`, an int64: the hash table
+    is one narrow column of the copies, whatever the width of the rows.
     """
-    if ranked is None:
-        ranked = ranked_copies(events)
-    single = events.anti_join(ranked, events.message_id == ranked.message_id)
-    # a stored ``ranked`` may read back timestamps as timestamp(6): cast to the input's types
-    winners = ranked.filter(ranked._copy == 0).drop("_copy").cast(events.schema())
-    kept = single.union(winners)
-    losers = ranked.filter(ranked._copy > 0).drop("_copy")
-    rejected = reject(losers, "duplicate_message_id",
+    if losers is None:
+        losers = losing_copies(events)
+    on = events[ROW] == losers[ROW]
+    kept = events.anti_join(losers, on).drop(ROW)
+    lost = events.semi_join(losers, on).drop(ROW)
+    rejected = reject(lost, "duplicate_message_id",
                       "another copy with this message_id was recorded earlier",
-                      field_name="message_id").mutate(ref=losers.message_id)
+                      field_name="message_id").mutate(ref=lost.message_id)
     return Split(kept=kept, rejected=rejected)
 
 

@@ -404,6 +404,7 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
                     # its bare name: what a query's table nodes are named (DuckDB's get_name()
                     # gives "temp.main.<name>", which matched no reader and dropped nothing)
                     checkpoints.append(stored.op().name)
+            checkpoints.extend(result.stored)
             if result.rejected is not None:
                 rejected.add(_rebound(_reject_rows(result.rejected, step.name, ctx), rebind))
             if result.audit is not None:

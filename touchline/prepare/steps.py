@@ -146,14 +146,18 @@ def convert_currency(t: Tables, ctx: Context) -> StepResult:
 
 
 def dedupe_exact(t: Tables, ctx: Context) -> StepResult:
-    # each stored, so that no query reads the input twice (DuckDB would buffer all of it);
-    # the ranked copies (the repeated ids' rows only) are read by the kept and rejected sides
+    # the input stored once with a row id: the step's checkpoint (later steps read it through
+    # the anti join with the losers; no second copy of the kept rows is written). Then the
+    # repeated ids and the losing copies' row ids, each stored: no query reads the input
+    # twice (DuckDB would buffer all of it) and the ranking window holds narrow rows only
+    numbered = f"{SCRATCH_PREFIX}numbered_events"
+    events = engine.materialise_with_row_ids(ctx.con, numbered, t["events"], dedupe.ROW)
     repeated = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}repeated_ids",
-                                  dedupe.repeated_ids(t["events"]))
-    ranked = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}ranked_copies",
-                                dedupe.ranked_copies(t["events"], repeated))
-    split = dedupe.dedupe_exact(t["events"], ranked)
-    return StepResult({"events": split.kept}, split.rejected)
+                                  dedupe.repeated_ids(events))
+    losers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}losing_copies",
+                                dedupe.losing_copies(events, repeated))
+    split = dedupe.dedupe_exact(events, losers)
+    return StepResult({"events": split.kept}, split.rejected, stored=(numbered,))
 
 
 def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
