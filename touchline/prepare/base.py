@@ -89,25 +89,22 @@ StepFn = Callable[[Mapping[str, ir.Table], Context], StepResult]
 class Step:
     """A named preparation step with the one-line reason it exists.
 
-    ``checkpoint`` materialises the working ``events`` after the step, so that later steps
-    do not recompute the chain before it; the step's rejects and audit are then evaluated on
-    the stored rows wherever they derive from its output.
-
     ``persist_as`` names the prepared table the working ``events`` become at this step (its
     columns are conformed to that table's spec). It is a checkpoint written once into the
     warehouse: under a scratch name while the run goes on, renamed at its end, so the largest
     table is not written twice (once as a scratch copy, once as the result).
 
     ``stage`` stores the working ``events`` after the step on Spark only
-    (:func:`touchline.engine.stage_input`), as ``checkpoint`` does on both engines: Spark
-    plans the chain of steps above it again under every later query that reads it, where
-    DuckDB plans it in milliseconds and fuses it into one scan.
+    (:func:`touchline.engine.stage_input`), so that later steps do not plan the chain before
+    it again: Spark plans it under every later query that reads it, where DuckDB plans it in
+    milliseconds and fuses it into one scan. The step's rejects and audit are then evaluated
+    on the stored rows wherever they derive from its output. (A step that must store its input
+    anyway stores it itself and names it in :attr:`StepResult.stored`, as exact dedupe does.)
     """
 
     name: str
     fn: StepFn
     why: str
-    checkpoint: bool = False
     stage: bool = False
     persist_as: str | None = None
 

@@ -393,11 +393,10 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
                 rebind[after.op()] = stored.op()
                 produced["events"] = stored
                 persisted[step.persist_as] = scratch
-            elif (step.checkpoint or step.stage) and after is not before:
+            elif step.stage and after is not before:
                 # stored before its rejects and audit are counted, which then read the stored
                 # rows instead of recomputing the step's expressions (URL regexes, windows)
-                store_events = engine.materialise if step.checkpoint else engine.stage_input
-                stored = store_events(con, f"{SCRATCH_PREFIX}events_{i}", after)
+                stored = engine.stage_input(con, f"{SCRATCH_PREFIX}events_{i}", after)
                 if stored is not after:
                     rebind[after.op()] = stored.op()
                     produced["events"] = stored
