@@ -51,6 +51,28 @@ def test_concurrent_appends_share_flushes_and_all_land(tmp_path: Path) -> None:
     assert sorted(lines) == sorted(_line(f"m{i}").rstrip(b"\n") for i in range(200))
 
 
+def test_a_cancelled_append_leaves_the_others_of_its_flush_acknowledged(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+
+    async def one_client_goes_away() -> list[str]:
+        first = asyncio.ensure_future(writer.append(_line("m0")))  # its flush starts now
+        await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(writer.append(_line(f"m{i}"))) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        waiting[1].cancel()  # m2's client went away while the next flush gathered
+        outcomes = await asyncio.gather(first, *waiting, return_exceptions=True)
+        return ["cancelled" if isinstance(o, asyncio.CancelledError) else "durable"
+                for o in outcomes]
+
+    assert asyncio.run(one_client_goes_away()) == ["durable", "durable", "cancelled", "durable"]
+    writer.close()
+    [segment] = list(tmp_path.glob("*.seg"))
+    # m2 was already in the buffer: written, just not acknowledged (the loader loads it)
+    assert sorted(segment.read_bytes().splitlines()) == sorted(
+        _line(f"m{i}").rstrip(b"\n") for i in range(4)
+    )
+
+
 def test_writer_refuses_when_the_spool_is_over_its_limit(tmp_path: Path) -> None:
     writer = _writer(tmp_path, limit_bytes=10)
 

@@ -57,6 +57,9 @@ class SpoolWriter:
 
     :meth:`append` returns only when the bytes are durable. Requests that arrive while a flush
     is running join the next one, so a busy worker does one fsync per *flush*, not per request.
+    Each request waits on a future of its own, which the flush completes: a request cancelled
+    while it waits (its client went away) cancels only that future, never its neighbours'
+    acknowledgement (one shared future shielded per request cost two more event-loop hops).
     """
 
     def __init__(
@@ -75,7 +78,7 @@ class SpoolWriter:
         self._fd = -1
         self._size = 0
         self._buffer: list[bytes] = []
-        self._next: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []  # one per append in the buffer
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None  # referenced so it is not collected
         self._full_checked_at = -LIMIT_CHECK_SECONDS
@@ -116,30 +119,34 @@ class SpoolWriter:
         if self.over_limit():
             raise SpoolFullError(f"spool {self.directory} is over its size or free-disk limit")
         loop = asyncio.get_running_loop()
-        if self._next is None:
-            self._next = loop.create_future()
-        done = self._next
+        done = loop.create_future()
+        self._waiters.append(done)
         self._buffer.append(data)
         self._spool_bytes += len(data)
         if not self._flushing:
             self._flushing = True
             self._flusher = loop.create_task(self._flush_loop())
-        await asyncio.shield(done)
+        await done
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._buffer:
-                data, done = b"".join(self._buffer), self._next
-                self._buffer, self._next = [], None
-                assert done is not None
+                data, waiters = b"".join(self._buffer), self._waiters
+                self._buffer, self._waiters = [], []
                 try:
                     await loop.run_in_executor(None, self._write, data)
                 except OSError as exc:
                     log.error("spool write to %s failed: %s", self.directory, exc)
-                    done.set_exception(SpoolError(f"cannot write spool {self.directory}: {exc}"))
+                    for done in waiters:
+                        if not done.done():  # cancelled: its request is gone
+                            done.set_exception(
+                                SpoolError(f"cannot write spool {self.directory}: {exc}")
+                            )
                 else:
-                    done.set_result(None)
+                    for done in waiters:
+                        if not done.done():
+                            done.set_result(None)
         finally:
             self._flushing = False
 
