@@ -159,9 +159,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = _longest_first(items, _files_with_module_fixtures(config.rootpath))
 
 
-#: a test's rough wall time on a worker of ``make test``, by kind, in seconds (2026-12-05,
-#: two workers on two cores): a Spark variant costs some jobs of a second or more each, a
-#: ``slow`` test is an end-to-end run (the demo's simulate, load, run and report: 40-110 s)
+#: a test's rough wall time on a worker of ``make test``, by kind, in seconds, for handing
+#: out the longest work first (2026-12-05, two workers on two cores): a Spark variant runs
+#: jobs of a fraction of a second each, 2-50 s a test (most 3-10 s); a DuckDB or plain test
+#: mostly well under a second; a ``slow`` test is an end-to-end run (the demo's simulate,
+#: load, run and report: 40-110 s). Only the order depends on them, never a result.
 ESTIMATED_SECONDS = {"skipped": 0.0, "other": 0.3, "spark": 5.0, "slow": 90.0}
 
 
@@ -189,9 +191,11 @@ def _longest_first(items: list[pytest.Item], shared: set[str]) -> list[pytest.It
     """``items`` as work units (:func:`_work_unit`) in descending estimated time (the sum of
     :func:`_estimated_seconds` over a unit's tests), a unit's tests in their own order.
 
-    Why: with the units handed out in file order, the demo's end-to-end tests (over a minute
-    each) came last, and one worker ran them alone while the other sat idle; longest first,
-    the last tests handed out are the DuckDB ones of a fraction of a second each.
+    Why: xdist handed out the files with a module-scoped fixture first, then single tests in
+    file order, so the demo's end-to-end tests (tests/test_pipeline.py, over a minute each)
+    and Spark tests came near the end, and one worker ran them alone while the other sat
+    idle. Longest first, the tests handed out last are short DuckDB and plain ones, and the
+    two workers finish close together.
     """
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
@@ -218,8 +222,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     xdist's ``loadgroup`` would do this from ``xdist_group`` marks, but under pytest 9 the
     group suffix it writes into the node id is lost, and nothing is grouped. Work units are
     handed out in the order the workers collected them, longest first
-    (:func:`pytest_collection_modifyitems`), not xdist's largest-first
-    (``loadscopereorder``): a unit of many DuckDB tests is quicker than one Spark test.
+    (:func:`pytest_collection_modifyitems`), not xdist's most-tests-first
+    (``loadscopereorder``): a file of forty DuckDB tests can take less time than one Spark
+    test.
     """
     if config.getvalue("dist") != "loadgroup":
         return None
