@@ -142,16 +142,66 @@ def shared_data() -> Path:
 ENGINE_FIXTURES = ("con", "module_con")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked ``@pytest.mark.duckdb_only(reason=...)`` that still reaches ``con`` or
     ``module_con`` (through a fixture built on them, say) runs on DuckDB alone: its Spark
-    variant is skipped with the mark's reason, before any Spark session starts."""
+    variant is skipped with the mark's reason, before any Spark session starts.
+
+    On a worker of ``make test`` the tests are then put longest first (:func:`_longest_first`):
+    the order they are collected in is the order the scheduler hands them out."""
     for item in items:
         mark = item.get_closest_marker("duckdb_only")
         params = getattr(getattr(item, "callspec", None), "params", {})
         if mark is not None and any(params.get(f) == "spark" for f in ENGINE_FIXTURES):
             reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "")
             item.add_marker(pytest.mark.skip(reason=f"DuckDB only: {reason}"))
+    if hasattr(config, "workerinput") and getattr(config.option, "loadgroup", False):
+        items[:] = _longest_first(items, _files_with_module_fixtures(config.rootpath))
+
+
+#: a test's rough wall time on a worker of ``make test``, by kind, in seconds, for handing
+#: out the longest work first (2026-12-05, two workers on two cores): a Spark variant runs
+#: jobs of a fraction of a second each, 2-50 s a test (most 3-10 s); a DuckDB or plain test
+#: mostly well under a second; a ``slow`` test is an end-to-end run (the demo's simulate,
+#: load, run and report: 40-110 s). Only the order depends on them, never a result.
+ESTIMATED_SECONDS = {"skipped": 0.0, "other": 0.3, "spark": 5.0, "slow": 90.0}
+
+
+def _estimated_seconds(item: pytest.Item) -> float:
+    """:data:`ESTIMATED_SECONDS` of the kind ``item`` is."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if item.get_closest_marker("skip") is not None:
+        return ESTIMATED_SECONDS["skipped"]
+    if item.get_closest_marker("slow") is not None:
+        return ESTIMATED_SECONDS["slow"]
+    if (any(params.get(f) == "spark" for f in ENGINE_FIXTURES)
+            or "spark_backend" in getattr(item, "fixturenames", ())):
+        return ESTIMATED_SECONDS["spark"]
+    return ESTIMATED_SECONDS["other"]
+
+
+def _work_unit(nodeid: str, shared: set[str]) -> str:
+    """What ``make test`` hands a worker at once: a whole file when it has a module-scoped
+    fixture (``shared``), so the fixture is built once, else the single test."""
+    path = nodeid.split("::", 1)[0]
+    return path if path in shared else nodeid
+
+
+def _longest_first(items: list[pytest.Item], shared: set[str]) -> list[pytest.Item]:
+    """``items`` as work units (:func:`_work_unit`) in descending estimated time (the sum of
+    :func:`_estimated_seconds` over a unit's tests), a unit's tests in their own order.
+
+    Why: xdist handed out the files with a module-scoped fixture first, then single tests in
+    file order, so the demo's end-to-end tests (tests/test_pipeline.py, over a minute each)
+    and Spark tests came near the end, and one worker ran them alone while the other sat
+    idle. Longest first, the tests handed out last are short DuckDB and plain ones, and the
+    two workers finish close together.
+    """
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(_work_unit(item.nodeid, shared), []).append(item)
+    ordered = sorted(units.values(), key=lambda unit: -sum(map(_estimated_seconds, unit)))
+    return [item for unit in ordered for item in unit]
 
 
 def _files_with_module_fixtures(root: Path) -> set[str]:
@@ -164,23 +214,27 @@ def _files_with_module_fixtures(root: Path) -> set[str]:
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``make test`` (``-n 2 --dist loadgroup``): each test goes to whichever worker is free,
     except the tests of a file with a module-scoped fixture (a Spark scenario, a served
-    dashboard): a file's such tests stay on one worker, so its fixture is built once.
+    dashboard): a file's such tests stay on one worker, so its fixture is built once
+    (:func:`_work_unit`).
 
     Why a scheduler of our own: ``--dist loadfile`` sent whole files to one worker, and the
     Spark prepare tests of one file kept it busy for minutes after the other had finished;
     xdist's ``loadgroup`` would do this from ``xdist_group`` marks, but under pytest 9 the
     group suffix it writes into the node id is lost, and nothing is grouped. Work units are
-    handed out largest first (xdist's ``loadscopereorder``).
+    handed out in the order the workers collected them, longest first
+    (:func:`pytest_collection_modifyitems`), not xdist's most-tests-first
+    (``loadscopereorder``): a file of forty DuckDB tests can take less time than one Spark
+    test.
     """
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     shared = _files_with_module_fixtures(config.rootpath)
+    config.option.loadscopereorder = False  # read by the scheduler alone
 
     class SharedFixtureScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return path if path in shared else nodeid
+            return _work_unit(nodeid, shared)
 
     return SharedFixtureScheduling(config, log)  # type: ignore[arg-type]

@@ -58,6 +58,7 @@ def test_matching_channels_equals_the_true_count_only_for_the_same_set() -> None
     assert matching_channels(["email", "phone", "offline", "Unassigned"], true) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("via_http", [False, True], ids=["file", "collector"])
 def test_every_demo_count_equals_the_truth(tmp_path: Path, via_http: bool,
                                           request: pytest.FixtureRequest) -> None:
