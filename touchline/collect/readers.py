@@ -303,6 +303,11 @@ def _line_blocks(
             if not block:
                 break
             if first:  # a byte-order mark (editors on Windows write one) is not line 1's text
+                while len(block) < len(UTF8_BOM) and UTF8_BOM.startswith(block):
+                    more = stream.read(len(UTF8_BOM) - len(block))  # a mark cut by a short read
+                    if not more:
+                        break
+                    block += more
                 block, first = block.removeprefix(UTF8_BOM), False
             if skipping:
                 cut = block.find(b"\n")
