@@ -609,6 +609,12 @@ def read_parquet_dir(con: BaseBackend, folder: Path) -> ibis.Table:
     return con.read_parquet(str(folder / "*.parquet"))
 
 
+def _spark_frame(con: BaseBackend, expr: ibis.Table) -> Any:
+    """``expr`` as a Spark data frame (its in-memory tables registered first)."""
+    con._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]  # registers memtables
+    return con._session.sql(con.compile(expr))  # type: ignore[attr-defined]
+
+
 def materialise(con: BaseBackend, name: str, expr: ibis.Table, *,
                 in_memory: bool = False) -> ibis.Table:
     """Compute ``expr`` once into a session-scoped table, so several later queries reuse it.
@@ -627,9 +633,7 @@ def materialise(con: BaseBackend, name: str, expr: ibis.Table, *,
     re-read. Drop it with :func:`drop_materialised`.
     """
     if engine_name(con) == "spark":
-        con._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]  # registers memtables
-        frame = con._session.sql(con.compile(expr))  # type: ignore[attr-defined]
-        frame.localCheckpoint(eager=True).createOrReplaceTempView(name)
+        _spark_frame(con, expr).localCheckpoint(eager=True).createOrReplaceTempView(name)
         return con.table(name)
     if getattr(con, "_touchline_scratch_in_file", False) and not in_memory:
         return con.create_table(name, expr, overwrite=True)
@@ -656,9 +660,7 @@ def materialise_with_row_ids(con: BaseBackend, name: str, expr: ibis.Table,
     if engine_name(con) == "spark":
         from pyspark.sql import functions as F  # Spark's own spelling
 
-        con._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]  # registers memtables
-        frame = con._session.sql(con.compile(expr))  # type: ignore[attr-defined]
-        frame = frame.withColumn(column, F.monotonically_increasing_id())
+        frame = _spark_frame(con, expr).withColumn(column, F.monotonically_increasing_id())
         frame.localCheckpoint(eager=True).createOrReplaceTempView(name)
         return con.table(name)
     stored = materialise(con, name, expr)
@@ -692,15 +694,29 @@ def write_table(con: BaseBackend, name: str, expr: ibis.Table) -> ibis.Table:
         for column in schema.to_sqlglot_column_defs(dialect))
     con._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]  # registers memtables
     query = con.compile(expr)
-    # written under a new name first, as Ibis does: ``expr`` may read the table it replaces
-    building = f"{name}_{uuid.uuid4().hex[:8]}"
-    con.raw_sql(f'CREATE TABLE "{building}" ({columns})')
-    try:
+
+    def build(building: str) -> None:
+        con.raw_sql(f'CREATE TABLE "{building}" ({columns})')
         con.raw_sql(f'INSERT INTO "{building}" {query}')
+
+    return _replace_by_building(con, name, build)
+
+
+def _replace_by_building(con: BaseBackend, name: str,
+                         build: Callable[[str], object]) -> ibis.Table:
+    """Table ``name`` replaced by the one ``build`` fills under a new name, then renamed.
+
+    Why a new name first (as Ibis does for ``overwrite=True``): what ``build`` reads may be
+    the table it replaces. A ``build`` that fails leaves ``name`` as it was and no half-built
+    table behind.
+    """
+    building = f"{name}_{uuid.uuid4().hex[:8]}"
+    try:
+        build(building)
     except Exception:
-        con.raw_sql(f'DROP TABLE IF EXISTS "{building}"')
+        con.drop_table(building, force=True)
         raise
-    con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
+    con.drop_table(name, force=True)
     rename_table(con, building, name)
     return con.table(name)
 
@@ -725,21 +741,22 @@ def write_union(con: BaseBackend, name: str, parts: Sequence[ibis.Table], *,
         union = ibis.union(*parts, distinct=False)
         return (materialise(con, name, union) if scratch
                 else con.create_table(name, union, overwrite=True))
-    # a warehouse table is written under a new name first: a part may read the one it replaces
-    building = name if scratch else f"{name}_{uuid.uuid4().hex[:8]}"
-    if scratch:
-        materialise(con, building, parts[0])
-    else:
-        con.create_table(building, parts[0])
-    try:
+
+    def build(target: str) -> None:
+        if scratch:
+            materialise(con, target, parts[0])
+        else:
+            con.create_table(target, parts[0])
         for part in parts[1:]:
-            con.insert(building, part)
-    except Exception:
-        con.drop_table(building, force=True)
-        raise
+            con.insert(target, part)
+
     if not scratch:
+        return _replace_by_building(con, name, build)
+    try:  # a scratch name is new: nothing reads it yet
+        build(name)
+    except Exception:
         con.drop_table(name, force=True)
-        rename_table(con, building, name)
+        raise
     return con.table(name)
 
 
@@ -756,9 +773,7 @@ def detach(con: BaseBackend, name: str, parts: Sequence[ibis.Table]) -> ibis.Tab
     checkpoints it reads stay in the executors until it is dropped.
     """
     if engine_name(con) == "spark":
-        expr = ibis.union(*parts, distinct=False)
-        con._run_pre_execute_hooks(expr)  # type: ignore[attr-defined]  # registers memtables
-        con._session.sql(con.compile(expr)).createOrReplaceTempView(name)  # type: ignore[attr-defined]
+        _spark_frame(con, ibis.union(*parts, distinct=False)).createOrReplaceTempView(name)
         return con.table(name)
     return write_union(con, name, parts, scratch=True)
 
