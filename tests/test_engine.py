@@ -12,7 +12,7 @@ from ibis import _
 
 from touchline import engine, store
 from touchline.config import Settings
-from touchline.errors import ConfigError
+from touchline.errors import ConfigError, EngineError
 
 
 def test_group_by_sum_gives_same_answer_on_each_engine(con) -> None:
@@ -431,3 +431,24 @@ def test_write_union_keeps_the_old_table_when_a_part_fails_on_duckdb(tmp_path: P
     assert con.table("t_out").to_pandas()["v"].tolist() == ["1"]
     assert [t for t in con.list_tables() if t.startswith("t_out")] == ["t_out"]
     con.disconnect()
+
+
+def test_window_parts_follow_duckdbs_memory_limit_and_spark_needs_one(con) -> None:  # type: ignore[no-untyped-def]
+    rows = ibis.literal(10**9)
+    if engine.engine_name(con) == "spark":
+        assert engine.window_parts(con, rows, 1000) == 1
+        return
+    limit = con.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    per_part = engine._bytes(limit) // 1000
+    assert engine.window_parts(con, rows, 1000) == -(-10**9 // per_part) > 1
+    assert engine.window_parts(con, ibis.literal(0), 1000) == 1
+    assert engine.window_parts(con, ibis.literal(per_part), 1000) == 1
+    assert engine.window_parts(con, ibis.literal(per_part + 1), 1000) == 2
+
+
+def test_sizes_as_duckdb_prints_them() -> None:
+    assert engine._bytes("1.1 GiB") == int(1.1 * 2**30)
+    assert engine._bytes("6GB") == 6 * 10**9
+    assert engine._bytes("512 KiB") == 512 * 1024
+    with pytest.raises(EngineError, match="not a size"):
+        engine._bytes("lots")

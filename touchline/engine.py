@@ -643,6 +643,37 @@ def materialise(con: BaseBackend, name: str, expr: ibis.Table, *,
     return con.create_table(name, expr, temp=True)
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _bytes(size: str) -> int:
+    """DuckDB's spelling of a size (``"1.1 GiB"``, ``"6GB"``) in bytes."""
+    found = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", size)
+    if found is None or found.group(2).lower() not in _SIZE_UNITS:
+        raise EngineError(f"not a size DuckDB would print: {size!r}")
+    return int(float(found.group(1)) * _SIZE_UNITS[found.group(2).lower()])
+
+
+def window_parts(con: BaseBackend, rows: ir.IntegerScalar, row_bytes: int) -> int:
+    """Into how many parts (each a set of whole partitions) a window over ``rows`` rows of
+    about ``row_bytes`` bytes each must be split to fit the engine's memory.
+
+    DuckDB 1.4's window operator keeps its whole input in memory and spills little of it, so
+    a window over more rows than the memory limit holds fails with an out-of-memory error; a
+    part holds at most ``memory_limit / row_bytes`` rows: parts =
+    ``ceil(rows / (memory_limit / row_bytes))`` (``rows`` is evaluated only here). Spark sorts
+    out of core: always 1, and ``rows`` is not evaluated.
+    """
+    if engine_name(con) == "spark":
+        return 1
+    limit = con.con.execute(  # type: ignore[attr-defined]
+        "SELECT current_setting('memory_limit')").fetchone()[0]
+    per_part = max(1, _bytes(limit) // max(1, row_bytes))
+    count = int(rows.execute() or 0)
+    return max(1, -(-count // per_part))
+
+
 def materialise_with_row_ids(con: BaseBackend, name: str, expr: ibis.Table,
                              column: str = "_row") -> ibis.Table:
     """``expr`` stored once (:func:`materialise`) with ``column``, an int64 unique on each row

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pandas as pd
+
 from touchline.prepare import sessions, standardise
 
 from .conftest import working
@@ -55,3 +57,27 @@ def test_session_table_has_landing_values_duration_and_pages(con) -> None:  # ty
     assert (got.landing_page, got.utm_source, got.event_count, got.pageview_count) == (
         "https://shop.com/a", "google", 3, 2)
     assert (got.duration_seconds, got.conversion_count, got.revenue) == (720.0, 1, 30.0)
+
+
+def test_numbers_by_parts_of_devices_equal_one_window_over_all(con) -> None:  # type: ignore[no-untyped-def]
+    # twelve devices, each with a gap and a campaign switch: split by a hash of the device,
+    # every part holds whole devices, so the parts' numbers are exactly the whole one's
+    rows = []
+    for d in range(12):
+        for t, source in (("09:00", "google"), ("09:10", None), ("09:45", "google"),
+                          ("09:50", "newsletter"), ("11:00", None)):
+            rows.append({"anonymous_id": f"dev{d}", "timestamp": t, "utm_source": source})
+    events = sessions.device_ids(working(con, rows))
+    for on_campaign, expected in ((False, [1, 1, 2, 2, 3]), (True, [1, 1, 2, 3, 4])):
+        keys = sessions.session_keys(events, new_on_campaign=on_campaign)
+        whole = sessions.session_numbers(keys, gap=GAP, new_on_campaign=on_campaign)
+        parts = [sessions.session_numbers(keys, gap=GAP, new_on_campaign=on_campaign,
+                                          part=(k, 3)).to_pandas() for k in range(3)]
+        assert sum(len(p) > 0 for p in parts) >= 2, "the hash put every device in one part"
+        split = (pd.concat(parts).sort_values("_sid").reset_index(drop=True))
+        one = whole.to_pandas().sort_values("_sid").reset_index(drop=True)
+        pd.testing.assert_frame_equal(split, one, check_dtype=False)
+        by_time = (split.merge(events.select("message_id", "device_id", "timestamp").to_pandas(),
+                               left_on="_sid", right_on="message_id")
+                   .sort_values(["device_id", "timestamp"]))
+        assert by_time.groupby("device_id").session_index.agg(list).tolist() == [expected] * 12

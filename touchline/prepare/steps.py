@@ -220,13 +220,22 @@ def keep_retained_touches(t: Tables, ctx: Context) -> StepResult:
 def sessionise(t: Tables, ctx: Context) -> StepResult:
     events = sessions.device_ids(t["events"])
     gap = timedelta(minutes=ctx.settings.session_gap_minutes)
-    numbers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}session_numbers",
-                                 sessions.session_numbers(
-                                     events, gap=gap,
-                                     new_on_campaign=ctx.settings.session_new_on_campaign))
+    on_campaign = ctx.settings.session_new_on_campaign
+    keys = sessions.session_keys(events, new_on_campaign=on_campaign)
+    # the raw events bound the touches (the retained ones aside): an estimate, counted free
+    parts = engine.window_parts(
+        ctx.con, ctx.con.table("events").count(),
+        sessions.SESSION_CAMPAIGN_ROW_BYTES if on_campaign else sessions.SESSION_KEY_ROW_BYTES)
+    stored: tuple[str, ...] = ()
+    if parts > 1:  # stored first, narrow: each part's window then reads it, not the chain
+        stored = (f"{SCRATCH_PREFIX}session_keys",)
+        keys = engine.materialise(ctx.con, stored[0], keys)
+    numbers = engine.write_union(ctx.con, f"{SCRATCH_PREFIX}session_numbers", [
+        sessions.session_numbers(keys, gap=gap, new_on_campaign=on_campaign, part=(k, parts))
+        for k in range(parts)], scratch=True)
     # stored as `touches` (Step.persist_as) without session_id, a long string on every row:
     # touches meet their session's row on (device_id, session_index) and take its id there
-    return StepResult({"events": sessions.sessionise(events, numbers=numbers)})
+    return StepResult({"events": sessions.sessionise(events, numbers=numbers)}, stored=stored)
 
 
 def classify_channels(t: Tables, ctx: Context) -> StepResult:
