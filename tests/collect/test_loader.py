@@ -15,7 +15,7 @@ from collector_kit import Warehouse
 from touchline import engine, store
 from touchline.collect import loader
 from touchline.collect.ingest import ingest_file
-from touchline.collect.segment import SegmentSplit, map_segment
+from touchline.collect.segment import SegmentMapper, SegmentSplit
 from touchline.collect.spool import EVENT, SpoolFullError, SpoolWriter, spool_bytes
 from touchline.config import Settings
 from touchline.serve.figures import freshness
@@ -214,12 +214,14 @@ def test_a_record_the_mapping_fails_on_is_rejected_alone_and_the_rest_loads(
     """Whatever the next poison pill is, the loader bisects the chunk down to it, rejects it
     with the error and its line, and loads every other message of the chunk."""
 
-    def fragile(lines: pa.Table, **options: object) -> SegmentSplit:
+    mapping = SegmentMapper.map
+
+    def fragile(mapper: SegmentMapper, lines: pa.Table, **options: object) -> SegmentSplit:
         if any("poison" in raw for raw in lines.column("raw").to_pylist()):
             raise duckdb.InvalidInputException("cannot map a poisoned message")
-        return map_segment(lines, **options)  # type: ignore[arg-type]
+        return mapping(mapper, lines, **options)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(loader, "map_segment", fragile)
+    monkeypatch.setattr(SegmentMapper, "map", fragile)
     spool = Path(warehouse.settings.spool_dir)
     data = b"".join(_line(f"m{i}") for i in range(7)) + _line("poison") + _line("m7") + _line("m3")
     (spool / "4-999999.seg").write_bytes(data)

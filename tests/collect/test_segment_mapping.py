@@ -8,7 +8,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from touchline.collect.segment import check_message, map_segment, truncate_ip
+from touchline.collect.segment import SegmentMapper, check_message, map_segment, truncate_ip
 from touchline.store import EVENTS, REJECTS
 
 
@@ -115,6 +115,45 @@ def test_bad_lines_become_rejects_with_line_and_reason() -> None:
         (7, "bad_json", "raw", None),
     ]
     assert {r["source"] for r in rejects} == {"f.ndjson"}
+
+
+def test_one_mapper_maps_chunk_after_chunk_each_as_if_alone() -> None:
+    """The loader keeps one :class:`SegmentMapper`, its statements planned once on empty
+    tables: every chunk, whatever came before it, gets its own events and rejects (a plan
+    that trusted the empty tables' statistics dropped the reason filter), and nothing of a
+    chunk stays for the next."""
+    ok = {"type": "track", "event": "x", "anonymousId": "a", "messageId": "ok",
+          "timestamp": "2025-03-01T10:00:00Z"}
+    clean = [ok, {**ok, "messageId": "ok2", "type": "page"}]
+    mixed = [
+        ok,
+        "{not json",
+        {"type": "launch", "timestamp": "2025-03-01T10:00:00Z"},
+        {**ok, "messageId": "late", "originalTimestamp": "yesterday"},
+        {"type": "track", "event": "x"},
+        ok,
+    ]
+
+    def table(messages: list[object]) -> pa.Table:
+        raw = [m if isinstance(m, str) else orjson.dumps(m).decode() for m in messages]
+        return pa.table({"raw": pa.array(raw, pa.string())})
+
+    with SegmentMapper(threads=1) as mapper:
+        first, second, third, empty = (
+            mapper.map(table(chunk), source="f.ndjson", ingest_id="i1")
+            for chunk in (clean, mixed, clean, [])
+        )
+    assert [e["message_id"] for e in first.events.to_pylist()] == ["ok", "ok2"]
+    assert [e["message_id"] for e in second.events.to_pylist()] == ["ok"]
+    assert [(r["line"], r["reason_code"], r["field"]) for r in second.rejects.to_pylist()] == [
+        (2, "bad_json", "raw"),
+        (3, "bad_type", "type"),
+        (4, "bad_timestamp", "timestamp"),
+        (5, "missing_timestamp", "timestamp"),
+        (6, "duplicate", "messageId"),
+    ]
+    assert third.events.equals(first.events) and third.rejects.num_rows == 0
+    assert empty.events.num_rows == 0 and empty.rejects.num_rows == 0
 
 
 @pytest.mark.parametrize(
