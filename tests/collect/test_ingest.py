@@ -204,6 +204,29 @@ def test_a_flat_ndjson_line_reads_its_columns_by_name_as_its_csv_does(con, tmp_p
         "m2": ("https://x.io/b", "https://bing.com/", "Mozilla/5.0 Y", None, None, None)}
 
 
+def test_ndjson_chunks_that_fill_different_columns_keep_each_rows_own_values(
+        con, tmp_path) -> None:
+    """Each chunk is staged without the columns empty on all its rows: a column only a later
+    chunk fills keeps its values there and is NULL in the earlier rows, and the later chunks'
+    bad line and in-file duplicate are still rejected, each with its line and reason."""
+    settings = Settings(database_url="duckdb://", max_line_bytes=4096, ingest_chunk_rows=2)
+    base = {"type": "page", "anonymousId": "a1", "timestamp": "2025-03-01T10:00:00Z"}
+    lines = [{**base, "messageId": "m1"}, {**base, "messageId": "m2"},
+             {**base, "messageId": "m3", "context": {"page": {"title": "Home"}}},
+             {**base, "messageId": "m4", "timestamp": "yesterday"},
+             {**base, "messageId": "m1", "userId": "u1"}]
+    path = tmp_path / "events.ndjson"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = ingest_file(con, path, "events", settings=settings)
+    assert (result.loaded, result.rejected, result.duplicates) == (3, 1, 1)
+    rows = con.table("events").select("message_id", "title", "user_id", "timestamp")
+    got = {r["message_id"]: (r["title"], r["user_id"]) for r in rows.to_pyarrow().to_pylist()}
+    assert got == {"m1": (None, None), "m2": (None, None), "m3": ("Home", None)}
+    rejects = con.table("rejects").select("line", "field", "reason_code", "ref")
+    assert sorted(tuple(r.values()) for r in rejects.to_pyarrow().to_pylist()) == [
+        (4, "timestamp", "bad_timestamp", None), (5, "message_id", "duplicate_in_file", "m1")]
+
+
 def test_parquet_keeps_types_and_row_numbers(con, tmp_path) -> None:
     path = tmp_path / "spend.parquet"
     table = pa.table({
