@@ -8,7 +8,8 @@ campaign also starts one. Sessions are not split at midnight.
 Performance: the windows that find gaps and number sessions run on a narrow projection (device,
 epoch milliseconds, id), so wide columns (URLs, referrers) never travel through the sort; the
 numbers are stored, then joined back by id in a second query (in one query DuckDB would buffer
-the whole input to read it twice).
+the whole input to read it twice). Under a memory limit the windows run in parts of whole
+devices (:func:`session_numbers`' ``part``).
 """
 
 from __future__ import annotations
