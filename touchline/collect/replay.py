@@ -1,7 +1,7 @@
 """Replay a Segment NDJSON export through the collector's HTTP API (``demo --via-http``).
 
 File ingest and the collector map Segment messages with different code (``ingest.py`` versus
-``segment.map_segment`` in the loader), so sending the simulator's export through a real
+``segment.SegmentMapper`` in the loader), so sending the simulator's export through a real
 collector is the end-to-end check that both paths give the same ``events``. The replay runs the
 same pieces as ``touchline serve`` (the :class:`~touchline.collect.app.Collector` under uvicorn,
 the spawned :func:`~touchline.collect.loader.run_loader`), bound to 127.0.0.1 only, with a
