@@ -113,7 +113,7 @@ class DiskSampler:
 
 
 def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = None,
-              keep: bool = False) -> None:
+              keep: bool = False, compress_ids: bool = False) -> None:
     """Load the generator's file as canonical ``events``, run prepare, then paths and linear
     credits (what the reference computes too); write counts and timings. ``keep``: leave the
     warehouse file for :func:`persistence_floor`."""
@@ -129,7 +129,8 @@ def run_inner(parquet: Path, out: Path, url: str, memory_limit: str | None = Non
     first_purchase = ConversionSpec(name="purchase", revenue=True, value="revenue",
                                     count="first", lookback_days=None)
     settings = Settings(database_url=url.replace("{db}", str(db)), temp_directory=DATA / "tmp",
-                        memory_limit=memory_limit, conversions=[first_purchase],
+                        memory_limit=memory_limit, compress_id_columns=compress_ids,
+                        conversions=[first_purchase],
                         attribution_models=["linear"])
     con = engine.connect(settings=settings)
     disk = DiskSampler(db, DATA / "tmp").start()
@@ -214,13 +215,14 @@ def _events_file(events: float) -> tuple[str, Path]:
     return label, parquet
 
 
-def _ours(label: str, parquet: Path, url: str, tag: str,
-          memory_limit: str | None = None, keep: bool = False) -> tuple[dict, dict]:
+def _ours(label: str, parquet: Path, url: str, tag: str, memory_limit: str | None = None,
+          keep: bool = False, compress_ids: bool = False) -> tuple[dict, dict]:
     out = DATA / f"touchline_prepare_{tag}_{label}.json"
     limit = ["--memory-limit", memory_limit] if memory_limit else []
     record = timed(f"prepare/touchline-{tag}/{label}", [
         PYTHON, str(Path(__file__).resolve()), "--run", str(parquet), "--out", str(out),
-        "--url", url, *limit, *(["--keep"] if keep else [])], timeout=3600)
+        "--url", url, *limit, *(["--keep"] if keep else []),
+        *(["--compress-ids"] if compress_ids else [])], timeout=3 * 3600)
     return record, json.loads(out.read_text())
 
 
@@ -345,7 +347,8 @@ def _reference(label: str, parquet: Path, ref_out: Path, ref_db: Path,
     return None, failures
 
 
-def main(events: float, spark_events: float, memory_limit: str | None = None) -> None:
+def main(events: float, spark_events: float, memory_limit: str | None = None,
+         compress_ids: bool = False) -> None:
     label, parquet = _events_file(events)
     truth = json.loads(parquet.with_suffix(".truth.json").read_text())
     ref_out = DATA / f"ref_prepare_{label}.json"
@@ -353,7 +356,8 @@ def main(events: float, spark_events: float, memory_limit: str | None = None) ->
     # run that keeps its results cannot be compared with one that keeps nothing
     ref_db = DATA / f"ref_prepare_{label}.duckdb"
     ref, ref_failures = _reference(label, parquet, ref_out, ref_db, memory_limit)
-    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb", memory_limit, keep=True)
+    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb", memory_limit, keep=True,
+                        compress_ids=compress_ids)
     writes = _floor(memory_limit)
     floor = inner["load_seconds"] + sum(writes.values())
     reference = json.loads(ref_out.read_text()) if ref is not None else {}
@@ -368,10 +372,16 @@ def main(events: float, spark_events: float, memory_limit: str | None = None) ->
                                   "converters")},
             "reference_failures": ref_failures,
             "touchline": ours, "touchline_inner": inner, "ratio": ratio, "checks": checks,
+            "compress_ids": compress_ids,
             "persistence_floor": {"load_seconds": inner["load_seconds"], "writes": writes,
                                   "seconds": floor,
                                   "ratio": floor / ref["wall_s"] if ref else None}}
     limited = f" (memory_limit {memory_limit})" if memory_limit else ""
+    compressed = ", ids compressed" if compress_ids else ""
+    flags = (f" --memory-limit {memory_limit}" if memory_limit else "") + (
+        " --compress-ids" if compress_ids else "")
+    ours_row = (f"| touchline{limited}{compressed} | {ours['wall_s']} | "
+                f"{ours['tree_peak_rss_mib']} | {ours.get('others_cpu_s')} |")
     failed = "; ".join(ref_failures)
     if ref is None:
         ref_row = f"| reference (DuckDB SQL, stored) | did not finish: {failed} | | |"
@@ -402,7 +412,7 @@ def main(events: float, spark_events: float, memory_limit: str | None = None) ->
 
     md = f"""## Prepare ({label} events, issue 4)
 
-`python benchmarks/bench_prepare.py --events {events:g}`: touchline (load the generator's
+`python benchmarks/bench_prepare.py --events {events:g}{flags}`: touchline (load the generator's
 Parquet as `events`, every prepare step — clean, bots, standardise, dedupe, sessions, channels,
 identity graph, accounts — then person journeys, paths and linear credits) against
 `../shared/bench/pipelines.py --engine duckdb-persist` (dedupe, sessions, channel, stitch,
@@ -412,7 +422,7 @@ same `gen_events.py` file, same run.
 | run | wall s | peak RSS MiB | others' CPU s |
 |---|---|---|---|
 {ref_row}
-| touchline{limited} | {ours['wall_s']} | {ours['tree_peak_rss_mib']} | {ours.get('others_cpu_s')} |
+{ours_row}
 
 {verdict}
 Inside touchline: load {inner['load_seconds']} s, prepare {inner['prepare_seconds']} s,
@@ -447,7 +457,7 @@ def _run_row(name: str, events: float, record: dict) -> str:
             f"{record.get('others_cpu_s')} |")
 
 
-def scaling(events: float, memory_limit: str | None) -> None:
+def scaling(events: float, memory_limit: str | None, compress_ids: bool = False) -> None:
     """touchline alone at ``events`` (200M), against the stored 50M run: its time at most
     ``events / 50M × 1.1`` times that run's, peak RSS ≤ 8 GiB, counts equal the truth.
 
@@ -466,7 +476,11 @@ def scaling(events: float, memory_limit: str | None) -> None:
                          f"--events {SCALING_BASE_EVENTS:g} --memory-limit 6GB "
                          "--spark-events 0` first")
     base = json.loads(base_file.read_text())
-    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb", memory_limit)
+    if base.get("compress_ids", False) != compress_ids:
+        raise SystemExit(f"{base_file} was run {'with' if base.get('compress_ids') else 'without'}"
+                         " --compress-ids: run both sizes the same way")
+    ours, inner = _ours(label, parquet, DUCKDB_URL, "duckdb", memory_limit,
+                        compress_ids=compress_ids)
     counts = inner["counts"]
     checks = {k: (counts[k], truth[k], counts[k] == truth[k])
               for k in ("unique_events", "sessions", "anonymous_ids")}
@@ -474,17 +488,20 @@ def scaling(events: float, memory_limit: str | None) -> None:
     ratio = ours["wall_s"] / base["touchline"]["wall_s"]
     rss = ours["tree_peak_rss_mib"]
     disk = inner["disk"]
+    compressed_flag, compressed = (" --compress-ids", ", ids compressed") if compress_ids else (
+        "", "")
     md = f"""## Prepare at {label} events: time linear in events (issue 19 goal 3)
 
 On request, not in `make bench` (over an hour here):
 `python benchmarks/bench_prepare.py --events {events:g} --scaling --memory-limit
-{memory_limit}`. touchline alone (the hand-written reference cannot run at this size on this
-machine: at 50M it ran out of memory under 6 and 7 GB and took 18 GiB without a limit).
+{memory_limit}{compressed_flag}`. touchline alone (the hand-written reference cannot run
+at this size on this machine: at 50M it ran out of memory under 6 and 7 GB and took 18 GiB
+without a limit).
 
 | run | events | wall s | peak RSS MiB | others' CPU s |
 |---|---:|---:|---:|---:|
 {_run_row(f"touchline, stored {base_label} run", SCALING_BASE_EVENTS, base["touchline"])}
-{_run_row(f"touchline (memory_limit {memory_limit})", events, ours)}
+{_run_row(f"touchline (memory_limit {memory_limit}{compressed})", events, ours)}
 
 **Time {ratio:.2f}× the {base_label} run** (goal ≤ {bound:.1f}×: {'met' if ratio <= bound else
 '**not met**'}); **peak RSS {rss / 1024:.2f} GiB** (goal ≤ 8 GiB: {'met' if rss <= RSS_BOUND_MIB
@@ -498,7 +515,8 @@ linear credits {inner['paths_credits_seconds']} s.
     write_result(f"prepare_{label}", md, {"machine": machine(), "events": events,
                                           "base": base["touchline"], "touchline": ours,
                                           "touchline_inner": inner, "ratio": ratio,
-                                          "bound": bound, "checks": checks})
+                                          "bound": bound, "checks": checks,
+                                          "compress_ids": compress_ids})
     log.info("prepare %s: %.2f x the %s run, peak RSS %.2f GiB", label, ratio, base_label,
              rss / 1024)
 
@@ -516,15 +534,19 @@ if __name__ == "__main__":
     ap.add_argument("--floor", type=Path, help="measure the persistence floor in this file")
     # DuckDB's limit covers its buffers, not the process: 6GB keeps 50M events under 8 GB RSS
     ap.add_argument("--memory-limit", help="DuckDB memory_limit for touchline's run, e.g. 6GB")
+    ap.add_argument("--compress-ids", action="store_true",
+                    help="Settings.compress_id_columns for touchline's run: its warehouse "
+                         "about half the size, for a slower write (a 200M run's disk)")
     ap.add_argument("--scaling", action="store_true",
                     help="on request (issue 19 goal 3): touchline alone at --events (200M), "
                          "its time against the stored 50M run")
     args = ap.parse_args()
     if args.run:
-        run_inner(args.run, args.out, args.url, args.memory_limit, keep=args.keep)
+        run_inner(args.run, args.out, args.url, args.memory_limit, keep=args.keep,
+                  compress_ids=args.compress_ids)
     elif args.floor:
         persistence_floor(args.floor, args.out, args.memory_limit)
     elif args.scaling:
-        scaling(args.events, args.memory_limit)
+        scaling(args.events, args.memory_limit, args.compress_ids)
     else:
-        main(args.events, args.spark_events, args.memory_limit)
+        main(args.events, args.spark_events, args.memory_limit, args.compress_ids)

@@ -386,17 +386,34 @@ def test_write_table_stores_an_expression_and_replaces_the_table_on_each_engine(
                                    "device_id": ["d1", "d1", "d2"], "n": [10, 20, 30]}
 
 
-def test_write_table_stores_uuid_ids_uncompressed_on_duckdb(tmp_path: Path) -> None:
-    con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb"))
+@pytest.mark.parametrize("compress_ids", [False, True])
+def test_write_table_stores_uuid_ids_uncompressed_on_duckdb_unless_asked(
+        tmp_path: Path, compress_ids: bool) -> None:
+    con = engine.connect(settings=Settings(database_url=f"duckdb:///{tmp_path}/w.duckdb",
+                                           compress_id_columns=compress_ids))
     ids = [f"{i:08x}-1f00-4add-9c1e-{i * 7919:012x}" for i in range(5000)]
-    rows = pd.DataFrame({"message_id": ids, "recorded_by": ["web"] * len(ids)})
-    engine.write_table(con, "t_ids", engine.load_table(con, "t_ids_source", rows))
-    con.raw_sql("CHECKPOINT")
-    stored = dict(con.raw_sql(
-        "SELECT column_name, min(compression) FROM pragma_storage_info('t_ids') "
-        "WHERE segment_type = 'VARCHAR' GROUP BY 1").fetchall())
-    assert stored["message_id"] == "Uncompressed"
-    assert stored["recorded_by"] != "Uncompressed"  # other strings keep DuckDB's choice
+    # a device's touches repeat its id: what compression makes small
+    devices = [f"anon:{i // 20:08x}-77aa-4add-9c1e-{i // 20 * 104729:012x}" for i in range(5000)]
+    rows = pd.DataFrame({"message_id": ids, "device_id": devices,
+                         "recorded_by": ["web"] * len(ids)})
+    source = engine.load_table(con, "t_ids_source", rows)
+
+    def stored_as(table: str) -> dict[str, tuple[str, int]]:
+        con.raw_sql("CHECKPOINT")
+        return {name: (compression, blocks) for name, compression, blocks in con.raw_sql(
+            f"SELECT column_name, min(compression), count(DISTINCT block_id) "
+            f"FROM pragma_storage_info('{table}') WHERE segment_type = 'VARCHAR' "
+            f"GROUP BY 1").fetchall()}
+
+    engine.write_table(con, "t_ids", source)
+    stored = stored_as("t_ids")
+    # a second connection (side by side) writes as the first was told to
+    engine.side_by_side(con, [lambda c: None, lambda c: engine.write_table(c, "t_ids_2", source)])
+    assert stored_as("t_ids_2") == stored
+    plain = "Uncompressed"
+    assert (stored["message_id"][0] == plain) is not compress_ids
+    assert (stored["device_id"][0] == plain) is not compress_ids
+    assert stored["recorded_by"][0] != plain  # other strings keep DuckDB's choice either way
     con.disconnect()
 
 

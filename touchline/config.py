@@ -310,6 +310,13 @@ class Settings(BaseSettings):
         "warehouse file (DuckDB would otherwise use ./.tmp of the working directory).",
     )
     threads: int | None = Field(None, ge=1, description="Engine threads; default all cores.")
+    compress_id_columns: bool = Field(
+        False,
+        description="DuckDB: store the prepared tables' uuid id columns (message_id, device_id, "
+        "anonymous_id, session_id) compressed: touches take ~0.4x the disk (10M events: 1.23 "
+        "to 0.46 GiB) for ~1.5x the CPU of their write (24 to 35 s). For warehouses that "
+        "outgrow their disk; default plain, the faster write.",
+    )
     spark_warehouse_dir: Path | None = Field(
         None, description="spark.sql.warehouse.dir; default a temporary folder."
     )
