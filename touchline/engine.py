@@ -650,6 +650,24 @@ def materialise(con: BaseBackend, name: str, expr: ibis.Table, *,
     return con.create_table(name, expr, temp=True)
 
 
+def materialise_counted(con: BaseBackend, name: str, expr: ibis.Table) -> tuple[ibis.Table, int]:
+    """:func:`materialise`, and the number of rows stored.
+
+    Why: a step that stores a small look-up and then asks whether it is empty ran two queries.
+    Spark: one job, the count that fills the local checkpoint (marked lazily, it is computed
+    and kept by the first job that reads it, here the count), not one to store and one to
+    count; the rows are computed once either way. DuckDB: the table stored, then counted (a
+    stored table's count, as before).
+    """
+    if engine_name(con) == "spark":
+        frame = _spark_frame(con, expr).localCheckpoint(eager=False)
+        rows = int(frame.count())
+        frame.createOrReplaceTempView(name)
+        return con.table(name), rows
+    table = materialise(con, name, expr)
+    return table, int(table.count().execute())
+
+
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 

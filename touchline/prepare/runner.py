@@ -26,6 +26,7 @@ from touchline.prepare import channels
 from touchline.prepare.base import SCRATCH_PREFIX, Context, Step
 
 if TYPE_CHECKING:
+    import pandas as pd
     from ibis.backends import BaseBackend
 
     from touchline.config import Settings
@@ -335,13 +336,43 @@ def _replace_rejects(con: BaseBackend, parts: list[ir.Table]) -> None:
     engine.write_union(con, "rejects", every)
 
 
-def _row_counts(con: BaseBackend, names: Sequence[str]) -> dict[str, int]:
-    """Rows of each written table ``names``, in one query (on Spark one job, not one a table)."""
+@dataclass(frozen=True)
+class _WrittenCounts:
+    """What a run wrote, counted from the written tables: rows of each prepared table, and
+    this run's rejects (by step and reason) and audit rows (by step)."""
+
+    rows: dict[str, int]
+    rejects: pd.DataFrame  # step, reason_code, n
+    audited: pd.DataFrame  # step, n
+
+
+def _written_counts(con: BaseBackend, names: Sequence[str], run_id: str) -> _WrittenCounts:
+    """:class:`_WrittenCounts` in one query (on Spark one job, not one a table and one each
+    for the rejects and audit rows): the parts share the columns ``kind, name, reason_code,
+    n``."""
+    import pandas as pd
+
+    none = ibis.null("string")
     parts = [con.table(name).aggregate(n=ibis._.count().cast("int64")).mutate(
-        name=ibis.literal(name)) for name in names]
-    got = ibis.union(*parts, distinct=False).to_pyarrow().to_pydict()
-    found = dict(zip(got["name"], got["n"], strict=True))
-    return {name: int(found[name]) for name in names}
+        kind=ibis.literal("rows"), name=ibis.literal(name), reason_code=none)
+        for name in names]
+    rejects = con.table("rejects")
+    parts.append(rejects.filter(rejects.ingest_id == run_id).group_by(
+        name="step", reason_code="reason_code").aggregate(n=ibis._.count().cast("int64")).mutate(
+        kind=ibis.literal("rejects")))
+    audit = con.table("audit")
+    parts.append(audit.group_by(name="step").aggregate(n=ibis._.count().cast("int64")).mutate(
+        kind=ibis.literal("audit"), reason_code=none))
+    columns = ["kind", "name", "reason_code", "n"]
+    got = ibis.union(*(p.select(*columns) for p in parts), distinct=False).to_pandas()
+    by_kind = {kind: rows.drop(columns="kind") for kind, rows in got.groupby("kind")}
+    empty = pd.DataFrame({"name": [], "reason_code": [], "n": []})
+    found = dict(zip(by_kind["rows"]["name"], by_kind["rows"]["n"], strict=True))
+    return _WrittenCounts(
+        rows={name: int(found[name]) for name in names},
+        rejects=by_kind.get("rejects", empty).rename(columns={"name": "step"}),
+        audited=by_kind.get("audit", empty).rename(columns={"name": "step"}).drop(
+            columns="reason_code"))
 
 
 #: told ``(steps done, steps in all, what runs now)`` before each step and before the writes
@@ -432,12 +463,9 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
         for name, scratch in persisted.items():
             engine.drop_any(con, name)
             engine.rename_table(con, scratch, name)
-        counts = _row_counts(con, [*out, *persisted])
         for spec in store.PREPARED:
             if spec.view is not None:
                 engine.replace_view(con, spec.name, spec.view(con))
-        # every touch has its session (sessions are built from the touches): the view's rows
-        counts["touchpoints"] = counts["touches"]
         # each part conformed (Pending.add): Spark may read an int64 literal column back as
         # int32
         if audits.parts:
@@ -446,17 +474,17 @@ def run_steps(con: BaseBackend, settings: Settings, steps: Sequence[Step], *,
             con.create_table("audit", schema=store.AUDIT.schema, overwrite=True)
         _replace_rejects(con, rejected.parts)
         unmatched = standardise_spend(con, settings) if "spend" in existing else []
-        by_reason = con.table("rejects")
-        by_reason = by_reason.filter(by_reason.ingest_id == ctx.run_id).group_by(
-            ["step", "reason_code"]).aggregate(n=ibis._.count()).to_pandas()
-        audited = (con.table("audit").group_by("step").aggregate(n=ibis._.count()).to_pandas()
-                   if audits.parts else None)
+        written = _written_counts(con, [*out, *persisted], ctx.run_id)
+        counts = written.rows
+        # every touch has its session (sessions are built from the touches): the view's rows
+        counts["touchpoints"] = counts["touches"]
+        by_reason, audited = written.rejects, written.audited
     finally:
         engine.drop_scratch(con, SCRATCH_PREFIX)
     # counted once at the end, from the written tables: a count per step was a query (a
     # Spark job) per step
     n_rejected = by_reason.groupby("step")["n"].sum()
-    n_audited = audited.set_index("step")["n"] if audited is not None else {}
+    n_audited = audited.set_index("step")["n"]
     reports = [StepReport(step.name, took, int(n_rejected.get(STEP_PREFIX + step.name, 0)),
                           int(n_audited.get(step.name, 0)))
                for step, took in zip(steps, seconds, strict=True)]

@@ -57,14 +57,17 @@ def drop_future_timestamps(t: Tables, ctx: Context) -> StepResult:
     return StepResult({"events": split.kept}, split.rejected)
 
 
-def _is_empty(table: ir.Table) -> bool:
-    """Whether a (small, stored) look-up table has no rows.
+def _stored_lookup(ctx: Context, name: str, expr: ir.Table) -> tuple[ir.Table, bool]:
+    """``expr`` stored as scratch table ``name`` (small: a look-up read by the kept and the
+    rejected side), and whether it has no rows.
 
-    Why: a step whose look-up is empty keeps its input as it is. An anti join with an empty
+    Why ask: a step whose look-up is empty keeps its input as it is. An anti join with an empty
     table is a no-op, but DuckDB estimates any anti join to keep a fifth of its input, and that
-    estimate later puts a hash table on the wrong side of a join of millions of rows.
+    estimate later puts a hash table on the wrong side of a join of millions of rows. Counted
+    as it is stored (:func:`touchline.engine.materialise_counted`: on Spark one job, not two).
     """
-    return int(table.count().execute()) == 0
+    table, rows = engine.materialise_counted(ctx.con, f"{SCRATCH_PREFIX}{name}", expr)
+    return table, rows == 0
 
 
 def drop_bot_user_agents(t: Tables, ctx: Context) -> StepResult:
@@ -83,14 +86,14 @@ def drop_bot_bursts(t: Tables, ctx: Context) -> StepResult:
     limit = ctx.settings.bot_hits_per_minute
     events = t["events"]
     # stored: small, and read by the exact test below; usually empty, and then nothing is sorted
-    candidates = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}burst_candidates",
-                                    clean.burst_candidates(events, max_per_minute=limit))
-    if _is_empty(candidates):
+    candidates, none = _stored_lookup(ctx, "burst_candidates",
+                                      clean.burst_candidates(events, max_per_minute=limit))
+    if none:
         return StepResult({"events": _used_up(events)})
     # stored: both the kept and the rejected side test membership in it
-    devices = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}burst_devices", clean.burst_devices(
+    devices, none = _stored_lookup(ctx, "burst_devices", clean.burst_devices(
         events, max_per_minute=limit, candidates=candidates))
-    if _is_empty(devices):
+    if none:
         return StepResult({"events": _used_up(events)})
     split = clean.drop_bot_bursts(events, max_per_minute=limit, devices=devices)
     return StepResult({"events": _used_up(split.kept)}, split.rejected)
@@ -171,9 +174,8 @@ def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
                                 dedupe.cross_source_losers(
                                     linkable, link_seconds=link_seconds,
                                     priority=ctx.settings.dedupe_source_priority, follow=False))
-    losers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}cross_source_losers",
-                                dedupe.follow_refs(direct))
-    if _is_empty(losers):
+    losers, none = _stored_lookup(ctx, "cross_source_losers", dedupe.follow_refs(direct))
+    if none:
         return StepResult()
     split = dedupe.link_cross_source(t["events"], losers)
     # a duplicate touch still proves who it was: its ids stay evidence for the identity graph
@@ -186,9 +188,8 @@ def dedupe_cross_source(t: Tables, ctx: Context) -> StepResult:
 def dedupe_orders(t: Tables, ctx: Context) -> StepResult:
     events = t["events"]
     audit = dedupe.zero_revenue_orders(events)
-    losers = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}order_copies",
-                                dedupe.order_copies(events))
-    if _is_empty(losers):
+    losers, none = _stored_lookup(ctx, "order_copies", dedupe.order_copies(events))
+    if none:
         return StepResult(audit=audit)
     split = dedupe.dedupe_orders(events, losers)
     return StepResult({"events": split.kept}, split.rejected, audit=audit)
@@ -276,10 +277,10 @@ def build_identity_graph(t: Tables, ctx: Context) -> StepResult:
     seen = touches.group_by("device_id").aggregate(first_seen_at=touches.timestamp.min())
     ends = links.select(identifier="identifier_a", first_seen_at="first_seen_at").union(
         links.select(identifier="identifier_b", first_seen_at="first_seen_at"), distinct=False)
-    nodes = engine.materialise(ctx.con, f"{SCRATCH_PREFIX}nodes_seen", seen.select(
-        identifier="device_id", first_seen_at="first_seen_at").union(
+    # not stored: read once, by the numbering of the nodes that resolve_persons stores
+    nodes = seen.select(identifier="device_id", first_seen_at="first_seen_at").union(
         ends, distinct=False).group_by("identifier").aggregate(
-        first_seen_at=ibis._.first_seen_at.min()))
+        first_seen_at=ibis._.first_seen_at.min())
     identities, final_links = identity.resolve_persons(
         ctx.con, nodes, links, max_iterations=s.identity_max_iterations,
         max_component=s.identity_max_component, scratch=SCRATCH_PREFIX)
