@@ -62,6 +62,27 @@ def test_identity_guards_cut_hubs_and_unlinking_splits(con, tmp_path: Path) -> N
     assert links.loc["anon:x1|user:ux", "status"] == "linked"
 
 
+def test_a_component_over_max_component_falls_back_to_its_identifiers(con, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A chain d0 - u0 - d1 - u1 - d2 - u2 - d3 (seven identifiers, diameter six) is one person
+    under a roomy cap; over ``identity_max_component`` all its links are cut (reason
+    ``max_component``) and each identifier is a person of its own. The pair x1 - ux stays."""
+    chain = [("d0", "u0"), ("d1", "u0"), ("d1", "u1"), ("d2", "u1"), ("d2", "u2"), ("d3", "u2")]
+    rows = [{"anonymous_id": d, "type": "identify", "user_id": u, "timestamp": "09:00"}
+            for d, u in chain]
+    rows.append({"anonymous_id": "x1", "type": "identify", "user_id": "ux", "timestamp": "09:00"})
+    load(con, rows)
+    roomy = Settings(database_url="duckdb://", temp_directory=tmp_path,
+                     identity_max_component=10)
+    run_prepare(con, roomy, now=NOW)
+    assert con.table("persons").count().execute() == 2
+    run_prepare(con, roomy.model_copy(update={"identity_max_component": 4}), now=NOW)
+    assert con.table("persons").count().execute() == 7 + 1
+    links = con.table("identity_links").to_pandas().set_index("link_id")
+    cut = links.drop("anon:x1|user:ux")
+    assert (len(cut), set(cut.status), set(cut.reason)) == (6, {"cut"}, {"max_component"})
+    assert links.loc["anon:x1|user:ux", "status"] == "linked"
+
+
 COMPANIES = [
     # acme is a CRM account: a listed contact, a group call with its id, an unlisted colleague
     {"anonymous_id": "a1", "type": "identify", "timestamp": "09:00", "email": "ann@acme.com"},

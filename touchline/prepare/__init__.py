@@ -37,7 +37,7 @@ STEPS: tuple[Step, ...] = (
          why="crawler hits inflate reach and dilute credit"),
     Step("drop_bot_bursts", steps.drop_bot_bursts,
          why="hundreds of hits a minute from one device are a script, whatever its user agent"),
-    Step("standardise_utm", steps.standardise_utm,
+    Step("standardise_utm", steps.standardise_utm, stage=True,
          why="'Google ' and 'google' and 'fb' and 'facebook.com' are each one source"),
     Step("standardise_urls", steps.standardise_urls, stage=True,
          why="one page with and without tracking parameters is one page"),

@@ -305,17 +305,21 @@ def _channel_changes(old: ir.Table | None, new: ir.Table) -> dict[tuple[str, str
     """
     if old is None:
         return {}
-
-    def unique_starts(t: ir.Table) -> ir.Table:
-        # two sessions of a device can start at one instant (a campaign switch); leave them out
-        n = t.group_by(["device_id", "started_at"]).aggregate(_n=ibis._.count())
-        once = n.filter(n._n == 1).select(_d="device_id", _s="started_at")
-        return t.semi_join(once, [t.device_id == once._d, t.started_at == once._s])
-
-    old = unique_starts(old).select(_device="device_id", _start="started_at",
-                                    old_channel="channel")
-    new = unique_starts(new)
-    paired = new.inner_join(old, [new.device_id == old._device, new.started_at == old._start])
+    # one aggregate over both, not a self-join per side and a join of the two (on Spark
+    # four jobs, one a broadcast): a start seen once on each side pairs its two sessions
+    # cast to the new sessions' types: a union needs one schema, and the last run's table may
+    # come from an older version
+    sides = [t.select(*(t[c].cast(new[c].type()).name(c)
+                        for c in ("device_id", "started_at", "channel")),
+                      _old=ibis.literal(is_old))
+             for t, is_old in ((old, True), (new, False))]
+    both = ibis.union(*sides, distinct=False)
+    both = both.filter(both.device_id.notnull() & both.started_at.notnull())
+    starts = both.group_by(["device_id", "started_at"]).aggregate(
+        _n_old=both._old.cast("int64").sum(), _n_new=(~both._old).cast("int64").sum(),
+        old_channel=both.channel.min(where=both._old),
+        channel=both.channel.min(where=~both._old))
+    paired = starts.filter((starts._n_old == 1) & (starts._n_new == 1))
     diff = paired.filter(paired.channel != paired.old_channel).group_by(
         ["old_channel", "channel"]).aggregate(n=ibis._.count())
     # not "_old": itertuples renames fields that start with an underscore
