@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -312,3 +315,149 @@ def test_exploded_batches_each_take_their_own_envelope() -> None:
     assert members[0][1]["messageId"].startswith("srv-")
     assert (refused["line"].to_pylist(), refused["refused"].to_pylist()) == (
         [3], ["duplicate_key"])
+
+
+def _segment(spool: Path, number: int, ids: list[str]) -> None:
+    (spool / f"{number}-999999.seg").write_bytes(b"".join(_line(m) for m in ids))
+
+
+def test_a_kept_loader_state_catches_a_repeat_of_an_id_stored_many_cycles_ago(
+    warehouse: Warehouse,
+) -> None:
+    """The loader looks ids up in the hashes it keeps (no scan of ``events`` per cycle): an
+    id loaded in the first of many cycles is still a duplicate in the last."""
+    spool = Path(warehouse.settings.spool_dir)
+    with SegmentMapper() as mapper:
+        state = loader.LoaderState(mapper)
+        for cycle in range(6):
+            _segment(spool, 10 + cycle, [f"c{cycle}-{i}" for i in range(3)])
+            loader.load_once(warehouse.settings, state)
+        _segment(spool, 20, ["c0-1", "fresh", "c5-2"])
+        report = loader.load_once(warehouse.settings, state)
+        assert state.stored_ids is not None and len(state.stored_ids) == 19
+    assert (report.events, report.duplicates) == (1, 2)
+    assert warehouse.query("SELECT count(*), count(DISTINCT message_id) FROM events") == [
+        (19, 19)
+    ]
+    assert sorted(warehouse.query(
+        "SELECT ref FROM rejects WHERE reason_code = 'duplicate'")) == [("c0-1",), ("c5-2",)]
+
+
+def test_a_restarted_loader_reads_the_stored_ids_and_catches_a_repeat(
+    warehouse: Warehouse,
+) -> None:
+    spool = Path(warehouse.settings.spool_dir)
+    with SegmentMapper() as mapper:
+        _segment(spool, 1, ["a", "b"])
+        loader.load_once(warehouse.settings, loader.LoaderState(mapper))
+    with SegmentMapper() as mapper:  # a new process: nothing kept
+        restarted = loader.LoaderState(mapper)
+        _segment(spool, 2, ["b", "c"])
+        report = loader.load_once(warehouse.settings, restarted)
+    assert (report.events, report.duplicates) == (1, 1)
+    assert warehouse.query("SELECT message_id FROM events ORDER BY 1") == [
+        ("a",), ("b",), ("c",)
+    ]
+
+
+def test_ids_another_process_stored_between_cycles_are_duplicates_too(
+    warehouse: Warehouse,
+) -> None:
+    """A write by another command (here an insert into ``events``) changes the warehouse's
+    version, and the loader reads the stored ids again instead of trusting what it kept."""
+    spool = Path(warehouse.settings.spool_dir)
+    with SegmentMapper() as mapper:
+        state = loader.LoaderState(mapper)
+        _segment(spool, 1, ["a"])
+        loader.load_once(warehouse.settings, state)
+        warehouse.query("INSERT INTO events (message_id, type) VALUES ('from-elsewhere', 'track')")
+        _segment(spool, 2, ["from-elsewhere", "b"])
+        report = loader.load_once(warehouse.settings, state)
+    assert (report.events, report.duplicates) == (1, 1)
+    assert warehouse.query(
+        "SELECT count(*) FROM events WHERE message_id = 'from-elsewhere'") == [(1,)]
+
+
+def test_a_hash_match_of_an_id_not_stored_is_checked_exactly_and_loaded(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every lookup a collision: only the ids truly in ``events`` are refused."""
+    monkeypatch.setattr(
+        loader.StoredMessageIds, "may_contain", lambda self, hashes: np.ones(len(hashes), bool)
+    )
+    spool = Path(warehouse.settings.spool_dir)
+    _segment(spool, 1, ["a", "b"])
+    warehouse.load()
+    _segment(spool, 2, ["b", "c", "d"])
+    warehouse.load()
+    assert warehouse.query("SELECT message_id FROM events ORDER BY 1") == [
+        ("a",), ("b",), ("c",), ("d",)
+    ]
+    assert warehouse.query("SELECT ref FROM rejects") == [("b",)]
+
+
+def test_stored_message_ids_find_every_hash_added_in_any_run_and_no_other() -> None:
+    rng = np.random.default_rng(19)
+    known = loader.StoredMessageIds()
+    added: list[np.ndarray] = []
+    for size in (1000, 1, 7, 300, 2, 2, 5000, 64, 1):
+        hashes = rng.integers(0, 2**64, size=size, dtype=np.uint64)
+        known.add(hashes)
+        added.append(hashes)
+    everything = np.concatenate(added)
+    others = rng.integers(0, 2**64, size=2000, dtype=np.uint64)
+    assert len(known) == len(everything)
+    assert known.may_contain(everything).all()
+    assert not known.may_contain(others[~np.isin(others, everything)]).any()
+    assert (known.may_contain(np.array([], np.uint64)) == np.array([], bool)).all()
+
+
+class _Script:
+    """A ``stop`` for :func:`loader.run_loader` that runs one step between cycles, then stops."""
+
+    def __init__(self, steps: list[Callable[[], object]]) -> None:
+        self.steps = steps
+        self.stopped = False
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+    def wait(self, timeout: float) -> bool:
+        if self.steps:
+            self.steps.pop(0)()
+        else:
+            self.stopped = True
+        return self.stopped
+
+
+@pytest.mark.parametrize(("hold_seconds", "opens"), [(60.0, 3), (0.0, 5)])
+def test_the_loader_keeps_the_warehouse_open_over_busy_cycles_only(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, hold_seconds: float, opens: int
+) -> None:
+    """Busy (at least BUSY_CYCLE_MESSAGES loaded): kept open for the next cycle; a quiet
+    cycle, the hold's time limit and the last cycle close it."""
+    monkeypatch.setattr(loader, "BUSY_CYCLE_MESSAGES", 2)
+    monkeypatch.setattr(loader, "HOLD_SECONDS", hold_seconds)
+    opened: list[bool] = []
+    real_open = loader.open_warehouse
+
+    def counted(settings: Settings, state: loader.LoaderState) -> object:
+        opened.append(True)
+        return real_open(settings, state)
+
+    monkeypatch.setattr(loader, "open_warehouse", counted)
+    spool = Path(warehouse.settings.spool_dir)
+    _segment(spool, 1, ["a", "b", "c"])  # cycle 1: busy
+    script = _Script([
+        lambda: _segment(spool, 2, ["d", "e"]),  # cycle 2: busy
+        lambda: None,  # cycle 3: nothing to load
+        lambda: _segment(spool, 3, ["f"]),  # cycle 4: quiet
+    ])  # cycle 5: the last, as stop is set
+    worker = threading.Thread(target=loader.run_loader, args=(warehouse.settings, script))
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive()
+    assert len(opened) == opens
+    assert warehouse.query("SELECT message_id FROM events ORDER BY 1") == [
+        (m,) for m in "abcdef"
+    ]
