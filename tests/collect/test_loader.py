@@ -430,13 +430,19 @@ class _Script:
         return self.stopped
 
 
-@pytest.mark.parametrize(("hold_seconds", "opens"), [(60.0, 3), (0.0, 5)])
+@pytest.mark.parametrize(
+    ("busy_share", "hold_seconds", "opens"),
+    [(0.0, 60.0, 2), (0.0, 0.0, 5), (1e9, 60.0, 5)],
+    ids=["busy", "held-too-long", "quick-loads"],
+)
 def test_the_loader_keeps_the_warehouse_open_over_busy_cycles_only(
-    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, hold_seconds: float, opens: int
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, busy_share: float,
+    hold_seconds: float, opens: int,
 ) -> None:
-    """Busy (at least BUSY_CYCLE_MESSAGES loaded): kept open for the next cycle; a quiet
-    cycle, the hold's time limit and the last cycle close it."""
-    monkeypatch.setattr(loader, "BUSY_CYCLE_MESSAGES", 2)
+    """A cycle that loaded something for long enough (``BUSY_SHARE`` of the interval) keeps
+    the warehouse open for the next; a cycle with nothing to load, a quick one, the hold's
+    time limit and the last cycle close it."""
+    monkeypatch.setattr(loader, "BUSY_SHARE", busy_share)
     monkeypatch.setattr(loader, "HOLD_SECONDS", hold_seconds)
     opened: list[bool] = []
     real_open = loader.open_warehouse
@@ -447,12 +453,12 @@ def test_the_loader_keeps_the_warehouse_open_over_busy_cycles_only(
 
     monkeypatch.setattr(loader, "open_warehouse", counted)
     spool = Path(warehouse.settings.spool_dir)
-    _segment(spool, 1, ["a", "b", "c"])  # cycle 1: busy
+    _segment(spool, 1, ["a", "b", "c"])  # cycle 1 opens
     script = _Script([
-        lambda: _segment(spool, 2, ["d", "e"]),  # cycle 2: busy
-        lambda: None,  # cycle 3: nothing to load
-        lambda: _segment(spool, 3, ["f"]),  # cycle 4: quiet
-    ])  # cycle 5: the last, as stop is set
+        lambda: _segment(spool, 2, ["d", "e"]),  # cycle 2
+        lambda: None,  # cycle 3: nothing to load, closes
+        lambda: _segment(spool, 3, ["f"]),  # cycle 4 opens
+    ])  # cycle 5: the last, as stop is set; closes
     worker = threading.Thread(target=loader.run_loader, args=(warehouse.settings, script))
     worker.start()
     worker.join(120)

@@ -74,8 +74,9 @@ LOCK_FILE = "loader.lock"
 LOADER_NICENESS = 10
 LOADER_THREADS = 1  # DuckDB threads of the loader (see run_loader)
 LEASES_OFFSET_KEY = "@" + LEASES_FILE  # spool_offsets row holding the last copied lease seq
-#: a cycle that loaded at least this many messages keeps the warehouse open (see run_loader)
-BUSY_CYCLE_MESSAGES = 1_000
+#: a cycle that loaded for at least this share of ``load_interval_seconds`` keeps the
+#: warehouse open for the next one (see run_loader)
+BUSY_SHARE = 0.5
 #: the longest the loader keeps the warehouse open over busy cycles before closing it once
 HOLD_SECONDS = 10.0
 #: spool_offsets row of every load: bytes loaded in all and when last (a segment's own row
@@ -760,9 +761,10 @@ def load_once(settings: Settings, state: LoaderState) -> LoadReport:
 def run_loader(settings: Settings, stop: Any, parent_pid: int | None = None) -> None:
     """Load the spool every ``load_interval_seconds`` until ``stop`` is set, then once more.
 
-    The warehouse is closed between cycles, so ``touchline keys create`` and other commands
-    can use it between loads, except while the collector is busy: after a cycle that loaded at
-    least :data:`BUSY_CYCLE_MESSAGES` messages it stays open for the next one, for at most
+    The warehouse is closed between cycles, so ``touchline keys create``, the dashboard and
+    other commands can use it between loads, except while the loader is busy: after a cycle
+    that loaded for at least :data:`BUSY_SHARE` of the interval (so the warehouse was free for
+    at most the rest of it anyway), it stays open for the next one, for at most
     :data:`HOLD_SECONDS`, then is closed for at least one interval. Why: each close makes
     DuckDB checkpoint what the cycle wrote and each open reads the catalog again: measured,
     ~0.1 s of CPU per cycle of 4,000 single events (300 → 200 ms) and ~0.35 s per cycle of
@@ -800,8 +802,9 @@ def run_loader(settings: Settings, stop: Any, parent_pid: int | None = None) -> 
                     state.settled = True
                     if report.events or report.rejects:
                         log.info("loaded %d events, %d rejects", report.events, report.rejects)
-                    if (stopping or report.events + report.rejects < BUSY_CYCLE_MESSAGES
-                            or started - held_since >= HOLD_SECONDS):
+                    busy = bool(report.events or report.rejects) and (
+                        time.monotonic() - started >= BUSY_SHARE * settings.load_interval_seconds)
+                    if stopping or not busy or started - held_since >= HOLD_SECONDS:
                         con = None
                         held.close()
                 except EngineError as exc:  # warehouse busy (another command holds it)
